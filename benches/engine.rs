@@ -1,0 +1,87 @@
+//! Criterion benches for the Db: filtered search plans, inserts, and open.
+//! `cargo bench --bench engine`; the `vitrine bench` harness covers larger runs.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use rand::{Rng, SeedableRng};
+use vitrine::{Attributes, Db, Durability, Filter, Metric, PlanHint, Search, SimilarTo};
+
+const DIM: usize = 128;
+const N: usize = 10_000;
+
+fn vector(rng: &mut impl Rng) -> Vec<f32> {
+    (0..DIM).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+fn build(dir: &std::path::Path) -> Db {
+    let db = Db::builder()
+        .durability(Durability::Periodic {
+            interval: std::time::Duration::from_millis(500),
+        })
+        .vector_space("embedding", DIM, Metric::Cosine)
+        .build_threads(2)
+        .open(dir)
+        .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for i in 0..N {
+        // brand-0 is 1 % of the catalog.
+        let attrs = Attributes::new()
+            .brand(format!("brand-{}", i % 100))
+            .in_stock(i % 2 == 0);
+        db.insert(&format!("sku-{i}"), attrs, [("embedding", vector(&mut rng))])
+            .unwrap();
+    }
+    db
+}
+
+fn search(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = build(dir.path());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let queries: Vec<Vec<f32>> = (0..64).map(|_| vector(&mut rng)).collect();
+    let one_pct = Filter::new().brand_in(["brand-0"]);
+    let half = Filter::new().in_stock();
+    let mut g = c.benchmark_group("similar_10k");
+    let mut i = 0;
+    let mut next = move || {
+        i = (i + 1) % 64;
+        i
+    };
+    let mut bench = |name: &str, f: &Filter, plan: PlanHint| {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let q = &queries[next()];
+                db.search(&Search::new(SimilarTo::Vector(q), 10).filter(f).plan(plan))
+                    .unwrap()
+            })
+        });
+    };
+    bench("unfiltered", &Filter::new(), PlanHint::Auto);
+    bench("filter_50pct_graph", &half, PlanHint::Graph);
+    bench("filter_1pct_exact", &one_pct, PlanHint::Exact);
+    bench("filter_1pct_graph", &one_pct, PlanHint::Graph);
+    g.finish();
+}
+
+fn insert(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = build(dir.path());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut n = 0u64;
+    c.bench_function("upsert_periodic_10k", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                (format!("new-{}", n % 1000), vector(&mut rng))
+            },
+            |(id, v)| db.upsert(&id, Attributes::new(), [("embedding", v)]).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = search, insert
+}
+criterion_main!(benches);

@@ -1,0 +1,152 @@
+//! Index configuration.
+
+use crate::error::{Error, Result};
+
+/// Largest `ef` (construction or search) accepted; bounds per-query work.
+pub(crate) const MAX_EF: usize = 4096;
+
+/// Parameters of the HNSW graph.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HnswParams {
+    /// Links per node and layer (`M`); layer 0 keeps twice as many. Valid: `4..=256`.
+    pub max_connections: usize,
+    /// Candidate list size while inserting. Valid: `max_connections..=4096`.
+    pub ef_construction: usize,
+    /// Default candidate list size while searching. Valid: `1..=4096`.
+    pub ef_search: usize,
+    /// Maximum number of layers. Valid: `1..=16`.
+    pub max_layers: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams {
+            max_connections: 16,
+            ef_construction: 200,
+            ef_search: 64,
+            max_layers: 16,
+        }
+    }
+}
+
+impl HnswParams {
+    /// Checks every field against its valid range.
+    ///
+    /// hnsw_rs exits the process on some invalid values, so nothing reaches it
+    /// without passing this check.
+    pub fn validate(&self) -> Result<()> {
+        if !(4..=256).contains(&self.max_connections) {
+            return Err(Error::invalid(
+                "max_connections",
+                format!("{} not in 4..=256", self.max_connections),
+            ));
+        }
+        if !(self.max_connections..=MAX_EF).contains(&self.ef_construction) {
+            return Err(Error::invalid(
+                "ef_construction",
+                format!(
+                    "{} not in {}..={MAX_EF} (max_connections..={MAX_EF})",
+                    self.ef_construction, self.max_connections
+                ),
+            ));
+        }
+        if !(1..=MAX_EF).contains(&self.ef_search) {
+            return Err(Error::invalid(
+                "ef_search",
+                format!("{} not in 1..={MAX_EF}", self.ef_search),
+            ));
+        }
+        if !(1..=16).contains(&self.max_layers) {
+            return Err(Error::invalid(
+                "max_layers",
+                format!("{} not in 1..=16", self.max_layers),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// When [`PlanHint::Auto`](crate::PlanHint::Auto) picks the exact plan.
+///
+/// The exact plan is used when the number of allowed documents is at most
+/// `max(exact_max_count, exact_max_fraction * live)`, where `live` is the
+/// number of indexed documents (with no filter, allowed = live, so small
+/// indexes are always scanned exactly).
+///
+/// Defaults come from `benches/planner.rs` (20k clustered 128-d vectors): an
+/// exact scan of the allowed rows costs about 40 ns per row, while a filtered
+/// graph search stays around 0.2-0.4 ms down to 10 % selectivity and then
+/// degrades sharply because hnsw_rs explores filtered-out nodes. The crossover
+/// is near 5k allowed rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannerConfig {
+    /// Absolute number of allowed documents up to which the scan is exact. Default 4096.
+    pub exact_max_count: usize,
+    /// Fraction of live documents up to which the scan is exact. Default 0.05. Valid: `0.0..=1.0`.
+    pub exact_max_fraction: f64,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            exact_max_count: 4096,
+            exact_max_fraction: 0.05,
+        }
+    }
+}
+
+impl PlannerConfig {
+    /// Checks that the fraction is a number in `0.0..=1.0`.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.exact_max_fraction) {
+            return Err(Error::invalid(
+                "exact_max_fraction",
+                format!("{} not in 0.0..=1.0", self.exact_max_fraction),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Largest allowed count that still gets the exact plan.
+    pub(crate) fn exact_threshold(&self, live: usize) -> usize {
+        let frac = (self.exact_max_fraction * live as f64).floor() as usize;
+        self.exact_max_count.max(frac)
+    }
+}
+
+/// Full configuration of a [`SpaceIndex`](crate::SpaceIndex).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexConfig {
+    /// Graph parameters.
+    pub hnsw: HnswParams,
+    /// Exact-versus-graph planner thresholds.
+    pub planner: PlannerConfig,
+    /// Rebuild the graph when `tombstones / graph points` exceeds this.
+    /// Default 0.25. Must be `> 0`; values `>= 1.0` disable automatic compaction.
+    pub compaction_ratio: f64,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            hnsw: HnswParams::default(),
+            planner: PlannerConfig::default(),
+            compaction_ratio: 0.25,
+        }
+    }
+}
+
+impl IndexConfig {
+    /// Validates all parts of the configuration.
+    pub fn validate(&self) -> Result<()> {
+        self.hnsw.validate()?;
+        self.planner.validate()?;
+        if self.compaction_ratio.is_nan() || self.compaction_ratio <= 0.0 {
+            return Err(Error::invalid(
+                "compaction_ratio",
+                format!("{} must be > 0", self.compaction_ratio),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! Exact index: contiguous rows scanned with the SIMD dot kernel.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::metric::Metric;
+use crate::search::{AllowSet, Hit, Plan, SearchOptions, SearchOutput, TopK, VectorIndex};
+
+/// Largest supported dimension (the on-disk header stores it as `u32`; this
+/// keeps single rows and allocations reasonable).
+pub(crate) const MAX_DIM: usize = 1 << 16;
+
+pub(crate) fn check_dim(dim: usize) -> Result<()> {
+    if dim == 0 || dim > MAX_DIM {
+        return Err(Error::invalid("dim", format!("{dim} not in 1..={MAX_DIM}")));
+    }
+    Ok(())
+}
+
+/// Exact vector store and brute-force index.
+///
+/// Rows live in one contiguous `Vec<f32>`; removal moves the last row into the
+/// hole, so row order is not insertion order. Under [`Metric::Cosine`] rows are
+/// stored normalised. Searches always report [`Plan::Exact`].
+#[derive(Clone, Debug)]
+pub struct FlatIndex {
+    dim: usize,
+    metric: Metric,
+    data: Vec<f32>,
+    docs: Vec<u64>,
+    pos: HashMap<u64, usize>,
+}
+
+impl FlatIndex {
+    /// Creates an empty index. Fails if `dim` is 0 or above 65536.
+    pub fn new(dim: usize, metric: Metric) -> Result<Self> {
+        Self::with_capacity(dim, metric, 0)
+    }
+
+    /// Creates an empty index with room for `n` vectors.
+    pub fn with_capacity(dim: usize, metric: Metric, n: usize) -> Result<Self> {
+        check_dim(dim)?;
+        Ok(FlatIndex {
+            dim,
+            metric,
+            data: Vec::with_capacity(n.saturating_mul(dim)),
+            docs: Vec::with_capacity(n),
+            pos: HashMap::with_capacity(n),
+        })
+    }
+
+    /// The stored (for Cosine: normalised) vector of `doc`.
+    pub fn get(&self, doc: u64) -> Option<&[f32]> {
+        self.pos.get(&doc).map(|&i| self.row(i))
+    }
+
+    /// Whether `doc` is stored.
+    pub fn contains(&self, doc: u64) -> bool {
+        self.pos.contains_key(&doc)
+    }
+
+    /// All `(doc, vector)` pairs, in storage order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (u64, &[f32])> + '_ {
+        self.docs
+            .iter()
+            .zip(self.data.chunks_exact(self.dim))
+            .map(|(&d, v)| (d, v))
+    }
+
+    /// All stored document ids, in storage order.
+    pub fn docs(&self) -> &[u64] {
+        &self.docs
+    }
+
+    #[inline]
+    fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Inserts an already validated and normalised vector.
+    pub(crate) fn upsert_prepared(&mut self, doc: u64, v: &[f32]) {
+        debug_assert_eq!(v.len(), self.dim);
+        match self.pos.get(&doc) {
+            Some(&i) => self.data[i * self.dim..(i + 1) * self.dim].copy_from_slice(v),
+            None => {
+                self.pos.insert(doc, self.docs.len());
+                self.docs.push(doc);
+                self.data.extend_from_slice(v);
+            }
+        }
+    }
+
+    /// Exact top-k for a prepared query, restricted to `allow`.
+    pub(crate) fn search_prepared(&self, q: &[f32], k: usize, allow: Option<&AllowSet>) -> Vec<Hit> {
+        let mut top = TopK::new(k);
+        if k == 0 {
+            return Vec::new();
+        }
+        match allow {
+            // Small filter: visit only its rows.
+            Some(a) if a.len() <= self.docs.len() => {
+                for doc in a.iter() {
+                    if let Some(&i) = self.pos.get(&doc) {
+                        top.push(doc, self.metric.score(q, self.row(i)));
+                    }
+                }
+            }
+            Some(a) => {
+                for (i, &doc) in self.docs.iter().enumerate() {
+                    if a.contains(doc) {
+                        top.push(doc, self.metric.score(q, self.row(i)));
+                    }
+                }
+            }
+            None => {
+                for (doc, row) in self.iter() {
+                    top.push(doc, self.metric.score(q, row));
+                }
+            }
+        }
+        top.into_sorted()
+    }
+
+    /// Exact top-k among `candidates` (unknown docs are skipped).
+    pub(crate) fn rescore(&self, q: &[f32], k: usize, candidates: impl Iterator<Item = u64>) -> Vec<Hit> {
+        let mut top = TopK::new(k);
+        for doc in candidates {
+            if let Some(&i) = self.pos.get(&doc) {
+                top.push(doc, self.metric.score(q, self.row(i)));
+            }
+        }
+        top.into_sorted()
+    }
+
+    /// Number of `allow` ids that are stored here.
+    pub(crate) fn count_allowed(&self, allow: &AllowSet) -> usize {
+        allow.iter().filter(|d| self.pos.contains_key(d)).count()
+    }
+}
+
+impl VectorIndex for FlatIndex {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    fn upsert(&mut self, doc: u64, v: &[f32]) -> Result<()> {
+        let v = self.metric.prepare(self.dim, v)?;
+        self.upsert_prepared(doc, &v);
+        Ok(())
+    }
+
+    fn remove(&mut self, doc: u64) -> bool {
+        let Some(i) = self.pos.remove(&doc) else {
+            return false;
+        };
+        let last = self.docs.len() - 1;
+        if i != last {
+            let moved = self.docs[last];
+            self.data.copy_within(last * self.dim..(last + 1) * self.dim, i * self.dim);
+            self.docs[i] = moved;
+            self.pos.insert(moved, i);
+        }
+        self.docs.pop();
+        self.data.truncate(last * self.dim);
+        true
+    }
+
+    fn search(
+        &self,
+        q: &[f32],
+        opts: &SearchOptions,
+        allow: Option<&AllowSet>,
+    ) -> Result<SearchOutput> {
+        opts.validate()?;
+        let q = self.metric.prepare(self.dim, q)?;
+        Ok(SearchOutput {
+            hits: self.search_prepared(&q, opts.k, allow),
+            plan: Plan::Exact,
+        })
+    }
+}

@@ -1,0 +1,319 @@
+//! HNSW graph over dense point ids, with tombstones.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use hnsw_rs::prelude::{AnnT, DataId, Distance, FilterT, Hnsw, HnswIo};
+
+use crate::config::HnswParams;
+use crate::error::{Error, Result};
+use crate::flat::{check_dim, FlatIndex};
+use crate::kernels;
+use crate::metric::Metric;
+use crate::search::AllowSet;
+
+/// Graph distance: squared Euclidean on prepared vectors.
+///
+/// On normalised vectors it orders like cosine; on raw vectors it orders like
+/// the dot product when norms are equal. It never returns NaN or a negative
+/// value, since hnsw_rs asserts `dist >= 0`. hnsw_rs stores the type's name
+/// in dumps and checks it on reload, so do not rename it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct VitrineL2;
+
+impl Distance<f32> for VitrineL2 {
+    #[inline]
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        let d = kernels::l2_sq(a, b);
+        if d.is_nan() {
+            f32::MAX
+        } else {
+            d.max(0.0)
+        }
+    }
+}
+
+type Graph<'a> = Hnsw<'a, f32, VitrineL2>;
+
+/// A graph reloaded from disk borrows its `HnswIo` loader.
+#[ouroboros::self_referencing]
+struct LoadedGraph {
+    io: HnswIo,
+    #[borrows(mut io)]
+    #[not_covariant]
+    hnsw: Graph<'this>,
+}
+
+enum GraphStore {
+    Built(Box<Graph<'static>>),
+    Loaded(LoadedGraph),
+}
+
+impl GraphStore {
+    fn with<R>(&self, f: impl FnOnce(&Graph<'_>) -> R) -> R {
+        match self {
+            GraphStore::Built(h) => f(h),
+            GraphStore::Loaded(l) => l.with_hnsw(|h| f(h)),
+        }
+    }
+}
+
+/// HNSW graph (hnsw_rs) whose nodes are dense point ids mapped to documents.
+///
+/// hnsw_rs cannot delete, so removing or replacing a document turns its point
+/// into a tombstone that searches filter out; [`SpaceIndex`](crate::SpaceIndex)
+/// rebuilds the graph when tombstones pile up. The graph returns candidate
+/// documents only: exact scores come from a [`FlatIndex`].
+pub struct HnswIndex {
+    dim: usize,
+    metric: Metric,
+    params: HnswParams,
+    graph: GraphStore,
+    /// Point id -> document; `None` is a tombstone.
+    points: Vec<Option<u64>>,
+    doc_point: HashMap<u64, usize>,
+}
+
+impl std::fmt::Debug for HnswIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HnswIndex")
+            .field("dim", &self.dim)
+            .field("metric", &self.metric)
+            .field("params", &self.params)
+            .field("points", &self.points.len())
+            .field("live", &self.doc_point.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn new_graph(params: &HnswParams, capacity: usize) -> Graph<'static> {
+    // `params` is validated by every caller: hnsw_rs exits on max_connections > 256.
+    Hnsw::new(
+        params.max_connections,
+        capacity.max(1024),
+        params.max_layers,
+        params.ef_construction,
+        VitrineL2,
+    )
+}
+
+impl HnswIndex {
+    /// Creates an empty graph.
+    pub fn new(dim: usize, metric: Metric, params: HnswParams) -> Result<Self> {
+        check_dim(dim)?;
+        params.validate()?;
+        let graph = GraphStore::Built(Box::new(new_graph(&params, 0)));
+        Ok(HnswIndex {
+            dim,
+            metric,
+            params,
+            graph,
+            points: Vec::new(),
+            doc_point: HashMap::new(),
+        })
+    }
+
+    /// Builds a graph over all vectors of `flat`, inserting with `threads`
+    /// rayon threads (`0` = all cores, `1` = sequential and deterministic).
+    pub fn build(flat: &FlatIndex, params: HnswParams, threads: usize) -> Result<Self> {
+        use crate::search::VectorIndex;
+        params.validate()?;
+        let n = flat.len();
+        let hnsw = new_graph(&params, n);
+        let items: Vec<(&[f32], usize)> = flat.iter().enumerate().map(|(i, (_, v))| (v, i)).collect();
+        let points: Vec<Option<u64>> = flat.docs().iter().map(|&d| Some(d)).collect();
+        let doc_point = flat.docs().iter().enumerate().map(|(i, &d)| (d, i)).collect();
+        if threads == 1 || n < 256 {
+            for &item in &items {
+                hnsw.insert_slice(item);
+            }
+        } else {
+            match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+                Ok(pool) => pool.install(|| hnsw.parallel_insert_slice(&items)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start a thread pool; inserting sequentially");
+                    for &item in &items {
+                        hnsw.insert_slice(item);
+                    }
+                }
+            }
+        }
+        tracing::debug!(points = n, threads, "built HNSW graph");
+        Ok(HnswIndex {
+            dim: flat.dim(),
+            metric: flat.metric(),
+            params,
+            graph: GraphStore::Built(Box::new(hnsw)),
+            points,
+            doc_point,
+        })
+    }
+
+    /// Number of components per vector.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Metric the vectors were prepared for.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// Graph parameters.
+    pub fn params(&self) -> &HnswParams {
+        &self.params
+    }
+
+    /// Number of live documents.
+    pub fn len(&self) -> usize {
+        self.doc_point.len()
+    }
+
+    /// Whether no document is live.
+    pub fn is_empty(&self) -> bool {
+        self.doc_point.is_empty()
+    }
+
+    /// Number of graph nodes, tombstones included.
+    pub fn points(&self) -> usize {
+        self.points.len()
+    }
+
+    /// Number of tombstoned nodes.
+    pub fn tombstones(&self) -> usize {
+        self.points.len() - self.doc_point.len()
+    }
+
+    /// Whether `doc` is live in the graph.
+    pub fn contains(&self, doc: u64) -> bool {
+        self.doc_point.contains_key(&doc)
+    }
+
+    /// Live documents, in no particular order.
+    pub fn docs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.doc_point.keys().copied()
+    }
+
+    pub(crate) fn point_table(&self) -> &[Option<u64>] {
+        &self.points
+    }
+
+    /// Inserts or replaces `doc` (the old node becomes a tombstone).
+    pub fn upsert(&mut self, doc: u64, v: &[f32]) -> Result<()> {
+        let v = self.metric.prepare(self.dim, v)?;
+        self.insert_prepared(doc, &v);
+        Ok(())
+    }
+
+    pub(crate) fn insert_prepared(&mut self, doc: u64, v: &[f32]) {
+        debug_assert_eq!(v.len(), self.dim);
+        self.remove(doc);
+        let id = self.points.len();
+        self.graph.with(|h| h.insert_slice((v, id)));
+        self.points.push(Some(doc));
+        self.doc_point.insert(doc, id);
+    }
+
+    /// Tombstones `doc`; returns whether it was live.
+    pub fn remove(&mut self, doc: u64) -> bool {
+        match self.doc_point.remove(&doc) {
+            Some(p) => {
+                self.points[p] = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Up to `n` live, allowed documents near `q`, nearest first (graph order,
+    /// approximate). `ef` is the candidate list size.
+    pub fn nearest(&self, q: &[f32], n: usize, ef: usize, allow: Option<&AllowSet>) -> Result<Vec<u64>> {
+        let q = self.metric.prepare(self.dim, q)?;
+        Ok(self.candidates(&q, n, ef, allow))
+    }
+
+    pub(crate) fn candidates(&self, q: &[f32], n: usize, ef: usize, allow: Option<&AllowSet>) -> Vec<u64> {
+        if n == 0 || self.doc_point.is_empty() {
+            return Vec::new();
+        }
+        // hnsw_rs can panic on an empty result heap when ef == 1 and the entry
+        // point is filtered out; ef >= 2 avoids that path.
+        let ef = ef.max(n).max(2);
+        let points = &self.points;
+        let neighbours = self.graph.with(|h| {
+            if allow.is_none() && self.tombstones() == 0 {
+                h.search_filter(q, n, ef, None)
+            } else {
+                let filter = |id: &DataId| match points.get(*id) {
+                    Some(Some(doc)) => allow.is_none_or(|a| a.contains(*doc)),
+                    _ => false,
+                };
+                h.search_filter(q, n, ef, Some(&filter as &dyn FilterT))
+            }
+        });
+        neighbours
+            .iter()
+            .filter_map(|nb| points.get(nb.d_id).copied().flatten())
+            .collect()
+    }
+
+    /// Dumps the graph into `dir` with basename `graph`; `dir` must be empty.
+    pub(crate) fn dump(&self, dir: &Path) -> Result<()> {
+        let name = self
+            .graph
+            .with(|h| h.file_dump(dir, crate::format::GRAPH_BASENAME))
+            .map_err(|e| Error::Graph(e.to_string()))?;
+        if name != crate::format::GRAPH_BASENAME {
+            return Err(Error::Graph(format!(
+                "hnsw_rs dumped under basename {name:?} instead of {:?}",
+                crate::format::GRAPH_BASENAME
+            )));
+        }
+        Ok(())
+    }
+
+    /// Loads a dump whose files were already verified (length and checksum).
+    pub(crate) fn load_verified(
+        dir: &Path,
+        dim: usize,
+        metric: Metric,
+        params: HnswParams,
+        points: Vec<Option<u64>>,
+    ) -> std::result::Result<Self, String> {
+        let graph = if points.is_empty() {
+            GraphStore::Built(Box::new(new_graph(&params, 0)))
+        } else {
+            let io = HnswIo::new(dir, crate::format::GRAPH_BASENAME);
+            let loaded = LoadedGraphTryBuilder {
+                io,
+                hnsw_builder: |io: &mut HnswIo| {
+                    io.load_hnsw::<f32, VitrineL2>().map_err(|e| e.to_string())
+                },
+            }
+            .try_build()?;
+            let (nb, d) = loaded.with_hnsw(|h| {
+                (h.get_nb_point(), h.get_point_indexation().get_data_dimension())
+            });
+            if nb != points.len() {
+                return Err(format!("graph has {nb} points, header lists {}", points.len()));
+            }
+            if d != dim {
+                return Err(format!("graph dimension {d}, header says {dim}"));
+            }
+            GraphStore::Loaded(loaded)
+        };
+        let doc_point = points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.map(|d| (d, i)))
+            .collect();
+        Ok(HnswIndex {
+            dim,
+            metric,
+            params,
+            graph,
+            points,
+            doc_point,
+        })
+    }
+}

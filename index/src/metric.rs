@@ -1,0 +1,85 @@
+//! Similarity metrics and vector validation.
+
+use std::borrow::Cow;
+
+use crate::error::{Error, Result};
+use crate::kernels;
+
+/// How vectors are compared. Scores are similarities: higher is better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Cosine similarity. Vectors and queries are L2-normalised on the way in,
+    /// so the score is their dot product, in `[-1, 1]`.
+    Cosine,
+    /// Raw dot product; vectors are stored as given.
+    ///
+    /// The graph navigates by Euclidean distance, which orders candidates
+    /// exactly like the dot product when stored norms are equal. ANN recall is
+    /// therefore best when stored norms are similar, as with Vitrine's concept
+    /// vectors made of L2-normalised blocks. Scores are always exact.
+    InnerProduct,
+}
+
+impl Metric {
+    pub(crate) fn to_u8(self) -> u8 {
+        match self {
+            Metric::Cosine => 1,
+            Metric::InnerProduct => 2,
+        }
+    }
+
+    pub(crate) fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Metric::Cosine),
+            2 => Some(Metric::InnerProduct),
+            _ => None,
+        }
+    }
+
+    /// Validates `v` against `dim` and applies the metric's input transform.
+    pub(crate) fn prepare<'a>(self, dim: usize, v: &'a [f32]) -> Result<Cow<'a, [f32]>> {
+        if v.len() != dim {
+            return Err(Error::DimensionMismatch {
+                expected: dim,
+                found: v.len(),
+            });
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(Error::NonFinite);
+        }
+        // f64 so that neither overflow nor underflow of the squares can fool us.
+        let norm_sq: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        if !(norm_sq as f32).is_finite() {
+            // Dot products with such a vector could overflow to inf or NaN.
+            return Err(Error::NonFinite);
+        }
+        match self {
+            Metric::InnerProduct => Ok(Cow::Borrowed(v)),
+            Metric::Cosine => {
+                if norm_sq == 0.0 {
+                    return Err(Error::ZeroVector);
+                }
+                let inv = 1.0 / norm_sq.sqrt();
+                Ok(Cow::Owned(
+                    v.iter().map(|&x| (f64::from(x) * inv) as f32).collect(),
+                ))
+            }
+        }
+    }
+
+    /// Similarity of two prepared vectors.
+    #[inline]
+    pub(crate) fn score(self, a: &[f32], b: &[f32]) -> f32 {
+        sanitize(kernels::dot(a, b))
+    }
+}
+
+/// Maps NaN to -inf and -0.0 to 0.0 so that ordering is total and stable.
+#[inline]
+pub(crate) fn sanitize(s: f32) -> f32 {
+    if s.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        s + 0.0
+    }
+}

@@ -1,0 +1,361 @@
+//! The index the database uses: exact store + graph + planner.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::config::IndexConfig;
+use crate::error::{Error, LoadError, Result};
+use crate::flat::FlatIndex;
+use crate::format::{self, FileSum, IndexHeader};
+use crate::graph::HnswIndex;
+use crate::metric::Metric;
+use crate::search::{AllowSet, Plan, PlanHint, SearchOptions, SearchOutput, VectorIndex};
+
+/// A vector space: a [`FlatIndex`] holding the exact vectors, an
+/// [`HnswIndex`] over them, and a planner choosing between exact scans and
+/// graph search per query.
+///
+/// Graph results are re-scored from the flat store, so scores are identical
+/// across plans. Removed or replaced vectors become graph tombstones; the
+/// graph is rebuilt from the flat store when they exceed
+/// [`IndexConfig::compaction_ratio`].
+#[derive(Debug)]
+pub struct SpaceIndex {
+    flat: FlatIndex,
+    graph: HnswIndex,
+    cfg: IndexConfig,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl SpaceIndex {
+    /// Creates an empty index.
+    pub fn new(dim: usize, metric: Metric, cfg: IndexConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(SpaceIndex {
+            flat: FlatIndex::new(dim, metric)?,
+            graph: HnswIndex::new(dim, metric, cfg.hnsw.clone())?,
+            cfg,
+        })
+    }
+
+    /// Builds the graph over all vectors of `flat` using `threads` insertion
+    /// threads (`0` = all cores).
+    pub fn build(flat: FlatIndex, cfg: IndexConfig, threads: usize) -> Result<Self> {
+        cfg.validate()?;
+        let graph = HnswIndex::build(&flat, cfg.hnsw.clone(), threads)?;
+        Ok(SpaceIndex { flat, graph, cfg })
+    }
+
+    /// The exact vector store.
+    pub fn flat(&self) -> &FlatIndex {
+        &self.flat
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &HnswIndex {
+        &self.graph
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IndexConfig {
+        &self.cfg
+    }
+
+    /// The stored (for Cosine: normalised) vector of `doc`.
+    pub fn get(&self, doc: u64) -> Option<&[f32]> {
+        self.flat.get(doc)
+    }
+
+    /// Number of tombstoned graph nodes.
+    pub fn tombstones(&self) -> usize {
+        self.graph.tombstones()
+    }
+
+    /// Rebuilds the graph from the flat store, dropping all tombstones.
+    pub fn compact(&mut self, threads: usize) -> Result<()> {
+        let dropped = self.graph.tombstones();
+        self.graph = HnswIndex::build(&self.flat, self.cfg.hnsw.clone(), threads)?;
+        tracing::debug!(dropped, live = self.flat.len(), "compacted graph");
+        Ok(())
+    }
+
+    fn maybe_compact(&mut self) {
+        let points = self.graph.points();
+        if points == 0 {
+            return;
+        }
+        let ratio = self.graph.tombstones() as f64 / points as f64;
+        if ratio > self.cfg.compaction_ratio {
+            // Cannot fail: the parameters were validated when `self` was made.
+            if let Err(e) = self.compact(default_threads()) {
+                tracing::warn!(error = %e, "automatic compaction failed");
+            }
+        }
+    }
+
+    /// The plan [`PlanHint::Auto`] picks for this filter: exact when the
+    /// allowed count is at most `max(exact_max_count, exact_max_fraction * len)`.
+    pub fn plan_for(&self, allow: Option<&AllowSet>) -> Plan {
+        let live = self.flat.len();
+        let allowed = allow.map_or(live, |a| a.len().min(live));
+        if allowed <= self.cfg.planner.exact_threshold(live) {
+            Plan::Exact
+        } else {
+            Plan::Graph
+        }
+    }
+
+    fn search_graph(&self, q: &[f32], k: usize, ef: usize, allow: Option<&AllowSet>) -> SearchOutput {
+        let n = k.max(ef);
+        let cands = self.graph.candidates(q, n, ef, allow);
+        let got = cands.len();
+        let hits = self.flat.rescore(q, k, cands.into_iter());
+        if hits.len() < k {
+            // The graph can miss allowed points under very selective filters;
+            // answer exactly if more were available.
+            let available = allow.map_or(self.flat.len(), |a| self.flat.count_allowed(a));
+            if available > hits.len() {
+                tracing::debug!(got, available, k, "graph returned too few hits; scanning exactly");
+                return SearchOutput {
+                    hits: self.flat.search_prepared(q, k, allow),
+                    plan: Plan::Exact,
+                };
+            }
+        }
+        SearchOutput {
+            hits,
+            plan: Plan::Graph,
+        }
+    }
+
+    /// Saves the graph and header into `dir`, replacing any previous save.
+    ///
+    /// Everything is written to a fresh temporary directory next to `dir`,
+    /// synced, then swapped in. A crash during the swap leaves no index at
+    /// `dir`, which [`SpaceIndex::load`] reports as [`LoadError::Missing`].
+    pub fn save(&self, dir: &Path, generation: u64) -> Result<()> {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".vitrine-index-")
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io(&parent, e))?;
+        let (graph_sum, data_sum) = if self.graph.points() == 0 {
+            // hnsw_rs cannot dump an empty graph.
+            (FileSum::default(), FileSum::default())
+        } else {
+            self.graph.dump(tmp.path())?;
+            let sum = |name: &str| -> Result<FileSum> {
+                let p = tmp.path().join(name);
+                sync_file(&p)?;
+                format::checksum_file(&p).map_err(|e| Error::io(&p, e))
+            };
+            (sum(format::GRAPH_FILE)?, sum(format::DATA_FILE)?)
+        };
+        let header = IndexHeader {
+            version: format::FORMAT_VERSION,
+            metric: self.flat.metric(),
+            dim: self.flat.dim(),
+            params: self.graph.params().clone(),
+            generation,
+            live: self.graph.len() as u64,
+            points: self.graph.point_table().to_vec(),
+            graph: graph_sum,
+            data: data_sum,
+        };
+        let hpath = tmp.path().join(format::HEADER_FILE);
+        fs::write(&hpath, format::encode_index_header(&header)).map_err(|e| Error::io(&hpath, e))?;
+        sync_file(&hpath)?;
+        sync_dir(tmp.path())?;
+        let tmp_path = tmp.keep();
+        let swap = || -> Result<()> {
+            match fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(dir, e)),
+            }
+            fs::rename(&tmp_path, dir).map_err(|e| Error::io(dir, e))?;
+            sync_dir(&parent)
+        };
+        let res = swap();
+        if res.is_err() {
+            let _ = fs::remove_dir_all(&tmp_path);
+        }
+        tracing::debug!(dir = %dir.display(), generation, points = header.points.len(), "saved index");
+        res
+    }
+
+    /// Loads an index saved by [`SpaceIndex::save`] for the vectors in `flat`.
+    ///
+    /// Checks, in order: the header's checksum and version, the generation
+    /// (else [`LoadError::Stale`]), dimension, metric and live document set
+    /// against `flat` (else [`LoadError::Mismatch`]), and the dump files'
+    /// lengths and checksums before hnsw_rs reads them (else
+    /// [`LoadError::Corrupt`]). `cfg` supplies search and compaction settings;
+    /// the loaded graph keeps the parameters it was built with until the next
+    /// compaction.
+    pub fn load(
+        dir: &Path,
+        generation: u64,
+        flat: FlatIndex,
+        cfg: IndexConfig,
+    ) -> std::result::Result<Self, LoadError> {
+        cfg.validate().map_err(LoadError::Config)?;
+        let hpath = dir.join(format::HEADER_FILE);
+        let bytes = match fs::read(&hpath) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let path = if dir.exists() { hpath } else { dir.to_path_buf() };
+                return Err(LoadError::Missing { path });
+            }
+            Err(e) => return Err(LoadError::Io { path: hpath, source: e }),
+        };
+        let header = format::parse_index_header(&bytes).map_err(|e| LoadError::Corrupt {
+            path: hpath.clone(),
+            reason: e.to_string(),
+        })?;
+        if header.generation != generation {
+            return Err(LoadError::Stale {
+                path: hpath,
+                found: header.generation,
+                expected: generation,
+            });
+        }
+        let mismatch = |reason: String| LoadError::Mismatch {
+            path: hpath.clone(),
+            reason,
+        };
+        if header.dim != flat.dim() {
+            return Err(mismatch(format!("dimension {} vs {}", header.dim, flat.dim())));
+        }
+        if header.metric != flat.metric() {
+            return Err(mismatch(format!("metric {:?} vs {:?}", header.metric, flat.metric())));
+        }
+        if header.live != flat.len() as u64 {
+            return Err(mismatch(format!("{} live documents vs {}", header.live, flat.len())));
+        }
+        // Live docs are unique (checked by the parser) and equally many, so
+        // inclusion means equality.
+        if let Some(doc) = header.points.iter().flatten().find(|d| !flat.contains(**d)) {
+            return Err(mismatch(format!("document {doc} is not in the vectors")));
+        }
+        if !header.points.is_empty() {
+            for (name, want) in [(format::GRAPH_FILE, header.graph), (format::DATA_FILE, header.data)] {
+                let p = dir.join(name);
+                let got = format::checksum_file(&p).map_err(|e| LoadError::Corrupt {
+                    path: p.clone(),
+                    reason: format!("cannot read: {e}"),
+                })?;
+                if got.len != want.len {
+                    return Err(LoadError::Corrupt {
+                        path: p,
+                        reason: format!("length {} bytes, expected {}", got.len, want.len),
+                    });
+                }
+                if got.crc != want.crc {
+                    return Err(LoadError::Corrupt {
+                        path: p,
+                        reason: "checksum mismatch".into(),
+                    });
+                }
+            }
+        }
+        let graph = HnswIndex::load_verified(dir, header.dim, header.metric, header.params, header.points)
+            .map_err(|reason| LoadError::Corrupt {
+                path: dir.join(format::GRAPH_FILE),
+                reason,
+            })?;
+        tracing::debug!(dir = %dir.display(), generation, points = graph.points(), "loaded index");
+        Ok(SpaceIndex { flat, graph, cfg })
+    }
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    // Directories cannot be opened for syncing on Windows.
+    #[cfg(unix)]
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+impl VectorIndex for SpaceIndex {
+    fn dim(&self) -> usize {
+        self.flat.dim()
+    }
+
+    fn metric(&self) -> Metric {
+        self.flat.metric()
+    }
+
+    fn len(&self) -> usize {
+        self.flat.len()
+    }
+
+    fn upsert(&mut self, doc: u64, v: &[f32]) -> Result<()> {
+        let v = self.flat.metric().prepare(self.flat.dim(), v)?;
+        self.flat.upsert_prepared(doc, &v);
+        self.graph.insert_prepared(doc, &v);
+        self.maybe_compact();
+        Ok(())
+    }
+
+    fn remove(&mut self, doc: u64) -> bool {
+        let removed = self.flat.remove(doc);
+        self.graph.remove(doc);
+        if removed {
+            self.maybe_compact();
+        }
+        removed
+    }
+
+    fn search(
+        &self,
+        q: &[f32],
+        opts: &SearchOptions,
+        allow: Option<&AllowSet>,
+    ) -> Result<SearchOutput> {
+        opts.validate()?;
+        let q = self.flat.metric().prepare(self.flat.dim(), q)?;
+        let k = opts.k;
+        if k == 0 {
+            return Ok(SearchOutput {
+                hits: Vec::new(),
+                plan: self.plan_for(allow),
+            });
+        }
+        let plan = match opts.plan {
+            PlanHint::Exact => Plan::Exact,
+            PlanHint::Graph => Plan::Graph,
+            PlanHint::Auto => {
+                let allowed = allow.map_or(self.flat.len(), |a| a.len());
+                // Asking for (nearly) everything allowed is cheapest exactly.
+                if k >= allowed { Plan::Exact } else { self.plan_for(allow) }
+            }
+        };
+        Ok(match plan {
+            Plan::Exact => SearchOutput {
+                hits: self.flat.search_prepared(&q, k, allow),
+                plan: Plan::Exact,
+            },
+            Plan::Graph => {
+                let ef = opts.ef.unwrap_or(self.cfg.hnsw.ef_search);
+                self.search_graph(&q, k, ef, allow)
+            }
+        })
+    }
+}

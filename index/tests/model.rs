@@ -1,0 +1,111 @@
+//! SpaceIndex against a HashMap + brute-force model, and header fuzzing.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use vitrine_index::{
+    encode_index_header, parse_index_header, AllowSet, Hit, IndexConfig, Metric, PlanHint,
+    SearchOptions, SpaceIndex, VectorIndex,
+};
+
+const DIM: usize = 4;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Upsert(u64, [i8; DIM]),
+    Remove(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u64..24, prop::array::uniform4(-3i8..=3)).prop_map(|(d, v)| Op::Upsert(d, v)),
+        2 => (0u64..24).prop_map(Op::Remove),
+    ]
+}
+
+fn vecf(v: &[i8; DIM]) -> Vec<f32> {
+    v.iter().map(|&x| f32::from(x)).collect()
+}
+
+/// Small integer vectors under InnerProduct: every dot is exact in f32, so
+/// scores and tie-breaks must match the model bit for bit.
+fn model_search(model: &HashMap<u64, Vec<f32>>, q: &[f32], k: usize, allow: Option<&AllowSet>) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = model
+        .iter()
+        .filter(|(d, _)| allow.is_none_or(|a| a.contains(**d)))
+        .map(|(&doc, v)| Hit {
+            doc,
+            score: v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() + 0.0,
+        })
+        .collect();
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.doc.cmp(&b.doc)));
+    hits.truncate(k);
+    hits
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn space_index_matches_model(
+        ops in prop::collection::vec(op(), 1..120),
+        q in prop::array::uniform4(-3i8..=3),
+        k in 0usize..30,
+        allow in prop::collection::vec(0u64..24, 0..12),
+    ) {
+        let mut idx = SpaceIndex::new(DIM, Metric::InnerProduct, IndexConfig::default()).unwrap();
+        let mut model: HashMap<u64, Vec<f32>> = HashMap::new();
+        for op in &ops {
+            match op {
+                Op::Upsert(d, v) => {
+                    idx.upsert(*d, &vecf(v)).unwrap();
+                    model.insert(*d, vecf(v));
+                }
+                Op::Remove(d) => {
+                    prop_assert_eq!(idx.remove(*d), model.remove(d).is_some());
+                }
+            }
+            prop_assert_eq!(idx.len(), model.len());
+            prop_assert!(idx.tombstones() as f64 <= 0.25 * idx.graph().points() as f64);
+        }
+        for d in 0..24u64 {
+            prop_assert_eq!(idx.get(d), model.get(&d).map(|v| v.as_slice()));
+        }
+        let q = vecf(&q);
+        let allow = AllowSet::from_unsorted(allow);
+        for a in [None, Some(&allow)] {
+            let opts = SearchOptions::new(k).with_plan(PlanHint::Exact);
+            let got = idx.search(&q, &opts, a).unwrap();
+            prop_assert_eq!(got.hits, model_search(&model, &q, k, a));
+            // The graph may miss hits but never returns dead or disallowed docs.
+            let g = idx.search(&q, &SearchOptions::new(k).with_plan(PlanHint::Graph), a).unwrap();
+            for h in &g.hits {
+                prop_assert!(model.contains_key(&h.doc));
+                prop_assert!(a.is_none_or(|a| a.contains(h.doc)));
+            }
+        }
+    }
+
+    #[test]
+    fn header_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = parse_index_header(&bytes);
+    }
+
+    #[test]
+    fn damaged_headers_are_refused(pos in any::<prop::sample::Index>(), bit in 0u8..8, cut in any::<prop::sample::Index>()) {
+        let mut idx = SpaceIndex::new(DIM, Metric::Cosine, IndexConfig::default()).unwrap();
+        for d in 0..5u64 {
+            idx.upsert(d, &[1.0, d as f32, 0.5, 0.0]).unwrap();
+        }
+        idx.remove(2);
+        let dir = tempfile::tempdir().unwrap();
+        idx.save(&dir.path().join("i"), 1).unwrap();
+        let good = std::fs::read(dir.path().join("i").join("index.vtx")).unwrap();
+        let header = parse_index_header(&good).unwrap();
+        prop_assert_eq!(encode_index_header(&header), good.clone());
+        let mut flipped = good.clone();
+        flipped[pos.index(good.len())] ^= 1 << bit;
+        prop_assert!(parse_index_header(&flipped).is_err());
+        prop_assert!(parse_index_header(&good[..cut.index(good.len())]).is_err());
+    }
+}

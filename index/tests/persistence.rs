@@ -1,0 +1,190 @@
+//! save/load round trips and every way a saved index can be refused.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::clustered;
+use vitrine_index::{
+    AllowSet, FlatIndex, IndexConfig, LoadError, Metric, PlanHint, SearchOptions, SpaceIndex,
+    VectorIndex,
+};
+
+const DIM: usize = 16;
+
+fn sample() -> (SpaceIndex, Vec<Vec<f32>>) {
+    let (data, queries) = clustered(3, 1500, 30, DIM, 10);
+    let mut flat = FlatIndex::new(DIM, Metric::Cosine).unwrap();
+    for (i, v) in data.iter().enumerate() {
+        flat.upsert(i as u64, v).unwrap();
+    }
+    let mut idx = SpaceIndex::build(flat, IndexConfig::default(), 2).unwrap();
+    // Leave tombstones in the saved graph.
+    for d in 0..40u64 {
+        idx.remove(d);
+    }
+    for d in 40..60u64 {
+        idx.upsert(d, &data[d as usize + 100]).unwrap();
+    }
+    assert_eq!(idx.tombstones(), 60);
+    (idx, queries)
+}
+
+fn all_results(idx: &SpaceIndex, queries: &[Vec<f32>]) -> Vec<Vec<(u64, u32)>> {
+    let allow: AllowSet = (0..1500).filter(|d| d % 3 == 0).collect();
+    let mut out = Vec::new();
+    for q in queries {
+        for plan in [PlanHint::Graph, PlanHint::Exact] {
+            for a in [None, Some(&allow)] {
+                let r = idx.search(q, &SearchOptions::new(10).with_plan(plan), a).unwrap();
+                out.push(r.hits.iter().map(|h| (h.doc, h.score.to_bits())).collect());
+            }
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn load(dir: &Path, idx: &SpaceIndex, generation: u64) -> Result<SpaceIndex, LoadError> {
+    SpaceIndex::load(dir, generation, idx.flat().clone(), IndexConfig::default())
+}
+
+#[test]
+fn save_load_roundtrip_gives_identical_results() {
+    let (idx, queries) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("space");
+    idx.save(&dir, 3).unwrap();
+    // Saving again over an existing save replaces it.
+    idx.save(&dir, 3).unwrap();
+    let names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1, "temp dir left behind");
+
+    let mut loaded = load(&dir, &idx, 3).unwrap();
+    assert_eq!(loaded.tombstones(), idx.tombstones());
+    assert_eq!(loaded.len(), idx.len());
+    assert_eq!(all_results(&loaded, &queries), all_results(&idx, &queries));
+
+    // The loaded graph keeps working: insert, replace, save again.
+    loaded.upsert(5000, &queries[0]).unwrap();
+    loaded.upsert(100, &queries[1]).unwrap();
+    let out = loaded
+        .search(&queries[0], &SearchOptions::new(1).with_plan(PlanHint::Graph), None)
+        .unwrap();
+    assert_eq!(out.hits[0].doc, 5000);
+    loaded.save(&dir, 4).unwrap();
+    let again = load(&dir, &loaded, 4).unwrap();
+    assert_eq!(all_results(&again, &queries), all_results(&loaded, &queries));
+}
+
+#[test]
+fn empty_index_roundtrip() {
+    let idx = SpaceIndex::new(4, Metric::InnerProduct, IndexConfig::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("e");
+    idx.save(&dir, 1).unwrap();
+    let mut l = load(&dir, &idx, 1).unwrap();
+    assert!(l.is_empty());
+    l.upsert(1, &[1.0, 0.0, 0.0, 0.0]).unwrap();
+    assert_eq!(l.search(&[1.0, 0.0, 0.0, 0.0], &SearchOptions::new(1), None).unwrap().hits[0].doc, 1);
+}
+
+#[test]
+fn stale_missing_and_mismatch() {
+    let (idx, _) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("space");
+    assert!(matches!(load(&dir, &idx, 1), Err(LoadError::Missing { path }) if path == dir));
+    idx.save(&dir, 7).unwrap();
+    assert!(matches!(
+        load(&dir, &idx, 8),
+        Err(LoadError::Stale { found: 7, expected: 8, .. })
+    ));
+    fs::remove_file(dir.join("index.vtx")).unwrap();
+    assert!(matches!(load(&dir, &idx, 7), Err(LoadError::Missing { .. })));
+
+    idx.save(&dir, 7).unwrap();
+    let cfg = IndexConfig::default;
+    let mut fewer = idx.flat().clone();
+    fewer.remove(1000);
+    assert!(matches!(SpaceIndex::load(&dir, 7, fewer, cfg()), Err(LoadError::Mismatch { .. })));
+    let mut other = idx.flat().clone();
+    other.remove(1000);
+    other.upsert(99_999, &[1.0; DIM]).unwrap();
+    assert!(matches!(SpaceIndex::load(&dir, 7, other, cfg()), Err(LoadError::Mismatch { .. })));
+    let wrong_dim = FlatIndex::new(DIM + 1, Metric::Cosine).unwrap();
+    assert!(matches!(SpaceIndex::load(&dir, 7, wrong_dim, cfg()), Err(LoadError::Mismatch { .. })));
+    let mut wrong_metric = FlatIndex::new(DIM, Metric::InnerProduct).unwrap();
+    for (d, v) in idx.flat().iter() {
+        wrong_metric.upsert(d, v).unwrap();
+    }
+    assert!(matches!(
+        SpaceIndex::load(&dir, 7, wrong_metric, cfg()),
+        Err(LoadError::Mismatch { .. })
+    ));
+    let mut bad_cfg = cfg();
+    bad_cfg.hnsw.max_connections = 1000;
+    assert!(matches!(
+        SpaceIndex::load(&dir, 7, idx.flat().clone(), bad_cfg),
+        Err(LoadError::Config(_))
+    ));
+}
+
+/// Applies `damage` to a copy of a good save and expects `Corrupt` naming `file`.
+fn expect_corrupt(good: &Path, idx: &SpaceIndex, n: usize, file: &str, damage: impl Fn(&mut Vec<u8>)) {
+    let dir = good.with_file_name(format!("case{n}"));
+    copy_dir(good, &dir);
+    let p: PathBuf = dir.join(file);
+    let mut bytes = fs::read(&p).unwrap();
+    damage(&mut bytes);
+    fs::write(&p, &bytes).unwrap();
+    match load(&dir, idx, 7) {
+        Err(LoadError::Corrupt { path, reason }) => {
+            assert_eq!(path, p, "case {n}: {reason}");
+        }
+        Err(other) => panic!("case {n} ({file}): expected Corrupt, got {other:?}"),
+        Ok(_) => panic!("case {n} ({file}): damaged index loaded"),
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn damaged_files_are_refused() {
+    let (idx, _) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    idx.save(&good, 7).unwrap();
+    let mut n = 0;
+    for file in ["index.vtx", "graph.hnsw.graph", "graph.hnsw.data"] {
+        let len = fs::metadata(good.join(file)).unwrap().len() as usize;
+        for cut in [0, 1, len / 2, len - 1] {
+            n += 1;
+            expect_corrupt(&good, &idx, n, file, |b| b.truncate(cut));
+        }
+        for pos in [0, 9, len / 3, len / 2, len - 5, len - 1] {
+            n += 1;
+            expect_corrupt(&good, &idx, n, file, |b| b[pos] ^= 0x10);
+        }
+        n += 1;
+        expect_corrupt(&good, &idx, n, file, |b| b.extend_from_slice(&[0; 7]));
+    }
+    // A missing dump file with a valid header.
+    let dir = tmp.path().join("nodata");
+    copy_dir(&good, &dir);
+    fs::remove_file(dir.join("graph.hnsw.data")).unwrap();
+    assert!(matches!(load(&dir, &idx, 7), Err(LoadError::Corrupt { .. })));
+    // The untouched save still loads.
+    load(&good, &idx, 7).unwrap();
+}

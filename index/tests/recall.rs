@@ -1,0 +1,107 @@
+//! Recall of the graph plan against brute force on clustered data.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{brute_force, clustered, recall};
+use vitrine_index::{
+    AllowSet, FlatIndex, IndexConfig, Metric, Plan, PlanHint, SearchOptions, SpaceIndex, VectorIndex,
+};
+
+const N: usize = 20_000;
+const DIM: usize = 128;
+const QUERIES: usize = 200;
+const K: usize = 10;
+
+struct Fixture {
+    data: Vec<Vec<f32>>,
+    queries: Vec<Vec<f32>>,
+    index: SpaceIndex,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let (data, queries) = clustered(42, N, QUERIES, DIM, 100);
+        let mut flat = FlatIndex::with_capacity(DIM, Metric::Cosine, N).unwrap();
+        for (i, v) in data.iter().enumerate() {
+            flat.upsert(i as u64, v).unwrap();
+        }
+        let index = SpaceIndex::build(flat, IndexConfig::default(), 2).unwrap();
+        Fixture {
+            data,
+            queries,
+            index,
+        }
+    })
+}
+
+/// Mean recall@K; asserts every search used `expect_plan`.
+fn mean_recall(opts: &SearchOptions, allow: Option<&AllowSet>, expect_plan: Plan) -> f64 {
+    let f = fixture();
+    let mut total = 0.0;
+    for q in &f.queries {
+        let out = f.index.search(q, opts, allow).unwrap();
+        assert_eq!(out.plan, expect_plan);
+        assert!(out.hits.windows(2).all(|w| w[0].score >= w[1].score));
+        if let Some(a) = allow {
+            assert!(out.hits.iter().all(|h| a.contains(h.doc)));
+        }
+        let got: Vec<u64> = out.hits.iter().map(|h| h.doc).collect();
+        total += recall(&got, &brute_force(Metric::Cosine, &f.data, q, K, allow));
+    }
+    total / f.queries.len() as f64
+}
+
+#[test]
+fn unfiltered_graph_recall() {
+    let r = mean_recall(&SearchOptions::new(K), None, Plan::Graph);
+    eprintln!("unfiltered recall@{K} = {r:.4}");
+    assert!(r >= 0.95, "recall {r}");
+}
+
+#[test]
+fn half_filter_graph_recall() {
+    let allow: AllowSet = (0..N as u64).filter(|d| d % 2 == 0).collect();
+    assert_eq!(fixture().index.plan_for(Some(&allow)), Plan::Graph);
+    let r = mean_recall(&SearchOptions::new(K), Some(&allow), Plan::Graph);
+    eprintln!("50% filter recall@{K} = {r:.4}");
+    assert!(r >= 0.95, "recall {r}");
+    let forced = SearchOptions::new(K).with_plan(PlanHint::Graph);
+    let r = mean_recall(&forced, Some(&allow), Plan::Graph);
+    assert!(r >= 0.95, "forced graph recall {r}");
+}
+
+#[test]
+fn one_percent_filter_is_exact() {
+    let allow: AllowSet = (0..N as u64).filter(|d| d % 100 == 7).collect();
+    assert_eq!(fixture().index.plan_for(Some(&allow)), Plan::Exact);
+    let r = mean_recall(&SearchOptions::new(K), Some(&allow), Plan::Exact);
+    assert_eq!(r, 1.0);
+}
+
+#[test]
+fn scores_are_identical_across_plans() {
+    let f = fixture();
+    let allow: AllowSet = (0..N as u64).filter(|d| d % 2 == 1).collect();
+    let mut same = 0;
+    for q in f.queries.iter().take(50) {
+        let g = f
+            .index
+            .search(q, &SearchOptions::new(K).with_plan(PlanHint::Graph), Some(&allow))
+            .unwrap();
+        let e = f
+            .index
+            .search(q, &SearchOptions::new(K).with_plan(PlanHint::Exact), Some(&allow))
+            .unwrap();
+        assert_eq!(e.plan, Plan::Exact);
+        for h in &g.hits {
+            if let Some(x) = e.hits.iter().find(|x| x.doc == h.doc) {
+                assert_eq!(x.score.to_bits(), h.score.to_bits());
+                same += 1;
+            }
+        }
+    }
+    assert!(same > 0);
+}

@@ -1,0 +1,346 @@
+//! `vitrine bench ...`: the harness used to compare Vitrine side by side with
+//! FAISS, hnswlib and Qdrant Edge. Keep the semantics of `ann` stable.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+use rand::{Rng, SeedableRng};
+use vitrine::{Attributes, Db, Metric};
+use vitrine_index::{
+    AllowSet, FlatIndex, HnswParams, IndexConfig, PlanHint, SearchOptions, SpaceIndex, VectorIndex,
+};
+
+use crate::npy;
+
+const K: usize = 10;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// ANN recall and throughput on .npy vectors (k = 10).
+    ///
+    /// Builds with two threads, then searches one query per call on one thread.
+    /// Recall is tie-aware: a returned id counts when its exact score is at least
+    /// the k-th best exact score minus 1e-6.
+    Ann {
+        /// Base vectors: row-major float32 .npy, shape (n, d).
+        #[arg(long)]
+        base: PathBuf,
+        /// Query vectors: float32 .npy, shape (q, d).
+        #[arg(long)]
+        queries: PathBuf,
+        /// Ground-truth neighbour indices (int .npy, shape (q, >=10)). Without it,
+        /// and whenever a filter is set, the k-th best comes from an exact scan.
+        #[arg(long)]
+        gt: Option<PathBuf>,
+        /// ef values to sweep.
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+        ef: Vec<usize>,
+        /// Only ids with id % M == 0 may be returned.
+        #[arg(long)]
+        filter_mod: Option<usize>,
+        /// Similarity: cosine (vectors normalised) or inner product.
+        #[arg(long, value_enum, default_value_t = MetricArg::Cosine)]
+        metric: MetricArg,
+        /// Force the search plan (auto lets the planner pick the exact scan for selective filters).
+        #[arg(long, value_enum, default_value_t = PlanArg::Auto)]
+        plan: PlanArg,
+        /// HNSW max connections (M).
+        #[arg(long, default_value_t = 16)]
+        m: usize,
+        /// HNSW ef_construction.
+        #[arg(long, default_value_t = 200)]
+        ef_construction: usize,
+        /// One JSON object per line: {"ef","qps","recall","filter"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open time of a database of N random products: with a matching index dump,
+    /// and with a rebuild; plus bytes on disk per product.
+    Open {
+        /// Number of products.
+        #[arg(long, default_value_t = 100_000)]
+        n: usize,
+        /// Vector dimension.
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        /// Where to build the database (default: a temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MetricArg {
+    Cosine,
+    Ip,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PlanArg {
+    Auto,
+    Exact,
+    Graph,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Ann {
+            base,
+            queries,
+            gt,
+            ef,
+            filter_mod,
+            metric,
+            plan,
+            m,
+            ef_construction,
+            json,
+        } => ann(AnnArgs {
+            base,
+            queries,
+            gt,
+            ef,
+            filter_mod,
+            metric: match metric {
+                MetricArg::Cosine => Metric::Cosine,
+                MetricArg::Ip => Metric::InnerProduct,
+            },
+            plan: match plan {
+                PlanArg::Auto => PlanHint::Auto,
+                PlanArg::Exact => PlanHint::Exact,
+                PlanArg::Graph => PlanHint::Graph,
+            },
+            m,
+            ef_construction,
+            json,
+        }),
+        BenchCommand::Open { n, dim, dir, json } => open(n, dim, dir, json),
+    }
+}
+
+struct AnnArgs {
+    base: PathBuf,
+    queries: PathBuf,
+    gt: Option<PathBuf>,
+    ef: Vec<usize>,
+    filter_mod: Option<usize>,
+    metric: Metric,
+    plan: PlanHint,
+    m: usize,
+    ef_construction: usize,
+    json: bool,
+}
+
+fn ann(a: AnnArgs) -> Result<()> {
+    let base = npy::read_f32(&a.base)?;
+    let queries = npy::read_f32(&a.queries)?;
+    if base.cols != queries.cols {
+        bail!(
+            "base has {} dimensions but queries have {}",
+            base.cols,
+            queries.cols
+        );
+    }
+    if base.rows == 0 || queries.rows == 0 {
+        bail!("base and queries must not be empty");
+    }
+    if a.filter_mod == Some(0) {
+        bail!("--filter-mod must be at least 1");
+    }
+    let gt = match &a.gt {
+        Some(p) => {
+            let g = npy::read_indices(p)?;
+            if g.rows != queries.rows || g.cols < K {
+                bail!(
+                    "ground truth has shape ({}, {}); need ({}, >= {K})",
+                    g.rows,
+                    g.cols,
+                    queries.rows
+                );
+            }
+            Some(g)
+        }
+        None => None,
+    };
+    let dim = base.cols;
+
+    let mut flat = FlatIndex::with_capacity(dim, a.metric, base.rows)?;
+    for i in 0..base.rows {
+        flat.upsert(i as u64, base.row(i))
+            .with_context(|| format!("base row {i}"))?;
+    }
+    let cfg = IndexConfig {
+        hnsw: HnswParams {
+            max_connections: a.m,
+            ef_construction: a.ef_construction,
+            ..HnswParams::default()
+        },
+        ..IndexConfig::default()
+    };
+    let t = Instant::now();
+    let index = SpaceIndex::build(flat, cfg, 2)?;
+    let build_s = t.elapsed().as_secs_f64();
+
+    let allow = a.filter_mod.map(|m| {
+        AllowSet::from_unsorted((0..base.rows as u64).filter(|i| i % m as u64 == 0).collect())
+    });
+
+    // The k-th best exact score per query (tie-aware recall threshold).
+    let exact = index.flat();
+    let kth: Vec<f32> = (0..queries.rows)
+        .map(|qi| -> Result<f32> {
+            let q = queries.row(qi);
+            match (&gt, &allow) {
+                (Some(g), None) => {
+                    let doc = g.row(qi)[K - 1];
+                    let v = usize::try_from(doc)
+                        .ok()
+                        .filter(|d| *d < base.rows)
+                        .with_context(|| format!("ground truth index {doc} out of range"))?;
+                    Ok(exact_score(a.metric, q, base.row(v)))
+                }
+                _ => {
+                    let out = exact.search(q, &SearchOptions::new(K), allow.as_ref())?;
+                    Ok(out.hits.last().map(|h| h.score).unwrap_or(f32::NEG_INFINITY))
+                }
+            }
+        })
+        .collect::<Result<_>>()?;
+
+    let filter_label = a.filter_mod;
+    if a.json {
+        eprintln!(
+            "{}",
+            serde_json::json!({"build_s": build_s, "n": base.rows, "dim": dim, "threads": 2})
+        );
+    } else {
+        println!(
+            "built {} x {} in {:.2} s (2 threads); {} queries, k = {K}{}",
+            base.rows,
+            dim,
+            build_s,
+            queries.rows,
+            a.filter_mod
+                .map(|m| format!(", filter id % {m} == 0"))
+                .unwrap_or_default()
+        );
+        println!("{:>6} {:>10} {:>8} {:>6}", "ef", "qps", "recall", "plan");
+    }
+    for &ef in &a.ef {
+        let opts = SearchOptions {
+            k: K,
+            ef: Some(ef),
+            plan: a.plan,
+        };
+        let mut results = Vec::with_capacity(queries.rows);
+        let t = Instant::now();
+        for qi in 0..queries.rows {
+            results.push(index.search(queries.row(qi), &opts, allow.as_ref())?);
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let qps = queries.rows as f64 / secs.max(1e-9);
+        let mut found = 0usize;
+        for (qi, out) in results.iter().enumerate() {
+            let q = queries.row(qi);
+            found += out
+                .hits
+                .iter()
+                .filter(|h| exact_score(a.metric, q, base.row(h.doc as usize)) >= kth[qi] - 1e-6)
+                .count();
+        }
+        let recall = found as f64 / (queries.rows * K) as f64;
+        let plan = results.first().map(|o| o.plan);
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"ef": ef, "qps": qps, "recall": recall, "filter": filter_label})
+            );
+        } else {
+            println!("{ef:>6} {qps:>10.0} {recall:>8.4} {:>6}", format!("{plan:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Exact similarity as the index defines it (cosine normalises both sides).
+fn exact_score(metric: Metric, q: &[f32], x: &[f32]) -> f32 {
+    let dot: f64 = q.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+    match metric {
+        Metric::InnerProduct => dot as f32,
+        Metric::Cosine => {
+            let nq: f64 = q.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+            let nx: f64 = x.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+            (dot / (nq * nx).max(1e-30)) as f32
+        }
+    }
+}
+
+fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
+    let tmp;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let builder = || {
+        Db::builder()
+            .durability(vitrine::Durability::Periodic {
+                interval: std::time::Duration::from_millis(500),
+            })
+            .vector_space("embedding", dim, Metric::Cosine)
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let t = Instant::now();
+    {
+        let db = builder().open(&dir)?;
+        for i in 0..n {
+            let v: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let attrs = Attributes::new()
+                .brand(format!("brand-{}", i % 20))
+                .category(format!("cat-{}", i % 50))
+                .price((i % 200) as f64);
+            db.insert(&format!("sku-{i:08}"), attrs, [("embedding", v)])?;
+        }
+        db.close()?;
+    }
+    let load_s = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let db = builder().open(&dir)?;
+    let with_dump_s = t.elapsed().as_secs_f64();
+    let rebuilt_with_dump = db.open_report().rebuilt.len();
+    let bytes = db.size_on_disk()?;
+    drop(db);
+
+    std::fs::remove_dir_all(dir.join("index")).context("removing the index dumps")?;
+    let t = Instant::now();
+    let db = builder().open(&dir)?;
+    let rebuild_s = t.elapsed().as_secs_f64();
+    let rebuilt = db.open_report().rebuilt.len();
+    drop(db);
+
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "n": n, "dim": dim, "load_s": load_s,
+                "open_with_dump_s": with_dump_s, "open_with_rebuild_s": rebuild_s,
+                "bytes_per_product": bytes as f64 / n.max(1) as f64,
+                "rebuilt_on_dump_open": rebuilt_with_dump, "rebuilt_on_rebuild_open": rebuilt,
+            })
+        );
+    } else {
+        println!("{n} products x {dim}: inserted and closed in {load_s:.1} s");
+        println!("open with a matching dump: {with_dump_s:.2} s (indexes rebuilt: {rebuilt_with_dump})");
+        println!("open with a rebuild:       {rebuild_s:.2} s (indexes rebuilt: {rebuilt})");
+        println!("bytes on disk per product: {:.0}", bytes as f64 / n.max(1) as f64);
+    }
+    Ok(())
+}

@@ -1,0 +1,988 @@
+//! The database handle: products in sled, one index per vector space.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tracing::{debug, info, warn};
+use vitrine_index::{
+    AllowSet, FlatIndex, HnswParams, IndexConfig, Metric, Plan, PlanHint, PlannerConfig,
+    SearchOptions, SpaceIndex, VectorIndex,
+};
+use vitrine_storage::{
+    write_arena, Arena, Attributes, Durability, Keyspace, Meta, ProductRecord, SpaceSpec, Store,
+    StoreOptions, StoredMetric,
+};
+
+use crate::{Error, Filter, Result};
+
+/// Name of the vector space a new database gets when the builder declares none,
+/// and the space searches use when they name none.
+pub const DEFAULT_SPACE: &str = "embedding";
+/// Dimension of [`DEFAULT_SPACE`] (the bundled model's embedding size).
+pub const DEFAULT_DIM: usize = 128;
+/// Longest product id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 1024;
+
+const META_KEY: &[u8] = b"meta";
+
+/// A named vector space: every product may carry one vector of `dim` floats in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VectorSpace {
+    /// Name used in `insert` and `Search::space`.
+    pub name: String,
+    /// Number of dimensions.
+    pub dim: usize,
+    /// How vectors compare.
+    pub metric: Metric,
+}
+
+/// Opens or creates a [`Db`] with explicit settings.
+///
+/// Defaults, each checked below:
+/// - durability: [`Durability::Immediate`] (a write returns once it is on disk);
+/// - vector spaces: a new database gets one space, [`DEFAULT_SPACE`], of
+///   [`DEFAULT_DIM`] dimensions under cosine; an existing database keeps the
+///   spaces it was created with, and declaring different ones is an error;
+/// - HNSW: 16 connections, `ef_construction` 200, `ef_search` 64;
+/// - index build threads: the number of CPUs;
+/// - a checkpoint (index dump) is written when the handle is dropped.
+///
+/// ```
+/// use vitrine::{Db, Durability, Metric};
+/// let dir = tempfile::tempdir()?;
+/// let db = Db::builder()
+///     .durability(Durability::Periodic { interval: std::time::Duration::from_millis(200) })
+///     .vector_space("embedding", 4, Metric::Cosine)
+///     .open(dir.path())?;
+/// assert_eq!(db.spaces()[0].dim, 4);
+///
+/// let defaults = vitrine::DbBuilder::default();
+/// assert_eq!(defaults.durability_setting(), Durability::Immediate);
+/// assert_eq!(defaults.hnsw_params().max_connections, 16);
+/// assert_eq!(defaults.hnsw_params().ef_construction, 200);
+/// assert_eq!(defaults.hnsw_params().ef_search, 64);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct DbBuilder {
+    durability: Durability,
+    spaces: Vec<VectorSpace>,
+    index: IndexConfig,
+    threads: usize,
+    checkpoint_on_drop: bool,
+}
+
+impl Default for DbBuilder {
+    fn default() -> Self {
+        DbBuilder {
+            durability: Durability::Immediate,
+            spaces: Vec::new(),
+            index: IndexConfig::default(),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            checkpoint_on_drop: true,
+        }
+    }
+}
+
+impl DbBuilder {
+    /// When writes become durable. See [`Durability`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Declares a vector space. Call once per space.
+    pub fn vector_space(mut self, name: impl Into<String>, dim: usize, metric: Metric) -> Self {
+        self.spaces.push(VectorSpace {
+            name: name.into(),
+            dim,
+            metric,
+        });
+        self
+    }
+
+    /// HNSW graph parameters (validated on open).
+    pub fn hnsw(mut self, params: HnswParams) -> Self {
+        self.index.hnsw = params;
+        self
+    }
+
+    /// When filtered searches switch to an exact scan of the allowed set.
+    pub fn planner(mut self, planner: PlannerConfig) -> Self {
+        self.index.planner = planner;
+        self
+    }
+
+    /// Tombstone fraction past which a graph is rebuilt.
+    pub fn compaction_ratio(mut self, ratio: f64) -> Self {
+        self.index.compaction_ratio = ratio;
+        self
+    }
+
+    /// Threads used to build or rebuild indexes.
+    pub fn build_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Whether dropping the handle writes a checkpoint (default true).
+    pub fn checkpoint_on_drop(mut self, yes: bool) -> Self {
+        self.checkpoint_on_drop = yes;
+        self
+    }
+
+    /// The durability that will be used.
+    pub fn durability_setting(&self) -> Durability {
+        self.durability
+    }
+
+    /// The HNSW parameters that will be used.
+    pub fn hnsw_params(&self) -> &HnswParams {
+        &self.index.hnsw
+    }
+
+    /// Opens the database in `dir`, creating it if needed.
+    pub fn open(self, dir: impl AsRef<Path>) -> Result<Db> {
+        Db::open_with(dir.as_ref(), self)
+    }
+}
+
+/// A stored product.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Product {
+    /// The caller's id.
+    pub id: String,
+    /// Business attributes.
+    pub attributes: Attributes,
+    /// Named vectors.
+    pub vectors: BTreeMap<String, Vec<f32>>,
+}
+
+/// What a similarity search is relative to.
+#[derive(Clone, Copy, Debug)]
+pub enum SimilarTo<'a> {
+    /// "More like this": the stored vector of a product, which is itself left out.
+    Id(&'a str),
+    /// A query vector.
+    Vector(&'a [f32]),
+}
+
+/// One search result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    /// Product id.
+    pub id: String,
+    /// Similarity (cosine or inner product): higher is closer.
+    pub score: f32,
+    /// The product's attributes.
+    pub attributes: Attributes,
+}
+
+/// A similarity search with every knob; [`Db::similar`] covers the common case.
+///
+/// ```
+/// use vitrine::{Filter, PlanHint, Search, SimilarTo};
+/// let f = Filter::new().in_stock();
+/// let s = Search::new(SimilarTo::Id("sku-1"), 10).filter(&f).ef(128).plan(PlanHint::Auto);
+/// assert_eq!(s.k(), 10);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Search<'a> {
+    to: SimilarTo<'a>,
+    k: usize,
+    space: Option<&'a str>,
+    filter: Option<&'a Filter>,
+    ef: Option<usize>,
+    plan: PlanHint,
+}
+
+impl<'a> Search<'a> {
+    /// The `k` nearest products to `to`, in the default space, unfiltered.
+    pub fn new(to: SimilarTo<'a>, k: usize) -> Self {
+        Search {
+            to,
+            k,
+            space: None,
+            filter: None,
+            ef: None,
+            plan: PlanHint::Auto,
+        }
+    }
+    /// Search this vector space instead of [`DEFAULT_SPACE`].
+    pub fn space(mut self, space: &'a str) -> Self {
+        self.space = Some(space);
+        self
+    }
+    /// Only products passing `filter`.
+    pub fn filter(mut self, filter: &'a Filter) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+    /// HNSW beam width for this search (default: the index's `ef_search`).
+    pub fn ef(mut self, ef: usize) -> Self {
+        self.ef = Some(ef);
+        self
+    }
+    /// Force a plan; [`PlanHint::Auto`] lets the planner choose.
+    pub fn plan(mut self, plan: PlanHint) -> Self {
+        self.plan = plan;
+        self
+    }
+    /// The number of results asked for.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+}
+
+/// Hits plus how they were found.
+#[derive(Clone, Debug)]
+pub struct SearchResults {
+    /// Best first.
+    pub hits: Vec<Hit>,
+    /// The plan the index used.
+    pub plan: Plan,
+}
+
+/// What happened while opening: indexes rebuilt and records found damaged.
+#[derive(Clone, Debug, Default)]
+pub struct OpenReport {
+    /// `(space, reason)` for every index rebuilt from storage instead of loaded.
+    pub rebuilt: Vec<(String, String)>,
+    /// One message per damaged product record, naming its key.
+    pub damaged: Vec<String>,
+}
+
+struct Space {
+    spec: VectorSpace,
+    index: RwLock<SpaceIndex>,
+}
+
+#[derive(Default)]
+struct Catalog {
+    by_doc: HashMap<u64, Entry>,
+    by_id: HashMap<String, u64>,
+}
+
+struct Entry {
+    id: String,
+    attrs: Attributes,
+}
+
+struct WriterState {
+    meta: Meta,
+    /// Set by the first write after a checkpoint, once the bumped generation is durable.
+    dirty: bool,
+}
+
+/// An open Vitrine database. `Send + Sync`: share it behind an `Arc`.
+///
+/// Reads run concurrently; writes are serialised by an internal lock. Sled is
+/// the source of truth; the vector arena and index dumps are snapshots written
+/// by [`Db::checkpoint`] (and on drop), tagged with a generation that must
+/// match the one in sled's meta tree, and rebuilt from sled when it does not.
+pub struct Db {
+    dir: PathBuf,
+    store: Store,
+    products: Keyspace<ProductRecord>,
+    meta_ks: Keyspace<Meta>,
+    spaces: Vec<Space>,
+    catalog: RwLock<Catalog>,
+    writer: Mutex<WriterState>,
+    index_config: IndexConfig,
+    threads: usize,
+    checkpoint_on_drop: bool,
+    report: OpenReport,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+fn lock<T>(l: &Mutex<T>) -> MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn to_stored(m: Metric) -> StoredMetric {
+    match m {
+        Metric::Cosine => StoredMetric::Cosine,
+        Metric::InnerProduct => StoredMetric::InnerProduct,
+    }
+}
+fn from_stored(m: StoredMetric) -> Metric {
+    match m {
+        StoredMetric::Cosine => Metric::Cosine,
+        StoredMetric::InnerProduct => Metric::InnerProduct,
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Db {
+    /// Opens the database in `dir` with default settings, creating it if needed.
+    ///
+    /// ```
+    /// use vitrine::{Attributes, Db, Filter, SimilarTo};
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Db::open(dir.path())?;
+    /// let v = |x: f32| { let mut v = vec![0.0f32; 128]; v[0] = 1.0; v[1] = x; v };
+    /// db.insert("shirt-1", Attributes::new().brand("A").price(30.0), [("embedding", v(0.1))])?;
+    /// db.insert("shirt-2", Attributes::new().brand("B").price(80.0), [("embedding", v(0.2))])?;
+    /// db.insert("shirt-3", Attributes::new().brand("A").in_stock(false), [("embedding", v(0.3))])?;
+    ///
+    /// let hits = db.similar(SimilarTo::Id("shirt-1"), 5, &Filter::new().in_stock())?;
+    /// assert_eq!(hits.len(), 1);
+    /// assert_eq!(hits[0].id, "shirt-2");
+    /// # Ok::<(), vitrine::Error>(())
+    /// ```
+    pub fn open(dir: impl AsRef<Path>) -> Result<Db> {
+        DbBuilder::default().open(dir)
+    }
+
+    /// A builder with documented defaults.
+    pub fn builder() -> DbBuilder {
+        DbBuilder::default()
+    }
+
+    fn open_with(dir: &Path, b: DbBuilder) -> Result<Db> {
+        b.index.hnsw.validate()?;
+        if !(0.0..=1.0).contains(&b.index.compaction_ratio) {
+            return Err(Error::InvalidConfig(format!(
+                "compaction ratio {} is not in 0..=1",
+                b.index.compaction_ratio
+            )));
+        }
+        for s in &b.spaces {
+            if s.name.is_empty() || s.dim == 0 || s.dim > 65_536 {
+                return Err(Error::InvalidConfig(format!(
+                    "vector space '{}' with {} dimensions (names must be non-empty, 1..=65536 dimensions)",
+                    s.name, s.dim
+                )));
+            }
+        }
+        let store = Store::open(
+            dir,
+            StoreOptions {
+                durability: b.durability,
+                ..StoreOptions::default()
+            },
+        )?;
+        let meta_ks = store.keyspace::<Meta>("meta")?;
+        let products = store.keyspace::<ProductRecord>("products")?;
+
+        let meta = match meta_ks.get(META_KEY)? {
+            Some(meta) => {
+                if !b.spaces.is_empty() {
+                    let stored: Vec<VectorSpace> = meta.spaces.iter().map(space_of).collect();
+                    if stored != b.spaces {
+                        return Err(Error::SchemaMismatch(format!(
+                            "the database has spaces {} but {} were declared",
+                            describe(&stored),
+                            describe(&b.spaces)
+                        )));
+                    }
+                }
+                meta
+            }
+            None => {
+                let spaces = if b.spaces.is_empty() {
+                    vec![VectorSpace {
+                        name: DEFAULT_SPACE.into(),
+                        dim: DEFAULT_DIM,
+                        metric: Metric::Cosine,
+                    }]
+                } else {
+                    b.spaces.clone()
+                };
+                let mut names: Vec<&str> = spaces.iter().map(|s| s.name.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                if names.len() != spaces.len() {
+                    return Err(Error::InvalidConfig(
+                        "vector space declared twice".into(),
+                    ));
+                }
+                let meta = Meta {
+                    spaces: spaces
+                        .iter()
+                        .map(|s| SpaceSpec {
+                            name: s.name.clone(),
+                            dim: s.dim as u32,
+                            metric: to_stored(s.metric),
+                        })
+                        .collect(),
+                    model_fingerprint: None,
+                    index_generation: 0,
+                };
+                meta_ks.put(META_KEY, &meta)?;
+                store.flush()?;
+                meta
+            }
+        };
+        let generation = meta.index_generation;
+        let specs: Vec<VectorSpace> = meta.spaces.iter().map(space_of).collect();
+
+        // Scan sled: the catalog and the exact vector stores come from here.
+        let mut report = OpenReport::default();
+        let mut catalog = Catalog::default();
+        let mut flats: Vec<FlatIndex> = specs
+            .iter()
+            .map(|s| FlatIndex::with_capacity(s.dim, s.metric, products.len()))
+            .collect::<std::result::Result<_, _>>()?;
+        let arenas: Vec<Option<Arena>> = specs
+            .iter()
+            .map(|s| open_arena(&arena_path(dir, &s.name), s, generation))
+            .collect();
+        for item in products.iter() {
+            let (key, rec) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    warn!(error = %e, "damaged product record skipped");
+                    report.damaged.push(e.to_string());
+                    continue;
+                }
+            };
+            let id = String::from_utf8_lossy(&key).into_owned();
+            for (name, v) in &rec.vectors {
+                match specs.iter().position(|s| &s.name == name) {
+                    Some(i) if arenas[i].is_none() => {
+                        if let Err(e) = flats[i].upsert(rec.doc, v) {
+                            warn!(id = %id, space = %name, error = %e, "stored vector rejected by index");
+                        }
+                    }
+                    Some(_) => {}
+                    None => warn!(id = %id, space = %name, "vector for an undeclared space ignored"),
+                }
+            }
+            catalog.by_id.insert(id.clone(), rec.doc);
+            catalog.by_doc.insert(
+                rec.doc,
+                Entry {
+                    id,
+                    attrs: rec.attrs,
+                },
+            );
+        }
+        for (i, arena) in arenas.iter().enumerate() {
+            if let Some(arena) = arena {
+                for (doc, v) in arena.iter() {
+                    if catalog.by_doc.contains_key(&doc) {
+                        flats[i].upsert(doc, v)?;
+                    }
+                }
+            }
+        }
+
+        let mut spaces = Vec::with_capacity(specs.len());
+        for (spec, flat) in specs.into_iter().zip(flats) {
+            let idx_dir = index_dir(dir, &spec.name);
+            let index = match SpaceIndex::load(&idx_dir, generation, flat.clone(), b.index.clone())
+            {
+                Ok(index) => {
+                    debug!(space = %spec.name, "index dump loaded");
+                    index
+                }
+                Err(reason) => {
+                    warn!(space = %spec.name, %reason, "rebuilding index from storage");
+                    report.rebuilt.push((spec.name.clone(), reason.to_string()));
+                    SpaceIndex::build(flat, b.index.clone(), b.threads)?
+                }
+            };
+            spaces.push(Space {
+                spec,
+                index: RwLock::new(index),
+            });
+        }
+        info!(
+            dir = %dir.display(),
+            products = catalog.by_id.len(),
+            rebuilt = report.rebuilt.len(),
+            damaged = report.damaged.len(),
+            "database open"
+        );
+
+        let db = Db {
+            dir: dir.to_path_buf(),
+            store,
+            products,
+            meta_ks,
+            spaces,
+            catalog: RwLock::new(catalog),
+            writer: Mutex::new(WriterState { meta, dirty: false }),
+            index_config: b.index,
+            threads: b.threads,
+            checkpoint_on_drop: b.checkpoint_on_drop,
+            report,
+        };
+        if !db.report.rebuilt.is_empty() {
+            // Save the rebuilt indexes so the next open is fast.
+            db.checkpoint()?;
+        }
+        Ok(db)
+    }
+
+    /// The folder the database lives in.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The vector spaces, in declaration order.
+    pub fn spaces(&self) -> Vec<VectorSpace> {
+        self.spaces.iter().map(|s| s.spec.clone()).collect()
+    }
+
+    /// What happened while opening.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// Number of products.
+    pub fn len(&self) -> usize {
+        read(&self.catalog).by_id.len()
+    }
+
+    /// True when no product is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stores a new product. Fails with [`Error::AlreadyExists`] if the id is taken.
+    ///
+    /// Vectors are `(space name, values)` pairs; a product may leave a space out.
+    pub fn insert<I, N>(&self, id: &str, attributes: Attributes, vectors: I) -> Result<()>
+    where
+        I: IntoIterator<Item = (N, Vec<f32>)>,
+        N: Into<String>,
+    {
+        self.put(id, attributes, vectors, false)
+    }
+
+    /// Stores a product, replacing any product with the same id.
+    pub fn upsert<I, N>(&self, id: &str, attributes: Attributes, vectors: I) -> Result<()>
+    where
+        I: IntoIterator<Item = (N, Vec<f32>)>,
+        N: Into<String>,
+    {
+        self.put(id, attributes, vectors, true)
+    }
+
+    fn put<I, N>(&self, id: &str, attrs: Attributes, vectors: I, replace: bool) -> Result<()>
+    where
+        I: IntoIterator<Item = (N, Vec<f32>)>,
+        N: Into<String>,
+    {
+        check_id(id)?;
+        let vectors = self.check_vectors(vectors)?;
+        let mut w = lock(&self.writer);
+        let existing = match self.products.get(id.as_bytes()) {
+            Ok(r) => r.map(|r| r.doc),
+            // A damaged record is replaced by an upsert; insert still refuses the id.
+            Err(e) if replace => {
+                warn!(id, error = %e, "overwriting a damaged record");
+                None
+            }
+            Err(_) => return Err(Error::AlreadyExists { id: id.into() }),
+        };
+        if existing.is_some() && !replace {
+            return Err(Error::AlreadyExists { id: id.into() });
+        }
+        self.mark_dirty(&mut w)?;
+        let doc = match existing {
+            Some(doc) => doc,
+            None => self.store.generate_id()?,
+        };
+        let record = ProductRecord {
+            doc,
+            attrs: attrs.clone(),
+            vectors,
+        };
+        self.products.put(id.as_bytes(), &record)?;
+
+        {
+            let mut cat = write(&self.catalog);
+            cat.by_id.insert(id.to_string(), doc);
+            cat.by_doc.insert(
+                doc,
+                Entry {
+                    id: id.to_string(),
+                    attrs,
+                },
+            );
+        }
+        for space in &self.spaces {
+            let mut index = write(&space.index);
+            match record.vectors.iter().find(|(n, _)| *n == space.spec.name) {
+                Some((_, v)) => index.upsert(doc, v)?,
+                None => {
+                    index.remove(doc);
+                }
+            }
+            self.maybe_compact(&space.spec.name, &mut index);
+        }
+        Ok(())
+    }
+
+    /// Deletes a product. Returns whether it existed.
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        check_id(id)?;
+        let mut w = lock(&self.writer);
+        let doc = match read(&self.catalog).by_id.get(id) {
+            Some(doc) => *doc,
+            None => {
+                // Possibly a damaged record the catalog never held: remove it too.
+                if self.products.contains(id.as_bytes())? {
+                    self.mark_dirty(&mut w)?;
+                    return self.products.remove(id.as_bytes()).map_err(Into::into);
+                }
+                return Ok(false);
+            }
+        };
+        self.mark_dirty(&mut w)?;
+        self.products.remove(id.as_bytes())?;
+        for space in &self.spaces {
+            let mut index = write(&space.index);
+            index.remove(doc);
+            self.maybe_compact(&space.spec.name, &mut index);
+        }
+        let mut cat = write(&self.catalog);
+        cat.by_id.remove(id);
+        cat.by_doc.remove(&doc);
+        Ok(true)
+    }
+
+    /// Marks a product in or out of stock.
+    pub fn set_in_stock(&self, id: &str, in_stock: bool) -> Result<()> {
+        check_id(id)?;
+        let mut w = lock(&self.writer);
+        let mut record = self
+            .products
+            .get(id.as_bytes())?
+            .ok_or_else(|| Error::NotFound { id: id.into() })?;
+        if record.attrs.in_stock == in_stock {
+            return Ok(());
+        }
+        self.mark_dirty(&mut w)?;
+        record.attrs.in_stock = in_stock;
+        self.products.put(id.as_bytes(), &record)?;
+        if let Some(e) = write(&self.catalog).by_doc.get_mut(&record.doc) {
+            e.attrs.in_stock = in_stock;
+        }
+        Ok(())
+    }
+
+    /// Reads a product from storage.
+    pub fn get(&self, id: &str) -> Result<Option<Product>> {
+        check_id(id)?;
+        Ok(self.products.get(id.as_bytes())?.map(|r| Product {
+            id: id.to_string(),
+            attributes: r.attrs,
+            vectors: r.vectors.into_iter().collect(),
+        }))
+    }
+
+    /// Ids of all products, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = read(&self.catalog).by_id.keys().cloned().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The `k` products most similar to `to` in [`DEFAULT_SPACE`] that pass `filter`.
+    pub fn similar(&self, to: SimilarTo<'_>, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        Ok(self.search(&Search::new(to, k).filter(filter))?.hits)
+    }
+
+    /// Runs a [`Search`].
+    pub fn search(&self, s: &Search<'_>) -> Result<SearchResults> {
+        let space = self.space(s.space.unwrap_or_else(|| self.default_space()))?;
+        let cat = read(&self.catalog);
+        let index = read(&space.index);
+        let (query, self_doc): (Vec<f32>, Option<u64>) = match s.to {
+            SimilarTo::Vector(v) => {
+                check_vector(&space.spec, v)?;
+                (v.to_vec(), None)
+            }
+            SimilarTo::Id(id) => {
+                check_id(id)?;
+                let doc = *cat
+                    .by_id
+                    .get(id)
+                    .ok_or_else(|| Error::NotFound { id: id.into() })?;
+                let v = index.get(doc).ok_or_else(|| Error::MissingVector {
+                    id: id.into(),
+                    space: space.spec.name.clone(),
+                })?;
+                (v.to_vec(), Some(doc))
+            }
+        };
+        let filter = s.filter.filter(|f| !f.is_empty());
+        let allow = filter.map(|f| {
+            AllowSet::from_unsorted(
+                cat.by_doc
+                    .iter()
+                    .filter(|(doc, e)| Some(**doc) != self_doc && f.matches(&e.id, &e.attrs))
+                    .map(|(doc, _)| *doc)
+                    .collect(),
+            )
+        });
+        // Without a filter, ask for one more and drop the query product itself.
+        let extra = usize::from(allow.is_none() && self_doc.is_some());
+        let opts = SearchOptions {
+            k: s.k + extra,
+            ef: s.ef,
+            plan: s.plan,
+        };
+        let out = index.search(&query, &opts, allow.as_ref())?;
+        let hits = out
+            .hits
+            .into_iter()
+            .filter(|h| Some(h.doc) != self_doc)
+            .filter_map(|h| {
+                cat.by_doc.get(&h.doc).map(|e| Hit {
+                    id: e.id.clone(),
+                    score: h.score,
+                    attributes: e.attrs.clone(),
+                })
+            })
+            .take(s.k)
+            .collect();
+        Ok(SearchResults {
+            hits,
+            plan: out.plan,
+        })
+    }
+
+    /// Makes every acknowledged write durable (a no-op cost under
+    /// [`Durability::Immediate`], where each write already is).
+    pub fn flush(&self) -> Result<()> {
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Flushes, then writes the vector arenas and index dumps, so that the next
+    /// open loads them instead of rebuilding.
+    pub fn checkpoint(&self) -> Result<()> {
+        let mut w = lock(&self.writer);
+        self.store.flush()?;
+        let generation = w.meta.index_generation;
+        for space in &self.spaces {
+            let index = read(&space.index);
+            let arena = arena_path(&self.dir, &space.spec.name);
+            if let Some(parent) = arena.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            write_arena(
+                &arena,
+                space.spec.dim as u32,
+                generation,
+                index.flat().iter(),
+            )?;
+            let idx_dir = index_dir(&self.dir, &space.spec.name);
+            if let Some(parent) = idx_dir.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            index.save(&idx_dir, generation)?;
+        }
+        w.dirty = false;
+        debug!(generation, "checkpoint written");
+        Ok(())
+    }
+
+    /// Checkpoints and closes, reporting any error that drop would only log.
+    pub fn close(self) -> Result<()> {
+        self.checkpoint()
+    }
+
+    /// Bytes the database occupies on disk (sled, arenas and index dumps).
+    pub fn size_on_disk(&self) -> Result<u64> {
+        dir_size(&self.dir)
+    }
+
+    fn default_space(&self) -> &str {
+        self.spaces
+            .iter()
+            .find(|s| s.spec.name == DEFAULT_SPACE)
+            .or(self.spaces.first())
+            .map(|s| s.spec.name.as_str())
+            .unwrap_or(DEFAULT_SPACE)
+    }
+
+    fn space(&self, name: &str) -> Result<&Space> {
+        self.spaces
+            .iter()
+            .find(|s| s.spec.name == name)
+            .ok_or_else(|| self.unknown_space(name))
+    }
+
+    fn unknown_space(&self, name: &str) -> Error {
+        Error::UnknownVector {
+            name: name.into(),
+            known: self
+                .spaces
+                .iter()
+                .map(|s| s.spec.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    fn check_vectors<I, N>(&self, vectors: I) -> Result<Vec<(String, Vec<f32>)>>
+    where
+        I: IntoIterator<Item = (N, Vec<f32>)>,
+        N: Into<String>,
+    {
+        let mut out: Vec<(String, Vec<f32>)> = Vec::new();
+        for (name, v) in vectors {
+            let name = name.into();
+            let space = self.space(&name)?;
+            check_vector(&space.spec, &v)?;
+            if out.iter().any(|(n, _)| *n == name) {
+                return Err(Error::InvalidVector {
+                    space: name,
+                    reason: "given twice".into(),
+                });
+            }
+            out.push((name, v));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// The first write after a checkpoint makes the dumps stale: record that
+    /// durably before the write itself, so a crash can never pair new data
+    /// with an old dump.
+    fn mark_dirty(&self, w: &mut WriterState) -> Result<()> {
+        if w.dirty {
+            return Ok(());
+        }
+        let mut meta = w.meta.clone();
+        meta.index_generation += 1;
+        self.meta_ks.put(META_KEY, &meta)?;
+        self.store.flush()?;
+        w.meta = meta;
+        w.dirty = true;
+        Ok(())
+    }
+
+    fn maybe_compact(&self, name: &str, index: &mut SpaceIndex) {
+        let total = index.len() + index.tombstones();
+        if total > 0 && index.tombstones() as f64 / total as f64 > self.index_config.compaction_ratio
+        {
+            if let Err(e) = index.compact(self.threads) {
+                warn!(space = name, error = %e, "compaction failed; the index stays usable");
+            }
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let dirty = lock(&self.writer).dirty;
+        if self.checkpoint_on_drop && dirty {
+            if let Err(e) = self.checkpoint() {
+                warn!(error = %e, "checkpoint on drop failed; the next open rebuilds the index");
+            }
+        }
+    }
+}
+
+fn space_of(s: &SpaceSpec) -> VectorSpace {
+    VectorSpace {
+        name: s.name.clone(),
+        dim: s.dim as usize,
+        metric: from_stored(s.metric),
+    }
+}
+
+fn describe(spaces: &[VectorSpace]) -> String {
+    spaces
+        .iter()
+        .map(|s| format!("{}({}, {:?})", s.name, s.dim, s.metric))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::EmptyId);
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::IdTooLong {
+            len: id.len(),
+            max: MAX_ID_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn check_vector(space: &VectorSpace, v: &[f32]) -> Result<()> {
+    if v.len() != space.dim {
+        return Err(Error::DimensionMismatch {
+            space: space.name.clone(),
+            expected: space.dim,
+            found: v.len(),
+        });
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::InvalidVector {
+            space: space.name.clone(),
+            reason: format!("component {i} is {}", v[i]),
+        });
+    }
+    if space.metric == Metric::Cosine && v.iter().all(|x| *x == 0.0) {
+        return Err(Error::InvalidVector {
+            space: space.name.clone(),
+            reason: "a zero vector has no direction under cosine".into(),
+        });
+    }
+    Ok(())
+}
+
+fn arena_path(dir: &Path, space: &str) -> PathBuf {
+    dir.join("arena").join(format!("{space}.arena"))
+}
+
+fn index_dir(dir: &Path, space: &str) -> PathBuf {
+    dir.join("index").join(space)
+}
+
+/// A usable arena: valid, of this space's dimension, and of the current generation.
+fn open_arena(path: &Path, space: &VectorSpace, generation: u64) -> Option<Arena> {
+    if !path.exists() {
+        return None;
+    }
+    match Arena::open(path) {
+        Ok(a) if a.dim() as usize == space.dim && a.generation() == generation => Some(a),
+        Ok(a) => {
+            debug!(path = %path.display(), found = a.generation(), generation, "stale arena ignored");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "damaged arena ignored; vectors come from storage");
+            None
+        }
+    }
+}
+
+fn dir_size(path: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).map_err(io_err(path))? {
+        let entry = entry.map_err(io_err(path))?;
+        let meta = entry.metadata().map_err(io_err(&entry.path()))?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}

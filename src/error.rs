@@ -1,0 +1,144 @@
+//! Errors, in two layers: mistakes in what the caller asked for, and problems
+//! with the data or the machine underneath.
+
+use std::path::PathBuf;
+
+/// The result type of every fallible Vitrine call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Vitrine.
+///
+/// Variants up to [`Error::InvalidConfig`] are the caller's to fix (see
+/// [`Error::is_user_error`]); nothing stored changes when one is returned.
+/// The rest come from the files or the machine; a corruption error names the
+/// file, tree or key that is damaged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A product id was empty.
+    #[error("product id must not be empty")]
+    EmptyId,
+    /// A product id was longer than [`crate::MAX_ID_LEN`] bytes.
+    #[error("product id is {len} bytes long; the limit is {max}")]
+    IdTooLong {
+        /// Length of the rejected id in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `insert` was called for an id that is already stored.
+    #[error("product '{id}' already exists (use upsert to replace it)")]
+    AlreadyExists {
+        /// The id.
+        id: String,
+    },
+    /// The product does not exist.
+    #[error("product '{id}' not found")]
+    NotFound {
+        /// The id.
+        id: String,
+    },
+    /// A vector was given for a space the database does not have.
+    #[error("unknown vector space '{name}' (known: {known})")]
+    UnknownVector {
+        /// The name given.
+        name: String,
+        /// The spaces the database has, comma separated.
+        known: String,
+    },
+    /// A vector had the wrong number of dimensions.
+    #[error("vector space '{space}' has {expected} dimensions, got {found}")]
+    DimensionMismatch {
+        /// The space.
+        space: String,
+        /// Its dimension.
+        expected: usize,
+        /// The length given.
+        found: usize,
+    },
+    /// A vector had NaN or infinite components, or was zero under cosine.
+    #[error("invalid vector for space '{space}': {reason}")]
+    InvalidVector {
+        /// The space.
+        space: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The product has no vector in the space a search asked for.
+    #[error("product '{id}' has no '{space}' vector")]
+    MissingVector {
+        /// The product.
+        id: String,
+        /// The space.
+        space: String,
+    },
+    /// The schema given to the builder disagrees with the stored one.
+    #[error("schema mismatch: {0}")]
+    SchemaMismatch(String),
+    /// A builder setting or argument is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// A stored record or file is damaged. Names what is damaged.
+    #[error("data corruption in {location}: {reason}")]
+    Corruption {
+        /// The file, or `tree/key`, that is damaged.
+        location: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An error from the storage layer.
+    #[error(transparent)]
+    Storage(vitrine_storage::Error),
+    /// An error from the index layer.
+    #[error(transparent)]
+    Index(#[from] vitrine_index::Error),
+    /// An I/O error on a named file.
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// True when the caller can fix the error by changing the request.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Error::EmptyId
+                | Error::IdTooLong { .. }
+                | Error::AlreadyExists { .. }
+                | Error::NotFound { .. }
+                | Error::UnknownVector { .. }
+                | Error::DimensionMismatch { .. }
+                | Error::InvalidVector { .. }
+                | Error::MissingVector { .. }
+                | Error::SchemaMismatch(_)
+                | Error::InvalidConfig(_)
+        )
+    }
+}
+
+impl From<vitrine_storage::Error> for Error {
+    fn from(e: vitrine_storage::Error) -> Self {
+        match e {
+            vitrine_storage::Error::Corruption { tree, key, reason } => Error::Corruption {
+                location: format!("{tree}/{key}"),
+                reason,
+            },
+            vitrine_storage::Error::UnknownRecordVersion {
+                tree,
+                key,
+                found,
+                supported,
+            } => Error::Corruption {
+                location: format!("{tree}/{key}"),
+                reason: format!("unknown record version {found} (this build reads {supported})"),
+            },
+            other => Error::Storage(other),
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Vitrine: an embedded search database for fashion catalogs.
+//!
+//! Products (attributes plus named vectors) are stored durably in sled; each
+//! vector space has an HNSW index for nearest-neighbour search, with an exact
+//! scan for selective filters. Everything lives in one folder and one process.
+//!
+//! ```
+//! use vitrine::{Attributes, Db, Filter, SimilarTo};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Db::builder().vector_space("embedding", 3, vitrine::Metric::Cosine).open(dir.path())?;
+//! db.insert("red-shirt", Attributes::new().category("shirts").price(25.0), [("embedding", vec![1.0, 0.1, 0.0])])?;
+//! db.insert("pink-shirt", Attributes::new().category("shirts").price(45.0), [("embedding", vec![0.9, 0.3, 0.0])])?;
+//! db.insert("blue-jeans", Attributes::new().category("jeans").price(60.0), [("embedding", vec![0.0, 0.2, 1.0])])?;
+//!
+//! // More like this, among shirts under 50.
+//! let shirts = Filter::new().category_in(["shirts"]).price_range(..50.0);
+//! let hits = db.similar(SimilarTo::Id("red-shirt"), 10, &shirts)?;
+//! assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["pink-shirt"]);
+//!
+//! // Sold out: filtered from in-stock searches.
+//! db.set_in_stock("pink-shirt", false)?;
+//! let hits = db.similar(SimilarTo::Vector(&[1.0, 0.0, 0.0]), 10, &Filter::new().in_stock())?;
+//! assert_eq!(hits[0].id, "red-shirt");
+//! # Ok::<(), vitrine::Error>(())
+//! ```
+//!
+//! Durability is chosen per database with [`Durability`]: under
+//! `Immediate` (the default) a write that returned `Ok` survives a crash; under
+//! `Periodic` it survives once the next periodic flush or [`Db::flush`] ran.
+#![warn(missing_docs)]
+
+mod db;
+mod error;
+mod filter;
+
+pub use db::{
+    Db, DbBuilder, Hit, OpenReport, Product, Search, SearchResults, SimilarTo, VectorSpace,
+    DEFAULT_DIM, DEFAULT_SPACE, MAX_ID_LEN,
+};
+pub use error::{Error, Result};
+pub use filter::Filter;
+pub use vitrine_index::{HnswParams, Metric, Plan, PlanHint, PlannerConfig};
+pub use vitrine_storage::{Attributes, Durability};

@@ -1,0 +1,99 @@
+//! On-disk record format: `[VERSION: u8][bincode 2 standard-config serde payload]`.
+//!
+//! Trailing bytes after the payload are treated as corruption, so a record
+//! can never silently decode from a prefix of damaged bytes.
+
+use bincode::config::{Config, Configuration};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::{display_key, Error, Result};
+
+/// A type stored in a [`Keyspace`](crate::Keyspace).
+///
+/// Records are encoded as one version byte followed by the bincode 2
+/// (standard configuration) serde encoding of the value. Bump `VERSION`
+/// whenever the serde shape of the type changes; records with a different
+/// version byte are reported as [`Error::UnknownRecordVersion`].
+pub trait Record: Serialize + DeserializeOwned {
+    /// The version byte written in front of every encoded record.
+    const VERSION: u8;
+}
+
+/// Largest encoded record accepted by `put`. Keeps the decode limit below
+/// meaningful, so that a damaged length prefix cannot request gigabytes.
+pub(crate) const MAX_RECORD_BYTES: usize = 16 << 20;
+
+/// Upper bound on memory bincode may claim while decoding one record. bincode
+/// claims in-memory sizes (up to 16x the encoded size for a `u128` varint), so
+/// this is 16x [`MAX_RECORD_BYTES`].
+const DECODE_LIMIT: usize = 16 * MAX_RECORD_BYTES;
+
+fn encode_config() -> impl Config {
+    bincode::config::standard()
+}
+
+// Without a limit bincode allocates a claimed string/byte length before
+// reading it, so a garbage prefix could abort the process on allocation.
+fn decode_config() -> Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_LIMIT>,
+> {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// Encodes `value` with its version byte.
+pub(crate) fn encode<T: Record>(value: &T) -> Result<Vec<u8>> {
+    let mut buf = vec![T::VERSION];
+    bincode::serde::encode_into_std_write(value, &mut buf, encode_config())
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    if buf.len() > MAX_RECORD_BYTES {
+        return Err(Error::Encode(format!(
+            "record encodes to {} bytes, more than the {MAX_RECORD_BYTES}-byte limit",
+            buf.len()
+        )));
+    }
+    Ok(buf)
+}
+
+/// Decodes a record stored in `tree` under `key`; errors name both.
+pub(crate) fn decode<T: Record>(tree: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    decode_named(tree, || display_key(key), bytes)
+}
+
+/// Decodes a record from raw bytes, exactly as a keyspace would.
+///
+/// Errors name the tree and key as `"<bytes>"`. This is the entry point for
+/// fuzzing the record codec: it must return an error, never panic, on any
+/// input.
+pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T> {
+    decode_named("<bytes>", || "<bytes>".to_owned(), bytes)
+}
+
+fn decode_named<T: Record>(tree: &str, key: impl Fn() -> String, bytes: &[u8]) -> Result<T> {
+    let corrupt = |reason: String| Error::Corruption {
+        tree: tree.to_owned(),
+        key: key(),
+        reason,
+    };
+    let Some((&version, payload)) = bytes.split_first() else {
+        return Err(corrupt("empty record".to_owned()));
+    };
+    if version != T::VERSION {
+        return Err(Error::UnknownRecordVersion {
+            tree: tree.to_owned(),
+            key: key(),
+            found: version,
+            supported: T::VERSION,
+        });
+    }
+    let (value, read) = bincode::serde::decode_from_slice::<T, _>(payload, decode_config())
+        .map_err(|e| corrupt(format!("undecodable payload: {e}")))?;
+    if read != payload.len() {
+        return Err(corrupt(format!(
+            "{} trailing bytes after a {read}-byte payload",
+            payload.len() - read
+        )));
+    }
+    Ok(value)
+}

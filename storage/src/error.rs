@@ -1,0 +1,117 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout `vitrine-storage`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the storage layer.
+///
+/// Corruption variants always name where the damage is (a file, or a tree and
+/// key) so an operator can find it without a debugger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation on `path` failed.
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        /// The file or directory being accessed.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The embedded sled database reported an error.
+    #[error("sled error: {0}")]
+    Sled(#[from] sled::Error),
+
+    /// A stored record could not be decoded.
+    #[error("corrupt record in tree {tree:?} at key {key}: {reason}")]
+    Corruption {
+        /// The sled tree (keyspace) holding the record, or `"<bytes>"`.
+        tree: String,
+        /// The key, as UTF-8 when printable, otherwise as hex; or `"<bytes>"`.
+        key: String,
+        /// What was wrong with the bytes.
+        reason: String,
+    },
+
+    /// A stored record carries a version byte this build does not understand.
+    #[error(
+        "record in tree {tree:?} at key {key} has version {found}, this build supports {supported}"
+    )]
+    UnknownRecordVersion {
+        /// The sled tree (keyspace) holding the record, or `"<bytes>"`.
+        tree: String,
+        /// The key, as UTF-8 when printable, otherwise as hex; or `"<bytes>"`.
+        key: String,
+        /// The version byte found.
+        found: u8,
+        /// The version this build reads and writes.
+        supported: u8,
+    },
+
+    /// A vector arena file is damaged or not an arena at all.
+    #[error("corrupt vector arena {}: {reason}", path.display())]
+    ArenaCorrupt {
+        /// The arena file, or `"<bytes>"` when validating an in-memory buffer.
+        path: PathBuf,
+        /// What failed validation.
+        reason: String,
+    },
+
+    /// The store was written by a newer version of Vitrine.
+    #[error("store format version {found} is newer than the supported version {supported}")]
+    UnsupportedFormat {
+        /// The format version found on disk.
+        found: u32,
+        /// The newest format version this build understands.
+        supported: u32,
+    },
+
+    /// A value could not be encoded.
+    #[error("encode error: {0}")]
+    Encode(String),
+
+    /// The caller passed an argument the storage layer cannot accept
+    /// (e.g. a vector whose length differs from the arena dimension).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// The operation is not supported on this platform (e.g. memory-mapping
+    /// little-endian arenas on a big-endian host).
+    #[error("unsupported platform: {0}")]
+    UnsupportedPlatform(&'static str),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn arena(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::ArenaCorrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Renders a sled key for error messages: UTF-8 if printable, hex otherwise.
+pub(crate) fn display_key(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(s) if !s.chars().any(char::is_control) => s.to_owned(),
+        _ => {
+            let mut out = String::with_capacity(2 + key.len() * 2);
+            out.push_str("0x");
+            for b in key {
+                out.push_str(&format!("{b:02x}"));
+            }
+            out
+        }
+    }
+}

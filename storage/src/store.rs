@@ -1,0 +1,384 @@
+//! The sled-backed store and its typed keyspaces.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::{self, Record};
+use crate::error::{display_key, Error, Result};
+use crate::failpoint::failpoint;
+
+/// Newest store format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Key of the raw `u32` little-endian format version, in sled's default tree
+/// (not the `"meta"` keyspace, so iterating keyspaces never meets it).
+const FORMAT_VERSION_KEY: &[u8] = b"vitrine.format_version";
+const DEFAULT_TREE: &str = "__sled__default";
+
+/// When an acknowledged write becomes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Each write is fsynced (sled flush) before it returns: acknowledged ==
+    /// durable.
+    #[default]
+    Immediate,
+    /// Writes are buffered; sled flushes every `interval` (rounded to whole
+    /// milliseconds, at least 1 ms) and on [`Store::flush`]: acknowledged ==
+    /// visible, durable after the next flush.
+    Periodic {
+        /// Time between background flushes.
+        interval: Duration,
+    },
+}
+
+/// Options for [`Store::open`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// When writes become durable. Default: [`Durability::Immediate`].
+    pub durability: Durability,
+    /// Size of sled's page cache in bytes. Default: 64 MiB.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Immediate,
+            cache_capacity_bytes: 64 << 20,
+        }
+    }
+}
+
+/// An open store: one sled database under `dir/sled`.
+///
+/// Cheap to clone (sled handles are reference counted); `Send + Sync`.
+/// Only one process may have a store open at a time.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    dir: Arc<PathBuf>,
+    durability: Durability,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Attaches the path to sled I/O errors so they name the file.
+fn sled_error(path: &Path, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(source) => Error::io(path, source),
+        other => Error::Sled(other),
+    }
+}
+
+impl Store {
+    /// Opens (creating if missing) the store in `dir`.
+    ///
+    /// Fails with [`Error::UnsupportedFormat`] if the store was written by a
+    /// newer format version. If another handle holds the store's lock, waits
+    /// up to 2 s for it before failing with [`Error::Io`].
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let sled_dir = dir.join("sled");
+        let flush_every_ms = match opts.durability {
+            // Every write flushes itself; a background flusher would be idle.
+            Durability::Immediate => None,
+            Durability::Periodic { interval } => Some(
+                u64::try_from(interval.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+        };
+        let config = sled::Config::new()
+            .path(&sled_dir)
+            .cache_capacity(opts.cache_capacity_bytes)
+            .flush_every_ms(flush_every_ms);
+        let db = open_with_lock_retry(&config).map_err(|e| sled_error(&sled_dir, e))?;
+        check_format(&db).map_err(|e| match e {
+            Error::Sled(e) => sled_error(&sled_dir, e),
+            other => other,
+        })?;
+        tracing::debug!(dir = %dir.display(), ?opts.durability, "store opened");
+        Ok(Store {
+            db,
+            dir: Arc::new(dir.to_path_buf()),
+            durability: opts.durability,
+        })
+    }
+
+    /// The directory the store was opened in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The durability mode the store was opened with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Opens (creating if missing) the keyspace `name`: a sled tree of `T`
+    /// records. Names starting with `__sled__` are reserved.
+    pub fn keyspace<T: Record>(&self, name: &str) -> Result<Keyspace<T>> {
+        if name.starts_with("__sled__") {
+            return Err(Error::InvalidInput(format!(
+                "keyspace name {name:?} is reserved by sled"
+            )));
+        }
+        let tree = self.db.open_tree(name)?;
+        Ok(Keyspace {
+            tree,
+            name: Arc::from(name),
+            durability: self.durability,
+            _marker: PhantomData,
+        })
+    }
+
+    /// A fresh id from sled's monotonic generator. Ids are unique but may
+    /// jump forward after a restart.
+    pub fn generate_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Flushes and fsyncs everything written so far.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes used by sled's files.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// How long `Store::open` waits for sled's file lock.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens sled, retrying while its file lock is busy. The lock can outlive a
+/// dropped `Store` briefly: a process forked by another thread (e.g.
+/// `std::process::Command`) shares the locked file until it execs.
+fn open_with_lock_retry(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match config.open() {
+            // sled 0.34 reports a busy lock only through this message.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %e, "sled lock busy, retrying");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn check_format(db: &sled::Db) -> Result<()> {
+    let Some(raw) = db.get(FORMAT_VERSION_KEY)? else {
+        db.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_le_bytes())?;
+        db.flush()?;
+        return Ok(());
+    };
+    let corrupt = |reason: String| Error::Corruption {
+        tree: DEFAULT_TREE.to_owned(),
+        key: display_key(FORMAT_VERSION_KEY),
+        reason,
+    };
+    let bytes: [u8; 4] = raw
+        .as_ref()
+        .try_into()
+        .map_err(|_| corrupt(format!("format version is {} bytes, expected 4", raw.len())))?;
+    match u32::from_le_bytes(bytes) {
+        0 => Err(corrupt("format version 0 is not valid".to_owned())),
+        found if found > FORMAT_VERSION => Err(Error::UnsupportedFormat {
+            found,
+            supported: FORMAT_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A named sled tree holding versioned `T` records.
+///
+/// Cheap to clone; `Send + Sync`. Every write honours the store's
+/// [`Durability`].
+pub struct Keyspace<T> {
+    tree: sled::Tree,
+    name: Arc<str>,
+    durability: Durability,
+    // fn() -> T: the keyspace stores no T, so it is Send + Sync for any T.
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Keyspace<T> {
+    fn clone(&self) -> Self {
+        Keyspace {
+            tree: self.tree.clone(),
+            name: Arc::clone(&self.name),
+            durability: self.durability,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Keyspace<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyspace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Record> Keyspace<T> {
+    /// The keyspace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads the record under `key`.
+    ///
+    /// A damaged record is [`Error::Corruption`] or
+    /// [`Error::UnknownRecordVersion`], naming this keyspace and the key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<T>> {
+        match self.tree.get(key)? {
+            Some(bytes) => self.decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a record exists under `key` (without decoding it).
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.tree.contains_key(key)?)
+    }
+
+    /// Stores `value` under `key`, atomically.
+    pub fn put(&self, key: &[u8], value: &T) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.insert(key, codec::encode(value)?);
+        self.commit(batch)
+    }
+
+    /// Removes the record under `key`; returns whether one existed.
+    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        failpoint!("storage::before_apply");
+        let existed = self.tree.remove(key)?.is_some();
+        failpoint!("storage::before_flush");
+        if existed {
+            self.sync()?;
+        }
+        Ok(existed)
+    }
+
+    /// Starts an empty batch; apply it with [`Keyspace::apply`].
+    pub fn batch(&self) -> Batch<T> {
+        Batch {
+            inner: sled::Batch::default(),
+            empty: true,
+            _marker: PhantomData,
+        }
+    }
+
+    /// Applies every operation of `batch` atomically.
+    pub fn apply(&self, batch: Batch<T>) -> Result<()> {
+        if batch.empty {
+            return Ok(());
+        }
+        self.commit(batch.inner)
+    }
+
+    /// Iterates over all records in key order.
+    ///
+    /// A damaged record yields an `Err` naming its key, and iteration
+    /// continues with the next record.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(Vec<u8>, T)>> + '_ {
+        self.tree.iter().map(move |item| {
+            let (key, bytes) = item?;
+            let value = self.decode(&key, &bytes)?;
+            Ok((key.to_vec(), value))
+        })
+    }
+
+    /// Number of records. O(n): sled counts by scanning.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// Whether the keyspace holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// Stores raw bytes under `key`, bypassing the codec. For corruption
+    /// tests only.
+    #[doc(hidden)]
+    pub fn put_raw(&self, key: &[u8], bytes: &[u8]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.insert(key, bytes);
+        self.commit(batch)
+    }
+
+    fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<T> {
+        codec::decode(&self.name, key, bytes).inspect_err(|e| {
+            tracing::warn!(tree = %self.name, key = %display_key(key), error = %e, "damaged record");
+        })
+    }
+
+    fn commit(&self, batch: sled::Batch) -> Result<()> {
+        failpoint!("storage::before_apply");
+        self.tree.apply_batch(batch)?;
+        failpoint!("storage::before_flush");
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<()> {
+        if self.durability == Durability::Immediate {
+            self.tree.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// A set of writes to one keyspace, applied atomically by
+/// [`Keyspace::apply`].
+pub struct Batch<T> {
+    inner: sled::Batch,
+    empty: bool,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Batch<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("empty", &self.empty)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Record> Batch<T> {
+    /// Adds a put of `value` under `key`. Later operations on the same key
+    /// win.
+    pub fn put(&mut self, key: &[u8], value: &T) -> Result<()> {
+        self.inner.insert(key, codec::encode(value)?);
+        self.empty = false;
+        Ok(())
+    }
+
+    /// Adds a removal of `key`.
+    pub fn remove(&mut self, key: &[u8]) {
+        self.inner.remove(key);
+        self.empty = false;
+    }
+}

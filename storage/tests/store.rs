@@ -1,0 +1,460 @@
+//! Store and keyspace behaviour: persistence, durability, corruption, format.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use vitrine_storage::{
+    decode_record, Attributes, Durability, Error, Keyspace, Meta, ProductRecord, SpaceSpec, Store,
+    StoreOptions, StoredMetric, FORMAT_VERSION,
+};
+
+const CHILD_DIR: &str = "VITRINE_TEST_CHILD_DIR";
+
+fn product(i: u64) -> ProductRecord {
+    ProductRecord {
+        doc: i,
+        attrs: Attributes::new()
+            .brand(format!("brand-{}", i % 3))
+            .price(i as f64 * 1.5)
+            .in_stock(i % 2 == 0)
+            .set("color", ["red", "blue"][i as usize % 2]),
+        vectors: vec![
+            ("image".into(), vec![i as f32, -0.5, f32::MIN_POSITIVE]),
+            ("text".into(), vec![1.0; 4]),
+        ],
+    }
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("sku-{i:03}").into_bytes()
+}
+
+fn open(dir: &Path) -> (Store, Keyspace<ProductRecord>) {
+    let store = Store::open(dir, StoreOptions::default()).unwrap();
+    let ks = store.keyspace("products").unwrap();
+    (store, ks)
+}
+
+/// Reruns this test binary with only `test` selected and `CHILD_DIR` set, so
+/// the child can write and then abort without dropping anything.
+fn run_child(test: &str, dir: &Path) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD_DIR, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        aborted(out.status),
+        "child should have aborted: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[cfg(unix)]
+fn aborted(status: ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(6) // SIGABRT, not a panic in the child
+}
+
+#[cfg(not(unix))]
+fn aborted(status: ExitStatus) -> bool {
+    !status.success()
+}
+
+#[test]
+fn types_are_send_sync_clone() {
+    fn assert<T: Send + Sync + Clone>() {}
+    assert::<Store>();
+    assert::<Keyspace<ProductRecord>>();
+    assert::<Keyspace<std::rc::Rc<u8>>>();
+}
+
+#[test]
+fn records_persist_across_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (store, ks) = open(tmp.path());
+        for i in 0..50 {
+            ks.put(&key(i), &product(i)).unwrap();
+        }
+        assert!(ks.remove(&key(7)).unwrap());
+        assert!(!ks.remove(&key(7)).unwrap());
+        let meta = store.keyspace::<Meta>("meta").unwrap();
+        meta.put(
+            b"meta",
+            &Meta {
+                spaces: vec![SpaceSpec {
+                    name: "image".into(),
+                    dim: 3,
+                    metric: StoredMetric::Cosine,
+                }],
+                model_fingerprint: Some("clip-v1".into()),
+                index_generation: 9,
+            },
+        )
+        .unwrap();
+        assert!(store.size_on_disk().unwrap() > 0);
+    }
+    let (store, ks) = open(tmp.path());
+    assert_eq!(ks.len(), 49);
+    assert_eq!(ks.name(), "products");
+    for i in (0..50).filter(|&i| i != 7) {
+        assert_eq!(ks.get(&key(i)).unwrap(), Some(product(i)));
+    }
+    assert_eq!(ks.get(&key(7)).unwrap(), None);
+    let all: Vec<_> = ks.iter().collect::<Result<_, _>>().unwrap();
+    assert_eq!(all.len(), 49);
+    assert!(
+        all.windows(2).all(|w| w[0].0 < w[1].0),
+        "iter is key-ordered"
+    );
+    let meta = store.keyspace::<Meta>("meta").unwrap();
+    // The format-version key lives elsewhere: iterating "meta" sees only records.
+    let metas: Vec<_> = meta.iter().collect::<Result<_, _>>().unwrap();
+    assert_eq!(metas.len(), 1);
+    assert_eq!(metas[0].1.index_generation, 9);
+}
+
+#[test]
+fn batch_applies_atomically_and_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_store, ks) = open(tmp.path());
+    ks.put(&key(1), &product(1)).unwrap();
+    let mut b = ks.batch();
+    b.put(&key(2), &product(2)).unwrap();
+    b.remove(&key(1));
+    b.put(&key(3), &product(3)).unwrap();
+    b.put(&key(3), &product(4)).unwrap();
+    assert!(
+        ks.contains(&key(1)).unwrap(),
+        "nothing applied before apply()"
+    );
+    ks.apply(b).unwrap();
+    assert!(!ks.contains(&key(1)).unwrap());
+    assert_eq!(ks.get(&key(2)).unwrap(), Some(product(2)));
+    assert_eq!(ks.get(&key(3)).unwrap(), Some(product(4)));
+    ks.apply(ks.batch()).unwrap();
+    assert_eq!(ks.len(), 2);
+}
+
+#[test]
+fn generate_id_is_monotonic_across_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let last = {
+        let (store, _) = open(tmp.path());
+        let a = store.generate_id().unwrap();
+        let b = store.generate_id().unwrap();
+        assert!(b > a);
+        b
+    };
+    let (store, _) = open(tmp.path());
+    assert!(store.generate_id().unwrap() > last);
+}
+
+#[test]
+fn immediate_writes_survive_abort_without_flush() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        let (_store, ks) = open(Path::new(&dir));
+        for i in 0..10 {
+            ks.put(&key(i), &product(i)).unwrap();
+        }
+        ks.remove(&key(3)).unwrap();
+        let mut b = ks.batch();
+        b.put(&key(20), &product(20)).unwrap();
+        b.remove(&key(4));
+        ks.apply(b).unwrap();
+        // No drop, no flush: only what each write made durable survives.
+        std::process::abort();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    run_child("immediate_writes_survive_abort_without_flush", tmp.path());
+    let (store, ks) = open(tmp.path());
+    assert_eq!(store.durability(), Durability::Immediate);
+    let got: BTreeMap<_, _> = ks.iter().collect::<Result<_, _>>().unwrap();
+    let want: BTreeMap<_, _> = (0..10)
+        .chain([20])
+        .filter(|i| ![3, 4].contains(i))
+        .map(|i| (key(i), product(i)))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn periodic_writes_survive_abort_after_store_flush() {
+    let periodic = StoreOptions {
+        durability: Durability::Periodic {
+            interval: Duration::from_secs(3600),
+        },
+        ..StoreOptions::default()
+    };
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        let store = Store::open(Path::new(&dir), periodic).unwrap();
+        let ks = store.keyspace::<ProductRecord>("products").unwrap();
+        for i in 0..10 {
+            ks.put(&key(i), &product(i)).unwrap();
+            assert_eq!(
+                ks.get(&key(i)).unwrap(),
+                Some(product(i)),
+                "visible at once"
+            );
+        }
+        store.flush().unwrap();
+        std::process::abort();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    run_child(
+        "periodic_writes_survive_abort_after_store_flush",
+        tmp.path(),
+    );
+    let store = Store::open(tmp.path(), periodic.clone()).unwrap();
+    assert_eq!(store.durability(), periodic.durability);
+    let ks = store.keyspace::<ProductRecord>("products").unwrap();
+    assert_eq!(ks.len(), 10);
+}
+
+fn corrupt_fixture() -> (tempfile::TempDir, Store, Keyspace<ProductRecord>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, ks) = open(tmp.path());
+    for i in [0, 1, 8, 9] {
+        ks.put(&key(i), &product(i)).unwrap();
+    }
+    let valid = valid_encoding(5);
+    ks.put_raw(
+        b"sku-002-garbage",
+        &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+    )
+    .unwrap();
+    let mut wrong_version = valid.clone();
+    wrong_version[0] = 9;
+    ks.put_raw(b"sku-003-version", &wrong_version).unwrap();
+    ks.put_raw(b"sku-004-truncated", &valid[..valid.len() / 2])
+        .unwrap();
+    let mut trailing = valid.clone();
+    trailing.push(0);
+    ks.put_raw(b"sku-005-trailing", &trailing).unwrap();
+    ks.put_raw(b"sku-006-empty", &[]).unwrap();
+    ks.put_raw(&[b's', 0xff, 0x00], &[1, 2]).unwrap();
+    (tmp, store, ks)
+}
+
+/// `[VERSION][bincode payload]`, the documented record encoding.
+fn valid_encoding(i: u64) -> Vec<u8> {
+    let mut v = vec![1u8];
+    v.extend(bincode::serde::encode_to_vec(product(i), bincode::config::standard()).unwrap());
+    assert_eq!(decode_record::<ProductRecord>(&v).unwrap(), product(i));
+    v
+}
+
+#[test]
+fn damaged_records_are_typed_errors_naming_tree_and_key() {
+    let (_tmp, _store, ks) = corrupt_fixture();
+    let corruption = |k: &[u8]| match ks.get(k) {
+        Err(Error::Corruption { tree, key, reason }) => {
+            assert_eq!(tree, "products");
+            (key, reason)
+        }
+        other => panic!("expected Corruption for {k:?}, got {other:?}"),
+    };
+    assert_eq!(corruption(b"sku-002-garbage").0, "sku-002-garbage");
+    let (k, reason) = corruption(b"sku-004-truncated");
+    assert_eq!(k, "sku-004-truncated");
+    assert!(reason.contains("undecodable"), "{reason}");
+    let (_, reason) = corruption(b"sku-005-trailing");
+    assert!(reason.contains("trailing"), "{reason}");
+    let (_, reason) = corruption(b"sku-006-empty");
+    assert!(reason.contains("empty"), "{reason}");
+    assert_eq!(corruption(&[b's', 0xff, 0x00]).0, "0x73ff00");
+    match ks.get(b"sku-003-version") {
+        Err(Error::UnknownRecordVersion {
+            tree,
+            key,
+            found: 9,
+            supported: 1,
+        }) => assert_eq!(
+            (tree.as_str(), key.as_str()),
+            ("products", "sku-003-version")
+        ),
+        other => panic!("expected UnknownRecordVersion, got {other:?}"),
+    }
+    // Neighbours are untouched, and contains() does not decode.
+    for i in [0, 1, 8, 9] {
+        assert_eq!(ks.get(&key(i)).unwrap(), Some(product(i)));
+    }
+    assert!(ks.contains(b"sku-002-garbage").unwrap());
+    assert_eq!(ks.len(), 10);
+}
+
+#[test]
+fn iter_reports_damaged_records_and_continues() {
+    let (_tmp, _store, ks) = corrupt_fixture();
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for item in ks.iter() {
+        match item {
+            Ok((k, v)) => good.push((k, v)),
+            Err(Error::Corruption { tree, key, .. })
+            | Err(Error::UnknownRecordVersion { tree, key, .. }) => {
+                assert_eq!(tree, "products");
+                bad.push(key);
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    let want: Vec<_> = [0, 1, 8, 9].map(|i| (key(i), product(i))).into();
+    assert_eq!(
+        good, want,
+        "records after the damaged ones are still yielded"
+    );
+    assert_eq!(
+        bad,
+        [
+            "sku-002-garbage",
+            "sku-003-version",
+            "sku-004-truncated",
+            "sku-005-trailing",
+            "sku-006-empty",
+            "0x73ff00",
+        ]
+    );
+}
+
+#[test]
+fn newer_format_version_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(open(tmp.path()));
+    {
+        let db = sled::open(tmp.path().join("sled")).unwrap();
+        let stored = db.get(b"vitrine.format_version").unwrap().unwrap();
+        assert_eq!(stored.as_ref(), FORMAT_VERSION.to_le_bytes());
+        db.insert(
+            b"vitrine.format_version",
+            &(FORMAT_VERSION + 1).to_le_bytes(),
+        )
+        .unwrap();
+        db.flush().unwrap();
+    }
+    match Store::open(tmp.path(), StoreOptions::default()) {
+        Err(Error::UnsupportedFormat { found, supported }) => {
+            assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION));
+        }
+        other => panic!("expected UnsupportedFormat, got {other:?}"),
+    }
+    {
+        let db = sled::open(tmp.path().join("sled")).unwrap();
+        db.insert(b"vitrine.format_version", &[1u8, 0, 0]).unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Store::open(tmp.path(), StoreOptions::default()),
+        Err(Error::Corruption { .. })
+    ));
+}
+
+#[test]
+fn reserved_keyspace_names_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    assert!(matches!(
+        store.keyspace::<Meta>("__sled__default"),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+#[test]
+fn store_open_on_a_file_names_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    match Store::open(&file, StoreOptions::default()) {
+        Err(Error::Io { path, .. }) => assert_eq!(path, file),
+        other => panic!("expected Io, got {other:?}"),
+    }
+}
+
+#[test]
+fn attributes_defaults_and_lookup() {
+    let a = Attributes::default();
+    assert!(a.in_stock);
+    let a = a.set("brand", "Acme").set("size", "M");
+    assert_eq!(a.brand.as_deref(), Some("Acme"));
+    assert_eq!(a.get("brand"), Some("Acme"));
+    assert_eq!(a.get("size"), Some("M"));
+    assert!(!a.extra.contains_key("brand"));
+}
+
+#[test]
+fn vectors_are_encoded_as_raw_bytes() {
+    let r = ProductRecord {
+        doc: 1,
+        attrs: Attributes::new(),
+        vectors: vec![("v".into(), vec![1.0; 256])],
+    };
+    let encoded = bincode::serde::encode_to_vec(&r, bincode::config::standard()).unwrap();
+    // 1 KiB of floats plus a few bytes of framing; per-float varint framing
+    // would not fit.
+    assert!(encoded.len() < 1024 + 32, "{}", encoded.len());
+    let nan = ProductRecord {
+        vectors: vec![("v".into(), vec![f32::NAN, -0.0, f32::INFINITY])],
+        ..r
+    };
+    let mut bytes = vec![1u8];
+    bytes.extend(bincode::serde::encode_to_vec(&nan, bincode::config::standard()).unwrap());
+    let back = decode_record::<ProductRecord>(&bytes).unwrap();
+    let bits = |r: &ProductRecord| {
+        r.vectors[0]
+            .1
+            .iter()
+            .map(|f| f.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&back), bits(&nan));
+    assert_eq!(back.vector("v").map(<[f32]>::len), Some(3));
+    assert_eq!(back.vector("w"), None);
+}
+
+#[test]
+fn decode_record_truncations_are_errors() {
+    let bytes = valid_encoding(3);
+    for len in 0..bytes.len() {
+        match decode_record::<ProductRecord>(&bytes[..len]) {
+            Err(Error::Corruption { tree, key, .. }) => {
+                assert_eq!((tree.as_str(), key.as_str()), ("<bytes>", "<bytes>"));
+            }
+            other => panic!("truncated to {len}: {other:?}"),
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn decode_record_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        let _ = decode_record::<ProductRecord>(&bytes);
+        let _ = decode_record::<Meta>(&bytes);
+    }
+
+    #[test]
+    fn huge_length_prefixes_are_errors(len in any::<u64>(), tail in prop::collection::vec(any::<u8>(), 0..8)) {
+        // ProductRecord: doc varint, then brand Some + a string length prefix.
+        let mut bytes = vec![1u8, 0, 1, 253];
+        bytes.extend(len.to_le_bytes());
+        bytes.extend(tail);
+        prop_assert!(decode_record::<ProductRecord>(&bytes).is_err());
+    }
+}
+
+#[test]
+fn second_open_while_held_fails_with_io_naming_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_store, _ks) = open(tmp.path());
+    match Store::open(tmp.path(), StoreOptions::default()) {
+        Err(Error::Io { path, .. }) => assert_eq!(path, tmp.path().join("sled")),
+        other => panic!("expected Io, got {other:?}"),
+    }
+}

@@ -1,0 +1,88 @@
+//! The `vitrine bench ann` harness, run as a real process on .npy files.
+
+use std::path::Path;
+use std::process::Command;
+
+use rand::{Rng, SeedableRng};
+
+fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) {
+    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.extend(data.iter().flat_map(|x| x.to_le_bytes()));
+    std::fs::write(path, out).unwrap();
+}
+
+fn clustered(rng: &mut impl Rng, n: usize, centers: &[Vec<f32>]) -> Vec<f32> {
+    (0..n)
+        .flat_map(|i| {
+            let c = &centers[i % centers.len()];
+            c.iter()
+                .map(|x| x + rng.gen_range(-0.3f32..0.3))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn run(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn bench_ann_reports_recall_and_qps_per_ef() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let dim = 24;
+    let centers: Vec<Vec<f32>> = (0..20)
+        .map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+        .collect();
+    let base = clustered(&mut rng, 3000, &centers);
+    let queries = clustered(&mut rng, 60, &centers);
+    let (b, q) = (dir.path().join("base.npy"), dir.path().join("q.npy"));
+    write_npy(&b, 3000, dim, &base);
+    write_npy(&q, 60, dim, &queries);
+    let (b, q) = (b.to_str().unwrap(), q.to_str().unwrap());
+
+    let rows = run(&["bench", "ann", "--base", b, "--queries", q, "--ef", "16,128", "--json"]);
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert!(r["qps"].as_f64().unwrap() > 0.0);
+        assert!(r["filter"].is_null());
+    }
+    let recall = |r: &serde_json::Value| r["recall"].as_f64().unwrap();
+    assert!(recall(&rows[1]) >= 0.95, "{rows:?}");
+    assert!(recall(&rows[1]) >= recall(&rows[0]) - 1e-9);
+
+    // 1 % filter: the planner answers exactly.
+    let rows = run(&[
+        "bench", "ann", "--base", b, "--queries", q, "--ef", "64", "--filter-mod", "100", "--json",
+    ]);
+    assert_eq!(rows[0]["filter"], 100);
+    assert!((recall(&rows[0]) - 1.0).abs() < 1e-9, "{rows:?}");
+
+    // Bad input is an error message, not a panic.
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["bench", "ann", "--base", q, "--queries", "/nonexistent.npy"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent"));
+}

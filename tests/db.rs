@@ -1,0 +1,393 @@
+//! Db API: persistence, filters, typed errors, corruption handling.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{cosine, vector_for};
+use vitrine::{
+    Attributes, Db, Error, Filter, Metric, Plan, PlanHint, Search, SimilarTo, DEFAULT_SPACE,
+};
+
+const DIM: usize = 32;
+
+fn open(dir: &std::path::Path) -> Db {
+    Db::builder()
+        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+        .build_threads(2)
+        .open(dir)
+        .expect("open")
+}
+
+fn attrs(i: usize) -> Attributes {
+    Attributes::new()
+        .brand(["A", "B", "C", "D"][i % 4])
+        .category(["shirts", "jeans", "shoes"][i % 3])
+        .price((i % 100) as f64)
+        .in_stock(i % 5 != 0)
+        .set("colour", ["red", "blue"][i % 2])
+}
+
+fn fill(db: &Db, n: usize) {
+    for i in 0..n {
+        let id = format!("sku-{i}");
+        db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
+            .unwrap();
+    }
+}
+
+fn filters() -> Vec<Filter> {
+    vec![
+        Filter::new(),
+        Filter::new().in_stock(),
+        Filter::new().category_in(["shirts"]).brand_in(["A", "C"]),
+        Filter::new().price_range(10.0..20.0),
+        Filter::new().attr_eq("colour", "red").exclude("sku-3"),
+        Filter::new().category_in(["jeans"]).price_range(..=5.0),
+    ]
+}
+
+fn run_queries(db: &Db) -> Vec<Vec<(String, f32)>> {
+    let mut out = Vec::new();
+    for (qi, f) in filters().iter().enumerate() {
+        for j in 0..5 {
+            let q = vector_for(&format!("query-{qi}-{j}"), DIM);
+            let hits = db.similar(SimilarTo::Vector(&q), 10, f).unwrap();
+            out.push(hits.into_iter().map(|h| (h.id, h.score)).collect());
+            let id = format!("sku-{}", 20 + j * 7 + qi);
+            let hits = db.similar(SimilarTo::Id(&id), 10, f).unwrap();
+            out.push(hits.into_iter().map(|h| (h.id, h.score)).collect());
+        }
+    }
+    out
+}
+
+#[test]
+fn reopen_gives_identical_records_and_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let (records, results) = {
+        let db = open(dir.path());
+        fill(&db, 1500);
+        db.delete("sku-10").unwrap();
+        db.set_in_stock("sku-11", false).unwrap();
+        db.upsert(
+            "sku-12",
+            attrs(13),
+            [(DEFAULT_SPACE, vector_for("other", DIM))],
+        )
+        .unwrap();
+        let records: Vec<_> = db.ids().iter().map(|id| db.get(id).unwrap()).collect();
+        let results = run_queries(&db);
+        db.close().unwrap();
+        (records, results)
+    };
+    let db = open(dir.path());
+    assert!(
+        db.open_report().rebuilt.is_empty(),
+        "a clean close must leave a loadable dump: {:?}",
+        db.open_report()
+    );
+    assert_eq!(db.len(), 1499);
+    let again: Vec<_> = db.ids().iter().map(|id| db.get(id).unwrap()).collect();
+    assert_eq!(records, again);
+    assert_eq!(results, run_queries(&db));
+    assert!(!db.get("sku-11").unwrap().unwrap().attributes.in_stock);
+    assert_eq!(
+        db.get("sku-12").unwrap().unwrap().vectors[DEFAULT_SPACE],
+        vector_for("other", DIM)
+    );
+}
+
+#[test]
+fn filters_match_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    fill(&db, 600);
+    for (fi, f) in filters().iter().enumerate() {
+        let q = vector_for(&format!("fq-{fi}"), DIM);
+        let mut expected: Vec<(f32, String)> = (0..600)
+            .map(|i| format!("sku-{i}"))
+            .filter(|id| f.matches(id, &db.get(id).unwrap().unwrap().attributes))
+            .map(|id| (cosine(&q, &vector_for(&id, DIM)), id))
+            .collect();
+        expected.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let res = db
+            .search(
+                &Search::new(SimilarTo::Vector(&q), 10)
+                    .filter(f)
+                    .plan(PlanHint::Exact),
+            )
+            .unwrap();
+        assert_eq!(res.plan, Plan::Exact);
+        let got: Vec<&str> = res.hits.iter().map(|h| h.id.as_str()).collect();
+        let want: Vec<&str> = expected.iter().take(10).map(|e| e.1.as_str()).collect();
+        assert_eq!(got, want, "filter {fi}");
+        for h in &res.hits {
+            assert!(f.matches(&h.id, &h.attributes));
+            assert!((h.score - cosine(&q, &vector_for(&h.id, DIM))).abs() < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn similar_to_id_leaves_the_product_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    fill(&db, 200);
+    for f in [Filter::new(), Filter::new().category_in(["shirts", "jeans", "shoes"])] {
+        let hits = db.similar(SimilarTo::Id("sku-3"), 5, &f).unwrap();
+        assert_eq!(hits.len(), 5);
+        assert!(hits.iter().all(|h| h.id != "sku-3"));
+    }
+    let own = vector_for("sku-3", DIM);
+    let hits = db.similar(SimilarTo::Vector(&own), 1, &Filter::new()).unwrap();
+    assert_eq!(hits[0].id, "sku-3");
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    fill(&db, 50);
+    let before: BTreeMap<String, _> = db
+        .ids()
+        .into_iter()
+        .map(|id| {
+            let p = db.get(&id).unwrap();
+            (id, p)
+        })
+        .collect();
+    let v = vector_for("x", DIM);
+
+    let e = db
+        .insert("new", Attributes::new(), [(DEFAULT_SPACE, vec![1.0; DIM + 1])])
+        .unwrap_err();
+    assert!(matches!(e, Error::DimensionMismatch { expected: DIM, found, .. } if found == DIM + 1));
+    let e = db
+        .upsert("sku-1", Attributes::new(), [(DEFAULT_SPACE, vec![1.0; 3])])
+        .unwrap_err();
+    assert!(matches!(e, Error::DimensionMismatch { .. }));
+    let e = db
+        .insert("new", Attributes::new(), [("colour", v.clone())])
+        .unwrap_err();
+    assert!(matches!(e, Error::UnknownVector { ref name, .. } if name == "colour"), "{e}");
+    let e = db
+        .insert("", Attributes::new(), [(DEFAULT_SPACE, v.clone())])
+        .unwrap_err();
+    assert!(matches!(e, Error::EmptyId));
+    let e = db
+        .insert(&"x".repeat(5000), Attributes::new(), [(DEFAULT_SPACE, v.clone())])
+        .unwrap_err();
+    assert!(matches!(e, Error::IdTooLong { .. }));
+    let mut nan = v.clone();
+    nan[3] = f32::NAN;
+    let e = db
+        .upsert("sku-2", Attributes::new(), [(DEFAULT_SPACE, nan)])
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidVector { .. }));
+    let e = db
+        .upsert("sku-2", Attributes::new(), [(DEFAULT_SPACE, vec![0.0; DIM])])
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidVector { .. }));
+    let e = db
+        .insert("sku-4", Attributes::new(), [(DEFAULT_SPACE, v.clone())])
+        .unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists { .. }));
+    let e = db.set_in_stock("missing", true).unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }));
+    let e = db
+        .similar(SimilarTo::Vector(&[1.0, 2.0]), 3, &Filter::new())
+        .unwrap_err();
+    assert!(matches!(e, Error::DimensionMismatch { .. }));
+    let e = db
+        .similar(SimilarTo::Id("missing"), 3, &Filter::new())
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }));
+    assert!(e.is_user_error());
+    let e = db
+        .search(&Search::new(SimilarTo::Vector(&v), 3).space("nope"))
+        .unwrap_err();
+    assert!(matches!(e, Error::UnknownVector { .. }));
+
+    let after: BTreeMap<String, _> = db
+        .ids()
+        .into_iter()
+        .map(|id| {
+            let p = db.get(&id).unwrap();
+            (id, p)
+        })
+        .collect();
+    assert_eq!(before, after);
+    assert!(db.similar(SimilarTo::Vector(&v), 0, &Filter::new()).unwrap().is_empty());
+}
+
+#[test]
+fn declaring_another_schema_on_an_existing_database_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).close().unwrap();
+    let e = Db::builder()
+        .vector_space(DEFAULT_SPACE, DIM * 2, Metric::Cosine)
+        .open(dir.path())
+        .err()
+        .expect("schema mismatch");
+    assert!(matches!(e, Error::SchemaMismatch(_)), "{e}");
+    // Opening without declaring spaces takes the stored schema.
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.spaces()[0].dim, DIM);
+    let e = Db::builder()
+        .hnsw(vitrine::HnswParams {
+            max_connections: 300,
+            ..Default::default()
+        })
+        .open(dir.path().join("other"))
+        .err()
+        .expect("invalid params");
+    assert!(!matches!(e, Error::Storage(_)), "{e}");
+}
+
+#[test]
+fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path());
+        fill(&db, 100);
+        db.close().unwrap();
+    }
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        let products = store
+            .keyspace::<vitrine_storage::ProductRecord>("products")
+            .unwrap();
+        products.put_raw(b"sku-7", b"\x01\xff\xff\xff garbage").unwrap();
+        products.put_raw(b"sku-8", b"\x63 from the future").unwrap();
+        store.flush().unwrap();
+    }
+    let db = open(dir.path());
+    let damaged = &db.open_report().damaged;
+    assert_eq!(damaged.len(), 2, "{damaged:?}");
+    assert!(damaged.iter().any(|d| d.contains("sku-7")), "{damaged:?}");
+    for key in ["sku-7", "sku-8"] {
+        match db.get(key) {
+            Err(Error::Corruption { location, .. }) => {
+                assert!(location.contains(key), "{location}")
+            }
+            other => panic!("expected a corruption error for {key}, got {other:?}"),
+        }
+    }
+    assert_eq!(db.len(), 98);
+    for i in (0..100).filter(|i| *i != 7 && *i != 8) {
+        let id = format!("sku-{i}");
+        assert_eq!(
+            db.get(&id).unwrap().unwrap().vectors[DEFAULT_SPACE],
+            vector_for(&id, DIM)
+        );
+    }
+    let hits = db
+        .similar(SimilarTo::Vector(&vector_for("sku-9", DIM)), 3, &Filter::new())
+        .unwrap();
+    assert_eq!(hits[0].id, "sku-9");
+    // An upsert repairs the damaged key.
+    db.upsert("sku-7", attrs(7), [(DEFAULT_SPACE, vector_for("sku-7", DIM))])
+        .unwrap();
+    assert!(db.get("sku-7").unwrap().is_some());
+}
+
+fn damage_dump(dir: &std::path::Path, how: &str) {
+    let index = dir.join("index").join(DEFAULT_SPACE);
+    let mut files: Vec<_> = std::fs::read_dir(&index)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        let mut bytes = std::fs::read(&f).unwrap();
+        match how {
+            "truncate" => bytes.truncate(bytes.len() / 2),
+            _ => {
+                let at = bytes.len() / 3;
+                bytes[at] ^= 0x10;
+            }
+        }
+        std::fs::write(&f, bytes).unwrap();
+        if how == "truncate" {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_damaged_index_dump_is_rebuilt_with_a_reason() {
+    for how in ["truncate", "flip"] {
+        let dir = tempfile::tempdir().unwrap();
+        let results = {
+            let db = open(dir.path());
+            fill(&db, 800);
+            let r = run_queries(&db);
+            db.close().unwrap();
+            r
+        };
+        damage_dump(dir.path(), how);
+        let db = open(dir.path());
+        let rebuilt = &db.open_report().rebuilt;
+        assert_eq!(rebuilt.len(), 1, "{how}: {rebuilt:?}");
+        assert!(!rebuilt[0].1.is_empty());
+        assert_eq!(db.len(), 800);
+        // Exact-plan results do not depend on the graph.
+        for (fi, f) in filters().iter().enumerate() {
+            let q = vector_for(&format!("dq-{fi}"), DIM);
+            let s = Search::new(SimilarTo::Vector(&q), 10)
+                .filter(f)
+                .plan(PlanHint::Exact);
+            assert_eq!(db.search(&s).unwrap().hits.len(), 10);
+        }
+        let recovered = run_queries(&db);
+        let overlap: usize = results
+            .iter()
+            .zip(&recovered)
+            .map(|(a, b)| a.iter().filter(|x| b.iter().any(|y| y.0 == x.0)).count())
+            .sum();
+        let total: usize = results.iter().map(Vec::len).sum();
+        assert!(overlap as f64 >= 0.9 * total as f64, "{overlap}/{total}");
+        drop(db);
+        // The rebuilt index was saved: the next open loads it.
+        let db = open(dir.path());
+        assert!(db.open_report().rebuilt.is_empty(), "{how}");
+    }
+}
+
+#[test]
+fn readers_run_while_a_writer_writes() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Db>();
+    let dir = tempfile::tempdir().unwrap();
+    let db = std::sync::Arc::new(open(dir.path()));
+    fill(&db, 300);
+    std::thread::scope(|s| {
+        for r in 0..2 {
+            let db = &db;
+            s.spawn(move || {
+                for j in 0..200 {
+                    let q = vector_for(&format!("r{r}-{j}"), DIM);
+                    let hits = db
+                        .similar(SimilarTo::Vector(&q), 5, &Filter::new().in_stock())
+                        .unwrap();
+                    assert!(hits.iter().all(|h| h.attributes.in_stock));
+                }
+            });
+        }
+        let db = &db;
+        s.spawn(move || {
+            for i in 300..500 {
+                let id = format!("sku-{i}");
+                db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
+                    .unwrap();
+                if i % 3 == 0 {
+                    db.delete(&format!("sku-{}", i - 250)).unwrap();
+                }
+            }
+        });
+    });
+    assert_eq!(db.len(), 500 - 67);
+}
