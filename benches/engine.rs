@@ -27,8 +27,12 @@ fn build(dir: &std::path::Path) -> Db {
         let attrs = Attributes::new()
             .brand(format!("brand-{}", i % 100))
             .in_stock(i % 2 == 0);
-        db.insert(&format!("sku-{i}"), attrs, [("embedding", vector(&mut rng))])
-            .unwrap();
+        db.insert(
+            &format!("sku-{i}"),
+            attrs,
+            [("embedding", vector(&mut rng))],
+        )
+        .unwrap();
     }
     db
 }
@@ -73,7 +77,10 @@ fn insert(c: &mut Criterion) {
                 n += 1;
                 (format!("new-{}", n % 1000), vector(&mut rng))
             },
-            |(id, v)| db.upsert(&id, Attributes::new(), [("embedding", v)]).unwrap(),
+            |(id, v)| {
+                db.upsert(&id, Attributes::new(), [("embedding", v)])
+                    .unwrap()
+            },
             BatchSize::SmallInput,
         )
     });

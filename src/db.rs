@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockW
 
 use tracing::{debug, info, warn};
 use vitrine_index::{
-    AllowSet, FlatIndex, HnswParams, IndexConfig, Metric, Plan, PlanHint, PlannerConfig,
+    AllowSet, FlatIndex, HnswParams, IndexConfig, LoadError, Metric, Plan, PlanHint, PlannerConfig,
     SearchOptions, SpaceIndex, VectorIndex,
 };
 use vitrine_storage::{
@@ -342,7 +342,7 @@ impl Db {
     /// let hits = db.similar(SimilarTo::Id("shirt-1"), 5, &Filter::new().in_stock())?;
     /// assert_eq!(hits.len(), 1);
     /// assert_eq!(hits[0].id, "shirt-2");
-    /// # Ok::<(), vitrine::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open(dir: impl AsRef<Path>) -> Result<Db> {
         DbBuilder::default().open(dir)
@@ -407,9 +407,7 @@ impl Db {
                 names.sort_unstable();
                 names.dedup();
                 if names.len() != spaces.len() {
-                    return Err(Error::InvalidConfig(
-                        "vector space declared twice".into(),
-                    ));
+                    return Err(Error::InvalidConfig("vector space declared twice".into()));
                 }
                 let meta = Meta {
                     spaces: spaces
@@ -460,7 +458,9 @@ impl Db {
                         }
                     }
                     Some(_) => {}
-                    None => warn!(id = %id, space = %name, "vector for an undeclared space ignored"),
+                    None => {
+                        warn!(id = %id, space = %name, "vector for an undeclared space ignored")
+                    }
                 }
             }
             catalog.by_id.insert(id.clone(), rec.doc);
@@ -490,6 +490,10 @@ impl Db {
                 Ok(index) => {
                     debug!(space = %spec.name, "index dump loaded");
                     index
+                }
+                Err(LoadError::Missing { .. }) if flat.is_empty() => {
+                    // A new (or empty) database: nothing to rebuild.
+                    SpaceIndex::build(flat, b.index.clone(), b.threads)?
                 }
                 Err(reason) => {
                     warn!(space = %spec.name, %reason, "rebuilding index from storage");
@@ -875,7 +879,8 @@ impl Db {
 
     fn maybe_compact(&self, name: &str, index: &mut SpaceIndex) {
         let total = index.len() + index.tombstones();
-        if total > 0 && index.tombstones() as f64 / total as f64 > self.index_config.compaction_ratio
+        if total > 0
+            && index.tombstones() as f64 / total as f64 > self.index_config.compaction_ratio
         {
             if let Err(e) = index.compact(self.threads) {
                 warn!(space = name, error = %e, "compaction failed; the index stays usable");

@@ -22,7 +22,7 @@
 //! db.set_in_stock("pink-shirt", false)?;
 //! let hits = db.similar(SimilarTo::Vector(&[1.0, 0.0, 0.0]), 10, &Filter::new().in_stock())?;
 //! assert_eq!(hits[0].id, "red-shirt");
-//! # Ok::<(), vitrine::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Durability is chosen per database with [`Durability`]: under
@@ -33,6 +33,7 @@
 mod db;
 mod error;
 mod filter;
+mod vision;
 
 pub use db::{
     Db, DbBuilder, Hit, OpenReport, Product, Search, SearchResults, SimilarTo, VectorSpace,
@@ -40,5 +41,14 @@ pub use db::{
 };
 pub use error::{Error, Result};
 pub use filter::Filter;
+pub use vision::{
+    prepare_image, prepare_rgb, DecodeLimits, Illumination, ImageError, IntegralImage, PrepConfig,
+    PreparedImage, WhiteBalance,
+};
 pub use vitrine_index::{HnswParams, Metric, Plan, PlanHint, PlannerConfig};
 pub use vitrine_storage::{Attributes, Durability};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

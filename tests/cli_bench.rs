@@ -6,7 +6,8 @@ use std::process::Command;
 use rand::{Rng, SeedableRng};
 
 fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) {
-    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut dict =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     while (10 + dict.len() + 1) % 64 != 0 {
         dict.push(' ');
     }
@@ -61,7 +62,17 @@ fn bench_ann_reports_recall_and_qps_per_ef() {
     write_npy(&q, 60, dim, &queries);
     let (b, q) = (b.to_str().unwrap(), q.to_str().unwrap());
 
-    let rows = run(&["bench", "ann", "--base", b, "--queries", q, "--ef", "16,128", "--json"]);
+    let rows = run(&[
+        "bench",
+        "ann",
+        "--base",
+        b,
+        "--queries",
+        q,
+        "--ef",
+        "16,128",
+        "--json",
+    ]);
     assert_eq!(rows.len(), 2);
     for r in &rows {
         assert!(r["qps"].as_f64().unwrap() > 0.0);
@@ -73,7 +84,17 @@ fn bench_ann_reports_recall_and_qps_per_ef() {
 
     // 1 % filter: the planner answers exactly.
     let rows = run(&[
-        "bench", "ann", "--base", b, "--queries", q, "--ef", "64", "--filter-mod", "100", "--json",
+        "bench",
+        "ann",
+        "--base",
+        b,
+        "--queries",
+        q,
+        "--ef",
+        "64",
+        "--filter-mod",
+        "100",
+        "--json",
     ]);
     assert_eq!(rows[0]["filter"], 100);
     assert!((recall(&rows[0]) - 1.0).abs() < 1e-9, "{rows:?}");

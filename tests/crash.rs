@@ -30,7 +30,10 @@ fn crash_child_process() {
     let Ok(dir) = std::env::var("VITRINE_CRASH_DIR") else {
         return;
     };
-    let round: usize = std::env::var("VITRINE_CRASH_ROUND").unwrap().parse().unwrap();
+    let round: usize = std::env::var("VITRINE_CRASH_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
     let db = open(dir.as_ref(), true).expect("child open");
     println!("ready");
     for i in 0.. {
@@ -52,7 +55,12 @@ fn sigkill_loses_no_acknowledged_write() {
     let mut killed_before_ready = 0;
     for round in 0..ROUNDS {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_process", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("VITRINE_CRASH_DIR", dir.path())
             .env("VITRINE_CRASH_ROUND", round.to_string())
             .stdout(Stdio::piped())
@@ -81,7 +89,7 @@ fn sigkill_loses_no_acknowledged_write() {
         child.wait().unwrap();
         reader.join().unwrap();
         let lines = lines.lock().unwrap();
-        if !lines.iter().any(|l| l == "ready") {
+        if !lines.iter().any(|l| l.ends_with("ready")) {
             killed_before_ready += 1;
         }
         acked.extend(
@@ -102,7 +110,9 @@ fn sigkill_loses_no_acknowledged_write() {
         }
         for id in db.ids() {
             let v = vector_for(&id, DIM);
-            let hits = db.similar(SimilarTo::Vector(&v), 10, &Filter::new()).unwrap();
+            let hits = db
+                .similar(SimilarTo::Vector(&v), 10, &Filter::new())
+                .unwrap();
             assert!(
                 hits.iter().any(|h| h.id == id),
                 "round {round}: stored {id} not found by its own vector"

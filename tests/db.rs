@@ -134,13 +134,18 @@ fn similar_to_id_leaves_the_product_out() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
     fill(&db, 200);
-    for f in [Filter::new(), Filter::new().category_in(["shirts", "jeans", "shoes"])] {
+    for f in [
+        Filter::new(),
+        Filter::new().category_in(["shirts", "jeans", "shoes"]),
+    ] {
         let hits = db.similar(SimilarTo::Id("sku-3"), 5, &f).unwrap();
         assert_eq!(hits.len(), 5);
         assert!(hits.iter().all(|h| h.id != "sku-3"));
     }
     let own = vector_for("sku-3", DIM);
-    let hits = db.similar(SimilarTo::Vector(&own), 1, &Filter::new()).unwrap();
+    let hits = db
+        .similar(SimilarTo::Vector(&own), 1, &Filter::new())
+        .unwrap();
     assert_eq!(hits[0].id, "sku-3");
 }
 
@@ -160,7 +165,11 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
     let v = vector_for("x", DIM);
 
     let e = db
-        .insert("new", Attributes::new(), [(DEFAULT_SPACE, vec![1.0; DIM + 1])])
+        .insert(
+            "new",
+            Attributes::new(),
+            [(DEFAULT_SPACE, vec![1.0; DIM + 1])],
+        )
         .unwrap_err();
     assert!(matches!(e, Error::DimensionMismatch { expected: DIM, found, .. } if found == DIM + 1));
     let e = db
@@ -170,13 +179,20 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
     let e = db
         .insert("new", Attributes::new(), [("colour", v.clone())])
         .unwrap_err();
-    assert!(matches!(e, Error::UnknownVector { ref name, .. } if name == "colour"), "{e}");
+    assert!(
+        matches!(e, Error::UnknownVector { ref name, .. } if name == "colour"),
+        "{e}"
+    );
     let e = db
         .insert("", Attributes::new(), [(DEFAULT_SPACE, v.clone())])
         .unwrap_err();
     assert!(matches!(e, Error::EmptyId));
     let e = db
-        .insert(&"x".repeat(5000), Attributes::new(), [(DEFAULT_SPACE, v.clone())])
+        .insert(
+            &"x".repeat(5000),
+            Attributes::new(),
+            [(DEFAULT_SPACE, v.clone())],
+        )
         .unwrap_err();
     assert!(matches!(e, Error::IdTooLong { .. }));
     let mut nan = v.clone();
@@ -186,7 +202,11 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         .unwrap_err();
     assert!(matches!(e, Error::InvalidVector { .. }));
     let e = db
-        .upsert("sku-2", Attributes::new(), [(DEFAULT_SPACE, vec![0.0; DIM])])
+        .upsert(
+            "sku-2",
+            Attributes::new(),
+            [(DEFAULT_SPACE, vec![0.0; DIM])],
+        )
         .unwrap_err();
     assert!(matches!(e, Error::InvalidVector { .. }));
     let e = db
@@ -218,7 +238,10 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         })
         .collect();
     assert_eq!(before, after);
-    assert!(db.similar(SimilarTo::Vector(&v), 0, &Filter::new()).unwrap().is_empty());
+    assert!(db
+        .similar(SimilarTo::Vector(&v), 0, &Filter::new())
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -260,7 +283,9 @@ fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
         let products = store
             .keyspace::<vitrine_storage::ProductRecord>("products")
             .unwrap();
-        products.put_raw(b"sku-7", b"\x01\xff\xff\xff garbage").unwrap();
+        products
+            .put_raw(b"sku-7", b"\x01\xff\xff\xff garbage")
+            .unwrap();
         products.put_raw(b"sku-8", b"\x63 from the future").unwrap();
         store.flush().unwrap();
     }
@@ -285,12 +310,20 @@ fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
         );
     }
     let hits = db
-        .similar(SimilarTo::Vector(&vector_for("sku-9", DIM)), 3, &Filter::new())
+        .similar(
+            SimilarTo::Vector(&vector_for("sku-9", DIM)),
+            3,
+            &Filter::new(),
+        )
         .unwrap();
     assert_eq!(hits[0].id, "sku-9");
     // An upsert repairs the damaged key.
-    db.upsert("sku-7", attrs(7), [(DEFAULT_SPACE, vector_for("sku-7", DIM))])
-        .unwrap();
+    db.upsert(
+        "sku-7",
+        attrs(7),
+        [(DEFAULT_SPACE, vector_for("sku-7", DIM))],
+    )
+    .unwrap();
     assert!(db.get("sku-7").unwrap().is_some());
 }
 

@@ -22,7 +22,8 @@ enum Op {
 }
 
 fn vec_strategy() -> impl Strategy<Value = Vec<f32>> {
-    prop::collection::vec(-1.0f32..1.0, DIM).prop_filter("non-zero", |v| v.iter().any(|x| x.abs() > 1e-3))
+    prop::collection::vec(-1.0f32..1.0, DIM)
+        .prop_filter("non-zero", |v| v.iter().any(|x| x.abs() > 1e-3))
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -123,4 +124,3 @@ proptest! {
         }
     }
 }
-

@@ -81,7 +81,7 @@ def synthetic_images():
     b[ell] = np.stack([(xx[ell] * 255 // 239), (yy[ell] * 255 // 334), np.full(ell.sum(), 90)], 1).astype(np.uint8)
     ims["prep_portrait"] = (b, 1.0)
     # 3: wide landscape, cluttered (non-plain) border -> no crop
-    c = rng.randint(0, 256, (120, 300, 3)).astype(np.uint8)
+    c = np.repeat(np.repeat(rng.randint(0, 256, (12, 30, 3)), 10, axis=0), 10, axis=1).astype(np.uint8)
     ims["prep_noisy_wide"] = (c, 1.0)
     return ims
 

@@ -19,8 +19,10 @@ fn gauss(r: &mut ChaCha8Rng) -> f32 {
 
 fn setup() -> (SpaceIndex, Vec<Vec<f32>>) {
     let mut r = ChaCha8Rng::seed_from_u64(42);
-    let centres: Vec<Vec<f32>> = (0..100).map(|_| (0..DIM).map(|_| gauss(&mut r)).collect()).collect();
-    let mut sample = |r: &mut ChaCha8Rng| {
+    let centres: Vec<Vec<f32>> = (0..100)
+        .map(|_| (0..DIM).map(|_| gauss(&mut r)).collect())
+        .collect();
+    let sample = |r: &mut ChaCha8Rng| {
         let c = &centres[r.gen_range(0..100)];
         c.iter().map(|x| x + 0.5 * gauss(r)).collect::<Vec<f32>>()
     };
@@ -29,7 +31,10 @@ fn setup() -> (SpaceIndex, Vec<Vec<f32>>) {
         flat.upsert(i as u64, &sample(&mut r)).unwrap();
     }
     let queries = (0..64).map(|_| sample(&mut r)).collect();
-    (SpaceIndex::build(flat, IndexConfig::default(), 0).unwrap(), queries)
+    (
+        SpaceIndex::build(flat, IndexConfig::default(), 0).unwrap(),
+        queries,
+    )
 }
 
 fn planner(c: &mut Criterion) {
@@ -48,6 +53,16 @@ fn planner(c: &mut Criterion) {
                 })
             });
         }
+    }
+    for (name, plan) in [("exact", PlanHint::Exact), ("graph", PlanHint::Graph)] {
+        let opts = SearchOptions::new(10).with_plan(plan);
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new(name, "unfiltered"), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                index.search(&queries[i], &opts, None).unwrap()
+            })
+        });
     }
     group.finish();
 }

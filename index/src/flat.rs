@@ -91,7 +91,12 @@ impl FlatIndex {
     }
 
     /// Exact top-k for a prepared query, restricted to `allow`.
-    pub(crate) fn search_prepared(&self, q: &[f32], k: usize, allow: Option<&AllowSet>) -> Vec<Hit> {
+    pub(crate) fn search_prepared(
+        &self,
+        q: &[f32],
+        k: usize,
+        allow: Option<&AllowSet>,
+    ) -> Vec<Hit> {
         let mut top = TopK::new(k);
         if k == 0 {
             return Vec::new();
@@ -122,7 +127,12 @@ impl FlatIndex {
     }
 
     /// Exact top-k among `candidates` (unknown docs are skipped).
-    pub(crate) fn rescore(&self, q: &[f32], k: usize, candidates: impl Iterator<Item = u64>) -> Vec<Hit> {
+    pub(crate) fn rescore(
+        &self,
+        q: &[f32],
+        k: usize,
+        candidates: impl Iterator<Item = u64>,
+    ) -> Vec<Hit> {
         let mut top = TopK::new(k);
         for doc in candidates {
             if let Some(&i) = self.pos.get(&doc) {
@@ -164,7 +174,8 @@ impl VectorIndex for FlatIndex {
         let last = self.docs.len() - 1;
         if i != last {
             let moved = self.docs[last];
-            self.data.copy_within(last * self.dim..(last + 1) * self.dim, i * self.dim);
+            self.data
+                .copy_within(last * self.dim..(last + 1) * self.dim, i * self.dim);
             self.docs[i] = moved;
             self.pos.insert(moved, i);
         }

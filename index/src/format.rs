@@ -168,13 +168,16 @@ pub fn parse_index_header(bytes: &[u8]) -> Result<IndexHeader, HeaderError> {
     if endian != host_endianness() || usize::from(width) != std::mem::size_of::<usize>() {
         return Err(HeaderError::ForeignPlatform);
     }
-    let metric = Metric::from_u8(r.u8()?).ok_or_else(|| HeaderError::Invalid("unknown metric".into()))?;
+    let metric =
+        Metric::from_u8(r.u8()?).ok_or_else(|| HeaderError::Invalid("unknown metric".into()))?;
     if r.u8()? != 0 {
         return Err(HeaderError::Invalid("reserved byte is not zero".into()));
     }
     let dim = r.usize32()?;
     if dim == 0 || dim > MAX_DIM {
-        return Err(HeaderError::Invalid(format!("dimension {dim} out of range")));
+        return Err(HeaderError::Invalid(format!(
+            "dimension {dim} out of range"
+        )));
     }
     let params = HnswParams {
         max_connections: r.usize32()?,
@@ -342,6 +345,9 @@ mod tests {
         }
         let mut b = bytes.clone();
         b[8] = 2;
-        assert_eq!(parse_index_header(&b), Err(HeaderError::UnsupportedVersion(2)));
+        assert_eq!(
+            parse_index_header(&b),
+            Err(HeaderError::UnsupportedVersion(2))
+        );
     }
 }

@@ -33,6 +33,11 @@ impl Distance<f32> for VitrineL2 {
     }
 }
 
+/// Below this fraction of passing points, filter inside hnsw_rs instead.
+const POSTFILTER_MIN_SELECTIVITY: f64 = 0.2;
+/// Cap on the oversampled candidate list.
+const POSTFILTER_MAX_EF: usize = 2048;
+
 type Graph<'a> = Hnsw<'a, f32, VitrineL2>;
 
 /// A graph reloaded from disk borrows its `HnswIo` loader.
@@ -53,7 +58,7 @@ impl GraphStore {
     fn with<R>(&self, f: impl FnOnce(&Graph<'_>) -> R) -> R {
         match self {
             GraphStore::Built(h) => f(h),
-            GraphStore::Loaded(l) => l.with_hnsw(|h| f(h)),
+            GraphStore::Loaded(l) => l.with_hnsw(f),
         }
     }
 }
@@ -120,9 +125,15 @@ impl HnswIndex {
         params.validate()?;
         let n = flat.len();
         let hnsw = new_graph(&params, n);
-        let items: Vec<(&[f32], usize)> = flat.iter().enumerate().map(|(i, (_, v))| (v, i)).collect();
+        let items: Vec<(&[f32], usize)> =
+            flat.iter().enumerate().map(|(i, (_, v))| (v, i)).collect();
         let points: Vec<Option<u64>> = flat.docs().iter().map(|&d| Some(d)).collect();
-        let doc_point = flat.docs().iter().enumerate().map(|(i, &d)| (d, i)).collect();
+        let doc_point = flat
+            .docs()
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| (d, i))
+            .collect();
         if threads == 1 || n < 256 {
             for &item in &items {
                 hnsw.insert_slice(item);
@@ -227,12 +238,24 @@ impl HnswIndex {
 
     /// Up to `n` live, allowed documents near `q`, nearest first (graph order,
     /// approximate). `ef` is the candidate list size.
-    pub fn nearest(&self, q: &[f32], n: usize, ef: usize, allow: Option<&AllowSet>) -> Result<Vec<u64>> {
+    pub fn nearest(
+        &self,
+        q: &[f32],
+        n: usize,
+        ef: usize,
+        allow: Option<&AllowSet>,
+    ) -> Result<Vec<u64>> {
         let q = self.metric.prepare(self.dim, q)?;
         Ok(self.candidates(&q, n, ef, allow))
     }
 
-    pub(crate) fn candidates(&self, q: &[f32], n: usize, ef: usize, allow: Option<&AllowSet>) -> Vec<u64> {
+    pub(crate) fn candidates(
+        &self,
+        q: &[f32],
+        n: usize,
+        ef: usize,
+        allow: Option<&AllowSet>,
+    ) -> Vec<u64> {
         if n == 0 || self.doc_point.is_empty() {
             return Vec::new();
         }
@@ -240,14 +263,37 @@ impl HnswIndex {
         // point is filtered out; ef >= 2 avoids that path.
         let ef = ef.max(n).max(2);
         let points = &self.points;
+        let keep = |id: usize| match points.get(id) {
+            Some(Some(doc)) => allow.is_none_or(|a| a.contains(*doc)),
+            _ => false,
+        };
+        // hnsw_rs' filtered search keeps expanding candidates that fail the
+        // filter (1.8 ms at 50 % on 20k points versus 0.5 ms unfiltered), so
+        // when many points pass, oversample an unfiltered search and filter
+        // afterwards (0.78 ms at 50 %); fall back if too few survive.
+        let live = self.doc_point.len();
+        let passing = allow.map_or(live, |a| a.len().min(live));
+        let selectivity = passing as f64 / self.points.len() as f64;
+        if selectivity >= POSTFILTER_MIN_SELECTIVITY {
+            let wide = ((ef as f64 / selectivity) * 1.25).ceil() as usize;
+            let wide = wide.clamp(ef, POSTFILTER_MAX_EF.max(ef));
+            let found: Vec<u64> = self.graph.with(|h| {
+                h.search_filter(q, wide, wide, None)
+                    .iter()
+                    .filter(|nb| keep(nb.d_id))
+                    .filter_map(|nb| points.get(nb.d_id).copied().flatten())
+                    .take(n)
+                    .collect()
+            });
+            if found.len() >= n.min(passing) {
+                return found;
+            }
+        }
         let neighbours = self.graph.with(|h| {
             if allow.is_none() && self.tombstones() == 0 {
                 h.search_filter(q, n, ef, None)
             } else {
-                let filter = |id: &DataId| match points.get(*id) {
-                    Some(Some(doc)) => allow.is_none_or(|a| a.contains(*doc)),
-                    _ => false,
-                };
+                let filter = |id: &DataId| keep(*id);
                 h.search_filter(q, n, ef, Some(&filter as &dyn FilterT))
             }
         });
@@ -292,10 +338,16 @@ impl HnswIndex {
             }
             .try_build()?;
             let (nb, d) = loaded.with_hnsw(|h| {
-                (h.get_nb_point(), h.get_point_indexation().get_data_dimension())
+                (
+                    h.get_nb_point(),
+                    h.get_point_indexation().get_data_dimension(),
+                )
             });
             if nb != points.len() {
-                return Err(format!("graph has {nb} points, header lists {}", points.len()));
+                return Err(format!(
+                    "graph has {nb} points, header lists {}",
+                    points.len()
+                ));
             }
             if d != dim {
                 return Err(format!("graph dimension {d}, header says {dim}"));

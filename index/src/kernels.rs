@@ -153,7 +153,11 @@ mod tests {
         let reference: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
         assert!((dot(&a, &b) as f64 - reference).abs() < 1e-3);
         assert!((dot_portable(&a, &b) as f64 - reference).abs() < 1e-3);
-        let l2: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let l2: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| ((x - y) as f64).powi(2))
+            .sum();
         assert!((l2_sq(&a, &b) as f64 - l2).abs() < 1e-2);
         assert!((l2_sq_portable(&a, &b) as f64 - l2).abs() < 1e-2);
     }

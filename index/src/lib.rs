@@ -34,6 +34,7 @@ mod format;
 mod graph;
 mod kernels;
 mod metric;
+mod scorer;
 mod search;
 mod space;
 
@@ -46,5 +47,6 @@ pub use format::{
 pub use graph::HnswIndex;
 pub use kernels::dot_product;
 pub use metric::Metric;
+pub use scorer::*;
 pub use search::{AllowSet, Hit, Plan, PlanHint, SearchOptions, SearchOutput, VectorIndex};
 pub use space::SpaceIndex;

@@ -109,7 +109,13 @@ impl SpaceIndex {
         }
     }
 
-    fn search_graph(&self, q: &[f32], k: usize, ef: usize, allow: Option<&AllowSet>) -> SearchOutput {
+    fn search_graph(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        allow: Option<&AllowSet>,
+    ) -> SearchOutput {
         let n = k.max(ef);
         let cands = self.graph.candidates(q, n, ef, allow);
         let got = cands.len();
@@ -119,7 +125,12 @@ impl SpaceIndex {
             // answer exactly if more were available.
             let available = allow.map_or(self.flat.len(), |a| self.flat.count_allowed(a));
             if available > hits.len() {
-                tracing::debug!(got, available, k, "graph returned too few hits; scanning exactly");
+                tracing::debug!(
+                    got,
+                    available,
+                    k,
+                    "graph returned too few hits; scanning exactly"
+                );
                 return SearchOutput {
                     hits: self.flat.search_prepared(q, k, allow),
                     plan: Plan::Exact,
@@ -170,7 +181,8 @@ impl SpaceIndex {
             data: data_sum,
         };
         let hpath = tmp.path().join(format::HEADER_FILE);
-        fs::write(&hpath, format::encode_index_header(&header)).map_err(|e| Error::io(&hpath, e))?;
+        fs::write(&hpath, format::encode_index_header(&header))
+            .map_err(|e| Error::io(&hpath, e))?;
         sync_file(&hpath)?;
         sync_dir(tmp.path())?;
         let tmp_path = tmp.keep();
@@ -211,10 +223,19 @@ impl SpaceIndex {
         let bytes = match fs::read(&hpath) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let path = if dir.exists() { hpath } else { dir.to_path_buf() };
+                let path = if dir.exists() {
+                    hpath
+                } else {
+                    dir.to_path_buf()
+                };
                 return Err(LoadError::Missing { path });
             }
-            Err(e) => return Err(LoadError::Io { path: hpath, source: e }),
+            Err(e) => {
+                return Err(LoadError::Io {
+                    path: hpath,
+                    source: e,
+                })
+            }
         };
         let header = format::parse_index_header(&bytes).map_err(|e| LoadError::Corrupt {
             path: hpath.clone(),
@@ -232,13 +253,25 @@ impl SpaceIndex {
             reason,
         };
         if header.dim != flat.dim() {
-            return Err(mismatch(format!("dimension {} vs {}", header.dim, flat.dim())));
+            return Err(mismatch(format!(
+                "dimension {} vs {}",
+                header.dim,
+                flat.dim()
+            )));
         }
         if header.metric != flat.metric() {
-            return Err(mismatch(format!("metric {:?} vs {:?}", header.metric, flat.metric())));
+            return Err(mismatch(format!(
+                "metric {:?} vs {:?}",
+                header.metric,
+                flat.metric()
+            )));
         }
         if header.live != flat.len() as u64 {
-            return Err(mismatch(format!("{} live documents vs {}", header.live, flat.len())));
+            return Err(mismatch(format!(
+                "{} live documents vs {}",
+                header.live,
+                flat.len()
+            )));
         }
         // Live docs are unique (checked by the parser) and equally many, so
         // inclusion means equality.
@@ -246,7 +279,10 @@ impl SpaceIndex {
             return Err(mismatch(format!("document {doc} is not in the vectors")));
         }
         if !header.points.is_empty() {
-            for (name, want) in [(format::GRAPH_FILE, header.graph), (format::DATA_FILE, header.data)] {
+            for (name, want) in [
+                (format::GRAPH_FILE, header.graph),
+                (format::DATA_FILE, header.data),
+            ] {
                 let p = dir.join(name);
                 let got = format::checksum_file(&p).map_err(|e| LoadError::Corrupt {
                     path: p.clone(),
@@ -266,11 +302,12 @@ impl SpaceIndex {
                 }
             }
         }
-        let graph = HnswIndex::load_verified(dir, header.dim, header.metric, header.params, header.points)
-            .map_err(|reason| LoadError::Corrupt {
-                path: dir.join(format::GRAPH_FILE),
-                reason,
-            })?;
+        let graph =
+            HnswIndex::load_verified(dir, header.dim, header.metric, header.params, header.points)
+                .map_err(|reason| LoadError::Corrupt {
+                    path: dir.join(format::GRAPH_FILE),
+                    reason,
+                })?;
         tracing::debug!(dir = %dir.display(), generation, points = graph.points(), "loaded index");
         Ok(SpaceIndex { flat, graph, cfg })
     }
@@ -344,7 +381,11 @@ impl VectorIndex for SpaceIndex {
             PlanHint::Auto => {
                 let allowed = allow.map_or(self.flat.len(), |a| a.len());
                 // Asking for (nearly) everything allowed is cheapest exactly.
-                if k >= allowed { Plan::Exact } else { self.plan_for(allow) }
+                if k >= allowed {
+                    Plan::Exact
+                } else {
+                    self.plan_for(allow)
+                }
             }
         };
         Ok(match plan {

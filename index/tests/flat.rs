@@ -15,7 +15,11 @@ fn simd_dot_matches_scalar_reference() {
         let a: Vec<f32> = (0..n).map(|_| r.gen_range(-2.0..2.0)).collect();
         let b: Vec<f32> = (0..n).map(|_| r.gen_range(-2.0..2.0)).collect();
         let reference: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let scale: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+        let scale: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (*x as f64 * *y as f64).abs())
+            .sum();
         let got = dot_product(&a, &b).unwrap() as f64;
         assert!(
             (got - reference).abs() <= 1e-5 * scale.max(1.0),
@@ -56,18 +60,41 @@ fn search_ties_subsets_and_edge_cases() {
     assert_eq!(out.hits[0].score, 2.0);
 
     let allow = AllowSet::from_unsorted(vec![9, 5, 100]);
-    let out = f.search(&[1.0, 0.0], &SearchOptions::new(10), Some(&allow)).unwrap();
-    assert_eq!(out.hits.iter().map(|h| h.doc).collect::<Vec<_>>(), vec![5, 9]);
+    let out = f
+        .search(&[1.0, 0.0], &SearchOptions::new(10), Some(&allow))
+        .unwrap();
+    assert_eq!(
+        out.hits.iter().map(|h| h.doc).collect::<Vec<_>>(),
+        vec![5, 9]
+    );
     // A filter larger than the index takes the full-scan path.
     let big: AllowSet = (0..1000).collect();
-    let out = f.search(&[1.0, 0.0], &SearchOptions::new(2), Some(&big)).unwrap();
-    assert_eq!(out.hits.iter().map(|h| h.doc).collect::<Vec<_>>(), vec![7, 1]);
+    let out = f
+        .search(&[1.0, 0.0], &SearchOptions::new(2), Some(&big))
+        .unwrap();
+    assert_eq!(
+        out.hits.iter().map(|h| h.doc).collect::<Vec<_>>(),
+        vec![7, 1]
+    );
 
-    assert!(f.search(&[1.0, 0.0], &SearchOptions::new(0), None).unwrap().hits.is_empty());
-    assert_eq!(f.search(&[1.0, 0.0], &SearchOptions::new(99), None).unwrap().hits.len(), 5);
+    assert!(f
+        .search(&[1.0, 0.0], &SearchOptions::new(0), None)
+        .unwrap()
+        .hits
+        .is_empty());
+    assert_eq!(
+        f.search(&[1.0, 0.0], &SearchOptions::new(99), None)
+            .unwrap()
+            .hits
+            .len(),
+        5
+    );
     assert!(matches!(
         f.search(&[1.0], &SearchOptions::new(1), None),
-        Err(Error::DimensionMismatch { expected: 2, found: 1 })
+        Err(Error::DimensionMismatch {
+            expected: 2,
+            found: 1
+        })
     ));
     assert!(matches!(
         f.search(&[f32::NAN, 0.0], &SearchOptions::new(1), None),
@@ -79,13 +106,24 @@ fn search_ties_subsets_and_edge_cases() {
 fn cosine_validation_and_normalisation() {
     let mut f = FlatIndex::new(3, Metric::Cosine).unwrap();
     assert!(matches!(f.upsert(1, &[0.0; 3]), Err(Error::ZeroVector)));
-    assert!(matches!(f.upsert(1, &[f32::INFINITY, 0.0, 0.0]), Err(Error::NonFinite)));
-    assert!(matches!(f.upsert(1, &[1e30, 1e30, 0.0]), Err(Error::NonFinite)));
-    assert!(matches!(f.upsert(1, &[1.0]), Err(Error::DimensionMismatch { .. })));
+    assert!(matches!(
+        f.upsert(1, &[f32::INFINITY, 0.0, 0.0]),
+        Err(Error::NonFinite)
+    ));
+    assert!(matches!(
+        f.upsert(1, &[1e30, 1e30, 0.0]),
+        Err(Error::NonFinite)
+    ));
+    assert!(matches!(
+        f.upsert(1, &[1.0]),
+        Err(Error::DimensionMismatch { .. })
+    ));
     assert!(f.is_empty());
     f.upsert(1, &[3.0, 4.0, 0.0]).unwrap();
     assert_eq!(f.get(1), Some(&[0.6, 0.8, 0.0][..]));
-    let out = f.search(&[0.0, 2.0, 0.0], &SearchOptions::new(1), None).unwrap();
+    let out = f
+        .search(&[0.0, 2.0, 0.0], &SearchOptions::new(1), None)
+        .unwrap();
     assert!((out.hits[0].score - 0.8).abs() < 1e-6);
     assert!(matches!(
         f.search(&[0.0; 3], &SearchOptions::new(1), None),

@@ -3,7 +3,9 @@
 mod common;
 
 use common::{blockwise, brute_force, clustered, recall};
-use vitrine_index::{FlatIndex, IndexConfig, Metric, Plan, PlanHint, SearchOptions, SpaceIndex, VectorIndex};
+use vitrine_index::{
+    FlatIndex, IndexConfig, Metric, Plan, PlanHint, SearchOptions, SpaceIndex, VectorIndex,
+};
 
 #[test]
 fn blockwise_inner_product_recall() {
@@ -17,7 +19,9 @@ fn blockwise_inner_product_recall() {
     let idx = SpaceIndex::build(flat, IndexConfig::default(), 2).unwrap();
     let mut total = 0.0;
     for q in &queries {
-        let out = idx.search(q, &SearchOptions::new(10).with_plan(PlanHint::Graph), None).unwrap();
+        let out = idx
+            .search(q, &SearchOptions::new(10).with_plan(PlanHint::Graph), None)
+            .unwrap();
         assert_eq!(out.plan, Plan::Graph);
         let got: Vec<u64> = out.hits.iter().map(|h| h.doc).collect();
         total += recall(&got, &brute_force(Metric::InnerProduct, &data, q, 10, None));

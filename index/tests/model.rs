@@ -29,7 +29,12 @@ fn vecf(v: &[i8; DIM]) -> Vec<f32> {
 
 /// Small integer vectors under InnerProduct: every dot is exact in f32, so
 /// scores and tie-breaks must match the model bit for bit.
-fn model_search(model: &HashMap<u64, Vec<f32>>, q: &[f32], k: usize, allow: Option<&AllowSet>) -> Vec<Hit> {
+fn model_search(
+    model: &HashMap<u64, Vec<f32>>,
+    q: &[f32],
+    k: usize,
+    allow: Option<&AllowSet>,
+) -> Vec<Hit> {
     let mut hits: Vec<Hit> = model
         .iter()
         .filter(|(d, _)| allow.is_none_or(|a| a.contains(**d)))

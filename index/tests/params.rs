@@ -51,11 +51,13 @@ fn bad_hnsw_params_are_refused() {
 
 #[test]
 fn bad_index_config_is_refused() {
-    let mut cfg = IndexConfig::default();
-    cfg.compaction_ratio = 0.0;
-    invalid(SpaceIndex::new(4, Metric::Cosine, cfg.clone()), "compaction_ratio");
-    cfg.compaction_ratio = f64::NAN;
-    invalid(SpaceIndex::new(4, Metric::Cosine, cfg), "compaction_ratio");
+    for ratio in [0.0, -1.0, f64::NAN] {
+        let cfg = IndexConfig {
+            compaction_ratio: ratio,
+            ..IndexConfig::default()
+        };
+        invalid(SpaceIndex::new(4, Metric::Cosine, cfg), "compaction_ratio");
+    }
     let cfg = IndexConfig {
         planner: PlannerConfig {
             exact_max_count: 0,
@@ -63,8 +65,14 @@ fn bad_index_config_is_refused() {
         },
         ..IndexConfig::default()
     };
-    invalid(SpaceIndex::new(4, Metric::Cosine, cfg), "exact_max_fraction");
-    invalid(SpaceIndex::new(0, Metric::Cosine, IndexConfig::default()), "dim");
+    invalid(
+        SpaceIndex::new(4, Metric::Cosine, cfg),
+        "exact_max_fraction",
+    );
+    invalid(
+        SpaceIndex::new(0, Metric::Cosine, IndexConfig::default()),
+        "dim",
+    );
 }
 
 #[test]
@@ -74,7 +82,10 @@ fn bad_queries_are_refused() {
     let q = [1.0, 0.0, 0.0];
     assert!(matches!(
         idx.search(&[1.0, 0.0], &SearchOptions::new(1), None),
-        Err(Error::DimensionMismatch { expected: 3, found: 2 })
+        Err(Error::DimensionMismatch {
+            expected: 3,
+            found: 2
+        })
     ));
     assert!(matches!(
         idx.search(&[f32::NAN, 0.0, 0.0], &SearchOptions::new(1), None),
@@ -88,10 +99,23 @@ fn bad_queries_are_refused() {
         idx.search(&q, &SearchOptions::new(1).with_ef(0), None),
         Err(Error::InvalidArgument { field: "ef", .. })
     ));
-    assert!(idx.search(&q, &SearchOptions::new(0), None).unwrap().hits.is_empty());
-    assert_eq!(idx.search(&q, &SearchOptions::new(usize::MAX), None).unwrap().hits.len(), 1);
+    assert!(idx
+        .search(&q, &SearchOptions::new(0), None)
+        .unwrap()
+        .hits
+        .is_empty());
+    assert_eq!(
+        idx.search(&q, &SearchOptions::new(usize::MAX), None)
+            .unwrap()
+            .hits
+            .len(),
+        1
+    );
     assert!(matches!(idx.upsert(2, &[0.0; 3]), Err(Error::ZeroVector)));
-    assert!(matches!(idx.upsert(2, &[1.0, f32::NAN, 0.0]), Err(Error::NonFinite)));
+    assert!(matches!(
+        idx.upsert(2, &[1.0, f32::NAN, 0.0]),
+        Err(Error::NonFinite)
+    ));
     assert_eq!(idx.len(), 1);
     assert_eq!(idx.graph().points(), 1);
 }

@@ -37,7 +37,9 @@ fn all_results(idx: &SpaceIndex, queries: &[Vec<f32>]) -> Vec<Vec<(u64, u32)>> {
     for q in queries {
         for plan in [PlanHint::Graph, PlanHint::Exact] {
             for a in [None, Some(&allow)] {
-                let r = idx.search(q, &SearchOptions::new(10).with_plan(plan), a).unwrap();
+                let r = idx
+                    .search(q, &SearchOptions::new(10).with_plan(plan), a)
+                    .unwrap();
                 out.push(r.hits.iter().map(|h| (h.doc, h.score.to_bits())).collect());
             }
         }
@@ -70,7 +72,11 @@ fn save_load_roundtrip_gives_identical_results() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names.len(), 3, "{names:?}");
-    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1, "temp dir left behind");
+    assert_eq!(
+        fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "temp dir left behind"
+    );
 
     let mut loaded = load(&dir, &idx, 3).unwrap();
     assert_eq!(loaded.tombstones(), idx.tombstones());
@@ -81,12 +87,19 @@ fn save_load_roundtrip_gives_identical_results() {
     loaded.upsert(5000, &queries[0]).unwrap();
     loaded.upsert(100, &queries[1]).unwrap();
     let out = loaded
-        .search(&queries[0], &SearchOptions::new(1).with_plan(PlanHint::Graph), None)
+        .search(
+            &queries[0],
+            &SearchOptions::new(1).with_plan(PlanHint::Graph),
+            None,
+        )
         .unwrap();
     assert_eq!(out.hits[0].doc, 5000);
     loaded.save(&dir, 4).unwrap();
     let again = load(&dir, &loaded, 4).unwrap();
-    assert_eq!(all_results(&again, &queries), all_results(&loaded, &queries));
+    assert_eq!(
+        all_results(&again, &queries),
+        all_results(&loaded, &queries)
+    );
 }
 
 #[test]
@@ -98,7 +111,13 @@ fn empty_index_roundtrip() {
     let mut l = load(&dir, &idx, 1).unwrap();
     assert!(l.is_empty());
     l.upsert(1, &[1.0, 0.0, 0.0, 0.0]).unwrap();
-    assert_eq!(l.search(&[1.0, 0.0, 0.0, 0.0], &SearchOptions::new(1), None).unwrap().hits[0].doc, 1);
+    assert_eq!(
+        l.search(&[1.0, 0.0, 0.0, 0.0], &SearchOptions::new(1), None)
+            .unwrap()
+            .hits[0]
+            .doc,
+        1
+    );
 }
 
 #[test]
@@ -110,22 +129,38 @@ fn stale_missing_and_mismatch() {
     idx.save(&dir, 7).unwrap();
     assert!(matches!(
         load(&dir, &idx, 8),
-        Err(LoadError::Stale { found: 7, expected: 8, .. })
+        Err(LoadError::Stale {
+            found: 7,
+            expected: 8,
+            ..
+        })
     ));
     fs::remove_file(dir.join("index.vtx")).unwrap();
-    assert!(matches!(load(&dir, &idx, 7), Err(LoadError::Missing { .. })));
+    assert!(matches!(
+        load(&dir, &idx, 7),
+        Err(LoadError::Missing { .. })
+    ));
 
     idx.save(&dir, 7).unwrap();
     let cfg = IndexConfig::default;
     let mut fewer = idx.flat().clone();
     fewer.remove(1000);
-    assert!(matches!(SpaceIndex::load(&dir, 7, fewer, cfg()), Err(LoadError::Mismatch { .. })));
+    assert!(matches!(
+        SpaceIndex::load(&dir, 7, fewer, cfg()),
+        Err(LoadError::Mismatch { .. })
+    ));
     let mut other = idx.flat().clone();
     other.remove(1000);
     other.upsert(99_999, &[1.0; DIM]).unwrap();
-    assert!(matches!(SpaceIndex::load(&dir, 7, other, cfg()), Err(LoadError::Mismatch { .. })));
+    assert!(matches!(
+        SpaceIndex::load(&dir, 7, other, cfg()),
+        Err(LoadError::Mismatch { .. })
+    ));
     let wrong_dim = FlatIndex::new(DIM + 1, Metric::Cosine).unwrap();
-    assert!(matches!(SpaceIndex::load(&dir, 7, wrong_dim, cfg()), Err(LoadError::Mismatch { .. })));
+    assert!(matches!(
+        SpaceIndex::load(&dir, 7, wrong_dim, cfg()),
+        Err(LoadError::Mismatch { .. })
+    ));
     let mut wrong_metric = FlatIndex::new(DIM, Metric::InnerProduct).unwrap();
     for (d, v) in idx.flat().iter() {
         wrong_metric.upsert(d, v).unwrap();
@@ -143,7 +178,13 @@ fn stale_missing_and_mismatch() {
 }
 
 /// Applies `damage` to a copy of a good save and expects `Corrupt` naming `file`.
-fn expect_corrupt(good: &Path, idx: &SpaceIndex, n: usize, file: &str, damage: impl Fn(&mut Vec<u8>)) {
+fn expect_corrupt(
+    good: &Path,
+    idx: &SpaceIndex,
+    n: usize,
+    file: &str,
+    damage: impl Fn(&mut Vec<u8>),
+) {
     let dir = good.with_file_name(format!("case{n}"));
     copy_dir(good, &dir);
     let p: PathBuf = dir.join(file);
@@ -184,7 +225,10 @@ fn damaged_files_are_refused() {
     let dir = tmp.path().join("nodata");
     copy_dir(&good, &dir);
     fs::remove_file(dir.join("graph.hnsw.data")).unwrap();
-    assert!(matches!(load(&dir, &idx, 7), Err(LoadError::Corrupt { .. })));
+    assert!(matches!(
+        load(&dir, &idx, 7),
+        Err(LoadError::Corrupt { .. })
+    ));
     // The untouched save still loads.
     load(&good, &idx, 7).unwrap();
 }

@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 
 use common::{brute_force, clustered, recall};
 use vitrine_index::{
-    AllowSet, FlatIndex, IndexConfig, Metric, Plan, PlanHint, SearchOptions, SpaceIndex, VectorIndex,
+    AllowSet, FlatIndex, IndexConfig, Metric, Plan, PlanHint, SearchOptions, SpaceIndex,
+    VectorIndex,
 };
 
 const N: usize = 20_000;
@@ -89,11 +90,19 @@ fn scores_are_identical_across_plans() {
     for q in f.queries.iter().take(50) {
         let g = f
             .index
-            .search(q, &SearchOptions::new(K).with_plan(PlanHint::Graph), Some(&allow))
+            .search(
+                q,
+                &SearchOptions::new(K).with_plan(PlanHint::Graph),
+                Some(&allow),
+            )
             .unwrap();
         let e = f
             .index
-            .search(q, &SearchOptions::new(K).with_plan(PlanHint::Exact), Some(&allow))
+            .search(
+                q,
+                &SearchOptions::new(K).with_plan(PlanHint::Exact),
+                Some(&allow),
+            )
             .unwrap();
         assert_eq!(e.plan, Plan::Exact);
         for h in &g.hits {

@@ -4,7 +4,8 @@ mod common;
 
 use common::{clustered, recall};
 use vitrine_index::{
-    AllowSet, FlatIndex, IndexConfig, Metric, Plan, PlanHint, SearchOptions, SpaceIndex, VectorIndex,
+    AllowSet, FlatIndex, IndexConfig, Metric, Plan, PlanHint, SearchOptions, SpaceIndex,
+    VectorIndex,
 };
 
 const DIM: usize = 16;
@@ -50,7 +51,9 @@ fn removed_and_replaced_docs_never_come_back() {
         for h in &out.hits {
             assert!(h.doc >= 100, "removed doc {} returned", h.doc);
             let only = AllowSet::from_unsorted(vec![h.doc]);
-            let e = reference.search(q, &SearchOptions::new(1), Some(&only)).unwrap();
+            let e = reference
+                .search(q, &SearchOptions::new(1), Some(&only))
+                .unwrap();
             assert_eq!(e.hits[0].score, h.score, "stale vector for {}", h.doc);
         }
         let exact = reference.search(q, &SearchOptions::new(10), None).unwrap();
@@ -62,7 +65,9 @@ fn removed_and_replaced_docs_never_come_back() {
     }
     // The moved docs are found at their new place with score ~1.
     for d in 100..150u64 {
-        let out = index.search(&data[(d - 100) as usize], &graph(1), None).unwrap();
+        let out = index
+            .search(&data[(d - 100) as usize], &graph(1), None)
+            .unwrap();
         assert_eq!(out.hits[0].doc, d);
         assert!(out.hits[0].score > 0.9999);
     }

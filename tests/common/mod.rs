@@ -6,9 +6,9 @@ use rand_chacha::ChaCha8Rng;
 
 /// A deterministic vector for an id, so a parent and a crashed child agree on it.
 pub fn vector_for(id: &str, dim: usize) -> Vec<f32> {
-    let seed = id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let seed = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
 }

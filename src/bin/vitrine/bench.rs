@@ -187,7 +187,11 @@ fn ann(a: AnnArgs) -> Result<()> {
     let build_s = t.elapsed().as_secs_f64();
 
     let allow = a.filter_mod.map(|m| {
-        AllowSet::from_unsorted((0..base.rows as u64).filter(|i| i % m as u64 == 0).collect())
+        AllowSet::from_unsorted(
+            (0..base.rows as u64)
+                .filter(|i| i % m as u64 == 0)
+                .collect(),
+        )
     });
 
     // The k-th best exact score per query (tie-aware recall threshold).
@@ -206,7 +210,11 @@ fn ann(a: AnnArgs) -> Result<()> {
                 }
                 _ => {
                     let out = exact.search(q, &SearchOptions::new(K), allow.as_ref())?;
-                    Ok(out.hits.last().map(|h| h.score).unwrap_or(f32::NEG_INFINITY))
+                    Ok(out
+                        .hits
+                        .last()
+                        .map(|h| h.score)
+                        .unwrap_or(f32::NEG_INFINITY))
                 }
             }
         })
@@ -261,7 +269,10 @@ fn ann(a: AnnArgs) -> Result<()> {
                 serde_json::json!({"ef": ef, "qps": qps, "recall": recall, "filter": filter_label})
             );
         } else {
-            println!("{ef:>6} {qps:>10.0} {recall:>8.4} {:>6}", format!("{plan:?}"));
+            println!(
+                "{ef:>6} {qps:>10.0} {recall:>8.4} {:>6}",
+                format!("{plan:?}")
+            );
         }
     }
     Ok(())
@@ -338,9 +349,14 @@ fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
         );
     } else {
         println!("{n} products x {dim}: inserted and closed in {load_s:.1} s");
-        println!("open with a matching dump: {with_dump_s:.2} s (indexes rebuilt: {rebuilt_with_dump})");
+        println!(
+            "open with a matching dump: {with_dump_s:.2} s (indexes rebuilt: {rebuilt_with_dump})"
+        );
         println!("open with a rebuild:       {rebuild_s:.2} s (indexes rebuilt: {rebuilt})");
-        println!("bytes on disk per product: {:.0}", bytes as f64 / n.max(1) as f64);
+        println!(
+            "bytes on disk per product: {:.0}",
+            bytes as f64 / n.max(1) as f64
+        );
     }
     Ok(())
 }

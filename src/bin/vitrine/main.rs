@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "vitrine", version, about = "An embedded search database for fashion catalogs")]
+#[command(
+    name = "vitrine",
+    version,
+    about = "An embedded search database for fashion catalogs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

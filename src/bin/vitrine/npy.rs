@@ -75,7 +75,10 @@ fn header(bytes: &[u8], path: &Path) -> Result<Header> {
     let (rows, cols) = match dims.as_slice() {
         [r, c] => (*r, *c),
         [r] => (*r, 1),
-        _ => bail!("{}: expected a 2-D array, shape is ({shape})", path.display()),
+        _ => bail!(
+            "{}: expected a 2-D array, shape is ({shape})",
+            path.display()
+        ),
     };
     Ok(Header {
         descr,
@@ -141,14 +144,18 @@ pub fn read_indices(path: &Path) -> Result<Matrix<i64>> {
         "<u8" => Ok(load::<i64, 8>(path, &["<u8"], |b| u64::from_le_bytes(b) as i64)?.0),
         "<i4" => Ok(load::<i64, 4>(path, &["<i4"], |b| i32::from_le_bytes(b) as i64)?.0),
         "<u4" => Ok(load::<i64, 4>(path, &["<u4"], |b| u32::from_le_bytes(b) as i64)?.0),
-        d => bail!("{}: ground truth dtype '{d}' is not an integer type", path.display()),
+        d => bail!(
+            "{}: ground truth dtype '{d}' is not an integer type",
+            path.display()
+        ),
     }
 }
 
 /// Writes a 2-D f32 array (used by `bench open` and by tests through the CLI).
 #[allow(dead_code)]
 pub fn write_f32(path: &Path, rows: usize, cols: usize, data: &[f32]) -> Result<()> {
-    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut dict =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     while (10 + dict.len() + 1) % 64 != 0 {
         dict.push(' ');
     }

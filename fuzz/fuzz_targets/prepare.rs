@@ -1,0 +1,32 @@
+//! Arbitrary bytes through decode + catalog preparation: must never panic.
+//!
+//! `cargo +nightly fuzz run prepare` (from `fuzz/`). Seed the corpus with a
+//! few small JPEG, PNG and WebP files for a faster start.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vitrine::{prepare_image, DecodeLimits, Illumination, PrepConfig, WhiteBalance};
+
+fuzz_target!(|data: &[u8]| {
+    // Tight limits keep each run small; the limit checks themselves are part
+    // of what is fuzzed.
+    let mut limits = DecodeLimits::default();
+    limits.max_width = 2048;
+    limits.max_height = 2048;
+    limits.max_alloc = 16 * 1024 * 1024;
+    let mode = data.first().copied().unwrap_or(0);
+    let config = match mode % 4 {
+        0 => PrepConfig::catalog(),
+        1 => PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT),
+        2 => PrepConfig::photo().crop(false),
+        _ => PrepConfig::catalog()
+            .illumination(Illumination::WhenNotPlain(WhiteBalance::WhitePatch)),
+    }
+    .limits(limits);
+    if let Ok(prepared) = prepare_image(data, &config) {
+        assert!(prepared.tensor().iter().all(|v| v.is_finite()));
+        let (w, h) = prepared.source_size();
+        let [x0, y0, x1, y1] = prepared.crop_box();
+        assert!(x0 < x1 && x1 <= w && y0 < y1 && y1 <= h);
+    }
+});

@@ -1,0 +1,700 @@
+//! GPU back end (feature `cuda`): cudarc with dynamic loading.
+//!
+//! - Rows live in plain device allocations (`cuMemAllocAsync` from the
+//!   default pool, or `cuMemAlloc`; never managed memory), uploaded once per
+//!   [`LoadedRows`](super::LoadedRows) when they fit in the memory budget,
+//!   else streamed through a staging buffer chunk by chunk on every call.
+//! - Scores: cuBLAS sgemm, `S = R·Qᵀ` for a chunk of rows and a sub-batch of
+//!   (already weighted) queries, FP32 (no TF32).
+//! - Top-k: an NVRTC kernel selects, per block of `TILE` scores of one query,
+//!   its best `k` (mask applied, NaN as `-inf`, ties by doc ascending), then a
+//!   merge kernel repeats the selection over the partial lists until one list
+//!   per query is left; it is copied back and merged across chunks on the host,
+//!   where per-query exclusions are applied (the device over-fetches
+//!   `k + longest exclusion list`).
+//!
+//! Every CUDA failure becomes a [`ScorerError`]; the set-up and each call also
+//! run under `catch_unwind`, so a panic inside cudarc (a symbol missing from
+//! an old driver, say) is an error too.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{
+    sys::CUdevice_attribute, CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+
+use super::cpu::Collector;
+use super::{Result, RowMask, Rows, ScorerError};
+use crate::search::Hit;
+
+/// Scores per top-k block; must match `TILE` in the kernel source.
+const TILE: usize = 4096;
+const THREADS: u32 = 256;
+const GONE_ROW: u32 = u32::MAX;
+/// Most queries per sgemm / kernel grid (`gridDim.y` limit is 65535).
+const MAX_SUB_BATCH: usize = 8192;
+/// Most rows per chunk (cuBLAS dimensions are `i32`).
+const MAX_CHUNK_ROWS: usize = 1 << 24;
+
+const KERNELS: &str = r#"
+#define TILE 4096
+#define THREADS 256
+#define GONE_ROW 0xffffffffu
+
+__device__ __forceinline__ float nan_f() { return __int_as_float(0x7fffffff); }
+
+// Does candidate a (score sa at shared position pa) rank before b?
+// Gone (no position, or NaN score) ranks last; ties by doc ascending.
+__device__ __forceinline__ bool before(float sa, int pa, float sb, int pb,
+        const unsigned* s_row, const unsigned long long* docs, unsigned cs) {
+    bool ga = (pa < 0) || (sa != sa);
+    bool gb = (pb < 0) || (sb != sb);
+    if (gb) return !ga;
+    if (ga) return false;
+    if (sa != sb) return sa > sb;
+    return docs[s_row[pa] - cs] < docs[s_row[pb] - cs];
+}
+
+// Block-wide selection of the best k of s_score[0..cnt) into out_s/out_r.
+__device__ void select_k(float* s_score, const unsigned* s_row, int cnt, int k,
+        const unsigned long long* docs, unsigned cs, float* out_s, unsigned* out_r) {
+    __shared__ float w_s[THREADS / 32];
+    __shared__ int w_p[THREADS / 32];
+    __shared__ int done;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int j = 0; j < k; ++j) {
+        float bs = nan_f();
+        int bp = -1;
+        for (int p = tid; p < cnt; p += THREADS) {
+            float s = s_score[p];
+            if (before(s, p, bs, bp, s_row, docs, cs)) { bs = s; bp = p; }
+        }
+        for (int off = 16; off > 0; off >>= 1) {
+            float os = __shfl_down_sync(0xffffffffu, bs, off);
+            int op = __shfl_down_sync(0xffffffffu, bp, off);
+            if (before(os, op, bs, bp, s_row, docs, cs)) { bs = os; bp = op; }
+        }
+        if (lane == 0) { w_s[warp] = bs; w_p[warp] = bp; }
+        __syncthreads();
+        if (tid == 0) {
+            float s = w_s[0];
+            int p = w_p[0];
+            for (int w = 1; w < THREADS / 32; ++w) {
+                if (before(w_s[w], w_p[w], s, p, s_row, docs, cs)) { s = w_s[w]; p = w_p[w]; }
+            }
+            bool gone = (p < 0) || (s != s);
+            out_s[j] = gone ? nan_f() : s;
+            out_r[j] = gone ? GONE_ROW : s_row[p];
+            if (!gone) s_score[p] = nan_f();
+            done = gone ? 1 : 0;
+        }
+        __syncthreads();
+        if (done) {
+            for (int jj = j + 1 + tid; jj < k; jj += THREADS) { out_s[jj] = nan_f(); out_r[jj] = GONE_ROW; }
+            return;
+        }
+    }
+}
+
+// scores: column-major n x queries (query q at scores + q*ld).
+extern "C" __global__ void vitrine_topk_first(
+        const float* scores, int n, long long ld,
+        const unsigned long long* docs, unsigned cs,
+        const unsigned* mask, long long mask_stride, int has_mask,
+        int k, float* out_s, unsigned* out_r, long long out_ld) {
+    __shared__ float s_score[TILE];
+    __shared__ unsigned s_row[TILE];
+    const int tile = blockIdx.x;
+    const long long q = blockIdx.y;
+    const int base = tile * TILE;
+    int cnt = n - base;
+    if (cnt > TILE) cnt = TILE;
+    const float* src = scores + q * ld + base;
+    const unsigned* m = mask + q * mask_stride;
+    for (int p = threadIdx.x; p < cnt; p += THREADS) {
+        unsigned row = cs + (unsigned)(base + p);
+        float s = src[p];
+        if (s != s) s = __int_as_float(0xff800000);
+        s = s + 0.0f;
+        bool ok = !has_mask || ((m[row >> 5] >> (row & 31)) & 1u);
+        s_score[p] = ok ? s : nan_f();
+        s_row[p] = row;
+    }
+    __syncthreads();
+    select_k(s_score, s_row, cnt, k, docs, cs, out_s + q * out_ld + (long long)tile * k,
+             out_r + q * out_ld + (long long)tile * k);
+}
+
+extern "C" __global__ void vitrine_topk_merge(
+        const float* in_s, const unsigned* in_r, int n_in, long long in_ld,
+        const unsigned long long* docs, unsigned cs,
+        int k, float* out_s, unsigned* out_r, long long out_ld) {
+    __shared__ float s_score[TILE];
+    __shared__ unsigned s_row[TILE];
+    const int tile = blockIdx.x;
+    const long long q = blockIdx.y;
+    const int base = tile * TILE;
+    int cnt = n_in - base;
+    if (cnt > TILE) cnt = TILE;
+    for (int p = threadIdx.x; p < cnt; p += THREADS) {
+        float s = in_s[q * in_ld + base + p];
+        unsigned r = in_r[q * in_ld + base + p];
+        s_score[p] = (r == GONE_ROW) ? nan_f() : s;
+        s_row[p] = r;
+    }
+    __syncthreads();
+    select_k(s_score, s_row, cnt, k, docs, cs, out_s + q * out_ld + (long long)tile * k,
+             out_r + q * out_ld + (long long)tile * k);
+}
+"#;
+
+/// What the device is and what it can move.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuInfo {
+    /// Device name.
+    pub name: String,
+    /// Compute capability.
+    pub compute_capability: (i32, i32),
+    /// Total memory in bytes.
+    pub total_memory: usize,
+    /// Free memory in bytes when the scorer was set up.
+    pub free_memory: usize,
+    /// Multiprocessors.
+    pub multiprocessors: i32,
+    /// Theoretical memory bandwidth in bytes/s from the memory clock and bus
+    /// width, when the driver reports them.
+    pub peak_bandwidth: Option<f64>,
+}
+
+pub(crate) struct Job<'a> {
+    pub rows: Rows<'a>,
+    pub queries: &'a [f32],
+    pub count: usize,
+    pub k: usize,
+    pub allow: Option<&'a RowMask>,
+    pub allow_each: Option<&'a [RowMask]>,
+    pub exclude: Option<&'a [Vec<u64>]>,
+}
+
+struct Chunk {
+    start: usize,
+    len: usize,
+    data: CudaSlice<f32>,
+    docs: CudaSlice<u64>,
+}
+
+/// Rows on the device: all chunks resident, or a plan to stream them.
+pub(crate) struct DeviceRows {
+    resident: Vec<Chunk>,
+    chunk_rows: usize,
+    streamed: bool,
+    /// Bytes the scores buffer may take.
+    scores_budget: usize,
+}
+
+pub(crate) struct GpuScorer {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    first: CudaFunction,
+    merge: CudaFunction,
+    info: GpuInfo,
+    memory_fraction: f64,
+    /// One call at a time on the stream and cuBLAS handle.
+    lock: Mutex<()>,
+}
+
+fn gpu_err<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> ScorerError {
+    move |e| ScorerError::Gpu {
+        op,
+        message: e.to_string(),
+    }
+}
+
+fn unavailable(reason: impl Into<String>) -> ScorerError {
+    ScorerError::GpuUnavailable {
+        reason: reason.into(),
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+impl GpuScorer {
+    pub(crate) fn new(ordinal: usize, memory_fraction: f64) -> Result<Self> {
+        // SAFETY: these only try to dlopen the libraries.
+        let (driver, blas, nvrtc) = unsafe {
+            (
+                cudarc::driver::sys::is_culib_present(),
+                cudarc::cublas::sys::is_culib_present(),
+                cudarc::nvrtc::sys::is_culib_present(),
+            )
+        };
+        if !driver {
+            return Err(unavailable(
+                "the CUDA driver library (libcuda) was not found: no NVIDIA driver on this machine",
+            ));
+        }
+        if !blas {
+            return Err(unavailable(
+                "libcublas was not found (CUDA toolkit libraries missing from the loader path)",
+            ));
+        }
+        if !nvrtc {
+            return Err(unavailable(
+                "libnvrtc was not found (CUDA toolkit libraries missing from the loader path)",
+            ));
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| Self::init(ordinal, memory_fraction)));
+        let g =
+            r.map_err(|p| unavailable(format!("CUDA set-up panicked: {}", panic_message(p))))??;
+        tracing::info!(device = %g.info.name, free = g.info.free_memory, "GPU scorer ready");
+        Ok(g)
+    }
+
+    fn init(ordinal: usize, memory_fraction: f64) -> Result<Self> {
+        let count = CudaContext::device_count()
+            .map_err(|e| unavailable(format!("CUDA driver failed to initialise: {e}")))?;
+        if ordinal as i64 >= count as i64 {
+            return Err(unavailable(format!(
+                "no CUDA device {ordinal} ({count} present)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| unavailable(format!("CUDA device {ordinal}: {e}")))?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| unavailable(format!("cuBLAS handle: {e}")))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| unavailable(format!("compute capability: {e}")))?;
+        let ptx = compile_ptx_with_opts(
+            KERNELS,
+            CompileOptions {
+                options: vec![format!("--gpu-architecture=compute_{}{}", cc.0, cc.1)],
+                ..Default::default()
+            },
+        )
+        .map_err(|e| unavailable(format!("NVRTC could not compile the top-k kernels: {e}")))?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(|e| unavailable(format!("loading the top-k kernels: {e}")))?;
+        let first = module
+            .load_function("vitrine_topk_first")
+            .map_err(|e| unavailable(format!("kernel vitrine_topk_first: {e}")))?;
+        let merge = module
+            .load_function("vitrine_topk_merge")
+            .map_err(|e| unavailable(format!("kernel vitrine_topk_merge: {e}")))?;
+        let (free, total) = ctx
+            .mem_get_info()
+            .map_err(|e| unavailable(format!("memory info: {e}")))?;
+        let attr = |a| ctx.attribute(a).ok();
+        let peak = match (
+            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE),
+            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH),
+        ) {
+            // kHz, double data rate, bits → bytes/s.
+            (Some(khz), Some(bits)) if khz > 0 && bits > 0 => {
+                Some(khz as f64 * 1e3 * 2.0 * bits as f64 / 8.0)
+            }
+            _ => None,
+        };
+        let info = GpuInfo {
+            name: ctx.name().unwrap_or_else(|_| "unknown".into()),
+            compute_capability: cc,
+            total_memory: total,
+            free_memory: free,
+            multiprocessors: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .unwrap_or(0),
+            peak_bandwidth: peak,
+        };
+        Ok(GpuScorer {
+            ctx,
+            stream,
+            blas,
+            first,
+            merge,
+            info,
+            memory_fraction,
+            lock: Mutex::new(()),
+        })
+    }
+
+    pub(crate) fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+
+    fn budget(&self) -> Result<usize> {
+        let (free, _) = self
+            .ctx
+            .mem_get_info()
+            .map_err(gpu_err("querying free memory"))?;
+        Ok((free as f64 * self.memory_fraction) as usize)
+    }
+
+    /// Uploads the rows when they fit in 55 % of the budget; else plans
+    /// streaming chunks of 30 % of it. Scores take up to 25 %.
+    pub(crate) fn upload(&self, rows: &Rows<'_>) -> Result<DeviceRows> {
+        let r = catch_unwind(AssertUnwindSafe(|| self.upload_inner(rows)));
+        r.map_err(|p| ScorerError::Gpu {
+            op: "uploading rows",
+            message: format!("panic: {}", panic_message(p)),
+        })?
+    }
+
+    fn upload_inner(&self, rows: &Rows<'_>) -> Result<DeviceRows> {
+        let _g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let budget = self.budget()?;
+        let row_bytes = rows.dim() * 4 + 8;
+        let n = rows.len();
+        let scores_budget = budget / 4;
+        let resident_ok = n.saturating_mul(row_bytes) <= budget / 100 * 55;
+        let chunk_rows = if resident_ok {
+            n.clamp(1, MAX_CHUNK_ROWS)
+        } else {
+            (budget / 100 * 30 / row_bytes).clamp(TILE, MAX_CHUNK_ROWS)
+        };
+        let mut out = DeviceRows {
+            resident: Vec::new(),
+            chunk_rows,
+            streamed: !resident_ok,
+            scores_budget,
+        };
+        if resident_ok {
+            let mut start = 0;
+            while start < n {
+                let len = chunk_rows.min(n - start);
+                out.resident.push(self.chunk(rows, start, len)?);
+                start += len;
+            }
+            tracing::debug!(
+                rows = n,
+                chunks = out.resident.len(),
+                "rows resident on the GPU"
+            );
+        } else {
+            tracing::info!(
+                rows = n,
+                chunk_rows,
+                budget,
+                "rows do not fit in GPU memory; they are streamed in chunks"
+            );
+        }
+        Ok(out)
+    }
+
+    fn chunk(&self, rows: &Rows<'_>, start: usize, len: usize) -> Result<Chunk> {
+        let d = rows.dim();
+        let data = self
+            .stream
+            .clone_htod(&rows.data()[start * d..(start + len) * d])
+            .map_err(gpu_err("uploading rows"))?;
+        let docs: Vec<u64> = (start..start + len).map(|i| rows.doc(i)).collect();
+        let docs = self
+            .stream
+            .clone_htod(&docs)
+            .map_err(gpu_err("uploading doc ids"))?;
+        Ok(Chunk {
+            start,
+            len,
+            data,
+            docs,
+        })
+    }
+
+    pub(crate) fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
+        let r = catch_unwind(AssertUnwindSafe(|| -> Result<f64> {
+            let _g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = (bytes / 4).max(1);
+            let src = self
+                .stream
+                .alloc_zeros::<f32>(n)
+                .map_err(gpu_err("allocating"))?;
+            let mut dst = self
+                .stream
+                .alloc_zeros::<f32>(n)
+                .map_err(gpu_err("allocating"))?;
+            self.stream
+                .memcpy_dtod(&src, &mut dst)
+                .map_err(gpu_err("copying"))?;
+            self.stream
+                .synchronize()
+                .map_err(gpu_err("synchronising"))?;
+            let reps = 5;
+            let t = Instant::now();
+            for _ in 0..reps {
+                self.stream
+                    .memcpy_dtod(&src, &mut dst)
+                    .map_err(gpu_err("copying"))?;
+            }
+            self.stream
+                .synchronize()
+                .map_err(gpu_err("synchronising"))?;
+            Ok(2.0 * (n * 4 * reps) as f64 / t.elapsed().as_secs_f64())
+        }));
+        r.map_err(|p| ScorerError::Gpu {
+            op: "measuring bandwidth",
+            message: format!("panic: {}", panic_message(p)),
+        })?
+    }
+
+    pub(crate) fn top_k(&self, dev: &DeviceRows, job: &Job<'_>) -> Result<Vec<Vec<Hit>>> {
+        let r = catch_unwind(AssertUnwindSafe(|| self.top_k_inner(dev, job)));
+        r.map_err(|p| ScorerError::Gpu {
+            op: "top-k",
+            message: format!("panic: {}", panic_message(p)),
+        })?
+    }
+
+    fn top_k_inner(&self, dev: &DeviceRows, job: &Job<'_>) -> Result<Vec<Vec<Hit>>> {
+        let _g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = job.rows.len();
+        let d = job.rows.dim();
+        let b = job.count;
+        let longest_exclusion = job
+            .exclude
+            .map_or(0, |ex| ex.iter().map(Vec::len).max().unwrap_or(0));
+        let k_dev = (job.k + longest_exclusion).min(n).max(1);
+        if k_dev > TILE / 2 {
+            return Err(ScorerError::invalid(
+                "k",
+                format!(
+                    "k plus the longest exclusion list is {k_dev}; the GPU top-k handles up to {}",
+                    TILE / 2
+                ),
+            ));
+        }
+        let chunk_rows = dev.chunk_rows.min(n);
+        let sub = (dev.scores_budget / (chunk_rows * 4)).clamp(1, MAX_SUB_BATCH.min(b));
+        let tiles_max = chunk_rows.div_ceil(TILE);
+        let ping_len = sub * tiles_max * k_dev;
+        let pong_len = sub * (tiles_max * k_dev).div_ceil(TILE).max(1) * k_dev;
+
+        let s = &self.stream;
+        let alloc_f = |len: usize| {
+            s.alloc_zeros::<f32>(len.max(1))
+                .map_err(gpu_err("allocating"))
+        };
+        let alloc_u = |len: usize| {
+            s.alloc_zeros::<u32>(len.max(1))
+                .map_err(gpu_err("allocating"))
+        };
+        let mut scores = alloc_f(sub * chunk_rows)?;
+        let mut ping_s = alloc_f(ping_len)?;
+        let mut ping_r = alloc_u(ping_len)?;
+        let mut pong_s = alloc_f(pong_len)?;
+        let mut pong_r = alloc_u(pong_len)?;
+        let mut d_queries = alloc_f(sub * d)?;
+        let (mut stage_data, mut stage_docs) = if dev.streamed {
+            (
+                Some(alloc_f(chunk_rows * d)?),
+                Some(
+                    s.alloc_zeros::<u64>(chunk_rows)
+                        .map_err(gpu_err("allocating"))?,
+                ),
+            )
+        } else {
+            (None, None)
+        };
+
+        // Masks as u32 words over all rows: one shared, or one per query.
+        let words = n.div_ceil(32);
+        let to_u32 = |m: &RowMask, out: &mut Vec<u32>| {
+            for w in m.words() {
+                out.push(*w as u32);
+                out.push((*w >> 32) as u32);
+            }
+            out.truncate(out.len() - (2 * m.words().len() - words));
+        };
+        let per_query = job.allow_each.is_some();
+        let has_mask = job.allow.is_some() || per_query;
+        let mut d_mask = if has_mask {
+            alloc_u(if per_query { sub * words } else { words })?
+        } else {
+            alloc_u(1)?
+        };
+        if let (Some(m), false) = (job.allow, per_query) {
+            let mut host = Vec::with_capacity(words + 1);
+            to_u32(m, &mut host);
+            s.memcpy_htod(&host, &mut d_mask)
+                .map_err(gpu_err("uploading the mask"))?;
+        }
+
+        let mut collectors: Vec<Collector> = (0..b).map(|_| Collector::new(job.k)).collect();
+        let mut host_s = vec![0f32; sub * k_dev];
+        let mut host_r = vec![0u32; sub * k_dev];
+        let mut q0 = 0;
+        while q0 < b {
+            let qn = sub.min(b - q0);
+            s.memcpy_htod(&job.queries[q0 * d..(q0 + qn) * d], &mut d_queries)
+                .map_err(gpu_err("uploading queries"))?;
+            if let Some(each) = job.allow_each {
+                let mut host = Vec::with_capacity(qn * words + 1);
+                for m in &each[q0..q0 + qn] {
+                    let m = match job.allow {
+                        Some(shared) => m.and(shared),
+                        None => m.clone(),
+                    };
+                    to_u32(&m, &mut host);
+                }
+                s.memcpy_htod(&host, &mut d_mask)
+                    .map_err(gpu_err("uploading masks"))?;
+            }
+            let mut start = 0;
+            let mut resident = dev.resident.iter();
+            while start < n {
+                let len = chunk_rows.min(n - start);
+                let (data, docs) = if dev.streamed {
+                    let (sd, sk) = match (stage_data.as_mut(), stage_docs.as_mut()) {
+                        (Some(a), Some(b)) => (a, b),
+                        _ => return Err(gpu_err("streaming")("no staging buffer")),
+                    };
+                    s.memcpy_htod(&job.rows.data()[start * d..(start + len) * d], sd)
+                        .map_err(gpu_err("streaming rows"))?;
+                    let host_docs: Vec<u64> =
+                        (start..start + len).map(|i| job.rows.doc(i)).collect();
+                    s.memcpy_htod(&host_docs, sk)
+                        .map_err(gpu_err("streaming doc ids"))?;
+                    (&*sd, &*sk)
+                } else {
+                    match resident.next() {
+                        Some(c) if c.start == start && c.len == len => (&c.data, &c.docs),
+                        _ => return Err(gpu_err("top-k")("resident chunks do not match the rows")),
+                    }
+                };
+                // scores (len x qn, column-major) = dataᵀ (len x d) · queries (d x qn)
+                let cfg = GemmConfig {
+                    transa: cublasOperation_t::CUBLAS_OP_T,
+                    transb: cublasOperation_t::CUBLAS_OP_N,
+                    m: len as i32,
+                    n: qn as i32,
+                    k: d as i32,
+                    alpha: 1.0f32,
+                    lda: d as i32,
+                    ldb: d as i32,
+                    beta: 0.0f32,
+                    ldc: len as i32,
+                };
+                // SAFETY: data holds ≥ len*d floats, d_queries ≥ qn*d, scores ≥ len*qn.
+                unsafe { self.blas.gemm(cfg, data, &d_queries, &mut scores) }
+                    .map_err(gpu_err("sgemm"))?;
+
+                let tiles = len.div_ceil(TILE);
+                let (n_i, ld, cs) = (len as i32, len as i64, start as u32);
+                let mask_stride: i64 = if per_query { words as i64 } else { 0 };
+                let has_mask_i = has_mask as i32;
+                let k_i = k_dev as i32;
+                let mut cur_ld = (tiles * k_dev) as i64;
+                let cfg = LaunchConfig {
+                    grid_dim: (tiles as u32, qn as u32, 1),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut launch = s.launch_builder(&self.first);
+                launch
+                    .arg(&scores)
+                    .arg(&n_i)
+                    .arg(&ld)
+                    .arg(docs)
+                    .arg(&cs)
+                    .arg(&d_mask)
+                    .arg(&mask_stride)
+                    .arg(&has_mask_i)
+                    .arg(&k_i)
+                    .arg(&mut ping_s)
+                    .arg(&mut ping_r)
+                    .arg(&cur_ld);
+                // SAFETY: argument order and types match vitrine_topk_first;
+                // buffers are sized for `tiles * k_dev` per query.
+                unsafe { launch.launch(cfg) }.map_err(gpu_err("top-k kernel"))?;
+
+                let mut in_ping = true;
+                let mut cur_n = tiles * k_dev;
+                while cur_n > k_dev {
+                    let next_tiles = cur_n.div_ceil(TILE);
+                    let next_ld = (next_tiles * k_dev) as i64;
+                    let cur_n_i = cur_n as i32;
+                    let cfg = LaunchConfig {
+                        grid_dim: (next_tiles as u32, qn as u32, 1),
+                        block_dim: (THREADS, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    let mut launch = s.launch_builder(&self.merge);
+                    if in_ping {
+                        launch
+                            .arg(&ping_s)
+                            .arg(&ping_r)
+                            .arg(&cur_n_i)
+                            .arg(&cur_ld)
+                            .arg(docs)
+                            .arg(&cs)
+                            .arg(&k_i)
+                            .arg(&mut pong_s)
+                            .arg(&mut pong_r)
+                            .arg(&next_ld);
+                    } else {
+                        launch
+                            .arg(&pong_s)
+                            .arg(&pong_r)
+                            .arg(&cur_n_i)
+                            .arg(&cur_ld)
+                            .arg(docs)
+                            .arg(&cs)
+                            .arg(&k_i)
+                            .arg(&mut ping_s)
+                            .arg(&mut ping_r)
+                            .arg(&next_ld);
+                    }
+                    // SAFETY: as above, for vitrine_topk_merge; the output
+                    // buffer holds `next_tiles * k_dev` per query (ping is
+                    // the larger, pong holds the first merge's output).
+                    unsafe { launch.launch(cfg) }.map_err(gpu_err("top-k merge kernel"))?;
+                    in_ping = !in_ping;
+                    cur_n = next_tiles * k_dev;
+                    cur_ld = next_ld;
+                }
+                let (fs, fr) = if in_ping {
+                    (&ping_s, &ping_r)
+                } else {
+                    (&pong_s, &pong_r)
+                };
+                // cur_ld == k_dev here: qn lists of k_dev, contiguous.
+                let want = qn * k_dev;
+                s.memcpy_dtoh(&fs.slice(..want), &mut host_s[..want])
+                    .map_err(gpu_err("copying results"))?;
+                s.memcpy_dtoh(&fr.slice(..want), &mut host_r[..want])
+                    .map_err(gpu_err("copying results"))?;
+                s.synchronize().map_err(gpu_err("synchronising"))?;
+                for qi in 0..qn {
+                    let q = q0 + qi;
+                    for j in 0..k_dev {
+                        let r = host_r[qi * k_dev + j];
+                        if r == GONE_ROW || r as usize >= n {
+                            continue;
+                        }
+                        let doc = job.rows.doc(r as usize);
+                        let score = host_s[qi * k_dev + j];
+                        let excluded = job
+                            .exclude
+                            .is_some_and(|ex| ex[q].binary_search(&doc).is_ok());
+                        if !excluded {
+                            collectors[q].push(score, doc);
+                        }
+                    }
+                }
+                start += len;
+            }
+            q0 += qn;
+        }
+        Ok(collectors.into_iter().map(Collector::into_sorted).collect())
+    }
+}

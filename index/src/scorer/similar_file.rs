@@ -1,0 +1,488 @@
+//! The precomputed "similar items" file: for every product id, its top-k
+//! `(target, score)` list, served straight from a memory map.
+//!
+//! Layout, all integers little-endian:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 8 | magic `VTRNSIM\0` |
+//! | 8 | 4 | format version (1) |
+//! | 12 | 4 | flags (bit 0: little-endian, always set) |
+//! | 16 | 8 | `count`: number of products |
+//! | 24 | 4 | `k`: slots per product |
+//! | 28 | 4 | reserved, 0 |
+//! | 32 | 8 | `ids_len`: bytes of the id blob |
+//! | 40 | 8 | `lists_off`: offset of the lists |
+//! | 48 | 8 | total file length |
+//! | 56 | 4 | CRC-32 of every byte after the header |
+//! | 60 | 4 | CRC-32 of bytes 0..60 |
+//! | 64 | 8 × (count + 1) | id offsets into the blob (0, ..., `ids_len`) |
+//! | | `ids_len` | id blob: the UTF-8 ids, strictly increasing, concatenated |
+//! | | 0–3 | zero padding to a multiple of 4 |
+//! | `lists_off` | 8 × k × count | per product, `k` slots of `(u32 target index, f32 score)`, best first; unused slots have target `u32::MAX` and come last |
+//!
+//! Ids are sorted so that a lookup is a binary search over the mapping. The
+//! whole file is validated when opened (lengths, both checksums, id order,
+//! UTF-8, target range), so lookups never fail afterwards.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+/// First 8 bytes of the file.
+pub const SIMILAR_MAGIC: [u8; 8] = *b"VTRNSIM\0";
+/// Format version written and read by this build.
+pub const SIMILAR_FORMAT_VERSION: u32 = 1;
+
+const HEADER_LEN: usize = 64;
+const SLOT: usize = 8;
+const EMPTY: u32 = u32::MAX;
+const FLAG_LE: u32 = 1;
+
+/// Errors of the precomputed-similar file. Each names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimilarFileError {
+    /// Reading or writing failed.
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is truncated, damaged or not such a file.
+    #[error("{} is not a valid precomputed-similar file: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The data given to the writer is inconsistent.
+    #[error("cannot write {}: {reason}", path.display())]
+    InvalidInput {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Writes the file atomically (temporary file, fsync, rename, directory fsync).
+///
+/// `ids` must be strictly increasing; `lists[i]` holds at most `k` pairs of
+/// (index into `ids`, score), best first, scores not NaN.
+pub fn write_similar_file<S: AsRef<str>>(
+    path: &Path,
+    k: usize,
+    ids: &[S],
+    lists: &[Vec<(u32, f32)>],
+) -> Result<(), SimilarFileError> {
+    let invalid = |reason: String| SimilarFileError::InvalidInput {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if ids.len() != lists.len() {
+        return Err(invalid(format!(
+            "{} ids but {} lists",
+            ids.len(),
+            lists.len()
+        )));
+    }
+    if k > u32::MAX as usize || ids.len() >= EMPTY as usize {
+        return Err(invalid("k or the product count is too large".into()));
+    }
+    if let Some(w) = ids.windows(2).find(|w| w[0].as_ref() >= w[1].as_ref()) {
+        return Err(invalid(format!(
+            "ids not strictly increasing at '{}' then '{}'",
+            w[0].as_ref(),
+            w[1].as_ref()
+        )));
+    }
+    for (i, l) in lists.iter().enumerate() {
+        if l.len() > k {
+            return Err(invalid(format!(
+                "list {i} has {} entries, k is {k}",
+                l.len()
+            )));
+        }
+        if let Some((t, s)) = l
+            .iter()
+            .find(|(t, s)| *t as usize >= ids.len() || s.is_nan())
+        {
+            return Err(invalid(format!("list {i} holds ({t}, {s})")));
+        }
+    }
+
+    let count = ids.len();
+    let ids_len: usize = ids.iter().map(|s| s.as_ref().len()).sum();
+    let body_ids = 8 * (count + 1) + ids_len;
+    let pad = (4 - (HEADER_LEN + body_ids) % 4) % 4;
+    let lists_off = HEADER_LEN + body_ids + pad;
+    let file_len = lists_off + SLOT * k * count;
+
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| invalid("not a file path".into()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| SimilarFileError::Io { path: p, source }
+    };
+
+    let result = (|| {
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        let mut crc = crc32fast::Hasher::new();
+        let mut put = |w: &mut BufWriter<File>, b: &[u8]| {
+            crc.update(b);
+            w.write_all(b)
+        };
+        let mut body = || -> std::io::Result<()> {
+            w.write_all(&[0u8; HEADER_LEN])?;
+            let mut off = 0u64;
+            put(&mut w, &off.to_le_bytes())?;
+            for id in ids {
+                off += id.as_ref().len() as u64;
+                put(&mut w, &off.to_le_bytes())?;
+            }
+            for id in ids {
+                put(&mut w, id.as_ref().as_bytes())?;
+            }
+            put(&mut w, &[0u8; 3][..pad])?;
+            let mut slots = vec![0u8; SLOT * k];
+            for l in lists {
+                for j in 0..k {
+                    let (t, s) = l.get(j).copied().unwrap_or((EMPTY, 0.0));
+                    slots[j * SLOT..j * SLOT + 4].copy_from_slice(&t.to_le_bytes());
+                    slots[j * SLOT + 4..j * SLOT + 8].copy_from_slice(&s.to_le_bytes());
+                }
+                put(&mut w, &slots)?;
+            }
+            Ok(())
+        };
+        body().map_err(io(&tmp))?;
+        let header = encode_header(&Header {
+            count: count as u64,
+            k: k as u32,
+            ids_len: ids_len as u64,
+            lists_off: lists_off as u64,
+            file_len: file_len as u64,
+            payload_crc: crc.finalize(),
+        });
+        let mut file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(0)).map_err(io(&tmp))?;
+        file.write_all(&header).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, path).map_err(io(path))?;
+        #[cfg(unix)]
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    count: u64,
+    k: u32,
+    ids_len: u64,
+    lists_off: u64,
+    file_len: u64,
+    payload_crc: u32,
+}
+
+fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
+    let mut b = [0u8; HEADER_LEN];
+    b[0..8].copy_from_slice(&SIMILAR_MAGIC);
+    b[8..12].copy_from_slice(&SIMILAR_FORMAT_VERSION.to_le_bytes());
+    b[12..16].copy_from_slice(&FLAG_LE.to_le_bytes());
+    b[16..24].copy_from_slice(&h.count.to_le_bytes());
+    b[24..28].copy_from_slice(&h.k.to_le_bytes());
+    b[32..40].copy_from_slice(&h.ids_len.to_le_bytes());
+    b[40..48].copy_from_slice(&h.lists_off.to_le_bytes());
+    b[48..56].copy_from_slice(&h.file_len.to_le_bytes());
+    b[56..60].copy_from_slice(&h.payload_crc.to_le_bytes());
+    let crc = crc32fast::hash(&b[..60]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Checks everything; returns the header.
+fn validate(b: &[u8]) -> Result<Header, String> {
+    if b.len() < HEADER_LEN {
+        return Err(format!(
+            "{} bytes, shorter than the {HEADER_LEN}-byte header",
+            b.len()
+        ));
+    }
+    if b[0..8] != SIMILAR_MAGIC {
+        return Err("bad magic".into());
+    }
+    if u32_at(b, 60) != crc32fast::hash(&b[..60]) {
+        return Err("header checksum mismatch".into());
+    }
+    let version = u32_at(b, 8);
+    if version != SIMILAR_FORMAT_VERSION {
+        return Err(format!(
+            "format version {version}, this build reads {SIMILAR_FORMAT_VERSION}"
+        ));
+    }
+    if u32_at(b, 12) != FLAG_LE {
+        return Err(format!("unknown flags {:#x}", u32_at(b, 12)));
+    }
+    let h = Header {
+        count: u64_at(b, 16),
+        k: u32_at(b, 24),
+        ids_len: u64_at(b, 32),
+        lists_off: u64_at(b, 40),
+        file_len: u64_at(b, 48),
+        payload_crc: u32_at(b, 56),
+    };
+    if h.file_len != b.len() as u64 {
+        return Err(format!(
+            "{} bytes but the header says {} (truncated or extended)",
+            b.len(),
+            h.file_len
+        ));
+    }
+    let size = (|| {
+        let offsets = h.count.checked_add(1)?.checked_mul(8)?;
+        let ids_end = (HEADER_LEN as u64)
+            .checked_add(offsets)?
+            .checked_add(h.ids_len)?;
+        let lists_off = ids_end.checked_add((4 - ids_end % 4) % 4)?;
+        let lists = h.count.checked_mul(h.k as u64)?.checked_mul(SLOT as u64)?;
+        Some((lists_off, lists_off.checked_add(lists)?))
+    })();
+    match size {
+        Some((off, end)) if off == h.lists_off && end == h.file_len => {}
+        _ => return Err("section sizes disagree with the header".into()),
+    }
+    if crc32fast::hash(&b[HEADER_LEN..]) != h.payload_crc {
+        return Err("payload checksum mismatch".into());
+    }
+    // Ids: offsets monotone, within the blob, UTF-8, strictly increasing.
+    let count = h.count as usize;
+    let blob = HEADER_LEN + 8 * (count + 1);
+    let mut prev: Option<&str> = None;
+    let mut last = 0u64;
+    if u64_at(b, HEADER_LEN) != 0 || u64_at(b, HEADER_LEN + 8 * count) != h.ids_len {
+        return Err("id offsets do not span the id blob".into());
+    }
+    for i in 0..count {
+        let end = u64_at(b, HEADER_LEN + 8 * (i + 1));
+        if end < last || end > h.ids_len {
+            return Err(format!("id offset {i} out of order"));
+        }
+        let s = std::str::from_utf8(&b[blob + last as usize..blob + end as usize])
+            .map_err(|_| format!("id {i} is not UTF-8"))?;
+        if prev.is_some_and(|p| p >= s) {
+            return Err(format!("ids not strictly increasing at {i}"));
+        }
+        prev = Some(s);
+        last = end;
+    }
+    let lists = &b[h.lists_off as usize..];
+    for (i, slots) in lists.chunks_exact(SLOT * h.k as usize).enumerate() {
+        let mut ended = false;
+        for slot in slots.chunks_exact(SLOT) {
+            let t = u32_at(slot, 0);
+            if t == EMPTY {
+                ended = true;
+            } else if ended || t as u64 >= h.count {
+                return Err(format!("list {i} has a bad target {t}"));
+            }
+        }
+    }
+    Ok(h)
+}
+
+/// A validated, memory-mapped precomputed-similar file.
+pub struct PrecomputedSimilar {
+    map: Mmap,
+    header: Header,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for PrecomputedSimilar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrecomputedSimilar")
+            .field("path", &self.path)
+            .field("len", &self.header.count)
+            .field("k", &self.header.k)
+            .finish()
+    }
+}
+
+impl PrecomputedSimilar {
+    /// Maps and validates the file. A damaged, truncated or foreign file is
+    /// [`SimilarFileError::Corrupt`], naming it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, SimilarFileError> {
+        let path = path.as_ref();
+        let io = |source| SimilarFileError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let corrupt = |reason: String| SimilarFileError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if len < HEADER_LEN as u64 {
+            return Err(corrupt(format!(
+                "{len} bytes, shorter than the {HEADER_LEN}-byte header"
+            )));
+        }
+        // SAFETY: read-only mapping of a file that writers only ever replace
+        // by rename; lookups are bounds-checked regardless.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let header = validate(&map).map_err(corrupt)?;
+        Ok(PrecomputedSimilar {
+            map,
+            header,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of products.
+    pub fn len(&self) -> usize {
+        self.header.count as usize
+    }
+
+    /// Whether it holds no product.
+    pub fn is_empty(&self) -> bool {
+        self.header.count == 0
+    }
+
+    /// Slots per product.
+    pub fn k(&self) -> usize {
+        self.header.k as usize
+    }
+
+    /// Id of product `i` (ids are sorted).
+    pub fn id(&self, i: usize) -> Option<&str> {
+        if i >= self.len() {
+            return None;
+        }
+        let off = |j: usize| self.map.get(HEADER_LEN + 8 * j..HEADER_LEN + 8 * j + 8);
+        let start = u64::from_le_bytes(off(i)?.try_into().ok()?) as usize;
+        let end = u64::from_le_bytes(off(i + 1)?.try_into().ok()?) as usize;
+        let blob = HEADER_LEN + 8 * (self.len() + 1);
+        std::str::from_utf8(self.map.get(blob + start..blob + end)?).ok()
+    }
+
+    /// Position of `id`, by binary search.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.id(mid)?.cmp(id) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
+    /// The list of product `i` as (target position, score), best first.
+    pub fn list_at(&self, i: usize) -> Vec<(usize, f32)> {
+        let k = self.k();
+        let start = self.header.lists_off as usize + i * k * SLOT;
+        let Some(slots) = self.map.get(start..start + k * SLOT) else {
+            return Vec::new();
+        };
+        slots
+            .chunks_exact(SLOT)
+            .map(|s| (u32_at(s, 0), f32::from_bits(u32_at(s, 4))))
+            .take_while(|(t, _)| *t != EMPTY)
+            .map(|(t, s)| (t as usize, s))
+            .collect()
+    }
+
+    /// The similar products of `id` with their scores, best first; `None`
+    /// when `id` is not in the file.
+    pub fn get(&self, id: &str) -> Option<Vec<(String, f32)>> {
+        let i = self.position(id)?;
+        Some(
+            self.list_at(i)
+                .into_iter()
+                .filter_map(|(t, s)| Some((self.id(t)?.to_string(), s)))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sim");
+        let ids = ["a", "b", "cé"];
+        let lists = vec![vec![(1, 0.9), (2, 0.5)], vec![], vec![(0, -1.0)]];
+        write_similar_file(&path, 2, &ids, &lists).unwrap();
+        let f = PrecomputedSimilar::open(&path).unwrap();
+        assert_eq!(f.len(), 3);
+        assert_eq!(
+            f.get("a").unwrap(),
+            [("b".to_string(), 0.9), ("cé".to_string(), 0.5)]
+        );
+        assert_eq!(f.get("b").unwrap(), []);
+        assert_eq!(f.get("cé").unwrap(), [("a".to_string(), -1.0)]);
+        assert!(f.get("zz").is_none());
+
+        let bytes = fs::read(&path).unwrap();
+        for at in [0, 20, 70, bytes.len() - 3] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            fs::write(&path, &bad).unwrap();
+            let e = PrecomputedSimilar::open(&path).unwrap_err();
+            assert!(matches!(e, SimilarFileError::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains("s.sim"), "{e}");
+        }
+        fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(matches!(
+            PrecomputedSimilar::open(&path),
+            Err(SimilarFileError::Corrupt { .. })
+        ));
+        assert!(write_similar_file(&path, 1, &["b", "a"], &[vec![], vec![]]).is_err());
+    }
+}

@@ -1,0 +1,530 @@
+//! The exact scorer: CPU against a naive scalar reference, the GPU choice's
+//! typed errors and `Auto`'s fallback, and (with `--features cuda`,
+//! `VITRINE_GPU=1`, `--ignored`) GPU against CPU.
+
+mod common;
+
+use proptest::prelude::*;
+use rand::Rng;
+use vitrine_index::{
+    AllPairsOptions, Backend, FlatIndex, GroupWeights, Hit, Metric, QueryBatch, RowMask, RowMatrix,
+    Rows, Scorer, ScorerChoice, ScorerError, ScorerOptions, VectorIndex,
+};
+
+/// Naive scalar reference: f64 sums of the weighted query, full sort.
+fn reference(
+    rows: &Rows<'_>,
+    queries: &[f32],
+    k: usize,
+    weights: Option<&GroupWeights>,
+    allow: Option<&RowMask>,
+    exclude: Option<&[Vec<u64>]>,
+) -> Vec<Vec<Hit>> {
+    let d = rows.dim();
+    queries
+        .chunks_exact(d)
+        .enumerate()
+        .map(|(qi, q)| {
+            let q = weights.map_or_else(|| q.to_vec(), |w| w.apply(q));
+            let mut all: Vec<Hit> = (0..rows.len())
+                .filter(|&r| allow.is_none_or(|m| m.get(r)))
+                .filter(|&r| exclude.is_none_or(|ex| !ex[qi].contains(&rows.doc(r))))
+                .map(|r| {
+                    let s: f64 = q
+                        .iter()
+                        .zip(rows.row(r))
+                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                        .sum();
+                    Hit {
+                        doc: rows.doc(r),
+                        // Same sanitising as the scorer: -0.0 is 0.0.
+                        score: s as f32 + 0.0,
+                    }
+                })
+                .collect();
+            all.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.doc.cmp(&b.doc)));
+            all.truncate(k);
+            all
+        })
+        .collect()
+}
+
+/// Same ids in the same order and scores within `tol`, except that hits whose
+/// scores are within `tol` of each other may swap (ties under rounding).
+fn assert_same(got: &[Vec<Hit>], want: &[Vec<Hit>], tol: f32) {
+    assert_eq!(got.len(), want.len());
+    for (qi, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.len(), w.len(), "query {qi}: {g:?} vs {w:?}");
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            assert!(
+                (a.score - b.score).abs() <= tol,
+                "query {qi} rank {i}: score {} vs {}",
+                a.score,
+                b.score
+            );
+            if a.doc != b.doc {
+                // Allowed only for a near-tie: the other's reference score is as good.
+                let other = w.iter().find(|h| h.doc == a.doc).map(|h| h.score);
+                let near = other.map_or((b.score - w.last().unwrap().score).abs() <= tol, |s| {
+                    (s - b.score).abs() <= 2.0 * tol
+                });
+                assert!(
+                    near,
+                    "query {qi} rank {i}: doc {} vs {} ({g:?} vs {w:?})",
+                    a.doc, b.doc
+                );
+            }
+        }
+    }
+}
+
+fn dyadic(max: i32) -> impl Strategy<Value = f32> {
+    (-max..=max).prop_map(|i| i as f32 / 16.0)
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    dim: usize,
+    data: Vec<f32>,
+    docs: Vec<u64>,
+    queries: Vec<f32>,
+    k: usize,
+    weights: Option<Vec<f32>>,
+    allow: Option<Vec<bool>>,
+    exclude: Option<Vec<Vec<u64>>>,
+}
+
+/// Values are multiples of 1/16 and weights powers of two, so every dot
+/// product is exact in f32 whatever the summation order: ids and tie-breaks
+/// must match exactly.
+fn exact_case() -> impl Strategy<Value = Case> {
+    (1usize..5, 1usize..9, 0usize..700, 1usize..6, 0usize..40).prop_flat_map(
+        |(blocks, block, n, b, k)| {
+            let dim = blocks * block;
+            (
+                proptest::collection::vec(dyadic(16), n * dim),
+                proptest::collection::vec(dyadic(16), b * dim),
+                proptest::option::of(proptest::collection::vec(
+                    prop_oneof![Just(0.25f32), Just(0.5), Just(1.0), Just(2.0), Just(0.0)],
+                    blocks,
+                )),
+                proptest::option::of(proptest::collection::vec(any::<bool>(), n)),
+                proptest::option::of(proptest::collection::vec(
+                    proptest::collection::vec(0u64..(2 * n as u64 + 1), 0..4),
+                    b,
+                )),
+                Just((dim, block, n, k)),
+                any::<u64>(),
+            )
+                .prop_map(
+                    |(data, queries, weights, allow, exclude, (dim, _block, n, k), salt)| {
+                        // Docs: a permutation-ish of distinct ids, not row order.
+                        let docs = (0..n as u64).map(|i| (i * 7 + salt % 5) * 2 + 1).collect();
+                        Case {
+                            dim,
+                            data,
+                            docs,
+                            queries,
+                            k,
+                            weights,
+                            allow,
+                            exclude,
+                        }
+                    },
+                )
+        },
+    )
+}
+
+fn run_case(c: &Case, scorer: &Scorer) -> (Vec<Vec<Hit>>, Vec<Vec<Hit>>) {
+    let rows = Rows::new(c.dim, &c.data)
+        .unwrap()
+        .with_docs(&c.docs)
+        .unwrap();
+    let block = c.weights.as_ref().map(|w| c.dim / w.len());
+    let weights = c
+        .weights
+        .clone()
+        .map(|w| GroupWeights::blocks(block.unwrap(), w).unwrap());
+    let allow = c
+        .allow
+        .as_ref()
+        .map(|a| RowMask::from_fn(a.len(), |i| a[i]));
+    let mut batch = QueryBatch::new(&c.queries, c.k);
+    if let Some(w) = &weights {
+        batch = batch.weights(w);
+    }
+    if let Some(a) = &allow {
+        batch = batch.allow(a);
+    }
+    if let Some(e) = &c.exclude {
+        batch = batch.exclude_each(e);
+    }
+    let got = scorer.top_k(rows, &batch).unwrap();
+    let want = reference(
+        &rows,
+        &c.queries,
+        c.k,
+        weights.as_ref(),
+        allow.as_ref(),
+        c.exclude.as_deref(),
+    );
+    (got, want)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn cpu_matches_reference_exactly_on_dyadic_vectors(c in exact_case(), threads in 1usize..4) {
+        let scorer = Scorer::cpu(threads);
+        let (got, want) = run_case(&c, &scorer);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn cpu_matches_reference_on_random_vectors(
+        seed in any::<u64>(), n in 1usize..1500, dim in 1usize..70, b in 1usize..9, k in 1usize..30,
+        weighted in any::<bool>(), masked in any::<bool>(),
+    ) {
+        let mut r = common::rng(seed);
+        let data: Vec<f32> = (0..n * dim).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let queries: Vec<f32> = (0..b * dim).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let groups = dim.min(4);
+        let c = Case {
+            dim,
+            docs: (0..n as u64).rev().collect(),
+            weights: weighted.then(|| (0..groups).map(|_| r.gen_range(0.0..2.0)).collect()),
+            allow: masked.then(|| (0..n).map(|_| r.gen_bool(0.3)).collect()),
+            exclude: Some((0..b).map(|_| vec![r.gen_range(0..n as u64)]).collect()),
+            data,
+            queries,
+            k,
+        };
+        // GroupWeights::blocks needs dim divisible by the group count.
+        let c = Case { weights: c.weights.filter(|w| dim % w.len() == 0), ..c };
+        let (got, want) = run_case(&c, &Scorer::cpu(2));
+        assert_same(&got, &want, 1e-5);
+    }
+}
+
+#[test]
+fn cpu_matches_reference_on_realistic_vectors() {
+    // Clustered, block-normalised concept vectors (the shape of real
+    // embeddings; the trained model's vectors are not in the repository).
+    let (data, queries) = common::clustered(7, 4000, 24, 128, 12);
+    let data: Vec<f32> = data.iter().flat_map(|v| common::blockwise(v, 4)).collect();
+    let queries: Vec<f32> = queries
+        .iter()
+        .flat_map(|v| common::blockwise(v, 4))
+        .collect();
+    let rows = Rows::new(128, &data).unwrap();
+    let w = GroupWeights::blocks(32, vec![1.0, 0.5, 2.0, 0.0]).unwrap();
+    for weights in [None, Some(&w)] {
+        let mut batch = QueryBatch::new(&queries, 25);
+        if let Some(w) = weights {
+            batch = batch.weights(w);
+        }
+        let got = Scorer::cpu(0).top_k(rows, &batch).unwrap();
+        assert_same(
+            &got,
+            &reference(&rows, &queries, 25, weights, None, None),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn scorer_agrees_with_flat_index() {
+    let (data, queries) = common::clustered(3, 2000, 10, 32, 8);
+    let mut flat = FlatIndex::new(32, Metric::Cosine).unwrap();
+    for (i, v) in data.iter().enumerate() {
+        flat.upsert(i as u64 * 3, v).unwrap();
+    }
+    let m = RowMatrix::from_flat(&flat).unwrap();
+    let scorer = Scorer::cpu(2);
+    for q in &queries {
+        let norm = q.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let qn: Vec<f32> = q.iter().map(|x| x / norm).collect();
+        let got = scorer.top_k(m.rows(), &QueryBatch::new(&qn, 10)).unwrap();
+        let want = flat
+            .search(q, &vitrine_index::SearchOptions::new(10), None)
+            .unwrap()
+            .hits;
+        assert_same(&got, &[want], 1e-5);
+    }
+}
+
+#[test]
+fn similar_all_excludes_self_and_named_docs() {
+    let (data, _) = common::clustered(11, 600, 0, 16, 5);
+    let data: Vec<f32> = data.concat();
+    let docs: Vec<u64> = (0..600).map(|i| 1000 + i).collect();
+    let rows = Rows::new(16, &data).unwrap().with_docs(&docs).unwrap();
+    let allow = RowMask::from_fn(600, |i| i % 4 != 0);
+    let group = |i: usize| -> Vec<u64> {
+        (0..600)
+            .filter(|j| j % 10 == i % 10)
+            .map(|j| 1000 + j as u64)
+            .collect()
+    };
+    let scorer = Scorer::cpu(2);
+    let loaded = scorer.load(rows);
+    let out = loaded
+        .similar_all(&AllPairsOptions {
+            k: 7,
+            batch: 64,
+            allow: Some(&allow),
+            exclude: Some(&|i| group(i)),
+        })
+        .unwrap();
+    assert_eq!(out.len(), 600);
+    for (i, hits) in out.iter().enumerate() {
+        let mut ex = group(i);
+        ex.push(docs[i]);
+        let want = &reference(&rows, rows.row(i), 7, None, Some(&allow), Some(&[ex]))[0];
+        assert_same(std::slice::from_ref(hits), std::slice::from_ref(want), 1e-5);
+        assert!(hits
+            .iter()
+            .all(|h| h.doc != docs[i] && (h.doc - 1000) % 4 != 0));
+    }
+}
+
+#[test]
+fn per_query_masks_and_edge_cases() {
+    let data: Vec<f32> = (0..50).map(|i| i as f32).collect();
+    let rows = Rows::new(1, &data).unwrap();
+    let masks = [RowMask::from_fn(50, |i| i < 10), RowMask::none(50)];
+    let out = Scorer::cpu(1)
+        .top_k(rows, &QueryBatch::new(&[1.0, 1.0], 3).allow_each(&masks))
+        .unwrap();
+    assert_eq!(out[0].iter().map(|h| h.doc).collect::<Vec<_>>(), [9, 8, 7]);
+    assert!(out[1].is_empty());
+    // k = 0, no queries, bad shapes.
+    let s = Scorer::cpu(1);
+    assert_eq!(
+        s.top_k(rows, &QueryBatch::new(&[1.0], 0)).unwrap(),
+        [vec![]]
+    );
+    assert!(s.top_k(rows, &QueryBatch::new(&[], 3)).unwrap().is_empty());
+    assert!(Rows::new(3, &data).is_err());
+    assert!(Rows::new(0, &data).is_err());
+    let data2 = [0.0f32; 4];
+    let r2 = Rows::new(2, &data2).unwrap();
+    assert!(matches!(
+        s.top_k(r2, &QueryBatch::new(&[1.0, 2.0, 3.0], 1)),
+        Err(ScorerError::InvalidArgument { .. })
+    ));
+    assert!(s.top_k(r2, &QueryBatch::new(&[f32::NAN, 1.0], 1)).is_err());
+    let w = GroupWeights::blocks(2, vec![1.0, 1.0]).unwrap();
+    assert!(s
+        .top_k(r2, &QueryBatch::new(&[1.0, 1.0], 1).weights(&w))
+        .is_err());
+}
+
+fn gpu_expected() -> bool {
+    std::env::var("VITRINE_GPU").as_deref() == Ok("1")
+}
+
+#[test]
+fn gpu_choice_is_a_typed_error_without_a_gpu() {
+    if gpu_expected() {
+        return;
+    }
+    let err = Scorer::new(ScorerChoice::Gpu, ScorerOptions::default()).unwrap_err();
+    let ScorerError::GpuUnavailable { reason } = &err else {
+        panic!("expected GpuUnavailable, got {err}");
+    };
+    if cfg!(feature = "cuda") {
+        assert!(!reason.contains("without the cuda feature"), "{reason}");
+    } else {
+        assert_eq!(reason, "built without the cuda feature");
+    }
+}
+
+#[test]
+fn auto_falls_back_to_the_cpu() {
+    if gpu_expected() {
+        return;
+    }
+    let options = ScorerOptions {
+        auto_gpu_min_work: 1,
+        ..ScorerOptions::default()
+    };
+    let scorer = Scorer::new(ScorerChoice::Auto, options).unwrap();
+    assert!(!scorer.gpu_available());
+    let data: Vec<f32> = (0..300).map(|i| (i as f32).sin()).collect();
+    let loaded = scorer.load(Rows::new(3, &data).unwrap());
+    assert_eq!(loaded.backend_for(10), Backend::Cpu);
+    let (hits, backend) = loaded
+        .top_k_with_backend(&QueryBatch::new(&[1.0, 0.0, 0.0], 5))
+        .unwrap();
+    assert_eq!(backend, Backend::Cpu);
+    assert_eq!(
+        hits[0],
+        Scorer::cpu(1)
+            .top_k(loaded.rows(), &QueryBatch::new(&[1.0, 0.0, 0.0], 5))
+            .unwrap()[0]
+    );
+    assert!(Scorer::new(
+        ScorerChoice::Auto,
+        ScorerOptions {
+            gpu_memory_fraction: 0.0,
+            ..ScorerOptions::default()
+        }
+    )
+    .is_err());
+}
+
+/// GPU against CPU. Run by `scripts/gpu-check.sh`:
+/// `VITRINE_GPU=1 cargo test -p vitrine-index --features cuda --test scorer -- --ignored gpu_`.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+
+    fn random(seed: u64, n: usize, dim: usize) -> Vec<f32> {
+        let mut r = common::rng(seed);
+        (0..n * dim).map(|_| r.gen_range(-1.0f32..1.0)).collect()
+    }
+
+    fn both() -> Option<(Scorer, Scorer)> {
+        if !gpu_expected() {
+            eprintln!("skipped: set VITRINE_GPU=1 on a machine with a GPU");
+            return None;
+        }
+        let gpu = Scorer::new(ScorerChoice::Gpu, ScorerOptions::default()).expect("GPU scorer");
+        eprintln!("{:?}", gpu.gpu_info().unwrap());
+        Some((gpu, Scorer::cpu(0)))
+    }
+
+    fn compare(gpu: &Scorer, cpu: &Scorer, rows: Rows<'_>, batch: &QueryBatch<'_>) {
+        let g = gpu.top_k(rows, batch).unwrap();
+        let c = cpu.top_k(rows, batch).unwrap();
+        assert_same(&g, &c, 1e-5);
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    fn gpu_matches_cpu_100k_random() {
+        let Some((gpu, cpu)) = both() else { return };
+        let data = random(1, 100_000, 128);
+        let queries = random(2, 64, 128);
+        let docs: Vec<u64> = (0..100_000u64).map(|i| i * 13 % 100_003).collect();
+        let rows = Rows::new(128, &data).unwrap().with_docs(&docs).unwrap();
+        for k in [1, 10, 100, 1000] {
+            compare(&gpu, &cpu, rows, &QueryBatch::new(&queries, k));
+        }
+        let allow = RowMask::from_fn(100_000, |i| i % 7 != 3);
+        let ex: Vec<Vec<u64>> = (0..64).map(|i| vec![docs[i], docs[i * 3]]).collect();
+        compare(
+            &gpu,
+            &cpu,
+            rows,
+            &QueryBatch::new(&queries, 20)
+                .allow(&allow)
+                .exclude_each(&ex),
+        );
+        let each: Vec<RowMask> = (0..64)
+            .map(|q| RowMask::from_fn(100_000, |i| (i + q) % 5 == 0))
+            .collect();
+        compare(
+            &gpu,
+            &cpu,
+            rows,
+            &QueryBatch::new(&queries, 20).allow_each(&each),
+        );
+        // Exact ties: dyadic values, ties broken by doc on both.
+        let tied: Vec<f32> = data.iter().map(|x| (x * 4.0).round() / 4.0).collect();
+        let rows = Rows::new(128, &tied).unwrap().with_docs(&docs).unwrap();
+        let q: Vec<f32> = queries.iter().map(|x| (x * 2.0).round() / 2.0).collect();
+        let g = gpu.top_k(rows, &QueryBatch::new(&q, 50)).unwrap();
+        let c = cpu.top_k(rows, &QueryBatch::new(&q, 50)).unwrap();
+        assert_eq!(
+            g, c,
+            "exactly representable scores must give identical results"
+        );
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    fn gpu_matches_cpu_weighted_groups() {
+        let Some((gpu, cpu)) = both() else { return };
+        let (data, queries) = common::clustered(5, 100_000, 32, 128, 50);
+        let data: Vec<f32> = data.iter().flat_map(|v| common::blockwise(v, 4)).collect();
+        let queries: Vec<f32> = queries
+            .iter()
+            .flat_map(|v| common::blockwise(v, 4))
+            .collect();
+        let rows = Rows::new(128, &data).unwrap();
+        for w in [
+            [1.0, 1.0, 1.0, 1.0],
+            [2.0, 0.5, 0.0, 1.0],
+            [0.0, 0.0, 3.0, 0.25],
+        ] {
+            let w = GroupWeights::blocks(32, w.to_vec()).unwrap();
+            compare(&gpu, &cpu, rows, &QueryBatch::new(&queries, 20).weights(&w));
+        }
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    fn gpu_matches_cpu_real_embeddings() {
+        let Some((gpu, cpu)) = both() else { return };
+        // Optional: VITRINE_REAL_EMBEDDINGS=path of raw little-endian f32, 128 per row.
+        let Ok(path) = std::env::var("VITRINE_REAL_EMBEDDINGS") else {
+            eprintln!("skipped: VITRINE_REAL_EMBEDDINGS not set");
+            return;
+        };
+        let bytes = std::fs::read(path).unwrap();
+        let data: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let n = data.len() / 128;
+        let data = &data[..n * 128];
+        let rows = Rows::new(128, data).unwrap();
+        let queries = &data[..128 * 64.min(n)];
+        compare(&gpu, &cpu, rows, &QueryBatch::new(queries, 20));
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    fn gpu_streams_chunks_when_memory_is_short() {
+        let Some((_, cpu)) = both() else { return };
+        // A tiny memory fraction forces the streaming path.
+        let gpu = Scorer::new(
+            ScorerChoice::Gpu,
+            ScorerOptions {
+                gpu_memory_fraction: 0.0005,
+                ..ScorerOptions::default()
+            },
+        )
+        .unwrap();
+        let data = random(9, 300_000, 64);
+        let queries = random(10, 16, 64);
+        compare(
+            &gpu,
+            &cpu,
+            Rows::new(64, &data).unwrap(),
+            &QueryBatch::new(&queries, 30),
+        );
+    }
+
+    #[test]
+    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    fn gpu_similar_all_matches_cpu() {
+        let Some((gpu, cpu)) = both() else { return };
+        let data = random(12, 20_000, 128);
+        let rows = Rows::new(128, &data).unwrap();
+        let allow = RowMask::from_fn(20_000, |i| i % 3 != 0);
+        let opts = AllPairsOptions {
+            k: 20,
+            batch: 4096,
+            allow: Some(&allow),
+            exclude: None,
+        };
+        let g = gpu.load(rows).similar_all(&opts).unwrap();
+        let c = cpu.load(rows).similar_all(&opts).unwrap();
+        assert_same(&g, &c, 1e-5);
+    }
+}

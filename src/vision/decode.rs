@@ -1,0 +1,259 @@
+//! Decoding JPEG, PNG and WebP to RGB u8 under explicit limits.
+
+use std::fmt;
+use std::io::Cursor;
+
+use image::error::{LimitErrorKind, UnsupportedErrorKind};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+
+use super::ImageError;
+
+/// The smallest accepted side length, in pixels.
+pub(crate) const MIN_SIDE: u32 = 8;
+
+/// Limits applied while decoding, checked on the header before any pixel
+/// buffer is allocated, so a decompression bomb is refused cheaply.
+///
+/// ```
+/// use vitrine::DecodeLimits;
+///
+/// let limits = DecodeLimits::default();
+/// assert_eq!(limits.max_width, 12_000);
+/// assert_eq!(limits.max_height, 12_000);
+/// assert_eq!(limits.max_alloc, 256 * 1024 * 1024);
+///
+/// // Tighter limits for an upload endpoint.
+/// let mut upload = DecodeLimits::default();
+/// upload.max_width = 4_000;
+/// upload.max_height = 4_000;
+/// upload.max_alloc = 64 * 1024 * 1024;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct DecodeLimits {
+    /// Largest accepted width in pixels. Default 12 000.
+    pub max_width: u32,
+    /// Largest accepted height in pixels. Default 12 000.
+    pub max_height: u32,
+    /// Largest decoded buffer, in bytes, in the image's own pixel format
+    /// (e.g. 4 bytes per pixel for RGBA8, 6 for RGB16). Default 256 MiB.
+    /// Also passed to the decoders for their internal allocations.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_width: 12_000,
+            max_height: 12_000,
+            max_alloc: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl fmt::Display for DecodeLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "at most {}×{} pixels and {} MiB decoded",
+            self.max_width,
+            self.max_height,
+            self.max_alloc / (1024 * 1024)
+        )
+    }
+}
+
+impl DecodeLimits {
+    fn to_image_limits(self) -> Limits {
+        let mut l = Limits::no_limits();
+        l.max_image_width = Some(self.max_width);
+        l.max_image_height = Some(self.max_height);
+        l.max_alloc = Some(self.max_alloc);
+        l
+    }
+
+    fn too_large(self, width: u32, height: u32) -> ImageError {
+        ImageError::ImageTooLarge {
+            width,
+            height,
+            limit: self,
+        }
+    }
+
+    /// Checks the dimensions and a decoded size of `bytes_per_pixel`.
+    pub(crate) fn check(
+        self,
+        width: u32,
+        height: u32,
+        bytes_per_pixel: u64,
+    ) -> Result<(), ImageError> {
+        let bytes = u64::from(width)
+            .saturating_mul(u64::from(height))
+            .saturating_mul(bytes_per_pixel);
+        if width > self.max_width || height > self.max_height || bytes > self.max_alloc {
+            return Err(self.too_large(width, height));
+        }
+        if width < MIN_SIDE || height < MIN_SIDE {
+            return Err(ImageError::ImageTooSmall {
+                width,
+                height,
+                min: MIN_SIDE,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Maps an `image` error to ours; `dims` is the header's size when known.
+fn map_error(e: image::ImageError, limits: DecodeLimits, dims: (u32, u32)) -> ImageError {
+    match e {
+        image::ImageError::Limits(l) => match l.kind() {
+            LimitErrorKind::DimensionError | LimitErrorKind::InsufficientMemory => {
+                limits.too_large(dims.0, dims.1)
+            }
+            _ => ImageError::Decode {
+                reason: l.to_string(),
+            },
+        },
+        image::ImageError::Unsupported(u) => match u.kind() {
+            UnsupportedErrorKind::Format(hint) => ImageError::UnsupportedFormat {
+                format: hint.to_string(),
+            },
+            _ => ImageError::Decode {
+                reason: u.to_string(),
+            },
+        },
+        other => ImageError::Decode {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Decodes JPEG, PNG or WebP bytes to RGB u8 (alpha dropped, grey expanded,
+/// 16-bit scaled to 8-bit). EXIF orientation is not applied (neither does the
+/// training reference).
+pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Decode {
+            reason: e.to_string(),
+        })?;
+    let format = reader.format();
+    match format {
+        Some(ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP) => {}
+        Some(other) => {
+            return Err(ImageError::UnsupportedFormat {
+                format: format!("{other:?}"),
+            })
+        }
+        None => {
+            return Err(ImageError::UnsupportedFormat {
+                format: "unknown".to_owned(),
+            })
+        }
+    }
+    if format == Some(ImageFormat::Jpeg) {
+        // The JPEG decoder is lenient and fills missing data with grey; a
+        // truncated file is an error here (as in the training reference).
+        jpeg_reaches_end(bytes).map_err(|reason| ImageError::Decode { reason })?;
+    }
+    // Read the header with only the allocation limit, so that an oversized
+    // image is reported with its dimensions; the full limits follow.
+    let mut header_limits = Limits::no_limits();
+    header_limits.max_alloc = Some(limits.max_alloc);
+    let mut reader = reader;
+    reader.limits(header_limits);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| map_error(e, limits, (0, 0)))?;
+    let (width, height) = decoder.dimensions();
+    let bpp = u64::from(decoder.color_type().bytes_per_pixel());
+    limits.check(width, height, bpp)?;
+    decoder
+        .set_limits(limits.to_image_limits())
+        .map_err(|e| map_error(e, limits, (width, height)))?;
+    let image =
+        DynamicImage::from_decoder(decoder).map_err(|e| map_error(e, limits, (width, height)))?;
+    tracing::trace!(?format, width, height, color = ?image.color(), "decoded image");
+    let rgb = image.into_rgb8();
+    if rgb.width() != width || rgb.height() != height {
+        return Err(ImageError::Decode {
+            reason: format!(
+                "decoder returned {}×{} pixels for a {width}×{height} header",
+                rgb.width(),
+                rgb.height()
+            ),
+        });
+    }
+    Ok(rgb)
+}
+
+/// Walks the JPEG marker segments (and the entropy-coded data of each scan)
+/// and checks that the end-of-image marker is reached before the data ends.
+/// Bytes after the marker are ignored; stray bytes between segments are
+/// skipped, as the decoder does.
+fn jpeg_reaches_end(bytes: &[u8]) -> Result<(), String> {
+    let truncated = || "truncated JPEG (no end-of-image marker)".to_owned();
+    let mut pos = 2; // after SOI
+    loop {
+        // Find the next marker: 0xFF, optional fill bytes, a non-zero code.
+        while *bytes.get(pos).ok_or_else(truncated)? != 0xFF {
+            pos += 1;
+        }
+        while *bytes.get(pos).ok_or_else(truncated)? == 0xFF {
+            pos += 1;
+        }
+        let marker = bytes[pos];
+        pos += 1;
+        match marker {
+            0xD9 => return Ok(()),
+            // Standalone markers (and a stray stuffed zero): no length.
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let len = match bytes.get(pos..pos + 2) {
+            Some(l) => usize::from(u16::from_be_bytes([l[0], l[1]])),
+            None => return Err(truncated()),
+        };
+        pos += len;
+        if marker == 0xDA {
+            // Entropy-coded data runs to the next marker other than a
+            // stuffed zero or a restart marker.
+            loop {
+                match bytes.get(pos..pos + 2) {
+                    None => return Err(truncated()),
+                    Some([0xFF, 0x00 | 0xD0..=0xD7]) => pos += 2,
+                    Some([0xFF, _]) => break,
+                    Some(_) => pos += 1,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jpeg_reaches_end;
+
+    #[test]
+    fn jpeg_walk_needs_the_end_marker() {
+        // SOI, an APP1 whose payload holds a thumbnail's EOI, SOS, data.
+        let mut j = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD9, 0xFF, 0xD9];
+        j.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x02]);
+        j.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56]);
+        assert!(
+            jpeg_reaches_end(&j).is_err(),
+            "EOI inside APP1 does not count"
+        );
+        let mut complete = j.clone();
+        complete.extend_from_slice(&[0xFF, 0xD9, 0x00, 0x01]); // trailing bytes are fine
+        assert!(jpeg_reaches_end(&complete).is_ok());
+        // A segment length running past the end.
+        assert!(jpeg_reaches_end(&[0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x40, 0x00]).is_err());
+        assert!(jpeg_reaches_end(&[0xFF, 0xD8]).is_err());
+        assert!(jpeg_reaches_end(&[0xFF, 0xD8, 0xFF, 0xFF, 0xD9]).is_ok());
+    }
+}

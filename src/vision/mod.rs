@@ -1,0 +1,49 @@
+//! Catalog-image preparation: decode, find the product, letterbox, normalise.
+//!
+//! The preparation reproduces the contract in `training/PREP.md` (reference
+//! implementation: `training/prep.py`) so that the model sees at serving time
+//! exactly what it saw in training:
+//!
+//! 1. decode JPEG, PNG or WebP to RGB u8 under explicit [`DecodeLimits`]
+//!    (grey and palette images are expanded, alpha is dropped, 16-bit is
+//!    scaled down);
+//! 2. estimate the background colour from a 4-pixel border band and test
+//!    whether it is plain, with an [`IntegralImage`];
+//! 3. on a plain background, find the product's box from a foreground mask
+//!    (itself summed in an [`IntegralImage`]) and add a 5 % margin;
+//! 4. letterbox the crop into the 96 × 128 model input with the background
+//!    colour, keeping the physical aspect ratio ([`PrepConfig::pixel_aspect`]),
+//!    with a half-pixel-centre bilinear resize;
+//! 5. normalise to `(v / 255 − 0.5) / 0.25` and lay out as CHW `f32`.
+//!
+//! Photos (not catalog shots) can have their illumination corrected first,
+//! see [`Illumination`]; catalog shots are left untouched by default.
+//!
+//! ```
+//! use vitrine::{prepare_rgb, PrepConfig, PreparedImage};
+//!
+//! // A 60 × 80 white image with a dark 20 × 30 "product".
+//! let (w, h) = (60u32, 80u32);
+//! let mut px = vec![255u8; (w * h * 3) as usize];
+//! for y in 25..55 {
+//!     for x in 20..40 {
+//!         let i = ((y * w + x) * 3) as usize;
+//!         px[i..i + 3].copy_from_slice(&[40, 40, 120]);
+//!     }
+//! }
+//! let prepared = prepare_rgb(w, h, &px, &PrepConfig::catalog())?;
+//! assert_eq!(prepared.tensor().len(), 3 * PreparedImage::HEIGHT * PreparedImage::WIDTH);
+//! // The box is the product plus a margin of 5 % of its longer side (1 px).
+//! assert_eq!(prepared.crop_box(), [19, 24, 41, 56]);
+//! # Ok::<(), vitrine::ImageError>(())
+//! ```
+
+mod decode;
+mod error;
+mod integral;
+mod prep;
+
+pub use decode::DecodeLimits;
+pub use error::ImageError;
+pub use integral::IntegralImage;
+pub use prep::{prepare_image, prepare_rgb, Illumination, PrepConfig, PreparedImage, WhiteBalance};

@@ -1,0 +1,572 @@
+//! The preparation contract of `training/PREP.md`, step by step.
+
+use super::decode::{decode_rgb, DecodeLimits};
+use super::{ImageError, IntegralImage};
+
+/// Model input width in pixels.
+const INPUT_W: usize = 96;
+/// Model input height in pixels.
+const INPUT_H: usize = 128;
+/// Width of the border band used for the background colour.
+const BORDER: usize = 4;
+/// Foreground test: `max_c |p_c − bg_c| > FG_THRESHOLD` (u8 units).
+const FG_THRESHOLD: i64 = 24;
+/// Plain background: mean over the band of `max_c |p_c − bg_c|` ≤ this.
+const PLAIN_MAX_DEV: i128 = 32;
+/// A row (column) is occupied with ≥ max(LINE_MIN, ceil(LINE_FRAC · W (H))) foreground pixels.
+const LINE_FRAC: f64 = 0.01;
+const LINE_MIN: u64 = 2;
+/// Margin around the box, fraction of its longer physical side.
+const MARGIN_FRAC: f64 = 0.05;
+/// Normalisation, per RGB channel, applied to `v / 255`.
+const MEAN: [f32; 3] = [0.5, 0.5, 0.5];
+const STD: [f32; 3] = [0.25, 0.25, 0.25];
+
+/// How to neutralise a colour cast before preparing a photo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WhiteBalance {
+    /// Scale each channel so that the three channel means become equal (to
+    /// their average). Good for scenes with varied colours.
+    GreyWorld,
+    /// Scale each channel so that its 99th percentile becomes 255. Good when
+    /// the scene holds something white.
+    WhitePatch,
+}
+
+/// When to correct the illumination (see [`PrepConfig::illumination`]).
+///
+/// Catalog shots must not be corrected: the model was trained on them as
+/// they are. Default: [`Illumination::Off`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Illumination {
+    /// Never (catalog shots; the training contract).
+    #[default]
+    Off,
+    /// Always (photos).
+    Always(WhiteBalance),
+    /// Only when the border band shows the background is not plain, i.e. the
+    /// image looks like a photo rather than a catalog shot.
+    WhenNotPlain(WhiteBalance),
+}
+
+/// Settings for [`prepare_image`] and [`prepare_rgb`].
+///
+/// [`PrepConfig::catalog`] (the default) is the training contract for catalog
+/// shots; [`PrepConfig::photo`] also corrects the illumination.
+///
+/// ```
+/// use vitrine::{DecodeLimits, Illumination, PrepConfig, WhiteBalance};
+///
+/// let c = PrepConfig::default();
+/// assert_eq!(c, PrepConfig::catalog());
+/// assert_eq!(c.get_pixel_aspect(), 1.0);
+/// assert!(c.get_crop());
+/// assert_eq!(c.get_illumination(), Illumination::Off);
+/// assert_eq!(c.get_limits(), DecodeLimits::default());
+///
+/// let p = PrepConfig::photo();
+/// assert_eq!(p.get_illumination(), Illumination::Always(WhiteBalance::GreyWorld));
+///
+/// // The Fashion Product Images set: 3:4 originals squashed to square pixels.
+/// let fpi = PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT);
+/// assert_eq!(fpi.get_pixel_aspect(), 0.75);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrepConfig {
+    pixel_aspect: f64,
+    crop: bool,
+    illumination: Illumination,
+    limits: DecodeLimits,
+}
+
+impl Default for PrepConfig {
+    fn default() -> Self {
+        PrepConfig::catalog()
+    }
+}
+
+impl PrepConfig {
+    /// Pixel aspect of the Fashion Product Images set (its 224 × 224 images
+    /// were squashed from 3:4 portrait originals): 0.75.
+    pub const FPI_PIXEL_ASPECT: f64 = 0.75;
+
+    /// Catalog shots (the default): square pixels, product crop on a plain
+    /// background, no illumination correction, default [`DecodeLimits`].
+    pub fn catalog() -> Self {
+        PrepConfig {
+            pixel_aspect: 1.0,
+            crop: true,
+            illumination: Illumination::Off,
+            limits: DecodeLimits::default(),
+        }
+    }
+
+    /// Photos: like [`PrepConfig::catalog`], with grey-world illumination
+    /// correction always applied. (The product crop still happens only when
+    /// the background is plain.)
+    pub fn photo() -> Self {
+        PrepConfig {
+            illumination: Illumination::Always(WhiteBalance::GreyWorld),
+            ..PrepConfig::catalog()
+        }
+    }
+
+    /// Physical width of a pixel divided by its height. 1.0 (default) for
+    /// ordinary images; [`PrepConfig::FPI_PIXEL_ASPECT`] for the fpi set.
+    /// Only the letterbox geometry and the margin use it.
+    ///
+    /// # Panics
+    /// If `aspect` is not within `0.01..=100.0` (NaN included).
+    pub fn pixel_aspect(mut self, aspect: f64) -> Self {
+        assert!(
+            (0.01..=100.0).contains(&aspect),
+            "pixel_aspect must be within 0.01..=100, got {aspect}"
+        );
+        self.pixel_aspect = aspect;
+        self
+    }
+
+    /// Whether to crop to the product's box when the background is plain.
+    /// Default `true`; `false` letterboxes the whole image.
+    pub fn crop(mut self, crop: bool) -> Self {
+        self.crop = crop;
+        self
+    }
+
+    /// When and how to correct the illumination. Default [`Illumination::Off`].
+    pub fn illumination(mut self, illumination: Illumination) -> Self {
+        self.illumination = illumination;
+        self
+    }
+
+    /// Decode limits. Default [`DecodeLimits::default`].
+    pub fn limits(mut self, limits: DecodeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The pixel aspect.
+    pub fn get_pixel_aspect(&self) -> f64 {
+        self.pixel_aspect
+    }
+
+    /// Whether the product crop is on.
+    pub fn get_crop(&self) -> bool {
+        self.crop
+    }
+
+    /// The illumination setting.
+    pub fn get_illumination(&self) -> Illumination {
+        self.illumination
+    }
+
+    /// The decode limits.
+    pub fn get_limits(&self) -> DecodeLimits {
+        self.limits
+    }
+}
+
+/// A prepared image: the model-input tensor plus what the preparation found.
+#[derive(Clone, PartialEq)]
+pub struct PreparedImage {
+    tensor: Vec<f32>,
+    crop_box: [u32; 4],
+    background: [f64; 3],
+    plain: bool,
+    corrected: Option<WhiteBalance>,
+    source: (u32, u32),
+}
+
+impl std::fmt::Debug for PreparedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The tensor is 36 864 values: show its size only.
+        f.debug_struct("PreparedImage")
+            .field("tensor_len", &self.tensor.len())
+            .field("crop_box", &self.crop_box)
+            .field("background", &self.background)
+            .field("plain", &self.plain)
+            .field("corrected", &self.corrected)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl PreparedImage {
+    /// Model input width: 96.
+    pub const WIDTH: usize = INPUT_W;
+    /// Model input height: 128.
+    pub const HEIGHT: usize = INPUT_H;
+    /// Channels (RGB): 3.
+    pub const CHANNELS: usize = 3;
+
+    /// The normalised tensor, CHW (`3 × 128 × 96`), RGB, `f32`. Stack
+    /// tensors for an NCHW batch.
+    pub fn tensor(&self) -> &[f32] {
+        &self.tensor
+    }
+
+    /// The tensor, by value.
+    pub fn into_tensor(self) -> Vec<f32> {
+        self.tensor
+    }
+
+    /// The crop box in source pixels, `[x0, y0, x1, y1]`, half-open (the
+    /// whole image when nothing was cropped).
+    pub fn crop_box(&self) -> [u32; 4] {
+        self.crop_box
+    }
+
+    /// The background colour estimated from the border band (RGB, u8 units,
+    /// unrounded); also the letterbox fill.
+    pub fn background(&self) -> [f64; 3] {
+        self.background
+    }
+
+    /// Whether the background was plain (white, off-white or any flat colour).
+    pub fn plain_background(&self) -> bool {
+        self.plain
+    }
+
+    /// The illumination correction that was applied, if any.
+    pub fn corrected(&self) -> Option<WhiteBalance> {
+        self.corrected
+    }
+
+    /// Size of the decoded source image, `(width, height)`.
+    pub fn source_size(&self) -> (u32, u32) {
+        self.source
+    }
+}
+
+/// Decodes JPEG, PNG or WebP `bytes` and prepares them for the model.
+///
+/// Never panics, whatever the bytes: bad input is an [`ImageError`]. Limits
+/// are checked on the header, before pixels are allocated; besides the
+/// decoded image, the preparation works in about 32 bytes per source pixel
+/// (summed-area tables), so [`DecodeLimits`] also bound its memory.
+///
+/// ```
+/// use vitrine::{prepare_image, ImageError, PrepConfig};
+///
+/// assert_eq!(prepare_image(b"", &PrepConfig::default()), Err(ImageError::Empty));
+/// assert!(matches!(
+///     prepare_image(b"not an image at all", &PrepConfig::default()),
+///     Err(ImageError::UnsupportedFormat { .. })
+/// ));
+/// ```
+pub fn prepare_image(bytes: &[u8], config: &PrepConfig) -> Result<PreparedImage, ImageError> {
+    let rgb = decode_rgb(bytes, config.limits)?;
+    let (w, h) = rgb.dimensions();
+    prepare_rgb(w, h, rgb.as_raw(), config)
+}
+
+/// Prepares already decoded pixels: `width × height` RGB u8, row-major,
+/// interleaved.
+///
+/// Errors: [`ImageError::Decode`] when `pixels` has the wrong length,
+/// [`ImageError::ImageTooSmall`] below 8 × 8, [`ImageError::ImageTooLarge`]
+/// beyond the configured limits (at 3 bytes per pixel).
+pub fn prepare_rgb(
+    width: u32,
+    height: u32,
+    pixels: &[u8],
+    config: &PrepConfig,
+) -> Result<PreparedImage, ImageError> {
+    config.limits.check(width, height, 3)?;
+    let expected = width as usize * height as usize * 3;
+    if pixels.len() != expected {
+        return Err(ImageError::Decode {
+            reason: format!(
+                "{} bytes of pixels for a {width}×{height} RGB image (expected {expected})",
+                pixels.len()
+            ),
+        });
+    }
+    let img = Rgb {
+        w: width as usize,
+        h: height as usize,
+        px: pixels,
+    };
+    Ok(prepare_checked(img, config))
+}
+
+/// A borrowed RGB u8 image.
+#[derive(Clone, Copy)]
+struct Rgb<'a> {
+    w: usize,
+    h: usize,
+    px: &'a [u8],
+}
+
+impl Rgb<'_> {
+    fn at(&self, x: usize, y: usize) -> [u8; 3] {
+        let i = (y * self.w + x) * 3;
+        [self.px[i], self.px[i + 1], self.px[i + 2]]
+    }
+
+    fn integral(&self) -> IntegralImage {
+        IntegralImage::sums_only(self.w as u32, self.h as u32, 3, self.px)
+            .expect("pixel buffer length checked by the caller")
+    }
+}
+
+/// PREP.md step 3: the border band's integer sums and its plainness.
+struct Border {
+    /// Per-channel sum over the band.
+    sum: [i64; 3],
+    /// Number of band pixels.
+    n: i64,
+    plain: bool,
+}
+
+impl Border {
+    fn background(&self) -> [f64; 3] {
+        self.sum.map(|s| s as f64 / self.n as f64)
+    }
+
+    /// `n × max_c |p_c − bg_c|`, exactly.
+    fn dev(&self, p: [u8; 3]) -> i64 {
+        (0..3)
+            .map(|c| (i64::from(p[c]) * self.n - self.sum[c]).abs())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn band_width(img: Rgb<'_>) -> usize {
+    BORDER.min(img.h / 2).min(img.w / 2).max(1)
+}
+
+fn border(img: Rgb<'_>, sat: &IntegralImage) -> Border {
+    let (w, h) = (img.w as u32, img.h as u32);
+    let b = band_width(img);
+    let b32 = b as u32;
+    let mut sum = [0i64; 3];
+    for (c, s) in sum.iter_mut().enumerate() {
+        // Band = whole image − inner rectangle.
+        let whole = sat.sum(c, 0..w, 0..h);
+        let inner = sat.sum(c, b32..w - b32, b32..h - b32);
+        *s = (whole - inner) as i64;
+    }
+    let n = (img.w * img.h - (img.w - 2 * b) * (img.h - 2 * b)) as i64;
+    let mut bd = Border {
+        sum,
+        n,
+        plain: false,
+    };
+    let mut total: i128 = 0;
+    for y in 0..img.h {
+        if y < b || y >= img.h - b {
+            for x in 0..img.w {
+                total += i128::from(bd.dev(img.at(x, y)));
+            }
+        } else {
+            for x in (0..b).chain(img.w - b..img.w) {
+                total += i128::from(bd.dev(img.at(x, y)));
+            }
+        }
+    }
+    bd.plain = total <= PLAIN_MAX_DEV * i128::from(n) * i128::from(n);
+    bd
+}
+
+/// PREP.md step 4: the product box (before the margin), or `None`.
+fn product_box(img: Rgb<'_>, bd: &Border) -> Option<[usize; 4]> {
+    let (w, h) = (img.w, img.h);
+    let threshold = FG_THRESHOLD * bd.n;
+    let mask: Vec<u8> = img
+        .px
+        .chunks_exact(3)
+        .map(|p| u8::from(bd.dev([p[0], p[1], p[2]]) > threshold))
+        .collect();
+    let sat = IntegralImage::sums_only(w as u32, h as u32, 1, &mask)?;
+    let row_min = LINE_MIN.max((LINE_FRAC * w as f64).ceil() as u64);
+    let col_min = LINE_MIN.max((LINE_FRAC * h as f64).ceil() as u64);
+    let (w32, h32) = (w as u32, h as u32);
+    let row = |r: u32| sat.sum(0, 0..w32, r..r + 1) >= row_min;
+    let col = |c: u32| sat.sum(0, c..c + 1, 0..h32) >= col_min;
+    let y0 = (0..h32).find(|&r| row(r))?;
+    let y1 = (0..h32).rev().find(|&r| row(r))? + 1;
+    let x0 = (0..w32).find(|&c| col(c))?;
+    let x1 = (0..w32).rev().find(|&c| col(c))? + 1;
+    Some([x0 as usize, y0 as usize, x1 as usize, y1 as usize])
+}
+
+/// PREP.md step 4, margin: `m = MARGIN_FRAC · max(bw · a, bh)`, `mx = ⌊m / a⌋`, `my = ⌊m⌋`.
+fn add_margin(b: [usize; 4], w: usize, h: usize, aspect: f64) -> [usize; 4] {
+    let [x0, y0, x1, y1] = b;
+    let (bw, bh) = ((x1 - x0) as f64, (y1 - y0) as f64);
+    let m = MARGIN_FRAC * (bw * aspect).max(bh);
+    // Saturating float → int casts; the clamps below bound the result.
+    let mx = (m / aspect).floor() as usize;
+    let my = m.floor() as usize;
+    [
+        x0.saturating_sub(mx),
+        y0.saturating_sub(my),
+        x1.saturating_add(mx).min(w),
+        y1.saturating_add(my).min(h),
+    ]
+}
+
+/// PREP.md step 5: content size and offset in the canvas.
+fn letterbox_geometry(cw: usize, ch: usize, aspect: f64) -> (usize, usize, usize, usize) {
+    let phys_w = cw as f64 * aspect;
+    let s = (INPUT_W as f64 / phys_w).min(INPUT_H as f64 / ch as f64);
+    let tw = ((phys_w * s + 0.5).floor() as usize).clamp(1, INPUT_W);
+    let th = ((ch as f64 * s + 0.5).floor() as usize).clamp(1, INPUT_H);
+    (tw, th, (INPUT_W - tw) / 2, (INPUT_H - th) / 2)
+}
+
+/// PREP.md step 6, one axis: `(i0, i1, f)` per destination index, in f32.
+fn bilinear_axis(src_len: usize, dst_len: usize) -> Vec<(usize, usize, f32)> {
+    let scale = src_len as f32 / dst_len as f32;
+    let last = (src_len - 1) as f32;
+    (0..dst_len)
+        .map(|d| {
+            let s = ((d as f32 + 0.5) * scale - 0.5).clamp(0.0, last);
+            let i0 = s.floor() as usize;
+            let i1 = (i0 + 1).min(src_len - 1);
+            (i0, i1, s - i0 as f32)
+        })
+        .collect()
+}
+
+/// The whole pipeline on a validated image (≥ 8 × 8, right length).
+fn prepare_checked(img: Rgb<'_>, config: &PrepConfig) -> PreparedImage {
+    let mut corrected_px: Option<Vec<u8>> = None;
+    let mut corrected = None;
+    if let Illumination::Always(wb) = config.illumination {
+        corrected_px = Some(white_balance(img, wb));
+        corrected = Some(wb);
+    }
+    let mut img = match &corrected_px {
+        Some(px) => Rgb { px, ..img },
+        None => img,
+    };
+    let mut bd = border(img, &img.integral());
+    let auto_px;
+    if let (Illumination::WhenNotPlain(wb), false) = (config.illumination, bd.plain) {
+        auto_px = white_balance(img, wb);
+        img = Rgb {
+            px: &auto_px,
+            ..img
+        };
+        bd = border(img, &img.integral());
+        corrected = Some(wb);
+    }
+    let (w, h) = (img.w, img.h);
+    let bg = bd.background();
+    let crop = if config.crop && bd.plain {
+        product_box(img, &bd).map(|b| add_margin(b, w, h, config.pixel_aspect))
+    } else {
+        None
+    };
+    let [x0, y0, x1, y1] = crop.unwrap_or([0, 0, w, h]);
+    let (cw, ch) = (x1 - x0, y1 - y0);
+    let (tw, th, ox, oy) = letterbox_geometry(cw, ch, config.pixel_aspect);
+    tracing::debug!(
+        width = w,
+        height = h,
+        plain = bd.plain,
+        crop = ?[x0, y0, x1, y1],
+        content = ?(tw, th, ox, oy),
+        ?corrected,
+        "prepared image"
+    );
+
+    // Canvas, HWC in u8 units, filled with the background.
+    let fill = bg.map(|v| v as f32);
+    let mut canvas = vec![0f32; INPUT_H * INPUT_W * 3];
+    for p in canvas.chunks_exact_mut(3) {
+        p.copy_from_slice(&fill);
+    }
+    // Horizontal pass over every crop row, then vertical.
+    let xs = bilinear_axis(cw, tw);
+    let ys = bilinear_axis(ch, th);
+    let mut tmp = vec![0f32; ch * tw * 3];
+    for y in 0..ch {
+        let row = &img.px[((y0 + y) * w + x0) * 3..((y0 + y) * w + x1) * 3];
+        for (d, &(i0, i1, f)) in xs.iter().enumerate() {
+            for c in 0..3 {
+                let a = f32::from(row[i0 * 3 + c]);
+                let b = f32::from(row[i1 * 3 + c]);
+                tmp[(y * tw + d) * 3 + c] = a * (1.0 - f) + b * f;
+            }
+        }
+    }
+    for (d, &(i0, i1, f)) in ys.iter().enumerate() {
+        let out = &mut canvas[((oy + d) * INPUT_W + ox) * 3..((oy + d) * INPUT_W + ox + tw) * 3];
+        let a = &tmp[i0 * tw * 3..(i0 + 1) * tw * 3];
+        let b = &tmp[i1 * tw * 3..(i1 + 1) * tw * 3];
+        for k in 0..tw * 3 {
+            out[k] = a[k] * (1.0 - f) + b[k] * f;
+        }
+    }
+
+    // Normalise, CHW.
+    let plane = INPUT_H * INPUT_W;
+    let mut tensor = vec![0f32; 3 * plane];
+    for (i, p) in canvas.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            tensor[c * plane + i] = (p[c] / 255.0 - MEAN[c]) / STD[c];
+        }
+    }
+    PreparedImage {
+        tensor,
+        crop_box: [x0, y0, x1, y1].map(|v| v as u32),
+        background: bg,
+        plain: bd.plain,
+        corrected,
+        source: (w as u32, h as u32),
+    }
+}
+
+/// Illumination correction: per-channel gains, rounded back to u8.
+fn white_balance(img: Rgb<'_>, method: WhiteBalance) -> Vec<u8> {
+    let gains: [f32; 3] = match method {
+        WhiteBalance::GreyWorld => {
+            let sat = img.integral();
+            let (w, h) = (img.w as u32, img.h as u32);
+            let means = [0, 1, 2].map(|c| sat.mean(c, 0..w, 0..h).unwrap_or(0.0));
+            let grey = (means[0] + means[1] + means[2]) / 3.0;
+            means.map(|m| if m > 0.5 { (grey / m) as f32 } else { 1.0 })
+        }
+        WhiteBalance::WhitePatch => {
+            let mut hist = [[0u64; 256]; 3];
+            for p in img.px.chunks_exact(3) {
+                for c in 0..3 {
+                    hist[c][usize::from(p[c])] += 1;
+                }
+            }
+            let n = (img.w * img.h) as u64;
+            // Smallest value with at least 99 % of the pixels at or below it.
+            let target = n - n / 100;
+            hist.map(|hc| {
+                let mut acc = 0;
+                let p99 = hc
+                    .iter()
+                    .position(|&k| {
+                        acc += k;
+                        acc >= target
+                    })
+                    .unwrap_or(255);
+                if p99 == 0 {
+                    1.0
+                } else {
+                    255.0 / p99 as f32
+                }
+            })
+        }
+    };
+    let gains = gains.map(|g| g.clamp(0.2, 5.0));
+    tracing::trace!(?method, ?gains, "illumination correction");
+    let mut out = img.px.to_vec();
+    for p in out.chunks_exact_mut(3) {
+        for c in 0..3 {
+            p[c] = (f32::from(p[c]) * gains[c]).round().min(255.0) as u8;
+        }
+    }
+    out
+}

@@ -1,0 +1,882 @@
+//! Catalog-image decoding and preparation (issue 4: "Decode" and "Catalog
+//! preparation"). Every image is generated here; nothing is read from disk
+//! except the optional parity fixtures and the optional fpi sample.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, LumaA, Rgb, RgbImage, Rgba};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use vitrine::{
+    prepare_image, prepare_rgb, DecodeLimits, Illumination, ImageError, IntegralImage, PrepConfig,
+    PreparedImage, WhiteBalance,
+};
+
+const W: usize = PreparedImage::WIDTH;
+const H: usize = PreparedImage::HEIGHT;
+
+// ------------------------------------------------------------------ helpers
+
+fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).expect("encode");
+    out.into_inner()
+}
+
+/// JPEG at `quality` (catalog images are usually saved at 85–95).
+fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode_image(img)
+        .expect("encode JPEG");
+    out
+}
+
+fn png(img: RgbImage) -> Vec<u8> {
+    encode(&DynamicImage::ImageRgb8(img), ImageFormat::Png)
+}
+
+/// Tensor value back to u8 units.
+fn to_u8_units(v: f32) -> f32 {
+    (v * 0.25 + 0.5) * 255.0
+}
+
+/// `w × h` of `bg` with the rectangle `[x0, x1) × [y0, y1)` drawn as a
+/// textured product (colours far from `bg`).
+fn product_on(w: u32, h: u32, bg: [u8; 3], rect: [u32; 4], rng: &mut ChaCha8Rng) -> RgbImage {
+    let [x0, y0, x1, y1] = rect;
+    let base = [
+        rng.gen_range(0..150u8),
+        rng.gen_range(0..150u8),
+        rng.gen_range(0..150u8),
+    ];
+    RgbImage::from_fn(w, h, |x, y| {
+        if (x0..x1).contains(&x) && (y0..y1).contains(&y) {
+            // Stripes and noise, always well below the background.
+            let stripe = if (x / 3 + y / 5) % 2 == 0 { 40 } else { 0 };
+            Rgb(base.map(|c| c + stripe + rng.gen_range(0..20u8)))
+        } else {
+            // Slight sensor noise on the background.
+            Rgb(bg.map(|c| c.saturating_sub(rng.gen_range(0..3u8))))
+        }
+    })
+}
+
+/// The box `prep.py` gives for a product at `rect`: the rectangle plus the
+/// margin (5 % of the longer physical side), clamped.
+fn expected_box(rect: [u32; 4], w: u32, h: u32, aspect: f64) -> [u32; 4] {
+    let [x0, y0, x1, y1] = rect;
+    let m = 0.05 * (f64::from(x1 - x0) * aspect).max(f64::from(y1 - y0));
+    let (mx, my) = ((m / aspect).floor() as u32, m.floor() as u32);
+    [
+        x0.saturating_sub(mx),
+        y0.saturating_sub(my),
+        (x1 + mx).min(w),
+        (y1 + my).min(h),
+    ]
+}
+
+fn assert_box_near(found: [u32; 4], want: [u32; 4], tol: u32, what: &str) {
+    for i in 0..4 {
+        assert!(
+            found[i].abs_diff(want[i]) <= tol,
+            "{what}: box {found:?}, expected {want:?} within {tol} px"
+        );
+    }
+}
+
+// ------------------------------------------------------------ integral image
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn integral_image_matches_naive_sums(
+        w in 1u32..24,
+        h in 1u32..24,
+        channels in 1usize..5,
+        seed in any::<u64>(),
+        rects in prop::collection::vec((0u32..26, 0u32..26, 0u32..26, 0u32..26), 1..20),
+    ) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let samples: Vec<u8> = (0..w as usize * h as usize * channels).map(|_| rng.gen()).collect();
+        let ii = IntegralImage::new(w, h, channels, &samples).unwrap();
+        for (a, b, c, d) in rects {
+            let (x0, x1, y0, y1) = (a.min(b), a.max(b), c.min(d), c.max(d));
+            let (cx1, cy1) = (x1.min(w), y1.min(h));
+            let mut n = 0u64;
+            for ch in 0..channels {
+                let (mut s, mut q) = (0u64, 0u64);
+                n = 0;
+                for y in y0..cy1 {
+                    for x in x0..cx1 {
+                        let v = u64::from(samples[(y * w + x) as usize * channels + ch]);
+                        s += v;
+                        q += v * v;
+                        n += 1;
+                    }
+                }
+                prop_assert_eq!(ii.sum(ch, x0..x1, y0..y1), s);
+                if n == 0 {
+                    prop_assert_eq!(ii.mean(ch, x0..x1, y0..y1), None);
+                    prop_assert_eq!(ii.variance(ch, x0..x1, y0..y1), None);
+                } else {
+                    let mean = s as f64 / n as f64;
+                    let var = q as f64 / n as f64 - mean * mean;
+                    prop_assert!((ii.mean(ch, x0..x1, y0..y1).unwrap() - mean).abs() < 1e-9);
+                    prop_assert!((ii.variance(ch, x0..x1, y0..y1).unwrap() - var).abs() < 1e-6);
+                }
+            }
+            prop_assert_eq!(ii.area(x0..x1, y0..y1), n);
+        }
+    }
+}
+
+#[test]
+fn integral_image_rejects_wrong_lengths() {
+    assert!(IntegralImage::new(3, 3, 1, &[0; 8]).is_none());
+    assert!(IntegralImage::new(3, 3, 0, &[]).is_none());
+    assert!(IntegralImage::new(0, 5, 3, &[]).is_some());
+    // Reversed and out-of-range rectangles are empty or clamped.
+    let ii = IntegralImage::new(2, 2, 1, &[1, 2, 3, 4]).unwrap();
+    #[allow(clippy::reversed_empty_ranges)]
+    let reversed = ii.sum(0, 2..0, 0..2);
+    assert_eq!(reversed, 0);
+    assert_eq!(ii.sum(0, 0..100, 1..100), 7);
+}
+
+// --------------------------------------------------------------------- crop
+
+fn check_crop_on(bg: [u8; 3], seed: u64, jpeg: bool) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for case in 0..20 {
+        let (w, h) = (rng.gen_range(60..400u32), rng.gen_range(60..400u32));
+        let x0 = rng.gen_range(6..w / 2);
+        let y0 = rng.gen_range(6..h / 2);
+        let x1 = rng.gen_range(x0 + 10..w - 5);
+        let y1 = rng.gen_range(y0 + 10..h - 5);
+        let rect = [x0, y0, x1, y1];
+        let img = product_on(w, h, bg, rect, &mut rng);
+        let bytes = if jpeg { self::jpeg(&img, 92) } else { png(img) };
+        for aspect in [1.0, PrepConfig::FPI_PIXEL_ASPECT] {
+            let p = prepare_image(&bytes, &PrepConfig::catalog().pixel_aspect(aspect)).unwrap();
+            assert!(
+                p.plain_background(),
+                "case {case}: background {bg:?} not plain"
+            );
+            let what =
+                format!("case {case} bg {bg:?} {w}x{h} rect {rect:?} aspect {aspect} jpeg {jpeg}");
+            assert_box_near(p.crop_box(), expected_box(rect, w, h, aspect), 2, &what);
+        }
+    }
+}
+
+#[test]
+fn crop_finds_the_product_on_white() {
+    check_crop_on([255, 255, 255], 1, false);
+    check_crop_on([255, 255, 255], 2, true);
+}
+
+#[test]
+fn crop_finds_the_product_on_off_white() {
+    check_crop_on([242, 238, 230], 3, false);
+    check_crop_on([250, 246, 240], 4, true);
+    check_crop_on([232, 232, 232], 5, false);
+}
+
+#[test]
+fn crop_ignores_specks_and_keeps_a_full_frame_product() {
+    // Isolated specks do not open the box: the crop stays on the product.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut img = product_on(200, 300, [255; 3], [60, 80, 140, 220], &mut rng);
+    for (x, y) in [(5, 5), (190, 10), (20, 290), (150, 40)] {
+        img.put_pixel(x, y, Rgb([0, 0, 0]));
+    }
+    let p = prepare_rgb(200, 300, img.as_raw(), &PrepConfig::catalog()).unwrap();
+    assert_box_near(
+        p.crop_box(),
+        expected_box([60, 80, 140, 220], 200, 300, 1.0),
+        0,
+        "specks",
+    );
+
+    // A plain image without a product: nothing to crop, the whole image.
+    let blank = RgbImage::from_pixel(50, 40, Rgb([250, 250, 250]));
+    let p = prepare_rgb(50, 40, blank.as_raw(), &PrepConfig::catalog()).unwrap();
+    assert_eq!(p.crop_box(), [0, 0, 50, 40]);
+    assert!(p
+        .tensor()
+        .iter()
+        .all(|&v| (v - (250.0 / 255.0 - 0.5) / 0.25).abs() < 1e-6));
+
+    // crop(false) keeps the whole image even on white.
+    let p = prepare_rgb(200, 300, img.as_raw(), &PrepConfig::catalog().crop(false)).unwrap();
+    assert_eq!(p.crop_box(), [0, 0, 200, 300]);
+}
+
+#[test]
+fn busy_background_is_not_cropped() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let img = RgbImage::from_fn(120, 90, |_, _| Rgb(rng.gen()));
+    let p = prepare_rgb(120, 90, img.as_raw(), &PrepConfig::catalog()).unwrap();
+    assert!(!p.plain_background());
+    assert_eq!(p.crop_box(), [0, 0, 120, 90]);
+    assert_eq!(p.corrected(), None);
+}
+
+// ---------------------------------------------------------------- letterbox
+
+/// Bounding box `[x0, y0, x1, y1)` of the canvas pixels that differ from the fill.
+fn content_box(p: &PreparedImage) -> [usize; 4] {
+    let fill = p.background().map(|v| (v as f32 / 255.0 - 0.5) / 0.25);
+    let t = p.tensor();
+    let (mut x0, mut y0, mut x1, mut y1) = (W, H, 0, 0);
+    for y in 0..H {
+        for x in 0..W {
+            if (0..3).any(|c| t[c * H * W + y * W + x] != fill[c]) {
+                x0 = x0.min(x);
+                y0 = y0.min(y);
+                x1 = x1.max(x + 1);
+                y1 = y1.max(y + 1);
+            }
+        }
+    }
+    [x0, y0, x1, y1]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    #[test]
+    fn letterbox_keeps_the_aspect_ratio(
+        w in 40u32..500,
+        h in 40u32..500,
+        fpi in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let aspect = if fpi { PrepConfig::FPI_PIXEL_ASPECT } else { 1.0 };
+        let phys = f64::from(w) * aspect / f64::from(h);
+        // Content sides are whole pixels: only shapes whose shorter content
+        // side is ≥ 55 px can hold 1 % (a 0.5 px rounding is < 1 % of it).
+        let short = (W as f64 / phys).min(H as f64).min(W as f64).min(H as f64 * phys);
+        prop_assume!(short >= 55.0);
+        // Noise everywhere: the background is not plain (no crop) and every
+        // content pixel differs from the fill colour.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let img = RgbImage::from_fn(w, h, |_, _| Rgb(rng.gen()));
+        let p = prepare_rgb(w, h, img.as_raw(), &PrepConfig::catalog().pixel_aspect(aspect)).unwrap();
+        prop_assert_eq!(p.crop_box(), [0, 0, w, h]);
+        let [x0, y0, x1, y1] = content_box(&p);
+        let (tw, th) = (x1 - x0, y1 - y0);
+        // Fits the canvas on one side, centred on the other.
+        prop_assert!(tw == W || th == H, "content {}x{} fills neither side", tw, th);
+        prop_assert!(x0 == (W - tw) / 2 && y0 == (H - th) / 2);
+        let got = tw as f64 / th as f64;
+        prop_assert!((got / phys - 1.0).abs() <= 0.01, "aspect {} vs {} ({}x{}, pa {})", got, phys, w, h, aspect);
+    }
+}
+
+#[test]
+fn fpi_square_fills_the_input_exactly() {
+    // 224 × 224 at pixel aspect 0.75 is physically 3:4: no letterbox bars.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let img = RgbImage::from_fn(224, 224, |_, _| Rgb(rng.gen()));
+    let cfg = PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT);
+    let p = prepare_rgb(224, 224, img.as_raw(), &cfg).unwrap();
+    assert_eq!(content_box(&p), [0, 0, W, H]);
+}
+
+#[test]
+fn identity_resize_copies_pixels() {
+    // A 96 × 128 busy image maps 1:1 onto the input: values are exact.
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let img = RgbImage::from_fn(96, 128, |_, _| Rgb(rng.gen()));
+    let p = prepare_rgb(96, 128, img.as_raw(), &PrepConfig::catalog()).unwrap();
+    let t = p.tensor();
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            let want = (f32::from(px[c]) / 255.0 - 0.5) / 0.25;
+            assert_eq!(t[c * H * W + i], want);
+        }
+    }
+}
+
+// ------------------------------------------------------------- illumination
+
+fn channel_means(p: &PreparedImage) -> [f64; 3] {
+    let t = p.tensor();
+    [0, 1, 2].map(|c| {
+        t[c * H * W..(c + 1) * H * W]
+            .iter()
+            .map(|&v| f64::from(to_u8_units(v)))
+            .sum::<f64>()
+            / (H * W) as f64
+    })
+}
+
+fn spread(m: [f64; 3]) -> f64 {
+    let (lo, hi) = (m[0].min(m[1]).min(m[2]), m[0].max(m[1]).max(m[2]));
+    (hi - lo) / hi
+}
+
+/// A varied scene under a warm (orange) light.
+fn tinted_scene(seed: u64) -> RgbImage {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let tint = [1.15, 0.9, 0.6];
+    RgbImage::from_fn(150, 200, |x, y| {
+        let base = [
+            30.0 + f64::from((x * 7 + y) % 170),
+            30.0 + f64::from((y * 3 + x / 2) % 170),
+            30.0 + f64::from((x + y * 5) % 170),
+        ];
+        Rgb([0, 1, 2]
+            .map(|c| (base[c] * tint[c] + rng.gen_range(-5.0..5.0)).clamp(0.0, 255.0) as u8))
+    })
+}
+
+#[test]
+fn grey_world_removes_a_tint() {
+    let img = tinted_scene(21);
+    let raw = prepare_rgb(150, 200, img.as_raw(), &PrepConfig::catalog().crop(false)).unwrap();
+    assert!(
+        spread(channel_means(&raw)) > 0.3,
+        "the test scene is not tinted"
+    );
+    let p = prepare_rgb(150, 200, img.as_raw(), &PrepConfig::photo().crop(false)).unwrap();
+    assert_eq!(p.corrected(), Some(WhiteBalance::GreyWorld));
+    let m = channel_means(&p);
+    assert!(spread(m) <= 0.03, "channel means {m:?} not within 3 %");
+}
+
+#[test]
+fn white_patch_whitens_the_brightest_patch() {
+    // A tinted scene with a white card (rendered as (255·1.0, 255·0.85, 255·0.7)).
+    let mut img = tinted_scene(22);
+    for y in 10..60 {
+        for x in 10..60 {
+            img.put_pixel(x, y, Rgb([250, 212, 175]));
+        }
+    }
+    let cfg = PrepConfig::catalog()
+        .crop(false)
+        .illumination(Illumination::Always(WhiteBalance::WhitePatch));
+    let p = prepare_rgb(150, 200, img.as_raw(), &cfg).unwrap();
+    assert_eq!(p.corrected(), Some(WhiteBalance::WhitePatch));
+    // The card, around source (35, 35): 150 × 200 maps to 96 × 128 (scale 0.64).
+    let t = p.tensor();
+    let (x, y) = (22, 22);
+    let card = [0, 1, 2].map(|c| to_u8_units(t[c * H * W + y * W + x]));
+    assert!(card.iter().all(|&v| v > 245.0), "white card is {card:?}");
+}
+
+#[test]
+fn illumination_is_off_for_catalog_shots_and_automatic_when_asked() {
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let shot = product_on(120, 160, [245, 240, 230], [30, 30, 90, 130], &mut rng);
+    let auto =
+        PrepConfig::catalog().illumination(Illumination::WhenNotPlain(WhiteBalance::GreyWorld));
+    let catalog = prepare_rgb(120, 160, shot.as_raw(), &PrepConfig::catalog()).unwrap();
+    let with_auto = prepare_rgb(120, 160, shot.as_raw(), &auto).unwrap();
+    assert_eq!(catalog.corrected(), None);
+    assert_eq!(with_auto, catalog, "a plain catalog shot is left as it is");
+
+    let photo = tinted_scene(24);
+    let p = prepare_rgb(150, 200, photo.as_raw(), &auto).unwrap();
+    assert!(!p.plain_background());
+    assert_eq!(p.corrected(), Some(WhiteBalance::GreyWorld));
+}
+
+// ---------------------------------------------------------------- bad input
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let crc = crc32(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// A valid PNG header for a `w × h` RGB8 image, with a tiny IDAT (a bomb:
+/// the header promises far more than the data).
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn sample_photo(w: u32, h: u32) -> RgbImage {
+    let mut rng = ChaCha8Rng::seed_from_u64(u64::from(w * 31 + h));
+    product_on(
+        w,
+        h,
+        [255; 3],
+        [w / 4, h / 4, w * 3 / 4, h * 3 / 4],
+        &mut rng,
+    )
+}
+
+#[test]
+fn zero_bytes_is_empty() {
+    assert_eq!(
+        prepare_image(&[], &PrepConfig::default()),
+        Err(ImageError::Empty)
+    );
+}
+
+#[test]
+fn text_renamed_to_jpg_is_unsupported() {
+    let text = b"id,name\n1,Red shirt\n2,Blue jeans\n";
+    let e = prepare_image(text, &PrepConfig::default()).unwrap_err();
+    assert!(matches!(e, ImageError::UnsupportedFormat { .. }), "{e:?}");
+    // Other formats the crate knows but Vitrine does not take.
+    let e = prepare_image(b"GIF89a\x10\x00\x10\x00", &PrepConfig::default()).unwrap_err();
+    assert!(
+        matches!(e, ImageError::UnsupportedFormat { ref format } if format == "Gif"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn truncated_jpeg_is_a_decode_error() {
+    let jpeg = encode(
+        &DynamicImage::ImageRgb8(sample_photo(200, 160)),
+        ImageFormat::Jpeg,
+    );
+    assert!(prepare_image(&jpeg, &PrepConfig::default()).is_ok());
+    // (Two bytes are not even recognised as JPEG: `UnsupportedFormat`.)
+    for cut in [3, 20, 100, jpeg.len() / 3, jpeg.len() / 2, jpeg.len() - 10] {
+        let e = prepare_image(&jpeg[..cut], &PrepConfig::default()).unwrap_err();
+        assert!(
+            matches!(e, ImageError::Decode { .. }),
+            "cut at {cut}: {e:?}"
+        );
+    }
+    // Truncated PNG and WebP likewise.
+    let p = png(sample_photo(200, 160));
+    let e = prepare_image(&p[..p.len() / 2], &PrepConfig::default()).unwrap_err();
+    assert!(matches!(e, ImageError::Decode { .. }), "{e:?}");
+}
+
+#[test]
+fn decompression_bomb_is_too_large() {
+    let bomb = png_header(30_000, 30_000);
+    assert!(bomb.len() < 100);
+    let e = prepare_image(&bomb, &PrepConfig::default()).unwrap_err();
+    match e {
+        ImageError::ImageTooLarge {
+            width,
+            height,
+            limit,
+        } => {
+            assert_eq!((width, height), (30_000, 30_000));
+            assert_eq!(limit, DecodeLimits::default());
+        }
+        other => panic!("expected ImageTooLarge, got {other:?}"),
+    }
+    // Within the side limits but over the allocation limit (10 000² × 3 B).
+    let e = prepare_image(&png_header(10_000, 10_000), &PrepConfig::default()).unwrap_err();
+    assert!(
+        matches!(e, ImageError::ImageTooLarge { width: 10_000, .. }),
+        "{e:?}"
+    );
+    // Tighter configured limits apply to real images too.
+    let mut small = DecodeLimits::default();
+    small.max_width = 100;
+    let e = prepare_image(
+        &png(sample_photo(200, 160)),
+        &PrepConfig::default().limits(small),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ImageError::ImageTooLarge {
+                width: 200,
+                height: 160,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn tiny_images_are_too_small() {
+    for (w, h) in [(7, 7), (1, 1), (4, 100), (100, 7)] {
+        let img = RgbImage::from_pixel(w, h, Rgb([10, 20, 30]));
+        for format in [ImageFormat::Png, ImageFormat::Jpeg] {
+            let e = prepare_image(
+                &encode(&DynamicImage::ImageRgb8(img.clone()), format),
+                &PrepConfig::default(),
+            )
+            .unwrap_err();
+            assert_eq!(
+                e,
+                ImageError::ImageTooSmall {
+                    width: w,
+                    height: h,
+                    min: 8
+                }
+            );
+        }
+        let e = prepare_rgb(w, h, img.as_raw(), &PrepConfig::default()).unwrap_err();
+        assert!(matches!(e, ImageError::ImageTooSmall { .. }));
+    }
+    // 8 × 8 is enough.
+    let img = RgbImage::from_pixel(8, 8, Rgb([10, 20, 30]));
+    assert!(prepare_image(&png(img), &PrepConfig::default()).is_ok());
+}
+
+#[test]
+fn wrong_pixel_buffer_length_is_an_error() {
+    let e = prepare_rgb(10, 10, &[0; 299], &PrepConfig::default()).unwrap_err();
+    assert!(matches!(e, ImageError::Decode { .. }));
+}
+
+#[test]
+fn errors_read_well() {
+    let e = prepare_image(&png_header(30_000, 30_000), &PrepConfig::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "image is 30000×30000 pixels, over the decode limits (at most 12000×12000 pixels and 256 MiB decoded)"
+    );
+    assert_eq!(ImageError::Empty.to_string(), "image is empty (zero bytes)");
+}
+
+// ------------------------------------------------------------------ formats
+
+/// Prepares `bytes` with no crop and checks every canvas pixel is `want` (u8 units).
+fn assert_uniform(bytes: &[u8], want: [f32; 3], what: &str) {
+    let p = prepare_image(bytes, &PrepConfig::catalog()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let t = p.tensor();
+    for c in 0..3 {
+        for &v in &t[c * H * W..(c + 1) * H * W] {
+            assert!(
+                (to_u8_units(v) - want[c]).abs() < 0.01,
+                "{what}: channel {c} is {}",
+                to_u8_units(v)
+            );
+        }
+    }
+}
+
+#[test]
+fn decodes_grey_16_bit_alpha_and_webp() {
+    let (w, h) = (40, 30);
+    let grey = DynamicImage::ImageLuma8(ImageBuffer::from_pixel(w, h, Luma([77u8])));
+    assert_uniform(&encode(&grey, ImageFormat::Png), [77.0; 3], "grey PNG");
+
+    // 16-bit: 0x4D4D is 77 · 257, which scales back to exactly 77.
+    let rgb16 = DynamicImage::ImageRgb16(ImageBuffer::from_pixel(
+        w,
+        h,
+        Rgb([0x4D4Du16, 0x1414, 0xC8C8]),
+    ));
+    assert_uniform(
+        &encode(&rgb16, ImageFormat::Png),
+        [77.0, 20.0, 200.0],
+        "RGB16 PNG",
+    );
+    let la16 =
+        DynamicImage::ImageLumaA16(ImageBuffer::from_pixel(w, h, LumaA([0x4D4Du16, 0x8000])));
+    assert_uniform(
+        &encode(&la16, ImageFormat::Png),
+        [77.0; 3],
+        "grey+alpha 16-bit PNG",
+    );
+
+    // Alpha is dropped, not composited (as PIL's convert("RGB")).
+    let rgba = DynamicImage::ImageRgba8(ImageBuffer::from_pixel(w, h, Rgba([10u8, 120, 230, 0])));
+    assert_uniform(
+        &encode(&rgba, ImageFormat::Png),
+        [10.0, 120.0, 230.0],
+        "RGBA PNG",
+    );
+
+    // WebP (the image crate encodes lossless WebP), RGB and RGBA.
+    let rgb = DynamicImage::ImageRgb8(RgbImage::from_pixel(w, h, Rgb([200, 100, 50])));
+    assert_uniform(
+        &encode(&rgb, ImageFormat::WebP),
+        [200.0, 100.0, 50.0],
+        "WebP",
+    );
+    assert_uniform(
+        &encode(&rgba, ImageFormat::WebP),
+        [10.0, 120.0, 230.0],
+        "RGBA WebP",
+    );
+
+    // JPEG, colour and grey: lossy, so only roughly.
+    let photo = sample_photo(120, 160);
+    let a = prepare_image(&jpeg(&photo, 90), &PrepConfig::catalog()).unwrap();
+    let b = prepare_rgb(120, 160, photo.as_raw(), &PrepConfig::catalog()).unwrap();
+    let mean_abs = a
+        .tensor()
+        .iter()
+        .zip(b.tensor())
+        .map(|(x, y)| (x - y).abs())
+        .sum::<f32>()
+        / a.tensor().len() as f32;
+    assert!(mean_abs < 0.05, "JPEG differs by {mean_abs} on average");
+    let grey_jpeg = encode(
+        &DynamicImage::ImageRgb8(photo).grayscale(),
+        ImageFormat::Jpeg,
+    );
+    assert!(prepare_image(&grey_jpeg, &PrepConfig::catalog()).is_ok());
+}
+
+#[test]
+fn tensor_is_finite_and_in_range() {
+    let p = prepare_image(&png(sample_photo(300, 200)), &PrepConfig::photo()).unwrap();
+    assert_eq!(p.tensor().len(), 3 * H * W);
+    assert!(p
+        .tensor()
+        .iter()
+        .all(|v| v.is_finite() && (-2.0..=2.0).contains(v)));
+    assert_eq!(p.source_size(), (300, 200));
+    assert_eq!(p.clone().into_tensor(), p.tensor());
+}
+
+// ---------------------------------------------------------------- no panics
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = prepare_image(&bytes, &PrepConfig::default());
+    }
+
+    #[test]
+    fn corrupted_images_never_panic(
+        format in 0usize..3,
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let img = DynamicImage::ImageRgb8(sample_photo(40, 30));
+        let mut bytes = encode(&img, [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP][format]);
+        for (at, v) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= v;
+        }
+        let n = cut.index(bytes.len() + 1);
+        for cfg in [PrepConfig::default(), PrepConfig::photo()] {
+            if let Ok(p) = prepare_image(&bytes[..n], &cfg) {
+                prop_assert!(p.tensor().iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------- real data, optional
+
+fn shared_fpi() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/fpi/images");
+    dir.is_dir().then_some(dir)
+}
+
+#[test]
+fn real_fpi_images_prepare_sanely() {
+    let Some(dir) = shared_fpi() else {
+        eprintln!("skipped: ../shared/data/fpi/images is absent");
+        return;
+    };
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    let cfg = PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT);
+    // VITRINE_FPI_ALL=1 prepares every image instead of a sample of 40.
+    let all = std::env::var_os("VITRINE_FPI_ALL").is_some();
+    let take = if all { files.len() } else { 40 };
+    let step = if all { 1 } else { (files.len() / 40).max(1) };
+    let (mut plain, mut cropped, mut n) = (0, 0, 0);
+    for f in files.iter().step_by(step).take(take) {
+        n += 1;
+        let bytes = std::fs::read(f).unwrap();
+        let p = prepare_image(&bytes, &cfg).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let (w, h) = p.source_size();
+        let [x0, y0, x1, y1] = p.crop_box();
+        assert!(
+            x0 < x1 && x1 <= w && y0 < y1 && y1 <= h,
+            "{}: box {:?}",
+            f.display(),
+            p.crop_box()
+        );
+        assert!(p
+            .tensor()
+            .iter()
+            .all(|v| v.is_finite() && (-2.0..=2.0).contains(v)));
+        plain += usize::from(p.plain_background());
+        cropped += usize::from(p.crop_box() != [0, 0, w, h]);
+    }
+    // Catalog shots: nearly all on plain backgrounds, most of them cropped.
+    assert!(plain * 4 >= n * 3, "only {plain} of {n} plain");
+    assert!(cropped * 2 >= n, "only {cropped} of {n} cropped");
+    eprintln!("fpi: {n} images, {plain} plain, {cropped} cropped");
+}
+
+// ------------------------------------------------------ parity with prep.py
+
+/// Reads a little-endian `float32` `.npy` file (C order): shape and values.
+fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not an .npy file".into());
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let header = std::str::from_utf8(bytes.get(start..start + header_len).ok_or("short header")?)
+        .map_err(|e| e.to_string())?;
+    if !header.contains("'descr': '<f4'") {
+        return Err(format!("expected '<f4' data, header {header}"));
+    }
+    if header.contains("'fortran_order': True") {
+        return Err("Fortran order not supported".into());
+    }
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .ok_or("no shape")?;
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|e| format!("shape {shape_text}: {e}")))
+        .collect::<Result<_, _>>()?;
+    let data = &bytes[start + header_len..];
+    let n: usize = shape.iter().product();
+    if data.len() != n * 4 {
+        return Err(format!("{} data bytes for shape {shape:?}", data.len()));
+    }
+    let values = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((shape, values))
+}
+
+/// Finds a fixture named in the manifest: relative to `models/`, or by file
+/// name in `models/fixtures/`.
+fn fixture_path(models: &Path, name: &str) -> PathBuf {
+    let direct = models.join(name);
+    if direct.exists() {
+        return direct;
+    }
+    let base = Path::new(name).file_name().unwrap_or_default();
+    models.join("fixtures").join(base)
+}
+
+/// `models/manifest.json` → `fixtures.prep_parity`: each entry names a PNG,
+/// its `.npy` tensor (else the PNG's name with `.npy`), its pixel aspect
+/// (a key containing "aspect") and the expected box (a key containing "box").
+#[test]
+fn parity_with_the_reference_prep() {
+    // VITRINE_PREP_FIXTURES points at another `models` folder (for checks).
+    let models = std::env::var_os("VITRINE_PREP_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    let manifest_path = models.join("manifest.json");
+    let Ok(text) = std::fs::read_to_string(&manifest_path) else {
+        eprintln!(
+            "skipped: {} is absent (the parity fixtures are not there yet)",
+            manifest_path.display()
+        );
+        return;
+    };
+    let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest.json is JSON");
+    let Some(parity) = manifest.pointer("/fixtures/prep_parity") else {
+        eprintln!("skipped: manifest.json has no fixtures.prep_parity");
+        return;
+    };
+    let entries: Vec<&serde_json::Value> = match parity {
+        serde_json::Value::Array(a) => a.iter().collect(),
+        serde_json::Value::Object(o) => o.values().collect(),
+        other => panic!("fixtures.prep_parity: expected a list or an object, got {other}"),
+    };
+    assert!(!entries.is_empty(), "fixtures.prep_parity is empty");
+    let strings = |e: &serde_json::Value, suffix: &str| -> Option<String> {
+        e.as_object()?
+            .values()
+            .filter_map(|v| v.as_str())
+            .find(|s| s.ends_with(suffix))
+            .map(str::to_owned)
+    };
+    let field = |e: &serde_json::Value, key: &str| -> Option<serde_json::Value> {
+        e.as_object()?
+            .iter()
+            .find(|(k, _)| k.to_lowercase().contains(key))
+            .map(|(_, v)| v.clone())
+    };
+    let mut worst = 0f32;
+    for e in &entries {
+        let png_name = strings(e, ".png").unwrap_or_else(|| panic!("entry without a .png: {e}"));
+        let npy_name = strings(e, ".npy").unwrap_or_else(|| png_name.replace(".png", ".npy"));
+        let aspect = field(e, "aspect")
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(|| panic!("entry without a pixel aspect: {e}"));
+        let png_bytes = std::fs::read(fixture_path(&models, &png_name)).expect("fixture PNG");
+        let npy_bytes = std::fs::read(fixture_path(&models, &npy_name)).expect("fixture .npy");
+        let (shape, want) =
+            read_npy_f32(&npy_bytes).unwrap_or_else(|err| panic!("{npy_name}: {err}"));
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            3 * H * W,
+            "{npy_name}: shape {shape:?}"
+        );
+        let p = prepare_image(&png_bytes, &PrepConfig::catalog().pixel_aspect(aspect))
+            .unwrap_or_else(|err| panic!("{png_name}: {err}"));
+        if let Some(b) = field(e, "box") {
+            let b: Vec<u32> = serde_json::from_value(b).expect("box is four integers");
+            assert_eq!(p.crop_box().to_vec(), b, "{png_name}: crop box");
+        }
+        for (i, (got, want)) in p.tensor().iter().zip(&want).enumerate() {
+            let d = (got - want).abs();
+            worst = worst.max(d);
+            assert!(
+                d <= 1e-3,
+                "{png_name}: element {i} is {got}, reference {want}"
+            );
+        }
+    }
+    eprintln!(
+        "parity: {} fixtures, worst difference {worst:e}",
+        entries.len()
+    );
+}
