@@ -7,14 +7,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockW
 use tracing::{debug, info, warn};
 use vitrine_index::{
     AllowSet, FlatIndex, HnswParams, IndexConfig, LoadError, Metric, Plan, PlanHint, PlannerConfig,
-    SearchOptions, SpaceIndex, VectorIndex,
+    ScorerChoice, SearchOptions, SpaceIndex, VectorIndex,
 };
 use vitrine_storage::{
     write_arena, Arena, Attributes, Durability, Keyspace, Meta, ProductRecord, SpaceSpec, Store,
     StoreOptions, StoredMetric,
 };
 
-use crate::{Error, Filter, Result};
+use crate::{Error, Filter, PrecomputeError, PrecomputeOptions, Result, SimilarTable};
 
 /// Name of the vector space a new database gets when the builder declares none,
 /// and the space searches use when they name none.
@@ -46,7 +46,8 @@ pub struct VectorSpace {
 ///   spaces it was created with, and declaring different ones is an error;
 /// - HNSW: 16 connections, `ef_construction` 200, `ef_search` 64;
 /// - index build threads: the number of CPUs;
-/// - a checkpoint (index dump) is written when the handle is dropped.
+/// - a checkpoint (index dump) is written when the handle is dropped;
+/// - exact batch scoring: [`ScorerChoice::Auto`].
 ///
 /// ```
 /// use vitrine::{Db, Durability, Metric};
@@ -71,6 +72,7 @@ pub struct DbBuilder {
     index: IndexConfig,
     threads: usize,
     checkpoint_on_drop: bool,
+    scorer: ScorerChoice,
 }
 
 impl Default for DbBuilder {
@@ -83,6 +85,7 @@ impl Default for DbBuilder {
                 .map(|n| n.get())
                 .unwrap_or(1),
             checkpoint_on_drop: true,
+            scorer: ScorerChoice::Auto,
         }
     }
 }
@@ -131,6 +134,14 @@ impl DbBuilder {
     /// Whether dropping the handle writes a checkpoint (default true).
     pub fn checkpoint_on_drop(mut self, yes: bool) -> Self {
         self.checkpoint_on_drop = yes;
+        self
+    }
+
+    /// Back end for exact batch scoring (`precompute_similar`). `Auto` (the
+    /// default) uses the GPU only when built with the `cuda` feature, a device
+    /// is present and the batch is large enough; every fallback is logged.
+    pub fn scorer(mut self, choice: ScorerChoice) -> Self {
+        self.scorer = choice;
         self
     }
 
@@ -291,9 +302,8 @@ pub struct Db {
     spaces: Vec<Space>,
     catalog: RwLock<Catalog>,
     writer: Mutex<WriterState>,
-    index_config: IndexConfig,
-    threads: usize,
     checkpoint_on_drop: bool,
+    scorer: ScorerChoice,
     report: OpenReport,
 }
 
@@ -522,9 +532,8 @@ impl Db {
             spaces,
             catalog: RwLock::new(catalog),
             writer: Mutex::new(WriterState { meta, dirty: false }),
-            index_config: b.index,
-            threads: b.threads,
             checkpoint_on_drop: b.checkpoint_on_drop,
+            scorer: b.scorer,
             report,
         };
         if !db.report.rebuilt.is_empty() {
@@ -542,6 +551,11 @@ impl Db {
     /// The vector spaces, in declaration order.
     pub fn spaces(&self) -> Vec<VectorSpace> {
         self.spaces.iter().map(|s| s.spec.clone()).collect()
+    }
+
+    /// The exact-scoring back end chosen at open (see [`DbBuilder::scorer`]).
+    pub fn scorer_choice(&self) -> ScorerChoice {
+        self.scorer
     }
 
     /// What happened while opening.
@@ -630,7 +644,6 @@ impl Db {
                     index.remove(doc);
                 }
             }
-            self.maybe_compact(&space.spec.name, &mut index);
         }
         Ok(())
     }
@@ -653,9 +666,7 @@ impl Db {
         self.mark_dirty(&mut w)?;
         self.products.remove(id.as_bytes())?;
         for space in &self.spaces {
-            let mut index = write(&space.index);
-            index.remove(doc);
-            self.maybe_compact(&space.spec.name, &mut index);
+            write(&space.index).remove(doc);
         }
         let mut cat = write(&self.catalog);
         cat.by_id.remove(id);
@@ -763,6 +774,20 @@ impl Db {
             hits,
             plan: out.plan,
         })
+    }
+
+    /// The nightly batch job: for every product, its `k` most similar products
+    /// passing `filter` (usually `Filter::new().in_stock()`), never itself nor
+    /// its variants. Runs on the exact [`ScorerChoice`] back end; the result
+    /// can be written with [`SimilarTable::write`] and served with
+    /// [`crate::PrecomputedSimilar`].
+    pub fn precompute_similar(
+        &self,
+        k: usize,
+        filter: &Filter,
+        options: &PrecomputeOptions,
+    ) -> std::result::Result<SimilarTable, PrecomputeError> {
+        crate::precompute::precompute_similar(self, k, filter, options)
     }
 
     /// Makes every acknowledged write durable (a no-op cost under
@@ -875,17 +900,6 @@ impl Db {
         w.meta = meta;
         w.dirty = true;
         Ok(())
-    }
-
-    fn maybe_compact(&self, name: &str, index: &mut SpaceIndex) {
-        let total = index.len() + index.tombstones();
-        if total > 0
-            && index.tombstones() as f64 / total as f64 > self.index_config.compaction_ratio
-        {
-            if let Err(e) = index.compact(self.threads) {
-                warn!(space = name, error = %e, "compaction failed; the index stays usable");
-            }
-        }
     }
 }
 

@@ -33,6 +33,7 @@
 mod db;
 mod error;
 mod filter;
+mod precompute;
 mod vision;
 
 pub use db::{
@@ -41,6 +42,10 @@ pub use db::{
 };
 pub use error::{Error, Result};
 pub use filter::Filter;
+pub use precompute::{
+    PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, SimilarFileError,
+    SimilarTable,
+};
 pub use vision::{
     prepare_image, prepare_rgb, DecodeLimits, Illumination, ImageError, IntegralImage, PrepConfig,
     PreparedImage, WhiteBalance,

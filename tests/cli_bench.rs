@@ -107,3 +107,36 @@ fn bench_ann_reports_recall_and_qps_per_ef() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent"));
 }
+
+#[test]
+fn precompute_similar_command_writes_a_servable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    {
+        let db = vitrine::Db::builder()
+            .vector_space("embedding", 3, vitrine::Metric::Cosine)
+            .open(&db_dir)
+            .unwrap();
+        for (id, v, stock) in [
+            ("a", [1.0, 0.0, 0.0], true),
+            ("b", [0.9, 0.1, 0.0], true),
+            ("c", [0.95, 0.05, 0.0], false),
+            ("d", [0.0, 0.0, 1.0], true),
+        ] {
+            let attrs = vitrine::Attributes::new().in_stock(stock);
+            db.insert(id, attrs, [("embedding", v.to_vec())]).unwrap();
+        }
+    }
+    let out = dir.path().join("similar.vsim");
+    let status = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["precompute", "similar", "--k", "2", "--scorer", "cpu", "--db"])
+        .arg(&db_dir)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let served = vitrine::PrecomputedSimilar::open(&out).unwrap();
+    let ids: Vec<String> = served.get("a").unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["b", "d"], "in stock only, never itself");
+}

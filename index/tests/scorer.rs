@@ -528,3 +528,172 @@ mod gpu {
         assert_same(&g, &c, 1e-5);
     }
 }
+
+/// Figures for the issue, as JSON to `$VITRINE_FIGURES_OUT` (default
+/// `gpu-figures.json`): GPU scan throughput against the device's memory
+/// bandwidth, the `Auto` crossover batch size, and the catalog-wide
+/// precompute (1M × 128, k = 20) on GPU and CPU. Run by `scripts/gpu-check.sh`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda; takes minutes"]
+fn gpu_figures() {
+    use std::time::Instant;
+    if !gpu_expected() {
+        return;
+    }
+    let out = std::env::var("VITRINE_FIGURES_OUT").unwrap_or_else(|_| "gpu-figures.json".into());
+    let n: usize = std::env::var("VITRINE_FIGURES_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let dim = 128;
+    let mut fig = serde_like::Obj::default();
+    let save = |fig: &serde_like::Obj| std::fs::write(&out, fig.to_string()).unwrap();
+
+    let gpu = Scorer::new(ScorerChoice::Gpu, ScorerOptions::default()).expect("GPU scorer");
+    let cpu = Scorer::cpu(0);
+    let info = gpu.gpu_info().unwrap();
+    fig.s("device", &info.name);
+    fig.n("total_memory_bytes", info.total_memory as f64);
+    fig.n(
+        "peak_bandwidth_bytes_per_s",
+        info.peak_bandwidth.unwrap_or(f64::NAN),
+    );
+    let copy = gpu.gpu_copy_bandwidth(4 << 30).unwrap();
+    fig.n("dtod_copy_bandwidth_bytes_per_s", copy);
+    fig.n(
+        "cpu_threads",
+        std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+    );
+    save(&fig);
+
+    let mut r = common::rng(42);
+    let data: Vec<f32> = (0..n * dim).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+    let queries: Vec<f32> = (0..1024 * dim).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+    let rows = Rows::new(dim, &data).unwrap();
+    let g = gpu.load(rows);
+    let c = cpu.load(rows);
+    let median = |f: &mut dyn FnMut(), reps: usize| -> f64 {
+        f();
+        let mut t: Vec<f64> = (0..reps)
+            .map(|_| {
+                let s = Instant::now();
+                f();
+                s.elapsed().as_secs_f64()
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[reps / 2]
+    };
+    let bytes = (n * dim * 4) as f64;
+    for b in [1usize, 8, 64] {
+        let batch = QueryBatch::new(&queries[..b * dim], 10);
+        let t = median(&mut || drop(g.top_k(&batch).unwrap()), 20);
+        fig.n(&format!("gpu_scan_b{b}_seconds"), t);
+        fig.n(&format!("gpu_scan_b{b}_bytes_per_s"), bytes / t);
+        if let Some(p) = info.peak_bandwidth {
+            fig.n(&format!("gpu_scan_b{b}_fraction_of_peak"), bytes / t / p);
+        }
+        // Copy bandwidth counts bytes read and written; a scan only reads.
+        fig.n(&format!("gpu_scan_b{b}_fraction_of_copy"), bytes / t / copy);
+    }
+    save(&fig);
+
+    // Crossover: rows resident on the device (the Db case).
+    let mut crossover = None;
+    let mut table = Vec::new();
+    for b in [1usize, 2, 4, 8, 16, 32, 64, 128, 256] {
+        let batch = QueryBatch::new(&queries[..b * dim], 10);
+        let tg = median(&mut || drop(g.top_k(&batch).unwrap()), 5);
+        let tc = median(&mut || drop(c.top_k(&batch).unwrap()), 3);
+        table.push(format!("[{b},{tg},{tc}]"));
+        if crossover.is_none() && tg < tc {
+            crossover = Some(b);
+        }
+    }
+    fig.raw(
+        "crossover_table_batch_gpu_s_cpu_s",
+        &format!("[{}]", table.join(",")),
+    );
+    fig.n(
+        "crossover_batch_resident",
+        crossover.map_or(f64::NAN, |b| b as f64),
+    );
+    fig.n(
+        "crossover_work_resident",
+        crossover.map_or(f64::NAN, |b| (b * n) as f64),
+    );
+    save(&fig);
+
+    // Precompute, 1M x 128, k = 20: all of it on the GPU; the CPU on a
+    // sample of queries, extrapolated linearly (the job is linear in queries).
+    let opts = AllPairsOptions {
+        k: 20,
+        batch: 8192,
+        allow: None,
+        exclude: None,
+    };
+    let t = Instant::now();
+    let all = gpu.load(rows).similar_all(&opts).unwrap();
+    fig.n("precompute_gpu_seconds", t.elapsed().as_secs_f64());
+    assert_eq!(all.len(), n);
+    save(&fig);
+    let sample = 2048.min(n);
+    let t = Instant::now();
+    let ex: Vec<Vec<u64>> = (0..sample as u64).map(|i| vec![i]).collect();
+    let cpu_hits = c
+        .top_k(&QueryBatch::new(&data[..sample * dim], 20).exclude_each(&ex))
+        .unwrap();
+    let tc = t.elapsed().as_secs_f64();
+    fig.n("precompute_cpu_sample_queries", sample as f64);
+    fig.n("precompute_cpu_sample_seconds", tc);
+    fig.n(
+        "precompute_cpu_seconds_extrapolated",
+        tc * n as f64 / sample as f64,
+    );
+    let mut differing = 0;
+    for (gh, ch) in all.iter().zip(&cpu_hits) {
+        if gh.iter().map(|h| h.doc).ne(ch.iter().map(|h| h.doc)) {
+            differing += 1;
+        }
+    }
+    fig.n(
+        "precompute_sample_lists_differing_gpu_vs_cpu",
+        differing as f64,
+    );
+    save(&fig);
+    eprintln!("{fig}");
+}
+
+/// Minimal JSON object writer (no serde in this crate's dev-dependencies).
+#[cfg(feature = "cuda")]
+mod serde_like {
+    #[derive(Default)]
+    pub struct Obj(Vec<(String, String)>);
+    impl Obj {
+        pub fn n(&mut self, k: &str, v: f64) {
+            let v = if v.is_finite() {
+                format!("{v}")
+            } else {
+                "null".into()
+            };
+            self.0.push((k.into(), v));
+        }
+        pub fn s(&mut self, k: &str, v: &str) {
+            self.0.push((k.into(), format!("{v:?}")));
+        }
+        pub fn raw(&mut self, k: &str, v: &str) {
+            self.0.push((k.into(), v.into()));
+        }
+    }
+    impl std::fmt::Display for Obj {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let body: Vec<String> = self
+                .0
+                .iter()
+                .map(|(k, v)| format!("  {k:?}: {v}"))
+                .collect();
+            write!(f, "{{\n{}\n}}\n", body.join(",\n"))
+        }
+    }
+}

@@ -952,6 +952,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)]
     fn group_weights_validate() {
         assert!(GroupWeights::new(vec![0..2, 1..3], vec![1.0, 1.0]).is_err());
         assert!(GroupWeights::new(vec![0..2], vec![f32::NAN]).is_err());

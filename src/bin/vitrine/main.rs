@@ -2,6 +2,7 @@
 
 mod bench;
 mod npy;
+mod precompute;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -24,6 +25,11 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Batch jobs over a whole database.
+    Precompute {
+        #[command(subcommand)]
+        what: precompute::PrecomputeCommand,
+    },
 }
 
 fn main() {
@@ -38,6 +44,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench { what } => bench::run(what),
+        Command::Precompute { what } => precompute::run(what),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,77 @@
+//! `vitrine precompute similar`: the nightly "similar items" file.
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Result};
+use clap::{Subcommand, ValueEnum};
+use vitrine::{Db, Filter, PrecomputeOptions, ScorerChoice};
+
+#[derive(Subcommand)]
+pub enum PrecomputeCommand {
+    /// For every product, its top-k similar in-stock products (never itself
+    /// nor its variants), written as a file `similar` lookups can serve.
+    Similar {
+        /// Neighbours per product.
+        #[arg(long, default_value_t = 20)]
+        k: usize,
+        /// The database folder.
+        #[arg(long)]
+        db: PathBuf,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Attribute whose shared value marks variants (e.g. model_id).
+        #[arg(long)]
+        variant_key: Option<String>,
+        /// Vector space (default: the database's default space).
+        #[arg(long)]
+        space: Option<String>,
+        /// Exact-scoring back end.
+        #[arg(long, value_enum, default_value_t = ScorerArg::Auto)]
+        scorer: ScorerArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ScorerArg {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+pub fn run(cmd: PrecomputeCommand) -> Result<()> {
+    match cmd {
+        PrecomputeCommand::Similar {
+            k,
+            db,
+            out,
+            variant_key,
+            space,
+            scorer,
+        } => {
+            ensure!(db.exists(), "no database at {}", db.display());
+            let db = Db::open(&db)?;
+            let scorer = match scorer {
+                ScorerArg::Auto => ScorerChoice::Auto,
+                ScorerArg::Cpu => ScorerChoice::Cpu,
+                ScorerArg::Gpu => ScorerChoice::Gpu,
+            };
+            let options = PrecomputeOptions {
+                space,
+                variant_key,
+                scorer: Some(scorer),
+                ..Default::default()
+            };
+            let table = db.precompute_similar(k, &Filter::new().in_stock(), &options)?;
+            table.write(&out)?;
+            eprintln!(
+                "{} products, k = {k}, {:?} back end, {:.2} s -> {}",
+                table.ids.len(),
+                table.backend,
+                table.seconds,
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}

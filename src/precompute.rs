@@ -1,0 +1,237 @@
+//! The nightly "similar items" job: for every product, its top-k products
+//! passing a filter (typically in stock), excluding itself and, when a
+//! variant key is set, the products sharing its value of that attribute;
+//! computed exactly in batches through the [`Scorer`](vitrine_index::Scorer)
+//! and written to a compact file served by [`PrecomputedSimilar`].
+//!
+//! ```
+//! use vitrine::{Attributes, Db, Filter, PrecomputeOptions, PrecomputedSimilar};
+//! let dir = tempfile::tempdir()?;
+//! let db = Db::builder().vector_space("embedding", 2, vitrine::Metric::Cosine).open(dir.path().join("db"))?;
+//! db.insert("a", Attributes::new().set("model_id", "m1"), [("embedding", vec![1.0, 0.0])])?;
+//! db.insert("a-red", Attributes::new().set("model_id", "m1"), [("embedding", vec![1.0, 0.01])])?;
+//! db.insert("b", Attributes::new(), [("embedding", vec![1.0, 0.2])])?;
+//! db.insert("c", Attributes::new().in_stock(false), [("embedding", vec![1.0, 0.1])])?;
+//!
+//! let options = PrecomputeOptions { variant_key: Some("model_id".into()), ..Default::default() };
+//! let table = db.precompute_similar(2, &Filter::new().in_stock(), &options)?;
+//! let out = dir.path().join("similar.vsim");
+//! table.write(&out)?;
+//! let served = PrecomputedSimilar::open(&out)?;
+//! let ids: Vec<String> = served.get("a").unwrap().into_iter().map(|(id, _)| id).collect();
+//! assert_eq!(ids, ["b"]); // not itself, not its variant, not the sold-out "c"
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use vitrine_index::{
+    AllPairsOptions, Backend, Metric, RowMask, Rows, Scorer, ScorerError, ScorerOptions,
+};
+pub use vitrine_index::{PrecomputedSimilar, ScorerChoice, SimilarFileError};
+
+use crate::{Db, Filter, DEFAULT_SPACE};
+
+/// Settings of [`Db::precompute_similar`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrecomputeOptions {
+    /// Vector space; `None` is the database's default space.
+    pub space: Option<String>,
+    /// Products sharing this attribute's value (e.g. `"model_id"`) are
+    /// variants of each other and never listed for one another. Products
+    /// without the attribute have no variants.
+    pub variant_key: Option<String>,
+    /// Back end; `None` (the default) takes the database's
+    /// [`crate::DbBuilder::scorer`] choice (itself `Auto` by default: the GPU
+    /// when built with `cuda`, present and worth it; every fallback is logged).
+    pub scorer: Option<ScorerChoice>,
+    /// CPU threads (`0`: one per CPU).
+    pub threads: usize,
+    /// Products per scorer batch (`0`: chosen for the back end).
+    pub batch: usize,
+}
+
+/// Errors of [`Db::precompute_similar`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrecomputeError {
+    /// Reading the database failed, or the space is unknown.
+    #[error(transparent)]
+    Db(#[from] crate::Error),
+    /// Scoring failed (including `ScorerChoice::Gpu` without a usable GPU).
+    #[error(transparent)]
+    Scorer(#[from] ScorerError),
+    /// Writing or reading the file failed.
+    #[error(transparent)]
+    File(#[from] SimilarFileError),
+}
+
+/// The computed lists, in memory; [`write`](Self::write) saves them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimilarTable {
+    /// Slots per product.
+    pub k: usize,
+    /// Every product id, sorted.
+    pub ids: Vec<String>,
+    /// Per product (same order as `ids`): (index into `ids`, score), best first.
+    pub lists: Vec<Vec<(u32, f32)>>,
+    /// Back end that computed the last batch.
+    pub backend: Backend,
+    /// Wall time of the scoring, in seconds.
+    pub seconds: f64,
+}
+
+impl SimilarTable {
+    /// The similar products of `id`, best first; `None` for an unknown id.
+    pub fn get(&self, id: &str) -> Option<Vec<(String, f32)>> {
+        let i = self.ids.binary_search_by(|x| x.as_str().cmp(id)).ok()?;
+        Some(
+            self.lists[i]
+                .iter()
+                .map(|&(t, s)| (self.ids[t as usize].clone(), s))
+                .collect(),
+        )
+    }
+
+    /// Writes the file atomically (see [`PrecomputedSimilar`] for the format).
+    pub fn write(&self, path: &Path) -> Result<(), SimilarFileError> {
+        vitrine_index::write_similar_file(path, self.k, &self.ids, &self.lists)
+    }
+}
+
+/// Normalises like the index does for cosine (f64 norm), so scores equal
+/// the ones `Db::search` reports.
+fn prepare(metric: Metric, v: &[f32]) -> Option<Vec<f32>> {
+    if v.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    match metric {
+        Metric::InnerProduct => Some(v.to_vec()),
+        Metric::Cosine => {
+            let norm_sq: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+            if norm_sq == 0.0 || !(norm_sq as f32).is_finite() {
+                return None;
+            }
+            let inv = 1.0 / norm_sq.sqrt();
+            Some(v.iter().map(|&x| (f64::from(x) * inv) as f32).collect())
+        }
+    }
+}
+
+/// For every product of `db`, its `k` most similar products that pass
+/// `filter` (pass `Filter::new().in_stock()` for the usual job), never
+/// itself nor its variants (see [`PrecomputeOptions::variant_key`]).
+///
+/// Every product is listed, in id order; one without a vector in the space
+/// gets an empty list. Scores are those of the space's metric; exact ties
+/// are broken by id ascending.
+pub(crate) fn precompute_similar(
+    db: &Db,
+    k: usize,
+    filter: &Filter,
+    options: &PrecomputeOptions,
+) -> Result<SimilarTable, PrecomputeError> {
+    let spaces = db.spaces();
+    let space = match &options.space {
+        Some(name) => spaces.iter().find(|s| &s.name == name),
+        None => spaces
+            .iter()
+            .find(|s| s.name == DEFAULT_SPACE)
+            .or(spaces.first()),
+    }
+    .ok_or_else(|| crate::Error::UnknownVector {
+        name: options
+            .space
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SPACE.into()),
+        known: spaces
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })?
+    .clone();
+
+    // Snapshot: ids sorted; row docs are positions in `ids`, so ties break by id.
+    let mut ids = Vec::new();
+    let mut data = Vec::new();
+    let mut docs = Vec::new();
+    let mut allowed = Vec::new();
+    let mut variant: Vec<Option<String>> = Vec::new();
+    for id in db.ids() {
+        let Some(p) = db.get(&id)? else { continue };
+        let pos = ids.len() as u64;
+        if let Some(v) = p.vectors.get(&space.name) {
+            match prepare(space.metric, v) {
+                Some(v) if v.len() == space.dim => {
+                    data.extend_from_slice(&v);
+                    docs.push(pos);
+                    allowed.push(filter.matches(&id, &p.attributes));
+                    variant.push(
+                        options
+                            .variant_key
+                            .as_deref()
+                            .and_then(|key| p.attributes.get(key).map(str::to_string)),
+                    );
+                }
+                _ => tracing::warn!(id, space = space.name, "unusable vector skipped"),
+            }
+        }
+        ids.push(id);
+    }
+
+    let mut groups: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (row, v) in variant.iter().enumerate() {
+        if let Some(v) = v {
+            groups.entry(v.as_str()).or_default().push(docs[row]);
+        }
+    }
+    let exclude = |row: usize| -> Vec<u64> {
+        variant[row]
+            .as_deref()
+            .and_then(|v| groups.get(v).cloned())
+            .unwrap_or_default()
+    };
+
+    let scorer = Scorer::new(
+        options.scorer.unwrap_or(db.scorer_choice()),
+        ScorerOptions {
+            threads: options.threads,
+            ..ScorerOptions::default()
+        },
+    )?;
+    let rows = Rows::new(space.dim, &data)?.with_docs(&docs)?;
+    let loaded = scorer.load(rows);
+    let mask = RowMask::from_fn(allowed.len(), |i| allowed[i]);
+    let backend = loaded.backend_for(rows.len().min(8192));
+    let t = Instant::now();
+    let hits = loaded.similar_all(&AllPairsOptions {
+        k,
+        batch: options.batch,
+        allow: Some(&mask),
+        exclude: Some(&exclude),
+    })?;
+    let seconds = t.elapsed().as_secs_f64();
+    tracing::info!(
+        products = ids.len(),
+        rows = rows.len(),
+        k,
+        ?backend,
+        seconds,
+        "similar items precomputed"
+    );
+
+    let mut lists = vec![Vec::new(); ids.len()];
+    for (row, hits) in hits.into_iter().enumerate() {
+        lists[docs[row] as usize] = hits.iter().map(|h| (h.doc as u32, h.score)).collect();
+    }
+    Ok(SimilarTable {
+        k,
+        ids,
+        lists,
+        backend,
+        seconds,
+    })
+}

@@ -1,0 +1,199 @@
+//! `precompute_similar`: equal to brute force, consistent with `Db::search`,
+//! round-trips through the file, and a damaged file is refused.
+
+mod common;
+
+use vitrine::{
+    Attributes, Db, Filter, Metric, PlanHint, PrecomputeError, PrecomputeOptions,
+    PrecomputedSimilar, ScorerChoice, Search, SimilarFileError, SimilarTo,
+};
+
+const DIM: usize = 16;
+
+fn catalog(dir: &std::path::Path) -> Db {
+    let db = Db::builder()
+        .vector_space("embedding", DIM, Metric::Cosine)
+        .checkpoint_on_drop(false)
+        .open(dir)
+        .unwrap();
+    for i in 0..120 {
+        let id = format!("sku-{i:03}");
+        let mut a = Attributes::new().in_stock(i % 5 != 0);
+        if i % 3 == 0 {
+            a = a.set("model_id", format!("m{}", i % 12));
+        }
+        // A few products without a vector.
+        if i % 37 == 36 {
+            db.insert(&id, a, Vec::<(&str, Vec<f32>)>::new()).unwrap();
+        } else {
+            db.insert(&id, a, [("embedding", common::vector_for(&id, DIM))])
+                .unwrap();
+        }
+    }
+    db
+}
+
+/// Brute force from the public API: every pair, f64 cosine.
+fn brute(db: &Db, k: usize, variant_key: Option<&str>) -> Vec<(String, Vec<(String, f32)>)> {
+    let products: Vec<_> = db
+        .ids()
+        .iter()
+        .map(|id| db.get(id).unwrap().unwrap())
+        .collect();
+    products
+        .iter()
+        .map(|p| {
+            let mut hits = Vec::new();
+            if let Some(v) = p.vectors.get("embedding") {
+                let variant = variant_key.and_then(|key| p.attributes.get(key));
+                for o in &products {
+                    let Some(w) = o.vectors.get("embedding") else {
+                        continue;
+                    };
+                    let same_variant = variant.is_some()
+                        && variant == variant_key.and_then(|key| o.attributes.get(key));
+                    if o.id == p.id || !o.attributes.in_stock || same_variant {
+                        continue;
+                    }
+                    hits.push((o.id.clone(), common::cosine(v, w)));
+                }
+            }
+            hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            hits.truncate(k);
+            (p.id.clone(), hits)
+        })
+        .collect()
+}
+
+fn assert_close(got: &[(String, f32)], want: &[(String, f32)], what: &str) {
+    assert_eq!(
+        got.iter().map(|h| &h.0).collect::<Vec<_>>(),
+        want.iter().map(|h| &h.0).collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (a, b) in got.iter().zip(want) {
+        assert!((a.1 - b.1).abs() < 1e-5, "{what}: {} vs {}", a.1, b.1);
+    }
+}
+
+#[test]
+fn precompute_equals_brute_force_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = catalog(&dir.path().join("db"));
+    let in_stock = Filter::new().in_stock();
+    for variant_key in [None, Some("model_id")] {
+        let options = PrecomputeOptions {
+            variant_key: variant_key.map(str::to_string),
+            scorer: Some(ScorerChoice::Cpu),
+            batch: 17,
+            ..PrecomputeOptions::default()
+        };
+        let out = dir.path().join("similar.vsim");
+        let table = db.precompute_similar(8, &in_stock, &options).unwrap();
+        table.write(&out).unwrap();
+        assert_eq!(table.ids, db.ids());
+        let served = PrecomputedSimilar::open(&out).unwrap();
+        assert_eq!(served.len(), 120);
+        assert_eq!(served.k(), 8);
+        for (id, want) in brute(&db, 8, variant_key) {
+            let got = table.get(&id).unwrap();
+            assert_close(&got, &want, &format!("{id} {variant_key:?}"));
+            assert_eq!(
+                served.get(&id).unwrap(),
+                got,
+                "{id}: file differs from memory"
+            );
+        }
+        assert!(served.get("nope").is_none());
+    }
+}
+
+#[test]
+fn precompute_agrees_with_exact_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = catalog(dir.path());
+    let table = db
+        .precompute_similar(5, &Filter::new().in_stock(), &PrecomputeOptions::default())
+        .unwrap();
+    for id in db.ids().iter().step_by(7) {
+        if db.get(id).unwrap().unwrap().vectors.is_empty() {
+            assert_eq!(table.get(id).unwrap(), []);
+            continue;
+        }
+        let f = Filter::new().in_stock();
+        let hits = db
+            .search(
+                &Search::new(SimilarTo::Id(id), 5)
+                    .filter(&f)
+                    .plan(PlanHint::Exact),
+            )
+            .unwrap()
+            .hits;
+        let want: Vec<(String, f32)> = hits.into_iter().map(|h| (h.id, h.score)).collect();
+        assert_close(&table.get(id).unwrap(), &want, id);
+    }
+}
+
+#[test]
+fn damaged_file_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = catalog(&dir.path().join("db"));
+    let out = dir.path().join("nightly.vsim");
+    db.precompute_similar(4, &Filter::new().in_stock(), &PrecomputeOptions::default())
+        .unwrap()
+        .write(&out)
+        .unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    for at in [3, 17, 100, bytes.len() / 2, bytes.len() - 1] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x40;
+        std::fs::write(&out, &bad).unwrap();
+        let e = PrecomputedSimilar::open(&out).unwrap_err();
+        assert!(
+            matches!(e, SimilarFileError::Corrupt { .. }),
+            "byte {at}: {e}"
+        );
+        assert!(e.to_string().contains("nightly.vsim"), "{e}");
+    }
+    for len in [0, 10, 64, bytes.len() - 8] {
+        std::fs::write(&out, &bytes[..len]).unwrap();
+        assert!(matches!(
+            PrecomputedSimilar::open(&out),
+            Err(SimilarFileError::Corrupt { .. })
+        ));
+    }
+    assert!(matches!(
+        PrecomputedSimilar::open(dir.path().join("missing.vsim")),
+        Err(SimilarFileError::Io { .. })
+    ));
+}
+
+#[test]
+fn gpu_choice_without_a_gpu_is_a_typed_error_and_auto_works() {
+    if std::env::var("VITRINE_GPU").as_deref() == Ok("1") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = catalog(dir.path());
+    let gpu = PrecomputeOptions {
+        scorer: Some(ScorerChoice::Gpu),
+        ..PrecomputeOptions::default()
+    };
+    let e = db.precompute_similar(3, &Filter::new(), &gpu).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PrecomputeError::Scorer(vitrine_index::ScorerError::GpuUnavailable { .. })
+        ),
+        "{e}"
+    );
+    let auto = db
+        .precompute_similar(3, &Filter::new(), &PrecomputeOptions::default())
+        .unwrap();
+    assert_eq!(auto.backend, vitrine_index::Backend::Cpu);
+    let unknown = PrecomputeOptions {
+        space: Some("nope".into()),
+        ..PrecomputeOptions::default()
+    };
+    assert!(db.precompute_similar(3, &Filter::new(), &unknown).is_err());
+}
