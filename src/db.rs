@@ -273,7 +273,8 @@ struct Space {
 
 #[derive(Default)]
 struct Catalog {
-    by_doc: HashMap<u64, Entry>,
+    /// Ordered, so a filter's allowed set comes out sorted.
+    by_doc: BTreeMap<u64, Entry>,
     by_id: HashMap<String, u64>,
 }
 
@@ -1004,4 +1005,27 @@ fn dir_size(path: &Path) -> Result<u64> {
         };
     }
     Ok(total)
+}
+
+// ==== Appended for the image insert path (src/ingest, src/model): ====
+// ==== accessors to the model fingerprint stored in the database meta. ====
+impl Db {
+    /// The fingerprint of the model whose outputs the database holds, if any.
+    pub(crate) fn stored_model_fingerprint(&self) -> Option<String> {
+        lock(&self.writer).meta.model_fingerprint.clone()
+    }
+
+    /// Records `fingerprint` as the database's model (durably, before returning).
+    pub(crate) fn set_stored_model_fingerprint(&self, fingerprint: &str) -> Result<()> {
+        let mut w = lock(&self.writer);
+        if w.meta.model_fingerprint.as_deref() == Some(fingerprint) {
+            return Ok(());
+        }
+        let mut meta = w.meta.clone();
+        meta.model_fingerprint = Some(fingerprint.to_string());
+        self.meta_ks.put(META_KEY, &meta)?;
+        self.store.flush()?;
+        w.meta = meta;
+        Ok(())
+    }
 }

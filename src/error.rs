@@ -78,6 +78,9 @@ pub enum Error {
     /// A builder setting or argument is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// An image could not be decoded or prepared (corrupt, too large, too small…).
+    #[error(transparent)]
+    Image(#[from] crate::ImageError),
 
     /// A stored record or file is damaged. Names what is damaged.
     #[error("data corruption in {location}: {reason}")]
@@ -118,6 +121,7 @@ impl Error {
                 | Error::MissingVector { .. }
                 | Error::SchemaMismatch(_)
                 | Error::InvalidConfig(_)
+                | Error::Image(_)
         )
     }
 }

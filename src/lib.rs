@@ -33,6 +33,8 @@
 mod db;
 mod error;
 mod filter;
+mod ingest;
+mod model;
 mod precompute;
 mod vision;
 
@@ -42,6 +44,15 @@ pub use db::{
 };
 pub use error::{Error, Result};
 pub use filter::Filter;
+pub use ingest::{
+    annotate_with, infer_image, ImportFailure, ImportItem, ImportOptions, ImportProgress,
+    ImportReport, ImportSource, IngestError, StoredOutputs, ANNOTATE_TOP_K, ATTR_CATEGORY,
+    ATTR_CATEGORY_PROBS, ATTR_CONCEPT, ATTR_MODEL, ATTR_TAGS, ATTR_TAG_SCORES,
+};
+pub use model::{
+    Annotation, CategoryScore, ConceptBlock, Manifest, Model, ModelError, ModelOutput, TagGroup,
+    TagScore, BUNDLED_ONNX, CONCEPT_SPACE, EMBEDDING_SPACE, MANIFEST_FILE, MODEL_DIR_ENV,
+};
 pub use precompute::{
     PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, SimilarFileError,
     SimilarTable,

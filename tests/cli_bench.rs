@@ -129,7 +129,15 @@ fn precompute_similar_command_writes_a_servable_file() {
     }
     let out = dir.path().join("similar.vsim");
     let status = Command::new(env!("CARGO_BIN_EXE_vitrine"))
-        .args(["precompute", "similar", "--k", "2", "--scorer", "cpu", "--db"])
+        .args([
+            "precompute",
+            "similar",
+            "--k",
+            "2",
+            "--scorer",
+            "cpu",
+            "--db",
+        ])
         .arg(&db_dir)
         .arg("--out")
         .arg(&out)
@@ -137,6 +145,11 @@ fn precompute_similar_command_writes_a_servable_file() {
         .unwrap();
     assert!(status.success());
     let served = vitrine::PrecomputedSimilar::open(&out).unwrap();
-    let ids: Vec<String> = served.get("a").unwrap().into_iter().map(|(id, _)| id).collect();
+    let ids: Vec<String> = served
+        .get("a")
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(ids, ["b", "d"], "in stock only, never itself");
 }

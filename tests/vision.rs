@@ -792,20 +792,9 @@ fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
     Ok((shape, values))
 }
 
-/// Finds a fixture named in the manifest: relative to `models/`, or by file
-/// name in `models/fixtures/`.
-fn fixture_path(models: &Path, name: &str) -> PathBuf {
-    let direct = models.join(name);
-    if direct.exists() {
-        return direct;
-    }
-    let base = Path::new(name).file_name().unwrap_or_default();
-    models.join("fixtures").join(base)
-}
-
-/// `models/manifest.json` → `fixtures.prep_parity`: each entry names a PNG,
-/// its `.npy` tensor (else the PNG's name with `.npy`), its pixel aspect
-/// (a key containing "aspect") and the expected box (a key containing "box").
+/// `models/manifest.json` → `fixtures.prep_parity`, as `training/export.py`
+/// writes it: a list of `{"png", "expected", "pixel_aspect", "box_x0y0x1y1",
+/// "background", "tolerance"}`, the files in `models/fixtures/`.
 #[test]
 fn parity_with_the_reference_prep() {
     // VITRINE_PREP_FIXTURES points at another `models` folder (for checks).
@@ -815,7 +804,7 @@ fn parity_with_the_reference_prep() {
     let manifest_path = models.join("manifest.json");
     let Ok(text) = std::fs::read_to_string(&manifest_path) else {
         eprintln!(
-            "skipped: {} is absent (the parity fixtures are not there yet)",
+            "skipped: {} is absent (the prep parity fixtures are not there yet)",
             manifest_path.display()
         );
         return;
@@ -825,34 +814,22 @@ fn parity_with_the_reference_prep() {
         eprintln!("skipped: manifest.json has no fixtures.prep_parity");
         return;
     };
-    let entries: Vec<&serde_json::Value> = match parity {
-        serde_json::Value::Array(a) => a.iter().collect(),
-        serde_json::Value::Object(o) => o.values().collect(),
-        other => panic!("fixtures.prep_parity: expected a list or an object, got {other}"),
-    };
+    let entries = parity.as_array().expect("fixtures.prep_parity is a list");
     assert!(!entries.is_empty(), "fixtures.prep_parity is empty");
-    let strings = |e: &serde_json::Value, suffix: &str| -> Option<String> {
-        e.as_object()?
-            .values()
-            .filter_map(|v| v.as_str())
-            .find(|s| s.ends_with(suffix))
-            .map(str::to_owned)
-    };
-    let field = |e: &serde_json::Value, key: &str| -> Option<serde_json::Value> {
-        e.as_object()?
-            .iter()
-            .find(|(k, _)| k.to_lowercase().contains(key))
-            .map(|(_, v)| v.clone())
-    };
+    let fixtures = models.join("fixtures");
     let mut worst = 0f32;
-    for e in &entries {
-        let png_name = strings(e, ".png").unwrap_or_else(|| panic!("entry without a .png: {e}"));
-        let npy_name = strings(e, ".npy").unwrap_or_else(|| png_name.replace(".png", ".npy"));
-        let aspect = field(e, "aspect")
-            .and_then(|v| v.as_f64())
-            .unwrap_or_else(|| panic!("entry without a pixel aspect: {e}"));
-        let png_bytes = std::fs::read(fixture_path(&models, &png_name)).expect("fixture PNG");
-        let npy_bytes = std::fs::read(fixture_path(&models, &npy_name)).expect("fixture .npy");
+    for e in entries {
+        let text = |key: &str| {
+            e[key]
+                .as_str()
+                .unwrap_or_else(|| panic!("prep_parity entry without \"{key}\": {e}"))
+                .to_owned()
+        };
+        let (png_name, npy_name) = (text("png"), text("expected"));
+        let aspect = e["pixel_aspect"].as_f64().expect("pixel_aspect");
+        let tolerance = e["tolerance"].as_f64().unwrap_or(1e-3) as f32;
+        let png_bytes = std::fs::read(fixtures.join(&png_name)).expect("fixture PNG");
+        let npy_bytes = std::fs::read(fixtures.join(&npy_name)).expect("fixture .npy");
         let (shape, want) =
             read_npy_f32(&npy_bytes).unwrap_or_else(|err| panic!("{npy_name}: {err}"));
         assert_eq!(
@@ -862,15 +839,23 @@ fn parity_with_the_reference_prep() {
         );
         let p = prepare_image(&png_bytes, &PrepConfig::catalog().pixel_aspect(aspect))
             .unwrap_or_else(|err| panic!("{png_name}: {err}"));
-        if let Some(b) = field(e, "box") {
-            let b: Vec<u32> = serde_json::from_value(b).expect("box is four integers");
+        if let Some(b) = e.get("box_x0y0x1y1") {
+            let b: Vec<u32> = serde_json::from_value(b.clone()).expect("box: four integers");
             assert_eq!(p.crop_box().to_vec(), b, "{png_name}: crop box");
+        }
+        if let Some(bg) = e.get("background") {
+            let bg: Vec<f64> = serde_json::from_value(bg.clone()).expect("background: 3 numbers");
+            let got = p.background();
+            assert!(
+                (0..3).all(|c| (got[c] - bg[c]).abs() < 1e-9),
+                "{png_name}: background {got:?}, reference {bg:?}"
+            );
         }
         for (i, (got, want)) in p.tensor().iter().zip(&want).enumerate() {
             let d = (got - want).abs();
             worst = worst.max(d);
             assert!(
-                d <= 1e-3,
+                d <= tolerance,
                 "{png_name}: element {i} is {got}, reference {want}"
             );
         }

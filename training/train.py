@@ -182,6 +182,8 @@ def main():
     ap.add_argument("--cache", default="/tmp/vitrine_cache")
     ap.add_argument("--ckpt-dir", default="/tmp/vitrine_run")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-from", default="", help="start from these weights with a fresh optimizer and "
+                    "LR schedule (a second cosine cycle / warm restart)")
     ap.add_argument("--max-batches", type=int, default=0, help="timing runs: stop each epoch after N batches")
     ap.add_argument("--no-export", action="store_true")
     args = ap.parse_args()
@@ -213,6 +215,11 @@ def main():
     os.makedirs(args.ckpt_dir, exist_ok=True)
     ck_path = os.path.join(args.ckpt_dir, "last.pt")
     start_epoch, history = 0, []
+    if args.init_from:
+        ck0 = torch.load(args.init_from, weights_only=False)
+        net.load_state_dict(ck0["model"])
+        history = [dict(h, stage=0) for h in ck0["history"]]
+        print(f"initialised from {args.init_from} ({len(history)} epochs of history)", flush=True)
     if args.resume and os.path.exists(ck_path):
         ck = torch.load(ck_path, weights_only=False)
         net.load_state_dict(ck["model"])
@@ -260,6 +267,8 @@ def main():
                "lr": opt.param_groups[0]["lr"], "train_top1": round(correct / max(1, seen), 4),
                "val_top1": round(val_top1, 4), "val_colour_top1": round(col_top1, 4),
                **{f"loss_{k}": round(v / steps_per_epoch, 4) for k, v in sums.items()}}
+        if args.init_from:
+            rec["stage"] = 1
         history.append(rec)
         print(json.dumps(rec), flush=True)
         torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "history": history,

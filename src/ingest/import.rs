@@ -1,0 +1,506 @@
+//! The bulk import pipeline: N prepare workers → batched inference → one
+//! writer, on bounded crossbeam channels.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use tracing::{debug, info};
+
+use super::{IngestError, ATTR_MODEL};
+use crate::model::{Model, ModelOutput};
+use crate::{prepare_image, Attributes, Db, PrepConfig, PreparedImage};
+
+/// File extensions a directory import picks up (case-insensitive).
+const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+
+/// One image to import.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportItem {
+    /// Product id.
+    pub id: String,
+    /// Image file.
+    pub path: PathBuf,
+    /// Attributes to store (the model's annotations are added).
+    pub attributes: Attributes,
+}
+
+/// What to import.
+#[derive(Clone, Debug)]
+pub enum ImportSource {
+    /// Every `.jpg`, `.jpeg`, `.png` and `.webp` file directly in the folder
+    /// (not in subfolders, not hidden), in name order; the id is the file
+    /// stem, the attributes are empty.
+    Dir(PathBuf),
+    /// An explicit list.
+    Items(Vec<ImportItem>),
+}
+
+impl ImportSource {
+    /// The items, listed now. A directory that cannot be read is an error.
+    pub fn items(&self) -> Result<Vec<ImportItem>, IngestError> {
+        match self {
+            ImportSource::Items(items) => Ok(items.clone()),
+            ImportSource::Dir(dir) => list_dir(dir),
+        }
+    }
+
+    fn into_items(self) -> Result<Vec<ImportItem>, IngestError> {
+        match self {
+            ImportSource::Items(items) => Ok(items),
+            ImportSource::Dir(dir) => list_dir(&dir),
+        }
+    }
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
+    let io = |source| IngestError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut items = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        if !ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+            continue;
+        }
+        let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        items.push(ImportItem {
+            id: stem,
+            path,
+            attributes: Attributes::new(),
+        });
+    }
+    items.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(items)
+}
+
+/// Where an import stands; passed to the progress callback after every item.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportProgress {
+    /// Items in the source.
+    pub total: usize,
+    /// Items stored so far.
+    pub stored: usize,
+    /// Items skipped because they were already present (resume).
+    pub skipped: usize,
+    /// Items that failed so far.
+    pub failed: usize,
+}
+
+impl ImportProgress {
+    /// Items dealt with (stored, skipped or failed).
+    pub fn done(&self) -> usize {
+        self.stored + self.skipped + self.failed
+    }
+}
+
+/// An item that could not be imported, and why.
+#[derive(Debug)]
+pub struct ImportFailure {
+    /// Product id.
+    pub id: String,
+    /// Image file.
+    pub path: PathBuf,
+    /// The reason.
+    pub error: IngestError,
+}
+
+/// The outcome of [`Db::import`].
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    /// Counts at the end.
+    pub progress: ImportProgress,
+    /// Every failed item, with its reason, in the order they failed.
+    pub failures: Vec<ImportFailure>,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+}
+
+type ProgressFn<'a> = Box<dyn FnMut(&ImportProgress) + 'a>;
+
+/// Settings of [`Db::import`].
+///
+/// Defaults: the bundled model, catalog preparation, one prepare worker per
+/// two CPUs, one inference thread per CPU, batches of 8, no re-embedding,
+/// no progress callback.
+pub struct ImportOptions<'a> {
+    model: Option<Arc<Model>>,
+    prep: PrepConfig,
+    workers: usize,
+    inference: usize,
+    batch: usize,
+    reembed: bool,
+    progress: Option<ProgressFn<'a>>,
+}
+
+impl Default for ImportOptions<'_> {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        ImportOptions {
+            model: None,
+            prep: PrepConfig::catalog(),
+            workers: (cpus / 2).max(1),
+            inference: cpus,
+            batch: 8,
+            reembed: false,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ImportOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportOptions")
+            .field("model", &self.model.as_ref().map(|m| m.fingerprint()))
+            .field("prep", &self.prep)
+            .field("workers", &self.workers)
+            .field("inference", &self.inference)
+            .field("batch", &self.batch)
+            .field("reembed", &self.reembed)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl<'a> ImportOptions<'a> {
+    /// Defaults (see the type).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The model to use instead of the bundled one.
+    pub fn model(mut self, model: Arc<Model>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// Image preparation (default [`PrepConfig::catalog`]).
+    pub fn prep(mut self, prep: PrepConfig) -> Self {
+        self.prep = prep;
+        self
+    }
+
+    /// Number of decode-and-prepare workers (at least 1).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Number of inference threads (at least 1), each running its own
+    /// batches on the shared model. Inference is the costly stage (about
+    /// 40× decode and preparation), so the default is one per CPU.
+    pub fn inference_threads(mut self, threads: usize) -> Self {
+        self.inference = threads.max(1);
+        self
+    }
+
+    /// Images per inference batch (1..=64).
+    pub fn batch_size(mut self, batch: usize) -> Self {
+        self.batch = batch.clamp(1, 64);
+        self
+    }
+
+    /// Re-embed: switch the database to this model (even if it holds another
+    /// model's vectors) and replace every product whose stored
+    /// [`ATTR_MODEL`] is not this model's, keeping its stored attributes.
+    /// Products already from this model are skipped, so an interrupted
+    /// re-embedding resumes too.
+    pub fn reembed(mut self, yes: bool) -> Self {
+        self.reembed = yes;
+        self
+    }
+
+    /// Called on the importing thread after every item.
+    pub fn progress(mut self, f: impl FnMut(&ImportProgress) + 'a) -> Self {
+        self.progress = Some(Box::new(f));
+        self
+    }
+}
+
+struct Job {
+    item: ImportItem,
+    /// Attributes of the stored product when re-embedding it.
+    existing: Option<Attributes>,
+}
+
+enum Prepared {
+    Ok(Job, PreparedImage),
+    Failed(Job, IngestError),
+}
+
+enum Inferred {
+    Ok(Job, Box<ModelOutput>),
+    Failed(Job, IngestError),
+}
+
+impl Db {
+    /// Imports images in bulk: N prepare workers → batched inference (M
+    /// threads) → one writer (the calling thread), connected by bounded channels, so memory
+    /// stays flat whatever the number of images. Items whose id is already
+    /// stored are skipped (so an interrupted import resumes where it stopped);
+    /// a bad item is recorded in [`ImportReport::failures`] with its reason and
+    /// the import goes on. Fails as a whole only when the model cannot be
+    /// loaded, does not fit the database (see [`Db::check_model`]), or the
+    /// source cannot be listed.
+    pub fn import(
+        &self,
+        source: ImportSource,
+        options: ImportOptions<'_>,
+    ) -> Result<ImportReport, IngestError> {
+        let started = Instant::now();
+        let ImportOptions {
+            model,
+            prep,
+            workers,
+            inference,
+            batch,
+            reembed,
+            mut progress,
+        } = options;
+        let model = match model {
+            Some(m) => m,
+            None => Model::bundled()?,
+        };
+        if reembed {
+            self.adopt_model(&model)?;
+        } else {
+            self.check_model(&model)?;
+        }
+        let items = source.into_items()?;
+        let mut report = ImportReport::default();
+        report.progress.total = items.len();
+
+        // Resume and duplicates: decided up front, on ids only.
+        let mut seen = HashSet::with_capacity(items.len());
+        let mut jobs = Vec::with_capacity(items.len());
+        for item in items {
+            if !seen.insert(item.id.clone()) {
+                report.failures.push(ImportFailure {
+                    error: IngestError::DuplicateId {
+                        id: item.id.clone(),
+                    },
+                    id: item.id,
+                    path: item.path,
+                });
+                continue;
+            }
+            let existing = match self.get(&item.id) {
+                Ok(p) => p,
+                Err(e) => {
+                    report.failures.push(ImportFailure {
+                        id: item.id,
+                        path: item.path,
+                        error: e.into(),
+                    });
+                    continue;
+                }
+            };
+            match existing {
+                None => jobs.push(Job {
+                    item,
+                    existing: None,
+                }),
+                Some(p)
+                    if reembed
+                        && p.attributes.extra.get(ATTR_MODEL).map(String::as_str)
+                            != Some(model.fingerprint()) =>
+                {
+                    jobs.push(Job {
+                        item,
+                        existing: Some(p.attributes),
+                    })
+                }
+                Some(_) => report.progress.skipped += 1,
+            }
+        }
+        drop(seen);
+        report.progress.failed = report.failures.len();
+        info!(
+            total = report.progress.total,
+            todo = jobs.len(),
+            skipped = report.progress.skipped,
+            workers,
+            inference,
+            batch,
+            "import started"
+        );
+        if let Some(f) = progress.as_mut() {
+            f(&report.progress);
+        }
+
+        let (job_tx, job_rx) = bounded::<Job>(workers * 2);
+        let (prep_tx, prep_rx) = bounded::<Prepared>(batch * 2 * inference);
+        let (out_tx, out_rx) = bounded::<Inferred>(batch * 2 * inference);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for job in jobs {
+                    if job_tx.send(job).is_err() {
+                        break;
+                    }
+                }
+            });
+            for _ in 0..workers {
+                let rx = job_rx.clone();
+                let tx = prep_tx.clone();
+                let prep = &prep;
+                scope.spawn(move || prepare_worker(rx, tx, prep));
+            }
+            drop(job_rx);
+            drop(prep_tx);
+            let model = &model;
+            for _ in 0..inference {
+                let rx = prep_rx.clone();
+                let tx = out_tx.clone();
+                scope.spawn(move || inference_worker(rx, tx, model, batch));
+            }
+            drop(prep_rx);
+            drop(out_tx);
+
+            for inferred in out_rx {
+                let (job, result) = match inferred {
+                    Inferred::Ok(job, out) => {
+                        let r = self.store_output(model, &job, &out);
+                        (job, r)
+                    }
+                    Inferred::Failed(job, e) => (job, Err(e)),
+                };
+                match result {
+                    Ok(()) => report.progress.stored += 1,
+                    Err(error) => {
+                        debug!(id = %job.item.id, %error, "import item failed");
+                        report.progress.failed += 1;
+                        report.failures.push(ImportFailure {
+                            id: job.item.id,
+                            path: job.item.path,
+                            error,
+                        });
+                    }
+                }
+                if let Some(f) = progress.as_mut() {
+                    f(&report.progress);
+                }
+            }
+        });
+        report.elapsed = started.elapsed();
+        info!(
+            stored = report.progress.stored,
+            skipped = report.progress.skipped,
+            failed = report.progress.failed,
+            secs = report.elapsed.as_secs_f64(),
+            "import finished"
+        );
+        Ok(report)
+    }
+
+    fn store_output(&self, model: &Model, job: &Job, out: &ModelOutput) -> Result<(), IngestError> {
+        match &job.existing {
+            Some(existing) => {
+                let stored = self.image_record(model, out, existing.clone());
+                self.upsert(&job.item.id, stored.attributes, stored.vectors)?;
+            }
+            None => {
+                let stored = self.image_record(model, out, job.item.attributes.clone());
+                self.insert(&job.item.id, stored.attributes, stored.vectors)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn prepare_worker(rx: Receiver<Job>, tx: Sender<Prepared>, prep: &PrepConfig) {
+    for job in rx {
+        let msg = match std::fs::read(&job.item.path) {
+            Err(source) => {
+                let path = job.item.path.clone();
+                Prepared::Failed(job, IngestError::Io { path, source })
+            }
+            Ok(bytes) => match prepare_image(&bytes, prep) {
+                Ok(p) => Prepared::Ok(job, p),
+                Err(e) => Prepared::Failed(job, e.into()),
+            },
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+fn inference_worker(rx: Receiver<Prepared>, tx: Sender<Inferred>, model: &Model, batch: usize) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(batch);
+    let mut images: Vec<PreparedImage> = Vec::with_capacity(batch);
+    let mut open = true;
+    while open {
+        // Block for the first image of a batch, then fill it while images
+        // keep coming (a short wait, so a slow tail does not stall a batch).
+        let first = match rx.recv() {
+            Ok(m) => m,
+            Err(_) => break,
+        };
+        let mut pending = Some(first);
+        loop {
+            if let Some(msg) = pending.take() {
+                match msg {
+                    Prepared::Ok(job, image) => {
+                        jobs.push(job);
+                        images.push(image);
+                    }
+                    Prepared::Failed(job, e) => {
+                        if tx.send(Inferred::Failed(job, e)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if images.len() >= batch {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(m) => pending = Some(m),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if images.is_empty() {
+            continue;
+        }
+        match model.infer(&images) {
+            Ok(outs) => {
+                for (job, out) in jobs.drain(..).zip(outs) {
+                    if tx.send(Inferred::Ok(job, Box::new(out))).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                // Report the batch item by item (the reason is the same).
+                let reason = e.to_string();
+                for job in jobs.drain(..) {
+                    let err = crate::model::ModelError::Inference(reason.clone());
+                    if tx.send(Inferred::Failed(job, err.into())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        images.clear();
+    }
+}

@@ -1,0 +1,378 @@
+//! Images in: [`Db::insert_image`], [`Db::annotate`] and the bulk
+//! [`Db::import`] pipeline.
+//!
+//! An image becomes a product in four steps: decode and prepare
+//! ([`prepare_image`]), run the model ([`Model::infer`]), build the
+//! concept-space vector ([`Model::concept_vector`]), and store. What is stored:
+//!
+//! | what | where |
+//! |---|---|
+//! | visual embedding | vector space [`EMBEDDING_SPACE`] (cosine) |
+//! | concept-space vector | vector space [`CONCEPT_SPACE`] (inner product), when the database declares it |
+//! | category probabilities | attribute [`ATTR_CATEGORY_PROBS`] (JSON array, manifest order) |
+//! | tag scores | attribute [`ATTR_TAG_SCORES`] (JSON array, manifest order) |
+//! | concept projection | attribute [`ATTR_CONCEPT`] (JSON array) |
+//! | top-1 category, kept tags | attributes [`ATTR_CATEGORY`], [`ATTR_TAGS`]; `category` too when the caller left it unset |
+//! | the model's fingerprint | attribute [`ATTR_MODEL`], and the database meta |
+//!
+//! Why attributes and not more vector spaces: every vector space carries an
+//! HNSW graph that each insert updates, and nobody searches by raw category
+//! probabilities or tag scores (the concept-space vector already holds them,
+//! normalised per group); as compact JSON (4 decimals, about 0.8 kB per
+//! product) they are read back with [`StoredOutputs::from_attributes`].
+//!
+//! The database remembers the fingerprint of the model that produced its
+//! vectors. Using a different model is [`IngestError::ModelMismatch`] unless
+//! the caller asks for re-embedding ([`ImportOptions::reembed`] or
+//! [`Db::adopt_model`]).
+//!
+//! Open an image database with the model's spaces:
+//!
+//! ```no_run
+//! use vitrine::{Attributes, Db, Model};
+//! let model = Model::bundled()?;
+//! let db = Db::builder().model_spaces(&model).open("catalog.vitrine")?;
+//! let bytes = std::fs::read("shirt.jpg")?;
+//! db.insert_image("sku-1", &bytes, Attributes::new().price(30.0))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod import;
+
+use std::path::PathBuf;
+
+pub use import::{
+    ImportFailure, ImportItem, ImportOptions, ImportProgress, ImportReport, ImportSource,
+};
+
+use crate::model::{Annotation, Model, ModelError, ModelOutput, CONCEPT_SPACE, EMBEDDING_SPACE};
+use crate::{
+    prepare_image, Attributes, Db, DbBuilder, Error, Filter, Hit, ImageError, PrepConfig, Search,
+    SimilarTo,
+};
+
+/// Attribute: fingerprint of the model that produced the product's vectors.
+pub const ATTR_MODEL: &str = "vitrine.model";
+/// Attribute: the model's top-1 category.
+pub const ATTR_CATEGORY: &str = "vitrine.category";
+/// Attribute: the kept tags (see [`Model::annotation`]), comma separated.
+pub const ATTR_TAGS: &str = "vitrine.tags";
+/// Attribute: category probabilities, a JSON array in the manifest's order.
+pub const ATTR_CATEGORY_PROBS: &str = "vitrine.category_probs";
+/// Attribute: tag scores, a JSON array in the manifest's order.
+pub const ATTR_TAG_SCORES: &str = "vitrine.tag_scores";
+/// Attribute: the concept projection, a JSON array.
+pub const ATTR_CONCEPT: &str = "vitrine.concept";
+
+/// Categories reported by [`Db::annotate`].
+pub const ANNOTATE_TOP_K: usize = 5;
+
+/// Why an image could not be inserted, annotated or imported.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The image file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The image could not be decoded or prepared.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The model could not be loaded or run.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The database refused the product.
+    #[error(transparent)]
+    Db(#[from] Error),
+    /// The database holds vectors of another model.
+    #[error(
+        "the database was built with model '{stored}' but this is model '{model}'; \
+         re-embed (ImportOptions::reembed, Db::adopt_model) to switch"
+    )]
+    ModelMismatch {
+        /// Fingerprint stored in the database.
+        stored: String,
+        /// Fingerprint of the model offered.
+        model: String,
+    },
+    /// The same id appears twice in an import source.
+    #[error("id '{id}' appears more than once in the import source")]
+    DuplicateId {
+        /// The id.
+        id: String,
+    },
+}
+
+/// The model outputs stored with a product, read back from its attributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredOutputs {
+    /// Category probabilities (4 decimals).
+    pub category_probs: Vec<f32>,
+    /// Tag scores (4 decimals).
+    pub tag_scores: Vec<f32>,
+    /// Concept projection (4 decimals).
+    pub concept: Vec<f32>,
+    /// Fingerprint of the model.
+    pub model: String,
+}
+
+impl StoredOutputs {
+    /// Parses the attributes written by the insert path; `None` when the
+    /// product was not inserted from an image (or the values are damaged).
+    pub fn from_attributes(attrs: &Attributes) -> Option<StoredOutputs> {
+        let parse = |k: &str| serde_json::from_str::<Vec<f32>>(attrs.extra.get(k)?).ok();
+        Some(StoredOutputs {
+            category_probs: parse(ATTR_CATEGORY_PROBS)?,
+            tag_scores: parse(ATTR_TAG_SCORES)?,
+            concept: parse(ATTR_CONCEPT)?,
+            model: attrs.extra.get(ATTR_MODEL)?.clone(),
+        })
+    }
+}
+
+fn json_array(v: &[f32]) -> String {
+    let mut s = String::with_capacity(v.len() * 7 + 2);
+    s.push('[');
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let x = if x.is_finite() { *x } else { 0.0 };
+        let t = format!("{x:.4}");
+        // "-0.0000" and "0.0000" both read back as 0.
+        s.push_str(if t == "-0.0000" { "0.0000" } else { &t });
+    }
+    s.push(']');
+    s
+}
+
+impl DbBuilder {
+    /// Declares the vector spaces an image database needs for `model`
+    /// ([`Model::vector_spaces`]): `embedding` (cosine) and `concept`
+    /// (inner product).
+    pub fn model_spaces(self, model: &Model) -> Self {
+        model
+            .vector_spaces()
+            .into_iter()
+            .fold(self, |b, s| b.vector_space(s.name, s.dim, s.metric))
+    }
+
+    /// Opens (or creates) an image database for `model`: declares the
+    /// model's spaces, opens, and checks the model ([`Db::check_model`]). A
+    /// database built with another model is [`IngestError::ModelMismatch`];
+    /// to switch models, open with [`DbBuilder::model_spaces`] and re-embed
+    /// ([`ImportOptions::reembed`]).
+    pub fn open_with_model(
+        self,
+        dir: impl AsRef<std::path::Path>,
+        model: &Model,
+    ) -> Result<Db, IngestError> {
+        let db = self.model_spaces(model).open(dir)?;
+        db.check_model(model)?;
+        Ok(db)
+    }
+}
+
+/// Everything the writer needs to store one image product.
+pub(crate) struct Stored {
+    pub(crate) attributes: Attributes,
+    pub(crate) vectors: Vec<(&'static str, Vec<f32>)>,
+}
+
+impl Db {
+    /// Checks that this database can hold `model`'s vectors: the embedding
+    /// space exists with the model's dimension (and the concept space, when
+    /// declared, too), and the stored model fingerprint is the model's. A
+    /// database without a fingerprint adopts the model's.
+    pub fn check_model(&self, model: &Model) -> Result<(), IngestError> {
+        self.check_model_spaces(model)?;
+        match self.stored_model_fingerprint() {
+            Some(fp) if fp == model.fingerprint() => Ok(()),
+            Some(fp) => Err(IngestError::ModelMismatch {
+                stored: fp,
+                model: model.fingerprint().to_string(),
+            }),
+            None => Ok(self.set_stored_model_fingerprint(model.fingerprint())?),
+        }
+    }
+
+    /// Makes `model` the database's model, whatever model it had: the
+    /// caller takes on re-embedding the products (re-import them with
+    /// [`ImportOptions::reembed`]; products still from the old model carry
+    /// its fingerprint in [`ATTR_MODEL`]).
+    pub fn adopt_model(&self, model: &Model) -> Result<(), IngestError> {
+        self.check_model_spaces(model)?;
+        Ok(self.set_stored_model_fingerprint(model.fingerprint())?)
+    }
+
+    /// The fingerprint of the model whose vectors the database holds, if any.
+    pub fn model_fingerprint(&self) -> Option<String> {
+        self.stored_model_fingerprint()
+    }
+
+    fn check_model_spaces(&self, model: &Model) -> Result<(), IngestError> {
+        let spaces = self.spaces();
+        for want in model.vector_spaces() {
+            match spaces.iter().find(|s| s.name == want.name) {
+                Some(s) if s.dim != want.dim => {
+                    return Err(IngestError::Db(Error::SchemaMismatch(format!(
+                        "vector space '{}' has {} dimensions but the model gives {} \
+                         (open the database with DbBuilder::model_spaces)",
+                        s.name, s.dim, want.dim
+                    ))))
+                }
+                None if want.name == EMBEDDING_SPACE => {
+                    return Err(IngestError::Db(Error::SchemaMismatch(format!(
+                        "the database has no '{EMBEDDING_SPACE}' vector space \
+                         (open it with DbBuilder::model_spaces)"
+                    ))))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// What to store for one model output: attributes merged with the
+    /// model's annotations, and the vectors for the spaces this database has.
+    pub(crate) fn image_record(
+        &self,
+        model: &Model,
+        out: &ModelOutput,
+        mut attrs: Attributes,
+    ) -> Stored {
+        let ann = model.annotation(out, 1);
+        if let Some(top) = ann.category.first() {
+            if attrs.category.is_none() {
+                attrs.category = Some(top.label.clone());
+            }
+            attrs.extra.insert(ATTR_CATEGORY.into(), top.label.clone());
+        }
+        let tags: Vec<&str> = ann.tags.iter().map(|t| t.tag.as_str()).collect();
+        attrs.extra.insert(ATTR_TAGS.into(), tags.join(","));
+        attrs
+            .extra
+            .insert(ATTR_CATEGORY_PROBS.into(), json_array(&out.category_probs));
+        attrs
+            .extra
+            .insert(ATTR_TAG_SCORES.into(), json_array(&out.tag_scores));
+        attrs
+            .extra
+            .insert(ATTR_CONCEPT.into(), json_array(&out.concept));
+        attrs
+            .extra
+            .insert(ATTR_MODEL.into(), model.fingerprint().to_string());
+        let mut vectors = vec![(EMBEDDING_SPACE, out.embedding.clone())];
+        if self.spaces().iter().any(|s| s.name == CONCEPT_SPACE) {
+            vectors.push((CONCEPT_SPACE, model.concept_vector(out)));
+        }
+        Stored {
+            attributes: attrs,
+            vectors,
+        }
+    }
+
+    /// Decodes, prepares (catalog settings), runs the bundled model
+    /// ([`Model::bundled`]) and stores a new product. Fails with
+    /// [`Error::AlreadyExists`] (inside [`IngestError::Db`]) if the id is taken.
+    /// Returns the image's annotation.
+    pub fn insert_image(
+        &self,
+        id: &str,
+        bytes: &[u8],
+        attrs: Attributes,
+    ) -> Result<Annotation, IngestError> {
+        let model = Model::bundled()?;
+        self.insert_image_with(&model, &PrepConfig::catalog(), id, bytes, attrs, false)
+    }
+
+    /// [`Db::insert_image`] with an explicit model and preparation; `replace`
+    /// makes it an upsert.
+    pub fn insert_image_with(
+        &self,
+        model: &Model,
+        prep: &PrepConfig,
+        id: &str,
+        bytes: &[u8],
+        attrs: Attributes,
+        replace: bool,
+    ) -> Result<Annotation, IngestError> {
+        self.check_model(model)?;
+        let out = infer_image(model, prep, bytes)?;
+        let stored = self.image_record(model, &out, attrs);
+        if replace {
+            self.upsert(id, stored.attributes, stored.vectors)?;
+        } else {
+            self.insert(id, stored.attributes, stored.vectors)?;
+        }
+        Ok(model.annotation(&out, ANNOTATE_TOP_K))
+    }
+
+    /// The `k` products whose visual embedding is closest to the image's,
+    /// among those passing `filter` ("search by photo").
+    pub fn search_by_image(
+        &self,
+        model: &Model,
+        prep: &PrepConfig,
+        bytes: &[u8],
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, IngestError> {
+        self.check_model(model)?;
+        let out = infer_image(model, prep, bytes)?;
+        let s = Search::new(SimilarTo::Vector(&out.embedding), k)
+            .space(EMBEDDING_SPACE)
+            .filter(filter);
+        Ok(self.search(&s)?.hits)
+    }
+
+    /// Category (top 5) and tags of an image, with the bundled model and
+    /// catalog preparation. Nothing is stored.
+    pub fn annotate(&self, bytes: &[u8]) -> Result<Annotation, IngestError> {
+        let model = Model::bundled()?;
+        annotate_with(&model, &PrepConfig::catalog(), bytes, ANNOTATE_TOP_K)
+    }
+}
+
+/// Decodes, prepares and runs `model` on one image.
+pub fn infer_image(
+    model: &Model,
+    prep: &PrepConfig,
+    bytes: &[u8],
+) -> Result<ModelOutput, IngestError> {
+    let prepared = prepare_image(bytes, prep)?;
+    Ok(model
+        .infer(std::slice::from_ref(&prepared))?
+        .pop()
+        .ok_or_else(|| ModelError::Inference("no output for the image".into()))?)
+}
+
+/// Category top-`k` and tags of an image with any model and preparation.
+/// Nothing is stored; no database is needed.
+pub fn annotate_with(
+    model: &Model,
+    prep: &PrepConfig,
+    bytes: &[u8],
+    k: usize,
+) -> Result<Annotation, IngestError> {
+    let out = infer_image(model, prep, bytes)?;
+    Ok(model.annotation(&out, k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_arrays_round_trip() {
+        let s = json_array(&[0.5, -0.000_01, 1.0, f32::NAN]);
+        assert_eq!(s, "[0.5000,0.0000,1.0000,0.0000]");
+        let back: Vec<f32> = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, vec![0.5, 0.0, 1.0, 0.0]);
+        assert_eq!(json_array(&[]), "[]");
+    }
+}

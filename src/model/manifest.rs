@@ -1,0 +1,248 @@
+//! `models/manifest.json`: the model's taxonomy, tag groups, thresholds and
+//! concept table (written by `training/export.py`).
+//!
+//! Only the fields the engine uses are parsed; everything else (training
+//! history, correlated tags, …) stays available as raw JSON through
+//! [`Manifest::raw`].
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+
+/// One group of tags (`colour`, `usage`, `pattern`, …): a contiguous range of
+/// the model's `tag_logits`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagGroup {
+    /// Group name, e.g. `"colour"`.
+    pub name: String,
+    /// The group's indexes into the tag vector.
+    pub range: Range<usize>,
+    /// Whether the tags are mutually exclusive (annotation keeps at most one).
+    pub exclusive: bool,
+    /// Tag names without the group prefix, e.g. `"red"`; the full tag name is
+    /// `"{group}.{tag}"`.
+    pub tags: Vec<String>,
+}
+
+/// The parsed manifest of a model.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    name: String,
+    onnx: String,
+    input_name: String,
+    input_shape: [usize; 3],
+    categories: Vec<String>,
+    groups: Vec<TagGroup>,
+    tag_names: Vec<String>,
+    thresholds: Vec<f32>,
+    concept_names: Vec<String>,
+    concept_dim: usize,
+    concept_vectors: Vec<Vec<f32>>,
+    raw: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct RawManifest {
+    name: String,
+    onnx: String,
+    input: RawInput,
+    taxonomy: RawTaxonomy,
+    tag_names: Vec<String>,
+    #[serde(default)]
+    tag_thresholds: BTreeMap<String, RawThreshold>,
+    concept_table: RawConcepts,
+}
+
+#[derive(Deserialize)]
+struct RawInput {
+    name: String,
+    shape: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawTaxonomy {
+    categories: Vec<String>,
+    groups: Vec<RawGroup>,
+}
+
+#[derive(Deserialize)]
+struct RawGroup {
+    name: String,
+    start: usize,
+    end: usize,
+    exclusive: bool,
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RawThreshold {
+    threshold: f32,
+}
+
+#[derive(Deserialize)]
+struct RawConcepts {
+    names: Vec<String>,
+    dim: usize,
+    vectors: Vec<Vec<f32>>,
+}
+
+impl Manifest {
+    /// Parses and checks a manifest. The error is a human-readable reason.
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let m: RawManifest = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
+        if m.input.shape.len() != 4 {
+            return Err(format!(
+                "input.shape has {} axes; expected 4 (NCHW)",
+                m.input.shape.len()
+            ));
+        }
+        let mut chw = [0usize; 3];
+        for (i, v) in m.input.shape[1..].iter().enumerate() {
+            chw[i] = v
+                .as_u64()
+                .ok_or_else(|| format!("input.shape[{}] is {v}, not a number", i + 1))?
+                as usize;
+        }
+        let mut next = 0;
+        let mut groups = Vec::with_capacity(m.taxonomy.groups.len());
+        for g in m.taxonomy.groups {
+            if g.start != next || g.end < g.start || g.end - g.start != g.tags.len() {
+                return Err(format!(
+                    "tag group '{}' has range {}..{} with {} tags; groups must be contiguous from 0",
+                    g.name,
+                    g.start,
+                    g.end,
+                    g.tags.len()
+                ));
+            }
+            next = g.end;
+            groups.push(TagGroup {
+                name: g.name,
+                range: g.start..g.end,
+                exclusive: g.exclusive,
+                tags: g.tags,
+            });
+        }
+        if next != m.tag_names.len() {
+            return Err(format!(
+                "tag groups cover {next} tags but tag_names lists {}",
+                m.tag_names.len()
+            ));
+        }
+        for g in &groups {
+            for (i, t) in g.range.clone().zip(&g.tags) {
+                let full = format!("{}.{}", g.name, t);
+                if m.tag_names[i] != full {
+                    return Err(format!(
+                        "tag_names[{i}] is '{}' but group '{}' says '{full}'",
+                        m.tag_names[i], g.name
+                    ));
+                }
+            }
+        }
+        let thresholds = m
+            .tag_names
+            .iter()
+            .map(|t| m.tag_thresholds.get(t).map(|t| t.threshold).unwrap_or(0.5))
+            .collect();
+        if m.concept_table.names.len() != m.concept_table.vectors.len() {
+            return Err(format!(
+                "concept_table has {} names but {} vectors",
+                m.concept_table.names.len(),
+                m.concept_table.vectors.len()
+            ));
+        }
+        if let Some(v) = m
+            .concept_table
+            .vectors
+            .iter()
+            .find(|v| v.len() != m.concept_table.dim)
+        {
+            return Err(format!(
+                "a concept_table vector has {} values; dim is {}",
+                v.len(),
+                m.concept_table.dim
+            ));
+        }
+        if m.taxonomy.categories.is_empty() {
+            return Err("taxonomy.categories is empty".into());
+        }
+        Ok(Manifest {
+            name: m.name,
+            onnx: m.onnx,
+            input_name: m.input.name,
+            input_shape: chw,
+            categories: m.taxonomy.categories,
+            groups,
+            tag_names: m.tag_names,
+            thresholds,
+            concept_names: m.concept_table.names,
+            concept_dim: m.concept_table.dim,
+            concept_vectors: m.concept_table.vectors,
+            raw,
+        })
+    }
+
+    /// The model's name, e.g. `"vitrine-fashion-v1"`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// File name of the ONNX model, relative to the manifest.
+    pub fn onnx_file(&self) -> &str {
+        &self.onnx
+    }
+
+    /// Name of the model's input.
+    pub fn input_name(&self) -> &str {
+        &self.input_name
+    }
+
+    /// Input shape without the batch axis: `[channels, height, width]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.input_shape
+    }
+
+    /// Category labels, in the order of `category_logits`.
+    pub fn categories(&self) -> &[String] {
+        &self.categories
+    }
+
+    /// Tag groups, in the order of `tag_logits`.
+    pub fn groups(&self) -> &[TagGroup] {
+        &self.groups
+    }
+
+    /// Full tag names (`"colour.red"`), in the order of `tag_logits`.
+    pub fn tag_names(&self) -> &[String] {
+        &self.tag_names
+    }
+
+    /// Per-tag probability thresholds (0.5 where the manifest has none).
+    pub fn tag_thresholds(&self) -> &[f32] {
+        &self.thresholds
+    }
+
+    /// Names of the concept-table rows (`"category.X"`, then every tag).
+    pub fn concept_names(&self) -> &[String] {
+        &self.concept_names
+    }
+
+    /// Dimension of the concept projection and of the concept-table rows.
+    pub fn concept_dim(&self) -> usize {
+        self.concept_dim
+    }
+
+    /// Concept-table rows, L2-normalised, in the order of
+    /// [`concept_names`](Self::concept_names).
+    pub fn concept_vectors(&self) -> &[Vec<f32>] {
+        &self.concept_vectors
+    }
+
+    /// The whole manifest as JSON.
+    pub fn raw(&self) -> &serde_json::Value {
+        &self.raw
+    }
+}

@@ -1,0 +1,627 @@
+//! The model runtime: an ONNX model plus its manifest, run with tract.
+//!
+//! The model contract (written by `training/export.py`, described in
+//! `models/README.md`): input `input`, float32 NCHW `(batch, 3, 128, 96)` with
+//! a symbolic batch axis (a stack of [`PreparedImage`] tensors); outputs
+//! `embedding` (L2-normalised), `category_logits` (softmax over the manifest's
+//! categories), `tag_logits` (one sigmoid per tag, grouped in the manifest)
+//! and `concept` (the L2-normalised concept projection).
+//!
+//! A [`Model`] is loaded from a directory ([`Model::from_dir`]), from two
+//! files ([`Model::load`]), from bytes ([`Model::from_bytes`]) or, for the
+//! model that ships with Vitrine, with [`Model::bundled`], which looks in
+//! `$VITRINE_MODEL_DIR` when set and otherwise in the `models/` folder of the
+//! source tree this crate was built from (`env!("CARGO_MANIFEST_DIR")/models`).
+//! (The ONNX file is loaded at run time, not `include_bytes!`-ed: a build
+//! does not need it, and a program that never touches images never pays for it.)
+//!
+//! Every model has a [`fingerprint`](Model::fingerprint) that the database
+//! stores in its meta, so that vectors from two different models are never
+//! mixed silently.
+
+mod manifest;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use tract_onnx::prelude::*;
+
+pub use manifest::{Manifest, TagGroup};
+
+use crate::{Metric, PreparedImage, VectorSpace};
+
+/// File name of the bundled model.
+pub const BUNDLED_ONNX: &str = "vitrine-fashion-v1.onnx";
+/// File name of a model's manifest, next to the ONNX file.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// Environment variable that overrides where [`Model::bundled`] looks.
+pub const MODEL_DIR_ENV: &str = "VITRINE_MODEL_DIR";
+/// Name of the visual-embedding vector space of an image database.
+pub const EMBEDDING_SPACE: &str = "embedding";
+/// Name of the concept-space vector space of an image database.
+pub const CONCEPT_SPACE: &str = "concept";
+
+/// The model's output names, in the order the runtime asks tract for them.
+const OUTPUTS: [&str; 4] = ["embedding", "category_logits", "tag_logits", "concept"];
+/// Largest batch handed to tract at once; bigger requests are split.
+const MAX_BATCH: usize = 64;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// A model file does not exist.
+    #[error("model file {} not found", path.display())]
+    Missing {
+        /// The file that was looked for.
+        path: PathBuf,
+    },
+    /// A model file could not be read.
+    #[error("cannot read model file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The ONNX file is not a model tract can load and optimise.
+    #[error("corrupt or unsupported ONNX model {}: {reason}", path.display())]
+    Corrupt {
+        /// The file (`<bytes>` when loaded from memory).
+        path: PathBuf,
+        /// What tract reported.
+        reason: String,
+    },
+    /// The manifest is not valid JSON or misses required fields.
+    #[error("invalid model manifest {}: {reason}", path.display())]
+    Manifest {
+        /// The file (`<bytes>` when loaded from memory).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The manifest and the ONNX graph disagree (output missing, sizes differ).
+    #[error("model and manifest disagree: {0}")]
+    ManifestMismatch(String),
+    /// The input shape is not what the model (or the image preparation) expects.
+    #[error("wrong model input shape: expected {expected:?}, got {found:?}")]
+    InputShape {
+        /// Expected shape (per image, or NCHW).
+        expected: Vec<usize>,
+        /// Shape found.
+        found: Vec<usize>,
+    },
+    /// tract failed while running the model.
+    #[error("model inference failed: {0}")]
+    Inference(String),
+}
+
+/// What the model says about one image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelOutput {
+    /// Visual embedding, L2-normalised.
+    pub embedding: Vec<f32>,
+    /// Raw category logits.
+    pub category_logits: Vec<f32>,
+    /// Category probabilities (softmax of the logits), in the manifest's order.
+    pub category_probs: Vec<f32>,
+    /// Raw tag logits.
+    pub tag_logits: Vec<f32>,
+    /// Tag scores (sigmoid of the logits), in the manifest's order.
+    pub tag_scores: Vec<f32>,
+    /// Concept projection, L2-normalised.
+    pub concept: Vec<f32>,
+}
+
+/// One block of the concept-space vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConceptBlock {
+    /// `"visual"`, `"category"`, or a tag group's name.
+    pub name: String,
+    /// Where the block sits in the concept-space vector.
+    pub range: Range<usize>,
+}
+
+/// A category with its probability.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CategoryScore {
+    /// Category label (the model's own).
+    pub label: String,
+    /// Probability.
+    pub p: f32,
+}
+
+/// A tag with its score.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TagScore {
+    /// Full tag name, `"group.tag"`.
+    pub tag: String,
+    /// Sigmoid score.
+    pub score: f32,
+}
+
+/// Category and tags of an image.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Annotation {
+    /// The most likely categories, best first.
+    pub category: Vec<CategoryScore>,
+    /// Tags whose score reaches their calibrated threshold, best first; an
+    /// exclusive group contributes at most its best tag.
+    pub tags: Vec<TagScore>,
+}
+
+type Plan = TypedSimplePlan<TypedModel>;
+
+/// A loaded model: the optimised tract plan plus its manifest. `Send + Sync`;
+/// [`Model::infer`] takes `&self`, so one model serves many threads.
+pub struct Model {
+    plan: Plan,
+    manifest: Manifest,
+    fingerprint: String,
+    embedding_dim: usize,
+    blocks: Vec<ConceptBlock>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.manifest.name())
+            .field("fingerprint", &self.fingerprint)
+            .field("embedding_dim", &self.embedding_dim)
+            .field("categories", &self.manifest.categories().len())
+            .field("tags", &self.manifest.tag_names().len())
+            .finish()
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ModelError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+static BUNDLED: Mutex<Option<(PathBuf, Arc<Model>)>> = Mutex::new(None);
+
+impl Model {
+    /// Where [`Model::bundled`] looks: `$VITRINE_MODEL_DIR` when set and
+    /// non-empty, else `<source tree of this crate>/models`.
+    pub fn bundled_dir() -> PathBuf {
+        match std::env::var_os(MODEL_DIR_ENV) {
+            Some(d) if !d.is_empty() => PathBuf::from(d),
+            _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models")),
+        }
+    }
+
+    /// The bundled model (see [`Model::bundled_dir`]), loaded once per process
+    /// and shared.
+    pub fn bundled() -> Result<Arc<Model>, ModelError> {
+        let dir = Model::bundled_dir();
+        let mut cache = BUNDLED.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((d, m)) = cache.as_ref() {
+            if *d == dir {
+                return Ok(m.clone());
+            }
+        }
+        let model = Arc::new(Model::from_dir(&dir)?);
+        *cache = Some((dir, model.clone()));
+        Ok(model)
+    }
+
+    /// Loads `dir/manifest.json` and the ONNX file it names (normally
+    /// [`BUNDLED_ONNX`]).
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Model, ModelError> {
+        let dir = dir.as_ref();
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest_bytes = read_file(&manifest_path)?;
+        let manifest = Manifest::parse(&manifest_bytes).map_err(|reason| ModelError::Manifest {
+            path: manifest_path.clone(),
+            reason,
+        })?;
+        let onnx_path = dir.join(manifest.onnx_file());
+        let onnx = read_file(&onnx_path)?;
+        Model::build(&onnx, &onnx_path, manifest)
+    }
+
+    /// Loads an ONNX file and its manifest from two paths.
+    pub fn load(
+        onnx_path: impl AsRef<Path>,
+        manifest_path: impl AsRef<Path>,
+    ) -> Result<Model, ModelError> {
+        let manifest_path = manifest_path.as_ref();
+        let manifest =
+            Manifest::parse(&read_file(manifest_path)?).map_err(|reason| ModelError::Manifest {
+                path: manifest_path.to_path_buf(),
+                reason,
+            })?;
+        let onnx = read_file(onnx_path.as_ref())?;
+        Model::build(&onnx, onnx_path.as_ref(), manifest)
+    }
+
+    /// Loads a model from the bytes of its ONNX file and of its manifest.
+    pub fn from_bytes(onnx: &[u8], manifest: &[u8]) -> Result<Model, ModelError> {
+        let manifest = Manifest::parse(manifest).map_err(|reason| ModelError::Manifest {
+            path: PathBuf::from("<bytes>"),
+            reason,
+        })?;
+        Model::build(onnx, Path::new("<bytes>"), manifest)
+    }
+
+    fn build(onnx: &[u8], path: &Path, manifest: Manifest) -> Result<Model, ModelError> {
+        let expected = [
+            PreparedImage::CHANNELS,
+            PreparedImage::HEIGHT,
+            PreparedImage::WIDTH,
+        ];
+        if manifest.input_shape() != expected {
+            return Err(ModelError::InputShape {
+                expected: expected.to_vec(),
+                found: manifest.input_shape().to_vec(),
+            });
+        }
+        let corrupt = |e: TractError| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &onnx[..])
+            .map_err(corrupt)?;
+        model.set_output_names(OUTPUTS).map_err(|e| {
+            ModelError::ManifestMismatch(format!(
+                "the ONNX graph lacks one of the outputs {OUTPUTS:?}: {e:#}"
+            ))
+        })?;
+        let batch = model.symbols.sym("batch");
+        let shape: TVec<TDim> = tvec![
+            batch.to_dim(),
+            expected[0].to_dim(),
+            expected[1].to_dim(),
+            expected[2].to_dim()
+        ];
+        model
+            .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))
+            .map_err(corrupt)?;
+        let typed = model.into_optimized().map_err(corrupt)?;
+        let mut dims = [0usize; 4];
+        for (i, d) in dims.iter_mut().enumerate() {
+            let fact = typed.output_fact(i).map_err(corrupt)?;
+            if fact.rank() != 2 {
+                return Err(ModelError::ManifestMismatch(format!(
+                    "output '{}' has rank {}, expected 2 (batch, values)",
+                    OUTPUTS[i],
+                    fact.rank()
+                )));
+            }
+            *d = fact.shape[1]
+                .as_i64()
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| {
+                    ModelError::ManifestMismatch(format!(
+                        "output '{}' has a symbolic size {}",
+                        OUTPUTS[i], fact.shape[1]
+                    ))
+                })?;
+        }
+        let [emb, ncat, ntag, ncon] = dims;
+        let check = |what: &str, graph: usize, manifest: usize| {
+            if graph == manifest {
+                Ok(())
+            } else {
+                Err(ModelError::ManifestMismatch(format!(
+                    "{what}: the ONNX graph has {graph}, the manifest {manifest}"
+                )))
+            }
+        };
+        check("categories", ncat, manifest.categories().len())?;
+        check("tags", ntag, manifest.tag_names().len())?;
+        check("concept dimension", ncon, manifest.concept_dim())?;
+        if emb == 0 {
+            return Err(ModelError::ManifestMismatch("empty embedding".into()));
+        }
+        let plan = typed.into_runnable().map_err(corrupt)?;
+
+        let mut blocks = vec![
+            ConceptBlock {
+                name: "visual".into(),
+                range: 0..emb,
+            },
+            ConceptBlock {
+                name: "category".into(),
+                range: emb..emb + ncat,
+            },
+        ];
+        for g in manifest.groups() {
+            let start = emb + ncat + g.range.start;
+            blocks.push(ConceptBlock {
+                name: g.name.clone(),
+                range: start..start + g.range.len(),
+            });
+        }
+
+        // The fingerprint covers the weights and everything of the manifest
+        // that shapes stored vectors (category and tag order), not the
+        // thresholds or the model card text.
+        let mut h = crc32fast::Hasher::new();
+        for c in manifest.categories() {
+            h.update(c.as_bytes());
+            h.update(b"\n");
+        }
+        h.update(b"\x00");
+        for t in manifest.tag_names() {
+            h.update(t.as_bytes());
+            h.update(b"\n");
+        }
+        let fingerprint = format!(
+            "{}:{}:{:08x}:{:08x}",
+            manifest.name(),
+            onnx.len(),
+            crc32fast::hash(onnx),
+            h.finalize()
+        );
+        Ok(Model {
+            plan,
+            manifest,
+            fingerprint,
+            embedding_dim: emb,
+            blocks,
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Identifies the model: name, ONNX size and checksum, and a checksum of
+    /// the category and tag order. Stored in the database meta.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Dimension of the visual embedding.
+    pub fn embedding_dim(&self) -> usize {
+        self.embedding_dim
+    }
+
+    /// The blocks of the concept-space vector: `visual`, `category`, then one
+    /// per tag group, each L2-normalised on its own.
+    pub fn concept_blocks(&self) -> &[ConceptBlock] {
+        &self.blocks
+    }
+
+    /// Dimension of the concept-space vector (the sum of the blocks).
+    pub fn concept_space_dim(&self) -> usize {
+        self.blocks.last().map_or(0, |b| b.range.end)
+    }
+
+    /// The vector spaces an image database needs: [`EMBEDDING_SPACE`]
+    /// (cosine) and [`CONCEPT_SPACE`] (inner product, so a query scaled per
+    /// block gives a preference-weighted sum of per-group cosines).
+    pub fn vector_spaces(&self) -> [VectorSpace; 2] {
+        [
+            VectorSpace {
+                name: EMBEDDING_SPACE.into(),
+                dim: self.embedding_dim,
+                metric: Metric::Cosine,
+            },
+            VectorSpace {
+                name: CONCEPT_SPACE.into(),
+                dim: self.concept_space_dim(),
+                metric: Metric::InnerProduct,
+            },
+        ]
+    }
+
+    /// Runs the model on prepared images, batched (at most 64 per tract
+    /// call). Returns one output per image, in order.
+    pub fn infer(&self, images: &[PreparedImage]) -> Result<Vec<ModelOutput>, ModelError> {
+        let per = PreparedImage::CHANNELS * PreparedImage::HEIGHT * PreparedImage::WIDTH;
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(MAX_BATCH) {
+            let mut data = Vec::with_capacity(chunk.len() * per);
+            for im in chunk {
+                if im.tensor().len() != per {
+                    return Err(ModelError::InputShape {
+                        expected: vec![per],
+                        found: vec![im.tensor().len()],
+                    });
+                }
+                data.extend_from_slice(im.tensor());
+            }
+            out.extend(self.run_batch(&data, chunk.len())?);
+        }
+        Ok(out)
+    }
+
+    /// Runs the model on an NCHW tensor of `n` images (`n × 3 × 128 × 96`
+    /// values), batched like [`Model::infer`].
+    pub fn infer_tensor(&self, nchw: &[f32], n: usize) -> Result<Vec<ModelOutput>, ModelError> {
+        let per = PreparedImage::CHANNELS * PreparedImage::HEIGHT * PreparedImage::WIDTH;
+        if nchw.len() != n * per {
+            return Err(ModelError::InputShape {
+                expected: vec![
+                    n,
+                    PreparedImage::CHANNELS,
+                    PreparedImage::HEIGHT,
+                    PreparedImage::WIDTH,
+                ],
+                found: vec![nchw.len()],
+            });
+        }
+        let mut out = Vec::with_capacity(n);
+        for chunk in nchw.chunks(MAX_BATCH * per) {
+            out.extend(self.run_batch(chunk, chunk.len() / per)?);
+        }
+        Ok(out)
+    }
+
+    fn run_batch(&self, data: &[f32], n: usize) -> Result<Vec<ModelOutput>, ModelError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let inference = |e: TractError| ModelError::Inference(format!("{e:#}"));
+        let input = Tensor::from_shape(
+            &[
+                n,
+                PreparedImage::CHANNELS,
+                PreparedImage::HEIGHT,
+                PreparedImage::WIDTH,
+            ],
+            data,
+        )
+        .map_err(inference)?;
+        let result = self.plan.run(tvec!(input.into())).map_err(inference)?;
+        if result.len() != OUTPUTS.len() {
+            return Err(ModelError::Inference(format!(
+                "expected {} outputs, got {}",
+                OUTPUTS.len(),
+                result.len()
+            )));
+        }
+        let mut flat: Vec<(&[f32], usize)> = Vec::with_capacity(4);
+        for (i, r) in result.iter().enumerate() {
+            let s = r.as_slice::<f32>().map_err(inference)?;
+            if s.len() % n != 0 || r.shape().first() != Some(&n) {
+                return Err(ModelError::Inference(format!(
+                    "output '{}' has shape {:?} for a batch of {n}",
+                    OUTPUTS[i],
+                    r.shape()
+                )));
+            }
+            flat.push((s, s.len() / n));
+        }
+        Ok((0..n)
+            .map(|i| {
+                let row = |k: usize| {
+                    let (s, d) = flat[k];
+                    s[i * d..(i + 1) * d].to_vec()
+                };
+                let category_logits = row(1);
+                let tag_logits = row(2);
+                ModelOutput {
+                    embedding: row(0),
+                    category_probs: softmax(&category_logits),
+                    tag_scores: tag_logits.iter().map(|&x| sigmoid(x)).collect(),
+                    category_logits,
+                    tag_logits,
+                    concept: row(3),
+                }
+            })
+            .collect())
+    }
+
+    /// The concept-space vector of an output: `[visual | category | one block
+    /// per tag group]`, each block L2-normalised (see
+    /// [`Model::concept_blocks`]). The inner product of two such vectors is
+    /// the sum of the per-block cosines.
+    pub fn concept_vector(&self, out: &ModelOutput) -> Vec<f32> {
+        let mut v = Vec::with_capacity(self.concept_space_dim());
+        v.extend_from_slice(&out.embedding);
+        v.extend_from_slice(&out.category_probs);
+        v.extend_from_slice(&out.tag_scores);
+        for b in &self.blocks {
+            if let Some(block) = v.get_mut(b.range.clone()) {
+                normalise(block);
+            }
+        }
+        v
+    }
+
+    /// Category top-`k` and tags of an output. A tag is kept when its score
+    /// reaches its calibrated threshold; an exclusive group keeps at most its
+    /// best tag.
+    pub fn annotation(&self, out: &ModelOutput, k: usize) -> Annotation {
+        let cats = self.manifest.categories();
+        let mut order: Vec<usize> = (0..out.category_probs.len().min(cats.len())).collect();
+        order.sort_by(|&a, &b| out.category_probs[b].total_cmp(&out.category_probs[a]));
+        let category = order
+            .into_iter()
+            .take(k)
+            .map(|i| CategoryScore {
+                label: cats[i].clone(),
+                p: out.category_probs[i],
+            })
+            .collect();
+        let names = self.manifest.tag_names();
+        let thresholds = self.manifest.tag_thresholds();
+        let mut tags = Vec::new();
+        for g in self.manifest.groups() {
+            let keep = |i: usize| out.tag_scores.get(i).is_some_and(|&s| s >= thresholds[i]);
+            if g.exclusive {
+                let best = g
+                    .range
+                    .clone()
+                    .filter(|&i| i < out.tag_scores.len())
+                    .max_by(|&a, &b| out.tag_scores[a].total_cmp(&out.tag_scores[b]));
+                if let Some(i) = best.filter(|&i| keep(i)) {
+                    tags.push(TagScore {
+                        tag: names[i].clone(),
+                        score: out.tag_scores[i],
+                    });
+                }
+            } else {
+                for i in g.range.clone().filter(|&i| keep(i)) {
+                    tags.push(TagScore {
+                        tag: names[i].clone(),
+                        score: out.tag_scores[i],
+                    });
+                }
+            }
+        }
+        tags.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Annotation { category, tags }
+    }
+}
+
+fn softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = x.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
+}
+
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 1e-12 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Model>();
+    }
+
+    #[test]
+    fn softmax_and_sigmoid() {
+        let p = softmax(&[1.0, 2.0, 3.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[2] > p[1] && p[1] > p[0]);
+        assert!((sigmoid(0.0) - 0.5).abs() < 1e-7);
+        assert!(sigmoid(-100.0) >= 0.0 && sigmoid(100.0) <= 1.0);
+    }
+}

@@ -1,0 +1,816 @@
+//! The image insert path and the bulk import: insert then search by the same
+//! image, annotate, an import with bad files, resume, kill-and-resume, and
+//! the model fingerprint check.
+//!
+//! Every test needs the model: it looks in `$VITRINE_MODEL_DIR`, else
+//! `models/`, and skips (with a message) when `vitrine-fashion-v1.onnx` is not
+//! there. Images come from `../shared/data/fpi` when present, else they are
+//! generated.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use vitrine::{
+    prepare_image, Attributes, Db, ImportOptions, ImportSource, IngestError, Model, PrepConfig,
+    Search, SimilarTo, StoredOutputs, ATTR_MODEL, BUNDLED_ONNX, CONCEPT_SPACE, MANIFEST_FILE,
+};
+
+fn model() -> Option<Arc<Model>> {
+    let dir = Model::bundled_dir();
+    if !dir.join(BUNDLED_ONNX).is_file() || !dir.join(MANIFEST_FILE).is_file() {
+        eprintln!(
+            "SKIPPED: no model at {} (set VITRINE_MODEL_DIR or commit models/{BUNDLED_ONNX})",
+            dir.display()
+        );
+        return None;
+    }
+    Some(Model::bundled().expect("the model in the model dir loads"))
+}
+
+fn fpi_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/fpi")
+}
+
+fn have_fpi() -> bool {
+    fpi_dir().join("images").is_dir() && fpi_dir().join("styles.csv").is_file()
+}
+
+/// Preparation matching the images `good_images` returns.
+fn prep() -> PrepConfig {
+    if have_fpi() {
+        PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT)
+    } else {
+        PrepConfig::catalog()
+    }
+}
+
+/// A synthetic catalog shot: a random textured product on white, PNG.
+fn synthetic_png(seed: u64) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (w, h) = (120u32, 160u32);
+    let (x0, y0) = (rng.gen_range(5..40), rng.gen_range(5..50));
+    let (x1, y1) = (rng.gen_range(70..115), rng.gen_range(100..155));
+    let base = [rng.gen::<u8>(), rng.gen::<u8>(), rng.gen::<u8>()];
+    let stripe = rng.gen_range(2..12);
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        if (x0..x1).contains(&x) && (y0..y1).contains(&y) {
+            let s = if (y / stripe) % 2 == 0 { 0 } else { 90 };
+            image::Rgb([base[0].wrapping_add(s), base[1], base[2].wrapping_sub(s)])
+        } else {
+            image::Rgb([250, 250, 250])
+        }
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// `n` good images: `(id, file extension, bytes)`.
+fn good_images(n: usize) -> Vec<(String, &'static str, Vec<u8>)> {
+    if have_fpi() {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(fpi_dir().join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .take(n)
+            .map(|p| {
+                let id = p.file_stem().unwrap().to_string_lossy().into_owned();
+                (id, "jpg", std::fs::read(&p).unwrap())
+            })
+            .collect()
+    } else {
+        (0..n)
+            .map(|i| (format!("syn-{i:04}"), "png", synthetic_png(i as u64)))
+            .collect()
+    }
+}
+
+fn write_images(dir: &Path, images: &[(String, &'static str, Vec<u8>)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (id, ext, bytes) in images {
+        std::fs::write(dir.join(format!("{id}.{ext}")), bytes).unwrap();
+    }
+}
+
+/// A PNG whose header says 30000 × 30000.
+fn huge_png_header() -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(30000u32.to_be_bytes());
+    ihdr.extend(30000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    v.extend(13u32.to_be_bytes());
+    v.extend(&ihdr);
+    v.extend(crc32fast::hash(&ihdr).to_be_bytes());
+    let mut idat = b"IDAT".to_vec();
+    idat.extend([0x78, 0x9c, 0, 0, 0, 0]);
+    v.extend(6u32.to_be_bytes());
+    v.extend(&idat);
+    v.extend(crc32fast::hash(&idat).to_be_bytes());
+    v
+}
+
+fn tiny_png() -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(4, 4, image::Rgb([10, 20, 30]));
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Ten bad files: `(file name, bytes)`.
+fn bad_files(good_jpeg: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let png = synthetic_png(999);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let random: Vec<u8> = (0..4000).map(|_| rng.gen()).collect();
+    vec![
+        ("bad-empty.jpg", Vec::new()),
+        (
+            "bad-truncated.jpg",
+            good_jpeg[..good_jpeg.len().min(300)].to_vec(),
+        ),
+        (
+            "bad-text.jpg",
+            b"this is a text file renamed to .jpg\n".to_vec(),
+        ),
+        ("bad-huge.png", huge_png_header()),
+        ("bad-tiny.png", tiny_png()),
+        ("bad-random.webp", random),
+        ("bad-cut-short.png", png[..png.len() / 3].to_vec()),
+        (
+            "bad-soi-only.jpg",
+            b"\xFF\xD8\xFF\xE0\x00\x10JFIF\x00".to_vec(),
+        ),
+        (
+            "bad-html.png",
+            b"<html><body>not found</body></html>".to_vec(),
+        ),
+        (
+            "bad-gif.png",
+            b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(),
+        ),
+    ]
+}
+
+fn a_jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 80])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+fn open_db(model: &Model, dir: &Path) -> Db {
+    Db::builder().model_spaces(model).open(dir).unwrap()
+}
+
+fn query(model: &Model, bytes: &[u8]) -> vitrine::ModelOutput {
+    let p = prepare_image(bytes, &prep()).unwrap();
+    model.infer(&[p]).unwrap().pop().unwrap()
+}
+
+#[test]
+fn insert_image_then_search_by_the_same_image_finds_it_first() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let images = good_images(24);
+    for (i, (id, _, bytes)) in images.iter().enumerate() {
+        let attrs = Attributes::new().brand("acme").price(10.0 + i as f64);
+        let ann = db
+            .insert_image_with(&model, &prep(), id, bytes, attrs, false)
+            .unwrap();
+        assert_eq!(ann.category.len(), 5);
+    }
+    assert_eq!(db.len(), images.len());
+    assert_eq!(db.model_fingerprint().as_deref(), Some(model.fingerprint()));
+
+    for (id, _, bytes) in &images {
+        let out = query(&model, bytes);
+        let hits = db
+            .search(&Search::new(SimilarTo::Vector(&out.embedding), 3))
+            .unwrap()
+            .hits;
+        assert_eq!(hits[0].id, *id, "embedding search by its own image");
+        assert!(hits[0].score > 0.999, "{}", hits[0].score);
+        let z = model.concept_vector(&out);
+        let hits = db
+            .search(&Search::new(SimilarTo::Vector(&z), 3).space(CONCEPT_SPACE))
+            .unwrap()
+            .hits;
+        assert_eq!(hits[0].id, *id, "concept-space search by its own image");
+
+        // What is stored with the product.
+        let p = db.get(id).unwrap().unwrap();
+        assert_eq!(p.attributes.brand.as_deref(), Some("acme"));
+        let stored = StoredOutputs::from_attributes(&p.attributes).unwrap();
+        assert_eq!(stored.model, model.fingerprint());
+        assert_eq!(stored.category_probs.len(), out.category_probs.len());
+        assert_eq!(stored.tag_scores.len(), out.tag_scores.len());
+        assert_eq!(stored.concept.len(), out.concept.len());
+        for (a, b) in stored.category_probs.iter().zip(&out.category_probs) {
+            assert!((a - b).abs() <= 1e-4);
+        }
+        let top = &model.annotation(&out, 1).category[0].label;
+        assert_eq!(p.attributes.category.as_ref(), Some(top));
+        assert_eq!(p.vectors["embedding"].len(), model.embedding_dim());
+        assert_eq!(p.vectors[CONCEPT_SPACE].len(), model.concept_space_dim());
+    }
+
+    // Inserting an existing id is refused; upsert replaces.
+    let (id, _, bytes) = &images[0];
+    assert!(matches!(
+        db.insert_image_with(&model, &prep(), id, bytes, Attributes::new(), false),
+        Err(IngestError::Db(vitrine::Error::AlreadyExists { .. }))
+    ));
+    db.insert_image_with(&model, &prep(), id, bytes, Attributes::new(), true)
+        .unwrap();
+    assert_eq!(db.len(), images.len());
+    // A bad image is a typed error and stores nothing.
+    assert!(matches!(
+        db.insert_image_with(&model, &prep(), "bad", b"", Attributes::new(), false),
+        Err(IngestError::Image(vitrine::ImageError::Empty))
+    ));
+    assert!(db.get("bad").unwrap().is_none());
+
+    // Search by photo.
+    let hits = db
+        .search_by_image(&model, &prep(), &images[3].2, 2, &vitrine::Filter::new())
+        .unwrap();
+    assert_eq!(hits[0].id, images[3].0);
+
+    // The plain API (bundled model, catalog preparation) works too.
+    db.insert_image("plain", &images[1].2, Attributes::new())
+        .unwrap();
+    assert!(db.get("plain").unwrap().is_some());
+}
+
+#[test]
+fn annotate_fpi_images() {
+    let Some(model) = model() else { return };
+    if !have_fpi() {
+        eprintln!("SKIPPED: no {}", fpi_dir().display());
+        return;
+    }
+    let manifest = model.manifest().raw();
+    let to_cat = &manifest["taxonomy"]["article_type_to_category"];
+    let styles = std::fs::read_to_string(fpi_dir().join("styles.csv")).unwrap();
+    let (mut n, mut top1, mut top5) = (0, 0, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    for line in styles.lines().skip(1).take(40) {
+        let cols: Vec<&str> = line.split(',').collect();
+        let (id, article) = (cols[0], cols[4]);
+        let path = fpi_dir().join("images").join(format!("{id}.jpg"));
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let Some(truth) = to_cat[article].as_str() else {
+            continue;
+        };
+        let ann = vitrine::annotate_with(&model, &prep(), &bytes, 5).unwrap();
+        assert_eq!(ann.category.len(), 5);
+        assert!(ann.category.windows(2).all(|w| w[0].p >= w[1].p));
+        let groups = model.manifest().groups();
+        for g in groups.iter().filter(|g| g.exclusive) {
+            let prefix = format!("{}.", g.name);
+            assert!(
+                ann.tags
+                    .iter()
+                    .filter(|t| t.tag.starts_with(&prefix))
+                    .count()
+                    <= 1
+            );
+        }
+        n += 1;
+        top1 += usize::from(ann.category[0].label == truth);
+        top5 += usize::from(ann.category.iter().any(|c| c.label == truth));
+        // Db::annotate (bundled model, catalog preparation) stores nothing.
+        let ann2 = db.annotate(&bytes).unwrap();
+        assert_eq!(ann2.category.len(), 5);
+    }
+    assert!(db.is_empty());
+    eprintln!("annotate on {n} fpi images: top-1 {top1}, top-5 {top5}");
+    assert!(n >= 30);
+    assert!(top5 * 10 >= n * 6, "top-5 {top5}/{n}");
+}
+
+#[test]
+fn import_stores_the_good_reports_the_bad_and_resumes() {
+    let Some(model) = model() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let good = good_images(50);
+    write_images(src.path(), &good);
+    let jpeg = if good[0].1 == "jpg" {
+        good[0].2.clone()
+    } else {
+        a_jpeg()
+    };
+    let bad = bad_files(&jpeg);
+    for (name, bytes) in &bad {
+        std::fs::write(src.path().join(name), bytes).unwrap();
+    }
+    std::fs::write(src.path().join("README.md"), "not an image: ignored").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let mut seen = Vec::new();
+    let report = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(prep())
+                .workers(2)
+                .batch_size(8)
+                .progress(|p| seen.push(*p)),
+        )
+        .unwrap();
+    assert_eq!(report.progress.total, 60);
+    assert_eq!(report.progress.stored, 50);
+    assert_eq!(report.progress.failed, 10);
+    assert_eq!(report.progress.skipped, 0);
+    assert_eq!(db.len(), 50);
+    let good_ids: BTreeSet<String> = good.iter().map(|g| g.0.clone()).collect();
+    assert_eq!(db.ids().into_iter().collect::<BTreeSet<_>>(), good_ids);
+    let bad_ids: BTreeSet<String> = bad
+        .iter()
+        .map(|(n, _)| n.rsplit_once('.').unwrap().0.to_string())
+        .collect();
+    let failed_ids: BTreeSet<String> = report.failures.iter().map(|f| f.id.clone()).collect();
+    assert_eq!(failed_ids, bad_ids);
+    for f in &report.failures {
+        assert!(
+            matches!(f.error, IngestError::Image(_)),
+            "{}: {:?}",
+            f.id,
+            f.error
+        );
+        assert!(!f.error.to_string().is_empty());
+        if f.id == "bad-huge" {
+            assert!(
+                matches!(
+                    f.error,
+                    IngestError::Image(vitrine::ImageError::ImageTooLarge { .. })
+                ),
+                "{:?}",
+                f.error
+            );
+        }
+        eprintln!("{}: {}", f.path.display(), f.error);
+    }
+    // Progress: after every item, monotone, ending at the total.
+    assert_eq!(seen.last().unwrap().done(), 60);
+    assert!(seen.windows(2).all(|w| w[0].done() <= w[1].done()));
+
+    // Resume: nothing new is stored, nothing is duplicated.
+    let again = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new().model(model.clone()).prep(prep()),
+        )
+        .unwrap();
+    assert_eq!(again.progress.stored, 0);
+    assert_eq!(again.progress.skipped, 50);
+    assert_eq!(again.progress.failed, 10);
+    assert_eq!(db.len(), 50);
+
+    // An item list with attributes, a duplicate id and a missing file.
+    let extra = good_images(52);
+    let extra_dir = tempfile::tempdir().unwrap();
+    write_images(extra_dir.path(), &extra[50..]);
+    let mut items: Vec<vitrine::ImportItem> = extra[50..]
+        .iter()
+        .map(|(id, ext, _)| vitrine::ImportItem {
+            id: id.clone(),
+            path: extra_dir.path().join(format!("{id}.{ext}")),
+            attributes: Attributes::new().brand("listed").price(5.0),
+        })
+        .collect();
+    items.push(items[0].clone());
+    items.push(vitrine::ImportItem {
+        id: "missing".into(),
+        path: extra_dir.path().join("missing.jpg"),
+        attributes: Attributes::new(),
+    });
+    let r = db
+        .import(
+            ImportSource::Items(items),
+            ImportOptions::new().model(model.clone()).prep(prep()),
+        )
+        .unwrap();
+    assert_eq!(r.progress.stored, 2);
+    assert_eq!(r.failures.len(), 2);
+    assert!(r
+        .failures
+        .iter()
+        .any(|f| matches!(f.error, IngestError::DuplicateId { .. })));
+    assert!(r
+        .failures
+        .iter()
+        .any(|f| matches!(f.error, IngestError::Io { .. }) && f.id == "missing"));
+    let p = db.get(&extra[50].0).unwrap().unwrap();
+    assert_eq!(p.attributes.brand.as_deref(), Some("listed"));
+    assert_eq!(db.len(), 52);
+}
+
+#[test]
+fn another_model_is_refused_unless_reembedding() {
+    let Some(model) = model() else { return };
+    // Same weights, one category renamed: a different fingerprint.
+    let mdir = Model::bundled_dir();
+    let onnx = std::fs::read(mdir.join(BUNDLED_ONNX)).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mdir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    let c0 = m["taxonomy"]["categories"][0].as_str().unwrap().to_string();
+    m["taxonomy"]["categories"][0] = serde_json::Value::String(format!("{c0} (renamed)"));
+    let other = Arc::new(Model::from_bytes(&onnx, m.to_string().as_bytes()).unwrap());
+    assert_ne!(other.fingerprint(), model.fingerprint());
+
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(6);
+    write_images(src.path(), &images);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_db(&model, dir.path());
+        let items = images
+            .iter()
+            .map(|(id, ext, _)| vitrine::ImportItem {
+                id: id.clone(),
+                path: src.path().join(format!("{id}.{ext}")),
+                attributes: Attributes::new().brand("kept"),
+            })
+            .collect();
+        let r = db
+            .import(
+                ImportSource::Items(items),
+                ImportOptions::new().model(model.clone()).prep(prep()),
+            )
+            .unwrap();
+        assert_eq!(r.progress.stored, 6);
+    }
+    // The fingerprint survives a reopen; opening for another model is refused.
+    assert!(matches!(
+        Db::builder().open_with_model(dir.path(), &other),
+        Err(IngestError::ModelMismatch { .. })
+    ));
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    assert_eq!(db.model_fingerprint().as_deref(), Some(model.fingerprint()));
+    assert!(matches!(
+        db.check_model(&other),
+        Err(IngestError::ModelMismatch { .. })
+    ));
+    assert!(matches!(
+        db.insert_image_with(&other, &prep(), "x", &images[0].2, Attributes::new(), false),
+        Err(IngestError::ModelMismatch { .. })
+    ));
+    let e = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new().model(other.clone()).prep(prep()),
+        )
+        .unwrap_err();
+    assert!(matches!(e, IngestError::ModelMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("re-embed"), "{e}");
+
+    // Re-embedding replaces every product, keeping its attributes.
+    let r = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(other.clone())
+                .prep(prep())
+                .reembed(true),
+        )
+        .unwrap();
+    assert_eq!((r.progress.stored, r.progress.skipped), (6, 0));
+    assert_eq!(db.model_fingerprint().as_deref(), Some(other.fingerprint()));
+    for (id, _, _) in &images {
+        let p = db.get(id).unwrap().unwrap();
+        assert_eq!(p.attributes.brand.as_deref(), Some("kept"));
+        assert_eq!(p.attributes.extra[ATTR_MODEL], other.fingerprint());
+    }
+    assert_eq!(db.len(), 6);
+    // And resumes: a second run has nothing left to do.
+    let r = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(other.clone())
+                .prep(prep())
+                .reembed(true),
+        )
+        .unwrap();
+    assert_eq!((r.progress.stored, r.progress.skipped), (0, 6));
+    // A database opened without the model's spaces is refused with a reason.
+    let plain = tempfile::tempdir().unwrap();
+    let small = Db::builder()
+        .vector_space("embedding", 8, vitrine::Metric::Cosine)
+        .open(plain.path())
+        .unwrap();
+    assert!(matches!(
+        small.check_model(&model),
+        Err(IngestError::Db(vitrine::Error::SchemaMismatch(_)))
+    ));
+}
+
+const CHILD_ENV: &str = "VITRINE_INGEST_KILL_CHILD";
+
+/// In the child process: import `src` into `db`, writing the number of
+/// stored items to `progress` after each one.
+fn child_import(spec: &str) {
+    let parts: Vec<&str> = spec.split('|').collect();
+    let (db_dir, src, progress) = (parts[0], parts[1], parts[2]);
+    let model = Model::bundled().unwrap();
+    let db = open_db(&model, Path::new(db_dir));
+    db.import(
+        ImportSource::Dir(PathBuf::from(src)),
+        ImportOptions::new()
+            .model(model)
+            .prep(prep())
+            .workers(1)
+            .batch_size(2)
+            .progress(|p| {
+                let _ = std::fs::write(progress, p.stored.to_string());
+            }),
+    )
+    .unwrap();
+    std::fs::write(progress, "done").unwrap();
+}
+
+#[test]
+fn kill_during_import_then_resume_gives_the_full_set() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        child_import(&spec);
+        return;
+    }
+    let Some(model) = model() else { return };
+    let n = 120;
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(n);
+    write_images(src.path(), &images);
+    let dir = tempfile::tempdir().unwrap();
+    let progress = dir.path().join("progress");
+    let db_dir = dir.path().join("db");
+
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "kill_during_import_then_resume_gives_the_full_set",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            CHILD_ENV,
+            format!(
+                "{}|{}|{}",
+                db_dir.display(),
+                src.path().display(),
+                progress.display()
+            ),
+        )
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut killed_at = None;
+    while started.elapsed() < Duration::from_secs(300) {
+        if let Some(status) = child.try_wait().unwrap() {
+            // A very fast machine: the import finished before the kill. The
+            // rerun below still checks the full set and no duplicates.
+            eprintln!("WARNING: the child import ended before the kill ({status})");
+            killed_at = Some(0);
+            break;
+        }
+        let stored = std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok());
+        if stored.is_some_and(|s| s >= 10) {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            killed_at = stored;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if killed_at.is_none() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let killed_at = killed_at.expect("the child import made progress within 300 s");
+
+    let db = open_db(&model, &db_dir);
+    let before = db.len();
+    eprintln!("killed after {killed_at} reported stored; {before} of {n} survived the kill");
+    assert!(
+        before >= killed_at && before <= n,
+        "{before} stored after the kill"
+    );
+    let r = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new().model(model.clone()).prep(prep()),
+        )
+        .unwrap();
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    assert_eq!(r.progress.skipped, before);
+    assert_eq!(r.progress.stored, n - before);
+    assert_eq!(db.len(), n);
+    let want: BTreeSet<String> = images.iter().map(|i| i.0.clone()).collect();
+    let ids = db.ids();
+    assert_eq!(ids.len(), n, "no duplicates");
+    assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), want);
+    // Every product is searchable by its own image.
+    for (id, _, bytes) in images.iter().step_by(10) {
+        let out = query(&model, bytes);
+        let hits = db
+            .search(&Search::new(SimilarTo::Vector(&out.embedding), 1))
+            .unwrap()
+            .hits;
+        assert_eq!(hits[0].id, *id);
+    }
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Figures for the closing note (not run by default):
+/// `cargo test --release --test ingest -- --ignored throughput --nocapture`.
+#[test]
+#[ignore]
+fn throughput_figures() {
+    let Some(model) = model() else { return };
+    let images = good_images(64);
+    let n = images.len();
+    let t = Instant::now();
+    let prepared: Vec<_> = images
+        .iter()
+        .map(|(_, _, b)| prepare_image(b, &prep()).unwrap())
+        .collect();
+    let prep_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "decode+prepare: {:.2} ms/image (1 thread)",
+        1e3 * prep_s / n as f64
+    );
+    for batch in [1usize, 4, 8, 32] {
+        model.infer(&prepared[..batch]).unwrap(); // warm-up
+        let t = Instant::now();
+        for chunk in prepared.chunks(batch) {
+            model.infer(chunk).unwrap();
+        }
+        let s = t.elapsed().as_secs_f64();
+        eprintln!(
+            "inference, batch {batch:>2}: {:.2} ms/image, {:.1} images/s (1 thread)",
+            1e3 * s / n as f64,
+            n as f64 / s
+        );
+    }
+    let outs = model.infer(&prepared).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    db.check_model(&model).unwrap();
+    let t = Instant::now();
+    for ((id, _, _), out) in images.iter().zip(&outs) {
+        let z = model.concept_vector(out);
+        db.insert(
+            id,
+            Attributes::new(),
+            [("embedding", out.embedding.clone()), (CONCEPT_SPACE, z)],
+        )
+        .unwrap();
+    }
+    eprintln!(
+        "store (durability Immediate, 2 spaces): {:.2} ms/image",
+        1e3 * t.elapsed().as_secs_f64() / n as f64
+    );
+    drop(db);
+    let src = tempfile::tempdir().unwrap();
+    write_images(src.path(), &images);
+    for batch in [1usize, 4, 8, 32] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(&model, dir.path());
+        let r = db
+            .import(
+                ImportSource::Dir(src.path().to_path_buf()),
+                ImportOptions::new()
+                    .model(model.clone())
+                    .prep(prep())
+                    .workers(1)
+                    .inference_threads(2)
+                    .batch_size(batch),
+            )
+            .unwrap();
+        assert_eq!(r.progress.stored, n);
+        eprintln!(
+            "end-to-end import, 1 prepare worker, 2 inference threads, batch {batch:>2}: {:.1} images/s",
+            n as f64 / r.elapsed.as_secs_f64()
+        );
+    }
+}
+
+/// The flat-memory check (not run by default): imports every fpi image and
+/// prints the peak RSS. `cargo test --release --test ingest -- --ignored
+/// full_fpi --nocapture`.
+#[test]
+#[ignore]
+fn import_full_fpi_peak_rss() {
+    let Some(model) = model() else { return };
+    if !have_fpi() {
+        eprintln!("SKIPPED: no {}", fpi_dir().display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let before = peak_rss_kib();
+    let mut last = Instant::now();
+    let r = db
+        .import(
+            ImportSource::Dir(fpi_dir().join("images")),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(prep())
+                .batch_size(16)
+                .progress(|p| {
+                    if last.elapsed() > Duration::from_secs(10) {
+                        last = Instant::now();
+                        eprintln!("{}/{} peak RSS {:?} KiB", p.done(), p.total, peak_rss_kib());
+                    }
+                }),
+        )
+        .unwrap();
+    eprintln!(
+        "imported {} ({} failed) in {:.1} s = {:.1} images/s; peak RSS before {:?} KiB, after {:?} KiB",
+        r.progress.stored,
+        r.progress.failed,
+        r.elapsed.as_secs_f64(),
+        r.progress.stored as f64 / r.elapsed.as_secs_f64(),
+        before,
+        peak_rss_kib()
+    );
+    assert_eq!(db.len(), r.progress.stored);
+}
+
+/// The acceptance check on the demo sample: import `examples/catalog` (the
+/// images directly in it, or in `images/`), then search by every product's
+/// own image: that product comes first (or ties for first with an identical
+/// picture). Skips when the sample is not there yet. `VITRINE_SAMPLE_DIR`
+/// points it at another folder.
+#[test]
+fn every_sample_product_is_found_first_by_its_own_image() {
+    let Some(model) = model() else { return };
+    let root = std::env::var_os("VITRINE_SAMPLE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/catalog"));
+    let has_images = |d: &Path| {
+        std::fs::read_dir(d).is_ok_and(|rd| {
+            rd.filter_map(Result::ok).any(|e| {
+                e.path().extension().is_some_and(|x| {
+                    ["jpg", "jpeg", "png", "webp"].contains(&&*x.to_string_lossy())
+                })
+            })
+        })
+    };
+    let Some(src) = [root.join("images"), root.clone()]
+        .into_iter()
+        .find(|d| has_images(d))
+    else {
+        eprintln!("SKIPPED: no sample images in {}", root.display());
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let r = db
+        .import(
+            ImportSource::Dir(src.clone()),
+            ImportOptions::new().model(model.clone()),
+        )
+        .unwrap();
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    let items = ImportSource::Dir(src).items().unwrap();
+    assert_eq!(db.len(), items.len());
+    for item in &items {
+        let bytes = std::fs::read(&item.path).unwrap();
+        let out = vitrine::infer_image(&model, &PrepConfig::catalog(), &bytes).unwrap();
+        let hits = db
+            .search(&Search::new(SimilarTo::Vector(&out.embedding), 5))
+            .unwrap()
+            .hits;
+        let own = hits.iter().find(|h| h.id == item.id);
+        assert!(
+            own.is_some_and(|h| h.score >= hits[0].score - 1e-6),
+            "{}: hits {:?}",
+            item.id,
+            hits.iter().map(|h| (&h.id, h.score)).collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,335 @@
+//! The model runtime: loading, typed errors, batched inference, tract vs the
+//! PyTorch reference outputs, annotation and the concept-space vector.
+//!
+//! Tests that need the model look in `$VITRINE_MODEL_DIR`, else `models/`,
+//! and skip (with a message) when `vitrine-fashion-v1.onnx` is not there.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vitrine::{Model, ModelError, PreparedImage, BUNDLED_ONNX, MANIFEST_FILE};
+
+fn model_dir() -> Option<PathBuf> {
+    let dir = Model::bundled_dir();
+    if dir.join(BUNDLED_ONNX).is_file() && dir.join(MANIFEST_FILE).is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: no model at {} (set VITRINE_MODEL_DIR or commit models/{BUNDLED_ONNX})",
+            dir.display()
+        );
+        None
+    }
+}
+
+fn model() -> Option<Arc<Model>> {
+    model_dir()?;
+    Some(Model::bundled().expect("the model in the model dir loads"))
+}
+
+/// A minimal manifest in the export's format (no ONNX needed to parse it).
+fn tiny_manifest(shape: [usize; 3]) -> String {
+    serde_json::json!({
+        "name": "tiny",
+        "onnx": "tiny.onnx",
+        "input": {"name": "input", "shape": ["batch", shape[0], shape[1], shape[2]]},
+        "taxonomy": {
+            "categories": ["a", "b"],
+            "groups": [{"name": "colour", "start": 0, "end": 2, "exclusive": true, "tags": ["red", "blue"]}]
+        },
+        "tag_names": ["colour.red", "colour.blue"],
+        "tag_thresholds": {"colour.red": {"threshold": 0.4}},
+        "concept_table": {"names": ["category.a"], "dim": 2, "vectors": [[1.0, 0.0]]}
+    })
+    .to_string()
+}
+
+/// Reads a little-endian float32 C-order `.npy` file: (shape, values).
+fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{} is not an npy file",
+        path.display()
+    );
+    let (hlen, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        )
+    };
+    let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
+    assert!(header.contains("'descr': '<f4'"), "{header}");
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let shape_str = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_str
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let data: Vec<f32> = bytes[start + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>());
+    (shape, data)
+}
+
+#[test]
+fn missing_model_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    match Model::from_dir(dir.path()) {
+        Err(ModelError::Missing { path }) => assert_eq!(path, dir.path().join(MANIFEST_FILE)),
+        other => panic!("expected Missing, got {other:?}"),
+    }
+    std::fs::write(dir.path().join(MANIFEST_FILE), tiny_manifest([3, 128, 96])).unwrap();
+    match Model::from_dir(dir.path()) {
+        Err(ModelError::Missing { path }) => assert_eq!(path, dir.path().join("tiny.onnx")),
+        other => panic!("expected Missing, got {other:?}"),
+    }
+    let e = Model::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("tiny.onnx"), "{e}");
+}
+
+#[test]
+fn corrupt_onnx_is_a_typed_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(MANIFEST_FILE), tiny_manifest([3, 128, 96])).unwrap();
+    std::fs::write(
+        dir.path().join("tiny.onnx"),
+        b"this is not a protobuf model",
+    )
+    .unwrap();
+    match Model::from_dir(dir.path()) {
+        Err(ModelError::Corrupt { path, .. }) => assert_eq!(path, dir.path().join("tiny.onnx")),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        Model::from_bytes(b"\x00\x01garbage", tiny_manifest([3, 128, 96]).as_bytes()),
+        Err(ModelError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn bad_manifests_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(MANIFEST_FILE);
+    std::fs::write(&path, b"{ not json").unwrap();
+    match Model::from_dir(dir.path()) {
+        Err(ModelError::Manifest { path: p, .. }) => assert_eq!(p, path),
+        other => panic!("expected Manifest, got {other:?}"),
+    }
+    // Groups that do not cover the tags.
+    let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest([3, 128, 96])).unwrap();
+    m["tag_names"] = serde_json::json!(["colour.red", "colour.blue", "colour.green"]);
+    assert!(matches!(
+        Model::from_bytes(b"", m.to_string().as_bytes()),
+        Err(ModelError::Manifest { .. })
+    ));
+    // A missing field.
+    let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest([3, 128, 96])).unwrap();
+    m.as_object_mut().unwrap().remove("taxonomy");
+    let e = Model::from_bytes(b"", m.to_string().as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("taxonomy"), "{e}");
+}
+
+#[test]
+fn wrong_input_shape_is_a_typed_error() {
+    match Model::from_bytes(b"", tiny_manifest([3, 64, 64]).as_bytes()) {
+        Err(ModelError::InputShape { expected, found }) => {
+            assert_eq!(expected, vec![3, 128, 96]);
+            assert_eq!(found, vec![3, 64, 64]);
+        }
+        other => panic!("expected InputShape, got {other:?}"),
+    }
+    let Some(model) = model() else { return };
+    assert!(matches!(
+        model.infer_tensor(&[0.0; 100], 1),
+        Err(ModelError::InputShape { .. })
+    ));
+    assert!(model.infer_tensor(&[], 0).unwrap().is_empty());
+    assert!(model.infer(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn manifest_that_disagrees_with_the_graph_is_a_typed_error() {
+    let Some(dir) = model_dir() else { return };
+    let onnx = std::fs::read(dir.join(BUNDLED_ONNX)).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    let cats = m["taxonomy"]["categories"].as_array_mut().unwrap();
+    cats.pop();
+    match Model::from_bytes(&onnx, m.to_string().as_bytes()) {
+        Err(ModelError::ManifestMismatch(reason)) => {
+            assert!(reason.contains("categories"), "{reason}")
+        }
+        other => panic!("expected ManifestMismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn loads_with_the_contract_shapes() {
+    let Some(model) = model() else { return };
+    let m = model.manifest();
+    assert_eq!(model.embedding_dim(), 128);
+    assert!(!model.fingerprint().is_empty());
+    let blocks = model.concept_blocks();
+    assert_eq!(blocks[0].name, "visual");
+    assert_eq!(blocks[1].name, "category");
+    assert_eq!(blocks.len(), 2 + m.groups().len());
+    assert_eq!(
+        model.concept_space_dim(),
+        128 + m.categories().len() + m.tag_names().len()
+    );
+    let [e, c] = model.vector_spaces();
+    assert_eq!((e.name.as_str(), e.dim), ("embedding", 128));
+    assert_eq!(c.name, "concept");
+    assert_eq!(c.dim, model.concept_space_dim());
+    // Same files, same fingerprint.
+    let again = Model::from_dir(Model::bundled_dir()).unwrap();
+    assert_eq!(again.fingerprint(), model.fingerprint());
+}
+
+#[test]
+fn tract_matches_the_pytorch_reference_outputs() {
+    let Some(dir) = model_dir() else { return };
+    let json_path = dir.join("fixtures/reference_outputs.json");
+    let input_path = dir.join("fixtures/input.npy");
+    if !json_path.is_file() || !input_path.is_file() {
+        eprintln!("SKIPPED: no fixtures in {}", dir.join("fixtures").display());
+        return;
+    }
+    let model = model().unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let tol = reference["tolerance"].as_f64().unwrap_or(1e-4) as f32;
+    let (shape, input) = read_npy_f32(&input_path);
+    assert_eq!(&shape[1..], &[3, 128, 96]);
+    let n = shape[0];
+    let outs = model.infer_tensor(&input, n).unwrap();
+    assert_eq!(outs.len(), n);
+    let mut worst = 0.0f32;
+    for (name, get) in [
+        (
+            "embedding",
+            (|o: &vitrine::ModelOutput| o.embedding.clone()) as fn(&_) -> Vec<f32>,
+        ),
+        ("category_logits", |o| o.category_logits.clone()),
+        ("tag_logits", |o| o.tag_logits.clone()),
+        ("concept", |o| o.concept.clone()),
+    ] {
+        let rows = reference["outputs"][name].as_array().unwrap();
+        assert_eq!(rows.len(), n, "{name}");
+        for (i, row) in rows.iter().enumerate() {
+            let want: Vec<f32> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let got = get(&outs[i]);
+            assert_eq!(got.len(), want.len(), "{name}[{i}]");
+            for (g, w) in got.iter().zip(&want) {
+                let d = (g - w).abs();
+                worst = worst.max(d);
+                assert!(
+                    d <= tol,
+                    "{name}[{i}]: tract {g} vs reference {w} (tolerance {tol})"
+                );
+            }
+        }
+    }
+    eprintln!("tract vs PyTorch: max abs difference {worst:e} over {n} images");
+}
+
+#[test]
+fn batches_agree_with_single_images() {
+    let Some(dir) = model_dir() else { return };
+    let model = model().unwrap();
+    let input_path = dir.join("fixtures/input.npy");
+    let per = 3 * PreparedImage::HEIGHT * PreparedImage::WIDTH;
+    let input = if input_path.is_file() {
+        read_npy_f32(&input_path).1
+    } else {
+        (0..3 * per)
+            .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
+            .collect()
+    };
+    let n = input.len() / per;
+    let batched = model.infer_tensor(&input, n).unwrap();
+    for i in 0..n {
+        let single = model
+            .infer_tensor(&input[i * per..(i + 1) * per], 1)
+            .unwrap();
+        for (a, b) in single[0].embedding.iter().zip(&batched[i].embedding) {
+            assert!((a - b).abs() < 1e-4, "image {i}: {a} vs {b}");
+        }
+        for (a, b) in single[0]
+            .category_logits
+            .iter()
+            .zip(&batched[i].category_logits)
+        {
+            assert!((a - b).abs() < 1e-3, "image {i}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn outputs_annotation_and_concept_vector_are_well_formed() {
+    let Some(model) = model() else { return };
+    let per = 3 * PreparedImage::HEIGHT * PreparedImage::WIDTH;
+    // A white canvas, a mid-grey one and a patterned one.
+    let mut input = vec![2.0f32; per];
+    input.extend(vec![0.0f32; per]);
+    input.extend((0..per).map(|i| if (i / 7) % 2 == 0 { 2.0 } else { -2.0 }));
+    let outs = model.infer_tensor(&input, 3).unwrap();
+    let m = model.manifest();
+    for out in &outs {
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm(&out.embedding) - 1.0).abs() < 1e-4);
+        assert!((norm(&out.concept) - 1.0).abs() < 1e-4);
+        assert!((out.category_probs.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        assert!(out.tag_scores.iter().all(|s| (0.0..=1.0).contains(s)));
+
+        let z = model.concept_vector(out);
+        assert_eq!(z.len(), model.concept_space_dim());
+        for b in model.concept_blocks() {
+            assert!(
+                (norm(&z[b.range.clone()]) - 1.0).abs() < 1e-4,
+                "block {}",
+                b.name
+            );
+        }
+        // Self-similarity in concept space = number of blocks.
+        let dot: f32 = z.iter().map(|x| x * x).sum();
+        assert!((dot - model.concept_blocks().len() as f32).abs() < 1e-3);
+
+        let ann = model.annotation(out, 5);
+        assert_eq!(ann.category.len(), 5.min(m.categories().len()));
+        assert!(ann.category.windows(2).all(|w| w[0].p >= w[1].p));
+        assert!(ann.tags.windows(2).all(|w| w[0].score >= w[1].score));
+        for g in m.groups().iter().filter(|g| g.exclusive) {
+            let prefix = format!("{}.", g.name);
+            let n = ann
+                .tags
+                .iter()
+                .filter(|t| t.tag.starts_with(&prefix))
+                .count();
+            assert!(n <= 1, "exclusive group {} kept {n} tags", g.name);
+        }
+        for t in &ann.tags {
+            let i = m.tag_names().iter().position(|n| *n == t.tag).unwrap();
+            assert!(t.score >= m.tag_thresholds()[i]);
+        }
+    }
+}
