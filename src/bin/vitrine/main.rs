@@ -1,6 +1,10 @@
 //! The `vitrine` command line: benchmark harness (and, later, import, query and the REPL).
 
+mod annotate;
 mod bench;
+mod demo;
+mod eval;
+mod import;
 mod npy;
 mod precompute;
 
@@ -30,6 +34,17 @@ enum Command {
         #[command(subcommand)]
         what: precompute::PrecomputeCommand,
     },
+    /// Category (top 5) and tags of image files, with the bundled model.
+    Annotate(annotate::AnnotateArgs),
+    /// Evaluations of the bundled model through the Rust pipeline.
+    Eval {
+        #[command(subcommand)]
+        what: eval::EvalCommand,
+    },
+    /// Imports a folder of images, or a CSV `id,path[,attrs…]`, into a database.
+    Import(import::ImportArgs),
+    /// Builds a demo database from examples/catalog and runs example queries.
+    Demo(demo::DemoArgs),
 }
 
 fn main() {
@@ -45,6 +60,10 @@ fn main() {
     let result = match cli.command {
         Command::Bench { what } => bench::run(what),
         Command::Precompute { what } => precompute::run(what),
+        Command::Annotate(args) => annotate::run(args),
+        Command::Eval { what } => eval::run(what),
+        Command::Import(args) => import::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,82 @@
+//! `vitrine annotate`: category top-5 and tags of image files.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use vitrine::{annotate_with, Annotation, Model, ANNOTATE_TOP_K};
+
+use crate::import::PrepArgs;
+
+/// Arguments of `vitrine annotate`.
+#[derive(Args)]
+pub struct AnnotateArgs {
+    /// Image files (JPEG, PNG, WebP).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// One JSON object per line:
+    /// `{"file", "category": [{"label","p"}...], "tags": [{"tag","score"}...]}`.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub prep: PrepArgs,
+}
+
+/// The JSON line of one annotated file.
+pub fn json_line(file: &str, ann: &Annotation) -> serde_json::Value {
+    serde_json::json!({
+        "file": file,
+        "category": ann.category.iter().map(|c| serde_json::json!({"label": c.label, "p": c.p})).collect::<Vec<_>>(),
+        "tags": ann.tags.iter().map(|t| serde_json::json!({"tag": t.tag, "score": t.score})).collect::<Vec<_>>(),
+    })
+}
+
+/// Prints an annotation for people.
+pub fn print_text(file: &str, ann: &Annotation) {
+    println!("{file}");
+    let cats: Vec<String> = ann
+        .category
+        .iter()
+        .map(|c| format!("{} {:.3}", c.label, c.p))
+        .collect();
+    println!("  category: {}", cats.join(", "));
+    let tags: Vec<String> = ann
+        .tags
+        .iter()
+        .map(|t| format!("{} {:.2}", t.tag, t.score))
+        .collect();
+    println!(
+        "  tags:     {}",
+        if tags.is_empty() {
+            "(none)".to_string()
+        } else {
+            tags.join(", ")
+        }
+    );
+}
+
+/// Runs `vitrine annotate`. Every file is tried; the command fails at the
+/// end if any file failed (each failure is reported on stderr).
+pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
+    let prep = args.prep.config()?;
+    let model = Model::bundled().context("cannot load the bundled model")?;
+    let mut failed = 0usize;
+    for path in &args.files {
+        let name = path.display().to_string();
+        let result = std::fs::read(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| Ok(annotate_with(&model, &prep, &bytes, ANNOTATE_TOP_K)?));
+        match result {
+            Ok(ann) if args.json => println!("{}", json_line(&name, &ann)),
+            Ok(ann) => print_text(&name, &ann),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {name}: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} files failed", args.files.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! `vitrine demo`: builds a small image database from the sample catalog in
+//! `examples/catalog/`, runs a few example queries, and writes a contact
+//! sheet per query.
+//!
+//! Contact sheets carry no text: each tile (query first, then the results in
+//! rank order) has a coloured bar under it (blue: the query; green: a result
+//! of the query's category; orange: another category), filled in proportion
+//! to the similarity score. The labels are printed in the terminal, in the
+//! same order.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use image::{imageops, Rgb, RgbImage};
+use vitrine::{
+    annotate_with, Attributes, Db, Filter, Hit, ImportItem, ImportSource, Model, PrepConfig,
+    Search, SimilarTo, ANNOTATE_TOP_K, ATTR_CATEGORY, EMBEDDING_SPACE,
+};
+
+use crate::import::{csv_items, import_with_progress, print_summary};
+
+/// Arguments of `vitrine demo`.
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Output folder: the database (`<out>/db`) and the contact sheets.
+    #[arg(long, default_value = "vitrine-demo")]
+    pub out: PathBuf,
+    /// The sample catalog (a folder with `catalog.csv`).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog"))]
+    pub catalog: PathBuf,
+}
+
+const TILE_W: u32 = 96;
+const TILE_H: u32 = 128;
+const BAR_H: u32 = 8;
+const GAP: u32 = 6;
+const RESULTS: usize = 6;
+
+/// Every `SOLD_OUT_EVERY`-th product (in id order) is marked sold out, to
+/// show the in-stock filter.
+const SOLD_OUT_EVERY: usize = 10;
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let csv = args.catalog.join("catalog.csv");
+    let items = csv_items(&csv)?;
+    if items.is_empty() {
+        bail!("{} lists no products", csv.display());
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let db_dir = args.out.join("db");
+    let model = Model::bundled().context("cannot load the bundled model")?;
+    let db = Db::builder()
+        .open_with_model(&db_dir, &model)
+        .with_context(|| format!("cannot open {}", db_dir.display()))?;
+    // The sample comes from Fashion Product Images, stored squashed.
+    let prep = PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT);
+
+    println!(
+        "== importing {} sample images into {}",
+        items.len(),
+        db_dir.display()
+    );
+    let report = import_with_progress(
+        &db,
+        &model,
+        prep.clone(),
+        ImportSource::Items(items.clone()),
+    )?;
+    print_summary(&report);
+    for f in &report.failures {
+        eprintln!("  failed: {}", crate::import::failure_line(f));
+    }
+
+    let ids = db.ids();
+    let mut sold_out = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let out = i % SOLD_OUT_EVERY == SOLD_OUT_EVERY - 1;
+        db.set_in_stock(id, !out)?;
+        sold_out += usize::from(out);
+    }
+    db.flush()?;
+    println!(
+        "{} products in the database; {sold_out} marked sold out (every {SOLD_OUT_EVERY}th id) for the in-stock filter",
+        db.len()
+    );
+
+    let files: BTreeMap<&str, &Path> = items
+        .iter()
+        .map(|it| (it.id.as_str(), it.path.as_path()))
+        .collect();
+    let queries = pick_queries(&items, 4);
+    if queries.is_empty() {
+        bail!("the sample catalog has no category with three products");
+    }
+    let mut sheets = Vec::new();
+
+    for (n, item) in queries.iter().take(3).enumerate() {
+        let s = Search::new(SimilarTo::Id(&item.id), RESULTS).space(EMBEDDING_SPACE);
+        let hits = db.search(&s)?.hits;
+        let title = format!("more like {} ({})", item.id, describe(&item.attributes));
+        let file = args
+            .out
+            .join(format!("query{}-more-like-{}.png", n + 1, item.id));
+        show(&title, item, &hits, &files, &file)?;
+        sheets.push(file);
+    }
+
+    if let Some(item) = queries.get(3).or(queries.first()) {
+        let category = item.attributes.category.clone().unwrap_or_default();
+        let filter = Filter::new().in_stock().category_in([category.as_str()]);
+        let s = Search::new(SimilarTo::Id(&item.id), RESULTS)
+            .space(EMBEDDING_SPACE)
+            .filter(&filter);
+        let hits = db.search(&s)?.hits;
+        let title = format!(
+            "more like {} ({}), in stock and category = {category}",
+            item.id,
+            describe(&item.attributes)
+        );
+        let file = args.out.join(format!("query4-in-stock-{}.png", item.id));
+        show(&title, item, &hits, &files, &file)?;
+        sheets.push(file);
+    }
+
+    let first = &queries[0];
+    println!("\n== annotate {}", first.path.display());
+    let bytes = std::fs::read(&first.path)
+        .with_context(|| format!("cannot read {}", first.path.display()))?;
+    let ann = annotate_with(&model, &prep, &bytes, ANNOTATE_TOP_K)?;
+    crate::annotate::print_text(&first.path.display().to_string(), &ann);
+    println!("  (catalog says: {})", describe(&first.attributes));
+
+    println!("\ncontact sheets (tile bars: blue = query, green = same category, orange = other; bar length = similarity):");
+    for s in &sheets {
+        println!("  {}", s.display());
+    }
+    Ok(())
+}
+
+/// Categories the queries are taken from, when the catalog has them.
+const QUERY_CATEGORIES: [&str; 4] = ["Tshirts", "Handbags", "Sports Shoes", "Watches"];
+
+/// The first product of each of [`QUERY_CATEGORIES`], then of the largest
+/// other categories (ties by name), among categories with at least three
+/// products, so the queries have neighbours of their own kind.
+fn pick_queries(items: &[ImportItem], n: usize) -> Vec<ImportItem> {
+    let mut by_cat: BTreeMap<String, Vec<&ImportItem>> = BTreeMap::new();
+    for it in items {
+        if let Some(c) = &it.attributes.category {
+            by_cat.entry(c.clone()).or_default().push(it);
+        }
+    }
+    let mut cats: Vec<(String, Vec<&ImportItem>)> =
+        by_cat.into_iter().filter(|(_, v)| v.len() >= 3).collect();
+    let preferred = |c: &str| {
+        QUERY_CATEGORIES
+            .iter()
+            .position(|q| *q == c)
+            .unwrap_or(usize::MAX)
+    };
+    cats.sort_by(|a, b| {
+        preferred(&a.0)
+            .cmp(&preferred(&b.0))
+            .then(b.1.len().cmp(&a.1.len()))
+            .then(a.0.cmp(&b.0))
+    });
+    cats.into_iter()
+        .take(n)
+        .map(|(_, v)| v[0].clone())
+        .collect()
+}
+
+fn describe(a: &Attributes) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = &a.category {
+        parts.push(c.clone());
+    }
+    for key in ["colour", "gender", "usage"] {
+        if let Some(v) = a.extra.get(key) {
+            parts.push(v.clone());
+        }
+    }
+    if !a.in_stock {
+        parts.push("sold out".into());
+    }
+    parts.join(", ")
+}
+
+fn show(
+    title: &str,
+    query: &ImportItem,
+    hits: &[Hit],
+    files: &BTreeMap<&str, &Path>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    println!("\n== {title}");
+    for (rank, h) in hits.iter().enumerate() {
+        let model_cat = h
+            .attributes
+            .extra
+            .get(ATTR_CATEGORY)
+            .map(String::as_str)
+            .unwrap_or("?");
+        println!(
+            "  {}. {:<6} {:.3}  {}  [model: {model_cat}]",
+            rank + 1,
+            h.id,
+            h.score,
+            describe(&h.attributes)
+        );
+    }
+    let query_cat = query.attributes.category.as_deref();
+    let mut tiles = vec![(query.path.to_path_buf(), Rgb([40, 90, 220]), 1.0f32)];
+    for h in hits {
+        let colour = if h.attributes.category.as_deref() == query_cat {
+            Rgb([40, 170, 70])
+        } else {
+            Rgb([240, 140, 30])
+        };
+        if let Some(p) = files.get(h.id.as_str()) {
+            tiles.push((p.to_path_buf(), colour, h.score.clamp(0.0, 1.0)));
+        }
+    }
+    contact_sheet(&tiles)?
+        .save(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("  -> {}", out.display());
+    Ok(())
+}
+
+/// One row of tiles: each image letterboxed to 96 × 128 (the fpi images are
+/// stored squashed, so this restores their shape), a bar under each, and a
+/// wider gap after the query.
+fn contact_sheet(tiles: &[(PathBuf, Rgb<u8>, f32)]) -> anyhow::Result<RgbImage> {
+    let n = tiles.len() as u32;
+    let width = GAP + n * (TILE_W + GAP) + GAP;
+    let height = GAP + TILE_H + 2 + BAR_H + GAP;
+    let mut sheet = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let mut x = GAP;
+    for (i, (path, colour, fill)) in tiles.iter().enumerate() {
+        let img = image::open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?
+            .to_rgb8();
+        let tile = imageops::resize(&img, TILE_W, TILE_H, imageops::FilterType::Triangle);
+        imageops::replace(&mut sheet, &tile, i64::from(x), i64::from(GAP));
+        let bar_y = GAP + TILE_H + 2;
+        let filled = ((TILE_W as f32) * fill).round() as u32;
+        for dy in 0..BAR_H {
+            for dx in 0..TILE_W {
+                let c = if dx < filled.max(4) {
+                    *colour
+                } else {
+                    Rgb([225, 225, 225])
+                };
+                sheet.put_pixel(x + dx, bar_y + dy, c);
+            }
+        }
+        x += TILE_W + GAP + if i == 0 { GAP } else { 0 };
+    }
+    Ok(sheet)
+}

@@ -1,0 +1,361 @@
+//! `vitrine eval classify`: the model card's figures, from the real Rust
+//! pipeline (decode → prepare → tract), over a set in the `styles.csv` format.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use vitrine::{prepare_image, Model, ModelOutput, PrepConfig};
+
+use crate::import::read_csv;
+
+/// Evaluations.
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Category, colour and neighbour quality over a `styles.csv` set.
+    Classify(ClassifyArgs),
+}
+
+/// Arguments of `vitrine eval classify`.
+#[derive(Args)]
+pub struct ClassifyArgs {
+    /// The `styles.csv` file (columns `id`, `articleType`, `baseColour`, …).
+    #[arg(long)]
+    pub styles: PathBuf,
+    /// The folder holding `<id>.jpg`.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Print one JSON object with `weighted_f1, top1, top5, colour_top1,
+    /// precision_at_10, n`.
+    #[arg(long)]
+    pub json: bool,
+    /// Evaluate only the first N usable rows (in file order, after `--split`).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Restrict to a split of the training run, recomputed from the rule the
+    /// manifest records (`val` = the validation ids, `train` = the others).
+    #[arg(long, value_parser = ["val", "train"])]
+    pub split: Option<String>,
+    /// Width / height of one stored pixel. The default 0.75 is right for the
+    /// Fashion Product Images set, whose images are stored squashed; use 1.0
+    /// for ordinary images.
+    #[arg(long, default_value_t = PrepConfig::FPI_PIXEL_ASPECT, value_name = "RATIO")]
+    pub pixel_aspect: f64,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+}
+
+/// Runs `vitrine eval …`.
+pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
+    match cmd {
+        EvalCommand::Classify(args) => classify(args),
+    }
+}
+
+/// The validation split rule of the manifest:
+/// `validation iff sha256('<seed>:' + id) as u64 / 2^64 < <frac>`, with the
+/// u64 read big-endian from the first 8 bytes of the digest.
+struct SplitRule {
+    seed: String,
+    frac: f64,
+}
+
+impl SplitRule {
+    fn from_manifest(raw: &serde_json::Value) -> anyhow::Result<SplitRule> {
+        let rule = raw["split"]["rule"]
+            .as_str()
+            .context("the manifest records no split rule; --split cannot be reproduced")?;
+        let parse = || -> Option<SplitRule> {
+            let after = rule.split_once("sha256('")?.1;
+            let seed = after.split_once(":'")?.0.to_string();
+            if !rule.contains("as u64 / 2^64 <") {
+                return None;
+            }
+            let frac = rule.rsplit_once('<')?.1.trim().parse().ok()?;
+            Some(SplitRule { seed, frac })
+        };
+        parse().with_context(|| format!("cannot reproduce the manifest's split rule '{rule}'"))
+    }
+
+    fn is_val(&self, id: &str) -> bool {
+        let digest = Sha256::digest(format!("{}:{}", self.seed, id).as_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&digest[..8]);
+        (u64::from_be_bytes(b) as f64) / 2f64.powi(64) < self.frac
+    }
+}
+
+struct Item {
+    path: PathBuf,
+    category: usize,
+    colour: Option<usize>,
+}
+
+/// The figures of `eval classify`.
+#[derive(Debug, serde::Serialize)]
+struct Figures {
+    weighted_f1: f64,
+    top1: f64,
+    top5: f64,
+    colour_top1: f64,
+    precision_at_10: f64,
+    n: usize,
+}
+
+fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
+    if !(args.pixel_aspect.is_finite() && args.pixel_aspect > 0.0) {
+        bail!("--pixel-aspect must be positive");
+    }
+    let model = Model::bundled().context("cannot load the bundled model")?;
+    let manifest = model.manifest();
+    let raw = manifest.raw();
+    let categories = manifest.categories();
+    let cat_index: HashMap<&str, usize> = categories
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    let to_category = raw["taxonomy"]["article_type_to_category"]
+        .as_object()
+        .context("the manifest has no taxonomy.article_type_to_category")?;
+    let colour_map = raw["taxonomy"]["colour_family_map"]
+        .as_object()
+        .context("the manifest has no taxonomy.colour_family_map")?;
+    let colour_group = manifest
+        .groups()
+        .iter()
+        .find(|g| g.name == "colour")
+        .context("the model has no colour tag group")?;
+    let split = match args.split.as_deref() {
+        Some(s) => Some((s == "val", SplitRule::from_manifest(raw)?)),
+        None => None,
+    };
+
+    let (header, rows) = read_csv(&args.styles)?;
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{} has no '{name}' column", args.styles.display()))
+    };
+    let (c_id, c_type, c_colour) = (col("id")?, col("articleType")?, col("baseColour")?);
+    let mut items = Vec::new();
+    let (mut missing_image, mut unmapped) = (0usize, 0usize);
+    for row in &rows {
+        let field = |i: usize| row.get(i).map(|s| s.trim()).unwrap_or("");
+        let id = field(c_id);
+        if let Some((want_val, rule)) = &split {
+            if rule.is_val(id) != *want_val {
+                continue;
+            }
+        }
+        let Some(category) = to_category
+            .get(field(c_type))
+            .and_then(|v| v.as_str())
+            .and_then(|c| cat_index.get(c).copied())
+        else {
+            unmapped += 1;
+            continue;
+        };
+        let path = args.images.join(format!("{id}.jpg"));
+        if !path.is_file() {
+            missing_image += 1;
+            continue;
+        }
+        let colour = colour_map
+            .get(field(c_colour))
+            .and_then(|v| v.as_str())
+            .and_then(|fam| colour_group.tags.iter().position(|t| t == fam));
+        items.push(Item {
+            path,
+            category,
+            colour,
+        });
+        if args.limit.is_some_and(|l| items.len() >= l) {
+            break;
+        }
+    }
+    if missing_image + unmapped > 0 {
+        eprintln!("note: skipped {missing_image} rows without an image and {unmapped} whose articleType the taxonomy does not know");
+    }
+    if items.is_empty() {
+        bail!("no usable rows");
+    }
+
+    let prep = PrepConfig::catalog().pixel_aspect(args.pixel_aspect);
+    let outputs = infer_all(&model, &prep, &items, args.batch.clamp(1, 64))?;
+    let figures = score(
+        &items,
+        &outputs,
+        categories.len(),
+        colour_group.range.clone(),
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&figures)?);
+    } else {
+        println!("images                        {}", figures.n);
+        println!("articleType weighted F1       {:.4}", figures.weighted_f1);
+        println!("articleType top-1             {:.4}", figures.top1);
+        println!("articleType top-5             {:.4}", figures.top5);
+        println!("colour-family top-1           {:.4}", figures.colour_top1);
+        println!(
+            "same-type precision@10        {:.4}",
+            figures.precision_at_10
+        );
+    }
+    Ok(())
+}
+
+/// Decodes, prepares and runs the model on every item, on all CPUs; a bad
+/// image stops the evaluation (its figures would be meaningless otherwise).
+fn infer_all(
+    model: &Model,
+    prep: &PrepConfig,
+    items: &[Item],
+    batch: usize,
+) -> anyhow::Result<Vec<ModelOutput>> {
+    let bar = ProgressBar::new(items.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "[{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len().div_ceil(batch).max(1));
+    let chunk = items.len().div_ceil(threads);
+    let results: Vec<anyhow::Result<Vec<ModelOutput>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                let bar = &bar;
+                s.spawn(move || -> anyhow::Result<Vec<ModelOutput>> {
+                    let mut out = Vec::with_capacity(part.len());
+                    for group in part.chunks(batch) {
+                        let mut prepared = Vec::with_capacity(group.len());
+                        for it in group {
+                            let bytes = std::fs::read(&it.path)
+                                .with_context(|| format!("cannot read {}", it.path.display()))?;
+                            prepared.push(
+                                prepare_image(&bytes, prep)
+                                    .with_context(|| it.path.display().to_string())?,
+                            );
+                        }
+                        out.extend(model.infer(&prepared)?);
+                        bar.inc(group.len() as u64);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("inference thread panicked"))
+            .collect()
+    });
+    bar.finish_and_clear();
+    let mut all = Vec::with_capacity(items.len());
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(all)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 {
+                (i, x)
+            } else {
+                best
+            }
+        })
+        .0
+}
+
+fn score(
+    items: &[Item],
+    outputs: &[ModelOutput],
+    n_classes: usize,
+    colour_range: std::ops::Range<usize>,
+) -> Figures {
+    let n = items.len();
+    let (mut top1, mut top5) = (0usize, 0usize);
+    let mut tp = vec![0usize; n_classes];
+    let mut predicted = vec![0usize; n_classes];
+    let mut support = vec![0usize; n_classes];
+    let (mut colour_hits, mut colour_n) = (0usize, 0usize);
+    for (it, out) in items.iter().zip(outputs) {
+        let probs = &out.category_probs;
+        let pred = argmax(probs);
+        let truth_p = probs[it.category];
+        let rank = probs.iter().filter(|&&p| p > truth_p).count();
+        top1 += usize::from(pred == it.category);
+        top5 += usize::from(rank < 5);
+        support[it.category] += 1;
+        predicted[pred] += 1;
+        if pred == it.category {
+            tp[pred] += 1;
+        }
+        if let Some(c) = it.colour {
+            colour_n += 1;
+            colour_hits += usize::from(argmax(&out.tag_scores[colour_range.clone()]) == c);
+        }
+    }
+    let weighted_f1 = (0..n_classes)
+        .filter(|&c| support[c] > 0)
+        .map(|c| {
+            let denom = predicted[c] + support[c];
+            let f1 = if denom == 0 {
+                0.0
+            } else {
+                2.0 * tp[c] as f64 / denom as f64
+            };
+            f1 * support[c] as f64
+        })
+        .sum::<f64>()
+        / n as f64;
+
+    // Same-type precision@10: exact cosine (embeddings are L2-normalised).
+    let k = 10.min(n.saturating_sub(1));
+    let mut precision_sum = 0.0;
+    if k > 0 {
+        let mut scores: Vec<(f32, usize)> = Vec::with_capacity(n);
+        for (i, a) in outputs.iter().enumerate() {
+            scores.clear();
+            for (j, b) in outputs.iter().enumerate() {
+                if i != j {
+                    let dot: f32 = a
+                        .embedding
+                        .iter()
+                        .zip(&b.embedding)
+                        .map(|(x, y)| x * y)
+                        .sum();
+                    scores.push((dot, j));
+                }
+            }
+            scores.select_nth_unstable_by(k - 1, |x, y| y.0.total_cmp(&x.0));
+            let same = scores[..k]
+                .iter()
+                .filter(|(_, j)| items[*j].category == items[i].category)
+                .count();
+            precision_sum += same as f64 / k as f64;
+        }
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Figures {
+        weighted_f1,
+        top1: ratio(top1, n),
+        top5: ratio(top5, n),
+        colour_top1: ratio(colour_hits, colour_n),
+        precision_at_10: if k > 0 { precision_sum / n as f64 } else { 0.0 },
+        n,
+    }
+}

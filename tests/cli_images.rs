@@ -1,0 +1,273 @@
+//! The image commands of the `vitrine` binary: annotate, import, demo and
+//! eval classify, run as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn vitrine(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the vitrine binary runs")
+}
+
+/// Whether the bundled model is there; the model-dependent tests skip
+/// (with a message) when it is not.
+fn have_model(test: &str) -> bool {
+    let onnx = root().join("models/vitrine-fashion-v1.onnx");
+    let ok = onnx.is_file();
+    if !ok {
+        eprintln!("SKIP {test}: {} is absent", onnx.display());
+    }
+    ok
+}
+
+/// The first `n` images of the sample catalog, sorted by name.
+fn sample_images(n: usize) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("examples/catalog/images"))
+        .expect("examples/catalog/images exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    files.truncate(n);
+    assert_eq!(files.len(), n, "the sample catalog has {n} images");
+    files
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn annotate_json_prints_one_object_per_file() {
+    if !have_model("annotate_json_prints_one_object_per_file") {
+        return;
+    }
+    let files = sample_images(2);
+    let (a, b) = (files[0].to_str().unwrap(), files[1].to_str().unwrap());
+    let out = vitrine(&["annotate", "--fpi", "--json", a, b]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (line, file) in lines.iter().zip([a, b]) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("valid JSON");
+        assert_eq!(v["file"], file);
+        let cats = v["category"].as_array().unwrap();
+        assert_eq!(cats.len(), 5);
+        let mut last = f64::INFINITY;
+        for c in cats {
+            assert!(c["label"].is_string());
+            let p = c["p"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&p) && p <= last, "{line}");
+            last = p;
+        }
+        for t in v["tags"].as_array().unwrap() {
+            assert!(t["tag"].as_str().unwrap().contains('.'));
+            assert!((0.0..=1.0).contains(&t["score"].as_f64().unwrap()));
+        }
+    }
+}
+
+#[test]
+fn annotate_names_a_bad_file_and_exits_1() {
+    if !have_model("annotate_names_a_bad_file_and_exits_1") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("not-an-image.jpg");
+    std::fs::write(&bad, "this is text, not a JPEG").unwrap();
+    let good = sample_images(1).remove(0);
+    let out = vitrine(&[
+        "annotate",
+        "--json",
+        bad.to_str().unwrap(),
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("not-an-image.jpg"),
+        "error names the file: {stderr}"
+    );
+    // The good file after the bad one was still annotated.
+    assert_eq!(text(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn import_reports_failures_and_a_rerun_skips_everything() {
+    if !have_model("import_reports_failures_and_a_rerun_skips_everything") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("images");
+    std::fs::create_dir(&src).unwrap();
+    for f in sample_images(5) {
+        std::fs::copy(&f, src.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(src.join("broken.jpg"), [0xFF, 0xD8, 0xFF]).unwrap();
+    let db = dir.path().join("db");
+    let (src_s, db_s) = (src.to_str().unwrap(), db.to_str().unwrap());
+
+    let out = vitrine(&["import", src_s, "--db", db_s, "--fpi"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("6 items: 5 imported, 0 skipped (already present), 1 failed"),
+        "{stdout}"
+    );
+    let report = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 1, "{report}");
+    let fields: Vec<&str> = lines[0].split('\t').collect();
+    assert_eq!(fields.len(), 3, "{report}");
+    assert_eq!(fields[0], "broken");
+    assert!(fields[1].ends_with("broken.jpg"));
+    assert!(!fields[2].is_empty());
+
+    std::fs::remove_file(src.join("broken.jpg")).unwrap();
+    let out = vitrine(&["import", src_s, "--db", db_s, "--fpi"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("5 items: 0 imported, 5 skipped (already present), 0 failed"),
+        "{stdout}"
+    );
+    let report = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
+    assert!(report.is_empty(), "{report}");
+}
+
+#[test]
+fn import_reads_a_csv_with_attributes() {
+    if !have_model("import_reads_a_csv_with_attributes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = sample_images(3);
+    let mut csv = String::from("id,path,category,price,in_stock,colour\n");
+    for (i, f) in files.iter().enumerate() {
+        csv.push_str(&format!(
+            "sku-{i},{},Tops,{}.5,{},\"red, dark\"\n",
+            f.display(),
+            10 + i,
+            i != 1
+        ));
+    }
+    let csv_path = dir.path().join("items.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    let db = dir.path().join("db");
+    let report = dir.path().join("fails.tsv");
+    let out = vitrine(&[
+        "import",
+        csv_path.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("3 imported"));
+    assert!(report.is_file());
+    let model = vitrine::Model::bundled().unwrap();
+    let db = vitrine::Db::builder().open_with_model(&db, &model).unwrap();
+    let p = db.get("sku-1").unwrap().unwrap();
+    assert_eq!(p.attributes.category.as_deref(), Some("Tops"));
+    assert_eq!(p.attributes.price, Some(11.5));
+    assert!(!p.attributes.in_stock);
+    assert_eq!(p.attributes.extra["colour"], "red, dark");
+}
+
+#[test]
+fn demo_writes_contact_sheets() {
+    if !have_model("demo_writes_contact_sheets") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo");
+    let out = vitrine(&["demo", "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("300 items: 300 imported"), "{stdout}");
+    assert!(stdout.contains("== annotate"), "{stdout}");
+    let pngs: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    assert_eq!(pngs.len(), 4, "{pngs:?}");
+    for p in &pngs {
+        let img = image::open(p).expect("a readable PNG");
+        assert!(img.width() > img.height());
+    }
+    // A rerun imports nothing new.
+    let out = vitrine(&["demo", "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("0 imported, 300 skipped"));
+}
+
+#[test]
+fn eval_classify_prints_the_six_figures() {
+    if !have_model("eval_classify_prints_the_six_figures") {
+        return;
+    }
+    let data = root().join("../shared/data/fpi");
+    if !data.join("styles.csv").is_file() {
+        eprintln!(
+            "SKIP eval_classify_prints_the_six_figures: {} is absent",
+            data.display()
+        );
+        return;
+    }
+    let styles = data.join("styles.csv");
+    let images = data.join("images");
+    let out = vitrine(&[
+        "eval",
+        "classify",
+        "--styles",
+        styles.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--limit",
+        "60",
+        "--json",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
+    let obj = v.as_object().unwrap();
+    assert_eq!(obj.len(), 6, "{v}");
+    for key in [
+        "weighted_f1",
+        "top1",
+        "top5",
+        "colour_top1",
+        "precision_at_10",
+    ] {
+        let x = obj[key].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&x), "{key} = {x}");
+    }
+    assert_eq!(obj["n"], 60);
+}
+
+#[test]
+fn sample_catalog_is_small_and_complete() {
+    let dir = root().join("examples/catalog");
+    let csv = std::fs::read_to_string(dir.join("catalog.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("id,file,"));
+    let mut bytes = 0;
+    let mut n = 0;
+    for line in lines {
+        let file = line.split(',').nth(1).unwrap();
+        bytes += std::fs::metadata(dir.join(file)).unwrap().len();
+        n += 1;
+    }
+    assert!(n > 0 && n <= 300, "{n} images");
+    assert!(bytes <= 2_500_000, "{bytes} bytes");
+    assert!(Path::new(&dir.join("README.md")).is_file());
+}
