@@ -198,6 +198,7 @@ impl Ord for Worst {
 }
 
 /// Bounded top-k collector with a deterministic tie-break (smaller doc wins).
+#[derive(Clone, Debug)]
 pub(crate) struct TopK {
     k: usize,
     heap: BinaryHeap<Worst>,
@@ -223,6 +224,24 @@ impl TopK {
             if cand < *top {
                 *top = cand;
             }
+        }
+    }
+
+    /// Whether `(doc, score)` would be kept (lets callers skip work).
+    #[inline]
+    pub(crate) fn wants(&self, doc: u64, score: f32) -> bool {
+        if self.heap.len() < self.k {
+            return self.k > 0;
+        }
+        self.heap
+            .peek()
+            .is_some_and(|top| Worst(Hit { doc, score }) < *top)
+    }
+
+    /// Adds every hit of `other`.
+    pub(crate) fn merge(&mut self, other: TopK) {
+        for w in other.heap {
+            self.push(w.0.doc, w.0.score);
         }
     }
 

@@ -2,9 +2,6 @@
 //! query of the batch scored against a block while it is in cache, with the
 //! crate's SIMD dot kernel; per-thread top-k merged at the end.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-
 use rayon::prelude::*;
 
 use super::{RowMask, Rows};
@@ -36,87 +33,8 @@ impl Job<'_> {
     }
 }
 
-/// Heap entry whose maximum is the worst kept hit.
-#[derive(Clone, Copy, Debug)]
-struct Worst(Hit);
-
-impl PartialEq for Worst {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Worst {}
-impl PartialOrd for Worst {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Worst {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .0
-            .score
-            .total_cmp(&self.0.score)
-            .then(self.0.doc.cmp(&other.0.doc))
-    }
-}
-
-/// Bounded top-k: score descending, doc ascending.
-#[derive(Clone, Debug)]
-pub(crate) struct Collector {
-    k: usize,
-    heap: BinaryHeap<Worst>,
-}
-
-impl Collector {
-    pub(crate) fn new(k: usize) -> Self {
-        Collector {
-            k,
-            heap: BinaryHeap::with_capacity(k.min(4096) + 1),
-        }
-    }
-
-    /// Whether `(score, doc)` would be kept.
-    #[inline]
-    pub(crate) fn wants(&self, score: f32, doc: u64) -> bool {
-        if self.heap.len() < self.k {
-            return self.k > 0;
-        }
-        match self.heap.peek() {
-            Some(top) => Worst(Hit { doc, score }) < *top,
-            None => false,
-        }
-    }
-
-    #[inline]
-    pub(crate) fn push(&mut self, score: f32, doc: u64) {
-        if self.k == 0 {
-            return;
-        }
-        let cand = Worst(Hit { doc, score });
-        if self.heap.len() < self.k {
-            self.heap.push(cand);
-        } else if let Some(mut top) = self.heap.peek_mut() {
-            if cand < *top {
-                *top = cand;
-            }
-        }
-    }
-
-    fn merge(&mut self, other: Collector) {
-        for w in other.heap {
-            self.push(w.0.score, w.0.doc);
-        }
-    }
-
-    pub(crate) fn into_sorted(self) -> Vec<Hit> {
-        self.heap
-            .into_sorted_vec()
-            .into_iter()
-            .map(|w| w.0)
-            .collect()
-    }
-}
+/// The scorer's per-query top-k is the index's collector.
+pub(crate) type Collector = crate::search::TopK;
 
 fn scan_block(job: &Job<'_>, block: usize, acc: &mut [Collector]) {
     let n = job.rows.len();
@@ -132,8 +50,8 @@ fn scan_block(job: &Job<'_>, block: usize, acc: &mut [Collector]) {
             }
             let score = sanitize(kernels::dot(q, job.rows.row(r)));
             let doc = job.rows.doc(r);
-            if col.wants(score, doc) && !job.excluded(qi, doc) {
-                col.push(score, doc);
+            if col.wants(doc, score) && !job.excluded(qi, doc) {
+                col.push(doc, score);
             }
         }
     }
@@ -167,12 +85,12 @@ mod tests {
     fn collector_orders_and_bounds() {
         let mut c = Collector::new(2);
         for (doc, s) in [(4, 1.0), (2, 1.0), (9, 0.5), (7, 2.0)] {
-            if c.wants(s, doc) {
-                c.push(s, doc);
+            if c.wants(doc, s) {
+                c.push(doc, s);
             }
         }
         let hits = c.into_sorted();
         assert_eq!(hits.iter().map(|h| h.doc).collect::<Vec<_>>(), [7, 2]);
-        assert!(!Collector::new(0).wants(1.0, 1));
+        assert!(!Collector::new(0).wants(1, 1.0));
     }
 }

@@ -687,7 +687,7 @@ impl GpuScorer {
                             .exclude
                             .is_some_and(|ex| ex[q].binary_search(&doc).is_ok());
                         if !excluded {
-                            collectors[q].push(score, doc);
+                            collectors[q].push(doc, score);
                         }
                     }
                 }
