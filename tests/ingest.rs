@@ -646,8 +646,9 @@ fn peak_rss_kib() -> Option<u64> {
 
 /// Figures for the closing note (not run by default):
 /// `cargo test --release --test ingest -- --ignored throughput --nocapture`.
+/// CI runs it (with the flat-memory check) as its own step.
 #[test]
-#[ignore]
+#[ignore = "figures for the closing note; run by .ci/run's `--ignored` step"]
 fn throughput_figures() {
     let Some(model) = model() else { return };
     let images = good_images(64);
@@ -720,9 +721,9 @@ fn throughput_figures() {
 
 /// The flat-memory check (not run by default): imports every fpi image and
 /// prints the peak RSS. `cargo test --release --test ingest -- --ignored
-/// full_fpi --nocapture`.
+/// full_fpi --nocapture`. CI runs it as its own step (skips without ../shared).
 #[test]
-#[ignore]
+#[ignore = "imports all 7,667 fpi images (minutes); run by .ci/run's `--ignored` step"]
 fn import_full_fpi_peak_rss() {
     let Some(model) = model() else { return };
     if !have_fpi() {
