@@ -28,7 +28,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
-use super::cpu::Collector;
+use super::cpu::{Collector, Job};
 use super::{Result, RowMask, Rows, ScorerError};
 use crate::search::Hit;
 
@@ -169,16 +169,6 @@ pub struct GpuInfo {
     /// Theoretical memory bandwidth in bytes/s from the memory clock and bus
     /// width, when the driver reports them.
     pub peak_bandwidth: Option<f64>,
-}
-
-pub(crate) struct Job<'a> {
-    pub rows: Rows<'a>,
-    pub queries: &'a [f32],
-    pub count: usize,
-    pub k: usize,
-    pub allow: Option<&'a RowMask>,
-    pub allow_each: Option<&'a [RowMask]>,
-    pub exclude: Option<&'a [Vec<u64>]>,
 }
 
 struct Chunk {

@@ -867,15 +867,7 @@ impl<'a> LoadedRows<'a> {
     fn cpu(&self, batch: &QueryBatch<'_>, b: usize) -> Vec<Vec<Hit>> {
         let queries = batch.prepared(self.rows.dim());
         let exclude = batch.sorted_exclusions();
-        let job = cpu::Job {
-            rows: self.rows,
-            queries: &queries,
-            count: b,
-            k: batch.k,
-            allow: batch.allow,
-            allow_each: batch.allow_each,
-            exclude: exclude.as_deref(),
-        };
+        let job = self.job(batch, b, &queries, exclude.as_deref());
         self.scorer.run_cpu(|| cpu::top_k(&job))
     }
 
@@ -896,16 +888,26 @@ impl<'a> LoadedRows<'a> {
         })?;
         let queries = batch.prepared(self.rows.dim());
         let exclude = batch.sorted_exclusions();
-        let job = gpu::Job {
+        g.top_k(device, &self.job(batch, b, &queries, exclude.as_deref()))
+    }
+
+    /// The back-end-neutral description of one batch.
+    fn job<'j>(
+        &'j self,
+        batch: &QueryBatch<'j>,
+        count: usize,
+        queries: &'j [f32],
+        exclude: Option<&'j [Vec<u64>]>,
+    ) -> cpu::Job<'j> {
+        cpu::Job {
             rows: self.rows,
-            queries: &queries,
-            count: b,
+            queries,
+            count,
             k: batch.k,
             allow: batch.allow,
             allow_each: batch.allow_each,
-            exclude: exclude.as_deref(),
-        };
-        g.top_k(device, &job)
+            exclude,
+        }
     }
 
     /// For every row, its top `k` other rows: the catalog-wide "similar
