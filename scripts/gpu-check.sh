@@ -6,9 +6,9 @@
 # time: no CUDA toolkit needed to build) and carried:
 #
 #   scripts/gpu-check.sh prepare        # here: builds .gpu-check/{scorer-tests,scorer-bench}
-#   device run: command="bash scripts/gpu-check.sh run", carry=[".gpu-check"], timeout_s=540
+#   device run: command="bash scripts/gpu-check.sh run", carry=[".gpu-check"], timeout_s=420
 #
-# `run` needs ~8 minutes at most (each step has its own timeout) and writes to
+# `run` needs ~6 minutes at most (each step has its own timeout) and writes to
 # $OUT: gpu-tests.log, gpu-figures.json, bench.log, nvidia-smi.txt, summary.json.
 #   - GPU vs CPU top-k: 100k x 128 random (k up to 1000, masks, exclusions,
 #     exact ties), weighted group queries, streamed chunks, similar_all,
@@ -83,20 +83,25 @@ run() {
     nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
     find_cuda_libs 2>&1 | tee "$out/libs.txt"
     export VITRINE_GPU=1 RUST_BACKTRACE=1
+    # Real embeddings: the bundled model's 7,667 fpi vectors, raw f32 x 128,
+    # taken from a database's embedding arena by `prepare` when one is given.
+    if [ -f "$BIN/real-embeddings.f32" ]; then
+        export VITRINE_REAL_EMBEDDINGS="$BIN/real-embeddings.f32"
+    fi
 
     local t0 tests_rc figures_rc bench_rc
     t0=$(date +%s)
-    timeout 150 "$BIN/scorer-tests" --ignored --test-threads=1 --nocapture \
+    timeout 120 "$BIN/scorer-tests" --ignored --test-threads=1 --nocapture \
         gpu_matches gpu_streams gpu_similar 2>&1 | tee "$out/gpu-tests.log"
     tests_rc=${PIPESTATUS[0]}
     echo "tests rc=$tests_rc after $(($(date +%s) - t0)) s"
 
-    VITRINE_FIGURES_OUT="$out/gpu-figures.json" timeout 270 "$BIN/scorer-tests" \
+    VITRINE_FIGURES_OUT="$out/gpu-figures.json" timeout 200 "$BIN/scorer-tests" \
         --ignored --exact gpu_figures --nocapture 2>&1 | tee "$out/figures.log"
     figures_rc=${PIPESTATUS[0]}
     echo "figures rc=$figures_rc after $(($(date +%s) - t0)) s"
 
-    timeout 60 "$BIN/scorer-bench" --bench --warm-up-time 1 --measurement-time 3 2>&1 |
+    timeout 45 "$BIN/scorer-bench" --bench --warm-up-time 1 --measurement-time 3 2>&1 |
         grep -E "scorer_|time:|thrpt:|skipped" | tee "$out/bench.log"
     bench_rc=${PIPESTATUS[0]}
 

@@ -4,14 +4,23 @@
 //!   default pool, or `cuMemAlloc`; never managed memory), uploaded once per
 //!   [`LoadedRows`](super::LoadedRows) when they fit in the memory budget,
 //!   else streamed through a staging buffer chunk by chunk on every call.
-//! - Scores: cuBLAS sgemm, `S = R·Qᵀ` for a chunk of rows and a sub-batch of
-//!   (already weighted) queries, FP32 (no TF32).
+//! - Scores: for batches of up to `gpu_scan_kernel_max_batch` queries, an
+//!   NVRTC scan kernel (a warp per row, one pass over the rows per 4 queries,
+//!   which reads at ~3 TB/s on an H200); for larger ones cuBLAS sgemm,
+//!   `S = R·Qᵀ` for a chunk of rows and a sub-batch of (already weighted)
+//!   queries, FP32 (no TF32). sgemm pads a small query dimension to its tile
+//!   width, which is why one query costs it more than the scan.
 //! - Top-k: an NVRTC kernel selects, per block of `TILE` scores of one query,
 //!   its best `k` (mask applied, NaN as `-inf`, ties by doc ascending), then a
 //!   merge kernel repeats the selection over the partial lists until one list
 //!   per query is left; it is copied back and merged across chunks on the host,
 //!   where per-query exclusions are applied (the device over-fetches
 //!   `k + longest exclusion list`).
+//!
+//! Device buffers are kept between calls (grow-only; a scores buffer over
+//! 256 MiB is freed after its call), and the last top-k pass writes scores and
+//! rows into one buffer, so a small query costs no allocation and one copy
+//! back.
 //!
 //! Every CUDA failure becomes a [`ScorerError`]; the set-up and each call also
 //! run under `catch_unwind`, so a panic inside cudarc (a symbol missing from
@@ -40,6 +49,10 @@ const GONE_ROW: u32 = u32::MAX;
 const MAX_SUB_BATCH: usize = 8192;
 /// Most rows per chunk (cuBLAS dimensions are `i32`).
 const MAX_CHUNK_ROWS: usize = 1 << 24;
+/// Queries per `vitrine_scan` launch; must match `SCAN_Q` in the kernel.
+const SCAN_Q: usize = 4;
+/// Scratch buffers larger than this are freed after the call that needed them.
+const SCRATCH_KEEP_BYTES: usize = 256 << 20;
 
 const KERNELS: &str = r#"
 #define TILE 4096
@@ -130,6 +143,81 @@ extern "C" __global__ void vitrine_topk_first(
              out_r + q * out_ld + (long long)tile * k);
 }
 
+// Scores of up to SCAN_Q queries against the rows, one warp per row (four
+// rows per step for loads in flight): lanes read consecutive float4s of a row
+// (coalesced), then a warp reduction per query. Same output layout as the
+// sgemm. For one query this reads each row once at close to copy bandwidth,
+// where sgemm pads the query dimension to its tile width.
+#define SCAN_Q 4
+#define SCAN_ROWS 4
+extern "C" __global__ void vitrine_scan(
+        const float* __restrict__ rows, int len, int d,
+        const float* __restrict__ queries, int qn,
+        float* __restrict__ scores, long long ld) {
+    const int lane = threadIdx.x & 31;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    for (long long r = warp * SCAN_ROWS; r < len; r += warps * SCAN_ROWS) {
+        float acc[SCAN_ROWS][SCAN_Q];
+        #pragma unroll
+        for (int u = 0; u < SCAN_ROWS; ++u) {
+            #pragma unroll
+            for (int q = 0; q < SCAN_Q; ++q) acc[u][q] = 0.0f;
+        }
+        if ((d & 3) == 0) {
+            const int d4 = d >> 2;
+            for (int j = lane; j < d4; j += 32) {
+                float4 x[SCAN_ROWS];
+                #pragma unroll
+                for (int u = 0; u < SCAN_ROWS; ++u) {
+                    x[u] = (r + u < len)
+                        ? __ldg(reinterpret_cast<const float4*>(rows + (r + u) * d) + j)
+                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+                #pragma unroll
+                for (int q = 0; q < SCAN_Q; ++q) {
+                    if (q < qn) {
+                        const float4 y = __ldg(reinterpret_cast<const float4*>(queries + q * d) + j);
+                        #pragma unroll
+                        for (int u = 0; u < SCAN_ROWS; ++u) {
+                            acc[u][q] = fmaf(x[u].x, y.x, acc[u][q]);
+                            acc[u][q] = fmaf(x[u].y, y.y, acc[u][q]);
+                            acc[u][q] = fmaf(x[u].z, y.z, acc[u][q]);
+                            acc[u][q] = fmaf(x[u].w, y.w, acc[u][q]);
+                        }
+                    }
+                }
+            }
+        } else {
+            for (int j = lane; j < d; j += 32) {
+                float x[SCAN_ROWS];
+                #pragma unroll
+                for (int u = 0; u < SCAN_ROWS; ++u) x[u] = (r + u < len) ? __ldg(rows + (r + u) * d + j) : 0.0f;
+                #pragma unroll
+                for (int q = 0; q < SCAN_Q; ++q) {
+                    if (q < qn) {
+                        const float y = __ldg(queries + q * d + j);
+                        #pragma unroll
+                        for (int u = 0; u < SCAN_ROWS; ++u) acc[u][q] = fmaf(x[u], y, acc[u][q]);
+                    }
+                }
+            }
+        }
+        #pragma unroll
+        for (int u = 0; u < SCAN_ROWS; ++u) {
+            #pragma unroll
+            for (int q = 0; q < SCAN_Q; ++q) {
+                if (q < qn) {
+                    float v = acc[u][q];
+                    #pragma unroll
+                    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+                    if (lane == 0 && r + u < len) scores[q * ld + r + u] = v;
+                }
+            }
+        }
+    }
+}
+
 extern "C" __global__ void vitrine_topk_merge(
         const float* in_s, const unsigned* in_r, int n_in, long long in_ld,
         const unsigned long long* docs, unsigned cs,
@@ -193,10 +281,49 @@ pub(crate) struct GpuScorer {
     blas: CudaBlas,
     first: CudaFunction,
     merge: CudaFunction,
+    scan: CudaFunction,
     info: GpuInfo,
     memory_fraction: f64,
-    /// One call at a time on the stream and cuBLAS handle.
-    lock: Mutex<()>,
+    scan_kernel_max_batch: usize,
+    /// One call at a time on the stream and cuBLAS handle, and the device
+    /// buffers kept between calls.
+    lock: Mutex<Scratch>,
+}
+
+/// Device buffers reused across calls (grow-only), so that a small query
+/// pays for no allocation.
+#[derive(Default)]
+struct Scratch {
+    scores: Option<CudaSlice<f32>>,
+    ping_s: Option<CudaSlice<f32>>,
+    ping_r: Option<CudaSlice<u32>>,
+    pong_s: Option<CudaSlice<f32>>,
+    pong_r: Option<CudaSlice<u32>>,
+    queries: Option<CudaSlice<f32>>,
+    mask: Option<CudaSlice<u32>>,
+    stage_data: Option<CudaSlice<f32>>,
+    stage_docs: Option<CudaSlice<u64>>,
+    /// The last top-k pass's output: score bits then rows, one copy back.
+    result: Option<CudaSlice<u32>>,
+}
+
+/// `slot`, reallocated when it holds fewer than `len` elements.
+fn grown<'s, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    slot: &'s mut Option<CudaSlice<T>>,
+    len: usize,
+) -> Result<&'s mut CudaSlice<T>> {
+    let len = len.max(1);
+    if slot.as_ref().is_none_or(|b| b.len() < len) {
+        *slot = None;
+        *slot = Some(
+            stream
+                .alloc_zeros::<T>(len)
+                .map_err(gpu_err("allocating"))?,
+        );
+    }
+    slot.as_mut()
+        .ok_or_else(|| gpu_err("allocating")("scratch buffer missing"))
 }
 
 fn gpu_err<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> ScorerError {
@@ -220,7 +347,11 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl GpuScorer {
-    pub(crate) fn new(ordinal: usize, memory_fraction: f64) -> Result<Self> {
+    pub(crate) fn new(
+        ordinal: usize,
+        memory_fraction: f64,
+        scan_kernel_max_batch: usize,
+    ) -> Result<Self> {
         // SAFETY: these only try to dlopen the libraries.
         let (driver, blas, nvrtc) = unsafe {
             (
@@ -244,14 +375,16 @@ impl GpuScorer {
                 "libnvrtc was not found (CUDA toolkit libraries missing from the loader path)",
             ));
         }
-        let r = catch_unwind(AssertUnwindSafe(|| Self::init(ordinal, memory_fraction)));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            Self::init(ordinal, memory_fraction, scan_kernel_max_batch)
+        }));
         let g =
             r.map_err(|p| unavailable(format!("CUDA set-up panicked: {}", panic_message(p))))??;
         tracing::info!(device = %g.info.name, free = g.info.free_memory, "GPU scorer ready");
         Ok(g)
     }
 
-    fn init(ordinal: usize, memory_fraction: f64) -> Result<Self> {
+    fn init(ordinal: usize, memory_fraction: f64, scan_kernel_max_batch: usize) -> Result<Self> {
         let count = CudaContext::device_count()
             .map_err(|e| unavailable(format!("CUDA driver failed to initialise: {e}")))?;
         if ordinal as i64 >= count as i64 {
@@ -284,6 +417,9 @@ impl GpuScorer {
         let merge = module
             .load_function("vitrine_topk_merge")
             .map_err(|e| unavailable(format!("kernel vitrine_topk_merge: {e}")))?;
+        let scan = module
+            .load_function("vitrine_scan")
+            .map_err(|e| unavailable(format!("kernel vitrine_scan: {e}")))?;
         let (free, total) = ctx
             .mem_get_info()
             .map_err(|e| unavailable(format!("memory info: {e}")))?;
@@ -313,9 +449,11 @@ impl GpuScorer {
             blas,
             first,
             merge,
+            scan,
             info,
             memory_fraction,
-            lock: Mutex::new(()),
+            scan_kernel_max_batch,
+            lock: Mutex::new(Scratch::default()),
         })
     }
 
@@ -446,7 +584,20 @@ impl GpuScorer {
     }
 
     fn top_k_inner(&self, dev: &DeviceRows, job: &Job<'_>) -> Result<Vec<Vec<Hit>>> {
-        let _g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut scratch = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = self.run_job(&mut scratch, dev, job);
+        // A big batch's scores buffer is not worth keeping between calls.
+        if scratch
+            .scores
+            .as_ref()
+            .is_some_and(|b| b.len() * 4 > SCRATCH_KEEP_BYTES)
+        {
+            scratch.scores = None;
+        }
+        out
+    }
+
+    fn run_job(&self, sc: &mut Scratch, dev: &DeviceRows, job: &Job<'_>) -> Result<Vec<Vec<Hit>>> {
         let n = job.rows.len();
         let d = job.rows.dim();
         let b = job.count;
@@ -470,31 +621,36 @@ impl GpuScorer {
         let pong_len = sub * (tiles_max * k_dev).div_ceil(TILE).max(1) * k_dev;
 
         let s = &self.stream;
-        let alloc_f = |len: usize| {
-            s.alloc_zeros::<f32>(len.max(1))
-                .map_err(gpu_err("allocating"))
-        };
-        let alloc_u = |len: usize| {
-            s.alloc_zeros::<u32>(len.max(1))
-                .map_err(gpu_err("allocating"))
-        };
-        let mut scores = alloc_f(sub * chunk_rows)?;
-        let mut ping_s = alloc_f(ping_len)?;
-        let mut ping_r = alloc_u(ping_len)?;
-        let mut pong_s = alloc_f(pong_len)?;
-        let mut pong_r = alloc_u(pong_len)?;
-        let mut d_queries = alloc_f(sub * d)?;
+        let Scratch {
+            scores,
+            ping_s,
+            ping_r,
+            pong_s,
+            pong_r,
+            queries: d_queries,
+            mask: d_mask,
+            stage_data,
+            stage_docs,
+            result,
+        } = sc;
+        let scores = grown(s, scores, sub * chunk_rows)?;
+        let ping_s = grown(s, ping_s, ping_len)?;
+        let ping_r = grown(s, ping_r, ping_len)?;
+        let pong_s = grown(s, pong_s, pong_len)?;
+        let pong_r = grown(s, pong_r, pong_len)?;
+        let d_queries = grown(s, d_queries, sub * d)?;
+        let result = grown(s, result, 2 * sub * k_dev)?;
         let (mut stage_data, mut stage_docs) = if dev.streamed {
             (
-                Some(alloc_f(chunk_rows * d)?),
-                Some(
-                    s.alloc_zeros::<u64>(chunk_rows)
-                        .map_err(gpu_err("allocating"))?,
-                ),
+                Some(grown(s, stage_data, chunk_rows * d)?),
+                Some(grown(s, stage_docs, chunk_rows)?),
             )
         } else {
             (None, None)
         };
+        let use_scan = sub <= self.scan_kernel_max_batch;
+        // Blocks for the scan: enough warps to fill the device a few times.
+        let scan_blocks = (self.info.multiprocessors.max(1) as usize * 8).min(1 << 16);
 
         // Masks as u32 words over all rows: one shared, or one per query.
         let words = n.div_ceil(32);
@@ -507,25 +663,28 @@ impl GpuScorer {
         };
         let per_query = job.allow_each.is_some();
         let has_mask = job.allow.is_some() || per_query;
-        let mut d_mask = if has_mask {
-            alloc_u(if per_query { sub * words } else { words })?
-        } else {
-            alloc_u(1)?
-        };
+        let d_mask = grown(
+            s,
+            d_mask,
+            match (has_mask, per_query) {
+                (false, _) => 1,
+                (true, false) => words,
+                (true, true) => sub * words,
+            },
+        )?;
         if let (Some(m), false) = (job.allow, per_query) {
             let mut host = Vec::with_capacity(words + 1);
             to_u32(m, &mut host);
-            s.memcpy_htod(&host, &mut d_mask)
+            s.memcpy_htod(&host, d_mask)
                 .map_err(gpu_err("uploading the mask"))?;
         }
 
         let mut collectors: Vec<Collector> = (0..b).map(|_| Collector::new(job.k)).collect();
-        let mut host_s = vec![0f32; sub * k_dev];
-        let mut host_r = vec![0u32; sub * k_dev];
+        let mut host = vec![0u32; 2 * sub * k_dev];
         let mut q0 = 0;
         while q0 < b {
             let qn = sub.min(b - q0);
-            s.memcpy_htod(&job.queries[q0 * d..(q0 + qn) * d], &mut d_queries)
+            s.memcpy_htod(&job.queries[q0 * d..(q0 + qn) * d], d_queries)
                 .map_err(gpu_err("uploading queries"))?;
             if let Some(each) = job.allow_each {
                 let mut host = Vec::with_capacity(qn * words + 1);
@@ -536,7 +695,7 @@ impl GpuScorer {
                     };
                     to_u32(&m, &mut host);
                 }
-                s.memcpy_htod(&host, &mut d_mask)
+                s.memcpy_htod(&host, d_mask)
                     .map_err(gpu_err("uploading masks"))?;
             }
             let mut start = 0;
@@ -544,7 +703,7 @@ impl GpuScorer {
             while start < n {
                 let len = chunk_rows.min(n - start);
                 let (data, docs) = if dev.streamed {
-                    let (sd, sk) = match (stage_data.as_mut(), stage_docs.as_mut()) {
+                    let (sd, sk) = match (stage_data.as_deref_mut(), stage_docs.as_deref_mut()) {
                         (Some(a), Some(b)) => (a, b),
                         _ => return Err(gpu_err("streaming")("no staging buffer")),
                     };
@@ -561,22 +720,53 @@ impl GpuScorer {
                         _ => return Err(gpu_err("top-k")("resident chunks do not match the rows")),
                     }
                 };
-                // scores (len x qn, column-major) = dataᵀ (len x d) · queries (d x qn)
-                let cfg = GemmConfig {
-                    transa: cublasOperation_t::CUBLAS_OP_T,
-                    transb: cublasOperation_t::CUBLAS_OP_N,
-                    m: len as i32,
-                    n: qn as i32,
-                    k: d as i32,
-                    alpha: 1.0f32,
-                    lda: d as i32,
-                    ldb: d as i32,
-                    beta: 0.0f32,
-                    ldc: len as i32,
-                };
-                // SAFETY: data holds ≥ len*d floats, d_queries ≥ qn*d, scores ≥ len*qn.
-                unsafe { self.blas.gemm(cfg, data, &d_queries, &mut scores) }
-                    .map_err(gpu_err("sgemm"))?;
+                if use_scan {
+                    // Small batches: one pass over the rows per SCAN_Q queries.
+                    let (len_i, d_i, ld) = (len as i32, d as i32, len as i64);
+                    let blocks = len.div_ceil(4 * 8).clamp(1, scan_blocks);
+                    let mut q = 0;
+                    while q < qn {
+                        let g = SCAN_Q.min(qn - q);
+                        let g_i = g as i32;
+                        let qv = d_queries.slice(q * d..(q + g) * d);
+                        let mut sv = scores.slice_mut(q * len..(q + g) * len);
+                        let cfg = LaunchConfig {
+                            grid_dim: (blocks as u32, 1, 1),
+                            block_dim: (THREADS, 1, 1),
+                            shared_mem_bytes: 0,
+                        };
+                        let mut launch = s.launch_builder(&self.scan);
+                        launch
+                            .arg(data)
+                            .arg(&len_i)
+                            .arg(&d_i)
+                            .arg(&qv)
+                            .arg(&g_i)
+                            .arg(&mut sv)
+                            .arg(&ld);
+                        // SAFETY: argument order and types match vitrine_scan;
+                        // data holds len*d floats, qv g*d, sv g*len.
+                        unsafe { launch.launch(cfg) }.map_err(gpu_err("scan kernel"))?;
+                        q += g;
+                    }
+                } else {
+                    // scores (len x qn, column-major) = dataᵀ (len x d) · queries (d x qn)
+                    let cfg = GemmConfig {
+                        transa: cublasOperation_t::CUBLAS_OP_T,
+                        transb: cublasOperation_t::CUBLAS_OP_N,
+                        m: len as i32,
+                        n: qn as i32,
+                        k: d as i32,
+                        alpha: 1.0f32,
+                        lda: d as i32,
+                        ldb: d as i32,
+                        beta: 0.0f32,
+                        ldc: len as i32,
+                    };
+                    // SAFETY: data holds ≥ len*d floats, d_queries ≥ qn*d, scores ≥ len*qn.
+                    unsafe { self.blas.gemm(cfg, data, &*d_queries, &mut *scores) }
+                        .map_err(gpu_err("sgemm"))?;
+                }
 
                 let tiles = len.div_ceil(TILE);
                 let (n_i, ld, cs) = (len as i32, len as i64, start as u32);
@@ -589,90 +779,88 @@ impl GpuScorer {
                     block_dim: (THREADS, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                let mut launch = s.launch_builder(&self.first);
-                launch
-                    .arg(&scores)
-                    .arg(&n_i)
-                    .arg(&ld)
-                    .arg(docs)
-                    .arg(&cs)
-                    .arg(&d_mask)
-                    .arg(&mask_stride)
-                    .arg(&has_mask_i)
-                    .arg(&k_i)
-                    .arg(&mut ping_s)
-                    .arg(&mut ping_r)
-                    .arg(&cur_ld);
-                // SAFETY: argument order and types match vitrine_topk_first;
-                // buffers are sized for `tiles * k_dev` per query.
-                unsafe { launch.launch(cfg) }.map_err(gpu_err("top-k kernel"))?;
-
-                let mut in_ping = true;
-                let mut cur_n = tiles * k_dev;
-                while cur_n > k_dev {
-                    let next_tiles = cur_n.div_ceil(TILE);
-                    let next_ld = (next_tiles * k_dev) as i64;
-                    let cur_n_i = cur_n as i32;
-                    let cfg = LaunchConfig {
-                        grid_dim: (next_tiles as u32, qn as u32, 1),
-                        block_dim: (THREADS, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    let mut launch = s.launch_builder(&self.merge);
-                    if in_ping {
-                        launch
-                            .arg(&ping_s)
-                            .arg(&ping_r)
-                            .arg(&cur_n_i)
-                            .arg(&cur_ld)
-                            .arg(docs)
-                            .arg(&cs)
-                            .arg(&k_i)
-                            .arg(&mut pong_s)
-                            .arg(&mut pong_r)
-                            .arg(&next_ld);
-                    } else {
-                        launch
-                            .arg(&pong_s)
-                            .arg(&pong_r)
-                            .arg(&cur_n_i)
-                            .arg(&cur_ld)
-                            .arg(docs)
-                            .arg(&cs)
-                            .arg(&k_i)
-                            .arg(&mut ping_s)
-                            .arg(&mut ping_r)
-                            .arg(&next_ld);
-                    }
-                    // SAFETY: as above, for vitrine_topk_merge; the output
-                    // buffer holds `next_tiles * k_dev` per query (ping is
-                    // the larger, pong holds the first merge's output).
-                    unsafe { launch.launch(cfg) }.map_err(gpu_err("top-k merge kernel"))?;
-                    in_ping = !in_ping;
-                    cur_n = next_tiles * k_dev;
-                    cur_ld = next_ld;
-                }
-                let (fs, fr) = if in_ping {
-                    (&ping_s, &ping_r)
-                } else {
-                    (&pong_s, &pong_r)
-                };
-                // cur_ld == k_dev here: qn lists of k_dev, contiguous.
+                // The last pass writes into `result` (scores as bits, then
+                // rows) so that one copy brings it back.
                 let want = qn * k_dev;
-                s.memcpy_dtoh(&fs.slice(..want), &mut host_s[..want])
-                    .map_err(gpu_err("copying results"))?;
-                s.memcpy_dtoh(&fr.slice(..want), &mut host_r[..want])
+                {
+                    let (mut res_s, mut res_r) = result.split_at_mut(want);
+                    let last = tiles == 1;
+                    let mut launch = s.launch_builder(&self.first);
+                    launch
+                        .arg(&*scores)
+                        .arg(&n_i)
+                        .arg(&ld)
+                        .arg(docs)
+                        .arg(&cs)
+                        .arg(&*d_mask)
+                        .arg(&mask_stride)
+                        .arg(&has_mask_i)
+                        .arg(&k_i);
+                    if last {
+                        launch.arg(&mut res_s).arg(&mut res_r);
+                    } else {
+                        launch.arg(&mut *ping_s).arg(&mut *ping_r);
+                    }
+                    launch.arg(&cur_ld);
+                    // SAFETY: argument order and types match vitrine_topk_first
+                    // (`res_s` holds f32 bits); buffers are sized for
+                    // `tiles * k_dev` per query.
+                    unsafe { launch.launch(cfg) }.map_err(gpu_err("top-k kernel"))?;
+
+                    let mut in_ping = true;
+                    let mut cur_n = tiles * k_dev;
+                    while cur_n > k_dev {
+                        let next_tiles = cur_n.div_ceil(TILE);
+                        let next_ld = (next_tiles * k_dev) as i64;
+                        let cur_n_i = cur_n as i32;
+                        let last = next_tiles == 1;
+                        let cfg = LaunchConfig {
+                            grid_dim: (next_tiles as u32, qn as u32, 1),
+                            block_dim: (THREADS, 1, 1),
+                            shared_mem_bytes: 0,
+                        };
+                        let mut launch = s.launch_builder(&self.merge);
+                        let (src_s, src_r, dst_s, dst_r) = if in_ping {
+                            (&*ping_s, &*ping_r, &mut *pong_s, &mut *pong_r)
+                        } else {
+                            (&*pong_s, &*pong_r, &mut *ping_s, &mut *ping_r)
+                        };
+                        launch
+                            .arg(src_s)
+                            .arg(src_r)
+                            .arg(&cur_n_i)
+                            .arg(&cur_ld)
+                            .arg(docs)
+                            .arg(&cs)
+                            .arg(&k_i);
+                        if last {
+                            launch.arg(&mut res_s).arg(&mut res_r);
+                        } else {
+                            launch.arg(dst_s).arg(dst_r);
+                        }
+                        launch.arg(&next_ld);
+                        // SAFETY: as above, for vitrine_topk_merge; the output
+                        // buffer holds `next_tiles * k_dev` per query (ping is
+                        // the larger, pong holds the first merge's output).
+                        unsafe { launch.launch(cfg) }.map_err(gpu_err("top-k merge kernel"))?;
+                        in_ping = !in_ping;
+                        cur_n = next_tiles * k_dev;
+                        cur_ld = next_ld;
+                    }
+                }
+                // qn lists of k_dev, contiguous: score bits, then rows.
+                s.memcpy_dtoh(&result.slice(..2 * want), &mut host[..2 * want])
                     .map_err(gpu_err("copying results"))?;
                 s.synchronize().map_err(gpu_err("synchronising"))?;
                 for qi in 0..qn {
                     let q = q0 + qi;
                     for j in 0..k_dev {
-                        let r = host_r[qi * k_dev + j];
+                        let r = host[want + qi * k_dev + j];
                         if r == GONE_ROW || r as usize >= n {
                             continue;
                         }
                         let doc = job.rows.doc(r as usize);
-                        let score = host_s[qi * k_dev + j];
+                        let score = f32::from_bits(host[qi * k_dev + j]);
                         let excluded = job
                             .exclude
                             .is_some_and(|ex| ex[q].binary_search(&doc).is_ok());
