@@ -1029,3 +1029,72 @@ impl Db {
         Ok(())
     }
 }
+
+/// Every product with its attributes and its vector in one space, as of one
+/// moment (rows in doc order).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SpaceSnapshot {
+    pub ids: Vec<String>,
+    pub attrs: Vec<Attributes>,
+    pub dim: usize,
+    /// Row-major, `ids.len() × dim`.
+    pub data: Vec<f32>,
+}
+
+impl SpaceSnapshot {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+// ==== Crate-internal access for concepts, profiles and outfits. ====
+impl Db {
+    /// A keyspace of side records (profiles, user tags, outfits…), stored in
+    /// the same sled database under `vitrine.<name>`, with the database's
+    /// durability.
+    pub(crate) fn side_keyspace<T: vitrine_storage::Record>(
+        &self,
+        name: &str,
+    ) -> Result<Keyspace<T>> {
+        Ok(self.store.keyspace(&format!("vitrine.{name}"))?)
+    }
+
+    /// The vector of `id` in `space`, from the in-memory index.
+    pub(crate) fn vector(&self, space: &str, id: &str) -> Result<Option<Vec<f32>>> {
+        let space = self.space(space)?;
+        let cat = read(&self.catalog);
+        let Some(doc) = cat.by_id.get(id) else {
+            return Ok(None);
+        };
+        Ok(read(&space.index).get(*doc).map(<[f32]>::to_vec))
+    }
+
+    /// The attributes of `id`, from the in-memory catalog.
+    pub(crate) fn attributes(&self, id: &str) -> Option<Attributes> {
+        let cat = read(&self.catalog);
+        let doc = cat.by_id.get(id)?;
+        cat.by_doc.get(doc).map(|e| e.attrs.clone())
+    }
+
+    /// Every product that has a vector in `space`.
+    pub(crate) fn snapshot(&self, space: &str) -> Result<SpaceSnapshot> {
+        let space = self.space(space)?;
+        let cat = read(&self.catalog);
+        let index = read(&space.index);
+        let mut s = SpaceSnapshot {
+            dim: space.spec.dim,
+            ..SpaceSnapshot::default()
+        };
+        for (doc, e) in &cat.by_doc {
+            if let Some(v) = index.get(*doc) {
+                s.ids.push(e.id.clone());
+                s.attrs.push(e.attrs.clone());
+                s.data.extend_from_slice(v);
+            }
+        }
+        Ok(s)
+    }
+}

@@ -271,3 +271,23 @@ fn sample_catalog_is_small_and_complete() {
     assert!(bytes <= 2_500_000, "{bytes} bytes");
     assert!(Path::new(&dir.join("README.md")).is_file());
 }
+
+#[test]
+fn bench_ingest_reports_every_stage_and_batch() {
+    if !have_model("bench_ingest_reports_every_stage_and_batch") {
+        return;
+    }
+    let out = vitrine(&["bench", "ingest", "--n", "6", "--batch", "1,4", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["images"], 6);
+    assert!(v["decode_ms_per_image"].as_f64().unwrap() > 0.0);
+    assert!(v["prepare_ms_per_image"].as_f64().unwrap() > 0.0);
+    let batches = v["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 2);
+    for (b, want) in batches.iter().zip([1, 4]) {
+        assert_eq!(b["batch"], want);
+        assert!(b["infer_ms_per_image"].as_f64().unwrap() > 0.0);
+        assert!(b["import_images_per_s"].as_f64().unwrap() > 0.0);
+    }
+}

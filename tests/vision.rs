@@ -865,3 +865,20 @@ fn parity_with_the_reference_prep() {
         entries.len()
     );
 }
+
+/// A CMYK JPEG (Adobe APP14, as PIL and Photoshop write it; fixture made with
+/// PIL from RGB (200, 100, 50)) decodes to the same colour.
+#[test]
+fn decodes_cmyk_jpeg() {
+    let bytes = include_bytes!("fixtures/cmyk.jpg");
+    let p = prepare_image(bytes, &PrepConfig::catalog()).expect("CMYK JPEG");
+    let t = p.tensor();
+    for (c, want) in [200.0f32, 100.0, 50.0].into_iter().enumerate() {
+        let mean = t[c * H * W..(c + 1) * H * W]
+            .iter()
+            .map(|&v| to_u8_units(v))
+            .sum::<f32>()
+            / (H * W) as f32;
+        assert!((mean - want).abs() < 6.0, "channel {c}: {mean} vs {want}");
+    }
+}

@@ -58,6 +58,23 @@ pub enum BenchCommand {
     },
     /// Open time of a database of N random products: with a matching index dump,
     /// and with a rebuild; plus bytes on disk per product.
+    /// Image ingestion: per-stage cost (decode, prepare, inference at each
+    /// batch size, one thread each) and end-to-end import throughput at each
+    /// batch size (the real pipeline into a fresh database, all cores).
+    Ingest {
+        /// Folder of images (default: the bundled sample catalog).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Use at most this many images.
+        #[arg(long, default_value_t = 300)]
+        n: usize,
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        batch: Vec<usize>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     Open {
         /// Number of products.
         #[arg(long, default_value_t = 100_000)]
@@ -120,6 +137,12 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             json,
         }),
         BenchCommand::Open { n, dim, dir, json } => open(n, dim, dir, json),
+        BenchCommand::Ingest {
+            images,
+            n,
+            batch,
+            json,
+        } => ingest(images, n, &batch, json),
     }
 }
 
@@ -357,6 +380,116 @@ fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
             "bytes on disk per product: {:.0}",
             bytes as f64 / n.max(1) as f64
         );
+    }
+    Ok(())
+}
+
+fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> Result<()> {
+    use vitrine::{prepare_rgb, ImportOptions, ImportSource, Model, PrepConfig};
+    let dir = images.unwrap_or_else(|| {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/catalog/images"
+        ))
+    });
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files.truncate(n);
+    if files.is_empty() {
+        bail!("no images in {}", dir.display());
+    }
+    let bytes: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).with_context(|| format!("cannot read {}", f.display())))
+        .collect::<Result<_>>()?;
+    let model = Model::bundled().context("cannot load the bundled model")?;
+    let prep = PrepConfig::catalog();
+    let count = bytes.len() as f64;
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3 / count;
+
+    let t = Instant::now();
+    let decoded: Vec<image::RgbImage> = bytes
+        .iter()
+        .map(|b| Ok(image::load_from_memory(b)?.to_rgb8()))
+        .collect::<Result<_>>()?;
+    let decode_ms = ms(t);
+    let t = Instant::now();
+    let prepared = decoded
+        .iter()
+        .map(|img| prepare_rgb(img.width(), img.height(), img.as_raw(), &prep))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let prepare_ms = ms(t);
+
+    let mut rows = Vec::new();
+    for &b in batches {
+        let b = b.clamp(1, 64);
+        // Inference alone, one thread, batches of b.
+        let t = Instant::now();
+        for chunk in prepared.chunks(b) {
+            model.infer(chunk)?;
+        }
+        let infer_ms = ms(t);
+        // The whole pipeline into a fresh database.
+        let tmp = tempfile::tempdir()?;
+        let db = Db::builder().open_with_model(tmp.path(), &model)?;
+        let items: Vec<vitrine::ImportItem> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| vitrine::ImportItem {
+                id: format!("p{i:05}"),
+                path: f.clone(),
+                attributes: Attributes::default(),
+            })
+            .collect();
+        let t = Instant::now();
+        let report = db.import(
+            ImportSource::Items(items),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(prep.clone())
+                .batch_size(b),
+        )?;
+        db.flush()?;
+        let secs = t.elapsed().as_secs_f64();
+        if report.progress.stored != files.len() {
+            bail!(
+                "import stored {} of {} images",
+                report.progress.stored,
+                files.len()
+            );
+        }
+        rows.push((b, infer_ms, count / secs));
+    }
+    if json {
+        let per_batch: Vec<String> = rows
+            .iter()
+            .map(|(b, infer, ips)| {
+                format!(r#"{{"batch":{b},"infer_ms_per_image":{infer:.3},"import_images_per_s":{ips:.1}}}"#)
+            })
+            .collect();
+        println!(
+            r#"{{"images":{},"threads":{},"decode_ms_per_image":{decode_ms:.3},"prepare_ms_per_image":{prepare_ms:.3},"batches":[{}]}}"#,
+            files.len(),
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            per_batch.join(",")
+        );
+    } else {
+        println!(
+            "{} images from {} ({} CPU threads)",
+            files.len(),
+            dir.display(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        println!("decode   {decode_ms:7.3} ms/image (one thread)");
+        println!("prepare  {prepare_ms:7.3} ms/image (one thread)");
+        println!("batch  infer ms/image (one thread)  import images/s (pipeline, all cores)");
+        for (b, infer, ips) in &rows {
+            println!("{b:5}  {infer:28.3}  {ips:31.1}");
+        }
     }
     Ok(())
 }

@@ -2,24 +2,24 @@
 //! `examples/catalog/`, runs a few example queries, and writes a contact
 //! sheet per query.
 //!
-//! Contact sheets carry no text: each tile (query first, then the results in
-//! rank order) has a coloured bar under it (blue: the query; green: a result
-//! of the query's category; orange: another category), filled in proportion
-//! to the similarity score. The labels are printed in the terminal, in the
-//! same order.
+//! Each contact sheet has the query as its title, then the query image and
+//! the results in rank order. Under each tile: a coloured bar (blue: the
+//! query; green: a result of the query's category; orange: another
+//! category) filled in proportion to the similarity score, then the rank and
+//! score, the catalog category and the id.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use image::{imageops, Rgb, RgbImage};
 use vitrine::{
     annotate_with, Attributes, Db, Filter, Hit, ImportItem, ImportSource, Model, PrepConfig,
     Search, SimilarTo, ANNOTATE_TOP_K, ATTR_CATEGORY, EMBEDDING_SPACE,
 };
 
 use crate::import::{csv_items, import_with_progress, print_summary};
+use crate::sheet::{self, Tile};
 
 /// Arguments of `vitrine demo`.
 #[derive(Args)]
@@ -32,10 +32,6 @@ pub struct DemoArgs {
     pub catalog: PathBuf,
 }
 
-const TILE_W: u32 = 96;
-const TILE_H: u32 = 128;
-const BAR_H: u32 = 8;
-const GAP: u32 = 6;
 const RESULTS: usize = 6;
 
 /// Every `SOLD_OUT_EVERY`-th product (in id order) is marked sold out, to
@@ -134,7 +130,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     crate::annotate::print_text(&first.path.display().to_string(), &ann);
     println!("  (catalog says: {})", describe(&first.attributes));
 
-    println!("\ncontact sheets (tile bars: blue = query, green = same category, orange = other; bar length = similarity):");
+    println!("\ncontact sheets (bars: blue = query, green = same category, orange = other; bar length = similarity):");
     for s in &sheets {
         println!("  {}", s.display());
     }
@@ -214,52 +210,38 @@ fn show(
         );
     }
     let query_cat = query.attributes.category.as_deref();
-    let mut tiles = vec![(query.path.to_path_buf(), Rgb([40, 90, 220]), 1.0f32)];
-    for h in hits {
+    let mut tiles = vec![Tile {
+        path: query.path.to_path_buf(),
+        colour: sheet::BLUE,
+        fill: 1.0,
+        labels: vec![
+            "query".into(),
+            query_cat.unwrap_or("?").into(),
+            query.id.clone(),
+        ],
+    }];
+    for (rank, h) in hits.iter().enumerate() {
         let colour = if h.attributes.category.as_deref() == query_cat {
-            Rgb([40, 170, 70])
+            sheet::GREEN
         } else {
-            Rgb([240, 140, 30])
+            sheet::ORANGE
         };
         if let Some(p) = files.get(h.id.as_str()) {
-            tiles.push((p.to_path_buf(), colour, h.score.clamp(0.0, 1.0)));
+            tiles.push(Tile {
+                path: p.to_path_buf(),
+                colour,
+                fill: h.score,
+                labels: vec![
+                    format!("#{} {:.3}", rank + 1, h.score),
+                    h.attributes.category.clone().unwrap_or_else(|| "?".into()),
+                    h.id.clone(),
+                ],
+            });
         }
     }
-    contact_sheet(&tiles)?
+    sheet::render(title, &tiles)?
         .save(out)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("  -> {}", out.display());
     Ok(())
-}
-
-/// One row of tiles: each image letterboxed to 96 × 128 (the fpi images are
-/// stored squashed, so this restores their shape), a bar under each, and a
-/// wider gap after the query.
-fn contact_sheet(tiles: &[(PathBuf, Rgb<u8>, f32)]) -> anyhow::Result<RgbImage> {
-    let n = tiles.len() as u32;
-    let width = GAP + n * (TILE_W + GAP) + GAP;
-    let height = GAP + TILE_H + 2 + BAR_H + GAP;
-    let mut sheet = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    let mut x = GAP;
-    for (i, (path, colour, fill)) in tiles.iter().enumerate() {
-        let img = image::open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?
-            .to_rgb8();
-        let tile = imageops::resize(&img, TILE_W, TILE_H, imageops::FilterType::Triangle);
-        imageops::replace(&mut sheet, &tile, i64::from(x), i64::from(GAP));
-        let bar_y = GAP + TILE_H + 2;
-        let filled = ((TILE_W as f32) * fill).round() as u32;
-        for dy in 0..BAR_H {
-            for dx in 0..TILE_W {
-                let c = if dx < filled.max(4) {
-                    *colour
-                } else {
-                    Rgb([225, 225, 225])
-                };
-                sheet.put_pixel(x + dx, bar_y + dy, c);
-            }
-        }
-        x += TILE_W + GAP + if i == 0 { GAP } else { 0 };
-    }
-    Ok(sheet)
 }

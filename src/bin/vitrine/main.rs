@@ -7,6 +7,7 @@ mod eval;
 mod import;
 mod npy;
 mod precompute;
+mod sheet;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
