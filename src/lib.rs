@@ -30,6 +30,7 @@
 //! `Periodic` it survives once the next periodic flush or [`Db::flush`] ran.
 #![warn(missing_docs)]
 
+mod concepts;
 mod db;
 mod error;
 mod filter;
@@ -38,6 +39,11 @@ mod model;
 mod precompute;
 mod vision;
 
+pub use concepts::{
+    concept_slug, ConceptError, ConceptGroup, ConceptLayout, ConceptQuery, ConceptRef, Contribution,
+    Feedback, LikeTarget, Profile, QueryError, QueryErrorKind, QueryHit, QueryResults, TagMethod, UserTag,
+    Vocabulary, MAX_EVENTS, PROFILE_EXACT_MAX, USER_TAG_WEIGHT,
+};
 pub use db::{
     Db, DbBuilder, Hit, OpenReport, Product, Search, SearchResults, SimilarTo, VectorSpace,
     DEFAULT_DIM, DEFAULT_SPACE, MAX_ID_LEN,
@@ -47,7 +53,7 @@ pub use filter::Filter;
 pub use ingest::{
     annotate_with, infer_image, ImportFailure, ImportItem, ImportOptions, ImportProgress,
     ImportReport, ImportSource, IngestError, StoredOutputs, ANNOTATE_TOP_K, ATTR_CATEGORY,
-    ATTR_CATEGORY_PROBS, ATTR_CONCEPT, ATTR_MODEL, ATTR_TAGS, ATTR_TAG_SCORES,
+    ATTR_CATEGORY_PROBS, ATTR_CONCEPT, ATTR_MODEL, ATTR_SOURCE, ATTR_TAGS, ATTR_TAG_SCORES,
 };
 pub use model::{
     Annotation, CategoryScore, ConceptBlock, Manifest, Model, ModelError, ModelOutput, TagGroup,

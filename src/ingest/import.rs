@@ -409,13 +409,21 @@ impl Db {
     }
 
     fn store_output(&self, model: &Model, job: &Job, out: &ModelOutput) -> Result<(), IngestError> {
+        // Where the image came from, for contact sheets and re-imports.
+        let source = std::path::absolute(&job.item.path).unwrap_or_else(|_| job.item.path.clone());
+        let with_source = |mut a: Attributes| {
+            a.extra
+                .insert(crate::ATTR_SOURCE.into(), source.to_string_lossy().into_owned());
+            a
+        };
         match &job.existing {
             Some(existing) => {
-                let stored = self.image_record(model, out, existing.clone());
+                let stored = self.image_record(model, out, with_source(existing.clone()));
                 self.upsert(&job.item.id, stored.attributes, stored.vectors)?;
             }
             None => {
-                let stored = self.image_record(model, out, job.item.attributes.clone());
+                let stored =
+                    self.image_record(model, out, with_source(job.item.attributes.clone()));
                 self.insert(&job.item.id, stored.attributes, stored.vectors)?;
             }
         }

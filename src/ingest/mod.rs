@@ -63,6 +63,9 @@ pub const ATTR_CATEGORY_PROBS: &str = "vitrine.category_probs";
 pub const ATTR_TAG_SCORES: &str = "vitrine.tag_scores";
 /// Attribute: the concept projection, a JSON array.
 pub const ATTR_CONCEPT: &str = "vitrine.concept";
+/// Attribute holding the absolute path of the image a product was imported
+/// from (set by [`Db::import`]).
+pub const ATTR_SOURCE: &str = "vitrine.source";
 
 /// Categories reported by [`Db::annotate`].
 pub const ANNOTATE_TOP_K: usize = 5;
@@ -197,7 +200,8 @@ impl Db {
                 model: model.fingerprint().to_string(),
             }),
             None => Ok(self.set_stored_model_fingerprint(model.fingerprint())?),
-        }
+        }?;
+        Ok(self.store_concept_layout(model)?)
     }
 
     /// Makes `model` the database's model, whatever model it had: the
@@ -206,7 +210,8 @@ impl Db {
     /// its fingerprint in [`ATTR_MODEL`]).
     pub fn adopt_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
-        Ok(self.set_stored_model_fingerprint(model.fingerprint())?)
+        self.set_stored_model_fingerprint(model.fingerprint())?;
+        Ok(self.store_concept_layout(model)?)
     }
 
     /// The fingerprint of the model whose vectors the database holds, if any.

@@ -2,7 +2,7 @@
 //! pipeline (decode → prepare → tract), over a set in the `styles.csv` format.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -17,6 +17,8 @@ use crate::import::read_csv;
 pub enum EvalCommand {
     /// Category, colour and neighbour quality over a `styles.csv` set.
     Classify(ClassifyArgs),
+    /// Concept-query precision and weighted-search recall over a `styles.csv` set.
+    Concepts(crate::eval_concepts::ConceptsArgs),
 }
 
 /// Arguments of `vitrine eval classify`.
@@ -53,6 +55,7 @@ pub struct ClassifyArgs {
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Classify(args) => classify(args),
+        EvalCommand::Concepts(args) => crate::eval_concepts::run(args),
     }
 }
 
@@ -89,10 +92,14 @@ impl SplitRule {
     }
 }
 
-struct Item {
-    path: PathBuf,
-    category: usize,
-    colour: Option<usize>,
+/// A labelled image of a `styles.csv` set.
+pub(crate) struct Item {
+    pub id: String,
+    pub path: PathBuf,
+    /// Index into the model's categories.
+    pub category: usize,
+    /// Index into the model's colour tags.
+    pub colour: Option<usize>,
 }
 
 /// The figures of `eval classify`.
@@ -111,80 +118,20 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         bail!("--pixel-aspect must be positive");
     }
     let model = Model::bundled().context("cannot load the bundled model")?;
-    let manifest = model.manifest();
-    let raw = manifest.raw();
-    let categories = manifest.categories();
-    let cat_index: HashMap<&str, usize> = categories
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i))
-        .collect();
-    let to_category = raw["taxonomy"]["article_type_to_category"]
-        .as_object()
-        .context("the manifest has no taxonomy.article_type_to_category")?;
-    let colour_map = raw["taxonomy"]["colour_family_map"]
-        .as_object()
-        .context("the manifest has no taxonomy.colour_family_map")?;
-    let colour_group = manifest
+    let items = labelled_items(
+        &model,
+        &args.styles,
+        &args.images,
+        args.split.as_deref(),
+        args.limit,
+    )?;
+    let categories = model.manifest().categories();
+    let colour_group = model
+        .manifest()
         .groups()
         .iter()
         .find(|g| g.name == "colour")
         .context("the model has no colour tag group")?;
-    let split = match args.split.as_deref() {
-        Some(s) => Some((s == "val", SplitRule::from_manifest(raw)?)),
-        None => None,
-    };
-
-    let (header, rows) = read_csv(&args.styles)?;
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .with_context(|| format!("{} has no '{name}' column", args.styles.display()))
-    };
-    let (c_id, c_type, c_colour) = (col("id")?, col("articleType")?, col("baseColour")?);
-    let mut items = Vec::new();
-    let (mut missing_image, mut unmapped) = (0usize, 0usize);
-    for row in &rows {
-        let field = |i: usize| row.get(i).map(|s| s.trim()).unwrap_or("");
-        let id = field(c_id);
-        if let Some((want_val, rule)) = &split {
-            if rule.is_val(id) != *want_val {
-                continue;
-            }
-        }
-        let Some(category) = to_category
-            .get(field(c_type))
-            .and_then(|v| v.as_str())
-            .and_then(|c| cat_index.get(c).copied())
-        else {
-            unmapped += 1;
-            continue;
-        };
-        let path = args.images.join(format!("{id}.jpg"));
-        if !path.is_file() {
-            missing_image += 1;
-            continue;
-        }
-        let colour = colour_map
-            .get(field(c_colour))
-            .and_then(|v| v.as_str())
-            .and_then(|fam| colour_group.tags.iter().position(|t| t == fam));
-        items.push(Item {
-            path,
-            category,
-            colour,
-        });
-        if args.limit.is_some_and(|l| items.len() >= l) {
-            break;
-        }
-    }
-    if missing_image + unmapped > 0 {
-        eprintln!("note: skipped {missing_image} rows without an image and {unmapped} whose articleType the taxonomy does not know");
-    }
-    if items.is_empty() {
-        bail!("no usable rows");
-    }
 
     let prep = PrepConfig::catalog().pixel_aspect(args.pixel_aspect);
     let outputs = infer_all(&model, &prep, &items, args.batch.clamp(1, 64))?;
@@ -208,6 +155,94 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The usable rows of a `styles.csv` set: the image exists and the
+/// articleType maps to one of the model's categories (merged types compare
+/// with their merged label); the colour family is `None` when unmapped.
+pub(crate) fn labelled_items(
+    model: &Model,
+    styles: &Path,
+    images: &Path,
+    split: Option<&str>,
+    limit: Option<usize>,
+) -> anyhow::Result<Vec<Item>> {
+    let manifest = model.manifest();
+    let raw = manifest.raw();
+    let categories = manifest.categories();
+    let cat_index: HashMap<&str, usize> = categories
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    let to_category = raw["taxonomy"]["article_type_to_category"]
+        .as_object()
+        .context("the manifest has no taxonomy.article_type_to_category")?;
+    let colour_map = raw["taxonomy"]["colour_family_map"]
+        .as_object()
+        .context("the manifest has no taxonomy.colour_family_map")?;
+    let colour_group = manifest
+        .groups()
+        .iter()
+        .find(|g| g.name == "colour")
+        .context("the model has no colour tag group")?;
+    let split = match split {
+        Some(s) => Some((s == "val", SplitRule::from_manifest(raw)?)),
+        None => None,
+    };
+
+    let (header, rows) = read_csv(styles)?;
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{} has no '{name}' column", styles.display()))
+    };
+    let (c_id, c_type, c_colour) = (col("id")?, col("articleType")?, col("baseColour")?);
+    let mut items = Vec::new();
+    let (mut missing_image, mut unmapped) = (0usize, 0usize);
+    for row in &rows {
+        let field = |i: usize| row.get(i).map(|s| s.trim()).unwrap_or("");
+        let id = field(c_id);
+        if let Some((want_val, rule)) = &split {
+            if rule.is_val(id) != *want_val {
+                continue;
+            }
+        }
+        let Some(category) = to_category
+            .get(field(c_type))
+            .and_then(|v| v.as_str())
+            .and_then(|c| cat_index.get(c).copied())
+        else {
+            unmapped += 1;
+            continue;
+        };
+        let path = images.join(format!("{id}.jpg"));
+        if !path.is_file() {
+            missing_image += 1;
+            continue;
+        }
+        let colour = colour_map
+            .get(field(c_colour))
+            .and_then(|v| v.as_str())
+            .and_then(|fam| colour_group.tags.iter().position(|t| t == fam));
+        items.push(Item {
+            id: id.to_string(),
+            path,
+            category,
+            colour,
+        });
+        if limit.is_some_and(|l| items.len() >= l) {
+            break;
+        }
+    }
+    if missing_image + unmapped > 0 {
+        eprintln!("note: skipped {missing_image} rows without an image and {unmapped} whose articleType the taxonomy does not know");
+    }
+    if items.is_empty() {
+        bail!("no usable rows");
+    }
+    Ok(items)
 }
 
 /// Decodes, prepares and runs the model on every item, on all CPUs; a bad

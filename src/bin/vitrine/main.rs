@@ -4,6 +4,7 @@ mod annotate;
 mod bench;
 mod demo;
 mod eval;
+mod eval_concepts;
 mod import;
 mod npy;
 mod precompute;

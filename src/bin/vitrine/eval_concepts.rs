@@ -1,0 +1,342 @@
+//! `vitrine eval concepts`: concept-query precision and weighted-search
+//! recall over a labelled `styles.csv` set, imported into a fresh database.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use vitrine::{
+    Attributes, ConceptQuery, Db, Filter, ImportItem, ImportOptions, ImportSource, Model,
+    PlanHint, PrepConfig, Profile, Search, SimilarTo, CONCEPT_SPACE,
+};
+
+use crate::eval::{labelled_items, Item};
+
+/// Arguments of `vitrine eval concepts`.
+#[derive(Args)]
+pub struct ConceptsArgs {
+    /// The `styles.csv` file (columns `id`, `articleType`, `baseColour`, …).
+    #[arg(long)]
+    pub styles: PathBuf,
+    /// The folder holding `<id>.jpg`.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Restrict to a split of the model's training run (`val`: images the
+    /// model did not train on).
+    #[arg(long, value_parser = ["val", "train"])]
+    pub split: Option<String>,
+    /// Use the first N usable rows only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Database folder (default: a fresh temporary one). Images already in it
+    /// are not imported again.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Width / height of one stored pixel (0.75 for Fashion Product Images).
+    #[arg(long, default_value_t = PrepConfig::FPI_PIXEL_ASPECT, value_name = "RATIO")]
+    pub pixel_aspect: f64,
+    /// Random Dirichlet profiles to check.
+    #[arg(long, default_value_t = 100)]
+    pub profiles: usize,
+    /// Reference products per profile.
+    #[arg(long, default_value_t = 20)]
+    pub references: usize,
+    /// Print one JSON object: `p20_category, p20_colour, p20_conjunction,
+    /// profile_recall, n` (and details).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Queries need at least this many relevant products to be scored.
+const MIN_RELEVANT: usize = 5;
+const K: usize = 20;
+
+#[derive(serde::Serialize)]
+struct GroupFigures {
+    queries: usize,
+    p20: f64,
+    per_query: BTreeMap<String, f64>,
+}
+
+pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
+    let model = Model::bundled().context("cannot load the bundled model")?;
+    let items = labelled_items(
+        &model,
+        &args.styles,
+        &args.images,
+        args.split.as_deref(),
+        args.limit,
+    )?;
+    let tmp;
+    let dir = match &args.db {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let db = Db::builder().open_with_model(&dir, &model)?;
+    let prep = PrepConfig::catalog().pixel_aspect(args.pixel_aspect);
+    let t = Instant::now();
+    let report = db.import(
+        ImportSource::Items(
+            items
+                .iter()
+                .map(|it| ImportItem {
+                    id: it.id.clone(),
+                    path: it.path.clone(),
+                    attributes: Attributes::default(),
+                })
+                .collect(),
+        ),
+        ImportOptions::new().model(model.clone()).prep(prep),
+    )?;
+    if !report.failures.is_empty() {
+        anyhow::bail!("{} images failed to import", report.failures.len());
+    }
+    eprintln!(
+        "{} products ({} imported in {:.1} s)",
+        db.len(),
+        report.progress.stored,
+        t.elapsed().as_secs_f64()
+    );
+
+    let manifest = model.manifest();
+    let categories = manifest.categories();
+    let colours = &manifest
+        .groups()
+        .iter()
+        .find(|g| g.name == "colour")
+        .context("no colour group")?
+        .tags;
+    let by_id: BTreeMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
+
+    let precision = |terms: &[String], relevant: &dyn Fn(&Item) -> bool| -> anyhow::Result<f64> {
+        let r = items.iter().filter(|i| relevant(i)).count();
+        let q = terms
+            .iter()
+            .fold(ConceptQuery::new().limit(K), |q, t| q.term(t.clone(), 1.0));
+        let hits = db.run_query(&q, None)?.hits;
+        let good = hits
+            .iter()
+            .filter(|h| by_id.get(h.id.as_str()).is_some_and(|i| relevant(i)))
+            .count();
+        Ok(good as f64 / K.min(r) as f64)
+    };
+    let slug = vitrine::concept_slug;
+    let count = |f: &dyn Fn(&Item) -> bool| items.iter().filter(|i| f(i)).count();
+
+    let mut category = GroupFigures::new();
+    for (c, label) in categories.iter().enumerate() {
+        if count(&|i: &Item| i.category == c) >= MIN_RELEVANT {
+            let name = format!("category.{}", slug(label));
+            let p = precision(std::slice::from_ref(&name), &|i: &Item| i.category == c)?;
+            category.add(name, p);
+        }
+    }
+    let mut colour = GroupFigures::new();
+    for (f, label) in colours.iter().enumerate() {
+        if count(&|i: &Item| i.colour == Some(f)) >= MIN_RELEVANT {
+            let name = format!("colour.{}", slug(label));
+            let p = precision(std::slice::from_ref(&name), &|i: &Item| i.colour == Some(f))?;
+            colour.add(name, p);
+        }
+    }
+    let mut conjunction = GroupFigures::new();
+    for (c, cl) in categories.iter().enumerate() {
+        for (f, fl) in colours.iter().enumerate() {
+            let rel = |i: &Item| i.category == c && i.colour == Some(f);
+            if count(&rel) >= MIN_RELEVANT {
+                let terms = [
+                    format!("category.{}", slug(cl)),
+                    format!("colour.{}", slug(fl)),
+                ];
+                let p = precision(&terms, &rel)?;
+                conjunction.add(terms.join(" + "), p);
+            }
+        }
+    }
+
+    let recall = profile_recall(&db, args.profiles, args.references)?;
+    let out = serde_json::json!({
+        "p20_category": category.p20,
+        "p20_colour": colour.p20,
+        "p20_conjunction": conjunction.p20,
+        "profile_recall": recall.engine_min,
+        "n": db.len(),
+        "queries": {
+            "category": category.queries,
+            "colour": colour.queries,
+            "conjunction": conjunction.queries,
+        },
+        "profile_recall_detail": recall,
+        "per_query": {
+            "category": category.per_query,
+            "colour": colour.per_query,
+            "conjunction": conjunction.per_query,
+        },
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("products                     {}", db.len());
+        println!("precision@20, category       {:.3}  ({} queries)", category.p20, category.queries);
+        println!("precision@20, colour         {:.3}  ({} queries)", colour.p20, colour.queries);
+        println!(
+            "precision@20, cat. + colour  {:.3}  ({} queries)",
+            conjunction.p20, conjunction.queries
+        );
+        println!(
+            "profile recall@10 (engine)   one-hot min {:.3}, Dirichlet mean {:.3} min {:.3}",
+            recall.one_hot_engine.values().copied().fold(1.0, f64::min),
+            recall.dirichlet_engine_mean,
+            recall.dirichlet_engine_min
+        );
+        println!(
+            "profile recall@10 (graph)    one-hot {}, Dirichlet mean {:.3}",
+            recall
+                .one_hot_graph
+                .iter()
+                .map(|(g, r)| format!("{g} {r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            recall.dirichlet_graph_mean
+        );
+        for (name, g) in [("category", &category), ("colour", &colour), ("conjunction", &conjunction)] {
+            println!("\n{name}:");
+            for (q, p) in &g.per_query {
+                println!("  {p:.2}  {q}");
+            }
+        }
+    }
+    Ok(())
+}
+
+impl GroupFigures {
+    fn new() -> Self {
+        GroupFigures {
+            queries: 0,
+            p20: 0.0,
+            per_query: BTreeMap::new(),
+        }
+    }
+    fn add(&mut self, name: String, p: f64) {
+        self.per_query.insert(name, p);
+        self.queries = self.per_query.len();
+        self.p20 = self.per_query.values().sum::<f64>() / self.queries as f64;
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Recall {
+    /// The smallest per-profile mean recall, over every profile checked.
+    engine_min: f64,
+    one_hot_engine: BTreeMap<String, f64>,
+    one_hot_graph: BTreeMap<String, f64>,
+    dirichlet_engine_mean: f64,
+    dirichlet_engine_min: f64,
+    dirichlet_graph_mean: f64,
+    profiles: usize,
+    references: usize,
+}
+
+/// Recall@10 of weighted search against an exact weighted scan, tie-aware
+/// (a hit counts when its exact score is within 1e-5 of the 10th best), for
+/// one-hot profiles on every group and `n` Dirichlet(1) profiles (seed 42),
+/// each over `refs` reference products: the engine's plan and the graph plan.
+fn profile_recall(db: &Db, n: usize, refs: usize) -> anyhow::Result<Recall> {
+    let vocab = db.vocabulary()?;
+    let ids = db.ids();
+    let mut zs = Vec::with_capacity(ids.len());
+    for id in &ids {
+        zs.push(
+            db.get(id)?
+                .and_then(|p| p.vectors.get(CONCEPT_SPACE).cloned())
+                .context("a product without a concept vector")?,
+        );
+    }
+    let mut rng = StdRng::seed_from_u64(42);
+    let groups: Vec<String> = vocab.layout().groups.iter().map(|g| g.name.clone()).collect();
+    let mut profiles: Vec<(String, Profile)> = groups
+        .iter()
+        .map(|g| (format!("one-hot {g}"), Profile::only(g)))
+        .collect();
+    for i in 0..n {
+        let mut p = Profile::only(&groups[0]);
+        let draws: Vec<f32> = groups
+            .iter()
+            .map(|_| -(rng.gen_range(f32::EPSILON..1.0)).ln())
+            .collect();
+        let sum: f32 = draws.iter().sum();
+        for (g, d) in groups.iter().zip(draws) {
+            p.weights.insert(g.clone(), d / sum);
+        }
+        profiles.push((format!("dirichlet {i}"), p));
+    }
+    let references: Vec<usize> = (0..refs.min(ids.len()))
+        .map(|_| rng.gen_range(0..ids.len()))
+        .collect();
+
+    let mut one_hot_engine = BTreeMap::new();
+    let mut one_hot_graph = BTreeMap::new();
+    let (mut d_engine, mut d_graph) = (Vec::new(), Vec::new());
+    for (name, p) in &profiles {
+        let (mut re, mut rg) = (0.0, 0.0);
+        for &r in &references {
+            let q = p.query_vector(&vocab, &zs[r])?;
+            let mut exact: Vec<f32> = zs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != r)
+                .map(|(_, z)| z.iter().zip(&q).map(|(a, b)| a * b).sum())
+                .collect();
+            exact.sort_by(|a, b| b.total_cmp(a));
+            let kth = exact.get(9).copied().unwrap_or(f32::NEG_INFINITY);
+            let score_of = |id: &str| {
+                let i = ids.binary_search_by(|x| x.as_str().cmp(id)).ok();
+                i.map(|i| zs[i].iter().zip(&q).map(|(a, b)| a * b).sum::<f32>())
+            };
+            let hits = db.similar_with_profile(SimilarTo::Id(&ids[r]), 10, &Filter::new(), p)?;
+            let good = hits
+                .iter()
+                .filter(|h| score_of(&h.id).is_some_and(|s| s >= kth - 1e-5))
+                .count();
+            re += good as f64 / 10.0;
+            let f = Filter::new().exclude(ids[r].clone());
+            let s = Search::new(SimilarTo::Vector(&q), 10)
+                .space(CONCEPT_SPACE)
+                .filter(&f)
+                .plan(PlanHint::Graph);
+            let hits = db.search(&s)?.hits;
+            let good = hits
+                .iter()
+                .filter(|h| score_of(&h.id).is_some_and(|s| s >= kth - 1e-5))
+                .count();
+            rg += good as f64 / 10.0;
+        }
+        let (re, rg) = (re / references.len() as f64, rg / references.len() as f64);
+        if let Some(g) = name.strip_prefix("one-hot ") {
+            one_hot_engine.insert(g.to_string(), re);
+            one_hot_graph.insert(g.to_string(), rg);
+        } else {
+            d_engine.push(re);
+            d_graph.push(rg);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let min = |v: &[f64]| v.iter().copied().fold(1.0, f64::min);
+    let all_engine: Vec<f64> = one_hot_engine.values().copied().chain(d_engine.iter().copied()).collect();
+    Ok(Recall {
+        engine_min: min(&all_engine),
+        one_hot_engine,
+        one_hot_graph,
+        dirichlet_engine_mean: mean(&d_engine),
+        dirichlet_engine_min: min(&d_engine),
+        dirichlet_graph_mean: mean(&d_graph),
+        profiles: profiles.len(),
+        references: references.len(),
+    })
+}

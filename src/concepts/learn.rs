@@ -1,0 +1,275 @@
+//! Learning from examples: user tags from example products, profiles from
+//! feedback events.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConceptError, Feedback, Profile, Vocabulary, USER_GROUP};
+use crate::db::SpaceSnapshot;
+use crate::{Db, CONCEPT_SPACE};
+
+/// How a user tag is learned from its examples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TagMethod {
+    /// The difference of the centroids of the examples and the contrast
+    /// set, normalised. No parameters, robust with very few examples.
+    #[default]
+    Centroid,
+    /// L2-regularised logistic regression (class-balanced, full-batch
+    /// gradient descent, fixed 300 steps), its weight vector normalised.
+    Logistic,
+}
+
+impl std::str::FromStr for TagMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "centroid" => Ok(TagMethod::Centroid),
+            "logistic" => Ok(TagMethod::Logistic),
+            o => Err(format!("unknown tag method '{o}' (centroid or logistic)")),
+        }
+    }
+}
+
+fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+fn mean(rows: &[Vec<f32>], dim: usize) -> Vec<f32> {
+    let mut m = vec![0.0f32; dim];
+    for r in rows {
+        for (a, b) in m.iter_mut().zip(r) {
+            *a += b;
+        }
+    }
+    let n = rows.len().max(1) as f32;
+    m.iter_mut().for_each(|x| *x /= n);
+    m
+}
+
+/// Up to `n` rows of the catalog, evenly spaced, leaving out `skip` ids.
+pub(crate) fn catalog_sample(s: &SpaceSnapshot, skip: &[&str], n: usize) -> Vec<Vec<f32>> {
+    let skip: BTreeSet<&str> = skip.iter().copied().collect();
+    let step = (s.len() / n.max(1)).max(1);
+    (0..s.len())
+        .step_by(step)
+        .filter(|&i| !skip.contains(s.ids[i].as_str()))
+        .map(|i| s.row(i).to_vec())
+        .collect()
+}
+
+/// A unit direction separating `pos` from `contrast`.
+pub(crate) fn learn_tag(
+    pos: &[Vec<f32>],
+    contrast: &[Vec<f32>],
+    method: TagMethod,
+    dim: usize,
+) -> Vec<f32> {
+    let mp = mean(pos, dim);
+    let mc = mean(contrast, dim);
+    let mut t: Vec<f32> = mp.iter().zip(&mc).map(|(a, b)| a - b).collect();
+    if method == TagMethod::Logistic && !contrast.is_empty() {
+        t = logistic(pos, contrast, dim);
+    }
+    normalise(&mut t);
+    t
+}
+
+fn logistic(pos: &[Vec<f32>], neg: &[Vec<f32>], dim: usize) -> Vec<f32> {
+    const STEPS: usize = 300;
+    const LR: f32 = 0.5;
+    const L2: f32 = 1e-2;
+    let mut w = vec![0.0f32; dim];
+    let mut b = 0.0f32;
+    // Class-balanced: each class carries half of the loss.
+    let wp = 0.5 / pos.len() as f32;
+    let wn = 0.5 / neg.len() as f32;
+    let mut grad = vec![0.0f32; dim];
+    for _ in 0..STEPS {
+        grad.iter_mut().for_each(|g| *g = 0.0);
+        let mut gb = 0.0f32;
+        for (rows, y, cw) in [(pos, 1.0f32, wp), (neg, 0.0, wn)] {
+            for x in rows {
+                let z: f32 = w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>() + b;
+                let p = 1.0 / (1.0 + (-z).exp());
+                let e = cw * (p - y);
+                for (g, xi) in grad.iter_mut().zip(x) {
+                    *g += e * xi;
+                }
+                gb += e;
+            }
+        }
+        for (wi, g) in w.iter_mut().zip(&grad) {
+            *wi -= LR * (g + L2 * *wi);
+        }
+        b -= LR * gb;
+    }
+    w
+}
+
+/// Strength of the prior (equal weights, no affinities), in likes.
+const PRIOR_LIKES: f32 = 2.0;
+/// A concept's liked-minus-contrast mean must reach this to become an affinity.
+const MIN_LIFT: f32 = 0.25;
+/// Affinities kept per profile.
+const MAX_AFFINITIES: usize = 8;
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Re-learns a profile from its events (see [`Db::feedback`]).
+///
+/// For each group `g`: `c_g` is the normalised weighted centroid of the liked
+/// products' `g` blocks; agreement `A_g` is their mean cosine to it; the
+/// contrast `B_g` is the same for the skipped products, blended with the
+/// catalog's mean (as [`PRIOR_LIKES`] pseudo-skips). The excess
+/// `E_g = max(0, A_g − B_g) / (1 − B_g)` says how much more the likes agree
+/// in `g` than chance would; weights are `E` normalised, shrunk towards
+/// equal weights by the prior. Affinities are concepts whose mean over the
+/// likes exceeds the contrast's by [`MIN_LIFT`].
+pub(crate) fn learn_profile(
+    db: &Db,
+    vocab: &Vocabulary,
+    events: Vec<(String, Feedback)>,
+) -> Result<Profile, ConceptError> {
+    let layout = vocab.layout();
+    let mut like_w: BTreeMap<&str, f32> = BTreeMap::new();
+    let mut skipped: BTreeSet<&str> = BTreeSet::new();
+    for (id, f) in &events {
+        match f {
+            Feedback::Like => *like_w.entry(id).or_default() += 1.0,
+            Feedback::Buy => *like_w.entry(id).or_default() += 2.0,
+            Feedback::Skip => {
+                skipped.insert(id);
+            }
+        }
+    }
+    let mut likes = Vec::new();
+    for (id, w) in &like_w {
+        if let Some(z) = db.vector(CONCEPT_SPACE, id)? {
+            likes.push((z, *w));
+        }
+    }
+    let mut skips = Vec::new();
+    for id in skipped.iter().filter(|id| !like_w.contains_key(*id)) {
+        if let Some(z) = db.vector(CONCEPT_SPACE, id)? {
+            skips.push(z);
+        }
+    }
+    let mut profile = Profile::uniform(layout);
+    profile.events = events.clone();
+    let n: f32 = likes.iter().map(|(_, w)| w).sum();
+    if likes.is_empty() {
+        return Ok(profile);
+    }
+    let catalog = catalog_mean(db)?;
+    let ns = skips.len() as f32;
+    let blend = |skip_mean: f32, cat: f32| (ns * skip_mean + PRIOR_LIKES * cat) / (ns + PRIOR_LIKES);
+
+    let mut excess = BTreeMap::new();
+    for g in &layout.groups {
+        let r = g.start..g.start + g.len;
+        let mut c = vec![0.0f32; g.len];
+        for (z, w) in &likes {
+            for (a, b) in c.iter_mut().zip(&z[r.clone()]) {
+                *a += w * b;
+            }
+        }
+        normalise(&mut c);
+        let agree = likes.iter().map(|(z, w)| w * dot(&z[r.clone()], &c)).sum::<f32>() / n;
+        let skip_mean = if skips.is_empty() {
+            0.0
+        } else {
+            skips.iter().map(|z| dot(&z[r.clone()], &c)).sum::<f32>() / ns
+        };
+        let contrast = blend(skip_mean, dot(&catalog[r.clone()], &c)).clamp(-1.0, 0.999);
+        excess.insert(g.name.clone(), ((agree - contrast).max(0.0)) / (1.0 - contrast));
+    }
+    let total: f32 = excess.values().sum();
+    let groups = layout.groups.len() as f32;
+    for (g, e) in &excess {
+        let learned = if total > 0.0 { e / total } else { 1.0 / groups };
+        profile.weights.insert(
+            g.clone(),
+            (PRIOR_LIKES / groups + n * learned) / (PRIOR_LIKES + n),
+        );
+    }
+
+    // Affinities: model concepts and user tags.
+    let confidence = n / (n + PRIOR_LIKES);
+    let mut lifts: Vec<(String, f32)> = Vec::new();
+    let like_mean = |f: &dyn Fn(&[f32]) -> f32| likes.iter().map(|(z, w)| w * f(z)).sum::<f32>() / n;
+    let skip_mean = |f: &dyn Fn(&[f32]) -> f32| {
+        if skips.is_empty() {
+            0.0
+        } else {
+            skips.iter().map(|z| f(z)).sum::<f32>() / ns
+        }
+    };
+    for g in layout.groups.iter().filter(|g| !g.concepts.is_empty()) {
+        for (i, c) in g.concepts.iter().enumerate() {
+            let d = g.start + i;
+            let f = |z: &[f32]| z[d];
+            let lift = like_mean(&f) - blend(skip_mean(&f), catalog[d]);
+            lifts.push((format!("{}.{c}", g.name), lift));
+        }
+    }
+    for (name, tag) in vocab.tags() {
+        let f = |z: &[f32]| dot(&tag.vector, z);
+        let lift = like_mean(&f) - blend(skip_mean(&f), dot(&tag.vector, &catalog));
+        lifts.push((format!("{USER_GROUP}.{name}"), lift * tag.weight));
+    }
+    lifts.retain(|(_, l)| *l >= MIN_LIFT);
+    lifts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    lifts.truncate(MAX_AFFINITIES);
+    profile.affinities = lifts
+        .into_iter()
+        .map(|(c, l)| (c, l * confidence))
+        .collect();
+    Ok(profile)
+}
+
+/// Cached mean concept vector of the catalog, recomputed when the catalog
+/// has changed size by more than 5 %.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct CatalogMean {
+    count: u64,
+    mean: Vec<f32>,
+}
+
+impl vitrine_storage::Record for CatalogMean {
+    const VERSION: u8 = 1;
+}
+
+fn catalog_mean(db: &Db) -> Result<Vec<f32>, ConceptError> {
+    let ks = db.side_keyspace::<CatalogMean>("concept_stats")?;
+    let len = db.len() as u64;
+    if let Some(c) = ks.get(b"catalog_mean")? {
+        let drift = c.count.abs_diff(len) as f64 / c.count.max(1) as f64;
+        if drift <= 0.05 {
+            return Ok(c.mean);
+        }
+    }
+    let s = db.snapshot(CONCEPT_SPACE)?;
+    let mut mean = vec![0.0f32; s.dim];
+    for i in 0..s.len() {
+        for (a, b) in mean.iter_mut().zip(s.row(i)) {
+            *a += b;
+        }
+    }
+    let n = s.len().max(1) as f32;
+    mean.iter_mut().for_each(|x| *x /= n);
+    ks.put(
+        b"catalog_mean",
+        &CatalogMean {
+            count: len,
+            mean: mean.clone(),
+        },
+    )?;
+    Ok(mean)
+}

@@ -1,0 +1,758 @@
+//! Concepts: the named directions of the concept space, and what is built on
+//! them — concept queries (see [`ConceptQuery`]), customer profiles learned
+//! from feedback, and user-defined tags.
+//!
+//! A product's concept-space vector is `[visual | category | colour | usage |
+//! season | gender | pattern]` (the bundled model's groups), each block
+//! L2-normalised. A *concept* is one dimension of a tag or category block
+//! (`colour.red`, `category.tshirts`): its affinity with a product is the
+//! cosine between the product's block and that concept's one-hot direction.
+//! A user tag (`user.<name>`) is a learned direction over the whole vector.
+//!
+//! Everything here is a linear function of the stored concept vector, so a
+//! concept query, a profile and a user tag all become one query vector over
+//! the `concept` space: one index (or one exact scan) serves them all.
+
+mod learn;
+mod query;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Db, Error, Filter, Model, Result, SimilarTo, CONCEPT_SPACE};
+
+pub use learn::TagMethod;
+pub use query::{
+    ConceptQuery, Contribution, LikeTarget, QueryError, QueryErrorKind, QueryHit, QueryResults,
+};
+
+/// Default weight of a user-defined tag in queries and profiles: lower than a
+/// model concept's 1.0, because a tag learned from a few examples is noisier.
+pub const USER_TAG_WEIGHT: f32 = 0.5;
+
+/// Prefix of user-defined tag concepts.
+pub const USER_GROUP: &str = "user";
+
+/// One block of the concept-space vector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConceptGroup {
+    /// `visual`, `category`, or a tag group (`colour`, `pattern`…).
+    pub name: String,
+    /// First dimension of the block.
+    pub start: usize,
+    /// Dimensions in the block.
+    pub len: usize,
+    /// At most one concept of the group applies (annotation keeps one).
+    pub exclusive: bool,
+    /// Concept names within the group (`red`, `tshirts`…), one per dimension;
+    /// empty for the visual block, whose dimensions are not named.
+    pub concepts: Vec<String>,
+    /// The model's own labels for those concepts (`Tshirts`, `red`).
+    pub labels: Vec<String>,
+}
+
+/// The layout of the concept space of a database's model: which dimension is
+/// which concept. Stored in the database when it adopts a model, so that
+/// concept queries, feedback and user tags work without loading the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConceptLayout {
+    /// Dimension of the concept space.
+    pub dim: usize,
+    /// Blocks, in order.
+    pub groups: Vec<ConceptGroup>,
+}
+
+impl vitrine_storage::Record for ConceptLayout {
+    const VERSION: u8 = 1;
+}
+
+/// A concept name as written in queries: lower case, runs of anything but
+/// letters and digits become one `_` (`Sports Shoes` → `sports_shoes`,
+/// `Accessories (other)` → `accessories_other`).
+pub fn concept_slug(label: &str) -> String {
+    let mut s = String::with_capacity(label.len());
+    for c in label.chars() {
+        if c.is_alphanumeric() {
+            s.extend(c.to_lowercase());
+        } else if !s.ends_with('_') && !s.is_empty() {
+            s.push('_');
+        }
+    }
+    while s.ends_with('_') {
+        s.pop();
+    }
+    s
+}
+
+impl ConceptLayout {
+    /// The layout of `model`'s concept space.
+    pub fn from_model(model: &Model) -> ConceptLayout {
+        let manifest = model.manifest();
+        let groups = model
+            .concept_blocks()
+            .iter()
+            .map(|b| {
+                let (exclusive, labels): (bool, Vec<String>) = match b.name.as_str() {
+                    "visual" => (false, Vec::new()),
+                    "category" => (true, manifest.categories().to_vec()),
+                    name => manifest
+                        .groups()
+                        .iter()
+                        .find(|g| g.name == name)
+                        .map(|g| (g.exclusive, g.tags.clone()))
+                        .unwrap_or_default(),
+                };
+                ConceptGroup {
+                    name: b.name.clone(),
+                    start: b.range.start,
+                    len: b.range.len(),
+                    exclusive,
+                    concepts: labels.iter().map(|l| concept_slug(l)).collect(),
+                    labels,
+                }
+            })
+            .collect();
+        ConceptLayout {
+            dim: model.concept_space_dim(),
+            groups,
+        }
+    }
+
+    /// The group called `name`.
+    pub fn group(&self, name: &str) -> Option<&ConceptGroup> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// The dimension of concept `group.concept`.
+    pub fn concept_dim(&self, group: &str, concept: &str) -> Option<usize> {
+        let g = self.group(group)?;
+        g.concepts
+            .iter()
+            .position(|c| c == concept)
+            .map(|i| g.start + i)
+    }
+
+    /// Every model concept as `group.concept`, in layout order.
+    pub fn concept_names(&self) -> Vec<String> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.concepts.iter().map(move |c| format!("{}.{c}", g.name)))
+            .collect()
+    }
+
+    /// The concept at dimension `dim`, as `group.concept`.
+    pub fn name_of(&self, dim: usize) -> Option<String> {
+        let g = self
+            .groups
+            .iter()
+            .find(|g| (g.start..g.start + g.len).contains(&dim))?;
+        g.concepts
+            .get(dim - g.start)
+            .map(|c| format!("{}.{c}", g.name))
+    }
+}
+
+/// What a customer did with a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Feedback {
+    /// Liked it.
+    Like,
+    /// Looked and moved on.
+    Skip,
+    /// Bought it (counts as two likes).
+    Buy,
+}
+
+impl std::str::FromStr for Feedback {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "like" => Ok(Feedback::Like),
+            "skip" => Ok(Feedback::Skip),
+            "buy" => Ok(Feedback::Buy),
+            other => Err(format!("unknown feedback '{other}' (like, skip or buy)")),
+        }
+    }
+}
+
+/// A customer's preferences: how much each concept group counts when
+/// comparing products, and concepts she keeps choosing.
+///
+/// `similar` with a profile scores `Σ_g w_g · cos_g(query, x) + Σ_c a_c ·
+/// affinity_c(x)` ([`Db::similar_with_profile`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Weight per group (`visual`, `category`, `colour`…); groups not listed
+    /// weigh 0. Learned weights sum to 1.
+    pub weights: BTreeMap<String, f32>,
+    /// Concept affinities (`colour.red` → 0.6, `user.superfunky` → 0.3).
+    pub affinities: BTreeMap<String, f32>,
+    /// Feedback events the profile was learned from, oldest first (at most
+    /// [`MAX_EVENTS`]).
+    pub events: Vec<(String, Feedback)>,
+}
+
+impl vitrine_storage::Record for Profile {
+    const VERSION: u8 = 1;
+}
+
+/// Feedback events kept per profile (the oldest are dropped).
+pub const MAX_EVENTS: usize = 500;
+
+impl Profile {
+    /// Equal weights over every group of `layout`, no affinities: plain
+    /// concept-space similarity.
+    pub fn uniform(layout: &ConceptLayout) -> Profile {
+        let w = 1.0 / layout.groups.len().max(1) as f32;
+        Profile {
+            weights: layout.groups.iter().map(|g| (g.name.clone(), w)).collect(),
+            affinities: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// All the weight on one group.
+    pub fn only(group: &str) -> Profile {
+        Profile {
+            weights: [(group.to_string(), 1.0)].into_iter().collect(),
+            affinities: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Sets a group's weight.
+    pub fn weight(mut self, group: &str, w: f32) -> Profile {
+        self.weights.insert(group.to_string(), w);
+        self
+    }
+
+    /// The query vector over the concept space that scores products by this
+    /// profile relative to concept vector `z` (what
+    /// [`Db::similar_with_profile`] searches with): `[w_g · z_g]` plus the
+    /// affinities' directions.
+    pub fn query_vector(&self, vocab: &Vocabulary, z: &[f32]) -> Result<Vec<f32>, ConceptError> {
+        profile_query(vocab, self, z)
+    }
+
+    /// The group with the largest weight.
+    pub fn top_group(&self) -> Option<(&str, f32)> {
+        self.weights
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(g, w)| (g.as_str(), *w))
+    }
+}
+
+/// A concept defined by the user from example products.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserTag {
+    /// Name (used as `user.<name>`).
+    pub name: String,
+    /// Direction over the concept space (unit length).
+    pub vector: Vec<f32>,
+    /// How it was learned.
+    pub method: TagMethod,
+    /// Weight in queries and profiles ([`USER_TAG_WEIGHT`] by default).
+    pub weight: f32,
+    /// The example products.
+    pub positives: Vec<String>,
+    /// The counter-examples (may be empty).
+    pub negatives: Vec<String>,
+}
+
+impl vitrine_storage::Record for UserTag {
+    const VERSION: u8 = 1;
+}
+
+/// Errors of the concept APIs (queries have their own [`QueryError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConceptError {
+    /// The database has no concept layout: it was not built from images with a model.
+    #[error("this database has no concept space (open it with DbBuilder::open_with_model and import images)")]
+    NoConceptSpace,
+    /// A concept name that is not in the vocabulary.
+    #[error("unknown concept '{name}'{}", .suggestion.as_ref().map(|s| format!(" — did you mean {s}?")).unwrap_or_default())]
+    UnknownConcept {
+        /// The name given.
+        name: String,
+        /// The closest known name.
+        suggestion: Option<String>,
+    },
+    /// A group name that is not in the layout.
+    #[error("unknown concept group '{name}' (groups: {known})")]
+    UnknownGroup {
+        /// The name given.
+        name: String,
+        /// The groups, comma separated.
+        known: String,
+    },
+    /// A user tag name that is empty, too long or not a plain word.
+    #[error("invalid tag name '{0}': use letters, digits and '_' (at most 64)")]
+    InvalidTagName(String),
+    /// A tag needs examples.
+    #[error("tag '{name}' needs at least {min} positive example(s), got {got}")]
+    NotEnoughExamples {
+        /// The tag.
+        name: String,
+        /// At least this many.
+        min: usize,
+        /// Given.
+        got: usize,
+    },
+    /// A weight that is negative or not finite.
+    #[error("invalid weight {value} for '{what}': weights are finite and >= 0")]
+    InvalidWeight {
+        /// What it was for.
+        what: String,
+        /// The value.
+        value: f32,
+    },
+    /// An empty user id.
+    #[error("user id must not be empty")]
+    EmptyUser,
+    /// A malformed query.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// Embedding an image for `like image` failed.
+    #[error(transparent)]
+    Ingest(#[from] Box<crate::IngestError>),
+    /// A database error (a missing product is [`Error::NotFound`]).
+    #[error(transparent)]
+    Db(#[from] Error),
+}
+
+impl ConceptError {
+    /// Whether the caller can fix it (bad names, ids, weights, queries).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            ConceptError::Db(e) => e.is_user_error(),
+            ConceptError::Ingest(_) => true,
+            _ => true,
+        }
+    }
+}
+
+impl From<vitrine_storage::Error> for ConceptError {
+    fn from(e: vitrine_storage::Error) -> Self {
+        ConceptError::Db(e.into())
+    }
+}
+
+const LAYOUT_KS: &str = "concept_layout";
+const LAYOUT_KEY: &[u8] = b"layout";
+const PROFILES_KS: &str = "profiles";
+const TAGS_KS: &str = "user_tags";
+
+/// Edit distance, for "did you mean".
+pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest of `known` to `name`, when it is close enough to be a typo.
+pub(crate) fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let (best, d) = known
+        .into_iter()
+        .map(|k| (k, levenshtein(name, k)))
+        .min_by_key(|(_, d)| *d)?;
+    (d <= (name.chars().count() / 3).max(2)).then(|| best.to_string())
+}
+
+/// Everything a query can name: the model's concepts and the user tags.
+#[derive(Clone, Debug)]
+pub struct Vocabulary {
+    layout: Arc<ConceptLayout>,
+    tags: BTreeMap<String, UserTag>,
+}
+
+impl Vocabulary {
+    /// The model's concepts plus `tags`.
+    pub fn new(layout: ConceptLayout, tags: impl IntoIterator<Item = UserTag>) -> Vocabulary {
+        Vocabulary {
+            layout: Arc::new(layout),
+            tags: tags.into_iter().map(|t| (t.name.clone(), t)).collect(),
+        }
+    }
+
+    /// The concept-space layout.
+    pub fn layout(&self) -> &ConceptLayout {
+        &self.layout
+    }
+
+    /// User tags by name.
+    pub fn tags(&self) -> &BTreeMap<String, UserTag> {
+        &self.tags
+    }
+
+    /// Every name a query may use: `group.concept` and `user.<tag>`.
+    pub fn names(&self) -> Vec<String> {
+        let mut n = self.layout.concept_names();
+        n.extend(self.tags.keys().map(|t| format!("{USER_GROUP}.{t}")));
+        n
+    }
+
+    /// Resolves `group.concept` (or `user.<tag>`).
+    pub fn resolve(&self, group: &str, concept: &str) -> Option<ConceptRef> {
+        let concept = concept_slug(concept);
+        if group == USER_GROUP {
+            return self.tags.contains_key(&concept).then_some(ConceptRef::Tag(concept));
+        }
+        self.layout
+            .concept_dim(group, &concept)
+            .map(ConceptRef::Dim)
+    }
+
+    /// A "did you mean" for an unknown `name`.
+    pub fn suggest(&self, name: &str) -> Option<String> {
+        let names = self.names();
+        suggest(name, names.iter().map(String::as_str))
+    }
+
+    /// Adds `w ×` the concept's direction to `q`.
+    pub(crate) fn add_to(&self, c: &ConceptRef, w: f32, q: &mut [f32]) {
+        match c {
+            ConceptRef::Dim(d) => q[*d] += w,
+            ConceptRef::Tag(t) => {
+                if let Some(tag) = self.tags.get(t) {
+                    for (x, v) in q.iter_mut().zip(&tag.vector) {
+                        *x += w * tag.weight * v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A resolved concept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConceptRef {
+    /// A model concept: one dimension of the concept space.
+    Dim(usize),
+    /// A user tag, by name.
+    Tag(String),
+}
+
+fn check_user(user: &str) -> Result<(), ConceptError> {
+    if user.is_empty() {
+        Err(ConceptError::EmptyUser)
+    } else {
+        Ok(())
+    }
+}
+
+impl Db {
+    /// Stores `model`'s concept layout (done by `open_with_model`).
+    pub(crate) fn store_concept_layout(&self, model: &Model) -> Result<()> {
+        let ks = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
+        let layout = ConceptLayout::from_model(model);
+        if ks.get(LAYOUT_KEY)?.as_ref() != Some(&layout) {
+            ks.put(LAYOUT_KEY, &layout)?;
+        }
+        Ok(())
+    }
+
+    /// The concept layout of the database's model.
+    pub fn concept_layout(&self) -> Result<ConceptLayout, ConceptError> {
+        self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?
+            .get(LAYOUT_KEY)?
+            .ok_or(ConceptError::NoConceptSpace)
+    }
+
+    /// The model's concepts plus the user tags defined so far.
+    pub fn vocabulary(&self) -> Result<Vocabulary, ConceptError> {
+        Ok(Vocabulary::new(self.concept_layout()?, self.user_tags()?))
+    }
+
+    /// User-defined tags.
+    pub fn user_tags(&self) -> Result<Vec<UserTag>, ConceptError> {
+        let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
+        let mut out = Vec::new();
+        for r in ks.iter() {
+            out.push(r?.1);
+        }
+        Ok(out)
+    }
+
+    /// Defines (or redefines) the tag `user.<name>` from example products,
+    /// learned with `method` over their concept vectors; stored with weight
+    /// [`USER_TAG_WEIGHT`]. Without negatives, the catalog is the contrast.
+    pub fn define_tag(
+        &self,
+        name: &str,
+        positives: &[&str],
+        negatives: &[&str],
+        method: TagMethod,
+    ) -> Result<UserTag, ConceptError> {
+        let slug = concept_slug(name);
+        if slug.is_empty() || slug.len() > 64 || slug != name {
+            return Err(ConceptError::InvalidTagName(name.to_string()));
+        }
+        if positives.is_empty() {
+            return Err(ConceptError::NotEnoughExamples {
+                name: name.into(),
+                min: 1,
+                got: 0,
+            });
+        }
+        let layout = self.concept_layout()?;
+        let fetch = |ids: &[&str]| -> Result<Vec<Vec<f32>>, ConceptError> {
+            ids.iter()
+                .map(|id| {
+                    self.vector(CONCEPT_SPACE, id)?.ok_or_else(|| {
+                        ConceptError::Db(Error::NotFound {
+                            id: (*id).to_string(),
+                        })
+                    })
+                })
+                .collect()
+        };
+        let pos = fetch(positives)?;
+        let neg = fetch(negatives)?;
+        let contrast = if neg.is_empty() {
+            learn::catalog_sample(&self.snapshot(CONCEPT_SPACE)?, positives, 2000)
+        } else {
+            neg
+        };
+        let vector = learn::learn_tag(&pos, &contrast, method, layout.dim);
+        let tag = UserTag {
+            name: name.to_string(),
+            vector,
+            method,
+            weight: USER_TAG_WEIGHT,
+            positives: positives.iter().map(|s| s.to_string()).collect(),
+            negatives: negatives.iter().map(|s| s.to_string()).collect(),
+        };
+        self.side_keyspace::<UserTag>(TAGS_KS)?
+            .put(name.as_bytes(), &tag)?;
+        Ok(tag)
+    }
+
+    /// Sets a user tag's weight.
+    pub fn set_tag_weight(&self, name: &str, weight: f32) -> Result<UserTag, ConceptError> {
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(ConceptError::InvalidWeight {
+                what: format!("{USER_GROUP}.{name}"),
+                value: weight,
+            });
+        }
+        let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
+        let mut tag = ks.get(name.as_bytes())?.ok_or_else(|| self.unknown_tag(name))?;
+        tag.weight = weight;
+        ks.put(name.as_bytes(), &tag)?;
+        Ok(tag)
+    }
+
+    /// Removes a user tag; returns whether it existed.
+    pub fn delete_tag(&self, name: &str) -> Result<bool, ConceptError> {
+        Ok(self.side_keyspace::<UserTag>(TAGS_KS)?.remove(name.as_bytes())?)
+    }
+
+    fn unknown_tag(&self, name: &str) -> ConceptError {
+        let full = format!("{USER_GROUP}.{name}");
+        let suggestion = self.vocabulary().ok().and_then(|v| v.suggest(&full));
+        ConceptError::UnknownConcept {
+            name: full,
+            suggestion,
+        }
+    }
+
+    /// The stored profile of `user`, if any.
+    pub fn profile(&self, user: &str) -> Result<Option<Profile>, ConceptError> {
+        check_user(user)?;
+        Ok(self
+            .side_keyspace::<Profile>(PROFILES_KS)?
+            .get(user.as_bytes())?)
+    }
+
+    /// Every user with a stored profile.
+    pub fn profile_users(&self) -> Result<Vec<String>, ConceptError> {
+        let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
+        let mut out = Vec::new();
+        for r in ks.iter() {
+            out.push(String::from_utf8_lossy(&r?.0).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Stores `profile` for `user` (checked against the layout).
+    pub fn set_profile(&self, user: &str, profile: &Profile) -> Result<(), ConceptError> {
+        check_user(user)?;
+        self.check_profile(profile)?;
+        self.side_keyspace::<Profile>(PROFILES_KS)?
+            .put(user.as_bytes(), profile)?;
+        Ok(())
+    }
+
+    fn check_profile(&self, p: &Profile) -> Result<(), ConceptError> {
+        let vocab = self.vocabulary()?;
+        let groups: Vec<&str> = vocab
+            .layout()
+            .groups
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
+        for (g, w) in &p.weights {
+            if !groups.contains(&g.as_str()) {
+                return Err(ConceptError::UnknownGroup {
+                    name: g.clone(),
+                    known: groups.join(", "),
+                });
+            }
+            if !(w.is_finite() && *w >= 0.0) {
+                return Err(ConceptError::InvalidWeight {
+                    what: g.clone(),
+                    value: *w,
+                });
+            }
+        }
+        for (c, w) in &p.affinities {
+            let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
+            if vocab.resolve(group, concept).is_none() {
+                return Err(ConceptError::UnknownConcept {
+                    name: c.clone(),
+                    suggestion: vocab.suggest(c),
+                });
+            }
+            if !w.is_finite() {
+                return Err(ConceptError::InvalidWeight {
+                    what: c.clone(),
+                    value: *w,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what `user` did with `product` and re-learns her profile:
+    /// groups in which her liked products agree (more than the products she
+    /// skipped do, or than the catalog does) gain weight, and concepts her
+    /// likes keep sharing gain affinity. Returns the updated profile.
+    pub fn feedback(
+        &self,
+        user: &str,
+        product: &str,
+        what: Feedback,
+    ) -> Result<Profile, ConceptError> {
+        check_user(user)?;
+        if self.vector(CONCEPT_SPACE, product)?.is_none() {
+            return Err(Error::NotFound { id: product.into() }.into());
+        }
+        let vocab = self.vocabulary()?;
+        let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
+        let mut events = ks
+            .get(user.as_bytes())?
+            .map(|p| p.events)
+            .unwrap_or_default();
+        events.push((product.to_string(), what));
+        if events.len() > MAX_EVENTS {
+            events.drain(..events.len() - MAX_EVENTS);
+        }
+        let profile = learn::learn_profile(self, &vocab, events)?;
+        ks.put(user.as_bytes(), &profile)?;
+        Ok(profile)
+    }
+
+    /// The `k` products most similar to `to` under `profile`: `Σ_g w_g ·
+    /// cos_g + Σ_c a_c · affinity_c`, computed as one reweighted query over
+    /// the `concept` space. Exact below [`PROFILE_EXACT_MAX`] products (a
+    /// skewed profile, colour only say, is a query the graph was not built
+    /// for), else the graph with a wide beam and an exact re-rank.
+    pub fn similar_with_profile(
+        &self,
+        to: SimilarTo<'_>,
+        k: usize,
+        filter: &Filter,
+        profile: &Profile,
+    ) -> Result<Vec<crate::Hit>, ConceptError> {
+        let vocab = self.vocabulary()?;
+        self.check_profile(profile)?;
+        let (z, exclude) = match to {
+            SimilarTo::Id(id) => (
+                self.vector(CONCEPT_SPACE, id)?
+                    .ok_or_else(|| Error::NotFound { id: id.into() })?,
+                Some(id),
+            ),
+            SimilarTo::Vector(v) => (v.to_vec(), None),
+        };
+        let q = profile_query(&vocab, profile, &z)?;
+        let mut f = filter.clone();
+        if let Some(id) = exclude {
+            f = f.exclude(id);
+        }
+        Ok(self.concept_search(&q, k, &f, None)?)
+    }
+}
+
+/// Products up to which profile and concept queries scan exactly.
+pub const PROFILE_EXACT_MAX: usize = 262_144;
+
+/// The query vector of `profile` relative to concept vector `z`.
+pub(crate) fn profile_query(
+    vocab: &Vocabulary,
+    profile: &Profile,
+    z: &[f32],
+) -> Result<Vec<f32>, ConceptError> {
+    let layout = vocab.layout();
+    if z.len() != layout.dim {
+        return Err(Error::DimensionMismatch {
+            space: CONCEPT_SPACE.into(),
+            expected: layout.dim,
+            found: z.len(),
+        }
+        .into());
+    }
+    let mut q = vec![0.0f32; layout.dim];
+    for g in &layout.groups {
+        let w = profile.weights.get(&g.name).copied().unwrap_or(0.0);
+        for d in g.start..g.start + g.len {
+            q[d] = w * z[d];
+        }
+    }
+    for (c, a) in &profile.affinities {
+        let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
+        if let Some(r) = vocab.resolve(group, concept) {
+            vocab.add_to(&r, *a, &mut q);
+        }
+    }
+    Ok(q)
+}
+
+impl Db {
+    /// The top `k` of `q · z` over the concept space among products passing
+    /// `filter`: exact up to [`PROFILE_EXACT_MAX`] products, else the graph
+    /// (beam `max(ef, 16k)`) over an oversampled candidate set, re-ranked
+    /// exactly. `plan` forces one.
+    pub(crate) fn concept_search(
+        &self,
+        q: &[f32],
+        k: usize,
+        filter: &Filter,
+        plan: Option<crate::PlanHint>,
+    ) -> Result<Vec<crate::Hit>> {
+        use crate::{PlanHint, Search};
+        let plan = plan.unwrap_or(if self.len() <= PROFILE_EXACT_MAX {
+            PlanHint::Exact
+        } else {
+            PlanHint::Auto
+        });
+        let s = Search::new(SimilarTo::Vector(q), k)
+            .space(CONCEPT_SPACE)
+            .filter(filter)
+            .plan(plan)
+            .ef((16 * k).max(256));
+        Ok(self.search(&s)?.hits)
+    }
+}

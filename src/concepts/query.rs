@@ -1,0 +1,970 @@
+//! The concept query language.
+//!
+//! ```text
+//! query     := ["find"] clause*
+//! clause    := term | like | where | limit | diverse | profile
+//! term      := ["+" | "-"] concept ["^" number]      (no sign: +)
+//! concept   := group "." name                         (name: word or "quoted")
+//! like      := "like" (id | "image" "path") ["^" number]
+//! where     := "where" cond ("and" cond)*
+//! cond      := "in_stock" | "not" "in_stock"
+//!            | "price" ("<" | "<=" | ">" | ">=") number
+//!            | field "=" value | field "in" "(" value ("," value)* ")"
+//! limit     := "limit" integer                        (default 20, at most 10000)
+//! diverse   := "diverse" number                       (MMR, 0..=1)
+//! profile   := "profile" user                         (rank by a stored profile)
+//! ```
+//!
+//! `field` is `category`, `brand` or any attribute key; values are words,
+//! numbers or `"quoted strings"`. Keywords are case-insensitive. Example:
+//!
+//! `find +category.shirts +pattern.striped -colour.red colour.blue^2 where in_stock and price < 60 and brand in ("A","B") limit 20`
+//!
+//! A term adds `± weight ×` the concept's direction to the query vector; a
+//! `like` adds the liked product's concept vector, weighted per group by the
+//! profile (equal weights without one). The score of a product is the inner
+//! product with its concept vector, so each term's contribution is reported
+//! with each hit.
+
+use std::ops::Bound;
+
+use serde::Serialize;
+
+use super::{profile_query, ConceptError, Profile, Vocabulary};
+use crate::{infer_image, Attributes, Db, Error, Filter, Model, PrepConfig, CONCEPT_SPACE};
+
+/// Results per query by default.
+pub const DEFAULT_LIMIT: usize = 20;
+/// Most results a query may ask for.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// A parse error: where, what, and a hint.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{message} (at column {}){}", .column + 1, .hint.as_ref().map(|h| format!(" — {h}")).unwrap_or_default())]
+pub struct QueryError {
+    /// What went wrong.
+    pub kind: QueryErrorKind,
+    /// Column (0-based, in characters) where it went wrong.
+    pub column: usize,
+    /// One-line description.
+    pub message: String,
+    /// How to fix it, when there is an obvious way ("did you mean colour.red?").
+    pub hint: Option<String>,
+}
+
+impl QueryError {
+    fn new(kind: QueryErrorKind, column: usize, message: impl Into<String>) -> Self {
+        QueryError {
+            kind,
+            column,
+            message: message.into(),
+            hint: None,
+        }
+    }
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The query with a caret under the error, then the message: for terminals.
+    pub fn render(&self, query: &str) -> String {
+        format!("  {query}\n  {}^\n{self}", " ".repeat(self.column))
+    }
+}
+
+/// Kinds of [`QueryError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub enum QueryErrorKind {
+    /// A character that starts no token.
+    BadCharacter,
+    /// A string without its closing quote.
+    UnterminatedString,
+    /// A token that cannot come here.
+    Unexpected,
+    /// The query ended where more was needed.
+    UnexpectedEnd,
+    /// A concept name that is not in the vocabulary.
+    UnknownConcept,
+    /// A group name that is not in the vocabulary.
+    UnknownGroup,
+    /// A malformed or out-of-range number.
+    BadNumber,
+    /// A clause given twice.
+    Duplicate,
+    /// Neither a concept nor a `like`.
+    Empty,
+}
+
+/// What a `like` clause refers to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LikeTarget {
+    /// A stored product.
+    Id(String),
+    /// An image file, embedded with the model at query time.
+    Image(String),
+}
+
+/// A parsed concept query; also built directly by library users.
+///
+/// ```
+/// use vitrine::{ConceptQuery, Filter};
+/// let q = ConceptQuery::new()
+///     .term("category.shirts", 1.0)
+///     .term("colour.red", -1.0)
+///     .filter(Filter::new().in_stock())
+///     .limit(10);
+/// assert_eq!(q.terms().len(), 2);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConceptQuery {
+    terms: Vec<(String, f32)>,
+    like: Option<(LikeTarget, f32)>,
+    filter: Filter,
+    limit: usize,
+    diverse: Option<f32>,
+    profile: Option<String>,
+}
+
+impl Default for ConceptQuery {
+    fn default() -> Self {
+        ConceptQuery {
+            terms: Vec::new(),
+            like: None,
+            filter: Filter::new(),
+            limit: DEFAULT_LIMIT,
+            diverse: None,
+            profile: None,
+        }
+    }
+}
+
+impl ConceptQuery {
+    /// An empty query (add terms or a `like`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds a concept (`group.concept` or `user.<tag>`) with a signed weight.
+    pub fn term(mut self, concept: impl Into<String>, weight: f32) -> Self {
+        self.terms.push((concept.into(), weight));
+        self
+    }
+    /// Ranks relative to a product or an image too.
+    pub fn like(mut self, target: LikeTarget, weight: f32) -> Self {
+        self.like = Some((target, weight));
+        self
+    }
+    /// Only products passing `filter`.
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
+    }
+    /// Number of results.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+    /// MMR re-rank with trade-off `lambda` (0: relevance only, 1: diversity only).
+    pub fn diverse(mut self, lambda: f32) -> Self {
+        self.diverse = Some(lambda);
+        self
+    }
+    /// Weighs the `like` by a stored profile and adds its affinities.
+    pub fn profile(mut self, user: impl Into<String>) -> Self {
+        self.profile = Some(user.into());
+        self
+    }
+    /// The terms, as given.
+    pub fn terms(&self) -> &[(String, f32)] {
+        &self.terms
+    }
+
+    /// Parses `text` against `vocab` (concept names are checked here, with
+    /// positions and suggestions).
+    pub fn parse(text: &str, vocab: &Vocabulary) -> Result<ConceptQuery, QueryError> {
+        Parser::new(text, vocab)?.query()
+    }
+}
+
+/// One term's share of a hit's score.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Contribution {
+    /// `+colour.red`, `-pattern.striped^2`, `like 123`, `profile`.
+    pub term: String,
+    /// Its addend in the score.
+    pub value: f32,
+}
+
+/// A query result.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueryHit {
+    /// Product id.
+    pub id: String,
+    /// Score (the sum of the contributions).
+    pub score: f32,
+    /// Why it matched: each term's addend.
+    pub contributions: Vec<Contribution>,
+    /// The product's attributes.
+    #[serde(skip)]
+    pub attributes: Attributes,
+}
+
+/// Results of a concept query.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueryResults {
+    /// Best first (in MMR order with `diverse`).
+    pub hits: Vec<QueryHit>,
+}
+
+// ------------------------------------------------------------------ lexer
+
+#[derive(Clone, Debug, PartialEq)]
+enum Tok {
+    Word(String),
+    Str(String),
+    Num(String),
+    Sym(&'static str),
+    End,
+}
+
+#[derive(Clone, Debug)]
+struct Token {
+    tok: Tok,
+    col: usize,
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | '/' | ':' | '#' | '@')
+}
+
+fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let col = i;
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
+        let sym = match two.as_str() {
+            "<=" => Some("<="),
+            ">=" => Some(">="),
+            "!=" => Some("!="),
+            _ => None,
+        };
+        if let Some(s) = sym {
+            out.push(Token { tok: Tok::Sym(s), col });
+            i += 2;
+            continue;
+        }
+        let one = match c {
+            '+' => Some("+"),
+            '^' => Some("^"),
+            '.' if !chars.get(i + 1).is_some_and(char::is_ascii_digit) => Some("."),
+            '(' => Some("("),
+            ')' => Some(")"),
+            ',' => Some(","),
+            '<' => Some("<"),
+            '>' => Some(">"),
+            '=' => Some("="),
+            // A minus starts a negative term unless it continues a number.
+            '-' if !chars.get(i + 1).is_some_and(char::is_ascii_digit) => Some("-"),
+            _ => None,
+        };
+        if let Some(s) = one {
+            out.push(Token { tok: Tok::Sym(s), col });
+            i += 1;
+            continue;
+        }
+        if c == '"' || c == '\'' {
+            let quote = c;
+            let mut s = String::new();
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => {
+                        return Err(QueryError::new(
+                            QueryErrorKind::UnterminatedString,
+                            col,
+                            "string has no closing quote",
+                        )
+                        .hint(format!("close it with {quote}")))
+                    }
+                    Some('\\') if chars.get(i + 1).is_some() => {
+                        s.push(chars[i + 1]);
+                        i += 2;
+                    }
+                    Some(&q) if q == quote => {
+                        i += 1;
+                        break;
+                    }
+                    Some(&ch) => {
+                        s.push(ch);
+                        i += 1;
+                    }
+                }
+            }
+            out.push(Token { tok: Tok::Str(s), col });
+            continue;
+        }
+        let numeric_start = c.is_ascii_digit() || ((c == '-' || c == '.') && i + 1 < chars.len());
+        if numeric_start {
+            // A number, unless word characters follow (then an id like 41085800-02).
+            let mut j = i + 1;
+            while j < chars.len() && (chars[j].is_ascii_digit() || chars[j] == '.') {
+                j += 1;
+            }
+            if j >= chars.len() || !is_word_char(chars[j]) {
+                out.push(Token {
+                    tok: Tok::Num(chars[i..j].iter().collect()),
+                    col,
+                });
+                i = j;
+                continue;
+            }
+        }
+        if is_word_char(c) {
+            let mut j = i;
+            while j < chars.len() && is_word_char(chars[j]) {
+                j += 1;
+            }
+            let w: String = chars[i..j].iter().collect();
+            out.push(Token {
+                tok: if w.chars().all(|c| c.is_ascii_digit()) {
+                    Tok::Num(w)
+                } else {
+                    Tok::Word(w)
+                },
+                col,
+            });
+            i = j;
+            continue;
+        }
+        return Err(QueryError::new(
+            QueryErrorKind::BadCharacter,
+            col,
+            format!("unexpected character '{c}'"),
+        ));
+    }
+    out.push(Token {
+        tok: Tok::End,
+        col: chars.len(),
+    });
+    Ok(out)
+}
+
+// ----------------------------------------------------------------- parser
+
+const CLAUSES: &str = "a concept (+group.concept), like, where, limit, diverse or profile";
+
+struct Parser<'a> {
+    toks: Vec<Token>,
+    at: usize,
+    vocab: &'a Vocabulary,
+}
+
+fn describe(t: &Tok) -> String {
+    match t {
+        Tok::Word(w) => format!("'{w}'"),
+        Tok::Str(s) => format!("\"{s}\""),
+        Tok::Num(n) => format!("'{n}'"),
+        Tok::Sym(s) => format!("'{s}'"),
+        Tok::End => "the end of the query".into(),
+    }
+}
+
+impl<'a> Parser<'a> {
+    fn new(text: &str, vocab: &'a Vocabulary) -> Result<Self, QueryError> {
+        Ok(Parser {
+            toks: lex(text)?,
+            at: 0,
+            vocab,
+        })
+    }
+
+    fn peek(&self) -> &Token {
+        &self.toks[self.at.min(self.toks.len() - 1)]
+    }
+
+    fn next(&mut self) -> Token {
+        let t = self.peek().clone();
+        if self.at < self.toks.len() - 1 {
+            self.at += 1;
+        }
+        t
+    }
+
+    fn keyword(&self, kw: &str) -> bool {
+        matches!(&self.peek().tok, Tok::Word(w) if w.eq_ignore_ascii_case(kw))
+    }
+
+    fn unexpected(&self, t: &Token, expected: &str) -> QueryError {
+        let kind = if t.tok == Tok::End {
+            QueryErrorKind::UnexpectedEnd
+        } else {
+            QueryErrorKind::Unexpected
+        };
+        QueryError::new(
+            kind,
+            t.col,
+            format!("expected {expected}, found {}", describe(&t.tok)),
+        )
+    }
+
+    fn expect_sym(&mut self, s: &'static str) -> Result<(), QueryError> {
+        let t = self.next();
+        if t.tok == Tok::Sym(s) {
+            Ok(())
+        } else {
+            Err(self.unexpected(&t, &format!("'{s}'")))
+        }
+    }
+
+    fn number(&mut self, what: &str) -> Result<(f64, usize), QueryError> {
+        let t = self.next();
+        match &t.tok {
+            Tok::Num(n) => n
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(|x| (x, t.col))
+                .ok_or_else(|| {
+                    QueryError::new(QueryErrorKind::BadNumber, t.col, format!("bad number '{n}'"))
+                }),
+            _ => Err(self.unexpected(&t, what)),
+        }
+    }
+
+    fn weight(&mut self) -> Result<f32, QueryError> {
+        if self.peek().tok != Tok::Sym("^") {
+            return Ok(1.0);
+        }
+        self.next();
+        let (w, col) = self.number("a weight after '^'")?;
+        if !(w > 0.0 && w <= 1000.0) {
+            return Err(QueryError::new(
+                QueryErrorKind::BadNumber,
+                col,
+                format!("weight {w} is out of range"),
+            )
+            .hint("weights are > 0 and <= 1000; use '-' to push a concept away"));
+        }
+        Ok(w as f32)
+    }
+
+    fn value(&mut self) -> Result<String, QueryError> {
+        let t = self.next();
+        match t.tok {
+            Tok::Word(w) => Ok(w),
+            Tok::Str(s) => Ok(s),
+            Tok::Num(n) => Ok(n),
+            _ => Err(self.unexpected(&t, "a value (word, number or \"string\")")),
+        }
+    }
+
+    fn query(mut self) -> Result<ConceptQuery, QueryError> {
+        let mut q = ConceptQuery::new();
+        if self.keyword("find") {
+            self.next();
+        }
+        let (mut seen_limit, mut seen_where, mut seen_diverse) = (false, false, false);
+        let mut lower = Bound::Unbounded;
+        let mut upper = Bound::Unbounded;
+        loop {
+            let t = self.peek().clone();
+            let dup = |what: &str| {
+                QueryError::new(
+                    QueryErrorKind::Duplicate,
+                    t.col,
+                    format!("'{what}' is given twice"),
+                )
+            };
+            match &t.tok {
+                Tok::End => break,
+                Tok::Sym("+") | Tok::Sym("-") => {
+                    self.next();
+                    let sign = if t.tok == Tok::Sym("-") { -1.0 } else { 1.0 };
+                    let (name, w) = self.term()?;
+                    q.terms.push((name, sign * w));
+                }
+                Tok::Word(w) if w.eq_ignore_ascii_case("like") => {
+                    self.next();
+                    if q.like.is_some() {
+                        return Err(dup("like"));
+                    }
+                    let target = if self.keyword("image") {
+                        self.next();
+                        let p = self.next();
+                        match p.tok {
+                            Tok::Str(s) | Tok::Word(s) => LikeTarget::Image(s),
+                            _ => return Err(self.unexpected(&p, "an image path in quotes")),
+                        }
+                    } else {
+                        let v = self.peek().clone();
+                        match v.tok {
+                            Tok::Word(_) | Tok::Str(_) | Tok::Num(_) => {
+                                LikeTarget::Id(self.value()?)
+                            }
+                            _ => {
+                                return Err(self
+                                    .unexpected(&v, "a product id or image \"path\"")
+                                    .hint("like 12345, or like image \"shirt.jpg\""))
+                            }
+                        }
+                    };
+                    let w = self.weight()?;
+                    q.like = Some((target, w));
+                }
+                Tok::Word(w) if w.eq_ignore_ascii_case("where") => {
+                    self.next();
+                    if seen_where {
+                        return Err(dup("where"));
+                    }
+                    seen_where = true;
+                    loop {
+                        q.filter = self.condition(q.filter, &mut lower, &mut upper)?;
+                        if self.keyword("and") {
+                            self.next();
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                Tok::Word(w) if w.eq_ignore_ascii_case("limit") => {
+                    self.next();
+                    if seen_limit {
+                        return Err(dup("limit"));
+                    }
+                    seen_limit = true;
+                    let (n, col) = self.number("a number of results")?;
+                    if n.fract() != 0.0 || !(1.0..=MAX_LIMIT as f64).contains(&n) {
+                        return Err(QueryError::new(
+                            QueryErrorKind::BadNumber,
+                            col,
+                            format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+                        ));
+                    }
+                    q.limit = n as usize;
+                }
+                Tok::Word(w) if w.eq_ignore_ascii_case("diverse") => {
+                    self.next();
+                    if seen_diverse {
+                        return Err(dup("diverse"));
+                    }
+                    seen_diverse = true;
+                    let (x, col) = self.number("a diversity between 0 and 1")?;
+                    if !(0.0..=1.0).contains(&x) {
+                        return Err(QueryError::new(
+                            QueryErrorKind::BadNumber,
+                            col,
+                            format!("diverse {x} is out of range"),
+                        )
+                        .hint("0 keeps the ranking, 1 is diversity only; 0.3 is a good start"));
+                    }
+                    q.diverse = Some(x as f32);
+                }
+                Tok::Word(w) if w.eq_ignore_ascii_case("profile") => {
+                    self.next();
+                    if q.profile.is_some() {
+                        return Err(dup("profile"));
+                    }
+                    q.profile = Some(self.value()?);
+                }
+                Tok::Word(_) | Tok::Str(_) => {
+                    let (name, w) = self.term()?;
+                    q.terms.push((name, w));
+                }
+                _ => return Err(self.unexpected(&t, CLAUSES)),
+            }
+        }
+        if lower != Bound::Unbounded || upper != Bound::Unbounded {
+            q.filter = q.filter.price_range((lower, upper));
+        }
+        if q.terms.is_empty() && q.like.is_none() {
+            let col = self.peek().col;
+            return Err(QueryError::new(
+                QueryErrorKind::Empty,
+                col,
+                "the query names no concept and no like",
+            )
+            .hint("for example: find +colour.red limit 10"));
+        }
+        Ok(q)
+    }
+
+    /// `group.concept [^w]`, checked against the vocabulary.
+    fn term(&mut self) -> Result<(String, f32), QueryError> {
+        let g = self.next();
+        let group = match &g.tok {
+            Tok::Word(w) => w.to_ascii_lowercase(),
+            _ => return Err(self.unexpected(&g, "a concept (group.concept)")),
+        };
+        let dot = self.next();
+        if dot.tok != Tok::Sym(".") {
+            let groups: Vec<String> = self
+                .vocab
+                .layout()
+                .groups
+                .iter()
+                .map(|g| g.name.clone())
+                .chain([super::USER_GROUP.to_string()])
+                .collect();
+            let err = self.unexpected(&dot, &format!("'.' after '{group}' (group.concept)"));
+            return Err(if group == "find" {
+                err.hint("'find' comes first")
+            } else if let Some(s) = super::suggest(&group, groups.iter().map(String::as_str)) {
+                QueryError::new(
+                    QueryErrorKind::UnknownGroup,
+                    g.col,
+                    format!("'{group}' is not a concept or clause"),
+                )
+                .hint(format!("did you mean {s}.<concept>, or one of: {CLAUSES}?"))
+            } else {
+                err.hint(format!("a query is made of {CLAUSES}"))
+            });
+        }
+        let c = self.next();
+        let concept = match c.tok {
+            Tok::Word(w) | Tok::Str(w) | Tok::Num(w) => w,
+            _ => return Err(self.unexpected(&c, &format!("a concept name after '{group}.'"))),
+        };
+        let name = format!("{group}.{}", super::concept_slug(&concept));
+        if self.vocab.resolve(&group, &concept).is_none() {
+            let known_group = group == super::USER_GROUP || self.vocab.layout().group(&group).is_some();
+            let (kind, message) = if known_group {
+                (
+                    QueryErrorKind::UnknownConcept,
+                    format!("unknown concept '{name}'"),
+                )
+            } else {
+                (
+                    QueryErrorKind::UnknownGroup,
+                    format!("unknown concept group '{group}'"),
+                )
+            };
+            let mut e = QueryError::new(kind, g.col, message);
+            if let Some(s) = self.vocab.suggest(&name) {
+                e = e.hint(format!("did you mean {s}?"));
+            } else if !known_group {
+                let groups: Vec<&str> = self
+                    .vocab
+                    .layout()
+                    .groups
+                    .iter()
+                    .map(|g| g.name.as_str())
+                    .collect();
+                e = e.hint(format!("groups: {}, user", groups.join(", ")));
+            }
+            return Err(e);
+        }
+        let w = self.weight()?;
+        Ok((name, w))
+    }
+
+    fn condition(
+        &mut self,
+        f: Filter,
+        lower: &mut Bound<f64>,
+        upper: &mut Bound<f64>,
+    ) -> Result<Filter, QueryError> {
+        if self.keyword("in_stock") {
+            self.next();
+            return Ok(f.stock(true));
+        }
+        if self.keyword("not") {
+            self.next();
+            let t = self.next();
+            return match &t.tok {
+                Tok::Word(w) if w.eq_ignore_ascii_case("in_stock") => Ok(f.stock(false)),
+                _ => Err(self.unexpected(&t, "'in_stock' after 'not'")),
+            };
+        }
+        let t = self.next();
+        let field = match &t.tok {
+            Tok::Word(w) => w.to_ascii_lowercase(),
+            Tok::Str(s) => s.clone(),
+            _ => return Err(self.unexpected(&t, "a condition (in_stock, price < 60, brand = \"A\"…)")),
+        };
+        let op = self.next();
+        match op.tok {
+            Tok::Sym(s @ ("<" | "<=" | ">" | ">=")) => {
+                if field != "price" {
+                    return Err(QueryError::new(
+                        QueryErrorKind::Unexpected,
+                        op.col,
+                        format!("'{field}' cannot be compared with '{s}'"),
+                    )
+                    .hint("only price is numeric; use = or in for other attributes"));
+                }
+                let (x, _) = self.number("a price")?;
+                match s {
+                    "<" => *upper = Bound::Excluded(x),
+                    "<=" => *upper = Bound::Included(x),
+                    ">" => *lower = Bound::Excluded(x),
+                    _ => *lower = Bound::Included(x),
+                }
+                Ok(f)
+            }
+            Tok::Sym("=") => {
+                let v = self.value()?;
+                Ok(match field.as_str() {
+                    "category" => f.category_in([v]),
+                    "brand" => f.brand_in([v]),
+                    "price" => {
+                        let x: f64 = v.parse().map_err(|_| {
+                            QueryError::new(QueryErrorKind::BadNumber, op.col + 1, format!("bad price '{v}'"))
+                        })?;
+                        *lower = Bound::Included(x);
+                        *upper = Bound::Included(x);
+                        f
+                    }
+                    _ => f.attr_eq(field, v),
+                })
+            }
+            Tok::Word(ref w) if w.eq_ignore_ascii_case("in") => {
+                self.expect_sym("(")?;
+                let mut vals = vec![self.value()?];
+                loop {
+                    let t = self.next();
+                    match t.tok {
+                        Tok::Sym(",") => vals.push(self.value()?),
+                        Tok::Sym(")") => break,
+                        _ => return Err(self.unexpected(&t, "',' or ')'")),
+                    }
+                }
+                match field.as_str() {
+                    "category" => Ok(f.category_in(vals)),
+                    "brand" => Ok(f.brand_in(vals)),
+                    _ => Err(QueryError::new(
+                        QueryErrorKind::Unexpected,
+                        op.col,
+                        format!("'in' works on category and brand, not '{field}'"),
+                    )
+                    .hint(format!("use {field} = value"))),
+                }
+            }
+            _ => Err(self
+                .unexpected(&op, "an operator (=, <, <=, >, >=, in)")
+                .hint(if field == "stock" || field == "instock" {
+                    "did you mean in_stock?".to_string()
+                } else {
+                    "for example: price < 60, brand = \"A\", category in (\"Shirts\", \"Tops\")".to_string()
+                })),
+        }
+    }
+}
+
+// --------------------------------------------------------------- execution
+
+impl Db {
+    /// Parses and runs a concept query (see the grammar in
+    /// [`ConceptQuery`]'s module docs). `like image "…"` needs the model:
+    /// use [`Db::query_with_model`].
+    pub fn query(&self, text: &str) -> Result<QueryResults, ConceptError> {
+        let vocab = self.vocabulary()?;
+        let q = ConceptQuery::parse(text, &vocab)?;
+        self.run_query_with(&vocab, &q, None)
+    }
+
+    /// [`Db::query`], embedding `like image` files with `model`.
+    pub fn query_with_model(&self, model: &Model, text: &str) -> Result<QueryResults, ConceptError> {
+        let vocab = self.vocabulary()?;
+        let q = ConceptQuery::parse(text, &vocab)?;
+        self.run_query_with(&vocab, &q, Some(model))
+    }
+
+    /// Runs a [`ConceptQuery`] built in code.
+    pub fn run_query(
+        &self,
+        q: &ConceptQuery,
+        model: Option<&Model>,
+    ) -> Result<QueryResults, ConceptError> {
+        self.run_query_with(&self.vocabulary()?, q, model)
+    }
+
+    fn run_query_with(
+        &self,
+        vocab: &Vocabulary,
+        q: &ConceptQuery,
+        model: Option<&Model>,
+    ) -> Result<QueryResults, ConceptError> {
+        let dim = vocab.layout().dim;
+        let unknown = |name: &str| ConceptError::UnknownConcept {
+            name: name.to_string(),
+            suggestion: vocab.suggest(name),
+        };
+        // Each part of the score as a vector of its own, for the contributions.
+        let mut parts: Vec<(String, Vec<f32>)> = Vec::new();
+        for (name, w) in &q.terms {
+            if !w.is_finite() {
+                return Err(ConceptError::InvalidWeight {
+                    what: name.clone(),
+                    value: *w,
+                });
+            }
+            let (group, concept) = name.split_once('.').ok_or_else(|| unknown(name))?;
+            let r = vocab.resolve(group, concept).ok_or_else(|| unknown(name))?;
+            let mut v = vec![0.0f32; dim];
+            vocab.add_to(&r, *w, &mut v);
+            let label = match (*w < 0.0, (w.abs() - 1.0).abs() < 1e-6) {
+                (false, true) => format!("+{name}"),
+                (true, true) => format!("-{name}"),
+                (false, false) => format!("+{name}^{}", w.abs()),
+                (true, false) => format!("-{name}^{}", w.abs()),
+            };
+            parts.push((label, v));
+        }
+        let profile = match &q.profile {
+            Some(user) => Some(self.profile(user)?.ok_or_else(|| ConceptError::UnknownConcept {
+                name: format!("profile {user}"),
+                suggestion: self
+                    .profile_users()
+                    .ok()
+                    .and_then(|u| super::suggest(user, u.iter().map(String::as_str))),
+            })?),
+            None => None,
+        };
+        let mut filter = q.filter.clone();
+        if let Some((target, w)) = &q.like {
+            let (z, label) = match target {
+                LikeTarget::Id(id) => {
+                    filter = filter.exclude(id.clone());
+                    (
+                        self.vector(CONCEPT_SPACE, id)?
+                            .ok_or_else(|| Error::NotFound { id: id.clone() })?,
+                        format!("like {id}"),
+                    )
+                }
+                LikeTarget::Image(path) => {
+                    let model = model.ok_or_else(|| {
+                        Error::InvalidConfig(
+                            "'like image' needs the model: use Db::query_with_model".into(),
+                        )
+                    })?;
+                    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+                        path: path.into(),
+                        source,
+                    })?;
+                    let out = infer_image(model, &PrepConfig::catalog(), &bytes)
+                        .map_err(|e| ConceptError::Ingest(Box::new(e)))?;
+                    (model.concept_vector(&out), format!("like image {path}"))
+                }
+            };
+            let shape = match &profile {
+                Some(p) => Profile {
+                    affinities: Default::default(),
+                    ..p.clone()
+                },
+                None => Profile::uniform(vocab.layout()),
+            };
+            let mut v = profile_query(vocab, &shape, &z)?;
+            v.iter_mut().for_each(|x| *x *= w);
+            parts.push((label, v));
+        }
+        if let Some(p) = &profile {
+            if !p.affinities.is_empty() {
+                let mut v = vec![0.0f32; dim];
+                for (c, a) in &p.affinities {
+                    if let Some((g, n)) = c.split_once('.') {
+                        if let Some(r) = vocab.resolve(g, n) {
+                            vocab.add_to(&r, *a, &mut v);
+                        }
+                    }
+                }
+                parts.push(("profile affinities".into(), v));
+            }
+        }
+        let mut qv = vec![0.0f32; dim];
+        for (_, v) in &parts {
+            for (a, b) in qv.iter_mut().zip(v) {
+                *a += b;
+            }
+        }
+        let limit = q.limit.clamp(1, MAX_LIMIT);
+        let pool = match q.diverse {
+            Some(_) => (limit * 5).max(50),
+            None => limit,
+        };
+        let hits = self.concept_search(&qv, pool, &filter, None)?;
+        let mut out = Vec::with_capacity(hits.len());
+        let mut visual = Vec::with_capacity(hits.len());
+        let vis = vocab
+            .layout()
+            .group("visual")
+            .map(|g| g.start..g.start + g.len);
+        for h in hits {
+            let z = self.vector(CONCEPT_SPACE, &h.id)?.unwrap_or_default();
+            let contributions = parts
+                .iter()
+                .map(|(term, v)| Contribution {
+                    term: term.clone(),
+                    value: v.iter().zip(&z).map(|(a, b)| a * b).sum(),
+                })
+                .collect();
+            visual.push(vis.clone().and_then(|r| z.get(r).map(<[f32]>::to_vec)));
+            out.push(QueryHit {
+                id: h.id,
+                score: h.score,
+                contributions,
+                attributes: h.attributes,
+            });
+        }
+        if let Some(lambda) = q.diverse {
+            out = mmr(out, &visual, lambda, limit);
+        }
+        out.truncate(limit);
+        Ok(QueryResults { hits: out })
+    }
+}
+
+/// Maximal marginal relevance: repeatedly picks the hit with the best
+/// `(1 − λ) · relevance − λ · max similarity to those picked`, relevance
+/// being the score rescaled to 0..1 over the pool and similarity the cosine
+/// of the visual embeddings.
+pub(crate) fn mmr(
+    hits: Vec<QueryHit>,
+    visual: &[Option<Vec<f32>>],
+    lambda: f32,
+    k: usize,
+) -> Vec<QueryHit> {
+    if hits.is_empty() {
+        return hits;
+    }
+    let (lo, hi) = hits.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), x| {
+        (l.min(x.score), h.max(x.score))
+    });
+    let rel: Vec<f32> = hits
+        .iter()
+        .map(|h| if hi > lo { (h.score - lo) / (hi - lo) } else { 1.0 })
+        .collect();
+    let sim = |a: usize, b: usize| match (&visual[a], &visual[b]) {
+        (Some(x), Some(y)) => x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>(),
+        _ => 0.0,
+    };
+    let mut picked: Vec<usize> = Vec::new();
+    let mut left: Vec<usize> = (0..hits.len()).collect();
+    let mut max_sim = vec![f32::NEG_INFINITY; hits.len()];
+    while picked.len() < k && !left.is_empty() {
+        let score = |i: usize| {
+            let m = if picked.is_empty() { 0.0 } else { max_sim[i] };
+            (1.0 - lambda) * rel[i] - lambda * m
+        };
+        let Some((pos, &best)) = left
+            .iter()
+            .enumerate()
+            .max_by(|(_, &a), (_, &b)| score(a).total_cmp(&score(b)).then(b.cmp(&a)))
+        else {
+            break;
+        };
+        left.swap_remove(pos);
+        picked.push(best);
+        for &i in &left {
+            max_sim[i] = max_sim[i].max(sim(i, best));
+        }
+    }
+    let mut slots: Vec<Option<QueryHit>> = hits.into_iter().map(Some).collect();
+    picked.into_iter().filter_map(|i| slots[i].take()).collect()
+}
