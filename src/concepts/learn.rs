@@ -169,7 +169,8 @@ pub(crate) fn learn_profile(
     }
     let catalog = catalog_mean(db)?;
     let ns = skips.len() as f32;
-    let blend = |skip_mean: f32, cat: f32| (ns * skip_mean + PRIOR_LIKES * cat) / (ns + PRIOR_LIKES);
+    let blend =
+        |skip_mean: f32, cat: f32| (ns * skip_mean + PRIOR_LIKES * cat) / (ns + PRIOR_LIKES);
 
     let mut excess = BTreeMap::new();
     for g in &layout.groups {
@@ -181,14 +182,21 @@ pub(crate) fn learn_profile(
             }
         }
         normalise(&mut c);
-        let agree = likes.iter().map(|(z, w)| w * dot(&z[r.clone()], &c)).sum::<f32>() / n;
+        let agree = likes
+            .iter()
+            .map(|(z, w)| w * dot(&z[r.clone()], &c))
+            .sum::<f32>()
+            / n;
         let skip_mean = if skips.is_empty() {
             0.0
         } else {
             skips.iter().map(|z| dot(&z[r.clone()], &c)).sum::<f32>() / ns
         };
         let contrast = blend(skip_mean, dot(&catalog[r.clone()], &c)).clamp(-1.0, 0.999);
-        excess.insert(g.name.clone(), ((agree - contrast).max(0.0)) / (1.0 - contrast));
+        excess.insert(
+            g.name.clone(),
+            ((agree - contrast).max(0.0)) / (1.0 - contrast),
+        );
     }
     let total: f32 = excess.values().sum();
     let groups = layout.groups.len() as f32;
@@ -203,7 +211,8 @@ pub(crate) fn learn_profile(
     // Affinities: model concepts and user tags.
     let confidence = n / (n + PRIOR_LIKES);
     let mut lifts: Vec<(String, f32)> = Vec::new();
-    let like_mean = |f: &dyn Fn(&[f32]) -> f32| likes.iter().map(|(z, w)| w * f(z)).sum::<f32>() / n;
+    let like_mean =
+        |f: &dyn Fn(&[f32]) -> f32| likes.iter().map(|(z, w)| w * f(z)).sum::<f32>() / n;
     let skip_mean = |f: &dyn Fn(&[f32]) -> f32| {
         if skips.is_empty() {
             0.0

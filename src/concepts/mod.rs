@@ -408,7 +408,10 @@ impl Vocabulary {
     pub fn resolve(&self, group: &str, concept: &str) -> Option<ConceptRef> {
         let concept = concept_slug(concept);
         if group == USER_GROUP {
-            return self.tags.contains_key(&concept).then_some(ConceptRef::Tag(concept));
+            return self
+                .tags
+                .contains_key(&concept)
+                .then_some(ConceptRef::Tag(concept));
         }
         self.layout
             .concept_dim(group, &concept)
@@ -549,7 +552,9 @@ impl Db {
             });
         }
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
-        let mut tag = ks.get(name.as_bytes())?.ok_or_else(|| self.unknown_tag(name))?;
+        let mut tag = ks
+            .get(name.as_bytes())?
+            .ok_or_else(|| self.unknown_tag(name))?;
         tag.weight = weight;
         ks.put(name.as_bytes(), &tag)?;
         Ok(tag)
@@ -557,7 +562,9 @@ impl Db {
 
     /// Removes a user tag; returns whether it existed.
     pub fn delete_tag(&self, name: &str) -> Result<bool, ConceptError> {
-        Ok(self.side_keyspace::<UserTag>(TAGS_KS)?.remove(name.as_bytes())?)
+        Ok(self
+            .side_keyspace::<UserTag>(TAGS_KS)?
+            .remove(name.as_bytes())?)
     }
 
     fn unknown_tag(&self, name: &str) -> ConceptError {

@@ -256,7 +256,10 @@ fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
             _ => None,
         };
         if let Some(s) = sym {
-            out.push(Token { tok: Tok::Sym(s), col });
+            out.push(Token {
+                tok: Tok::Sym(s),
+                col,
+            });
             i += 2;
             continue;
         }
@@ -275,7 +278,10 @@ fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
             _ => None,
         };
         if let Some(s) = one {
-            out.push(Token { tok: Tok::Sym(s), col });
+            out.push(Token {
+                tok: Tok::Sym(s),
+                col,
+            });
             i += 1;
             continue;
         }
@@ -307,7 +313,10 @@ fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
                     }
                 }
             }
-            out.push(Token { tok: Tok::Str(s), col });
+            out.push(Token {
+                tok: Tok::Str(s),
+                col,
+            });
             continue;
         }
         let numeric_start = c.is_ascii_digit() || ((c == '-' || c == '.') && i + 1 < chars.len());
@@ -432,7 +441,11 @@ impl<'a> Parser<'a> {
                 .filter(|x| x.is_finite())
                 .map(|x| (x, t.col))
                 .ok_or_else(|| {
-                    QueryError::new(QueryErrorKind::BadNumber, t.col, format!("bad number '{n}'"))
+                    QueryError::new(
+                        QueryErrorKind::BadNumber,
+                        t.col,
+                        format!("bad number '{n}'"),
+                    )
                 }),
             _ => Err(self.unexpected(&t, what)),
         }
@@ -633,7 +646,8 @@ impl<'a> Parser<'a> {
         };
         let name = format!("{group}.{}", super::concept_slug(&concept));
         if self.vocab.resolve(&group, &concept).is_none() {
-            let known_group = group == super::USER_GROUP || self.vocab.layout().group(&group).is_some();
+            let known_group =
+                group == super::USER_GROUP || self.vocab.layout().group(&group).is_some();
             let (kind, message) = if known_group {
                 (
                     QueryErrorKind::UnknownConcept,
@@ -686,7 +700,11 @@ impl<'a> Parser<'a> {
         let field = match &t.tok {
             Tok::Word(w) => w.to_ascii_lowercase(),
             Tok::Str(s) => s.clone(),
-            _ => return Err(self.unexpected(&t, "a condition (in_stock, price < 60, brand = \"A\"…)")),
+            _ => {
+                return Err(
+                    self.unexpected(&t, "a condition (in_stock, price < 60, brand = \"A\"…)")
+                )
+            }
         };
         let op = self.next();
         match op.tok {
@@ -715,7 +733,11 @@ impl<'a> Parser<'a> {
                     "brand" => f.brand_in([v]),
                     "price" => {
                         let x: f64 = v.parse().map_err(|_| {
-                            QueryError::new(QueryErrorKind::BadNumber, op.col + 1, format!("bad price '{v}'"))
+                            QueryError::new(
+                                QueryErrorKind::BadNumber,
+                                op.col + 1,
+                                format!("bad price '{v}'"),
+                            )
                         })?;
                         *lower = Bound::Included(x);
                         *upper = Bound::Included(x);
@@ -751,7 +773,8 @@ impl<'a> Parser<'a> {
                 .hint(if field == "stock" || field == "instock" {
                     "did you mean in_stock?".to_string()
                 } else {
-                    "for example: price < 60, brand = \"A\", category in (\"Shirts\", \"Tops\")".to_string()
+                    "for example: price < 60, brand = \"A\", category in (\"Shirts\", \"Tops\")"
+                        .to_string()
                 })),
         }
     }
@@ -770,7 +793,11 @@ impl Db {
     }
 
     /// [`Db::query`], embedding `like image` files with `model`.
-    pub fn query_with_model(&self, model: &Model, text: &str) -> Result<QueryResults, ConceptError> {
+    pub fn query_with_model(
+        &self,
+        model: &Model,
+        text: &str,
+    ) -> Result<QueryResults, ConceptError> {
         let vocab = self.vocabulary()?;
         let q = ConceptQuery::parse(text, &vocab)?;
         self.run_query_with(&vocab, &q, Some(model))
@@ -818,12 +845,14 @@ impl Db {
             parts.push((label, v));
         }
         let profile = match &q.profile {
-            Some(user) => Some(self.profile(user)?.ok_or_else(|| ConceptError::UnknownConcept {
-                name: format!("profile {user}"),
-                suggestion: self
-                    .profile_users()
-                    .ok()
-                    .and_then(|u| super::suggest(user, u.iter().map(String::as_str))),
+            Some(user) => Some(self.profile(user)?.ok_or_else(|| {
+                ConceptError::UnknownConcept {
+                    name: format!("profile {user}"),
+                    suggestion: self
+                        .profile_users()
+                        .ok()
+                        .and_then(|u| super::suggest(user, u.iter().map(String::as_str))),
+                }
             })?),
             None => None,
         };
@@ -933,12 +962,20 @@ pub(crate) fn mmr(
     if hits.is_empty() {
         return hits;
     }
-    let (lo, hi) = hits.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), x| {
-        (l.min(x.score), h.max(x.score))
-    });
+    let (lo, hi) = hits
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), x| {
+            (l.min(x.score), h.max(x.score))
+        });
     let rel: Vec<f32> = hits
         .iter()
-        .map(|h| if hi > lo { (h.score - lo) / (hi - lo) } else { 1.0 })
+        .map(|h| {
+            if hi > lo {
+                (h.score - lo) / (hi - lo)
+            } else {
+                1.0
+            }
+        })
         .collect();
     let sim = |a: usize, b: usize| match (&visual[a], &visual[b]) {
         (Some(x), Some(y)) => x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>(),

@@ -412,8 +412,10 @@ impl Db {
         // Where the image came from, for contact sheets and re-imports.
         let source = std::path::absolute(&job.item.path).unwrap_or_else(|_| job.item.path.clone());
         let with_source = |mut a: Attributes| {
-            a.extra
-                .insert(crate::ATTR_SOURCE.into(), source.to_string_lossy().into_owned());
+            a.extra.insert(
+                crate::ATTR_SOURCE.into(),
+                source.to_string_lossy().into_owned(),
+            );
             a
         };
         match &job.existing {

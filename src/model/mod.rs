@@ -131,6 +131,8 @@ pub struct CategoryScore {
     pub label: String,
     /// Probability.
     pub p: f32,
+    /// Why: the head that produced it and its margin over the next label.
+    pub why: String,
 }
 
 /// A tag with its score.
@@ -140,6 +142,9 @@ pub struct TagScore {
     pub tag: String,
     /// Sigmoid score.
     pub score: f32,
+    /// Why: the concept group, the calibrated threshold it passed and, in an
+    /// exclusive group, the runner-up it beat.
+    pub why: String,
 }
 
 /// Category and tags of an image.
@@ -545,11 +550,25 @@ impl Model {
         let mut order: Vec<usize> = (0..out.category_probs.len().min(cats.len())).collect();
         order.sort_by(|&a, &b| out.category_probs[b].total_cmp(&out.category_probs[a]));
         let category = order
-            .into_iter()
+            .iter()
             .take(k)
-            .map(|i| CategoryScore {
-                label: cats[i].clone(),
-                p: out.category_probs[i],
+            .enumerate()
+            .map(|(rank, &i)| {
+                let next = order
+                    .get(rank + 1)
+                    .map(|&j| (&cats[j], out.category_probs[j]));
+                let why = match next {
+                    Some((label, p)) => format!(
+                        "category head: {:.2} ahead of {label}",
+                        out.category_probs[i] - p
+                    ),
+                    None => "category head".to_string(),
+                };
+                CategoryScore {
+                    label: cats[i].clone(),
+                    p: out.category_probs[i],
+                    why,
+                }
             })
             .collect();
         let names = self.manifest.tag_names();
@@ -557,25 +576,41 @@ impl Model {
         let mut tags = Vec::new();
         for g in self.manifest.groups() {
             let keep = |i: usize| out.tag_scores.get(i).is_some_and(|&s| s >= thresholds[i]);
-            if g.exclusive {
-                let best = g
-                    .range
-                    .clone()
-                    .filter(|&i| i < out.tag_scores.len())
-                    .max_by(|&a, &b| out.tag_scores[a].total_cmp(&out.tag_scores[b]));
-                if let Some(i) = best.filter(|&i| keep(i)) {
-                    tags.push(TagScore {
-                        tag: names[i].clone(),
-                        score: out.tag_scores[i],
-                    });
-                }
+            let mut ranked: Vec<usize> = g
+                .range
+                .clone()
+                .filter(|&i| i < out.tag_scores.len())
+                .collect();
+            ranked.sort_by(|&a, &b| out.tag_scores[b].total_cmp(&out.tag_scores[a]));
+            let kept: Vec<usize> = if g.exclusive {
+                ranked
+                    .first()
+                    .copied()
+                    .filter(|&i| keep(i))
+                    .into_iter()
+                    .collect()
             } else {
-                for i in g.range.clone().filter(|&i| keep(i)) {
-                    tags.push(TagScore {
-                        tag: names[i].clone(),
-                        score: out.tag_scores[i],
-                    });
+                ranked.iter().copied().filter(|&i| keep(i)).collect()
+            };
+            for i in kept {
+                let mut why = format!(
+                    "{} group{}: {:.2} >= threshold {:.2}",
+                    g.name,
+                    if g.exclusive { " (exclusive)" } else { "" },
+                    out.tag_scores[i],
+                    thresholds[i]
+                );
+                if g.exclusive {
+                    if let Some(&j) = ranked.get(1) {
+                        let short = names[j].rsplit('.').next().unwrap_or(&names[j]);
+                        why.push_str(&format!(", ahead of {short} {:.2}", out.tag_scores[j]));
+                    }
                 }
+                tags.push(TagScore {
+                    tag: names[i].clone(),
+                    score: out.tag_scores[i],
+                    why,
+                });
             }
         }
         tags.sort_by(|a, b| b.score.total_cmp(&a.score));

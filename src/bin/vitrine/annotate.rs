@@ -15,7 +15,7 @@ pub struct AnnotateArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// One JSON object per line:
-    /// `{"file", "category": [{"label","p"}...], "tags": [{"tag","score"}...]}`.
+    /// `{"file", "category": [{"label","p","why"}...], "tags": [{"tag","score","why"}...]}`.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -26,33 +26,37 @@ pub struct AnnotateArgs {
 pub fn json_line(file: &str, ann: &Annotation) -> serde_json::Value {
     serde_json::json!({
         "file": file,
-        "category": ann.category.iter().map(|c| serde_json::json!({"label": c.label, "p": c.p})).collect::<Vec<_>>(),
-        "tags": ann.tags.iter().map(|t| serde_json::json!({"tag": t.tag, "score": t.score})).collect::<Vec<_>>(),
+        "category": ann.category.iter().map(|c| serde_json::json!({"label": c.label, "p": c.p, "why": c.why})).collect::<Vec<_>>(),
+        "tags": ann.tags.iter().map(|t| serde_json::json!({"tag": t.tag, "score": t.score, "why": t.why})).collect::<Vec<_>>(),
     })
 }
 
 /// Prints an annotation for people.
 pub fn print_text(file: &str, ann: &Annotation) {
-    println!("{file}");
+    let _ = write_text(&mut std::io::stdout().lock(), file, ann);
+}
+
+/// Writes an annotation for people: categories, then one line per tag with
+/// the group that produced it.
+pub fn write_text(w: &mut dyn std::io::Write, file: &str, ann: &Annotation) -> std::io::Result<()> {
+    writeln!(w, "{file}")?;
     let cats: Vec<String> = ann
         .category
         .iter()
         .map(|c| format!("{} {:.3}", c.label, c.p))
         .collect();
-    println!("  category: {}", cats.join(", "));
-    let tags: Vec<String> = ann
-        .tags
-        .iter()
-        .map(|t| format!("{} {:.2}", t.tag, t.score))
-        .collect();
-    println!(
-        "  tags:     {}",
-        if tags.is_empty() {
-            "(none)".to_string()
-        } else {
-            tags.join(", ")
-        }
-    );
+    writeln!(w, "  category: {}", cats.join(", "))?;
+    if let Some(top) = ann.category.first() {
+        writeln!(w, "            ({})", top.why)?;
+    }
+    if ann.tags.is_empty() {
+        writeln!(w, "  tags:     (none)")?;
+    }
+    for (i, t) in ann.tags.iter().enumerate() {
+        let head = if i == 0 { "  tags:    " } else { "           " };
+        writeln!(w, "{head} {:<18} {:.2}  ({})", t.tag, t.score, t.why)?;
+    }
+    Ok(())
 }
 
 /// Runs `vitrine annotate`. Every file is tried; the command fails at the

@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use vitrine::{
-    Attributes, ConceptQuery, Db, Filter, ImportItem, ImportOptions, ImportSource, Model,
-    PlanHint, PrepConfig, Profile, Search, SimilarTo, CONCEPT_SPACE,
+    Attributes, ConceptQuery, Db, Filter, ImportItem, ImportOptions, ImportSource, Model, PlanHint,
+    PrepConfig, Profile, Search, SimilarTo, TagMethod, CONCEPT_SPACE,
 };
 
 use crate::eval::{labelled_items, Item};
@@ -53,6 +53,8 @@ pub struct ConceptsArgs {
 /// Queries need at least this many relevant products to be scored.
 const MIN_RELEVANT: usize = 5;
 const K: usize = 20;
+/// Examples a user tag is defined from.
+const TAG_EXAMPLES: usize = 10;
 
 #[derive(serde::Serialize)]
 struct GroupFigures {
@@ -160,6 +162,46 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
         }
     }
 
+    // User tags: 10 examples of a category, the rest of it to be found.
+    let mut tag_fig: BTreeMap<&str, GroupFigures> = BTreeMap::new();
+    for (c, label) in categories.iter().enumerate() {
+        let members: Vec<&Item> = items.iter().filter(|i| i.category == c).collect();
+        if members.len() < TAG_EXAMPLES + K {
+            continue;
+        }
+        let mut rng = StdRng::seed_from_u64(7 + c as u64);
+        let mut picked: Vec<&str> = Vec::new();
+        while picked.len() < TAG_EXAMPLES {
+            let id = members[rng.gen_range(0..members.len())].id.as_str();
+            if !picked.contains(&id) {
+                picked.push(id);
+            }
+        }
+        for (method, name) in [
+            (TagMethod::Centroid, "centroid"),
+            (TagMethod::Logistic, "logistic"),
+        ] {
+            let tag = format!("eval_{}", slug(label));
+            db.define_tag(&tag, &picked, &[], method)?;
+            let filter = picked.iter().fold(Filter::new(), |f, id| f.exclude(*id));
+            let q = ConceptQuery::new()
+                .term(format!("user.{tag}"), 1.0)
+                .filter(filter)
+                .limit(K);
+            let hits = db.run_query(&q, None)?.hits;
+            let good = hits
+                .iter()
+                .filter(|h| by_id.get(h.id.as_str()).is_some_and(|i| i.category == c))
+                .count();
+            tag_fig
+                .entry(name)
+                .or_insert_with(GroupFigures::new)
+                .add(format!("category.{}", slug(label)), good as f64 / K as f64);
+            db.delete_tag(&tag)?;
+        }
+    }
+    let tag_p20 = |m: &str| tag_fig.get(m).map_or(f64::NAN, |g| g.p20);
+
     let recall = profile_recall(&db, args.profiles, args.references)?;
     let out = serde_json::json!({
         "p20_category": category.p20,
@@ -167,6 +209,9 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
         "p20_conjunction": conjunction.p20,
         "profile_recall": recall.engine_min,
         "n": db.len(),
+        "p20_user_tag_centroid": tag_p20("centroid"),
+        "p20_user_tag_logistic": tag_p20("logistic"),
+        "user_tag_queries": tag_fig.get("centroid").map_or(0, |g| g.queries),
         "queries": {
             "category": category.queries,
             "colour": colour.queries,
@@ -177,17 +222,31 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
             "category": category.per_query,
             "colour": colour.per_query,
             "conjunction": conjunction.per_query,
+            "user_tag_centroid": tag_fig.get("centroid").map(|g| &g.per_query),
+            "user_tag_logistic": tag_fig.get("logistic").map(|g| &g.per_query),
         },
     });
     if args.json {
         println!("{out}");
     } else {
         println!("products                     {}", db.len());
-        println!("precision@20, category       {:.3}  ({} queries)", category.p20, category.queries);
-        println!("precision@20, colour         {:.3}  ({} queries)", colour.p20, colour.queries);
+        println!(
+            "precision@20, category       {:.3}  ({} queries)",
+            category.p20, category.queries
+        );
+        println!(
+            "precision@20, colour         {:.3}  ({} queries)",
+            colour.p20, colour.queries
+        );
         println!(
             "precision@20, cat. + colour  {:.3}  ({} queries)",
             conjunction.p20, conjunction.queries
+        );
+        println!(
+            "precision@20, user tag       centroid {:.3}, logistic {:.3}  ({} categories, {TAG_EXAMPLES} examples each)",
+            tag_p20("centroid"),
+            tag_p20("logistic"),
+            tag_fig.get("centroid").map_or(0, |g| g.queries)
         );
         println!(
             "profile recall@10 (engine)   one-hot min {:.3}, Dirichlet mean {:.3} min {:.3}",
@@ -205,7 +264,11 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
                 .join(", "),
             recall.dirichlet_graph_mean
         );
-        for (name, g) in [("category", &category), ("colour", &colour), ("conjunction", &conjunction)] {
+        for (name, g) in [
+            ("category", &category),
+            ("colour", &colour),
+            ("conjunction", &conjunction),
+        ] {
             println!("\n{name}:");
             for (q, p) in &g.per_query {
                 println!("  {p:.2}  {q}");
@@ -259,7 +322,12 @@ fn profile_recall(db: &Db, n: usize, refs: usize) -> anyhow::Result<Recall> {
         );
     }
     let mut rng = StdRng::seed_from_u64(42);
-    let groups: Vec<String> = vocab.layout().groups.iter().map(|g| g.name.clone()).collect();
+    let groups: Vec<String> = vocab
+        .layout()
+        .groups
+        .iter()
+        .map(|g| g.name.clone())
+        .collect();
     let mut profiles: Vec<(String, Profile)> = groups
         .iter()
         .map(|g| (format!("one-hot {g}"), Profile::only(g)))
@@ -328,7 +396,11 @@ fn profile_recall(db: &Db, n: usize, refs: usize) -> anyhow::Result<Recall> {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let min = |v: &[f64]| v.iter().copied().fold(1.0, f64::min);
-    let all_engine: Vec<f64> = one_hot_engine.values().copied().chain(d_engine.iter().copied()).collect();
+    let all_engine: Vec<f64> = one_hot_engine
+        .values()
+        .copied()
+        .chain(d_engine.iter().copied())
+        .collect();
     Ok(Recall {
         engine_min: min(&all_engine),
         one_hot_engine,

@@ -8,6 +8,7 @@ mod eval_concepts;
 mod import;
 mod npy;
 mod precompute;
+mod repl;
 mod sheet;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,10 @@ enum Command {
     Import(import::ImportArgs),
     /// Builds a demo database from examples/catalog and runs example queries.
     Demo(demo::DemoArgs),
+    /// Interactive shell: concept queries, profiles, feedback, user tags, contact sheets.
+    Repl(repl::ReplArgs),
+    /// Runs one concept query (or any REPL command) and exits.
+    Query(repl::QueryArgs),
 }
 
 fn main() {
@@ -66,6 +71,8 @@ fn main() {
         Command::Eval { what } => eval::run(what),
         Command::Import(args) => import::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Repl(args) => repl::run(args),
+        Command::Query(args) => repl::query(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,657 @@
+//! `vitrine repl --db PATH` and `vitrine query --db PATH "<query>"`: the
+//! interactive shell over a database, and its one-shot form.
+//!
+//! Every command is one line; [`Session::execute`] runs it and writes a
+//! table (or, with `json on` / `--json`, one JSON object per line).
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use rustyline::completion::{Completer, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::validate::Validator;
+use rustyline::{CompletionType, Config, Context, Editor, Helper};
+use vitrine::{
+    annotate_with, ConceptError, Db, Feedback, Filter, Model, PrepConfig, Profile, SimilarTo,
+    TagMethod, ANNOTATE_TOP_K, ATTR_SOURCE,
+};
+
+use crate::sheet::{self, Tile};
+
+/// Arguments of `vitrine repl`.
+#[derive(Args)]
+pub struct ReplArgs {
+    /// The database folder.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Print JSON lines instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `vitrine query`.
+#[derive(Args)]
+pub struct QueryArgs {
+    /// The database folder.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Print one JSON object per result.
+    #[arg(long)]
+    pub json: bool,
+    /// The query, e.g. `find +category.shirts -colour.red where in_stock limit 10`
+    /// (any REPL command works too).
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    pub query: Vec<String>,
+}
+
+const COMMANDS: &[(&str, &str)] = &[
+    ("find", "find <concept query>       e.g. find +category.shirts +pattern.striped -colour.red colour.blue^2 where in_stock and price < 60 limit 20 diverse 0.3"),
+    ("similar", "similar <id> [user] [k]    more like this, weighted by the user's profile when given"),
+    ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
+    ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
+    ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>... | profile reset <user>"),
+    ("tag", "tag define <name> <id>... [not <id>...] [logistic] | tag list | tag weight <name> <w> | tag delete <name>"),
+    ("concepts", "concepts [group]           the concept names queries may use"),
+    ("show", "show [file.png]            contact sheet of the last results"),
+    ("json", "json on|off                JSON lines instead of tables"),
+    ("help", "help                       this list; the query grammar is in the docs of vitrine::ConceptQuery"),
+    ("quit", "quit                       (or Ctrl-D)"),
+];
+
+const QUERY_WORDS: &[&str] = &[
+    "where", "and", "in_stock", "not", "price", "brand", "category", "in", "like", "image",
+    "limit", "diverse", "profile",
+];
+
+/// One REPL session over an open database.
+pub struct Session {
+    db: Db,
+    model: Option<Arc<Model>>,
+    json: bool,
+    /// The last results, for `show`: (id, score, label line).
+    last: Vec<(String, f32, String)>,
+    last_title: String,
+    shows: usize,
+}
+
+impl Session {
+    /// Opens the database (with the bundled model when it is there, for
+    /// `annotate` and `like image`).
+    pub fn open(path: &Path, json: bool) -> anyhow::Result<Session> {
+        if !path.is_dir() {
+            bail!(
+                "no database at {} (build one with `vitrine import`)",
+                path.display()
+            );
+        }
+        let model = Model::bundled().ok();
+        let db = match &model {
+            Some(m) => Db::builder().open_with_model(path, m),
+            None => Err(vitrine::IngestError::Db(vitrine::Error::InvalidConfig(
+                "no model".into(),
+            ))),
+        };
+        let db = match db {
+            Ok(db) => db,
+            Err(_) => Db::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        };
+        Ok(Session {
+            db,
+            model,
+            json,
+            last: Vec::new(),
+            last_title: String::new(),
+            shows: 0,
+        })
+    }
+
+    /// Concept names and commands, for completion.
+    fn words(&self) -> Vec<String> {
+        let mut w: Vec<String> = COMMANDS.iter().map(|(c, _)| c.to_string()).collect();
+        if let Ok(v) = self.db.vocabulary() {
+            w.extend(v.names());
+        }
+        w.extend(QUERY_WORDS.iter().map(|s| s.to_string()));
+        w
+    }
+
+    /// Runs one command line. Errors are the user's to read; the session goes on.
+    pub fn execute(&mut self, line: &str, out: &mut dyn Write) -> anyhow::Result<bool> {
+        let line = line.trim();
+        let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = rest.trim();
+        let args: Vec<&str> = rest.split_whitespace().collect();
+        match cmd.to_ascii_lowercase().as_str() {
+            "" => {}
+            "quit" | "exit" => return Ok(false),
+            "help" | "?" => {
+                for (_, h) in COMMANDS {
+                    writeln!(out, "  {h}")?;
+                }
+            }
+            "json" => match args.first().copied() {
+                Some("on") => self.json = true,
+                Some("off") => self.json = false,
+                _ => bail!("json on|off"),
+            },
+            "find" | "query" => self.find(line, rest, cmd.eq_ignore_ascii_case("find"), out)?,
+            "similar" => self.similar(&args, out)?,
+            "annotate" => self.annotate(rest, out)?,
+            "feedback" => {
+                let [user, id, what] = args[..] else {
+                    bail!("usage: feedback <user> <id> like|skip|buy");
+                };
+                let what: Feedback = what.parse().map_err(anyhow::Error::msg)?;
+                let p = self.db.feedback(user, id, what)?;
+                self.print_profile(user, &p, out)?;
+            }
+            "profile" => self.profile(&args, out)?,
+            "tag" => self.tag(&args, out)?,
+            "concepts" => {
+                let v = self.db.vocabulary()?;
+                let names = v.names();
+                let shown: Vec<&String> = names
+                    .iter()
+                    .filter(|n| args.first().is_none_or(|g| n.starts_with(&format!("{g}."))))
+                    .collect();
+                if self.json {
+                    writeln!(out, "{}", serde_json::json!({ "concepts": shown }))?;
+                } else {
+                    for chunk in shown.chunks(4) {
+                        let row: Vec<String> = chunk.iter().map(|n| format!("{n:<28}")).collect();
+                        writeln!(out, "  {}", row.join("").trim_end())?;
+                    }
+                }
+            }
+            "show" => self.show(args.first().copied(), out)?,
+            other => {
+                let prefix: String = other.chars().take(2).collect();
+                match COMMANDS
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .find(|c| c.starts_with(&prefix))
+                {
+                    Some(s) => {
+                        bail!("unknown command '{other}' — did you mean {s}? (help lists them)")
+                    }
+                    None => bail!("unknown command '{other}' (help lists them)"),
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn find(
+        &mut self,
+        line: &str,
+        rest: &str,
+        with_find: bool,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let text = if with_find {
+            line.to_string()
+        } else {
+            rest.to_string()
+        };
+        let res = match &self.model {
+            Some(m) => self.db.query_with_model(m, &text),
+            None => self.db.query(&text),
+        };
+        let res = match res {
+            Ok(r) => r,
+            Err(ConceptError::Query(e)) => bail!("{}", e.render(&text)),
+            Err(e) => return Err(e.into()),
+        };
+        self.last_title = text.clone();
+        self.last.clear();
+        for (rank, h) in res.hits.iter().enumerate() {
+            let cat = h.attributes.category.clone().unwrap_or_default();
+            self.last.push((h.id.clone(), h.score, cat.clone()));
+            if self.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({
+                        "rank": rank + 1, "id": h.id, "score": h.score, "category": cat,
+                        "in_stock": h.attributes.in_stock, "contributions": h.contributions,
+                    })
+                )?;
+            }
+        }
+        if !self.json {
+            writeln!(
+                out,
+                "{:>3}  {:<14} {:>7}  {:<22} why",
+                "#", "id", "score", "category"
+            )?;
+            for (rank, h) in res.hits.iter().enumerate() {
+                let mut parts = h.contributions.clone();
+                parts.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
+                let why: Vec<String> = parts
+                    .iter()
+                    .take(3)
+                    .map(|c| format!("{} {:+.2}", c.term, c.value))
+                    .collect();
+                writeln!(
+                    out,
+                    "{:>3}  {:<14} {:>7.3}  {:<22} {}",
+                    rank + 1,
+                    clip(&h.id, 14),
+                    h.score,
+                    clip(h.attributes.category.as_deref().unwrap_or("-"), 22),
+                    why.join(", ")
+                )?;
+            }
+            if res.hits.is_empty() {
+                writeln!(out, "  (no results)")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn similar(&mut self, args: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
+        let Some(id) = args.first() else {
+            bail!("usage: similar <id> [user] [k]");
+        };
+        let mut k = 10;
+        let mut user = None;
+        for a in &args[1..] {
+            match a.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => k = n,
+                Ok(_) => bail!("k must be from 1 to 1000"),
+                Err(_) => user = Some(*a),
+            }
+        }
+        let profile = match user {
+            Some(u) => self
+                .db
+                .profile(u)?
+                .with_context(|| format!("no profile for '{u}' (feedback creates one)"))?,
+            None => Profile::uniform(&self.db.concept_layout()?),
+        };
+        let hits = self
+            .db
+            .similar_with_profile(SimilarTo::Id(id), k, &Filter::new(), &profile)?;
+        self.last_title = format!("similar {}", args.join(" "));
+        self.last = hits
+            .iter()
+            .map(|h| {
+                (
+                    h.id.clone(),
+                    h.score,
+                    h.attributes.category.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        for (rank, h) in hits.iter().enumerate() {
+            if self.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"rank": rank + 1, "id": h.id, "score": h.score,
+                        "category": h.attributes.category})
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "{:>3}  {:<14} {:>7.3}  {}",
+                    rank + 1,
+                    clip(&h.id, 14),
+                    h.score,
+                    h.attributes.category.as_deref().unwrap_or("-")
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn annotate(&mut self, file: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+        let file = file.trim_matches('"');
+        if file.is_empty() {
+            bail!("usage: annotate <image file>");
+        }
+        let model = self
+            .model
+            .as_ref()
+            .context("the bundled model is not available")?;
+        let bytes = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
+        let ann = annotate_with(model, &PrepConfig::catalog(), &bytes, ANNOTATE_TOP_K)?;
+        if self.json {
+            writeln!(out, "{}", crate::annotate::json_line(file, &ann))?;
+        } else {
+            crate::annotate::write_text(out, file, &ann)?;
+        }
+        Ok(())
+    }
+
+    fn print_profile(&self, user: &str, p: &Profile, out: &mut dyn Write) -> anyhow::Result<()> {
+        if self.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"user": user, "weights": p.weights,
+                    "affinities": p.affinities, "events": p.events.len()})
+            )?;
+            return Ok(());
+        }
+        writeln!(out, "profile {user} ({} events)", p.events.len())?;
+        let mut w: Vec<(&String, &f32)> = p.weights.iter().collect();
+        w.sort_by(|a, b| b.1.total_cmp(a.1));
+        for (g, x) in w {
+            let bar = "#".repeat((x * 40.0).round() as usize);
+            writeln!(out, "  {g:<10} {x:.3} {bar}")?;
+        }
+        if !p.affinities.is_empty() {
+            let a: Vec<String> = p
+                .affinities
+                .iter()
+                .map(|(c, v)| format!("{c} {v:.2}"))
+                .collect();
+            writeln!(out, "  affinities: {}", a.join(", "))?;
+        }
+        Ok(())
+    }
+
+    fn profile(&mut self, args: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
+        match args {
+            ["show", user] => {
+                let p = self
+                    .db
+                    .profile(user)?
+                    .with_context(|| format!("no profile for '{user}'"))?;
+                self.print_profile(user, &p, out)
+            }
+            ["list"] => {
+                for u in self.db.profile_users()? {
+                    writeln!(out, "  {u}")?;
+                }
+                Ok(())
+            }
+            ["reset", user] => {
+                let p = Profile::uniform(&self.db.concept_layout()?);
+                self.db.set_profile(user, &p)?;
+                self.print_profile(user, &p, out)
+            }
+            ["set", user, pairs @ ..] if !pairs.is_empty() => {
+                let mut p = self
+                    .db
+                    .profile(user)?
+                    .unwrap_or_else(|| Profile::only("visual").weight("visual", 0.0));
+                for pair in pairs {
+                    let (g, w) = pair
+                        .split_once('=')
+                        .with_context(|| format!("'{pair}': use <group>=<weight>"))?;
+                    let w: f32 = w.parse().with_context(|| format!("'{w}' is not a number"))?;
+                    if g.contains('.') {
+                        p.affinities.insert(g.to_string(), w);
+                    } else {
+                        p.weights.insert(g.to_string(), w);
+                    }
+                }
+                self.db.set_profile(user, &p)?;
+                self.print_profile(user, &p, out)
+            }
+            _ => bail!("usage: profile show <user> | profile list | profile set <user> <group>=<w>... | profile reset <user>"),
+        }
+    }
+
+    fn tag(&mut self, args: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
+        match args {
+            ["define", name, rest @ ..] => {
+                let mut pos = Vec::new();
+                let mut neg = Vec::new();
+                let mut method = TagMethod::Centroid;
+                let mut negative = false;
+                for a in rest {
+                    match *a {
+                        "not" => negative = true,
+                        "logistic" | "centroid" => method = a.parse().map_err(anyhow::Error::msg)?,
+                        id if negative => neg.push(id),
+                        id => pos.push(id),
+                    }
+                }
+                let t = self.db.define_tag(name, &pos, &neg, method)?;
+                writeln!(
+                    out,
+                    "defined user.{} from {} example(s) and {} counter-example(s) ({:?}, weight {})",
+                    t.name,
+                    t.positives.len(),
+                    t.negatives.len(),
+                    t.method,
+                    t.weight
+                )?;
+                Ok(())
+            }
+            ["list"] => {
+                for t in self.db.user_tags()? {
+                    if self.json {
+                        writeln!(
+                            out,
+                            "{}",
+                            serde_json::json!({"tag": format!("user.{}", t.name), "weight": t.weight,
+                                "method": format!("{:?}", t.method), "positives": t.positives, "negatives": t.negatives})
+                        )?;
+                    } else {
+                        writeln!(
+                            out,
+                            "  user.{:<20} weight {:.2}  {:?}, {} examples",
+                            t.name,
+                            t.weight,
+                            t.method,
+                            t.positives.len()
+                        )?;
+                    }
+                }
+                Ok(())
+            }
+            ["weight", name, w] => {
+                let w: f32 = w.parse().with_context(|| format!("'{w}' is not a number"))?;
+                self.db.set_tag_weight(name, w)?;
+                writeln!(out, "user.{name} weight {w}")?;
+                Ok(())
+            }
+            ["delete", name] => {
+                if !self.db.delete_tag(name)? {
+                    bail!("no tag '{name}'");
+                }
+                writeln!(out, "deleted user.{name}")?;
+                Ok(())
+            }
+            _ => bail!("usage: tag define <name> <id>... [not <id>...] [logistic] | tag list | tag weight <name> <w> | tag delete <name>"),
+        }
+    }
+
+    fn show(&mut self, file: Option<&str>, out: &mut dyn Write) -> anyhow::Result<()> {
+        if self.last.is_empty() {
+            bail!("nothing to show: run find or similar first");
+        }
+        self.shows += 1;
+        let path = PathBuf::from(
+            file.map(str::to_string)
+                .unwrap_or_else(|| format!("vitrine-show-{}.png", self.shows)),
+        );
+        let mut tiles = Vec::new();
+        let mut missing = 0;
+        let top = self.last.first().map_or(1.0, |l| l.1.abs().max(1e-6));
+        for (rank, (id, score, cat)) in self.last.iter().enumerate() {
+            let src = self
+                .db
+                .get(id)?
+                .and_then(|p| p.attributes.extra.get(ATTR_SOURCE).cloned());
+            match src {
+                Some(src) if Path::new(&src).is_file() => tiles.push(Tile {
+                    path: src.into(),
+                    colour: if rank == 0 { sheet::BLUE } else { sheet::GREEN },
+                    fill: score / top,
+                    labels: vec![format!("#{} {score:.3}", rank + 1), cat.clone(), id.clone()],
+                }),
+                _ => missing += 1,
+            }
+        }
+        if tiles.is_empty() {
+            bail!("none of the results has its source image on this machine");
+        }
+        sheet::render(&self.last_title, &tiles)?
+            .save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        if self.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"sheet": path, "tiles": tiles.len(), "missing": missing})
+            )?;
+        } else {
+            writeln!(
+                out,
+                "wrote {} ({} tiles{})",
+                path.display(),
+                tiles.len(),
+                if missing > 0 {
+                    format!(", {missing} without an image")
+                } else {
+                    String::new()
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut c: String = s.chars().take(n - 1).collect();
+        c.push('…');
+        c
+    }
+}
+
+/// Tab completion: commands first, then concept names and query words.
+struct ReplHelper {
+    words: Vec<String>,
+}
+
+impl Completer for ReplHelper {
+    type Candidate = Pair;
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let before = &line[..pos];
+        let start = before
+            .rfind(|c: char| c.is_whitespace() || c == '+' || c == '-' || c == '(')
+            .map_or(0, |i| i + 1);
+        let word = &before[start..];
+        let first = !before[..start].chars().any(|c| !c.is_whitespace());
+        let mut out: Vec<Pair> = self
+            .words
+            .iter()
+            .filter(|w| w.starts_with(word))
+            .filter(|w| !first || COMMANDS.iter().any(|(c, _)| c == w))
+            .map(|w| Pair {
+                display: w.clone(),
+                replacement: w.clone(),
+            })
+            .collect();
+        out.dedup_by(|a, b| a.replacement == b.replacement);
+        Ok((start, out))
+    }
+}
+
+impl Hinter for ReplHelper {
+    type Hint = String;
+}
+
+impl Highlighter for ReplHelper {
+    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(
+        &'s self,
+        prompt: &'p str,
+        _default: bool,
+    ) -> Cow<'b, str> {
+        Cow::Borrowed(prompt)
+    }
+}
+
+impl Validator for ReplHelper {}
+impl Helper for ReplHelper {}
+
+fn history_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".vitrine_history"))
+}
+
+/// Runs `vitrine repl`.
+pub fn run(args: ReplArgs) -> anyhow::Result<()> {
+    let mut session = Session::open(&args.db, args.json)?;
+    let config = Config::builder()
+        .history_ignore_space(true)
+        .auto_add_history(true)
+        .completion_type(CompletionType::List)
+        .build();
+    let mut rl: Editor<ReplHelper, rustyline::history::DefaultHistory> =
+        Editor::with_config(config)?;
+    rl.set_helper(Some(ReplHelper {
+        words: session.words(),
+    }));
+    let history = history_file();
+    if let Some(h) = &history {
+        let _ = rl.load_history(h);
+    }
+    println!(
+        "vitrine {} — {} products in {}. Tab completes commands and concepts; help lists commands.",
+        env!("CARGO_PKG_VERSION"),
+        session.db.len(),
+        args.db.display()
+    );
+    let mut stdout = std::io::stdout();
+    loop {
+        match rl.readline("vitrine> ") {
+            Ok(line) => {
+                match session.execute(&line, &mut stdout) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        if session.json {
+                            println!("{}", serde_json::json!({"error": format!("{e:#}")}));
+                        } else {
+                            println!("error: {e:#}");
+                        }
+                    }
+                }
+                // Tags defined in the session become completable.
+                if let Some(h) = rl.helper_mut() {
+                    h.words = session.words();
+                }
+            }
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(h) = &history {
+        let _ = rl.save_history(h);
+    }
+    Ok(())
+}
+
+/// Runs `vitrine query`: one command, then exit (1 on error).
+pub fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let mut session = Session::open(&args.db, args.json)?;
+    let line = args.query.join(" ");
+    let known = COMMANDS.iter().any(|(c, _)| {
+        line.split_whitespace()
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(c))
+    });
+    let line = if known { line } else { format!("find {line}") };
+    session.execute(&line, &mut std::io::stdout())?;
+    Ok(())
+}
