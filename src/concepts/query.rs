@@ -626,7 +626,15 @@ impl<'a> Parser<'a> {
                 .chain([super::USER_GROUP.to_string()])
                 .collect();
             let err = self.unexpected(&dot, &format!("'.' after '{group}' (group.concept)"));
-            return Err(if group == "find" {
+            let example = self
+                .vocab
+                .layout()
+                .group(&group)
+                .and_then(|g| g.concepts.first())
+                .map(|c| format!("{group}.{c}"));
+            return Err(if let Some(example) = example {
+                err.hint(format!("for example {example}"))
+            } else if group == "find" {
                 err.hint("'find' comes first")
             } else if let Some(s) = super::suggest(&group, groups.iter().map(String::as_str)) {
                 QueryError::new(

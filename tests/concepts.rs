@@ -1,0 +1,703 @@
+//! Concept queries, weighted search, feedback and user tags on a real
+//! database: the 300 sample images of `examples/catalog` run through the
+//! bundled model, with their catalog labels as ground truth.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use vitrine::{
+    Attributes, ConceptError, ConceptQuery, Db, Feedback, Filter, ImportItem, ImportOptions,
+    ImportSource, Model, PrepConfig, Profile, QueryErrorKind, SimilarTo, TagMethod, CONCEPT_SPACE,
+};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model() -> Option<Arc<Model>> {
+    match Model::bundled() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("SKIP: the bundled model is not available ({e})");
+            None
+        }
+    }
+}
+
+/// A sample product with its catalog labels.
+#[derive(Clone, Debug)]
+struct Sample {
+    id: String,
+    path: PathBuf,
+    category: String,
+    colour: String,
+}
+
+fn samples() -> Vec<Sample> {
+    let dir = root().join("examples/catalog");
+    let text = std::fs::read_to_string(dir.join("catalog.csv")).expect("catalog.csv");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
+    let (ci, cf, cc, ccol) = (col("id"), col("file"), col("category"), col("colour"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Sample {
+                id: f[ci].into(),
+                path: dir.join(f[cf]),
+                category: f[cc].into(),
+                colour: f[ccol].into(),
+            }
+        })
+        .collect()
+}
+
+fn import(db: &Db, model: &Arc<Model>, items: &[Sample]) {
+    let r = db
+        .import(
+            ImportSource::Items(
+                items
+                    .iter()
+                    .map(|s| ImportItem {
+                        id: s.id.clone(),
+                        path: s.path.clone(),
+                        attributes: Attributes::new().category(s.category.clone()),
+                    })
+                    .collect(),
+            ),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT)),
+        )
+        .unwrap();
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+}
+
+struct Shared {
+    _dir: tempfile::TempDir,
+    db: Db,
+    samples: Vec<Sample>,
+}
+
+/// The 300 samples, imported once per test binary.
+fn shared() -> Option<&'static Shared> {
+    static SHARED: OnceLock<Option<Shared>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let model = model()?;
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+            let samples = samples();
+            import(&db, &model, &samples);
+            Some(Shared {
+                _dir: dir,
+                db,
+                samples,
+            })
+        })
+        .as_ref()
+}
+
+fn by_id(s: &Shared) -> BTreeMap<&str, &Sample> {
+    s.samples.iter().map(|x| (x.id.as_str(), x)).collect()
+}
+
+/// Precision at min(20, relevant) of a query, against catalog labels.
+fn precision(s: &Shared, q: ConceptQuery, relevant: impl Fn(&Sample) -> bool) -> f64 {
+    let r = s.samples.iter().filter(|x| relevant(x)).count();
+    let k = 20.min(r);
+    let hits = s.db.run_query(&q.limit(k), None).unwrap().hits;
+    let ids = by_id(s);
+    let good = hits.iter().filter(|h| relevant(ids[h.id.as_str()])).count();
+    good as f64 / k as f64
+}
+
+fn colour_family(colour: &str) -> Option<&'static str> {
+    // The manifest's mapping, for the families these tests use.
+    Some(match colour {
+        "Red" | "Maroon" => "red",
+        "Blue" => "blue",
+        "Black" => "black",
+        "White" => "white",
+        "Green" | "Olive" => "green",
+        "Grey" | "Steel" => "grey",
+        "Brown" => "brown",
+        "Navy Blue" => "navy",
+        "Purple" => "purple",
+        _ => return None,
+    })
+}
+
+#[test]
+fn single_and_conjunctive_concept_queries_find_their_products() {
+    let Some(s) = shared() else { return };
+    let mut cats: Vec<&str> = s.samples.iter().map(|x| x.category.as_str()).collect();
+    cats.sort();
+    cats.dedup();
+    let vocab = s.db.vocabulary().unwrap();
+    let mut ps = Vec::new();
+    for c in &cats {
+        let name = format!("category.{}", vitrine::concept_slug(c));
+        if vocab
+            .resolve("category", &vitrine::concept_slug(c))
+            .is_none()
+        {
+            continue;
+        }
+        ps.push(precision(s, ConceptQuery::new().term(name, 1.0), |x| {
+            x.category == *c
+        }));
+    }
+    let p_cat = ps.iter().sum::<f64>() / ps.len() as f64;
+    let mut ps = Vec::new();
+    for fam in ["red", "blue", "black", "white", "green", "grey", "brown"] {
+        ps.push(precision(
+            s,
+            ConceptQuery::new().term(format!("colour.{fam}"), 1.0),
+            |x| colour_family(&x.colour) == Some(fam),
+        ));
+    }
+    let p_col = ps.iter().sum::<f64>() / ps.len() as f64;
+    eprintln!(
+        "sample P@R: category {p_cat:.3} over {} queries, colour {p_col:.3}",
+        cats.len()
+    );
+    assert!(p_cat >= 0.8, "category precision {p_cat}");
+    assert!(p_col >= 0.7, "colour precision {p_col}");
+    // A conjunction: the sample's black products of each category with two or more.
+    let mut ps = Vec::new();
+    for c in &cats {
+        let rel = |x: &Sample| x.category == *c && colour_family(&x.colour) == Some("black");
+        if s.samples.iter().filter(|x| rel(x)).count() >= 2 {
+            let q = ConceptQuery::new()
+                .term(format!("category.{}", vitrine::concept_slug(c)), 1.0)
+                .term("colour.black", 1.0);
+            ps.push(precision(s, q, rel));
+        }
+    }
+    let p_conj = ps.iter().sum::<f64>() / ps.len().max(1) as f64;
+    eprintln!(
+        "sample conjunction P@R {p_conj:.3} over {} queries",
+        ps.len()
+    );
+    assert!(!ps.is_empty());
+    assert!(p_conj >= 0.6, "conjunction precision {p_conj}");
+}
+
+#[test]
+fn query_text_filters_weights_and_contributions() {
+    let Some(s) = shared() else { return };
+    let db = &s.db;
+    // Stock: every third sample product sold out, through the API.
+    let r = db
+        .query(
+            "find +colour.blue -category.tshirts where category in (\"Shirts\", \"Jeans\") limit 5",
+        )
+        .unwrap();
+    assert!(!r.hits.is_empty());
+    for h in &r.hits {
+        let cat = h.attributes.category.as_deref().unwrap();
+        assert!(cat == "Shirts" || cat == "Jeans", "{cat}");
+        // The score is the sum of the contributions.
+        let sum: f32 = h.contributions.iter().map(|c| c.value).sum();
+        assert!((sum - h.score).abs() < 1e-3, "{sum} vs {}", h.score);
+        assert_eq!(h.contributions.len(), 2);
+        assert_eq!(h.contributions[0].term, "+colour.blue");
+        assert_eq!(h.contributions[1].term, "-category.tshirts");
+    }
+    // Best first.
+    assert!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
+    // A weight doubles a contribution.
+    let one = db.query("colour.red limit 1").unwrap().hits;
+    let two = db.query("colour.red^2 limit 1").unwrap().hits;
+    assert_eq!(one[0].id, two[0].id);
+    assert!((two[0].score - 2.0 * one[0].score).abs() < 1e-4);
+    // like <id>: the product itself is left out, its look-alikes come first.
+    let id = &s.samples[0].id;
+    let r = db.query(&format!("like {id} limit 5")).unwrap();
+    assert_eq!(r.hits.len(), 5);
+    assert!(r.hits.iter().all(|h| &h.id != id));
+    assert_eq!(r.hits[0].contributions[0].term, format!("like {id}"));
+    // Diversity re-ranks: the diverse top 10 is visually less alike.
+    let plain = db.query("+category.watches limit 7").unwrap();
+    let diverse = db.query("+category.watches limit 7 diverse 0.7").unwrap();
+    assert_eq!(plain.hits.len(), diverse.hits.len());
+    let spread = |hits: &[vitrine::QueryHit]| {
+        let v: Vec<Vec<f32>> = hits
+            .iter()
+            .map(|h| db.get(&h.id).unwrap().unwrap().vectors["embedding"].clone())
+            .collect();
+        let mut sum = 0.0;
+        let mut n = 0;
+        for i in 0..v.len() {
+            for j in i + 1..v.len() {
+                sum += v[i].iter().zip(&v[j]).map(|(a, b)| a * b).sum::<f32>();
+                n += 1;
+            }
+        }
+        sum / n as f32
+    };
+    assert!(spread(&diverse.hits) <= spread(&plain.hits) + 1e-6);
+}
+
+#[test]
+fn malformed_queries_are_typed_errors_with_positions() {
+    let Some(s) = shared() else { return };
+    let vocab = s.db.vocabulary().unwrap();
+    use QueryErrorKind::*;
+    let cases: &[(&str, QueryErrorKind, usize)] = &[
+        ("find +colour.rd", UnknownConcept, 6),
+        ("find +colr.red", UnknownGroup, 6),
+        ("find", Empty, 4),
+        ("", Empty, 0),
+        ("find +", UnexpectedEnd, 6),
+        ("find +colour", UnexpectedEnd, 12),
+        ("find +colour.", UnexpectedEnd, 13),
+        ("find +colour.red^", UnexpectedEnd, 17),
+        ("find +colour.red^0", BadNumber, 17),
+        ("find +colour.red^-2", BadNumber, 17),
+        ("find +colour.red^abc", Unexpected, 17),
+        ("find +colour.red limit", UnexpectedEnd, 22),
+        ("find +colour.red limit 0", BadNumber, 23),
+        ("find +colour.red limit 2.5", BadNumber, 23),
+        ("find +colour.red limit 1 limit 2", Duplicate, 25),
+        ("find +colour.red diverse 2", BadNumber, 25),
+        ("find +colour.red where", UnexpectedEnd, 22),
+        ("find +colour.red where price", UnexpectedEnd, 28),
+        ("find +colour.red where price < cheap", Unexpected, 31),
+        ("find +colour.red where brand < 3", Unexpected, 29),
+        ("find +colour.red where brand in \"A\"", Unexpected, 32),
+        ("find +colour.red where brand in (\"A\"", UnexpectedEnd, 36),
+        ("find +colour.red where colour in (\"A\")", Unexpected, 30),
+        ("find +colour.red where stock", UnexpectedEnd, 28),
+        ("find +colour.red where not stock", Unexpected, 27),
+        ("find +colour.\"red", UnterminatedString, 13),
+        ("find +colour.red ; drop", BadCharacter, 17),
+        ("find like", UnexpectedEnd, 9),
+        ("find like image", UnexpectedEnd, 15),
+        ("find like 1 like 2", Duplicate, 12),
+        (
+            "find +colour.red where in_stock where in_stock",
+            Duplicate,
+            32,
+        ),
+        ("find +user.nosuchtag", UnknownConcept, 6),
+        ("find colour red", Unexpected, 12),
+        ("find +colour.red profile", UnexpectedEnd, 24),
+        ("find (colour.red)", Unexpected, 5),
+    ];
+    assert!(cases.len() >= 20);
+    let mismatches: Vec<String> = cases
+        .iter()
+        .filter_map(|(q, kind, col)| {
+            let e = ConceptQuery::parse(q, &vocab).expect_err(q);
+            ((e.kind, e.column) != (*kind, *col))
+                .then(|| format!("{q:?}: got ({:?}, {}) {e}", e.kind, e.column))
+        })
+        .collect();
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    for (q, _, _) in cases {
+        let e = ConceptQuery::parse(q, &vocab).expect_err(q);
+        assert!(!e.to_string().is_empty());
+        // Through the database too: the same typed error, nothing panics.
+        match s.db.query(q) {
+            Err(ConceptError::Query(e2)) => assert_eq!(e2, e),
+            other => panic!("{q}: {other:?}"),
+        }
+    }
+    let e = ConceptQuery::parse("find +colour.rd", &vocab).unwrap_err();
+    assert_eq!(e.hint.as_deref(), Some("did you mean colour.red?"));
+    assert_eq!(
+        e.to_string(),
+        "unknown concept 'colour.rd' (at column 7) — did you mean colour.red?"
+    );
+    assert!(e.render("find +colour.rd").contains("\n        ^\n"));
+    // Unknown ids and profiles are typed errors at run time.
+    assert!(matches!(
+        s.db.query("like no-such-id"),
+        Err(ConceptError::Db(vitrine::Error::NotFound { .. }))
+    ));
+    assert!(matches!(
+        s.db.query("+colour.red profile nobody"),
+        Err(ConceptError::UnknownConcept { .. })
+    ));
+}
+
+/// Recall@10 of the engine's weighted search against an exact weighted scan
+/// (tie-aware), for one-hot profiles on every group and 20 random ones.
+#[test]
+fn weighted_search_recall_holds_for_skewed_profiles() {
+    let Some(s) = shared() else { return };
+    let db = &s.db;
+    let vocab = db.vocabulary().unwrap();
+    let ids = db.ids();
+    let zs: Vec<Vec<f32>> = ids
+        .iter()
+        .map(|id| db.get(id).unwrap().unwrap().vectors[CONCEPT_SPACE].clone())
+        .collect();
+    let groups: Vec<String> = vocab
+        .layout()
+        .groups
+        .iter()
+        .map(|g| g.name.clone())
+        .collect();
+    let mut profiles: Vec<Profile> = groups.iter().map(|g| Profile::only(g)).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..20 {
+        let mut p = Profile::only(&groups[0]);
+        for g in &groups {
+            p.weights
+                .insert(g.clone(), -(rng.gen_range(1e-6f32..1.0)).ln());
+        }
+        profiles.push(p);
+    }
+    for (pi, p) in profiles.iter().enumerate() {
+        let mut recall = 0.0;
+        for r in (0..ids.len()).step_by(37) {
+            let q = p.query_vector(&vocab, &zs[r]).unwrap();
+            let score = |i: usize| zs[i].iter().zip(&q).map(|(a, b)| a * b).sum::<f32>();
+            let mut exact: Vec<f32> = (0..ids.len()).filter(|&i| i != r).map(score).collect();
+            exact.sort_by(|a, b| b.total_cmp(a));
+            let kth = exact[9];
+            let hits = db
+                .similar_with_profile(SimilarTo::Id(&ids[r]), 10, &Filter::new(), p)
+                .unwrap();
+            assert_eq!(hits.len(), 10);
+            let good = hits
+                .iter()
+                .filter(|h| {
+                    let i = ids.binary_search(&h.id).unwrap();
+                    i != r && score(i) >= kth - 1e-5
+                })
+                .count();
+            recall += good as f64 / 10.0;
+        }
+        let recall = recall / ids.len().div_ceil(37) as f64;
+        assert!(
+            recall >= 0.95,
+            "profile {pi} ({:?}): recall {recall}",
+            p.weights
+        );
+    }
+}
+
+/// A customer likes 10 red products of different categories and skips a
+/// product of the same category in another colour for each.
+#[test]
+fn feedback_learns_that_colour_matters() {
+    let Some(s) = shared() else { return };
+    let db = &s.db;
+    let red: Vec<&Sample> = s.samples.iter().filter(|x| x.colour == "Red").collect();
+    assert!(red.len() >= 12);
+    let (liked, fresh) = red.split_at(10);
+    let user = "ann";
+    for x in liked {
+        db.feedback(user, &x.id, Feedback::Like).unwrap();
+        if let Some(other) = s
+            .samples
+            .iter()
+            .find(|y| y.category == x.category && colour_family(&y.colour) != Some("red"))
+        {
+            db.feedback(user, &other.id, Feedback::Skip).unwrap();
+        }
+    }
+    let p = db.profile(user).unwrap().unwrap();
+    eprintln!("weights {:?}\naffinities {:?}", p.weights, p.affinities);
+    let (top, _) = p.top_group().unwrap();
+    assert_eq!(top, "colour", "{:?}", p.weights);
+    assert!(
+        p.affinities.contains_key("colour.red"),
+        "{:?}",
+        p.affinities
+    );
+    let ids = by_id(s);
+    for reference in fresh.iter().take(2) {
+        let hits = db
+            .similar_with_profile(SimilarTo::Id(&reference.id), 10, &Filter::new(), &p)
+            .unwrap();
+        let red_hits = hits
+            .iter()
+            .filter(|h| colour_family(&ids[h.id.as_str()].colour) == Some("red"))
+            .count();
+        eprintln!(
+            "reference {} ({}): {red_hits}/10 red",
+            reference.id, reference.category
+        );
+        assert!(red_hits >= 8, "{red_hits}/10 red for {}", reference.id);
+    }
+    // A bad group, an unknown product or an empty user are refused and change nothing.
+    assert!(matches!(
+        db.set_profile("bob", &Profile::only("colr")),
+        Err(ConceptError::UnknownGroup { .. })
+    ));
+    assert!(matches!(
+        db.feedback(user, "no-such-id", Feedback::Like),
+        Err(ConceptError::Db(vitrine::Error::NotFound { .. }))
+    ));
+    assert!(matches!(
+        db.feedback("", &s.samples[0].id, Feedback::Like),
+        Err(ConceptError::EmptyUser)
+    ));
+    assert_eq!(db.profile(user).unwrap().unwrap(), p);
+    assert!(db.profile("bob").unwrap().is_none());
+}
+
+#[test]
+fn profiles_and_tags_survive_a_reopen() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (p, t) = {
+        let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+        import(&db, &model, &samples()[..12]);
+        let ids = db.ids();
+        db.feedback("lea", &ids[0], Feedback::Buy).unwrap();
+        db.feedback("lea", &ids[1], Feedback::Skip).unwrap();
+        let p = db
+            .set_profile("max", &Profile::only("colour"))
+            .map(|_| db.profile("lea").unwrap().unwrap())
+            .unwrap();
+        let t = db
+            .define_tag("mine", &[&ids[2]], &[&ids[3]], TagMethod::Logistic)
+            .unwrap();
+        (p, t)
+    };
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    assert_eq!(db.profile("lea").unwrap().unwrap(), p);
+    assert_eq!(db.profile("max").unwrap().unwrap(), Profile::only("colour"));
+    assert_eq!(db.user_tags().unwrap(), vec![t]);
+    let mut users = db.profile_users().unwrap();
+    users.sort();
+    assert_eq!(users, ["lea", "max"]);
+}
+
+#[test]
+fn user_tags_are_learned_queried_and_persisted() {
+    let Some(s) = shared() else { return };
+    let db = &s.db;
+    // Seven watches in the sample: define from four, find the other three.
+    let watches: Vec<&str> = s
+        .samples
+        .iter()
+        .filter(|x| x.category == "Watches")
+        .map(|x| x.id.as_str())
+        .collect();
+    let (examples, rest) = watches.split_at(4);
+    for method in [TagMethod::Centroid, TagMethod::Logistic] {
+        let t = db.define_tag("ticktock", examples, &[], method).unwrap();
+        assert_eq!(t.weight, vitrine::USER_TAG_WEIGHT);
+        let n = t.vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((n - 1.0).abs() < 1e-4);
+        let f = examples.iter().fold(Filter::new(), |f, id| f.exclude(*id));
+        let hits = db
+            .run_query(
+                &ConceptQuery::new()
+                    .term("user.ticktock", 1.0)
+                    .filter(f)
+                    .limit(3),
+                None,
+            )
+            .unwrap()
+            .hits;
+        let found = hits
+            .iter()
+            .filter(|h| rest.contains(&h.id.as_str()))
+            .count();
+        assert!(found >= 2, "{method:?}: {found}/3 ({hits:?})");
+    }
+    assert!(db
+        .vocabulary()
+        .unwrap()
+        .names()
+        .contains(&"user.ticktock".to_string()));
+    assert!(db
+        .query("find +user.ticktock -colour.black limit 3")
+        .is_ok());
+    assert!(matches!(
+        db.define_tag("Bad Name", examples, &[], TagMethod::Centroid),
+        Err(ConceptError::InvalidTagName(_))
+    ));
+    assert!(matches!(
+        db.define_tag("empty", &[], &[], TagMethod::Centroid),
+        Err(ConceptError::NotEnoughExamples { .. })
+    ));
+    assert!(matches!(
+        db.define_tag("ghost", &["nope"], &[], TagMethod::Centroid),
+        Err(ConceptError::Db(vitrine::Error::NotFound { .. }))
+    ));
+    db.set_tag_weight("ticktock", 0.25).unwrap();
+    assert!(db.set_tag_weight("ticktock", f32::NAN).is_err());
+    assert!(db.delete_tag("ticktock").unwrap());
+    assert!(!db.delete_tag("ticktock").unwrap());
+}
+
+const CHILD_ENV: &str = "VITRINE_CONCEPTS_CHILD";
+
+/// The child of the kill test: records feedback and a tag, says so, waits.
+#[test]
+fn concepts_child_process() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let model = model().unwrap();
+    let db = Db::builder().open_with_model(&dir, &model).unwrap();
+    let ids = db.ids();
+    for id in &ids[..5] {
+        db.feedback("kim", id, Feedback::Like).unwrap();
+    }
+    db.define_tag("kept", &[&ids[0], &ids[1]], &[], TagMethod::Centroid)
+        .unwrap();
+    println!("VITRINE_READY");
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+/// Profiles and user tags acknowledged before a SIGKILL are there after it.
+#[test]
+fn profiles_and_tags_survive_a_kill() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+        import(&db, &model, &samples()[..12]);
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "concepts_child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let ready = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("VITRINE_READY"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ready, "the child never got ready");
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    let p = db.profile("kim").unwrap().expect("profile survives");
+    assert_eq!(p.events.len(), 5);
+    let tags = db.user_tags().unwrap();
+    assert_eq!(tags.len(), 1);
+    assert_eq!(tags[0].name, "kept");
+    assert!(db.query("+user.kept limit 2").is_ok());
+}
+
+#[test]
+fn a_database_without_a_model_has_no_concepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    assert!(matches!(db.vocabulary(), Err(ConceptError::NoConceptSpace)));
+    assert!(matches!(
+        db.query("+colour.red"),
+        Err(ConceptError::NoConceptSpace)
+    ));
+}
+
+mod parser_never_panics {
+    use proptest::prelude::*;
+    use vitrine::{ConceptGroup, ConceptLayout, ConceptQuery, Vocabulary};
+
+    fn vocab() -> Vocabulary {
+        let g = |name: &str, start: usize, c: &[&str]| ConceptGroup {
+            name: name.into(),
+            start,
+            len: c.len(),
+            exclusive: true,
+            concepts: c.iter().map(|s| s.to_string()).collect(),
+            labels: c.iter().map(|s| s.to_string()).collect(),
+        };
+        Vocabulary::new(
+            ConceptLayout {
+                dim: 6,
+                groups: vec![
+                    g("category", 0, &["shirts", "tops", "jeans"]),
+                    g("colour", 3, &["red", "blue", "black"]),
+                ],
+            },
+            [],
+        )
+    }
+
+    const TOKENS: &[&str] = &[
+        "find",
+        "+",
+        "-",
+        "^",
+        "2",
+        "0.5",
+        "-3",
+        ".",
+        "colour",
+        "category",
+        "red",
+        "shirts",
+        "colour.red",
+        "+category.tops",
+        "user.x",
+        "where",
+        "and",
+        "not",
+        "in_stock",
+        "price",
+        "<",
+        "<=",
+        ">",
+        "=",
+        "!=",
+        "in",
+        "(",
+        ")",
+        ",",
+        "\"A\"",
+        "\"",
+        "'b'",
+        "like",
+        "image",
+        "limit",
+        "10",
+        "diverse",
+        "profile",
+        "ann",
+        "é",
+        "∞",
+        "\\",
+        " ",
+        "",
+        "1e309",
+        "NaN",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn token_soup(idx in proptest::collection::vec(0..TOKENS.len(), 0..16), spaces in any::<u16>()) {
+            let text: String = idx
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| if spaces >> (i % 16) & 1 == 1 { format!("{} ", TOKENS[t]) } else { TOKENS[t].to_string() })
+                .collect();
+            if let Err(e) = ConceptQuery::parse(&text, &vocab()) {
+                prop_assert!(e.column <= text.chars().count());
+                let _ = e.render(&text);
+            }
+        }
+
+        #[test]
+        fn arbitrary_text(text in ".{0,80}") {
+            if let Err(e) = ConceptQuery::parse(&text, &vocab()) {
+                prop_assert!(e.column <= text.chars().count());
+            }
+        }
+    }
+}

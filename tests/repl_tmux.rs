@@ -1,0 +1,166 @@
+//! The REPL as a person uses it: tmux types into a real terminal running
+//! `vitrine repl` and the test reads the screen back.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vitrine::{Attributes, Db, ImportItem, ImportOptions, ImportSource, Model, PrepConfig};
+
+struct Tmux {
+    socket: String,
+    session: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", &self.session];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    fn screen(&self) -> String {
+        self.run(&[
+            "capture-pane",
+            "-p",
+            "-J",
+            "-S",
+            "-200",
+            "-t",
+            &self.session,
+        ])
+    }
+
+    /// Waits until the screen shows `what` (and returns the screen).
+    fn wait_for(&self, what: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                panic!("the screen never showed {what:?}:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+fn have_tmux() -> bool {
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn repl_completes_queries_shows_and_reports_errors() {
+    if !have_tmux() {
+        eprintln!("SKIP repl_completes_queries_shows_and_reports_errors: tmux is not installed");
+        return;
+    }
+    let Ok(model) = Model::bundled() else {
+        eprintln!("SKIP repl_completes_queries_shows_and_reports_errors: no bundled model");
+        return;
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let db_dir = tmp.path().join("db");
+    {
+        let db = Db::builder().open_with_model(&db_dir, &model).unwrap();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("examples/catalog/images"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let items = files
+            .iter()
+            .take(24)
+            .map(|p| ImportItem {
+                id: p.file_stem().unwrap().to_string_lossy().into_owned(),
+                path: p.clone(),
+                attributes: Attributes::default(),
+            })
+            .collect();
+        let r = db
+            .import(
+                ImportSource::Items(items),
+                ImportOptions::new()
+                    .model(model.clone())
+                    .prep(PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT)),
+            )
+            .unwrap();
+        assert!(r.failures.is_empty());
+    }
+    let sheet = tmp.path().join("sheet.png");
+    let tmux = Tmux {
+        socket: format!("vitrine-test-{}", std::process::id()),
+        session: "repl".into(),
+    };
+    let cmd = format!(
+        "env HOME={} {} repl --db {}",
+        tmp.path().display(),
+        env!("CARGO_BIN_EXE_vitrine"),
+        db_dir.display()
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "repl",
+        "-x",
+        "220",
+        "-y",
+        "60",
+        &cmd,
+    ]);
+    tmux.wait_for("vitrine> ");
+
+    // Completion of a command, then of a concept name.
+    tmux.keys(&["conc", "Tab"]);
+    tmux.wait_for("vitrine> concepts");
+    tmux.keys(&[" colour", "Enter"]);
+    tmux.wait_for("colour.red");
+    tmux.keys(&["find +colour.re", "Tab"]);
+    tmux.wait_for("vitrine> find +colour.red");
+    tmux.keys(&[" limit 3", "Enter"]);
+    let s = tmux.wait_for("why");
+    assert!(s.contains("+colour.red"), "{s}");
+
+    // show writes a contact sheet of those results.
+    tmux.keys(&[&format!("show {}", sheet.display()), "Enter"]);
+    tmux.wait_for("wrote ");
+    assert!(image::open(&sheet).is_ok(), "{}", sheet.display());
+
+    // A malformed query: a caret and a suggestion, and the session goes on.
+    tmux.keys(&["find +colour.rd limit 3", "Enter"]);
+    tmux.wait_for("did you mean colour.red?");
+    tmux.keys(&["help", "Enter"]);
+    tmux.wait_for("feedback <user> <id> like|skip|buy");
+    tmux.keys(&["quit", "Enter"]);
+    // History was saved where HOME points.
+    let start = Instant::now();
+    let history = tmp.path().join(".vitrine_history");
+    while !history.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h = std::fs::read_to_string(&history).unwrap_or_default();
+    assert!(h.contains("find +colour.red limit 3"), "{h}");
+}
