@@ -42,7 +42,8 @@ mod vision;
 pub use concepts::{
     concept_slug, ConceptError, ConceptGroup, ConceptLayout, ConceptQuery, ConceptRef,
     Contribution, Feedback, LikeTarget, Profile, QueryError, QueryErrorKind, QueryHit,
-    QueryResults, TagMethod, UserTag, Vocabulary, MAX_EVENTS, PROFILE_EXACT_MAX, USER_TAG_WEIGHT,
+    QueryResults, TagMethod, UserTag, Vocabulary, MAX_EVENTS, PROFILE_EXACT_MAX,
+    SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
 };
 pub use db::{
     Db, DbBuilder, Hit, OpenReport, Product, Search, SearchResults, SimilarTo, VectorSpace,

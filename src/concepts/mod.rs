@@ -674,9 +674,10 @@ impl Db {
 
     /// The `k` products most similar to `to` under `profile`: `Σ_g w_g ·
     /// cos_g + Σ_c a_c · affinity_c`, computed as one reweighted query over
-    /// the `concept` space. Exact below [`PROFILE_EXACT_MAX`] products (a
-    /// skewed profile, colour only say, is a query the graph was not built
-    /// for), else the graph with a wide beam and an exact re-rank.
+    /// the `concept` space: one index serves every profile. Exact up to
+    /// [`PROFILE_EXACT_MAX`] products and for skewed profiles (colour only,
+    /// say: a query the graph was not built for), else the graph with a wide
+    /// beam.
     pub fn similar_with_profile(
         &self,
         to: SimilarTo<'_>,
@@ -699,7 +700,7 @@ impl Db {
         if let Some(id) = exclude {
             f = f.exclude(id);
         }
-        Ok(self.concept_search(&q, k, &f, None)?)
+        Ok(self.concept_search(&vocab, &q, k, &f, None)?)
     }
 }
 
@@ -737,20 +738,34 @@ pub(crate) fn profile_query(
     Ok(q)
 }
 
+/// Below this share of the query's squared norm in the visual block, a
+/// query is "skewed" (concepts only, or a profile that ignores the look):
+/// the graph, built for whole vectors, misses too many of its answers.
+pub const SKEWED_VISUAL_SHARE: f32 = 0.3;
+
 impl Db {
     /// The top `k` of `q · z` over the concept space among products passing
-    /// `filter`: exact up to [`PROFILE_EXACT_MAX`] products, else the graph
-    /// (beam `max(ef, 16k)`) over an oversampled candidate set, re-ranked
-    /// exactly. `plan` forces one.
+    /// `filter`. Exact up to [`PROFILE_EXACT_MAX`] products, and for skewed
+    /// queries at any size; otherwise the graph with a beam of
+    /// `max(16k, 256)`. Measured (`vitrine bench concepts`, 100k products
+    /// synthesised from fpi): the graph's recall@20 is 0.78 for single
+    /// concepts and 0.54 for one-hot profiles but 0.999 for balanced ones,
+    /// while an exact scan takes about 5 ms.
     pub(crate) fn concept_search(
         &self,
+        vocab: &Vocabulary,
         q: &[f32],
         k: usize,
         filter: &Filter,
         plan: Option<crate::PlanHint>,
     ) -> Result<Vec<crate::Hit>> {
         use crate::{PlanHint, Search};
-        let plan = plan.unwrap_or(if self.len() <= PROFILE_EXACT_MAX {
+        let total: f32 = q.iter().map(|x| x * x).sum();
+        let visual: f32 = vocab.layout().group("visual").map_or(0.0, |g| {
+            q[g.start..g.start + g.len].iter().map(|x| x * x).sum()
+        });
+        let skewed = total <= 0.0 || visual / total < SKEWED_VISUAL_SHARE;
+        let plan = plan.unwrap_or(if self.len() <= PROFILE_EXACT_MAX || skewed {
             PlanHint::Exact
         } else {
             PlanHint::Auto

@@ -925,7 +925,7 @@ impl Db {
             Some(_) => (limit * 5).max(50),
             None => limit,
         };
-        let hits = self.concept_search(&qv, pool, &filter, None)?;
+        let hits = self.concept_search(vocab, &qv, pool, &filter, None)?;
         let mut out = Vec::with_capacity(hits.len());
         let mut visual = Vec::with_capacity(hits.len());
         let vis = vocab

@@ -75,6 +75,24 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Concept and profile query latency, exact plan against the graph plan
+    /// (with the graph's recall), on a database's real concept vectors and on
+    /// a larger catalog synthesised from them.
+    Concepts {
+        /// An image database (built by `import` or `eval concepts --db`).
+        #[arg(long)]
+        db: PathBuf,
+        /// Also at this many products, synthesised from the real vectors
+        /// (each a real one with Gaussian noise, sd 0.05, blocks renormalised).
+        #[arg(long, default_value_t = 100_000)]
+        synth: usize,
+        /// Queries of each kind.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     Open {
         /// Number of products.
         #[arg(long, default_value_t = 100_000)]
@@ -137,6 +155,12 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             json,
         }),
         BenchCommand::Open { n, dim, dir, json } => open(n, dim, dir, json),
+        BenchCommand::Concepts {
+            db,
+            synth,
+            queries,
+            json,
+        } => concepts(&db, synth, queries, json),
         BenchCommand::Ingest {
             images,
             n,
@@ -492,4 +516,154 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
         }
     }
     Ok(())
+}
+
+fn concepts(db_dir: &std::path::Path, synth: usize, nq: usize, json: bool) -> Result<()> {
+    use rand::rngs::StdRng;
+    use vitrine::{Profile, CONCEPT_SPACE};
+    let db = Db::open(db_dir).with_context(|| format!("cannot open {}", db_dir.display()))?;
+    let vocab = db.vocabulary()?;
+    let layout = vocab.layout().clone();
+    let dim = layout.dim;
+    let mut real = Vec::new();
+    for id in db.ids() {
+        if let Some(v) = db
+            .get(&id)?
+            .and_then(|p| p.vectors.get(CONCEPT_SPACE).cloned())
+        {
+            real.push(v);
+        }
+    }
+    if real.is_empty() {
+        bail!("{} has no concept vectors", db_dir.display());
+    }
+    let mut rng = StdRng::seed_from_u64(42);
+    // Query vectors: single concepts and pairs, and profiles (one-hot and
+    // Dirichlet) relative to random products.
+    let names = layout.concept_names();
+    let concept_q = |rng: &mut StdRng, terms: usize| {
+        let mut q = vec![0.0f32; dim];
+        for _ in 0..terms {
+            let n = &names[rng.gen_range(0..names.len())];
+            let (g, c) = n.split_once('.').unwrap_or((n, ""));
+            if let Some(d) = layout.concept_dim(g, c) {
+                q[d] += 1.0;
+            }
+        }
+        q
+    };
+    let groups: Vec<String> = layout.groups.iter().map(|g| g.name.clone()).collect();
+    let mut kinds: Vec<(&str, Vec<Vec<f32>>)> = vec![
+        ("concept", (0..nq).map(|_| concept_q(&mut rng, 1)).collect()),
+        (
+            "concept pair",
+            (0..nq).map(|_| concept_q(&mut rng, 2)).collect(),
+        ),
+    ];
+    let mut one_hot = Vec::new();
+    let mut dirichlet = Vec::new();
+    for i in 0..nq {
+        let z = &real[rng.gen_range(0..real.len())];
+        let p = Profile::only(&groups[i % groups.len()]);
+        one_hot.push(p.query_vector(&vocab, z)?);
+        let mut p = Profile::only(&groups[0]);
+        for g in &groups {
+            p.weights
+                .insert(g.clone(), -(rng.gen_range(1e-6f32..1.0)).ln());
+        }
+        dirichlet.push(p.query_vector(&vocab, z)?);
+    }
+    kinds.push(("profile one-hot", one_hot));
+    kinds.push(("profile dirichlet", dirichlet));
+
+    let mut sizes = vec![("real", real.clone())];
+    if synth > real.len() {
+        let noise = rand_distr_normal(&mut rng, synth * dim);
+        let mut rows = Vec::with_capacity(synth);
+        for j in 0..synth {
+            let mut v: Vec<f32> = real[j % real.len()]
+                .iter()
+                .zip(&noise[j * dim..(j + 1) * dim])
+                .map(|(a, n)| a + 0.05 * n)
+                .collect();
+            for g in &layout.groups {
+                let b = &mut v[g.start..g.start + g.len];
+                let n = b.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                b.iter_mut().for_each(|x| *x /= n);
+            }
+            rows.push(v);
+        }
+        sizes.push(("synthetic", rows));
+    }
+    for (label, rows) in &sizes {
+        let mut flat = FlatIndex::with_capacity(dim, Metric::InnerProduct, rows.len())?;
+        for (i, r) in rows.iter().enumerate() {
+            flat.upsert(i as u64, r)?;
+        }
+        let t = Instant::now();
+        let index = SpaceIndex::build(flat, IndexConfig::default(), 2)?;
+        let build_s = t.elapsed().as_secs_f64();
+        if !json {
+            println!(
+                "{label}: {} products, {dim}-d, graph built in {build_s:.1} s",
+                rows.len()
+            );
+            println!(
+                "  {:<18} {:>12} {:>12} {:>14}",
+                "queries", "exact ms", "graph ms", "graph recall"
+            );
+        }
+        for (kind, qs) in &kinds {
+            let run = |plan: PlanHint| -> Result<(f64, Vec<Vec<(u64, f32)>>)> {
+                let opts = SearchOptions {
+                    k: 20,
+                    ef: Some(320),
+                    plan,
+                };
+                let t = Instant::now();
+                let mut out = Vec::with_capacity(qs.len());
+                for q in qs {
+                    let r = index.search(q, &opts, None)?;
+                    out.push(r.hits.iter().map(|h| (h.doc, h.score)).collect());
+                }
+                Ok((t.elapsed().as_secs_f64() * 1e3 / qs.len() as f64, out))
+            };
+            let (exact_ms, exact) = run(PlanHint::Exact)?;
+            let (graph_ms, graph) = run(PlanHint::Graph)?;
+            // Tie-aware recall@20 of the graph against the exact scan.
+            let mut recall = 0.0;
+            for (e, g) in exact.iter().zip(&graph) {
+                let kth = e.last().map_or(f32::NEG_INFINITY, |h| h.1);
+                let good = g.iter().filter(|h| h.1 >= kth - 1e-5).count();
+                recall += good as f64 / e.len().max(1) as f64;
+            }
+            recall /= qs.len() as f64;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"catalog": label, "n": rows.len(), "queries": kind,
+                        "exact_ms": exact_ms, "graph_ms": graph_ms, "graph_recall_at_20": recall,
+                        "build_s": build_s})
+                );
+            } else {
+                println!("  {kind:<18} {exact_ms:>12.3} {graph_ms:>12.3} {recall:>14.3}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Standard normal samples (Box–Muller), so the bench needs no extra crate.
+fn rand_distr_normal(rng: &mut impl Rng, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+        let u2: f64 = rng.gen_range(0.0..1.0);
+        let r = (-2.0 * u1.ln()).sqrt();
+        let t = std::f64::consts::TAU * u2;
+        out.push((r * t.cos()) as f32);
+        out.push((r * t.sin()) as f32);
+    }
+    out.truncate(n);
+    out
 }
