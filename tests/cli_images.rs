@@ -291,3 +291,96 @@ fn bench_ingest_reports_every_stage_and_batch() {
         assert!(b["import_images_per_s"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn query_command_prints_results_and_positioned_errors() {
+    if !have_model("query_command_prints_results_and_positioned_errors") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for f in sample_images(8) {
+        std::fs::copy(&f, images.join(f.file_name().unwrap())).unwrap();
+    }
+    let out = vitrine(&[
+        "import",
+        images.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = db.to_str().unwrap();
+    let out = vitrine(&[
+        "query",
+        "--db",
+        db,
+        "--json",
+        "+colour.black -colour.white limit 3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["rank"], i + 1);
+        assert_eq!(l["contributions"].as_array().unwrap().len(), 2);
+    }
+    let out = vitrine(&["query", "--db", db, "+colour.rd"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("did you mean colour.red?"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Any REPL command works too.
+    let out = vitrine(&["query", "--db", db, "concepts", "pattern"]);
+    assert!(
+        text(&out.stdout).contains("pattern.striped"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn eval_concepts_json_has_the_documented_keys() {
+    let fpi = root().join("../shared/data/fpi");
+    if !fpi.join("styles.csv").is_file()
+        || !have_model("eval_concepts_json_has_the_documented_keys")
+    {
+        eprintln!("SKIP eval_concepts_json_has_the_documented_keys: ../shared/data/fpi is absent");
+        return;
+    }
+    let out = vitrine(&[
+        "eval",
+        "concepts",
+        "--styles",
+        fpi.join("styles.csv").to_str().unwrap(),
+        "--images",
+        fpi.join("images").to_str().unwrap(),
+        "--split",
+        "val",
+        "--limit",
+        "80",
+        "--profiles",
+        "3",
+        "--references",
+        "3",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "p20_category",
+        "p20_colour",
+        "p20_conjunction",
+        "profile_recall",
+    ] {
+        let x = v[key].as_f64().unwrap_or_else(|| panic!("{key}: {v}"));
+        assert!((0.0..=1.0).contains(&x), "{key} = {x}");
+    }
+    assert_eq!(v["n"], 80);
+}

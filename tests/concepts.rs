@@ -170,15 +170,17 @@ fn single_and_conjunctive_concept_queries_find_their_products() {
     );
     assert!(p_cat >= 0.8, "category precision {p_cat}");
     assert!(p_col >= 0.7, "colour precision {p_col}");
-    // A conjunction: the sample's black products of each category with two or more.
+    // Conjunctions: category x colour family, wherever the sample has two or more.
     let mut ps = Vec::new();
     for c in &cats {
-        let rel = |x: &Sample| x.category == *c && colour_family(&x.colour) == Some("black");
-        if s.samples.iter().filter(|x| rel(x)).count() >= 2 {
-            let q = ConceptQuery::new()
-                .term(format!("category.{}", vitrine::concept_slug(c)), 1.0)
-                .term("colour.black", 1.0);
-            ps.push(precision(s, q, rel));
+        for fam in ["red", "blue", "black", "white", "green", "grey", "brown"] {
+            let rel = |x: &Sample| x.category == *c && colour_family(&x.colour) == Some(fam);
+            if s.samples.iter().filter(|x| rel(x)).count() >= 2 {
+                let q = ConceptQuery::new()
+                    .term(format!("category.{}", vitrine::concept_slug(c)), 1.0)
+                    .term(format!("colour.{fam}"), 1.0);
+                ps.push(precision(s, q, rel));
+            }
         }
     }
     let p_conj = ps.iter().sum::<f64>() / ps.len().max(1) as f64;
@@ -186,7 +188,7 @@ fn single_and_conjunctive_concept_queries_find_their_products() {
         "sample conjunction P@R {p_conj:.3} over {} queries",
         ps.len()
     );
-    assert!(!ps.is_empty());
+    assert!(ps.len() >= 10, "{} conjunctions", ps.len());
     assert!(p_conj >= 0.6, "conjunction precision {p_conj}");
 }
 

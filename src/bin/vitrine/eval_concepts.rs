@@ -59,8 +59,13 @@ const TAG_EXAMPLES: usize = 10;
 #[derive(serde::Serialize)]
 struct GroupFigures {
     queries: usize,
+    /// Mean precision at min(20, relevant).
     p20: f64,
     per_query: BTreeMap<String, f64>,
+    /// Mean plain precision@20 over the queries with at least 20 relevant products.
+    strict_queries: usize,
+    strict_p20: f64,
+    strict: BTreeMap<String, f64>,
 }
 
 pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
@@ -116,18 +121,19 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
         .tags;
     let by_id: BTreeMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
 
-    let precision = |terms: &[String], relevant: &dyn Fn(&Item) -> bool| -> anyhow::Result<f64> {
-        let r = items.iter().filter(|i| relevant(i)).count();
-        let q = terms
-            .iter()
-            .fold(ConceptQuery::new().limit(K), |q, t| q.term(t.clone(), 1.0));
-        let hits = db.run_query(&q, None)?.hits;
-        let good = hits
-            .iter()
-            .filter(|h| by_id.get(h.id.as_str()).is_some_and(|i| relevant(i)))
-            .count();
-        Ok(good as f64 / K.min(r) as f64)
-    };
+    let precision =
+        |terms: &[String], relevant: &dyn Fn(&Item) -> bool| -> anyhow::Result<(f64, usize)> {
+            let r = items.iter().filter(|i| relevant(i)).count();
+            let q = terms
+                .iter()
+                .fold(ConceptQuery::new().limit(K), |q, t| q.term(t.clone(), 1.0));
+            let hits = db.run_query(&q, None)?.hits;
+            let good = hits
+                .iter()
+                .filter(|h| by_id.get(h.id.as_str()).is_some_and(|i| relevant(i)))
+                .count();
+            Ok((good as f64 / K.min(r) as f64, r))
+        };
     let slug = vitrine::concept_slug;
     let count = |f: &dyn Fn(&Item) -> bool| items.iter().filter(|i| f(i)).count();
 
@@ -193,10 +199,10 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
                 .iter()
                 .filter(|h| by_id.get(h.id.as_str()).is_some_and(|i| i.category == c))
                 .count();
-            tag_fig
-                .entry(name)
-                .or_insert_with(GroupFigures::new)
-                .add(format!("category.{}", slug(label)), good as f64 / K as f64);
+            tag_fig.entry(name).or_insert_with(GroupFigures::new).add(
+                format!("category.{}", slug(label)),
+                (good as f64 / K as f64, K),
+            );
             db.delete_tag(&tag)?;
         }
     }
@@ -212,6 +218,11 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
         "p20_user_tag_centroid": tag_p20("centroid"),
         "p20_user_tag_logistic": tag_p20("logistic"),
         "user_tag_queries": tag_fig.get("centroid").map_or(0, |g| g.queries),
+        "strict_p20": {
+            "category": [category.strict_p20, category.strict_queries as f64],
+            "colour": [colour.strict_p20, colour.strict_queries as f64],
+            "conjunction": [conjunction.strict_p20, conjunction.strict_queries as f64],
+        },
         "queries": {
             "category": category.queries,
             "colour": colour.queries,
@@ -241,6 +252,15 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
         println!(
             "precision@20, cat. + colour  {:.3}  ({} queries)",
             conjunction.p20, conjunction.queries
+        );
+        println!(
+            "strict P@20 (>= 20 relevant) category {:.3} ({}), colour {:.3} ({}), conjunction {:.3} ({})",
+            category.strict_p20,
+            category.strict_queries,
+            colour.strict_p20,
+            colour.strict_queries,
+            conjunction.strict_p20,
+            conjunction.strict_queries
         );
         println!(
             "precision@20, user tag       centroid {:.3}, logistic {:.3}  ({} categories, {TAG_EXAMPLES} examples each)",
@@ -284,9 +304,17 @@ impl GroupFigures {
             queries: 0,
             p20: 0.0,
             per_query: BTreeMap::new(),
+            strict_queries: 0,
+            strict_p20: f64::NAN,
+            strict: BTreeMap::new(),
         }
     }
-    fn add(&mut self, name: String, p: f64) {
+    fn add(&mut self, name: String, (p, relevant): (f64, usize)) {
+        if relevant >= K {
+            self.strict.insert(name.clone(), p);
+            self.strict_queries = self.strict.len();
+            self.strict_p20 = self.strict.values().sum::<f64>() / self.strict_queries as f64;
+        }
         self.per_query.insert(name, p);
         self.queries = self.per_query.len();
         self.p20 = self.per_query.values().sum::<f64>() / self.queries as f64;
