@@ -518,6 +518,9 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
     Ok(())
 }
 
+/// One query's results: (doc, score), best first.
+type Ranked = Vec<(u64, f32)>;
+
 fn concepts(db_dir: &std::path::Path, synth: usize, nq: usize, json: bool) -> Result<()> {
     use rand::rngs::StdRng;
     use vitrine::{Profile, CONCEPT_SPACE};
@@ -614,7 +617,7 @@ fn concepts(db_dir: &std::path::Path, synth: usize, nq: usize, json: bool) -> Re
             );
         }
         for (kind, qs) in &kinds {
-            let run = |plan: PlanHint| -> Result<(f64, Vec<Vec<(u64, f32)>>)> {
+            let run = |plan: PlanHint| -> Result<(f64, Vec<Ranked>)> {
                 let opts = SearchOptions {
                     k: 20,
                     ef: Some(320),
