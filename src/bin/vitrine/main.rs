@@ -6,6 +6,8 @@ mod demo;
 mod eval;
 mod import;
 mod npy;
+mod outfit;
+mod outfit_eval;
 mod precompute;
 mod sheet;
 
@@ -44,6 +46,8 @@ enum Command {
     },
     /// Imports a folder of images, or a CSV `id,path[,attrs…]`, into a database.
     Import(import::ImportArgs),
+    /// Outfits: import, list, show, substitute, expand, cover, complete, rules.
+    Outfit(outfit::OutfitArgs),
     /// Builds a demo database from examples/catalog and runs example queries.
     Demo(demo::DemoArgs),
 }
@@ -65,6 +69,7 @@ fn main() {
         Command::Eval { what } => eval::run(what),
         Command::Import(args) => import::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Outfit(args) => outfit::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
