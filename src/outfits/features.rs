@@ -20,7 +20,6 @@ pub(crate) struct Layout {
     pub model_categories: Vec<String>,
     pub colours: Vec<String>,
     pub patterns: Vec<String>,
-    pub solid: Option<usize>,
     pub dim: usize,
 }
 
@@ -62,7 +61,6 @@ impl Layout {
             colour: base + colour.start..base + colour.end,
             pattern: base + pattern.start..base + pattern.end,
             model_categories: m.categories().to_vec(),
-            solid: patterns.iter().position(|p| p == "solid"),
             colours,
             patterns,
             dim,
@@ -100,6 +98,13 @@ pub(crate) struct Catalog {
 }
 
 pub(crate) const NO_CATEGORY: u32 = u32::MAX;
+
+/// Colour-block cosine from which two products count as one colour family.
+pub(crate) const SAME_COLOUR: f32 = 0.8;
+
+fn same_colour_threshold() -> f32 {
+    SAME_COLOUR
+}
 
 impl Catalog {
     pub fn load(db: &Db) -> OutfitResult<Catalog> {
@@ -176,10 +181,19 @@ impl Catalog {
         dot(self.vis(a), self.vis(b))
     }
 
-    pub fn category_name(&self, i: usize) -> Option<&str> {
-        self.categories
-            .get(self.category[i] as usize)
-            .map(String::as_str)
+    /// Cosine of the colour blocks (each L2-normalised in the concept
+    /// vector): 1 for the same colour distribution.
+    pub fn colour_sim(&self, a: usize, b: usize) -> f32 {
+        let r = self.layout.colour.clone();
+        dot(&self.concept(a)[r.clone()], &self.concept(b)[r])
+    }
+
+    /// Whether two products share a colour family: the same top colour
+    /// tag, or colour-score distributions at least [`SAME_COLOUR`] alike
+    /// (the model often splits one family, e.g. black and charcoal, over
+    /// two neighbouring tags).
+    pub fn same_colour(&self, a: usize, b: usize) -> bool {
+        self.colour[a] == self.colour[b] || self.colour_sim(a, b) >= same_colour_threshold()
     }
 
     pub fn colour_name(&self, i: usize) -> &str {
@@ -187,10 +201,6 @@ impl Catalog {
             .colours
             .get(self.colour[i] as usize)
             .map_or("?", String::as_str)
-    }
-
-    pub fn is_solid(&self, i: usize) -> bool {
-        self.layout.solid == Some(self.pattern[i] as usize)
     }
 
     /// Products of the same catalog category as `i` (empty when it has none).

@@ -90,7 +90,9 @@ pub enum OutfitError {
     #[error("product '{0}' has no model outputs; outfits need image products")]
     NotAnImageProduct(String),
     /// The rules were never learned (call [`Db::learn_outfit_rules`]).
-    #[error("no outfit rules learned yet (run learn_outfit_rules / `vitrine outfit rules --learn`)")]
+    #[error(
+        "no outfit rules learned yet (run learn_outfit_rules / `vitrine outfit rules --learn`)"
+    )]
     NoRules,
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
@@ -313,9 +315,5 @@ impl Db {
     /// The persisted rules, if they were ever learned.
     pub fn outfit_rules(&self) -> OutfitResult<Option<OutfitRules>> {
         Ok(self.side_keyspace::<OutfitRules>(RULES)?.get(RULES_KEY)?)
-    }
-
-    fn rules_or_err(&self) -> OutfitResult<OutfitRules> {
-        self.outfit_rules()?.ok_or(OutfitError::NoRules)
     }
 }

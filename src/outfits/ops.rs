@@ -99,7 +99,11 @@ impl ExpandOptions {
     }
     /// MMR trade-off in `[0, 1]`: 0 = most relevant only, 1 = most diverse.
     pub fn diversity(mut self, d: f32) -> Self {
-        self.diversity = if d.is_finite() { d.clamp(0.0, 1.0) } else { 0.3 };
+        self.diversity = if d.is_finite() {
+            d.clamp(0.0, 1.0)
+        } else {
+            0.3
+        };
         self
     }
     /// Whether the template's own products may fill non-anchor slots
@@ -529,12 +533,10 @@ impl OutfitEngine<'_> {
                 .iter()
                 .enumerate()
                 .map(|(n, &c)| {
-                    let same = cat.colour[c] == cat.colour[orig];
+                    let same = cat.same_colour(c, orig);
                     let kept = others
                         .iter()
-                        .filter(|&&j| {
-                            (cat.colour[orig] == cat.colour[j]) == (cat.colour[c] == cat.colour[j])
-                        })
+                        .filter(|&&j| cat.same_colour(orig, j) == cat.same_colour(c, j))
                         .count();
                     let total = others.len();
                     let kept_frac = if total == 0 {
@@ -542,7 +544,10 @@ impl OutfitEngine<'_> {
                     } else {
                         kept as f32 / total as f32
                     };
-                    let score = look[n] + 0.5 * compat[n] + if same { 1.5 } else { 0.0 }
+                    let score = 2.0 * look[n]
+                        + 0.5 * compat[n]
+                        + 3.0 * cat.colour_sim(orig, c)
+                        + if same { 0.5 } else { 0.0 }
                         + 1.5 * kept_frac;
                     let explanation = format!(
                         "look-alike {:.2}; colour {} ({}); keeps {kept}/{total} colour relations{}",
@@ -725,7 +730,7 @@ struct Expander {
 
 impl Expander {
     fn same(cat: &Catalog, a: usize, b: usize) -> bool {
-        cat.colour[a] == cat.colour[b]
+        cat.same_colour(a, b)
     }
 
     /// The next expansion; `covered` (for planning) favours products not
@@ -753,9 +758,10 @@ impl Expander {
             let ok = same_with_anchor
                 .iter()
                 .filter(|&&j| {
-                    cat.same_category(tpl[j]).iter().any(|&x| {
-                        x != c && cat.in_stock[x] && cat.colour[x] == cat.colour[c]
-                    }) || cat.category[tpl[j]] == NO_CATEGORY
+                    cat.same_category(tpl[j])
+                        .iter()
+                        .any(|&x| x != c && cat.in_stock[x] && cat.same_colour(x, c))
+                        || cat.category[tpl[j]] == NO_CATEGORY
                 })
                 .count();
             ok as f32 / same_with_anchor.len() as f32
@@ -775,7 +781,10 @@ impl Expander {
                     .iter()
                     .map(|&u| cat.lookalike(c, u))
                     .fold(0.0f32, f32::max);
-                (lambda * rel - (1.0 - lambda) * div + 3.0 * feasible(c) + cover_bonus(c), c)
+                (
+                    lambda * rel - (1.0 - lambda) * div + 3.0 * feasible(c) + cover_bonus(c),
+                    c,
+                )
             })
             .max_by(|a, b| a.0.total_cmp(&b.0))?
             .1;
@@ -816,16 +825,24 @@ impl Expander {
                 return None;
             }
             let filled: Vec<usize> = (0..m).filter(|&i| chosen[i] != usize::MAX).collect();
+            // Relations kept, plus how strongly: colour-block cosine with
+            // the slots the template shares a family with, minus it with
+            // the slots it contrasts with.
             let kept: Vec<f32> = cands
                 .iter()
                 .map(|&c| {
-                    let k = filled
-                        .iter()
-                        .filter(|&&i| {
-                            Self::same(cat, tpl[i], t) == Self::same(cat, chosen[i], c)
-                        })
-                        .count();
-                    k as f32 / filled.len().max(1) as f32
+                    let mut k = 0.0;
+                    let mut strength = 0.0;
+                    for &i in &filled {
+                        let same_t = Self::same(cat, tpl[i], t);
+                        if same_t == Self::same(cat, chosen[i], c) {
+                            k += 1.0;
+                        }
+                        let cs = cat.colour_sim(chosen[i], c);
+                        strength += if same_t { cs } else { -0.5 * cs };
+                    }
+                    let n = filled.len().max(1) as f32;
+                    k / n + 0.5 * strength / n
                 })
                 .collect();
             let mut compat: Vec<f32> = cands
@@ -849,7 +866,10 @@ impl Expander {
                         .iter()
                         .map(|&u| cat.lookalike(c, u))
                         .fold(0.0f32, f32::max);
-                    let s = 4.0 * kept[k]
+                    // Reusing a product of an earlier expansion costs more
+                    // than its similarity: outfits should differ.
+                    let reuse = self.previous[j].iter().filter(|&&u| u == c).count() as f32;
+                    let s = 4.0 * kept[k] - 1.5 * reuse
                         + lambda * (0.5 * compat[k] + 0.5 * look[k])
                         - (1.0 - lambda) * 2.0 * div
                         + cover_bonus(c);

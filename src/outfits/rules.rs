@@ -80,6 +80,7 @@ impl PairTable {
 
     /// Computes the log-lifts, shrunk towards `prior` (a log-lift table of
     /// the same shape) or towards 0.
+    #[allow(clippy::needless_range_loop)] // x, y index three tables at once
     fn finish(&mut self, prior: Option<&PairTable>) {
         let n = self.n;
         let total = self.total();
@@ -99,8 +100,8 @@ impl PairTable {
             for y in 0..n {
                 let e = rows[x] * cols[y] / total;
                 let prior_lift = prior.map_or(1.0, |p| p.log_lift[x * n + y].exp());
-                let lift = (self.counts[x * n + y] as f32 + PRIOR_PAIRS * prior_lift)
-                    / (e + PRIOR_PAIRS);
+                let lift =
+                    (self.counts[x * n + y] as f32 + PRIOR_PAIRS * prior_lift) / (e + PRIOR_PAIRS);
                 self.log_lift[x * n + y] = lift.ln();
             }
         }
@@ -376,7 +377,6 @@ fn rank_one(w: &mut [f32], s: f32, u: &[f32], v: &[f32]) {
 
 /// A given item prepared for scoring candidates against it.
 pub(crate) struct Given {
-    pub idx: usize,
     /// `Wᵀ (a − μ)`.
     proj: Vec<f32>,
 }
@@ -421,7 +421,7 @@ impl OutfitRules {
                 }
             }
         }
-        Given { idx: a, proj }
+        Given { proj }
     }
 
     /// Learned embedding compatibility of candidate `b` with `g`.
@@ -507,7 +507,12 @@ impl OutfitRules {
             if b < a {
                 continue;
             }
-            let name = |k: &u32| self.categories.get(*k as usize).cloned().unwrap_or_default();
+            let name = |k: &u32| {
+                self.categories
+                    .get(*k as usize)
+                    .cloned()
+                    .unwrap_or_default()
+            };
             push(
                 RuleKind::Colour,
                 t,

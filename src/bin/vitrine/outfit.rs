@@ -431,12 +431,7 @@ pub fn image_paths(csv: Option<&Path>) -> anyhow::Result<HashMap<String, PathBuf
     let col = ["des_filename", "path", "image"]
         .iter()
         .find_map(|name| header.iter().position(|h| h == name))
-        .with_context(|| {
-            format!(
-                "{}: no des_filename, path or image column",
-                csv.display()
-            )
-        })?;
+        .with_context(|| format!("{}: no des_filename, path or image column", csv.display()))?;
     let base = csv.parent().unwrap_or(Path::new("."));
     Ok(rows
         .into_iter()
@@ -460,7 +455,10 @@ pub fn outfit_sheet(
         if let Some(p) = paths.get(id) {
             return Ok(p.clone());
         }
-        if let Some(p) = db.get(id)?.and_then(|p| p.attributes.extra.get("image").cloned()) {
+        if let Some(p) = db
+            .get(id)?
+            .and_then(|p| p.attributes.extra.get("image").cloned())
+        {
             return Ok(PathBuf::from(p));
         }
         bail!("no image path for product {id} (pass --images CSV)")

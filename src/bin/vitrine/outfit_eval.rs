@@ -151,8 +151,7 @@ fn import_items(rows: &[ProductRow]) -> Vec<ImportItem> {
                     a.extra.insert(k.clone(), v.clone());
                 }
             }
-            a.extra
-                .insert("image".into(), r.path.display().to_string());
+            a.extra.insert("image".into(), r.path.display().to_string());
             ImportItem {
                 id: r.id.clone(),
                 path: r.path.clone(),
@@ -251,7 +250,10 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
             ("rule lifts only", Some(CompleteMethod::Rules)),
             ("bilinear compatibility only", Some(CompleteMethod::Compat)),
             ("kernel compatibility only", Some(CompleteMethod::Kernel)),
-            ("learned rules (lifts + compatibility)", Some(CompleteMethod::Learned)),
+            (
+                "learned rules (lifts + compatibility)",
+                Some(CompleteMethod::Learned),
+            ),
             ("full", Some(CompleteMethod::Full)),
         ]
     } else {
@@ -391,10 +393,7 @@ pub fn fitb_split(args: FitbSplitArgs) -> anyhow::Result<()> {
         if pool.len() < 3 {
             continue;
         }
-        let mut candidates: Vec<String> = pool
-            .choose_multiple(&mut rng, 3)
-            .cloned()
-            .collect();
+        let mut candidates: Vec<String> = pool.choose_multiple(&mut rng, 3).cloned().collect();
         candidates.push(answer.clone());
         candidates.shuffle(&mut rng);
         let given: Vec<&String> = ps.iter().filter(|p| *p != answer).collect();
@@ -445,10 +444,12 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         .map(|s| (s.product.clone(), s.category.clone()))
         .collect();
     let category = |id: &str| -> Option<String> {
-        cat_of
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| db.get(id).ok().flatten().and_then(|p| p.attributes.category))
+        cat_of.get(id).cloned().unwrap_or_else(|| {
+            db.get(id)
+                .ok()
+                .flatten()
+                .and_then(|p| p.attributes.category)
+        })
     };
 
     // Substitute: each item of 100 outfits sold out in turn.
@@ -550,7 +551,24 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         }
     }
 
-    let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+    // How the model's colour families line up with the ground-truth groups.
+    let mut confusion: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for id in &all_ids {
+        if let (Some(g), Some(m)) = (gt.get(id), eng.colour_family(id)) {
+            *confusion
+                .entry(g.clone())
+                .or_default()
+                .entry(m.to_string())
+                .or_default() += 1;
+        }
+    }
+    let pct = |a: usize, b: usize| {
+        if b == 0 {
+            0.0
+        } else {
+            100.0 * a as f64 / b as f64
+        }
+    };
     let fig = serde_json::json!({
         "outfits": outfits.len(),
         "rules_learned_from": rules.outfits,
@@ -586,6 +604,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             "ms": plan.elapsed_ms,
         },
         "sheets": sheets,
+        "colour_groups_vs_model_families": confusion,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&fig)?);
