@@ -1073,7 +1073,6 @@ impl Db {
     }
 
     /// The attributes of `id`, from the in-memory catalog.
-    #[allow(dead_code)] // for src/outfits (merged separately)
     pub(crate) fn attributes(&self, id: &str) -> Option<Attributes> {
         let cat = read(&self.catalog);
         let doc = cat.by_id.get(id)?;

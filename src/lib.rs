@@ -36,6 +36,7 @@ mod error;
 mod filter;
 mod ingest;
 mod model;
+mod outfits;
 mod precompute;
 mod vision;
 
@@ -59,6 +60,11 @@ pub use ingest::{
 pub use model::{
     Annotation, CategoryScore, ConceptBlock, Manifest, Model, ModelError, ModelOutput, TagGroup,
     TagScore, BUNDLED_ONNX, CONCEPT_SPACE, EMBEDDING_SPACE, MANIFEST_FILE, MODEL_DIR_ENV,
+};
+pub use outfits::{
+    CompleteMethod, CoverOptions, CoverPlan, ExpandOptions, Expansion, Outfit, OutfitEngine,
+    OutfitError, OutfitResult, OutfitRules, OutfitSlot, PairRule, Relation, RelationKind, RuleKind,
+    ScoredCandidate, Substitute, Substitution, MAX_OUTFIT_ID_LEN,
 };
 pub use precompute::{
     PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, SimilarFileError,

@@ -19,6 +19,14 @@ pub enum EvalCommand {
     Classify(ClassifyArgs),
     /// Concept-query precision and weighted-search recall over a `styles.csv` set.
     Concepts(crate::eval_concepts::ConceptsArgs),
+    /// Fill-in-the-blank accuracy of outfit completion: imports the
+    /// products, learns from the outfits, answers the questions.
+    Fitb(crate::outfit_eval::FitbArgs),
+    /// Writes a deterministic FITB split: learning outfits and questions
+    /// whose answers appear in no learning outfit.
+    FitbSplit(crate::outfit_eval::FitbSplitArgs),
+    /// Substitute, expand and cover figures over a catalog with outfits.
+    Outfits(crate::outfit_eval::OutfitsEvalArgs),
 }
 
 /// Arguments of `vitrine eval classify`.
@@ -56,6 +64,9 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Classify(args) => classify(args),
         EvalCommand::Concepts(args) => crate::eval_concepts::run(args),
+        EvalCommand::Fitb(args) => crate::outfit_eval::fitb(args),
+        EvalCommand::FitbSplit(args) => crate::outfit_eval::fitb_split(args),
+        EvalCommand::Outfits(args) => crate::outfit_eval::outfits_eval(args),
     }
 }
 

@@ -7,6 +7,8 @@ mod eval;
 mod eval_concepts;
 mod import;
 mod npy;
+mod outfit;
+mod outfit_eval;
 mod precompute;
 mod repl;
 mod sheet;
@@ -46,6 +48,8 @@ enum Command {
     },
     /// Imports a folder of images, or a CSV `id,path[,attrs…]`, into a database.
     Import(import::ImportArgs),
+    /// Outfits: import, list, show, substitute, expand, cover, complete, rules.
+    Outfit(outfit::OutfitArgs),
     /// Builds a demo database from examples/catalog and runs example queries.
     Demo(demo::DemoArgs),
     /// Interactive shell: concept queries, profiles, feedback, user tags, contact sheets.
@@ -73,6 +77,7 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Repl(args) => repl::run(args),
         Command::Query(args) => repl::query(args),
+        Command::Outfit(args) => outfit::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

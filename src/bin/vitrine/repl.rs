@@ -58,6 +58,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>... | profile reset <user>"),
     ("tag", "tag define <name> <id>... [not <id>...] [logistic] | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
+    ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules ...   (outfit help)"),
     ("show", "show [file.png]            contact sheet of the last results"),
     ("json", "json on|off                JSON lines instead of tables"),
     ("help", "help                       this list; the query grammar is in the docs of vitrine::ConceptQuery"),
@@ -170,6 +171,25 @@ impl Session {
                 }
             }
             "show" => self.show(args.first().copied(), out)?,
+            "outfit" => {
+                // The same commands as `vitrine outfit`, parsed by the same clap definition.
+                #[derive(clap::Parser)]
+                #[command(name = "outfit", no_binary_name = true)]
+                struct OutfitLine {
+                    #[command(subcommand)]
+                    what: crate::outfit::OutfitCommand,
+                }
+                match <OutfitLine as clap::Parser>::try_parse_from(&args) {
+                    Ok(l) => {
+                        out.flush()?;
+                        crate::outfit::execute(&self.db, l.what, self.json)?;
+                    }
+                    Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+                        write!(out, "{e}")?;
+                    }
+                    Err(e) => bail!("{}", e.render().to_string().trim_end()),
+                }
+            }
             other => {
                 let prefix: String = other.chars().take(2).collect();
                 match COMMANDS

@@ -75,6 +75,24 @@ pub fn render(title: &str, tiles: &[Tile]) -> anyhow::Result<RgbImage> {
     Ok(sheet)
 }
 
+/// Several rows (each a title and its tiles, as [`render`] draws them)
+/// stacked into one sheet: e.g. an outfit template, then its expansions.
+pub fn render_rows(rows: &[(String, Vec<Tile>)]) -> anyhow::Result<RgbImage> {
+    let rendered = rows
+        .iter()
+        .map(|(title, tiles)| render(title, tiles))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let width = rendered.iter().map(|r| r.width()).max().unwrap_or(1);
+    let height = rendered.iter().map(|r| r.height()).sum::<u32>().max(1);
+    let mut sheet = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let mut y = 0;
+    for r in &rendered {
+        imageops::replace(&mut sheet, r, 0, i64::from(y));
+        y += r.height();
+    }
+    Ok(sheet)
+}
+
 fn text_width(s: &str) -> u32 {
     s.chars().count() as u32 * 6
 }

@@ -1,0 +1,510 @@
+//! `vitrine outfit …`: store, inspect and use outfits (templates).
+//!
+//! [`execute`] runs one command against an open database and prints to
+//! stdout, so the REPL can reuse it; [`run`] is the CLI wrapper that opens
+//! `--db` first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use image::RgbImage;
+use vitrine::{CompleteMethod, CoverOptions, Db, ExpandOptions, Expansion, Model, Outfit};
+
+use crate::sheet::{self, Tile};
+
+/// Arguments of `vitrine outfit`.
+#[derive(Args)]
+pub struct OutfitArgs {
+    /// The database folder.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub what: OutfitCommand,
+}
+
+/// The outfit commands.
+#[derive(Subcommand, Clone, Debug)]
+pub enum OutfitCommand {
+    /// Imports outfits from a CSV `outfit_id,product_id` (with a header).
+    /// All or nothing: an unknown product fails the whole import.
+    Import {
+        /// The CSV file.
+        csv: PathBuf,
+        /// Learn the rules afterwards.
+        #[arg(long)]
+        learn: bool,
+    },
+    /// Lists the stored outfits.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Shows one outfit: its products, categories and colour families;
+    /// `--sheet` writes a contact sheet.
+    Show {
+        /// The outfit id.
+        id: String,
+        #[command(flatten)]
+        sheet: SheetArgs,
+    },
+    /// Deletes an outfit.
+    Delete {
+        /// The outfit id.
+        id: String,
+    },
+    /// The best in-stock substitutes for each out-of-stock item of an outfit.
+    Substitute {
+        /// The outfit id.
+        id: String,
+        /// Candidates per item.
+        #[arg(short, default_value_t = 5)]
+        k: usize,
+        /// Treat these products as sold out for this query (comma
+        /// separated; nothing is written).
+        #[arg(long, value_delimiter = ',')]
+        sold_out: Vec<String>,
+    },
+    /// Creates new outfits that keep the template's colour relations.
+    Expand {
+        /// The template outfit id.
+        id: String,
+        /// How many outfits.
+        #[arg(short, default_value_t = 5)]
+        n: usize,
+        /// The slot (1-based) that gets a new anchor.
+        #[arg(long, default_value_t = 1)]
+        anchor_slot: usize,
+        /// MMR diversity in [0, 1].
+        #[arg(long, default_value_t = 0.3)]
+        diversity: f32,
+        #[command(flatten)]
+        sheet: SheetArgs,
+    },
+    /// Plans outfits from templates covering as much of the in-stock
+    /// inventory as possible.
+    Cover {
+        /// Template ids (comma separated); default: all stored outfits.
+        #[arg(long, value_delimiter = ',')]
+        templates: Vec<String>,
+        /// At most this many outfits per template.
+        #[arg(long, default_value_t = 10)]
+        per_template: usize,
+        /// List every planned outfit.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Ranks candidates for the open slot of a partial outfit.
+    Complete {
+        /// The items of the partial outfit (comma separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        given: Vec<String>,
+        /// The candidates (comma separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        candidates: Vec<String>,
+        /// Signals used: full, learned, rules, compat, visual.
+        #[arg(long, default_value = "full")]
+        method: String,
+    },
+    /// Shows (and with --learn, first relearns) the rules learned from the
+    /// stored outfits.
+    Rules {
+        /// Relearn from the stored outfits first.
+        #[arg(long)]
+        learn: bool,
+        /// How many rules to show.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// Minimum co-worn pairs behind a rule.
+        #[arg(long, default_value_t = 30)]
+        min_support: u32,
+    },
+}
+
+/// Contact-sheet flags.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SheetArgs {
+    /// Write a contact sheet (PNG) here.
+    #[arg(long)]
+    pub sheet: Option<PathBuf>,
+    /// Where product images are: a CSV whose first column is the product id
+    /// and with a `des_filename`, `path` or `image` column (relative to the
+    /// CSV's folder). Without it, the `image` attribute of each product.
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+}
+
+/// Runs `vitrine outfit …`.
+pub fn run(args: OutfitArgs) -> anyhow::Result<()> {
+    let model = Model::bundled().context("cannot load the bundled model")?;
+    let db = Db::builder()
+        .open_with_model(&args.db, &model)
+        .with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    execute(&db, args.what, args.json)
+}
+
+pub fn method_of(s: &str) -> anyhow::Result<CompleteMethod> {
+    Ok(match s {
+        "full" => CompleteMethod::Full,
+        "learned" => CompleteMethod::Learned,
+        "rules" => CompleteMethod::Rules,
+        "compat" => CompleteMethod::Compat,
+        "visual" => CompleteMethod::Visual,
+        "kernel" => CompleteMethod::Kernel,
+        _ => bail!("unknown method '{s}' (full, learned, rules, compat, visual)"),
+    })
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs one outfit command on an open database, printing to stdout.
+pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        OutfitCommand::Import { csv, learn } => {
+            let n = db.import_outfits_csv(&csv)?;
+            let rules = if learn {
+                Some(db.learn_outfit_rules()?)
+            } else {
+                None
+            };
+            if json {
+                print_json(&serde_json::json!({
+                    "imported": n,
+                    "stored": db.outfit_count()?,
+                    "learned_from": rules.as_ref().map(|r| r.outfits),
+                }))?;
+            } else {
+                println!("imported {n} outfits ({} stored)", db.outfit_count()?);
+                if let Some(r) = rules {
+                    println!(
+                        "learned rules from {} outfits ({} co-worn pairs) in {} ms",
+                        r.outfits, r.pairs, r.learn_ms
+                    );
+                }
+            }
+        }
+        OutfitCommand::List { limit } => {
+            let all = db.outfits()?;
+            if json {
+                print_json(&all.iter().take(limit).collect::<Vec<_>>())?;
+            } else {
+                println!("{} outfits", all.len());
+                for o in all.iter().take(limit) {
+                    println!("{}\t{}", o.id, o.products().join(" "));
+                }
+            }
+        }
+        OutfitCommand::Show { id, sheet } => {
+            let o = db
+                .outfit(&id)?
+                .ok_or_else(|| vitrine::OutfitError::UnknownOutfit(id.clone()))?;
+            let eng = db.outfit_engine()?;
+            if json {
+                print_json(&o)?;
+            } else {
+                println!("outfit {}", o.id);
+                for (i, s) in o.slots.iter().enumerate() {
+                    println!(
+                        "  {}. {}\t{}\tcolour {}\t{}",
+                        i + 1,
+                        s.product,
+                        s.category.as_deref().unwrap_or("-"),
+                        eng.colour_family(&s.product).unwrap_or("?"),
+                        match eng.in_stock(&s.product) {
+                            Some(true) => "in stock",
+                            Some(false) => "SOLD OUT",
+                            None => "unknown",
+                        }
+                    );
+                }
+            }
+            if let Some(path) = &sheet.sheet {
+                let img = outfit_sheet(db, &sheet, &o, &[])?;
+                img.save(path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                if !json {
+                    println!("contact sheet: {}", path.display());
+                }
+            }
+        }
+        OutfitCommand::Delete { id } => {
+            let existed = db.delete_outfit(&id)?;
+            if json {
+                print_json(&serde_json::json!({ "deleted": existed }))?;
+            } else if existed {
+                println!("deleted {id}");
+            } else {
+                println!("no outfit {id}");
+            }
+        }
+        OutfitCommand::Substitute { id, k, sold_out } => {
+            let mut eng = db.outfit_engine()?;
+            eng.assume_sold_out(&sold_out);
+            let subs = eng.substitute(&id, k)?;
+            if json {
+                print_json(&subs)?;
+            } else if subs.is_empty() {
+                println!("every item of {id} is in stock");
+            } else {
+                for s in subs {
+                    println!(
+                        "slot {} {} ({}) is sold out; substitutes:",
+                        s.slot + 1,
+                        s.original,
+                        s.category.as_deref().unwrap_or("-")
+                    );
+                    for (r, c) in s.candidates.iter().enumerate() {
+                        println!(
+                            "  {}. {}\tscore {:.2}\t{}",
+                            r + 1,
+                            c.product,
+                            c.score,
+                            c.explanation
+                        );
+                    }
+                }
+            }
+        }
+        OutfitCommand::Expand {
+            id,
+            n,
+            anchor_slot,
+            diversity,
+            sheet,
+        } => {
+            let opts = ExpandOptions::new()
+                .anchor_slot(anchor_slot.saturating_sub(1))
+                .diversity(diversity);
+            let started = std::time::Instant::now();
+            let eng = db.outfit_engine()?;
+            let out = eng.expand(&id, n, &opts)?;
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            if json {
+                print_json(&out)?;
+            } else {
+                println!(
+                    "{} outfits from template {id} in {ms:.1} ms ({:.1} ms per outfit, engine load included)",
+                    out.len(),
+                    ms / out.len().max(1) as f64
+                );
+                for (i, e) in out.iter().enumerate() {
+                    println!("{}. {}", i + 1, e.products.join(" "));
+                    for line in &e.explanation {
+                        println!("     {line}");
+                    }
+                }
+            }
+            if let Some(path) = &sheet.sheet {
+                let o = db
+                    .outfit(&id)?
+                    .ok_or_else(|| vitrine::OutfitError::UnknownOutfit(id.clone()))?;
+                let img = outfit_sheet(db, &sheet, &o, &out)?;
+                img.save(path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                if !json {
+                    println!("contact sheet: {}", path.display());
+                }
+            }
+        }
+        OutfitCommand::Cover {
+            templates,
+            per_template,
+            verbose,
+        } => {
+            let templates = if templates.is_empty() {
+                db.outfits()?.into_iter().map(|o| o.id).collect()
+            } else {
+                templates
+            };
+            let plan = db.cover(
+                &templates,
+                &CoverOptions::new().outfits_per_template(per_template),
+            )?;
+            if json {
+                print_json(&plan)?;
+            } else {
+                if verbose {
+                    for e in &plan.outfits {
+                        println!("{}\t{}", e.template, e.products.join(" "));
+                    }
+                }
+                println!(
+                    "{} outfits from {} templates cover {} of {} in-stock products ({:.1} %) in {} ms; \
+                     naive nearest-neighbour substitution with as many outfits: {} ({:.1} %)",
+                    plan.outfits.len(),
+                    templates.len(),
+                    plan.covered,
+                    plan.in_stock,
+                    plan.fraction * 100.0,
+                    plan.elapsed_ms,
+                    plan.baseline_covered,
+                    plan.baseline_fraction * 100.0
+                );
+            }
+        }
+        OutfitCommand::Complete {
+            given,
+            candidates,
+            method,
+        } => {
+            let eng = db.outfit_engine()?;
+            let ranked = eng.complete_with(&given, &candidates, method_of(&method)?)?;
+            if json {
+                print_json(&ranked)?;
+            } else {
+                for (r, c) in ranked.iter().enumerate() {
+                    println!(
+                        "{}. {}\tscore {:+.2}\t(rules {:+.3}, compatibility {:+.4}, look-alike {:.3})",
+                        r + 1,
+                        c.product,
+                        c.score,
+                        c.rules,
+                        c.compat,
+                        c.lookalike
+                    );
+                }
+            }
+        }
+        OutfitCommand::Rules {
+            learn,
+            top,
+            min_support,
+        } => {
+            let rules = if learn {
+                db.learn_outfit_rules()?
+            } else {
+                db.outfit_rules()?.ok_or(vitrine::OutfitError::NoRules)?
+            };
+            let list = rules.top(top, min_support);
+            if json {
+                print_json(&serde_json::json!({
+                    "outfits": rules.outfits,
+                    "pairs": rules.pairs,
+                    "learn_ms": rules.learn_ms,
+                    "patterned_with_solid_lift": rules.patterned_with_solid_lift(),
+                    "rules": list,
+                }))?;
+            } else {
+                println!(
+                    "rules learned from {} outfits ({} co-worn pairs) in {} ms",
+                    rules.outfits, rules.pairs, rules.learn_ms
+                );
+                if let Some(l) = rules.patterned_with_solid_lift() {
+                    println!("a patterned item is worn with a solid {l:.2}x as often as chance");
+                }
+                for (i, r) in list.iter().enumerate() {
+                    println!(
+                        "{:>3}. {:<13} {} + {}{}\tlift {:.2}\t({} pairs)",
+                        i + 1,
+                        format!("{:?}", r.kind),
+                        r.left,
+                        r.right,
+                        r.context
+                            .as_ref()
+                            .map(|c| format!(" [{c}]"))
+                            .unwrap_or_default(),
+                        r.lift,
+                        r.support
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Image paths of products: from a CSV (see [`SheetArgs::images`]) or the
+/// products' `image` attribute.
+pub fn image_paths(csv: Option<&Path>) -> anyhow::Result<HashMap<String, PathBuf>> {
+    let Some(csv) = csv else {
+        return Ok(HashMap::new());
+    };
+    let (header, rows) = crate::import::read_csv(csv)?;
+    let col = ["des_filename", "path", "image"]
+        .iter()
+        .find_map(|name| header.iter().position(|h| h == name))
+        .with_context(|| format!("{}: no des_filename, path or image column", csv.display()))?;
+    let base = csv.parent().unwrap_or(Path::new("."));
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.len() > col)
+        .map(|r| (r[0].trim().to_string(), base.join(r[col].trim())))
+        .collect())
+}
+
+/// A contact sheet: the template on the first row, one expansion per row
+/// below it. Each tile is labelled with the product id, category and
+/// colour family.
+pub fn outfit_sheet(
+    db: &Db,
+    args: &SheetArgs,
+    template: &Outfit,
+    expansions: &[Expansion],
+) -> anyhow::Result<RgbImage> {
+    let paths = image_paths(args.images.as_deref())?;
+    let eng = db.outfit_engine()?;
+    let path_of = |id: &str| -> anyhow::Result<PathBuf> {
+        if let Some(p) = paths.get(id) {
+            return Ok(p.clone());
+        }
+        if let Some(p) = db
+            .get(id)?
+            .and_then(|p| p.attributes.extra.get("image").cloned())
+        {
+            return Ok(PathBuf::from(p));
+        }
+        bail!("no image path for product {id} (pass --images CSV)")
+    };
+    let tiles = |products: &[String], colour| -> anyhow::Result<Vec<Tile>> {
+        products
+            .iter()
+            .map(|p| {
+                let cat = db
+                    .get(p)?
+                    .and_then(|x| x.attributes.category)
+                    .unwrap_or_default();
+                Ok(Tile {
+                    path: path_of(p)?,
+                    colour,
+                    fill: 1.0,
+                    labels: vec![
+                        p.clone(),
+                        cat,
+                        eng.colour_family(p).unwrap_or("?").to_string(),
+                    ],
+                })
+            })
+            .collect()
+    };
+    let mut rows = vec![(
+        format!("template {}", template.id),
+        tiles(
+            &template
+                .slots
+                .iter()
+                .map(|s| s.product.clone())
+                .collect::<Vec<_>>(),
+            sheet::BLUE,
+        )?,
+    )];
+    for (i, e) in expansions.iter().enumerate() {
+        rows.push((
+            format!(
+                "expansion {}: kept {} of {} colour relations",
+                i + 1,
+                e.relations.iter().filter(|r| r.kept).count(),
+                e.relations.len()
+            ),
+            tiles(&e.products, sheet::GREEN)?,
+        ));
+    }
+    sheet::render_rows(&rows)
+}

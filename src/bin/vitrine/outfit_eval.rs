@@ -1,0 +1,615 @@
+//! Outfit evaluations: `vitrine eval fitb`, `eval fitb-split` and
+//! `eval outfits` (substitute / expand / cover acceptance figures).
+//!
+//! Ground truth (Mango's colour groups and product families) is read here,
+//! from the products CSV, only to build questions and to measure; the
+//! engine never sees it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use vitrine::{
+    Attributes, CompleteMethod, CoverOptions, Db, ExpandOptions, ImportItem, ImportSource, Model,
+};
+
+use crate::import::read_csv;
+
+/// Arguments of `vitrine eval fitb`.
+#[derive(Args)]
+pub struct FitbArgs {
+    /// Products CSV in the format of Mango's `products.csv`
+    /// (`cod_modelo_color`, `des_filename` relative to the CSV's folder,
+    /// `des_product_family` = the category, other columns = attributes).
+    #[arg(long)]
+    pub products: PathBuf,
+    /// Learning outfits, CSV `cod_outfit,cod_modelo_color`.
+    #[arg(long)]
+    pub outfits: PathBuf,
+    /// Questions, JSON Lines `{"given": [ids], "candidates": [ids], "answer": id}`.
+    #[arg(long)]
+    pub questions: PathBuf,
+    /// Print `{"accuracy": …, "n": …}`.
+    #[arg(long)]
+    pub json: bool,
+    /// A scratch database to reuse (products already there are not
+    /// re-embedded; its outfits and rules are replaced). Default: a fresh
+    /// temporary database.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Signals: full, learned, rules, compat, visual.
+    #[arg(long, default_value = "full")]
+    pub method: String,
+    /// Print the accuracy of every method (random, visual, rules, compat,
+    /// learned, full).
+    #[arg(long)]
+    pub all_methods: bool,
+}
+
+/// Arguments of `vitrine eval fitb-split`.
+#[derive(Args)]
+pub struct FitbSplitArgs {
+    /// Products CSV (Mango format; `des_product_family` is read).
+    #[arg(long)]
+    pub products: PathBuf,
+    /// All outfits, CSV `cod_outfit,cod_modelo_color`.
+    #[arg(long)]
+    pub outfits: PathBuf,
+    /// Folder for `learn-outfits.csv`, `test-outfits.csv` and `questions.jsonl`.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Fraction of outfits held out.
+    #[arg(long, default_value_t = 0.3)]
+    pub holdout: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Arguments of `vitrine eval outfits`.
+#[derive(Args)]
+pub struct OutfitsEvalArgs {
+    /// Products CSV (Mango format).
+    #[arg(long)]
+    pub products: PathBuf,
+    /// Outfits CSV `cod_outfit,cod_modelo_color`.
+    #[arg(long)]
+    pub outfits: PathBuf,
+    /// A scratch database (created and filled if needed; its outfits and
+    /// rules are replaced).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Write contact sheets of 5 expanded outfits next to their templates here.
+    #[arg(long)]
+    pub sheets: Option<PathBuf>,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One product row of a Mango-format CSV.
+pub struct ProductRow {
+    pub id: String,
+    pub path: PathBuf,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl ProductRow {
+    fn get(&self, k: &str) -> &str {
+        self.fields.get(k).map_or("", String::as_str)
+    }
+}
+
+/// Reads a products CSV in Mango's format.
+pub fn read_products(path: &Path) -> anyhow::Result<Vec<ProductRow>> {
+    let (header, rows) = read_csv(path)?;
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{}: no column {name}", path.display()))
+    };
+    let (id, file) = (col("cod_modelo_color")?, col("des_filename")?);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::with_capacity(rows.len());
+    for (n, r) in rows.into_iter().enumerate() {
+        if r.len() <= id.max(file) {
+            bail!("{}:{}: too few columns", path.display(), n + 2);
+        }
+        out.push(ProductRow {
+            id: r[id].trim().to_string(),
+            path: base.join(r[file].trim()),
+            fields: header
+                .iter()
+                .cloned()
+                .zip(r.iter().map(|s| s.trim().to_string()))
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+fn import_items(rows: &[ProductRow]) -> Vec<ImportItem> {
+    rows.iter()
+        .map(|r| {
+            let mut a = Attributes::new();
+            let family = r.get("des_product_family");
+            if !family.is_empty() {
+                a.category = Some(family.to_string());
+            }
+            for (k, v) in &r.fields {
+                if k != "cod_modelo_color" && k != "des_filename" && !v.is_empty() {
+                    a.extra.insert(k.clone(), v.clone());
+                }
+            }
+            a.extra.insert("image".into(), r.path.display().to_string());
+            ImportItem {
+                id: r.id.clone(),
+                path: r.path.clone(),
+                attributes: a,
+            }
+        })
+        .collect()
+}
+
+/// Reads an outfits CSV `outfit,product` into outfit → products (file order).
+fn read_outfits(path: &Path) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let (_, rows) = read_csv(path)?;
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in rows {
+        if r.len() >= 2 {
+            out.entry(r[0].trim().to_string())
+                .or_default()
+                .push(r[1].trim().to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Opens (or creates) an image database and imports the products of `products`.
+fn open_and_import(db_dir: &Path, products: &[ProductRow]) -> anyhow::Result<Db> {
+    let model = Model::bundled().context("cannot load the bundled model")?;
+    let db = Db::builder()
+        .open_with_model(db_dir, &model)
+        .with_context(|| format!("cannot open {}", db_dir.display()))?;
+    let report = crate::import::import_with_progress(
+        &db,
+        &model,
+        vitrine::PrepConfig::catalog(),
+        ImportSource::Items(import_items(products)),
+    )?;
+    if !report.failures.is_empty() {
+        eprintln!(
+            "warning: {} products could not be imported (first: {})",
+            report.failures.len(),
+            crate::import::failure_line(&report.failures[0])
+        );
+    }
+    db.flush()?;
+    Ok(db)
+}
+
+/// Replaces the database's outfits by those of `csv` and learns the rules.
+fn load_outfits(db: &Db, csv: &Path) -> anyhow::Result<vitrine::OutfitRules> {
+    for o in db.outfits()? {
+        db.delete_outfit(&o.id)?;
+    }
+    db.import_outfits_csv(csv)?;
+    Ok(db.learn_outfit_rules()?)
+}
+
+#[derive(serde::Deserialize)]
+struct Question {
+    given: Vec<String>,
+    candidates: Vec<String>,
+    answer: String,
+}
+
+/// Runs `vitrine eval fitb`.
+pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
+    let products = read_products(&args.products)?;
+    let tmp;
+    let db_dir = match &args.db {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().join("db")
+        }
+    };
+    let db = open_and_import(&db_dir, &products)?;
+    let rules = load_outfits(&db, &args.outfits)?;
+    eprintln!(
+        "learned rules from {} outfits ({} pairs) in {} ms",
+        rules.outfits, rules.pairs, rules.learn_ms
+    );
+    let text = std::fs::read_to_string(&args.questions)
+        .with_context(|| format!("cannot read {}", args.questions.display()))?;
+    let mut questions = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let q: Question = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}", args.questions.display(), n + 1))?;
+        questions.push(q);
+    }
+    let eng = db.outfit_engine()?;
+    let methods: Vec<(&str, Option<CompleteMethod>)> = if args.all_methods {
+        vec![
+            ("random", None),
+            ("visual similarity only", Some(CompleteMethod::Visual)),
+            ("rule lifts only", Some(CompleteMethod::Rules)),
+            ("bilinear compatibility only", Some(CompleteMethod::Compat)),
+            ("kernel compatibility only", Some(CompleteMethod::Kernel)),
+            (
+                "learned rules (lifts + compatibility)",
+                Some(CompleteMethod::Learned),
+            ),
+            ("full", Some(CompleteMethod::Full)),
+        ]
+    } else {
+        vec![(
+            args.method.as_str(),
+            Some(crate::outfit::method_of(&args.method)?),
+        )]
+    };
+    let mut results = Vec::new();
+    for (name, method) in methods {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let (mut right, mut n, mut skipped) = (0usize, 0usize, 0usize);
+        for q in &questions {
+            if q.candidates.is_empty() || q.given.is_empty() {
+                skipped += 1;
+                continue;
+            }
+            let best = match method {
+                None => q.candidates[rng.gen_range(0..q.candidates.len())].clone(),
+                Some(m) => match eng.complete_with(&q.given, &q.candidates, m) {
+                    Ok(r) => r[0].product.clone(),
+                    Err(e) => {
+                        if skipped == 0 {
+                            eprintln!("warning: skipping a question: {e}");
+                        }
+                        skipped += 1;
+                        continue;
+                    }
+                },
+            };
+            n += 1;
+            right += usize::from(best == q.answer);
+        }
+        if skipped > 0 {
+            eprintln!("{name}: skipped {skipped} questions");
+        }
+        let acc = if n == 0 { 0.0 } else { right as f64 / n as f64 };
+        results.push((name.to_string(), acc, n));
+    }
+    if args.json && !args.all_methods {
+        let (_, acc, n) = &results[0];
+        println!("{}", serde_json::json!({ "accuracy": acc, "n": n }));
+    } else if args.json {
+        let v: Vec<_> = results
+            .iter()
+            .map(|(m, a, n)| serde_json::json!({"method": m, "accuracy": a, "n": n}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (m, a, n) in &results {
+            println!("{m:<40} accuracy {:.1} % (n = {n})", a * 100.0);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `vitrine eval fitb-split`.
+pub fn fitb_split(args: FitbSplitArgs) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&args.holdout) {
+        bail!("--holdout must be in [0, 1)");
+    }
+    let products = read_products(&args.products)?;
+    let family: HashMap<&str, &str> = products
+        .iter()
+        .map(|p| (p.id.as_str(), p.get("des_product_family")))
+        .collect();
+    let outfits = read_outfits(&args.outfits)?;
+    let mut ids: Vec<&String> = outfits.keys().collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    ids.shuffle(&mut rng);
+    let n_test = (ids.len() as f64 * args.holdout).round() as usize;
+    let (test, learn) = ids.split_at(n_test);
+    let mut test: Vec<&String> = test.to_vec();
+    test.sort();
+    let learn: HashSet<&String> = learn.iter().copied().collect();
+    let in_learning: HashSet<&str> = outfits
+        .iter()
+        .filter(|(id, _)| learn.contains(id))
+        .flat_map(|(_, ps)| ps.iter().map(String::as_str))
+        .collect();
+    // Distractor pools per family: products of no learning outfit first.
+    let mut pool_fresh: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut pool_all: HashMap<&str, Vec<&str>> = HashMap::new();
+    for p in &products {
+        let f = p.get("des_product_family");
+        pool_all.entry(f).or_default().push(&p.id);
+        if !in_learning.contains(p.id.as_str()) {
+            pool_fresh.entry(f).or_default().push(&p.id);
+        }
+    }
+    std::fs::create_dir_all(&args.out_dir)?;
+    let write_outfits = |name: &str, keep: &dyn Fn(&String) -> bool| -> anyhow::Result<usize> {
+        let path = args.out_dir.join(name);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        writeln!(w, "cod_outfit,cod_modelo_color")?;
+        let mut n = 0;
+        for (id, ps) in &outfits {
+            if keep(id) {
+                n += 1;
+                for p in ps {
+                    writeln!(w, "{id},{p}")?;
+                }
+            }
+        }
+        w.flush()?;
+        Ok(n)
+    };
+    let n_learn = write_outfits("learn-outfits.csv", &|id| learn.contains(id))?;
+    write_outfits("test-outfits.csv", &|id| !learn.contains(id))?;
+    let qpath = args.out_dir.join("questions.jsonl");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&qpath)?);
+    let mut n_q = 0;
+    for id in test {
+        let ps = &outfits[id];
+        let eligible: Vec<&String> = ps
+            .iter()
+            .filter(|p| !in_learning.contains(p.as_str()) && family.contains_key(p.as_str()))
+            .collect();
+        if ps.len() < 2 || eligible.is_empty() {
+            continue;
+        }
+        let answer = eligible[rng.gen_range(0..eligible.len())];
+        let fam = family[answer.as_str()];
+        let pick = |pool: Option<&Vec<&str>>| -> Vec<String> {
+            pool.map(|v| {
+                v.iter()
+                    .filter(|c| !ps.iter().any(|p| p == *c))
+                    .map(|c| c.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let mut pool = pick(pool_fresh.get(fam));
+        if pool.len() < 3 {
+            pool = pick(pool_all.get(fam));
+        }
+        if pool.len() < 3 {
+            continue;
+        }
+        let mut candidates: Vec<String> = pool.choose_multiple(&mut rng, 3).cloned().collect();
+        candidates.push(answer.clone());
+        candidates.shuffle(&mut rng);
+        let given: Vec<&String> = ps.iter().filter(|p| *p != answer).collect();
+        writeln!(
+            w,
+            "{}",
+            serde_json::json!({
+                "outfit": id,
+                "given": given,
+                "candidates": candidates,
+                "answer": answer,
+                "family": fam,
+            })
+        )?;
+        n_q += 1;
+    }
+    w.flush()?;
+    println!(
+        "{} outfits: {n_learn} for learning, {} held out; {n_q} questions written to {}",
+        outfits.len(),
+        outfits.len() - n_learn,
+        qpath.display()
+    );
+    Ok(())
+}
+
+/// Runs `vitrine eval outfits`: the substitute, expand and cover
+/// acceptance figures, measured with the catalog's ground-truth colour
+/// groups (`des_agrup_color_eng`).
+pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
+    let products = read_products(&args.products)?;
+    let gt: HashMap<String, String> = products
+        .iter()
+        .map(|p| (p.id.clone(), p.get("des_agrup_color_eng").to_string()))
+        .collect();
+    let db = open_and_import(&args.db, &products)?;
+    let t = Instant::now();
+    let rules = load_outfits(&db, &args.outfits)?;
+    let import_learn_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut eng = db.outfit_engine()?;
+    let engine_ms = t.elapsed().as_secs_f64() * 1e3;
+    let outfits = db.outfits()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let cat_of: HashMap<String, Option<String>> = outfits
+        .iter()
+        .flat_map(|o| o.slots.iter())
+        .map(|s| (s.product.clone(), s.category.clone()))
+        .collect();
+    let category = |id: &str| -> Option<String> {
+        cat_of.get(id).cloned().unwrap_or_else(|| {
+            db.get(id)
+                .ok()
+                .flatten()
+                .and_then(|p| p.attributes.category)
+        })
+    };
+
+    // Substitute: each item of 100 outfits sold out in turn.
+    let sample: Vec<&vitrine::Outfit> = outfits.choose_multiple(&mut rng, 100).collect();
+    let all_ids = db.ids();
+    let mut by_cat_colour: HashSet<(Option<String>, String)> = HashSet::new();
+    for id in &all_ids {
+        by_cat_colour.insert((category(id), gt.get(id).cloned().unwrap_or_default()));
+    }
+    let (mut cases, mut same_cat, mut colour_cases, mut colour_same, mut none) = (0, 0, 0, 0, 0);
+    let t = Instant::now();
+    for o in &sample {
+        for s in &o.slots {
+            eng.assume_sold_out(&[&s.product]);
+            let subs = eng.substitute(&o.id, 1)?;
+            eng.assume_in_stock(&[&s.product]);
+            let Some(top) = subs.first().and_then(|x| x.candidates.first()) else {
+                none += 1;
+                continue;
+            };
+            cases += 1;
+            same_cat += usize::from(category(&top.product) == s.category);
+            // "Such a product is in stock": another product of the category
+            // with the original's ground-truth colour group (all are in stock).
+            let g = gt.get(&s.product).cloned().unwrap_or_default();
+            let others_same_colour = all_ids.iter().any(|id| {
+                id != &s.product
+                    && !o.slots.iter().any(|x| &x.product == id)
+                    && gt.get(id) == Some(&g)
+                    && category(id) == s.category
+            });
+            if others_same_colour && by_cat_colour.contains(&(s.category.clone(), g.clone())) {
+                colour_cases += 1;
+                colour_same += usize::from(gt.get(&top.product) == Some(&g));
+            }
+        }
+    }
+    let sub_ms = t.elapsed().as_secs_f64() * 1e3 / cases.max(1) as f64;
+
+    // Expand: 10 expansions of 20 templates.
+    let templates: Vec<&vitrine::Outfit> = outfits.choose_multiple(&mut rng, 20).collect();
+    let (mut n_exp, mut in_stock_ok, mut no_repeat_ok) = (0, 0, 0);
+    let (mut gt_same_pairs, mut gt_same_kept, mut gt_diff_pairs, mut gt_diff_kept) = (0, 0, 0, 0);
+    let (mut model_rel, mut model_kept) = (0, 0);
+    let t = Instant::now();
+    let mut expansions = Vec::new();
+    for o in &templates {
+        let ex = eng.expand(&o.id, 10, &ExpandOptions::new())?;
+        expansions.push((o, ex));
+    }
+    let expand_ms = t.elapsed().as_secs_f64() * 1e3;
+    for (o, ex) in &expansions {
+        for e in ex {
+            n_exp += 1;
+            in_stock_ok += usize::from(e.products.iter().all(|p| eng.in_stock(p) == Some(true)));
+            let uniq: HashSet<&String> = e.products.iter().collect();
+            no_repeat_ok += usize::from(uniq.len() == e.products.len());
+            for r in &e.relations {
+                model_rel += 1;
+                model_kept += usize::from(r.kept);
+            }
+            let m = o.slots.len();
+            for a in 0..m {
+                for b in a + 1..m {
+                    let t_same = gt.get(&o.slots[a].product) == gt.get(&o.slots[b].product);
+                    let e_same = gt.get(&e.products[a]) == gt.get(&e.products[b]);
+                    if t_same {
+                        gt_same_pairs += 1;
+                        gt_same_kept += usize::from(e_same);
+                    } else {
+                        gt_diff_pairs += 1;
+                        gt_diff_kept += usize::from(!e_same);
+                    }
+                }
+            }
+        }
+    }
+
+    // Cover: 50 templates.
+    let cover_templates: Vec<String> = outfits
+        .choose_multiple(&mut rng, 50)
+        .map(|o| o.id.clone())
+        .collect();
+    let plan = eng.cover(&cover_templates, &CoverOptions::new())?;
+
+    // Contact sheets of 5 expansions next to their templates.
+    let mut sheets = Vec::new();
+    if let Some(dir) = &args.sheets {
+        std::fs::create_dir_all(dir)?;
+        let sheet_args = crate::outfit::SheetArgs {
+            sheet: None,
+            images: Some(args.products.clone()),
+        };
+        for (i, (o, ex)) in expansions.iter().take(5).enumerate() {
+            let img = crate::outfit::outfit_sheet(&db, &sheet_args, o, &ex[..ex.len().min(4)])?;
+            let path = dir.join(format!("expand-{}-{}.png", i + 1, o.id));
+            img.save(&path)?;
+            sheets.push(path.display().to_string());
+        }
+    }
+
+    // How the model's colour families line up with the ground-truth groups.
+    let mut confusion: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for id in &all_ids {
+        if let (Some(g), Some(m)) = (gt.get(id), eng.colour_family(id)) {
+            *confusion
+                .entry(g.clone())
+                .or_default()
+                .entry(m.to_string())
+                .or_default() += 1;
+        }
+    }
+    let pct = |a: usize, b: usize| {
+        if b == 0 {
+            0.0
+        } else {
+            100.0 * a as f64 / b as f64
+        }
+    };
+    let fig = serde_json::json!({
+        "outfits": outfits.len(),
+        "rules_learned_from": rules.outfits,
+        "rules_learn_ms": rules.learn_ms,
+        "import_and_learn_s": import_learn_s,
+        "engine_load_ms": engine_ms,
+        "substitute": {
+            "cases": cases, "no_candidate": none,
+            "same_category_pct": pct(same_cat, cases),
+            "colour_cases": colour_cases,
+            "same_colour_group_pct": pct(colour_same, colour_cases),
+            "ms_per_query": sub_ms,
+        },
+        "expand": {
+            "templates": templates.len(), "outfits": n_exp,
+            "all_in_stock_pct": pct(in_stock_ok, n_exp),
+            "no_repeat_pct": pct(no_repeat_ok, n_exp),
+            "gt_same_colour_pairs": gt_same_pairs,
+            "gt_same_colour_preserved_pct": pct(gt_same_kept, gt_same_pairs),
+            "gt_contrast_pairs": gt_diff_pairs,
+            "gt_contrast_preserved_pct": pct(gt_diff_kept, gt_diff_pairs),
+            "model_colour_relations_kept_pct": pct(model_kept, model_rel),
+            "ms_per_outfit": expand_ms / n_exp.max(1) as f64,
+        },
+        "cover": {
+            "templates": cover_templates.len(),
+            "outfits": plan.outfits.len(),
+            "covered": plan.covered, "in_stock": plan.in_stock,
+            "fraction": plan.fraction,
+            "baseline_covered": plan.baseline_covered,
+            "baseline_fraction": plan.baseline_fraction,
+            "ratio": if plan.baseline_fraction > 0.0 { plan.fraction / plan.baseline_fraction } else { 0.0 },
+            "ms": plan.elapsed_ms,
+        },
+        "sheets": sheets,
+        "colour_groups_vs_model_families": confusion,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&fig)?);
+    } else {
+        println!("{fig:#}");
+    }
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! What the outfit engine reads about every product, in one in-memory
+//! snapshot: catalog category, stock, and the model outputs held in the
+//! concept-space vector (visual block, category block, colour and pattern
+//! blocks). The blocks are found from the bundled model's manifest.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use super::{OutfitError, OutfitResult};
+use crate::model::{Manifest, Model, CONCEPT_SPACE, MANIFEST_FILE};
+use crate::Db;
+
+/// Block layout of the concept vector, from the manifest.
+#[derive(Clone, Debug)]
+pub(crate) struct Layout {
+    pub vis: std::ops::Range<usize>,
+    pub mcat: std::ops::Range<usize>,
+    pub colour: std::ops::Range<usize>,
+    pub pattern: std::ops::Range<usize>,
+    pub model_categories: Vec<String>,
+    pub colours: Vec<String>,
+    pub patterns: Vec<String>,
+    pub dim: usize,
+}
+
+fn manifest() -> OutfitResult<&'static Manifest> {
+    static M: OnceLock<Result<Manifest, String>> = OnceLock::new();
+    M.get_or_init(|| {
+        let path = Model::bundled_dir().join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Manifest::parse(&bytes)
+    })
+    .as_ref()
+    .map_err(|e| OutfitError::Manifest(e.clone()))
+}
+
+impl Layout {
+    pub fn of(dim: usize) -> OutfitResult<Layout> {
+        let m = manifest()?;
+        let ncat = m.categories().len();
+        let ntags = m.tag_names().len();
+        if dim < ncat + ntags + 1 {
+            return Err(OutfitError::Manifest(format!(
+                "the concept space has {dim} dimensions, fewer than the manifest's blocks"
+            )));
+        }
+        let vis_dim = dim - ncat - ntags;
+        let group = |name: &str| m.groups().iter().find(|g| g.name == name);
+        let (colour, colours) = match group("colour") {
+            Some(g) => (g.range.clone(), g.tags.clone()),
+            None => (0..0, Vec::new()),
+        };
+        let (pattern, patterns) = match group("pattern") {
+            Some(g) => (g.range.clone(), g.tags.clone()),
+            None => (0..0, Vec::new()),
+        };
+        let base = vis_dim + ncat;
+        Ok(Layout {
+            vis: 0..vis_dim,
+            mcat: vis_dim..base,
+            colour: base + colour.start..base + colour.end,
+            pattern: base + pattern.start..base + pattern.end,
+            model_categories: m.categories().to_vec(),
+            colours,
+            patterns,
+            dim,
+        })
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Every product of the database with what the outfit engine uses.
+pub(crate) struct Catalog {
+    pub layout: Layout,
+    pub ids: Vec<String>,
+    pub index: HashMap<String, usize>,
+    pub in_stock: Vec<bool>,
+    /// Index into `categories`, or `u32::MAX` when the product has none.
+    pub category: Vec<u32>,
+    pub categories: Vec<String>,
+    pub by_category: Vec<Vec<usize>>,
+    pub mcat: Vec<u16>,
+    pub colour: Vec<u8>,
+    pub pattern: Vec<u8>,
+    /// Concept vectors, row-major.
+    pub concept: Vec<f32>,
+    /// Visual blocks, L2-normalised, row-major.
+    pub vis: Vec<f32>,
+}
+
+pub(crate) const NO_CATEGORY: u32 = u32::MAX;
+
+/// Colour-block cosine from which two products count as one colour family.
+pub(crate) const SAME_COLOUR: f32 = 0.8;
+
+fn same_colour_threshold() -> f32 {
+    SAME_COLOUR
+}
+
+impl Catalog {
+    pub fn load(db: &Db) -> OutfitResult<Catalog> {
+        let snap = db.snapshot(CONCEPT_SPACE)?;
+        let layout = Layout::of(snap.dim)?;
+        let n = snap.len();
+        let mut cat = Catalog {
+            ids: Vec::with_capacity(n),
+            index: HashMap::with_capacity(n),
+            in_stock: Vec::with_capacity(n),
+            category: Vec::with_capacity(n),
+            categories: Vec::new(),
+            by_category: Vec::new(),
+            mcat: Vec::with_capacity(n),
+            colour: Vec::with_capacity(n),
+            pattern: Vec::with_capacity(n),
+            concept: Vec::with_capacity(n * snap.dim),
+            vis: Vec::with_capacity(n * layout.vis.len()),
+            layout,
+        };
+        let mut cat_index: HashMap<String, u32> = HashMap::new();
+        for i in 0..n {
+            let row = snap.row(i);
+            let attrs = &snap.attrs[i];
+            let c = match &attrs.category {
+                Some(c) => {
+                    let next = cat_index.len() as u32;
+                    let k = *cat_index.entry(c.clone()).or_insert(next);
+                    if k == next {
+                        cat.categories.push(c.clone());
+                        cat.by_category.push(Vec::new());
+                    }
+                    cat.by_category[k as usize].push(i);
+                    k
+                }
+                None => NO_CATEGORY,
+            };
+            cat.index.insert(snap.ids[i].clone(), i);
+            cat.ids.push(snap.ids[i].clone());
+            cat.in_stock.push(attrs.in_stock);
+            cat.category.push(c);
+            let l = &cat.layout;
+            cat.mcat.push(argmax(&row[l.mcat.clone()]) as u16);
+            cat.colour.push(argmax(&row[l.colour.clone()]) as u8);
+            cat.pattern.push(argmax(&row[l.pattern.clone()]) as u8);
+            cat.concept.extend_from_slice(row);
+            let v = &row[l.vis.clone()];
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            cat.vis.extend(v.iter().map(|x| x / norm));
+        }
+        Ok(cat)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.layout.dim
+    }
+
+    pub fn concept(&self, i: usize) -> &[f32] {
+        let d = self.layout.dim;
+        &self.concept[i * d..(i + 1) * d]
+    }
+
+    pub fn vis(&self, i: usize) -> &[f32] {
+        let d = self.layout.vis.len();
+        &self.vis[i * d..(i + 1) * d]
+    }
+
+    /// Cosine of the visual blocks ("look-alike").
+    pub fn lookalike(&self, a: usize, b: usize) -> f32 {
+        dot(self.vis(a), self.vis(b))
+    }
+
+    /// Cosine of the colour blocks (each L2-normalised in the concept
+    /// vector): 1 for the same colour distribution.
+    pub fn colour_sim(&self, a: usize, b: usize) -> f32 {
+        let r = self.layout.colour.clone();
+        dot(&self.concept(a)[r.clone()], &self.concept(b)[r])
+    }
+
+    /// Whether two products share a colour family: the same top colour
+    /// tag, or colour-score distributions at least [`SAME_COLOUR`] alike
+    /// (the model often splits one family, e.g. black and charcoal, over
+    /// two neighbouring tags).
+    pub fn same_colour(&self, a: usize, b: usize) -> bool {
+        self.colour[a] == self.colour[b] || self.colour_sim(a, b) >= same_colour_threshold()
+    }
+
+    pub fn colour_name(&self, i: usize) -> &str {
+        self.layout
+            .colours
+            .get(self.colour[i] as usize)
+            .map_or("?", String::as_str)
+    }
+
+    /// Products of the same catalog category as `i` (empty when it has none).
+    pub fn same_category(&self, i: usize) -> &[usize] {
+        match self.category[i] {
+            NO_CATEGORY => &[],
+            c => &self.by_category[c as usize],
+        }
+    }
+
+    pub fn lookup(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+}
+
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,0 +1,319 @@
+//! Outfits: hand-picked looks stored with the catalog, and what the engine
+//! does with them.
+//!
+//! | operation | entry point |
+//! |---|---|
+//! | store, list, show, delete, CSV import | [`Db::store_outfit`], [`Db::outfits`], [`Db::outfit`], [`Db::delete_outfit`], [`Db::import_outfits_csv`] |
+//! | learn the rules of the stored outfits | [`Db::learn_outfit_rules`], [`Db::outfit_rules`] |
+//! | replace sold-out items | [`Db::substitute`] |
+//! | new outfits that keep a template's relations | [`Db::expand`] |
+//! | plan outfits covering the in-stock inventory | [`Db::cover`] |
+//! | fill in the blank | [`Db::complete`] |
+//!
+//! Storage. An outfit is one record in the side keyspace `vitrine.outfits`
+//! (key = outfit id): its slots in order, each with the product id and the
+//! product's catalog category at the time it was stored. Every product is
+//! checked before anything is written, and one outfit is one keyspace put, so
+//! an outfit that names an unknown product is [`OutfitError::UnknownProduct`]
+//! and nothing is written; a CSV import checks every row first and writes all
+//! its outfits in one atomic batch.
+//!
+//! What the engine knows about a product. Only what it stores: the catalog
+//! category (a retailer's own attribute) and the bundled model's outputs —
+//! the concept-space vector (visual embedding + category, colour, usage,
+//! season, gender and pattern blocks) and the tag scores, from which the
+//! colour family (best tag of the exclusive colour group) and the pattern
+//! (best tag of the pattern group) are read. Ground-truth attributes a
+//! catalog may carry (e.g. Mango's colour groups) are never read by this
+//! module; evaluation code uses them to measure.
+//!
+//! Learned rules ([`OutfitRules`]) are statistics of the user's own stored
+//! outfits, rebuilt from them in about a second and persisted in
+//! `vitrine.outfit_rules`; see `rules.rs` for the method.
+
+mod features;
+mod memory;
+mod ops;
+mod rules;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use vitrine_storage::Record;
+
+use crate::{Db, Error};
+
+pub use ops::{
+    CompleteMethod, CoverOptions, CoverPlan, ExpandOptions, Expansion, OutfitEngine, Relation,
+    RelationKind, ScoredCandidate, Substitute, Substitution,
+};
+pub use rules::{OutfitRules, PairRule, RuleKind};
+
+const OUTFITS: &str = "outfits";
+const RULES: &str = "outfit_rules";
+const RULES_KEY: &[u8] = b"rules";
+
+/// Longest outfit id accepted, in bytes.
+pub const MAX_OUTFIT_ID_LEN: usize = 1024;
+
+/// Why an outfit operation failed. Nothing is written when one is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutfitError {
+    /// An outfit names a product the database does not hold.
+    #[error("outfit '{outfit}' refers to unknown product '{product}'")]
+    UnknownProduct {
+        /// The outfit.
+        outfit: String,
+        /// The product id.
+        product: String,
+    },
+    /// No outfit has this id.
+    #[error("outfit '{0}' not found")]
+    UnknownOutfit(String),
+    /// An outfit without slots.
+    #[error("outfit '{0}' has no products")]
+    EmptyOutfit(String),
+    /// An outfit id that is empty or too long.
+    #[error("invalid outfit id '{0}' (must be 1 to 1024 bytes)")]
+    InvalidId(String),
+    /// The same product twice in one outfit.
+    #[error("outfit '{outfit}' lists product '{product}' twice")]
+    DuplicateProduct {
+        /// The outfit.
+        outfit: String,
+        /// The product id.
+        product: String,
+    },
+    /// A product has no model outputs (it was not inserted from an image).
+    #[error("product '{0}' has no model outputs; outfits need image products")]
+    NotAnImageProduct(String),
+    /// The rules were never learned (call [`Db::learn_outfit_rules`]).
+    #[error(
+        "no outfit rules learned yet (run learn_outfit_rules / `vitrine outfit rules --learn`)"
+    )]
+    NoRules,
+    /// An argument is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A CSV file is malformed.
+    #[error("{path}:{line}: {reason}")]
+    Csv {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The model manifest needed to read tag scores could not be loaded.
+    #[error("cannot read the model manifest: {0}")]
+    Manifest(String),
+    /// An error from the database.
+    #[error(transparent)]
+    Db(#[from] Error),
+}
+
+impl From<vitrine_storage::Error> for OutfitError {
+    fn from(e: vitrine_storage::Error) -> Self {
+        OutfitError::Db(e.into())
+    }
+}
+
+/// Result of the outfit operations.
+pub type OutfitResult<T> = std::result::Result<T, OutfitError>;
+
+/// One slot of an outfit: a product and its category.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutfitSlot {
+    /// The product id.
+    pub product: String,
+    /// The product's catalog category when the outfit was stored.
+    pub category: Option<String>,
+}
+
+/// A stored outfit (a template): products worn together, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outfit {
+    /// The outfit id.
+    pub id: String,
+    /// The slots, in the order given.
+    pub slots: Vec<OutfitSlot>,
+}
+
+impl Outfit {
+    /// The product ids, in slot order.
+    pub fn products(&self) -> Vec<&str> {
+        self.slots.iter().map(|s| s.product.as_str()).collect()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct OutfitRecord {
+    slots: Vec<OutfitSlot>,
+}
+
+impl Record for OutfitRecord {
+    const VERSION: u8 = 1;
+}
+
+fn check_outfit_id(id: &str) -> OutfitResult<()> {
+    if id.is_empty() || id.len() > MAX_OUTFIT_ID_LEN {
+        return Err(OutfitError::InvalidId(id.chars().take(64).collect()));
+    }
+    Ok(())
+}
+
+impl Db {
+    fn outfit_keyspace(&self) -> OutfitResult<vitrine_storage::Keyspace<OutfitRecord>> {
+        Ok(self.side_keyspace::<OutfitRecord>(OUTFITS)?)
+    }
+
+    /// Checks an outfit against the catalog and builds its slots.
+    fn validate_outfit<S: AsRef<str>>(&self, id: &str, products: &[S]) -> OutfitResult<Outfit> {
+        check_outfit_id(id)?;
+        if products.is_empty() {
+            return Err(OutfitError::EmptyOutfit(id.to_string()));
+        }
+        let mut seen = HashSet::new();
+        let mut slots = Vec::with_capacity(products.len());
+        for p in products {
+            let p = p.as_ref();
+            if !seen.insert(p) {
+                return Err(OutfitError::DuplicateProduct {
+                    outfit: id.to_string(),
+                    product: p.to_string(),
+                });
+            }
+            let Some(attrs) = self.attributes(p) else {
+                return Err(OutfitError::UnknownProduct {
+                    outfit: id.to_string(),
+                    product: p.to_string(),
+                });
+            };
+            slots.push(OutfitSlot {
+                product: p.to_string(),
+                category: attrs.category.clone(),
+            });
+        }
+        Ok(Outfit {
+            id: id.to_string(),
+            slots,
+        })
+    }
+
+    /// Stores (or replaces) the outfit `id` made of `products`, each slot's
+    /// category taken from its product. Every product must exist; the
+    /// outfit is written in one atomic put, after all checks.
+    ///
+    /// Learned rules are not updated: call [`Db::learn_outfit_rules`] after a
+    /// batch of changes (it rebuilds in about a second for thousands of
+    /// outfits).
+    pub fn store_outfit<S: AsRef<str>>(&self, id: &str, products: &[S]) -> OutfitResult<Outfit> {
+        let outfit = self.validate_outfit(id, products)?;
+        self.outfit_keyspace()?.put(
+            id.as_bytes(),
+            &OutfitRecord {
+                slots: outfit.slots.clone(),
+            },
+        )?;
+        Ok(outfit)
+    }
+
+    /// Imports outfits from a CSV file with a header and two columns,
+    /// `outfit_id,product_id` (any header names; rows of one outfit need
+    /// not be adjacent). Every row is checked first; then all outfits are
+    /// written in one atomic batch. Returns the number of outfits.
+    pub fn import_outfits_csv(&self, path: impl AsRef<Path>) -> OutfitResult<usize> {
+        let path = path.as_ref();
+        let csv_err = |line: usize, reason: String| OutfitError::Csv {
+            path: path.display().to_string(),
+            line,
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| csv_err(0, e.to_string()))?;
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (n, line) in text.lines().enumerate().skip(1) {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let mut parts = line.split(',').map(|s| s.trim().trim_matches('"'));
+            let (Some(o), Some(p)) = (parts.next(), parts.next()) else {
+                return Err(csv_err(n + 1, "expected outfit_id,product_id".into()));
+            };
+            if o.is_empty() || p.is_empty() {
+                return Err(csv_err(n + 1, "empty outfit or product id".into()));
+            }
+            groups.entry(o.to_string()).or_default().push(p.to_string());
+        }
+        let outfits = groups
+            .iter()
+            .map(|(id, products)| self.validate_outfit(id, products))
+            .collect::<OutfitResult<Vec<_>>>()?;
+        let ks = self.outfit_keyspace()?;
+        let mut batch = ks.batch();
+        for o in &outfits {
+            batch.put(
+                o.id.as_bytes(),
+                &OutfitRecord {
+                    slots: o.slots.clone(),
+                },
+            )?;
+        }
+        ks.apply(batch)?;
+        tracing::info!(outfits = outfits.len(), "imported outfits");
+        Ok(outfits.len())
+    }
+
+    /// Every stored outfit, in id order.
+    pub fn outfits(&self) -> OutfitResult<Vec<Outfit>> {
+        self.outfit_keyspace()?
+            .iter()
+            .map(|r| {
+                let (k, rec) = r?;
+                Ok(Outfit {
+                    id: String::from_utf8_lossy(&k).into_owned(),
+                    slots: rec.slots,
+                })
+            })
+            .collect()
+    }
+
+    /// Number of stored outfits.
+    pub fn outfit_count(&self) -> OutfitResult<usize> {
+        Ok(self.outfit_keyspace()?.len())
+    }
+
+    /// The outfit `id`, if stored.
+    pub fn outfit(&self, id: &str) -> OutfitResult<Option<Outfit>> {
+        check_outfit_id(id)?;
+        Ok(self.outfit_keyspace()?.get(id.as_bytes())?.map(|r| Outfit {
+            id: id.to_string(),
+            slots: r.slots,
+        }))
+    }
+
+    /// Deletes the outfit `id`; returns whether it existed.
+    pub fn delete_outfit(&self, id: &str) -> OutfitResult<bool> {
+        check_outfit_id(id)?;
+        Ok(self.outfit_keyspace()?.remove(id.as_bytes())?)
+    }
+
+    /// Learns [`OutfitRules`] from every stored outfit, persists them
+    /// (replacing earlier rules, atomically) and returns them.
+    pub fn learn_outfit_rules(&self) -> OutfitResult<OutfitRules> {
+        let outfits = self.outfits()?;
+        let cat = features::Catalog::load(self)?;
+        let rules = rules::learn(&cat, &outfits);
+        self.side_keyspace::<OutfitRules>(RULES)?
+            .put(RULES_KEY, &rules)?;
+        Ok(rules)
+    }
+
+    /// The persisted rules, if they were ever learned.
+    pub fn outfit_rules(&self) -> OutfitResult<Option<OutfitRules>> {
+        Ok(self.side_keyspace::<OutfitRules>(RULES)?.get(RULES_KEY)?)
+    }
+}

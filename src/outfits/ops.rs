@@ -1,0 +1,955 @@
+//! Substitute, expand, cover and complete, over one snapshot of the catalog
+//! and the learned rules ([`OutfitEngine`]).
+//!
+//! Scores mix terms on different scales (log-lifts, bilinear scores,
+//! cosines). Each term is standardised over the candidates of one decision
+//! (z-score), so a weight means "how many standard deviations of this term
+//! one standard deviation of that one is worth", independent of the units.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::features::{Catalog, NO_CATEGORY};
+use super::memory::Memory;
+use super::rules::{Given, OutfitRules};
+use super::{Outfit, OutfitError, OutfitResult};
+use crate::Db;
+
+/// A relation between two slots of a template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub enum RelationKind {
+    /// The two items share a colour family.
+    SameColour,
+    /// The two items have different colour families.
+    ColourContrast,
+}
+
+/// A template relation and whether an outfit kept it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Relation {
+    /// First slot (index into the template's slots).
+    pub a: usize,
+    /// Second slot.
+    pub b: usize,
+    /// The template's relation.
+    pub kind: RelationKind,
+    /// Colour families of the template's two items.
+    pub template_colours: (String, String),
+    /// Colour families of the outfit's two items.
+    pub colours: (String, String),
+    /// Whether the outfit has the same relation.
+    pub kept: bool,
+}
+
+/// A new outfit created from a template by [`OutfitEngine::expand`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Expansion {
+    /// The template's id.
+    pub template: String,
+    /// One product per template slot, in slot order.
+    pub products: Vec<String>,
+    /// The slot whose product was chosen first (the anchor).
+    pub anchor_slot: usize,
+    /// Every colour relation of the template, and whether it was kept.
+    pub relations: Vec<Relation>,
+    /// Human-readable explanation of the relations kept.
+    pub explanation: Vec<String>,
+}
+
+impl Expansion {
+    /// Fraction of the template's relations that were kept (1 when none).
+    pub fn kept_fraction(&self) -> f64 {
+        if self.relations.is_empty() {
+            return 1.0;
+        }
+        self.relations.iter().filter(|r| r.kept).count() as f64 / self.relations.len() as f64
+    }
+}
+
+/// Options of [`OutfitEngine::expand`].
+#[derive(Clone, Debug)]
+pub struct ExpandOptions {
+    anchor_slot: Option<usize>,
+    diversity: f32,
+    reuse_template: bool,
+}
+
+impl Default for ExpandOptions {
+    fn default() -> Self {
+        ExpandOptions {
+            anchor_slot: None,
+            diversity: 0.3,
+            reuse_template: false,
+        }
+    }
+}
+
+impl ExpandOptions {
+    /// Defaults: the anchor is the template's first slot, MMR diversity
+    /// 0.3, template products are not reused.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Which template slot gets a new anchor (default: the first).
+    pub fn anchor_slot(mut self, slot: usize) -> Self {
+        self.anchor_slot = Some(slot);
+        self
+    }
+    /// MMR trade-off in `[0, 1]`: 0 = most relevant only, 1 = most diverse.
+    pub fn diversity(mut self, d: f32) -> Self {
+        self.diversity = if d.is_finite() {
+            d.clamp(0.0, 1.0)
+        } else {
+            0.3
+        };
+        self
+    }
+    /// Whether the template's own products may fill non-anchor slots
+    /// (default false; they are used anyway when nothing else fits).
+    pub fn reuse_template(mut self, yes: bool) -> Self {
+        self.reuse_template = yes;
+        self
+    }
+}
+
+/// Options of [`OutfitEngine::cover`].
+#[derive(Clone, Debug)]
+pub struct CoverOptions {
+    outfits_per_template: usize,
+    expand: ExpandOptions,
+}
+
+impl Default for CoverOptions {
+    fn default() -> Self {
+        CoverOptions {
+            outfits_per_template: 10,
+            expand: ExpandOptions::default(),
+        }
+    }
+}
+
+impl CoverOptions {
+    /// Defaults: at most 10 outfits per template.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The most outfits planned per template.
+    pub fn outfits_per_template(mut self, n: usize) -> Self {
+        self.outfits_per_template = n;
+        self
+    }
+    /// Options of the expansions the plan is made of.
+    pub fn expand(mut self, o: ExpandOptions) -> Self {
+        self.expand = o;
+        self
+    }
+}
+
+/// The result of [`OutfitEngine::cover`].
+#[derive(Clone, Debug, Serialize)]
+pub struct CoverPlan {
+    /// The planned outfits.
+    pub outfits: Vec<Expansion>,
+    /// In-stock products appearing in at least one planned outfit.
+    pub covered: usize,
+    /// In-stock products in the catalog.
+    pub in_stock: usize,
+    /// `covered / in_stock`.
+    pub fraction: f64,
+    /// The same figure for naive nearest-neighbour substitution with the
+    /// same templates and the same number of outfits per template (outfit
+    /// `r` of a template replaces each slot by its `r`-th most similar
+    /// in-stock product of the same category).
+    pub baseline_covered: usize,
+    /// `baseline_covered / in_stock`.
+    pub baseline_fraction: f64,
+    /// Milliseconds the planning took (without the baseline).
+    pub elapsed_ms: u64,
+}
+
+/// One candidate of a substitution.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Substitute {
+    /// The in-stock product.
+    pub product: String,
+    /// The ranking score (higher is better).
+    pub score: f32,
+    /// Visual cosine with the original.
+    pub lookalike: f32,
+    /// Whether its colour family is the original's.
+    pub same_colour: bool,
+    /// Colour relations with the other slots that it keeps.
+    pub relations_kept: usize,
+    /// Colour relations of the original with the other slots.
+    pub relations_total: usize,
+    /// Why it ranks where it does.
+    pub explanation: String,
+}
+
+/// Substitutes for one out-of-stock item of an outfit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Substitution {
+    /// The slot (index into the outfit's slots).
+    pub slot: usize,
+    /// The out-of-stock product.
+    pub original: String,
+    /// Its category.
+    pub category: Option<String>,
+    /// In-stock products of the same category, best first.
+    pub candidates: Vec<Substitute>,
+}
+
+/// A candidate ranked by [`OutfitEngine::complete`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScoredCandidate {
+    /// The product.
+    pub product: String,
+    /// The combined score (higher is better).
+    pub score: f32,
+    /// Mean log-lift of the symbolic rules with the given items.
+    pub rules: f32,
+    /// Mean learned (bilinear) embedding compatibility with the given items.
+    pub compat: f32,
+    /// Kernel compatibility with the given items (stored outfits pairing
+    /// look-alikes of the given items with look-alikes of the candidate).
+    pub kernel: f32,
+    /// Mean visual cosine with the given items.
+    pub lookalike: f32,
+}
+
+/// Which signals [`OutfitEngine::complete_with`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CompleteMethod {
+    /// Visual similarity to the given items only (no learning).
+    Visual,
+    /// The symbolic pair rules only (colour, pattern, category lifts).
+    Rules,
+    /// The learned embedding compatibility only.
+    Compat,
+    /// Everything learned: rules and compatibility.
+    Learned,
+    /// Rules, compatibility and visual similarity (the default).
+    Full,
+    /// The kernel compatibility only.
+    Kernel,
+}
+
+impl CompleteMethod {
+    fn weights(self) -> [f32; 4] {
+        // [rules, bilinear compat, kernel compat, lookalike]
+        match self {
+            CompleteMethod::Visual => [0.0, 0.0, 0.0, 1.0],
+            CompleteMethod::Rules => [1.0, 0.0, 0.0, 0.0],
+            CompleteMethod::Compat => [0.0, 1.0, 0.0, 0.0],
+            CompleteMethod::Kernel => [0.0, 0.0, 1.0, 0.0],
+            CompleteMethod::Learned => [1.0, 1.0, 1.0, 0.0],
+            CompleteMethod::Full => [1.0, 1.0, 1.0, 0.5],
+        }
+    }
+}
+
+/// Standardises `v` in place (mean 0, standard deviation 1; all zeros when
+/// constant).
+fn zscore(v: &mut [f32]) {
+    if v.is_empty() {
+        return;
+    }
+    let n = v.len() as f32;
+    let mean = v.iter().sum::<f32>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n;
+    let sd = var.sqrt();
+    for x in v.iter_mut() {
+        *x = if sd > 1e-9 { (*x - mean) / sd } else { 0.0 };
+    }
+}
+
+/// A snapshot of the catalog and the learned rules, for many outfit
+/// operations in a row (loading it reads every product once). Later
+/// writes to the database are not seen; take a new engine to see them.
+pub struct OutfitEngine<'a> {
+    db: &'a Db,
+    cat: Catalog,
+    rules: Option<OutfitRules>,
+    cmap: Vec<u32>,
+    memory: Memory,
+}
+
+impl std::fmt::Debug for OutfitEngine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutfitEngine")
+            .field("products", &self.cat.len())
+            .field("rules", &self.rules.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// An [`OutfitEngine`] over the current catalog and persisted rules.
+    pub fn outfit_engine(&self) -> OutfitResult<OutfitEngine<'_>> {
+        let cat = Catalog::load(self)?;
+        let rules = self.outfit_rules()?;
+        let cmap = rules
+            .as_ref()
+            .map(|r| r.category_map(&cat))
+            .unwrap_or_default();
+        let memory = Memory::build(
+            &cat,
+            rules.as_ref().map_or(&[][..], |r| r.memory.as_slice()),
+        );
+        Ok(OutfitEngine {
+            db: self,
+            cat,
+            rules,
+            cmap,
+            memory,
+        })
+    }
+
+    /// [`OutfitEngine::substitute`] on a fresh engine.
+    pub fn substitute(&self, outfit: &str, k: usize) -> OutfitResult<Vec<Substitution>> {
+        self.outfit_engine()?.substitute(outfit, k)
+    }
+
+    /// [`OutfitEngine::expand`] on a fresh engine.
+    pub fn expand(
+        &self,
+        outfit: &str,
+        n: usize,
+        options: &ExpandOptions,
+    ) -> OutfitResult<Vec<Expansion>> {
+        self.outfit_engine()?.expand(outfit, n, options)
+    }
+
+    /// [`OutfitEngine::cover`] on a fresh engine.
+    pub fn cover<S: AsRef<str>>(
+        &self,
+        templates: &[S],
+        options: &CoverOptions,
+    ) -> OutfitResult<CoverPlan> {
+        self.outfit_engine()?.cover(templates, options)
+    }
+
+    /// [`OutfitEngine::complete`] on a fresh engine.
+    pub fn complete<S: AsRef<str>, T: AsRef<str>>(
+        &self,
+        given: &[S],
+        candidates: &[T],
+    ) -> OutfitResult<Vec<ScoredCandidate>> {
+        self.outfit_engine()?.complete(given, candidates)
+    }
+}
+
+impl OutfitEngine<'_> {
+    fn rules(&self) -> OutfitResult<&OutfitRules> {
+        self.rules.as_ref().ok_or(OutfitError::NoRules)
+    }
+
+    fn idx(&self, outfit: &str, id: &str) -> OutfitResult<usize> {
+        self.cat
+            .lookup(id)
+            .ok_or_else(|| OutfitError::UnknownProduct {
+                outfit: outfit.to_string(),
+                product: id.to_string(),
+            })
+    }
+
+    fn load_outfit(&self, id: &str) -> OutfitResult<(Outfit, Vec<usize>)> {
+        let o = self
+            .db
+            .outfit(id)?
+            .ok_or_else(|| OutfitError::UnknownOutfit(id.to_string()))?;
+        let idx = o
+            .slots
+            .iter()
+            .map(|s| self.idx(id, &s.product))
+            .collect::<OutfitResult<Vec<_>>>()?;
+        Ok((o, idx))
+    }
+
+    /// Treats `ids` as sold out in this snapshot only (a what-if: nothing
+    /// is written). Unknown ids are ignored.
+    pub fn assume_sold_out<S: AsRef<str>>(&mut self, ids: &[S]) {
+        for id in ids {
+            if let Some(i) = self.cat.lookup(id.as_ref()) {
+                self.cat.in_stock[i] = false;
+            }
+        }
+    }
+
+    /// Treats `ids` as in stock in this snapshot only (nothing is written).
+    pub fn assume_in_stock<S: AsRef<str>>(&mut self, ids: &[S]) {
+        for id in ids {
+            if let Some(i) = self.cat.lookup(id.as_ref()) {
+                self.cat.in_stock[i] = true;
+            }
+        }
+    }
+
+    /// Whether a product is in stock in this snapshot.
+    pub fn in_stock(&self, id: &str) -> Option<bool> {
+        self.cat.lookup(id).map(|i| self.cat.in_stock[i])
+    }
+
+    /// The colour family the model sees in a product.
+    pub fn colour_family(&self, id: &str) -> Option<&str> {
+        self.cat.lookup(id).map(|i| self.cat.colour_name(i))
+    }
+
+    /// The learned rules this engine uses.
+    pub fn outfit_rules(&self) -> Option<&OutfitRules> {
+        self.rules.as_ref()
+    }
+
+    /// Ranks `candidates` for the open slot of an outfit whose other items
+    /// are `given`, with every signal ([`CompleteMethod::Full`]).
+    pub fn complete<S: AsRef<str>, T: AsRef<str>>(
+        &self,
+        given: &[S],
+        candidates: &[T],
+    ) -> OutfitResult<Vec<ScoredCandidate>> {
+        self.complete_with(given, candidates, CompleteMethod::Full)
+    }
+
+    /// [`OutfitEngine::complete`] with a chosen set of signals. Candidates
+    /// come back best first.
+    pub fn complete_with<S: AsRef<str>, T: AsRef<str>>(
+        &self,
+        given: &[S],
+        candidates: &[T],
+        method: CompleteMethod,
+    ) -> OutfitResult<Vec<ScoredCandidate>> {
+        let given = given
+            .iter()
+            .map(|g| self.idx("<partial outfit>", g.as_ref()))
+            .collect::<OutfitResult<Vec<_>>>()?;
+        let cands = candidates
+            .iter()
+            .map(|c| self.idx("<candidates>", c.as_ref()))
+            .collect::<OutfitResult<Vec<_>>>()?;
+        let w = method.weights();
+        let rules = if w[0] != 0.0 || w[1] != 0.0 {
+            Some(self.rules()?)
+        } else {
+            None
+        };
+        let gs: Vec<Given> = match rules {
+            Some(r) => given.iter().map(|&g| r.given(&self.cat, g)).collect(),
+            None => Vec::new(),
+        };
+        let n = given.len().max(1) as f32;
+        let mut parts = [
+            vec![0f32; cands.len()],
+            vec![0f32; cands.len()],
+            vec![0f32; cands.len()],
+            vec![0f32; cands.len()],
+        ];
+        if w[2] != 0.0 {
+            parts[2] = self.memory.scores(&self.cat, &given, &cands);
+        }
+        for (k, &c) in cands.iter().enumerate() {
+            if let Some(r) = rules {
+                parts[0][k] = given
+                    .iter()
+                    .map(|&g| r.rule_score(&self.cat, &self.cmap, g, c))
+                    .sum::<f32>()
+                    / n;
+                parts[1][k] = gs
+                    .iter()
+                    .map(|g| r.compat(&self.cat, &self.cmap, g, c))
+                    .sum::<f32>()
+                    / n;
+            }
+            parts[3][k] = given.iter().map(|&g| self.cat.lookalike(g, c)).sum::<f32>() / n;
+        }
+        let raw = parts.clone();
+        for p in parts.iter_mut() {
+            zscore(p);
+        }
+        let mut out: Vec<ScoredCandidate> = cands
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| ScoredCandidate {
+                product: self.cat.ids[c].clone(),
+                score: (0..4).map(|t| w[t] * parts[t][k]).sum(),
+                rules: raw[0][k],
+                compat: raw[1][k],
+                kernel: raw[2][k],
+                lookalike: raw[3][k],
+            })
+            .collect();
+        out.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok(out)
+    }
+
+    /// For each out-of-stock item of the stored outfit `outfit`, the `k`
+    /// best in-stock products of the same category, ranked by look-alike
+    /// similarity, same colour family, the colour relations they keep with
+    /// the other slots, and the learned compatibility with them (when rules
+    /// were learned).
+    pub fn substitute(&self, outfit: &str, k: usize) -> OutfitResult<Vec<Substitution>> {
+        let (o, idx) = self.load_outfit(outfit)?;
+        let cat = &self.cat;
+        let mut out = Vec::new();
+        for (slot, &orig) in idx.iter().enumerate() {
+            if cat.in_stock[orig] {
+                continue;
+            }
+            let others: Vec<usize> = idx
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != slot)
+                .map(|(_, &p)| p)
+                .collect();
+            let gs: Vec<Given> = match &self.rules {
+                Some(r) => others.iter().map(|&g| r.given(cat, g)).collect(),
+                None => Vec::new(),
+            };
+            let cands: Vec<usize> = cat
+                .same_category(orig)
+                .iter()
+                .copied()
+                .filter(|&c| cat.in_stock[c] && !idx.contains(&c))
+                .collect();
+            let mut look: Vec<f32> = cands.iter().map(|&c| cat.lookalike(orig, c)).collect();
+            let mut compat: Vec<f32> = cands
+                .iter()
+                .map(|&c| match &self.rules {
+                    Some(r) => {
+                        gs.iter()
+                            .map(|g| r.compat(cat, &self.cmap, g, c))
+                            .sum::<f32>()
+                            / gs.len().max(1) as f32
+                    }
+                    None => 0.0,
+                })
+                .collect();
+            let raw_look = look.clone();
+            zscore(&mut look);
+            zscore(&mut compat);
+            let mut subs: Vec<Substitute> = cands
+                .iter()
+                .enumerate()
+                .map(|(n, &c)| {
+                    let same = cat.same_colour(c, orig);
+                    let kept = others
+                        .iter()
+                        .filter(|&&j| cat.same_colour(orig, j) == cat.same_colour(c, j))
+                        .count();
+                    let total = others.len();
+                    let kept_frac = if total == 0 {
+                        1.0
+                    } else {
+                        kept as f32 / total as f32
+                    };
+                    let score = 2.0 * look[n]
+                        + 0.5 * compat[n]
+                        + 3.0 * cat.colour_sim(orig, c)
+                        + if same { 0.5 } else { 0.0 }
+                        + 1.5 * kept_frac;
+                    let explanation = format!(
+                        "look-alike {:.2}; colour {} ({}); keeps {kept}/{total} colour relations{}",
+                        raw_look[n],
+                        cat.colour_name(c),
+                        if same {
+                            "same family as the original"
+                        } else {
+                            "differs from the original"
+                        },
+                        if self.rules.is_some() {
+                            format!("; compatibility z {:+.1}", compat[n])
+                        } else {
+                            String::new()
+                        }
+                    );
+                    Substitute {
+                        product: cat.ids[c].clone(),
+                        score,
+                        lookalike: raw_look[n],
+                        same_colour: same,
+                        relations_kept: kept,
+                        relations_total: total,
+                        explanation,
+                    }
+                })
+                .collect();
+            subs.sort_by(|a, b| b.score.total_cmp(&a.score));
+            subs.truncate(k);
+            out.push(Substitution {
+                slot,
+                original: o.slots[slot].product.clone(),
+                category: o.slots[slot].category.clone(),
+                candidates: subs,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Creates up to `n` new outfits from the stored template `outfit`:
+    /// each has a new in-stock anchor of the anchor slot's category (chosen
+    /// by MMR over the visual embedding: like the template's anchor, unlike
+    /// the anchors already chosen), and every other slot is filled with an
+    /// in-stock product of the slot's category that keeps the template's
+    /// colour relations with the slots already filled (shared colour family
+    /// stays shared, a contrast stays a contrast), is compatible with them
+    /// (learned rules, when present) and looks like the template's item,
+    /// penalised by its similarity to the items already used in that slot
+    /// (MMR across the `n` outfits). No product repeats within an outfit.
+    /// Fewer than `n` come back when the stock runs out.
+    pub fn expand(
+        &self,
+        outfit: &str,
+        n: usize,
+        options: &ExpandOptions,
+    ) -> OutfitResult<Vec<Expansion>> {
+        let mut ex = self.expander(outfit, options)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            match ex.next(self, None) {
+                Some(e) => out.push(e),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn expander(&self, outfit: &str, options: &ExpandOptions) -> OutfitResult<Expander> {
+        let (o, idx) = self.load_outfit(outfit)?;
+        let anchor = options.anchor_slot.unwrap_or(0);
+        if anchor >= idx.len() {
+            return Err(OutfitError::InvalidArgument(format!(
+                "anchor slot {anchor} but outfit '{outfit}' has {} slots",
+                idx.len()
+            )));
+        }
+        Ok(Expander {
+            id: o.id,
+            template: idx.clone(),
+            anchor,
+            used_anchors: Vec::new(),
+            previous: vec![Vec::new(); idx.len()],
+            diversity: options.diversity,
+            reuse_template: options.reuse_template,
+        })
+    }
+
+    /// Plans outfits from the stored `templates` that include as much of
+    /// the in-stock inventory as possible: rounds over the templates, each
+    /// round expanding every template once with a strong preference for
+    /// products not yet covered (on top of the expansion's own criteria),
+    /// until `outfits_per_template` rounds or a round covers nothing new.
+    /// Reports the covered fraction, and the naive nearest-neighbour
+    /// baseline's with the same number of outfits.
+    pub fn cover<S: AsRef<str>>(
+        &self,
+        templates: &[S],
+        options: &CoverOptions,
+    ) -> OutfitResult<CoverPlan> {
+        let started = Instant::now();
+        let cat = &self.cat;
+        let mut exps = templates
+            .iter()
+            .map(|t| self.expander(t.as_ref(), &options.expand))
+            .collect::<OutfitResult<Vec<_>>>()?;
+        let mut covered = vec![false; cat.len()];
+        let mut outfits = Vec::new();
+        let mut per_template = vec![0usize; exps.len()];
+        for _round in 0..options.outfits_per_template {
+            let mut new_items = 0;
+            for (t, ex) in exps.iter_mut().enumerate() {
+                if let Some(e) = ex.next(self, Some(&covered)) {
+                    for p in &e.products {
+                        if let Some(i) = cat.lookup(p) {
+                            if cat.in_stock[i] && !covered[i] {
+                                covered[i] = true;
+                                new_items += 1;
+                            }
+                        }
+                    }
+                    per_template[t] += 1;
+                    outfits.push(e);
+                }
+            }
+            if new_items == 0 {
+                break;
+            }
+        }
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let in_stock = cat.in_stock.iter().filter(|&&s| s).count();
+        let n_covered = covered.iter().filter(|&&c| c).count();
+        // Baseline: outfit r of a template = every slot's r-th nearest
+        // in-stock product of its category.
+        let mut base = vec![false; cat.len()];
+        for (ex, &count) in exps.iter().zip(&per_template) {
+            for &p in &ex.template {
+                let mut near: Vec<(f32, usize)> = cat
+                    .same_category(p)
+                    .iter()
+                    .filter(|&&c| c != p && cat.in_stock[c])
+                    .map(|&c| (cat.lookalike(p, c), c))
+                    .collect();
+                near.sort_by(|a, b| b.0.total_cmp(&a.0));
+                for &(_, c) in near.iter().take(count) {
+                    base[c] = true;
+                }
+            }
+        }
+        let baseline_covered = base.iter().filter(|&&c| c).count();
+        let frac = |c: usize| {
+            if in_stock == 0 {
+                0.0
+            } else {
+                c as f64 / in_stock as f64
+            }
+        };
+        Ok(CoverPlan {
+            outfits,
+            covered: n_covered,
+            in_stock,
+            fraction: frac(n_covered),
+            baseline_covered,
+            baseline_fraction: frac(baseline_covered),
+            elapsed_ms,
+        })
+    }
+}
+
+/// The state of a series of expansions of one template.
+struct Expander {
+    id: String,
+    template: Vec<usize>,
+    anchor: usize,
+    used_anchors: Vec<usize>,
+    /// Per slot, the products chosen in earlier expansions.
+    previous: Vec<Vec<usize>>,
+    diversity: f32,
+    reuse_template: bool,
+}
+
+impl Expander {
+    fn same(cat: &Catalog, a: usize, b: usize) -> bool {
+        cat.same_colour(a, b)
+    }
+
+    /// The next expansion; `covered` (for planning) favours products not
+    /// yet covered.
+    fn next(&mut self, eng: &OutfitEngine<'_>, covered: Option<&[bool]>) -> Option<Expansion> {
+        let cat = &eng.cat;
+        let tpl = &self.template;
+        let m = tpl.len();
+        let lambda = 1.0 - self.diversity;
+        let cover_bonus = |c: usize| match covered {
+            Some(cv) if !cv[c] => 2.0,
+            _ => 0.0,
+        };
+
+        // Anchor: in-stock, same category, new, feasible for the template's
+        // shared-colour relations, by MMR.
+        let a_tpl = tpl[self.anchor];
+        let same_with_anchor: Vec<usize> = (0..m)
+            .filter(|&j| j != self.anchor && Self::same(cat, a_tpl, tpl[j]))
+            .collect();
+        let feasible = |c: usize| -> f32 {
+            if same_with_anchor.is_empty() {
+                return 1.0;
+            }
+            let ok = same_with_anchor
+                .iter()
+                .filter(|&&j| {
+                    cat.same_category(tpl[j])
+                        .iter()
+                        .any(|&x| x != c && cat.in_stock[x] && cat.same_colour(x, c))
+                        || cat.category[tpl[j]] == NO_CATEGORY
+                })
+                .count();
+            ok as f32 / same_with_anchor.len() as f32
+        };
+        let anchor_pool: Vec<usize> = cat
+            .same_category(a_tpl)
+            .iter()
+            .copied()
+            .filter(|&c| cat.in_stock[c] && !tpl.contains(&c) && !self.used_anchors.contains(&c))
+            .collect();
+        let anchor = anchor_pool
+            .iter()
+            .map(|&c| {
+                let rel = cat.lookalike(c, a_tpl);
+                let div = self
+                    .used_anchors
+                    .iter()
+                    .map(|&u| cat.lookalike(c, u))
+                    .fold(0.0f32, f32::max);
+                (
+                    lambda * rel - (1.0 - lambda) * div + 3.0 * feasible(c) + cover_bonus(c),
+                    c,
+                )
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))?
+            .1;
+
+        let mut chosen = vec![usize::MAX; m];
+        chosen[self.anchor] = anchor;
+        let rules = eng.rules.as_ref();
+        let mut givens: Vec<Given> = Vec::new();
+        if let Some(r) = rules {
+            givens.push(r.given(cat, anchor));
+        }
+        for j in (0..m).filter(|&j| j != self.anchor) {
+            let t = tpl[j];
+            let in_outfit = |c: usize, chosen: &[usize]| chosen.contains(&c);
+            let pick = |allow_template: bool| -> Vec<usize> {
+                if cat.category[t] == NO_CATEGORY {
+                    return if cat.in_stock[t] && !in_outfit(t, &chosen) {
+                        vec![t]
+                    } else {
+                        Vec::new()
+                    };
+                }
+                cat.same_category(t)
+                    .iter()
+                    .copied()
+                    .filter(|&c| {
+                        cat.in_stock[c]
+                            && !in_outfit(c, &chosen)
+                            && (allow_template || !tpl.contains(&c))
+                    })
+                    .collect()
+            };
+            let mut cands = pick(self.reuse_template);
+            if cands.is_empty() {
+                cands = pick(true);
+            }
+            if cands.is_empty() {
+                return None;
+            }
+            let filled: Vec<usize> = (0..m).filter(|&i| chosen[i] != usize::MAX).collect();
+            // Relations kept, plus how strongly: colour-block cosine with
+            // the slots the template shares a family with, minus it with
+            // the slots it contrasts with.
+            let kept: Vec<f32> = cands
+                .iter()
+                .map(|&c| {
+                    let mut k = 0.0;
+                    let mut strength = 0.0;
+                    for &i in &filled {
+                        let same_t = Self::same(cat, tpl[i], t);
+                        if same_t == Self::same(cat, chosen[i], c) {
+                            k += 1.0;
+                        }
+                        let cs = cat.colour_sim(chosen[i], c);
+                        strength += if same_t { cs } else { -0.5 * cs };
+                    }
+                    let n = filled.len().max(1) as f32;
+                    k / n + 0.5 * strength / n
+                })
+                .collect();
+            let mut compat: Vec<f32> = cands
+                .iter()
+                .map(|&c| match rules {
+                    Some(r) => givens
+                        .iter()
+                        .map(|g| r.compat(cat, &eng.cmap, g, c))
+                        .sum::<f32>(),
+                    None => 0.0,
+                })
+                .collect();
+            let mut look: Vec<f32> = cands.iter().map(|&c| cat.lookalike(c, t)).collect();
+            zscore(&mut compat);
+            zscore(&mut look);
+            let best = cands
+                .iter()
+                .enumerate()
+                .map(|(k, &c)| {
+                    let div = self.previous[j]
+                        .iter()
+                        .map(|&u| cat.lookalike(c, u))
+                        .fold(0.0f32, f32::max);
+                    // Reusing a product of an earlier expansion costs more
+                    // than its similarity: outfits should differ.
+                    let reuse = self.previous[j].iter().filter(|&&u| u == c).count() as f32;
+                    let s = 4.0 * kept[k] - 1.5 * reuse
+                        + lambda * (0.5 * compat[k] + 0.5 * look[k])
+                        - (1.0 - lambda) * 2.0 * div
+                        + cover_bonus(c);
+                    (s, c)
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))?
+                .1;
+            chosen[j] = best;
+            if let Some(r) = rules {
+                givens.push(r.given(cat, best));
+            }
+        }
+
+        self.used_anchors.push(anchor);
+        for (j, &c) in chosen.iter().enumerate() {
+            self.previous[j].push(c);
+        }
+        let mut relations = Vec::new();
+        let mut explanation = Vec::new();
+        for a in 0..m {
+            for b in a + 1..m {
+                let same_t = Self::same(cat, tpl[a], tpl[b]);
+                let same_o = Self::same(cat, chosen[a], chosen[b]);
+                let kind = if same_t {
+                    RelationKind::SameColour
+                } else {
+                    RelationKind::ColourContrast
+                };
+                let kept = same_t == same_o;
+                if kept {
+                    explanation.push(match kind {
+                        RelationKind::SameColour => format!(
+                            "slots {} and {} share a colour family ({}; template {})",
+                            a + 1,
+                            b + 1,
+                            cat.colour_name(chosen[a]),
+                            cat.colour_name(tpl[a])
+                        ),
+                        RelationKind::ColourContrast => format!(
+                            "slots {} and {} contrast ({} / {}; template {} / {})",
+                            a + 1,
+                            b + 1,
+                            cat.colour_name(chosen[a]),
+                            cat.colour_name(chosen[b]),
+                            cat.colour_name(tpl[a]),
+                            cat.colour_name(tpl[b])
+                        ),
+                    });
+                }
+                relations.push(Relation {
+                    a,
+                    b,
+                    kind,
+                    template_colours: (
+                        cat.colour_name(tpl[a]).to_string(),
+                        cat.colour_name(tpl[b]).to_string(),
+                    ),
+                    colours: (
+                        cat.colour_name(chosen[a]).to_string(),
+                        cat.colour_name(chosen[b]).to_string(),
+                    ),
+                    kept,
+                });
+            }
+        }
+        let kept = relations.iter().filter(|r| r.kept).count();
+        explanation.insert(
+            0,
+            format!(
+                "kept {kept} of {} colour relations; new anchor in slot {}",
+                relations.len(),
+                self.anchor + 1
+            ),
+        );
+        Some(Expansion {
+            template: self.id.clone(),
+            products: chosen.iter().map(|&c| cat.ids[c].clone()).collect(),
+            anchor_slot: self.anchor,
+            relations,
+            explanation,
+        })
+    }
+}

@@ -1,0 +1,564 @@
+//! Learning how concepts go together across the slots of stored outfits.
+//!
+//! Every ordered pair of distinct slots of every stored outfit is one
+//! co-worn pair `(a, b)`. From these pairs the engine learns:
+//!
+//! 1. **Pair lifts** (pointwise mutual information) of
+//!    - colour families (the model's exclusive colour group), globally and
+//!      per pair of catalog categories ("navy jacket with white trousers"),
+//!    - patterns (the model's pattern group: how often a print goes with a
+//!      solid rather than another print),
+//!    - catalog categories and the model's finer categories.
+//!
+//!    `lift(x, y) = (n(x,y) + m·prior) / (e(x,y) + m)` with
+//!    `e(x,y) = n(x)·n(y)/N` the count expected under independence and
+//!    `m = 5` pseudo-pairs. The prior is 1 for global tables and the global
+//!    lift for the per-category-pair colour tables, so a rare category pair
+//!    backs off to the global colour rule. Scores use `ln(lift)`; summing
+//!    log-lifts over the given items is a naive-Bayes estimate of how much
+//!    more often a candidate appears with them than by chance.
+//!
+//! 2. **A learned compatibility between embeddings**: a bilinear form
+//!    `s(a, b) = (a − μ)ᵀ W (b − μ_cat(b))` on concept vectors (visual
+//!    embedding plus the category, colour, usage, season, gender and pattern
+//!    blocks), with `W` the cross-covariance of co-worn pairs,
+//!    `W = Σ (a − μ)(b − μ_cat(b))ᵀ / P`. Centring `b` on its category mean
+//!    makes `W` describe how an item's partner deviates from an average item
+//!    of its category, which is what ranking candidates of one category
+//!    needs. Why this method: it is the first-order solution of the
+//!    contrastive objective "a co-worn item scores higher than a random item
+//!    of the same category" (the gradient of that softmax loss at `W = 0` is
+//!    exactly this cross-covariance), it has no hyper-parameters or epochs,
+//!    it is exact and incremental (sums of outer products: an outfit adds
+//!    two rank-one terms), and it rebuilds from thousands of outfits in well
+//!    under a second. Alternatives measured on the FITB split (see
+//!    `docs/outfits/README.md`): plain visual similarity, and the same
+//!    statistic on the visual block only.
+//!
+//! Nothing here is trained offline: the rules are statistics of the
+//! user's own stored outfits, recomputed by [`crate::Db::learn_outfit_rules`].
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+use vitrine_storage::Record;
+
+use super::features::{Catalog, NO_CATEGORY};
+use super::Outfit;
+
+/// Pseudo-pairs of the lift prior.
+const PRIOR_PAIRS: f32 = 5.0;
+
+/// A square table of pair counts over a vocabulary and the log-lifts
+/// derived from them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+struct PairTable {
+    n: usize,
+    counts: Vec<u32>,
+    log_lift: Vec<f32>,
+}
+
+impl PairTable {
+    fn new(n: usize) -> PairTable {
+        PairTable {
+            n,
+            counts: vec![0; n * n],
+            log_lift: vec![0.0; n * n],
+        }
+    }
+
+    fn add(&mut self, x: usize, y: usize) {
+        if x < self.n && y < self.n {
+            self.counts[x * self.n + y] += 1;
+        }
+    }
+
+    fn total(&self) -> f32 {
+        self.counts.iter().map(|&c| c as f32).sum()
+    }
+
+    /// Computes the log-lifts, shrunk towards `prior` (a log-lift table of
+    /// the same shape) or towards 0.
+    #[allow(clippy::needless_range_loop)] // x, y index three tables at once
+    fn finish(&mut self, prior: Option<&PairTable>) {
+        let n = self.n;
+        let total = self.total();
+        if total == 0.0 {
+            if let Some(p) = prior {
+                self.log_lift.clone_from(&p.log_lift);
+            }
+            return;
+        }
+        let rows: Vec<f32> = (0..n)
+            .map(|x| (0..n).map(|y| self.counts[x * n + y] as f32).sum())
+            .collect();
+        let cols: Vec<f32> = (0..n)
+            .map(|y| (0..n).map(|x| self.counts[x * n + y] as f32).sum())
+            .collect();
+        for x in 0..n {
+            for y in 0..n {
+                let e = rows[x] * cols[y] / total;
+                let prior_lift = prior.map_or(1.0, |p| p.log_lift[x * n + y].exp());
+                let lift =
+                    (self.counts[x * n + y] as f32 + PRIOR_PAIRS * prior_lift) / (e + PRIOR_PAIRS);
+                self.log_lift[x * n + y] = lift.ln();
+            }
+        }
+    }
+
+    fn get(&self, x: usize, y: usize) -> f32 {
+        if x < self.n && y < self.n {
+            self.log_lift[x * self.n + y]
+        } else {
+            0.0
+        }
+    }
+
+    fn count(&self, x: usize, y: usize) -> u32 {
+        self.counts[x * self.n + y]
+    }
+}
+
+/// What a [`PairRule`] relates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RuleKind {
+    /// Colour family with colour family (optionally within a category pair).
+    Colour,
+    /// Pattern with pattern (e.g. printed with solid).
+    Pattern,
+    /// Catalog category with catalog category.
+    Category,
+    /// The model's category with the model's category.
+    ModelCategory,
+}
+
+/// One learned pair rule, for inspection.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PairRule {
+    /// What the rule relates.
+    pub kind: RuleKind,
+    /// The first concept (e.g. `navy`).
+    pub left: String,
+    /// The second concept (e.g. `white`).
+    pub right: String,
+    /// For colour rules learned within a category pair: `"Jackets + Trousers"`.
+    pub context: Option<String>,
+    /// How many times more often the pair is co-worn than by chance.
+    pub lift: f32,
+    /// Co-worn pairs observed.
+    pub support: u32,
+}
+
+/// Rules learned from the stored outfits ([`crate::Db::learn_outfit_rules`]).
+/// Persisted as one versioned record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutfitRules {
+    /// Outfits learned from.
+    pub outfits: usize,
+    /// Ordered co-worn pairs counted.
+    pub pairs: usize,
+    /// Milliseconds the learning took.
+    pub learn_ms: u64,
+    /// Colour families (the model's colour tags).
+    pub colours: Vec<String>,
+    /// Patterns (the model's pattern tags).
+    pub patterns: Vec<String>,
+    /// The model's categories.
+    pub model_categories: Vec<String>,
+    /// Catalog categories seen in the outfits.
+    pub categories: Vec<String>,
+    colour: PairTable,
+    /// Per catalog-category pair `(a, b)`: colour table, sparse.
+    colour_by_category: Vec<(u32, u32, PairTable)>,
+    pattern: PairTable,
+    category: PairTable,
+    model_category: PairTable,
+    /// Concept-vector dimension of the compatibility map.
+    dim: usize,
+    mean: Vec<f32>,
+    category_means: Vec<Vec<f32>>,
+    /// `dim × dim`, row-major.
+    compat: Vec<f32>,
+    /// The product ids of the outfits learned from (the memory of the
+    /// kernel compatibility, `memory.rs`).
+    pub(crate) memory: Vec<Vec<String>>,
+    #[serde(skip)]
+    by_category_index: OnceLock<HashMap<(u32, u32), usize>>,
+}
+
+impl Record for OutfitRules {
+    const VERSION: u8 = 1;
+}
+
+impl PartialEq for OutfitRules {
+    fn eq(&self, o: &Self) -> bool {
+        self.outfits == o.outfits
+            && self.pairs == o.pairs
+            && self.colours == o.colours
+            && self.categories == o.categories
+            && self.colour == o.colour
+            && self.colour_by_category == o.colour_by_category
+            && self.pattern == o.pattern
+            && self.category == o.category
+            && self.model_category == o.model_category
+            && self.compat == o.compat
+            && self.mean == o.mean
+            && self.memory == o.memory
+    }
+}
+
+/// Learns the rules of `outfits` over the products of `cat`. Slots whose
+/// product is gone from the catalog are skipped.
+pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
+    let started = std::time::Instant::now();
+    let l = &cat.layout;
+    let nc = l.colours.len();
+    let mut colour = PairTable::new(nc);
+    let mut pattern = PairTable::new(l.patterns.len());
+    let mut model_category = PairTable::new(l.model_categories.len());
+    // Catalog categories of the rules: those of the catalog, in its order.
+    let ncat = cat.categories.len();
+    let mut category = PairTable::new(ncat);
+    let mut by_cat: HashMap<(u32, u32), PairTable> = HashMap::new();
+    let d = cat.dim();
+
+    // Means: global and per category, over the products used in outfits.
+    let members: Vec<Vec<usize>> = outfits
+        .iter()
+        .map(|o| {
+            o.slots
+                .iter()
+                .filter_map(|s| cat.lookup(&s.product))
+                .collect()
+        })
+        .collect();
+    let mut mean = vec![0f64; d];
+    let mut cmeans = vec![vec![0f64; d]; ncat];
+    let mut ccount = vec![0usize; ncat];
+    let mut used = 0usize;
+    for m in &members {
+        for &i in m {
+            used += 1;
+            for (acc, x) in mean.iter_mut().zip(cat.concept(i)) {
+                *acc += f64::from(*x);
+            }
+            if cat.category[i] != NO_CATEGORY {
+                let c = cat.category[i] as usize;
+                ccount[c] += 1;
+                for (acc, x) in cmeans[c].iter_mut().zip(cat.concept(i)) {
+                    *acc += f64::from(*x);
+                }
+            }
+        }
+    }
+    let mean: Vec<f32> = mean
+        .iter()
+        .map(|x| (x / used.max(1) as f64) as f32)
+        .collect();
+    let category_means: Vec<Vec<f32>> = cmeans
+        .iter()
+        .zip(&ccount)
+        .map(|(m, &n)| {
+            if n == 0 {
+                mean.clone()
+            } else {
+                m.iter().map(|x| (x / n as f64) as f32).collect()
+            }
+        })
+        .collect();
+
+    let mut w = vec![0f32; d * d];
+    let mut pairs = 0usize;
+    let mut su = vec![0f32; d];
+    let mut sv = vec![0f32; d];
+    let mut u = vec![0f32; d];
+    let mut v = vec![0f32; d];
+    for m in &members {
+        if m.len() < 2 {
+            continue;
+        }
+        for (a_pos, &a) in m.iter().enumerate() {
+            for (b_pos, &b) in m.iter().enumerate() {
+                if a_pos == b_pos {
+                    continue;
+                }
+                pairs += 1;
+                colour.add(cat.colour[a] as usize, cat.colour[b] as usize);
+                pattern.add(cat.pattern[a] as usize, cat.pattern[b] as usize);
+                model_category.add(cat.mcat[a] as usize, cat.mcat[b] as usize);
+                let (ca, cb) = (cat.category[a], cat.category[b]);
+                if ca != NO_CATEGORY && cb != NO_CATEGORY {
+                    category.add(ca as usize, cb as usize);
+                    by_cat
+                        .entry((ca, cb))
+                        .or_insert_with(|| PairTable::new(nc))
+                        .add(cat.colour[a] as usize, cat.colour[b] as usize);
+                }
+            }
+        }
+        // Σ_{i≠j} u_i v_jᵀ = (Σ u)(Σ v)ᵀ − Σ u_i v_iᵀ: two rank-one updates
+        // per item instead of one per pair.
+        su.iter_mut().for_each(|x| *x = 0.0);
+        sv.iter_mut().for_each(|x| *x = 0.0);
+        for &i in m {
+            centre(cat.concept(i), &mean, &mut u);
+            let cm = category_means
+                .get(cat.category[i] as usize)
+                .unwrap_or(&mean);
+            centre(cat.concept(i), cm, &mut v);
+            for k in 0..d {
+                su[k] += u[k];
+                sv[k] += v[k];
+            }
+            rank_one(&mut w, -1.0, &u, &v);
+        }
+        rank_one(&mut w, 1.0, &su, &sv);
+    }
+    if pairs > 0 {
+        let s = 1.0 / pairs as f32;
+        w.iter_mut().for_each(|x| *x *= s);
+    }
+    colour.finish(None);
+    pattern.finish(None);
+    category.finish(None);
+    model_category.finish(None);
+    let mut colour_by_category: Vec<(u32, u32, PairTable)> = by_cat
+        .into_iter()
+        .map(|((a, b), mut t)| {
+            t.finish(Some(&colour));
+            (a, b, t)
+        })
+        .collect();
+    colour_by_category.sort_by_key(|(a, b, _)| (*a, *b));
+    OutfitRules {
+        outfits: members.iter().filter(|m| m.len() >= 2).count(),
+        pairs,
+        learn_ms: started.elapsed().as_millis() as u64,
+        colours: l.colours.clone(),
+        patterns: l.patterns.clone(),
+        model_categories: l.model_categories.clone(),
+        categories: cat.categories.clone(),
+        colour,
+        colour_by_category,
+        pattern,
+        category,
+        model_category,
+        dim: d,
+        mean,
+        category_means,
+        compat: w,
+        memory: outfits
+            .iter()
+            .map(|o| o.slots.iter().map(|s| s.product.clone()).collect())
+            .collect(),
+        by_category_index: OnceLock::new(),
+    }
+}
+
+fn centre(x: &[f32], m: &[f32], out: &mut [f32]) {
+    for ((o, a), b) in out.iter_mut().zip(x).zip(m) {
+        *o = a - b;
+    }
+}
+
+fn rank_one(w: &mut [f32], s: f32, u: &[f32], v: &[f32]) {
+    let d = v.len();
+    for (row, &ui) in w.chunks_exact_mut(d).zip(u) {
+        let f = s * ui;
+        if f != 0.0 {
+            for (x, &vj) in row.iter_mut().zip(v) {
+                *x += f * vj;
+            }
+        }
+    }
+}
+
+/// A given item prepared for scoring candidates against it.
+pub(crate) struct Given {
+    /// `Wᵀ (a − μ)`.
+    proj: Vec<f32>,
+}
+
+impl OutfitRules {
+    fn cat_pair_table(&self, a: u32, b: u32) -> Option<&PairTable> {
+        let index = self.by_category_index.get_or_init(|| {
+            self.colour_by_category
+                .iter()
+                .enumerate()
+                .map(|(k, (a, b, _))| ((*a, *b), k))
+                .collect()
+        });
+        index.get(&(a, b)).map(|&k| &self.colour_by_category[k].2)
+    }
+
+    /// Maps the catalog's category indexes to the rules' (by name).
+    pub(crate) fn category_map(&self, cat: &Catalog) -> Vec<u32> {
+        let by_name: HashMap<&str, u32> = self
+            .categories
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i as u32))
+            .collect();
+        cat.categories
+            .iter()
+            .map(|c| by_name.get(c.as_str()).copied().unwrap_or(NO_CATEGORY))
+            .collect()
+    }
+
+    pub(crate) fn given(&self, cat: &Catalog, a: usize) -> Given {
+        let d = self.dim;
+        let mut proj = vec![0f32; d];
+        if cat.dim() == d {
+            let x = cat.concept(a);
+            for (k, (xa, m)) in x.iter().zip(&self.mean).enumerate() {
+                let u = xa - m;
+                if u != 0.0 {
+                    for (p, wk) in proj.iter_mut().zip(&self.compat[k * d..(k + 1) * d]) {
+                        *p += u * wk;
+                    }
+                }
+            }
+        }
+        Given { proj }
+    }
+
+    /// Learned embedding compatibility of candidate `b` with `g`.
+    pub(crate) fn compat(&self, cat: &Catalog, cmap: &[u32], g: &Given, b: usize) -> f32 {
+        if cat.dim() != self.dim {
+            return 0.0;
+        }
+        let rc = cmap
+            .get(cat.category[b] as usize)
+            .copied()
+            .unwrap_or(NO_CATEGORY);
+        let m = self.category_means.get(rc as usize).unwrap_or(&self.mean);
+        cat.concept(b)
+            .iter()
+            .zip(m)
+            .zip(&g.proj)
+            .map(|((x, m), p)| (x - m) * p)
+            .sum()
+    }
+
+    /// Sum of the log-lifts of the symbolic rules between `a` and `b`.
+    pub(crate) fn rule_score(&self, cat: &Catalog, cmap: &[u32], a: usize, b: usize) -> f32 {
+        let (ca, cb) = (cat.colour[a] as usize, cat.colour[b] as usize);
+        let ka = cmap
+            .get(cat.category[a] as usize)
+            .copied()
+            .unwrap_or(NO_CATEGORY);
+        let kb = cmap
+            .get(cat.category[b] as usize)
+            .copied()
+            .unwrap_or(NO_CATEGORY);
+        let colour = match self.cat_pair_table(ka, kb) {
+            Some(t) => t.get(ca, cb),
+            None => self.colour.get(ca, cb),
+        };
+        let category = if ka != NO_CATEGORY && kb != NO_CATEGORY {
+            self.category.get(ka as usize, kb as usize)
+        } else {
+            0.0
+        };
+        colour
+            + category
+            + self
+                .pattern
+                .get(cat.pattern[a] as usize, cat.pattern[b] as usize)
+            + self
+                .model_category
+                .get(cat.mcat[a] as usize, cat.mcat[b] as usize)
+    }
+
+    /// The `n` strongest rules with at least `min_support` pairs, strongest
+    /// (highest lift) first, across all kinds.
+    pub fn top(&self, n: usize, min_support: u32) -> Vec<PairRule> {
+        let mut out = Vec::new();
+        let mut push = |kind, t: &PairTable, names: &[String], context: Option<String>| {
+            for x in 0..t.n {
+                for y in 0..t.n {
+                    // Symmetric tables: report each unordered pair once.
+                    if y < x || t.count(x, y) < min_support {
+                        continue;
+                    }
+                    out.push(PairRule {
+                        kind,
+                        left: names.get(x).cloned().unwrap_or_default(),
+                        right: names.get(y).cloned().unwrap_or_default(),
+                        context: context.clone(),
+                        lift: t.get(x, y).exp(),
+                        support: t.count(x, y),
+                    });
+                }
+            }
+        };
+        push(RuleKind::Colour, &self.colour, &self.colours, None);
+        push(RuleKind::Pattern, &self.pattern, &self.patterns, None);
+        push(RuleKind::Category, &self.category, &self.categories, None);
+        push(
+            RuleKind::ModelCategory,
+            &self.model_category,
+            &self.model_categories,
+            None,
+        );
+        for (a, b, t) in &self.colour_by_category {
+            if b < a {
+                continue;
+            }
+            let name = |k: &u32| {
+                self.categories
+                    .get(*k as usize)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            push(
+                RuleKind::Colour,
+                t,
+                &self.colours,
+                Some(format!("{} + {}", name(a), name(b))),
+            );
+        }
+        out.sort_by(|a, b| b.lift.total_cmp(&a.lift).then(b.support.cmp(&a.support)));
+        out.truncate(n);
+        out
+    }
+
+    /// Lift of two colour families (global table), by name.
+    pub fn colour_lift(&self, a: &str, b: &str) -> Option<f32> {
+        let x = self.colours.iter().position(|c| c == a)?;
+        let y = self.colours.iter().position(|c| c == b)?;
+        Some(self.colour.get(x, y).exp())
+    }
+
+    /// How often an item is worn with a solid rather than with a pattern,
+    /// relative to chance, for a patterned item (`None` without a `solid`
+    /// pattern tag).
+    pub fn patterned_with_solid_lift(&self) -> Option<f32> {
+        let s = self.patterns.iter().position(|p| p == "solid")?;
+        let mut with_solid = 0.0;
+        let mut with_any = 0.0;
+        let mut solid_total = 0.0;
+        let n = self.pattern.n;
+        let total = self.pattern.total();
+        for x in 0..n {
+            for y in 0..n {
+                let c = self.pattern.count(x, y) as f32;
+                if y == s {
+                    solid_total += c;
+                }
+                if x != s {
+                    with_any += c;
+                    if y == s {
+                        with_solid += c;
+                    }
+                }
+            }
+        }
+        if with_any == 0.0 || solid_total == 0.0 {
+            return None;
+        }
+        Some((with_solid / with_any) / (solid_total / total))
+    }
+}

@@ -1,0 +1,683 @@
+//! Outfits over a small subset of the Mango catalog (real images, the real
+//! model run by tract, a real sled database): storage, bad input,
+//! persistence across a reopen and a SIGKILL, rules, substitute, expand,
+//! cover, complete, and the CLI (`vitrine outfit …`, `vitrine eval fitb`).
+//!
+//! Skipped (with a "SKIP" line) when `../shared/data/mango` is absent. The
+//! full-data figures come from `vitrine eval outfits` and `vitrine eval
+//! fitb` in release (see docs/outfits/README.md).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use vitrine::{
+    Attributes, CoverOptions, Db, ExpandOptions, ImportItem, ImportOptions, ImportSource, Model,
+    OutfitError, PrepConfig,
+};
+
+fn mango_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mango")
+}
+
+fn have_mango() -> bool {
+    let ok = mango_dir().join("products.csv").is_file();
+    if !ok {
+        eprintln!("SKIP: {} is absent", mango_dir().display());
+    }
+    ok
+}
+
+/// Splits a CSV line (double quotes, `""` escapes).
+fn split(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut cur).trim().to_string()),
+            _ => cur.push(c),
+        }
+    }
+    fields.push(cur.trim().to_string());
+    fields
+}
+
+fn join(fields: &[String]) -> String {
+    fields
+        .iter()
+        .map(|f| {
+            if f.contains(',') || f.contains('"') {
+                format!("\"{}\"", f.replace('"', "\"\""))
+            } else {
+                f.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The first `n_outfits` outfits of the Mango set, their products' rows
+/// (header + fields) and the header.
+struct Subset {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    outfits: BTreeMap<String, Vec<String>>,
+}
+
+impl Subset {
+    fn take(n_outfits: usize) -> Subset {
+        let dir = mango_dir();
+        let text = std::fs::read_to_string(dir.join("outfits.csv")).unwrap();
+        let mut outfits: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut order = Vec::new();
+        for line in text.lines().skip(1) {
+            let f = split(line);
+            if f.len() < 2 {
+                continue;
+            }
+            if !outfits.contains_key(&f[0]) {
+                if order.len() == n_outfits {
+                    continue;
+                }
+                order.push(f[0].clone());
+            }
+            outfits.entry(f[0].clone()).or_default().push(f[1].clone());
+        }
+        let wanted: HashSet<&String> = outfits.values().flatten().collect();
+        let text = std::fs::read_to_string(dir.join("products.csv")).unwrap();
+        let mut lines = text.lines();
+        let header = split(lines.next().unwrap());
+        let rows = lines
+            .map(split)
+            .filter(|r| wanted.contains(&r[0]))
+            .collect();
+        Subset {
+            header,
+            rows,
+            outfits,
+        }
+    }
+
+    fn col(&self, name: &str) -> usize {
+        self.header.iter().position(|h| h == name).unwrap()
+    }
+
+    fn items(&self) -> Vec<ImportItem> {
+        let (file, fam) = (self.col("des_filename"), self.col("des_product_family"));
+        self.rows
+            .iter()
+            .map(|r| {
+                let mut a = Attributes::new().category(r[fam].clone());
+                for (k, v) in self.header.iter().zip(r).skip(1) {
+                    a.extra.insert(k.clone(), v.clone());
+                }
+                ImportItem {
+                    id: r[0].clone(),
+                    path: mango_dir().join(&r[file]),
+                    attributes: a,
+                }
+            })
+            .collect()
+    }
+
+    fn gt_colour(&self) -> HashMap<String, String> {
+        let c = self.col("des_agrup_color_eng");
+        self.rows
+            .iter()
+            .map(|r| (r[0].clone(), r[c].clone()))
+            .collect()
+    }
+
+    /// Writes the subset as a Mango-format products CSV (absolute image
+    /// paths) and an outfits CSV.
+    fn write(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let file = self.col("des_filename");
+        let p = dir.join("products.csv");
+        let mut s = self.header.join(",") + "\n";
+        for r in &self.rows {
+            let mut r = r.clone();
+            r[file] = mango_dir().join(&r[file]).display().to_string();
+            s += &(join(&r) + "\n");
+        }
+        std::fs::write(&p, s).unwrap();
+        let o = dir.join("outfits.csv");
+        let mut s = String::from("cod_outfit,cod_modelo_color\n");
+        for (id, ps) in &self.outfits {
+            for p in ps {
+                s += &format!("{id},{p}\n");
+            }
+        }
+        std::fs::write(&o, s).unwrap();
+        (p, o)
+    }
+}
+
+fn import(db: &Db, model: &std::sync::Arc<Model>, items: Vec<ImportItem>) {
+    let r = db
+        .import(
+            ImportSource::Items(items),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(PrepConfig::catalog()),
+        )
+        .unwrap();
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    db: Db,
+    subset: Subset,
+}
+
+/// One imported subset shared by the read-mostly tests; tests hold
+/// `LOCK` so that stock changes do not interleave.
+fn fixture() -> Option<&'static Fixture> {
+    static F: OnceLock<Option<Fixture>> = OnceLock::new();
+    F.get_or_init(|| {
+        if !have_mango() {
+            return None;
+        }
+        let subset = Subset::take(24);
+        let dir = tempfile::tempdir().unwrap();
+        let model = Model::bundled().unwrap();
+        let db = Db::builder()
+            .open_with_model(dir.path().join("db"), &model)
+            .unwrap();
+        let started = Instant::now();
+        import(&db, &model, subset.items());
+        eprintln!(
+            "imported {} products in {:.1} s",
+            db.len(),
+            started.elapsed().as_secs_f64()
+        );
+        for (id, ps) in &subset.outfits {
+            db.store_outfit(id, ps).unwrap();
+        }
+        db.learn_outfit_rules().unwrap();
+        Some(Fixture {
+            _dir: dir,
+            db,
+            subset,
+        })
+    })
+    .as_ref()
+}
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
+    let Some(f) = fixture() else { return };
+    let _g = lock();
+    let db = &f.db;
+    let n = db.outfit_count().unwrap();
+    assert_eq!(n, f.subset.outfits.len());
+    let (id, ps) = f.subset.outfits.iter().next().unwrap();
+    let o = db.outfit(id).unwrap().unwrap();
+    assert_eq!(
+        o.products(),
+        ps.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    for s in &o.slots {
+        assert_eq!(
+            s.category,
+            db.get(&s.product).unwrap().unwrap().attributes.category
+        );
+    }
+
+    // Unknown product: typed error, nothing written.
+    let bad = [ps[0].as_str(), "no-such-product"];
+    match db.store_outfit("new-outfit", &bad) {
+        Err(OutfitError::UnknownProduct { outfit, product }) => {
+            assert_eq!(outfit, "new-outfit");
+            assert_eq!(product, "no-such-product");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(db.outfit("new-outfit").unwrap().is_none());
+    assert_eq!(db.outfit_count().unwrap(), n);
+    // A CSV with one bad row among good ones: nothing at all is written.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("o.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "outfit,product\nx1,{}\nx1,{}\nx2,{}\nx2,missing\n",
+            ps[0], ps[1], ps[0]
+        ),
+    )
+    .unwrap();
+    assert!(matches!(
+        db.import_outfits_csv(&csv),
+        Err(OutfitError::UnknownProduct { .. })
+    ));
+    assert!(db.outfit("x1").unwrap().is_none());
+    assert_eq!(db.outfit_count().unwrap(), n);
+    // Other bad input.
+    assert!(matches!(
+        db.store_outfit::<&str>("empty", &[]),
+        Err(OutfitError::EmptyOutfit(_))
+    ));
+    assert!(matches!(
+        db.store_outfit("dup", &[ps[0].as_str(), ps[0].as_str()]),
+        Err(OutfitError::DuplicateProduct { .. })
+    ));
+    assert!(matches!(
+        db.store_outfit("", &[ps[0].as_str()]),
+        Err(OutfitError::InvalidId(_))
+    ));
+    assert!(matches!(
+        db.substitute("no-such-outfit", 3),
+        Err(OutfitError::UnknownOutfit(_))
+    ));
+
+    // Store, replace, delete.
+    db.store_outfit("tmp", &[ps[0].as_str(), ps[1].as_str()])
+        .unwrap();
+    assert_eq!(db.outfit_count().unwrap(), n + 1);
+    db.store_outfit("tmp", &[ps[1].as_str()]).unwrap();
+    assert_eq!(db.outfit("tmp").unwrap().unwrap().slots.len(), 1);
+    assert!(db.delete_outfit("tmp").unwrap());
+    assert!(!db.delete_outfit("tmp").unwrap());
+    assert_eq!(db.outfit_count().unwrap(), n);
+}
+
+#[test]
+fn rules_are_learned_and_inspectable() {
+    let Some(f) = fixture() else { return };
+    let _g = lock();
+    let rules = f.db.outfit_rules().unwrap().unwrap();
+    let pairs: usize = f
+        .subset
+        .outfits
+        .values()
+        .map(|ps| ps.len() * (ps.len() - 1))
+        .sum();
+    assert_eq!(rules.outfits, f.subset.outfits.len());
+    assert_eq!(rules.pairs, pairs);
+    let top = rules.top(20, 1);
+    assert_eq!(top.len(), 20);
+    assert!(top.windows(2).all(|w| w[0].lift >= w[1].lift));
+    assert!(rules.patterned_with_solid_lift().is_some());
+    assert!(rules.colour_lift("black", "white").is_some());
+}
+
+#[test]
+fn substitutes_have_the_same_category_and_mostly_the_same_colour_family() {
+    let Some(f) = fixture() else { return };
+    let _g = lock();
+    let mut eng = f.db.outfit_engine().unwrap();
+    let gt = f.subset.gt_colour();
+    let (mut cases, mut same_cat, mut colour_cases, mut same_colour, mut gt_same) = (0, 0, 0, 0, 0);
+    for o in f.db.outfits().unwrap() {
+        for s in &o.slots {
+            eng.assume_sold_out(&[&s.product]);
+            let subs = eng.substitute(&o.id, 3).unwrap();
+            eng.assume_in_stock(&[&s.product]);
+            assert_eq!(subs.len(), 1, "only the sold-out item is substituted");
+            assert_eq!(subs[0].original, s.product);
+            let Some(top) = subs[0].candidates.first() else {
+                continue; // no other product of the category in the subset
+            };
+            cases += 1;
+            assert!(top.score >= subs[0].candidates.last().unwrap().score);
+            assert!(!o.products().contains(&top.product.as_str()));
+            let cat = f.db.get(&top.product).unwrap().unwrap().attributes.category;
+            same_cat += usize::from(cat == s.category);
+            if subs[0].candidates.iter().any(|c| c.same_colour) {
+                colour_cases += 1;
+                same_colour += usize::from(top.same_colour);
+            }
+            gt_same += usize::from(gt.get(&top.product) == gt.get(&s.product));
+        }
+    }
+    eprintln!(
+        "substitute: {cases} cases, same category {same_cat}, model colour family kept {same_colour}/{colour_cases}, ground-truth colour group kept {gt_same}/{cases}"
+    );
+    assert!(cases > 50);
+    assert_eq!(same_cat, cases);
+    assert!(same_colour as f64 >= 0.8 * colour_cases as f64);
+}
+
+#[test]
+fn expansions_are_in_stock_without_repeats_and_keep_colour_relations() {
+    let Some(f) = fixture() else { return };
+    let _g = lock();
+    let db = &f.db;
+    let outfits = db.outfits().unwrap();
+    // Sell out a few products: expansions must avoid them.
+    let sold: Vec<String> = outfits
+        .iter()
+        .skip(5)
+        .take(3)
+        .map(|o| o.slots[0].product.clone())
+        .collect();
+    for p in &sold {
+        db.set_in_stock(p, false).unwrap();
+    }
+    let eng = db.outfit_engine().unwrap();
+    let (mut rel, mut kept, mut n) = (0, 0, 0);
+    let started = Instant::now();
+    for o in outfits.iter().take(4) {
+        let ex = eng.expand(&o.id, 3, &ExpandOptions::new()).unwrap();
+        assert!(!ex.is_empty());
+        let anchors: HashSet<&String> = ex.iter().map(|e| &e.products[0]).collect();
+        assert_eq!(anchors.len(), ex.len(), "a new anchor each time");
+        for e in &ex {
+            n += 1;
+            assert_eq!(e.products.len(), o.slots.len());
+            assert_ne!(e.products[0], o.slots[0].product);
+            let uniq: HashSet<&String> = e.products.iter().collect();
+            assert_eq!(uniq.len(), e.products.len(), "no repeats");
+            for p in &e.products {
+                assert_eq!(eng.in_stock(p), Some(true), "{p} in stock");
+                assert!(!sold.contains(p));
+            }
+            for (slot, p) in o.slots.iter().zip(&e.products) {
+                let c = db.get(p).unwrap().unwrap().attributes.category;
+                assert_eq!(c, slot.category);
+            }
+            assert!(!e.explanation.is_empty());
+            rel += e.relations.len();
+            kept += e.relations.iter().filter(|r| r.kept).count();
+        }
+    }
+    eprintln!(
+        "expand: {n} outfits in {:.0} ms, {kept}/{rel} colour relations kept",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(kept as f64 >= 0.8 * rel as f64, "{kept}/{rel}");
+    for p in &sold {
+        db.set_in_stock(p, true).unwrap();
+    }
+}
+
+#[test]
+fn cover_and_complete() {
+    let Some(f) = fixture() else { return };
+    let _g = lock();
+    let db = &f.db;
+    let templates: Vec<String> = db
+        .outfits()
+        .unwrap()
+        .into_iter()
+        .take(6)
+        .map(|o| o.id)
+        .collect();
+    let plan = db
+        .cover(&templates, &CoverOptions::new().outfits_per_template(3))
+        .unwrap();
+    eprintln!(
+        "cover: {} outfits, {} of {} covered ({:.2}); baseline {:.2}",
+        plan.outfits.len(),
+        plan.covered,
+        plan.in_stock,
+        plan.fraction,
+        plan.baseline_fraction
+    );
+    assert!(plan.fraction > 0.0 && plan.fraction <= 1.0);
+    assert!(plan.covered >= plan.baseline_covered);
+
+    // Complete: the candidates come back ranked, every one of them.
+    let o = db.outfits().unwrap().into_iter().nth(1).unwrap();
+    let given: Vec<&str> = o.products()[1..].to_vec();
+    let answer = o.products()[0];
+    let eng = db.outfit_engine().unwrap();
+    let others: Vec<String> = db
+        .ids()
+        .into_iter()
+        .filter(|p| p != answer && eng.in_stock(p) == Some(true) && !given.contains(&p.as_str()))
+        .take(3)
+        .collect();
+    let mut cands = vec![answer.to_string()];
+    cands.extend(others);
+    let ranked = db.complete(&given, &cands).unwrap();
+    assert_eq!(ranked.len(), 4);
+    assert!(ranked.windows(2).all(|w| w[0].score >= w[1].score));
+    assert!(matches!(
+        db.complete(&given, &["nope"]),
+        Err(OutfitError::UnknownProduct { .. })
+    ));
+}
+
+/// A small separate database (12 products) for the reopen and kill tests.
+fn small_db(dir: &Path) -> Option<(Subset, std::sync::Arc<Model>)> {
+    if !have_mango() {
+        return None;
+    }
+    let subset = Subset::take(2);
+    let model = Model::bundled().unwrap();
+    let db = Db::builder().open_with_model(dir, &model).unwrap();
+    import(&db, &model, subset.items());
+    Some((subset, model))
+}
+
+#[test]
+fn outfits_and_rules_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((subset, model)) = small_db(dir.path()) else {
+        return;
+    };
+    let (outfits, rules) = {
+        let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+        for (id, ps) in &subset.outfits {
+            db.store_outfit(id, ps).unwrap();
+        }
+        let rules = db.learn_outfit_rules().unwrap();
+        (db.outfits().unwrap(), rules)
+    };
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    assert_eq!(db.outfits().unwrap(), outfits);
+    assert_eq!(db.outfit_rules().unwrap().unwrap(), rules);
+}
+
+const CHILD_ENV: &str = "VITRINE_OUTFITS_KILL_CHILD";
+
+#[test]
+fn outfits_and_rules_survive_a_kill() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        // Child: store outfits, learn, say so, and wait to be killed.
+        let model = Model::bundled().unwrap();
+        let db = Db::builder().open_with_model(&dir, &model).unwrap();
+        let subset = Subset::take(2);
+        for (id, ps) in &subset.outfits {
+            db.store_outfit(id, ps).unwrap();
+        }
+        let rules = db.learn_outfit_rules().unwrap();
+        println!("READY {} {}", db.outfit_count().unwrap(), rules.pairs);
+        std::thread::sleep(Duration::from_secs(300));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some((subset, model)) = small_db(dir.path()) else {
+        return;
+    };
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "outfits_and_rules_survive_a_kill",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // libtest may print "test name ... " on the same line first.
+        if let Some(at) = line.find("READY ") {
+            ready = Some(line[at + 6..].trim().to_string());
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let ready = ready.expect("the child reported READY");
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    assert_eq!(db.outfit_count().unwrap(), subset.outfits.len());
+    let rules = db.outfit_rules().unwrap().expect("rules survive the kill");
+    assert_eq!(ready, format!("{} {}", subset.outfits.len(), rules.pairs));
+    for (id, ps) in &subset.outfits {
+        assert_eq!(&db.outfit(id).unwrap().unwrap().products(), ps);
+    }
+}
+
+fn vitrine(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "vitrine {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn cli_outfit_commands_and_eval_fitb() {
+    if !have_mango() {
+        return;
+    }
+    let subset = Subset::take(3);
+    let dir = tempfile::tempdir().unwrap();
+    let (products, outfits) = subset.write(dir.path());
+    let db = dir.path().join("db");
+    let d = db.to_str().unwrap();
+    // Products in through the generic importer (id,path,category).
+    let csv = dir.path().join("import.csv");
+    let (file, fam) = (subset.col("des_filename"), subset.col("des_product_family"));
+    let mut s = String::from("id,path,category\n");
+    for r in &subset.rows {
+        s += &format!(
+            "{},{},{}\n",
+            r[0],
+            mango_dir().join(&r[file]).display(),
+            r[fam]
+        );
+    }
+    std::fs::write(&csv, s).unwrap();
+    vitrine(&["import", csv.to_str().unwrap(), "--db", d]);
+
+    let out = vitrine(&[
+        "outfit",
+        "--db",
+        d,
+        "import",
+        outfits.to_str().unwrap(),
+        "--learn",
+    ]);
+    assert!(out.contains("imported 3 outfits"), "{out}");
+    let out = vitrine(&["outfit", "--db", d, "list"]);
+    assert!(out.starts_with("3 outfits"), "{out}");
+    let (id, ps) = subset.outfits.iter().next().unwrap();
+    let sheet = dir.path().join("sheet.png");
+    let out = vitrine(&[
+        "outfit",
+        "--db",
+        d,
+        "show",
+        id,
+        "--sheet",
+        sheet.to_str().unwrap(),
+        "--images",
+        products.to_str().unwrap(),
+    ]);
+    assert!(out.contains(&ps[0]), "{out}");
+    assert!(image::open(&sheet).unwrap().width() > 100);
+    let out = vitrine(&[
+        "outfit",
+        "--db",
+        d,
+        "rules",
+        "--top",
+        "5",
+        "--min-support",
+        "1",
+    ]);
+    assert!(out.contains("lift"), "{out}");
+    let out = vitrine(&[
+        "outfit",
+        "--db",
+        d,
+        "--json",
+        "substitute",
+        id,
+        "--sold-out",
+        &ps[0],
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["original"], ps[0].as_str());
+    let out = vitrine(&["outfit", "--db", d, "--json", "expand", id, "-n", "2"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(!v.as_array().unwrap().is_empty());
+    let out = vitrine(&["outfit", "--db", d, "cover", "--per-template", "2"]);
+    assert!(out.contains("in-stock products"), "{out}");
+    let given = ps[1..].join(",");
+    let cands = format!("{},{}", ps[0], subset.outfits.values().nth(1).unwrap()[0]);
+    let out = vitrine(&[
+        "outfit",
+        "--db",
+        d,
+        "complete",
+        "--given",
+        &given,
+        "--candidates",
+        &cands,
+    ]);
+    assert!(out.starts_with("1. "), "{out}");
+    let out = vitrine(&["outfit", "--db", d, "delete", id]);
+    assert!(out.contains("deleted"), "{out}");
+
+    // eval fitb on a fresh database: one question per outfit.
+    let q = dir.path().join("q.jsonl");
+    let mut s = String::new();
+    let all: Vec<&String> = subset.outfits.values().flatten().collect();
+    for ps in subset.outfits.values() {
+        let mut cands = vec![ps[0].clone()];
+        cands.extend(
+            all.iter()
+                .filter(|p| !ps.contains(p))
+                .take(3)
+                .map(|p| p.to_string()),
+        );
+        s += &serde_json::json!({"given": ps[1..], "candidates": cands, "answer": ps[0], "extra": 1})
+            .to_string();
+        s += "\n";
+    }
+    std::fs::write(&q, s).unwrap();
+    let out = vitrine(&[
+        "eval",
+        "fitb",
+        "--products",
+        products.to_str().unwrap(),
+        "--outfits",
+        outfits.to_str().unwrap(),
+        "--questions",
+        q.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["n"], 3);
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert_eq!(v.as_object().unwrap().len(), 2);
+}
