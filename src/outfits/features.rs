@@ -4,10 +4,10 @@
 //! blocks). The blocks are found from the bundled model's manifest.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 
 use super::{OutfitError, OutfitResult};
-use crate::model::{Manifest, Model, CONCEPT_SPACE, MANIFEST_FILE};
+use crate::model::CONCEPT_SPACE;
+use crate::ConceptLayout;
 use crate::Db;
 
 /// Block layout of the concept vector, from the manifest.
@@ -23,47 +23,31 @@ pub(crate) struct Layout {
     pub dim: usize,
 }
 
-fn manifest() -> OutfitResult<&'static Manifest> {
-    static M: OnceLock<Result<Manifest, String>> = OnceLock::new();
-    M.get_or_init(|| {
-        let path = Model::bundled_dir().join(MANIFEST_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Manifest::parse(&bytes)
-    })
-    .as_ref()
-    .map_err(|e| OutfitError::Manifest(e.clone()))
-}
-
 impl Layout {
-    pub fn of(dim: usize) -> OutfitResult<Layout> {
-        let m = manifest()?;
-        let ncat = m.categories().len();
-        let ntags = m.tag_names().len();
-        if dim < ncat + ntags + 1 {
-            return Err(OutfitError::Manifest(format!(
-                "the concept space has {dim} dimensions, fewer than the manifest's blocks"
-            )));
-        }
-        let vis_dim = dim - ncat - ntags;
-        let group = |name: &str| m.groups().iter().find(|g| g.name == name);
-        let (colour, colours) = match group("colour") {
-            Some(g) => (g.range.clone(), g.tags.clone()),
-            None => (0..0, Vec::new()),
+    /// The blocks the outfit engine reads, from the concept layout the
+    /// database stored when it adopted its model.
+    pub fn of(layout: &ConceptLayout) -> OutfitResult<Layout> {
+        let block = |name: &str| {
+            layout
+                .group(name)
+                .map(|g| (g.start..g.start + g.len, g.labels.clone()))
         };
-        let (pattern, patterns) = match group("pattern") {
-            Some(g) => (g.range.clone(), g.tags.clone()),
-            None => (0..0, Vec::new()),
+        let missing = |name: &str| {
+            OutfitError::NoConceptSpace(format!("the concept space has no '{name}' block"))
         };
-        let base = vis_dim + ncat;
+        let (vis, _) = block("visual").ok_or_else(|| missing("visual"))?;
+        let (mcat, model_categories) = block("category").ok_or_else(|| missing("category"))?;
+        let (colour, colours) = block("colour").unwrap_or((0..0, Vec::new()));
+        let (pattern, patterns) = block("pattern").unwrap_or((0..0, Vec::new()));
         Ok(Layout {
-            vis: 0..vis_dim,
-            mcat: vis_dim..base,
-            colour: base + colour.start..base + colour.end,
-            pattern: base + pattern.start..base + pattern.end,
-            model_categories: m.categories().to_vec(),
+            vis,
+            mcat,
+            colour,
+            pattern,
+            model_categories,
             colours,
             patterns,
-            dim,
+            dim: layout.dim,
         })
     }
 }
@@ -109,7 +93,16 @@ fn same_colour_threshold() -> f32 {
 impl Catalog {
     pub fn load(db: &Db) -> OutfitResult<Catalog> {
         let snap = db.snapshot(CONCEPT_SPACE)?;
-        let layout = Layout::of(snap.dim)?;
+        let concepts = db
+            .concept_layout()
+            .map_err(|e| OutfitError::NoConceptSpace(e.to_string()))?;
+        let layout = Layout::of(&concepts)?;
+        if snap.dim != layout.dim {
+            return Err(OutfitError::NoConceptSpace(format!(
+                "the concept vectors have {} dimensions, the stored layout {}",
+                snap.dim, layout.dim
+            )));
+        }
         let n = snap.len();
         let mut cat = Catalog {
             ids: Vec::with_capacity(n),

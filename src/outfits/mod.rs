@@ -107,9 +107,10 @@ pub enum OutfitError {
         /// What is wrong.
         reason: String,
     },
-    /// The model manifest needed to read tag scores could not be loaded.
-    #[error("cannot read the model manifest: {0}")]
-    Manifest(String),
+    /// The database has no usable concept space (it was not built from
+    /// images with a model, or the model lacks a block the engine reads).
+    #[error("no usable concept space: {0}")]
+    NoConceptSpace(String),
     /// An error from the database.
     #[error(transparent)]
     Db(#[from] Error),
