@@ -55,7 +55,8 @@ pub use filter::Filter;
 pub use ingest::{
     annotate_with, infer_image, ImportFailure, ImportItem, ImportOptions, ImportProgress,
     ImportReport, ImportSource, IngestError, StoredOutputs, ANNOTATE_TOP_K, ATTR_CATEGORY,
-    ATTR_CATEGORY_PROBS, ATTR_CONCEPT, ATTR_MODEL, ATTR_SOURCE, ATTR_TAGS, ATTR_TAG_SCORES,
+    ATTR_CATEGORY_PROBS, ATTR_COLOUR_LAB, ATTR_CONCEPT, ATTR_MODEL, ATTR_SOURCE, ATTR_TAGS,
+    ATTR_TAG_SCORES,
 };
 pub use model::{
     Annotation, CategoryScore, ConceptBlock, Manifest, Model, ModelError, ModelOutput, TagGroup,
@@ -71,8 +72,8 @@ pub use precompute::{
     SimilarTable,
 };
 pub use vision::{
-    prepare_image, prepare_rgb, DecodeLimits, Illumination, ImageError, IntegralImage, PrepConfig,
-    PreparedImage, WhiteBalance,
+    delta_e, prepare_image, prepare_rgb, srgb_to_lab, DecodeLimits, Illumination, ImageError,
+    IntegralImage, PrepConfig, PreparedImage, WhiteBalance,
 };
 pub use vitrine_index::{HnswParams, Metric, Plan, PlanHint, PlannerConfig};
 pub use vitrine_storage::{Attributes, Durability};

@@ -703,3 +703,34 @@ mod parser_never_panics {
         }
     }
 }
+
+/// Import stores each product's measured colour (CIELAB); on the sample
+/// catalog it agrees with the catalog's colour names.
+#[test]
+fn import_stores_the_measured_colour() {
+    let Some(s) = shared() else { return };
+    let lab = |id: &str| -> Option<[f32; 3]> {
+        let p = s.db.get(id).unwrap().unwrap();
+        serde_json::from_str(p.attributes.extra.get(vitrine::ATTR_COLOUR_LAB)?).ok()
+    };
+    let share = |colour: &str, ok: &dyn Fn([f32; 3]) -> bool| {
+        let xs: Vec<[f32; 3]> = s
+            .samples
+            .iter()
+            .filter(|x| x.colour == colour)
+            .filter_map(|x| lab(&x.id))
+            .collect();
+        xs.iter().filter(|l| ok(**l)).count() as f64 / xs.len().max(1) as f64
+    };
+    let red = share("Red", &|l| l[1] > 20.0);
+    let black = share("Black", &|l| l[0] < 40.0);
+    let white = share("White", &|l| l[0] > 70.0);
+    eprintln!("measured colour agrees: red {red:.2}, black {black:.2}, white {white:.2}");
+    // Catalog colour names are loose ("Red" spans maroon), so "mostly".
+    assert!(
+        red >= 0.6 && black >= 0.7 && white >= 0.7,
+        "{red} {black} {white}"
+    );
+    let with = s.samples.iter().filter(|x| lab(&x.id).is_some()).count();
+    assert!(with as f64 >= 0.95 * s.samples.len() as f64, "{with}");
+}

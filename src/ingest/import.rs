@@ -237,6 +237,8 @@ struct Job {
     item: ImportItem,
     /// Attributes of the stored product when re-embedding it.
     existing: Option<Attributes>,
+    /// The product's measured colour (set by the prepare worker).
+    colour: Option<[f32; 3]>,
 }
 
 enum Prepared {
@@ -315,6 +317,7 @@ impl Db {
                 None => jobs.push(Job {
                     item,
                     existing: None,
+                    colour: None,
                 }),
                 Some(p)
                     if reembed
@@ -324,6 +327,7 @@ impl Db {
                     jobs.push(Job {
                         item,
                         existing: Some(p.attributes),
+                        colour: None,
                     })
                 }
                 Some(_) => report.progress.skipped += 1,
@@ -420,12 +424,17 @@ impl Db {
         };
         match &job.existing {
             Some(existing) => {
-                let stored = self.image_record(model, out, with_source(existing.clone()));
+                let stored =
+                    self.image_record(model, out, with_source(existing.clone()), job.colour);
                 self.upsert(&job.item.id, stored.attributes, stored.vectors)?;
             }
             None => {
-                let stored =
-                    self.image_record(model, out, with_source(job.item.attributes.clone()));
+                let stored = self.image_record(
+                    model,
+                    out,
+                    with_source(job.item.attributes.clone()),
+                    job.colour,
+                );
                 self.insert(&job.item.id, stored.attributes, stored.vectors)?;
             }
         }
@@ -441,7 +450,13 @@ fn prepare_worker(rx: Receiver<Job>, tx: Sender<Prepared>, prep: &PrepConfig) {
                 Prepared::Failed(job, IngestError::Io { path, source })
             }
             Ok(bytes) => match prepare_image(&bytes, prep) {
-                Ok(p) => Prepared::Ok(job, p),
+                Ok(p) => Prepared::Ok(
+                    Job {
+                        colour: p.dominant_colour(),
+                        ..job
+                    },
+                    p,
+                ),
                 Err(e) => Prepared::Failed(job, e.into()),
             },
         };

@@ -63,6 +63,11 @@ pub const ATTR_CATEGORY_PROBS: &str = "vitrine.category_probs";
 pub const ATTR_TAG_SCORES: &str = "vitrine.tag_scores";
 /// Attribute: the concept projection, a JSON array.
 pub const ATTR_CONCEPT: &str = "vitrine.concept";
+/// Attribute holding the product's dominant colour measured on its pixels,
+/// CIELAB (D65) as a JSON array `[L, a, b]` (see
+/// [`PreparedImage::dominant_colour`](crate::PreparedImage::dominant_colour));
+/// absent when too few product pixels were found.
+pub const ATTR_COLOUR_LAB: &str = "vitrine.colour_lab";
 /// Attribute holding the absolute path of the image a product was imported
 /// from (set by [`Db::import`]).
 pub const ATTR_SOURCE: &str = "vitrine.source";
@@ -135,6 +140,11 @@ impl StoredOutputs {
             model: attrs.extra.get(ATTR_MODEL)?.clone(),
         })
     }
+}
+
+fn json_array_1(v: &[f32]) -> String {
+    let parts: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+    format!("[{}]", parts.join(","))
 }
 
 fn json_array(v: &[f32]) -> String {
@@ -249,6 +259,7 @@ impl Db {
         model: &Model,
         out: &ModelOutput,
         mut attrs: Attributes,
+        colour: Option<[f32; 3]>,
     ) -> Stored {
         let ann = model.annotation(out, 1);
         if let Some(top) = ann.category.first() {
@@ -271,6 +282,12 @@ impl Db {
         attrs
             .extra
             .insert(ATTR_MODEL.into(), model.fingerprint().to_string());
+        match colour {
+            Some(lab) => attrs
+                .extra
+                .insert(ATTR_COLOUR_LAB.into(), json_array_1(&lab)),
+            None => attrs.extra.remove(ATTR_COLOUR_LAB),
+        };
         let mut vectors = vec![(EMBEDDING_SPACE, out.embedding.clone())];
         if self.spaces().iter().any(|s| s.name == CONCEPT_SPACE) {
             vectors.push((CONCEPT_SPACE, model.concept_vector(out)));
@@ -307,8 +324,13 @@ impl Db {
         replace: bool,
     ) -> Result<Annotation, IngestError> {
         self.check_model(model)?;
-        let out = infer_image(model, prep, bytes)?;
-        let stored = self.image_record(model, &out, attrs);
+        let prepared = prepare_image(bytes, prep)?;
+        let colour = prepared.dominant_colour();
+        let out = model
+            .infer(std::slice::from_ref(&prepared))?
+            .pop()
+            .ok_or_else(|| ModelError::Inference("no output for the image".into()))?;
+        let stored = self.image_record(model, &out, attrs, colour);
         if replace {
             self.upsert(id, stored.attributes, stored.vectors)?;
         } else {

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use super::{OutfitError, OutfitResult};
 use crate::model::CONCEPT_SPACE;
-use crate::ConceptLayout;
 use crate::Db;
+use crate::{delta_e, srgb_to_lab, ConceptLayout, ATTR_COLOUR_LAB};
 
 /// Block layout of the concept vector, from the manifest.
 #[derive(Clone, Debug)]
@@ -74,6 +74,8 @@ pub(crate) struct Catalog {
     pub by_category: Vec<Vec<usize>>,
     pub mcat: Vec<u16>,
     pub colour: Vec<u8>,
+    /// The measured pixel colour (CIELAB), when the import stored one.
+    pub lab: Vec<Option<[f32; 3]>>,
     pub pattern: Vec<u8>,
     /// Concept vectors, row-major.
     pub concept: Vec<f32>,
@@ -83,8 +85,46 @@ pub(crate) struct Catalog {
 
 pub(crate) const NO_CATEGORY: u32 = u32::MAX;
 
-/// Colour-block cosine from which two products count as one colour family.
+/// Colour similarity from which two products count as one colour family
+/// (with measured colours: ΔE76 below 20).
 pub(crate) const SAME_COLOUR: f32 = 0.8;
+
+/// ΔE76 at which measured colours have nothing in common.
+pub(crate) const COLOUR_SCALE: f32 = 100.0;
+
+/// Typical garment colours of common family names (sRGB), for naming a
+/// measured colour after the nearest of the model's families. Families not
+/// listed (`metallic`, `multi`) are never chosen from pixels.
+const FAMILY_PROTOTYPES: &[(&str, [f32; 3])] = &[
+    ("black", [25.0, 25.0, 28.0]),
+    ("white", [240.0, 240.0, 235.0]),
+    ("grey", [130.0, 130.0, 130.0]),
+    ("blue", [50.0, 90.0, 170.0]),
+    ("navy", [30.0, 40.0, 70.0]),
+    ("red", [180.0, 30.0, 40.0]),
+    ("pink", [230.0, 150.0, 170.0]),
+    ("green", [60.0, 120.0, 60.0]),
+    ("yellow", [230.0, 200.0, 60.0]),
+    ("orange", [230.0, 120.0, 40.0]),
+    ("brown", [110.0, 70.0, 45.0]),
+    ("beige", [210.0, 190.0, 155.0]),
+    ("purple", [110.0, 60.0, 130.0]),
+];
+
+/// The index in `families` of the prototype nearest to `lab`.
+fn nearest_family(families: &[String], lab: [f32; 3]) -> Option<usize> {
+    families
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            FAMILY_PROTOTYPES
+                .iter()
+                .find(|(name, _)| name == f)
+                .map(|(_, rgb)| (i, delta_e(lab, srgb_to_lab(*rgb))))
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i)
+}
 
 fn same_colour_threshold() -> f32 {
     SAME_COLOUR
@@ -113,6 +153,7 @@ impl Catalog {
             by_category: Vec::new(),
             mcat: Vec::with_capacity(n),
             colour: Vec::with_capacity(n),
+            lab: Vec::with_capacity(n),
             pattern: Vec::with_capacity(n),
             concept: Vec::with_capacity(n * snap.dim),
             vis: Vec::with_capacity(n * layout.vis.len()),
@@ -141,7 +182,18 @@ impl Catalog {
             cat.category.push(c);
             let l = &cat.layout;
             cat.mcat.push(argmax(&row[l.mcat.clone()]) as u16);
-            cat.colour.push(argmax(&row[l.colour.clone()]) as u8);
+            let lab = attrs
+                .extra
+                .get(ATTR_COLOUR_LAB)
+                .and_then(|s| serde_json::from_str::<[f32; 3]>(s).ok());
+            // The family: from the measured colour when there is one (the
+            // nearest prototype among the model's families), else the
+            // model's colour head.
+            let family = lab
+                .and_then(|lab| nearest_family(&cat.layout.colours, lab))
+                .unwrap_or_else(|| argmax(&row[l.colour.clone()]));
+            cat.colour.push(family as u8);
+            cat.lab.push(lab);
             cat.pattern.push(argmax(&row[l.pattern.clone()]) as u8);
             cat.concept.extend_from_slice(row);
             let v = &row[l.vis.clone()];
@@ -174,17 +226,20 @@ impl Catalog {
         dot(self.vis(a), self.vis(b))
     }
 
-    /// Cosine of the colour blocks (each L2-normalised in the concept
-    /// vector): 1 for the same colour distribution.
+    /// Colour similarity in 0..=1: from the measured colours when both have
+    /// one (`1 − ΔE/`[`COLOUR_SCALE`], floored at 0), else the cosine of the
+    /// model's colour blocks (1 for the same colour distribution).
     pub fn colour_sim(&self, a: usize, b: usize) -> f32 {
+        if let (Some(x), Some(y)) = (self.lab[a], self.lab[b]) {
+            return (1.0 - delta_e(x, y) / COLOUR_SCALE).max(0.0);
+        }
         let r = self.layout.colour.clone();
         dot(&self.concept(a)[r.clone()], &self.concept(b)[r])
     }
 
-    /// Whether two products share a colour family: the same top colour
-    /// tag, or colour-score distributions at least [`SAME_COLOUR`] alike
-    /// (the model often splits one family, e.g. black and charcoal, over
-    /// two neighbouring tags).
+    /// Whether two products share a colour family: the same family, or
+    /// colours at least [`SAME_COLOUR`] alike (one family can straddle two
+    /// neighbouring prototypes or tags, e.g. black and charcoal).
     pub fn same_colour(&self, a: usize, b: usize) -> bool {
         self.colour[a] == self.colour[b] || self.colour_sim(a, b) >= same_colour_threshold()
     }

@@ -38,11 +38,13 @@
 //! # Ok::<(), vitrine::ImageError>(())
 //! ```
 
+mod colour;
 mod decode;
 mod error;
 mod integral;
 mod prep;
 
+pub use colour::{delta_e, srgb_to_lab};
 pub use decode::DecodeLimits;
 pub use error::ImageError;
 pub use integral::IntegralImage;

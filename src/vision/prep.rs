@@ -177,6 +177,7 @@ pub struct PreparedImage {
     plain: bool,
     corrected: Option<WhiteBalance>,
     source: (u32, u32),
+    colour: Option<[f32; 3]>,
 }
 
 impl std::fmt::Debug for PreparedImage {
@@ -189,6 +190,7 @@ impl std::fmt::Debug for PreparedImage {
             .field("plain", &self.plain)
             .field("corrected", &self.corrected)
             .field("source", &self.source)
+            .field("colour", &self.colour)
             .finish()
     }
 }
@@ -237,6 +239,13 @@ impl PreparedImage {
     /// Size of the decoded source image, `(width, height)`.
     pub fn source_size(&self) -> (u32, u32) {
         self.source
+    }
+
+    /// The product's dominant colour in CIELAB (D65), measured on the crop's
+    /// pixels that differ from a plain background (all of them otherwise);
+    /// `None` when too few pixels are left.
+    pub fn dominant_colour(&self) -> Option<[f32; 3]> {
+        self.colour
     }
 }
 
@@ -513,6 +522,12 @@ fn prepare_checked(img: Rgb<'_>, config: &PrepConfig) -> PreparedImage {
             tensor[c * plane + i] = (p[c] / 255.0 - MEAN[c]) / STD[c];
         }
     }
+    let colour_bg = if bd.plain {
+        Some(bg)
+    } else {
+        super::colour::border_median(img.px, w, h)
+    };
+    let colour = super::colour::dominant_lab(img.px, w, [x0, y0, x1, y1], colour_bg);
     PreparedImage {
         tensor,
         crop_box: [x0, y0, x1, y1].map(|v| v as u32),
@@ -520,6 +535,7 @@ fn prepare_checked(img: Rgb<'_>, config: &PrepConfig) -> PreparedImage {
         plain: bd.plain,
         corrected,
         source: (w as u32, h as u32),
+        colour,
     }
 }
 
