@@ -25,6 +25,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! With images and the bundled model ([`Model::bundled`]), a database built
+//! by [`DbBuilder::open_with_model`] and [`Db::import`] also answers:
+//! annotation ([`annotate_with`]), concept queries ([`Db::query`], grammar in
+//! [`ConceptQuery`]), preference-weighted similarity learned from feedback
+//! ([`Db::feedback`], [`Db::similar_with_profile`]), user-defined tags
+//! ([`Db::define_tag`]) and outfits ([`Db::store_outfit`],
+//! [`Db::substitute`], [`Db::expand`], [`Db::cover`], [`Db::complete`]).
+//! `examples/tour.rs` walks through all of them on the sample catalog:
+//! `cargo run --release --example tour`.
+//!
 //! Durability is chosen per database with [`Durability`]: under
 //! `Immediate` (the default) a write that returned `Ok` survives a crash; under
 //! `Periodic` it survives once the next periodic flush or [`Db::flush`] ran.

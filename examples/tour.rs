@@ -1,0 +1,123 @@
+//! A tour of Vitrine on the sample catalog: import images with the bundled
+//! model, then "more like this", annotation, a concept query, a customer
+//! profile learned from feedback, a user-defined tag, and an outfit whose
+//! sold-out item gets substitutes.
+//!
+//! `cargo run --release --example tour [DB_DIR]`
+
+use vitrine::{
+    annotate_with, Attributes, ConceptQuery, Db, Feedback, Filter, ImportItem, ImportOptions,
+    ImportSource, Model, PrepConfig, SimilarTo, TagMethod, ANNOTATE_TOP_K,
+};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/catalog");
+    let dir = match std::env::args().nth(1) {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("vitrine-tour-{}", std::process::id())),
+    };
+
+    // 1. Images in: the sample catalog's CSV gives ids, files and categories.
+    let model = Model::bundled()?;
+    let db = Db::builder().open_with_model(&dir, &model)?;
+    let csv = std::fs::read_to_string(root.join("catalog.csv"))?;
+    let items: Vec<ImportItem> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some(ImportItem {
+                id: f.first()?.to_string(),
+                path: root.join(f.get(1)?),
+                attributes: Attributes::new().category(f.get(2)?.to_string()),
+            })
+        })
+        .collect();
+    // The sample images are stored squashed from 3:4 originals.
+    let prep = PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT);
+    let report = db.import(
+        ImportSource::Items(items.clone()),
+        ImportOptions::new().model(model.clone()).prep(prep.clone()),
+    )?;
+    println!(
+        "imported {} products ({} skipped, {} failed) into {}",
+        report.progress.stored,
+        report.progress.skipped,
+        report.failures.len(),
+        dir.display()
+    );
+
+    // 2. Annotation: category and tags of an image, nothing stored.
+    let first = &items[0];
+    let ann = annotate_with(&model, &prep, &std::fs::read(&first.path)?, ANNOTATE_TOP_K)?;
+    println!("\n{} looks like {:?}", first.id, ann.category[0].label);
+    for t in &ann.tags {
+        println!("  {} ({})", t.tag, t.why);
+    }
+
+    // 3. More like this, in stock and in the same category.
+    let filter = Filter::new().in_stock().category_in([first
+        .attributes
+        .category
+        .clone()
+        .unwrap_or_default()]);
+    let hits = db.similar(SimilarTo::Id(&first.id), 3, &filter)?;
+    println!("\nmore like {}: {:?}", first.id, ids(&hits));
+
+    // 4. A concept query, as text and as code.
+    let r = db.query("find +colour.red -category.tshirts where in_stock limit 3")?;
+    println!("\nred, not a T-shirt:");
+    for h in &r.hits {
+        println!("  {} {:.2} {:?}", h.id, h.score, h.contributions);
+    }
+    let q = ConceptQuery::new().term("pattern.striped", 1.0).limit(3);
+    println!("striped: {:?}", r_ids(&db.run_query(&q, None)?.hits));
+
+    // 5. A customer who likes black: her profile, then her "more like this".
+    let black: Vec<String> = db
+        .query("find +colour.black limit 6")?
+        .hits
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    for id in &black[..5] {
+        db.feedback("ada", id, Feedback::Like)?;
+    }
+    let profile = db.profile("ada")?.expect("feedback creates a profile");
+    println!(
+        "\nada weighs {:?} most; affinities {:?}",
+        profile.top_group(),
+        profile.affinities
+    );
+    let hits = db.similar_with_profile(SimilarTo::Id(&black[5]), 3, &Filter::new(), &profile)?;
+    println!("more like {} for ada: {:?}", black[5], ids(&hits));
+
+    // 6. A user-defined tag from three examples, usable in queries.
+    let watches: Vec<&str> = items
+        .iter()
+        .filter(|i| i.attributes.category.as_deref() == Some("Watches"))
+        .map(|i| i.id.as_str())
+        .take(3)
+        .collect();
+    db.define_tag("timepiece", &watches, &[], TagMethod::Centroid)?;
+    let r = db.query("find +user.timepiece limit 5")?;
+    println!("\nuser.timepiece: {:?}", r_ids(&r.hits));
+
+    // 7. An outfit whose first item sells out: ranked substitutes.
+    let outfit: Vec<&str> = items.iter().take(3).map(|i| i.id.as_str()).collect();
+    db.store_outfit("look-1", &outfit)?;
+    db.set_in_stock(outfit[0], false)?;
+    for s in db.substitute("look-1", 3)? {
+        let best: Vec<&str> = s.candidates.iter().map(|c| c.product.as_str()).collect();
+        println!("\nsold out {}: {best:?}", s.original);
+    }
+    Ok(())
+}
+
+fn ids(hits: &[vitrine::Hit]) -> Vec<&str> {
+    hits.iter().map(|h| h.id.as_str()).collect()
+}
+
+fn r_ids(hits: &[vitrine::QueryHit]) -> Vec<&str> {
+    hits.iter().map(|h| h.id.as_str()).collect()
+}
