@@ -320,6 +320,23 @@ fn malformed_queries_are_typed_errors_with_positions() {
         "unknown concept 'colour.rd' (at column 7) — did you mean colour.red?"
     );
     assert!(e.render("find +colour.rd").contains("\n        ^\n"));
+    // Built in code, bad numbers are typed errors too.
+    for q in [
+        ConceptQuery::new().term("colour.red", f32::NAN),
+        ConceptQuery::new()
+            .term("colour.red", 1.0)
+            .diverse(f32::NAN),
+        ConceptQuery::new().term("colour.red", 1.0).diverse(1.5),
+    ] {
+        assert!(matches!(
+            s.db.run_query(&q, None),
+            Err(ConceptError::InvalidWeight { .. })
+        ));
+    }
+    assert!(matches!(
+        s.db.run_query(&ConceptQuery::new().term("colour.rd", 1.0), None),
+        Err(ConceptError::UnknownConcept { .. })
+    ));
     // Unknown ids and profiles are typed errors at run time.
     assert!(matches!(
         s.db.query("like no-such-id"),

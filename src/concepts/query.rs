@@ -827,6 +827,12 @@ impl Db {
         model: Option<&Model>,
     ) -> Result<QueryResults, ConceptError> {
         let dim = vocab.layout().dim;
+        if let Some(l) = q.diverse.filter(|l| !(0.0..=1.0).contains(l)) {
+            return Err(ConceptError::InvalidWeight {
+                what: "diverse".into(),
+                value: l,
+            });
+        }
         let unknown = |name: &str| ConceptError::UnknownConcept {
             name: name.to_string(),
             suggestion: vocab.suggest(name),
