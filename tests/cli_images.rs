@@ -200,7 +200,7 @@ fn demo_writes_contact_sheets() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "png"))
         .collect();
-    assert_eq!(pngs.len(), 4, "{pngs:?}");
+    assert_eq!(pngs.len(), 6, "{pngs:?}");
     for p in &pngs {
         let img = image::open(p).expect("a readable PNG");
         assert!(img.width() > img.height());

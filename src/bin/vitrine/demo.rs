@@ -20,6 +20,7 @@ use vitrine::{
 
 use crate::import::{csv_items, import_with_progress, print_summary};
 use crate::sheet::{self, Tile};
+use vitrine::Feedback;
 
 /// Arguments of `vitrine demo`.
 #[derive(Args)]
@@ -119,6 +120,101 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         let file = args.out.join(format!("query4-in-stock-{}.png", item.id));
         show(&title, item, &hits, &files, &file)?;
+        sheets.push(file);
+    }
+
+    // A concept query: what the catalog holds in red, except T-shirts.
+    let text = "find +colour.red -category.tshirts where in_stock limit 8";
+    println!("\n== {text}");
+    let r = db.query(text)?;
+    let mut tiles = Vec::new();
+    for (rank, h) in r.hits.iter().enumerate() {
+        let why: Vec<String> = h
+            .contributions
+            .iter()
+            .map(|c| format!("{} {:+.2}", c.term, c.value))
+            .collect();
+        println!(
+            "  {}. {:<6} {:.3}  {}  [{}]",
+            rank + 1,
+            h.id,
+            h.score,
+            describe(&h.attributes),
+            why.join(", ")
+        );
+        if let Some(p) = files.get(h.id.as_str()) {
+            tiles.push(Tile {
+                path: p.to_path_buf(),
+                colour: sheet::GREEN,
+                fill: h.score,
+                labels: vec![
+                    format!("#{} {:.3}", rank + 1, h.score),
+                    h.attributes.category.clone().unwrap_or_default(),
+                    h.id.clone(),
+                ],
+            });
+        }
+    }
+    let file = args.out.join("query5-concepts.png");
+    sheet::render(text, &tiles)?
+        .save(&file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    sheets.push(file);
+
+    // A customer who liked four black products: her learned profile, and
+    // "more like this" for her.
+    let black: Vec<String> = db
+        .query("find +colour.black limit 5")?
+        .hits
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    if let (Some(reference), true) = (
+        items.iter().find(|i| Some(&i.id) == black.last()),
+        black.len() == 5,
+    ) {
+        // She likes them, and passes over a product of the same category
+        // in another colour next to each.
+        for id in &black[..4] {
+            db.feedback("demo-customer", id, Feedback::Like)?;
+            let category = items
+                .iter()
+                .find(|i| &i.id == id)
+                .and_then(|i| i.attributes.category.clone());
+            if let Some(other) = items.iter().find(|i| {
+                i.attributes.category == category
+                    && i.attributes.extra.get("colour").map(String::as_str) != Some("Black")
+                    && !black.contains(&i.id)
+            }) {
+                db.feedback("demo-customer", &other.id, Feedback::Skip)?;
+            }
+        }
+        let profile = db
+            .profile("demo-customer")?
+            .context("feedback stores a profile")?;
+        let mut w: Vec<(&String, &f32)> = profile.weights.iter().collect();
+        w.sort_by(|a, b| b.1.total_cmp(a.1));
+        let weights: Vec<String> = w
+            .iter()
+            .take(3)
+            .map(|(g, x)| format!("{g} {x:.2}"))
+            .collect();
+        println!(
+            "\n== a customer liked {} (and skipped one product of each of their categories in another colour): her profile weighs {} (affinities {:?})",
+            black[..4].join(", "),
+            weights.join(", "),
+            profile.affinities
+        );
+        let seen = black[..4]
+            .iter()
+            .fold(Filter::new(), |f, id| f.exclude(id.clone()));
+        let hits =
+            db.similar_with_profile(SimilarTo::Id(&reference.id), RESULTS, &seen, &profile)?;
+        let title = format!("more like {} for that customer", reference.id);
+        let file = args
+            .out
+            .join(format!("query6-profile-{}.png", reference.id));
+        show(&title, reference, &hits, &files, &file)?;
         sheets.push(file);
     }
 
