@@ -306,6 +306,8 @@ pub struct Db {
     checkpoint_on_drop: bool,
     scorer: ScorerChoice,
     report: OpenReport,
+    /// Serialises read-modify-write of side records (profiles, tags).
+    side_writes: Mutex<()>,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -536,6 +538,7 @@ impl Db {
             checkpoint_on_drop: b.checkpoint_on_drop,
             scorer: b.scorer,
             report,
+            side_writes: Mutex::new(()),
         };
         if !db.report.rebuilt.is_empty() {
             // Save the rebuilt indexes so the next open is fast.
@@ -1060,6 +1063,12 @@ impl Db {
         name: &str,
     ) -> Result<Keyspace<T>> {
         Ok(self.store.keyspace(&format!("vitrine.{name}"))?)
+    }
+
+    /// Held while a side record is read, changed and written back, so that
+    /// concurrent updates (two feedback events for one user) are not lost.
+    pub(crate) fn side_write_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.side_writes)
     }
 
     /// The vector of `id` in `space`, from the in-memory index.

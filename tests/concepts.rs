@@ -467,6 +467,25 @@ fn feedback_learns_that_colour_matters() {
     assert!(db.profile("bob").unwrap().is_none());
 }
 
+/// Feedback from many threads for one user: no event is lost.
+#[test]
+fn concurrent_feedback_loses_nothing() {
+    let Some(s) = shared() else { return };
+    let ids: Vec<String> = s.samples.iter().take(40).map(|x| x.id.clone()).collect();
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let ids = &ids;
+            scope.spawn(move || {
+                for i in 0..10 {
+                    s.db.feedback("busy", &ids[t * 10 + i], Feedback::Like)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(s.db.profile("busy").unwrap().unwrap().events.len(), 40);
+}
+
 #[test]
 fn profiles_and_tags_survive_a_reopen() {
     let Some(model) = model() else { return };

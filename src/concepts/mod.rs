@@ -552,6 +552,7 @@ impl Db {
             });
         }
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
+        let _guard = self.side_write_lock();
         let mut tag = ks
             .get(name.as_bytes())?
             .ok_or_else(|| self.unknown_tag(name))?;
@@ -659,6 +660,7 @@ impl Db {
         }
         let vocab = self.vocabulary()?;
         let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
+        let _guard = self.side_write_lock();
         let mut events = ks
             .get(user.as_bytes())?
             .map(|p| p.events)
