@@ -101,6 +101,11 @@ impl FlatIndex {
         if k == 0 {
             return Vec::new();
         }
+        let threads = scan_threads(self.docs.len() * self.dim);
+        let dense = allow.is_none_or(|a| a.len() > self.docs.len());
+        if threads > 1 && dense {
+            return self.search_parallel(q, k, allow, threads);
+        }
         match allow {
             // Small filter: visit only its rows.
             Some(a) if a.len() <= self.docs.len() => {
@@ -122,6 +127,46 @@ impl FlatIndex {
                     top.push(doc, self.metric.score(q, row));
                 }
             }
+        }
+        top.into_sorted()
+    }
+
+    /// The full scan split over `threads` scoped threads, each keeping its
+    /// own top-k; merged by the same (score, doc) order, so the result is
+    /// the sequential scan's.
+    fn search_parallel(
+        &self,
+        q: &[f32],
+        k: usize,
+        allow: Option<&AllowSet>,
+        threads: usize,
+    ) -> Vec<Hit> {
+        let chunk = self.docs.len().div_ceil(threads);
+        let parts: Vec<Vec<Hit>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    s.spawn(move || {
+                        let mut top = TopK::new(k);
+                        let start = (t * chunk).min(self.docs.len());
+                        let end = ((t + 1) * chunk).min(self.docs.len());
+                        for i in start..end {
+                            let doc = self.docs[i];
+                            if allow.is_none_or(|a| a.contains(doc)) {
+                                top.push(doc, self.metric.score(q, self.row(i)));
+                            }
+                        }
+                        top.into_sorted()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut top = TopK::new(k);
+        for h in parts.into_iter().flatten() {
+            top.push(h.doc, h.score);
         }
         top.into_sorted()
     }
@@ -196,5 +241,61 @@ impl VectorIndex for FlatIndex {
             hits: self.search_prepared(&q, opts.k, allow),
             plan: Plan::Exact,
         })
+    }
+}
+
+/// Rows × dimensions from which an exact scan is split over threads: below
+/// it, starting threads costs more than it saves.
+pub(crate) const PARALLEL_SCAN_MIN_WORK: usize = 1 << 22;
+
+/// Threads for a scan of `work` rows × dimensions: one per available CPU
+/// (at most 8), or 1 below [`PARALLEL_SCAN_MIN_WORK`].
+fn scan_threads(work: usize) -> usize {
+    if work < PARALLEL_SCAN_MIN_WORK {
+        return 1;
+    }
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(work / (PARALLEL_SCAN_MIN_WORK / 4))
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The threaded scan returns exactly the sequential one, ties included.
+    #[test]
+    fn parallel_scan_equals_sequential() {
+        let (n, dim) = (40_000usize, 128usize);
+        assert!(n * dim >= PARALLEL_SCAN_MIN_WORK);
+        let mut f = FlatIndex::with_capacity(dim, Metric::InnerProduct, n).unwrap();
+        let mut x = 12345u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Coarse values: many exact ties.
+            ((x % 5) as f32 - 2.0) / 2.0
+        };
+        for i in 0..n {
+            let v: Vec<f32> = (0..dim).map(|_| next()).collect();
+            f.upsert(i as u64 * 3, &v).unwrap();
+        }
+        let q: Vec<f32> = (0..dim).map(|_| next()).collect();
+        let allow = AllowSet::from_unsorted((0..n as u64 * 3).filter(|d| d % 7 != 0).collect());
+        for allow in [None, Some(&allow)] {
+            for k in [1, 10, 500] {
+                let par = f.search_parallel(&q, k, allow, 4);
+                let mut top = TopK::new(k);
+                for (i, &doc) in f.docs.iter().enumerate() {
+                    if allow.is_none_or(|a| a.contains(doc)) {
+                        top.push(doc, f.metric.score(&q, f.row(i)));
+                    }
+                }
+                assert_eq!(par, top.into_sorted(), "k {k}");
+            }
+        }
     }
 }
