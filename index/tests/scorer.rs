@@ -442,7 +442,7 @@ mod gpu {
     }
 
     #[test]
-    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    #[ignore = "needs a GPU (VITRINE_GPU=1, --features cuda); run on a GPU machine by scripts/gpu-check.sh"]
     fn gpu_matches_cpu_100k_random() {
         let Some((gpu, cpu)) = both() else { return };
         let data = random(1, 100_000, 128);
@@ -486,7 +486,7 @@ mod gpu {
     }
 
     #[test]
-    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    #[ignore = "needs a GPU (VITRINE_GPU=1, --features cuda); run on a GPU machine by scripts/gpu-check.sh"]
     fn gpu_matches_cpu_weighted_groups() {
         let Some((gpu, cpu)) = both() else { return };
         let (data, queries) = common::clustered(5, 100_000, 32, 128, 50);
@@ -507,7 +507,7 @@ mod gpu {
     }
 
     #[test]
-    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    #[ignore = "needs a GPU (VITRINE_GPU=1, --features cuda); run on a GPU machine by scripts/gpu-check.sh"]
     fn gpu_matches_cpu_real_embeddings() {
         let Some((gpu, cpu)) = both() else { return };
         // Optional: VITRINE_REAL_EMBEDDINGS=path of raw little-endian f32, 128 per row.
@@ -528,7 +528,7 @@ mod gpu {
     }
 
     #[test]
-    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    #[ignore = "needs a GPU (VITRINE_GPU=1, --features cuda); run on a GPU machine by scripts/gpu-check.sh"]
     fn gpu_matches_cpu_odd_dims() {
         let Some((gpu, cpu)) = both() else { return };
         // 207: the concept space; 13: scalar tails; 300: 32-row scan blocks;
@@ -542,7 +542,7 @@ mod gpu {
     }
 
     #[test]
-    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    #[ignore = "needs a GPU (VITRINE_GPU=1, --features cuda); run on a GPU machine by scripts/gpu-check.sh"]
     fn gpu_streams_chunks_when_memory_is_short() {
         let Some((_, cpu)) = both() else { return };
         // A tiny memory fraction forces the streaming path.
@@ -558,7 +558,7 @@ mod gpu {
     }
 
     #[test]
-    #[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda"]
+    #[ignore = "needs a GPU (VITRINE_GPU=1, --features cuda); run on a GPU machine by scripts/gpu-check.sh"]
     fn gpu_similar_all_matches_cpu() {
         let Some((gpu, cpu)) = both() else { return };
         let data = random(12, 20_000, 128);
@@ -584,7 +584,7 @@ mod gpu {
 /// precompute (1M × 128, k = 20) on GPU and CPU. Run by `scripts/gpu-check.sh`.
 #[cfg(feature = "cuda")]
 #[test]
-#[ignore = "needs a GPU: VITRINE_GPU=1 and --features cuda; takes minutes"]
+#[ignore = "needs a GPU (VITRINE_GPU=1, --features cuda), takes a minute; run by scripts/gpu-check.sh, figures in docs/gpu/"]
 fn gpu_figures() {
     use std::time::Instant;
     if !gpu_expected() {

@@ -41,9 +41,10 @@
 //!
 //! # Features
 //!
-//! `failpoints`: `VITRINE_FAILPOINT=<name>` aborts the process at the named
-//! point (`storage::before_apply`, `storage::before_flush`,
-//! `arena::mid_write`), for crash-recovery tests.
+//! `failpoints`: with `VITRINE_FAILPOINT=<name>`, the named point
+//! (`storage::before_apply`, `storage::before_flush`, `arena::mid_write`)
+//! runs the action installed with `set_failpoint_action` (a crash test's
+//! child installs an abort), for crash-recovery tests.
 
 #![deny(missing_docs)]
 
@@ -51,6 +52,8 @@ mod arena;
 mod codec;
 mod error;
 mod failpoint;
+#[cfg(feature = "failpoints")]
+pub use failpoint::set_failpoint_action;
 mod model;
 mod store;
 

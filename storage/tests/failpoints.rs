@@ -63,7 +63,13 @@ fn seed(dir: &Path) {
     ks.put(b"old", &note("kept")).unwrap();
 }
 
+/// In a child: a hit failpoint aborts, as a crash would.
+fn arm() {
+    vitrine_storage::set_failpoint_action(|_| std::process::abort());
+}
+
 fn child_put(dir: &Path) -> ! {
+    arm();
     let (_store, ks) = open(dir);
     ks.put(b"new", &note("maybe")).unwrap();
     // Reaching here means the failpoint did not fire: exit cleanly so the
@@ -111,6 +117,7 @@ fn crash_before_flush_leaves_a_consistent_store() {
 fn crash_mid_arena_write_keeps_the_old_arena() {
     let v = [1.0f32, 2.0];
     if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        arm();
         write_arena(&Path::new(&dir).join("a.arena"), 2, 2, [(9, &v[..])]).unwrap();
         std::process::exit(0);
     }
