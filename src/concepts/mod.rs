@@ -329,7 +329,6 @@ impl ConceptError {
     pub fn is_user_error(&self) -> bool {
         match self {
             ConceptError::Db(e) => e.is_user_error(),
-            ConceptError::Ingest(_) => true,
             _ => true,
         }
     }

@@ -92,15 +92,15 @@ impl Session {
             );
         }
         let model = Model::bundled().ok();
-        let db = match &model {
-            Some(m) => Db::builder().open_with_model(path, m),
-            None => Err(vitrine::IngestError::Db(vitrine::Error::InvalidConfig(
-                "no model".into(),
-            ))),
-        };
-        let db = match db {
-            Ok(db) => db,
-            Err(_) => Db::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        // With the model: checks it and stores its concept layout. Without
+        // (or with another model's database): plain open; concept commands
+        // then say what is missing.
+        let db = match model
+            .as_ref()
+            .map(|m| Db::builder().open_with_model(path, m))
+        {
+            Some(Ok(db)) => db,
+            _ => Db::open(path).with_context(|| format!("cannot open {}", path.display()))?,
         };
         Ok(Session {
             db,
