@@ -210,7 +210,9 @@ impl<'a> ImportOptions<'a> {
         self
     }
 
-    /// Images per inference batch (1..=64).
+    /// Images an inference thread takes from the queue at a time (1..=64);
+    /// also the unit of a write batch. The model itself runs one image per
+    /// tract call, its fastest mode, so this barely changes throughput.
     pub fn batch_size(mut self, batch: usize) -> Self {
         self.batch = batch.clamp(1, 64);
         self
