@@ -597,6 +597,9 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             "templates": cover_templates.len(),
             "outfits": plan.outfits.len(),
             "covered": plan.covered, "in_stock": plan.in_stock,
+            // Products the planned outfits hold (with repeats): the most
+            // any plan of this many outfits could cover.
+            "slots": plan.outfits.iter().map(|e| e.products.len()).sum::<usize>(),
             "fraction": plan.fraction,
             "baseline_covered": plan.baseline_covered,
             "baseline_fraction": plan.baseline_fraction,
