@@ -74,8 +74,9 @@ pub use model::{
 };
 pub use outfits::{
     CompleteMethod, CoverOptions, CoverPlan, ExpandOptions, Expansion, Outfit, OutfitEngine,
-    OutfitError, OutfitResult, OutfitRules, OutfitSlot, PairRule, Relation, RelationKind, RuleKind,
-    ScoredCandidate, Substitute, Substitution, MAX_OUTFIT_ID_LEN,
+    OutfitError, OutfitResult, OutfitRules, OutfitSettings, OutfitSlot, PairRule, Relation,
+    RelationKind, RuleKind, ScoredCandidate, Substitute, Substitution, MAX_CATALOG_COLOURS,
+    MAX_OUTFIT_ID_LEN,
 };
 pub use precompute::{
     PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, SimilarFileError,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use vitrine::{
     Attributes, CoverOptions, Db, ExpandOptions, ImportItem, ImportOptions, ImportSource, Model,
-    OutfitError, PrepConfig,
+    OutfitError, OutfitSettings, PrepConfig, RelationKind,
 };
 
 fn mango_dir() -> PathBuf {
@@ -408,6 +408,85 @@ fn expansions_are_in_stock_without_repeats_and_keep_colour_relations() {
 }
 
 #[test]
+fn catalog_colour_groups_decide_colour_families_when_configured() {
+    let Some(f) = fixture() else { return };
+    let _g = lock();
+    let db = &f.db;
+    assert_eq!(db.outfit_settings().unwrap(), OutfitSettings::default());
+    assert!(matches!(
+        db.set_outfit_settings(&OutfitSettings::new().colour_attribute("  ")),
+        Err(OutfitError::InvalidArgument(_))
+    ));
+    let attr = "des_agrup_color_eng";
+    db.set_outfit_settings(&OutfitSettings::new().colour_attribute(attr))
+        .unwrap();
+    let rules = db.learn_outfit_rules().unwrap();
+    let eng = db.outfit_engine().unwrap();
+    let gt = f.subset.gt_colour();
+
+    // Every product's family is its catalog group.
+    let mismatched: Vec<&String> = gt
+        .iter()
+        .filter(|(id, g)| eng.colour_family(id) != Some(g.as_str()))
+        .map(|(id, _)| id)
+        .collect();
+    // The rules are learned over the catalog groups.
+    let groups: HashSet<&String> = gt.values().collect();
+    let rule_groups = groups.iter().filter(|g| rules.colours.contains(g)).count();
+    // Substitutes: the catalog group of the original whenever the category
+    // has one in stock; expansions: every shared group stays shared.
+    let mut eng = eng;
+    let (mut colour_cases, mut same) = (0, 0);
+    let (mut shared, mut shared_kept) = (0, 0);
+    for o in db.outfits().unwrap() {
+        for s in &o.slots {
+            eng.assume_sold_out(&[&s.product]);
+            let subs = eng.substitute(&o.id, 50).unwrap();
+            eng.assume_in_stock(&[&s.product]);
+            let cands = &subs[0].candidates;
+            if cands
+                .iter()
+                .any(|c| gt.get(&c.product) == gt.get(&s.product))
+            {
+                colour_cases += 1;
+                same += usize::from(gt.get(&cands[0].product) == gt.get(&s.product));
+            }
+        }
+    }
+    for o in db.outfits().unwrap().iter().take(6) {
+        for e in eng.expand(&o.id, 3, &ExpandOptions::new()).unwrap() {
+            for r in e
+                .relations
+                .iter()
+                .filter(|r| r.kind == RelationKind::SameColour)
+            {
+                shared += 1;
+                shared_kept += usize::from(gt[&e.products[r.a]] == gt[&e.products[r.b]]);
+            }
+        }
+    }
+    // Back to the defaults (other tests share this database) before asserting.
+    db.set_outfit_settings(&OutfitSettings::default()).unwrap();
+    db.learn_outfit_rules().unwrap();
+
+    eprintln!(
+        "catalog colours: substitute kept the group {same}/{colour_cases}, expansions kept {shared_kept}/{shared} shared groups"
+    );
+    assert!(mismatched.is_empty(), "{mismatched:?}");
+    assert_eq!(rule_groups, groups.len());
+    assert!(colour_cases > 50);
+    assert!(
+        same as f64 >= 0.9 * colour_cases as f64,
+        "{same}/{colour_cases}"
+    );
+    assert!(shared > 10);
+    assert!(
+        shared_kept as f64 >= 0.9 * shared as f64,
+        "{shared_kept}/{shared}"
+    );
+}
+
+#[test]
 fn cover_and_complete() {
     let Some(f) = fixture() else { return };
     let _g = lock();
@@ -473,17 +552,20 @@ fn outfits_and_rules_survive_a_reopen() {
     let Some((subset, model)) = small_db(dir.path()) else {
         return;
     };
+    let settings = OutfitSettings::new().colour_attribute("des_agrup_color_eng");
     let (outfits, rules) = {
         let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
         for (id, ps) in &subset.outfits {
             db.store_outfit(id, ps).unwrap();
         }
+        db.set_outfit_settings(&settings).unwrap();
         let rules = db.learn_outfit_rules().unwrap();
         (db.outfits().unwrap(), rules)
     };
     let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
     assert_eq!(db.outfits().unwrap(), outfits);
     assert_eq!(db.outfit_rules().unwrap().unwrap(), rules);
+    assert_eq!(db.outfit_settings().unwrap(), settings);
 }
 
 const CHILD_ENV: &str = "VITRINE_OUTFITS_KILL_CHILD";
@@ -614,6 +696,15 @@ fn cli_outfit_commands_and_eval_fitb() {
         "1",
     ]);
     assert!(out.contains("lift"), "{out}");
+    let out = vitrine(&["outfit", "--db", d, "settings"]);
+    assert!(out.contains("measured on the pixels"), "{out}");
+    let attr = "des_agrup_color_eng";
+    vitrine(&["outfit", "--db", d, "settings", "--colour-attribute", attr]);
+    let out = vitrine(&["outfit", "--db", d, "--json", "settings"]);
+    assert!(out.contains(attr), "{out}");
+    vitrine(&["outfit", "--db", d, "settings", "--measured-colour"]);
+    let out = vitrine(&["outfit", "--db", d, "settings"]);
+    assert!(out.contains("measured on the pixels"), "{out}");
     let out = vitrine(&[
         "outfit",
         "--db",

@@ -1,7 +1,9 @@
 //! What the outfit engine reads about every product, in one in-memory
-//! snapshot: catalog category, stock, and the model outputs held in the
-//! concept-space vector (visual block, category block, colour and pattern
-//! blocks). The blocks are found from the bundled model's manifest.
+//! snapshot: catalog category, stock, colour (the retailer's colour group
+//! when [`OutfitSettings`](super::OutfitSettings) names that attribute, else the colour measured on
+//! the pixels), and the model outputs held in the concept-space vector
+//! (visual block, category block, colour and pattern blocks). The blocks are
+//! found from the concept layout the database stored.
 
 use std::collections::HashMap;
 
@@ -73,7 +75,12 @@ pub(crate) struct Catalog {
     pub categories: Vec<String>,
     pub by_category: Vec<Vec<usize>>,
     pub mcat: Vec<u16>,
-    pub colour: Vec<u8>,
+    /// Index into `colour_names`.
+    pub colour: Vec<u16>,
+    /// The model's colour families, then the catalog's colour groups.
+    pub colour_names: Vec<String>,
+    /// Whether the colour is the catalog's (else measured or predicted).
+    pub catalog_colour: Vec<bool>,
     /// The measured pixel colour (CIELAB), when the import stored one.
     pub lab: Vec<Option<[f32; 3]>>,
     pub pattern: Vec<u8>,
@@ -91,6 +98,11 @@ pub(crate) const SAME_COLOUR: f32 = 0.8;
 
 /// ΔE76 at which measured colours have nothing in common.
 pub(crate) const COLOUR_SCALE: f32 = 100.0;
+
+/// Most distinct values of a catalog colour attribute used as colour
+/// groups (the rules keep a table per pair of groups); products with rarer
+/// values fall back to their measured colour.
+pub const MAX_CATALOG_COLOURS: usize = 32;
 
 /// Typical garment colours of common family names (sRGB), for naming a
 /// measured colour after the nearest of the model's families. Families not
@@ -137,6 +149,7 @@ impl Catalog {
             .concept_layout()
             .map_err(|e| OutfitError::NoConceptSpace(e.to_string()))?;
         let layout = Layout::of(&concepts)?;
+        let settings = db.outfit_settings()?;
         if snap.dim != layout.dim {
             return Err(OutfitError::NoConceptSpace(format!(
                 "the concept vectors have {} dimensions, the stored layout {}",
@@ -153,12 +166,21 @@ impl Catalog {
             by_category: Vec::new(),
             mcat: Vec::with_capacity(n),
             colour: Vec::with_capacity(n),
+            colour_names: layout.colours.clone(),
+            catalog_colour: Vec::with_capacity(n),
             lab: Vec::with_capacity(n),
             pattern: Vec::with_capacity(n),
             concept: Vec::with_capacity(n * snap.dim),
             vis: Vec::with_capacity(n * layout.vis.len()),
             layout,
         };
+        let groups = catalog_colour_groups(&snap.attrs, settings.colour_attribute.as_deref());
+        let mut colour_index: HashMap<String, u16> = HashMap::new();
+        for g in groups {
+            let next = cat.colour_names.len() as u16;
+            colour_index.insert(g.clone(), next);
+            cat.colour_names.push(g);
+        }
         let mut cat_index: HashMap<String, u32> = HashMap::new();
         for i in 0..n {
             let row = snap.row(i);
@@ -186,13 +208,20 @@ impl Catalog {
                 .extra
                 .get(ATTR_COLOUR_LAB)
                 .and_then(|s| serde_json::from_str::<[f32; 3]>(s).ok());
-            // The family: from the measured colour when there is one (the
-            // nearest prototype among the model's families), else the
-            // model's colour head.
-            let family = lab
-                .and_then(|lab| nearest_family(&cat.layout.colours, lab))
-                .unwrap_or_else(|| argmax(&row[l.colour.clone()]));
-            cat.colour.push(family as u8);
+            // The family: the catalog's colour group when configured and
+            // present, else from the measured colour (the nearest prototype
+            // among the model's families), else the model's colour head.
+            let catalog = settings
+                .colour_attribute
+                .as_deref()
+                .and_then(|a| attrs.get(a))
+                .and_then(|v| colour_index.get(v.trim()).copied());
+            let family = catalog.unwrap_or_else(|| {
+                lab.and_then(|lab| nearest_family(&cat.layout.colours, lab))
+                    .unwrap_or_else(|| argmax(&row[l.colour.clone()])) as u16
+            });
+            cat.colour.push(family);
+            cat.catalog_colour.push(catalog.is_some());
             cat.lab.push(lab);
             cat.pattern.push(argmax(&row[l.pattern.clone()]) as u8);
             cat.concept.extend_from_slice(row);
@@ -228,8 +257,22 @@ impl Catalog {
 
     /// Colour similarity in 0..=1: from the measured colours when both have
     /// one (`1 − ΔE/`[`COLOUR_SCALE`], floored at 0), else the cosine of the
-    /// model's colour blocks (1 for the same colour distribution).
+    /// model's colour blocks (1 for the same colour distribution). When both
+    /// colours are the catalog's, the group decides the upper or lower half
+    /// and the shade places it inside.
     pub fn colour_sim(&self, a: usize, b: usize) -> f32 {
+        if self.catalog_colour[a] && self.catalog_colour[b] {
+            let group = if self.colour[a] == self.colour[b] {
+                0.5
+            } else {
+                0.0
+            };
+            return group + 0.5 * self.shade_sim(a, b);
+        }
+        self.shade_sim(a, b)
+    }
+
+    fn shade_sim(&self, a: usize, b: usize) -> f32 {
         if let (Some(x), Some(y)) = (self.lab[a], self.lab[b]) {
             return (1.0 - delta_e(x, y) / COLOUR_SCALE).max(0.0);
         }
@@ -237,16 +280,20 @@ impl Catalog {
         dot(&self.concept(a)[r.clone()], &self.concept(b)[r])
     }
 
-    /// Whether two products share a colour family: the same family, or
-    /// colours at least [`SAME_COLOUR`] alike (one family can straddle two
-    /// neighbouring prototypes or tags, e.g. black and charcoal).
+    /// Whether two products share a colour family: the same catalog colour
+    /// group when both have one (the retailer's taxonomy decides); else the
+    /// same family, or colours at least [`SAME_COLOUR`] alike (one family can
+    /// straddle two neighbouring prototypes or tags, e.g. black and
+    /// charcoal).
     pub fn same_colour(&self, a: usize, b: usize) -> bool {
-        self.colour[a] == self.colour[b] || self.colour_sim(a, b) >= same_colour_threshold()
+        if self.catalog_colour[a] && self.catalog_colour[b] {
+            return self.colour[a] == self.colour[b];
+        }
+        self.colour[a] == self.colour[b] || self.shade_sim(a, b) >= same_colour_threshold()
     }
 
     pub fn colour_name(&self, i: usize) -> &str {
-        self.layout
-            .colours
+        self.colour_names
             .get(self.colour[i] as usize)
             .map_or("?", String::as_str)
     }
@@ -262,6 +309,28 @@ impl Catalog {
     pub fn lookup(&self, id: &str) -> Option<usize> {
         self.index.get(id).copied()
     }
+}
+
+/// The values of the catalog colour attribute used as colour groups: the
+/// [`MAX_CATALOG_COLOURS`] most frequent, in name order (deterministic).
+fn catalog_colour_groups(attrs: &[crate::Attributes], attribute: Option<&str>) -> Vec<String> {
+    let Some(attribute) = attribute else {
+        return Vec::new();
+    };
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for a in attrs {
+        if let Some(v) = a.get(attribute).map(str::trim) {
+            if !v.is_empty() {
+                *counts.entry(v).or_default() += 1;
+            }
+        }
+    }
+    let mut by_count: Vec<(&str, usize)> = counts.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    by_count.truncate(MAX_CATALOG_COLOURS);
+    let mut names: Vec<String> = by_count.into_iter().map(|(v, _)| v.to_string()).collect();
+    names.sort();
+    names
 }
 
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | store, list, show, delete, CSV import | [`Db::store_outfit`], [`Db::outfits`], [`Db::outfit`], [`Db::delete_outfit`], [`Db::import_outfits_csv`] |
 //! | learn the rules of the stored outfits | [`Db::learn_outfit_rules`], [`Db::outfit_rules`] |
+//! | use the catalog's colour groups | [`Db::set_outfit_settings`], [`OutfitSettings`] |
 //! | replace sold-out items | [`Db::substitute`] |
 //! | new outfits that keep a template's relations | [`Db::expand`] |
 //! | plan outfits covering the in-stock inventory | [`Db::cover`] |
@@ -19,13 +20,15 @@
 //! its outfits in one atomic batch.
 //!
 //! What the engine knows about a product. Only what it stores: the catalog
-//! category (a retailer's own attribute) and the bundled model's outputs —
-//! the concept-space vector (visual embedding + category, colour, usage,
-//! season, gender and pattern blocks) and the tag scores, from which the
-//! colour family (best tag of the exclusive colour group) and the pattern
-//! (best tag of the pattern group) are read. Ground-truth attributes a
-//! catalog may carry (e.g. Mango's colour groups) are never read by this
-//! module; evaluation code uses them to measure.
+//! category (a retailer's own attribute), the colour measured on the
+//! product's pixels at import, and the bundled model's outputs — the
+//! concept-space vector (visual embedding + category, colour, usage,
+//! season, gender and pattern blocks), from which the pattern (best tag of
+//! the pattern group) and, for products without a measured colour, the
+//! colour family are read. By default no other catalog attribute is read.
+//! A retailer whose catalog has colour groups can make them the colour
+//! families of every outfit operation ([`OutfitSettings::colour_attribute`]):
+//! "same colour" then means what their merchandisers mean by it.
 //!
 //! Learned rules ([`OutfitRules`]) are statistics of the user's own stored
 //! outfits, rebuilt from them in about a second and persisted in
@@ -44,6 +47,7 @@ use vitrine_storage::Record;
 
 use crate::{Db, Error};
 
+pub use features::MAX_CATALOG_COLOURS;
 pub use ops::{
     CompleteMethod, CoverOptions, CoverPlan, ExpandOptions, Expansion, OutfitEngine, Relation,
     RelationKind, ScoredCandidate, Substitute, Substitution,
@@ -53,6 +57,8 @@ pub use rules::{OutfitRules, PairRule, RuleKind};
 const OUTFITS: &str = "outfits";
 const RULES: &str = "outfit_rules";
 const RULES_KEY: &[u8] = b"rules";
+const SETTINGS: &str = "outfit_settings";
+const SETTINGS_KEY: &[u8] = b"settings";
 
 /// Longest outfit id accepted, in bytes.
 pub const MAX_OUTFIT_ID_LEN: usize = 1024;
@@ -148,6 +154,45 @@ impl Outfit {
     pub fn products(&self) -> Vec<&str> {
         self.slots.iter().map(|s| s.product.as_str()).collect()
     }
+}
+
+/// How the outfit engine reads products; persisted with the database
+/// ([`Db::set_outfit_settings`]).
+///
+/// ```
+/// use vitrine::OutfitSettings;
+/// // The default: colour families come from the pixels.
+/// assert_eq!(OutfitSettings::default().colour_attribute, None);
+/// let s = OutfitSettings::new().colour_attribute("colour_group");
+/// assert_eq!(s.colour_attribute.as_deref(), Some("colour_group"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct OutfitSettings {
+    /// The product attribute that holds the retailer's colour group (e.g.
+    /// `colour_group`). When set, two products that both have it share a
+    /// colour family exactly when their values are equal, and the values
+    /// name the families in rules and explanations (at most
+    /// [`MAX_CATALOG_COLOURS`] distinct values, the most frequent; products
+    /// without the attribute keep their measured colour). Default `None`:
+    /// colour families come from the colour measured on the pixels.
+    pub colour_attribute: Option<String>,
+}
+
+impl OutfitSettings {
+    /// The defaults (no catalog colour attribute).
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Use the product attribute `name` as the colour group.
+    pub fn colour_attribute(mut self, name: impl Into<String>) -> Self {
+        self.colour_attribute = Some(name.into());
+        self
+    }
+}
+
+impl Record for OutfitSettings {
+    const VERSION: u8 = 1;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -311,6 +356,32 @@ impl Db {
         self.side_keyspace::<OutfitRules>(RULES)?
             .put(RULES_KEY, &rules)?;
         Ok(rules)
+    }
+
+    /// Persists `settings` for every later outfit operation. Rules learned
+    /// before keep the colour families they were learned with (they are
+    /// matched by name); call [`Db::learn_outfit_rules`] to relearn them
+    /// with the new ones.
+    pub fn set_outfit_settings(&self, settings: &OutfitSettings) -> OutfitResult<()> {
+        if let Some(a) = &settings.colour_attribute {
+            if a.trim().is_empty() || a.len() > 256 {
+                return Err(OutfitError::InvalidArgument(format!(
+                    "colour attribute '{}' must be 1 to 256 bytes and not blank",
+                    a.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+        self.side_keyspace::<OutfitSettings>(SETTINGS)?
+            .put(SETTINGS_KEY, settings)?;
+        Ok(())
+    }
+
+    /// The persisted settings (the defaults when none were set).
+    pub fn outfit_settings(&self) -> OutfitResult<OutfitSettings> {
+        Ok(self
+            .side_keyspace::<OutfitSettings>(SETTINGS)?
+            .get(SETTINGS_KEY)?
+            .unwrap_or_default())
     }
 
     /// The persisted rules, if they were ever learned.

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::features::{Catalog, NO_CATEGORY};
 use super::memory::Memory;
-use super::rules::{Given, OutfitRules};
+use super::rules::{Given, OutfitRules, RuleMaps};
 use super::{Outfit, OutfitError, OutfitResult};
 use crate::Db;
 
@@ -273,7 +273,7 @@ pub struct OutfitEngine<'a> {
     db: &'a Db,
     cat: Catalog,
     rules: Option<OutfitRules>,
-    cmap: Vec<u32>,
+    maps: RuleMaps,
     memory: Memory,
 }
 
@@ -291,10 +291,7 @@ impl Db {
     pub fn outfit_engine(&self) -> OutfitResult<OutfitEngine<'_>> {
         let cat = Catalog::load(self)?;
         let rules = self.outfit_rules()?;
-        let cmap = rules
-            .as_ref()
-            .map(|r| r.category_map(&cat))
-            .unwrap_or_default();
+        let maps = rules.as_ref().map(|r| r.maps(&cat)).unwrap_or_default();
         let memory = Memory::build(
             &cat,
             rules.as_ref().map_or(&[][..], |r| r.memory.as_slice()),
@@ -303,7 +300,7 @@ impl Db {
             db: self,
             cat,
             rules,
-            cmap,
+            maps,
             memory,
         })
     }
@@ -453,12 +450,12 @@ impl OutfitEngine<'_> {
             if let Some(r) = rules {
                 parts[0][k] = given
                     .iter()
-                    .map(|&g| r.rule_score(&self.cat, &self.cmap, g, c))
+                    .map(|&g| r.rule_score(&self.cat, &self.maps, g, c))
                     .sum::<f32>()
                     / n;
                 parts[1][k] = gs
                     .iter()
-                    .map(|g| r.compat(&self.cat, &self.cmap, g, c))
+                    .map(|g| r.compat(&self.cat, &self.maps, g, c))
                     .sum::<f32>()
                     / n;
             }
@@ -519,7 +516,7 @@ impl OutfitEngine<'_> {
                 .map(|&c| match &self.rules {
                     Some(r) => {
                         gs.iter()
-                            .map(|g| r.compat(cat, &self.cmap, g, c))
+                            .map(|g| r.compat(cat, &self.maps, g, c))
                             .sum::<f32>()
                             / gs.len().max(1) as f32
                     }
@@ -850,7 +847,7 @@ impl Expander {
                 .map(|&c| match rules {
                     Some(r) => givens
                         .iter()
-                        .map(|g| r.compat(cat, &eng.cmap, g, c))
+                        .map(|g| r.compat(cat, &eng.maps, g, c))
                         .sum::<f32>(),
                     None => 0.0,
                 })

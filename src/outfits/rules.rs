@@ -161,7 +161,8 @@ pub struct OutfitRules {
     pub pairs: usize,
     /// Milliseconds the learning took.
     pub learn_ms: u64,
-    /// Colour families (the model's colour tags).
+    /// Colour families: the model's colour tags, then the catalog's colour
+    /// groups when [`crate::OutfitSettings::colour_attribute`] is set.
     pub colours: Vec<String>,
     /// Patterns (the model's pattern tags).
     pub patterns: Vec<String>,
@@ -214,7 +215,7 @@ impl PartialEq for OutfitRules {
 pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
     let started = std::time::Instant::now();
     let l = &cat.layout;
-    let nc = l.colours.len();
+    let nc = cat.colour_names.len();
     let mut colour = PairTable::new(nc);
     let mut pattern = PairTable::new(l.patterns.len());
     let mut model_category = PairTable::new(l.model_categories.len());
@@ -336,7 +337,7 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
         outfits: members.iter().filter(|m| m.len() >= 2).count(),
         pairs,
         learn_ms: started.elapsed().as_millis() as u64,
-        colours: l.colours.clone(),
+        colours: cat.colour_names.clone(),
         patterns: l.patterns.clone(),
         model_categories: l.model_categories.clone(),
         categories: cat.categories.clone(),
@@ -375,6 +376,35 @@ fn rank_one(w: &mut [f32], s: f32, u: &[f32], v: &[f32]) {
     }
 }
 
+/// Catalog index → rules index, for categories and colours
+/// ([`OutfitRules::maps`]); `NO_CATEGORY` where the rules lack the name.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RuleMaps {
+    pub category: Vec<u32>,
+    pub colour: Vec<u32>,
+}
+
+impl RuleMaps {
+    fn category(&self, c: u32) -> u32 {
+        self.category
+            .get(c as usize)
+            .copied()
+            .unwrap_or(NO_CATEGORY)
+    }
+}
+
+fn by_name(rules: &[String], catalog: &[String]) -> Vec<u32> {
+    let index: HashMap<&str, u32> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
+    catalog
+        .iter()
+        .map(|c| index.get(c.as_str()).copied().unwrap_or(NO_CATEGORY))
+        .collect()
+}
+
 /// A given item prepared for scoring candidates against it.
 pub(crate) struct Given {
     /// `Wᵀ (a − μ)`.
@@ -393,18 +423,13 @@ impl OutfitRules {
         index.get(&(a, b)).map(|&k| &self.colour_by_category[k].2)
     }
 
-    /// Maps the catalog's category indexes to the rules' (by name).
-    pub(crate) fn category_map(&self, cat: &Catalog) -> Vec<u32> {
-        let by_name: HashMap<&str, u32> = self
-            .categories
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.as_str(), i as u32))
-            .collect();
-        cat.categories
-            .iter()
-            .map(|c| by_name.get(c.as_str()).copied().unwrap_or(NO_CATEGORY))
-            .collect()
+    /// Maps the catalog's category and colour indexes to the rules' (by
+    /// name): the catalog may have changed since the rules were learned.
+    pub(crate) fn maps(&self, cat: &Catalog) -> RuleMaps {
+        RuleMaps {
+            category: by_name(&self.categories, &cat.categories),
+            colour: by_name(&self.colours, &cat.colour_names),
+        }
     }
 
     pub(crate) fn given(&self, cat: &Catalog, a: usize) -> Given {
@@ -425,14 +450,11 @@ impl OutfitRules {
     }
 
     /// Learned embedding compatibility of candidate `b` with `g`.
-    pub(crate) fn compat(&self, cat: &Catalog, cmap: &[u32], g: &Given, b: usize) -> f32 {
+    pub(crate) fn compat(&self, cat: &Catalog, maps: &RuleMaps, g: &Given, b: usize) -> f32 {
         if cat.dim() != self.dim {
             return 0.0;
         }
-        let rc = cmap
-            .get(cat.category[b] as usize)
-            .copied()
-            .unwrap_or(NO_CATEGORY);
+        let rc = maps.category(cat.category[b]);
         let m = self.category_means.get(rc as usize).unwrap_or(&self.mean);
         cat.concept(b)
             .iter()
@@ -443,16 +465,17 @@ impl OutfitRules {
     }
 
     /// Sum of the log-lifts of the symbolic rules between `a` and `b`.
-    pub(crate) fn rule_score(&self, cat: &Catalog, cmap: &[u32], a: usize, b: usize) -> f32 {
-        let (ca, cb) = (cat.colour[a] as usize, cat.colour[b] as usize);
-        let ka = cmap
-            .get(cat.category[a] as usize)
-            .copied()
-            .unwrap_or(NO_CATEGORY);
-        let kb = cmap
-            .get(cat.category[b] as usize)
-            .copied()
-            .unwrap_or(NO_CATEGORY);
+    pub(crate) fn rule_score(&self, cat: &Catalog, maps: &RuleMaps, a: usize, b: usize) -> f32 {
+        // Unknown colours map past the tables' end, where lifts are 0.
+        let colour = |i: usize| {
+            maps.colour
+                .get(cat.colour[i] as usize)
+                .copied()
+                .unwrap_or(NO_CATEGORY) as usize
+        };
+        let (ca, cb) = (colour(a), colour(b));
+        let ka = maps.category(cat.category[a]);
+        let kb = maps.category(cat.category[b]);
         let colour = match self.cat_pair_table(ka, kb) {
             Some(t) => t.get(ca, cb),
             None => self.colour.get(ca, cb),

@@ -124,6 +124,18 @@ pub enum OutfitCommand {
         #[arg(long, default_value_t = 30)]
         min_support: u32,
     },
+    /// Shows or changes the outfit settings. `--colour-attribute NAME` makes
+    /// that product attribute (the retailer's colour group) the colour
+    /// family of every outfit operation; `--measured-colour` goes back to
+    /// colours measured on the pixels. Relearn the rules afterwards.
+    Settings {
+        /// The product attribute holding the colour group.
+        #[arg(long, conflicts_with = "measured_colour")]
+        colour_attribute: Option<String>,
+        /// Colour families from the pixels (the default).
+        #[arg(long)]
+        measured_colour: bool,
+    },
 }
 
 /// Contact-sheet flags.
@@ -370,6 +382,24 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
                         c.compat,
                         c.lookalike
                     );
+                }
+            }
+        }
+        OutfitCommand::Settings {
+            colour_attribute,
+            measured_colour,
+        } => {
+            let mut settings = db.outfit_settings()?;
+            if measured_colour || colour_attribute.is_some() {
+                settings.colour_attribute = colour_attribute;
+                db.set_outfit_settings(&settings)?;
+            }
+            if json {
+                print_json(&serde_json::to_value(&settings)?)?;
+            } else {
+                match &settings.colour_attribute {
+                    Some(a) => println!("colour families: the catalog attribute '{a}'"),
+                    None => println!("colour families: measured on the pixels"),
                 }
             }
         }

@@ -50,6 +50,11 @@ pub struct FitbArgs {
     /// learned, full).
     #[arg(long)]
     pub all_methods: bool,
+    /// Use this product attribute as the retailer's colour group
+    /// (`OutfitSettings::colour_attribute`, e.g. `des_agrup_color_eng`).
+    /// Default: colours measured on the pixels.
+    #[arg(long)]
+    pub colour_attribute: Option<String>,
 }
 
 /// Arguments of `vitrine eval fitb-split`.
@@ -94,6 +99,11 @@ pub struct OutfitsEvalArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Use this product attribute as the retailer's colour group
+    /// (`OutfitSettings::colour_attribute`, e.g. `des_agrup_color_eng`).
+    /// Default: colours measured on the pixels.
+    #[arg(long)]
+    pub colour_attribute: Option<String>,
 }
 
 /// One product row of a Mango-format CSV.
@@ -198,8 +208,18 @@ fn open_and_import(db_dir: &Path, products: &[ProductRow]) -> anyhow::Result<Db>
     Ok(db)
 }
 
-/// Replaces the database's outfits by those of `csv` and learns the rules.
-fn load_outfits(db: &Db, csv: &Path) -> anyhow::Result<vitrine::OutfitRules> {
+/// Replaces the database's outfits by those of `csv`, sets the colour
+/// attribute (or clears it) and learns the rules.
+fn load_outfits(
+    db: &Db,
+    csv: &Path,
+    colour_attribute: Option<&str>,
+) -> anyhow::Result<vitrine::OutfitRules> {
+    let mut settings = vitrine::OutfitSettings::new();
+    if let Some(a) = colour_attribute {
+        settings = settings.colour_attribute(a);
+    }
+    db.set_outfit_settings(&settings)?;
     for o in db.outfits()? {
         db.delete_outfit(&o.id)?;
     }
@@ -226,7 +246,7 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
         }
     };
     let db = open_and_import(&db_dir, &products)?;
-    let rules = load_outfits(&db, &args.outfits)?;
+    let rules = load_outfits(&db, &args.outfits, args.colour_attribute.as_deref())?;
     eprintln!(
         "learned rules from {} outfits ({} pairs) in {} ms",
         rules.outfits, rules.pairs, rules.learn_ms
@@ -431,7 +451,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         .collect();
     let db = open_and_import(&args.db, &products)?;
     let t = Instant::now();
-    let rules = load_outfits(&db, &args.outfits)?;
+    let rules = load_outfits(&db, &args.outfits, args.colour_attribute.as_deref())?;
     let import_learn_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut eng = db.outfit_engine()?;
@@ -571,6 +591,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     };
     let fig = serde_json::json!({
         "outfits": outfits.len(),
+        "colour_attribute": args.colour_attribute,
         "rules_learned_from": rules.outfits,
         "rules_learn_ms": rules.learn_ms,
         "import_and_learn_s": import_learn_s,

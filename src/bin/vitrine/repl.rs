@@ -58,7 +58,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>... | profile reset <user>"),
     ("tag", "tag define <name> <id>... [not <id>...] [logistic] | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
-    ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules ...   (outfit help)"),
+    ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
     ("show", "show [file.png]            contact sheet of the last results"),
     ("json", "json on|off                JSON lines instead of tables"),
     ("help", "help                       this list; the query grammar is in the docs of vitrine::ConceptQuery"),
