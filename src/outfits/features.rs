@@ -1,9 +1,10 @@
 //! What the outfit engine reads about every product, in one in-memory
 //! snapshot: catalog category, stock, colour (the retailer's colour group
-//! when [`OutfitSettings`](super::OutfitSettings) names that attribute, else the colour measured on
-//! the pixels), and the model outputs held in the concept-space vector
-//! (visual block, category block, colour and pattern blocks). The blocks are
-//! found from the concept layout the database stored.
+//! when [`OutfitSettings`](super::OutfitSettings) names that attribute,
+//! else the colour measured on the pixels), and the model outputs held in
+//! the concept-space vector (visual block, category block, colour and
+//! pattern blocks). The blocks are found from the concept layout the
+//! database stored.
 
 use std::collections::HashMap;
 
@@ -177,9 +178,15 @@ impl Catalog {
         let groups = catalog_colour_groups(&snap.attrs, settings.colour_attribute.as_deref());
         let mut colour_index: HashMap<String, u16> = HashMap::new();
         for g in groups {
-            let next = cat.colour_names.len() as u16;
-            colour_index.insert(g.clone(), next);
-            cat.colour_names.push(g);
+            // A group named like one of the model's families is that family.
+            let k = match cat.colour_names.iter().position(|c| *c == g) {
+                Some(k) => k,
+                None => {
+                    cat.colour_names.push(g.clone());
+                    cat.colour_names.len() - 1
+                }
+            };
+            colour_index.insert(g, k as u16);
         }
         let mut cat_index: HashMap<String, u32> = HashMap::new();
         for i in 0..n {
