@@ -43,7 +43,8 @@ LOSS_WEIGHTS = {"cat": 1.0, "tag": 1.0, "excl": 0.5, "concept": 0.5, "supcon": 0
 LABEL_SMOOTHING = 0.1
 CONCEPT_MARGIN = 1.0
 SUPCON_T = 0.1
-AUG = {"hflip": 0.5, "scale": (0.9, 1.1), "translate": 0.06}  # translate: fraction of half-size (grid units)
+AUG = {"hflip": 0.5, "scale": (0.9, 1.1), "translate": 0.06,  # translate: fraction of half-size (grid units)
+       "erase": 0.0, "erase_area": (0.02, 0.15)}  # random erasing (--erase): probability, area fraction
 
 
 def seed_all(seed):
@@ -53,9 +54,10 @@ def seed_all(seed):
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Geometric only (no colour change: colour is a label).  Random horizontal
-    flip, isotropic scale and translation; out-of-canvas samples repeat the
-    border, which is the letterbox background colour."""
+    """Geometric only, plus random erasing (no colour change: colour is a
+    label).  Random horizontal flip, isotropic scale and translation;
+    out-of-canvas samples repeat the border, which is the letterbox
+    background colour."""
     b = x.shape[0]
     s = torch.empty(b).uniform_(*AUG["scale"], generator=g)
     tx = torch.empty(b).uniform_(-AUG["translate"], AUG["translate"], generator=g)
@@ -67,7 +69,21 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     theta[:, 0, 2] = tx
     theta[:, 1, 2] = ty
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if AUG["erase"] > 0:
+        # Random erasing: one rectangle per chosen image set to 0 (the
+        # normalised mean), so no single part decides the category.
+        h, w = x.shape[2], x.shape[3]
+        hit = torch.rand(b, generator=g) < AUG["erase"]
+        area = torch.empty(b).uniform_(*AUG["erase_area"], generator=g) * h * w
+        aspect = torch.empty(b).uniform_(0.5, 2.0, generator=g)
+        eh = (area * aspect).sqrt().clamp(1, h).long()
+        ew = (area / aspect).sqrt().clamp(1, w).long()
+        y0 = (torch.rand(b, generator=g) * (h - eh + 1).float()).long()
+        x0 = (torch.rand(b, generator=g) * (w - ew + 1).float()).long()
+        for i in torch.nonzero(hit).flatten().tolist():
+            x[i, :, y0[i]:y0[i] + eh[i], x0[i]:x0[i] + ew[i]] = 0.0
+    return x
 
 
 def supcon_loss(z, labels, t=SUPCON_T):
@@ -171,11 +187,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="../shared/data/fpi")
     ap.add_argument("--out", default="models/")
-    ap.add_argument("--epochs", type=int, default=18)
+    ap.add_argument("--epochs", type=int, default=64)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--wd", type=float, default=0.05)
-    ap.add_argument("--warmup-epochs", type=float, default=1.5)
+    ap.add_argument("--warmup-epochs", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", type=int, default=1, help="bf16 autocast for the training forward pass (CPU AVX512-BF16)")
@@ -184,11 +200,13 @@ def main():
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init-from", default="", help="start from these weights with a fresh optimizer and "
                     "LR schedule (a second cosine cycle / warm restart)")
+    ap.add_argument("--erase", type=float, default=0.5, help="random-erasing probability (augmentation)")
     ap.add_argument("--max-batches", type=int, default=0, help="timing runs: stop each epoch after N batches")
     ap.add_argument("--no-export", action="store_true")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    AUG["erase"] = args.erase
     seed_all(args.seed)
     t_start = time.time()
     tax, train, val, X, tr_idx, va_idx = setup(args)
