@@ -384,3 +384,64 @@ fn eval_concepts_json_has_the_documented_keys() {
     }
     assert_eq!(v["n"], 80);
 }
+
+#[test]
+fn import_refuses_another_models_database_unless_reembedding() {
+    if !have_model("import_refuses_another_models_database_unless_reembedding") {
+        return;
+    }
+    // "Another model": the bundled weights with one category renamed (a
+    // different fingerprint), in a model folder of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-model");
+    std::fs::create_dir(&other).unwrap();
+    let models = root().join("models");
+    std::fs::copy(
+        models.join("vitrine-fashion-v1.onnx"),
+        other.join("vitrine-fashion-v1.onnx"),
+    )
+    .unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(models.join("manifest.json")).unwrap()).unwrap();
+    let c0 = m["taxonomy"]["categories"][0].as_str().unwrap().to_string();
+    m["taxonomy"]["categories"][0] = serde_json::Value::String(format!("{c0} (renamed)"));
+    std::fs::write(other.join("manifest.json"), m.to_string()).unwrap();
+
+    let src = dir.path().join("images");
+    std::fs::create_dir(&src).unwrap();
+    for f in sample_images(3) {
+        std::fs::copy(&f, src.join(f.file_name().unwrap())).unwrap();
+    }
+    let db = dir.path().join("db");
+    let (src_s, db_s) = (src.to_str().unwrap(), db.to_str().unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["import", src_s, "--db", db_s, "--fpi"])
+        .env("VITRINE_MODEL_DIR", &other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+
+    // The bundled model refuses it, naming the way out.
+    let out = vitrine(&["import", src_s, "--db", db_s, "--fpi"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--reembed"),
+        "{}",
+        text(&out.stderr)
+    );
+    // --reembed replaces every product; a second run has nothing left to do.
+    let out = vitrine(&["import", src_s, "--db", db_s, "--fpi", "--reembed"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("3 items: 3 imported, 0 skipped"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = vitrine(&["import", src_s, "--db", db_s, "--fpi"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("3 items: 0 imported, 3 skipped"),
+        "{}",
+        text(&out.stdout)
+    );
+}

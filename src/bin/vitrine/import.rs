@@ -27,6 +27,11 @@ pub struct ImportArgs {
     /// file is rewritten on every run; empty means no failure.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Switch a database built with another model to the bundled one: every
+    /// product of SOURCE still from the old model is run through the new
+    /// one, keeping its attributes (resumable).
+    #[arg(long)]
+    pub reembed: bool,
     #[command(flatten)]
     pub prep: PrepArgs,
 }
@@ -168,6 +173,16 @@ pub fn import_with_progress(
     prep: vitrine::PrepConfig,
     source: ImportSource,
 ) -> anyhow::Result<ImportReport> {
+    import_with_options(db, model, prep, source, false)
+}
+
+fn import_with_options(
+    db: &Db,
+    model: &std::sync::Arc<Model>,
+    prep: vitrine::PrepConfig,
+    source: ImportSource,
+    reembed: bool,
+) -> anyhow::Result<ImportReport> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -184,6 +199,7 @@ pub fn import_with_progress(
     let options = ImportOptions::new()
         .model(model.clone())
         .prep(prep)
+        .reembed(reembed)
         .progress(progress);
     let report = db.import(source, options);
     bar.finish_and_clear();
@@ -221,10 +237,24 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let prep = args.prep.config()?;
     let source = source_of(&args.source)?;
     let model = Model::bundled().context("cannot load the bundled model")?;
-    let db = Db::builder()
-        .open_with_model(&args.db, &model)
-        .with_context(|| format!("cannot open the database {}", args.db.display()))?;
-    let report = import_with_progress(&db, &model, prep, source)?;
+    let db = match Db::builder().open_with_model(&args.db, &model) {
+        Ok(db) => db,
+        // Built with another model: re-embedding opens it as it is, and the
+        // import switches it.
+        Err(vitrine::IngestError::ModelMismatch { .. }) if args.reembed => Db::open(&args.db)
+            .with_context(|| format!("cannot open the database {}", args.db.display()))?,
+        Err(e @ vitrine::IngestError::ModelMismatch { .. }) => {
+            return Err(anyhow::Error::from(e).context(format!(
+                "cannot open the database {}; `vitrine import --reembed` switches it to the bundled model",
+                args.db.display()
+            )))
+        }
+        Err(e) => {
+            return Err(anyhow::Error::from(e)
+                .context(format!("cannot open the database {}", args.db.display())))
+        }
+    };
+    let report = import_with_options(&db, &model, prep, source, args.reembed)?;
     db.flush()?;
     print_summary(&report);
     let report_path = args
