@@ -40,6 +40,16 @@ fn sample_images(n: usize) -> Vec<PathBuf> {
     files
 }
 
+/// Copies the first `n` sample images into `dir/images` and returns it.
+fn copy_samples(dir: &Path, n: usize) -> PathBuf {
+    let src = dir.join("images");
+    std::fs::create_dir(&src).unwrap();
+    for f in sample_images(n) {
+        std::fs::copy(&f, src.join(f.file_name().unwrap())).unwrap();
+    }
+    src
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -106,11 +116,7 @@ fn import_reports_failures_and_a_rerun_skips_everything() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("images");
-    std::fs::create_dir(&src).unwrap();
-    for f in sample_images(5) {
-        std::fs::copy(&f, src.join(f.file_name().unwrap())).unwrap();
-    }
+    let src = copy_samples(dir.path(), 5);
     std::fs::write(src.join("broken.jpg"), [0xFF, 0xD8, 0xFF]).unwrap();
     let db = dir.path().join("db");
     let (src_s, db_s) = (src.to_str().unwrap(), db.to_str().unwrap());
@@ -407,11 +413,7 @@ fn import_refuses_another_models_database_unless_reembedding() {
     m["taxonomy"]["categories"][0] = serde_json::Value::String(format!("{c0} (renamed)"));
     std::fs::write(other.join("manifest.json"), m.to_string()).unwrap();
 
-    let src = dir.path().join("images");
-    std::fs::create_dir(&src).unwrap();
-    for f in sample_images(3) {
-        std::fs::copy(&f, src.join(f.file_name().unwrap())).unwrap();
-    }
+    let src = copy_samples(dir.path(), 3);
     let db = dir.path().join("db");
     let (src_s, db_s) = (src.to_str().unwrap(), db.to_str().unwrap());
     let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
