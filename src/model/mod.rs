@@ -474,13 +474,6 @@ impl Model {
         let inference = |e: TractError| ModelError::Inference(format!("{e:#}"));
         let input = Tensor::from_shape(&shape, data).map_err(inference)?;
         let result = self.plan.run(tvec!(input.into())).map_err(inference)?;
-        if result.len() != OUTPUTS.len() {
-            return Err(ModelError::Inference(format!(
-                "expected {} outputs, got {}",
-                OUTPUTS.len(),
-                result.len()
-            )));
-        }
         let mut rows: Vec<Vec<f32>> = Vec::with_capacity(OUTPUTS.len());
         for (name, r) in OUTPUTS.iter().zip(result.iter()) {
             if r.shape().first() != Some(&1) {
@@ -491,10 +484,14 @@ impl Model {
             }
             rows.push(r.as_slice::<f32>().map_err(inference)?.to_vec());
         }
-        let concept = rows.pop().unwrap_or_default();
-        let tag_logits = rows.pop().unwrap_or_default();
-        let category_logits = rows.pop().unwrap_or_default();
-        let embedding = rows.pop().unwrap_or_default();
+        let [embedding, category_logits, tag_logits, concept]: [Vec<f32>; 4] =
+            rows.try_into().map_err(|_| {
+                ModelError::Inference(format!(
+                    "expected {} outputs, got {}",
+                    OUTPUTS.len(),
+                    result.len()
+                ))
+            })?;
         Ok(ModelOutput {
             embedding,
             category_probs: softmax(&category_logits),
