@@ -511,6 +511,13 @@ fn cover_and_complete() {
     );
     assert!(plan.fraction > 0.0 && plan.fraction <= 1.0);
     assert!(plan.covered >= plan.baseline_covered);
+    // A budget larger than the inventory: the rounds stop once one covers
+    // nothing new, having covered at least as much.
+    let full = db
+        .cover(&templates, &CoverOptions::new().outfits_per_template(1000))
+        .unwrap();
+    assert!(full.outfits.len() < templates.len() * 1000);
+    assert!(full.covered >= plan.covered && full.covered <= full.in_stock);
 
     // Complete: the candidates come back ranked, every one of them.
     let o = db.outfits().unwrap().into_iter().nth(1).unwrap();

@@ -625,8 +625,10 @@ impl OutfitEngine<'_> {
             id: o.id,
             template: idx.clone(),
             anchor,
-            used_anchors: Vec::new(),
-            previous: vec![Vec::new(); idx.len()],
+            history: idx
+                .iter()
+                .map(|&t| SlotHistory::new(&self.cat, t))
+                .collect(),
             diversity: options.diversity,
             reuse_template: options.reuse_template,
         })
@@ -718,11 +720,45 @@ struct Expander {
     id: String,
     template: Vec<usize>,
     anchor: usize,
-    used_anchors: Vec<usize>,
-    /// Per slot, the products chosen in earlier expansions.
-    previous: Vec<Vec<usize>>,
+    /// Per slot, what earlier expansions chose there.
+    history: Vec<SlotHistory>,
     diversity: f32,
     reuse_template: bool,
+}
+
+/// What a slot's earlier expansions chose, per product that can fill it:
+/// kept as running maxima and counts, so that a series of n expansions
+/// costs O(n × pool) rather than O(n² × pool).
+struct SlotHistory {
+    /// The products that can fill the slot: the template product's
+    /// category, or that product alone when it has none.
+    pool: Vec<usize>,
+    /// The highest look-alike similarity to any earlier choice (0 before any).
+    div: Vec<f32>,
+    /// How often each product was chosen.
+    uses: Vec<u32>,
+}
+
+impl SlotHistory {
+    fn new(cat: &Catalog, template_product: usize) -> Self {
+        let pool = match cat.category[template_product] {
+            NO_CATEGORY => vec![template_product],
+            _ => cat.same_category(template_product).to_vec(),
+        };
+        SlotHistory {
+            div: vec![0.0; pool.len()],
+            uses: vec![0; pool.len()],
+            pool,
+        }
+    }
+
+    /// Records `chosen`, at `pos` in the pool.
+    fn record(&mut self, cat: &Catalog, pos: usize, chosen: usize) {
+        self.uses[pos] += 1;
+        for (d, &c) in self.div.iter_mut().zip(&self.pool) {
+            *d = d.max(cat.lookalike(c, chosen));
+        }
+    }
 }
 
 impl Expander {
@@ -763,31 +799,27 @@ impl Expander {
                 .count();
             ok as f32 / same_with_anchor.len() as f32
         };
-        let anchor_pool: Vec<usize> = cat
-            .same_category(a_tpl)
+        let a_hist = &self.history[self.anchor];
+        let (anchor_pos, anchor) = a_hist
+            .pool
             .iter()
             .copied()
-            .filter(|&c| cat.in_stock[c] && !tpl.contains(&c) && !self.used_anchors.contains(&c))
-            .collect();
-        let anchor = anchor_pool
-            .iter()
-            .map(|&c| {
+            .enumerate()
+            .filter(|&(k, c)| cat.in_stock[c] && !tpl.contains(&c) && a_hist.uses[k] == 0)
+            .map(|(k, c)| {
                 let rel = cat.lookalike(c, a_tpl);
-                let div = self
-                    .used_anchors
-                    .iter()
-                    .map(|&u| cat.lookalike(c, u))
-                    .fold(0.0f32, f32::max);
-                (
-                    lambda * rel - (1.0 - lambda) * div + 3.0 * feasible(c) + cover_bonus(c),
-                    c,
-                )
+                let s = lambda * rel - (1.0 - lambda) * a_hist.div[k]
+                    + 3.0 * feasible(c)
+                    + cover_bonus(c);
+                (s, (k, c))
             })
             .max_by(|a, b| a.0.total_cmp(&b.0))?
             .1;
 
         let mut chosen = vec![usize::MAX; m];
+        let mut chosen_pos = vec![0usize; m];
         chosen[self.anchor] = anchor;
+        chosen_pos[self.anchor] = anchor_pos;
         let rules = eng.rules.as_ref();
         let mut givens: Vec<Given> = Vec::new();
         if let Some(r) = rules {
@@ -796,18 +828,14 @@ impl Expander {
         for j in (0..m).filter(|&j| j != self.anchor) {
             let t = tpl[j];
             let in_outfit = |c: usize, chosen: &[usize]| chosen.contains(&c);
-            let pick = |allow_template: bool| -> Vec<usize> {
-                if cat.category[t] == NO_CATEGORY {
-                    return if cat.in_stock[t] && !in_outfit(t, &chosen) {
-                        vec![t]
-                    } else {
-                        Vec::new()
-                    };
-                }
-                cat.same_category(t)
+            // (position in the slot's pool, product)
+            let pick = |allow_template: bool| -> Vec<(usize, usize)> {
+                self.history[j]
+                    .pool
                     .iter()
                     .copied()
-                    .filter(|&c| {
+                    .enumerate()
+                    .filter(|&(_, c)| {
                         cat.in_stock[c]
                             && !in_outfit(c, &chosen)
                             && (allow_template || !tpl.contains(&c))
@@ -827,7 +855,7 @@ impl Expander {
             // the slots it contrasts with.
             let kept: Vec<f32> = cands
                 .iter()
-                .map(|&c| {
+                .map(|&(_, c)| {
                     let mut k = 0.0;
                     let mut strength = 0.0;
                     for &i in &filled {
@@ -844,7 +872,7 @@ impl Expander {
                 .collect();
             let mut compat: Vec<f32> = cands
                 .iter()
-                .map(|&c| match rules {
+                .map(|&(_, c)| match rules {
                     Some(r) => givens
                         .iter()
                         .map(|g| r.compat(cat, &eng.maps, g, c))
@@ -852,37 +880,34 @@ impl Expander {
                     None => 0.0,
                 })
                 .collect();
-            let mut look: Vec<f32> = cands.iter().map(|&c| cat.lookalike(c, t)).collect();
+            let mut look: Vec<f32> = cands.iter().map(|&(_, c)| cat.lookalike(c, t)).collect();
             zscore(&mut compat);
             zscore(&mut look);
-            let best = cands
+            let hist = &self.history[j];
+            let (best_pos, best) = cands
                 .iter()
                 .enumerate()
-                .map(|(k, &c)| {
-                    let div = self.previous[j]
-                        .iter()
-                        .map(|&u| cat.lookalike(c, u))
-                        .fold(0.0f32, f32::max);
+                .map(|(k, &(pos, c))| {
                     // Reusing a product of an earlier expansion costs more
                     // than its similarity: outfits should differ.
-                    let reuse = self.previous[j].iter().filter(|&&u| u == c).count() as f32;
+                    let reuse = hist.uses[pos] as f32;
                     let s = 4.0 * kept[k] - 1.5 * reuse
                         + lambda * (0.5 * compat[k] + 0.5 * look[k])
-                        - (1.0 - lambda) * 2.0 * div
+                        - (1.0 - lambda) * 2.0 * hist.div[pos]
                         + cover_bonus(c);
-                    (s, c)
+                    (s, (pos, c))
                 })
                 .max_by(|a, b| a.0.total_cmp(&b.0))?
                 .1;
             chosen[j] = best;
+            chosen_pos[j] = best_pos;
             if let Some(r) = rules {
                 givens.push(r.given(cat, best));
             }
         }
 
-        self.used_anchors.push(anchor);
         for (j, &c) in chosen.iter().enumerate() {
-            self.previous[j].push(c);
+            self.history[j].record(cat, chosen_pos[j], c);
         }
         let mut relations = Vec::new();
         let mut explanation = Vec::new();

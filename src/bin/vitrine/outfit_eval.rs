@@ -104,6 +104,10 @@ pub struct OutfitsEvalArgs {
     /// Default: colours measured on the pixels.
     #[arg(long)]
     pub colour_attribute: Option<String>,
+    /// Cover budgets to measure: the most outfits planned per template
+    /// (comma-separated; each is one plan, reported with its baseline).
+    #[arg(long, value_delimiter = ',', default_values_t = [10usize])]
+    pub cover_per_template: Vec<usize>,
 }
 
 /// One product row of a Mango-format CSV.
@@ -553,7 +557,44 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         .choose_multiple(&mut rng, 50)
         .map(|o| o.id.clone())
         .collect();
-    let plan = eng.cover(&cover_templates, &CoverOptions::new())?;
+    let mut per_category: HashMap<Option<String>, usize> = HashMap::new();
+    for id in &all_ids {
+        if eng.in_stock(id) == Some(true) {
+            *per_category.entry(category(id)).or_default() += 1;
+        }
+    }
+    let mut cover = Vec::new();
+    for &budget in &args.cover_per_template {
+        let plan = eng.cover(
+            &cover_templates,
+            &CoverOptions::new().outfits_per_template(budget),
+        )?;
+        // The most any plan of these outfits could cover: per category,
+        // its slots or its in-stock products, whichever is fewer.
+        let mut slots_per_category: HashMap<Option<String>, usize> = HashMap::new();
+        for p in plan.outfits.iter().flat_map(|e| &e.products) {
+            *slots_per_category.entry(category(p)).or_default() += 1;
+        }
+        let ceiling: usize = slots_per_category
+            .iter()
+            .map(|(c, &n)| n.min(per_category.get(c).copied().unwrap_or(0)))
+            .sum();
+        cover.push(serde_json::json!({
+            "templates": cover_templates.len(),
+            "outfits_per_template": budget,
+            "outfits": plan.outfits.len(),
+            "covered": plan.covered, "in_stock": plan.in_stock,
+            // Products the planned outfits hold, with repeats.
+            "slots": plan.outfits.iter().map(|e| e.products.len()).sum::<usize>(),
+            "ceiling_covered": ceiling,
+            "ceiling_ratio": if plan.baseline_covered > 0 { ceiling as f64 / plan.baseline_covered as f64 } else { 0.0 },
+            "fraction": plan.fraction,
+            "baseline_covered": plan.baseline_covered,
+            "baseline_fraction": plan.baseline_fraction,
+            "ratio": if plan.baseline_fraction > 0.0 { plan.fraction / plan.baseline_fraction } else { 0.0 },
+            "ms": plan.elapsed_ms,
+        }));
+    }
 
     // Contact sheets of 5 expansions next to their templates.
     let mut sheets = Vec::new();
@@ -614,19 +655,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             "model_colour_relations_kept_pct": pct(model_kept, model_rel),
             "ms_per_outfit": expand_ms / n_exp.max(1) as f64,
         },
-        "cover": {
-            "templates": cover_templates.len(),
-            "outfits": plan.outfits.len(),
-            "covered": plan.covered, "in_stock": plan.in_stock,
-            // Products the planned outfits hold (with repeats): the most
-            // any plan of this many outfits could cover.
-            "slots": plan.outfits.iter().map(|e| e.products.len()).sum::<usize>(),
-            "fraction": plan.fraction,
-            "baseline_covered": plan.baseline_covered,
-            "baseline_fraction": plan.baseline_fraction,
-            "ratio": if plan.baseline_fraction > 0.0 { plan.fraction / plan.baseline_fraction } else { 0.0 },
-            "ms": plan.elapsed_ms,
-        },
+        "cover": cover,
         "sheets": sheets,
         "colour_groups_vs_model_families": confusion,
     });
