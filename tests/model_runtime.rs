@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use vitrine::{Model, ModelError, PreparedImage, BUNDLED_ONNX, MANIFEST_FILE};
 
+/// The bundled model's input, CHW.
+const INPUT: [usize; 3] = [3, PreparedImage::HEIGHT, PreparedImage::WIDTH];
+
 fn model_dir() -> Option<PathBuf> {
     let dir = Model::bundled_dir();
     if dir.join(BUNDLED_ONNX).is_file() && dir.join(MANIFEST_FILE).is_file() {
@@ -92,7 +95,7 @@ fn missing_model_files_are_named() {
         Err(ModelError::Missing { path }) => assert_eq!(path, dir.path().join(MANIFEST_FILE)),
         other => panic!("expected Missing, got {other:?}"),
     }
-    std::fs::write(dir.path().join(MANIFEST_FILE), tiny_manifest([3, 128, 96])).unwrap();
+    std::fs::write(dir.path().join(MANIFEST_FILE), tiny_manifest(INPUT)).unwrap();
     match Model::from_dir(dir.path()) {
         Err(ModelError::Missing { path }) => assert_eq!(path, dir.path().join("tiny.onnx")),
         other => panic!("expected Missing, got {other:?}"),
@@ -104,7 +107,7 @@ fn missing_model_files_are_named() {
 #[test]
 fn corrupt_onnx_is_a_typed_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(MANIFEST_FILE), tiny_manifest([3, 128, 96])).unwrap();
+    std::fs::write(dir.path().join(MANIFEST_FILE), tiny_manifest(INPUT)).unwrap();
     std::fs::write(
         dir.path().join("tiny.onnx"),
         b"this is not a protobuf model",
@@ -115,7 +118,7 @@ fn corrupt_onnx_is_a_typed_error_naming_the_file() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert!(matches!(
-        Model::from_bytes(b"\x00\x01garbage", tiny_manifest([3, 128, 96]).as_bytes()),
+        Model::from_bytes(b"\x00\x01garbage", tiny_manifest(INPUT).as_bytes()),
         Err(ModelError::Corrupt { .. })
     ));
 }
@@ -130,14 +133,14 @@ fn bad_manifests_are_typed_errors() {
         other => panic!("expected Manifest, got {other:?}"),
     }
     // Groups that do not cover the tags.
-    let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest([3, 128, 96])).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest(INPUT)).unwrap();
     m["tag_names"] = serde_json::json!(["colour.red", "colour.blue", "colour.green"]);
     assert!(matches!(
         Model::from_bytes(b"", m.to_string().as_bytes()),
         Err(ModelError::Manifest { .. })
     ));
     // A missing field.
-    let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest([3, 128, 96])).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest(INPUT)).unwrap();
     m.as_object_mut().unwrap().remove("taxonomy");
     let e = Model::from_bytes(b"", m.to_string().as_bytes()).unwrap_err();
     assert!(e.to_string().contains("taxonomy"), "{e}");
@@ -147,7 +150,7 @@ fn bad_manifests_are_typed_errors() {
 fn wrong_input_shape_is_a_typed_error() {
     match Model::from_bytes(b"", tiny_manifest([3, 64, 64]).as_bytes()) {
         Err(ModelError::InputShape { expected, found }) => {
-            assert_eq!(expected, vec![3, 128, 96]);
+            assert_eq!(expected, INPUT.to_vec());
             assert_eq!(found, vec![3, 64, 64]);
         }
         other => panic!("expected InputShape, got {other:?}"),
@@ -214,7 +217,7 @@ fn tract_matches_the_pytorch_reference_outputs() {
         serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     let tol = reference["tolerance"].as_f64().unwrap_or(1e-4) as f32;
     let (shape, input) = read_npy_f32(&input_path);
-    assert_eq!(&shape[1..], &[3, 128, 96]);
+    assert_eq!(&shape[1..], &INPUT);
     let n = shape[0];
     let outs = model.infer_tensor(&input, n).unwrap();
     assert_eq!(outs.len(), n);

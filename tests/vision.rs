@@ -290,10 +290,10 @@ fn fpi_square_fills_the_input_exactly() {
 
 #[test]
 fn identity_resize_copies_pixels() {
-    // A 96 × 128 busy image maps 1:1 onto the input: values are exact.
+    // A busy image of the input's size maps 1:1 onto it: values are exact.
     let mut rng = ChaCha8Rng::seed_from_u64(6);
-    let img = RgbImage::from_fn(96, 128, |_, _| Rgb(rng.gen()));
-    let p = prepare_rgb(96, 128, img.as_raw(), &PrepConfig::catalog()).unwrap();
+    let img = RgbImage::from_fn(W as u32, H as u32, |_, _| Rgb(rng.gen()));
+    let p = prepare_rgb(W as u32, H as u32, img.as_raw(), &PrepConfig::catalog()).unwrap();
     let t = p.tensor();
     for (i, px) in img.pixels().enumerate() {
         for c in 0..3 {
@@ -364,9 +364,10 @@ fn white_patch_whitens_the_brightest_patch() {
         .illumination(Illumination::Always(WhiteBalance::WhitePatch));
     let p = prepare_rgb(150, 200, img.as_raw(), &cfg).unwrap();
     assert_eq!(p.corrected(), Some(WhiteBalance::WhitePatch));
-    // The card, around source (35, 35): 150 × 200 maps to 96 × 128 (scale 0.64).
+    // The card, around source (35, 35); 150 × 200 maps onto the whole
+    // (3:4) input.
     let t = p.tensor();
-    let (x, y) = (22, 22);
+    let (x, y) = (35 * W / 150, 35 * H / 200);
     let card = [0, 1, 2].map(|c| to_u8_units(t[c * H * W + y * W + x]));
     assert!(card.iter().all(|&v| v > 245.0), "white card is {card:?}");
 }
