@@ -730,9 +730,10 @@ struct Expander {
 /// kept as running maxima and counts, so that a series of n expansions
 /// costs O(n × pool) rather than O(n² × pool).
 struct SlotHistory {
-    /// The products that can fill the slot: the template product's
-    /// category, or that product alone when it has none.
-    pool: Vec<usize>,
+    /// The template product's category ([`NO_CATEGORY`]: the product
+    /// alone can fill the slot).
+    category: u32,
+    template_product: usize,
     /// The highest look-alike similarity to any earlier choice (0 before any).
     div: Vec<f32>,
     /// How often each product was chosen.
@@ -741,23 +742,38 @@ struct SlotHistory {
 
 impl SlotHistory {
     fn new(cat: &Catalog, template_product: usize) -> Self {
-        let pool = match cat.category[template_product] {
-            NO_CATEGORY => vec![template_product],
-            _ => cat.same_category(template_product).to_vec(),
+        let mut h = SlotHistory {
+            category: cat.category[template_product],
+            template_product,
+            div: Vec::new(),
+            uses: Vec::new(),
         };
-        SlotHistory {
-            div: vec![0.0; pool.len()],
-            uses: vec![0; pool.len()],
-            pool,
-        }
+        let n = h.pool(cat).len();
+        h.div = vec![0.0; n];
+        h.uses = vec![0; n];
+        h
+    }
+
+    /// The products that can fill the slot: the template product's
+    /// category, or that product alone when it has none.
+    fn pool<'a>(&'a self, cat: &'a Catalog) -> &'a [usize] {
+        slot_pool(cat, self.category, &self.template_product)
     }
 
     /// Records `chosen`, at `pos` in the pool.
     fn record(&mut self, cat: &Catalog, pos: usize, chosen: usize) {
         self.uses[pos] += 1;
-        for (d, &c) in self.div.iter_mut().zip(&self.pool) {
+        let pool = slot_pool(cat, self.category, &self.template_product);
+        for (d, &c) in self.div.iter_mut().zip(pool) {
             *d = d.max(cat.lookalike(c, chosen));
         }
+    }
+}
+
+fn slot_pool<'a>(cat: &'a Catalog, category: u32, template_product: &'a usize) -> &'a [usize] {
+    match category {
+        NO_CATEGORY => std::slice::from_ref(template_product),
+        c => &cat.by_category[c as usize],
     }
 }
 
@@ -801,7 +817,7 @@ impl Expander {
         };
         let a_hist = &self.history[self.anchor];
         let (anchor_pos, anchor) = a_hist
-            .pool
+            .pool(cat)
             .iter()
             .copied()
             .enumerate()
@@ -831,7 +847,7 @@ impl Expander {
             // (position in the slot's pool, product)
             let pick = |allow_template: bool| -> Vec<(usize, usize)> {
                 self.history[j]
-                    .pool
+                    .pool(cat)
                     .iter()
                     .copied()
                     .enumerate()
