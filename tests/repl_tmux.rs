@@ -155,12 +155,17 @@ fn repl_completes_queries_shows_and_reports_errors() {
     tmux.keys(&["help", "Enter"]);
     tmux.wait_for("feedback <user> <id> like|skip|buy");
     tmux.keys(&["quit", "Enter"]);
-    // History was saved where HOME points.
+    // History was saved where HOME points. The file can exist before its
+    // lines are written: wait for the content, not the file.
     let start = Instant::now();
     let history = tmp.path().join(".vitrine_history");
-    while !history.exists() && start.elapsed() < Duration::from_secs(10) {
+    let mut h = String::new();
+    while start.elapsed() < Duration::from_secs(10) {
+        h = std::fs::read_to_string(&history).unwrap_or_default();
+        if h.contains("find +colour.red limit 3") {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let h = std::fs::read_to_string(&history).unwrap_or_default();
     assert!(h.contains("find +colour.red limit 3"), "{h}");
 }
