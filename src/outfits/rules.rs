@@ -391,6 +391,11 @@ impl RuleMaps {
             .copied()
             .unwrap_or(NO_CATEGORY)
     }
+
+    /// Unknown colours map past the tables' end, where lifts are 0.
+    fn colour(&self, c: u16) -> usize {
+        self.colour.get(c as usize).copied().unwrap_or(NO_CATEGORY) as usize
+    }
 }
 
 fn by_name(rules: &[String], catalog: &[String]) -> Vec<u32> {
@@ -466,14 +471,7 @@ impl OutfitRules {
 
     /// Sum of the log-lifts of the symbolic rules between `a` and `b`.
     pub(crate) fn rule_score(&self, cat: &Catalog, maps: &RuleMaps, a: usize, b: usize) -> f32 {
-        // Unknown colours map past the tables' end, where lifts are 0.
-        let colour = |i: usize| {
-            maps.colour
-                .get(cat.colour[i] as usize)
-                .copied()
-                .unwrap_or(NO_CATEGORY) as usize
-        };
-        let (ca, cb) = (colour(a), colour(b));
+        let (ca, cb) = (maps.colour(cat.colour[a]), maps.colour(cat.colour[b]));
         let ka = maps.category(cat.category[a]);
         let kb = maps.category(cat.category[b]);
         let colour = match self.cat_pair_table(ka, kb) {
