@@ -407,6 +407,68 @@ fn expansions_are_in_stock_without_repeats_and_keep_colour_relations() {
     }
 }
 
+/// The palette weight makes expansions follow the template's own colours
+/// (closer measured colours, slot by slot) without costing any of the
+/// template's colour relations. (Its effect on ground-truth groups is
+/// measured on the full catalog by `vitrine eval outfits`: this subset has
+/// one to five products per category.)
+#[test]
+fn palette_keeps_expansions_near_the_template_colours() {
+    let Some(f) = fixture() else { return };
+    let _g = lock();
+    let db = &f.db;
+    let eng = db.outfit_engine().unwrap();
+    let gt = f.subset.gt_colour();
+    // The measured colour (absent when no foreground was found).
+    let lab = |id: &str| -> Option<[f32; 3]> {
+        let p = db.get(id).unwrap().unwrap();
+        let v = p.attributes.extra.get(vitrine::ATTR_COLOUR_LAB)?;
+        Some(serde_json::from_str(v).unwrap())
+    };
+    let de = |a: [f32; 3], b: [f32; 3]| {
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f32>()
+            .sqrt()
+    };
+    // (mean ΔE to the template product, relations kept, relations,
+    // ground-truth shared groups kept, shared pairs)
+    let measure = |opts: &ExpandOptions| {
+        let (mut sum, mut n) = (0.0f32, 0);
+        let (mut kept, mut rel, mut gt_kept, mut gt_shared) = (0, 0, 0, 0);
+        for o in db.outfits().unwrap() {
+            for e in eng.expand(&o.id, 3, opts).unwrap() {
+                for (slot, p) in o.slots.iter().zip(&e.products) {
+                    if let (Some(a), Some(b)) = (lab(&slot.product), lab(p)) {
+                        sum += de(a, b);
+                        n += 1;
+                    }
+                }
+                rel += e.relations.len();
+                kept += e.relations.iter().filter(|r| r.kept).count();
+                for r in &e.relations {
+                    if gt[&o.slots[r.a].product] == gt[&o.slots[r.b].product] {
+                        gt_shared += 1;
+                        gt_kept += usize::from(gt[&e.products[r.a]] == gt[&e.products[r.b]]);
+                    }
+                }
+            }
+        }
+        (sum / n.max(1) as f32, kept, rel, gt_kept, gt_shared)
+    };
+    let (de0, kept0, rel0, gt0, shared0) = measure(&ExpandOptions::new().palette(0.0));
+    let (de2, kept2, rel2, gt2, shared2) = measure(&ExpandOptions::new());
+    eprintln!(
+        "palette 0: mean ΔE to the template {de0:.1}, relations kept {kept0}/{rel0}, shared groups kept {gt0}/{shared0}; \
+         palette 2: {de2:.1}, {kept2}/{rel2}, {gt2}/{shared2}"
+    );
+    assert_eq!(rel0, rel2);
+    assert!(rel0 > 100);
+    assert!(de2 < 0.8 * de0, "{de2} vs {de0}");
+    assert!(kept2 >= kept0, "{kept2} vs {kept0}");
+}
+
 #[test]
 fn catalog_colour_groups_decide_colour_families_when_configured() {
     let Some(f) = fixture() else { return };

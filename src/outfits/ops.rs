@@ -74,6 +74,7 @@ pub struct ExpandOptions {
     anchor_slot: Option<usize>,
     diversity: f32,
     reuse_template: bool,
+    palette: f32,
 }
 
 impl Default for ExpandOptions {
@@ -82,13 +83,21 @@ impl Default for ExpandOptions {
             anchor_slot: None,
             diversity: 0.3,
             reuse_template: false,
+            palette: 2.0,
         }
     }
 }
 
 impl ExpandOptions {
     /// Defaults: the anchor is the template's first slot, MMR diversity
-    /// 0.3, template products are not reused.
+    /// 0.3, template products are not reused, palette weight 2.
+    ///
+    /// ```
+    /// use vitrine::ExpandOptions;
+    /// let o = ExpandOptions::new().diversity(0.5).palette(0.0);
+    /// assert_eq!(o.palette_weight(), 0.0);
+    /// assert_eq!(ExpandOptions::new().palette_weight(), 2.0);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -112,6 +121,29 @@ impl ExpandOptions {
         self.reuse_template = yes;
         self
     }
+    /// How closely a new outfit follows the template's own colours, on
+    /// top of its colour relations (default 2; 0 keeps only the
+    /// relations). A relation ("these two share a colour", "these two
+    /// contrast") is judged in the engine's colour families, which are
+    /// finer than most catalogs' groups: black and charcoal contrast to the
+    /// engine and are one group to many stylists. Preferring, per slot,
+    /// products near the template product's colour (and an anchor near the
+    /// template anchor's) keeps such pairs together whatever the
+    /// taxonomy (with catalog colour groups configured, the group counts
+    /// first, see [`crate::OutfitSettings::colour_attribute`]). Negative or
+    /// non-finite values are 0.
+    pub fn palette(mut self, weight: f32) -> Self {
+        self.palette = if weight.is_finite() {
+            weight.max(0.0)
+        } else {
+            0.0
+        };
+        self
+    }
+    /// The palette weight (see [`ExpandOptions::palette`]).
+    pub fn palette_weight(&self) -> f32 {
+        self.palette
+    }
 }
 
 /// Options of [`OutfitEngine::cover`].
@@ -125,13 +157,16 @@ impl Default for CoverOptions {
     fn default() -> Self {
         CoverOptions {
             outfits_per_template: 10,
-            expand: ExpandOptions::default(),
+            expand: ExpandOptions::default().palette(0.0),
         }
     }
 }
 
 impl CoverOptions {
-    /// Defaults: at most 10 outfits per template.
+    /// Defaults: at most 10 outfits per template; expansions with the
+    /// defaults of [`ExpandOptions`] except a palette weight of 0 (a plan
+    /// spends its freedom on covering new products; the colour relations
+    /// are still kept).
     pub fn new() -> Self {
         Self::default()
     }
@@ -631,6 +666,7 @@ impl OutfitEngine<'_> {
                 .collect(),
             diversity: options.diversity,
             reuse_template: options.reuse_template,
+            palette: options.palette,
         })
     }
 
@@ -724,6 +760,7 @@ struct Expander {
     history: Vec<SlotHistory>,
     diversity: f32,
     reuse_template: bool,
+    palette: f32,
 }
 
 /// What a slot's earlier expansions chose, per product that can fill it:
@@ -825,6 +862,7 @@ impl Expander {
             .map(|(k, c)| {
                 let rel = cat.lookalike(c, a_tpl);
                 let s = lambda * rel - (1.0 - lambda) * a_hist.div[k]
+                    + self.palette * cat.colour_sim(c, a_tpl)
                     + 3.0 * feasible(c)
                     + cover_bonus(c);
                 (s, (k, c))
@@ -869,21 +907,33 @@ impl Expander {
             // Relations kept, plus how strongly: colour-block cosine with
             // the slots the template shares a family with, minus it with
             // the slots it contrasts with.
-            let kept: Vec<f32> = cands
+            let relations: Vec<(u32, f32)> = cands
                 .iter()
                 .map(|&(_, c)| {
-                    let mut k = 0.0;
-                    let mut strength = 0.0;
+                    let (mut k, mut strength) = (0, 0.0);
                     for &i in &filled {
                         let same_t = Self::same(cat, tpl[i], t);
-                        if same_t == Self::same(cat, chosen[i], c) {
-                            k += 1.0;
-                        }
+                        k += u32::from(same_t == Self::same(cat, chosen[i], c));
                         let cs = cat.colour_sim(chosen[i], c);
                         strength += if same_t { cs } else { -0.5 * cs };
                     }
-                    let n = filled.len().max(1) as f32;
-                    k / n + 0.5 * strength / n
+                    (k, strength)
+                })
+                .collect();
+            // The palette only ranks candidates that keep the most
+            // relations: it never costs one.
+            let most_kept = relations.iter().map(|r| r.0).max().unwrap_or(0);
+            let n = filled.len().max(1) as f32;
+            let kept: Vec<f32> = cands
+                .iter()
+                .zip(&relations)
+                .map(|(&(_, c), &(k, strength))| {
+                    let palette = if k == most_kept {
+                        self.palette * cat.colour_sim(c, t)
+                    } else {
+                        0.0
+                    };
+                    k as f32 / n + 0.5 * strength / n + palette
                 })
                 .collect();
             let mut compat: Vec<f32> = cands

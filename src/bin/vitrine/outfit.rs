@@ -83,6 +83,10 @@ pub enum OutfitCommand {
         /// MMR diversity in [0, 1].
         #[arg(long, default_value_t = 0.3)]
         diversity: f32,
+        /// How closely new outfits follow the template's own colours, on
+        /// top of its colour relations (0 = relations only).
+        #[arg(long, default_value_t = 2.0)]
+        palette: f32,
         #[command(flatten)]
         sheet: SheetArgs,
     },
@@ -290,11 +294,13 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
             n,
             anchor_slot,
             diversity,
+            palette,
             sheet,
         } => {
             let opts = ExpandOptions::new()
                 .anchor_slot(anchor_slot.saturating_sub(1))
-                .diversity(diversity);
+                .diversity(diversity)
+                .palette(palette);
             let started = std::time::Instant::now();
             let eng = db.outfit_engine()?;
             let out = eng.expand(&id, n, &opts)?;

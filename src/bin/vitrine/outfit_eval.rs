@@ -108,6 +108,9 @@ pub struct OutfitsEvalArgs {
     /// (comma-separated; each is one plan, reported with its baseline).
     #[arg(long, value_delimiter = ',', default_values_t = [10usize])]
     pub cover_per_template: Vec<usize>,
+    /// Palette weight of the expansions (`ExpandOptions::palette`).
+    #[arg(long, default_value_t = 2.0)]
+    pub palette: f32,
 }
 
 /// One product row of a Mango-format CSV.
@@ -521,7 +524,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut expansions = Vec::new();
     for o in &templates {
-        let ex = eng.expand(&o.id, 10, &ExpandOptions::new())?;
+        let ex = eng.expand(&o.id, 10, &ExpandOptions::new().palette(args.palette))?;
         expansions.push((o, ex));
     }
     let expand_ms = t.elapsed().as_secs_f64() * 1e3;
