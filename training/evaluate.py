@@ -10,8 +10,9 @@ Reports (on the fixed validation split of data.py):
   same-articleType precision@10 of embedding neighbours (cosine; query = each validation
   image, gallery = the other validation images; also gallery = training images)
   onnxruntime throughput at batch 1, 8, 32 (1 and 2 intra-op threads)
-Writes models/metrics.json.  --sheet writes a contact sheet of the worst errors to a path
-OUTSIDE the repository (the sheet is made of dataset images).
+Writes models/metrics.json.  --sheet writes a contact sheet of the worst errors (the
+committed one is docs/model/worst-errors.png; its thumbnails are dataset images, see
+examples/catalog/README.md for their source and licence).
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def main():
     ap.add_argument("--data", default="../shared/data/fpi")
     ap.add_argument("--models", default="models/")
     ap.add_argument("--cache", default="/tmp/vitrine_cache")
-    ap.add_argument("--sheet", default="", help="PNG path outside the repo for the worst-errors contact sheet")
+    ap.add_argument("--sheet", default="", help="PNG path for the worst-errors contact sheet")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
 
