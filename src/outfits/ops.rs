@@ -628,7 +628,9 @@ impl OutfitEngine<'_> {
     /// stays shared, a contrast stays a contrast), is compatible with them
     /// (learned rules, when present) and looks like the template's item,
     /// penalised by its similarity to the items already used in that slot
-    /// (MMR across the `n` outfits). No product repeats within an outfit.
+    /// (MMR across the `n` outfits). Among the products that keep the most
+    /// relations, those nearer the template item's colour rank higher
+    /// ([`ExpandOptions::palette`]). No product repeats within an outfit.
     /// Fewer than `n` come back when the stock runs out.
     pub fn expand(
         &self,
