@@ -287,6 +287,11 @@ impl Catalog {
         dot(&self.concept(a)[r.clone()], &self.concept(b)[r])
     }
 
+    /// ΔE76 between the measured colours, when both have one.
+    pub fn delta_e(&self, a: usize, b: usize) -> Option<f32> {
+        Some(delta_e(self.lab[a]?, self.lab[b]?))
+    }
+
     /// Whether two products share a colour family: the same catalog colour
     /// group when both have one (the retailer's taxonomy decides); else the
     /// same family, or colours at least [`SAME_COLOUR`] alike (one family can

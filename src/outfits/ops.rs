@@ -1026,10 +1026,23 @@ impl Expander {
             }
         }
         let kept = relations.iter().filter(|r| r.kept).count();
+        let shifts: Vec<f32> = chosen
+            .iter()
+            .zip(tpl)
+            .filter_map(|(&c, &t)| cat.delta_e(c, t))
+            .collect();
+        let palette = if shifts.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; colours {:.0} ΔE from the template's items on average",
+                shifts.iter().sum::<f32>() / shifts.len() as f32
+            )
+        };
         explanation.insert(
             0,
             format!(
-                "kept {kept} of {} colour relations; new anchor in slot {}",
+                "kept {kept} of {} colour relations; new anchor in slot {}{palette}",
                 relations.len(),
                 self.anchor + 1
             ),
