@@ -43,6 +43,10 @@ pub struct Relation {
     pub kept: bool,
 }
 
+/// Weight of colour similarity in a substitute's score (see
+/// [`OutfitEngine::substitute`]).
+const SUBSTITUTE_COLOUR_WEIGHT: f32 = 10.0;
+
 /// A new outfit created from a template by [`OutfitEngine::expand`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Expansion {
@@ -576,9 +580,13 @@ impl OutfitEngine<'_> {
                     } else {
                         kept as f32 / total as f32
                     };
+                    // Colour weighs 10 per unit of similarity: a 20 ΔE
+                    // shift (black to charcoal) costs as much as one
+                    // standard deviation of look-alike. In an outfit the
+                    // colour is what the other items were picked to match.
                     let score = 2.0 * look[n]
                         + 0.5 * compat[n]
-                        + 3.0 * cat.colour_sim(orig, c)
+                        + SUBSTITUTE_COLOUR_WEIGHT * cat.colour_sim(orig, c)
                         + if same { 0.5 } else { 0.0 }
                         + 1.5 * kept_frac;
                     let explanation = format!(

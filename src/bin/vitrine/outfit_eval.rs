@@ -487,6 +487,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         by_cat_colour.insert((category(id), gt.get(id).cloned().unwrap_or_default()));
     }
     let (mut cases, mut same_cat, mut colour_cases, mut colour_same, mut none) = (0, 0, 0, 0, 0);
+    let mut lookalike_sum = 0.0f64;
     let t = Instant::now();
     for o in &sample {
         for s in &o.slots {
@@ -498,6 +499,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
                 continue;
             };
             cases += 1;
+            lookalike_sum += f64::from(top.lookalike);
             same_cat += usize::from(category(&top.product) == s.category);
             // "Such a product is in stock": another product of the category
             // with the original's ground-truth colour group (all are in stock).
@@ -515,6 +517,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         }
     }
     let sub_ms = t.elapsed().as_secs_f64() * 1e3 / cases.max(1) as f64;
+    let mean_lookalike = lookalike_sum / cases.max(1) as f64;
 
     // Expand: 10 expansions of 20 templates.
     let templates: Vec<&vitrine::Outfit> = outfits.choose_multiple(&mut rng, 20).collect();
@@ -645,6 +648,8 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             "same_category_pct": pct(same_cat, cases),
             "colour_cases": colour_cases,
             "same_colour_group_pct": pct(colour_same, colour_cases),
+            // Visual cosine between the original and its first substitute.
+            "mean_lookalike": mean_lookalike,
             "ms_per_query": sub_ms,
         },
         "expand": {
