@@ -425,13 +425,6 @@ fn palette_keeps_expansions_near_the_template_colours() {
         let v = p.attributes.extra.get(vitrine::ATTR_COLOUR_LAB)?;
         Some(serde_json::from_str(v).unwrap())
     };
-    let de = |a: [f32; 3], b: [f32; 3]| {
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y) * (x - y))
-            .sum::<f32>()
-            .sqrt()
-    };
     // (mean ΔE to the template product, relations kept, relations,
     // ground-truth shared groups kept, shared pairs)
     let measure = |opts: &ExpandOptions| {
@@ -441,7 +434,7 @@ fn palette_keeps_expansions_near_the_template_colours() {
             for e in eng.expand(&o.id, 3, opts).unwrap() {
                 for (slot, p) in o.slots.iter().zip(&e.products) {
                     if let (Some(a), Some(b)) = (lab(&slot.product), lab(p)) {
-                        sum += de(a, b);
+                        sum += vitrine::delta_e(a, b);
                         n += 1;
                     }
                 }

@@ -280,8 +280,8 @@ impl Catalog {
     }
 
     fn shade_sim(&self, a: usize, b: usize) -> f32 {
-        if let (Some(x), Some(y)) = (self.lab[a], self.lab[b]) {
-            return (1.0 - delta_e(x, y) / COLOUR_SCALE).max(0.0);
+        if let Some(d) = self.delta_e(a, b) {
+            return (1.0 - d / COLOUR_SCALE).max(0.0);
         }
         let r = self.layout.colour.clone();
         dot(&self.concept(a)[r.clone()], &self.concept(b)[r])
