@@ -487,6 +487,8 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         by_cat_colour.insert((category(id), gt.get(id).cloned().unwrap_or_default()));
     }
     let (mut cases, mut same_cat, mut colour_cases, mut colour_same, mut none) = (0, 0, 0, 0, 0);
+    // The same, in the engine's own colour families (measured on the pixels).
+    let (mut family_cases, mut family_same) = (0, 0);
     let mut lookalike_sum = 0.0f64;
     let t = Instant::now();
     for o in &sample {
@@ -513,6 +515,18 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             if others_same_colour && by_cat_colour.contains(&(s.category.clone(), g.clone())) {
                 colour_cases += 1;
                 colour_same += usize::from(gt.get(&top.product) == Some(&g));
+            }
+            let family = eng.colour_family(&s.product);
+            let others_same_family = family.is_some()
+                && all_ids.iter().any(|id| {
+                    id != &s.product
+                        && !o.slots.iter().any(|x| &x.product == id)
+                        && eng.colour_family(id) == family
+                        && category(id) == s.category
+                });
+            if others_same_family {
+                family_cases += 1;
+                family_same += usize::from(eng.colour_family(&top.product) == family);
             }
         }
     }
@@ -648,6 +662,8 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             "same_category_pct": pct(same_cat, cases),
             "colour_cases": colour_cases,
             "same_colour_group_pct": pct(colour_same, colour_cases),
+            "model_family_cases": family_cases,
+            "same_model_family_pct": pct(family_same, family_cases),
             // Visual cosine between the original and its first substitute.
             "mean_lookalike": mean_lookalike,
             "ms_per_query": sub_ms,
