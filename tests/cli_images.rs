@@ -447,3 +447,68 @@ fn import_refuses_another_models_database_unless_reembedding() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn info_reports_contents_and_a_rebuilt_index() {
+    if !have_model("info_reports_contents_and_a_rebuilt_index") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = copy_samples(dir.path(), 4);
+    let db = dir.path().join("db");
+    let (src_s, db_s) = (src.to_str().unwrap(), db.to_str().unwrap());
+    let out = vitrine(&["import", src_s, "--db", db_s, "--fpi"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+
+    let info = |expect_clean: bool| -> serde_json::Value {
+        let out = vitrine(&["info", "--db", db_s, "--json"]);
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["products"], 4);
+        assert_eq!(v["in_stock"], 4);
+        assert_eq!(v["model"]["is_bundled"], true);
+        assert_eq!(v["outfits"], 0);
+        assert_eq!(v["opened"]["damaged_records"], 0);
+        let rebuilt = v["opened"]["rebuilt_indexes"].as_array().unwrap();
+        assert_eq!(rebuilt.is_empty(), expect_clean, "{v}");
+        v
+    };
+    let v = info(true);
+    assert!(v["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "embedding" && s["dim"] == 128));
+
+    // A damaged index dump is named, the index is rebuilt from sled, and
+    // the rebuilt index is dumped again: the next open is clean.
+    let dump = db.join("index/embedding/index.vtx");
+    let damage = || {
+        let mut bytes = std::fs::read(&dump).unwrap();
+        bytes[20] ^= 0xFF;
+        std::fs::write(&dump, bytes).unwrap();
+    };
+    damage();
+    let v = info(false);
+    let why = v["opened"]["rebuilt_indexes"][0]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(why.contains("index.vtx"), "{why}");
+    info(true);
+    damage();
+    let out = vitrine(&["info", "--db", db_s]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("index of embedding rebuilt from storage"),
+        "{shown}"
+    );
+    assert!(shown.contains("products   4 (4 in stock"), "{shown}");
+
+    let out = vitrine(&["info", "--db", dir.path().join("nothing").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no database at"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,4 +1,4 @@
-//! The `vitrine` command line: benchmark harness (and, later, import, query and the REPL).
+//! The `vitrine` command line: import, query, the REPL, outfits, evaluations and the benchmark harness.
 
 mod annotate;
 mod bench;
@@ -6,6 +6,7 @@ mod demo;
 mod eval;
 mod eval_concepts;
 mod import;
+mod info;
 mod npy;
 mod outfit;
 mod outfit_eval;
@@ -48,6 +49,8 @@ enum Command {
     },
     /// Imports a folder of images, or a CSV `id,path[,attrs…]`, into a database.
     Import(import::ImportArgs),
+    /// What a database holds (products, spaces, model, outfits) and whether it opened cleanly.
+    Info(info::InfoArgs),
     /// Outfits: import, list, show, substitute, expand, cover, complete, rules.
     Outfit(outfit::OutfitArgs),
     /// Builds a demo database from examples/catalog and runs example queries.
@@ -74,6 +77,7 @@ fn main() {
         Command::Annotate(args) => annotate::run(args),
         Command::Eval { what } => eval::run(what),
         Command::Import(args) => import::run(args),
+        Command::Info(args) => info::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Repl(args) => repl::run(args),
         Command::Query(args) => repl::query(args),

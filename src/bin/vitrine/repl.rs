@@ -60,6 +60,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("concepts", "concepts [group]           the concept names queries may use"),
     ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
     ("show", "show [file.png]            contact sheet of the last results"),
+    ("info", "info                       what the database holds and whether it opened cleanly"),
     ("json", "json on|off                JSON lines instead of tables"),
     ("help", "help                       this list; the query grammar is in the docs of vitrine::ConceptQuery"),
     ("quit", "quit                       (or Ctrl-D)"),
@@ -171,6 +172,14 @@ impl Session {
                 }
             }
             "show" => self.show(args.first().copied(), out)?,
+            "info" => {
+                let info = crate::info::report(&self.db)?;
+                if self.json {
+                    writeln!(out, "{info}")?;
+                } else {
+                    crate::info::write_text(out, &info)?;
+                }
+            }
             "outfit" => {
                 // The same commands as `vitrine outfit`, parsed by the same clap definition.
                 #[derive(clap::Parser)]

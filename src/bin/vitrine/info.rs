@@ -1,0 +1,174 @@
+//! `vitrine info`: what a database holds, and whether it opened cleanly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::{json, Value};
+use vitrine::{Db, Model, ATTR_MODEL};
+
+/// Arguments of `vitrine info`.
+#[derive(Args)]
+pub struct InfoArgs {
+    /// The database folder.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: InfoArgs) -> anyhow::Result<()> {
+    if !args.db.is_dir() {
+        bail!("no database at {}", args.db.display());
+    }
+    let db = Db::open(&args.db).with_context(|| format!("cannot open {}", args.db.display()))?;
+    let info = report(&db)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        use std::io::Write;
+        writeln!(out, "{info}")?;
+    } else {
+        write_text(&mut out, &info)?;
+    }
+    Ok(())
+}
+
+/// Everything `info` reports, as one JSON object.
+pub fn report(db: &Db) -> anyhow::Result<Value> {
+    let ids = db.ids();
+    let (mut in_stock, mut categories, mut models) = (0usize, BTreeSet::new(), BTreeMap::new());
+    for id in &ids {
+        let Some(p) = db.get(id)? else { continue };
+        in_stock += usize::from(p.attributes.in_stock);
+        if let Some(c) = &p.attributes.category {
+            categories.insert(c.clone());
+        }
+        let model = p.attributes.get(ATTR_MODEL).unwrap_or("(none)").to_string();
+        *models.entry(model).or_insert(0usize) += 1;
+    }
+    let fingerprint = db.model_fingerprint();
+    let bundled = Model::bundled().ok().map(|m| m.fingerprint().to_string());
+    let report = db.open_report();
+    let rules = db.outfit_rules()?;
+    let outfits = db.outfit_count()?;
+    Ok(json!({
+        "path": db.path().display().to_string(),
+        "bytes_on_disk": db.size_on_disk()?,
+        "products": ids.len(),
+        "in_stock": in_stock,
+        "categories": categories.len(),
+        "spaces": db.spaces().iter().map(|s| json!({
+            "name": s.name, "dim": s.dim, "metric": format!("{:?}", s.metric),
+        })).collect::<Vec<_>>(),
+        "model": {
+            "fingerprint": fingerprint,
+            "is_bundled": fingerprint.is_some() && fingerprint == bundled,
+            "products_by_model": models,
+        },
+        "opened": {
+            "rebuilt_indexes": report.rebuilt.iter().map(|(space, why)| json!({"space": space, "reason": why})).collect::<Vec<_>>(),
+            "damaged_records": report.damaged.len(),
+            "damaged_examples": report.damaged.iter().take(5).collect::<Vec<_>>(),
+        },
+        "outfits": outfits,
+        "outfit_rules": rules.as_ref().map(|r| json!({
+            "learned_from": r.outfits,
+            "pairs": r.pairs,
+            "stale": r.outfits != outfits,
+        })),
+        "colour_attribute": db.outfit_settings()?.colour_attribute,
+        "user_tags": db.user_tags().map(|t| t.len()).ok(),
+        "profiles": db.profile_users().map(|u| u.len()).ok(),
+    }))
+}
+
+/// The report for people.
+pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<()> {
+    let n = |v: &Value| v.as_u64().map_or("-".to_string(), |x| x.to_string());
+    writeln!(w, "database   {}", info["path"].as_str().unwrap_or(""))?;
+    let mb = info["bytes_on_disk"].as_f64().unwrap_or(0.0) / 1e6;
+    writeln!(w, "on disk    {mb:.1} MB")?;
+    writeln!(
+        w,
+        "products   {} ({} in stock, {} categories)",
+        n(&info["products"]),
+        n(&info["in_stock"]),
+        n(&info["categories"])
+    )?;
+    for s in info["spaces"].as_array().into_iter().flatten() {
+        writeln!(
+            w,
+            "space      {} ({}-d, {})",
+            s["name"].as_str().unwrap_or(""),
+            n(&s["dim"]),
+            s["metric"].as_str().unwrap_or("")
+        )?;
+    }
+    let m = &info["model"];
+    match m["fingerprint"].as_str() {
+        Some(fp) => {
+            let which = if m["is_bundled"].as_bool() == Some(true) {
+                "the bundled model"
+            } else {
+                "not the bundled model"
+            };
+            writeln!(w, "model      {fp} ({which})")?;
+        }
+        None => writeln!(w, "model      (none: vectors inserted directly)")?,
+    }
+    if let Some(by) = m["products_by_model"].as_object() {
+        if by.len() > 1 {
+            for (model, count) in by {
+                writeln!(w, "           {} products from {model}", n(count))?;
+            }
+        }
+    }
+    let opened = &info["opened"];
+    let rebuilt = opened["rebuilt_indexes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let damaged = opened["damaged_records"].as_u64().unwrap_or(0);
+    if rebuilt.is_empty() && damaged == 0 {
+        writeln!(
+            w,
+            "open       clean (indexes loaded from their dumps, every record readable)"
+        )?;
+    }
+    for r in &rebuilt {
+        writeln!(
+            w,
+            "open       index of {} rebuilt from storage: {}",
+            r["space"].as_str().unwrap_or(""),
+            r["reason"].as_str().unwrap_or("")
+        )?;
+    }
+    if damaged > 0 {
+        writeln!(w, "open       {damaged} damaged record(s), skipped:")?;
+        for d in opened["damaged_examples"].as_array().into_iter().flatten() {
+            writeln!(w, "             {}", d.as_str().unwrap_or(""))?;
+        }
+    }
+    write!(w, "outfits    {}", n(&info["outfits"]))?;
+    match info["outfit_rules"].as_object() {
+        Some(r) => {
+            write!(w, "; rules learned from {}", n(&r["learned_from"]))?;
+            if r["stale"].as_bool() == Some(true) {
+                write!(w, " (stale: run `outfit rules --learn`)")?;
+            }
+            writeln!(w)?;
+        }
+        None => writeln!(w, "; no rules learned")?,
+    }
+    if let Some(a) = info["colour_attribute"].as_str() {
+        writeln!(w, "colours    from the catalog attribute `{a}`")?;
+    }
+    writeln!(
+        w,
+        "concepts   {} user tag(s), {} profile(s)",
+        n(&info["user_tags"]),
+        n(&info["profiles"])
+    )
+}
