@@ -1,13 +1,15 @@
 //! A tour of Vitrine on the sample catalog: import images with the bundled
 //! model, then "more like this", annotation, a concept query, a customer
-//! profile learned from feedback, a user-defined tag, and an outfit whose
-//! sold-out item gets substitutes.
+//! profile learned from feedback, a user-defined tag, and outfits: a sold-out
+//! item's substitutes, rules learned from stored outfits, new outfits
+//! expanded from a template, a cover plan and fill-in-the-blank.
 //!
 //! `cargo run --release --example tour [DB_DIR]`
 
 use vitrine::{
-    annotate_with, Attributes, ConceptQuery, Db, Feedback, Filter, ImportItem, ImportOptions,
-    ImportSource, Model, PrepConfig, SimilarTo, TagMethod, ANNOTATE_TOP_K,
+    annotate_with, Attributes, ConceptQuery, CoverOptions, Db, ExpandOptions, Feedback, Filter,
+    ImportItem, ImportOptions, ImportSource, Model, PrepConfig, SimilarTo, TagMethod,
+    ANNOTATE_TOP_K,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -111,6 +113,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let best: Vec<&str> = s.candidates.iter().map(|c| c.product.as_str()).collect();
         println!("\nsold out {}: {best:?}", s.original);
     }
+    db.set_in_stock(outfit[0], true)?;
+
+    // 8. Seven looks (the i-th T-shirt, jeans... of each category), rules
+    //    learned from them, and new looks expanded from the first.
+    let of = |category: &str| -> Vec<&str> {
+        items
+            .iter()
+            .filter(|i| i.attributes.category.as_deref() == Some(category))
+            .map(|i| i.id.as_str())
+            .collect()
+    };
+    let (tops, bottoms, shoes) = (of("Tshirts"), of("Shorts"), of("Sports Shoes"));
+    let looks: Vec<String> = (0..tops.len().min(bottoms.len()).min(shoes.len()))
+        .map(|i| {
+            let id = format!("weekend-{i}");
+            db.store_outfit(&id, &[tops[i], bottoms[i], shoes[i]])
+                .map(|_| id)
+        })
+        .collect::<Result<_, _>>()?;
+    let rules = db.learn_outfit_rules()?;
+    println!("\nrules learned from {} outfits", rules.outfits);
+    for e in db.expand(&looks[0], 3, &ExpandOptions::new())? {
+        println!("expanded {}: {:?}", e.template, e.products);
+    }
+    let plan = db.cover(&looks, &CoverOptions::new().outfits_per_template(3))?;
+    println!(
+        "cover: {} outfits include {:.0} % of the stock",
+        plan.outfits.len(),
+        100.0 * plan.fraction
+    );
+    let ranked = db.complete(&[tops[0], bottoms[0]], &shoes[1..4])?;
+    println!(
+        "shoes for {} + {}: {}",
+        tops[0], bottoms[0], ranked[0].product
+    );
     Ok(())
 }
 

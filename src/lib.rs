@@ -32,7 +32,7 @@
 //! ([`Db::feedback`], [`Db::similar_with_profile`]), user-defined tags
 //! ([`Db::define_tag`]) and outfits ([`Db::store_outfit`],
 //! [`Db::substitute`], [`Db::expand`], [`Db::cover`], [`Db::complete`]).
-//! `examples/tour.rs` walks through all of them on the sample catalog:
+//! `examples/tour.rs` walks through each of them on the sample catalog:
 //! `cargo run --release --example tour`.
 //!
 //! Durability is chosen per database with [`Durability`]: under

@@ -56,8 +56,6 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Open time of a database of N random products: with a matching index dump,
-    /// and with a rebuild; plus bytes on disk per product.
     /// Image ingestion: per-stage cost (decode, prepare, inference at each
     /// batch size, one thread each) and end-to-end import throughput at each
     /// batch size (the real pipeline into a fresh database, all cores).
@@ -93,6 +91,8 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Open time of a database of N random products: with a matching index dump,
+    /// and with a rebuild; plus bytes on disk per product.
     Open {
         /// Number of products.
         #[arg(long, default_value_t = 100_000)]

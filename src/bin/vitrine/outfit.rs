@@ -111,7 +111,7 @@ pub enum OutfitCommand {
         /// The candidates (comma separated).
         #[arg(long, value_delimiter = ',', required = true)]
         candidates: Vec<String>,
-        /// Signals used: full, learned, rules, compat, visual.
+        /// Signals used: full, learned, rules, compat, kernel, visual.
         #[arg(long, default_value = "full")]
         method: String,
     },
@@ -172,7 +172,7 @@ pub fn method_of(s: &str) -> anyhow::Result<CompleteMethod> {
         "compat" => CompleteMethod::Compat,
         "visual" => CompleteMethod::Visual,
         "kernel" => CompleteMethod::Kernel,
-        _ => bail!("unknown method '{s}' (full, learned, rules, compat, visual)"),
+        _ => bail!("unknown method '{s}' (full, learned, rules, compat, kernel, visual)"),
     })
 }
 

@@ -47,7 +47,7 @@ pub struct FitbArgs {
     #[arg(long, default_value = "full")]
     pub method: String,
     /// Print the accuracy of every method (random, visual, rules, compat,
-    /// learned, full).
+    /// kernel, learned, full).
     #[arg(long)]
     pub all_methods: bool,
     /// Use this product attribute as the retailer's colour group
@@ -90,7 +90,7 @@ pub struct OutfitsEvalArgs {
     /// rules are replaced).
     #[arg(long)]
     pub db: PathBuf,
-    /// Write contact sheets of 5 expanded outfits next to their templates here.
+    /// Write contact sheets here: 5 templates, each next to up to 4 of its expansions.
     #[arg(long)]
     pub sheets: Option<PathBuf>,
     /// Random seed.
