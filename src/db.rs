@@ -47,7 +47,9 @@ pub struct VectorSpace {
 /// - HNSW: 16 connections, `ef_construction` 200, `ef_search` 64;
 /// - index build threads: the number of CPUs;
 /// - a checkpoint (index dump) is written when the handle is dropped;
-/// - exact batch scoring: [`ScorerChoice::Auto`].
+/// - exact batch scoring: [`ScorerChoice::Auto`];
+/// - storage that has lost products the last checkpoint holds is refused
+///   ([`DbBuilder::accept_data_loss`]).
 ///
 /// ```
 /// use vitrine::{Db, Durability, Metric};
@@ -73,6 +75,7 @@ pub struct DbBuilder {
     threads: usize,
     checkpoint_on_drop: bool,
     scorer: ScorerChoice,
+    accept_data_loss: bool,
 }
 
 impl Default for DbBuilder {
@@ -86,6 +89,7 @@ impl Default for DbBuilder {
                 .unwrap_or(1),
             checkpoint_on_drop: true,
             scorer: ScorerChoice::Auto,
+            accept_data_loss: false,
         }
     }
 }
@@ -142,6 +146,23 @@ impl DbBuilder {
     /// is present and the batch is large enough; every fallback is logged.
     pub fn scorer(mut self, choice: ScorerChoice) -> Self {
         self.scorer = choice;
+        self
+    }
+
+    /// Whether to open storage that has lost products (default false).
+    ///
+    /// A checkpoint's vector arenas record which products existed when it
+    /// was written, and no write can remove one without first moving the
+    /// database past that checkpoint. So storage that lacks products a
+    /// current arena holds (or is older than its newest arena) has lost
+    /// acknowledged writes: its log is damaged. By default such an open
+    /// fails with [`Error::Corruption`] naming the sled folder, before the
+    /// checkpoint files are rewritten, so the loss is seen and the folder can
+    /// be restored from a backup.
+    /// `true` opens what storage still holds and rebuilds the indexes from
+    /// it, which makes the loss permanent (`vitrine repair`).
+    pub fn accept_data_loss(mut self, yes: bool) -> Self {
+        self.accept_data_loss = yes;
         self
     }
 
@@ -451,8 +472,17 @@ impl Db {
             .collect::<std::result::Result<_, _>>()?;
         let arenas: Vec<Option<Arena>> = specs
             .iter()
-            .map(|s| open_arena(&arena_path(dir, &s.name), s, generation))
-            .collect();
+            .map(|s| match open_arena(&arena_path(dir, &s.name), s, generation) {
+                ArenaState::Current(a) => Ok(Some(a)),
+                ArenaState::Unusable => Ok(None),
+                ArenaState::Ahead { path, found } if !b.accept_data_loss => {
+                    Err(lost_writes(dir, &path, format!(
+                        "storage is at index generation {generation} but this checkpoint is at {found}"
+                    )))
+                }
+                ArenaState::Ahead { .. } => Ok(None),
+            })
+            .collect::<Result<_>>()?;
         for item in products.iter() {
             let (key, rec) = match item {
                 Ok(kv) => kv,
@@ -487,6 +517,23 @@ impl Db {
         }
         for (i, arena) in arenas.iter().enumerate() {
             if let Some(arena) = arena {
+                // Damaged records are skipped and reported; anything beyond
+                // them that the checkpoint holds and storage lacks was lost.
+                let missing = arena
+                    .iter()
+                    .filter(|(doc, _)| !catalog.by_doc.contains_key(doc))
+                    .count();
+                if missing > report.damaged.len() && !b.accept_data_loss {
+                    return Err(lost_writes(
+                        dir,
+                        &arena_path(dir, &specs[i].name),
+                        format!(
+                            "{missing} of the {} products with a '{}' vector at the last checkpoint are missing from storage",
+                            arena.len(),
+                            specs[i].name
+                        ),
+                    ));
+                }
                 for (doc, v) in arena.iter() {
                     if catalog.by_doc.contains_key(&doc) {
                         flats[i].upsert(doc, v)?;
@@ -979,20 +1026,50 @@ fn index_dir(dir: &Path, space: &str) -> PathBuf {
 }
 
 /// A usable arena: valid, of this space's dimension, and of the current generation.
-fn open_arena(path: &Path, space: &VectorSpace, generation: u64) -> Option<Arena> {
+enum ArenaState {
+    /// Written at storage's generation: its rows are the stored vectors.
+    Current(Arena),
+    /// Missing, damaged, stale or of another shape: vectors come from storage.
+    Unusable,
+    /// Written at a generation storage has not reached: storage lost writes.
+    Ahead { path: PathBuf, found: u64 },
+}
+
+fn open_arena(path: &Path, space: &VectorSpace, generation: u64) -> ArenaState {
     if !path.exists() {
-        return None;
+        return ArenaState::Unusable;
     }
     match Arena::open(path) {
-        Ok(a) if a.dim() as usize == space.dim && a.generation() == generation => Some(a),
+        Ok(a) if a.dim() as usize == space.dim && a.generation() == generation => {
+            ArenaState::Current(a)
+        }
+        Ok(a) if a.dim() as usize == space.dim && a.generation() > generation => {
+            ArenaState::Ahead {
+                path: path.to_path_buf(),
+                found: a.generation(),
+            }
+        }
         Ok(a) => {
             debug!(path = %path.display(), found = a.generation(), generation, "stale arena ignored");
-            None
+            ArenaState::Unusable
         }
         Err(e) => {
             warn!(error = %e, "damaged arena ignored; vectors come from storage");
-            None
+            ArenaState::Unusable
         }
+    }
+}
+
+/// Storage has lost writes that a checkpoint (at `evidence`) proves were made.
+fn lost_writes(dir: &Path, evidence: &Path, detail: String) -> Error {
+    Error::Corruption {
+        location: dir.join("sled").display().to_string(),
+        reason: format!(
+            "{detail} ({}): the storage log is damaged and has lost acknowledged writes. \
+             The checkpoint files were left as they are; restore the folder from a backup, \
+             or open it with DbBuilder::accept_data_loss (`vitrine repair`) to keep what is left",
+            evidence.display()
+        ),
     }
 }
 

@@ -327,6 +327,73 @@ fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
     assert!(db.get("sku-7").unwrap().is_some());
 }
 
+#[test]
+fn storage_that_lost_products_is_refused_until_the_loss_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path());
+        fill(&db, 40);
+        db.close().unwrap(); // the checkpoint's arena records all 40
+    }
+    let arena = dir
+        .path()
+        .join("arena")
+        .join(format!("{DEFAULT_SPACE}.arena"));
+    let arena_bytes = std::fs::read(&arena).unwrap();
+    {
+        // What a damaged log does: records vanish behind the engine's back,
+        // with no generation bump.
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        let products = store
+            .keyspace::<vitrine_storage::ProductRecord>("products")
+            .unwrap();
+        for i in 30..40 {
+            assert!(products.remove(format!("sku-{i}").as_bytes()).unwrap());
+        }
+        store.flush().unwrap();
+    }
+    match Db::builder()
+        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+        .open(dir.path())
+    {
+        Err(Error::Corruption { location, reason }) => {
+            assert!(location.ends_with("sled"), "{location}");
+            assert!(reason.contains("10 of the 40"), "{reason}");
+        }
+        Err(e) => panic!("expected a corruption error, got {e}"),
+        Ok(db) => panic!("opened with {} products", db.len()),
+    }
+    assert_eq!(
+        std::fs::read(&arena).unwrap(),
+        arena_bytes,
+        "the evidence is kept"
+    );
+
+    let db = Db::builder()
+        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+        .accept_data_loss(true)
+        .open(dir.path())
+        .unwrap();
+    assert_eq!(db.len(), 30);
+    let hits = db
+        .similar(
+            SimilarTo::Vector(&vector_for("sku-35", DIM)),
+            40,
+            &Filter::new(),
+        )
+        .unwrap();
+    assert_eq!(
+        hits.len(),
+        30,
+        "no lost product comes back from the old index"
+    );
+    db.close().unwrap();
+    // Accepted once, the database is consistent again.
+    assert_eq!(open(dir.path()).len(), 30);
+}
+
 fn damage_dump(dir: &std::path::Path, how: &str) {
     let index = dir.join("index").join(DEFAULT_SPACE);
     let mut files: Vec<_> = std::fs::read_dir(&index)

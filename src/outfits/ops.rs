@@ -647,14 +647,8 @@ impl OutfitEngine<'_> {
         options: &ExpandOptions,
     ) -> OutfitResult<Vec<Expansion>> {
         let mut ex = self.expander(outfit, options)?;
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            match ex.next(self, None) {
-                Some(e) => out.push(e),
-                None => break,
-            }
-        }
-        Ok(out)
+        // No capacity from `n`: the stock, not the caller, bounds the result.
+        Ok((0..n).map_while(|_| ex.next(self, None)).collect())
     }
 
     fn expander(&self, outfit: &str, options: &ExpandOptions) -> OutfitResult<Expander> {
@@ -662,7 +656,7 @@ impl OutfitEngine<'_> {
         let anchor = options.anchor_slot.unwrap_or(0);
         if anchor >= idx.len() {
             return Err(OutfitError::InvalidArgument(format!(
-                "anchor slot {anchor} but outfit '{outfit}' has {} slots",
+                "anchor slot index {anchor} (from 0) but outfit '{outfit}' has {} slots",
                 idx.len()
             )));
         }

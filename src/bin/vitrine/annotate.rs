@@ -75,7 +75,7 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
             Ok(ann) => print_text(&name, &ann),
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {name}: {e:#}");
+                eprintln!("error: {name}: {}", crate::error_message(&e));
             }
         }
     }

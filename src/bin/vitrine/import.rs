@@ -56,8 +56,8 @@ impl PrepArgs {
         } else {
             self.pixel_aspect.unwrap_or(1.0)
         };
-        if !(aspect.is_finite() && aspect > 0.0) {
-            bail!("--pixel-aspect must be a positive number, got {aspect}");
+        if !(0.01..=100.0).contains(&aspect) {
+            bail!("--pixel-aspect must be within 0.01..=100, got {aspect}");
         }
         Ok(vitrine::PrepConfig::catalog().pixel_aspect(aspect))
     }

@@ -1,4 +1,5 @@
-//! `vitrine info`: what a database holds, and whether it opened cleanly.
+//! `vitrine info`: what a database holds, and whether it opened cleanly;
+//! `vitrine repair`: keep what damaged storage still holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -17,6 +18,50 @@ pub struct InfoArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `vitrine repair`.
+#[derive(Args)]
+pub struct RepairArgs {
+    /// The database folder.
+    #[arg(long)]
+    pub db: PathBuf,
+}
+
+/// Opens a database whose storage lost products (which a plain open
+/// refuses), keeps what is left, rebuilds the indexes from it and writes a
+/// new checkpoint. The loss becomes permanent: back the folder up first.
+pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    if !args.db.is_dir() {
+        bail!("no database at {}", args.db.display());
+    }
+    match Db::open(&args.db) {
+        Ok(db) => {
+            println!(
+                "{}: opens cleanly, {} products; nothing to repair",
+                args.db.display(),
+                db.len()
+            );
+            return Ok(());
+        }
+        Err(vitrine::Error::Corruption { location, reason }) => {
+            println!("damaged: {location}: {reason}");
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", args.db.display())),
+    }
+    let db = Db::builder()
+        .accept_data_loss(true)
+        .open(&args.db)
+        .with_context(|| format!("cannot open {} even accepting data loss", args.db.display()))?;
+    db.checkpoint()?;
+    let report = db.open_report();
+    println!(
+        "repaired: {} products kept, {} damaged records skipped, {} index(es) rebuilt",
+        db.len(),
+        report.damaged.len(),
+        report.rebuilt.len()
+    );
+    Ok(())
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {

@@ -51,6 +51,8 @@ enum Command {
     Import(import::ImportArgs),
     /// What a database holds (products, spaces, model, outfits) and whether it opened cleanly.
     Info(info::InfoArgs),
+    /// Opens a database whose storage lost products, keeping what is left (after a backup!).
+    Repair(info::RepairArgs),
     /// Outfits: import, list, show, substitute, expand, cover, complete, rules.
     Outfit(outfit::OutfitArgs),
     /// Builds a demo database from examples/catalog and runs example queries.
@@ -62,6 +64,14 @@ enum Command {
 }
 
 fn main() {
+    // Like other Unix tools, end quietly when the reader of our output goes
+    // away (`vitrine query … | head`): Rust ignores SIGPIPE by default, and
+    // every later print would then panic.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // The library never installs a logger; the binary logs warnings to stderr
     // (RUST_LOG overrides).
     tracing_subscriber::fmt()
@@ -78,13 +88,28 @@ fn main() {
         Command::Eval { what } => eval::run(what),
         Command::Import(args) => import::run(args),
         Command::Info(args) => info::run(args),
+        Command::Repair(args) => info::repair(args),
         Command::Demo(args) => demo::run(args),
         Command::Repl(args) => repl::run(args),
         Command::Query(args) => repl::query(args),
         Command::Outfit(args) => outfit::run(args),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_message(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each cause said once: our typed
+/// errors already put their source in their own message.
+pub(crate) fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }

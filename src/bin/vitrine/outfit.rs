@@ -78,7 +78,7 @@ pub enum OutfitCommand {
         #[arg(short, default_value_t = 5)]
         n: usize,
         /// The slot (1-based) that gets a new anchor.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         anchor_slot: usize,
         /// MMR diversity in [0, 1].
         #[arg(long, default_value_t = 0.3)]
@@ -297,8 +297,16 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
             palette,
             sheet,
         } => {
+            if let Some(o) = db.outfit(&id)? {
+                if anchor_slot > o.slots.len() {
+                    bail!(
+                        "--anchor-slot {anchor_slot} but outfit '{id}' has {} slots",
+                        o.slots.len()
+                    );
+                }
+            }
             let opts = ExpandOptions::new()
-                .anchor_slot(anchor_slot.saturating_sub(1))
+                .anchor_slot(anchor_slot - 1)
                 .diversity(diversity)
                 .palette(palette);
             let started = std::time::Instant::now();

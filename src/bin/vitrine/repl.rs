@@ -196,7 +196,10 @@ impl Session {
                     Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
                         write!(out, "{e}")?;
                     }
-                    Err(e) => bail!("{}", e.render().to_string().trim_end()),
+                    Err(e) => {
+                        let shown = e.render().to_string();
+                        bail!("{}", shown.trim_end().trim_start_matches("error: "))
+                    }
                 }
             }
             other => {
@@ -649,9 +652,9 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
                     Ok(false) => break,
                     Err(e) => {
                         if session.json {
-                            println!("{}", serde_json::json!({"error": format!("{e:#}")}));
+                            println!("{}", serde_json::json!({"error": crate::error_message(&e)}));
                         } else {
-                            println!("error: {e:#}");
+                            println!("error: {}", crate::error_message(&e));
                         }
                     }
                 }
