@@ -650,6 +650,7 @@ impl Db {
         N: Into<String>,
     {
         check_id(id)?;
+        check_attributes(&attrs)?;
         let vectors = self.check_vectors(vectors)?;
         let mut w = lock(&self.writer);
         let existing = match self.products.get(id.as_bytes()) {
@@ -992,6 +993,17 @@ fn check_id(id: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+fn check_attributes(attrs: &Attributes) -> Result<()> {
+    match attrs.price {
+        // A NaN price would match no price filter, not even an open one.
+        Some(p) if !(p.is_finite() && p >= 0.0) => Err(Error::InvalidAttribute {
+            key: "price".into(),
+            reason: format!("{p} (a price is a finite number >= 0)"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn check_vector(space: &VectorSpace, v: &[f32]) -> Result<()> {

@@ -72,6 +72,15 @@ pub enum Error {
         /// The space.
         space: String,
     },
+    /// An attribute value that cannot be stored (a NaN, infinite or
+    /// negative price).
+    #[error("invalid attribute '{key}': {reason}")]
+    InvalidAttribute {
+        /// The attribute.
+        key: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// The schema given to the builder disagrees with the stored one.
     #[error("schema mismatch: {0}")]
     SchemaMismatch(String),
@@ -119,6 +128,7 @@ impl Error {
                 | Error::DimensionMismatch { .. }
                 | Error::InvalidVector { .. }
                 | Error::MissingVector { .. }
+                | Error::InvalidAttribute { .. }
                 | Error::SchemaMismatch(_)
                 | Error::InvalidConfig(_)
                 | Error::Image(_)
@@ -141,6 +151,10 @@ impl From<vitrine_storage::Error> for Error {
             } => Error::Corruption {
                 location: format!("{tree}/{key}"),
                 reason: format!("unknown record version {found} (this build reads {supported})"),
+            },
+            vitrine_storage::Error::StoreDamaged { path, reason } => Error::Corruption {
+                location: path.display().to_string(),
+                reason,
             },
             other => Error::Storage(other),
         }

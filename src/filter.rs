@@ -9,6 +9,9 @@ use crate::Attributes;
 ///
 /// An empty filter (the [`Default`]) allows everything. Conditions combine
 /// with AND; set conditions (`category_in`, `brand_in`) are ORs within the set.
+/// Setting a condition again narrows it: two category sets keep their
+/// intersection, two price ranges their overlap, and `stock(true)` with
+/// `stock(false)` allows nothing.
 ///
 /// ```
 /// use vitrine::Filter;
@@ -21,6 +24,10 @@ use crate::Attributes;
 ///     .attr_eq("colour", "blue");
 /// assert!(!f.is_empty());
 /// assert!(Filter::default().is_empty());
+///
+/// let shirts_and_jeans = Filter::new().category_in(["shirts"]).category_in(["jeans"]);
+/// let p = vitrine::Attributes::new().category("jeans");
+/// assert!(!shirts_and_jeans.matches("sku-2", &p));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {
@@ -30,6 +37,8 @@ pub struct Filter {
     price: Option<(Bound<f64>, Bound<f64>)>,
     exclude: BTreeSet<String>,
     equals: Vec<(String, String)>,
+    /// Two stock conditions disagree: nothing matches.
+    contradiction: bool,
 }
 
 impl Filter {
@@ -39,13 +48,13 @@ impl Filter {
     }
 
     /// Only products that are in stock.
-    pub fn in_stock(mut self) -> Self {
-        self.in_stock = Some(true);
-        self
+    pub fn in_stock(self) -> Self {
+        self.stock(true)
     }
 
     /// Only products whose in-stock flag equals `value`.
     pub fn stock(mut self, value: bool) -> Self {
+        self.contradiction |= self.in_stock.is_some_and(|v| v != value);
         self.in_stock = Some(value);
         self
     }
@@ -56,7 +65,7 @@ impl Filter {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.categories = Some(categories.into_iter().map(Into::into).collect());
+        self.categories = Some(narrow(self.categories.take(), categories));
         self
     }
 
@@ -66,13 +75,17 @@ impl Filter {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.brands = Some(brands.into_iter().map(Into::into).collect());
+        self.brands = Some(narrow(self.brands.take(), brands));
         self
     }
 
     /// Only products with a price in `range` (products without a price never match).
     pub fn price_range(mut self, range: impl RangeBounds<f64>) -> Self {
-        self.price = Some((range.start_bound().cloned(), range.end_bound().cloned()));
+        let (lo, hi) = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.price = Some(match self.price {
+            Some((l, h)) => (tighter(l, lo, true), tighter(h, hi, false)),
+            None => (lo, hi),
+        });
         self
     }
 
@@ -91,7 +104,8 @@ impl Filter {
 
     /// True when the filter allows every product.
     pub fn is_empty(&self) -> bool {
-        self.in_stock.is_none()
+        !self.contradiction
+            && self.in_stock.is_none()
             && self.categories.is_none()
             && self.brands.is_none()
             && self.price.is_none()
@@ -101,6 +115,9 @@ impl Filter {
 
     /// Does the product pass?
     pub fn matches(&self, id: &str, attrs: &Attributes) -> bool {
+        if self.contradiction {
+            return false;
+        }
         if let Some(want) = self.in_stock {
             if attrs.in_stock != want {
                 return false;
@@ -130,5 +147,85 @@ impl Filter {
         self.equals
             .iter()
             .all(|(k, v)| attrs.get(k) == Some(v.as_str()))
+    }
+}
+
+/// A set condition given again: the values both allow.
+fn narrow<I, S>(old: Option<BTreeSet<String>>, new: I) -> BTreeSet<String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let new: BTreeSet<String> = new.into_iter().map(Into::into).collect();
+    match old {
+        Some(old) => old.intersection(&new).cloned().collect(),
+        None => new,
+    }
+}
+
+/// The stricter of two lower (`lower`) or upper bounds.
+fn tighter(a: Bound<f64>, b: Bound<f64>, lower: bool) -> Bound<f64> {
+    use Bound::{Excluded, Included, Unbounded};
+    let value = |x: &Bound<f64>| match x {
+        Included(v) | Excluded(v) => Some(*v),
+        Unbounded => None,
+    };
+    match (value(&a), value(&b)) {
+        (None, _) => b,
+        (_, None) => a,
+        (Some(x), Some(y)) if x == y => {
+            if matches!(a, Excluded(_)) {
+                a
+            } else {
+                b
+            }
+        }
+        (Some(x), Some(y)) => {
+            if (x > y) == lower {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(category: &str, brand: &str, price: f64, in_stock: bool) -> Attributes {
+        Attributes::new()
+            .category(category)
+            .brand(brand)
+            .price(price)
+            .in_stock(in_stock)
+    }
+
+    #[test]
+    fn conditions_given_twice_narrow() {
+        let p = product("jeans", "A", 30.0, true);
+        let f = Filter::new().category_in(["jeans", "shirts"]);
+        assert!(f.clone().category_in(["jeans", "tops"]).matches("x", &p));
+        assert!(!f.category_in(["shirts"]).matches("x", &p));
+        assert!(!Filter::new()
+            .brand_in(["A"])
+            .brand_in(["B"])
+            .matches("x", &p));
+
+        let f = Filter::new()
+            .price_range(10.0..50.0)
+            .price_range(20.0..=30.0);
+        assert!(f.matches("x", &p));
+        let f = Filter::new().price_range(..30.0).price_range(10.0..);
+        assert!(!f.matches("x", &p), "30 is excluded by the first range");
+        let f = Filter::new().price_range(30.0..).price_range(..=30.0);
+        assert!(f.matches("x", &p));
+
+        assert!(Filter::new().in_stock().stock(true).matches("x", &p));
+        let never = Filter::new().in_stock().stock(false);
+        assert!(!never.is_empty());
+        assert!(!never.matches("x", &p));
+        assert!(!never.matches("y", &product("jeans", "A", 30.0, false)));
     }
 }

@@ -125,7 +125,8 @@ fn prepare(metric: Metric, v: &[f32]) -> Option<Vec<f32>> {
 /// itself nor its variants (see [`PrecomputeOptions::variant_key`]).
 ///
 /// Every product is listed, in id order; one without a vector in the space
-/// gets an empty list. Scores are those of the space's metric; exact ties
+/// gets an empty list. A `k` above the number of other products is lowered
+/// to it (the table's `k` field says which was used). Scores are those of the space's metric; exact ties
 /// are broken by id ascending.
 pub(crate) fn precompute_similar(
     db: &Db,
@@ -181,6 +182,9 @@ pub(crate) fn precompute_similar(
         }
         ids.push(id);
     }
+
+    // No list can be longer; the file reserves k slots per product.
+    let k = k.min(docs.len().saturating_sub(1)).max(1);
 
     let mut groups: HashMap<&str, Vec<u64>> = HashMap::new();
     for (row, v) in variant.iter().enumerate() {

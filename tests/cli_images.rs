@@ -335,6 +335,14 @@ fn query_command_prints_results_and_positioned_errors() {
         assert_eq!(l["rank"], i + 1);
         assert_eq!(l["contributions"].as_array().unwrap().len(), 2);
     }
+    // `--json` after the query, as the README writes it.
+    let out = vitrine(&["query", "--db", db, "+colour.black limit 2", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let after: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(after.len(), 2);
     let out = vitrine(&["query", "--db", db, "+colour.rd"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -246,6 +246,16 @@ fn query_text_filters_weights_and_contributions() {
         sum / n as f32
     };
     assert!(spread(&diverse.hits) <= spread(&plain.hits) + 1e-6);
+    // Conditions on one field combine with AND, like all conditions.
+    let none = db
+        .query("find +colour.blue where category = \"Shirts\" and category = \"Jeans\"")
+        .unwrap();
+    assert!(none.hits.is_empty(), "{:?}", none.hits.len());
+    // Limits past the index's largest ef (and MMR's wider candidate pool).
+    let all = db.query("find +colour.blue limit 10000").unwrap();
+    assert_eq!(all.hits.len(), db.len());
+    let wide = db.query("find +colour.blue limit 300 diverse 0.3").unwrap();
+    assert_eq!(wide.hits.len(), db.len().min(300));
 }
 
 #[test]
@@ -344,7 +354,7 @@ fn malformed_queries_are_typed_errors_with_positions() {
     ));
     assert!(matches!(
         s.db.query("+colour.red profile nobody"),
-        Err(ConceptError::UnknownConcept { .. })
+        Err(ConceptError::UnknownProfile { ref user, .. }) if user == "nobody"
     ));
 }
 

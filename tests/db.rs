@@ -195,6 +195,20 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         )
         .unwrap_err();
     assert!(matches!(e, Error::IdTooLong { .. }));
+    for price in [f64::NAN, f64::INFINITY, -5.0] {
+        let e = db
+            .upsert(
+                "sku-2",
+                Attributes::new().price(price),
+                [(DEFAULT_SPACE, v.clone())],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidAttribute { ref key, .. } if key == "price")
+                && e.is_user_error(),
+            "{e}"
+        );
+    }
     let mut nan = v.clone();
     nan[3] = f32::NAN;
     let e = db

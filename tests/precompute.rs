@@ -135,6 +135,31 @@ fn precompute_agrees_with_exact_search() {
 }
 
 #[test]
+fn writing_replaces_only_an_earlier_similar_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = catalog(&dir.path().join("db"));
+    let table = db
+        .precompute_similar(3, &Filter::new(), &PrecomputeOptions::default())
+        .unwrap();
+    let out = dir.path().join("nightly.vsim");
+    table.write(&out).unwrap();
+    table.write(&out).unwrap(); // last night's file is replaced
+    let huge = db
+        .precompute_similar(1 << 40, &Filter::new(), &PrecomputeOptions::default())
+        .unwrap();
+    // 117 of the 120 products have a vector: at most 116 neighbours each.
+    assert_eq!(huge.k, 116, "k is lowered to the other products");
+    let precious = dir.path().join("db").join("notes.txt");
+    std::fs::write(&precious, "not ours").unwrap();
+    for target in [precious.clone(), dir.path().join("db")] {
+        let e = table.write(&target).unwrap_err();
+        assert!(e.to_string().contains("refusing to replace"), "{e}");
+    }
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "not ours");
+    assert!(PrecomputedSimilar::open(&out).is_ok());
+}
+
+#[test]
 fn damaged_file_is_refused_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let db = catalog(&dir.path().join("db"));

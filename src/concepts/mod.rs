@@ -281,6 +281,14 @@ pub enum ConceptError {
         /// The closest known name.
         suggestion: Option<String>,
     },
+    /// A query named a user with no stored profile.
+    #[error("no profile for user '{user}' (feedback creates one){}", .suggestion.as_ref().map(|s| format!(" — did you mean {s}?")).unwrap_or_default())]
+    UnknownProfile {
+        /// The user given.
+        user: String,
+        /// The closest user with a profile.
+        suggestion: Option<String>,
+    },
     /// A group name that is not in the layout.
     #[error("unknown concept group '{name}' (groups: {known})")]
     UnknownGroup {
@@ -775,7 +783,8 @@ impl Db {
             .space(CONCEPT_SPACE)
             .filter(filter)
             .plan(plan)
-            .ef((16 * k).max(256));
+            // 4096 is the index's largest ef; it searches max(k, ef) anyway.
+            .ef((16 * k).clamp(256, 4096));
         Ok(self.search(&s)?.hits)
     }
 }

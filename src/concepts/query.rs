@@ -860,8 +860,8 @@ impl Db {
         }
         let profile = match &q.profile {
             Some(user) => Some(self.profile(user)?.ok_or_else(|| {
-                ConceptError::UnknownConcept {
-                    name: format!("profile {user}"),
+                ConceptError::UnknownProfile {
+                    user: user.clone(),
                     suggestion: self
                         .profile_users()
                         .ok()

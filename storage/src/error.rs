@@ -52,6 +52,22 @@ pub enum Error {
         supported: u8,
     },
 
+    /// Another process has the store open (sled locks its files).
+    #[error("{} is open in another process; close it there first", path.display())]
+    Locked {
+        /// The sled folder.
+        path: PathBuf,
+    },
+
+    /// sled could not open its files: they are damaged, or not sled's.
+    #[error("the sled store in {} is damaged or unreadable: {reason}", path.display())]
+    StoreDamaged {
+        /// The sled folder.
+        path: PathBuf,
+        /// What sled reported.
+        reason: String,
+    },
+
     /// A vector arena file is damaged or not an arena at all.
     #[error("corrupt vector arena {}: {reason}", path.display())]
     ArenaCorrupt {

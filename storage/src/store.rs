@@ -81,12 +81,28 @@ fn sled_error(path: &Path, e: sled::Error) -> Error {
     }
 }
 
+/// On open, everything but I/O means sled's own files are unreadable
+/// (a damaged `conf` reads as "created by a sled older than 0.29").
+fn sled_open_error(path: &Path, e: sled::Error) -> Error {
+    match e {
+        // sled 0.34 reports a busy lock only through this message.
+        sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => Error::Locked {
+            path: path.to_path_buf(),
+        },
+        sled::Error::Io(source) => Error::io(path, source),
+        other => Error::StoreDamaged {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    }
+}
+
 impl Store {
     /// Opens (creating if missing) the store in `dir`.
     ///
     /// Fails with [`Error::UnsupportedFormat`] if the store was written by a
     /// newer format version. If another handle holds the store's lock, waits
-    /// up to 2 s for it before failing with [`Error::Io`].
+    /// up to 2 s for it before failing with [`Error::Locked`].
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let sled_dir = dir.join("sled");
@@ -103,7 +119,7 @@ impl Store {
             .path(&sled_dir)
             .cache_capacity(opts.cache_capacity_bytes)
             .flush_every_ms(flush_every_ms);
-        let db = open_with_lock_retry(&config).map_err(|e| sled_error(&sled_dir, e))?;
+        let db = open_with_lock_retry(&config).map_err(|e| sled_open_error(&sled_dir, e))?;
         check_format(&db).map_err(|e| match e {
             Error::Sled(e) => sled_error(&sled_dir, e),
             other => other,

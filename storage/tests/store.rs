@@ -458,3 +458,28 @@ fn second_open_while_held_fails_with_io_naming_the_path() {
         other => panic!("expected Io, got {other:?}"),
     }
 }
+
+#[test]
+fn a_second_open_says_the_store_is_in_use_and_a_damaged_conf_names_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ks) = open(dir.path());
+    ks.put(&key(1), &product(1)).unwrap();
+    match Store::open(dir.path(), StoreOptions::default()) {
+        Err(Error::Locked { path }) => assert!(path.ends_with("sled"), "{}", path.display()),
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("a second handle opened a locked store"),
+    }
+    drop((ks, store));
+
+    let conf = dir.path().join("sled").join("conf");
+    let mut bytes = std::fs::read(&conf).unwrap();
+    bytes[3..11].copy_from_slice(b"garbage!");
+    std::fs::write(&conf, bytes).unwrap();
+    match Store::open(dir.path(), StoreOptions::default()) {
+        Err(e @ Error::StoreDamaged { .. }) => {
+            assert!(e.to_string().contains("sled"), "{e}")
+        }
+        Err(e) => panic!("expected StoreDamaged, got {e}"),
+        Ok(_) => panic!("a damaged conf opened"),
+    }
+}

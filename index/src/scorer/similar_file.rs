@@ -26,7 +26,7 @@
 //! UTF-8, target range), so lookups never fail afterwards.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -72,6 +72,10 @@ pub enum SimilarFileError {
 }
 
 /// Writes the file atomically (temporary file, fsync, rename, directory fsync).
+/// It replaces only an earlier precomputed-similar file (or an empty
+/// file): any other file,
+/// folder, link or device at `path` is refused, so a mistyped path cannot
+/// destroy it.
 ///
 /// `ids` must be strictly increasing; `lists[i]` holds at most `k` pairs of
 /// (index into `ids`, score), best first, scores not NaN.
@@ -114,6 +118,21 @@ pub fn write_similar_file<S: AsRef<str>>(
             .find(|(t, s)| *t as usize >= ids.len() || s.is_nan())
         {
             return Err(invalid(format!("list {i} holds ({t}, {s})")));
+        }
+    }
+
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let ours = meta.is_file()
+            && (meta.len() == 0 || {
+                let mut magic = [0u8; 8];
+                File::open(path)
+                    .and_then(|mut f| f.read_exact(&mut magic))
+                    .is_ok_and(|_| magic == SIMILAR_MAGIC)
+            });
+        if !ours {
+            return Err(invalid(
+                "it exists and is not a precomputed-similar file; refusing to replace it".into(),
+            ));
         }
     }
 

@@ -524,6 +524,7 @@ type Ranked = Vec<(u64, f32)>;
 fn concepts(db_dir: &std::path::Path, synth: usize, nq: usize, json: bool) -> Result<()> {
     use rand::rngs::StdRng;
     use vitrine::{Profile, CONCEPT_SPACE};
+    crate::existing_db(db_dir)?;
     let db = Db::open(db_dir).with_context(|| format!("cannot open {}", db_dir.display()))?;
     let vocab = db.vocabulary()?;
     let layout = vocab.layout().clone();

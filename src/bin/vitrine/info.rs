@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 use vitrine::{Db, Model, ATTR_MODEL};
@@ -32,9 +32,7 @@ pub struct RepairArgs {
 /// refuses), keeps what is left, rebuilds the indexes from it and writes a
 /// new checkpoint. The loss becomes permanent: back the folder up first.
 pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
-    if !args.db.is_dir() {
-        bail!("no database at {}", args.db.display());
-    }
+    crate::existing_db(&args.db)?;
     match Db::open(&args.db) {
         Ok(db) => {
             println!(
@@ -65,9 +63,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    if !args.db.is_dir() {
-        bail!("no database at {}", args.db.display());
-    }
+    crate::existing_db(&args.db)?;
     let db = Db::open(&args.db).with_context(|| format!("cannot open {}", args.db.display()))?;
     let info = report(&db)?;
     let mut out = std::io::stdout().lock();

@@ -100,6 +100,18 @@ fn main() {
     }
 }
 
+/// Commands that read a database refuse a folder that holds none, instead
+/// of creating an empty one where a path was mistyped.
+pub(crate) fn existing_db(path: &std::path::Path) -> anyhow::Result<()> {
+    if !path.join("sled").is_dir() {
+        anyhow::bail!(
+            "no database at {} (build one with `vitrine import`)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// An error and its causes on one line, each cause said once: our typed
 /// errors already put their source in their own message.
 pub(crate) fn error_message(e: &anyhow::Error) -> String {

@@ -157,6 +157,7 @@ pub struct SheetArgs {
 
 /// Runs `vitrine outfit …`.
 pub fn run(args: OutfitArgs) -> anyhow::Result<()> {
+    crate::existing_db(&args.db)?;
     let model = Model::bundled().context("cannot load the bundled model")?;
     let db = Db::builder()
         .open_with_model(&args.db, &model)

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
 use vitrine::{Db, Filter, PrecomputeOptions, ScorerChoice};
 
@@ -49,7 +49,7 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
             space,
             scorer,
         } => {
-            ensure!(db.exists(), "no database at {}", db.display());
+            crate::existing_db(&db)?;
             let db = Db::open(&db)?;
             let scorer = match scorer {
                 ScorerArg::Auto => ScorerChoice::Auto,

@@ -86,12 +86,7 @@ impl Session {
     /// Opens the database (with the bundled model when it is there, for
     /// `annotate` and `like image`).
     pub fn open(path: &Path, json: bool) -> anyhow::Result<Session> {
-        if !path.is_dir() {
-            bail!(
-                "no database at {} (build one with `vitrine import`)",
-                path.display()
-            );
-        }
+        crate::existing_db(path)?;
         let model = Model::bundled().ok();
         // With the model: checks it and stores its concept layout. Without
         // (or with another model's database): plain open; concept commands
@@ -675,8 +670,13 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `vitrine query`: one command, then exit (1 on error).
-pub fn query(args: QueryArgs) -> anyhow::Result<()> {
-    let mut session = Session::open(&args.db, args.json)?;
+pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
+    // The query swallows what follows it; `--json` after it still means JSON.
+    let json = args.json || args.query.last().is_some_and(|w| w == "--json");
+    if json && args.query.last().is_some_and(|w| w == "--json") {
+        args.query.pop();
+    }
+    let mut session = Session::open(&args.db, json)?;
     let line = args.query.join(" ");
     let known = COMMANDS.iter().any(|(c, _)| {
         line.split_whitespace()
