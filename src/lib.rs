@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod concepts;
+mod csv;
 mod db;
 mod error;
 mod filter;
@@ -56,6 +57,7 @@ pub use concepts::{
     QueryResults, TagMethod, UserTag, Vocabulary, MAX_EVENTS, PROFILE_EXACT_MAX,
     SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
 };
+pub use csv::split_csv_line;
 pub use db::{
     Db, DbBuilder, Hit, OpenReport, Product, Search, SearchResults, SimilarTo, VectorSpace,
     DEFAULT_DIM, DEFAULT_SPACE, MAX_ID_LEN,

@@ -31,25 +31,12 @@ fn have_mango() -> bool {
     ok
 }
 
-/// Splits a CSV line (double quotes, `""` escapes).
+/// Splits a CSV line, fields trimmed.
 fn split(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(std::mem::take(&mut cur).trim().to_string()),
-            _ => cur.push(c),
-        }
-    }
-    fields.push(cur.trim().to_string());
-    fields
+    vitrine::split_csv_line(line)
+        .into_iter()
+        .map(|f| f.trim().to_string())
+        .collect()
 }
 
 fn join(fields: &[String]) -> String {
@@ -285,6 +272,19 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
         db.substitute("no-such-outfit", 3),
         Err(OutfitError::UnknownOutfit(_))
     ));
+
+    // Quoted fields: an outfit id with a comma.
+    std::fs::write(
+        &csv,
+        format!(
+            "outfit,product\n\"look, 1\",{}\n\"look, 1\",\"{}\"\n",
+            ps[0], ps[1]
+        ),
+    )
+    .unwrap();
+    assert_eq!(db.import_outfits_csv(&csv).unwrap(), 1);
+    assert_eq!(db.outfit("look, 1").unwrap().unwrap().slots.len(), 2);
+    assert!(db.delete_outfit("look, 1").unwrap());
 
     // Store, replace, delete.
     db.store_outfit("tmp", &[ps[0].as_str(), ps[1].as_str()])

@@ -285,10 +285,11 @@ impl Db {
             if line.trim().is_empty() {
                 continue;
             }
-            let mut parts = line.split(',').map(|s| s.trim().trim_matches('"'));
-            let (Some(o), Some(p)) = (parts.next(), parts.next()) else {
+            let fields = crate::split_csv_line(line);
+            let [o, p, ..] = &fields[..] else {
                 return Err(csv_err(n + 1, "expected outfit_id,product_id".into()));
             };
+            let (o, p) = (o.trim(), p.trim());
             if o.is_empty() || p.is_empty() {
                 return Err(csv_err(n + 1, "empty outfit or product id".into()));
             }

@@ -339,6 +339,7 @@ fn exact_score(metric: Metric, q: &[f32], x: &[f32]) -> f32 {
 }
 
 fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
+    anyhow::ensure!(n > 0 && dim > 0, "--n and --dim must be at least 1");
     let tmp;
     let dir = match dir {
         Some(d) => d,

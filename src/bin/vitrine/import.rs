@@ -63,28 +63,6 @@ impl PrepArgs {
     }
 }
 
-/// Splits one CSV line into fields (double quotes, `""` escapes; no
-/// newlines inside fields).
-pub fn split_csv_line(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    fields.push(cur);
-    fields
-}
-
 /// Reads a CSV file: the header and the rows (blank lines skipped).
 pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
     let text =
@@ -94,13 +72,13 @@ pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> 
         .map(|l| l.trim_end_matches('\r'))
         .filter(|l| !l.trim().is_empty());
     let header = match lines.next() {
-        Some(h) => split_csv_line(h)
+        Some(h) => vitrine::split_csv_line(h)
             .into_iter()
             .map(|s| s.trim().to_string())
             .collect(),
         None => bail!("{} is empty", path.display()),
     };
-    Ok((header, lines.map(split_csv_line).collect()))
+    Ok((header, lines.map(vitrine::split_csv_line).collect()))
 }
 
 /// The import items of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]).
@@ -270,6 +248,16 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     out.flush()?;
     if !report.failures.is_empty() {
         println!("failures written to {}", report_path.display());
+    }
+    // Some failures in a large catalog are normal (see the report); all of
+    // them means the input itself is wrong.
+    let p = &report.progress;
+    if p.failed > 0 && p.stored + p.skipped == 0 {
+        bail!(
+            "every one of the {} items failed (see {})",
+            p.failed,
+            report_path.display()
+        );
     }
     Ok(())
 }

@@ -149,8 +149,9 @@ pub struct SheetArgs {
     #[arg(long)]
     pub sheet: Option<PathBuf>,
     /// Where product images are: a CSV whose first column is the product id
-    /// and with a `des_filename`, `path` or `image` column (relative to the
-    /// CSV's folder). Without it, the `image` attribute of each product.
+    /// and with a `des_filename`, `path` or `image` column, else the image
+    /// path in the second column (paths relative to the CSV's folder).
+    /// Without it, the `image` attribute of each product.
     #[arg(long)]
     pub images: Option<PathBuf>,
 }
@@ -473,10 +474,18 @@ pub fn image_paths(csv: Option<&Path>) -> anyhow::Result<HashMap<String, PathBuf
         return Ok(HashMap::new());
     };
     let (header, rows) = crate::import::read_csv(csv)?;
+    // A named image column (Mango's `des_filename`), else the second
+    // column, as in the CSVs `vitrine import` reads.
     let col = ["des_filename", "path", "image"]
         .iter()
         .find_map(|name| header.iter().position(|h| h == name))
-        .with_context(|| format!("{}: no des_filename, path or image column", csv.display()))?;
+        .or((header.len() >= 2).then_some(1))
+        .with_context(|| {
+            format!(
+                "{}: needs an id column and an image path column",
+                csv.display()
+            )
+        })?;
     let base = csv.parent().unwrap_or(Path::new("."));
     Ok(rows
         .into_iter()

@@ -267,7 +267,18 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
         }
         let q: Question = serde_json::from_str(line)
             .with_context(|| format!("{}:{}", args.questions.display(), n + 1))?;
+        if !q.candidates.contains(&q.answer) {
+            bail!(
+                "{}:{}: the answer '{}' is not among the candidates",
+                args.questions.display(),
+                n + 1,
+                q.answer
+            );
+        }
         questions.push(q);
+    }
+    if questions.is_empty() {
+        bail!("{}: no questions", args.questions.display());
     }
     let eng = db.outfit_engine()?;
     let methods: Vec<(&str, Option<CompleteMethod>)> = if args.all_methods {

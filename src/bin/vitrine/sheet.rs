@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use image::{imageops, Rgb, RgbImage};
 
 pub const TILE_W: u32 = 96;
@@ -42,10 +41,19 @@ pub fn render(title: &str, tiles: &[Tile]) -> anyhow::Result<RgbImage> {
     draw_text(&mut sheet, GAP, GAP, title, INK);
     let mut x = GAP;
     for (i, t) in tiles.iter().enumerate() {
-        let img = image::open(&t.path)
-            .with_context(|| format!("cannot open {}", t.path.display()))?
-            .to_rgb8();
-        let tile = imageops::resize(&img, TILE_W, TILE_H, imageops::FilterType::Triangle);
+        // One unreadable image greys out its tile, not the whole sheet.
+        let tile = match image::open(&t.path) {
+            Ok(img) => imageops::resize(
+                &img.to_rgb8(),
+                TILE_W,
+                TILE_H,
+                imageops::FilterType::Triangle,
+            ),
+            Err(e) => {
+                tracing::warn!(path = %t.path.display(), error = %e, "image unreadable; grey tile drawn");
+                RgbImage::from_pixel(TILE_W, TILE_H, Rgb([200, 200, 200]))
+            }
+        };
         imageops::replace(&mut sheet, &tile, i64::from(x), i64::from(top));
         let bar_y = top + TILE_H + 2;
         let filled = ((TILE_W as f32) * t.fill.clamp(0.0, 1.0)).round() as u32;
