@@ -181,12 +181,55 @@ fn import_reads_a_csv_with_attributes() {
     assert!(text(&out.stdout).contains("3 imported"));
     assert!(report.is_file());
     let model = vitrine::Model::bundled().unwrap();
-    let db = vitrine::Db::builder().open_with_model(&db, &model).unwrap();
+    let db_dir = db;
+    let db = vitrine::Db::builder()
+        .open_with_model(&db_dir, &model)
+        .unwrap();
     let p = db.get("sku-1").unwrap().unwrap();
     assert_eq!(p.attributes.category.as_deref(), Some("Tops"));
     assert_eq!(p.attributes.price, Some(11.5));
     assert!(!p.attributes.in_stock);
     assert_eq!(p.attributes.extra["colour"], "red, dark");
+    drop(db);
+
+    // The nightly refresh: sku-1 is back in stock at a new price; sku-0 and
+    // sku-2 are unchanged. Only sku-1 is rewritten, its vectors kept.
+    let refreshed = std::fs::read_to_string(&csv_path)
+        .unwrap()
+        .replace("11.5,false", "9.5,true");
+    std::fs::write(&csv_path, refreshed).unwrap();
+    let import = |extra: &[&str]| {
+        let mut args = vec![
+            "import",
+            csv_path.to_str().unwrap(),
+            "--db",
+            db_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = vitrine(&args);
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert!(
+        import(&[]).contains("0 imported, 3 skipped"),
+        "without --update nothing changes"
+    );
+    let stdout = import(&["--update"]);
+    assert!(
+        stdout.contains("0 imported, 1 updated, 2 skipped"),
+        "{stdout}"
+    );
+    let db = vitrine::Db::builder()
+        .open_with_model(&db_dir, &model)
+        .unwrap();
+    let q = db.get("sku-1").unwrap().unwrap();
+    assert_eq!(q.attributes.price, Some(9.5));
+    assert!(q.attributes.in_stock);
+    assert_eq!(q.vectors, p.vectors);
+    assert_eq!(
+        q.attributes.extra[vitrine::ATTR_MODEL],
+        p.attributes.extra[vitrine::ATTR_MODEL]
+    );
 }
 
 #[test]

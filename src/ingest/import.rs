@@ -97,14 +97,17 @@ pub struct ImportProgress {
     pub stored: usize,
     /// Items skipped because they were already present (resume).
     pub skipped: usize,
+    /// Items already present whose attributes were replaced, without
+    /// re-embedding ([`ImportOptions::update_attributes`]).
+    pub updated: usize,
     /// Items that failed so far.
     pub failed: usize,
 }
 
 impl ImportProgress {
-    /// Items dealt with (stored, skipped or failed).
+    /// Items dealt with (stored, updated, skipped or failed).
     pub fn done(&self) -> usize {
-        self.stored + self.skipped + self.failed
+        self.stored + self.updated + self.skipped + self.failed
     }
 }
 
@@ -136,7 +139,7 @@ type ProgressFn<'a> = Box<dyn FnMut(&ImportProgress) + 'a>;
 ///
 /// Defaults: the bundled model, catalog preparation, one prepare worker per
 /// two CPUs, one inference thread per CPU, batches of 8, no re-embedding,
-/// no progress callback.
+/// present products left as they are, no progress callback.
 pub struct ImportOptions<'a> {
     model: Option<Arc<Model>>,
     prep: PrepConfig,
@@ -144,6 +147,7 @@ pub struct ImportOptions<'a> {
     inference: usize,
     batch: usize,
     reembed: bool,
+    update: bool,
     progress: Option<ProgressFn<'a>>,
 }
 
@@ -159,6 +163,7 @@ impl Default for ImportOptions<'_> {
             inference: cpus,
             batch: 8,
             reembed: false,
+            update: false,
             progress: None,
         }
     }
@@ -173,6 +178,7 @@ impl std::fmt::Debug for ImportOptions<'_> {
             .field("inference", &self.inference)
             .field("batch", &self.batch)
             .field("reembed", &self.reembed)
+            .field("update", &self.update)
             .field("progress", &self.progress.is_some())
             .finish()
     }
@@ -228,6 +234,17 @@ impl<'a> ImportOptions<'a> {
         self
     }
 
+    /// For products already stored: replace their attributes with the
+    /// item's (price, stock, brand, category when given, free key-values),
+    /// keeping their vectors and model outputs (the `vitrine.*` keys), with
+    /// no image work. Products whose attributes are unchanged are skipped.
+    /// Default false: present products are skipped, as a resumed import
+    /// needs. The daily price-and-stock refresh of a catalog is this.
+    pub fn update_attributes(mut self, yes: bool) -> Self {
+        self.update = yes;
+        self
+    }
+
     /// Called on the importing thread after every item.
     pub fn progress(mut self, f: impl FnMut(&ImportProgress) + 'a) -> Self {
         self.progress = Some(Box::new(f));
@@ -275,6 +292,7 @@ impl Db {
             inference,
             batch,
             reembed,
+            update,
             mut progress,
         } = options;
         let model = match model {
@@ -326,11 +344,30 @@ impl Db {
                         && p.attributes.extra.get(ATTR_MODEL).map(String::as_str)
                             != Some(model.fingerprint()) =>
                 {
+                    let existing = if update {
+                        updated_attributes(&item.attributes, &p.attributes)
+                    } else {
+                        p.attributes
+                    };
                     jobs.push(Job {
                         item,
-                        existing: Some(p.attributes),
+                        existing: Some(existing),
                         colour: None,
                     })
+                }
+                Some(p) if update => {
+                    let attrs = updated_attributes(&item.attributes, &p.attributes);
+                    if attrs == p.attributes {
+                        report.progress.skipped += 1;
+                    } else if let Err(e) = self.upsert(&item.id, attrs, p.vectors) {
+                        report.failures.push(ImportFailure {
+                            id: item.id,
+                            path: item.path,
+                            error: e.into(),
+                        });
+                    } else {
+                        report.progress.updated += 1;
+                    }
                 }
                 Some(_) => report.progress.skipped += 1,
             }
@@ -530,4 +567,19 @@ fn inference_worker(rx: Receiver<Prepared>, tx: Sender<Inferred>, model: &Model,
         }
         images.clear();
     }
+}
+
+/// A present product's attributes after an update: the new item's, with the
+/// stored category when the item gives none, and the stored model outputs.
+fn updated_attributes(new: &Attributes, stored: &Attributes) -> Attributes {
+    let mut a = new.clone();
+    if a.category.is_none() {
+        a.category.clone_from(&stored.category);
+    }
+    for (k, v) in &stored.extra {
+        if k.starts_with("vitrine.") {
+            a.extra.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    a
 }

@@ -32,6 +32,11 @@ pub struct ImportArgs {
     /// one, keeping its attributes (resumable).
     #[arg(long)]
     pub reembed: bool,
+    /// Products already stored take the CSV's attributes (price, stock,
+    /// brand, category, other columns), keeping their vectors: the daily
+    /// price-and-stock refresh. Without it they are skipped.
+    #[arg(long)]
+    pub update: bool,
     #[command(flatten)]
     pub prep: PrepArgs,
 }
@@ -151,7 +156,7 @@ pub fn import_with_progress(
     prep: vitrine::PrepConfig,
     source: ImportSource,
 ) -> anyhow::Result<ImportReport> {
-    import_with_options(db, model, prep, source, false)
+    import_with_options(db, model, prep, source, false, false)
 }
 
 fn import_with_options(
@@ -160,6 +165,7 @@ fn import_with_options(
     prep: vitrine::PrepConfig,
     source: ImportSource,
     reembed: bool,
+    update: bool,
 ) -> anyhow::Result<ImportReport> {
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -178,6 +184,7 @@ fn import_with_options(
         .model(model.clone())
         .prep(prep)
         .reembed(reembed)
+        .update_attributes(update)
         .progress(progress);
     let report = db.import(source, options);
     bar.finish_and_clear();
@@ -205,8 +212,12 @@ pub fn print_summary(report: &ImportReport) {
         0.0
     };
     println!(
-        "{} items: {} imported, {} skipped (already present), {} failed, in {secs:.1} s ({rate:.1} images/s)",
-        p.total, p.stored, p.skipped, p.failed
+        "{} items: {} imported, {}{} skipped (already present), {} failed, in {secs:.1} s ({rate:.1} images/s)",
+        p.total,
+        p.stored,
+        if p.updated > 0 { format!("{} updated, ", p.updated) } else { String::new() },
+        p.skipped,
+        p.failed
     );
 }
 
@@ -232,7 +243,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 .context(format!("cannot open the database {}", args.db.display())))
         }
     };
-    let report = import_with_options(&db, &model, prep, source, args.reembed)?;
+    let report = import_with_options(&db, &model, prep, source, args.reembed, args.update)?;
     db.flush()?;
     print_summary(&report);
     let report_path = args
@@ -252,7 +263,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     // Some failures in a large catalog are normal (see the report); all of
     // them means the input itself is wrong.
     let p = &report.progress;
-    if p.failed > 0 && p.stored + p.skipped == 0 {
+    if p.failed > 0 && p.stored + p.updated + p.skipped == 0 {
         bail!(
             "every one of the {} items failed (see {})",
             p.failed,
