@@ -578,6 +578,10 @@ fn user_tags_are_learned_queried_and_persisted() {
         db.define_tag("ghost", &["nope"], &[], TagMethod::Centroid),
         Err(ConceptError::Db(vitrine::Error::NotFound { .. }))
     ));
+    assert!(matches!(
+        db.define_tag("both", &examples[..1], &examples[..1], TagMethod::Centroid),
+        Err(ConceptError::ConflictingExamples { .. })
+    ));
     db.set_tag_weight("ticktock", 0.25).unwrap();
     assert!(db.set_tag_weight("ticktock", f32::NAN).is_err());
     assert!(db.delete_tag("ticktock").unwrap());

@@ -289,6 +289,14 @@ pub enum ConceptError {
         /// The closest user with a profile.
         suggestion: Option<String>,
     },
+    /// A product given both as an example and as a counter-example of a tag.
+    #[error("product '{id}' is both a positive and a negative example of tag '{name}'")]
+    ConflictingExamples {
+        /// The tag.
+        name: String,
+        /// The product.
+        id: String,
+    },
     /// A group name that is not in the layout.
     #[error("unknown concept group '{name}' (groups: {known})")]
     UnknownGroup {
@@ -515,6 +523,12 @@ impl Db {
                 name: name.into(),
                 min: 1,
                 got: 0,
+            });
+        }
+        if let Some(id) = positives.iter().find(|p| negatives.contains(p)) {
+            return Err(ConceptError::ConflictingExamples {
+                name: name.into(),
+                id: (*id).to_string(),
             });
         }
         let layout = self.concept_layout()?;

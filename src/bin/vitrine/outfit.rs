@@ -81,11 +81,11 @@ pub enum OutfitCommand {
         #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         anchor_slot: usize,
         /// MMR diversity in [0, 1].
-        #[arg(long, default_value_t = 0.3)]
+        #[arg(long, default_value_t = 0.3, value_parser = unit_interval)]
         diversity: f32,
         /// How closely new outfits follow the template's own colours, on
         /// top of its colour relations (0 = relations only).
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 2.0, value_parser = non_negative)]
         palette: f32,
         #[command(flatten)]
         sheet: SheetArgs,
@@ -164,6 +164,20 @@ pub fn run(args: OutfitArgs) -> anyhow::Result<()> {
         .open_with_model(&args.db, &model)
         .with_context(|| format!("cannot open the database {}", args.db.display()))?;
     execute(&db, args.what, args.json)
+}
+
+fn unit_interval(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("'{s}' is not a number in [0, 1]")),
+    }
+}
+
+fn non_negative(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("'{s}' is not a finite number >= 0")),
+    }
 }
 
 pub fn method_of(s: &str) -> anyhow::Result<CompleteMethod> {
