@@ -101,7 +101,8 @@ impl DbBuilder {
         self
     }
 
-    /// Declares a vector space. Call once per space.
+    /// Declares a vector space. Call once per space. The name (1 to 64 of
+    /// `A-Z a-z 0-9 _ -`) also names its files; others fail on open.
     pub fn vector_space(mut self, name: impl Into<String>, dim: usize, metric: Metric) -> Self {
         self.spaces.push(VectorSpace {
             name: name.into(),
@@ -396,9 +397,15 @@ impl Db {
             )));
         }
         for s in &b.spaces {
-            if s.name.is_empty() || s.dim == 0 || s.dim > 65_536 {
+            // The name becomes a file and folder name (arena/<name>.arena,
+            // index/<name>/): no separators, dots or other surprises.
+            let plain = (1..=64).contains(&s.name.len())
+                && s.name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+            if !plain || s.dim == 0 || s.dim > 65_536 {
                 return Err(Error::InvalidConfig(format!(
-                    "vector space '{}' with {} dimensions (names must be non-empty, 1..=65536 dimensions)",
+                    "vector space '{}' with {} dimensions (names are 1 to 64 of A-Z a-z 0-9 _ -; 1..=65536 dimensions)",
                     s.name, s.dim
                 )));
             }
@@ -804,7 +811,7 @@ impl Db {
         // Without a filter, ask for one more and drop the query product itself.
         let extra = usize::from(allow.is_none() && self_doc.is_some());
         let opts = SearchOptions {
-            k: s.k + extra,
+            k: s.k.saturating_add(extra),
             ef: s.ef,
             plan: s.plan,
         };

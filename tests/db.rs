@@ -259,6 +259,30 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
 }
 
 #[test]
+fn space_names_that_are_not_plain_words_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("keep.txt");
+    std::fs::write(&keep, "still here").unwrap();
+    let db_dir = dir.path().join("db");
+    for name in ["..", "../x", "/tmp", "a.b", "", "a b", &"x".repeat(65)] {
+        let e = Db::builder()
+            .vector_space(name, 4, Metric::Cosine)
+            .open(&db_dir)
+            .err()
+            .unwrap_or_else(|| panic!("space '{name}' was accepted"));
+        assert!(
+            matches!(e, Error::InvalidConfig(_)) && e.is_user_error(),
+            "{e}"
+        );
+    }
+    assert!(keep.is_file());
+    assert!(Db::builder()
+        .vector_space("image-v2_1", 4, Metric::Cosine)
+        .open(&db_dir)
+        .is_ok());
+}
+
+#[test]
 fn declaring_another_schema_on_an_existing_database_fails() {
     let dir = tempfile::tempdir().unwrap();
     open(dir.path()).close().unwrap();

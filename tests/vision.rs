@@ -138,7 +138,15 @@ proptest! {
 fn integral_image_rejects_wrong_lengths() {
     assert!(IntegralImage::new(3, 3, 1, &[0; 8]).is_none());
     assert!(IntegralImage::new(3, 3, 0, &[]).is_none());
-    assert!(IntegralImage::new(0, 5, 3, &[]).is_some());
+    assert!(IntegralImage::new(0, 5, 3, &[]).is_none(), "an empty image");
+    assert!(
+        IntegralImage::new(0, u32::MAX, 1, &[]).is_none(),
+        "sized by one side"
+    );
+    assert!(
+        IntegralImage::new(1, 1, 65, &[0; 65]).is_none(),
+        "65 channels"
+    );
     // Reversed and out-of-range rectangles are empty or clamped.
     let ii = IntegralImage::new(2, 2, 1, &[1, 2, 3, 4]).unwrap();
     #[allow(clippy::reversed_empty_ranges)]

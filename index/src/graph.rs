@@ -259,9 +259,13 @@ impl HnswIndex {
         if n == 0 || self.doc_point.is_empty() {
             return Vec::new();
         }
+        // hnsw_rs sizes its heaps by ef: past the number of points a larger
+        // ef finds nothing more, so a caller's huge k or ef costs no memory.
+        let cap = self.points.len().max(2);
+        let n = n.min(cap);
         // hnsw_rs can panic on an empty result heap when ef == 1 and the entry
         // point is filtered out; ef >= 2 avoids that path.
-        let ef = ef.max(n).max(2);
+        let ef = ef.max(n).max(2).min(cap);
         let points = &self.points;
         let keep = |id: usize| match points.get(id) {
             Some(Some(doc)) => allow.is_none_or(|a| a.contains(*doc)),

@@ -442,7 +442,11 @@ impl Vocabulary {
     /// Adds `w ×` the concept's direction to `q`.
     pub(crate) fn add_to(&self, c: &ConceptRef, w: f32, q: &mut [f32]) {
         match c {
-            ConceptRef::Dim(d) => q[*d] += w,
+            ConceptRef::Dim(d) => {
+                if let Some(x) = q.get_mut(*d) {
+                    *x += w;
+                }
+            }
             ConceptRef::Tag(t) => {
                 if let Some(tag) = self.tags.get(t) {
                     for (x, v) in q.iter_mut().zip(&tag.vector) {
@@ -748,7 +752,10 @@ pub(crate) fn profile_query(
     let mut q = vec![0.0f32; layout.dim];
     for g in &layout.groups {
         let w = profile.weights.get(&g.name).copied().unwrap_or(0.0);
-        for d in g.start..g.start + g.len {
+        // A layout is data (stored, or built by hand): a group past the
+        // space is ignored rather than indexed.
+        let end = g.start.saturating_add(g.len).min(q.len()).min(z.len());
+        for d in g.start.min(end)..end {
             q[d] = w * z[d];
         }
     }
@@ -798,7 +805,7 @@ impl Db {
             .filter(filter)
             .plan(plan)
             // 4096 is the index's largest ef; it searches max(k, ef) anyway.
-            .ef((16 * k).clamp(256, 4096));
+            .ef(k.saturating_mul(16).clamp(256, 4096));
         Ok(self.search(&s)?.hits)
     }
 }

@@ -135,6 +135,9 @@ pub struct ImportReport {
 
 type ProgressFn<'a> = Box<dyn FnMut(&ImportProgress) + 'a>;
 
+/// The most prepare workers or inference threads an import starts.
+const MAX_THREADS: usize = 256;
+
 /// Settings of [`Db::import`].
 ///
 /// Defaults: the bundled model, catalog preparation, one prepare worker per
@@ -202,17 +205,17 @@ impl<'a> ImportOptions<'a> {
         self
     }
 
-    /// Number of decode-and-prepare workers (at least 1).
+    /// Number of decode-and-prepare workers (1..=256).
     pub fn workers(mut self, workers: usize) -> Self {
-        self.workers = workers.max(1);
+        self.workers = workers.clamp(1, MAX_THREADS);
         self
     }
 
-    /// Number of inference threads (at least 1), each running its own
+    /// Number of inference threads (1..=256), each running its own
     /// batches on the shared model. Inference is the costly stage (about
     /// 40× decode and preparation), so the default is one per CPU.
     pub fn inference_threads(mut self, threads: usize) -> Self {
-        self.inference = threads.max(1);
+        self.inference = threads.clamp(1, MAX_THREADS);
         self
     }
 

@@ -38,7 +38,8 @@ impl IntegralImage {
     /// Builds the table of a `width × height` image with `channels`
     /// interleaved 8-bit samples per pixel, row-major.
     ///
-    /// Returns `None` when `channels` is 0 or `samples` does not hold exactly
+    /// Returns `None` when the image is empty (a zero side), `channels` is
+    /// not within 1..=64, or `samples` does not hold exactly
     /// `width × height × channels` values.
     pub fn new(width: u32, height: u32, channels: usize, samples: &[u8]) -> Option<Self> {
         Self::build(width, height, channels, samples, true)
@@ -63,7 +64,12 @@ impl IntegralImage {
         with_squares: bool,
     ) -> Option<Self> {
         let (w, h) = (width as usize, height as usize);
-        if channels == 0 || w.checked_mul(h)?.checked_mul(channels)? != samples.len() {
+        // An empty image must not size the tables by its other side alone.
+        if w == 0
+            || h == 0
+            || !(1..=64).contains(&channels)
+            || w.checked_mul(h)?.checked_mul(channels)? != samples.len()
+        {
             return None;
         }
         let stride = (w + 1).checked_mul(channels)?;

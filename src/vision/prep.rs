@@ -284,11 +284,13 @@ pub fn prepare_rgb(
     config: &PrepConfig,
 ) -> Result<PreparedImage, ImageError> {
     config.limits.check(width, height, 3)?;
-    let expected = width as usize * height as usize * 3;
-    if pixels.len() != expected {
+    let expected = (width as usize)
+        .checked_mul(height as usize)
+        .and_then(|n| n.checked_mul(3));
+    if expected != Some(pixels.len()) {
         return Err(ImageError::Decode {
             reason: format!(
-                "{} bytes of pixels for a {width}×{height} RGB image (expected {expected})",
+                "{} bytes of pixels for a {width}×{height} RGB image (expected 3 per pixel)",
                 pixels.len()
             ),
         });

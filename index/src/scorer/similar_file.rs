@@ -96,8 +96,16 @@ pub fn write_similar_file<S: AsRef<str>>(
             lists.len()
         )));
     }
-    if k > u32::MAX as usize || ids.len() >= EMPTY as usize {
-        return Err(invalid("k or the product count is too large".into()));
+    if k == 0 || k > u32::MAX as usize || ids.len() >= EMPTY as usize {
+        return Err(invalid(
+            "k must be at least 1, and k and the product count fit in u32".into(),
+        ));
+    }
+    if k > ids.len().max(1) {
+        return Err(invalid(format!(
+            "k = {k} but there are {} products",
+            ids.len()
+        )));
     }
     if let Some(w) = ids.windows(2).find(|w| w[0].as_ref() >= w[1].as_ref()) {
         return Err(invalid(format!(
@@ -278,6 +286,9 @@ fn validate(b: &[u8]) -> Result<Header, String> {
     if u32_at(b, 12) != FLAG_LE {
         return Err(format!("unknown flags {:#x}", u32_at(b, 12)));
     }
+    if u32_at(b, 24) == 0 {
+        return Err("k is 0".into());
+    }
     let h = Header {
         count: u64_at(b, 16),
         k: u32_at(b, 24),
@@ -442,8 +453,11 @@ impl PrecomputedSimilar {
     /// The list of product `i` as (target position, score), best first.
     pub fn list_at(&self, i: usize) -> Vec<(usize, f32)> {
         let k = self.k();
-        let start = self.header.lists_off as usize + i * k * SLOT;
-        let Some(slots) = self.map.get(start..start + k * SLOT) else {
+        let range = i
+            .checked_mul(k * SLOT)
+            .and_then(|off| off.checked_add(self.header.lists_off as usize))
+            .and_then(|start| Some(start..start.checked_add(k * SLOT)?));
+        let Some(slots) = range.and_then(|r| self.map.get(r)) else {
             return Vec::new();
         };
         slots
