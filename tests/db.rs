@@ -256,6 +256,15 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         .similar(SimilarTo::Vector(&v), 0, &Filter::new())
         .unwrap()
         .is_empty());
+    // Huge k: every product, no huge allocation, whatever the plan.
+    for plan in [PlanHint::Graph, PlanHint::Exact, PlanHint::Auto] {
+        let s = Search::new(SimilarTo::Vector(&v), 1 << 40).plan(plan);
+        assert_eq!(db.search(&s).unwrap().hits.len(), 50, "{plan:?}");
+    }
+    let all = db
+        .similar(SimilarTo::Id("sku-1"), usize::MAX, &Filter::new())
+        .unwrap();
+    assert_eq!(all.len(), 49);
 }
 
 #[test]

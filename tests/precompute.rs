@@ -149,6 +149,11 @@ fn writing_replaces_only_an_earlier_similar_file() {
         .unwrap();
     // 117 of the 120 products have a vector: at most 116 neighbours each.
     assert_eq!(huge.k, 116, "k is lowered to the other products");
+    let mut zero = huge;
+    zero.k = 0;
+    zero.lists.iter_mut().for_each(Vec::clear);
+    let e = zero.write(&dir.path().join("zero.vsim")).unwrap_err();
+    assert!(e.to_string().contains("k must be at least 1"), "{e}");
     let precious = dir.path().join("db").join("notes.txt");
     std::fs::write(&precious, "not ours").unwrap();
     for target in [precious.clone(), dir.path().join("db")] {
