@@ -315,6 +315,15 @@ fn rules_are_learned_and_inspectable() {
     assert!(top.windows(2).all(|w| w[0].lift >= w[1].lift));
     assert!(rules.patterned_with_solid_lift().is_some());
     assert!(rules.colour_lift("black", "white").is_some());
+    // The category tables cover the categories outfits use, no others.
+    let used: std::collections::BTreeSet<String> =
+        f.db.outfits()
+            .unwrap()
+            .iter()
+            .flat_map(|o| o.slots.iter().filter_map(|s| s.category.clone()))
+            .collect();
+    let ruled: std::collections::BTreeSet<String> = rules.categories.iter().cloned().collect();
+    assert_eq!(ruled, used);
 }
 
 #[test]

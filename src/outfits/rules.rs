@@ -219,13 +219,7 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
     let mut colour = PairTable::new(nc);
     let mut pattern = PairTable::new(l.patterns.len());
     let mut model_category = PairTable::new(l.model_categories.len());
-    // Catalog categories of the rules: those of the catalog, in its order.
-    let ncat = cat.categories.len();
-    let mut category = PairTable::new(ncat);
-    let mut by_cat: HashMap<(u32, u32), PairTable> = HashMap::new();
     let d = cat.dim();
-
-    // Means: global and per category, over the products used in outfits.
     let members: Vec<Vec<usize>> = outfits
         .iter()
         .map(|o| {
@@ -235,6 +229,35 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
                 .collect()
         })
         .collect();
+
+    // Catalog categories of the rules: those the outfits use, in catalog
+    // order. Tables are n² in them, and a catalog may hold thousands that
+    // no outfit uses; the rules map categories by name when applied.
+    let mut in_outfits = vec![false; cat.categories.len()];
+    for &i in members.iter().flatten() {
+        if let Some(u) = in_outfits.get_mut(cat.category[i] as usize) {
+            *u = true;
+        }
+    }
+    let mut rule_category = vec![NO_CATEGORY; cat.categories.len()];
+    let mut categories = Vec::new();
+    for (c, name) in cat.categories.iter().enumerate() {
+        if in_outfits[c] {
+            rule_category[c] = categories.len() as u32;
+            categories.push(name.clone());
+        }
+    }
+    let category_of = |i: usize| -> u32 {
+        rule_category
+            .get(cat.category[i] as usize)
+            .copied()
+            .unwrap_or(NO_CATEGORY)
+    };
+    let ncat = categories.len();
+    let mut category = PairTable::new(ncat);
+    let mut by_cat: HashMap<(u32, u32), PairTable> = HashMap::new();
+
+    // Means: global and per category, over the products used in outfits.
     let mut mean = vec![0f64; d];
     let mut cmeans = vec![vec![0f64; d]; ncat];
     let mut ccount = vec![0usize; ncat];
@@ -245,8 +268,8 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
             for (acc, x) in mean.iter_mut().zip(cat.concept(i)) {
                 *acc += f64::from(*x);
             }
-            if cat.category[i] != NO_CATEGORY {
-                let c = cat.category[i] as usize;
+            if category_of(i) != NO_CATEGORY {
+                let c = category_of(i) as usize;
                 ccount[c] += 1;
                 for (acc, x) in cmeans[c].iter_mut().zip(cat.concept(i)) {
                     *acc += f64::from(*x);
@@ -289,7 +312,7 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
                 colour.add(cat.colour[a] as usize, cat.colour[b] as usize);
                 pattern.add(cat.pattern[a] as usize, cat.pattern[b] as usize);
                 model_category.add(cat.mcat[a] as usize, cat.mcat[b] as usize);
-                let (ca, cb) = (cat.category[a], cat.category[b]);
+                let (ca, cb) = (category_of(a), category_of(b));
                 if ca != NO_CATEGORY && cb != NO_CATEGORY {
                     category.add(ca as usize, cb as usize);
                     by_cat
@@ -305,9 +328,7 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
         sv.iter_mut().for_each(|x| *x = 0.0);
         for &i in m {
             centre(cat.concept(i), &mean, &mut u);
-            let cm = category_means
-                .get(cat.category[i] as usize)
-                .unwrap_or(&mean);
+            let cm = category_means.get(category_of(i) as usize).unwrap_or(&mean);
             centre(cat.concept(i), cm, &mut v);
             for k in 0..d {
                 su[k] += u[k];
@@ -340,7 +361,7 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
         colours: cat.colour_names.clone(),
         patterns: l.patterns.clone(),
         model_categories: l.model_categories.clone(),
-        categories: cat.categories.clone(),
+        categories,
         colour,
         colour_by_category,
         pattern,
