@@ -82,7 +82,7 @@ pub use outfits::{
 };
 pub use precompute::{
     PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, SimilarFileError,
-    SimilarTable,
+    SimilarTable, MAX_VARIANTS,
 };
 pub use vision::{
     delta_e, prepare_image, prepare_rgb, srgb_to_lab, DecodeLimits, Illumination, ImageError,

@@ -41,7 +41,9 @@ pub struct PrecomputeOptions {
     pub space: Option<String>,
     /// Products sharing this attribute's value (e.g. `"model_id"`) are
     /// variants of each other and never listed for one another. Products
-    /// without the attribute have no variants.
+    /// without the attribute have no variants. A value shared by more than
+    /// [`MAX_VARIANTS`] products is refused: the key then names a group
+    /// (a brand, a category), not one product's variants.
     pub variant_key: Option<String>,
     /// Back end; `None` (the default) takes the database's
     /// [`crate::DbBuilder::scorer`] choice (itself `Auto` by default: the GPU
@@ -66,7 +68,20 @@ pub enum PrecomputeError {
     /// Writing or reading the file failed.
     #[error(transparent)]
     File(#[from] SimilarFileError),
+    /// The variant key groups too many products under one value.
+    #[error("variant key '{key}' = '{value}' is shared by {count} products (at most {MAX_VARIANTS}); it should name one product's variants, e.g. a model id")]
+    TooManyVariants {
+        /// The key.
+        key: String,
+        /// Its most shared value.
+        value: String,
+        /// How many products share it.
+        count: usize,
+    },
 }
+
+/// The most products one [`PrecomputeOptions::variant_key`] value may group.
+pub const MAX_VARIANTS: usize = 1000;
 
 /// The computed lists, in memory; [`write`](Self::write) saves them.
 #[derive(Clone, Debug, PartialEq)]
@@ -190,6 +205,15 @@ pub(crate) fn precompute_similar(
     for (row, v) in variant.iter().enumerate() {
         if let Some(v) = v {
             groups.entry(v.as_str()).or_default().push(docs[row]);
+        }
+    }
+    if let Some((value, docs)) = groups.iter().max_by_key(|(_, d)| d.len()) {
+        if docs.len() > MAX_VARIANTS {
+            return Err(PrecomputeError::TooManyVariants {
+                key: options.variant_key.clone().unwrap_or_default(),
+                value: value.to_string(),
+                count: docs.len(),
+            });
         }
     }
     let exclude = |row: usize| -> Vec<u64> {

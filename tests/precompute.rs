@@ -227,3 +227,32 @@ fn gpu_choice_without_a_gpu_is_a_typed_error_and_auto_works() {
     };
     assert!(db.precompute_similar(3, &Filter::new(), &unknown).is_err());
 }
+
+#[test]
+fn a_variant_key_that_groups_a_whole_brand_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .vector_space("embedding", DIM, Metric::Cosine)
+        .checkpoint_on_drop(false)
+        .open(dir.path())
+        .unwrap();
+    for i in 0..=vitrine::MAX_VARIANTS {
+        let id = format!("p{i:05}");
+        db.insert(
+            &id,
+            Attributes::new().set("brand", "A"),
+            [("embedding", common::vector_for(&id, DIM))],
+        )
+        .unwrap();
+    }
+    let options = PrecomputeOptions {
+        variant_key: Some("brand".into()),
+        ..Default::default()
+    };
+    match db.precompute_similar(5, &Filter::new(), &options) {
+        Err(PrecomputeError::TooManyVariants { count, .. }) => {
+            assert_eq!(count, vitrine::MAX_VARIANTS + 1)
+        }
+        other => panic!("expected TooManyVariants, got {other:?}"),
+    }
+}
