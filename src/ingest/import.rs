@@ -61,18 +61,20 @@ fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
         source,
     };
     let mut items = Vec::new();
+    let mut ignored = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || !path.is_file() {
+        if name.starts_with('.') {
             continue;
         }
         let ext = path
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        if !ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+        if !path.is_file() || !ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+            ignored.push(name.into_owned());
             continue;
         }
         let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
@@ -85,6 +87,16 @@ fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
         });
     }
     items.sort_by(|a, b| a.path.cmp(&b.path));
+    if !ignored.is_empty() {
+        ignored.sort();
+        tracing::warn!(
+            dir = %dir.display(),
+            count = ignored.len(),
+            first = ?&ignored[..ignored.len().min(3)],
+            "entries ignored: not {} files (subfolders are not read)",
+            IMAGE_EXTENSIONS.join("/")
+        );
+    }
     Ok(items)
 }
 
