@@ -735,22 +735,43 @@ impl Db {
 
     /// Marks a product in or out of stock.
     pub fn set_in_stock(&self, id: &str, in_stock: bool) -> Result<()> {
+        self.update_attributes(id, |a| a.in_stock = in_stock)
+            .map(|_| ())
+    }
+
+    /// Changes a product's attributes in place, keeping its vectors: `edit`
+    /// gets the stored attributes, and what it leaves is validated and
+    /// written in one atomic write. Returns whether anything changed.
+    ///
+    /// ```
+    /// # use vitrine::{Attributes, Db};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = Db::open(dir.path())?;
+    /// # db.insert("a", Attributes::new().price(30.0), [("embedding", vec![1.0; 128])])?;
+    /// assert!(db.update_attributes("a", |a| a.price = Some(25.0))?);
+    /// assert_eq!(db.get("a")?.unwrap().attributes.price, Some(25.0));
+    /// # Ok::<(), vitrine::Error>(())
+    /// ```
+    pub fn update_attributes(&self, id: &str, edit: impl FnOnce(&mut Attributes)) -> Result<bool> {
         check_id(id)?;
         let mut w = lock(&self.writer);
         let mut record = self
             .products
             .get(id.as_bytes())?
             .ok_or_else(|| Error::NotFound { id: id.into() })?;
-        if record.attrs.in_stock == in_stock {
-            return Ok(());
+        let mut attrs = record.attrs.clone();
+        edit(&mut attrs);
+        if attrs == record.attrs {
+            return Ok(false);
         }
+        check_attributes(&attrs)?;
         self.mark_dirty(&mut w)?;
-        record.attrs.in_stock = in_stock;
+        record.attrs = attrs;
         self.products.put(id.as_bytes(), &record)?;
         if let Some(e) = write(&self.catalog).by_doc.get_mut(&record.doc) {
-            e.attrs.in_stock = in_stock;
+            e.attrs = record.attrs;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Reads a product from storage.

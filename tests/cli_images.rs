@@ -192,43 +192,75 @@ fn import_reads_a_csv_with_attributes() {
     assert_eq!(p.attributes.extra["colour"], "red, dark");
     drop(db);
 
-    // The nightly refresh: sku-1 is back in stock at a new price; sku-0 and
-    // sku-2 are unchanged. Only sku-1 is rewritten, its vectors kept.
+    // The nightly refresh: sku-1 has a new price; sku-0 and sku-2 are
+    // unchanged. Only sku-1 is rewritten, its vectors kept.
     let refreshed = std::fs::read_to_string(&csv_path)
         .unwrap()
-        .replace("11.5,false", "9.5,true");
+        .replace("11.5,false", "9.5,false");
     std::fs::write(&csv_path, refreshed).unwrap();
-    let import = |extra: &[&str]| {
+    let import = |csv: &Path, extra: &[&str]| {
         let mut args = vec![
             "import",
-            csv_path.to_str().unwrap(),
+            csv.to_str().unwrap(),
             "--db",
             db_dir.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let out = vitrine(&args);
-        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-        text(&out.stdout)
+        vitrine(&args)
     };
+    let out = import(&csv_path, &[]);
     assert!(
-        import(&[]).contains("0 imported, 3 skipped"),
+        text(&out.stdout).contains("0 imported, 3 skipped"),
         "without --update nothing changes"
     );
-    let stdout = import(&["--update"]);
+    let out = import(&csv_path, &["--update"]);
+    let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("0 imported, 1 updated, 2 skipped"),
+        stdout.contains("3 present: 1 updated, 2 unchanged, 0 failed"),
         "{stdout}"
     );
+    // A CSV with fewer columns changes only its own cells: sku-1 stays
+    // sold out, in its category, with its colour.
+    let prices = dir.path().join("prices.csv");
+    std::fs::write(
+        &prices,
+        format!("id,path,price\nsku-1,{},8\n", files[1].display()),
+    )
+    .unwrap();
+    let out = import(&prices, &["--update"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let db = vitrine::Db::builder()
         .open_with_model(&db_dir, &model)
         .unwrap();
     let q = db.get("sku-1").unwrap().unwrap();
-    assert_eq!(q.attributes.price, Some(9.5));
-    assert!(q.attributes.in_stock);
+    assert_eq!(q.attributes.price, Some(8.0));
+    assert!(
+        !q.attributes.in_stock,
+        "no in_stock column: the stock flag stays"
+    );
+    assert_eq!(q.attributes.category.as_deref(), Some("Tops"));
+    assert_eq!(q.attributes.extra["colour"], "red, dark");
     assert_eq!(q.vectors, p.vectors);
     assert_eq!(
         q.attributes.extra[vitrine::ATTR_MODEL],
         p.attributes.extra[vitrine::ATTR_MODEL]
+    );
+    drop(db);
+    // Attributes come from a CSV whose second column is the image path.
+    std::fs::write(&prices, "id,price\nsku-1,8\n").unwrap();
+    let out = import(&prices, &["--update"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("second column is the image path"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = import(files[0].parent().unwrap(), &["--update"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("from a CSV file"),
+        "{}",
+        text(&out.stderr)
     );
 }
 

@@ -109,17 +109,14 @@ pub struct ImportProgress {
     pub stored: usize,
     /// Items skipped because they were already present (resume).
     pub skipped: usize,
-    /// Items already present whose attributes were replaced, without
-    /// re-embedding ([`ImportOptions::update_attributes`]).
-    pub updated: usize,
     /// Items that failed so far.
     pub failed: usize,
 }
 
 impl ImportProgress {
-    /// Items dealt with (stored, updated, skipped or failed).
+    /// Items dealt with (stored, skipped or failed).
     pub fn done(&self) -> usize {
-        self.stored + self.updated + self.skipped + self.failed
+        self.stored + self.skipped + self.failed
     }
 }
 
@@ -154,7 +151,7 @@ const MAX_THREADS: usize = 256;
 ///
 /// Defaults: the bundled model, catalog preparation, one prepare worker per
 /// two CPUs, one inference thread per CPU, batches of 8, no re-embedding,
-/// present products left as they are, no progress callback.
+/// no progress callback.
 pub struct ImportOptions<'a> {
     model: Option<Arc<Model>>,
     prep: PrepConfig,
@@ -162,7 +159,6 @@ pub struct ImportOptions<'a> {
     inference: usize,
     batch: usize,
     reembed: bool,
-    update: bool,
     progress: Option<ProgressFn<'a>>,
 }
 
@@ -178,7 +174,6 @@ impl Default for ImportOptions<'_> {
             inference: cpus,
             batch: 8,
             reembed: false,
-            update: false,
             progress: None,
         }
     }
@@ -193,7 +188,6 @@ impl std::fmt::Debug for ImportOptions<'_> {
             .field("inference", &self.inference)
             .field("batch", &self.batch)
             .field("reembed", &self.reembed)
-            .field("update", &self.update)
             .field("progress", &self.progress.is_some())
             .finish()
     }
@@ -249,17 +243,6 @@ impl<'a> ImportOptions<'a> {
         self
     }
 
-    /// For products already stored: replace their attributes with the
-    /// item's (price, stock, brand, category when given, free key-values),
-    /// keeping their vectors and model outputs (the `vitrine.*` keys), with
-    /// no image work. Products whose attributes are unchanged are skipped.
-    /// Default false: present products are skipped, as a resumed import
-    /// needs. The daily price-and-stock refresh of a catalog is this.
-    pub fn update_attributes(mut self, yes: bool) -> Self {
-        self.update = yes;
-        self
-    }
-
     /// Called on the importing thread after every item.
     pub fn progress(mut self, f: impl FnMut(&ImportProgress) + 'a) -> Self {
         self.progress = Some(Box::new(f));
@@ -307,7 +290,6 @@ impl Db {
             inference,
             batch,
             reembed,
-            update,
             mut progress,
         } = options;
         let model = match model {
@@ -359,30 +341,11 @@ impl Db {
                         && p.attributes.extra.get(ATTR_MODEL).map(String::as_str)
                             != Some(model.fingerprint()) =>
                 {
-                    let existing = if update {
-                        updated_attributes(&item.attributes, &p.attributes)
-                    } else {
-                        p.attributes
-                    };
                     jobs.push(Job {
                         item,
-                        existing: Some(existing),
+                        existing: Some(p.attributes),
                         colour: None,
                     })
-                }
-                Some(p) if update => {
-                    let attrs = updated_attributes(&item.attributes, &p.attributes);
-                    if attrs == p.attributes {
-                        report.progress.skipped += 1;
-                    } else if let Err(e) = self.upsert(&item.id, attrs, p.vectors) {
-                        report.failures.push(ImportFailure {
-                            id: item.id,
-                            path: item.path,
-                            error: e.into(),
-                        });
-                    } else {
-                        report.progress.updated += 1;
-                    }
                 }
                 Some(_) => report.progress.skipped += 1,
             }
@@ -582,19 +545,4 @@ fn inference_worker(rx: Receiver<Prepared>, tx: Sender<Inferred>, model: &Model,
         }
         images.clear();
     }
-}
-
-/// A present product's attributes after an update: the new item's, with the
-/// stored category when the item gives none, and the stored model outputs.
-fn updated_attributes(new: &Attributes, stored: &Attributes) -> Attributes {
-    let mut a = new.clone();
-    if a.category.is_none() {
-        a.category.clone_from(&stored.category);
-    }
-    for (k, v) in &stored.extra {
-        if k.starts_with("vitrine.") {
-            a.extra.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-    }
-    a
 }

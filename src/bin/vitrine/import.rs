@@ -32,9 +32,11 @@ pub struct ImportArgs {
     /// one, keeping its attributes (resumable).
     #[arg(long)]
     pub reembed: bool,
-    /// Products already stored take the CSV's attributes (price, stock,
-    /// brand, category, other columns), keeping their vectors: the daily
-    /// price-and-stock refresh. Without it they are skipped.
+    /// Products already stored take the CSV's non-empty cells (price,
+    /// stock, brand, category, other columns) in place; what the CSV does
+    /// not give stays, and so do their vectors: the daily price-and-stock
+    /// refresh. New ids are imported. Without it present products are
+    /// skipped (an interrupted import resumes).
     #[arg(long)]
     pub update: bool,
     #[command(flatten)]
@@ -86,8 +88,52 @@ pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> 
     Ok((header, lines.map(vitrine::split_csv_line).collect()))
 }
 
-/// The import items of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]).
-pub fn csv_items(path: &Path) -> anyhow::Result<Vec<ImportItem>> {
+/// One attribute cell of a product CSV (empty cells give none).
+enum Cell {
+    Category(String),
+    Brand(String),
+    Price(f64),
+    InStock(bool),
+    Extra(String, String),
+}
+
+/// One row of a product CSV: id, image path, and its non-empty attribute cells.
+pub struct CsvRow {
+    pub id: String,
+    pub path: PathBuf,
+    cells: Vec<Cell>,
+}
+
+impl CsvRow {
+    /// Sets the row's cells on `attrs`; attributes it has no cell for stay.
+    pub fn apply(&self, attrs: &mut Attributes) {
+        for cell in &self.cells {
+            match cell {
+                Cell::Category(v) => attrs.category = Some(v.clone()),
+                Cell::Brand(v) => attrs.brand = Some(v.clone()),
+                Cell::Price(v) => attrs.price = Some(*v),
+                Cell::InStock(v) => attrs.in_stock = *v,
+                Cell::Extra(k, v) => {
+                    attrs.extra.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+
+    fn into_item(self) -> ImportItem {
+        let mut attributes = Attributes::new();
+        self.apply(&mut attributes);
+        ImportItem {
+            id: self.id,
+            path: self.path,
+            attributes,
+        }
+    }
+}
+
+/// The rows of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]), every
+/// cell checked.
+pub fn csv_rows(path: &Path) -> anyhow::Result<Vec<CsvRow>> {
     let (header, rows) = read_csv(path)?;
     if header.len() < 2 {
         bail!(
@@ -95,46 +141,54 @@ pub fn csv_items(path: &Path) -> anyhow::Result<Vec<ImportItem>> {
             path.display()
         );
     }
+    if ["category", "brand", "price", "in_stock"].contains(&header[1].as_str()) {
+        bail!(
+            "{}: the second column is the image path, not '{}' (id,path[,attributes…])",
+            path.display(),
+            header[1]
+        );
+    }
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut items = Vec::with_capacity(rows.len());
+    let mut out = Vec::with_capacity(rows.len());
     for (n, row) in rows.into_iter().enumerate() {
         let line = n + 2;
         if row.len() < 2 || row[0].trim().is_empty() || row[1].trim().is_empty() {
             bail!("{}:{line}: id and path are required", path.display());
         }
-        let mut attrs = Attributes::new();
+        let mut cells = Vec::new();
         for (key, value) in header.iter().zip(&row).skip(2) {
             let value = value.trim();
             if value.is_empty() {
                 continue;
             }
-            match key.as_str() {
-                "category" => attrs.category = Some(value.to_string()),
-                "brand" => attrs.brand = Some(value.to_string()),
+            cells.push(match key.as_str() {
+                "category" => Cell::Category(value.to_string()),
+                "brand" => Cell::Brand(value.to_string()),
                 "price" => {
-                    attrs.price = Some(value.parse().with_context(|| {
+                    Cell::Price(value.parse().with_context(|| {
                         format!("{}:{line}: bad price '{value}'", path.display())
                     })?)
                 }
-                "in_stock" => {
-                    attrs.in_stock = match value.to_ascii_lowercase().as_str() {
-                        "1" | "true" | "yes" => true,
-                        "0" | "false" | "no" => false,
-                        _ => bail!("{}:{line}: bad in_stock '{value}'", path.display()),
-                    }
-                }
-                _ => {
-                    attrs.extra.insert(key.clone(), value.to_string());
-                }
-            }
+                "in_stock" => Cell::InStock(match value.to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => bail!("{}:{line}: bad in_stock '{value}'", path.display()),
+                }),
+                _ => Cell::Extra(key.clone(), value.to_string()),
+            });
         }
-        items.push(ImportItem {
+        out.push(CsvRow {
             id: row[0].trim().to_string(),
             path: base.join(row[1].trim()),
-            attributes: attrs,
+            cells,
         });
     }
-    Ok(items)
+    Ok(out)
+}
+
+/// The import items of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]).
+pub fn csv_items(path: &Path) -> anyhow::Result<Vec<ImportItem>> {
+    Ok(csv_rows(path)?.into_iter().map(CsvRow::into_item).collect())
 }
 
 /// The import source for a folder or a CSV file.
@@ -156,7 +210,7 @@ pub fn import_with_progress(
     prep: vitrine::PrepConfig,
     source: ImportSource,
 ) -> anyhow::Result<ImportReport> {
-    import_with_options(db, model, prep, source, false, false)
+    import_with_options(db, model, prep, source, false)
 }
 
 fn import_with_options(
@@ -165,7 +219,6 @@ fn import_with_options(
     prep: vitrine::PrepConfig,
     source: ImportSource,
     reembed: bool,
-    update: bool,
 ) -> anyhow::Result<ImportReport> {
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -184,7 +237,6 @@ fn import_with_options(
         .model(model.clone())
         .prep(prep)
         .reembed(reembed)
-        .update_attributes(update)
         .progress(progress);
     let report = db.import(source, options);
     bar.finish_and_clear();
@@ -212,19 +264,29 @@ pub fn print_summary(report: &ImportReport) {
         0.0
     };
     println!(
-        "{} items: {} imported, {}{} skipped (already present), {} failed, in {secs:.1} s ({rate:.1} images/s)",
-        p.total,
-        p.stored,
-        if p.updated > 0 { format!("{} updated, ", p.updated) } else { String::new() },
-        p.skipped,
-        p.failed
+        "{} items: {} imported, {} skipped (already present), {} failed, in {secs:.1} s ({rate:.1} images/s)",
+        p.total, p.stored, p.skipped, p.failed
     );
 }
 
 /// Runs `vitrine import`.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let prep = args.prep.config()?;
-    let source = source_of(&args.source)?;
+    let rows = if args.update {
+        if !args.source.is_file() {
+            bail!(
+                "--update takes attributes from a CSV file; {} is not one",
+                args.source.display()
+            );
+        }
+        Some(csv_rows(&args.source)?)
+    } else {
+        None
+    };
+    let source = match &rows {
+        Some(_) => ImportSource::Items(Vec::new()),
+        None => source_of(&args.source)?,
+    };
     let model = Model::bundled().context("cannot load the bundled model")?;
     let db = match Db::builder().open_with_model(&args.db, &model) {
         Ok(db) => db,
@@ -243,7 +305,42 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 .context(format!("cannot open the database {}", args.db.display())))
         }
     };
-    let report = import_with_options(&db, &model, prep, source, args.reembed, args.update)?;
+    // --update: present products take the row's cells in place; new ids
+    // go on to the import.
+    let (mut updated, mut unchanged, mut update_failures) = (0usize, 0usize, Vec::new());
+    let source = match rows {
+        Some(rows) => {
+            let mut new_items = Vec::new();
+            for row in rows {
+                let result = match db.get(&row.id) {
+                    Ok(None) => {
+                        new_items.push(row.into_item());
+                        continue;
+                    }
+                    Ok(Some(_)) => db.update_attributes(&row.id, |a| row.apply(a)),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(true) => updated += 1,
+                    Ok(false) => unchanged += 1,
+                    Err(e) => update_failures.push(format!(
+                        "{}\t{}\t{}",
+                        row.id,
+                        row.path.display(),
+                        crate::error_message(&e.into())
+                    )),
+                }
+            }
+            println!(
+                "{} present: {updated} updated, {unchanged} unchanged, {} failed",
+                updated + unchanged + update_failures.len(),
+                update_failures.len()
+            );
+            ImportSource::Items(new_items)
+        }
+        None => source,
+    };
+    let report = import_with_options(&db, &model, prep, source, args.reembed)?;
     db.flush()?;
     print_summary(&report);
     let report_path = args
@@ -256,17 +353,20 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     for f in &report.failures {
         writeln!(out, "{}", failure_line(f))?;
     }
+    for line in &update_failures {
+        writeln!(out, "{line}")?;
+    }
     out.flush()?;
-    if !report.failures.is_empty() {
+    if !report.failures.is_empty() || !update_failures.is_empty() {
         println!("failures written to {}", report_path.display());
     }
     // Some failures in a large catalog are normal (see the report); all of
     // them means the input itself is wrong.
     let p = &report.progress;
-    if p.failed > 0 && p.stored + p.updated + p.skipped == 0 {
+    let failed = p.failed + update_failures.len();
+    if failed > 0 && p.stored + p.skipped + updated + unchanged == 0 {
         bail!(
-            "every one of the {} items failed (see {})",
-            p.failed,
+            "every one of the {failed} items failed (see {})",
             report_path.display()
         );
     }
