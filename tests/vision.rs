@@ -891,3 +891,24 @@ fn decodes_cmyk_jpeg() {
         assert!((mean - want).abs() < 6.0, "channel {c}: {mean} vs {want}");
     }
 }
+
+#[test]
+fn image_files_are_read_within_a_size_limit_and_only_when_regular() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.jpg");
+    std::fs::write(&file, vec![7u8; 100]).unwrap();
+    let mut limits = DecodeLimits::default();
+    assert_eq!(limits.read_file(&file).unwrap().len(), 100);
+    limits.max_file_bytes = 99;
+    let e = limits.read_file(&file).unwrap_err();
+    assert!(e.to_string().contains("limited to 99"), "{e}");
+    #[cfg(unix)]
+    {
+        // A device never ends; reading it must not start.
+        let e = DecodeLimits::default()
+            .read_file(std::path::Path::new("/dev/zero"))
+            .unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+    assert!(DecodeLimits::default().read_file(dir.path()).is_err());
+}

@@ -887,11 +887,15 @@ impl Db {
                             "'like image' needs the model: use Db::query_with_model".into(),
                         )
                     })?;
-                    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-                        path: path.into(),
-                        source,
-                    })?;
-                    let out = infer_image(model, &PrepConfig::catalog(), &bytes)
+                    let prep = PrepConfig::catalog();
+                    let bytes = prep
+                        .get_limits()
+                        .read_file(path.as_ref())
+                        .map_err(|source| Error::Io {
+                            path: path.into(),
+                            source,
+                        })?;
+                    let out = infer_image(model, &prep, &bytes)
                         .map_err(|e| ConceptError::Ingest(Box::new(e)))?;
                     (model.concept_vector(&out), format!("like image {path}"))
                 }

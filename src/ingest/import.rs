@@ -461,7 +461,7 @@ impl Db {
 
 fn prepare_worker(rx: Receiver<Job>, tx: Sender<Prepared>, prep: &PrepConfig) {
     for job in rx {
-        let msg = match std::fs::read(&job.item.path) {
+        let msg = match prep.get_limits().read_file(&job.item.path) {
             Err(source) => {
                 let path = job.item.path.clone();
                 Prepared::Failed(job, IngestError::Io { path, source })

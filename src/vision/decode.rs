@@ -21,6 +21,7 @@ pub(crate) const MIN_SIDE: u32 = 8;
 /// assert_eq!(limits.max_width, 12_000);
 /// assert_eq!(limits.max_height, 12_000);
 /// assert_eq!(limits.max_alloc, 256 * 1024 * 1024);
+/// assert_eq!(limits.max_file_bytes, 64 * 1024 * 1024);
 ///
 /// // Tighter limits for an upload endpoint.
 /// let mut upload = DecodeLimits::default();
@@ -39,6 +40,9 @@ pub struct DecodeLimits {
     /// (e.g. 4 bytes per pixel for RGBA8, 6 for RGB16). Default 256 MiB.
     /// Also passed to the decoders for their internal allocations.
     pub max_alloc: u64,
+    /// Largest image file [`DecodeLimits::read_file`] reads, in bytes.
+    /// Default 64 MiB.
+    pub max_file_bytes: u64,
 }
 
 impl Default for DecodeLimits {
@@ -47,6 +51,7 @@ impl Default for DecodeLimits {
             max_width: 12_000,
             max_height: 12_000,
             max_alloc: 256 * 1024 * 1024,
+            max_file_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -64,6 +69,39 @@ impl fmt::Display for DecodeLimits {
 }
 
 impl DecodeLimits {
+    /// Reads an image file whole, refusing anything but a regular file
+    /// (a device or pipe never ends) and files over
+    /// [`max_file_bytes`](Self::max_file_bytes).
+    pub fn read_file(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        use std::io::{Error, ErrorKind, Read};
+        // Checked before opening: opening a pipe waits for a writer.
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_file() {
+            return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+        }
+        if meta.len() > self.max_file_bytes {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "{} bytes; image files are limited to {}",
+                    meta.len(),
+                    self.max_file_bytes
+                ),
+            ));
+        }
+        let file = std::fs::File::open(path)?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        // The file may grow while it is read: never past the limit.
+        file.take(self.max_file_bytes + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > self.max_file_bytes {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "image file over the size limit",
+            ));
+        }
+        Ok(bytes)
+    }
+
     fn to_image_limits(self) -> Limits {
         let mut l = Limits::no_limits();
         l.max_image_width = Some(self.max_width);

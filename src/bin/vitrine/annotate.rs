@@ -67,7 +67,9 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
     let mut failed = 0usize;
     for path in &args.files {
         let name = path.display().to_string();
-        let result = std::fs::read(path)
+        let result = prep
+            .get_limits()
+            .read_file(path)
             .map_err(anyhow::Error::from)
             .and_then(|bytes| Ok(annotate_with(&model, &prep, &bytes, ANNOTATE_TOP_K)?));
         match result {

@@ -347,7 +347,10 @@ impl Session {
             .model
             .as_ref()
             .context("the bundled model is not available")?;
-        let bytes = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
+        let bytes = PrepConfig::catalog()
+            .get_limits()
+            .read_file(file.as_ref())
+            .with_context(|| format!("cannot read {file}"))?;
         let ann = annotate_with(model, &PrepConfig::catalog(), &bytes, ANNOTATE_TOP_K)?;
         if self.json {
             writeln!(out, "{}", crate::annotate::json_line(file, &ann))?;
