@@ -154,7 +154,9 @@ impl From<vitrine_storage::Error> for Error {
             },
             vitrine_storage::Error::StoreDamaged { path, reason } => Error::Corruption {
                 location: path.display().to_string(),
-                reason,
+                reason: format!(
+                    "{reason} (`vitrine repair` sets sled's snapshot aside and keeps what its log holds)"
+                ),
             },
             other => Error::Storage(other),
         }

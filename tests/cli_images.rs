@@ -587,6 +587,38 @@ fn info_reports_contents_and_a_rebuilt_index() {
     );
     assert!(shown.contains("products   4 (4 in stock"), "{shown}");
 
+    // A damaged sled snapshot: refused, then repaired from sled's log.
+    let snap = std::fs::read_dir(db.join("sled"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("snap.")
+        })
+        .expect("sled wrote a snapshot");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xFF;
+    std::fs::write(&snap, bytes).unwrap();
+    let out = vitrine(&["info", "--db", db_s]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("vitrine repair"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = vitrine(&["repair", "--db", db_s]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("4 products kept"),
+        "{}",
+        text(&out.stdout)
+    );
+    info(true);
+
     let out = vitrine(&["info", "--db", dir.path().join("nothing").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(

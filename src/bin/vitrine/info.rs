@@ -47,10 +47,34 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", args.db.display())),
     }
-    let db = Db::builder()
-        .accept_data_loss(true)
-        .open(&args.db)
-        .with_context(|| format!("cannot open {} even accepting data loss", args.db.display()))?;
+    let open = || Db::builder().accept_data_loss(true).open(&args.db);
+    let db = match open() {
+        Ok(db) => db,
+        Err(e) => {
+            // sled's snapshot is an index of its log: without it, sled
+            // rebuilds from the log. Set aside, not deleted.
+            let snapshots = sled_snapshots(&args.db.join("sled"));
+            if snapshots.is_empty() {
+                return Err(e).with_context(|| {
+                    format!("cannot open {} even accepting data loss", args.db.display())
+                });
+            }
+            for s in &snapshots {
+                // Out of sled's folder: sled reads every `snap.*` in it.
+                let name = s.file_name().and_then(|n| n.to_str()).unwrap_or("snap");
+                let aside = args.db.join(format!("sled-{name}.damaged"));
+                std::fs::rename(s, &aside)
+                    .with_context(|| format!("cannot move {} aside", s.display()))?;
+                println!("moved sled's snapshot aside: {}", aside.display());
+            }
+            open().with_context(|| {
+                format!(
+                    "cannot open {} even accepting data loss and without sled's snapshot",
+                    args.db.display()
+                )
+            })?
+        }
+    };
     db.checkpoint()?;
     let report = db.open_report();
     println!(
@@ -60,6 +84,21 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         report.rebuilt.len()
     );
     Ok(())
+}
+
+/// sled's snapshot files (`snap.<lsn>`).
+fn sled_snapshots(sled: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(sled) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snap."))
+        })
+        .collect()
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
