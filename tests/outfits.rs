@@ -286,15 +286,19 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
     assert_eq!(db.outfit("look, 1").unwrap().unwrap().slots.len(), 2);
     assert!(db.delete_outfit("look, 1").unwrap());
 
-    // Store, replace, delete.
+    // Store, replace, delete; the rules are stale while the outfits differ
+    // from those they were learned from.
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
     db.store_outfit("tmp", &[ps[0].as_str(), ps[1].as_str()])
         .unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(false));
     assert_eq!(db.outfit_count().unwrap(), n + 1);
     db.store_outfit("tmp", &[ps[1].as_str()]).unwrap();
     assert_eq!(db.outfit("tmp").unwrap().unwrap().slots.len(), 1);
     assert!(db.delete_outfit("tmp").unwrap());
     assert!(!db.delete_outfit("tmp").unwrap());
     assert_eq!(db.outfit_count().unwrap(), n);
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
 }
 
 #[test]
@@ -481,10 +485,20 @@ fn catalog_colour_groups_decide_colour_families_when_configured() {
         db.set_outfit_settings(&OutfitSettings::new().colour_attribute("  ")),
         Err(OutfitError::InvalidArgument(_))
     ));
+    assert!(matches!(
+        db.set_outfit_settings(&OutfitSettings::new().colour_attribute("colour_gruop")),
+        Err(OutfitError::InvalidArgument(ref m)) if m.contains("no product has")
+    ));
     let attr = "des_agrup_color_eng";
     db.set_outfit_settings(&OutfitSettings::new().colour_attribute(attr))
         .unwrap();
+    assert_eq!(
+        db.outfit_rules_current().unwrap(),
+        Some(false),
+        "new colour families: the rules are stale"
+    );
     let rules = db.learn_outfit_rules().unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
     let eng = db.outfit_engine().unwrap();
     let gt = f.subset.gt_colour();
 
@@ -715,16 +729,18 @@ fn cli_outfit_commands_and_eval_fitb() {
     let (products, outfits) = subset.write(dir.path());
     let db = dir.path().join("db");
     let d = db.to_str().unwrap();
-    // Products in through the generic importer (id,path,category).
+    // Products in through the generic importer (id,path,category,colour group).
     let csv = dir.path().join("import.csv");
     let (file, fam) = (subset.col("des_filename"), subset.col("des_product_family"));
-    let mut s = String::from("id,path,category\n");
+    let group = subset.col("des_agrup_color_eng");
+    let mut s = String::from("id,path,category,des_agrup_color_eng\n");
     for r in &subset.rows {
         s += &format!(
-            "{},{},{}\n",
+            "{},{},{},{}\n",
             r[0],
             mango_dir().join(&r[file]).display(),
-            r[fam]
+            r[fam],
+            r[group]
         );
     }
     std::fs::write(&csv, s).unwrap();

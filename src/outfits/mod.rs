@@ -362,13 +362,28 @@ impl Db {
     /// Persists `settings` for every later outfit operation. Rules learned
     /// before keep the colour families they were learned with (they are
     /// matched by name); call [`Db::learn_outfit_rules`] to relearn them
-    /// with the new ones.
+    /// with the new ones. A colour attribute that no stored product has is
+    /// refused (a misspelt name would silently fall back to measured
+    /// colour); an empty database accepts any.
     pub fn set_outfit_settings(&self, settings: &OutfitSettings) -> OutfitResult<()> {
         if let Some(a) = &settings.colour_attribute {
             if a.trim().is_empty() || a.len() > 256 {
                 return Err(OutfitError::InvalidArgument(format!(
                     "colour attribute '{}' must be 1 to 256 bytes and not blank",
                     a.chars().take(64).collect::<String>()
+                )));
+            }
+            let ids = self.ids();
+            let has = |id: &String| {
+                self.get(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|p| p.attributes.get(a).is_some())
+            };
+            if !ids.is_empty() && !ids.iter().any(has) {
+                return Err(OutfitError::InvalidArgument(format!(
+                    "no product has the attribute '{a}' (of {} products)",
+                    ids.len()
                 )));
             }
         }

@@ -344,6 +344,25 @@ impl Db {
         })
     }
 
+    /// Whether the stored rules were learned from the outfits and colour
+    /// families stored now; `None` without rules. Importing, replacing or
+    /// deleting an outfit, or changing [`crate::OutfitSettings::colour_attribute`],
+    /// makes them stale until [`Db::learn_outfit_rules`] runs again.
+    pub fn outfit_rules_current(&self) -> OutfitResult<Option<bool>> {
+        let eng = self.outfit_engine()?;
+        let Some(rules) = eng.rules.as_ref() else {
+            return Ok(None);
+        };
+        let outfits: Vec<Vec<String>> = self
+            .outfits()?
+            .iter()
+            .map(|o| o.slots.iter().map(|s| s.product.clone()).collect())
+            .collect();
+        Ok(Some(
+            rules.memory == outfits && rules.colours == eng.cat.colour_names,
+        ))
+    }
+
     /// [`OutfitEngine::substitute`] on a fresh engine.
     pub fn substitute(&self, outfit: &str, k: usize) -> OutfitResult<Vec<Substitution>> {
         self.outfit_engine()?.substitute(outfit, k)

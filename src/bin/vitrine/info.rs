@@ -133,6 +133,11 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
     let report = db.open_report();
     let rules = db.outfit_rules()?;
     let outfits = db.outfit_count()?;
+    let current = if rules.is_some() {
+        db.outfit_rules_current()?
+    } else {
+        None
+    };
     Ok(json!({
         "path": db.path().display().to_string(),
         "bytes_on_disk": db.size_on_disk()?,
@@ -156,7 +161,7 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         "outfit_rules": rules.as_ref().map(|r| json!({
             "learned_from": r.outfits,
             "pairs": r.pairs,
-            "stale": r.outfits != outfits,
+            "stale": current == Some(false),
         })),
         "colour_attribute": db.outfit_settings()?.colour_attribute,
         "user_tags": db.user_tags().map(|t| t.len()).ok(),
