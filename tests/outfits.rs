@@ -285,6 +285,13 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
     assert_eq!(db.import_outfits_csv(&csv).unwrap(), 1);
     assert_eq!(db.outfit("look, 1").unwrap().unwrap().slots.len(), 2);
     assert!(db.delete_outfit("look, 1").unwrap());
+    // Without its header line, the first row would be lost: refused.
+    std::fs::write(&csv, format!("x9,{}\nx9,{}\n", ps[0], ps[1])).unwrap();
+    assert!(matches!(
+        db.import_outfits_csv(&csv),
+        Err(OutfitError::Csv { line: 1, .. })
+    ));
+    assert!(db.outfit("x9").unwrap().is_none());
 
     // Store, replace, delete; the rules are stale while the outfits differ
     // from those they were learned from.
@@ -596,6 +603,12 @@ fn cover_and_complete() {
         .unwrap();
     assert!(full.outfits.len() < templates.len() * 1000);
     assert!(full.covered >= plan.covered && full.covered <= full.in_stock);
+    // A template named twice is planned once.
+    let twice = vec![templates[0].clone(), templates[0].clone()];
+    let one = db
+        .cover(&twice, &CoverOptions::new().outfits_per_template(2))
+        .unwrap();
+    assert!(one.outfits.len() <= 2, "{}", one.outfits.len());
 
     // Complete: the candidates come back ranked, every one of them.
     let o = db.outfits().unwrap().into_iter().nth(1).unwrap();
@@ -613,6 +626,14 @@ fn cover_and_complete() {
     let ranked = db.complete(&given, &cands).unwrap();
     assert_eq!(ranked.len(), 4);
     assert!(ranked.windows(2).all(|w| w[0].score >= w[1].score));
+    // Given items and repeats among the candidates are not ranked.
+    let mut noisy = cands.clone();
+    noisy.push(cands[1].clone());
+    noisy.push(given[0].to_string());
+    let again = db.complete(&given, &noisy).unwrap();
+    let ids =
+        |r: &[vitrine::ScoredCandidate]| r.iter().map(|c| c.product.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&ranked));
     assert!(matches!(
         db.complete(&given, &["nope"]),
         Err(OutfitError::UnknownProduct { .. })

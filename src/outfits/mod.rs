@@ -279,6 +279,18 @@ impl Db {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| csv_err(0, e.to_string()))?;
+        // A file without its header would silently lose its first row.
+        if let Some(first) = text.lines().next() {
+            let fields = crate::split_csv_line(first.trim_start_matches('\u{feff}'));
+            if let Some(p) = fields.get(1).map(|p| p.trim()) {
+                if !p.is_empty() && matches!(self.get(p), Ok(Some(_))) {
+                    return Err(csv_err(
+                        1,
+                        format!("'{p}' is a product id: the first line must be a header (outfit_id,product_id)"),
+                    ));
+                }
+            }
+        }
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (n, line) in text.lines().enumerate().skip(1) {
             let line = line.trim_end_matches('\r');

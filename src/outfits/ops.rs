@@ -469,7 +469,8 @@ impl OutfitEngine<'_> {
     }
 
     /// [`OutfitEngine::complete`] with a chosen set of signals. Candidates
-    /// come back best first.
+    /// come back best first, each once; a candidate that is already one of
+    /// the `given` items is left out.
     pub fn complete_with<S: AsRef<str>, T: AsRef<str>>(
         &self,
         given: &[S],
@@ -480,10 +481,14 @@ impl OutfitEngine<'_> {
             .iter()
             .map(|g| self.idx("<partial outfit>", g.as_ref()))
             .collect::<OutfitResult<Vec<_>>>()?;
-        let cands = candidates
-            .iter()
-            .map(|c| self.idx("<candidates>", c.as_ref()))
-            .collect::<OutfitResult<Vec<_>>>()?;
+        let mut cands = Vec::with_capacity(candidates.len());
+        let mut seen: std::collections::HashSet<usize> = given.iter().copied().collect();
+        for c in candidates {
+            let i = self.idx("<candidates>", c.as_ref())?;
+            if seen.insert(i) {
+                cands.push(i);
+            }
+        }
         let w = method.weights();
         let rules = if w[0] != 0.0 || w[1] != 0.0 {
             Some(self.rules()?)
@@ -707,9 +712,13 @@ impl OutfitEngine<'_> {
     ) -> OutfitResult<CoverPlan> {
         let started = Instant::now();
         let cat = &self.cat;
+        // A template named twice is planned once.
+        let mut seen = std::collections::HashSet::new();
         let mut exps = templates
             .iter()
-            .map(|t| self.expander(t.as_ref(), &options.expand))
+            .map(AsRef::as_ref)
+            .filter(|t| seen.insert(*t))
+            .map(|t| self.expander(t, &options.expand))
             .collect::<OutfitResult<Vec<_>>>()?;
         let mut covered = vec![false; cat.len()];
         let mut outfits = Vec::new();
