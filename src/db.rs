@@ -286,6 +286,9 @@ pub struct OpenReport {
     pub rebuilt: Vec<(String, String)>,
     /// One message per damaged product record, naming its key.
     pub damaged: Vec<String>,
+    /// `(space, reason)` for every damaged vector arena: its vectors were
+    /// read from storage instead, and the next checkpoint rewrites it.
+    pub damaged_arenas: Vec<(String, String)>,
 }
 
 struct Space {
@@ -482,6 +485,10 @@ impl Db {
             .map(|s| match open_arena(&arena_path(dir, &s.name), s, generation) {
                 ArenaState::Current(a) => Ok(Some(a)),
                 ArenaState::Unusable => Ok(None),
+                ArenaState::Damaged(reason) => {
+                    report.damaged_arenas.push((s.name.clone(), reason));
+                    Ok(None)
+                }
                 ArenaState::Ahead { path, found } if !b.accept_data_loss => {
                     Err(lost_writes(dir, &path, format!(
                         "storage is at index generation {generation} but this checkpoint is at {found}"
@@ -594,8 +601,8 @@ impl Db {
             report,
             side_writes: Mutex::new(()),
         };
-        if !db.report.rebuilt.is_empty() {
-            // Save the rebuilt indexes so the next open is fast.
+        if !db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty() {
+            // Save the rebuilt indexes and arenas so the next open is fast.
             db.checkpoint()?;
         }
         Ok(db)
@@ -1069,8 +1076,10 @@ fn index_dir(dir: &Path, space: &str) -> PathBuf {
 enum ArenaState {
     /// Written at storage's generation: its rows are the stored vectors.
     Current(Arena),
-    /// Missing, damaged, stale or of another shape: vectors come from storage.
+    /// Missing, stale or of another shape: vectors come from storage.
     Unusable,
+    /// Unreadable (the reason): vectors come from storage.
+    Damaged(String),
     /// Written at a generation storage has not reached: storage lost writes.
     Ahead { path: PathBuf, found: u64 },
 }
@@ -1095,7 +1104,7 @@ fn open_arena(path: &Path, space: &VectorSpace, generation: u64) -> ArenaState {
         }
         Err(e) => {
             warn!(error = %e, "damaged arena ignored; vectors come from storage");
-            ArenaState::Unusable
+            ArenaState::Damaged(e.to_string())
         }
     }
 }

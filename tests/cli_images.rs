@@ -587,6 +587,23 @@ fn info_reports_contents_and_a_rebuilt_index() {
     );
     assert!(shown.contains("products   4 (4 in stock"), "{shown}");
 
+    // A damaged arena: reported, read from storage, rewritten.
+    let arena = db.join("arena/embedding.arena");
+    let mut bytes = std::fs::read(&arena).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xFF;
+    std::fs::write(&arena, bytes).unwrap();
+    let v = info(true);
+    assert_eq!(
+        v["opened"]["damaged_arenas"][0]["space"], "embedding",
+        "{v}"
+    );
+    let v = info(true);
+    assert!(
+        v["opened"]["damaged_arenas"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+
     // A damaged sled snapshot: refused, then repaired from sled's log.
     let snap = std::fs::read_dir(db.join("sled"))
         .unwrap()

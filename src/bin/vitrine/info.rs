@@ -156,6 +156,7 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
             "rebuilt_indexes": report.rebuilt.iter().map(|(space, why)| json!({"space": space, "reason": why})).collect::<Vec<_>>(),
             "damaged_records": report.damaged.len(),
             "damaged_examples": report.damaged.iter().take(5).collect::<Vec<_>>(),
+            "damaged_arenas": report.damaged_arenas.iter().map(|(space, why)| json!({"space": space, "reason": why})).collect::<Vec<_>>(),
         },
         "outfits": outfits,
         "outfit_rules": rules.as_ref().map(|r| json!({
@@ -215,8 +216,12 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
         .as_array()
         .cloned()
         .unwrap_or_default();
+    let arenas = opened["damaged_arenas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let damaged = opened["damaged_records"].as_u64().unwrap_or(0);
-    if rebuilt.is_empty() && damaged == 0 {
+    if rebuilt.is_empty() && arenas.is_empty() && damaged == 0 {
         writeln!(
             w,
             "open       clean (indexes loaded from their dumps, every record readable)"
@@ -228,6 +233,14 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
             "open       index of {} rebuilt from storage: {}",
             r["space"].as_str().unwrap_or(""),
             r["reason"].as_str().unwrap_or("")
+        )?;
+    }
+    for a in &arenas {
+        writeln!(
+            w,
+            "open       vector arena of {} damaged, read from storage and rewritten: {}",
+            a["space"].as_str().unwrap_or(""),
+            a["reason"].as_str().unwrap_or("")
         )?;
     }
     if damaged > 0 {
