@@ -306,7 +306,7 @@ pub enum ConceptError {
         known: String,
     },
     /// A user tag name that is empty, too long or not a plain word.
-    #[error("invalid tag name '{0}': use letters, digits and '_' (at most 64)")]
+    #[error("invalid tag name '{0}': use lowercase letters, digits and '_' (at most 64)")]
     InvalidTagName(String),
     /// A tag needs examples.
     #[error("tag '{name}' needs at least {min} positive example(s), got {got}")]

@@ -183,10 +183,13 @@ impl Session {
                     #[command(subcommand)]
                     what: crate::outfit::OutfitCommand,
                 }
+                // `--json` anywhere, as on the command line.
+                let json = self.json || args.contains(&"--json");
+                let args: Vec<&str> = args.iter().copied().filter(|a| *a != "--json").collect();
                 match <OutfitLine as clap::Parser>::try_parse_from(&args) {
                     Ok(l) => {
                         out.flush()?;
-                        crate::outfit::execute(&self.db, l.what, self.json)?;
+                        crate::outfit::execute(&self.db, l.what, json)?;
                     }
                     Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
                         write!(out, "{e}")?;
@@ -289,8 +292,8 @@ impl Session {
         let mut k = 10;
         let mut user = None;
         for a in &args[1..] {
-            match a.parse::<usize>() {
-                Ok(n) if (1..=1000).contains(&n) => k = n,
+            match a.parse::<i64>() {
+                Ok(n) if (1..=1000).contains(&n) => k = n as usize,
                 Ok(_) => bail!("k must be from 1 to 1000"),
                 Err(_) => user = Some(*a),
             }
@@ -642,6 +645,7 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
         args.db.display()
     );
     let mut stdout = std::io::stdout();
+    let mut failed = 0usize;
     loop {
         match rl.readline("vitrine> ") {
             Ok(line) => {
@@ -649,6 +653,7 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
+                        failed += 1;
                         if session.json {
                             println!("{}", serde_json::json!({"error": crate::error_message(&e)}));
                         } else {
@@ -668,6 +673,12 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     }
     if let Some(h) = &history {
         let _ = rl.save_history(h);
+    }
+    // A script piped in fails as a whole when a command failed; a person
+    // at the terminal saw each error already.
+    use std::io::IsTerminal;
+    if failed > 0 && !std::io::stdin().is_terminal() {
+        bail!("{failed} command(s) failed");
     }
     Ok(())
 }
