@@ -757,7 +757,7 @@ impl Db {
     /// # db.insert("a", Attributes::new().price(30.0), [("embedding", vec![1.0; 128])])?;
     /// assert!(db.update_attributes("a", |a| a.price = Some(25.0))?);
     /// assert_eq!(db.get("a")?.unwrap().attributes.price, Some(25.0));
-    /// # Ok::<(), vitrine::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn update_attributes(&self, id: &str, edit: impl FnOnce(&mut Attributes)) -> Result<bool> {
         check_id(id)?;
