@@ -315,6 +315,19 @@ fn declaring_another_schema_on_an_existing_database_fails() {
     assert!(!matches!(e, Error::Storage(_)), "{e}");
 }
 
+/// The products tree, opened under the engine, to damage it.
+fn raw_products(
+    dir: &std::path::Path,
+) -> (
+    vitrine_storage::Store,
+    vitrine_storage::Keyspace<vitrine_storage::ProductRecord>,
+) {
+    let store =
+        vitrine_storage::Store::open(dir, vitrine_storage::StoreOptions::default()).unwrap();
+    let products = store.keyspace("products").unwrap();
+    (store, products)
+}
+
 #[test]
 fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
     let dir = tempfile::tempdir().unwrap();
@@ -324,12 +337,7 @@ fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
         db.close().unwrap();
     }
     {
-        let store =
-            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
-                .unwrap();
-        let products = store
-            .keyspace::<vitrine_storage::ProductRecord>("products")
-            .unwrap();
+        let (store, products) = raw_products(dir.path());
         products
             .put_raw(b"sku-7", b"\x01\xff\xff\xff garbage")
             .unwrap();
@@ -390,12 +398,7 @@ fn storage_that_lost_products_is_refused_until_the_loss_is_accepted() {
     {
         // What a damaged log does: records vanish behind the engine's back,
         // with no generation bump.
-        let store =
-            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
-                .unwrap();
-        let products = store
-            .keyspace::<vitrine_storage::ProductRecord>("products")
-            .unwrap();
+        let (store, products) = raw_products(dir.path());
         for i in 30..40 {
             assert!(products.remove(format!("sku-{i}").as_bytes()).unwrap());
         }
