@@ -279,6 +279,9 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
         }
         OutfitCommand::Substitute { id, k, sold_out } => {
             let mut eng = db.outfit_engine()?;
+            if let Some(p) = sold_out.iter().find(|p| eng.in_stock(p).is_none()) {
+                bail!("--sold-out: unknown product '{p}'");
+            }
             eng.assume_sold_out(&sold_out);
             let subs = eng.substitute(&id, k)?;
             if json {

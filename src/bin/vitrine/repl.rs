@@ -123,7 +123,8 @@ impl Session {
         let line = line.trim();
         let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let rest = rest.trim();
-        let args: Vec<&str> = rest.split_whitespace().collect();
+        let owned = split_args(rest);
+        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
         match cmd.to_ascii_lowercase().as_str() {
             "" => {}
             "quit" | "exit" => return Ok(false),
@@ -700,4 +701,46 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     let line = if known { line } else { format!("find {line}") };
     session.execute(&line, &mut std::io::stdout())?;
     Ok(())
+}
+
+/// Splits a command line's arguments at whitespace; double quotes keep an
+/// argument with spaces together (`outfit show "look 1"`).
+fn split_args(line: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut started) = (false, false);
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    args.push(std::mem::take(&mut cur));
+                    started = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        args.push(cur);
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn arguments_split_at_spaces_outside_quotes() {
+        assert_eq!(
+            super::split_args(r#"show "look 1"  x ""#),
+            ["show", "look 1", "x", ""]
+        );
+        assert_eq!(super::split_args("  a\tb "), ["a", "b"]);
+    }
 }
