@@ -400,13 +400,7 @@ impl Db {
             )));
         }
         for s in &b.spaces {
-            // The name becomes a file and folder name (arena/<name>.arena,
-            // index/<name>/): no separators, dots or other surprises.
-            let plain = (1..=64).contains(&s.name.len())
-                && s.name
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
-            if !plain || s.dim == 0 || s.dim > 65_536 {
+            if !path_safe(&s.name) || s.dim == 0 || s.dim > 65_536 {
                 return Err(Error::InvalidConfig(format!(
                     "vector space '{}' with {} dimensions (names are 1 to 64 of A-Z a-z 0-9 _ -; 1..=65536 dimensions)",
                     s.name, s.dim
@@ -425,6 +419,12 @@ impl Db {
 
         let meta = match meta_ks.get(META_KEY)? {
             Some(meta) => {
+                if let Some(s) = meta.spaces.iter().find(|s| !path_safe(&s.name)) {
+                    return Err(Error::InvalidConfig(format!(
+                        "the database has a vector space named '{}', which cannot name its files",
+                        s.name
+                    )));
+                }
                 if !b.spaces.is_empty() {
                     let stored: Vec<VectorSpace> = meta.spaces.iter().map(space_of).collect();
                     if stored != b.spaces {
@@ -438,6 +438,20 @@ impl Db {
                 meta
             }
             None => {
+                // A new space's name becomes a file and folder name
+                // (arena/<name>.arena, index/<name>/): plain words only.
+                if let Some(s) = b.spaces.iter().find(|s| {
+                    !(1..=64).contains(&s.name.len())
+                        || !s
+                            .name
+                            .bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+                }) {
+                    return Err(Error::InvalidConfig(format!(
+                        "vector space '{}': names are 1 to 64 of A-Z a-z 0-9 _ -",
+                        s.name
+                    )));
+                }
                 let spaces = if b.spaces.is_empty() {
                     vec![VectorSpace {
                         name: DEFAULT_SPACE.into(),
@@ -730,14 +744,19 @@ impl Db {
             }
         };
         self.mark_dirty(&mut w)?;
-        self.products.remove(id.as_bytes())?;
+        let removed = self.products.remove(id.as_bytes());
+        // The removal can reach sled and its sync then fail: memory follows
+        // sled, or the next checkpoint would hold a product sled lacks.
+        if removed.is_err() && self.products.contains(id.as_bytes()).unwrap_or(true) {
+            return removed.map_err(Into::into);
+        }
         for space in &self.spaces {
             write(&space.index).remove(doc);
         }
         let mut cat = write(&self.catalog);
         cat.by_id.remove(id);
         cat.by_doc.remove(&doc);
-        Ok(true)
+        removed.map(|_| true).map_err(Into::into)
     }
 
     /// Marks a product in or out of stock.
@@ -771,7 +790,11 @@ impl Db {
         if attrs == record.attrs {
             return Ok(false);
         }
-        check_attributes(&attrs)?;
+        // Only what the edit changed: a price stored before prices were
+        // checked must not block a stock update.
+        if attrs.price != record.attrs.price {
+            check_attributes(&attrs)?;
+        }
         self.mark_dirty(&mut w)?;
         record.attrs = attrs;
         self.products.put(id.as_bytes(), &record)?;
@@ -1015,6 +1038,16 @@ fn describe(spaces: &[VectorSpace]) -> String {
         .map(|s| format!("{}({}, {:?})", s.name, s.dim, s.metric))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A name that cannot leave its folder when joined to a path (databases
+/// made before names were restricted to plain words keep opening).
+fn path_safe(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && !std::path::Path::new(name).is_absolute()
 }
 
 fn check_id(id: &str) -> Result<()> {

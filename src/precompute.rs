@@ -198,6 +198,9 @@ pub(crate) fn precompute_similar(
         ids.push(id);
     }
 
+    if k == 0 {
+        return Err(crate::Error::InvalidConfig("k must be at least 1".into()).into());
+    }
     // No list can be longer; the file reserves k slots per product.
     let k = k.min(docs.len().saturating_sub(1)).max(1);
 

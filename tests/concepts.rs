@@ -251,6 +251,14 @@ fn query_text_filters_weights_and_contributions() {
         .query("find +colour.blue where category = \"Shirts\" and category = \"Jeans\"")
         .unwrap();
     assert!(none.hits.is_empty(), "{:?}", none.hits.len());
+    // Price bounds narrow as well.
+    let vocab = db.vocabulary().unwrap();
+    let priced = |p: f64| vitrine::Attributes::new().price(p);
+    let q = ConceptQuery::parse("+colour.blue where price >= 20 and price > 10", &vocab).unwrap();
+    assert!(!q.get_filter().matches("x", &priced(15.0)));
+    assert!(q.get_filter().matches("x", &priced(25.0)));
+    let q = ConceptQuery::parse("+colour.blue where price < 40 and price < 60", &vocab).unwrap();
+    assert!(!q.get_filter().matches("x", &priced(50.0)));
     // Limits past the index's largest ef (and MMR's wider candidate pool).
     let all = db.query("find +colour.blue limit 10000").unwrap();
     assert_eq!(all.hits.len(), db.len());

@@ -179,6 +179,11 @@ impl ConceptQuery {
         &self.terms
     }
 
+    /// The business filter of the `where` clause.
+    pub fn get_filter(&self) -> &Filter {
+        &self.filter
+    }
+
     /// Parses `text` against `vocab` (concept names are checked here, with
     /// positions and suggestions).
     pub fn parse(text: &str, vocab: &Vocabulary) -> Result<ConceptQuery, QueryError> {
@@ -484,8 +489,6 @@ impl<'a> Parser<'a> {
             self.next();
         }
         let (mut seen_limit, mut seen_where, mut seen_diverse) = (false, false, false);
-        let mut lower = Bound::Unbounded;
-        let mut upper = Bound::Unbounded;
         loop {
             let t = self.peek().clone();
             let dup = |what: &str| {
@@ -538,7 +541,7 @@ impl<'a> Parser<'a> {
                     }
                     seen_where = true;
                     loop {
-                        q.filter = self.condition(q.filter, &mut lower, &mut upper)?;
+                        q.filter = self.condition(q.filter)?;
                         if self.keyword("and") {
                             self.next();
                         } else {
@@ -592,9 +595,6 @@ impl<'a> Parser<'a> {
                 }
                 _ => return Err(self.unexpected(&t, CLAUSES)),
             }
-        }
-        if lower != Bound::Unbounded || upper != Bound::Unbounded {
-            q.filter = q.filter.price_range((lower, upper));
         }
         if q.terms.is_empty() && q.like.is_none() {
             let col = self.peek().col;
@@ -686,12 +686,8 @@ impl<'a> Parser<'a> {
         Ok((name, w))
     }
 
-    fn condition(
-        &mut self,
-        f: Filter,
-        lower: &mut Bound<f64>,
-        upper: &mut Bound<f64>,
-    ) -> Result<Filter, QueryError> {
+    /// One `where` condition, narrowing `f` (price bounds combine too).
+    fn condition(&mut self, f: Filter) -> Result<Filter, QueryError> {
         if self.keyword("in_stock") {
             self.next();
             return Ok(f.stock(true));
@@ -726,13 +722,12 @@ impl<'a> Parser<'a> {
                     .hint("only price is numeric; use = or in for other attributes"));
                 }
                 let (x, _) = self.number("a price")?;
-                match s {
-                    "<" => *upper = Bound::Excluded(x),
-                    "<=" => *upper = Bound::Included(x),
-                    ">" => *lower = Bound::Excluded(x),
-                    _ => *lower = Bound::Included(x),
-                }
-                Ok(f)
+                Ok(f.price_range(match s {
+                    "<" => (Bound::Unbounded, Bound::Excluded(x)),
+                    "<=" => (Bound::Unbounded, Bound::Included(x)),
+                    ">" => (Bound::Excluded(x), Bound::Unbounded),
+                    _ => (Bound::Included(x), Bound::Unbounded),
+                }))
             }
             Tok::Sym("=") => {
                 let v = self.value()?;
@@ -747,9 +742,7 @@ impl<'a> Parser<'a> {
                                 format!("bad price '{v}'"),
                             )
                         })?;
-                        *lower = Bound::Included(x);
-                        *upper = Bound::Included(x);
-                        f
+                        f.price_range(x..=x)
                     }
                     _ => f.attr_eq(field, v),
                 })

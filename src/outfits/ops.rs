@@ -347,7 +347,10 @@ impl Db {
     /// Whether the stored rules were learned from the outfits and colour
     /// families stored now; `None` without rules. Importing, replacing or
     /// deleting an outfit, or changing [`crate::OutfitSettings::colour_attribute`],
-    /// makes them stale until [`Db::learn_outfit_rules`] runs again.
+    /// makes them stale until [`Db::learn_outfit_rules`] runs again; so
+    /// does a change in the catalog's own colour groups (with a colour
+    /// attribute set, a new value among the most frequent), which the
+    /// rules then lack.
     pub fn outfit_rules_current(&self) -> OutfitResult<Option<bool>> {
         let eng = self.outfit_engine()?;
         let Some(rules) = eng.rules.as_ref() else {

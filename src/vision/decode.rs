@@ -90,9 +90,10 @@ impl DecodeLimits {
             ));
         }
         let file = std::fs::File::open(path)?;
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
         // The file may grow while it is read: never past the limit.
-        file.take(self.max_file_bytes + 1).read_to_end(&mut bytes)?;
+        file.take(self.max_file_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)?;
         if bytes.len() as u64 > self.max_file_bytes {
             return Err(Error::new(
                 ErrorKind::InvalidData,

@@ -37,7 +37,7 @@ pub struct ImportArgs {
     /// not give stays, and so do their vectors: the daily price-and-stock
     /// refresh. New ids are imported. Without it present products are
     /// skipped (an interrupted import resumes).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "reembed")]
     pub update: bool,
     #[command(flatten)]
     pub prep: PrepArgs,

@@ -53,8 +53,10 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         Err(e) => {
             // sled's snapshot is an index of its log: without it, sled
             // rebuilds from the log. Set aside, not deleted.
+            let sled_damaged = matches!(&e, vitrine::Error::Corruption { location, .. }
+                if std::path::Path::new(location).ends_with("sled"));
             let snapshots = sled_snapshots(&args.db.join("sled"));
-            if snapshots.is_empty() {
+            if !sled_damaged || snapshots.is_empty() {
                 return Err(e).with_context(|| {
                     format!("cannot open {} even accepting data loss", args.db.display())
                 });

@@ -65,8 +65,9 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
             let table = db.precompute_similar(k, &Filter::new().in_stock(), &options)?;
             table.write(&out)?;
             eprintln!(
-                "{} products, k = {k}, {:?} back end, {:.2} s -> {}",
+                "{} products, k = {}, {:?} back end, {:.2} s -> {}",
                 table.ids.len(),
+                table.k,
                 table.backend,
                 table.seconds,
                 out.display()
