@@ -386,12 +386,7 @@ impl Db {
                 )));
             }
             let ids = self.ids();
-            let has = |id: &String| {
-                self.get(id)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|p| p.attributes.get(a).is_some())
-            };
+            let has = |id: &String| self.attributes(id).is_some_and(|p| p.get(a).is_some());
             if !ids.is_empty() && !ids.iter().any(has) {
                 return Err(OutfitError::InvalidArgument(format!(
                     "no product has the attribute '{a}' (of {} products)",

@@ -352,17 +352,17 @@ impl Db {
     /// attribute set, a new value among the most frequent), which the
     /// rules then lack.
     pub fn outfit_rules_current(&self) -> OutfitResult<Option<bool>> {
-        let eng = self.outfit_engine()?;
-        let Some(rules) = eng.rules.as_ref() else {
+        let Some(rules) = self.outfit_rules()? else {
             return Ok(None);
         };
+        let cat = Catalog::load(self)?;
         let outfits: Vec<Vec<String>> = self
             .outfits()?
             .iter()
             .map(|o| o.slots.iter().map(|s| s.product.clone()).collect())
             .collect();
         Ok(Some(
-            rules.memory == outfits && rules.colours == eng.cat.colour_names,
+            rules.memory == outfits && rules.colours == cat.colour_names,
         ))
     }
 

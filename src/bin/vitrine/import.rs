@@ -312,15 +312,8 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         Some(rows) => {
             let mut new_items = Vec::new();
             for row in rows {
-                let result = match db.get(&row.id) {
-                    Ok(None) => {
-                        new_items.push(row.into_item());
-                        continue;
-                    }
-                    Ok(Some(_)) => db.update_attributes(&row.id, |a| row.apply(a)),
-                    Err(e) => Err(e),
-                };
-                match result {
+                match db.update_attributes(&row.id, |a| row.apply(a)) {
+                    Err(vitrine::Error::NotFound { .. }) => new_items.push(row.into_item()),
                     Ok(true) => updated += 1,
                     Ok(false) => unchanged += 1,
                     Err(e) => update_failures.push(format!(

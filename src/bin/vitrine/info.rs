@@ -135,11 +135,7 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
     let report = db.open_report();
     let rules = db.outfit_rules()?;
     let outfits = db.outfit_count()?;
-    let current = if rules.is_some() {
-        db.outfit_rules_current()?
-    } else {
-        None
-    };
+    let current = db.outfit_rules_current()?;
     Ok(json!({
         "path": db.path().display().to_string(),
         "bytes_on_disk": db.size_on_disk()?,
@@ -214,35 +210,32 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
         }
     }
     let opened = &info["opened"];
-    let rebuilt = opened["rebuilt_indexes"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let arenas = opened["damaged_arenas"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    // What the open repaired, one line each: (field, what, what was done).
+    let repairs = [
+        ("rebuilt_indexes", "index of", "rebuilt from storage"),
+        (
+            "damaged_arenas",
+            "vector arena of",
+            "damaged, read from storage and rewritten",
+        ),
+    ];
     let damaged = opened["damaged_records"].as_u64().unwrap_or(0);
-    if rebuilt.is_empty() && arenas.is_empty() && damaged == 0 {
+    let mut clean = damaged == 0;
+    for (field, what, done) in repairs {
+        for r in opened[field].as_array().into_iter().flatten() {
+            clean = false;
+            writeln!(
+                w,
+                "open       {what} {} {done}: {}",
+                r["space"].as_str().unwrap_or(""),
+                r["reason"].as_str().unwrap_or("")
+            )?;
+        }
+    }
+    if clean {
         writeln!(
             w,
             "open       clean (indexes loaded from their dumps, every record readable)"
-        )?;
-    }
-    for r in &rebuilt {
-        writeln!(
-            w,
-            "open       index of {} rebuilt from storage: {}",
-            r["space"].as_str().unwrap_or(""),
-            r["reason"].as_str().unwrap_or("")
-        )?;
-    }
-    for a in &arenas {
-        writeln!(
-            w,
-            "open       vector arena of {} damaged, read from storage and rewritten: {}",
-            a["space"].as_str().unwrap_or(""),
-            a["reason"].as_str().unwrap_or("")
         )?;
     }
     if damaged > 0 {
