@@ -465,6 +465,30 @@ fn query_command_prints_results_and_positioned_errors() {
         "{}",
         text(&out.stdout)
     );
+    // Arguments a command would ignore are refused, and `profile reset`
+    // does not invent a profile for an unknown user.
+    for line in [
+        &["info", "now"][..],
+        &["concepts", "pattern", "colour"],
+        &["json", "on", "off"],
+        &["profile", "reset", "nobody"],
+    ] {
+        let mut args = vec!["query", "--db", db];
+        args.extend_from_slice(line);
+        let out = vitrine(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{line:?}: {}",
+            text(&out.stdout)
+        );
+    }
+    let out = vitrine(&["query", "--db", db, "profile", "list"]);
+    assert!(
+        !text(&out.stdout).contains("nobody"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]

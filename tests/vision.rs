@@ -466,9 +466,9 @@ fn text_renamed_to_jpg_is_unsupported() {
     let e = prepare_image(text, &PrepConfig::default()).unwrap_err();
     assert!(matches!(e, ImageError::UnsupportedFormat { .. }), "{e:?}");
     // Other formats the crate knows but Vitrine does not take.
-    let e = prepare_image(b"GIF89a\x10\x00\x10\x00", &PrepConfig::default()).unwrap_err();
+    let e = prepare_image(b"P6\n16 16\n255\n", &PrepConfig::default()).unwrap_err();
     assert!(
-        matches!(e, ImageError::UnsupportedFormat { ref format } if format == "Gif"),
+        matches!(e, ImageError::UnsupportedFormat { ref format } if format == "Pnm"),
         "{e:?}"
     );
 }
@@ -643,6 +643,16 @@ fn decodes_grey_16_bit_alpha_and_webp() {
         "RGBA WebP",
     );
 
+    // BMP and TIFF are lossless; GIF is palette-quantised, and one colour
+    // survives that exactly.
+    for format in [ImageFormat::Bmp, ImageFormat::Tiff, ImageFormat::Gif] {
+        assert_uniform(
+            &encode(&rgb, format),
+            [200.0, 100.0, 50.0],
+            &format!("{format:?}"),
+        );
+    }
+
     // JPEG, colour and grey: lossy, so only roughly.
     let photo = sample_photo(120, 160);
     let a = prepare_image(&jpeg(&photo, 90), &PrepConfig::catalog()).unwrap();
@@ -660,6 +670,53 @@ fn decodes_grey_16_bit_alpha_and_webp() {
         ImageFormat::Jpeg,
     );
     assert!(prepare_image(&grey_jpeg, &PrepConfig::catalog()).is_ok());
+}
+
+/// `jpeg` with an EXIF block whose only tag is the orientation.
+fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut exif = b"Exif\0\0II*\0".to_vec();
+    exif.extend(8u32.to_le_bytes()); // first IFD
+    exif.extend(1u16.to_le_bytes()); // one entry
+    exif.extend(0x0112u16.to_le_bytes()); // Orientation
+    exif.extend(3u16.to_le_bytes()); // SHORT
+    exif.extend(1u32.to_le_bytes());
+    exif.extend(orientation.to_le_bytes());
+    exif.extend([0, 0]);
+    exif.extend(0u32.to_le_bytes()); // no next IFD
+    let mut out = jpeg[..2].to_vec(); // SOI
+    out.extend([0xFF, 0xE1]);
+    out.extend(u16::try_from(exif.len() + 2).unwrap().to_be_bytes());
+    out.extend(exif);
+    out.extend(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn exif_orientation_turns_the_image_upright() {
+    // A landscape file that a viewer shows as portrait (orientation 6:
+    // rotate 90° clockwise) is prepared as the portrait it shows.
+    let photo = sample_photo(160, 120);
+    let plain = jpeg(&photo, 95);
+    let p = prepare_image(&plain, &PrepConfig::catalog()).unwrap();
+    assert_eq!(p.source_size(), (160, 120));
+    let turned = prepare_image(&with_orientation(&plain, 6), &PrepConfig::catalog()).unwrap();
+    assert_eq!(turned.source_size(), (120, 160));
+    let upright = image::imageops::rotate90(&photo);
+    let want = prepare_rgb(120, 160, upright.as_raw(), &PrepConfig::catalog()).unwrap();
+    let mean_abs = turned
+        .tensor()
+        .iter()
+        .zip(want.tensor())
+        .map(|(x, y)| (x - y).abs())
+        .sum::<f32>()
+        / want.tensor().len() as f32;
+    assert!(
+        mean_abs < 0.05,
+        "differs from the rotated pixels by {mean_abs}"
+    );
+    // Orientation 1 (as shot) changes nothing.
+    let same = prepare_image(&with_orientation(&plain, 1), &PrepConfig::catalog()).unwrap();
+    assert_eq!(same.tensor(), p.tensor());
 }
 
 #[test]
@@ -686,12 +743,19 @@ proptest! {
 
     #[test]
     fn corrupted_images_never_panic(
-        format in 0usize..3,
+        format in 0usize..6,
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
     ) {
         let img = DynamicImage::ImageRgb8(sample_photo(40, 30));
-        let mut bytes = encode(&img, [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP][format]);
+        let mut bytes = encode(&img, [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::WebP,
+            ImageFormat::Gif,
+            ImageFormat::Bmp,
+            ImageFormat::Tiff,
+        ][format]);
         for (at, v) in flips {
             let i = at.index(bytes.len());
             bytes[i] ^= v;

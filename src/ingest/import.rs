@@ -14,7 +14,7 @@ use crate::model::{Model, ModelOutput};
 use crate::{prepare_image, Attributes, Db, PrepConfig, PreparedImage};
 
 /// File extensions a directory import picks up (case-insensitive).
-const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// One image to import.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,9 +30,10 @@ pub struct ImportItem {
 /// What to import.
 #[derive(Clone, Debug)]
 pub enum ImportSource {
-    /// Every `.jpg`, `.jpeg`, `.png` and `.webp` file directly in the folder
-    /// (not in subfolders, not hidden), in name order; the id is the file
-    /// stem, the attributes are empty.
+    /// Every `.jpg`, `.jpeg`, `.png`, `.webp`, `.gif`, `.bmp`, `.tif` and
+    /// `.tiff` file directly in the folder (not in subfolders, not hidden,
+    /// with a UTF-8 name), in name order; the id is the file stem, the
+    /// attributes are empty.
     Dir(PathBuf),
     /// An explicit list.
     Items(Vec<ImportItem>),
@@ -62,12 +63,19 @@ fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
     };
     let mut items = Vec::new();
     let mut ignored = Vec::new();
+    let mut not_utf8 = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with('.') {
+            continue;
+        }
+        if entry.file_name().to_str().is_none() {
+            // A lossy id would not name the file, and two names could
+            // collapse into one id.
+            not_utf8.push(name.into_owned());
             continue;
         }
         let ext = path
@@ -87,6 +95,16 @@ fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
         });
     }
     items.sort_by(|a, b| a.path.cmp(&b.path));
+    if !not_utf8.is_empty() {
+        not_utf8.sort();
+        tracing::warn!(
+            dir = %dir.display(),
+            count = not_utf8.len(),
+            first = ?&not_utf8[..not_utf8.len().min(3)],
+            "entries ignored: file names that are not UTF-8 cannot be product ids \
+             (rename them, or import a CSV that gives the ids)"
+        );
+    }
     if !ignored.is_empty() {
         ignored.sort();
         tracing::warn!(
@@ -544,5 +562,36 @@ fn inference_worker(rx: Receiver<Prepared>, tx: Sender<Inferred>, model: &Model,
             }
         }
         images.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_lists_image_files_by_name_and_skips_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "b.JPG",
+            "a.png",
+            "c.tiff",
+            "d.gif",
+            "e.bmp",
+            "notes.txt",
+            ".hidden.jpg",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("sub.jpg")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let name = std::ffi::OsStr::from_bytes(b"caf\xe9.jpg");
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let items = ImportSource::Dir(dir.path().to_path_buf()).items().unwrap();
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c", "d", "e"]);
     }
 }

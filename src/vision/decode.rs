@@ -1,4 +1,5 @@
-//! Decoding JPEG, PNG and WebP to RGB u8 under explicit limits.
+//! Decoding JPEG, PNG, WebP, GIF, BMP and TIFF to RGB u8 under explicit
+//! limits, upright as their EXIF orientation says.
 
 use std::fmt;
 use std::io::Cursor;
@@ -168,9 +169,10 @@ fn map_error(e: image::ImageError, limits: DecodeLimits, dims: (u32, u32)) -> Im
     }
 }
 
-/// Decodes JPEG, PNG or WebP bytes to RGB u8 (alpha dropped, grey expanded,
-/// 16-bit scaled to 8-bit). EXIF orientation is not applied (neither does the
-/// training reference).
+/// Decodes JPEG, PNG, WebP, GIF (first frame), BMP or TIFF (first page)
+/// bytes to RGB u8 (alpha dropped, grey expanded, 16-bit scaled to 8-bit),
+/// turned upright as the EXIF orientation says, so the model sees what a
+/// viewer shows. (No image of the training data carries an orientation.)
 pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
@@ -182,7 +184,14 @@ pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage,
         })?;
     let format = reader.format();
     match format {
-        Some(ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP) => {}
+        Some(
+            ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp
+            | ImageFormat::Tiff,
+        ) => {}
         Some(other) => {
             return Err(ImageError::UnsupportedFormat {
                 format: format!("{other:?}"),
@@ -209,6 +218,10 @@ pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage,
         .into_decoder()
         .map_err(|e| map_error(e, limits, (0, 0)))?;
     let (width, height) = decoder.dimensions();
+    // An unreadable orientation tag is no reason to refuse the pixels.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let bpp = u64::from(decoder.color_type().bytes_per_pixel());
     limits.check(width, height, bpp)?;
     decoder
@@ -217,7 +230,7 @@ pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage,
     let image =
         DynamicImage::from_decoder(decoder).map_err(|e| map_error(e, limits, (width, height)))?;
     tracing::trace!(?format, width, height, color = ?image.color(), "decoded image");
-    let rgb = image.into_rgb8();
+    let mut rgb = DynamicImage::ImageRgb8(image.into_rgb8());
     if rgb.width() != width || rgb.height() != height {
         return Err(ImageError::Decode {
             reason: format!(
@@ -227,7 +240,8 @@ pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage,
             ),
         });
     }
-    Ok(rgb)
+    rgb.apply_orientation(orientation);
+    Ok(rgb.into_rgb8())
 }
 
 /// Walks the JPEG marker segments (and the entropy-coded data of each scan)

@@ -16,8 +16,8 @@ pub enum ImageError {
         /// What the decoder reported.
         reason: String,
     },
-    /// The bytes are not JPEG, PNG or WebP.
-    #[error("unsupported image format: {format} (supported: JPEG, PNG, WebP)")]
+    /// The bytes are not JPEG, PNG, WebP, GIF, BMP or TIFF.
+    #[error("unsupported image format: {format} (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)")]
     UnsupportedFormat {
         /// The format that was recognised, or `"unknown"`.
         format: String,

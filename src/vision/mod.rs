@@ -4,7 +4,7 @@
 //! implementation: `training/prep.py`) so that the model sees at serving time
 //! exactly what it saw in training:
 //!
-//! 1. decode JPEG, PNG or WebP to RGB u8 under explicit [`DecodeLimits`]
+//! 1. decode JPEG, PNG, WebP, GIF, BMP or TIFF to RGB u8 (upright) under explicit [`DecodeLimits`]
 //!    (grey and palette images are expanded, alpha is dropped, 16-bit is
 //!    scaled down);
 //! 2. estimate the background colour from a 4-pixel border band and test

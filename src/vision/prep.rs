@@ -249,7 +249,7 @@ impl PreparedImage {
     }
 }
 
-/// Decodes JPEG, PNG or WebP `bytes` and prepares them for the model.
+/// Decodes image `bytes` (JPEG, PNG, WebP, GIF, BMP, TIFF) and prepares them for the model.
 ///
 /// Never panics, whatever the bytes: bad input is an [`ImageError`]. Limits
 /// are checked on the header, before pixels are allocated; besides the

@@ -11,7 +11,7 @@ use crate::import::PrepArgs;
 /// Arguments of `vitrine annotate`.
 #[derive(Args)]
 pub struct AnnotateArgs {
-    /// Image files (JPEG, PNG, WebP).
+    /// Image files (JPEG, PNG, WebP, GIF, BMP, TIFF).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// One JSON object per line:

@@ -127,16 +127,20 @@ impl Session {
         let args: Vec<&str> = owned.iter().map(String::as_str).collect();
         match cmd.to_ascii_lowercase().as_str() {
             "" => {}
-            "quit" | "exit" => return Ok(false),
+            "quit" | "exit" => {
+                at_most(&args, 0, "quit")?;
+                return Ok(false);
+            }
             "help" | "?" => {
+                at_most(&args, 0, "help")?;
                 for (_, h) in COMMANDS {
                     writeln!(out, "  {h}")?;
                 }
             }
-            "json" => match args.first().copied() {
-                Some("on") => self.json = true,
-                Some("off") => self.json = false,
-                _ => bail!("json on|off"),
+            "json" => match args[..] {
+                ["on"] => self.json = true,
+                ["off"] => self.json = false,
+                _ => bail!("usage: json on|off"),
             },
             "find" | "query" => self.find(line, rest, cmd.eq_ignore_ascii_case("find"), out)?,
             "similar" => self.similar(&args, out)?,
@@ -152,6 +156,7 @@ impl Session {
             "profile" => self.profile(&args, out)?,
             "tag" => self.tag(&args, out)?,
             "concepts" => {
+                at_most(&args, 1, "concepts [group]")?;
                 let v = self.db.vocabulary()?;
                 let names = v.names();
                 let shown: Vec<&String> = names
@@ -167,8 +172,12 @@ impl Session {
                     }
                 }
             }
-            "show" => self.show(args.first().copied(), out)?,
+            "show" => {
+                at_most(&args, 1, "show [file.png]")?;
+                self.show(args.first().copied(), out)?
+            }
             "info" => {
+                at_most(&args, 0, "info")?;
                 let info = crate::info::report(&self.db)?;
                 if self.json {
                     writeln!(out, "{info}")?;
@@ -290,12 +299,16 @@ impl Session {
         let Some(id) = args.first() else {
             bail!("usage: similar <id> [user] [k]");
         };
-        let mut k = 10;
+        let mut k = None;
         let mut user = None;
         for a in &args[1..] {
             match a.parse::<i64>() {
-                Ok(n) if (1..=1000).contains(&n) => k = n as usize,
+                Ok(_) if k.is_some() => bail!("usage: similar <id> [user] [k] (k given twice)"),
+                Ok(n) if (1..=1000).contains(&n) => k = Some(n as usize),
                 Ok(_) => bail!("k must be from 1 to 1000"),
+                Err(_) if user.is_some() => {
+                    bail!("usage: similar <id> [user] [k] ('{a}' after the user)")
+                }
                 Err(_) => user = Some(*a),
             }
         }
@@ -306,9 +319,12 @@ impl Session {
                 .with_context(|| format!("no profile for '{u}' (feedback creates one)"))?,
             None => Profile::uniform(&self.db.concept_layout()?),
         };
-        let hits = self
-            .db
-            .similar_with_profile(SimilarTo::Id(id), k, &Filter::new(), &profile)?;
+        let hits = self.db.similar_with_profile(
+            SimilarTo::Id(id),
+            k.unwrap_or(10),
+            &Filter::new(),
+            &profile,
+        )?;
         self.last_title = format!("similar {}", args.join(" "));
         self.last = hits
             .iter()
@@ -408,6 +424,10 @@ impl Session {
                 Ok(())
             }
             ["reset", user] => {
+                // Resetting is for a profile that exists; `set` creates one.
+                if self.db.profile(user)?.is_none() {
+                    bail!("no profile for '{user}' (profile list shows them)");
+                }
                 let p = Profile::uniform(&self.db.concept_layout()?);
                 self.db.set_profile(user, &p)?;
                 self.print_profile(user, &p, out)
@@ -555,6 +575,14 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Refuses arguments a command would otherwise ignore.
+fn at_most(args: &[&str], n: usize, usage: &str) -> anyhow::Result<()> {
+    if args.len() > n {
+        bail!("unexpected argument '{}' (usage: {usage})", args[n]);
+    }
+    Ok(())
 }
 
 fn clip(s: &str, n: usize) -> String {
