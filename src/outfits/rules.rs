@@ -210,6 +210,10 @@ impl PartialEq for OutfitRules {
     }
 }
 
+/// The most catalog categories the rules hold pair tables for (the most
+/// used in outfits). At 1,024 the category tables take 8 MiB.
+pub(crate) const MAX_RULE_CATEGORIES: usize = 1024;
+
 /// Learns the rules of `outfits` over the products of `cat`. Slots whose
 /// product is gone from the catalog are skipped.
 pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
@@ -232,12 +236,29 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
 
     // Catalog categories of the rules: those the outfits use, in catalog
     // order. Tables are n² in them, and a catalog may hold thousands that
-    // no outfit uses; the rules map categories by name when applied.
-    let mut in_outfits = vec![false; cat.categories.len()];
+    // no outfit uses; the rules map categories by name when applied. Past
+    // MAX_RULE_CATEGORIES, the least used get no category rules, so that a
+    // category attribute with a value per product cannot build tables of
+    // gigabytes.
+    let mut uses = vec![0usize; cat.categories.len()];
     for &i in members.iter().flatten() {
-        if let Some(u) = in_outfits.get_mut(cat.category[i] as usize) {
-            *u = true;
+        if let Some(u) = uses.get_mut(cat.category[i] as usize) {
+            *u += 1;
         }
+    }
+    let mut in_outfits: Vec<bool> = uses.iter().map(|&u| u > 0).collect();
+    let used_categories = in_outfits.iter().filter(|&&u| u).count();
+    if used_categories > MAX_RULE_CATEGORIES {
+        let mut by_use: Vec<usize> = (0..uses.len()).filter(|&c| uses[c] > 0).collect();
+        by_use.sort_by_key(|&c| (std::cmp::Reverse(uses[c]), c));
+        for &c in &by_use[MAX_RULE_CATEGORIES..] {
+            in_outfits[c] = false;
+        }
+        tracing::warn!(
+            used_categories,
+            kept = MAX_RULE_CATEGORIES,
+            "outfits use more categories than the rules keep; the least used get no category rules"
+        );
     }
     let mut rule_category = vec![NO_CATEGORY; cat.categories.len()];
     let mut categories = Vec::new();
