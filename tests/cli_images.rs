@@ -607,6 +607,8 @@ fn info_reports_contents_and_a_rebuilt_index() {
         assert_eq!(v["products"], 4);
         assert_eq!(v["in_stock"], 4);
         assert_eq!(v["model"]["is_bundled"], true);
+        // The database remembers the import's `--fpi`.
+        assert_eq!(v["preparation"]["pixel_aspect"], 0.75);
         assert_eq!(v["outfits"], 0);
         assert_eq!(v["opened"]["damaged_records"], 0);
         let rebuilt = v["opened"]["rebuilt_indexes"].as_array().unwrap();

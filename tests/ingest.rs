@@ -172,9 +172,61 @@ fn open_db(model: &Model, dir: &Path) -> Db {
     Db::builder().model_spaces(model).open(dir).unwrap()
 }
 
+fn infer(model: &Model, prep: &PrepConfig, bytes: &[u8]) -> Vec<f32> {
+    let p = prepare_image(bytes, prep).unwrap();
+    model.infer(&[p]).unwrap().pop().unwrap().embedding
+}
+
 fn query(model: &Model, bytes: &[u8]) -> vitrine::ModelOutput {
     let p = prepare_image(bytes, &prep()).unwrap();
     model.infer(&[p]).unwrap().pop().unwrap()
+}
+
+#[test]
+fn the_first_import_stores_its_preparation_for_later_images() {
+    let Some(model) = model() else { return };
+    let images = good_images(2);
+    let src = tempfile::tempdir().unwrap();
+    write_images(src.path(), &images[..1]);
+    let dir = tempfile::tempdir().unwrap();
+    let squashed = PrepConfig::catalog().pixel_aspect(0.6);
+    {
+        let db = open_db(&model, dir.path());
+        assert_eq!(db.prep_config().unwrap(), PrepConfig::catalog());
+        db.import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(squashed.clone()),
+        )
+        .unwrap();
+    }
+    let db = open_db(&model, dir.path());
+    assert_eq!(db.prep_config().unwrap(), squashed);
+    // Later images without an explicit preparation are prepared the same way.
+    let (id, _, bytes) = &images[0];
+    db.insert_image("again", bytes, Attributes::new()).unwrap();
+    let embedding = |id: &str| db.get(id).unwrap().unwrap().vectors["embedding"].clone();
+    assert_eq!(embedding("again"), embedding(id));
+    assert_eq!(
+        db.annotate(bytes).unwrap(),
+        vitrine::annotate_with(&model, &squashed, bytes, 5).unwrap()
+    );
+    // An import with another explicit preparation uses it, and the database
+    // keeps its own.
+    let other = tempfile::tempdir().unwrap();
+    write_images(other.path(), &images[1..]);
+    db.import(
+        ImportSource::Dir(other.path().to_path_buf()),
+        ImportOptions::new()
+            .model(model.clone())
+            .prep(PrepConfig::catalog()),
+    )
+    .unwrap();
+    let (id1, _, bytes1) = &images[1];
+    let plain = infer(&model, &PrepConfig::catalog(), bytes1);
+    assert_eq!(embedding(id1), plain);
+    assert_eq!(db.prep_config().unwrap(), squashed);
 }
 
 #[test]

@@ -31,7 +31,7 @@ use std::ops::Bound;
 use serde::Serialize;
 
 use super::{profile_query, ConceptError, Profile, Vocabulary};
-use crate::{infer_image, Attributes, Db, Error, Filter, Model, PrepConfig, CONCEPT_SPACE};
+use crate::{infer_image, Attributes, Db, Error, Filter, Model, CONCEPT_SPACE};
 
 /// Results per query by default.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -880,7 +880,7 @@ impl Db {
                             "'like image' needs the model: use Db::query_with_model".into(),
                         )
                     })?;
-                    let prep = PrepConfig::catalog();
+                    let prep = self.prep_config()?;
                     let bytes = prep
                         .get_limits()
                         .read_file(path.as_ref())

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use tracing::{debug, info};
 
+use super::StoredPrep;
 use super::{IngestError, ATTR_MODEL};
 use crate::model::{Model, ModelOutput};
 use crate::{prepare_image, Attributes, Db, PrepConfig, PreparedImage};
@@ -167,12 +168,13 @@ const MAX_THREADS: usize = 256;
 
 /// Settings of [`Db::import`].
 ///
-/// Defaults: the bundled model, catalog preparation, one prepare worker per
+/// Defaults: the bundled model, the database's preparation
+/// ([`Db::prep_config`]), one prepare worker per
 /// two CPUs, one inference thread per CPU, batches of 8, no re-embedding,
 /// no progress callback.
 pub struct ImportOptions<'a> {
     model: Option<Arc<Model>>,
-    prep: PrepConfig,
+    prep: Option<PrepConfig>,
     workers: usize,
     inference: usize,
     batch: usize,
@@ -187,7 +189,7 @@ impl Default for ImportOptions<'_> {
             .unwrap_or(1);
         ImportOptions {
             model: None,
-            prep: PrepConfig::catalog(),
+            prep: None,
             workers: (cpus / 2).max(1),
             inference: cpus,
             batch: 8,
@@ -223,9 +225,11 @@ impl<'a> ImportOptions<'a> {
         self
     }
 
-    /// Image preparation (default [`PrepConfig::catalog`]).
+    /// Image preparation. Default: the database's ([`Db::prep_config`]).
+    /// A database that has none stored keeps this one for its later images;
+    /// one that has another keeps its own, and the import logs a warning.
     pub fn prep(mut self, prep: PrepConfig) -> Self {
-        self.prep = prep;
+        self.prep = Some(prep);
         self
     }
 
@@ -319,6 +323,24 @@ impl Db {
         } else {
             self.check_model(&model)?;
         }
+        let prep = match (prep, self.stored_prep()?) {
+            (None, _) => self.prep_config()?,
+            (Some(p), None) => {
+                self.set_prep_config(&p)?;
+                p
+            }
+            (Some(p), Some(stored)) => {
+                if StoredPrep::of(&p) != stored {
+                    tracing::warn!(
+                        given = ?p,
+                        stored = ?stored.config(),
+                        "these images are prepared differently from the database's \
+                         (Db::prep_config); their vectors will not be comparable"
+                    );
+                }
+                p
+            }
+        };
         let items = source.into_items()?;
         let mut report = ImportReport::default();
         report.progress.total = items.len();

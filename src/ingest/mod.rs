@@ -47,9 +47,10 @@ pub use import::{
 
 use crate::model::{Annotation, Model, ModelError, ModelOutput, CONCEPT_SPACE, EMBEDDING_SPACE};
 use crate::{
-    prepare_image, Attributes, Db, DbBuilder, Error, Filter, Hit, ImageError, PrepConfig, Search,
-    SimilarTo,
+    prepare_image, Attributes, Db, DbBuilder, Error, Filter, Hit, Illumination, ImageError,
+    PrepConfig, Search, SimilarTo, WhiteBalance,
 };
+use serde::{Deserialize, Serialize};
 
 /// Attribute: fingerprint of the model that produced the product's vectors.
 pub const ATTR_MODEL: &str = "vitrine.model";
@@ -298,8 +299,9 @@ impl Db {
         }
     }
 
-    /// Decodes, prepares (catalog settings), runs the bundled model
-    /// ([`Model::bundled`]) and stores a new product. Fails with
+    /// Decodes, prepares (as the database's images are, see
+    /// [`Db::prep_config`]), runs the bundled model ([`Model::bundled`]) and
+    /// stores a new product. Fails with
     /// [`Error::AlreadyExists`] (inside [`IngestError::Db`]) if the id is taken.
     /// Returns the image's annotation.
     pub fn insert_image(
@@ -309,7 +311,8 @@ impl Db {
         attrs: Attributes,
     ) -> Result<Annotation, IngestError> {
         let model = Model::bundled()?;
-        self.insert_image_with(&model, &PrepConfig::catalog(), id, bytes, attrs, false)
+        let prep = self.prep_config()?;
+        self.insert_image_with(&model, &prep, id, bytes, attrs, false)
     }
 
     /// [`Db::insert_image`] with an explicit model and preparation; `replace`
@@ -358,10 +361,116 @@ impl Db {
     }
 
     /// Category (top 5) and tags of an image, with the bundled model and
-    /// catalog preparation. Nothing is stored.
+    /// the database's preparation ([`Db::prep_config`]). Nothing is stored.
     pub fn annotate(&self, bytes: &[u8]) -> Result<Annotation, IngestError> {
         let model = Model::bundled()?;
-        annotate_with(&model, &PrepConfig::catalog(), bytes, ANNOTATE_TOP_K)
+        annotate_with(&model, &self.prep_config()?, bytes, ANNOTATE_TOP_K)
+    }
+
+    /// How the database's images are prepared: what [`Db::set_prep_config`]
+    /// stored (the first [`Db::import`] stores its own), otherwise
+    /// [`PrepConfig::catalog`]. [`Db::insert_image`], [`Db::annotate`],
+    /// `like image` in queries and imports without an explicit
+    /// [`ImportOptions::prep`] use it, so that every image of a catalog (the
+    /// fpi set's squashed pixels, say) is seen the same way. The decode
+    /// limits are not stored: they are the defaults.
+    ///
+    /// ```
+    /// use vitrine::{Db, PrepConfig};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Db::open(dir.path())?;
+    /// assert_eq!(db.prep_config()?, PrepConfig::catalog());
+    /// let fpi = PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT);
+    /// db.set_prep_config(&fpi)?;
+    /// drop(db);
+    /// let db = Db::open(dir.path())?;
+    /// assert_eq!(db.prep_config()?.get_pixel_aspect(), 0.75);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn prep_config(&self) -> Result<PrepConfig, Error> {
+        Ok(self
+            .stored_prep()?
+            .map_or_else(PrepConfig::catalog, |s| s.config()))
+    }
+
+    /// Stores how the database's images are prepared (durably). Products
+    /// already stored keep the vectors of their own preparation; re-import
+    /// them to apply it.
+    pub fn set_prep_config(&self, prep: &PrepConfig) -> Result<(), Error> {
+        self.side_keyspace::<StoredPrep>(PREP)?
+            .put(PREP_KEY, &StoredPrep::of(prep))?;
+        self.flush()
+    }
+
+    pub(crate) fn stored_prep(&self) -> Result<Option<StoredPrep>, Error> {
+        Ok(self.side_keyspace::<StoredPrep>(PREP)?.get(PREP_KEY)?)
+    }
+}
+
+const PREP: &str = "prep";
+const PREP_KEY: &[u8] = b"prep";
+
+/// [`PrepConfig`] as stored, without the decode limits.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoredPrep {
+    pixel_aspect: f64,
+    crop: bool,
+    illumination: StoredIllumination,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+enum StoredIllumination {
+    Off,
+    Always(StoredBalance),
+    WhenNotPlain(StoredBalance),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+enum StoredBalance {
+    GreyWorld,
+    WhitePatch,
+}
+
+impl vitrine_storage::Record for StoredPrep {
+    const VERSION: u8 = 1;
+}
+
+impl StoredPrep {
+    pub(crate) fn of(prep: &PrepConfig) -> StoredPrep {
+        let balance = |b| match b {
+            WhiteBalance::GreyWorld => StoredBalance::GreyWorld,
+            WhiteBalance::WhitePatch => StoredBalance::WhitePatch,
+        };
+        StoredPrep {
+            pixel_aspect: prep.get_pixel_aspect(),
+            crop: prep.get_crop(),
+            illumination: match prep.get_illumination() {
+                Illumination::Off => StoredIllumination::Off,
+                Illumination::Always(b) => StoredIllumination::Always(balance(b)),
+                Illumination::WhenNotPlain(b) => StoredIllumination::WhenNotPlain(balance(b)),
+            },
+        }
+    }
+
+    pub(crate) fn config(&self) -> PrepConfig {
+        let balance = |b| match b {
+            StoredBalance::GreyWorld => WhiteBalance::GreyWorld,
+            StoredBalance::WhitePatch => WhiteBalance::WhitePatch,
+        };
+        let aspect = if self.pixel_aspect.is_finite() {
+            self.pixel_aspect.clamp(0.01, 100.0)
+        } else {
+            1.0
+        };
+        PrepConfig::catalog()
+            .pixel_aspect(aspect)
+            .crop(self.crop)
+            .illumination(match self.illumination {
+                StoredIllumination::Off => Illumination::Off,
+                StoredIllumination::Always(b) => Illumination::Always(balance(b)),
+                StoredIllumination::WhenNotPlain(b) => Illumination::WhenNotPlain(balance(b)),
+            })
     }
 }
 

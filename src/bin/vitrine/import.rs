@@ -50,12 +50,23 @@ pub struct PrepArgs {
     /// same as `--pixel-aspect 0.75`.
     #[arg(long, conflicts_with = "pixel_aspect")]
     pub fpi: bool,
-    /// Width / height of one stored pixel (1.0 for ordinary images).
+    /// Width / height of one stored pixel (1.0 for ordinary images). For
+    /// `import`, the default is the database's own, which its first import
+    /// stores.
     #[arg(long, value_name = "RATIO")]
     pub pixel_aspect: Option<f64>,
 }
 
 impl PrepArgs {
+    /// The preparation these flags ask for, `None` when none was given.
+    pub fn given(&self) -> anyhow::Result<Option<vitrine::PrepConfig>> {
+        if self.fpi || self.pixel_aspect.is_some() {
+            self.config().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The preparation these flags ask for (catalog settings otherwise).
     pub fn config(&self) -> anyhow::Result<vitrine::PrepConfig> {
         let aspect = if self.fpi {
@@ -210,13 +221,14 @@ pub fn import_with_progress(
     prep: vitrine::PrepConfig,
     source: ImportSource,
 ) -> anyhow::Result<ImportReport> {
-    import_with_options(db, model, prep, source, false)
+    import_with_options(db, model, Some(prep), source, false)
 }
 
+/// With `prep` `None`, the database's preparation.
 fn import_with_options(
     db: &Db,
     model: &std::sync::Arc<Model>,
-    prep: vitrine::PrepConfig,
+    prep: Option<vitrine::PrepConfig>,
     source: ImportSource,
     reembed: bool,
 ) -> anyhow::Result<ImportReport> {
@@ -233,11 +245,13 @@ fn import_with_options(
         bar.set_position(p.done() as u64);
         bar.set_message(format!("skipped {} failed {}", p.skipped, p.failed));
     };
-    let options = ImportOptions::new()
+    let mut options = ImportOptions::new()
         .model(model.clone())
-        .prep(prep)
         .reembed(reembed)
         .progress(progress);
+    if let Some(prep) = prep {
+        options = options.prep(prep);
+    }
     let report = db.import(source, options);
     bar.finish_and_clear();
     Ok(report?)
@@ -271,7 +285,7 @@ pub fn print_summary(report: &ImportReport) {
 
 /// Runs `vitrine import`.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
-    let prep = args.prep.config()?;
+    let prep = args.prep.given()?;
     let rows = if args.update {
         if !args.source.is_file() {
             bail!(

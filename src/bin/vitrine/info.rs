@@ -136,6 +136,7 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
     let rules = db.outfit_rules()?;
     let outfits = db.outfit_count()?;
     let current = db.outfit_rules_current()?;
+    let prep = db.prep_config()?;
     Ok(json!({
         "path": db.path().display().to_string(),
         "bytes_on_disk": db.size_on_disk()?,
@@ -149,6 +150,11 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
             "fingerprint": fingerprint,
             "is_bundled": fingerprint.is_some() && fingerprint == bundled,
             "products_by_model": models,
+        },
+        "preparation": {
+            "pixel_aspect": prep.get_pixel_aspect(),
+            "crop": prep.get_crop(),
+            "illumination": format!("{:?}", prep.get_illumination()),
         },
         "opened": {
             "rebuilt_indexes": report.rebuilt.iter().map(|(space, why)| json!({"space": space, "reason": why})).collect::<Vec<_>>(),
@@ -209,6 +215,18 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
             }
         }
     }
+    let prep = &info["preparation"];
+    writeln!(
+        w,
+        "images     prepared with pixel aspect {}, crop {}, illumination {}",
+        prep["pixel_aspect"],
+        if prep["crop"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "off"
+        },
+        prep["illumination"].as_str().unwrap_or("?")
+    )?;
     let opened = &info["opened"];
     // What the open repaired, one line each: (field, what, what was done).
     let repairs = [

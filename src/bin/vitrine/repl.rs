@@ -18,8 +18,8 @@ use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{CompletionType, Config, Context, Editor, Helper};
 use vitrine::{
-    annotate_with, ConceptError, Db, Feedback, Filter, Model, PrepConfig, Profile, SimilarTo,
-    TagMethod, ANNOTATE_TOP_K, ATTR_SOURCE,
+    annotate_with, ConceptError, Db, Feedback, Filter, Model, Profile, SimilarTo, TagMethod,
+    ANNOTATE_TOP_K, ATTR_SOURCE,
 };
 
 use crate::sheet::{self, Tile};
@@ -367,11 +367,14 @@ impl Session {
             .model
             .as_ref()
             .context("the bundled model is not available")?;
-        let bytes = PrepConfig::catalog()
+        // Prepared as the database's own images are (the fpi set's squashed
+        // pixels, say).
+        let prep = self.db.prep_config()?;
+        let bytes = prep
             .get_limits()
             .read_file(file.as_ref())
             .with_context(|| format!("cannot read {file}"))?;
-        let ann = annotate_with(model, &PrepConfig::catalog(), &bytes, ANNOTATE_TOP_K)?;
+        let ann = annotate_with(model, &prep, &bytes, ANNOTATE_TOP_K)?;
         if self.json {
             writeln!(out, "{}", crate::annotate::json_line(file, &ann))?;
         } else {
