@@ -66,9 +66,11 @@ impl QueryError {
         self
     }
 
-    /// The query with a caret under the error, then the message: for terminals.
+    /// The message, then the query with a caret under the error: for
+    /// terminals. The message comes first so that a prefix such as
+    /// `error: ` does not shift the query away from its caret.
     pub fn render(&self, query: &str) -> String {
-        format!("  {query}\n  {}^\n{self}", " ".repeat(self.column))
+        format!("{self}\n  {query}\n  {}^", " ".repeat(self.column))
     }
 }
 
