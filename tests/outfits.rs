@@ -793,6 +793,18 @@ fn cli_outfit_commands_and_eval_fitb() {
     ]);
     assert!(out.contains(&ps[0]), "{out}");
     assert!(image::open(&sheet).unwrap().width() > 100);
+    // Without --images, the files the products were imported from.
+    std::fs::remove_file(&sheet).unwrap();
+    vitrine(&[
+        "outfit",
+        "--db",
+        d,
+        "show",
+        id,
+        "--sheet",
+        sheet.to_str().unwrap(),
+    ]);
+    assert!(image::open(&sheet).unwrap().width() > 100);
     let out = vitrine(&[
         "outfit",
         "--db",
@@ -845,6 +857,23 @@ fn cli_outfit_commands_and_eval_fitb() {
     assert!(out.starts_with("1. "), "{out}");
     let out = vitrine(&["outfit", "--db", d, "delete", id]);
     assert!(out.contains("deleted"), "{out}");
+    // Deleting it again is an error; the rules are now stale, and the
+    // commands that use them say so.
+    let again = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["outfit", "--db", d, "delete", id])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let rules = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["outfit", "--db", d, "rules"])
+        .output()
+        .unwrap();
+    assert!(rules.status.success());
+    assert!(
+        String::from_utf8_lossy(&rules.stderr).contains("stale"),
+        "{}",
+        String::from_utf8_lossy(&rules.stderr)
+    );
 
     // eval fitb on a fresh database: one question per outfit.
     let q = dir.path().join("q.jsonl");

@@ -151,7 +151,8 @@ pub struct SheetArgs {
     /// Where product images are: a CSV whose first column is the product id
     /// and with a `des_filename`, `path` or `image` column, else the image
     /// path in the second column (paths relative to the CSV's folder).
-    /// Without it, the `image` attribute of each product.
+    /// Without it, the file each product was imported from (its
+    /// `vitrine.source` attribute), else its `image` attribute.
     #[arg(long)]
     pub images: Option<PathBuf>,
 }
@@ -199,6 +200,20 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
 
 /// Runs one outfit command on an open database, printing to stdout.
 pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
+    let uses_rules = match &cmd {
+        OutfitCommand::Substitute { .. }
+        | OutfitCommand::Expand { .. }
+        | OutfitCommand::Cover { .. }
+        | OutfitCommand::Complete { .. } => true,
+        OutfitCommand::Rules { learn, .. } => !learn,
+        _ => false,
+    };
+    if uses_rules && db.outfit_rules_current()? == Some(false) {
+        eprintln!(
+            "warning: the outfit rules are stale (outfits or colour groups changed since \
+             they were learned); `vitrine outfit rules --learn` relearns them"
+        );
+    }
     match cmd {
         OutfitCommand::Import { csv, learn } => {
             let n = db.import_outfits_csv(&csv)?;
@@ -268,13 +283,13 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
             }
         }
         OutfitCommand::Delete { id } => {
-            let existed = db.delete_outfit(&id)?;
+            if !db.delete_outfit(&id)? {
+                return Err(vitrine::OutfitError::UnknownOutfit(id).into());
+            }
             if json {
-                print_json(&serde_json::json!({ "deleted": existed }))?;
-            } else if existed {
-                println!("deleted {id}");
+                print_json(&serde_json::json!({ "deleted": true }))?;
             } else {
-                println!("no outfit {id}");
+                println!("deleted {id}");
             }
         }
         OutfitCommand::Substitute { id, k, sold_out } => {
@@ -484,8 +499,7 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Image paths of products: from a CSV (see [`SheetArgs::images`]) or the
-/// products' `image` attribute.
+/// Image paths of products from a CSV (see [`SheetArgs::images`]).
 pub fn image_paths(csv: Option<&Path>) -> anyhow::Result<HashMap<String, PathBuf>> {
     let Some(csv) = csv else {
         return Ok(HashMap::new());
@@ -526,13 +540,17 @@ pub fn outfit_sheet(
         if let Some(p) = paths.get(id) {
             return Ok(p.clone());
         }
-        if let Some(p) = db
-            .get(id)?
-            .and_then(|p| p.attributes.extra.get("image").cloned())
-        {
-            return Ok(PathBuf::from(p));
+        let stored = db.get(id)?.and_then(|p| {
+            let extra = &p.attributes.extra;
+            extra
+                .get(vitrine::ATTR_SOURCE)
+                .or_else(|| extra.get("image"))
+                .cloned()
+        });
+        match stored {
+            Some(p) => Ok(PathBuf::from(p)),
+            None => bail!("no image path for product {id} (pass --images CSV)"),
         }
-        bail!("no image path for product {id} (pass --images CSV)")
     };
     let tiles = |products: &[String], colour| -> anyhow::Result<Vec<Tile>> {
         products
