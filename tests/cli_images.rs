@@ -122,7 +122,8 @@ fn import_reports_failures_and_a_rerun_skips_everything() {
     let (src_s, db_s) = (src.to_str().unwrap(), db.to_str().unwrap());
 
     let out = vitrine(&["import", src_s, "--db", db_s, "--fpi"]);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    // Some items failed: exit status 2, for nightly jobs.
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("6 items: 5 imported, 0 skipped (already present), 1 failed"),
@@ -244,6 +245,35 @@ fn import_reads_a_csv_with_attributes() {
     assert_eq!(
         q.attributes.extra[vitrine::ATTR_MODEL],
         p.attributes.extra[vitrine::ATTR_MODEL]
+    );
+    drop(db);
+    // A bad cell fails its row only, into the report (exit status 2).
+    std::fs::write(
+        &prices,
+        format!(
+            "id,path,price\nsku-1,{0},abc\nsku-2,{0},7\n,{0},1\n",
+            files[1].display()
+        ),
+    )
+    .unwrap();
+    let out = import(&prices, &["--update"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
+    assert!(failures.contains("sku-1\t") && failures.contains("line 2: bad price 'abc'"));
+    assert!(
+        failures.contains("line 4: id and path are required"),
+        "{failures}"
+    );
+    let db = vitrine::Db::builder()
+        .open_with_model(&db_dir, &model)
+        .unwrap();
+    assert_eq!(
+        db.get("sku-1").unwrap().unwrap().attributes.price,
+        Some(8.0)
+    );
+    assert_eq!(
+        db.get("sku-2").unwrap().unwrap().attributes.price,
+        Some(7.0)
     );
     drop(db);
     // Attributes come from a CSV whose second column is the image path.

@@ -142,9 +142,17 @@ impl CsvRow {
     }
 }
 
+/// A product CSV, read: the good rows, and a failure-report line
+/// (`id<TAB>path<TAB>reason`) for each bad one.
+pub struct CsvRead {
+    pub rows: Vec<CsvRow>,
+    pub bad: Vec<String>,
+}
+
 /// The rows of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]), every
-/// cell checked.
-pub fn csv_rows(path: &Path) -> anyhow::Result<Vec<CsvRow>> {
+/// cell checked. A bad header fails the whole file; a bad row is reported
+/// and the rest read on.
+pub fn csv_rows(path: &Path) -> anyhow::Result<CsvRead> {
     let (header, rows) = read_csv(path)?;
     if header.len() < 2 {
         bail!(
@@ -160,57 +168,66 @@ pub fn csv_rows(path: &Path) -> anyhow::Result<Vec<CsvRow>> {
         );
     }
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut out = Vec::with_capacity(rows.len());
+    let mut out = CsvRead {
+        rows: Vec::with_capacity(rows.len()),
+        bad: Vec::new(),
+    };
     for (n, row) in rows.into_iter().enumerate() {
-        let line = n + 2;
-        if row.len() < 2 || row[0].trim().is_empty() || row[1].trim().is_empty() {
-            bail!("{}:{line}: id and path are required", path.display());
+        let cell = |i: usize| row.get(i).map_or("", |c| c.trim());
+        match csv_cells(&header, &row) {
+            Ok(cells) if !cell(0).is_empty() && !cell(1).is_empty() => out.rows.push(CsvRow {
+                id: cell(0).to_string(),
+                path: base.join(cell(1)),
+                cells,
+            }),
+            Ok(_) => out.bad.push(format!(
+                "{}\t{}\tline {}: id and path are required",
+                cell(0),
+                cell(1),
+                n + 2
+            )),
+            Err(reason) => out.bad.push(format!(
+                "{}\t{}\tline {}: {reason}",
+                cell(0),
+                cell(1),
+                n + 2
+            )),
         }
-        let mut cells = Vec::new();
-        for (key, value) in header.iter().zip(&row).skip(2) {
-            let value = value.trim();
-            if value.is_empty() {
-                continue;
-            }
-            cells.push(match key.as_str() {
-                "category" => Cell::Category(value.to_string()),
-                "brand" => Cell::Brand(value.to_string()),
-                "price" => {
-                    Cell::Price(value.parse().with_context(|| {
-                        format!("{}:{line}: bad price '{value}'", path.display())
-                    })?)
-                }
-                "in_stock" => Cell::InStock(match value.to_ascii_lowercase().as_str() {
-                    "1" | "true" | "yes" => true,
-                    "0" | "false" | "no" => false,
-                    _ => bail!("{}:{line}: bad in_stock '{value}'", path.display()),
-                }),
-                _ => Cell::Extra(key.clone(), value.to_string()),
-            });
-        }
-        out.push(CsvRow {
-            id: row[0].trim().to_string(),
-            path: base.join(row[1].trim()),
-            cells,
-        });
     }
     Ok(out)
 }
 
-/// The import items of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]).
-pub fn csv_items(path: &Path) -> anyhow::Result<Vec<ImportItem>> {
-    Ok(csv_rows(path)?.into_iter().map(CsvRow::into_item).collect())
+/// The attribute cells of one row, or why one is bad.
+fn csv_cells(header: &[String], row: &[String]) -> Result<Vec<Cell>, String> {
+    let mut cells = Vec::new();
+    for (key, value) in header.iter().zip(row).skip(2) {
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        cells.push(match key.as_str() {
+            "category" => Cell::Category(value.to_string()),
+            "brand" => Cell::Brand(value.to_string()),
+            "price" => Cell::Price(value.parse().map_err(|_| format!("bad price '{value}'"))?),
+            "in_stock" => Cell::InStock(match value.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => return Err(format!("bad in_stock '{value}' (1/0, true/false, yes/no)")),
+            }),
+            _ => Cell::Extra(key.clone(), value.to_string()),
+        });
+    }
+    Ok(cells)
 }
 
-/// The import source for a folder or a CSV file.
-pub fn source_of(path: &Path) -> anyhow::Result<ImportSource> {
-    if path.is_dir() {
-        Ok(ImportSource::Dir(path.to_path_buf()))
-    } else if path.is_file() {
-        Ok(ImportSource::Items(csv_items(path)?))
-    } else {
-        bail!("{} is neither a folder nor a file", path.display())
+/// The import items of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]);
+/// a bad row fails the whole file.
+pub fn csv_items(path: &Path) -> anyhow::Result<Vec<ImportItem>> {
+    let read = csv_rows(path)?;
+    if let Some(bad) = read.bad.first() {
+        bail!("{}: {}", path.display(), bad.replace('\t', " "));
     }
+    Ok(read.rows.into_iter().map(CsvRow::into_item).collect())
 }
 
 /// Imports `source` into `db` with a progress bar on stderr (hidden when
@@ -286,20 +303,20 @@ pub fn print_summary(report: &ImportReport) {
 /// Runs `vitrine import`.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let prep = args.prep.given()?;
-    let rows = if args.update {
-        if !args.source.is_file() {
-            bail!(
-                "--update takes attributes from a CSV file; {} is not one",
-                args.source.display()
-            );
-        }
-        Some(csv_rows(&args.source)?)
+    if args.update && !args.source.is_file() {
+        bail!(
+            "--update takes attributes from a CSV file; {} is not one",
+            args.source.display()
+        );
+    }
+    // A CSV's bad rows go to the failure report, like bad images.
+    let (rows, bad_rows) = if args.source.is_dir() {
+        (None, Vec::new())
+    } else if args.source.is_file() {
+        let read = csv_rows(&args.source)?;
+        (Some(read.rows), read.bad)
     } else {
-        None
-    };
-    let source = match &rows {
-        Some(_) => ImportSource::Items(Vec::new()),
-        None => source_of(&args.source)?,
+        bail!("{} is neither a folder nor a file", args.source.display())
     };
     let model = Model::bundled().context("cannot load the bundled model")?;
     let db = match Db::builder().open_with_model(&args.db, &model) {
@@ -321,9 +338,17 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     };
     // --update: present products take the row's cells in place; new ids
     // go on to the import.
-    let (mut updated, mut unchanged, mut update_failures) = (0usize, 0usize, Vec::new());
+    if !bad_rows.is_empty() {
+        println!(
+            "{} bad rows in {} (not imported)",
+            bad_rows.len(),
+            args.source.display()
+        );
+    }
+    let (mut updated, mut unchanged, mut update_failures) = (0usize, 0usize, bad_rows);
     let source = match rows {
-        Some(rows) => {
+        Some(rows) if args.update => {
+            let bad_before = update_failures.len();
             let mut new_items = Vec::new();
             for row in rows {
                 match db.update_attributes(&row.id, |a| row.apply(a)) {
@@ -338,14 +363,15 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                     )),
                 }
             }
+            let failed = update_failures.len() - bad_before;
             println!(
-                "{} present: {updated} updated, {unchanged} unchanged, {} failed",
-                updated + unchanged + update_failures.len(),
-                update_failures.len()
+                "{} present: {updated} updated, {unchanged} unchanged, {failed} failed",
+                updated + unchanged + failed,
             );
             ImportSource::Items(new_items)
         }
-        None => source,
+        Some(rows) => ImportSource::Items(rows.into_iter().map(CsvRow::into_item).collect()),
+        None => ImportSource::Dir(args.source.clone()),
     };
     let report = import_with_options(&db, &model, prep, source, args.reembed)?;
     db.flush()?;
@@ -367,8 +393,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     if !report.failures.is_empty() || !update_failures.is_empty() {
         println!("failures written to {}", report_path.display());
     }
-    // Some failures in a large catalog are normal (see the report); all of
-    // them means the input itself is wrong.
+    // All failed: the input itself is wrong (exit 1). Some failed: a
+    // large catalog often has a few bad images, but a nightly job must see
+    // it (exit 2).
     let p = &report.progress;
     let failed = p.failed + update_failures.len();
     if failed > 0 && p.stored + p.skipped + updated + unchanged == 0 {
@@ -376,6 +403,13 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             "every one of the {failed} items failed (see {})",
             report_path.display()
         );
+    }
+    if failed > 0 {
+        return Err(crate::Partial(format!(
+            "{failed} items failed (see {})",
+            report_path.display()
+        ))
+        .into());
     }
     Ok(())
 }

@@ -48,6 +48,10 @@ enum Command {
         what: eval::EvalCommand,
     },
     /// Imports a folder of images, or a CSV `id,path[,attrs…]`, into a database.
+    ///
+    /// Bad images and bad CSV rows are written to the failure report and the
+    /// rest is imported. Exit status: 0 when every item was stored (or was
+    /// already there), 2 when some failed, 1 on an error or when all failed.
     Import(import::ImportArgs),
     /// What a database holds (products, spaces, model, outfits) and whether it opened cleanly.
     Info(info::InfoArgs),
@@ -95,10 +99,27 @@ fn main() {
         Command::Outfit(args) => outfit::run(args),
     };
     if let Err(e) = result {
+        if let Some(partial) = e.downcast_ref::<Partial>() {
+            eprintln!("warning: {}", partial.0);
+            std::process::exit(2);
+        }
         eprintln!("error: {}", error_message(&e));
         std::process::exit(1);
     }
 }
+
+/// A batch that did its work except for some items, which it reported:
+/// exit status 2 (an error is 1).
+#[derive(Debug)]
+pub(crate) struct Partial(pub String);
+
+impl std::fmt::Display for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Partial {}
 
 /// Commands that read a database refuse a folder that holds none, instead
 /// of creating an empty one where a path was mistyped.
