@@ -8,15 +8,18 @@
 //! like      := "like" (id | "image" "path") ["^" number]
 //! where     := "where" cond ("and" cond)*
 //! cond      := "in_stock" | "not" "in_stock"
-//!            | "price" ("<" | "<=" | ">" | ">=") number
-//!            | field "=" value | field "in" "(" value ("," value)* ")"
+//!            | "price" ("<" | "<=" | "=" | ">" | ">=") number
+//!            | field "=" value
+//!            | ("category" | "brand") "in" "(" value ("," value)* ")"
 //! limit     := "limit" integer                        (default 20, at most 10000)
 //! diverse   := "diverse" number                       (MMR, 0..=1)
 //! profile   := "profile" user                         (rank by a stored profile)
 //! ```
 //!
 //! `field` is `category`, `brand` or any attribute key; values are words,
-//! numbers or `"quoted strings"`. Keywords are case-insensitive. Example:
+//! numbers or `"quoted strings"`. Keywords and concept names are
+//! case-insensitive; attribute values are compared exactly, as stored
+//! (`category = "Tshirts"`, not `"tshirts"`). Example:
 //!
 //! `find +category.shirts +pattern.striped -colour.red colour.blue^2 where in_stock and price < 60 and brand in ("A","B") limit 20`
 //!

@@ -52,7 +52,11 @@ const OUTPUTS: [&str; 4] = ["embedding", "category_logits", "tag_logits", "conce
 #[non_exhaustive]
 pub enum ModelError {
     /// A model file does not exist.
-    #[error("model file {} not found", path.display())]
+    #[error(
+        "model file {} not found (the bundled model is read from $VITRINE_MODEL_DIR \
+         when set: the folder holding manifest.json and the .onnx file)",
+        path.display()
+    )]
     Missing {
         /// The file that was looked for.
         path: PathBuf,

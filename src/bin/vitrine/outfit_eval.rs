@@ -96,7 +96,7 @@ pub struct OutfitsEvalArgs {
     /// Random seed.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Print JSON.
+    /// Print every figure as JSON (without it, a summary).
     #[arg(long)]
     pub json: bool,
     /// Use this product attribute as the retailer's colour group
@@ -697,7 +697,46 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&fig)?);
     } else {
-        println!("{fig:#}");
+        let (s, e) = (&fig["substitute"], &fig["expand"]);
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+        println!(
+            "substitute ({} cases): same category {:.1} %, same colour group {:.1} % ({} cases), \
+             same engine colour family {:.1} %, {:.2} ms per query",
+            s["cases"],
+            f(&s["same_category_pct"]),
+            f(&s["same_colour_group_pct"]),
+            s["colour_cases"],
+            f(&s["same_model_family_pct"]),
+            f(&s["ms_per_query"])
+        );
+        println!(
+            "expand ({} outfits of {} templates): in stock {:.1} %, no repeats {:.1} %, \
+             shared colour groups kept {:.1} %, contrasts kept {:.1} %, {:.2} ms per outfit",
+            e["outfits"],
+            e["templates"],
+            f(&e["all_in_stock_pct"]),
+            f(&e["no_repeat_pct"]),
+            f(&e["gt_same_colour_preserved_pct"]),
+            f(&e["gt_contrast_preserved_pct"]),
+            f(&e["ms_per_outfit"])
+        );
+        for c in fig["cover"].as_array().into_iter().flatten() {
+            println!(
+                "cover ({} templates x {}): {:.1} % of in-stock products, naive NN {:.1} %, \
+                 ratio {:.2}x (ceiling {:.2}x), {:.0} ms",
+                c["templates"],
+                c["outfits_per_template"],
+                100.0 * f(&c["fraction"]),
+                100.0 * f(&c["baseline_fraction"]),
+                f(&c["ratio"]),
+                f(&c["ceiling_ratio"]),
+                f(&c["ms"])
+            );
+        }
+        for sheet in fig["sheets"].as_array().into_iter().flatten() {
+            println!("contact sheet: {}", sheet.as_str().unwrap_or(""));
+        }
+        println!("(--json prints every figure)");
     }
     Ok(())
 }
