@@ -1016,7 +1016,9 @@ impl Db {
 impl Drop for Db {
     fn drop(&mut self) {
         let dirty = lock(&self.writer).dirty;
-        if self.checkpoint_on_drop && dirty {
+        // After an I/O error (disk full), a checkpoint would only fail, or
+        // hang in sled's flush; the next open rebuilds instead.
+        if self.checkpoint_on_drop && dirty && !self.store.io_failed() {
             if let Err(e) = self.checkpoint() {
                 warn!(error = %e, "checkpoint on drop failed; the next open rebuilds the index");
             }

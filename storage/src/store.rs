@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,38 @@ pub struct Store {
     db: sled::Db,
     dir: Arc<PathBuf>,
     durability: Durability,
+    io: Arc<IoState>,
+}
+
+/// Whether a write or flush of this store failed with an I/O error (disk
+/// full, read-only file system), shared by the store and its keyspaces.
+#[derive(Default)]
+struct IoState {
+    failed: AtomicBool,
+    leaked: AtomicBool,
+}
+
+impl IoState {
+    fn note<T>(&self, r: sled::Result<T>) -> sled::Result<T> {
+        if let Err(sled::Error::Io(_)) = &r {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // After a failed write, sled's last handle, when dropped, waits
+        // forever for its log buffers to become stable (seen on a full
+        // disk). What was acknowledged is already durable, so keep sled's
+        // handles alive instead: the process can end, and the next open
+        // recovers from the log.
+        if self.io.failed.load(Ordering::SeqCst) && !self.io.leaked.swap(true, Ordering::SeqCst) {
+            tracing::warn!(dir = %self.dir.display(), "a write failed with an I/O error; sled is not closed cleanly (the next open recovers)");
+            std::mem::forget(self.db.clone());
+        }
+    }
 }
 
 impl fmt::Debug for Store {
@@ -129,6 +162,7 @@ impl Store {
             db,
             dir: Arc::new(dir.to_path_buf()),
             durability: opts.durability,
+            io: Arc::default(),
         })
     }
 
@@ -142,6 +176,14 @@ impl Store {
         self.durability
     }
 
+    /// Whether a write or flush failed with an I/O error (disk full,
+    /// read-only file system) since the store was opened. sled may then
+    /// hang on further flushes, so callers skip optional ones (a checkpoint
+    /// on close).
+    pub fn io_failed(&self) -> bool {
+        self.io.failed.load(Ordering::SeqCst)
+    }
+
     /// Opens (creating if missing) the keyspace `name`: a sled tree of `T`
     /// records. Names starting with `__sled__` are reserved.
     pub fn keyspace<T: Record>(&self, name: &str) -> Result<Keyspace<T>> {
@@ -150,11 +192,16 @@ impl Store {
                 "keyspace name {name:?} is reserved by sled"
             )));
         }
-        let tree = self.db.open_tree(name)?;
+        let tree = self
+            .io
+            .note(self.db.open_tree(name))
+            .map_err(|e| self.error(e))?;
         Ok(Keyspace {
             tree,
             name: Arc::from(name),
             durability: self.durability,
+            io: Arc::clone(&self.io),
+            dir: Arc::clone(&self.dir),
             _marker: PhantomData,
         })
     }
@@ -167,8 +214,12 @@ impl Store {
 
     /// Flushes and fsyncs everything written so far.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        self.io.note(self.db.flush()).map_err(|e| self.error(e))?;
         Ok(())
+    }
+
+    fn error(&self, e: sled::Error) -> Error {
+        sled_error(&self.dir.join("sled"), e)
     }
 
     /// Bytes used by sled's files.
@@ -235,6 +286,8 @@ pub struct Keyspace<T> {
     tree: sled::Tree,
     name: Arc<str>,
     durability: Durability,
+    io: Arc<IoState>,
+    dir: Arc<PathBuf>,
     // fn() -> T: the keyspace stores no T, so it is Send + Sync for any T.
     _marker: PhantomData<fn() -> T>,
 }
@@ -245,6 +298,8 @@ impl<T> Clone for Keyspace<T> {
             tree: self.tree.clone(),
             name: Arc::clone(&self.name),
             durability: self.durability,
+            io: Arc::clone(&self.io),
+            dir: Arc::clone(&self.dir),
             _marker: PhantomData,
         }
     }
@@ -290,7 +345,11 @@ impl<T: Record> Keyspace<T> {
     /// Removes the record under `key`; returns whether one existed.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
         failpoint!("storage::before_apply");
-        let existed = self.tree.remove(key)?.is_some();
+        let existed = self
+            .io
+            .note(self.tree.remove(key))
+            .map_err(|e| self.error(e))?
+            .is_some();
         failpoint!("storage::before_flush");
         if existed {
             self.sync()?;
@@ -354,16 +413,24 @@ impl<T: Record> Keyspace<T> {
 
     fn commit(&self, batch: sled::Batch) -> Result<()> {
         failpoint!("storage::before_apply");
-        self.tree.apply_batch(batch)?;
+        self.io
+            .note(self.tree.apply_batch(batch))
+            .map_err(|e| self.error(e))?;
         failpoint!("storage::before_flush");
         self.sync()
     }
 
     fn sync(&self) -> Result<()> {
         if self.durability == Durability::Immediate {
-            self.tree.flush()?;
+            self.io.note(self.tree.flush()).map_err(|e| self.error(e))?;
         }
         Ok(())
+    }
+
+    /// I/O errors name sled's folder and mark the store (see
+    /// [`Store::io_failed`]).
+    fn error(&self, e: sled::Error) -> Error {
+        sled_error(&self.dir.join("sled"), e)
     }
 }
 

@@ -1,0 +1,196 @@
+//! A full disk: a write that fails with ENOSPC is a typed error naming
+//! sled's folder, the process still ends (sled's close would otherwise wait
+//! forever for its log), and every acknowledged write survives a reopen by
+//! the next process.
+//!
+//! The child runs in its own mount namespace on a small tmpfs, which needs
+//! the privilege to mount (root, as in CI); elsewhere the test skips with a
+//! message.
+#![cfg(target_os = "linux")]
+
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vitrine_storage::{Error, Store, StoreOptions};
+
+const CHILD_DIR: &str = "VITRINE_TEST_FULL_DISK_DIR";
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Blob(Vec<u8>);
+
+impl vitrine_storage::Record for Blob {
+    const VERSION: u8 = 1;
+}
+
+/// Record `i`: 4 KiB, every 16th 256 KiB (sled writes those to a blob file
+/// of their own, as it does the outfit rules).
+fn blob(i: u32) -> Blob {
+    let len = if i % 16 == 15 { 256 << 10 } else { 4096 };
+    Blob((0..len).map(|j| (i.wrapping_mul(31) ^ j) as u8).collect())
+}
+
+/// The child, on a fresh 8 MiB tmpfs at `$VITRINE_TEST_FULL_DISK_DIR`:
+/// fills the disk but for 200 KiB, writes until a write fails, drops the
+/// store, frees the space, reopens and checks every acknowledged write.
+#[test]
+fn child_fills_the_disk() {
+    let Some(dir) = std::env::var_os(CHILD_DIR) else {
+        return; // only meaningful as the child of the test below
+    };
+    let dir = Path::new(&dir);
+    let db = dir.join("db");
+    let store = Store::open(&db, StoreOptions::default()).unwrap();
+    let ks = store.keyspace::<Blob>("blobs").unwrap();
+    let filler = dir.join("filler");
+    let free = free_bytes(dir);
+    std::fs::write(&filler, vec![0u8; (free - (200 << 10)) as usize]).unwrap();
+    let mut acked = 0u32;
+    let error = loop {
+        match ks.put(&acked.to_be_bytes(), &blob(acked)) {
+            Ok(()) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 10_000, "the disk never filled");
+    };
+    assert!(store.io_failed());
+    assert!(
+        matches!(&error, Error::Io { path, .. } if path.ends_with("sled")),
+        "{error:?}"
+    );
+    println!("ACKED {acked}: {error}");
+    drop(ks);
+    drop(store);
+    println!("CLOSED");
+
+    // sled's files stay locked while this process lives: the next process
+    // reopens them. exec() becomes it, in this mount namespace (where the
+    // tmpfs is), and closes sled's files on the way.
+    std::fs::remove_file(&filler).unwrap();
+    let e = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_reopens",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(REOPEN_DIR, &db)
+        .env(REOPEN_ACKED, acked.to_string())
+        .exec();
+    panic!("exec failed: {e}");
+}
+
+const REOPEN_DIR: &str = "VITRINE_TEST_FULL_DISK_REOPEN";
+const REOPEN_ACKED: &str = "VITRINE_TEST_FULL_DISK_ACKED";
+
+/// The grandchild: reopens the store and checks every acknowledged write.
+#[test]
+fn child_reopens() {
+    let Some(db) = std::env::var_os(REOPEN_DIR) else {
+        return;
+    };
+    let acked: u32 = std::env::var(REOPEN_ACKED).unwrap().parse().unwrap();
+    let store = Store::open(Path::new(&db), StoreOptions::default()).unwrap();
+    let ks = store.keyspace::<Blob>("blobs").unwrap();
+    for i in 0..acked {
+        assert_eq!(
+            ks.get(&i.to_be_bytes()).unwrap(),
+            Some(blob(i)),
+            "write {i}"
+        );
+    }
+    ks.put(b"after", &blob(7)).unwrap();
+    println!("VERIFIED");
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let path = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs fills the struct it is given; the path is a C string.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(path.as_ptr(), &mut s), 0);
+        s.f_bavail as u64 * s.f_frsize as u64
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_typed_error_the_process_ends_and_acknowledged_writes_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_fills_the_disk",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_DIR, dir.path())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail();
+            }
+            // Keep the mount to this namespace.
+            let root = c"/";
+            let flags = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail();
+            }
+            let (fs, opts) = (c"tmpfs", c"size=8m");
+            if libc::mount(
+                fs.as_ptr(),
+                target.as_ptr(),
+                fs.as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            ) != 0
+            {
+                return fail();
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot mount a private tmpfs here ({e}); needs root");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the child hung after the disk filled:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.success() && stdout.contains("CLOSED") && stdout.contains("VERIFIED"),
+        "{status}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("No space left"), "{stdout}");
+}
