@@ -54,7 +54,7 @@ mod vision;
 pub use concepts::{
     concept_slug, ConceptError, ConceptGroup, ConceptLayout, ConceptQuery, ConceptRef,
     Contribution, Feedback, LikeTarget, Profile, QueryError, QueryErrorKind, QueryHit,
-    QueryResults, TagMethod, UserTag, Vocabulary, MAX_EVENTS, PROFILE_EXACT_MAX,
+    QueryResults, TagMethod, UserTag, Vocabulary, MAX_EVENTS, MAX_WEIGHT, PROFILE_EXACT_MAX,
     SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
 };
 pub use csv::split_csv_line;

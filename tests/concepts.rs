@@ -343,6 +343,7 @@ fn malformed_queries_are_typed_errors_with_positions() {
     // Built in code, bad numbers are typed errors too.
     for q in [
         ConceptQuery::new().term("colour.red", f32::NAN),
+        ConceptQuery::new().term("colour.red", -1e30),
         ConceptQuery::new()
             .term("colour.red", 1.0)
             .diverse(f32::NAN),
@@ -594,6 +595,15 @@ fn user_tags_are_learned_queried_and_persisted() {
     ));
     db.set_tag_weight("ticktock", 0.25).unwrap();
     assert!(db.set_tag_weight("ticktock", f32::NAN).is_err());
+    // Weights past MAX_WEIGHT would overflow query vectors later.
+    assert!(matches!(
+        db.set_tag_weight("ticktock", 1e30),
+        Err(ConceptError::InvalidWeight { .. })
+    ));
+    assert!(matches!(
+        db.set_profile("bob", &Profile::only("colour").weight("colour", 1e30)),
+        Err(ConceptError::InvalidWeight { .. })
+    ));
     assert!(db.delete_tag("ticktock").unwrap());
     assert!(!db.delete_tag("ticktock").unwrap());
 }

@@ -34,6 +34,9 @@ pub const USER_TAG_WEIGHT: f32 = 0.5;
 
 /// Prefix of user-defined tag concepts.
 pub const USER_GROUP: &str = "user";
+/// The largest weight a query term, profile group, concept affinity (in
+/// absolute value) or user tag may have.
+pub const MAX_WEIGHT: f32 = 1000.0;
 
 /// One block of the concept-space vector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -318,8 +321,13 @@ pub enum ConceptError {
         /// Given.
         got: usize,
     },
-    /// A weight that is negative or not finite.
-    #[error("invalid weight {value} for '{what}': weights are finite and >= 0")]
+    /// A weight out of range: group and tag weights are from 0 to
+    /// [`MAX_WEIGHT`], concept affinities from -[`MAX_WEIGHT`] to
+    /// [`MAX_WEIGHT`].
+    #[error(
+        "invalid weight {value} for '{what}': weights are from 0 to 1000 \
+         (concept affinities from -1000 to 1000)"
+    )]
     InvalidWeight {
         /// What it was for.
         what: String,
@@ -570,7 +578,7 @@ impl Db {
 
     /// Sets a user tag's weight.
     pub fn set_tag_weight(&self, name: &str, weight: f32) -> Result<UserTag, ConceptError> {
-        if !(weight.is_finite() && weight >= 0.0) {
+        if !(0.0..=MAX_WEIGHT).contains(&weight) {
             return Err(ConceptError::InvalidWeight {
                 what: format!("{USER_GROUP}.{name}"),
                 value: weight,
@@ -644,7 +652,7 @@ impl Db {
                     known: groups.join(", "),
                 });
             }
-            if !(w.is_finite() && *w >= 0.0) {
+            if !(0.0..=MAX_WEIGHT).contains(w) {
                 return Err(ConceptError::InvalidWeight {
                     what: g.clone(),
                     value: *w,
@@ -659,7 +667,7 @@ impl Db {
                     suggestion: vocab.suggest(c),
                 });
             }
-            if !w.is_finite() {
+            if !(-MAX_WEIGHT..=MAX_WEIGHT).contains(w) {
                 return Err(ConceptError::InvalidWeight {
                     what: c.clone(),
                     value: *w,

@@ -467,7 +467,7 @@ impl<'a> Parser<'a> {
         }
         self.next();
         let (w, col) = self.number("a weight after '^'")?;
-        if !(w > 0.0 && w <= 1000.0) {
+        if !(w > 0.0 && w <= f64::from(super::MAX_WEIGHT)) {
             return Err(QueryError::new(
                 QueryErrorKind::BadNumber,
                 col,
@@ -838,7 +838,7 @@ impl Db {
         // Each part of the score as a vector of its own, for the contributions.
         let mut parts: Vec<(String, Vec<f32>)> = Vec::new();
         for (name, w) in &q.terms {
-            if !w.is_finite() {
+            if !(w.is_finite() && w.abs() <= super::MAX_WEIGHT) {
                 return Err(ConceptError::InvalidWeight {
                     what: name.clone(),
                     value: *w,

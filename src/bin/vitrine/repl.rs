@@ -396,8 +396,10 @@ impl Session {
         writeln!(out, "profile {user} ({} events)", p.events.len())?;
         let mut w: Vec<(&String, &f32)> = p.weights.iter().collect();
         w.sort_by(|a, b| b.1.total_cmp(a.1));
+        // Bars of at most 40: weights are usually shares of 1.
+        let scale = w.first().map_or(1.0, |(_, &x)| x.max(1.0));
         for (g, x) in w {
-            let bar = "#".repeat((x * 40.0).round() as usize);
+            let bar = "#".repeat((x / scale * 40.0).clamp(0.0, 40.0).round() as usize);
             writeln!(out, "  {g:<10} {x:.3} {bar}")?;
         }
         if !p.affinities.is_empty() {
