@@ -457,7 +457,7 @@ fn query_command_prints_results_and_positioned_errors() {
     );
     // A script piped into the REPL runs every line, and fails as a whole
     // when one failed.
-    let run_script = |script: &str| {
+    let run_script = |script: &[u8]| {
         use std::io::Write;
         let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
             .args(["repl", "--db", db])
@@ -466,26 +466,29 @@ fn query_command_prints_results_and_positioned_errors() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(script).unwrap();
         child.wait_with_output().unwrap()
     };
-    let out = run_script("concepts pattern\noutfit list --json\n");
+    let out = run_script(b"concepts pattern\noutfit list --json\n");
     assert!(out.status.success(), "{}", text(&out.stdout));
     let last = text(&out.stdout).lines().last().unwrap_or("").to_string();
     assert!(
         serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| v.is_array()),
         "{last}"
     );
-    let out = run_script("find +colour.rd\nconcepts pattern\n");
+    let out = run_script(b"find +colour.rd\nconcepts pattern\n");
     assert_eq!(out.status.code(), Some(1));
     let shown = text(&out.stdout);
     assert!(
         shown.contains("did you mean colour.red?") && shown.contains("pattern.striped"),
+        "{shown}"
+    );
+    // A line that is not UTF-8 fails alone; the script goes on.
+    let out = run_script(b"find +colour.r\xe9d\nconcepts pattern\n");
+    assert_eq!(out.status.code(), Some(1));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("not UTF-8") && shown.contains("pattern.striped"),
         "{shown}"
     );
     // Any REPL command works too.

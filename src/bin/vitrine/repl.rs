@@ -680,9 +680,11 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     );
     let mut stdout = std::io::stdout();
     let mut failed = 0usize;
+    let mut bad_lines = 0usize;
     loop {
         match rl.readline("vitrine> ") {
             Ok(line) => {
+                bad_lines = 0;
                 match session.execute(&line, &mut stdout) {
                     Ok(true) => {}
                     Ok(false) => break,
@@ -702,6 +704,17 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
             }
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => break,
+            // One line of a piped script that is not UTF-8: that line fails,
+            // the script goes on (the reader has consumed the line).
+            Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                failed += 1;
+                bad_lines += 1;
+                if bad_lines > 1000 {
+                    bail!("the input is not UTF-8 text");
+                }
+                println!("error: a line is not UTF-8 text; skipped");
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
     }
