@@ -340,6 +340,19 @@ fn malformed_queries_are_typed_errors_with_positions() {
     let shown = e.render("find +colour.rd");
     assert!(shown.starts_with("unknown concept 'colour.rd'"), "{shown}");
     assert!(shown.ends_with("\n  find +colour.rd\n        ^"), "{shown}");
+    // A control character is escaped, not sent to the terminal, and a long
+    // query is shown around the error with the caret under it.
+    let long = format!("{} +colour.red\x1b]0;x\x07", "+colour.red ".repeat(5000));
+    let e = ConceptQuery::parse(&long, &vocab).unwrap_err();
+    let shown = e.render(&long);
+    assert!(
+        !shown.chars().any(|c| c.is_control() && c != '\n'),
+        "{shown:?}"
+    );
+    assert!(shown.len() < 600, "{}", shown.len());
+    let lines: Vec<&str> = shown.lines().collect();
+    let caret = lines[2].chars().count() - 1;
+    assert_eq!(lines[1].chars().nth(caret), Some('?'), "{shown}");
     // Built in code, bad numbers are typed errors too.
     for q in [
         ConceptQuery::new().term("colour.red", f32::NAN),

@@ -55,25 +55,61 @@ pub struct QueryError {
     pub hint: Option<String>,
 }
 
+/// User text as it may appear in a message: control characters escaped
+/// (a query must not drive the terminal), at most 120 characters.
+fn printable(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == 120 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl QueryError {
     fn new(kind: QueryErrorKind, column: usize, message: impl Into<String>) -> Self {
         QueryError {
             kind,
             column,
-            message: message.into(),
+            message: printable(&message.into()),
             hint: None,
         }
     }
     fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.hint = Some(printable(&hint.into()));
         self
     }
 
     /// The message, then the query with a caret under the error: for
     /// terminals. The message comes first so that a prefix such as
     /// `error: ` does not shift the query away from its caret.
+    /// A long query is shown as the 80 characters around the error, and
+    /// control characters as `?`, so that the caret stays under its column.
     pub fn render(&self, query: &str) -> String {
-        format!("{self}\n  {query}\n  {}^", " ".repeat(self.column))
+        const AROUND: usize = 40;
+        let chars: Vec<char> = query
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let start = self.column.saturating_sub(AROUND);
+        let end = (self.column + AROUND).min(chars.len());
+        let mut shown: String = chars[start.min(end)..end].iter().collect();
+        let mut caret = self.column - start;
+        if start > 0 {
+            shown.insert(0, '…');
+            caret += 1;
+        }
+        if end < chars.len() {
+            shown.push('…');
+        }
+        format!("{self}\n  {shown}\n  {}^", " ".repeat(caret))
     }
 }
 
