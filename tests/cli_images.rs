@@ -247,11 +247,12 @@ fn import_reads_a_csv_with_attributes() {
         p.attributes.extra[vitrine::ATTR_MODEL]
     );
     drop(db);
-    // A bad cell fails its row only, into the report (exit status 2).
+    // A bad cell fails its row only, into the report (exit status 2). With
+    // --update a present product needs no path; a new one does.
     std::fs::write(
         &prices,
         format!(
-            "id,path,price\nsku-1,{0},abc\nsku-2,{0},7\n,{0},1\n",
+            "id,path,price\nsku-1,{0},abc\nsku-2,,7\n,{0},1\nsku-new,,3\n",
             files[1].display()
         ),
     )
@@ -261,7 +262,8 @@ fn import_reads_a_csv_with_attributes() {
     let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
     assert!(failures.contains("sku-1\t") && failures.contains("line 2: bad price 'abc'"));
     assert!(
-        failures.contains("line 4: id and path are required"),
+        failures.contains("line 4: id and path are required")
+            && failures.contains("sku-new\t\tline 5: a new product needs an image path"),
         "{failures}"
     );
     let db = vitrine::Db::builder()

@@ -34,7 +34,8 @@ pub enum ImportSource {
     /// Every `.jpg`, `.jpeg`, `.png`, `.webp`, `.gif`, `.bmp`, `.tif` and
     /// `.tiff` file directly in the folder (not in subfolders, not hidden,
     /// with a UTF-8 name), in name order; the id is the file stem, the
-    /// attributes are empty.
+    /// attributes are empty. An entry with such a name that is not a
+    /// regular file fails as an item, with its reason.
     Dir(PathBuf),
     /// An explicit list.
     Items(Vec<ImportItem>),
@@ -82,7 +83,10 @@ fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
         let ext = path
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        if !path.is_file() || !ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+        // An image name that is not a regular file (a folder, a FIFO, a
+        // dangling link) stays an item: it fails with its reason in the
+        // report instead of vanishing.
+        if !ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
             ignored.push(name.into_owned());
             continue;
         }
@@ -112,7 +116,7 @@ fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
             dir = %dir.display(),
             count = ignored.len(),
             first = ?&ignored[..ignored.len().min(3)],
-            "entries ignored: not {} files (subfolders are not read)",
+            "entries ignored: not named .{} (subfolders are not read)",
             IMAGE_EXTENSIONS.join("/")
         );
     }
@@ -614,6 +618,7 @@ mod tests {
         }
         let items = ImportSource::Dir(dir.path().to_path_buf()).items().unwrap();
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
-        assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+        // `sub.jpg` is listed, to fail at import as "not a regular file".
+        assert_eq!(ids, ["a", "b", "c", "d", "e", "sub"]);
     }
 }

@@ -83,8 +83,18 @@ impl PrepArgs {
 
 /// Reads a CSV file: the header and the rows (blank lines skipped).
 pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            bail!(
+                "{}:{line}: not UTF-8 text (save the CSV as UTF-8)",
+                path.display()
+            )
+        }
+    };
     let mut lines = text
         .lines()
         .map(|l| l.trim_end_matches('\r'))
@@ -111,7 +121,11 @@ enum Cell {
 /// One row of a product CSV: id, image path, and its non-empty attribute cells.
 pub struct CsvRow {
     pub id: String,
-    pub path: PathBuf,
+    /// The image (`None`: the cell was empty, which only `--update` allows,
+    /// for products already stored).
+    pub path: Option<PathBuf>,
+    /// Line in the file, for the failure report.
+    pub line: usize,
     cells: Vec<Cell>,
 }
 
@@ -131,13 +145,21 @@ impl CsvRow {
         }
     }
 
-    fn into_item(self) -> ImportItem {
+    /// The import item, or the failure-report line of a row without an image.
+    fn into_item(self) -> Result<ImportItem, String> {
         let mut attributes = Attributes::new();
         self.apply(&mut attributes);
-        ImportItem {
-            id: self.id,
-            path: self.path,
-            attributes,
+        match self.path {
+            Some(path) => Ok(ImportItem {
+                id: self.id,
+                path,
+                attributes,
+            }),
+            None => Err(format!(
+                "{}\t\tline {}: a new product needs an image path",
+                self.id.replace(['\t', '\n', '\r'], " "),
+                self.line
+            )),
         }
     }
 }
@@ -151,12 +173,18 @@ pub struct CsvRead {
 
 /// The rows of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]), every
 /// cell checked. A bad header fails the whole file; a bad row is reported
-/// and the rest read on.
-pub fn csv_rows(path: &Path) -> anyhow::Result<CsvRead> {
+/// and the rest read on. An empty path is allowed with `update` (it is
+/// needed only for products not stored yet).
+pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     let (header, rows) = read_csv(path)?;
     if header.len() < 2 {
+        let hint = if header.first().is_some_and(|h| h.contains(';')) {
+            " (the file looks separated by ';'; Vitrine reads comma-separated CSV)"
+        } else {
+            ""
+        };
         bail!(
-            "{}: the header needs at least two columns (id, path)",
+            "{}: the header needs at least two columns (id, path){hint}",
             path.display()
         );
     }
@@ -174,23 +202,28 @@ pub fn csv_rows(path: &Path) -> anyhow::Result<CsvRead> {
     };
     for (n, row) in rows.into_iter().enumerate() {
         let cell = |i: usize| row.get(i).map_or("", |c| c.trim());
+        let shown = |i: usize| cell(i).replace(['\t', '\n', '\r'], " ");
         match csv_cells(&header, &row) {
-            Ok(cells) if !cell(0).is_empty() && !cell(1).is_empty() => out.rows.push(CsvRow {
-                id: cell(0).to_string(),
-                path: base.join(cell(1)),
-                cells,
-            }),
+            Ok(cells) if !cell(0).is_empty() && (update || !cell(1).is_empty()) => {
+                out.rows.push(CsvRow {
+                    id: cell(0).to_string(),
+                    path: (!cell(1).is_empty()).then(|| base.join(cell(1))),
+                    line: n + 2,
+                    cells,
+                })
+            }
             Ok(_) => out.bad.push(format!(
                 "{}\t{}\tline {}: id and path are required",
-                cell(0),
-                cell(1),
+                shown(0),
+                shown(1),
                 n + 2
             )),
             Err(reason) => out.bad.push(format!(
-                "{}\t{}\tline {}: {reason}",
-                cell(0),
-                cell(1),
-                n + 2
+                "{}\t{}\tline {}: {}",
+                shown(0),
+                shown(1),
+                n + 2,
+                reason.replace(['\t', '\n', '\r'], " ")
             )),
         }
     }
@@ -223,11 +256,14 @@ fn csv_cells(header: &[String], row: &[String]) -> Result<Vec<Cell>, String> {
 /// The import items of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]);
 /// a bad row fails the whole file.
 pub fn csv_items(path: &Path) -> anyhow::Result<Vec<ImportItem>> {
-    let read = csv_rows(path)?;
+    let read = csv_rows(path, false)?;
     if let Some(bad) = read.bad.first() {
         bail!("{}: {}", path.display(), bad.replace('\t', " "));
     }
-    Ok(read.rows.into_iter().map(CsvRow::into_item).collect())
+    read.rows
+        .into_iter()
+        .map(|r| r.into_item().map_err(anyhow::Error::msg))
+        .collect()
 }
 
 /// Imports `source` into `db` with a progress bar on stderr (hidden when
@@ -313,7 +349,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let (rows, bad_rows) = if args.source.is_dir() {
         (None, Vec::new())
     } else if args.source.is_file() {
-        let read = csv_rows(&args.source)?;
+        let read = csv_rows(&args.source, args.update)?;
         (Some(read.rows), read.bad)
     } else {
         bail!("{} is neither a folder nor a file", args.source.display())
@@ -350,15 +386,23 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         Some(rows) if args.update => {
             let bad_before = update_failures.len();
             let mut new_items = Vec::new();
+            let mut no_image = Vec::new();
             for row in rows {
                 match db.update_attributes(&row.id, |a| row.apply(a)) {
-                    Err(vitrine::Error::NotFound { .. }) => new_items.push(row.into_item()),
+                    Err(vitrine::Error::NotFound { .. }) => match row.into_item() {
+                        Ok(item) => new_items.push(item),
+                        Err(line) => no_image.push(line),
+                    },
                     Ok(true) => updated += 1,
                     Ok(false) => unchanged += 1,
                     Err(e) => update_failures.push(format!(
                         "{}\t{}\t{}",
-                        row.id,
-                        row.path.display(),
+                        row.id.replace(['\t', '\n', '\r'], " "),
+                        row.path
+                            .as_deref()
+                            .map(Path::display)
+                            .map(|p| p.to_string())
+                            .unwrap_or_default(),
                         crate::error_message(&e.into())
                     )),
                 }
@@ -368,9 +412,18 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 "{} present: {updated} updated, {unchanged} unchanged, {failed} failed",
                 updated + unchanged + failed,
             );
+            if !no_image.is_empty() {
+                println!("{} new products without an image path", no_image.len());
+            }
+            update_failures.extend(no_image);
             ImportSource::Items(new_items)
         }
-        Some(rows) => ImportSource::Items(rows.into_iter().map(CsvRow::into_item).collect()),
+        // Without --update every row has a path (checked by csv_rows).
+        Some(rows) => ImportSource::Items(
+            rows.into_iter()
+                .filter_map(|r| r.into_item().ok())
+                .collect(),
+        ),
         None => ImportSource::Dir(args.source.clone()),
     };
     let report = import_with_options(&db, &model, prep, source, args.reembed)?;
