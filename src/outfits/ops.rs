@@ -1024,13 +1024,25 @@ impl Expander {
                 let kept = same_t == same_o;
                 if kept {
                     explanation.push(match kind {
-                        RelationKind::SameColour => format!(
-                            "slots {} and {} share a colour family ({}; template {})",
-                            a + 1,
-                            b + 1,
-                            cat.colour_name(chosen[a]),
-                            cat.colour_name(tpl[a])
-                        ),
+                        RelationKind::SameColour => {
+                            // "Same colour" also covers close shades that
+                            // straddle two family names (black, charcoal).
+                            let pair = |x: usize, y: usize| {
+                                let (p, q) = (cat.colour_name(x), cat.colour_name(y));
+                                if p == q {
+                                    p.to_string()
+                                } else {
+                                    format!("{p} / {q}, close shades")
+                                }
+                            };
+                            format!(
+                                "slots {} and {} share a colour ({}; template {})",
+                                a + 1,
+                                b + 1,
+                                pair(chosen[a], chosen[b]),
+                                pair(tpl[a], tpl[b])
+                            )
+                        }
                         RelationKind::ColourContrast => format!(
                             "slots {} and {} contrast ({} / {}; template {} / {})",
                             a + 1,

@@ -247,6 +247,9 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
                 for o in all.iter().take(limit) {
                     println!("{}\t{}", o.id, o.products().join(" "));
                 }
+                if all.len() > limit {
+                    println!("(the first {limit}; --limit N shows more)");
+                }
             }
         }
         OutfitCommand::Show { id, sheet } => {
@@ -320,6 +323,9 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
                             c.explanation
                         );
                     }
+                    if s.candidates.is_empty() {
+                        println!("  (none: no other product of this category is in stock)");
+                    }
                 }
             }
         }
@@ -360,6 +366,12 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
                     for line in &e.explanation {
                         println!("     {line}");
                     }
+                }
+                if out.len() < n {
+                    println!(
+                        "(fewer than {n}: each outfit needs a new in-stock anchor of the anchor \
+                         slot's category and in-stock products for every other slot)"
+                    );
                 }
             }
             if let Some(path) = &sheet.sheet {
