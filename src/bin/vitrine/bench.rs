@@ -309,17 +309,18 @@ fn ann(a: AnnArgs) -> Result<()> {
                 .count();
         }
         let recall = found as f64 / (queries.rows * K) as f64;
-        let plan = results.first().map(|o| o.plan);
+        let plan = match results.first().map(|o| o.plan) {
+            Some(vitrine::Plan::Exact) => "exact",
+            Some(vitrine::Plan::Graph) => "graph",
+            _ => "-",
+        };
         if a.json {
             println!(
                 "{}",
-                serde_json::json!({"ef": ef, "qps": qps, "recall": recall, "filter": filter_label})
+                serde_json::json!({"ef": ef, "qps": qps, "recall": recall, "filter": filter_label, "plan": plan})
             );
         } else {
-            println!(
-                "{ef:>6} {qps:>10.0} {recall:>8.4} {:>6}",
-                format!("{plan:?}")
-            );
+            println!("{ef:>6} {qps:>10.0} {recall:>8.4} {plan:>6}");
         }
     }
     Ok(())

@@ -20,7 +20,9 @@ pub struct OutfitArgs {
     /// The database folder.
     #[arg(long)]
     pub db: PathBuf,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text: the library's own structures, whose
+    /// slot indexes count from 0 (the text counts from 1, as
+    /// `--anchor-slot` does).
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]

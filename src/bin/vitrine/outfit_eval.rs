@@ -43,7 +43,8 @@ pub struct FitbArgs {
     /// temporary database.
     #[arg(long)]
     pub db: Option<PathBuf>,
-    /// Signals: full, learned, rules, compat, visual.
+    /// Signals: full, learned, rules, compat, kernel, visual, or random
+    /// (the 1-in-4 baseline, seeded).
     #[arg(long, default_value = "full")]
     pub method: String,
     /// Print the accuracy of every method (random, visual, rules, compat,
@@ -294,6 +295,8 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
             ),
             ("full", Some(CompleteMethod::Full)),
         ]
+    } else if args.method == "random" {
+        vec![("random", None)]
     } else {
         vec![(
             args.method.as_str(),
