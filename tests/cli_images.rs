@@ -485,6 +485,18 @@ fn query_command_prints_results_and_positioned_errors() {
         shown.contains("did you mean colour.red?") && shown.contains("pattern.striped"),
         "{shown}"
     );
+    // An empty answer says when the where conditions are why.
+    let out = vitrine(&[
+        "query",
+        "--db",
+        db,
+        "+colour.black where category = \"no such category\"",
+    ]);
+    assert!(
+        text(&out.stdout).contains("none of the 8 products passes the where conditions"),
+        "{}",
+        text(&out.stdout)
+    );
     // A line that is not UTF-8 fails alone; the script goes on.
     let out = run_script(b"find +colour.r\xe9d\nconcepts pattern\n");
     assert_eq!(out.status.code(), Some(1));

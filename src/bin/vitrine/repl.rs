@@ -259,6 +259,7 @@ impl Session {
                     "{}",
                     serde_json::json!({
                         "rank": rank + 1, "id": h.id, "score": h.score, "category": cat,
+                        "brand": h.attributes.brand, "price": h.attributes.price,
                         "in_stock": h.attributes.in_stock, "contributions": h.contributions,
                     })
                 )?;
@@ -289,10 +290,44 @@ impl Session {
                 )?;
             }
             if res.hits.is_empty() {
-                writeln!(out, "  (no results)")?;
+                writeln!(out, "  (no results){}", self.why_empty(&text))?;
             }
         }
         Ok(())
+    }
+
+    /// Why a query found nothing, when its `where` conditions are the reason.
+    fn why_empty(&self, text: &str) -> String {
+        let Ok(vocab) = self.db.vocabulary() else {
+            return String::new();
+        };
+        let Ok(q) = vitrine::ConceptQuery::parse(text, &vocab) else {
+            return String::new();
+        };
+        let filter = q.get_filter();
+        if filter.is_empty() {
+            return String::new();
+        }
+        let ids = self.db.ids();
+        let passing = ids
+            .iter()
+            .filter(|id| {
+                self.db
+                    .get(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|p| filter.matches(id, &p.attributes))
+            })
+            .count();
+        if passing == 0 {
+            format!(
+                ": none of the {} products passes the where conditions \
+                 (attribute values are compared exactly, case included)",
+                ids.len()
+            )
+        } else {
+            format!(": {passing} of {} products pass the where conditions", ids.len())
+        }
     }
 
     fn similar(&mut self, args: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
