@@ -750,3 +750,79 @@ fn info_reports_contents_and_a_rebuilt_index() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn product_get_set_and_delete() {
+    if !have_model("product_get_set_and_delete") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = copy_samples(dir.path(), 3);
+    let db = dir.path().join("db");
+    let (src_s, db_s) = (src.to_str().unwrap(), db.to_str().unwrap());
+    let out = vitrine(&["import", src_s, "--db", db_s, "--fpi"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let ids: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            p.file_stem().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    let get = |id: &str| -> serde_json::Value {
+        let out = vitrine(&["product", "--db", db_s, "get", id, "--json"]);
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = get(&ids[0]);
+    assert_eq!(before["vector_dims"]["embedding"], 128);
+    assert!(before["attributes"][vitrine::ATTR_MODEL].is_string());
+
+    let out = vitrine(&[
+        "product",
+        "--db",
+        db_s,
+        "set",
+        &ids[0],
+        "price=12.5",
+        "in_stock=no",
+        "season=summer",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let after = get(&ids[0]);
+    assert_eq!(after["price"], 12.5);
+    assert_eq!(after["in_stock"], false);
+    assert_eq!(after["attributes"]["season"], "summer");
+    assert_eq!(after["category"], before["category"]);
+    // A bad value or an engine attribute changes nothing.
+    for bad in [
+        "price=cheap",
+        "price=-1",
+        "vitrine.model=x",
+        "in_stock=maybe",
+    ] {
+        let out = vitrine(&["product", "--db", db_s, "set", &ids[0], "brand=B", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+    }
+    assert_eq!(get(&ids[0])["brand"], serde_json::Value::Null);
+    // `key=` removes.
+    vitrine(&["product", "--db", db_s, "set", &ids[0], "season="]);
+    assert!(get(&ids[0])["attributes"].get("season").is_none());
+
+    // Delete: the known ids go, an unknown one is an error.
+    let out = vitrine(&["product", "--db", db_s, "delete", &ids[1], "no-such-id"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no product no-such-id"));
+    let out = vitrine(&["product", "--db", db_s, "get", &ids[1]]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = vitrine(&["info", "--db", db_s, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["products"], 2);
+    // The REPL has the same commands.
+    let out = vitrine(&["query", "--db", db_s, "product", "get", &ids[2]]);
+    assert!(
+        text(&out.stdout).contains("in stock   yes"),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -11,6 +11,7 @@ mod npy;
 mod outfit;
 mod outfit_eval;
 mod precompute;
+mod product;
 mod repl;
 mod sheet;
 
@@ -59,6 +60,8 @@ enum Command {
     Repair(info::RepairArgs),
     /// Outfits: import, list, show, substitute, expand, cover, complete, rules.
     Outfit(outfit::OutfitArgs),
+    /// One product: get (attributes, model output, vectors), set attributes, delete.
+    Product(product::ProductArgs),
     /// Builds a demo database from examples/catalog and runs example queries.
     Demo(demo::DemoArgs),
     /// Interactive shell: concept queries, profiles, feedback, user tags, contact sheets.
@@ -97,6 +100,7 @@ fn main() {
         Command::Repl(args) => repl::run(args),
         Command::Query(args) => repl::query(args),
         Command::Outfit(args) => outfit::run(args),
+        Command::Product(args) => product::run(args),
     };
     if let Err(e) = result {
         if let Some(partial) = e.downcast_ref::<Partial>() {

@@ -59,6 +59,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("tag", "tag define <name> <id>... [not <id>...] [logistic] | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
     ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
+    ("product", "product get <id>... | product set <id> key=value... | product delete <id>...   (product help)"),
     ("show", "show [file.png]            contact sheet of the last results"),
     ("info", "info                       what the database holds and whether it opened cleanly"),
     ("json", "json on|off                JSON lines instead of tables"),
@@ -193,21 +194,23 @@ impl Session {
                     #[command(subcommand)]
                     what: crate::outfit::OutfitCommand,
                 }
-                // `--json` anywhere, as on the command line.
-                let json = self.json || args.contains(&"--json");
-                let args: Vec<&str> = args.iter().copied().filter(|a| *a != "--json").collect();
-                match <OutfitLine as clap::Parser>::try_parse_from(&args) {
-                    Ok(l) => {
-                        out.flush()?;
-                        crate::outfit::execute(&self.db, l.what, json)?;
-                    }
-                    Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
-                        write!(out, "{e}")?;
-                    }
-                    Err(e) => {
-                        let shown = e.render().to_string();
-                        bail!("{}", shown.trim_end().trim_start_matches("error: "))
-                    }
+                let (json, args) = self.json_flag(&args);
+                if let Some(l) = parse_line::<OutfitLine>(&args, out)? {
+                    out.flush()?;
+                    crate::outfit::execute(&self.db, l.what, json)?;
+                }
+            }
+            "product" => {
+                #[derive(clap::Parser)]
+                #[command(name = "product", no_binary_name = true)]
+                struct ProductLine {
+                    #[command(subcommand)]
+                    what: crate::product::ProductCommand,
+                }
+                let (json, args) = self.json_flag(&args);
+                if let Some(l) = parse_line::<ProductLine>(&args, out)? {
+                    out.flush()?;
+                    crate::product::execute(&self.db, l.what, json)?;
                 }
             }
             other => {
@@ -326,8 +329,21 @@ impl Session {
                 ids.len()
             )
         } else {
-            format!(": {passing} of {} products pass the where conditions", ids.len())
+            format!(
+                ": {passing} of {} products pass the where conditions",
+                ids.len()
+            )
         }
+    }
+
+    /// `--json` anywhere in a command line, as on the command line; the
+    /// line without it.
+    fn json_flag<'a>(&self, args: &[&'a str]) -> (bool, Vec<&'a str>) {
+        let json = self.json || args.contains(&"--json");
+        (
+            json,
+            args.iter().copied().filter(|a| *a != "--json").collect(),
+        )
     }
 
     fn similar(&mut self, args: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
@@ -614,6 +630,22 @@ impl Session {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Parses a command line with its clap definition; `None` when it asked
+/// for help (printed).
+fn parse_line<P: clap::Parser>(args: &[&str], out: &mut dyn Write) -> anyhow::Result<Option<P>> {
+    match P::try_parse_from(args) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            write!(out, "{e}")?;
+            Ok(None)
+        }
+        Err(e) => {
+            let shown = e.render().to_string();
+            bail!("{}", shown.trim_end().trim_start_matches("error: "))
+        }
     }
 }
 

@@ -1,0 +1,211 @@
+//! `vitrine product …`: look at, change and delete single products.
+//!
+//! [`execute`] runs one command against an open database (the REPL reuses
+//! it); [`run`] opens `--db` first.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use vitrine::{Attributes, Db};
+
+/// Arguments of `vitrine product`.
+#[derive(Args)]
+pub struct ProductArgs {
+    /// The database folder.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub what: ProductCommand,
+}
+
+/// The product commands.
+#[derive(Subcommand, Clone, Debug)]
+pub enum ProductCommand {
+    /// Shows products: attributes, what the model said, vector sizes.
+    Get {
+        /// Product ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Changes attributes in place (vectors kept): `price=19.9`,
+    /// `in_stock=false`, `category=Shirts`, `brand=Acme`, any other
+    /// `key=value`; `key=` with nothing after it removes the attribute.
+    Set {
+        /// Product id.
+        id: String,
+        /// `key=value` pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Deletes products (unknown ids are an error; the known ones are
+    /// deleted first).
+    Delete {
+        /// Product ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+/// Runs `vitrine product …`.
+pub fn run(args: ProductArgs) -> anyhow::Result<()> {
+    crate::existing_db(&args.db)?;
+    let db = Db::open(&args.db)
+        .with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    execute(&db, args.what, args.json)?;
+    db.close()?;
+    Ok(())
+}
+
+/// Attributes written by the engine; `set` leaves them alone.
+const ENGINE_PREFIX: &str = "vitrine.";
+
+/// Engine attributes too long to show in text (JSON arrays of scores).
+const LONG: [&str; 4] = [
+    vitrine::ATTR_CATEGORY_PROBS,
+    vitrine::ATTR_TAG_SCORES,
+    vitrine::ATTR_CONCEPT,
+    vitrine::ATTR_COLOUR_LAB,
+];
+
+/// Runs one product command on an open database, printing to stdout.
+pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        ProductCommand::Get { ids } => {
+            let mut missing = Vec::new();
+            for id in &ids {
+                let Some(p) = db.get(id)? else {
+                    missing.push(id.as_str());
+                    continue;
+                };
+                let vectors: serde_json::Map<String, serde_json::Value> = p
+                    .vectors
+                    .iter()
+                    .map(|(name, v)| (name.clone(), v.len().into()))
+                    .collect();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "id": p.id, "category": p.attributes.category,
+                            "brand": p.attributes.brand, "price": p.attributes.price,
+                            "in_stock": p.attributes.in_stock, "attributes": p.attributes.extra,
+                            "vector_dims": vectors,
+                        })
+                    );
+                    continue;
+                }
+                let a = &p.attributes;
+                println!("{}", p.id);
+                println!("  category   {}", a.category.as_deref().unwrap_or("-"));
+                println!("  brand      {}", a.brand.as_deref().unwrap_or("-"));
+                println!(
+                    "  price      {}",
+                    a.price.map_or("-".to_string(), |x| x.to_string())
+                );
+                println!("  in stock   {}", if a.in_stock { "yes" } else { "no" });
+                for (k, v) in &a.extra {
+                    if !LONG.contains(&k.as_str()) {
+                        println!("  {k:<10} {v}");
+                    }
+                }
+                let dims: Vec<String> = vectors
+                    .iter()
+                    .map(|(name, n)| format!("{name} {n}-d"))
+                    .collect();
+                println!("  vectors    {}", dims.join(", "));
+            }
+            if !missing.is_empty() {
+                bail!("no product {}", missing.join(", "));
+            }
+        }
+        ProductCommand::Set { id, pairs } => {
+            let edits: Vec<(String, String)> = pairs
+                .iter()
+                .map(|pair| {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .with_context(|| format!("'{pair}': use key=value"))?;
+                    let k = k.trim();
+                    if k.is_empty() || k.starts_with(ENGINE_PREFIX) {
+                        bail!("'{k}' cannot be set (keys starting with '{ENGINE_PREFIX}' are the engine's)");
+                    }
+                    Ok((k.to_string(), v.trim().to_string()))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            // Parsed before the edit, so a bad value changes nothing.
+            let mut probe = Attributes::new();
+            for (k, v) in &edits {
+                apply(&mut probe, k, v)?;
+            }
+            let changed = db.update_attributes(&id, |a| {
+                for (k, v) in &edits {
+                    apply(a, k, v).expect("checked above");
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::json!({ "id": id, "changed": changed }));
+            } else {
+                println!("{id}: {}", if changed { "updated" } else { "unchanged" });
+            }
+        }
+        ProductCommand::Delete { ids } => {
+            let mut missing = Vec::new();
+            let mut deleted = 0usize;
+            for id in &ids {
+                if db.delete(id)? {
+                    deleted += 1;
+                } else {
+                    missing.push(id.as_str());
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "deleted": deleted, "unknown": missing })
+                );
+            } else {
+                println!("deleted {deleted}");
+            }
+            if !missing.is_empty() {
+                bail!("no product {}", missing.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets (or with an empty value, removes) one attribute, as a product CSV
+/// cell would.
+fn apply(a: &mut Attributes, key: &str, value: &str) -> anyhow::Result<()> {
+    let some = (!value.is_empty()).then(|| value.to_string());
+    match key {
+        "category" => a.category = some,
+        "brand" => a.brand = some,
+        "price" => {
+            a.price = match some {
+                None => None,
+                Some(v) => Some(v.parse().with_context(|| format!("bad price '{v}'"))?),
+            }
+        }
+        "in_stock" => {
+            a.in_stock = match value.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => bail!("bad in_stock '{value}' (1/0, true/false, yes/no)"),
+            }
+        }
+        _ => match some {
+            Some(v) => {
+                a.extra.insert(key.to_string(), v);
+            }
+            None => {
+                a.extra.remove(key);
+            }
+        },
+    }
+    Ok(())
+}
