@@ -825,4 +825,25 @@ fn product_get_set_and_delete() {
         "{}",
         text(&out.stdout)
     );
+
+    // A changed photo: --refresh re-runs the model on it, attributes kept.
+    let embedding = |id: &str| {
+        let db = vitrine::Db::open(&db).unwrap();
+        db.get(id).unwrap().unwrap().vectors["embedding"].clone()
+    };
+    let (a, b) = (&ids[0], &ids[2]);
+    let (old_a, emb_b) = (embedding(a), embedding(b));
+    std::fs::copy(src.join(format!("{b}.jpg")), src.join(format!("{a}.jpg"))).unwrap();
+    let out = vitrine(&["import", src_s, "--db", db_s]);
+    // (The deleted product comes back; the two stored ones are skipped.)
+    assert!(
+        text(&out.stdout).contains("2 skipped"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(embedding(a), old_a, "a plain import skips stored products");
+    let out = vitrine(&["import", src_s, "--db", db_s, "--refresh"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(embedding(a), emb_b);
+    assert_eq!(get(a)["price"], 12.5);
 }

@@ -183,6 +183,7 @@ pub struct ImportOptions<'a> {
     inference: usize,
     batch: usize,
     reembed: bool,
+    refresh: bool,
     progress: Option<ProgressFn<'a>>,
 }
 
@@ -198,6 +199,7 @@ impl Default for ImportOptions<'_> {
             inference: cpus,
             batch: 8,
             reembed: false,
+            refresh: false,
             progress: None,
         }
     }
@@ -212,6 +214,7 @@ impl std::fmt::Debug for ImportOptions<'_> {
             .field("inference", &self.inference)
             .field("batch", &self.batch)
             .field("reembed", &self.reembed)
+            .field("refresh", &self.refresh)
             .field("progress", &self.progress.is_some())
             .finish()
     }
@@ -269,6 +272,15 @@ impl<'a> ImportOptions<'a> {
         self
     }
 
+    /// Refresh: products of the source already stored are run through the
+    /// model again from their image (a photo that changed), keeping their
+    /// stored attributes. Unlike a plain import, nothing listed is skipped,
+    /// so an interrupted refresh redoes everything when run again.
+    pub fn refresh(mut self, yes: bool) -> Self {
+        self.refresh = yes;
+        self
+    }
+
     /// Called on the importing thread after every item.
     pub fn progress(mut self, f: impl FnMut(&ImportProgress) + 'a) -> Self {
         self.progress = Some(Box::new(f));
@@ -316,6 +328,7 @@ impl Db {
             inference,
             batch,
             reembed,
+            refresh,
             mut progress,
         } = options;
         let model = match model {
@@ -381,9 +394,10 @@ impl Db {
                     colour: None,
                 }),
                 Some(p)
-                    if reembed
-                        && p.attributes.extra.get(ATTR_MODEL).map(String::as_str)
-                            != Some(model.fingerprint()) =>
+                    if refresh
+                        || reembed
+                            && p.attributes.extra.get(ATTR_MODEL).map(String::as_str)
+                                != Some(model.fingerprint()) =>
                 {
                     jobs.push(Job {
                         item,

@@ -37,8 +37,12 @@ pub struct ImportArgs {
     /// not give stays, and so do their vectors: the daily price-and-stock
     /// refresh. New ids are imported. Without it present products are
     /// skipped (an interrupted import resumes).
-    #[arg(long, conflicts_with = "reembed")]
+    #[arg(long, conflicts_with_all = ["reembed", "refresh"])]
     pub update: bool,
+    /// Products of SOURCE already stored are run through the model again
+    /// from their image (the photo changed), keeping their attributes.
+    #[arg(long)]
+    pub refresh: bool,
     #[command(flatten)]
     pub prep: PrepArgs,
 }
@@ -274,7 +278,7 @@ pub fn import_with_progress(
     prep: vitrine::PrepConfig,
     source: ImportSource,
 ) -> anyhow::Result<ImportReport> {
-    import_with_options(db, model, Some(prep), source, false)
+    import_with_options(db, model, Some(prep), source, ImportOptions::new())
 }
 
 /// With `prep` `None`, the database's preparation.
@@ -283,7 +287,7 @@ fn import_with_options(
     model: &std::sync::Arc<Model>,
     prep: Option<vitrine::PrepConfig>,
     source: ImportSource,
-    reembed: bool,
+    options: ImportOptions<'_>,
 ) -> anyhow::Result<ImportReport> {
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -298,10 +302,7 @@ fn import_with_options(
         bar.set_position(p.done() as u64);
         bar.set_message(format!("skipped {} failed {}", p.skipped, p.failed));
     };
-    let mut options = ImportOptions::new()
-        .model(model.clone())
-        .reembed(reembed)
-        .progress(progress);
+    let mut options = options.model(model.clone()).progress(progress);
     if let Some(prep) = prep {
         options = options.prep(prep);
     }
@@ -426,7 +427,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         ),
         None => ImportSource::Dir(args.source.clone()),
     };
-    let report = import_with_options(&db, &model, prep, source, args.reembed)?;
+    let options = ImportOptions::new()
+        .reembed(args.reembed)
+        .refresh(args.refresh);
+    let report = import_with_options(&db, &model, prep, source, options)?;
     db.flush()?;
     print_summary(&report);
     let report_path = args
