@@ -152,4 +152,19 @@ fn precompute_similar_command_writes_a_servable_file() {
         .map(|(id, _)| id)
         .collect();
     assert_eq!(ids, ["b", "d"], "in stock only, never itself");
+    // `precompute show` serves the same lists; an unknown id is an error.
+    let show = |ids: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(["precompute", "show", "--json", "--file"])
+            .arg(&out)
+            .args(ids)
+            .output()
+            .unwrap()
+    };
+    let shown = show(&["a"]);
+    assert!(shown.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(v["similar"][0]["id"], "b");
+    assert_eq!(v["similar"][1]["id"], "d");
+    assert_eq!(show(&["a", "zz"]).status.code(), Some(1));
 }

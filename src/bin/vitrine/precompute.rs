@@ -30,6 +30,19 @@ pub enum PrecomputeCommand {
         #[arg(long, value_enum, default_value_t = ScorerArg::Auto)]
         scorer: ScorerArg,
     },
+    /// Looks products up in a file written by `precompute similar`, as a
+    /// service would (memory-mapped; no database needed).
+    Show {
+        /// The file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Product ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Print one JSON object per id.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,6 +85,37 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
                 table.seconds,
                 out.display()
             );
+            Ok(())
+        }
+        PrecomputeCommand::Show { file, ids, json } => {
+            let served = vitrine::PrecomputedSimilar::open(&file)?;
+            let mut missing = Vec::new();
+            for id in &ids {
+                let Some(list) = served.get(id) else {
+                    missing.push(id.as_str());
+                    continue;
+                };
+                if json {
+                    let similar: Vec<_> = list
+                        .iter()
+                        .map(|(id, score)| serde_json::json!({"id": id, "score": score}))
+                        .collect();
+                    println!("{}", serde_json::json!({"id": id, "similar": similar}));
+                } else {
+                    println!("{id}");
+                    for (rank, (other, score)) in list.iter().enumerate() {
+                        println!("  {:>3}. {other}\t{score:.4}", rank + 1);
+                    }
+                }
+            }
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "not in {} ({} products): {}",
+                    file.display(),
+                    served.len(),
+                    missing.join(", ")
+                );
+            }
             Ok(())
         }
     }
