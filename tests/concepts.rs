@@ -215,6 +215,24 @@ fn query_text_filters_weights_and_contributions() {
     }
     // Best first.
     assert!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
+    // min_score keeps the relevant hits only, even under the limit.
+    let all = db.query("+category.watches limit 100").unwrap().hits;
+    let sure = db
+        .query("+category.watches limit 100 min_score 0.5")
+        .unwrap()
+        .hits;
+    assert!(
+        !sure.is_empty() && sure.len() < all.len(),
+        "{} of {}",
+        sure.len(),
+        all.len()
+    );
+    assert!(sure.iter().all(|h| h.score >= 0.5));
+    assert_eq!(
+        sure.len(),
+        all.iter().filter(|h| h.score >= 0.5).count(),
+        "the same hits as cutting the full list"
+    );
     // A weight doubles a contribution.
     let one = db.query("colour.red limit 1").unwrap().hits;
     let two = db.query("colour.red^2 limit 1").unwrap().hits;
@@ -288,6 +306,9 @@ fn malformed_queries_are_typed_errors_with_positions() {
         ("find +colour.red limit 2.5", BadNumber, 23),
         ("find +colour.red limit 1 limit 2", Duplicate, 25),
         ("find +colour.red diverse 2", BadNumber, 25),
+        ("find +colour.red min_score", UnexpectedEnd, 26),
+        ("find +colour.red min_score 1000000", BadNumber, 27),
+        ("find +colour.red min_score 1 min_score 2", Duplicate, 29),
         ("find +colour.red where", UnexpectedEnd, 22),
         ("find +colour.red where price", UnexpectedEnd, 28),
         ("find +colour.red where price < cheap", Unexpected, 31),

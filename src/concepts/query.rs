@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! query     := ["find"] clause*
-//! clause    := term | like | where | limit | diverse | profile
+//! clause    := term | like | where | limit | min_score | diverse | profile
 //! term      := ["+" | "-"] concept ["^" number]      (no sign: +)
 //! concept   := group "." name                         (name: word or "quoted")
 //! like      := "like" (id | "image" "path") ["^" number]
@@ -12,6 +12,7 @@
 //!            | field "=" value
 //!            | ("category" | "brand") "in" "(" value ("," value)* ")"
 //! limit     := "limit" integer                        (default 20, at most 10000)
+//! min_score := "min_score" number                     (only hits scoring at least this)
 //! diverse   := "diverse" number                       (MMR, 0..=1)
 //! profile   := "profile" user                         (rank by a stored profile)
 //! ```
@@ -163,6 +164,7 @@ pub struct ConceptQuery {
     like: Option<(LikeTarget, f32)>,
     filter: Filter,
     limit: usize,
+    min_score: Option<f32>,
     diverse: Option<f32>,
     profile: Option<String>,
 }
@@ -174,6 +176,7 @@ impl Default for ConceptQuery {
             like: None,
             filter: Filter::new(),
             limit: DEFAULT_LIMIT,
+            min_score: None,
             diverse: None,
             profile: None,
         }
@@ -203,6 +206,14 @@ impl ConceptQuery {
     /// Number of results.
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = limit;
+        self
+    }
+    /// Only hits whose score is at least `score` (fewer than the limit when
+    /// few are relevant: a single-concept score is the product's cosine with
+    /// the concept, so `+category.shirts min_score 0.5` keeps the products
+    /// that are mostly shirts).
+    pub fn min_score(mut self, score: f32) -> Self {
+        self.min_score = Some(score);
         self
     }
     /// MMR re-rank with trade-off `lambda` (0: relevance only, 1: diversity only).
@@ -413,7 +424,8 @@ fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
 
 // ----------------------------------------------------------------- parser
 
-const CLAUSES: &str = "a concept (+group.concept), like, where, limit, diverse or profile";
+const CLAUSES: &str =
+    "a concept (+group.concept), like, where, limit, min_score, diverse or profile";
 
 struct Parser<'a> {
     toks: Vec<Token>,
@@ -605,6 +617,22 @@ impl<'a> Parser<'a> {
                         ));
                     }
                     q.limit = n as usize;
+                }
+                Tok::Word(w) if w.eq_ignore_ascii_case("min_score") => {
+                    self.next();
+                    if q.min_score.is_some() {
+                        return Err(dup("min_score"));
+                    }
+                    let (x, col) = self.number("a score")?;
+                    let max = f64::from(super::MAX_WEIGHT) * 100.0;
+                    if !(-max..=max).contains(&x) {
+                        return Err(QueryError::new(
+                            QueryErrorKind::BadNumber,
+                            col,
+                            format!("min_score {x} is out of range"),
+                        ));
+                    }
+                    q.min_score = Some(x as f32);
                 }
                 Tok::Word(w) if w.eq_ignore_ascii_case("diverse") => {
                     self.next();
@@ -992,6 +1020,19 @@ impl Db {
                 contributions,
                 attributes: h.attributes,
             });
+        }
+        if let Some(min) = q.min_score {
+            if !min.is_finite() {
+                return Err(ConceptError::InvalidWeight {
+                    what: "min_score".into(),
+                    value: min,
+                });
+            }
+            let keep: Vec<bool> = out.iter().map(|h| h.score >= min).collect();
+            let mut k = keep.iter();
+            out.retain(|_| *k.next().unwrap_or(&false));
+            let mut k = keep.iter();
+            visual.retain(|_| *k.next().unwrap_or(&false));
         }
         if let Some(lambda) = q.diverse {
             out = mmr(out, &visual, lambda, limit);

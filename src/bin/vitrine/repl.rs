@@ -68,8 +68,20 @@ const COMMANDS: &[(&str, &str)] = &[
 ];
 
 const QUERY_WORDS: &[&str] = &[
-    "where", "and", "in_stock", "not", "price", "brand", "category", "in", "like", "image",
-    "limit", "diverse", "profile",
+    "where",
+    "and",
+    "in_stock",
+    "not",
+    "price",
+    "brand",
+    "category",
+    "in",
+    "like",
+    "image",
+    "limit",
+    "min_score",
+    "diverse",
+    "profile",
 ];
 
 /// One REPL session over an open database.
