@@ -656,6 +656,7 @@ fn info_reports_contents_and_a_rebuilt_index() {
         assert_eq!(v["model"]["is_bundled"], true);
         // The database remembers the import's `--fpi`.
         assert_eq!(v["preparation"]["pixel_aspect"], 0.75);
+        assert_eq!(v["preparation"]["recorded"], true);
         assert_eq!(v["outfits"], 0);
         assert_eq!(v["opened"]["damaged_records"], 0);
         let rebuilt = v["opened"]["rebuilt_indexes"].as_array().unwrap();
@@ -833,6 +834,7 @@ fn product_get_set_and_delete() {
     };
     let (a, b) = (&ids[0], &ids[2]);
     let (old_a, emb_b) = (embedding(a), embedding(b));
+    assert_ne!(get(a)["category"], get(b)["category"]);
     std::fs::copy(src.join(format!("{b}.jpg")), src.join(format!("{a}.jpg"))).unwrap();
     let out = vitrine(&["import", src_s, "--db", db_s]);
     // (The deleted product comes back; the two stored ones are skipped.)
@@ -846,4 +848,6 @@ fn product_get_set_and_delete() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert_eq!(embedding(a), emb_b);
     assert_eq!(get(a)["price"], 12.5);
+    // The category the model gave the old photo follows the new one.
+    assert_eq!(get(a)["category"], get(b)["category"]);
 }

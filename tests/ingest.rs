@@ -190,9 +190,25 @@ fn the_first_import_stores_its_preparation_for_later_images() {
     write_images(src.path(), &images[..1]);
     let dir = tempfile::tempdir().unwrap();
     let squashed = PrepConfig::catalog().pixel_aspect(0.6);
+    // The two preparations give these images different vectors.
+    assert_ne!(
+        infer(&model, &squashed, &images[0].2),
+        infer(&model, &PrepConfig::catalog(), &images[0].2)
+    );
     {
         let db = open_db(&model, dir.path());
         assert_eq!(db.prep_config().unwrap(), PrepConfig::catalog());
+        assert_eq!(db.recorded_prep_config().unwrap(), None);
+        // An import that stores nothing records nothing.
+        let empty = tempfile::tempdir().unwrap();
+        db.import(
+            ImportSource::Dir(empty.path().to_path_buf()),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(squashed.clone()),
+        )
+        .unwrap();
+        assert_eq!(db.recorded_prep_config().unwrap(), None);
         db.import(
             ImportSource::Dir(src.path().to_path_buf()),
             ImportOptions::new()
@@ -227,6 +243,29 @@ fn the_first_import_stores_its_preparation_for_later_images() {
     let plain = infer(&model, &PrepConfig::catalog(), bytes1);
     assert_eq!(embedding(id1), plain);
     assert_eq!(db.prep_config().unwrap(), squashed);
+    drop(db);
+
+    // A first import without a preparation records the default, so a later
+    // explicit one does not take over.
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    db.import(
+        ImportSource::Dir(src.path().to_path_buf()),
+        ImportOptions::new().model(model.clone()),
+    )
+    .unwrap();
+    assert_eq!(
+        db.recorded_prep_config().unwrap(),
+        Some(PrepConfig::catalog())
+    );
+    db.import(
+        ImportSource::Dir(other.path().to_path_buf()),
+        ImportOptions::new()
+            .model(model.clone())
+            .prep(squashed.clone()),
+    )
+    .unwrap();
+    assert_eq!(db.prep_config().unwrap(), PrepConfig::catalog());
 }
 
 #[test]

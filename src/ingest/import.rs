@@ -340,25 +340,65 @@ impl Db {
         } else {
             self.check_model(&model)?;
         }
-        let prep = match (prep, self.stored_prep()?) {
-            (None, _) => self.prep_config()?,
-            (Some(p), None) => {
-                self.set_prep_config(&p)?;
+        // The first import into an empty database records its preparation
+        // (once it stored something); later ones default to it.
+        let stored = self.stored_prep()?;
+        let first = stored.is_none() && self.is_empty();
+        let prep = match (prep, stored) {
+            (None, stored) => stored.map_or_else(PrepConfig::catalog, |s| s.config()),
+            (Some(p), Some(stored)) if StoredPrep::of(&p) != stored => {
+                tracing::warn!(
+                    given = ?p,
+                    stored = ?stored.config(),
+                    "these images are prepared differently from the database's \
+                     (Db::prep_config); their vectors will not be comparable"
+                );
                 p
             }
-            (Some(p), Some(stored)) => {
-                if StoredPrep::of(&p) != stored {
-                    tracing::warn!(
-                        given = ?p,
-                        stored = ?stored.config(),
-                        "these images are prepared differently from the database's \
-                         (Db::prep_config); their vectors will not be comparable"
-                    );
-                }
-                p
-            }
+            (Some(p), _) => p,
         };
         let items = source.into_items()?;
+        let mut report = self.import_items(
+            items,
+            &model,
+            &prep,
+            reembed,
+            refresh,
+            workers,
+            inference,
+            batch,
+            &mut progress,
+        )?;
+        if first && report.progress.stored > 0 {
+            let _guard = self.side_write_lock();
+            if self.stored_prep()?.is_none() {
+                self.set_prep_config(&prep)?;
+            }
+        }
+        report.elapsed = started.elapsed();
+        info!(
+            stored = report.progress.stored,
+            skipped = report.progress.skipped,
+            failed = report.progress.failed,
+            secs = report.elapsed.as_secs_f64(),
+            "import finished"
+        );
+        Ok(report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn import_items(
+        &self,
+        items: Vec<ImportItem>,
+        model: &Arc<Model>,
+        prep: &PrepConfig,
+        reembed: bool,
+        refresh: bool,
+        workers: usize,
+        inference: usize,
+        batch: usize,
+        progress: &mut Option<ProgressFn<'_>>,
+    ) -> Result<ImportReport, IngestError> {
         let mut report = ImportReport::default();
         report.progress.total = items.len();
 
@@ -476,14 +516,6 @@ impl Db {
                 }
             }
         });
-        report.elapsed = started.elapsed();
-        info!(
-            stored = report.progress.stored,
-            skipped = report.progress.skipped,
-            failed = report.progress.failed,
-            secs = report.elapsed.as_secs_f64(),
-            "import finished"
-        );
         Ok(report)
     }
 
@@ -499,8 +531,16 @@ impl Db {
         };
         match &job.existing {
             Some(existing) => {
-                let stored =
-                    self.image_record(model, out, with_source(existing.clone()), job.colour);
+                let mut attrs = existing.clone();
+                // A category the old image's model output filled in (not the
+                // caller's) follows the new output.
+                if attrs.category.is_some()
+                    && attrs.category.as_deref()
+                        == attrs.extra.get(crate::ATTR_CATEGORY).map(String::as_str)
+                {
+                    attrs.category = None;
+                }
+                let stored = self.image_record(model, out, with_source(attrs), job.colour);
                 self.upsert(&job.item.id, stored.attributes, stored.vectors)?;
             }
             None => {

@@ -367,9 +367,8 @@ impl Db {
         annotate_with(&model, &self.prep_config()?, bytes, ANNOTATE_TOP_K)
     }
 
-    /// How the database's images are prepared: what [`Db::set_prep_config`]
-    /// stored (the first [`Db::import`] stores its own), otherwise
-    /// [`PrepConfig::catalog`]. [`Db::insert_image`], [`Db::annotate`],
+    /// How the database's images are prepared: the recorded preparation
+    /// ([`Db::recorded_prep_config`]), otherwise [`PrepConfig::catalog`]. [`Db::insert_image`], [`Db::annotate`],
     /// `like image` in queries and imports without an explicit
     /// [`ImportOptions::prep`] use it, so that every image of a catalog (the
     /// fpi set's squashed pixels, say) is seen the same way. The decode
@@ -390,13 +389,22 @@ impl Db {
     /// ```
     pub fn prep_config(&self) -> Result<PrepConfig, Error> {
         Ok(self
-            .stored_prep()?
-            .map_or_else(PrepConfig::catalog, |s| s.config()))
+            .recorded_prep_config()?
+            .unwrap_or_else(PrepConfig::catalog))
     }
 
-    /// Stores how the database's images are prepared (durably). Products
-    /// already stored keep the vectors of their own preparation; re-import
-    /// them to apply it.
+    /// The recorded preparation: what [`Db::set_prep_config`] stored, or
+    /// the one of the first [`Db::import`] that stored products into the
+    /// empty database. `None` for a database filled otherwise (or before
+    /// preparations were recorded).
+    pub fn recorded_prep_config(&self) -> Result<Option<PrepConfig>, Error> {
+        Ok(self.stored_prep()?.map(|s| s.config()))
+    }
+
+    /// Records how the database's images are prepared (durably), replacing
+    /// any earlier record. Products already stored keep the vectors of the
+    /// preparation they were imported with; re-import them with
+    /// [`ImportOptions::refresh`] to apply this one.
     pub fn set_prep_config(&self, prep: &PrepConfig) -> Result<(), Error> {
         self.side_keyspace::<StoredPrep>(PREP)?
             .put(PREP_KEY, &StoredPrep::of(prep))?;

@@ -136,7 +136,8 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
     let rules = db.outfit_rules()?;
     let outfits = db.outfit_count()?;
     let current = db.outfit_rules_current()?;
-    let prep = db.prep_config()?;
+    let recorded = db.recorded_prep_config()?;
+    let prep = recorded.clone().unwrap_or_default();
     Ok(json!({
         "path": db.path().display().to_string(),
         "bytes_on_disk": db.size_on_disk()?,
@@ -152,6 +153,7 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
             "products_by_model": models,
         },
         "preparation": {
+            "recorded": recorded.is_some(),
             "pixel_aspect": prep.get_pixel_aspect(),
             "crop": prep.get_crop(),
             "illumination": format!("{:?}", prep.get_illumination()),
@@ -218,14 +220,19 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
     let prep = &info["preparation"];
     writeln!(
         w,
-        "images     prepared with pixel aspect {}, crop {}, illumination {}",
+        "images     prepared with pixel aspect {}, crop {}, illumination {}{}",
         prep["pixel_aspect"],
         if prep["crop"].as_bool() == Some(true) {
             "on"
         } else {
             "off"
         },
-        prep["illumination"].as_str().unwrap_or("?")
+        prep["illumination"].as_str().unwrap_or("?"),
+        if prep["recorded"].as_bool() == Some(true) {
+            ""
+        } else {
+            " (the default; none recorded)"
+        }
     )?;
     let opened = &info["opened"];
     // What the open repaired, one line each: (field, what, what was done).
