@@ -617,7 +617,11 @@ impl Db {
         };
         if !db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty() {
             // Save the rebuilt indexes and arenas so the next open is fast.
-            db.checkpoint()?;
+            // Not saving them (a full disk) costs only that: the database is
+            // whole, and the next open rebuilds again.
+            if let Err(e) = db.checkpoint() {
+                warn!(error = %e, "cannot save the rebuilt indexes; the next open rebuilds them again");
+            }
         }
         Ok(db)
     }

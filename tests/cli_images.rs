@@ -252,7 +252,7 @@ fn import_reads_a_csv_with_attributes() {
     std::fs::write(
         &prices,
         format!(
-            "id,path,price\nsku-1,{0},abc\nsku-2,,7\n,{0},1\nsku-new,,3\n",
+            "id,path,price\n\nsku-1,{0},abc\nsku-2,,7\n,{0},1\nsku-new,,3\n",
             files[1].display()
         ),
     )
@@ -260,10 +260,10 @@ fn import_reads_a_csv_with_attributes() {
     let out = import(&prices, &["--update"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
-    assert!(failures.contains("sku-1\t") && failures.contains("line 2: bad price 'abc'"));
+    assert!(failures.contains("sku-1\t") && failures.contains("line 3: bad price 'abc'"));
     assert!(
-        failures.contains("line 4: id and path are required")
-            && failures.contains("sku-new\t\tline 5: a new product needs an image path"),
+        failures.contains("line 5: id and path are required")
+            && failures.contains("sku-new\t\tline 6: a new product needs an image path"),
         "{failures}"
     );
     let db = vitrine::Db::builder()

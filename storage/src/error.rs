@@ -59,6 +59,19 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// This process kept the store's files open after a write failed with
+    /// an I/O error (closing sled then can hang); it is locked until the
+    /// process exits.
+    #[error(
+        "{} is still held by this process after an earlier I/O error (disk full?); \
+         restart the process to open it again",
+        path.display()
+    )]
+    HeldAfterIoError {
+        /// The sled folder.
+        path: PathBuf,
+    },
+
     /// sled could not open its files: they are damaged, or not sled's.
     #[error("the sled store in {} is damaged or unreadable: {reason}", path.display())]
     StoreDamaged {

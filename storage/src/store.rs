@@ -83,15 +83,22 @@ impl IoState {
     }
 }
 
+/// sled folders whose handles this process keeps after an I/O error.
+static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 impl Drop for Store {
     fn drop(&mut self) {
         // After a failed write, sled's last handle, when dropped, waits
         // forever for its log buffers to become stable (seen on a full
-        // disk). What was acknowledged is already durable, so keep sled's
-        // handles alive instead: the process can end, and the next open
+        // disk). What was made durable stays so (with the default
+        // `Immediate` durability, everything acknowledged), so keep sled's
+        // handles alive instead: the process can end, and the next process
         // recovers from the log.
         if self.io.failed.load(Ordering::SeqCst) && !self.io.leaked.swap(true, Ordering::SeqCst) {
-            tracing::warn!(dir = %self.dir.display(), "a write failed with an I/O error; sled is not closed cleanly (the next open recovers)");
+            tracing::warn!(dir = %self.dir.display(), "a write failed with an I/O error; sled is not closed cleanly (the next process recovers)");
+            HELD.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(self.dir.join("sled"));
             std::mem::forget(self.db.clone());
         }
     }
@@ -116,6 +123,47 @@ fn sled_error(path: &Path, e: sled::Error) -> Error {
 
 /// On open, everything but I/O means sled's own files are unreadable
 /// (a damaged `conf` reads as "created by a sled older than 0.29").
+/// sled 0.34 writes its snapshot to `snap.<lsn>.generating`, then renames
+/// it; but on open it reads the newest `snap.*` file, unfinished ones
+/// included. An open that failed on a full disk leaves an empty one behind,
+/// and every later open then fails as "corrupted". Such a file (one that
+/// fails sled's own length and CRC check) holds nothing: it is moved out of
+/// sled's folder, to `<dir>/sled-snap.<lsn>.generating.unfinished`.
+fn set_aside_unfinished_snapshots(dir: &Path, sled_dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(sled_dir) else {
+        return Ok(()); // a new store
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with("snap.") && name.ends_with(".generating")) {
+            continue;
+        }
+        let path = entry.path();
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let valid = bytes.len() > 12 && {
+            let (body, tail) = bytes.split_at(bytes.len() - 12);
+            let crc = u32::from_le_bytes([tail[8], tail[9], tail[10], tail[11]]);
+            crc32fast::hash(body) == crc
+        };
+        if valid {
+            continue;
+        }
+        let aside = dir.join(format!("sled-{name}.unfinished"));
+        std::fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+        tracing::warn!(file = %path.display(), moved_to = %aside.display(), "set aside an unfinished sled snapshot");
+    }
+    Ok(())
+}
+
+/// Whether this process keeps the sled folder's handles after an I/O error.
+fn held(sled_dir: &Path) -> bool {
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|p| p == sled_dir)
+}
+
 fn sled_open_error(path: &Path, e: sled::Error) -> Error {
     match e {
         // sled 0.34 reports a busy lock only through this message.
@@ -152,6 +200,10 @@ impl Store {
             .path(&sled_dir)
             .cache_capacity(opts.cache_capacity_bytes)
             .flush_every_ms(flush_every_ms);
+        if held(&sled_dir) {
+            return Err(Error::HeldAfterIoError { path: sled_dir });
+        }
+        set_aside_unfinished_snapshots(dir, &sled_dir)?;
         let db = open_with_lock_retry(&config).map_err(|e| sled_open_error(&sled_dir, e))?;
         check_format(&db).map_err(|e| match e {
             Error::Sled(e) => sled_error(&sled_dir, e),

@@ -123,6 +123,35 @@ fn records_persist_across_reopen() {
 }
 
 #[test]
+fn an_unfinished_sled_snapshot_is_set_aside() {
+    // An open that fails on a full disk can leave sled an empty
+    // `snap.<lsn>.generating`, which sled 0.34 would then read, and refuse.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (_store, ks) = open(tmp.path());
+        for i in 0..20 {
+            ks.put(&key(i), &product(i)).unwrap();
+        }
+    }
+    let sled = tmp.path().join("sled");
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    std::fs::write(sled.join("snap.7FFFFFFFFFFFFFFF.generating"), b"").unwrap();
+    let (_store, ks) = open(tmp.path());
+    for i in 0..20 {
+        assert_eq!(ks.get(&key(i)).unwrap(), Some(product(i)));
+    }
+    assert!(!names(&sled).iter().any(|n| n.contains("7FFFFFFFFFFFFFFF")));
+    assert!(
+        names(tmp.path()).contains(&"sled-snap.7FFFFFFFFFFFFFFF.generating.unfinished".to_string())
+    );
+}
+
+#[test]
 fn batch_applies_atomically_and_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let (_store, ks) = open(tmp.path());

@@ -87,6 +87,12 @@ impl PrepArgs {
 
 /// Reads a CSV file: the header and the rows (blank lines skipped).
 pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+    let (header, rows) = read_csv_lines(path)?;
+    Ok((header, rows.into_iter().map(|(_, r)| r).collect()))
+}
+
+/// [`read_csv`], each row with its line number in the file.
+fn read_csv_lines(path: &Path) -> anyhow::Result<(Vec<String>, Vec<(usize, Vec<String>)>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
@@ -102,15 +108,21 @@ pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> 
     let mut lines = text
         .lines()
         .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.trim().is_empty());
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let header = match lines.next() {
-        Some(h) => vitrine::split_csv_line(h)
+        Some((_, h)) => vitrine::split_csv_line(h)
             .into_iter()
             .map(|s| s.trim().to_string())
             .collect(),
         None => bail!("{} is empty", path.display()),
     };
-    Ok((header, lines.map(vitrine::split_csv_line).collect()))
+    Ok((
+        header,
+        lines
+            .map(|(i, l)| (i + 1, vitrine::split_csv_line(l)))
+            .collect(),
+    ))
 }
 
 /// One attribute cell of a product CSV (empty cells give none).
@@ -180,7 +192,7 @@ pub struct CsvRead {
 /// and the rest read on. An empty path is allowed with `update` (it is
 /// needed only for products not stored yet).
 pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
-    let (header, rows) = read_csv(path)?;
+    let (header, rows) = read_csv_lines(path)?;
     if header.len() < 2 {
         let hint = if header.first().is_some_and(|h| h.contains(';')) {
             " (the file looks separated by ';'; Vitrine reads comma-separated CSV)"
@@ -204,7 +216,7 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
         rows: Vec::with_capacity(rows.len()),
         bad: Vec::new(),
     };
-    for (n, row) in rows.into_iter().enumerate() {
+    for (line, row) in rows {
         let cell = |i: usize| row.get(i).map_or("", |c| c.trim());
         let shown = |i: usize| cell(i).replace(['\t', '\n', '\r'], " ");
         match csv_cells(&header, &row) {
@@ -212,7 +224,7 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
                 out.rows.push(CsvRow {
                     id: cell(0).to_string(),
                     path: (!cell(1).is_empty()).then(|| base.join(cell(1))),
-                    line: n + 2,
+                    line,
                     cells,
                 })
             }
@@ -220,13 +232,13 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
                 "{}\t{}\tline {}: id and path are required",
                 shown(0),
                 shown(1),
-                n + 2
+                line
             )),
             Err(reason) => out.bad.push(format!(
                 "{}\t{}\tline {}: {}",
                 shown(0),
                 shown(1),
-                n + 2,
+                line,
                 reason.replace(['\t', '\n', '\r'], " ")
             )),
         }
@@ -320,6 +332,36 @@ pub fn failure_line(f: &vitrine::ImportFailure) -> String {
         clean(f.path.display().to_string()),
         clean(f.error.to_string())
     )
+}
+
+/// Writes the failure report whole or not at all (a temporary file, then a
+/// rename), so a full disk cannot leave an empty report that reads as "no
+/// failures".
+fn write_report(path: &Path, lines: &[String]) -> anyhow::Result<()> {
+    if path.exists() && !path.is_file() {
+        // A device or pipe (`--report /dev/stderr`): written in place.
+        let mut out = std::fs::OpenOptions::new().write(true).open(path)?;
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    let name = path
+        .file_name()
+        .map_or("report".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::from(e)
+    })
 }
 
 /// Prints the summary of an import.
@@ -436,17 +478,22 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let report_path = args
         .report
         .unwrap_or_else(|| args.db.join("import-failures.tsv"));
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&report_path)
-            .with_context(|| format!("cannot write {}", report_path.display()))?,
-    );
-    for f in &report.failures {
-        writeln!(out, "{}", failure_line(f))?;
+    let lines: Vec<String> = report
+        .failures
+        .iter()
+        .map(failure_line)
+        .chain(update_failures.iter().cloned())
+        .collect();
+    if let Err(e) = write_report(&report_path, &lines) {
+        // The old report stays whole; the failures still reach the user.
+        for line in &lines {
+            eprintln!("failed: {line}");
+        }
+        return Err(e.context(format!(
+            "cannot write the failure report {}",
+            report_path.display()
+        )));
     }
-    for line in &update_failures {
-        writeln!(out, "{line}")?;
-    }
-    out.flush()?;
     if !report.failures.is_empty() || !update_failures.is_empty() {
         println!("failures written to {}", report_path.display());
     }

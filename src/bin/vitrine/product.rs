@@ -55,9 +55,9 @@ pub fn run(args: ProductArgs) -> anyhow::Result<()> {
     crate::existing_db(&args.db)?;
     let db = Db::open(&args.db)
         .with_context(|| format!("cannot open the database {}", args.db.display()))?;
-    execute(&db, args.what, args.json)?;
-    db.close()?;
-    Ok(())
+    // Dropping the database saves its indexes; a failure to (a full disk)
+    // is logged, and the change made is stored either way.
+    execute(&db, args.what, args.json)
 }
 
 /// Attributes written by the engine; `set` leaves them alone.
