@@ -616,18 +616,29 @@ fn decodes_grey_16_bit_alpha_and_webp() {
     );
     let la16 =
         DynamicImage::ImageLumaA16(ImageBuffer::from_pixel(w, h, LumaA([0x4D4Du16, 0x8000])));
+    // Half transparent: 77 · 128/255 + 255 · 127/255, onto white.
     assert_uniform(
         &encode(&la16, ImageFormat::Png),
-        [77.0; 3],
+        [166.0; 3],
         "grey+alpha 16-bit PNG",
     );
 
-    // Alpha is dropped, not composited (as PIL's convert("RGB")).
+    // Transparency is composited onto white, whatever the hidden colour.
     let rgba = DynamicImage::ImageRgba8(ImageBuffer::from_pixel(w, h, Rgba([10u8, 120, 230, 0])));
+    assert_uniform(&encode(&rgba, ImageFormat::Png), [255.0; 3], "RGBA PNG");
+    let half = DynamicImage::ImageRgba8(ImageBuffer::from_pixel(w, h, Rgba([0u8, 100, 200, 128])));
+    // c · 128/255 + 255 · 127/255, rounded.
     assert_uniform(
-        &encode(&rgba, ImageFormat::Png),
+        &encode(&half, ImageFormat::Png),
+        [127.0, 177.0, 227.0],
+        "half-transparent PNG",
+    );
+    let opaque =
+        DynamicImage::ImageRgba8(ImageBuffer::from_pixel(w, h, Rgba([10u8, 120, 230, 255])));
+    assert_uniform(
+        &encode(&opaque, ImageFormat::Png),
         [10.0, 120.0, 230.0],
-        "RGBA PNG",
+        "opaque RGBA PNG",
     );
 
     // WebP (the image crate encodes lossless WebP), RGB and RGBA.
@@ -638,9 +649,14 @@ fn decodes_grey_16_bit_alpha_and_webp() {
         "WebP",
     );
     assert_uniform(
-        &encode(&rgba, ImageFormat::WebP),
+        &encode(&opaque, ImageFormat::WebP),
         [10.0, 120.0, 230.0],
         "RGBA WebP",
+    );
+    assert_uniform(
+        &encode(&rgba, ImageFormat::WebP),
+        [255.0; 3],
+        "transparent WebP",
     );
 
     // BMP and TIFF are lossless; GIF is palette-quantised, and one colour

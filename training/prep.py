@@ -42,10 +42,19 @@ def decode_rgb(path_or_bytes) -> np.ndarray:
     run on the *decoded* u8 arrays (see PREP.md)."""
     from PIL import Image
     import io
+    from PIL import ImageOps
     if isinstance(path_or_bytes, (bytes, bytearray)):
         im = Image.open(io.BytesIO(path_or_bytes))
     else:
         im = Image.open(path_or_bytes)
+    # Upright as the EXIF orientation says; transparency onto white (the
+    # catalog background). The training images have neither.
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint32)
+        a = rgba[..., 3:4]
+        rgb = (rgba[..., :3] * a + 255 * (255 - a) + 127) // 255
+        return rgb.astype(np.uint8)
     im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8)
 

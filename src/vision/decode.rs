@@ -170,9 +170,10 @@ fn map_error(e: image::ImageError, limits: DecodeLimits, dims: (u32, u32)) -> Im
 }
 
 /// Decodes JPEG, PNG, WebP, GIF (first frame), BMP or TIFF (first page)
-/// bytes to RGB u8 (alpha dropped, grey expanded, 16-bit scaled to 8-bit),
-/// turned upright as the EXIF orientation says, so the model sees what a
-/// viewer shows. (No image of the training data carries an orientation.)
+/// bytes to RGB u8 (grey expanded, 16-bit scaled to 8-bit, transparency
+/// composited onto white, the catalog background), turned upright as the
+/// EXIF orientation says, so the model sees what a viewer shows. (No image
+/// of the training data has an alpha channel or an orientation.)
 pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
@@ -230,7 +231,11 @@ pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage,
     let image =
         DynamicImage::from_decoder(decoder).map_err(|e| map_error(e, limits, (width, height)))?;
     tracing::trace!(?format, width, height, color = ?image.color(), "decoded image");
-    let mut rgb = DynamicImage::ImageRgb8(image.into_rgb8());
+    let mut rgb = DynamicImage::ImageRgb8(if image.color().has_alpha() {
+        on_white(&image.into_rgba8())
+    } else {
+        image.into_rgb8()
+    });
     if rgb.width() != width || rgb.height() != height {
         return Err(ImageError::Decode {
             reason: format!(
@@ -242,6 +247,18 @@ pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage,
     }
     rgb.apply_orientation(orientation);
     Ok(rgb.into_rgb8())
+}
+
+/// Composites `rgba` onto white: a cut-out product on a transparent
+/// background looks as it would in the catalog, whatever colour the hidden
+/// pixels under the transparency have.
+fn on_white(rgba: &image::RgbaImage) -> RgbImage {
+    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let a = u32::from(p[3]);
+        let blend = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        image::Rgb([blend(p[0]), blend(p[1]), blend(p[2])])
+    })
 }
 
 /// Walks the JPEG marker segments (and the entropy-coded data of each scan)
