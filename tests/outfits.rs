@@ -674,6 +674,37 @@ fn outfits_and_rules_survive_a_reopen() {
     assert_eq!(db.outfit_settings().unwrap(), settings);
 }
 
+#[test]
+fn a_deleted_product_leaves_the_other_templates_plannable() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((subset, model)) = small_db(dir.path()) else {
+        return;
+    };
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    for (id, ps) in &subset.outfits {
+        db.store_outfit(id, ps).unwrap();
+    }
+    let ids: Vec<&String> = subset.outfits.keys().collect();
+    let (broken, gone) = (ids[0], &subset.outfits[ids[0]][0]);
+    assert!(!subset.outfits[ids[1]].contains(gone));
+    assert!(db.delete(gone).unwrap());
+    let plan = db
+        .cover(&ids, &CoverOptions::new().outfits_per_template(2))
+        .unwrap();
+    assert_eq!(plan.skipped, vec![(broken.clone(), gone.clone())]);
+    // The same plan as the other template's alone.
+    let alone = db
+        .cover(&ids[1..], &CoverOptions::new().outfits_per_template(2))
+        .unwrap();
+    assert!(alone.skipped.is_empty());
+    assert_eq!(plan.outfits, alone.outfits);
+    // The broken template itself says which product is missing.
+    match db.substitute(broken, 3) {
+        Err(OutfitError::UnknownProduct { product, .. }) => assert_eq!(&product, gone),
+        other => panic!("{other:?}"),
+    }
+}
+
 const CHILD_ENV: &str = "VITRINE_OUTFITS_KILL_CHILD";
 
 #[test]

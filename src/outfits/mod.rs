@@ -68,7 +68,10 @@ pub const MAX_OUTFIT_ID_LEN: usize = 1024;
 #[non_exhaustive]
 pub enum OutfitError {
     /// An outfit names a product the database does not hold.
-    #[error("outfit '{outfit}' refers to unknown product '{product}'")]
+    #[error(
+        "outfit '{outfit}' refers to unknown product '{product}' (not in the catalog: \
+         never imported, or deleted since)"
+    )]
     UnknownProduct {
         /// The outfit.
         outfit: String,

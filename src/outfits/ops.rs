@@ -206,6 +206,9 @@ pub struct CoverPlan {
     pub baseline_fraction: f64,
     /// Milliseconds the planning took (without the baseline).
     pub elapsed_ms: u64,
+    /// Templates left out because a product they name is no longer in the
+    /// catalog (deleted since), with that product.
+    pub skipped: Vec<(String, String)>,
 }
 
 /// One candidate of a substitution.
@@ -717,12 +720,24 @@ impl OutfitEngine<'_> {
         let cat = &self.cat;
         // A template named twice is planned once.
         let mut seen = std::collections::HashSet::new();
-        let mut exps = templates
+        let mut exps = Vec::new();
+        // A template naming a deleted product cannot be planned; the others
+        // still are.
+        let mut skipped = Vec::new();
+        for t in templates
             .iter()
             .map(AsRef::as_ref)
             .filter(|t| seen.insert(*t))
-            .map(|t| self.expander(t, &options.expand))
-            .collect::<OutfitResult<Vec<_>>>()?;
+        {
+            match self.expander(t, &options.expand) {
+                Ok(ex) => exps.push(ex),
+                Err(OutfitError::UnknownProduct { outfit, product }) => {
+                    tracing::warn!(%outfit, %product, "template skipped: it names a product no longer in the catalog");
+                    skipped.push((outfit, product));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let mut covered = vec![false; cat.len()];
         let mut outfits = Vec::new();
         let mut per_template = vec![0usize; exps.len()];
@@ -782,6 +797,7 @@ impl OutfitEngine<'_> {
             baseline_covered,
             baseline_fraction: frac(baseline_covered),
             elapsed_ms,
+            skipped,
         })
     }
 }

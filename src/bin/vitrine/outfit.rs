@@ -422,6 +422,11 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
                     plan.baseline_covered,
                     plan.baseline_fraction * 100.0
                 );
+                for (outfit, product) in &plan.skipped {
+                    println!(
+                        "skipped template {outfit}: product {product} is no longer in the catalog"
+                    );
+                }
             }
         }
         OutfitCommand::Complete {
