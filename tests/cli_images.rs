@@ -851,3 +851,32 @@ fn product_get_set_and_delete() {
     // The category the model gave the old photo follows the new one.
     assert_eq!(get(a)["category"], get(b)["category"]);
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_file_name_that_is_not_utf8_fails_as_an_item() {
+    use std::os::unix::ffi::OsStrExt;
+    if !have_model("a_file_name_that_is_not_utf8_fails_as_an_item") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = copy_samples(dir.path(), 2);
+    let first = sample_images(1).remove(0);
+    let odd = src.join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
+    std::fs::copy(&first, &odd).unwrap();
+    let db = dir.path().join("db");
+    let out = vitrine(&[
+        "import",
+        src.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("3 items: 2 imported, 0 skipped (already present), 1 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let report = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
+    assert!(report.contains("not UTF-8"), "{report}");
+}

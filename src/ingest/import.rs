@@ -32,10 +32,10 @@ pub struct ImportItem {
 #[derive(Clone, Debug)]
 pub enum ImportSource {
     /// Every `.jpg`, `.jpeg`, `.png`, `.webp`, `.gif`, `.bmp`, `.tif` and
-    /// `.tiff` file directly in the folder (not in subfolders, not hidden,
-    /// with a UTF-8 name), in name order; the id is the file stem, the
-    /// attributes are empty. An entry with such a name that is not a
-    /// regular file fails as an item, with its reason.
+    /// `.tiff` file directly in the folder (not in subfolders, not hidden),
+    /// in name order; the id is the file stem, the attributes are empty.
+    /// An entry with such a name that is not a regular file, or whose name
+    /// is not UTF-8, fails as an item, with its reason.
     Dir(PathBuf),
     /// An explicit list.
     Items(Vec<ImportItem>),
@@ -46,19 +46,21 @@ impl ImportSource {
     pub fn items(&self) -> Result<Vec<ImportItem>, IngestError> {
         match self {
             ImportSource::Items(items) => Ok(items.clone()),
-            ImportSource::Dir(dir) => list_dir(dir),
+            ImportSource::Dir(dir) => Ok(list_dir(dir)?.0),
         }
     }
 
-    fn into_items(self) -> Result<Vec<ImportItem>, IngestError> {
+    /// The items, and the folder's files that cannot be items (their
+    /// names are not UTF-8).
+    fn into_items(self) -> Result<(Vec<ImportItem>, Vec<PathBuf>), IngestError> {
         match self {
-            ImportSource::Items(items) => Ok(items),
+            ImportSource::Items(items) => Ok((items, Vec::new())),
             ImportSource::Dir(dir) => list_dir(&dir),
         }
     }
 }
 
-fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
+fn list_dir(dir: &Path) -> Result<(Vec<ImportItem>, Vec<PathBuf>), IngestError> {
     let io = |source| IngestError::Io {
         path: dir.to_path_buf(),
         source,
@@ -77,7 +79,7 @@ fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
         if entry.file_name().to_str().is_none() {
             // A lossy id would not name the file, and two names could
             // collapse into one id.
-            not_utf8.push(name.into_owned());
+            not_utf8.push(path);
             continue;
         }
         let ext = path
@@ -100,16 +102,7 @@ fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
         });
     }
     items.sort_by(|a, b| a.path.cmp(&b.path));
-    if !not_utf8.is_empty() {
-        not_utf8.sort();
-        tracing::warn!(
-            dir = %dir.display(),
-            count = not_utf8.len(),
-            first = ?&not_utf8[..not_utf8.len().min(3)],
-            "entries ignored: file names that are not UTF-8 cannot be product ids \
-             (rename them, or import a CSV that gives the ids)"
-        );
-    }
+    not_utf8.sort();
     if !ignored.is_empty() {
         ignored.sort();
         tracing::warn!(
@@ -120,7 +113,7 @@ fn list_dir(dir: &Path) -> Result<Vec<ImportItem>, IngestError> {
             IMAGE_EXTENSIONS.join("/")
         );
     }
-    Ok(items)
+    Ok((items, not_utf8))
 }
 
 /// Where an import stands; passed to the progress callback after every item.
@@ -357,7 +350,7 @@ impl Db {
             }
             (Some(p), _) => p,
         };
-        let items = source.into_items()?;
+        let (items, not_utf8) = source.into_items()?;
         let mut report = self.import_items(
             items,
             &model,
@@ -369,6 +362,17 @@ impl Db {
             batch,
             &mut progress,
         )?;
+        report.progress.total += not_utf8.len();
+        report.progress.failed += not_utf8.len();
+        for path in not_utf8 {
+            report.failures.push(ImportFailure {
+                id: path
+                    .file_stem()
+                    .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+                error: IngestError::FileName { path: path.clone() },
+                path,
+            });
+        }
         if first && report.progress.stored > 0 {
             let _guard = self.side_write_lock();
             if self.stored_prep()?.is_none() {
@@ -664,7 +668,8 @@ mod tests {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
         std::fs::create_dir(dir.path().join("sub.jpg")).unwrap();
-        #[cfg(unix)]
+        // Linux file systems take any bytes; macOS's refuse this name.
+        #[cfg(target_os = "linux")]
         {
             use std::os::unix::ffi::OsStrExt;
             let name = std::ffi::OsStr::from_bytes(b"caf\xe9.jpg");

@@ -114,6 +114,17 @@ pub enum IngestError {
         /// The id.
         id: String,
     },
+    /// A folder import met a file whose name is not UTF-8, so it cannot be
+    /// a product id.
+    #[error(
+        "{}: the file name is not UTF-8 text and cannot be a product id \
+         (rename it, or import a CSV that gives its id)",
+        path.display()
+    )]
+    FileName {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// The model outputs stored with a product, read back from its attributes.
