@@ -340,11 +340,17 @@ impl Db {
         let prep = match (prep, stored) {
             (None, stored) => stored.map_or_else(PrepConfig::catalog, |s| s.config()),
             (Some(p), Some(stored)) if StoredPrep::of(&p) != stored => {
+                let stored = stored.config();
                 tracing::warn!(
-                    given = ?p,
-                    stored = ?stored.config(),
-                    "these images are prepared differently from the database's \
-                     (Db::prep_config); their vectors will not be comparable"
+                    "these images are prepared with pixel aspect {}, crop {}, illumination {:?}, \
+                     but the database's are with {}, {}, {:?} (Db::prep_config): \
+                     their vectors will not be comparable",
+                    p.get_pixel_aspect(),
+                    p.get_crop(),
+                    p.get_illumination(),
+                    stored.get_pixel_aspect(),
+                    stored.get_crop(),
+                    stored.get_illumination()
                 );
                 p
             }

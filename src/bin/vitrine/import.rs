@@ -91,8 +91,11 @@ pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> 
     Ok((header, rows.into_iter().map(|(_, r)| r).collect()))
 }
 
+/// A CSV row with its line number in the file.
+type NumberedRow = (usize, Vec<String>);
+
 /// [`read_csv`], each row with its line number in the file.
-fn read_csv_lines(path: &Path) -> anyhow::Result<(Vec<String>, Vec<(usize, Vec<String>)>)> {
+fn read_csv_lines(path: &Path) -> anyhow::Result<(Vec<String>, Vec<NumberedRow>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,

@@ -244,6 +244,9 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
             let all = db.outfits()?;
             if json {
                 print_json(&all.iter().take(limit).collect::<Vec<_>>())?;
+                if all.len() > limit {
+                    eprintln!("(the first {limit} of {}; --limit N shows more)", all.len());
+                }
             } else {
                 println!("{} outfits", all.len());
                 for o in all.iter().take(limit) {

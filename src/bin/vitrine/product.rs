@@ -33,7 +33,8 @@ pub enum ProductCommand {
     },
     /// Changes attributes in place (vectors kept): `price=19.9`,
     /// `in_stock=false`, `category=Shirts`, `brand=Acme`, any other
-    /// `key=value`; `key=` with nothing after it removes the attribute.
+    /// `key=value`; `key=` with nothing after it removes the attribute
+    /// (`in_stock` always has a value).
     Set {
         /// Product id.
         id: String,
@@ -99,9 +100,18 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                     continue;
                 }
                 let a = &p.attributes;
-                println!("{}", p.id);
-                println!("  category   {}", a.category.as_deref().unwrap_or("-"));
-                println!("  brand      {}", a.brand.as_deref().unwrap_or("-"));
+                // Values are the user's: no control characters to the terminal.
+                let shown = |v: &str| {
+                    v.chars()
+                        .map(|c| if c.is_control() { '?' } else { c })
+                        .collect::<String>()
+                };
+                println!("{}", shown(&p.id));
+                println!(
+                    "  category   {}",
+                    shown(a.category.as_deref().unwrap_or("-"))
+                );
+                println!("  brand      {}", shown(a.brand.as_deref().unwrap_or("-")));
                 println!(
                     "  price      {}",
                     a.price.map_or("-".to_string(), |x| x.to_string())
@@ -109,7 +119,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                 println!("  in stock   {}", if a.in_stock { "yes" } else { "no" });
                 for (k, v) in &a.extra {
                     if !LONG.contains(&k.as_str()) {
-                        println!("  {k:<10} {v}");
+                        println!("  {:<10} {}", shown(k), shown(v));
                     }
                 }
                 let dims: Vec<String> = vectors
@@ -130,7 +140,10 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                         .split_once('=')
                         .with_context(|| format!("'{pair}': use key=value"))?;
                     let k = k.trim();
-                    if k.is_empty() || k.starts_with(ENGINE_PREFIX) {
+                    if k.is_empty() {
+                        bail!("'{pair}': the key is empty");
+                    }
+                    if k.starts_with(ENGINE_PREFIX) {
                         bail!("'{k}' cannot be set (keys starting with '{ENGINE_PREFIX}' are the engine's)");
                     }
                     Ok((k.to_string(), v.trim().to_string()))
@@ -178,8 +191,8 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets (or with an empty value, removes) one attribute, as a product CSV
-/// cell would.
+/// Sets one attribute, with the product CSV's rules for values; an empty
+/// value removes it (where a CSV's empty cell leaves it as it is).
 fn apply(a: &mut Attributes, key: &str, value: &str) -> anyhow::Result<()> {
     let some = (!value.is_empty()).then(|| value.to_string());
     match key {
