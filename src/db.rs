@@ -818,6 +818,15 @@ impl Db {
         }))
     }
 
+    /// How many products pass `filter` (from memory, no storage reads).
+    pub fn count_matching(&self, filter: &Filter) -> usize {
+        read(&self.catalog)
+            .by_doc
+            .values()
+            .filter(|e| filter.matches(&e.id, &e.attrs))
+            .count()
+    }
+
     /// Ids of all products, sorted.
     pub fn ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = read(&self.catalog).by_id.keys().cloned().collect();

@@ -111,6 +111,7 @@ fn filters_match_brute_force() {
             .map(|id| (cosine(&q, &vector_for(&id, DIM)), id))
             .collect();
         expected.sort_by(|a, b| b.0.total_cmp(&a.0));
+        assert_eq!(db.count_matching(f), expected.len(), "filter {fi}");
         let res = db
             .search(
                 &Search::new(SimilarTo::Vector(&q), 10)

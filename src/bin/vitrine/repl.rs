@@ -323,28 +323,15 @@ impl Session {
         if filter.is_empty() {
             return String::new();
         }
-        let ids = self.db.ids();
-        let passing = ids
-            .iter()
-            .filter(|id| {
-                self.db
-                    .get(id)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|p| filter.matches(id, &p.attributes))
-            })
-            .count();
+        let passing = self.db.count_matching(filter);
+        let all = self.db.len();
         if passing == 0 {
             format!(
-                ": none of the {} products passes the where conditions \
-                 (attribute values are compared exactly, case included)",
-                ids.len()
+                ": none of the {all} products passes the where conditions \
+                 (attribute values are compared exactly, case included)"
             )
         } else {
-            format!(
-                ": {passing} of {} products pass the where conditions",
-                ids.len()
-            )
+            format!(": {passing} of {all} products pass the where conditions")
         }
     }
 
