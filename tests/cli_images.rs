@@ -775,6 +775,9 @@ fn product_get_set_and_delete() {
         assert!(out.status.success(), "stderr: {}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
+    // An id given twice is one product.
+    let twice = vitrine(&["product", "--db", db_s, "get", &ids[0], &ids[0], "--json"]);
+    assert_eq!(text(&twice.stdout).lines().count(), 1);
     let before = get(&ids[0]);
     assert_eq!(before["vector_dims"]["embedding"], 128);
     assert!(before["attributes"][vitrine::ATTR_MODEL].is_string());

@@ -325,8 +325,9 @@ pub enum ConceptError {
     /// [`MAX_WEIGHT`], concept affinities from -[`MAX_WEIGHT`] to
     /// [`MAX_WEIGHT`].
     #[error(
-        "invalid weight {value} for '{what}': weights are from 0 to 1000 \
-         (concept affinities from -1000 to 1000)"
+        "invalid weight {value} for '{what}': weights are from 0 to {max} \
+         (concept affinities from -{max} to {max})",
+        max = MAX_WEIGHT
     )]
     InvalidWeight {
         /// What it was for.

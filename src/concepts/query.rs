@@ -57,11 +57,12 @@ pub struct QueryError {
 }
 
 /// User text as it may appear in a message: control characters escaped
-/// (a query must not drive the terminal), at most 120 characters.
+/// (a query must not drive the terminal), at most 1,000 characters (the
+/// vocabulary lists of hints fit; a pasted megabyte does not).
 fn printable(s: &str) -> String {
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i == 120 {
+        if i == 1000 {
             out.push('…');
             break;
         }
@@ -100,7 +101,7 @@ impl QueryError {
             .map(|c| if c.is_control() { '?' } else { c })
             .collect();
         let start = self.column.saturating_sub(AROUND);
-        let end = (self.column + AROUND).min(chars.len());
+        let end = self.column.saturating_add(AROUND).min(chars.len());
         let mut shown: String = chars[start.min(end)..end].iter().collect();
         let mut caret = self.column - start;
         if start > 0 {

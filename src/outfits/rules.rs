@@ -214,6 +214,26 @@ impl PartialEq for OutfitRules {
 /// used in outfits). At 1,024 the category tables take 8 MiB.
 pub(crate) const MAX_RULE_CATEGORIES: usize = 1024;
 
+/// Which catalog categories (by their uses in outfits) get category rules:
+/// the used ones, at most `max`, the most used first (ties: catalog order).
+fn rule_categories(uses: &[usize], max: usize) -> Vec<bool> {
+    let mut used: Vec<usize> = (0..uses.len()).filter(|&c| uses[c] > 0).collect();
+    if used.len() > max {
+        tracing::warn!(
+            used_categories = used.len(),
+            kept = max,
+            "outfits use more categories than the rules keep; the least used get no category rules"
+        );
+        used.sort_by_key(|&c| (std::cmp::Reverse(uses[c]), c));
+        used.truncate(max);
+    }
+    let mut keep = vec![false; uses.len()];
+    for c in used {
+        keep[c] = true;
+    }
+    keep
+}
+
 /// Learns the rules of `outfits` over the products of `cat`. Slots whose
 /// product is gone from the catalog are skipped.
 pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
@@ -246,20 +266,7 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
             *u += 1;
         }
     }
-    let mut in_outfits: Vec<bool> = uses.iter().map(|&u| u > 0).collect();
-    let used_categories = in_outfits.iter().filter(|&&u| u).count();
-    if used_categories > MAX_RULE_CATEGORIES {
-        let mut by_use: Vec<usize> = (0..uses.len()).filter(|&c| uses[c] > 0).collect();
-        by_use.sort_by_key(|&c| (std::cmp::Reverse(uses[c]), c));
-        for &c in &by_use[MAX_RULE_CATEGORIES..] {
-            in_outfits[c] = false;
-        }
-        tracing::warn!(
-            used_categories,
-            kept = MAX_RULE_CATEGORIES,
-            "outfits use more categories than the rules keep; the least used get no category rules"
-        );
-    }
+    let in_outfits = rule_categories(&uses, MAX_RULE_CATEGORIES);
     let mut rule_category = vec![NO_CATEGORY; cat.categories.len()];
     let mut categories = Vec::new();
     for (c, name) in cat.categories.iter().enumerate() {
@@ -623,5 +630,29 @@ impl OutfitRules {
             return None;
         }
         Some((with_solid / with_any) / (solid_total / total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_categories_keep_the_most_used_up_to_the_cap() {
+        assert_eq!(
+            rule_categories(&[0, 3, 1, 2], 10),
+            [false, true, true, true]
+        );
+        // Over the cap: the least used go; a tie keeps catalog order.
+        assert_eq!(
+            rule_categories(&[0, 3, 1, 2, 1], 3),
+            [false, true, true, true, false]
+        );
+        let many: Vec<usize> = (0..MAX_RULE_CATEGORIES + 5).map(|c| c % 7 + 1).collect();
+        let keep = rule_categories(&many, MAX_RULE_CATEGORIES);
+        assert_eq!(keep.iter().filter(|&&k| k).count(), MAX_RULE_CATEGORIES);
+        let dropped_max = (0..many.len()).filter(|&c| !keep[c]).map(|c| many[c]).max();
+        let kept_min = (0..many.len()).filter(|&c| keep[c]).map(|c| many[c]).min();
+        assert!(dropped_max <= kept_min);
     }
 }

@@ -66,20 +66,25 @@ pub struct Store {
     io: Arc<IoState>,
 }
 
-/// Whether a write or flush of this store failed with an I/O error (disk
-/// full, read-only file system), shared by the store and its keyspaces.
-#[derive(Default)]
+/// sled's folder, and whether a write or flush of this store failed with
+/// an I/O error (disk full, read-only file system); shared by the store and
+/// its keyspaces.
 struct IoState {
+    sled_dir: PathBuf,
     failed: AtomicBool,
     leaked: AtomicBool,
 }
 
 impl IoState {
-    fn note<T>(&self, r: sled::Result<T>) -> sled::Result<T> {
-        if let Err(sled::Error::Io(_)) = &r {
-            self.failed.store(true, Ordering::SeqCst);
-        }
-        r
+    /// sled's result as ours: an I/O error names sled's folder and marks
+    /// the store (see [`Store::io_failed`]).
+    fn check<T>(&self, r: sled::Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            if let sled::Error::Io(_) = &e {
+                self.failed.store(true, Ordering::SeqCst);
+            }
+            sled_error(&self.sled_dir, e)
+        })
     }
 }
 
@@ -98,7 +103,7 @@ impl Drop for Store {
             tracing::warn!(dir = %self.dir.display(), "a write failed with an I/O error; sled is not closed cleanly (the next process recovers)");
             HELD.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(self.dir.join("sled"));
+                .push(self.io.sled_dir.clone());
             std::mem::forget(self.db.clone());
         }
     }
@@ -116,8 +121,23 @@ impl fmt::Debug for Store {
 /// Attaches the path to sled I/O errors so they name the file.
 fn sled_error(path: &Path, e: sled::Error) -> Error {
     match e {
-        sled::Error::Io(source) => Error::io(path, source),
+        sled::Error::Io(source) => Error::io(path, readable(source)),
         other => Error::Sled(other),
+    }
+}
+
+/// sled hands out copies of a stored error by formatting the original
+/// with `{:?}` (`Os { code: 28, kind: StorageFull, … }`); this turns such a
+/// copy back into the OS error it describes.
+fn readable(e: std::io::Error) -> std::io::Error {
+    let code = e
+        .to_string()
+        .strip_prefix("Os { code: ")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|c| c.trim().parse::<i32>().ok());
+    match code {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => e,
     }
 }
 
@@ -214,7 +234,11 @@ impl Store {
             db,
             dir: Arc::new(dir.to_path_buf()),
             durability: opts.durability,
-            io: Arc::default(),
+            io: Arc::new(IoState {
+                sled_dir: sled_dir.clone(),
+                failed: AtomicBool::new(false),
+                leaked: AtomicBool::new(false),
+            }),
         })
     }
 
@@ -244,16 +268,12 @@ impl Store {
                 "keyspace name {name:?} is reserved by sled"
             )));
         }
-        let tree = self
-            .io
-            .note(self.db.open_tree(name))
-            .map_err(|e| self.error(e))?;
+        let tree = self.io.check(self.db.open_tree(name))?;
         Ok(Keyspace {
             tree,
             name: Arc::from(name),
             durability: self.durability,
             io: Arc::clone(&self.io),
-            dir: Arc::clone(&self.dir),
             _marker: PhantomData,
         })
     }
@@ -266,12 +286,8 @@ impl Store {
 
     /// Flushes and fsyncs everything written so far.
     pub fn flush(&self) -> Result<()> {
-        self.io.note(self.db.flush()).map_err(|e| self.error(e))?;
+        self.io.check(self.db.flush())?;
         Ok(())
-    }
-
-    fn error(&self, e: sled::Error) -> Error {
-        sled_error(&self.dir.join("sled"), e)
     }
 
     /// Bytes used by sled's files.
@@ -339,7 +355,6 @@ pub struct Keyspace<T> {
     name: Arc<str>,
     durability: Durability,
     io: Arc<IoState>,
-    dir: Arc<PathBuf>,
     // fn() -> T: the keyspace stores no T, so it is Send + Sync for any T.
     _marker: PhantomData<fn() -> T>,
 }
@@ -351,7 +366,6 @@ impl<T> Clone for Keyspace<T> {
             name: Arc::clone(&self.name),
             durability: self.durability,
             io: Arc::clone(&self.io),
-            dir: Arc::clone(&self.dir),
             _marker: PhantomData,
         }
     }
@@ -376,7 +390,7 @@ impl<T: Record> Keyspace<T> {
     /// A damaged record is [`Error::Corruption`] or
     /// [`Error::UnknownRecordVersion`], naming this keyspace and the key.
     pub fn get(&self, key: &[u8]) -> Result<Option<T>> {
-        match self.tree.get(key)? {
+        match self.io.check(self.tree.get(key))? {
             Some(bytes) => self.decode(key, &bytes).map(Some),
             None => Ok(None),
         }
@@ -384,7 +398,7 @@ impl<T: Record> Keyspace<T> {
 
     /// Whether a record exists under `key` (without decoding it).
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
-        Ok(self.tree.contains_key(key)?)
+        self.io.check(self.tree.contains_key(key))
     }
 
     /// Stores `value` under `key`, atomically.
@@ -397,11 +411,7 @@ impl<T: Record> Keyspace<T> {
     /// Removes the record under `key`; returns whether one existed.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
         failpoint!("storage::before_apply");
-        let existed = self
-            .io
-            .note(self.tree.remove(key))
-            .map_err(|e| self.error(e))?
-            .is_some();
+        let existed = self.io.check(self.tree.remove(key))?.is_some();
         failpoint!("storage::before_flush");
         if existed {
             self.sync()?;
@@ -465,24 +475,16 @@ impl<T: Record> Keyspace<T> {
 
     fn commit(&self, batch: sled::Batch) -> Result<()> {
         failpoint!("storage::before_apply");
-        self.io
-            .note(self.tree.apply_batch(batch))
-            .map_err(|e| self.error(e))?;
+        self.io.check(self.tree.apply_batch(batch))?;
         failpoint!("storage::before_flush");
         self.sync()
     }
 
     fn sync(&self) -> Result<()> {
         if self.durability == Durability::Immediate {
-            self.io.note(self.tree.flush()).map_err(|e| self.error(e))?;
+            self.io.check(self.tree.flush())?;
         }
         Ok(())
-    }
-
-    /// I/O errors name sled's folder and mark the store (see
-    /// [`Store::io_failed`]).
-    fn error(&self, e: sled::Error) -> Error {
-        sled_error(&self.dir.join("sled"), e)
     }
 }
 
@@ -515,5 +517,19 @@ impl<T: Record> Batch<T> {
     pub fn remove(&mut self, key: &[u8]) {
         self.inner.remove(key);
         self.empty = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sled_copies_of_os_errors_read_as_the_os_error() {
+        let original = std::io::Error::from_raw_os_error(28);
+        let copy = std::io::Error::new(original.kind(), format!("{original:?}"));
+        assert_eq!(readable(copy).raw_os_error(), Some(28));
+        let other = std::io::Error::other("something else");
+        assert_eq!(readable(other).to_string(), "something else");
     }
 }

@@ -74,8 +74,16 @@ const LONG: [&str; 4] = [
 
 /// Runs one product command on an open database, printing to stdout.
 pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
+    // An id given twice is one product.
+    let unique = |ids: Vec<String>| {
+        let mut seen = std::collections::HashSet::new();
+        ids.into_iter()
+            .filter(|id| seen.insert(id.clone()))
+            .collect::<Vec<_>>()
+    };
     match cmd {
         ProductCommand::Get { ids } => {
+            let ids = unique(ids);
             let mut missing = Vec::new();
             for id in &ids {
                 let Some(p) = db.get(id)? else {
@@ -166,6 +174,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             }
         }
         ProductCommand::Delete { ids } => {
+            let ids = unique(ids);
             let mut missing = Vec::new();
             let mut deleted = 0usize;
             for id in &ids {
