@@ -176,7 +176,7 @@ impl CsvRow {
             }),
             None => Err(format!(
                 "{}\t\tline {}: a new product needs an image path",
-                self.id.replace(['\t', '\n', '\r'], " "),
+                tsv_field(&self.id),
                 self.line
             )),
         }
@@ -221,7 +221,7 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     };
     for (line, row) in rows {
         let cell = |i: usize| row.get(i).map_or("", |c| c.trim());
-        let shown = |i: usize| cell(i).replace(['\t', '\n', '\r'], " ");
+        let shown = |i: usize| tsv_field(cell(i));
         match csv_cells(&header, &row) {
             Ok(cells) if !cell(0).is_empty() && (update || !cell(1).is_empty()) => {
                 out.rows.push(CsvRow {
@@ -242,11 +242,30 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
                 shown(0),
                 shown(1),
                 line,
-                reason.replace(['\t', '\n', '\r'], " ")
+                tsv_field(&reason)
             )),
         }
     }
     Ok(out)
+}
+
+/// A field of the tab-separated failure report: no tabs or line breaks.
+pub fn tsv_field(s: &str) -> String {
+    s.replace(['\t', '\n', '\r'], " ")
+}
+
+/// A price cell (the database refuses negative and non-finite ones).
+pub fn parse_price(value: &str) -> Result<f64, String> {
+    value.parse().map_err(|_| format!("bad price '{value}'"))
+}
+
+/// A stock cell: 1/0, true/false, yes/no.
+pub fn parse_in_stock(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(format!("bad in_stock '{value}' (1/0, true/false, yes/no)")),
+    }
 }
 
 /// The attribute cells of one row, or why one is bad.
@@ -260,12 +279,8 @@ fn csv_cells(header: &[String], row: &[String]) -> Result<Vec<Cell>, String> {
         cells.push(match key.as_str() {
             "category" => Cell::Category(value.to_string()),
             "brand" => Cell::Brand(value.to_string()),
-            "price" => Cell::Price(value.parse().map_err(|_| format!("bad price '{value}'"))?),
-            "in_stock" => Cell::InStock(match value.to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" => true,
-                "0" | "false" | "no" => false,
-                _ => return Err(format!("bad in_stock '{value}' (1/0, true/false, yes/no)")),
-            }),
+            "price" => Cell::Price(parse_price(value)?),
+            "in_stock" => Cell::InStock(parse_in_stock(value)?),
             _ => Cell::Extra(key.clone(), value.to_string()),
         });
     }
@@ -328,12 +343,11 @@ fn import_with_options(
 
 /// One line of the failure report: `id<TAB>path<TAB>reason`.
 pub fn failure_line(f: &vitrine::ImportFailure) -> String {
-    let clean = |s: String| s.replace(['\t', '\n', '\r'], " ");
     format!(
         "{}\t{}\t{}",
-        clean(f.id.clone()),
-        clean(f.path.display().to_string()),
-        clean(f.error.to_string())
+        tsv_field(&f.id),
+        tsv_field(&f.path.display().to_string()),
+        tsv_field(&f.error.to_string())
     )
 }
 
@@ -443,7 +457,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                     Ok(false) => unchanged += 1,
                     Err(e) => update_failures.push(format!(
                         "{}\t{}\t{}",
-                        row.id.replace(['\t', '\n', '\r'], " "),
+                        tsv_field(&row.id),
                         row.path
                             .as_deref()
                             .map(Path::display)

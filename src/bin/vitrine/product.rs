@@ -9,6 +9,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use vitrine::{Attributes, Db};
 
+use crate::import::{parse_in_stock, parse_price};
+
 /// Arguments of `vitrine product`.
 #[derive(Args)]
 pub struct ProductArgs {
@@ -210,16 +212,10 @@ fn apply(a: &mut Attributes, key: &str, value: &str) -> anyhow::Result<()> {
         "price" => {
             a.price = match some {
                 None => None,
-                Some(v) => Some(v.parse().with_context(|| format!("bad price '{v}'"))?),
+                Some(v) => Some(parse_price(&v).map_err(anyhow::Error::msg)?),
             }
         }
-        "in_stock" => {
-            a.in_stock = match value.to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" => true,
-                "0" | "false" | "no" => false,
-                _ => bail!("bad in_stock '{value}' (1/0, true/false, yes/no)"),
-            }
-        }
+        "in_stock" => a.in_stock = parse_in_stock(value).map_err(anyhow::Error::msg)?,
         _ => match some {
             Some(v) => {
                 a.extra.insert(key.to_string(), v);
