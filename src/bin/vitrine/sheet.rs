@@ -32,6 +32,30 @@ pub struct Tile {
 
 /// Tiles in one row (a wider gap after the first, the query or template),
 /// each image letterboxed to 96 × 128.
+/// An image as the model sees it: upright by its EXIF orientation, and
+/// transparency on white.
+fn load(path: &std::path::Path) -> image::ImageResult<RgbImage> {
+    use image::ImageDecoder;
+    let mut decoder = image::ImageReader::open(path)?
+        .with_guessed_format()?
+        .into_decoder()?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder)?;
+    img.apply_orientation(orientation);
+    if !img.color().has_alpha() {
+        return Ok(img.into_rgb8());
+    }
+    let rgba = img.into_rgba8();
+    Ok(RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        let a = u32::from(a);
+        let blend = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        Rgb([blend(r), blend(g), blend(b)])
+    }))
+}
+
 pub fn render(title: &str, tiles: &[Tile]) -> anyhow::Result<RgbImage> {
     let n = tiles.len() as u32;
     let width = (GAP + n * (TILE_W + GAP) + GAP).max(GAP * 2 + text_width(title));
@@ -42,13 +66,8 @@ pub fn render(title: &str, tiles: &[Tile]) -> anyhow::Result<RgbImage> {
     let mut x = GAP;
     for (i, t) in tiles.iter().enumerate() {
         // One unreadable image greys out its tile, not the whole sheet.
-        let tile = match image::open(&t.path) {
-            Ok(img) => imageops::resize(
-                &img.to_rgb8(),
-                TILE_W,
-                TILE_H,
-                imageops::FilterType::Triangle,
-            ),
+        let tile = match load(&t.path) {
+            Ok(img) => imageops::resize(&img, TILE_W, TILE_H, imageops::FilterType::Triangle),
             Err(e) => {
                 tracing::warn!(path = %t.path.display(), error = %e, "image unreadable; grey tile drawn");
                 RgbImage::from_pixel(TILE_W, TILE_H, Rgb([200, 200, 200]))
