@@ -40,7 +40,9 @@ pub struct ImportArgs {
     #[arg(long, conflicts_with_all = ["reembed", "refresh"])]
     pub update: bool,
     /// Products of SOURCE already stored are run through the model again
-    /// from their image (the photo changed), keeping their attributes.
+    /// from their image (the photo changed), keeping their stored
+    /// attributes (a CSV's cells are not applied to them: run `--update`
+    /// for that).
     #[arg(long)]
     pub refresh: bool,
     #[command(flatten)]
