@@ -924,6 +924,10 @@ impl Db {
     /// open loads them instead of rebuilding.
     pub fn checkpoint(&self) -> Result<()> {
         let mut w = lock(&self.writer);
+        self.checkpoint_locked(&mut w)
+    }
+
+    fn checkpoint_locked(&self, w: &mut WriterState) -> Result<()> {
         self.store.flush()?;
         let generation = w.meta.index_generation;
         for space in &self.spaces {
@@ -946,6 +950,51 @@ impl Db {
         }
         w.dirty = false;
         debug!(generation, "checkpoint written");
+        Ok(())
+    }
+
+    /// Copies the whole database to `dest`, a folder that must not exist
+    /// yet, while it stays open: writes from this process wait until the
+    /// copy is done, and the copy is checkpointed (it opens without
+    /// rebuilding). Open the copy like any database; restoring is using
+    /// it in place of the original. The copy is made in `<dest>.partial`
+    /// and renamed at the end, so `dest` never holds half a backup.
+    ///
+    /// ```
+    /// use vitrine::{Attributes, Db, DEFAULT_DIM, DEFAULT_SPACE};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Db::open(dir.path().join("live"))?;
+    /// db.insert("sku-1", Attributes::new(), [(DEFAULT_SPACE, vec![0.5; DEFAULT_DIM])])?;
+    /// db.backup(dir.path().join("copy"))?;
+    /// let copy = Db::open(dir.path().join("copy"))?;
+    /// assert!(copy.get("sku-1")?.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<()> {
+        let dest = dest.as_ref();
+        if dest.exists() {
+            return Err(Error::InvalidConfig(format!(
+                "backup destination {} already exists",
+                dest.display()
+            )));
+        }
+        let partial = dest.with_file_name(format!(
+            "{}.partial",
+            dest.file_name()
+                .map_or("backup".into(), |n| n.to_string_lossy().into_owned())
+        ));
+        // The writer first, then the store's write gate: the order every
+        // write takes them in.
+        let mut w = lock(&self.writer);
+        let _paused = self.store.pause_writes();
+        self.checkpoint_locked(&mut w)?;
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
+        }
+        copy_dir(&self.dir, &partial)?;
+        std::fs::rename(&partial, dest).map_err(io_err(dest))?;
+        debug!(to = %dest.display(), "backup written");
         Ok(())
     }
 
@@ -1168,6 +1217,22 @@ fn lost_writes(dir: &Path, evidence: &Path, detail: String) -> Error {
             evidence.display()
         ),
     }
+}
+
+/// Copies a folder tree (regular files and folders).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(io_err(to))?;
+    for entry in std::fs::read_dir(from).map_err(io_err(from))? {
+        let entry = entry.map_err(io_err(from))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(io_err(&src))?;
+        if kind.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst).map_err(io_err(&src))?;
+        }
+    }
+    Ok(())
 }
 
 fn dir_size(path: &Path) -> Result<u64> {

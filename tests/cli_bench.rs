@@ -167,4 +167,28 @@ fn precompute_similar_command_writes_a_servable_file() {
     assert_eq!(v["similar"][0]["id"], "b");
     assert_eq!(v["similar"][1]["id"], "d");
     assert_eq!(show(&["a", "zz"]).status.code(), Some(1));
+
+    // backup: a checked copy; an existing destination is refused.
+    let copy = dir.path().join("copy");
+    let backup = || {
+        Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .arg("backup")
+            .arg("--db")
+            .arg(&db_dir)
+            .arg("--out")
+            .arg(&copy)
+            .output()
+            .unwrap()
+    };
+    let out = backup();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backed up 4 products"));
+    let copied = vitrine::Db::open(&copy).unwrap();
+    assert_eq!(copied.ids(), ["a", "b", "c", "d"]);
+    drop(copied);
+    assert_eq!(backup().status.code(), Some(1));
 }

@@ -542,3 +542,61 @@ fn readers_run_while_a_writer_writes() {
     });
     assert_eq!(db.len(), 500 - 67);
 }
+
+#[test]
+fn a_backup_is_consistent_while_writes_go_on() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let db = std::sync::Arc::new(open(&dir.path().join("live")));
+    fill(&db, 200);
+    db.store_outfit("o1", &["sku-1", "sku-2"]).unwrap();
+    let (stop, acked) = (AtomicBool::new(false), AtomicUsize::new(0));
+    let copy = dir.path().join("copy");
+    let (before, after) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let id = format!("w-{i}");
+                db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
+                    .unwrap();
+                i += 1;
+                acked.store(i, Ordering::SeqCst);
+            }
+        });
+        while acked.load(Ordering::SeqCst) < 20 {
+            std::thread::yield_now();
+        }
+        let before = acked.load(Ordering::SeqCst);
+        db.backup(&copy).unwrap();
+        let after = acked.load(Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
+        (before, after)
+    });
+    // A destination that exists is refused.
+    assert!(matches!(db.backup(&copy), Err(Error::InvalidConfig(_))));
+    drop(db);
+
+    let backup = open(&copy);
+    assert!(
+        backup.open_report().rebuilt.is_empty(),
+        "{:?}",
+        backup.open_report()
+    );
+    let n = backup.len();
+    assert!(
+        (200 + before..=200 + after).contains(&n),
+        "{n} not in {before}..={after}"
+    );
+    for i in 0..200 {
+        assert!(backup.get(&format!("sku-{i}")).unwrap().is_some());
+    }
+    // Writes are whole and in order: the copy holds a prefix of them.
+    for i in 0..n - 200 {
+        assert!(backup.get(&format!("w-{i}")).unwrap().is_some(), "w-{i}");
+    }
+    assert_eq!(backup.outfits().unwrap().len(), 1);
+    // It is a database of its own.
+    backup
+        .insert("new", attrs(0), [(DEFAULT_SPACE, vector_for("new", DIM))])
+        .unwrap();
+}

@@ -61,4 +61,4 @@ pub use arena::{open_arena_bytes, write_arena, Arena, ArenaView};
 pub use codec::{decode_record, Record};
 pub use error::{Error, Result};
 pub use model::{Attributes, Meta, ProductRecord, SpaceSpec, StoredMetric};
-pub use store::{Batch, Durability, Keyspace, Store, StoreOptions, FORMAT_VERSION};
+pub use store::{Batch, Durability, Keyspace, Store, StoreOptions, WritesPaused, FORMAT_VERSION};

@@ -73,6 +73,23 @@ struct IoState {
     sled_dir: PathBuf,
     failed: AtomicBool,
     leaked: AtomicBool,
+    /// Every write holds it shared; [`Store::pause_writes`] holds it
+    /// exclusively, so that sled's files can be copied whole.
+    writes: std::sync::RwLock<()>,
+}
+
+impl IoState {
+    fn write_guard(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.writes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// While it lives, no write reaches the store's keyspaces: they wait (see
+/// [`Store::pause_writes`]).
+pub struct WritesPaused<'a> {
+    _guard: std::sync::RwLockWriteGuard<'a, ()>,
 }
 
 impl IoState {
@@ -238,6 +255,7 @@ impl Store {
                 sled_dir: sled_dir.clone(),
                 failed: AtomicBool::new(false),
                 leaked: AtomicBool::new(false),
+                writes: std::sync::RwLock::new(()),
             }),
         })
     }
@@ -268,7 +286,10 @@ impl Store {
                 "keyspace name {name:?} is reserved by sled"
             )));
         }
-        let tree = self.io.check(self.db.open_tree(name))?;
+        let tree = {
+            let _w = self.io.write_guard();
+            self.io.check(self.db.open_tree(name))?
+        };
         Ok(Keyspace {
             tree,
             name: Arc::from(name),
@@ -281,7 +302,22 @@ impl Store {
     /// A fresh id from sled's monotonic generator. Ids are unique but may
     /// jump forward after a restart.
     pub fn generate_id(&self) -> Result<u64> {
+        let _w = self.io.write_guard();
         Ok(self.db.generate_id()?)
+    }
+
+    /// Holds back every write to this store's keyspaces (they wait) until
+    /// the returned guard is dropped: with a [`Store::flush`] after it,
+    /// sled's files stop changing and can be copied as a consistent backup.
+    /// A write already in progress finishes first.
+    pub fn pause_writes(&self) -> WritesPaused<'_> {
+        WritesPaused {
+            _guard: self
+                .io
+                .writes
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        }
     }
 
     /// Flushes and fsyncs everything written so far.
@@ -410,6 +446,7 @@ impl<T: Record> Keyspace<T> {
 
     /// Removes the record under `key`; returns whether one existed.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        let _w = self.io.write_guard();
         failpoint!("storage::before_apply");
         let existed = self.io.check(self.tree.remove(key))?.is_some();
         failpoint!("storage::before_flush");
@@ -474,6 +511,7 @@ impl<T: Record> Keyspace<T> {
     }
 
     fn commit(&self, batch: sled::Batch) -> Result<()> {
+        let _w = self.io.write_guard();
         failpoint!("storage::before_apply");
         self.io.check(self.tree.apply_batch(batch))?;
         failpoint!("storage::before_flush");

@@ -28,6 +28,44 @@ pub struct RepairArgs {
     pub db: PathBuf,
 }
 
+/// Arguments of `vitrine backup`.
+#[derive(Args)]
+pub struct BackupArgs {
+    /// The database folder.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Where the copy goes (a folder that must not exist yet).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Copies a database (see `Db::backup`), then opens the copy to check it.
+pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    crate::existing_db(&args.db)?;
+    let db = Db::open(&args.db)
+        .with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    let started = std::time::Instant::now();
+    db.backup(&args.out)
+        .with_context(|| format!("cannot back up to {}", args.out.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    let products = db.len();
+    drop(db);
+    let copy = Db::open(&args.out)
+        .with_context(|| format!("the backup at {} does not open", args.out.display()))?;
+    if copy.len() != products || !copy.open_report().rebuilt.is_empty() {
+        anyhow::bail!(
+            "the backup at {} holds {} products (the database {products}) or needed a rebuild",
+            args.out.display(),
+            copy.len()
+        );
+    }
+    println!(
+        "backed up {products} products to {} in {secs:.1} s (checked: it opens clean)",
+        args.out.display()
+    );
+    Ok(())
+}
+
 /// Opens a database whose storage lost products (which a plain open
 /// refuses), keeps what is left, rebuilds the indexes from it and writes a
 /// new checkpoint. The loss becomes permanent: back the folder up first.

@@ -58,6 +58,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Opens a database whose storage lost products, keeping what is left (after a backup!).
     Repair(info::RepairArgs),
+    /// Copies a database to a new folder and checks the copy opens (a process serving the database calls `Db::backup` instead).
+    Backup(info::BackupArgs),
     /// Outfits: import, list, show, substitute, expand, cover, complete, rules.
     Outfit(outfit::OutfitArgs),
     /// One product: get (attributes, model output, vectors), set attributes, delete.
@@ -96,6 +98,7 @@ fn main() {
         Command::Import(args) => import::run(args),
         Command::Info(args) => info::run(args),
         Command::Repair(args) => info::repair(args),
+        Command::Backup(args) => info::backup(args),
         Command::Demo(args) => demo::run(args),
         Command::Repl(args) => repl::run(args),
         Command::Query(args) => repl::query(args),
