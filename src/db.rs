@@ -979,6 +979,26 @@ impl Db {
                 dest.display()
             )));
         }
+        // Nearest existing ancestor of `dest`, resolved: a copy inside the
+        // database folder would copy itself without end.
+        let mut ancestor = dest.parent().unwrap_or(Path::new("."));
+        while !ancestor.as_os_str().is_empty() && !ancestor.exists() {
+            ancestor = ancestor.parent().unwrap_or(Path::new("."));
+        }
+        let ancestor = if ancestor.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            ancestor
+        };
+        let resolved = ancestor.canonicalize().map_err(io_err(ancestor))?;
+        let own = self.dir.canonicalize().map_err(io_err(&self.dir))?;
+        if resolved.starts_with(&own) {
+            return Err(Error::InvalidConfig(format!(
+                "backup destination {} is inside the database folder {}",
+                dest.display(),
+                self.dir.display()
+            )));
+        }
         let partial = dest.with_file_name(format!(
             "{}.partial",
             dest.file_name()
@@ -992,8 +1012,13 @@ impl Db {
         if partial.exists() {
             std::fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
         }
-        copy_dir(&self.dir, &partial)?;
-        std::fs::rename(&partial, dest).map_err(io_err(dest))?;
+        if let Err(e) = copy_dir(&self.dir, &partial)
+            .and_then(|()| std::fs::rename(&partial, dest).map_err(io_err(dest)))
+        {
+            // Half a copy is no backup (a full disk, say): remove it.
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
         debug!(to = %dest.display(), "backup written");
         Ok(())
     }

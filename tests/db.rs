@@ -572,8 +572,11 @@ fn a_backup_is_consistent_while_writes_go_on() {
         stop.store(true, Ordering::SeqCst);
         (before, after)
     });
-    // A destination that exists is refused.
+    // A destination that exists, or inside the database, is refused.
     assert!(matches!(db.backup(&copy), Err(Error::InvalidConfig(_))));
+    let inside = dir.path().join("live/sub/copy");
+    assert!(matches!(db.backup(&inside), Err(Error::InvalidConfig(_))));
+    assert!(!dir.path().join("live/sub").exists());
     drop(db);
 
     let backup = open(&copy);
