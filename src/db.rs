@@ -954,11 +954,13 @@ impl Db {
     }
 
     /// Copies the whole database to `dest`, a folder that must not exist
-    /// yet, while it stays open: writes from this process wait until the
-    /// copy is done, and the copy is checkpointed (it opens without
-    /// rebuilding). Open the copy like any database; restoring is using
-    /// it in place of the original. The copy is made in `<dest>.partial`
-    /// and renamed at the end, so `dest` never holds half a backup.
+    /// yet (nor be inside the database's), while it stays open: writes from
+    /// this process wait until the copy is done (reads go on), and the copy
+    /// is checkpointed, so it opens without rebuilding. Open the copy like
+    /// any database; restoring is using it in place of the original. The
+    /// copy is made and synced in a hidden folder next to `dest`, then
+    /// renamed, so `dest` never holds half a backup. Needs the default
+    /// [`Durability::Immediate`].
     ///
     /// ```
     /// use vitrine::{Attributes, Db, DEFAULT_DIM, DEFAULT_SPACE};
@@ -999,22 +1001,49 @@ impl Db {
                 self.dir.display()
             )));
         }
-        let partial = dest.with_file_name(format!(
-            "{}.partial",
-            dest.file_name()
-                .map_or("backup".into(), |n| n.to_string_lossy().into_owned())
-        ));
+        if self.store.durability() != Durability::Immediate {
+            // sled's background flusher would change its files mid-copy.
+            return Err(Error::InvalidConfig(
+                "Db::backup needs Durability::Immediate; with Periodic, close the \
+                 database and copy its folder"
+                    .into(),
+            ));
+        }
         // The writer first, then the store's write gate: the order every
         // write takes them in.
         let mut w = lock(&self.writer);
-        let _paused = self.store.pause_writes();
-        self.checkpoint_locked(&mut w)?;
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
+        if self.store.io_failed() {
+            // sled may hang on the flush a checkpoint starts with.
+            return Err(Error::InvalidConfig(
+                "a write failed with an I/O error earlier: restart the process, then back up"
+                    .into(),
+            ));
         }
-        if let Err(e) = copy_dir(&self.dir, &partial)
+        self.checkpoint_locked(&mut w)?;
+        // Writes finished by now were flushed (Immediate); later ones and
+        // every flush wait: sled's files stay as they are.
+        let _paused = self.store.pause_writes();
+        // A folder of our own next to `dest` (never one that was there),
+        // synced, then renamed: `dest` holds a whole backup or nothing.
+        let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = parent.unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        let name = dest
+            .file_name()
+            .map_or("backup".into(), |n| n.to_string_lossy().into_owned());
+        let partial = parent.join(format!(
+            ".{name}.partial-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir(&partial).map_err(io_err(&partial))?;
+        let done = copy_dir(&self.dir, &partial)
+            .and_then(|()| sync_dir(&partial))
             .and_then(|()| std::fs::rename(&partial, dest).map_err(io_err(dest)))
-        {
+            .and_then(|()| sync_dir(parent));
+        if let Err(e) = done {
             // Half a copy is no backup (a full disk, say): remove it.
             let _ = std::fs::remove_dir_all(&partial);
             return Err(e);
@@ -1244,7 +1273,8 @@ fn lost_writes(dir: &Path, evidence: &Path, detail: String) -> Error {
     }
 }
 
-/// Copies a folder tree (regular files and folders).
+/// Copies a folder tree of regular files and folders, each file synced
+/// (anything else in it is an error: a database folder holds nothing else).
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(io_err(to))?;
     for entry in std::fs::read_dir(from).map_err(io_err(from))? {
@@ -1253,10 +1283,31 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         let kind = entry.file_type().map_err(io_err(&src))?;
         if kind.is_dir() {
             copy_dir(&src, &dst)?;
+            sync_dir(&dst)?;
         } else if kind.is_file() {
             std::fs::copy(&src, &dst).map_err(io_err(&src))?;
+            std::fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&dst))?;
+        } else {
+            return Err(Error::InvalidConfig(format!(
+                "{} is neither a file nor a folder; a database folder holds only those",
+                src.display()
+            )));
         }
     }
+    Ok(())
+}
+
+/// Makes a folder's entries durable (a no-op where folders cannot be
+/// opened for that).
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 

@@ -190,5 +190,7 @@ fn precompute_similar_command_writes_a_servable_file() {
     let copied = vitrine::Db::open(&copy).unwrap();
     assert_eq!(copied.ids(), ["a", "b", "c", "d"]);
     drop(copied);
-    assert_eq!(backup().status.code(), Some(1));
+    let again = backup();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }

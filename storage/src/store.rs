@@ -86,8 +86,9 @@ impl IoState {
     }
 }
 
-/// While it lives, no write reaches the store's keyspaces: they wait (see
+/// While it lives, no write or flush reaches the store: they wait (see
 /// [`Store::pause_writes`]).
+#[must_use = "writes resume as soon as the guard is dropped"]
 pub struct WritesPaused<'a> {
     _guard: std::sync::RwLockWriteGuard<'a, ()>,
 }
@@ -166,10 +167,11 @@ fn readable(e: std::io::Error) -> std::io::Error {
 /// and every later open then fails as "corrupted". Such a file (one that
 /// fails sled's own length and CRC check) holds nothing: it is moved out of
 /// sled's folder, to `<dir>/sled-snap.<lsn>.generating.unfinished`.
-fn set_aside_unfinished_snapshots(dir: &Path, sled_dir: &Path) -> Result<()> {
+fn set_aside_unfinished_snapshots(dir: &Path, sled_dir: &Path) -> Result<usize> {
     let Ok(entries) = std::fs::read_dir(sled_dir) else {
-        return Ok(()); // a new store
+        return Ok(0);
     };
+    let mut moved = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -189,8 +191,9 @@ fn set_aside_unfinished_snapshots(dir: &Path, sled_dir: &Path) -> Result<()> {
         let aside = dir.join(format!("sled-{name}.unfinished"));
         std::fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
         tracing::warn!(file = %path.display(), moved_to = %aside.display(), "set aside an unfinished sled snapshot");
+        moved += 1;
     }
-    Ok(())
+    Ok(moved)
 }
 
 /// Whether this process keeps the sled folder's handles after an I/O error.
@@ -240,8 +243,18 @@ impl Store {
         if held(&sled_dir) {
             return Err(Error::HeldAfterIoError { path: sled_dir });
         }
-        set_aside_unfinished_snapshots(dir, &sled_dir)?;
-        let db = open_with_lock_retry(&config).map_err(|e| sled_open_error(&sled_dir, e))?;
+        let db = match open_with_lock_retry(&config) {
+            Ok(db) => db,
+            // sled read an unfinished snapshot as corruption: set those
+            // aside (only now, when sled's open failed, never under another
+            // process's feet) and try once more.
+            Err(sled::Error::Corruption { .. })
+                if set_aside_unfinished_snapshots(dir, &sled_dir)? > 0 =>
+            {
+                open_with_lock_retry(&config).map_err(|e| sled_open_error(&sled_dir, e))?
+            }
+            Err(e) => return Err(sled_open_error(&sled_dir, e)),
+        };
         check_format(&db).map_err(|e| match e {
             Error::Sled(e) => sled_error(&sled_dir, e),
             other => other,
@@ -286,7 +299,16 @@ impl Store {
                 "keyspace name {name:?} is reserved by sled"
             )));
         }
-        let tree = {
+        // Opening a tree that exists writes nothing: no need to wait out a
+        // paused store (reads of side records go through here).
+        let exists = self
+            .db
+            .tree_names()
+            .iter()
+            .any(|t| t.as_ref() == name.as_bytes());
+        let tree = if exists {
+            self.io.check(self.db.open_tree(name))?
+        } else {
             let _w = self.io.write_guard();
             self.io.check(self.db.open_tree(name))?
         };
@@ -303,13 +325,14 @@ impl Store {
     /// jump forward after a restart.
     pub fn generate_id(&self) -> Result<u64> {
         let _w = self.io.write_guard();
-        Ok(self.db.generate_id()?)
+        self.io.check(self.db.generate_id())
     }
 
-    /// Holds back every write to this store's keyspaces (they wait) until
-    /// the returned guard is dropped: with a [`Store::flush`] after it,
-    /// sled's files stop changing and can be copied as a consistent backup.
-    /// A write already in progress finishes first.
+    /// Holds back every write and flush of this store (they wait) until
+    /// the returned guard is dropped; a write in progress finishes first.
+    /// Under [`Durability::Immediate`] every finished write is flushed, so
+    /// sled's files then stop changing and can be copied as a consistent
+    /// backup. Under `Periodic`, sled's background flusher still writes.
     pub fn pause_writes(&self) -> WritesPaused<'_> {
         WritesPaused {
             _guard: self
@@ -320,8 +343,10 @@ impl Store {
         }
     }
 
-    /// Flushes and fsyncs everything written so far.
+    /// Flushes and fsyncs everything written so far (waits while writes
+    /// are paused).
     pub fn flush(&self) -> Result<()> {
+        let _w = self.io.write_guard();
         self.io.check(self.db.flush())?;
         Ok(())
     }

@@ -123,6 +123,33 @@ fn records_persist_across_reopen() {
 }
 
 #[test]
+fn paused_writes_wait_and_reads_go_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, ks) = open(tmp.path());
+    ks.put(&key(1), &product(1)).unwrap();
+    let written = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let paused = store.pause_writes();
+        s.spawn(|| {
+            ks.put(&key(2), &product(2)).unwrap();
+            written.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !written.load(Ordering::SeqCst),
+            "a write went through the pause"
+        );
+        // Reads, and opening an existing keyspace, do not wait.
+        assert_eq!(ks.get(&key(1)).unwrap(), Some(product(1)));
+        store.keyspace::<ProductRecord>("products").unwrap();
+        drop(paused);
+    });
+    assert!(written.load(Ordering::SeqCst));
+    assert_eq!(ks.get(&key(2)).unwrap(), Some(product(2)));
+}
+
+#[test]
 fn an_unfinished_sled_snapshot_is_set_aside() {
     // An open that fails on a full disk can leave sled an empty
     // `snap.<lsn>.generating`, which sled 0.34 would then read, and refuse.

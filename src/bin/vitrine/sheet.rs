@@ -30,8 +30,6 @@ pub struct Tile {
     pub labels: Vec<String>,
 }
 
-/// Tiles in one row (a wider gap after the first, the query or template),
-/// each image letterboxed to 96 × 128.
 /// An image as the model sees it: upright by its EXIF orientation, and
 /// transparency on white.
 fn load(path: &std::path::Path) -> image::ImageResult<RgbImage> {
@@ -56,6 +54,8 @@ fn load(path: &std::path::Path) -> image::ImageResult<RgbImage> {
     }))
 }
 
+/// Tiles in one row (a wider gap after the first, the query or template),
+/// each image resized to 96 × 128.
 pub fn render(title: &str, tiles: &[Tile]) -> anyhow::Result<RgbImage> {
     let n = tiles.len() as u32;
     let width = (GAP + n * (TILE_W + GAP) + GAP).max(GAP * 2 + text_width(title));
