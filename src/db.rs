@@ -1285,7 +1285,8 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
             copy_dir(&src, &dst)?;
             sync_dir(&dst)?;
         } else if kind.is_file() {
-            std::fs::copy(&src, &dst).map_err(io_err(&src))?;
+            // A failure is the copy's (a full destination, say): name it.
+            std::fs::copy(&src, &dst).map_err(io_err(&dst))?;
             std::fs::File::open(&dst)
                 .and_then(|f| f.sync_all())
                 .map_err(io_err(&dst))?;

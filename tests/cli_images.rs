@@ -122,8 +122,8 @@ fn import_reports_failures_and_a_rerun_skips_everything() {
     let (src_s, db_s) = (src.to_str().unwrap(), db.to_str().unwrap());
 
     let out = vitrine(&["import", src_s, "--db", db_s, "--fpi"]);
-    // Some items failed: exit status 2, for nightly jobs.
-    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    // Some items failed: exit status 3, for nightly jobs.
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("6 items: 5 imported, 0 skipped (already present), 1 failed"),
@@ -247,7 +247,7 @@ fn import_reads_a_csv_with_attributes() {
         p.attributes.extra[vitrine::ATTR_MODEL]
     );
     drop(db);
-    // A bad cell fails its row only, into the report (exit status 2). With
+    // A bad cell fails its row only, into the report (exit status 3). With
     // --update a present product needs no path; a new one does.
     std::fs::write(
         &prices,
@@ -258,7 +258,7 @@ fn import_reads_a_csv_with_attributes() {
     )
     .unwrap();
     let out = import(&prices, &["--update"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
     assert!(failures.contains("sku-1\t") && failures.contains("line 3: bad price 'abc'"));
     assert!(
@@ -484,6 +484,13 @@ fn query_command_prints_results_and_positioned_errors() {
     assert!(
         shown.contains("did you mean colour.red?") && shown.contains("pattern.striped"),
         "{shown}"
+    );
+    // An empty answer says when min_score is why.
+    let out = vitrine(&["query", "--db", db, "+colour.black min_score 50"]);
+    assert!(
+        text(&out.stdout).contains("no hit scores at least 50 (the best scores"),
+        "{}",
+        text(&out.stdout)
     );
     // An empty answer says when the where conditions are why.
     let out = vitrine(&[
@@ -874,7 +881,7 @@ fn a_file_name_that_is_not_utf8_fails_as_an_item() {
         "--db",
         db.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("3 items: 2 imported, 0 skipped (already present), 1 failed"),
         "{}",

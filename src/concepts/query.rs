@@ -237,6 +237,11 @@ impl ConceptQuery {
         &self.filter
     }
 
+    /// The `min_score`, if any.
+    pub fn get_min_score(&self) -> Option<f32> {
+        self.min_score
+    }
+
     /// Parses `text` against `vocab` (concept names are checked here, with
     /// positions and suggestions).
     pub fn parse(text: &str, vocab: &Vocabulary) -> Result<ConceptQuery, QueryError> {

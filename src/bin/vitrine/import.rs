@@ -443,6 +443,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             args.source.display()
         );
     }
+    let bad_row_count = bad_rows.len();
     let (mut updated, mut unchanged, mut update_failures) = (0usize, 0usize, bad_rows);
     let source = match rows {
         Some(rows) if args.update => {
@@ -518,7 +519,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     }
     // All failed: the input itself is wrong (exit 1). Some failed: a
     // large catalog often has a few bad images, but a nightly job must see
-    // it (exit 2).
+    // it (exit 3).
     let p = &report.progress;
     let failed = p.failed + update_failures.len();
     if failed > 0 && p.stored + p.skipped + updated + unchanged == 0 {
@@ -528,8 +529,13 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         );
     }
     if failed > 0 {
+        let rows = if bad_row_count > 0 {
+            format!(", {bad_row_count} of them bad CSV rows")
+        } else {
+            String::new()
+        };
         return Err(crate::Partial(format!(
-            "{failed} items failed (see {})",
+            "{failed} failed{rows} (see {})",
             report_path.display()
         ))
         .into());

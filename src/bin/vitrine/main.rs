@@ -52,7 +52,8 @@ enum Command {
     ///
     /// Bad images and bad CSV rows are written to the failure report and the
     /// rest is imported. Exit status: 0 when every item was stored (or was
-    /// already there), 2 when some failed, 1 on an error or when all failed.
+    /// already there), 3 when some failed, 1 on an error or when all failed
+    /// (2 is a usage error).
     Import(import::ImportArgs),
     /// What a database holds (products, spaces, model, outfits) and whether it opened cleanly.
     Info(info::InfoArgs),
@@ -108,15 +109,19 @@ fn main() {
     if let Err(e) = result {
         if let Some(partial) = e.downcast_ref::<Partial>() {
             eprintln!("warning: {}", partial.0);
-            std::process::exit(2);
+            std::process::exit(PARTIAL_EXIT);
         }
         eprintln!("error: {}", error_message(&e));
         std::process::exit(1);
     }
 }
 
+/// Exit status of a batch that did its work except for some items (an
+/// error is 1; 2 is a usage error, as clap reports it).
+const PARTIAL_EXIT: i32 = 3;
+
 /// A batch that did its work except for some items, which it reported:
-/// exit status 2 (an error is 1).
+/// exit status [`PARTIAL_EXIT`].
 #[derive(Debug)]
 pub(crate) struct Partial(pub String);
 

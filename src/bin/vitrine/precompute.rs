@@ -88,6 +88,12 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
             Ok(())
         }
         PrecomputeCommand::Show { file, ids, json } => {
+            if file.is_dir() {
+                anyhow::bail!(
+                    "{} is a folder, not a file written by `precompute similar`",
+                    file.display()
+                );
+            }
             let served = vitrine::PrecomputedSimilar::open(&file)?;
             let mut missing = Vec::new();
             for id in &ids {

@@ -319,6 +319,19 @@ impl Session {
         let Ok(q) = vitrine::ConceptQuery::parse(text, &vocab) else {
             return String::new();
         };
+        if let Some(min) = q.get_min_score() {
+            let best = self
+                .db
+                .run_query(
+                    &q.clone().min_score(f32::MIN).limit(1),
+                    self.model.as_deref(),
+                )
+                .ok()
+                .and_then(|r| r.hits.first().map(|h| h.score));
+            if let Some(best) = best {
+                return format!(": no hit scores at least {min} (the best scores {best:.3})");
+            }
+        }
         let filter = q.get_filter();
         if filter.is_empty() {
             return String::new();
@@ -596,7 +609,8 @@ impl Session {
             match src {
                 Some(src) if Path::new(&src).is_file() => tiles.push(Tile {
                     path: src.into(),
-                    colour: if rank == 0 { sheet::BLUE } else { sheet::GREEN },
+                    // Results only: no query tile, so no query colour.
+                    colour: sheet::GREEN,
                     fill: score / top,
                     labels: vec![format!("#{} {score:.3}", rank + 1), cat.clone(), id.clone()],
                 }),
