@@ -905,6 +905,21 @@ fn cli_outfit_commands_and_eval_fitb() {
         "{}",
         String::from_utf8_lossy(&rules.stderr)
     );
+    // Deleting a product that an outfit names says which outfit.
+    let (other, members) = subset.outfits.iter().nth(1).unwrap();
+    let deleted = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["product", "--db", d, "delete", &members[0]])
+        .output()
+        .unwrap();
+    assert!(deleted.status.success());
+    let warned = String::from_utf8_lossy(&deleted.stderr);
+    assert!(
+        warned.contains(&format!(
+            "outfit {other} names deleted product(s) {}",
+            members[0]
+        )),
+        "{warned}"
+    );
 
     // eval fitb on a fresh database: one question per outfit.
     let q = dir.path().join("q.jsonl");

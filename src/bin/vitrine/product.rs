@@ -194,6 +194,28 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             } else {
                 println!("deleted {deleted}");
             }
+            // Outfits keep naming what was deleted: say which.
+            let gone: std::collections::HashSet<&str> = ids
+                .iter()
+                .map(String::as_str)
+                .filter(|id| !missing.contains(id))
+                .collect();
+            for o in db.outfits()? {
+                let named: Vec<&str> = o
+                    .products()
+                    .into_iter()
+                    .filter(|p| gone.contains(p))
+                    .collect();
+                if !named.is_empty() {
+                    eprintln!(
+                        "warning: outfit {} names deleted product(s) {}; cover skips it, \
+                         substitute and expand refuse it until they are re-imported or the \
+                         outfit is deleted",
+                        o.id,
+                        named.join(", ")
+                    );
+                }
+            }
             if !missing.is_empty() {
                 bail!("no product {}", missing.join(", "));
             }
