@@ -698,11 +698,45 @@ fn a_deleted_product_leaves_the_other_templates_plannable() {
         .unwrap();
     assert!(alone.skipped.is_empty());
     assert_eq!(plan.outfits, alone.outfits);
-    // The broken template itself says which product is missing.
-    match db.substitute(broken, 3) {
+    // Expanding the broken template says which product is missing...
+    match db.expand(broken, 2, &ExpandOptions::new()) {
         Err(OutfitError::UnknownProduct { product, .. }) => assert_eq!(&product, gone),
         other => panic!("{other:?}"),
     }
+    // ...and substitutes for it come from the category its slot stored.
+    let slot_category = db.outfit(broken).unwrap().unwrap().slots[0]
+        .category
+        .clone();
+    let subs = db.substitute(broken, 50).unwrap();
+    let gone_slot = subs
+        .iter()
+        .find(|s| s.slot == 0)
+        .expect("a substitution for slot 0");
+    assert_eq!(&gone_slot.original, gone);
+    assert_eq!(gone_slot.category, slot_category);
+    let eng = db.outfit_engine().unwrap();
+    let in_category: Vec<String> = db
+        .ids()
+        .into_iter()
+        .filter(|id| {
+            eng.in_stock(id) == Some(true)
+                && db.get(id).unwrap().unwrap().attributes.category == slot_category
+                && !subset.outfits[broken].contains(id)
+        })
+        .collect();
+    let mut got: Vec<String> = gone_slot
+        .candidates
+        .iter()
+        .map(|c| c.product.clone())
+        .collect();
+    got.sort();
+    let mut want = in_category.clone();
+    want.sort();
+    assert!(
+        !want.is_empty(),
+        "the subset has another product of that category"
+    );
+    assert_eq!(got, want, "every in-stock product of the category, ranked");
 }
 
 const CHILD_ENV: &str = "VITRINE_OUTFITS_KILL_CHILD";

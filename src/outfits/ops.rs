@@ -235,7 +235,7 @@ pub struct Substitute {
 pub struct Substitution {
     /// The slot (index into the outfit's slots).
     pub slot: usize,
-    /// The out-of-stock product.
+    /// The out-of-stock product (or one deleted from the catalog since).
     pub original: String,
     /// Its category.
     pub category: Option<String>,
@@ -554,20 +554,36 @@ impl OutfitEngine<'_> {
     /// best in-stock products of the same category, ranked by look-alike
     /// similarity, same colour family, the colour relations they keep with
     /// the other slots, and the learned compatibility with them (when rules
-    /// were learned).
+    /// were learned). An item deleted from the catalog since is substituted
+    /// too, from the category its slot stored, ranked by the learned
+    /// compatibility with the other items only (there is nothing left to
+    /// look alike).
     pub fn substitute(&self, outfit: &str, k: usize) -> OutfitResult<Vec<Substitution>> {
-        let (o, idx) = self.load_outfit(outfit)?;
+        let o = self
+            .db
+            .outfit(outfit)?
+            .ok_or_else(|| OutfitError::UnknownOutfit(outfit.to_string()))?;
+        let present: Vec<Option<usize>> = o
+            .slots
+            .iter()
+            .map(|s| self.cat.lookup(&s.product))
+            .collect();
+        let idx: Vec<usize> = present.iter().flatten().copied().collect();
         let cat = &self.cat;
         let mut out = Vec::new();
-        for (slot, &orig) in idx.iter().enumerate() {
+        for (slot, orig) in present.iter().enumerate() {
+            let Some(orig) = *orig else {
+                out.push(self.substitute_deleted(&o, slot, &present, k));
+                continue;
+            };
             if cat.in_stock[orig] {
                 continue;
             }
-            let others: Vec<usize> = idx
+            let others: Vec<usize> = present
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != slot)
-                .map(|(_, &p)| p)
+                .filter_map(|(_, p)| *p)
                 .collect();
             let gs: Vec<Given> = match &self.rules {
                 Some(r) => others.iter().map(|&g| r.given(cat, g)).collect(),
@@ -655,6 +671,77 @@ impl OutfitEngine<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// Substitutes for a slot whose product is gone from the catalog: the
+    /// in-stock products of the category the slot stored, by their learned
+    /// compatibility with the outfit's other items.
+    fn substitute_deleted(
+        &self,
+        o: &Outfit,
+        slot: usize,
+        present: &[Option<usize>],
+        k: usize,
+    ) -> Substitution {
+        let cat = &self.cat;
+        let category = o.slots[slot].category.clone();
+        let members = category
+            .as_deref()
+            .and_then(|c| cat.categories.iter().position(|x| x == c))
+            .map_or(&[][..], |c| &cat.by_category[c]);
+        let others: Vec<usize> = present
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != slot)
+            .filter_map(|(_, p)| *p)
+            .collect();
+        let gs: Vec<Given> = match &self.rules {
+            Some(r) => others.iter().map(|&g| r.given(cat, g)).collect(),
+            None => Vec::new(),
+        };
+        let mut subs: Vec<Substitute> = members
+            .iter()
+            .copied()
+            .filter(|&c| cat.in_stock[c] && !others.contains(&c))
+            .map(|c| {
+                let compat = match &self.rules {
+                    Some(r) if !gs.is_empty() => {
+                        gs.iter()
+                            .map(|g| r.compat(cat, &self.maps, g, c))
+                            .sum::<f32>()
+                            / gs.len() as f32
+                    }
+                    _ => 0.0,
+                };
+                Substitute {
+                    product: cat.ids[c].clone(),
+                    score: compat,
+                    lookalike: 0.0,
+                    same_colour: false,
+                    relations_kept: 0,
+                    relations_total: 0,
+                    explanation: if self.rules.is_some() {
+                        format!(
+                            "the original is no longer in the catalog; compatibility with the \
+                             outfit {compat:+.3}; colour {}",
+                            cat.colour_name(c)
+                        )
+                    } else {
+                        "the original is no longer in the catalog and no rules are learned: \
+                         unranked"
+                            .to_string()
+                    },
+                }
+            })
+            .collect();
+        subs.sort_by(|a, b| b.score.total_cmp(&a.score));
+        subs.truncate(k);
+        Substitution {
+            slot,
+            original: o.slots[slot].product.clone(),
+            category,
+            candidates: subs,
+        }
     }
 
     /// Creates up to `n` new outfits from the stored template `outfit`:

@@ -314,10 +314,15 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
             } else {
                 for s in subs {
                     println!(
-                        "slot {} {} ({}) is sold out; substitutes:",
+                        "slot {} {} ({}) is {}; substitutes:",
                         s.slot + 1,
                         s.original,
-                        s.category.as_deref().unwrap_or("-")
+                        s.category.as_deref().unwrap_or("-"),
+                        if eng.in_stock(&s.original).is_some() {
+                            "sold out"
+                        } else {
+                            "no longer in the catalog"
+                        }
                     );
                     for (r, c) in s.candidates.iter().enumerate() {
                         println!(

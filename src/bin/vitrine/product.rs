@@ -208,9 +208,9 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                     .collect();
                 if !named.is_empty() {
                     eprintln!(
-                        "warning: outfit {} names deleted product(s) {}; cover skips it, \
-                         substitute and expand refuse it until they are re-imported or the \
-                         outfit is deleted",
+                        "warning: outfit {} names deleted product(s) {}; substitute \
+                         suggests replacements, cover skips it and expand refuses it until \
+                         they are re-imported or the outfit is deleted",
                         o.id,
                         named.join(", ")
                     );
