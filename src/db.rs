@@ -414,6 +414,9 @@ impl Db {
                 ..StoreOptions::default()
             },
         )?;
+        // sled's lock is ours: temporary files of a checkpoint that was
+        // killed are debris (a later backup would copy them).
+        remove_checkpoint_debris(dir);
         let meta_ks = store.keyspace::<Meta>("meta")?;
         let products = store.keyspace::<ProductRecord>("products")?;
 
@@ -621,6 +624,8 @@ impl Db {
             // whole, and the next open rebuilds again.
             if let Err(e) = db.checkpoint() {
                 warn!(error = %e, "cannot save the rebuilt indexes; the next open rebuilds them again");
+                // The dumps on disk are stale: the next checkpoint must write.
+                lock(&db.writer).dirty = true;
             }
         }
         Ok(db)
@@ -975,7 +980,8 @@ impl Db {
     /// ```
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<()> {
         let dest = dest.as_ref();
-        if dest.exists() {
+        // A dangling symlink exists too.
+        if dest.symlink_metadata().is_ok() {
             return Err(Error::InvalidConfig(format!(
                 "backup destination {} already exists",
                 dest.display()
@@ -1019,7 +1025,13 @@ impl Db {
                     .into(),
             ));
         }
-        self.checkpoint_locked(&mut w)?;
+        // The dumps on disk are current unless something was written since
+        // the last checkpoint; the source is then only read.
+        if w.dirty {
+            self.checkpoint_locked(&mut w)?;
+        } else {
+            self.store.flush()?;
+        }
         // Writes finished by now were flushed (Immediate); later ones and
         // every flush wait: sled's files stay as they are.
         let _paused = self.store.pause_writes();
@@ -1270,6 +1282,44 @@ fn lost_writes(dir: &Path, evidence: &Path, detail: String) -> Error {
              or open it with DbBuilder::accept_data_loss (`vitrine repair`) to keep what is left",
             evidence.display()
         ),
+    }
+}
+
+/// Removes what a killed checkpoint leaves: `index/.vitrine-index-*`
+/// folders and `arena/.<space>.arena.tmp-<pid>` files. Best effort.
+fn remove_checkpoint_debris(dir: &Path) {
+    for (sub, is_debris) in [
+        (
+            "index",
+            (|n: &str| n.starts_with(".vitrine-index-")) as fn(&str) -> bool,
+        ),
+        ("arena", |n: &str| {
+            n.starts_with('.') && n.contains(".arena.tmp-")
+        }),
+    ] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !name.to_str().is_some_and(is_debris) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => {
+                    debug!(path = %path.display(), "removed a killed checkpoint's temporary file")
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "cannot remove a killed checkpoint's temporary file")
+                }
+            }
+        }
     }
 }
 

@@ -252,7 +252,7 @@ fn import_reads_a_csv_with_attributes() {
     std::fs::write(
         &prices,
         format!(
-            "id,path,price\n\nsku-1,{0},abc\nsku-2,,7\n,{0},1\nsku-new,,3\n",
+            "id,path,price\n\nsku-1,{0},abc\nsku-2,,7\n,{0},1\nsku-new,,3\nsku-2,,7,oops\n",
             files[1].display()
         ),
     )
@@ -263,7 +263,8 @@ fn import_reads_a_csv_with_attributes() {
     assert!(failures.contains("sku-1\t") && failures.contains("line 3: bad price 'abc'"));
     assert!(
         failures.contains("line 5: id and path are required")
-            && failures.contains("sku-new\t\tline 6: a new product needs an image path"),
+            && failures.contains("sku-new\t\tline 6: a new product needs an image path")
+            && failures.contains("line 7: 4 cells, but the header has 3 columns"),
         "{failures}"
     );
     let db = vitrine::Db::builder()

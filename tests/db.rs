@@ -619,3 +619,47 @@ fn a_backup_is_consistent_while_writes_go_on() {
         .insert("new", attrs(0), [(DEFAULT_SPACE, vector_for("new", DIM))])
         .unwrap();
 }
+
+#[test]
+fn a_killed_checkpoint_leaves_no_debris_and_a_backup_of_a_clean_database_only_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    {
+        let db = open(&live);
+        fill(&db, 50);
+    }
+    // What a checkpoint killed mid-way leaves behind.
+    let stale_index = live.join("index/.vitrine-index-stale");
+    std::fs::create_dir_all(&stale_index).unwrap();
+    std::fs::write(stale_index.join("graph.hnsw.graph"), b"half").unwrap();
+    let stale_arena = live.join(format!("arena/.{DEFAULT_SPACE}.arena.tmp-999"));
+    std::fs::write(&stale_arena, b"half").unwrap();
+    let db = open(&live);
+    assert!(!stale_index.exists() && !stale_arena.exists());
+    // Nothing written since the last checkpoint: the backup leaves every
+    // file of the source as it was.
+    let snapshot = |root: &std::path::Path| -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for sub in ["index", "arena"] {
+            let mut stack = vec![root.join(sub)];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else {
+                        out.insert(p.clone(), std::fs::read(&p).unwrap());
+                    }
+                }
+            }
+        }
+        out
+    };
+    let before = snapshot(&live);
+    db.backup(dir.path().join("copy")).unwrap();
+    assert_eq!(snapshot(&live), before);
+    drop(db);
+    let copy = open(&dir.path().join("copy"));
+    assert_eq!(copy.len(), 50);
+    assert!(copy.open_report().rebuilt.is_empty());
+}

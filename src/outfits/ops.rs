@@ -819,7 +819,8 @@ impl OutfitEngine<'_> {
             match self.expander(t, &options.expand) {
                 Ok(ex) => exps.push(ex),
                 Err(OutfitError::UnknownProduct { outfit, product }) => {
-                    tracing::warn!(%outfit, %product, "template skipped: it names a product no longer in the catalog");
+                    // Reported in the plan (`skipped`), for the caller to show.
+                    tracing::info!(%outfit, %product, "template skipped: it names a product no longer in the catalog");
                     skipped.push((outfit, product));
                 }
                 Err(e) => return Err(e),

@@ -272,6 +272,15 @@ pub fn parse_in_stock(value: &str) -> Result<bool, String> {
 
 /// The attribute cells of one row, or why one is bad.
 fn csv_cells(header: &[String], row: &[String]) -> Result<Vec<Cell>, String> {
+    // Cells past the header would be dropped unseen (empty ones, from a
+    // trailing comma, are harmless).
+    if row.iter().skip(header.len()).any(|c| !c.trim().is_empty()) {
+        return Err(format!(
+            "{} cells, but the header has {} columns",
+            row.len(),
+            header.len()
+        ));
+    }
     let mut cells = Vec::new();
     for (key, value) in header.iter().zip(row).skip(2) {
         let value = value.trim();

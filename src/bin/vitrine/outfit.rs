@@ -276,7 +276,7 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
                         match eng.in_stock(&s.product) {
                             Some(true) => "in stock",
                             Some(false) => "SOLD OUT",
-                            None => "unknown",
+                            None => "no longer in the catalog",
                         }
                     );
                 }
@@ -422,7 +422,7 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
                     "{} outfits from {} templates cover {} of {} in-stock products ({:.1} %) in {} ms; \
                      naive nearest-neighbour substitution with as many outfits: {} ({:.1} %)",
                     plan.outfits.len(),
-                    templates.len(),
+                    templates.len() - plan.skipped.len(),
                     plan.covered,
                     plan.in_stock,
                     plan.fraction * 100.0,
