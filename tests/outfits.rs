@@ -821,13 +821,14 @@ fn cli_outfit_commands_and_eval_fitb() {
     let group = subset.col("des_agrup_color_eng");
     let mut s = String::from("id,path,category,des_agrup_color_eng\n");
     for r in &subset.rows {
-        s += &format!(
-            "{},{},{},{}\n",
-            r[0],
-            mango_dir().join(&r[file]).display(),
-            r[fam],
-            r[group]
-        );
+        // Quoted where needed: some family names hold a comma.
+        s += &join(&[
+            r[0].clone(),
+            mango_dir().join(&r[file]).display().to_string(),
+            r[fam].clone(),
+            r[group].clone(),
+        ]);
+        s += "\n";
     }
     std::fs::write(&csv, s).unwrap();
     vitrine(&["import", csv.to_str().unwrap(), "--db", d]);
