@@ -579,16 +579,7 @@ impl OutfitEngine<'_> {
             if cat.in_stock[orig] {
                 continue;
             }
-            let others: Vec<usize> = present
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != slot)
-                .filter_map(|(_, p)| *p)
-                .collect();
-            let gs: Vec<Given> = match &self.rules {
-                Some(r) => others.iter().map(|&g| r.given(cat, g)).collect(),
-                None => Vec::new(),
-            };
+            let (others, gs) = self.others_of(&present, slot);
             let cands: Vec<usize> = cat
                 .same_category(orig)
                 .iter()
@@ -673,6 +664,22 @@ impl OutfitEngine<'_> {
         Ok(out)
     }
 
+    /// The outfit's items other than `slot` that are in the catalog, and
+    /// what the rules need of them (none without rules).
+    fn others_of(&self, present: &[Option<usize>], slot: usize) -> (Vec<usize>, Vec<Given>) {
+        let others: Vec<usize> = present
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != slot)
+            .filter_map(|(_, p)| *p)
+            .collect();
+        let gs = match &self.rules {
+            Some(r) => others.iter().map(|&g| r.given(&self.cat, g)).collect(),
+            None => Vec::new(),
+        };
+        (others, gs)
+    }
+
     /// Substitutes for a slot whose product is gone from the catalog: the
     /// in-stock products of the category the slot stored, by their learned
     /// compatibility with the outfit's other items.
@@ -689,16 +696,7 @@ impl OutfitEngine<'_> {
             .as_deref()
             .and_then(|c| cat.categories.iter().position(|x| x == c))
             .map_or(&[][..], |c| &cat.by_category[c]);
-        let others: Vec<usize> = present
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != slot)
-            .filter_map(|(_, p)| *p)
-            .collect();
-        let gs: Vec<Given> = match &self.rules {
-            Some(r) => others.iter().map(|&g| r.given(cat, g)).collect(),
-            None => Vec::new(),
-        };
+        let (others, gs) = self.others_of(present, slot);
         let mut subs: Vec<Substitute> = members
             .iter()
             .copied()
