@@ -198,31 +198,20 @@ impl Session {
                     crate::info::write_text(out, &info)?;
                 }
             }
+            // The same commands as `vitrine outfit|product`, parsed by the
+            // same clap definitions.
             "outfit" => {
-                // The same commands as `vitrine outfit`, parsed by the same clap definition.
-                #[derive(clap::Parser)]
-                #[command(name = "outfit", no_binary_name = true)]
-                struct OutfitLine {
-                    #[command(subcommand)]
-                    what: crate::outfit::OutfitCommand,
-                }
                 let (json, args) = self.json_flag(&args);
-                if let Some(l) = parse_line::<OutfitLine>(&args, out)? {
+                if let Some(c) = parse_line("outfit", &args, out)? {
                     out.flush()?;
-                    crate::outfit::execute(&self.db, l.what, json)?;
+                    crate::outfit::execute(&self.db, c, json)?;
                 }
             }
             "product" => {
-                #[derive(clap::Parser)]
-                #[command(name = "product", no_binary_name = true)]
-                struct ProductLine {
-                    #[command(subcommand)]
-                    what: crate::product::ProductCommand,
-                }
                 let (json, args) = self.json_flag(&args);
-                if let Some(l) = parse_line::<ProductLine>(&args, out)? {
+                if let Some(c) = parse_line("product", &args, out)? {
                     out.flush()?;
-                    crate::product::execute(&self.db, l.what, json)?;
+                    crate::product::execute(&self.db, c, json)?;
                 }
             }
             other => {
@@ -646,11 +635,24 @@ impl Session {
     }
 }
 
-/// Parses a command line with its clap definition; `None` when it asked
-/// for help (printed).
-fn parse_line<P: clap::Parser>(args: &[&str], out: &mut dyn Write) -> anyhow::Result<Option<P>> {
-    match P::try_parse_from(args) {
-        Ok(l) => Ok(Some(l)),
+/// Parses the arguments of command `name` as its subcommands `C`; `None`
+/// when they asked for help (printed).
+fn parse_line<C: clap::Subcommand>(
+    name: &'static str,
+    args: &[&str],
+    out: &mut dyn Write,
+) -> anyhow::Result<Option<C>> {
+    let cmd = C::augment_subcommands(
+        clap::Command::new(name)
+            .no_binary_name(true)
+            .subcommand_required(true)
+            .arg_required_else_help(true),
+    );
+    match cmd
+        .try_get_matches_from(args)
+        .and_then(|m| C::from_arg_matches(&m))
+    {
+        Ok(c) => Ok(Some(c)),
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
             write!(out, "{e}")?;
             Ok(None)
