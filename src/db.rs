@@ -493,9 +493,10 @@ impl Db {
         // Scan sled: the catalog and the exact vector stores come from here.
         let mut report = OpenReport::default();
         let mut catalog = Catalog::default();
+        let stored = products.len()?;
         let mut flats: Vec<FlatIndex> = specs
             .iter()
-            .map(|s| FlatIndex::with_capacity(s.dim, s.metric, products.len()))
+            .map(|s| FlatIndex::with_capacity(s.dim, s.metric, stored))
             .collect::<std::result::Result<_, _>>()?;
         let arenas: Vec<Option<Arena>> = specs
             .iter()
@@ -1216,6 +1217,15 @@ fn check_vector(space: &VectorSpace, v: &[f32]) -> Result<()> {
         return Err(Error::InvalidVector {
             space: space.name.clone(),
             reason: format!("component {i} is {}", v[i]),
+        });
+    }
+    // As the index checks it, before anything is written: a vector whose
+    // squared norm overflows f32 would be stored, then refused by the index.
+    let norm_sq: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    if !(norm_sq as f32).is_finite() {
+        return Err(Error::InvalidVector {
+            space: space.name.clone(),
+            reason: format!("its squared norm {norm_sq:e} overflows f32"),
         });
     }
     if space.metric == Metric::Cosine && v.iter().all(|x| *x == 0.0) {

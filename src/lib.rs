@@ -68,7 +68,7 @@ pub use ingest::{
     annotate_with, infer_image, ImportFailure, ImportItem, ImportOptions, ImportProgress,
     ImportReport, ImportSource, IngestError, StoredOutputs, ANNOTATE_TOP_K, ATTR_CATEGORY,
     ATTR_CATEGORY_PROBS, ATTR_COLOUR_LAB, ATTR_CONCEPT, ATTR_MODEL, ATTR_SOURCE, ATTR_TAGS,
-    ATTR_TAG_SCORES,
+    ATTR_TAG_SCORES, IMAGE_EXTENSIONS,
 };
 pub use model::{
     Annotation, CategoryScore, ConceptBlock, Manifest, Model, ModelError, ModelOutput, TagGroup,
@@ -78,15 +78,15 @@ pub use outfits::{
     CompleteMethod, CoverOptions, CoverPlan, ExpandOptions, Expansion, Outfit, OutfitEngine,
     OutfitError, OutfitResult, OutfitRules, OutfitSettings, OutfitSlot, PairRule, Relation,
     RelationKind, RuleKind, ScoredCandidate, Substitute, Substitution, MAX_CATALOG_COLOURS,
-    MAX_OUTFIT_ID_LEN,
+    MAX_OUTFIT_ID_LEN, MAX_OUTFIT_SLOTS,
 };
 pub use precompute::{
     PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, SimilarFileError,
     SimilarTable, MAX_VARIANTS,
 };
 pub use vision::{
-    delta_e, prepare_image, prepare_rgb, srgb_to_lab, DecodeLimits, Illumination, ImageError,
-    IntegralImage, PrepConfig, PreparedImage, WhiteBalance,
+    decode_image, delta_e, prepare_image, prepare_rgb, srgb_to_lab, DecodeLimits, DecodedImage,
+    Illumination, ImageError, IntegralImage, PrepConfig, PreparedImage, WhiteBalance,
 };
 pub use vitrine_index::{HnswParams, Metric, Plan, PlanHint, PlannerConfig};
 pub use vitrine_storage::{Attributes, Durability};

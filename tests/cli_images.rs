@@ -443,6 +443,28 @@ fn query_command_prints_results_and_positioned_errors() {
         assert_eq!(l["rank"], i + 1);
         assert_eq!(l["contributions"].as_array().unwrap().len(), 2);
     }
+    // `similar` takes a filter from the query language.
+    let seed = lines[0]["id"].as_str().unwrap();
+    let category = lines[1]["category"].as_str().unwrap();
+    let line = format!("similar {seed} 8 where category = \"{category}\"");
+    let out = vitrine(&["query", "--db", db, "--json", &line]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let similar: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!similar.is_empty());
+    assert!(
+        similar.iter().all(|h| h["category"] == category),
+        "{similar:?}"
+    );
+    let out = vitrine(&[
+        "query",
+        "--db",
+        db,
+        &format!("similar {seed} where price <"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
     // `--json` after the query, as the README writes it.
     let out = vitrine(&["query", "--db", db, "+colour.black limit 2", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -538,6 +560,16 @@ fn query_command_prints_results_and_positioned_errors() {
             text(&out.stdout)
         );
     }
+    // A bare `outfit` or `product` shows its help, not an error.
+    for cmd in ["outfit", "product"] {
+        let out = vitrine(&["query", "--db", db, cmd]);
+        assert!(out.status.success(), "{cmd}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).contains("Usage:") && !text(&out.stdout).starts_with("error"),
+            "{cmd}: {}",
+            text(&out.stdout)
+        );
+    }
     let out = vitrine(&["query", "--db", db, "profile", "list"]);
     assert!(
         !text(&out.stdout).contains("nobody"),
@@ -630,7 +662,7 @@ fn import_refuses_another_models_database_unless_reembedding() {
     let out = vitrine(&["import", src_s, "--db", db_s, "--fpi", "--reembed"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("3 items: 3 imported, 0 skipped"),
+        text(&out.stdout).contains("3 items: 3 imported (3 of them replaced"),
         "{}",
         text(&out.stdout)
     );
@@ -857,6 +889,11 @@ fn product_get_set_and_delete() {
     assert_eq!(embedding(a), old_a, "a plain import skips stored products");
     let out = vitrine(&["import", src_s, "--db", db_s, "--refresh"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("3 imported (3 of them replaced a stored product's image)"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(embedding(a), emb_b);
     assert_eq!(get(a)["price"], 12.5);
     // The category the model gave the old photo follows the new one.
@@ -890,4 +927,32 @@ fn a_file_name_that_is_not_utf8_fails_as_an_item() {
     );
     let report = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
     assert!(report.contains("not UTF-8"), "{report}");
+}
+
+#[test]
+fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("photos");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), "not an image").unwrap();
+    let header_only = dir.path().join("products.csv");
+    std::fs::write(&header_only, "id,path,brand\n").unwrap();
+    let engine_column = dir.path().join("engine.csv");
+    std::fs::write(&engine_column, "id,path,vitrine.model\nsku-1,,bogus\n").unwrap();
+    let db = dir.path().join("db");
+    for (source, says) in [
+        (&empty, "no images in"),
+        (&header_only, "has no product rows"),
+        (&engine_column, "column 'vitrine.model' cannot be imported"),
+    ] {
+        let out = vitrine(&[
+            "import",
+            source.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+        assert!(!db.exists(), "a failed import left a database behind");
+    }
 }

@@ -312,6 +312,8 @@ fn malformed_queries_are_typed_errors_with_positions() {
         ("find +colour.red where", UnexpectedEnd, 22),
         ("find +colour.red where price", UnexpectedEnd, 28),
         ("find +colour.red where price < cheap", Unexpected, 31),
+        ("find +colour.red where price = nan", BadNumber, 31),
+        ("find +colour.red where price = inf", BadNumber, 31),
         ("find +colour.red where brand < 3", Unexpected, 29),
         ("find +colour.red where brand in \"A\"", Unexpected, 32),
         ("find +colour.red where brand in (\"A\"", UnexpectedEnd, 36),

@@ -199,15 +199,31 @@ fn the_first_import_stores_its_preparation_for_later_images() {
         let db = open_db(&model, dir.path());
         assert_eq!(db.prep_config().unwrap(), PrepConfig::catalog());
         assert_eq!(db.recorded_prep_config().unwrap(), None);
-        // An import that stores nothing records nothing.
+        // An import that stores nothing records nothing, and a folder
+        // without images is an error that names it.
         let empty = tempfile::tempdir().unwrap();
-        db.import(
-            ImportSource::Dir(empty.path().to_path_buf()),
-            ImportOptions::new()
-                .model(model.clone())
-                .prep(squashed.clone()),
-        )
-        .unwrap();
+        std::fs::write(empty.path().join("notes.txt"), "x").unwrap();
+        let err = db
+            .import(
+                ImportSource::Dir(empty.path().to_path_buf()),
+                ImportOptions::new()
+                    .model(model.clone())
+                    .prep(squashed.clone()),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, vitrine::IngestError::NoImages { dir, ignored: 1 } if dir == empty.path()),
+            "{err:?}"
+        );
+        let report = db
+            .import(
+                ImportSource::Items(Vec::new()),
+                ImportOptions::new()
+                    .model(model.clone())
+                    .prep(squashed.clone()),
+            )
+            .unwrap();
+        assert_eq!(report.progress.total, 0);
         assert_eq!(db.recorded_prep_config().unwrap(), None);
         db.import(
             ImportSource::Dir(src.path().to_path_buf()),

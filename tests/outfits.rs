@@ -268,6 +268,14 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
         db.store_outfit("", &[ps[0].as_str()]),
         Err(OutfitError::InvalidId(_))
     ));
+    // Too many products: checked before the products themselves.
+    let huge: Vec<String> = (0..=vitrine::MAX_OUTFIT_SLOTS)
+        .map(|i| format!("p{i}"))
+        .collect();
+    assert!(matches!(
+        db.store_outfit("huge", &huge),
+        Err(OutfitError::TooManySlots { slots, .. }) if slots == vitrine::MAX_OUTFIT_SLOTS + 1
+    ));
     assert!(matches!(
         db.substitute("no-such-outfit", 3),
         Err(OutfitError::UnknownOutfit(_))

@@ -71,6 +71,34 @@ impl vitrine_storage::Record for ConceptLayout {
     const VERSION: u8 = 1;
 }
 
+impl ConceptLayout {
+    /// The blocks tile `0..dim` in order, and each names its dimensions.
+    fn check(&self) -> std::result::Result<(), String> {
+        let mut end = 0;
+        for g in &self.groups {
+            if g.start != end || g.len == 0 {
+                return Err(format!(
+                    "group '{}' does not follow the one before it",
+                    g.name
+                ));
+            }
+            if !(g.concepts.is_empty() || g.concepts.len() == g.len)
+                || g.labels.len() != g.concepts.len()
+            {
+                return Err(format!(
+                    "group '{}' names the wrong number of concepts",
+                    g.name
+                ));
+            }
+            end = g.start.saturating_add(g.len);
+        }
+        if end != self.dim {
+            return Err(format!("the groups cover {end} of {} dimensions", self.dim));
+        }
+        Ok(())
+    }
+}
+
 /// A concept name as written in queries: lower case, runs of anything but
 /// letters and digits become one `_` (`Sports Shoes` → `sports_shoes`,
 /// `Accessories (other)` → `accessories_other`).
@@ -497,9 +525,22 @@ impl Db {
 
     /// The concept layout of the database's model.
     pub fn concept_layout(&self) -> Result<ConceptLayout, ConceptError> {
-        self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?
+        let layout = self
+            .side_keyspace::<ConceptLayout>(LAYOUT_KS)?
             .get(LAYOUT_KEY)?
-            .ok_or(ConceptError::NoConceptSpace)
+            .ok_or(ConceptError::NoConceptSpace)?;
+        // Queries slice vectors by these ranges: a damaged record must not
+        // reach them.
+        layout.check().map_err(|reason| {
+            ConceptError::from(Error::Corruption {
+                location: format!(
+                    "vitrine.{LAYOUT_KS}/{}",
+                    String::from_utf8_lossy(LAYOUT_KEY)
+                ),
+                reason,
+            })
+        })?;
+        Ok(layout)
     }
 
     /// The model's concepts plus the user tags defined so far.

@@ -805,15 +805,17 @@ impl<'a> Parser<'a> {
                 }))
             }
             Tok::Sym("=") => {
+                let value_col = self.peek().col;
                 let v = self.value()?;
                 Ok(match field.as_str() {
                     "category" => f.category_in([v]),
                     "brand" => f.brand_in([v]),
                     "price" => {
-                        let x: f64 = v.parse().map_err(|_| {
+                        let x = v.parse::<f64>().ok().filter(|x| x.is_finite());
+                        let x = x.ok_or_else(|| {
                             QueryError::new(
                                 QueryErrorKind::BadNumber,
-                                op.col + 1,
+                                value_col,
                                 format!("bad price '{v}'"),
                             )
                         })?;
@@ -999,8 +1001,9 @@ impl Db {
             }
         }
         let limit = q.limit.clamp(1, MAX_LIMIT);
+        // MMR costs picks × pool dot products: the pool stays bounded.
         let pool = match q.diverse {
-            Some(_) => (limit * 5).max(50),
+            Some(_) => (limit * 5).clamp(50, 2_000).max(limit),
             None => limit,
         };
         let hits = self.concept_search(vocab, &qv, pool, &filter, None)?;

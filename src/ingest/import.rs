@@ -14,8 +14,9 @@ use super::{IngestError, ATTR_MODEL};
 use crate::model::{Model, ModelOutput};
 use crate::{prepare_image, Attributes, Db, PrepConfig, PreparedImage};
 
-/// File extensions a directory import picks up (case-insensitive).
-const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+/// The file name extensions a folder import reads as images (compared
+/// without case).
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// One image to import.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +102,12 @@ fn list_dir(dir: &Path) -> Result<(Vec<ImportItem>, Vec<PathBuf>), IngestError> 
             attributes: Attributes::new(),
         });
     }
+    if items.is_empty() && not_utf8.is_empty() {
+        return Err(IngestError::NoImages {
+            dir: dir.to_path_buf(),
+            ignored: ignored.len(),
+        });
+    }
     items.sort_by(|a, b| a.path.cmp(&b.path));
     not_utf8.sort();
     if !ignored.is_empty() {
@@ -118,11 +125,15 @@ fn list_dir(dir: &Path) -> Result<(Vec<ImportItem>, Vec<PathBuf>), IngestError> 
 
 /// Where an import stands; passed to the progress callback after every item.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ImportProgress {
     /// Items in the source.
     pub total: usize,
-    /// Items stored so far.
+    /// Items stored so far, counting `replaced`.
     pub stored: usize,
+    /// Of the stored items, those that replaced a stored product's image
+    /// and vectors (re-embedded or refreshed).
+    pub replaced: usize,
     /// Items skipped because they were already present (resume).
     pub skipped: usize,
     /// Items that failed so far.
@@ -510,7 +521,10 @@ impl Db {
                     Inferred::Failed(job, e) => (job, Err(e)),
                 };
                 match result {
-                    Ok(()) => report.progress.stored += 1,
+                    Ok(()) => {
+                        report.progress.stored += 1;
+                        report.progress.replaced += usize::from(job.existing.is_some());
+                    }
                     Err(error) => {
                         debug!(id = %job.item.id, %error, "import item failed");
                         report.progress.failed += 1;

@@ -43,6 +43,7 @@ use std::path::PathBuf;
 
 pub use import::{
     ImportFailure, ImportItem, ImportOptions, ImportProgress, ImportReport, ImportSource,
+    IMAGE_EXTENSIONS,
 };
 
 use crate::model::{Annotation, Model, ModelError, ModelOutput, CONCEPT_SPACE, EMBEDDING_SPACE};
@@ -125,6 +126,28 @@ pub enum IngestError {
         /// The file.
         path: PathBuf,
     },
+    /// A folder import found nothing to import: no file has an image
+    /// name ([`IMAGE_EXTENSIONS`]); subfolders are not read.
+    #[error(
+        "no images in {}: no file there is named .{} (subfolders are not read){}",
+        dir.display(),
+        IMAGE_EXTENSIONS.join("/"),
+        ignored_note(*ignored)
+    )]
+    NoImages {
+        /// The folder.
+        dir: PathBuf,
+        /// Entries that are not named as images.
+        ignored: usize,
+    },
+}
+
+fn ignored_note(ignored: usize) -> String {
+    match ignored {
+        0 => String::new(),
+        1 => "; 1 other entry was ignored".into(),
+        n => format!("; {n} other entries were ignored"),
+    }
 }
 
 /// The model outputs stored with a product, read back from its attributes.

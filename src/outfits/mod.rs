@@ -63,6 +63,10 @@ const SETTINGS_KEY: &[u8] = b"settings";
 /// Longest outfit id accepted, in bytes.
 pub const MAX_OUTFIT_ID_LEN: usize = 1024;
 
+/// Most products in one outfit. Stylists' looks have a handful (Mango's
+/// largest has 13); pair relations grow with the square of the size.
+pub const MAX_OUTFIT_SLOTS: usize = 64;
+
 /// Why an outfit operation failed. Nothing is written when one is returned.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -87,6 +91,14 @@ pub enum OutfitError {
     /// An outfit id that is empty or too long.
     #[error("invalid outfit id '{0}' (must be 1 to 1024 bytes)")]
     InvalidId(String),
+    /// An outfit with more than [`MAX_OUTFIT_SLOTS`] products.
+    #[error("outfit '{outfit}' has {slots} products; at most {MAX_OUTFIT_SLOTS} are accepted")]
+    TooManySlots {
+        /// The outfit.
+        outfit: String,
+        /// Its number of products.
+        slots: usize,
+    },
     /// The same product twice in one outfit.
     #[error("outfit '{outfit}' lists product '{product}' twice")]
     DuplicateProduct {
@@ -225,6 +237,12 @@ impl Db {
         if products.is_empty() {
             return Err(OutfitError::EmptyOutfit(id.to_string()));
         }
+        if products.len() > MAX_OUTFIT_SLOTS {
+            return Err(OutfitError::TooManySlots {
+                outfit: id.to_string(),
+                slots: products.len(),
+            });
+        }
         let mut seen = HashSet::new();
         let mut slots = Vec::with_capacity(products.len());
         for p in products {
@@ -345,7 +363,7 @@ impl Db {
 
     /// Number of stored outfits.
     pub fn outfit_count(&self) -> OutfitResult<usize> {
-        Ok(self.outfit_keyspace()?.len())
+        Ok(self.outfit_keyspace()?.len()?)
     }
 
     /// The outfit `id`, if stored.
@@ -412,6 +430,15 @@ impl Db {
 
     /// The persisted rules, if they were ever learned.
     pub fn outfit_rules(&self) -> OutfitResult<Option<OutfitRules>> {
-        Ok(self.side_keyspace::<OutfitRules>(RULES)?.get(RULES_KEY)?)
+        let rules = self.side_keyspace::<OutfitRules>(RULES)?.get(RULES_KEY)?;
+        if let Some(r) = &rules {
+            r.check().map_err(|reason| {
+                OutfitError::Db(Error::Corruption {
+                    location: format!("vitrine.{RULES}/{}", String::from_utf8_lossy(RULES_KEY)),
+                    reason,
+                })
+            })?;
+        }
+        Ok(rules)
     }
 }

@@ -332,7 +332,18 @@ impl Db {
     /// An [`OutfitEngine`] over the current catalog and persisted rules.
     pub fn outfit_engine(&self) -> OutfitResult<OutfitEngine<'_>> {
         let cat = Catalog::load(self)?;
-        let rules = self.outfit_rules()?;
+        let rules = self.outfit_rules()?.filter(|r| {
+            // Learned under another model (the database was re-embedded).
+            let fits = r.dim() == cat.layout.dim;
+            if !fits {
+                tracing::warn!(
+                    rules = r.dim(),
+                    catalog = cat.layout.dim,
+                    "outfit rules were learned in another concept space; ignored until learned again"
+                );
+            }
+            fits
+        });
         let maps = rules.as_ref().map(|r| r.maps(&cat)).unwrap_or_default();
         let memory = Memory::build(
             &cat,
@@ -365,7 +376,9 @@ impl Db {
             .map(|o| o.slots.iter().map(|s| s.product.clone()).collect())
             .collect();
         Ok(Some(
-            rules.memory == outfits && rules.colours == cat.colour_names,
+            rules.memory == outfits
+                && rules.colours == cat.colour_names
+                && rules.dim() == cat.layout.dim,
         ))
     }
 
@@ -630,10 +643,12 @@ impl OutfitEngine<'_> {
                         "look-alike {:.2}; colour {} ({}); keeps {kept}/{total} colour relations{}",
                         raw_look[n],
                         cat.colour_name(c),
-                        if same {
-                            "same family as the original"
+                        if cat.colour[c] == cat.colour[orig] {
+                            "same family as the original".to_owned()
+                        } else if same {
+                            format!("a close shade of the original's {}", cat.colour_name(orig))
                         } else {
-                            "differs from the original"
+                            format!("the original is {}", cat.colour_name(orig))
                         },
                         if self.rules.is_some() {
                             format!("; compatibility z {:+.1}", compat[n])

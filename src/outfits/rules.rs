@@ -193,6 +193,49 @@ impl Record for OutfitRules {
     const VERSION: u8 = 1;
 }
 
+impl OutfitRules {
+    /// The tables have the shapes their names and dimension give; scoring
+    /// indexes them without further checks.
+    /// The concept dimension the rules were learned in.
+    pub(crate) fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let table = |name: &str, t: &PairTable, n: usize| {
+            let nn = n.checked_mul(n);
+            if t.n != n || Some(t.counts.len()) != nn || Some(t.log_lift.len()) != nn {
+                Err(format!("the {name} table does not have {n} × {n} entries"))
+            } else {
+                Ok(())
+            }
+        };
+        table("colour", &self.colour, self.colours.len())?;
+        table("pattern", &self.pattern, self.patterns.len())?;
+        table("category", &self.category, self.categories.len())?;
+        table(
+            "model category",
+            &self.model_category,
+            self.model_categories.len(),
+        )?;
+        for (a, b, t) in &self.colour_by_category {
+            if *a as usize >= self.categories.len() || *b as usize >= self.categories.len() {
+                return Err(format!("a colour table names category {a} or {b}"));
+            }
+            table("colour by category", t, self.colours.len())?;
+        }
+        let d = self.dim;
+        if self.mean.len() != d
+            || Some(self.compat.len()) != d.checked_mul(d)
+            || self.category_means.len() != self.categories.len()
+            || self.category_means.iter().any(|m| m.len() != d)
+        {
+            return Err(format!("the compatibility map is not {d}-dimensional"));
+        }
+        Ok(())
+    }
+}
+
 impl PartialEq for OutfitRules {
     fn eq(&self, o: &Self) -> bool {
         self.outfits == o.outfits

@@ -39,7 +39,10 @@ pub struct DecodeLimits {
     pub max_height: u32,
     /// Largest decoded buffer, in bytes, in the image's own pixel format
     /// (e.g. 4 bytes per pixel for RGBA8, 6 for RGB16). Default 256 MiB.
-    /// Also passed to the decoders for their internal allocations.
+    /// Also passed to the decoders for their internal allocations. Peak
+    /// memory while decoding can reach about three times this: the RGB
+    /// copy (grey expands to 3 bytes per pixel), and a rotated copy for
+    /// EXIF orientations that turn the image by 90°.
     pub max_alloc: u64,
     /// Largest image file [`DecodeLimits::read_file`] reads, in bytes.
     /// Default 64 MiB.
@@ -247,6 +250,36 @@ pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage,
     }
     rgb.apply_orientation(orientation);
     Ok(rgb.into_rgb8())
+}
+
+/// Decoded pixels: `width × height` RGB u8, row-major, interleaved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecodedImage {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width × height × 3` bytes.
+    pub pixels: Vec<u8>,
+}
+
+/// Decodes image bytes as [`prepare_image`](crate::prepare_image) does before
+/// it prepares them: JPEG, PNG, WebP, GIF, BMP or TIFF, upright by the EXIF
+/// orientation, transparency composited onto white, under `limits`.
+///
+/// ```
+/// use vitrine::{decode_image, DecodeLimits, ImageError};
+///
+/// assert_eq!(decode_image(b"", DecodeLimits::default()), Err(ImageError::Empty));
+/// ```
+pub fn decode_image(bytes: &[u8], limits: DecodeLimits) -> Result<DecodedImage, ImageError> {
+    let rgb = decode_rgb(bytes, limits)?;
+    Ok(DecodedImage {
+        width: rgb.width(),
+        height: rgb.height(),
+        pixels: rgb.into_raw(),
+    })
 }
 
 /// Composites `rgba` onto white: a cut-out product on a transparent

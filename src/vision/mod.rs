@@ -5,8 +5,8 @@
 //! exactly what it saw in training:
 //!
 //! 1. decode JPEG, PNG, WebP, GIF, BMP or TIFF to RGB u8 (upright) under explicit [`DecodeLimits`]
-//!    (grey and palette images are expanded, alpha is dropped, 16-bit is
-//!    scaled down);
+//!    (grey and palette images are expanded, transparency is composited
+//!    onto white, 16-bit is scaled down; [`decode_image`] alone);
 //! 2. estimate the background colour from a 4-pixel border band and test
 //!    whether it is plain, with an [`IntegralImage`];
 //! 3. on a plain background, find the product's box from a foreground mask
@@ -45,7 +45,7 @@ mod integral;
 mod prep;
 
 pub use colour::{delta_e, srgb_to_lab};
-pub use decode::DecodeLimits;
+pub use decode::{decode_image, DecodeLimits, DecodedImage};
 pub use error::ImageError;
 pub use integral::IntegralImage;
 pub use prep::{prepare_image, prepare_rgb, Illumination, PrepConfig, PreparedImage, WhiteBalance};

@@ -140,6 +140,11 @@ impl fmt::Debug for Store {
 fn sled_error(path: &Path, e: sled::Error) -> Error {
     match e {
         sled::Error::Io(source) => Error::io(path, readable(source)),
+        // A page that fails sled's checks while the store is open.
+        e @ sled::Error::Corruption { .. } => Error::StoreDamaged {
+            path: path.to_path_buf(),
+            reason: damage_reason(&e),
+        },
         other => Error::Sled(other),
     }
 }
@@ -204,6 +209,26 @@ fn held(sled_dir: &Path) -> bool {
         .any(|p| p == sled_dir)
 }
 
+/// sled's description of damage, without its backtrace placeholder or its
+/// request to report a bug (a damaged file is not one).
+fn damage_reason(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Corruption { at, .. } => {
+            let offset: String = format!("{at:?}")
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            if offset.is_empty() {
+                "corrupt data in sled's log".to_owned()
+            } else {
+                format!("corrupt data in sled's log at offset {offset}")
+            }
+        }
+        sled::Error::ReportableBug(m) | sled::Error::Unsupported(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn sled_open_error(path: &Path, e: sled::Error) -> Error {
     match e {
         // sled 0.34 reports a busy lock only through this message.
@@ -213,7 +238,7 @@ fn sled_open_error(path: &Path, e: sled::Error) -> Error {
         sled::Error::Io(source) => Error::io(path, source),
         other => Error::StoreDamaged {
             path: path.to_path_buf(),
-            reason: other.to_string(),
+            reason: damage_reason(&other),
         },
     }
 }
@@ -367,7 +392,7 @@ fn open_with_lock_retry(config: &sled::Config) -> sled::Result<sled::Db> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     let mut pause = Duration::from_millis(5);
     loop {
-        match config.open() {
+        match open_catching_panics(config) {
             // sled 0.34 reports a busy lock only through this message.
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
@@ -380,6 +405,24 @@ fn open_with_lock_retry(config: &sled::Config) -> sled::Result<sled::Db> {
             other => return other,
         }
     }
+}
+
+/// sled 0.34 panics on some damaged logs while it recovers from them
+/// ("tried to serialize Uninitialized"): that is a damaged store, not a
+/// reason to take the process down.
+fn open_catching_panics(config: &sled::Config) -> sled::Result<sled::Db> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).unwrap_or_else(
+        |panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            Err(sled::Error::ReportableBug(format!(
+                "sled failed while recovering its log: {message}"
+            )))
+        },
+    )
 }
 
 fn check_format(db: &sled::Db) -> Result<()> {
@@ -500,19 +543,37 @@ impl<T: Record> Keyspace<T> {
 
     /// Iterates over all records in key order.
     ///
-    /// A damaged record yields an `Err` naming its key, and iteration
-    /// continues with the next record.
+    /// A record that does not decode yields an `Err` naming its key, and
+    /// iteration continues with the next record. An error from sled itself
+    /// (a damaged page, an I/O error) is yielded once and ends the
+    /// iteration: sled's iterator would yield it again forever.
     pub fn iter(&self) -> impl Iterator<Item = Result<(Vec<u8>, T)>> + '_ {
-        self.tree.iter().map(move |item| {
-            let (key, bytes) = item?;
-            let value = self.decode(&key, &bytes)?;
-            Ok((key.to_vec(), value))
+        let mut failed = false;
+        self.tree.iter().map_while(move |item| {
+            if failed {
+                return None;
+            }
+            let (key, bytes) = match self.io.check(item) {
+                Ok(kv) => kv,
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e));
+                }
+            };
+            Some(self.decode(&key, &bytes).map(|value| (key.to_vec(), value)))
         })
     }
 
-    /// Number of records. O(n): sled counts by scanning.
-    pub fn len(&self) -> usize {
-        self.tree.len()
+    /// Number of records. O(n): sled counts by scanning. Fails on the first
+    /// error from sled (`sled::Tree::len` would spin forever on a damaged
+    /// page).
+    pub fn len(&self) -> Result<usize> {
+        let mut n = 0;
+        for item in self.tree.iter().keys() {
+            self.io.check(item)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Whether the keyspace holds no records.

@@ -89,7 +89,7 @@ fn open(dir: &Path, durability: Durability) -> (Store, Keyspace<Rec>) {
 fn check(ks: &Keyspace<Rec>, model: &BTreeMap<Vec<u8>, Rec>) -> Result<(), TestCaseError> {
     let got: BTreeMap<Vec<u8>, Rec> = ks.iter().collect::<Result<_, _>>().unwrap();
     prop_assert_eq!(&got, model);
-    prop_assert_eq!(ks.len(), model.len());
+    prop_assert_eq!(ks.len().unwrap(), model.len());
     prop_assert_eq!(ks.is_empty(), model.is_empty());
     for k in model.keys() {
         prop_assert_eq!(ks.get(k).unwrap(), model.get(k).cloned());

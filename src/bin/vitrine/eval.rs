@@ -52,7 +52,7 @@ pub struct ClassifyArgs {
     /// Width / height of one stored pixel. The default 0.75 is right for the
     /// Fashion Product Images set, whose images are stored squashed; use 1.0
     /// for ordinary images.
-    #[arg(long, default_value_t = PrepConfig::FPI_PIXEL_ASPECT, value_name = "RATIO")]
+    #[arg(long, default_value_t = PrepConfig::FPI_PIXEL_ASPECT, value_name = "RATIO", value_parser = crate::import::pixel_aspect_arg)]
     pub pixel_aspect: f64,
     /// Images per inference batch.
     #[arg(long, default_value_t = 32)]
@@ -125,9 +125,6 @@ struct Figures {
 }
 
 fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
-    if !(args.pixel_aspect.is_finite() && args.pixel_aspect > 0.0) {
-        bail!("--pixel-aspect must be positive");
-    }
     let model = Model::bundled().context("cannot load the bundled model")?;
     let items = labelled_items(
         &model,

@@ -36,7 +36,7 @@ pub struct ConceptsArgs {
     #[arg(long)]
     pub db: Option<PathBuf>,
     /// Width / height of one stored pixel (0.75 for Fashion Product Images).
-    #[arg(long, default_value_t = PrepConfig::FPI_PIXEL_ASPECT, value_name = "RATIO")]
+    #[arg(long, default_value_t = PrepConfig::FPI_PIXEL_ASPECT, value_name = "RATIO", value_parser = crate::import::pixel_aspect_arg)]
     pub pixel_aspect: f64,
     /// Random Dirichlet profiles to check.
     #[arg(long, default_value_t = 100)]

@@ -59,8 +59,18 @@ pub struct PrepArgs {
     /// Width / height of one stored pixel (1.0 for ordinary images). For
     /// `import`, the default is the database's own, which its first import
     /// stores.
-    #[arg(long, value_name = "RATIO")]
+    #[arg(long, value_name = "RATIO", value_parser = pixel_aspect_arg)]
     pub pixel_aspect: Option<f64>,
+}
+
+/// Parses `--pixel-aspect`: the range [`vitrine::PrepConfig::pixel_aspect`] takes.
+pub fn pixel_aspect_arg(s: &str) -> Result<f64, String> {
+    let aspect: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.01..=100.0).contains(&aspect) {
+        Ok(aspect)
+    } else {
+        Err(format!("must be within 0.01..=100, got {s}"))
+    }
 }
 
 impl PrepArgs {
@@ -80,9 +90,6 @@ impl PrepArgs {
         } else {
             self.pixel_aspect.unwrap_or(1.0)
         };
-        if !(0.01..=100.0).contains(&aspect) {
-            bail!("--pixel-aspect must be within 0.01..=100, got {aspect}");
-        }
         Ok(vitrine::PrepConfig::catalog().pixel_aspect(aspect))
     }
 }
@@ -192,6 +199,9 @@ pub struct CsvRead {
     pub bad: Vec<String>,
 }
 
+/// Attribute keys the engine writes (model outputs, colour, source file).
+pub const ENGINE_PREFIX: &str = "vitrine.";
+
 /// The rows of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]), every
 /// cell checked. A bad header fails the whole file; a bad row is reported
 /// and the rest read on. An empty path is allowed with `update` (it is
@@ -214,6 +224,12 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             "{}: the second column is the image path, not '{}' (id,path[,attributes…])",
             path.display(),
             header[1]
+        );
+    }
+    if let Some(key) = header.iter().skip(2).find(|k| k.starts_with(ENGINE_PREFIX)) {
+        bail!(
+            "{}: column '{key}' cannot be imported (keys starting with '{ENGINE_PREFIX}' are the engine's)",
+            path.display()
         );
     }
     let base = path.parent().unwrap_or(Path::new("."));
@@ -352,6 +368,32 @@ fn import_with_options(
     Ok(report?)
 }
 
+/// Fails when `dir` holds no file with an image name (what
+/// [`vitrine::IngestError::NoImages`] would report after the open).
+fn check_has_images(dir: &Path) -> anyhow::Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mut ignored = 0;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let name = entry.file_name();
+        let ext = Path::new(&name)
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        if name.to_str().is_none()
+            || ext.is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str()))
+        {
+            return Ok(());
+        }
+        ignored += usize::from(!name.to_string_lossy().starts_with('.'));
+    }
+    Err(vitrine::IngestError::NoImages {
+        dir: dir.to_path_buf(),
+        ignored,
+    }
+    .into())
+}
+
 /// One line of the failure report: `id<TAB>path<TAB>reason`.
 pub fn failure_line(f: &vitrine::ImportFailure) -> String {
     format!(
@@ -401,8 +443,12 @@ pub fn print_summary(report: &ImportReport) {
     } else {
         0.0
     };
+    let replaced = match p.replaced {
+        0 => String::new(),
+        n => format!(" ({n} of them replaced a stored product's image)"),
+    };
     println!(
-        "{} items: {} imported, {} skipped (already present), {} failed, in {secs:.1} s ({rate:.1} images/s)",
+        "{} items: {} imported{replaced}, {} skipped (already present), {} failed, in {secs:.1} s ({rate:.1} images/s)",
         p.total, p.stored, p.skipped, p.failed
     );
 }
@@ -418,9 +464,18 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     }
     // A CSV's bad rows go to the failure report, like bad images.
     let (rows, bad_rows) = if args.source.is_dir() {
+        // Checked before the database is created: a wrong folder must not
+        // leave an empty database behind.
+        check_has_images(&args.source)?;
         (None, Vec::new())
     } else if args.source.is_file() {
         let read = csv_rows(&args.source, args.update)?;
+        if read.rows.is_empty() && read.bad.is_empty() {
+            bail!(
+                "{} has no product rows, only a header",
+                args.source.display()
+            );
+        }
         (Some(read.rows), read.bad)
     } else {
         bail!("{} is neither a folder nor a file", args.source.display())

@@ -99,6 +99,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                     format!("cannot open {} even accepting data loss", args.db.display())
                 });
             }
+            let mut moved = Vec::new();
             for s in &snapshots {
                 // Out of sled's folder: sled reads every `snap.*` in it.
                 let name = s.file_name().and_then(|n| n.to_str()).unwrap_or("snap");
@@ -106,13 +107,26 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 std::fs::rename(s, &aside)
                     .with_context(|| format!("cannot move {} aside", s.display()))?;
                 println!("moved sled's snapshot aside: {}", aside.display());
+                moved.push((s.clone(), aside));
             }
-            open().with_context(|| {
-                format!(
-                    "cannot open {} even accepting data loss and without sled's snapshot",
-                    args.db.display()
-                )
-            })?
+            match open() {
+                Ok(db) => db,
+                Err(retry) => {
+                    // The damage is in sled's log, not its snapshot: put
+                    // the snapshot back, so the folder is as it was.
+                    for (s, aside) in &moved {
+                        if !s.exists() && std::fs::rename(aside, s).is_ok() {
+                            println!("put sled's snapshot back: {}", s.display());
+                        }
+                    }
+                    tracing::debug!(error = %retry, "open without sled's snapshot failed");
+                    anyhow::bail!(
+                        "cannot repair {}: sled's log itself is damaged, not only its snapshot; \
+                         restore the database from a backup (`vitrine backup` makes one)",
+                        args.db.display()
+                    );
+                }
+            }
         }
     };
     db.checkpoint()?;

@@ -91,6 +91,19 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // sled panics while recovering some damaged logs; the storage layer
+    // turns that into an error that says so, so its panic message is noise.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info
+            .location()
+            .is_some_and(|l| l.file().contains("/sled-0.34"))
+        {
+            tracing::debug!(%info, "sled panicked");
+        } else {
+            default_hook(info);
+        }
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench { what } => bench::run(what),

@@ -315,7 +315,12 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
             let best = match method {
                 None => q.candidates[rng.gen_range(0..q.candidates.len())].clone(),
                 Some(m) => match eng.complete_with(&q.given, &q.candidates, m) {
-                    Ok(r) => r[0].product.clone(),
+                    Ok(r) if !r.is_empty() => r[0].product.clone(),
+                    // Every candidate is among the given items.
+                    Ok(_) => {
+                        skipped += 1;
+                        continue;
+                    }
                     Err(e) => {
                         if skipped == 0 {
                             eprintln!("warning: skipping a question: {e}");

@@ -64,7 +64,7 @@ pub fn run(args: ProductArgs) -> anyhow::Result<()> {
 }
 
 /// Attributes written by the engine; `set` leaves them alone.
-const ENGINE_PREFIX: &str = "vitrine.";
+use crate::import::ENGINE_PREFIX;
 
 /// Engine attributes too long to show in text (JSON arrays of scores).
 const LONG: [&str; 4] = [

@@ -52,7 +52,7 @@ pub struct QueryArgs {
 
 const COMMANDS: &[(&str, &str)] = &[
     ("find", "find <concept query>       e.g. find +category.shirts +pattern.striped -colour.red colour.blue^2 where in_stock and price < 60 limit 20 diverse 0.3"),
-    ("similar", "similar <id> [user] [k]    more like this, weighted by the user's profile when given"),
+    ("similar", "similar <id> [user] [k] [where <filter>]   more like this (filter as in queries), weighted by the user's profile when given"),
     ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
     ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
     ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>... | profile reset <user>"),
@@ -92,6 +92,8 @@ pub struct Session {
     /// The last results, for `show`: (id, score, label line).
     last: Vec<(String, f32, String)>,
     last_title: String,
+    /// The product the last results are like (`similar`), shown first.
+    last_anchor: Option<String>,
     shows: usize,
 }
 
@@ -117,6 +119,7 @@ impl Session {
             json,
             last: Vec::new(),
             last_title: String::new(),
+            last_anchor: None,
             shows: 0,
         })
     }
@@ -156,7 +159,7 @@ impl Session {
                 _ => bail!("usage: json on|off"),
             },
             "find" | "query" => self.find(line, rest, cmd.eq_ignore_ascii_case("find"), out)?,
-            "similar" => self.similar(&args, out)?,
+            "similar" => self.similar(rest, out)?,
             "annotate" => self.annotate(rest, out)?,
             "feedback" => {
                 let [user, id, what] = args[..] else {
@@ -253,6 +256,7 @@ impl Session {
             Err(e) => return Err(e.into()),
         };
         self.last_title = text.clone();
+        self.last_anchor = None;
         self.last.clear();
         for (rank, h) in res.hits.iter().enumerate() {
             let cat = h.attributes.category.clone().unwrap_or_default();
@@ -347,9 +351,26 @@ impl Session {
         )
     }
 
-    fn similar(&mut self, args: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
+    fn similar(&mut self, line: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+        let (head, clause) = match line.find(" where ") {
+            Some(at) => (&line[..at], Some(&line[at + 1..])),
+            None => (line, None),
+        };
+        let split = split_args(head);
+        let args: Vec<&str> = split.iter().map(String::as_str).collect();
         let Some(id) = args.first() else {
-            bail!("usage: similar <id> [user] [k]");
+            bail!("usage: similar <id> [user] [k] [where <filter>]");
+        };
+        // `where …` is the query language's filter.
+        let filter = match clause {
+            Some(clause) => {
+                let query = format!("find like \"{id}\" {clause}");
+                vitrine::ConceptQuery::parse(&query, &self.db.vocabulary()?)
+                    .map_err(|e| anyhow::anyhow!("{}", e.render(&query)))?
+                    .get_filter()
+                    .clone()
+            }
+            None => Filter::new(),
         };
         let mut k = None;
         let mut user = None;
@@ -371,13 +392,11 @@ impl Session {
                 .with_context(|| format!("no profile for '{u}' (feedback creates one)"))?,
             None => Profile::uniform(&self.db.concept_layout()?),
         };
-        let hits = self.db.similar_with_profile(
-            SimilarTo::Id(id),
-            k.unwrap_or(10),
-            &Filter::new(),
-            &profile,
-        )?;
-        self.last_title = format!("similar {}", args.join(" "));
+        let hits =
+            self.db
+                .similar_with_profile(SimilarTo::Id(id), k.unwrap_or(10), &filter, &profile)?;
+        self.last_title = format!("similar {line}");
+        self.last_anchor = Some(id.to_string());
         self.last = hits
             .iter()
             .map(|h| {
@@ -589,21 +608,47 @@ impl Session {
         );
         let mut tiles = Vec::new();
         let mut missing = 0;
-        let top = self.last.first().map_or(1.0, |l| l.1.abs().max(1e-6));
-        for (rank, (id, score, cat)) in self.last.iter().enumerate() {
-            let src = self
+        let source = |id: &str| -> anyhow::Result<Option<PathBuf>> {
+            Ok(self
                 .db
                 .get(id)?
-                .and_then(|p| p.attributes.extra.get(ATTR_SOURCE).cloned());
-            match src {
-                Some(src) if Path::new(&src).is_file() => tiles.push(Tile {
-                    path: src.into(),
-                    // Results only: no query tile, so no query colour.
-                    colour: sheet::GREEN,
+                .and_then(|p| p.attributes.extra.get(ATTR_SOURCE).cloned())
+                .map(PathBuf::from)
+                .filter(|p| p.is_file()))
+        };
+        // After `similar`: the query first (blue), then green for results
+        // of its category and orange for others. After `find`: all green.
+        let mut anchor_category = None;
+        if let Some(anchor) = &self.last_anchor {
+            let category = self.db.get(anchor)?.and_then(|p| p.attributes.category);
+            if let Some(path) = source(anchor)? {
+                tiles.push(Tile {
+                    path,
+                    colour: sheet::BLUE,
+                    fill: 1.0,
+                    labels: vec![
+                        "query".into(),
+                        category.clone().unwrap_or_default(),
+                        anchor.clone(),
+                    ],
+                });
+            }
+            anchor_category = Some(category);
+        }
+        let top = self.last.first().map_or(1.0, |l| l.1.abs().max(1e-6));
+        for (rank, (id, score, cat)) in self.last.iter().enumerate() {
+            let colour = match &anchor_category {
+                Some(Some(c)) if c != cat => sheet::ORANGE,
+                _ => sheet::GREEN,
+            };
+            match source(id)? {
+                Some(path) => tiles.push(Tile {
+                    path,
+                    colour,
                     fill: score / top,
                     labels: vec![format!("#{} {score:.3}", rank + 1), cat.clone(), id.clone()],
                 }),
-                _ => missing += 1,
+                None => missing += 1,
             }
         }
         if tiles.is_empty() {
@@ -653,7 +698,14 @@ fn parse_line<C: clap::Subcommand>(
         .and_then(|m| C::from_arg_matches(&m))
     {
         Ok(c) => Ok(Some(c)),
-        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+        // `outfit` alone shows its help, as `outfit --help` does.
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
             write!(out, "{e}")?;
             Ok(None)
         }

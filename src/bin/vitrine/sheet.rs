@@ -30,28 +30,13 @@ pub struct Tile {
     pub labels: Vec<String>,
 }
 
-/// An image as the model sees it: upright by its EXIF orientation, and
-/// transparency on white.
-fn load(path: &std::path::Path) -> image::ImageResult<RgbImage> {
-    use image::ImageDecoder;
-    let mut decoder = image::ImageReader::open(path)?
-        .with_guessed_format()?
-        .into_decoder()?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder)?;
-    img.apply_orientation(orientation);
-    if !img.color().has_alpha() {
-        return Ok(img.into_rgb8());
-    }
-    let rgba = img.into_rgba8();
-    Ok(RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let [r, g, b, a] = rgba.get_pixel(x, y).0;
-        let a = u32::from(a);
-        let blend = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
-        Rgb([blend(r), blend(g), blend(b)])
-    }))
+/// An image as the model sees it: upright by its EXIF orientation,
+/// transparency on white, under the default decode limits.
+fn load(path: &std::path::Path) -> anyhow::Result<RgbImage> {
+    let limits = vitrine::DecodeLimits::default();
+    let decoded = vitrine::decode_image(&limits.read_file(path)?, limits)?;
+    RgbImage::from_raw(decoded.width, decoded.height, decoded.pixels)
+        .ok_or_else(|| anyhow::anyhow!("decoded pixels do not fill the image"))
 }
 
 /// Tiles in one row (a wider gap after the first, the query or template),
