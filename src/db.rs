@@ -833,6 +833,19 @@ impl Db {
             .count()
     }
 
+    /// Ids of the products that pass `filter`, sorted (from memory, no
+    /// storage reads).
+    pub fn ids_matching(&self, filter: &Filter) -> Vec<String> {
+        let mut ids: Vec<String> = read(&self.catalog)
+            .by_doc
+            .values()
+            .filter(|e| filter.matches(&e.id, &e.attrs))
+            .map(|e| e.id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Ids of all products, sorted.
     pub fn ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = read(&self.catalog).by_id.keys().cloned().collect();

@@ -155,7 +155,7 @@ impl From<vitrine_storage::Error> for Error {
             vitrine_storage::Error::StoreDamaged { path, reason } => Error::Corruption {
                 location: path.display().to_string(),
                 reason: format!(
-                    "{reason} (`vitrine repair` sets sled's snapshot aside and keeps what its log holds)"
+                    "{reason} (`vitrine repair` copies the folder, then keeps what sled's log holds)"
                 ),
             },
             other => Error::Storage(other),

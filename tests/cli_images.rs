@@ -782,6 +782,35 @@ fn info_reports_contents_and_a_rebuilt_index() {
         text(&out.stdout)
     );
     info(true);
+    // The damaged folder was copied first, snapshot and all.
+    let copy = dir.path().join("db.before-repair");
+    assert!(copy.join("sled").join(snap.file_name().unwrap()).is_file());
+
+    // A damaged sled config: sled writes it again.
+    let conf = db.join("sled").join("conf");
+    let mut bytes = std::fs::read(&conf).unwrap();
+    bytes[8] ^= 0xFF;
+    std::fs::write(&conf, bytes).unwrap();
+    assert!(!vitrine(&["info", "--db", db_s]).status.success());
+    let out = vitrine(&["repair", "--db", db_s]);
+    assert!(
+        text(&out.stdout).contains("4 products kept"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(dir.path().join("db.before-repair-2").is_dir());
+    info(true);
+
+    // Index files without storage are not "no database".
+    let orphan = dir.path().join("orphan");
+    std::fs::create_dir_all(orphan.join("index")).unwrap();
+    let out = vitrine(&["info", "--db", orphan.to_str().unwrap()]);
+    assert!(
+        text(&out.stderr).contains("but not its storage"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = vitrine(&["info", "--db", dir.path().join("nothing").to_str().unwrap()]);
     assert!(!out.status.success());

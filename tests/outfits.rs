@@ -841,15 +841,26 @@ fn cli_outfit_commands_and_eval_fitb() {
     std::fs::write(&csv, s).unwrap();
     vitrine(&["import", csv.to_str().unwrap(), "--db", d]);
 
-    let out = vitrine(&[
-        "outfit",
-        "--db",
-        d,
-        "import",
-        outfits.to_str().unwrap(),
-        "--learn",
-    ]);
+    let learned = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args([
+            "outfit",
+            "--db",
+            d,
+            "import",
+            outfits.to_str().unwrap(),
+            "--learn",
+        ])
+        .output()
+        .unwrap();
+    assert!(learned.status.success());
+    let out = String::from_utf8_lossy(&learned.stdout);
     assert!(out.contains("imported 3 outfits"), "{out}");
+    // The catalog's colour groups are there: the engine says how to use them.
+    let hint = String::from_utf8_lossy(&learned.stderr);
+    assert!(
+        hint.contains("--colour-attribute des_agrup_color_eng"),
+        "{hint}"
+    );
     let out = vitrine(&["outfit", "--db", d, "list"]);
     assert!(out.starts_with("3 outfits"), "{out}");
     let (id, ps) = subset.outfits.iter().next().unwrap();
@@ -928,7 +939,37 @@ fn cli_outfit_commands_and_eval_fitb() {
         "--candidates",
         &cands,
     ]);
-    assert!(out.starts_with("1. "), "{out}");
+    assert!(out.starts_with("score: "), "{out}");
+    assert!(out.lines().nth(1).unwrap().starts_with("1. "), "{out}");
+    // Or every in-stock product of a category, best first.
+    let category = {
+        let db = vitrine::Db::open(d).unwrap();
+        db.get(&ps[0])
+            .unwrap()
+            .unwrap()
+            .attributes
+            .category
+            .unwrap()
+    };
+    let out = vitrine(&[
+        "outfit",
+        "--db",
+        d,
+        "--json",
+        "complete",
+        "--given",
+        &given,
+        "--category",
+        &category,
+        "--limit",
+        "3",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ranked = v.as_array().unwrap();
+    assert!(!ranked.is_empty() && ranked.len() <= 3, "{out}");
+    assert!(ranked
+        .windows(2)
+        .all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64()));
     let out = vitrine(&["outfit", "--db", d, "delete", id]);
     assert!(out.contains("deleted"), "{out}");
     // Deleting it again is an error; the rules are now stale, and the

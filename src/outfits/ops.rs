@@ -280,8 +280,9 @@ pub enum CompleteMethod {
 }
 
 impl CompleteMethod {
-    fn weights(self) -> [f32; 4] {
-        // [rules, bilinear compat, kernel compat, lookalike]
+    /// The weights of the signals' z-scores in the combined score:
+    /// `[rules, compatibility, kernel, look-alike]`.
+    pub fn weights(self) -> [f32; 4] {
         match self {
             CompleteMethod::Visual => [0.0, 0.0, 0.0, 1.0],
             CompleteMethod::Rules => [1.0, 0.0, 0.0, 0.0],

@@ -26,6 +26,10 @@ pub struct RepairArgs {
     /// The database folder.
     #[arg(long)]
     pub db: PathBuf,
+    /// Do not copy the damaged folder to `<db>.before-repair` first (for a
+    /// database too large to copy; what the repair drops is then lost).
+    #[arg(long)]
+    pub no_copy: bool,
 }
 
 /// Arguments of `vitrine backup`.
@@ -68,7 +72,8 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
 
 /// Opens a database whose storage lost products (which a plain open
 /// refuses), keeps what is left, rebuilds the indexes from it and writes a
-/// new checkpoint. The loss becomes permanent: back the folder up first.
+/// new checkpoint. The damaged folder is copied first (unless `--no-copy`),
+/// so nothing the repair drops is gone for good.
 pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     crate::existing_db(&args.db)?;
     match Db::open(&args.db) {
@@ -85,44 +90,70 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", args.db.display())),
     }
+    let copy = if args.no_copy {
+        None
+    } else {
+        let copy = free_name(&args.db, "before-repair");
+        copy_tree(&args.db, &copy)
+            .with_context(|| format!("cannot copy the damaged database to {}", copy.display()))?;
+        println!("copied the damaged database to {}", copy.display());
+        Some(copy)
+    };
     let open = || Db::builder().accept_data_loss(true).open(&args.db);
+    let sled = args.db.join("sled");
     let db = match open() {
         Ok(db) => db,
         Err(e) => {
-            // sled's snapshot is an index of its log: without it, sled
-            // rebuilds from the log. Set aside, not deleted.
             let sled_damaged = matches!(&e, vitrine::Error::Corruption { location, .. }
                 if std::path::Path::new(location).ends_with("sled"));
-            let snapshots = sled_snapshots(&args.db.join("sled"));
-            if !sled_damaged || snapshots.is_empty() {
+            if !sled_damaged {
                 return Err(e).with_context(|| {
                     format!("cannot open {} even accepting data loss", args.db.display())
                 });
             }
-            let mut moved = Vec::new();
-            for s in &snapshots {
-                // Out of sled's folder: sled reads every `snap.*` in it.
-                let name = s.file_name().and_then(|n| n.to_str()).unwrap_or("snap");
-                let aside = args.db.join(format!("sled-{name}.damaged"));
-                std::fs::rename(s, &aside)
-                    .with_context(|| format!("cannot move {} aside", s.display()))?;
-                println!("moved sled's snapshot aside: {}", aside.display());
-                moved.push((s.clone(), aside));
+            // sled rebuilds its snapshot (an index of its log) and its
+            // config file when they are missing: set them aside in turn
+            // (out of sled's folder, which sled reads), never delete them.
+            // The config first: the store sets no persisted option, so the
+            // one sled writes again is the same.
+            let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+            let mut stages = Vec::new();
+            if sled.join("conf").is_file() {
+                stages.push(vec![sled.join("conf")]);
             }
-            match open() {
-                Ok(db) => db,
-                Err(retry) => {
-                    // The damage is in sled's log, not its snapshot: put
-                    // the snapshot back, so the folder is as it was.
-                    for (s, aside) in &moved {
-                        if !s.exists() && std::fs::rename(aside, s).is_ok() {
-                            println!("put sled's snapshot back: {}", s.display());
+            stages.push(sled_snapshots(&sled));
+            let mut repaired = None;
+            for stage in stages.into_iter().filter(|s| !s.is_empty()) {
+                for file in stage {
+                    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+                    let aside = args.db.join(format!("sled-{name}.damaged"));
+                    std::fs::rename(&file, &aside)
+                        .with_context(|| format!("cannot move {} aside", file.display()))?;
+                    println!("moved {} aside: {}", file.display(), aside.display());
+                    moved.push((file, aside));
+                }
+                match open() {
+                    Ok(db) => {
+                        repaired = Some(db);
+                        break;
+                    }
+                    Err(retry) => tracing::debug!(error = %retry, "open failed again"),
+                }
+            }
+            match repaired {
+                Some(db) => db,
+                None => {
+                    // The damage is in sled's log itself: put everything
+                    // back, so the folder is as it was.
+                    // (Over what sled wrote in their place.)
+                    for (file, aside) in moved.iter().rev() {
+                        if std::fs::rename(aside, file).is_ok() {
+                            println!("put {} back", file.display());
                         }
                     }
-                    tracing::debug!(error = %retry, "open without sled's snapshot failed");
                     anyhow::bail!(
-                        "cannot repair {}: sled's log itself is damaged, not only its snapshot; \
-                         restore the database from a backup (`vitrine backup` makes one)",
+                        "cannot repair {}: sled's log itself is damaged; restore the database \
+                         from a backup (`vitrine backup` makes one)",
                         args.db.display()
                     );
                 }
@@ -132,11 +163,65 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     db.checkpoint()?;
     let report = db.open_report();
     println!(
-        "repaired: {} products kept, {} damaged records skipped, {} index(es) rebuilt",
+        "repaired: {} products kept, {} outfits, {} profiles, {} user tags; \
+         {} damaged records skipped, {} index(es) rebuilt",
         db.len(),
+        db.outfit_count()?,
+        db.profile_users()?.len(),
+        db.user_tags()?.len(),
         report.damaged.len(),
         report.rebuilt.len()
     );
+    if db.is_empty() {
+        println!(
+            "nothing was kept: the storage's data is lost. Restore a backup, or move the \
+             folder away and import the catalog again"
+        );
+    }
+    if let Some(copy) = copy {
+        println!(
+            "sled drops what follows damage in its log without counting it: compare with \
+             the copy in {} before deleting it",
+            copy.display()
+        );
+    }
+    Ok(())
+}
+
+/// `<path>.<what>`, or `<path>.<what>-2`, -3… : a name that is free.
+fn free_name(path: &std::path::Path, what: &str) -> PathBuf {
+    let base = path
+        .as_os_str()
+        .to_string_lossy()
+        .trim_end_matches('/')
+        .to_owned();
+    (1..)
+        .map(|i| match i {
+            1 => PathBuf::from(format!("{base}.{what}")),
+            i => PathBuf::from(format!("{base}.{what}-{i}")),
+        })
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .expect("some name is free")
+}
+
+/// Copies a folder tree (files and folders; links are refused).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        } else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not a file or a folder", entry.path().display()),
+            ));
+        }
+    }
     Ok(())
 }
 

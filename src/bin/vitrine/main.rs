@@ -150,13 +150,24 @@ impl std::error::Error for Partial {}
 /// Commands that read a database refuse a folder that holds none, instead
 /// of creating an empty one where a path was mistyped.
 pub(crate) fn existing_db(path: &std::path::Path) -> anyhow::Result<()> {
-    if !path.join("sled").is_dir() {
-        anyhow::bail!(
+    let sled = path.join("sled");
+    match std::fs::metadata(&sled) {
+        Ok(m) if m.is_dir() => Ok(()),
+        // A folder we may not read is not "no database".
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            anyhow::bail!("cannot read {}: {e}", sled.display())
+        }
+        _ if path.join("index").is_dir() || path.join("arena").is_dir() => anyhow::bail!(
+            "{} holds a database's index files but not its storage ({} is missing): \
+             restore it from a backup, or move the folder away and import again",
+            path.display(),
+            sled.display()
+        ),
+        _ => anyhow::bail!(
             "no database at {} (build one with `vitrine import`)",
             path.display()
-        );
+        ),
     }
-    Ok(())
 }
 
 /// An error and its causes on one line, each cause said once: our typed

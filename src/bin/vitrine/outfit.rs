@@ -111,8 +111,19 @@ pub enum OutfitCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         given: Vec<String>,
         /// The candidates (comma separated).
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "category",
+            conflicts_with = "category"
+        )]
         candidates: Vec<String>,
+        /// Instead of --candidates: every in-stock product of this category.
+        #[arg(long)]
+        category: Option<String>,
+        /// How many ranked candidates to print.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
         /// Signals used: full, learned, rules, compat, kernel, visual.
         #[arg(long, default_value = "full")]
         method: String,
@@ -216,6 +227,13 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
              they were learned); `vitrine outfit rules --learn` relearns them"
         );
     }
+    let learns = matches!(
+        cmd,
+        OutfitCommand::Import { learn: true, .. } | OutfitCommand::Rules { learn: true, .. }
+    );
+    if learns && !json {
+        colour_attribute_hint(&db)?;
+    }
     match cmd {
         OutfitCommand::Import { csv, learn } => {
             let n = db.import_outfits_csv(&csv)?;
@@ -234,7 +252,7 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
                 println!("imported {n} outfits ({} stored)", db.outfit_count()?);
                 if let Some(r) = rules {
                     println!(
-                        "learned rules from {} outfits ({} co-worn pairs) in {} ms",
+                        "learned rules from {} outfits ({} ordered co-worn pairs) in {} ms",
                         r.outfits, r.pairs, r.learn_ms
                     );
                 }
@@ -440,23 +458,48 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
         OutfitCommand::Complete {
             given,
             candidates,
+            category,
+            limit,
             method,
         } => {
+            let candidates = match category {
+                Some(c) => {
+                    let ids = db.ids_matching(&vitrine::Filter::new().in_stock().category_in([&c]));
+                    if ids.is_empty() {
+                        bail!("no in-stock product has category '{c}'");
+                    }
+                    ids
+                }
+                None => candidates,
+            };
             let eng = db.outfit_engine()?;
-            let ranked = eng.complete_with(&given, &candidates, method_of(&method)?)?;
+            let method = method_of(&method)?;
+            let mut ranked = eng.complete_with(&given, &candidates, method)?;
+            let hidden = ranked.len().saturating_sub(limit);
+            ranked.truncate(limit);
             if json {
                 print_json(&ranked)?;
             } else {
+                let [wr, wc, wk, wl] = method.weights();
+                println!(
+                    "score: each signal standardised over the {} candidates, weighted \
+                     rules {wr}, compatibility {wc}, kernel {wk}, look-alike {wl}; raw values in brackets",
+                    candidates.len()
+                );
                 for (r, c) in ranked.iter().enumerate() {
                     println!(
-                        "{}. {}\tscore {:+.2}\t(rules {:+.3}, compatibility {:+.4}, look-alike {:.3})",
+                        "{}. {}\tscore {:+.2}\t(rules {:+.3}, compatibility {:+.4}, kernel {:+.3}, look-alike {:.3})",
                         r + 1,
                         c.product,
                         c.score,
                         c.rules,
                         c.compat,
+                        c.kernel,
                         c.lookalike
                     );
+                }
+                if hidden > 0 {
+                    println!("… {hidden} more (--limit)");
                 }
             }
         }
@@ -499,7 +542,7 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
                 }))?;
             } else {
                 println!(
-                    "rules learned from {} outfits ({} co-worn pairs) in {} ms",
+                    "rules learned from {} outfits ({} ordered co-worn pairs) in {} ms",
                     rules.outfits, rules.pairs, rules.learn_ms
                 );
                 if let Some(l) = rules.patterned_with_solid_lift() {
@@ -623,4 +666,40 @@ pub fn outfit_sheet(
         ));
     }
     sheet::render_rows(&rows)
+}
+
+/// Colour relations use the colour measured on the pixels unless told to use
+/// a catalog attribute; when the catalog seems to have one, say so.
+fn colour_attribute_hint(db: &Db) -> anyhow::Result<()> {
+    if db.outfit_settings()?.colour_attribute.is_some() {
+        return Ok(());
+    }
+    // Colour-named attributes, and their values over a sample of products.
+    let mut keys: std::collections::BTreeMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for id in db.ids().iter().take(200) {
+        if let Some(p) = db.get(id)? {
+            for (k, v) in &p.attributes.extra {
+                let lower = k.to_ascii_lowercase();
+                if !k.starts_with(crate::import::ENGINE_PREFIX)
+                    && (lower.contains("colour") || lower.contains("color"))
+                {
+                    keys.entry(k.clone()).or_default().insert(v.clone());
+                }
+            }
+        }
+    }
+    // Groups rather than codes or names: the fewest distinct values.
+    let best = keys
+        .iter()
+        .filter(|(_, values)| values.len() >= 2)
+        .min_by_key(|(_, values)| values.len())
+        .map(|(k, _)| k);
+    if let Some(key) = best {
+        eprintln!(
+            "hint: colour relations use the colour measured on each photo; the products carry \
+             '{key}': `vitrine outfit settings --colour-attribute {key}` uses the catalog's colours"
+        );
+    }
+    Ok(())
 }
