@@ -232,7 +232,7 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
         OutfitCommand::Import { learn: true, .. } | OutfitCommand::Rules { learn: true, .. }
     );
     if learns && !json {
-        colour_attribute_hint(&db)?;
+        colour_attribute_hint(db)?;
     }
     match cmd {
         OutfitCommand::Import { csv, learn } => {
