@@ -334,5 +334,17 @@ fn outputs_annotation_and_concept_vector_are_well_formed() {
             let i = m.tag_names().iter().position(|n| *n == t.tag).unwrap();
             assert!(t.score >= m.tag_thresholds()[i]);
         }
+        // A flat category distribution is reported as uncertain; a sure one is not.
+        let n = out.category_probs.len();
+        let mut flat = out.clone();
+        flat.category_probs = vec![1.0 / n as f32; n];
+        assert!(model.annotation(&flat, 1).category[0]
+            .why
+            .contains("uncertain"));
+        let mut sure = out.clone();
+        sure.category_probs = (0..n).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+        assert!(!model.annotation(&sure, 1).category[0]
+            .why
+            .contains("uncertain"));
     }
 }

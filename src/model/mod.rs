@@ -45,6 +45,10 @@ pub const EMBEDDING_SPACE: &str = "embedding";
 pub const CONCEPT_SPACE: &str = "concept";
 
 /// The model's output names, in the order the runtime asks tract for them.
+/// A top category below this probability is reported as uncertain in its
+/// annotation (often an image unlike the training photos).
+const UNCERTAIN_BELOW: f32 = 0.5;
+
 const OUTPUTS: [&str; 4] = ["embedding", "category_logits", "tag_logits", "concept"];
 
 /// Why a model could not be loaded or run.
@@ -538,13 +542,18 @@ impl Model {
                 let next = order
                     .get(rank + 1)
                     .map(|&j| (&cats[j], out.category_probs[j]));
-                let why = match next {
+                let mut why = match next {
                     Some((label, p)) => format!(
                         "category head: {:.2} ahead of {label}",
                         out.category_probs[i] - p
                     ),
                     None => "category head".to_string(),
                 };
+                if rank == 0 && out.category_probs[i] < UNCERTAIN_BELOW {
+                    why.push_str(
+                        "; uncertain (under 0.5): the image may be unlike the model's training photos",
+                    );
+                }
                 CategoryScore {
                     label: cats[i].clone(),
                     p: out.category_probs[i],
