@@ -493,7 +493,8 @@ impl Db {
         // Scan sled: the catalog and the exact vector stores come from here.
         let mut report = OpenReport::default();
         let mut catalog = Catalog::default();
-        let stored = products.len()?;
+        // Only a capacity hint: a damaged page is met (and judged) by the scan.
+        let stored = products.len().unwrap_or(0);
         let mut flats: Vec<FlatIndex> = specs
             .iter()
             .map(|s| FlatIndex::with_capacity(s.dim, s.metric, stored))
@@ -515,6 +516,9 @@ impl Db {
                 ArenaState::Ahead { .. } => Ok(None),
             })
             .collect::<Result<_>>()?;
+        // A record that does not decode is skipped and reported; an error
+        // from sled itself (a damaged page) ends the scan, reported the
+        // same way. The checkpoint comparison below tells lost products.
         for item in products.iter() {
             let (key, rec) = match item {
                 Ok(kv) => kv,
@@ -547,6 +551,10 @@ impl Db {
                 },
             );
         }
+        // Spaces whose checkpoint holds products that storage no longer has
+        // (damaged or lost): their index dumps hold them too, so the index
+        // is built again from what is left.
+        let mut lost = vec![false; arenas.len()];
         for (i, arena) in arenas.iter().enumerate() {
             if let Some(arena) = arena {
                 // Damaged records are skipped and reported; anything beyond
@@ -555,6 +563,7 @@ impl Db {
                     .iter()
                     .filter(|(doc, _)| !catalog.by_doc.contains_key(doc))
                     .count();
+                lost[i] = missing > 0;
                 if missing > report.damaged.len() && !b.accept_data_loss {
                     return Err(lost_writes(
                         dir,
@@ -575,11 +584,11 @@ impl Db {
         }
 
         let mut spaces = Vec::with_capacity(specs.len());
-        for (spec, flat) in specs.into_iter().zip(flats) {
+        for ((spec, flat), lost) in specs.into_iter().zip(flats).zip(lost) {
             let idx_dir = index_dir(dir, &spec.name);
-            let index = match SpaceIndex::load(&idx_dir, generation, flat.clone(), b.index.clone())
-            {
-                Ok(index) => {
+            let loaded = SpaceIndex::load(&idx_dir, generation, flat.clone(), b.index.clone());
+            let index = match loaded {
+                Ok(index) if !lost => {
                     debug!(space = %spec.name, "index dump loaded");
                     index
                 }
@@ -587,9 +596,13 @@ impl Db {
                     // A new (or empty) database: nothing to rebuild.
                     SpaceIndex::build(flat, b.index.clone(), b.threads)?
                 }
-                Err(reason) => {
+                other => {
+                    let reason = match other {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "the checkpoint holds products that storage lost".to_owned(),
+                    };
                     warn!(space = %spec.name, %reason, "rebuilding index from storage");
-                    report.rebuilt.push((spec.name.clone(), reason.to_string()));
+                    report.rebuilt.push((spec.name.clone(), reason));
                     SpaceIndex::build(flat, b.index.clone(), b.threads)?
                 }
             };

@@ -985,3 +985,142 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
         assert!(!db.exists(), "a failed import left a database behind");
     }
 }
+
+/// A byte flipped in sled's log, near its end (the entries its snapshot
+/// points to): every command ends with an error naming `sled`, and `repair`
+/// either keeps what is left or puts every file back as it found it.
+#[test]
+fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine");
+    // Written over three sessions, so that sled's snapshot points into its
+    // log and a damaged page is found only when it is read.
+    for round in 0..3u32 {
+        let db = vitrine::Db::open(&pristine).unwrap();
+        for i in 0..800u32 {
+            let v: Vec<f32> = (0..vitrine::DEFAULT_DIM)
+                .map(|d| ((i * 31 + d as u32 * 7 + round) % 97) as f32 + 1.0)
+                .collect();
+            let attrs = vitrine::Attributes::new().brand(format!("b{}", i % 7));
+            db.upsert(&format!("sku-{i}"), attrs, [(vitrine::DEFAULT_SPACE, v)])
+                .unwrap();
+        }
+        db.close().unwrap();
+    }
+    let log = std::fs::read(pristine.join("sled").join("db")).unwrap();
+    let pages: Vec<usize> = (0..log.len() / 4096)
+        .rev()
+        .filter(|p| log[p * 4096..(p + 1) * 4096].iter().any(|b| *b != 0))
+        .collect();
+    let sled_files = |db: &Path| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut files: Vec<_> = std::fs::read_dir(db.join("sled"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let (mut refused, mut outcomes) = (0, std::collections::BTreeSet::new());
+    for page in pages {
+        let case = dir.path().join(format!("case-{page}"));
+        copy_tree(&pristine, &case);
+        let file = case.join("sled").join("db");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[page * 4096 + 100] ^= 0xFF;
+        std::fs::write(&file, bytes).unwrap();
+        let damaged = sled_files(&case);
+        // Cheap in-process check first, on a copy: sled's recovery clears
+        // its log after the damage, so an open changes the folder.
+        let probe = dir.path().join(format!("probe-{page}"));
+        copy_tree(&case, &probe);
+        let opens = vitrine::Db::open(&probe).is_ok();
+        std::fs::remove_dir_all(&probe).unwrap();
+        if opens {
+            std::fs::remove_dir_all(&case).unwrap();
+            continue;
+        }
+        refused += 1;
+        let c = case.to_str().unwrap();
+        let repair = vitrine(&["repair", "--db", c]);
+        let copy = dir.path().join(format!("case-{page}.before-repair"));
+        if repair.status.code() == Some(0) {
+            assert_eq!(
+                sled_files(&copy),
+                damaged,
+                "the copy is the damaged folder, taken before any open"
+            );
+        }
+        eprintln!("page {page}: repair exit {:?}", repair.status.code());
+        match repair.status.code() {
+            Some(0) => {
+                // sled's files were rewritten from what it could read: the
+                // database now opens clean, with most products kept.
+                let v = vitrine(&["info", "--db", c, "--json"]);
+                assert!(v.status.success(), "{}", text(&v.stderr));
+                let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+                assert_eq!(v["opened"]["damaged_records"], 0, "{v}");
+                assert!(v["products"].as_u64().unwrap() > 700, "{v}");
+                // The index holds every product kept, and nothing else.
+                let db = vitrine::Db::open(&case).unwrap();
+                let ids = db.ids();
+                let hits = db
+                    .similar(
+                        vitrine::SimilarTo::Id(&ids[0]),
+                        10_000,
+                        &vitrine::Filter::new(),
+                    )
+                    .unwrap();
+                assert_eq!(hits.len(), ids.len() - 1);
+            }
+            Some(1) => {
+                // The folder is put back from the copy, byte for byte
+                // (sled's failed opens may have cleared part of its log).
+                assert_eq!(sled_files(&case), damaged, "the folder is as it was");
+                assert!(!copy.exists(), "the copy went back into place");
+                let info = vitrine(&["info", "--db", c]);
+                assert_eq!(info.status.code(), Some(1), "{}", text(&info.stderr));
+                assert!(
+                    text(&info.stderr).contains("sled"),
+                    "{}",
+                    text(&info.stderr)
+                );
+            }
+            other => panic!("repair ended with {other:?}: {}", text(&repair.stderr)),
+        }
+        outcomes.insert(repair.status.code());
+        if outcomes.len() == 2 || refused == 4 {
+            break;
+        }
+    }
+    assert!(refused > 0, "no flip damaged the database");
+
+    // An emptied log: nothing can be kept, and the folder goes back as it was.
+    let case = dir.path().join("emptied");
+    copy_tree(&pristine, &case);
+    std::fs::write(case.join("sled").join("db"), b"").unwrap();
+    let damaged = sled_files(&case);
+    let repair = vitrine(&["repair", "--db", case.to_str().unwrap()]);
+    assert_eq!(repair.status.code(), Some(1), "{}", text(&repair.stdout));
+    assert!(
+        text(&repair.stderr).contains("no product is readable"),
+        "{}",
+        text(&repair.stderr)
+    );
+    assert_eq!(sled_files(&case), damaged);
+    assert!(!dir.path().join("emptied.before-repair").exists());
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -76,7 +76,7 @@ impl ConceptLayout {
     fn check(&self) -> std::result::Result<(), String> {
         let mut end = 0;
         for g in &self.groups {
-            if g.start != end || g.len == 0 {
+            if g.start != end {
                 return Err(format!(
                     "group '{}' does not follow the one before it",
                     g.name

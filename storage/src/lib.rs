@@ -61,4 +61,6 @@ pub use arena::{open_arena_bytes, write_arena, Arena, ArenaView};
 pub use codec::{decode_record, Record};
 pub use error::{Error, Result};
 pub use model::{Attributes, Meta, ProductRecord, SpaceSpec, StoredMetric};
-pub use store::{Batch, Durability, Keyspace, Store, StoreOptions, WritesPaused, FORMAT_VERSION};
+pub use store::{
+    Batch, Durability, Keyspace, Salvaged, Store, StoreOptions, WritesPaused, FORMAT_VERSION,
+};

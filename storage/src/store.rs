@@ -106,6 +106,16 @@ impl IoState {
     }
 }
 
+/// What [`Store::salvage_into`] copied.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Salvaged {
+    /// Records copied, in all keyspaces.
+    pub records: usize,
+    /// Keyspaces (sled trees) in which a page could not be read.
+    pub damaged_keyspaces: Vec<String>,
+}
+
 /// sled folders whose handles this process keeps after an I/O error.
 static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
@@ -214,14 +224,18 @@ fn held(sled_dir: &Path) -> bool {
 fn damage_reason(e: &sled::Error) -> String {
     match e {
         sled::Error::Corruption { at, .. } => {
-            let offset: String = format!("{at:?}")
-                .chars()
-                .filter(char::is_ascii_digit)
+            // `Inline(offset)` or `Blob(offset, blob id)`.
+            let numbers: Vec<String> = format!("{at:?}")
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
                 .collect();
-            if offset.is_empty() {
-                "corrupt data in sled's log".to_owned()
-            } else {
-                format!("corrupt data in sled's log at offset {offset}")
+            match numbers.as_slice() {
+                [offset] => format!("corrupt data in sled's log at offset {offset}"),
+                [offset, blob] => {
+                    format!("corrupt data in sled's blob file blobs/{blob} (log offset {offset})")
+                }
+                _ => "corrupt data in sled's files".to_owned(),
             }
         }
         sled::Error::ReportableBug(m) | sled::Error::Unsupported(m) => m.clone(),
@@ -351,6 +365,62 @@ impl Store {
     pub fn generate_id(&self) -> Result<u64> {
         let _w = self.io.write_guard();
         self.io.check(self.db.generate_id())
+    }
+
+    /// Copies every record sled can still read into a new store in
+    /// `dest` (a folder that must not exist), for a repair: each keyspace is
+    /// read forwards up to a damaged page, then backwards from its end down
+    /// to it, so only the records on damaged pages are left behind. The id
+    /// generator is carried over, so new ids stay unique.
+    pub fn salvage_into(&self, dest: &Path) -> Result<Salvaged> {
+        if dest.exists() {
+            return Err(Error::io(
+                dest,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists"),
+            ));
+        }
+        let dest_sled = dest.join("sled");
+        let out = sled::Config::new()
+            .path(&dest_sled)
+            .open()
+            .map_err(|e| sled_open_error(&dest_sled, e))?;
+        let out_err = |e| sled_error(&dest_sled, e);
+        let mut report = Salvaged::default();
+        for name in self.db.tree_names() {
+            let src = self.io.check(self.db.open_tree(&name))?;
+            let dst = out.open_tree(&name).map_err(out_err)?;
+            let mut damaged = false;
+            for item in src.iter() {
+                match item {
+                    Ok((k, v)) => {
+                        dst.insert(k, v).map_err(out_err)?;
+                        report.records += 1;
+                    }
+                    Err(_) => {
+                        damaged = true;
+                        break;
+                    }
+                }
+            }
+            if damaged {
+                report
+                    .damaged_keyspaces
+                    .push(String::from_utf8_lossy(&name).into_owned());
+                for item in src.iter().rev() {
+                    let Ok((k, v)) = item else { break };
+                    if dst.contains_key(&k).map_err(out_err)? {
+                        break;
+                    }
+                    dst.insert(k, v).map_err(out_err)?;
+                    report.records += 1;
+                }
+            }
+        }
+        // sled's generator only counts up: catch up with the old one.
+        let next = self.generate_id()?;
+        while out.generate_id().map_err(out_err)? < next {}
+        out.flush().map_err(out_err)?;
+        Ok(report)
     }
 
     /// Holds back every write and flush of this store (they wait) until

@@ -226,7 +226,11 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             header[1]
         );
     }
-    if let Some(key) = header.iter().skip(2).find(|k| k.starts_with(ENGINE_PREFIX)) {
+    if let Some(key) = header
+        .iter()
+        .skip(2)
+        .find(|k| k.to_ascii_lowercase().starts_with(ENGINE_PREFIX))
+    {
         bail!(
             "{}: column '{key}' cannot be imported (keys starting with '{ENGINE_PREFIX}' are the engine's)",
             path.display()
@@ -377,6 +381,10 @@ fn check_has_images(dir: &Path) -> anyhow::Result<()> {
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
         let name = entry.file_name();
+        // Hidden files are not imported (the importer skips them too).
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
         let ext = Path::new(&name)
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
@@ -385,7 +393,7 @@ fn check_has_images(dir: &Path) -> anyhow::Result<()> {
         {
             return Ok(());
         }
-        ignored += usize::from(!name.to_string_lossy().starts_with('.'));
+        ignored += 1;
     }
     Err(vitrine::IngestError::NoImages {
         dir: dir.to_path_buf(),

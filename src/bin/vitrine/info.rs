@@ -72,10 +72,25 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
 
 /// Opens a database whose storage lost products (which a plain open
 /// refuses), keeps what is left, rebuilds the indexes from it and writes a
-/// new checkpoint. The damaged folder is copied first (unless `--no-copy`),
-/// so nothing the repair drops is gone for good.
+/// new checkpoint. The folder is copied first (unless `--no-copy`), before
+/// anything opens it: sled's recovery clears its log after a damaged entry.
 pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     crate::existing_db(&args.db)?;
+    let db_dir = std::fs::canonicalize(&args.db)
+        .with_context(|| format!("cannot resolve {}", args.db.display()))?;
+    let copy = if args.no_copy {
+        None
+    } else {
+        let copy = free_name(&db_dir, "before-repair")?;
+        if let Err(e) = copy_tree(&db_dir, &copy) {
+            let _ = std::fs::remove_dir_all(&copy);
+            return Err(anyhow::Error::from(e).context(format!(
+                "cannot copy the database to {} (nothing was changed)",
+                copy.display()
+            )));
+        }
+        Some(copy)
+    };
     match Db::open(&args.db) {
         Ok(db) => {
             println!(
@@ -83,6 +98,9 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 args.db.display(),
                 db.len()
             );
+            if let Some(copy) = &copy {
+                let _ = std::fs::remove_dir_all(copy);
+            }
             return Ok(());
         }
         Err(vitrine::Error::Corruption { location, reason }) => {
@@ -90,16 +108,17 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", args.db.display())),
     }
-    let copy = if args.no_copy {
-        None
-    } else {
-        let copy = free_name(&args.db, "before-repair");
-        copy_tree(&args.db, &copy)
-            .with_context(|| format!("cannot copy the damaged database to {}", copy.display()))?;
-        println!("copied the damaged database to {}", copy.display());
-        Some(copy)
+    if let Some(copy) = &copy {
+        println!("copied the damaged database first, to {}", copy.display());
+    }
+    // No checkpoint on drop: the files are rewritten below, and the
+    // checkpoint files are then made again from them.
+    let open = || {
+        Db::builder()
+            .accept_data_loss(true)
+            .checkpoint_on_drop(false)
+            .open(&args.db)
     };
-    let open = || Db::builder().accept_data_loss(true).open(&args.db);
     let sled = args.db.join("sled");
     let db = match open() {
         Ok(db) => db,
@@ -126,7 +145,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             for stage in stages.into_iter().filter(|s| !s.is_empty()) {
                 for file in stage {
                     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-                    let aside = args.db.join(format!("sled-{name}.damaged"));
+                    let aside = free_name(&db_dir.join(format!("sled-{name}")), "damaged")?;
                     std::fs::rename(&file, &aside)
                         .with_context(|| format!("cannot move {} aside", file.display()))?;
                     println!("moved {} aside: {}", file.display(), aside.display());
@@ -134,6 +153,13 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 }
                 match open() {
                     Ok(db) => {
+                        // A file sled wrote again byte for byte was not
+                        // the damage: no need to keep it aside.
+                        for (file, aside) in &moved {
+                            if std::fs::read(file).ok() == std::fs::read(aside).ok() {
+                                let _ = std::fs::remove_file(aside);
+                            }
+                        }
                         repaired = Some(db);
                         break;
                     }
@@ -151,6 +177,11 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                             println!("put {} back", file.display());
                         }
                     }
+                    // sled's failed opens may still have cleared part of
+                    // its log: the copy is the folder as it was.
+                    if let Some(copy) = &copy {
+                        restore_from_copy(&db_dir, copy)?;
+                    }
                     anyhow::bail!(
                         "cannot repair {}: sled's log itself is damaged; restore the database \
                          from a backup (`vitrine backup` makes one)",
@@ -160,24 +191,45 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             }
         }
     };
+    if db.is_empty() {
+        // Nothing readable is left (sled's log was emptied or lost): a
+        // fresh, empty database in its place would only hide that.
+        drop(db);
+        if let Some(copy) = &copy {
+            restore_from_copy(&db_dir, copy)?;
+        }
+        anyhow::bail!(
+            "cannot repair {}: no product is readable in sled's storage; restore the database \
+             from a backup, or move the folder away and import the catalog again",
+            args.db.display()
+        );
+    }
+    // Rewrite sled's files from what it can read: the damaged pages stay
+    // behind, so later opens are clean.
+    drop(db);
+    let salvaged = salvage(&db_dir, copy.is_some())?;
+    if !salvaged.damaged_keyspaces.is_empty() {
+        println!(
+            "unreadable pages skipped in: {}",
+            salvaged.damaged_keyspaces.join(", ")
+        );
+    }
+    let db =
+        open().with_context(|| format!("cannot open {} after the repair", args.db.display()))?;
     db.checkpoint()?;
     let report = db.open_report();
+    // Best effort: the repair is done, whatever these reads meet.
+    let count = |n: Option<usize>| n.map_or("?".to_owned(), |n| n.to_string());
     println!(
         "repaired: {} products kept, {} outfits, {} profiles, {} user tags; \
          {} damaged records skipped, {} index(es) rebuilt",
         db.len(),
-        db.outfit_count()?,
-        db.profile_users()?.len(),
-        db.user_tags()?.len(),
+        count(db.outfit_count().ok()),
+        count(db.profile_users().ok().map(|p| p.len())),
+        count(db.user_tags().ok().map(|t| t.len())),
         report.damaged.len(),
         report.rebuilt.len()
     );
-    if db.is_empty() {
-        println!(
-            "nothing was kept: the storage's data is lost. Restore a backup, or move the \
-             folder away and import the catalog again"
-        );
-    }
     if let Some(copy) = copy {
         println!(
             "sled drops what follows damage in its log without counting it: compare with \
@@ -188,32 +240,84 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `<path>.<what>`, or `<path>.<what>-2`, -3… : a name that is free.
-fn free_name(path: &std::path::Path, what: &str) -> PathBuf {
-    let base = path
-        .as_os_str()
-        .to_string_lossy()
-        .trim_end_matches('/')
-        .to_owned();
-    (1..)
-        .map(|i| match i {
-            1 => PathBuf::from(format!("{base}.{what}")),
-            i => PathBuf::from(format!("{base}.{what}-{i}")),
-        })
-        .find(|p| std::fs::symlink_metadata(p).is_err())
-        .expect("some name is free")
+/// Copies what sled can read into fresh sled files, which replace the old
+/// ones (kept as `sled.before-salvage` when there is no copy of the folder).
+fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_storage::Salvaged> {
+    let sled = db_dir.join("sled");
+    let staging = free_name(&sled, "salvage")?;
+    // The index dumps and arenas describe the old files: built again.
+    for derived in ["index", "arena"] {
+        let path = db_dir.join(derived);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    let salvaged = {
+        let store = vitrine_storage::Store::open(db_dir, vitrine_storage::StoreOptions::default())?;
+        store
+            .salvage_into(&staging)
+            .with_context(|| format!("cannot rewrite sled's files into {}", staging.display()))?
+    };
+    let old = free_name(&sled, "before-salvage")?;
+    std::fs::rename(&sled, &old)
+        .with_context(|| format!("cannot move {} aside", sled.display()))?;
+    std::fs::rename(staging.join("sled"), &sled)
+        .with_context(|| format!("cannot move the rewritten files to {}", sled.display()))?;
+    let _ = std::fs::remove_dir_all(&staging);
+    if have_copy {
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        println!("sled's old files: {}", old.display());
+    }
+    Ok(salvaged)
 }
 
-/// Copies a folder tree (files and folders; links are refused).
+/// Puts the copy taken before the repair back in place of `db_dir` (which
+/// failed opens may have changed); the copy's name is then free again.
+fn restore_from_copy(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow::Result<()> {
+    let failed = free_name(db_dir, "repair-failed")?;
+    std::fs::rename(db_dir, &failed)
+        .with_context(|| format!("cannot move {} aside", db_dir.display()))?;
+    std::fs::rename(copy, db_dir).with_context(|| {
+        format!(
+            "cannot move the copy {} back to {} (the repaired attempt is in {})",
+            copy.display(),
+            db_dir.display(),
+            failed.display()
+        )
+    })?;
+    let _ = std::fs::remove_dir_all(&failed);
+    println!("put the folder back as it was, from the copy");
+    Ok(())
+}
+
+/// `<path>.<what>`, or `<path>.<what>-2`, -3… : a free name next to `path`
+/// (which is canonical, so the name is never inside it).
+fn free_name(path: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        anyhow::bail!("{} has no parent folder to copy it into", path.display());
+    };
+    let name = name.to_string_lossy();
+    Ok((1..)
+        .map(|i| match i {
+            1 => parent.join(format!("{name}.{what}")),
+            i => parent.join(format!("{name}.{what}-{i}")),
+        })
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .expect("some name is free"))
+}
+
+/// Copies a folder tree, following links (the copy holds their contents).
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let target = to.join(entry.file_name());
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
+        let meta = std::fs::metadata(entry.path())?;
+        if meta.is_dir() {
             copy_tree(&entry.path(), &target)?;
-        } else if kind.is_file() {
+        } else if meta.is_file() {
             std::fs::copy(entry.path(), &target)?;
         } else {
             return Err(std::io::Error::new(

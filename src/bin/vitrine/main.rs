@@ -57,7 +57,7 @@ enum Command {
     Import(import::ImportArgs),
     /// What a database holds (products, spaces, model, outfits) and whether it opened cleanly.
     Info(info::InfoArgs),
-    /// Opens a database whose storage lost products, keeping what is left (after a backup!).
+    /// Opens a damaged database, keeping what is left (the folder is copied first).
     Repair(info::RepairArgs),
     /// Copies a database to a new folder and checks the copy opens (a process serving the database calls `Db::backup` instead).
     Backup(info::BackupArgs),
@@ -91,15 +91,16 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // sled panics while recovering some damaged logs; the storage layer
-    // turns that into an error that says so, so its panic message is noise.
+    // sled panics while recovering some damaged logs, and the storage layer
+    // turns that into an error that says so: one warning line instead of a
+    // panic message (any other sled panic still shows, as that warning).
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if info
             .location()
             .is_some_and(|l| l.file().contains("/sled-0.34"))
         {
-            tracing::debug!(%info, "sled panicked");
+            tracing::warn!("sled panicked: {info}");
         } else {
             default_hook(info);
         }

@@ -122,8 +122,8 @@ pub enum OutfitCommand {
         #[arg(long)]
         category: Option<String>,
         /// How many ranked candidates to print.
-        #[arg(long, default_value_t = 10)]
-        limit: usize,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
         /// Signals used: full, learned, rules, compat, kernel, visual.
         #[arg(long, default_value = "full")]
         method: String,
@@ -231,9 +231,14 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
         cmd,
         OutfitCommand::Import { learn: true, .. } | OutfitCommand::Rules { learn: true, .. }
     );
-    if learns && !json {
+    let result = execute_command(db, cmd, json);
+    if learns && !json && result.is_ok() {
         colour_attribute_hint(db)?;
     }
+    result
+}
+
+fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         OutfitCommand::Import { csv, learn } => {
             let n = db.import_outfits_csv(&csv)?;
@@ -475,16 +480,16 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
             let eng = db.outfit_engine()?;
             let method = method_of(&method)?;
             let mut ranked = eng.complete_with(&given, &candidates, method)?;
-            let hidden = ranked.len().saturating_sub(limit);
-            ranked.truncate(limit);
+            let ranked_count = ranked.len();
+            let hidden = ranked.len().saturating_sub(limit as usize);
+            ranked.truncate(limit as usize);
             if json {
                 print_json(&ranked)?;
             } else {
                 let [wr, wc, wk, wl] = method.weights();
                 println!(
-                    "score: each signal standardised over the {} candidates, weighted \
-                     rules {wr}, compatibility {wc}, kernel {wk}, look-alike {wl}; raw values in brackets",
-                    candidates.len()
+                    "score: each signal standardised over the {ranked_count} candidates, weighted \
+                     rules {wr}, compatibility {wc}, kernel {wk}, look-alike {wl}; raw values in parentheses"
                 );
                 for (r, c) in ranked.iter().enumerate() {
                     println!(

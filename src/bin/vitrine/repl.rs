@@ -352,8 +352,8 @@ impl Session {
     }
 
     fn similar(&mut self, line: &str, out: &mut dyn Write) -> anyhow::Result<()> {
-        let (head, clause) = match line.find(" where ") {
-            Some(at) => (&line[..at], Some(&line[at + 1..])),
+        let (head, clause) = match where_at(line) {
+            Some(at) => (&line[..at], Some(&line[at..])),
             None => (line, None),
         };
         let split = split_args(head);
@@ -361,21 +361,41 @@ impl Session {
         let Some(id) = args.first() else {
             bail!("usage: similar <id> [user] [k] [where <filter>]");
         };
-        // `where …` is the query language's filter.
+        // `where …` is the query language's filter, and only that.
         let filter = match clause {
             Some(clause) => {
-                let query = format!("find like \"{id}\" {clause}");
-                vitrine::ConceptQuery::parse(&query, &self.db.vocabulary()?)
-                    .map_err(|e| anyhow::anyhow!("{}", e.render(&query)))?
-                    .get_filter()
-                    .clone()
+                const PREFIX: &str = "find like \"_\" ";
+                let query = format!("{PREFIX}{clause}");
+                let parsed = vitrine::ConceptQuery::parse(&query, &self.db.vocabulary()?).map_err(
+                    |mut e| {
+                        // The caret goes under the line as typed.
+                        let typed = format!("similar {line}");
+                        let clause_col = typed.chars().count() - clause.chars().count();
+                        e.column = e.column + clause_col - PREFIX.chars().count();
+                        anyhow::anyhow!("{}", e.render(&typed))
+                    },
+                )?;
+                let filter = parsed.get_filter().clone();
+                let only_filter = vitrine::ConceptQuery::new()
+                    .like(vitrine::LikeTarget::Id("_".into()), 1.0)
+                    .filter(filter.clone());
+                if parsed != only_filter {
+                    bail!(
+                        "similar takes only conditions after `where` (give k before it: \
+                         similar <id> [user] [k] where …)"
+                    );
+                }
+                filter
             }
             None => Filter::new(),
         };
         let mut k = None;
         let mut user = None;
         for a in &args[1..] {
-            match a.parse::<i64>() {
+            // Digits are k, however large (a user id of digits reads as k).
+            let digits = a.chars().all(|c| c.is_ascii_digit());
+            match a.parse::<i64>().map_err(|_| digits) {
+                Err(true) => bail!("k must be from 1 to 1000"),
                 Ok(_) if k.is_some() => bail!("usage: similar <id> [user] [k] (k given twice)"),
                 Ok(n) if (1..=1000).contains(&n) => k = Some(n as usize),
                 Ok(_) => bail!("k must be from 1 to 1000"),
@@ -397,6 +417,14 @@ impl Session {
                 .similar_with_profile(SimilarTo::Id(id), k.unwrap_or(10), &filter, &profile)?;
         self.last_title = format!("similar {line}");
         self.last_anchor = Some(id.to_string());
+        if hits.is_empty() && !self.json {
+            let why = if filter.is_empty() {
+                ""
+            } else {
+                ": no other product passes the filter"
+            };
+            writeln!(out, "(no results{why})")?;
+        }
         self.last = hits
             .iter()
             .map(|h| {
@@ -724,6 +752,29 @@ fn at_most(args: &[&str], n: usize, usage: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The byte offset of a `where` keyword (any case) that stands as a word
+/// outside quotes, after at least one argument.
+fn where_at(line: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut prev_space = false;
+    for (i, c) in line.char_indices() {
+        if c == '"' {
+            quoted = !quoted;
+        }
+        if !quoted && prev_space && i > 0 {
+            let rest = &line[i..];
+            let word = rest
+                .get(..5)
+                .is_some_and(|w| w.eq_ignore_ascii_case("where"));
+            if word && rest[5..].chars().next().is_none_or(char::is_whitespace) {
+                return Some(i);
+            }
+        }
+        prev_space = c.is_whitespace();
+    }
+    None
+}
+
 fn clip(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
@@ -915,6 +966,16 @@ fn split_args(line: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn where_is_found_as_a_word_outside_quotes() {
+        assert_eq!(super::where_at("a1 3 where in_stock"), Some(5));
+        assert_eq!(super::where_at("a1\tWHERE in_stock"), Some(3));
+        assert_eq!(super::where_at("a1 where"), Some(3));
+        assert_eq!(super::where_at(r#""x where y" 3"#), None);
+        assert_eq!(super::where_at("a1 nowhere"), None);
+        assert_eq!(super::where_at("where x"), None);
+    }
+
     #[test]
     fn arguments_split_at_spaces_outside_quotes() {
         assert_eq!(
