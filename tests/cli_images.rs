@@ -801,6 +801,10 @@ fn info_reports_contents_and_a_rebuilt_index() {
     );
     assert!(dir.path().join("db.before-repair-2").is_dir());
     info(true);
+    // A healthy database: every record is read, nothing changes, no copy stays.
+    let out = vitrine(&["repair", "--db", db_s]);
+    assert!(text(&out.stdout).contains("nothing to repair"), "{}", text(&out.stdout));
+    assert!(!dir.path().join("db.before-repair-3").exists());
 
     // Index files without storage are not "no database".
     let orphan = dir.path().join("orphan");

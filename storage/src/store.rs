@@ -367,6 +367,19 @@ impl Store {
         self.io.check(self.db.generate_id())
     }
 
+    /// The keyspaces (sled trees) in which some record cannot be read:
+    /// a damaged page, or a missing blob file. Reads every record.
+    pub fn unreadable_keyspaces(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for name in self.db.tree_names() {
+            let tree = self.io.check(self.db.open_tree(&name))?;
+            if tree.iter().any(|r| r.is_err()) {
+                out.push(String::from_utf8_lossy(&name).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
     /// Copies every record sled can still read into a new store in
     /// `dest` (a folder that must not exist), for a repair: each keyspace is
     /// read forwards up to a damaged page, then backwards from its end down

@@ -27,7 +27,9 @@ pub struct RepairArgs {
     #[arg(long)]
     pub db: PathBuf,
     /// Do not copy the damaged folder to `<db>.before-repair` first (for a
-    /// database too large to copy; what the repair drops is then lost).
+    /// database too large to copy). What the repair drops is then lost, and
+    /// even a repair that keeps nothing changes sled's log: its failed opens
+    /// clear it after the damage.
     #[arg(long)]
     pub no_copy: bool,
 }
@@ -91,22 +93,42 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         }
         Some(copy)
     };
+    let at_checkpoint = checkpoint_products(&db_dir);
     match Db::open(&args.db) {
         Ok(db) => {
-            println!(
-                "{}: opens cleanly, {} products; nothing to repair",
-                args.db.display(),
-                db.len()
-            );
-            if let Some(copy) = &copy {
-                let _ = std::fs::remove_dir_all(copy);
+            // It opens; every record must read too (a page or a blob file
+            // can be lost where the open does not look).
+            let products = db.len();
+            drop(db);
+            let unreadable = {
+                let store = vitrine_storage::Store::open(
+                    &db_dir,
+                    vitrine_storage::StoreOptions::default(),
+                )?;
+                store.unreadable_keyspaces()?
+            };
+            if unreadable.is_empty() {
+                println!(
+                    "{}: opens cleanly and every record reads, {products} products; nothing to repair",
+                    args.db.display()
+                );
+                if let Some(copy) = &copy {
+                    let _ = std::fs::remove_dir_all(copy);
+                }
+                return Ok(());
             }
-            return Ok(());
+            println!("damaged: unreadable records in {}", unreadable.join(", "));
         }
         Err(vitrine::Error::Corruption { location, reason }) => {
             println!("damaged: {location}: {reason}");
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot open {}", args.db.display())),
+        Err(e) => {
+            // Nothing was changed (another process has it open, say).
+            if let Some(copy) = &copy {
+                let _ = std::fs::remove_dir_all(copy);
+            }
+            return Err(e).with_context(|| format!("cannot open {}", args.db.display()));
+        }
     }
     if let Some(copy) = &copy {
         println!("copied the damaged database first, to {}", copy.display());
@@ -120,12 +142,17 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             .open(&args.db)
     };
     let sled = args.db.join("sled");
+    // Files set aside so that sled could open: (where it was, where it is).
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
     let db = match open() {
         Ok(db) => db,
         Err(e) => {
             let sled_damaged = matches!(&e, vitrine::Error::Corruption { location, .. }
                 if std::path::Path::new(location).ends_with("sled"));
             if !sled_damaged {
+                if let Some(copy) = &copy {
+                    let _ = std::fs::remove_dir_all(copy);
+                }
                 return Err(e).with_context(|| {
                     format!("cannot open {} even accepting data loss", args.db.display())
                 });
@@ -135,7 +162,6 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             // (out of sled's folder, which sled reads), never delete them.
             // The config first: the store sets no persisted option, so the
             // one sled writes again is the same.
-            let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
             let mut stages = Vec::new();
             if sled.join("conf").is_file() {
                 stages.push(vec![sled.join("conf")]);
@@ -158,6 +184,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                         for (file, aside) in &moved {
                             if std::fs::read(file).ok() == std::fs::read(aside).ok() {
                                 let _ = std::fs::remove_file(aside);
+                                println!("(sled wrote {} again, the same)", file.display());
                             }
                         }
                         repaired = Some(db);
@@ -217,6 +244,12 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     let db =
         open().with_context(|| format!("cannot open {} after the repair", args.db.display()))?;
     db.checkpoint()?;
+    if copy.is_some() {
+        // The copy has the files set aside.
+        for (_, aside) in &moved {
+            let _ = std::fs::remove_file(aside);
+        }
+    }
     let report = db.open_report();
     // Best effort: the repair is done, whatever these reads meet.
     let count = |n: Option<usize>| n.map_or("?".to_owned(), |n| n.to_string());
@@ -230,14 +263,31 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         report.damaged.len(),
         report.rebuilt.len()
     );
+    if let Some(n) = at_checkpoint {
+        println!("the last checkpoint held {n} products");
+    }
+    println!(
+        "sled keeps its last readable state: writes after a damaged entry (settings and \
+         newer versions of records too) are gone"
+    );
     if let Some(copy) = copy {
         println!(
-            "sled drops what follows damage in its log without counting it: compare with \
-             the copy in {} before deleting it",
+            "compare with the copy in {} before deleting it",
             copy.display()
         );
     }
     Ok(())
+}
+
+/// Products in the last checkpoint: the largest arena (one per space).
+fn checkpoint_products(db_dir: &std::path::Path) -> Option<usize> {
+    std::fs::read_dir(db_dir.join("arena"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "arena"))
+        .filter_map(|e| vitrine_storage::Arena::open(&e.path()).ok())
+        .map(|a| a.len())
+        .max()
 }
 
 /// Copies what sled can read into fresh sled files, which replace the old
@@ -262,8 +312,15 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
     let old = free_name(&sled, "before-salvage")?;
     std::fs::rename(&sled, &old)
         .with_context(|| format!("cannot move {} aside", sled.display()))?;
-    std::fs::rename(staging.join("sled"), &sled)
-        .with_context(|| format!("cannot move the rewritten files to {}", sled.display()))?;
+    if let Err(e) = std::fs::rename(staging.join("sled"), &sled) {
+        // Back as it was: the old files, and the rewritten ones beside them.
+        let _ = std::fs::rename(&old, &sled);
+        return Err(anyhow::Error::from(e).context(format!(
+            "cannot move the rewritten files {} to {}",
+            staging.display(),
+            sled.display()
+        )));
+    }
     let _ = std::fs::remove_dir_all(&staging);
     if have_copy {
         let _ = std::fs::remove_dir_all(&old);
