@@ -465,6 +465,34 @@ fn query_command_prints_results_and_positioned_errors() {
         &format!("similar {seed} where price <"),
     ]);
     assert_eq!(out.status.code(), Some(1));
+    // The service file serves what `similar` shows.
+    let table = dir.path().join("similar.vsim");
+    let table_s = table.to_str().unwrap();
+    let out = vitrine(&[
+        "precompute",
+        "similar",
+        "--k",
+        "3",
+        "--db",
+        db,
+        "--out",
+        table_s,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = vitrine(&["precompute", "show", "--file", table_s, seed, "--json"]);
+    let served: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = vitrine(&["query", "--db", db, "--json", &format!("similar {seed} 3")]);
+    let shown: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string())
+        .collect();
+    let served_ids: Vec<String> = served["similar"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].to_string())
+        .collect();
+    assert_eq!(served_ids, shown, "{served}");
     // `--json` after the query, as the README writes it.
     let out = vitrine(&["query", "--db", db, "+colour.black limit 2", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -803,7 +831,11 @@ fn info_reports_contents_and_a_rebuilt_index() {
     info(true);
     // A healthy database: every record is read, nothing changes, no copy stays.
     let out = vitrine(&["repair", "--db", db_s]);
-    assert!(text(&out.stdout).contains("nothing to repair"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("nothing to repair"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(!dir.path().join("db.before-repair-3").exists());
 
     // Index files without storage are not "no database".

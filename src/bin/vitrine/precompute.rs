@@ -23,7 +23,9 @@ pub enum PrecomputeCommand {
         /// Attribute whose shared value marks variants (e.g. model_id).
         #[arg(long)]
         variant_key: Option<String>,
-        /// Vector space (default: the database's default space).
+        /// Vector space. Default: `concept` when the database has one (the
+        /// space of the REPL's `similar`, which weighs look, category and
+        /// every tag group alike), else the database's default space.
         #[arg(long)]
         space: Option<String>,
         /// Exact-scoring back end.
@@ -64,6 +66,13 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
         } => {
             crate::existing_db(&db)?;
             let db = Db::open(&db)?;
+            let space = space.or_else(|| {
+                let concept = vitrine::CONCEPT_SPACE;
+                db.spaces()
+                    .iter()
+                    .any(|s| s.name == concept)
+                    .then(|| concept.to_owned())
+            });
             let scorer = match scorer {
                 ScorerArg::Auto => ScorerChoice::Auto,
                 ScorerArg::Cpu => ScorerChoice::Cpu,
