@@ -94,6 +94,13 @@ pub struct WritesPaused<'a> {
 }
 
 impl IoState {
+    /// sled's result of a read as ours. A failed read (a lost blob file, a
+    /// damaged sector) leaves no write unfinished, so it does not mark the
+    /// store as [`IoState::check`] does.
+    fn read<T>(&self, r: sled::Result<T>) -> Result<T> {
+        r.map_err(|e| sled_error(&self.sled_dir, e))
+    }
+
     /// sled's result as ours: an I/O error names sled's folder and marks
     /// the store (see [`Store::io_failed`]).
     fn check<T>(&self, r: sled::Result<T>) -> Result<T> {
@@ -104,6 +111,41 @@ impl IoState {
             sled_error(&self.sled_dir, e)
         })
     }
+}
+
+/// Seek keys a salvage tries between the readable ends of a damaged tree.
+const GAP_PROBES: u64 = 256;
+
+/// `n - 1` keys spread evenly between `lo` and `hi` (the end of the key
+/// space when `None`), reading keys as big-endian numbers over the eight
+/// bytes after their common prefix.
+fn probes(lo: &[u8], hi: Option<&[u8]>, n: u64) -> Vec<Vec<u8>> {
+    let hi = hi.unwrap_or(&[]);
+    let common = if hi.is_empty() {
+        0
+    } else {
+        lo.iter().zip(hi).take_while(|(a, b)| a == b).count()
+    };
+    let number = |k: &[u8]| -> u64 {
+        let mut b = [0u8; 8];
+        for (d, s) in b.iter_mut().zip(k.iter().skip(common)) {
+            *d = *s;
+        }
+        u64::from_be_bytes(b)
+    };
+    let a = number(lo);
+    let b = if hi.is_empty() { u64::MAX } else { number(hi) };
+    if b <= a {
+        return Vec::new();
+    }
+    (1..n)
+        .map(|i| {
+            let x = a + ((u128::from(b - a) * u128::from(i)) / u128::from(n)) as u64;
+            let mut key = lo[..common].to_vec();
+            key.extend_from_slice(&x.to_be_bytes());
+            key
+        })
+        .collect()
 }
 
 /// What [`Store::salvage_into`] copied.
@@ -403,11 +445,13 @@ impl Store {
             let src = self.io.check(self.db.open_tree(&name))?;
             let dst = out.open_tree(&name).map_err(out_err)?;
             let mut damaged = false;
+            let mut last_ok: Option<sled::IVec> = None;
             for item in src.iter() {
                 match item {
                     Ok((k, v)) => {
-                        dst.insert(k, v).map_err(out_err)?;
+                        dst.insert(&k, v).map_err(out_err)?;
                         report.records += 1;
+                        last_ok = Some(k);
                     }
                     Err(_) => {
                         damaged = true;
@@ -419,13 +463,31 @@ impl Store {
                 report
                     .damaged_keyspaces
                     .push(String::from_utf8_lossy(&name).into_owned());
+                let mut first_ok: Option<sled::IVec> = None;
                 for item in src.iter().rev() {
                     let Ok((k, v)) = item else { break };
                     if dst.contains_key(&k).map_err(out_err)? {
                         break;
                     }
-                    dst.insert(k, v).map_err(out_err)?;
+                    dst.insert(&k, v).map_err(out_err)?;
                     report.records += 1;
+                    first_ok = Some(k);
+                }
+                // Readable pages between two damaged ones: seek into the
+                // gap at keys spread over it, and read on from each.
+                let lo = last_ok.map_or_else(Vec::new, |k| k.to_vec());
+                let hi = first_ok.map(|k| k.to_vec());
+                for probe in probes(&lo, hi.as_deref(), GAP_PROBES) {
+                    for item in src.range(probe..) {
+                        let Ok((k, v)) = item else { break };
+                        if hi.as_deref().is_some_and(|h| k.as_ref() >= h)
+                            || dst.contains_key(&k).map_err(out_err)?
+                        {
+                            break;
+                        }
+                        dst.insert(k, v).map_err(out_err)?;
+                        report.records += 1;
+                    }
                 }
             }
         }
@@ -577,7 +639,7 @@ impl<T: Record> Keyspace<T> {
     /// A damaged record is [`Error::Corruption`] or
     /// [`Error::UnknownRecordVersion`], naming this keyspace and the key.
     pub fn get(&self, key: &[u8]) -> Result<Option<T>> {
-        match self.io.check(self.tree.get(key))? {
+        match self.io.read(self.tree.get(key))? {
             Some(bytes) => self.decode(key, &bytes).map(Some),
             None => Ok(None),
         }
@@ -585,7 +647,7 @@ impl<T: Record> Keyspace<T> {
 
     /// Whether a record exists under `key` (without decoding it).
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
-        self.io.check(self.tree.contains_key(key))
+        self.io.read(self.tree.contains_key(key))
     }
 
     /// Stores `value` under `key`, atomically.
@@ -636,7 +698,7 @@ impl<T: Record> Keyspace<T> {
             if failed {
                 return None;
             }
-            let (key, bytes) = match self.io.check(item) {
+            let (key, bytes) = match self.io.read(item) {
                 Ok(kv) => kv,
                 Err(e) => {
                     failed = true;
@@ -653,7 +715,7 @@ impl<T: Record> Keyspace<T> {
     pub fn len(&self) -> Result<usize> {
         let mut n = 0;
         for item in self.tree.iter().keys() {
-            self.io.check(item)?;
+            self.io.read(item)?;
             n += 1;
         }
         Ok(n)
@@ -738,5 +800,28 @@ mod tests {
         assert_eq!(readable(copy).raw_os_error(), Some(28));
         let other = std::io::Error::other("something else");
         assert_eq!(readable(other).to_string(), "something else");
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::probes;
+
+    #[test]
+    fn probes_fall_strictly_between_the_ends_in_order() {
+        let lo = b"sku-1000".as_slice();
+        let hi = b"sku-1900".as_slice();
+        let p = probes(lo, Some(hi), 16);
+        assert_eq!(p.len(), 15);
+        assert!(p.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            p.iter().all(|k| k.as_slice() > lo && k.as_slice() < hi),
+            "{p:?}"
+        );
+        // Open-ended and empty starts.
+        let p = probes(b"", None, 4);
+        assert_eq!(p.len(), 3);
+        assert!(p.windows(2).all(|w| w[0] < w[1]));
+        assert!(probes(b"b", Some(b"a"), 4).is_empty());
     }
 }

@@ -26,7 +26,7 @@ pub struct RepairArgs {
     /// The database folder.
     #[arg(long)]
     pub db: PathBuf,
-    /// Do not copy the damaged folder to `<db>.before-repair` first (for a
+    /// Do not copy the folder to `<db>.before-repair` first (for a
     /// database too large to copy). What the repair drops is then lost, and
     /// even a repair that keeps nothing changes sled's log: its failed opens
     /// clear it after the damage.
@@ -218,8 +218,28 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             }
         }
     };
+    // Rewrite sled's files from what it can read: the damaged pages stay
+    // behind, so later opens are clean.
+    drop(db);
+    let salvaged = match salvage(&db_dir, copy.is_some()) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(copy) = &copy {
+                restore_from_copy(&db_dir, copy)?;
+            }
+            return Err(e.context(format!("cannot repair {}", args.db.display())));
+        }
+    };
+    if !salvaged.damaged_keyspaces.is_empty() {
+        println!(
+            "unreadable pages skipped in: {}",
+            salvaged.damaged_keyspaces.join(", ")
+        );
+    }
+    let db =
+        open().with_context(|| format!("cannot open {} after the repair", args.db.display()))?;
     if db.is_empty() {
-        // Nothing readable is left (sled's log was emptied or lost): a
+        // Nothing readable was left (sled's log was emptied or lost): a
         // fresh, empty database in its place would only hide that.
         drop(db);
         if let Some(copy) = &copy {
@@ -231,18 +251,6 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             args.db.display()
         );
     }
-    // Rewrite sled's files from what it can read: the damaged pages stay
-    // behind, so later opens are clean.
-    drop(db);
-    let salvaged = salvage(&db_dir, copy.is_some())?;
-    if !salvaged.damaged_keyspaces.is_empty() {
-        println!(
-            "unreadable pages skipped in: {}",
-            salvaged.damaged_keyspaces.join(", ")
-        );
-    }
-    let db =
-        open().with_context(|| format!("cannot open {} after the repair", args.db.display()))?;
     db.checkpoint()?;
     if copy.is_some() {
         // The copy has the files set aside.
@@ -291,11 +299,42 @@ fn checkpoint_products(db_dir: &std::path::Path) -> Option<usize> {
 }
 
 /// Copies what sled can read into fresh sled files, which replace the old
-/// ones (kept as `sled.before-salvage` when there is no copy of the folder).
+/// ones (kept as `sled.before-salvage` when there is no copy of the folder);
+/// the index and arena files, made from the old ones, go. On an error the
+/// folder is as it was.
 fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_storage::Salvaged> {
     let sled = db_dir.join("sled");
     let staging = free_name(&sled, "salvage")?;
-    // The index dumps and arenas describe the old files: built again.
+    let salvaged = vitrine_storage::Store::open(db_dir, vitrine_storage::StoreOptions::default())
+        .and_then(|store| store.salvage_into(&staging));
+    let salvaged = match salvaged {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(anyhow::Error::from(e).context(format!(
+                "cannot rewrite sled's files into {}",
+                staging.display()
+            )));
+        }
+    };
+    let old = free_name(&sled, "before-salvage")?;
+    std::fs::rename(&sled, &old)
+        .with_context(|| format!("cannot move {} aside", sled.display()))?;
+    if let Err(e) = std::fs::rename(staging.join("sled"), &sled) {
+        let back = std::fs::rename(&old, &sled);
+        return Err(anyhow::Error::from(e).context(match back {
+            Ok(()) => format!(
+                "cannot move the rewritten files {} into place",
+                staging.display()
+            ),
+            Err(_) => format!(
+                "cannot move the rewritten files {} into place, nor the old ones back from {}",
+                staging.display(),
+                old.display()
+            ),
+        }));
+    }
+    let _ = std::fs::remove_dir_all(&staging);
     for derived in ["index", "arena"] {
         let path = db_dir.join(derived);
         if path.exists() {
@@ -303,25 +342,6 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
                 .with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
-    let salvaged = {
-        let store = vitrine_storage::Store::open(db_dir, vitrine_storage::StoreOptions::default())?;
-        store
-            .salvage_into(&staging)
-            .with_context(|| format!("cannot rewrite sled's files into {}", staging.display()))?
-    };
-    let old = free_name(&sled, "before-salvage")?;
-    std::fs::rename(&sled, &old)
-        .with_context(|| format!("cannot move {} aside", sled.display()))?;
-    if let Err(e) = std::fs::rename(staging.join("sled"), &sled) {
-        // Back as it was: the old files, and the rewritten ones beside them.
-        let _ = std::fs::rename(&old, &sled);
-        return Err(anyhow::Error::from(e).context(format!(
-            "cannot move the rewritten files {} to {}",
-            staging.display(),
-            sled.display()
-        )));
-    }
-    let _ = std::fs::remove_dir_all(&staging);
     if have_copy {
         let _ = std::fs::remove_dir_all(&old);
     } else {

@@ -57,7 +57,7 @@ enum Command {
     Import(import::ImportArgs),
     /// What a database holds (products, spaces, model, outfits) and whether it opened cleanly.
     Info(info::InfoArgs),
-    /// Opens a damaged database, keeping what is left (the folder is copied first).
+    /// Opens a damaged database, keeping what is left (the folder is copied first; stop every process using it).
     Repair(info::RepairArgs),
     /// Copies a database to a new folder and checks the copy opens (a process serving the database calls `Db::backup` instead).
     Backup(info::BackupArgs),
