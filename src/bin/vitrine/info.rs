@@ -100,12 +100,19 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             // can be lost where the open does not look).
             let products = db.len();
             drop(db);
-            let unreadable = {
-                let store = vitrine_storage::Store::open(
-                    &db_dir,
-                    vitrine_storage::StoreOptions::default(),
-                )?;
-                store.unreadable_keyspaces()?
+            let unreadable =
+                vitrine_storage::Store::open(&db_dir, vitrine_storage::StoreOptions::default())
+                    .and_then(|store| store.unreadable_keyspaces());
+            let unreadable = match unreadable {
+                Ok(u) => u,
+                Err(e) => {
+                    // Nothing was changed (another process opened it, say).
+                    if let Some(copy) = &copy {
+                        let _ = std::fs::remove_dir_all(copy);
+                    }
+                    return Err(anyhow::Error::from(e)
+                        .context(format!("cannot read {}", args.db.display())));
+                }
             };
             if unreadable.is_empty() {
                 println!(
