@@ -690,7 +690,7 @@ fn import_refuses_another_models_database_unless_reembedding() {
     let out = vitrine(&["import", src_s, "--db", db_s, "--fpi", "--reembed"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("3 items: 3 imported (3 of them replaced"),
+        text(&out.stdout).contains("3 items: 3 imported (3 of them re-embedded"),
         "{}",
         text(&out.stdout)
     );
@@ -955,7 +955,7 @@ fn product_get_set_and_delete() {
     let out = vitrine(&["import", src_s, "--db", db_s, "--refresh"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("3 imported (3 of them replaced a stored product's image)"),
+        text(&out.stdout).contains("3 imported (3 of them re-embedded or refreshed)"),
         "{}",
         text(&out.stdout)
     );

@@ -52,7 +52,8 @@ pub enum BenchCommand {
         /// HNSW ef_construction.
         #[arg(long, default_value_t = 200)]
         ef_construction: usize,
-        /// One JSON object per line: {"ef","qps","recall","filter"}.
+        /// One JSON object per line: {"ef","qps","recall","filter","plan"}
+        /// (and the build figures on stderr).
         #[arg(long)]
         json: bool,
     },

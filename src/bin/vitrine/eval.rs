@@ -49,7 +49,7 @@ pub struct ClassifyArgs {
     /// manifest records (`val` = the validation ids, `train` = the others).
     #[arg(long, value_parser = ["val", "train"])]
     pub split: Option<String>,
-    /// Width / height of one stored pixel. The default 0.75 is right for the
+    /// Width / height of one stored pixel, 0.01 to 100. The default 0.75 is right for the
     /// Fashion Product Images set, whose images are stored squashed; use 1.0
     /// for ordinary images.
     #[arg(long, default_value_t = PrepConfig::FPI_PIXEL_ASPECT, value_name = "RATIO", value_parser = crate::import::pixel_aspect_arg)]

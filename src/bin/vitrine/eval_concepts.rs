@@ -35,7 +35,7 @@ pub struct ConceptsArgs {
     /// are not imported again.
     #[arg(long)]
     pub db: Option<PathBuf>,
-    /// Width / height of one stored pixel (0.75 for Fashion Product Images).
+    /// Width / height of one stored pixel, 0.01 to 100 (0.75 for Fashion Product Images).
     #[arg(long, default_value_t = PrepConfig::FPI_PIXEL_ASPECT, value_name = "RATIO", value_parser = crate::import::pixel_aspect_arg)]
     pub pixel_aspect: f64,
     /// Random Dirichlet profiles to check.

@@ -56,7 +56,7 @@ pub struct PrepArgs {
     /// same as `--pixel-aspect 0.75`.
     #[arg(long, conflicts_with = "pixel_aspect")]
     pub fpi: bool,
-    /// Width / height of one stored pixel (1.0 for ordinary images). For
+    /// Width / height of one stored pixel, 0.01 to 100 (1.0 for ordinary images). For
     /// `import`, the default is the database's own, which its first import
     /// stores.
     #[arg(long, value_name = "RATIO", value_parser = pixel_aspect_arg)]
@@ -453,7 +453,7 @@ pub fn print_summary(report: &ImportReport) {
     };
     let replaced = match p.replaced {
         0 => String::new(),
-        n => format!(" ({n} of them replaced a stored product's image)"),
+        n => format!(" ({n} of them re-embedded or refreshed)"),
     };
     println!(
         "{} items: {} imported{replaced}, {} skipped (already present), {} failed, in {secs:.1} s ({rate:.1} images/s)",

@@ -27,9 +27,9 @@ pub struct RepairArgs {
     #[arg(long)]
     pub db: PathBuf,
     /// Do not copy the folder to `<db>.before-repair` first (for a
-    /// database too large to copy). What the repair drops is then lost, and
-    /// even a repair that keeps nothing changes sled's log: its failed opens
-    /// clear it after the damage.
+    /// database too large to copy). sled's old files are then kept in
+    /// `<db>/sled.before-salvage`, but a repair that keeps nothing still
+    /// changes sled's log: its failed opens clear it after the damage.
     #[arg(long)]
     pub no_copy: bool,
 }

@@ -703,7 +703,8 @@ fn colour_attribute_hint(db: &Db) -> anyhow::Result<()> {
     if let Some(key) = best {
         eprintln!(
             "hint: colour relations use the colour measured on each photo; the products carry \
-             '{key}': `vitrine outfit settings --colour-attribute {key}` uses the catalog's colours"
+             '{key}': `vitrine outfit --db {} settings --colour-attribute {key}` uses the catalog's colours",
+            db.path().display()
         );
     }
     Ok(())

@@ -73,6 +73,7 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
                     .any(|s| s.name == concept)
                     .then(|| concept.to_owned())
             });
+            let space_shown = space.clone().unwrap_or_else(|| "default".to_owned());
             let scorer = match scorer {
                 ScorerArg::Auto => ScorerChoice::Auto,
                 ScorerArg::Cpu => ScorerChoice::Cpu,
@@ -87,9 +88,10 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
             let table = db.precompute_similar(k, &Filter::new().in_stock(), &options)?;
             table.write(&out)?;
             eprintln!(
-                "{} products, k = {}, {:?} back end, {:.2} s -> {}",
+                "{} products, k = {}, space {}, {:?} back end, {:.2} s -> {}",
                 table.ids.len(),
                 table.k,
+                space_shown,
                 table.backend,
                 table.seconds,
                 out.display()

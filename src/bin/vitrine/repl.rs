@@ -396,11 +396,13 @@ impl Session {
             let digits = a.chars().all(|c| c.is_ascii_digit());
             match a.parse::<i64>().map_err(|_| digits) {
                 Err(true) => bail!("k must be from 1 to 1000"),
-                Ok(_) if k.is_some() => bail!("usage: similar <id> [user] [k] (k given twice)"),
+                Ok(_) if k.is_some() => {
+                    bail!("usage: similar <id> [user] [k] [where …] (k given twice)")
+                }
                 Ok(n) if (1..=1000).contains(&n) => k = Some(n as usize),
                 Ok(_) => bail!("k must be from 1 to 1000"),
                 Err(_) if user.is_some() => {
-                    bail!("usage: similar <id> [user] [k] ('{a}' after the user)")
+                    bail!("usage: similar <id> [user] [k] [where …] ('{a}' after the user; k is a number, `limit` is not used here)")
                 }
                 Err(_) => user = Some(*a),
             }
