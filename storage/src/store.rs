@@ -265,21 +265,15 @@ fn held(sled_dir: &Path) -> bool {
 /// request to report a bug (a damaged file is not one).
 fn damage_reason(e: &sled::Error) -> String {
     match e {
-        sled::Error::Corruption { at, .. } => {
-            // `Inline(offset)` or `Blob(offset, blob id)`.
-            let numbers: Vec<String> = format!("{at:?}")
-                .split(|c: char| !c.is_ascii_digit())
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned)
-                .collect();
-            match numbers.as_slice() {
-                [offset] => format!("corrupt data in sled's log at offset {offset}"),
-                [offset, blob] => {
-                    format!("corrupt data in sled's blob file blobs/{blob} (log offset {offset})")
-                }
-                _ => "corrupt data in sled's files".to_owned(),
+        sled::Error::Corruption { at, .. } => match at {
+            Some(sled::DiskPtr::Inline(offset)) => {
+                format!("corrupt data in sled's log at offset {offset}")
             }
-        }
+            Some(sled::DiskPtr::Blob(offset, blob)) => {
+                format!("corrupt data in sled's blob file blobs/{blob} (log offset {offset})")
+            }
+            None => "corrupt data in sled's files".to_owned(),
+        },
         sled::Error::ReportableBug(m) | sled::Error::Unsupported(m) => m.clone(),
         other => other.to_string(),
     }
