@@ -598,6 +598,18 @@ fn query_command_prints_results_and_positioned_errors() {
             text(&out.stdout)
         );
     }
+    // `--db` may also follow the subcommand; without it, a usage error.
+    let out = vitrine(&["outfit", "list", "--db", db]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for cmd in [&["outfit", "list"][..], &["product", "get", "x"]] {
+        let out = vitrine(cmd);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        assert!(
+            text(&out.stderr).contains("needs --db"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
     let out = vitrine(&["query", "--db", db, "profile", "list"]);
     assert!(
         !text(&out.stdout).contains("nobody"),

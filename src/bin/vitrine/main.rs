@@ -15,7 +15,7 @@ mod product;
 mod repl;
 mod sheet;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -118,8 +118,8 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Repl(args) => repl::run(args),
         Command::Query(args) => repl::query(args),
-        Command::Outfit(args) => outfit::run(args),
-        Command::Product(args) => product::run(args),
+        Command::Outfit(args) => outfit::run(&required_db(args.db.clone(), "outfit"), args),
+        Command::Product(args) => product::run(&required_db(args.db.clone(), "product"), args),
     };
     if let Err(e) = result {
         if let Some(partial) = e.downcast_ref::<Partial>() {
@@ -129,6 +129,23 @@ fn main() {
         eprintln!("error: {}", error_message(&e));
         std::process::exit(1);
     }
+}
+
+/// `--db` of `outfit` and `product` is global, so that it may also follow
+/// the subcommand, and clap cannot require a global argument: a missing one
+/// is reported here, as clap reports a usage error (status 2).
+fn required_db(db: Option<std::path::PathBuf>, subcommand: &str) -> std::path::PathBuf {
+    db.unwrap_or_else(|| {
+        let mut cli = Cli::command();
+        cli.build();
+        cli.find_subcommand_mut(subcommand)
+            .expect("a subcommand of the CLI")
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                format!("`vitrine {subcommand}` needs --db <DB>, the database folder"),
+            )
+            .exit()
+    })
 }
 
 /// Exit status of a batch that did its work except for some items (an

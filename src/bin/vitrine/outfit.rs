@@ -17,9 +17,9 @@ use crate::sheet::{self, Tile};
 /// Arguments of `vitrine outfit`.
 #[derive(Args)]
 pub struct OutfitArgs {
-    /// The database folder.
-    #[arg(long)]
-    pub db: PathBuf,
+    /// The database folder (before or after the subcommand; required).
+    #[arg(long, global = true, value_name = "DB")]
+    pub db: Option<PathBuf>,
     /// Print JSON instead of text: the library's own structures, whose
     /// slot indexes count from 0 (the text counts from 1, as
     /// `--anchor-slot` does).
@@ -171,12 +171,12 @@ pub struct SheetArgs {
 }
 
 /// Runs `vitrine outfit …`.
-pub fn run(args: OutfitArgs) -> anyhow::Result<()> {
-    crate::existing_db(&args.db)?;
+pub fn run(path: &Path, args: OutfitArgs) -> anyhow::Result<()> {
+    crate::existing_db(path)?;
     let model = Model::bundled().context("cannot load the bundled model")?;
     let db = Db::builder()
-        .open_with_model(&args.db, &model)
-        .with_context(|| format!("cannot open the database {}", args.db.display()))?;
+        .open_with_model(path, &model)
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
     execute(&db, args.what, args.json)
 }
 

@@ -3,7 +3,7 @@
 //! [`execute`] runs one command against an open database (the REPL reuses
 //! it); [`run`] opens `--db` first.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -14,9 +14,9 @@ use crate::import::{parse_in_stock, parse_price};
 /// Arguments of `vitrine product`.
 #[derive(Args)]
 pub struct ProductArgs {
-    /// The database folder.
-    #[arg(long)]
-    pub db: PathBuf,
+    /// The database folder (before or after the subcommand; required).
+    #[arg(long, global = true, value_name = "DB")]
+    pub db: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -54,10 +54,10 @@ pub enum ProductCommand {
 }
 
 /// Runs `vitrine product …`.
-pub fn run(args: ProductArgs) -> anyhow::Result<()> {
-    crate::existing_db(&args.db)?;
-    let db = Db::open(&args.db)
-        .with_context(|| format!("cannot open the database {}", args.db.display()))?;
+pub fn run(path: &Path, args: ProductArgs) -> anyhow::Result<()> {
+    crate::existing_db(path)?;
+    let db =
+        Db::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
     // Dropping the database saves its indexes; a failure to (a full disk)
     // is logged, and the change made is stored either way.
     execute(&db, args.what, args.json)
