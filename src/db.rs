@@ -17,7 +17,8 @@ use vitrine_storage::{
 use crate::{Error, Filter, PrecomputeError, PrecomputeOptions, Result, SimilarTable};
 
 /// Name of the vector space a new database gets when the builder declares none,
-/// and the space searches use when they name none.
+/// and the space searches use when they name none (a database without a
+/// space of this name searches its first declared space instead).
 pub const DEFAULT_SPACE: &str = "embedding";
 /// Dimension of [`DEFAULT_SPACE`] (the bundled model's embedding size).
 pub const DEFAULT_DIM: usize = 128;
@@ -35,6 +36,21 @@ pub struct VectorSpace {
     pub dim: usize,
     /// How vectors compare.
     pub metric: Metric,
+}
+
+/// The state of one vector space's index ([`Db::space_stats`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SpaceStats {
+    /// The space.
+    pub name: String,
+    /// Products with a vector in it.
+    pub vectors: usize,
+    /// Nodes of the HNSW graph, tombstones included.
+    pub graph_points: usize,
+    /// Graph nodes of deleted or replaced vectors, dropped at the next
+    /// compaction (see [`DbBuilder::compaction_ratio`]).
+    pub tombstones: usize,
 }
 
 /// Opens or creates a [`Db`] with explicit settings.
@@ -124,19 +140,28 @@ impl DbBuilder {
         self
     }
 
-    /// Tombstone fraction past which a graph is rebuilt.
+    /// Tombstone fraction past which a graph is rebuilt (default 0.25; in
+    /// `(0, 1]`, where 1 turns automatic compaction off). A replaced or
+    /// deleted vector leaves a tombstone in the graph; an upsert that keeps a
+    /// product's vectors and only changes its attributes does not. The
+    /// rebuild runs inside the write that crosses the ratio, on
+    /// [`build_threads`](Self::build_threads) threads, and searches of that
+    /// space wait for it.
     pub fn compaction_ratio(mut self, ratio: f64) -> Self {
         self.index.compaction_ratio = ratio;
         self
     }
 
-    /// Threads used to build or rebuild indexes.
+    /// Threads used to build or rebuild indexes (default: the number of
+    /// CPUs).
     pub fn build_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self
     }
 
-    /// Whether dropping the handle writes a checkpoint (default true).
+    /// Whether the handle writes checkpoints by itself (default true): on
+    /// drop, and after an open that had to rebuild an index. With `false`,
+    /// only [`Db::checkpoint`] and [`Db::close`] write them.
     pub fn checkpoint_on_drop(mut self, yes: bool) -> Self {
         self.checkpoint_on_drop = yes;
         self
@@ -244,7 +269,9 @@ impl<'a> Search<'a> {
             plan: PlanHint::Auto,
         }
     }
-    /// Search this vector space instead of [`DEFAULT_SPACE`].
+    /// Search this vector space instead of the default one
+    /// ([`DEFAULT_SPACE`], or the first declared space when there is none
+    /// of that name).
     pub fn space(mut self, space: &'a str) -> Self {
         self.space = Some(space);
         self
@@ -391,14 +418,15 @@ impl Db {
         DbBuilder::default()
     }
 
-    fn open_with(dir: &Path, b: DbBuilder) -> Result<Db> {
+    fn open_with(dir: &Path, mut b: DbBuilder) -> Result<Db> {
         b.index.hnsw.validate()?;
-        if !(0.0..=1.0).contains(&b.index.compaction_ratio) {
+        let ratio = b.index.compaction_ratio;
+        if !(ratio > 0.0 && ratio <= 1.0) {
             return Err(Error::InvalidConfig(format!(
-                "compaction ratio {} is not in 0..=1",
-                b.index.compaction_ratio
+                "compaction ratio {ratio} is not in (0, 1]"
             )));
         }
+        b.index.compaction_threads = b.threads;
         for s in &b.spaces {
             if !path_safe(&s.name) || s.dim == 0 || s.dim > 65_536 {
                 return Err(Error::InvalidConfig(format!(
@@ -516,6 +544,23 @@ impl Db {
                 ArenaState::Ahead { .. } => Ok(None),
             })
             .collect::<Result<_>>()?;
+        // A current arena is trusted for speed, but checked against sled,
+        // which is the truth: per arena position, whether a record has that
+        // very vector; records whose vector the arena lacks or holds
+        // otherwise (a salvage keeps the generation of a checkpoint written
+        // from fewer products) are taken from sled, and the index rebuilt.
+        let arena_pos: Vec<Option<HashMap<u64, usize>>> = arenas
+            .iter()
+            .map(|a| {
+                a.as_ref()
+                    .map(|a| (0..a.len()).map(|p| (a.doc(p), p)).collect())
+            })
+            .collect();
+        let mut in_sled: Vec<Vec<bool>> = arenas
+            .iter()
+            .map(|a| vec![false; a.as_ref().map_or(0, Arena::len)])
+            .collect();
+        let mut from_sled: Vec<Vec<(u64, Vec<f32>)>> = vec![Vec::new(); arenas.len()];
         // A record that does not decode is skipped and reported; an error
         // from sled itself (a damaged page) ends the scan, reported the
         // same way. The checkpoint comparison below tells lost products.
@@ -531,12 +576,28 @@ impl Db {
             let id = String::from_utf8_lossy(&key).into_owned();
             for (name, v) in &rec.vectors {
                 match specs.iter().position(|s| &s.name == name) {
-                    Some(i) if arenas[i].is_none() => {
-                        if let Err(e) = flats[i].upsert(rec.doc, v) {
-                            warn!(id = %id, space = %name, error = %e, "stored vector rejected by index");
+                    Some(i) => match (&arenas[i], &arena_pos[i]) {
+                        (Some(arena), Some(pos)) => {
+                            // The arena holds vectors as the index stores them.
+                            let prepared = specs[i].metric.prepare(specs[i].dim, v).ok();
+                            let same = pos.get(&rec.doc).filter(|&&p| {
+                                let a = arena.vector(p);
+                                prepared.as_deref().is_some_and(|v| {
+                                    a.len() == v.len()
+                                        && a.iter().zip(v).all(|(x, y)| x.to_bits() == y.to_bits())
+                                })
+                            });
+                            match same {
+                                Some(&p) => in_sled[i][p] = true,
+                                None => from_sled[i].push((rec.doc, v.clone())),
+                            }
                         }
-                    }
-                    Some(_) => {}
+                        _ => {
+                            if let Err(e) = flats[i].upsert(rec.doc, v) {
+                                warn!(id = %id, space = %name, error = %e, "stored vector rejected by index");
+                            }
+                        }
+                    },
                     None => {
                         warn!(id = %id, space = %name, "vector for an undeclared space ignored")
                     }
@@ -575,9 +636,24 @@ impl Db {
                         ),
                     ));
                 }
-                for (doc, v) in arena.iter() {
-                    if catalog.by_doc.contains_key(&doc) {
+                for (p, (doc, v)) in arena.iter().enumerate() {
+                    if in_sled[i][p] {
                         flats[i].upsert(doc, v)?;
+                    }
+                }
+                let differs = !from_sled[i].is_empty()
+                    || in_sled[i].iter().filter(|&&x| x).count() + missing < arena.len();
+                if differs {
+                    warn!(
+                        space = %specs[i].name,
+                        from_storage = from_sled[i].len(),
+                        "the checkpoint's vectors differ from storage; using storage's"
+                    );
+                    lost[i] = true;
+                }
+                for (doc, v) in from_sled[i].drain(..) {
+                    if let Err(e) = flats[i].upsert(doc, &v) {
+                        warn!(doc, space = %specs[i].name, error = %e, "stored vector rejected by index");
                     }
                 }
             }
@@ -599,7 +675,7 @@ impl Db {
                 other => {
                     let reason = match other {
                         Err(e) => e.to_string(),
-                        Ok(_) => "the checkpoint holds products that storage lost".to_owned(),
+                        Ok(_) => "the checkpoint differs from storage".to_owned(),
                     };
                     warn!(space = %spec.name, %reason, "rebuilding index from storage");
                     report.rebuilt.push((spec.name.clone(), reason));
@@ -632,7 +708,9 @@ impl Db {
             report,
             side_writes: Mutex::new(()),
         };
-        if !db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty() {
+        if db.checkpoint_on_drop
+            && (!db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty())
+        {
             // Save the rebuilt indexes and arenas so the next open is fast.
             // Not saving them (a full disk) costs only that: the database is
             // whole, and the next open rebuilds again.
@@ -653,6 +731,22 @@ impl Db {
     /// The vector spaces, in declaration order.
     pub fn spaces(&self) -> Vec<VectorSpace> {
         self.spaces.iter().map(|s| s.spec.clone()).collect()
+    }
+
+    /// Vectors, graph nodes and tombstones per space, in declaration order.
+    pub fn space_stats(&self) -> Vec<SpaceStats> {
+        self.spaces
+            .iter()
+            .map(|s| {
+                let index = read(&s.index);
+                SpaceStats {
+                    name: s.spec.name.clone(),
+                    vectors: index.flat().len(),
+                    graph_points: index.graph().points(),
+                    tombstones: index.tombstones(),
+                }
+            })
+            .collect()
     }
 
     /// The exact-scoring back end chosen at open (see [`DbBuilder::scorer`]).
@@ -706,12 +800,13 @@ impl Db {
         let mut w = lock(&self.writer);
         let existing = match self.products.get(id.as_bytes()) {
             Ok(r) => r.map(|r| r.doc),
-            // A damaged record is replaced by an upsert; insert still refuses the id.
+            // A damaged record is replaced by an upsert.
             Err(e) if replace => {
                 warn!(id, error = %e, "overwriting a damaged record");
                 None
             }
-            Err(_) => return Err(Error::AlreadyExists { id: id.into() }),
+            // Insert refuses the id, and says why.
+            Err(e) => return Err(e.into()),
         };
         if existing.is_some() && !replace {
             return Err(Error::AlreadyExists { id: id.into() });
@@ -866,7 +961,9 @@ impl Db {
         ids
     }
 
-    /// The `k` products most similar to `to` in [`DEFAULT_SPACE`] that pass `filter`.
+    /// The `k` products most similar to `to` in [`DEFAULT_SPACE`] (or the
+    /// first declared space when there is none of that name) that pass
+    /// `filter`.
     pub fn similar(&self, to: SimilarTo<'_>, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
         Ok(self.search(&Search::new(to, k).filter(filter))?.hits)
     }
@@ -936,6 +1033,13 @@ impl Db {
     /// its variants. Runs on the exact [`ScorerChoice`] back end; the result
     /// can be written with [`SimilarTable::write`] and served with
     /// [`crate::PrecomputedSimilar`].
+    ///
+    /// Every product is listed, in id order; one without a vector in the
+    /// space gets an empty list. A `k` above the number of other products is
+    /// lowered to it (the table's `k` field says which was used), and `k = 0`
+    /// is refused. Scores are those of the space's metric; exact ties are
+    /// broken by id ascending. Variants are products sharing the value of
+    /// [`PrecomputeOptions::variant_key`].
     pub fn precompute_similar(
         &self,
         k: usize,
@@ -1044,14 +1148,8 @@ impl Db {
         }
         // The writer first, then the store's write gate: the order every
         // write takes them in.
+        // After an I/O error, the flush below is refused (FailedEarlier).
         let mut w = lock(&self.writer);
-        if self.store.io_failed() {
-            // sled may hang on the flush a checkpoint starts with.
-            return Err(Error::InvalidConfig(
-                "a write failed with an I/O error earlier: restart the process, then back up"
-                    .into(),
-            ));
-        }
         // The dumps on disk are current unless something was written since
         // the last checkpoint; the source is then only read.
         if w.dirty {

@@ -8,7 +8,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in Vitrine.
 ///
-/// Variants up to [`Error::InvalidConfig`] are the caller's to fix (see
+/// Variants up to [`Error::Image`] are the caller's to fix (see
 /// [`Error::is_user_error`]); nothing stored changes when one is returned.
 /// The rest come from the files or the machine; a corruption error names the
 /// file, tree or key that is damaged.
@@ -102,9 +102,10 @@ pub enum Error {
     /// An error from the storage layer.
     #[error(transparent)]
     Storage(vitrine_storage::Error),
-    /// An error from the index layer.
+    /// An error from the index layer (an out-of-range setting or search
+    /// argument is [`Error::InvalidConfig`] instead).
     #[error(transparent)]
-    Index(#[from] vitrine_index::Error),
+    Index(vitrine_index::Error),
     /// An I/O error on a named file.
     #[error("I/O error on {}: {source}", path.display())]
     Io {
@@ -133,6 +134,18 @@ impl Error {
                 | Error::InvalidConfig(_)
                 | Error::Image(_)
         )
+    }
+}
+
+impl From<vitrine_index::Error> for Error {
+    fn from(e: vitrine_index::Error) -> Self {
+        match e {
+            // Graph parameters, planner thresholds, `ef`: the caller's to fix.
+            vitrine_index::Error::InvalidArgument { field, reason } => {
+                Error::InvalidConfig(format!("{field}: {reason}"))
+            }
+            other => Error::Index(other),
+        }
     }
 }
 

@@ -54,13 +54,13 @@ mod vision;
 pub use concepts::{
     concept_slug, ConceptError, ConceptGroup, ConceptLayout, ConceptQuery, ConceptRef,
     Contribution, Feedback, LikeTarget, Profile, QueryError, QueryErrorKind, QueryHit,
-    QueryResults, TagMethod, UserTag, Vocabulary, MAX_EVENTS, MAX_WEIGHT, PROFILE_EXACT_MAX,
-    SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
+    QueryResults, TagMethod, UserTag, Vocabulary, HAND_SET_PRIOR_LIKES, MAX_EVENTS, MAX_WEIGHT,
+    PROFILE_EXACT_MAX, SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
 };
 pub use csv::split_csv_line;
 pub use db::{
-    Db, DbBuilder, Hit, OpenReport, Product, Search, SearchResults, SimilarTo, VectorSpace,
-    DEFAULT_DIM, DEFAULT_SPACE, MAX_ID_LEN,
+    Db, DbBuilder, Hit, OpenReport, Product, Search, SearchResults, SimilarTo, SpaceStats,
+    VectorSpace, DEFAULT_DIM, DEFAULT_SPACE, MAX_ID_LEN,
 };
 pub use error::{Error, Result};
 pub use filter::Filter;

@@ -101,11 +101,13 @@ pub struct SimilarTable {
 impl SimilarTable {
     /// The similar products of `id`, best first; `None` for an unknown id.
     pub fn get(&self, id: &str) -> Option<Vec<(String, f32)>> {
+        // The fields are public: a table edited by hand may not line up.
         let i = self.ids.binary_search_by(|x| x.as_str().cmp(id)).ok()?;
         Some(
-            self.lists[i]
+            self.lists
+                .get(i)?
                 .iter()
-                .map(|&(t, s)| (self.ids[t as usize].clone(), s))
+                .filter_map(|&(t, s)| Some((self.ids.get(t as usize)?.clone(), s)))
                 .collect(),
         )
     }

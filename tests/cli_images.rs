@@ -1158,6 +1158,33 @@ fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
     );
     assert_eq!(sled_files(&case), damaged);
     assert!(!dir.path().join("emptied.before-repair").exists());
+
+    // A repair killed between moving sled's old files aside and the new ones
+    // in: commands say so, and the next repair moves them back first.
+    let case = dir.path().join("swap");
+    copy_tree(&pristine, &case);
+    let before = vitrine::Db::open(&case).unwrap().ids();
+    std::fs::rename(case.join("sled"), case.join("sled.before-salvage")).unwrap();
+    std::fs::create_dir_all(case.join("sled.salvage").join("sled")).unwrap();
+    let c = case.to_str().unwrap();
+    let info = vitrine(&["info", "--db", c]);
+    assert_eq!(info.status.code(), Some(1));
+    assert!(
+        text(&info.stderr).contains("interrupted `vitrine repair`")
+            && text(&info.stderr).contains("sled.before-salvage"),
+        "{}",
+        text(&info.stderr)
+    );
+    let repair = vitrine(&["repair", "--db", c]);
+    assert!(repair.status.success(), "{}", text(&repair.stderr));
+    assert!(
+        text(&repair.stdout).contains("moved sled's files back"),
+        "{}",
+        text(&repair.stdout)
+    );
+    assert!(vitrine::Db::open(&case).unwrap().ids() == before);
+    assert!(!case.join("sled.salvage").exists());
+    assert!(vitrine(&["info", "--db", c]).status.success());
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -524,6 +524,61 @@ fn feedback_learns_that_colour_matters() {
     assert!(db.profile("bob").unwrap().is_none());
 }
 
+/// "She only cares about colour", set by hand, is where feedback starts
+/// from: the first clicks do not throw it away, and a reset does.
+#[test]
+fn feedback_learns_from_a_hand_set_profile() {
+    let Some(s) = shared() else { return };
+    let db = &s.db;
+    let user = "cora";
+    let hand = Profile::only("colour").weight("visual", 0.0);
+    let mut hand_with_red = hand.clone();
+    hand_with_red.affinities.insert("colour.red".into(), 0.5);
+    db.set_profile(user, &hand_with_red).unwrap();
+    let liked = &s.samples[..3];
+    for x in liked {
+        db.feedback(user, &x.id, Feedback::Like).unwrap();
+    }
+    let p = db.profile(user).unwrap().unwrap();
+    let colour = p.weights["colour"];
+    // 8 likes' worth of colour-only prior against 3 likes: at least 8/11.
+    let floor = vitrine::HAND_SET_PRIOR_LIKES / (vitrine::HAND_SET_PRIOR_LIKES + 3.0);
+    assert!(colour >= floor - 1e-4, "{:?}", p.weights);
+    assert_eq!(p.top_group().unwrap().0, "colour");
+    assert_eq!(
+        p.affinities.get("colour.red"),
+        Some(&0.5),
+        "{:?}",
+        p.affinities
+    );
+    assert_eq!(p.events.len(), 3);
+
+    // A reset gives equal weights and forgets the hand-set start.
+    let layout = db.concept_layout().unwrap();
+    db.set_profile(user, &Profile::uniform(&layout)).unwrap();
+    let p = db.feedback(user, &liked[0].id, Feedback::Like).unwrap();
+    let (_, top) = p.top_group().unwrap();
+    assert!(top < floor, "{:?}", p.weights);
+    assert!(!p.affinities.contains_key("colour.red") || p.affinities["colour.red"] != 0.5);
+
+    // A profile that weighs nothing is refused, and so is feedback on a
+    // product stored without a concept vector.
+    assert!(matches!(
+        db.set_profile("zed", &Profile::only("colour").weight("colour", 0.0)),
+        Err(ConceptError::EmptyProfile)
+    ));
+    let v = db.get(&s.samples[0].id).unwrap().unwrap().vectors[vitrine::EMBEDDING_SPACE].clone();
+    db.insert("plain", Attributes::new(), [(vitrine::EMBEDDING_SPACE, v)])
+        .unwrap();
+    let e = db.feedback(user, "plain", Feedback::Like).unwrap_err();
+    assert!(
+        matches!(e, ConceptError::Db(vitrine::Error::MissingVector { .. })),
+        "{e:?}"
+    );
+    assert!(e.is_user_error());
+    db.delete("plain").unwrap();
+}
+
 /// Feedback from many threads for one user: no event is lost.
 #[test]
 fn concurrent_feedback_loses_nothing() {

@@ -313,7 +313,61 @@ fn declaring_another_schema_on_an_existing_database_fails() {
         .open(dir.path().join("other"))
         .err()
         .expect("invalid params");
-    assert!(!matches!(e, Error::Storage(_)), "{e}");
+    // Out-of-range settings are the caller's to fix, wherever they are checked.
+    assert!(
+        matches!(e, Error::InvalidConfig(_)) && e.is_user_error(),
+        "{e:?}"
+    );
+    for ratio in [0.0, -0.5, 1.5, f64::NAN] {
+        let e = Db::builder()
+            .compaction_ratio(ratio)
+            .open(dir.path().join("other"))
+            .err()
+            .expect("invalid ratio");
+        assert!(matches!(e, Error::InvalidConfig(_)), "{ratio}: {e:?}");
+    }
+    let e = db
+        .search(&Search::new(SimilarTo::Vector(&vector_for("q", DIM)), 5).ef(0))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidConfig(_)) && e.is_user_error(),
+        "{e:?}"
+    );
+    assert!(!dir.path().join("other").exists());
+}
+
+/// An upsert that changes only attributes keeps the graph as it is: no
+/// tombstone, so no rebuild on every price or stock change.
+#[test]
+fn an_upsert_with_the_same_vector_leaves_no_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    for i in 0..50 {
+        let id = format!("p{i}");
+        db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
+            .unwrap();
+    }
+    for round in 0..20 {
+        for i in 0..50 {
+            let id = format!("p{i}");
+            let a = attrs(i).price(round as f64);
+            db.upsert(&id, a, [(DEFAULT_SPACE, vector_for(&id, DIM))])
+                .unwrap();
+        }
+    }
+    assert_eq!(db.space_stats()[0].tombstones, 0);
+    db.upsert("p0", attrs(0), [(DEFAULT_SPACE, vector_for("moved", DIM))])
+        .unwrap();
+    assert_eq!(db.space_stats()[0].tombstones, 1);
+    let hits = db
+        .similar(
+            SimilarTo::Vector(&vector_for("moved", DIM)),
+            1,
+            &Filter::new(),
+        )
+        .unwrap();
+    assert_eq!(hits[0].id, "p0");
+    assert_eq!(db.get("p3").unwrap().unwrap().attributes.price, Some(19.0));
 }
 
 /// The products tree, opened under the engine, to damage it.
@@ -662,4 +716,76 @@ fn a_killed_checkpoint_leaves_no_debris_and_a_backup_of_a_clean_database_only_re
     let copy = open(&dir.path().join("copy"));
     assert_eq!(copy.len(), 50);
     assert!(copy.open_report().rebuilt.is_empty());
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A checkpoint at storage's generation that holds fewer products than
+/// storage (what a salvage that keeps the generation leaves): storage wins,
+/// and every product is found again.
+#[test]
+fn a_checkpoint_that_lacks_stored_products_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, part) = (dir.path().join("full"), dir.path().join("part"));
+    // Not unit length: the checkpoint holds them normalised, as the index does.
+    let scaled = |id: &str| -> Vec<f32> { vector_for(id, DIM).iter().map(|x| x * 3.0).collect() };
+    for (path, n) in [(&full, 30), (&part, 10)] {
+        let db = open(path);
+        for i in 0..n {
+            let id = format!("p{i}");
+            db.insert(&id, attrs(i), [(DEFAULT_SPACE, scaled(&id))])
+                .unwrap();
+        }
+        db.close().unwrap();
+    }
+    // A checkpoint that matches storage is used as it is.
+    let db = open(&part);
+    assert!(
+        db.open_report().rebuilt.is_empty(),
+        "{:?}",
+        db.open_report()
+    );
+    drop(db);
+    for sub in ["arena", "index"] {
+        std::fs::remove_dir_all(full.join(sub)).unwrap();
+        copy_tree(&part.join(sub), &full.join(sub));
+    }
+    let db = open(&full);
+    assert_eq!(db.len(), 30);
+    assert_eq!(db.space_stats()[0].vectors, 30);
+    assert!(
+        db.open_report()
+            .rebuilt
+            .iter()
+            .any(|(s, _)| s == DEFAULT_SPACE),
+        "{:?}",
+        db.open_report()
+    );
+    for i in [0, 15, 29] {
+        let id = format!("p{i}");
+        let hits = db
+            .similar(SimilarTo::Vector(&vector_for(&id, DIM)), 1, &Filter::new())
+            .unwrap();
+        assert_eq!(hits[0].id, id);
+    }
+    assert_eq!(db.count_matching(&Filter::new()), 30);
+    let all = db
+        .similar(
+            SimilarTo::Vector(&vector_for("q", DIM)),
+            100,
+            &Filter::new(),
+        )
+        .unwrap();
+    assert_eq!(all.len(), 30);
 }

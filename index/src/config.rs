@@ -126,6 +126,9 @@ pub struct IndexConfig {
     /// Rebuild the graph when `tombstones / graph points` exceeds this.
     /// Default 0.25. Must be `> 0`; values `>= 1.0` disable automatic compaction.
     pub compaction_ratio: f64,
+    /// Threads that rebuild the graph when it is compacted (`0`, the
+    /// default, = all cores).
+    pub compaction_threads: usize,
 }
 
 impl Default for IndexConfig {
@@ -134,6 +137,7 @@ impl Default for IndexConfig {
             hnsw: HnswParams::default(),
             planner: PlannerConfig::default(),
             compaction_ratio: 0.25,
+            compaction_threads: 0,
         }
     }
 }

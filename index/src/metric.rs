@@ -36,8 +36,9 @@ impl Metric {
         }
     }
 
-    /// Validates `v` against `dim` and applies the metric's input transform.
-    pub(crate) fn prepare<'a>(self, dim: usize, v: &'a [f32]) -> Result<Cow<'a, [f32]>> {
+    /// Validates `v` against `dim` and applies the metric's input transform
+    /// (unit length under cosine): the vector as the index stores it.
+    pub fn prepare<'a>(self, dim: usize, v: &'a [f32]) -> Result<Cow<'a, [f32]>> {
         if v.len() != dim {
             return Err(Error::DimensionMismatch {
                 expected: dim,

@@ -18,6 +18,7 @@ pub struct Hit {
 
 /// Caller's preference for how a search is executed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum PlanHint {
     /// Let the planner decide from the filter's size (see [`PlannerConfig`](crate::PlannerConfig)).
     #[default]
@@ -30,6 +31,7 @@ pub enum PlanHint {
 
 /// How a search was actually executed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Plan {
     /// Exact scan over the allowed vectors.
     Exact,

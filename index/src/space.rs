@@ -27,10 +27,6 @@ pub struct SpaceIndex {
     cfg: IndexConfig,
 }
 
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 impl SpaceIndex {
     /// Creates an empty index.
     pub fn new(dim: usize, metric: Metric, cfg: IndexConfig) -> Result<Self> {
@@ -75,7 +71,11 @@ impl SpaceIndex {
         self.graph.tombstones()
     }
 
-    /// Rebuilds the graph from the flat store, dropping all tombstones.
+    /// Rebuilds the graph from the flat store, dropping all tombstones, with
+    /// `threads` insertion threads (`0` = all cores). Writes call this
+    /// themselves past [`IndexConfig::compaction_ratio`]: the write that
+    /// crosses it waits for the rebuild, and so does everything else that
+    /// holds the index.
     pub fn compact(&mut self, threads: usize) -> Result<()> {
         let dropped = self.graph.tombstones();
         self.graph = HnswIndex::build(&self.flat, self.cfg.hnsw.clone(), threads)?;
@@ -91,7 +91,7 @@ impl SpaceIndex {
         let ratio = self.graph.tombstones() as f64 / points as f64;
         if ratio > self.cfg.compaction_ratio {
             // Cannot fail: the parameters were validated when `self` was made.
-            if let Err(e) = self.compact(default_threads()) {
+            if let Err(e) = self.compact(self.cfg.compaction_threads) {
                 tracing::warn!(error = %e, "automatic compaction failed");
             }
         }
@@ -345,6 +345,15 @@ impl VectorIndex for SpaceIndex {
 
     fn upsert(&mut self, doc: u64, v: &[f32]) -> Result<()> {
         let v = self.flat.metric().prepare(self.flat.dim(), v)?;
+        // An unchanged vector (an upsert that changed only attributes) keeps
+        // its graph node: re-inserting it would leave a tombstone each time.
+        if self.flat.get(doc).is_some_and(|old| {
+            old.iter()
+                .map(|x| x.to_bits())
+                .eq(v.iter().map(|x| x.to_bits()))
+        }) {
+            return Ok(());
+        }
         self.flat.upsert_prepared(doc, &v);
         self.graph.insert_prepared(doc, &v);
         self.maybe_compact();

@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConceptError, Feedback, Profile, Vocabulary, USER_GROUP};
+use super::{ConceptError, Feedback, Profile, ProfilePrior, Vocabulary, USER_GROUP};
 use crate::db::SpaceSnapshot;
 use crate::{Db, CONCEPT_SPACE};
 
 /// How a user tag is learned from its examples.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum TagMethod {
     /// The difference of the centroids of the examples and the contrast
     /// set, normalised. No parameters, robust with very few examples.
@@ -113,6 +114,10 @@ fn logistic(pos: &[Vec<f32>], neg: &[Vec<f32>], dim: usize) -> Vec<f32> {
 
 /// Strength of the prior (equal weights, no affinities), in likes.
 const PRIOR_LIKES: f32 = 2.0;
+/// Strength of weights set by hand ([`Db::set_profile`]), in likes: a
+/// merchandiser's "she only cares about colour" outweighs the first few
+/// clicks.
+pub const HAND_SET_PRIOR_LIKES: f32 = 8.0;
 /// A concept's liked-minus-contrast mean must reach this to become an affinity.
 const MIN_LIFT: f32 = 0.25;
 /// Affinities kept per profile.
@@ -130,14 +135,48 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// catalog's mean (as [`PRIOR_LIKES`] pseudo-skips). The excess
 /// `E_g = max(0, A_g − B_g) / (1 − B_g)` says how much more the likes agree
 /// in `g` than chance would; weights are `E` normalised, shrunk towards
-/// equal weights by the prior. Affinities are concepts whose mean over the
-/// likes exceeds the contrast's by [`MIN_LIFT`].
+/// the prior: equal weights worth [`PRIOR_LIKES`] likes, or the weights set
+/// by hand (normalised) worth [`HAND_SET_PRIOR_LIKES`]. Affinities are
+/// concepts whose mean over the likes exceeds the contrast's by
+/// [`MIN_LIFT`]; hand-set affinities are kept as set.
 pub(crate) fn learn_profile(
     db: &Db,
     vocab: &Vocabulary,
     events: Vec<(String, Feedback)>,
+    hand_set: Option<&ProfilePrior>,
 ) -> Result<Profile, ConceptError> {
     let layout = vocab.layout();
+    let groups = layout.groups.len() as f32;
+    let hand_total: f32 = hand_set.map_or(0.0, |p| {
+        layout
+            .groups
+            .iter()
+            .filter_map(|g| p.weights.get(&g.name))
+            .sum()
+    });
+    // The prior's weight per group, summing to 1, and its strength in likes.
+    let (prior, strength): (BTreeMap<String, f32>, f32) = match hand_set {
+        Some(p) if hand_total > 0.0 => (
+            layout
+                .groups
+                .iter()
+                .map(|g| {
+                    let w = p.weights.get(&g.name).copied().unwrap_or(0.0);
+                    (g.name.clone(), w / hand_total)
+                })
+                .collect(),
+            HAND_SET_PRIOR_LIKES,
+        ),
+        _ => (
+            layout
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), 1.0 / groups.max(1.0)))
+                .collect(),
+            PRIOR_LIKES,
+        ),
+    };
+    let hand_affinities = hand_set.map(|p| p.affinities.clone()).unwrap_or_default();
     let mut like_w: BTreeMap<&str, f32> = BTreeMap::new();
     let mut skipped: BTreeSet<&str> = BTreeSet::new();
     for (id, f) in &events {
@@ -161,8 +200,11 @@ pub(crate) fn learn_profile(
             skips.push(z);
         }
     }
-    let mut profile = Profile::uniform(layout);
-    profile.events = events.clone();
+    let mut profile = Profile {
+        weights: prior.clone(),
+        affinities: hand_affinities.clone(),
+        events: events.clone(),
+    };
     let n: f32 = likes.iter().map(|(_, w)| w).sum();
     if likes.is_empty() {
         return Ok(profile);
@@ -199,17 +241,16 @@ pub(crate) fn learn_profile(
         );
     }
     let total: f32 = excess.values().sum();
-    let groups = layout.groups.len() as f32;
     for (g, e) in &excess {
         let learned = if total > 0.0 { e / total } else { 1.0 / groups };
-        profile.weights.insert(
-            g.clone(),
-            (PRIOR_LIKES / groups + n * learned) / (PRIOR_LIKES + n),
-        );
+        let base = prior.get(g).copied().unwrap_or(0.0);
+        profile
+            .weights
+            .insert(g.clone(), (strength * base + n * learned) / (strength + n));
     }
 
     // Affinities: model concepts and user tags.
-    let confidence = n / (n + PRIOR_LIKES);
+    let confidence = n / (n + strength);
     let mut lifts: Vec<(String, f32)> = Vec::new();
     let like_mean =
         |f: &dyn Fn(&[f32]) -> f32| likes.iter().map(|(z, w)| w * f(z)).sum::<f32>() / n;
@@ -240,6 +281,7 @@ pub(crate) fn learn_profile(
         .into_iter()
         .map(|(c, l)| (c, l * confidence))
         .collect();
+    profile.affinities.extend(hand_affinities);
     Ok(profile)
 }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Db, Error, Filter, Model, Result, SimilarTo, CONCEPT_SPACE};
 
-pub use learn::TagMethod;
+pub use learn::{TagMethod, HAND_SET_PRIOR_LIKES};
 pub use query::{
     ConceptQuery, Contribution, LikeTarget, QueryError, QueryErrorKind, QueryHit, QueryResults,
 };
@@ -187,6 +187,7 @@ impl ConceptLayout {
 
 /// What a customer did with a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Feedback {
     /// Liked it.
     Like,
@@ -231,6 +232,18 @@ impl vitrine_storage::Record for Profile {
 
 /// Feedback events kept per profile (the oldest are dropped).
 pub const MAX_EVENTS: usize = 500;
+
+/// What a profile was set to by hand: the starting point of learning from
+/// feedback (equal weights when there is none).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ProfilePrior {
+    pub(crate) weights: BTreeMap<String, f32>,
+    pub(crate) affinities: BTreeMap<String, f32>,
+}
+
+impl vitrine_storage::Record for ProfilePrior {
+    const VERSION: u8 = 1;
+}
 
 impl Profile {
     /// Equal weights over every group of `layout`, no affinities: plain
@@ -366,6 +379,10 @@ pub enum ConceptError {
     /// An empty user id.
     #[error("user id must not be empty")]
     EmptyUser,
+    /// A profile whose weights and affinities are all 0: it would rank every
+    /// product the same.
+    #[error("the profile weighs nothing: give a group a weight above 0 (or an affinity)")]
+    EmptyProfile,
     /// A malformed query.
     #[error(transparent)]
     Query(#[from] QueryError),
@@ -378,10 +395,17 @@ pub enum ConceptError {
 }
 
 impl ConceptError {
-    /// Whether the caller can fix it (bad names, ids, weights, queries).
+    /// Whether the caller can fix it (bad names, ids, weights, queries, or
+    /// the image a `like image` query names); false for damaged data, the
+    /// machine, and the model.
     pub fn is_user_error(&self) -> bool {
         match self {
             ConceptError::Db(e) => e.is_user_error(),
+            ConceptError::Ingest(e) => match &**e {
+                crate::IngestError::Db(e) => e.is_user_error(),
+                crate::IngestError::Model(_) | crate::IngestError::ModelMismatch { .. } => false,
+                _ => true,
+            },
             _ => true,
         }
     }
@@ -396,6 +420,9 @@ impl From<vitrine_storage::Error> for ConceptError {
 const LAYOUT_KS: &str = "concept_layout";
 const LAYOUT_KEY: &[u8] = b"layout";
 const PROFILES_KS: &str = "profiles";
+/// Hand-set weights and affinities ([`Db::set_profile`]), kept apart from the
+/// profile that feedback re-learns, so that learning starts from them.
+const PRIORS_KS: &str = "profile_priors";
 const TAGS_KS: &str = "user_tags";
 
 /// Edit distance, for "did you mean".
@@ -587,15 +614,7 @@ impl Db {
         }
         let layout = self.concept_layout()?;
         let fetch = |ids: &[&str]| -> Result<Vec<Vec<f32>>, ConceptError> {
-            ids.iter()
-                .map(|id| {
-                    self.vector(CONCEPT_SPACE, id)?.ok_or_else(|| {
-                        ConceptError::Db(Error::NotFound {
-                            id: (*id).to_string(),
-                        })
-                    })
-                })
-                .collect()
+            ids.iter().map(|id| Ok(self.concept_vector(id)?)).collect()
         };
         let pos = fetch(positives)?;
         let neg = fetch(negatives)?;
@@ -671,9 +690,33 @@ impl Db {
     }
 
     /// Stores `profile` for `user` (checked against the layout).
+    ///
+    /// Its weights and affinities are also kept as the user's starting
+    /// point: later [`Db::feedback`] learns from there instead of from equal
+    /// weights, with the hand-set weights counting as much as
+    /// [`HAND_SET_PRIOR_LIKES`] likes, and hand-set affinities staying as
+    /// set. Setting [`Profile::uniform`] (no affinities) removes that
+    /// starting point.
     pub fn set_profile(&self, user: &str, profile: &Profile) -> Result<(), ConceptError> {
         check_user(user)?;
         self.check_profile(profile)?;
+        let layout = self.concept_layout()?;
+        let uniform = Profile::uniform(&layout);
+        let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
+        let _guard = self.side_write_lock();
+        // The starting point first: a crash before the profile is written
+        // leaves what the caller asked for to the next feedback.
+        if profile.weights == uniform.weights && profile.affinities.is_empty() {
+            priors.remove(user.as_bytes())?;
+        } else {
+            priors.put(
+                user.as_bytes(),
+                &ProfilePrior {
+                    weights: profile.weights.clone(),
+                    affinities: profile.affinities.clone(),
+                },
+            )?;
+        }
         self.side_keyspace::<Profile>(PROFILES_KS)?
             .put(user.as_bytes(), profile)?;
         Ok(())
@@ -701,6 +744,9 @@ impl Db {
                 });
             }
         }
+        if p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0) {
+            return Err(ConceptError::EmptyProfile);
+        }
         for (c, w) in &p.affinities {
             let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
             if vocab.resolve(group, concept).is_none() {
@@ -722,7 +768,9 @@ impl Db {
     /// Records what `user` did with `product` and re-learns her profile:
     /// groups in which her liked products agree (more than the products she
     /// skipped do, or than the catalog does) gain weight, and concepts her
-    /// likes keep sharing gain affinity. Returns the updated profile.
+    /// likes keep sharing gain affinity. Learning starts from equal weights,
+    /// or from what [`Db::set_profile`] set by hand. Returns the updated
+    /// profile.
     pub fn feedback(
         &self,
         user: &str,
@@ -730,9 +778,7 @@ impl Db {
         what: Feedback,
     ) -> Result<Profile, ConceptError> {
         check_user(user)?;
-        if self.vector(CONCEPT_SPACE, product)?.is_none() {
-            return Err(Error::NotFound { id: product.into() }.into());
-        }
+        self.concept_vector(product)?;
         let vocab = self.vocabulary()?;
         let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let _guard = self.side_write_lock();
@@ -744,7 +790,10 @@ impl Db {
         if events.len() > MAX_EVENTS {
             events.drain(..events.len() - MAX_EVENTS);
         }
-        let profile = learn::learn_profile(self, &vocab, events)?;
+        let prior = self
+            .side_keyspace::<ProfilePrior>(PRIORS_KS)?
+            .get(user.as_bytes())?;
+        let profile = learn::learn_profile(self, &vocab, events, prior.as_ref())?;
         ks.put(user.as_bytes(), &profile)?;
         Ok(profile)
     }
@@ -765,11 +814,7 @@ impl Db {
         let vocab = self.vocabulary()?;
         self.check_profile(profile)?;
         let (z, exclude) = match to {
-            SimilarTo::Id(id) => (
-                self.vector(CONCEPT_SPACE, id)?
-                    .ok_or_else(|| Error::NotFound { id: id.into() })?,
-                Some(id),
-            ),
+            SimilarTo::Id(id) => (self.concept_vector(id)?, Some(id)),
             SimilarTo::Vector(v) => (v.to_vec(), None),
         };
         let q = profile_query(&vocab, profile, &z)?;
@@ -778,6 +823,22 @@ impl Db {
             f = f.exclude(id);
         }
         Ok(self.concept_search(&vocab, &q, k, &f, None)?)
+    }
+}
+
+impl Db {
+    /// The concept vector of `id`: [`Error::NotFound`] for an unknown
+    /// product, [`Error::MissingVector`] for one stored without it (by
+    /// `insert`, with vectors only).
+    pub(crate) fn concept_vector(&self, id: &str) -> Result<Vec<f32>, Error> {
+        match self.vector(CONCEPT_SPACE, id)? {
+            Some(z) => Ok(z),
+            None if self.attributes(id).is_some() => Err(Error::MissingVector {
+                id: id.into(),
+                space: CONCEPT_SPACE.into(),
+            }),
+            None => Err(Error::NotFound { id: id.into() }),
+        }
     }
 }
 

@@ -1,34 +1,4 @@
-//! The concept query language.
-//!
-//! ```text
-//! query     := ["find"] clause*
-//! clause    := term | like | where | limit | min_score | diverse | profile
-//! term      := ["+" | "-"] concept ["^" number]      (no sign: +)
-//! concept   := group "." name                         (name: word or "quoted")
-//! like      := "like" (id | "image" "path") ["^" number]
-//! where     := "where" cond ("and" cond)*
-//! cond      := "in_stock" | "not" "in_stock"
-//!            | "price" ("<" | "<=" | "=" | ">" | ">=") number
-//!            | field "=" value
-//!            | ("category" | "brand") "in" "(" value ("," value)* ")"
-//! limit     := "limit" integer                        (default 20, at most 10000)
-//! min_score := "min_score" number                     (only hits scoring at least this)
-//! diverse   := "diverse" number                       (MMR, 0..=1)
-//! profile   := "profile" user                         (rank by a stored profile)
-//! ```
-//!
-//! `field` is `category`, `brand` or any attribute key; values are words,
-//! numbers or `"quoted strings"`. Keywords and concept names are
-//! case-insensitive; attribute values are compared exactly, as stored
-//! (`category = "Tshirts"`, not `"tshirts"`). Example:
-//!
-//! `find +category.shirts +pattern.striped -colour.red colour.blue^2 where in_stock and price < 60 and brand in ("A","B") limit 20`
-//!
-//! A term adds `± weight ×` the concept's direction to the query vector; a
-//! `like` adds the liked product's concept vector, weighted per group by the
-//! profile (equal weights without one). The score of a product is the inner
-//! product with its concept vector, so each term's contribution is reported
-//! with each hit.
+//! The concept query language: grammar and semantics on [`ConceptQuery`].
 
 use std::ops::Bound;
 
@@ -141,6 +111,7 @@ pub enum QueryErrorKind {
 
 /// What a `like` clause refers to.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum LikeTarget {
     /// A stored product.
     Id(String),
@@ -148,7 +119,48 @@ pub enum LikeTarget {
     Image(String),
 }
 
-/// A parsed concept query; also built directly by library users.
+/// A parsed concept query ([`ConceptQuery::parse`], [`Db::query`]); also built
+/// directly by library users.
+///
+/// The text form:
+///
+/// ```text
+/// query     := ["find"] clause*
+/// clause    := term | like | where | limit | min_score | diverse | profile
+/// term      := ["+" | "-"] concept ["^" number]      (no sign: +)
+/// concept   := group "." name                         (name: word or "quoted")
+/// like      := "like" (id | "image" "path") ["^" number]
+/// where     := "where" cond ("and" cond)*
+/// cond      := "in_stock" | "not" "in_stock"
+///            | "price" ("<" | "<=" | "=" | ">" | ">=") number
+///            | field "=" value
+///            | ("category" | "brand") "in" "(" value ("," value)* ")"
+/// limit     := "limit" integer                        (default 20, at most 10000)
+/// min_score := "min_score" number                     (only hits scoring at least this)
+/// diverse   := "diverse" number                       (MMR, 0..=1)
+/// profile   := "profile" user                         (a stored profile: see below)
+/// ```
+///
+/// `field` is `category`, `brand` or any attribute key; values are words,
+/// numbers or `"quoted strings"`. Keywords and concept names are
+/// case-insensitive; attribute values are compared exactly, as stored
+/// (`category = "Tshirts"`, not `"tshirts"`). Example:
+///
+/// `find +category.shirts +pattern.striped -colour.red colour.blue^2 where in_stock and price < 60 and brand in ("A","B") limit 20`
+///
+/// A term adds `± weight ×` the concept's direction to the query vector; a
+/// `like` adds the liked product's concept vector, weighted per group by the
+/// profile (equal weights without one). A `profile` adds its affinities to
+/// the query and weighs the `like`; it does not reweigh the terms, so with
+/// neither affinities nor a `like` it changes nothing. The score of a product is the inner
+/// product with its concept vector, so each term's contribution is reported
+/// with each hit.
+///
+/// `like image "path"` reads that file with the permissions of the process
+/// (through [`Db::query_with_model`] only). A service that passes query text
+/// from its users should refuse it, or check the path, before the query runs.
+///
+/// Built in code:
 ///
 /// ```
 /// use vitrine::{ConceptQuery, Filter};
@@ -204,7 +216,8 @@ impl ConceptQuery {
         self.filter = filter;
         self
     }
-    /// Number of results.
+    /// Number of results (default [`DEFAULT_LIMIT`]; a limit outside
+    /// `1..=`[`MAX_LIMIT`] is brought into that range when the query runs).
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = limit;
         self
@@ -945,11 +958,7 @@ impl Db {
             let (z, label) = match target {
                 LikeTarget::Id(id) => {
                     filter = filter.exclude(id.clone());
-                    (
-                        self.vector(CONCEPT_SPACE, id)?
-                            .ok_or_else(|| Error::NotFound { id: id.clone() })?,
-                        format!("like {id}"),
-                    )
+                    (self.concept_vector(id)?, format!("like {id}"))
                 }
                 LikeTarget::Image(path) => {
                     let model = model.ok_or_else(|| {

@@ -31,6 +31,7 @@ pub struct ImportItem {
 
 /// What to import.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum ImportSource {
     /// Every `.jpg`, `.jpeg`, `.png`, `.webp`, `.gif`, `.bmp`, `.tif` and
     /// `.tiff` file directly in the folder (not in subfolders, not hidden),

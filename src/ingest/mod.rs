@@ -1,41 +1,5 @@
 //! Images in: [`Db::insert_image`], [`Db::annotate`] and the bulk
 //! [`Db::import`] pipeline.
-//!
-//! An image becomes a product in four steps: decode and prepare
-//! ([`prepare_image`]), run the model ([`Model::infer`]), build the
-//! concept-space vector ([`Model::concept_vector`]), and store. What is stored:
-//!
-//! | what | where |
-//! |---|---|
-//! | visual embedding | vector space [`EMBEDDING_SPACE`] (cosine) |
-//! | concept-space vector | vector space [`CONCEPT_SPACE`] (inner product), when the database declares it |
-//! | category probabilities | attribute [`ATTR_CATEGORY_PROBS`] (JSON array, manifest order) |
-//! | tag scores | attribute [`ATTR_TAG_SCORES`] (JSON array, manifest order) |
-//! | concept projection | attribute [`ATTR_CONCEPT`] (JSON array) |
-//! | top-1 category, kept tags | attributes [`ATTR_CATEGORY`], [`ATTR_TAGS`]; `category` too when the caller left it unset |
-//! | the model's fingerprint | attribute [`ATTR_MODEL`], and the database meta |
-//!
-//! Why attributes and not more vector spaces: every vector space carries an
-//! HNSW graph that each insert updates, and nobody searches by raw category
-//! probabilities or tag scores (the concept-space vector already holds them,
-//! normalised per group); as compact JSON (4 decimals, about 0.8 kB per
-//! product) they are read back with [`StoredOutputs::from_attributes`].
-//!
-//! The database remembers the fingerprint of the model that produced its
-//! vectors. Using a different model is [`IngestError::ModelMismatch`] unless
-//! the caller asks for re-embedding ([`ImportOptions::reembed`] or
-//! [`Db::adopt_model`]).
-//!
-//! Open an image database with the model's spaces:
-//!
-//! ```no_run
-//! use vitrine::{Attributes, Db, Model};
-//! let model = Model::bundled()?;
-//! let db = Db::builder().model_spaces(&model).open("catalog.vitrine")?;
-//! let bytes = std::fs::read("shirt.jpg")?;
-//! db.insert_image("sku-1", &bytes, Attributes::new().price(30.0))?;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 
 mod import;
 
@@ -338,6 +302,44 @@ impl Db {
     /// stores a new product. Fails with
     /// [`Error::AlreadyExists`] (inside [`IngestError::Db`]) if the id is taken.
     /// Returns the image's annotation.
+    ///
+    /// # What is stored
+    ///
+    /// An image becomes a product in four steps: decode and prepare
+    /// ([`prepare_image`]), run the model ([`Model::infer`]), build the
+    /// concept-space vector ([`Model::concept_vector`]), and store. What is stored:
+    ///
+    /// | what | where |
+    /// |---|---|
+    /// | visual embedding | vector space [`EMBEDDING_SPACE`] (cosine) |
+    /// | concept-space vector | vector space [`CONCEPT_SPACE`] (inner product), when the database declares it |
+    /// | category probabilities | attribute [`ATTR_CATEGORY_PROBS`] (JSON array, manifest order) |
+    /// | tag scores | attribute [`ATTR_TAG_SCORES`] (JSON array, manifest order) |
+    /// | concept projection | attribute [`ATTR_CONCEPT`] (JSON array) |
+    /// | top-1 category, kept tags | attributes [`ATTR_CATEGORY`], [`ATTR_TAGS`]; `category` too when the caller left it unset |
+    /// | the model's fingerprint | attribute [`ATTR_MODEL`], and the database meta |
+    ///
+    /// Why attributes and not more vector spaces: every vector space carries an
+    /// HNSW graph that each insert updates, and nobody searches by raw category
+    /// probabilities or tag scores (the concept-space vector already holds them,
+    /// normalised per group); as compact JSON (4 decimals, about 0.8 kB per
+    /// product) they are read back with [`StoredOutputs::from_attributes`].
+    ///
+    /// The database remembers the fingerprint of the model that produced its
+    /// vectors. Using a different model is [`IngestError::ModelMismatch`] unless
+    /// the caller asks for re-embedding ([`ImportOptions::reembed`] or
+    /// [`Db::adopt_model`]).
+    ///
+    /// Open an image database with the model's spaces:
+    ///
+    /// ```no_run
+    /// use vitrine::{Attributes, Db, Model};
+    /// let model = Model::bundled()?;
+    /// let db = Db::builder().model_spaces(&model).open("catalog.vitrine")?;
+    /// let bytes = std::fs::read("shirt.jpg")?;
+    /// db.insert_image("sku-1", &bytes, Attributes::new().price(30.0))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn insert_image(
         &self,
         id: &str,

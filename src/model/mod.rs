@@ -452,7 +452,7 @@ impl Model {
     /// values).
     pub fn infer_tensor(&self, nchw: &[f32], n: usize) -> Result<Vec<ModelOutput>, ModelError> {
         let per = PreparedImage::CHANNELS * PreparedImage::HEIGHT * PreparedImage::WIDTH;
-        if nchw.len() != n * per {
+        if n.checked_mul(per) != Some(nchw.len()) {
             return Err(ModelError::InputShape {
                 expected: vec![
                     n,

@@ -312,6 +312,41 @@ fn zscore(v: &mut [f32]) {
 /// A snapshot of the catalog and the learned rules, for many outfit
 /// operations in a row (loading it reads every product once). Later
 /// writes to the database are not seen; take a new engine to see them.
+///
+/// # Outfits in Vitrine
+///
+/// | operation | entry point |
+/// |---|---|
+/// | store, list, show, delete, CSV import | [`Db::store_outfit`], [`Db::outfits`], [`Db::outfit`], [`Db::delete_outfit`], [`Db::import_outfits_csv`] |
+/// | learn the rules of the stored outfits | [`Db::learn_outfit_rules`], [`Db::outfit_rules`] |
+/// | use the catalog's colour groups | [`Db::set_outfit_settings`], [`OutfitSettings`] |
+/// | replace sold-out items | [`Db::substitute`] |
+/// | new outfits that keep a template's relations | [`Db::expand`] |
+/// | plan outfits covering the in-stock inventory | [`Db::cover`] |
+/// | fill in the blank | [`Db::complete`] |
+///
+/// Storage. An outfit is one record in the side keyspace `vitrine.outfits`
+/// (key = outfit id): its slots in order, each with the product id and the
+/// product's catalog category at the time it was stored. Every product is
+/// checked before anything is written, and one outfit is one keyspace put, so
+/// an outfit that names an unknown product is [`OutfitError::UnknownProduct`]
+/// and nothing is written; a CSV import checks every row first and writes all
+/// its outfits in one atomic batch.
+///
+/// What the engine knows about a product. Only what it stores: the catalog
+/// category (a retailer's own attribute), the colour measured on the
+/// product's pixels at import, and the bundled model's outputs — the
+/// concept-space vector (visual embedding + category, colour, usage,
+/// season, gender and pattern blocks), from which the pattern (best tag of
+/// the pattern group) and, for products without a measured colour, the
+/// colour family are read. By default no other catalog attribute is read.
+/// A retailer whose catalog has colour groups can make them the colour
+/// families of every outfit operation ([`OutfitSettings::colour_attribute`]):
+/// "same colour" then means what their merchandisers mean by it.
+///
+/// Learned rules ([`OutfitRules`]) are statistics of the user's own stored
+/// outfits, rebuilt from them in about a second and persisted in
+/// `vitrine.outfit_rules`; see `rules.rs` for the method.
 pub struct OutfitEngine<'a> {
     db: &'a Db,
     cat: Catalog,

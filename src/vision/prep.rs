@@ -118,14 +118,26 @@ impl PrepConfig {
     /// Only the letterbox geometry and the margin use it.
     ///
     /// # Panics
-    /// If `aspect` is not within `0.01..=100.0` (NaN included).
-    pub fn pixel_aspect(mut self, aspect: f64) -> Self {
-        assert!(
-            (0.01..=100.0).contains(&aspect),
-            "pixel_aspect must be within 0.01..=100, got {aspect}"
-        );
+    /// If `aspect` is not within `0.01..=100.0` (NaN included); a value
+    /// from configuration or user input goes through
+    /// [`PrepConfig::try_pixel_aspect`].
+    pub fn pixel_aspect(self, aspect: f64) -> Self {
+        match self.try_pixel_aspect(aspect) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`PrepConfig::pixel_aspect`], with [`crate::Error::InvalidConfig`]
+    /// for a value outside `0.01..=100.0`.
+    pub fn try_pixel_aspect(mut self, aspect: f64) -> crate::Result<Self> {
+        if !(0.01..=100.0).contains(&aspect) {
+            return Err(crate::Error::InvalidConfig(format!(
+                "pixel_aspect must be within 0.01..=100, got {aspect}"
+            )));
+        }
         self.pixel_aspect = aspect;
-        self
+        Ok(self)
     }
 
     /// Whether to crop to the product's box when the background is plain.

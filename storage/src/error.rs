@@ -72,6 +72,19 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A write or flush failed with an I/O error earlier in this process
+    /// (disk full, read-only file system): later ones are refused until the
+    /// process restarts, because sled's state is then unknown.
+    #[error(
+        "a write to {} failed with an I/O error earlier (disk full?); restart the process \
+         to write again (every acknowledged write is kept)",
+        path.display()
+    )]
+    FailedEarlier {
+        /// The sled folder.
+        path: PathBuf,
+    },
+
     /// sled could not open its files: they are damaged, or not sled's.
     #[error("the sled store in {} is damaged or unreadable: {reason}", path.display())]
     StoreDamaged {

@@ -79,10 +79,19 @@ struct IoState {
 }
 
 impl IoState {
-    fn write_guard(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.writes
+    /// Admits a write or flush: refused once one has failed with an I/O
+    /// error, because sled is then in an unknown state (a later flush can
+    /// hang) and only a new process recovers its files.
+    fn write_guard(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Error::FailedEarlier {
+                path: self.sled_dir.clone(),
+            });
+        }
+        Ok(self
+            .writes
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 
@@ -384,7 +393,7 @@ impl Store {
         let tree = if exists {
             self.io.check(self.db.open_tree(name))?
         } else {
-            let _w = self.io.write_guard();
+            let _w = self.io.write_guard()?;
             self.io.check(self.db.open_tree(name))?
         };
         Ok(Keyspace {
@@ -399,7 +408,7 @@ impl Store {
     /// A fresh id from sled's monotonic generator. Ids are unique but may
     /// jump forward after a restart.
     pub fn generate_id(&self) -> Result<u64> {
-        let _w = self.io.write_guard();
+        let _w = self.io.write_guard()?;
         self.io.check(self.db.generate_id())
     }
 
@@ -434,10 +443,29 @@ impl Store {
             .open()
             .map_err(|e| sled_open_error(&dest_sled, e))?;
         let out_err = |e| sled_error(&dest_sled, e);
+        // Every handle on the new files, so that on an error none is
+        // dropped: sled can hang in the flush of a dropped tree after an
+        // I/O error (a full disk), and the caller removes the files anyway.
+        let mut handles: Vec<sled::Tree> = Vec::new();
+        let copied = self.copy_readable(&out, &mut handles, &out_err);
+        if copied.is_err() {
+            std::mem::forget(handles);
+            std::mem::forget(out);
+        }
+        copied
+    }
+
+    fn copy_readable(
+        &self,
+        out: &sled::Db,
+        handles: &mut Vec<sled::Tree>,
+        out_err: &dyn Fn(sled::Error) -> Error,
+    ) -> Result<Salvaged> {
         let mut report = Salvaged::default();
         for name in self.db.tree_names() {
             let src = self.io.check(self.db.open_tree(&name))?;
             let dst = out.open_tree(&name).map_err(out_err)?;
+            handles.push(dst.clone());
             let mut damaged = false;
             let mut last_ok: Option<sled::IVec> = None;
             for item in src.iter() {
@@ -510,7 +538,7 @@ impl Store {
     /// Flushes and fsyncs everything written so far (waits while writes
     /// are paused).
     pub fn flush(&self) -> Result<()> {
-        let _w = self.io.write_guard();
+        let _w = self.io.write_guard()?;
         self.io.check(self.db.flush())?;
         Ok(())
     }
@@ -653,7 +681,7 @@ impl<T: Record> Keyspace<T> {
 
     /// Removes the record under `key`; returns whether one existed.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
-        let _w = self.io.write_guard();
+        let _w = self.io.write_guard()?;
         failpoint!("storage::before_apply");
         let existed = self.io.check(self.tree.remove(key))?.is_some();
         failpoint!("storage::before_flush");
@@ -736,7 +764,7 @@ impl<T: Record> Keyspace<T> {
     }
 
     fn commit(&self, batch: sled::Batch) -> Result<()> {
-        let _w = self.io.write_guard();
+        let _w = self.io.write_guard()?;
         failpoint!("storage::before_apply");
         self.io.check(self.tree.apply_batch(batch))?;
         failpoint!("storage::before_flush");

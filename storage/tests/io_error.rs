@@ -62,6 +62,12 @@ fn child_fills_the_disk() {
         "{error:?}"
     );
     println!("ACKED {acked}: {error}");
+    // Later writes and flushes are refused at once (sled's flush can hang
+    // after an I/O error).
+    for later in [ks.put(b"later", &blob(0)), store.flush()] {
+        let e = later.unwrap_err();
+        assert!(matches!(&e, Error::FailedEarlier { .. }), "{e:?}");
+    }
     drop(ks);
     drop(store);
     println!("CLOSED");

@@ -60,6 +60,7 @@ pub const AUTO_GPU_MIN_WORK: u64 = 1 << 14;
 
 /// Which back end scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ScorerChoice {
     /// The GPU when the `cuda` feature is on, a device is usable and the work
     /// is past [`ScorerOptions::auto_gpu_min_work`]; the CPU otherwise. Every
@@ -75,6 +76,7 @@ pub enum ScorerChoice {
 
 /// The back end that ran (or would run) a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Backend {
     /// Multi-threaded SIMD scan.
     Cpu,

@@ -357,6 +357,11 @@ fn validate(b: &[u8]) -> Result<Header, String> {
 }
 
 /// A validated, memory-mapped precomputed-similar file.
+///
+/// The mapping is of the file as it was opened: a newer file written by the
+/// nightly job (which replaces it by rename) is seen by opening again. Do not
+/// truncate or rewrite the file in place while it is open: a mapped file
+/// that shrinks under the process ends it with SIGBUS.
 pub struct PrecomputedSimilar {
     map: Mmap,
     header: Header,

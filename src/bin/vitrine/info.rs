@@ -77,15 +77,24 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
 /// new checkpoint. The folder is copied first (unless `--no-copy`), before
 /// anything opens it: sled's recovery clears its log after a damaged entry.
 pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    let _only_repair = match args.db.is_dir() {
+        true => Some(lock_for_repair(&args.db)?),
+        false => None,
+    };
+    undo_interrupted_swap(&args.db)?;
     crate::existing_db(&args.db)?;
     let db_dir = std::fs::canonicalize(&args.db)
         .with_context(|| format!("cannot resolve {}", args.db.display()))?;
     let copy = if args.no_copy {
         None
     } else {
+        // Copied under another name and renamed when whole: a copy cut
+        // short (a kill) is never taken for a complete one.
         let copy = free_name(&db_dir, "before-repair")?;
-        if let Err(e) = copy_tree(&db_dir, &copy) {
-            let _ = std::fs::remove_dir_all(&copy);
+        let partial = free_name(&copy, "incomplete")?;
+        if let Err(e) = copy_tree(&db_dir, &partial).and_then(|()| std::fs::rename(&partial, &copy))
+        {
+            let _ = std::fs::remove_dir_all(&partial);
             return Err(anyhow::Error::from(e).context(format!(
                 "cannot copy the database to {} (nothing was changed)",
                 copy.display()
@@ -305,6 +314,56 @@ fn checkpoint_products(db_dir: &std::path::Path) -> Option<usize> {
         .max()
 }
 
+/// Held for the whole repair: a second `vitrine repair` of the same folder
+/// fails at once instead of meeting the first one's renames. An advisory
+/// lock on the folder itself, released when the process ends however it
+/// ends.
+fn lock_for_repair(db_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir =
+        std::fs::File::open(db_dir).with_context(|| format!("cannot open {}", db_dir.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is shared.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another `vitrine repair` is running on {} (nothing was changed)",
+            db_dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// A repair killed between moving sled's old files aside and moving the
+/// new ones in leaves no `sled/`: the old files go back (the repair then
+/// starts again from them). A staging folder of an interrupted salvage
+/// (`sled.salvage*`) holds only a copy, and goes.
+fn undo_interrupted_swap(db: &std::path::Path) -> anyhow::Result<()> {
+    let sled = db.join("sled");
+    if !db.is_dir() {
+        return Ok(());
+    }
+    if std::fs::symlink_metadata(&sled).is_err() {
+        if let Some(old) = crate::interrupted_repair(db) {
+            std::fs::rename(&old, &sled).with_context(|| {
+                format!("cannot move {} back to {}", old.display(), sled.display())
+            })?;
+            println!(
+                "an earlier repair was interrupted: moved sled's files back from {}",
+                old.display()
+            );
+        }
+    }
+    if sled.is_dir() {
+        for entry in std::fs::read_dir(db)?.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("sled.salvage") && entry.path().is_dir() {
+                std::fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Copies what sled can read into fresh sled files, which replace the old
 /// ones (kept as `sled.before-salvage` when there is no copy of the folder);
 /// the index and arena files, made from the old ones, go. On an error the
@@ -314,6 +373,21 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
     let staging = free_name(&sled, "salvage")?;
     let salvaged = vitrine_storage::Store::open(db_dir, vitrine_storage::StoreOptions::default())
         .and_then(|store| store.salvage_into(&staging));
+    // The old checkpoint files stay until the new sled files are in place
+    // (they tell how many products there were); the new files start a
+    // new index generation, so that a kill before those go leaves them
+    // stale, not trusted.
+    let salvaged = salvaged.and_then(|s| {
+        let store =
+            vitrine_storage::Store::open(&staging, vitrine_storage::StoreOptions::default())?;
+        let meta_ks = store.keyspace::<vitrine_storage::Meta>("meta")?;
+        if let Some(mut meta) = meta_ks.get(b"meta")? {
+            meta.index_generation += 1;
+            meta_ks.put(b"meta", &meta)?;
+        }
+        store.flush()?;
+        Ok(s)
+    });
     let salvaged = match salvaged {
         Ok(s) => s,
         Err(e) => {
@@ -469,8 +543,9 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         "products": ids.len(),
         "in_stock": in_stock,
         "categories": categories.len(),
-        "spaces": db.spaces().iter().map(|s| json!({
+        "spaces": db.spaces().iter().zip(db.space_stats()).map(|(s, st)| json!({
             "name": s.name, "dim": s.dim, "metric": format!("{:?}", s.metric),
+            "vectors": st.vectors, "graph_tombstones": st.tombstones,
         })).collect::<Vec<_>>(),
         "model": {
             "fingerprint": fingerprint,
@@ -517,10 +592,12 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
     for s in info["spaces"].as_array().into_iter().flatten() {
         writeln!(
             w,
-            "space      {} ({}-d, {})",
+            "space      {} ({}-d, {}): {} vectors, {} graph tombstones",
             s["name"].as_str().unwrap_or(""),
             n(&s["dim"]),
-            s["metric"].as_str().unwrap_or("")
+            s["metric"].as_str().unwrap_or(""),
+            n(&s["vectors"]),
+            n(&s["graph_tombstones"])
         )?;
     }
     let m = &info["model"];

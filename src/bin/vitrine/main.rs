@@ -175,6 +175,13 @@ pub(crate) fn existing_db(path: &std::path::Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             anyhow::bail!("cannot read {}: {e}", sled.display())
         }
+        _ if interrupted_repair(path).is_some() => anyhow::bail!(
+            "{}: an interrupted `vitrine repair` left sled's files in {}; run \
+             `vitrine repair --db {}` again (it moves them back first)",
+            path.display(),
+            interrupted_repair(path).unwrap_or_default().display(),
+            path.display()
+        ),
         _ if path.join("index").is_dir() || path.join("arena").is_dir() => anyhow::bail!(
             "{} holds a database's index files but not its storage ({} is missing): \
              restore it from a backup, or move the folder away and import again",
@@ -186,6 +193,30 @@ pub(crate) fn existing_db(path: &std::path::Path) -> anyhow::Result<()> {
             path.display()
         ),
     }
+}
+
+/// Where an interrupted repair left sled's old files when `sled/` is
+/// missing: the newest `sled.before-salvage*` folder (an earlier repair with
+/// `--no-copy` keeps one of its own).
+pub(crate) fn interrupted_repair(db: &std::path::Path) -> Option<std::path::PathBuf> {
+    if std::fs::symlink_metadata(db.join("sled")).is_ok() {
+        return None;
+    }
+    std::fs::read_dir(db)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix("sled.before-salvage")?;
+            let n: u32 = match rest {
+                "" => 1,
+                r => r.strip_prefix('-')?.parse().ok()?,
+            };
+            Some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
 }
 
 /// An error and its causes on one line, each cause said once: our typed

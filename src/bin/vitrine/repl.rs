@@ -52,10 +52,10 @@ pub struct QueryArgs {
 
 const COMMANDS: &[(&str, &str)] = &[
     ("find", "find <concept query>       e.g. find +category.shirts +pattern.striped -colour.red colour.blue^2 where in_stock and price < 60 limit 20 diverse 0.3"),
-    ("similar", "similar <id> [user] [k] [where <filter>]   more like this (filter as in queries), weighted by the user's profile when given"),
+    ("similar", "similar <id> [user] [k] [where <filter>]   more like this (filter as in queries), weighted by the user's profile when given; a number is k unless a profile has that name (user=NAME, k=N say which)"),
     ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
     ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
-    ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>... | profile reset <user>"),
+    ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>|<group.concept>=<a>... | profile reset <user>   (a new profile weighs only the groups set; feedback learns from what was set, reset gives equal weights)"),
     ("tag", "tag define <name> <id>... [not <id>...] [logistic] | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
     ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
@@ -392,9 +392,25 @@ impl Session {
         let mut k = None;
         let mut user = None;
         for a in &args[1..] {
-            // Digits are k, however large (a user id of digits reads as k).
-            let digits = a.chars().all(|c| c.is_ascii_digit());
-            match a.parse::<i64>().map_err(|_| digits) {
+            // `user=` and `k=` say which; a bare number is k unless a stored
+            // profile has that name (retailers' customer ids are numbers).
+            if let Some(u) = a.strip_prefix("user=") {
+                if user.is_some() || u.is_empty() {
+                    bail!("usage: similar <id> [user] [k] [where …] (one user=NAME)");
+                }
+                user = Some(u);
+                continue;
+            }
+            let (a, explicit_k) = match a.strip_prefix("k=") {
+                Some(n) => (n, true),
+                None => (*a, false),
+            };
+            let digits = !a.is_empty() && a.chars().all(|c| c.is_ascii_digit());
+            if digits && !explicit_k && user.is_none() && self.db.profile(a)?.is_some() {
+                user = Some(a);
+                continue;
+            }
+            match a.parse::<i64>().map_err(|_| digits || explicit_k) {
                 Err(true) => bail!("k must be from 1 to 1000"),
                 Ok(_) if k.is_some() => {
                     bail!("usage: similar <id> [user] [k] [where …] (k given twice)")
@@ -404,7 +420,7 @@ impl Session {
                 Err(_) if user.is_some() => {
                     bail!("usage: similar <id> [user] [k] [where …] ('{a}' after the user; k is a number, `limit` is not used here)")
                 }
-                Err(_) => user = Some(*a),
+                Err(_) => user = Some(a),
             }
         }
         let profile = match user {
@@ -539,10 +555,13 @@ impl Session {
                 self.print_profile(user, &p, out)
             }
             ["set", user, pairs @ ..] if !pairs.is_empty() => {
-                let mut p = self
-                    .db
-                    .profile(user)?
-                    .unwrap_or_else(|| Profile::only("visual").weight("visual", 0.0));
+                // A new profile weighs only the groups named; an existing one
+                // keeps the weights not named.
+                let mut p = self.db.profile(user)?.unwrap_or_else(|| Profile {
+                    weights: Default::default(),
+                    affinities: Default::default(),
+                    events: Vec::new(),
+                });
                 for pair in pairs {
                     let (g, w) = pair
                         .split_once('=')
