@@ -644,6 +644,10 @@ impl Db {
                 let differs = !from_sled[i].is_empty()
                     || in_sled[i].iter().filter(|&&x| x).count() + missing < arena.len();
                 if differs {
+                    debug!(
+                        first_docs = ?from_sled[i].iter().map(|(d, _)| *d).take(10).collect::<Vec<_>>(),
+                        "vectors taken from storage"
+                    );
                     warn!(
                         space = %specs[i].name,
                         from_storage = from_sled[i].len(),

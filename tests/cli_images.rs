@@ -465,6 +465,30 @@ fn query_command_prints_results_and_positioned_errors() {
         &format!("similar {seed} where price <"),
     ]);
     assert_eq!(out.status.code(), Some(1));
+    // A customer id of digits names the user once a profile has that name;
+    // `user=` and `k=` say which outright.
+    let out = vitrine(&["query", "--db", db, "profile set 4711 colour=1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for line in [
+        format!("similar {seed} 4711 2"),
+        format!("similar {seed} k=2 user=4711"),
+    ] {
+        let out = vitrine(&["query", "--db", db, "--json", &line]);
+        assert!(out.status.success(), "{line}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).lines().count(), 2, "{line}");
+    }
+    let out = vitrine(&["query", "--db", db, "--json", &format!("similar {seed} 3")]);
+    assert_eq!(text(&out.stdout).lines().count(), 3);
+    // Words that do not join concepts, and unknown groups, say so.
+    let out = vitrine(&["query", "--db", db, "+colour.red or +colour.blue"]);
+    assert!(
+        text(&out.stderr).contains("'or' does not join concepts"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = vitrine(&["query", "--db", db, "concepts nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no concept group 'nope'"));
     // The service file serves what `similar` shows.
     let table = dir.path().join("similar.vsim");
     let table_s = table.to_str().unwrap();

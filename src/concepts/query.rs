@@ -724,6 +724,16 @@ impl<'a> Parser<'a> {
                 err.hint(format!("for example {example}"))
             } else if group == "find" {
                 err.hint("'find' comes first")
+            } else if group == "or" || group == "and" || group == "not" {
+                QueryError::new(
+                    QueryErrorKind::Unexpected,
+                    g.col,
+                    format!("'{group}' does not join concepts"),
+                )
+                .hint(
+                    "every term counts at once (+ pulls, - pushes away); for 'either', run one \
+                     query per concept; 'and' and 'not' join `where` conditions",
+                )
             } else if let Some(s) = super::suggest(&group, groups.iter().map(String::as_str)) {
                 QueryError::new(
                     QueryErrorKind::UnknownGroup,

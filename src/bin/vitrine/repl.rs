@@ -179,6 +179,14 @@ impl Session {
                     .iter()
                     .filter(|n| args.first().is_none_or(|g| n.starts_with(&format!("{g}."))))
                     .collect();
+                if let (Some(g), true) = (args.first(), shown.is_empty()) {
+                    let groups: std::collections::BTreeSet<&str> =
+                        names.iter().filter_map(|n| n.split('.').next()).collect();
+                    bail!(
+                        "no concept group '{g}' (groups: {})",
+                        groups.into_iter().collect::<Vec<_>>().join(", ")
+                    );
+                }
                 if self.json {
                     writeln!(out, "{}", serde_json::json!({ "concepts": shown }))?;
                 } else {
@@ -299,6 +307,16 @@ impl Session {
             }
             if res.hits.is_empty() {
                 writeln!(out, "  (no results){}", self.why_empty(&text))?;
+            }
+            let unrelated = res.hits.iter().filter(|h| h.score <= 0.0).count();
+            // Only beside hits that do match (a query of `-` terms alone
+            // scores everything 0 or less).
+            if unrelated > 0 && res.hits.iter().any(|h| h.score > 0.0) {
+                writeln!(
+                    out,
+                    "  ({unrelated} result(s) score 0 or less: they pass the conditions but do not \
+                     match the concepts; `min_score 0.1` leaves them out)"
+                )?;
             }
         }
         Ok(())
@@ -491,7 +509,8 @@ impl Session {
             .get_limits()
             .read_file(file.as_ref())
             .with_context(|| format!("cannot read {file}"))?;
-        let ann = annotate_with(model, &prep, &bytes, ANNOTATE_TOP_K)?;
+        let ann = annotate_with(model, &prep, &bytes, ANNOTATE_TOP_K)
+            .with_context(|| format!("cannot annotate {file}"))?;
         if self.json {
             writeln!(out, "{}", crate::annotate::json_line(file, &ann))?;
         } else {
