@@ -346,7 +346,12 @@ struct WriterState {
 /// Reads run concurrently; writes are serialised by an internal lock. Sled is
 /// the source of truth; the vector arena and index dumps are snapshots written
 /// by [`Db::checkpoint`] (and on drop), tagged with a generation that must
-/// match the one in sled's meta tree, and rebuilt from sled when it does not.
+/// match the one in sled's meta tree, and rebuilt from sled when it does not
+/// (or when its vectors differ from sled's).
+///
+/// Every method blocks the calling thread: an open may rebuild an index,
+/// writes wait for their fsync, and the outfit operations read the whole
+/// catalog. From async code, call them through `spawn_blocking`.
 pub struct Db {
     dir: PathBuf,
     store: Store,
