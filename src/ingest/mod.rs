@@ -199,7 +199,8 @@ impl Db {
     /// Checks that this database can hold `model`'s vectors: the embedding
     /// space exists with the model's dimension (and the concept space, when
     /// declared, too), and the stored model fingerprint is the model's. A
-    /// database without a fingerprint adopts the model's.
+    /// database without a fingerprint adopts the model's: that is a durable
+    /// write, even from a search.
     pub fn check_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
         match self.stored_model_fingerprint() {
@@ -379,7 +380,9 @@ impl Db {
     }
 
     /// The `k` products whose visual embedding is closest to the image's,
-    /// among those passing `filter` ("search by photo").
+    /// among those passing `filter` ("search by photo"). Checks the model
+    /// first ([`Db::check_model`], which records it on a database that has
+    /// none).
     pub fn search_by_image(
         &self,
         model: &Model,
