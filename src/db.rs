@@ -339,6 +339,11 @@ struct WriterState {
     meta: Meta,
     /// Set by the first write after a checkpoint, once the bumped generation is durable.
     dirty: bool,
+    /// The checkpoint files on disk do not match the indexes in memory (an
+    /// open rebuilt them and did not save them): the next checkpoint
+    /// writes, though nothing was written to storage. Unlike `dirty`, it
+    /// does not stand for a generation bump.
+    stale_dumps: bool,
 }
 
 /// An open Vitrine database. `Send + Sync`: share it behind an `Arc`.
@@ -584,13 +589,20 @@ impl Db {
                     Some(i) => match (&arenas[i], &arena_pos[i]) {
                         (Some(arena), Some(pos)) => {
                             // The arena holds vectors as the index stores them.
-                            let prepared = specs[i].metric.prepare(specs[i].dim, v).ok();
+                            let prepared = match specs[i].metric.prepare(specs[i].dim, v) {
+                                Ok(p) => p,
+                                Err(e) => {
+                                    // Never in the index, so never in the arena.
+                                    warn!(id = %id, space = %name, error = %e, "stored vector rejected by index");
+                                    continue;
+                                }
+                            };
                             let same = pos.get(&rec.doc).filter(|&&p| {
                                 let a = arena.vector(p);
-                                prepared.as_deref().is_some_and(|v| {
-                                    a.len() == v.len()
-                                        && a.iter().zip(v).all(|(x, y)| x.to_bits() == y.to_bits())
-                                })
+                                a.len() == prepared.len()
+                                    && a.iter()
+                                        .zip(prepared.iter())
+                                        .all(|(x, y)| x.to_bits() == y.to_bits())
                             });
                             match same {
                                 Some(&p) => in_sled[i][p] = true,
@@ -643,7 +655,8 @@ impl Db {
                 }
                 for (p, (doc, v)) in arena.iter().enumerate() {
                     if in_sled[i][p] {
-                        flats[i].upsert(doc, v)?;
+                        // As stored: preparing it again could change its bits.
+                        flats[i].upsert_stored(doc, v)?;
                     }
                 }
                 let differs = !from_sled[i].is_empty()
@@ -711,22 +724,27 @@ impl Db {
             meta_ks,
             spaces,
             catalog: RwLock::new(catalog),
-            writer: Mutex::new(WriterState { meta, dirty: false }),
+            writer: Mutex::new(WriterState {
+                meta,
+                dirty: false,
+                stale_dumps: false,
+            }),
             checkpoint_on_drop: b.checkpoint_on_drop,
             scorer: b.scorer,
             report,
             side_writes: Mutex::new(()),
         };
-        if db.checkpoint_on_drop
-            && (!db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty())
-        {
-            // Save the rebuilt indexes and arenas so the next open is fast.
-            // Not saving them (a full disk) costs only that: the database is
-            // whole, and the next open rebuilds again.
-            if let Err(e) = db.checkpoint() {
-                warn!(error = %e, "cannot save the rebuilt indexes; the next open rebuilds them again");
-                // The dumps on disk are stale: the next checkpoint must write.
-                lock(&db.writer).dirty = true;
+        if !db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty() {
+            // Save the rebuilt indexes and arenas so the next open is fast
+            // (unless the caller writes checkpoints itself: `repair` keeps
+            // the old ones as evidence). Not saving them (a full disk) costs
+            // only that: the database is whole, and the next open rebuilds
+            // again.
+            lock(&db.writer).stale_dumps = true;
+            if db.checkpoint_on_drop {
+                if let Err(e) = db.checkpoint() {
+                    warn!(error = %e, "cannot save the rebuilt indexes; the next open rebuilds them again");
+                }
             }
         }
         Ok(db)
@@ -1094,6 +1112,7 @@ impl Db {
             index.save(&idx_dir, generation)?;
         }
         w.dirty = false;
+        w.stale_dumps = false;
         debug!(generation, "checkpoint written");
         Ok(())
     }
@@ -1161,7 +1180,7 @@ impl Db {
         let mut w = lock(&self.writer);
         // The dumps on disk are current unless something was written since
         // the last checkpoint; the source is then only read.
-        if w.dirty {
+        if w.dirty || w.stale_dumps {
             self.checkpoint_locked(&mut w)?;
         } else {
             self.store.flush()?;
@@ -1277,7 +1296,10 @@ impl Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        let dirty = lock(&self.writer).dirty;
+        let dirty = {
+            let w = lock(&self.writer);
+            w.dirty || w.stale_dumps
+        };
         // After an I/O error (disk full), a checkpoint would only fail, or
         // hang in sled's flush; the next open rebuilds instead.
         if self.checkpoint_on_drop && dirty && !self.store.io_failed() {

@@ -1188,8 +1188,11 @@ fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
     let case = dir.path().join("swap");
     copy_tree(&pristine, &case);
     let before = vitrine::Db::open(&case).unwrap().ids();
+    std::fs::write(case.join("sled.swap"), "sled.before-salvage").unwrap();
     std::fs::rename(case.join("sled"), case.join("sled.before-salvage")).unwrap();
     std::fs::create_dir_all(case.join("sled.salvage").join("sled")).unwrap();
+    // Not ours: kept.
+    std::fs::create_dir_all(case.join("sled.salvaged-by-hand")).unwrap();
     let c = case.to_str().unwrap();
     let info = vitrine(&["info", "--db", c]);
     assert_eq!(info.status.code(), Some(1));
@@ -1208,6 +1211,8 @@ fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
     );
     assert!(vitrine::Db::open(&case).unwrap().ids() == before);
     assert!(!case.join("sled.salvage").exists());
+    assert!(!case.join("sled.swap").exists());
+    assert!(case.join("sled.salvaged-by-hand").exists());
     assert!(vitrine(&["info", "--db", c]).status.success());
 }
 

@@ -553,13 +553,33 @@ fn feedback_learns_from_a_hand_set_profile() {
     );
     assert_eq!(p.events.len(), 3);
 
-    // A reset gives equal weights and forgets the hand-set start.
+    assert_eq!(
+        db.profile_prior(user).unwrap().unwrap().affinities["colour.red"],
+        0.5
+    );
+
+    // Equal weights set by hand: the feedback is learned again from them,
+    // and the events stay.
     let layout = db.concept_layout().unwrap();
-    db.set_profile(user, &Profile::uniform(&layout)).unwrap();
+    let p = db.set_profile(user, &Profile::uniform(&layout)).unwrap();
+    assert_eq!(p.events.len(), 3);
+    assert!(db.profile_prior(user).unwrap().is_none());
     let p = db.feedback(user, &liked[0].id, Feedback::Like).unwrap();
     let (_, top) = p.top_group().unwrap();
     assert!(top < floor, "{:?}", p.weights);
     assert!(!p.affinities.contains_key("colour.red") || p.affinities["colour.red"] != 0.5);
+    // Colour only again, over the same four events.
+    let p = db.set_profile(user, &hand).unwrap();
+    assert_eq!(p.events.len(), 4);
+    assert!(
+        p.weights["colour"]
+            >= vitrine::HAND_SET_PRIOR_LIKES / (vitrine::HAND_SET_PRIOR_LIKES + 4.0) - 1e-4
+    );
+    // Forgetting the user forgets all of it.
+    assert!(db.delete_profile(user).unwrap());
+    assert!(db.profile(user).unwrap().is_none());
+    assert!(db.profile_prior(user).unwrap().is_none());
+    assert!(!db.delete_profile(user).unwrap());
 
     // A profile that weighs nothing is refused, and so is feedback on a
     // product stored without a concept vector.

@@ -789,3 +789,40 @@ fn a_checkpoint_that_lacks_stored_products_is_not_trusted() {
         .unwrap();
     assert_eq!(all.len(), 30);
 }
+
+/// Reopening again and again never rebuilds a matching checkpoint: the
+/// vectors read back from it are kept as stored (normalising a unit vector
+/// again changes the last bits of some low-dimensional ones).
+#[test]
+fn reopening_keeps_a_matching_checkpoint_however_often() {
+    let dir = tempfile::tempdir().unwrap();
+    let open8 = || {
+        Db::builder()
+            .vector_space(DEFAULT_SPACE, 8, Metric::Cosine)
+            .build_threads(1)
+            .open(dir.path())
+            .unwrap()
+    };
+    let v = |i: usize| -> Vec<f32> {
+        (0..8)
+            .map(|d| ((i * 7919 + d * 104_729) % 1000) as f32 / 37.0 - 13.0)
+            .collect()
+    };
+    {
+        let db = open8();
+        for i in 0..2000 {
+            db.insert(&format!("p{i}"), Attributes::new(), [(DEFAULT_SPACE, v(i))])
+                .unwrap();
+        }
+    }
+    for round in 0..4 {
+        let db = open8();
+        assert!(
+            db.open_report().rebuilt.is_empty(),
+            "round {round}: {:?}",
+            db.open_report().rebuilt
+        );
+        // A write, so that the next close writes a new checkpoint.
+        db.set_in_stock("p0", round % 2 == 0).unwrap();
+    }
+}

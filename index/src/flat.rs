@@ -78,6 +78,24 @@ impl FlatIndex {
     }
 
     /// Inserts an already validated and normalised vector.
+    /// Stores a vector that is already as this index keeps it (the output
+    /// of [`Metric::prepare`], read back from a checkpoint), without
+    /// preparing it again: normalising a unit vector again can change its
+    /// last bits. Fails on a wrong dimension or a non-finite value.
+    pub fn upsert_stored(&mut self, doc: u64, v: &[f32]) -> Result<()> {
+        if v.len() != self.dim {
+            return Err(Error::DimensionMismatch {
+                expected: self.dim,
+                found: v.len(),
+            });
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(Error::NonFinite);
+        }
+        self.upsert_prepared(doc, v);
+        Ok(())
+    }
+
     pub(crate) fn upsert_prepared(&mut self, doc: u64, v: &[f32]) {
         debug_assert_eq!(v.len(), self.dim);
         match self.pos.get(&doc) {

@@ -689,37 +689,84 @@ impl Db {
         Ok(out)
     }
 
-    /// Stores `profile` for `user` (checked against the layout).
+    /// Sets `user`'s profile by hand (checked against the layout) and
+    /// returns what is stored.
     ///
-    /// Its weights and affinities are also kept as the user's starting
-    /// point: later [`Db::feedback`] learns from there instead of from equal
-    /// weights, with the hand-set weights counting as much as
-    /// [`HAND_SET_PRIOR_LIKES`] likes, and hand-set affinities staying as
-    /// set. Setting [`Profile::uniform`] (no affinities) removes that
-    /// starting point.
-    pub fn set_profile(&self, user: &str, profile: &Profile) -> Result<(), ConceptError> {
+    /// Its weights and affinities become the user's starting point: feedback
+    /// ([`Db::feedback`]) learns from there instead of from equal weights,
+    /// the hand-set weights counting as much as [`HAND_SET_PRIOR_LIKES`]
+    /// likes, and hand-set affinities staying as set. When `profile` has no
+    /// events and the user has feedback events, the profile is learned again
+    /// from them, starting from the new weights (the events are kept);
+    /// otherwise `profile` is stored as given. [`Profile::uniform`] without
+    /// affinities removes the starting point; [`Db::delete_profile`] forgets
+    /// the user.
+    pub fn set_profile(&self, user: &str, profile: &Profile) -> Result<Profile, ConceptError> {
         check_user(user)?;
         self.check_profile(profile)?;
-        let layout = self.concept_layout()?;
-        let uniform = Profile::uniform(&layout);
+        let vocab = self.vocabulary()?;
+        let uniform = Profile::uniform(vocab.layout());
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
+        let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let _guard = self.side_write_lock();
-        // The starting point first: a crash before the profile is written
-        // leaves what the caller asked for to the next feedback.
-        if profile.weights == uniform.weights && profile.affinities.is_empty() {
-            priors.remove(user.as_bytes())?;
-        } else {
-            priors.put(
-                user.as_bytes(),
-                &ProfilePrior {
+        let prior =
+            (profile.weights != uniform.weights || !profile.affinities.is_empty()).then(|| {
+                ProfilePrior {
                     weights: profile.weights.clone(),
                     affinities: profile.affinities.clone(),
-                },
-            )?;
+                }
+            });
+        let events = match profile.events.is_empty() {
+            true => profiles
+                .get(user.as_bytes())?
+                .map(|p| p.events)
+                .unwrap_or_default(),
+            false => Vec::new(),
+        };
+        let stored = if events.is_empty() {
+            profile.clone()
+        } else {
+            learn::learn_profile(self, &vocab, events, prior.as_ref())?
+        };
+        // The starting point first: a crash before the profile is written
+        // leaves what the caller asked for to the next feedback.
+        match &prior {
+            Some(p) => priors.put(user.as_bytes(), p)?,
+            None => {
+                priors.remove(user.as_bytes())?;
+            }
         }
-        self.side_keyspace::<Profile>(PROFILES_KS)?
-            .put(user.as_bytes(), profile)?;
-        Ok(())
+        profiles.put(user.as_bytes(), &stored)?;
+        Ok(stored)
+    }
+
+    /// What `user`'s profile was last set to by hand ([`Db::set_profile`]),
+    /// without events: the starting point of learning. `None` when it was
+    /// never set, or set to equal weights.
+    pub fn profile_prior(&self, user: &str) -> Result<Option<Profile>, ConceptError> {
+        check_user(user)?;
+        Ok(self
+            .side_keyspace::<ProfilePrior>(PRIORS_KS)?
+            .get(user.as_bytes())?
+            .map(|p| Profile {
+                weights: p.weights,
+                affinities: p.affinities,
+                events: Vec::new(),
+            }))
+    }
+
+    /// Forgets `user`: her profile, its feedback events and what was set by
+    /// hand. Returns whether there was a profile.
+    pub fn delete_profile(&self, user: &str) -> Result<bool, ConceptError> {
+        check_user(user)?;
+        let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
+        let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
+        let _guard = self.side_write_lock();
+        // A crash in between leaves a starting point without a profile,
+        // which the next `delete_profile` or `set_profile` replaces.
+        let existed = profiles.remove(user.as_bytes())?;
+        priors.remove(user.as_bytes())?;
+        Ok(existed)
     }
 
     fn check_profile(&self, p: &Profile) -> Result<(), ConceptError> {

@@ -89,7 +89,9 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         None
     } else {
         // Copied under another name and renamed when whole: a copy cut
-        // short (a kill) is never taken for a complete one.
+        // short (a kill) is never taken for a complete one, and goes at
+        // the next repair.
+        remove_incomplete_copies(&db_dir);
         let copy = free_name(&db_dir, "before-repair")?;
         let partial = free_name(&copy, "incomplete")?;
         if let Err(e) = copy_tree(&db_dir, &partial).and_then(|()| std::fs::rename(&partial, &copy))
@@ -103,7 +105,9 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         Some(copy)
     };
     let at_checkpoint = checkpoint_products(&db_dir);
-    match Db::open(&args.db) {
+    // A probe: no checkpoint of its own (an open that rebuilds would
+    // overwrite the one that tells what was lost).
+    match Db::builder().checkpoint_on_drop(false).open(&args.db) {
         Ok(db) => {
             // It opens; every record must read too (a page or a blob file
             // can be lost where the open does not look).
@@ -303,6 +307,26 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The newest generation any readable checkpoint file (arena or index
+/// dump) of `db_dir` carries; 0 when there is none.
+fn checkpoint_generation(db_dir: &std::path::Path) -> u64 {
+    let files = |dir: PathBuf| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let arenas = files(db_dir.join("arena"))
+        .into_iter()
+        .filter_map(|p| vitrine_storage::Arena::open(&p).ok())
+        .map(|a| a.generation());
+    let dumps = files(db_dir.join("index"))
+        .into_iter()
+        .filter_map(|d| std::fs::read(d.join("index.vtx")).ok())
+        .filter_map(|b| vitrine_index::parse_index_header(&b).ok())
+        .map(|h| h.generation);
+    arenas.chain(dumps).max().unwrap_or(0)
+}
+
 /// Products in the last checkpoint: the largest arena (one per space).
 fn checkpoint_products(db_dir: &std::path::Path) -> Option<usize> {
     std::fs::read_dir(db_dir.join("arena"))
@@ -314,20 +338,52 @@ fn checkpoint_products(db_dir: &std::path::Path) -> Option<usize> {
         .max()
 }
 
+/// Removes `<db>.before-repair[-n].incomplete[-m]` folders: copies an
+/// earlier repair did not finish.
+fn remove_incomplete_copies(db_dir: &std::path::Path) {
+    let (Some(parent), Some(name)) = (db_dir.parent(), db_dir.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.before-repair", name.to_string_lossy());
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let n = entry.file_name().to_string_lossy().into_owned();
+        let ours = n
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once(".incomplete"))
+            .is_some_and(|(copy_no, _)| {
+                copy_no.is_empty()
+                    || copy_no
+                        .strip_prefix('-')
+                        .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            });
+        if ours && entry.path().is_dir() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Held for the whole repair: a second `vitrine repair` of the same folder
 /// fails at once instead of meeting the first one's renames. An advisory
 /// lock on the folder itself, released when the process ends however it
 /// ends.
 fn lock_for_repair(db_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let dir =
         std::fs::File::open(db_dir).with_context(|| format!("cannot open {}", db_dir.display()))?;
-    // SAFETY: flock on a descriptor we own; no memory is shared.
-    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        anyhow::bail!(
-            "another `vitrine repair` is running on {} (nothing was changed)",
-            db_dir.display()
-        );
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; no memory is shared.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            // A file system without flock: go on without the lock.
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                anyhow::bail!(
+                    "another `vitrine repair` is running on {} (nothing was changed)",
+                    db_dir.display()
+                );
+            }
+            tracing::debug!(error = %e, "no repair lock");
+        }
     }
     Ok(dir)
 }
@@ -346,6 +402,7 @@ fn undo_interrupted_swap(db: &std::path::Path) -> anyhow::Result<()> {
             std::fs::rename(&old, &sled).with_context(|| {
                 format!("cannot move {} back to {}", old.display(), sled.display())
             })?;
+            let _ = std::fs::remove_file(db.join(crate::SWAP_MARKER));
             println!(
                 "an earlier repair was interrupted: moved sled's files back from {}",
                 old.display()
@@ -353,9 +410,16 @@ fn undo_interrupted_swap(db: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     if sled.is_dir() {
+        // A marker left by a kill after the swap: nothing to undo.
+        let _ = std::fs::remove_file(db.join(crate::SWAP_MARKER));
         for entry in std::fs::read_dir(db)?.flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with("sled.salvage") && entry.path().is_dir() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Only the names `free_name` gives a staging folder.
+            let staging = name == "sled.salvage"
+                || name
+                    .strip_prefix("sled.salvage-")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if staging && entry.path().is_dir() {
                 std::fs::remove_dir_all(entry.path())
                     .with_context(|| format!("cannot remove {}", entry.path().display()))?;
             }
@@ -377,12 +441,15 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
     // (they tell how many products there were); the new files start a
     // new index generation, so that a kill before those go leaves them
     // stale, not trusted.
+    let newest_checkpoint = checkpoint_generation(db_dir);
     let salvaged = salvaged.and_then(|s| {
         let store =
             vitrine_storage::Store::open(&staging, vitrine_storage::StoreOptions::default())?;
         let meta_ks = store.keyspace::<vitrine_storage::Meta>("meta")?;
         if let Some(mut meta) = meta_ks.get(b"meta")? {
-            meta.index_generation += 1;
+            // Past every checkpoint file, which may be ahead of what sled
+            // kept.
+            meta.index_generation = meta.index_generation.max(newest_checkpoint) + 1;
             meta_ks.put(b"meta", &meta)?;
         }
         store.flush()?;
@@ -399,10 +466,21 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
         }
     };
     let old = free_name(&sled, "before-salvage")?;
+    // Names the folder the old files go to, until the new ones are in
+    // place: a repair killed in between moves exactly that one back.
+    let marker = db_dir.join(crate::SWAP_MARKER);
+    write_synced(
+        &marker,
+        old.file_name().unwrap_or_default().as_encoded_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", marker.display()))?;
     std::fs::rename(&sled, &old)
         .with_context(|| format!("cannot move {} aside", sled.display()))?;
     if let Err(e) = std::fs::rename(staging.join("sled"), &sled) {
         let back = std::fs::rename(&old, &sled);
+        if back.is_ok() {
+            let _ = std::fs::remove_file(&marker);
+        }
         return Err(anyhow::Error::from(e).context(match back {
             Ok(()) => format!(
                 "cannot move the rewritten files {} into place",
@@ -415,6 +493,7 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
             ),
         }));
     }
+    let _ = std::fs::remove_file(&marker);
     let _ = std::fs::remove_dir_all(&staging);
     for derived in ["index", "arena"] {
         let path = db_dir.join(derived);
@@ -429,6 +508,14 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
         println!("sled's old files: {}", old.display());
     }
     Ok(salvaged)
+}
+
+/// Writes `bytes` to `path` and fsyncs it.
+fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// Puts the copy taken before the repair back in place of `db_dir` (which

@@ -195,28 +195,24 @@ pub(crate) fn existing_db(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// Where an interrupted repair left sled's old files when `sled/` is
-/// missing: the newest `sled.before-salvage*` folder (an earlier repair with
-/// `--no-copy` keeps one of its own).
+/// Written by `repair` while sled's old files are moved aside: the name of
+/// the folder they went to.
+pub(crate) const SWAP_MARKER: &str = "sled.swap";
+
+/// Where an interrupted repair left sled's old files, when `sled/` is
+/// missing: the folder its marker names.
 pub(crate) fn interrupted_repair(db: &std::path::Path) -> Option<std::path::PathBuf> {
     if std::fs::symlink_metadata(db.join("sled")).is_ok() {
         return None;
     }
-    std::fs::read_dir(db)
-        .ok()?
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let rest = name.strip_prefix("sled.before-salvage")?;
-            let n: u32 = match rest {
-                "" => 1,
-                r => r.strip_prefix('-')?.parse().ok()?,
-            };
-            Some((n, e.path()))
-        })
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, p)| p)
+    let name = std::fs::read_to_string(db.join(SWAP_MARKER)).ok()?;
+    let name = name.trim();
+    // A plain folder name of ours, nothing that leads elsewhere.
+    if !name.starts_with("sled.before-salvage") || name.contains(['/', '\\']) {
+        return None;
+    }
+    let old = db.join(name);
+    old.is_dir().then_some(old)
 }
 
 /// An error and its causes on one line, each cause said once: our typed

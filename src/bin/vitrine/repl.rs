@@ -55,7 +55,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("similar", "similar <id> [user] [k] [where <filter>]   more like this (filter as in queries), weighted by the user's profile when given; a number is k unless a profile has that name (user=NAME, k=N say which)"),
     ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
     ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
-    ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>|<group.concept>=<a>... | profile reset <user>   (a new profile weighs only the groups set; feedback learns from what was set, reset gives equal weights)"),
+    ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>|<group.concept>=<a>... | profile reset <user>   (set edits what was set by hand: a new profile weighs only the groups set, and feedback learns from there; reset forgets the feedback and gives equal weights)"),
     ("tag", "tag define <name> <id>... [not <id>...] [logistic] | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
     ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
@@ -566,17 +566,19 @@ impl Session {
             }
             ["reset", user] => {
                 // Resetting is for a profile that exists; `set` creates one.
-                if self.db.profile(user)?.is_none() {
+                // It forgets the feedback too.
+                if !self.db.delete_profile(user)? {
                     bail!("no profile for '{user}' (profile list shows them)");
                 }
-                let p = Profile::uniform(&self.db.concept_layout()?);
-                self.db.set_profile(user, &p)?;
+                let p = self
+                    .db
+                    .set_profile(user, &Profile::uniform(&self.db.concept_layout()?))?;
                 self.print_profile(user, &p, out)
             }
             ["set", user, pairs @ ..] if !pairs.is_empty() => {
-                // A new profile weighs only the groups named; an existing one
-                // keeps the weights not named.
-                let mut p = self.db.profile(user)?.unwrap_or_else(|| Profile {
+                // Edits what was set by hand (a new profile weighs only the
+                // groups named); the feedback is then learned again from it.
+                let mut p = self.db.profile_prior(user)?.unwrap_or_else(|| Profile {
                     weights: Default::default(),
                     affinities: Default::default(),
                     events: Vec::new(),
@@ -592,7 +594,7 @@ impl Session {
                         p.weights.insert(g.to_string(), w);
                     }
                 }
-                self.db.set_profile(user, &p)?;
+                let p = self.db.set_profile(user, &p)?;
                 self.print_profile(user, &p, out)
             }
             _ => bail!("usage: profile show <user> | profile list | profile set <user> <group>=<w>... | profile reset <user>"),
