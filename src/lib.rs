@@ -54,8 +54,8 @@ mod vision;
 pub use concepts::{
     concept_slug, ConceptError, ConceptGroup, ConceptLayout, ConceptQuery, ConceptRef,
     Contribution, Feedback, LikeTarget, Profile, QueryError, QueryErrorKind, QueryHit,
-    QueryResults, TagMethod, UserTag, Vocabulary, HAND_SET_PRIOR_LIKES, MAX_EVENTS, MAX_WEIGHT,
-    PROFILE_EXACT_MAX, SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
+    QueryResults, TagMethod, UserTag, Vocabulary, HAND_SET_PRIOR_LIKES, LOOK_TIE_BREAK, MAX_EVENTS,
+    MAX_WEIGHT, PROFILE_EXACT_MAX, SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
 };
 pub use csv::split_csv_line;
 pub use db::{

@@ -1202,6 +1202,13 @@ fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
         "{}",
         text(&info.stderr)
     );
+    // Nothing opens it meanwhile (an open would make an empty sled/).
+    let e = vitrine::Db::open(&case).err().expect("refused");
+    assert!(
+        e.to_string().contains("interrupted `vitrine repair`"),
+        "{e}"
+    );
+    assert!(!case.join("sled").exists());
     let repair = vitrine(&["repair", "--db", c]);
     assert!(repair.status.success(), "{}", text(&repair.stderr));
     assert!(

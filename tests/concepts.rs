@@ -599,6 +599,52 @@ fn feedback_learns_from_a_hand_set_profile() {
     db.delete("plain").unwrap();
 }
 
+/// "Only colour": products of the same colour are ordered by look, not by
+/// chance (a colour-only profile scores many of them the same).
+#[test]
+fn a_colour_only_profile_orders_equal_colours_by_look() {
+    let Some(s) = shared() else { return };
+    let db = &s.db;
+    let layout = db.concept_layout().unwrap();
+    let block = |name: &str| {
+        let g = layout.group(name).unwrap();
+        g.start..g.start + g.len
+    };
+    let (colour, visual) = (block("colour"), block("visual"));
+    let concept = |id: &str| db.get(id).unwrap().unwrap().vectors["concept"].clone();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let query = &s.samples.iter().find(|x| x.colour == "Black").unwrap().id;
+    let z = concept(query);
+    let hits = db
+        .similar_with_profile(
+            SimilarTo::Id(query),
+            40,
+            &Filter::new(),
+            &Profile::only("colour"),
+        )
+        .unwrap();
+    let parts: Vec<(f32, f32)> = hits
+        .iter()
+        .map(|h| {
+            let x = concept(&h.id);
+            (
+                dot(&z[colour.clone()], &x[colour.clone()]),
+                dot(&z[visual.clone()], &x[visual.clone()]),
+            )
+        })
+        .collect();
+    let mut ties = 0;
+    for (i, a) in parts.iter().enumerate() {
+        for b in &parts[i + 1..] {
+            if (a.0 - b.0).abs() < 1e-5 {
+                ties += 1;
+                assert!(a.1 >= b.1 - 1e-4, "{parts:?}");
+            }
+        }
+    }
+    assert!(ties > 0, "no equal colour scores to order: {parts:?}");
+}
+
 /// Feedback from many threads for one user: no event is lost.
 #[test]
 fn concurrent_feedback_loses_nothing() {

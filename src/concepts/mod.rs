@@ -846,7 +846,8 @@ impl Db {
     }
 
     /// The `k` products most similar to `to` under `profile`: `Σ_g w_g ·
-    /// cos_g + Σ_c a_c · affinity_c`, computed as one reweighted query over
+    /// cos_g + Σ_c a_c · affinity_c` (plus [`LOOK_TIE_BREAK`] `· cos_visual`
+    /// when the profile gives the look no weight), computed as one reweighted query over
     /// the `concept` space: one index serves every profile. Exact up to
     /// [`PROFILE_EXACT_MAX`] products and for skewed profiles (colour only,
     /// say: a query the graph was not built for), else the graph with a wide
@@ -864,7 +865,17 @@ impl Db {
             SimilarTo::Id(id) => (self.concept_vector(id)?, Some(id)),
             SimilarTo::Vector(v) => (v.to_vec(), None),
         };
-        let q = profile_query(&vocab, profile, &z)?;
+        let mut q = profile_query(&vocab, profile, &z)?;
+        // A profile that gives the look no weight (colour only) scores many
+        // products the same: those are ordered by look.
+        if profile.weights.get(VISUAL_GROUP).copied().unwrap_or(0.0) == 0.0 {
+            if let Some(g) = vocab.layout().group(VISUAL_GROUP) {
+                let end = (g.start + g.len).min(q.len()).min(z.len());
+                for d in g.start.min(end)..end {
+                    q[d] += LOOK_TIE_BREAK * z[d];
+                }
+            }
+        }
         let mut f = filter.clone();
         if let Some(id) = exclude {
             f = f.exclude(id);
@@ -888,6 +899,14 @@ impl Db {
         }
     }
 }
+
+/// The concept group of the visual embedding.
+const VISUAL_GROUP: &str = "visual";
+
+/// Weight of the look in [`Db::similar_with_profile`] for a profile that
+/// gives it none: it orders products whose other scores are (nearly) equal,
+/// moving none past a difference of more than about 0.01.
+pub const LOOK_TIE_BREAK: f32 = 0.01;
 
 /// Products up to which profile and concept queries scan exactly.
 pub const PROFILE_EXACT_MAX: usize = 262_144;
@@ -949,7 +968,7 @@ impl Db {
     ) -> Result<Vec<crate::Hit>> {
         use crate::{PlanHint, Search};
         let total: f32 = q.iter().map(|x| x * x).sum();
-        let visual: f32 = vocab.layout().group("visual").map_or(0.0, |g| {
+        let visual: f32 = vocab.layout().group(VISUAL_GROUP).map_or(0.0, |g| {
             q[g.start..g.start + g.len].iter().map(|x| x * x).sum()
         });
         let skewed = total <= 0.0 || visual / total < SKEWED_VISUAL_SHARE;

@@ -63,4 +63,5 @@ pub use error::{Error, Result};
 pub use model::{Attributes, Meta, ProductRecord, SpaceSpec, StoredMetric};
 pub use store::{
     Batch, Durability, Keyspace, Salvaged, Store, StoreOptions, WritesPaused, FORMAT_VERSION,
+    SWAP_MARKER,
 };

@@ -309,8 +309,22 @@ impl Store {
     /// newer format version. If another handle holds the store's lock, waits
     /// up to 2 s for it before failing with [`Error::Locked`].
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let sled_dir = dir.join("sled");
+        // A repair moved sled's files aside and was stopped before the new
+        // ones were in: opening would make an empty store in their place.
+        if std::fs::symlink_metadata(&sled_dir).is_err() {
+            if let Ok(name) = std::fs::read_to_string(dir.join(SWAP_MARKER)) {
+                return Err(Error::StoreDamaged {
+                    path: sled_dir,
+                    reason: format!(
+                        "an interrupted `vitrine repair` moved sled's files to {}; run \
+                         `vitrine repair` again, which moves them back first",
+                        dir.join(name.trim()).display()
+                    ),
+                });
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let flush_every_ms = match opts.durability {
             // Every write flushes itself; a background flusher would be idle.
             Durability::Immediate => None,
@@ -548,6 +562,11 @@ impl Store {
         Ok(self.db.size_on_disk()?)
     }
 }
+
+/// The file `vitrine repair` writes in a store's folder while sled's files
+/// are moved aside: it names the folder they went to. A store whose `sled/`
+/// is missing while it exists is refused, not made anew.
+pub const SWAP_MARKER: &str = "sled.swap";
 
 /// How long `Store::open` waits for sled's file lock.
 const LOCK_WAIT: Duration = Duration::from_secs(2);

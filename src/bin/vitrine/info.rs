@@ -135,6 +135,23 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 if let Some(copy) = &copy {
                     let _ = std::fs::remove_dir_all(copy);
                 }
+                // Left by an earlier repair (kept with --no-copy, or a kill
+                // before it removed them): say where they are.
+                let mut old: Vec<String> = std::fs::read_dir(&db_dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("sled.before-salvage"))
+                    .collect();
+                old.sort();
+                for n in old {
+                    println!(
+                        "sled's old files from an earlier repair: {} (remove when no longer needed)",
+                        db_dir.join(n).display()
+                    );
+                }
                 return Ok(());
             }
             println!("damaged: unreadable records in {}", unreadable.join(", "));
@@ -360,6 +377,22 @@ fn remove_incomplete_copies(db_dir: &std::path::Path) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Whether a `vitrine repair` holds `db`'s lock now.
+pub(crate) fn repair_running(db: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let Ok(dir) = std::fs::File::open(db) else {
+            return false;
+        };
+        // SAFETY: flock on a descriptor we own; closing it releases the lock.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
+        }
+    }
+    false
 }
 
 /// Held for the whole repair: a second `vitrine repair` of the same folder

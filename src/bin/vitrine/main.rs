@@ -175,6 +175,10 @@ pub(crate) fn existing_db(path: &std::path::Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             anyhow::bail!("cannot read {}: {e}", sled.display())
         }
+        _ if interrupted_repair(path).is_some() && info::repair_running(path) => anyhow::bail!(
+            "a `vitrine repair` is running on {}: wait for it to end",
+            path.display()
+        ),
         _ if interrupted_repair(path).is_some() => anyhow::bail!(
             "{}: an interrupted `vitrine repair` left sled's files in {}; run \
              `vitrine repair --db {}` again (it moves them back first)",
@@ -195,9 +199,7 @@ pub(crate) fn existing_db(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// Written by `repair` while sled's old files are moved aside: the name of
-/// the folder they went to.
-pub(crate) const SWAP_MARKER: &str = "sled.swap";
+pub(crate) use vitrine_storage::SWAP_MARKER;
 
 /// Where an interrupted repair left sled's old files, when `sled/` is
 /// missing: the folder its marker names.
