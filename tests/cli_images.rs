@@ -1,8 +1,12 @@
 //! The image commands of the `vitrine` binary: annotate, import, demo and
 //! eval classify, run as a user would.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::copy_tree;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -1221,17 +1225,4 @@ fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
     assert!(!case.join("sled.swap").exists());
     assert!(case.join("sled.salvaged-by-hand").exists());
     assert!(vitrine(&["info", "--db", c]).status.success());
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

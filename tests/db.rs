@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{cosine, vector_for};
+use common::{copy_tree, cosine, vector_for};
 use vitrine::{
     Attributes, Db, Error, Filter, Metric, Plan, PlanHint, Search, SimilarTo, DEFAULT_SPACE,
 };
@@ -716,19 +716,6 @@ fn a_killed_checkpoint_leaves_no_debris_and_a_backup_of_a_clean_database_only_re
     let copy = open(&dir.path().join("copy"));
     assert_eq!(copy.len(), 50);
     assert!(copy.open_report().rebuilt.is_empty());
-}
-
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
 }
 
 /// A checkpoint at storage's generation that holds fewer products than
