@@ -77,7 +77,6 @@ impl FlatIndex {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
 
-    /// Inserts an already validated and normalised vector.
     /// Stores a vector that is already as this index keeps it (the output
     /// of [`Metric::prepare`], read back from a checkpoint), without
     /// preparing it again: normalising a unit vector again can change its
@@ -96,6 +95,7 @@ impl FlatIndex {
         Ok(())
     }
 
+    /// Inserts an already validated and prepared vector.
     pub(crate) fn upsert_prepared(&mut self, doc: u64, v: &[f32]) {
         debug_assert_eq!(v.len(), self.dim);
         match self.pos.get(&doc) {

@@ -275,7 +275,8 @@ impl Profile {
     /// The query vector over the concept space that scores products by this
     /// profile relative to concept vector `z` (what
     /// [`Db::similar_with_profile`] searches with): `[w_g · z_g]` plus the
-    /// affinities' directions.
+    /// affinities' directions, and the look at [`LOOK_TIE_BREAK`] when the
+    /// profile gives it no weight.
     pub fn query_vector(&self, vocab: &Vocabulary, z: &[f32]) -> Result<Vec<f32>, ConceptError> {
         profile_query(vocab, self, z)
     }
@@ -762,11 +763,10 @@ impl Db {
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let _guard = self.side_write_lock();
-        // A crash in between leaves a starting point without a profile,
-        // which the next `delete_profile` or `set_profile` replaces.
-        let existed = profiles.remove(user.as_bytes())?;
+        // The starting point first: a crash in between leaves a profile
+        // learned from equal weights, an ordinary state.
         priors.remove(user.as_bytes())?;
-        Ok(existed)
+        Ok(profiles.remove(user.as_bytes())?)
     }
 
     fn check_profile(&self, p: &Profile) -> Result<(), ConceptError> {
@@ -846,8 +846,8 @@ impl Db {
     }
 
     /// The `k` products most similar to `to` under `profile`: `Σ_g w_g ·
-    /// cos_g + Σ_c a_c · affinity_c` (plus [`LOOK_TIE_BREAK`] `· cos_visual`
-    /// when the profile gives the look no weight), computed as one reweighted query over
+    /// cos_g + Σ_c a_c · affinity_c` (plus [`LOOK_TIE_BREAK`] `· w_max ·
+    /// cos_visual` when the profile gives the look no weight), computed as one reweighted query over
     /// the `concept` space: one index serves every profile. Exact up to
     /// [`PROFILE_EXACT_MAX`] products and for skewed profiles (colour only,
     /// say: a query the graph was not built for), else the graph with a wide
@@ -865,17 +865,7 @@ impl Db {
             SimilarTo::Id(id) => (self.concept_vector(id)?, Some(id)),
             SimilarTo::Vector(v) => (v.to_vec(), None),
         };
-        let mut q = profile_query(&vocab, profile, &z)?;
-        // A profile that gives the look no weight (colour only) scores many
-        // products the same: those are ordered by look.
-        if profile.weights.get(VISUAL_GROUP).copied().unwrap_or(0.0) == 0.0 {
-            if let Some(g) = vocab.layout().group(VISUAL_GROUP) {
-                let end = (g.start + g.len).min(q.len()).min(z.len());
-                for d in g.start.min(end)..end {
-                    q[d] += LOOK_TIE_BREAK * z[d];
-                }
-            }
-        }
+        let q = profile_query(&vocab, profile, &z)?;
         let mut f = filter.clone();
         if let Some(id) = exclude {
             f = f.exclude(id);
@@ -904,8 +894,9 @@ impl Db {
 const VISUAL_GROUP: &str = "visual";
 
 /// Weight of the look in [`Db::similar_with_profile`] for a profile that
-/// gives it none: it orders products whose other scores are (nearly) equal,
-/// moving none past a difference of more than about 0.01.
+/// gives it none, relative to the profile's largest weight or affinity `w`:
+/// it orders products whose other scores are (nearly) equal, moving none
+/// past a difference of more than `2 × 0.01 × w`.
 pub const LOOK_TIE_BREAK: f32 = 0.01;
 
 /// Products up to which profile and concept queries scan exactly.
@@ -934,6 +925,22 @@ pub(crate) fn profile_query(
         let end = g.start.saturating_add(g.len).min(q.len()).min(z.len());
         for d in g.start.min(end)..end {
             q[d] = w * z[d];
+        }
+    }
+    // A profile that gives the look no weight (colour only) scores many
+    // products the same: those are ordered by look, at a scale below the
+    // profile's own.
+    if profile.weights.get(VISUAL_GROUP).copied().unwrap_or(0.0) == 0.0 {
+        let scale = profile
+            .weights
+            .values()
+            .chain(profile.affinities.values())
+            .fold(0.0f32, |m, w| m.max(w.abs()));
+        if let Some(g) = layout.group(VISUAL_GROUP) {
+            let end = g.start.saturating_add(g.len).min(q.len()).min(z.len());
+            for d in g.start.min(end)..end {
+                q[d] += LOOK_TIE_BREAK * scale * z[d];
+            }
         }
     }
     for (c, a) in &profile.affinities {

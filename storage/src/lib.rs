@@ -62,6 +62,6 @@ pub use codec::{decode_record, Record};
 pub use error::{Error, Result};
 pub use model::{Attributes, Meta, ProductRecord, SpaceSpec, StoredMetric};
 pub use store::{
-    Batch, Durability, Keyspace, Salvaged, Store, StoreOptions, WritesPaused, FORMAT_VERSION,
-    SWAP_MARKER,
+    interrupted_swap, Batch, Durability, Keyspace, Salvaged, Store, StoreOptions, WritesPaused,
+    FORMAT_VERSION, SWAP_MARKER,
 };

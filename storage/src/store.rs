@@ -312,17 +312,15 @@ impl Store {
         let sled_dir = dir.join("sled");
         // A repair moved sled's files aside and was stopped before the new
         // ones were in: opening would make an empty store in their place.
-        if std::fs::symlink_metadata(&sled_dir).is_err() {
-            if let Ok(name) = std::fs::read_to_string(dir.join(SWAP_MARKER)) {
-                return Err(Error::StoreDamaged {
-                    path: sled_dir,
-                    reason: format!(
-                        "an interrupted `vitrine repair` moved sled's files to {}; run \
-                         `vitrine repair` again, which moves them back first",
-                        dir.join(name.trim()).display()
-                    ),
-                });
-            }
+        if let Some(old) = interrupted_swap(dir) {
+            return Err(Error::StoreDamaged {
+                path: sled_dir,
+                reason: format!(
+                    "an interrupted `vitrine repair` moved sled's files to {}; run \
+                     `vitrine repair` again, which moves them back first",
+                    old.display()
+                ),
+            });
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let flush_every_ms = match opts.durability {
@@ -567,6 +565,22 @@ impl Store {
 /// are moved aside: it names the folder they went to. A store whose `sled/`
 /// is missing while it exists is refused, not made anew.
 pub const SWAP_MARKER: &str = "sled.swap";
+
+/// Where an interrupted repair left sled's files: the folder [`SWAP_MARKER`]
+/// names, when `dir/sled` is missing and that folder exists.
+pub fn interrupted_swap(dir: &Path) -> Option<PathBuf> {
+    if std::fs::symlink_metadata(dir.join("sled")).is_ok() {
+        return None;
+    }
+    let name = std::fs::read_to_string(dir.join(SWAP_MARKER)).ok()?;
+    let name = name.trim();
+    // A plain folder name of ours, nothing that leads elsewhere.
+    if !name.starts_with("sled.before-salvage") || name.contains(['/', '\\']) {
+        return None;
+    }
+    let old = dir.join(name);
+    old.is_dir().then_some(old)
+}
 
 /// How long `Store::open` waits for sled's file lock.
 const LOCK_WAIT: Duration = Duration::from_secs(2);

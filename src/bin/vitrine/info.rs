@@ -28,7 +28,7 @@ pub struct RepairArgs {
     pub db: PathBuf,
     /// Do not copy the folder to `<db>.before-repair` first (for a
     /// database too large to copy). sled's old files are then kept in
-    /// `<db>/sled.before-salvage`, but a repair that keeps nothing still
+    /// `<db>/sled.before-salvage` (or `-2`, `-3`…), but a repair that keeps nothing still
     /// changes sled's log: its failed opens clear it after the damage.
     #[arg(long)]
     pub no_copy: bool,
@@ -442,9 +442,12 @@ fn undo_interrupted_swap(db: &std::path::Path) -> anyhow::Result<()> {
             );
         }
     }
-    if sled.is_dir() {
-        // A marker left by a kill after the swap: nothing to undo.
+    if crate::interrupted_repair(db).is_none() {
+        // A marker left by a kill after the swap, or naming a folder that
+        // is gone: nothing to undo.
         let _ = std::fs::remove_file(db.join(crate::SWAP_MARKER));
+    }
+    if sled.is_dir() {
         for entry in std::fs::read_dir(db)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             // Only the names `free_name` gives a staging folder.
@@ -506,6 +509,7 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
         &marker,
         old.file_name().unwrap_or_default().as_encoded_bytes(),
     )
+    .and_then(|()| sync_dir(db_dir))
     .with_context(|| format!("cannot write {}", marker.display()))?;
     std::fs::rename(&sled, &old)
         .with_context(|| format!("cannot move {} aside", sled.display()))?;
@@ -526,6 +530,8 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
             ),
         }));
     }
+    // The renames reach the disk before the marker goes.
+    sync_dir(db_dir).with_context(|| format!("cannot sync {}", db_dir.display()))?;
     let _ = std::fs::remove_file(&marker);
     let _ = std::fs::remove_dir_all(&staging);
     for derived in ["index", "arena"] {
@@ -541,6 +547,11 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
         println!("sled's old files: {}", old.display());
     }
     Ok(salvaged)
+}
+
+/// Fsyncs a folder, so that renames and new files in it are durable.
+fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Writes `bytes` to `path` and fsyncs it.

@@ -192,6 +192,23 @@ pub(crate) fn existing_db(path: &std::path::Path) -> anyhow::Result<()> {
             path.display(),
             sled.display()
         ),
+        _ if !path.exists() => {
+            // A repair stopped while putting its copy back leaves the folder
+            // under another name.
+            let copies = repair_leftovers(path);
+            if copies.is_empty() {
+                anyhow::bail!(
+                    "no database at {} (build one with `vitrine import`)",
+                    path.display()
+                )
+            }
+            anyhow::bail!(
+                "no database at {}; a repair left {} next to it: move the right one back to {}",
+                path.display(),
+                copies.join(", "),
+                path.display()
+            )
+        }
         _ => anyhow::bail!(
             "no database at {} (build one with `vitrine import`)",
             path.display()
@@ -201,20 +218,36 @@ pub(crate) fn existing_db(path: &std::path::Path) -> anyhow::Result<()> {
 
 pub(crate) use vitrine_storage::SWAP_MARKER;
 
-/// Where an interrupted repair left sled's old files, when `sled/` is
-/// missing: the folder its marker names.
-pub(crate) fn interrupted_repair(db: &std::path::Path) -> Option<std::path::PathBuf> {
-    if std::fs::symlink_metadata(db.join("sled")).is_ok() {
-        return None;
-    }
-    let name = std::fs::read_to_string(db.join(SWAP_MARKER)).ok()?;
-    let name = name.trim();
-    // A plain folder name of ours, nothing that leads elsewhere.
-    if !name.starts_with("sled.before-salvage") || name.contains(['/', '\\']) {
-        return None;
-    }
-    let old = db.join(name);
-    old.is_dir().then_some(old)
+pub(crate) use vitrine_storage::interrupted_swap as interrupted_repair;
+
+/// `<db>.before-repair*` and `<db>.repair-failed*` folders next to `db`
+/// (not copies cut short, `.incomplete`).
+fn repair_leftovers(db: &std::path::Path) -> Vec<String> {
+    let (Some(parent), Some(name)) = (db.parent(), db.file_name()) else {
+        return Vec::new();
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        parent
+    };
+    let name = name.to_string_lossy();
+    let mut found: Vec<String> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix(name.as_ref()).is_some_and(|rest| {
+                (rest.starts_with(".before-repair") || rest.starts_with(".repair-failed"))
+                    && !rest.contains(".incomplete")
+            })
+        })
+        .map(|n| parent.join(n).display().to_string())
+        .collect();
+    found.sort();
+    found
 }
 
 /// An error and its causes on one line, each cause said once: our typed
