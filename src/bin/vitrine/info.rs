@@ -379,46 +379,42 @@ fn remove_incomplete_copies(db_dir: &std::path::Path) {
     }
 }
 
-/// Whether a `vitrine repair` holds `db`'s lock now.
-pub(crate) fn repair_running(db: &std::path::Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        let Ok(dir) = std::fs::File::open(db) else {
-            return false;
-        };
-        // SAFETY: flock on a descriptor we own; closing it releases the lock.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
-        }
-    }
-    false
-}
-
-/// Held for the whole repair: a second `vitrine repair` of the same folder
-/// fails at once instead of meeting the first one's renames. An advisory
-/// lock on the folder itself, released when the process ends however it
-/// ends.
-fn lock_for_repair(db_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    let dir =
-        std::fs::File::open(db_dir).with_context(|| format!("cannot open {}", db_dir.display()))?;
+/// Takes the repair lock of `dir` without waiting: an advisory lock on the
+/// folder itself, released when the returned file closes, however the
+/// process ends. `Err` with `WouldBlock` when another process holds it; a
+/// file system without flock counts as unlocked.
+fn try_lock_dir(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::File::open(dir)?;
     #[cfg(unix)]
     {
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor we own; no memory is shared.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
-            // A file system without flock: go on without the lock.
             if e.kind() == std::io::ErrorKind::WouldBlock {
-                anyhow::bail!(
-                    "another `vitrine repair` is running on {} (nothing was changed)",
-                    db_dir.display()
-                );
+                return Err(e);
             }
             tracing::debug!(error = %e, "no repair lock");
         }
     }
-    Ok(dir)
+    Ok(file)
+}
+
+/// Whether a `vitrine repair` holds `db`'s lock now.
+pub(crate) fn repair_running(db: &std::path::Path) -> bool {
+    matches!(try_lock_dir(db), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Held for the whole repair: a second `vitrine repair` of the same folder
+/// fails at once instead of meeting the first one's renames.
+fn lock_for_repair(db_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    try_lock_dir(db_dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => anyhow::anyhow!(
+            "another `vitrine repair` is running on {} (nothing was changed)",
+            db_dir.display()
+        ),
+        _ => anyhow::Error::from(e).context(format!("cannot open {}", db_dir.display())),
+    })
 }
 
 /// A repair killed between moving sled's old files aside and moving the
