@@ -167,9 +167,14 @@ impl From<vitrine_storage::Error> for Error {
             },
             vitrine_storage::Error::StoreDamaged { path, reason } => Error::Corruption {
                 location: path.display().to_string(),
-                reason: format!(
-                    "{reason} (`vitrine repair` copies the folder, then keeps what sled's log holds)"
-                ),
+                // The storage layer's reason may already say what repair does.
+                reason: if reason.contains("vitrine repair") {
+                    reason
+                } else {
+                    format!(
+                        "{reason} (`vitrine repair` copies the folder, then keeps what sled's log holds)"
+                    )
+                },
             },
             other => Error::Storage(other),
         }

@@ -23,7 +23,7 @@ fn vitrine(args: &[&str]) -> Output {
 /// Whether the bundled model is there; the model-dependent tests skip
 /// (with a message) when it is not.
 fn have_model(test: &str) -> bool {
-    let onnx = root().join("models/vitrine-fashion-v1.onnx");
+    let onnx = root().join("models/vitrine-fashion-v2.onnx");
     let ok = onnx.is_file();
     if !ok {
         eprintln!("SKIP {test}: {} is absent", onnx.display());
@@ -698,8 +698,8 @@ fn import_refuses_another_models_database_unless_reembedding() {
     std::fs::create_dir(&other).unwrap();
     let models = root().join("models");
     std::fs::copy(
-        models.join("vitrine-fashion-v1.onnx"),
-        other.join("vitrine-fashion-v1.onnx"),
+        models.join("vitrine-fashion-v2.onnx"),
+        other.join("vitrine-fashion-v2.onnx"),
     )
     .unwrap();
     let mut m: serde_json::Value =

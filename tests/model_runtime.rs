@@ -2,7 +2,7 @@
 //! PyTorch reference outputs, annotation and the concept-space vector.
 //!
 //! Tests that need the model look in `$VITRINE_MODEL_DIR`, else `models/`,
-//! and skip (with a message) when `vitrine-fashion-v1.onnx` is not there.
+//! and skip (with a message) when `vitrine-fashion-v2.onnx` is not there.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

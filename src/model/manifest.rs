@@ -185,7 +185,7 @@ impl Manifest {
         })
     }
 
-    /// The model's name, e.g. `"vitrine-fashion-v1"`.
+    /// The model's name, e.g. `"vitrine-fashion-v2"`.
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -34,7 +34,7 @@ pub use manifest::{Manifest, TagGroup};
 use crate::{Metric, PreparedImage, VectorSpace};
 
 /// File name of the bundled model.
-pub const BUNDLED_ONNX: &str = "vitrine-fashion-v1.onnx";
+pub const BUNDLED_ONNX: &str = "vitrine-fashion-v2.onnx";
 /// File name of a model's manifest, next to the ONNX file.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Environment variable that overrides where [`Model::bundled`] looks.
