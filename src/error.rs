@@ -167,14 +167,7 @@ impl From<vitrine_storage::Error> for Error {
             },
             vitrine_storage::Error::StoreDamaged { path, reason } => Error::Corruption {
                 location: path.display().to_string(),
-                // The storage layer's reason may already say what repair does.
-                reason: if reason.contains("vitrine repair") {
-                    reason
-                } else {
-                    format!(
-                        "{reason} (`vitrine repair` copies the folder, then keeps what sled's log holds)"
-                    )
-                },
+                reason,
             },
             other => Error::Storage(other),
         }

@@ -92,7 +92,7 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
     ck = torch.load(ck_path, weights_only=False)
     args = types.SimpleNamespace(data=data_dir, cache=cache_dir)
     tax, train, val, X, tr_idx, va_idx = T.setup(args)
-    net = M.build(ck.get("arch", "vitrine"), ck["n_categories"], ck["n_tags"], ck["n_concepts"], pretrained=False)
+    net = M.build(ck["args"].get("arch", "vitrine"), ck["n_categories"], ck["n_tags"], ck["n_concepts"], pretrained=False)
     net.load_state_dict(ck["model"])
     net.eval()
     wrapper = M.ExportWrapper(net).eval()

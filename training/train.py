@@ -312,7 +312,7 @@ def main():
         history.append(rec)
         print(json.dumps(rec), flush=True)
         torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "history": history,
-                    "args": vars(args), "arch": args.arch, "loss_weights": LOSS_WEIGHTS, "n_categories": len(tax.categories), "n_tags": tax.n_tags,
+                    "args": vars(args), "loss_weights": LOSS_WEIGHTS, "n_categories": len(tax.categories), "n_tags": tax.n_tags,
                     "n_concepts": n_concepts}, ck_path + ".tmp")
         os.replace(ck_path + ".tmp", ck_path)
 

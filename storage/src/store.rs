@@ -272,8 +272,9 @@ fn held(sled_dir: &Path) -> bool {
 
 /// sled's description of damage, without its backtrace placeholder or its
 /// request to report a bug (a damaged file is not one).
+/// What sled reported, and what to do about it.
 fn damage_reason(e: &sled::Error) -> String {
-    match e {
+    let what = match e {
         sled::Error::Corruption { at, .. } => match at {
             Some(sled::DiskPtr::Inline(offset)) => {
                 format!("corrupt data in sled's log at offset {offset}")
@@ -285,7 +286,8 @@ fn damage_reason(e: &sled::Error) -> String {
         },
         sled::Error::ReportableBug(m) | sled::Error::Unsupported(m) => m.clone(),
         other => other.to_string(),
-    }
+    };
+    format!("{what} (`vitrine repair` copies the folder, then keeps what sled's log holds)")
 }
 
 fn sled_open_error(path: &Path, e: sled::Error) -> Error {
