@@ -1,28 +1,164 @@
 //! The one CSV dialect Vitrine reads (product and outfit files).
+//!
+//! Commas separate fields; a field that starts with a double quote is
+//! quoted, and may then hold commas, line breaks and `""` for a quote. A
+//! quote inside an unquoted field is an ordinary character (`12" sleeve`),
+//! so one stray quote cannot swallow the rest of the file. Lines end in
+//! `\n` or `\r\n`; a leading byte-order mark (Excel's "CSV UTF-8") is
+//! skipped; blank lines are skipped. Fields are returned as written (not
+//! trimmed).
 
-/// Splits one CSV line into fields: commas separate, double quotes enclose
-/// a field that holds commas, `""` inside quotes is a quote. Fields may not
-/// hold newlines. Fields are returned as written (not trimmed).
+use std::fmt;
+
+/// One record of a CSV text and the line it starts on (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvRecord {
+    /// The line of the text where the record starts (1-based).
+    pub line: usize,
+    /// The fields, untrimmed, quotes removed.
+    pub fields: Vec<String>,
+}
+
+/// A CSV text whose quoted field is never closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnclosedQuote {
+    /// The line where the quoted field opens (1-based).
+    pub line: usize,
+}
+
+impl fmt::Display for UnclosedQuote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the quoted field opened on line {} is never closed",
+            self.line
+        )
+    }
+}
+
+impl std::error::Error for UnclosedQuote {}
+
+/// Parses a CSV text into records (see the module docs for the dialect).
 ///
 /// ```
-/// assert_eq!(vitrine::split_csv_line(r#"a,"b,c","say ""hi""""#), ["a", "b,c", r#"say "hi""#]);
+/// let text = "\u{feff}id,name\n1,\"Striped, slim\"\r\n\n2,\"two\nlines\"\n3,12\" sleeve\n";
+/// let records = vitrine::parse_csv(text)?;
+/// assert_eq!(records.len(), 4);
+/// assert_eq!(records[0].fields, ["id", "name"]);
+/// assert_eq!(records[1].fields, ["1", "Striped, slim"]);
+/// assert_eq!((records[2].line, records[2].fields[1].as_str()), (4, "two\nlines"));
+/// assert_eq!((records[3].line, records[3].fields[1].as_str()), (6, "12\" sleeve"));
+/// assert!(vitrine::parse_csv("a,\"open\nb,c\n").is_err());
+/// # Ok::<(), vitrine::UnclosedQuote>(())
 /// ```
-pub fn split_csv_line(line: &str) -> Vec<String> {
+pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, UnclosedQuote> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut records = Vec::new();
     let mut fields = Vec::new();
     let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
+    // The line being read, where the current record started, and where the
+    // open quote (if any) started.
+    let (mut line, mut start) = (1, 1);
+    let mut quoted_since: Option<usize> = None;
+    let mut field_start = true;
+    let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
+        if quoted_since.is_some() {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    cur.push('"');
+                    chars.next();
+                }
+                '"' => quoted_since = None,
+                '\n' => {
+                    line += 1;
+                    cur.push(c);
+                }
+                _ => cur.push(c),
             }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
+            continue;
+        }
+        match c {
+            '"' if field_start => {
+                quoted_since = Some(line);
+                field_start = false;
+            }
+            ',' => {
+                fields.push(std::mem::take(&mut cur));
+                field_start = true;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                fields.push(std::mem::take(&mut cur));
+                end_record(&mut records, &mut fields, start);
+                line += 1;
+                start = line;
+                field_start = true;
+            }
+            _ => {
+                cur.push(c);
+                field_start = false;
+            }
         }
     }
+    if let Some(line) = quoted_since {
+        return Err(UnclosedQuote { line });
+    }
     fields.push(cur);
-    fields
+    end_record(&mut records, &mut fields, start);
+    Ok(records)
+}
+
+/// Ends a record, skipping a blank line.
+fn end_record(records: &mut Vec<CsvRecord>, fields: &mut Vec<String>, line: usize) {
+    let fields = std::mem::take(fields);
+    if fields.len() == 1 && fields[0].trim().is_empty() {
+        return;
+    }
+    records.push(CsvRecord { line, fields });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(text: &str) -> Vec<Vec<String>> {
+        parse_csv(text)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.fields)
+            .collect()
+    }
+
+    #[test]
+    fn records_lines_and_quotes() {
+        assert_eq!(fields("a,b\nc,d"), [["a", "b"], ["c", "d"]]);
+        assert_eq!(fields("a,b\r\nc,d\r\n"), [["a", "b"], ["c", "d"]]);
+        assert_eq!(fields("a,,\n"), [["a", "", ""]]);
+        assert_eq!(fields("\"\",\n"), [["", ""]]);
+        assert!(
+            fields("\"\"\n\" \"\n").is_empty(),
+            "one blank field is a blank line"
+        );
+        assert_eq!(fields("\"a\"\"b\",c"), [["a\"b", "c"]]);
+        assert_eq!(fields("a,\"x\ny\"z,b"), [["a", "x\nyz", "b"]]);
+        // A carriage return alone is data.
+        assert_eq!(fields("a\rb,c"), [["a\rb", "c"]]);
+        assert!(fields("").is_empty());
+        assert!(fields("\n \n\r\n").is_empty());
+        let r = parse_csv("h\n\n\"a\nb\",c\nd\n").unwrap();
+        assert_eq!(
+            r.iter().map(|r| r.line).collect::<Vec<_>>(),
+            [1, 3, 5],
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn unclosed_quote_names_its_line() {
+        assert_eq!(
+            parse_csv("a,b\nc,\"d\ne,f\n"),
+            Err(UnclosedQuote { line: 2 })
+        );
+    }
 }

@@ -466,6 +466,15 @@ impl Db {
                         s.name
                     )));
                 }
+                // Two spaces of one name would share their files.
+                let mut names: Vec<&str> = meta.spaces.iter().map(|s| s.name.as_str()).collect();
+                names.sort_unstable();
+                if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(Error::InvalidConfig(format!(
+                        "the database lists the vector space '{}' twice",
+                        w[0]
+                    )));
+                }
                 if !b.spaces.is_empty() {
                     let stored: Vec<VectorSpace> = meta.spaces.iter().map(space_of).collect();
                     if stored != b.spaces {

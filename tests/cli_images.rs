@@ -161,10 +161,13 @@ fn import_reads_a_csv_with_attributes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let files = sample_images(3);
-    let mut csv = String::from("id,path,category,price,in_stock,colour\n");
+    // As Excel writes "CSV UTF-8": a byte-order mark, CRLF line ends, and a
+    // quoted cell may hold commas and line breaks. Built-in columns are
+    // recognised in any case.
+    let mut csv = String::from("\u{feff}id,path,Category,Price,in_stock,colour,note\r\n");
     for (i, f) in files.iter().enumerate() {
         csv.push_str(&format!(
-            "sku-{i},{},Tops,{}.5,{},\"red, dark\"\n",
+            "sku-{i},{},Tops,{}.5,{},\"red, dark\",\"slim fit,\r\n12\"\" sleeve\"\r\n",
             f.display(),
             10 + i,
             i != 1
@@ -195,6 +198,32 @@ fn import_reads_a_csv_with_attributes() {
     assert_eq!(p.attributes.price, Some(11.5));
     assert!(!p.attributes.in_stock);
     assert_eq!(p.attributes.extra["colour"], "red, dark");
+    assert_eq!(p.attributes.extra["note"], "slim fit,\r\n12\" sleeve");
+    drop(db);
+
+    // An unclosed quote fails the file, naming the line where it opens.
+    let broken = dir.path().join("broken.csv");
+    std::fs::write(
+        &broken,
+        "id,path,note\nsku-9,x.jpg,ok\nsku-10,y.jpg,\"open\n",
+    )
+    .unwrap();
+    let out = vitrine(&[
+        "import",
+        broken.to_str().unwrap(),
+        "--db",
+        db_dir.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("opened on line 3 is never closed"),
+        "{stderr}"
+    );
+    let db = vitrine::Db::builder()
+        .open_with_model(&db_dir, &model)
+        .unwrap();
+    assert_eq!(db.len(), 3, "nothing of the broken file is stored");
     drop(db);
 
     // The nightly refresh: sku-1 has a new price; sku-0 and sku-2 are

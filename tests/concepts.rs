@@ -277,6 +277,26 @@ fn query_text_filters_weights_and_contributions() {
     assert!(q.get_filter().matches("x", &priced(25.0)));
     let q = ConceptQuery::parse("+colour.blue where price < 40 and price < 60", &vocab).unwrap();
     assert!(!q.get_filter().matches("x", &priced(50.0)));
+    // Attribute names keep their case; keywords do not; in_stock takes
+    // an explicit value too.
+    let typed = vitrine::Attributes::new().set("articleType", "Tshirts");
+    let q = ConceptQuery::parse("+colour.blue where articleType = Tshirts", &vocab).unwrap();
+    assert!(q.get_filter().matches("x", &typed));
+    let q = ConceptQuery::parse("+colour.blue where articletype = Tshirts", &vocab).unwrap();
+    assert!(!q.get_filter().matches("x", &typed));
+    let q =
+        ConceptQuery::parse("+colour.blue where PRICE < 20 and in_stock = FALSE", &vocab).unwrap();
+    assert!(q.get_filter().matches("x", &priced(15.0).in_stock(false)));
+    assert!(!q.get_filter().matches("x", &priced(15.0).in_stock(true)));
+    // Numbers may have an exponent.
+    let q = ConceptQuery::parse(
+        "+colour.blue^2.5e-1 where price < 1.5e2 and price > 1E1",
+        &vocab,
+    )
+    .unwrap();
+    assert!(q.get_filter().matches("x", &priced(140.0)));
+    assert!(!q.get_filter().matches("x", &priced(160.0)));
+    assert!(!q.get_filter().matches("x", &priced(9.0)));
     // Limits past the index's largest ef (and MMR's wider candidate pool).
     let all = db.query("find +colour.blue limit 10000").unwrap();
     assert_eq!(all.hits.len(), db.len());
@@ -320,6 +340,8 @@ fn malformed_queries_are_typed_errors_with_positions() {
         ("find +colour.red where colour in (\"A\")", Unexpected, 30),
         ("find +colour.red where stock", UnexpectedEnd, 28),
         ("find +colour.red where not stock", Unexpected, 27),
+        ("find +colour.red where in_stock = maybe", Unexpected, 34),
+        ("find +user.90s", UnknownConcept, 6),
         ("find +colour.\"red", UnterminatedString, 13),
         ("find +colour.red ; drop", BadCharacter, 17),
         ("find like", UnexpectedEnd, 9),
@@ -761,8 +783,29 @@ fn user_tags_are_learned_queried_and_persisted() {
         db.set_profile("bob", &Profile::only("colour").weight("colour", 1e30)),
         Err(ConceptError::InvalidWeight { .. })
     ));
+    // Likes teach a profile the tag. Its affinity is the plain lift: the
+    // query scales a tag by its weight once, so the stored value does not
+    // depend on the weight.
+    let learned = |weight: f32| {
+        db.set_tag_weight("ticktock", weight).unwrap();
+        db.delete_profile("tick-fan").unwrap();
+        let mut p = None;
+        for id in examples {
+            p = Some(db.feedback("tick-fan", id, Feedback::Like).unwrap());
+        }
+        p.unwrap().affinities.get("user.ticktock").copied()
+    };
+    let (light, heavy) = (learned(1.0), learned(2.0));
+    assert!(light.is_some_and(|a| a > 0.0), "{light:?}");
+    assert_eq!(light, heavy);
+    // Deleting the tag removes the affinity from stored profiles, which
+    // still serve queries.
     assert!(db.delete_tag("ticktock").unwrap());
     assert!(!db.delete_tag("ticktock").unwrap());
+    let p = db.profile("tick-fan").unwrap().unwrap();
+    assert!(!p.affinities.contains_key("user.ticktock"), "{p:?}");
+    db.similar_with_profile(SimilarTo::Id(examples[0]), 5, &Filter::new(), &p)
+        .unwrap();
 }
 
 const CHILD_ENV: &str = "VITRINE_CONCEPTS_CHILD";

@@ -31,11 +31,12 @@ fn have_mango() -> bool {
     ok
 }
 
-/// Splits a CSV line, fields trimmed.
-fn split(line: &str) -> Vec<String> {
-    vitrine::split_csv_line(line)
+/// The records of a CSV text, fields trimmed.
+fn records(text: &str) -> Vec<Vec<String>> {
+    vitrine::parse_csv(text)
+        .expect("data CSV")
         .into_iter()
-        .map(|f| f.trim().to_string())
+        .map(|r| r.fields.into_iter().map(|f| f.trim().to_string()).collect())
         .collect()
 }
 
@@ -67,8 +68,7 @@ impl Subset {
         let text = std::fs::read_to_string(dir.join("outfits.csv")).unwrap();
         let mut outfits: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut order = Vec::new();
-        for line in text.lines().skip(1) {
-            let f = split(line);
+        for f in records(&text).into_iter().skip(1) {
             if f.len() < 2 {
                 continue;
             }
@@ -82,12 +82,9 @@ impl Subset {
         }
         let wanted: HashSet<&String> = outfits.values().flatten().collect();
         let text = std::fs::read_to_string(dir.join("products.csv")).unwrap();
-        let mut lines = text.lines();
-        let header = split(lines.next().unwrap());
-        let rows = lines
-            .map(split)
-            .filter(|r| wanted.contains(&r[0]))
-            .collect();
+        let mut lines = records(&text).into_iter();
+        let header = lines.next().unwrap();
+        let rows = lines.filter(|r| wanted.contains(&r[0])).collect();
         Subset {
             header,
             rows,
@@ -267,6 +264,32 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
     assert!(matches!(
         db.store_outfit("", &[ps[0].as_str()]),
         Err(OutfitError::InvalidId(_))
+    ));
+    // A product inserted with vectors only has no model outputs.
+    let mut v = vec![0.0f32; Model::bundled().unwrap().embedding_dim()];
+    v[0] = 1.0;
+    db.insert(
+        "vectors-only",
+        vitrine::Attributes::new().category("Tops"),
+        [(vitrine::EMBEDDING_SPACE, v)],
+    )
+    .unwrap();
+    let stored = db.store_outfit("plain", &[ps[0].as_str(), "vectors-only"]);
+    assert!(db.delete("vectors-only").unwrap());
+    assert!(
+        matches!(&stored, Err(OutfitError::NotAnImageProduct(p)) if p == "vectors-only"),
+        "{stored:?}"
+    );
+    assert_eq!(db.outfit_count().unwrap(), n);
+    // An unclosed quote names the line where it opens.
+    std::fs::write(
+        &csv,
+        format!("outfit,product\nx1,{}\n\"x1,{}\n", ps[0], ps[1]),
+    )
+    .unwrap();
+    assert!(matches!(
+        db.import_outfits_csv(&csv),
+        Err(OutfitError::Csv { line: 3, .. })
     ));
     // Too many products: checked before the products themselves.
     let huge: Vec<String> = (0..=vitrine::MAX_OUTFIT_SLOTS)

@@ -231,6 +231,18 @@ pub fn parse_index_header(bytes: &[u8]) -> Result<IndexHeader, HeaderError> {
     if points.is_empty() && (graph != FileSum::default() || data != FileSum::default()) {
         return Err(HeaderError::Invalid("empty graph with dump files".into()));
     }
+    // The data dump holds every point's f32 vector. A header that promises
+    // less (an empty dump has CRC 0) must not send hnsw_rs, which panics or
+    // exits on a short file, to read it.
+    let vector_bytes = (points.len() as u64).saturating_mul(dim as u64 * 4);
+    if !points.is_empty() && (graph.len == 0 || data.len < vector_bytes) {
+        return Err(HeaderError::Invalid(format!(
+            "dump files of {} and {} bytes cannot hold {} points of dimension {dim}",
+            graph.len,
+            data.len,
+            points.len()
+        )));
+    }
     Ok(IndexHeader {
         version,
         metric,
@@ -342,6 +354,19 @@ mod tests {
                 b[i] ^= 1 << bit;
                 assert!(parse_index_header(&b).is_err(), "flip at {i}:{bit}");
             }
+        }
+        // Dump lengths too small for the points (an empty file has CRC 0).
+        for (graph, data) in [(0, 200), (100, 0), (100, 3 * 8 * 4 - 1)] {
+            let mut h = sample();
+            h.graph = FileSum { len: graph, crc: 0 };
+            h.data = FileSum { len: data, crc: 0 };
+            assert!(
+                matches!(
+                    parse_index_header(&encode_index_header(&h)),
+                    Err(HeaderError::Invalid(_))
+                ),
+                "{graph} {data}"
+            );
         }
         let mut b = bytes.clone();
         b[8] = 2;

@@ -334,13 +334,19 @@ impl HnswIndex {
             GraphStore::Built(Box::new(new_graph(&params, 0)))
         } else {
             let io = HnswIo::new(dir, crate::format::GRAPH_BASENAME);
-            let loaded = LoadedGraphTryBuilder {
-                io,
-                hnsw_builder: |io: &mut HnswIo| {
-                    io.load_hnsw::<f32, VitrineL2>().map_err(|e| e.to_string())
-                },
-            }
-            .try_build()?;
+            // The files passed their lengths and checksums; a panic in
+            // hnsw_rs on a dump that still fooled them is an error, not a
+            // crash of the caller.
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                LoadedGraphTryBuilder {
+                    io,
+                    hnsw_builder: |io: &mut HnswIo| {
+                        io.load_hnsw::<f32, VitrineL2>().map_err(|e| e.to_string())
+                    },
+                }
+                .try_build()
+            }))
+            .map_err(|_| "hnsw_rs panicked while reading the dump".to_string())??;
             let (nb, d) = loaded.with_hnsw(|h| {
                 (
                     h.get_nb_point(),

@@ -251,7 +251,10 @@ pub(crate) fn learn_profile(
 
     // Affinities: model concepts and user tags.
     let confidence = n / (n + strength);
-    let mut lifts: Vec<(String, f32)> = Vec::new();
+    // (concept, lift, how strongly it would move a query): a tag's
+    // direction is scaled by its weight when the query is built, so its
+    // affinity stores the plain lift and ranks by the scaled one.
+    let mut lifts: Vec<(String, f32, f32)> = Vec::new();
     let like_mean =
         |f: &dyn Fn(&[f32]) -> f32| likes.iter().map(|(z, w)| w * f(z)).sum::<f32>() / n;
     let skip_mean = |f: &dyn Fn(&[f32]) -> f32| {
@@ -266,20 +269,25 @@ pub(crate) fn learn_profile(
             let d = g.start + i;
             let f = |z: &[f32]| z[d];
             let lift = like_mean(&f) - blend(skip_mean(&f), catalog[d]);
-            lifts.push((format!("{}.{c}", g.name), lift));
+            lifts.push((format!("{}.{c}", g.name), lift, lift));
         }
     }
     for (name, tag) in vocab.tags() {
         let f = |z: &[f32]| dot(&tag.vector, z);
         let lift = like_mean(&f) - blend(skip_mean(&f), dot(&tag.vector, &catalog));
-        lifts.push((format!("{USER_GROUP}.{name}"), lift * tag.weight));
+        lifts.push((format!("{USER_GROUP}.{name}"), lift, lift * tag.weight));
     }
-    lifts.retain(|(_, l)| *l >= MIN_LIFT);
-    lifts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    lifts.retain(|(_, _, effect)| *effect >= MIN_LIFT);
+    lifts.sort_by(|a, b| b.2.total_cmp(&a.2));
     lifts.truncate(MAX_AFFINITIES);
     profile.affinities = lifts
         .into_iter()
-        .map(|(c, l)| (c, l * confidence))
+        .map(|(c, l, _)| {
+            (
+                c,
+                (l * confidence).clamp(-super::MAX_WEIGHT, super::MAX_WEIGHT),
+            )
+        })
         .collect();
     profile.affinities.extend(hand_affinities);
     Ok(profile)

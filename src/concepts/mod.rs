@@ -444,6 +444,10 @@ pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
 
 /// The closest of `known` to `name`, when it is close enough to be a typo.
 pub(crate) fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    // No typo of a known name is this long; the distance is quadratic.
+    if name.len() > 256 {
+        return None;
+    }
     let (best, d) = known
         .into_iter()
         .map(|k| (k, levenshtein(name, k)))
@@ -656,11 +660,35 @@ impl Db {
         Ok(tag)
     }
 
-    /// Removes a user tag; returns whether it existed.
+    /// Removes a user tag, and every profile's affinity to it (learned or
+    /// set by hand); returns whether the tag existed.
     pub fn delete_tag(&self, name: &str) -> Result<bool, ConceptError> {
-        Ok(self
-            .side_keyspace::<UserTag>(TAGS_KS)?
-            .remove(name.as_bytes())?)
+        let tags = self.side_keyspace::<UserTag>(TAGS_KS)?;
+        let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
+        let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
+        let _guard = self.side_write_lock();
+        let existed = tags.remove(name.as_bytes())?;
+        // An affinity to a tag that is gone would name an unknown concept.
+        // Priors first, so that a crash in between is repaired by the next
+        // delete of the same name rather than relearned by feedback.
+        let concept = format!("{USER_GROUP}.{name}");
+        let mut batch = priors.batch();
+        for entry in priors.iter() {
+            let (user, mut prior) = entry?;
+            if prior.affinities.remove(&concept).is_some() {
+                batch.put(&user, &prior)?;
+            }
+        }
+        priors.apply(batch)?;
+        let mut batch = profiles.batch();
+        for entry in profiles.iter() {
+            let (user, mut profile) = entry?;
+            if profile.affinities.remove(&concept).is_some() {
+                batch.put(&user, &profile)?;
+            }
+        }
+        profiles.apply(batch)?;
+        Ok(existed)
     }
 
     fn unknown_tag(&self, name: &str) -> ConceptError {

@@ -131,7 +131,7 @@ pub enum LikeTarget {
 /// concept   := group "." name                         (name: word or "quoted")
 /// like      := "like" (id | "image" "path") ["^" number]
 /// where     := "where" cond ("and" cond)*
-/// cond      := "in_stock" | "not" "in_stock"
+/// cond      := "in_stock" ["=" ("true" | "false")] | "not" "in_stock"
 ///            | "price" ("<" | "<=" | "=" | ">" | ">=") number
 ///            | field "=" value
 ///            | ("category" | "brand") "in" "(" value ("," value)* ")"
@@ -141,8 +141,9 @@ pub enum LikeTarget {
 /// profile   := "profile" user                         (a stored profile: see below)
 /// ```
 ///
-/// `field` is `category`, `brand` or any attribute key; values are words,
-/// numbers or `"quoted strings"`. Keywords and concept names are
+/// `field` is `category`, `brand` or any attribute key (attribute keys are
+/// case-sensitive, as stored: `articleType`); values are words,
+/// numbers (`60`, `-0.5`, `1.5e2`) or `"quoted strings"`. Keywords and concept names are
 /// case-insensitive; attribute values are compared exactly, as stored
 /// (`category = "Tshirts"`, not `"tshirts"`). Example:
 ///
@@ -342,7 +343,13 @@ fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
         let one = match c {
             '+' => Some("+"),
             '^' => Some("^"),
-            '.' if !chars.get(i + 1).is_some_and(char::is_ascii_digit) => Some("."),
+            // A dot right after a word separates group and concept
+            // (`user.90s`); elsewhere, before a digit, it starts a number.
+            '.' if !chars.get(i + 1).is_some_and(char::is_ascii_digit)
+                || i > 0 && is_word_char(chars[i - 1]) =>
+            {
+                Some(".")
+            }
             '(' => Some("("),
             ')' => Some(")"),
             ',' => Some(","),
@@ -401,6 +408,16 @@ fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
             let mut j = i + 1;
             while j < chars.len() && (chars[j].is_ascii_digit() || chars[j] == '.') {
                 j += 1;
+            }
+            // An exponent: 1e3, 2.5E-2.
+            if matches!(chars.get(j), Some('e' | 'E')) {
+                let k = j + 1 + usize::from(matches!(chars.get(j + 1), Some('+' | '-')));
+                if chars.get(k).is_some_and(char::is_ascii_digit) {
+                    j = k;
+                    while j < chars.len() && chars[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                }
             }
             if j >= chars.len() || !is_word_char(chars[j]) {
                 out.push(Token {
@@ -788,7 +805,16 @@ impl<'a> Parser<'a> {
     fn condition(&mut self, f: Filter) -> Result<Filter, QueryError> {
         if self.keyword("in_stock") {
             self.next();
-            return Ok(f.stock(true));
+            if self.peek().tok != Tok::Sym("=") {
+                return Ok(f.stock(true));
+            }
+            self.next();
+            let t = self.next();
+            return match &t.tok {
+                Tok::Word(w) if w.eq_ignore_ascii_case("true") => Ok(f.stock(true)),
+                Tok::Word(w) if w.eq_ignore_ascii_case("false") => Ok(f.stock(false)),
+                _ => Err(self.unexpected(&t, "true or false after 'in_stock ='")),
+            };
         }
         if self.keyword("not") {
             self.next();
@@ -800,7 +826,16 @@ impl<'a> Parser<'a> {
         }
         let t = self.next();
         let field = match &t.tok {
-            Tok::Word(w) => w.to_ascii_lowercase(),
+            // Keywords are case-insensitive; other attribute names are
+            // compared as stored (`articleType`).
+            Tok::Word(w)
+                if ["price", "category", "brand"]
+                    .iter()
+                    .any(|k| w.eq_ignore_ascii_case(k)) =>
+            {
+                w.to_ascii_lowercase()
+            }
+            Tok::Word(w) => w.clone(),
             Tok::Str(s) => s.clone(),
             _ => {
                 return Err(
@@ -924,6 +959,17 @@ impl Db {
             return Err(ConceptError::InvalidWeight {
                 what: "diverse".into(),
                 value: l,
+            });
+        }
+        // As the text form allows: > 0 (push away with '-' terms instead).
+        if let Some((_, w)) = q
+            .like
+            .as_ref()
+            .filter(|(_, w)| !(*w > 0.0 && *w <= super::MAX_WEIGHT))
+        {
+            return Err(ConceptError::InvalidWeight {
+                what: "like".into(),
+                value: *w,
             });
         }
         let unknown = |name: &str| ConceptError::UnknownConcept {

@@ -226,6 +226,12 @@ impl Db {
                     product: p.to_string(),
                 });
             };
+            // The outfit operations read the model's outputs: a product
+            // inserted with vectors only would pass for a deleted one. (A
+            // database without a model stores outfits as plain lists.)
+            if let Ok(None) = self.vector(crate::CONCEPT_SPACE, p) {
+                return Err(OutfitError::NotAnImageProduct(p.to_string()));
+            }
             slots.push(OutfitSlot {
                 product: p.to_string(),
                 category: attrs.category.clone(),
@@ -238,8 +244,10 @@ impl Db {
     }
 
     /// Stores (or replaces) the outfit `id` made of `products`, each slot's
-    /// category taken from its product. Every product must exist; the
-    /// outfit is written in one atomic put, after all checks.
+    /// category taken from its product. Every product must exist and, in a
+    /// database with a model, have its outputs (inserted from an image:
+    /// else [`OutfitError::NotAnImageProduct`]); the outfit is written in
+    /// one atomic put, after all checks.
     ///
     /// Learned rules are not updated: call [`Db::learn_outfit_rules`] after a
     /// batch of changes (it rebuilds in about a second for thousands of
@@ -267,31 +275,26 @@ impl Db {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| csv_err(0, e.to_string()))?;
+        let records = crate::parse_csv(&text).map_err(|e| csv_err(e.line, e.to_string()))?;
         // A file without its header would silently lose its first row.
-        if let Some(first) = text.lines().next() {
-            let fields = crate::split_csv_line(first.trim_start_matches('\u{feff}'));
-            if let Some(p) = fields.get(1).map(|p| p.trim()) {
+        if let Some(first) = records.first() {
+            if let Some(p) = first.fields.get(1).map(|p| p.trim()) {
                 if !p.is_empty() && matches!(self.get(p), Ok(Some(_))) {
                     return Err(csv_err(
-                        1,
+                        first.line,
                         format!("'{p}' is a product id: the first line must be a header (outfit_id,product_id)"),
                     ));
                 }
             }
         }
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (n, line) in text.lines().enumerate().skip(1) {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() {
-                continue;
-            }
-            let fields = crate::split_csv_line(line);
-            let [o, p, ..] = &fields[..] else {
-                return Err(csv_err(n + 1, "expected outfit_id,product_id".into()));
+        for record in records.iter().skip(1) {
+            let [o, p, ..] = &record.fields[..] else {
+                return Err(csv_err(record.line, "expected outfit_id,product_id".into()));
             };
             let (o, p) = (o.trim(), p.trim());
             if o.is_empty() || p.is_empty() {
-                return Err(csv_err(n + 1, "empty outfit or product id".into()));
+                return Err(csv_err(record.line, "empty outfit or product id".into()));
             }
             groups.entry(o.to_string()).or_default().push(p.to_string());
         }
@@ -342,7 +345,10 @@ impl Db {
         }))
     }
 
-    /// Deletes the outfit `id`; returns whether it existed.
+    /// Deletes the outfit `id`; returns whether it existed. The learned
+    /// rules (and the outfits they remember) keep it until
+    /// [`Db::learn_outfit_rules`] runs again
+    /// ([`Db::outfit_rules_current`] says when they are stale).
     pub fn delete_outfit(&self, id: &str) -> OutfitResult<bool> {
         check_outfit_id(id)?;
         Ok(self.outfit_keyspace()?.remove(id.as_bytes())?)

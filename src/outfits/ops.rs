@@ -525,7 +525,9 @@ impl OutfitEngine<'_> {
 
     /// [`OutfitEngine::complete`] with a chosen set of signals. Candidates
     /// come back best first, each once; a candidate that is already one of
-    /// the `given` items is left out.
+    /// the `given` items is left out. Every method but
+    /// [`CompleteMethod::Visual`] needs learned rules
+    /// ([`OutfitError::NoRules`]).
     pub fn complete_with<S: AsRef<str>, T: AsRef<str>>(
         &self,
         given: &[S],
@@ -545,7 +547,8 @@ impl OutfitEngine<'_> {
             }
         }
         let w = method.weights();
-        let rules = if w[0] != 0.0 || w[1] != 0.0 {
+        // The kernel's memory is the outfits the rules were learned from.
+        let rules = if w[..3].iter().any(|&w| w != 0.0) {
             Some(self.rules()?)
         } else {
             None
@@ -813,6 +816,14 @@ impl OutfitEngine<'_> {
         options: &ExpandOptions,
     ) -> OutfitResult<Vec<Expansion>> {
         let mut ex = self.expander(outfit, options)?;
+        let anchor = ex.template[ex.anchor];
+        if self.cat.category[anchor] == NO_CATEGORY {
+            return Err(OutfitError::InvalidArgument(format!(
+                "the anchor product '{}' of outfit '{outfit}' has no category, so nothing can \
+                 replace it (set its category, or choose another anchor slot)",
+                self.cat.ids[anchor]
+            )));
+        }
         // No capacity from `n`: the stock, not the caller, bounds the result.
         Ok((0..n).map_while(|_| ex.next(self, None)).collect())
     }

@@ -401,7 +401,9 @@ impl PrecomputedSimilar {
             )));
         }
         // SAFETY: read-only mapping of a file that writers only ever replace
-        // by rename; lookups are bounds-checked regardless.
+        // by rename (the type's docs: never rewrite a served file in place;
+        // a file truncated under the map faults, which no bounds check
+        // prevents); lookups are bounds-checked against the mapped length.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         let header = validate(&map).map_err(corrupt)?;
         Ok(PrecomputedSimilar {
@@ -440,7 +442,11 @@ impl PrecomputedSimilar {
         let start = u64::from_le_bytes(off(i)?.try_into().ok()?) as usize;
         let end = u64::from_le_bytes(off(i + 1)?.try_into().ok()?) as usize;
         let blob = HEADER_LEN + 8 * (self.len() + 1);
-        std::str::from_utf8(self.map.get(blob + start..blob + end)?).ok()
+        std::str::from_utf8(
+            self.map
+                .get(blob.checked_add(start)?..blob.checked_add(end)?)?,
+        )
+        .ok()
     }
 
     /// Position of `id`, by binary search.

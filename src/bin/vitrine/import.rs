@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vitrine::{Attributes, Db, ImportItem, ImportOptions, ImportReport, ImportSource, Model};
@@ -16,8 +16,9 @@ pub struct ImportArgs {
     /// A folder of images (id = file stem), or a CSV file with a header row
     /// whose first two columns are the id and the image path (relative to the
     /// CSV's folder); further columns are attributes (`category`, `brand`,
-    /// `price`, `in_stock` go to the built-in fields, others are free-form;
-    /// empty cells are left out).
+    /// `price`, `in_stock`, in any case, go to the built-in fields; others
+    /// are free-form, named as written; empty cells are left out). UTF-8,
+    /// comma-separated; a quoted cell may hold commas and line breaks.
     pub source: PathBuf,
     /// The database folder (created if missing).
     #[arg(long)]
@@ -117,24 +118,13 @@ fn read_csv_lines(path: &Path) -> anyhow::Result<(Vec<String>, Vec<NumberedRow>)
             )
         }
     };
-    let mut lines = text
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    let header = match lines.next() {
-        Some((_, h)) => vitrine::split_csv_line(h)
-            .into_iter()
-            .map(|s| s.trim().to_string())
-            .collect(),
+    let records = vitrine::parse_csv(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut records = records.into_iter();
+    let header = match records.next() {
+        Some(h) => h.fields.iter().map(|s| s.trim().to_string()).collect(),
         None => bail!("{} is empty", path.display()),
     };
-    Ok((
-        header,
-        lines
-            .map(|(i, l)| (i + 1, vitrine::split_csv_line(l)))
-            .collect(),
-    ))
+    Ok((header, records.map(|r| (r.line, r.fields)).collect()))
 }
 
 /// One attribute cell of a product CSV (empty cells give none).
@@ -219,7 +209,8 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             path.display()
         );
     }
-    if ["category", "brand", "price", "in_stock"].contains(&header[1].as_str()) {
+    if ["category", "brand", "price", "in_stock"].contains(&header[1].to_ascii_lowercase().as_str())
+    {
         bail!(
             "{}: the second column is the image path, not '{}' (id,path[,attributes…])",
             path.display(),
@@ -307,7 +298,8 @@ fn csv_cells(header: &[String], row: &[String]) -> Result<Vec<Cell>, String> {
         if value.is_empty() {
             continue;
         }
-        cells.push(match key.as_str() {
+        // The four built-in columns in any case (`Price`); other keys as written.
+        cells.push(match key.to_ascii_lowercase().as_str() {
             "category" => Cell::Category(value.to_string()),
             "brand" => Cell::Brand(value.to_string()),
             "price" => Cell::Price(parse_price(value)?),

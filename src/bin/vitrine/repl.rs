@@ -352,7 +352,7 @@ impl Session {
         if passing == 0 {
             format!(
                 ": none of the {all} products passes the where conditions \
-                 (attribute values are compared exactly, case included)"
+                 (attribute names and values are compared exactly, case included)"
             )
         } else {
             format!(": {passing} of {all} products pass the where conditions")
@@ -973,11 +973,15 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     }
     let mut session = Session::open(&args.db, json)?;
     let line = args.query.join(" ");
-    let known = COMMANDS.iter().any(|(c, _)| {
-        line.split_whitespace()
-            .next()
-            .is_some_and(|w| w.eq_ignore_ascii_case(c))
-    });
+    let mut words = line.split_whitespace();
+    let (first, second) = (words.next(), words.next());
+    let is = |w: Option<&str>, names: &[&str]| {
+        w.is_some_and(|w| names.iter().any(|n| w.eq_ignore_ascii_case(n)))
+    };
+    let commands: Vec<&str> = COMMANDS.iter().map(|(c, _)| *c).collect();
+    // A query may open with its profile clause (`profile anna +colour.red`).
+    let profile_query = is(first, &["profile"]) && !is(second, &["show", "list", "set", "reset"]);
+    let known = is(first, &commands) && !profile_query;
     let line = if known { line } else { format!("find {line}") };
     session.execute(&line, &mut std::io::stdout())?;
     Ok(())
