@@ -836,10 +836,11 @@ impl Db {
         let mut w = lock(&self.writer);
         let existing = match self.products.get(id.as_bytes()) {
             Ok(r) => r.map(|r| r.doc),
-            // A damaged record is replaced by an upsert.
+            // A damaged record is replaced by an upsert, under the doc the
+            // catalog knows it by (a new one would leave the old in memory).
             Err(e) if replace => {
                 warn!(id, error = %e, "overwriting a damaged record");
-                None
+                read(&self.catalog).by_id.get(id).copied()
             }
             // Insert refuses the id, and says why.
             Err(e) => return Err(e.into()),
@@ -1100,8 +1101,24 @@ impl Db {
     }
 
     fn checkpoint_locked(&self, w: &mut WriterState) -> Result<()> {
+        let written = self.write_dumps(w.meta.index_generation);
+        if written.is_err() {
+            // Some files may now carry this generation. The next write must
+            // move past it (else a later crash would find an arena that looks
+            // current but misses that write), and drop tries again.
+            w.dirty = false;
+            w.stale_dumps = true;
+        }
+        written?;
+        w.dirty = false;
+        w.stale_dumps = false;
+        debug!(generation = w.meta.index_generation, "checkpoint written");
+        Ok(())
+    }
+
+    /// Writes every space's arena and index dump at `generation`.
+    fn write_dumps(&self, generation: u64) -> Result<()> {
         self.store.flush()?;
-        let generation = w.meta.index_generation;
         for space in &self.spaces {
             let index = read(&space.index);
             let arena = arena_path(&self.dir, &space.spec.name);
@@ -1120,9 +1137,6 @@ impl Db {
             }
             index.save(&idx_dir, generation)?;
         }
-        w.dirty = false;
-        w.stale_dumps = false;
-        debug!(generation, "checkpoint written");
         Ok(())
     }
 

@@ -813,3 +813,34 @@ fn reopening_keeps_a_matching_checkpoint_however_often() {
         db.set_in_stock("p0", round % 2 == 0).unwrap();
     }
 }
+
+#[test]
+fn a_failed_checkpoint_does_not_make_later_writes_look_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let db = Db::builder()
+            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+            .build_threads(2)
+            .checkpoint_on_drop(false)
+            .open(&path)
+            .unwrap();
+        fill(&db, 20);
+        // The index folder cannot be made: the arena is written, the dump
+        // is not.
+        let index = path.join("index");
+        if index.is_dir() {
+            std::fs::remove_dir_all(&index).unwrap();
+        }
+        std::fs::write(&index, b"in the way").unwrap();
+        assert!(db.checkpoint().is_err());
+        assert!(db.delete("sku-3").unwrap());
+        // Dropped without a checkpoint, as in a crash.
+    }
+    std::fs::remove_file(path.join("index")).unwrap();
+    // The arena written by the failed checkpoint still holds sku-3; it must
+    // read as stale, not as sled having lost a write.
+    let db = open(&path);
+    assert_eq!(db.len(), 19);
+    assert!(db.get("sku-3").unwrap().is_none());
+}

@@ -225,6 +225,24 @@ fn the_first_import_stores_its_preparation_for_later_images() {
             .unwrap();
         assert_eq!(report.progress.total, 0);
         assert_eq!(db.recorded_prep_config().unwrap(), None);
+        // An import into an empty database records its preparation before
+        // it starts (so that an interrupted one resumes with it); while the
+        // database stays empty, the next import replaces it.
+        let bad = tempfile::tempdir().unwrap();
+        std::fs::write(bad.path().join("broken.jpg"), b"not a jpeg").unwrap();
+        let report = db
+            .import(
+                ImportSource::Dir(bad.path().to_path_buf()),
+                ImportOptions::new()
+                    .model(model.clone())
+                    .prep(PrepConfig::catalog().pixel_aspect(0.8)),
+            )
+            .unwrap();
+        assert_eq!(report.progress.failed, 1);
+        assert_eq!(
+            db.recorded_prep_config().unwrap(),
+            Some(PrepConfig::catalog().pixel_aspect(0.8))
+        );
         db.import(
             ImportSource::Dir(src.path().to_path_buf()),
             ImportOptions::new()
@@ -588,6 +606,20 @@ fn another_model_is_refused_unless_reembedding() {
     assert!(matches!(e, IngestError::ModelMismatch { .. }), "{e}");
     assert!(e.to_string().contains("re-embed"), "{e}");
 
+    // A re-embed whose source cannot be listed changes nothing, not even
+    // the model the database claims.
+    let missing = src.path().join("no-such-folder");
+    assert!(db
+        .import(
+            ImportSource::Dir(missing),
+            ImportOptions::new()
+                .model(other.clone())
+                .prep(prep())
+                .reembed(true),
+        )
+        .is_err());
+    assert_eq!(db.model_fingerprint().as_deref(), Some(model.fingerprint()));
+
     // Re-embedding replaces every product, keeping its attributes.
     let r = db
         .import(
@@ -720,10 +752,13 @@ fn kill_during_import_then_resume_gives_the_full_set() {
         before >= killed_at && before <= n,
         "{before} stored after the kill"
     );
+    // The interrupted first import recorded its preparation, and the
+    // resumed one, given none, uses it.
+    assert_eq!(db.recorded_prep_config().unwrap(), Some(prep()));
     let r = db
         .import(
             ImportSource::Dir(src.path().to_path_buf()),
-            ImportOptions::new().model(model.clone()).prep(prep()),
+            ImportOptions::new().model(model.clone()),
         )
         .unwrap();
     assert!(r.failures.is_empty(), "{:?}", r.failures);

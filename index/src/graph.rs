@@ -309,10 +309,19 @@ impl HnswIndex {
 
     /// Dumps the graph into `dir` with basename `graph`; `dir` must be empty.
     pub(crate) fn dump(&self, dir: &Path) -> Result<()> {
-        let name = self
-            .graph
-            .with(|h| h.file_dump(dir, crate::format::GRAPH_BASENAME))
-            .map_err(|e| Error::Graph(e.to_string()))?;
+        // hnsw_rs panics when it cannot create its files (no file handles
+        // or inodes left): an error for the caller, not a panic in a drop.
+        let name = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.graph
+                .with(|h| h.file_dump(dir, crate::format::GRAPH_BASENAME))
+        }))
+        .map_err(|_| {
+            Error::Graph(format!(
+                "hnsw_rs panicked writing its dump in {}",
+                dir.display()
+            ))
+        })?
+        .map_err(|e| Error::Graph(e.to_string()))?;
         if name != crate::format::GRAPH_BASENAME {
             return Err(Error::Graph(format!(
                 "hnsw_rs dumped under basename {name:?} instead of {:?}",

@@ -340,18 +340,22 @@ impl Db {
             Some(m) => m,
             None => Model::bundled()?,
         };
+        // The source is listed first: a wrong path or an empty folder
+        // changes nothing (not even the model a re-embed adopts).
+        let (items, not_utf8) = source.into_items()?;
         if reembed {
             self.adopt_model(&model)?;
         } else {
             self.check_model(&model)?;
         }
-        // The first import into an empty database records its preparation
-        // (once it stored something); later ones default to it.
+        // An import into an empty database records its preparation before
+        // it starts, so that an interrupted first import resumes with it;
+        // later ones default to it.
         let stored = self.stored_prep()?;
-        let first = stored.is_none() && self.is_empty();
+        let empty = self.is_empty();
         let prep = match (prep, stored) {
             (None, stored) => stored.map_or_else(PrepConfig::catalog, |s| s.config()),
-            (Some(p), Some(stored)) if StoredPrep::of(&p) != stored => {
+            (Some(p), Some(stored)) if !empty && StoredPrep::of(&p) != stored => {
                 let stored = stored.config();
                 tracing::warn!(
                     "these images are prepared with pixel aspect {}, crop {}, illumination {:?}, \
@@ -368,7 +372,12 @@ impl Db {
             }
             (Some(p), _) => p,
         };
-        let (items, not_utf8) = source.into_items()?;
+        if empty && !items.is_empty() {
+            let _guard = self.side_write_lock();
+            if self.is_empty() {
+                self.set_prep_config(&prep)?;
+            }
+        }
         let mut report = self.import_items(
             items,
             &model,
@@ -390,12 +399,6 @@ impl Db {
                 error: IngestError::FileName { path: path.clone() },
                 path,
             });
-        }
-        if first && report.progress.stored > 0 {
-            let _guard = self.side_write_lock();
-            if self.stored_prep()?.is_none() {
-                self.set_prep_config(&prep)?;
-            }
         }
         report.elapsed = started.elapsed();
         info!(
@@ -647,26 +650,16 @@ fn inference_worker(rx: Receiver<Prepared>, tx: Sender<Inferred>, model: &Model,
         if images.is_empty() {
             continue;
         }
-        match model.infer(&images) {
-            Ok(outs) => {
-                for (job, out) in jobs.drain(..).zip(outs) {
-                    if tx.send(Inferred::Ok(job, Box::new(out))).is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(e) => {
-                // Report the batch item by item (the reason is the same).
-                let reason = e.to_string();
-                for job in jobs.drain(..) {
-                    let err = crate::model::ModelError::Inference(reason.clone());
-                    if tx.send(Inferred::Failed(job, err.into())).is_err() {
-                        return;
-                    }
-                }
+        // Each image its own result: one that fails does not fail the batch.
+        for (job, image) in jobs.drain(..).zip(images.drain(..)) {
+            let msg = match model.infer_one(&image) {
+                Ok(out) => Inferred::Ok(job, Box::new(out)),
+                Err(e) => Inferred::Failed(job, e.into()),
+            };
+            if tx.send(msg).is_err() {
+                return;
             }
         }
-        images.clear();
     }
 }
 

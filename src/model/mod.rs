@@ -445,7 +445,12 @@ impl Model {
     /// Runs the model on prepared images. Returns one output per image, in
     /// order.
     pub fn infer(&self, images: &[PreparedImage]) -> Result<Vec<ModelOutput>, ModelError> {
-        images.iter().map(|im| self.run_one(im.tensor())).collect()
+        images.iter().map(|im| self.infer_one(im)).collect()
+    }
+
+    /// Runs the model on one prepared image.
+    pub(crate) fn infer_one(&self, image: &PreparedImage) -> Result<ModelOutput, ModelError> {
+        self.run_one(image.tensor())
     }
 
     /// Runs the model on an NCHW tensor of `n` images (`n × 3 × 128 × 96`

@@ -8,7 +8,7 @@
 //!    (grey and palette images are expanded, transparency is composited
 //!    onto white, 16-bit is scaled down; [`decode_image`] alone);
 //! 2. estimate the background colour from a 4-pixel border band and test
-//!    whether it is plain, with an [`IntegralImage`];
+//!    whether it is plain;
 //! 3. on a plain background, find the product's box from a foreground mask
 //!    (itself summed in an [`IntegralImage`]) and add a 5 % margin;
 //! 4. letterbox the crop into the 96 × 128 model input with the background

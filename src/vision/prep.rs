@@ -265,8 +265,9 @@ impl PreparedImage {
 ///
 /// Never panics, whatever the bytes: bad input is an [`ImageError`]. Limits
 /// are checked on the header, before pixels are allocated; besides the
-/// decoded image, the preparation works in about 32 bytes per source pixel
-/// (summed-area tables), so [`DecodeLimits`] also bound its memory.
+/// decoded image, the preparation works in about 9 bytes per source pixel
+/// (the foreground mask and its summed-area table), so [`DecodeLimits`]
+/// also bound its memory.
 ///
 /// ```
 /// use vitrine::{prepare_image, ImageError, PrepConfig};
@@ -328,11 +329,6 @@ impl Rgb<'_> {
         let i = (y * self.w + x) * 3;
         [self.px[i], self.px[i + 1], self.px[i + 2]]
     }
-
-    fn integral(&self) -> IntegralImage {
-        IntegralImage::sums_only(self.w as u32, self.h as u32, 3, self.px)
-            .expect("pixel buffer length checked by the caller")
-    }
 }
 
 /// PREP.md step 3: the border band's integer sums and its plainness.
@@ -362,17 +358,26 @@ fn band_width(img: Rgb<'_>) -> usize {
     BORDER.min(img.h / 2).min(img.w / 2).max(1)
 }
 
-fn border(img: Rgb<'_>, sat: &IntegralImage) -> Border {
-    let (w, h) = (img.w as u32, img.h as u32);
+fn border(img: Rgb<'_>) -> Border {
     let b = band_width(img);
-    let b32 = b as u32;
+    // The band's pixels, row by row (PREP.md sums them as whole image minus
+    // inner rectangle; the integers are the same, without a per-channel
+    // table of 24 bytes per pixel).
+    let band = |f: &mut dyn FnMut([u8; 3])| {
+        for y in 0..img.h {
+            if y < b || y >= img.h - b {
+                (0..img.w).for_each(|x| f(img.at(x, y)));
+            } else {
+                (0..b).chain(img.w - b..img.w).for_each(|x| f(img.at(x, y)));
+            }
+        }
+    };
     let mut sum = [0i64; 3];
-    for (c, s) in sum.iter_mut().enumerate() {
-        // Band = whole image − inner rectangle.
-        let whole = sat.sum(c, 0..w, 0..h);
-        let inner = sat.sum(c, b32..w - b32, b32..h - b32);
-        *s = (whole - inner) as i64;
-    }
+    band(&mut |p| {
+        for (s, v) in sum.iter_mut().zip(p) {
+            *s += i64::from(v);
+        }
+    });
     let n = (img.w * img.h - (img.w - 2 * b) * (img.h - 2 * b)) as i64;
     let mut bd = Border {
         sum,
@@ -380,17 +385,7 @@ fn border(img: Rgb<'_>, sat: &IntegralImage) -> Border {
         plain: false,
     };
     let mut total: i128 = 0;
-    for y in 0..img.h {
-        if y < b || y >= img.h - b {
-            for x in 0..img.w {
-                total += i128::from(bd.dev(img.at(x, y)));
-            }
-        } else {
-            for x in (0..b).chain(img.w - b..img.w) {
-                total += i128::from(bd.dev(img.at(x, y)));
-            }
-        }
-    }
+    band(&mut |p| total += i128::from(bd.dev(p)));
     bd.plain = total <= PLAIN_MAX_DEV * i128::from(n) * i128::from(n);
     bd
 }
@@ -468,7 +463,7 @@ fn prepare_checked(img: Rgb<'_>, config: &PrepConfig) -> PreparedImage {
         Some(px) => Rgb { px, ..img },
         None => img,
     };
-    let mut bd = border(img, &img.integral());
+    let mut bd = border(img);
     let auto_px;
     if let (Illumination::WhenNotPlain(wb), false) = (config.illumination, bd.plain) {
         auto_px = white_balance(img, wb);
@@ -476,7 +471,7 @@ fn prepare_checked(img: Rgb<'_>, config: &PrepConfig) -> PreparedImage {
             px: &auto_px,
             ..img
         };
-        bd = border(img, &img.integral());
+        bd = border(img);
         corrected = Some(wb);
     }
     let (w, h) = (img.w, img.h);
@@ -557,9 +552,14 @@ fn prepare_checked(img: Rgb<'_>, config: &PrepConfig) -> PreparedImage {
 fn white_balance(img: Rgb<'_>, method: WhiteBalance) -> Vec<u8> {
     let gains: [f32; 3] = match method {
         WhiteBalance::GreyWorld => {
-            let sat = img.integral();
-            let (w, h) = (img.w as u32, img.h as u32);
-            let means = [0, 1, 2].map(|c| sat.mean(c, 0..w, 0..h).unwrap_or(0.0));
+            let mut sums = [0u64; 3];
+            for p in img.px.chunks_exact(3) {
+                for (s, v) in sums.iter_mut().zip(p) {
+                    *s += u64::from(*v);
+                }
+            }
+            let n = (img.w * img.h) as f64;
+            let means = sums.map(|s| s as f64 / n);
             let grey = (means[0] + means[1] + means[2]) / 3.0;
             means.map(|m| if m > 0.5 { (grey / m) as f32 } else { 1.0 })
         }
