@@ -442,6 +442,24 @@ pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Removes `concept` from the affinities of every record of `ks`, in one
+/// batch.
+fn remove_affinity<T: vitrine_storage::Record>(
+    ks: &vitrine_storage::Keyspace<T>,
+    affinities: impl Fn(&mut T) -> &mut BTreeMap<String, f32>,
+    concept: &str,
+) -> Result<(), ConceptError> {
+    let mut batch = ks.batch();
+    for entry in ks.iter() {
+        let (key, mut record) = entry?;
+        if affinities(&mut record).remove(concept).is_some() {
+            batch.put(&key, &record)?;
+        }
+    }
+    ks.apply(batch)?;
+    Ok(())
+}
+
 /// The closest of `known` to `name`, when it is close enough to be a typo.
 pub(crate) fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
     // No typo of a known name is this long; the distance is quadratic.
@@ -672,22 +690,8 @@ impl Db {
         // Priors first, so that a crash in between is repaired by the next
         // delete of the same name rather than relearned by feedback.
         let concept = format!("{USER_GROUP}.{name}");
-        let mut batch = priors.batch();
-        for entry in priors.iter() {
-            let (user, mut prior) = entry?;
-            if prior.affinities.remove(&concept).is_some() {
-                batch.put(&user, &prior)?;
-            }
-        }
-        priors.apply(batch)?;
-        let mut batch = profiles.batch();
-        for entry in profiles.iter() {
-            let (user, mut profile) = entry?;
-            if profile.affinities.remove(&concept).is_some() {
-                batch.put(&user, &profile)?;
-            }
-        }
-        profiles.apply(batch)?;
+        remove_affinity(&priors, |p| &mut p.affinities, &concept)?;
+        remove_affinity(&profiles, |p| &mut p.affinities, &concept)?;
         Ok(existed)
     }
 
