@@ -194,3 +194,42 @@ fn precompute_similar_command_writes_a_servable_file() {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }
+
+#[test]
+fn bench_open_measures_a_folder_of_its_own_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh");
+    let rows = run(&[
+        "bench",
+        "open",
+        "--n",
+        "300",
+        "--dim",
+        "16",
+        "--dir",
+        fresh.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(rows[0]["n"], 300);
+    assert_eq!(rows[0]["rebuilt_on_dump_open"], 0, "{rows:?}");
+    assert_eq!(rows[0]["rebuilt_on_rebuild_open"], 1, "{rows:?}");
+    // A folder that holds anything is refused and left as it was.
+    let used = dir.path().join("used");
+    std::fs::create_dir_all(used.join("index")).unwrap();
+    std::fs::write(used.join("index").join("keep.txt"), "x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args([
+            "bench",
+            "open",
+            "--n",
+            "10",
+            "--dir",
+            used.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    assert!(used.join("index").join("keep.txt").is_file());
+    assert_eq!(std::fs::read_dir(&used).unwrap().count(), 1);
+}

@@ -673,6 +673,36 @@ fn query_command_prints_results_and_positioned_errors() {
         "{}",
         text(&out.stdout)
     );
+    // --json holds for every command, tags and profiles too, and a query
+    // may open with its profile clause.
+    let ids: Vec<String> = sample_images(8)
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let json_lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["query", "--db", db, "--json"];
+        all.extend_from_slice(args);
+        let out = vitrine(&all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{args:?}: {e}: {l}")))
+            .collect()
+    };
+    let tag = json_lines(&["tag", "define", "mine", &ids[0], &ids[1]]);
+    assert_eq!(tag[0]["tag"], "user.mine");
+    let tag = json_lines(&["tag", "weight", "mine", "0.75"]);
+    assert_eq!(tag[0]["weight"], 0.75);
+    json_lines(&["profile", "set", "anna", "colour=1"]);
+    let users = json_lines(&["profile", "list"]);
+    assert!(users.iter().any(|u| u["user"] == "anna"), "{users:?}");
+    let hits = json_lines(&["profile", "anna", "+colour.black", "limit", "2"]);
+    assert!(
+        !hits.is_empty() && hits.iter().all(|h| h["id"].is_string()),
+        "{hits:?}"
+    );
+    let gone = json_lines(&["tag", "delete", "mine"]);
+    assert_eq!(gone[0]["deleted"], "user.mine");
 }
 
 #[test]
@@ -962,8 +992,8 @@ fn product_get_set_and_delete() {
         db_s,
         "set",
         &ids[0],
-        "price=12.5",
-        "in_stock=no",
+        "Price=12.5",
+        "IN_STOCK=no",
         "season=summer",
     ]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
@@ -971,12 +1001,14 @@ fn product_get_set_and_delete() {
     assert_eq!(after["price"], 12.5);
     assert_eq!(after["in_stock"], false);
     assert_eq!(after["attributes"]["season"], "summer");
+    assert!(after["attributes"].get("Price").is_none(), "{after}");
     assert_eq!(after["category"], before["category"]);
     // A bad value or an engine attribute changes nothing.
     for bad in [
         "price=cheap",
         "price=-1",
         "vitrine.model=x",
+        "Vitrine.model=x",
         "in_stock=maybe",
     ] {
         let out = vitrine(&["product", "--db", db_s, "set", &ids[0], "brand=B", bad]);

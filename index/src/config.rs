@@ -8,13 +8,16 @@ pub(crate) const MAX_EF: usize = 4096;
 /// Parameters of the HNSW graph.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HnswParams {
-    /// Links per node and layer (`M`); layer 0 keeps twice as many. Valid: `4..=256`.
+    /// Links per node and layer (`M`); layer 0 keeps twice as many. Valid:
+    /// `4..=255` (hnsw_rs saves `M` in one byte: a graph of 256 reloads
+    /// with 0, and links nothing inserted after).
     pub max_connections: usize,
     /// Candidate list size while inserting. Valid: `max_connections..=4096`.
     pub ef_construction: usize,
     /// Default candidate list size while searching. Valid: `1..=4096`.
     pub ef_search: usize,
-    /// Maximum number of layers. Valid: `1..=16`.
+    /// Maximum number of layers. Valid: `16` only (hnsw_rs 0.3 refuses to
+    /// save a graph of fewer, and a reloaded one draws levels up to 16).
     pub max_layers: usize,
 }
 
@@ -35,10 +38,10 @@ impl HnswParams {
     /// hnsw_rs exits the process on some invalid values, so nothing reaches it
     /// without passing this check.
     pub fn validate(&self) -> Result<()> {
-        if !(4..=256).contains(&self.max_connections) {
+        if !(4..=255).contains(&self.max_connections) {
             return Err(Error::invalid(
                 "max_connections",
-                format!("{} not in 4..=256", self.max_connections),
+                format!("{} not in 4..=255", self.max_connections),
             ));
         }
         if !(self.max_connections..=MAX_EF).contains(&self.ef_construction) {
@@ -56,10 +59,13 @@ impl HnswParams {
                 format!("{} not in 1..={MAX_EF}", self.ef_search),
             ));
         }
-        if !(1..=16).contains(&self.max_layers) {
+        if self.max_layers != 16 {
             return Err(Error::invalid(
                 "max_layers",
-                format!("{} not in 1..=16", self.max_layers),
+                format!(
+                    "{} is not 16 (hnsw_rs 0.3 saves and reloads only 16-layer graphs)",
+                    self.max_layers
+                ),
             ));
         }
         Ok(())

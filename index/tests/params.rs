@@ -23,6 +23,7 @@ fn bad_hnsw_params_are_refused() {
     let cases: Vec<(IndexConfig, &str)> = vec![
         (with(|p| p.max_connections = 300), "max_connections"),
         (with(|p| p.max_connections = 257), "max_connections"),
+        (with(|p| p.max_connections = 256), "max_connections"),
         (with(|p| p.max_connections = 0), "max_connections"),
         (with(|p| p.max_connections = 3), "max_connections"),
         (with(|p| p.ef_construction = 0), "ef_construction"),
@@ -32,6 +33,7 @@ fn bad_hnsw_params_are_refused() {
         (with(|p| p.ef_search = 4097), "ef_search"),
         (with(|p| p.max_layers = 0), "max_layers"),
         (with(|p| p.max_layers = 17), "max_layers"),
+        (with(|p| p.max_layers = 8), "max_layers"),
     ];
     for (cfg, field) in cases {
         invalid(SpaceIndex::new(4, Metric::Cosine, cfg.clone()), field);
@@ -41,8 +43,8 @@ fn bad_hnsw_params_are_refused() {
     }
     // Boundaries are accepted.
     let ok = with(|p| {
-        p.max_connections = 256;
-        p.ef_construction = 256;
+        p.max_connections = 255;
+        p.ef_construction = 255;
         p.max_layers = 16;
         p.ef_search = 4096;
     });

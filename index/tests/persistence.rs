@@ -232,3 +232,42 @@ fn damaged_files_are_refused() {
     // The untouched save still loads.
     load(&good, &idx, 7).unwrap();
 }
+
+#[test]
+fn the_widest_graph_keeps_growing_after_a_reload() {
+    // hnsw_rs saves M in one byte: the widest graph accepted must still
+    // link the points inserted after it is loaded.
+    let (data, _) = clustered(5, 1200, 1, DIM, 10);
+    let cfg = IndexConfig {
+        hnsw: vitrine_index::HnswParams {
+            max_connections: MAX_M,
+            ef_construction: MAX_M,
+            ..Default::default()
+        },
+        ..IndexConfig::default()
+    };
+    let mut flat = FlatIndex::new(DIM, Metric::Cosine).unwrap();
+    for (i, v) in data[..1000].iter().enumerate() {
+        flat.upsert(i as u64, v).unwrap();
+    }
+    let idx = SpaceIndex::build(flat, cfg.clone(), 2).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("space");
+    idx.save(&dir, 1).unwrap();
+    let mut idx = SpaceIndex::load(&dir, 1, idx.flat().clone(), cfg).unwrap();
+    for (i, v) in data[1000..].iter().enumerate() {
+        idx.upsert(1000 + i as u64, v).unwrap();
+    }
+    let graph = SearchOptions::new(1).with_plan(PlanHint::Graph);
+    let lost = data[1000..]
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| idx.search(v, &graph, None).unwrap().hits[0].doc != 1000 + *i as u64)
+        .count();
+    assert_eq!(
+        lost, 0,
+        "points inserted after the reload that the graph cannot reach"
+    );
+}
+
+const MAX_M: usize = 255;

@@ -101,7 +101,8 @@ pub enum BenchCommand {
         /// Vector dimension.
         #[arg(long, default_value_t = 128)]
         dim: usize,
-        /// Where to build the database (default: a temporary folder).
+        /// Where to build the database: a new or empty folder (default: a
+        /// temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Print one JSON object.
@@ -344,7 +345,17 @@ fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
     anyhow::ensure!(n > 0 && dim > 0, "--n and --dim must be at least 1");
     let tmp;
     let dir = match dir {
-        Some(d) => d,
+        // The bench fills the folder and deletes its index dumps: only a
+        // new or empty one.
+        Some(d) => {
+            let used = std::fs::read_dir(&d).is_ok_and(|mut e| e.next().is_some());
+            anyhow::ensure!(
+                !used,
+                "{} is not empty: bench open builds a database of its own there (give a new folder)",
+                d.display()
+            );
+            d
+        }
         None => {
             tmp = tempfile::tempdir()?;
             tmp.path().to_path_buf()
@@ -380,7 +391,8 @@ fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
     let bytes = db.size_on_disk()?;
     drop(db);
 
-    std::fs::remove_dir_all(dir.join("index")).context("removing the index dumps")?;
+    std::fs::remove_dir_all(dir.join("index").join("embedding"))
+        .context("removing the index dump")?;
     let t = Instant::now();
     let db = builder().open(&dir)?;
     let rebuild_s = t.elapsed().as_secs_f64();
@@ -422,7 +434,13 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
+        .filter(|p| {
+            // The import's rule: files named as images.
+            let ext = p
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase());
+            p.is_file() && ext.is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str()))
+        })
         .collect();
     files.sort();
     files.truncate(n);
@@ -441,14 +459,22 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
     let t = Instant::now();
     let decoded: Vec<image::RgbImage> = bytes
         .iter()
-        .map(|b| Ok(image::load_from_memory(b)?.to_rgb8()))
+        .zip(&files)
+        .map(|(b, f)| {
+            let img = image::load_from_memory(b).with_context(|| format!("{}", f.display()))?;
+            Ok(img.to_rgb8())
+        })
         .collect::<Result<_>>()?;
     let decode_ms = ms(t);
     let t = Instant::now();
     let prepared = decoded
         .iter()
-        .map(|img| prepare_rgb(img.width(), img.height(), img.as_raw(), &prep))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+        .zip(&files)
+        .map(|(img, f)| {
+            prepare_rgb(img.width(), img.height(), img.as_raw(), &prep)
+                .with_context(|| format!("{}", f.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let prepare_ms = ms(t);
 
     let mut rows = Vec::new();

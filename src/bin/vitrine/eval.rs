@@ -175,6 +175,7 @@ pub(crate) fn labelled_items(
     split: Option<&str>,
     limit: Option<usize>,
 ) -> anyhow::Result<Vec<Item>> {
+    anyhow::ensure!(limit != Some(0), "--limit must be at least 1");
     let manifest = model.manifest();
     let raw = manifest.raw();
     let categories = manifest.categories();

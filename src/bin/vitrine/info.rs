@@ -208,9 +208,19 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             for stage in stages.into_iter().filter(|s| !s.is_empty()) {
                 for file in stage {
                     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-                    let aside = free_name(&db_dir.join(format!("sled-{name}")), "damaged")?;
-                    std::fs::rename(&file, &aside)
-                        .with_context(|| format!("cannot move {} aside", file.display()))?;
+                    let set_aside = free_name(&db_dir.join(format!("sled-{name}")), "damaged")
+                        .and_then(|aside| {
+                            std::fs::rename(&file, &aside)
+                                .with_context(|| format!("cannot move {} aside", file.display()))
+                                .map(|()| aside)
+                        });
+                    let aside = match set_aside {
+                        Ok(aside) => aside,
+                        Err(e) => {
+                            put_back(&moved, &db_dir, copy.as_deref())?;
+                            return Err(e);
+                        }
+                    };
                     println!("moved {} aside: {}", file.display(), aside.display());
                     moved.push((file, aside));
                 }
@@ -233,19 +243,8 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             match repaired {
                 Some(db) => db,
                 None => {
-                    // The damage is in sled's log itself: put everything
-                    // back, so the folder is as it was.
-                    // (Over what sled wrote in their place.)
-                    for (file, aside) in moved.iter().rev() {
-                        if std::fs::rename(aside, file).is_ok() {
-                            println!("put {} back", file.display());
-                        }
-                    }
-                    // sled's failed opens may still have cleared part of
-                    // its log: the copy is the folder as it was.
-                    if let Some(copy) = &copy {
-                        restore_from_copy(&db_dir, copy)?;
-                    }
+                    // The damage is in sled's log itself.
+                    put_back(&moved, &db_dir, copy.as_deref())?;
                     anyhow::bail!(
                         "cannot repair {}: sled's log itself is damaged; restore the database \
                          from a backup (`vitrine backup` makes one)",
@@ -258,8 +257,29 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     // Rewrite sled's files from what it can read: the damaged pages stay
     // behind, so later opens are clean.
     drop(db);
-    let salvaged = match salvage(&db_dir, copy.is_some()) {
-        Ok(s) => s,
+    // Any step that fails from here puts the folder back from the copy.
+    let rebuilt = (|| -> anyhow::Result<Db> {
+        let salvaged = salvage(&db_dir, copy.is_some())?;
+        if !salvaged.damaged_keyspaces.is_empty() {
+            println!(
+                "unreadable pages skipped in: {}",
+                salvaged.damaged_keyspaces.join(", ")
+            );
+        }
+        let db = open().context("cannot open it after the salvage")?;
+        if db.is_empty() {
+            // Nothing readable was left (sled's log was emptied or lost): a
+            // fresh, empty database in its place would only hide that.
+            anyhow::bail!(
+                "no product is readable in sled's storage; restore the database from a \
+                 backup, or move the folder away and import the catalog again"
+            );
+        }
+        db.checkpoint()?;
+        Ok(db)
+    })();
+    let db = match rebuilt {
+        Ok(db) => db,
         Err(e) => {
             if let Some(copy) = &copy {
                 restore_from_copy(&db_dir, copy)?;
@@ -267,28 +287,6 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             return Err(e.context(format!("cannot repair {}", args.db.display())));
         }
     };
-    if !salvaged.damaged_keyspaces.is_empty() {
-        println!(
-            "unreadable pages skipped in: {}",
-            salvaged.damaged_keyspaces.join(", ")
-        );
-    }
-    let db =
-        open().with_context(|| format!("cannot open {} after the repair", args.db.display()))?;
-    if db.is_empty() {
-        // Nothing readable was left (sled's log was emptied or lost): a
-        // fresh, empty database in its place would only hide that.
-        drop(db);
-        if let Some(copy) = &copy {
-            restore_from_copy(&db_dir, copy)?;
-        }
-        anyhow::bail!(
-            "cannot repair {}: no product is readable in sled's storage; restore the database \
-             from a backup, or move the folder away and import the catalog again",
-            args.db.display()
-        );
-    }
-    db.checkpoint()?;
     if copy.is_some() {
         // The copy has the files set aside.
         for (_, aside) in &moved {
@@ -560,6 +558,25 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Puts the copy taken before the repair back in place of `db_dir` (which
 /// failed opens may have changed); the copy's name is then free again.
+/// Puts the files a repair set aside back (over what sled wrote in their
+/// place), then the whole folder from the copy: sled's failed opens may
+/// still have cleared part of its log.
+fn put_back(
+    moved: &[(PathBuf, PathBuf)],
+    db_dir: &std::path::Path,
+    copy: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    for (file, aside) in moved.iter().rev() {
+        if std::fs::rename(aside, file).is_ok() {
+            println!("put {} back", file.display());
+        }
+    }
+    match copy {
+        Some(copy) => restore_from_copy(db_dir, copy),
+        None => Ok(()),
+    }
+}
+
 fn restore_from_copy(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow::Result<()> {
     let failed = free_name(db_dir, "repair-failed")?;
     std::fs::rename(db_dir, &failed)

@@ -285,6 +285,13 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 .outfit(&id)?
                 .ok_or_else(|| vitrine::OutfitError::UnknownOutfit(id.clone()))?;
             let eng = db.outfit_engine()?;
+            // The sheet first: a path that cannot be written fails before
+            // anything is printed.
+            if let Some(path) = &sheet.sheet {
+                let img = outfit_sheet(db, &sheet, &o, &[])?;
+                img.save(path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             if json {
                 print_json(&o)?;
             } else {
@@ -303,12 +310,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                         }
                     );
                 }
-            }
-            if let Some(path) = &sheet.sheet {
-                let img = outfit_sheet(db, &sheet, &o, &[])?;
-                img.save(path)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                if !json {
+                if let Some(path) = &sheet.sheet {
                     println!("contact sheet: {}", path.display());
                 }
             }
@@ -386,6 +388,14 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             let eng = db.outfit_engine()?;
             let out = eng.expand(&id, n, &opts)?;
             let ms = started.elapsed().as_secs_f64() * 1e3;
+            if let Some(path) = &sheet.sheet {
+                let o = db
+                    .outfit(&id)?
+                    .ok_or_else(|| vitrine::OutfitError::UnknownOutfit(id.clone()))?;
+                let img = outfit_sheet(db, &sheet, &o, &out)?;
+                img.save(path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             if json {
                 print_json(&out)?;
             } else {
@@ -406,15 +416,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                          slot's category and in-stock products for every other slot)"
                     );
                 }
-            }
-            if let Some(path) = &sheet.sheet {
-                let o = db
-                    .outfit(&id)?
-                    .ok_or_else(|| vitrine::OutfitError::UnknownOutfit(id.clone()))?;
-                let img = outfit_sheet(db, &sheet, &o, &out)?;
-                img.save(path)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                if !json {
+                if let Some(path) = &sheet.sheet {
                     println!("contact sheet: {}", path.display());
                 }
             }

@@ -244,21 +244,28 @@ struct Question {
 
 /// Runs `vitrine eval fitb`.
 pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
-    let products = read_products(&args.products)?;
-    let tmp;
-    let db_dir = match &args.db {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().join("db")
-        }
+    // Arguments and questions first: a mistake fails before the import.
+    let methods: Vec<(&str, Option<CompleteMethod>)> = if args.all_methods {
+        vec![
+            ("random", None),
+            ("visual similarity only", Some(CompleteMethod::Visual)),
+            ("rule lifts only", Some(CompleteMethod::Rules)),
+            ("bilinear compatibility only", Some(CompleteMethod::Compat)),
+            ("kernel compatibility only", Some(CompleteMethod::Kernel)),
+            (
+                "learned rules (lifts + compatibility)",
+                Some(CompleteMethod::Learned),
+            ),
+            ("full", Some(CompleteMethod::Full)),
+        ]
+    } else if args.method == "random" {
+        vec![("random", None)]
+    } else {
+        vec![(
+            args.method.as_str(),
+            Some(crate::outfit::method_of(&args.method)?),
+        )]
     };
-    let db = open_and_import(&db_dir, &products)?;
-    let rules = load_outfits(&db, &args.outfits, args.colour_attribute.as_deref())?;
-    eprintln!(
-        "learned rules from {} outfits ({} pairs) in {} ms",
-        rules.outfits, rules.pairs, rules.learn_ms
-    );
     let text = std::fs::read_to_string(&args.questions)
         .with_context(|| format!("cannot read {}", args.questions.display()))?;
     let mut questions = Vec::new();
@@ -281,28 +288,22 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
     if questions.is_empty() {
         bail!("{}: no questions", args.questions.display());
     }
-    let eng = db.outfit_engine()?;
-    let methods: Vec<(&str, Option<CompleteMethod>)> = if args.all_methods {
-        vec![
-            ("random", None),
-            ("visual similarity only", Some(CompleteMethod::Visual)),
-            ("rule lifts only", Some(CompleteMethod::Rules)),
-            ("bilinear compatibility only", Some(CompleteMethod::Compat)),
-            ("kernel compatibility only", Some(CompleteMethod::Kernel)),
-            (
-                "learned rules (lifts + compatibility)",
-                Some(CompleteMethod::Learned),
-            ),
-            ("full", Some(CompleteMethod::Full)),
-        ]
-    } else if args.method == "random" {
-        vec![("random", None)]
-    } else {
-        vec![(
-            args.method.as_str(),
-            Some(crate::outfit::method_of(&args.method)?),
-        )]
+    let products = read_products(&args.products)?;
+    let tmp;
+    let db_dir = match &args.db {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().join("db")
+        }
     };
+    let db = open_and_import(&db_dir, &products)?;
+    let rules = load_outfits(&db, &args.outfits, args.colour_attribute.as_deref())?;
+    eprintln!(
+        "learned rules from {} outfits ({} pairs) in {} ms",
+        rules.outfits, rules.pairs, rules.learn_ms
+    );
+    let eng = db.outfit_engine()?;
     let mut results = Vec::new();
     for (name, method) in methods {
         let mut rng = ChaCha8Rng::seed_from_u64(1);

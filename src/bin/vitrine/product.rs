@@ -153,7 +153,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                     if k.is_empty() {
                         bail!("'{pair}': the key is empty");
                     }
-                    if k.starts_with(ENGINE_PREFIX) {
+                    if k.to_ascii_lowercase().starts_with(ENGINE_PREFIX) {
                         bail!("'{k}' cannot be set (keys starting with '{ENGINE_PREFIX}' are the engine's)");
                     }
                     Ok((k.to_string(), v.trim().to_string()))
@@ -228,7 +228,8 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
 /// value removes it (where a CSV's empty cell leaves it as it is).
 fn apply(a: &mut Attributes, key: &str, value: &str) -> anyhow::Result<()> {
     let some = (!value.is_empty()).then(|| value.to_string());
-    match key {
+    // The built-in fields in any case, as in a product CSV's header.
+    match key.to_ascii_lowercase().as_str() {
         "category" => a.category = some,
         "brand" => a.brand = some,
         "price" => {

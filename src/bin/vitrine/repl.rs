@@ -560,7 +560,11 @@ impl Session {
             }
             ["list"] => {
                 for u in self.db.profile_users()? {
-                    writeln!(out, "  {u}")?;
+                    if self.json {
+                        writeln!(out, "{}", serde_json::json!({ "user": u }))?;
+                    } else {
+                        writeln!(out, "  {u}")?;
+                    }
                 }
                 Ok(())
             }
@@ -624,26 +628,25 @@ impl Session {
                     }
                 }
                 let t = self.db.define_tag(name, &pos, &neg, method)?;
-                writeln!(
-                    out,
-                    "defined user.{} from {} example(s) and {} counter-example(s) ({:?}, weight {})",
-                    t.name,
-                    t.positives.len(),
-                    t.negatives.len(),
-                    t.method,
-                    t.weight
-                )?;
+                if self.json {
+                    writeln!(out, "{}", tag_json(&t))?;
+                } else {
+                    writeln!(
+                        out,
+                        "defined user.{} from {} example(s) and {} counter-example(s) ({:?}, weight {})",
+                        t.name,
+                        t.positives.len(),
+                        t.negatives.len(),
+                        t.method,
+                        t.weight
+                    )?;
+                }
                 Ok(())
             }
             ["list"] => {
                 for t in self.db.user_tags()? {
                     if self.json {
-                        writeln!(
-                            out,
-                            "{}",
-                            serde_json::json!({"tag": format!("user.{}", t.name), "weight": t.weight,
-                                "method": format!("{:?}", t.method), "positives": t.positives, "negatives": t.negatives})
-                        )?;
+                        writeln!(out, "{}", tag_json(&t))?;
                     } else {
                         writeln!(
                             out,
@@ -659,15 +662,23 @@ impl Session {
             }
             ["weight", name, w] => {
                 let w: f32 = w.parse().with_context(|| format!("'{w}' is not a number"))?;
-                self.db.set_tag_weight(name, w)?;
-                writeln!(out, "user.{name} weight {w}")?;
+                let t = self.db.set_tag_weight(name, w)?;
+                if self.json {
+                    writeln!(out, "{}", tag_json(&t))?;
+                } else {
+                    writeln!(out, "user.{name} weight {w}")?;
+                }
                 Ok(())
             }
             ["delete", name] => {
                 if !self.db.delete_tag(name)? {
                     bail!("no tag '{name}'");
                 }
-                writeln!(out, "deleted user.{name}")?;
+                if self.json {
+                    writeln!(out, "{}", serde_json::json!({ "deleted": format!("user.{name}") }))?;
+                } else {
+                    writeln!(out, "deleted user.{name}")?;
+                }
                 Ok(())
             }
             _ => bail!("usage: tag define <name> <id>... [not <id>...] [logistic] | tag list | tag weight <name> <w> | tag delete <name>"),
@@ -962,6 +973,12 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
         bail!("{failed} command(s) failed");
     }
     Ok(())
+}
+
+/// A user tag as one JSON object (`tag list`, `define`, `weight`).
+fn tag_json(t: &vitrine::UserTag) -> serde_json::Value {
+    serde_json::json!({"tag": format!("user.{}", t.name), "weight": t.weight,
+        "method": format!("{:?}", t.method), "positives": t.positives, "negatives": t.negatives})
 }
 
 /// Runs `vitrine query`: one command, then exit (1 on error).
