@@ -217,8 +217,8 @@ impl ConceptQuery {
         self.filter = filter;
         self
     }
-    /// Number of results (default [`DEFAULT_LIMIT`]; a limit outside
-    /// `1..=`[`MAX_LIMIT`] is brought into that range when the query runs).
+    /// Number of results (default 20; a limit outside `1..=10000` is
+    /// brought into that range when the query runs).
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = limit;
         self

@@ -319,7 +319,7 @@ fn zscore(v: &mut [f32]) {
 /// |---|---|
 /// | store, list, show, delete, CSV import | [`Db::store_outfit`], [`Db::outfits`], [`Db::outfit`], [`Db::delete_outfit`], [`Db::import_outfits_csv`] |
 /// | learn the rules of the stored outfits | [`Db::learn_outfit_rules`], [`Db::outfit_rules`] |
-/// | use the catalog's colour groups | [`Db::set_outfit_settings`], [`OutfitSettings`] |
+/// | use the catalog's colour groups | [`Db::set_outfit_settings`], [`crate::OutfitSettings`] |
 /// | replace sold-out items | [`Db::substitute`] |
 /// | new outfits that keep a template's relations | [`Db::expand`] |
 /// | plan outfits covering the in-stock inventory | [`Db::cover`] |
@@ -341,7 +341,7 @@ fn zscore(v: &mut [f32]) {
 /// the pattern group) and, for products without a measured colour, the
 /// colour family are read. By default no other catalog attribute is read.
 /// A retailer whose catalog has colour groups can make them the colour
-/// families of every outfit operation ([`OutfitSettings::colour_attribute`]):
+/// families of every outfit operation ([`crate::OutfitSettings::colour_attribute`]):
 /// "same colour" then means what their merchandisers mean by it.
 ///
 /// Learned rules ([`OutfitRules`]) are statistics of the user's own stored
