@@ -36,13 +36,42 @@ fn crash_child_process() {
         .unwrap();
     let db = open(dir.as_ref(), true).expect("child open");
     println!("ready");
+    // Inserts, with a delete and an upsert of earlier products now and
+    // then. Each write is announced ("try"), then acknowledged ("done")
+    // once it returned: at most the announced one is in flight at a kill.
     for i in 0.. {
         let id = format!("r{round}-{i}");
+        println!("try insert {id}");
         let attrs = Attributes::new().price(i as f64).in_stock(i % 2 == 0);
         db.insert(&id, attrs, [("embedding", vector_for(&id, DIM))])
             .expect("child insert");
-        // Only now is the write acknowledged.
-        println!("ack {id}");
+        println!("done");
+        if i % 4 == 3 {
+            let old = format!("r{round}-{}", i - 2);
+            println!("try delete {old}");
+            assert!(db.delete(&old).expect("child delete"));
+            println!("done");
+        }
+        if i % 5 == 4 {
+            let old = format!("r{round}-{}", i - 1);
+            println!("try upsert {old}");
+            db.upsert(
+                &old,
+                Attributes::new(),
+                [("embedding", vector_for(&format!("{old}-v2"), DIM))],
+            )
+            .expect("child upsert");
+            println!("done");
+        }
+    }
+}
+
+/// A product's vector after a write: `None` once deleted.
+fn after(op: &str, id: &str) -> Option<Vec<f32>> {
+    match op {
+        "insert" => Some(vector_for(id, DIM)),
+        "upsert" => Some(vector_for(&format!("{id}-v2"), DIM)),
+        _ => None,
     }
 }
 
@@ -51,8 +80,13 @@ fn sigkill_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
-    let mut acked: Vec<String> = Vec::new();
+    // Each product's acknowledged state (None: deleted), and the write in
+    // flight at the last kill, whose product may be in either state.
+    let mut expected: std::collections::BTreeMap<String, Option<Vec<f32>>> = Default::default();
+    let mut writes = 0usize;
     let mut killed_before_ready = 0;
+    let logs = tempfile::tempdir().unwrap();
+    let child_err = logs.path().join("child.stderr");
     for round in 0..ROUNDS {
         let mut child = Command::new(&exe)
             .args([
@@ -64,7 +98,7 @@ fn sigkill_loses_no_acknowledged_write() {
             .env("VITRINE_CRASH_DIR", dir.path())
             .env("VITRINE_CRASH_ROUND", round.to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&child_err).unwrap())
             .spawn()
             .unwrap();
         let lines = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -86,30 +120,53 @@ fn sigkill_loses_no_acknowledged_write() {
         };
         std::thread::sleep(Duration::from_millis(ms));
         child.kill().unwrap(); // SIGKILL on Unix
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
         reader.join().unwrap();
+        // The kill ended it: a child that failed on its own is a failure,
+        // not a crash.
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "round {round}: the child ended before the kill ({status}): {}",
+            std::fs::read_to_string(&child_err).unwrap_or_default()
+        );
         let lines = lines.lock().unwrap();
         if !lines.iter().any(|l| l.ends_with("ready")) {
             killed_before_ready += 1;
         }
-        acked.extend(
-            lines
-                .iter()
-                .filter_map(|l| l.strip_prefix("ack "))
-                .map(str::to_string),
-        );
+        let mut in_flight: Option<(String, String)> = None;
+        for line in lines.iter() {
+            if let Some(rest) = line.strip_prefix("try ") {
+                let (op, id) = rest.split_once(' ').unwrap();
+                in_flight = Some((op.to_string(), id.to_string()));
+            } else if line == "done" {
+                let (op, id) = in_flight.take().expect("done after try");
+                expected.insert(id.clone(), after(&op, &id));
+                writes += 1;
+            }
+        }
 
         // Reopen in this process and check.
         let db = open(dir.path(), round % 2 == 0).expect("reopen after SIGKILL");
-        for id in &acked {
-            let p = db
-                .get(id)
-                .unwrap()
-                .unwrap_or_else(|| panic!("round {round}: acknowledged {id} lost"));
-            assert_eq!(p.vectors["embedding"], vector_for(id, DIM));
+        let flying = in_flight
+            .as_ref()
+            .map(|(op, id)| (id.as_str(), after(op, id)));
+        for (id, want) in &expected {
+            let got = db.get(id).unwrap().map(|p| p.vectors["embedding"].clone());
+            let in_flight_state = flying.as_ref().is_some_and(|(f, v)| f == id && got == *v);
+            assert!(
+                got == *want || in_flight_state,
+                "round {round}: {id} is {:?} after the kill, acknowledged as {:?}",
+                got.as_ref().map(|_| "stored"),
+                want.as_ref().map(|_| "stored")
+            );
         }
         for id in db.ids() {
-            let v = vector_for(&id, DIM);
+            assert!(
+                expected.contains_key(&id) || flying.as_ref().is_some_and(|(f, _)| *f == id),
+                "round {round}: {id} stored but never written"
+            );
+            let v = db.get(&id).unwrap().unwrap().vectors["embedding"].clone();
             let hits = db
                 .similar(SimilarTo::Vector(&v), 10, &Filter::new())
                 .unwrap();
@@ -118,15 +175,18 @@ fn sigkill_loses_no_acknowledged_write() {
                 "round {round}: stored {id} not found by its own vector"
             );
         }
-        assert!(db.len() >= acked.len());
+        // The in-flight write's outcome is now known: it is what is stored.
+        if let Some((_, id)) = &in_flight {
+            let got = db.get(id).unwrap().map(|p| p.vectors["embedding"].clone());
+            expected.insert(id.clone(), got);
+        }
     }
+    let deleted = expected.values().filter(|v| v.is_none()).count();
     assert!(
-        acked.len() > ROUNDS,
-        "the child acknowledged only {} writes",
-        acked.len()
+        writes > ROUNDS && deleted > 0,
+        "the children acknowledged only {writes} writes ({deleted} deletes)"
     );
     eprintln!(
-        "{ROUNDS} rounds, {} acknowledged writes, {killed_before_ready} kills before the child was ready",
-        acked.len()
+        "{ROUNDS} rounds, {writes} acknowledged writes ({deleted} deletes), {killed_before_ready} kills before the child was ready"
     );
 }

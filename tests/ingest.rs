@@ -725,6 +725,12 @@ fn kill_during_import_then_resume_gives_the_full_set() {
             // A very fast machine: the import finished before the kill. The
             // rerun below still checks the full set and no duplicates.
             eprintln!("WARNING: the child import ended before the kill ({status})");
+            assert!(status.success(), "the child import failed: {status}");
+            assert_eq!(
+                std::fs::read_to_string(&progress).unwrap_or_default(),
+                "done",
+                "the child exited without finishing its import"
+            );
             killed_at = Some(0);
             break;
         }

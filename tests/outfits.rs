@@ -357,6 +357,17 @@ fn rules_are_learned_and_inspectable() {
     assert!(top.windows(2).all(|w| w[0].lift >= w[1].lift));
     assert!(rules.patterned_with_solid_lift().is_some());
     assert!(rules.colour_lift("black", "white").is_some());
+    // Colour rules of two categories are ordered (x on the first category,
+    // y on the second): both orders of two families are reported.
+    let at = |c: &str| rules.colours.iter().position(|x| x == c);
+    let all = rules.top(usize::MAX, 1);
+    assert!(
+        all.iter().any(|r| r.context.as_ref().is_some_and(|c| {
+            let (a, b) = c.split_once(" + ").unwrap();
+            a != b && at(&r.left) > at(&r.right)
+        })),
+        "no category-pair colour rule with the later family first"
+    );
     // The category tables cover the categories outfits use, no others.
     let used: std::collections::BTreeSet<String> =
         f.db.outfits()
@@ -703,6 +714,37 @@ fn outfits_and_rules_survive_a_reopen() {
     assert_eq!(db.outfits().unwrap(), outfits);
     assert_eq!(db.outfit_rules().unwrap().unwrap(), rules);
     assert_eq!(db.outfit_settings().unwrap(), settings);
+}
+
+#[test]
+fn rules_learned_under_another_model_are_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((subset, model)) = small_db(dir.path()) else {
+        return;
+    };
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    for (id, ps) in &subset.outfits {
+        db.store_outfit(id, ps).unwrap();
+    }
+    let rules = db.learn_outfit_rules().unwrap();
+    assert_eq!(rules.model.as_deref(), Some(model.fingerprint()));
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
+    // The same weights with one category renamed: another model, of the
+    // same concept dimension.
+    let dir_m = Model::bundled_dir();
+    let onnx = std::fs::read(dir_m.join(vitrine::BUNDLED_ONNX)).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir_m.join(vitrine::MANIFEST_FILE)).unwrap())
+            .unwrap();
+    let c0 = m["taxonomy"]["categories"][0].as_str().unwrap().to_string();
+    m["taxonomy"]["categories"][0] = serde_json::Value::String(format!("{c0} (renamed)"));
+    let other = Model::from_bytes(&onnx, m.to_string().as_bytes()).unwrap();
+    db.adopt_model(&other).unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(false));
+    assert!(db.outfit_engine().unwrap().outfit_rules().is_none());
+    db.learn_outfit_rules().unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
+    assert!(db.outfit_engine().unwrap().outfit_rules().is_some());
 }
 
 #[test]

@@ -76,10 +76,7 @@ fn repl_completes_queries_shows_and_reports_errors() {
         eprintln!("SKIP repl_completes_queries_shows_and_reports_errors: tmux is not installed");
         return;
     }
-    let Ok(model) = Model::bundled() else {
-        eprintln!("SKIP repl_completes_queries_shows_and_reports_errors: no bundled model");
-        return;
-    };
+    let model = Model::bundled().expect("the committed bundled model loads");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     let db_dir = tmp.path().join("db");

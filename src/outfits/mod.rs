@@ -359,7 +359,7 @@ impl Db {
     pub fn learn_outfit_rules(&self) -> OutfitResult<OutfitRules> {
         let outfits = self.outfits()?;
         let cat = features::Catalog::load(self)?;
-        let rules = rules::learn(&cat, &outfits);
+        let rules = rules::learn(&cat, &outfits, self.model_fingerprint());
         self.side_keyspace::<OutfitRules>(RULES)?
             .put(RULES_KEY, &rules)?;
         Ok(rules)
@@ -403,7 +403,20 @@ impl Db {
 
     /// The persisted rules, if they were ever learned.
     pub fn outfit_rules(&self) -> OutfitResult<Option<OutfitRules>> {
-        let rules = self.side_keyspace::<OutfitRules>(RULES)?.get(RULES_KEY)?;
+        let rules = match self.side_keyspace::<OutfitRules>(RULES)?.get(RULES_KEY) {
+            Ok(rules) => rules,
+            // Derived data: rules an older build saved are learned again.
+            Err(vitrine_storage::Error::UnknownRecordVersion { found, .. })
+                if found < <OutfitRules as Record>::VERSION =>
+            {
+                tracing::warn!(
+                    found,
+                    "outfit rules were saved by an older build; learn them again"
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Some(r) = &rules {
             r.check().map_err(|reason| {
                 OutfitError::Db(Error::Corruption {

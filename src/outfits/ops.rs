@@ -368,14 +368,17 @@ impl Db {
     /// An [`OutfitEngine`] over the current catalog and persisted rules.
     pub fn outfit_engine(&self) -> OutfitResult<OutfitEngine<'_>> {
         let cat = Catalog::load(self)?;
+        let model = self.model_fingerprint();
         let rules = self.outfit_rules()?.filter(|r| {
             // Learned under another model (the database was re-embedded).
-            let fits = r.dim() == cat.layout.dim;
+            let fits = r.dim() == cat.layout.dim && r.model == model;
             if !fits {
                 tracing::warn!(
                     rules = r.dim(),
                     catalog = cat.layout.dim,
-                    "outfit rules were learned in another concept space; ignored until learned again"
+                    rules_model = r.model.as_deref().unwrap_or("-"),
+                    model = model.as_deref().unwrap_or("-"),
+                    "outfit rules were learned under another model; ignored until learned again"
                 );
             }
             fits
@@ -396,8 +399,9 @@ impl Db {
 
     /// Whether the stored rules were learned from the outfits and colour
     /// families stored now; `None` without rules. Importing, replacing or
-    /// deleting an outfit, or changing [`crate::OutfitSettings::colour_attribute`],
-    /// makes them stale until [`Db::learn_outfit_rules`] runs again; so
+    /// deleting an outfit, changing [`crate::OutfitSettings::colour_attribute`]
+    /// or the database's model ([`Db::adopt_model`], a re-embedding), makes
+    /// them stale until [`Db::learn_outfit_rules`] runs again; so
     /// does a change in the catalog's own colour groups (with a colour
     /// attribute set, a new value among the most frequent), which the
     /// rules then lack.
@@ -414,7 +418,8 @@ impl Db {
         Ok(Some(
             rules.memory == outfits
                 && rules.colours == cat.colour_names
-                && rules.dim() == cat.layout.dim,
+                && rules.dim() == cat.layout.dim
+                && rules.model == self.model_fingerprint(),
         ))
     }
 

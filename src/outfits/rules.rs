@@ -185,12 +185,18 @@ pub struct OutfitRules {
     /// The product ids of the outfits learned from (the memory of the
     /// kernel compatibility, `memory.rs`).
     pub(crate) memory: Vec<Vec<String>>,
+    /// Fingerprint of the model whose outputs the rules were learned from
+    /// (the database's, [`crate::Db::model_fingerprint`]): after a
+    /// re-embedding with another model they no longer apply.
+    pub model: Option<String>,
     #[serde(skip)]
     by_category_index: OnceLock<HashMap<(u32, u32), usize>>,
 }
 
 impl Record for OutfitRules {
-    const VERSION: u8 = 1;
+    /// 2: `model`. Rules are derived data: a record of an older version is
+    /// learned again, not migrated ([`crate::Db::outfit_rules`]).
+    const VERSION: u8 = 2;
 }
 
 impl OutfitRules {
@@ -250,6 +256,7 @@ impl PartialEq for OutfitRules {
             && self.compat == o.compat
             && self.mean == o.mean
             && self.memory == o.memory
+            && self.model == o.model
     }
 }
 
@@ -279,7 +286,7 @@ fn rule_categories(uses: &[usize], max: usize) -> Vec<bool> {
 
 /// Learns the rules of `outfits` over the products of `cat`. Slots whose
 /// product is gone from the catalog are skipped.
-pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
+pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit], model: Option<String>) -> OutfitRules {
     let started = std::time::Instant::now();
     let l = &cat.layout;
     let nc = cat.colour_names.len();
@@ -446,6 +453,7 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit]) -> OutfitRules {
             .iter()
             .map(|o| o.slots.iter().map(|s| s.product.clone()).collect())
             .collect(),
+        model,
         by_category_index: OnceLock::new(),
     }
 }
@@ -589,32 +597,42 @@ impl OutfitRules {
     /// (highest lift) first, across all kinds.
     pub fn top(&self, n: usize, min_support: u32) -> Vec<PairRule> {
         let mut out = Vec::new();
-        let mut push = |kind, t: &PairTable, names: &[String], context: Option<String>| {
-            for x in 0..t.n {
-                for y in 0..t.n {
-                    // Symmetric tables: report each unordered pair once.
-                    if y < x || t.count(x, y) < min_support {
-                        continue;
+        // A symmetric table reports each unordered pair once; the colour
+        // table of two categories (x on the first, y on the second) is not
+        // symmetric.
+        let mut push =
+            |kind, t: &PairTable, names: &[String], context: Option<String>, symmetric: bool| {
+                for x in 0..t.n {
+                    for y in 0..t.n {
+                        if (symmetric && y < x) || t.count(x, y) < min_support {
+                            continue;
+                        }
+                        out.push(PairRule {
+                            kind,
+                            left: names.get(x).cloned().unwrap_or_default(),
+                            right: names.get(y).cloned().unwrap_or_default(),
+                            context: context.clone(),
+                            lift: t.get(x, y).exp(),
+                            support: t.count(x, y),
+                        });
                     }
-                    out.push(PairRule {
-                        kind,
-                        left: names.get(x).cloned().unwrap_or_default(),
-                        right: names.get(y).cloned().unwrap_or_default(),
-                        context: context.clone(),
-                        lift: t.get(x, y).exp(),
-                        support: t.count(x, y),
-                    });
                 }
-            }
-        };
-        push(RuleKind::Colour, &self.colour, &self.colours, None);
-        push(RuleKind::Pattern, &self.pattern, &self.patterns, None);
-        push(RuleKind::Category, &self.category, &self.categories, None);
+            };
+        push(RuleKind::Colour, &self.colour, &self.colours, None, true);
+        push(RuleKind::Pattern, &self.pattern, &self.patterns, None, true);
+        push(
+            RuleKind::Category,
+            &self.category,
+            &self.categories,
+            None,
+            true,
+        );
         push(
             RuleKind::ModelCategory,
             &self.model_category,
             &self.model_categories,
             None,
+            true,
         );
         for (a, b, t) in &self.colour_by_category {
             if b < a {
@@ -631,6 +649,7 @@ impl OutfitRules {
                 t,
                 &self.colours,
                 Some(format!("{} + {}", name(a), name(b))),
+                a == b,
             );
         }
         out.sort_by(|a, b| b.lift.total_cmp(&a.lift).then(b.support.cmp(&a.support)));
