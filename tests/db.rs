@@ -844,3 +844,46 @@ fn a_failed_checkpoint_does_not_make_later_writes_look_lost() {
     assert_eq!(db.len(), 19);
     assert!(db.get("sku-3").unwrap().is_none());
 }
+
+#[test]
+fn filtered_graph_search_recall_holds_against_brute_force() {
+    // Large enough that the planner picks the graph for a filter that
+    // allows 80 % of the products (over 8,192 and over a fifth).
+    const N: usize = 11_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+        .build_threads(2)
+        .durability(vitrine::Durability::Periodic {
+            interval: std::time::Duration::from_secs(1),
+        })
+        .open(dir.path())
+        .unwrap();
+    fill(&db, N);
+    let filter = Filter::new().in_stock();
+    let (mut found, mut wanted) = (0usize, 0usize);
+    for qi in 0..40 {
+        let q = vector_for(&format!("recall-{qi}"), DIM);
+        let res = db
+            .search(&Search::new(SimilarTo::Vector(&q), 10).filter(&filter))
+            .unwrap();
+        assert_eq!(res.plan, Plan::Graph, "query {qi}");
+        assert_eq!(res.hits.len(), 10);
+        for h in &res.hits {
+            assert!(filter.matches(&h.id, &h.attributes), "{} is sold out", h.id);
+        }
+        let mut exact: Vec<(f32, String)> = (0..N)
+            .filter(|i| i % 5 != 0)
+            .map(|i| format!("sku-{i}"))
+            .map(|id| (cosine(&q, &vector_for(&id, DIM)), id))
+            .collect();
+        exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let kth = exact[9].0;
+        // Tie-aware: a hit counts when it scores at least the 10th best.
+        found += res.hits.iter().filter(|h| h.score >= kth - 1e-6).count();
+        wanted += 10;
+    }
+    let recall = found as f64 / wanted as f64;
+    eprintln!("filtered graph recall@10 over {N}: {recall:.3}");
+    assert!(recall >= 0.9, "recall@10 {recall:.3}");
+}

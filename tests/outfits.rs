@@ -432,6 +432,8 @@ fn expansions_are_in_stock_without_repeats_and_keep_colour_relations() {
     for p in &sold {
         db.set_in_stock(p, false).unwrap();
     }
+    // Back in stock however this test ends: the fixture is shared.
+    let _restock = Restock(db, sold.clone());
     let eng = db.outfit_engine().unwrap();
     let (mut rel, mut kept, mut n) = (0, 0, 0);
     let started = Instant::now();
@@ -464,8 +466,16 @@ fn expansions_are_in_stock_without_repeats_and_keep_colour_relations() {
         started.elapsed().as_secs_f64() * 1e3
     );
     assert!(kept as f64 >= 0.8 * rel as f64, "{kept}/{rel}");
-    for p in &sold {
-        db.set_in_stock(p, true).unwrap();
+}
+
+/// Puts products back in stock when dropped.
+struct Restock<'a>(&'a Db, Vec<String>);
+
+impl Drop for Restock<'_> {
+    fn drop(&mut self) {
+        for p in &self.1 {
+            let _ = self.0.set_in_stock(p, true);
+        }
     }
 }
 

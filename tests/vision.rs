@@ -795,7 +795,7 @@ fn shared_fpi() -> Option<PathBuf> {
 #[test]
 fn real_fpi_images_prepare_sanely() {
     let Some(dir) = shared_fpi() else {
-        eprintln!("skipped: ../shared/data/fpi/images is absent");
+        eprintln!("SKIP: ../shared/data/fpi/images is absent");
         return;
     };
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -891,18 +891,13 @@ fn parity_with_the_reference_prep() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
     let manifest_path = models.join("manifest.json");
-    let Ok(text) = std::fs::read_to_string(&manifest_path) else {
-        eprintln!(
-            "skipped: {} is absent (the prep parity fixtures are not there yet)",
-            manifest_path.display()
-        );
-        return;
-    };
+    // The fixtures are committed with the model: missing ones fail.
+    let text = std::fs::read_to_string(&manifest_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", manifest_path.display()));
     let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest.json is JSON");
-    let Some(parity) = manifest.pointer("/fixtures/prep_parity") else {
-        eprintln!("skipped: manifest.json has no fixtures.prep_parity");
-        return;
-    };
+    let parity = manifest
+        .pointer("/fixtures/prep_parity")
+        .expect("manifest.json lists fixtures.prep_parity");
     let entries = parity.as_array().expect("fixtures.prep_parity is a list");
     assert!(!entries.is_empty(), "fixtures.prep_parity is empty");
     let fixtures = models.join("fixtures");

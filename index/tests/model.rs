@@ -84,6 +84,8 @@ proptest! {
             prop_assert_eq!(got.hits, model_search(&model, &q, k, a));
             // The graph may miss hits but never returns dead or disallowed docs.
             let g = idx.search(&q, &SearchOptions::new(k).with_plan(PlanHint::Graph), a).unwrap();
+            // As many as exist (a short graph answer falls back to a scan).
+            prop_assert_eq!(g.hits.len(), model_search(&model, &q, k, a).len());
             for h in &g.hits {
                 prop_assert!(model.contains_key(&h.doc));
                 prop_assert!(a.is_none_or(|a| a.contains(h.doc)));

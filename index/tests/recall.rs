@@ -112,5 +112,6 @@ fn scores_are_identical_across_plans() {
             }
         }
     }
-    assert!(same > 0);
+    // Compared on most hits: the graph finds most of the exact top k.
+    assert!(same >= 50 * K * 8 / 10, "{same} of {} hits shared", 50 * K);
 }

@@ -423,7 +423,7 @@ mod gpu {
 
     fn both() -> Option<(Vec<Scorer>, Scorer)> {
         if !gpu_expected() {
-            eprintln!("skipped: set VITRINE_GPU=1 on a machine with a GPU");
+            eprintln!("SKIP: set VITRINE_GPU=1 on a machine with a GPU");
             return None;
         }
         let gpus = gpus(0.8);
@@ -512,7 +512,7 @@ mod gpu {
         let Some((gpu, cpu)) = both() else { return };
         // Optional: VITRINE_REAL_EMBEDDINGS=path of raw little-endian f32, 128 per row.
         let Ok(path) = std::env::var("VITRINE_REAL_EMBEDDINGS") else {
-            eprintln!("skipped: VITRINE_REAL_EMBEDDINGS not set");
+            eprintln!("SKIP: VITRINE_REAL_EMBEDDINGS not set");
             return;
         };
         let bytes = std::fs::read(path).unwrap();
@@ -588,6 +588,7 @@ mod gpu {
 fn gpu_figures() {
     use std::time::Instant;
     if !gpu_expected() {
+        eprintln!("SKIP: set VITRINE_GPU=1 on a machine with a GPU");
         return;
     }
     let out = std::env::var("VITRINE_FIGURES_OUT").unwrap_or_else(|_| "gpu-figures.json".into());

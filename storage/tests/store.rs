@@ -128,13 +128,18 @@ fn paused_writes_wait_and_reads_go_on() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, ks) = open(tmp.path());
     ks.put(&key(1), &product(1)).unwrap();
-    let written = AtomicBool::new(false);
+    let (started, written) = (AtomicBool::new(false), AtomicBool::new(false));
     std::thread::scope(|s| {
         let paused = store.pause_writes();
         s.spawn(|| {
+            started.store(true, Ordering::SeqCst);
             ks.put(&key(2), &product(2)).unwrap();
             written.store(true, Ordering::SeqCst);
         });
+        // The writer is at its put; give a broken pause time to let it in.
+        while !started.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
         std::thread::sleep(Duration::from_millis(200));
         assert!(
             !written.load(Ordering::SeqCst),
