@@ -94,8 +94,10 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         remove_incomplete_copies(&db_dir);
         let copy = free_name(&db_dir, "before-repair")?;
         let partial = free_name(&copy, "incomplete")?;
-        if let Err(e) = copy_tree(&db_dir, &partial).and_then(|()| std::fs::rename(&partial, &copy))
-        {
+        let made = copy_tree(&db_dir, &partial)
+            .and_then(|()| std::fs::rename(&partial, &copy))
+            .and_then(|()| sync_dir(copy.parent().unwrap_or(std::path::Path::new("."))));
+        if let Err(e) = made {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(anyhow::Error::from(e).context(format!(
                 "cannot copy the database to {} (nothing was changed)",
@@ -381,10 +383,10 @@ fn remove_incomplete_copies(db_dir: &std::path::Path) {
 /// folder itself, released when the returned file closes, however the
 /// process ends. `Err` with `WouldBlock` when another process holds it; a
 /// file system without flock counts as unlocked.
-fn try_lock_dir(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
-    let file = std::fs::File::open(dir)?;
+fn try_lock_dir(dir: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
     #[cfg(unix)]
     {
+        let file = std::fs::File::open(dir)?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor we own; no memory is shared.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -394,8 +396,14 @@ fn try_lock_dir(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
             }
             tracing::debug!(error = %e, "no repair lock");
         }
+        Ok(Some(file))
     }
-    Ok(file)
+    // No flock: no lock.
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(None)
+    }
 }
 
 /// Whether a `vitrine repair` holds `db`'s lock now.
@@ -405,7 +413,7 @@ pub(crate) fn repair_running(db: &std::path::Path) -> bool {
 
 /// Held for the whole repair: a second `vitrine repair` of the same folder
 /// fails at once instead of meeting the first one's renames.
-fn lock_for_repair(db_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+fn lock_for_repair(db_dir: &std::path::Path) -> anyhow::Result<Option<std::fs::File>> {
     try_lock_dir(db_dir).map_err(|e| match e.kind() {
         std::io::ErrorKind::WouldBlock => anyhow::anyhow!(
             "another `vitrine repair` is running on {} (nothing was changed)",
@@ -495,6 +503,9 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
             )));
         }
     };
+    // sled syncs only its log: the new files reach the disk before the
+    // old ones move.
+    sync_tree(&staging).with_context(|| format!("cannot sync {}", staging.display()))?;
     let old = free_name(&sled, "before-salvage")?;
     // Names the folder the old files go to, until the new ones are in
     // place: a repair killed in between moves exactly that one back.
@@ -544,8 +555,28 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
 }
 
 /// Fsyncs a folder, so that renames and new files in it are durable.
+/// Syncs every file and folder under `dir`, and `dir`.
+fn sync_tree(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            sync_tree(&entry.path())?;
+        } else if kind.is_file() {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    sync_dir(dir)
+}
+
 fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    // Folders cannot be opened for a sync everywhere; where they cannot,
+    // renames are durable by themselves.
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 /// Writes `bytes` to `path` and fsyncs it.
@@ -589,6 +620,9 @@ fn restore_from_copy(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow
             failed.display()
         )
     })?;
+    if let Some(parent) = db_dir.parent() {
+        sync_dir(parent).with_context(|| format!("cannot sync {}", parent.display()))?;
+    }
     let _ = std::fs::remove_dir_all(&failed);
     println!("put the folder back as it was, from the copy");
     Ok(())
@@ -611,6 +645,8 @@ fn free_name(path: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Copies a folder tree, following links (the copy holds their contents).
+/// Copies a folder, every file and folder synced: the repair changes the
+/// original right after, so the copy must survive a power loss first.
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -621,6 +657,7 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()
             copy_tree(&entry.path(), &target)?;
         } else if meta.is_file() {
             std::fs::copy(entry.path(), &target)?;
+            std::fs::File::open(&target)?.sync_all()?;
         } else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -628,7 +665,7 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()
             ));
         }
     }
-    Ok(())
+    sync_dir(to)
 }
 
 /// sled's snapshot files (`snap.<lsn>`).

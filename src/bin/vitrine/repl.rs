@@ -88,6 +88,8 @@ const QUERY_WORDS: &[&str] = &[
 pub struct Session {
     db: Db,
     model: Option<Arc<Model>>,
+    /// Whether `model` embedded this database (else `like image` is refused).
+    model_fits: bool,
     json: bool,
     /// The last results, for `show`: (id, score, label line).
     last: Vec<(String, f32, String)>,
@@ -106,16 +108,20 @@ impl Session {
         // With the model: checks it and stores its concept layout. Without
         // (or with another model's database): plain open; concept commands
         // then say what is missing.
-        let db = match model
+        let (db, model_fits) = match model
             .as_ref()
             .map(|m| Db::builder().open_with_model(path, m))
         {
-            Some(Ok(db)) => db,
-            _ => Db::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+            Some(Ok(db)) => (db, true),
+            _ => (
+                Db::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+                false,
+            ),
         };
         Ok(Session {
             db,
             model,
+            model_fits,
             json,
             last: Vec::new(),
             last_title: String::new(),
@@ -254,13 +260,23 @@ impl Session {
         } else {
             rest.to_string()
         };
+        // `like image` embeds the picture: only with the model that
+        // embedded the database (another one's vectors do not compare).
         let res = match &self.model {
-            Some(m) => self.db.query_with_model(m, &text),
-            None => self.db.query(&text),
+            Some(m) if self.model_fits => self.db.query_with_model(m, &text),
+            _ => self.db.query(&text),
         };
         let res = match res {
             Ok(r) => r,
             Err(ConceptError::Query(e)) => bail!("{}", e.render(&text)),
+            Err(ConceptError::Db(vitrine::Error::InvalidConfig(_)))
+                if self.model.is_some() && !self.model_fits =>
+            {
+                bail!(
+                    "`like image` needs the model that embedded this database, and the bundled \
+                     one is another: re-embed first (`vitrine import SOURCE --db DB --reembed`)"
+                )
+            }
             Err(e) => return Err(e.into()),
         };
         self.last_title = text.clone();
