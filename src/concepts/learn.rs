@@ -209,7 +209,7 @@ pub(crate) fn learn_profile(
     if likes.is_empty() {
         return Ok(profile);
     }
-    let catalog = catalog_mean(db)?;
+    let catalog = catalog_mean(db, layout.dim)?;
     let ns = skips.len() as f32;
     let blend =
         |skip_mean: f32, cat: f32| (ns * skip_mean + PRIOR_LIKES * cat) / (ns + PRIOR_LIKES);
@@ -293,8 +293,19 @@ pub(crate) fn learn_profile(
     Ok(profile)
 }
 
+const CATALOG_STATS: &str = "concept_stats";
+const CATALOG_MEAN: &[u8] = b"catalog_mean";
+
+/// Forgets the cached catalog mean: it describes the vectors of the model
+/// that made them ([`Db::adopt_model`] calls this).
+pub(crate) fn forget_catalog_mean(db: &Db) -> Result<(), crate::Error> {
+    db.side_keyspace::<CatalogMean>(CATALOG_STATS)?
+        .remove(CATALOG_MEAN)?;
+    Ok(())
+}
+
 /// Cached mean concept vector of the catalog, recomputed when the catalog
-/// has changed size by more than 5 %.
+/// has changed size by more than 5 % or its model changed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct CatalogMean {
     count: u64,
@@ -305,12 +316,12 @@ impl vitrine_storage::Record for CatalogMean {
     const VERSION: u8 = 1;
 }
 
-fn catalog_mean(db: &Db) -> Result<Vec<f32>, ConceptError> {
-    let ks = db.side_keyspace::<CatalogMean>("concept_stats")?;
+fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
+    let ks = db.side_keyspace::<CatalogMean>(CATALOG_STATS)?;
     let len = db.len() as u64;
-    if let Some(c) = ks.get(b"catalog_mean")? {
+    if let Some(c) = ks.get(CATALOG_MEAN)? {
         let drift = c.count.abs_diff(len) as f64 / c.count.max(1) as f64;
-        if drift <= 0.05 {
+        if drift <= 0.05 && c.mean.len() == dim {
             return Ok(c.mean);
         }
     }
@@ -324,7 +335,7 @@ fn catalog_mean(db: &Db) -> Result<Vec<f32>, ConceptError> {
     let n = s.len().max(1) as f32;
     mean.iter_mut().for_each(|x| *x /= n);
     ks.put(
-        b"catalog_mean",
+        CATALOG_MEAN,
         &CatalogMean {
             count: len,
             mean: mean.clone(),

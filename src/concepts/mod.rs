@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Db, Error, Filter, Model, Result, SimilarTo, CONCEPT_SPACE};
 
+pub(crate) use learn::forget_catalog_mean;
 pub use learn::{TagMethod, HAND_SET_PRIOR_LIKES};
 pub use query::{
     ConceptQuery, Contribution, LikeTarget, QueryError, QueryErrorKind, QueryHit, QueryResults,

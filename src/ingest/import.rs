@@ -389,6 +389,10 @@ impl Db {
             batch,
             &mut progress,
         )?;
+        if reembed && report.progress.stored > 0 {
+            // A mean taken while old and new vectors were mixed is stale.
+            crate::concepts::forget_catalog_mean(self)?;
+        }
         report.progress.total += not_utf8.len();
         report.progress.failed += not_utf8.len();
         for path in not_utf8 {

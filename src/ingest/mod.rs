@@ -220,6 +220,9 @@ impl Db {
     /// its fingerprint in [`ATTR_MODEL`]).
     pub fn adopt_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
+        if self.stored_model_fingerprint().as_deref() != Some(model.fingerprint()) {
+            crate::concepts::forget_catalog_mean(self)?;
+        }
         self.set_stored_model_fingerprint(model.fingerprint())?;
         Ok(self.store_concept_layout(model)?)
     }
