@@ -778,6 +778,25 @@ fn user_tags_are_learned_queried_and_persisted() {
         db.define_tag("both", &examples[..1], &examples[..1], TagMethod::Centroid),
         Err(ConceptError::ConflictingExamples { .. })
     ));
+    // Two products that look exactly alike cannot define a direction (in a
+    // database of their own: the shared one is read by other tests).
+    {
+        let p = db.get(examples[0]).unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let own = Db::builder()
+            .open_with_model(dir.path(), &model().unwrap())
+            .unwrap();
+        for id in ["twin-a", "twin-b"] {
+            own.insert(id, Attributes::new(), p.vectors.clone())
+                .unwrap();
+        }
+        for method in [TagMethod::Centroid, TagMethod::Logistic] {
+            assert!(matches!(
+                own.define_tag("twins", &["twin-a"], &["twin-b"], method),
+                Err(ConceptError::IndistinctExamples { .. })
+            ));
+        }
+    }
     db.set_tag_weight("ticktock", 0.25).unwrap();
     assert!(db.set_tag_weight("ticktock", f32::NAN).is_err());
     // Weights past MAX_WEIGHT would overflow query vectors later.

@@ -649,6 +649,31 @@ fn another_model_is_refused_unless_reembedding() {
         )
         .unwrap();
     assert_eq!((r.progress.stored, r.progress.skipped), (0, 6));
+    // User tags are directions in the model's space: a re-embedding learns
+    // them again from their examples (here the vectors change with the
+    // preparation), keeping their weights.
+    let ids: Vec<&str> = images.iter().map(|i| i.0.as_str()).collect();
+    let before = db
+        .define_tag("mine", &ids[..2], &ids[2..3], vitrine::TagMethod::Centroid)
+        .unwrap();
+    db.set_tag_weight("mine", 0.8).unwrap();
+    let r = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(PrepConfig::catalog().pixel_aspect(0.6))
+                .reembed(true),
+        )
+        .unwrap();
+    assert_eq!(r.progress.stored, 6);
+    let after = db.user_tags().unwrap().remove(0);
+    assert_eq!(after.weight, 0.8);
+    assert_ne!(after.vector, before.vector);
+    let fresh = db
+        .define_tag("fresh", &ids[..2], &ids[2..3], vitrine::TagMethod::Centroid)
+        .unwrap();
+    assert_eq!(after.vector, fresh.vector);
     // A database opened without the model's spaces is refused with a reason.
     let plain = tempfile::tempdir().unwrap();
     let small = Db::builder()

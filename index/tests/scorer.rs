@@ -338,6 +338,17 @@ fn per_query_masks_and_edge_cases() {
     assert!(s
         .top_k(r2, &QueryBatch::new(&[1.0, 1.0], 1).weights(&w))
         .is_err());
+    // Finite queries and weights whose product overflows.
+    let big = GroupWeights::blocks(2, vec![1e20]).unwrap();
+    assert!(matches!(
+        s.top_k(r2, &QueryBatch::new(&[1e20, 1e20], 1).weights(&big)),
+        Err(ScorerError::InvalidArgument { .. })
+    ));
+    // A doc given to two rows.
+    assert!(matches!(
+        Rows::new(2, &data2).unwrap().with_docs(&[7, 7]),
+        Err(ScorerError::InvalidArgument { .. })
+    ));
 }
 
 fn gpu_expected() -> bool {

@@ -343,6 +343,16 @@ pub enum ConceptError {
         /// The product.
         id: String,
     },
+    /// A tag whose examples have the same concept vectors as what they are
+    /// contrasted with (duplicate images, say): nothing tells them apart.
+    #[error(
+        "the examples of tag '{name}' look exactly like its counter-examples (or the catalog): \
+         give examples that differ"
+    )]
+    IndistinctExamples {
+        /// The tag.
+        name: String,
+    },
     /// A group name that is not in the layout.
     #[error("unknown concept group '{name}' (groups: {known})")]
     UnknownGroup {
@@ -636,6 +646,28 @@ impl Db {
                 id: (*id).to_string(),
             });
         }
+        let vector = self.tag_direction(name, positives, negatives, method)?;
+        let tag = UserTag {
+            name: name.to_string(),
+            vector,
+            method,
+            weight: USER_TAG_WEIGHT,
+            positives: positives.iter().map(|s| s.to_string()).collect(),
+            negatives: negatives.iter().map(|s| s.to_string()).collect(),
+        };
+        self.side_keyspace::<UserTag>(TAGS_KS)?
+            .put(name.as_bytes(), &tag)?;
+        Ok(tag)
+    }
+
+    /// The unit direction of a tag learned from its examples.
+    fn tag_direction(
+        &self,
+        name: &str,
+        positives: &[&str],
+        negatives: &[&str],
+        method: TagMethod,
+    ) -> Result<Vec<f32>, ConceptError> {
         let layout = self.concept_layout()?;
         let fetch = |ids: &[&str]| -> Result<Vec<Vec<f32>>, ConceptError> {
             ids.iter().map(|id| Ok(self.concept_vector(id)?)).collect()
@@ -648,17 +680,34 @@ impl Db {
             neg
         };
         let vector = learn::learn_tag(&pos, &contrast, method, layout.dim);
-        let tag = UserTag {
-            name: name.to_string(),
-            vector,
-            method,
-            weight: USER_TAG_WEIGHT,
-            positives: positives.iter().map(|s| s.to_string()).collect(),
-            negatives: negatives.iter().map(|s| s.to_string()).collect(),
-        };
-        self.side_keyspace::<UserTag>(TAGS_KS)?
-            .put(name.as_bytes(), &tag)?;
-        Ok(tag)
+        // A zero direction (not unit) would add nothing to any query.
+        if vector.iter().all(|x| *x == 0.0) {
+            return Err(ConceptError::IndistinctExamples { name: name.into() });
+        }
+        Ok(vector)
+    }
+
+    /// Learns every user tag again from its examples, keeping its weight:
+    /// after a re-embedding the old directions point into another model's
+    /// space. A tag whose examples are gone keeps its direction (logged).
+    /// Returns how many were learned again.
+    pub(crate) fn relearn_tags(&self) -> Result<usize, ConceptError> {
+        let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
+        let _guard = self.side_write_lock();
+        let mut done = 0;
+        for mut tag in self.user_tags()? {
+            let pos: Vec<&str> = tag.positives.iter().map(String::as_str).collect();
+            let neg: Vec<&str> = tag.negatives.iter().map(String::as_str).collect();
+            match self.tag_direction(&tag.name, &pos, &neg, tag.method) {
+                Ok(vector) => {
+                    tag.vector = vector;
+                    ks.put(tag.name.as_bytes(), &tag)?;
+                    done += 1;
+                }
+                Err(e) => tracing::warn!(tag = %tag.name, error = %e, "tag kept as it was"),
+            }
+        }
+        Ok(done)
     }
 
     /// Sets a user tag's weight.

@@ -390,8 +390,13 @@ impl Db {
             &mut progress,
         )?;
         if reembed && report.progress.stored > 0 {
-            // A mean taken while old and new vectors were mixed is stale.
+            // A mean taken while old and new vectors were mixed is stale,
+            // and user tags are directions in the old model's space: both
+            // are learned again from the new vectors.
             crate::concepts::forget_catalog_mean(self)?;
+            if let Err(e) = self.relearn_tags() {
+                tracing::warn!(error = %e, "user tags not learned again");
+            }
         }
         report.progress.total += not_utf8.len();
         report.progress.failed += not_utf8.len();

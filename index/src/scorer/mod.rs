@@ -197,6 +197,16 @@ impl<'a> Rows<'a> {
                 format!("{} docs for {} rows", docs.len(), self.len()),
             ));
         }
+        // A doc twice would be a hit twice (and, on the GPU, take two of
+        // the slots fetched per excluded doc).
+        let mut sorted = docs.to_vec();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ScorerError::invalid(
+                "docs",
+                format!("doc {} is given to two rows", w[0]),
+            ));
+        }
         self.docs = Some(docs);
         Ok(self)
     }
@@ -551,6 +561,14 @@ impl<'a> QueryBatch<'a> {
         }
         if let Some(w) = self.weights {
             w.check(rows.dim())?;
+            // Finite parts can overflow once weighted.
+            let weighted = self.prepared(rows.dim());
+            if let Some(i) = weighted.iter().position(|x| !x.is_finite()) {
+                return Err(ScorerError::invalid(
+                    "weights",
+                    format!("weighted query component {i} is {}", weighted[i]),
+                ));
+            }
         }
         let n = rows.len();
         if let Some(m) = self.allow {

@@ -109,6 +109,8 @@ pub(crate) struct Item {
     pub path: PathBuf,
     /// Index into the model's categories.
     pub category: usize,
+    /// The raw articleType (rare ones share a merged category).
+    pub article_type: String,
     /// Index into the model's colour tags.
     pub colour: Option<usize>,
 }
@@ -239,6 +241,7 @@ pub(crate) fn labelled_items(
             id: id.to_string(),
             path,
             category,
+            article_type: field(c_type).to_string(),
             colour,
         });
         if limit.is_some_and(|l| items.len() >= l) {
@@ -337,10 +340,12 @@ fn score(
     let mut support = vec![0usize; n_classes];
     let (mut colour_hits, mut colour_n) = (0usize, 0usize);
     for (it, out) in items.iter().zip(outputs) {
-        let probs = &out.category_probs;
-        let pred = argmax(probs);
-        let truth_p = probs[it.category];
-        let rank = probs.iter().filter(|&&p| p > truth_p).count();
+        // Ranked on the logits: probabilities that underflow to 0 (or
+        // sigmoids that round to 1) would tie.
+        let logits = &out.category_logits;
+        let pred = argmax(logits);
+        let truth = logits[it.category];
+        let rank = logits.iter().filter(|&&p| p > truth).count();
         top1 += usize::from(pred == it.category);
         top5 += usize::from(rank < 5);
         support[it.category] += 1;
@@ -350,7 +355,7 @@ fn score(
         }
         if let Some(c) = it.colour {
             colour_n += 1;
-            colour_hits += usize::from(argmax(&out.tag_scores[colour_range.clone()]) == c);
+            colour_hits += usize::from(argmax(&out.tag_logits[colour_range.clone()]) == c);
         }
     }
     let weighted_f1 = (0..n_classes)
@@ -367,7 +372,8 @@ fn score(
         .sum::<f64>()
         / n as f64;
 
-    // Same-type precision@10: exact cosine (embeddings are L2-normalised).
+    // Same-articleType precision@10 (the raw type, not the merged
+    // category): exact cosine (embeddings are L2-normalised).
     let k = 10.min(n.saturating_sub(1));
     let mut precision_sum = 0.0;
     if k > 0 {
@@ -388,7 +394,7 @@ fn score(
             scores.select_nth_unstable_by(k - 1, |x, y| y.0.total_cmp(&x.0));
             let same = scores[..k]
                 .iter()
-                .filter(|(_, j)| items[*j].category == items[i].category)
+                .filter(|(_, j)| items[*j].article_type == items[i].article_type)
                 .count();
             precision_sum += same as f64 / k as f64;
         }

@@ -128,11 +128,14 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
                 .iter()
                 .fold(ConceptQuery::new().limit(K), |q, t| q.term(t.clone(), 1.0));
             let hits = db.run_query(&q, None)?.hits;
+            // Precision among the first min(K, r) hits (R-precision below
+            // K relevant products; counting all K hits would be recall).
             let good = hits
                 .iter()
+                .take(K.min(r))
                 .filter(|h| by_id.get(h.id.as_str()).is_some_and(|i| relevant(i)))
                 .count();
-            Ok((good as f64 / K.min(r) as f64, r))
+            Ok((good as f64 / K.min(r).max(1) as f64, r))
         };
     let slug = vitrine::concept_slug;
     let count = |f: &dyn Fn(&Item) -> bool| items.iter().filter(|i| f(i)).count();

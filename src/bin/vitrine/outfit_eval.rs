@@ -512,11 +512,13 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     let mut lookalike_sum = 0.0f64;
     let t = Instant::now();
     for o in &sample {
-        for s in &o.slots {
+        for (slot, s) in o.slots.iter().enumerate() {
             eng.assume_sold_out(&[&s.product]);
             let subs = eng.substitute(&o.id, 1)?;
             eng.assume_in_stock(&[&s.product]);
-            let Some(top) = subs.first().and_then(|x| x.candidates.first()) else {
+            // This slot's (a product gone from the catalog gets one too).
+            let mine = subs.iter().find(|x| x.slot == slot);
+            let Some(top) = mine.and_then(|x| x.candidates.first()) else {
                 none += 1;
                 continue;
             };
