@@ -285,7 +285,7 @@ fn import_reads_a_csv_with_attributes() {
     std::fs::write(
         &prices,
         format!(
-            "id,path,price\n\nsku-1,{0},abc\nsku-2,,7\n,{0},1\nsku-new,,3\nsku-2,,7,oops\n",
+            "id,path,price\n\nsku-1,{0},abc\nsku-2,,7\n,{0},1\nsku-new,,3\nsku-2,,7,oops\nsku-2,,9\n",
             files[1].display()
         ),
     )
@@ -297,7 +297,8 @@ fn import_reads_a_csv_with_attributes() {
     assert!(
         failures.contains("line 5: id and path are required")
             && failures.contains("sku-new\t\tline 6: a new product needs an image path")
-            && failures.contains("line 7: 4 cells, but the header has 3 columns"),
+            && failures.contains("line 7: 4 cells, but the header has 3 columns")
+            && failures.contains("line 8: id sku-2 appears twice in the file"),
         "{failures}"
     );
     let db = vitrine::Db::builder()
@@ -579,13 +580,41 @@ fn query_command_prints_results_and_positioned_errors() {
         child.stdin.take().unwrap().write_all(script).unwrap();
         child.wait_with_output().unwrap()
     };
-    let out = run_script(b"concepts pattern\noutfit list --json\n");
+    let out = run_script(b"concepts Pattern\noutfit list --json\n");
     assert!(out.status.success(), "{}", text(&out.stdout));
-    let last = text(&out.stdout).lines().last().unwrap_or("").to_string();
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("pattern.striped"),
+        "group names in any case: {shown}"
+    );
+    let last = shown.lines().last().unwrap_or("").to_string();
     assert!(
         serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| v.is_array()),
         "{last}"
     );
+    // A piped script with --json prints JSON lines only (no banner).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["repl", "--db", db, "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"find +colour.black limit 2\nconcepts pattern\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    for line in text(&out.stdout).lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
     let out = run_script(b"find +colour.rd\nconcepts pattern\n");
     assert_eq!(out.status.code(), Some(1));
     let shown = text(&out.stdout);

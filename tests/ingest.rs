@@ -988,3 +988,54 @@ fn every_sample_product_is_found_first_by_its_own_image() {
         );
     }
 }
+
+#[test]
+fn a_category_given_at_import_survives_a_refresh() {
+    let Some(model) = model() else { return };
+    let label = |bytes: &[u8]| {
+        model.annotation(&query(&model, bytes), 1).category[0]
+            .label
+            .clone()
+    };
+    // Two photos the model reads as different categories.
+    let images = good_images(8);
+    let first = &images[0];
+    let other = images
+        .iter()
+        .find(|i| label(&i.2) != label(&first.2))
+        .expect("two categories among the sample images");
+    let src = tempfile::tempdir().unwrap();
+    let path = |id: &str| src.path().join(format!("{id}.{}", first.1));
+    let item = |id: &str, attrs: Attributes| vitrine::ImportItem {
+        id: id.into(),
+        path: path(id),
+        attributes: attrs,
+    };
+    for id in ["given", "filled"] {
+        std::fs::write(path(id), &first.2).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let options = || ImportOptions::new().model(model.clone()).prep(prep());
+    // "given" comes with the category the model also reads; "filled" gets
+    // it from the model.
+    let items = || {
+        vec![
+            item("given", Attributes::new().category(label(&first.2))),
+            item("filled", Attributes::new()),
+        ]
+    };
+    db.import(ImportSource::Items(items()), options()).unwrap();
+    // New photos; a refresh re-runs the model and keeps the catalog's
+    // category, while the one the model filled in follows the new photo.
+    for id in ["given", "filled"] {
+        std::fs::write(path(id), &other.2).unwrap();
+    }
+    let r = db
+        .import(ImportSource::Items(items()), options().refresh(true))
+        .unwrap();
+    assert_eq!(r.progress.stored, 2);
+    let category = |id: &str| db.get(id).unwrap().unwrap().attributes.category.unwrap();
+    assert_eq!(category("given"), label(&first.2));
+    assert_eq!(category("filled"), label(&other.2));
+}

@@ -570,8 +570,9 @@ impl Db {
             Some(existing) => {
                 let mut attrs = existing.clone();
                 // A category the old image's model output filled in (not the
-                // caller's) follows the new output.
+                // caller's, nor one changed since) follows the new output.
                 if attrs.category.is_some()
+                    && !attrs.extra.contains_key(super::ATTR_CATEGORY_GIVEN)
                     && attrs.category.as_deref()
                         == attrs.extra.get(crate::ATTR_CATEGORY).map(String::as_str)
                 {

@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 pub const ATTR_MODEL: &str = "vitrine.model";
 /// Attribute: the model's top-1 category.
 pub const ATTR_CATEGORY: &str = "vitrine.category";
+/// Attribute: present when the caller gave the product's category at
+/// import (a re-run of the model then keeps it, even when it equals the
+/// model's label).
+pub(crate) const ATTR_CATEGORY_GIVEN: &str = "vitrine.category_given";
 /// Attribute: the kept tags (see [`Model::annotation`]), comma separated.
 pub const ATTR_TAGS: &str = "vitrine.tags";
 /// Attribute: category probabilities, a JSON array in the manifest's order.
@@ -268,6 +272,9 @@ impl Db {
         if let Some(top) = ann.category.first() {
             if attrs.category.is_none() {
                 attrs.category = Some(top.label.clone());
+                attrs.extra.remove(ATTR_CATEGORY_GIVEN);
+            } else {
+                attrs.extra.insert(ATTR_CATEGORY_GIVEN.into(), "1".into());
             }
             attrs.extra.insert(ATTR_CATEGORY.into(), top.label.clone());
         }

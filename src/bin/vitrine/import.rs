@@ -514,7 +514,18 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             let bad_before = update_failures.len();
             let mut new_items = Vec::new();
             let mut no_image = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for row in rows {
+                // As a plain import does: a second row of an id fails.
+                if !seen.insert(row.id.clone()) {
+                    update_failures.push(format!(
+                        "{}\t\tline {}: id {} appears twice in the file",
+                        tsv_field(&row.id),
+                        row.line,
+                        tsv_field(&row.id)
+                    ));
+                    continue;
+                }
                 match db.update_attributes(&row.id, |a| row.apply(a)) {
                     Err(vitrine::Error::NotFound { .. }) => match row.into_item() {
                         Ok(item) => new_items.push(item),

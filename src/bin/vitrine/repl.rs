@@ -183,7 +183,10 @@ impl Session {
                 let names = v.names();
                 let shown: Vec<&String> = names
                     .iter()
-                    .filter(|n| args.first().is_none_or(|g| n.starts_with(&format!("{g}."))))
+                    .filter(|n| {
+                        args.first()
+                            .is_none_or(|g| n.starts_with(&format!("{}.", g.to_ascii_lowercase())))
+                    })
                     .collect();
                 if let (Some(g), true) = (args.first(), shown.is_empty()) {
                     let groups: std::collections::BTreeSet<&str> =
@@ -447,7 +450,10 @@ impl Session {
             match a.parse::<i64>().map_err(|_| digits || explicit_k) {
                 Err(true) => bail!("k must be from 1 to 1000"),
                 Ok(_) if k.is_some() => {
-                    bail!("usage: similar <id> [user] [k] [where …] (k given twice)")
+                    bail!(
+                        "usage: similar <id> [user] [k] [where …] (k given twice: a number is k \
+                         unless a profile has that name; user=<name> names a user)"
+                    )
                 }
                 Ok(n) if (1..=1000).contains(&n) => k = Some(n as usize),
                 Ok(_) => bail!("k must be from 1 to 1000"),
@@ -705,11 +711,18 @@ impl Session {
         if self.last.is_empty() {
             bail!("nothing to show: run find or similar first");
         }
-        self.shows += 1;
-        let path = PathBuf::from(
-            file.map(str::to_string)
-                .unwrap_or_else(|| format!("vitrine-show-{}.png", self.shows)),
-        );
+        // The default name is a new file (sheets of an earlier session
+        // stay); a name given is the caller's to replace.
+        let path = match file {
+            Some(f) => PathBuf::from(f),
+            None => loop {
+                self.shows += 1;
+                let p = PathBuf::from(format!("vitrine-show-{}.png", self.shows));
+                if !p.exists() {
+                    break p;
+                }
+            },
+        };
         let mut tiles = Vec::new();
         let mut missing = 0;
         let source = |id: &str| -> anyhow::Result<Option<PathBuf>> {
@@ -875,9 +888,12 @@ impl Completer for ReplHelper {
         _: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
         let before = &line[..pos];
+        // Past the separator, whatever its width in bytes (a no-break
+        // space is two).
         let start = before
-            .rfind(|c: char| c.is_whitespace() || c == '+' || c == '-' || c == '(')
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rfind(|&(_, c)| c.is_whitespace() || c == '+' || c == '-' || c == '(')
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let word = &before[start..];
         let first = !before[..start].chars().any(|c| !c.is_whitespace());
         let mut out: Vec<Pair> = self
@@ -933,12 +949,17 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     if let Some(h) = &history {
         let _ = rl.load_history(h);
     }
-    println!(
-        "vitrine {} — {} products in {}. Tab completes commands and concepts; help lists commands.",
-        env!("CARGO_PKG_VERSION"),
-        session.db.len(),
-        args.db.display()
-    );
+    // The banner is for a person: a piped script's output stays what its
+    // commands print (JSON lines with --json).
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        println!(
+            "vitrine {} — {} products in {}. Tab completes commands and concepts; help lists commands.",
+            env!("CARGO_PKG_VERSION"),
+            session.db.len(),
+            args.db.display()
+        );
+    }
     let mut stdout = std::io::stdout();
     let mut failed = 0usize;
     let mut bad_lines = 0usize;
@@ -984,7 +1005,6 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     }
     // A script piped in fails as a whole when a command failed; a person
     // at the terminal saw each error already.
-    use std::io::IsTerminal;
     if failed > 0 && !std::io::stdin().is_terminal() {
         bail!("{failed} command(s) failed");
     }
@@ -1014,8 +1034,27 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     let commands: Vec<&str> = COMMANDS.iter().map(|(c, _)| *c).collect();
     // A query may open with its profile clause (`profile anna +colour.red`).
     let profile_query = is(first, &["profile"]) && !is(second, &["show", "list", "set", "reset"]);
-    let known = is(first, &commands) && !profile_query;
-    let line = if known { line } else { format!("find {line}") };
+    let known = is(first, &commands) && !profile_query && !is(first, &["find"]);
+    let line = if known && args.query.len() > 1 {
+        // A command's arguments the shell kept whole (`product get "look
+        // 1"`) stay whole. (A query is text of its own, quoted as written,
+        // and so is a command passed as one argument.)
+        args.query
+            .iter()
+            .map(|a| {
+                if a.chars().any(char::is_whitespace) && !a.contains('"') {
+                    format!("\"{a}\"")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else if known || is(first, &["find"]) {
+        line
+    } else {
+        format!("find {line}")
+    };
     session.execute(&line, &mut std::io::stdout())?;
     Ok(())
 }
@@ -1052,6 +1091,21 @@ fn split_args(line: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn completion_starts_after_a_wide_separator() {
+        use rustyline::completion::Completer;
+        let helper = super::ReplHelper {
+            words: vec!["colour.red".into(), "find".into()],
+        };
+        let history = rustyline::history::DefaultHistory::new();
+        let ctx = rustyline::Context::new(&history);
+        // A no-break space is two bytes.
+        let line = "find\u{a0}colour.r";
+        let (start, found) = helper.complete(line, line.len(), &ctx).unwrap();
+        assert_eq!(&line[start..], "colour.r");
+        assert_eq!(found.len(), 1);
+    }
+
     #[test]
     fn where_is_found_as_a_word_outside_quotes() {
         assert_eq!(super::where_at("a1 3 where in_stock"), Some(5));
