@@ -1,7 +1,8 @@
 //! The one CSV dialect Vitrine reads (product and outfit files).
 //!
-//! Commas separate fields; a field that starts with a double quote is
-//! quoted, and may then hold commas, line breaks and `""` for a quote. A
+//! Commas separate fields; a field that starts with a double quote (after
+//! spaces, which are dropped) is quoted, and may then hold commas, line
+//! breaks and `""` for a quote. A
 //! quote inside an unquoted field is an ordinary character (`12" sleeve`),
 //! so one stray quote cannot swallow the rest of the file. Lines end in
 //! `\n` or `\r\n`; a leading byte-order mark (Excel's "CSV UTF-8") is
@@ -61,6 +62,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, UnclosedQuote> {
     let (mut line, mut start) = (1, 1);
     let mut quoted_since: Option<usize> = None;
     let mut field_start = true;
+    // Whether the current field has had its quoted part.
+    let mut closed = false;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         if quoted_since.is_some() {
@@ -79,13 +82,18 @@ pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, UnclosedQuote> {
             continue;
         }
         match c {
-            '"' if field_start => {
+            // A quote opens a field that holds nothing yet, or only the
+            // spaces of `a, "b,c"` (dropped).
+            '"' if field_start || (!cur.is_empty() && cur.chars().all(|c| c == ' ')) && !closed => {
+                cur.clear();
                 quoted_since = Some(line);
                 field_start = false;
+                closed = true;
             }
             ',' => {
                 fields.push(std::mem::take(&mut cur));
                 field_start = true;
+                closed = false;
             }
             '\r' if chars.peek() == Some(&'\n') => {}
             '\n' => {
@@ -94,6 +102,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, UnclosedQuote> {
                 line += 1;
                 start = line;
                 field_start = true;
+                closed = false;
             }
             _ => {
                 cur.push(c);
@@ -142,6 +151,9 @@ mod tests {
         );
         assert_eq!(fields("\"a\"\"b\",c"), [["a\"b", "c"]]);
         assert_eq!(fields("a,\"x\ny\"z,b"), [["a", "x\nyz", "b"]]);
+        // Spaces before a quoted field, as some writers put after commas.
+        assert_eq!(fields("id, \"a, b\" ,c"), [["id", "a, b ", "c"]]);
+        assert_eq!(fields("\"a\" \"b\""), [["a \"b\""]]);
         // A carriage return alone is data.
         assert_eq!(fields("a\rb,c"), [["a\rb", "c"]]);
         assert!(fields("").is_empty());

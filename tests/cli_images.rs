@@ -732,6 +732,16 @@ fn query_command_prints_results_and_positioned_errors() {
     );
     let gone = json_lines(&["tag", "delete", "mine"]);
     assert_eq!(gone[0]["deleted"], "user.mine");
+    // A command's words may come whole or in pieces from the shell.
+    for args in [
+        vec!["similar", ids[0].as_str(), "2 where in_stock"],
+        vec!["similar", ids[0].as_str(), "2"],
+    ] {
+        let hits = json_lines(&args);
+        assert_eq!(hits.len(), 2, "{args:?}: {hits:?}");
+    }
+    let one = format!("similar {} 2", ids[0]);
+    assert_eq!(json_lines(&[one.as_str()]).len(), 2);
 }
 
 #[test]

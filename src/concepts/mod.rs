@@ -735,13 +735,13 @@ impl Db {
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
         let _guard = self.side_write_lock();
-        let existed = tags.remove(name.as_bytes())?;
         // An affinity to a tag that is gone would name an unknown concept.
-        // Priors first, so that a crash in between is repaired by the next
-        // delete of the same name rather than relearned by feedback.
+        // The tag goes last: a crash before leaves it defined, and the
+        // delete to do again.
         let concept = format!("{USER_GROUP}.{name}");
         remove_affinity(&priors, |p| &mut p.affinities, &concept)?;
         remove_affinity(&profiles, |p| &mut p.affinities, &concept)?;
+        let existed = tags.remove(name.as_bytes())?;
         Ok(existed)
     }
 
@@ -786,12 +786,13 @@ impl Db {
     /// the user.
     pub fn set_profile(&self, user: &str, profile: &Profile) -> Result<Profile, ConceptError> {
         check_user(user)?;
-        self.check_profile(profile)?;
-        let vocab = self.vocabulary()?;
-        let uniform = Profile::uniform(vocab.layout());
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let _guard = self.side_write_lock();
+        // Checked under the lock: a tag deleted meanwhile is not set back.
+        self.check_profile(profile)?;
+        let vocab = self.vocabulary()?;
+        let uniform = Profile::uniform(vocab.layout());
         let prior =
             (profile.weights != uniform.weights || !profile.affinities.is_empty()).then(|| {
                 ProfilePrior {
@@ -908,9 +909,10 @@ impl Db {
     ) -> Result<Profile, ConceptError> {
         check_user(user)?;
         self.concept_vector(product)?;
-        let vocab = self.vocabulary()?;
         let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let _guard = self.side_write_lock();
+        // Read under the lock: a tag deleted meanwhile is not learned back.
+        let vocab = self.vocabulary()?;
         let mut events = ks
             .get(user.as_bytes())?
             .map(|p| p.events)

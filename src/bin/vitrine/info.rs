@@ -189,8 +189,10 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             let sled_damaged = matches!(&e, vitrine::Error::Corruption { location, .. }
                 if std::path::Path::new(location).ends_with("sled"));
             if !sled_damaged {
+                // sled may have recovered (and cut its log) before this
+                // open failed: the copy is the folder as it was.
                 if let Some(copy) = &copy {
-                    let _ = std::fs::remove_dir_all(copy);
+                    restore_from_copy(&db_dir, copy)?;
                 }
                 return Err(e).with_context(|| {
                     format!("cannot open {} even accepting data loss", args.db.display())
@@ -554,7 +556,6 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
     Ok(salvaged)
 }
 
-/// Fsyncs a folder, so that renames and new files in it are durable.
 /// Syncs every file and folder under `dir`, and `dir`.
 fn sync_tree(dir: &std::path::Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
@@ -569,6 +570,7 @@ fn sync_tree(dir: &std::path::Path) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
+/// Fsyncs a folder, so that renames and new files in it are durable.
 fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     // Folders cannot be opened for a sync everywhere; where they cannot,
     // renames are durable by themselves.
@@ -587,8 +589,6 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Puts the copy taken before the repair back in place of `db_dir` (which
-/// failed opens may have changed); the copy's name is then free again.
 /// Puts the files a repair set aside back (over what sled wrote in their
 /// place), then the whole folder from the copy: sled's failed opens may
 /// still have cleared part of its log.
@@ -608,6 +608,8 @@ fn put_back(
     }
 }
 
+/// Puts the copy taken before the repair back in place of `db_dir` (which
+/// failed opens may have changed); the copy's name is then free again.
 fn restore_from_copy(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow::Result<()> {
     let failed = free_name(db_dir, "repair-failed")?;
     std::fs::rename(db_dir, &failed)
@@ -644,9 +646,9 @@ fn free_name(path: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
         .expect("some name is free"))
 }
 
-/// Copies a folder tree, following links (the copy holds their contents).
-/// Copies a folder, every file and folder synced: the repair changes the
-/// original right after, so the copy must survive a power loss first.
+/// Copies a folder tree, following links (the copy holds their contents),
+/// every file and folder synced: the repair changes the original right
+/// after, so the copy must survive a power loss first.
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir(to)?;
     for entry in std::fs::read_dir(from)? {

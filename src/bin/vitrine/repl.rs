@@ -952,7 +952,7 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     // The banner is for a person: a piped script's output stays what its
     // commands print (JSON lines with --json).
     use std::io::IsTerminal;
-    if std::io::stdin().is_terminal() {
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         println!(
             "vitrine {} — {} products in {}. Tab completes commands and concepts; help lists commands.",
             env!("CARGO_PKG_VERSION"),
@@ -1033,16 +1033,24 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     };
     let commands: Vec<&str> = COMMANDS.iter().map(|(c, _)| *c).collect();
     // A query may open with its profile clause (`profile anna +colour.red`).
-    let profile_query = is(first, &["profile"]) && !is(second, &["show", "list", "set", "reset"]);
+    let profile_query = is(first, &["profile"])
+        && second.is_some()
+        && !is(second, &["show", "list", "set", "reset"]);
     let known = is(first, &commands) && !profile_query && !is(first, &["find"]);
-    let line = if known && args.query.len() > 1 {
+    let command_word = args
+        .query
+        .first()
+        .is_some_and(|a| !a.contains(char::is_whitespace));
+    let line = if known && args.query.len() > 1 && command_word {
         // A command's arguments the shell kept whole (`product get "look
         // 1"`) stay whole. (A query is text of its own, quoted as written,
         // and so is a command passed as one argument.)
         args.query
             .iter()
             .map(|a| {
-                if a.chars().any(char::is_whitespace) && !a.contains('"') {
+                // (Not a piece of the line: `similar 10029 "5 where in_stock"`.)
+                let piece = where_at(&format!("x {a}")).is_some();
+                if a.chars().any(char::is_whitespace) && !a.contains('"') && !piece {
                     format!("\"{a}\"")
                 } else {
                     a.clone()
