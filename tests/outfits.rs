@@ -704,6 +704,15 @@ fn small_db(dir: &Path) -> Option<(Subset, std::sync::Arc<Model>)> {
     Some((subset, model))
 }
 
+/// Opens the database of [`small_db`] and stores the subset's outfits.
+fn open_with_outfits(dir: &Path, model: &Model, subset: &Subset) -> Db {
+    let db = Db::builder().open_with_model(dir, model).unwrap();
+    for (id, ps) in &subset.outfits {
+        db.store_outfit(id, ps).unwrap();
+    }
+    db
+}
+
 #[test]
 fn outfits_and_rules_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -732,10 +741,7 @@ fn rules_learned_under_another_model_are_stale() {
     let Some((subset, model)) = small_db(dir.path()) else {
         return;
     };
-    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
-    for (id, ps) in &subset.outfits {
-        db.store_outfit(id, ps).unwrap();
-    }
+    let db = open_with_outfits(dir.path(), &model, &subset);
     let rules = db.learn_outfit_rules().unwrap();
     assert_eq!(rules.model.as_deref(), Some(model.fingerprint()));
     assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
@@ -763,10 +769,7 @@ fn a_deleted_product_leaves_the_other_templates_plannable() {
     let Some((subset, model)) = small_db(dir.path()) else {
         return;
     };
-    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
-    for (id, ps) in &subset.outfits {
-        db.store_outfit(id, ps).unwrap();
-    }
+    let db = open_with_outfits(dir.path(), &model, &subset);
     let ids: Vec<&String> = subset.outfits.keys().collect();
     let (broken, gone) = (ids[0], &subset.outfits[ids[0]][0]);
     assert!(!subset.outfits[ids[1]].contains(gone));
