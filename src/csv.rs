@@ -61,9 +61,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, UnclosedQuote> {
     // open quote (if any) started.
     let (mut line, mut start) = (1, 1);
     let mut quoted_since: Option<usize> = None;
-    let mut field_start = true;
     // Whether the current field has had its quoted part.
-    let mut closed = false;
+    let mut quoted_part = false;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         if quoted_since.is_some() {
@@ -84,16 +83,14 @@ pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, UnclosedQuote> {
         match c {
             // A quote opens a field that holds nothing yet, or only the
             // spaces of `a, "b,c"` (dropped).
-            '"' if field_start || (!cur.is_empty() && cur.chars().all(|c| c == ' ')) && !closed => {
+            '"' if !quoted_part && cur.chars().all(|c| c == ' ') => {
                 cur.clear();
                 quoted_since = Some(line);
-                field_start = false;
-                closed = true;
+                quoted_part = true;
             }
             ',' => {
                 fields.push(std::mem::take(&mut cur));
-                field_start = true;
-                closed = false;
+                quoted_part = false;
             }
             '\r' if chars.peek() == Some(&'\n') => {}
             '\n' => {
@@ -101,13 +98,9 @@ pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, UnclosedQuote> {
                 end_record(&mut records, &mut fields, start);
                 line += 1;
                 start = line;
-                field_start = true;
-                closed = false;
+                quoted_part = false;
             }
-            _ => {
-                cur.push(c);
-                field_start = false;
-            }
+            _ => cur.push(c),
         }
     }
     if let Some(line) = quoted_since {
