@@ -104,8 +104,13 @@ pub enum Error {
     },
 
     /// The store was written by a newer version of Vitrine.
-    #[error("store format version {found} is newer than the supported version {supported}")]
+    #[error(
+        "the store in {} has format version {found}, newer than the supported version {supported}",
+        path.display()
+    )]
     UnsupportedFormat {
+        /// The sled folder.
+        path: PathBuf,
         /// The format version found on disk.
         found: u32,
         /// The newest format version this build understands.

@@ -9,8 +9,9 @@
 //!   index rebuilds. Sled stays the source of truth.
 //!
 //! Damaged bytes never panic: they surface as [`Error::Corruption`],
-//! [`Error::UnknownRecordVersion`] or [`Error::ArenaCorrupt`], naming the
-//! tree and key or the file.
+//! [`Error::UnknownRecordVersion`], [`Error::ArenaCorrupt`] or (sled's own
+//! files) [`Error::StoreDamaged`], naming the tree and key, the file or
+//! the folder.
 //!
 //! ```
 //! use vitrine_storage::{write_arena, Arena, Attributes, ProductRecord, Store, StoreOptions};

@@ -71,6 +71,10 @@ pub struct Store {
 /// its keyspaces.
 struct IoState {
     sled_dir: PathBuf,
+    /// sled's log file, for fsync (see [`IoState::sync_files`]).
+    log: std::fs::File,
+    /// Blob files already fsynced (names in `sled/blobs`).
+    synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
     failed: AtomicBool,
     leaked: AtomicBool,
     /// Every write holds it shared; [`Store::pause_writes`] holds it
@@ -108,6 +112,50 @@ impl IoState {
     /// store as [`IoState::check`] does.
     fn read<T>(&self, r: sled::Result<T>) -> Result<T> {
         r.map_err(|e| sled_error(&self.sled_dir, e))
+    }
+
+    /// Makes what sled flushed durable. sled 0.34 writes its log with
+    /// `sync_file_range` on Linux, which saves neither the file's new
+    /// length nor the disk's write cache, and never syncs the files it
+    /// writes large records to (`blobs/`): a power loss could drop writes
+    /// it had acknowledged. An fsync error marks the store like a failed
+    /// write (the kernel may have dropped the unwritten pages).
+    fn sync_files(&self) -> Result<()> {
+        let fail = |path: &Path, e| {
+            self.failed.store(true, Ordering::SeqCst);
+            Error::io(path, e)
+        };
+        let blobs = self.sled_dir.join("blobs");
+        let entries = match std::fs::read_dir(&blobs) {
+            Ok(entries) => entries.collect::<std::io::Result<Vec<_>>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| fail(&blobs, e))?;
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Forget blobs sled has removed, so the set stays small.
+        synced.retain(|name| entries.iter().any(|e| e.file_name() == *name));
+        let mut new = false;
+        for entry in entries {
+            if synced.contains(&entry.file_name()) {
+                continue;
+            }
+            let path = entry.path();
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| fail(&path, e))?;
+            synced.insert(entry.file_name());
+            new = true;
+        }
+        if new {
+            sync_dir(&blobs).map_err(|e| fail(&blobs, e))?;
+        }
+        self.log
+            .sync_data()
+            .map_err(|e| fail(&self.sled_dir.join("db"), e))
     }
 
     /// sled's result as ours: an I/O error names sled's folder and marks
@@ -355,14 +403,36 @@ impl Store {
         };
         check_format(&db).map_err(|e| match e {
             Error::Sled(e) => sled_error(&sled_dir, e),
+            Error::UnsupportedFormat {
+                found, supported, ..
+            } => Error::UnsupportedFormat {
+                path: sled_dir.clone(),
+                found,
+                supported,
+            },
             other => other,
         })?;
+        // A new store's files and folders: sled syncs none of them.
+        let log_path = sled_dir.join("db");
+        let log = std::fs::File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+        for f in [log_path.clone(), sled_dir.join("conf")] {
+            if f.exists() {
+                std::fs::File::open(&f)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io(&f, e))?;
+            }
+        }
+        for d in [&sled_dir, dir] {
+            sync_dir(d).map_err(|e| Error::io(d, e))?;
+        }
         tracing::debug!(dir = %dir.display(), ?opts.durability, "store opened");
         Ok(Store {
             db,
             dir: Arc::new(dir.to_path_buf()),
             durability: opts.durability,
             io: Arc::new(IoState {
+                log,
+                synced_blobs: Default::default(),
                 sled_dir: sled_dir.clone(),
                 failed: AtomicBool::new(false),
                 leaked: AtomicBool::new(false),
@@ -554,12 +624,12 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         let _w = self.io.write_guard()?;
         self.io.check(self.db.flush())?;
-        Ok(())
+        self.io.sync_files()
     }
 
     /// Bytes used by sled's files.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        self.io.read(self.db.size_on_disk())
     }
 }
 
@@ -645,6 +715,7 @@ fn check_format(db: &sled::Db) -> Result<()> {
     match u32::from_le_bytes(bytes) {
         0 => Err(corrupt("format version 0 is not valid".to_owned())),
         found if found > FORMAT_VERSION => Err(Error::UnsupportedFormat {
+            path: PathBuf::new(),
             found,
             supported: FORMAT_VERSION,
         }),
@@ -809,6 +880,7 @@ impl<T: Record> Keyspace<T> {
     fn sync(&self) -> Result<()> {
         if self.durability == Durability::Immediate {
             self.io.check(self.tree.flush())?;
+            self.io.sync_files()?;
         }
         Ok(())
     }
@@ -880,5 +952,18 @@ mod probe_tests {
         assert_eq!(p.len(), 3);
         assert!(p.windows(2).all(|w| w[0] < w[1]));
         assert!(probes(b"b", Some(b"a"), 4).is_empty());
+    }
+}
+
+/// fsyncs a folder, so that the files created or renamed in it stay.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
     }
 }

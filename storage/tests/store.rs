@@ -402,7 +402,15 @@ fn newer_format_version_is_refused() {
         db.flush().unwrap();
     }
     match Store::open(tmp.path(), StoreOptions::default()) {
-        Err(Error::UnsupportedFormat { found, supported }) => {
+        Err(
+            e @ Error::UnsupportedFormat {
+                found, supported, ..
+            },
+        ) => {
+            assert!(
+                e.to_string().contains(&tmp.path().display().to_string()),
+                "{e}"
+            );
             assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION));
         }
         other => panic!("expected UnsupportedFormat, got {other:?}"),
@@ -685,4 +693,75 @@ fn a_missing_blob_is_found_by_a_full_read_and_left_behind_by_a_salvage() {
     for i in 0..20 {
         assert_eq!(copied.get(&key(i)).unwrap(), ks.get(&key(i)).unwrap());
     }
+}
+
+/// sled 0.34 "flushes" its log with `sync_file_range` and never syncs its
+/// blob files; under `Immediate` every acknowledged write must also be
+/// fsynced, large records (sled blobs) included. Watched with strace, where
+/// the machine has it (ptrace allowed).
+#[test]
+fn immediate_writes_fsync_the_log_and_blob_files() {
+    const WRITES: usize = 5;
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        let (_store, ks) = open(Path::new(&dir));
+        for i in 0..WRITES as u64 {
+            let mut p = product(i);
+            if i == 2 {
+                // Past sled's inline limit (a quarter of a 512 KiB segment).
+                p.vectors[0].1 = vec![0.5; 200_000];
+            }
+            ks.put(&key(i), &p).unwrap();
+        }
+        return;
+    }
+    let strace_works = Command::new("strace")
+        .args(["-o", "/dev/null", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !strace_works {
+        eprintln!("skipped: strace is not installed or ptrace is not allowed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let trace = dir.path().join("trace.txt");
+    let out = Command::new("strace")
+        .arg("-f")
+        .arg("-y")
+        .args(["-e", "trace=fsync,fdatasync"])
+        .arg("-o")
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "immediate_writes_fsync_the_log_and_blob_files",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, &db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let log = db.join("sled").join("db");
+    let log_syncs = trace
+        .lines()
+        .filter(|l| l.contains(&format!("<{}>", log.display())))
+        .count();
+    assert!(
+        log_syncs >= WRITES,
+        "{log_syncs} fsyncs of sled's log for {WRITES} writes:\n{trace}"
+    );
+    let blobs = db.join("sled").join("blobs");
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains(&format!("<{}/", blobs.display()))),
+        "no fsync of a blob file:\n{trace}"
+    );
 }
