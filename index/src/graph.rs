@@ -276,7 +276,9 @@ impl HnswIndex {
         // when many points pass, oversample an unfiltered search and filter
         // afterwards (0.78 ms at 50 %); fall back if too few survive.
         let live = self.doc_point.len();
-        let passing = allow.map_or(live, |a| a.len().min(live));
+        let passing = allow.map_or(live, |a| {
+            a.estimate_in(|d| self.doc_point.contains_key(&d)).min(live)
+        });
         let selectivity = passing as f64 / self.points.len() as f64;
         if selectivity >= POSTFILTER_MIN_SELECTIVITY {
             let wide = ((ef as f64 / selectivity) * 1.25).ceil() as usize;

@@ -156,6 +156,23 @@ impl AllowSet {
         self.docs.binary_search(&doc).is_ok()
     }
 
+    /// How many ids of the set `indexed` holds, estimated from an even
+    /// sample of at most 64 of them (exact for smaller sets). A filter built
+    /// from the catalog can name many products with no vector in a space:
+    /// planning on the set's length alone would send a filter that leaves a
+    /// few vectors to the graph.
+    pub(crate) fn estimate_in(&self, indexed: impl Fn(u64) -> bool) -> usize {
+        const SAMPLE: usize = 64;
+        let n = self.docs.len();
+        if n <= SAMPLE {
+            return self.docs.iter().filter(|&&d| indexed(d)).count();
+        }
+        let hits = (0..SAMPLE)
+            .filter(|i| indexed(self.docs[i * n / SAMPLE]))
+            .count();
+        (n * hits).div_ceil(SAMPLE)
+    }
+
     /// Ids in increasing order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
         self.docs.iter().copied()

@@ -101,12 +101,24 @@ impl SpaceIndex {
     /// allowed count is at most `max(exact_max_count, exact_max_fraction * len)`.
     pub fn plan_for(&self, allow: Option<&AllowSet>) -> Plan {
         let live = self.flat.len();
-        let allowed = allow.map_or(live, |a| a.len().min(live));
-        if allowed <= self.cfg.planner.exact_threshold(live) {
+        if self.allowed(allow) <= self.cfg.planner.exact_threshold(live) {
             Plan::Exact
         } else {
             Plan::Graph
         }
+    }
+
+    /// The allowed documents this index holds (estimated, see
+    /// [`AllowSet::estimate_in`]).
+    fn allowed(&self, allow: Option<&AllowSet>) -> usize {
+        let live = self.flat.len();
+        allow.map_or(live, |a| {
+            if a.len() <= self.cfg.planner.exact_threshold(live) {
+                a.len().min(live)
+            } else {
+                a.estimate_in(|d| self.flat.contains(d)).min(live)
+            }
+        })
     }
 
     fn search_graph(
@@ -388,9 +400,8 @@ impl VectorIndex for SpaceIndex {
             PlanHint::Exact => Plan::Exact,
             PlanHint::Graph => Plan::Graph,
             PlanHint::Auto => {
-                let allowed = allow.map_or(self.flat.len(), |a| a.len());
                 // Asking for (nearly) everything allowed is cheapest exactly.
-                if k >= allowed {
+                if k >= self.allowed(allow) {
                     Plan::Exact
                 } else {
                     self.plan_for(allow)

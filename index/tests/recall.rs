@@ -82,6 +82,18 @@ fn one_percent_filter_is_exact() {
     assert_eq!(r, 1.0);
 }
 
+/// A filter built from a catalog can name many documents this space has no
+/// vector for: 100 indexed ones among 50,000 is a selective filter.
+#[test]
+fn a_filter_of_mostly_unindexed_documents_is_exact() {
+    let mut docs: Vec<u64> = (0..N as u64).filter(|d| d % 200 == 3).collect();
+    docs.extend(N as u64..N as u64 + 50_000);
+    let allow = AllowSet::from_unsorted(docs);
+    assert_eq!(fixture().index.plan_for(Some(&allow)), Plan::Exact);
+    let r = mean_recall(&SearchOptions::new(K), Some(&allow), Plan::Exact);
+    assert_eq!(r, 1.0);
+}
+
 #[test]
 fn scores_are_identical_across_plans() {
     let f = fixture();

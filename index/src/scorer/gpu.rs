@@ -43,6 +43,7 @@ use crate::search::Hit;
 
 /// Scores per top-k block; must match `TILE` in the kernel source.
 const TILE: usize = 4096;
+const _: () = assert!(super::GPU_MAX_K == TILE / 2);
 const THREADS: u32 = 256;
 const GONE_ROW: u32 = u32::MAX;
 /// Most queries per sgemm / kernel grid (`gridDim.y` limit is 65535).
@@ -604,7 +605,7 @@ impl GpuScorer {
         let longest_exclusion = job
             .exclude
             .map_or(0, |ex| ex.iter().map(Vec::len).max().unwrap_or(0));
-        let k_dev = (job.k + longest_exclusion).min(n).max(1);
+        let k_dev = job.k.saturating_add(longest_exclusion).min(n).max(1);
         if k_dev > TILE / 2 {
             return Err(ScorerError::invalid(
                 "k",

@@ -58,6 +58,12 @@ pub use gpu::GpuInfo;
 /// CPU; a host with fewer cores only moves the crossover lower.
 pub const AUTO_GPU_MIN_WORK: u64 = 1 << 14;
 
+/// The most candidates per query the GPU top-k keeps: `k` plus the longest
+/// exclusion list of a batch (excluded rows are fetched, then dropped). A
+/// larger batch is refused by [`ScorerChoice::Gpu`] and answered by the CPU
+/// under [`ScorerChoice::Auto`], without an upload first.
+pub const GPU_MAX_K: usize = 2048;
+
 /// Which back end scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -70,7 +76,8 @@ pub enum ScorerChoice {
     /// Always the CPU.
     Cpu,
     /// Always the GPU; [`Scorer::new`] fails with
-    /// [`ScorerError::GpuUnavailable`] when there is none.
+    /// [`ScorerError::GpuUnavailable`] when there is none, and a batch
+    /// keeping more than [`GPU_MAX_K`] candidates per query is refused.
     Gpu,
 }
 
@@ -359,6 +366,12 @@ impl GroupWeights {
         if block == 0 {
             return Err(ScorerError::invalid("weights", "block size 0"));
         }
+        if block.checked_mul(weights.len()).is_none() {
+            return Err(ScorerError::invalid(
+                "weights",
+                format!("{} blocks of {block} overflow", weights.len()),
+            ));
+        }
         let ranges = (0..weights.len())
             .map(|g| g * block..(g + 1) * block)
             .collect();
@@ -612,6 +625,15 @@ impl<'a> QueryBatch<'a> {
     }
 
     /// Exclusion lists, sorted for binary search.
+    /// Whether the GPU top-k can hold this batch's candidates ([`GPU_MAX_K`])
+    /// over `rows` rows.
+    fn fits_gpu(&self, rows: usize) -> bool {
+        let longest = self
+            .exclude_each
+            .map_or(0, |ex| ex.iter().map(Vec::len).max().unwrap_or(0));
+        self.k.saturating_add(longest).min(rows) <= GPU_MAX_K
+    }
+
     fn sorted_exclusions(&self) -> Option<Vec<Vec<u64>>> {
         self.exclude_each.map(|ex| {
             ex.iter()
@@ -882,7 +904,8 @@ impl<'a> LoadedRows<'a> {
             ScorerChoice::Cpu => Ok((self.cpu(batch, b), Backend::Cpu)),
             ScorerChoice::Gpu => Ok((self.gpu(batch, b)?, Backend::Gpu)),
             ScorerChoice::Auto => {
-                if work < self.scorer.options.auto_gpu_min_work {
+                if work < self.scorer.options.auto_gpu_min_work || !batch.fits_gpu(self.rows.len())
+                {
                     return Ok((self.cpu(batch, b), Backend::Cpu));
                 }
                 match self.gpu(batch, b) {
@@ -953,10 +976,13 @@ impl<'a> LoadedRows<'a> {
     pub fn similar_all(&self, options: &AllPairsOptions<'_>) -> Result<Vec<Vec<Hit>>> {
         let n = self.rows.len();
         let d = self.rows.dim();
+        // Each query also fetches its own row and exclusions (GPU_MAX_K);
+        // the CPU's batches stay small.
+        let gpu_k = options.k.saturating_add(1) <= GPU_MAX_K;
         let batch = match options.batch {
             0 => match self.backend_for(n.min(8192)) {
-                Backend::Gpu => 8192,
-                Backend::Cpu => 256,
+                Backend::Gpu if gpu_k => 8192,
+                _ => 256,
             },
             b => b,
         };

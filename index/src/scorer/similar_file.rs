@@ -158,17 +158,35 @@ pub fn write_similar_file<S: AsRef<str>>(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| SimilarFileError::Io { path: p, source }
     };
+    // Created exclusively under a name unique to this call: two writers of
+    // one path never share a temporary file, and a leftover of a killed
+    // writer (the same pid, in another container) is stepped over.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (tmp, file) = loop {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(file_name);
+        tmp_name.push(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let tmp = dir.join(tmp_name);
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => break (tmp, file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(&tmp)(e)),
+        }
+    };
 
     let result = (|| {
-        let file = File::create(&tmp).map_err(io(&tmp))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let mut crc = crc32fast::Hasher::new();
         let mut put = |w: &mut BufWriter<File>, b: &[u8]| {
@@ -530,5 +548,25 @@ mod tests {
             Err(SimilarFileError::Corrupt { .. })
         ));
         assert!(write_similar_file(&path, 1, &["b", "a"], &[vec![], vec![]]).is_err());
+    }
+
+    /// Temporary files of other writers (a killed one, or one with the same
+    /// pid in another container) are neither reused nor removed.
+    #[test]
+    fn leftover_temporary_files_are_stepped_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sim");
+        let pid = std::process::id();
+        let leftovers: Vec<_> = (0..64)
+            .map(|n| dir.path().join(format!(".s.sim.tmp-{pid}-{n}")))
+            .collect();
+        for l in &leftovers {
+            fs::write(l, b"someone else's").unwrap();
+        }
+        write_similar_file(&path, 1, &["a", "b"], &[vec![(1, 0.5)], vec![]]).unwrap();
+        assert_eq!(PrecomputedSimilar::open(&path).unwrap().len(), 2);
+        for l in &leftovers {
+            assert_eq!(fs::read(l).unwrap(), b"someone else's");
+        }
     }
 }
