@@ -67,13 +67,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\nmore like {}: {:?}", first.id, ids(&hits));
 
     // 4. A concept query, as text and as code.
-    let r = db.query("find +colour.red -category.tshirts where in_stock limit 3")?;
+    let r = db.query("find +colour.red where not category.tshirts and in_stock limit 3")?;
     println!("\nred, not a T-shirt:");
     for h in &r.hits {
         println!("  {} {:.2} {:?}", h.id, h.score, h.contributions);
     }
-    let q = ConceptQuery::new().term("pattern.striped", 1.0).limit(3);
-    println!("striped: {:?}", r_ids(&db.run_query(&q, None)?.hits));
+    let q = ConceptQuery::new()
+        .term("pattern.striped", 1.0)
+        .filter(Filter::new().not_tagged("colour.red"))
+        .limit(3);
+    println!(
+        "striped, not red: {:?}",
+        r_ids(&db.run_query(&q, None)?.hits)
+    );
 
     // 5. A customer who likes black: her profile, then her "more like this".
     let black: Vec<String> = db
@@ -115,7 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     db.set_in_stock(outfit[0], true)?;
 
-    // 8. Seven looks (the i-th T-shirt, jeans... of each category), rules
+    // 8. Seven looks (the i-th T-shirt, shorts and sports shoes), rules
     //    learned from them, and new looks expanded from the first.
     let of = |category: &str| -> Vec<&str> {
         items

@@ -542,9 +542,15 @@ impl Db {
         let mut catalog = Catalog::default();
         // Only a capacity hint: a damaged page is met (and judged) by the scan.
         let stored = products.len().unwrap_or(0);
+        // Capped per space: a wide space that few products use must not
+        // reserve room for all of them (growth covers the rest).
+        const RESERVE_FLOATS: usize = 64 << 20;
         let mut flats: Vec<FlatIndex> = specs
             .iter()
-            .map(|s| FlatIndex::with_capacity(s.dim, s.metric, stored))
+            .map(|s| {
+                let hint = stored.min(RESERVE_FLOATS / s.dim.max(1));
+                FlatIndex::with_capacity(s.dim, s.metric, hint)
+            })
             .collect::<std::result::Result<_, _>>()?;
         let arenas: Vec<Option<Arena>> = specs
             .iter()
@@ -853,6 +859,45 @@ impl Db {
             Some(doc) => doc,
             None => self.store.generate_id()?,
         };
+        self.write_product(id, doc, attrs, vectors)
+    }
+
+    /// Replaces a stored product with what `rebuild` makes of its current
+    /// attributes, read under the writer lock, so that an edit made since
+    /// the caller last read the product is kept. Returns false when the
+    /// product is gone (deleted since).
+    pub(crate) fn rewrite<N: Into<String>>(
+        &self,
+        id: &str,
+        rebuild: impl FnOnce(Attributes) -> (Attributes, Vec<(N, Vec<f32>)>),
+    ) -> Result<bool> {
+        check_id(id)?;
+        let mut w = lock(&self.writer);
+        let Some(record) = self.products.get(id.as_bytes())? else {
+            return Ok(false);
+        };
+        let old_price = record.attrs.price;
+        let (attrs, vectors) = rebuild(record.attrs);
+        // As in update_attributes: a price stored before prices were
+        // checked must not block new vectors.
+        if attrs.price != old_price {
+            check_attributes(&attrs)?;
+        }
+        let vectors = self.check_vectors(vectors)?;
+        self.mark_dirty(&mut w)?;
+        self.write_product(id, record.doc, attrs, vectors)?;
+        Ok(true)
+    }
+
+    /// Writes a checked product under `doc`, then the catalog and indexes.
+    /// The caller holds the writer lock and has marked the store dirty.
+    fn write_product(
+        &self,
+        id: &str,
+        doc: u64,
+        attrs: Attributes,
+        vectors: Vec<(String, Vec<f32>)>,
+    ) -> Result<()> {
         let record = ProductRecord {
             doc,
             attrs: attrs.clone(),
@@ -860,17 +905,18 @@ impl Db {
         };
         self.products.put(id.as_bytes(), &record)?;
 
-        {
-            let mut cat = write(&self.catalog);
-            cat.by_id.insert(id.to_string(), doc);
-            cat.by_doc.insert(
-                doc,
-                Entry {
-                    id: id.to_string(),
-                    attrs,
-                },
-            );
-        }
+        // The indexes change under the catalog's lock (readers take the
+        // catalog, then an index): no reader sees the product in one and
+        // not in the other.
+        let mut cat = write(&self.catalog);
+        cat.by_id.insert(id.to_string(), doc);
+        cat.by_doc.insert(
+            doc,
+            Entry {
+                id: id.to_string(),
+                attrs,
+            },
+        );
         for space in &self.spaces {
             let mut index = write(&space.index);
             match record.vectors.iter().find(|(n, _)| *n == space.spec.name) {
@@ -905,10 +951,11 @@ impl Db {
         if removed.is_err() && self.products.contains(id.as_bytes()).unwrap_or(true) {
             return removed.map_err(Into::into);
         }
+        // As in write_product: catalog and indexes change together.
+        let mut cat = write(&self.catalog);
         for space in &self.spaces {
             write(&space.index).remove(doc);
         }
-        let mut cat = write(&self.catalog);
         cat.by_id.remove(id);
         cat.by_doc.remove(&doc);
         removed.map(|_| true).map_err(Into::into)
@@ -1574,16 +1621,29 @@ impl Db {
 
     /// Records `fingerprint` as the database's model (durably, before returning).
     pub(crate) fn set_stored_model_fingerprint(&self, fingerprint: &str) -> Result<()> {
+        self.store_model_fingerprint(fingerprint, false).map(|_| ())
+    }
+
+    /// Records `fingerprint` as the database's model unless another one is
+    /// recorded, which is returned instead; checked and set under the
+    /// writer lock, so that two threads with two models cannot both win.
+    pub(crate) fn claim_model_fingerprint(&self, fingerprint: &str) -> Result<Option<String>> {
+        self.store_model_fingerprint(fingerprint, true)
+    }
+
+    fn store_model_fingerprint(&self, fingerprint: &str, claim: bool) -> Result<Option<String>> {
         let mut w = lock(&self.writer);
-        if w.meta.model_fingerprint.as_deref() == Some(fingerprint) {
-            return Ok(());
+        match w.meta.model_fingerprint.as_deref() {
+            Some(fp) if fp == fingerprint => return Ok(None),
+            Some(fp) if claim => return Ok(Some(fp.to_string())),
+            _ => {}
         }
         let mut meta = w.meta.clone();
         meta.model_fingerprint = Some(fingerprint.to_string());
         self.meta_ks.put(META_KEY, &meta)?;
         self.store.flush()?;
         w.meta = meta;
-        Ok(())
+        Ok(None)
     }
 }
 

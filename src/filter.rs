@@ -37,6 +37,8 @@ pub struct Filter {
     price: Option<(Bound<f64>, Bound<f64>)>,
     exclude: BTreeSet<String>,
     equals: Vec<(String, String)>,
+    /// Concepts (`colour.red`) the model must have tagged (`true`) or not.
+    concepts: Vec<(String, bool)>,
     /// Two stock conditions disagree: nothing matches.
     contradiction: bool,
 }
@@ -79,7 +81,8 @@ impl Filter {
         self
     }
 
-    /// Only products with a price in `range` (products without a price never match).
+    /// Only products with a price in `range` (products without a price never
+    /// match, and a NaN bound matches nothing).
     pub fn price_range(mut self, range: impl RangeBounds<f64>) -> Self {
         let (lo, hi) = (range.start_bound().cloned(), range.end_bound().cloned());
         self.price = Some(match self.price {
@@ -102,6 +105,32 @@ impl Filter {
         self
     }
 
+    /// Only products the model tagged with `concept` at import: a tag
+    /// (`colour.red`, `pattern.striped`) above its calibrated threshold, as
+    /// [`crate::Db::annotate`] lists them, or the model's category
+    /// (`category.tshirts`). Products stored without model outputs carry
+    /// none. Names are compared as [`crate::concept_key`] writes them.
+    ///
+    /// ```
+    /// use vitrine::{Attributes, Filter};
+    /// let p = Attributes::new().set("vitrine.tags", "colour.red,pattern.striped");
+    /// assert!(Filter::new().tagged("pattern.striped").matches("x", &p));
+    /// assert!(!Filter::new().not_tagged("Colour.Red").matches("x", &p));
+    /// ```
+    pub fn tagged(mut self, concept: impl AsRef<str>) -> Self {
+        self.concepts
+            .push((crate::concept_key(concept.as_ref()), true));
+        self
+    }
+
+    /// Never products the model tagged with `concept` (see
+    /// [`Filter::tagged`]): `not_tagged("colour.red")` is "not red ones".
+    pub fn not_tagged(mut self, concept: impl AsRef<str>) -> Self {
+        self.concepts
+            .push((crate::concept_key(concept.as_ref()), false));
+        self
+    }
+
     /// True when the filter allows every product.
     pub fn is_empty(&self) -> bool {
         !self.contradiction
@@ -111,6 +140,7 @@ impl Filter {
             && self.price.is_none()
             && self.exclude.is_empty()
             && self.equals.is_empty()
+            && self.concepts.is_empty()
     }
 
     /// Does the product pass?
@@ -147,6 +177,33 @@ impl Filter {
         self.equals
             .iter()
             .all(|(k, v)| attrs.get(k) == Some(v.as_str()))
+            && self
+                .concepts
+                .iter()
+                .all(|(c, wanted)| tagged(attrs, c) == *wanted)
+    }
+}
+
+/// Whether the model tagged the product with `concept` (a concept key).
+fn tagged(attrs: &Attributes, concept: &str) -> bool {
+    let is = |name: &str| {
+        // Stored names are usually keys already: no allocation then.
+        let canonical = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+        if canonical {
+            name == concept
+        } else {
+            crate::concept_key(name) == concept
+        }
+    };
+    match concept.split_once('.') {
+        Some(("category", label)) => attrs
+            .get(crate::ATTR_CATEGORY)
+            .is_some_and(|c| crate::concept_slug(c) == label),
+        _ => attrs
+            .get(crate::ATTR_TAGS)
+            .is_some_and(|tags| tags.split(',').any(is)),
     }
 }
 

@@ -52,7 +52,7 @@ mod precompute;
 mod vision;
 
 pub use concepts::{
-    concept_slug, ConceptError, ConceptGroup, ConceptLayout, ConceptQuery, ConceptRef,
+    concept_key, concept_slug, ConceptError, ConceptGroup, ConceptLayout, ConceptQuery, ConceptRef,
     Contribution, Feedback, LikeTarget, Profile, QueryError, QueryErrorKind, QueryHit,
     QueryResults, TagMethod, UserTag, Vocabulary, HAND_SET_PRIOR_LIKES, LOOK_TIE_BREAK, MAX_EVENTS,
     MAX_WEIGHT, PROFILE_EXACT_MAX, SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
@@ -67,8 +67,8 @@ pub use filter::Filter;
 pub use ingest::{
     annotate_with, infer_image, ImportFailure, ImportItem, ImportOptions, ImportProgress,
     ImportReport, ImportSource, IngestError, StoredOutputs, ANNOTATE_TOP_K, ATTR_CATEGORY,
-    ATTR_CATEGORY_PROBS, ATTR_COLOUR_LAB, ATTR_CONCEPT, ATTR_MODEL, ATTR_SOURCE, ATTR_TAGS,
-    ATTR_TAG_SCORES, IMAGE_EXTENSIONS,
+    ATTR_CATEGORY_GIVEN, ATTR_CATEGORY_PROBS, ATTR_COLOUR_LAB, ATTR_CONCEPT, ATTR_MODEL,
+    ATTR_SOURCE, ATTR_TAGS, ATTR_TAG_SCORES, IMAGE_EXTENSIONS,
 };
 pub use model::{
     Annotation, CategoryScore, ConceptBlock, Manifest, Model, ModelError, ModelOutput, TagGroup,

@@ -824,6 +824,36 @@ fn import_refuses_another_models_database_unless_reembedding() {
         "{}",
         text(&out.stderr)
     );
+    // A nightly --update still refreshes prices and stock (it runs no
+    // model), and refuses only the new product, whose vectors would not
+    // compare: exit 3, some rows failed.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let first = files[0].file_stem().unwrap().to_str().unwrap().to_string();
+    let csv = dir.path().join("nightly.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "id,path,price\n{first},,12.5\nbrand-new,{},3\n",
+            files[1].display()
+        ),
+    )
+    .unwrap();
+    let out = vitrine(&["import", csv.to_str().unwrap(), "--db", db_s, "--update"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("1 updated"), "{stdout}");
+    assert!(stdout.contains("1 new products not imported"), "{stdout}");
+    let out = vitrine(&["product", "--db", db_s, "get", &first, "brand-new"]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("12.5"), "{stdout}");
+    assert!(!out.status.success(), "brand-new was imported: {stdout}");
+    // Outfits read only the stored vectors: they work too.
+    let out = vitrine(&["outfit", "--db", db_s, "list"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     // --reembed replaces every product; a second run has nothing left to do.
     let out = vitrine(&["import", src_s, "--db", db_s, "--fpi", "--reembed"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
@@ -1117,6 +1147,12 @@ fn a_file_name_that_is_not_utf8_fails_as_an_item() {
     let first = sample_images(1).remove(0);
     let odd = src.join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
     std::fs::copy(&first, &odd).unwrap();
+    // A file that is not an image is ignored, whatever its name.
+    std::fs::write(
+        src.join(std::ffi::OsStr::from_bytes(b"r\xe9sum\xe9.txt")),
+        "notes",
+    )
+    .unwrap();
     let db = dir.path().join("db");
     let out = vitrine(&[
         "import",

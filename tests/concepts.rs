@@ -627,6 +627,101 @@ fn feedback_learns_from_a_hand_set_profile() {
     assert!(e.is_user_error());
 }
 
+/// "Striped, but not red ones": a `-` term only ranks red down, while
+/// `where not colour.red` drops every product the model tagged red, and
+/// `where colour.red` keeps only those.
+#[test]
+fn concept_conditions_exclude_what_minus_terms_rank_down() {
+    let Some(s) = shared() else { return };
+    let db = &s.db;
+    let has = |h: &vitrine::QueryHit, tag: &str| {
+        h.attributes
+            .get(vitrine::ATTR_TAGS)
+            .is_some_and(|t| t.split(',').any(|t| t == tag))
+    };
+    let all = db
+        .query("+pattern.striped -colour.red limit 10000")
+        .unwrap()
+        .hits;
+    assert_eq!(all.len(), s.samples.len());
+    let red = all.iter().filter(|h| has(h, "colour.red")).count();
+    assert!(red > 0, "no product tagged red in the fixture");
+    let not_red = db
+        .query("+pattern.striped where not colour.red limit 10000")
+        .unwrap()
+        .hits;
+    assert_eq!(not_red.len(), all.len() - red);
+    assert!(not_red.iter().all(|h| !has(h, "colour.red")));
+    let only_red = db
+        .query("+pattern.striped where Colour.Red and in_stock limit 10000")
+        .unwrap()
+        .hits;
+    assert!(!only_red.is_empty());
+    assert!(only_red
+        .iter()
+        .all(|h| has(h, "colour.red") && h.attributes.in_stock));
+    // The model's category, in query form.
+    let tshirts = db
+        .query("+colour.blue where category.tshirts limit 10000")
+        .unwrap()
+        .hits;
+    let expected = all
+        .iter()
+        .filter(|h| {
+            h.attributes
+                .get(vitrine::ATTR_CATEGORY)
+                .is_some_and(|c| vitrine::concept_slug(c) == "tshirts")
+        })
+        .count();
+    assert!(expected > 0);
+    assert_eq!(tshirts.len(), expected);
+    // What cannot filter, or is not a concept, is refused.
+    for (q, kind) in [
+        (
+            "+colour.blue where not colour.rde",
+            QueryErrorKind::UnknownConcept,
+        ),
+        (
+            "+colour.blue where visual.x",
+            QueryErrorKind::UnknownConcept,
+        ),
+        ("+colour.blue where not price", QueryErrorKind::Unexpected),
+    ] {
+        match db.query(q) {
+            Err(ConceptError::Query(e)) => assert_eq!(e.kind, kind, "{q}: {e}"),
+            other => panic!("{q}: {other:?}"),
+        }
+    }
+}
+
+/// Hand-set affinities are stored under one spelling per concept, and keep
+/// their ratio to the hand-set weights once feedback comes in (even a skip,
+/// which says nothing about them).
+#[test]
+fn hand_set_affinities_keep_their_key_and_scale() {
+    let Some(s) = shared() else { return };
+    let db = &s.db;
+    let user = "dora";
+    let mut hand = Profile::only("colour").weight("colour", 5.0);
+    hand.affinities.insert("Colour.Red".into(), 1.0);
+    let p = db.set_profile(user, &hand).unwrap();
+    assert_eq!(
+        p.affinities.keys().collect::<Vec<_>>(),
+        ["colour.red"],
+        "{p:?}"
+    );
+    let ratio = |p: &Profile| p.affinities["colour.red"] / p.weights["colour"];
+    assert!((ratio(&p) - 0.2).abs() < 1e-6, "{p:?}");
+    // Setting the other spelling replaces it.
+    hand.affinities = [("colour.RED".to_string(), 0.5)].into_iter().collect();
+    let p = db.set_profile(user, &hand).unwrap();
+    assert_eq!(p.affinities.len(), 1, "{p:?}");
+    assert!((ratio(&p) - 0.1).abs() < 1e-6, "{p:?}");
+    let p = db.feedback(user, &s.samples[0].id, Feedback::Skip).unwrap();
+    assert!((ratio(&p) - 0.1).abs() < 1e-6, "{p:?}");
+    assert!(db.delete_profile(user).unwrap());
+}
+
 /// "Only colour": products of the same colour are ordered by look, not by
 /// chance (a colour-only profile scores many of them the same).
 #[test]

@@ -1039,3 +1039,50 @@ fn a_category_given_at_import_survives_a_refresh() {
     assert_eq!(category("given"), label(&first.2));
     assert_eq!(category("filled"), label(&other.2));
 }
+
+/// A refresh reads each product again when it stores it: a price set and a
+/// product deleted while the import runs are not undone.
+#[test]
+fn a_refresh_keeps_edits_made_while_it_runs() {
+    let Some(model) = model() else { return };
+    let images = good_images(3);
+    let src = tempfile::tempdir().unwrap();
+    let ids = ["a", "b", "c"];
+    let items = || {
+        ids.iter()
+            .zip(&images)
+            .map(|(id, img)| {
+                let path = src.path().join(format!("{id}.{}", img.1));
+                std::fs::write(&path, &img.2).unwrap();
+                vitrine::ImportItem {
+                    id: (*id).into(),
+                    path,
+                    attributes: Attributes::new().price(1.0),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let options = || ImportOptions::new().model(model.clone()).prep(prep());
+    db.import(ImportSource::Items(items()), options()).unwrap();
+    let mut edited = false;
+    let r = db
+        .import(
+            ImportSource::Items(items()),
+            options().refresh(true).progress(|_| {
+                if !edited {
+                    edited = true;
+                    assert!(db.update_attributes("a", |a| a.price = Some(9.0)).unwrap());
+                    assert!(db.delete("b").unwrap());
+                }
+            }),
+        )
+        .unwrap();
+    assert_eq!(r.progress.stored, 2, "{:?}", r.failures);
+    assert_eq!(r.failures.len(), 1);
+    assert_eq!(r.failures[0].id, "b");
+    assert_eq!(db.get("a").unwrap().unwrap().attributes.price, Some(9.0));
+    assert!(db.get("b").unwrap().is_none());
+    assert_eq!(db.get("c").unwrap().unwrap().attributes.price, Some(1.0));
+}

@@ -139,6 +139,33 @@ fn bad_manifests_are_typed_errors() {
         Model::from_bytes(b"", m.to_string().as_bytes()),
         Err(ModelError::Manifest { .. })
     ));
+    // Names queries could not tell apart, a reserved group, a NaN threshold.
+    for (field, value) in [
+        (
+            "/taxonomy/categories",
+            serde_json::json!(["Navy Blue", "navy-blue"]),
+        ),
+        ("/taxonomy/groups/0/name", serde_json::json!("category")),
+        ("/taxonomy/groups/0/tags", serde_json::json!(["red", "Red"])),
+        (
+            "/tag_thresholds/colour.red/threshold",
+            serde_json::json!(1.5),
+        ),
+    ] {
+        let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest(INPUT)).unwrap();
+        *m.pointer_mut(field).unwrap() = value.clone();
+        if field.ends_with("/name") {
+            m["tag_names"] = serde_json::json!(["category.red", "category.blue"]);
+        }
+        if field.ends_with("/tags") {
+            m["tag_names"] = serde_json::json!(["colour.red", "colour.Red"]);
+        }
+        let r = Model::from_bytes(b"", m.to_string().as_bytes());
+        assert!(
+            matches!(&r, Err(ModelError::Manifest { .. })),
+            "{field} = {value}: {r:?}"
+        );
+    }
     // A missing field.
     let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest(INPUT)).unwrap();
     m.as_object_mut().unwrap().remove("taxonomy");
@@ -198,6 +225,14 @@ fn loads_with_the_contract_shapes() {
     assert_eq!((e.name.as_str(), e.dim), ("embedding", 128));
     assert_eq!(c.name, "concept");
     assert_eq!(c.dim, model.concept_space_dim());
+    // The manifest records the augmentation the shipped run used.
+    let raw: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Model::bundled_dir().join(MANIFEST_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(
+        raw["training"]["augmentation"]["erase"],
+        raw["training"]["args"]["erase"]
+    );
     // Same files, same fingerprint.
     let again = Model::from_dir(Model::bundled_dir()).unwrap();
     assert_eq!(again.fingerprint(), model.fingerprint());

@@ -275,6 +275,12 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
     )
     .unwrap();
     let stored = db.store_outfit("plain", &[ps[0].as_str(), "vectors-only"]);
+    // Ranking it says why, rather than calling it deleted.
+    let ranked = db.complete(&[ps[0].as_str()], &[ps[1].as_str(), "vectors-only"]);
+    assert!(
+        matches!(&ranked, Err(OutfitError::NotAnImageProduct(p)) if p == "vectors-only"),
+        "{ranked:?}"
+    );
     assert!(db.delete("vectors-only").unwrap());
     assert!(
         matches!(&stored, Err(OutfitError::NotAnImageProduct(p)) if p == "vectors-only"),
@@ -318,6 +324,13 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
     assert!(db.delete_outfit("look, 1").unwrap());
     // Without its header line, the first row would be lost: refused.
     std::fs::write(&csv, format!("x9,{}\nx9,{}\n", ps[0], ps[1])).unwrap();
+    assert!(matches!(
+        db.import_outfits_csv(&csv),
+        Err(OutfitError::Csv { line: 1, .. })
+    ));
+    assert!(db.outfit("x9").unwrap().is_none());
+    // Also when that first row names an unknown product.
+    std::fs::write(&csv, format!("x9,nosuch\nx9,{}\n", ps[1])).unwrap();
     assert!(matches!(
         db.import_outfits_csv(&csv),
         Err(OutfitError::Csv { line: 1, .. })
@@ -368,6 +381,29 @@ fn rules_are_learned_and_inspectable() {
         })),
         "no category-pair colour rule with the later family first"
     );
+    // Support counts co-worn pairs once: for categories a and b, the pairs
+    // of slots of one outfit with those categories.
+    let outfits = f.db.outfits().unwrap();
+    for r in all.iter().filter(|r| r.kind == vitrine::RuleKind::Category) {
+        let expected: usize = outfits
+            .iter()
+            .map(|o| {
+                let n = |c: &str| {
+                    o.slots
+                        .iter()
+                        .filter(|s| s.category.as_deref() == Some(c))
+                        .count()
+                };
+                let (a, b) = (n(&r.left), n(&r.right));
+                if r.left == r.right {
+                    a * a.saturating_sub(1) / 2
+                } else {
+                    a * b
+                }
+            })
+            .sum();
+        assert_eq!(r.support as usize, expected, "{} + {}", r.left, r.right);
+    }
     // The category tables cover the categories outfits use, no others.
     let used: std::collections::BTreeSet<String> =
         f.db.outfits()

@@ -516,6 +516,16 @@ fn decompression_bomb_is_too_large() {
         matches!(e, ImageError::ImageTooLarge { width: 10_000, .. }),
         "{e:?}"
     );
+    // A grey image is limited as the RGB pixels it becomes: 2 bytes per
+    // pixel allowed, 3 needed.
+    let grey = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(200, 160, image::Luma([90])));
+    let mut tight = DecodeLimits::default();
+    tight.max_alloc = 200 * 160 * 2;
+    let e = vitrine::decode_image(&encode(&grey, ImageFormat::Png), tight).unwrap_err();
+    assert!(
+        matches!(e, ImageError::ImageTooLarge { width: 200, .. }),
+        "{e:?}"
+    );
     // Tighter configured limits apply to real images too.
     let mut small = DecodeLimits::default();
     small.max_width = 100;

@@ -199,7 +199,7 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
                   "train": len(train), "validation": len(val)},
         "training": {"epochs_done": ck["epoch"] + 1, "args": ck["args"], "loss_weights": ck.get("loss_weights", T.LOSS_WEIGHTS),
                      "label_smoothing": T.LABEL_SMOOTHING, "supcon_temperature": T.SUPCON_T,
-                     "augmentation": T.AUG, "history_tail": ck["history"][-3:]},
+                     "augmentation": {**T.AUG, "erase": ck["args"].get("erase", T.AUG["erase"])}, "history_tail": ck["history"][-3:]},
         "fixtures": {"input": "fixtures/input.npy", "ids": [it.id for it in fx_items],
                      "reference": "fixtures/reference_outputs.npz", "tolerance": 1e-4,
                      "prep_parity": parity},

@@ -138,7 +138,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// the prior: equal weights worth [`PRIOR_LIKES`] likes, or the weights set
 /// by hand (normalised) worth [`HAND_SET_PRIOR_LIKES`]. Affinities are
 /// concepts whose mean over the likes exceeds the contrast's by
-/// [`MIN_LIFT`]; hand-set affinities are kept as set.
+/// [`MIN_LIFT`]; hand-set affinities are kept, scaled as the hand-set
+/// weights are.
 pub(crate) fn learn_profile(
     db: &Db,
     vocab: &Vocabulary,
@@ -176,7 +177,21 @@ pub(crate) fn learn_profile(
             PRIOR_LIKES,
         ),
     };
-    let hand_affinities = hand_set.map(|p| p.affinities.clone()).unwrap_or_default();
+    // Hand-set affinities keep their ratio to the hand-set weights, which
+    // the prior scales to sum to 1.
+    let hand_scale = if hand_total > 0.0 {
+        1.0 / hand_total
+    } else {
+        1.0
+    };
+    let hand_affinities: BTreeMap<String, f32> = hand_set
+        .map(|p| {
+            p.affinities
+                .iter()
+                .map(|(c, a)| (c.clone(), a * hand_scale))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut like_w: BTreeMap<&str, f32> = BTreeMap::new();
     let mut skipped: BTreeSet<&str> = BTreeSet::new();
     for (id, f) in &events {

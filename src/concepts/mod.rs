@@ -83,6 +83,9 @@ impl ConceptLayout {
                     g.name
                 ));
             }
+            if g.len == 0 {
+                return Err(format!("group '{}' is empty", g.name));
+            }
             if !(g.concepts.is_empty() || g.concepts.len() == g.len)
                 || g.labels.len() != g.concepts.len()
             {
@@ -97,6 +100,21 @@ impl ConceptLayout {
             return Err(format!("the groups cover {end} of {} dimensions", self.dim));
         }
         Ok(())
+    }
+}
+
+/// The form profiles store a `group.concept` name in: the group in lower
+/// case, the concept as [`concept_slug`] writes it (`Colour.Light Blue` →
+/// `colour.light_blue`), so that two spellings of one concept are one key.
+///
+/// ```
+/// assert_eq!(vitrine::concept_key("Colour.Light Blue"), "colour.light_blue");
+/// assert_eq!(vitrine::concept_key("user.90s"), "user.90s");
+/// ```
+pub fn concept_key(name: &str) -> String {
+    match name.split_once('.') {
+        Some((group, concept)) => format!("{}.{}", group.to_lowercase(), concept_slug(concept)),
+        None => name.to_lowercase(),
     }
 }
 
@@ -375,18 +393,17 @@ pub enum ConceptError {
         got: usize,
     },
     /// A weight out of range: group and tag weights are from 0 to
-    /// [`MAX_WEIGHT`], concept affinities from -[`MAX_WEIGHT`] to
-    /// [`MAX_WEIGHT`].
-    #[error(
-        "invalid weight {value} for '{what}': weights are from 0 to {max} \
-         (concept affinities from -{max} to {max})",
-        max = MAX_WEIGHT
-    )]
+    /// [`MAX_WEIGHT`], concept affinities and query terms from
+    /// -[`MAX_WEIGHT`] to [`MAX_WEIGHT`], `diverse` from 0 to 1, a `like`
+    /// weight above 0; `allowed` says which.
+    #[error("invalid weight {value} for '{what}': {allowed}")]
     InvalidWeight {
         /// What it was for.
         what: String,
         /// The value.
         value: f32,
+        /// The range it must be in, in words.
+        allowed: String,
     },
     /// An empty user id.
     #[error("user id must not be empty")]
@@ -591,8 +608,20 @@ impl Db {
             .get(LAYOUT_KEY)?
             .ok_or(ConceptError::NoConceptSpace)?;
         // Queries slice vectors by these ranges: a damaged record must not
-        // reach them.
-        layout.check().map_err(|reason| {
+        // reach them. The concept space is what the ranges slice.
+        let space_dim = self
+            .spaces()
+            .into_iter()
+            .find(|s| s.name == crate::CONCEPT_SPACE)
+            .map(|s| s.dim);
+        let checked = layout.check().and_then(|()| match space_dim {
+            Some(d) if d != layout.dim => Err(format!(
+                "the layout covers {} dimensions, the concept space has {d}",
+                layout.dim
+            )),
+            _ => Ok(()),
+        });
+        checked.map_err(|reason| {
             ConceptError::from(Error::Corruption {
                 location: format!(
                     "vitrine.{LAYOUT_KS}/{}",
@@ -655,8 +684,11 @@ impl Db {
             positives: positives.iter().map(|s| s.to_string()).collect(),
             negatives: negatives.iter().map(|s| s.to_string()).collect(),
         };
-        self.side_keyspace::<UserTag>(TAGS_KS)?
-            .put(name.as_bytes(), &tag)?;
+        let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
+        // Under the lock that set_tag_weight and relearn_tags read and
+        // write a tag under: neither writes an older version over this one.
+        let _guard = self.side_write_lock();
+        ks.put(name.as_bytes(), &tag)?;
         Ok(tag)
     }
 
@@ -716,6 +748,7 @@ impl Db {
             return Err(ConceptError::InvalidWeight {
                 what: format!("{USER_GROUP}.{name}"),
                 value: weight,
+                allowed: format!("tag weights are from 0 to {MAX_WEIGHT}"),
             });
         }
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
@@ -778,7 +811,9 @@ impl Db {
     /// Its weights and affinities become the user's starting point: feedback
     /// ([`Db::feedback`]) learns from there instead of from equal weights,
     /// the hand-set weights counting as much as [`HAND_SET_PRIOR_LIKES`]
-    /// likes, and hand-set affinities staying as set. When `profile` has no
+    /// likes, and hand-set affinities keeping their ratio to the hand-set
+    /// weights. Affinity names are stored as [`concept_key`] writes them
+    /// (of two spellings of one concept, the later in key order wins). When `profile` has no
     /// events and the user has feedback events, the profile is learned again
     /// from them, starting from the new weights (the events are kept);
     /// otherwise `profile` is stored as given. [`Profile::uniform`] without
@@ -788,6 +823,15 @@ impl Db {
         check_user(user)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
+        // One key per concept, as learning and tag deletion name it.
+        let profile = &Profile {
+            affinities: profile
+                .affinities
+                .iter()
+                .map(|(c, w)| (concept_key(c), *w))
+                .collect(),
+            ..profile.clone()
+        };
         let _guard = self.side_write_lock();
         // Checked under the lock: a tag deleted meanwhile is not set back.
         self.check_profile(profile)?;
@@ -871,6 +915,7 @@ impl Db {
                 return Err(ConceptError::InvalidWeight {
                     what: g.clone(),
                     value: *w,
+                    allowed: format!("group weights are from 0 to {MAX_WEIGHT}"),
                 });
             }
         }
@@ -889,6 +934,7 @@ impl Db {
                 return Err(ConceptError::InvalidWeight {
                     what: c.clone(),
                     value: *w,
+                    allowed: format!("concept affinities are from -{MAX_WEIGHT} to {MAX_WEIGHT}"),
                 });
             }
         }

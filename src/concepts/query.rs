@@ -132,6 +132,7 @@ pub enum LikeTarget {
 /// like      := "like" (id | "image" "path") ["^" number]
 /// where     := "where" cond ("and" cond)*
 /// cond      := "in_stock" ["=" ("true" | "false")] | "not" "in_stock"
+///            | ["not"] concept                        (the model's tags: see below)
 ///            | "price" ("<" | "<=" | "=" | ">" | ">=") number
 ///            | field "=" value
 ///            | ("category" | "brand") "in" "(" value ("," value)* ")"
@@ -148,6 +149,17 @@ pub enum LikeTarget {
 /// (`category = "Tshirts"`, not `"tshirts"`). Example:
 ///
 /// `find +category.shirts +pattern.striped -colour.red colour.blue^2 where in_stock and price < 60 and brand in ("A","B") limit 20`
+///
+/// A `-` term ranks a concept down; it does not exclude it. To exclude,
+/// use a concept condition: `where not colour.red` drops every product the
+/// model tagged red at import (its tags above their calibrated thresholds,
+/// as `annotate` lists them; for `category.x`, the model's category), and
+/// `where pattern.striped` keeps only those tagged striped. Products stored
+/// without model outputs carry no tags. So "striped shirts, but not red
+/// ones" is `+category.shirts +pattern.striped where not colour.red`.
+///
+/// Inside quotes, `\` keeps the next character as it is (`"a \"b\""`,
+/// `"C:\\img"`).
 ///
 /// A term adds `± weight ×` the concept's direction to the query vector; a
 /// `like` adds the liked product's concept vector, weighted per group by the
@@ -715,6 +727,13 @@ impl<'a> Parser<'a> {
 
     /// `group.concept [^w]`, checked against the vocabulary.
     fn term(&mut self) -> Result<(String, f32), QueryError> {
+        let name = self.concept()?;
+        let w = self.weight()?;
+        Ok((name, w))
+    }
+
+    /// `group.concept`, checked against the vocabulary.
+    fn concept(&mut self) -> Result<String, QueryError> {
         let g = self.next();
         let group = match &g.tok {
             Tok::Word(w) => w.to_ascii_lowercase(),
@@ -797,12 +816,45 @@ impl<'a> Parser<'a> {
             }
             return Err(e);
         }
-        let w = self.weight()?;
-        Ok((name, w))
+        Ok(name)
+    }
+
+    /// Whether the next tokens are `word .`: a concept, where a `where`
+    /// condition names one.
+    fn at_concept(&self) -> bool {
+        matches!(self.peek().tok, Tok::Word(_))
+            && self
+                .toks
+                .get(self.at + 1)
+                .is_some_and(|t| t.tok == Tok::Sym("."))
+    }
+
+    /// `group.concept` as a `where` condition: the model's tags and
+    /// category, not a direction (user tags only rank).
+    fn concept_condition(&mut self, f: Filter, wanted: bool) -> Result<Filter, QueryError> {
+        let col = self.peek().col;
+        let name = self.concept()?;
+        let group = name.split_once('.').map_or("", |(g, _)| g);
+        if group == super::USER_GROUP || group == "visual" {
+            return Err(QueryError::new(
+                QueryErrorKind::Unexpected,
+                col,
+                format!("'{name}' cannot filter: the model tags no product with it"),
+            )
+            .hint(format!("rank by it instead: +{name} or -{name}")));
+        }
+        Ok(if wanted {
+            f.tagged(name)
+        } else {
+            f.not_tagged(name)
+        })
     }
 
     /// One `where` condition, narrowing `f` (price bounds combine too).
     fn condition(&mut self, f: Filter) -> Result<Filter, QueryError> {
+        if self.at_concept() {
+            return self.concept_condition(f, true);
+        }
         if self.keyword("in_stock") {
             self.next();
             if self.peek().tok != Tok::Sym("=") {
@@ -818,10 +870,13 @@ impl<'a> Parser<'a> {
         }
         if self.keyword("not") {
             self.next();
+            if self.at_concept() {
+                return self.concept_condition(f, false);
+            }
             let t = self.next();
             return match &t.tok {
                 Tok::Word(w) if w.eq_ignore_ascii_case("in_stock") => Ok(f.stock(false)),
-                _ => Err(self.unexpected(&t, "'in_stock' after 'not'")),
+                _ => Err(self.unexpected(&t, "'in_stock' or a concept (colour.red) after 'not'")),
             };
         }
         let t = self.next();
@@ -959,6 +1014,7 @@ impl Db {
             return Err(ConceptError::InvalidWeight {
                 what: "diverse".into(),
                 value: l,
+                allowed: "diverse is from 0 to 1".into(),
             });
         }
         // As the text form allows: > 0 (push away with '-' terms instead).
@@ -970,6 +1026,7 @@ impl Db {
             return Err(ConceptError::InvalidWeight {
                 what: "like".into(),
                 value: *w,
+                allowed: format!("a like weight is above 0 and at most {}", super::MAX_WEIGHT),
             });
         }
         let unknown = |name: &str| ConceptError::UnknownConcept {
@@ -983,6 +1040,7 @@ impl Db {
                 return Err(ConceptError::InvalidWeight {
                     what: name.clone(),
                     value: *w,
+                    allowed: format!("term weights are from -{0} to {0}", super::MAX_WEIGHT),
                 });
             }
             let (group, concept) = name.split_once('.').ok_or_else(|| unknown(name))?;
@@ -1022,6 +1080,16 @@ impl Db {
                             "'like image' needs the model: use Db::query_with_model".into(),
                         )
                     })?;
+                    // Its vector must compare with the stored ones.
+                    let stored = self.stored_model_fingerprint();
+                    if stored.as_deref() != Some(model.fingerprint()) {
+                        return Err(ConceptError::Ingest(Box::new(
+                            crate::IngestError::ModelMismatch {
+                                stored: stored.unwrap_or_else(|| "none".into()),
+                                model: model.fingerprint().to_string(),
+                            },
+                        )));
+                    }
                     let prep = self.prep_config()?;
                     let bytes = prep
                         .get_limits()
@@ -1065,6 +1133,17 @@ impl Db {
                 *a += b;
             }
         }
+        // Nothing to rank by would return arbitrary products, all scoring 0
+        // (the text form refuses a query without terms or like as well).
+        if qv.iter().all(|x| *x == 0.0) {
+            return Err(QueryError::new(
+                QueryErrorKind::Empty,
+                0,
+                "the query weighs no concept and no like",
+            )
+            .hint("for example: find +colour.red limit 10")
+            .into());
+        }
         let limit = q.limit.clamp(1, MAX_LIMIT);
         // MMR costs picks × pool dot products: the pool stays bounded.
         let pool = match q.diverse {
@@ -1100,6 +1179,7 @@ impl Db {
                 return Err(ConceptError::InvalidWeight {
                     what: "min_score".into(),
                     value: min,
+                    allowed: "min_score is a finite number".into(),
                 });
             }
             let keep: Vec<bool> = out.iter().map(|h| h.score >= min).collect();

@@ -78,12 +78,6 @@ fn list_dir(dir: &Path) -> Result<(Vec<ImportItem>, Vec<PathBuf>), IngestError> 
         if name.starts_with('.') {
             continue;
         }
-        if entry.file_name().to_str().is_none() {
-            // A lossy id would not name the file, and two names could
-            // collapse into one id.
-            not_utf8.push(path);
-            continue;
-        }
         let ext = path
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
@@ -92,6 +86,12 @@ fn list_dir(dir: &Path) -> Result<(Vec<ImportItem>, Vec<PathBuf>), IngestError> 
         // report instead of vanishing.
         if !ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
             ignored.push(name.into_owned());
+            continue;
+        }
+        if entry.file_name().to_str().is_none() {
+            // A lossy id would not name the file, and two names could
+            // collapse into one id.
+            not_utf8.push(path);
             continue;
         }
         let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
@@ -238,8 +238,10 @@ impl<'a> ImportOptions<'a> {
     }
 
     /// Image preparation. Default: the database's ([`Db::prep_config`]).
-    /// A database that has none stored keeps this one for its later images;
-    /// one that has another keeps its own, and the import logs a warning.
+    /// A database that is empty, or has none stored, records this one for
+    /// its later images; one that holds products and another preparation
+    /// keeps its record, these images are prepared with this one, and the
+    /// import logs a warning (their vectors will not compare well).
     pub fn prep(mut self, prep: PrepConfig) -> Self {
         self.prep = Some(prep);
         self
@@ -295,8 +297,8 @@ impl<'a> ImportOptions<'a> {
 
 struct Job {
     item: ImportItem,
-    /// Attributes of the stored product when re-embedding it.
-    existing: Option<Attributes>,
+    /// Whether it replaces a stored product's model outputs.
+    replace: bool,
     /// The product's measured colour (set by the prepare worker).
     colour: Option<[f32; 3]>,
 }
@@ -352,6 +354,7 @@ impl Db {
         // it starts, so that an interrupted first import resumes with it;
         // later ones default to it.
         let stored = self.stored_prep()?;
+        let none_stored = stored.is_none();
         let empty = self.is_empty();
         let prep = match (prep, stored) {
             (None, stored) => stored.map_or_else(PrepConfig::catalog, |s| s.config()),
@@ -372,9 +375,9 @@ impl Db {
             }
             (Some(p), _) => p,
         };
-        if empty && !items.is_empty() {
+        if (empty || none_stored) && !items.is_empty() {
             let _guard = self.side_write_lock();
-            if self.is_empty() {
+            if self.is_empty() || self.stored_prep()?.is_none() {
                 self.set_prep_config(&prep)?;
             }
         }
@@ -469,7 +472,7 @@ impl Db {
             match existing {
                 None => jobs.push(Job {
                     item,
-                    existing: None,
+                    replace: false,
                     colour: None,
                 }),
                 Some(p)
@@ -480,7 +483,7 @@ impl Db {
                 {
                     jobs.push(Job {
                         item,
-                        existing: Some(p.attributes),
+                        replace: true,
                         colour: None,
                     })
                 }
@@ -541,7 +544,7 @@ impl Db {
                 match result {
                     Ok(()) => {
                         report.progress.stored += 1;
-                        report.progress.replaced += usize::from(job.existing.is_some());
+                        report.progress.replaced += usize::from(job.replace);
                     }
                     Err(error) => {
                         debug!(id = %job.item.id, %error, "import item failed");
@@ -571,9 +574,10 @@ impl Db {
             );
             a
         };
-        match &job.existing {
-            Some(existing) => {
-                let mut attrs = existing.clone();
+        if job.replace {
+            // The attributes as they are now, not as the import listed
+            // them: an edit made during a long import is kept.
+            let found = self.rewrite(&job.item.id, |mut attrs| {
                 // A category the old image's model output filled in (not the
                 // caller's, nor one changed since) follows the new output.
                 if attrs.category.is_some()
@@ -584,17 +588,22 @@ impl Db {
                     attrs.category = None;
                 }
                 let stored = self.image_record(model, out, with_source(attrs), job.colour);
-                self.upsert(&job.item.id, stored.attributes, stored.vectors)?;
+                (stored.attributes, stored.vectors)
+            })?;
+            if !found {
+                // Deleted while the import ran: not brought back.
+                return Err(IngestError::Db(crate::Error::NotFound {
+                    id: job.item.id.clone(),
+                }));
             }
-            None => {
-                let stored = self.image_record(
-                    model,
-                    out,
-                    with_source(job.item.attributes.clone()),
-                    job.colour,
-                );
-                self.insert(&job.item.id, stored.attributes, stored.vectors)?;
-            }
+        } else {
+            let stored = self.image_record(
+                model,
+                out,
+                with_source(job.item.attributes.clone()),
+                job.colour,
+            );
+            self.insert(&job.item.id, stored.attributes, stored.vectors)?;
         }
         Ok(())
     }

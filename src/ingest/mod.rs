@@ -21,10 +21,11 @@ use serde::{Deserialize, Serialize};
 pub const ATTR_MODEL: &str = "vitrine.model";
 /// Attribute: the model's top-1 category.
 pub const ATTR_CATEGORY: &str = "vitrine.category";
-/// Attribute: present when the caller gave the product's category at
-/// import (a re-run of the model then keeps it, even when it equals the
-/// model's label).
-pub(crate) const ATTR_CATEGORY_GIVEN: &str = "vitrine.category_given";
+/// Attribute: present when the caller gave the product's category (at
+/// import, or later: set it with the category, as `import --update` does);
+/// a re-run of the model then keeps the category, even when it equals the
+/// model's label.
+pub const ATTR_CATEGORY_GIVEN: &str = "vitrine.category_given";
 /// Attribute: the kept tags (see [`Model::annotation`]), comma separated.
 pub const ATTR_TAGS: &str = "vitrine.tags";
 /// Attribute: category probabilities, a JSON array in the manifest's order.
@@ -207,14 +208,12 @@ impl Db {
     /// write, even from a search.
     pub fn check_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
-        match self.stored_model_fingerprint() {
-            Some(fp) if fp == model.fingerprint() => Ok(()),
-            Some(fp) => Err(IngestError::ModelMismatch {
-                stored: fp,
+        if let Some(stored) = self.claim_model_fingerprint(model.fingerprint())? {
+            return Err(IngestError::ModelMismatch {
+                stored,
                 model: model.fingerprint().to_string(),
-            }),
-            None => Ok(self.set_stored_model_fingerprint(model.fingerprint())?),
-        }?;
+            });
+        }
         Ok(self.store_concept_layout(model)?)
     }
 

@@ -131,6 +131,38 @@ impl Manifest {
                 m.tag_names.len()
             ));
         }
+        // Queries name concepts `group.slug`: a name two labels share, or a
+        // group named like the built-in blocks, would be unreachable or
+        // mislabelled.
+        let mut seen_groups = std::collections::HashSet::new();
+        for g in &groups {
+            if crate::concept_slug(&g.name) != g.name
+                || ["visual", "category", crate::concepts::USER_GROUP].contains(&g.name.as_str())
+            {
+                return Err(format!(
+                    "tag group name '{}' is reserved or not a lower-case word (a-z, 0-9, _)",
+                    g.name
+                ));
+            }
+            if g.tags.is_empty() {
+                return Err(format!("tag group '{}' has no tags", g.name));
+            }
+            if !seen_groups.insert(g.name.as_str()) {
+                return Err(format!("tag group '{}' is listed twice", g.name));
+            }
+            unique_slugs(&g.tags, &format!("tag group '{}'", g.name))?;
+        }
+        unique_slugs(&m.taxonomy.categories, "taxonomy.categories")?;
+        if let Some((t, th)) = m
+            .tag_thresholds
+            .iter()
+            .find(|(_, t)| !(0.0..=1.0).contains(&t.threshold))
+        {
+            return Err(format!(
+                "tag_thresholds['{t}'] is {}; a threshold is a probability, 0 to 1",
+                th.threshold
+            ));
+        }
         for g in &groups {
             for (i, t) in g.range.clone().zip(&g.tags) {
                 let full = format!("{}.{}", g.name, t);
@@ -245,4 +277,22 @@ impl Manifest {
     pub fn raw(&self) -> &serde_json::Value {
         &self.raw
     }
+}
+
+/// Fails when two of `labels` are one concept name (`Navy Blue` and
+/// `navy-blue` are both `navy_blue`), or one has none.
+fn unique_slugs(labels: &[String], what: &str) -> Result<(), String> {
+    let mut seen = std::collections::HashMap::new();
+    for l in labels {
+        let slug = crate::concept_slug(l);
+        if slug.is_empty() {
+            return Err(format!("{what}: '{l}' has no letters or digits"));
+        }
+        if let Some(other) = seen.insert(slug.clone(), l) {
+            return Err(format!(
+                "{what}: '{other}' and '{l}' are both the concept '{slug}'"
+            ));
+        }
+    }
+    Ok(())
 }

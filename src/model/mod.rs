@@ -315,6 +315,12 @@ impl Model {
         let mut dims = [0usize; 4];
         for (i, d) in dims.iter_mut().enumerate() {
             let fact = typed.output_fact(i).map_err(corrupt)?;
+            if fact.datum_type != f32::datum_type() {
+                return Err(ModelError::ManifestMismatch(format!(
+                    "output '{}' is {:?}, expected f32",
+                    OUTPUTS[i], fact.datum_type
+                )));
+            }
             if fact.rank() != 2 {
                 return Err(ModelError::ManifestMismatch(format!(
                     "output '{}' has rank {}, expected 2 (batch, values)",
@@ -495,7 +501,15 @@ impl Model {
                     r.shape()
                 )));
             }
-            rows.push(r.as_slice::<f32>().map_err(inference)?.to_vec());
+            let values = r.as_slice::<f32>().map_err(inference)?;
+            // A NaN would rank as the top category and be stored as 0.
+            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                return Err(ModelError::Inference(format!(
+                    "output '{name}' value {i} is {} (the image may be degenerate, or the model damaged)",
+                    values[i]
+                )));
+            }
+            rows.push(values.to_vec());
         }
         let [embedding, category_logits, tag_logits, concept]: [Vec<f32>; 4] =
             rows.try_into().map_err(|_| {

@@ -276,13 +276,26 @@ impl Db {
         };
         let text = std::fs::read_to_string(path).map_err(|e| csv_err(0, e.to_string()))?;
         let records = crate::parse_csv(&text).map_err(|e| csv_err(e.line, e.to_string()))?;
-        // A file without its header would silently lose its first row.
+        // A file without its header would silently lose its first row: a
+        // header never names a stored product, nor an outfit of a later row.
         if let Some(first) = records.first() {
             if let Some(p) = first.fields.get(1).map(|p| p.trim()) {
                 if !p.is_empty() && matches!(self.get(p), Ok(Some(_))) {
                     return Err(csv_err(
                         first.line,
                         format!("'{p}' is a product id: the first line must be a header (outfit_id,product_id)"),
+                    ));
+                }
+            }
+            if let Some(o) = first.fields.first().map(|o| o.trim()) {
+                let again = records
+                    .iter()
+                    .skip(1)
+                    .any(|r| r.fields.first().is_some_and(|x| x.trim() == o));
+                if !o.is_empty() && again {
+                    return Err(csv_err(
+                        first.line,
+                        format!("'{o}' is an outfit id of a later row: the first line must be a header (outfit_id,product_id)"),
                     ));
                 }
             }

@@ -237,7 +237,8 @@ pub struct Substitution {
     pub slot: usize,
     /// The out-of-stock product (or one deleted from the catalog since).
     pub original: String,
-    /// Its category.
+    /// The category the candidates share: the product's current one, or
+    /// the one the slot stored when the product has been deleted since.
     pub category: Option<String>,
     /// In-stock products of the same category, best first.
     pub candidates: Vec<Substitute>,
@@ -463,12 +464,18 @@ impl OutfitEngine<'_> {
     }
 
     fn idx(&self, outfit: &str, id: &str) -> OutfitResult<usize> {
-        self.cat
-            .lookup(id)
-            .ok_or_else(|| OutfitError::UnknownProduct {
-                outfit: outfit.to_string(),
-                product: id.to_string(),
-            })
+        self.cat.lookup(id).ok_or_else(|| {
+            // The snapshot holds only products with model outputs: one
+            // stored without them is not a deleted one.
+            if self.db.attributes(id).is_some() {
+                OutfitError::NotAnImageProduct(id.to_string())
+            } else {
+                OutfitError::UnknownProduct {
+                    outfit: outfit.to_string(),
+                    product: id.to_string(),
+                }
+            }
+        })
     }
 
     fn load_outfit(&self, id: &str) -> OutfitResult<(Outfit, Vec<usize>)> {
@@ -716,7 +723,9 @@ impl OutfitEngine<'_> {
             out.push(Substitution {
                 slot,
                 original: o.slots[slot].product.clone(),
-                category: o.slots[slot].category.clone(),
+                // The candidates' category, which may have changed since
+                // the outfit was stored.
+                category: cat.categories.get(cat.category[orig] as usize).cloned(),
                 candidates: subs,
             });
         }

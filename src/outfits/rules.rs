@@ -599,12 +599,21 @@ impl OutfitRules {
         let mut out = Vec::new();
         // A symmetric table reports each unordered pair once; the colour
         // table of two categories (x on the first, y on the second) is not
-        // symmetric.
+        // symmetric. Tables count ordered pairs, so in a symmetric one a
+        // pair of one concept (black + black) is counted twice.
         let mut push =
             |kind, t: &PairTable, names: &[String], context: Option<String>, symmetric: bool| {
                 for x in 0..t.n {
                     for y in 0..t.n {
-                        if (symmetric && y < x) || t.count(x, y) < min_support {
+                        if symmetric && y < x {
+                            continue;
+                        }
+                        let support = if symmetric && x == y {
+                            t.count(x, y) / 2
+                        } else {
+                            t.count(x, y)
+                        };
+                        if support < min_support {
                             continue;
                         }
                         out.push(PairRule {
@@ -613,7 +622,7 @@ impl OutfitRules {
                             right: names.get(y).cloned().unwrap_or_default(),
                             context: context.clone(),
                             lift: t.get(x, y).exp(),
-                            support: t.count(x, y),
+                            support,
                         });
                     }
                 }

@@ -226,8 +226,16 @@ pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage,
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    // Checked as the pixels will be kept (upright, 3 bytes per pixel, as
+    // prepare_rgb checks them) and as the decoder holds them: an image the
+    // preparation would refuse is refused before it is decoded.
     let bpp = u64::from(decoder.color_type().bytes_per_pixel());
-    limits.check(width, height, bpp)?;
+    let (upright_w, upright_h) = if rotates(orientation) {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    limits.check(upright_w, upright_h, bpp.max(3))?;
     decoder
         .set_limits(limits.to_image_limits())
         .map_err(|e| map_error(e, limits, (width, height)))?;
@@ -250,6 +258,12 @@ pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage,
     }
     rgb.apply_orientation(orientation);
     Ok(rgb.into_rgb8())
+}
+
+/// Whether an EXIF orientation swaps width and height.
+fn rotates(o: image::metadata::Orientation) -> bool {
+    use image::metadata::Orientation::*;
+    matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
 }
 
 /// Decoded pixels: `width × height` RGB u8, row-major, interleaved.

@@ -123,8 +123,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         sheets.push(file);
     }
 
-    // A concept query: what the catalog holds in red, except T-shirts.
-    let text = "find +colour.red -category.tshirts where in_stock limit 8";
+    // A concept query: what the catalog holds in red, except what the
+    // model calls T-shirts.
+    let text = "find +colour.red where not category.tshirts and in_stock limit 8";
     println!("\n== {text}");
     let r = db.query(text)?;
     let mut tiles = Vec::new();
@@ -226,7 +227,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     crate::annotate::print_text(&first.path.display().to_string(), &ann);
     println!("  (catalog says: {})", describe(&first.attributes));
 
-    println!("\ncontact sheets (bars: blue = query, green = same category, orange = other; bar length = similarity):");
+    println!(
+        "\ncontact sheets (bars: blue = query, green = same category, orange = other; bar length = similarity; \
+         the concept query's sheet has no query tile, and its green bars are the scores):"
+    );
     for s in &sheets {
         println!("  {}", s.display());
     }

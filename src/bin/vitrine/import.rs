@@ -152,7 +152,14 @@ impl CsvRow {
     pub fn apply(&self, attrs: &mut Attributes) {
         for cell in &self.cells {
             match cell {
-                Cell::Category(v) => attrs.category = Some(v.clone()),
+                Cell::Category(v) => {
+                    // The catalog's category: a later --refresh or
+                    // --reembed keeps it, even when it is the model's label.
+                    attrs.category = Some(v.clone());
+                    attrs
+                        .extra
+                        .insert(vitrine::ATTR_CATEGORY_GIVEN.into(), "1".into());
+                }
                 Cell::Brand(v) => attrs.brand = Some(v.clone()),
                 Cell::Price(v) => attrs.price = Some(*v),
                 Cell::InStock(v) => attrs.in_stock = *v,
@@ -380,9 +387,7 @@ fn check_has_images(dir: &Path) -> anyhow::Result<()> {
         let ext = Path::new(&name)
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        if name.to_str().is_none()
-            || ext.is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str()))
-        {
+        if ext.is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str())) {
             return Ok(());
         }
         ignored += 1;
@@ -481,12 +486,18 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         bail!("{} is neither a folder nor a file", args.source.display())
     };
     let model = Model::bundled().context("cannot load the bundled model")?;
+    // Whether the database holds another model's vectors (an --update then
+    // refreshes attributes, and refuses new products until a --reembed).
+    let mut other_model = false;
     let db = match Db::builder().open_with_model(&args.db, &model) {
         Ok(db) => db,
         // Built with another model: re-embedding opens it as it is, and the
-        // import switches it.
-        Err(vitrine::IngestError::ModelMismatch { .. }) if args.reembed => Db::open(&args.db)
-            .with_context(|| format!("cannot open the database {}", args.db.display()))?,
+        // import switches it; an update of attributes runs no model.
+        Err(vitrine::IngestError::ModelMismatch { .. }) if args.reembed || args.update => {
+            other_model = !args.reembed;
+            Db::open(&args.db)
+                .with_context(|| format!("cannot open the database {}", args.db.display()))?
+        }
         Err(e @ vitrine::IngestError::ModelMismatch { .. }) => {
             return Err(anyhow::Error::from(e).context(format!(
                 "cannot open the database {}; `vitrine import --reembed` switches it to the bundled model",
@@ -554,6 +565,21 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 println!("{} new products without an image path", no_image.len());
             }
             update_failures.extend(no_image);
+            if other_model && !new_items.is_empty() {
+                // Their vectors would not compare with the stored ones.
+                println!(
+                    "{} new products not imported: the database was embedded by another model \
+                     (`vitrine import SOURCE --db DB --reembed` moves it to the bundled one)",
+                    new_items.len()
+                );
+                update_failures.extend(new_items.drain(..).map(|item| {
+                    format!(
+                        "{}\t{}\tthe database was embedded by another model; re-embed it first",
+                        tsv_field(&item.id),
+                        item.path.display()
+                    )
+                }));
+            }
             ImportSource::Items(new_items)
         }
         // Without --update every row has a path (checked by csv_rows).
@@ -567,7 +593,12 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let options = ImportOptions::new()
         .reembed(args.reembed)
         .refresh(args.refresh);
-    let report = import_with_options(&db, &model, prep, source, options)?;
+    let report = if other_model {
+        // Only attributes changed: nothing for the model to do.
+        ImportReport::default()
+    } else {
+        import_with_options(&db, &model, prep, source, options)?
+    };
     db.flush()?;
     print_summary(&report);
     let report_path = args

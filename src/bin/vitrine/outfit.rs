@@ -174,9 +174,16 @@ pub struct SheetArgs {
 pub fn run(path: &Path, args: OutfitArgs) -> anyhow::Result<()> {
     crate::existing_db(path)?;
     let model = Model::bundled().context("cannot load the bundled model")?;
-    let db = Db::builder()
-        .open_with_model(path, &model)
-        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    let db = match Db::builder().open_with_model(path, &model) {
+        Ok(db) => db,
+        // Outfits read the stored vectors only, which agree with each other
+        // whichever model made them (as in the REPL).
+        Err(vitrine::IngestError::ModelMismatch { .. }) => Db::open(path)?,
+        Err(e) => {
+            return Err(anyhow::Error::from(e)
+                .context(format!("cannot open the database {}", path.display())))
+        }
+    };
     execute(&db, args.what, args.json)
 }
 
@@ -469,17 +476,22 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             limit,
             method,
         } => {
+            let eng = db.outfit_engine()?;
             let candidates = match category {
                 Some(c) => {
-                    let ids = db.ids_matching(&vitrine::Filter::new().in_stock().category_in([&c]));
+                    // Only products with model outputs can be ranked.
+                    let ids: Vec<String> = db
+                        .ids_matching(&vitrine::Filter::new().in_stock().category_in([&c]))
+                        .into_iter()
+                        .filter(|id| eng.in_stock(id).is_some())
+                        .collect();
                     if ids.is_empty() {
-                        bail!("no in-stock product has category '{c}'");
+                        bail!("no in-stock image product has category '{c}'");
                     }
                     ids
                 }
                 None => candidates,
             };
-            let eng = db.outfit_engine()?;
             let method = method_of(&method)?;
             let mut ranked = eng.complete_with(&given, &candidates, method)?;
             let ranked_count = ranked.len();

@@ -401,7 +401,7 @@ pub fn fitb_split(args: FitbSplitArgs) -> anyhow::Result<()> {
             if keep(id) {
                 n += 1;
                 for p in ps {
-                    writeln!(w, "{id},{p}")?;
+                    writeln!(w, "{},{}", csv_field(id), csv_field(p))?;
                 }
             }
         }
@@ -750,4 +750,27 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         println!("(--json prints every figure)");
     }
     Ok(())
+}
+
+/// A CSV field, quoted when it holds a separator, a quote or a line break.
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_read_back() {
+        for s in ["plain", "look, 1", "12\" sleeve", "a\nb", ""] {
+            let line = format!("{},{}\n", csv_field(s), csv_field("p"));
+            let records = vitrine::parse_csv(&line).unwrap();
+            assert_eq!(records[0].fields, [s, "p"], "{line:?}");
+        }
+    }
 }

@@ -230,7 +230,17 @@ fn apply(a: &mut Attributes, key: &str, value: &str) -> anyhow::Result<()> {
     let some = (!value.is_empty()).then(|| value.to_string());
     // The built-in fields in any case, as in a product CSV's header.
     match key.to_ascii_lowercase().as_str() {
-        "category" => a.category = some,
+        "category" => {
+            // Given by hand: a later --refresh or --reembed keeps it; an
+            // emptied category is the model's to fill again.
+            match &some {
+                Some(_) => a
+                    .extra
+                    .insert(vitrine::ATTR_CATEGORY_GIVEN.into(), "1".into()),
+                None => a.extra.remove(vitrine::ATTR_CATEGORY_GIVEN),
+            };
+            a.category = some;
+        }
         "brand" => a.brand = some,
         "price" => {
             a.price = match some {

@@ -51,7 +51,7 @@ pub struct QueryArgs {
 }
 
 const COMMANDS: &[(&str, &str)] = &[
-    ("find", "find <concept query>       e.g. find +category.shirts +pattern.striped -colour.red colour.blue^2 where in_stock and price < 60 limit 20 diverse 0.3"),
+    ("find", "find <concept query>       e.g. find +category.shirts +pattern.striped colour.blue^2 where not colour.red and in_stock and price < 60 limit 20 diverse 0.3 (-colour.red would rank red down; where not colour.red excludes what the model tagged red)"),
     ("similar", "similar <id> [user] [k] [where <filter>]   more like this (filter as in queries), weighted by the user's profile when given; a number is k unless a profile has that name (user=NAME, k=N say which)"),
     ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
     ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
@@ -622,7 +622,7 @@ impl Session {
                         .with_context(|| format!("'{pair}': use <group>=<weight>"))?;
                     let w: f32 = w.parse().with_context(|| format!("'{w}' is not a number"))?;
                     if g.contains('.') {
-                        p.affinities.insert(g.to_string(), w);
+                        p.affinities.insert(vitrine::concept_key(g), w);
                     } else {
                         p.weights.insert(g.to_string(), w);
                     }
