@@ -344,10 +344,12 @@ impl HnswIndex {
         let graph = if points.is_empty() {
             GraphStore::Built(Box::new(new_graph(&params, 0)))
         } else {
+            // The files passed their lengths and checksums; what hnsw_rs
+            // would abort, exit or read out of bounds on is refused first,
+            // and a panic on a dump that still fooled both is an error, not
+            // a crash of the caller.
+            crate::hnsw_dump::check(dir, crate::format::GRAPH_BASENAME, dim)?;
             let io = HnswIo::new(dir, crate::format::GRAPH_BASENAME);
-            // The files passed their lengths and checksums; a panic in
-            // hnsw_rs on a dump that still fooled them is an error, not a
-            // crash of the caller.
             let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 LoadedGraphTryBuilder {
                     io,

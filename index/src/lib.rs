@@ -32,6 +32,7 @@ mod error;
 mod flat;
 mod format;
 mod graph;
+mod hnsw_dump;
 mod kernels;
 mod metric;
 mod scorer;

@@ -271,3 +271,66 @@ fn the_widest_graph_keeps_growing_after_a_reload() {
 }
 
 const MAX_M: usize = 255;
+
+/// Damaged hnsw_rs files under a header that vouches for them (lengths and
+/// checksums made to match, as a bug or a forger could): hnsw_rs's own
+/// loader reads them, and it asserts and calls `process::exit` on some
+/// damage. A load must still end in an error or a usable index (this
+/// process exiting fails the test).
+#[test]
+fn damaged_dumps_with_matching_checksums_never_exit() {
+    let (idx, queries) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    idx.save(&good, 7).unwrap();
+    let header =
+        vitrine_index::parse_index_header(&fs::read(good.join("index.vtx")).unwrap()).unwrap();
+    let (mut refused, mut loaded) = (0, 0);
+    for file in ["graph.hnsw.graph", "graph.hnsw.data"] {
+        let bytes = fs::read(good.join(file)).unwrap();
+        let len = bytes.len();
+        let mut cases: Vec<Vec<u8>> = [0, 1, 8, len / 4, len / 2, len - 1]
+            .iter()
+            .map(|&cut| bytes[..cut].to_vec())
+            .collect();
+        let sweep = (1..32).map(|i| i * len / 32);
+        for pos in [0, 3, 8, 12, 40, len - 5].into_iter().chain(sweep) {
+            let mut b = bytes.clone();
+            for x in &mut b[pos..(pos + 4).min(len)] {
+                *x ^= 0xff;
+            }
+            cases.push(b);
+        }
+        for (n, damaged) in cases.into_iter().enumerate() {
+            let dir = tmp.path().join(format!("{file}-{n}"));
+            copy_dir(&good, &dir);
+            fs::write(dir.join(file), &damaged).unwrap();
+            let mut h = header.clone();
+            let sum = vitrine_index::FileSum {
+                len: damaged.len() as u64,
+                crc: crc32fast::hash(&damaged),
+            };
+            if file.ends_with("graph") {
+                h.graph = sum;
+            } else {
+                h.data = sum;
+            }
+            fs::write(
+                dir.join("index.vtx"),
+                vitrine_index::encode_index_header(&h),
+            )
+            .unwrap();
+            match load(&dir, &idx, 7) {
+                Err(_) => refused += 1,
+                Ok(loaded_idx) => {
+                    loaded += 1;
+                    for q in queries.iter().take(3) {
+                        let _ = loaded_idx.search(q, &SearchOptions::new(10), None);
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("damaged dumps: {refused} refused, {loaded} loaded");
+    assert!(refused > 0);
+}

@@ -1,0 +1,226 @@
+//! A walk over hnsw_rs 0.3's dump files (`graph.hnsw.graph` and
+//! `graph.hnsw.data`, full mode), reading every field hnsw_rs's loader will
+//! read, before it does. hnsw_rs trusts them: a count sizes an allocation
+//! (a wrong one aborts the process), a wrong magic or id is an `assert!`
+//! or a `process::exit`, a vector shorter than the dimension is read out
+//! of bounds, and a neighbour or entry point past its layer is an index
+//! panic. The checksums in our header catch damage; this catches a dump
+//! that is well checksummed but not what hnsw_rs can read (a bug, or a
+//! forged file). Integers are the host's byte order, as hnsw_rs writes them
+//! (the header refuses a dump from a host of the other order).
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+const MAGIC_DESCR_3: u32 = 0x002a_6771;
+const MAGIC_DESCR_4: u32 = 0x002a_6779;
+const MAGIC_LAYER: u32 = 0x000a_676f;
+const MAGIC_POINT: u32 = 0x000a_678f;
+const MAGIC_DATA: u32 = 0xa67f_0000;
+/// hnsw_rs's `NB_LAYER_MAX`: every point has this many neighbour lists.
+const MAX_LAYERS: u8 = 16;
+/// Bytes of one neighbour in a full-mode dump: id, layer, rank, distance.
+const NEIGHBOUR_BYTES: u64 = 8 + 1 + 4 + 4;
+/// Bytes of a point's fixed part: magic, id, layer, rank.
+const POINT_BYTES: u64 = 4 + 8 + 1 + 4;
+
+/// Reads a file front to back, knowing how much is left.
+struct Walk {
+    r: BufReader<File>,
+    left: u64,
+    what: &'static str,
+}
+
+impl Walk {
+    fn open(path: &Path, what: &'static str) -> Result<Walk, String> {
+        let f = File::open(path).map_err(|e| format!("{what}: cannot open: {e}"))?;
+        let left = f
+            .metadata()
+            .map_err(|e| format!("{what}: cannot stat: {e}"))?
+            .len();
+        Ok(Walk {
+            r: BufReader::new(f),
+            left,
+            what,
+        })
+    }
+
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        if self.left < N as u64 {
+            return Err(format!("{}: ends early", self.what));
+        }
+        let mut b = [0u8; N];
+        self.r
+            .read_exact(&mut b)
+            .map_err(|e| format!("{}: {e}", self.what))?;
+        self.left -= N as u64;
+        Ok(b)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.bytes::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_ne_bytes(self.bytes()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_ne_bytes(self.bytes()?))
+    }
+
+    /// A count of items of `each` bytes, checked against what is left.
+    fn count(&mut self, each: u64, field: &str) -> Result<u64, String> {
+        let n = self.u64()?;
+        if n.checked_mul(each).is_none_or(|b| b > self.left) {
+            return Err(format!(
+                "{}: {field} {n} does not fit in the {} bytes left",
+                self.what, self.left
+            ));
+        }
+        Ok(n)
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), String> {
+        if n > self.left {
+            return Err(format!("{}: ends early", self.what));
+        }
+        let copied = std::io::copy(&mut (&mut self.r).take(n), &mut std::io::sink())
+            .map_err(|e| format!("{}: {e}", self.what))?;
+        if copied != n {
+            return Err(format!("{}: ends early", self.what));
+        }
+        self.left -= n;
+        Ok(())
+    }
+
+    fn text(&mut self, field: &str) -> Result<(), String> {
+        let n = self.u64()?;
+        if n > 256 || n > self.left {
+            return Err(format!("{}: {field} is {n} bytes long", self.what));
+        }
+        let mut b = vec![0u8; n as usize];
+        self.r
+            .read_exact(&mut b)
+            .map_err(|e| format!("{}: {e}", self.what))?;
+        self.left -= n;
+        String::from_utf8(b).map_err(|_| format!("{}: {field} is not UTF-8", self.what))?;
+        Ok(())
+    }
+}
+
+/// Checks the dump `basename` in `dir` as hnsw_rs will read it, for `dim`
+/// f32 components per point.
+pub(crate) fn check(dir: &Path, basename: &str, dim: usize) -> Result<(), String> {
+    let mut g = Walk::open(&dir.join(format!("{basename}.hnsw.graph")), "graph file")?;
+    let mut d = Walk::open(&dir.join(format!("{basename}.hnsw.data")), "data file")?;
+
+    // The description.
+    let version = match g.u32()? {
+        MAGIC_DESCR_3 => 3,
+        MAGIC_DESCR_4 => 4,
+        m => return Err(format!("graph file: unknown description magic {m:#x}")),
+    };
+    if g.u8()? != 1 {
+        return Err("graph file: not a full-mode dump".into());
+    }
+    g.u8()?; // max_nb_connection: our header holds (and checked) it
+    if version == 4 {
+        g.bytes::<8>()?; // level scale
+    }
+    let layers = g.u8()?;
+    if layers > MAX_LAYERS {
+        return Err(format!(
+            "graph file: {layers} layers (at most {MAX_LAYERS})"
+        ));
+    }
+    g.u64()?; // ef
+    let nb_point = g.u64()?;
+    let stored_dim = g.u64()?;
+    if stored_dim != dim as u64 {
+        return Err(format!(
+            "graph file: dimension {stored_dim}, expected {dim}"
+        ));
+    }
+    g.text("distance name")?;
+    g.text("type name")?;
+
+    // The data file's head.
+    if d.u32()? != MAGIC_DATA {
+        return Err("data file: bad magic".into());
+    }
+    if d.u64()? != dim as u64 {
+        return Err("data file: dimension differs from the graph's".into());
+    }
+    let vector_bytes = dim as u64 * 4;
+
+    // Points, layer by layer, each with its data record.
+    let indexed_layers = g.u8()?;
+    if indexed_layers > MAX_LAYERS {
+        return Err(format!("graph file: {indexed_layers} indexed layers"));
+    }
+    let mut per_layer: Vec<u64> = Vec::with_capacity(indexed_layers as usize);
+    // Neighbour references, checked once every layer's size is known.
+    let mut refs: Vec<(u8, i32)> = Vec::new();
+    let mut total = 0u64;
+    for l in 0..indexed_layers {
+        if g.u32()? != MAGIC_LAYER {
+            return Err(format!("graph file: bad magic at layer {l}"));
+        }
+        let n = g.count(POINT_BYTES, "point count")?;
+        for r in 0..n {
+            if g.u32()? != MAGIC_POINT {
+                return Err(format!("graph file: bad magic at point {r} of layer {l}"));
+            }
+            let origin = g.u64()?;
+            let (layer, rank) = (g.u8()?, i32::from_ne_bytes(g.bytes()?));
+            if layer != l || u64::try_from(rank).ok() != Some(r) {
+                return Err(format!(
+                    "graph file: point {r} of layer {l} says it is ({layer}, {rank})"
+                ));
+            }
+            for _ in 0..layers {
+                let k = g.count(NEIGHBOUR_BYTES, "neighbour count")?;
+                for _ in 0..k {
+                    g.u64()?;
+                    refs.push((g.u8()?, i32::from_ne_bytes(g.bytes()?)));
+                    g.bytes::<4>()?;
+                }
+            }
+            if d.u32()? != MAGIC_DATA || d.u64()? != origin {
+                return Err(format!(
+                    "data file: record of point {origin} is not where the graph puts it"
+                ));
+            }
+            if d.u64()? != vector_bytes {
+                return Err(format!(
+                    "data file: vector of point {origin} is not {dim} floats"
+                ));
+            }
+            d.skip(vector_bytes)?;
+            total += 1;
+            if total > nb_point {
+                return Err(format!(
+                    "graph file: more points than the {nb_point} described"
+                ));
+            }
+        }
+        per_layer.push(n);
+    }
+    let exists = |(layer, rank): (u8, i32)| {
+        per_layer
+            .get(layer as usize)
+            .is_some_and(|&n| u64::try_from(rank).is_ok_and(|r| r < n))
+    };
+    if let Some(r) = refs.into_iter().find(|&r| !exists(r)) {
+        return Err(format!("graph file: a neighbour refers to no point {r:?}"));
+    }
+    // The entry point.
+    g.u64()?;
+    let entry = (g.u8()?, i32::from_ne_bytes(g.bytes()?));
+    if !exists(entry) {
+        return Err(format!("graph file: entry point {entry:?} is not a point"));
+    }
+    Ok(())
+}
