@@ -161,7 +161,8 @@ impl DbBuilder {
 
     /// Whether the handle writes checkpoints by itself (default true): on
     /// drop, and after an open that had to rebuild an index. With `false`,
-    /// only [`Db::checkpoint`] and [`Db::close`] write them.
+    /// only [`Db::checkpoint`], [`Db::close`] and [`Db::backup`] (when
+    /// something was written since the last one) write them.
     pub fn checkpoint_on_drop(mut self, yes: bool) -> Self {
         self.checkpoint_on_drop = yes;
         self
@@ -429,7 +430,8 @@ impl Db {
     }
 
     fn open_with(dir: &Path, mut b: DbBuilder) -> Result<Db> {
-        b.index.hnsw.validate()?;
+        // Everything the builder says is checked before a file is made.
+        b.index.validate()?;
         let ratio = b.index.compaction_ratio;
         if !(ratio > 0.0 && ratio <= 1.0) {
             return Err(Error::InvalidConfig(format!(
@@ -438,12 +440,22 @@ impl Db {
         }
         b.index.compaction_threads = b.threads;
         for s in &b.spaces {
-            if !path_safe(&s.name) || s.dim == 0 || s.dim > 65_536 {
+            if !plain_space_name(&s.name) || s.dim == 0 || s.dim > 65_536 {
                 return Err(Error::InvalidConfig(format!(
                     "vector space '{}' with {} dimensions (names are 1 to 64 of A-Z a-z 0-9 _ -; 1..=65536 dimensions)",
                     s.name, s.dim
                 )));
             }
+        }
+        // Names become file names: two that differ only in case would share
+        // files on a case-insensitive file system.
+        let mut names: Vec<String> = b.spaces.iter().map(|s| s.name.to_lowercase()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::InvalidConfig(format!(
+                "vector space '{}' declared twice (names are compared without case)",
+                w[0]
+            )));
         }
         let store = Store::open(
             dir,
@@ -488,20 +500,6 @@ impl Db {
                 meta
             }
             None => {
-                // A new space's name becomes a file and folder name
-                // (arena/<name>.arena, index/<name>/): plain words only.
-                if let Some(s) = b.spaces.iter().find(|s| {
-                    !(1..=64).contains(&s.name.len())
-                        || !s
-                            .name
-                            .bytes()
-                            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
-                }) {
-                    return Err(Error::InvalidConfig(format!(
-                        "vector space '{}': names are 1 to 64 of A-Z a-z 0-9 _ -",
-                        s.name
-                    )));
-                }
                 let spaces = if b.spaces.is_empty() {
                     vec![VectorSpace {
                         name: DEFAULT_SPACE.into(),
@@ -511,12 +509,6 @@ impl Db {
                 } else {
                     b.spaces.clone()
                 };
-                let mut names: Vec<&str> = spaces.iter().map(|s| s.name.as_str()).collect();
-                names.sort_unstable();
-                names.dedup();
-                if names.len() != spaces.len() {
-                    return Err(Error::InvalidConfig("vector space declared twice".into()));
-                }
                 let meta = Meta {
                     spaces: spaces
                         .iter()
@@ -1263,6 +1255,16 @@ impl Db {
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
         let parent = parent.unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        // Checked again now that it exists: a path through a folder that
+        // did not (`new/../db/copy`) resolves only now.
+        let resolved = parent.canonicalize().map_err(io_err(parent))?;
+        if resolved.starts_with(&own) {
+            return Err(Error::InvalidConfig(format!(
+                "backup destination {} is inside the database folder {}",
+                dest.display(),
+                self.dir.display()
+            )));
+        }
         let name = dest
             .file_name()
             .map_or("backup".into(), |n| n.to_string_lossy().into_owned());
@@ -1398,6 +1400,15 @@ fn describe(spaces: &[VectorSpace]) -> String {
 
 /// A name that cannot leave its folder when joined to a path (databases
 /// made before names were restricted to plain words keep opening).
+/// A new space's name becomes a file and folder name (arena/<name>.arena,
+/// index/<name>/): plain words only.
+fn plain_space_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
 fn path_safe(name: &str) -> bool {
     !name.is_empty()
         && name != "."

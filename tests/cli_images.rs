@@ -1322,6 +1322,26 @@ fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
     );
     assert_eq!(sled_files(&case), damaged);
     assert!(!dir.path().join("emptied.before-repair").exists());
+    // The same without a copy: sled's old files (as its failed opens left
+    // them) go back into place, not an empty database.
+    let case = dir.path().join("emptied-no-copy");
+    copy_tree(&pristine, &case);
+    std::fs::write(case.join("sled").join("db"), b"").unwrap();
+    let repair = vitrine(&["repair", "--db", case.to_str().unwrap(), "--no-copy"]);
+    assert_eq!(repair.status.code(), Some(1), "{}", text(&repair.stdout));
+    assert!(
+        text(&repair.stdout).contains("put sled's old files back in place"),
+        "{}",
+        text(&repair.stdout)
+    );
+    let names: Vec<String> = std::fs::read_dir(&case)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with("sled.before-salvage")),
+        "{names:?}"
+    );
 
     // A repair killed between moving sled's old files aside and the new ones
     // in: commands say so, and the next repair moves them back first.

@@ -318,6 +318,23 @@ fn declaring_another_schema_on_an_existing_database_fails() {
         matches!(e, Error::InvalidConfig(_)) && e.is_user_error(),
         "{e:?}"
     );
+    // Planner settings and space names too, before any file is made.
+    let e = Db::builder()
+        .planner(vitrine::PlannerConfig {
+            exact_max_fraction: 2.0,
+            ..Default::default()
+        })
+        .open(dir.path().join("other"))
+        .err()
+        .expect("invalid planner");
+    assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
+    let e = Db::builder()
+        .vector_space("img", 4, Metric::Cosine)
+        .vector_space("Img", 4, Metric::Cosine)
+        .open(dir.path().join("other"))
+        .err()
+        .expect("names equal but for case");
+    assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
     for ratio in [0.0, -0.5, 1.5, f64::NAN] {
         let e = Db::builder()
             .compaction_ratio(ratio)
@@ -643,6 +660,10 @@ fn a_backup_is_consistent_while_writes_go_on() {
     let inside = dir.path().join("live/sub/copy");
     assert!(matches!(db.backup(&inside), Err(Error::InvalidConfig(_))));
     assert!(!dir.path().join("live/sub").exists());
+    // Also through a folder that does not exist yet.
+    let around = dir.path().join("nope/../live/copy2");
+    assert!(matches!(db.backup(&around), Err(Error::InvalidConfig(_))));
+    assert!(!dir.path().join("live/copy2").exists());
     drop(db);
 
     let backup = open(&copy);

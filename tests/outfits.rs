@@ -1037,6 +1037,8 @@ fn cli_outfit_commands_and_eval_fitb() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["original"], ps[0].as_str());
     let out = vitrine(&["outfit", "--db", d, "--json", "expand", id, "-n", "2"]);
+    // One JSON value per line, as the REPL's JSON mode promises.
+    assert_eq!(out.trim_end().lines().count(), 1, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(!v.as_array().unwrap().is_empty());
     let out = vitrine(&["outfit", "--db", d, "cover", "--per-template", "2"]);

@@ -19,8 +19,9 @@ fuzz_target!(|data: &[u8]| {
         0 => PrepConfig::catalog(),
         1 => PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT),
         2 => PrepConfig::photo().crop(false),
-        _ => PrepConfig::catalog()
-            .illumination(Illumination::WhenNotPlain(WhiteBalance::WhitePatch)),
+        _ => {
+            PrepConfig::catalog().illumination(Illumination::WhenNotPlain(WhiteBalance::WhitePatch))
+        }
     }
     .limits(limits);
     if let Ok(prepared) = prepare_image(data, &config) {

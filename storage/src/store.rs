@@ -23,13 +23,14 @@ const DEFAULT_TREE: &str = "__sled__default";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Durability {
-    /// Each write is fsynced (sled flush) before it returns: acknowledged ==
-    /// durable.
+    /// Each write is flushed and fsynced before it returns: acknowledged ==
+    /// durable, through a power loss.
     #[default]
     Immediate,
-    /// Writes are buffered; sled flushes every `interval` (rounded to whole
-    /// milliseconds, at least 1 ms) and on [`Store::flush`]: acknowledged ==
-    /// visible, durable after the next flush.
+    /// Writes are buffered; sled writes them to its log every `interval`
+    /// (rounded to whole milliseconds, at least 1 ms), which a crash of the
+    /// process does not undo, and [`Store::flush`] fsyncs them, which a
+    /// power loss does not undo either: acknowledged == visible.
     Periodic {
         /// Time between background flushes.
         interval: Duration,

@@ -65,10 +65,19 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
             copy.len()
         );
     }
-    println!(
-        "backed up {products} products to {} in {secs:.1} s (checked: it opens clean)",
-        args.out.display()
-    );
+    let damaged = copy.open_report().damaged.len();
+    if damaged > 0 {
+        // Copied as they are: the source has them too.
+        println!(
+            "backed up {products} products to {} in {secs:.1} s; it opens, but {damaged} damaged              records came with it (`vitrine info` lists them)",
+            args.out.display()
+        );
+    } else {
+        println!(
+            "backed up {products} products to {} in {secs:.1} s (checked: it opens clean)",
+            args.out.display()
+        );
+    }
     Ok(())
 }
 
@@ -121,10 +130,8 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             let unreadable = match unreadable {
                 Ok(u) => u,
                 Err(e) => {
-                    // Nothing was changed (another process opened it, say).
-                    if let Some(copy) = &copy {
-                        let _ = std::fs::remove_dir_all(copy);
-                    }
+                    let e = vitrine::Error::from(e);
+                    drop_or_restore_copy(&db_dir, copy.as_deref(), &e)?;
                     return Err(anyhow::Error::from(e)
                         .context(format!("cannot read {}", args.db.display())));
                 }
@@ -162,10 +169,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             println!("damaged: {location}: {reason}");
         }
         Err(e) => {
-            // Nothing was changed (another process has it open, say).
-            if let Some(copy) = &copy {
-                let _ = std::fs::remove_dir_all(copy);
-            }
+            drop_or_restore_copy(&db_dir, copy.as_deref(), &e)?;
             return Err(e).with_context(|| format!("cannot open {}", args.db.display()));
         }
     }
@@ -261,9 +265,12 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     // Rewrite sled's files from what it can read: the damaged pages stay
     // behind, so later opens are clean.
     drop(db);
-    // Any step that fails from here puts the folder back from the copy.
+    // Any step that fails from here puts the folder back from the copy,
+    // or without one, sled's old files back in place.
+    let mut old_sled = None;
     let rebuilt = (|| -> anyhow::Result<Db> {
-        let salvaged = salvage(&db_dir, copy.is_some())?;
+        let (salvaged, old) = salvage(&db_dir, copy.is_some())?;
+        old_sled = old;
         if !salvaged.damaged_keyspaces.is_empty() {
             println!(
                 "unreadable pages skipped in: {}",
@@ -287,6 +294,21 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         Err(e) => {
             if let Some(copy) = &copy {
                 restore_from_copy(&db_dir, copy)?;
+            } else if let Some(old) = &old_sled {
+                let salvaged = free_name(&db_dir.join("sled"), "salvaged")?;
+                std::fs::rename(db_dir.join("sled"), &salvaged)
+                    .and_then(|()| std::fs::rename(old, db_dir.join("sled")))
+                    .and_then(|()| sync_dir(&db_dir))
+                    .with_context(|| {
+                        format!(
+                            "cannot put sled's old files {} back in place",
+                            old.display()
+                        )
+                    })?;
+                println!(
+                    "put sled's old files back in place (the rewritten ones are in {})",
+                    salvaged.display()
+                );
             }
             return Err(e.context(format!("cannot repair {}", args.db.display())));
         }
@@ -472,7 +494,35 @@ fn undo_interrupted_swap(db: &std::path::Path) -> anyhow::Result<()> {
 /// ones (kept as `sled.before-salvage` when there is no copy of the folder);
 /// the index and arena files, made from the old ones, go. On an error the
 /// folder is as it was.
-fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_storage::Salvaged> {
+/// After a failed first open: a store refused for its lock was not
+/// touched, and the copy goes; any other failure may come after sled
+/// recovered (and cut its log), so the folder is put back from the copy.
+fn drop_or_restore_copy(
+    db_dir: &std::path::Path,
+    copy: Option<&std::path::Path>,
+    e: &vitrine::Error,
+) -> anyhow::Result<()> {
+    let Some(copy) = copy else { return Ok(()) };
+    let untouched = matches!(
+        e,
+        vitrine::Error::Storage(
+            vitrine_storage::Error::Locked { .. } | vitrine_storage::Error::HeldAfterIoError { .. }
+        )
+    );
+    if untouched {
+        let _ = std::fs::remove_dir_all(copy);
+        Ok(())
+    } else {
+        restore_from_copy(db_dir, copy)
+    }
+}
+
+/// Rewrites sled's files from what it can read and swaps them in. Returns
+/// what was kept, and without a copy, where sled's old files went.
+fn salvage(
+    db_dir: &std::path::Path,
+    have_copy: bool,
+) -> anyhow::Result<(vitrine_storage::Salvaged, Option<PathBuf>)> {
     let sled = db_dir.join("sled");
     let staging = free_name(&sled, "salvage")?;
     let salvaged = vitrine_storage::Store::open(db_dir, vitrine_storage::StoreOptions::default())
@@ -550,10 +600,11 @@ fn salvage(db_dir: &std::path::Path, have_copy: bool) -> anyhow::Result<vitrine_
     }
     if have_copy {
         let _ = std::fs::remove_dir_all(&old);
+        Ok((salvaged, None))
     } else {
         println!("sled's old files: {}", old.display());
+        Ok((salvaged, Some(old)))
     }
-    Ok(salvaged)
 }
 
 /// Syncs every file and folder under `dir`, and `dir`.

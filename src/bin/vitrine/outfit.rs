@@ -214,7 +214,8 @@ pub fn method_of(s: &str) -> anyhow::Result<CompleteMethod> {
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    // One line: the REPL's and `vitrine query`'s JSON mode is JSON lines.
+    println!("{}", serde_json::to_string(v)?);
     Ok(())
 }
 

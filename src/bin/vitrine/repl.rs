@@ -146,7 +146,15 @@ impl Session {
         let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let rest = rest.trim();
         let owned = split_args(rest);
-        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+        // find, query, similar and annotate read the line as they need.
+        let raw = ["find", "query", "similar", "annotate"]
+            .iter()
+            .any(|c| cmd.eq_ignore_ascii_case(c));
+        let args: Vec<&str> = match &owned {
+            Ok(owned) => owned.iter().map(String::as_str).collect(),
+            Err(e) if !raw => bail!("{e}"),
+            Err(_) => Vec::new(),
+        };
         match cmd.to_ascii_lowercase().as_str() {
             "" => {}
             "quit" | "exit" => {
@@ -155,8 +163,13 @@ impl Session {
             }
             "help" | "?" => {
                 at_most(&args, 0, "help")?;
-                for (_, h) in COMMANDS {
-                    writeln!(out, "  {h}")?;
+                if self.json {
+                    let lines: Vec<&str> = COMMANDS.iter().map(|(_, h)| *h).collect();
+                    writeln!(out, "{}", serde_json::json!({ "help": lines }))?;
+                } else {
+                    for (_, h) in COMMANDS {
+                        writeln!(out, "  {h}")?;
+                    }
                 }
             }
             "json" => match args[..] {
@@ -293,7 +306,8 @@ impl Session {
                     out,
                     "{}",
                     serde_json::json!({
-                        "rank": rank + 1, "id": h.id, "score": h.score, "category": cat,
+                        "rank": rank + 1, "id": h.id, "score": h.score,
+                        "category": h.attributes.category,
                         "brand": h.attributes.brand, "price": h.attributes.price,
                         "in_stock": h.attributes.in_stock, "contributions": h.contributions,
                     })
@@ -393,7 +407,7 @@ impl Session {
             Some(at) => (&line[..at], Some(&line[at..])),
             None => (line, None),
         };
-        let split = split_args(head);
+        let split = split_args(head).map_err(anyhow::Error::msg)?;
         let args: Vec<&str> = split.iter().map(String::as_str).collect();
         let Some(id) = args.first() else {
             bail!("usage: similar <id> [user] [k] [where <filter>]");
@@ -508,7 +522,7 @@ impl Session {
                     rank + 1,
                     clip(&h.id, 14),
                     h.score,
-                    h.attributes.category.as_deref().unwrap_or("-")
+                    clip(h.attributes.category.as_deref().unwrap_or("-"), 40)
                 )?;
             }
         }
@@ -585,7 +599,7 @@ impl Session {
                     if self.json {
                         writeln!(out, "{}", serde_json::json!({ "user": u }))?;
                     } else {
-                        writeln!(out, "  {u}")?;
+                        writeln!(out, "  {}", clip(&u, 200))?;
                     }
                 }
                 Ok(())
@@ -593,12 +607,12 @@ impl Session {
             ["reset", user] => {
                 // Resetting is for a profile that exists; `set` creates one.
                 // It forgets the feedback too.
+                // The layout first: a failure leaves the user as she was.
+                let uniform = Profile::uniform(&self.db.concept_layout()?);
                 if !self.db.delete_profile(user)? {
                     bail!("no profile for '{user}' (profile list shows them)");
                 }
-                let p = self
-                    .db
-                    .set_profile(user, &Profile::uniform(&self.db.concept_layout()?))?;
+                let p = self.db.set_profile(user, &uniform)?;
                 self.print_profile(user, &p, out)
             }
             ["set", user, pairs @ ..] if !pairs.is_empty() => {
@@ -624,7 +638,7 @@ impl Session {
                     if g.contains('.') {
                         p.affinities.insert(vitrine::concept_key(g), w);
                     } else {
-                        p.weights.insert(g.to_string(), w);
+                        p.weights.insert(g.to_lowercase(), w);
                     }
                 }
                 let p = self.db.set_profile(user, &p)?;
@@ -864,11 +878,15 @@ fn where_at(line: &str) -> Option<usize> {
     None
 }
 
+/// `s` in at most `n` characters, control characters shown as `?` (values
+/// are the user's: a line break or an escape would break the table or
+/// drive the terminal).
 fn clip(s: &str, n: usize) -> String {
+    let shown = s.chars().map(|c| if c.is_control() { '?' } else { c });
     if s.chars().count() <= n {
-        s.to_string()
+        shown.collect()
     } else {
-        let mut c: String = s.chars().take(n - 1).collect();
+        let mut c: String = shown.take(n - 1).collect();
         c.push('…');
         c
     }
@@ -896,17 +914,20 @@ impl Completer for ReplHelper {
             .map_or(0, |(i, c)| i + c.len_utf8());
         let word = &before[start..];
         let first = !before[..start].chars().any(|c| !c.is_whitespace());
-        let mut out: Vec<Pair> = self
+        // Each word once (`profile` is a command and a query word), in
+        // the order the list gives them.
+        let mut seen = std::collections::HashSet::new();
+        let out: Vec<Pair> = self
             .words
             .iter()
             .filter(|w| w.starts_with(word))
             .filter(|w| !first || COMMANDS.iter().any(|(c, _)| c == w))
+            .filter(|w| seen.insert(w.as_str()))
             .map(|w| Pair {
                 display: w.clone(),
                 replacement: w.clone(),
             })
             .collect();
-        out.dedup_by(|a, b| a.replacement == b.replacement);
         Ok((start, out))
     }
 }
@@ -963,41 +984,60 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     let mut failed = 0usize;
     let mut bad_lines = 0usize;
+    // A piped script is read line by line, not through the line editor
+    // (which, under TERM=dumb, would echo its prompt onto stdout, and would
+    // apply control characters as edits).
+    let piped = !std::io::stdin().is_terminal();
+    let mut script = std::io::BufRead::split(std::io::stdin().lock(), b'\n');
+    let report = |failed: &mut usize, e: &anyhow::Error, json: bool| {
+        *failed += 1;
+        if json {
+            println!("{}", serde_json::json!({"error": crate::error_message(e)}));
+        } else {
+            println!("error: {}", crate::error_message(e));
+        }
+    };
     loop {
-        match rl.readline("vitrine> ") {
-            Ok(line) => {
-                bad_lines = 0;
-                match session.execute(&line, &mut stdout) {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => {
-                        failed += 1;
-                        if session.json {
-                            println!("{}", serde_json::json!({"error": crate::error_message(&e)}));
-                        } else {
-                            println!("error: {}", crate::error_message(&e));
+        let line = if piped {
+            match script.next() {
+                None => break,
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(bytes)) => match String::from_utf8(bytes) {
+                    Ok(mut line) => {
+                        if line.ends_with('\r') {
+                            line.pop();
                         }
+                        line
                     }
-                }
-                // Tags defined in the session become completable.
-                if let Some(h) = rl.helper_mut() {
-                    h.words = session.words();
-                }
+                    // One line that is not UTF-8 fails; the script goes on.
+                    Err(_) => {
+                        bad_lines += 1;
+                        if bad_lines > 1000 {
+                            bail!("the input is not UTF-8 text");
+                        }
+                        let e = anyhow::anyhow!("a line is not UTF-8 text; skipped");
+                        report(&mut failed, &e, session.json);
+                        continue;
+                    }
+                },
             }
-            Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break,
-            // One line of a piped script that is not UTF-8: that line fails,
-            // the script goes on (the reader has consumed the line).
-            Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                failed += 1;
-                bad_lines += 1;
-                if bad_lines > 1000 {
-                    bail!("the input is not UTF-8 text");
-                }
-                println!("error: a line is not UTF-8 text; skipped");
-                continue;
+        } else {
+            match rl.readline("vitrine> ") {
+                Ok(line) => line,
+                Err(ReadlineError::Interrupted) => continue,
+                Err(ReadlineError::Eof) => break,
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
+        };
+        bad_lines = 0;
+        match session.execute(&line, &mut stdout) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => report(&mut failed, &e, session.json),
+        }
+        // Tags defined in the session become completable.
+        if let Some(h) = rl.helper_mut() {
+            h.words = session.words();
         }
     }
     if let Some(h) = &history {
@@ -1045,12 +1085,22 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
         // A command's arguments the shell kept whole (`product get "look
         // 1"`) stay whole. (A query is text of its own, quoted as written,
         // and so is a command passed as one argument.)
+        // product and outfit take plain arguments: a quote in one is a
+        // character of its value (`size=32"`).
+        let plain = is(first, &["product", "outfit"]);
         args.query
             .iter()
             .map(|a| {
                 // (Not a piece of the line: `similar 10029 "5 where in_stock"`.)
                 let piece = where_at(&format!("x {a}")).is_some();
-                if a.chars().any(char::is_whitespace) && !a.contains('"') && !piece {
+                if plain {
+                    let a = a.replace('"', "\\\"");
+                    if a.chars().any(char::is_whitespace) {
+                        format!("\"{a}\"")
+                    } else {
+                        a
+                    }
+                } else if a.chars().any(char::is_whitespace) && !a.contains('"') && !piece {
                     format!("\"{a}\"")
                 } else {
                     a.clone()
@@ -1068,13 +1118,21 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
 }
 
 /// Splits a command line's arguments at whitespace; double quotes keep an
-/// argument with spaces together (`outfit show "look 1"`).
-fn split_args(line: &str) -> Vec<String> {
+/// argument with spaces together (`outfit show "look 1"`), and `\"` is a
+/// quote in a value (`size=32\"`). An unclosed quote is an error, not a
+/// value that runs on over the next arguments.
+fn split_args(line: &str) -> Result<Vec<String>, String> {
     let mut args = Vec::new();
     let mut cur = String::new();
     let (mut quoted, mut started) = (false, false);
-    for c in line.chars() {
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
         match c {
+            '\\' if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+                started = true;
+            }
             '"' => {
                 quoted = !quoted;
                 started = true;
@@ -1091,10 +1149,15 @@ fn split_args(line: &str) -> Vec<String> {
             }
         }
     }
+    if quoted {
+        return Err(
+            "a quote is not closed (write \\\" for a quote inside a value: size=32\\\")".into(),
+        );
+    }
     if started {
         args.push(cur);
     }
-    args
+    Ok(args)
 }
 
 #[cfg(test)]
@@ -1127,9 +1190,15 @@ mod tests {
     #[test]
     fn arguments_split_at_spaces_outside_quotes() {
         assert_eq!(
-            super::split_args(r#"show "look 1"  x ""#),
+            super::split_args(r#"show "look 1"  x """#).unwrap(),
             ["show", "look 1", "x", ""]
         );
-        assert_eq!(super::split_args("  a\tb "), ["a", "b"]);
+        assert_eq!(super::split_args("  a\tb ").unwrap(), ["a", "b"]);
+        // A quote in a value, and one left open.
+        assert_eq!(
+            super::split_args(r#"set p size=32\" "a \"b\" c" C:\x"#).unwrap(),
+            ["set", "p", "size=32\"", "a \"b\" c", "C:\\x"]
+        );
+        assert!(super::split_args(r#"set p length=32" colour=blue"#).is_err());
     }
 }
