@@ -1,4 +1,5 @@
-//! Criterion benches for the Db: filtered search plans, inserts, and open.
+//! Criterion benches for the Db: filtered search plans and inserts (`vitrine
+//! bench open` measures opening).
 //! `cargo bench --bench engine`; the `vitrine bench` harness covers larger runs.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};

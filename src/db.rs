@@ -440,22 +440,17 @@ impl Db {
         }
         b.index.compaction_threads = b.threads;
         for s in &b.spaces {
-            if !plain_space_name(&s.name) || s.dim == 0 || s.dim > 65_536 {
+            if !path_safe(&s.name) || s.dim == 0 || s.dim > 65_536 {
                 return Err(Error::InvalidConfig(format!(
                     "vector space '{}' with {} dimensions (names are 1 to 64 of A-Z a-z 0-9 _ -; 1..=65536 dimensions)",
                     s.name, s.dim
                 )));
             }
         }
-        // Names become file names: two that differ only in case would share
-        // files on a case-insensitive file system.
-        let mut names: Vec<String> = b.spaces.iter().map(|s| s.name.to_lowercase()).collect();
-        names.sort_unstable();
-        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::InvalidConfig(format!(
-                "vector space '{}' declared twice (names are compared without case)",
-                w[0]
-            )));
+        // A new database's spaces, before any file is made (and again below
+        // for a folder whose store holds no schema yet).
+        if !dir.join("sled").exists() {
+            check_new_spaces(&b.spaces)?;
         }
         let store = Store::open(
             dir,
@@ -509,6 +504,7 @@ impl Db {
                 } else {
                     b.spaces.clone()
                 };
+                check_new_spaces(&spaces)?;
                 let meta = Meta {
                     spaces: spaces
                         .iter()
@@ -1209,8 +1205,20 @@ impl Db {
             )));
         }
         // Nearest existing ancestor of `dest`, resolved: a copy inside the
-        // database folder would copy itself without end.
-        let mut ancestor = dest.parent().unwrap_or(Path::new("."));
+        // database folder would copy itself without end. `..` is resolved
+        // first (in words: `new/../db/copy` names no folder that exists).
+        let absolute = std::path::absolute(dest).map_err(io_err(dest))?;
+        let mut lexical = PathBuf::new();
+        for c in absolute.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    lexical.pop();
+                }
+                std::path::Component::CurDir => {}
+                c => lexical.push(c),
+            }
+        }
+        let mut ancestor = lexical.parent().unwrap_or(Path::new("."));
         while !ancestor.as_os_str().is_empty() && !ancestor.exists() {
             ancestor = ancestor.parent().unwrap_or(Path::new("."));
         }
@@ -1398,17 +1406,35 @@ fn describe(spaces: &[VectorSpace]) -> String {
         .join(", ")
 }
 
-/// A name that cannot leave its folder when joined to a path (databases
-/// made before names were restricted to plain words keep opening).
 /// A new space's name becomes a file and folder name (arena/<name>.arena,
-/// index/<name>/): plain words only.
-fn plain_space_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+/// index/<name>/): plain words only, and two that differ only in case would
+/// share files on a case-insensitive file system.
+fn check_new_spaces(spaces: &[VectorSpace]) -> Result<()> {
+    let plain = |name: &str| {
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    };
+    if let Some(s) = spaces.iter().find(|s| !plain(&s.name)) {
+        return Err(Error::InvalidConfig(format!(
+            "vector space '{}': names are 1 to 64 of A-Z a-z 0-9 _ -",
+            s.name
+        )));
+    }
+    let mut names: Vec<String> = spaces.iter().map(|s| s.name.to_lowercase()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::InvalidConfig(format!(
+            "vector space '{}' declared twice (names are compared without case)",
+            w[0]
+        )));
+    }
+    Ok(())
 }
 
+/// A name that cannot leave its folder when joined to a path (databases
+/// made before names were restricted to plain words keep opening).
 fn path_safe(name: &str) -> bool {
     !name.is_empty()
         && name != "."

@@ -92,7 +92,9 @@ pub struct SimilarTable {
     pub ids: Vec<String>,
     /// Per product (same order as `ids`): (index into `ids`, score), best first.
     pub lists: Vec<Vec<(u32, f32)>>,
-    /// Back end that computed the last batch.
+    /// Back end the batches were planned for ([`Backend::Gpu`] when the
+    /// GPU was chosen; a batch it could not take fell back to the CPU, with
+    /// a log line).
     pub backend: Backend,
     /// Wall time of the scoring, in seconds.
     pub seconds: f64,

@@ -660,10 +660,11 @@ fn a_backup_is_consistent_while_writes_go_on() {
     let inside = dir.path().join("live/sub/copy");
     assert!(matches!(db.backup(&inside), Err(Error::InvalidConfig(_))));
     assert!(!dir.path().join("live/sub").exists());
-    // Also through a folder that does not exist yet.
-    let around = dir.path().join("nope/../live/copy2");
+    // Also through a folder that does not exist yet, and nothing is made.
+    let around = dir.path().join("nope/../live/sub/copy2");
     assert!(matches!(db.backup(&around), Err(Error::InvalidConfig(_))));
-    assert!(!dir.path().join("live/copy2").exists());
+    assert!(!dir.path().join("live/sub").exists());
+    assert!(!dir.path().join("nope").exists());
     drop(db);
 
     let backup = open(&copy);

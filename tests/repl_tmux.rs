@@ -166,3 +166,58 @@ fn repl_completes_queries_shows_and_reports_errors() {
     }
     assert!(h.contains("find +colour.red limit 3"), "{h}");
 }
+
+/// Under TERM=dumb the line editor reads stdin by itself: the REPL must not
+/// hold stdin's lock meanwhile (it did, and hung after the first prompt).
+#[test]
+fn repl_answers_under_a_dumb_terminal() {
+    if !have_tmux() {
+        eprintln!("SKIP repl_answers_under_a_dumb_terminal: tmux is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db_dir = tmp.path().join("db");
+    {
+        let db = Db::open(&db_dir).unwrap();
+        let mut v = vec![0.0f32; vitrine::DEFAULT_DIM];
+        v[0] = 1.0;
+        db.insert("only-one", Attributes::new(), [(vitrine::DEFAULT_SPACE, v)])
+            .unwrap();
+    }
+    let tmux = Tmux {
+        socket: format!("vitrine-dumb-{}", std::process::id()),
+        session: "repl".into(),
+    };
+    let done = tmp.path().join("done");
+    let cmd = format!(
+        "env TERM=dumb HOME={} {} repl --db {}; touch {}",
+        tmp.path().display(),
+        env!("CARGO_BIN_EXE_vitrine"),
+        db_dir.display(),
+        done.display()
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "repl",
+        "-x",
+        "200",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    tmux.wait_for("vitrine> ");
+    tmux.keys(&["info", "Enter"]);
+    tmux.wait_for("products   1 (");
+    tmux.keys(&["quit", "Enter"]);
+    let start = Instant::now();
+    while !done.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the REPL did not quit:\n{}",
+            tmux.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -348,7 +348,12 @@ impl HnswIndex {
             // would abort, exit or read out of bounds on is refused first,
             // and a panic on a dump that still fooled both is an error, not
             // a crash of the caller.
-            crate::hnsw_dump::check(dir, crate::format::GRAPH_BASENAME, dim)?;
+            crate::hnsw_dump::check(
+                dir,
+                crate::format::GRAPH_BASENAME,
+                dim,
+                params.max_connections,
+            )?;
             let io = HnswIo::new(dir, crate::format::GRAPH_BASENAME);
             let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 LoadedGraphTryBuilder {

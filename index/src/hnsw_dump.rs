@@ -111,8 +111,13 @@ impl Walk {
 }
 
 /// Checks the dump `basename` in `dir` as hnsw_rs will read it, for `dim`
-/// f32 components per point.
-pub(crate) fn check(dir: &Path, basename: &str, dim: usize) -> Result<(), String> {
+/// f32 components per point and the `max_connections` our header holds.
+pub(crate) fn check(
+    dir: &Path,
+    basename: &str,
+    dim: usize,
+    max_connections: usize,
+) -> Result<(), String> {
     let mut g = Walk::open(&dir.join(format!("{basename}.hnsw.graph")), "graph file")?;
     let mut d = Walk::open(&dir.join(format!("{basename}.hnsw.data")), "data file")?;
 
@@ -125,15 +130,20 @@ pub(crate) fn check(dir: &Path, basename: &str, dim: usize) -> Result<(), String
     if g.u8()? != 1 {
         return Err("graph file: not a full-mode dump".into());
     }
-    g.u8()?; // max_nb_connection: our header holds (and checked) it
+    let m = g.u8()?;
+    if usize::from(m) != max_connections {
+        return Err(format!(
+            "graph file: {m} connections per node, the header says {max_connections}"
+        ));
+    }
     if version == 4 {
         g.bytes::<8>()?; // level scale
     }
+    // hnsw_rs writes (and draws levels for) all 16; a graph of fewer would
+    // load, then panic on an insert drawn past them.
     let layers = g.u8()?;
-    if layers > MAX_LAYERS {
-        return Err(format!(
-            "graph file: {layers} layers (at most {MAX_LAYERS})"
-        ));
+    if layers != MAX_LAYERS {
+        return Err(format!("graph file: {layers} layers, not {MAX_LAYERS}"));
     }
     g.u64()?; // ef
     let nb_point = g.u64()?;
@@ -157,8 +167,10 @@ pub(crate) fn check(dir: &Path, basename: &str, dim: usize) -> Result<(), String
 
     // Points, layer by layer, each with its data record.
     let indexed_layers = g.u8()?;
-    if indexed_layers > MAX_LAYERS {
-        return Err(format!("graph file: {indexed_layers} indexed layers"));
+    if indexed_layers != MAX_LAYERS {
+        return Err(format!(
+            "graph file: {indexed_layers} indexed layers, not {MAX_LAYERS}"
+        ));
     }
     let mut per_layer: Vec<u64> = Vec::with_capacity(indexed_layers as usize);
     // Neighbour references, checked once every layer's size is known.

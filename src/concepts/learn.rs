@@ -188,7 +188,10 @@ pub(crate) fn learn_profile(
         .map(|p| {
             p.affinities
                 .iter()
-                .map(|(c, a)| (c.clone(), a * hand_scale))
+                .map(|(c, a)| {
+                    let a = a * hand_scale;
+                    (c.clone(), a.clamp(-super::MAX_WEIGHT, super::MAX_WEIGHT))
+                })
                 .collect()
         })
         .unwrap_or_default();

@@ -72,7 +72,7 @@ pub struct Store {
 /// its keyspaces.
 struct IoState {
     sled_dir: PathBuf,
-    /// sled's log file, for fsync (see [`IoState::sync_files`]).
+    /// sled's log file, for fsync (see [`IoState::flush_durably`]).
     log: std::fs::File,
     /// Blob files already fsynced (names in `sled/blobs`).
     synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
@@ -115,40 +115,50 @@ impl IoState {
         r.map_err(|e| sled_error(&self.sled_dir, e))
     }
 
-    /// Makes what sled flushed durable. sled 0.34 writes its log with
+    /// sled's flush, made durable. sled 0.34 writes its log with
     /// `sync_file_range` on Linux, which saves neither the file's new
     /// length nor the disk's write cache, and never syncs the files it
     /// writes large records to (`blobs/`): a power loss could drop writes
     /// it had acknowledged. An fsync error marks the store like a failed
     /// write (the kernel may have dropped the unwritten pages).
-    fn sync_files(&self) -> Result<()> {
+    fn flush_durably(&self, flush: impl FnOnce() -> sled::Result<usize>) -> Result<()> {
         let fail = |path: &Path, e| {
             self.failed.store(true, Ordering::SeqCst);
             Error::io(path, e)
         };
+        // Listed before the flush: a blob there then belongs to a write the
+        // flush waits for, so it is whole when synced below (one listed
+        // after could be another thread's, half written).
         let blobs = self.sled_dir.join("blobs");
-        let entries = match std::fs::read_dir(&blobs) {
-            Ok(entries) => entries.collect::<std::io::Result<Vec<_>>>(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
-        .map_err(|e| fail(&blobs, e))?;
+        let names: std::collections::HashSet<std::ffi::OsString> =
+            match std::fs::read_dir(&blobs) {
+                Ok(entries) => entries
+                    .map(|e| e.map(|e| e.file_name()))
+                    .collect::<std::io::Result<_>>(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| fail(&blobs, e))?;
+        self.check(flush())?;
         let mut synced = self
             .synced_blobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Forget blobs sled has removed, so the set stays small.
-        synced.retain(|name| entries.iter().any(|e| e.file_name() == *name));
+        synced.retain(|name| names.contains(name));
         let mut new = false;
-        for entry in entries {
-            if synced.contains(&entry.file_name()) {
+        for name in names {
+            if synced.contains(&name) {
                 continue;
             }
-            let path = entry.path();
-            std::fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| fail(&path, e))?;
-            synced.insert(entry.file_name());
+            let path = blobs.join(&name);
+            match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
+                Ok(()) => {}
+                // sled removed it meanwhile (its record was replaced).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(fail(&path, e)),
+            }
+            synced.insert(name);
             new = true;
         }
         if new {
@@ -624,8 +634,7 @@ impl Store {
     /// are paused).
     pub fn flush(&self) -> Result<()> {
         let _w = self.io.write_guard()?;
-        self.io.check(self.db.flush())?;
-        self.io.sync_files()
+        self.io.flush_durably(|| self.db.flush())
     }
 
     /// Bytes used by sled's files.
@@ -880,8 +889,7 @@ impl<T: Record> Keyspace<T> {
 
     fn sync(&self) -> Result<()> {
         if self.durability == Durability::Immediate {
-            self.io.check(self.tree.flush())?;
-            self.io.sync_files()?;
+            self.io.flush_durably(|| self.tree.flush())?;
         }
         Ok(())
     }

@@ -69,7 +69,8 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     if damaged > 0 {
         // Copied as they are: the source has them too.
         println!(
-            "backed up {products} products to {} in {secs:.1} s; it opens, but {damaged} damaged              records came with it (`vitrine info` lists them)",
+            "backed up {products} products to {} in {secs:.1} s; it opens, but {damaged} damaged \
+             records came with it (`vitrine info` lists them)",
             args.out.display()
         );
     } else {

@@ -988,7 +988,9 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     // (which, under TERM=dumb, would echo its prompt onto stdout, and would
     // apply control characters as edits).
     let piped = !std::io::stdin().is_terminal();
-    let mut script = std::io::BufRead::split(std::io::stdin().lock(), b'\n');
+    // Only when piped: the line editor takes stdin's lock itself (under
+    // TERM=dumb), and a lock held here would deadlock it.
+    let mut script = piped.then(|| std::io::BufRead::split(std::io::stdin().lock(), b'\n'));
     let report = |failed: &mut usize, e: &anyhow::Error, json: bool| {
         *failed += 1;
         if json {
@@ -998,7 +1000,7 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
         }
     };
     loop {
-        let line = if piped {
+        let line = if let Some(script) = script.as_mut() {
             match script.next() {
                 None => break,
                 Some(Err(e)) => return Err(e.into()),
@@ -1094,7 +1096,7 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
                 // (Not a piece of the line: `similar 10029 "5 where in_stock"`.)
                 let piece = where_at(&format!("x {a}")).is_some();
                 if plain {
-                    let a = a.replace('"', "\\\"");
+                    let a = a.replace('\\', "\\\\").replace('"', "\\\"");
                     if a.chars().any(char::is_whitespace) {
                         format!("\"{a}\"")
                     } else {
@@ -1118,9 +1120,10 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
 }
 
 /// Splits a command line's arguments at whitespace; double quotes keep an
-/// argument with spaces together (`outfit show "look 1"`), and `\"` is a
-/// quote in a value (`size=32\"`). An unclosed quote is an error, not a
-/// value that runs on over the next arguments.
+/// argument with spaces together (`outfit show "look 1"`), `\"` is a
+/// quote in a value (`size=32\"`) and `\\` a backslash (any other
+/// backslash is kept as it is). An unclosed quote is an error, not a value
+/// that runs on over the next arguments.
 fn split_args(line: &str) -> Result<Vec<String>, String> {
     let mut args = Vec::new();
     let mut cur = String::new();
@@ -1128,9 +1131,8 @@ fn split_args(line: &str) -> Result<Vec<String>, String> {
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\\' if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
+            '\\' if matches!(chars.peek(), Some('"' | '\\')) => {
+                cur.extend(chars.next());
                 started = true;
             }
             '"' => {
@@ -1196,8 +1198,8 @@ mod tests {
         assert_eq!(super::split_args("  a\tb ").unwrap(), ["a", "b"]);
         // A quote in a value, and one left open.
         assert_eq!(
-            super::split_args(r#"set p size=32\" "a \"b\" c" C:\x"#).unwrap(),
-            ["set", "p", "size=32\"", "a \"b\" c", "C:\\x"]
+            super::split_args(r#"set p size=32\" "a \"b\" c" C:\x "D:\\""#).unwrap(),
+            ["set", "p", "size=32\"", "a \"b\" c", "C:\\x", "D:\\"]
         );
         assert!(super::split_args(r#"set p length=32" colour=blue"#).is_err());
     }
