@@ -71,12 +71,17 @@ fn bench_ann_reports_recall_and_qps_per_ef() {
         q,
         "--ef",
         "16,128",
+        "--plan",
+        "graph",
         "--json",
     ]);
+    // (3,000 points would be scanned exactly under the automatic plan:
+    // the graph is what this measures.)
     assert_eq!(rows.len(), 2);
     for r in &rows {
         assert!(r["qps"].as_f64().unwrap() > 0.0);
         assert!(r["filter"].is_null());
+        assert_eq!(r["plan"], "graph", "{r}");
     }
     let recall = |r: &serde_json::Value| r["recall"].as_f64().unwrap();
     assert!(recall(&rows[1]) >= 0.95, "{rows:?}");
@@ -97,6 +102,7 @@ fn bench_ann_reports_recall_and_qps_per_ef() {
         "--json",
     ]);
     assert_eq!(rows[0]["filter"], 100);
+    assert_eq!(rows[0]["plan"], "exact", "{rows:?}");
     assert!((recall(&rows[0]) - 1.0).abs() < 1e-9, "{rows:?}");
 
     // Bad input is an error message, not a panic.

@@ -609,7 +609,13 @@ fn query_command_prints_results_and_positioned_errors() {
             .unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    for line in text(&out.stdout).lines() {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert!(
+        lines.len() >= 3 && lines[0].contains("\"rank\""),
+        "{lines:?}"
+    );
+    for line in &lines {
         assert!(
             serde_json::from_str::<serde_json::Value>(line).is_ok(),
             "not JSON: {line}"

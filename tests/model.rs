@@ -116,6 +116,10 @@ proptest! {
                         for (h, w) in hits.iter().zip(&want) {
                             // Ties may order differently; scores must agree.
                             prop_assert!((h.score - w.0).abs() < 1e-4, "{} vs {}", h.score, w.0);
+                            // And each hit is the product it names.
+                            let (attrs, v) = &model[&h.id];
+                            prop_assert!((h.score - cosine(&q, v)).abs() < 1e-4, "{} is not its own score", h.id);
+                            prop_assert!(!in_stock || attrs.in_stock, "{} is out of stock", h.id);
                         }
                     }
                 }

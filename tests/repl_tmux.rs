@@ -138,8 +138,9 @@ fn repl_completes_queries_shows_and_reports_errors() {
     tmux.keys(&["find +colour.re", "Tab"]);
     tmux.wait_for("vitrine> find +colour.red");
     tmux.keys(&[" limit 3", "Enter"]);
-    let s = tmux.wait_for("why");
-    assert!(s.contains("+colour.red"), "{s}");
+    // A results row: its term's contribution (`+colour.red +0.93`).
+    let s = tmux.wait_for("+colour.red +");
+    assert!(s.contains("why"), "{s}");
 
     // show writes a contact sheet of those results.
     tmux.keys(&[&format!("show {}", sheet.display()), "Enter"]);

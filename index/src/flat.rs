@@ -38,14 +38,23 @@ impl FlatIndex {
     }
 
     /// Creates an empty index with room for `n` vectors.
+    /// Fails, rather than aborting, when that room cannot be had.
     pub fn with_capacity(dim: usize, metric: Metric, n: usize) -> Result<Self> {
         check_dim(dim)?;
+        let too_many = |_| Error::invalid("capacity", format!("no room for {n} vectors of {dim}"));
+        let mut data = Vec::new();
+        data.try_reserve_exact(n.checked_mul(dim).ok_or_else(|| too_many(()))?)
+            .map_err(|_| too_many(()))?;
+        let mut docs = Vec::new();
+        docs.try_reserve_exact(n).map_err(|_| too_many(()))?;
+        let mut pos = HashMap::new();
+        pos.try_reserve(n).map_err(|_| too_many(()))?;
         Ok(FlatIndex {
             dim,
             metric,
-            data: Vec::with_capacity(n.saturating_mul(dim)),
-            docs: Vec::with_capacity(n),
-            pos: HashMap::with_capacity(n),
+            data,
+            docs,
+            pos,
         })
     }
 
@@ -80,7 +89,8 @@ impl FlatIndex {
     /// Stores a vector that is already as this index keeps it (the output
     /// of [`Metric::prepare`], read back from a checkpoint), without
     /// preparing it again: normalising a unit vector again can change its
-    /// last bits. Fails on a wrong dimension or a non-finite value.
+    /// last bits. Fails on a wrong dimension, a non-finite value or norm,
+    /// and under cosine on a vector that is not of unit length.
     pub fn upsert_stored(&mut self, doc: u64, v: &[f32]) -> Result<()> {
         if v.len() != self.dim {
             return Err(Error::DimensionMismatch {
@@ -90,6 +100,23 @@ impl FlatIndex {
         }
         if v.iter().any(|x| !x.is_finite()) {
             return Err(Error::NonFinite);
+        }
+        let norm_sq: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        if !(norm_sq as f32).is_finite() {
+            return Err(Error::NonFinite);
+        }
+        if self.metric == Metric::Cosine && (norm_sq - 1.0).abs() > 1e-4 {
+            return Err(if norm_sq == 0.0 {
+                Error::ZeroVector
+            } else {
+                Error::invalid(
+                    "vector",
+                    format!(
+                        "norm {:.6} under cosine: not as prepare() stores it",
+                        norm_sq.sqrt()
+                    ),
+                )
+            });
         }
         self.upsert_prepared(doc, v);
         Ok(())
@@ -282,6 +309,27 @@ fn scan_threads(work: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stored vectors are checked as `prepare` leaves them, and room that
+    /// cannot be had is an error, not an abort.
+    #[test]
+    fn stored_vectors_and_capacity_are_checked() {
+        let mut cos = FlatIndex::new(2, Metric::Cosine).unwrap();
+        assert!(cos.upsert_stored(1, &[0.6, 0.8]).is_ok());
+        assert!(cos.upsert_stored(2, &[1e30, 1e30]).is_err());
+        assert!(matches!(
+            cos.upsert_stored(3, &[0.0, 0.0]),
+            Err(Error::ZeroVector)
+        ));
+        let mut ip = FlatIndex::new(2, Metric::InnerProduct).unwrap();
+        assert!(ip.upsert_stored(1, &[3.0, 4.0]).is_ok());
+        assert!(matches!(
+            ip.upsert_stored(2, &[3e38, 3e38]),
+            Err(Error::NonFinite)
+        ));
+        assert!(FlatIndex::with_capacity(4, Metric::Cosine, 1 << 62).is_err());
+        assert!(FlatIndex::with_capacity(4, Metric::Cosine, 1000).is_ok());
+    }
 
     /// The threaded scan returns exactly the sequential one, ties included.
     #[test]

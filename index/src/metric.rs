@@ -9,7 +9,8 @@ use crate::kernels;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Metric {
     /// Cosine similarity. Vectors and queries are L2-normalised on the way in,
-    /// so the score is their dot product, in `[-1, 1]`.
+    /// so the score is their dot product, in `[-1, 1]` up to f32 rounding
+    /// (a vector against itself can score `1.0000001`).
     Cosine,
     /// Raw dot product; vectors are stored as given.
     ///

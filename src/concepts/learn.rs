@@ -55,7 +55,7 @@ fn mean(rows: &[Vec<f32>], dim: usize) -> Vec<f32> {
 /// Up to `n` rows of the catalog, evenly spaced, leaving out `skip` ids.
 pub(crate) fn catalog_sample(s: &SpaceSnapshot, skip: &[&str], n: usize) -> Vec<Vec<f32>> {
     let skip: BTreeSet<&str> = skip.iter().copied().collect();
-    let step = (s.len() / n.max(1)).max(1);
+    let step = s.len().div_ceil(n.max(1)).max(1);
     (0..s.len())
         .step_by(step)
         .filter(|&i| !skip.contains(s.ids[i].as_str()))
@@ -252,10 +252,13 @@ pub(crate) fn learn_profile(
         } else {
             skips.iter().map(|z| dot(&z[r.clone()], &c)).sum::<f32>() / ns
         };
-        let contrast = blend(skip_mean, dot(&catalog[r.clone()], &c)).clamp(-1.0, 0.999);
+        // A group where every product agrees (one tag, or a catalog of one
+        // gender) has a contrast of 1 and tells products apart not at all:
+        // its excess is 0, not the most a group can have.
+        let contrast = blend(skip_mean, dot(&catalog[r.clone()], &c)).max(-1.0);
         excess.insert(
             g.name.clone(),
-            ((agree - contrast).max(0.0)) / (1.0 - contrast),
+            (agree - contrast).max(0.0) / (1.0 - contrast).max(1e-3),
         );
     }
     let total: f32 = excess.values().sum();
@@ -336,7 +339,12 @@ impl vitrine_storage::Record for CatalogMean {
 
 fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
     let ks = db.side_keyspace::<CatalogMean>(CATALOG_STATS)?;
-    let len = db.len() as u64;
+    // The products the mean is over: those with a concept vector.
+    let len = db
+        .space_stats()
+        .iter()
+        .find(|s| s.name == CONCEPT_SPACE)
+        .map_or(db.len(), |s| s.vectors) as u64;
     if let Some(c) = ks.get(CATALOG_MEAN)? {
         let drift = c.count.abs_diff(len) as f64 / c.count.max(1) as f64;
         if drift <= 0.05 && c.mean.len() == dim {

@@ -93,6 +93,10 @@ pub(crate) struct Catalog {
 
 pub(crate) const NO_CATEGORY: u32 = u32::MAX;
 
+/// The colour of a product with no family (no catalog group, and a model
+/// without a colour block).
+pub(crate) const NO_COLOUR: u16 = u16::MAX;
+
 /// Colour similarity from which two products count as one colour family
 /// (with measured colours: ΔE76 below 20).
 pub(crate) const SAME_COLOUR: f32 = 0.8;
@@ -223,9 +227,12 @@ impl Catalog {
                 .as_deref()
                 .and_then(|a| attrs.get(a))
                 .and_then(|v| colour_index.get(v.trim()).copied());
+            // (A model without a colour block names no family: the product
+            // then matches others by measured shade only.)
             let family = catalog.unwrap_or_else(|| {
                 lab.and_then(|lab| nearest_family(&cat.layout.colours, lab))
-                    .unwrap_or_else(|| argmax(&row[l.colour.clone()])) as u16
+                    .or_else(|| (!l.colour.is_empty()).then(|| argmax(&row[l.colour.clone()])))
+                    .map_or(NO_COLOUR, |f| f as u16)
             });
             cat.colour.push(family);
             cat.catalog_colour.push(catalog.is_some());
@@ -283,6 +290,7 @@ impl Catalog {
         if let Some(d) = self.delta_e(a, b) {
             return (1.0 - d / COLOUR_SCALE).max(0.0);
         }
+        // The colour head's agreement (0 without one: nothing is known).
         let r = self.layout.colour.clone();
         dot(&self.concept(a)[r.clone()], &self.concept(b)[r])
     }
@@ -301,7 +309,8 @@ impl Catalog {
         if self.catalog_colour[a] && self.catalog_colour[b] {
             return self.colour[a] == self.colour[b];
         }
-        self.colour[a] == self.colour[b] || self.shade_sim(a, b) >= same_colour_threshold()
+        (self.colour[a] != NO_COLOUR && self.colour[a] == self.colour[b])
+            || self.shade_sim(a, b) >= same_colour_threshold()
     }
 
     pub fn colour_name(&self, i: usize) -> &str {

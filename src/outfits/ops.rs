@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::features::{Catalog, NO_CATEGORY};
+use super::features::{Catalog, NO_CATEGORY, NO_COLOUR};
 use super::memory::Memory;
 use super::rules::{Given, OutfitRules, RuleMaps};
 use super::{Outfit, OutfitError, OutfitResult};
@@ -694,7 +694,7 @@ impl OutfitEngine<'_> {
                         "look-alike {:.2}; colour {} ({}); keeps {kept}/{total} colour relations{}",
                         raw_look[n],
                         cat.colour_name(c),
-                        if cat.colour[c] == cat.colour[orig] {
+                        if cat.colour[c] == cat.colour[orig] && cat.colour[c] != NO_COLOUR {
                             "same family as the original".to_owned()
                         } else if same {
                             format!("a close shade of the original's {}", cat.colour_name(orig))

@@ -248,6 +248,12 @@ impl fmt::Debug for Arena {
 impl Arena {
     /// Maps and validates the arena at `path` (magic, version, header and
     /// payload checksums, exact length) before exposing any data.
+    ///
+    /// The file is mapped, not read: it must not be changed in place while
+    /// the `Arena` lives (this crate only ever replaces arenas by renaming a
+    /// new file over the old). Truncating a mapped file makes the next read
+    /// of the lost part kill the process (SIGBUS), which no check can turn
+    /// into an error.
     pub fn open(path: &Path) -> Result<Arena> {
         refuse_big_endian()?;
         let io = |e| Error::io(path, e);
@@ -259,7 +265,8 @@ impl Arena {
         }
         // SAFETY: the mapping is read-only and arenas are never modified in
         // place (writers rename a new file over the old one), so the bytes
-        // cannot change under us.
+        // cannot change under us unless someone else truncates the file,
+        // which the doc above warns of.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
         let layout = format::validate(&mmap).map_err(|r| Error::arena(path, r))?;
         let arena = Arena {
