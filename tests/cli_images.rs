@@ -142,6 +142,20 @@ fn import_reports_failures_and_a_rerun_skips_everything() {
     assert!(fields[1].ends_with("broken.jpg"));
     assert!(!fields[2].is_empty());
 
+    // Every item failed: the input itself is wrong, exit status 1.
+    let only_bad = dir.path().join("only-bad");
+    std::fs::create_dir(&only_bad).unwrap();
+    std::fs::write(only_bad.join("a.jpg"), [0xFF, 0xD8, 0xFF]).unwrap();
+    std::fs::write(only_bad.join("b.png"), b"not a png").unwrap();
+    let other_db = dir.path().join("db-bad");
+    let out = vitrine(&[
+        "import",
+        only_bad.to_str().unwrap(),
+        "--db",
+        other_db.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
+
     std::fs::remove_file(src.join("broken.jpg")).unwrap();
     let out = vitrine(&["import", src_s, "--db", db_s, "--fpi"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));

@@ -190,3 +190,76 @@ fn sigkill_loses_no_acknowledged_write() {
         "{ROUNDS} rounds, {writes} acknowledged writes ({deleted} deletes), {killed_before_ready} kills before the child was ready"
     );
 }
+
+/// The child of the Periodic test: writes, says how many, then waits to be
+/// killed (runs only when the parent sets `VITRINE_PERIODIC_DIR`).
+#[test]
+fn periodic_child_process() {
+    let Ok(dir) = std::env::var("VITRINE_PERIODIC_DIR") else {
+        return;
+    };
+    let db = Db::builder()
+        .durability(Durability::Periodic {
+            interval: Duration::from_millis(50),
+        })
+        .vector_space("embedding", DIM, Metric::Cosine)
+        .build_threads(1)
+        .open(&dir)
+        .expect("child open");
+    for i in 0..200 {
+        let id = format!("p{i}");
+        db.insert(
+            &id,
+            Attributes::new(),
+            [("embedding", vector_for(&id, DIM))],
+        )
+        .expect("child insert");
+    }
+    // Past several intervals: sled has written every one of them.
+    std::thread::sleep(Duration::from_millis(400));
+    println!("wrote 200");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// `Durability::Periodic`: a write is acknowledged before it is durable, and
+/// survives a kill once an interval has passed (README, "Durability").
+#[test]
+fn periodic_writes_survive_a_kill_after_an_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "periodic_child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("VITRINE_PERIODIC_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("wrote 200") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the child ended before writing"
+        );
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    let db = open(dir.path(), false).unwrap();
+    assert_eq!(db.len(), 200);
+    for i in [0, 99, 199] {
+        let id = format!("p{i}");
+        let hits = db
+            .similar(SimilarTo::Vector(&vector_for(&id, DIM)), 1, &Filter::new())
+            .unwrap();
+        assert_eq!(hits[0].id, id);
+    }
+}
