@@ -145,8 +145,9 @@ impl DbBuilder {
     /// deleted vector leaves a tombstone in the graph; an upsert that keeps a
     /// product's vectors and only changes its attributes does not. The
     /// rebuild runs inside the write that crosses the ratio, on
-    /// [`build_threads`](Self::build_threads) threads, and searches of that
-    /// space wait for it.
+    /// [`build_threads`](Self::build_threads) threads: other writes wait
+    /// for it, searches go on with the old graph until the new one is
+    /// swapped in.
     pub fn compaction_ratio(mut self, ratio: f64) -> Self {
         self.index.compaction_ratio = ratio;
         self
@@ -908,13 +909,32 @@ impl Db {
         for space in &self.spaces {
             let mut index = write(&space.index);
             match record.vectors.iter().find(|(n, _)| *n == space.spec.name) {
-                Some((_, v)) => index.upsert(doc, v)?,
+                Some((_, v)) => index.upsert_deferred(doc, v)?,
                 None => {
-                    index.remove(doc);
+                    index.remove_deferred(doc);
                 }
             }
         }
+        drop(cat);
+        self.compact_due_spaces();
         Ok(())
+    }
+
+    /// Rebuilds the graphs whose tombstones passed the compaction ratio. The
+    /// caller holds the writer lock (so the vectors cannot change) and not
+    /// the catalog's: the new graph is built under a read lock, so every
+    /// search goes on, and swapped in under a short write lock.
+    fn compact_due_spaces(&self) {
+        for space in &self.spaces {
+            if !read(&space.index).compaction_due() {
+                continue;
+            }
+            let built = read(&space.index).build_compacted();
+            let swapped = built.and_then(|g| write(&space.index).replace_graph(g));
+            if let Err(e) = swapped {
+                warn!(space = %space.spec.name, error = %e, "automatic compaction failed");
+            }
+        }
     }
 
     /// Deletes a product. Returns whether it existed.
@@ -942,10 +962,12 @@ impl Db {
         // As in write_product: catalog and indexes change together.
         let mut cat = write(&self.catalog);
         for space in &self.spaces {
-            write(&space.index).remove(doc);
+            write(&space.index).remove_deferred(doc);
         }
         cat.by_id.remove(id);
         cat.by_doc.remove(&doc);
+        drop(cat);
+        self.compact_due_spaces();
         removed.map(|_| true).map_err(Into::into)
     }
 

@@ -376,6 +376,32 @@ fn an_upsert_with_the_same_vector_leaves_no_tombstone() {
     db.upsert("p0", attrs(0), [(DEFAULT_SPACE, vector_for("moved", DIM))])
         .unwrap();
     assert_eq!(db.space_stats()[0].tombstones, 1);
+    // Past the ratio (0.25 of 51 points), the write that crosses it
+    // compacts the graph: no tombstone is left, every product is found.
+    for i in 1..20 {
+        let id = format!("p{i}");
+        let a = attrs(i).price(19.0);
+        db.upsert(
+            &id,
+            a,
+            [(DEFAULT_SPACE, vector_for(&format!("{id}-v2"), DIM))],
+        )
+        .unwrap();
+    }
+    let stats = &db.space_stats()[0];
+    assert!(stats.tombstones < 13, "{stats:?}");
+    assert_eq!(stats.vectors, 50);
+    for i in 1..20 {
+        let id = format!("p{i}");
+        let hits = db
+            .similar(
+                SimilarTo::Vector(&vector_for(&format!("{id}-v2"), DIM)),
+                1,
+                &Filter::new(),
+            )
+            .unwrap();
+        assert_eq!(hits[0].id, id);
+    }
     let hits = db
         .similar(
             SimilarTo::Vector(&vector_for("moved", DIM)),

@@ -123,6 +123,47 @@ fn corrupt_onnx_is_a_typed_error_naming_the_file() {
     ));
 }
 
+/// A flipped byte in the weights: refused by the manifest's SHA-256, not
+/// loaded as another model (whose fingerprint would ask for a re-embed).
+#[test]
+fn a_damaged_onnx_file_is_refused_by_its_checksum() {
+    let dir = Model::bundled_dir();
+    let manifest = std::fs::read(dir.join(MANIFEST_FILE)).unwrap();
+    let raw: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let mut onnx = std::fs::read(dir.join(raw["onnx"].as_str().unwrap())).unwrap();
+    let at = onnx.len() / 2;
+    onnx[at] ^= 0x01;
+    match Model::from_bytes(&onnx, &manifest) {
+        Err(ModelError::Corrupt { reason, .. }) => assert!(reason.contains("SHA-256"), "{reason}"),
+        other => panic!(
+            "expected Corrupt, got {:?}",
+            other.map(|m| m.fingerprint().to_string())
+        ),
+    }
+    // A tag label that would break the stored tag list, and a threshold
+    // for no tag.
+    for (field, value) in [
+        ("/taxonomy/groups/0/tags/1", serde_json::json!("blue,green")),
+        (
+            "/tag_thresholds/colour.pink",
+            serde_json::json!({"threshold": 0.3}),
+        ),
+    ] {
+        let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest(INPUT)).unwrap();
+        if field.starts_with("/tag_thresholds") {
+            m["tag_thresholds"]["colour.pink"] = value.clone();
+        } else {
+            *m.pointer_mut(field).unwrap() = value.clone();
+            m["tag_names"] = serde_json::json!(["colour.red", "colour.blue,green"]);
+        }
+        let r = Model::from_bytes(b"", m.to_string().as_bytes());
+        assert!(
+            matches!(&r, Err(ModelError::Manifest { .. })),
+            "{field}: {r:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_manifests_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -638,9 +638,25 @@ fn catalog_colour_groups_decide_colour_families_when_configured() {
             }
         }
     }
+    // Another attribute whose values are all the model's own family names
+    // adds no colour name, yet the rules were learned with another one.
+    let ids: Vec<String> = gt.keys().cloned().collect();
+    for (n, id) in ids.iter().enumerate() {
+        let family = ["black", "white"][n % 2];
+        db.update_attributes(id, |a| {
+            a.extra.insert("plain_colour".into(), family.into());
+        })
+        .unwrap();
+    }
     // Back to the defaults (other tests share this database) before asserting.
     db.set_outfit_settings(&OutfitSettings::default()).unwrap();
     db.learn_outfit_rules().unwrap();
+    db.set_outfit_settings(&OutfitSettings::new().colour_attribute("plain_colour"))
+        .unwrap();
+    let current_after_switch = db.outfit_rules_current().unwrap();
+    db.set_outfit_settings(&OutfitSettings::default()).unwrap();
+    assert_eq!(current_after_switch, Some(false));
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
 
     eprintln!(
         "catalog colours: substitute kept the group {same}/{colour_cases}, expansions kept {shared_kept}/{shared} shared groups"
@@ -859,6 +875,23 @@ fn a_deleted_product_leaves_the_other_templates_plannable() {
         "the subset has another product of that category"
     );
     assert_eq!(got, want, "every in-stock product of the category, ranked");
+
+    // A product of the other template stored again without model outputs:
+    // that template is skipped too, and substitute says why.
+    let other = ids[1];
+    let plain = &subset.outfits[other][0];
+    let v = db.get(plain).unwrap().unwrap().vectors[vitrine::EMBEDDING_SPACE].clone();
+    db.upsert(plain, Attributes::new(), [(vitrine::EMBEDDING_SPACE, v)])
+        .unwrap();
+    let plan = db
+        .cover(&ids[..2], &CoverOptions::new().outfits_per_template(2))
+        .unwrap();
+    assert_eq!(plan.skipped.len(), 2, "{:?}", plan.skipped);
+    assert!(plan.skipped.contains(&(other.clone(), plain.clone())));
+    assert!(matches!(
+        db.substitute(other, 3),
+        Err(OutfitError::NotAnImageProduct(p)) if &p == plain
+    ));
 }
 
 const CHILD_ENV: &str = "VITRINE_OUTFITS_KILL_CHILD";

@@ -84,17 +84,73 @@ impl SpaceIndex {
     }
 
     fn maybe_compact(&mut self) {
-        let points = self.graph.points();
-        if points == 0 {
-            return;
-        }
-        let ratio = self.graph.tombstones() as f64 / points as f64;
-        if ratio > self.cfg.compaction_ratio {
+        if self.compaction_due() {
             // Cannot fail: the parameters were validated when `self` was made.
             if let Err(e) = self.compact(self.cfg.compaction_threads) {
                 tracing::warn!(error = %e, "automatic compaction failed");
             }
         }
+    }
+
+    /// Whether the graph's tombstones are past the compaction ratio.
+    pub fn compaction_due(&self) -> bool {
+        let points = self.graph.points();
+        points > 0 && self.graph.tombstones() as f64 / points as f64 > self.cfg.compaction_ratio
+    }
+
+    /// A graph of the live vectors, built without changing `self`, so that
+    /// searches go on meanwhile; [`SpaceIndex::replace_graph`] swaps it in.
+    pub fn build_compacted(&self) -> Result<HnswIndex> {
+        HnswIndex::build(
+            &self.flat,
+            self.cfg.hnsw.clone(),
+            self.cfg.compaction_threads,
+        )
+    }
+
+    /// Swaps in a graph [`SpaceIndex::build_compacted`] made of these very
+    /// vectors (refused when it holds another number, or tombstones).
+    pub fn replace_graph(&mut self, graph: HnswIndex) -> Result<()> {
+        if graph.tombstones() != 0 || graph.points() != self.flat.len() {
+            return Err(Error::invalid(
+                "graph",
+                format!(
+                    "{} points ({} tombstones) for {} vectors",
+                    graph.points(),
+                    graph.tombstones(),
+                    self.flat.len()
+                ),
+            ));
+        }
+        let dropped = self.graph.tombstones();
+        self.graph = graph;
+        tracing::debug!(dropped, live = self.flat.len(), "compacted graph");
+        Ok(())
+    }
+
+    /// [`VectorIndex::upsert`] without the automatic compaction: the caller
+    /// compacts when [`SpaceIndex::compaction_due`] says so.
+    pub fn upsert_deferred(&mut self, doc: u64, v: &[f32]) -> Result<()> {
+        let v = self.flat.metric().prepare(self.flat.dim(), v)?;
+        // An unchanged vector (an upsert that changed only attributes) keeps
+        // its graph node: re-inserting it would leave a tombstone each time.
+        if self.flat.get(doc).is_some_and(|old| {
+            old.iter()
+                .map(|x| x.to_bits())
+                .eq(v.iter().map(|x| x.to_bits()))
+        }) {
+            return Ok(());
+        }
+        self.flat.upsert_prepared(doc, &v);
+        self.graph.insert_prepared(doc, &v);
+        Ok(())
+    }
+
+    /// [`VectorIndex::remove`] without the automatic compaction.
+    pub fn remove_deferred(&mut self, doc: u64) -> bool {
+        let removed = self.flat.remove(doc);
+        self.graph.remove(doc);
+        removed
     }
 
     /// The plan [`PlanHint::Auto`] picks for this filter: exact when the
@@ -356,25 +412,13 @@ impl VectorIndex for SpaceIndex {
     }
 
     fn upsert(&mut self, doc: u64, v: &[f32]) -> Result<()> {
-        let v = self.flat.metric().prepare(self.flat.dim(), v)?;
-        // An unchanged vector (an upsert that changed only attributes) keeps
-        // its graph node: re-inserting it would leave a tombstone each time.
-        if self.flat.get(doc).is_some_and(|old| {
-            old.iter()
-                .map(|x| x.to_bits())
-                .eq(v.iter().map(|x| x.to_bits()))
-        }) {
-            return Ok(());
-        }
-        self.flat.upsert_prepared(doc, &v);
-        self.graph.insert_prepared(doc, &v);
+        self.upsert_deferred(doc, v)?;
         self.maybe_compact();
         Ok(())
     }
 
     fn remove(&mut self, doc: u64) -> bool {
-        let removed = self.flat.remove(doc);
-        self.graph.remove(doc);
+        let removed = self.remove_deferred(doc);
         if removed {
             self.maybe_compact();
         }

@@ -594,6 +594,12 @@ impl Db {
     /// Stores `model`'s concept layout (done by `open_with_model`).
     pub(crate) fn store_concept_layout(&self, model: &Model) -> Result<()> {
         let ks = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
+        let _guard = self.side_write_lock();
+        // Under the lock adopt_model switches models under: a model adopted
+        // since the caller checked its own keeps its layout.
+        if self.stored_model_fingerprint().as_deref() != Some(model.fingerprint()) {
+            return Ok(());
+        }
         let layout = ConceptLayout::from_model(model);
         if ks.get(LAYOUT_KEY)?.as_ref() != Some(&layout) {
             ks.put(LAYOUT_KEY, &layout)?;

@@ -578,15 +578,9 @@ impl Db {
             // The attributes as they are now, not as the import listed
             // them: an edit made during a long import is kept.
             let found = self.rewrite(&job.item.id, |mut attrs| {
-                // A category the old image's model output filled in (not the
-                // caller's, nor one changed since) follows the new output.
-                if attrs.category.is_some()
-                    && !attrs.extra.contains_key(super::ATTR_CATEGORY_GIVEN)
-                    && attrs.category.as_deref()
-                        == attrs.extra.get(crate::ATTR_CATEGORY).map(String::as_str)
-                {
-                    attrs.category = None;
-                }
+                // A category the old image's model output filled in follows
+                // the new output.
+                super::forget_model_category(&mut attrs);
                 let stored = self.image_record(model, out, with_source(attrs), job.colour);
                 (stored.attributes, stored.vectors)
             })?;

@@ -226,7 +226,12 @@ impl Db {
         if self.stored_model_fingerprint().as_deref() != Some(model.fingerprint()) {
             crate::concepts::forget_catalog_mean(self)?;
         }
-        self.set_stored_model_fingerprint(model.fingerprint())?;
+        {
+            // The switch and its layout together: a check_model of the old
+            // model running meanwhile does not write its layout after it.
+            let _guard = self.side_write_lock();
+            self.set_stored_model_fingerprint(model.fingerprint())?;
+        }
         Ok(self.store_concept_layout(model)?)
     }
 
@@ -379,6 +384,11 @@ impl Db {
             .infer(std::slice::from_ref(&prepared))?
             .pop()
             .ok_or_else(|| ModelError::Inference("no output for the image".into()))?;
+        // The bytes name no file: a source recorded for an earlier photo
+        // (the caller passing the stored attributes back) would be wrong.
+        let mut attrs = attrs;
+        attrs.extra.remove(ATTR_SOURCE);
+        forget_model_category(&mut attrs);
         let stored = self.image_record(model, &out, attrs, colour);
         if replace {
             self.upsert(id, stored.attributes, stored.vectors)?;
@@ -553,6 +563,17 @@ pub fn annotate_with(
 ) -> Result<Annotation, IngestError> {
     let out = infer_image(model, prep, bytes)?;
     Ok(model.annotation(&out, k))
+}
+
+/// A category the model filled in (not the caller's, nor one changed since)
+/// is dropped, so that a new photo's output fills it again.
+pub(crate) fn forget_model_category(attrs: &mut Attributes) {
+    if attrs.category.is_some()
+        && !attrs.extra.contains_key(ATTR_CATEGORY_GIVEN)
+        && attrs.category.as_deref() == attrs.extra.get(ATTR_CATEGORY).map(String::as_str)
+    {
+        attrs.category = None;
+    }
 }
 
 #[cfg(test)]

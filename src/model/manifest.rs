@@ -39,6 +39,7 @@ pub struct Manifest {
     concept_names: Vec<String>,
     concept_dim: usize,
     concept_vectors: Vec<Vec<f32>>,
+    onnx_sha256: Option<String>,
     raw: serde_json::Value,
 }
 
@@ -52,6 +53,9 @@ struct RawManifest {
     #[serde(default)]
     tag_thresholds: BTreeMap<String, RawThreshold>,
     concept_table: RawConcepts,
+    /// SHA-256 of the ONNX file, hex (checked on load when present).
+    #[serde(default)]
+    onnx_sha256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +155,16 @@ impl Manifest {
                 return Err(format!("tag group '{}' is listed twice", g.name));
             }
             unique_slugs(&g.tags, &format!("tag group '{}'", g.name))?;
+            // Stored tags are joined by commas, and named group.tag.
+            if let Some(t) = g.tags.iter().find(|t| t.contains([',', '.'])) {
+                return Err(format!(
+                    "tag '{t}' of group '{}' contains ',' or '.'",
+                    g.name
+                ));
+            }
+        }
+        if let Some(t) = m.tag_thresholds.keys().find(|t| !m.tag_names.contains(t)) {
+            return Err(format!("tag_thresholds names '{t}', which is no tag"));
         }
         unique_slugs(&m.taxonomy.categories, "taxonomy.categories")?;
         if let Some((t, th)) = m
@@ -213,8 +227,14 @@ impl Manifest {
             concept_names: m.concept_table.names,
             concept_dim: m.concept_table.dim,
             concept_vectors: m.concept_table.vectors,
+            onnx_sha256: m.onnx_sha256,
             raw,
         })
+    }
+
+    /// The SHA-256 (hex) the ONNX file must have, when the manifest gives one.
+    pub fn onnx_sha256(&self) -> Option<&str> {
+        self.onnx_sha256.as_deref()
     }
 
     /// The model's name, e.g. `"vitrine-fashion-v2"`.

@@ -285,9 +285,26 @@ impl Model {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
         };
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut &onnx[..])
-            .map_err(corrupt)?;
+        // A damaged file is refused before tract reads it: tract can panic
+        // on some damage, and a flipped weight would load as another model.
+        if let Some(want) = manifest.onnx_sha256() {
+            use sha2::{Digest, Sha256};
+            let got = format!("{:x}", Sha256::digest(onnx));
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(ModelError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("its SHA-256 is {got}; the manifest says {want}"),
+                });
+            }
+        }
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tract_onnx::onnx().model_for_read(&mut &onnx[..])
+        }))
+        .map_err(|_| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "the ONNX reader panicked on it (a damaged file)".into(),
+        })?;
+        let mut model = read.map_err(corrupt)?;
         model.set_output_names(OUTPUTS).map_err(|e| {
             ModelError::ManifestMismatch(format!(
                 "the ONNX graph lacks one of the outputs {OUTPUTS:?}: {e:#}"
@@ -307,11 +324,17 @@ impl Model {
         // per call: 11.5 ms per image on one core, against 16.6 ms (batch 1)
         // and 16.4 ms (batch 8) with a symbolic batch axis and 13.8 ms with a
         // concrete batch of 8 (`vitrine bench ingest`).
-        let typed = model
-            .into_typed()
-            .and_then(|m| m.concretize_dims(&SymbolValues::default().with(&batch, 1)))
-            .and_then(|m| m.into_optimized())
-            .map_err(corrupt)?;
+        let typed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model
+                .into_typed()
+                .and_then(|m| m.concretize_dims(&SymbolValues::default().with(&batch, 1)))
+                .and_then(|m| m.into_optimized())
+        }))
+        .map_err(|_| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "tract panicked while typing the graph (a damaged file)".into(),
+        })?
+        .map_err(corrupt)?;
         let mut dims = [0usize; 4];
         for (i, d) in dims.iter_mut().enumerate() {
             let fact = typed.output_fact(i).map_err(corrupt)?;

@@ -80,6 +80,8 @@ pub(crate) struct Catalog {
     pub colour: Vec<u16>,
     /// The model's colour families, then the catalog's colour groups.
     pub colour_names: Vec<String>,
+    /// The catalog attribute colour groups come from, when one is set.
+    pub colour_attribute: Option<String>,
     /// Whether the colour is the catalog's (else measured or predicted).
     pub catalog_colour: Vec<bool>,
     /// The measured pixel colour (CIELAB), when the import stored one.
@@ -172,6 +174,7 @@ impl Catalog {
             mcat: Vec::with_capacity(n),
             colour: Vec::with_capacity(n),
             colour_names: layout.colours.clone(),
+            colour_attribute: settings.colour_attribute.clone(),
             catalog_colour: Vec::with_capacity(n),
             lab: Vec::with_capacity(n),
             pattern: Vec::with_capacity(n),

@@ -207,7 +207,8 @@ pub struct CoverPlan {
     /// Milliseconds the planning took (without the baseline).
     pub elapsed_ms: u64,
     /// Templates left out because a product they name is no longer in the
-    /// catalog (deleted since), with that product.
+    /// catalog (deleted since) or has no model outputs (stored since without
+    /// an image), with that product.
     pub skipped: Vec<(String, String)>,
 }
 
@@ -419,6 +420,7 @@ impl Db {
         Ok(Some(
             rules.memory == outfits
                 && rules.colours == cat.colour_names
+                && rules.colour_attribute == cat.colour_attribute
                 && rules.dim() == cat.layout.dim
                 && rules.model == self.model_fingerprint(),
         ))
@@ -632,6 +634,15 @@ impl OutfitEngine<'_> {
             .iter()
             .map(|s| self.cat.lookup(&s.product))
             .collect();
+        // A product stored since without model outputs is not deleted: say so.
+        if let Some(s) = o
+            .slots
+            .iter()
+            .zip(&present)
+            .find(|(s, p)| p.is_none() && self.db.attributes(&s.product).is_some())
+        {
+            return Err(OutfitError::NotAnImageProduct(s.0.product.clone()));
+        }
         let idx: Vec<usize> = present.iter().flatten().copied().collect();
         let cat = &self.cat;
         let mut out = Vec::new();
@@ -896,6 +907,11 @@ impl OutfitEngine<'_> {
                     // Reported in the plan (`skipped`), for the caller to show.
                     tracing::info!(%outfit, %product, "template skipped: it names a product no longer in the catalog");
                     skipped.push((outfit, product));
+                }
+                // Stored since without model outputs: nothing to match.
+                Err(OutfitError::NotAnImageProduct(product)) => {
+                    tracing::info!(outfit = t, %product, "template skipped: a product has no model outputs");
+                    skipped.push((t.to_string(), product));
                 }
                 Err(e) => return Err(e),
             }

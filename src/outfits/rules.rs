@@ -189,14 +189,18 @@ pub struct OutfitRules {
     /// (the database's, [`crate::Db::model_fingerprint`]): after a
     /// re-embedding with another model they no longer apply.
     pub model: Option<String>,
+    /// The catalog attribute the colour families came from
+    /// ([`crate::OutfitSettings::colour_attribute`]), or none (measured).
+    pub colour_attribute: Option<String>,
     #[serde(skip)]
     by_category_index: OnceLock<HashMap<(u32, u32), usize>>,
 }
 
 impl Record for OutfitRules {
-    /// 2: `model`. Rules are derived data: a record of an older version is
-    /// learned again, not migrated ([`crate::Db::outfit_rules`]).
-    const VERSION: u8 = 2;
+    /// 2: `model`; 3: `colour_attribute`. Rules are derived data: a record
+    /// of an older version is learned again, not migrated
+    /// ([`crate::Db::outfit_rules`]).
+    const VERSION: u8 = 3;
 }
 
 impl OutfitRules {
@@ -257,6 +261,7 @@ impl PartialEq for OutfitRules {
             && self.mean == o.mean
             && self.memory == o.memory
             && self.model == o.model
+            && self.colour_attribute == o.colour_attribute
     }
 }
 
@@ -454,6 +459,7 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit], model: Option<String>) ->
             .map(|o| o.slots.iter().map(|s| s.product.clone()).collect())
             .collect(),
         model,
+        colour_attribute: cat.colour_attribute.clone(),
         by_category_index: OnceLock::new(),
     }
 }

@@ -64,9 +64,9 @@ pub enum OutfitCommand {
     Substitute {
         /// The outfit id.
         id: String,
-        /// Candidates per item.
-        #[arg(short, default_value_t = 5)]
-        k: usize,
+        /// Candidates per item (at least 1).
+        #[arg(short, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        k: u32,
         /// Treat these products as sold out for this query (comma
         /// separated; nothing is written).
         #[arg(long, value_delimiter = ',')]
@@ -98,9 +98,9 @@ pub enum OutfitCommand {
         /// Template ids (comma separated); default: all stored outfits.
         #[arg(long, value_delimiter = ',')]
         templates: Vec<String>,
-        /// At most this many outfits per template.
-        #[arg(long, default_value_t = 10)]
-        per_template: usize,
+        /// At most this many outfits per template (at least 1).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        per_template: u32,
         /// List every planned outfit.
         #[arg(long)]
         verbose: bool,
@@ -339,7 +339,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 bail!("--sold-out: unknown product '{p}'");
             }
             eng.assume_sold_out(&sold_out);
-            let subs = eng.substitute(&id, k)?;
+            let subs = eng.substitute(&id, k as usize)?;
             if json {
                 print_json(&subs)?;
             } else if subs.is_empty() {
@@ -441,7 +441,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             };
             let plan = db.cover(
                 &templates,
-                &CoverOptions::new().outfits_per_template(per_template),
+                &CoverOptions::new().outfits_per_template(per_template as usize),
             )?;
             if json {
                 print_json(&plan)?;
@@ -455,7 +455,11 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     "{} outfits from {} templates cover {} of {} in-stock products ({:.1} %) in {} ms; \
                      naive nearest-neighbour substitution with as many outfits: {} ({:.1} %)",
                     plan.outfits.len(),
-                    templates.len() - plan.skipped.len(),
+                    templates
+                        .iter()
+                        .collect::<std::collections::HashSet<_>>()
+                        .len()
+                        - plan.skipped.len(),
                     plan.covered,
                     plan.in_stock,
                     plan.fraction * 100.0,
@@ -465,7 +469,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 );
                 for (outfit, product) in &plan.skipped {
                     println!(
-                        "skipped template {outfit}: product {product} is no longer in the catalog"
+                        "skipped template {outfit}: product {product} is no longer in the catalog, or has no model outputs"
                     );
                 }
             }
