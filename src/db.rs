@@ -232,6 +232,7 @@ pub enum SimilarTo<'a> {
 
 /// One search result.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Hit {
     /// Product id.
     pub id: String,
@@ -301,6 +302,7 @@ impl<'a> Search<'a> {
 
 /// Hits plus how they were found.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SearchResults {
     /// Best first.
     pub hits: Vec<Hit>,
@@ -310,6 +312,7 @@ pub struct SearchResults {
 
 /// What happened while opening: indexes rebuilt and records found damaged.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct OpenReport {
     /// `(space, reason)` for every index rebuilt from storage instead of loaded.
     pub rebuilt: Vec<(String, String)>,
@@ -468,9 +471,14 @@ impl Db {
 
         let meta = match meta_ks.get(META_KEY)? {
             Some(meta) => {
+                // Stored data, not the caller's request: damage.
+                let damaged = |reason: String| Error::Corruption {
+                    location: format!("{}/meta", dir.display()),
+                    reason,
+                };
                 if let Some(s) = meta.spaces.iter().find(|s| !path_safe(&s.name)) {
-                    return Err(Error::InvalidConfig(format!(
-                        "the database has a vector space named '{}', which cannot name its files",
+                    return Err(damaged(format!(
+                        "a vector space is named '{}', which cannot name its files",
                         s.name
                     )));
                 }
@@ -478,8 +486,8 @@ impl Db {
                 let mut names: Vec<&str> = meta.spaces.iter().map(|s| s.name.as_str()).collect();
                 names.sort_unstable();
                 if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-                    return Err(Error::InvalidConfig(format!(
-                        "the database lists the vector space '{}' twice",
+                    return Err(damaged(format!(
+                        "the vector space '{}' is listed twice",
                         w[0]
                     )));
                 }

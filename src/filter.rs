@@ -85,6 +85,10 @@ impl Filter {
     /// match, and a NaN bound matches nothing).
     pub fn price_range(mut self, range: impl RangeBounds<f64>) -> Self {
         let (lo, hi) = (range.start_bound().cloned(), range.end_bound().cloned());
+        let nan =
+            |b: &Bound<f64>| matches!(b, Bound::Included(x) | Bound::Excluded(x) if x.is_nan());
+        // (Combined with another range a NaN bound would be dropped.)
+        self.contradiction |= nan(&lo) || nan(&hi);
         self.price = Some(match self.price {
             Some((l, h)) => (tighter(l, lo, true), tighter(h, hi, false)),
             None => (lo, hi),
@@ -257,6 +261,19 @@ mod tests {
             .brand(brand)
             .price(price)
             .in_stock(in_stock)
+    }
+
+    #[test]
+    fn a_nan_price_bound_matches_nothing_in_any_order() {
+        let p = product("jeans", "A", 20.0, true);
+        for f in [
+            Filter::new().price_range(f64::NAN..).price_range(10.0..),
+            Filter::new().price_range(10.0..).price_range(f64::NAN..),
+            Filter::new().price_range(..50.0).price_range(..f64::NAN),
+            Filter::new().price_range(..f64::NAN).price_range(..50.0),
+        ] {
+            assert!(!f.matches("x", &p), "{f:?}");
+        }
     }
 
     #[test]

@@ -36,8 +36,9 @@
 //! `cargo run --release --example tour`.
 //!
 //! Durability is chosen per database with [`Durability`]: under
-//! `Immediate` (the default) a write that returned `Ok` survives a crash; under
-//! `Periodic` it survives once the next periodic flush or [`Db::flush`] ran.
+//! `Immediate` (the default) a write that returned `Ok` survives a crash or a
+//! power loss; under `Periodic` it survives a crash of the process once the
+//! next periodic write ran, and a power loss once [`Db::flush`] ran.
 #![warn(missing_docs)]
 
 mod concepts;

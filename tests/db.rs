@@ -353,6 +353,24 @@ fn declaring_another_schema_on_an_existing_database_fails() {
     assert!(!dir.path().join("other").exists());
 }
 
+/// A product too large to store is the caller's to fix, and nothing of it
+/// is stored.
+#[test]
+fn a_product_too_large_to_store_is_a_user_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let huge = Attributes::new().set("description", "a".repeat(17 << 20));
+    let e = db
+        .insert("big", huge, [(DEFAULT_SPACE, vector_for("big", DIM))])
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidAttribute { .. }) && e.is_user_error(),
+        "{e:?}"
+    );
+    assert!(db.get("big").unwrap().is_none());
+    assert_eq!(db.len(), 0);
+}
+
 /// An upsert that changes only attributes keeps the graph as it is: no
 /// tombstone, so no rebuild on every price or stock change.
 #[test]

@@ -48,10 +48,10 @@ pub(crate) fn encode<T: Record>(value: &T) -> Result<Vec<u8>> {
     bincode::serde::encode_into_std_write(value, &mut buf, encode_config())
         .map_err(|e| Error::Encode(e.to_string()))?;
     if buf.len() > MAX_RECORD_BYTES {
-        return Err(Error::Encode(format!(
-            "record encodes to {} bytes, more than the {MAX_RECORD_BYTES}-byte limit",
-            buf.len()
-        )));
+        return Err(Error::RecordTooLarge {
+            bytes: buf.len(),
+            max: MAX_RECORD_BYTES,
+        });
     }
     Ok(buf)
 }

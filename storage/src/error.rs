@@ -121,6 +121,16 @@ pub enum Error {
     #[error("encode error: {0}")]
     Encode(String),
 
+    /// A record is larger than a record may be (the caller's to shorten:
+    /// nothing was written).
+    #[error("the record encodes to {bytes} bytes, more than the {max}-byte limit")]
+    RecordTooLarge {
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+
     /// The caller passed an argument the storage layer cannot accept
     /// (e.g. a vector whose length differs from the arena dimension).
     #[error("invalid input: {0}")]
