@@ -900,7 +900,9 @@ impl Db {
             attrs: attrs.clone(),
             vectors,
         };
-        self.products.put(id.as_bytes(), &record)?;
+        self.products
+            .put(id.as_bytes(), &record)
+            .map_err(product_too_large)?;
 
         // The indexes change under the catalog's lock (readers take the
         // catalog, then an index): no reader sees the product in one and
@@ -1017,7 +1019,9 @@ impl Db {
         }
         self.mark_dirty(&mut w)?;
         record.attrs = attrs;
-        self.products.put(id.as_bytes(), &record)?;
+        self.products
+            .put(id.as_bytes(), &record)
+            .map_err(product_too_large)?;
         if let Some(e) = write(&self.catalog).by_doc.get_mut(&record.doc) {
             e.attrs = record.attrs;
         }
@@ -1484,6 +1488,18 @@ fn check_id(id: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A product record too large to store is the caller's to shorten (its
+/// attribute values); other records too large are not.
+fn product_too_large(e: vitrine_storage::Error) -> Error {
+    match e {
+        e @ vitrine_storage::Error::RecordTooLarge { .. } => Error::InvalidAttribute {
+            key: "(all of them)".into(),
+            reason: e.to_string(),
+        },
+        other => other.into(),
+    }
 }
 
 fn check_attributes(attrs: &Attributes) -> Result<()> {

@@ -169,11 +169,6 @@ impl From<vitrine_storage::Error> for Error {
                 location: path.display().to_string(),
                 reason,
             },
-            // Long attribute values: the caller's to shorten.
-            e @ vitrine_storage::Error::RecordTooLarge { .. } => Error::InvalidAttribute {
-                key: "(all of them)".into(),
-                reason: e.to_string(),
-            },
             other => Error::Storage(other),
         }
     }

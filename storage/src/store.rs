@@ -130,7 +130,7 @@ impl IoState {
         // flush waits for, so it is whole when synced below (one listed
         // after could be another thread's, half written).
         let blobs = self.sled_dir.join("blobs");
-        let names: std::collections::HashSet<std::ffi::OsString> =
+        let list = || -> Result<std::collections::HashSet<std::ffi::OsString>> {
             match std::fs::read_dir(&blobs) {
                 Ok(entries) => entries
                     .map(|e| e.map(|e| e.file_name()))
@@ -138,27 +138,35 @@ impl IoState {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
                 Err(e) => Err(e),
             }
-            .map_err(|e| fail(&blobs, e))?;
+            .map_err(|e| fail(&blobs, e))
+        };
+        let before = list()?;
         self.check(flush())?;
+        // Blobs that appeared meanwhile (another thread's) may hold a page
+        // this flush's log points to: synced too, but not marked, since
+        // one may have been half written when synced.
+        let after = list()?;
         let mut synced = self
             .synced_blobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Forget blobs sled has removed, so the set stays small.
-        synced.retain(|name| names.contains(name));
+        synced.retain(|name| after.contains(name));
         let mut new = false;
-        for name in names {
-            if synced.contains(&name) {
+        for name in before.iter().chain(after.difference(&before)) {
+            if synced.contains(name) {
                 continue;
             }
-            let path = blobs.join(&name);
+            let path = blobs.join(name);
             match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
                 Ok(()) => {}
                 // sled removed it meanwhile (its record was replaced).
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(fail(&path, e)),
             }
-            synced.insert(name);
+            if before.contains(name) {
+                synced.insert(name.clone());
+            }
             new = true;
         }
         if new {
