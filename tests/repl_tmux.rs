@@ -23,6 +23,22 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Starts `cmd` in a detached `width × height` session.
+    fn start(&self, cmd: &str, width: u32, height: u32) {
+        let (w, h) = (width.to_string(), height.to_string());
+        self.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            &self.session,
+            "-x",
+            &w,
+            "-y",
+            &h,
+            cmd,
+        ]);
+    }
+
     fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", &self.session];
         args.extend_from_slice(keys);
@@ -117,17 +133,7 @@ fn repl_completes_queries_shows_and_reports_errors() {
         env!("CARGO_BIN_EXE_vitrine"),
         db_dir.display()
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "repl",
-        "-x",
-        "220",
-        "-y",
-        "60",
-        &cmd,
-    ]);
+    tmux.start(&cmd, 220, 60);
     tmux.wait_for("vitrine> ");
 
     // Completion of a command, then of a concept name.
@@ -197,17 +203,7 @@ fn repl_answers_under_a_dumb_terminal() {
         db_dir.display(),
         done.display()
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "repl",
-        "-x",
-        "200",
-        "-y",
-        "40",
-        &cmd,
-    ]);
+    tmux.start(&cmd, 200, 40);
     tmux.wait_for("vitrine> ");
     tmux.keys(&["info", "Enter"]);
     tmux.wait_for("products   1 (");

@@ -98,13 +98,7 @@ impl FlatIndex {
                 found: v.len(),
             });
         }
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(Error::NonFinite);
-        }
-        let norm_sq: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-        if !(norm_sq as f32).is_finite() {
-            return Err(Error::NonFinite);
-        }
+        let norm_sq = crate::metric::checked_norm_sq(v)?;
         if self.metric == Metric::Cosine && (norm_sq - 1.0).abs() > 1e-4 {
             return Err(if norm_sq == 0.0 {
                 Error::ZeroVector

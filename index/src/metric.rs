@@ -46,15 +46,7 @@ impl Metric {
                 found: v.len(),
             });
         }
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(Error::NonFinite);
-        }
-        // f64 so that neither overflow nor underflow of the squares can fool us.
-        let norm_sq: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-        if !(norm_sq as f32).is_finite() {
-            // Dot products with such a vector could overflow to inf or NaN.
-            return Err(Error::NonFinite);
-        }
+        let norm_sq = checked_norm_sq(v)?;
         match self {
             Metric::InnerProduct => Ok(Cow::Borrowed(v)),
             Metric::Cosine => {
@@ -84,4 +76,18 @@ pub(crate) fn sanitize(s: f32) -> f32 {
     } else {
         s + 0.0
     }
+}
+
+/// The squared norm of `v`, refused (`NonFinite`) when a component is not
+/// finite or dot products with `v` could overflow to inf or NaN. In f64, so
+/// that neither overflow nor underflow of the squares can fool it.
+pub(crate) fn checked_norm_sq(v: &[f32]) -> Result<f64> {
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::NonFinite);
+    }
+    let norm_sq: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    if !(norm_sq as f32).is_finite() {
+        return Err(Error::NonFinite);
+    }
+    Ok(norm_sq)
 }

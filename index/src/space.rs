@@ -77,10 +77,8 @@ impl SpaceIndex {
     /// crosses it waits for the rebuild, and so does everything else that
     /// holds the index.
     pub fn compact(&mut self, threads: usize) -> Result<()> {
-        let dropped = self.graph.tombstones();
-        self.graph = HnswIndex::build(&self.flat, self.cfg.hnsw.clone(), threads)?;
-        tracing::debug!(dropped, live = self.flat.len(), "compacted graph");
-        Ok(())
+        let graph = HnswIndex::build(&self.flat, self.cfg.hnsw.clone(), threads)?;
+        self.replace_graph(graph)
     }
 
     fn maybe_compact(&mut self) {

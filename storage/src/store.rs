@@ -973,7 +973,8 @@ mod probe_tests {
 }
 
 /// fsyncs a folder, so that the files created or renamed in it stay.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// (Elsewhere folders cannot be opened for fsync; a rename is still atomic.)
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         std::fs::File::open(dir)?.sync_all()

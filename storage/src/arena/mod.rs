@@ -68,7 +68,7 @@ pub fn write_arena<'a>(
 
     let result = write_tmp(&tmp, dim, generation, &rows).and_then(|()| {
         fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        sync_dir(dir)
+        crate::store::sync_dir(dir).map_err(|e| Error::io(dir, e))
     });
     if result.is_err() {
         // Best effort: the temp file is garbage either way.
@@ -115,19 +115,6 @@ fn write_tmp(tmp: &Path, dim: u32, generation: u64, rows: &[(u64, &[f32])]) -> R
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.write_all(&header.encode()).map_err(io)?;
     file.sync_all().map_err(io)
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<()> {
-    // Directories cannot be opened for fsync here; rename is still atomic.
-    Ok(())
 }
 
 /// A validated, read-only view of arena bytes.
