@@ -152,17 +152,23 @@ impl From<vitrine_index::Error> for Error {
 impl From<vitrine_storage::Error> for Error {
     fn from(e: vitrine_storage::Error) -> Self {
         match e {
-            vitrine_storage::Error::Corruption { tree, key, reason } => Error::Corruption {
-                location: format!("{tree}/{key}"),
+            vitrine_storage::Error::Corruption {
+                store,
+                tree,
+                key,
+                reason,
+            } => Error::Corruption {
+                location: format!("{tree}/{key} in {}", store.display()),
                 reason,
             },
             vitrine_storage::Error::UnknownRecordVersion {
+                store,
                 tree,
                 key,
                 found,
                 supported,
             } => Error::Corruption {
-                location: format!("{tree}/{key}"),
+                location: format!("{tree}/{key} in {}", store.display()),
                 reason: format!("unknown record version {found} (this build reads {supported})"),
             },
             vitrine_storage::Error::StoreDamaged { path, reason } => Error::Corruption {

@@ -738,6 +738,23 @@ fn cover_and_complete() {
     let ids =
         |r: &[vitrine::ScoredCandidate]| r.iter().map(|c| c.product.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&again), ids(&ranked));
+    // The default method computes every signal; the visual one learns
+    // nothing and says so, instead of reporting zeros.
+    assert!(ranked
+        .iter()
+        .all(|c| c.rules.is_some() && c.compat.is_some() && c.kernel.is_some()));
+    let visual = eng
+        .complete_with(&given, &cands, vitrine::CompleteMethod::Visual)
+        .unwrap();
+    assert!(visual
+        .iter()
+        .all(|c| c.rules.is_none() && c.compat.is_none() && c.kernel.is_none()));
+    let rules_only = eng
+        .complete_with(&given, &cands, vitrine::CompleteMethod::Rules)
+        .unwrap();
+    assert!(rules_only
+        .iter()
+        .all(|c| c.rules.is_some() && c.kernel.is_none()));
     assert!(matches!(
         db.complete(&given, &["nope"]),
         Err(OutfitError::UnknownProduct { .. })

@@ -630,8 +630,9 @@ impl Db {
         checked.map_err(|reason| {
             ConceptError::from(Error::Corruption {
                 location: format!(
-                    "vitrine.{LAYOUT_KS}/{}",
-                    String::from_utf8_lossy(LAYOUT_KEY)
+                    "vitrine.{LAYOUT_KS}/{} in {}",
+                    String::from_utf8_lossy(LAYOUT_KEY),
+                    self.path().join("sled").display()
                 ),
                 reason,
             })

@@ -433,7 +433,11 @@ impl Db {
         if let Some(r) = &rules {
             r.check().map_err(|reason| {
                 OutfitError::Db(Error::Corruption {
-                    location: format!("vitrine.{RULES}/{}", String::from_utf8_lossy(RULES_KEY)),
+                    location: format!(
+                        "vitrine.{RULES}/{} in {}",
+                        String::from_utf8_lossy(RULES_KEY),
+                        self.path().join("sled").display()
+                    ),
                     reason,
                 })
             })?;

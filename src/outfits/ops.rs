@@ -252,13 +252,16 @@ pub struct ScoredCandidate {
     pub product: String,
     /// The combined score (higher is better).
     pub score: f32,
-    /// Mean log-lift of the symbolic rules with the given items.
-    pub rules: f32,
-    /// Mean learned (bilinear) embedding compatibility with the given items.
-    pub compat: f32,
+    /// Mean log-lift of the symbolic rules with the given items; `None`
+    /// when the method did not compute it (it learns nothing).
+    pub rules: Option<f32>,
+    /// Mean learned (bilinear) embedding compatibility with the given
+    /// items; `None` when the method did not compute it.
+    pub compat: Option<f32>,
     /// Kernel compatibility with the given items (stored outfits pairing
-    /// look-alikes of the given items with look-alikes of the candidate).
-    pub kernel: f32,
+    /// look-alikes of the given items with look-alikes of the candidate);
+    /// `None` when the method did not compute it.
+    pub kernel: Option<f32>,
     /// Mean visual cosine with the given items.
     pub lookalike: f32,
 }
@@ -596,6 +599,8 @@ impl OutfitEngine<'_> {
             }
             parts[3][k] = given.iter().map(|&g| self.cat.lookalike(g, c)).sum::<f32>() / n;
         }
+        // Which of rules, compatibility and kernel this method computed.
+        let computed = [rules.is_some(), rules.is_some(), w[2] != 0.0];
         let raw = parts.clone();
         for p in parts.iter_mut() {
             zscore(p);
@@ -606,9 +611,9 @@ impl OutfitEngine<'_> {
             .map(|(k, &c)| ScoredCandidate {
                 product: self.cat.ids[c].clone(),
                 score: (0..4).map(|t| w[t] * parts[t][k]).sum(),
-                rules: raw[0][k],
-                compat: raw[1][k],
-                kernel: raw[2][k],
+                rules: computed[0].then_some(raw[0][k]),
+                compat: computed[1].then_some(raw[1][k]),
+                kernel: computed[2].then_some(raw[2][k]),
                 lookalike: raw[3][k],
             })
             .collect();

@@ -3,6 +3,8 @@
 //! Trailing bytes after the payload are treated as corruption, so a record
 //! can never silently decode from a prefix of damaged bytes.
 
+use std::path::Path;
+
 use bincode::config::{Config, Configuration};
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -56,9 +58,10 @@ pub(crate) fn encode<T: Record>(value: &T) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Decodes a record stored in `tree` under `key`; errors name both.
-pub(crate) fn decode<T: Record>(tree: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
-    decode_named(tree, || display_key(key), bytes)
+/// Decodes a record stored in `tree` under `key` of the store in `store`;
+/// errors name all three.
+pub(crate) fn decode<T: Record>(store: &Path, tree: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    decode_named(store, tree, || display_key(key), bytes)
 }
 
 /// Decodes a record from raw bytes, exactly as a keyspace would.
@@ -67,11 +70,22 @@ pub(crate) fn decode<T: Record>(tree: &str, key: &[u8], bytes: &[u8]) -> Result<
 /// fuzzing the record codec: it must return an error, never panic, on any
 /// input.
 pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T> {
-    decode_named("<bytes>", || "<bytes>".to_owned(), bytes)
+    decode_named(
+        Path::new("<bytes>"),
+        "<bytes>",
+        || "<bytes>".to_owned(),
+        bytes,
+    )
 }
 
-fn decode_named<T: Record>(tree: &str, key: impl Fn() -> String, bytes: &[u8]) -> Result<T> {
+fn decode_named<T: Record>(
+    store: &Path,
+    tree: &str,
+    key: impl Fn() -> String,
+    bytes: &[u8],
+) -> Result<T> {
     let corrupt = |reason: String| Error::Corruption {
+        store: store.to_path_buf(),
         tree: tree.to_owned(),
         key: key(),
         reason,
@@ -81,6 +95,7 @@ fn decode_named<T: Record>(tree: &str, key: impl Fn() -> String, bytes: &[u8]) -
     };
     if version != T::VERSION {
         return Err(Error::UnknownRecordVersion {
+            store: store.to_path_buf(),
             tree: tree.to_owned(),
             key: key(),
             found: version,

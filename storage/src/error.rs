@@ -27,8 +27,11 @@ pub enum Error {
     Sled(#[from] sled::Error),
 
     /// A stored record could not be decoded.
-    #[error("corrupt record in tree {tree:?} at key {key}: {reason}")]
+    #[error("corrupt record in tree {tree:?} at key {key} of {}: {reason}", store.display())]
     Corruption {
+        /// The store's sled folder, or `"<bytes>"` for
+        /// [`decode_record`](crate::decode_record).
+        store: PathBuf,
         /// The sled tree (keyspace) holding the record, or `"<bytes>"`.
         tree: String,
         /// The key, as UTF-8 when printable, otherwise as hex; or `"<bytes>"`.
@@ -39,9 +42,14 @@ pub enum Error {
 
     /// A stored record carries a version byte this build does not understand.
     #[error(
-        "record in tree {tree:?} at key {key} has version {found}, this build supports {supported}"
+        "record in tree {tree:?} at key {key} of {} has version {found}, this build supports \
+         {supported}",
+        store.display()
     )]
     UnknownRecordVersion {
+        /// The store's sled folder, or `"<bytes>"` for
+        /// [`decode_record`](crate::decode_record).
+        store: PathBuf,
         /// The sled tree (keyspace) holding the record, or `"<bytes>"`.
         tree: String,
         /// The key, as UTF-8 when printable, otherwise as hex; or `"<bytes>"`.

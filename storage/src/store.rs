@@ -420,7 +420,7 @@ impl Store {
             }
             Err(e) => return Err(sled_open_error(&sled_dir, e)),
         };
-        check_format(&db).map_err(|e| match e {
+        check_format(&db, &sled_dir).map_err(|e| match e {
             Error::Sled(e) => sled_error(&sled_dir, e),
             Error::UnsupportedFormat {
                 found, supported, ..
@@ -715,13 +715,14 @@ fn open_catching_panics(config: &sled::Config) -> sled::Result<sled::Db> {
     )
 }
 
-fn check_format(db: &sled::Db) -> Result<()> {
+fn check_format(db: &sled::Db, sled_dir: &Path) -> Result<()> {
     let Some(raw) = db.get(FORMAT_VERSION_KEY)? else {
         db.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_le_bytes())?;
         db.flush()?;
         return Ok(());
     };
     let corrupt = |reason: String| Error::Corruption {
+        store: sled_dir.to_path_buf(),
         tree: DEFAULT_TREE.to_owned(),
         key: display_key(FORMAT_VERSION_KEY),
         reason,
@@ -783,7 +784,8 @@ impl<T: Record> Keyspace<T> {
     /// Reads the record under `key`.
     ///
     /// A damaged record is [`Error::Corruption`] or
-    /// [`Error::UnknownRecordVersion`], naming this keyspace and the key.
+    /// [`Error::UnknownRecordVersion`], naming the store, this keyspace and
+    /// the key.
     pub fn get(&self, key: &[u8]) -> Result<Option<T>> {
         match self.io.read(self.tree.get(key))? {
             Some(bytes) => self.decode(key, &bytes).map(Some),
@@ -882,7 +884,7 @@ impl<T: Record> Keyspace<T> {
     }
 
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<T> {
-        codec::decode(&self.name, key, bytes).inspect_err(|e| {
+        codec::decode(&self.io.sled_dir, &self.name, key, bytes).inspect_err(|e| {
             tracing::warn!(tree = %self.name, key = %display_key(key), error = %e, "damaged record");
         })
     }

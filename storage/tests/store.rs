@@ -317,8 +317,14 @@ fn valid_encoding(i: u64) -> Vec<u8> {
 fn damaged_records_are_typed_errors_naming_tree_and_key() {
     let (_tmp, _store, ks) = corrupt_fixture();
     let corruption = |k: &[u8]| match ks.get(k) {
-        Err(Error::Corruption { tree, key, reason }) => {
+        Err(Error::Corruption {
+            store,
+            tree,
+            key,
+            reason,
+        }) => {
             assert_eq!(tree, "products");
+            assert!(store.ends_with("sled"), "{}", store.display());
             (key, reason)
         }
         other => panic!("expected Corruption for {k:?}, got {other:?}"),
@@ -336,6 +342,7 @@ fn damaged_records_are_typed_errors_naming_tree_and_key() {
         Err(Error::UnknownRecordVersion {
             tree,
             key,
+            store: _,
             found: 9,
             supported: 1,
         }) => assert_eq!(

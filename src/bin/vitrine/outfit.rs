@@ -510,15 +510,20 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     "score: each signal standardised over the {ranked_count} candidates, weighted \
                      rules {wr}, compatibility {wc}, kernel {wk}, look-alike {wl}; raw values in parentheses"
                 );
+                // A signal the method did not compute is shown as "-", not 0.
+                let signal = |v: Option<f32>, places: usize| match v {
+                    Some(v) => format!("{v:+.places$}"),
+                    None => "-".to_string(),
+                };
                 for (r, c) in ranked.iter().enumerate() {
                     println!(
-                        "{}. {}\tscore {:+.2}\t(rules {:+.3}, compatibility {:+.4}, kernel {:+.3}, look-alike {:.3})",
+                        "{}. {}\tscore {:+.2}\t(rules {}, compatibility {}, kernel {}, look-alike {:.3})",
                         r + 1,
                         c.product,
                         c.score,
-                        c.rules,
-                        c.compat,
-                        c.kernel,
+                        signal(c.rules, 3),
+                        signal(c.compat, 4),
+                        signal(c.kernel, 3),
                         c.lookalike
                     );
                 }
