@@ -19,16 +19,28 @@ use crate::error::{display_key, Error, Result};
 pub trait Record: Serialize + DeserializeOwned {
     /// The version byte written in front of every encoded record.
     const VERSION: u8;
+    /// Largest encoding `put` accepts ([`Error::RecordTooLarge`] above it):
+    /// [`MAX_RECORD_BYTES`] unless the type raises it, up to
+    /// [`LARGE_RECORD_BYTES`], for derived data that grows with the catalog.
+    const MAX_BYTES: usize = MAX_RECORD_BYTES;
 }
 
-/// Largest encoded record accepted by `put`. Keeps the decode limit below
-/// meaningful, so that a damaged length prefix cannot request gigabytes.
-pub(crate) const MAX_RECORD_BYTES: usize = 16 << 20;
+/// Largest encoded record of a type that keeps the default
+/// [`Record::MAX_BYTES`]. Keeps the decode limit meaningful, so that a
+/// damaged length prefix cannot request gigabytes.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
+
+/// Largest encoded record of any type (sled stores it as a blob file).
+pub const LARGE_RECORD_BYTES: usize = 256 << 20;
 
 /// Upper bound on memory bincode may claim while decoding one record. bincode
 /// claims in-memory sizes (up to 16x the encoded size for a `u128` varint), so
 /// this is 16x [`MAX_RECORD_BYTES`].
 const DECODE_LIMIT: usize = 16 * MAX_RECORD_BYTES;
+
+/// [`DECODE_LIMIT`] for types that raise [`Record::MAX_BYTES`]: 8x
+/// [`LARGE_RECORD_BYTES`] (2 GiB, which a 32-bit `usize` still holds).
+const LARGE_DECODE_LIMIT: usize = 8 * LARGE_RECORD_BYTES;
 
 fn encode_config() -> impl Config {
     bincode::config::standard()
@@ -49,10 +61,11 @@ pub(crate) fn encode<T: Record>(value: &T) -> Result<Vec<u8>> {
     let mut buf = vec![T::VERSION];
     bincode::serde::encode_into_std_write(value, &mut buf, encode_config())
         .map_err(|e| Error::Encode(e.to_string()))?;
-    if buf.len() > MAX_RECORD_BYTES {
+    let max = T::MAX_BYTES.min(LARGE_RECORD_BYTES);
+    if buf.len() > max {
         return Err(Error::RecordTooLarge {
             bytes: buf.len(),
-            max: MAX_RECORD_BYTES,
+            max,
         });
     }
     Ok(buf)
@@ -102,8 +115,13 @@ fn decode_named<T: Record>(
             supported: T::VERSION,
         });
     }
-    let (value, read) = bincode::serde::decode_from_slice::<T, _>(payload, decode_config())
-        .map_err(|e| corrupt(format!("undecodable payload: {e}")))?;
+    let decoded = if T::MAX_BYTES > MAX_RECORD_BYTES {
+        let config = bincode::config::standard().with_limit::<LARGE_DECODE_LIMIT>();
+        bincode::serde::decode_from_slice::<T, _>(payload, config)
+    } else {
+        bincode::serde::decode_from_slice::<T, _>(payload, decode_config())
+    };
+    let (value, read) = decoded.map_err(|e| corrupt(format!("undecodable payload: {e}")))?;
     if read != payload.len() {
         return Err(corrupt(format!(
             "{} trailing bytes after a {read}-byte payload",

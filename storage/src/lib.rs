@@ -59,7 +59,7 @@ mod model;
 mod store;
 
 pub use arena::{open_arena_bytes, write_arena, Arena, ArenaView};
-pub use codec::{decode_record, Record};
+pub use codec::{decode_record, Record, LARGE_RECORD_BYTES, MAX_RECORD_BYTES};
 pub use error::{Error, Result};
 pub use model::{Attributes, Meta, ProductRecord, SpaceSpec, StoredMetric};
 pub use store::{

@@ -773,3 +773,41 @@ fn immediate_writes_fsync_the_log_and_blob_files() {
         "no fsync of a blob file:\n{trace}"
     );
 }
+
+/// A record type that may grow past the default limit (learned rules).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Large(Vec<u8>);
+
+impl vitrine_storage::Record for Large {
+    const VERSION: u8 = 1;
+    const MAX_BYTES: usize = vitrine_storage::LARGE_RECORD_BYTES;
+}
+
+/// The default type's twin, with the default limit.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Small(Vec<u8>);
+
+impl vitrine_storage::Record for Small {
+    const VERSION: u8 = 1;
+}
+
+#[test]
+fn records_over_the_default_limit_need_a_raised_max_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    let bytes = vec![7u8; vitrine_storage::MAX_RECORD_BYTES + 1024];
+    let small: Keyspace<Small> = store.keyspace("small").unwrap();
+    match small.put(b"k", &Small(bytes.clone())) {
+        Err(Error::RecordTooLarge { max, .. }) => {
+            assert_eq!(max, vitrine_storage::MAX_RECORD_BYTES)
+        }
+        other => panic!("expected RecordTooLarge, got {other:?}"),
+    }
+    assert!(small.get(b"k").unwrap().is_none());
+    let large: Keyspace<Large> = store.keyspace("large").unwrap();
+    large.put(b"k", &Large(bytes.clone())).unwrap();
+    drop((small, large, store));
+    let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    let large: Keyspace<Large> = store.keyspace("large").unwrap();
+    assert!(large.get(b"k").unwrap() == Some(Large(bytes)));
+}
