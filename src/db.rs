@@ -375,6 +375,10 @@ pub struct Db {
     report: OpenReport,
     /// Serialises read-modify-write of side records (profiles, tags).
     side_writes: Mutex<()>,
+    /// `meta.model_fingerprint`, readable without the writer lock (which a
+    /// backup or a compaction holds for long); changed under it, after the
+    /// durable meta write.
+    model_fingerprint: RwLock<Option<String>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -473,13 +477,19 @@ impl Db {
             Some(meta) => {
                 // Stored data, not the caller's request: damage.
                 let damaged = |reason: String| Error::Corruption {
-                    location: format!("{}/meta", dir.display()),
+                    location: format!("meta/meta in {}", dir.join("sled").display()),
                     reason,
                 };
                 if let Some(s) = meta.spaces.iter().find(|s| !path_safe(&s.name)) {
                     return Err(damaged(format!(
                         "a vector space is named '{}', which cannot name its files",
                         s.name
+                    )));
+                }
+                if let Some(s) = meta.spaces.iter().find(|s| s.dim == 0 || s.dim > 65_536) {
+                    return Err(damaged(format!(
+                        "the vector space '{}' has {} dimensions (1..=65536)",
+                        s.name, s.dim
                     )));
                 }
                 // Two spaces of one name would share their files.
@@ -736,6 +746,7 @@ impl Db {
             meta_ks,
             spaces,
             catalog: RwLock::new(catalog),
+            model_fingerprint: RwLock::new(meta.model_fingerprint.clone()),
             writer: Mutex::new(WriterState {
                 meta,
                 dirty: false,
@@ -990,6 +1001,9 @@ impl Db {
     /// Changes a product's attributes in place, keeping its vectors: `edit`
     /// gets the stored attributes, and what it leaves is validated and
     /// written in one atomic write. Returns whether anything changed.
+    ///
+    /// `edit` runs while other writes wait for it (reads go on): it must
+    /// not write to this `Db` itself, which would wait for ever.
     ///
     /// ```
     /// # use vitrine::{Attributes, Db};
@@ -1735,7 +1749,7 @@ fn dir_size(path: &Path) -> Result<u64> {
 impl Db {
     /// The fingerprint of the model whose outputs the database holds, if any.
     pub(crate) fn stored_model_fingerprint(&self) -> Option<String> {
-        lock(&self.writer).meta.model_fingerprint.clone()
+        read(&self.model_fingerprint).clone()
     }
 
     /// Records `fingerprint` as the database's model (durably, before returning).
@@ -1751,6 +1765,13 @@ impl Db {
     }
 
     fn store_model_fingerprint(&self, fingerprint: &str, claim: bool) -> Result<Option<String>> {
+        // Already this model (every image insert asks): no lock to wait for.
+        if read(&self.model_fingerprint).as_deref() == Some(fingerprint) {
+            return Ok(None);
+        }
+        // The fingerprint, then the writer: the order writes of model
+        // outputs take them in (write_model_output).
+        let mut current = write(&self.model_fingerprint);
         let mut w = lock(&self.writer);
         match w.meta.model_fingerprint.as_deref() {
             Some(fp) if fp == fingerprint => return Ok(None),
@@ -1761,8 +1782,25 @@ impl Db {
         meta.model_fingerprint = Some(fingerprint.to_string());
         self.meta_ks.put(META_KEY, &meta)?;
         self.store.flush()?;
+        current.clone_from(&meta.model_fingerprint);
         w.meta = meta;
         Ok(None)
+    }
+
+    /// Runs `write`, a write of outputs of the model `fingerprint`, only
+    /// while that is the database's model: a switch to another model
+    /// (`adopt_model`) waits for it, and one made since the caller checked
+    /// is `Err(stored)`. `write` must not read the fingerprint again.
+    pub(crate) fn write_model_output<T>(
+        &self,
+        fingerprint: &str,
+        write: impl FnOnce() -> T,
+    ) -> std::result::Result<T, Option<String>> {
+        let current = read(&self.model_fingerprint);
+        if current.as_deref() != Some(fingerprint) {
+            return Err(current.clone());
+        }
+        Ok(write())
     }
 }
 

@@ -1402,3 +1402,45 @@ fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
     assert!(case.join("sled.salvaged-by-hand").exists());
     assert!(vitrine(&["info", "--db", c]).status.success());
 }
+
+/// A damaged record is not damage to sled's files: repair says which
+/// record, and sets none of sled's files aside.
+#[test]
+fn repair_of_a_damaged_record_names_it_and_leaves_sleds_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    {
+        let db = vitrine::Db::open(&db_dir).unwrap();
+        let v = vec![1.0f32; vitrine::DEFAULT_DIM];
+        db.insert(
+            "sku-1",
+            vitrine::Attributes::new(),
+            [(vitrine::DEFAULT_SPACE, v)],
+        )
+        .unwrap();
+        db.close().unwrap();
+    }
+    {
+        let store = vitrine_storage::Store::open(&db_dir, vitrine_storage::StoreOptions::default())
+            .unwrap();
+        let meta: vitrine_storage::Keyspace<vitrine_storage::Meta> =
+            store.keyspace("meta").unwrap();
+        meta.put_raw(b"meta", &[9]).unwrap();
+        store.flush().unwrap();
+    }
+    let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("meta/meta"), "{text}");
+    assert!(!text.contains("sled's log itself"), "{text}");
+    let set_aside: Vec<_> = std::fs::read_dir(&db_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sled-"))
+        .collect();
+    assert!(set_aside.is_empty(), "{set_aside:?}");
+}

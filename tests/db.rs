@@ -971,3 +971,71 @@ fn filtered_graph_search_recall_holds_against_brute_force() {
     eprintln!("filtered graph recall@10 over {N}: {recall:.3}");
     assert!(recall >= 0.9, "recall@10 {recall:.3}");
 }
+
+/// A stored schema that cannot be right (a space of 0 dimensions) is
+/// damage, named, not the caller's mistake.
+#[test]
+fn a_damaged_stored_schema_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path());
+        fill(&db, 3);
+        db.close().unwrap();
+    }
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        let ks: vitrine_storage::Keyspace<vitrine_storage::Meta> = store.keyspace("meta").unwrap();
+        let mut meta = ks.get(b"meta").unwrap().unwrap();
+        meta.spaces[0].dim = 0;
+        ks.put(b"meta", &meta).unwrap();
+        store.flush().unwrap();
+    }
+    for declared in [false, true] {
+        let b = Db::builder();
+        let b = if declared {
+            b.vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+        } else {
+            b
+        };
+        match b.open(dir.path()) {
+            Err(e @ Error::Corruption { .. }) => {
+                assert!(!e.is_user_error());
+                assert!(e.to_string().contains("meta/meta"), "{e}");
+            }
+            Err(e) => panic!("expected Corruption, got {e}"),
+            Ok(_) => panic!("opened a schema with a 0-dimensional space"),
+        }
+    }
+}
+
+/// Reads that need no write go on while a write is held up (a backup or a
+/// compaction holds the writer for long): here the model fingerprint,
+/// asked by every image search and outfit command.
+#[test]
+fn the_model_fingerprint_is_read_while_a_write_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    fill(&db, 2);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (read_tx, read_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let db = &db;
+        let id = db.ids()[0].clone();
+        s.spawn(move || {
+            db.update_attributes(&id, |a| {
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                a.brand = Some("held".into());
+            })
+            .unwrap();
+        });
+        started_rx.recv().unwrap();
+        s.spawn(move || read_tx.send(db.model_fingerprint()).unwrap());
+        let read = read_rx.recv_timeout(std::time::Duration::from_secs(20));
+        release_tx.send(()).unwrap();
+        assert!(read.is_ok(), "model_fingerprint waited for the writer");
+    });
+}

@@ -547,17 +547,59 @@ fn import_stores_the_good_reports_the_bad_and_resumes() {
     assert_eq!(db.len(), 52);
 }
 
-#[test]
-fn another_model_is_refused_unless_reembedding() {
-    let Some(model) = model() else { return };
-    // Same weights, one category renamed: a different fingerprint.
+/// The bundled weights with one category renamed: a different fingerprint.
+fn renamed_model() -> Arc<Model> {
     let mdir = Model::bundled_dir();
     let onnx = std::fs::read(mdir.join(BUNDLED_ONNX)).unwrap();
     let mut m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(mdir.join(MANIFEST_FILE)).unwrap()).unwrap();
     let c0 = m["taxonomy"]["categories"][0].as_str().unwrap().to_string();
     m["taxonomy"]["categories"][0] = serde_json::Value::String(format!("{c0} (renamed)"));
-    let other = Arc::new(Model::from_bytes(&onnx, m.to_string().as_bytes()).unwrap());
+    Arc::new(Model::from_bytes(&onnx, m.to_string().as_bytes()).unwrap())
+}
+
+/// A switch to another model while an import runs: what the import embeds
+/// after it is refused, not stored as the new model's.
+#[test]
+fn a_model_switch_during_an_import_stores_no_old_outputs_after_it() {
+    let Some(model) = model() else { return };
+    let other = renamed_model();
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(8);
+    write_images(src.path(), &images);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let mut stored_at_switch = None;
+    let r = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(prep())
+                .batch_size(1)
+                .progress(|p| {
+                    if p.stored > 0 && stored_at_switch.is_none() {
+                        db.adopt_model(&other).unwrap();
+                        stored_at_switch = Some(p.stored);
+                    }
+                }),
+        )
+        .unwrap();
+    let before = stored_at_switch.expect("something was stored");
+    assert_eq!(r.progress.stored, before, "{:?}", r.progress);
+    assert_eq!(r.progress.failed, images.len() - before);
+    assert!(r
+        .failures
+        .iter()
+        .all(|f| matches!(f.error, IngestError::ModelMismatch { .. })));
+    assert_eq!(db.model_fingerprint().as_deref(), Some(other.fingerprint()));
+    assert_eq!(db.len(), before);
+}
+
+#[test]
+fn another_model_is_refused_unless_reembedding() {
+    let Some(model) = model() else { return };
+    let other = renamed_model();
     assert_ne!(other.fingerprint(), model.fingerprint());
 
     let src = tempfile::tempdir().unwrap();

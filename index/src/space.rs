@@ -370,9 +370,17 @@ impl SpaceIndex {
         }
         let graph =
             HnswIndex::load_verified(dir, header.dim, header.metric, header.params, header.points)
-                .map_err(|reason| LoadError::Corrupt {
-                    path: dir.join(format::GRAPH_FILE),
-                    reason,
+                .map_err(|reason| {
+                    // The dump walk names the file it stopped in.
+                    let file = if reason.starts_with("data file") {
+                        format::DATA_FILE
+                    } else {
+                        format::GRAPH_FILE
+                    };
+                    LoadError::Corrupt {
+                        path: dir.join(file),
+                        reason,
+                    }
                 })?;
         tracing::debug!(dir = %dir.display(), generation, points = graph.points(), "loaded index");
         Ok(SpaceIndex { flat, graph, cfg })

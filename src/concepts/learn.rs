@@ -320,6 +320,14 @@ const CATALOG_MEAN: &[u8] = b"catalog_mean";
 /// Forgets the cached catalog mean: it describes the vectors of the model
 /// that made them ([`Db::adopt_model`] calls this).
 pub(crate) fn forget_catalog_mean(db: &Db) -> Result<(), crate::Error> {
+    // Under the lock feedback computes and stores the mean under: a mean
+    // of a catalog half re-embedded is not stored after this.
+    let _guard = db.side_write_lock();
+    forget_catalog_mean_locked(db)
+}
+
+/// [`forget_catalog_mean`] for a caller that holds the side-write lock.
+pub(crate) fn forget_catalog_mean_locked(db: &Db) -> Result<(), crate::Error> {
     db.side_keyspace::<CatalogMean>(CATALOG_STATS)?
         .remove(CATALOG_MEAN)?;
     Ok(())

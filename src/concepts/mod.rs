@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Db, Error, Filter, Model, Result, SimilarTo, CONCEPT_SPACE};
 
-pub(crate) use learn::forget_catalog_mean;
+pub(crate) use learn::{forget_catalog_mean, forget_catalog_mean_locked};
 pub use learn::{TagMethod, HAND_SET_PRIOR_LIKES};
 pub use query::{
     ConceptQuery, Contribution, LikeTarget, QueryError, QueryErrorKind, QueryHit, QueryResults,
@@ -594,13 +594,18 @@ impl Db {
     /// Stores `model`'s concept layout (done by `open_with_model`).
     pub(crate) fn store_concept_layout(&self, model: &Model) -> Result<()> {
         let ks = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
+        let layout = ConceptLayout::from_model(model);
+        // Stored already (every image search asks): no lock to wait for
+        // behind feedback or tag learning.
+        if ks.get(LAYOUT_KEY).ok().flatten().as_ref() == Some(&layout) {
+            return Ok(());
+        }
         let _guard = self.side_write_lock();
         // Under the lock adopt_model switches models under: a model adopted
         // since the caller checked its own keeps its layout.
         if self.stored_model_fingerprint().as_deref() != Some(model.fingerprint()) {
             return Ok(());
         }
-        let layout = ConceptLayout::from_model(model);
         if ks.get(LAYOUT_KEY)?.as_ref() != Some(&layout) {
             ks.put(LAYOUT_KEY, &layout)?;
         }
@@ -682,6 +687,11 @@ impl Db {
                 id: (*id).to_string(),
             });
         }
+        // Learned and stored under the lock that set_tag_weight and
+        // relearn_tags read and write a tag under: neither writes an older
+        // version over this one, nor does a re-embedding's relearn_tags
+        // finish between the learning and the write.
+        let _guard = self.side_write_lock();
         let vector = self.tag_direction(name, positives, negatives, method)?;
         let tag = UserTag {
             name: name.to_string(),
@@ -692,9 +702,6 @@ impl Db {
             negatives: negatives.iter().map(|s| s.to_string()).collect(),
         };
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
-        // Under the lock that set_tag_weight and relearn_tags read and
-        // write a tag under: neither writes an older version over this one.
-        let _guard = self.side_write_lock();
         ks.put(name.as_bytes(), &tag)?;
         Ok(tag)
     }

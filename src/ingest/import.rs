@@ -577,13 +577,15 @@ impl Db {
         if job.replace {
             // The attributes as they are now, not as the import listed
             // them: an edit made during a long import is kept.
-            let found = self.rewrite(&job.item.id, |mut attrs| {
-                // A category the old image's model output filled in follows
-                // the new output.
-                super::forget_model_category(&mut attrs);
-                let stored = self.image_record(model, out, with_source(attrs), job.colour);
-                (stored.attributes, stored.vectors)
-            })?;
+            let found = self.write_outputs_of(model, || {
+                self.rewrite(&job.item.id, |mut attrs| {
+                    // A category the old image's model output filled in
+                    // follows the new output.
+                    super::forget_model_category(&mut attrs);
+                    let stored = self.image_record(model, out, with_source(attrs), job.colour);
+                    (stored.attributes, stored.vectors)
+                })
+            })??;
             if !found {
                 // Deleted while the import ran: not brought back.
                 return Err(IngestError::Db(crate::Error::NotFound {
@@ -597,7 +599,9 @@ impl Db {
                 with_source(job.item.attributes.clone()),
                 job.colour,
             );
-            self.insert(&job.item.id, stored.attributes, stored.vectors)?;
+            self.write_outputs_of(model, || {
+                self.insert(&job.item.id, stored.attributes, stored.vectors)
+            })??;
         }
         Ok(())
     }

@@ -223,13 +223,14 @@ impl Db {
     /// its fingerprint in [`ATTR_MODEL`]).
     pub fn adopt_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
-        if self.stored_model_fingerprint().as_deref() != Some(model.fingerprint()) {
-            crate::concepts::forget_catalog_mean(self)?;
-        }
         {
             // The switch and its layout together: a check_model of the old
-            // model running meanwhile does not write its layout after it.
+            // model running meanwhile does not write its layout after it,
+            // nor a feedback its catalog mean.
             let _guard = self.side_write_lock();
+            if self.stored_model_fingerprint().as_deref() != Some(model.fingerprint()) {
+                crate::concepts::forget_catalog_mean_locked(self)?;
+            }
             self.set_stored_model_fingerprint(model.fingerprint())?;
         }
         Ok(self.store_concept_layout(model)?)
@@ -238,6 +239,22 @@ impl Db {
     /// The fingerprint of the model whose vectors the database holds, if any.
     pub fn model_fingerprint(&self) -> Option<String> {
         self.stored_model_fingerprint()
+    }
+
+    /// Runs `write`, a write of `model`'s outputs, while `model` is still
+    /// the database's: one switched since [`Db::check_model`] (by
+    /// [`Db::adopt_model`] in another thread) is
+    /// [`IngestError::ModelMismatch`], and nothing is written.
+    pub(crate) fn write_outputs_of<T>(
+        &self,
+        model: &Model,
+        write: impl FnOnce() -> T,
+    ) -> Result<T, IngestError> {
+        self.write_model_output(model.fingerprint(), write)
+            .map_err(|stored| IngestError::ModelMismatch {
+                stored: stored.unwrap_or_else(|| "none".into()),
+                model: model.fingerprint().to_string(),
+            })
     }
 
     fn check_model_spaces(&self, model: &Model) -> Result<(), IngestError> {
@@ -390,11 +407,13 @@ impl Db {
         attrs.extra.remove(ATTR_SOURCE);
         forget_model_category(&mut attrs);
         let stored = self.image_record(model, &out, attrs, colour);
-        if replace {
-            self.upsert(id, stored.attributes, stored.vectors)?;
-        } else {
-            self.insert(id, stored.attributes, stored.vectors)?;
-        }
+        self.write_outputs_of(model, || {
+            if replace {
+                self.upsert(id, stored.attributes, stored.vectors)
+            } else {
+                self.insert(id, stored.attributes, stored.vectors)
+            }
+        })??;
         Ok(model.annotation(&out, ANNOTATE_TOP_K))
     }
 

@@ -115,7 +115,9 @@ fn decode_named<T: Record>(
             supported: T::VERSION,
         });
     }
-    let decoded = if T::MAX_BYTES > MAX_RECORD_BYTES {
+    // The larger limit only for a record that needs it: a damaged length
+    // prefix in a small one must not claim gigabytes.
+    let decoded = if T::MAX_BYTES > MAX_RECORD_BYTES && payload.len() > MAX_RECORD_BYTES {
         let config = bincode::config::standard().with_limit::<LARGE_DECODE_LIMIT>();
         bincode::serde::decode_from_slice::<T, _>(payload, config)
     } else {

@@ -292,19 +292,24 @@ fn validate(b: &[u8]) -> Result<Header, String> {
     if b[0..8] != SIMILAR_MAGIC {
         return Err("bad magic".into());
     }
-    // Fuzzing builds skip the checksums, so that inputs reach the layout
-    // checks behind them.
-    if u32_at(b, 60) != crc32fast::hash(&b[..60]) && !cfg!(fuzzing) {
-        return Err("header checksum mismatch".into());
-    }
+    // The version before the checksum: another version may lay out (and
+    // checksum) its header differently.
     let version = u32_at(b, 8);
     if version != SIMILAR_FORMAT_VERSION {
         return Err(format!(
             "format version {version}, this build reads {SIMILAR_FORMAT_VERSION}"
         ));
     }
+    // Fuzzing builds skip the checksums, so that inputs reach the layout
+    // checks behind them.
+    if u32_at(b, 60) != crc32fast::hash(&b[..60]) && !cfg!(fuzzing) {
+        return Err("header checksum mismatch".into());
+    }
     if u32_at(b, 12) != FLAG_LE {
         return Err(format!("unknown flags {:#x}", u32_at(b, 12)));
+    }
+    if u32_at(b, 28) != 0 {
+        return Err("reserved header bytes 28..32 are not zero".into());
     }
     if u32_at(b, 24) == 0 {
         return Err("k is 0".into());
@@ -542,6 +547,20 @@ mod tests {
             assert!(matches!(e, SimilarFileError::Corrupt { .. }), "{e}");
             assert!(e.to_string().contains("s.sim"), "{e}");
         }
+        // A newer version is named as such (its header may be laid out and
+        // checksummed differently); reserved bytes must be zero.
+        let mut newer = bytes.clone();
+        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        fs::write(&path, &newer).unwrap();
+        let e = PrecomputedSimilar::open(&path).unwrap_err();
+        assert!(e.to_string().contains("format version 2"), "{e}");
+        let mut reserved = bytes.clone();
+        reserved[28] = 1;
+        let crc = crc32fast::hash(&reserved[..60]);
+        reserved[60..64].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&path, &reserved).unwrap();
+        let e = PrecomputedSimilar::open(&path).unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
         fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         assert!(matches!(
             PrecomputedSimilar::open(&path),
