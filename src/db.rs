@@ -1494,7 +1494,7 @@ fn path_safe(name: &str) -> bool {
         && !std::path::Path::new(name).is_absolute()
 }
 
-fn check_id(id: &str) -> Result<()> {
+pub(crate) fn check_id(id: &str) -> Result<()> {
     if id.is_empty() {
         return Err(Error::EmptyId);
     }

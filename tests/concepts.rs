@@ -720,6 +720,51 @@ fn hand_set_affinities_keep_their_key_and_scale() {
     let p = db.feedback(user, &s.samples[0].id, Feedback::Skip).unwrap();
     assert!((ratio(&p) - 0.1).abs() < 1e-6, "{p:?}");
     assert!(db.delete_profile(user).unwrap());
+
+    // Concept preferences only: no group weighs anything, and a skip (no
+    // likes) does not turn that into equal weights.
+    let mut red_only = Profile::only("colour").weight("colour", 0.0);
+    red_only.affinities.insert("colour.red".into(), 1.0);
+    db.set_profile(user, &red_only).unwrap();
+    let p = db.feedback(user, &s.samples[0].id, Feedback::Skip).unwrap();
+    assert!(p.weights.values().all(|w| *w == 0.0), "{p:?}");
+    assert_eq!(p.affinities.get("colour.red"), Some(&1.0), "{p:?}");
+    // A query profile's concept names are case-insensitive too.
+    let mut spelled = red_only.clone();
+    spelled.affinities = [("Colour.Red".to_string(), 1.0)].into_iter().collect();
+    let hits = db
+        .similar_with_profile(
+            vitrine::SimilarTo::Id(&s.samples[0].id),
+            5,
+            &vitrine::Filter::new(),
+            &spelled,
+        )
+        .unwrap();
+    assert_eq!(hits.len(), 5);
+
+    // Events given by hand: only the newest MAX_EVENTS are kept, and a bad
+    // id is refused before anything is written.
+    let many: Vec<(String, Feedback)> = (0..vitrine::MAX_EVENTS + 100)
+        .map(|i| (format!("sku-{i}"), Feedback::Skip))
+        .collect();
+    let with_events = Profile {
+        events: many,
+        ..Profile::only("colour")
+    };
+    let p = db.set_profile(user, &with_events).unwrap();
+    assert_eq!(p.events.len(), vitrine::MAX_EVENTS);
+    assert_eq!(p.events[0].0, "sku-100");
+    let bad = Profile {
+        events: vec![(String::new(), Feedback::Like)],
+        ..Profile::only("pattern")
+    };
+    assert!(db.set_profile(user, &bad).is_err());
+    let prior = db.profile_prior(user).unwrap().unwrap();
+    assert!(
+        prior.weights.get("pattern").is_none_or(|w| *w == 0.0),
+        "{prior:?}"
+    );
+    assert!(db.delete_profile(user).unwrap());
 }
 
 /// "Only colour": products of the same colour are ordered by look, not by

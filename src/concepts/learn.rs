@@ -168,7 +168,17 @@ pub(crate) fn learn_profile(
                 .collect(),
             HAND_SET_PRIOR_LIKES,
         ),
-        _ => (
+        // Set by hand with concept preferences only: no group weighs
+        // anything until likes say so (a skip changes nothing).
+        Some(_) => (
+            layout
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), 0.0))
+                .collect(),
+            HAND_SET_PRIOR_LIKES,
+        ),
+        None => (
             layout
                 .groups
                 .iter()

@@ -236,7 +236,8 @@ impl std::str::FromStr for Feedback {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     /// Weight per group (`visual`, `category`, `colour`…); groups not listed
-    /// weigh 0. Learned weights sum to 1.
+    /// weigh 0. Learned weights sum to 1 (less when the profile was set by
+    /// hand with concept preferences only: those weights start at 0).
     pub weights: BTreeMap<String, f32>,
     /// Concept affinities (`colour.red` → 0.6, `user.superfunky` → 0.3).
     pub affinities: BTreeMap<String, f32>,
@@ -247,6 +248,24 @@ pub struct Profile {
 
 impl vitrine_storage::Record for Profile {
     const VERSION: u8 = 1;
+}
+
+impl Profile {
+    /// The profile without its events, and with its affinities named as
+    /// [`concept_key`] writes them,
+    /// one key per concept, as learning and tag deletion name it (of two
+    /// spellings of one concept, the later in key order wins).
+    fn keyed(&self) -> Profile {
+        Profile {
+            weights: self.weights.clone(),
+            affinities: self
+                .affinities
+                .iter()
+                .map(|(c, w)| (concept_key(c), *w))
+                .collect(),
+            events: Vec::new(),
+        }
+    }
 }
 
 /// Feedback events kept per profile (the oldest are dropped).
@@ -830,21 +849,22 @@ impl Db {
     /// (of two spellings of one concept, the later in key order wins). When `profile` has no
     /// events and the user has feedback events, the profile is learned again
     /// from them, starting from the new weights (the events are kept);
-    /// otherwise `profile` is stored as given. [`Profile::uniform`] without
+    /// otherwise `profile` is stored as given, but for its events: only the
+    /// newest [`MAX_EVENTS`] are kept, and each must name a valid product
+    /// id ([`Error::EmptyId`], [`Error::IdTooLong`]). [`Profile::uniform`] without
     /// affinities removes the starting point; [`Db::delete_profile`] forgets
     /// the user.
     pub fn set_profile(&self, user: &str, profile: &Profile) -> Result<Profile, ConceptError> {
         check_user(user)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
-        // One key per concept, as learning and tag deletion name it.
+        for (id, _) in &profile.events {
+            crate::db::check_id(id)?;
+        }
+        let newest = profile.events.len().saturating_sub(MAX_EVENTS);
         let profile = &Profile {
-            affinities: profile
-                .affinities
-                .iter()
-                .map(|(c, w)| (concept_key(c), *w))
-                .collect(),
-            ..profile.clone()
+            events: profile.events[newest..].to_vec(),
+            ..profile.keyed()
         };
         let _guard = self.side_write_lock();
         // Checked under the lock: a tag deleted meanwhile is not set back.
@@ -993,9 +1013,10 @@ impl Db {
     /// cos_g + Σ_c a_c · affinity_c` (plus [`LOOK_TIE_BREAK`] `· w_max ·
     /// cos_visual` when the profile gives the look no weight), computed as one reweighted query over
     /// the `concept` space: one index serves every profile. Exact up to
-    /// [`PROFILE_EXACT_MAX`] products and for skewed profiles (colour only,
-    /// say: a query the graph was not built for), else the graph with a wide
-    /// beam.
+    /// [`PROFILE_EXACT_MAX`] products, and at any size for a profile that
+    /// gives the look less than [`SKEWED_VISUAL_SHARE`] of the query (colour
+    /// only, say, but also equal weights over the bundled model's seven
+    /// groups, whose look share is 1/7); else the graph with a wide beam.
     pub fn similar_with_profile(
         &self,
         to: SimilarTo<'_>,
@@ -1004,6 +1025,7 @@ impl Db {
         profile: &Profile,
     ) -> Result<Vec<crate::Hit>, ConceptError> {
         let vocab = self.vocabulary()?;
+        let profile = &profile.keyed();
         self.check_profile(profile)?;
         let (z, exclude) = match to {
             SimilarTo::Id(id) => (self.concept_vector(id)?, Some(id)),
@@ -1097,8 +1119,11 @@ pub(crate) fn profile_query(
 }
 
 /// Below this share of the query's squared norm in the visual block, a
-/// query is "skewed" (concepts only, or a profile that ignores the look):
-/// the graph, built for whole vectors, misses too many of its answers.
+/// query is "skewed" and searched exactly: the graph, built for whole
+/// vectors, misses too many answers of concept-only queries and one-group
+/// profiles. This also sends equal-weight profiles over the bundled model
+/// (7 groups: a visual share of 1/7) to the exact scan, which the graph
+/// would answer well (recall 0.999 measured): a cost, not a wrong answer.
 pub const SKEWED_VISUAL_SHARE: f32 = 0.3;
 
 impl Db {
