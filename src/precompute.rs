@@ -92,9 +92,9 @@ pub struct SimilarTable {
     pub ids: Vec<String>,
     /// Per product (same order as `ids`): (index into `ids`, score), best first.
     pub lists: Vec<Vec<(u32, f32)>>,
-    /// Back end the batches were planned for ([`Backend::Gpu`] when the
-    /// GPU was chosen; a batch it could not take fell back to the CPU, with
-    /// a log line).
+    /// Back end that answered: [`Backend::Gpu`] only when the GPU answered
+    /// every batch (one it could not take falls back to the CPU, with a log
+    /// line).
     pub backend: Backend,
     /// Wall time of the scoring, in seconds.
     pub seconds: f64,
@@ -240,9 +240,8 @@ pub(crate) fn precompute_similar(
     let rows = Rows::new(space.dim, &data)?.with_docs(&docs)?;
     let loaded = scorer.load(rows);
     let mask = RowMask::from_fn(allowed.len(), |i| allowed[i]);
-    let backend = loaded.backend_for(rows.len().min(8192));
     let t = Instant::now();
-    let hits = loaded.similar_all(&AllPairsOptions {
+    let (hits, backend) = loaded.similar_all_with_backend(&AllPairsOptions {
         k,
         batch: options.batch,
         allow: Some(&mask),

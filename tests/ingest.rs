@@ -1141,3 +1141,23 @@ fn a_refresh_keeps_edits_made_while_it_runs() {
     assert!(db.get("b").unwrap().is_none());
     assert_eq!(db.get("c").unwrap().unwrap().attributes.price, Some(1.0));
 }
+
+/// A concept space of another metric would rescale every concept score:
+/// the model is refused there.
+#[test]
+fn a_concept_space_of_another_metric_is_refused() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let [embedding, concept] = model.vector_spaces();
+    let db = Db::builder()
+        .vector_space(&embedding.name, embedding.dim, embedding.metric)
+        .vector_space(&concept.name, concept.dim, vitrine::Metric::Cosine)
+        .open(dir.path())
+        .unwrap();
+    let e = db.check_model(&model).unwrap_err();
+    assert!(
+        matches!(e, IngestError::Db(vitrine::Error::SchemaMismatch(_))),
+        "{e}"
+    );
+    assert!(db.model_fingerprint().is_none());
+}

@@ -25,6 +25,19 @@ pub struct SpaceIndex {
     flat: FlatIndex,
     graph: HnswIndex,
     cfg: IndexConfig,
+    /// Counts changes to the vectors, so that a graph built of them
+    /// ([`SpaceIndex::build_compacted`]) is swapped in only if none came
+    /// since.
+    edits: u64,
+}
+
+/// A graph [`SpaceIndex::build_compacted`] built, for
+/// [`SpaceIndex::replace_graph`].
+#[derive(Debug)]
+pub struct CompactedGraph {
+    graph: HnswIndex,
+    /// The index's edit count when the graph was built.
+    edits: u64,
 }
 
 impl SpaceIndex {
@@ -35,6 +48,7 @@ impl SpaceIndex {
             flat: FlatIndex::new(dim, metric)?,
             graph: HnswIndex::new(dim, metric, cfg.hnsw.clone())?,
             cfg,
+            edits: 0,
         })
     }
 
@@ -43,7 +57,12 @@ impl SpaceIndex {
     pub fn build(flat: FlatIndex, cfg: IndexConfig, threads: usize) -> Result<Self> {
         cfg.validate()?;
         let graph = HnswIndex::build(&flat, cfg.hnsw.clone(), threads)?;
-        Ok(SpaceIndex { flat, graph, cfg })
+        Ok(SpaceIndex {
+            flat,
+            graph,
+            cfg,
+            edits: 0,
+        })
     }
 
     /// The exact vector store.
@@ -78,7 +97,10 @@ impl SpaceIndex {
     /// holds the index.
     pub fn compact(&mut self, threads: usize) -> Result<()> {
         let graph = HnswIndex::build(&self.flat, self.cfg.hnsw.clone(), threads)?;
-        self.replace_graph(graph)
+        self.replace_graph(CompactedGraph {
+            graph,
+            edits: self.edits,
+        })
     }
 
     fn maybe_compact(&mut self) {
@@ -98,17 +120,32 @@ impl SpaceIndex {
 
     /// A graph of the live vectors, built without changing `self`, so that
     /// searches go on meanwhile; [`SpaceIndex::replace_graph`] swaps it in.
-    pub fn build_compacted(&self) -> Result<HnswIndex> {
-        HnswIndex::build(
+    pub fn build_compacted(&self) -> Result<CompactedGraph> {
+        let graph = HnswIndex::build(
             &self.flat,
             self.cfg.hnsw.clone(),
             self.cfg.compaction_threads,
-        )
+        )?;
+        Ok(CompactedGraph {
+            graph,
+            edits: self.edits,
+        })
     }
 
     /// Swaps in a graph [`SpaceIndex::build_compacted`] made of these very
-    /// vectors (refused when it holds another number, or tombstones).
-    pub fn replace_graph(&mut self, graph: HnswIndex) -> Result<()> {
+    /// vectors: refused when a vector was changed, added or removed since
+    /// (build it again then).
+    pub fn replace_graph(&mut self, compacted: CompactedGraph) -> Result<()> {
+        if compacted.edits != self.edits {
+            return Err(Error::invalid(
+                "graph",
+                format!(
+                    "built before the last {} change(s) to the vectors",
+                    self.edits - compacted.edits
+                ),
+            ));
+        }
+        let graph = compacted.graph;
         if graph.tombstones() != 0 || graph.points() != self.flat.len() {
             return Err(Error::invalid(
                 "graph",
@@ -141,6 +178,7 @@ impl SpaceIndex {
         }
         self.flat.upsert_prepared(doc, &v);
         self.graph.insert_prepared(doc, &v);
+        self.edits += 1;
         Ok(())
     }
 
@@ -148,6 +186,9 @@ impl SpaceIndex {
     pub fn remove_deferred(&mut self, doc: u64) -> bool {
         let removed = self.flat.remove(doc);
         self.graph.remove(doc);
+        if removed {
+            self.edits += 1;
+        }
         removed
     }
 
@@ -383,7 +424,12 @@ impl SpaceIndex {
                     }
                 })?;
         tracing::debug!(dir = %dir.display(), generation, points = graph.points(), "loaded index");
-        Ok(SpaceIndex { flat, graph, cfg })
+        Ok(SpaceIndex {
+            flat,
+            graph,
+            cfg,
+            edits: 0,
+        })
     }
 }
 

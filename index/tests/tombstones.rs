@@ -127,3 +127,23 @@ fn remove_everything_then_reinsert() {
     assert_eq!(out.hits.len(), 1);
     assert_eq!(out.hits[0].doc, 7);
 }
+
+/// A graph built for compaction is swapped in only over the vectors it was
+/// built of: a change since (even one that keeps the count) refuses it.
+#[test]
+fn a_compacted_graph_is_refused_after_a_change() {
+    let (mut index, data, _) = build(300, IndexConfig::default());
+    let built = index.build_compacted().unwrap();
+    assert!(index.remove(1));
+    index.upsert(10_000, &data[2]).unwrap();
+    assert!(index.replace_graph(built).is_err());
+    // Built again, it goes in, and the new document is found by the graph.
+    let built = index.build_compacted().unwrap();
+    index.replace_graph(built).unwrap();
+    let out = index.search(&data[2], &graph(2), None).unwrap();
+    assert!(out.hits.iter().any(|h| h.doc == 10_000), "{:?}", out.hits);
+    // An upsert that changes nothing is no change.
+    let built = index.build_compacted().unwrap();
+    index.upsert(3, &data[3]).unwrap();
+    index.replace_graph(built).unwrap();
+}

@@ -268,6 +268,16 @@ impl Db {
                         s.name, s.dim, want.dim
                     ))))
                 }
+                // Concept scores are sums of raw inner products (each
+                // block's contribution); cosine would rescale them. The
+                // embedding is unit length: either metric ranks it alike.
+                Some(s) if s.name == CONCEPT_SPACE && s.metric != want.metric => {
+                    return Err(IngestError::Db(Error::SchemaMismatch(format!(
+                        "vector space '{}' uses {:?}, the model's concept space {:?} \
+                         (open the database with DbBuilder::model_spaces)",
+                        s.name, s.metric, want.metric
+                    ))))
+                }
                 None if want.name == EMBEDDING_SPACE => {
                     return Err(IngestError::Db(Error::SchemaMismatch(format!(
                         "the database has no '{EMBEDDING_SPACE}' vector space \

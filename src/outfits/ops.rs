@@ -276,9 +276,11 @@ pub enum CompleteMethod {
     Rules,
     /// The learned embedding compatibility only.
     Compat,
-    /// Everything learned: rules and compatibility.
+    /// Everything learned: rules, and the bilinear and kernel
+    /// compatibilities.
     Learned,
-    /// Rules, compatibility and visual similarity (the default).
+    /// Everything learned, plus visual similarity at half weight (the
+    /// default).
     Full,
     /// The kernel compatibility only.
     Kernel,

@@ -904,8 +904,14 @@ impl<'a> LoadedRows<'a> {
             ScorerChoice::Cpu => Ok((self.cpu(batch, b), Backend::Cpu)),
             ScorerChoice::Gpu => Ok((self.gpu(batch, b)?, Backend::Gpu)),
             ScorerChoice::Auto => {
-                if work < self.scorer.options.auto_gpu_min_work || !batch.fits_gpu(self.rows.len())
-                {
+                if work < self.scorer.options.auto_gpu_min_work {
+                    return Ok((self.cpu(batch, b), Backend::Cpu));
+                }
+                if !batch.fits_gpu(self.rows.len()) {
+                    if self.scorer.gpu_available() {
+                        self.scorer
+                            .log_fallback("k plus the exclusions exceed GPU_MAX_K", work);
+                    }
                     return Ok((self.cpu(batch, b), Backend::Cpu));
                 }
                 match self.gpu(batch, b) {
@@ -974,6 +980,15 @@ impl<'a> LoadedRows<'a> {
     /// those `options.exclude` names, and only `options.allow` rows are
     /// candidates. Runs in batches through [`top_k`](Self::top_k).
     pub fn similar_all(&self, options: &AllPairsOptions<'_>) -> Result<Vec<Vec<Hit>>> {
+        Ok(self.similar_all_with_backend(options)?.0)
+    }
+
+    /// [`similar_all`](Self::similar_all), also saying which back end
+    /// answered: [`Backend::Gpu`] only when it answered every batch.
+    pub fn similar_all_with_backend(
+        &self,
+        options: &AllPairsOptions<'_>,
+    ) -> Result<(Vec<Vec<Hit>>, Backend)> {
         let n = self.rows.len();
         let d = self.rows.dim();
         // Each query also fetches its own row and exclusions (GPU_MAX_K);
@@ -987,6 +1002,7 @@ impl<'a> LoadedRows<'a> {
             b => b,
         };
         let mut out = Vec::with_capacity(n);
+        let mut all_gpu = n > 0;
         let mut start = 0;
         while start < n {
             let end = (start + batch).min(n);
@@ -1004,10 +1020,12 @@ impl<'a> LoadedRows<'a> {
             }
             let (hits, backend) = self.top_k_with_backend(&q)?;
             tracing::debug!(start, end, n, ?backend, "similar_all batch");
+            all_gpu &= backend == Backend::Gpu;
             out.extend(hits);
             start = end;
         }
-        Ok(out)
+        let backend = if all_gpu { Backend::Gpu } else { Backend::Cpu };
+        Ok((out, backend))
     }
 }
 

@@ -61,7 +61,7 @@ enum Command {
     Repair(info::RepairArgs),
     /// Copies a database to a new folder and checks the copy opens (a process serving the database calls `Db::backup` instead).
     Backup(info::BackupArgs),
-    /// Outfits: import, list, show, substitute, expand, cover, complete, rules.
+    /// Outfits: import, list, show, delete, substitute, expand, cover, complete, rules, settings.
     Outfit(outfit::OutfitArgs),
     /// One product: get (attributes, model output, vectors), set attributes, delete.
     Product(product::ProductArgs),
