@@ -1229,10 +1229,12 @@ impl Db {
     /// is checkpointed, so it opens without rebuilding. Open the copy like
     /// any database; restoring is using it in place of the original. The
     /// copy is made and synced in a hidden folder next to `dest`, then
-    /// renamed, so `dest` never holds half a backup; such a folder left by
-    /// a backup whose process was killed is removed by the next backup to
-    /// the same `dest` (on Linux, where a process can be checked to be
-    /// gone). Needs the default [`Durability::Immediate`].
+    /// renamed, so `dest` never holds half a backup. A backup whose process
+    /// is killed leaves that folder (`.{name}.partial-{pid}-{nanos}`) for
+    /// the operator to remove: another process's backup may be writing one
+    /// of that name, which this one cannot tell from a dead one (another
+    /// PID namespace, `/proc` hidden). Needs the default
+    /// [`Durability::Immediate`].
     ///
     /// ```
     /// use vitrine::{Attributes, Db, DEFAULT_DIM, DEFAULT_SPACE};
@@ -1326,7 +1328,6 @@ impl Db {
         let name = dest
             .file_name()
             .map_or("backup".into(), |n| n.to_string_lossy().into_owned());
-        remove_dead_partials(parent, &name);
         let partial = parent.join(format!(
             ".{name}.partial-{}-{}",
             std::process::id(),
@@ -1660,39 +1661,6 @@ fn remove_checkpoint_debris(dir: &Path) {
 
 /// Copies a folder tree of regular files and folders, each file synced
 /// (anything else in it is an error: a database folder holds nothing else).
-/// Removes the hidden folders `.{name}.partial-{pid}-{nanos}` in `parent`
-/// left by backups to `name` whose process is gone (killed mid-copy). A
-/// live process's folder, or any where that cannot be told, is kept.
-fn remove_dead_partials(parent: &Path, name: &str) {
-    if !cfg!(target_os = "linux") {
-        return;
-    }
-    let prefix = format!(".{name}.partial-");
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        if !alive && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    debug!(folder = %entry.path().display(), "removed a killed backup's copy")
-                }
-                Err(e) => {
-                    warn!(folder = %entry.path().display(), error = %e, "could not remove a killed backup's copy")
-                }
-            }
-        }
-    }
-}
-
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(io_err(to))?;
     for entry in std::fs::read_dir(from).map_err(io_err(from))? {

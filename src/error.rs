@@ -94,7 +94,9 @@ pub enum Error {
     /// A stored record or file is damaged. Names what is damaged.
     #[error("data corruption in {location}: {reason}")]
     Corruption {
-        /// The file, or `tree/key`, that is damaged.
+        /// What is damaged: a file or folder (sled's own files: the
+        /// database's `sled` folder alone), or a record, as
+        /// `tree/key in <database>/sled`.
         location: String,
         /// What was wrong.
         reason: String,

@@ -240,6 +240,21 @@ fn import_reads_a_csv_with_attributes() {
     assert_eq!(db.len(), 3, "nothing of the broken file is stored");
     drop(db);
 
+    // Every row bad, into a database that does not exist: none is made.
+    let all_bad = dir.path().join("all-bad.csv");
+    std::fs::write(&all_bad, "id,path,price\nsku-7,,1\nsku-8,z.jpg,abc\n").unwrap();
+    let fresh = dir.path().join("fresh");
+    let out = vitrine(&[
+        "import",
+        all_bad.to_str().unwrap(),
+        "--db",
+        fresh.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("every one of the 2 rows"), "{stderr}");
+    assert!(!fresh.exists());
+
     // The nightly refresh: sku-1 has a new price; sku-0 and sku-2 are
     // unchanged. Only sku-1 is rewritten, its vectors kept.
     let refreshed = std::fs::read_to_string(&csv_path)
@@ -527,6 +542,15 @@ fn query_command_prints_results_and_positioned_errors() {
     }
     let out = vitrine(&["query", "--db", db, "--json", &format!("similar {seed} 3")]);
     assert_eq!(text(&out.stdout).lines().count(), 3);
+    // A quote is a character of a user id, given as its own argument, also
+    // before a where clause.
+    let out = vitrine(&["query", "--db", db, "feedback", "an\"na", seed, "like"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = vitrine(&[
+        "query", "--db", db, "--json", "similar", seed, "an\"na", "2", "where", "in_stock",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 2);
     // Words that do not join concepts, and unknown groups, say so.
     let out = vitrine(&["query", "--db", db, "+colour.red or +colour.blue"]);
     assert!(

@@ -543,6 +543,12 @@ fn feedback_learns_that_colour_matters() {
         db.feedback("", &s.samples[0].id, Feedback::Like),
         Err(ConceptError::EmptyUser)
     ));
+    // A user id is a storage key: as long as a product id may be.
+    let long = "u".repeat(vitrine::MAX_ID_LEN + 1);
+    assert!(matches!(
+        db.feedback(&long, &s.samples[0].id, Feedback::Like),
+        Err(ConceptError::UserTooLong { .. })
+    ));
     assert_eq!(db.profile(user).unwrap().unwrap(), p);
     assert!(db.profile("bob").unwrap().is_none());
 }

@@ -594,6 +594,16 @@ fn a_model_switch_during_an_import_stores_no_old_outputs_after_it() {
         .all(|f| matches!(f.error, IngestError::ModelMismatch { .. })));
     assert_eq!(db.model_fingerprint().as_deref(), Some(other.fingerprint()));
     assert_eq!(db.len(), before);
+    // An import with nothing to store changes nothing, not even the model
+    // a re-embed would adopt.
+    let empty = db
+        .import(
+            ImportSource::Items(Vec::new()),
+            ImportOptions::new().model(model.clone()).reembed(true),
+        )
+        .unwrap();
+    assert_eq!(empty.progress.total, 0);
+    assert_eq!(db.model_fingerprint().as_deref(), Some(other.fingerprint()));
 }
 
 #[test]

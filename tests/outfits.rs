@@ -336,6 +336,25 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
         Err(OutfitError::Csv { line: 1, .. })
     ));
     assert!(db.outfit("x9").unwrap().is_none());
+    // A third value on a row is refused, not dropped; so is text that is
+    // not UTF-8 (naming its line), and a missing file is an I/O error.
+    std::fs::write(&csv, format!("o,p\nx9,{},{}\n", ps[0], ps[1])).unwrap();
+    assert!(matches!(
+        db.import_outfits_csv(&csv),
+        Err(OutfitError::Csv { line: 2, .. })
+    ));
+    let mut bytes = format!("o,p\nx9,{}\nx9,", ps[0]).into_bytes();
+    bytes.extend([0xff, b'\n']);
+    std::fs::write(&csv, bytes).unwrap();
+    assert!(matches!(
+        db.import_outfits_csv(&csv),
+        Err(OutfitError::Csv { line: 3, .. })
+    ));
+    assert!(matches!(
+        db.import_outfits_csv(csv.with_extension("missing")),
+        Err(OutfitError::Db(vitrine::Error::Io { .. }))
+    ));
+    assert!(db.outfit("x9").unwrap().is_none());
 
     // Store, replace, delete; the rules are stale while the outfits differ
     // from those they were learned from.

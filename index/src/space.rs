@@ -27,8 +27,15 @@ pub struct SpaceIndex {
     cfg: IndexConfig,
     /// Counts changes to the vectors, so that a graph built of them
     /// ([`SpaceIndex::build_compacted`]) is swapped in only if none came
-    /// since.
+    /// since, and only into this index (`id`, unique in the process).
     edits: u64,
+    id: u64,
+}
+
+/// Tells indexes apart for [`SpaceIndex::replace_graph`].
+fn next_index_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A graph [`SpaceIndex::build_compacted`] built, for
@@ -38,6 +45,8 @@ pub struct CompactedGraph {
     graph: HnswIndex,
     /// The index's edit count when the graph was built.
     edits: u64,
+    /// The index it was built of.
+    index: u64,
 }
 
 impl SpaceIndex {
@@ -49,6 +58,7 @@ impl SpaceIndex {
             graph: HnswIndex::new(dim, metric, cfg.hnsw.clone())?,
             cfg,
             edits: 0,
+            id: next_index_id(),
         })
     }
 
@@ -62,6 +72,7 @@ impl SpaceIndex {
             graph,
             cfg,
             edits: 0,
+            id: next_index_id(),
         })
     }
 
@@ -100,6 +111,7 @@ impl SpaceIndex {
         self.replace_graph(CompactedGraph {
             graph,
             edits: self.edits,
+            index: self.id,
         })
     }
 
@@ -129,6 +141,7 @@ impl SpaceIndex {
         Ok(CompactedGraph {
             graph,
             edits: self.edits,
+            index: self.id,
         })
     }
 
@@ -136,12 +149,15 @@ impl SpaceIndex {
     /// vectors: refused when a vector was changed, added or removed since
     /// (build it again then).
     pub fn replace_graph(&mut self, compacted: CompactedGraph) -> Result<()> {
+        if compacted.index != self.id {
+            return Err(Error::invalid("graph", "built of another index"));
+        }
         if compacted.edits != self.edits {
             return Err(Error::invalid(
                 "graph",
                 format!(
                     "built before the last {} change(s) to the vectors",
-                    self.edits - compacted.edits
+                    self.edits.abs_diff(compacted.edits)
                 ),
             ));
         }
@@ -429,6 +445,7 @@ impl SpaceIndex {
             graph,
             cfg,
             edits: 0,
+            id: next_index_id(),
         })
     }
 }

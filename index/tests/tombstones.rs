@@ -147,3 +147,13 @@ fn a_compacted_graph_is_refused_after_a_change() {
     index.upsert(3, &data[3]).unwrap();
     index.replace_graph(built).unwrap();
 }
+
+/// A graph built of one index is refused by another, even one with the
+/// same number of points and changes.
+#[test]
+fn a_compacted_graph_goes_only_into_its_own_index() {
+    let (a, _, _) = build(200, IndexConfig::default());
+    let (mut b, _, _) = build(200, IndexConfig::default());
+    let built = a.build_compacted().unwrap();
+    assert!(b.replace_graph(built).is_err());
+}

@@ -169,8 +169,9 @@ pub(crate) fn learn_profile(
             HAND_SET_PRIOR_LIKES,
         ),
         // Set by hand with concept preferences only: no group weighs
-        // anything until likes say so (a skip changes nothing).
-        Some(_) => (
+        // anything until likes say so (a skip changes nothing). (A prior
+        // left with nothing at all, its tags deleted, is no prior.)
+        Some(p) if !p.affinities.is_empty() => (
             layout
                 .groups
                 .iter()
@@ -178,7 +179,7 @@ pub(crate) fn learn_profile(
                 .collect(),
             HAND_SET_PRIOR_LIKES,
         ),
-        None => (
+        _ => (
             layout
                 .groups
                 .iter()

@@ -181,7 +181,7 @@ impl ConceptLayout {
         g.concepts
             .iter()
             .position(|c| c == concept)
-            .map(|i| g.start + i)
+            .and_then(|i| g.start.checked_add(i))
     }
 
     /// Every model concept as `group.concept`, in layout order.
@@ -197,7 +197,7 @@ impl ConceptLayout {
         let g = self
             .groups
             .iter()
-            .find(|g| (g.start..g.start + g.len).contains(&dim))?;
+            .find(|g| (g.start..g.start.saturating_add(g.len)).contains(&dim))?;
         g.concepts
             .get(dim - g.start)
             .map(|c| format!("{}.{c}", g.name))
@@ -399,7 +399,7 @@ pub enum ConceptError {
         known: String,
     },
     /// A user tag name that is empty, too long or not a plain word.
-    #[error("invalid tag name '{0}': use lowercase letters, digits and '_' (at most 64)")]
+    #[error("invalid tag name '{0}': use lowercase letters, digits and '_' (at most 64 bytes)")]
     InvalidTagName(String),
     /// A tag needs examples.
     #[error("tag '{name}' needs at least {min} positive example(s), got {got}")]
@@ -427,6 +427,15 @@ pub enum ConceptError {
     /// An empty user id.
     #[error("user id must not be empty")]
     EmptyUser,
+    /// A user id longer than [`crate::MAX_ID_LEN`] bytes (it is a storage
+    /// key, as a product id is).
+    #[error("user id is {len} bytes long; the limit is {max}")]
+    UserTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A profile whose weights and affinities are all 0: it would rank every
     /// product the same.
     #[error("the profile weighs nothing: give a group a weight above 0 (or an affinity)")]
@@ -604,6 +613,11 @@ pub enum ConceptRef {
 fn check_user(user: &str) -> Result<(), ConceptError> {
     if user.is_empty() {
         Err(ConceptError::EmptyUser)
+    } else if user.len() > crate::MAX_ID_LEN {
+        Err(ConceptError::UserTooLong {
+            len: user.len(),
+            max: crate::MAX_ID_LEN,
+        })
     } else {
         Ok(())
     }
@@ -691,7 +705,10 @@ impl Db {
     ) -> Result<UserTag, ConceptError> {
         let slug = concept_slug(name);
         if slug.is_empty() || slug.len() > 64 || slug != name {
-            return Err(ConceptError::InvalidTagName(name.to_string()));
+            // The name is the caller's text: clipped, not echoed whole.
+            return Err(ConceptError::InvalidTagName(
+                name.chars().take(80).collect(),
+            ));
         }
         if positives.is_empty() {
             return Err(ConceptError::NotEnoughExamples {

@@ -172,6 +172,21 @@ pub struct ImportReport {
 
 type ProgressFn<'a> = Box<dyn FnMut(&ImportProgress) + 'a>;
 
+/// Adds the files whose names are not UTF-8 to `report` as failures.
+fn report_unreadable_names(report: &mut ImportReport, not_utf8: Vec<PathBuf>) {
+    report.progress.total += not_utf8.len();
+    report.progress.failed += not_utf8.len();
+    for path in not_utf8 {
+        report.failures.push(ImportFailure {
+            id: path
+                .file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+            error: IngestError::FileName { path: path.clone() },
+            path,
+        });
+    }
+}
+
 /// The most prepare workers or inference threads an import starts.
 const MAX_THREADS: usize = 256;
 
@@ -345,6 +360,14 @@ impl Db {
         // The source is listed first: a wrong path or an empty folder
         // changes nothing (not even the model a re-embed adopts).
         let (items, not_utf8) = source.into_items()?;
+        if items.is_empty() {
+            // Nothing to store (a CSV whose every row was bad, say):
+            // nothing changes, not even the model a re-embed adopts.
+            let mut report = ImportReport::default();
+            report_unreadable_names(&mut report, not_utf8);
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        }
         if reembed {
             self.adopt_model(&model)?;
         } else {
@@ -406,17 +429,7 @@ impl Db {
                 tracing::warn!(error = %e, "user tags not learned again");
             }
         }
-        report.progress.total += not_utf8.len();
-        report.progress.failed += not_utf8.len();
-        for path in not_utf8 {
-            report.failures.push(ImportFailure {
-                id: path
-                    .file_stem()
-                    .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
-                error: IngestError::FileName { path: path.clone() },
-                path,
-            });
-        }
+        report_unreadable_names(&mut report, not_utf8);
         report.elapsed = started.elapsed();
         info!(
             stored = report.progress.stored,

@@ -274,7 +274,7 @@ impl Db {
                 Some(s) if s.name == CONCEPT_SPACE && s.metric != want.metric => {
                     return Err(IngestError::Db(Error::SchemaMismatch(format!(
                         "vector space '{}' uses {:?}, the model's concept space {:?} \
-                         (open the database with DbBuilder::model_spaces)",
+                         (create the database with DbBuilder::model_spaces)",
                         s.name, s.metric, want.metric
                     ))))
                 }

@@ -274,7 +274,17 @@ impl Db {
             line,
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| csv_err(0, e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|source| {
+            OutfitError::Db(Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            csv_err(line, "not UTF-8 text".into())
+        })?;
         let records = crate::parse_csv(&text).map_err(|e| csv_err(e.line, e.to_string()))?;
         // A file without its header would silently lose its first row: a
         // header never names a stored product, nor an outfit of a later row.
@@ -302,9 +312,20 @@ impl Db {
         }
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for record in records.iter().skip(1) {
-            let [o, p, ..] = &record.fields[..] else {
+            let [o, p, rest @ ..] = &record.fields[..] else {
                 return Err(csv_err(record.line, "expected outfit_id,product_id".into()));
             };
+            // A third value would be dropped unseen (an empty one, from a
+            // trailing comma, is harmless).
+            if rest.iter().any(|f| !f.trim().is_empty()) {
+                return Err(csv_err(
+                    record.line,
+                    format!(
+                        "{} fields; expected outfit_id,product_id",
+                        record.fields.len()
+                    ),
+                ));
+            }
             let (o, p) = (o.trim(), p.trim());
             if o.is_empty() || p.is_empty() {
                 return Err(csv_err(record.line, "empty outfit or product id".into()));

@@ -105,7 +105,7 @@ pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> 
 type NumberedRow = (usize, Vec<String>);
 
 /// [`read_csv`], each row with its line number in the file.
-fn read_csv_lines(path: &Path) -> anyhow::Result<(Vec<String>, Vec<NumberedRow>)> {
+pub fn read_csv_lines(path: &Path) -> anyhow::Result<(Vec<String>, Vec<NumberedRow>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
@@ -199,6 +199,10 @@ pub struct CsvRead {
 /// Attribute keys the engine writes (model outputs, colour, source file).
 pub const ENGINE_PREFIX: &str = "vitrine.";
 
+/// The attribute columns read into [`vitrine::Attributes`]' own fields
+/// (named in any case).
+const BUILT_IN_COLUMNS: [&str; 4] = ["category", "brand", "price", "in_stock"];
+
 /// The rows of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]), every
 /// cell checked. A bad header fails the whole file; a bad row is reported
 /// and the rest read on. An empty path is allowed with `update` (it is
@@ -216,8 +220,7 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             path.display()
         );
     }
-    if ["category", "brand", "price", "in_stock"].contains(&header[1].to_ascii_lowercase().as_str())
-    {
+    if BUILT_IN_COLUMNS.contains(&header[1].to_ascii_lowercase().as_str()) {
         bail!(
             "{}: the second column is the image path, not '{}' (id,path[,attributes…])",
             path.display(),
@@ -233,6 +236,19 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             "{}: column '{key}' cannot be imported (keys starting with '{ENGINE_PREFIX}' are the engine's)",
             path.display()
         );
+    }
+    // A column named twice would overwrite its twin, cell by cell.
+    let mut named = std::collections::HashSet::new();
+    for key in header.iter().skip(2).filter(|k| !k.trim().is_empty()) {
+        let lower = key.to_ascii_lowercase();
+        let name = if BUILT_IN_COLUMNS.contains(&lower.as_str()) {
+            lower
+        } else {
+            key.clone()
+        };
+        if !named.insert(name) {
+            bail!("{}: column '{key}' appears twice", path.display());
+        }
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = CsvRead {
@@ -304,6 +320,9 @@ fn csv_cells(header: &[String], row: &[String]) -> Result<Vec<Cell>, String> {
         let value = value.trim();
         if value.is_empty() {
             continue;
+        }
+        if key.trim().is_empty() {
+            return Err(format!("'{value}' is under a column without a name"));
         }
         // The four built-in columns in any case (`Price`); other keys as written.
         cells.push(match key.to_ascii_lowercase().as_str() {
@@ -481,6 +500,17 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 args.source.display()
             );
         }
+        // Every row bad and no database yet: none is made for nothing.
+        if read.rows.is_empty() && !args.db.exists() {
+            for line in &read.bad {
+                eprintln!("bad row: {line}");
+            }
+            bail!(
+                "every one of the {} rows of {} is bad; no database was made",
+                read.bad.len(),
+                args.source.display()
+            );
+        }
         (Some(read.rows), read.bad)
     } else {
         bail!("{} is neither a folder nor a file", args.source.display())
@@ -545,14 +575,16 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                     Ok(true) => updated += 1,
                     Ok(false) => unchanged += 1,
                     Err(e) => update_failures.push(format!(
-                        "{}\t{}\t{}",
+                        "{}\t{}\tline {}: {}",
                         tsv_field(&row.id),
-                        row.path
-                            .as_deref()
-                            .map(Path::display)
-                            .map(|p| p.to_string())
-                            .unwrap_or_default(),
-                        crate::error_message(&e.into())
+                        tsv_field(
+                            &row.path
+                                .as_deref()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default()
+                        ),
+                        row.line,
+                        tsv_field(&crate::error_message(&e.into()))
                     )),
                 }
             }
@@ -576,7 +608,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                     format!(
                         "{}\t{}\tthe database was embedded by another model; re-embed it first",
                         tsv_field(&item.id),
-                        item.path.display()
+                        tsv_field(&item.path.display().to_string())
                     )
                 }));
             }

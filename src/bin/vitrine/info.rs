@@ -194,7 +194,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             // Damage to sled's own files names its folder alone; a damaged
             // record names `tree/key in <folder>`.
             let sled_damaged = matches!(&e, vitrine::Error::Corruption { location, .. }
-                if std::path::Path::new(location) == sled);
+                if *location == sled.display().to_string());
             if !sled_damaged {
                 // sled may have recovered (and cut its log) before this
                 // open failed: the copy is the folder as it was.

@@ -19,7 +19,7 @@ use vitrine::{
     Attributes, CompleteMethod, CoverOptions, Db, ExpandOptions, ImportItem, ImportSource, Model,
 };
 
-use crate::import::read_csv;
+use crate::import::{read_csv, read_csv_lines};
 
 /// Arguments of `vitrine eval fitb`.
 #[derive(Args)]
@@ -129,7 +129,7 @@ impl ProductRow {
 
 /// Reads a products CSV in Mango's format.
 pub fn read_products(path: &Path) -> anyhow::Result<Vec<ProductRow>> {
-    let (header, rows) = read_csv(path)?;
+    let (header, rows) = read_csv_lines(path)?;
     let col = |name: &str| {
         header
             .iter()
@@ -139,9 +139,9 @@ pub fn read_products(path: &Path) -> anyhow::Result<Vec<ProductRow>> {
     let (id, file) = (col("cod_modelo_color")?, col("des_filename")?);
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::with_capacity(rows.len());
-    for (n, r) in rows.into_iter().enumerate() {
+    for (line, r) in rows {
         if r.len() <= id.max(file) {
-            bail!("{}:{}: too few columns", path.display(), n + 2);
+            bail!("{}:{line}: too few columns", path.display());
         }
         out.push(ProductRow {
             id: r[id].trim().to_string(),

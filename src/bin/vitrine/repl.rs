@@ -860,7 +860,14 @@ fn at_most(args: &[&str], n: usize, usage: &str) -> anyhow::Result<()> {
 fn where_at(line: &str) -> Option<usize> {
     let mut quoted = false;
     let mut prev_space = false;
-    for (i, c) in line.char_indices() {
+    let mut chars = line.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        // As split_args reads them: `\"` and `\\` are characters of a value.
+        if c == '\\' && matches!(chars.peek(), Some((_, '"' | '\\'))) {
+            chars.next();
+            prev_space = false;
+            continue;
+        }
         if c == '"' {
             quoted = !quoted;
         }
@@ -1087,29 +1094,32 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
         // A command's arguments the shell kept whole (`product get "look
         // 1"`) stay whole. (A query is text of its own, quoted as written,
         // and so is a command passed as one argument.)
-        // product and outfit take plain arguments: a quote in one is a
-        // character of its value (`size=32"`).
-        let plain = is(first, &["product", "outfit"]);
-        args.query
-            .iter()
-            .map(|a| {
-                // (Not a piece of the line: `similar 10029 "5 where in_stock"`.)
-                let piece = where_at(&format!("x {a}")).is_some();
-                if plain {
-                    let a = a.replace('\\', "\\\\").replace('"', "\\\"");
-                    if a.chars().any(char::is_whitespace) {
-                        format!("\"{a}\"")
-                    } else {
-                        a
-                    }
-                } else if a.chars().any(char::is_whitespace) && !a.contains('"') && !piece {
+        // Commands of ids and names take plain arguments: a quote in one
+        // is a character of its value (`size=32"`, a product id `12"`);
+        // so do similar's, up to its where clause (query text, where `"`
+        // delimits strings).
+        let plain = is(first, &["product", "outfit", "feedback", "tag", "profile"]);
+        let similar = is(first, &["similar"]);
+        let mut in_clause = false;
+        let mut words = Vec::with_capacity(args.query.len());
+        for a in &args.query {
+            // (Not a piece of the line: `similar 10029 "5 where in_stock"`.)
+            let piece = where_at(&format!("x {a}")).is_some();
+            in_clause |= similar && (piece || a.eq_ignore_ascii_case("where"));
+            words.push(if plain || (similar && !in_clause) {
+                let a = a.replace('\\', "\\\\").replace('"', "\\\"");
+                if a.chars().any(char::is_whitespace) {
                     format!("\"{a}\"")
                 } else {
-                    a.clone()
+                    a
                 }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+            } else if a.chars().any(char::is_whitespace) && !a.contains('"') && !piece {
+                format!("\"{a}\"")
+            } else {
+                a.clone()
+            });
+        }
+        words.join(" ")
     } else if known || is(first, &["find"]) {
         line
     } else {
@@ -1187,6 +1197,9 @@ mod tests {
         assert_eq!(super::where_at(r#""x where y" 3"#), None);
         assert_eq!(super::where_at("a1 nowhere"), None);
         assert_eq!(super::where_at("where x"), None);
+        // An escaped quote in an id opens nothing.
+        assert_eq!(super::where_at(r#"12\" where in_stock"#), Some(5));
+        assert_eq!(super::where_at(r#"a\\ "b where" c"#), None);
     }
 
     #[test]
