@@ -846,6 +846,15 @@ fn rules_learned_under_another_model_are_stale() {
     db.adopt_model(&other).unwrap();
     assert_eq!(db.outfit_rules_current().unwrap(), Some(false));
     assert!(db.outfit_engine().unwrap().outfit_rules().is_none());
+    // Methods that need the rules say they are stale, not missing.
+    let (a, b) = {
+        let o = subset.outfits.values().next().unwrap();
+        (o[0].clone(), o[1].clone())
+    };
+    assert!(matches!(
+        db.complete(&[a.as_str()], &[b.as_str()]),
+        Err(OutfitError::StaleRules)
+    ));
     db.learn_outfit_rules().unwrap();
     assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
     assert!(db.outfit_engine().unwrap().outfit_rules().is_some());
@@ -911,6 +920,38 @@ fn a_deleted_product_leaves_the_other_templates_plannable() {
         "the subset has another product of that category"
     );
     assert_eq!(got, want, "every in-stock product of the category, ranked");
+
+    // A product stored with model outputs after the engine read the
+    // catalog is named as such, not as one without outputs; an empty
+    // partial outfit is refused.
+    let source = db.get(&want[0]).unwrap().unwrap();
+    db.insert("late", Attributes::new(), source.vectors.clone())
+        .unwrap();
+    assert!(matches!(
+        eng.complete(&["late"], &[want[0].as_str()]),
+        Err(OutfitError::NotInSnapshot(p)) if p == "late"
+    ));
+    assert!(matches!(
+        eng.complete(&[] as &[&str], &[want[0].as_str()]),
+        Err(OutfitError::InvalidArgument(_))
+    ));
+    // An anchor without a category has nothing to replace it: cover skips
+    // its template and says so.
+    db.store_outfit("no-category", &["late", want[0].as_str()])
+        .unwrap();
+    let plan = db
+        .cover(
+            &["no-category"],
+            &CoverOptions::new().outfits_per_template(2),
+        )
+        .unwrap();
+    assert_eq!(
+        plan.skipped,
+        vec![("no-category".to_string(), "late".to_string())]
+    );
+    assert!(plan.outfits.is_empty());
+    assert!(db.delete_outfit("no-category").unwrap());
+    assert!(db.delete("late").unwrap());
 
     // A product of the other template stored again without model outputs:
     // that template is skipped too, and substitute says why.

@@ -17,8 +17,10 @@ pub enum Error {
         /// Length of the vector that was passed.
         found: usize,
     },
-    /// A vector contains NaN or infinite values, or its norm overflows `f32`.
-    #[error("vector contains non-finite values or its norm overflows")]
+    /// A vector contains NaN or infinite values, or (under
+    /// [`Metric::InnerProduct`](crate::Metric::InnerProduct), where vectors
+    /// are kept as given) its squared norm overflows `f32`.
+    #[error("vector contains non-finite values or its squared norm overflows f32")]
     NonFinite,
     /// A zero vector was given under [`Metric::Cosine`](crate::Metric::Cosine), which cannot be normalised.
     #[error("zero vector cannot be normalised for cosine similarity")]

@@ -46,7 +46,12 @@ impl Metric {
                 found: v.len(),
             });
         }
-        let norm_sq = checked_norm_sq(v)?;
+        // Under cosine only the direction is kept: a large but finite
+        // vector normalises (in f64) as well as a small one does.
+        let norm_sq = match self {
+            Metric::InnerProduct => checked_norm_sq(v)?,
+            Metric::Cosine => finite_norm_sq(v)?,
+        };
         match self {
             Metric::InnerProduct => Ok(Cow::Borrowed(v)),
             Metric::Cosine => {
@@ -82,12 +87,18 @@ pub(crate) fn sanitize(s: f32) -> f32 {
 /// finite or dot products with `v` could overflow to inf or NaN. In f64, so
 /// that neither overflow nor underflow of the squares can fool it.
 pub(crate) fn checked_norm_sq(v: &[f32]) -> Result<f64> {
-    if v.iter().any(|x| !x.is_finite()) {
-        return Err(Error::NonFinite);
-    }
-    let norm_sq: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    let norm_sq = finite_norm_sq(v)?;
     if !(norm_sq as f32).is_finite() {
         return Err(Error::NonFinite);
     }
     Ok(norm_sq)
+}
+
+/// The squared norm in f64 (which no f32 input overflows), refusing NaN and
+/// infinite components.
+fn finite_norm_sq(v: &[f32]) -> Result<f64> {
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::NonFinite);
+    }
+    Ok(v.iter().map(|&x| f64::from(x) * f64::from(x)).sum())
 }

@@ -110,8 +110,19 @@ fn cosine_validation_and_normalisation() {
         f.upsert(1, &[f32::INFINITY, 0.0, 0.0]),
         Err(Error::NonFinite)
     ));
+    // A large but finite vector has a direction like any other (its
+    // squared norm overflows f32, not f64); under inner product, where it
+    // is kept as given, it is refused.
+    let mut large = FlatIndex::new(3, Metric::Cosine).unwrap();
+    large.upsert(1, &[1e30, 1e30, 0.0]).unwrap();
+    let v = large.get(1).unwrap();
+    assert!(
+        (v[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+        "{v:?}"
+    );
+    let mut ip = FlatIndex::new(3, Metric::InnerProduct).unwrap();
     assert!(matches!(
-        f.upsert(1, &[1e30, 1e30, 0.0]),
+        ip.upsert(1, &[1e30, 1e30, 0.0]),
         Err(Error::NonFinite)
     ));
     assert!(matches!(

@@ -42,6 +42,21 @@ impl Layout {
         let (mcat, model_categories) = block("category").ok_or_else(|| missing("category"))?;
         let (colour, colours) = block("colour").unwrap_or((0..0, Vec::new()));
         let (pattern, patterns) = block("pattern").unwrap_or((0..0, Vec::new()));
+        // The catalog keeps these indices small (u8 patterns, u16 model
+        // categories and colour families): a larger block would wrap.
+        let too_many = |name: &str, n: usize, max: usize| {
+            (n > max).then(|| {
+                OutfitError::NoConceptSpace(format!(
+                    "the '{name}' block has {n} labels; outfits handle at most {max}"
+                ))
+            })
+        };
+        if let Some(e) = too_many("pattern", patterns.len(), usize::from(u8::MAX) + 1)
+            .or_else(|| too_many("category", model_categories.len(), usize::from(u16::MAX)))
+            .or_else(|| too_many("colour", colours.len(), usize::from(u16::MAX) - 64))
+        {
+            return Err(e);
+        }
         Ok(Layout {
             vis,
             mcat,

@@ -77,6 +77,19 @@ pub enum OutfitError {
     /// A product has no model outputs (it was not inserted from an image).
     #[error("product '{0}' has no model outputs; outfits need image products")]
     NotAnImageProduct(String),
+    /// A product was stored (with model outputs) after this
+    /// [`crate::OutfitEngine`] read the catalog: take a new engine.
+    #[error(
+        "product '{0}' was stored after this outfit engine read the catalog; take a new engine"
+    )]
+    NotInSnapshot(String),
+    /// The stored rules were learned under another model (the database was
+    /// re-embedded since): learn them again ([`Db::learn_outfit_rules`]).
+    #[error(
+        "the outfit rules were learned under another model; learn them again \
+         (learn_outfit_rules / `vitrine outfit rules --learn`)"
+    )]
+    StaleRules,
     /// The rules were never learned (call [`Db::learn_outfit_rules`]).
     #[error(
         "no outfit rules learned yet (run learn_outfit_rules / `vitrine outfit rules --learn`)"

@@ -208,7 +208,7 @@ pub struct CoverPlan {
     pub elapsed_ms: u64,
     /// Templates left out because a product they name is no longer in the
     /// catalog (deleted since) or has no model outputs (stored since without
-    /// an image), with that product.
+    /// an image), or their anchor has no category, with that product.
     pub skipped: Vec<(String, String)>,
 }
 
@@ -318,7 +318,9 @@ fn zscore(v: &mut [f32]) {
 
 /// A snapshot of the catalog and the learned rules, for many outfit
 /// operations in a row (loading it reads every product once). Later
-/// writes to the database are not seen; take a new engine to see them.
+/// writes to products are not seen (a product stored since is
+/// [`OutfitError::NotInSnapshot`]); take a new engine to see them. Stored
+/// outfits are read when an operation names them.
 ///
 /// # Outfits in Vitrine
 ///
@@ -358,6 +360,8 @@ pub struct OutfitEngine<'a> {
     db: &'a Db,
     cat: Catalog,
     rules: Option<OutfitRules>,
+    /// Rules were stored but learned under another model (ignored).
+    stale_rules: bool,
     maps: RuleMaps,
     memory: Memory,
 }
@@ -376,7 +380,9 @@ impl Db {
     pub fn outfit_engine(&self) -> OutfitResult<OutfitEngine<'_>> {
         let cat = Catalog::load(self)?;
         let model = self.model_fingerprint();
-        let rules = self.outfit_rules()?.filter(|r| {
+        let stored = self.outfit_rules()?;
+        let had_rules = stored.is_some();
+        let rules = stored.filter(|r| {
             // Learned under another model (the database was re-embedded).
             let fits = r.dim() == cat.layout.dim && r.model == model;
             if !fits {
@@ -398,6 +404,7 @@ impl Db {
         Ok(OutfitEngine {
             db: self,
             cat,
+            stale_rules: had_rules && rules.is_none(),
             rules,
             maps,
             memory,
@@ -467,15 +474,23 @@ impl Db {
 
 impl OutfitEngine<'_> {
     fn rules(&self) -> OutfitResult<&OutfitRules> {
-        self.rules.as_ref().ok_or(OutfitError::NoRules)
+        self.rules.as_ref().ok_or(if self.stale_rules {
+            OutfitError::StaleRules
+        } else {
+            OutfitError::NoRules
+        })
     }
 
     fn idx(&self, outfit: &str, id: &str) -> OutfitResult<usize> {
         self.cat.lookup(id).ok_or_else(|| {
             // The snapshot holds only products with model outputs: one
-            // stored without them is not a deleted one.
+            // stored without them is not a deleted one, nor is one stored
+            // with them since the snapshot.
             if self.db.attributes(id).is_some() {
-                OutfitError::NotAnImageProduct(id.to_string())
+                match self.db.vector(crate::CONCEPT_SPACE, id) {
+                    Ok(Some(_)) => OutfitError::NotInSnapshot(id.to_string()),
+                    _ => OutfitError::NotAnImageProduct(id.to_string()),
+                }
             } else {
                 OutfitError::UnknownProduct {
                     outfit: outfit.to_string(),
@@ -553,6 +568,12 @@ impl OutfitEngine<'_> {
         candidates: &[T],
         method: CompleteMethod,
     ) -> OutfitResult<Vec<ScoredCandidate>> {
+        if given.is_empty() {
+            // Every signal is a mean over the given items: nothing to rank by.
+            return Err(OutfitError::InvalidArgument(
+                "complete needs at least one given item".into(),
+            ));
+        }
         let given = given
             .iter()
             .map(|g| self.idx("<partial outfit>", g.as_ref()))
@@ -909,6 +930,12 @@ impl OutfitEngine<'_> {
             .filter(|t| seen.insert(*t))
         {
             match self.expander(t, &options.expand) {
+                // An anchor without a category has nothing to replace it.
+                Ok(ex) if cat.category[ex.template[ex.anchor]] == NO_CATEGORY => {
+                    let product = cat.ids[ex.template[ex.anchor]].clone();
+                    tracing::info!(outfit = t, %product, "template skipped: its anchor has no category");
+                    skipped.push((t.to_string(), product));
+                }
                 Ok(ex) => exps.push(ex),
                 Err(OutfitError::UnknownProduct { outfit, product }) => {
                     // Reported in the plan (`skipped`), for the caller to show.
