@@ -162,6 +162,28 @@ fn a_damaged_onnx_file_is_refused_by_its_checksum() {
             "{field}: {r:?}"
         );
     }
+    // A manifest stating a preparation other than the engine's (ImageNet
+    // normalisation, a wider margin) is refused, not fed wrong inputs.
+    let bundled: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    for (pointer, value) in [
+        (
+            "/normalisation/std",
+            serde_json::json!([0.229, 0.224, 0.225]),
+        ),
+        ("/prep/margin_frac", serde_json::json!(0.1)),
+    ] {
+        let mut m = bundled.clone();
+        *m.pointer_mut(pointer).unwrap() = value;
+        match Model::from_bytes(b"", m.to_string().as_bytes()) {
+            Err(ModelError::Manifest { reason, .. }) => {
+                assert!(reason.contains(&pointer[1..].replace('/', ".")), "{reason}")
+            }
+            other => panic!(
+                "{pointer}: {:?}",
+                other.map(|m| m.fingerprint().to_string())
+            ),
+        }
+    }
 }
 
 #[test]

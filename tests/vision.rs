@@ -743,6 +743,18 @@ fn exif_orientation_turns_the_image_upright() {
     // Orientation 1 (as shot) changes nothing.
     let same = prepare_image(&with_orientation(&plain, 1), &PrepConfig::catalog()).unwrap();
     assert_eq!(same.tensor(), p.tensor());
+    // Limits of width and height apply to the upright image: a stored
+    // 160 x 120 shown as 120 x 160 fits 130 wide by 170 high.
+    let mut portrait = DecodeLimits::default();
+    portrait.max_width = 130;
+    portrait.max_height = 170;
+    let turned = prepare_image(
+        &with_orientation(&plain, 6),
+        &PrepConfig::catalog().limits(portrait),
+    )
+    .unwrap();
+    assert_eq!(turned.source_size(), (120, 160));
+    assert!(prepare_image(&plain, &PrepConfig::catalog().limits(portrait)).is_err());
 }
 
 #[test]

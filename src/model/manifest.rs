@@ -96,6 +96,7 @@ impl Manifest {
     pub(crate) fn parse(bytes: &[u8]) -> Result<Manifest, String> {
         let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         let m: RawManifest = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
+        check_preparation(&raw)?;
         if m.input.shape.len() != 4 {
             return Err(format!(
                 "input.shape has {} axes; expected 4 (NCHW)",
@@ -311,6 +312,50 @@ fn unique_slugs(labels: &[String], what: &str) -> Result<(), String> {
         if let Some(other) = seen.insert(slug.clone(), l) {
             return Err(format!(
                 "{what}: '{other}' and '{l}' are both the concept '{slug}'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The manifest's `normalisation` and `prep` constants, where it states
+/// them, must be the engine's own: the model would otherwise be fed inputs
+/// prepared unlike its training ones, silently.
+fn check_preparation(raw: &serde_json::Value) -> Result<(), String> {
+    let (mean, std) = crate::vision::NORMALISATION;
+    let stated = [
+        ("normalisation.mean", &raw["normalisation"]["mean"], mean),
+        ("normalisation.std", &raw["normalisation"]["std"], std),
+        ("prep.mean", &raw["prep"]["mean"], mean),
+        ("prep.std", &raw["prep"]["std"], std),
+    ];
+    for (name, v, want) in stated {
+        if v.is_null() {
+            continue;
+        }
+        let got: Option<Vec<f64>> = v
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect());
+        let same = got.as_ref().is_some_and(|g| {
+            g.len() == 3
+                && g.iter()
+                    .zip(want)
+                    .all(|(g, w)| (*g - f64::from(w)).abs() < 1e-6)
+        });
+        if !same {
+            return Err(format!(
+                "{name} is {v}; this engine prepares images with {want:?}"
+            ));
+        }
+    }
+    for (key, want) in crate::vision::prep_constants() {
+        let v = &raw["prep"][key];
+        if v.is_null() {
+            continue;
+        }
+        if v.as_f64().is_none_or(|g| (g - want).abs() > 1e-9) {
+            return Err(format!(
+                "prep.{key} is {v}; this engine prepares images with {want}"
             ));
         }
     }

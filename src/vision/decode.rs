@@ -107,10 +107,17 @@ impl DecodeLimits {
         Ok(bytes)
     }
 
-    fn to_image_limits(self) -> Limits {
+    /// The decoder's limits for a stored (not yet rotated) image: width
+    /// and height swap when the orientation turns it a quarter.
+    fn to_image_limits(self, rotated: bool) -> Limits {
         let mut l = Limits::no_limits();
-        l.max_image_width = Some(self.max_width);
-        l.max_image_height = Some(self.max_height);
+        let (w, h) = if rotated {
+            (self.max_height, self.max_width)
+        } else {
+            (self.max_width, self.max_height)
+        };
+        l.max_image_width = Some(w);
+        l.max_image_height = Some(h);
         l.max_alloc = Some(self.max_alloc);
         l
     }
@@ -237,7 +244,7 @@ pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage,
     };
     limits.check(upright_w, upright_h, bpp.max(3))?;
     decoder
-        .set_limits(limits.to_image_limits())
+        .set_limits(limits.to_image_limits(rotates(orientation)))
         .map_err(|e| map_error(e, limits, (width, height)))?;
     let image =
         DynamicImage::from_decoder(decoder).map_err(|e| map_error(e, limits, (width, height)))?;

@@ -48,4 +48,5 @@ pub use colour::{delta_e, srgb_to_lab};
 pub use decode::{decode_image, DecodeLimits, DecodedImage};
 pub use error::ImageError;
 pub use integral::IntegralImage;
+pub(crate) use prep::{prep_constants, NORMALISATION};
 pub use prep::{prepare_image, prepare_rgb, Illumination, PrepConfig, PreparedImage, WhiteBalance};

@@ -19,6 +19,24 @@ const LINE_MIN: u64 = 2;
 /// Margin around the box, fraction of its longer physical side.
 const MARGIN_FRAC: f64 = 0.05;
 /// Normalisation, per RGB channel, applied to `v / 255`.
+/// The normalisation `(mean, std)` per channel, as a manifest states it.
+pub(crate) const NORMALISATION: ([f32; 3], [f32; 3]) = (MEAN, STD);
+
+/// The preparation's numeric constants, by their names in a manifest's
+/// `prep` block.
+pub(crate) fn prep_constants() -> [(&'static str, f64); 8] {
+    [
+        ("input_width", INPUT_W as f64),
+        ("input_height", INPUT_H as f64),
+        ("border", BORDER as f64),
+        ("fg_threshold", FG_THRESHOLD as f64),
+        ("plain_max_dev", PLAIN_MAX_DEV as f64),
+        ("line_frac", LINE_FRAC),
+        ("line_min", LINE_MIN as f64),
+        ("margin_frac", MARGIN_FRAC),
+    ]
+}
+
 const MEAN: [f32; 3] = [0.5, 0.5, 0.5];
 const STD: [f32; 3] = [0.25, 0.25, 0.25];
 
@@ -254,8 +272,10 @@ impl PreparedImage {
     }
 
     /// The product's dominant colour in CIELAB (D65), measured on the crop's
-    /// pixels that differ from a plain background (all of them otherwise);
-    /// `None` when too few pixels are left.
+    /// pixels that differ from the background: the plain background, or on
+    /// a busier one the median of the image's outer ring when at least half
+    /// of that ring is near it (a backdrop the product runs off), else all
+    /// of them; `None` when too few pixels are left.
     pub fn dominant_colour(&self) -> Option<[f32; 3]> {
         self.colour
     }
