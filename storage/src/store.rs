@@ -224,6 +224,35 @@ fn probes(lo: &[u8], hi: Option<&[u8]>, n: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Seek keys just past `lo` at every scale: `lo[..j] + [b]` for each
+/// position `j` and each byte `b > lo[j]` (for keys of few distinct bytes,
+/// such as digits, evenly spread probes mostly miss them).
+fn successor_probes(lo: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for j in (0..lo.len()).rev() {
+        for b in lo[j]..u8::MAX {
+            let mut key = lo[..j].to_vec();
+            key.push(b + 1);
+            out.push(key);
+        }
+    }
+    out
+}
+
+/// Seek keys just below `hi` at every scale: `hi[..j] + [b]` for each
+/// position `j` and each byte `b < hi[j]`.
+fn predecessor_probes(hi: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for j in 0..hi.len() {
+        for b in 0..hi[j] {
+            let mut key = hi[..j].to_vec();
+            key.push(b);
+            out.push(key);
+        }
+    }
+    out
+}
+
 /// What [`Store::salvage_into`] copied.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -599,10 +628,17 @@ impl Store {
                     first_ok = Some(k);
                 }
                 // Readable pages between two damaged ones: seek into the
-                // gap at keys spread over it, and read on from each.
+                // gap at keys spread over it, and at keys just past its
+                // readable start and just below its readable end, and
+                // read on from each.
                 let lo = last_ok.map_or_else(Vec::new, |k| k.to_vec());
                 let hi = first_ok.map(|k| k.to_vec());
-                for probe in probes(&lo, hi.as_deref(), GAP_PROBES) {
+                let mut seeks = probes(&lo, hi.as_deref(), GAP_PROBES);
+                seeks.extend(successor_probes(&lo));
+                if let Some(hi) = &hi {
+                    seeks.extend(predecessor_probes(hi).into_iter().filter(|p| *p > lo));
+                }
+                for probe in seeks {
                     for item in src.range(probe..) {
                         let Ok((k, v)) = item else { break };
                         if hi.as_deref().is_some_and(|h| k.as_ref() >= h)
@@ -800,21 +836,48 @@ impl<T: Record> Keyspace<T> {
 
     /// Stores `value` under `key`, atomically.
     pub fn put(&self, key: &[u8], value: &T) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        batch.insert(key, codec::encode(value)?);
-        self.commit(batch)
+        let value = codec::encode(value)?;
+        let _w = self.io.write_guard()?;
+        failpoint!("storage::before_apply");
+        self.write_one(key, self.tree.insert(key, value))?;
+        failpoint!("storage::before_flush");
+        self.sync()
     }
 
     /// Removes the record under `key`; returns whether one existed.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
         let _w = self.io.write_guard()?;
         failpoint!("storage::before_apply");
-        let existed = self.io.check(self.tree.remove(key))?.is_some();
+        let existed = self.write_one(key, self.tree.remove(key))?.is_some();
         failpoint!("storage::before_flush");
         if existed {
             self.sync()?;
         }
         Ok(existed)
+    }
+
+    /// sled's result of a write of the one key `key`. An I/O error while
+    /// the page that holds `key` cannot be read either (a lost blob file,
+    /// a bad sector) came from reading it, before anything was written:
+    /// that page is damaged ([`Error::StoreDamaged`]), and other writes go
+    /// on. Any other I/O error marks the store ([`IoState::check`]).
+    fn write_one<R>(&self, key: &[u8], r: sled::Result<R>) -> Result<R> {
+        match r {
+            Err(sled::Error::Io(e)) if self.tree.get(key).is_err() => {
+                tracing::warn!(tree = %self.name, key = %display_key(key), error = %e, "write to an unreadable page refused");
+                Err(Error::StoreDamaged {
+                    path: self.io.sled_dir.clone(),
+                    reason: format!(
+                        "the record {} in {} cannot be read ({}), so it cannot be \
+                         written either; `vitrine repair` keeps every readable record",
+                        display_key(key),
+                        self.name,
+                        readable(e)
+                    ),
+                })
+            }
+            r => self.io.check(r),
+        }
     }
 
     /// Starts an empty batch; apply it with [`Keyspace::apply`].
@@ -953,7 +1016,26 @@ mod tests {
 
 #[cfg(test)]
 mod probe_tests {
-    use super::probes;
+    use super::{predecessor_probes, probes, successor_probes};
+
+    /// Digit keys past a damaged end: the even spread misses them, the
+    /// successor probes do not.
+    #[test]
+    fn successor_and_predecessor_probes_reach_nearby_keys() {
+        let lo = b"sku-0999".as_slice();
+        let next = b"sku-2000".as_slice();
+        let between = |p: &[Vec<u8>]| p.iter().any(|k| k.as_slice() > lo && k.as_slice() <= next);
+        assert!(!between(&probes(lo, None, 256)));
+        assert!(between(&successor_probes(lo)));
+        assert!(successor_probes(lo).iter().all(|k| k.as_slice() > lo));
+        let hi = b"sku-1000".as_slice();
+        let prev = b"sku-0500".as_slice();
+        let p = predecessor_probes(hi);
+        assert!(p.iter().all(|k| k.as_slice() < hi));
+        assert!(p
+            .iter()
+            .any(|k| k.as_slice() >= b"sku-0".as_slice() && k.as_slice() <= prev));
+    }
 
     #[test]
     fn probes_fall_strictly_between_the_ends_in_order() {

@@ -691,6 +691,23 @@ fn a_missing_blob_is_found_by_a_full_read_and_left_behind_by_a_salvage() {
     }
     let (store, ks) = open(dir.path());
     assert_eq!(store.unreadable_keyspaces().unwrap(), ["big"]);
+    // A write to the unreadable page fails, naming it, and is no reason to
+    // refuse other writes (nothing was written).
+    let big: Keyspace<ProductRecord> = store.keyspace("big").unwrap();
+    match big.put(b"huge", &product(98)) {
+        Err(Error::StoreDamaged { reason, .. }) => assert!(reason.contains("huge"), "{reason}"),
+        other => panic!("expected StoreDamaged, got {other:?}"),
+    }
+    assert!(matches!(
+        big.remove(b"huge"),
+        Err(Error::StoreDamaged { .. })
+    ));
+    assert!(!store.io_failed());
+    ks.put(&key(1), &product(1)).unwrap();
+    let mut p = product(1);
+    p.doc += 200;
+    ks.put(&key(1), &p).unwrap();
+    drop(big);
     let dest = dir.path().join("salvaged");
     let salvaged = store.salvage_into(&dest).unwrap();
     assert_eq!(salvaged.damaged_keyspaces, ["big"]);
