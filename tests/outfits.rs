@@ -1264,4 +1264,43 @@ fn cli_outfit_commands_and_eval_fitb() {
     let acc = v["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
     assert_eq!(v.as_object().unwrap().len(), 2);
+
+    // A twin of the answer (the same photo, its path relative to the
+    // products file) ties with it under every method: the tie is shared
+    // (1/2), not won by whichever candidate is listed first.
+    let twin_dir = dir.path().join("twin");
+    std::fs::create_dir(&twin_dir).unwrap();
+    let (ps, first) = {
+        let ps = subset.outfits.values().next().unwrap();
+        (ps.clone(), subset.rows.iter().find(|r| r[0] == ps[0]).unwrap().clone())
+    };
+    std::fs::copy(mango_dir().join(&first[file]), twin_dir.join("twin.jpg")).unwrap();
+    let mut twin = first.clone();
+    twin[0] = "twin".into();
+    twin[file] = "twin.jpg".into();
+    let mut rows = std::fs::read_to_string(&products).unwrap();
+    rows += &(join(&twin) + "\n");
+    let twin_products = twin_dir.join("products.csv");
+    std::fs::write(&twin_products, rows).unwrap();
+    let tq = twin_dir.join("q.jsonl");
+    let question = serde_json::json!({"given": ps[1..], "candidates": [ps[0], "twin"], "answer": ps[0]});
+    std::fs::write(&tq, format!("{question}\n")).unwrap();
+    for method in ["full", "rules", "visual"] {
+        let out = vitrine(&[
+            "eval",
+            "fitb",
+            "--products",
+            twin_products.to_str().unwrap(),
+            "--outfits",
+            outfits.to_str().unwrap(),
+            "--questions",
+            tq.to_str().unwrap(),
+            "--method",
+            method,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["n"], 1, "{method}");
+        assert_eq!(v["accuracy"].as_f64(), Some(0.5), "{method}");
+    }
 }

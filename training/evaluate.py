@@ -159,7 +159,7 @@ def main():
         "top5>=0.97": m["category"]["top5"] >= 0.97,
         "colour_top1>=0.75": m["colour_top1"] >= 0.75,
         "precision_at_10>=0.85": m["retrieval"]["precision_at_10_val_in_val"] >= 0.85,
-        "model<=20MB": size <= 20 * 1024 * 1024,
+        "model<=20MB": size <= 20_000_000,
     }
     m["targets_met"] = targets
 

@@ -30,7 +30,9 @@ import data as D  # noqa: E402
 import model as M  # noqa: E402
 import prep  # noqa: E402
 
-ONNX_NAME = "vitrine-fashion-v2.onnx"
+# The model's name follows its architecture: retraining v1's recipe must not
+# write a file that claims to be v2 (the engine loads what the manifest names).
+MODEL_NAMES = {"lite0": "vitrine-fashion-v2", "vitrine": "vitrine-fashion-v1"}
 OUTPUT_NAMES = ["embedding", "category_logits", "tag_logits", "concept"]
 FIXTURE_IDS_N = 3
 
@@ -92,7 +94,10 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
     ck = torch.load(ck_path, weights_only=False)
     args = types.SimpleNamespace(data=data_dir, cache=cache_dir)
     tax, train, val, X, tr_idx, va_idx = T.setup(args)
-    net = M.build(ck["args"].get("arch", "vitrine"), ck["n_categories"], ck["n_tags"], ck["n_concepts"], pretrained=False)
+    arch = ck["args"].get("arch", "vitrine")
+    model_name = MODEL_NAMES[arch]
+    onnx_name = model_name + ".onnx"
+    net = M.build(arch, ck["n_categories"], ck["n_tags"], ck["n_concepts"], pretrained=False)
     net.load_state_dict(ck["model"])
     net.eval()
     wrapper = M.ExportWrapper(net).eval()
@@ -109,7 +114,7 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
     thresholds = calibrate_thresholds(tax, tl, tags_va, mask_va)
 
     os.makedirs(os.path.join(out_dir, "fixtures"), exist_ok=True)
-    onnx_path = os.path.join(out_dir, ONNX_NAME)
+    onnx_path = os.path.join(out_dir, onnx_name)
     dummy = torch.from_numpy(Xva[:2])
     torch.onnx.export(
         wrapper, (dummy,), onnx_path, opset_version=17, dynamo=False,
@@ -168,8 +173,8 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
         sha = hashlib.sha256(f.read()).hexdigest()
     ntags = tax.n_tags
     manifest = {
-        "name": "vitrine-fashion-v2",
-        "onnx": ONNX_NAME,
+        "name": model_name,
+        "onnx": onnx_name,
         "onnx_sha256": sha,
         "opset": 17,
         "input": {"name": "input", "shape": ["batch", 3, prep.INPUT_H, prep.INPUT_W], "layout": "NCHW",

@@ -4,9 +4,9 @@ from-scratch VitrineNet (--arch vitrine).
 
     python training/train.py --data ../shared/data/fpi --out models/
 
-Seeded and reproducible for a given machine/thread count (torch CPU kernels are
-deterministic for a fixed thread count; bf16 autocast is used for the forward
-pass, see --bf16).  Prepared tensors are cached once under --cache (outside the
+Seeded: the split, the order and the augmentation are fixed, but weights may
+differ slightly between runs (the model card says by how much); the default
+lite0 recipe trains in fp32 (bf16 autocast only with --bf16).  Prepared tensors are cached once under --cache (outside the
 repository); a checkpoint is written to --ckpt-dir after every epoch and the
 run resumes from it with --resume.  At the end the model is exported
 (export.py): ONNX, manifest, fixtures.

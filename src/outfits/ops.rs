@@ -669,7 +669,7 @@ impl OutfitEngine<'_> {
             .zip(&present)
             .find(|(s, p)| p.is_none() && self.db.attributes(&s.product).is_some())
         {
-            return Err(OutfitError::NotAnImageProduct(s.0.product.clone()));
+            return Err(self.idx(outfit, &s.0.product).unwrap_err());
         }
         let idx: Vec<usize> = present.iter().flatten().copied().collect();
         let cat = &self.cat;

@@ -29,11 +29,10 @@
 //!    contrastive objective "a co-worn item scores higher than a random item
 //!    of the same category" (the gradient of that softmax loss at `W = 0` is
 //!    exactly this cross-covariance), it has no hyper-parameters or epochs,
-//!    it is exact and incremental (sums of outer products: an outfit adds
-//!    two rank-one terms), and it rebuilds from thousands of outfits in well
-//!    under a second. Alternatives measured on the FITB split (see
-//!    `docs/outfits/README.md`): plain visual similarity, and the same
-//!    statistic on the visual block only.
+//!    and it is exact and fast to rebuild (sums of outer products, centred
+//!    on means over all outfits, so it is rebuilt whole rather than updated:
+//!    5,490 Mango outfits take about 0.2 s). The alternative measured against it on the FITB split
+//!    (`docs/outfits/README.md`) is plain visual similarity.
 //!
 //! Nothing here is trained offline: the rules are statistics of the
 //! user's own stored outfits, recomputed by [`crate::Db::learn_outfit_rules`].

@@ -155,9 +155,9 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&figures)?);
     } else {
         println!("images                        {}", figures.n);
-        println!("articleType weighted F1       {:.4}", figures.weighted_f1);
-        println!("articleType top-1             {:.4}", figures.top1);
-        println!("articleType top-5             {:.4}", figures.top5);
+        println!("category weighted F1          {:.4}", figures.weighted_f1);
+        println!("category top-1                {:.4}", figures.top1);
+        println!("category top-5                {:.4}", figures.top5);
         println!("colour-family top-1           {:.4}", figures.colour_top1);
         println!(
             "same-type precision@10        {:.4}",

@@ -469,7 +469,8 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 );
                 for (outfit, product) in &plan.skipped {
                     println!(
-                        "skipped template {outfit}: product {product} is no longer in the catalog, or has no model outputs"
+                        "skipped template {outfit}: product {product} is no longer in the catalog, \
+                         has no model outputs, or (as its anchor) has no category"
                     );
                 }
             }
@@ -591,6 +592,9 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                         r.lift,
                         r.support
                     );
+                }
+                if list.is_empty() && top > 0 {
+                    println!("(no rule has {min_support} or more pairs: lower --min-support)");
                 }
             }
         }

@@ -307,37 +307,54 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for (name, method) in methods {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let (mut right, mut n, mut skipped) = (0usize, 0usize, 0usize);
+        let (mut right, mut n, mut skipped) = (0f64, 0usize, 0usize);
         for q in &questions {
             if q.candidates.is_empty() || q.given.is_empty() {
                 skipped += 1;
                 continue;
             }
-            let best = match method {
-                None => q.candidates[rng.gen_range(0..q.candidates.len())].clone(),
-                Some(m) => match eng.complete_with(&q.given, &q.candidates, m) {
-                    Ok(r) if !r.is_empty() => r[0].product.clone(),
-                    // Every candidate is among the given items.
-                    Ok(_) => {
-                        skipped += 1;
-                        continue;
+            // A method that cannot answer a question (an unknown product)
+            // skips it; random skips the same ones, so that every row
+            // counts the same questions.
+            let method = method.unwrap_or(CompleteMethod::Visual);
+            let ranked = match eng.complete_with(&q.given, &q.candidates, method) {
+                Ok(r) if !r.is_empty() => r,
+                // Every candidate is among the given items.
+                Ok(_) => {
+                    skipped += 1;
+                    continue;
+                }
+                Err(e) => {
+                    if skipped == 0 {
+                        eprintln!("warning: skipping a question: {e}");
                     }
-                    Err(e) => {
-                        if skipped == 0 {
-                            eprintln!("warning: skipping a question: {e}");
-                        }
-                        skipped += 1;
-                        continue;
-                    }
-                },
+                    skipped += 1;
+                    continue;
+                }
             };
             n += 1;
-            right += usize::from(best == q.answer);
+            right += if name == "random" {
+                let pick = &q.candidates[rng.gen_range(0..q.candidates.len())];
+                f64::from(u8::from(*pick == q.answer))
+            } else {
+                // A tie at the top is shared: the answer among t tied
+                // candidates counts 1/t (input order must not decide it).
+                let top = ranked[0].score;
+                let tied = ranked.iter().filter(|c| c.score == top).count();
+                let answer_tied = ranked
+                    .iter()
+                    .any(|c| c.score == top && c.product == q.answer);
+                if answer_tied {
+                    1.0 / tied as f64
+                } else {
+                    0.0
+                }
+            };
         }
         if skipped > 0 {
             eprintln!("{name}: skipped {skipped} questions");
         }
-        let acc = if n == 0 { 0.0 } else { right as f64 / n as f64 };
+        let acc = if n == 0 { 0.0 } else { right / n as f64 };
         results.push((name.to_string(), acc, n));
     }
     if args.json && !args.all_methods {
