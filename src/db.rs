@@ -1545,8 +1545,9 @@ fn check_vector(space: &VectorSpace, v: &[f32]) -> Result<()> {
             reason: format!("component {i} is {}", v[i]),
         });
     }
-    // As the index checks it, before anything is written: a vector whose
-    // squared norm overflows f32 would be stored, then refused by the index.
+    // Under every metric (the index normalises a large cosine vector, but
+    // the stored vector as given also feeds outfits and profiles, whose
+    // dot products must not overflow), before anything is written.
     let norm_sq: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
     if !(norm_sq as f32).is_finite() {
         return Err(Error::InvalidVector {

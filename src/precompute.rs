@@ -121,7 +121,8 @@ impl SimilarTable {
 }
 
 /// Normalises like the index does for cosine (f64 norm), so scores equal
-/// the ones `Db::search` reports.
+/// the ones `Db::search` reports. (A vector whose squared norm overflows
+/// f32 is never stored: `Db` refuses it under every metric.)
 fn prepare(metric: Metric, v: &[f32]) -> Option<Vec<f32>> {
     if v.iter().any(|x| !x.is_finite()) {
         return None;

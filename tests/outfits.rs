@@ -1272,7 +1272,10 @@ fn cli_outfit_commands_and_eval_fitb() {
     std::fs::create_dir(&twin_dir).unwrap();
     let (ps, first) = {
         let ps = subset.outfits.values().next().unwrap();
-        (ps.clone(), subset.rows.iter().find(|r| r[0] == ps[0]).unwrap().clone())
+        (
+            ps.clone(),
+            subset.rows.iter().find(|r| r[0] == ps[0]).unwrap().clone(),
+        )
     };
     std::fs::copy(mango_dir().join(&first[file]), twin_dir.join("twin.jpg")).unwrap();
     let mut twin = first.clone();
@@ -1283,7 +1286,8 @@ fn cli_outfit_commands_and_eval_fitb() {
     let twin_products = twin_dir.join("products.csv");
     std::fs::write(&twin_products, rows).unwrap();
     let tq = twin_dir.join("q.jsonl");
-    let question = serde_json::json!({"given": ps[1..], "candidates": [ps[0], "twin"], "answer": ps[0]});
+    let question =
+        serde_json::json!({"given": ps[1..], "candidates": [ps[0], "twin"], "answer": ps[0]});
     std::fs::write(&tq, format!("{question}\n")).unwrap();
     for method in ["full", "rules", "visual"] {
         let out = vitrine(&[

@@ -3,7 +3,9 @@
     python training/export.py --ckpt /tmp/vitrine_run/last.pt --data ../shared/data/fpi --out models/
 
 Writes
-  models/vitrine-fashion-v2.onnx
+  models/vitrine-fashion-v2.onnx (--arch lite0) or vitrine-fashion-v1.onnx
+  (--arch vitrine; a v2 file already there is left in place, and the
+  manifest names the file the engine loads)
   models/manifest.json          input/normalisation/prep constants, outputs and roles,
                                 taxonomy, groups (ranges, exclusivity), per-tag thresholds
                                 calibrated on validation, concept table, correlated tags

@@ -856,14 +856,21 @@ impl<T: Record> Keyspace<T> {
         Ok(existed)
     }
 
-    /// sled's result of a write of the one key `key`. An I/O error while
-    /// the page that holds `key` cannot be read either (a lost blob file,
-    /// a bad sector) came from reading it, before anything was written:
-    /// that page is damaged ([`Error::StoreDamaged`]), and other writes go
-    /// on. Any other I/O error marks the store ([`IoState::check`]).
+    /// sled's result of a write of the one key `key`. An error of a read
+    /// (a lost blob file: not found, or a short or malformed one) while the
+    /// page that holds `key` cannot be read either came from reading that
+    /// page: it is damaged ([`Error::StoreDamaged`]), and other writes go
+    /// on. Any other I/O error (a full disk, EIO, which a write can cause
+    /// too) marks the store ([`IoState::check`]).
     fn write_one<R>(&self, key: &[u8], r: sled::Result<R>) -> Result<R> {
+        use std::io::ErrorKind;
         match r {
-            Err(sled::Error::Io(e)) if self.tree.get(key).is_err() => {
+            Err(sled::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotFound | ErrorKind::UnexpectedEof | ErrorKind::InvalidData
+                ) && self.tree.get(key).is_err() =>
+            {
                 tracing::warn!(tree = %self.name, key = %display_key(key), error = %e, "write to an unreadable page refused");
                 Err(Error::StoreDamaged {
                     path: self.io.sled_dir.clone(),
