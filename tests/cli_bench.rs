@@ -104,6 +104,22 @@ fn bench_ann_reports_recall_and_qps_per_ef() {
     assert_eq!(rows[0]["filter"], 100);
     assert_eq!(rows[0]["plan"], "exact", "{rows:?}");
     assert!((recall(&rows[0]) - 1.0).abs() < 1e-9, "{rows:?}");
+    // A filter that allows fewer ids than k (6): an exact answer has all
+    // of them, recall 1 (not 6/10).
+    let rows = run(&[
+        "bench",
+        "ann",
+        "--base",
+        b,
+        "--queries",
+        q,
+        "--ef",
+        "64",
+        "--filter-mod",
+        "500",
+        "--json",
+    ]);
+    assert!((recall(&rows[0]) - 1.0).abs() < 1e-9, "{rows:?}");
 
     // Bad input is an error message, not a panic.
     let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))

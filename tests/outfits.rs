@@ -1231,6 +1231,19 @@ fn cli_outfit_commands_and_eval_fitb() {
         "{warned}"
     );
 
+    // Listing outfits needs no model: without the bundled one the database
+    // opens as it is.
+    let listed = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["outfit", "--db", d, "list"])
+        .env(vitrine::MODEL_DIR_ENV, dir.path().join("no-model"))
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+
     // eval fitb on a fresh database: one question per outfit.
     let q = dir.path().join("q.jsonl");
     let mut s = String::new();

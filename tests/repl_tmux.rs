@@ -158,9 +158,9 @@ fn repl_completes_queries_shows_and_reports_errors() {
     tmux.wait_for("did you mean colour.red?");
     tmux.keys(&["help", "Enter"]);
     tmux.wait_for("feedback <user> <id> like|skip|buy");
-    tmux.keys(&["quit", "Enter"]);
-    // History was saved where HOME points. The file can exist before its
-    // lines are written: wait for the content, not the file.
+    // History is saved where HOME points as each line is typed (before
+    // quit: a Ctrl-C during a slow command ends the process). The file can
+    // exist before its lines are written: wait for the content.
     let start = Instant::now();
     let history = tmp.path().join(".vitrine_history");
     let mut h = String::new();
@@ -172,6 +172,7 @@ fn repl_completes_queries_shows_and_reports_errors() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(h.contains("find +colour.red limit 3"), "{h}");
+    tmux.keys(&["quit", "Enter"]);
 }
 
 /// Under TERM=dumb the line editor reads stdin by itself: the REPL must not

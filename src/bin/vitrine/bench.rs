@@ -245,10 +245,11 @@ fn ann(a: AnnArgs) -> Result<()> {
         )
     });
 
-    // The k-th best exact score per query (tie-aware recall threshold).
+    // The k-th best exact score per query (tie-aware recall threshold), and
+    // how many answers there are (fewer than k when a filter allows fewer).
     let exact = index.flat();
-    let kth: Vec<f32> = (0..queries.rows)
-        .map(|qi| -> Result<f32> {
+    let kth: Vec<(f32, usize)> = (0..queries.rows)
+        .map(|qi| -> Result<(f32, usize)> {
             let q = queries.row(qi);
             match (&gt, &allow) {
                 (Some(g), None) => {
@@ -257,16 +258,17 @@ fn ann(a: AnnArgs) -> Result<()> {
                         .ok()
                         .filter(|d| *d < base.rows)
                         .with_context(|| format!("ground truth index {doc} out of range"))?;
-                    Ok(exact_score(a.metric, q, base.row(v)))
+                    Ok((exact_score(a.metric, q, base.row(v)), K))
                 }
                 // Scored as the hits are below (the index's own f32 score
                 // rounds differently, which would count exact answers as
                 // misses at large inner products).
                 _ => {
                     let out = exact.search(q, &SearchOptions::new(K), allow.as_ref())?;
-                    Ok(out.hits.last().map_or(f32::NEG_INFINITY, |h| {
+                    let kth = out.hits.last().map_or(f32::NEG_INFINITY, |h| {
                         exact_score(a.metric, q, base.row(h.doc as usize))
-                    }))
+                    });
+                    Ok((kth, out.hits.len()))
                 }
             }
         })
@@ -311,13 +313,18 @@ fn ann(a: AnnArgs) -> Result<()> {
                 .hits
                 .iter()
                 .filter(|h| {
-                    let t = kth[qi];
+                    let t = kth[qi].0;
                     exact_score(a.metric, q, base.row(h.doc as usize))
                         >= t - 1e-6 * t.abs().max(1.0)
                 })
                 .count();
         }
-        let recall = found as f64 / (queries.rows * K) as f64;
+        let answers: usize = kth.iter().map(|k| k.1).sum();
+        let recall = if answers == 0 {
+            1.0
+        } else {
+            found as f64 / answers as f64
+        };
         let plan = match results.first().map(|o| o.plan) {
             Some(vitrine::Plan::Exact) => "exact",
             Some(vitrine::Plan::Graph) => "graph",

@@ -157,9 +157,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let file = args.out.join("query5-concepts.png");
-    sheet::render(text, &tiles)?
-        .save(&file)
-        .with_context(|| format!("cannot write {}", file.display()))?;
+    sheet::save(&sheet::render(text, &tiles)?, &file)?;
     sheets.push(file);
 
     // A customer who liked four black products: her learned profile, and
@@ -339,9 +337,7 @@ fn show(
             });
         }
     }
-    sheet::render(title, &tiles)?
-        .save(out)
-        .with_context(|| format!("cannot write {}", out.display()))?;
+    sheet::save(&sheet::render(title, &tiles)?, out)?;
     println!("  -> {}", out.display());
     Ok(())
 }

@@ -173,11 +173,14 @@ pub struct SheetArgs {
 /// Runs `vitrine outfit …`.
 pub fn run(path: &Path, args: OutfitArgs) -> anyhow::Result<()> {
     crate::existing_db(path)?;
-    let model = Model::bundled().context("cannot load the bundled model")?;
+    // Outfits read the stored vectors only, which agree with each other
+    // whichever model made them (as in the REPL): without the bundled
+    // model, or with another one, the database opens as it is.
+    let Ok(model) = Model::bundled() else {
+        return execute(&Db::open(path)?, args.what, args.json);
+    };
     let db = match Db::builder().open_with_model(path, &model) {
         Ok(db) => db,
-        // Outfits read the stored vectors only, which agree with each other
-        // whichever model made them (as in the REPL).
         Err(vitrine::IngestError::ModelMismatch { .. }) => Db::open(path)?,
         Err(e) => {
             return Err(anyhow::Error::from(e)
@@ -297,8 +300,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             // anything is printed.
             if let Some(path) = &sheet.sheet {
                 let img = outfit_sheet(db, &sheet, &o, &[])?;
-                img.save(path)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                crate::sheet::save(&img, path)?;
             }
             if json {
                 print_json(&o)?;
@@ -401,8 +403,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     .outfit(&id)?
                     .ok_or_else(|| vitrine::OutfitError::UnknownOutfit(id.clone()))?;
                 let img = outfit_sheet(db, &sheet, &o, &out)?;
-                img.save(path)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                crate::sheet::save(&img, path)?;
             }
             if json {
                 print_json(&out)?;

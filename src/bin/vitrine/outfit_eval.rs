@@ -666,7 +666,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         for (i, (o, ex)) in expansions.iter().take(5).enumerate() {
             let img = crate::outfit::outfit_sheet(&db, &sheet_args, o, &ex[..ex.len().min(4)])?;
             let path = dir.join(format!("expand-{}-{}.png", i + 1, o.id));
-            img.save(&path)?;
+            crate::sheet::save(&img, &path)?;
             sheets.push(path.display().to_string());
         }
     }

@@ -235,14 +235,14 @@ impl Session {
             // same clap definitions.
             "outfit" => {
                 let (json, args) = self.json_flag(&args);
-                if let Some(c) = parse_line("outfit", &args, out)? {
+                if let Some(c) = parse_line("outfit", &args, json, out)? {
                     out.flush()?;
                     crate::outfit::execute(&self.db, c, json)?;
                 }
             }
             "product" => {
                 let (json, args) = self.json_flag(&args);
-                if let Some(c) = parse_line("product", &args, out)? {
+                if let Some(c) = parse_line("product", &args, json, out)? {
                     out.flush()?;
                     crate::product::execute(&self.db, c, json)?;
                 }
@@ -785,9 +785,7 @@ impl Session {
         if tiles.is_empty() {
             bail!("none of the results has its source image on this machine");
         }
-        sheet::render(&self.last_title, &tiles)?
-            .save(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        sheet::save(&sheet::render(&self.last_title, &tiles)?, &path)?;
         if self.json {
             writeln!(
                 out,
@@ -812,10 +810,11 @@ impl Session {
 }
 
 /// Parses the arguments of command `name` as its subcommands `C`; `None`
-/// when they asked for help (printed).
+/// when they asked for help (printed; as `{"help": text}` in JSON mode).
 fn parse_line<C: clap::Subcommand>(
     name: &'static str,
     args: &[&str],
+    json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<Option<C>> {
     let cmd = C::augment_subcommands(
@@ -837,7 +836,15 @@ fn parse_line<C: clap::Subcommand>(
                     | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) =>
         {
-            write!(out, "{e}")?;
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "help": e.render().to_string() })
+                )?;
+            } else {
+                write!(out, "{e}")?;
+            }
             Ok(None)
         }
         Err(e) => {
@@ -957,7 +964,10 @@ impl Validator for ReplHelper {}
 impl Helper for ReplHelper {}
 
 fn history_file() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".vitrine_history"))
+    // (An empty HOME is none: the file would land in the current folder.)
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".vitrine_history"))
 }
 
 /// Runs `vitrine repl`.
@@ -1032,7 +1042,14 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
             }
         } else {
             match rl.readline("vitrine> ") {
-                Ok(line) => line,
+                Ok(line) => {
+                    // Saved as it is typed: a Ctrl-C during a slow command
+                    // (outside the line editor) ends the process.
+                    if let Some(h) = &history {
+                        let _ = rl.append_history(h);
+                    }
+                    line
+                }
                 Err(ReadlineError::Interrupted) => continue,
                 Err(ReadlineError::Eof) => break,
                 Err(e) => return Err(e.into()),
@@ -1048,9 +1065,6 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
         if let Some(h) = rl.helper_mut() {
             h.words = session.words();
         }
-    }
-    if let Some(h) = &history {
-        let _ = rl.save_history(h);
     }
     // A script piped in fails as a whole when a command failed; a person
     // at the terminal saw each error already.

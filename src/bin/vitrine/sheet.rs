@@ -5,9 +5,10 @@
 //! common punctuation; lower case is drawn as upper case), so the binary
 //! needs no font file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use image::{imageops, Rgb, RgbImage};
+use anyhow::Context;
+use image::{imageops, ImageFormat, Rgb, RgbImage};
 
 pub const TILE_W: u32 = 96;
 pub const TILE_H: u32 = 128;
@@ -21,6 +22,29 @@ pub const BLUE: Rgb<u8> = Rgb([40, 90, 220]);
 pub const GREEN: Rgb<u8> = Rgb([40, 170, 70]);
 pub const ORANGE: Rgb<u8> = Rgb([240, 140, 30]);
 const INK: Rgb<u8> = Rgb([30, 30, 30]);
+
+/// Writes `img` to `path` in the format its extension names: encoded in
+/// memory first, then written to a temporary file beside it and renamed,
+/// so that a format this build cannot write, or a full disk, leaves a file
+/// already at `path` as it was.
+pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
+    let write = || -> anyhow::Result<()> {
+        let format = ImageFormat::from_path(path)?;
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, format)?;
+        let name = path
+            .file_name()
+            .map_or("sheet".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{name}.tmp"));
+        let written =
+            std::fs::write(&tmp, bytes.into_inner()).and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(written?)
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
 
 /// One tile: an image file, its bar colour and fill (0..=1), and its labels.
 pub struct Tile {
@@ -203,5 +227,28 @@ mod tests {
         assert!(inked > 30, "{inked}");
         // Nothing drawn outside the image, no panic.
         draw_text(&mut img, 38, 8, "W", INK);
+    }
+}
+
+#[cfg(test)]
+mod save_tests {
+    /// A format this build cannot write leaves a file already there as it
+    /// was (it used to be emptied before the encoder was looked for).
+    #[test]
+    fn a_failed_save_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image::RgbImage::new(4, 4);
+        let kept = dir.path().join("x.ppm");
+        std::fs::write(&kept, "keep").unwrap();
+        assert!(super::save(&img, &kept).is_err());
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep");
+        let png = dir.path().join("x.png");
+        super::save(&img, &png).unwrap();
+        assert!(image::open(&png).is_ok());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 }
