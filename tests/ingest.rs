@@ -1171,3 +1171,42 @@ fn a_concept_space_of_another_metric_is_refused() {
     );
     assert!(db.model_fingerprint().is_none());
 }
+
+/// A raw record type, to write what an older build stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Raw(Vec<u8>);
+
+impl vitrine_storage::Record for Raw {
+    const VERSION: u8 = 0;
+}
+
+/// A database whose preparation was recorded before the area shrink
+/// existed keeps preparing without it (its vectors were made so); a new
+/// one records it on.
+#[test]
+fn a_preparation_recorded_by_an_older_build_keeps_no_area_shrink() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        db.set_prep_config(&PrepConfig::catalog()).unwrap();
+        assert!(db.prep_config().unwrap().get_area_shrink());
+    }
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        let ks: vitrine_storage::Keyspace<Raw> = store.keyspace("vitrine.prep").unwrap();
+        // Version 1: pixel aspect (f64, little-endian), crop, illumination Off.
+        let mut v1 = vec![1u8];
+        v1.extend(0.75f64.to_le_bytes());
+        v1.extend([1, 0]);
+        ks.put_raw(b"prep", &v1).unwrap();
+        store.flush().unwrap();
+    }
+    let db = Db::open(dir.path()).unwrap();
+    let prep = db.recorded_prep_config().unwrap().unwrap();
+    assert_eq!(
+        prep,
+        PrepConfig::catalog().pixel_aspect(0.75).area_shrink(false)
+    );
+}

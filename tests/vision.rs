@@ -1009,3 +1009,45 @@ fn image_files_are_read_within_a_size_limit_and_only_when_regular() {
     }
     assert!(DecodeLimits::default().read_file(dir.path()).is_err());
 }
+
+/// A large photo of fine stripes is shrunk, not sampled: with the area
+/// shrink (default) the model sees the stripes' average grey; without it
+/// every output row reads a black source row.
+#[test]
+fn a_large_striped_photo_is_averaged_not_sampled() {
+    let (w, h) = (2400u32, 3200u32); // 25x the 96 x 128 input
+    let img = RgbImage::from_fn(w, h, |_, y| {
+        if y % 25 < 13 {
+            Rgb([0, 0, 0])
+        } else {
+            Rgb([255, 255, 255])
+        }
+    });
+    let plain = PrepConfig::catalog().crop(false);
+    let mean = |c: &PrepConfig| {
+        let p = prepare_rgb(w, h, img.as_raw(), c).unwrap();
+        let t = p.tensor();
+        let m = t.iter().sum::<f32>() / t.len() as f32;
+        let spread = t.iter().fold(0f32, |s, v| s.max((v - m).abs()));
+        (m, spread)
+    };
+    // 12 white rows of 25: 122.4, rounded to 122 per block.
+    let want = (122.0 / 255.0 - 0.5) / 0.25;
+    let (m, spread) = mean(&plain);
+    assert!((m - want).abs() < 0.01 && spread < 0.01, "{m} ± {spread}");
+    let (m, _) = mean(&plain.clone().area_shrink(false));
+    assert!((m + 2.0).abs() < 0.01, "sampled: {m}");
+    // Below the threshold nothing changes: the training contract.
+    let small = RgbImage::from_fn(224, 224, |x, y| {
+        Rgb([(x * 7 % 256) as u8, (y * 3 % 256) as u8, 90])
+    });
+    let a = prepare_rgb(224, 224, small.as_raw(), &PrepConfig::catalog()).unwrap();
+    let b = prepare_rgb(
+        224,
+        224,
+        small.as_raw(),
+        &PrepConfig::catalog().area_shrink(false),
+    )
+    .unwrap();
+    assert_eq!(a.tensor(), b.tensor());
+}

@@ -385,14 +385,16 @@ impl Db {
                 let stored = stored.config();
                 tracing::warn!(
                     "these images are prepared with pixel aspect {}, crop {}, illumination {:?}, \
-                     but the database's are with {}, {}, {:?} (Db::prep_config): \
-                     their vectors will not be comparable",
+                     area shrink {}, but the database's are with {}, {}, {:?}, {} \
+                     (Db::prep_config): their vectors will not be comparable",
                     p.get_pixel_aspect(),
                     p.get_crop(),
                     p.get_illumination(),
+                    p.get_area_shrink(),
                     stored.get_pixel_aspect(),
                     stored.get_crop(),
-                    stored.get_illumination()
+                    stored.get_illumination(),
+                    stored.get_area_shrink()
                 );
                 p
             }

@@ -499,7 +499,19 @@ impl Db {
     }
 
     pub(crate) fn stored_prep(&self) -> Result<Option<StoredPrep>, Error> {
-        Ok(self.side_keyspace::<StoredPrep>(PREP)?.get(PREP_KEY)?)
+        match self.side_keyspace::<StoredPrep>(PREP)?.get(PREP_KEY) {
+            // Recorded before area_shrink existed: prepared without it.
+            Err(vitrine_storage::Error::UnknownRecordVersion { found: 1, .. }) => Ok(self
+                .side_keyspace::<StoredPrepV1>(PREP)?
+                .get(PREP_KEY)?
+                .map(|v1| StoredPrep {
+                    pixel_aspect: v1.pixel_aspect,
+                    crop: v1.crop,
+                    illumination: v1.illumination,
+                    area_shrink: false,
+                })),
+            r => Ok(r?),
+        }
     }
 }
 
@@ -512,6 +524,20 @@ pub(crate) struct StoredPrep {
     pixel_aspect: f64,
     crop: bool,
     illumination: StoredIllumination,
+    area_shrink: bool,
+}
+
+/// The record before [`PrepConfig::area_shrink`] (version 1): its
+/// databases were prepared without it, and keep that.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+struct StoredPrepV1 {
+    pixel_aspect: f64,
+    crop: bool,
+    illumination: StoredIllumination,
+}
+
+impl vitrine_storage::Record for StoredPrepV1 {
+    const VERSION: u8 = 1;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -528,7 +554,8 @@ enum StoredBalance {
 }
 
 impl vitrine_storage::Record for StoredPrep {
-    const VERSION: u8 = 1;
+    /// 2: `area_shrink` (a version-1 record reads as `false`).
+    const VERSION: u8 = 2;
 }
 
 impl StoredPrep {
@@ -545,6 +572,7 @@ impl StoredPrep {
                 Illumination::Always(b) => StoredIllumination::Always(balance(b)),
                 Illumination::WhenNotPlain(b) => StoredIllumination::WhenNotPlain(balance(b)),
             },
+            area_shrink: prep.get_area_shrink(),
         }
     }
 
@@ -566,6 +594,7 @@ impl StoredPrep {
                 StoredIllumination::Always(b) => Illumination::Always(balance(b)),
                 StoredIllumination::WhenNotPlain(b) => Illumination::WhenNotPlain(balance(b)),
             })
+            .area_shrink(self.area_shrink)
     }
 }
 

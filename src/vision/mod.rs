@@ -49,4 +49,7 @@ pub use decode::{decode_image, DecodeLimits, DecodedImage};
 pub use error::ImageError;
 pub use integral::IntegralImage;
 pub(crate) use prep::{prep_constants, NORMALISATION};
-pub use prep::{prepare_image, prepare_rgb, Illumination, PrepConfig, PreparedImage, WhiteBalance};
+pub use prep::{
+    prepare_image, prepare_rgb, Illumination, PrepConfig, PreparedImage, WhiteBalance,
+    AREA_SHRINK_MIN,
+};

@@ -83,6 +83,7 @@ pub enum Illumination {
 /// assert!(c.get_crop());
 /// assert_eq!(c.get_illumination(), Illumination::Off);
 /// assert_eq!(c.get_limits(), DecodeLimits::default());
+/// assert!(c.get_area_shrink());
 ///
 /// let p = PrepConfig::photo();
 /// assert_eq!(p.get_illumination(), Illumination::Always(WhiteBalance::GreyWorld));
@@ -96,6 +97,7 @@ pub struct PrepConfig {
     pixel_aspect: f64,
     crop: bool,
     illumination: Illumination,
+    area_shrink: bool,
     limits: DecodeLimits,
 }
 
@@ -117,6 +119,7 @@ impl PrepConfig {
             pixel_aspect: 1.0,
             crop: true,
             illumination: Illumination::Off,
+            area_shrink: true,
             limits: DecodeLimits::default(),
         }
     }
@@ -171,6 +174,18 @@ impl PrepConfig {
         self
     }
 
+    /// Whether a crop at least [`AREA_SHRINK_MIN`] times the model's input
+    /// along an axis is first averaged over blocks of ⌊scale⌋ pixels
+    /// (training/PREP.md step 6a), so that a large photo is shrunk, not
+    /// sampled: the bilinear resize alone reads one or two source rows per
+    /// output row, and fine stripes or checks alias into another pattern.
+    /// Default `true`. Images at the training scale (at most 2.33×) never
+    /// reach it; databases made before it record `false` and keep it.
+    pub fn area_shrink(mut self, on: bool) -> Self {
+        self.area_shrink = on;
+        self
+    }
+
     /// Decode limits. Default [`DecodeLimits::default`].
     pub fn limits(mut self, limits: DecodeLimits) -> Self {
         self.limits = limits;
@@ -192,10 +207,66 @@ impl PrepConfig {
         self.illumination
     }
 
+    /// Whether large crops are area-averaged first ([`PrepConfig::area_shrink`]).
+    pub fn get_area_shrink(&self) -> bool {
+        self.area_shrink
+    }
+
     /// The decode limits.
     pub fn get_limits(&self) -> DecodeLimits {
         self.limits
     }
+}
+
+/// The downscale (crop size over the model's input, along one axis) from
+/// which [`PrepConfig::area_shrink`] averages blocks first: 4. Below it the
+/// bilinear step reads at least every other pixel; training images (at
+/// most 2.33×) and Mango's catalog images (at most 2.6×) stay below it.
+pub const AREA_SHRINK_MIN: f64 = 4.0;
+
+/// PREP.md step 6a, one axis: the block size, ⌊scale⌋ from
+/// [`AREA_SHRINK_MIN`] on, else 1.
+fn shrink_factor(src_len: usize, dst_len: usize) -> usize {
+    let scale = src_len as f64 / dst_len as f64;
+    if scale >= AREA_SHRINK_MIN {
+        scale.floor() as usize
+    } else {
+        1
+    }
+}
+
+/// PREP.md step 6a: the crop `[x0, y0, x1, y1]` of `px` (width `w`)
+/// averaged over `fx × fy` blocks (the last ones partial), rounded to u8.
+/// Returns the pixels and their width and height.
+fn area_shrink(
+    px: &[u8],
+    w: usize,
+    [x0, y0, x1, y1]: [usize; 4],
+    fx: usize,
+    fy: usize,
+) -> (Vec<u8>, usize, usize) {
+    let (cw, ch) = (x1 - x0, y1 - y0);
+    let (rw, rh) = (cw.div_ceil(fx), ch.div_ceil(fy));
+    let mut out = vec![0u8; rw * rh * 3];
+    for by in 0..rh {
+        let ys = y0 + by * fy..(y0 + (by + 1) * fy).min(y1);
+        for bx in 0..rw {
+            let xs = x0 + bx * fx..(x0 + (bx + 1) * fx).min(x1);
+            let n = (ys.len() * xs.len()) as u64;
+            let mut sum = [0u64; 3];
+            for y in ys.clone() {
+                for p in px[(y * w + xs.start) * 3..(y * w + xs.end) * 3].chunks_exact(3) {
+                    for c in 0..3 {
+                        sum[c] += u64::from(p[c]);
+                    }
+                }
+            }
+            for c in 0..3 {
+                out[(by * rw + bx) * 3 + c] = ((sum[c] + n / 2) / n) as u8;
+            }
+        }
+    }
+    (out, rw, rh)
 }
 
 /// A prepared image: the model-input tensor plus what the preparation found.
@@ -520,12 +591,27 @@ fn prepare_checked(img: Rgb<'_>, config: &PrepConfig) -> PreparedImage {
     for p in canvas.chunks_exact_mut(3) {
         p.copy_from_slice(&fill);
     }
+    // Step 6a: a large crop is area-averaged first (it is then under 2×).
+    let (fx, fy) = if config.area_shrink {
+        (shrink_factor(cw, tw), shrink_factor(ch, th))
+    } else {
+        (1, 1)
+    };
+    let shrunk;
+    let (src, sw, [sx0, sy0, sx1], sch) = if fx > 1 || fy > 1 {
+        shrunk = area_shrink(img.px, w, [x0, y0, x1, y1], fx, fy);
+        let (_, rw, rh) = shrunk;
+        (&shrunk.0[..], rw, [0, 0, rw], rh)
+    } else {
+        (img.px, w, [x0, y0, x1], ch)
+    };
+    let scw = sx1 - sx0;
     // Horizontal pass over every crop row, then vertical.
-    let xs = bilinear_axis(cw, tw);
-    let ys = bilinear_axis(ch, th);
-    let mut tmp = vec![0f32; ch * tw * 3];
-    for y in 0..ch {
-        let row = &img.px[((y0 + y) * w + x0) * 3..((y0 + y) * w + x1) * 3];
+    let xs = bilinear_axis(scw, tw);
+    let ys = bilinear_axis(sch, th);
+    let mut tmp = vec![0f32; sch * tw * 3];
+    for y in 0..sch {
+        let row = &src[((sy0 + y) * sw + sx0) * 3..((sy0 + y) * sw + sx1) * 3];
         for (d, &(i0, i1, f)) in xs.iter().enumerate() {
             for c in 0..3 {
                 let a = f32::from(row[i0 * 3 + c]);

@@ -794,6 +794,7 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
             "pixel_aspect": prep.get_pixel_aspect(),
             "crop": prep.get_crop(),
             "illumination": format!("{:?}", prep.get_illumination()),
+            "area_shrink": prep.get_area_shrink(),
         },
         "opened": {
             "rebuilt_indexes": report.rebuilt.iter().map(|(space, why)| json!({"space": space, "reason": why})).collect::<Vec<_>>(),
@@ -859,7 +860,7 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
     let prep = &info["preparation"];
     writeln!(
         w,
-        "images     prepared with pixel aspect {}, crop {}, illumination {}{}",
+        "images     prepared with pixel aspect {}, crop {}, illumination {}, area shrink {}{}",
         prep["pixel_aspect"],
         if prep["crop"].as_bool() == Some(true) {
             "on"
@@ -867,6 +868,11 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
             "off"
         },
         prep["illumination"].as_str().unwrap_or("?"),
+        if prep["area_shrink"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "off"
+        },
         if prep["recorded"].as_bool() == Some(true) {
             ""
         } else {
