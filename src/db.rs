@@ -1822,6 +1822,15 @@ impl Db {
     }
 
     /// The attributes of `id`, from the in-memory catalog.
+    /// Whether any product carries the attribute `key` (in memory: no
+    /// storage read).
+    pub(crate) fn any_product_has(&self, key: &str) -> bool {
+        read(&self.catalog)
+            .by_doc
+            .values()
+            .any(|e| e.attrs.extra.contains_key(key))
+    }
+
     pub(crate) fn attributes(&self, id: &str) -> Option<Attributes> {
         let cat = read(&self.catalog);
         let doc = cat.by_id.get(id)?;

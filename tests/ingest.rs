@@ -1209,4 +1209,38 @@ fn a_preparation_recorded_by_an_older_build_keeps_no_area_shrink() {
         prep,
         PrepConfig::catalog().pixel_aspect(0.75).area_shrink(false)
     );
+    drop(db);
+
+    // Image products and no record at all (an older build recorded none
+    // for images inserted one by one): prepared without the area shrink,
+    // and the next image insert records that. A new database's first
+    // image insert records the default, with it.
+    let Some(model) = model() else { return };
+    let images = good_images(2);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_db(&model, dir.path());
+        db.insert_image("a", &images[0].2, Attributes::new())
+            .unwrap();
+        assert_eq!(
+            db.recorded_prep_config().unwrap(),
+            Some(PrepConfig::catalog())
+        );
+    }
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        let ks: vitrine_storage::Keyspace<Raw> = store.keyspace("vitrine.prep").unwrap();
+        assert!(ks.remove(b"prep").unwrap());
+        store.flush().unwrap();
+    }
+    let db = open_db(&model, dir.path());
+    assert!(!db.prep_config().unwrap().get_area_shrink());
+    db.insert_image("b", &images[1].2, Attributes::new())
+        .unwrap();
+    assert_eq!(
+        db.recorded_prep_config().unwrap(),
+        Some(PrepConfig::catalog().area_shrink(false))
+    );
 }

@@ -380,7 +380,8 @@ impl Db {
         let none_stored = stored.is_none();
         let empty = self.is_empty();
         let prep = match (prep, stored) {
-            (None, stored) => stored.map_or_else(PrepConfig::catalog, |s| s.config()),
+            (None, Some(stored)) => stored.config(),
+            (None, None) => self.prep_config()?,
             (Some(p), Some(stored)) if !empty && StoredPrep::of(&p) != stored => {
                 let stored = stored.config();
                 tracing::warn!(

@@ -405,6 +405,14 @@ impl Db {
         replace: bool,
     ) -> Result<Annotation, IngestError> {
         self.check_model(model)?;
+        // The first image insert records its preparation, as a first import
+        // does, so that later inserts and queries by image prepare alike.
+        if self.stored_prep()?.is_none() {
+            let _guard = self.side_write_lock();
+            if self.stored_prep()?.is_none() {
+                self.set_prep_config(prep)?;
+            }
+        }
         let prepared = prepare_image(bytes, prep)?;
         let colour = prepared.dominant_colour();
         let out = model
@@ -455,7 +463,10 @@ impl Db {
     }
 
     /// How the database's images are prepared: the recorded preparation
-    /// ([`Db::recorded_prep_config`]), otherwise [`PrepConfig::catalog`]. [`Db::insert_image`], [`Db::annotate`],
+    /// ([`Db::recorded_prep_config`]), otherwise [`PrepConfig::catalog`]
+    /// (without its area shrink when image products are stored: an older
+    /// build, which recorded nothing, made them so). The first image insert
+    /// or import records the preparation it used. [`Db::insert_image`], [`Db::annotate`],
     /// `like image` in queries and imports without an explicit
     /// [`ImportOptions::prep`] use it, so that every image of a catalog (the
     /// fpi set's squashed pixels, say) is seen the same way. The decode
@@ -475,9 +486,14 @@ impl Db {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn prep_config(&self) -> Result<PrepConfig, Error> {
-        Ok(self
-            .recorded_prep_config()?
-            .unwrap_or_else(PrepConfig::catalog))
+        Ok(match self.recorded_prep_config()? {
+            Some(recorded) => recorded,
+            // Image products but no record: an older build made them, before
+            // the area shrink existed (this build records the preparation
+            // of every first image insert or import).
+            None if self.any_product_has(ATTR_MODEL) => PrepConfig::catalog().area_shrink(false),
+            None => PrepConfig::catalog(),
+        })
     }
 
     /// The recorded preparation: what [`Db::set_prep_config`] stored, or

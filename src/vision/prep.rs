@@ -180,7 +180,8 @@ impl PrepConfig {
     /// sampled: the bilinear resize alone reads one or two source rows per
     /// output row, and fine stripes or checks alias into another pattern.
     /// Default `true`. Images at the training scale (at most 2.33×) never
-    /// reach it; databases made before it record `false` and keep it.
+    /// reach it; databases whose images an older build prepared keep it
+    /// off ([`crate::Db::prep_config`]).
     pub fn area_shrink(mut self, on: bool) -> Self {
         self.area_shrink = on;
         self

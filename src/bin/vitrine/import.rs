@@ -625,6 +625,12 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let options = ImportOptions::new()
         .reembed(args.reembed)
         .refresh(args.refresh);
+    // The flags set the pixel aspect; the rest is the database's own
+    // preparation (an older database's, without the area shrink, stays so).
+    let prep = match prep {
+        Some(p) => Some(db.prep_config()?.pixel_aspect(p.get_pixel_aspect())),
+        None => None,
+    };
     let report = if other_model {
         // Only attributes changed: nothing for the model to do.
         ImportReport::default()
