@@ -197,8 +197,16 @@ mod tests {
     fn many_quotes_after_many_spaces_parse_in_linear_time() {
         let n = 100_000;
         let text = format!("{}x{}", " ".repeat(n), "\"".repeat(n));
-        let r = parse_csv(&text).unwrap();
-        assert_eq!(r[0].fields[0].len(), 2 * n + 1);
+        // On a thread, with a limit far above the linear cost (milliseconds)
+        // and far below the quadratic one (minutes): a regression fails.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(parse_csv(&text).map(|r| r[0].fields[0].len()));
+        });
+        let len = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("parsed in linear time");
+        assert_eq!(len.unwrap(), 2 * n + 1);
     }
 
     #[test]

@@ -593,14 +593,34 @@ impl Db {
             .map(|a| vec![false; a.as_ref().map_or(0, Arena::len)])
             .collect();
         let mut from_sled: Vec<Vec<(u64, Vec<f32>)>> = vec![Vec::new(); arenas.len()];
-        // A record that does not decode is skipped and reported; an error
-        // from sled itself (a damaged page) ends the scan, reported the
-        // same way. The checkpoint comparison below tells lost products.
+        // A record that does not decode is skipped and reported; the
+        // checkpoint comparison below tells lost products. An error from
+        // sled itself (a damaged page) ends the scan: the products after it
+        // are unseen, and only accept_data_loss opens what was read (the
+        // checkpoint then written would make the loss look whole).
         for item in products.iter() {
             let (key, rec) = match item {
                 Ok(kv) => kv,
-                Err(e) => {
+                Err(
+                    e @ (vitrine_storage::Error::Corruption { .. }
+                    | vitrine_storage::Error::UnknownRecordVersion { .. }),
+                ) => {
                     warn!(error = %e, "damaged product record skipped");
+                    report.damaged.push(e.to_string());
+                    continue;
+                }
+                Err(e) if !b.accept_data_loss => {
+                    return Err(Error::Corruption {
+                        location: dir.join("sled").display().to_string(),
+                        reason: format!(
+                            "storage cannot read every product ({e}); restore the folder \
+                             from a backup, or open it with DbBuilder::accept_data_loss \
+                             (`vitrine repair`) to keep what can be read"
+                        ),
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "storage scan ended at a damaged page");
                     report.damaged.push(e.to_string());
                     continue;
                 }
@@ -872,8 +892,10 @@ impl Db {
 
     /// Replaces a stored product with what `rebuild` makes of its current
     /// attributes, read under the writer lock, so that an edit made since
-    /// the caller last read the product is kept. Returns false when the
-    /// product is gone (deleted since).
+    /// the caller last read the product is kept. The vectors `rebuild`
+    /// returns replace those of their spaces; the product's vectors in
+    /// other spaces are kept. Returns false when the product is gone
+    /// (deleted since).
     pub(crate) fn rewrite<N: Into<String>>(
         &self,
         id: &str,
@@ -891,7 +913,13 @@ impl Db {
         if attrs.price != old_price {
             check_attributes(&attrs)?;
         }
-        let vectors = self.check_vectors(vectors)?;
+        let mut vectors = self.check_vectors(vectors)?;
+        let kept: Vec<(String, Vec<f32>)> = record
+            .vectors
+            .into_iter()
+            .filter(|(space, _)| !vectors.iter().any(|(s, _)| s == space))
+            .collect();
+        vectors.extend(kept);
         self.mark_dirty(&mut w)?;
         self.write_product(id, record.doc, attrs, vectors)?;
         Ok(true)

@@ -551,6 +551,11 @@ fn query_command_prints_results_and_positioned_errors() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).lines().count(), 2);
+    {
+        let db = vitrine::Db::open(db).unwrap();
+        assert!(db.profile("an\"na").unwrap().is_some());
+        assert!(db.profile("anna").unwrap().is_none());
+    }
     // Words that do not join concepts, and unknown groups, say so.
     let out = vitrine(&["query", "--db", db, "+colour.red or +colour.blue"]);
     assert!(
@@ -1461,6 +1466,12 @@ fn repair_of_a_damaged_record_names_it_and_leaves_sleds_files() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("meta/meta"), "{text}");
     assert!(!text.contains("sled's log itself"), "{text}");
+    // Nothing of sled's was set aside on the way (repair puts the folder
+    // back at the end, so the folder alone would not show it).
+    assert!(
+        !text.contains("moved ") && !text.contains("aside"),
+        "{text}"
+    );
     let set_aside: Vec<_> = std::fs::read_dir(&db_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

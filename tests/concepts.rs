@@ -321,6 +321,8 @@ fn malformed_queries_are_typed_errors_with_positions() {
         ("find +colour.red^", UnexpectedEnd, 17),
         ("find +colour.red^0", BadNumber, 17),
         ("find +colour.red^-2", BadNumber, 17),
+        ("find +colour.red^1e-50", BadNumber, 17),
+        ("find +colour.red -colour.RED", Duplicate, 17),
         ("find +colour.red^abc", Unexpected, 17),
         ("find +colour.red limit", UnexpectedEnd, 22),
         ("find +colour.red limit 0", BadNumber, 23),
@@ -764,7 +766,13 @@ fn hand_set_affinities_keep_their_key_and_scale() {
         events: vec![(String::new(), Feedback::Like)],
         ..Profile::only("pattern")
     };
-    assert!(db.set_profile(user, &bad).is_err());
+    assert!(matches!(
+        db.set_profile(user, &bad),
+        Err(ConceptError::Db(vitrine::Error::EmptyId))
+    ));
+    let kept = db.profile(user).unwrap().unwrap();
+    assert_eq!(kept.events.len(), vitrine::MAX_EVENTS);
+    assert_eq!(kept.events[0].0, "sku-100");
     let prior = db.profile_prior(user).unwrap().unwrap();
     assert!(
         prior.weights.get("pattern").is_none_or(|w| *w == 0.0),

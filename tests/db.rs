@@ -1024,3 +1024,60 @@ fn the_model_fingerprint_is_read_while_a_write_waits() {
         assert!(read.is_ok(), "model_fingerprint waited for the writer");
     });
 }
+
+/// A product record sled cannot read (its blob file lost), the last
+/// writes not checkpointed (a crash): the open refuses with `Corruption`
+/// naming sled, instead of stopping its scan there and opening without the
+/// products after it (then checkpointing the truncated catalog, which hid
+/// the loss from every later open). `accept_data_loss` opens what can be
+/// read.
+#[test]
+fn an_unreadable_product_page_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    // Over three sessions, so that sled's snapshot covers the blob's entry
+    // and only a read of the record looks for the file; the last one is
+    // not checkpointed.
+    for round in 0..3 {
+        let db = Db::builder()
+            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+            .checkpoint_on_drop(round < 2)
+            .open(dir.path())
+            .unwrap();
+        for i in round * 50..(round + 1) * 50 {
+            let id = format!("sku-{i:03}");
+            let mut a = attrs(i);
+            if i == 25 {
+                // Large enough that sled keeps the record in a blob file.
+                a = a.set("note", "x".repeat(300_000));
+            }
+            db.insert(&id, a, [(DEFAULT_SPACE, vector_for(&id, DIM))])
+                .unwrap();
+        }
+    }
+    let blobs = dir.path().join("sled").join("blobs");
+    let files: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!files.is_empty(), "the large record went to a blob file");
+    for f in files {
+        std::fs::remove_file(f).unwrap();
+    }
+    let open = |accept: bool| {
+        Db::builder()
+            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+            .checkpoint_on_drop(false)
+            .accept_data_loss(accept)
+            .open(dir.path())
+    };
+    match open(false) {
+        Err(e @ Error::Corruption { .. }) => {
+            assert!(e.to_string().contains("sled"), "{e}");
+        }
+        Err(e) => panic!("expected Corruption, got {e}"),
+        Ok(db) => panic!("opened with {} of 150 products", db.len()),
+    }
+    let db = open(true).unwrap();
+    assert!(db.len() < 150);
+    assert!(!db.open_report().damaged.is_empty());
+}

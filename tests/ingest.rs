@@ -1244,3 +1244,44 @@ fn a_preparation_recorded_by_an_older_build_keeps_no_area_shrink() {
         Some(PrepConfig::catalog().area_shrink(false))
     );
 }
+
+/// A refresh re-runs the model on a product's photo: its vectors in the
+/// model's spaces change, and those in a space of the caller's own stay.
+#[test]
+fn a_refresh_keeps_vectors_in_other_spaces() {
+    let Some(model) = model() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(2);
+    write_images(src.path(), &images);
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .model_spaces(&model)
+        .vector_space("text", 4, vitrine::Metric::Cosine)
+        .open(dir.path())
+        .unwrap();
+    let import = |refresh: bool| {
+        db.import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(prep())
+                .refresh(refresh),
+        )
+        .unwrap()
+    };
+    import(false);
+    let id = &images[0].0;
+    let p = db.get(id).unwrap().unwrap();
+    let mut vectors: Vec<(String, Vec<f32>)> = p.vectors.into_iter().collect();
+    vectors.push(("text".into(), vec![1.0, 0.0, 0.0, 0.0]));
+    db.upsert(id, p.attributes, vectors).unwrap();
+    let r = import(true);
+    assert_eq!(r.progress.replaced, 2, "{:?}", r.progress);
+    let p = db.get(id).unwrap().unwrap();
+    assert_eq!(p.vectors.get("text"), Some(&vec![1.0, 0.0, 0.0, 0.0]));
+    let found = db
+        .search(&Search::new(SimilarTo::Vector(&[1.0, 0.0, 0.0, 0.0]), 1).space("text"))
+        .unwrap();
+    assert_eq!(found.hits.len(), 1);
+    assert_eq!(&found.hits[0].id, id);
+}

@@ -765,12 +765,14 @@ fn cover_and_complete() {
     let visual = eng
         .complete_with(&given, &cands, vitrine::CompleteMethod::Visual)
         .unwrap();
+    assert_eq!(visual.len(), 4);
     assert!(visual
         .iter()
         .all(|c| c.rules.is_none() && c.compat.is_none() && c.kernel.is_none()));
     let rules_only = eng
         .complete_with(&given, &cands, vitrine::CompleteMethod::Rules)
         .unwrap();
+    assert_eq!(rules_only.len(), 4);
     assert!(rules_only
         .iter()
         .all(|c| c.rules.is_some() && c.kernel.is_none()));

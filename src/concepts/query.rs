@@ -4,7 +4,7 @@ use std::ops::Bound;
 
 use serde::Serialize;
 
-use super::{profile_query, ConceptError, Profile, Vocabulary};
+use super::{concept_key, profile_query, ConceptError, Profile, Vocabulary};
 use crate::{infer_image, Attributes, Db, Error, Filter, Model, CONCEPT_SPACE};
 
 /// Results per query by default.
@@ -214,9 +214,13 @@ impl ConceptQuery {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Adds a concept (`group.concept` or `user.<tag>`) with a signed weight.
+    /// Adds a concept (`group.concept` or `user.<tag>`) with a signed
+    /// weight; a concept given again replaces its earlier weight.
     pub fn term(mut self, concept: impl Into<String>, weight: f32) -> Self {
-        self.terms.push((concept.into(), weight));
+        let concept = concept.into();
+        self.terms
+            .retain(|(c, _)| concept_key(c) != concept_key(&concept));
+        self.terms.push((concept, weight));
         self
     }
     /// Ranks relative to a product or an image too.
@@ -563,7 +567,8 @@ impl<'a> Parser<'a> {
         }
         self.next();
         let (w, col) = self.number("a weight after '^'")?;
-        if !(w > 0.0 && w <= f64::from(super::MAX_WEIGHT)) {
+        // (Checked as the f32 it becomes: 1e-50 is positive, its f32 is 0.)
+        if !((w as f32) > 0.0 && w <= f64::from(super::MAX_WEIGHT)) {
             return Err(QueryError::new(
                 QueryErrorKind::BadNumber,
                 col,
@@ -605,6 +610,15 @@ impl<'a> Parser<'a> {
                     self.next();
                     let sign = if t.tok == Tok::Sym("-") { -1.0 } else { 1.0 };
                     let (name, w) = self.term()?;
+                    // One term per concept: a repeated one would only add
+                    // work (each term is a vector and a contribution per
+                    // hit), and with opposite signs it contradicts itself.
+                    if q.terms
+                        .iter()
+                        .any(|(n, _)| concept_key(n) == concept_key(&name))
+                    {
+                        return Err(dup(&name));
+                    }
                     q.terms.push((name, sign * w));
                 }
                 Tok::Word(w) if w.eq_ignore_ascii_case("like") => {

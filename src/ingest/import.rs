@@ -215,8 +215,8 @@ impl Default for ImportOptions<'_> {
         ImportOptions {
             model: None,
             prep: None,
-            workers: (cpus / 2).max(1),
-            inference: cpus,
+            workers: (cpus / 2).clamp(1, MAX_THREADS),
+            inference: cpus.min(MAX_THREADS),
             batch: 8,
             reembed: false,
             refresh: false,
@@ -276,9 +276,9 @@ impl<'a> ImportOptions<'a> {
         self
     }
 
-    /// Images an inference thread takes from the queue at a time (1..=64);
-    /// also the unit of a write batch. The model itself runs one image per
-    /// tract call, its fastest mode, so this barely changes throughput.
+    /// Images an inference thread takes from the queue at a time (1..=64).
+    /// The model itself runs one image per tract call, its fastest mode, so
+    /// this barely changes throughput.
     pub fn batch_size(mut self, batch: usize) -> Self {
         self.batch = batch.clamp(1, 64);
         self
@@ -524,27 +524,50 @@ impl Db {
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (prep_tx, prep_rx) = bounded::<Prepared>(batch * 2 * inference);
         let (out_tx, out_rx) = bounded::<Inferred>(batch * 2 * inference);
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
+        // Threads the system refuses: fewer do the work; none of a kind
+        // ends the import with an error (returning drops the channels, so
+        // the threads already started stop).
+        let refused = std::thread::scope(|scope| {
+            let thread = |name: &str| std::thread::Builder::new().name(format!("vitrine-{name}"));
+            let feeder = thread("import").spawn_scoped(scope, move || {
                 for job in jobs {
                     if job_tx.send(job).is_err() {
                         break;
                     }
                 }
             });
-            for _ in 0..workers {
+            if let Err(e) = feeder {
+                return Some(e);
+            }
+            for started in 0..workers {
                 let rx = job_rx.clone();
                 let tx = prep_tx.clone();
                 let prep = &prep;
-                scope.spawn(move || prepare_worker(rx, tx, prep));
+                if let Err(e) =
+                    thread("prepare").spawn_scoped(scope, move || prepare_worker(rx, tx, prep))
+                {
+                    if started == 0 {
+                        return Some(e);
+                    }
+                    tracing::warn!(started, error = %e, "fewer prepare threads than asked");
+                    break;
+                }
             }
             drop(job_rx);
             drop(prep_tx);
             let model = &model;
-            for _ in 0..inference {
+            for started in 0..inference {
                 let rx = prep_rx.clone();
                 let tx = out_tx.clone();
-                scope.spawn(move || inference_worker(rx, tx, model, batch));
+                if let Err(e) = thread("inference")
+                    .spawn_scoped(scope, move || inference_worker(rx, tx, model, batch))
+                {
+                    if started == 0 {
+                        return Some(e);
+                    }
+                    tracing::warn!(started, error = %e, "fewer inference threads than asked");
+                    break;
+                }
             }
             drop(prep_rx);
             drop(out_tx);
@@ -576,7 +599,11 @@ impl Db {
                     f(&report.progress);
                 }
             }
+            None
         });
+        if let Some(e) = refused {
+            return Err(IngestError::Threads(e));
+        }
         Ok(report)
     }
 

@@ -109,6 +109,10 @@ pub enum IngestError {
         /// Entries that are not named as images.
         ignored: usize,
     },
+    /// The system refused to start an import's threads (a process or
+    /// thread limit); nothing was imported.
+    #[error("cannot start the import's threads: {0}")]
+    Threads(std::io::Error),
 }
 
 fn ignored_note(ignored: usize) -> String {
