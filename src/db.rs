@@ -514,6 +514,28 @@ impl Db {
                 meta
             }
             None => {
+                // No schema, but checkpoint files: storage lost everything
+                // (an emptied log), not a new database. Refused before a
+                // new schema is written over the evidence.
+                if !b.accept_data_loss {
+                    let evidence = ["arena", "index"].iter().find_map(|sub| {
+                        std::fs::read_dir(dir.join(sub))
+                            .ok()?
+                            .flatten()
+                            .map(|e| e.path())
+                            .find(|p| {
+                                !p.file_name()
+                                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                            })
+                    });
+                    if let Some(evidence) = evidence {
+                        return Err(lost_writes(
+                            dir,
+                            &evidence,
+                            "storage holds no schema but checkpoint files exist".into(),
+                        ));
+                    }
+                }
                 let spaces = if b.spaces.is_empty() {
                     vec![VectorSpace {
                         name: DEFAULT_SPACE.into(),
@@ -1728,10 +1750,22 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 fn dir_size(path: &Path) -> Result<u64> {
+    // A file or folder that goes away meanwhile (a checkpoint's rename,
+    // sled replacing a snapshot) counts as 0, not as an error.
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) => return Ok(0),
+        Err(e) => return Err(io_err(path)(e)),
+    };
     let mut total = 0;
-    for entry in std::fs::read_dir(path).map_err(io_err(path))? {
+    for entry in entries {
         let entry = entry.map_err(io_err(path))?;
-        let meta = entry.metadata().map_err(io_err(&entry.path()))?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(io_err(&entry.path())(e)),
+        };
         total += if meta.is_dir() {
             dir_size(&entry.path())?
         } else {

@@ -1479,3 +1479,40 @@ fn repair_of_a_damaged_record_names_it_and_leaves_sleds_files() {
         .collect();
     assert!(set_aside.is_empty(), "{set_aside:?}");
 }
+
+/// A product record that does not decode (sled reads every page): repair
+/// names it instead of saying every record reads.
+#[test]
+fn repair_names_records_that_do_not_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    {
+        let db = vitrine::Db::open(&db_dir).unwrap();
+        for id in ["sku-1", "sku-2"] {
+            let v = vec![1.0f32; vitrine::DEFAULT_DIM];
+            db.insert(
+                id,
+                vitrine::Attributes::new(),
+                [(vitrine::DEFAULT_SPACE, v)],
+            )
+            .unwrap();
+        }
+        db.close().unwrap();
+    }
+    {
+        let store = vitrine_storage::Store::open(&db_dir, vitrine_storage::StoreOptions::default())
+            .unwrap();
+        let products: vitrine_storage::Keyspace<vitrine_storage::ProductRecord> =
+            store.keyspace("products").unwrap();
+        products.put_raw(b"sku-1", &[9]).unwrap();
+        store.flush().unwrap();
+    }
+    let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains("every record reads"), "{stdout}");
+    assert!(
+        stdout.contains("do not decode") && stdout.contains("sku-1"),
+        "{stdout}"
+    );
+}

@@ -1081,3 +1081,40 @@ fn an_unreadable_product_page_is_refused_not_skipped() {
     assert!(db.len() < 150);
     assert!(!db.open_report().damaged.is_empty());
 }
+
+/// Storage emptied (its log lost) while checkpoint files remain: the open
+/// refuses, and writes no new schema over the evidence (which would then
+/// read as the caller's schema mistake, or an empty database).
+#[test]
+fn an_emptied_storage_with_checkpoint_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |accept: bool| {
+        Db::builder()
+            .vector_space("img", 8, Metric::Cosine)
+            .accept_data_loss(accept)
+            .open(dir.path())
+    };
+    {
+        let db = open(false).unwrap();
+        db.insert("a", Attributes::new(), [("img", vec![1.0; 8])])
+            .unwrap();
+        db.close().unwrap();
+    }
+    std::fs::remove_dir_all(dir.path().join("sled")).unwrap();
+    for attempt in 0..2 {
+        // Also as Db::open with the default schema, which would have stored it.
+        let r = if attempt == 0 {
+            open(false)
+        } else {
+            Db::open(dir.path())
+        };
+        match r {
+            Err(e @ Error::Corruption { .. }) => assert!(!e.is_user_error()),
+            Err(e) => panic!("expected Corruption, got {e}"),
+            Ok(db) => panic!("opened with {} products", db.len()),
+        }
+    }
+    // Accepting the loss opens it empty, with the declared schema.
+    let db = open(true).unwrap();
+    assert_eq!(db.len(), 0);
+}

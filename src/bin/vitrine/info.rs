@@ -124,6 +124,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             // It opens; every record must read too (a page or a blob file
             // can be lost where the open does not look).
             let products = db.len();
+            let undecodable = db.open_report().damaged.clone();
             drop(db);
             let unreadable =
                 vitrine_storage::Store::open(&db_dir, vitrine_storage::StoreOptions::default())
@@ -137,6 +138,24 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                         .context(format!("cannot read {}", args.db.display())));
                 }
             };
+            if unreadable.is_empty() && !undecodable.is_empty() {
+                // sled reads every page; some records do not decode. Those
+                // are the caller's to delete or write again (a salvage
+                // would copy them as they are).
+                println!(
+                    "{}: opens, {products} products; {} record(s) do not decode and were \
+                     skipped (delete them, or upsert them again):",
+                    args.db.display(),
+                    undecodable.len()
+                );
+                for d in undecodable.iter().take(20) {
+                    println!("  {d}");
+                }
+                if let Some(copy) = &copy {
+                    let _ = std::fs::remove_dir_all(copy);
+                }
+                return Ok(());
+            }
             if unreadable.is_empty() {
                 println!(
                     "{}: opens cleanly and every record reads, {products} products; nothing to repair",
