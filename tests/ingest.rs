@@ -704,11 +704,24 @@ fn another_model_is_refused_unless_reembedding() {
     // User tags are directions in the model's space: a re-embedding learns
     // them again from their examples (here the vectors change with the
     // preparation), keeping their weights.
+    // An example deleted since is left out, not a reason to keep the old
+    // direction.
     let ids: Vec<&str> = images.iter().map(|i| i.0.as_str()).collect();
+    db.insert_image_with(
+        &other,
+        &PrepConfig::catalog(),
+        "gone",
+        &images[5].2,
+        Attributes::new(),
+        false,
+    )
+    .unwrap();
+    let with_gone = [ids[0], ids[1], "gone"];
     let before = db
-        .define_tag("mine", &ids[..2], &ids[2..3], vitrine::TagMethod::Centroid)
+        .define_tag("mine", &with_gone, &ids[2..3], vitrine::TagMethod::Centroid)
         .unwrap();
     db.set_tag_weight("mine", 0.8).unwrap();
+    assert!(db.delete("gone").unwrap());
     let r = db
         .import(
             ImportSource::Dir(src.path().to_path_buf()),

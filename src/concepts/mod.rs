@@ -769,17 +769,30 @@ impl Db {
         Ok(vector)
     }
 
-    /// Learns every user tag again from its examples, keeping its weight:
-    /// after a re-embedding the old directions point into another model's
-    /// space. A tag whose examples are gone keeps its direction (logged).
-    /// Returns how many were learned again.
+    /// Learns every user tag again from its examples that are still
+    /// stored, keeping its weight: after a re-embedding the old directions
+    /// point into another model's space. A tag none of whose positive
+    /// examples is left keeps its direction (logged). Returns how many were
+    /// learned again.
     pub(crate) fn relearn_tags(&self) -> Result<usize, ConceptError> {
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let _guard = self.side_write_lock();
         let mut done = 0;
+        // (An example deleted since would fail the whole tag.)
+        let present = |ids: &[String]| -> Vec<String> {
+            ids.iter()
+                .filter(|id| matches!(self.vector(CONCEPT_SPACE, id), Ok(Some(_))))
+                .cloned()
+                .collect()
+        };
         for mut tag in self.user_tags()? {
-            let pos: Vec<&str> = tag.positives.iter().map(String::as_str).collect();
-            let neg: Vec<&str> = tag.negatives.iter().map(String::as_str).collect();
+            let (pos, neg) = (present(&tag.positives), present(&tag.negatives));
+            if pos.is_empty() {
+                tracing::warn!(tag = %tag.name, "no positive example left; tag kept as it was");
+                continue;
+            }
+            let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
+            let neg: Vec<&str> = neg.iter().map(String::as_str).collect();
             match self.tag_direction(&tag.name, &pos, &neg, tag.method) {
                 Ok(vector) => {
                     tag.vector = vector;
