@@ -977,9 +977,19 @@ fn user_tags_are_learned_queried_and_persisted() {
     let (light, heavy) = (learned(1.0), learned(2.0));
     assert!(light.is_some_and(|a| a > 0.0), "{light:?}");
     assert_eq!(light, heavy);
+    // A starting point set by hand with equal weights and the tag only:
+    // deleting the tag leaves no starting point at all (set_profile would
+    // not store equal weights alone).
+    let layout = db.concept_layout().unwrap();
+    let mut hand = Profile::uniform(&layout);
+    hand.affinities.insert("user.ticktock".into(), 0.5);
+    db.set_profile("tick-hand", &hand).unwrap();
+    assert!(db.profile_prior("tick-hand").unwrap().is_some());
     // Deleting the tag removes the affinity from stored profiles, which
     // still serve queries.
     assert!(db.delete_tag("ticktock").unwrap());
+    assert!(db.profile_prior("tick-hand").unwrap().is_none());
+    assert!(db.delete_profile("tick-hand").unwrap());
     assert!(!db.delete_tag("ticktock").unwrap());
     let p = db.profile("tick-fan").unwrap().unwrap();
     assert!(!p.affinities.contains_key("user.ticktock"), "{p:?}");

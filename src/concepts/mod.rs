@@ -836,6 +836,19 @@ impl Db {
         // delete to do again.
         let concept = format!("{USER_GROUP}.{name}");
         remove_affinity(&priors, |p| &mut p.affinities, &concept)?;
+        // A hand-set starting point left with equal (or no) weights and no
+        // affinity is none: set_profile would not have stored it, and
+        // feedback would count it as 8 likes of nothing in particular.
+        let uniform = Profile::uniform(&self.concept_layout()?).weights;
+        let mut batch = priors.batch();
+        for entry in priors.iter() {
+            let (key, prior) = entry?;
+            let no_weights = prior.weights.values().all(|w| *w == 0.0);
+            if prior.affinities.is_empty() && (prior.weights == uniform || no_weights) {
+                batch.remove(&key);
+            }
+        }
+        priors.apply(batch)?;
         remove_affinity(&profiles, |p| &mut p.affinities, &concept)?;
         let existed = tags.remove(name.as_bytes())?;
         Ok(existed)
