@@ -1437,26 +1437,7 @@ fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
 #[test]
 fn repair_of_a_damaged_record_names_it_and_leaves_sleds_files() {
     let dir = tempfile::tempdir().unwrap();
-    let db_dir = dir.path().join("db");
-    {
-        let db = vitrine::Db::open(&db_dir).unwrap();
-        let v = vec![1.0f32; vitrine::DEFAULT_DIM];
-        db.insert(
-            "sku-1",
-            vitrine::Attributes::new(),
-            [(vitrine::DEFAULT_SPACE, v)],
-        )
-        .unwrap();
-        db.close().unwrap();
-    }
-    {
-        let store = vitrine_storage::Store::open(&db_dir, vitrine_storage::StoreOptions::default())
-            .unwrap();
-        let meta: vitrine_storage::Keyspace<vitrine_storage::Meta> =
-            store.keyspace("meta").unwrap();
-        meta.put_raw(b"meta", &[9]).unwrap();
-        store.flush().unwrap();
-    }
+    let db_dir = db_with_a_raw_record(dir.path(), "meta", b"meta", &[9]);
     let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap()]);
     let text = format!(
         "{}{}",
@@ -1485,7 +1466,21 @@ fn repair_of_a_damaged_record_names_it_and_leaves_sleds_files() {
 #[test]
 fn repair_names_records_that_do_not_decode() {
     let dir = tempfile::tempdir().unwrap();
-    let db_dir = dir.path().join("db");
+    let db_dir = db_with_a_raw_record(dir.path(), "products", b"sku-1", &[9]);
+    let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains("every record reads"), "{stdout}");
+    assert!(
+        stdout.contains("do not decode") && stdout.contains("sku-1"),
+        "{stdout}"
+    );
+}
+
+/// A database in `dir/db` of two products, then `bytes` written raw under
+/// `key` of sled tree `tree` (as damage would leave them).
+fn db_with_a_raw_record(dir: &Path, tree: &str, key: &[u8], bytes: &[u8]) -> PathBuf {
+    let db_dir = dir.join("db");
     {
         let db = vitrine::Db::open(&db_dir).unwrap();
         for id in ["sku-1", "sku-2"] {
@@ -1499,20 +1494,11 @@ fn repair_names_records_that_do_not_decode() {
         }
         db.close().unwrap();
     }
-    {
-        let store = vitrine_storage::Store::open(&db_dir, vitrine_storage::StoreOptions::default())
-            .unwrap();
-        let products: vitrine_storage::Keyspace<vitrine_storage::ProductRecord> =
-            store.keyspace("products").unwrap();
-        products.put_raw(b"sku-1", &[9]).unwrap();
-        store.flush().unwrap();
-    }
-    let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap()]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    assert!(!stdout.contains("every record reads"), "{stdout}");
-    assert!(
-        stdout.contains("do not decode") && stdout.contains("sku-1"),
-        "{stdout}"
-    );
+    let store =
+        vitrine_storage::Store::open(&db_dir, vitrine_storage::StoreOptions::default()).unwrap();
+    // (Raw bytes: the record type only names the codec, which put_raw skips.)
+    let ks: vitrine_storage::Keyspace<vitrine_storage::Meta> = store.keyspace(tree).unwrap();
+    ks.put_raw(key, bytes).unwrap();
+    store.flush().unwrap();
+    db_dir
 }

@@ -50,16 +50,22 @@ pub struct CompactedGraph {
 }
 
 impl SpaceIndex {
-    /// Creates an empty index.
-    pub fn new(dim: usize, metric: Metric, cfg: IndexConfig) -> Result<Self> {
-        cfg.validate()?;
-        Ok(SpaceIndex {
-            flat: FlatIndex::new(dim, metric)?,
-            graph: HnswIndex::new(dim, metric, cfg.hnsw.clone())?,
+    /// The parts, with no edit yet and an id of its own.
+    fn of(flat: FlatIndex, graph: HnswIndex, cfg: IndexConfig) -> SpaceIndex {
+        SpaceIndex {
+            flat,
+            graph,
             cfg,
             edits: 0,
             id: next_index_id(),
-        })
+        }
+    }
+
+    /// Creates an empty index.
+    pub fn new(dim: usize, metric: Metric, cfg: IndexConfig) -> Result<Self> {
+        cfg.validate()?;
+        let graph = HnswIndex::new(dim, metric, cfg.hnsw.clone())?;
+        Ok(SpaceIndex::of(FlatIndex::new(dim, metric)?, graph, cfg))
     }
 
     /// Builds the graph over all vectors of `flat` using `threads` insertion
@@ -67,13 +73,7 @@ impl SpaceIndex {
     pub fn build(flat: FlatIndex, cfg: IndexConfig, threads: usize) -> Result<Self> {
         cfg.validate()?;
         let graph = HnswIndex::build(&flat, cfg.hnsw.clone(), threads)?;
-        Ok(SpaceIndex {
-            flat,
-            graph,
-            cfg,
-            edits: 0,
-            id: next_index_id(),
-        })
+        Ok(SpaceIndex::of(flat, graph, cfg))
     }
 
     /// The exact vector store.
@@ -440,13 +440,7 @@ impl SpaceIndex {
                     }
                 })?;
         tracing::debug!(dir = %dir.display(), generation, points = graph.points(), "loaded index");
-        Ok(SpaceIndex {
-            flat,
-            graph,
-            cfg,
-            edits: 0,
-            id: next_index_id(),
-        })
+        Ok(SpaceIndex::of(flat, graph, cfg))
     }
 }
 
