@@ -631,6 +631,10 @@ impl Db {
                     report.damaged.push(e.to_string());
                     continue;
                 }
+                // Not damage: a file the process may not read, or a limit
+                // it ran into (too many open files). Reported as such, with
+                // or without accept_data_loss: nothing is lost.
+                Err(e) if not_damage(&e) => return Err(e.into()),
                 Err(e) if !b.accept_data_loss => {
                     return Err(Error::Corruption {
                         location: dir.join("sled").display().to_string(),
@@ -942,6 +946,9 @@ impl Db {
             .filter(|(space, _)| !vectors.iter().any(|(s, _)| s == space))
             .collect();
         vectors.extend(kept);
+        // A record's vectors are sorted by name (ProductRecord::vector
+        // searches them).
+        vectors.sort_by(|a, b| a.0.cmp(&b.0));
         self.mark_dirty(&mut w)?;
         self.write_product(id, record.doc, attrs, vectors)?;
         Ok(true)
@@ -1657,6 +1664,18 @@ fn open_arena(path: &Path, space: &VectorSpace, generation: u64) -> ArenaState {
             ArenaState::Damaged(e.to_string())
         }
     }
+}
+
+/// Whether a storage error is the process's own (a file it may not read,
+/// too many open files, no memory) rather than damage to the files.
+fn not_damage(e: &vitrine_storage::Error) -> bool {
+    use std::io::ErrorKind::{Interrupted, OutOfMemory, PermissionDenied};
+    let vitrine_storage::Error::Io { source, .. } = e else {
+        return false;
+    };
+    matches!(source.kind(), PermissionDenied | Interrupted | OutOfMemory)
+        // ENFILE, EMFILE
+        || matches!(source.raw_os_error(), Some(23 | 24))
 }
 
 /// Storage has lost writes that a checkpoint (at `evidence`) proves were made.

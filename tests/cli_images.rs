@@ -1502,3 +1502,30 @@ fn db_with_a_raw_record(dir: &Path, tree: &str, key: &[u8], bytes: &[u8]) -> Pat
     store.flush().unwrap();
     db_dir
 }
+
+/// Storage emptied (its log lost), checkpoint files left: repair refuses,
+/// even without a copy, and leaves the evidence (a repair would have
+/// written a new empty schema and removed the checkpoint files).
+#[test]
+fn repair_of_an_emptied_storage_refuses_and_keeps_the_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = db_with_a_raw_record(dir.path(), "unused", b"k", b"v");
+    std::fs::remove_dir_all(db_dir.join("sled")).unwrap();
+    std::fs::create_dir(db_dir.join("sled")).unwrap();
+    let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap(), "--no-copy"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("restore the database from a backup"),
+        "{text}"
+    );
+    assert!(db_dir.join("arena").read_dir().unwrap().next().is_some());
+    assert!(matches!(
+        vitrine::Db::open(&db_dir),
+        Err(vitrine::Error::Corruption { .. })
+    ));
+}

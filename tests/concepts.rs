@@ -323,6 +323,8 @@ fn malformed_queries_are_typed_errors_with_positions() {
         ("find +colour.red^-2", BadNumber, 17),
         ("find +colour.red^1e-50", BadNumber, 17),
         ("find +colour.red -colour.RED", Duplicate, 17),
+        ("find -colour.red colour.red", Duplicate, 17),
+        ("find colour.red colour.red", Duplicate, 16),
         ("find +colour.red^abc", Unexpected, 17),
         ("find +colour.red limit", UnexpectedEnd, 22),
         ("find +colour.red limit 0", BadNumber, 23),

@@ -1118,3 +1118,12 @@ fn an_emptied_storage_with_checkpoint_files_is_refused() {
     let db = open(true).unwrap();
     assert_eq!(db.len(), 0);
 }
+
+/// Deleting a tag in a database without a concept space (no model): there
+/// is no such tag, and nothing else to clean up.
+#[test]
+fn deleting_a_tag_without_a_concept_space_is_false() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    assert!(!db.delete_tag("x").unwrap());
+}

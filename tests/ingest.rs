@@ -1269,7 +1269,7 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::builder()
         .model_spaces(&model)
-        .vector_space("text", 4, vitrine::Metric::Cosine)
+        .vector_space("aux", 4, vitrine::Metric::Cosine)
         .open(dir.path())
         .unwrap();
     let import = |refresh: bool| {
@@ -1286,15 +1286,24 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
     let id = &images[0].0;
     let p = db.get(id).unwrap().unwrap();
     let mut vectors: Vec<(String, Vec<f32>)> = p.vectors.into_iter().collect();
-    vectors.push(("text".into(), vec![1.0, 0.0, 0.0, 0.0]));
+    vectors.push(("aux".into(), vec![1.0, 0.0, 0.0, 0.0]));
     db.upsert(id, p.attributes, vectors).unwrap();
     let r = import(true);
     assert_eq!(r.progress.replaced, 2, "{:?}", r.progress);
     let p = db.get(id).unwrap().unwrap();
-    assert_eq!(p.vectors.get("text"), Some(&vec![1.0, 0.0, 0.0, 0.0]));
+    assert_eq!(p.vectors.get("aux"), Some(&vec![1.0, 0.0, 0.0, 0.0]));
     let found = db
-        .search(&Search::new(SimilarTo::Vector(&[1.0, 0.0, 0.0, 0.0]), 1).space("text"))
+        .search(&Search::new(SimilarTo::Vector(&[1.0, 0.0, 0.0, 0.0]), 1).space("aux"))
         .unwrap();
     assert_eq!(found.hits.len(), 1);
     assert_eq!(&found.hits[0].id, id);
+    // Stored sorted by space name, as records are (ProductRecord::vector
+    // searches them).
+    drop(db);
+    let store =
+        vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default()).unwrap();
+    let products: vitrine_storage::Keyspace<vitrine_storage::ProductRecord> =
+        store.keyspace("products").unwrap();
+    let record = products.get(id.as_bytes()).unwrap().unwrap();
+    assert_eq!(record.vector("aux"), Some(&[1.0, 0.0, 0.0, 0.0][..]));
 }

@@ -830,6 +830,13 @@ impl Db {
         let tags = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
+        // Read before anything is written: without a concept space there
+        // are no hand-set weights to clean up.
+        let uniform = match self.concept_layout() {
+            Ok(layout) => Some(Profile::uniform(&layout).weights),
+            Err(ConceptError::NoConceptSpace) => None,
+            Err(e) => return Err(e),
+        };
         let _guard = self.side_write_lock();
         // An affinity to a tag that is gone would name an unknown concept.
         // The tag goes last: a crash before leaves it defined, and the
@@ -839,12 +846,12 @@ impl Db {
         // A hand-set starting point left with equal (or no) weights and no
         // affinity is none: set_profile would not have stored it, and
         // feedback would count it as 8 likes of nothing in particular.
-        let uniform = Profile::uniform(&self.concept_layout()?).weights;
         let mut batch = priors.batch();
         for entry in priors.iter() {
             let (key, prior) = entry?;
             let no_weights = prior.weights.values().all(|w| *w == 0.0);
-            if prior.affinities.is_empty() && (prior.weights == uniform || no_weights) {
+            let equal = uniform.as_ref() == Some(&prior.weights);
+            if prior.affinities.is_empty() && (equal || no_weights) {
                 batch.remove(&key);
             }
         }

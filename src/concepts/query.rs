@@ -610,13 +610,7 @@ impl<'a> Parser<'a> {
                     self.next();
                     let sign = if t.tok == Tok::Sym("-") { -1.0 } else { 1.0 };
                     let (name, w) = self.term()?;
-                    // One term per concept: a repeated one would only add
-                    // work (each term is a vector and a contribution per
-                    // hit), and with opposite signs it contradicts itself.
-                    if q.terms
-                        .iter()
-                        .any(|(n, _)| concept_key(n) == concept_key(&name))
-                    {
+                    if repeated(&q, &name) {
                         return Err(dup(&name));
                     }
                     q.terms.push((name, sign * w));
@@ -722,6 +716,9 @@ impl<'a> Parser<'a> {
                 }
                 Tok::Word(_) | Tok::Str(_) => {
                     let (name, w) = self.term()?;
+                    if repeated(&q, &name) {
+                        return Err(dup(&name));
+                    }
                     q.terms.push((name, w));
                 }
                 _ => return Err(self.unexpected(&t, CLAUSES)),
@@ -1265,4 +1262,14 @@ pub(crate) fn mmr(
     }
     let mut slots: Vec<Option<QueryHit>> = hits.into_iter().map(Some).collect();
     picked.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+/// Whether `q` already has a term for `concept` (names compared as
+/// [`concept_key`] writes them). One term per concept: a repeated one would
+/// only add work (each term is a vector and a contribution per hit), and
+/// with opposite signs it contradicts itself.
+fn repeated(q: &ConceptQuery, concept: &str) -> bool {
+    q.terms
+        .iter()
+        .any(|(n, _)| concept_key(n) == concept_key(concept))
 }

@@ -187,6 +187,18 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         }
         Err(vitrine::Error::Corruption { location, reason }) => {
             println!("damaged: {location}: {reason}");
+            // Storage lost everything (no schema) while checkpoint files
+            // remain: opening it would write a new, empty schema, and the
+            // salvage would remove the checkpoint files, the only evidence.
+            if storage_has_no_schema(&db_dir) {
+                let e = vitrine::Error::Corruption { location, reason };
+                drop_or_restore_copy(&db_dir, copy.as_deref(), &e)?;
+                anyhow::bail!(
+                    "cannot repair {}: its storage holds nothing (its log is lost) and a repair \
+                     keeps only what storage holds; restore the database from a backup",
+                    args.db.display()
+                );
+            }
         }
         Err(e) => {
             drop_or_restore_copy(&db_dir, copy.as_deref(), &e)?;
@@ -519,6 +531,18 @@ fn undo_interrupted_swap(db: &std::path::Path) -> anyhow::Result<()> {
 /// After a failed first open: a store refused for its lock was not
 /// touched, and the copy goes; any other failure may come after sled
 /// recovered (and cut its log), so the folder is put back from the copy.
+/// Whether the database's storage opens but holds no schema record.
+fn storage_has_no_schema(db_dir: &std::path::Path) -> bool {
+    let Ok(store) = vitrine_storage::Store::open(db_dir, vitrine_storage::StoreOptions::default())
+    else {
+        return false;
+    };
+    store
+        .keyspace::<vitrine_storage::Meta>("meta")
+        .and_then(|meta| meta.get(b"meta"))
+        .is_ok_and(|m| m.is_none())
+}
+
 fn drop_or_restore_copy(
     db_dir: &std::path::Path,
     copy: Option<&std::path::Path>,
