@@ -739,6 +739,21 @@ fn hand_set_affinities_keep_their_key_and_scale() {
     let p = db.feedback(user, &s.samples[0].id, Feedback::Skip).unwrap();
     assert!(p.weights.values().all(|w| *w == 0.0), "{p:?}");
     assert_eq!(p.affinities.get("colour.red"), Some(&1.0), "{p:?}");
+    // `like X` under it still orders by look (the tie-break `similar`
+    // gives such a profile), not by nothing.
+    let x = &s.samples[0].id;
+    let r = db
+        .query(&format!("like {x} profile {user} limit 5"))
+        .unwrap();
+    let like = format!("like {x}");
+    assert!(
+        r.hits.iter().all(|h| h
+            .contributions
+            .iter()
+            .any(|c| c.term == like && c.value != 0.0)),
+        "{:?}",
+        r.hits.iter().map(|h| &h.contributions).collect::<Vec<_>>()
+    );
     // A query profile's concept names are case-insensitive too.
     let mut spelled = red_only.clone();
     spelled.affinities = [("Colour.Red".to_string(), 1.0)].into_iter().collect();

@@ -1307,3 +1307,34 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
     let record = products.get(id.as_bytes()).unwrap().unwrap();
     assert_eq!(record.vector("aux"), Some(&[1.0, 0.0, 0.0, 0.0][..]));
 }
+
+/// The progress callback's last call is the report's counts, files whose
+/// names are not UTF-8 included.
+#[cfg(unix)]
+#[test]
+fn the_last_progress_call_counts_unreadable_names() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(model) = model() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(1);
+    write_images(src.path(), &images);
+    std::fs::write(
+        src.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg")),
+        &images[0].2,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let mut seen = Vec::new();
+    let r = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(prep())
+                .progress(|p| seen.push(*p)),
+        )
+        .unwrap();
+    assert_eq!((r.progress.total, r.progress.failed), (2, 1));
+    assert_eq!(seen.last(), Some(&r.progress));
+}

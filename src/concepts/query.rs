@@ -1115,10 +1115,22 @@ impl Db {
                 }
             };
             let shape = match &profile {
-                Some(p) => Profile {
-                    affinities: Default::default(),
-                    ..p.clone()
-                },
+                Some(p) => {
+                    // The profile's weights shape the like; its affinities
+                    // are their own part below. A profile of affinities only
+                    // still orders by look, at the tie-break scale `similar`
+                    // gives it.
+                    let mut weights = p.weights.clone();
+                    if weights.values().all(|w| *w == 0.0) {
+                        let scale = p.affinities.values().fold(0.0f32, |m, a| m.max(a.abs()));
+                        weights.insert(super::VISUAL_GROUP.into(), super::LOOK_TIE_BREAK * scale);
+                    }
+                    Profile {
+                        weights,
+                        affinities: Default::default(),
+                        events: Vec::new(),
+                    }
+                }
                 None => Profile::uniform(vocab.layout()),
             };
             let mut v = profile_query(vocab, &shape, &z)?;

@@ -364,7 +364,12 @@ impl Db {
             // Nothing to store (a CSV whose every row was bad, say):
             // nothing changes, not even the model a re-embed adopts.
             let mut report = ImportReport::default();
-            report_unreadable_names(&mut report, not_utf8);
+            if !not_utf8.is_empty() {
+                report_unreadable_names(&mut report, not_utf8);
+                if let Some(f) = progress.as_mut() {
+                    f(&report.progress);
+                }
+            }
             report.elapsed = started.elapsed();
             return Ok(report);
         }
@@ -432,7 +437,14 @@ impl Db {
                 tracing::warn!(error = %e, "user tags not learned again");
             }
         }
-        report_unreadable_names(&mut report, not_utf8);
+        // Counted last, and shown to the progress callback too, so that
+        // its last call is the report's counts.
+        if !not_utf8.is_empty() {
+            report_unreadable_names(&mut report, not_utf8);
+            if let Some(f) = progress.as_mut() {
+                f(&report.progress);
+            }
+        }
         report.elapsed = started.elapsed();
         info!(
             stored = report.progress.stored,
