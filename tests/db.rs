@@ -642,6 +642,7 @@ fn readers_run_while_a_writer_writes() {
                     let hits = db
                         .similar(SimilarTo::Vector(&q), 5, &Filter::new().in_stock())
                         .unwrap();
+                    assert_eq!(hits.len(), 5, "reader {r}, query {j}");
                     assert!(hits.iter().all(|h| h.attributes.in_stock));
                 }
             });
@@ -737,6 +738,13 @@ fn a_backup_is_consistent_while_writes_go_on() {
     assert!(stored.iter().any(|o| o.id == "o1"));
     assert!(stored.iter().all(|o| o.slots.len() == 2));
     assert!(stored.len() <= 1 + outfits.load(Ordering::SeqCst));
+    for i in 0..stored.len() - 1 {
+        let id = format!("side-{i}");
+        assert!(
+            stored.iter().any(|o| o.id == id),
+            "{id} missing: not a prefix"
+        );
+    }
     // It is a database of its own.
     backup
         .insert("new", attrs(0), [(DEFAULT_SPACE, vector_for("new", DIM))])
@@ -938,8 +946,13 @@ fn filtered_graph_search_recall_holds_against_brute_force() {
             .unwrap();
         assert_eq!(res.plan, Plan::Graph, "query {qi}");
         assert_eq!(res.hits.len(), 10);
+        let ids: std::collections::HashSet<&str> = res.hits.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(ids.len(), 10, "query {qi}: ten distinct products");
         for h in &res.hits {
             assert!(filter.matches(&h.id, &h.attributes), "{} is sold out", h.id);
+            // The score belongs to the product named: recompute it by id.
+            let s = cosine(&q, &vector_for(&h.id, DIM));
+            assert!((h.score - s).abs() < 1e-4, "{}: {} vs {s}", h.id, h.score);
         }
         let mut exact: Vec<(f32, String)> = (0..N)
             .filter(|i| i % 5 != 0)
@@ -949,7 +962,11 @@ fn filtered_graph_search_recall_holds_against_brute_force() {
         exact.sort_by(|a, b| b.0.total_cmp(&a.0));
         let kth = exact[9].0;
         // Tie-aware: a hit counts when it scores at least the 10th best.
-        found += res.hits.iter().filter(|h| h.score >= kth - 1e-6).count();
+        found += res
+            .hits
+            .iter()
+            .filter(|h| cosine(&q, &vector_for(&h.id, DIM)) >= kth - 1e-6)
+            .count();
         wanted += 10;
     }
     let recall = found as f64 / wanted as f64;

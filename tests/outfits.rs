@@ -403,7 +403,12 @@ fn rules_are_learned_and_inspectable() {
     // Support counts co-worn pairs once: for categories a and b, the pairs
     // of slots of one outfit with those categories.
     let outfits = f.db.outfits().unwrap();
-    for r in all.iter().filter(|r| r.kind == vitrine::RuleKind::Category) {
+    let category_rules: Vec<_> = all
+        .iter()
+        .filter(|r| r.kind == vitrine::RuleKind::Category)
+        .collect();
+    assert!(!category_rules.is_empty(), "no category rules learned");
+    for r in category_rules {
         let expected: usize = outfits
             .iter()
             .map(|o| {
@@ -453,6 +458,14 @@ fn substitutes_have_the_same_category_and_mostly_the_same_colour_family() {
             };
             cases += 1;
             assert!(top.score >= subs[0].candidates.last().unwrap().score);
+            // A candidate of the original's colour family is flagged (the
+            // flag also counts close shades across a family border).
+            for c in &subs[0].candidates {
+                let family = eng.colour_family(&c.product);
+                if family.is_some_and(|f| f != "?") && family == eng.colour_family(&s.product) {
+                    assert!(c.same_colour, "{} for {}", c.product, s.product);
+                }
+            }
             assert!(!o.products().contains(&top.product.as_str()));
             let cat = f.db.get(&top.product).unwrap().unwrap().attributes.category;
             same_cat += usize::from(cat == s.category);
@@ -467,6 +480,10 @@ fn substitutes_have_the_same_category_and_mostly_the_same_colour_family() {
         "substitute: {cases} cases, same category {same_cat}, model colour family kept {same_colour}/{colour_cases}, ground-truth colour group kept {gt_same}/{cases}"
     );
     assert!(cases > 50);
+    assert!(
+        colour_cases * 2 >= cases,
+        "{colour_cases} of {cases} had a same-colour candidate"
+    );
     assert_eq!(same_cat, cases);
     assert!(same_colour as f64 >= 0.8 * colour_cases as f64);
 }
@@ -520,6 +537,7 @@ fn expansions_are_in_stock_without_repeats_and_keep_colour_relations() {
         "expand: {n} outfits in {:.0} ms, {kept}/{rel} colour relations kept",
         started.elapsed().as_secs_f64() * 1e3
     );
+    assert!(rel > 0, "no colour relations to keep");
     assert!(kept as f64 >= 0.8 * rel as f64, "{kept}/{rel}");
 }
 
@@ -731,7 +749,18 @@ fn cover_and_complete() {
     let one = db
         .cover(&twice, &CoverOptions::new().outfits_per_template(2))
         .unwrap();
-    assert!(one.outfits.len() <= 2, "{}", one.outfits.len());
+    let once = db
+        .cover(&twice[..1], &CoverOptions::new().outfits_per_template(2))
+        .unwrap();
+    assert!(!once.outfits.is_empty());
+    let products = |p: &vitrine::CoverPlan| {
+        p.outfits
+            .iter()
+            .map(|e| e.products.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(products(&one), products(&once));
+    assert_eq!(one.covered, once.covered);
 
     // Complete: the candidates come back ranked, every one of them.
     let o = db.outfits().unwrap().into_iter().nth(1).unwrap();
