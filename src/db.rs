@@ -55,12 +55,13 @@ pub struct SpaceStats {
 
 /// Opens or creates a [`Db`] with explicit settings.
 ///
-/// Defaults, each checked below:
+/// Defaults (the example checks those the builder reports):
 /// - durability: [`Durability::Immediate`] (a write returns once it is on disk);
 /// - vector spaces: a new database gets one space, [`DEFAULT_SPACE`], of
 ///   [`DEFAULT_DIM`] dimensions under cosine; an existing database keeps the
 ///   spaces it was created with, and declaring different ones is an error;
 /// - HNSW: 16 connections, `ef_construction` 200, `ef_search` 64;
+/// - compaction when a quarter of a space's graph is deleted points;
 /// - index build threads: the number of CPUs;
 /// - a checkpoint (index dump) is written when the handle is dropped;
 /// - exact batch scoring: [`ScorerChoice::Auto`];

@@ -791,6 +791,15 @@ fn hand_set_affinities_keep_their_key_and_scale() {
         )
         .unwrap();
     assert_eq!(hits.len(), 5);
+    // ... in the builder and the vocabulary as well.
+    let vocab = db.vocabulary().unwrap();
+    assert!(vocab.resolve("Colour", "Red").is_some());
+    assert_eq!(
+        vocab.resolve("Colour", "Red"),
+        vocab.resolve("colour", "red")
+    );
+    let q = ConceptQuery::new().term("Colour.Red", 1.0).limit(3);
+    assert_eq!(db.run_query(&q, None).unwrap().hits.len(), 3);
 
     // Events given by hand: only the newest MAX_EVENTS are kept, and a bad
     // id is refused before anything is written.
@@ -1235,4 +1244,26 @@ fn import_stores_the_measured_colour() {
     );
     let with = s.samples.iter().filter(|x| lab(&x.id).is_some()).count();
     assert!(with as f64 >= 0.95 * s.samples.len() as f64, "{with}");
+}
+
+/// `like image` embeds a file with the model: the product of that photo
+/// comes first; a file that cannot be read is the caller's error.
+#[test]
+fn like_image_finds_the_photo_and_a_missing_file_is_a_user_error() {
+    let Some(s) = shared() else { return };
+    let model = model().unwrap();
+    let x = &s.samples[3];
+    let text = format!("like image \"{}\" limit 3", x.path.display());
+    let r = s.db.query_with_model(&model, &text).unwrap();
+    assert_eq!(r.hits.len(), 3);
+    assert_eq!(r.hits[0].id, x.id);
+    let missing = s.samples[0].path.with_file_name("no-such-photo.jpg");
+    let e =
+        s.db.query_with_model(&model, &format!("like image \"{}\"", missing.display()))
+            .unwrap_err();
+    assert!(
+        matches!(&e, ConceptError::Ingest(i) if matches!(**i, vitrine::IngestError::Io { .. })),
+        "{e:?}"
+    );
+    assert!(e.is_user_error(), "{e}");
 }

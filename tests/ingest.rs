@@ -1248,6 +1248,19 @@ fn a_preparation_recorded_by_an_older_build_keeps_no_area_shrink() {
         assert!(ks.remove(b"prep").unwrap());
         store.flush().unwrap();
     }
+    // `vitrine info` shows what image operations will use.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["info", "--db", dir.path().to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["preparation"]["recorded"], false);
+    assert_eq!(v["preparation"]["area_shrink"], false);
     let db = open_db(&model, dir.path());
     assert!(!db.prep_config().unwrap().get_area_shrink());
     db.insert_image("b", &images[1].2, Attributes::new())

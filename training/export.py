@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data as D  # noqa: E402
+import fixtures  # noqa: E402
 import model as M  # noqa: E402
 import prep  # noqa: E402
 
@@ -65,29 +66,6 @@ def calibrate_thresholds(tax, tag_logits, tags, mask):
                 best_t, best_f = float(t), f1
         out[name] = {"threshold": best_t, "f1": round(best_f, 4), "val_positives": int(y.sum())}
     return out
-
-
-def synthetic_images():
-    """Deterministic test pictures (not from any dataset) for the prep parity test."""
-    rng = np.random.RandomState(7)
-    ims = {}
-    # 1: fpi-like 224x224, near-white background with a dark garment-like shape, slight noise
-    a = np.full((224, 224, 3), 250, np.uint8)
-    a[40:190, 70:160] = (30, 60, 120)
-    a[40:80, 40:190] = (30, 60, 120)
-    a[100:110, 80:150] = (200, 30, 30)
-    a = np.clip(a.astype(int) + rng.randint(-3, 4, a.shape), 0, 255).astype(np.uint8)
-    ims["prep_square"] = (a, prep.FPI_PIXEL_ASPECT)
-    # 2: portrait catalog-like 239x334 (mango size), grey background, off-centre product
-    b = np.full((334, 239, 3), (236, 234, 230), np.uint8)
-    yy, xx = np.mgrid[0:334, 0:239]
-    ell = ((yy - 200) / 100.0) ** 2 + ((xx - 100) / 60.0) ** 2 <= 1
-    b[ell] = np.stack([(xx[ell] * 255 // 239), (yy[ell] * 255 // 334), np.full(ell.sum(), 90)], 1).astype(np.uint8)
-    ims["prep_portrait"] = (b, 1.0)
-    # 3: wide landscape, cluttered (non-plain) border -> no crop
-    c = np.repeat(np.repeat(rng.randint(0, 256, (12, 30, 3)), 10, axis=0), 10, axis=1).astype(np.uint8)
-    ims["prep_noisy_wide"] = (c, 1.0)
-    return ims
 
 
 def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
@@ -141,18 +119,7 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
                    "input_shape": list(fx.shape), "tolerance": 1e-4,
                    "outputs": {n: r.tolist() for n, r in zip(OUTPUT_NAMES, ref)}}, f)
     # prep parity fixtures (synthetic PNGs + expected tensors)
-    from PIL import Image
-    parity = []
-    for name, (img, pa) in synthetic_images().items():
-        Image.fromarray(img).save(os.path.join(out_dir, "fixtures", name + ".png"))
-        back = np.asarray(Image.open(os.path.join(out_dir, "fixtures", name + ".png")).convert("RGB"))
-        assert (back == img).all()
-        box, bg = prep.product_box(img, pa)
-        t = prep.prepare(img, pa)
-        np.save(os.path.join(out_dir, "fixtures", name + ".npy"), t)
-        parity.append({"png": name + ".png", "expected": name + ".npy", "pixel_aspect": pa,
-                       "box_x0y0x1y1": list(box), "background": [float(v) for v in bg],
-                       "tolerance": 1e-3})
+    parity = fixtures.write_prep_parity(out_dir)
 
     # onnxruntime check
     ort_info = {}

@@ -33,6 +33,7 @@ MARGIN_FRAC = 0.05      # margin added around the box, as a fraction of the box'
 FPI_PIXEL_ASPECT = 0.75 # fpi images are 3:4 portrait originals squashed to 224x224: one pixel is 0.75 as wide as tall
 MEAN = (0.5, 0.5, 0.5)  # per channel (RGB), applied to value/255
 STD = (0.25, 0.25, 0.25)
+AREA_SHRINK_MIN = 4.0   # step 6a: a crop >= this many times its size on the canvas, along an axis, is block-averaged first
 
 
 def decode_rgb(path_or_bytes) -> np.ndarray:
@@ -48,13 +49,20 @@ def decode_rgb(path_or_bytes) -> np.ndarray:
     else:
         im = Image.open(path_or_bytes)
     # Upright as the EXIF orientation says; transparency onto white (the
-    # catalog background). The training images have neither.
+    # catalog background), an alpha channel's or a PNG's one transparent
+    # colour (tRNS) alike, as the engine's decoder expands it. The training
+    # images have neither.
     im = ImageOps.exif_transpose(im)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         rgba = np.asarray(im.convert("RGBA"), dtype=np.uint32)
         a = rgba[..., 3:4]
         rgb = (rgba[..., :3] * a + 255 * (255 - a) + 127) // 255
         return rgb.astype(np.uint8)
+    if im.mode.startswith("I"):
+        # 16-bit grey: Pillow's convert("RGB") clips; the engine scales to
+        # 8 bits with rounding, (v + 128) // 257.
+        v = ((np.asarray(im, dtype=np.uint32) + 128) // 257).astype(np.uint8)
+        return np.repeat(v[:, :, None], 3, axis=2)
     im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8)
 
@@ -184,8 +192,29 @@ def letterbox_geometry(cw: int, ch: int, pixel_aspect: float, W: int = INPUT_W, 
     return tw, th, (W - tw) // 2, (H - th) // 2
 
 
+def shrink_factor(src_len: int, dst_len: int) -> int:
+    """Step 6a's block length along one axis: floor(src_len / dst_len) from
+    AREA_SHRINK_MIN on, else 1 (int / int is the correctly rounded f64
+    quotient, as the engine's)."""
+    scale = src_len / dst_len
+    return int(math.floor(scale)) if scale >= AREA_SHRINK_MIN else 1
+
+
+def area_shrink(c: np.ndarray, fx: int, fy: int) -> np.ndarray:
+    """Step 6a: crop RGB u8 (ch, cw, 3) -> u8 (ceil(ch/fy), ceil(cw/fx), 3), the
+    mean of each fx x fy block from the crop's origin (the last ones partial),
+    rounded as (sum + n // 2) // n in integers."""
+    ch, cw, _ = c.shape
+    ys = np.arange(0, ch, fy)
+    xs = np.arange(0, cw, fx)
+    s = np.add.reduceat(c.astype(np.int64), ys, axis=0)
+    s = np.add.reduceat(s, xs, axis=1)
+    n = (np.minimum(fy, ch - ys)[:, None] * np.minimum(fx, cw - xs)[None, :])[:, :, None]
+    return ((s + n // 2) // n).astype(np.uint8)
+
+
 def letterbox(img: np.ndarray, pixel_aspect: float = 1.0, W: int = INPUT_W, H: int = INPUT_H,
-              crop: bool = True):
+              crop: bool = True, area_shrink_on: bool = True):
     """RGB u8 (h, w, 3) -> float32 (H, W, 3) in u8 units, plus the fill colour."""
     h, w, _ = img.shape
     if crop:
@@ -195,6 +224,11 @@ def letterbox(img: np.ndarray, pixel_aspect: float = 1.0, W: int = INPUT_W, H: i
         (x0, y0, x1, y1), bg = (0, 0, w, h), bg_sum.astype(np.float64) / n
     c = img[y0:y1, x0:x1]
     tw, th, ox, oy = letterbox_geometry(x1 - x0, y1 - y0, pixel_aspect, W, H)
+    if area_shrink_on:
+        # Step 6a; tw, th stay those of the unshrunk crop.
+        fx, fy = shrink_factor(x1 - x0, tw), shrink_factor(y1 - y0, th)
+        if fx > 1 or fy > 1:
+            c = area_shrink(c, fx, fy)
     canvas = np.empty((H, W, 3), dtype=np.float32)
     canvas[:, :, :] = bg.astype(np.float32)[None, None, :]
     canvas[oy:oy + th, ox:ox + tw, :] = resize_bilinear(c, tw, th)
@@ -209,9 +243,10 @@ def normalise(canvas: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
-def prepare(img: np.ndarray, pixel_aspect: float = 1.0, crop: bool = True) -> np.ndarray:
+def prepare(img: np.ndarray, pixel_aspect: float = 1.0, crop: bool = True,
+            area_shrink_on: bool = True) -> np.ndarray:
     """RGB u8 (h, w, 3) -> float32 (3, INPUT_H, INPUT_W). Add the batch axis for NCHW."""
-    canvas, _ = letterbox(img, pixel_aspect, crop=crop)
+    canvas, _ = letterbox(img, pixel_aspect, crop=crop, area_shrink_on=area_shrink_on)
     return normalise(canvas)
 
 
@@ -227,6 +262,7 @@ def constants() -> dict:
         "mean": list(MEAN), "std": list(STD), "scale": "value/255 then (x-mean)/std",
         "border": BORDER, "fg_threshold": FG_THRESHOLD, "plain_max_dev": PLAIN_MAX_DEV,
         "line_frac": LINE_FRAC, "line_min": LINE_MIN, "margin_frac": MARGIN_FRAC,
+        "area_shrink_min": AREA_SHRINK_MIN,
         "pixel_aspect_training_fpi": FPI_PIXEL_ASPECT,
         "pixel_aspect_default": 1.0,
         "resize": "bilinear, half-pixel centres, no antialias, edge clamp, horizontal pass then vertical, float32",

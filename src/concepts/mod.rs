@@ -562,9 +562,12 @@ impl Vocabulary {
         n
     }
 
-    /// Resolves `group.concept` (or `user.<tag>`).
+    /// Resolves `group.concept` (or `user.<tag>`), in any case, as
+    /// [`concept_key`] does.
     pub fn resolve(&self, group: &str, concept: &str) -> Option<ConceptRef> {
         let concept = concept_slug(concept);
+        let group = group.to_lowercase();
+        let group = group.as_str();
         if group == USER_GROUP {
             return self
                 .tags

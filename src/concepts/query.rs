@@ -1105,9 +1105,12 @@ impl Db {
                     let bytes = prep
                         .get_limits()
                         .read_file(path.as_ref())
-                        .map_err(|source| Error::Io {
-                            path: path.into(),
-                            source,
+                        .map_err(|source| {
+                            // The caller's file: a user error, as a bad image is.
+                            ConceptError::Ingest(Box::new(crate::IngestError::Io {
+                                path: path.into(),
+                                source,
+                            }))
                         })?;
                     let out = infer_image(model, &prep, &bytes)
                         .map_err(|e| ConceptError::Ingest(Box::new(e)))?;

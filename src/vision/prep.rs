@@ -24,7 +24,7 @@ pub(crate) const NORMALISATION: ([f32; 3], [f32; 3]) = (MEAN, STD);
 
 /// The preparation's numeric constants, by their names in a manifest's
 /// `prep` block.
-pub(crate) fn prep_constants() -> [(&'static str, f64); 8] {
+pub(crate) fn prep_constants() -> [(&'static str, f64); 9] {
     [
         ("input_width", INPUT_W as f64),
         ("input_height", INPUT_H as f64),
@@ -34,6 +34,7 @@ pub(crate) fn prep_constants() -> [(&'static str, f64); 8] {
         ("line_frac", LINE_FRAC),
         ("line_min", LINE_MIN as f64),
         ("margin_frac", MARGIN_FRAC),
+        ("area_shrink_min", AREA_SHRINK_MIN),
     ]
 }
 
@@ -174,8 +175,8 @@ impl PrepConfig {
         self
     }
 
-    /// Whether a crop at least [`AREA_SHRINK_MIN`] times the model's input
-    /// along an axis is first averaged over blocks of ⌊scale⌋ pixels
+    /// Whether a crop at least [`AREA_SHRINK_MIN`] times the size it is
+    /// drawn at on the model's canvas along an axis is first averaged over blocks of ⌊scale⌋ pixels
     /// (training/PREP.md step 6a), so that a large photo is shrunk, not
     /// sampled: the bilinear resize alone reads one or two source rows per
     /// output row, and fine stripes or checks alias into another pattern.
@@ -219,7 +220,8 @@ impl PrepConfig {
     }
 }
 
-/// The downscale (crop size over the model's input, along one axis) from
+/// The downscale (crop size over its size on the model's canvas, along one
+/// axis) from
 /// which [`PrepConfig::area_shrink`] averages blocks first: 4. Below it the
 /// bilinear step reads at least every other pixel; training images (at
 /// most 2.33×) and Mango's catalog images (at most 2.6×) stay below it.

@@ -816,7 +816,9 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
     let outfits = db.outfit_count()?;
     let current = db.outfit_rules_current()?;
     let recorded = db.recorded_prep_config()?;
-    let prep = recorded.clone().unwrap_or_default();
+    // What image operations use: without a record, that depends on whether
+    // an older build stored image products (area shrink off then).
+    let prep = db.prep_config()?;
     Ok(json!({
         "path": db.path().display().to_string(),
         "bytes_on_disk": db.size_on_disk()?,
@@ -919,7 +921,7 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
         if prep["recorded"].as_bool() == Some(true) {
             ""
         } else {
-            " (the default; none recorded)"
+            " (none recorded)"
         }
     )?;
     let opened = &info["opened"];
