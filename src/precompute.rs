@@ -215,7 +215,11 @@ pub(crate) fn precompute_similar(
             groups.entry(v.as_str()).or_default().push(docs[row]);
         }
     }
-    if let Some((value, docs)) = groups.iter().max_by_key(|(_, d)| d.len()) {
+    // Ties by value, so the error names the same group on every run.
+    if let Some((value, docs)) = groups
+        .iter()
+        .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(a.0)))
+    {
         if docs.len() > MAX_VARIANTS {
             return Err(PrecomputeError::TooManyVariants {
                 key: options.variant_key.clone().unwrap_or_default(),

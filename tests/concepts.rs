@@ -992,15 +992,24 @@ fn user_tags_are_learned_queried_and_persisted() {
         let own = Db::builder()
             .open_with_model(dir.path(), &model().unwrap())
             .unwrap();
-        for id in ["twin-a", "twin-b"] {
+        let twins = [
+            "twin-a", "twin-b", "twin-c", "twin-d", "twin-e", "twin-f", "twin-g", "twin-h",
+        ];
+        for id in twins {
             own.insert(id, Attributes::new(), p.vectors.clone())
                 .unwrap();
         }
-        for method in [TagMethod::Centroid, TagMethod::Logistic] {
-            assert!(matches!(
-                own.define_tag("twins", &["twin-a"], &["twin-b"], method),
-                Err(ConceptError::IndistinctExamples { .. })
-            ));
+        // Also with several copies on a side, whose f32 mean is not the
+        // copy itself: the rounding left over is no direction.
+        for negatives in [&twins[1..2], &twins[1..4], &twins[1..]] {
+            for method in [TagMethod::Centroid, TagMethod::Logistic] {
+                let r = own.define_tag("twins", &["twin-a"], negatives, method);
+                assert!(
+                    matches!(r, Err(ConceptError::IndistinctExamples { .. })),
+                    "{method:?}, {} negatives: {r:?}",
+                    negatives.len()
+                );
+            }
         }
     }
     db.set_tag_weight("ticktock", 0.25).unwrap();

@@ -40,14 +40,15 @@ fn normalise(v: &mut [f32]) {
     }
 }
 
-fn mean(rows: &[Vec<f32>], dim: usize) -> Vec<f32> {
-    let mut m = vec![0.0f32; dim];
+/// The mean row, summed in f64: a mean of copies of one row is that row.
+fn mean(rows: &[Vec<f32>], dim: usize) -> Vec<f64> {
+    let mut m = vec![0.0f64; dim];
     for r in rows {
         for (a, b) in m.iter_mut().zip(r) {
-            *a += b;
+            *a += f64::from(*b);
         }
     }
-    let n = rows.len().max(1) as f32;
+    let n = rows.len().max(1) as f64;
     m.iter_mut().for_each(|x| *x /= n);
     m
 }
@@ -63,21 +64,35 @@ pub(crate) fn catalog_sample(s: &SpaceSnapshot, skip: &[&str], n: usize) -> Vec<
         .collect()
 }
 
-/// A unit direction separating `pos` from `contrast`.
+/// The means of two sets closer than this, relative to the larger mean's
+/// norm, do not tell the sets apart: a direction normalised out of their
+/// difference would be rounding noise.
+const INDISTINCT: f64 = 1e-4;
+
+/// A unit direction separating `pos` from `contrast`; `None` when their
+/// means are the same (identical examples on both sides, say). A linear
+/// separator has nothing to start from then either: the logistic gradient
+/// at zero is the difference of the means.
 pub(crate) fn learn_tag(
     pos: &[Vec<f32>],
     contrast: &[Vec<f32>],
     method: TagMethod,
     dim: usize,
-) -> Vec<f32> {
+) -> Option<Vec<f32>> {
     let mp = mean(pos, dim);
     let mc = mean(contrast, dim);
-    let mut t: Vec<f32> = mp.iter().zip(&mc).map(|(a, b)| a - b).collect();
-    if method == TagMethod::Logistic && !contrast.is_empty() {
-        t = logistic(pos, contrast, dim);
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let diff: Vec<f64> = mp.iter().zip(&mc).map(|(a, b)| a - b).collect();
+    if norm(&diff) <= INDISTINCT * norm(&mp).max(norm(&mc)) {
+        return None;
     }
+    let mut t: Vec<f32> = if method == TagMethod::Logistic && !contrast.is_empty() {
+        logistic(pos, contrast, dim)
+    } else {
+        diff.iter().map(|&x| x as f32).collect()
+    };
     normalise(&mut t);
-    t
+    t.iter().any(|x| *x != 0.0).then_some(t)
 }
 
 fn logistic(pos: &[Vec<f32>], neg: &[Vec<f32>], dim: usize) -> Vec<f32> {

@@ -764,12 +764,8 @@ impl Db {
         } else {
             neg
         };
-        let vector = learn::learn_tag(&pos, &contrast, method, layout.dim);
-        // A zero direction (not unit) would add nothing to any query.
-        if vector.iter().all(|x| *x == 0.0) {
-            return Err(ConceptError::IndistinctExamples { name: name.into() });
-        }
-        Ok(vector)
+        learn::learn_tag(&pos, &contrast, method, layout.dim)
+            .ok_or_else(|| ConceptError::IndistinctExamples { name: name.into() })
     }
 
     /// Learns every user tag again from its examples that are still
