@@ -1124,6 +1124,67 @@ fn a_database_without_a_model_has_no_concepts() {
         db.query("+colour.red"),
         Err(ConceptError::NoConceptSpace)
     ));
+    // Feedback and outfit operations say the same, not "no such space".
+    db.insert(
+        "p",
+        Attributes::new(),
+        [(vitrine::DEFAULT_SPACE, vec![1.0; vitrine::DEFAULT_DIM])],
+    )
+    .unwrap();
+    db.store_outfit("o", &["p"]).unwrap();
+    assert!(matches!(
+        db.feedback("ada", "p", Feedback::Like),
+        Err(ConceptError::NoConceptSpace)
+    ));
+    assert!(matches!(
+        db.learn_outfit_rules(),
+        Err(vitrine::OutfitError::NoConceptSpace(_))
+    ));
+    assert!(matches!(
+        db.outfit_engine(),
+        Err(vitrine::OutfitError::NoConceptSpace(_))
+    ));
+}
+
+/// A raw record type, to damage what the engine stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Raw(Vec<u8>);
+
+impl vitrine_storage::Record for Raw {
+    const VERSION: u8 = 0;
+}
+
+/// A damaged concept layout is damage, named, for outfits as for queries:
+/// not "no concept space".
+#[test]
+fn a_damaged_concept_layout_is_corruption() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+        import(&db, &model, &samples()[..4]);
+        assert!(db.concept_layout().is_ok());
+    }
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        let ks: vitrine_storage::Keyspace<Raw> = store.keyspace("vitrine.concept_layout").unwrap();
+        ks.put_raw(b"layout", b"\x01not a layout").unwrap();
+        store.flush().unwrap();
+    }
+    let db = Db::open(dir.path()).unwrap();
+    assert!(matches!(
+        db.vocabulary(),
+        Err(ConceptError::Db(vitrine::Error::Corruption { .. }))
+    ));
+    match db.outfit_engine() {
+        Err(vitrine::OutfitError::Db(e @ vitrine::Error::Corruption { .. })) => {
+            assert!(e.to_string().contains("concept_layout"), "{e}");
+        }
+        Err(e) => panic!("expected Corruption, got {e:?}"),
+        Ok(_) => panic!("an engine over a damaged layout"),
+    }
 }
 
 mod parser_never_panics {

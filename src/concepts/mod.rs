@@ -1037,6 +1037,8 @@ impl Db {
         what: Feedback,
     ) -> Result<Profile, ConceptError> {
         check_user(user)?;
+        // NoConceptSpace, before the product's vector is asked for.
+        self.concept_layout()?;
         self.concept_vector(product)?;
         let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let _guard = self.side_write_lock();

@@ -166,10 +166,12 @@ fn same_colour_threshold() -> f32 {
 
 impl Catalog {
     pub fn load(db: &Db) -> OutfitResult<Catalog> {
+        // No layout is no concept space; a damaged one is damage.
+        let concepts = db.concept_layout().map_err(|e| match e {
+            crate::ConceptError::Db(e) => OutfitError::Db(e),
+            e => OutfitError::NoConceptSpace(e.to_string()),
+        })?;
         let snap = db.snapshot(CONCEPT_SPACE)?;
-        let concepts = db
-            .concept_layout()
-            .map_err(|e| OutfitError::NoConceptSpace(e.to_string()))?;
         let layout = Layout::of(&concepts)?;
         let settings = db.outfit_settings()?;
         if snap.dim != layout.dim {
