@@ -1146,6 +1146,43 @@ fn a_database_without_a_model_has_no_concepts() {
     ));
 }
 
+/// A profile set by hand whose only preference was a user tag weighs
+/// nothing once the tag is deleted: it is learned again (from its events,
+/// or as a new user's), so that it still shapes queries.
+#[test]
+fn deleting_a_profiles_only_tag_leaves_a_usable_profile() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    import(&db, &model, &samples()[..12]);
+    let ids = db.ids();
+    db.define_tag("x", &[&ids[0]], &[&ids[1]], TagMethod::Centroid)
+        .unwrap();
+    let only_x = Profile {
+        weights: Default::default(),
+        affinities: [("user.x".to_string(), 1.0)].into_iter().collect(),
+        events: Vec::new(),
+    };
+    db.set_profile("alice", &only_x).unwrap();
+    let with_events = Profile {
+        events: vec![(ids[2].clone(), Feedback::Like)],
+        ..only_x.clone()
+    };
+    db.set_profile("bob", &with_events).unwrap();
+    assert!(db.delete_tag("x").unwrap());
+    for user in ["alice", "bob"] {
+        let p = db.profile(user).unwrap().unwrap();
+        assert!(!p.affinities.contains_key("user.x"), "{user}: {p:?}");
+        assert!(p.weights.values().any(|w| *w > 0.0), "{user}: {p:?}");
+        let r = db
+            .query(&format!("like {} profile {user} limit 3", ids[3]))
+            .unwrap();
+        assert_eq!(r.hits.len(), 3);
+        assert!(r.hits.iter().all(|h| h.contributions[0].value != 0.0));
+    }
+    assert_eq!(db.profile("bob").unwrap().unwrap().events.len(), 1);
+}
+
 /// A raw record type, to damage what the engine stored.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Raw(Vec<u8>);

@@ -824,18 +824,21 @@ impl Db {
     }
 
     /// Removes a user tag, and every profile's affinity to it (learned or
-    /// set by hand); returns whether the tag existed.
+    /// set by hand); returns whether the tag existed. A profile left
+    /// weighing nothing (its only preference was the tag) is learned again
+    /// from its events, as a new user's when it has none.
     pub fn delete_tag(&self, name: &str) -> Result<bool, ConceptError> {
         let tags = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
         // Read before anything is written: without a concept space there
         // are no hand-set weights to clean up.
-        let uniform = match self.concept_layout() {
-            Ok(layout) => Some(Profile::uniform(&layout).weights),
+        let layout = match self.concept_layout() {
+            Ok(layout) => Some(layout),
             Err(ConceptError::NoConceptSpace) => None,
             Err(e) => return Err(e),
         };
+        let uniform = layout.as_ref().map(|l| Profile::uniform(l).weights);
         let _guard = self.side_write_lock();
         // An affinity to a tag that is gone would name an unknown concept.
         // The tag goes last: a crash before leaves it defined, and the
@@ -856,6 +859,24 @@ impl Db {
         }
         priors.apply(batch)?;
         remove_affinity(&profiles, |p| &mut p.affinities, &concept)?;
+        // A profile left weighing nothing (set by hand with this tag as its
+        // only preference) could shape no query: it is learned again from
+        // its events and what is left of its starting point, as the next
+        // feedback would, without the tag.
+        if let Some(layout) = layout {
+            let left = self.user_tags()?.into_iter().filter(|t| t.name != name);
+            let vocab = Vocabulary::new(layout, left);
+            for entry in profiles.iter() {
+                let (key, p) = entry?;
+                let empty = p.weights.values().all(|w| *w == 0.0)
+                    && p.affinities.values().all(|a| *a == 0.0);
+                if empty {
+                    let prior = priors.get(&key)?;
+                    let relearned = learn::learn_profile(self, &vocab, p.events, prior.as_ref())?;
+                    profiles.put(&key, &relearned)?;
+                }
+            }
+        }
         let existed = tags.remove(name.as_bytes())?;
         Ok(existed)
     }

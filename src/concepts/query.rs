@@ -1126,7 +1126,13 @@ impl Db {
                     let mut weights = p.weights.clone();
                     if weights.values().all(|w| *w == 0.0) {
                         let scale = p.affinities.values().fold(0.0f32, |m, a| m.max(a.abs()));
-                        weights.insert(super::VISUAL_GROUP.into(), super::LOOK_TIE_BREAK * scale);
+                        if scale > 0.0 {
+                            weights
+                                .insert(super::VISUAL_GROUP.into(), super::LOOK_TIE_BREAK * scale);
+                        } else {
+                            // A profile that weighs nothing shapes nothing.
+                            weights = Profile::uniform(vocab.layout()).weights;
+                        }
                     }
                     Profile {
                         weights,
