@@ -1391,6 +1391,11 @@ fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
         names.iter().all(|n| !n.starts_with("sled.before-salvage")),
         "{names:?}"
     );
+    // The checkpoint, the evidence of what was lost, is kept: every open
+    // still refuses the folder rather than open what is left.
+    assert!(case.join("arena").exists() && case.join("index").exists());
+    let info = vitrine(&["info", "--db", case.to_str().unwrap()]);
+    assert_eq!(info.status.code(), Some(1), "{}", text(&info.stdout));
 
     // A repair killed between moving sled's old files aside and the new ones
     // in: commands say so, and the next repair moves them back first.

@@ -637,13 +637,10 @@ fn salvage(
     sync_dir(db_dir).with_context(|| format!("cannot sync {}", db_dir.display()))?;
     let _ = std::fs::remove_file(&marker);
     let _ = std::fs::remove_dir_all(&staging);
-    for derived in ["index", "arena"] {
-        let path = db_dir.join(derived);
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
-        }
-    }
+    // index/ and arena/ stay: the salvage's generation is past theirs, so
+    // the next open rebuilds from it and the checkpoint replaces them. Until
+    // then they are the evidence of what the log lost, which a repair that
+    // fails and puts sled's old files back must find again.
     if have_copy {
         let _ = std::fs::remove_dir_all(&old);
         Ok((salvaged, None))
