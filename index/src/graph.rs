@@ -323,7 +323,14 @@ impl HnswIndex {
                 dir.display()
             ))
         })?
-        .map_err(|e| Error::Graph(e.to_string()))?;
+        .map_err(|e| match e.downcast::<std::io::Error>() {
+            // A full disk keeps its kind and names the folder.
+            Ok(io) => Error::io(dir, io),
+            Err(e) => Error::Graph(format!(
+                "hnsw_rs could not write its dump in {}: {e}",
+                dir.display()
+            )),
+        })?;
         if name != crate::format::GRAPH_BASENAME {
             return Err(Error::Graph(format!(
                 "hnsw_rs dumped under basename {name:?} instead of {:?}",
