@@ -1263,8 +1263,9 @@ impl Db {
         for space in &self.spaces {
             let index = read(&space.index);
             let arena = arena_path(&self.dir, &space.spec.name);
-            if let Some(parent) = arena.parent() {
+            if let Some(parent) = arena.parent().filter(|p| !p.exists()) {
                 std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+                sync_dir(&self.dir)?;
             }
             write_arena(
                 &arena,
@@ -1273,8 +1274,9 @@ impl Db {
                 index.flat().iter(),
             )?;
             let idx_dir = index_dir(&self.dir, &space.spec.name);
-            if let Some(parent) = idx_dir.parent() {
+            if let Some(parent) = idx_dir.parent().filter(|p| !p.exists()) {
                 std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+                sync_dir(&self.dir)?;
             }
             index.save(&idx_dir, generation)?;
         }

@@ -342,6 +342,31 @@ fn import_reads_a_csv_with_attributes() {
         Some(7.0)
     );
     drop(db);
+    // A price is finite and >= 0, refused in its row; -0 is 0. A --report
+    // naming the CSV itself, or a file of the database's own, is refused
+    // before anything runs.
+    let body = "id,path,price\nsku-1,,inf\nsku-2,,-0\n";
+    std::fs::write(&prices, body).unwrap();
+    let sled_log = db_dir.join("sled").join("db");
+    for (report, says) in [
+        (prices.clone(), "is the file being imported"),
+        (sled_log.clone(), "own sled/ folder"),
+    ] {
+        let out = import(&prices, &["--update", "--report", report.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+    assert_eq!(std::fs::read_to_string(&prices).unwrap(), body);
+    let out = import(&prices, &["--update"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
+    assert!(failures.contains("line 2: bad price 'inf'"), "{failures}");
+    let db = vitrine::Db::builder()
+        .open_with_model(&db_dir, &model)
+        .unwrap();
+    let p2 = db.get("sku-2").unwrap().unwrap().attributes.price.unwrap();
+    assert!(p2 == 0.0 && p2.is_sign_positive(), "{p2}");
+    drop(db);
     // Attributes come from a CSV whose second column is the image path.
     std::fs::write(&prices, "id,price\nsku-1,8\n").unwrap();
     let out = import(&prices, &["--update"]);
@@ -1054,6 +1079,27 @@ fn info_reports_contents_and_a_rebuilt_index() {
         text(&out.stdout)
     );
     assert!(!dir.path().join("db.before-repair-3").exists());
+    // A repair killed while putting its copy back leaves no folder at the
+    // path, and copies next to it: commands say so, and an import does not
+    // make a new database over the gap.
+    let aside = dir.path().join("db.repair-failed");
+    std::fs::rename(&db, &aside).unwrap();
+    let out = vitrine(&["info", "--db", db_s]);
+    assert!(
+        text(&out.stderr).contains("a repair left"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = vitrine(&["import", src_s, "--db", db_s]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("a repair left"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!db.exists());
+    std::fs::rename(&aside, &db).unwrap();
+    info(true);
 
     // Index files without storage are not "no database".
     let orphan = dir.path().join("orphan");

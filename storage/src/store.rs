@@ -420,6 +420,7 @@ impl Store {
                 ),
             });
         }
+        let created = !dir.exists();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let flush_every_ms = match opts.durability {
             // Every write flushes itself; a background flusher would be idle.
@@ -472,6 +473,13 @@ impl Store {
         }
         for d in [&sled_dir, dir] {
             sync_dir(d).map_err(|e| Error::io(d, e))?;
+        }
+        // A new database's own entry in its parent, too.
+        if let Some(parent) = dir
+            .parent()
+            .filter(|p| created && !p.as_os_str().is_empty())
+        {
+            sync_dir(parent).map_err(|e| Error::io(parent, e))?;
         }
         tracing::debug!(dir = %dir.display(), ?opts.durability, "store opened");
         Ok(Store {

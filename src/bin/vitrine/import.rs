@@ -290,9 +290,13 @@ pub fn tsv_field(s: &str) -> String {
     s.replace(['\t', '\n', '\r'], " ")
 }
 
-/// A price cell (the database refuses negative and non-finite ones).
+/// A price cell: a finite number >= 0, refused as the row's own fault
+/// before its image is decoded (`-0` is 0).
 pub fn parse_price(value: &str) -> Result<f64, String> {
-    value.parse().map_err(|_| format!("bad price '{value}'"))
+    match value.parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p + 0.0),
+        _ => Err(format!("bad price '{value}' (a finite number >= 0)")),
+    }
 }
 
 /// A stock cell: 1/0, true/false, yes/no.
@@ -440,17 +444,15 @@ fn write_report(path: &Path, lines: &[String]) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let name = path
-        .file_name()
-        .map_or("report".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let (tmp, file) = crate::info::create_temp_beside(path)?;
     let write = || -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut out = std::io::BufWriter::new(file);
         for line in lines {
             writeln!(out, "{line}")?;
         }
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        crate::info::sync_parent(path)
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -477,9 +479,49 @@ pub fn print_summary(report: &ImportReport) {
     );
 }
 
+/// Refuses a `--report` that would replace the CSV being imported or one of
+/// the database's own files (a mistyped flag must not destroy either).
+fn check_report_path(report: &Path, source: &Path, db: &Path) -> anyhow::Result<()> {
+    // Where the report would land, with links resolved as far as they exist.
+    let resolved = match (report.parent(), report.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            parent.canonicalize().ok().map(|p| p.join(name))
+        }
+        _ => None,
+    };
+    let Some(resolved) = resolved else {
+        return Ok(());
+    };
+    if source.canonicalize().ok().as_deref() == Some(resolved.as_path()) {
+        bail!(
+            "--report {} is the file being imported; name another file",
+            report.display()
+        );
+    }
+    if let Ok(db) = db.canonicalize() {
+        for own in ["sled", "arena", "index"] {
+            if resolved.starts_with(db.join(own)) {
+                bail!(
+                    "--report {} is inside the database's own {own}/ folder; name another file",
+                    report.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `vitrine import`.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let prep = args.prep.given()?;
+    if let Some(report) = &args.report {
+        check_report_path(report, &args.source, &args.db)?;
+    }
     if args.update && !args.source.is_file() {
         bail!(
             "--update takes attributes from a CSV file; {} is not one",
@@ -515,6 +557,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     } else {
         bail!("{} is neither a folder nor a file", args.source.display())
     };
+    crate::no_repair_leftovers(&args.db)?;
     let model = Model::bundled().context("cannot load the bundled model")?;
     // Whether the database holds another model's vectors (an --update then
     // refreshes attributes, and refuses new products until a --reembed).

@@ -665,7 +665,7 @@ fn sync_tree(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Fsyncs a folder, so that renames and new files in it are durable.
-fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     // Folders cannot be opened for a sync everywhere; where they cannot,
     // renames are durable by themselves.
     #[cfg(unix)]
@@ -675,8 +675,45 @@ fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Syncs the folder that holds `path` (after a rename into it).
+pub(crate) fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => sync_dir(std::path::Path::new(".")),
+    }
+}
+
+/// A new file beside `path`, for writing `path` whole through a rename: a
+/// name unique to this call, created exclusively (never a link someone left
+/// under a fixed name, nor another writer's file).
+pub(crate) fn create_temp_beside(
+    path: &std::path::Path,
+) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map_or("file".into(), |n| n.to_string_lossy().into_owned());
+    loop {
+        let tmp = path.with_file_name(format!(
+            ".{name}.tmp-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Writes `bytes` to `path` and fsyncs it.
-fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path)?;
     f.write_all(bytes)?;

@@ -220,6 +220,25 @@ pub(crate) use vitrine_storage::SWAP_MARKER;
 
 pub(crate) use vitrine_storage::interrupted_swap as interrupted_repair;
 
+/// Refuses to make a new database where a repair, killed while putting its
+/// copy back, left none: an import would hide the copies next to it.
+pub(crate) fn no_repair_leftovers(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let copies = repair_leftovers(path);
+    if copies.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "no database at {}; a repair left {} next to it: move the right one back to {} \
+         (or remove them to start a new database there)",
+        path.display(),
+        copies.join(", "),
+        path.display()
+    )
+}
+
 /// `<db>.before-repair*` and `<db>.repair-failed*` folders next to `db`
 /// (not copies cut short, `.incomplete`).
 fn repair_leftovers(db: &std::path::Path) -> Vec<String> {

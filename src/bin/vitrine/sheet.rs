@@ -24,7 +24,7 @@ pub const ORANGE: Rgb<u8> = Rgb([240, 140, 30]);
 const INK: Rgb<u8> = Rgb([30, 30, 30]);
 
 /// Writes `img` to `path` in the format its extension names: encoded in
-/// memory first, then written to a temporary file beside it and renamed,
+/// memory first, then written and synced to a temporary file beside it and renamed,
 /// so that a format this build cannot write, or a full disk, leaves a file
 /// already at `path` as it was.
 pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
@@ -32,12 +32,11 @@ pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
         let format = ImageFormat::from_path(path)?;
         let mut bytes = std::io::Cursor::new(Vec::new());
         img.write_to(&mut bytes, format)?;
-        let name = path
-            .file_name()
-            .map_or("sheet".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = path.with_file_name(format!(".{name}.tmp"));
-        let written =
-            std::fs::write(&tmp, bytes.into_inner()).and_then(|()| std::fs::rename(&tmp, path));
+        let (tmp, mut file) = crate::info::create_temp_beside(path)?;
+        let written = std::io::Write::write_all(&mut file, &bytes.into_inner())
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .and_then(|()| crate::info::sync_parent(path));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
