@@ -128,6 +128,23 @@ fn end_record(records: &mut Vec<CsvRecord>, fields: &mut Vec<String>, line: usiz
     records.push(CsvRecord { line, fields });
 }
 
+/// The bytes of a CSV file. A device (`/dev/zero`) would be read until
+/// memory runs out and is refused; a pipe is fine (its writer ends it).
+pub(crate) fn read_csv_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = std::fs::metadata(path)?.file_type();
+        if t.is_char_device() || t.is_block_device() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a device, not a CSV file",
+            ));
+        }
+    }
+    std::fs::read(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

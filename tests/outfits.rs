@@ -320,6 +320,12 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
     )
     .unwrap();
     assert_eq!(db.import_outfits_csv(&csv).unwrap(), 1);
+    // A device is refused, not read until memory runs out.
+    #[cfg(unix)]
+    assert!(matches!(
+        db.import_outfits_csv("/dev/zero"),
+        Err(vitrine::OutfitError::Db(vitrine::Error::Io { .. }))
+    ));
     assert_eq!(db.outfit("look, 1").unwrap().unwrap().slots.len(), 2);
     assert!(db.delete_outfit("look, 1").unwrap());
     // Without its header line, the first row would be lost: refused.

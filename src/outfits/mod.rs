@@ -287,7 +287,7 @@ impl Db {
             line,
             reason,
         };
-        let bytes = std::fs::read(path).map_err(|source| {
+        let bytes = crate::csv::read_csv_file(path).map_err(|source| {
             OutfitError::Db(Error::Io {
                 path: path.to_path_buf(),
                 source,
