@@ -171,6 +171,9 @@ fn a_damaged_onnx_file_is_refused_by_its_checksum() {
             serde_json::json!([0.229, 0.224, 0.225]),
         ),
         ("/prep/margin_frac", serde_json::json!(0.1)),
+        ("/prep/area_shrink_min", serde_json::json!(8.0)),
+        // The right three values with something else among them.
+        ("/prep/mean", serde_json::json!([0.5, "x", 0.5, 0.5])),
     ] {
         let mut m = bundled.clone();
         *m.pointer_mut(pointer).unwrap() = value;

@@ -14,17 +14,22 @@ fuzz_target!(|data: &[u8]| {
     limits.max_width = 2048;
     limits.max_height = 2048;
     limits.max_alloc = 16 * 1024 * 1024;
-    let mode = data.first().copied().unwrap_or(0);
-    let config = match mode % 4 {
+    // The setting comes from the last byte, apart from the image: the first
+    // bytes pick the format, so every format meets every setting.
+    let Some((&mode, image)) = data.split_last() else {
+        return;
+    };
+    let config = match mode % 5 {
         0 => PrepConfig::catalog(),
         1 => PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT),
         2 => PrepConfig::photo().crop(false),
-        _ => {
+        3 => {
             PrepConfig::catalog().illumination(Illumination::WhenNotPlain(WhiteBalance::WhitePatch))
         }
+        _ => PrepConfig::catalog().area_shrink(false),
     }
     .limits(limits);
-    if let Ok(prepared) = prepare_image(data, &config) {
+    if let Ok(prepared) = prepare_image(image, &config) {
         assert!(prepared.tensor().iter().all(|v| v.is_finite()));
         let (w, h) = prepared.source_size();
         let [x0, y0, x1, y1] = prepared.crop_box();

@@ -335,7 +335,7 @@ fn check_preparation(raw: &serde_json::Value) -> Result<(), String> {
         }
         let got: Option<Vec<f64>> = v
             .as_array()
-            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect());
+            .and_then(|a| a.iter().map(serde_json::Value::as_f64).collect());
         let same = got.as_ref().is_some_and(|g| {
             g.len() == 3
                 && g.iter()
