@@ -410,6 +410,12 @@ fn malformed_queries_are_typed_errors_with_positions() {
     let lines: Vec<&str> = shown.lines().collect();
     let caret = lines[2].chars().count() - 1;
     assert_eq!(lines[1].chars().nth(caret), Some('?'), "{shown}");
+    // Diversity costs picks × pool: its limit is bounded.
+    match s.db.query("+colour.red limit 2000 diverse 0.5") {
+        Err(ConceptError::Query(e)) => assert_eq!(e.kind, BadNumber, "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.db.query("+colour.red limit 1000 diverse 0.5").is_ok());
     // Built in code, bad numbers are typed errors too.
     for q in [
         ConceptQuery::new().term("colour.red", f32::NAN),

@@ -141,7 +141,10 @@ impl FlatIndex {
             return Vec::new();
         }
         let threads = scan_threads(self.docs.len() * self.dim);
-        let dense = allow.is_none_or(|a| a.len() > self.docs.len());
+        // A filter keeping a good part of the rows (every product but the
+        // query's own, say) is scanned in row order, in parallel: looking
+        // its docs up one by one costs more than the rows it skips.
+        let dense = allow.is_none_or(|a| a.len().saturating_mul(4) > self.docs.len());
         if threads > 1 && dense {
             return self.search_parallel(q, k, allow, threads);
         }

@@ -11,6 +11,9 @@ use crate::{infer_image, Attributes, Db, Error, Filter, Model, CONCEPT_SPACE};
 pub const DEFAULT_LIMIT: usize = 20;
 /// Most results a query may ask for.
 pub const MAX_LIMIT: usize = 10_000;
+/// The largest `limit` with `diverse`: MMR costs picks × pool similarities,
+/// quadratic in the limit (10,000 would take seconds).
+pub const MAX_DIVERSE_LIMIT: usize = 1_000;
 
 /// A parse error: where, what, and a hint.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -138,7 +141,7 @@ pub enum LikeTarget {
 ///            | ("category" | "brand") "in" "(" value ("," value)* ")"
 /// limit     := "limit" integer                        (default 20, at most 10000)
 /// min_score := "min_score" number                     (only hits scoring at least this)
-/// diverse   := "diverse" number                       (MMR, 0..=1)
+/// diverse   := "diverse" number                       (MMR, 0..=1; limit at most 1,000)
 /// profile   := "profile" user                         (a stored profile: see below)
 /// ```
 ///
@@ -1027,6 +1030,17 @@ impl Db {
                 value: l,
                 allowed: "diverse is from 0 to 1".into(),
             });
+        }
+        if q.diverse.is_some() && q.limit > MAX_DIVERSE_LIMIT {
+            return Err(QueryError::new(
+                QueryErrorKind::BadNumber,
+                0,
+                format!(
+                    "limit {} with diverse: diversity re-ranks at most {MAX_DIVERSE_LIMIT} results",
+                    q.limit
+                ),
+            )
+            .into());
         }
         // As the text form allows: > 0 (push away with '-' terms instead).
         if let Some((_, w)) = q
