@@ -325,15 +325,23 @@ fn ann(a: AnnArgs) -> Result<()> {
         } else {
             found as f64 / answers as f64
         };
-        let plan = match results.first().map(|o| o.plan) {
-            Some(vitrine::Plan::Exact) => "exact",
-            Some(vitrine::Plan::Graph) => "graph",
-            _ => "-",
+        // The graph falls back to an exact scan when it finds fewer than
+        // k: the row says whether every query ran one plan.
+        let exact_queries = results
+            .iter()
+            .filter(|o| o.plan == vitrine::Plan::Exact)
+            .count();
+        let plan = match exact_queries {
+            0 if results.is_empty() => "-",
+            0 => "graph",
+            n if n == results.len() => "exact",
+            _ => "mixed",
         };
         if a.json {
             println!(
                 "{}",
-                serde_json::json!({"ef": ef, "qps": qps, "recall": recall, "filter": filter_label, "plan": plan})
+                serde_json::json!({"ef": ef, "qps": qps, "recall": recall, "filter": filter_label,
+                    "plan": plan, "exact_queries": exact_queries})
             );
         } else {
             println!("{ef:>6} {qps:>10.0} {recall:>8.4} {plan:>6}");
@@ -565,6 +573,7 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
 type Ranked = Vec<(u64, f32)>;
 
 fn concepts(db_dir: &std::path::Path, synth: usize, nq: usize, json: bool) -> Result<()> {
+    anyhow::ensure!(nq > 0, "--queries must be at least 1");
     use rand::rngs::StdRng;
     use vitrine::{Profile, CONCEPT_SPACE};
     crate::existing_db(db_dir)?;
