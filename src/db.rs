@@ -1912,7 +1912,7 @@ impl Db {
         read(&self.catalog)
             .by_doc
             .values()
-            .any(|e| e.attrs.extra.contains_key(key))
+            .any(|e| e.attrs.get(key).is_some())
     }
 
     pub(crate) fn attributes(&self, id: &str) -> Option<Attributes> {

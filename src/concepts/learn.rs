@@ -302,26 +302,34 @@ pub(crate) fn learn_profile(
     // direction is scaled by its weight when the query is built, so its
     // affinity stores the plain lift and ranks by the scaled one.
     let mut lifts: Vec<(String, f32, f32)> = Vec::new();
-    let like_mean =
-        |f: &dyn Fn(&[f32]) -> f32| likes.iter().map(|(z, w)| w * f(z)).sum::<f32>() / n;
-    let skip_mean = |f: &dyn Fn(&[f32]) -> f32| {
-        if skips.is_empty() {
-            0.0
-        } else {
-            skips.iter().map(|z| f(z)).sum::<f32>() / ns
+    // Every lift is linear in the vectors: the means are taken once, and a
+    // tag costs a dot product, not one per event.
+    let mut like_mean = vec![0.0f32; layout.dim];
+    for (z, w) in &likes {
+        for (a, b) in like_mean.iter_mut().zip(z) {
+            *a += w * b;
         }
-    };
+    }
+    like_mean.iter_mut().for_each(|x| *x /= n);
+    let mut skip_mean = vec![0.0f32; layout.dim];
+    if !skips.is_empty() {
+        for z in &skips {
+            for (a, b) in skip_mean.iter_mut().zip(z) {
+                *a += b;
+            }
+        }
+        skip_mean.iter_mut().for_each(|x| *x /= ns);
+    }
     for g in layout.groups.iter().filter(|g| !g.concepts.is_empty()) {
         for (i, c) in g.concepts.iter().enumerate() {
             let d = g.start + i;
-            let f = |z: &[f32]| z[d];
-            let lift = like_mean(&f) - blend(skip_mean(&f), catalog[d]);
+            let lift = like_mean[d] - blend(skip_mean[d], catalog[d]);
             lifts.push((format!("{}.{c}", g.name), lift, lift));
         }
     }
     for (name, tag) in vocab.tags() {
-        let f = |z: &[f32]| dot(&tag.vector, z);
-        let lift = like_mean(&f) - blend(skip_mean(&f), dot(&tag.vector, &catalog));
+        let lift = dot(&tag.vector, &like_mean)
+            - blend(dot(&tag.vector, &skip_mean), dot(&tag.vector, &catalog));
         lifts.push((format!("{USER_GROUP}.{name}"), lift, lift * tag.weight));
     }
     lifts.retain(|(_, _, effect)| *effect >= MIN_LIFT);

@@ -902,8 +902,9 @@ impl Db {
     pub fn profile_users(&self) -> Result<Vec<String>, ConceptError> {
         let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let mut out = Vec::new();
-        for r in ks.iter() {
-            out.push(String::from_utf8_lossy(&r?.0).into_owned());
+        // Keys only: a profile holds up to MAX_EVENTS events to decode.
+        for key in ks.keys() {
+            out.push(String::from_utf8_lossy(&key?).into_owned());
         }
         Ok(out)
     }

@@ -426,12 +426,11 @@ impl Db {
                     a.chars().take(64).collect::<String>()
                 )));
             }
-            let ids = self.ids();
-            let has = |id: &String| self.attributes(id).is_some_and(|p| p.get(a).is_some());
-            if !ids.is_empty() && !ids.iter().any(has) {
+            // In memory, without copying a product's attributes.
+            if !self.is_empty() && !self.any_product_has(a) {
                 return Err(OutfitError::InvalidArgument(format!(
                     "no product has the attribute '{a}' (of {} products)",
-                    ids.len()
+                    self.len()
                 )));
             }
         }

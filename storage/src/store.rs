@@ -935,6 +935,24 @@ impl<T: Record> Keyspace<T> {
         })
     }
 
+    /// Every key in order, without decoding the records. An error from sled
+    /// is yielded once and ends the iteration, as in [`Keyspace::iter`].
+    pub fn keys(&self) -> impl Iterator<Item = Result<Vec<u8>>> + '_ {
+        let mut failed = false;
+        self.tree.iter().keys().map_while(move |item| {
+            if failed {
+                return None;
+            }
+            match self.io.read(item) {
+                Ok(key) => Some(Ok(key.to_vec())),
+                Err(e) => {
+                    failed = true;
+                    Some(Err(e))
+                }
+            }
+        })
+    }
+
     /// Number of records. O(n): sled counts by scanning. Fails on the first
     /// error from sled (`sled::Tree::len` would spin forever on a damaged
     /// page).

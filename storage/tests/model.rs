@@ -88,6 +88,8 @@ fn open(dir: &Path, durability: Durability) -> (Store, Keyspace<Rec>) {
 
 fn check(ks: &Keyspace<Rec>, model: &BTreeMap<Vec<u8>, Rec>) -> Result<(), TestCaseError> {
     let got: BTreeMap<Vec<u8>, Rec> = ks.iter().collect::<Result<_, _>>().unwrap();
+    let keys: Vec<Vec<u8>> = ks.keys().collect::<Result<_, _>>().unwrap();
+    assert_eq!(keys, got.keys().cloned().collect::<Vec<_>>());
     prop_assert_eq!(&got, model);
     prop_assert_eq!(ks.len().unwrap(), model.len());
     prop_assert_eq!(ks.is_empty(), model.is_empty());
