@@ -1580,3 +1580,36 @@ fn repair_of_an_emptied_storage_refuses_and_keeps_the_evidence() {
         Err(vitrine::Error::Corruption { .. })
     ));
 }
+
+/// Catalog values reach the terminal without their control characters: an
+/// id holding an escape sequence cannot drive it, nor a tab split a field.
+#[test]
+fn catalog_values_are_printed_without_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    let (p, o) = ("p\u{1b}]0;pwned\u{7}", "look\u{1b}[2J\t1");
+    {
+        let db = vitrine::Db::open(&db_dir).unwrap();
+        let v = vec![1.0; vitrine::DEFAULT_DIM];
+        db.insert(p, vitrine::Attributes::new(), [(vitrine::DEFAULT_SPACE, v)])
+            .unwrap();
+        db.store_outfit(o, &[p]).unwrap();
+    }
+    let d = db_dir.to_str().unwrap();
+    let out = vitrine(&["outfit", "--db", d, "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+    assert!(shown.contains("look?[2J?1\tp?]0;pwned?"), "{shown:?}");
+    // Errors that quote a value, too.
+    let out = vitrine(&["outfit", "--db", d, "show", "x\u{1b}[2J"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !text(&out.stderr).contains('\u{1b}'),
+        "{:?}",
+        text(&out.stderr)
+    );
+}

@@ -562,7 +562,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         // Every row bad and no database yet: none is made for nothing.
         if read.rows.is_empty() && !args.db.exists() {
             for line in &read.bad {
-                eprintln!("bad row: {line}");
+                esay!("bad row: {line}");
             }
             bail!(
                 "every one of the {} rows of {} is bad; no database was made",
@@ -711,7 +711,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     if let Err(e) = write_report(&report_path, &lines) {
         // The old report stays whole; the failures still reach the user.
         for line in &lines {
-            eprintln!("failed: {line}");
+            esay!("failed: {line}");
         }
         return Err(e.context(format!(
             "cannot write the failure report {}",

@@ -1,5 +1,19 @@
 //! The `vitrine` command line: import, query, the REPL, outfits, evaluations and the benchmark harness.
 
+/// `println!` for lines that hold catalog values (see [`terminal_safe`]).
+macro_rules! say {
+    ($($t:tt)*) => {
+        println!("{}", $crate::terminal_safe(&format!($($t)*)))
+    };
+}
+
+/// `eprintln!` for lines that hold catalog values (see [`terminal_safe`]).
+macro_rules! esay {
+    ($($t:tt)*) => {
+        eprintln!("{}", $crate::terminal_safe(&format!($($t)*)))
+    };
+}
+
 mod annotate;
 mod bench;
 mod demo;
@@ -126,7 +140,7 @@ fn main() {
             eprintln!("warning: {}", partial.0);
             std::process::exit(PARTIAL_EXIT);
         }
-        eprintln!("error: {}", error_message(&e));
+        eprintln!("error: {}", terminal_safe(&error_message(&e)));
         std::process::exit(1);
     }
 }
@@ -271,6 +285,30 @@ fn repair_leftovers(db: &std::path::Path) -> Vec<String> {
 
 /// An error and its causes on one line, each cause said once: our typed
 /// errors already put their source in their own message.
+/// Text bound for the terminal that may hold catalog values (ids,
+/// categories, CSV cells): control characters other than tabs and line
+/// breaks are shown as `?`, so a value holding an escape sequence cannot
+/// drive the terminal.
+pub(crate) fn terminal_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' && c != '\n' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// One value of a tab-separated line: every control character (tabs and
+/// line breaks too) as `?`, so that it stays one field.
+pub(crate) fn field(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 pub(crate) fn error_message(e: &anyhow::Error) -> String {
     let mut msg = e.to_string();
     for cause in e.chain().skip(1) {

@@ -181,7 +181,12 @@ pub fn run(path: &Path, args: OutfitArgs) -> anyhow::Result<()> {
     };
     let db = match Db::builder().open_with_model(path, &model) {
         Ok(db) => db,
-        Err(vitrine::IngestError::ModelMismatch { .. }) => Db::open(path)?,
+        // Another model's, or none's (made by the library with vectors of
+        // its own): list, show, import and delete still work.
+        Err(
+            vitrine::IngestError::ModelMismatch { .. }
+            | vitrine::IngestError::Db(vitrine::Error::SchemaMismatch(_)),
+        ) => Db::open(path)?,
         Err(e) => {
             return Err(anyhow::Error::from(e)
                 .context(format!("cannot open the database {}", path.display())))
@@ -233,7 +238,7 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
         _ => false,
     };
     if uses_rules && db.outfit_rules_current()? == Some(false) {
-        eprintln!(
+        esay!(
             "warning: the outfit rules are stale (outfits or colour groups changed since \
              they were learned); `vitrine outfit rules --learn` relearns them"
         );
@@ -265,11 +270,13 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     "learned_from": rules.as_ref().map(|r| r.outfits),
                 }))?;
             } else {
-                println!("imported {n} outfits ({} stored)", db.outfit_count()?);
+                say!("imported {n} outfits ({} stored)", db.outfit_count()?);
                 if let Some(r) = rules {
-                    println!(
+                    say!(
                         "learned rules from {} outfits ({} ordered co-worn pairs) in {} ms",
-                        r.outfits, r.pairs, r.learn_ms
+                        r.outfits,
+                        r.pairs,
+                        r.learn_ms
                     );
                 }
             }
@@ -279,15 +286,19 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             if json {
                 print_json(&all.iter().take(limit).collect::<Vec<_>>())?;
                 if all.len() > limit {
-                    eprintln!("(the first {limit} of {}; --limit N shows more)", all.len());
+                    esay!("(the first {limit} of {}; --limit N shows more)", all.len());
                 }
             } else {
-                println!("{} outfits", all.len());
+                say!("{} outfits", all.len());
                 for o in all.iter().take(limit) {
-                    println!("{}\t{}", o.id, o.products().join(" "));
+                    say!(
+                        "{}\t{}",
+                        crate::field(&o.id),
+                        crate::field(&o.products().join(" "))
+                    );
                 }
                 if all.len() > limit {
-                    println!("(the first {limit}; --limit N shows more)");
+                    say!("(the first {limit}; --limit N shows more)");
                 }
             }
         }
@@ -305,9 +316,9 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             if json {
                 print_json(&o)?;
             } else {
-                println!("outfit {}", o.id);
+                say!("outfit {}", o.id);
                 for (i, s) in o.slots.iter().enumerate() {
-                    println!(
+                    say!(
                         "  {}. {}\t{}\tcolour {}\t{}",
                         i + 1,
                         s.product,
@@ -321,7 +332,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     );
                 }
                 if let Some(path) = &sheet.sheet {
-                    println!("contact sheet: {}", path.display());
+                    say!("contact sheet: {}", path.display());
                 }
             }
         }
@@ -332,7 +343,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             if json {
                 print_json(&serde_json::json!({ "deleted": true }))?;
             } else {
-                println!("deleted {id}");
+                say!("deleted {id}");
             }
         }
         OutfitCommand::Substitute { id, k, sold_out } => {
@@ -345,10 +356,10 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             if json {
                 print_json(&subs)?;
             } else if subs.is_empty() {
-                println!("every item of {id} is in stock");
+                say!("every item of {id} is in stock");
             } else {
                 for s in subs {
-                    println!(
+                    say!(
                         "slot {} {} ({}) is {}; substitutes:",
                         s.slot + 1,
                         s.original,
@@ -360,7 +371,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                         }
                     );
                     for (r, c) in s.candidates.iter().enumerate() {
-                        println!(
+                        say!(
                             "  {}. {}\tscore {:.2}\t{}",
                             r + 1,
                             c.product,
@@ -369,7 +380,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                         );
                     }
                     if s.candidates.is_empty() {
-                        println!("  (none: no other product of this category is in stock)");
+                        say!("  (none: no other product of this category is in stock)");
                     }
                 }
             }
@@ -408,25 +419,25 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             if json {
                 print_json(&out)?;
             } else {
-                println!(
+                say!(
                     "{} outfits from template {id} in {ms:.1} ms ({:.1} ms per outfit, engine load included)",
                     out.len(),
                     ms / out.len().max(1) as f64
                 );
                 for (i, e) in out.iter().enumerate() {
-                    println!("{}. {}", i + 1, e.products.join(" "));
+                    say!("{}. {}", i + 1, e.products.join(" "));
                     for line in &e.explanation {
-                        println!("     {line}");
+                        say!("     {line}");
                     }
                 }
                 if out.len() < n {
-                    println!(
+                    say!(
                         "(fewer than {n}: each outfit needs a new in-stock anchor of the anchor \
                          slot's category and in-stock products for every other slot)"
                     );
                 }
                 if let Some(path) = &sheet.sheet {
-                    println!("contact sheet: {}", path.display());
+                    say!("contact sheet: {}", path.display());
                 }
             }
         }
@@ -449,10 +460,14 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             } else {
                 if verbose {
                     for e in &plan.outfits {
-                        println!("{}\t{}", e.template, e.products.join(" "));
+                        say!(
+                            "{}\t{}",
+                            crate::field(&e.template),
+                            crate::field(&e.products.join(" "))
+                        );
                     }
                 }
-                println!(
+                say!(
                     "{} outfits from {} templates cover {} of {} in-stock products ({:.1} %) in {} ms; \
                      naive nearest-neighbour substitution with as many outfits: {} ({:.1} %)",
                     plan.outfits.len(),
@@ -469,7 +484,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     plan.baseline_fraction * 100.0
                 );
                 for (outfit, product) in &plan.skipped {
-                    println!(
+                    say!(
                         "skipped template {outfit}: product {product} is no longer in the catalog, \
                          has no model outputs, or (as its anchor) has no category"
                     );
@@ -508,7 +523,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 print_json(&ranked)?;
             } else {
                 let [wr, wc, wk, wl] = method.weights();
-                println!(
+                say!(
                     "score: each signal standardised over the {ranked_count} candidates, weighted \
                      rules {wr}, compatibility {wc}, kernel {wk}, look-alike {wl}; raw values in parentheses"
                 );
@@ -518,7 +533,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     None => "-".to_string(),
                 };
                 for (r, c) in ranked.iter().enumerate() {
-                    println!(
+                    say!(
                         "{}. {}\tscore {:+.2}\t(rules {}, compatibility {}, kernel {}, look-alike {:.3})",
                         r + 1,
                         c.product,
@@ -530,7 +545,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     );
                 }
                 if hidden > 0 {
-                    println!("… {hidden} more (--limit)");
+                    say!("… {hidden} more (--limit)");
                 }
             }
         }
@@ -547,8 +562,8 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 print_json(&serde_json::to_value(&settings)?)?;
             } else {
                 match &settings.colour_attribute {
-                    Some(a) => println!("colour families: the catalog attribute '{a}'"),
-                    None => println!("colour families: measured on the pixels"),
+                    Some(a) => say!("colour families: the catalog attribute '{a}'"),
+                    None => say!("colour families: measured on the pixels"),
                 }
             }
         }
@@ -572,15 +587,17 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     "rules": list,
                 }))?;
             } else {
-                println!(
+                say!(
                     "rules learned from {} outfits ({} ordered co-worn pairs) in {} ms",
-                    rules.outfits, rules.pairs, rules.learn_ms
+                    rules.outfits,
+                    rules.pairs,
+                    rules.learn_ms
                 );
                 if let Some(l) = rules.patterned_with_solid_lift() {
-                    println!("a patterned item is worn with a solid {l:.2}x as often as chance");
+                    say!("a patterned item is worn with a solid {l:.2}x as often as chance");
                 }
                 for (i, r) in list.iter().enumerate() {
-                    println!(
+                    say!(
                         "{:>3}. {:<13} {} + {}{}\tlift {:.2}\t({} pairs)",
                         i + 1,
                         format!("{:?}", r.kind),
@@ -595,7 +612,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     );
                 }
                 if list.is_empty() && top > 0 {
-                    println!("(no rule has {min_support} or more pairs: lower --min-support)");
+                    say!("(no rule has {min_support} or more pairs: lower --min-support)");
                 }
             }
         }
@@ -730,7 +747,7 @@ fn colour_attribute_hint(db: &Db) -> anyhow::Result<()> {
         .min_by_key(|(_, values)| values.len())
         .map(|(k, _)| k);
     if let Some(key) = best {
-        eprintln!(
+        esay!(
             "hint: colour relations use the colour measured on each photo; the products carry \
              '{key}': `vitrine outfit --db {} settings --colour-attribute {key}` uses the catalog's colours",
             db.path().display()

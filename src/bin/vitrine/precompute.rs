@@ -119,9 +119,9 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
                         .collect();
                     println!("{}", serde_json::json!({"id": id, "similar": similar}));
                 } else {
-                    println!("{id}");
+                    say!("{}", crate::field(id));
                     for (rank, (other, score)) in list.iter().enumerate() {
-                        println!("  {:>3}. {other}\t{score:.4}", rank + 1);
+                        say!("  {:>3}. {}\t{score:.4}", rank + 1, crate::field(other));
                     }
                 }
             }
