@@ -1922,6 +1922,30 @@ impl Db {
     }
 
     /// Every product that has a vector in `space`.
+    /// Up to `n` rows of `space`, evenly spaced in doc order, leaving out
+    /// the products `skip` names: a sample without copying the catalog.
+    pub(crate) fn sample_rows(
+        &self,
+        space: &str,
+        n: usize,
+        skip: &[&str],
+    ) -> Result<Vec<Vec<f32>>> {
+        let space = self.space(space)?;
+        let cat = read(&self.catalog);
+        let index = read(&space.index);
+        let skip: std::collections::HashSet<&str> = skip.iter().copied().collect();
+        let len = index.len();
+        let step = len.div_ceil(n.max(1)).max(1);
+        Ok(cat
+            .by_doc
+            .iter()
+            .filter_map(|(doc, e)| index.get(*doc).map(|v| (e, v)))
+            .step_by(step)
+            .filter(|(e, _)| !skip.contains(e.id.as_str()))
+            .map(|(_, v)| v.to_vec())
+            .collect())
+    }
+
     pub(crate) fn snapshot(&self, space: &str) -> Result<SpaceSnapshot> {
         let space = self.space(space)?;
         let cat = read(&self.catalog);

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{ConceptError, Feedback, Profile, ProfilePrior, Vocabulary, USER_GROUP};
-use crate::db::SpaceSnapshot;
 use crate::{Db, CONCEPT_SPACE};
 
 /// How a user tag is learned from its examples.
@@ -51,17 +50,6 @@ fn mean(rows: &[Vec<f32>], dim: usize) -> Vec<f64> {
     let n = rows.len().max(1) as f64;
     m.iter_mut().for_each(|x| *x /= n);
     m
-}
-
-/// Up to `n` rows of the catalog, evenly spaced, leaving out `skip` ids.
-pub(crate) fn catalog_sample(s: &SpaceSnapshot, skip: &[&str], n: usize) -> Vec<Vec<f32>> {
-    let skip: BTreeSet<&str> = skip.iter().copied().collect();
-    let step = s.len().div_ceil(n.max(1)).max(1);
-    (0..s.len())
-        .step_by(step)
-        .filter(|&i| !skip.contains(s.ids[i].as_str()))
-        .map(|i| s.row(i).to_vec())
-        .collect()
 }
 
 /// The means of two sets closer than this, relative to the larger mean's

@@ -760,7 +760,7 @@ impl Db {
         let pos = fetch(positives)?;
         let neg = fetch(negatives)?;
         let contrast = if neg.is_empty() {
-            learn::catalog_sample(&self.snapshot(CONCEPT_SPACE)?, positives, 2000)
+            self.sample_rows(CONCEPT_SPACE, 2000, positives)?
         } else {
             neg
         };

@@ -377,6 +377,14 @@ impl std::fmt::Debug for OutfitEngine<'_> {
 
 impl Db {
     /// An [`OutfitEngine`] over the current catalog and persisted rules.
+    ///
+    /// Building one copies what outfits need of every product (category,
+    /// stock, colour, concept vector), in time and memory linear in the
+    /// catalog. `Db::substitute`, `expand`, `cover` and
+    /// `complete` build one per call; a service answering many requests
+    /// builds one, answers from it, and builds a new one when the catalog
+    /// or its stock has changed enough to matter
+    /// ([`OutfitEngine::assume_sold_out`] updates stock in place).
     pub fn outfit_engine(&self) -> OutfitResult<OutfitEngine<'_>> {
         let cat = Catalog::load(self)?;
         let model = self.model_fingerprint();
@@ -438,12 +446,14 @@ impl Db {
         ))
     }
 
-    /// [`OutfitEngine::substitute`] on a fresh engine.
+    /// [`OutfitEngine::substitute`] on a fresh engine (see
+    /// [`Db::outfit_engine`] for many calls).
     pub fn substitute(&self, outfit: &str, k: usize) -> OutfitResult<Vec<Substitution>> {
         self.outfit_engine()?.substitute(outfit, k)
     }
 
-    /// [`OutfitEngine::expand`] on a fresh engine.
+    /// [`OutfitEngine::expand`] on a fresh engine (see
+    /// [`Db::outfit_engine`] for many calls).
     pub fn expand(
         &self,
         outfit: &str,
@@ -453,7 +463,8 @@ impl Db {
         self.outfit_engine()?.expand(outfit, n, options)
     }
 
-    /// [`OutfitEngine::cover`] on a fresh engine.
+    /// [`OutfitEngine::cover`] on a fresh engine (see
+    /// [`Db::outfit_engine`] for many calls).
     pub fn cover<S: AsRef<str>>(
         &self,
         templates: &[S],
@@ -462,7 +473,8 @@ impl Db {
         self.outfit_engine()?.cover(templates, options)
     }
 
-    /// [`OutfitEngine::complete`] on a fresh engine.
+    /// [`OutfitEngine::complete`] on a fresh engine (see
+    /// [`Db::outfit_engine`] for many calls).
     pub fn complete<S: AsRef<str>, T: AsRef<str>>(
         &self,
         given: &[S],
