@@ -913,6 +913,7 @@ impl OutfitEngine<'_> {
             diversity: options.diversity,
             reuse_template: options.reuse_template,
             palette: options.palette,
+            feasible: Vec::new(),
         })
     }
 
@@ -1036,6 +1037,9 @@ struct Expander {
     diversity: f32,
     reuse_template: bool,
     palette: f32,
+    /// Per anchor-pool position, its feasibility once computed: it scans
+    /// other slots' categories, and stock does not change under an engine.
+    feasible: Vec<Option<f32>>,
 }
 
 /// What a slot's earlier expansions chose, per product that can fill it:
@@ -1128,17 +1132,20 @@ impl Expander {
             ok as f32 / same_with_anchor.len() as f32
         };
         let a_hist = &self.history[self.anchor];
-        let (anchor_pos, anchor) = a_hist
-            .pool(cat)
+        let pool = a_hist.pool(cat);
+        self.feasible.resize(pool.len(), None);
+        let known = &mut self.feasible;
+        let (anchor_pos, anchor) = pool
             .iter()
             .copied()
             .enumerate()
             .filter(|&(k, c)| cat.in_stock[c] && !tpl.contains(&c) && a_hist.uses[k] == 0)
             .map(|(k, c)| {
                 let rel = cat.lookalike(c, a_tpl);
+                let f = *known[k].get_or_insert_with(|| feasible(c));
                 let s = lambda * rel - (1.0 - lambda) * a_hist.div[k]
                     + self.palette * cat.colour_sim(c, a_tpl)
-                    + 3.0 * feasible(c)
+                    + 3.0 * f
                     + cover_bonus(c);
                 (s, (k, c))
             })
