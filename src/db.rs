@@ -1905,7 +1905,6 @@ impl Db {
         Ok(read(&space.index).get(*doc).map(<[f32]>::to_vec))
     }
 
-    /// The attributes of `id`, from the in-memory catalog.
     /// Whether any product carries the attribute `key` (in memory: no
     /// storage read).
     pub(crate) fn any_product_has(&self, key: &str) -> bool {
@@ -1915,13 +1914,13 @@ impl Db {
             .any(|e| e.attrs.get(key).is_some())
     }
 
+    /// The attributes of `id`, from the in-memory catalog.
     pub(crate) fn attributes(&self, id: &str) -> Option<Attributes> {
         let cat = read(&self.catalog);
         let doc = cat.by_id.get(id)?;
         cat.by_doc.get(doc).map(|e| e.attrs.clone())
     }
 
-    /// Every product that has a vector in `space`.
     /// Up to `n` rows of `space`, evenly spaced in doc order, leaving out
     /// the products `skip` names: a sample without copying the catalog.
     pub(crate) fn sample_rows(
@@ -1946,6 +1945,7 @@ impl Db {
             .collect())
     }
 
+    /// Every product that has a vector in `space`.
     pub(crate) fn snapshot(&self, space: &str) -> Result<SpaceSnapshot> {
         let space = self.space(space)?;
         let cat = read(&self.catalog);

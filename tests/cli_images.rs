@@ -357,6 +357,24 @@ fn import_reads_a_csv_with_attributes() {
         assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
     }
     assert_eq!(std::fs::read_to_string(&prices).unwrap(), body);
+    // ... also for a database this import would create.
+    let fresh = dir.path().join("fresh");
+    let report = fresh.join("sled").join("db");
+    let out = vitrine(&[
+        "import",
+        prices.to_str().unwrap(),
+        "--db",
+        fresh.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("own sled/ folder"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!fresh.exists());
     let out = import(&prices, &["--update"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
@@ -1604,6 +1622,15 @@ fn catalog_values_are_printed_without_control_characters() {
         "{shown:?}"
     );
     assert!(shown.contains("look?[2J?1\tp?]0;pwned?"), "{shown:?}");
+    // Shown, too, on a database made without a model: no colour family.
+    let out = vitrine(&["outfit", "--db", d, "show", o]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+    assert!(
+        shown.contains("1. p?]0;pwned?\t-\tcolour ?\tin stock"),
+        "{shown:?}"
+    );
     // Errors that quote a value, too.
     let out = vitrine(&["outfit", "--db", d, "show", "x\u{1b}[2J"]);
     assert_eq!(out.status.code(), Some(1));

@@ -58,10 +58,12 @@ def synthetic_images():
     e[40:170, 30:130] = (120, 160, 60)
     e[80:100, 50:110] = (255, 255, 255)
     ims["prep_trns"] = (e, 1.0, {"transparency": (0, 0, 0)})
-    # 6: 16-bit grey, scaled to 8 bits with rounding
+    # 6: 16-bit grey, scaled to 8 bits with rounding; its transparent grey
+    # value (tRNS) marks a cut-out inside the product
     f = np.full((180, 140), 60000, np.uint16)
     f[30:150, 20:120] = (np.arange(100, dtype=np.uint16) * 500 + 1000)[None, :]
-    ims["prep_grey16"] = (f, 1.0, {})
+    f[80:100, 40:60] = 777
+    ims["prep_grey16"] = (f, 1.0, {"transparency": 777})
     return ims
 
 

@@ -53,16 +53,20 @@ def decode_rgb(path_or_bytes) -> np.ndarray:
     # colour (tRNS) alike, as the engine's decoder expands it. The training
     # images have neither.
     im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I"):
+        # 16-bit grey: Pillow's convert("RGB") clips; the engine scales to
+        # 8 bits with rounding, (v + 128) // 257, and composites its tRNS
+        # grey value (alpha 0) onto white.
+        v16 = np.asarray(im, dtype=np.uint32)
+        v = ((v16 + 128) // 257).astype(np.uint8)
+        if "transparency" in im.info:
+            v = np.where(v16 == int(im.info["transparency"]), np.uint8(255), v)
+        return np.repeat(v[:, :, None], 3, axis=2)
     if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         rgba = np.asarray(im.convert("RGBA"), dtype=np.uint32)
         a = rgba[..., 3:4]
         rgb = (rgba[..., :3] * a + 255 * (255 - a) + 127) // 255
         return rgb.astype(np.uint8)
-    if im.mode.startswith("I"):
-        # 16-bit grey: Pillow's convert("RGB") clips; the engine scales to
-        # 8 bits with rounding, (v + 128) // 257.
-        v = ((np.asarray(im, dtype=np.uint32) + 128) // 257).astype(np.uint8)
-        return np.repeat(v[:, :, None], 3, axis=2)
     im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8)
 

@@ -420,7 +420,13 @@ impl Store {
                 ),
             });
         }
-        let created = !dir.exists();
+        // The folders this open makes: each one's entry in its parent is
+        // synced below.
+        let created: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .map(Path::to_path_buf)
+            .collect();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let flush_every_ms = match opts.durability {
             // Every write flushes itself; a background flusher would be idle.
@@ -475,10 +481,11 @@ impl Store {
             sync_dir(d).map_err(|e| Error::io(d, e))?;
         }
         // A new database's own entry in its parent, too.
-        if let Some(parent) = dir
-            .parent()
-            .filter(|p| created && !p.as_os_str().is_empty())
-        {
+        for made in &created {
+            let parent = made
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             sync_dir(parent).map_err(|e| Error::io(parent, e))?;
         }
         tracing::debug!(dir = %dir.display(), ?opts.durability, "store opened");

@@ -498,39 +498,63 @@ pub fn print_summary(report: &ImportReport) {
 
 /// Refuses a `--report` that would replace the CSV being imported or one of
 /// the database's own files (a mistyped flag must not destroy either).
+/// Paths are compared as they resolve (links followed, as far as they
+/// exist) and as written (made absolute, `.` and `..` folded), so a
+/// database the import is about to create is covered too.
 fn check_report_path(report: &Path, source: &Path, db: &Path) -> anyhow::Result<()> {
-    // Where the report would land, with links resolved as far as they exist.
-    let resolved = match (report.parent(), report.file_name()) {
-        (Some(parent), Some(name)) => {
-            let parent = if parent.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                parent
-            };
-            parent.canonicalize().ok().map(|p| p.join(name))
+    let resolved = |p: &Path| -> Option<PathBuf> {
+        let (parent, name) = (p.parent()?, p.file_name()?);
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        parent.canonicalize().ok().map(|d| d.join(name))
+    };
+    let reports: Vec<PathBuf> = [resolved(report), lexical(report)]
+        .into_iter()
+        .flatten()
+        .collect();
+    if let Ok(source) = source.canonicalize() {
+        if reports.contains(&source) {
+            bail!(
+                "--report {} is the file being imported; name another file",
+                report.display()
+            );
         }
-        _ => None,
-    };
-    let Some(resolved) = resolved else {
-        return Ok(());
-    };
-    if source.canonicalize().ok().as_deref() == Some(resolved.as_path()) {
-        bail!(
-            "--report {} is the file being imported; name another file",
-            report.display()
-        );
     }
-    if let Ok(db) = db.canonicalize() {
-        for own in ["sled", "arena", "index"] {
-            if resolved.starts_with(db.join(own)) {
-                bail!(
-                    "--report {} is inside the database's own {own}/ folder; name another file",
-                    report.display()
-                );
-            }
+    let dbs: Vec<PathBuf> = [db.canonicalize().ok(), lexical(db)]
+        .into_iter()
+        .flatten()
+        .collect();
+    for own in ["sled", "arena", "index"] {
+        if reports
+            .iter()
+            .any(|r| dbs.iter().any(|d| r.starts_with(d.join(own))))
+        {
+            bail!(
+                "--report {} is inside the database's own {own}/ folder; name another file",
+                report.display()
+            );
         }
     }
     Ok(())
+}
+
+/// `p` made absolute with `.` and `..` folded, without the file system (it
+/// may not exist yet).
+fn lexical(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in std::path::absolute(p).ok()?.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Some(out)
 }
 
 /// Runs `vitrine import`.

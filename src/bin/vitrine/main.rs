@@ -283,8 +283,6 @@ fn repair_leftovers(db: &std::path::Path) -> Vec<String> {
     found
 }
 
-/// An error and its causes on one line, each cause said once: our typed
-/// errors already put their source in their own message.
 /// Text bound for the terminal that may hold catalog values (ids,
 /// categories, CSV cells): control characters other than tabs and line
 /// breaks are shown as `?`, so a value holding an escape sequence cannot
@@ -309,6 +307,8 @@ pub(crate) fn field(s: &str) -> String {
         .collect()
 }
 
+/// An error and its causes on one line, each cause said once: our typed
+/// errors already put their source in their own message.
 pub(crate) fn error_message(e: &anyhow::Error) -> String {
     let mut msg = e.to_string();
     for cause in e.chain().skip(1) {

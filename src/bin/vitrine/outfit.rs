@@ -306,7 +306,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             let o = db
                 .outfit(&id)?
                 .ok_or_else(|| vitrine::OutfitError::UnknownOutfit(id.clone()))?;
-            let eng = db.outfit_engine()?;
+            let eng = engine_if_any(db)?;
             // The sheet first: a path that cannot be written fails before
             // anything is printed.
             if let Some(path) = &sheet.sheet {
@@ -318,13 +318,21 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             } else {
                 say!("outfit {}", o.id);
                 for (i, s) in o.slots.iter().enumerate() {
+                    // Without a concept space (no model made the database),
+                    // no colour family; stock from the catalog.
+                    let stock = match &eng {
+                        Some(eng) => eng.in_stock(&s.product),
+                        None => db.get(&s.product)?.map(|p| p.attributes.in_stock),
+                    };
                     say!(
                         "  {}. {}\t{}\tcolour {}\t{}",
                         i + 1,
-                        s.product,
-                        s.category.as_deref().unwrap_or("-"),
-                        eng.colour_family(&s.product).unwrap_or("?"),
-                        match eng.in_stock(&s.product) {
+                        crate::field(&s.product),
+                        crate::field(s.category.as_deref().unwrap_or("-")),
+                        eng.as_ref()
+                            .and_then(|e| e.colour_family(&s.product))
+                            .unwrap_or("?"),
+                        match stock {
                             Some(true) => "in stock",
                             Some(false) => "SOLD OUT",
                             None => "no longer in the catalog",
@@ -362,8 +370,8 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     say!(
                         "slot {} {} ({}) is {}; substitutes:",
                         s.slot + 1,
-                        s.original,
-                        s.category.as_deref().unwrap_or("-"),
+                        crate::field(&s.original),
+                        crate::field(s.category.as_deref().unwrap_or("-")),
                         if eng.in_stock(&s.original).is_some() {
                             "sold out"
                         } else {
@@ -374,9 +382,9 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                         say!(
                             "  {}. {}\tscore {:.2}\t{}",
                             r + 1,
-                            c.product,
+                            crate::field(&c.product),
                             c.score,
-                            c.explanation
+                            crate::field(&c.explanation)
                         );
                     }
                     if s.candidates.is_empty() {
@@ -425,9 +433,9 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     ms / out.len().max(1) as f64
                 );
                 for (i, e) in out.iter().enumerate() {
-                    say!("{}. {}", i + 1, e.products.join(" "));
+                    say!("{}. {}", i + 1, crate::field(&e.products.join(" ")));
                     for line in &e.explanation {
-                        say!("     {line}");
+                        say!("     {}", crate::field(line));
                     }
                 }
                 if out.len() < n {
@@ -536,7 +544,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     say!(
                         "{}. {}\tscore {:+.2}\t(rules {}, compatibility {}, kernel {}, look-alike {:.3})",
                         r + 1,
-                        c.product,
+                        crate::field(&c.product),
                         c.score,
                         signal(c.rules, 3),
                         signal(c.compat, 4),
@@ -601,11 +609,11 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                         "{:>3}. {:<13} {} + {}{}\tlift {:.2}\t({} pairs)",
                         i + 1,
                         format!("{:?}", r.kind),
-                        r.left,
-                        r.right,
+                        crate::field(&r.left),
+                        crate::field(&r.right),
                         r.context
                             .as_ref()
-                            .map(|c| format!(" [{c}]"))
+                            .map(|c| format!(" [{}]", crate::field(c)))
                             .unwrap_or_default(),
                         r.lift,
                         r.support
@@ -656,7 +664,7 @@ pub fn outfit_sheet(
     expansions: &[Expansion],
 ) -> anyhow::Result<RgbImage> {
     let paths = image_paths(args.images.as_deref())?;
-    let eng = db.outfit_engine()?;
+    let eng = engine_if_any(db)?;
     let path_of = |id: &str| -> anyhow::Result<PathBuf> {
         if let Some(p) = paths.get(id) {
             return Ok(p.clone());
@@ -688,7 +696,10 @@ pub fn outfit_sheet(
                     labels: vec![
                         p.clone(),
                         cat,
-                        eng.colour_family(p).unwrap_or("?").to_string(),
+                        eng.as_ref()
+                            .and_then(|e| e.colour_family(p))
+                            .unwrap_or("?")
+                            .to_string(),
                     ],
                 })
             })
@@ -754,4 +765,14 @@ fn colour_attribute_hint(db: &Db) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The outfit engine, or `None` for a database without a concept space
+/// (made without a model): showing an outfit needs no colour families.
+fn engine_if_any(db: &Db) -> anyhow::Result<Option<vitrine::OutfitEngine<'_>>> {
+    match db.outfit_engine() {
+        Ok(eng) => Ok(Some(eng)),
+        Err(vitrine::OutfitError::NoConceptSpace(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }

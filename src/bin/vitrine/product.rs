@@ -207,7 +207,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                     .filter(|p| gone.contains(p))
                     .collect();
                 if !named.is_empty() {
-                    eprintln!(
+                    esay!(
                         "warning: outfit {} names deleted product(s) {}; substitute \
                          suggests replacements, cover skips it and expand refuses it until \
                          they are re-imported or the outfit is deleted",

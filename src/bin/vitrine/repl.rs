@@ -1013,7 +1013,7 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
         if json {
             println!("{}", serde_json::json!({"error": crate::error_message(e)}));
         } else {
-            println!("error: {}", crate::error_message(e));
+            println!("error: {}", crate::terminal_safe(&crate::error_message(e)));
         }
     };
     loop {
