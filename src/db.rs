@@ -1,6 +1,6 @@
 //! The database handle: products in sled, one index per vector space.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -334,6 +334,130 @@ struct Catalog {
     /// Ordered, so a filter's allowed set comes out sorted.
     by_doc: BTreeMap<u64, Entry>,
     by_id: HashMap<String, u64>,
+    /// Changed only with `by_doc` (through `put`, `remove`, `set_attrs`).
+    postings: Postings,
+}
+
+/// Posting lists of the business fields most filters name, so that a
+/// filter on stock, category or brand reads its products instead of
+/// walking the whole catalog (at 100k products the walk cost 6-9 ms, more
+/// than the search it fed).
+#[derive(Default)]
+struct Postings {
+    /// Docs sold out (`[0]`) and in stock (`[1]`).
+    stock: [BTreeSet<u64>; 2],
+    category: HashMap<String, BTreeSet<u64>>,
+    brand: HashMap<String, BTreeSet<u64>>,
+}
+
+impl Postings {
+    fn add(&mut self, doc: u64, a: &Attributes) {
+        self.stock[usize::from(a.in_stock)].insert(doc);
+        if let Some(c) = &a.category {
+            self.category.entry(c.clone()).or_default().insert(doc);
+        }
+        if let Some(b) = &a.brand {
+            self.brand.entry(b.clone()).or_default().insert(doc);
+        }
+    }
+
+    fn remove(&mut self, doc: u64, a: &Attributes) {
+        self.stock[usize::from(a.in_stock)].remove(&doc);
+        for (lists, value) in [
+            (&mut self.category, &a.category),
+            (&mut self.brand, &a.brand),
+        ] {
+            if let Some(v) = value {
+                if let Some(list) = lists.get_mut(v) {
+                    list.remove(&doc);
+                    if list.is_empty() {
+                        lists.remove(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Catalog {
+    fn put(&mut self, doc: u64, entry: Entry) {
+        if let Some(old) = self.by_doc.get(&doc) {
+            self.postings.remove(doc, &old.attrs);
+        }
+        self.postings.add(doc, &entry.attrs);
+        self.by_doc.insert(doc, entry);
+    }
+
+    fn remove(&mut self, doc: u64) -> Option<Entry> {
+        let e = self.by_doc.remove(&doc)?;
+        self.postings.remove(doc, &e.attrs);
+        Some(e)
+    }
+
+    fn set_attrs(&mut self, doc: u64, attrs: Attributes) {
+        if let Some(e) = self.by_doc.get_mut(&doc) {
+            self.postings.remove(doc, &e.attrs);
+            self.postings.add(doc, &attrs);
+            e.attrs = attrs;
+        }
+    }
+
+    /// The docs passing `f`, but `except`, sorted. The narrowest of the
+    /// filter's stock, category and brand conditions gives the candidates
+    /// (all products when it has none); the others are checked on them, by
+    /// their posting lists when nothing else is asked, else by the filter.
+    fn allowed(&self, f: &Filter, except: Option<u64>) -> Vec<u64> {
+        let ix = f.indexed();
+        let mut conditions: Vec<Vec<&BTreeSet<u64>>> = Vec::new();
+        if let Some(s) = ix.in_stock {
+            conditions.push(vec![&self.postings.stock[usize::from(s)]]);
+        }
+        for (wanted, lists) in [
+            (ix.categories, &self.postings.category),
+            (ix.brands, &self.postings.brand),
+        ] {
+            if let Some(values) = wanted {
+                conditions.push(values.iter().filter_map(|v| lists.get(v)).collect());
+            }
+        }
+        let passes = |doc: &u64| {
+            self.by_doc
+                .get(doc)
+                .is_some_and(|e| f.matches(&e.id, &e.attrs))
+        };
+        let size = |c: &Vec<&BTreeSet<u64>>| c.iter().map(|s| s.len()).sum::<usize>();
+        let Some(narrowest) = (0..conditions.len()).min_by_key(|&i| size(&conditions[i])) else {
+            return self
+                .by_doc
+                .iter()
+                .filter(|(doc, e)| Some(**doc) != except && f.matches(&e.id, &e.attrs))
+                .map(|(doc, _)| *doc)
+                .collect();
+        };
+        let others: Vec<&Vec<&BTreeSet<u64>>> = conditions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != narrowest)
+            .map(|(_, c)| c)
+            .collect();
+        let mut docs: Vec<u64> = conditions[narrowest]
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .filter(|d| Some(*d) != except)
+            .filter(|d| {
+                if ix.whole {
+                    others.iter().all(|c| c.iter().any(|s| s.contains(d)))
+                } else {
+                    passes(d)
+                }
+            })
+            .collect();
+        // Several categories (or brands) give several sorted lists.
+        if conditions[narrowest].len() > 1 {
+            docs.sort_unstable();
+        }
+        docs
+    }
 }
 
 struct Entry {
@@ -690,7 +814,7 @@ impl Db {
                 }
             }
             catalog.by_id.insert(id.clone(), rec.doc);
-            catalog.by_doc.insert(
+            catalog.put(
                 rec.doc,
                 Entry {
                     id,
@@ -978,7 +1102,7 @@ impl Db {
         // not in the other.
         let mut cat = write(&self.catalog);
         cat.by_id.insert(id.to_string(), doc);
-        cat.by_doc.insert(
+        cat.put(
             doc,
             Entry {
                 id: id.to_string(),
@@ -1044,7 +1168,7 @@ impl Db {
             write(&space.index).remove_deferred(doc);
         }
         cat.by_id.remove(id);
-        cat.by_doc.remove(&doc);
+        cat.remove(doc);
         drop(cat);
         self.compact_due_spaces();
         removed.map(|_| true).map_err(Into::into)
@@ -1094,9 +1218,7 @@ impl Db {
         self.products
             .put(id.as_bytes(), &record)
             .map_err(product_too_large)?;
-        if let Some(e) = write(&self.catalog).by_doc.get_mut(&record.doc) {
-            e.attrs = record.attrs;
-        }
+        write(&self.catalog).set_attrs(record.doc, record.attrs);
         Ok(true)
     }
 
@@ -1112,21 +1234,17 @@ impl Db {
 
     /// How many products pass `filter` (from memory, no storage reads).
     pub fn count_matching(&self, filter: &Filter) -> usize {
-        read(&self.catalog)
-            .by_doc
-            .values()
-            .filter(|e| filter.matches(&e.id, &e.attrs))
-            .count()
+        read(&self.catalog).allowed(filter, None).len()
     }
 
     /// Ids of the products that pass `filter`, sorted (from memory, no
     /// storage reads).
     pub fn ids_matching(&self, filter: &Filter) -> Vec<String> {
-        let mut ids: Vec<String> = read(&self.catalog)
-            .by_doc
-            .values()
-            .filter(|e| filter.matches(&e.id, &e.attrs))
-            .map(|e| e.id.clone())
+        let cat = read(&self.catalog);
+        let mut ids: Vec<String> = cat
+            .allowed(filter, None)
+            .iter()
+            .filter_map(|doc| cat.by_doc.get(doc).map(|e| e.id.clone()))
             .collect();
         ids.sort_unstable();
         ids
@@ -1170,15 +1288,7 @@ impl Db {
             }
         };
         let filter = s.filter.filter(|f| !f.is_empty());
-        let allow = filter.map(|f| {
-            AllowSet::from_unsorted(
-                cat.by_doc
-                    .iter()
-                    .filter(|(doc, e)| Some(**doc) != self_doc && f.matches(&e.id, &e.attrs))
-                    .map(|(doc, _)| *doc)
-                    .collect(),
-            )
-        });
+        let allow = filter.map(|f| AllowSet::from_unsorted(cat.allowed(f, self_doc)));
         // Without a filter, ask for one more and drop the query product itself.
         let extra = usize::from(allow.is_none() && self_doc.is_some());
         let opts = SearchOptions {

@@ -147,6 +147,21 @@ impl Filter {
             && self.concepts.is_empty()
     }
 
+    /// The conditions the catalog keeps posting lists for, and whether
+    /// they are the whole filter.
+    pub(crate) fn indexed(&self) -> Indexed<'_> {
+        Indexed {
+            in_stock: self.in_stock,
+            categories: self.categories.as_ref(),
+            brands: self.brands.as_ref(),
+            whole: !self.contradiction
+                && self.price.is_none()
+                && self.exclude.is_empty()
+                && self.equals.is_empty()
+                && self.concepts.is_empty(),
+        }
+    }
+
     /// Does the product pass?
     pub fn matches(&self, id: &str, attrs: &Attributes) -> bool {
         if self.contradiction {
@@ -186,6 +201,15 @@ impl Filter {
                 .iter()
                 .all(|(c, wanted)| tagged(attrs, c) == *wanted)
     }
+}
+
+/// A filter's stock, category and brand conditions ([`Filter::indexed`]).
+pub(crate) struct Indexed<'a> {
+    pub in_stock: Option<bool>,
+    pub categories: Option<&'a BTreeSet<String>>,
+    pub brands: Option<&'a BTreeSet<String>>,
+    /// Nothing else: the posting lists answer the filter alone.
+    pub whole: bool,
 }
 
 /// Whether the model tagged the product with `concept` (a concept key).

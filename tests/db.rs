@@ -130,6 +130,102 @@ fn filters_match_brute_force() {
     }
 }
 
+/// The catalog keeps posting lists of stock, category and brand: after any
+/// mix of inserts, replacements, attribute edits and deletes, what a filter
+/// selects equals a scan of a simple model of the catalog.
+#[test]
+fn filters_follow_every_kind_of_write() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let mut model: BTreeMap<String, Attributes> = BTreeMap::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let random_attrs = |rng: &mut rand_chacha::ChaCha8Rng| {
+        let mut a = Attributes::new()
+            .in_stock(rng.gen_bool(0.6))
+            .price(f64::from(rng.gen_range(0..100u32)));
+        if rng.gen_bool(0.8) {
+            a = a.category(["shirts", "jeans", "shoes"][rng.gen_range(0..3)]);
+        }
+        if rng.gen_bool(0.7) {
+            a = a.brand(["A", "B", "C", "D"][rng.gen_range(0..4)]);
+        }
+        a
+    };
+    let filters = [
+        Filter::new().in_stock(),
+        Filter::new().stock(false),
+        Filter::new().category_in(["jeans"]),
+        Filter::new().category_in(["shirts", "shoes", "hats"]),
+        Filter::new().brand_in(["B", "D"]),
+        Filter::new()
+            .in_stock()
+            .category_in(["shirts"])
+            .brand_in(["A", "C"]),
+        Filter::new()
+            .in_stock()
+            .category_in(["jeans", "shoes"])
+            .price_range(10.0..60.0),
+        Filter::new().brand_in(["A"]).exclude("p3"),
+        Filter::new().in_stock().stock(false),
+        Filter::new().price_range(..50.0),
+    ];
+    for step in 0..500 {
+        let id = format!("p{}", rng.gen_range(0..60));
+        match rng.gen_range(0..5) {
+            0 | 1 => {
+                let a = random_attrs(&mut rng);
+                db.upsert(&id, a.clone(), [(DEFAULT_SPACE, vector_for(&id, DIM))])
+                    .unwrap();
+                model.insert(id, a);
+            }
+            2 => {
+                let a = random_attrs(&mut rng);
+                match db.update_attributes(&id, |x| *x = a.clone()) {
+                    Ok(_) => {
+                        model.insert(id, a);
+                    }
+                    Err(Error::NotFound { .. }) => assert!(!model.contains_key(&id)),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            3 => {
+                let flip = rng.gen_bool(0.5);
+                if model.contains_key(&id) {
+                    db.set_in_stock(&id, flip).unwrap();
+                    model.get_mut(&id).unwrap().in_stock = flip;
+                }
+            }
+            _ => {
+                db.delete(&id).unwrap();
+                model.remove(&id);
+            }
+        }
+        if step % 25 == 0 {
+            for (fi, f) in filters.iter().enumerate() {
+                let want: Vec<String> = model
+                    .iter()
+                    .filter(|(id, a)| f.matches(id, a))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                assert_eq!(db.ids_matching(f), want, "step {step}, filter {fi}");
+                assert_eq!(db.count_matching(f), want.len(), "step {step}, filter {fi}");
+            }
+        }
+    }
+    // And the same after a reopen, which fills the lists from storage.
+    drop(db);
+    let db = open(dir.path());
+    for f in &filters {
+        let want: Vec<String> = model
+            .iter()
+            .filter(|(id, a)| f.matches(id, a))
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(db.ids_matching(f), want);
+    }
+}
+
 #[test]
 fn similar_to_id_leaves_the_product_out() {
     let dir = tempfile::tempdir().unwrap();
