@@ -403,9 +403,11 @@ impl Catalog {
     }
 
     /// The docs passing `f`, but `except`, sorted. The narrowest of the
-    /// filter's stock, category and brand conditions gives the candidates
-    /// (all products when it has none); the others are checked on them, by
-    /// their posting lists when nothing else is asked, else by the filter.
+    /// filter's stock, category and brand conditions gives the candidates:
+    /// taken as they are when that condition is the whole filter, else
+    /// checked against the filter one by one. A walk of the whole catalog
+    /// does it when the filter names none of them, or when the candidates
+    /// are many (a lookup each would cost more than the walk).
     fn allowed(&self, f: &Filter, except: Option<u64>) -> Vec<u64> {
         let ix = f.indexed();
         let mut conditions: Vec<Vec<&BTreeSet<u64>>> = Vec::new();
@@ -420,13 +422,10 @@ impl Catalog {
                 conditions.push(values.iter().filter_map(|v| lists.get(v)).collect());
             }
         }
-        let passes = |doc: &u64| {
-            self.by_doc
-                .get(doc)
-                .is_some_and(|e| f.matches(&e.id, &e.attrs))
-        };
         let size = |c: &Vec<&BTreeSet<u64>>| c.iter().map(|s| s.len()).sum::<usize>();
-        let Some(narrowest) = (0..conditions.len()).min_by_key(|&i| size(&conditions[i])) else {
+        let narrowest = conditions.iter().min_by_key(|c| size(c));
+        let alone = ix.whole && conditions.len() == 1;
+        let Some(lists) = narrowest.filter(|c| alone || size(c) * 4 <= self.by_doc.len()) else {
             return self
                 .by_doc
                 .iter()
@@ -434,26 +433,20 @@ impl Catalog {
                 .map(|(doc, _)| *doc)
                 .collect();
         };
-        let others: Vec<&Vec<&BTreeSet<u64>>> = conditions
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != narrowest)
-            .map(|(_, c)| c)
-            .collect();
-        let mut docs: Vec<u64> = conditions[narrowest]
+        let mut docs: Vec<u64> = lists
             .iter()
             .flat_map(|s| s.iter().copied())
             .filter(|d| Some(*d) != except)
             .filter(|d| {
-                if ix.whole {
-                    others.iter().all(|c| c.iter().any(|s| s.contains(d)))
-                } else {
-                    passes(d)
-                }
+                alone
+                    || self
+                        .by_doc
+                        .get(d)
+                        .is_some_and(|e| f.matches(&e.id, &e.attrs))
             })
             .collect();
         // Several categories (or brands) give several sorted lists.
-        if conditions[narrowest].len() > 1 {
+        if lists.len() > 1 {
             docs.sort_unstable();
         }
         docs

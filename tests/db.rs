@@ -144,11 +144,15 @@ fn filters_follow_every_kind_of_write() {
         let mut a = Attributes::new()
             .in_stock(rng.gen_bool(0.6))
             .price(f64::from(rng.gen_range(0..100u32)));
+        // Many values, so that lists are short enough to be read (long
+        // ones go to the walk): both paths are taken.
         if rng.gen_bool(0.8) {
-            a = a.category(["shirts", "jeans", "shoes"][rng.gen_range(0..3)]);
+            a = a.category(
+                ["shirts", "jeans", "shoes", "hats", "belts", "socks"][rng.gen_range(0..6)],
+            );
         }
         if rng.gen_bool(0.7) {
-            a = a.brand(["A", "B", "C", "D"][rng.gen_range(0..4)]);
+            a = a.brand(["A", "B", "C", "D", "E", "F", "G", "H"][rng.gen_range(0..8)]);
         }
         a
     };
@@ -169,6 +173,12 @@ fn filters_follow_every_kind_of_write() {
         Filter::new().brand_in(["A"]).exclude("p3"),
         Filter::new().in_stock().stock(false),
         Filter::new().price_range(..50.0),
+        Filter::new().category_in(["socks"]).price_range(20.0..),
+        Filter::new().in_stock().brand_in(["E"]),
+        Filter::new()
+            .category_in(["belts", "hats"])
+            .brand_in(["F", "G", "H"]),
+        Filter::new().category_in(Vec::<String>::new()),
     ];
     for step in 0..500 {
         let id = format!("p{}", rng.gen_range(0..60));
