@@ -235,6 +235,12 @@ fn bench_open_measures_a_folder_of_its_own_only() {
     assert_eq!(rows[0]["n"], 300);
     assert_eq!(rows[0]["rebuilt_on_dump_open"], 0, "{rows:?}");
     assert_eq!(rows[0]["rebuilt_on_rebuild_open"], 1, "{rows:?}");
+    for filter in ["none", "in_stock", "brand", "category_in_stock"] {
+        assert!(
+            rows[0]["search_ms"][filter].as_f64().unwrap() > 0.0,
+            "{rows:?}"
+        );
+    }
     // A folder that holds anything is refused and left as it was.
     let used = dir.path().join("used");
     std::fs::create_dir_all(used.join("index")).unwrap();

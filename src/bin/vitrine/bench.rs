@@ -95,7 +95,9 @@ pub enum BenchCommand {
         json: bool,
     },
     /// Open time of a database of N random products: with a matching index dump,
-    /// and with a rebuild; plus bytes on disk per product.
+    /// and with a rebuild; bytes on disk per product; and search latency
+    /// (k = 10) under the business filters sent most: none, in stock (half
+    /// the products), one brand (5 %), one category in stock (1 %).
     Open {
         /// Number of products.
         #[arg(long, default_value_t = 100_000)]
@@ -399,7 +401,8 @@ fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
             let attrs = Attributes::new()
                 .brand(format!("brand-{}", i % 20))
                 .category(format!("cat-{}", i % 50))
-                .price((i % 200) as f64);
+                .price((i % 200) as f64)
+                .in_stock(i % 2 == 0);
             db.insert(&format!("sku-{i:08}"), attrs, [("embedding", v)])?;
         }
         db.close()?;
@@ -411,6 +414,27 @@ fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
     let with_dump_s = t.elapsed().as_secs_f64();
     let rebuilt_with_dump = db.open_report().rebuilt.len();
     let bytes = db.size_on_disk()?;
+    let queries: Vec<Vec<f32>> = (0..200)
+        .map(|_| (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect())
+        .collect();
+    let filters = [
+        ("none", vitrine::Filter::new()),
+        ("in_stock", vitrine::Filter::new().in_stock()),
+        ("brand", vitrine::Filter::new().brand_in(["brand-3"])),
+        (
+            "category_in_stock",
+            vitrine::Filter::new().category_in(["cat-8"]).in_stock(),
+        ),
+    ];
+    let mut search_ms = serde_json::Map::new();
+    for (name, f) in &filters {
+        let t = Instant::now();
+        for q in &queries {
+            db.similar(vitrine::SimilarTo::Vector(q), 10, f)?;
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / queries.len() as f64;
+        search_ms.insert((*name).to_string(), serde_json::json!(ms));
+    }
     drop(db);
 
     std::fs::remove_dir_all(dir.join("index").join("embedding"))
@@ -429,6 +453,7 @@ fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
                 "open_with_dump_s": with_dump_s, "open_with_rebuild_s": rebuild_s,
                 "bytes_per_product": bytes as f64 / n.max(1) as f64,
                 "rebuilt_on_dump_open": rebuilt_with_dump, "rebuilt_on_rebuild_open": rebuilt,
+                "search_ms": search_ms,
             })
         );
     } else {
@@ -441,6 +466,11 @@ fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
             "bytes on disk per product: {:.0}",
             bytes as f64 / n.max(1) as f64
         );
+        let shown: Vec<String> = search_ms
+            .iter()
+            .map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(f64::NAN)))
+            .collect();
+        println!("search, ms per query (k = 10): {}", shown.join(", "));
     }
     Ok(())
 }
