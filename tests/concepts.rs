@@ -2,6 +2,8 @@
 //! database: the 300 sample images of `examples/catalog` run through the
 //! bundled model, with their catalog labels as ground truth.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -1189,14 +1191,6 @@ fn deleting_a_profiles_only_tag_leaves_a_usable_profile() {
     assert_eq!(db.profile("bob").unwrap().unwrap().events.len(), 1);
 }
 
-/// A raw record type, to damage what the engine stored.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Raw(Vec<u8>);
-
-impl vitrine_storage::Record for Raw {
-    const VERSION: u8 = 0;
-}
-
 /// A damaged concept layout is damage, named, for outfits as for queries:
 /// not "no concept space".
 #[test]
@@ -1212,7 +1206,8 @@ fn a_damaged_concept_layout_is_corruption() {
         let store =
             vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
                 .unwrap();
-        let ks: vitrine_storage::Keyspace<Raw> = store.keyspace("vitrine.concept_layout").unwrap();
+        let ks: vitrine_storage::Keyspace<common::Raw> =
+            store.keyspace("vitrine.concept_layout").unwrap();
         ks.put_raw(b"layout", b"\x01not a layout").unwrap();
         store.flush().unwrap();
     }

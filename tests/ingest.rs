@@ -7,6 +7,8 @@
 //! there. Images come from `../shared/data/fpi` when present, else they are
 //! generated.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -1185,14 +1187,6 @@ fn a_concept_space_of_another_metric_is_refused() {
     assert!(db.model_fingerprint().is_none());
 }
 
-/// A raw record type, to write what an older build stored.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Raw(Vec<u8>);
-
-impl vitrine_storage::Record for Raw {
-    const VERSION: u8 = 0;
-}
-
 /// A database whose preparation was recorded before the area shrink
 /// existed keeps preparing without it (its vectors were made so); a new
 /// one records it on.
@@ -1208,7 +1202,7 @@ fn a_preparation_recorded_by_an_older_build_keeps_no_area_shrink() {
         let store =
             vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
                 .unwrap();
-        let ks: vitrine_storage::Keyspace<Raw> = store.keyspace("vitrine.prep").unwrap();
+        let ks: vitrine_storage::Keyspace<common::Raw> = store.keyspace("vitrine.prep").unwrap();
         // Version 1: pixel aspect (f64, little-endian), crop, illumination Off.
         let mut v1 = vec![1u8];
         v1.extend(0.75f64.to_le_bytes());
@@ -1244,7 +1238,7 @@ fn a_preparation_recorded_by_an_older_build_keeps_no_area_shrink() {
         let store =
             vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
                 .unwrap();
-        let ks: vitrine_storage::Keyspace<Raw> = store.keyspace("vitrine.prep").unwrap();
+        let ks: vitrine_storage::Keyspace<common::Raw> = store.keyspace("vitrine.prep").unwrap();
         assert!(ks.remove(b"prep").unwrap());
         store.flush().unwrap();
     }

@@ -105,14 +105,7 @@ proptest! {
     fn edited_headers_with_a_valid_checksum_parse_whole_or_not_at_all(
         edits in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
     ) {
-        let mut idx = SpaceIndex::new(DIM, Metric::Cosine, IndexConfig::default()).unwrap();
-        for d in 0..5u64 {
-            idx.upsert(d, &[1.0, d as f32, 0.5, 0.0]).unwrap();
-        }
-        idx.remove(2);
-        let dir = tempfile::tempdir().unwrap();
-        idx.save(&dir.path().join("i"), 1).unwrap();
-        let good = std::fs::read(dir.path().join("i").join("index.vtx")).unwrap();
+        let good = saved_header();
         // Magic and version stay: past them is what the checksum guards.
         let (start, end) = (12, good.len() - 4);
         let mut edited = good.clone();
@@ -128,14 +121,7 @@ proptest! {
 
     #[test]
     fn damaged_headers_are_refused(pos in any::<prop::sample::Index>(), bit in 0u8..8, cut in any::<prop::sample::Index>()) {
-        let mut idx = SpaceIndex::new(DIM, Metric::Cosine, IndexConfig::default()).unwrap();
-        for d in 0..5u64 {
-            idx.upsert(d, &[1.0, d as f32, 0.5, 0.0]).unwrap();
-        }
-        idx.remove(2);
-        let dir = tempfile::tempdir().unwrap();
-        idx.save(&dir.path().join("i"), 1).unwrap();
-        let good = std::fs::read(dir.path().join("i").join("index.vtx")).unwrap();
+        let good = saved_header();
         let header = parse_index_header(&good).unwrap();
         prop_assert_eq!(encode_index_header(&header), good.clone());
         let mut flipped = good.clone();
@@ -143,4 +129,16 @@ proptest! {
         prop_assert!(parse_index_header(&flipped).is_err());
         prop_assert!(parse_index_header(&good[..cut.index(good.len())]).is_err());
     }
+}
+
+/// The header file of a small saved index with a tombstone.
+fn saved_header() -> Vec<u8> {
+    let mut idx = SpaceIndex::new(DIM, Metric::Cosine, IndexConfig::default()).unwrap();
+    for d in 0..5u64 {
+        idx.upsert(d, &[1.0, d as f32, 0.5, 0.0]).unwrap();
+    }
+    idx.remove(2);
+    let dir = tempfile::tempdir().unwrap();
+    idx.save(&dir.path().join("i"), 1).unwrap();
+    std::fs::read(dir.path().join("i").join("index.vtx")).unwrap()
 }

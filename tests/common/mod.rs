@@ -34,3 +34,12 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// A record of raw bytes under version 0: to write what an older build
+/// stored, or to damage what the engine stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Raw(pub Vec<u8>);
+
+impl vitrine_storage::Record for Raw {
+    const VERSION: u8 = 0;
+}
