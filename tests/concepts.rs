@@ -1320,6 +1320,25 @@ mod parser_never_panics {
                 prop_assert!(e.column <= text.chars().count());
             }
         }
+
+        /// A slug is its own slug, and a concept key its own key, for any
+        /// text (capitals that lower to more than one character too).
+        #[test]
+        fn slugs_and_keys_are_fixed_points(
+            chars in proptest::collection::vec(
+                prop_oneof![
+                    Just('İ'), Just('ß'), Just('ǅ'), Just('Σ'), Just('Å'), Just(' '), Just('-'),
+                    any::<char>(),
+                ],
+                0..40,
+            ),
+        ) {
+            let text: String = chars.into_iter().collect();
+            let slug = vitrine::concept_slug(&text);
+            prop_assert_eq!(vitrine::concept_slug(&slug), slug.clone());
+            let key = vitrine::concept_key(&format!("g.{text}"));
+            prop_assert_eq!(vitrine::concept_key(&key), key);
+        }
     }
 }
 

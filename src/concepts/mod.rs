@@ -120,12 +120,23 @@ pub fn concept_key(name: &str) -> String {
 
 /// A concept name as written in queries: lower case, runs of anything but
 /// letters and digits become one `_` (`Sports Shoes` → `sports_shoes`,
-/// `Accessories (other)` → `accessories_other`).
+/// `Accessories (other)` → `accessories_other`). A slug is its own slug:
+/// what a capital lowers to beyond letters and digits (the dot of `İ`) is
+/// left out.
+///
+/// ```
+/// use vitrine::concept_slug;
+/// assert_eq!(concept_slug("Sports Shoes"), "sports_shoes");
+/// assert_eq!(concept_slug("İstanbul Blue"), "istanbul_blue");
+/// for label in ["Sports Shoes", "İstanbul Blue", "  Ünïcödé -- Ørange!"] {
+///     assert_eq!(concept_slug(&concept_slug(label)), concept_slug(label));
+/// }
+/// ```
 pub fn concept_slug(label: &str) -> String {
     let mut s = String::with_capacity(label.len());
     for c in label.chars() {
         if c.is_alphanumeric() {
-            s.extend(c.to_lowercase());
+            s.extend(c.to_lowercase().filter(|l| l.is_alphanumeric()));
         } else if !s.ends_with('_') && !s.is_empty() {
             s.push('_');
         }
