@@ -129,8 +129,9 @@ fn end_record(records: &mut Vec<CsvRecord>, fields: &mut Vec<String>, line: usiz
 }
 
 /// The bytes of a CSV file. A device (`/dev/zero`) would be read until
-/// memory runs out and is refused; a pipe is fine (its writer ends it).
-pub(crate) fn read_csv_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+/// memory runs out and is refused (`InvalidInput`); a pipe is fine (its
+/// writer ends it).
+pub fn read_csv_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;

@@ -101,29 +101,13 @@ pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> 
     Ok((header, rows.into_iter().map(|(_, r)| r).collect()))
 }
 
-/// A device (`/dev/zero`) given as a CSV would be read until memory runs
-/// out; a pipe is fine (its writer ends it).
-fn refuse_device(path: &Path) -> anyhow::Result<()> {
-    #[cfg(unix)]
-    if let Ok(m) = std::fs::metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        let t = m.file_type();
-        if t.is_char_device() || t.is_block_device() {
-            bail!("{} is a device, not a CSV file", path.display());
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
-
 /// A CSV row with its line number in the file.
 type NumberedRow = (usize, Vec<String>);
 
 /// [`read_csv`], each row with its line number in the file.
 pub fn read_csv_lines(path: &Path) -> anyhow::Result<(Vec<String>, Vec<NumberedRow>)> {
-    refuse_device(path)?;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes =
+        vitrine::read_csv_file(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
