@@ -1903,6 +1903,12 @@ fn dir_size(path: &Path) -> Result<u64> {
 // ==== Appended for the image insert path (src/ingest, src/model): ====
 // ==== accessors to the model fingerprint stored in the database meta. ====
 impl Db {
+    /// Whether a write failed with an I/O error (a full disk): every later
+    /// write is refused until the process restarts.
+    pub(crate) fn writes_failed(&self) -> bool {
+        self.store.io_failed()
+    }
+
     /// The fingerprint of the model whose outputs the database holds, if any.
     pub(crate) fn stored_model_fingerprint(&self) -> Option<String> {
         read(&self.model_fingerprint).clone()
@@ -1921,9 +1927,14 @@ impl Db {
     }
 
     fn store_model_fingerprint(&self, fingerprint: &str, claim: bool) -> Result<Option<String>> {
-        // Already this model (every image insert asks): no lock to wait for.
-        if read(&self.model_fingerprint).as_deref() == Some(fingerprint) {
-            return Ok(None);
+        // Already this model (every image insert asks), or a claim by
+        // another: answered under the read lock. Waiting for the writer
+        // (which a backup or a compaction holds for long) with the write
+        // lock held would stall every image read behind this one.
+        match read(&self.model_fingerprint).as_deref() {
+            Some(fp) if fp == fingerprint => return Ok(None),
+            Some(fp) if claim => return Ok(Some(fp.to_string())),
+            _ => {}
         }
         // The fingerprint, then the writer: the order writes of model
         // outputs take them in (write_model_output).

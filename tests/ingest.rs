@@ -572,7 +572,8 @@ fn a_model_switch_during_an_import_stores_no_old_outputs_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_db(&model, dir.path());
     let mut stored_at_switch = None;
-    let r = db
+    let mut calls_after = 0;
+    let e = db
         .import(
             ImportSource::Dir(src.path().to_path_buf()),
             ImportOptions::new()
@@ -580,20 +581,21 @@ fn a_model_switch_during_an_import_stores_no_old_outputs_after_it() {
                 .prep(prep())
                 .batch_size(1)
                 .progress(|p| {
-                    if p.stored > 0 && stored_at_switch.is_none() {
+                    if stored_at_switch.is_some() {
+                        calls_after += 1;
+                    } else if p.stored > 0 {
                         db.adopt_model(&other).unwrap();
                         stored_at_switch = Some(p.stored);
                     }
                 }),
         )
-        .unwrap();
+        .unwrap_err();
+    // Every later item would fail the same way: the import stops at the
+    // first, as a whole, instead of running the model on the rest.
+    assert!(matches!(e, IngestError::ModelMismatch { .. }), "{e}");
+    assert_eq!(calls_after, 0);
     let before = stored_at_switch.expect("something was stored");
-    assert_eq!(r.progress.stored, before, "{:?}", r.progress);
-    assert_eq!(r.progress.failed, images.len() - before);
-    assert!(r
-        .failures
-        .iter()
-        .all(|f| matches!(f.error, IngestError::ModelMismatch { .. })));
+    assert!(before < images.len());
     assert_eq!(db.model_fingerprint().as_deref(), Some(other.fingerprint()));
     assert_eq!(db.len(), before);
     // An import with nothing to store changes nothing, not even the model
@@ -606,6 +608,37 @@ fn a_model_switch_during_an_import_stores_no_old_outputs_after_it() {
         .unwrap();
     assert_eq!(empty.progress.total, 0);
     assert_eq!(db.model_fingerprint().as_deref(), Some(other.fingerprint()));
+}
+
+/// Refusing another model needs no lock a writer holds: asked while one
+/// is held (here by an attribute edit, whose callback may read), it answers
+/// instead of waiting for it (it used to take the fingerprint's write lock
+/// and wait, blocking every image read, and this call forever).
+#[test]
+fn refusing_another_model_does_not_wait_for_the_writer() {
+    let Some(model) = model() else { return };
+    let other = renamed_model();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(open_db(&model, dir.path()));
+    db.check_model(&model).unwrap();
+    db.insert("p", Attributes::new(), [("embedding", vec![1.0; 128])])
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = Arc::clone(&db);
+    std::thread::spawn(move || {
+        let mut answer = None;
+        worker
+            .update_attributes("p", |_| answer = Some(worker.check_model(&other)))
+            .unwrap();
+        let _ = tx.send(answer);
+    });
+    let answer = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("check_model waited for the writer lock its own thread holds");
+    assert!(matches!(
+        answer,
+        Some(Err(IngestError::ModelMismatch { .. }))
+    ));
 }
 
 #[test]

@@ -335,8 +335,11 @@ impl Db {
     /// stored are skipped (so an interrupted import resumes where it stopped);
     /// a bad item is recorded in [`ImportReport::failures`] with its reason and
     /// the import goes on. Fails as a whole only when the model cannot be
-    /// loaded, does not fit the database (see [`Db::check_model`]), or the
-    /// source cannot be listed.
+    /// loaded, does not fit the database (see [`Db::check_model`]; also when
+    /// another thread switches the database's model during the import), the
+    /// source cannot be listed, or storage stops taking writes (a full disk:
+    /// every later item would fail). What was stored before such a failure
+    /// stays, and a new import resumes after it.
     pub fn import(
         &self,
         source: ImportSource,
@@ -539,6 +542,7 @@ impl Db {
         // Threads the system refuses: fewer do the work; none of a kind
         // ends the import with an error (returning drops the channels, so
         // the threads already started stop).
+        let mut fatal = None;
         let refused = std::thread::scope(|scope| {
             let thread = |name: &str| std::thread::Builder::new().name(format!("vitrine-{name}"));
             let feeder = thread("import").spawn_scoped(scope, move || {
@@ -597,6 +601,13 @@ impl Db {
                         report.progress.stored += 1;
                         report.progress.replaced += usize::from(job.replace);
                     }
+                    // Every later item would fail the same way: stop
+                    // (leaving the loop drops the channel, so the workers
+                    // stop too) instead of decoding the rest for nothing.
+                    Err(error) if self.writes_failed() || is_model_mismatch(&error) => {
+                        fatal = Some(error);
+                        break;
+                    }
                     Err(error) => {
                         debug!(id = %job.item.id, %error, "import item failed");
                         report.progress.failed += 1;
@@ -615,6 +626,9 @@ impl Db {
         });
         if let Some(e) = refused {
             return Err(IngestError::Threads(e));
+        }
+        if let Some(e) = fatal {
+            return Err(e);
         }
         Ok(report)
     }
@@ -738,6 +752,10 @@ fn inference_worker(rx: Receiver<Prepared>, tx: Sender<Inferred>, model: &Model,
             }
         }
     }
+}
+
+fn is_model_mismatch(e: &IngestError) -> bool {
+    matches!(e, IngestError::ModelMismatch { .. })
 }
 
 #[cfg(test)]
