@@ -590,6 +590,10 @@ impl Db {
         remove_checkpoint_debris(dir);
         let meta_ks = store.keyspace::<Meta>("meta")?;
         let products = store.keyspace::<ProductRecord>("products")?;
+        for name in SIDE_KEYSPACES.iter().flat_map(|names| names.iter()) {
+            // Opening only: the tree holds other records.
+            store.keyspace::<Meta>(&format!("vitrine.{name}"))?;
+        }
 
         let meta = match meta_ks.get(META_KEY)? {
             Some(meta) => {
@@ -1991,6 +1995,16 @@ impl SpaceSnapshot {
     }
 }
 
+/// Every side keyspace, created when a database opens: opening a tree
+/// that does not exist is a write, so reading one that was never written
+/// (the user tags every concept query reads) would otherwise wait out a
+/// backup, and fail once a write had failed.
+pub(crate) const SIDE_KEYSPACES: [&[&str]; 3] = [
+    &crate::concepts::KEYSPACES,
+    &crate::ingest::KEYSPACES,
+    &crate::outfits::KEYSPACES,
+];
+
 // ==== Crate-internal access for concepts, profiles and outfits. ====
 impl Db {
     /// A keyspace of side records (profiles, user tags, outfits…), stored in
@@ -2076,5 +2090,29 @@ impl Db {
             }
         }
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Side records that were never written read as empty while writes are
+    /// paused (a backup copying sled's files): their keyspaces exist from
+    /// the open, so reading one is no write that waits for the copy.
+    #[test]
+    fn reading_unwritten_side_records_does_not_wait_for_paused_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let paused = db.store.pause_writes();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _ = tx.send((db.outfit_settings().is_ok(), db.outfits().is_ok()));
+            });
+            let read = rx.recv_timeout(std::time::Duration::from_secs(60));
+            drop(paused);
+            assert_eq!(read, Ok((true, true)), "the read waited for the pause");
+        });
     }
 }

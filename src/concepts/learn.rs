@@ -336,7 +336,7 @@ pub(crate) fn learn_profile(
     Ok(profile)
 }
 
-const CATALOG_STATS: &str = "concept_stats";
+pub(super) const CATALOG_STATS: &str = "concept_stats";
 const CATALOG_MEAN: &[u8] = b"catalog_mean";
 
 /// Forgets the cached catalog mean: it describes the vectors of the model

@@ -492,6 +492,14 @@ const PROFILES_KS: &str = "profiles";
 /// profile that feedback re-learns, so that learning starts from them.
 const PRIORS_KS: &str = "profile_priors";
 const TAGS_KS: &str = "user_tags";
+/// The side keyspaces of this module (see [`crate::db::SIDE_KEYSPACES`]).
+pub(crate) const KEYSPACES: [&str; 5] = [
+    LAYOUT_KS,
+    PROFILES_KS,
+    PRIORS_KS,
+    TAGS_KS,
+    learn::CATALOG_STATS,
+];
 
 /// Edit distance, for "did you mean".
 pub(crate) fn levenshtein(a: &str, b: &str) -> usize {

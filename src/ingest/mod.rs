@@ -536,6 +536,8 @@ impl Db {
 }
 
 const PREP: &str = "prep";
+/// The side keyspaces of this module (see [`crate::db::SIDE_KEYSPACES`]).
+pub(crate) const KEYSPACES: [&str; 1] = [PREP];
 const PREP_KEY: &[u8] = b"prep";
 
 /// [`PrepConfig`] as stored, without the decode limits.

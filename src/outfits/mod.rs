@@ -26,6 +26,8 @@ const RULES: &str = "outfit_rules";
 const RULES_KEY: &[u8] = b"rules";
 const SETTINGS: &str = "outfit_settings";
 const SETTINGS_KEY: &[u8] = b"settings";
+/// The side keyspaces of this module (see [`crate::db::SIDE_KEYSPACES`]).
+pub(crate) const KEYSPACES: [&str; 3] = [OUTFITS, RULES, SETTINGS];
 
 /// Longest outfit id accepted, in bytes.
 pub const MAX_OUTFIT_ID_LEN: usize = 1024;
