@@ -897,6 +897,46 @@ fn rules_learned_under_another_model_are_stale() {
     assert!(db.outfit_engine().unwrap().outfit_rules().is_some());
 }
 
+/// The rules remember what they read of the outfits' products: another
+/// category, another image or a deletion makes them stale, as a changed
+/// outfit does, until they are learned again.
+#[test]
+fn rules_are_stale_when_a_product_of_an_outfit_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((subset, model)) = small_db(dir.path()) else {
+        return;
+    };
+    let db = open_with_outfits(dir.path(), &model, &subset);
+    let learned = db.learn_outfit_rules().unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
+    let outfit = subset.outfits.values().next().unwrap();
+    let (p, q) = (outfit[0].as_str(), outfit[1].as_str());
+    // A stock change is no change to what the rules learned from.
+    db.update_attributes(p, |a| a.in_stock = false)
+        .unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
+
+    db.update_attributes(p, |a| a.category = Some("renamed".into()))
+        .unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(false));
+    db.learn_outfit_rules().unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
+
+    // Another image: q's vectors (and attributes) under p's id.
+    let mut other = db.get(q).unwrap().unwrap();
+    other.attributes.category = Some("renamed".into());
+    db.upsert(p, other.attributes, other.vectors).unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(false));
+    let relearned = db.learn_outfit_rules().unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
+    assert_ne!(relearned, learned);
+
+    assert!(db.delete(p).unwrap());
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(false));
+    db.learn_outfit_rules().unwrap();
+    assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
+}
+
 #[test]
 fn a_deleted_product_leaves_the_other_templates_plannable() {
     let dir = tempfile::tempdir().unwrap();

@@ -406,9 +406,12 @@ impl Db {
     /// Learns [`OutfitRules`] from every stored outfit, persists them
     /// (replacing earlier rules, atomically) and returns them.
     pub fn learn_outfit_rules(&self) -> OutfitResult<OutfitRules> {
+        // The model first: a switch after it leaves vectors of another
+        // model in the snapshot, which the basis of the rules records.
+        let model = self.model_fingerprint();
         let outfits = self.outfits()?;
         let cat = features::Catalog::load(self)?;
-        let rules = rules::learn(&cat, &outfits, self.model_fingerprint());
+        let rules = rules::learn(&cat, &outfits, model);
         self.side_keyspace::<OutfitRules>(RULES)?
             .put(RULES_KEY, &rules)?;
         Ok(rules)

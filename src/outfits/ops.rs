@@ -426,7 +426,8 @@ impl Db {
     /// them stale until [`Db::learn_outfit_rules`] runs again; so
     /// does a change in the catalog's own colour groups (with a colour
     /// attribute set, a new value among the most frequent), which the
-    /// rules then lack.
+    /// rules then lack, and a change to a product of a stored outfit: its
+    /// deletion, another category or colour, or another image.
     pub fn outfit_rules_current(&self) -> OutfitResult<Option<bool>> {
         let Some(rules) = self.outfit_rules()? else {
             return Ok(None);
@@ -442,7 +443,8 @@ impl Db {
                 && rules.colours == cat.colour_names
                 && rules.colour_attribute == cat.colour_attribute
                 && rules.dim() == cat.layout.dim
-                && rules.model == self.model_fingerprint(),
+                && rules.model == self.model_fingerprint()
+                && rules.same_basis(&cat),
         ))
     }
 

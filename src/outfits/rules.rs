@@ -184,6 +184,8 @@ pub struct OutfitRules {
     /// The product ids of the outfits learned from (the memory of the
     /// kernel compatibility, `memory.rs`).
     pub(crate) memory: Vec<Vec<String>>,
+    /// [`basis`] of the memory when the rules were learned.
+    basis: u32,
     /// Fingerprint of the model whose outputs the rules were learned from
     /// (the database's, [`crate::Db::model_fingerprint`]): after a
     /// re-embedding with another model they no longer apply.
@@ -196,10 +198,10 @@ pub struct OutfitRules {
 }
 
 impl Record for OutfitRules {
-    /// 2: `model`; 3: `colour_attribute`. Rules are derived data: a record
-    /// of an older version is learned again, not migrated
+    /// 2: `model`; 3: `colour_attribute`; 4: `basis`. Rules are derived
+    /// data: a record of an older version is learned again, not migrated
     /// ([`crate::Db::outfit_rules`]).
-    const VERSION: u8 = 3;
+    const VERSION: u8 = 4;
     /// The tables grow with the catalog's categories and colours, and the
     /// kernel's memory with the outfits (about 1 MB for Mango's 39
     /// families and 5,490 outfits, but 120 categories with 40 colour
@@ -264,6 +266,7 @@ impl PartialEq for OutfitRules {
             && self.compat == o.compat
             && self.mean == o.mean
             && self.memory == o.memory
+            && self.basis == o.basis
             && self.model == o.model
             && self.colour_attribute == o.colour_attribute
     }
@@ -291,6 +294,46 @@ fn rule_categories(uses: &[usize], max: usize) -> Vec<bool> {
         keep[c] = true;
     }
     keep
+}
+
+/// A checksum of what learning reads of the outfits' products: which are
+/// in the catalog, and each one's category, model category, colour family,
+/// pattern and concept vector. Deleting, recategorising or re-embedding one
+/// changes it (as does learning while a re-embedding was half done).
+pub(crate) fn basis<'a, O, I>(cat: &Catalog, outfits: O) -> u32
+where
+    O: IntoIterator<Item = I>,
+    I: IntoIterator<Item = &'a str>,
+{
+    let mut h = crc32fast::Hasher::new();
+    for outfit in outfits {
+        h.update(b"outfit");
+        for id in outfit {
+            let Some(i) = cat.lookup(id) else {
+                h.update(&[0]);
+                continue;
+            };
+            h.update(&[1]);
+            let category = cat.categories.get(cat.category[i] as usize);
+            let category = category.map_or("", String::as_str);
+            h.update(&(category.len() as u64).to_le_bytes());
+            h.update(category.as_bytes());
+            h.update(&cat.mcat[i].to_le_bytes());
+            h.update(&cat.colour[i].to_le_bytes());
+            h.update(&[cat.pattern[i]]);
+            for x in cat.concept(i) {
+                h.update(&x.to_le_bytes());
+            }
+        }
+    }
+    h.finalize()
+}
+
+impl OutfitRules {
+    /// Whether the outfits' products are as learning saw them ([`basis`]).
+    pub(crate) fn same_basis(&self, cat: &Catalog) -> bool {
+        self.basis == basis(cat, self.memory.iter().map(|o| o.iter().map(String::as_str)))
+    }
 }
 
 /// Learns the rules of `outfits` over the products of `cat`. Slots whose
@@ -458,6 +501,7 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit], model: Option<String>) ->
         mean,
         category_means,
         compat: w,
+        basis: basis(cat, outfits.iter().map(|o| o.slots.iter().map(|s| s.product.as_str()))),
         memory: outfits
             .iter()
             .map(|o| o.slots.iter().map(|s| s.product.clone()).collect())

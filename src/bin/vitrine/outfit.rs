@@ -239,8 +239,8 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
     };
     if uses_rules && db.outfit_rules_current()? == Some(false) {
         esay!(
-            "warning: the outfit rules are stale (outfits or colour groups changed since \
-             they were learned); `vitrine outfit rules --learn` relearns them"
+            "warning: the outfit rules are stale (outfits, their products or colour groups \
+             changed since they were learned); `vitrine outfit rules --learn` relearns them"
         );
     }
     let learns = matches!(
