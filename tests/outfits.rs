@@ -494,6 +494,51 @@ fn substitutes_have_the_same_category_and_mostly_the_same_colour_family() {
     assert!(same_colour as f64 >= 0.8 * colour_cases as f64);
 }
 
+/// Two sold-out items of one category draw on the same products: each
+/// slot's first candidate is another product, so that taking the firsts
+/// gives an outfit without repeats.
+#[test]
+fn two_sold_out_items_of_one_category_get_different_first_substitutes() {
+    if !have_mango() {
+        return;
+    }
+    let subset = Subset::take(12);
+    let model = Model::bundled().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    import(&db, &model, subset.items());
+    // Every pair of products of the most common category, as an outfit
+    // whose two items are sold out.
+    let mut by_category: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for id in db.ids() {
+        let category = db.get(&id).unwrap().unwrap().attributes.category;
+        by_category.entry(category.unwrap()).or_default().push(id);
+    }
+    let members = by_category.values().max_by_key(|m| m.len()).unwrap();
+    assert!(members.len() >= 8, "{by_category:?}");
+    let pairs: Vec<(&String, &String)> = members
+        .iter()
+        .flat_map(|a| members.iter().filter(move |b| a < *b).map(move |b| (a, b)))
+        .collect();
+    for (n, (a, b)) in pairs.iter().enumerate() {
+        db.store_outfit(&format!("pair-{n}"), &[a.as_str(), b.as_str()])
+            .unwrap();
+    }
+    let mut eng = db.outfit_engine().unwrap();
+    for (n, (a, b)) in pairs.iter().enumerate() {
+        eng.assume_sold_out(&[a, b]);
+        let subs = eng.substitute(&format!("pair-{n}"), 3).unwrap();
+        eng.assume_in_stock(&[a, b]);
+        assert_eq!(subs.len(), 2);
+        let (first, second) = (&subs[0].candidates, &subs[1].candidates);
+        assert_eq!((first.len(), second.len()), (3, 3));
+        assert!(
+            second.iter().all(|c| c.product != first[0].product),
+            "{a} and {b}: {first:?}\n{second:?}"
+        );
+    }
+}
+
 #[test]
 fn expansions_are_in_stock_without_repeats_and_keep_colour_relations() {
     let Some(f) = fixture() else { return };

@@ -666,6 +666,11 @@ impl OutfitEngine<'_> {
     /// too, from the category its slot stored, ranked by the learned
     /// compatibility with the other items only (there is nothing left to
     /// look alike).
+    ///
+    /// A product is the first candidate of one slot at most (slots in
+    /// order: a later slot's list leaves out the products ranked first for
+    /// earlier ones), so taking every slot's first candidate gives an
+    /// outfit without repeats.
     pub fn substitute(&self, outfit: &str, k: usize) -> OutfitResult<Vec<Substitution>> {
         let o = self
             .db
@@ -687,10 +692,12 @@ impl OutfitEngine<'_> {
         }
         let idx: Vec<usize> = present.iter().flatten().copied().collect();
         let cat = &self.cat;
+        // Room for the first candidates of earlier slots, left out below.
+        let wide = k.saturating_add(o.slots.len());
         let mut out = Vec::new();
         for (slot, orig) in present.iter().enumerate() {
             let Some(orig) = *orig else {
-                out.push(self.substitute_deleted(&o, slot, &present, k));
+                out.push(self.substitute_deleted(&o, slot, &present, wide));
                 continue;
             };
             if cat.in_stock[orig] {
@@ -772,7 +779,7 @@ impl OutfitEngine<'_> {
                 })
                 .collect();
             subs.sort_by(|a, b| b.score.total_cmp(&a.score));
-            subs.truncate(k);
+            subs.truncate(wide);
             out.push(Substitution {
                 slot,
                 original: o.slots[slot].product.clone(),
@@ -781,6 +788,12 @@ impl OutfitEngine<'_> {
                 category: cat.categories.get(cat.category[orig] as usize).cloned(),
                 candidates: subs,
             });
+        }
+        let mut firsts: Vec<String> = Vec::new();
+        for s in &mut out {
+            s.candidates.retain(|c| !firsts.contains(&c.product));
+            s.candidates.truncate(k);
+            firsts.extend(s.candidates.first().map(|c| c.product.clone()));
         }
         Ok(out)
     }
@@ -839,16 +852,20 @@ impl OutfitEngine<'_> {
                     same_colour: false,
                     relations_kept: 0,
                     relations_total: 0,
-                    explanation: if self.rules.is_some() {
+                    explanation: if self.rules.is_none() {
+                        "the original is no longer in the catalog and no rules are learned: \
+                         unranked"
+                            .to_string()
+                    } else if gs.is_empty() {
+                        "the original is no longer in the catalog, nor any other item of the \
+                         outfit: unranked"
+                            .to_string()
+                    } else {
                         format!(
                             "the original is no longer in the catalog; compatibility with the \
                              outfit {compat:+.3}; colour {}",
                             cat.colour_name(c)
                         )
-                    } else {
-                        "the original is no longer in the catalog and no rules are learned: \
-                         unranked"
-                            .to_string()
                     },
                 }
             })
