@@ -1640,3 +1640,54 @@ fn catalog_values_are_printed_without_control_characters() {
         text(&out.stderr)
     );
 }
+
+/// `outfit show` on a database made with the model tells a product stored
+/// without model outputs (plain vectors) from one no longer in the catalog.
+#[test]
+fn outfit_show_tells_plain_products_from_deleted_ones() {
+    let Ok(model) = vitrine::Model::bundled() else {
+        eprintln!("SKIPPED: no bundled model");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    {
+        let db = vitrine::Db::builder()
+            .open_with_model(&db_dir, &model)
+            .unwrap();
+        let v = vec![1.0; 128];
+        let c = vec![1.0; db.concept_layout().unwrap().dim];
+        for p in ["plain", "gone"] {
+            db.insert(
+                p,
+                vitrine::Attributes::new(),
+                [
+                    (vitrine::EMBEDDING_SPACE, v.clone()),
+                    (vitrine::CONCEPT_SPACE, c.clone()),
+                ],
+            )
+            .unwrap();
+        }
+        db.store_outfit("look", &["plain", "gone"]).unwrap();
+        // Stored again without model outputs; the other one deleted.
+        db.upsert(
+            "plain",
+            vitrine::Attributes::new(),
+            [(vitrine::EMBEDDING_SPACE, v)],
+        )
+        .unwrap();
+        assert!(db.delete("gone").unwrap());
+    }
+    let d = db_dir.to_str().unwrap();
+    let out = vitrine(&["outfit", "--db", d, "show", "look"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("1. plain\t-\tcolour ?\tin stock"),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("2. gone\t-\tcolour ?\tno longer in the catalog"),
+        "{shown:?}"
+    );
+}

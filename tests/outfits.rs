@@ -957,8 +957,7 @@ fn rules_are_stale_when_a_product_of_an_outfit_changes() {
     let outfit = subset.outfits.values().next().unwrap();
     let (p, q) = (outfit[0].as_str(), outfit[1].as_str());
     // A stock change is no change to what the rules learned from.
-    db.update_attributes(p, |a| a.in_stock = false)
-        .unwrap();
+    db.update_attributes(p, |a| a.in_stock = false).unwrap();
     assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
 
     db.update_attributes(p, |a| a.category = Some("renamed".into()))

@@ -943,6 +943,13 @@ impl OutfitEngine<'_> {
     /// until `outfits_per_template` rounds or a round covers nothing new.
     /// Reports the covered fraction, and the naive nearest-neighbour
     /// baseline's with the same number of outfits.
+    ///
+    /// A template that names a product no longer in the catalog (or one
+    /// without model outputs, or an anchor without a category) is skipped
+    /// and listed in [`CoverPlan::skipped`]; an anchor slot
+    /// ([`ExpandOptions::anchor_slot`]) past a template's last slot is the
+    /// caller's error, [`OutfitError::InvalidArgument`] naming the template,
+    /// before anything is planned.
     pub fn cover<S: AsRef<str>>(
         &self,
         templates: &[S],

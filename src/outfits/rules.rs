@@ -332,7 +332,11 @@ where
 impl OutfitRules {
     /// Whether the outfits' products are as learning saw them ([`basis`]).
     pub(crate) fn same_basis(&self, cat: &Catalog) -> bool {
-        self.basis == basis(cat, self.memory.iter().map(|o| o.iter().map(String::as_str)))
+        self.basis
+            == basis(
+                cat,
+                self.memory.iter().map(|o| o.iter().map(String::as_str)),
+            )
     }
 }
 
@@ -501,7 +505,12 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit], model: Option<String>) ->
         mean,
         category_means,
         compat: w,
-        basis: basis(cat, outfits.iter().map(|o| o.slots.iter().map(|s| s.product.as_str()))),
+        basis: basis(
+            cat,
+            outfits
+                .iter()
+                .map(|o| o.slots.iter().map(|s| s.product.as_str())),
+        ),
         memory: outfits
             .iter()
             .map(|o| o.slots.iter().map(|s| s.product.clone()).collect())

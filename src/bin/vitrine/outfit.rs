@@ -320,8 +320,10 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 for (i, s) in o.slots.iter().enumerate() {
                     // Without a concept space (no model made the database),
                     // no colour family; stock from the catalog.
-                    let stock = match &eng {
-                        Some(eng) => eng.in_stock(&s.product),
+                    // The engine holds only products with model outputs:
+                    // one stored without them is still in the catalog.
+                    let stock = match eng.as_ref().and_then(|e| e.in_stock(&s.product)) {
+                        Some(stock) => Some(stock),
                         None => db.get(&s.product)?.map(|p| p.attributes.in_stock),
                     };
                     say!(
