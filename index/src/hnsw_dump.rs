@@ -197,7 +197,14 @@ pub(crate) fn check(
                 for _ in 0..k {
                     g.u64()?;
                     refs.push((g.u8()?, i32::from_ne_bytes(g.bytes()?)));
-                    g.bytes::<4>()?;
+                    // Searches recompute distances, but an insert sorts a
+                    // neighbour list by them, and hnsw_rs panics on a NaN.
+                    let dist = f32::from_ne_bytes(g.bytes()?);
+                    if dist.is_nan() || dist < 0.0 {
+                        return Err(format!(
+                            "graph file: point {r} of layer {l} has a neighbour at distance {dist}"
+                        ));
+                    }
                 }
             }
             if d.u32()? != MAGIC_DATA || d.u64()? != origin {

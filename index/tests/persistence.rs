@@ -277,6 +277,47 @@ const MAX_M: usize = 255;
 /// loader reads them, and it asserts and calls `process::exit` on some
 /// damage. A load must still end in an error or a usable index (this
 /// process exiting fails the test).
+/// A neighbour distance that is NaN (a forged dump, checksums recomputed)
+/// is refused when the index loads: searches never read it, but the first
+/// insert that links to its point sorts the list, and hnsw_rs panics there.
+#[test]
+fn a_nan_neighbour_distance_is_refused_at_load() {
+    let (idx, _) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    idx.save(&good, 7).unwrap();
+    let mut graph = fs::read(good.join("graph.hnsw.graph")).unwrap();
+    // The first point record: magic, id (8), layer (1), rank (4), then its
+    // layer-0 neighbour count (8) and first neighbour: id (8), layer (1),
+    // rank (4), distance (4).
+    let magic = 0x000a_678fu32.to_ne_bytes();
+    let at = graph.windows(4).position(|w| w == magic).unwrap();
+    let count = u64::from_ne_bytes(graph[at + 17..at + 25].try_into().unwrap());
+    assert!(count >= 1);
+    let dist = at + 25 + 13;
+    let stored = f32::from_ne_bytes(graph[dist..dist + 4].try_into().unwrap());
+    assert!(stored.is_finite() && stored >= 0.0, "{stored}");
+    graph[dist..dist + 4].copy_from_slice(&f32::NAN.to_ne_bytes());
+    let dir = tmp.path().join("nan");
+    copy_dir(&good, &dir);
+    fs::write(dir.join("graph.hnsw.graph"), &graph).unwrap();
+    let mut h =
+        vitrine_index::parse_index_header(&fs::read(good.join("index.vtx")).unwrap()).unwrap();
+    h.graph = vitrine_index::FileSum {
+        len: graph.len() as u64,
+        crc: crc32fast::hash(&graph),
+    };
+    fs::write(
+        dir.join("index.vtx"),
+        vitrine_index::encode_index_header(&h),
+    )
+    .unwrap();
+    match load(&dir, &idx, 7) {
+        Err(LoadError::Corrupt { reason, .. }) => assert!(reason.contains("distance"), "{reason}"),
+        other => panic!("{:?}", other.map(|_| "loaded")),
+    }
+}
+
 #[test]
 fn damaged_dumps_with_matching_checksums_never_exit() {
     let (idx, queries) = sample();
