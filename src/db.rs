@@ -60,7 +60,9 @@ pub struct SpaceStats {
 /// - vector spaces: a new database gets one space, [`DEFAULT_SPACE`], of
 ///   [`DEFAULT_DIM`] dimensions under cosine; an existing database keeps the
 ///   spaces it was created with, and declaring different ones is an error;
-/// - HNSW: 16 connections, `ef_construction` 200, `ef_search` 64;
+/// - HNSW: 16 connections, `ef_construction` 200, `ef_search` 64 for a
+///   new database; an existing one keeps those its graph was built with
+///   unless [`DbBuilder::hnsw`] sets others;
 /// - compaction when a quarter of a space's graph is deleted points;
 /// - index build threads: the number of CPUs;
 /// - a checkpoint (index dump) is written when the handle is dropped;
@@ -89,6 +91,8 @@ pub struct DbBuilder {
     durability: Durability,
     spaces: Vec<VectorSpace>,
     index: IndexConfig,
+    /// Whether [`DbBuilder::hnsw`] was called.
+    hnsw_given: bool,
     threads: usize,
     checkpoint_on_drop: bool,
     scorer: ScorerChoice,
@@ -101,6 +105,7 @@ impl Default for DbBuilder {
             durability: Durability::Immediate,
             spaces: Vec::new(),
             index: IndexConfig::default(),
+            hnsw_given: false,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -129,9 +134,15 @@ impl DbBuilder {
         self
     }
 
-    /// HNSW graph parameters (validated on open).
+    /// HNSW graph parameters (validated on open). A database remembers
+    /// those its graphs were built with (in their dumps): without this
+    /// call an existing one keeps them, compactions included. Given
+    /// `max_connections` or `ef_construction` other than a graph's, the
+    /// open rebuilds that graph with them (listed in
+    /// [`OpenReport::rebuilt`]); `ef_search` applies at once.
     pub fn hnsw(mut self, params: HnswParams) -> Self {
         self.index.hnsw = params;
+        self.hnsw_given = true;
         self
     }
 
@@ -200,7 +211,8 @@ impl DbBuilder {
         self.durability
     }
 
-    /// The HNSW parameters that will be used.
+    /// The HNSW parameters that will be used (for an existing database
+    /// without [`DbBuilder::hnsw`]: those its graphs were built with).
     pub fn hnsw_params(&self) -> &HnswParams {
         &self.index.hnsw
     }
@@ -874,24 +886,44 @@ impl Db {
         let mut spaces = Vec::with_capacity(specs.len());
         for ((spec, flat), lost) in specs.into_iter().zip(flats).zip(lost) {
             let idx_dir = index_dir(dir, &spec.name);
-            let loaded = SpaceIndex::load(&idx_dir, generation, flat.clone(), b.index.clone());
+            // The graph parameters: the caller's, or those the database's
+            // graph was built with (its dump's header, even a stale one).
+            let cfg = match SpaceIndex::saved_params(&idx_dir) {
+                Some(params) if !b.hnsw_given => IndexConfig {
+                    hnsw: params,
+                    ..b.index.clone()
+                },
+                _ => b.index.clone(),
+            };
+            let loaded = SpaceIndex::load(&idx_dir, generation, flat.clone(), cfg.clone());
             let index = match loaded {
-                Ok(index) if !lost => {
+                Ok(index) if !lost && same_graph_params(index.graph().params(), &cfg.hnsw) => {
                     debug!(space = %spec.name, "index dump loaded");
                     index
                 }
                 Err(LoadError::Missing { .. }) if flat.is_empty() => {
                     // A new (or empty) database: nothing to rebuild.
-                    SpaceIndex::build(flat, b.index.clone(), b.threads)?
+                    SpaceIndex::build(flat, cfg, b.threads)?
                 }
                 other => {
                     let reason = match other {
                         Err(e) => e.to_string(),
-                        Ok(_) => "the checkpoint differs from storage".to_owned(),
+                        Ok(_) if lost => "the checkpoint differs from storage".to_owned(),
+                        Ok(index) => {
+                            let (was, now) = (index.graph().params(), &cfg.hnsw);
+                            format!(
+                                "HNSW parameters changed: max_connections {} -> {}, \
+                                 ef_construction {} -> {}",
+                                was.max_connections,
+                                now.max_connections,
+                                was.ef_construction,
+                                now.ef_construction
+                            )
+                        }
                     };
                     warn!(space = %spec.name, %reason, "rebuilding index from storage");
                     report.rebuilt.push((spec.name.clone(), reason));
-                    SpaceIndex::build(flat, b.index.clone(), b.threads)?
+                    SpaceIndex::build(flat, cfg, b.threads)?
                 }
             };
             spaces.push(Space {
@@ -2004,6 +2036,14 @@ pub(crate) const SIDE_KEYSPACES: [&[&str]; 3] = [
     &crate::ingest::KEYSPACES,
     &crate::outfits::KEYSPACES,
 ];
+
+/// Whether a graph built with `a` is one built with `b` (`ef_search` is a
+/// search setting, not the graph's).
+fn same_graph_params(a: &HnswParams, b: &HnswParams) -> bool {
+    a.max_connections == b.max_connections
+        && a.ef_construction == b.ef_construction
+        && a.max_layers == b.max_layers
+}
 
 // ==== Crate-internal access for concepts, profiles and outfits. ====
 impl Db {

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use common::{copy_tree, cosine, vector_for};
 use vitrine::{
-    Attributes, Db, Error, Filter, Metric, Plan, PlanHint, Search, SimilarTo, DEFAULT_SPACE,
+    Attributes, Db, Error, Filter, HnswParams, Metric, Plan, PlanHint, Search, SimilarTo,
+    DEFAULT_SPACE,
 };
 
 const DIM: usize = 32;
@@ -690,6 +691,65 @@ fn damage_dump(dir: &std::path::Path, how: &str) {
             break;
         }
     }
+}
+
+/// A database remembers the graph parameters it was built with: opened
+/// without any, it keeps them (compactions too); opened with others, it
+/// rebuilds its graph with them once, and says so.
+#[test]
+fn graph_parameters_are_kept_until_others_are_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = || {
+        let p =
+            vitrine_index::SpaceIndex::saved_params(&dir.path().join("index").join(DEFAULT_SPACE))
+                .unwrap();
+        (p.max_connections, p.ef_construction, p.ef_search)
+    };
+    let params = |m, ef_c| HnswParams {
+        max_connections: m,
+        ef_construction: ef_c,
+        ef_search: 40,
+        ..HnswParams::default()
+    };
+    let with = |p: HnswParams| {
+        Db::builder()
+            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+            .hnsw(p)
+            .open(dir.path())
+            .unwrap()
+    };
+    let db = with(params(24, 100));
+    fill(&db, 400);
+    db.close().unwrap();
+    assert_eq!(saved(), (24, 100, 40));
+
+    // Opened with the defaults: the graph is loaded, and a compaction
+    // (a third of the products deleted) rebuilds it with its own.
+    let db = open(dir.path());
+    assert!(db.open_report().rebuilt.is_empty());
+    let ids = db.ids();
+    for id in &ids[..150] {
+        assert!(db.delete(id).unwrap());
+    }
+    db.close().unwrap();
+    assert_eq!(saved(), (24, 100, 40));
+
+    // Others given: rebuilt once with them.
+    let db = with(params(32, 100));
+    let rebuilt = &db.open_report().rebuilt;
+    assert_eq!(rebuilt.len(), 1, "{rebuilt:?}");
+    assert!(
+        rebuilt[0].1.contains("max_connections 24 -> 32"),
+        "{rebuilt:?}"
+    );
+    assert_eq!(db.len(), 250);
+    db.close().unwrap();
+    assert_eq!(saved(), (32, 100, 40));
+    let db = with(params(32, 100));
+    assert!(db.open_report().rebuilt.is_empty());
+    drop(db);
+    let db = open(dir.path());
+    assert!(db.open_report().rebuilt.is_empty());
 }
 
 #[test]

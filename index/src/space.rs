@@ -4,7 +4,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::IndexConfig;
+use crate::config::{HnswParams, IndexConfig};
 use crate::error::{Error, LoadError, Result};
 use crate::flat::FlatIndex;
 use crate::format::{self, FileSum, IndexHeader};
@@ -324,6 +324,15 @@ impl SpaceIndex {
         }
         tracing::debug!(dir = %dir.display(), generation, points = header.points.len(), "saved index");
         res
+    }
+
+    /// The parameters the graph saved in `dir` was built with, read from
+    /// its header (whatever its generation); `None` when there is no
+    /// readable header, or its parameters are not valid.
+    pub fn saved_params(dir: &Path) -> Option<HnswParams> {
+        let bytes = fs::read(dir.join(format::HEADER_FILE)).ok()?;
+        let params = format::parse_index_header(&bytes).ok()?.params;
+        params.validate().is_ok().then_some(params)
     }
 
     /// Loads an index saved by [`SpaceIndex::save`] for the vectors in `flat`.
