@@ -571,6 +571,36 @@ fn query_command_prints_results_and_positioned_errors() {
         &format!("similar {seed} where price <"),
     ]);
     assert_eq!(out.status.code(), Some(1));
+    // Without the bundled model, `like image` and `annotate` say why it
+    // could not be loaded (they pointed at a library call).
+    for line in [
+        format!("find like image \"{}\"", images.join("x.jpg").display()),
+        format!("annotate {}", images.join("x.jpg").display()),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(["query", "--db", db, &line])
+            .env("VITRINE_MODEL_DIR", dir.path().join("no-model"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{line}");
+        let err = text(&out.stderr);
+        assert!(err.contains("no-model"), "{line}: {err}");
+        assert!(!err.contains("Db::"), "{line}: {err}");
+    }
+    // Clauses other than conditions are refused, a limit too (20, the
+    // query language's default, was taken for none and ignored); an error
+    // in a condition points at it.
+    for (clause, says) in [
+        ("where in_stock limit 20", "only conditions"),
+        ("where in_stock LIMIT 3", "only conditions"),
+        ("where in_stock diverse 0.5", "only conditions"),
+        ("where in_stock and price < x", "price < x"),
+    ] {
+        let out = vitrine(&["query", "--db", db, &format!("similar {seed} 4 {clause}")]);
+        assert_eq!(out.status.code(), Some(1), "{clause}");
+        let err = text(&out.stderr);
+        assert!(err.contains(says), "{clause}: {err}");
+    }
     // A customer id of digits names the user once a profile has that name;
     // `user=` and `k=` say which outright.
     let out = vitrine(&["query", "--db", db, "profile set 4711 colour=1"]);

@@ -413,10 +413,27 @@ fn malformed_queries_are_typed_errors_with_positions() {
     let caret = lines[2].chars().count() - 1;
     assert_eq!(lines[1].chars().nth(caret), Some('?'), "{shown}");
     // Diversity costs picks × pool: its limit is bounded.
-    match s.db.query("+colour.red limit 2000 diverse 0.5") {
-        Err(ConceptError::Query(e)) => assert_eq!(e.kind, BadNumber, "{e}"),
-        other => panic!("{other:?}"),
+    // Refused where the limit is written, whichever clause comes first.
+    for text in [
+        "+colour.red limit 2000 diverse 0.5",
+        "+colour.red diverse 0.5 limit 2000",
+    ] {
+        match s.db.query(text) {
+            Err(ConceptError::Query(e)) => {
+                assert_eq!(e.kind, BadNumber, "{e}");
+                assert_eq!(e.column, text.find("2000").unwrap(), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
+    let built = ConceptQuery::new()
+        .term("colour.red", 1.0)
+        .limit(2000)
+        .diverse(0.5);
+    assert!(matches!(
+        s.db.run_query(&built, None),
+        Err(ConceptError::Query(e)) if e.kind == BadNumber
+    ));
     assert!(s.db.query("+colour.red limit 1000 diverse 0.5").is_ok());
     // Built in code, bad numbers are typed errors too.
     for q in [

@@ -237,7 +237,8 @@ impl ConceptQuery {
         self
     }
     /// Number of results (default 20; a limit outside `1..=10000` is
-    /// brought into that range when the query runs).
+    /// brought into that range when the query runs; with
+    /// [`ConceptQuery::diverse`], one above 1,000 is refused).
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = limit;
         self
@@ -597,7 +598,7 @@ impl<'a> Parser<'a> {
         if self.keyword("find") {
             self.next();
         }
-        let (mut seen_limit, mut seen_where, mut seen_diverse) = (false, false, false);
+        let (mut limit_col, mut seen_where, mut seen_diverse) = (None, false, false);
         loop {
             let t = self.peek().clone();
             let dup = |what: &str| {
@@ -663,11 +664,11 @@ impl<'a> Parser<'a> {
                 }
                 Tok::Word(w) if w.eq_ignore_ascii_case("limit") => {
                     self.next();
-                    if seen_limit {
+                    if limit_col.is_some() {
                         return Err(dup("limit"));
                     }
-                    seen_limit = true;
                     let (n, col) = self.number("a number of results")?;
+                    limit_col = Some(col);
                     if n.fract() != 0.0 || !(1.0..=MAX_LIMIT as f64).contains(&n) {
                         return Err(QueryError::new(
                             QueryErrorKind::BadNumber,
@@ -726,6 +727,15 @@ impl<'a> Parser<'a> {
                 }
                 _ => return Err(self.unexpected(&t, CLAUSES)),
             }
+        }
+        if let Some(col) = limit_col.filter(|_| q.diverse.is_some() && q.limit > MAX_DIVERSE_LIMIT)
+        {
+            return Err(QueryError::new(
+                QueryErrorKind::BadNumber,
+                col,
+                format!("with diverse, limit is at most {MAX_DIVERSE_LIMIT}"),
+            )
+            .hint("diversity re-ranks every result against the others"));
         }
         if q.terms.is_empty() && q.like.is_none() {
             let col = self.peek().col;
@@ -1182,13 +1192,24 @@ impl Db {
         // Nothing to rank by would return arbitrary products, all scoring 0
         // (the text form refuses a query without terms or like as well).
         if qv.iter().all(|x| *x == 0.0) {
-            return Err(QueryError::new(
-                QueryErrorKind::Empty,
-                0,
-                "the query weighs no concept and no like",
-            )
-            .hint("for example: find +colour.red limit 10")
-            .into());
+            let e = if q.terms.is_empty() && q.like.is_none() {
+                QueryError::new(
+                    QueryErrorKind::Empty,
+                    0,
+                    "the query weighs no concept and no like",
+                )
+                .hint("for example: find +colour.red limit 10")
+            } else {
+                // Terms that weigh nothing: user tags of weight 0, or a
+                // profile that cancels them.
+                QueryError::new(
+                    QueryErrorKind::Empty,
+                    0,
+                    "the query's terms weigh nothing together",
+                )
+                .hint("a user tag of weight 0 counts for nothing: `tag weight NAME 1` restores it")
+            };
+            return Err(e.into());
         }
         let limit = q.limit.clamp(1, MAX_LIMIT);
         // MMR costs picks × pool dot products: the pool stays bounded.

@@ -22,8 +22,8 @@ pub enum BenchCommand {
     ///
     /// Builds with two threads, then searches one query per call on one thread
     /// (an unfiltered exact plan over 4M floats or more, rows × dim, splits its
-    /// scan over up to 8 threads, as the engine does; a filtered one scans on
-    /// one). Recall is tie-aware: a returned id counts when its exact score is
+    /// scan over up to 8 threads, as the engine does; a filtered one too when
+    /// it keeps more than a quarter of the rows). Recall is tie-aware: a returned id counts when its exact score is
     /// at least the k-th best exact score minus 1e-6 × max(1, |score|).
     Ann {
         /// Base vectors: row-major float32 .npy, shape (n, d).

@@ -90,6 +90,9 @@ pub struct Session {
     model: Option<Arc<Model>>,
     /// Whether `model` embedded this database (else `like image` is refused).
     model_fits: bool,
+    /// Why the bundled model could not be loaded, for the commands that
+    /// need it.
+    model_error: Option<String>,
     json: bool,
     /// The last results, for `show`: (id, score, label line).
     last: Vec<(String, f32, String)>,
@@ -104,7 +107,10 @@ impl Session {
     /// `annotate` and `like image`).
     pub fn open(path: &Path, json: bool) -> anyhow::Result<Session> {
         crate::existing_db(path)?;
-        let model = Model::bundled().ok();
+        let (model, model_error) = match Model::bundled() {
+            Ok(m) => (Some(m), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         // With the model: checks it and stores its concept layout. Without
         // (or with another model's database): plain open; concept commands
         // then say what is missing.
@@ -121,6 +127,7 @@ impl Session {
         Ok(Session {
             db,
             model,
+            model_error,
             model_fits,
             json,
             last: Vec::new(),
@@ -285,6 +292,12 @@ impl Session {
         let res = match res {
             Ok(r) => r,
             Err(ConceptError::Query(e)) => bail!("{}", e.render(&text)),
+            Err(ConceptError::Db(vitrine::Error::InvalidConfig(_))) if self.model.is_none() => {
+                bail!(
+                    "`like image` needs the bundled model, which could not be loaded: {}",
+                    self.model_error.as_deref().unwrap_or("unknown reason")
+                )
+            }
             Err(ConceptError::Db(vitrine::Error::InvalidConfig(_)))
                 if self.model.is_some() && !self.model_fits =>
             {
@@ -415,26 +428,41 @@ impl Session {
         // `where …` is the query language's filter, and only that.
         let filter = match clause {
             Some(clause) => {
-                const PREFIX: &str = "find like \"_\" ";
+                // The prefix's limit makes one in the clause a duplicate,
+                // whatever its value (one equal to the default would
+                // otherwise parse as no limit at all).
+                const PREFIX: &str = "find like \"_\" limit 1 ";
+                const ONLY_CONDITIONS: &str = "similar takes only conditions after `where` \
+                     (give k before it: similar <id> [user] [k] where …)";
                 let query = format!("{PREFIX}{clause}");
-                let parsed = vitrine::ConceptQuery::parse(&query, &self.db.vocabulary()?).map_err(
-                    |mut e| {
+                let parsed = match vitrine::ConceptQuery::parse(&query, &self.db.vocabulary()?) {
+                    Ok(parsed) => parsed,
+                    Err(e)
+                        if e.kind == vitrine::QueryErrorKind::Duplicate
+                            && query
+                                .chars()
+                                .skip(e.column)
+                                .take(5)
+                                .collect::<String>()
+                                .eq_ignore_ascii_case("limit") =>
+                    {
+                        bail!("{ONLY_CONDITIONS}")
+                    }
+                    Err(mut e) => {
                         // The caret goes under the line as typed.
                         let typed = format!("similar {line}");
                         let clause_col = typed.chars().count() - clause.chars().count();
                         e.column = e.column + clause_col - PREFIX.chars().count();
-                        anyhow::anyhow!("{}", e.render(&typed))
-                    },
-                )?;
+                        bail!("{}", e.render(&typed))
+                    }
+                };
                 let filter = parsed.get_filter().clone();
                 let only_filter = vitrine::ConceptQuery::new()
                     .like(vitrine::LikeTarget::Id("_".into()), 1.0)
+                    .limit(1)
                     .filter(filter.clone());
                 if parsed != only_filter {
-                    bail!(
-                        "similar takes only conditions after `where` (give k before it: \
-                         similar <id> [user] [k] where …)"
-                    );
+                    bail!("{ONLY_CONDITIONS}");
                 }
                 filter
             }
@@ -534,10 +562,12 @@ impl Session {
         if file.is_empty() {
             bail!("usage: annotate <image file>");
         }
-        let model = self
-            .model
-            .as_ref()
-            .context("the bundled model is not available")?;
+        let Some(model) = self.model.as_ref() else {
+            bail!(
+                "the bundled model is not available: {}",
+                self.model_error.as_deref().unwrap_or("unknown reason")
+            );
+        };
         // Prepared as the database's own images are (the fpi set's squashed
         // pixels, say).
         let prep = self.db.prep_config()?;

@@ -53,6 +53,19 @@ pub struct Tile {
     pub labels: Vec<String>,
 }
 
+/// The most characters of a title shown (960 pixels).
+const MAX_TITLE_CHARS: usize = 160;
+
+/// `text` cut to `max` characters, the last three `...` when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(3)).collect();
+    out.push_str("...");
+    out
+}
+
 /// An image as the model sees it: upright by its EXIF orientation,
 /// transparency on white, under the default decode limits.
 fn load(path: &std::path::Path) -> anyhow::Result<RgbImage> {
@@ -66,6 +79,10 @@ fn load(path: &std::path::Path) -> anyhow::Result<RgbImage> {
 /// each image resized to 96 × 128.
 pub fn render(title: &str, tiles: &[Tile]) -> anyhow::Result<RgbImage> {
     let n = tiles.len() as u32;
+    // A long title (a query of thousands of brands) is clipped, not
+    // allowed to make the sheet as wide.
+    let title = clip(title, MAX_TITLE_CHARS);
+    let title = title.as_str();
     let width = (GAP + n * (TILE_W + GAP) + GAP).max(GAP * 2 + text_width(title));
     let top = GAP + TITLE_H;
     let height = top + TILE_H + 2 + BAR_H + 2 + LABEL_LINES * LINE_H + GAP;
@@ -226,6 +243,20 @@ mod tests {
         assert!(inked > 30, "{inked}");
         // Nothing drawn outside the image, no panic.
         draw_text(&mut img, 38, 8, "W", INK);
+    }
+
+    /// A title of 40k characters (a query naming 2,000 brands) does not
+    /// make a sheet 240,000 pixels wide.
+    #[test]
+    fn a_long_title_is_clipped() {
+        let title = "find +colour.red where brand in (x) ".repeat(1_100);
+        let sheet = render(&title, &[]).unwrap();
+        assert_eq!(
+            sheet.width(),
+            GAP * 2 + text_width(&"x".repeat(MAX_TITLE_CHARS))
+        );
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("abcdefghijk", 10), "abcdefg...");
     }
 }
 
