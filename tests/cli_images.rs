@@ -282,6 +282,8 @@ fn import_reads_a_csv_with_attributes() {
         stdout.contains("3 present: 1 updated, 2 unchanged, 0 failed"),
         "{stdout}"
     );
+    assert!(!stdout.contains("not in"), "{stdout}");
+    assert!(!stdout.contains("another image"), "{stdout}");
     // A CSV with fewer columns changes only its own cells: sku-1 stays
     // sold out, in its category, with its colour.
     let prices = dir.path().join("prices.csv");
@@ -292,6 +294,9 @@ fn import_reads_a_csv_with_attributes() {
     .unwrap();
     let out = import(&prices, &["--update"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    // The products the CSV does not list are kept, and counted.
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("2 stored products are not in"), "{stdout}");
     let db = vitrine::Db::builder()
         .open_with_model(&db_dir, &model)
         .unwrap();
@@ -336,6 +341,49 @@ fn import_reads_a_csv_with_attributes() {
     assert_eq!(
         db.get("sku-1").unwrap().unwrap().attributes.price,
         Some(8.0)
+    );
+    assert_eq!(
+        db.get("sku-2").unwrap().unwrap().attributes.price,
+        Some(7.0)
+    );
+    drop(db);
+    // A row naming another image than the product's is applied, and said
+    // to need --refresh; rows of only commas (a spreadsheet's cleared
+    // rows) are no rows; a good row after a bad one of its id is its
+    // second, not imported.
+    std::fs::write(
+        &prices,
+        format!(
+            "id,path,price\nsku-1,{},7.5\n,,\n , ,\nsku-2,,abc\nsku-2,,6\n",
+            files[2].display()
+        ),
+    )
+    .unwrap();
+    let out = import(&prices, &["--update"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("1 present: 1 updated, 0 unchanged, 0 failed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 present products name another image") && stdout.contains("--refresh"),
+        "{stdout}"
+    );
+    let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
+    assert_eq!(failures.lines().count(), 2, "{failures}");
+    assert!(failures.contains("line 5: bad price 'abc'"), "{failures}");
+    assert!(
+        failures
+            .contains("line 6: id sku-2 appears twice in the file (an earlier row of it is bad)"),
+        "{failures}"
+    );
+    let db = vitrine::Db::builder()
+        .open_with_model(&db_dir, &model)
+        .unwrap();
+    assert_eq!(
+        db.get("sku-1").unwrap().unwrap().attributes.price,
+        Some(7.5)
     );
     assert_eq!(
         db.get("sku-2").unwrap().unwrap().attributes.price,
@@ -976,11 +1024,50 @@ fn import_refuses_another_models_database_unless_reembedding() {
     // Outfits read only the stored vectors: they work too.
     let out = vitrine(&["outfit", "--db", db_s, "list"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    // --reembed replaces every product; a second run has nothing left to do.
+    // A --reembed from a CSV that no longer lists a product leaves that
+    // one of the old model: a failure, named in the report (exit 3).
+    let ids: Vec<String> = files
+        .iter()
+        .map(|f| f.file_stem().unwrap().to_str().unwrap().to_string())
+        .collect();
+    let listed = dir.path().join("listed.csv");
+    std::fs::write(
+        &listed,
+        format!(
+            "id,path\n{},{}\n{},{}\n",
+            ids[0],
+            files[0].display(),
+            ids[1],
+            files[1].display()
+        ),
+    )
+    .unwrap();
+    let out = vitrine(&[
+        "import",
+        listed.to_str().unwrap(),
+        "--db",
+        db_s,
+        "--fpi",
+        "--reembed",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 stored products are not in"),
+        "{}",
+        text(&out.stdout)
+    );
+    let failures = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
+    assert_eq!(failures.lines().count(), 1, "{failures}");
+    assert!(
+        failures.starts_with(&format!("{}\t\tnot in the CSV, so not re-embedded", ids[2])),
+        "{failures}"
+    );
+    // --reembed from the folder re-embeds the one left; a second run has
+    // nothing left to do.
     let out = vitrine(&["import", src_s, "--db", db_s, "--fpi", "--reembed"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("3 items: 3 imported (3 of them re-embedded"),
+        text(&out.stdout).contains("3 items: 1 imported (1 of them re-embedded"),
         "{}",
         text(&out.stdout)
     );

@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use vitrine::{Attributes, Db, ImportItem, ImportOptions, ImportReport, ImportSource, Model};
+use vitrine::{
+    Attributes, Db, ImportItem, ImportOptions, ImportReport, ImportSource, Model, ATTR_MODEL,
+    ATTR_SOURCE,
+};
 
 /// Arguments of `vitrine import`.
 #[derive(Args)]
@@ -256,10 +259,30 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
         rows: Vec::with_capacity(rows.len()),
         bad: Vec::new(),
     };
+    // Ids of bad rows: a later row of one is its second, as for good rows
+    // (it used to be imported, and the bad row blamed).
+    let mut bad_ids = std::collections::HashSet::new();
     for (line, row) in rows {
         let cell = |i: usize| row.get(i).map_or("", |c| c.trim());
         let shown = |i: usize| tsv_field(cell(i));
-        match csv_cells(&header, &row) {
+        // A spreadsheet writes cleared rows as `,,,`: no row at all.
+        if row.iter().all(|c| c.trim().is_empty()) {
+            continue;
+        }
+        let cells = csv_cells(&header, &row);
+        if cells.is_err() || cell(0).is_empty() || !(update || !cell(1).is_empty()) {
+            bad_ids.insert(cell(0).to_string());
+        } else if bad_ids.contains(cell(0)) {
+            out.bad.push(format!(
+                "{}\t{}\tline {}: id {} appears twice in the file (an earlier row of it is bad)",
+                shown(0),
+                shown(1),
+                line,
+                shown(0)
+            ));
+            continue;
+        }
+        match cells {
             Ok(cells) if !cell(0).is_empty() && (update || !cell(1).is_empty()) => {
                 out.rows.push(CsvRow {
                     id: cell(0).to_string(),
@@ -618,15 +641,24 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     }
     let bad_row_count = bad_rows.len();
     let (mut updated, mut unchanged, mut update_failures) = (0usize, 0usize, bad_rows);
+    // The ids the CSV lists, to name the stored products it no longer does.
+    let listed: Option<std::collections::HashSet<String>> = rows
+        .as_ref()
+        .map(|rows| rows.iter().map(|r| r.id.clone()).collect());
     let source = match rows {
         Some(rows) if args.update => {
             let bad_before = update_failures.len();
             let mut new_items = Vec::new();
             let mut no_image = Vec::new();
             let mut seen = std::collections::HashSet::new();
+            let mut twice = 0usize;
+            // Present products whose row names another image than the one
+            // their vectors come from (which an update does not re-embed).
+            let mut moved: Vec<(String, String)> = Vec::new();
             for row in rows {
                 // As a plain import does: a second row of an id fails.
                 if !seen.insert(row.id.clone()) {
+                    twice += 1;
                     update_failures.push(format!(
                         "{}\t\tline {}: id {} appears twice in the file",
                         tsv_field(&row.id),
@@ -635,7 +667,15 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                     ));
                     continue;
                 }
-                match db.update_attributes(&row.id, |a| row.apply(a)) {
+                let named = row.path.as_deref().map(std::path::absolute);
+                match db.update_attributes(&row.id, |a| {
+                    if let (Some(Ok(named)), Some(source)) = (&named, a.extra.get(ATTR_SOURCE)) {
+                        if named.as_path() != Path::new(source) {
+                            moved.push((row.id.clone(), named.display().to_string()));
+                        }
+                    }
+                    row.apply(a)
+                }) {
                     Err(vitrine::Error::NotFound { .. }) => match row.into_item() {
                         Ok(item) => new_items.push(item),
                         Err(line) => no_image.push(line),
@@ -656,11 +696,24 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                     )),
                 }
             }
-            let failed = update_failures.len() - bad_before;
+            let failed = update_failures.len() - bad_before - twice;
             println!(
                 "{} present: {updated} updated, {unchanged} unchanged, {failed} failed",
                 updated + unchanged + failed,
             );
+            if twice > 0 {
+                println!("{twice} rows repeat an id of an earlier row (not applied)");
+            }
+            if let Some((id, path)) = moved.first() {
+                println!(
+                    "{} present products name another image than the one they were embedded \
+                     from (first: {} -> {}); their vectors are of the old one: \
+                     `vitrine import CSV --db DB --refresh` re-embeds them",
+                    moved.len(),
+                    crate::field(id),
+                    crate::field(path)
+                );
+            }
             if !no_image.is_empty() {
                 println!("{} new products without an image path", no_image.len());
             }
@@ -699,17 +752,66 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         Some(p) => Some(db.prep_config()?.pixel_aspect(p.get_pixel_aspect())),
         None => None,
     };
+    let report_path = args
+        .report
+        .unwrap_or_else(|| args.db.join("import-failures.tsv"));
     let report = if other_model {
         // Only attributes changed: nothing for the model to do.
         ImportReport::default()
     } else {
-        import_with_options(&db, &model, prep, source, options)?
+        match import_with_options(&db, &model, prep, source, options) {
+            Ok(report) => report,
+            Err(e) => {
+                // Last night's report must not stand for this run: it
+                // holds this run's row failures and why it stopped.
+                let mut lines = update_failures;
+                lines.push(format!(
+                    "\t\tthe import stopped: {}",
+                    tsv_field(&format!("{e:#}"))
+                ));
+                if write_report(&report_path, &lines).is_err() {
+                    for line in &lines {
+                        esay!("failed: {line}");
+                    }
+                }
+                return Err(e);
+            }
+        }
     };
     db.flush()?;
     print_summary(&report);
-    let report_path = args
-        .report
-        .unwrap_or_else(|| args.db.join("import-failures.tsv"));
+    // Products the CSV no longer lists are kept; after a re-embedding,
+    // those still of another model are failures (their vectors do not
+    // compare with the others').
+    if let Some(listed) = &listed {
+        let fingerprint = db.model_fingerprint();
+        let (mut unlisted, mut old_model) = (0usize, Vec::new());
+        for id in db.ids().into_iter().filter(|id| !listed.contains(id)) {
+            unlisted += 1;
+            if args.reembed {
+                let model_of = db
+                    .get(&id)?
+                    .and_then(|p| p.attributes.get(ATTR_MODEL).map(str::to_owned));
+                if model_of.is_some() && model_of != fingerprint {
+                    old_model.push(id);
+                }
+            }
+        }
+        if unlisted > 0 {
+            println!(
+                "{unlisted} stored products are not in {} (kept; `vitrine product --db DB \
+                 delete ID` removes one)",
+                args.source.display()
+            );
+        }
+        update_failures.extend(old_model.iter().map(|id| {
+            format!(
+                "{}\t\tnot in the CSV, so not re-embedded: its vectors are of the previous \
+                 model (list it with its image, or delete it)",
+                tsv_field(id)
+            )
+        }));
+    }
     let lines: Vec<String> = report
         .failures
         .iter()
