@@ -1535,7 +1535,9 @@ impl Db {
                 .map_or(0, |d| d.as_nanos())
         ));
         std::fs::create_dir(&partial).map_err(io_err(&partial))?;
-        let done = copy_dir(&self.dir, &partial)
+        // Not the old files a `repair --no-copy` kept: they are no part of
+        // the database (and as large as its sled files).
+        let done = copy_dir(&self.dir, &partial, salvage_leftovers)
             .and_then(|()| sync_dir(&partial))
             .and_then(|()| std::fs::rename(&partial, dest).map_err(io_err(dest)))
             .and_then(|()| sync_dir(parent));
@@ -1553,9 +1555,11 @@ impl Db {
         self.checkpoint()
     }
 
-    /// Bytes the database occupies on disk (sled, arenas and index dumps).
+    /// Bytes the database occupies on disk (sled, arenas and index dumps;
+    /// not the old files a `vitrine repair --no-copy` kept beside them,
+    /// which a backup does not copy either).
     pub fn size_on_disk(&self) -> Result<u64> {
-        dir_size(&self.dir)
+        dir_size(&self.dir, salvage_leftovers)
     }
 
     fn default_space(&self) -> &str {
@@ -1873,14 +1877,17 @@ fn remove_checkpoint_debris(dir: &Path) {
 
 /// Copies a folder tree of regular files and folders, each file synced
 /// (anything else in it is an error: a database folder holds nothing else).
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+fn copy_dir(from: &Path, to: &Path, skip: fn(&std::ffi::OsStr) -> bool) -> Result<()> {
     std::fs::create_dir_all(to).map_err(io_err(to))?;
     for entry in std::fs::read_dir(from).map_err(io_err(from))? {
         let entry = entry.map_err(io_err(from))?;
+        if skip(&entry.file_name()) {
+            continue;
+        }
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
         let kind = entry.file_type().map_err(io_err(&src))?;
         if kind.is_dir() {
-            copy_dir(&src, &dst)?;
+            copy_dir(&src, &dst, |_| false)?;
             sync_dir(&dst)?;
         } else if kind.is_file() {
             // A failure is the copy's (a full destination, say): name it.
@@ -1910,7 +1917,17 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn dir_size(path: &Path) -> Result<u64> {
+/// The name (and prefix, with `-2`, `-3`…) of the folder in which
+/// `vitrine repair --no-copy` keeps sled's old files.
+const SALVAGE_LEFTOVERS: &str = "sled.before-salvage";
+
+fn salvage_leftovers(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with(SALVAGE_LEFTOVERS)
+}
+
+/// Bytes of the files under `path`, but for the entries `skip` names in
+/// `path` itself.
+fn dir_size(path: &Path, skip: fn(&std::ffi::OsStr) -> bool) -> Result<u64> {
     // A file or folder that goes away meanwhile (a checkpoint's rename,
     // sled replacing a snapshot) counts as 0, not as an error.
     let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
@@ -1922,13 +1939,16 @@ fn dir_size(path: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in entries {
         let entry = entry.map_err(io_err(path))?;
+        if skip(&entry.file_name()) {
+            continue;
+        }
         let meta = match entry.metadata() {
             Ok(meta) => meta,
             Err(e) if gone(&e) => continue,
             Err(e) => return Err(io_err(&entry.path())(e)),
         };
         total += if meta.is_dir() {
-            dir_size(&entry.path())?
+            dir_size(&entry.path(), |_| false)?
         } else {
             meta.len()
         };
