@@ -114,6 +114,13 @@ impl SimilarTable {
         )
     }
 
+    /// Whether [`SimilarTable::write`] may write `path` (a file in an
+    /// existing folder, replacing nothing but an earlier table): check it
+    /// before computing a table that takes an hour.
+    pub fn check_destination(path: &Path) -> Result<(), SimilarFileError> {
+        vitrine_index::check_similar_destination(path)
+    }
+
     /// Writes the file atomically (see [`PrecomputedSimilar`] for the format).
     pub fn write(&self, path: &Path) -> Result<(), SimilarFileError> {
         vitrine_index::write_similar_file(path, self.k, &self.ids, &self.lists)

@@ -149,6 +149,17 @@ fn precompute_similar_command_writes_a_servable_file() {
             db.insert(id, attrs, [("embedding", v.to_vec())]).unwrap();
         }
     }
+    // A destination that cannot be written is refused before any scoring.
+    let refused = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["precompute", "similar", "--db"])
+        .arg(&db_dir)
+        .arg("--out")
+        .arg(dir.path().join("no-such-folder/similar.vsim"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let says = String::from_utf8_lossy(&refused.stderr);
+    assert!(says.contains("folder does not exist"), "{says}");
     let out = dir.path().join("similar.vsim");
     let status = Command::new(env!("CARGO_BIN_EXE_vitrine"))
         .args([

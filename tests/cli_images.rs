@@ -1138,6 +1138,60 @@ fn info_reports_contents_and_a_rebuilt_index() {
         "{shown}"
     );
     assert!(shown.contains("products   4 (4 in stock"), "{shown}");
+    assert!(shown.contains("(the bundled model)"), "{shown}");
+    // Without the bundled model there is nothing to compare with: unknown,
+    // not "another model".
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["info", "--db", db_s])
+        .env("VITRINE_MODEL_DIR", dir.path().join("no-model"))
+        .output()
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("the bundled model could not be loaded to compare"),
+        "{shown}"
+    );
+    assert!(!shown.contains("not the bundled model"), "{shown}");
+
+    // A side record this build cannot read (a user tag of a newer build):
+    // named, and the open no longer called clean.
+    {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Newer(u8);
+        impl vitrine_storage::Record for Newer {
+            const VERSION: u8 = 200;
+        }
+        let store =
+            vitrine_storage::Store::open(&db, vitrine_storage::StoreOptions::default()).unwrap();
+        store
+            .keyspace::<Newer>("vitrine.user_tags")
+            .unwrap()
+            .put(b"future", &Newer(1))
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let out = vitrine(&["info", "--db", db_s]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("cannot read the user tags"), "{shown}");
+    assert!(!shown.contains("clean"), "{shown}");
+    let v = info(true);
+    assert_eq!(v["user_tags"], serde_json::Value::Null, "{v}");
+    assert_eq!(
+        v["opened"]["unreadable"].as_array().unwrap().len(),
+        1,
+        "{v}"
+    );
+    {
+        let store =
+            vitrine_storage::Store::open(&db, vitrine_storage::StoreOptions::default()).unwrap();
+        store
+            .keyspace::<vitrine_storage::Meta>("vitrine.user_tags")
+            .unwrap()
+            .remove(b"future")
+            .unwrap();
+        store.flush().unwrap();
+    }
 
     // A damaged arena: reported, read from storage, rewritten.
     let arena = db.join("arena/embedding.arena");

@@ -5,7 +5,7 @@ mod common;
 
 use vitrine::{
     Attributes, Db, Filter, Metric, PlanHint, PrecomputeError, PrecomputeOptions,
-    PrecomputedSimilar, ScorerChoice, Search, SimilarFileError, SimilarTo,
+    PrecomputedSimilar, ScorerChoice, Search, SimilarFileError, SimilarTable, SimilarTo,
 };
 
 const DIM: usize = 16;
@@ -162,6 +162,19 @@ fn writing_replaces_only_an_earlier_similar_file() {
     }
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "not ours");
     assert!(PrecomputedSimilar::open(&out).is_ok());
+    // The same checks, with a missing folder, before any table exists.
+    assert!(SimilarTable::check_destination(&out).is_ok());
+    assert!(SimilarTable::check_destination(&dir.path().join("new.vsim")).is_ok());
+    for (target, says) in [
+        (precious.clone(), "refusing to replace"),
+        (dir.path().join("db"), "refusing to replace"),
+        (dir.path().join("no-such/x.vsim"), "folder does not exist"),
+    ] {
+        let e = SimilarTable::check_destination(&target).unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
+        let e = table.write(&target).unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
+    }
 }
 
 #[test]

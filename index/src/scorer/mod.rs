@@ -41,7 +41,8 @@ use crate::flat::{check_dim, FlatIndex};
 use crate::search::{AllowSet, Hit, VectorIndex};
 
 pub use similar_file::{
-    write_similar_file, PrecomputedSimilar, SimilarFileError, SIMILAR_FORMAT_VERSION, SIMILAR_MAGIC,
+    check_similar_destination, write_similar_file, PrecomputedSimilar, SimilarFileError,
+    SIMILAR_FORMAT_VERSION, SIMILAR_MAGIC,
 };
 
 #[cfg(feature = "cuda")]

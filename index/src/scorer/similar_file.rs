@@ -71,6 +71,42 @@ pub enum SimilarFileError {
     },
 }
 
+/// Whether [`write_similar_file`] may write `path`: it names a file in an
+/// existing folder, and nothing is there but an earlier precomputed-similar
+/// file (or an empty file). A nightly job checks it before its hour of
+/// scoring, not after.
+pub fn check_similar_destination(path: &Path) -> Result<(), SimilarFileError> {
+    let invalid = |reason: &str| SimilarFileError::InvalidInput {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if path.file_name().is_none() {
+        return Err(invalid("not a file path"));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(invalid("its folder does not exist"));
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let ours = meta.is_file()
+            && (meta.len() == 0 || {
+                let mut magic = [0u8; 8];
+                File::open(path)
+                    .and_then(|mut f| f.read_exact(&mut magic))
+                    .is_ok_and(|_| magic == SIMILAR_MAGIC)
+            });
+        if !ours {
+            return Err(invalid(
+                "it exists and is not a precomputed-similar file; refusing to replace it",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Writes the file atomically (temporary file, fsync, rename, directory fsync).
 /// It replaces only an earlier precomputed-similar file (or an empty
 /// file): any other file,
@@ -129,20 +165,7 @@ pub fn write_similar_file<S: AsRef<str>>(
         }
     }
 
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        let ours = meta.is_file()
-            && (meta.len() == 0 || {
-                let mut magic = [0u8; 8];
-                File::open(path)
-                    .and_then(|mut f| f.read_exact(&mut magic))
-                    .is_ok_and(|_| magic == SIMILAR_MAGIC)
-            });
-        if !ours {
-            return Err(invalid(
-                "it exists and is not a precomputed-similar file; refusing to replace it".into(),
-            ));
-        }
-    }
+    check_similar_destination(path)?;
 
     let count = ids.len();
     let ids_len: usize = ids.iter().map(|s| s.as_ref().len()).sum();

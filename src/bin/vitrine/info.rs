@@ -844,11 +844,35 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         *models.entry(model).or_insert(0usize) += 1;
     }
     let fingerprint = db.model_fingerprint();
-    let bundled = Model::bundled().ok().map(|m| m.fingerprint().to_string());
+    // Without the bundled model (a binary copied away from its models/
+    // folder), there is nothing to compare with: unknown, not "another".
+    let (bundled, bundled_error) = match Model::bundled() {
+        Ok(m) => (Some(m.fingerprint().to_string()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     let report = db.open_report();
-    let rules = db.outfit_rules()?;
-    let outfits = db.outfit_count()?;
-    let current = db.outfit_rules_current()?;
+    // Side records the open does not read: one that cannot be read is
+    // reported, not a reason to show nothing.
+    let mut unreadable: Vec<String> = Vec::new();
+    let mut readable = |what: &str, e: &dyn std::fmt::Display| {
+        unreadable.push(format!("{what}: {e}"));
+    };
+    let rules = db.outfit_rules().unwrap_or_else(|e| {
+        readable("outfit rules", &e);
+        None
+    });
+    let outfits = db.outfit_count().map_err(|e| readable("outfits", &e)).ok();
+    let current = db.outfit_rules_current().ok().flatten();
+    let colour_attribute = db
+        .outfit_settings()
+        .map_err(|e| readable("outfit settings", &e))
+        .ok()
+        .and_then(|s| s.colour_attribute);
+    let user_tags = db.user_tags().map_err(|e| readable("user tags", &e)).ok();
+    let profiles = db
+        .profile_users()
+        .map_err(|e| readable("profiles", &e))
+        .ok();
     let recorded = db.recorded_prep_config()?;
     // What image operations use: without a record, that depends on whether
     // an older build stored image products (area shrink off then).
@@ -865,7 +889,8 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         })).collect::<Vec<_>>(),
         "model": {
             "fingerprint": fingerprint,
-            "is_bundled": fingerprint.is_some() && fingerprint == bundled,
+            "is_bundled": bundled.as_ref().map(|b| fingerprint.as_ref() == Some(b)),
+            "bundled_error": bundled_error,
             "products_by_model": models,
         },
         "preparation": {
@@ -880,6 +905,7 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
             "damaged_records": report.damaged.len(),
             "damaged_examples": report.damaged.iter().take(5).collect::<Vec<_>>(),
             "damaged_arenas": report.damaged_arenas.iter().map(|(space, why)| json!({"space": space, "reason": why})).collect::<Vec<_>>(),
+            "unreadable": unreadable,
         },
         "outfits": outfits,
         "outfit_rules": rules.as_ref().map(|r| json!({
@@ -887,9 +913,9 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
             "pairs": r.pairs,
             "stale": current == Some(false),
         })),
-        "colour_attribute": db.outfit_settings()?.colour_attribute,
-        "user_tags": db.user_tags().map(|t| t.len()).ok(),
-        "profiles": db.profile_users().map(|u| u.len()).ok(),
+        "colour_attribute": colour_attribute,
+        "user_tags": user_tags.map(|t| t.len()),
+        "profiles": profiles.map(|u| u.len()),
     }))
 }
 
@@ -920,10 +946,13 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
     let m = &info["model"];
     match m["fingerprint"].as_str() {
         Some(fp) => {
-            let which = if m["is_bundled"].as_bool() == Some(true) {
-                "the bundled model"
-            } else {
-                "not the bundled model"
+            let which = match m["is_bundled"].as_bool() {
+                Some(true) => "the bundled model".to_string(),
+                Some(false) => "not the bundled model".to_string(),
+                None => format!(
+                    "the bundled model could not be loaded to compare: {}",
+                    m["bundled_error"].as_str().unwrap_or("unknown reason")
+                ),
             };
             writeln!(w, "model      {fp} ({which})")?;
         }
@@ -981,10 +1010,18 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
             )?;
         }
     }
+    for u in opened["unreadable"].as_array().into_iter().flatten() {
+        clean = false;
+        writeln!(
+            w,
+            "open       cannot read the {} (`vitrine repair` salvages the rest)",
+            u.as_str().unwrap_or("")
+        )?;
+    }
     if clean {
         writeln!(
             w,
-            "open       clean (indexes loaded from their dumps, every record readable)"
+            "open       clean (indexes loaded from their dumps, every product record readable)"
         )?;
     }
     if damaged > 0 {

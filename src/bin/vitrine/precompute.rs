@@ -65,6 +65,8 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
             scorer,
         } => {
             crate::existing_db(&db)?;
+            // Before the scoring, which takes an hour at a million products.
+            vitrine::SimilarTable::check_destination(&out)?;
             let db = Db::open(&db)?;
             let space = space.or_else(|| {
                 let concept = vitrine::CONCEPT_SPACE;
