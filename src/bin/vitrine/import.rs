@@ -270,7 +270,7 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             continue;
         }
         let cells = csv_cells(&header, &row);
-        if cells.is_err() || cell(0).is_empty() || !(update || !cell(1).is_empty()) {
+        if cells.is_err() || cell(0).is_empty() || (!update && cell(1).is_empty()) {
             bad_ids.insert(cell(0).to_string());
         } else if bad_ids.contains(cell(0)) {
             out.bad.push(format!(
