@@ -60,9 +60,9 @@ pub struct SpaceStats {
 /// - vector spaces: a new database gets one space, [`DEFAULT_SPACE`], of
 ///   [`DEFAULT_DIM`] dimensions under cosine; an existing database keeps the
 ///   spaces it was created with, and declaring different ones is an error;
-/// - HNSW: 16 connections, `ef_construction` 200, `ef_search` 64 for a
-///   new database; an existing one keeps those its graph was built with
-///   unless [`DbBuilder::hnsw`] sets others;
+/// - HNSW: 16 connections, `ef_construction` 200, `ef_search` 64 (an
+///   existing database keeps the connections and `ef_construction` its
+///   graph was built with unless [`DbBuilder::hnsw`] sets others);
 /// - compaction when a quarter of a space's graph is deleted points;
 /// - index build threads: the number of CPUs;
 /// - a checkpoint (index dump) is written when the handle is dropped;
@@ -135,11 +135,11 @@ impl DbBuilder {
     }
 
     /// HNSW graph parameters (validated on open). A database remembers
-    /// those its graphs were built with (in their dumps): without this
-    /// call an existing one keeps them, compactions included. Given
-    /// `max_connections` or `ef_construction` other than a graph's, the
-    /// open rebuilds that graph with them (listed in
-    /// [`OpenReport::rebuilt`]); `ef_search` applies at once.
+    /// the `max_connections` and `ef_construction` its graphs were built
+    /// with (in their dumps): without this call an existing one keeps
+    /// them, compactions included. Given others, the open rebuilds the
+    /// graphs with them (listed in [`OpenReport::rebuilt`]). `ef_search`,
+    /// a search setting, is not remembered: it is this call's, or 64.
     pub fn hnsw(mut self, params: HnswParams) -> Self {
         self.index.hnsw = params;
         self.hnsw_given = true;
@@ -211,8 +211,9 @@ impl DbBuilder {
         self.durability
     }
 
-    /// The HNSW parameters that will be used (for an existing database
-    /// without [`DbBuilder::hnsw`]: those its graphs were built with).
+    /// The HNSW parameters set on this builder (the defaults unless
+    /// [`DbBuilder::hnsw`] was called; an existing database opened without
+    /// that call keeps the graph parameters it was built with).
     pub fn hnsw_params(&self) -> &HnswParams {
         &self.index.hnsw
     }
@@ -886,17 +887,26 @@ impl Db {
         let mut spaces = Vec::with_capacity(specs.len());
         for ((spec, flat), lost) in specs.into_iter().zip(flats).zip(lost) {
             let idx_dir = index_dir(dir, &spec.name);
+            let loaded = SpaceIndex::load(&idx_dir, generation, flat.clone(), b.index.clone());
             // The graph parameters: the caller's, or those the database's
-            // graph was built with (its dump's header, even a stale one).
+            // graph was built with (a rebuild reads them from the dump's
+            // header, even a stale one); `ef_search` is always the caller's.
             let cfg = match SpaceIndex::saved_params(&idx_dir) {
-                Some(params) if !b.hnsw_given => IndexConfig {
-                    hnsw: params,
+                Some(params) if !b.hnsw_given && !matches!(loaded, Ok(_) if !lost) => IndexConfig {
+                    hnsw: HnswParams {
+                        ef_search: b.index.hnsw.ef_search,
+                        ..params
+                    },
                     ..b.index.clone()
                 },
                 _ => b.index.clone(),
             };
-            let loaded = SpaceIndex::load(&idx_dir, generation, flat.clone(), cfg.clone());
             let index = match loaded {
+                Ok(mut index) if !lost && !b.hnsw_given => {
+                    debug!(space = %spec.name, "index dump loaded");
+                    index.keep_graph_params();
+                    index
+                }
                 Ok(index) if !lost && same_graph_params(index.graph().params(), &cfg.hnsw) => {
                     debug!(space = %spec.name, "index dump loaded");
                     index
@@ -1249,6 +1259,25 @@ impl Db {
             .map_err(product_too_large)?;
         write(&self.catalog).set_attrs(record.doc, record.attrs);
         Ok(true)
+    }
+
+    /// The attributes of `id` (`None` for an unknown id), from the catalog
+    /// held in memory: no storage read, no vectors, so cheap enough to call
+    /// for every product.
+    ///
+    /// ```
+    /// # use vitrine::{Attributes, Db};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = Db::open(dir.path())?;
+    /// db.insert("a", Attributes::new().brand("Acme"), [("embedding", vec![1.0; 128])])?;
+    /// assert_eq!(db.attributes("a").unwrap().brand.as_deref(), Some("Acme"));
+    /// assert!(db.attributes("b").is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn attributes(&self, id: &str) -> Option<Attributes> {
+        let cat = read(&self.catalog);
+        let doc = cat.by_id.get(id)?;
+        cat.by_doc.get(doc).map(|e| e.attrs.clone())
     }
 
     /// Reads a product from storage.
@@ -2100,13 +2129,6 @@ impl Db {
             .by_doc
             .values()
             .any(|e| e.attrs.get(key).is_some())
-    }
-
-    /// The attributes of `id`, from the in-memory catalog.
-    pub(crate) fn attributes(&self, id: &str) -> Option<Attributes> {
-        let cat = read(&self.catalog);
-        let doc = cat.by_id.get(id)?;
-        cat.by_doc.get(doc).map(|e| e.attrs.clone())
     }
 
     /// Up to `n` rows of `space`, evenly spaced in doc order, leaving out

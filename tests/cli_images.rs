@@ -370,6 +370,8 @@ fn import_reads_a_csv_with_attributes() {
         stdout.contains("1 present products name another image") && stdout.contains("--refresh"),
         "{stdout}"
     );
+    // sku-2's bad row names it: only sku-0 is not in the file.
+    assert!(stdout.contains("1 stored products are not in"), "{stdout}");
     let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
     assert_eq!(failures.lines().count(), 2, "{failures}");
     assert!(failures.contains("line 5: bad price 'abc'"), "{failures}");
@@ -390,6 +392,24 @@ fn import_reads_a_csv_with_attributes() {
         Some(7.0)
     );
     drop(db);
+    // The image it was embedded from, by another route: no notice.
+    let folder = files[1].parent().unwrap();
+    let detour = folder
+        .join("..")
+        .join(folder.file_name().unwrap())
+        .join(files[1].file_name().unwrap());
+    std::fs::write(
+        &prices,
+        format!("id,path,price\nsku-1,{},7.5\n", detour.display()),
+    )
+    .unwrap();
+    let out = import(&prices, &["--update"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("another image"),
+        "{}",
+        text(&out.stdout)
+    );
     // A price is finite and >= 0, refused in its row; -0 is 0. A --report
     // naming the CSV itself, or a file of the database's own, is refused
     // before anything runs.

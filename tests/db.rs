@@ -732,7 +732,8 @@ fn graph_parameters_are_kept_until_others_are_given() {
         assert!(db.delete(id).unwrap());
     }
     db.close().unwrap();
-    assert_eq!(saved(), (24, 100, 40));
+    // (ef_search is a search setting: the builder's, 64 by default.)
+    assert_eq!(saved(), (24, 100, 64));
 
     // Others given: rebuilt once with them.
     let db = with(params(32, 100));

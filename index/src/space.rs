@@ -91,6 +91,17 @@ impl SpaceIndex {
         &self.cfg
     }
 
+    /// Makes compactions rebuild the graph with the parameters it was built
+    /// with (a loaded graph's, which may not be the configuration's); the
+    /// configuration's `ef_search` stays.
+    pub fn keep_graph_params(&mut self) {
+        let built = self.graph.params();
+        self.cfg.hnsw = HnswParams {
+            ef_search: self.cfg.hnsw.ef_search,
+            ..built.clone()
+        };
+    }
+
     /// The stored (for Cosine: normalised) vector of `doc`.
     pub fn get(&self, doc: u64) -> Option<&[f32]> {
         self.flat.get(doc)

@@ -272,11 +272,6 @@ fn the_widest_graph_keeps_growing_after_a_reload() {
 
 const MAX_M: usize = 255;
 
-/// Damaged hnsw_rs files under a header that vouches for them (lengths and
-/// checksums made to match, as a bug or a forger could): hnsw_rs's own
-/// loader reads them, and it asserts and calls `process::exit` on some
-/// damage. A load must still end in an error or a usable index (this
-/// process exiting fails the test).
 /// A neighbour distance that is NaN (a forged dump, checksums recomputed)
 /// is refused when the index loads: searches never read it, but the first
 /// insert that links to its point sorts the list, and hnsw_rs panics there.
@@ -318,6 +313,11 @@ fn a_nan_neighbour_distance_is_refused_at_load() {
     }
 }
 
+/// Damaged hnsw_rs files under a header that vouches for them (lengths and
+/// checksums made to match, as a bug or a forger could): hnsw_rs's own
+/// loader reads them, and it asserts and calls `process::exit` on some
+/// damage. A load must still end in an error or a usable index (this
+/// process exiting fails the test).
 #[test]
 fn damaged_dumps_with_matching_checksums_never_exit() {
     let (idx, queries) = sample();

@@ -339,7 +339,8 @@ impl Db {
     /// another thread switches the database's model during the import), the
     /// source cannot be listed, or storage stops taking writes (a full disk:
     /// every later item would fail). What was stored before such a failure
-    /// stays, and a new import resumes after it.
+    /// stays, and a new import resumes after it; the items that failed
+    /// before it are not reported.
     pub fn import(
         &self,
         source: ImportSource,
@@ -604,7 +605,7 @@ impl Db {
                     // Every later item would fail the same way: stop
                     // (leaving the loop drops the channel, so the workers
                     // stop too) instead of decoding the rest for nothing.
-                    Err(error) if self.writes_failed() || is_model_mismatch(&error) => {
+                    Err(error) if ends_import(&error, self.writes_failed()) => {
                         fatal = Some(error);
                         break;
                     }
@@ -754,8 +755,15 @@ fn inference_worker(rx: Receiver<Prepared>, tx: Sender<Inferred>, model: &Model,
     }
 }
 
-fn is_model_mismatch(e: &IngestError) -> bool {
-    matches!(e, IngestError::ModelMismatch { .. })
+/// Whether every later item would fail as `e` did: the database's model
+/// changed, or a write failed while storage takes none (not an item's own
+/// failure, a missing image, met after another write failed).
+fn ends_import(e: &IngestError, writes_failed: bool) -> bool {
+    match e {
+        IngestError::ModelMismatch { .. } => true,
+        IngestError::Db(crate::Error::Storage(_)) => writes_failed,
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -198,6 +198,8 @@ impl CsvRow {
 pub struct CsvRead {
     pub rows: Vec<CsvRow>,
     pub bad: Vec<String>,
+    /// The ids of the bad rows (when they have one).
+    pub bad_ids: Vec<String>,
 }
 
 /// Attribute keys the engine writes (model outputs, colour, source file).
@@ -258,6 +260,7 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     let mut out = CsvRead {
         rows: Vec::with_capacity(rows.len()),
         bad: Vec::new(),
+        bad_ids: Vec::new(),
     };
     // Ids of bad rows: a later row of one is its second, as for good rows
     // (it used to be imported, and the bad row blamed).
@@ -271,7 +274,9 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
         }
         let cells = csv_cells(&header, &row);
         if cells.is_err() || cell(0).is_empty() || (!update && cell(1).is_empty()) {
-            bad_ids.insert(cell(0).to_string());
+            if bad_ids.insert(cell(0).to_string()) && !cell(0).is_empty() {
+                out.bad_ids.push(cell(0).to_string());
+            }
         } else if bad_ids.contains(cell(0)) {
             out.bad.push(format!(
                 "{}\t{}\tline {}: id {} appears twice in the file (an earlier row of it is bad)",
@@ -564,6 +569,18 @@ fn lexical(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Whether `a` and `b` name one file: the same path once `.` and `..` are
+/// folded, or, both existing, the same file once links are followed.
+fn same_file(a: &Path, b: &Path) -> bool {
+    if lexical(a).is_some_and(|x| Some(x) == lexical(b)) {
+        return true;
+    }
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// Runs `vitrine import`.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let prep = args.prep.given()?;
@@ -577,11 +594,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         );
     }
     // A CSV's bad rows go to the failure report, like bad images.
-    let (rows, bad_rows) = if args.source.is_dir() {
+    let (rows, bad_rows, bad_ids) = if args.source.is_dir() {
         // Checked before the database is created: a wrong folder must not
         // leave an empty database behind.
         check_has_images(&args.source)?;
-        (None, Vec::new())
+        (None, Vec::new(), Vec::new())
     } else if args.source.is_file() {
         let read = csv_rows(&args.source, args.update)?;
         if read.rows.is_empty() && read.bad.is_empty() {
@@ -601,7 +618,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 args.source.display()
             );
         }
-        (Some(read.rows), read.bad)
+        (Some(read.rows), read.bad, read.bad_ids)
     } else {
         bail!("{} is neither a folder nor a file", args.source.display())
     };
@@ -642,9 +659,13 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let bad_row_count = bad_rows.len();
     let (mut updated, mut unchanged, mut update_failures) = (0usize, 0usize, bad_rows);
     // The ids the CSV lists, to name the stored products it no longer does.
-    let listed: Option<std::collections::HashSet<String>> = rows
-        .as_ref()
-        .map(|rows| rows.iter().map(|r| r.id.clone()).collect());
+    // (Bad rows name their products too.)
+    let listed: Option<std::collections::HashSet<String>> = rows.as_ref().map(|rows| {
+        rows.iter()
+            .map(|r| r.id.clone())
+            .chain(bad_ids.iter().cloned())
+            .collect()
+    });
     let source = match rows {
         Some(rows) if args.update => {
             let bad_before = update_failures.len();
@@ -654,7 +675,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             let mut twice = 0usize;
             // Present products whose row names another image than the one
             // their vectors come from (which an update does not re-embed).
-            let mut moved: Vec<(String, String)> = Vec::new();
+            let mut moved: Vec<(String, String, String)> = Vec::new();
             for row in rows {
                 // As a plain import does: a second row of an id fails.
                 if !seen.insert(row.id.clone()) {
@@ -667,11 +688,14 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                     ));
                     continue;
                 }
-                let named = row.path.as_deref().map(std::path::absolute);
                 match db.update_attributes(&row.id, |a| {
-                    if let (Some(Ok(named)), Some(source)) = (&named, a.extra.get(ATTR_SOURCE)) {
-                        if named.as_path() != Path::new(source) {
-                            moved.push((row.id.clone(), named.display().to_string()));
+                    if let (Some(named), Some(source)) = (&row.path, a.extra.get(ATTR_SOURCE)) {
+                        if !same_file(named, Path::new(source)) {
+                            moved.push((
+                                row.id.clone(),
+                                source.clone(),
+                                named.display().to_string(),
+                            ));
                         }
                     }
                     row.apply(a)
@@ -704,14 +728,15 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             if twice > 0 {
                 println!("{twice} rows repeat an id of an earlier row (not applied)");
             }
-            if let Some((id, path)) = moved.first() {
+            if let Some((id, was, now)) = moved.first() {
                 println!(
                     "{} present products name another image than the one they were embedded \
-                     from (first: {} -> {}); their vectors are of the old one: \
+                     from (first: {}, {} -> {}); their vectors are of the old one: \
                      `vitrine import CSV --db DB --refresh` re-embeds them",
                     moved.len(),
                     crate::field(id),
-                    crate::field(path)
+                    crate::field(was),
+                    crate::field(now)
                 );
             }
             if !no_image.is_empty() {
@@ -746,39 +771,49 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let options = ImportOptions::new()
         .reembed(args.reembed)
         .refresh(args.refresh);
-    // The flags set the pixel aspect; the rest is the database's own
-    // preparation (an older database's, without the area shrink, stays so).
-    let prep = match prep {
-        Some(p) => Some(db.prep_config()?.pixel_aspect(p.get_pixel_aspect())),
-        None => None,
-    };
     let report_path = args
         .report
         .unwrap_or_else(|| args.db.join("import-failures.tsv"));
+    // A run that stops as a whole must not leave last night's report to
+    // stand for it: the report gets this run's failures and why it stopped.
+    let stopped = |mut lines: Vec<String>, e: anyhow::Error| -> anyhow::Error {
+        lines.push(format!(
+            "\t\tthe import stopped: {}",
+            tsv_field(&format!("{e:#}"))
+        ));
+        if write_report(&report_path, &lines).is_err() {
+            // A full disk, say: the lines reach the user, and no old
+            // report is left to be read as this run's.
+            for line in &lines {
+                esay!("failed: {line}");
+            }
+            let _ = std::fs::remove_file(&report_path);
+        }
+        e
+    };
+    // The flags set the pixel aspect; the rest is the database's own
+    // preparation (an older database's, without the area shrink, stays so).
+    let prep = match prep.map(|p| {
+        db.prep_config()
+            .map(|c| c.pixel_aspect(p.get_pixel_aspect()))
+    }) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => return Err(stopped(update_failures, e.into())),
+    };
     let report = if other_model {
         // Only attributes changed: nothing for the model to do.
         ImportReport::default()
     } else {
         match import_with_options(&db, &model, prep, source, options) {
             Ok(report) => report,
-            Err(e) => {
-                // Last night's report must not stand for this run: it
-                // holds this run's row failures and why it stopped.
-                let mut lines = update_failures;
-                lines.push(format!(
-                    "\t\tthe import stopped: {}",
-                    tsv_field(&format!("{e:#}"))
-                ));
-                if write_report(&report_path, &lines).is_err() {
-                    for line in &lines {
-                        esay!("failed: {line}");
-                    }
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(stopped(update_failures, e)),
         }
     };
-    db.flush()?;
+    if let Err(e) = db.flush() {
+        let lines = report.failures.iter().map(failure_line);
+        return Err(stopped(lines.chain(update_failures).collect(), e.into()));
+    }
     print_summary(&report);
     // Products the CSV no longer lists are kept; after a re-embedding,
     // those still of another model are failures (their vectors do not
@@ -788,13 +823,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         let (mut unlisted, mut old_model) = (0usize, Vec::new());
         for id in db.ids().into_iter().filter(|id| !listed.contains(id)) {
             unlisted += 1;
-            if args.reembed {
-                let model_of = db
-                    .get(&id)?
-                    .and_then(|p| p.attributes.get(ATTR_MODEL).map(str::to_owned));
-                if model_of.is_some() && model_of != fingerprint {
-                    old_model.push(id);
-                }
+            let model_of = || db.attributes(&id)?.get(ATTR_MODEL).map(str::to_owned);
+            if args.reembed && model_of().is_some_and(|m| Some(&m) != fingerprint.as_ref()) {
+                old_model.push(id);
             }
         }
         if unlisted > 0 {

@@ -861,8 +861,21 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         readable("outfit rules", &e);
         None
     });
-    let outfits = db.outfit_count().map_err(|e| readable("outfits", &e)).ok();
-    let current = db.outfit_rules_current().ok().flatten();
+    // Decoded (a count of keys would not meet a record it cannot read).
+    let outfits = db
+        .outfits()
+        .map(|o| o.len())
+        .map_err(|e| readable("outfits", &e))
+        .ok();
+    // `None` (unknown) when it cannot be told, not "current".
+    let current = match rules {
+        Some(_) => db
+            .outfit_rules_current()
+            .map_err(|e| readable("outfit rules' sources", &e))
+            .ok()
+            .flatten(),
+        None => None,
+    };
     let colour_attribute = db
         .outfit_settings()
         .map_err(|e| readable("outfit settings", &e))
@@ -911,7 +924,7 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         "outfit_rules": rules.as_ref().map(|r| json!({
             "learned_from": r.outfits,
             "pairs": r.pairs,
-            "stale": current == Some(false),
+            "stale": current.map(|c| !c),
         })),
         "colour_attribute": colour_attribute,
         "user_tags": user_tags.map(|t| t.len()),
@@ -1012,11 +1025,7 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
     }
     for u in opened["unreadable"].as_array().into_iter().flatten() {
         clean = false;
-        writeln!(
-            w,
-            "open       cannot read the {} (`vitrine repair` salvages the rest)",
-            u.as_str().unwrap_or("")
-        )?;
+        writeln!(w, "open       cannot read the {}", u.as_str().unwrap_or(""))?;
     }
     if clean {
         writeln!(
