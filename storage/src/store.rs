@@ -386,10 +386,19 @@ fn damage_reason(e: &sled::Error) -> String {
     format!("{what} (`vitrine repair` copies the folder, then keeps what sled's log holds)")
 }
 
+/// Whether sled failed to open because another process holds its lock.
+/// sled 0.34 says so only in a message, which holds the lock call's error
+/// as `Debug`: any `flock` failure reads "could not acquire lock", and only
+/// `WouldBlock` means busy (an NFS mount without a lock manager gives
+/// `ENOLCK`, which no waiting or closing cures).
+fn lock_busy(e: &std::io::Error) -> bool {
+    let m = e.to_string();
+    m.contains("could not acquire lock") && (m.contains("WouldBlock") || cfg!(windows))
+}
+
 fn sled_open_error(path: &Path, e: sled::Error) -> Error {
     match e {
-        // sled 0.34 reports a busy lock only through this message.
-        sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => Error::Locked {
+        sled::Error::Io(e) if lock_busy(&e) => Error::Locked {
             path: path.to_path_buf(),
         },
         sled::Error::Io(source) => Error::io(path, source),
@@ -723,6 +732,14 @@ pub fn interrupted_swap(dir: &Path) -> Option<PathBuf> {
     old.is_dir().then_some(old)
 }
 
+/// The record an iteration failed to read: the one after the last it read.
+fn after(last: Option<&[u8]>) -> String {
+    match last {
+        Some(k) => format!("(the one after {})", display_key(k)),
+        None => "(the first)".to_owned(),
+    }
+}
+
 /// How long `Store::open` waits for sled's file lock.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
@@ -734,11 +751,7 @@ fn open_with_lock_retry(config: &sled::Config) -> sled::Result<sled::Db> {
     let mut pause = Duration::from_millis(5);
     loop {
         match open_catching_panics(config) {
-            // sled 0.34 reports a busy lock only through this message.
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(sled::Error::Io(e)) if lock_busy(&e) && std::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, "sled lock busy, retrying");
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));
@@ -838,7 +851,11 @@ impl<T: Record> Keyspace<T> {
     /// [`Error::UnknownRecordVersion`], naming the store, this keyspace and
     /// the key.
     pub fn get(&self, key: &[u8]) -> Result<Option<T>> {
-        match self.io.read(self.tree.get(key))? {
+        let read = self
+            .tree
+            .get(key)
+            .map_err(|e| self.read_error(display_key(key), e));
+        match read? {
             Some(bytes) => self.decode(key, &bytes).map(Some),
             None => Ok(None),
         }
@@ -927,17 +944,19 @@ impl<T: Record> Keyspace<T> {
     /// iteration: sled's iterator would yield it again forever.
     pub fn iter(&self) -> impl Iterator<Item = Result<(Vec<u8>, T)>> + '_ {
         let mut failed = false;
+        let mut last: Option<Vec<u8>> = None;
         self.tree.iter().map_while(move |item| {
             if failed {
                 return None;
             }
-            let (key, bytes) = match self.io.read(item) {
+            let (key, bytes) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
                     failed = true;
-                    return Some(Err(e));
+                    return Some(Err(self.read_error(after(last.as_deref()), e)));
                 }
             };
+            last = Some(key.to_vec());
             Some(self.decode(&key, &bytes).map(|value| (key.to_vec(), value)))
         })
     }
@@ -946,15 +965,19 @@ impl<T: Record> Keyspace<T> {
     /// is yielded once and ends the iteration, as in [`Keyspace::iter`].
     pub fn keys(&self) -> impl Iterator<Item = Result<Vec<u8>>> + '_ {
         let mut failed = false;
+        let mut last: Option<Vec<u8>> = None;
         self.tree.iter().keys().map_while(move |item| {
             if failed {
                 return None;
             }
-            match self.io.read(item) {
-                Ok(key) => Some(Ok(key.to_vec())),
+            match item {
+                Ok(key) => {
+                    last = Some(key.to_vec());
+                    Some(Ok(key.to_vec()))
+                }
                 Err(e) => {
                     failed = true;
-                    Some(Err(e))
+                    Some(Err(self.read_error(after(last.as_deref()), e)))
                 }
             }
         })
@@ -984,6 +1007,33 @@ impl<T: Record> Keyspace<T> {
         let mut batch = sled::Batch::default();
         batch.insert(key, bytes);
         self.commit(batch)
+    }
+
+    /// sled's error reading this keyspace: one of a damaged page (a lost
+    /// blob file: not found, or a short or malformed one) is the damage of
+    /// a record, named by `key`, as a write to it says
+    /// ([`Keyspace::write_one`]); others stay I/O errors.
+    fn read_error(&self, key: String, e: sled::Error) -> Error {
+        use std::io::ErrorKind;
+        match e {
+            sled::Error::Io(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotFound | ErrorKind::UnexpectedEof | ErrorKind::InvalidData
+                ) =>
+            {
+                Error::Corruption {
+                    store: self.io.sled_dir.clone(),
+                    tree: self.name.to_string(),
+                    key,
+                    reason: format!(
+                        "its page cannot be read ({}); `vitrine repair` keeps every readable record",
+                        readable(e)
+                    ),
+                }
+            }
+            other => self.io.read::<()>(Err(other)).unwrap_err(),
+        }
     }
 
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<T> {
@@ -1051,6 +1101,23 @@ mod tests {
         assert_eq!(readable(copy).raw_os_error(), Some(28));
         let other = std::io::Error::other("something else");
         assert_eq!(readable(other).to_string(), "something else");
+    }
+
+    /// sled's message for a failed lock, as sled 0.34 builds it: only a
+    /// busy lock reads as one another process holds.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_a_busy_lock_is_another_process() {
+        let sled_says = |errno| {
+            std::io::Error::other(format!(
+                "could not acquire lock on {:?}: {:?}",
+                "/db/sled",
+                std::io::Error::from_raw_os_error(errno)
+            ))
+        };
+        assert!(lock_busy(&sled_says(11))); // EWOULDBLOCK
+        assert!(!lock_busy(&sled_says(37))); // ENOLCK: no lock manager
+        assert!(!lock_busy(&std::io::Error::other("WouldBlock")));
     }
 }
 
