@@ -89,6 +89,14 @@ struct Shared {
 }
 
 /// The 300 samples, imported once per test binary.
+/// Held by the tests that learn profiles on the shared database and the
+/// one that defines and deletes a tag there: learning reads the tags, and
+/// deleting one edits every profile.
+fn tags_lock() -> std::sync::MutexGuard<'static, ()> {
+    static TAGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TAGS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn shared() -> Option<&'static Shared> {
     static SHARED: OnceLock<Option<Shared>> = OnceLock::new();
     SHARED
@@ -527,6 +535,7 @@ fn weighted_search_recall_holds_for_skewed_profiles() {
 #[test]
 fn feedback_learns_that_colour_matters() {
     let Some(s) = shared() else { return };
+    let _tags = tags_lock();
     let db = &s.db;
     let red: Vec<&Sample> = s.samples.iter().filter(|x| x.colour == "Red").collect();
     assert!(red.len() >= 12);
@@ -594,6 +603,7 @@ fn feedback_learns_that_colour_matters() {
 #[test]
 fn feedback_learns_from_a_hand_set_profile() {
     let Some(s) = shared() else { return };
+    let _tags = tags_lock();
     let db = &s.db;
     let user = "cora";
     let hand = Profile::only("colour").weight("visual", 0.0);
@@ -753,6 +763,7 @@ fn concept_conditions_exclude_what_minus_terms_rank_down() {
 #[test]
 fn hand_set_affinities_keep_their_key_and_scale() {
     let Some(s) = shared() else { return };
+    let _tags = tags_lock();
     let db = &s.db;
     let user = "dora";
     let mut hand = Profile::only("colour").weight("colour", 5.0);
@@ -907,6 +918,7 @@ fn a_colour_only_profile_orders_equal_colours_by_look() {
 #[test]
 fn concurrent_feedback_loses_nothing() {
     let Some(s) = shared() else { return };
+    let _tags = tags_lock();
     let ids: Vec<String> = s.samples.iter().take(40).map(|x| x.id.clone()).collect();
     std::thread::scope(|scope| {
         for t in 0..4 {
@@ -954,6 +966,7 @@ fn profiles_and_tags_survive_a_reopen() {
 #[test]
 fn user_tags_are_learned_queried_and_persisted() {
     let Some(s) = shared() else { return };
+    let _tags = tags_lock();
     let db = &s.db;
     // Seven watches in the sample: define from four, find the other three.
     let watches: Vec<&str> = s

@@ -112,11 +112,19 @@ fn sigkill_loses_no_acknowledged_write() {
                 }
             })
         };
-        // Some kills land while the child opens (index rebuild, checkpoint).
+        // Some kills land while the child opens (index rebuild, checkpoint);
+        // the others while it writes, timed from when it is ready (a slow
+        // machine could otherwise spend every round opening).
         let ms = if round % 6 == 5 {
             rng.gen_range(0..40)
         } else {
-            rng.gen_range(60..400)
+            let opening = std::time::Instant::now();
+            while !lines.lock().unwrap().iter().any(|l| l.ends_with("ready"))
+                && opening.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            rng.gen_range(20..300)
         };
         std::thread::sleep(Duration::from_millis(ms));
         child.kill().unwrap(); // SIGKILL on Unix
@@ -215,8 +223,9 @@ fn periodic_child_process() {
         )
         .expect("child insert");
     }
-    // Past several intervals: sled has written every one of them.
-    std::thread::sleep(Duration::from_millis(400));
+    // Past many intervals (60; a busy 2-core machine can hold sled's
+    // flusher back for a few): sled has written every one of them.
+    std::thread::sleep(Duration::from_secs(3));
     println!("wrote 200");
     std::thread::sleep(Duration::from_secs(60));
 }
