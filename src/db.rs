@@ -891,15 +891,19 @@ impl Db {
             // The graph parameters: the caller's, or those the database's
             // graph was built with (a rebuild reads them from the dump's
             // header, even a stale one); `ef_search` is always the caller's.
-            let cfg = match SpaceIndex::saved_params(&idx_dir) {
-                Some(params) if !b.hnsw_given && !matches!(loaded, Ok(_) if !lost) => IndexConfig {
+            let rebuilding = lost || loaded.is_err();
+            let saved = (rebuilding && !b.hnsw_given)
+                .then(|| SpaceIndex::saved_params(&idx_dir))
+                .flatten();
+            let cfg = match saved {
+                Some(params) => IndexConfig {
                     hnsw: HnswParams {
                         ef_search: b.index.hnsw.ef_search,
                         ..params
                     },
                     ..b.index.clone()
                 },
-                _ => b.index.clone(),
+                None => b.index.clone(),
             };
             let index = match loaded {
                 Ok(mut index) if !lost && !b.hnsw_given => {

@@ -90,12 +90,13 @@ fn annotate_json_prints_one_object_per_file() {
 }
 
 #[test]
-fn annotate_names_a_bad_file_and_exits_1() {
-    if !have_model("annotate_names_a_bad_file_and_exits_1") {
+fn annotate_names_a_bad_file_and_exits_3_or_1() {
+    if !have_model("annotate_names_a_bad_file_and_exits_3_or_1") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("not-an-image.jpg");
+    // A name with an escape sequence is shown without it.
+    let bad = dir.path().join("not-an-image\u{1b}[2J.jpg");
     std::fs::write(&bad, "this is text, not a JPEG").unwrap();
     let good = sample_images(1).remove(0);
     let out = vitrine(&[
@@ -104,14 +105,18 @@ fn annotate_names_a_bad_file_and_exits_1() {
         bad.to_str().unwrap(),
         good.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    // Some files failed: 3, as for an import; all of them: 1.
+    assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("not-an-image.jpg"),
+        stderr.contains("not-an-image?[2J.jpg"),
         "error names the file: {stderr}"
     );
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
     // The good file after the bad one was still annotated.
     assert_eq!(text(&out.stdout).lines().count(), 1);
+    let out = vitrine(&["annotate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]

@@ -751,6 +751,21 @@ fn graph_parameters_are_kept_until_others_are_given() {
     drop(db);
     let db = open(dir.path());
     assert!(db.open_report().rebuilt.is_empty());
+    drop(db);
+
+    // A write left without a checkpoint: the stale dump is rebuilt, with
+    // the parameters its header names.
+    let db = Db::builder()
+        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+        .checkpoint_on_drop(false)
+        .open(dir.path())
+        .unwrap();
+    fill(&db, 1);
+    drop(db);
+    let db = open(dir.path());
+    assert_eq!(db.open_report().rebuilt.len(), 1);
+    db.close().unwrap();
+    assert_eq!(saved(), (32, 100, 64));
 }
 
 #[test]

@@ -544,6 +544,8 @@ fn import_stores_the_good_reports_the_bad_and_resumes() {
         .failures
         .iter()
         .any(|f| matches!(f.error, IngestError::Io { .. }) && f.id == "missing"));
+    // Every item failure here is the caller's to fix.
+    assert!(r.failures.iter().all(|f| f.error.is_user_error()));
     let p = db.get(&extra[50].0).unwrap().unwrap();
     assert_eq!(p.attributes.brand.as_deref(), Some("listed"));
     assert_eq!(db.len(), 52);
@@ -692,6 +694,7 @@ fn another_model_is_refused_unless_reembedding() {
         .unwrap_err();
     assert!(matches!(e, IngestError::ModelMismatch { .. }), "{e}");
     assert!(e.to_string().contains("re-embed"), "{e}");
+    assert!(!e.is_user_error());
 
     // A re-embed whose source cannot be listed changes nothing, not even
     // the model the database claims.

@@ -469,11 +469,7 @@ impl ConceptError {
     pub fn is_user_error(&self) -> bool {
         match self {
             ConceptError::Db(e) => e.is_user_error(),
-            ConceptError::Ingest(e) => match &**e {
-                crate::IngestError::Db(e) => e.is_user_error(),
-                crate::IngestError::Model(_) | crate::IngestError::ModelMismatch { .. } => false,
-                _ => true,
-            },
+            ConceptError::Ingest(e) => e.is_user_error(),
             _ => true,
         }
     }

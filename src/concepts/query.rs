@@ -18,6 +18,7 @@ pub const MAX_DIVERSE_LIMIT: usize = 1_000;
 /// A parse error: where, what, and a hint.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("{message} (at column {}){}", .column + 1, .hint.as_ref().map(|h| format!(" — {h}")).unwrap_or_default())]
+#[non_exhaustive]
 pub struct QueryError {
     /// What went wrong.
     pub kind: QueryErrorKind,

@@ -115,6 +115,22 @@ pub enum IngestError {
     Threads(std::io::Error),
 }
 
+impl IngestError {
+    /// Whether the caller can fix it (a missing or bad image, a duplicate
+    /// id, an empty folder, a database error that is the caller's); false
+    /// for the model, another model's database, damaged data and the
+    /// machine.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            IngestError::Db(e) => e.is_user_error(),
+            IngestError::Model(_) | IngestError::ModelMismatch { .. } | IngestError::Threads(_) => {
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
 fn ignored_note(ignored: usize) -> String {
     match ignored {
         0 => String::new(),

@@ -7,7 +7,7 @@ mod ops;
 mod rules;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use vitrine_storage::Record;
@@ -114,9 +114,29 @@ pub enum OutfitError {
     /// images with a model, or the model lacks a block the engine reads).
     #[error("no usable concept space: {0}")]
     NoConceptSpace(String),
+    /// The caller's file (an outfit CSV) cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// An error from the database.
     #[error(transparent)]
     Db(#[from] Error),
+}
+
+impl OutfitError {
+    /// Whether the caller can fix it (unknown ids, bad arguments or files,
+    /// rules to learn, a database without images); false for damaged data
+    /// and the machine.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            OutfitError::Db(e) => e.is_user_error(),
+            _ => true,
+        }
+    }
 }
 
 impl From<vitrine_storage::Error> for OutfitError {
@@ -289,11 +309,9 @@ impl Db {
             line,
             reason,
         };
-        let bytes = crate::csv::read_csv_file(path).map_err(|source| {
-            OutfitError::Db(Error::Io {
-                path: path.to_path_buf(),
-                source,
-            })
+        let bytes = crate::csv::read_csv_file(path).map_err(|source| OutfitError::Io {
+            path: path.to_path_buf(),
+            source,
         })?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];

@@ -39,7 +39,7 @@ pub fn print_text(file: &str, ann: &Annotation) {
 /// Writes an annotation for people: categories, then one line per tag with
 /// the group that produced it.
 pub fn write_text(w: &mut dyn std::io::Write, file: &str, ann: &Annotation) -> std::io::Result<()> {
-    writeln!(w, "{file}")?;
+    writeln!(w, "{}", crate::field(file))?;
     let cats: Vec<String> = ann
         .category
         .iter()
@@ -77,12 +77,22 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
             Ok(ann) => print_text(&name, &ann),
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {name}: {}", crate::error_message(&e));
+                esay!(
+                    "error: {}: {}",
+                    crate::field(&name),
+                    crate::error_message(&e)
+                );
             }
         }
     }
-    if failed > 0 {
+    // All failed: the input is wrong (exit 1); some: exit 3, as an import.
+    if failed == args.files.len() {
         bail!("{failed} of {} files failed", args.files.len());
+    }
+    if failed > 0 {
+        return Err(
+            crate::Partial(format!("{failed} of {} files failed", args.files.len())).into(),
+        );
     }
     Ok(())
 }

@@ -56,6 +56,9 @@ enum Command {
         what: precompute::PrecomputeCommand,
     },
     /// Category (top 5) and tags of image files, with the bundled model.
+    ///
+    /// Exit status: 0 when every file was annotated, 3 when some failed
+    /// (each named on stderr), 1 on an error or when all failed.
     Annotate(annotate::AnnotateArgs),
     /// Evaluations of the bundled model through the Rust pipeline.
     Eval {
