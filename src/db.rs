@@ -1838,6 +1838,12 @@ fn open_arena(path: &Path, space: &VectorSpace, generation: u64) -> ArenaState {
             debug!(path = %path.display(), found = a.generation(), generation, "stale arena ignored");
             ArenaState::Unusable
         }
+        // The machine's refusal (permissions, file handles, memory) is no
+        // damage: the arena is not called damaged, nor rewritten as such.
+        Err(e) if not_damage(&e) => {
+            warn!(error = %e, "arena unreadable; vectors come from storage");
+            ArenaState::Unusable
+        }
         Err(e) => {
             warn!(error = %e, "damaged arena ignored; vectors come from storage");
             ArenaState::Damaged(e.to_string())
