@@ -340,18 +340,15 @@ fn import_reads_a_csv_with_attributes() {
             && failures.contains("line 8: id sku-2 appears twice in the file"),
         "{failures}"
     );
-    let db = vitrine::Db::builder()
-        .open_with_model(&db_dir, &model)
-        .unwrap();
-    assert_eq!(
-        db.get("sku-1").unwrap().unwrap().attributes.price,
-        Some(8.0)
-    );
-    assert_eq!(
-        db.get("sku-2").unwrap().unwrap().attributes.price,
-        Some(7.0)
-    );
-    drop(db);
+    // The prices of sku-1 and sku-2 as stored.
+    let prices_now = || {
+        let db = vitrine::Db::builder()
+            .open_with_model(&db_dir, &model)
+            .unwrap();
+        let price = |id: &str| db.get(id).unwrap().unwrap().attributes.price;
+        (price("sku-1"), price("sku-2"))
+    };
+    assert_eq!(prices_now(), (Some(8.0), Some(7.0)));
     // A row naming another image than the product's is applied, and said
     // to need --refresh; rows of only commas (a spreadsheet's cleared
     // rows) are no rows; a good row after a bad one of its id is its
@@ -385,18 +382,7 @@ fn import_reads_a_csv_with_attributes() {
             .contains("line 6: id sku-2 appears twice in the file (an earlier row of it is bad)"),
         "{failures}"
     );
-    let db = vitrine::Db::builder()
-        .open_with_model(&db_dir, &model)
-        .unwrap();
-    assert_eq!(
-        db.get("sku-1").unwrap().unwrap().attributes.price,
-        Some(7.5)
-    );
-    assert_eq!(
-        db.get("sku-2").unwrap().unwrap().attributes.price,
-        Some(7.0)
-    );
-    drop(db);
+    assert_eq!(prices_now(), (Some(7.5), Some(7.0)));
     // The image it was embedded from, by another route: no notice.
     let folder = files[1].parent().unwrap();
     let detour = folder
