@@ -1381,3 +1381,67 @@ fn the_last_progress_call_counts_unreadable_names() {
     assert_eq!((r.progress.total, r.progress.failed), (2, 1));
     assert_eq!(seen.last(), Some(&r.progress));
 }
+
+/// A switch to a model that renames a concept: profiles lose what it no
+/// longer names (queries skipped it, `similar_with_profile` refused the
+/// whole profile); user tags are learned again only from examples of the
+/// new model, and at the end of a re-embedding.
+#[test]
+fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
+    let Some(model) = model() else { return };
+    let other = renamed_model();
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(6);
+    write_images(src.path(), &images);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let r = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new().model(model.clone()).prep(prep()),
+        )
+        .unwrap();
+    assert_eq!(r.progress.stored, 6);
+    let ids: Vec<&str> = images.iter().map(|(id, _, _)| id.as_str()).collect();
+    db.define_tag("mine", &ids[..2], &ids[2..4], vitrine::TagMethod::Centroid)
+        .unwrap();
+    // The first category concept, which the other model renames.
+    let first = db
+        .vocabulary()
+        .unwrap()
+        .names()
+        .into_iter()
+        .find(|n| n.starts_with("category."))
+        .unwrap();
+    let mut hand = vitrine::Profile::only("colour");
+    hand.affinities.insert(first.clone(), 0.5);
+    hand.affinities.insert("user.mine".into(), 0.5);
+    db.set_profile("anna", &hand).unwrap();
+
+    db.adopt_model(&other).unwrap();
+    let anna = db.profile("anna").unwrap().unwrap();
+    assert!(!anna.affinities.contains_key(&first), "{anna:?}");
+    assert!(anna.affinities.contains_key("user.mine"), "{anna:?}");
+    db.similar_with_profile(SimilarTo::Id(ids[0]), 3, &vitrine::Filter::new(), &anna)
+        .unwrap();
+    // No example is of the new model yet: the tag is kept as it was.
+    assert_eq!(db.relearn_tags().unwrap(), 0);
+    // Re-embedding the positives (and one negative) learns it again.
+    let items = images[..3]
+        .iter()
+        .map(|(id, ext, _)| vitrine::ImportItem {
+            id: id.clone(),
+            path: src.path().join(format!("{id}.{ext}")),
+            attributes: Attributes::new(),
+        })
+        .collect();
+    db.import(
+        ImportSource::Items(items),
+        ImportOptions::new()
+            .model(other.clone())
+            .prep(prep())
+            .reembed(true),
+    )
+    .unwrap();
+    assert_eq!(db.relearn_tags().unwrap(), 1);
+}

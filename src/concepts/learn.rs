@@ -340,15 +340,9 @@ pub(super) const CATALOG_STATS: &str = "concept_stats";
 const CATALOG_MEAN: &[u8] = b"catalog_mean";
 
 /// Forgets the cached catalog mean: it describes the vectors of the model
-/// that made them ([`Db::adopt_model`] calls this).
-pub(crate) fn forget_catalog_mean(db: &Db) -> Result<(), crate::Error> {
-    // Under the lock feedback computes and stores the mean under: a mean
-    // of a catalog half re-embedded is not stored after this.
-    let _guard = db.side_write_lock();
-    forget_catalog_mean_locked(db)
-}
-
-/// [`forget_catalog_mean`] for a caller that holds the side-write lock.
+/// that made them ([`Db::adopt_model`] and [`Db::relearn_tags`] call this,
+/// holding the side-write lock under which feedback computes and stores the
+/// mean, so that a mean of a catalog half re-embedded is not stored after).
 pub(crate) fn forget_catalog_mean_locked(db: &Db) -> Result<(), crate::Error> {
     db.side_keyspace::<CatalogMean>(CATALOG_STATS)?
         .remove(CATALOG_MEAN)?;
@@ -356,15 +350,19 @@ pub(crate) fn forget_catalog_mean_locked(db: &Db) -> Result<(), crate::Error> {
 }
 
 /// Cached mean concept vector of the catalog, recomputed when the catalog
-/// has changed size by more than 5 % or its model changed.
+/// has changed size by more than 5 %, when more than 5 % of it is new since
+/// (a season's turnover keeps the size), or when its model changed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct CatalogMean {
     count: u64,
+    /// The newest product's doc id then (ids only grow).
+    last_doc: u64,
     mean: Vec<f32>,
 }
 
 impl vitrine_storage::Record for CatalogMean {
-    const VERSION: u8 = 1;
+    /// 2: `last_doc`. Derived data: an older record is computed again.
+    const VERSION: u8 = 2;
 }
 
 fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
@@ -375,9 +373,21 @@ fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
         .iter()
         .find(|s| s.name == CONCEPT_SPACE)
         .map_or(db.len(), |s| s.vectors) as u64;
-    if let Some(c) = ks.get(CATALOG_MEAN)? {
+    let cached = match ks.get(CATALOG_MEAN) {
+        Ok(c) => c,
+        Err(vitrine_storage::Error::UnknownRecordVersion { found, .. })
+            if found < <CatalogMean as vitrine_storage::Record>::VERSION =>
+        {
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (_, last_doc) = db.docs_after(0);
+    if let Some(c) = cached {
         let drift = c.count.abs_diff(len) as f64 / c.count.max(1) as f64;
-        if drift <= 0.05 && c.mean.len() == dim {
+        let (new, _) = db.docs_after(c.last_doc);
+        let turnover = new as f64 / c.count.max(1) as f64;
+        if drift <= 0.05 && turnover <= 0.05 && c.mean.len() == dim {
             return Ok(c.mean);
         }
     }
@@ -394,8 +404,45 @@ fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
         CATALOG_MEAN,
         &CatalogMean {
             count: len,
+            last_doc,
             mean: mean.clone(),
         },
     )?;
     Ok(mean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Attributes, Metric};
+
+    /// A season's turnover keeps the catalog's size: the cached mean is
+    /// taken again all the same (it was kept while the size held).
+    #[test]
+    fn the_catalog_mean_follows_a_turnover_of_the_same_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder()
+            .vector_space(CONCEPT_SPACE, 4, Metric::InnerProduct)
+            .open(dir.path())
+            .unwrap();
+        let put = |id: String, v: [f32; 4]| {
+            db.insert(&id, Attributes::new(), [(CONCEPT_SPACE, v.to_vec())])
+                .unwrap();
+        };
+        for i in 0..100 {
+            put(format!("summer-{i}"), [1.0, 0.0, 0.0, 0.0]);
+        }
+        assert_eq!(catalog_mean(&db, 4).unwrap(), [1.0, 0.0, 0.0, 0.0]);
+        // A few new products: the cache stands.
+        for i in 0..3 {
+            put(format!("early-{i}"), [0.0, 1.0, 0.0, 0.0]);
+        }
+        assert_eq!(catalog_mean(&db, 4).unwrap(), [1.0, 0.0, 0.0, 0.0]);
+        for i in 0..50 {
+            assert!(db.delete(&format!("summer-{i}")).unwrap());
+            put(format!("winter-{i}"), [0.0, 1.0, 0.0, 0.0]);
+        }
+        let mean = catalog_mean(&db, 4).unwrap();
+        assert!((mean[1] - 53.0 / 103.0).abs() < 1e-6, "{mean:?}");
+    }
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Db, Error, Filter, Model, Result, SimilarTo, CONCEPT_SPACE};
 
-pub(crate) use learn::{forget_catalog_mean, forget_catalog_mean_locked};
+pub(crate) use learn::forget_catalog_mean_locked;
 pub use learn::{TagMethod, HAND_SET_PRIOR_LIKES};
 pub use query::{
     ConceptQuery, Contribution, LikeTarget, QueryError, QueryErrorKind, QueryHit, QueryResults,
@@ -784,18 +784,32 @@ impl Db {
     }
 
     /// Learns every user tag again from its examples that are still
-    /// stored, keeping its weight: after a re-embedding the old directions
-    /// point into another model's space. A tag none of whose positive
-    /// examples is left keeps its direction (logged). Returns how many were
-    /// learned again.
-    pub(crate) fn relearn_tags(&self) -> Result<usize, ConceptError> {
+    /// stored and embedded by the database's model, keeping its weight:
+    /// after a re-embedding the old directions point into another model's
+    /// space, and after a refresh they come from the old photos.
+    /// [`Db::import`] calls it at the end of a re-embedding or a refresh; a
+    /// caller who re-embeds product by product after [`Db::adopt_model`]
+    /// calls it when done. It also forgets the catalog's mean concept
+    /// vector (feedback's contrast), which may have been taken while old
+    /// and new vectors were mixed. A tag none of whose positive examples is
+    /// left keeps its direction (logged). Returns how many were learned
+    /// again.
+    pub fn relearn_tags(&self) -> Result<usize, ConceptError> {
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let _guard = self.side_write_lock();
+        learn::forget_catalog_mean_locked(self)?;
         let mut done = 0;
-        // (An example deleted since would fail the whole tag.)
+        // (An example deleted since would fail the whole tag; one still of
+        // the previous model would mix two spaces.)
+        let model = self.model_fingerprint();
         let present = |ids: &[String]| -> Vec<String> {
             ids.iter()
                 .filter(|id| matches!(self.vector(CONCEPT_SPACE, id), Ok(Some(_))))
+                .filter(|id| {
+                    let of = self.attributes(id);
+                    let of = of.as_ref().and_then(|a| a.get(crate::ATTR_MODEL));
+                    model.is_none() || of == model.as_deref()
+                })
                 .cloned()
                 .collect()
         };
@@ -894,6 +908,59 @@ impl Db {
         }
         let existed = tags.remove(name.as_bytes())?;
         Ok(existed)
+    }
+
+    /// Drops from every stored profile and hand-set starting point the
+    /// group weights and affinities the vocabulary no longer names (a
+    /// switch to a model that renamed or dropped a concept or a group), as
+    /// deleting a tag does for its affinities: queries skipped them, but
+    /// `similar_with_profile` and `set_profile` refused the profile. A
+    /// profile left weighing nothing is learned again from its events.
+    /// Returns how many records changed.
+    pub(crate) fn prune_profiles(&self) -> Result<usize, ConceptError> {
+        let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
+        let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
+        let vocab = self.vocabulary()?;
+        let groups: Vec<&str> = vocab
+            .layout()
+            .groups
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
+        let prune = |weights: &mut BTreeMap<String, f32>,
+                     affinities: &mut BTreeMap<String, f32>| {
+            let before = weights.len() + affinities.len();
+            weights.retain(|g, _| groups.contains(&g.as_str()));
+            affinities.retain(|c, _| {
+                let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
+                vocab.resolve(group, concept).is_some()
+            });
+            weights.len() + affinities.len() != before
+        };
+        let _guard = self.side_write_lock();
+        let mut changed = 0;
+        for entry in priors.iter().collect::<Vec<_>>() {
+            let (key, mut prior) = entry?;
+            if prune(&mut prior.weights, &mut prior.affinities) {
+                priors.put(&key, &prior)?;
+                changed += 1;
+            }
+        }
+        for entry in profiles.iter().collect::<Vec<_>>() {
+            let (key, mut p) = entry?;
+            if !prune(&mut p.weights, &mut p.affinities) {
+                continue;
+            }
+            let empty =
+                p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0);
+            if empty {
+                let prior = priors.get(&key)?;
+                p = learn::learn_profile(self, &vocab, p.events, prior.as_ref())?;
+            }
+            profiles.put(&key, &p)?;
+            changed += 1;
+        }
+        Ok(changed)
     }
 
     fn unknown_tag(&self, name: &str) -> ConceptError {

@@ -427,16 +427,14 @@ impl Db {
             batch,
             &mut progress,
         )?;
-        if reembed {
+        if reembed || (refresh && report.progress.replaced > 0) {
             // A mean taken while old and new vectors were mixed is stale,
-            // and user tags are directions in the old model's space: both
-            // are learned again from the new vectors, at the end of every
-            // re-embedding run (a rerun of one killed before this point has
-            // nothing left to store, and still gets here). The products are
+            // and user tags are directions in the old model's space (or of
+            // the old photos): both are learned again from the new vectors,
+            // at the end of every re-embedding run (a rerun of one killed
+            // before this point has nothing left to store, and still gets
+            // here) and of a refresh that replaced products. The products are
             // stored already: a failure here is logged, not the import's.
-            if let Err(e) = crate::concepts::forget_catalog_mean(self) {
-                tracing::warn!(error = %e, "cached catalog mean not forgotten");
-            }
             if let Err(e) = self.relearn_tags() {
                 tracing::warn!(error = %e, "user tags not learned again");
             }

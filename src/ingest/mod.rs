@@ -239,8 +239,11 @@ impl Db {
 
     /// Makes `model` the database's model, whatever model it had: the
     /// caller takes on re-embedding the products (re-import them with
-    /// [`ImportOptions::reembed`]; products still from the old model carry
-    /// its fingerprint in [`ATTR_MODEL`]).
+    /// [`ImportOptions::reembed`], which ends by learning the user tags
+    /// again; or product by product, then [`Db::relearn_tags`]). Products
+    /// still from the old model carry its fingerprint in [`ATTR_MODEL`].
+    /// Profiles lose the weights and affinities the new model does not
+    /// name.
     pub fn adopt_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
         {
@@ -253,7 +256,11 @@ impl Db {
             }
             self.set_stored_model_fingerprint(model.fingerprint())?;
         }
-        Ok(self.store_concept_layout(model)?)
+        self.store_concept_layout(model)?;
+        if let Err(e) = self.prune_profiles() {
+            tracing::warn!(error = %e, "profiles not pruned for the new model");
+        }
+        Ok(())
     }
 
     /// The fingerprint of the model whose vectors the database holds, if any.
