@@ -1382,18 +1382,25 @@ fn cli_outfit_commands_and_eval_fitb() {
         s += "\n";
     }
     std::fs::write(&q, s).unwrap();
-    let out = vitrine(&[
-        "eval",
-        "fitb",
-        "--products",
-        products.to_str().unwrap(),
-        "--outfits",
-        outfits.to_str().unwrap(),
-        "--questions",
-        q.to_str().unwrap(),
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["eval", "fitb", "--products"])
+        .arg(&products)
+        .arg("--outfits")
+        .arg(&outfits)
+        .arg("--questions")
+        .arg(&q)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // These answers are in the learning outfits: said, the JSON unchanged.
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warned.contains("3 of 3 answers are in the learning outfits"),
+        "{warned}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(v["n"], 3);
     let acc = v["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));

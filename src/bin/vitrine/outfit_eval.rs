@@ -303,6 +303,26 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
         "learned rules from {} outfits ({} pairs) in {} ms",
         rules.outfits, rules.pairs, rules.learn_ms
     );
+    // A question is fill-in-the-blank only for an answer the rules never
+    // saw worn (a questions file meant for another split, or the full
+    // outfits file given as the learning one, would score the memory).
+    let learned: HashSet<String> = db
+        .outfits()?
+        .into_iter()
+        .flat_map(|o| o.slots.into_iter().map(|s| s.product))
+        .collect();
+    let seen = questions
+        .iter()
+        .filter(|q| learned.contains(&q.answer))
+        .count();
+    if seen > 0 {
+        eprintln!(
+            "warning: {seen} of {} answers are in the learning outfits of {}: those questions \
+             test memory, not fill-in-the-blank (fitb-split writes a learning file without them)",
+            questions.len(),
+            args.outfits.display()
+        );
+    }
     let eng = db.outfit_engine()?;
     let mut results = Vec::new();
     for (name, method) in methods {
@@ -616,6 +636,34 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         }
     }
 
+    // Every product of this catalog is in stock: the same expansions again
+    // with 30 % of the products in no template sold out (a generator of
+    // its own, so the samples below do not move), which they must avoid.
+    let in_templates: HashSet<&str> = templates
+        .iter()
+        .flat_map(|o| o.slots.iter().map(|s| s.product.as_str()))
+        .collect();
+    let mut stock_rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5701d);
+    let sold_out: Vec<&String> = all_ids
+        .iter()
+        .filter(|id| !in_templates.contains(id.as_str()))
+        .filter(|_| stock_rng.gen_bool(0.3))
+        .collect();
+    eng.assume_sold_out(&sold_out);
+    let sold: HashSet<&str> = sold_out.iter().map(|s| s.as_str()).collect();
+    let (mut n_sold_exp, mut sold_ok) = (0, 0);
+    for o in &templates {
+        for e in eng.expand(&o.id, 10, &ExpandOptions::new().palette(args.palette))? {
+            n_sold_exp += 1;
+            sold_ok += usize::from(
+                e.products
+                    .iter()
+                    .all(|p| eng.in_stock(p) == Some(true) && !sold.contains(p.as_str())),
+            );
+        }
+    }
+    eng.assume_in_stock(&sold_out);
+
     // Cover: 50 templates.
     let cover_templates: Vec<String> = outfits
         .choose_multiple(&mut rng, 50)
@@ -715,6 +763,10 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         "expand": {
             "templates": templates.len(), "outfits": n_exp,
             "all_in_stock_pct": pct(in_stock_ok, n_exp),
+            // With 30 % of the other products sold out.
+            "sold_out_products": sold_out.len(),
+            "outfits_with_sold_out": n_sold_exp,
+            "all_in_stock_with_sold_out_pct": pct(sold_ok, n_sold_exp),
             "no_repeat_pct": pct(no_repeat_ok, n_exp),
             "gt_same_colour_pairs": gt_same_pairs,
             "gt_same_colour_preserved_pct": pct(gt_same_kept, gt_same_pairs),
@@ -733,9 +785,10 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         let (s, e) = (&fig["substitute"], &fig["expand"]);
         let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
         println!(
-            "substitute ({} cases): same category {:.1} %, same colour group {:.1} % ({} cases), \
-             same engine colour family {:.1} %, {:.2} ms per query",
+            "substitute ({} cases, {} with no candidate): same category {:.1} %, same colour \
+             group {:.1} % ({} cases), same engine colour family {:.1} %, {:.2} ms per query",
             s["cases"],
+            s["no_candidate"],
             f(&s["same_category_pct"]),
             f(&s["same_colour_group_pct"]),
             s["colour_cases"],
@@ -743,11 +796,15 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             f(&s["ms_per_query"])
         );
         println!(
-            "expand ({} outfits of {} templates): in stock {:.1} %, no repeats {:.1} %, \
-             shared colour groups kept {:.1} %, contrasts kept {:.1} %, {:.2} ms per outfit",
+            "expand ({} outfits of {} templates): in stock {:.1} % (and {:.1} % of {} with {} \
+             other products sold out), no repeats {:.1} %, shared colour groups kept {:.1} %, \
+             contrasts kept {:.1} %, {:.2} ms per outfit",
             e["outfits"],
             e["templates"],
             f(&e["all_in_stock_pct"]),
+            f(&e["all_in_stock_with_sold_out_pct"]),
+            e["outfits_with_sold_out"],
+            e["sold_out_products"],
             f(&e["no_repeat_pct"]),
             f(&e["gt_same_colour_preserved_pct"]),
             f(&e["gt_contrast_preserved_pct"]),
