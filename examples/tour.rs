@@ -4,7 +4,8 @@
 //! item's substitutes, rules learned from stored outfits, new outfits
 //! expanded from a template, a cover plan and fill-in-the-blank.
 //!
-//! `cargo run --release --example tour [DB_DIR]`
+//! `cargo run --release --example tour [DB_DIR]` (without DB_DIR, a
+//! temporary folder, removed at the end)
 
 use vitrine::{
     annotate_with, Attributes, ConceptQuery, CoverOptions, Db, ExpandOptions, Feedback, Filter,
@@ -14,9 +15,10 @@ use vitrine::{
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/catalog");
+    let scratch = tempfile::tempdir()?;
     let dir = match std::env::args().nth(1) {
         Some(d) => std::path::PathBuf::from(d),
-        None => std::env::temp_dir().join(format!("vitrine-tour-{}", std::process::id())),
+        None => scratch.path().join("db"),
     };
 
     // 1. Images in: the sample catalog's CSV gives ids, files and categories.
