@@ -174,6 +174,10 @@ fn a_damaged_onnx_file_is_refused_by_its_checksum() {
         ("/prep/area_shrink_min", serde_json::json!(8.0)),
         // The right three values with something else among them.
         ("/prep/mean", serde_json::json!([0.5, "x", 0.5, 0.5])),
+        // A model trained on BGR, or on another type, stated as such.
+        ("/input/channel_order", serde_json::json!("BGR")),
+        ("/prep/channel_order", serde_json::json!("BGR")),
+        ("/input/dtype", serde_json::json!("float16")),
     ] {
         let mut m = bundled.clone();
         *m.pointer_mut(pointer).unwrap() = value;
@@ -237,6 +241,12 @@ fn bad_manifests_are_typed_errors() {
     m.as_object_mut().unwrap().remove("taxonomy");
     let e = Model::from_bytes(b"", m.to_string().as_bytes()).unwrap_err();
     assert!(e.to_string().contains("taxonomy"), "{e}");
+    // A hand edit of the wrong type says where it is.
+    let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest(INPUT)).unwrap();
+    m["tag_thresholds"]["colour.red"] = serde_json::json!(0.4);
+    let pretty = serde_json::to_string_pretty(&m).unwrap();
+    let e = Model::from_bytes(b"", pretty.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("line"), "{e}");
 }
 
 #[test]

@@ -95,7 +95,8 @@ impl Manifest {
     /// Parses and checks a manifest. The error is a human-readable reason.
     pub(crate) fn parse(bytes: &[u8]) -> Result<Manifest, String> {
         let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        let m: RawManifest = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
+        // From the bytes, not the value: an error keeps its line and column.
+        let m: RawManifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         check_preparation(&raw)?;
         if m.input.shape.len() != 4 {
             return Err(format!(
@@ -346,6 +347,18 @@ fn check_preparation(raw: &serde_json::Value) -> Result<(), String> {
             return Err(format!(
                 "{name} is {v}; this engine prepares images with {want:?}"
             ));
+        }
+    }
+    // The text facts too: a model trained on BGR, or on another type,
+    // would read this engine's tensors wrongly.
+    for (name, v, want) in [
+        ("input.channel_order", &raw["input"]["channel_order"], "RGB"),
+        ("prep.channel_order", &raw["prep"]["channel_order"], "RGB"),
+        ("input.dtype", &raw["input"]["dtype"], "float32"),
+        ("prep.dtype", &raw["prep"]["dtype"], "float32"),
+    ] {
+        if !v.is_null() && v.as_str() != Some(want) {
+            return Err(format!("{name} is {v}; this engine feeds the model {want}"));
         }
     }
     for (key, want) in crate::vision::prep_constants() {

@@ -310,6 +310,39 @@ impl Model {
                 "the ONNX graph lacks one of the outputs {OUTPUTS:?}: {e:#}"
             ))
         })?;
+        // The engine feeds one tensor of its own shape: a graph that takes
+        // another number of inputs, or declares other image dimensions
+        // (exported at another size), is the wrong graph for this manifest.
+        if model.inputs.len() != 1 {
+            return Err(ModelError::ManifestMismatch(format!(
+                "the ONNX graph {} has {} inputs; the engine feeds it one image tensor",
+                path.display(),
+                model.inputs.len()
+            )));
+        }
+        let declared: Vec<Option<i64>> = model
+            .input_fact(0)
+            .map_err(corrupt)?
+            .shape
+            .dims()
+            .map(|d| {
+                tract_onnx::tract_hir::infer::Factoid::concretize(d).and_then(|d| d.to_i64().ok())
+            })
+            .collect();
+        let wanted = expected.iter().map(|&d| Some(d as i64));
+        if declared.len() == 4
+            && declared[1..]
+                .iter()
+                .zip(wanted)
+                .any(|(got, want)| got.is_some() && *got != want)
+        {
+            return Err(ModelError::ManifestMismatch(format!(
+                "the ONNX graph {} takes images of {:?} (channels, height, width); the \
+                 manifest's input.shape and the engine's preparation are {expected:?}",
+                path.display(),
+                &declared[1..]
+            )));
+        }
         let batch = model.symbols.sym("batch");
         let shape: TVec<TDim> = tvec![
             batch.to_dim(),
