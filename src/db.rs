@@ -2141,12 +2141,19 @@ impl Db {
             .any(|e| e.attrs.get(key).is_some())
     }
 
-    /// How many products have a doc id above `doc` (stored since it: doc
-    /// ids only grow), and the largest doc id (0 for none).
-    pub(crate) fn docs_after(&self, doc: u64) -> (usize, u64) {
+    /// How many products have a doc id above `doc`: those stored since it
+    /// (doc ids only grow).
+    pub(crate) fn docs_after(&self, doc: u64) -> usize {
+        read(&self.catalog)
+            .by_doc
+            .range(doc.saturating_add(1)..)
+            .count()
+    }
+
+    /// The largest doc id (0 for an empty catalog).
+    pub(crate) fn last_doc(&self) -> u64 {
         let cat = read(&self.catalog);
-        let after = cat.by_doc.range(doc.saturating_add(1)..).count();
-        (after, cat.by_doc.keys().next_back().copied().unwrap_or(0))
+        cat.by_doc.keys().next_back().copied().unwrap_or(0)
     }
 
     /// Up to `n` rows of `space`, evenly spaced in doc order, leaving out

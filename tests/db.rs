@@ -1241,6 +1241,14 @@ fn the_model_fingerprint_is_read_while_a_write_waits() {
 /// read.
 #[test]
 fn an_unreadable_product_page_is_refused_not_skipped() {
+    // With checkpoints, and without any (then only storage can tell that
+    // products are missing).
+    for checkpointed in [true, false] {
+        unreadable_page_case(checkpointed);
+    }
+}
+
+fn unreadable_page_case(checkpointed: bool) {
     let dir = tempfile::tempdir().unwrap();
     // Over three sessions, so that sled's snapshot covers the blob's entry
     // and only a read of the record looks for the file; the last one is
@@ -1248,7 +1256,7 @@ fn an_unreadable_product_page_is_refused_not_skipped() {
     for round in 0..3 {
         let db = Db::builder()
             .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
-            .checkpoint_on_drop(round < 2)
+            .checkpoint_on_drop(checkpointed && round < 2)
             .open(dir.path())
             .unwrap();
         for i in round * 50..(round + 1) * 50 {
@@ -1283,7 +1291,10 @@ fn an_unreadable_product_page_is_refused_not_skipped() {
             assert!(e.to_string().contains("sled"), "{e}");
         }
         Err(e) => panic!("expected Corruption, got {e}"),
-        Ok(db) => panic!("opened with {} of 150 products", db.len()),
+        Ok(db) => panic!(
+            "opened with {} of 150 products (checkpointed: {checkpointed})",
+            db.len()
+        ),
     }
     let db = open(true).unwrap();
     assert!(db.len() < 150);

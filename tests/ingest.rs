@@ -1417,8 +1417,14 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     hand.affinities.insert(first.clone(), 0.5);
     hand.affinities.insert("user.mine".into(), 0.5);
     db.set_profile("anna", &hand).unwrap();
+    // A starting point whose only preference the other model drops.
+    let mut only = vitrine::Profile::only("colour");
+    only.weights.clear();
+    only.affinities.insert(first.clone(), 0.5);
+    db.set_profile("bob", &only).unwrap();
 
     db.adopt_model(&other).unwrap();
+    assert!(db.profile_prior("bob").unwrap().is_none());
     let anna = db.profile("anna").unwrap().unwrap();
     assert!(!anna.affinities.contains_key(&first), "{anna:?}");
     assert!(anna.affinities.contains_key("user.mine"), "{anna:?}");

@@ -337,15 +337,20 @@ pub(crate) fn learn_profile(
 }
 
 pub(super) const CATALOG_STATS: &str = "concept_stats";
-const CATALOG_MEAN: &[u8] = b"catalog_mean";
+/// Under a key of its own since version 2: an older build reads (and
+/// recomputes) its own record instead of failing on this one.
+const CATALOG_MEAN: &[u8] = b"catalog_mean.2";
+/// Version 1's key, removed when the mean is forgotten.
+const CATALOG_MEAN_V1: &[u8] = b"catalog_mean";
 
 /// Forgets the cached catalog mean: it describes the vectors of the model
 /// that made them ([`Db::adopt_model`] and [`Db::relearn_tags`] call this,
 /// holding the side-write lock under which feedback computes and stores the
 /// mean, so that a mean of a catalog half re-embedded is not stored after).
 pub(crate) fn forget_catalog_mean_locked(db: &Db) -> Result<(), crate::Error> {
-    db.side_keyspace::<CatalogMean>(CATALOG_STATS)?
-        .remove(CATALOG_MEAN)?;
+    let ks = db.side_keyspace::<CatalogMean>(CATALOG_STATS)?;
+    ks.remove(CATALOG_MEAN)?;
+    ks.remove(CATALOG_MEAN_V1)?;
     Ok(())
 }
 
@@ -361,7 +366,8 @@ struct CatalogMean {
 }
 
 impl vitrine_storage::Record for CatalogMean {
-    /// 2: `last_doc`. Derived data: an older record is computed again.
+    /// 2: `last_doc` (and the key `catalog_mean.2`; version 1's record,
+    /// under `catalog_mean`, is not read).
     const VERSION: u8 = 2;
 }
 
@@ -373,19 +379,11 @@ fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
         .iter()
         .find(|s| s.name == CONCEPT_SPACE)
         .map_or(db.len(), |s| s.vectors) as u64;
-    let cached = match ks.get(CATALOG_MEAN) {
-        Ok(c) => c,
-        Err(vitrine_storage::Error::UnknownRecordVersion { found, .. })
-            if found < <CatalogMean as vitrine_storage::Record>::VERSION =>
-        {
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let (_, last_doc) = db.docs_after(0);
+    let cached = ks.get(CATALOG_MEAN)?;
+    let last_doc = db.last_doc();
     if let Some(c) = cached {
         let drift = c.count.abs_diff(len) as f64 / c.count.max(1) as f64;
-        let (new, _) = db.docs_after(c.last_doc);
+        let new = db.docs_after(c.last_doc);
         let turnover = new as f64 / c.count.max(1) as f64;
         if drift <= 0.05 && turnover <= 0.05 && c.mean.len() == dim {
             return Ok(c.mean);

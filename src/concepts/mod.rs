@@ -937,14 +937,24 @@ impl Db {
             });
             weights.len() + affinities.len() != before
         };
+        let uniform = Profile::uniform(vocab.layout()).weights;
         let _guard = self.side_write_lock();
         let mut changed = 0;
         for entry in priors.iter().collect::<Vec<_>>() {
             let (key, mut prior) = entry?;
-            if prune(&mut prior.weights, &mut prior.affinities) {
-                priors.put(&key, &prior)?;
-                changed += 1;
+            if !prune(&mut prior.weights, &mut prior.affinities) {
+                continue;
             }
+            // A starting point left with no preference is none (as
+            // delete_tag leaves it).
+            let none = prior.affinities.is_empty()
+                && (prior.weights.values().all(|w| *w == 0.0) || prior.weights == uniform);
+            if none {
+                priors.remove(&key)?;
+            } else {
+                priors.put(&key, &prior)?;
+            }
+            changed += 1;
         }
         for entry in profiles.iter().collect::<Vec<_>>() {
             let (key, mut p) = entry?;

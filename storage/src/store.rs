@@ -1010,9 +1010,12 @@ impl<T: Record> Keyspace<T> {
     }
 
     /// sled's error reading this keyspace: one of a damaged page (a lost
-    /// blob file: not found, or a short or malformed one) is the damage of
-    /// a record, named by `key`, as a write to it says
-    /// ([`Keyspace::write_one`]); others stay I/O errors.
+    /// blob file: not found, or a short or malformed one) is damage to the
+    /// store naming the record (`key`), as a write to it says
+    /// ([`Keyspace::write_one`]); others stay I/O errors. Not
+    /// [`Error::Corruption`], a record that fails to decode, which a scan
+    /// may skip and go on: a page that cannot be read ends a scan, and
+    /// what lies after it is not read.
     fn read_error(&self, key: String, e: sled::Error) -> Error {
         use std::io::ErrorKind;
         match e {
@@ -1022,12 +1025,12 @@ impl<T: Record> Keyspace<T> {
                     ErrorKind::NotFound | ErrorKind::UnexpectedEof | ErrorKind::InvalidData
                 ) =>
             {
-                Error::Corruption {
-                    store: self.io.sled_dir.clone(),
-                    tree: self.name.to_string(),
-                    key,
+                Error::StoreDamaged {
+                    path: self.io.sled_dir.clone(),
                     reason: format!(
-                        "its page cannot be read ({}); `vitrine repair` keeps every readable record",
+                        "the record {key} in {} cannot be read ({}); `vitrine repair` keeps \
+                         every readable record",
+                        self.name,
                         readable(e)
                     ),
                 }
