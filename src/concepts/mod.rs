@@ -787,7 +787,9 @@ impl Db {
     /// stored and embedded by the database's model, keeping its weight:
     /// after a re-embedding the old directions point into another model's
     /// space, and after a refresh they come from the old photos.
-    /// [`Db::import`] calls it at the end of a re-embedding or a refresh; a
+    /// [`Db::import`] calls it at the end of a re-embedding, and of a
+    /// refresh that replaced products (not after an import that failed as
+    /// a whole: call it then); a
     /// caller who re-embeds product by product after [`Db::adopt_model`]
     /// calls it when done. It also forgets the catalog's mean concept
     /// vector (feedback's contrast), which may have been taken while old

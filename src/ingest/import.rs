@@ -296,8 +296,9 @@ impl<'a> ImportOptions<'a> {
 
     /// Refresh: products of the source already stored are run through the
     /// model again from their image (a photo that changed), keeping their
-    /// stored attributes. Unlike a plain import, nothing listed is skipped,
-    /// so an interrupted refresh redoes everything when run again.
+    /// stored attributes; when any was replaced, the user tags are learned
+    /// again ([`Db::relearn_tags`]). Unlike a plain import, nothing listed is
+    /// skipped, so an interrupted refresh redoes everything when run again.
     pub fn refresh(mut self, yes: bool) -> Self {
         self.refresh = yes;
         self

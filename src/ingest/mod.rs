@@ -121,8 +121,17 @@ impl IngestError {
     /// for the model, another model's database, damaged data and the
     /// machine.
     pub fn is_user_error(&self) -> bool {
+        use std::io::ErrorKind::{
+            InvalidData, InvalidInput, IsADirectory, NotFound, PermissionDenied,
+        };
         match self {
             IngestError::Db(e) => e.is_user_error(),
+            // A file the caller named wrongly, not the machine's refusal
+            // (file handles, memory, a failing disk).
+            IngestError::Io { source, .. } => matches!(
+                source.kind(),
+                NotFound | PermissionDenied | InvalidInput | InvalidData | IsADirectory
+            ),
             IngestError::Model(_) | IngestError::ModelMismatch { .. } | IngestError::Threads(_) => {
                 false
             }
@@ -242,8 +251,10 @@ impl Db {
     /// [`ImportOptions::reembed`], which ends by learning the user tags
     /// again; or product by product, then [`Db::relearn_tags`]). Products
     /// still from the old model carry its fingerprint in [`ATTR_MODEL`].
-    /// Profiles lose the weights and affinities the new model does not
-    /// name.
+    /// Profiles and hand-set starting points lose the weights and
+    /// affinities the new model does not name (a starting point left with
+    /// none is removed, a profile left with none is learned again from its
+    /// events; a failure there is logged, not returned).
     pub fn adopt_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
         {

@@ -93,7 +93,8 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// sled could not open its files: they are damaged, or not sled's.
+    /// sled cannot open or read its files: they are damaged, or not
+    /// sled's (a page that cannot be read names its record in `reason`).
     #[error("the sled store in {} is damaged or unreadable: {reason}", path.display())]
     StoreDamaged {
         /// The sled folder.

@@ -849,7 +849,8 @@ impl<T: Record> Keyspace<T> {
     ///
     /// A damaged record is [`Error::Corruption`] or
     /// [`Error::UnknownRecordVersion`], naming the store, this keyspace and
-    /// the key.
+    /// the key; a page that cannot be read is [`Error::StoreDamaged`],
+    /// naming the record in its reason.
     pub fn get(&self, key: &[u8]) -> Result<Option<T>> {
         let read = self
             .tree

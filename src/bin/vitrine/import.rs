@@ -28,7 +28,8 @@ pub struct ImportArgs {
     pub db: PathBuf,
     /// Where to write the failures, one line per failure:
     /// `id<TAB>path<TAB>reason` (default `<db>/import-failures.tsv`). The
-    /// file is rewritten on every run; empty means no failure.
+    /// file is rewritten on every run that opens the database; empty means
+    /// no failure.
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Switch a database built with another model to the bundled one: every
