@@ -139,6 +139,17 @@ impl Error {
     }
 }
 
+/// Whether reading a file the caller named failed for the caller's reason
+/// (a wrong path, a file it may not read, a folder, a bad file), not the
+/// machine's (file handles, memory, a failing disk).
+pub(crate) fn callers_file(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{InvalidData, InvalidInput, IsADirectory, NotFound, PermissionDenied};
+    matches!(
+        e.kind(),
+        NotFound | PermissionDenied | InvalidInput | InvalidData | IsADirectory
+    )
+}
+
 impl From<vitrine_index::Error> for Error {
     fn from(e: vitrine_index::Error) -> Self {
         match e {

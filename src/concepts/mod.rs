@@ -565,6 +565,11 @@ impl Vocabulary {
         &self.layout
     }
 
+    /// The layout's group names, in order.
+    pub(crate) fn group_names(&self) -> Vec<&str> {
+        self.layout.groups.iter().map(|g| g.name.as_str()).collect()
+    }
+
     /// User tags by name.
     pub fn tags(&self) -> &BTreeMap<String, UserTag> {
         &self.tags
@@ -923,12 +928,7 @@ impl Db {
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
         let vocab = self.vocabulary()?;
-        let groups: Vec<&str> = vocab
-            .layout()
-            .groups
-            .iter()
-            .map(|g| g.name.as_str())
-            .collect();
+        let groups = vocab.group_names();
         let prune = |weights: &mut BTreeMap<String, f32>,
                      affinities: &mut BTreeMap<String, f32>| {
             let before = weights.len() + affinities.len();
@@ -1097,12 +1097,7 @@ impl Db {
 
     fn check_profile(&self, p: &Profile) -> Result<(), ConceptError> {
         let vocab = self.vocabulary()?;
-        let groups: Vec<&str> = vocab
-            .layout()
-            .groups
-            .iter()
-            .map(|g| g.name.as_str())
-            .collect();
+        let groups = vocab.group_names();
         for (g, w) in &p.weights {
             if !groups.contains(&g.as_str()) {
                 return Err(ConceptError::UnknownGroup {

@@ -121,17 +121,9 @@ impl IngestError {
     /// for the model, another model's database, damaged data and the
     /// machine.
     pub fn is_user_error(&self) -> bool {
-        use std::io::ErrorKind::{
-            InvalidData, InvalidInput, IsADirectory, NotFound, PermissionDenied,
-        };
         match self {
             IngestError::Db(e) => e.is_user_error(),
-            // A file the caller named wrongly, not the machine's refusal
-            // (file handles, memory, a failing disk).
-            IngestError::Io { source, .. } => matches!(
-                source.kind(),
-                NotFound | PermissionDenied | InvalidInput | InvalidData | IsADirectory
-            ),
+            IngestError::Io { source, .. } => crate::error::callers_file(source),
             IngestError::Model(_) | IngestError::ModelMismatch { .. } | IngestError::Threads(_) => {
                 false
             }

@@ -132,17 +132,9 @@ impl OutfitError {
     /// rules to learn, a database without images); false for damaged data
     /// and the machine.
     pub fn is_user_error(&self) -> bool {
-        use std::io::ErrorKind::{
-            InvalidData, InvalidInput, IsADirectory, NotFound, PermissionDenied,
-        };
         match self {
             OutfitError::Db(e) => e.is_user_error(),
-            // A file the caller named wrongly, not the machine's refusal
-            // (file handles, memory, a failing disk).
-            OutfitError::Io { source, .. } => matches!(
-                source.kind(),
-                NotFound | PermissionDenied | InvalidInput | InvalidData | IsADirectory
-            ),
+            OutfitError::Io { source, .. } => crate::error::callers_file(source),
             _ => true,
         }
     }
