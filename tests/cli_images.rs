@@ -1070,7 +1070,33 @@ fn import_refuses_another_models_database_unless_reembedding() {
     let failures = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
     assert_eq!(failures.lines().count(), 1, "{failures}");
     assert!(
-        failures.starts_with(&format!("{}\t\tnot in the CSV, so not re-embedded", ids[2])),
+        failures.starts_with(&format!("{}\t\tnot in ", ids[2]))
+            && failures.contains("listed.csv, so not re-embedded"),
+        "{failures}"
+    );
+    // The same from a folder that lacks it.
+    let two = dir.path().join("two");
+    std::fs::create_dir(&two).unwrap();
+    for f in &files[..2] {
+        std::fs::copy(f, two.join(f.file_name().unwrap())).unwrap();
+    }
+    let out = vitrine(&[
+        "import",
+        two.to_str().unwrap(),
+        "--db",
+        db_s,
+        "--fpi",
+        "--reembed",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 stored products are not in"),
+        "{}",
+        text(&out.stdout)
+    );
+    let failures = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
+    assert!(
+        failures.starts_with(&format!("{}\t\tnot in ", ids[2])),
         "{failures}"
     );
     // --reembed from the folder re-embeds the one left; a second run has

@@ -570,6 +570,29 @@ fn lexical(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// The ids an import of the folder `dir` gives its images: the stems of its
+/// image files, as `Db::import` names them (hidden files and names that are
+/// not UTF-8 left out).
+fn folder_ids(dir: &Path) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut ids = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .path();
+        let image = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+        let name = path.file_name().and_then(|n| n.to_str());
+        if let (true, Some(name), Some(stem)) = (image, name, path.file_stem()) {
+            if !name.starts_with('.') {
+                ids.insert(stem.to_string_lossy().into_owned());
+            }
+        }
+    }
+    Ok(ids)
+}
+
 /// Whether `a` and `b` name one file: the same path once `.` and `..` are
 /// folded, or, both existing, the same file once links are followed.
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -659,14 +682,19 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     }
     let bad_row_count = bad_rows.len();
     let (mut updated, mut unchanged, mut update_failures) = (0usize, 0usize, bad_rows);
-    // The ids the CSV lists, to name the stored products it no longer does.
-    // (Bad rows name their products too.)
-    let listed: Option<std::collections::HashSet<String>> = rows.as_ref().map(|rows| {
-        rows.iter()
-            .map(|r| r.id.clone())
-            .chain(bad_ids.iter().cloned())
-            .collect()
-    });
+    // The ids the CSV lists, to name the stored products it no longer does
+    // (bad rows name their products too); of a folder, only for a
+    // re-embedding (a folder of new photos lists few of the catalog).
+    let listed: Option<std::collections::HashSet<String>> = match rows.as_ref() {
+        Some(rows) => Some(
+            rows.iter()
+                .map(|r| r.id.clone())
+                .chain(bad_ids.iter().cloned())
+                .collect(),
+        ),
+        None if args.reembed => Some(folder_ids(&args.source)?),
+        None => None,
+    };
     let source = match rows {
         Some(rows) if args.update => {
             let bad_before = update_failures.len();
@@ -838,9 +866,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
         update_failures.extend(old_model.iter().map(|id| {
             format!(
-                "{}\t\tnot in the CSV, so not re-embedded: its vectors are of the previous \
+                "{}\t\tnot in {}, so not re-embedded: its vectors are of the previous \
                  model (list it with its image, or delete it)",
-                tsv_field(id)
+                tsv_field(id),
+                tsv_field(&args.source.display().to_string())
             )
         }));
     }
