@@ -1053,25 +1053,34 @@ fn import_refuses_another_models_database_unless_reembedding() {
         ),
     )
     .unwrap();
-    let out = vitrine(&[
-        "import",
-        listed.to_str().unwrap(),
-        "--db",
-        db_s,
-        "--fpi",
-        "--reembed",
-    ]);
-    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    // A --reembed from `source`: exit 3, the one product it lacks counted,
+    // and the report's one line, which names it.
+    let reembed_lacking_one = |source: &Path| -> String {
+        let out = vitrine(&[
+            "import",
+            source.to_str().unwrap(),
+            "--db",
+            db_s,
+            "--fpi",
+            "--reembed",
+        ]);
+        assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("1 stored products are not in"),
+            "{}",
+            text(&out.stdout)
+        );
+        let failures = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
+        assert_eq!(failures.lines().count(), 1, "{failures}");
+        assert!(
+            failures.starts_with(&format!("{}\t\tnot in ", ids[2])),
+            "{failures}"
+        );
+        failures
+    };
+    let failures = reembed_lacking_one(&listed);
     assert!(
-        text(&out.stdout).contains("1 stored products are not in"),
-        "{}",
-        text(&out.stdout)
-    );
-    let failures = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
-    assert_eq!(failures.lines().count(), 1, "{failures}");
-    assert!(
-        failures.starts_with(&format!("{}\t\tnot in ", ids[2]))
-            && failures.contains("listed.csv, so not re-embedded"),
+        failures.contains("listed.csv, so not re-embedded"),
         "{failures}"
     );
     // The same from a folder that lacks it.
@@ -1080,25 +1089,7 @@ fn import_refuses_another_models_database_unless_reembedding() {
     for f in &files[..2] {
         std::fs::copy(f, two.join(f.file_name().unwrap())).unwrap();
     }
-    let out = vitrine(&[
-        "import",
-        two.to_str().unwrap(),
-        "--db",
-        db_s,
-        "--fpi",
-        "--reembed",
-    ]);
-    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("1 stored products are not in"),
-        "{}",
-        text(&out.stdout)
-    );
-    let failures = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
-    assert!(
-        failures.starts_with(&format!("{}\t\tnot in ", ids[2])),
-        "{failures}"
-    );
+    reembed_lacking_one(&two);
     // --reembed from the folder re-embeds the one left; a second run has
     // nothing left to do.
     let out = vitrine(&["import", src_s, "--db", db_s, "--fpi", "--reembed"]);
