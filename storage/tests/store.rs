@@ -393,12 +393,29 @@ fn iter_reports_damaged_records_and_continues() {
     );
 }
 
+/// sled opened directly, waiting (as `Store::open` does) while a child
+/// process another test forks still shares a dropped store's lock.
+fn raw_sled(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(e)
+                if e.to_string().contains("WouldBlock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[test]
 fn newer_format_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     drop(open(tmp.path()));
     {
-        let db = sled::open(tmp.path().join("sled")).unwrap();
+        let db = raw_sled(&tmp.path().join("sled"));
         let stored = db.get(b"vitrine.format_version").unwrap().unwrap();
         assert_eq!(stored.as_ref(), FORMAT_VERSION.to_le_bytes());
         db.insert(
@@ -423,7 +440,7 @@ fn newer_format_version_is_refused() {
         other => panic!("expected UnsupportedFormat, got {other:?}"),
     }
     {
-        let db = sled::open(tmp.path().join("sled")).unwrap();
+        let db = raw_sled(&tmp.path().join("sled"));
         db.insert(b"vitrine.format_version", &[1u8, 0, 0]).unwrap();
         db.flush().unwrap();
     }
