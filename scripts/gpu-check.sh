@@ -86,7 +86,10 @@ run() {
         fi
     fi
     nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
-    find_cuda_libs 2>&1 | tee "$out/libs.txt"
+    # Not in a pipeline: a pipeline's stage runs in a subshell, and the
+    # LD_LIBRARY_PATH it exports would be lost.
+    find_cuda_libs >"$out/libs.txt" 2>&1
+    cat "$out/libs.txt"
     export VITRINE_GPU=1 RUST_BACKTRACE=1
     # Real embeddings (raw f32 x 128), when `prepare` was given some.
     if [ -f "$BIN/real-embeddings.f32" ]; then

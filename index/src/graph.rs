@@ -359,7 +359,8 @@ impl HnswIndex {
                 dir,
                 crate::format::GRAPH_BASENAME,
                 dim,
-                params.max_connections,
+                &params,
+                points.len(),
             )?;
             let io = HnswIo::new(dir, crate::format::GRAPH_BASENAME);
             let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -111,13 +111,16 @@ impl Walk {
 }
 
 /// Checks the dump `basename` in `dir` as hnsw_rs will read it, for `dim`
-/// f32 components per point and the `max_connections` our header holds.
+/// f32 components per point and the parameters and point count our header
+/// holds.
 pub(crate) fn check(
     dir: &Path,
     basename: &str,
     dim: usize,
-    max_connections: usize,
+    params: &crate::HnswParams,
+    points: usize,
 ) -> Result<(), String> {
+    let max_connections = params.max_connections;
     let mut g = Walk::open(&dir.join(format!("{basename}.hnsw.graph")), "graph file")?;
     let mut d = Walk::open(&dir.join(format!("{basename}.hnsw.data")), "data file")?;
 
@@ -145,7 +148,15 @@ pub(crate) fn check(
     if layers != MAX_LAYERS {
         return Err(format!("graph file: {layers} layers, not {MAX_LAYERS}"));
     }
-    g.u64()?; // ef
+    // hnsw_rs takes this as the loaded graph's ef_construction and sizes
+    // each insert's heaps by it: 2^56 aborts the process.
+    let ef = g.u64()?;
+    if ef != params.ef_construction as u64 {
+        return Err(format!(
+            "graph file: ef_construction {ef}, the header says {}",
+            params.ef_construction
+        ));
+    }
     let nb_point = g.u64()?;
     let stored_dim = g.u64()?;
     if stored_dim != dim as u64 {
@@ -176,6 +187,8 @@ pub(crate) fn check(
     // Neighbour references, checked once every layer's size is known.
     let mut refs: Vec<(u8, i32)> = Vec::new();
     let mut total = 0u64;
+    // Point ids index the header's point table: each once, none past it.
+    let mut seen = vec![false; points];
     for l in 0..indexed_layers {
         if g.u32()? != MAGIC_LAYER {
             return Err(format!("graph file: bad magic at layer {l}"));
@@ -186,6 +199,14 @@ pub(crate) fn check(
                 return Err(format!("graph file: bad magic at point {r} of layer {l}"));
             }
             let origin = g.u64()?;
+            match usize::try_from(origin).ok().and_then(|o| seen.get_mut(o)) {
+                Some(s) if !*s => *s = true,
+                _ => {
+                    return Err(format!(
+                        "graph file: point id {origin} is past the header's {points} points or repeated"
+                    ))
+                }
+            }
             let (layer, rank) = (g.u8()?, i32::from_ne_bytes(g.bytes()?));
             if layer != l || u64::try_from(rank).ok() != Some(r) {
                 return Err(format!(

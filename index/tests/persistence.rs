@@ -397,3 +397,89 @@ fn damaged_dumps_with_matching_checksums_never_exit() {
     eprintln!("damaged dumps: {refused} refused, {loaded} loaded");
     assert!(refused > 0);
 }
+
+/// Rewrites `file` of the save in `good` into a copy at `dir`, with the
+/// header's length and checksum of it made to match (a forged dump).
+fn forge(good: &Path, dir: &Path, edits: &[(&str, Vec<u8>)]) {
+    copy_dir(good, dir);
+    let mut h =
+        vitrine_index::parse_index_header(&fs::read(good.join("index.vtx")).unwrap()).unwrap();
+    for (file, bytes) in edits {
+        fs::write(dir.join(file), bytes).unwrap();
+        let sum = vitrine_index::FileSum {
+            len: bytes.len() as u64,
+            crc: crc32fast::hash(bytes),
+        };
+        if file.ends_with("graph") {
+            h.graph = sum;
+        } else {
+            h.data = sum;
+        }
+    }
+    fs::write(
+        dir.join("index.vtx"),
+        vitrine_index::encode_index_header(&h),
+    )
+    .unwrap();
+}
+
+/// Fields of a checksummed dump that hnsw_rs trusts and our header also
+/// holds must agree with it: hnsw_rs sizes every insert's heaps by the
+/// dump's ef (2^56 aborts the process), and a point id twice would answer
+/// one document twice and another never.
+#[test]
+fn a_forged_dump_disagreeing_with_the_header_is_refused() {
+    let (idx, _) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    idx.save(&good, 7).unwrap();
+    let graph = fs::read(good.join("graph.hnsw.graph")).unwrap();
+    let data = fs::read(good.join("graph.hnsw.data")).unwrap();
+    let u32_at = |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap());
+    // Description (version 4): magic, mode, M, level scale, layers, ef.
+    assert_eq!(u32_at(&graph, 0), 0x002a_6779);
+    const EF_AT: usize = 4 + 1 + 1 + 8 + 1;
+    assert_eq!(u64_at(&graph, EF_AT), 200, "the default ef_construction");
+
+    let mut big_ef = graph.clone();
+    big_ef[EF_AT..EF_AT + 8].copy_from_slice(&(1u64 << 56).to_ne_bytes());
+    let dir = tmp.path().join("ef");
+    forge(&good, &dir, &[("graph.hnsw.graph", big_ef)]);
+    let e = load(&dir, &idx, 7).expect_err("a dump with another ef loaded");
+    assert!(e.to_string().contains("ef_construction"), "{e}");
+
+    // The first two points of layer 0 and their data records; the second
+    // is given the first one's id in both files.
+    let first = (0..graph.len() - 4)
+        .find(|&i| u32_at(&graph, i) == 0x000a_678f)
+        .unwrap();
+    let mut at = first + 4 + 8 + 1 + 4;
+    for _ in 0..16 {
+        let k = u64_at(&graph, at) as usize;
+        at += 8 + k * (8 + 1 + 4 + 4);
+    }
+    assert_eq!(u32_at(&graph, at), 0x000a_678f, "the second point");
+    let (id0, id1) = (u64_at(&graph, first + 4), u64_at(&graph, at + 4));
+    assert_ne!(id0, id1);
+    let record = 4 + 8 + 8 + DIM * 4;
+    assert_eq!(u64_at(&data, 12 + 4), id0);
+    assert_eq!(u64_at(&data, 12 + record + 4), id1);
+    let mut g = graph.clone();
+    g[at + 4..at + 12].copy_from_slice(&id0.to_ne_bytes());
+    let mut d = data.clone();
+    d[12 + record + 4..12 + record + 12].copy_from_slice(&id0.to_ne_bytes());
+    let dir = tmp.path().join("repeat");
+    forge(
+        &good,
+        &dir,
+        &[("graph.hnsw.graph", g), ("graph.hnsw.data", d)],
+    );
+    let e = load(&dir, &idx, 7).expect_err("a dump with a point id twice loaded");
+    assert!(e.to_string().contains("repeated"), "{e}");
+
+    // Untouched, the same forging loads.
+    let dir = tmp.path().join("same");
+    forge(&good, &dir, &[("graph.hnsw.graph", graph)]);
+    load(&dir, &idx, 7).unwrap();
+}

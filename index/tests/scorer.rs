@@ -543,12 +543,71 @@ mod gpu {
     fn gpu_matches_cpu_odd_dims() {
         let Some((gpu, cpu)) = both() else { return };
         // 207: the concept space; 13: scalar tails; 300: 32-row scan blocks;
-        // 1000: too wide for the scan kernel, sgemm answers.
+        // 1000: a wide one (both kernels run every case: see `gpus`).
         for (dim, n) in [(207, 30_001), (13, 5_003), (300, 2_000), (1000, 3_000)] {
             let data = random(20 + dim as u64, n, dim);
             let queries = random(21, 11, dim);
             let rows = Rows::new(dim, &data).unwrap();
             compare(&gpu, &cpu, rows, &QueryBatch::new(&queries, 15));
+        }
+    }
+
+    /// Rows the tails of a scan group or a streamed chunk would drop are
+    /// planted to win: each query's top hit is a copy of it, scaled, at the
+    /// end, the start, or a power-of-two boundary. Dyadic values, so the
+    /// GPU must equal the CPU exactly. Also k > n, a mask allowing nothing,
+    /// and NaN and -0 rows.
+    #[test]
+    #[ignore = "needs a GPU (VITRINE_GPU=1, --features cuda); run on a GPU machine by scripts/gpu-check.sh"]
+    fn gpu_matches_cpu_planted_tails_and_edges() {
+        let Some((mut gpu, cpu)) = both() else { return };
+        gpu.extend(gpus(0.0005));
+        for (dim, n) in [(207, 30_001), (13, 5_003), (128, 65_537)] {
+            let mut data: Vec<f32> = random(30 + dim as u64, n, dim)
+                .iter()
+                .map(|x| (x * 4.0).round() / 4.0)
+                .collect();
+            // Query q: 1 at coordinate q, noise of at most 1/4 elsewhere;
+            // its planted row: 64 at coordinate q. It scores 64; any other
+            // row at most 1 + 206 / 4 or 64 / 4.
+            let mut queries: Vec<f32> = random(31, 12, dim)
+                .iter()
+                .map(|x| (x * 2.0).round() / 8.0)
+                .collect();
+            let mut at: Vec<usize> = vec![n - 1, n - 2, n - 3, 0, 1];
+            at.extend((10..17).map(|p| (1usize << p) - 1).filter(|&i| i < n - 3));
+            at.truncate(12);
+            for (q, &row) in at.iter().enumerate() {
+                queries[q * dim + q] = 1.0;
+                data[row * dim..(row + 1) * dim].fill(0.0);
+                data[row * dim + q] = 64.0;
+            }
+            // A NaN row and a -0 row, never answers above a real score.
+            data[(n / 2) * dim..(n / 2 + 1) * dim].fill(f32::NAN);
+            data[(n / 3) * dim..(n / 3 + 1) * dim].fill(-0.0);
+            let rows = Rows::new(dim, &data).unwrap();
+            let queries = &queries[..at.len() * dim];
+            let c = cpu.top_k(rows, &QueryBatch::new(queries, 5)).unwrap();
+            for (q, hits) in c.iter().enumerate() {
+                assert_eq!(hits[0].doc, at[q] as u64, "the planted row wins on the CPU");
+            }
+            for g in &gpu {
+                assert_eq!(g.top_k(rows, &QueryBatch::new(queries, 5)).unwrap(), c);
+                let none = RowMask::none(n);
+                let out = g
+                    .top_k(rows, &QueryBatch::new(queries, 5).allow(&none))
+                    .unwrap();
+                assert!(out.iter().all(Vec::is_empty));
+            }
+        }
+        // k > n.
+        let data: Vec<f32> = (0..5 * 8).map(|i| ((i % 7) as f32) / 4.0).collect();
+        let rows = Rows::new(8, &data).unwrap();
+        let q = [0.5f32; 8];
+        let c = cpu.top_k(rows, &QueryBatch::new(&q, 20)).unwrap();
+        assert_eq!(c[0].len(), 5);
+        for g in &gpu {
+            assert_eq!(g.top_k(rows, &QueryBatch::new(&q, 20)).unwrap(), c);
         }
     }
 

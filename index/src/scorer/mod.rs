@@ -827,7 +827,10 @@ impl Scorer {
         }
     }
 
-    /// One-off [`LoadedRows::top_k`].
+    /// One-off [`LoadedRows::top_k`]. On the GPU this uploads every row
+    /// first, a cost [`AUTO_GPU_MIN_WORK`] does not count (it was measured
+    /// with the rows resident): for several batches over the same rows,
+    /// [`load`](Self::load) them once.
     pub fn top_k(&self, rows: Rows<'_>, batch: &QueryBatch<'_>) -> Result<Vec<Vec<Hit>>> {
         self.load(rows).top_k(batch)
     }
