@@ -1104,7 +1104,7 @@ impl Db {
         let (attrs, vectors) = rebuild(record.attrs);
         // As in update_attributes: a price stored before prices were
         // checked must not block new vectors.
-        if attrs.price != old_price {
+        if !same_price(attrs.price, old_price) {
             check_attributes(&attrs)?;
         }
         let mut vectors = self.check_vectors(vectors)?;
@@ -1248,12 +1248,12 @@ impl Db {
             .ok_or_else(|| Error::NotFound { id: id.into() })?;
         let mut attrs = record.attrs.clone();
         edit(&mut attrs);
-        if attrs == record.attrs {
+        if same_attributes(&attrs, &record.attrs) {
             return Ok(false);
         }
         // Only what the edit changed: a price stored before prices were
         // checked must not block a stock update.
-        if attrs.price != record.attrs.price {
+        if !same_price(attrs.price, record.attrs.price) {
             check_attributes(&attrs)?;
         }
         self.mark_dirty(&mut w)?;
@@ -1754,6 +1754,29 @@ fn product_too_large(e: vitrine_storage::Error) -> Error {
         },
         other => other.into(),
     }
+}
+
+/// Prices compared as stored: a NaN kept from before prices were checked
+/// is the same price as itself (`==` says it is not).
+fn same_price(a: Option<f64>, b: Option<f64>) -> bool {
+    a.map(f64::to_bits) == b.map(f64::to_bits)
+}
+
+/// `a == b`, with prices compared by [`same_price`].
+fn same_attributes(a: &Attributes, b: &Attributes) -> bool {
+    // Every field named: a new one is compared or the build fails.
+    let Attributes {
+        brand,
+        price,
+        in_stock,
+        category,
+        extra,
+    } = a;
+    *brand == b.brand
+        && same_price(*price, b.price)
+        && *in_stock == b.in_stock
+        && *category == b.category
+        && *extra == b.extra
 }
 
 fn check_attributes(attrs: &Attributes) -> Result<()> {

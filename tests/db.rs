@@ -551,6 +551,38 @@ fn raw_products(
     (store, products)
 }
 
+/// A NaN price stored before prices were checked (an older build took it)
+/// blocks no edit that leaves the price alone, and an unchanged product
+/// is not rewritten.
+#[test]
+fn a_legacy_nan_price_blocks_no_other_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path());
+        fill(&db, 10);
+        db.close().unwrap();
+    }
+    {
+        let (store, products) = raw_products(dir.path());
+        let mut r = products.get(b"sku-3").unwrap().unwrap();
+        r.attrs.price = Some(f64::NAN);
+        products.put(b"sku-3", &r).unwrap();
+        store.flush().unwrap();
+    }
+    let db = open(dir.path());
+    assert!(db.get("sku-3").unwrap().unwrap().attributes.price.unwrap().is_nan());
+    assert!(!db.update_attributes("sku-3", |_| {}).unwrap());
+    db.set_in_stock("sku-3", false).unwrap();
+    assert!(!db.get("sku-3").unwrap().unwrap().attributes.in_stock);
+    // A new NaN is still refused; a good price replaces the old one.
+    let e = db
+        .update_attributes("sku-3", |a| a.price = Some(f64::INFINITY))
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidAttribute { ref key, .. } if key == "price"), "{e}");
+    assert!(db.update_attributes("sku-3", |a| a.price = Some(5.0)).unwrap());
+    assert_eq!(db.get("sku-3").unwrap().unwrap().attributes.price, Some(5.0));
+}
+
 #[test]
 fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
     let dir = tempfile::tempdir().unwrap();
