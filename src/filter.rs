@@ -1,6 +1,6 @@
 //! Business filters on product attributes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Bound, RangeBounds};
 
 use crate::Attributes;
@@ -36,10 +36,14 @@ pub struct Filter {
     brands: Option<BTreeSet<String>>,
     price: Option<(Bound<f64>, Bound<f64>)>,
     exclude: BTreeSet<String>,
-    equals: Vec<(String, String)>,
+    /// Sets, not lists: a condition given twice is checked once (a query
+    /// text repeating one 10,000 times would check each product 10,000
+    /// times under the catalog's lock).
+    equals: BTreeSet<(String, String)>,
     /// Concepts (`colour.red`) the model must have tagged (`true`) or not.
-    concepts: Vec<(String, bool)>,
-    /// Two stock conditions disagree: nothing matches.
+    concepts: BTreeMap<String, bool>,
+    /// Two conditions disagree (stock, or a concept both wanted and not):
+    /// nothing matches.
     contradiction: bool,
 }
 
@@ -105,7 +109,7 @@ impl Filter {
     /// Only products whose attribute `key` equals `value`. `key` may be one of
     /// `brand`, `category` or a free key-value.
     pub fn attr_eq(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.equals.push((key.into(), value.into()));
+        self.equals.insert((key.into(), value.into()));
         self
     }
 
@@ -121,17 +125,19 @@ impl Filter {
     /// assert!(Filter::new().tagged("pattern.striped").matches("x", &p));
     /// assert!(!Filter::new().not_tagged("Colour.Red").matches("x", &p));
     /// ```
-    pub fn tagged(mut self, concept: impl AsRef<str>) -> Self {
-        self.concepts
-            .push((crate::concept_key(concept.as_ref()), true));
-        self
+    pub fn tagged(self, concept: impl AsRef<str>) -> Self {
+        self.concept(concept.as_ref(), true)
     }
 
     /// Never products the model tagged with `concept` (see
     /// [`Filter::tagged`]): `not_tagged("colour.red")` is "not red ones".
-    pub fn not_tagged(mut self, concept: impl AsRef<str>) -> Self {
-        self.concepts
-            .push((crate::concept_key(concept.as_ref()), false));
+    pub fn not_tagged(self, concept: impl AsRef<str>) -> Self {
+        self.concept(concept.as_ref(), false)
+    }
+
+    fn concept(mut self, concept: &str, wanted: bool) -> Self {
+        let old = self.concepts.insert(crate::concept_key(concept), wanted);
+        self.contradiction |= old.is_some_and(|o| o != wanted);
         self
     }
 
@@ -278,6 +284,22 @@ fn tighter(a: Bound<f64>, b: Bound<f64>, lower: bool) -> Bound<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A condition given twice is one condition; a concept both wanted and
+    /// unwanted allows nothing, as two stock values do.
+    #[test]
+    fn repeated_conditions_are_kept_once() {
+        let red = Attributes::new().set("vitrine.tags", "colour.red");
+        let once = Filter::new().not_tagged("colour.blue").attr_eq("k", "v");
+        let many = (0..1000).fold(Filter::new(), |f, _| {
+            f.not_tagged("Colour.Blue").attr_eq("k", "v")
+        });
+        assert_eq!(many, once);
+        let both = Filter::new().tagged("colour.red").not_tagged("colour.red");
+        assert!(!both.is_empty());
+        assert!(!both.matches("x", &red));
+        assert!(Filter::new().tagged("colour.red").matches("x", &red));
+    }
 
     fn product(category: &str, brand: &str, price: f64, in_stock: bool) -> Attributes {
         Attributes::new()
