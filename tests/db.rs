@@ -570,7 +570,14 @@ fn a_legacy_nan_price_blocks_no_other_edit() {
         store.flush().unwrap();
     }
     let db = open(dir.path());
-    assert!(db.get("sku-3").unwrap().unwrap().attributes.price.unwrap().is_nan());
+    assert!(db
+        .get("sku-3")
+        .unwrap()
+        .unwrap()
+        .attributes
+        .price
+        .unwrap()
+        .is_nan());
     assert!(!db.update_attributes("sku-3", |_| {}).unwrap());
     db.set_in_stock("sku-3", false).unwrap();
     assert!(!db.get("sku-3").unwrap().unwrap().attributes.in_stock);
@@ -578,9 +585,17 @@ fn a_legacy_nan_price_blocks_no_other_edit() {
     let e = db
         .update_attributes("sku-3", |a| a.price = Some(f64::INFINITY))
         .unwrap_err();
-    assert!(matches!(e, Error::InvalidAttribute { ref key, .. } if key == "price"), "{e}");
-    assert!(db.update_attributes("sku-3", |a| a.price = Some(5.0)).unwrap());
-    assert_eq!(db.get("sku-3").unwrap().unwrap().attributes.price, Some(5.0));
+    assert!(
+        matches!(e, Error::InvalidAttribute { ref key, .. } if key == "price"),
+        "{e}"
+    );
+    assert!(db
+        .update_attributes("sku-3", |a| a.price = Some(5.0))
+        .unwrap());
+    assert_eq!(
+        db.get("sku-3").unwrap().unwrap().attributes.price,
+        Some(5.0)
+    );
 }
 
 #[test]

@@ -75,13 +75,27 @@ fn load(path: &std::path::Path) -> anyhow::Result<RgbImage> {
         .ok_or_else(|| anyhow::anyhow!("decoded pixels do not fill the image"))
 }
 
+/// The most tiles drawn in a row (5,200 pixels): `find … limit 10000`
+/// would otherwise make a sheet a million pixels wide.
+const MAX_TILES: usize = 50;
+/// The most rows [`render_rows`] draws (an expansion of thousands of
+/// outfits is one row each).
+const MAX_ROWS: usize = 100;
+
 /// Tiles in one row (a wider gap after the first, the query or template),
-/// each image resized to 96 × 128.
+/// each image resized to 96 × 128; the first [`MAX_TILES`], the title
+/// saying so.
 pub fn render(title: &str, tiles: &[Tile]) -> anyhow::Result<RgbImage> {
+    let note = if tiles.len() > MAX_TILES {
+        format!(" (first {MAX_TILES} of {})", tiles.len())
+    } else {
+        String::new()
+    };
+    let tiles = &tiles[..tiles.len().min(MAX_TILES)];
     let n = tiles.len() as u32;
     // A long title (a query of thousands of brands) is clipped, not
     // allowed to make the sheet as wide.
-    let title = clip(title, MAX_TITLE_CHARS);
+    let title = clip(title, MAX_TITLE_CHARS - note.len()) + &note;
     let title = title.as_str();
     let width = (GAP + n * (TILE_W + GAP) + GAP).max(GAP * 2 + text_width(title));
     let top = GAP + TITLE_H;
@@ -129,11 +143,23 @@ pub fn render(title: &str, tiles: &[Tile]) -> anyhow::Result<RgbImage> {
 
 /// Several rows (each a title and its tiles, as [`render`] draws them)
 /// stacked into one sheet: e.g. an outfit template, then its expansions.
+/// The first [`MAX_ROWS`], then a line saying how many more were not drawn.
 pub fn render_rows(rows: &[(String, Vec<Tile>)]) -> anyhow::Result<RgbImage> {
-    let rendered = rows
+    let mut rendered = rows
         .iter()
+        .take(MAX_ROWS)
         .map(|(title, tiles)| render(title, tiles))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if rows.len() > MAX_ROWS {
+        let more = format!("... {} more rows not drawn", rows.len() - MAX_ROWS);
+        let mut line = RgbImage::from_pixel(
+            GAP * 2 + text_width(&more),
+            TITLE_H + GAP,
+            Rgb([255, 255, 255]),
+        );
+        draw_text(&mut line, GAP, GAP / 2, &more, INK);
+        rendered.push(line);
+    }
     let width = rendered.iter().map(|r| r.width()).max().unwrap_or(1);
     let height = rendered.iter().map(|r| r.height()).sum::<u32>().max(1);
     let mut sheet = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
@@ -256,6 +282,23 @@ mod tests {
             GAP * 2 + text_width(&"x".repeat(MAX_TITLE_CHARS))
         );
         assert_eq!(clip("short", 10), "short");
+        // A long title keeps the note of tiles not drawn.
+        let tiles: Vec<Tile> = (0..MAX_TILES + 7)
+            .map(|i| Tile {
+                path: PathBuf::from(format!("/nonexistent/{i}.jpg")),
+                colour: BLUE,
+                fill: 0.5,
+                labels: vec![],
+            })
+            .collect();
+        let sheet = render(&title, &tiles).unwrap();
+        assert_eq!(sheet.width(), GAP + MAX_TILES as u32 * (TILE_W + GAP) + GAP);
+        let rows: Vec<(String, Vec<Tile>)> = (0..MAX_ROWS + 3)
+            .map(|i| (format!("row {i}"), vec![]))
+            .collect();
+        let one = render("row 0", &[]).unwrap().height();
+        let sheet = render_rows(&rows).unwrap();
+        assert_eq!(sheet.height(), MAX_ROWS as u32 * one + TITLE_H + GAP);
         assert_eq!(clip("abcdefghijk", 10), "abcdefg...");
     }
 }
