@@ -97,6 +97,7 @@ pub struct DbBuilder {
     checkpoint_on_drop: bool,
     scorer: ScorerChoice,
     accept_data_loss: bool,
+    concept_exact_max: usize,
 }
 
 impl Default for DbBuilder {
@@ -112,6 +113,7 @@ impl Default for DbBuilder {
             checkpoint_on_drop: true,
             scorer: ScorerChoice::Auto,
             accept_data_loss: false,
+            concept_exact_max: crate::PROFILE_EXACT_MAX,
         }
     }
 }
@@ -186,6 +188,16 @@ impl DbBuilder {
     /// is present and the batch is large enough; every fallback is logged.
     pub fn scorer(mut self, choice: ScorerChoice) -> Self {
         self.scorer = choice;
+        self
+    }
+
+    /// Catalog size up to which profile and concept queries scan exactly
+    /// (default [`PROFILE_EXACT_MAX`](crate::PROFILE_EXACT_MAX)); past it
+    /// they use the graph, except for profiles that give the look little
+    /// weight ([`SKEWED_VISUAL_SHARE`](crate::SKEWED_VISUAL_SHARE)), which
+    /// the graph ranks poorly and which always scan.
+    pub fn concept_exact_max(mut self, products: usize) -> Self {
+        self.concept_exact_max = products;
         self
     }
 
@@ -503,6 +515,8 @@ pub struct Db {
     writer: Mutex<WriterState>,
     checkpoint_on_drop: bool,
     scorer: ScorerChoice,
+    /// [`DbBuilder::concept_exact_max`].
+    pub(crate) concept_exact_max: usize,
     report: OpenReport,
     /// Serialises read-modify-write of side records (profiles, tags).
     side_writes: Mutex<()>,
@@ -968,6 +982,7 @@ impl Db {
             }),
             checkpoint_on_drop: b.checkpoint_on_drop,
             scorer: b.scorer,
+            concept_exact_max: b.concept_exact_max,
             report,
             side_writes: Mutex::new(()),
         };

@@ -473,11 +473,18 @@ fn malformed_queries_are_typed_errors_with_positions() {
 }
 
 /// Recall@10 of the engine's weighted search against an exact weighted scan
-/// (tie-aware), for one-hot profiles on every group and 20 random ones.
+/// (tie-aware), for one-hot profiles on every group and 20 random ones, on
+/// a copy of the catalog that scans exactly only what the planner must
+/// (skewed profiles): the balanced ones go through the graph.
 #[test]
 fn weighted_search_recall_holds_for_skewed_profiles() {
     let Some(s) = shared() else { return };
-    let db = &s.db;
+    let tmp = tempfile::tempdir().unwrap();
+    s.db.backup(tmp.path().join("copy")).unwrap();
+    let db = &Db::builder()
+        .concept_exact_max(0)
+        .open_with_model(tmp.path().join("copy"), &model().unwrap())
+        .unwrap();
     let vocab = db.vocabulary().unwrap();
     let ids = db.ids();
     let zs: Vec<Vec<f32>> = ids
@@ -528,6 +535,45 @@ fn weighted_search_recall_holds_for_skewed_profiles() {
             p.weights
         );
     }
+}
+
+/// A product counts once, as its strongest event: liking one product again
+/// and again changes nothing, a buy outweighs a like of it, and a skip of a
+/// liked product is ignored. Hand-set affinities keep their ratio to each
+/// other even where the scale to the hand-set weights would pass the
+/// largest weight.
+#[test]
+fn repeated_feedback_counts_once_and_hand_set_ratios_hold() {
+    let Some(s) = shared() else { return };
+    let _tags = tags_lock();
+    let db = &s.db;
+    let user = "finn";
+    db.set_profile(user, &Profile::only("colour")).unwrap();
+    let x = &s.samples[5].id;
+    let once = db.feedback(user, x, Feedback::Like).unwrap();
+    let mut again = once.clone();
+    for _ in 0..5 {
+        again = db.feedback(user, x, Feedback::Like).unwrap();
+    }
+    again = db.feedback(user, x, Feedback::Skip).unwrap();
+    assert_eq!(again.weights, once.weights);
+    assert_eq!(again.affinities, once.affinities);
+    let bought = db.feedback(user, x, Feedback::Buy).unwrap();
+    assert!(
+        bought.weights["colour"] < once.weights["colour"],
+        "{bought:?}"
+    );
+    assert!(db.delete_profile(user).unwrap());
+
+    let mut hand = Profile::only("colour").weight("colour", 0.1);
+    hand.affinities.insert("colour.red".into(), 200.0);
+    hand.affinities.insert("pattern.striped".into(), 150.0);
+    db.set_profile(user, &hand).unwrap();
+    let p = db.feedback(user, x, Feedback::Skip).unwrap();
+    let (red, striped) = (p.affinities["colour.red"], p.affinities["pattern.striped"]);
+    assert!(red <= vitrine::MAX_WEIGHT, "{p:?}");
+    assert!((red / striped - 4.0 / 3.0).abs() < 1e-4, "{p:?}");
+    assert!(db.delete_profile(user).unwrap());
 }
 
 /// A customer likes 10 red products of different categories and skips a

@@ -1450,4 +1450,16 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     )
     .unwrap();
     assert_eq!(db.relearn_tags().unwrap(), 1);
+    // Feedback learns only from products of the new model: a like of one
+    // still of the old model leaves the starting point as it was.
+    let stale = db
+        .feedback("carl", ids[4], vitrine::Feedback::Like)
+        .unwrap();
+    let uniform = vitrine::Profile::uniform(db.vocabulary().unwrap().layout());
+    assert_eq!(stale.weights, uniform.weights, "{stale:?}");
+    assert!(stale.affinities.is_empty(), "{stale:?}");
+    let fresh = db
+        .feedback("carl", ids[0], vitrine::Feedback::Like)
+        .unwrap();
+    assert!(!fresh.affinities.is_empty(), "{fresh:?}");
 }

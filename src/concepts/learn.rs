@@ -192,12 +192,20 @@ pub(crate) fn learn_profile(
         ),
     };
     // Hand-set affinities keep their ratio to the hand-set weights, which
-    // the prior scales to sum to 1.
-    let hand_scale = if hand_total > 0.0 {
+    // the prior scales to sum to 1, and to each other: one scale for all,
+    // small enough that none passes the largest weight (a clamp of each
+    // would make red at 200 and striped at 150 both 1000).
+    let largest = hand_set.map_or(0.0, |p| {
+        p.affinities.values().fold(0.0f32, |m, a| m.max(a.abs()))
+    });
+    let mut hand_scale = if hand_total > 0.0 {
         1.0 / hand_total
     } else {
         1.0
     };
+    if largest * hand_scale > super::MAX_WEIGHT {
+        hand_scale = super::MAX_WEIGHT / largest;
+    }
     let hand_affinities: BTreeMap<String, f32> = hand_set
         .map(|p| {
             p.affinities
@@ -209,26 +217,44 @@ pub(crate) fn learn_profile(
                 .collect()
         })
         .unwrap_or_default();
+    // A product counts once, as its strongest event: liking one product
+    // again and again says nothing about which group matters (every group
+    // agrees with itself), and would outweigh the prior. A skip counts only
+    // for a product never liked or bought.
     let mut like_w: BTreeMap<&str, f32> = BTreeMap::new();
     let mut skipped: BTreeSet<&str> = BTreeSet::new();
     for (id, f) in &events {
-        match f {
-            Feedback::Like => *like_w.entry(id).or_default() += 1.0,
-            Feedback::Buy => *like_w.entry(id).or_default() += 2.0,
+        let w = match f {
+            Feedback::Like => 1.0,
+            Feedback::Buy => 2.0,
             Feedback::Skip => {
                 skipped.insert(id);
+                continue;
             }
-        }
+        };
+        let e = like_w.entry(id).or_default();
+        *e = e.max(w);
     }
+    // Only vectors of the database's model: one left of the previous model
+    // (an image a re-embedding could not read) is in another space.
+    let model = db.model_fingerprint();
+    let vector = |id: &str| -> Result<Option<Vec<f32>>, crate::Error> {
+        let of = db.attributes(id);
+        let of = of.as_ref().and_then(|a| a.get(crate::ATTR_MODEL));
+        if model.is_some() && of != model.as_deref() {
+            return Ok(None);
+        }
+        db.vector(CONCEPT_SPACE, id)
+    };
     let mut likes = Vec::new();
     for (id, w) in &like_w {
-        if let Some(z) = db.vector(CONCEPT_SPACE, id)? {
+        if let Some(z) = vector(id)? {
             likes.push((z, *w));
         }
     }
     let mut skips = Vec::new();
     for id in skipped.iter().filter(|id| !like_w.contains_key(*id)) {
-        if let Some(z) = db.vector(CONCEPT_SPACE, id)? {
+        if let Some(z) = vector(id)? {
             skips.push(z);
         }
     }

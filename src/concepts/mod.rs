@@ -224,6 +224,11 @@ pub enum Feedback {
     /// Looked and moved on.
     Skip,
     /// Bought it (counts as two likes).
+    ///
+    /// A product counts once, as the strongest of its events: liking it
+    /// again adds nothing, buying it after a like counts the buy, and a
+    /// skip of a product liked or bought is ignored (to withdraw a like,
+    /// [`Db::set_profile`] the events without it).
     Buy,
 }
 
@@ -1139,8 +1144,11 @@ impl Db {
     /// groups in which her liked products agree (more than the products she
     /// skipped do, or than the catalog does) gain weight, and concepts her
     /// likes keep sharing gain affinity. Learning starts from equal weights,
-    /// or from what [`Db::set_profile`] set by hand. Returns the updated
-    /// profile.
+    /// or from what [`Db::set_profile`] set by hand. Each product counts
+    /// once (see [`Feedback::Buy`]), and only products still in the catalog
+    /// and embedded by the database's model count: one of the previous
+    /// model (an image a re-embedding could not read) is in another space.
+    /// Returns the updated profile.
     pub fn feedback(
         &self,
         user: &str,
@@ -1175,7 +1183,8 @@ impl Db {
     /// cos_g + Σ_c a_c · affinity_c` (plus [`LOOK_TIE_BREAK`] `· w_max ·
     /// cos_visual` when the profile gives the look no weight), computed as one reweighted query over
     /// the `concept` space: one index serves every profile. Exact up to
-    /// [`PROFILE_EXACT_MAX`] products, and at any size for a profile that
+    /// [`PROFILE_EXACT_MAX`] products (the default of
+    /// [`DbBuilder::concept_exact_max`](crate::DbBuilder::concept_exact_max)), and at any size for a profile that
     /// gives the look less than [`SKEWED_VISUAL_SHARE`] of the query (colour
     /// only, say, but also equal weights over the bundled model's seven
     /// groups, whose look share is 1/7); else the graph with a wide beam.
@@ -1227,7 +1236,8 @@ const VISUAL_GROUP: &str = "visual";
 /// past a difference of more than `2 × 0.01 × w`.
 pub const LOOK_TIE_BREAK: f32 = 0.01;
 
-/// Products up to which profile and concept queries scan exactly.
+/// Products up to which profile and concept queries scan exactly, by
+/// default ([`DbBuilder::concept_exact_max`](crate::DbBuilder::concept_exact_max)).
 pub const PROFILE_EXACT_MAX: usize = 262_144;
 
 /// The query vector of `profile` relative to concept vector `z`.
@@ -1288,9 +1298,32 @@ pub(crate) fn profile_query(
 /// would answer well (recall 0.999 measured): a cost, not a wrong answer.
 pub const SKEWED_VISUAL_SHARE: f32 = 0.3;
 
+/// The plan of [`Db::concept_search`] for query `q` over `len` products:
+/// exact up to `exact_max`, and at any size when the look has less than
+/// [`SKEWED_VISUAL_SHARE`] of the query (the graph is built on whole
+/// vectors, which the look dominates).
+fn concept_plan(
+    layout: &ConceptLayout,
+    q: &[f32],
+    len: usize,
+    exact_max: usize,
+) -> crate::PlanHint {
+    let total: f32 = q.iter().map(|x| x * x).sum();
+    let visual: f32 = layout.group(VISUAL_GROUP).map_or(0.0, |g| {
+        q.get(g.start..g.start + g.len)
+            .map_or(0.0, |b| b.iter().map(|x| x * x).sum())
+    });
+    let skewed = total <= 0.0 || visual / total < SKEWED_VISUAL_SHARE;
+    if len <= exact_max || skewed {
+        crate::PlanHint::Exact
+    } else {
+        crate::PlanHint::Auto
+    }
+}
+
 impl Db {
     /// The top `k` of `q · z` over the concept space among products passing
-    /// `filter`. Exact up to [`PROFILE_EXACT_MAX`] products, and for skewed
+    /// `filter`. Exact up to [`DbBuilder::concept_exact_max`](crate::DbBuilder::concept_exact_max) products, and for skewed
     /// queries at any size; otherwise the graph with a beam of
     /// `max(16k, 256)`. Measured (`vitrine bench concepts`, 100k products
     /// synthesised from fpi): the graph's recall@20 is 0.78 for single
@@ -1304,17 +1337,9 @@ impl Db {
         filter: &Filter,
         plan: Option<crate::PlanHint>,
     ) -> Result<Vec<crate::Hit>> {
-        use crate::{PlanHint, Search};
-        let total: f32 = q.iter().map(|x| x * x).sum();
-        let visual: f32 = vocab.layout().group(VISUAL_GROUP).map_or(0.0, |g| {
-            q[g.start..g.start + g.len].iter().map(|x| x * x).sum()
-        });
-        let skewed = total <= 0.0 || visual / total < SKEWED_VISUAL_SHARE;
-        let plan = plan.unwrap_or(if self.len() <= PROFILE_EXACT_MAX || skewed {
-            PlanHint::Exact
-        } else {
-            PlanHint::Auto
-        });
+        use crate::Search;
+        let plan = plan
+            .unwrap_or_else(|| concept_plan(vocab.layout(), q, self.len(), self.concept_exact_max));
         let s = Search::new(SimilarTo::Vector(q), k)
             .space(CONCEPT_SPACE)
             .filter(filter)
@@ -1322,5 +1347,48 @@ impl Db {
             // 4096 is the index's largest ef; it searches max(k, ef) anyway.
             .ef(k.saturating_mul(16).clamp(256, 4096));
         Ok(self.search(&s)?.hits)
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::PlanHint;
+
+    fn group(name: &str, start: usize, len: usize) -> ConceptGroup {
+        ConceptGroup {
+            name: name.into(),
+            start,
+            len,
+            exclusive: false,
+            concepts: if name == VISUAL_GROUP {
+                vec![]
+            } else {
+                (0..len).map(|i| format!("c{i}")).collect()
+            },
+            labels: vec![],
+        }
+    }
+
+    /// Past the exact limit, only queries the look carries at least
+    /// [`SKEWED_VISUAL_SHARE`] of go to the graph.
+    #[test]
+    fn skewed_queries_scan_at_any_size() {
+        let layout = ConceptLayout {
+            dim: 6,
+            groups: vec![group(VISUAL_GROUP, 0, 4), group("colour", 4, 2)],
+        };
+        let colour_only = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+        let balanced = [0.5, 0.5, 0.5, 0.5, 0.5, 0.0];
+        let little_look = [0.2, 0.0, 0.0, 0.0, 1.0, 0.0];
+        for (q, big) in [
+            (&colour_only, PlanHint::Exact),
+            (&little_look, PlanHint::Exact),
+            (&balanced, PlanHint::Auto),
+            (&[0.0; 6], PlanHint::Exact),
+        ] {
+            assert_eq!(concept_plan(&layout, q, 1_000_000, 1000), big, "{q:?}");
+            assert_eq!(concept_plan(&layout, q, 1000, 1000), PlanHint::Exact);
+        }
     }
 }
