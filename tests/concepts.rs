@@ -551,11 +551,12 @@ fn repeated_feedback_counts_once_and_hand_set_ratios_hold() {
     db.set_profile(user, &Profile::only("colour")).unwrap();
     let x = &s.samples[5].id;
     let once = db.feedback(user, x, Feedback::Like).unwrap();
-    let mut again = once.clone();
     for _ in 0..5 {
-        again = db.feedback(user, x, Feedback::Like).unwrap();
+        let again = db.feedback(user, x, Feedback::Like).unwrap();
+        assert_eq!(again.weights, once.weights);
+        assert_eq!(again.affinities, once.affinities);
     }
-    again = db.feedback(user, x, Feedback::Skip).unwrap();
+    let again = db.feedback(user, x, Feedback::Skip).unwrap();
     assert_eq!(again.weights, once.weights);
     assert_eq!(again.affinities, once.affinities);
     let bought = db.feedback(user, x, Feedback::Buy).unwrap();
