@@ -119,6 +119,37 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when another process has the database open (sled locks its
+    /// files): a service starting while the old one still runs can retry.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Error::Storage(vitrine_storage::Error::Locked { .. }))
+    }
+
+    /// True when a write failed with an I/O error earlier in this process
+    /// (a full disk): writes, and opening the database again, are refused
+    /// until the process restarts. Everything acknowledged before is kept.
+    pub fn needs_restart(&self) -> bool {
+        matches!(
+            self,
+            Error::Storage(
+                vitrine_storage::Error::FailedEarlier { .. }
+                    | vitrine_storage::Error::HeldAfterIoError { .. }
+            )
+        )
+    }
+
+    /// The I/O error underneath, whichever layer met it (a product write,
+    /// a checkpoint, an index save, a backup): match its
+    /// [`kind`](std::io::Error::kind) for `StorageFull` and the like.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            Error::Io { source, .. }
+            | Error::Storage(vitrine_storage::Error::Io { source, .. })
+            | Error::Index(vitrine_index::Error::Io { source, .. }) => Some(source),
+            _ => None,
+        }
+    }
+
     /// True when the caller can fix the error by changing the request.
     pub fn is_user_error(&self) -> bool {
         matches!(
@@ -190,5 +221,38 @@ impl From<vitrine_storage::Error> for Error {
             },
             other => Error::Storage(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operational_classifiers() {
+        let path = PathBuf::from("/db/sled");
+        let e = Error::from(vitrine_storage::Error::FailedEarlier { path: path.clone() });
+        assert!(e.needs_restart() && !e.is_locked() && !e.is_user_error());
+        let e = Error::from(vitrine_storage::Error::HeldAfterIoError { path: path.clone() });
+        assert!(e.needs_restart());
+        let full = || std::io::Error::from(std::io::ErrorKind::StorageFull);
+        for e in [
+            Error::from(vitrine_storage::Error::Io {
+                path: path.clone(),
+                source: full(),
+            }),
+            Error::from(vitrine_index::Error::Io {
+                path: path.clone(),
+                source: full(),
+            }),
+            Error::Io {
+                path: path.clone(),
+                source: full(),
+            },
+        ] {
+            let kind = e.io_error().map(std::io::Error::kind);
+            assert_eq!(kind, Some(std::io::ErrorKind::StorageFull), "{e}");
+        }
+        assert!(Error::NotFound { id: "x".into() }.io_error().is_none());
     }
 }

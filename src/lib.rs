@@ -82,8 +82,8 @@ pub use outfits::{
     MAX_OUTFIT_ID_LEN, MAX_OUTFIT_SLOTS,
 };
 pub use precompute::{
-    PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, SimilarFileError,
-    SimilarTable, MAX_VARIANTS,
+    Backend, PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, ScorerError,
+    SimilarFileError, SimilarTable, MAX_VARIANTS,
 };
 pub use vision::{
     decode_image, delta_e, prepare_image, prepare_rgb, srgb_to_lab, DecodeLimits, DecodedImage,

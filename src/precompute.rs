@@ -27,10 +27,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use vitrine_index::{
-    AllPairsOptions, Backend, Metric, RowMask, Rows, Scorer, ScorerError, ScorerOptions,
-};
-pub use vitrine_index::{PrecomputedSimilar, ScorerChoice, SimilarFileError};
+use vitrine_index::{AllPairsOptions, Metric, RowMask, Rows, Scorer, ScorerOptions};
+pub use vitrine_index::{Backend, PrecomputedSimilar, ScorerChoice, ScorerError, SimilarFileError};
 
 use crate::{Db, Filter, DEFAULT_SPACE};
 

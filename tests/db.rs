@@ -1393,3 +1393,28 @@ fn deleting_a_tag_without_a_concept_space_is_false() {
     let db = open(dir.path());
     assert!(!db.delete_tag("x").unwrap());
 }
+
+/// The operational errors a service acts on can be told apart without
+/// naming the storage crate: a second open (retry later), and an I/O error
+/// underneath, whichever layer met it.
+#[test]
+fn operational_errors_can_be_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    fill(&db, 3);
+    let e = Db::builder()
+        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+        .open(dir.path())
+        .err()
+        .expect("a second handle opened a locked database");
+    assert!(
+        e.is_locked() && !e.needs_restart() && !e.is_user_error(),
+        "{e}"
+    );
+    assert!(e.io_error().is_none(), "{e}");
+    let other = tempfile::tempdir().unwrap();
+    let file = other.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = db.backup(file.join("copy")).unwrap_err();
+    assert!(e.io_error().is_some() && !e.is_locked(), "{e:?}");
+}
