@@ -68,13 +68,13 @@ pub fn brute_force(
     data: &[Vec<f32>],
     q: &[f32],
     k: usize,
-    allow: Option<&AllowSet>,
+    keep: Option<&dyn Fn(u64) -> bool>,
 ) -> Vec<u64> {
     let q = prep(metric, q);
     let mut scored: Vec<(f64, u64)> = data
         .iter()
         .enumerate()
-        .filter(|(i, _)| allow.is_none_or(|a| a.contains(*i as u64)))
+        .filter(|(i, _)| keep.is_none_or(|k| k(*i as u64)))
         .map(|(i, v)| {
             let v = prep(metric, v);
             (v.iter().zip(&q).map(|(a, b)| a * b).sum::<f64>(), i as u64)

@@ -317,7 +317,9 @@ fn ann(a: AnnArgs) -> Result<()> {
                 .iter()
                 .filter(|h| {
                     let t = kth[qi].0;
-                    exact_score(a.metric, q, base.row(h.doc as usize))
+                    // A hit the filter excludes is wrong, however close.
+                    allow.as_ref().is_none_or(|s| s.contains(h.doc))
+                        && exact_score(a.metric, q, base.row(h.doc as usize))
                         >= t - 1e-6 * t.abs().max(1.0)
                 })
                 .count();
