@@ -1226,7 +1226,11 @@ impl Db {
             .group("visual")
             .map(|g| g.start..g.start + g.len);
         for h in hits {
-            let z = self.vector(CONCEPT_SPACE, &h.id)?.unwrap_or_default();
+            // Read after the search released the catalog: a product deleted
+            // meanwhile is dropped, not shown with contributions of 0.
+            let Some(z) = self.vector(CONCEPT_SPACE, &h.id)? else {
+                continue;
+            };
             let contributions = parts
                 .iter()
                 .map(|(term, v)| Contribution {
