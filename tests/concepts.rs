@@ -577,6 +577,61 @@ fn repeated_feedback_counts_once_and_hand_set_ratios_hold() {
     assert!(db.delete_profile(user).unwrap());
 }
 
+/// A season's turnover deletes the products a customer liked: her next
+/// event learns from them as they were (the profile kept their vectors),
+/// also after a reopen, instead of resetting her to equal weights.
+#[test]
+fn likes_of_deleted_products_keep_counting() {
+    let Some(s) = shared() else { return };
+    let _tags = tags_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("copy");
+    s.db.backup(&path).unwrap();
+    let model = model().unwrap();
+    let red: Vec<&Sample> = s.samples.iter().filter(|x| x.colour == "Red").collect();
+    let other = s
+        .samples
+        .iter()
+        .find(|x| colour_family(&x.colour) != Some("red"))
+        .unwrap();
+    let user = "gia";
+    let before = {
+        let db = Db::builder().open_with_model(&path, &model).unwrap();
+        for x in &red[..10] {
+            db.feedback(user, &x.id, Feedback::Like).unwrap();
+        }
+        let before = db.profile(user).unwrap().unwrap();
+        assert!(before.affinities.contains_key("colour.red"), "{before:?}");
+        for x in &red[..10] {
+            assert!(db.delete(&x.id).unwrap());
+        }
+        before
+    };
+    let db = Db::builder().open_with_model(&path, &model).unwrap();
+    let after = db.feedback(user, &other.id, Feedback::Skip).unwrap();
+    let top = |p: &Profile| p.top_group().map(|(g, _)| g.to_string());
+    assert_eq!(top(&before).as_deref(), Some("colour"), "{before:?}");
+    assert_eq!(top(&after).as_deref(), Some("colour"), "{after:?}");
+    assert!(after.affinities.contains_key("colour.red"), "{after:?}");
+    // Forgetting her forgets the kept vectors: the same likes, the
+    // products gone, count for nothing.
+    assert!(db.delete_profile(user).unwrap());
+    let events: Vec<(String, Feedback)> = red[..10]
+        .iter()
+        .map(|x| (x.id.clone(), Feedback::Like))
+        .collect();
+    db.set_profile(
+        user,
+        &Profile {
+            events,
+            ..Profile::only("visual")
+        },
+    )
+    .unwrap();
+    let p = db.feedback(user, &other.id, Feedback::Skip).unwrap();
+    assert!(!p.affinities.contains_key("colour.red"), "{p:?}");
+}
+
 /// A customer likes 10 red products of different categories and skips a
 /// product of the same category in another colour for each.
 #[test]

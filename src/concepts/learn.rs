@@ -130,7 +130,26 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Re-learns a profile from its events (see [`Db::feedback`]).
+/// The concept vectors of a user's liked products as last seen in the
+/// catalog, so that a like keeps counting after its product is deleted (a
+/// season's turnover would otherwise reset her to the starting point at
+/// her next event). Only for products in her events, and only while the
+/// database's model is the one that made them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct LikedVectors {
+    model: Option<String>,
+    vectors: BTreeMap<String, Vec<f32>>,
+}
+
+impl vitrine_storage::Record for LikedVectors {
+    const VERSION: u8 = 1;
+}
+
+pub(crate) const LIKED_KS: &str = "profile_liked";
+
+/// Re-learns a profile from its events (see [`Db::feedback`]); `user` keys
+/// the vectors kept of her liked products ([`LikedVectors`]), which this
+/// updates.
 ///
 /// For each group `g`: `c_g` is the normalised weighted centroid of the liked
 /// products' `g` blocks; agreement `A_g` is their mean cosine to it; the
@@ -145,6 +164,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// weights are.
 pub(crate) fn learn_profile(
     db: &Db,
+    user: &[u8],
     vocab: &Vocabulary,
     events: Vec<(String, Feedback)>,
     hand_set: Option<&ProfilePrior>,
@@ -246,10 +266,32 @@ pub(crate) fn learn_profile(
         }
         db.vector(CONCEPT_SPACE, id)
     };
+    let kept_ks = db.side_keyspace::<LikedVectors>(LIKED_KS)?;
+    let old = kept_ks.get(user)?.unwrap_or_default();
+    let mut kept = LikedVectors {
+        model: model.clone(),
+        vectors: BTreeMap::new(),
+    };
     let mut likes = Vec::new();
     for (id, w) in &like_w {
-        if let Some(z) = vector(id)? {
+        let z = match vector(id)? {
+            Some(z) => Some(z),
+            // Deleted since: as it was, if the model that made it still is.
+            None if db.attributes(id).is_none() && old.model == model => {
+                old.vectors.get(*id).cloned()
+            }
+            None => None,
+        };
+        if let Some(z) = z {
+            kept.vectors.insert(id.to_string(), z.clone());
             likes.push((z, *w));
+        }
+    }
+    if kept != old {
+        if kept.vectors.is_empty() {
+            kept_ks.remove(user)?;
+        } else {
+            kept_ks.put(user, &kept)?;
         }
     }
     let mut skips = Vec::new();

@@ -494,12 +494,13 @@ const PROFILES_KS: &str = "profiles";
 const PRIORS_KS: &str = "profile_priors";
 const TAGS_KS: &str = "user_tags";
 /// The side keyspaces of this module (see [`crate::db::SIDE_KEYSPACES`]).
-pub(crate) const KEYSPACES: [&str; 5] = [
+pub(crate) const KEYSPACES: [&str; 6] = [
     LAYOUT_KS,
     PROFILES_KS,
     PRIORS_KS,
     TAGS_KS,
     learn::CATALOG_STATS,
+    learn::LIKED_KS,
 ];
 
 /// Edit distance, for "did you mean".
@@ -913,7 +914,8 @@ impl Db {
                     && p.affinities.values().all(|a| *a == 0.0);
                 if empty {
                     let prior = priors.get(&key)?;
-                    let relearned = learn::learn_profile(self, &vocab, p.events, prior.as_ref())?;
+                    let relearned =
+                        learn::learn_profile(self, &key, &vocab, p.events, prior.as_ref())?;
                     profiles.put(&key, &relearned)?;
                 }
             }
@@ -972,7 +974,7 @@ impl Db {
                 p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0);
             if empty {
                 let prior = priors.get(&key)?;
-                p = learn::learn_profile(self, &vocab, p.events, prior.as_ref())?;
+                p = learn::learn_profile(self, &key, &vocab, p.events, prior.as_ref())?;
             }
             profiles.put(&key, &p)?;
             changed += 1;
@@ -1058,7 +1060,7 @@ impl Db {
         let stored = if events.is_empty() {
             profile.clone()
         } else {
-            learn::learn_profile(self, &vocab, events, prior.as_ref())?
+            learn::learn_profile(self, user.as_bytes(), &vocab, events, prior.as_ref())?
         };
         // The starting point first: a crash before the profile is written
         // leaves what the caller asked for to the next feedback.
@@ -1087,8 +1089,9 @@ impl Db {
             }))
     }
 
-    /// Forgets `user`: her profile, its feedback events and what was set by
-    /// hand. Returns whether there was a profile.
+    /// Forgets `user`: her profile, its feedback events, the vectors kept of
+    /// her liked products and what was set by hand. Returns whether there
+    /// was a profile.
     pub fn delete_profile(&self, user: &str) -> Result<bool, ConceptError> {
         check_user(user)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
@@ -1097,6 +1100,8 @@ impl Db {
         // The starting point first: a crash in between leaves a profile
         // learned from equal weights, an ordinary state.
         priors.remove(user.as_bytes())?;
+        self.side_keyspace::<learn::LikedVectors>(learn::LIKED_KS)?
+            .remove(user.as_bytes())?;
         Ok(profiles.remove(user.as_bytes())?)
     }
 
@@ -1145,10 +1150,14 @@ impl Db {
     /// skipped do, or than the catalog does) gain weight, and concepts her
     /// likes keep sharing gain affinity. Learning starts from equal weights,
     /// or from what [`Db::set_profile`] set by hand. Each product counts
-    /// once (see [`Feedback::Buy`]), and only products still in the catalog
-    /// and embedded by the database's model count: one of the previous
-    /// model (an image a re-embedding could not read) is in another space.
-    /// Returns the updated profile.
+    /// once (see [`Feedback::Buy`]), and only products embedded by the
+    /// database's model count: one of the previous model (an image a
+    /// re-embedding could not read) is in another space. A liked product
+    /// deleted since keeps counting as it was: the profile keeps the concept
+    /// vectors of its liked products (4 bytes a dimension, 0.8 KB for the
+    /// bundled model), until their events leave the newest [`MAX_EVENTS`] or
+    /// the model changes. A skip of a product deleted since no longer
+    /// counts. Returns the updated profile.
     pub fn feedback(
         &self,
         user: &str,
@@ -1174,7 +1183,7 @@ impl Db {
         let prior = self
             .side_keyspace::<ProfilePrior>(PRIORS_KS)?
             .get(user.as_bytes())?;
-        let profile = learn::learn_profile(self, &vocab, events, prior.as_ref())?;
+        let profile = learn::learn_profile(self, user.as_bytes(), &vocab, events, prior.as_ref())?;
         ks.put(user.as_bytes(), &profile)?;
         Ok(profile)
     }

@@ -320,7 +320,7 @@ fn ann(a: AnnArgs) -> Result<()> {
                     // A hit the filter excludes is wrong, however close.
                     allow.as_ref().is_none_or(|s| s.contains(h.doc))
                         && exact_score(a.metric, q, base.row(h.doc as usize))
-                        >= t - 1e-6 * t.abs().max(1.0)
+                            >= t - 1e-6 * t.abs().max(1.0)
                 })
                 .count();
         }
