@@ -193,9 +193,11 @@ impl DbBuilder {
 
     /// Catalog size up to which profile and concept queries scan exactly
     /// (default [`PROFILE_EXACT_MAX`](crate::PROFILE_EXACT_MAX)); past it
-    /// they use the graph, except for profiles that give the look little
-    /// weight ([`SKEWED_VISUAL_SHARE`](crate::SKEWED_VISUAL_SHARE)), which
-    /// the graph ranks poorly and which always scan.
+    /// the index's planner chooses ([`planner`](Self::planner): the graph
+    /// once more products pass the filter than its exact limits), except
+    /// for profiles that give the look little weight
+    /// ([`SKEWED_VISUAL_SHARE`](crate::SKEWED_VISUAL_SHARE)), which the
+    /// graph ranks poorly and which always scan.
     pub fn concept_exact_max(mut self, products: usize) -> Self {
         self.concept_exact_max = products;
         self

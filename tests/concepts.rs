@@ -483,6 +483,10 @@ fn weighted_search_recall_holds_for_skewed_profiles() {
     s.db.backup(tmp.path().join("copy")).unwrap();
     let db = &Db::builder()
         .concept_exact_max(0)
+        .planner(vitrine::PlannerConfig {
+            exact_max_count: 0,
+            exact_max_fraction: 0.0,
+        })
         .open_with_model(tmp.path().join("copy"), &model().unwrap())
         .unwrap();
     let vocab = db.vocabulary().unwrap();
@@ -507,6 +511,12 @@ fn weighted_search_recall_holds_for_skewed_profiles() {
         }
         profiles.push(p);
     }
+    // What the index does with a query the planner leaves to it: here, the
+    // graph (so the balanced profiles below are answered by it).
+    let balanced = Profile::uniform(vocab.layout());
+    let q = balanced.query_vector(&vocab, &zs[0]).unwrap();
+    let s = vitrine::Search::new(SimilarTo::Vector(&q), 10).space(CONCEPT_SPACE);
+    assert_eq!(db.search(&s).unwrap().plan, vitrine::Plan::Graph);
     for (pi, p) in profiles.iter().enumerate() {
         let mut recall = 0.0;
         for r in (0..ids.len()).step_by(37) {
