@@ -903,6 +903,12 @@ impl Db {
         let mut spaces = Vec::with_capacity(specs.len());
         for ((spec, flat), lost) in specs.into_iter().zip(flats).zip(lost) {
             let idx_dir = index_dir(dir, &spec.name);
+            // A checkpoint killed while it swapped this space's dump in
+            // left the previous one aside: back in place, its header keeps
+            // the graph parameters.
+            if let Err(e) = SpaceIndex::recover_interrupted_save(&idx_dir) {
+                warn!(space = %spec.name, error = %e, "cannot put back the index save a killed checkpoint moved aside");
+            }
             let loaded = SpaceIndex::load(&idx_dir, generation, flat.clone(), b.index.clone());
             // The graph parameters: the caller's, or those the database's
             // graph was built with (a rebuild reads them from the dump's

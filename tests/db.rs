@@ -813,6 +813,37 @@ fn graph_parameters_are_kept_until_others_are_given() {
     assert_eq!(db.open_report().rebuilt.len(), 1);
     db.close().unwrap();
     assert_eq!(saved(), (32, 100, 64));
+
+    // A checkpoint killed while swapping its dump in: the old one is aside
+    // (where the save moves it first), the new one in a temporary folder.
+    // The old one is put back; with a write since, it is stale and rebuilt
+    // with its own parameters, not the defaults.
+    let db = Db::builder()
+        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+        .checkpoint_on_drop(false)
+        .open(dir.path())
+        .unwrap();
+    db.upsert(
+        "extra",
+        attrs(1),
+        [(DEFAULT_SPACE, vector_for("extra", DIM))],
+    )
+    .unwrap();
+    drop(db);
+    let index = dir.path().join("index");
+    let aside = index.join(format!(".vitrine-replaced-{DEFAULT_SPACE}"));
+    std::fs::rename(index.join(DEFAULT_SPACE), &aside).unwrap();
+    std::fs::create_dir(index.join(".vitrine-index-killed")).unwrap();
+    let db = open(dir.path());
+    assert_eq!(db.open_report().rebuilt.len(), 1);
+    assert!(!aside.exists() && !index.join(".vitrine-index-killed").exists());
+    db.close().unwrap();
+    assert_eq!(saved(), (32, 100, 64));
+    // Killed after the new one was in place: the old one aside is removed.
+    std::fs::create_dir(&aside).unwrap();
+    let db = open(dir.path());
+    assert!(db.open_report().rebuilt.is_empty());
+    assert!(!aside.exists());
 }
 
 #[test]

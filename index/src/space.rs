@@ -320,14 +320,29 @@ impl SpaceIndex {
         sync_file(&hpath)?;
         sync_dir(tmp.path())?;
         let tmp_path = tmp.keep();
+        // The old save is moved aside, not removed, until the new one is in
+        // place: a kill in between leaves it under a name that
+        // [`recover_interrupted_save`] puts back, and with it the graph
+        // parameters the database keeps (they live only in the header).
+        let old = replaced_dir(dir);
         let swap = || -> Result<()> {
-            match fs::remove_dir_all(dir) {
+            match fs::remove_dir_all(&old) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&old, e)),
+            }
+            match fs::rename(dir, &old) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io(dir, e)),
             }
             fs::rename(&tmp_path, dir).map_err(|e| Error::io(dir, e))?;
-            sync_dir(&parent)
+            sync_dir(&parent)?;
+            match fs::remove_dir_all(&old) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(&old, e)),
+            }
         };
         let res = swap();
         if res.is_err() {
@@ -335,6 +350,25 @@ impl SpaceIndex {
         }
         tracing::debug!(dir = %dir.display(), generation, points = header.points.len(), "saved index");
         res
+    }
+
+    /// Finishes a [`save`](Self::save) into `dir` that was killed while it
+    /// swapped the new save in: when `dir` is missing and the save it was
+    /// replacing is still aside, that one is put back (its generation tells
+    /// whether it is current); when both are there, the one aside is
+    /// removed. Call before [`saved_params`](Self::saved_params) or
+    /// [`load`](Self::load).
+    pub fn recover_interrupted_save(dir: &Path) -> Result<()> {
+        let old = replaced_dir(dir);
+        if !old.exists() {
+            return Ok(());
+        }
+        if dir.exists() {
+            fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
+        } else {
+            fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
+            sync_dir(dir.parent().unwrap_or(Path::new(".")))
+        }
     }
 
     /// The parameters the graph saved in `dir` was built with, read from
@@ -468,6 +502,14 @@ fn sync_file(path: &Path) -> Result<()> {
     File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(path, e))
+}
+
+/// Where [`SpaceIndex::save`] keeps the save it replaces while it swaps
+/// (`index/.vitrine-replaced-<space>`).
+fn replaced_dir(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    parent.join(format!(".vitrine-replaced-{}", name.unwrap_or_default()))
 }
 
 fn sync_dir(path: &Path) -> Result<()> {
