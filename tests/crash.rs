@@ -112,10 +112,12 @@ fn sigkill_loses_no_acknowledged_write() {
                 }
             })
         };
-        // Some kills land while the child opens (index rebuild, checkpoint);
-        // the others while it writes, timed from when it is ready (a slow
-        // machine could otherwise spend every round opening).
-        let ms = if round % 6 == 5 {
+        // Some kills land while the child opens (index rebuild, checkpoint:
+        // the previous round's reopen, odd, wrote no checkpoint, so the
+        // dumps are stale); the others while it writes, timed from when it
+        // is ready (a slow machine could otherwise spend every round
+        // opening).
+        let ms = if round % 6 == 4 {
             rng.gen_range(0..40)
         } else {
             let opening = std::time::Instant::now();
