@@ -71,7 +71,7 @@ fn unfiltered_graph_recall() {
 
 #[test]
 fn half_filter_graph_recall() {
-    let even = |d: u64| d % 2 == 0;
+    let even = |d: u64| d.is_multiple_of(2);
     let allow: AllowSet = (0..N as u64).filter(|&d| even(d)).collect();
     assert_eq!(fixture().index.plan_for(Some(&allow)), Plan::Graph);
     let r = mean_recall(&SearchOptions::new(K), Some((&allow, &even)), Plan::Graph);
