@@ -611,6 +611,51 @@ mod gpu {
         }
     }
 
+    /// Streamed chunks, their boundaries answered in full: a memory budget
+    /// of about 20 MB (from the free memory the device reports) streams
+    /// 65,537 × 128 rows in chunks of about 11,500; query j's 2,000 winners,
+    /// in a known order, straddle the estimated end of chunk j + 1 (an
+    /// error of ±1,000 rows in the estimate still puts the boundary among
+    /// them). Exact values: the GPU must equal the CPU.
+    #[test]
+    #[ignore = "needs a GPU (VITRINE_GPU=1, --features cuda); run on a GPU machine by scripts/gpu-check.sh"]
+    fn gpu_streams_chunk_boundaries_in_full() {
+        let Some((gpu, cpu)) = both() else { return };
+        let free = gpu[0].gpu_info().unwrap().free_memory as f64;
+        let budget = 20e6;
+        let gpu = gpus(budget / free);
+        let (dim, n, k) = (128usize, 65_537usize, 2_000usize);
+        let chunk = (budget * 0.30 / (dim * 4 + 8) as f64) as usize;
+        let mut data: Vec<f32> = random(40, n, dim)
+            .iter()
+            .map(|x| (x * 4.0).round() / 4.0)
+            .collect();
+        let mut queries = vec![0.0f32; 4 * dim];
+        let mut want = Vec::new();
+        for j in 0..4 {
+            queries[j * dim + j] = 1.0;
+            let start = ((j + 1) * chunk).min(n - k / 2) - k / 2;
+            for (i, r) in (start..start + k).enumerate() {
+                data[r * dim + j] = 64.0 + i as f32 / 64.0;
+            }
+            want.push(
+                (start..start + k)
+                    .rev()
+                    .map(|r| r as u64)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let rows = Rows::new(dim, &data).unwrap();
+        let c = cpu.top_k(rows, &QueryBatch::new(&queries, k)).unwrap();
+        for (j, hits) in c.iter().enumerate() {
+            let docs: Vec<u64> = hits.iter().map(|h| h.doc).collect();
+            assert_eq!(docs, want[j], "the planted rows win on the CPU, in order");
+        }
+        for g in &gpu {
+            assert_eq!(g.top_k(rows, &QueryBatch::new(&queries, k)).unwrap(), c);
+        }
+    }
+
     #[test]
     #[ignore = "needs a GPU (VITRINE_GPU=1, --features cuda); run on a GPU machine by scripts/gpu-check.sh"]
     fn gpu_streams_chunks_when_memory_is_short() {
