@@ -104,6 +104,17 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
     if !report.failures.is_empty() {
         anyhow::bail!("{} images failed to import", report.failures.len());
     }
+    // Queries rank every stored product, but only this run's are labelled:
+    // a database reused from a run of another split or limit would count
+    // its other products as misses.
+    anyhow::ensure!(
+        db.len() == items.len(),
+        "{} holds {} products, but this run labels {}: reuse --db only with the same \
+         --split and --limit, or give a fresh folder",
+        dir.display(),
+        db.len(),
+        items.len()
+    );
     eprintln!(
         "{} products ({} imported in {:.1} s)",
         db.len(),
