@@ -155,7 +155,8 @@ impl DbBuilder {
     }
 
     /// Tombstone fraction past which a graph is rebuilt (default 0.25; in
-    /// `(0, 1]`, where 1 turns automatic compaction off). A replaced or
+    /// `(0, 1]`, where 1 turns automatic compaction off: [`Db::compact`]
+    /// then reclaims tombstones). A replaced or
     /// deleted vector leaves a tombstone in the graph; an upsert that keeps a
     /// product's vectors and only changes its attributes does not. The
     /// rebuild runs inside the write that crosses the ratio, on
@@ -1204,6 +1205,30 @@ impl Db {
                 warn!(space = %space.spec.name, error = %e, "automatic compaction failed");
             }
         }
+    }
+
+    /// Rebuilds every graph that holds tombstones (left by deletes and
+    /// replaced vectors) without them, whatever the
+    /// [`compaction_ratio`](DbBuilder::compaction_ratio): with a ratio of 1,
+    /// the only way to reclaim them. Writes wait meanwhile; searches go on
+    /// with the old graph. The next checkpoint saves the new graphs.
+    /// Returns how many tombstones were dropped.
+    pub fn compact(&self) -> Result<usize> {
+        let mut w = lock(&self.writer);
+        let mut dropped = 0;
+        for space in &self.spaces {
+            let tombstones = read(&space.index).tombstones();
+            if tombstones == 0 {
+                continue;
+            }
+            let built = read(&space.index).build_compacted()?;
+            write(&space.index).replace_graph(built)?;
+            // The saved dump still holds the old graph: loadable, but the
+            // next checkpoint replaces it.
+            w.stale_dumps = true;
+            dropped += tombstones;
+        }
+        Ok(dropped)
     }
 
     /// Deletes a product. Returns whether it existed.

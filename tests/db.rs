@@ -1449,3 +1449,35 @@ fn operational_errors_can_be_matched() {
     let e = db.backup(file.join("copy")).unwrap_err();
     assert!(e.io_error().is_some() && !e.is_locked(), "{e:?}");
 }
+
+/// With automatic compaction off, tombstones stay until `compact`, which
+/// drops them, keeps every answer, and is saved by the next checkpoint.
+#[test]
+fn compact_reclaims_tombstones_when_automatic_compaction_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_off = || {
+        Db::builder()
+            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+            .compaction_ratio(1.0)
+            .open(dir.path())
+            .unwrap()
+    };
+    let tombstones = |db: &Db| db.space_stats()[0].tombstones;
+    let db = open_off();
+    fill(&db, 300);
+    for i in 100..300 {
+        assert!(db.delete(&format!("sku-{i}")).unwrap());
+    }
+    assert_eq!(tombstones(&db), 200);
+    let before = run_queries(&db);
+    assert_eq!(db.compact().unwrap(), 200);
+    assert_eq!(tombstones(&db), 0);
+    assert_eq!(db.space_stats()[0].graph_points, 100);
+    assert_eq!(run_queries(&db), before);
+    assert_eq!(db.compact().unwrap(), 0);
+    db.close().unwrap();
+    let db = open_off();
+    assert!(db.open_report().rebuilt.is_empty());
+    assert_eq!(tombstones(&db), 0);
+    assert_eq!(run_queries(&db), before);
+}
