@@ -979,6 +979,12 @@ fn rules_are_stale_when_a_product_of_an_outfit_changes() {
     assert_eq!(db.outfit_rules_current().unwrap(), Some(false));
     db.learn_outfit_rules().unwrap();
     assert_eq!(db.outfit_rules_current().unwrap(), Some(true));
+    // The category only the deleted product had is empty now (what `outfit
+    // substitute` says of a slot keeping it), another is not.
+    let eng = db.outfit_engine().unwrap();
+    assert_eq!(eng.category_size("renamed"), 0);
+    let q_category = db.get(q).unwrap().unwrap().attributes.category.unwrap();
+    assert!(eng.category_size(&q_category) > 0);
 }
 
 #[test]

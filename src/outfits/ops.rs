@@ -551,6 +551,16 @@ impl OutfitEngine<'_> {
         self.cat.lookup(id).map(|i| self.cat.in_stock[i])
     }
 
+    /// How many products of this snapshot have `category` (in stock or
+    /// not): 0 for a category renamed or emptied since an outfit stored it.
+    pub fn category_size(&self, category: &str) -> usize {
+        let cat = &self.cat;
+        cat.categories
+            .iter()
+            .position(|c| c == category)
+            .map_or(0, |c| cat.by_category[c].len())
+    }
+
     /// The colour family the model sees in a product.
     pub fn colour_family(&self, id: &str) -> Option<&str> {
         self.cat.lookup(id).map(|i| self.cat.colour_name(i))

@@ -389,8 +389,15 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                             crate::field(&c.explanation)
                         );
                     }
-                    if s.candidates.is_empty() {
-                        say!("  (none: no other product of this category is in stock)");
+                    match s.category.as_deref() {
+                        _ if !s.candidates.is_empty() => {}
+                        Some(c) if eng.category_size(c) == 0 => say!(
+                            "  (none: no product of category {} is left in the catalog; a \
+                             deleted product's slot keeps the category it had when the \
+                             outfit was stored)",
+                            crate::field(c)
+                        ),
+                        _ => say!("  (none: no other product of this category is in stock)"),
                     }
                 }
             }
