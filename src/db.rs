@@ -1069,6 +1069,12 @@ impl Db {
     }
 
     /// Stores a product, replacing any product with the same id.
+    ///
+    /// Replacing the vectors of many products in place (new photos under
+    /// the same ids) changes neither the catalog's size nor its newest
+    /// product, by which feedback's cached catalog mean and the user tags
+    /// notice a new season: call [`Db::relearn_tags`] after such a batch,
+    /// as `import --refresh` does.
     pub fn upsert<I, N>(&self, id: &str, attributes: Attributes, vectors: I) -> Result<()>
     where
         I: IntoIterator<Item = (N, Vec<f32>)>,
