@@ -1405,6 +1405,9 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     let ids: Vec<&str> = images.iter().map(|(id, _, _)| id.as_str()).collect();
     db.define_tag("mine", &ids[..2], &ids[2..4], vitrine::TagMethod::Centroid)
         .unwrap();
+    // Its examples are never re-embedded: stale after the switch.
+    db.define_tag("old", &ids[4..], &[], vitrine::TagMethod::Centroid)
+        .unwrap();
     // The first category concept, which the other model renames.
     let first = db
         .vocabulary()
@@ -1430,8 +1433,10 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     assert!(anna.affinities.contains_key("user.mine"), "{anna:?}");
     db.similar_with_profile(SimilarTo::Id(ids[0]), 3, &vitrine::Filter::new(), &anna)
         .unwrap();
-    // No example is of the new model yet: the tag is kept as it was.
+    // No example is of the new model yet: the tags are kept as they were,
+    // stale.
     assert_eq!(db.relearn_tags().unwrap(), 0);
+    assert_eq!(db.stale_tags().unwrap(), ["mine", "old"]);
     // Re-embedding the positives (and one negative) learns it again.
     let items = images[..3]
         .iter()
@@ -1450,6 +1455,13 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     )
     .unwrap();
     assert_eq!(db.relearn_tags().unwrap(), 1);
+    // The tag learned again is current; the other ranks nothing.
+    assert_eq!(db.stale_tags().unwrap(), ["old"]);
+    assert!(db.query("find +user.mine limit 3").is_ok());
+    assert!(matches!(
+        db.query("find +user.old limit 3"),
+        Err(vitrine::ConceptError::StaleTag { ref name }) if name == "old"
+    ));
     // Feedback learns only from products of the new model: a like of one
     // still of the old model leaves the starting point as it was.
     let stale = db

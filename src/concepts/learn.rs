@@ -383,7 +383,8 @@ pub(crate) fn learn_profile(
             lifts.push((format!("{}.{c}", g.name), lift, lift));
         }
     }
-    for (name, tag) in vocab.tags() {
+    // (A stale tag's direction is in another model's space.)
+    for (name, tag) in vocab.tags().iter().filter(|(n, _)| !vocab.is_stale(n)) {
         let lift = dot(&tag.vector, &like_mean)
             - blend(dot(&tag.vector, &skip_mean), dot(&tag.vector, &catalog));
         lifts.push((format!("{USER_GROUP}.{name}"), lift, lift * tag.weight));

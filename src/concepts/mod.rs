@@ -16,7 +16,7 @@
 mod learn;
 mod query;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -380,6 +380,13 @@ pub enum ConceptError {
         /// The closest known name.
         suggestion: Option<String>,
     },
+    /// A query named a user tag learned with another model
+    /// ([`Db::stale_tags`]).
+    #[error("user tag '{name}' was learned with another model, and none of its examples is of this one: define it again (or re-embed its examples, then relearn the tags)")]
+    StaleTag {
+        /// The tag.
+        name: String,
+    },
     /// A query named a user with no stored profile.
     #[error("no profile for user '{user}' (feedback creates one){}", .suggestion.as_ref().map(|s| format!(" — did you mean {s}?")).unwrap_or_default())]
     UnknownProfile {
@@ -493,15 +500,30 @@ const PROFILES_KS: &str = "profiles";
 /// profile that feedback re-learns, so that learning starts from them.
 const PRIORS_KS: &str = "profile_priors";
 const TAGS_KS: &str = "user_tags";
+/// The model each user tag was learned with ([`TagModel`]).
+const TAG_MODELS_KS: &str = "tag_models";
 /// The side keyspaces of this module (see [`crate::db::SIDE_KEYSPACES`]).
-pub(crate) const KEYSPACES: [&str; 6] = [
+pub(crate) const KEYSPACES: [&str; 7] = [
     LAYOUT_KS,
     PROFILES_KS,
     PRIORS_KS,
     TAGS_KS,
+    TAG_MODELS_KS,
     learn::CATALOG_STATS,
     learn::LIKED_KS,
 ];
+
+/// The fingerprint of the model whose vectors a user tag was learned from:
+/// after a switch, a tag none of whose examples is of the new model keeps
+/// a direction in the old model's space, which must not rank products.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct TagModel {
+    model: String,
+}
+
+impl vitrine_storage::Record for TagModel {
+    const VERSION: u8 = 1;
+}
 
 /// Edit distance, for "did you mean".
 pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
@@ -555,6 +577,9 @@ pub(crate) fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) 
 pub struct Vocabulary {
     layout: Arc<ConceptLayout>,
     tags: BTreeMap<String, UserTag>,
+    /// Tags learned with another model ([`Db::stale_tags`]): they add
+    /// nothing to a query, and a query naming one is refused.
+    stale: BTreeSet<String>,
 }
 
 impl Vocabulary {
@@ -563,7 +588,14 @@ impl Vocabulary {
         Vocabulary {
             layout: Arc::new(layout),
             tags: tags.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            stale: BTreeSet::new(),
         }
+    }
+
+    /// Whether user tag `name` was learned with another model than the
+    /// database's ([`Db::stale_tags`]).
+    pub fn is_stale(&self, name: &str) -> bool {
+        self.stale.contains(name)
     }
 
     /// The concept-space layout.
@@ -619,6 +651,7 @@ impl Vocabulary {
                     *x += w;
                 }
             }
+            ConceptRef::Tag(t) if self.stale.contains(t) => {}
             ConceptRef::Tag(t) => {
                 if let Some(tag) = self.tags.get(t) {
                     for (x, v) in q.iter_mut().zip(&tag.vector) {
@@ -709,7 +742,41 @@ impl Db {
 
     /// The model's concepts plus the user tags defined so far.
     pub fn vocabulary(&self) -> Result<Vocabulary, ConceptError> {
-        Ok(Vocabulary::new(self.concept_layout()?, self.user_tags()?))
+        let mut vocab = Vocabulary::new(self.concept_layout()?, self.user_tags()?);
+        vocab.stale = self.stale_tags()?.into_iter().collect();
+        Ok(vocab)
+    }
+
+    /// The user tags learned with another model than the database's: after
+    /// [`Db::adopt_model`], a tag [`Db::relearn_tags`] could not learn again
+    /// (none of its positive examples is stored and of the new model) keeps
+    /// a direction in the old model's space. It counts for nothing in
+    /// profiles, and a query naming it is refused
+    /// ([`ConceptError::StaleTag`]): define it again, or re-embed its
+    /// examples and relearn.
+    pub fn stale_tags(&self) -> Result<Vec<String>, ConceptError> {
+        let Some(model) = self.model_fingerprint() else {
+            return Ok(Vec::new());
+        };
+        let ks = self.side_keyspace::<TagModel>(TAG_MODELS_KS)?;
+        let mut out = Vec::new();
+        for r in ks.iter() {
+            let (name, m) = r?;
+            if m.model != model {
+                out.push(String::from_utf8_lossy(&name).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that tag `name` was learned with the database's model
+    /// (under the side-write lock).
+    fn record_tag_model_locked(&self, name: &str) -> Result<(), ConceptError> {
+        if let Some(model) = self.model_fingerprint() {
+            self.side_keyspace::<TagModel>(TAG_MODELS_KS)?
+                .put(name.as_bytes(), &TagModel { model })?;
+        }
+        Ok(())
     }
 
     /// User-defined tags.
@@ -768,7 +835,22 @@ impl Db {
         };
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
         ks.put(name.as_bytes(), &tag)?;
+        self.record_tag_model_locked(name)?;
         Ok(tag)
+    }
+
+    /// Before a switch from model `old`: the tags that do not say which
+    /// model they were learned with (defined by an older build) were
+    /// learned with `old` (under the side-write lock).
+    pub(crate) fn attribute_tags_locked(&self, old: &str) -> Result<(), Error> {
+        let models = self.side_keyspace::<TagModel>(TAG_MODELS_KS)?;
+        for key in self.side_keyspace::<UserTag>(TAGS_KS)?.keys() {
+            let key = key?;
+            if models.get(&key)?.is_none() {
+                models.put(&key, &TagModel { model: old.into() })?;
+            }
+        }
+        Ok(())
     }
 
     /// The unit direction of a tag learned from its examples.
@@ -805,8 +887,8 @@ impl Db {
     /// calls it when done. It also forgets the catalog's mean concept
     /// vector (feedback's contrast), which may have been taken while old
     /// and new vectors were mixed. A tag none of whose positive examples is
-    /// left keeps its direction (logged). Returns how many were learned
-    /// again.
+    /// left keeps its direction (logged): after a model switch it is stale
+    /// ([`Db::stale_tags`]). Returns how many were learned again.
     pub fn relearn_tags(&self) -> Result<usize, ConceptError> {
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let _guard = self.side_write_lock();
@@ -838,6 +920,7 @@ impl Db {
                 Ok(vector) => {
                     tag.vector = vector;
                     ks.put(tag.name.as_bytes(), &tag)?;
+                    self.record_tag_model_locked(&tag.name)?;
                     done += 1;
                 }
                 Err(e) => tracing::warn!(tag = %tag.name, error = %e, "tag kept as it was"),
@@ -921,6 +1004,8 @@ impl Db {
             }
         }
         let existed = tags.remove(name.as_bytes())?;
+        self.side_keyspace::<TagModel>(TAG_MODELS_KS)?
+            .remove(name.as_bytes())?;
         Ok(existed)
     }
 

@@ -1081,6 +1081,11 @@ impl Db {
             }
             let (group, concept) = name.split_once('.').ok_or_else(|| unknown(name))?;
             let r = vocab.resolve(group, concept).ok_or_else(|| unknown(name))?;
+            if let super::ConceptRef::Tag(t) = &r {
+                if vocab.is_stale(t) {
+                    return Err(ConceptError::StaleTag { name: t.clone() });
+                }
+            }
             let mut v = vec![0.0f32; dim];
             vocab.add_to(&r, *w, &mut v);
             let label = match (*w < 0.0, (w.abs() - 1.0).abs() < 1e-6) {

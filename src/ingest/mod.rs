@@ -254,8 +254,12 @@ impl Db {
             // model running meanwhile does not write its layout after it,
             // nor a feedback its catalog mean.
             let _guard = self.side_write_lock();
-            if self.stored_model_fingerprint().as_deref() != Some(model.fingerprint()) {
+            let old = self.stored_model_fingerprint();
+            if old.as_deref() != Some(model.fingerprint()) {
                 crate::concepts::forget_catalog_mean_locked(self)?;
+                if let Some(old) = &old {
+                    self.attribute_tags_locked(old)?;
+                }
             }
             self.set_stored_model_fingerprint(model.fingerprint())?;
         }

@@ -882,6 +882,10 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         .ok()
         .and_then(|s| s.colour_attribute);
     let user_tags = db.user_tags().map_err(|e| readable("user tags", &e)).ok();
+    let stale_tags = db
+        .stale_tags()
+        .map_err(|e| readable("user tag models", &e))
+        .ok();
     let profiles = db
         .profile_users()
         .map_err(|e| readable("profiles", &e))
@@ -928,6 +932,7 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         })),
         "colour_attribute": colour_attribute,
         "user_tags": user_tags.map(|t| t.len()),
+        "stale_user_tags": stale_tags,
         "profiles": profiles.map(|u| u.len()),
     }))
 }
@@ -1058,5 +1063,14 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
         "concepts   {} user tag(s), {} profile(s)",
         n(&info["user_tags"]),
         n(&info["profiles"])
-    )
+    )?;
+    if let Some(stale) = info["stale_user_tags"].as_array().filter(|s| !s.is_empty()) {
+        let names: Vec<&str> = stale.iter().filter_map(|s| s.as_str()).collect();
+        writeln!(
+            w,
+            "           stale (learned with another model, define again): {}",
+            names.join(", ")
+        )?;
+    }
+    Ok(())
 }

@@ -710,17 +710,26 @@ impl Session {
                 Ok(())
             }
             ["list"] => {
+                let stale = self.db.stale_tags()?;
                 for t in self.db.user_tags()? {
+                    let is_stale = stale.contains(&t.name);
                     if self.json {
-                        writeln!(out, "{}", tag_json(&t))?;
+                        let mut j = tag_json(&t);
+                        j["stale"] = serde_json::json!(is_stale);
+                        writeln!(out, "{j}")?;
                     } else {
                         writeln!(
                             out,
-                            "  user.{:<20} weight {:.2}  {:?}, {} examples",
+                            "  user.{:<20} weight {:.2}  {:?}, {} examples{}",
                             t.name,
                             t.weight,
                             t.method,
-                            t.positives.len()
+                            t.positives.len(),
+                            if is_stale {
+                                "  STALE: learned with another model; define it again"
+                            } else {
+                                ""
+                            }
                         )?;
                     }
                 }
