@@ -330,15 +330,25 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 restore_from_copy(&db_dir, copy)?;
             } else if let Some(old) = &old_sled {
                 let salvaged = free_name(&db_dir.join("sled"), "salvaged")?;
-                std::fs::rename(db_dir.join("sled"), &salvaged)
-                    .and_then(|()| std::fs::rename(old, db_dir.join("sled")))
-                    .and_then(|()| sync_dir(&db_dir))
-                    .with_context(|| {
-                        format!(
-                            "cannot put sled's old files {} back in place",
-                            old.display()
-                        )
-                    })?;
+                // The marker names the old files again while no `sled/` is
+                // there: a kill between the renames leaves them found (the
+                // next command moves them back), not only on disk.
+                let marker = db_dir.join(crate::SWAP_MARKER);
+                write_synced(
+                    &marker,
+                    old.file_name().unwrap_or_default().as_encoded_bytes(),
+                )
+                .and_then(|()| sync_dir(&db_dir))
+                .and_then(|()| std::fs::rename(db_dir.join("sled"), &salvaged))
+                .and_then(|()| std::fs::rename(old, db_dir.join("sled")))
+                .and_then(|()| sync_dir(&db_dir))
+                .with_context(|| {
+                    format!(
+                        "cannot put sled's old files {} back in place",
+                        old.display()
+                    )
+                })?;
+                let _ = std::fs::remove_file(&marker);
                 println!(
                     "put sled's old files back in place (the rewritten ones are in {})",
                     salvaged.display()
