@@ -1008,6 +1008,11 @@ impl Db {
                 }
             }
         }
+        // A model switch killed before it pruned the profiles for the new
+        // model (see Db::adopt_model).
+        if let Err(e) = db.finish_switch() {
+            warn!(error = %e, "cannot prune the profiles for the model adopted before a crash");
+        }
         Ok(db)
     }
 

@@ -1475,3 +1475,67 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
         .unwrap();
     assert!(!fresh.affinities.is_empty(), "{fresh:?}");
 }
+
+/// `adopt_model` killed after the switch and before the profiles were
+/// pruned for the new model (forged here: the note it leaves, and a
+/// profile naming a concept the new model renamed): the next open prunes.
+#[test]
+fn a_switch_killed_before_pruning_is_finished_at_the_next_open() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct PrunePending {
+        model: String,
+    }
+    impl vitrine_storage::Record for PrunePending {
+        const VERSION: u8 = 1;
+    }
+    let Some(model) = model() else { return };
+    let other = renamed_model();
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(3);
+    write_images(src.path(), &images);
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let db = open_db(&model, dir.path());
+        db.import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new().model(model.clone()).prep(prep()),
+        )
+        .unwrap();
+        let first = db
+            .vocabulary()
+            .unwrap()
+            .names()
+            .into_iter()
+            .find(|n| n.starts_with("category."))
+            .unwrap();
+        db.adopt_model(&other).unwrap();
+        first
+    };
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        let mut p = vitrine::Profile::only("colour");
+        p.affinities.insert(first.clone(), 0.5);
+        store
+            .keyspace::<vitrine::Profile>("vitrine.profiles")
+            .unwrap()
+            .put(b"anna", &p)
+            .unwrap();
+        let note = PrunePending {
+            model: other.fingerprint().into(),
+        };
+        store
+            .keyspace::<PrunePending>("vitrine.concept_layout")
+            .unwrap()
+            .put(b"prune_pending", &note)
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let db = open_db(&other, dir.path());
+    let anna = db.profile("anna").unwrap().unwrap();
+    assert!(!anna.affinities.contains_key(&first), "{anna:?}");
+    let id = images[0].0.as_str();
+    db.similar_with_profile(SimilarTo::Id(id), 2, &vitrine::Filter::new(), &anna)
+        .unwrap();
+}

@@ -685,7 +685,56 @@ fn check_user(user: &str) -> Result<(), ConceptError> {
     }
 }
 
+/// Under [`LAYOUT_KS`]: a switch to this model whose profiles are not
+/// pruned yet ([`Db::adopt_model`] killed in between): the next open
+/// prunes them.
+const PRUNE_PENDING: &[u8] = b"prune_pending";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct PrunePending {
+    model: String,
+}
+
+impl vitrine_storage::Record for PrunePending {
+    const VERSION: u8 = 1;
+}
+
 impl Db {
+    /// The first steps of a switch to `model` (under the side-write lock,
+    /// before the fingerprint changes): the new layout, and the note that
+    /// profiles are to be pruned for it. A kill before the fingerprint
+    /// changes leaves the old model's layout to be written back by its
+    /// next use, and the note to be dropped at the next open.
+    pub(crate) fn prepare_switch_locked(&self, model: &Model) -> Result<()> {
+        self.side_keyspace::<PrunePending>(LAYOUT_KS)?.put(
+            PRUNE_PENDING,
+            &PrunePending {
+                model: model.fingerprint().into(),
+            },
+        )?;
+        let ks = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
+        let layout = ConceptLayout::from_model(model);
+        if ks.get(LAYOUT_KEY)?.as_ref() != Some(&layout) {
+            ks.put(LAYOUT_KEY, &layout)?;
+        }
+        Ok(())
+    }
+
+    /// Prunes the profiles for the database's model, then forgets that
+    /// they were to be ([`Db::adopt_model`] calls it after the switch, and
+    /// an open after a switch that was killed before).
+    pub(crate) fn finish_switch(&self) -> Result<(), ConceptError> {
+        let ks = self.side_keyspace::<PrunePending>(LAYOUT_KS)?;
+        let Some(pending) = ks.get(PRUNE_PENDING)? else {
+            return Ok(());
+        };
+        if self.model_fingerprint().as_deref() == Some(pending.model.as_str()) {
+            self.prune_profiles()?;
+        }
+        ks.remove(PRUNE_PENDING)?;
+        Ok(())
+    }
+
     /// Stores `model`'s concept layout (done by `open_with_model`).
     pub(crate) fn store_concept_layout(&self, model: &Model) -> Result<()> {
         let ks = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;

@@ -261,11 +261,16 @@ impl Db {
                     self.attribute_tags_locked(old)?;
                 }
             }
+            // The layout, and a note that profiles are to be pruned, before
+            // the switch: a kill after it leaves the pruning to the next
+            // open (stored profiles naming what the new model dropped are
+            // refused by profile searches until then).
+            self.prepare_switch_locked(model)?;
             self.set_stored_model_fingerprint(model.fingerprint())?;
         }
         self.store_concept_layout(model)?;
-        if let Err(e) = self.prune_profiles() {
-            tracing::warn!(error = %e, "profiles not pruned for the new model");
+        if let Err(e) = self.finish_switch() {
+            tracing::warn!(error = %e, "profiles not pruned for the new model; the next open tries again");
         }
         Ok(())
     }
