@@ -1920,9 +1920,10 @@ fn open_arena(path: &Path, space: &VectorSpace, generation: u64) -> ArenaState {
             debug!(path = %path.display(), found = a.generation(), generation, "stale arena ignored");
             ArenaState::Unusable
         }
-        // The machine's refusal (permissions, file handles, memory) is no
-        // damage: the arena is not called damaged, nor rewritten as such.
-        Err(e) if not_damage(&e) => {
+        // The machine's refusal (permissions, file handles, memory, a
+        // big-endian host, which cannot map arenas) is no damage: the arena
+        // is not called damaged, nor rewritten as such.
+        Err(e) if not_damage(&e) || matches!(e, vitrine_storage::Error::UnsupportedPlatform(_)) => {
             warn!(error = %e, "arena unreadable; vectors come from storage");
             ArenaState::Unusable
         }

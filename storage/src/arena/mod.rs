@@ -240,7 +240,10 @@ impl Arena {
     /// the `Arena` lives (this crate only ever replaces arenas by renaming a
     /// new file over the old). Truncating a mapped file makes the next read
     /// of the lost part kill the process (SIGBUS), which no check can turn
-    /// into an error.
+    /// into an error; so does a read error of the disk under it (EIO from
+    /// a bad sector), where a `read` would have returned one. Removing the
+    /// `arena/` folder of a database whose open dies that way makes it
+    /// rebuild from sled.
     pub fn open(path: &Path) -> Result<Arena> {
         refuse_big_endian()?;
         let io = |e| Error::io(path, e);
