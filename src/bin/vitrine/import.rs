@@ -673,13 +673,16 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     };
     // --update: present products take the row's cells in place; new ids
     // go on to the import.
-    if !bad_rows.is_empty() {
-        println!(
+    // Said after the failure report is written: with stdout closed early
+    // (`| head -1`), a print ends the process, which must not leave last
+    // night's report standing.
+    let bad_rows_note = (!bad_rows.is_empty()).then(|| {
+        format!(
             "{} bad rows in {} (not imported)",
             bad_rows.len(),
             args.source.display()
-        );
-    }
+        )
+    });
     let bad_row_count = bad_rows.len();
     let (mut updated, mut unchanged, mut update_failures) = (0usize, 0usize, bad_rows);
     // The ids the CSV lists, to name the stored products it no longer does
@@ -843,7 +846,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         let lines = report.failures.iter().map(failure_line);
         return Err(stopped(lines.chain(update_failures).collect(), e.into()));
     }
-    print_summary(&report);
+    let mut unlisted_note = None;
     // Products the CSV no longer lists are kept; after a re-embedding,
     // those still of another model are failures (their vectors do not
     // compare with the others').
@@ -858,11 +861,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             }
         }
         if unlisted > 0 {
-            println!(
+            unlisted_note = Some(format!(
                 "{unlisted} stored products are not in {} (kept; `vitrine product --db DB \
                  delete ID` removes one)",
                 args.source.display()
-            );
+            ));
         }
         update_failures.extend(old_model.iter().map(|id| {
             format!(
@@ -888,6 +891,13 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             "cannot write the failure report {}",
             report_path.display()
         )));
+    }
+    if let Some(note) = &bad_rows_note {
+        println!("{note}");
+    }
+    print_summary(&report);
+    if let Some(note) = &unlisted_note {
+        println!("{note}");
     }
     if !report.failures.is_empty() || !update_failures.is_empty() {
         println!("failures written to {}", report_path.display());
