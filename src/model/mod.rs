@@ -548,7 +548,14 @@ impl Model {
         }
         let inference = |e: TractError| ModelError::Inference(format!("{e:#}"));
         let input = Tensor::from_shape(&shape, data).map_err(inference)?;
-        let result = self.plan.run(tvec!(input.into())).map_err(inference)?;
+        // tract is third-party code a file's values reach: a panic in it is
+        // this image's failure, not the caller's (an import of 100k photos
+        // would otherwise end, unreported, at the end).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.plan.run(tvec!(input.into()))
+        }))
+        .map_err(|_| ModelError::Inference("tract panicked on this input".into()))?
+        .map_err(inference)?;
         let mut rows: Vec<Vec<f32>> = Vec::with_capacity(OUTPUTS.len());
         for (name, r) in OUTPUTS.iter().zip(result.iter()) {
             if r.shape().first() != Some(&1) {

@@ -185,6 +185,19 @@ fn map_error(e: image::ImageError, limits: DecodeLimits, dims: (u32, u32)) -> Im
 /// EXIF orientation says, so the model sees what a viewer shows. (No image
 /// of the training data has an alpha channel or an orientation.)
 pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageError> {
+    // The decoders are third-party code fed the caller's bytes; some have
+    // panicked on malformed files. Such a panic is this file's error.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_checked(bytes, limits)
+    }))
+    .unwrap_or_else(|_| {
+        Err(ImageError::Decode {
+            reason: "the image decoder panicked on this file".into(),
+        })
+    })
+}
+
+fn decode_checked(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
