@@ -1437,6 +1437,12 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     // stale.
     assert_eq!(db.relearn_tags().unwrap(), 0);
     assert_eq!(db.stale_tags().unwrap(), ["mine", "old"]);
+    // Defining it again from the same, not re-embedded, examples is refused
+    // (it would be an old-space direction recorded as current).
+    assert!(matches!(
+        db.define_tag("old", &ids[4..], &[], vitrine::TagMethod::Centroid),
+        Err(vitrine::ConceptError::ExampleOfAnotherModel { .. })
+    ));
     // Re-embedding the positives (and one negative) learns it again.
     let items = images[..3]
         .iter()
@@ -1484,6 +1490,7 @@ fn a_switch_killed_before_pruning_is_finished_at_the_next_open() {
     #[derive(serde::Serialize, serde::Deserialize)]
     struct PrunePending {
         model: String,
+        previous: Option<vitrine::ConceptLayout>,
     }
     impl vitrine_storage::Record for PrunePending {
         const VERSION: u8 = 1;
@@ -1524,6 +1531,7 @@ fn a_switch_killed_before_pruning_is_finished_at_the_next_open() {
             .unwrap();
         let note = PrunePending {
             model: other.fingerprint().into(),
+            previous: None,
         };
         store
             .keyspace::<PrunePending>("vitrine.concept_layout")
@@ -1538,4 +1546,45 @@ fn a_switch_killed_before_pruning_is_finished_at_the_next_open() {
     let id = images[0].0.as_str();
     db.similar_with_profile(SimilarTo::Id(id), 2, &vitrine::Filter::new(), &anna)
         .unwrap();
+    drop(db);
+
+    // Killed before the switch itself: the new model's layout is stored,
+    // the fingerprint is still the old model's. An open without the model
+    // (as the command line falls back to) puts the old layout back.
+    let back = tempfile::tempdir().unwrap();
+    {
+        let db = open_db(&model, back.path());
+        db.import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new().model(model.clone()).prep(prep()),
+        )
+        .unwrap();
+    }
+    let (old_layout, new_layout) = (
+        vitrine::ConceptLayout::from_model(&model),
+        vitrine::ConceptLayout::from_model(&other),
+    );
+    assert_ne!(old_layout, new_layout);
+    {
+        let store =
+            vitrine_storage::Store::open(back.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        let note = PrunePending {
+            model: other.fingerprint().into(),
+            previous: Some(old_layout.clone()),
+        };
+        let ks = store
+            .keyspace::<PrunePending>("vitrine.concept_layout")
+            .unwrap();
+        ks.put(b"prune_pending", &note).unwrap();
+        store
+            .keyspace::<vitrine::ConceptLayout>("vitrine.concept_layout")
+            .unwrap()
+            .put(b"layout", &new_layout)
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let db = Db::open(back.path()).unwrap();
+    assert_eq!(db.concept_layout().unwrap(), old_layout);
+    assert_eq!(db.model_fingerprint().as_deref(), Some(model.fingerprint()));
 }

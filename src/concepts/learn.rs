@@ -256,12 +256,13 @@ pub(crate) fn learn_profile(
         *e = e.max(w);
     }
     // Only vectors of the database's model: one left of the previous model
-    // (an image a re-embedding could not read) is in another space.
+    // (an image a re-embedding could not read) is in another space. (One
+    // stored with plain vectors says no model: the caller's.)
     let model = db.model_fingerprint();
     let vector = |id: &str| -> Result<Option<Vec<f32>>, crate::Error> {
         let of = db.attributes(id);
         let of = of.as_ref().and_then(|a| a.get(crate::ATTR_MODEL));
-        if model.is_some() && of != model.as_deref() {
+        if model.is_some() && of.is_some() && of != model.as_deref() {
             return Ok(None);
         }
         db.vector(CONCEPT_SPACE, id)

@@ -380,9 +380,16 @@ pub enum ConceptError {
         /// The closest known name.
         suggestion: Option<String>,
     },
+    /// A tag example still embedded by another model than the database's
+    /// (a re-embedding has not reached it).
+    #[error("product '{id}' is still embedded by the previous model: re-embed it (vitrine import --reembed) before using it as an example")]
+    ExampleOfAnotherModel {
+        /// The product.
+        id: String,
+    },
     /// A query named a user tag learned with another model
     /// ([`Db::stale_tags`]).
-    #[error("user tag '{name}' was learned with another model, and none of its examples is of this one: define it again (or re-embed its examples, then relearn the tags)")]
+    #[error("user tag '{name}' was learned with another model than the database's: finish re-embedding its examples (an import --reembed learns the tags again at its end; or call Db::relearn_tags), or define it again from products of this model")]
     StaleTag {
         /// The tag.
         name: String,
@@ -693,6 +700,9 @@ const PRUNE_PENDING: &[u8] = b"prune_pending";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct PrunePending {
     model: String,
+    /// The layout the switch replaced: put back when the switch did not
+    /// happen (the old model's vectors are read through it).
+    previous: Option<ConceptLayout>,
 }
 
 impl vitrine_storage::Record for PrunePending {
@@ -702,17 +712,27 @@ impl vitrine_storage::Record for PrunePending {
 impl Db {
     /// The first steps of a switch to `model` (under the side-write lock,
     /// before the fingerprint changes): the new layout, and the note that
-    /// profiles are to be pruned for it. A kill before the fingerprint
-    /// changes leaves the old model's layout to be written back by its
-    /// next use, and the note to be dropped at the next open.
+    /// profiles are to be pruned for it. The note keeps the layout it
+    /// replaces: after a kill before the fingerprint changes, the next
+    /// open puts it back (the database's vectors are still the old
+    /// model's) and drops the note.
     pub(crate) fn prepare_switch_locked(&self, model: &Model) -> Result<()> {
-        self.side_keyspace::<PrunePending>(LAYOUT_KS)?.put(
+        let ks = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
+        let previous = ks.get(LAYOUT_KEY)?;
+        let notes = self.side_keyspace::<PrunePending>(LAYOUT_KS)?;
+        // A note of an earlier switch that did not happen keeps the layout
+        // of the model the database still has.
+        let previous = match notes.get(PRUNE_PENDING)? {
+            Some(n) if Some(n.model.as_str()) != self.model_fingerprint().as_deref() => n.previous,
+            _ => previous,
+        };
+        notes.put(
             PRUNE_PENDING,
             &PrunePending {
                 model: model.fingerprint().into(),
+                previous,
             },
         )?;
-        let ks = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
         let layout = ConceptLayout::from_model(model);
         if ks.get(LAYOUT_KEY)?.as_ref() != Some(&layout) {
             ks.put(LAYOUT_KEY, &layout)?;
@@ -725,11 +745,23 @@ impl Db {
     /// an open after a switch that was killed before).
     pub(crate) fn finish_switch(&self) -> Result<(), ConceptError> {
         let ks = self.side_keyspace::<PrunePending>(LAYOUT_KS)?;
+        // Quick and lock-free when there is nothing to finish (every open).
+        if ks.get(PRUNE_PENDING)?.is_none() {
+            return Ok(());
+        }
+        // Read, prune and forget under one lock: a switch to another model
+        // meanwhile writes its own note, which is not forgotten here.
+        let _guard = self.side_write_lock();
         let Some(pending) = ks.get(PRUNE_PENDING)? else {
             return Ok(());
         };
         if self.model_fingerprint().as_deref() == Some(pending.model.as_str()) {
-            self.prune_profiles()?;
+            self.prune_profiles_locked()?;
+        } else if let Some(previous) = &pending.previous {
+            // Killed before the switch: the database's model is the old
+            // one, whose vectors its own layout names.
+            self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?
+                .put(LAYOUT_KEY, previous)?;
         }
         ks.remove(PRUNE_PENDING)?;
         Ok(())
@@ -911,8 +943,26 @@ impl Db {
         method: TagMethod,
     ) -> Result<Vec<f32>, ConceptError> {
         let layout = self.concept_layout()?;
+        let model = self.model_fingerprint();
         let fetch = |ids: &[&str]| -> Result<Vec<Vec<f32>>, ConceptError> {
-            ids.iter().map(|id| Ok(self.concept_vector(id)?)).collect()
+            ids.iter()
+                .map(|id| {
+                    let z = self.concept_vector(id)?;
+                    // A product a re-embedding has not reached yet is in
+                    // the old model's space: a tag learned from it would
+                    // rank by that space, and be recorded as current.
+                    let of = self.attributes(id);
+                    let of = of.as_ref().and_then(|a| a.get(crate::ATTR_MODEL));
+                    // (One stored with plain vectors says no model: the
+                    // caller's.)
+                    if model.is_some() && of.is_some() && of != model.as_deref() {
+                        return Err(ConceptError::ExampleOfAnotherModel {
+                            id: (*id).to_string(),
+                        });
+                    }
+                    Ok(z)
+                })
+                .collect()
         };
         let pos = fetch(positives)?;
         let neg = fetch(negatives)?;
@@ -1039,7 +1089,8 @@ impl Db {
         // feedback would, without the tag.
         if let Some(layout) = layout {
             let left = self.user_tags()?.into_iter().filter(|t| t.name != name);
-            let vocab = Vocabulary::new(layout, left);
+            let mut vocab = Vocabulary::new(layout, left);
+            vocab.stale = self.stale_tags()?.into_iter().collect();
             for entry in profiles.iter() {
                 let (key, p) = entry?;
                 let empty = p.weights.values().all(|w| *w == 0.0)
@@ -1064,8 +1115,9 @@ impl Db {
     /// deleting a tag does for its affinities: queries skipped them, but
     /// `similar_with_profile` and `set_profile` refused the profile. A
     /// profile left weighing nothing is learned again from its events.
-    /// Returns how many records changed.
-    pub(crate) fn prune_profiles(&self) -> Result<usize, ConceptError> {
+    /// Returns how many records changed. The caller holds the side-write
+    /// lock.
+    pub(crate) fn prune_profiles_locked(&self) -> Result<usize, ConceptError> {
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
         let vocab = self.vocabulary()?;
@@ -1081,7 +1133,6 @@ impl Db {
             weights.len() + affinities.len() != before
         };
         let uniform = Profile::uniform(vocab.layout()).weights;
-        let _guard = self.side_write_lock();
         let mut changed = 0;
         for entry in priors.iter().collect::<Vec<_>>() {
             let (key, mut prior) = entry?;
