@@ -49,7 +49,7 @@ pub struct SpaceStats {
     /// Nodes of the HNSW graph, tombstones included.
     pub graph_points: usize,
     /// Graph nodes of deleted or replaced vectors, dropped at the next
-    /// compaction (see [`DbBuilder::compaction_ratio`]).
+    /// compaction (see [`DbBuilder::compaction_ratio`] and [`Db::compact`]).
     pub tombstones: usize,
 }
 
@@ -196,7 +196,7 @@ impl DbBuilder {
     /// (default [`PROFILE_EXACT_MAX`](crate::PROFILE_EXACT_MAX)); past it
     /// the index's planner chooses ([`planner`](Self::planner): the graph
     /// once more products pass the filter than its exact limits), except
-    /// for profiles that give the look little weight
+    /// for profile and concept queries that give the look little weight
     /// ([`SKEWED_VISUAL_SHARE`](crate::SKEWED_VISUAL_SHARE)), which the
     /// graph ranks poorly and which always scan.
     pub fn concept_exact_max(mut self, products: usize) -> Self {
@@ -1077,9 +1077,10 @@ impl Db {
     ///
     /// Replacing the vectors of many products in place (new photos under
     /// the same ids) changes neither the catalog's size nor its newest
-    /// product, by which feedback's cached catalog mean and the user tags
-    /// notice a new season: call [`Db::relearn_tags`] after such a batch,
-    /// as `import --refresh` does.
+    /// product, by which feedback's cached catalog mean notices a new
+    /// season, and user tags keep the directions the old photos gave them:
+    /// call [`Db::relearn_tags`] after such a batch (it does both), as
+    /// `import --refresh` does.
     pub fn upsert<I, N>(&self, id: &str, attributes: Attributes, vectors: I) -> Result<()>
     where
         I: IntoIterator<Item = (N, Vec<f32>)>,

@@ -280,8 +280,11 @@ impl SpaceIndex {
     /// Saves the graph and header into `dir`, replacing any previous save.
     ///
     /// Everything is written to a fresh temporary directory next to `dir`,
-    /// synced, then swapped in. A crash during the swap leaves no index at
-    /// `dir`, which [`SpaceIndex::load`] reports as [`LoadError::Missing`].
+    /// synced, then swapped in: the previous save is moved aside
+    /// (`.vitrine-replaced-<name>` beside `dir`) until the new one is in
+    /// place. A crash during the swap leaves no index at `dir`;
+    /// [`SpaceIndex::recover_interrupted_save`] puts the previous one back
+    /// (else [`SpaceIndex::load`] reports [`LoadError::Missing`]).
     pub fn save(&self, dir: &Path, generation: u64) -> Result<()> {
         let parent = match dir.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

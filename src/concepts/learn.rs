@@ -161,7 +161,8 @@ pub(crate) const LIKED_KS: &str = "profile_liked";
 /// by hand (normalised) worth [`HAND_SET_PRIOR_LIKES`]. Affinities are
 /// concepts whose mean over the likes exceeds the contrast's by
 /// [`MIN_LIFT`]; hand-set affinities are kept, scaled as the hand-set
-/// weights are.
+/// weights are (all scaled down together where one would pass the largest
+/// weight).
 pub(crate) fn learn_profile(
     db: &Db,
     user: &[u8],

@@ -227,8 +227,10 @@ pub enum Feedback {
     ///
     /// A product counts once, as the strongest of its events: liking it
     /// again adds nothing, buying it after a like counts the buy, and a
-    /// skip of a product liked or bought is ignored (to withdraw a like,
-    /// [`Db::set_profile`] the events without it).
+    /// skip of a product liked or bought is ignored. To withdraw a like,
+    /// [`Db::set_profile`] the starting point with the events to keep
+    /// (stored as given), then once more without events: that learns the
+    /// profile again from them.
     Buy,
 }
 
@@ -828,13 +830,14 @@ impl Db {
         Ok(vocab)
     }
 
-    /// The user tags learned with another model than the database's: after
-    /// [`Db::adopt_model`], a tag [`Db::relearn_tags`] could not learn again
-    /// (none of its positive examples is stored and of the new model) keeps
-    /// a direction in the old model's space. It counts for nothing in
-    /// profiles, and a query naming it is refused
-    /// ([`ConceptError::StaleTag`]): define it again, or re-embed its
-    /// examples and relearn.
+    /// The user tags learned with another model than the database's. Every
+    /// tag is, from [`Db::adopt_model`] until [`Db::relearn_tags`] learns it
+    /// again (an `import --reembed` does at its end); one relearn_tags
+    /// cannot learn again (none of its positive examples is stored and of
+    /// the new model) stays so. A stale tag keeps a direction in the old
+    /// model's space: it counts for nothing in profiles, and a query naming
+    /// it is refused ([`ConceptError::StaleTag`]). Finish the re-embedding,
+    /// or define it again from products of the new model.
     pub fn stale_tags(&self) -> Result<Vec<String>, ConceptError> {
         let Some(model) = self.model_fingerprint() else {
             return Ok(Vec::new());
@@ -1202,7 +1205,8 @@ impl Db {
     /// ([`Db::feedback`]) learns from there instead of from equal weights,
     /// the hand-set weights counting as much as [`HAND_SET_PRIOR_LIKES`]
     /// likes, and hand-set affinities keeping their ratio to the hand-set
-    /// weights. Affinity names are stored as [`concept_key`] writes them
+    /// weights and to each other (all scaled down together where that
+    /// ratio would pass [`MAX_WEIGHT`]). Affinity names are stored as [`concept_key`] writes them
     /// (of two spellings of one concept, the later in key order wins). When `profile` has no
     /// events and the user has feedback events, the profile is learned again
     /// from them, starting from the new weights (the events are kept);

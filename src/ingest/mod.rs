@@ -246,7 +246,9 @@ impl Db {
     /// Profiles and hand-set starting points lose the weights and
     /// affinities the new model does not name (a starting point left with
     /// none is removed, a profile left with none is learned again from its
-    /// events; a failure there is logged, not returned).
+    /// events; a failure there is logged, not returned, and the next open
+    /// tries again). User tags are stale ([`Db::stale_tags`]: queries
+    /// naming them are refused) until they are learned again.
     pub fn adopt_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
         {

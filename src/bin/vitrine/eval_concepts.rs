@@ -32,7 +32,8 @@ pub struct ConceptsArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Database folder (default: a fresh temporary one). Images already in it
-    /// are not imported again.
+    /// are not imported again; one holding products this run does not label
+    /// (another --split or --limit) is refused.
     #[arg(long)]
     pub db: Option<PathBuf>,
     /// Width / height of one stored pixel, 0.01 to 100 (0.75 for Fashion Product Images).
