@@ -2254,9 +2254,16 @@ impl Db {
         let skip: std::collections::HashSet<&str> = skip.iter().copied().collect();
         let len = index.len();
         let step = len.div_ceil(n.max(1)).max(1);
+        // Not rows a re-embedding has not reached: another model's space.
+        let model = self.model_fingerprint();
+        let current = |e: &Entry| {
+            let of = e.attrs.get(crate::ATTR_MODEL);
+            model.is_none() || of.is_none() || of == model.as_deref()
+        };
         Ok(cat
             .by_doc
             .iter()
+            .filter(|(_, e)| current(e))
             .filter_map(|(doc, e)| index.get(*doc).map(|v| (e, v)))
             .step_by(step)
             .filter(|(e, _)| !skip.contains(e.id.as_str()))

@@ -230,7 +230,8 @@ pub enum Feedback {
     /// skip of a product liked or bought is ignored. To withdraw a like,
     /// [`Db::set_profile`] the starting point with the events to keep
     /// (stored as given), then once more without events: that learns the
-    /// profile again from them.
+    /// profile again from them. When no event is kept,
+    /// [`Db::delete_profile`], then set the starting point.
     Buy,
 }
 
@@ -1003,9 +1004,11 @@ impl Db {
             ids.iter()
                 .filter(|id| matches!(self.vector(CONCEPT_SPACE, id), Ok(Some(_))))
                 .filter(|id| {
+                    // (One stored with plain vectors says no model: the
+                    // caller's, as define_tag and feedback take it.)
                     let of = self.attributes(id);
                     let of = of.as_ref().and_then(|a| a.get(crate::ATTR_MODEL));
-                    model.is_none() || of == model.as_deref()
+                    model.is_none() || of.is_none() || of == model.as_deref()
                 })
                 .cloned()
                 .collect()

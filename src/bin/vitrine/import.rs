@@ -676,13 +676,14 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     // Said after the failure report is written: with stdout closed early
     // (`| head -1`), a print ends the process, which must not leave last
     // night's report standing.
-    let bad_rows_note = (!bad_rows.is_empty()).then(|| {
-        format!(
+    let mut notes: Vec<String> = Vec::new();
+    if !bad_rows.is_empty() {
+        notes.push(format!(
             "{} bad rows in {} (not imported)",
             bad_rows.len(),
             args.source.display()
-        )
-    });
+        ));
+    }
     let bad_row_count = bad_rows.len();
     let (mut updated, mut unchanged, mut update_failures) = (0usize, 0usize, bad_rows);
     // The ids the CSV lists, to name the stored products it no longer does
@@ -753,15 +754,17 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 }
             }
             let failed = update_failures.len() - bad_before - twice;
-            println!(
+            notes.push(format!(
                 "{} present: {updated} updated, {unchanged} unchanged, {failed} failed",
                 updated + unchanged + failed,
-            );
+            ));
             if twice > 0 {
-                println!("{twice} rows repeat an id of an earlier row (not applied)");
+                notes.push(format!(
+                    "{twice} rows repeat an id of an earlier row (not applied)"
+                ));
             }
             if let Some((id, was, now)) = moved.first() {
-                println!(
+                notes.push(format!(
                     "{} present products name another image than the one they were embedded \
                      from (first: {}, {} -> {}); their vectors are of the old one: \
                      `vitrine import CSV --db DB --refresh` re-embeds them",
@@ -769,19 +772,22 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                     crate::field(id),
                     crate::field(was),
                     crate::field(now)
-                );
+                ));
             }
             if !no_image.is_empty() {
-                println!("{} new products without an image path", no_image.len());
+                notes.push(format!(
+                    "{} new products without an image path",
+                    no_image.len()
+                ));
             }
             update_failures.extend(no_image);
             if other_model && !new_items.is_empty() {
                 // Their vectors would not compare with the stored ones.
-                println!(
+                notes.push(format!(
                     "{} new products not imported: the database was embedded by another model \
                      (`vitrine import SOURCE --db DB --reembed` moves it to the bundled one)",
                     new_items.len()
-                );
+                ));
                 update_failures.extend(new_items.drain(..).map(|item| {
                     format!(
                         "{}\t{}\tthe database was embedded by another model; re-embed it first",
@@ -892,7 +898,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             report_path.display()
         )));
     }
-    if let Some(note) = &bad_rows_note {
+    for note in &notes {
         println!("{note}");
     }
     print_summary(&report);
