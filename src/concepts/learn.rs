@@ -80,7 +80,9 @@ pub(crate) fn learn_tag(
         diff.iter().map(|&x| x as f32).collect()
     };
     normalise(&mut t);
-    t.iter().any(|x| *x != 0.0).then_some(t)
+    // A direction that overflowed (examples stored by hand at absurd
+    // scales) is no direction: NaN passes `!= 0`.
+    (t.iter().all(|x| x.is_finite()) && t.iter().any(|x| *x != 0.0)).then_some(t)
 }
 
 fn logistic(pos: &[Vec<f32>], neg: &[Vec<f32>], dim: usize) -> Vec<f32> {

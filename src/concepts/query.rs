@@ -1301,8 +1301,19 @@ pub(crate) fn mmr(
             }
         })
         .collect();
+    // Cosine: the model's visual blocks are unit vectors, but one stored
+    // by hand need not be.
+    let norms: Vec<f32> = visual
+        .iter()
+        .map(|v| {
+            v.as_ref()
+                .map_or(0.0, |x| x.iter().map(|p| p * p).sum::<f32>().sqrt())
+        })
+        .collect();
     let sim = |a: usize, b: usize| match (&visual[a], &visual[b]) {
-        (Some(x), Some(y)) => x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>(),
+        (Some(x), Some(y)) if norms[a] > 0.0 && norms[b] > 0.0 => {
+            x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>() / (norms[a] * norms[b])
+        }
         _ => 0.0,
     };
     let mut picked: Vec<usize> = Vec::new();

@@ -624,12 +624,20 @@ impl OutfitRules {
         }
         let rc = maps.category(cat.category[b]);
         let m = self.category_means.get(rc as usize).unwrap_or(&self.mean);
-        cat.concept(b)
+        let c: f32 = cat
+            .concept(b)
             .iter()
             .zip(m)
             .zip(&g.proj)
             .map(|((x, m), p)| (x - m) * p)
-            .sum()
+            .sum();
+        // Concept vectors stored by hand at absurd scales overflow this
+        // fourth-power score: no signal, not a NaN to rank by.
+        if c.is_finite() {
+            c
+        } else {
+            0.0
+        }
     }
 
     /// Sum of the log-lifts of the symbolic rules between `a` and `b`.
