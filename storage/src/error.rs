@@ -85,7 +85,8 @@ pub enum Error {
     /// process restarts, because sled's state is then unknown.
     #[error(
         "a write to {} failed with an I/O error earlier (disk full?); restart the process \
-         to write again (every acknowledged write is kept)",
+         to write again (every write acknowledged under Durability::Immediate is kept; \
+         under Periodic, those flushed)",
         path.display()
     )]
     FailedEarlier {
