@@ -1163,7 +1163,10 @@ fn user_tags_are_learned_queried_and_persisted() {
         }
     }
     db.set_tag_weight("ticktock", 0.25).unwrap();
-    assert!(db.set_tag_weight("ticktock", f32::NAN).is_err());
+    assert!(matches!(
+        db.set_tag_weight("ticktock", f32::NAN),
+        Err(ConceptError::InvalidWeight { .. })
+    ));
     // Weights past MAX_WEIGHT would overflow query vectors later.
     assert!(matches!(
         db.set_tag_weight("ticktock", 1e30),

@@ -63,6 +63,45 @@ fn run_queries(db: &Db) -> Vec<Vec<(String, f32)>> {
     out
 }
 
+/// Unfiltered searches through the graph itself (a catalog under the
+/// planner's exact limit is otherwise scanned exactly), and exactly: each
+/// query's hit ids.
+fn graph_and_exact(db: &Db) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    let run = |plan: PlanHint| -> Vec<Vec<String>> {
+        (0..20)
+            .map(|j| {
+                let q = vector_for(&format!("graph-query-{j}"), DIM);
+                let r = db
+                    .search(&Search::new(SimilarTo::Vector(&q), 10).plan(plan))
+                    .unwrap();
+                let want = if plan == PlanHint::Graph {
+                    Plan::Graph
+                } else {
+                    Plan::Exact
+                };
+                assert_eq!(r.plan, want);
+                r.hits.into_iter().map(|h| h.id).collect()
+            })
+            .collect()
+    };
+    (run(PlanHint::Graph), run(PlanHint::Exact))
+}
+
+/// The graph's recall@10 against the exact answers is at least `floor`.
+fn assert_graph_recall(db: &Db, floor: f64) {
+    let (graph, exact) = graph_and_exact(db);
+    let found: usize = graph
+        .iter()
+        .zip(&exact)
+        .map(|(g, e)| g.iter().filter(|id| e.contains(id)).count())
+        .sum();
+    let total: usize = exact.iter().map(Vec::len).sum();
+    assert!(
+        found as f64 >= floor * total as f64,
+        "graph recall {found}/{total}"
+    );
+}
+
 #[test]
 fn reopen_gives_identical_records_and_results() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,7 +117,7 @@ fn reopen_gives_identical_records_and_results() {
         )
         .unwrap();
         let records: Vec<_> = db.ids().iter().map(|id| db.get(id).unwrap()).collect();
-        let results = run_queries(&db);
+        let results = (run_queries(&db), graph_and_exact(&db));
         db.close().unwrap();
         (records, results)
     };
@@ -91,7 +130,8 @@ fn reopen_gives_identical_records_and_results() {
     assert_eq!(db.len(), 1499);
     let again: Vec<_> = db.ids().iter().map(|id| db.get(id).unwrap()).collect();
     assert_eq!(records, again);
-    assert_eq!(results, run_queries(&db));
+    // The loaded graph is the one saved: the same answers through it.
+    assert_eq!(results, (run_queries(&db), graph_and_exact(&db)));
     assert!(!db.get("sku-11").unwrap().unwrap().attributes.in_stock);
     assert_eq!(
         db.get("sku-12").unwrap().unwrap().vectors[DEFAULT_SPACE],
@@ -879,6 +919,8 @@ fn a_damaged_index_dump_is_rebuilt_with_a_reason() {
             .sum();
         let total: usize = results.iter().map(Vec::len).sum();
         assert!(overlap as f64 >= 0.9 * total as f64, "{overlap}/{total}");
+        // (Those ran exactly at this size: the rebuilt graph itself.)
+        assert_graph_recall(&db, 0.9);
         drop(db);
         // The rebuilt index was saved: the next open loads it.
         let db = open(dir.path());
@@ -1474,10 +1516,13 @@ fn compact_reclaims_tombstones_when_automatic_compaction_is_off() {
     assert_eq!(tombstones(&db), 0);
     assert_eq!(db.space_stats()[0].graph_points, 100);
     assert_eq!(run_queries(&db), before);
+    assert_graph_recall(&db, 0.9);
+    let compacted = graph_and_exact(&db);
     assert_eq!(db.compact().unwrap(), 0);
     db.close().unwrap();
     let db = open_off();
     assert!(db.open_report().rebuilt.is_empty());
     assert_eq!(tombstones(&db), 0);
     assert_eq!(run_queries(&db), before);
+    assert_eq!(graph_and_exact(&db), compacted);
 }

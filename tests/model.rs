@@ -106,7 +106,9 @@ proptest! {
                 }
                 Op::Search(q, in_stock) => {
                     let f = if in_stock { Filter::new().in_stock() } else { Filter::new() };
-                    for plan in [PlanHint::Exact, PlanHint::Auto] {
+                    // (Auto scans a catalog this small exactly; Graph asks the
+                    // graph, loaded or rebuilt after a reopen.)
+                    for plan in [PlanHint::Exact, PlanHint::Auto, PlanHint::Graph] {
                         let hits = d.search(&Search::new(SimilarTo::Vector(&q), 3).filter(&f).plan(plan)).unwrap().hits;
                         let mut want: Vec<(f32, &String)> = model.iter()
                             .filter(|(_, (a, _))| !in_stock || a.in_stock)

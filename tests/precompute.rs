@@ -238,7 +238,12 @@ fn gpu_choice_without_a_gpu_is_a_typed_error_and_auto_works() {
         space: Some("nope".into()),
         ..PrecomputeOptions::default()
     };
-    assert!(db.precompute_similar(3, &Filter::new(), &unknown).is_err());
+    assert!(matches!(
+        db.precompute_similar(3, &Filter::new(), &unknown),
+        Err(vitrine::PrecomputeError::Db(
+            vitrine::Error::UnknownVector { .. }
+        ))
+    ));
 }
 
 #[test]
