@@ -2249,13 +2249,15 @@ impl Db {
         skip: &[&str],
     ) -> Result<Vec<Vec<f32>>> {
         let space = self.space(space)?;
+        // Not rows a re-embedding has not reached: another model's space.
+        // (Read before the catalog lock: a model write takes them in the
+        // other order.)
+        let model = self.model_fingerprint();
         let cat = read(&self.catalog);
         let index = read(&space.index);
         let skip: std::collections::HashSet<&str> = skip.iter().copied().collect();
         let len = index.len();
         let step = len.div_ceil(n.max(1)).max(1);
-        // Not rows a re-embedding has not reached: another model's space.
-        let model = self.model_fingerprint();
         let current = |e: &Entry| {
             let of = e.attrs.get(crate::ATTR_MODEL);
             model.is_none() || of.is_none() || of == model.as_deref()

@@ -1303,16 +1303,28 @@ pub(crate) fn mmr(
         .collect();
     // Cosine: the model's visual blocks are unit vectors, but one stored
     // by hand need not be.
-    let norms: Vec<f32> = visual
+    // (In f64: components stored by hand at absurd scales would overflow.)
+    let norms: Vec<f64> = visual
         .iter()
         .map(|v| {
-            v.as_ref()
-                .map_or(0.0, |x| x.iter().map(|p| p * p).sum::<f32>().sqrt())
+            v.as_ref().map_or(0.0, |x| {
+                x.iter().map(|&p| f64::from(p).powi(2)).sum::<f64>().sqrt()
+            })
         })
         .collect();
     let sim = |a: usize, b: usize| match (&visual[a], &visual[b]) {
         (Some(x), Some(y)) if norms[a] > 0.0 && norms[b] > 0.0 => {
-            x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>() / (norms[a] * norms[b])
+            let dot: f64 = x
+                .iter()
+                .zip(y)
+                .map(|(&p, &q)| f64::from(p) * f64::from(q))
+                .sum();
+            let c = dot / (norms[a] * norms[b]);
+            if c.is_finite() {
+                c as f32
+            } else {
+                0.0
+            }
         }
         _ => 0.0,
     };

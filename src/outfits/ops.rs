@@ -307,12 +307,25 @@ fn zscore(v: &mut [f32]) {
     if v.is_empty() {
         return;
     }
-    let n = v.len() as f32;
-    let mean = v.iter().sum::<f32>() / n;
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n;
+    // In f64: large finite signals (vectors stored by hand at absurd
+    // scales) would overflow an f32 sum into NaN scores. A signal that is
+    // not finite is none.
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let var = v
+        .iter()
+        .map(|&x| (f64::from(x) - mean).powi(2))
+        .sum::<f64>()
+        / n;
     let sd = var.sqrt();
+    let usable = mean.is_finite() && sd.is_finite() && sd > 1e-9;
     for x in v.iter_mut() {
-        *x = if sd > 1e-9 { (*x - mean) / sd } else { 0.0 };
+        let z = (f64::from(*x) - mean) / sd;
+        *x = if usable && z.is_finite() {
+            z as f32
+        } else {
+            0.0
+        };
     }
 }
 

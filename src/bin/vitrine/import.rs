@@ -815,6 +815,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     // A run that stops as a whole must not leave last night's report to
     // stand for it: the report gets this run's failures and why it stopped.
     let stopped = |mut lines: Vec<String>, e: anyhow::Error| -> anyhow::Error {
+        // What was done before it stopped (updates applied, advice), on
+        // stderr with the error.
+        for note in &notes {
+            esay!("{note}");
+        }
         lines.push(format!(
             "\t\tthe import stopped: {}",
             tsv_field(&format!("{e:#}"))
@@ -889,7 +894,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         .chain(update_failures.iter().cloned())
         .collect();
     if let Err(e) = write_report(&report_path, &lines) {
-        // The old report stays whole; the failures still reach the user.
+        // The old report stays whole; the failures still reach the user,
+        // with what was done.
+        for note in &notes {
+            esay!("{note}");
+        }
         for line in &lines {
             esay!("failed: {line}");
         }
