@@ -204,6 +204,11 @@ impl DbBuilder {
         self
     }
 
+    /// Whether spaces were declared ([`DbBuilder::vector_space`]).
+    pub(crate) fn declares_spaces(&self) -> bool {
+        !self.spaces.is_empty()
+    }
+
     /// Whether to open storage that has lost products (default false).
     ///
     /// A checkpoint's vector arenas record which products existed when it
@@ -654,8 +659,16 @@ impl Db {
                     )));
                 }
                 if !b.spaces.is_empty() {
+                    // The same spaces in any order (open_with_model declares
+                    // the model's after the caller's own); the stored order
+                    // stays.
+                    let by_name = |s: &[VectorSpace]| {
+                        let mut s = s.to_vec();
+                        s.sort_by(|a, b| a.name.cmp(&b.name));
+                        s
+                    };
                     let stored: Vec<VectorSpace> = meta.spaces.iter().map(space_of).collect();
-                    if stored != b.spaces {
+                    if by_name(&stored) != by_name(&b.spaces) {
                         return Err(Error::SchemaMismatch(format!(
                             "the database has spaces {} but {} were declared",
                             describe(&stored),

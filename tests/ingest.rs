@@ -1349,6 +1349,35 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
         store.keyspace("products").unwrap();
     let record = products.get(id.as_bytes()).unwrap().unwrap();
     assert_eq!(record.vector("aux"), Some(&[1.0, 0.0, 0.0, 0.0][..]));
+    drop((products, store));
+    // The model's database with a space of the caller's opens with its
+    // model, the extra space declared (in any order) or not.
+    for declare in [false, true] {
+        let b = Db::builder();
+        let b = if declare {
+            b.vector_space("aux", 4, vitrine::Metric::Cosine)
+        } else {
+            b
+        };
+        let db = b.open_with_model(dir.path(), &model).unwrap();
+        let names: Vec<String> = db.spaces().into_iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            ["embedding", "concept", "aux"],
+            "declared: {declare}"
+        );
+        assert_eq!(db.len(), 2);
+    }
+    // Another space's dimension is still a mismatch.
+    let e = Db::builder()
+        .vector_space("aux", 5, vitrine::Metric::Cosine)
+        .open_with_model(dir.path(), &model)
+        .err()
+        .expect("a space of another dimension opened");
+    assert!(
+        matches!(e, IngestError::Db(vitrine::Error::SchemaMismatch(_))),
+        "{e}"
+    );
 }
 
 /// The progress callback's last call is the report's counts, files whose

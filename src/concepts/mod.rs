@@ -759,7 +759,11 @@ impl Db {
             return Ok(());
         };
         if self.model_fingerprint().as_deref() == Some(pending.model.as_str()) {
-            self.prune_profiles_locked()?;
+            match self.prune_profiles_locked() {
+                // No concept space: no profile to prune.
+                Ok(_) | Err(ConceptError::NoConceptSpace) => {}
+                Err(e) => return Err(e),
+            }
         } else if let Some(previous) = &pending.previous {
             // Killed before the switch: the database's model is the old
             // one, whose vectors its own layout names.
@@ -804,12 +808,19 @@ impl Db {
             .into_iter()
             .find(|s| s.name == crate::CONCEPT_SPACE)
             .map(|s| s.dim);
-        let checked = layout.check().and_then(|()| match space_dim {
-            Some(d) if d != layout.dim => Err(format!(
-                "the layout covers {} dimensions, the concept space has {d}",
-                layout.dim
-            )),
-            _ => Ok(()),
+        // A layout stored by an image write to a database declared without
+        // the concept space (embedding only) names no vectors to read.
+        let Some(space_dim) = space_dim else {
+            return Err(ConceptError::NoConceptSpace);
+        };
+        let checked = layout.check().and_then(|()| {
+            if space_dim != layout.dim {
+                return Err(format!(
+                    "the layout covers {} dimensions, the concept space has {space_dim}",
+                    layout.dim
+                ));
+            }
+            Ok(())
         });
         checked.map_err(|reason| {
             ConceptError::from(Error::Corruption {

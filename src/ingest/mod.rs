@@ -209,7 +209,15 @@ impl DbBuilder {
         dir: impl AsRef<std::path::Path>,
         model: &Model,
     ) -> Result<Db, IngestError> {
-        let db = self.model_spaces(model).open(dir)?;
+        let dir = dir.as_ref();
+        let declared = self.declares_spaces();
+        let db = match self.clone().model_spaces(model).open(dir) {
+            // An existing database with spaces of the caller's besides the
+            // model's (or without the concept space): opened with its own,
+            // which check_model then checks hold the model's vectors.
+            Err(crate::Error::SchemaMismatch(_)) if !declared => self.open(dir)?,
+            r => r?,
+        };
         db.check_model(model)?;
         Ok(db)
     }

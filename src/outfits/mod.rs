@@ -450,6 +450,14 @@ impl Db {
                     a.chars().take(64).collect::<String>()
                 )));
             }
+            // The engine's own keys (model category, tags, measured colour)
+            // are not a catalog's colour groups.
+            if a.to_ascii_lowercase().starts_with("vitrine.") {
+                return Err(OutfitError::InvalidArgument(format!(
+                    "colour attribute '{a}' is the engine's (keys starting with 'vitrine.'); \
+                     name a catalog attribute"
+                )));
+            }
             // In memory, without copying a product's attributes.
             if !self.is_empty() && !self.any_product_has(a) {
                 return Err(OutfitError::InvalidArgument(format!(

@@ -244,6 +244,19 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             path.display()
         );
     }
+    // `product set KEY=VALUE` splits at the first '=': a key holding one
+    // could never be changed or removed there.
+    if let Some(key) = header
+        .iter()
+        .skip(2)
+        .find(|k| k.contains('=') || k.chars().any(char::is_control))
+    {
+        bail!(
+            "{}: column '{}' holds '=' or a control character, which attribute names cannot",
+            path.display(),
+            key.escape_debug()
+        );
+    }
     // A column named twice would overwrite its twin, cell by cell.
     let mut named = std::collections::HashSet::new();
     for key in header.iter().skip(2).filter(|k| !k.trim().is_empty()) {
