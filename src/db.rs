@@ -2286,6 +2286,24 @@ impl Db {
             .collect())
     }
 
+    /// The mean of every vector in `space` (zeros when it holds none),
+    /// summed in f64 under the space's read lock alone: no copy of the
+    /// catalog (a snapshot of 1M products is gigabytes).
+    pub(crate) fn space_mean(&self, space: &str) -> Result<Vec<f32>> {
+        let space = self.space(space)?;
+        let index = read(&space.index);
+        let mut sum = vec![0f64; space.spec.dim];
+        let mut n = 0usize;
+        for (_, v) in index.flat().iter() {
+            for (a, b) in sum.iter_mut().zip(v) {
+                *a += f64::from(*b);
+            }
+            n += 1;
+        }
+        let n = n.max(1) as f64;
+        Ok(sum.into_iter().map(|x| (x / n) as f32).collect())
+    }
+
     /// Every product that has a vector in `space`.
     pub(crate) fn snapshot(&self, space: &str) -> Result<SpaceSnapshot> {
         let space = self.space(space)?;

@@ -462,15 +462,7 @@ fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
             return Ok(c.mean);
         }
     }
-    let s = db.snapshot(CONCEPT_SPACE)?;
-    let mut mean = vec![0.0f32; s.dim];
-    for i in 0..s.len() {
-        for (a, b) in mean.iter_mut().zip(s.row(i)) {
-            *a += b;
-        }
-    }
-    let n = s.len().max(1) as f32;
-    mean.iter_mut().for_each(|x| *x /= n);
+    let mean = db.space_mean(CONCEPT_SPACE)?;
     ks.put(
         CATALOG_MEAN,
         &CatalogMean {

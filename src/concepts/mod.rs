@@ -1201,6 +1201,22 @@ impl Db {
             .get(user.as_bytes())?)
     }
 
+    /// Every user with a stored profile, when there are at most `max`.
+    pub(crate) fn profile_users_up_to(
+        &self,
+        max: usize,
+    ) -> Result<Option<Vec<String>>, ConceptError> {
+        let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
+        let mut out = Vec::new();
+        for key in ks.keys() {
+            if out.len() == max {
+                return Ok(None);
+            }
+            out.push(String::from_utf8_lossy(&key?).into_owned());
+        }
+        Ok(Some(out))
+    }
+
     /// Every user with a stored profile.
     pub fn profile_users(&self) -> Result<Vec<String>, ConceptError> {
         let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;

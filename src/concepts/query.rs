@@ -7,6 +7,9 @@ use serde::Serialize;
 use super::{concept_key, profile_query, ConceptError, Profile, Vocabulary};
 use crate::{infer_image, Attributes, Db, Error, Filter, Model, CONCEPT_SPACE};
 
+/// Stored profiles up to which an unknown profile name gets a "did you mean".
+const SUGGEST_AMONG_PROFILES: usize = 5000;
+
 /// Results per query by default.
 pub const DEFAULT_LIMIT: usize = 20;
 /// Most results a query may ask for.
@@ -1100,9 +1103,13 @@ impl Db {
             Some(user) => Some(self.profile(user)?.ok_or_else(|| {
                 ConceptError::UnknownProfile {
                     user: user.clone(),
+                    // "Did you mean" among a few thousand users; past that
+                    // (a service whose new customers have no profile yet) it
+                    // would cost every such query a scan of them all.
                     suggestion: self
-                        .profile_users()
+                        .profile_users_up_to(SUGGEST_AMONG_PROFILES)
                         .ok()
+                        .flatten()
                         .and_then(|u| super::suggest(user, u.iter().map(String::as_str))),
                 }
             })?),
