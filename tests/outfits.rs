@@ -297,6 +297,17 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
         db.import_outfits_csv(&csv),
         Err(OutfitError::Csv { line: 3, .. })
     ));
+    // Bare-CR line ends (an old Mac export) are one record: refused, not
+    // "imported 0 outfits".
+    std::fs::write(
+        &csv,
+        format!("outfit,product\rx1,{}\rx1,{}\r", ps[0], ps[1]),
+    )
+    .unwrap();
+    assert!(matches!(
+        db.import_outfits_csv(&csv),
+        Err(OutfitError::Csv { ref reason, .. }) if reason.contains("carriage return")
+    ));
     // Too many products: checked before the products themselves.
     let huge: Vec<String> = (0..=vitrine::MAX_OUTFIT_SLOTS)
         .map(|i| format!("p{i}"))

@@ -302,7 +302,8 @@ impl Db {
     /// Imports outfits from a CSV file with a header and two columns,
     /// `outfit_id,product_id` (any header names; rows of one outfit need
     /// not be adjacent). Every row is checked first; then all outfits are
-    /// written in one atomic batch. Returns the number of outfits.
+    /// written in one atomic batch, an outfit id already stored being
+    /// replaced by the file's. Returns the number of outfits.
     pub fn import_outfits_csv(&self, path: impl AsRef<Path>) -> OutfitResult<usize> {
         let path = path.as_ref();
         let csv_err = |line: usize, reason: String| OutfitError::Csv {
@@ -320,6 +321,18 @@ impl Db {
             csv_err(line, "not UTF-8 text".into())
         })?;
         let records = crate::parse_csv(&text).map_err(|e| csv_err(e.line, e.to_string()))?;
+        // Lines end at '\n' only: a file of bare-CR line ends (an old Mac
+        // export) is one record, which would import nothing and say so
+        // only by a count of 0.
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.fields.iter().any(|f| f.contains('\r')))
+        {
+            return Err(csv_err(
+                r.line,
+                "a field holds a carriage return: lines must end with LF or CRLF".into(),
+            ));
+        }
         // A file without its header would silently lose its first row: a
         // header never names a stored product, nor an outfit of a later row.
         if let Some(first) = records.first() {

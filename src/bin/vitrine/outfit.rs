@@ -237,11 +237,27 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
         OutfitCommand::Rules { learn, .. } => !learn,
         _ => false,
     };
-    if uses_rules && db.outfit_rules_current()? == Some(false) {
-        esay!(
+    let ranks_without = matches!(
+        cmd,
+        OutfitCommand::Substitute { .. }
+            | OutfitCommand::Expand { .. }
+            | OutfitCommand::Cover { .. }
+    );
+    match uses_rules
+        .then(|| db.outfit_rules_current())
+        .transpose()?
+        .flatten()
+    {
+        Some(false) => esay!(
             "warning: the outfit rules are stale (outfits, their products or colour groups \
              changed since they were learned); `vitrine outfit rules --learn` relearns them"
-        );
+        ),
+        // Complete and rules refuse without rules; these rank without them.
+        None if ranks_without && uses_rules => esay!(
+            "note: no outfit rules are learned, so candidates are ranked without learned \
+             compatibility; `vitrine outfit rules --learn` learns them"
+        ),
+        _ => {}
     }
     let learns = matches!(
         cmd,
@@ -257,6 +273,11 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
 fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         OutfitCommand::Import { csv, learn } => {
+            // What learning needs, checked before anything is written: the
+            // outfits are not stored by a command that then fails.
+            if learn {
+                db.concept_layout()?;
+            }
             let n = db.import_outfits_csv(&csv)?;
             let rules = if learn {
                 Some(db.learn_outfit_rules()?)
@@ -685,10 +706,12 @@ pub fn outfit_sheet(
                 .or_else(|| extra.get("image"))
                 .cloned()
         });
-        match stored {
-            Some(p) => Ok(PathBuf::from(p)),
-            None => bail!("no image path for product {id} (pass --images CSV)"),
-        }
+        // No path (a product deleted since, or one stored with vectors
+        // only): a grey tile, as for an unreadable image, not no sheet.
+        Ok(stored.map_or_else(
+            || PathBuf::from(format!("<no image for {id}>")),
+            PathBuf::from,
+        ))
     };
     let tiles = |products: &[String], colour| -> anyhow::Result<Vec<Tile>> {
         products
