@@ -98,6 +98,9 @@ pub struct DbBuilder {
     scorer: ScorerChoice,
     accept_data_loss: bool,
     concept_exact_max: usize,
+    /// An existing database may hold spaces besides the declared ones
+    /// (`open_with_model`: a model database with spaces of the caller's).
+    extra_stored_spaces_ok: bool,
 }
 
 impl Default for DbBuilder {
@@ -114,6 +117,7 @@ impl Default for DbBuilder {
             scorer: ScorerChoice::Auto,
             accept_data_loss: false,
             concept_exact_max: crate::PROFILE_EXACT_MAX,
+            extra_stored_spaces_ok: false,
         }
     }
 }
@@ -207,6 +211,12 @@ impl DbBuilder {
     /// Whether spaces were declared ([`DbBuilder::vector_space`]).
     pub(crate) fn declares_spaces(&self) -> bool {
         !self.spaces.is_empty()
+    }
+
+    /// Lets an existing database hold spaces besides the declared ones.
+    pub(crate) fn extra_stored_spaces_ok(mut self) -> Self {
+        self.extra_stored_spaces_ok = true;
+        self
     }
 
     /// Whether to open storage that has lost products (default false).
@@ -668,7 +678,12 @@ impl Db {
                         s
                     };
                     let stored: Vec<VectorSpace> = meta.spaces.iter().map(space_of).collect();
-                    if by_name(&stored) != by_name(&b.spaces) {
+                    let fits = if b.extra_stored_spaces_ok {
+                        b.spaces.iter().all(|s| stored.contains(s))
+                    } else {
+                        by_name(&stored) == by_name(&b.spaces)
+                    };
+                    if !fits {
                         return Err(Error::SchemaMismatch(format!(
                             "the database has spaces {} but {} were declared",
                             describe(&stored),

@@ -1368,6 +1368,24 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
         );
         assert_eq!(db.len(), 2);
     }
+    // A plain library database (the default 128-d space alone, the model's
+    // embedding size) is still no model database: refused, and no model
+    // is claimed in it.
+    let plain = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(plain.path()).unwrap();
+        db.insert("v", Attributes::new(), [("embedding", vec![1.0; 128])])
+            .unwrap();
+    }
+    let e = Db::builder()
+        .open_with_model(plain.path(), &model)
+        .err()
+        .expect("a plain database opened as a model's");
+    assert!(
+        matches!(e, IngestError::Db(vitrine::Error::SchemaMismatch(_))),
+        "{e}"
+    );
+    assert_eq!(Db::open(plain.path()).unwrap().model_fingerprint(), None);
     // Another space's dimension is still a mismatch.
     let e = Db::builder()
         .vector_space("aux", 5, vitrine::Metric::Cosine)

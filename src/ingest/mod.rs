@@ -209,15 +209,16 @@ impl DbBuilder {
         dir: impl AsRef<std::path::Path>,
         model: &Model,
     ) -> Result<Db, IngestError> {
-        let dir = dir.as_ref();
-        let declared = self.declares_spaces();
-        let db = match self.clone().model_spaces(model).open(dir) {
-            // An existing database with spaces of the caller's besides the
-            // model's (or without the concept space): opened with its own,
-            // which check_model then checks hold the model's vectors.
-            Err(crate::Error::SchemaMismatch(_)) if !declared => self.open(dir)?,
-            r => r?,
+        // An existing model database may hold spaces of the caller's besides
+        // the model's, which then need not be declared; one without the
+        // model's spaces (a plain library database) is still a mismatch,
+        // found before the products are read.
+        let b = if self.declares_spaces() {
+            self
+        } else {
+            self.extra_stored_spaces_ok()
         };
+        let db = b.model_spaces(model).open(dir)?;
         db.check_model(model)?;
         Ok(db)
     }
