@@ -404,6 +404,13 @@ fn malformed_queries_are_typed_errors_with_positions() {
         e.to_string(),
         "unknown concept 'colour.rd' (at column 7) — did you mean colour.red?"
     );
+    // A catalog key with a dot reads as a concept: the hint says to quote it.
+    let dotted = ConceptQuery::parse("find where size.eu = 42", &vocab).unwrap_err();
+    assert_eq!(
+        dotted.hint.as_deref(),
+        Some("an attribute key with a dot is quoted: \"size.eu\" = …")
+    );
+    ConceptQuery::parse("find +colour.red where \"size.eu\" = 42", &vocab).unwrap();
     let shown = e.render("find +colour.rd");
     assert!(shown.starts_with("unknown concept 'colour.rd'"), "{shown}");
     assert!(shown.ends_with("\n  find +colour.rd\n        ^"), "{shown}");

@@ -150,7 +150,8 @@ pub enum LikeTarget {
 /// ```
 ///
 /// `field` is `category`, `brand` or any attribute key (attribute keys are
-/// case-sensitive, as stored: `articleType`); values are words,
+/// case-sensitive, as stored: `articleType`; one with a dot is quoted,
+/// `"size.eu" = 42`, or it reads as a concept); values are words,
 /// numbers (`60`, `-0.5`, `1.5e2`) or `"quoted strings"`. Keywords and concept names are
 /// case-insensitive; attribute values are compared exactly, as stored
 /// (`category = "Tshirts"`, not `"tshirts"`). Example:
@@ -830,7 +831,14 @@ impl<'a> Parser<'a> {
                 )
             };
             let mut e = QueryError::new(kind, g.col, message);
-            if let Some(s) = self.vocab.suggest(&name) {
+            if matches!(self.peek().tok, Tok::Sym("=") | Tok::Sym("!=")) {
+                // `where size.eu = 42`: a catalog key with a dot, read as a
+                // concept.
+                let key = format!("{group}.{concept}");
+                e = e.hint(format!(
+                    "an attribute key with a dot is quoted: \"{key}\" = …"
+                ));
+            } else if let Some(s) = self.vocab.suggest(&name) {
                 e = e.hint(format!("did you mean {s}?"));
             } else if !known_group {
                 let groups: Vec<&str> = self

@@ -790,10 +790,13 @@ fn colour_attribute_hint(db: &Db) -> anyhow::Result<()> {
         .min_by_key(|(_, values)| values.len())
         .map(|(k, _)| k);
     if let Some(key) = best {
+        // Quoted for a POSIX shell: a key or a path may hold spaces.
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
         esay!(
             "hint: colour relations use the colour measured on each photo; the products carry \
-             '{key}': `vitrine outfit --db {} settings --colour-attribute {key}` uses the catalog's colours",
-            db.path().display()
+             '{key}': `vitrine outfit --db {} settings --colour-attribute {}` uses the catalog's colours",
+            quote(&db.path().display().to_string()),
+            quote(key)
         );
     }
     Ok(())
