@@ -552,6 +552,17 @@ fn import_stores_the_good_reports_the_bad_and_resumes() {
 }
 
 /// The bundled weights with one category renamed: a different fingerprint.
+/// The first category concept of `db`'s vocabulary (the one
+/// [`renamed_model`] renames).
+fn first_category(db: &Db) -> String {
+    db.vocabulary()
+        .unwrap()
+        .names()
+        .into_iter()
+        .find(|n| n.starts_with("category."))
+        .unwrap()
+}
+
 fn renamed_model() -> Arc<Model> {
     let mdir = Model::bundled_dir();
     let onnx = std::fs::read(mdir.join(BUNDLED_ONNX)).unwrap();
@@ -1456,13 +1467,7 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     db.define_tag("old", &ids[4..], &[], vitrine::TagMethod::Centroid)
         .unwrap();
     // The first category concept, which the other model renames.
-    let first = db
-        .vocabulary()
-        .unwrap()
-        .names()
-        .into_iter()
-        .find(|n| n.starts_with("category."))
-        .unwrap();
+    let first = first_category(&db);
     let mut hand = vitrine::Profile::only("colour");
     hand.affinities.insert(first.clone(), 0.5);
     hand.affinities.insert("user.mine".into(), 0.5);
@@ -1555,13 +1560,7 @@ fn a_switch_killed_before_pruning_is_finished_at_the_next_open() {
             ImportOptions::new().model(model.clone()).prep(prep()),
         )
         .unwrap();
-        let first = db
-            .vocabulary()
-            .unwrap()
-            .names()
-            .into_iter()
-            .find(|n| n.starts_with("category."))
-            .unwrap();
+        let first = first_category(&db);
         db.adopt_model(&other).unwrap();
         first
     };

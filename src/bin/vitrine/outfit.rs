@@ -790,8 +790,17 @@ fn colour_attribute_hint(db: &Db) -> anyhow::Result<()> {
         .min_by_key(|(_, values)| values.len())
         .map(|(k, _)| k);
     if let Some(key) = best {
-        // Quoted for a POSIX shell: a key or a path may hold spaces.
-        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        // Quoted for a POSIX shell where a key or a path needs it (spaces).
+        let quote = |s: &str| {
+            let plain = !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-./:@".contains(c));
+            if plain {
+                s.to_string()
+            } else {
+                format!("'{}'", s.replace('\'', "'\\''"))
+            }
+        };
         esay!(
             "hint: colour relations use the colour measured on each photo; the products carry \
              '{key}': `vitrine outfit --db {} settings --colour-attribute {}` uses the catalog's colours",
