@@ -411,6 +411,25 @@ fn malformed_queries_are_typed_errors_with_positions() {
         Some("an attribute key with a dot is quoted: \"size.eu\" = …")
     );
     ConceptQuery::parse("find +colour.red where \"size.eu\" = 42", &vocab).unwrap();
+    // As typed (keys are case-sensitive), and only where quoting helps.
+    let cased = ConceptQuery::parse("find where Size.EU = 42", &vocab).unwrap_err();
+    assert!(
+        cased
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("\"Size.EU\"")),
+        "{cased:?}"
+    );
+    for q in [
+        "find +size.eu = 42",
+        "find +colour.red where not size.eu = 42",
+    ] {
+        let other = ConceptQuery::parse(q, &vocab).unwrap_err();
+        assert!(
+            !other.hint.as_deref().unwrap_or("").contains("quoted"),
+            "{q}: {other:?}"
+        );
+    }
     let shown = e.render("find +colour.rd");
     assert!(shown.starts_with("unknown concept 'colour.rd'"), "{shown}");
     assert!(shown.ends_with("\n  find +colour.rd\n        ^"), "{shown}");

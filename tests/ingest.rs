@@ -551,7 +551,6 @@ fn import_stores_the_good_reports_the_bad_and_resumes() {
     assert_eq!(db.len(), 52);
 }
 
-/// The bundled weights with one category renamed: a different fingerprint.
 /// The first category concept of `db`'s vocabulary (the one
 /// [`renamed_model`] renames).
 fn first_category(db: &Db) -> String {
@@ -563,6 +562,7 @@ fn first_category(db: &Db) -> String {
         .unwrap()
 }
 
+/// The bundled weights with one category renamed: a different fingerprint.
 fn renamed_model() -> Arc<Model> {
     let mdir = Model::bundled_dir();
     let onnx = std::fs::read(mdir.join(BUNDLED_ONNX)).unwrap();

@@ -756,16 +756,18 @@ impl<'a> Parser<'a> {
 
     /// `group.concept [^w]`, checked against the vocabulary.
     fn term(&mut self) -> Result<(String, f32), QueryError> {
-        let name = self.concept()?;
+        let name = self.concept(false)?;
         let w = self.weight()?;
         Ok((name, w))
     }
 
-    /// `group.concept`, checked against the vocabulary.
-    fn concept(&mut self) -> Result<String, QueryError> {
+    /// `group.concept`, checked against the vocabulary; `condition` when
+    /// it stands where `field = value` could (a `where` condition without
+    /// `not`).
+    fn concept(&mut self, condition: bool) -> Result<String, QueryError> {
         let g = self.next();
-        let group = match &g.tok {
-            Tok::Word(w) => w.to_ascii_lowercase(),
+        let (group, raw) = match &g.tok {
+            Tok::Word(w) => (w.to_ascii_lowercase(), w.clone()),
             _ => return Err(self.unexpected(&g, "a concept (group.concept)")),
         };
         let dot = self.next();
@@ -831,10 +833,10 @@ impl<'a> Parser<'a> {
                 )
             };
             let mut e = QueryError::new(kind, g.col, message);
-            if matches!(self.peek().tok, Tok::Sym("=") | Tok::Sym("!=")) {
+            if condition && self.peek().tok == Tok::Sym("=") {
                 // `where size.eu = 42`: a catalog key with a dot, read as a
-                // concept.
-                let key = format!("{group}.{concept}");
+                // concept (keys are case-sensitive: as typed).
+                let key = format!("{raw}.{concept}");
                 e = e.hint(format!(
                     "an attribute key with a dot is quoted: \"{key}\" = …"
                 ));
@@ -869,7 +871,7 @@ impl<'a> Parser<'a> {
     /// category, not a direction (user tags only rank).
     fn concept_condition(&mut self, f: Filter, wanted: bool) -> Result<Filter, QueryError> {
         let col = self.peek().col;
-        let name = self.concept()?;
+        let name = self.concept(wanted)?;
         let group = name.split_once('.').map_or("", |(g, _)| g);
         if group == super::USER_GROUP || group == "visual" {
             return Err(QueryError::new(
