@@ -1867,6 +1867,15 @@ fn same_attributes(a: &Attributes, b: &Attributes) -> bool {
         && *extra == b.extra
 }
 
+/// Whether a product's vectors are in the space of `model` (the database's
+/// fingerprint): one a re-embedding has not reached names another model.
+/// One stored with plain vectors names none (the caller's), and without a
+/// database model, or a product, every one is.
+pub(crate) fn of_model(attrs: Option<&Attributes>, model: Option<&str>) -> bool {
+    let of = attrs.and_then(|a| a.get(crate::ATTR_MODEL));
+    model.is_none() || of.is_none() || of == model
+}
+
 fn check_attributes(attrs: &Attributes) -> Result<()> {
     match attrs.price {
         // A NaN price would match no price filter, not even an open one.
@@ -2286,14 +2295,10 @@ impl Db {
         let skip: std::collections::HashSet<&str> = skip.iter().copied().collect();
         let len = index.len();
         let step = len.div_ceil(n.max(1)).max(1);
-        let current = |e: &Entry| {
-            let of = e.attrs.get(crate::ATTR_MODEL);
-            model.is_none() || of.is_none() || of == model.as_deref()
-        };
         Ok(cat
             .by_doc
             .iter()
-            .filter(|(_, e)| current(e))
+            .filter(|(_, e)| of_model(Some(&e.attrs), model.as_deref()))
             .filter_map(|(doc, e)| index.get(*doc).map(|v| (e, v)))
             .step_by(step)
             .filter(|(e, _)| !skip.contains(e.id.as_str()))

@@ -263,9 +263,7 @@ pub(crate) fn learn_profile(
     // stored with plain vectors says no model: the caller's.)
     let model = db.model_fingerprint();
     let vector = |id: &str| -> Result<Option<Vec<f32>>, crate::Error> {
-        let of = db.attributes(id);
-        let of = of.as_ref().and_then(|a| a.get(crate::ATTR_MODEL));
-        if model.is_some() && of.is_some() && of != model.as_deref() {
+        if !crate::db::of_model(db.attributes(id).as_ref(), model.as_deref()) {
             return Ok(None);
         }
         db.vector(CONCEPT_SPACE, id)

@@ -966,11 +966,7 @@ impl Db {
                     // A product a re-embedding has not reached yet is in
                     // the old model's space: a tag learned from it would
                     // rank by that space, and be recorded as current.
-                    let of = self.attributes(id);
-                    let of = of.as_ref().and_then(|a| a.get(crate::ATTR_MODEL));
-                    // (One stored with plain vectors says no model: the
-                    // caller's.)
-                    if model.is_some() && of.is_some() && of != model.as_deref() {
+                    if !crate::db::of_model(self.attributes(id).as_ref(), model.as_deref()) {
                         return Err(ConceptError::ExampleOfAnotherModel {
                             id: (*id).to_string(),
                         });
@@ -1014,13 +1010,7 @@ impl Db {
         let present = |ids: &[String]| -> Vec<String> {
             ids.iter()
                 .filter(|id| matches!(self.vector(CONCEPT_SPACE, id), Ok(Some(_))))
-                .filter(|id| {
-                    // (One stored with plain vectors says no model: the
-                    // caller's, as define_tag and feedback take it.)
-                    let of = self.attributes(id);
-                    let of = of.as_ref().and_then(|a| a.get(crate::ATTR_MODEL));
-                    model.is_none() || of.is_none() || of == model.as_deref()
-                })
+                .filter(|id| crate::db::of_model(self.attributes(id).as_ref(), model.as_deref()))
                 .cloned()
                 .collect()
         };
@@ -1208,6 +1198,7 @@ impl Db {
     ) -> Result<Option<Vec<String>>, ConceptError> {
         let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let mut out = Vec::new();
+        // Keys only: a profile holds up to MAX_EVENTS events to decode.
         for key in ks.keys() {
             if out.len() == max {
                 return Ok(None);
@@ -1219,13 +1210,7 @@ impl Db {
 
     /// Every user with a stored profile.
     pub fn profile_users(&self) -> Result<Vec<String>, ConceptError> {
-        let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
-        let mut out = Vec::new();
-        // Keys only: a profile holds up to MAX_EVENTS events to decode.
-        for key in ks.keys() {
-            out.push(String::from_utf8_lossy(&key?).into_owned());
-        }
-        Ok(out)
+        Ok(self.profile_users_up_to(usize::MAX)?.unwrap_or_default())
     }
 
     /// Sets `user`'s profile by hand (checked against the layout) and
