@@ -2279,12 +2279,7 @@ impl Db {
 
     /// Up to `n` rows of `space`, evenly spaced in doc order, leaving out
     /// the products `skip` names: a sample without copying the catalog.
-    pub(crate) fn sample_rows(
-        &self,
-        space: &str,
-        n: usize,
-        skip: &[&str],
-    ) -> Result<Vec<Vec<f32>>> {
+    pub(crate) fn sample_rows(&self, space: &str, n: usize) -> Result<Vec<(String, Vec<f32>)>> {
         let space = self.space(space)?;
         // Not rows a re-embedding has not reached: another model's space.
         // (Read before the catalog lock: a model write takes them in the
@@ -2292,7 +2287,6 @@ impl Db {
         let model = self.model_fingerprint();
         let cat = read(&self.catalog);
         let index = read(&space.index);
-        let skip: std::collections::HashSet<&str> = skip.iter().copied().collect();
         let len = index.len();
         let step = len.div_ceil(n.max(1)).max(1);
         Ok(cat
@@ -2301,8 +2295,7 @@ impl Db {
             .filter(|(_, e)| of_model(Some(&e.attrs), model.as_deref()))
             .filter_map(|(doc, e)| index.get(*doc).map(|v| (e, v)))
             .step_by(step)
-            .filter(|(e, _)| !skip.contains(e.id.as_str()))
-            .map(|(_, v)| v.to_vec())
+            .map(|(e, v)| (e.id.clone(), v.to_vec()))
             .collect())
     }
 

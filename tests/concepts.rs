@@ -1348,7 +1348,17 @@ fn deleting_a_profiles_only_tag_leaves_a_usable_profile() {
         ..only_x.clone()
     };
     db.set_profile("bob", &with_events).unwrap();
+    // More profiles than one write batch of the rewrite.
+    let many: Vec<String> = (0..300).map(|i| format!("u{i:03}")).collect();
+    for user in &many {
+        db.set_profile(user, &only_x).unwrap();
+    }
     assert!(db.delete_tag("x").unwrap());
+    for user in &many {
+        let p = db.profile(user).unwrap().unwrap();
+        assert!(p.affinities.is_empty(), "{user}: {p:?}");
+        assert!(p.weights.values().any(|w| *w > 0.0), "{user}: {p:?}");
+    }
     for user in ["alice", "bob"] {
         let p = db.profile(user).unwrap().unwrap();
         assert!(!p.affinities.contains_key("user.x"), "{user}: {p:?}");

@@ -551,22 +551,42 @@ pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// Removes `concept` from the affinities of every record of `ks`, in one
-/// batch.
-fn remove_affinity<T: vitrine_storage::Record>(
+/// What [`rewrite_each`] does with one record.
+enum Rewrite<T> {
+    Keep,
+    Put(T),
+    Remove,
+}
+
+/// Records per batch of [`rewrite_each`].
+const REWRITE_BATCH: usize = 256;
+
+/// Rewrites every record of `ks` as `f` says, in batches: a walk over
+/// every profile holds one batch of them in memory, and syncs once per
+/// batch rather than once per record. Each batch is atomic, not the walk:
+/// its callers' rewrites are ones a crash leaves to be done again.
+/// Returns how many records changed.
+fn rewrite_each<T: vitrine_storage::Record>(
     ks: &vitrine_storage::Keyspace<T>,
-    affinities: impl Fn(&mut T) -> &mut BTreeMap<String, f32>,
-    concept: &str,
-) -> Result<(), ConceptError> {
-    let mut batch = ks.batch();
+    mut f: impl FnMut(&[u8], T) -> std::result::Result<Rewrite<T>, ConceptError>,
+) -> std::result::Result<usize, ConceptError> {
+    let (mut batch, mut pending, mut changed) = (ks.batch(), 0, 0);
     for entry in ks.iter() {
-        let (key, mut record) = entry?;
-        if affinities(&mut record).remove(concept).is_some() {
-            batch.put(&key, &record)?;
+        let (key, record) = entry?;
+        match f(&key, record)? {
+            Rewrite::Keep => continue,
+            Rewrite::Put(record) => batch.put(&key, &record)?,
+            Rewrite::Remove => batch.remove(&key),
+        }
+        changed += 1;
+        pending += 1;
+        if pending == REWRITE_BATCH {
+            ks.apply(std::mem::replace(&mut batch, ks.batch()))?;
+            pending = 0;
         }
     }
     ks.apply(batch)?;
-    Ok(())
+    Ok(changed)
 }
 
 /// The closest of `known` to `name`, when it is close enough to be a typo.
@@ -920,7 +940,7 @@ impl Db {
         // version over this one, nor does a re-embedding's relearn_tags
         // finish between the learning and the write.
         let _guard = self.side_write_lock();
-        let vector = self.tag_direction(name, positives, negatives, method)?;
+        let vector = self.tag_direction(name, positives, negatives, method, &mut None)?;
         let tag = UserTag {
             name: name.to_string(),
             vector,
@@ -949,13 +969,17 @@ impl Db {
         Ok(())
     }
 
-    /// The unit direction of a tag learned from its examples.
+    /// The unit direction of a tag learned from its examples. Without
+    /// negatives the contrast is a sample of the catalog, taken into
+    /// `sample` when it is empty: one walk of the catalog serves every tag
+    /// that `relearn_tags` learns.
     fn tag_direction(
         &self,
         name: &str,
         positives: &[&str],
         negatives: &[&str],
         method: TagMethod,
+        sample: &mut Option<Vec<(String, Vec<f32>)>>,
     ) -> Result<Vec<f32>, ConceptError> {
         let layout = self.concept_layout()?;
         let model = self.model_fingerprint();
@@ -978,7 +1002,16 @@ impl Db {
         let pos = fetch(positives)?;
         let neg = fetch(negatives)?;
         let contrast = if neg.is_empty() {
-            self.sample_rows(CONCEPT_SPACE, 2000, positives)?
+            let sample = match sample {
+                Some(rows) => rows,
+                None => sample.insert(self.sample_rows(CONCEPT_SPACE, 2000)?),
+            };
+            let skip: std::collections::HashSet<&str> = positives.iter().copied().collect();
+            sample
+                .iter()
+                .filter(|(id, _)| !skip.contains(id.as_str()))
+                .map(|(_, v)| v.clone())
+                .collect()
         } else {
             neg
         };
@@ -1014,6 +1047,7 @@ impl Db {
                 .cloned()
                 .collect()
         };
+        let mut sample = None;
         for mut tag in self.user_tags()? {
             let (pos, neg) = (present(&tag.positives), present(&tag.negatives));
             if pos.is_empty() {
@@ -1022,7 +1056,7 @@ impl Db {
             }
             let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
             let neg: Vec<&str> = neg.iter().map(String::as_str).collect();
-            match self.tag_direction(&tag.name, &pos, &neg, tag.method) {
+            match self.tag_direction(&tag.name, &pos, &neg, tag.method, &mut sample) {
                 Ok(vector) => {
                     tag.vector = vector;
                     ks.put(tag.name.as_bytes(), &tag)?;
@@ -1075,41 +1109,53 @@ impl Db {
         // The tag goes last: a crash before leaves it defined, and the
         // delete to do again.
         let concept = format!("{USER_GROUP}.{name}");
-        remove_affinity(&priors, |p| &mut p.affinities, &concept)?;
         // A hand-set starting point left with equal (or no) weights and no
         // affinity is none: set_profile would not have stored it, and
         // feedback would count it as 8 likes of nothing in particular.
-        let mut batch = priors.batch();
-        for entry in priors.iter() {
-            let (key, prior) = entry?;
+        rewrite_each(&priors, |_, mut prior| {
+            let had = prior.affinities.remove(&concept).is_some();
             let no_weights = prior.weights.values().all(|w| *w == 0.0);
             let equal = uniform.as_ref() == Some(&prior.weights);
-            if prior.affinities.is_empty() && (equal || no_weights) {
-                batch.remove(&key);
-            }
-        }
-        priors.apply(batch)?;
-        remove_affinity(&profiles, |p| &mut p.affinities, &concept)?;
+            Ok(if prior.affinities.is_empty() && (equal || no_weights) {
+                Rewrite::Remove
+            } else if had {
+                Rewrite::Put(prior)
+            } else {
+                Rewrite::Keep
+            })
+        })?;
         // A profile left weighing nothing (set by hand with this tag as its
         // only preference) could shape no query: it is learned again from
         // its events and what is left of its starting point, as the next
         // feedback would, without the tag.
-        if let Some(layout) = layout {
-            let left = self.user_tags()?.into_iter().filter(|t| t.name != name);
-            let mut vocab = Vocabulary::new(layout, left);
-            vocab.stale = self.stale_tags()?.into_iter().collect();
-            for entry in profiles.iter() {
-                let (key, p) = entry?;
-                let empty = p.weights.values().all(|w| *w == 0.0)
-                    && p.affinities.values().all(|a| *a == 0.0);
-                if empty {
-                    let prior = priors.get(&key)?;
-                    let relearned =
-                        learn::learn_profile(self, &key, &vocab, p.events, prior.as_ref())?;
-                    profiles.put(&key, &relearned)?;
-                }
+        let vocab = match layout {
+            Some(layout) => {
+                let left = self.user_tags()?.into_iter().filter(|t| t.name != name);
+                let mut vocab = Vocabulary::new(layout, left);
+                vocab.stale = self.stale_tags()?.into_iter().collect();
+                Some(vocab)
             }
-        }
+            None => None,
+        };
+        rewrite_each(&profiles, |key, mut p| {
+            let had = p.affinities.remove(&concept).is_some();
+            let empty =
+                p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0);
+            Ok(match &vocab {
+                Some(vocab) if empty => {
+                    let prior = priors.get(key)?;
+                    Rewrite::Put(learn::learn_profile(
+                        self,
+                        key,
+                        vocab,
+                        p.events,
+                        prior.as_ref(),
+                    )?)
+                }
+                _ if had => Rewrite::Put(p),
+                _ => Rewrite::Keep,
+            })
+        })?;
         let existed = tags.remove(name.as_bytes())?;
         self.side_keyspace::<TagModel>(TAG_MODELS_KS)?
             .remove(name.as_bytes())?;
@@ -1140,37 +1186,32 @@ impl Db {
             weights.len() + affinities.len() != before
         };
         let uniform = Profile::uniform(vocab.layout()).weights;
-        let mut changed = 0;
-        for entry in priors.iter().collect::<Vec<_>>() {
-            let (key, mut prior) = entry?;
+        let mut changed = rewrite_each(&priors, |_, mut prior| {
             if !prune(&mut prior.weights, &mut prior.affinities) {
-                continue;
+                return Ok(Rewrite::Keep);
             }
             // A starting point left with no preference is none (as
             // delete_tag leaves it).
             let none = prior.affinities.is_empty()
                 && (prior.weights.values().all(|w| *w == 0.0) || prior.weights == uniform);
-            if none {
-                priors.remove(&key)?;
+            Ok(if none {
+                Rewrite::Remove
             } else {
-                priors.put(&key, &prior)?;
-            }
-            changed += 1;
-        }
-        for entry in profiles.iter().collect::<Vec<_>>() {
-            let (key, mut p) = entry?;
+                Rewrite::Put(prior)
+            })
+        })?;
+        changed += rewrite_each(&profiles, |key, mut p| {
             if !prune(&mut p.weights, &mut p.affinities) {
-                continue;
+                return Ok(Rewrite::Keep);
             }
             let empty =
                 p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0);
             if empty {
-                let prior = priors.get(&key)?;
-                p = learn::learn_profile(self, &key, &vocab, p.events, prior.as_ref())?;
+                let prior = priors.get(key)?;
+                p = learn::learn_profile(self, key, &vocab, p.events, prior.as_ref())?;
             }
-            profiles.put(&key, &p)?;
-            changed += 1;
-        }
+            Ok(Rewrite::Put(p))
+        })?;
         Ok(changed)
     }
 
