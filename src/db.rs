@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tracing::{debug, info, warn};
 use vitrine_index::{
@@ -441,7 +441,7 @@ impl Catalog {
         if let Some(e) = self.by_doc.get_mut(&doc) {
             self.postings.remove(doc, &e.attrs);
             self.postings.add(doc, &attrs);
-            e.attrs = attrs;
+            e.attrs = Arc::new(attrs);
         }
     }
 
@@ -498,7 +498,9 @@ impl Catalog {
 
 struct Entry {
     id: String,
-    attrs: Attributes,
+    /// Shared with snapshots: copying one under the catalog's read lock
+    /// costs a reference count per product, not its attribute map.
+    attrs: Arc<Attributes>,
 }
 
 struct WriterState {
@@ -873,7 +875,7 @@ impl Db {
                 rec.doc,
                 Entry {
                     id,
-                    attrs: rec.attrs,
+                    attrs: Arc::new(rec.attrs),
                 },
             );
         }
@@ -1213,7 +1215,7 @@ impl Db {
             doc,
             Entry {
                 id: id.to_string(),
-                attrs,
+                attrs: Arc::new(attrs),
             },
         );
         for space in &self.spaces {
@@ -1315,8 +1317,9 @@ impl Db {
     /// gets the stored attributes, and what it leaves is validated and
     /// written in one atomic write. Returns whether anything changed.
     ///
-    /// `edit` runs while other writes wait for it (reads go on): it must
-    /// not write to this `Db` itself, which would wait for ever.
+    /// `edit` runs while other writes wait for it: it must not call this
+    /// `Db` at all. A write would wait for ever, and so can a read, when a
+    /// model switch ([`Db::adopt_model`]) waits for the same writes.
     ///
     /// ```
     /// # use vitrine::{Attributes, Db};
@@ -1369,7 +1372,7 @@ impl Db {
     pub fn attributes(&self, id: &str) -> Option<Attributes> {
         let cat = read(&self.catalog);
         let doc = cat.by_id.get(id)?;
-        cat.by_doc.get(doc).map(|e| e.attrs.clone())
+        cat.by_doc.get(doc).map(|e| Attributes::clone(&e.attrs))
     }
 
     /// Reads a product from storage.
@@ -1455,7 +1458,7 @@ impl Db {
                 cat.by_doc.get(&h.doc).map(|e| Hit {
                     id: e.id.clone(),
                     score: h.score,
-                    attributes: e.attrs.clone(),
+                    attributes: Attributes::clone(&e.attrs),
                 })
             })
             .take(s.k)
@@ -2153,9 +2156,21 @@ impl Db {
             _ => {}
         }
         // The fingerprint, then the writer: the order writes of model
-        // outputs take them in (write_model_output).
-        let mut current = write(&self.model_fingerprint);
-        let mut w = lock(&self.writer);
+        // outputs take them in (write_model_output). Not by waiting for the
+        // writer with the fingerprint held, though: a backup or a
+        // compaction holds the writer for long, and every concept read
+        // would wait behind the fingerprint's write lock.
+        let (mut current, mut w) = loop {
+            let current = write(&self.model_fingerprint);
+            match self.writer.try_lock() {
+                Ok(w) => break (current, w),
+                Err(std::sync::TryLockError::Poisoned(p)) => break (current, p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    drop(current);
+                    drop(lock(&self.writer));
+                }
+            }
+        };
         match w.meta.model_fingerprint.as_deref() {
             Some(fp) if fp == fingerprint => return Ok(None),
             Some(fp) if claim => return Ok(Some(fp.to_string())),
@@ -2192,7 +2207,7 @@ impl Db {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SpaceSnapshot {
     pub ids: Vec<String>,
-    pub attrs: Vec<Attributes>,
+    pub attrs: Vec<Arc<Attributes>>,
     pub dim: usize,
     /// Row-major, `ids.len() × dim`.
     pub data: Vec<f32>,
@@ -2317,9 +2332,14 @@ impl Db {
         Ok(sum.into_iter().map(|x| (x / n) as f32).collect())
     }
 
-    /// Every product that has a vector in `space`.
+    /// Every product that has a vector in `space` and whose vectors are of
+    /// the database's model ([`of_model`]): one a re-embedding has not
+    /// reached is in another model's space.
     pub(crate) fn snapshot(&self, space: &str) -> Result<SpaceSnapshot> {
         let space = self.space(space)?;
+        // (Read before the catalog lock: a model write takes them in the
+        // other order.)
+        let model = self.model_fingerprint();
         let cat = read(&self.catalog);
         let index = read(&space.index);
         let mut s = SpaceSnapshot {
@@ -2327,6 +2347,9 @@ impl Db {
             ..SpaceSnapshot::default()
         };
         for (doc, e) in &cat.by_doc {
+            if !of_model(Some(&e.attrs), model.as_deref()) {
+                continue;
+            }
             if let Some(v) = index.get(*doc) {
                 s.ids.push(e.id.clone());
                 s.attrs.push(e.attrs.clone());
@@ -2340,6 +2363,31 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A model switch waiting for the writer (held for long by a backup or
+    /// a compaction) does not hold the fingerprint meanwhile: every concept
+    /// read asks for it.
+    #[test]
+    fn a_model_switch_waiting_for_the_writer_blocks_no_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let db = &db;
+        let held = lock(&db.writer);
+        std::thread::scope(|s| {
+            let switch = s.spawn(move || db.set_stored_model_fingerprint("m2"));
+            // Give the switch time to reach the writer.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = tx.send(db.stored_model_fingerprint());
+            });
+            let read = rx.recv_timeout(std::time::Duration::from_secs(60));
+            drop(held);
+            assert_eq!(read, Ok(None), "the read waited for the switch");
+            switch.join().unwrap().unwrap();
+        });
+        assert_eq!(db.stored_model_fingerprint().as_deref(), Some("m2"));
+    }
 
     /// Side records that were never written read as empty while writes are
     /// paused (a backup copying sled's files): their keyspaces exist from

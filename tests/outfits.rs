@@ -935,15 +935,31 @@ fn rules_learned_under_another_model_are_stale() {
             .unwrap();
     let c0 = m["taxonomy"]["categories"][0].as_str().unwrap().to_string();
     m["taxonomy"]["categories"][0] = serde_json::Value::String(format!("{c0} (renamed)"));
-    let other = Model::from_bytes(&onnx, m.to_string().as_bytes()).unwrap();
+    let other = std::sync::Arc::new(Model::from_bytes(&onnx, m.to_string().as_bytes()).unwrap());
     db.adopt_model(&other).unwrap();
     assert_eq!(db.outfit_rules_current().unwrap(), Some(false));
     assert!(db.outfit_engine().unwrap().outfit_rules().is_none());
-    // Methods that need the rules say they are stale, not missing.
     let (a, b) = {
         let o = subset.outfits.values().next().unwrap();
         (o[0].clone(), o[1].clone())
     };
+    // Products a re-embedding has not reached are in another space: no
+    // outfit operation reads them.
+    assert!(matches!(
+        db.complete(&[a.as_str()], &[b.as_str()]),
+        Err(OutfitError::OfAnotherModel(p)) if p == a
+    ));
+    let r = db
+        .import(
+            ImportSource::Items(subset.items()),
+            ImportOptions::new()
+                .model(other.clone())
+                .prep(PrepConfig::catalog())
+                .reembed(true),
+        )
+        .unwrap();
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    // Methods that need the rules say they are stale, not missing.
     assert!(matches!(
         db.complete(&[a.as_str()], &[b.as_str()]),
         Err(OutfitError::StaleRules)

@@ -986,11 +986,15 @@ impl Db {
         let fetch = |ids: &[&str]| -> Result<Vec<Vec<f32>>, ConceptError> {
             ids.iter()
                 .map(|id| {
-                    let z = self.concept_vector(id)?;
                     // A product a re-embedding has not reached yet is in
                     // the old model's space: a tag learned from it would
                     // rank by that space, and be recorded as current.
-                    if !crate::db::of_model(self.attributes(id).as_ref(), model.as_deref()) {
+                    // (Read before the vector: a re-embedding replaces
+                    // both at once, so a vector read after attributes of
+                    // this model is of this model too.)
+                    let attrs = self.attributes(id);
+                    let z = self.concept_vector(id)?;
+                    if !crate::db::of_model(attrs.as_ref(), model.as_deref()) {
                         return Err(ConceptError::ExampleOfAnotherModel {
                             id: (*id).to_string(),
                         });

@@ -7,6 +7,7 @@
 //! database stored.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::{OutfitError, OutfitResult};
 use crate::model::CONCEPT_SPACE;
@@ -354,7 +355,7 @@ impl Catalog {
 
 /// The values of the catalog colour attribute used as colour groups: the
 /// [`MAX_CATALOG_COLOURS`] most frequent, in name order (deterministic).
-fn catalog_colour_groups(attrs: &[crate::Attributes], attribute: Option<&str>) -> Vec<String> {
+fn catalog_colour_groups(attrs: &[Arc<crate::Attributes>], attribute: Option<&str>) -> Vec<String> {
     let Some(attribute) = attribute else {
         return Vec::new();
     };

@@ -85,6 +85,15 @@ pub enum OutfitError {
         "product '{0}' was stored after this outfit engine read the catalog; take a new engine"
     )]
     NotInSnapshot(String),
+    /// A product still holds the vectors of the database's previous model
+    /// (a re-embedding has not reached it, or failed on its image): they
+    /// are in another space, so outfit operations leave it out until it
+    /// is embedded again.
+    #[error(
+        "product '{0}' is still embedded by the previous model; re-embed it \
+         (`vitrine import … --reembed`)"
+    )]
+    OfAnotherModel(String),
     /// The stored rules were learned under another model (the database was
     /// re-embedded since): learn them again ([`Db::learn_outfit_rules`]).
     #[error(

@@ -513,7 +513,10 @@ impl OutfitEngine<'_> {
             // The snapshot holds only products with model outputs: one
             // stored without them is not a deleted one, nor is one stored
             // with them since the snapshot.
-            if self.db.attributes(id).is_some() {
+            if let Some(attrs) = self.db.attributes(id) {
+                if !crate::db::of_model(Some(&attrs), self.db.model_fingerprint().as_deref()) {
+                    return OutfitError::OfAnotherModel(id.to_string());
+                }
                 match self.db.vector(crate::CONCEPT_SPACE, id) {
                     Ok(Some(_)) => OutfitError::NotInSnapshot(id.to_string()),
                     _ => OutfitError::NotAnImageProduct(id.to_string()),
