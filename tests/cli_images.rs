@@ -1868,10 +1868,11 @@ fn outfit_show_tells_plain_products_from_deleted_ones() {
             .unwrap();
         }
         db.store_outfit("look", &["plain", "gone"]).unwrap();
-        // Stored again without model outputs; the other one deleted.
+        // Stored again without model outputs, in a category it did not
+        // have; the other one deleted.
         db.upsert(
             "plain",
-            vitrine::Attributes::new(),
+            vitrine::Attributes::new().category("Knitwear"),
             [(vitrine::EMBEDDING_SPACE, v)],
         )
         .unwrap();
@@ -1882,7 +1883,7 @@ fn outfit_show_tells_plain_products_from_deleted_ones() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
     assert!(
-        shown.contains("1. plain\t-\tcolour ?\tin stock"),
+        shown.contains("1. plain\tKnitwear (stored as -)\tcolour ?\tin stock"),
         "{shown:?}"
     );
     assert!(

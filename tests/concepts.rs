@@ -411,6 +411,20 @@ fn malformed_queries_are_typed_errors_with_positions() {
         Some("an attribute key with a dot is quoted: \"size.eu\" = …")
     );
     ConceptQuery::parse("find +colour.red where \"size.eu\" = 42", &vocab).unwrap();
+    // An unsigned concept right after a condition is a condition whose
+    // `and` was forgotten, not silently a term; a signed one ranks.
+    let forgot =
+        ConceptQuery::parse("find where not colour.red pattern.striped", &vocab).unwrap_err();
+    assert_eq!((forgot.kind, forgot.column), (Unexpected, 26), "{forgot}");
+    assert!(
+        forgot
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("and pattern.striped")),
+        "{forgot:?}"
+    );
+    let ranked = ConceptQuery::parse("find where not colour.red +pattern.striped", &vocab).unwrap();
+    assert_eq!(ranked.terms().len(), 1);
     // As typed (keys are case-sensitive), and only where quoting helps.
     let cased = ConceptQuery::parse("find where Size.EU = 42", &vocab).unwrap_err();
     assert!(

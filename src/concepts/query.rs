@@ -156,7 +156,7 @@ pub enum LikeTarget {
 /// case-insensitive; attribute values are compared exactly, as stored
 /// (`category = "Tshirts"`, not `"tshirts"`). Example:
 ///
-/// `find +category.shirts +pattern.striped -colour.red colour.blue^2 where in_stock and price < 60 and brand in ("A","B") limit 20`
+/// `find +pattern.striped -colour.red colour.blue^2 where category.shirts and in_stock and price < 60 and brand in ("A","B") limit 20`
 ///
 /// A `-` term ranks a concept down; it does not exclude it. To exclude,
 /// use a concept condition: `where not colour.red` drops every product the
@@ -164,7 +164,8 @@ pub enum LikeTarget {
 /// as `annotate` lists them; for `category.x`, the model's category), and
 /// `where pattern.striped` keeps only those tagged striped. Products stored
 /// without model outputs carry no tags. So "striped shirts, but not red
-/// ones" is `+category.shirts +pattern.striped where not colour.red`.
+/// ones" is `+pattern.striped where category.shirts and not colour.red`:
+/// shirts only, none tagged red, the most striped first.
 ///
 /// Inside quotes, `\` keeps the next character as it is (`"a \"b\""`,
 /// `"C:\\img"`).
@@ -665,6 +666,23 @@ impl<'a> Parser<'a> {
                         } else {
                             break;
                         }
+                    }
+                    // `where in_stock pattern.striped` reads as a second
+                    // condition with its `and` forgotten, not as a term.
+                    if self.at_concept() {
+                        let t = self.peek().clone();
+                        let name = match (&t.tok, self.toks.get(self.at + 2).map(|t| &t.tok)) {
+                            (Tok::Word(g), Some(Tok::Word(c))) => format!("{g}.{c}"),
+                            _ => "pattern.striped".into(),
+                        };
+                        return Err(QueryError::new(
+                            QueryErrorKind::Unexpected,
+                            t.col,
+                            format!("expected 'and' or a clause, found '{name}'"),
+                        )
+                        .hint(format!(
+                            "join conditions with 'and' (where … and {name}), or sign a term to rank by it (+{name})"
+                        )));
                     }
                 }
                 Tok::Word(w) if w.eq_ignore_ascii_case("limit") => {

@@ -343,15 +343,28 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     // no colour family; stock from the catalog.
                     // The engine holds only products with model outputs:
                     // one stored without them is still in the catalog.
-                    let stock = match eng.as_ref().and_then(|e| e.in_stock(&s.product)) {
-                        Some(stock) => Some(stock),
-                        None => db.get(&s.product)?.map(|p| p.attributes.in_stock),
+                    let now = db.attributes(&s.product);
+                    let stock = now.as_ref().map(|a| a.in_stock);
+                    // The category now, as substitutes use it; the one the
+                    // outfit was stored with when it changed or the product
+                    // is gone.
+                    let category = match (now.as_ref().map(|a| a.category.as_deref()), &s.category)
+                    {
+                        (Some(now), stored) if now == stored.as_deref() => {
+                            now.unwrap_or("-").to_string()
+                        }
+                        (Some(now), stored) => format!(
+                            "{} (stored as {})",
+                            now.unwrap_or("-"),
+                            stored.as_deref().unwrap_or("-")
+                        ),
+                        (None, stored) => stored.as_deref().unwrap_or("-").to_string(),
                     };
                     say!(
                         "  {}. {}\t{}\tcolour {}\t{}",
                         i + 1,
                         crate::field(&s.product),
-                        crate::field(s.category.as_deref().unwrap_or("-")),
+                        crate::field(&category),
                         eng.as_ref()
                             .and_then(|e| e.colour_family(&s.product))
                             .unwrap_or("?"),

@@ -51,7 +51,7 @@ pub struct QueryArgs {
 }
 
 const COMMANDS: &[(&str, &str)] = &[
-    ("find", "find <concept query>       e.g. find +category.shirts +pattern.striped colour.blue^2 where not colour.red and in_stock and price < 60 limit 20 diverse 0.3 (-colour.red would rank red down; where not colour.red excludes what the model tagged red)"),
+    ("find", "find <concept query>       e.g. find +pattern.striped colour.blue^2 where category.shirts and not colour.red and in_stock and price < 60 limit 20 diverse 0.3 (-colour.red would rank red down; where not colour.red excludes what the model tagged red)"),
     ("similar", "similar <id> [user] [k] [where <filter>]   more like this (filter as in queries), weighted by the user's profile when given; a number is k unless a profile has that name (user=NAME, k=N say which)"),
     ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
     ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
@@ -398,7 +398,8 @@ impl Session {
         if passing == 0 {
             format!(
                 ": none of the {all} products passes the where conditions \
-                 (attribute names and values are compared exactly, case included)"
+                 (attribute names and values are compared exactly, case included; \
+                 a concept condition reads the tags the model gave at import)"
             )
         } else {
             format!(": {passing} of {all} products pass the where conditions")
@@ -825,18 +826,25 @@ impl Session {
             bail!("none of the results has its source image on this machine");
         }
         sheet::save(&sheet::render(&self.last_title, &tiles)?, &path)?;
+        // The sheet draws the first MAX_TILES.
+        let drawn = tiles.len().min(sheet::MAX_TILES);
+        let left_out = tiles.len() - drawn;
         if self.json {
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({"sheet": path, "tiles": tiles.len(), "missing": missing})
+                serde_json::json!({"sheet": path, "tiles": drawn, "not_drawn": left_out, "missing": missing})
             )?;
         } else {
             writeln!(
                 out,
-                "wrote {} ({} tiles{})",
+                "wrote {} ({drawn} tiles{}{})",
                 path.display(),
-                tiles.len(),
+                if left_out > 0 {
+                    format!(", {left_out} more not drawn")
+                } else {
+                    String::new()
+                },
                 if missing > 0 {
                     format!(", {missing} without an image")
                 } else {

@@ -77,7 +77,7 @@ fn load(path: &std::path::Path) -> anyhow::Result<RgbImage> {
 
 /// The most tiles drawn in a row (5,200 pixels): `find … limit 10000`
 /// would otherwise make a sheet a million pixels wide.
-const MAX_TILES: usize = 50;
+pub(crate) const MAX_TILES: usize = 50;
 /// The most rows [`render_rows`] draws (an expansion of thousands of
 /// outfits is one row each).
 const MAX_ROWS: usize = 100;
