@@ -2292,8 +2292,8 @@ impl Db {
         cat.by_doc.keys().next_back().copied().unwrap_or(0)
     }
 
-    /// Up to `n` rows of `space`, evenly spaced in doc order, leaving out
-    /// the products `skip` names: a sample without copying the catalog.
+    /// About `n` rows of `space` with their ids, evenly spaced in doc
+    /// order: a sample without copying the catalog.
     pub(crate) fn sample_rows(&self, space: &str, n: usize) -> Result<Vec<(String, Vec<f32>)>> {
         let space = self.space(space)?;
         // Not rows a re-embedding has not reached: another model's space.

@@ -423,6 +423,18 @@ fn malformed_queries_are_typed_errors_with_positions() {
             .is_some_and(|h| h.contains("and pattern.striped")),
         "{forgot:?}"
     );
+    let quoted =
+        ConceptQuery::parse("find where in_stock category.\"Casual Shoes\"", &vocab).unwrap_err();
+    assert!(
+        quoted.to_string().contains("category.\"Casual Shoes\""),
+        "{quoted}"
+    );
+    // A user tag cannot filter: the hint only says to sign it.
+    let tag = ConceptQuery::parse("find where in_stock user.cozy", &vocab).unwrap_err();
+    assert_eq!(
+        tag.hint.as_deref(),
+        Some("sign a term to rank by it (+user.cozy)")
+    );
     let ranked = ConceptQuery::parse("find where not colour.red +pattern.striped", &vocab).unwrap();
     assert_eq!(ranked.terms().len(), 1);
     // As typed (keys are case-sensitive), and only where quoting helps.

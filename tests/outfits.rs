@@ -949,6 +949,11 @@ fn rules_learned_under_another_model_are_stale() {
         db.complete(&[a.as_str()], &[b.as_str()]),
         Err(OutfitError::OfAnotherModel(p)) if p == a
     ));
+    // A cover plans the templates it can and lists the others.
+    let templates: Vec<&str> = subset.outfits.keys().map(String::as_str).collect();
+    let plan = db.cover(&templates, &CoverOptions::new()).unwrap();
+    assert!(plan.outfits.is_empty());
+    assert_eq!(plan.skipped.len(), templates.len(), "{:?}", plan.skipped);
     let r = db
         .import(
             ImportSource::Items(subset.items()),

@@ -45,6 +45,20 @@ impl Tmux {
         self.run(&args);
     }
 
+    /// Pastes `text` as a terminal does (bracketed, when the program asks).
+    fn paste(&self, text: &str) {
+        self.run(&["set-buffer", "-b", "paste", "--", text]);
+        self.run(&[
+            "paste-buffer",
+            "-p",
+            "-r",
+            "-b",
+            "paste",
+            "-t",
+            &self.session,
+        ]);
+    }
+
     fn screen(&self) -> String {
         self.run(&[
             "capture-pane",
@@ -148,6 +162,13 @@ fn repl_completes_queries_shows_and_reports_errors() {
     let s = tmux.wait_for("+colour.red +");
     assert!(s.contains("why"), "{s}");
 
+    // A paste of two lines is two commands, not one with the second's
+    // words as arguments.
+    tmux.paste("concepts pattern\nconcepts season");
+    tmux.keys(&["Enter"]);
+    let s = tmux.wait_for("season.");
+    assert!(s.contains("pattern.striped"), "{s}");
+
     // show writes a contact sheet of those results.
     tmux.keys(&[&format!("show {}", sheet.display()), "Enter"]);
     tmux.wait_for("wrote ");
@@ -217,5 +238,59 @@ fn repl_answers_under_a_dumb_terminal() {
             tmux.screen()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// With stdout redirected to a file, the prompt and the typed line are
+/// shown on the terminal, and the file holds only what commands print.
+#[test]
+fn repl_keeps_redirected_output_clean() {
+    if !have_tmux() {
+        eprintln!("SKIP repl_keeps_redirected_output_clean: tmux is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db_dir = tmp.path().join("db");
+    {
+        let db = Db::open(&db_dir).unwrap();
+        let mut v = vec![0.0f32; vitrine::DEFAULT_DIM];
+        v[0] = 1.0;
+        db.insert("only-one", Attributes::new(), [(vitrine::DEFAULT_SPACE, v)])
+            .unwrap();
+    }
+    let tmux = Tmux {
+        socket: format!("vitrine-redirect-{}", std::process::id()),
+        session: "repl".into(),
+    };
+    let (out, done) = (tmp.path().join("out.jsonl"), tmp.path().join("done"));
+    let cmd = format!(
+        "env HOME={} {} repl --db {} --json > {}; touch {}",
+        tmp.path().display(),
+        env!("CARGO_BIN_EXE_vitrine"),
+        db_dir.display(),
+        out.display(),
+        done.display()
+    );
+    tmux.start(&cmd, 200, 40);
+    tmux.wait_for("vitrine> ");
+    tmux.keys(&["info", "Enter"]);
+    tmux.wait_for("vitrine> info");
+    tmux.keys(&["quit", "Enter"]);
+    let start = Instant::now();
+    while !done.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the REPL did not quit:\n{}",
+            tmux.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(!text.is_empty());
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON line: {line:?}\n{text:?}"
+        );
     }
 }

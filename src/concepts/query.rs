@@ -134,7 +134,8 @@ pub enum LikeTarget {
 /// ```text
 /// query     := ["find"] clause*
 /// clause    := term | like | where | limit | min_score | diverse | profile
-/// term      := ["+" | "-"] concept ["^" number]      (no sign: +)
+/// term      := ["+" | "-"] concept ["^" number]      (no sign: +; signed
+///                                                     right after a where)
 /// concept   := group "." name                         (name: word or "quoted")
 /// like      := "like" (id | "image" "path") ["^" number]
 /// where     := "where" cond ("and" cond)*
@@ -671,18 +672,32 @@ impl<'a> Parser<'a> {
                     // condition with its `and` forgotten, not as a term.
                     if self.at_concept() {
                         let t = self.peek().clone();
-                        let name = match (&t.tok, self.toks.get(self.at + 2).map(|t| &t.tok)) {
-                            (Tok::Word(g), Some(Tok::Word(c))) => format!("{g}.{c}"),
-                            _ => "pattern.striped".into(),
+                        let group = match &t.tok {
+                            Tok::Word(g) => g.clone(),
+                            _ => String::new(),
+                        };
+                        let name = match self.toks.get(self.at + 2).map(|t| &t.tok) {
+                            Some(Tok::Word(c) | Tok::Num(c)) => format!("{group}.{c}"),
+                            Some(Tok::Str(c)) => format!("{group}.{c:?}"),
+                            _ => format!("{group}."),
+                        };
+                        // User tags and the visual block only rank.
+                        let ranks_only = [super::USER_GROUP, "visual"]
+                            .iter()
+                            .any(|g| group.eq_ignore_ascii_case(g));
+                        let hint = if ranks_only {
+                            format!("sign a term to rank by it (+{name})")
+                        } else {
+                            format!(
+                                "join conditions with 'and' (where … and {name}), or sign a term to rank by it (+{name})"
+                            )
                         };
                         return Err(QueryError::new(
                             QueryErrorKind::Unexpected,
                             t.col,
                             format!("expected 'and' or a clause, found '{name}'"),
                         )
-                        .hint(format!(
-                            "join conditions with 'and' (where … and {name}), or sign a term to rank by it (+{name})"
-                        )));
+                        .hint(hint));
                     }
                 }
                 Tok::Word(w) if w.eq_ignore_ascii_case("limit") => {

@@ -207,8 +207,9 @@ pub struct CoverPlan {
     /// Milliseconds the planning took (without the baseline).
     pub elapsed_ms: u64,
     /// Templates left out because a product they name is no longer in the
-    /// catalog (deleted since) or has no model outputs (stored since without
-    /// an image), or their anchor has no category, with that product.
+    /// catalog (deleted since), has no model outputs (stored since without
+    /// an image) or has the previous model's (a re-embedding has not
+    /// reached it), or their anchor has no category, with that product.
     pub skipped: Vec<(String, String)>,
 }
 
@@ -971,7 +972,8 @@ impl OutfitEngine<'_> {
     /// baseline's with the same number of outfits.
     ///
     /// A template that names a product no longer in the catalog (or one
-    /// without model outputs, or an anchor without a category) is skipped
+    /// without model outputs or with the previous model's, or an anchor
+    /// without a category) is skipped
     /// and listed in [`CoverPlan::skipped`]; an anchor slot
     /// ([`ExpandOptions::anchor_slot`]) past a template's last slot is the
     /// caller's error, [`OutfitError::InvalidArgument`] naming the template,
@@ -1010,6 +1012,12 @@ impl OutfitEngine<'_> {
                 // Stored since without model outputs: nothing to match.
                 Err(OutfitError::NotAnImageProduct(product)) => {
                     tracing::info!(outfit = t, %product, "template skipped: a product has no model outputs");
+                    skipped.push((t.to_string(), product));
+                }
+                // Until a re-embedding reaches it (or for good, when its
+                // image failed): the other templates are still planned.
+                Err(OutfitError::OfAnotherModel(product)) => {
+                    tracing::info!(outfit = t, %product, "template skipped: a product is still embedded by the previous model");
                     skipped.push((t.to_string(), product));
                 }
                 Err(e) => return Err(e),

@@ -537,7 +537,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 for (outfit, product) in &plan.skipped {
                     say!(
                         "skipped template {outfit}: product {product} is no longer in the catalog, \
-                         has no model outputs, or (as its anchor) has no category"
+                         has no model outputs or the previous model's, or (as its anchor) has no category"
                     );
                 }
             }

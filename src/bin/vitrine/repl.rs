@@ -64,7 +64,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("info", "info                       what the database holds and whether it opened cleanly"),
     ("json", "json on|off                JSON lines instead of tables"),
     ("help", "help                       this list; the query grammar is in the docs of vitrine::ConceptQuery"),
-    ("quit", "quit                       (or Ctrl-D)"),
+    ("quit", "quit                       (or Ctrl-D; Ctrl-C clears the line, and lets a running command finish)"),
 ];
 
 const QUERY_WORDS: &[&str] = &[
@@ -680,7 +680,14 @@ impl Session {
     }
 
     fn tag(&mut self, args: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
-        match args {
+        // A tag's name, also as `tag list` shows it and Tab completes it.
+        let mut args = args.to_vec();
+        if let [_, name, ..] = args.as_mut_slice() {
+            if name.len() > 5 && name[..5].eq_ignore_ascii_case("user.") {
+                *name = &name[5..];
+            }
+        }
+        match args.as_slice() {
             ["define", name, rest @ ..] => {
                 let mut pos = Vec::new();
                 let mut neg = Vec::new();
@@ -1020,7 +1027,19 @@ fn history_file() -> Option<PathBuf> {
 /// Runs `vitrine repl`.
 pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     let mut session = Session::open(&args.db, args.json)?;
+    use std::io::IsTerminal;
+    // A piped script is read line by line, not through the line editor
+    // (which, under TERM=dumb, would echo its prompt onto stdout, and would
+    // apply control characters as edits).
+    let piped = !std::io::stdin().is_terminal();
     let config = Config::builder()
+        // Edited on the terminal itself: with stdout redirected to a file,
+        // the prompt and the echo stay out of it.
+        .behavior(if piped {
+            rustyline::Behavior::Stdio
+        } else {
+            rustyline::Behavior::PreferTerm
+        })
         .history_ignore_space(true)
         .auto_add_history(true)
         .completion_type(CompletionType::List)
@@ -1036,7 +1055,6 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     }
     // The banner is for a person: a piped script's output stays what its
     // commands print (JSON lines with --json).
-    use std::io::IsTerminal;
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         println!(
             "vitrine {} — {} products in {}. Tab completes commands and concepts; help lists commands.",
@@ -1048,10 +1066,9 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     let mut failed = 0usize;
     let mut bad_lines = 0usize;
-    // A piped script is read line by line, not through the line editor
-    // (which, under TERM=dumb, would echo its prompt onto stdout, and would
-    // apply control characters as edits).
-    let piped = !std::io::stdin().is_terminal();
+    if !piped {
+        interrupts::install();
+    }
     // Only when piped: the line editor takes stdin's lock itself (under
     // TERM=dumb), and a lock held here would deadlock it.
     let mut script = piped.then(|| std::io::BufRead::split(std::io::stdin().lock(), b'\n'));
@@ -1072,6 +1089,10 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
                     Ok(mut line) => {
                         if line.ends_with('\r') {
                             line.pop();
+                        }
+                        // A script saved as "UTF-8 with BOM".
+                        if let Some(rest) = line.strip_prefix('\u{feff}') {
+                            line = rest.to_string();
                         }
                         line
                     }
@@ -1099,14 +1120,33 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
                 }
                 Err(ReadlineError::Interrupted) => continue,
                 Err(ReadlineError::Eof) => break,
+                // A byte that is not UTF-8 (a Latin-1 terminal): that
+                // line fails, the session goes on.
+                Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    let e = anyhow::anyhow!("the line is not UTF-8 text; skipped");
+                    report(&mut failed, &e, session.json);
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         };
         bad_lines = 0;
-        match session.execute(&line, &mut stdout) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => report(&mut failed, &e, session.json),
+        // A paste of several lines arrives as one: each is a command, as
+        // in a script (not words of the first).
+        let mut quit = false;
+        for line in line.split('\n') {
+            interrupts::reset();
+            match session.execute(line.trim_end_matches('\r'), &mut stdout) {
+                Ok(true) => {}
+                Ok(false) => {
+                    quit = true;
+                    break;
+                }
+                Err(e) => report(&mut failed, &e, session.json),
+            }
+        }
+        if quit {
+            break;
         }
         // Tags defined in the session become completable.
         if let Some(h) = rl.helper_mut() {
@@ -1276,5 +1316,49 @@ mod tests {
             ["set", "p", "size=32\"", "a \"b\" c", "C:\\x", "D:\\"]
         );
         assert!(super::split_args(r#"set p length=32" colour=blue"#).is_err());
+    }
+}
+
+/// Ctrl-C while a command runs. The line editor handles it at the prompt;
+/// during a command, the default would end the process there, without
+/// closing the database (the next open then rebuilds its indexes). The
+/// first Ctrl-C says the command runs to its end; a second ends the
+/// session at once, as before.
+mod interrupts {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+
+    #[cfg(unix)]
+    extern "C" fn on_interrupt(_: libc::c_int) {
+        if SEEN.fetch_add(1, Ordering::SeqCst) == 0 {
+            let msg: &[u8] = b"\n(the command runs to its end, so that the database closes cleanly; Ctrl-C again ends the session now)\n";
+            // SAFETY: write(2) is async-signal-safe; the buffer is static.
+            unsafe { libc::write(libc::STDERR_FILENO, msg.as_ptr().cast(), msg.len()) };
+        } else {
+            // SAFETY: signal(2) and raise(3) are async-signal-safe.
+            unsafe {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::raise(libc::SIGINT);
+            }
+        }
+    }
+
+    /// Installs the handler (the line editor puts it back after each line).
+    pub fn install() {
+        #[cfg(unix)]
+        // SAFETY: the handler only touches an atomic and async-signal-safe
+        // calls.
+        unsafe {
+            libc::signal(
+                libc::SIGINT,
+                on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+
+    /// Before each command: its first Ctrl-C only warns.
+    pub fn reset() {
+        SEEN.store(0, Ordering::SeqCst);
     }
 }
