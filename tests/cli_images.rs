@@ -1492,11 +1492,20 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
     std::fs::write(&header_only, "id,path,brand\n").unwrap();
     let engine_column = dir.path().join("engine.csv");
     std::fs::write(&engine_column, "id,path,vitrine.model\nsku-1,,bogus\n").unwrap();
+    // An export that lost its header line: its first row would name the
+    // columns, and be imported as none.
+    let headerless = dir.path().join("headerless.csv");
+    std::fs::write(
+        &headerless,
+        "sku-1,img/a.jpg,19.90,yes\nsku-2,img/b.jpg,29.90,no\n",
+    )
+    .unwrap();
     let db = dir.path().join("db");
     for (source, says) in [
         (&empty, "no images in"),
         (&header_only, "has no product rows"),
         (&engine_column, "column 'vitrine.model' cannot be imported"),
+        (&headerless, "the first line looks like a product row"),
     ] {
         let out = vitrine(&[
             "import",
@@ -1508,6 +1517,22 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
         assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
         assert!(!db.exists(), "a failed import left a database behind");
     }
+    // Last night's report does not stand for a run that refused its file.
+    std::fs::create_dir(&db).unwrap();
+    let report = db.join("import-failures.tsv");
+    std::fs::write(&report, "").unwrap();
+    let out = vitrine(&[
+        "import",
+        headerless.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let now = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        now.contains("the import stopped: ") && now.contains("product row"),
+        "{now:?}"
+    );
 }
 
 /// A byte flipped in sled's log, near its end (the entries its snapshot

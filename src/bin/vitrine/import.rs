@@ -28,8 +28,9 @@ pub struct ImportArgs {
     pub db: PathBuf,
     /// Where to write the failures, one line per failure:
     /// `id<TAB>path<TAB>reason` (default `<db>/import-failures.tsv`). The
-    /// file is rewritten on every run that opens the database; empty means
-    /// no failure.
+    /// file is rewritten on every run that opens the database, and by a run
+    /// that refuses SOURCE as a whole (one line saying why); empty means no
+    /// failure.
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Switch a database built with another model to the bundled one: every
@@ -227,7 +228,23 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             path.display()
         );
     }
-    if BUILT_IN_COLUMNS.contains(&header[1].to_ascii_lowercase().as_str()) {
+    // A file that lost its header line: its first product would name the
+    // columns (`19.90`, `yes`) and be imported as none.
+    let second = header[1].to_ascii_lowercase();
+    let looks_like_a_path = second.contains('/')
+        || second.contains('\\')
+        || second
+            .rsplit_once('.')
+            .is_some_and(|(_, ext)| vitrine::IMAGE_EXTENSIONS.contains(&ext));
+    if looks_like_a_path {
+        bail!(
+            "{}: the first line looks like a product row ('{}' is an image path): \
+             the CSV needs a header line, id,path[,attributes…]",
+            path.display(),
+            header[1]
+        );
+    }
+    if BUILT_IN_COLUMNS.contains(&second.as_str()) {
         bail!(
             "{}: the second column is the image path, not '{}' (id,path[,attributes…])",
             path.display(),
@@ -631,33 +648,54 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         );
     }
     // A CSV's bad rows go to the failure report, like bad images.
-    let (rows, bad_rows, bad_ids) = if args.source.is_dir() {
-        // Checked before the database is created: a wrong folder must not
-        // leave an empty database behind.
-        check_has_images(&args.source)?;
-        (None, Vec::new(), Vec::new())
-    } else if args.source.is_file() {
-        let read = csv_rows(&args.source, args.update)?;
-        if read.rows.is_empty() && read.bad.is_empty() {
-            bail!(
-                "{} has no product rows, only a header",
-                args.source.display()
-            );
-        }
-        // Every row bad and no database yet: none is made for nothing.
-        if read.rows.is_empty() && !args.db.exists() {
-            for line in &read.bad {
-                esay!("bad row: {line}");
+    let read_source = || -> anyhow::Result<(Option<Vec<CsvRow>>, Vec<String>, Vec<String>)> {
+        Ok(if args.source.is_dir() {
+            // Checked before the database is created: a wrong folder must not
+            // leave an empty database behind.
+            check_has_images(&args.source)?;
+            (None, Vec::new(), Vec::new())
+        } else if args.source.is_file() {
+            let read = csv_rows(&args.source, args.update)?;
+            if read.rows.is_empty() && read.bad.is_empty() {
+                bail!(
+                    "{} has no product rows, only a header",
+                    args.source.display()
+                );
             }
-            bail!(
-                "every one of the {} rows of {} is bad; no database was made",
-                read.bad.len(),
-                args.source.display()
-            );
+            // Every row bad and no database yet: none is made for nothing.
+            if read.rows.is_empty() && !args.db.exists() {
+                for line in &read.bad {
+                    esay!("bad row: {line}");
+                }
+                bail!(
+                    "every one of the {} rows of {} is bad; no database was made",
+                    read.bad.len(),
+                    args.source.display()
+                );
+            }
+            (Some(read.rows), read.bad, read.bad_ids)
+        } else {
+            bail!("{} is neither a folder nor a file", args.source.display())
+        })
+    };
+    let (rows, bad_rows, bad_ids) = match read_source() {
+        Ok(read) => read,
+        // Tonight's file refused as a whole (no header, not UTF-8, a bad
+        // column): last night's report must not stand for this run. (No
+        // report is made in a folder that has none.)
+        Err(e) => {
+            let report = match &args.report {
+                Some(r) => Some(r.clone()),
+                None => Some(args.db.join("import-failures.tsv")).filter(|r| r.is_file()),
+            };
+            if let Some(report) = report {
+                let line = format!("\t\tthe import stopped: {}", tsv_field(&format!("{e:#}")));
+                if write_report(&report, &[line]).is_err() {
+                    let _ = std::fs::remove_file(&report);
+                }
+            }
+            return Err(e);
         }
-        (Some(read.rows), read.bad, read.bad_ids)
-    } else {
-        bail!("{} is neither a folder nor a file", args.source.display())
     };
     crate::no_repair_leftovers(&args.db)?;
     let model = Model::bundled().context("cannot load the bundled model")?;
@@ -780,7 +818,8 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 notes.push(format!(
                     "{} present products name another image than the one they were embedded \
                      from (first: {}, {} -> {}); their vectors are of the old one: \
-                     `vitrine import CSV --db DB --refresh` re-embeds them",
+                     `vitrine import CSV --db DB --refresh` re-embeds every product a CSV \
+                     lists, so give it a CSV of these rows when the photos changed",
                     moved.len(),
                     crate::field(id),
                     crate::field(was),
