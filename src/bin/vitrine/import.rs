@@ -635,6 +635,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// A source's CSV rows (none for a folder), its bad rows' report lines and
+/// their ids.
+type SourceRows = (Option<Vec<CsvRow>>, Vec<String>, Vec<String>);
+
 /// Runs `vitrine import`.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let prep = args.prep.given()?;
@@ -648,7 +652,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         );
     }
     // A CSV's bad rows go to the failure report, like bad images.
-    let read_source = || -> anyhow::Result<(Option<Vec<CsvRow>>, Vec<String>, Vec<String>)> {
+    let read_source = || -> anyhow::Result<SourceRows> {
         Ok(if args.source.is_dir() {
             // Checked before the database is created: a wrong folder must not
             // leave an empty database behind.
