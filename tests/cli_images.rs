@@ -830,6 +830,21 @@ fn query_command_prints_results_and_positioned_errors() {
         shown.contains("not UTF-8") && shown.contains("pattern.striped"),
         "{shown}"
     );
+    // A BOM before the first line is skipped, and tag names are taken as
+    // `tag list` shows them (user.…), non-ASCII ones included.
+    let script = format!(
+        "\u{feff}concepts pattern\ntag define größe {seed}\ntag weight user.größe 2\n\
+         tag delete user.größe\n"
+    );
+    let out = run_script(script.as_bytes());
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}\n{}", text(&out.stderr));
+    assert!(
+        shown.contains("pattern.striped")
+            && shown.contains("user.größe weight 2")
+            && shown.contains("deleted user.größe"),
+        "{shown}"
+    );
     // Any REPL command works too.
     let out = vitrine(&["query", "--db", db, "concepts", "pattern"]);
     assert!(
@@ -1531,6 +1546,21 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
     let now = std::fs::read_to_string(&report).unwrap();
     assert!(
         now.contains("the import stopped: ") && now.contains("product row"),
+        "{now:?}"
+    );
+    // Nor when tonight's export is missing.
+    let missing = dir.path().join("missing.csv");
+    let out = vitrine(&[
+        "import",
+        missing.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--update",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let now = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        now.contains("--update takes attributes from a CSV file"),
         "{now:?}"
     );
 }

@@ -231,15 +231,13 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     // A file that lost its header line: its first product would name the
     // columns (`19.90`, `yes`) and be imported as none.
     let second = header[1].to_ascii_lowercase();
-    let looks_like_a_path = second.contains('/')
-        || second.contains('\\')
-        || second
-            .rsplit_once('.')
-            .is_some_and(|(_, ext)| vitrine::IMAGE_EXTENSIONS.contains(&ext));
+    let looks_like_a_path = second
+        .rsplit_once('.')
+        .is_some_and(|(_, ext)| vitrine::IMAGE_EXTENSIONS.contains(&ext));
     if looks_like_a_path {
         bail!(
-            "{}: the first line looks like a product row ('{}' is an image path): \
-             the CSV needs a header line, id,path[,attributes…]",
+            "{}: the first line looks like a product row ('{}' names an image file): \
+             the CSV needs a header line, id,path[,attributes…] (rename the column if it is one)",
             path.display(),
             header[1]
         );
@@ -645,56 +643,65 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     if let Some(report) = &args.report {
         check_report_path(report, &args.source, &args.db)?;
     }
-    if args.update && !args.source.is_file() {
-        bail!(
-            "--update takes attributes from a CSV file; {} is not one",
-            args.source.display()
-        );
-    }
     // A CSV's bad rows go to the failure report, like bad images.
-    let read_source = || -> anyhow::Result<SourceRows> {
-        Ok(if args.source.is_dir() {
+    // Refused as a whole: why, with the report lines of its bad rows.
+    let read_source = || -> Result<SourceRows, (anyhow::Error, Vec<String>)> {
+        let none = |e: anyhow::Error| (e, Vec::new());
+        if args.update && !args.source.is_file() {
+            return Err(none(anyhow!(
+                "--update takes attributes from a CSV file; {} is not one",
+                args.source.display()
+            )));
+        }
+        if args.source.is_dir() {
             // Checked before the database is created: a wrong folder must not
             // leave an empty database behind.
-            check_has_images(&args.source)?;
-            (None, Vec::new(), Vec::new())
-        } else if args.source.is_file() {
-            let read = csv_rows(&args.source, args.update)?;
-            if read.rows.is_empty() && read.bad.is_empty() {
-                bail!(
-                    "{} has no product rows, only a header",
-                    args.source.display()
-                );
+            check_has_images(&args.source).map_err(none)?;
+            return Ok((None, Vec::new(), Vec::new()));
+        }
+        if !args.source.is_file() {
+            return Err(none(anyhow!(
+                "{} is neither a folder nor a file",
+                args.source.display()
+            )));
+        }
+        let read = csv_rows(&args.source, args.update).map_err(none)?;
+        if read.rows.is_empty() && read.bad.is_empty() {
+            return Err(none(anyhow!(
+                "{} has no product rows, only a header",
+                args.source.display()
+            )));
+        }
+        // Every row bad and no database yet: none is made for nothing.
+        if read.rows.is_empty() && !args.db.exists() {
+            for line in &read.bad {
+                esay!("bad row: {line}");
             }
-            // Every row bad and no database yet: none is made for nothing.
-            if read.rows.is_empty() && !args.db.exists() {
-                for line in &read.bad {
-                    esay!("bad row: {line}");
-                }
-                bail!(
-                    "every one of the {} rows of {} is bad; no database was made",
-                    read.bad.len(),
-                    args.source.display()
-                );
-            }
-            (Some(read.rows), read.bad, read.bad_ids)
-        } else {
-            bail!("{} is neither a folder nor a file", args.source.display())
-        })
+            let e = anyhow!(
+                "every one of the {} rows of {} is bad; no database was made",
+                read.bad.len(),
+                args.source.display()
+            );
+            return Err((e, read.bad));
+        }
+        Ok((Some(read.rows), read.bad, read.bad_ids))
     };
     let (rows, bad_rows, bad_ids) = match read_source() {
         Ok(read) => read,
         // Tonight's file refused as a whole (no header, not UTF-8, a bad
         // column): last night's report must not stand for this run. (No
         // report is made in a folder that has none.)
-        Err(e) => {
+        Err((e, mut lines)) => {
             let report = match &args.report {
                 Some(r) => Some(r.clone()),
                 None => Some(args.db.join("import-failures.tsv")).filter(|r| r.is_file()),
             };
             if let Some(report) = report {
-                let line = format!("\t\tthe import stopped: {}", tsv_field(&format!("{e:#}")));
-                if write_report(&report, &[line]).is_err() {
+                lines.push(format!(
+                    "\t\tthe import stopped: {}",
+                    tsv_field(&format!("{e:#}"))
+                ));
+                if write_report(&report, &lines).is_err() {
                     let _ = std::fs::remove_file(&report);
                 }
             }

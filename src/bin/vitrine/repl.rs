@@ -683,7 +683,10 @@ impl Session {
         // A tag's name, also as `tag list` shows it and Tab completes it.
         let mut args = args.to_vec();
         if let [_, name, ..] = args.as_mut_slice() {
-            if name.len() > 5 && name[..5].eq_ignore_ascii_case("user.") {
+            let prefixed = name
+                .get(..5)
+                .is_some_and(|p| p.eq_ignore_ascii_case("user."));
+            if prefixed && name.len() > 5 {
                 *name = &name[5..];
             }
         }
@@ -1134,15 +1137,26 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
         // A paste of several lines arrives as one: each is a command, as
         // in a script (not words of the first).
         let mut quit = false;
-        for line in line.split('\n') {
-            interrupts::reset();
-            match session.execute(line.trim_end_matches('\r'), &mut stdout) {
+        let lines: Vec<&str> = line.split('\n').collect();
+        for (i, line) in lines.iter().enumerate() {
+            interrupts::running(true);
+            let done = session.execute(line.trim_end_matches('\r'), &mut stdout);
+            interrupts::running(false);
+            match done {
                 Ok(true) => {}
                 Ok(false) => {
                     quit = true;
                     break;
                 }
                 Err(e) => report(&mut failed, &e, session.json),
+            }
+            // A Ctrl-C stops a pasted block after the command it came in.
+            let left = lines.len() - i - 1;
+            if interrupts::seen() && left > 0 {
+                let e =
+                    anyhow::anyhow!("interrupted: the other {left} pasted line(s) were not run");
+                report(&mut failed, &e, session.json);
+                break;
             }
         }
         if quit {
@@ -1323,14 +1337,19 @@ mod tests {
 /// during a command, the default would end the process there, without
 /// closing the database (the next open then rebuilds its indexes). The
 /// first Ctrl-C says the command runs to its end; a second ends the
-/// session at once, as before.
+/// session at once, as before. At a prompt read in cooked mode (TERM=dumb)
+/// the terminal has already dropped the typed line: nothing more is done.
 mod interrupts {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     static SEEN: AtomicUsize = AtomicUsize::new(0);
+    static RUNNING: AtomicBool = AtomicBool::new(false);
 
     #[cfg(unix)]
     extern "C" fn on_interrupt(_: libc::c_int) {
+        if !RUNNING.load(Ordering::SeqCst) {
+            return;
+        }
         if SEEN.fetch_add(1, Ordering::SeqCst) == 0 {
             let msg: &[u8] = b"\n(the command runs to its end, so that the database closes cleanly; Ctrl-C again ends the session now)\n";
             // SAFETY: write(2) is async-signal-safe; the buffer is static.
@@ -1347,7 +1366,7 @@ mod interrupts {
     /// Installs the handler (the line editor puts it back after each line).
     pub fn install() {
         #[cfg(unix)]
-        // SAFETY: the handler only touches an atomic and async-signal-safe
+        // SAFETY: the handler only touches atomics and async-signal-safe
         // calls.
         unsafe {
             libc::signal(
@@ -1357,8 +1376,16 @@ mod interrupts {
         }
     }
 
-    /// Before each command: its first Ctrl-C only warns.
-    pub fn reset() {
-        SEEN.store(0, Ordering::SeqCst);
+    /// Around each command; a new command's first Ctrl-C only warns.
+    pub fn running(yes: bool) {
+        if yes {
+            SEEN.store(0, Ordering::SeqCst);
+        }
+        RUNNING.store(yes, Ordering::SeqCst);
+    }
+
+    /// Whether a Ctrl-C came during the last command.
+    pub fn seen() -> bool {
+        SEEN.load(Ordering::SeqCst) > 0
     }
 }
