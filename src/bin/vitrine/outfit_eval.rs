@@ -509,9 +509,16 @@ pub fn fitb_split(args: FitbSplitArgs) -> anyhow::Result<()> {
 /// groups (`des_agrup_color_eng`).
 pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     let products = read_products(&args.products)?;
+    // A blank group is no group: two blanks are not "the same colour".
     let gt: HashMap<String, String> = products
         .iter()
-        .map(|p| (p.id.clone(), p.get("des_agrup_color_eng").to_string()))
+        .map(|p| {
+            (
+                p.id.clone(),
+                p.get("des_agrup_color_eng").trim().to_string(),
+            )
+        })
+        .filter(|(_, g)| !g.is_empty())
         .collect();
     let db = open_and_import(&args.db, &products)?;
     let t = Instant::now();
@@ -541,7 +548,9 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     let all_ids = db.ids();
     let mut by_cat_colour: HashSet<(Option<String>, String)> = HashSet::new();
     for id in &all_ids {
-        by_cat_colour.insert((category(id), gt.get(id).cloned().unwrap_or_default()));
+        if let Some(g) = gt.get(id) {
+            by_cat_colour.insert((category(id), g.clone()));
+        }
     }
     let (mut cases, mut same_cat, mut colour_cases, mut colour_same, mut none) = (0, 0, 0, 0, 0);
     // The same, in the engine's own colour families (measured on the pixels).
@@ -553,9 +562,13 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     for o in &sample {
         for (slot, s) in o.slots.iter().enumerate() {
             let t = Instant::now();
+            // Put back as it was: a reused --db may hold sold-out products.
+            let was_in_stock = eng.in_stock(&s.product) == Some(true);
             eng.assume_sold_out(&[&s.product]);
             let subs = eng.substitute(&o.id, 1)?;
-            eng.assume_in_stock(&[&s.product]);
+            if was_in_stock {
+                eng.assume_in_stock(&[&s.product]);
+            }
             sub_time += t.elapsed();
             sub_calls += 1;
             // This slot's (a product gone from the catalog gets one too).
@@ -569,18 +582,22 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             same_cat += usize::from(category(&top.product) == s.category);
             // "Such a product is in stock": another product of the category
             // with the original's ground-truth colour group (all are in stock).
-            let g = gt.get(&s.product).cloned().unwrap_or_default();
-            let others_same_colour = all_ids.iter().any(|id| {
-                id != &s.product
-                    && !o.slots.iter().any(|x| &x.product == id)
-                    && gt.get(id) == Some(&g)
-                    && category(id) == s.category
-            });
-            if others_same_colour && by_cat_colour.contains(&(s.category.clone(), g.clone())) {
+            let g = gt.get(&s.product).cloned();
+            let others_same_colour = g.is_some()
+                && all_ids.iter().any(|id| {
+                    id != &s.product
+                        && !o.slots.iter().any(|x| &x.product == id)
+                        && gt.get(id) == g.as_ref()
+                        && category(id) == s.category
+                });
+            if let Some(g) = g.filter(|g| {
+                others_same_colour && by_cat_colour.contains(&(s.category.clone(), g.clone()))
+            }) {
                 colour_cases += 1;
                 colour_same += usize::from(gt.get(&top.product) == Some(&g));
             }
-            let family = eng.colour_family(&s.product);
+            // "?" is a product without a measured colour: no family.
+            let family = eng.colour_family(&s.product).filter(|f| *f != "?");
             let others_same_family = family.is_some()
                 && all_ids.iter().any(|id| {
                     id != &s.product
@@ -622,8 +639,16 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             let m = o.slots.len();
             for a in 0..m {
                 for b in a + 1..m {
-                    let t_same = gt.get(&o.slots[a].product) == gt.get(&o.slots[b].product);
-                    let e_same = gt.get(&e.products[a]) == gt.get(&e.products[b]);
+                    // Pairs with an item of no group say nothing.
+                    let (Some(ta), Some(tb), Some(ea), Some(eb)) = (
+                        gt.get(&o.slots[a].product),
+                        gt.get(&o.slots[b].product),
+                        gt.get(&e.products[a]),
+                        gt.get(&e.products[b]),
+                    ) else {
+                        continue;
+                    };
+                    let (t_same, e_same) = (ta == tb, ea == eb);
                     if t_same {
                         gt_same_pairs += 1;
                         gt_same_kept += usize::from(e_same);
@@ -648,6 +673,8 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|id| !in_templates.contains(id.as_str()))
         .filter(|_| stock_rng.gen_bool(0.3))
+        // Those already sold out (a reused --db) stay so afterwards.
+        .filter(|id| eng.in_stock(id) == Some(true))
         .collect();
     eng.assume_sold_out(&sold_out);
     let sold: HashSet<&str> = sold_out.iter().map(|s| s.as_str()).collect();
@@ -692,7 +719,10 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             .map(|(c, &n)| n.min(per_category.get(c).copied().unwrap_or(0)))
             .sum();
         cover.push(serde_json::json!({
-            "templates": cover_templates.len(),
+            // Those planned: a template naming a product that cannot be
+            // (no model outputs, deleted) is skipped, and said below.
+            "templates": cover_templates.len() - plan.skipped.len(),
+            "skipped_templates": plan.skipped.len(),
             "outfits_per_template": budget,
             "outfits": plan.outfits.len(),
             "covered": plan.covered, "in_stock": plan.in_stock,
