@@ -1549,7 +1549,9 @@ impl Db {
     /// Copies the whole database to `dest`, a folder that must not exist
     /// yet (nor be inside the database's), while it stays open: writes from
     /// this process wait until the copy is done (reads go on), and the copy
-    /// is checkpointed, so it opens without rebuilding. Open the copy like
+    /// is checkpointed, so it opens without rebuilding (when the checkpoint
+    /// cannot be written, a full disk under the database, the copy is made
+    /// without it and rebuilds its indexes at its first open). Open the copy like
     /// any database; restoring is using it in place of the original. The
     /// copy is made and synced in a hidden folder next to `dest`, then
     /// renamed, so `dest` never holds half a backup. A backup whose process
@@ -1626,7 +1628,18 @@ impl Db {
         // The dumps on disk are current unless something was written since
         // the last checkpoint; the source is then only read.
         if w.dirty || w.stale_dumps {
-            self.checkpoint_locked(&mut w)?;
+            // The dumps are a cache of sled: when they cannot be written
+            // (the database's disk is full, the backup's may not be), the
+            // copy is made without them and rebuilds them at its first
+            // open. Not when sled itself failed: its files are then in
+            // doubt, and the flush below refuses.
+            if let Err(e) = self.checkpoint_locked(&mut w) {
+                if e.io_error().is_none() || self.store.io_failed() {
+                    return Err(e);
+                }
+                warn!(error = %e, "backup: the index dumps could not be written; the copy rebuilds them when it is opened");
+                self.store.flush()?;
+            }
         } else {
             self.store.flush()?;
         }

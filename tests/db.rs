@@ -1053,6 +1053,43 @@ fn a_backup_is_consistent_while_writes_go_on() {
         .unwrap();
 }
 
+/// The index dumps are a cache: a backup whose checkpoint cannot be
+/// written (a full disk under the database, here a folder standing where
+/// the arena's temporary file goes) is made without them, and the copy
+/// rebuilds them when it opens.
+#[test]
+fn a_backup_is_made_when_the_checkpoint_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let db = open(&live);
+    for i in 0..50 {
+        let id = format!("sku-{i}");
+        db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
+            .unwrap();
+    }
+    let blocker = live
+        .join("arena")
+        .join(format!(".{DEFAULT_SPACE}.arena.tmp-{}", std::process::id()));
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    assert!(db.checkpoint().is_err(), "the blocker does not block");
+    let copy = dir.path().join("copy");
+    db.backup(&copy).unwrap();
+    std::fs::remove_dir_all(&blocker).unwrap();
+    drop(db);
+    let backup = open(&copy);
+    assert_eq!(backup.len(), 50);
+    assert!(
+        !backup.open_report().rebuilt.is_empty(),
+        "{:?}",
+        backup.open_report()
+    );
+    let q = vector_for("sku-7", DIM);
+    let r = backup
+        .search(&Search::new(SimilarTo::Vector(&q), 1))
+        .unwrap();
+    assert_eq!(r.hits[0].id, "sku-7");
+}
+
 #[test]
 fn a_killed_checkpoint_leaves_no_debris_and_a_backup_of_a_clean_database_only_reads_it() {
     let dir = tempfile::tempdir().unwrap();
