@@ -2093,12 +2093,14 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The name (and prefix, with `-2`, `-3`…) of the folder in which
-/// `vitrine repair --no-copy` keeps sled's old files.
-const SALVAGE_LEFTOVERS: &str = "sled.before-salvage";
-
+/// What `vitrine repair` leaves beside `sled/`, no part of the database
+/// and as large as its sled files: sled's old files (`sled.before-salvage`,
+/// kept by `--no-copy`), a salvage's staging folder or its result when the
+/// reopen failed (`sled.salvage*`), and files set aside
+/// (`sled-<name>.damaged*`). Backups do not copy them.
 fn salvage_leftovers(name: &std::ffi::OsStr) -> bool {
-    name.to_string_lossy().starts_with(SALVAGE_LEFTOVERS)
+    let name = name.to_string_lossy();
+    name.starts_with("sled.") || name.starts_with("sled-")
 }
 
 /// Bytes of the files under `path`, but for the entries `skip` names in

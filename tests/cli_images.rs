@@ -988,19 +988,7 @@ fn import_refuses_another_models_database_unless_reembedding() {
     // "Another model": the bundled weights with one category renamed (a
     // different fingerprint), in a model folder of its own.
     let dir = tempfile::tempdir().unwrap();
-    let other = dir.path().join("other-model");
-    std::fs::create_dir(&other).unwrap();
-    let models = root().join("models");
-    std::fs::copy(
-        models.join("vitrine-fashion-v2.onnx"),
-        other.join("vitrine-fashion-v2.onnx"),
-    )
-    .unwrap();
-    let mut m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(models.join("manifest.json")).unwrap()).unwrap();
-    let c0 = m["taxonomy"]["categories"][0].as_str().unwrap().to_string();
-    m["taxonomy"]["categories"][0] = serde_json::Value::String(format!("{c0} (renamed)"));
-    std::fs::write(other.join("manifest.json"), m.to_string()).unwrap();
+    let other = other_model_dir(dir.path());
 
     let src = copy_samples(dir.path(), 3);
     let db = dir.path().join("db");
@@ -1121,6 +1109,60 @@ fn import_refuses_another_models_database_unless_reembedding() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// A model folder of the bundled weights with one category renamed:
+/// another model, for VITRINE_MODEL_DIR.
+fn other_model_dir(dir: &Path) -> PathBuf {
+    let other = dir.join("other-model");
+    std::fs::create_dir(&other).unwrap();
+    let models = root().join("models");
+    std::fs::copy(
+        models.join("vitrine-fashion-v2.onnx"),
+        other.join("vitrine-fashion-v2.onnx"),
+    )
+    .unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(models.join("manifest.json")).unwrap()).unwrap();
+    let c0 = m["taxonomy"]["categories"][0].as_str().unwrap().to_string();
+    m["taxonomy"]["categories"][0] = serde_json::Value::String(format!("{c0} (renamed)"));
+    std::fs::write(other.join("manifest.json"), m.to_string()).unwrap();
+    other
+}
+
+/// A re-embedding that switched the model and stopped before its first
+/// product: `info` says every product is of the model before.
+#[test]
+fn info_names_products_of_a_model_the_database_left() {
+    if !have_model("info_names_products_of_a_model_the_database_left") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let other = other_model_dir(dir.path());
+    let src = copy_samples(dir.path(), 2);
+    let db = dir.path().join("db");
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args([
+            "import",
+            src.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--fpi",
+        ])
+        .env("VITRINE_MODEL_DIR", &other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let old = {
+        let d = vitrine::Db::open(&db).unwrap();
+        let old = d.model_fingerprint().unwrap();
+        d.adopt_model(&vitrine::Model::bundled().unwrap()).unwrap();
+        old
+    };
+    let out = vitrine(&["info", "--db", db.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains(&format!("2 products from {old}")), "{shown}");
 }
 
 #[test]

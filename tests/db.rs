@@ -1128,15 +1128,25 @@ fn a_killed_checkpoint_leaves_no_debris_and_a_backup_of_a_clean_database_only_re
     let before = snapshot(&live);
     // The old sled files a `repair --no-copy` kept are no part of the
     // database: neither copied nor counted in its size.
+    // Nor are a failed salvage's files, or files set aside.
     let size = db.size_on_disk().unwrap();
-    let leftovers = live.join("sled.before-salvage-2");
-    std::fs::create_dir(&leftovers).unwrap();
-    std::fs::write(leftovers.join("db"), vec![7u8; 1 << 20]).unwrap();
+    let names = [
+        "sled.before-salvage-2",
+        "sled.salvaged",
+        "sled-conf.damaged",
+    ];
+    for name in names {
+        let leftovers = live.join(name);
+        std::fs::create_dir(&leftovers).unwrap();
+        std::fs::write(leftovers.join("db"), vec![7u8; 1 << 20]).unwrap();
+    }
     assert!(db.size_on_disk().unwrap() < size + (1 << 19));
     db.backup(dir.path().join("copy")).unwrap();
     assert_eq!(snapshot(&live), before);
-    assert!(!dir.path().join("copy/sled.before-salvage-2").exists());
-    assert!(leftovers.join("db").exists());
+    for name in names {
+        assert!(!dir.path().join("copy").join(name).exists(), "{name}");
+        assert!(live.join(name).join("db").exists());
+    }
     drop(db);
     let copy = open(&dir.path().join("copy"));
     assert_eq!(copy.len(), 50);

@@ -900,10 +900,16 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         .profile_users()
         .map_err(|e| readable("profiles", &e))
         .ok();
-    let recorded = db.recorded_prep_config()?;
+    let recorded = db
+        .recorded_prep_config()
+        .map_err(|e| readable("image preparation", &e))
+        .ok();
     // What image operations use: without a record, that depends on whether
     // an older build stored image products (area shrink off then).
-    let prep = db.prep_config()?;
+    let prep = db
+        .prep_config()
+        .map_err(|e| readable("image preparation", &e))
+        .ok();
     Ok(json!({
         "path": db.path().display().to_string(),
         "bytes_on_disk": db.size_on_disk()?,
@@ -920,13 +926,14 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
             "bundled_error": bundled_error,
             "products_by_model": models,
         },
-        "preparation": {
-            "recorded": recorded.is_some(),
+        // Null when the record cannot be read (named in `unreadable`).
+        "preparation": prep.map(|prep| json!({
+            "recorded": recorded.flatten().is_some(),
             "pixel_aspect": prep.get_pixel_aspect(),
             "crop": prep.get_crop(),
             "illumination": format!("{:?}", prep.get_illumination()),
             "area_shrink": prep.get_area_shrink(),
-        },
+        })),
         "opened": {
             "rebuilt_indexes": report.rebuilt.iter().map(|(space, why)| json!({"space": space, "reason": why})).collect::<Vec<_>>(),
             "damaged_records": report.damaged.len(),
@@ -987,34 +994,46 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
         None => writeln!(w, "model      (none: vectors inserted directly)")?,
     }
     if let Some(by) = m["products_by_model"].as_object() {
-        if by.len() > 1 {
+        // Also when every product is of a model the database no longer
+        // has (a re-embedding stopped before its first product).
+        let other = by
+            .keys()
+            .any(|k| k != "(none)" && Some(k.as_str()) != m["fingerprint"].as_str());
+        if by.len() > 1 || other {
             for (model, count) in by {
                 writeln!(w, "           {} products from {model}", n(count))?;
             }
         }
     }
     let prep = &info["preparation"];
-    writeln!(
-        w,
-        "images     prepared with pixel aspect {}, crop {}, illumination {}, area shrink {}{}",
-        prep["pixel_aspect"],
-        if prep["crop"].as_bool() == Some(true) {
-            "on"
-        } else {
-            "off"
-        },
-        prep["illumination"].as_str().unwrap_or("?"),
-        if prep["area_shrink"].as_bool() == Some(true) {
-            "on"
-        } else {
-            "off"
-        },
-        if prep["recorded"].as_bool() == Some(true) {
-            ""
-        } else {
-            " (none recorded)"
-        }
-    )?;
+    if prep.is_null() {
+        writeln!(
+            w,
+            "images     preparation unknown (its record cannot be read)"
+        )?;
+    } else {
+        writeln!(
+            w,
+            "images     prepared with pixel aspect {}, crop {}, illumination {}, area shrink {}{}",
+            prep["pixel_aspect"],
+            if prep["crop"].as_bool() == Some(true) {
+                "on"
+            } else {
+                "off"
+            },
+            prep["illumination"].as_str().unwrap_or("?"),
+            if prep["area_shrink"].as_bool() == Some(true) {
+                "on"
+            } else {
+                "off"
+            },
+            if prep["recorded"].as_bool() == Some(true) {
+                ""
+            } else {
+                " (none recorded)"
+            }
+        )?;
+    }
     let opened = &info["opened"];
     // What the open repaired, one line each: (field, what, what was done).
     let repairs = [
