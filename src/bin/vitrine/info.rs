@@ -133,7 +133,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 Ok(u) => u,
                 Err(e) => {
                     let e = vitrine::Error::from(e);
-                    drop_or_restore_copy(&db_dir, copy.as_deref(), &e)?;
+                    drop_or_restore_copy(&db_dir, copy.as_deref(), &e);
                     return Err(anyhow::Error::from(e)
                         .context(format!("cannot read {}", args.db.display())));
                 }
@@ -192,7 +192,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             // salvage would remove the checkpoint files, the only evidence.
             if storage_has_no_schema(&db_dir) {
                 let e = vitrine::Error::Corruption { location, reason };
-                drop_or_restore_copy(&db_dir, copy.as_deref(), &e)?;
+                drop_or_restore_copy(&db_dir, copy.as_deref(), &e);
                 anyhow::bail!(
                     "cannot repair {}: its storage holds nothing (its log is lost) and a repair \
                      keeps only what storage holds; restore the database from a backup",
@@ -201,7 +201,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             }
         }
         Err(e) => {
-            drop_or_restore_copy(&db_dir, copy.as_deref(), &e)?;
+            drop_or_restore_copy(&db_dir, copy.as_deref(), &e);
             return Err(e).with_context(|| format!("cannot open {}", args.db.display()));
         }
     }
@@ -230,7 +230,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 // sled may have recovered (and cut its log) before this
                 // open failed: the copy is the folder as it was.
                 if let Some(copy) = &copy {
-                    restore_from_copy(&db_dir, copy)?;
+                    restore_from_copy(&db_dir, copy);
                 }
                 return Err(e).with_context(|| {
                     format!("cannot open {} even accepting data loss", args.db.display())
@@ -259,7 +259,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                     let aside = match set_aside {
                         Ok(aside) => aside,
                         Err(e) => {
-                            put_back(&moved, &db_dir, copy.as_deref())?;
+                            put_back(&moved, &db_dir, copy.as_deref());
                             return Err(e);
                         }
                     };
@@ -286,7 +286,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 Some(db) => db,
                 None => {
                     // The damage is in sled's log itself.
-                    put_back(&moved, &db_dir, copy.as_deref())?;
+                    put_back(&moved, &db_dir, copy.as_deref());
                     anyhow::bail!(
                         "cannot repair {}: sled's log itself is damaged; restore the database \
                          from a backup (`vitrine backup` makes one)",
@@ -327,7 +327,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         Ok(db) => db,
         Err(e) => {
             if let Some(copy) = &copy {
-                restore_from_copy(&db_dir, copy)?;
+                restore_from_copy(&db_dir, copy);
             } else if let Some(old) = &old_sled {
                 let salvaged = free_name(&db_dir.join("sled"), "salvaged")?;
                 // The marker names the old files again while no `sled/` is
@@ -557,8 +557,8 @@ fn drop_or_restore_copy(
     db_dir: &std::path::Path,
     copy: Option<&std::path::Path>,
     e: &vitrine::Error,
-) -> anyhow::Result<()> {
-    let Some(copy) = copy else { return Ok(()) };
+) {
+    let Some(copy) = copy else { return };
     let untouched = matches!(
         e,
         vitrine::Error::Storage(
@@ -567,9 +567,8 @@ fn drop_or_restore_copy(
     );
     if untouched {
         let _ = std::fs::remove_dir_all(copy);
-        Ok(())
     } else {
-        restore_from_copy(db_dir, copy)
+        restore_from_copy(db_dir, copy);
     }
 }
 
@@ -737,24 +736,40 @@ fn put_back(
     moved: &[(PathBuf, PathBuf)],
     db_dir: &std::path::Path,
     copy: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+) {
     for (file, aside) in moved.iter().rev() {
         if std::fs::rename(aside, file).is_ok() {
             println!("put {} back", file.display());
         }
     }
-    match copy {
-        Some(copy) => restore_from_copy(db_dir, copy),
-        None => Ok(()),
+    if let Some(copy) = copy {
+        restore_from_copy(db_dir, copy);
     }
 }
 
 /// Puts the copy taken before the repair back in place of `db_dir` (which
-/// failed opens may have changed); the copy's name is then free again.
-fn restore_from_copy(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow::Result<()> {
+/// failed opens may have changed); the copy's name is then free again. It
+/// runs on the way out of a failed repair, whose error the caller reports:
+/// when the copy cannot be put back, that is said here, with where it is.
+fn restore_from_copy(db_dir: &std::path::Path, copy: &std::path::Path) {
+    match put_copy_back(db_dir, copy) {
+        Ok(()) => println!("put the folder back as it was, from the copy"),
+        Err(e) => esay!(
+            "could not put the folder back from the copy: {e:#}; the folder as it was \
+             before the repair is in {}",
+            copy.display()
+        ),
+    }
+}
+
+fn put_copy_back(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow::Result<()> {
     let failed = free_name(db_dir, "repair-failed")?;
-    std::fs::rename(db_dir, &failed)
-        .with_context(|| format!("cannot move {} aside", db_dir.display()))?;
+    if std::fs::rename(db_dir, &failed).is_err() {
+        // A folder that is a mount point cannot be renamed (EBUSY), and
+        // the copy, made beside it, is on another device: its contents
+        // are copied back into it instead.
+        return copy_contents_back(db_dir, copy);
+    }
     std::fs::rename(copy, db_dir).with_context(|| {
         format!(
             "cannot move the copy {} back to {} (the repaired attempt is in {})",
@@ -767,7 +782,34 @@ fn restore_from_copy(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow
         sync_dir(parent).with_context(|| format!("cannot sync {}", parent.display()))?;
     }
     let _ = std::fs::remove_dir_all(&failed);
-    println!("put the folder back as it was, from the copy");
+    Ok(())
+}
+
+/// Empties `db_dir` and copies the copy's contents into it; the copy goes
+/// only once they are all in place and synced.
+fn copy_contents_back(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow::Result<()> {
+    let what = |p: &std::path::Path| format!("cannot put {} back", p.display());
+    for entry in std::fs::read_dir(db_dir).with_context(|| what(db_dir))? {
+        let path = entry.with_context(|| what(db_dir))?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    for entry in std::fs::read_dir(copy).with_context(|| what(copy))? {
+        let from = entry.with_context(|| what(copy))?.path();
+        let to = db_dir.join(from.file_name().unwrap_or_default());
+        if from.is_dir() {
+            copy_tree(&from, &to)
+        } else {
+            std::fs::copy(&from, &to).and_then(|_| std::fs::File::open(&to)?.sync_all())
+        }
+        .with_context(|| what(&to))?;
+    }
+    sync_dir(db_dir).with_context(|| format!("cannot sync {}", db_dir.display()))?;
+    let _ = std::fs::remove_dir_all(copy);
     Ok(())
 }
 
@@ -1102,4 +1144,46 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The way back for a database folder that cannot be renamed (a mount
+    /// point): its contents are replaced by the copy's, the copy goes.
+    #[test]
+    fn copying_contents_back_replaces_them_and_removes_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, copy) = (dir.path().join("db"), dir.path().join("db.before-repair"));
+        std::fs::create_dir_all(db.join("sled")).unwrap();
+        std::fs::write(db.join("sled/db"), "changed by a failed open").unwrap();
+        std::fs::write(db.join("sled-conf.damaged"), "set aside").unwrap();
+        std::fs::create_dir_all(copy.join("sled")).unwrap();
+        std::fs::create_dir_all(copy.join("arena")).unwrap();
+        std::fs::write(copy.join("sled/db"), "as it was").unwrap();
+        std::fs::write(copy.join("sled/conf"), "conf").unwrap();
+        std::fs::write(copy.join("arena/embedding.arena"), "arena").unwrap();
+        std::fs::write(copy.join("LOCK"), "").unwrap();
+        copy_contents_back(&db, &copy).unwrap();
+        assert!(!copy.exists());
+        let mut names: Vec<String> = std::fs::read_dir(&db)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["LOCK", "arena", "sled"]);
+        assert_eq!(
+            std::fs::read_to_string(db.join("sled/db")).unwrap(),
+            "as it was"
+        );
+        assert_eq!(
+            std::fs::read_to_string(db.join("sled/conf")).unwrap(),
+            "conf"
+        );
+        assert_eq!(
+            std::fs::read_to_string(db.join("arena/embedding.arena")).unwrap(),
+            "arena"
+        );
+    }
 }
