@@ -544,6 +544,9 @@ pub struct Db {
     /// backup or a compaction holds for long); changed under it, after the
     /// durable meta write.
     model_fingerprint: RwLock<Option<String>>,
+    /// Warnings about a lasting state (rules of another model) given once
+    /// per state, not at every call that meets it.
+    warned: Mutex<std::collections::HashSet<String>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -1024,6 +1027,7 @@ impl Db {
             concept_exact_max: b.concept_exact_max,
             report,
             side_writes: Mutex::new(()),
+            warned: Mutex::new(Default::default()),
         };
         if !db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty() {
             // Save the rebuilt indexes and arenas so the next open is fast
@@ -1242,6 +1246,7 @@ impl Db {
                 continue;
             }
             let built = read(&space.index).build_compacted();
+            // The old graph is freed here, after the write lock.
             let swapped = built.and_then(|g| write(&space.index).replace_graph(g));
             if let Err(e) = swapped {
                 warn!(space = %space.spec.name, error = %e, "automatic compaction failed");
@@ -1264,7 +1269,9 @@ impl Db {
                 continue;
             }
             let built = read(&space.index).build_compacted()?;
-            write(&space.index).replace_graph(built)?;
+            // Freed after the write lock, not under it.
+            let old = write(&space.index).replace_graph(built)?;
+            drop(old);
             // The saved dump still holds the old graph: loadable, but the
             // next checkpoint replaces it.
             w.stale_dumps = true;
@@ -2146,6 +2153,12 @@ impl Db {
     /// The fingerprint of the model whose outputs the database holds, if any.
     pub(crate) fn stored_model_fingerprint(&self) -> Option<String> {
         read(&self.model_fingerprint).clone()
+    }
+
+    /// Whether `what` is warned about for the first time by this `Db`
+    /// (later meetings log at debug: a service would log it per request).
+    pub(crate) fn first_warning(&self, what: String) -> bool {
+        lock(&self.warned).insert(what)
     }
 
     /// Records `fingerprint` as the database's model (durably, before returning).

@@ -184,27 +184,37 @@ impl FlatIndex {
         threads: usize,
     ) -> Vec<Hit> {
         let chunk = self.docs.len().div_ceil(threads);
+        let scan = |t: usize| {
+            let mut top = TopK::new(k);
+            let start = (t * chunk).min(self.docs.len());
+            let end = ((t + 1) * chunk).min(self.docs.len());
+            for i in start..end {
+                let doc = self.docs[i];
+                if allow.is_none_or(|a| a.contains(doc)) {
+                    top.push(doc, self.metric.score(q, self.row(i)));
+                }
+            }
+            top.into_sorted()
+        };
+        // The calling thread scans the first chunk, and any chunk whose
+        // thread the system refuses (a task limit): a search never fails
+        // for want of threads.
         let parts: Vec<Vec<Hit>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
+            let spawned: Vec<_> = (1..threads)
                 .map(|t| {
-                    s.spawn(move || {
-                        let mut top = TopK::new(k);
-                        let start = (t * chunk).min(self.docs.len());
-                        let end = ((t + 1) * chunk).min(self.docs.len());
-                        for i in start..end {
-                            let doc = self.docs[i];
-                            if allow.is_none_or(|a| a.contains(doc)) {
-                                top.push(doc, self.metric.score(q, self.row(i)));
-                            }
-                        }
-                        top.into_sorted()
-                    })
+                    std::thread::Builder::new()
+                        .spawn_scoped(s, move || scan(t))
+                        .map_err(|_| t)
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
+            let mut parts = vec![scan(0)];
+            for h in spawned {
+                parts.push(match h {
+                    Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                    Err(t) => scan(t),
+                });
+            }
+            parts
         });
         let mut top = TopK::new(k);
         for h in parts.into_iter().flatten() {

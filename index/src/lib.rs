@@ -50,4 +50,4 @@ pub use kernels::dot_product;
 pub use metric::Metric;
 pub use scorer::*;
 pub use search::{AllowSet, Hit, Plan, PlanHint, SearchOptions, SearchOutput, VectorIndex};
-pub use space::{CompactedGraph, SpaceIndex};
+pub use space::{CompactedGraph, RetiredGraph, SpaceIndex};

@@ -38,6 +38,13 @@ fn next_index_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The graph [`SpaceIndex::replace_graph`] swapped out: dropping it frees
+/// it.
+#[derive(Debug)]
+pub struct RetiredGraph {
+    _graph: HnswIndex,
+}
+
 /// A graph [`SpaceIndex::build_compacted`] built, for
 /// [`SpaceIndex::replace_graph`].
 #[derive(Debug)]
@@ -124,6 +131,7 @@ impl SpaceIndex {
             edits: self.edits,
             index: self.id,
         })
+        .map(drop)
     }
 
     fn maybe_compact(&mut self) {
@@ -158,8 +166,10 @@ impl SpaceIndex {
 
     /// Swaps in a graph [`SpaceIndex::build_compacted`] made of these very
     /// vectors: refused when a vector was changed, added or removed since
-    /// (build it again then).
-    pub fn replace_graph(&mut self, compacted: CompactedGraph) -> Result<()> {
+    /// (build it again then). Returns the graph it replaced, to be dropped
+    /// once the caller's lock on this index is released: freeing a large
+    /// graph takes a while.
+    pub fn replace_graph(&mut self, compacted: CompactedGraph) -> Result<RetiredGraph> {
         if compacted.index != self.id {
             return Err(Error::invalid("graph", "built of another index"));
         }
@@ -185,9 +195,9 @@ impl SpaceIndex {
             ));
         }
         let dropped = self.graph.tombstones();
-        self.graph = graph;
+        let old = std::mem::replace(&mut self.graph, graph);
         tracing::debug!(dropped, live = self.flat.len(), "compacted graph");
-        Ok(())
+        Ok(RetiredGraph { _graph: old })
     }
 
     /// [`VectorIndex::upsert`] without the automatic compaction: the caller

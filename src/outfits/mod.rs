@@ -509,10 +509,12 @@ impl Db {
             Err(vitrine_storage::Error::UnknownRecordVersion { found, .. })
                 if found < <OutfitRules as Record>::VERSION =>
             {
-                tracing::warn!(
-                    found,
-                    "outfit rules were saved by an older build; learn them again"
-                );
+                let msg = "outfit rules were saved by an older build; learn them again";
+                if self.first_warning(format!("outfit rules of record version {found}")) {
+                    tracing::warn!(found, "{msg}");
+                } else {
+                    tracing::debug!(found, "{msg}");
+                }
                 None
             }
             Err(e) => return Err(e.into()),

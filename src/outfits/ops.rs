@@ -408,13 +408,23 @@ impl Db {
             // Learned under another model (the database was re-embedded).
             let fits = r.dim() == cat.layout.dim && r.model == model;
             if !fits {
-                tracing::warn!(
-                    rules = r.dim(),
-                    catalog = cat.layout.dim,
-                    rules_model = r.model.as_deref().unwrap_or("-"),
-                    model = model.as_deref().unwrap_or("-"),
-                    "outfit rules were learned under another model; ignored until learned again"
+                let (rules_model, now) = (
+                    r.model.as_deref().unwrap_or("-"),
+                    model.as_deref().unwrap_or("-"),
                 );
+                let msg =
+                    "outfit rules were learned under another model; ignored until learned again";
+                if self.first_warning(format!("outfit rules {rules_model} -> {now}")) {
+                    tracing::warn!(
+                        rules = r.dim(),
+                        catalog = cat.layout.dim,
+                        rules_model,
+                        model = now,
+                        "{msg}"
+                    );
+                } else {
+                    tracing::debug!(rules_model, model = now, "{msg}");
+                }
             }
             fits
         });

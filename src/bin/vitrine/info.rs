@@ -58,11 +58,20 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     drop(db);
     let copy = Db::open(&args.out)
         .with_context(|| format!("the backup at {} does not open", args.out.display()))?;
-    if copy.len() != products || !copy.open_report().rebuilt.is_empty() {
+    if copy.len() != products {
         anyhow::bail!(
-            "the backup at {} holds {} products (the database {products}) or needed a rebuild",
+            "the backup at {} holds {} products (the database {products})",
             args.out.display(),
             copy.len()
+        );
+    }
+    // Copied without current index dumps when the database's disk could
+    // not take a checkpoint: rebuilt from sled (and saved) as it was
+    // checked, so the copy is whole.
+    if !copy.open_report().rebuilt.is_empty() {
+        esay!(
+            "note: the copy's indexes were rebuilt when it was checked: the database's own \
+             could not be written before the copy (is its disk full?)"
         );
     }
     let damaged = copy.open_report().damaged.len();
@@ -764,12 +773,15 @@ fn restore_from_copy(db_dir: &std::path::Path, copy: &std::path::Path) {
 
 fn put_copy_back(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow::Result<()> {
     let failed = free_name(db_dir, "repair-failed")?;
-    if std::fs::rename(db_dir, &failed).is_err() {
-        // A folder that is a mount point cannot be renamed (EBUSY), and
-        // the copy, made beside it, is on another device: its contents
-        // are copied back into it instead.
-        return copy_contents_back(db_dir, copy);
-    }
+    // A folder that is a mount point cannot be renamed (EBUSY): left as the
+    // failed repair made it, for the operator to replace its contents with
+    // the copy's (emptying it here first could leave it half restored).
+    std::fs::rename(db_dir, &failed).with_context(|| {
+        format!(
+            "cannot move {} aside (replace its contents with the copy's by hand)",
+            db_dir.display()
+        )
+    })?;
     std::fs::rename(copy, db_dir).with_context(|| {
         format!(
             "cannot move the copy {} back to {} (the repaired attempt is in {})",
@@ -782,34 +794,6 @@ fn put_copy_back(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow::Re
         sync_dir(parent).with_context(|| format!("cannot sync {}", parent.display()))?;
     }
     let _ = std::fs::remove_dir_all(&failed);
-    Ok(())
-}
-
-/// Empties `db_dir` and copies the copy's contents into it; the copy goes
-/// only once they are all in place and synced.
-fn copy_contents_back(db_dir: &std::path::Path, copy: &std::path::Path) -> anyhow::Result<()> {
-    let what = |p: &std::path::Path| format!("cannot put {} back", p.display());
-    for entry in std::fs::read_dir(db_dir).with_context(|| what(db_dir))? {
-        let path = entry.with_context(|| what(db_dir))?.path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        }
-        .with_context(|| format!("cannot remove {}", path.display()))?;
-    }
-    for entry in std::fs::read_dir(copy).with_context(|| what(copy))? {
-        let from = entry.with_context(|| what(copy))?.path();
-        let to = db_dir.join(from.file_name().unwrap_or_default());
-        if from.is_dir() {
-            copy_tree(&from, &to)
-        } else {
-            std::fs::copy(&from, &to).and_then(|_| std::fs::File::open(&to)?.sync_all())
-        }
-        .with_context(|| what(&to))?;
-    }
-    sync_dir(db_dir).with_context(|| format!("cannot sync {}", db_dir.display()))?;
-    let _ = std::fs::remove_dir_all(copy);
     Ok(())
 }
 
@@ -948,10 +932,11 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         .ok();
     // What image operations use: without a record, that depends on whether
     // an older build stored image products (area shrink off then).
-    let prep = db
-        .prep_config()
-        .map_err(|e| readable("image preparation", &e))
-        .ok();
+    let prep = match &recorded {
+        // Unreadable: named once, above.
+        None => None,
+        Some(_) => db.prep_config().ok(),
+    };
     Ok(json!({
         "path": db.path().display().to_string(),
         "bytes_on_disk": db.size_on_disk()?,
@@ -1144,46 +1129,4 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
         )?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The way back for a database folder that cannot be renamed (a mount
-    /// point): its contents are replaced by the copy's, the copy goes.
-    #[test]
-    fn copying_contents_back_replaces_them_and_removes_the_copy() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, copy) = (dir.path().join("db"), dir.path().join("db.before-repair"));
-        std::fs::create_dir_all(db.join("sled")).unwrap();
-        std::fs::write(db.join("sled/db"), "changed by a failed open").unwrap();
-        std::fs::write(db.join("sled-conf.damaged"), "set aside").unwrap();
-        std::fs::create_dir_all(copy.join("sled")).unwrap();
-        std::fs::create_dir_all(copy.join("arena")).unwrap();
-        std::fs::write(copy.join("sled/db"), "as it was").unwrap();
-        std::fs::write(copy.join("sled/conf"), "conf").unwrap();
-        std::fs::write(copy.join("arena/embedding.arena"), "arena").unwrap();
-        std::fs::write(copy.join("LOCK"), "").unwrap();
-        copy_contents_back(&db, &copy).unwrap();
-        assert!(!copy.exists());
-        let mut names: Vec<String> = std::fs::read_dir(&db)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["LOCK", "arena", "sled"]);
-        assert_eq!(
-            std::fs::read_to_string(db.join("sled/db")).unwrap(),
-            "as it was"
-        );
-        assert_eq!(
-            std::fs::read_to_string(db.join("sled/conf")).unwrap(),
-            "conf"
-        );
-        assert_eq!(
-            std::fs::read_to_string(db.join("arena/embedding.arena")).unwrap(),
-            "arena"
-        );
-    }
 }

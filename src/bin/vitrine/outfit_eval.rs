@@ -852,6 +852,12 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
                 f(&c["ceiling_ratio"]),
                 f(&c["ms"])
             );
+            if c["skipped_templates"].as_u64().is_some_and(|n| n > 0) {
+                println!(
+                    "  ({} templates skipped: a product of theirs has no model outputs, or is gone)",
+                    c["skipped_templates"]
+                );
+            }
         }
         for sheet in fig["sheets"].as_array().into_iter().flatten() {
             println!("contact sheet: {}", sheet.as_str().unwrap_or(""));
