@@ -679,6 +679,8 @@ pub struct Scorer {
     options: ScorerOptions,
     pool: Option<Arc<rayon::ThreadPool>>,
     fallback_logged: AtomicBool,
+    /// Whether a GPU failure (not an absent GPU) was warned about.
+    failure_logged: AtomicBool,
     #[cfg(feature = "cuda")]
     gpu: std::sync::OnceLock<std::result::Result<Arc<gpu::GpuScorer>, String>>,
 }
@@ -731,6 +733,7 @@ impl Scorer {
             options,
             pool,
             fallback_logged: AtomicBool::new(false),
+            failure_logged: AtomicBool::new(false),
             #[cfg(feature = "cuda")]
             gpu: std::sync::OnceLock::new(),
         };
@@ -752,6 +755,7 @@ impl Scorer {
             options: ScorerOptions::default(),
             pool: None,
             fallback_logged: AtomicBool::new(false),
+            failure_logged: AtomicBool::new(false),
             #[cfg(feature = "cuda")]
             gpu: std::sync::OnceLock::new(),
         })
@@ -923,8 +927,12 @@ impl<'a> LoadedRows<'a> {
                     Err(e) => {
                         if matches!(e, ScorerError::GpuUnavailable { .. }) {
                             self.scorer.log_fallback(&e.to_string(), work);
-                        } else {
+                        } else if !self.scorer.failure_logged.swap(true, Ordering::Relaxed) {
+                            // A failed upload is cached, and met by every
+                            // later batch: one warning.
                             tracing::warn!(error = %e, work, "GPU scoring failed; the CPU answers");
+                        } else {
+                            tracing::debug!(error = %e, work, "GPU scoring failed; the CPU answers");
                         }
                         Ok((self.cpu(batch, b), Backend::Cpu))
                     }

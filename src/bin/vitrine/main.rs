@@ -111,13 +111,29 @@ fn main() {
     // sled panics while recovering some damaged logs, and the storage layer
     // turns that into an error that says so: one warning line instead of a
     // panic message (any other sled panic still shows, as that warning).
+    // The library also catches the panics of the image decoders, tract and
+    // hnsw_rs and makes each that item's error (an import reports it): no
+    // panic message for those either, only a debug line.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if info
-            .location()
-            .is_some_and(|l| l.file().contains("/sled-0.34"))
-        {
+        let file = info.location().map_or("", |l| l.file());
+        if file.contains("/sled-0.34") {
             tracing::warn!("sled panicked: {info}");
+        } else if [
+            "/image-",
+            "/zune-",
+            "/png-",
+            "/gif-",
+            "/tiff-",
+            "/image-webp-",
+            "/jpeg-decoder-",
+            "/tract-",
+            "/hnsw_rs-",
+        ]
+        .iter()
+        .any(|c| file.contains(c))
+        {
+            tracing::debug!("caught panic: {info}");
         } else {
             default_hook(info);
         }
