@@ -131,6 +131,8 @@ json.dump({"gpu_tests_passed": t == 0, "gpu_tests_rc": t, "gpu_tests_skipped": s
 print(open(os.path.join(out, "summary.json")).read())
 EOF
     echo "total $(($(date +%s) - t0)) s"
+    # A failed GPU test fails the run (its figures are kept above).
+    [ "$tests_rc" -eq 0 ] || exit 1
 }
 
 case "${1:-}" in

@@ -190,7 +190,12 @@ impl std::fmt::Debug for Model {
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
     std::fs::read(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
+        // A folder named where a file is (VITRINE_MODEL_DIR set to the
+        // .onnx file) is a file not found, with the same hint.
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+        ) {
             ModelError::Missing {
                 path: path.to_path_buf(),
             }
@@ -207,7 +212,10 @@ static BUNDLED: Mutex<Option<(PathBuf, Arc<Model>)>> = Mutex::new(None);
 
 impl Model {
     /// Where [`Model::bundled`] looks: `$VITRINE_MODEL_DIR` when set and
-    /// non-empty, else `<source tree of this crate>/models`.
+    /// non-empty, else `<source tree of this crate>/models`, a path compiled
+    /// in. A binary run on another machine (a container image, a `cargo
+    /// install`) needs the variable, or the model embedded with
+    /// [`Model::from_bytes`] and `include_bytes!`.
     pub fn bundled_dir() -> PathBuf {
         match std::env::var_os(MODEL_DIR_ENV) {
             Some(d) if !d.is_empty() => PathBuf::from(d),

@@ -488,7 +488,7 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
         ))
     });
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
+        .with_context(|| format!("cannot read {} (pass --images DIR)", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             // The import's rule: files named as images.

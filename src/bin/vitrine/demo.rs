@@ -42,6 +42,13 @@ const SOLD_OUT_EVERY: usize = 10;
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let csv = args.catalog.join("catalog.csv");
+    if !csv.is_file() {
+        bail!(
+            "{} is absent: the default is the sample catalog of the source tree this binary \
+             was built from; pass --catalog DIR, a copy of examples/catalog",
+            csv.display()
+        );
+    }
     let items = csv_items(&csv)?;
     if items.is_empty() {
         bail!("{} lists no products", csv.display());

@@ -112,28 +112,34 @@ fn main() {
     // turns that into an error that says so: one warning line instead of a
     // panic message (any other sled panic still shows, as that warning).
     // The library also catches the panics of the image decoders, tract and
-    // hnsw_rs and makes each that item's error (an import reports it): no
-    // panic message for those either, only a debug line.
+    // hnsw_rs where it calls them on the caller's data, and makes each that
+    // item's error (an import reports it): one warning line for those too,
+    // not a panic message per bad file. (A panic there that nothing catches
+    // still shows, as that line, before the process ends.)
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let file = info.location().map_or("", |l| l.file());
-        if file.contains("/sled-0.34") {
-            tracing::warn!("sled panicked: {info}");
-        } else if [
+        let dependency = [
             "/image-",
             "/zune-",
             "/png-",
             "/gif-",
             "/tiff-",
-            "/image-webp-",
             "/jpeg-decoder-",
+            "/weezl-",
+            "/fdeflate-",
+            "/miniz_oxide-",
+            "/flate2-",
+            "/byteorder-lite-",
+            "/half-",
             "/tract-",
+            "/ndarray-",
             "/hnsw_rs-",
-        ]
-        .iter()
-        .any(|c| file.contains(c))
-        {
-            tracing::debug!("caught panic: {info}");
+        ];
+        if file.contains("/sled-0.34") {
+            tracing::warn!("sled panicked: {info}");
+        } else if dependency.iter().any(|c| file.contains(c)) {
+            tracing::warn!("a dependency panicked: {info}");
         } else {
             default_hook(info);
         }
