@@ -221,10 +221,20 @@ pub(crate) struct Indexed<'a> {
 /// Whether the model tagged the product with `concept` (a concept key).
 fn tagged(attrs: &Attributes, concept: &str) -> bool {
     let is = |name: &str| {
-        // Stored names are usually keys already: no allocation then.
-        let canonical = name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+        // Stored names are usually keys already: no allocation then. (A
+        // key's concept part is its own slug: no `__`, no `_` at its ends,
+        // no second dot.)
+        let canonical = name.split_once('.').is_some_and(|(group, tag)| {
+            let plain = |s: &str| {
+                s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            };
+            plain(group)
+                && plain(tag)
+                && !tag.starts_with('_')
+                && !tag.ends_with('_')
+                && !tag.contains("__")
+        });
         if canonical {
             name == concept
         } else {
@@ -299,6 +309,27 @@ mod tests {
         assert!(!both.is_empty());
         assert!(!both.matches("x", &red));
         assert!(Filter::new().tagged("colour.red").matches("x", &red));
+    }
+
+    /// A stored tag name that is not its own key (a custom manifest's
+    /// `colour.off__white`) matches the concept it is queried as.
+    #[test]
+    fn stored_tag_names_match_as_keys() {
+        for (stored, concept) in [
+            ("colour.off__white", "colour.off_white"),
+            ("colour.red_", "colour.red"),
+            ("colour._red", "colour.red"),
+            ("pattern.a.b", "pattern.a_b"),
+            ("Colour.Navy Blue", "colour.navy_blue"),
+            ("colour.red", "colour.red"),
+        ] {
+            let p = Attributes::new().set("vitrine.tags", format!("x.y,{stored}"));
+            assert!(Filter::new().tagged(concept).matches("p", &p), "{stored}");
+            assert!(
+                !Filter::new().not_tagged(concept).matches("p", &p),
+                "{stored}"
+            );
+        }
     }
 
     fn product(category: &str, brand: &str, price: f64, in_stock: bool) -> Attributes {
