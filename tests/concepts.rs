@@ -254,6 +254,10 @@ fn query_text_filters_weights_and_contributions() {
     assert_eq!(r.hits.len(), 5);
     assert!(r.hits.iter().all(|h| &h.id != id));
     assert_eq!(r.hits[0].contributions[0].term, format!("like {id}"));
+    // Its weight is shown, as a term's is.
+    let r2 = db.query(&format!("like {id}^2 limit 5")).unwrap();
+    assert_eq!(r2.hits[0].contributions[0].term, format!("like {id}^2"));
+    assert!((r2.hits[0].score - 2.0 * r.hits[0].score).abs() < 1e-3);
     // Diversity re-ranks: the diverse top 10 is visually less alike.
     let plain = db.query("+colour.black limit 10").unwrap();
     let diverse = db.query("+colour.black limit 10 diverse 0.7").unwrap();

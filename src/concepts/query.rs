@@ -180,7 +180,8 @@ pub enum LikeTarget {
 /// with each hit.
 ///
 /// `like image "path"` reads that file with the permissions of the process
-/// (through [`Db::query_with_model`] only). A service that passes query text
+/// (through [`Db::query_with_model`], or [`Db::run_query`] given a model;
+/// without one it is refused). A service that passes query text
 /// from its users should refuse it, or check the path, before the query runs.
 ///
 /// Built in code:
@@ -293,7 +294,8 @@ impl ConceptQuery {
 /// One term's share of a hit's score.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Contribution {
-    /// `+colour.red`, `-pattern.striped^2`, `like 123`, `profile`.
+    /// `+colour.red`, `-pattern.striped^2`, `like 123`, `like 123^2`,
+    /// `profile affinities`.
     pub term: String,
     /// Its addend in the score.
     pub value: f32,
@@ -681,10 +683,8 @@ impl<'a> Parser<'a> {
                             Some(Tok::Str(c)) => format!("{group}.{c:?}"),
                             _ => format!("{group}."),
                         };
-                        // User tags and the visual block only rank.
-                        let ranks_only = [super::USER_GROUP, "visual"]
-                            .iter()
-                            .any(|g| group.eq_ignore_ascii_case(g));
+                        // User tags only rank.
+                        let ranks_only = group.eq_ignore_ascii_case(super::USER_GROUP);
                         let hint = if ranks_only {
                             format!("sign a term to rank by it (+{name})")
                         } else {
@@ -1196,6 +1196,12 @@ impl Db {
                         .map_err(|e| ConceptError::Ingest(Box::new(e)))?;
                     (model.concept_vector(&out), format!("like image {path}"))
                 }
+            };
+            // Its weight shown as a term's is.
+            let label = if (w - 1.0).abs() < 1e-6 {
+                label
+            } else {
+                format!("{label}^{w}")
             };
             let shape = match &profile {
                 Some(p) => {

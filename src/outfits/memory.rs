@@ -11,8 +11,9 @@
 //! `NEIGHBOURS` most similar stored items to `a` (an item of the stored
 //! outfits is its own nearest neighbour, so its own partners count most).
 //!
-//! Nothing is fitted: "learning" is indexing the stored outfits, so adding
-//! an outfit is incremental by construction.
+//! Nothing is fitted: "learning" is indexing the outfits, which is cheap to
+//! do again. The engine's memory holds the outfits the rules were learned
+//! from: one stored since counts once the rules are learned again.
 
 use super::features::{dot, Catalog, NO_CATEGORY};
 

@@ -718,6 +718,16 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(c, &n)| n.min(per_category.get(c).copied().unwrap_or(0)))
             .sum();
+        // The templates' colour relations, as the engine sees them, kept
+        // in the planned outfits.
+        let (n_rel, n_kept) = plan
+            .outfits
+            .iter()
+            .flat_map(|e| &e.relations)
+            .fold((0usize, 0usize), |(n, k), r| {
+                (n + 1, k + usize::from(r.kept))
+            });
+        let relations_kept_pct = 100.0 * n_kept as f64 / n_rel.max(1) as f64;
         cover.push(serde_json::json!({
             // Those planned: a template naming a product that cannot be
             // (no model outputs, deleted) is skipped, and said below.
@@ -735,6 +745,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             "baseline_fraction": plan.baseline_fraction,
             "ratio": if plan.baseline_fraction > 0.0 { plan.fraction / plan.baseline_fraction } else { 0.0 },
             "ms": plan.elapsed_ms,
+            "relations_kept_pct": relations_kept_pct,
         }));
     }
 
@@ -843,13 +854,14 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         for c in fig["cover"].as_array().into_iter().flatten() {
             println!(
                 "cover ({} templates x {}): {:.1} % of in-stock products, naive NN {:.1} %, \
-                 ratio {:.2}x (ceiling {:.2}x), {:.0} ms",
+                 ratio {:.2}x (ceiling {:.2}x), relations kept {:.1} %, {:.0} ms",
                 c["templates"],
                 c["outfits_per_template"],
                 100.0 * f(&c["fraction"]),
                 100.0 * f(&c["baseline_fraction"]),
                 f(&c["ratio"]),
                 f(&c["ceiling_ratio"]),
+                f(&c["relations_kept_pct"]),
                 f(&c["ms"])
             );
             if c["skipped_templates"].as_u64().is_some_and(|n| n > 0) {
