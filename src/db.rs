@@ -2187,16 +2187,16 @@ impl Db {
         // outputs take them in (write_model_output). Not by waiting for the
         // writer with the fingerprint held, though: a backup or a
         // compaction holds the writer for long, and every concept read
-        // would wait behind the fingerprint's write lock.
+        // would wait behind the fingerprint's write lock. So the writer is
+        // waited for first, holding nothing; an image write that holds the
+        // fingerprint meanwhile then gets the writer and finishes.
         let (mut current, mut w) = loop {
+            drop(lock(&self.writer));
             let current = write(&self.model_fingerprint);
             match self.writer.try_lock() {
                 Ok(w) => break (current, w),
                 Err(std::sync::TryLockError::Poisoned(p)) => break (current, p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    drop(current);
-                    drop(lock(&self.writer));
-                }
+                Err(std::sync::TryLockError::WouldBlock) => drop(current),
             }
         };
         match w.meta.model_fingerprint.as_deref() {

@@ -427,14 +427,26 @@ fn malformed_queries_are_typed_errors_with_positions() {
             .is_some_and(|h| h.contains("and pattern.striped")),
         "{forgot:?}"
     );
+    // Named as a term is (a quoted name too); an unknown one is that.
     let quoted =
         ConceptQuery::parse("find where in_stock category.\"Casual Shoes\"", &vocab).unwrap_err();
     assert!(
-        quoted.to_string().contains("category.\"Casual Shoes\""),
+        quoted.to_string().contains("category.casual_shoes"),
         "{quoted}"
     );
+    let typo = ConceptQuery::parse("find where in_stock colour.rde", &vocab).unwrap_err();
+    assert_eq!(typo.kind, UnknownConcept, "{typo}");
     // A user tag cannot filter: the hint only says to sign it.
-    let tag = ConceptQuery::parse("find where in_stock user.cozy", &vocab).unwrap_err();
+    let cozy = vitrine::UserTag {
+        name: "cozy".into(),
+        vector: vec![0.0; vocab.layout().dim],
+        method: TagMethod::Centroid,
+        weight: 1.0,
+        positives: vec!["x".into()],
+        negatives: Vec::new(),
+    };
+    let with_tag = vitrine::Vocabulary::new(vocab.layout().clone(), [cozy]);
+    let tag = ConceptQuery::parse("find where in_stock user.cozy", &with_tag).unwrap_err();
     assert_eq!(
         tag.hint.as_deref(),
         Some("sign a term to rank by it (+user.cozy)")

@@ -71,6 +71,27 @@ impl Tmux {
         ])
     }
 
+    /// Waits until the last line on the screen is an empty prompt: the
+    /// previous command is done and the line editor reads again.
+    fn wait_for_prompt(&self) {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::trim_end)
+                == Some("vitrine>")
+            {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                panic!("no prompt came back:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the screen shows `what` (and returns the screen).
     fn wait_for(&self, what: &str) -> String {
         let start = Instant::now();
@@ -164,6 +185,8 @@ fn repl_completes_queries_shows_and_reports_errors() {
 
     // A paste of two lines is two commands, not one with the second's
     // words as arguments.
+    // (Once the editor reads again: it asks for bracketed pastes then.)
+    tmux.wait_for_prompt();
     tmux.paste("concepts pattern\nconcepts season");
     tmux.keys(&["Enter"]);
     let s = tmux.wait_for("season.");

@@ -673,18 +673,14 @@ impl<'a> Parser<'a> {
                     // `where in_stock pattern.striped` reads as a second
                     // condition with its `and` forgotten, not as a term.
                     if self.at_concept() {
-                        let t = self.peek().clone();
-                        let group = match &t.tok {
-                            Tok::Word(g) => g.clone(),
-                            _ => String::new(),
-                        };
-                        let name = match self.toks.get(self.at + 2).map(|t| &t.tok) {
-                            Some(Tok::Word(c) | Tok::Num(c)) => format!("{group}.{c}"),
-                            Some(Tok::Str(c)) => format!("{group}.{c:?}"),
-                            _ => format!("{group}."),
-                        };
+                        // Named as a term would be (an unknown one is
+                        // that error, with its suggestion).
+                        let col = self.peek().col;
+                        let name = self.concept(false)?;
                         // User tags only rank.
-                        let ranks_only = group.eq_ignore_ascii_case(super::USER_GROUP);
+                        let ranks_only = name
+                            .split_once('.')
+                            .is_some_and(|(g, _)| g == super::USER_GROUP);
                         let hint = if ranks_only {
                             format!("sign a term to rank by it (+{name})")
                         } else {
@@ -694,7 +690,7 @@ impl<'a> Parser<'a> {
                         };
                         return Err(QueryError::new(
                             QueryErrorKind::Unexpected,
-                            t.col,
+                            col,
                             format!("expected 'and' or a clause, found '{name}'"),
                         )
                         .hint(hint));

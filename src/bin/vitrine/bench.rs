@@ -481,6 +481,7 @@ fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
 
 fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> Result<()> {
     use vitrine::{prepare_rgb, ImportOptions, ImportSource, Model, PrepConfig};
+    let given = images.is_some();
     let dir = images.unwrap_or_else(|| {
         PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -488,7 +489,14 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
         ))
     });
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot read {} (pass --images DIR)", dir.display()))?
+        .with_context(|| {
+            let hint = if given {
+                ""
+            } else {
+                " (the source tree's sample; pass --images DIR)"
+            };
+            format!("cannot read {}{hint}", dir.display())
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             // The import's rule: files named as images.

@@ -29,7 +29,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "vitrine-demo")]
     pub out: PathBuf,
     /// The sample catalog (a folder with `catalog.csv`).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog"))]
+    #[arg(long, default_value = DEFAULT_CATALOG)]
     pub catalog: PathBuf,
 }
 
@@ -39,10 +39,13 @@ const RESULTS: usize = 6;
 /// show the in-stock filter.
 const SOLD_OUT_EVERY: usize = 10;
 
+/// The sample catalog of the source tree the binary was built from.
+const DEFAULT_CATALOG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/catalog");
+
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let csv = args.catalog.join("catalog.csv");
-    if !csv.is_file() {
+    if !csv.is_file() && args.catalog == Path::new(DEFAULT_CATALOG) {
         bail!(
             "{} is absent: the default is the sample catalog of the source tree this binary \
              was built from; pass --catalog DIR, a copy of examples/catalog",

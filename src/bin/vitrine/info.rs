@@ -68,7 +68,8 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     // Copied without current index dumps when the database's disk could
     // not take a checkpoint: rebuilt from sled (and saved) as it was
     // checked, so the copy is whole.
-    if !copy.open_report().rebuilt.is_empty() {
+    let rebuilt = !copy.open_report().rebuilt.is_empty();
+    if rebuilt {
         esay!(
             "note: the copy's indexes were rebuilt when it was checked: the database's own \
              could not be written before the copy (is its disk full?)"
@@ -84,8 +85,13 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "backed up {products} products to {} in {secs:.1} s (checked: it opens clean)",
-            args.out.display()
+            "backed up {products} products to {} in {secs:.1} s (checked: it opens{})",
+            args.out.display(),
+            if rebuilt {
+                "; its indexes were rebuilt from its storage"
+            } else {
+                " clean"
+            }
         );
     }
     Ok(())

@@ -866,7 +866,8 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             );
             if c["skipped_templates"].as_u64().is_some_and(|n| n > 0) {
                 println!(
-                    "  ({} templates skipped: a product of theirs has no model outputs, or is gone)",
+                    "  ({} templates skipped: a product of theirs is gone, has no model outputs or \
+                     the previous model's, or (as its anchor) has no category)",
                     c["skipped_templates"]
                 );
             }

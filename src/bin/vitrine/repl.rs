@@ -1037,7 +1037,8 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     let piped = !std::io::stdin().is_terminal();
     let config = Config::builder()
         // Edited on the terminal itself: with stdout redirected to a file,
-        // the prompt and the echo stay out of it.
+        // the prompt and the echo stay out of it (not under TERM=dumb,
+        // where the line editor writes its prompt to stdout).
         .behavior(if piped {
             rustyline::Behavior::Stdio
         } else {
