@@ -1129,6 +1129,18 @@ impl Db {
         N: Into<String>,
     {
         check_id(id)?;
+        // (Only here, where ids are made: one an older build stored can
+        // still be read, changed in place and deleted.)
+        if id.chars().any(char::is_control) {
+            return Err(Error::IdWithControlCharacter {
+                id: id
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+                    .escape_debug()
+                    .to_string(),
+            });
+        }
         check_attributes(&attrs)?;
         let vectors = self.check_vectors(vectors)?;
         let mut w = lock(&self.writer);
@@ -2184,19 +2196,22 @@ impl Db {
             _ => {}
         }
         // The fingerprint, then the writer: the order writes of model
-        // outputs take them in (write_model_output). Not by waiting for the
-        // writer with the fingerprint held, though: a backup or a
-        // compaction holds the writer for long, and every concept read
-        // would wait behind the fingerprint's write lock. So the writer is
-        // waited for first, holding nothing; an image write that holds the
-        // fingerprint meanwhile then gets the writer and finishes.
+        // outputs take them in (write_model_output). Never by queueing on
+        // the fingerprint, though: a write-locker waiting there holds up
+        // every reader (every concept query), and an image write holding
+        // it for reading may itself wait for the writer, which a backup or
+        // a compaction holds for long. So the writer is taken first, and
+        // the fingerprint only tried; when readers hold it, both are let go
+        // and taken again.
         let (mut current, mut w) = loop {
-            drop(lock(&self.writer));
-            let current = write(&self.model_fingerprint);
-            match self.writer.try_lock() {
-                Ok(w) => break (current, w),
-                Err(std::sync::TryLockError::Poisoned(p)) => break (current, p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => drop(current),
+            let w = lock(&self.writer);
+            match self.model_fingerprint.try_write() {
+                Ok(current) => break (current, w),
+                Err(std::sync::TryLockError::Poisoned(p)) => break (p.into_inner(), w),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    drop(w);
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
             }
         };
         match w.meta.model_fingerprint.as_deref() {

@@ -26,6 +26,13 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A product id stored anew holds a control character (a line break,
+    /// a tab): no command line, CSV row or report line could name it.
+    #[error("product id '{id}' holds a control character (a line break or a tab, say)")]
+    IdWithControlCharacter {
+        /// The id, escaped (and cut at 80 characters).
+        id: String,
+    },
     /// `insert` was called for an id that is already stored.
     #[error("product '{id}' already exists (use upsert to replace it)")]
     AlreadyExists {
@@ -156,6 +163,7 @@ impl Error {
             self,
             Error::EmptyId
                 | Error::IdTooLong { .. }
+                | Error::IdWithControlCharacter { .. }
                 | Error::AlreadyExists { .. }
                 | Error::NotFound { .. }
                 | Error::UnknownVector { .. }

@@ -335,6 +335,16 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         .insert("", Attributes::new(), [(DEFAULT_SPACE, v.clone())])
         .unwrap_err();
     assert!(matches!(e, Error::EmptyId));
+    // No command line, CSV row or report line could name it.
+    let e = db
+        .insert(
+            "sku-1\nsku-2",
+            Attributes::new(),
+            [(DEFAULT_SPACE, v.clone())],
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::IdWithControlCharacter { .. }), "{e}");
+    assert!(e.is_user_error());
     let e = db
         .insert(
             &"x".repeat(5000),

@@ -1109,6 +1109,11 @@ impl Db {
         };
         let uniform = layout.as_ref().map(|l| Profile::uniform(l).weights);
         let _guard = self.side_write_lock();
+        // No such tag, nothing to clean: the tag goes last below, so a
+        // delete cut short by a crash still finds it.
+        if !tags.contains(name.as_bytes())? {
+            return Ok(false);
+        }
         // An affinity to a tag that is gone would name an unknown concept.
         // The tag goes last: a crash before leaves it defined, and the
         // delete to do again.

@@ -676,7 +676,7 @@ impl<'a> Parser<'a> {
                         // Named as a term would be (an unknown one is
                         // that error, with its suggestion).
                         let col = self.peek().col;
-                        let name = self.concept(false)?;
+                        let name = self.concept(true)?;
                         // User tags only rank.
                         let ranks_only = name
                             .split_once('.')

@@ -88,7 +88,11 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             let ids = unique(ids);
             let mut missing = Vec::new();
             for id in &ids {
-                let Some(p) = db.get(id)? else {
+                let found = match db.get(id) {
+                    Err(vitrine::Error::EmptyId | vitrine::Error::IdTooLong { .. }) => None,
+                    r => r?,
+                };
+                let Some(p) = found else {
                     missing.push(id.as_str());
                     continue;
                 };
@@ -180,10 +184,14 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             let mut missing = Vec::new();
             let mut deleted = 0usize;
             for id in &ids {
-                if db.delete(id)? {
-                    deleted += 1;
-                } else {
-                    missing.push(id.as_str());
+                // An id no product can have (empty, too long) is unknown:
+                // the others are still deleted.
+                match db.delete(id) {
+                    Ok(true) => deleted += 1,
+                    Ok(false) | Err(vitrine::Error::EmptyId | vitrine::Error::IdTooLong { .. }) => {
+                        missing.push(id.as_str())
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             if json {

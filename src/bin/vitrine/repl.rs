@@ -680,14 +680,23 @@ impl Session {
     }
 
     fn tag(&mut self, args: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
-        // A tag's name, also as `tag list` shows it and Tab completes it.
+        // A tag's name, also as `tag list` shows it and Tab completes it;
+        // an existing tag in any case, as queries name it (`define` keeps
+        // the name as typed: a name must be its own slug).
         let mut args = args.to_vec();
-        if let [_, name, ..] = args.as_mut_slice() {
+        let slug;
+        if let [verb, name, ..] = args.as_mut_slice() {
             let prefixed = name
                 .get(..5)
                 .is_some_and(|p| p.eq_ignore_ascii_case("user."));
             if prefixed && name.len() > 5 {
                 *name = &name[5..];
+            }
+            if *verb != "define" {
+                slug = vitrine::concept_slug(name);
+                if !slug.is_empty() {
+                    *name = slug.as_str();
+                }
             }
         }
         match args.as_slice() {
