@@ -1129,18 +1129,6 @@ impl Db {
         N: Into<String>,
     {
         check_id(id)?;
-        // (Only here, where ids are made: one an older build stored can
-        // still be read, changed in place and deleted.)
-        if id.chars().any(char::is_control) {
-            return Err(Error::IdWithControlCharacter {
-                id: id
-                    .chars()
-                    .take(80)
-                    .collect::<String>()
-                    .escape_debug()
-                    .to_string(),
-            });
-        }
         check_attributes(&attrs)?;
         let vectors = self.check_vectors(vectors)?;
         let mut w = lock(&self.writer);
@@ -1157,6 +1145,18 @@ impl Db {
         };
         if existing.is_some() && !replace {
             return Err(Error::AlreadyExists { id: id.into() });
+        }
+        // Only where ids are made: one an older build stored can still be
+        // read, replaced, changed in place and deleted.
+        if existing.is_none() && id.chars().any(char::is_control) {
+            return Err(Error::IdWithControlCharacter {
+                id: id
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+                    .escape_debug()
+                    .to_string(),
+            });
         }
         self.mark_dirty(&mut w)?;
         let doc = match existing {

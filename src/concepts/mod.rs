@@ -1109,9 +1109,11 @@ impl Db {
         };
         let uniform = layout.as_ref().map(|l| Profile::uniform(l).weights);
         let _guard = self.side_write_lock();
-        // No such tag, nothing to clean: the tag goes last below, so a
-        // delete cut short by a crash still finds it.
-        if !tags.contains(name.as_bytes())? {
+        // No such tag, nothing to clean: the tag goes last below (its
+        // model record after it), so a delete cut short by a crash still
+        // finds one of them.
+        let tag_models = self.side_keyspace::<TagModel>(TAG_MODELS_KS)?;
+        if !tags.contains(name.as_bytes())? && !tag_models.contains(name.as_bytes())? {
             return Ok(false);
         }
         // An affinity to a tag that is gone would name an unknown concept.
@@ -1166,8 +1168,7 @@ impl Db {
             })
         })?;
         let existed = tags.remove(name.as_bytes())?;
-        self.side_keyspace::<TagModel>(TAG_MODELS_KS)?
-            .remove(name.as_bytes())?;
+        tag_models.remove(name.as_bytes())?;
         Ok(existed)
     }
 

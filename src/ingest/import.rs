@@ -97,10 +97,8 @@ fn list_dir(dir: &Path) -> Result<(Vec<ImportItem>, Vec<PathBuf>), IngestError> 
         let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
             continue;
         };
-        // Trimmed, as a CSV's id cells are: `10029 .jpg` is product 10029,
-        // which the nightly CSV can then name.
         items.push(ImportItem {
-            id: stem.trim().to_string(),
+            id: stem,
             path,
             attributes: Attributes::new(),
         });

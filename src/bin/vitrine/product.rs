@@ -143,7 +143,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                 println!("  vectors    {}", dims.join(", "));
             }
             if !missing.is_empty() {
-                bail!("no product {}", missing.join(", "));
+                bail!("no product {}", shown_ids(&missing));
             }
         }
         ProductCommand::Set { id, pairs } => {
@@ -225,7 +225,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                 }
             }
             if !missing.is_empty() {
-                bail!("no product {}", missing.join(", "));
+                bail!("no product {}", shown_ids(&missing));
             }
         }
     }
@@ -267,4 +267,23 @@ fn apply(a: &mut Attributes, key: &str, value: &str) -> anyhow::Result<()> {
         },
     }
     Ok(())
+}
+
+/// Ids for a message: an empty one or a very long one said as such, not
+/// echoed (a 5,000-byte id on one line).
+fn shown_ids(ids: &[&str]) -> String {
+    ids.iter()
+        .map(|id| match id.len() {
+            0 => "'' (an empty id)".to_string(),
+            n if n > vitrine::MAX_ID_LEN => {
+                format!(
+                    "{}… (an id of {n} bytes; the limit is {})",
+                    crate::field(&id.chars().take(40).collect::<String>()),
+                    vitrine::MAX_ID_LEN
+                )
+            }
+            _ => id.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
