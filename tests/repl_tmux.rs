@@ -92,6 +92,19 @@ impl Tmux {
         }
     }
 
+    /// Waits until the command run after the REPL (`touch done`) made `done`.
+    fn wait_until_quit(&self, done: &std::path::Path) {
+        let start = Instant::now();
+        while !done.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the REPL did not quit:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the screen shows `what` (and returns the screen).
     fn wait_for(&self, what: &str) -> String {
         let start = Instant::now();
@@ -112,6 +125,17 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         self.run(&["kill-server"]);
     }
+}
+
+/// A database in `dir/db` holding one product of plain vectors.
+fn one_product_db(dir: &std::path::Path) -> PathBuf {
+    let db_dir = dir.join("db");
+    let db = Db::open(&db_dir).unwrap();
+    let mut v = vec![0.0f32; vitrine::DEFAULT_DIM];
+    v[0] = 1.0;
+    db.insert("only-one", Attributes::new(), [(vitrine::DEFAULT_SPACE, v)])
+        .unwrap();
+    db_dir
 }
 
 fn have_tmux() -> bool {
@@ -228,14 +252,7 @@ fn repl_answers_under_a_dumb_terminal() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let db_dir = tmp.path().join("db");
-    {
-        let db = Db::open(&db_dir).unwrap();
-        let mut v = vec![0.0f32; vitrine::DEFAULT_DIM];
-        v[0] = 1.0;
-        db.insert("only-one", Attributes::new(), [(vitrine::DEFAULT_SPACE, v)])
-            .unwrap();
-    }
+    let db_dir = one_product_db(tmp.path());
     let tmux = Tmux {
         socket: format!("vitrine-dumb-{}", std::process::id()),
         session: "repl".into(),
@@ -253,15 +270,7 @@ fn repl_answers_under_a_dumb_terminal() {
     tmux.keys(&["info", "Enter"]);
     tmux.wait_for("products   1 (");
     tmux.keys(&["quit", "Enter"]);
-    let start = Instant::now();
-    while !done.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the REPL did not quit:\n{}",
-            tmux.screen()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tmux.wait_until_quit(&done);
 }
 
 /// With stdout redirected to a file, the prompt and the typed line are
@@ -273,14 +282,7 @@ fn repl_keeps_redirected_output_clean() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let db_dir = tmp.path().join("db");
-    {
-        let db = Db::open(&db_dir).unwrap();
-        let mut v = vec![0.0f32; vitrine::DEFAULT_DIM];
-        v[0] = 1.0;
-        db.insert("only-one", Attributes::new(), [(vitrine::DEFAULT_SPACE, v)])
-            .unwrap();
-    }
+    let db_dir = one_product_db(tmp.path());
     let tmux = Tmux {
         socket: format!("vitrine-redirect-{}", std::process::id()),
         session: "repl".into(),
@@ -299,15 +301,7 @@ fn repl_keeps_redirected_output_clean() {
     tmux.keys(&["info", "Enter"]);
     tmux.wait_for("vitrine> info");
     tmux.keys(&["quit", "Enter"]);
-    let start = Instant::now();
-    while !done.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the REPL did not quit:\n{}",
-            tmux.screen()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tmux.wait_until_quit(&done);
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(!text.is_empty());
     for line in text.lines() {
