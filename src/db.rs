@@ -142,8 +142,8 @@ impl DbBuilder {
 
     /// HNSW graph parameters (validated on open). A database remembers
     /// the `max_connections` and `ef_construction` its graphs were built
-    /// with (in their dumps): without this call an existing one keeps
-    /// them, compactions included. Given others, the open rebuilds the
+    /// with (in sled, so a lost index dump is rebuilt with them): without
+    /// this call an existing one keeps them, compactions included. Given others, the open rebuilds the
     /// graphs with them (listed in [`OpenReport::rebuilt`]). `ef_search`,
     /// a search setting, is not remembered: it is this call's, or 64.
     pub fn hnsw(mut self, params: HnswParams) -> Self {
@@ -934,6 +934,7 @@ impl Db {
             }
         }
 
+        let graph_params = store.keyspace::<GraphParams>(&format!("vitrine.{GRAPH_PARAMS_KS}"))?;
         let mut spaces = Vec::with_capacity(specs.len());
         for ((spec, flat), lost) in specs.into_iter().zip(flats).zip(lost) {
             let idx_dir = index_dir(dir, &spec.name);
@@ -945,16 +946,29 @@ impl Db {
             }
             let loaded = SpaceIndex::load(&idx_dir, generation, flat.clone(), b.index.clone());
             // The graph parameters: the caller's, or those the database's
-            // graph was built with (a rebuild reads them from the dump's
-            // header, even a stale one); `ef_search` is always the caller's.
+            // graph was built with (kept in sled; a database of an older
+            // build has them only in the dump's header, even a stale one);
+            // `ef_search` is always the caller's.
+            let ef_search = b.index.hnsw.ef_search;
+            let kept = match graph_params.get(spec.name.as_bytes()) {
+                Ok(kept) => kept,
+                Err(e) => {
+                    warn!(space = %spec.name, error = %e, "cannot read the graph parameters");
+                    None
+                }
+            };
             let rebuilding = lost || loaded.is_err();
             let saved = (rebuilding && !b.hnsw_given)
-                .then(|| SpaceIndex::saved_params(&idx_dir))
+                .then(|| {
+                    kept.as_ref()
+                        .and_then(|k| k.with_ef_search(ef_search))
+                        .or_else(|| SpaceIndex::saved_params(&idx_dir))
+                })
                 .flatten();
             let cfg = match saved {
                 Some(params) => IndexConfig {
                     hnsw: HnswParams {
-                        ef_search: b.index.hnsw.ef_search,
+                        ef_search,
                         ..params
                     },
                     ..b.index.clone()
@@ -996,6 +1010,13 @@ impl Db {
                     SpaceIndex::build(flat, cfg, b.threads)?
                 }
             };
+            // What its compactions build with (a loaded graph keeps its own).
+            let now = GraphParams::of(&index.config().hnsw);
+            if kept.as_ref() != Some(&now) {
+                if let Err(e) = graph_params.put(spec.name.as_bytes(), &now) {
+                    warn!(space = %spec.name, error = %e, "cannot record the graph parameters");
+                }
+            }
             spaces.push(Space {
                 spec,
                 index: RwLock::new(index),
@@ -2070,6 +2091,25 @@ fn remove_checkpoint_debris(dir: &Path) {
     }
 }
 
+/// Copies a file and syncs the copy. An error names the side that failed:
+/// a failing sector of the database, or a full backup disk.
+fn copy_file(src: &Path, dst: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut from = std::fs::File::open(src).map_err(io_err(src))?;
+    let mut to = std::fs::File::create(dst).map_err(io_err(dst))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(src)(e)),
+        };
+        to.write_all(&buf[..n]).map_err(io_err(dst))?;
+    }
+    to.sync_all().map_err(io_err(dst))
+}
+
 /// Copies a folder tree of regular files and folders, each file synced
 /// (anything else in it is an error: a database folder holds nothing else).
 fn copy_dir(from: &Path, to: &Path, skip: fn(&std::ffi::OsStr) -> bool) -> Result<()> {
@@ -2085,11 +2125,7 @@ fn copy_dir(from: &Path, to: &Path, skip: fn(&std::ffi::OsStr) -> bool) -> Resul
             copy_dir(&src, &dst, |_| false)?;
             sync_dir(&dst)?;
         } else if kind.is_file() {
-            // A failure is the copy's (a full destination, say): name it.
-            std::fs::copy(&src, &dst).map_err(io_err(&dst))?;
-            std::fs::File::open(&dst)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(&dst))?;
+            copy_file(&src, &dst)?;
         } else {
             return Err(Error::InvalidConfig(format!(
                 "{} is neither a file nor a folder; a database folder holds only those",
@@ -2269,11 +2305,49 @@ impl SpaceSnapshot {
 /// that does not exist is a write, so reading one that was never written
 /// (the user tags every concept query reads) would otherwise wait out a
 /// backup, and fail once a write had failed.
-pub(crate) const SIDE_KEYSPACES: [&[&str]; 3] = [
+pub(crate) const SIDE_KEYSPACES: [&[&str]; 4] = [
+    &[GRAPH_PARAMS_KS],
     &crate::concepts::KEYSPACES,
     &crate::ingest::KEYSPACES,
     &crate::outfits::KEYSPACES,
 ];
+
+/// The graph parameters each space's index is built with, by space name.
+/// The index files are a cache of sled: a damaged or removed one must not
+/// take the database's settings with it (rebuilt with the defaults).
+const GRAPH_PARAMS_KS: &str = "graph_params";
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+struct GraphParams {
+    max_connections: u64,
+    ef_construction: u64,
+    max_layers: u64,
+}
+
+impl vitrine_storage::Record for GraphParams {
+    const VERSION: u8 = 1;
+}
+
+impl GraphParams {
+    fn of(p: &HnswParams) -> GraphParams {
+        GraphParams {
+            max_connections: p.max_connections as u64,
+            ef_construction: p.ef_construction as u64,
+            max_layers: p.max_layers as u64,
+        }
+    }
+
+    /// As parameters with `ef_search`; `None` when not valid ones.
+    fn with_ef_search(&self, ef_search: usize) -> Option<HnswParams> {
+        let p = HnswParams {
+            max_connections: usize::try_from(self.max_connections).ok()?,
+            ef_construction: usize::try_from(self.ef_construction).ok()?,
+            max_layers: usize::try_from(self.max_layers).ok()?,
+            ef_search,
+        };
+        p.validate().is_ok().then_some(p)
+    }
+}
 
 /// Whether a graph built with `a` is one built with `b` (`ef_search` is a
 /// search setting, not the graph's).

@@ -126,8 +126,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// True when another process has the database open (sled locks its
-    /// files): a service starting while the old one still runs can retry.
+    /// True when the database is open elsewhere (sled locks its files per
+    /// open): in another process, or through another `Db` of this process
+    /// that is still alive. A service starting while the old one still
+    /// runs can retry.
     pub fn is_locked(&self) -> bool {
         matches!(self, Error::Storage(vitrine_storage::Error::Locked { .. }))
     }
@@ -182,10 +184,22 @@ impl Error {
 /// (a wrong path, a file it may not read, a folder, a bad file), not the
 /// machine's (file handles, memory, a failing disk).
 pub(crate) fn callers_file(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{InvalidData, InvalidInput, IsADirectory, NotFound, PermissionDenied};
+    use std::io::ErrorKind::{
+        InvalidData, InvalidInput, IsADirectory, NotADirectory, NotFound, PermissionDenied,
+    };
+    // ENAMETOOLONG and ELOOP (a name too long, a loop of links): a path
+    // the caller wrote. Their ErrorKinds are newer than the crate's MSRV.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if matches!(e.raw_os_error(), Some(36 | 40)) {
+        return true;
+    }
+    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+    if matches!(e.raw_os_error(), Some(63 | 62)) {
+        return true;
+    }
     matches!(
         e.kind(),
-        NotFound | PermissionDenied | InvalidInput | InvalidData | IsADirectory
+        NotFound | PermissionDenied | InvalidInput | InvalidData | IsADirectory | NotADirectory
     )
 }
 

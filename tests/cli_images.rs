@@ -438,6 +438,38 @@ fn import_reads_a_csv_with_attributes() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
     assert!(failures.contains("line 2: bad price 'inf'"), "{failures}");
+    // Through a symlink (latest.tsv naming a dated report), the file it
+    // names is rewritten and the link stays. `/dev/stdout` into a log file
+    // (`>> log`) is appended to, not replaced by a rename.
+    #[cfg(unix)]
+    {
+        let dated = dir.path().join("failures-monday.tsv");
+        std::fs::write(&dated, "old\n").unwrap();
+        let latest = dir.path().join("latest.tsv");
+        std::os::unix::fs::symlink(&dated, &latest).unwrap();
+        let out = import(&prices, &["--update", "--report", latest.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        assert!(std::fs::symlink_metadata(&latest)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let dated_text = std::fs::read_to_string(&dated).unwrap();
+        assert!(dated_text.contains("bad price 'inf'"), "{dated_text}");
+        assert!(!dated_text.contains("old"), "{dated_text}");
+        let log = dir.path().join("nightly.log");
+        std::fs::write(&log, "yesterday\n").unwrap();
+        let status = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(["import", prices.to_str().unwrap(), "--db"])
+            .arg(&db_dir)
+            .args(["--update", "--report", "/dev/stdout"])
+            .stdout(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(3));
+        let log_text = std::fs::read_to_string(&log).unwrap();
+        assert!(log_text.starts_with("yesterday\n"), "{log_text}");
+        assert!(log_text.contains("bad price 'inf'"), "{log_text}");
+    }
     let db = vitrine::Db::builder()
         .open_with_model(&db_dir, &model)
         .unwrap();
@@ -623,6 +655,15 @@ fn query_command_prints_results_and_positioned_errors() {
         similar.iter().all(|h| h["category"] == category),
         "{similar:?}"
     );
+    // Flags after the query still mean themselves.
+    for db_flag in [vec!["--db", db], vec![&*format!("--db={db}")]] {
+        let mut args = vec!["query", &line];
+        args.extend(db_flag.iter().copied());
+        args.push("--json");
+        let out = vitrine(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).lines().count(), similar.len(), "{args:?}");
+    }
     let out = vitrine(&[
         "query",
         "--db",
@@ -1833,7 +1874,7 @@ fn repair_of_a_damaged_record_names_it_and_leaves_sleds_files() {
 }
 
 /// A product record that does not decode (sled reads every page): repair
-/// names it instead of saying every record reads.
+/// names it instead of saying there is nothing to repair.
 #[test]
 fn repair_names_records_that_do_not_decode() {
     let dir = tempfile::tempdir().unwrap();
@@ -1841,7 +1882,7 @@ fn repair_names_records_that_do_not_decode() {
     let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(!stdout.contains("every record reads"), "{stdout}");
+    assert!(!stdout.contains("nothing to repair"), "{stdout}");
     assert!(
         stdout.contains("do not decode") && stdout.contains("sku-1"),
         "{stdout}"

@@ -1448,6 +1448,50 @@ fn a_damaged_concept_layout_is_corruption() {
     }
 }
 
+/// One user-tag record that does not decode (damaged, or a newer build's)
+/// is named by `user_tags`, but queries go on without it and `delete_tag`
+/// removes it.
+#[test]
+fn a_damaged_user_tag_stops_neither_queries_nor_its_deletion() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+        import(&db, &model, &samples()[..6]);
+        let ids = db.ids();
+        db.define_tag("kept", &[&ids[0]], &[], TagMethod::Centroid)
+            .unwrap();
+        db.define_tag("broken", &[&ids[1]], &[], TagMethod::Centroid)
+            .unwrap();
+    }
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        let ks: vitrine_storage::Keyspace<common::Raw> =
+            store.keyspace("vitrine.user_tags").unwrap();
+        assert!(ks.contains(b"broken").unwrap());
+        ks.put_raw(b"broken", b"\x01not a tag").unwrap();
+        store.flush().unwrap();
+    }
+    let db = Db::open(dir.path()).unwrap();
+    match db.user_tags() {
+        Err(e) => assert!(e.to_string().contains("broken"), "{e}"),
+        Ok(t) => panic!("a damaged tag read as {t:?}"),
+    }
+    let names: Vec<String> = db.vocabulary().unwrap().tags().keys().cloned().collect();
+    assert_eq!(names, ["kept"]);
+    assert_eq!(db.query("find +user.kept limit 2").unwrap().hits.len(), 2);
+    assert!(db.delete_tag("broken").unwrap());
+    let left: Vec<String> = db
+        .user_tags()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(left, ["kept"]);
+}
+
 mod parser_never_panics {
     use proptest::prelude::*;
     use vitrine::{ConceptGroup, ConceptLayout, ConceptQuery, Vocabulary};
@@ -1616,4 +1660,12 @@ fn like_image_finds_the_photo_and_a_missing_file_is_a_user_error() {
         "{e:?}"
     );
     assert!(e.is_user_error(), "{e}");
+    // A file named as a folder, or a name too long: the caller's path too.
+    let long = format!("{}.jpg", "x".repeat(300));
+    for path in [format!("{}/", x.path.display()), long] {
+        let e =
+            s.db.query_with_model(&model, &format!("like image \"{path}\""))
+                .unwrap_err();
+        assert!(e.is_user_error(), "{path}: {e}");
+    }
 }

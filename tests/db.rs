@@ -894,6 +894,15 @@ fn graph_parameters_are_kept_until_others_are_given() {
     let db = open(dir.path());
     assert!(db.open_report().rebuilt.is_empty());
     assert!(!aside.exists());
+    drop(db);
+
+    // The index files are a cache: removed, the graph is rebuilt from sled
+    // with the parameters sled keeps, not the defaults.
+    std::fs::remove_dir_all(&index).unwrap();
+    let db = open(dir.path());
+    assert_eq!(db.open_report().rebuilt.len(), 1);
+    db.close().unwrap();
+    assert_eq!(saved(), (32, 100, 64));
 }
 
 #[test]

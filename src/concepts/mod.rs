@@ -572,7 +572,16 @@ fn rewrite_each<T: vitrine_storage::Record>(
 ) -> std::result::Result<usize, ConceptError> {
     let (mut batch, mut pending, mut changed) = (ks.batch(), 0, 0);
     for entry in ks.iter() {
-        let (key, record) = entry?;
+        // A record that does not decode is left as it is: one damaged
+        // profile must not stop the walk over the others.
+        let (key, record) = match entry {
+            Ok(entry) => entry,
+            Err(e) if undecodable(&e) => {
+                tracing::warn!(error = %e, "record left as it is");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         match f(&key, record)? {
             Rewrite::Keep => continue,
             Rewrite::Put(record) => batch.put(&key, &record)?,
@@ -587,6 +596,15 @@ fn rewrite_each<T: vitrine_storage::Record>(
     }
     ks.apply(batch)?;
     Ok(changed)
+}
+
+/// A record's own damage (or a newer build's record), not the store's.
+fn undecodable(e: &vitrine_storage::Error) -> bool {
+    matches!(
+        e,
+        vitrine_storage::Error::Corruption { .. }
+            | vitrine_storage::Error::UnknownRecordVersion { .. }
+    )
 }
 
 /// The closest of `known` to `name`, when it is close enough to be a typo.
@@ -857,7 +875,7 @@ impl Db {
 
     /// The model's concepts plus the user tags defined so far.
     pub fn vocabulary(&self) -> Result<Vocabulary, ConceptError> {
-        let mut vocab = Vocabulary::new(self.concept_layout()?, self.user_tags()?);
+        let mut vocab = Vocabulary::new(self.concept_layout()?, self.readable_user_tags()?);
         vocab.stale = self.stale_tags()?.into_iter().collect();
         Ok(vocab)
     }
@@ -895,12 +913,33 @@ impl Db {
         Ok(())
     }
 
-    /// User-defined tags.
+    /// User-defined tags. A tag record that does not decode (damaged, or
+    /// written by a newer build) is an error naming it; queries leave such a
+    /// tag out (with a warning) and [`Db::delete_tag`] removes it.
     pub fn user_tags(&self) -> Result<Vec<UserTag>, ConceptError> {
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let mut out = Vec::new();
         for r in ks.iter() {
             out.push(r?.1);
+        }
+        Ok(out)
+    }
+
+    /// [`Db::user_tags`] without those whose record does not decode: one
+    /// damaged tag must not stop every query, nor its own deletion.
+    fn readable_user_tags(&self) -> Result<Vec<UserTag>, ConceptError> {
+        let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
+        let mut out = Vec::new();
+        for r in ks.iter() {
+            match r {
+                Ok((_, tag)) => out.push(tag),
+                Err(e) if undecodable(&e) => {
+                    if self.first_warning(format!("user tag: {e}")) {
+                        tracing::warn!(error = %e, "user tag left out; delete_tag removes it");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(out)
     }
@@ -1052,7 +1091,7 @@ impl Db {
                 .collect()
         };
         let mut sample = None;
-        for mut tag in self.user_tags()? {
+        for mut tag in self.readable_user_tags()? {
             let (pos, neg) = (present(&tag.positives), present(&tag.negatives));
             if pos.is_empty() {
                 tracing::warn!(tag = %tag.name, "no positive example left; tag kept as it was");
@@ -1141,7 +1180,10 @@ impl Db {
         // feedback would, without the tag.
         let vocab = match layout {
             Some(layout) => {
-                let left = self.user_tags()?.into_iter().filter(|t| t.name != name);
+                let left = self
+                    .readable_user_tags()?
+                    .into_iter()
+                    .filter(|t| t.name != name);
                 let mut vocab = Vocabulary::new(layout, left);
                 vocab.stale = self.stale_tags()?.into_iter().collect();
                 Some(vocab)

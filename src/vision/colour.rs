@@ -42,7 +42,7 @@ pub fn delta_e(a: [f32; 3], b: [f32; 3]) -> f32 {
 const FOREGROUND_DISTANCE: f32 = 40.0;
 /// Fewer foreground pixels than this: no colour.
 const MIN_PIXELS: usize = 32;
-/// At most this many pixels enter the clustering (evenly strided).
+/// At most this many pixels enter the clustering (a grid over the box).
 const SAMPLE: usize = 4096;
 
 /// The background as the border sees it even when the border is not plain
@@ -90,16 +90,14 @@ pub(crate) fn dominant_lab(
     [x0, y0, x1, y1]: [usize; 4],
     background: Option<[f64; 3]>,
 ) -> Option<[f32; 3]> {
+    // A square grid of at most 4 × SAMPLE points: a stride in raster order
+    // would keep the same few columns whenever it divides the width (8 of
+    // 2048 on a 2048² photo).
     let area = (x1 - x0) * (y1 - y0);
-    let stride = (area / (SAMPLE * 4)).max(1);
+    let step = ((area as f64 / (SAMPLE * 4) as f64).sqrt().ceil() as usize).max(1);
     let mut rgb: Vec<[f32; 3]> = Vec::new();
-    let mut k = 0usize;
-    for y in y0..y1 {
-        for x in x0..x1 {
-            k += 1;
-            if k % stride != 0 {
-                continue;
-            }
+    for y in (y0 + step / 2..y1).step_by(step) {
+        for x in (x0 + step / 2..x1).step_by(step) {
             let i = (y * w + x) * 3;
             let p = [px[i], px[i + 1], px[i + 2]].map(f32::from);
             if let Some(bg) = background {
@@ -117,6 +115,7 @@ pub(crate) fn dominant_lab(
     if rgb.len() < MIN_PIXELS {
         return None;
     }
+    // At most 4: every 4th foreground point still spans the whole product.
     let step = rgb.len().div_ceil(SAMPLE);
     let lab: Vec<[f32; 3]> = rgb.iter().step_by(step).map(|&p| srgb_to_lab(p)).collect();
     Some(largest_cluster(&lab))
@@ -201,5 +200,24 @@ mod tests {
             dominant_lab(&px, w, [0, 0, 5, 5], Some([225.0, 205.0, 170.0])),
             None
         );
+    }
+
+    #[test]
+    fn the_sample_spans_every_column() {
+        // Navy with a 1-pixel white pinstripe every 256 columns: a raster
+        // stride of 256 (this size's 4 × SAMPLE share) saw only the stripes.
+        let (w, h) = (2048usize, 2048usize);
+        let mut px = vec![0u8; w * h * 3];
+        for (i, p) in px.chunks_exact_mut(3).enumerate() {
+            let c: [u8; 3] = if i % w % 256 == 255 {
+                [250, 250, 250]
+            } else {
+                [20, 30, 90]
+            };
+            p.copy_from_slice(&c);
+        }
+        let lab = dominant_lab(&px, w, [0, 0, w, h], None).unwrap();
+        let navy = srgb_to_lab([20.0, 30.0, 90.0]);
+        assert!(delta_e(lab, navy) < 1.0, "{lab:?} vs {navy:?}");
     }
 }

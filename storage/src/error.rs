@@ -60,8 +60,13 @@ pub enum Error {
         supported: u8,
     },
 
-    /// Another process has the store open (sled locks its files).
-    #[error("{} is open in another process; close it there first", path.display())]
+    /// The store is open elsewhere: another process, or another handle in
+    /// this one that is still alive (sled locks its files per open).
+    #[error(
+        "{} is open elsewhere (another process, or a handle of this process still alive); \
+         close it there first",
+        path.display()
+    )]
     Locked {
         /// The sled folder.
         path: PathBuf,

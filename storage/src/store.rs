@@ -372,20 +372,27 @@ fn held(sled_dir: &Path) -> bool {
 /// request to report a bug (a damaged file is not one).
 /// What sled reported, and what to do about it.
 fn damage_reason(e: &sled::Error) -> String {
-    let what = match e {
+    format!(
+        "{} (`vitrine repair` copies the folder, then keeps what sled's log holds)",
+        damage_what(e)
+    )
+}
+
+fn damage_what(e: &sled::Error) -> String {
+    match e {
         sled::Error::Corruption { at, .. } => match at {
             Some(sled::DiskPtr::Inline(offset)) => {
                 format!("corrupt data in sled's log at offset {offset}")
             }
-            Some(sled::DiskPtr::Blob(offset, blob)) => {
-                format!("corrupt data in sled's blob file blobs/{blob} (log offset {offset})")
+            // (A blob's log offset is 0 when sled reads the blob itself.)
+            Some(sled::DiskPtr::Blob(_, blob)) => {
+                format!("corrupt data in sled's blob file blobs/{blob}")
             }
             None => "corrupt data in sled's files".to_owned(),
         },
         sled::Error::ReportableBug(m) | sled::Error::Unsupported(m) => m.clone(),
         other => other.to_string(),
-    };
-    format!("{what} (`vitrine repair` copies the folder, then keeps what sled's log holds)")
+    }
 }
 
 /// Whether sled failed to open because another process holds its lock.
@@ -866,7 +873,9 @@ impl<T: Record> Keyspace<T> {
 
     /// Whether a record exists under `key` (without decoding it).
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
-        self.io.read(self.tree.contains_key(key))
+        self.tree
+            .contains_key(key)
+            .map_err(|e| self.read_error(display_key(key), e))
     }
 
     /// Stores `value` under `key`, atomically.
@@ -991,8 +1000,8 @@ impl<T: Record> Keyspace<T> {
     /// page).
     pub fn len(&self) -> Result<usize> {
         let mut n = 0;
-        for item in self.tree.iter().keys() {
-            self.io.read(item)?;
+        for key in self.keys() {
+            key?;
             n += 1;
         }
         Ok(n)
@@ -1021,24 +1030,26 @@ impl<T: Record> Keyspace<T> {
     /// what lies after it is not read.
     fn read_error(&self, key: String, e: sled::Error) -> Error {
         use std::io::ErrorKind;
-        match e {
+        let what = match e {
             sled::Error::Io(e)
                 if matches!(
                     e.kind(),
                     ErrorKind::NotFound | ErrorKind::UnexpectedEof | ErrorKind::InvalidData
                 ) =>
             {
-                Error::StoreDamaged {
-                    path: self.io.sled_dir.clone(),
-                    reason: format!(
-                        "the record {key} in {} cannot be read ({}); `vitrine repair` keeps \
-                         every readable record",
-                        self.name,
-                        readable(e)
-                    ),
-                }
+                readable(e).to_string()
             }
-            other => self.io.read::<()>(Err(other)).unwrap_err(),
+            // A page or blob that fails sled's checksum.
+            e @ sled::Error::Corruption { .. } => damage_what(&e),
+            other => return self.io.read::<()>(Err(other)).unwrap_err(),
+        };
+        Error::StoreDamaged {
+            path: self.io.sled_dir.clone(),
+            reason: format!(
+                "the record {key} in {} cannot be read ({what}); `vitrine repair` keeps every \
+                 readable record",
+                self.name,
+            ),
         }
     }
 

@@ -84,9 +84,11 @@ pub enum BenchCommand {
         #[arg(long)]
         db: PathBuf,
         /// Also at this many products, synthesised from the real vectors
-        /// (each a real one with Gaussian noise, sd 0.05, blocks renormalised).
-        #[arg(long, default_value_t = 100_000)]
-        synth: usize,
+        /// (each a real one with Gaussian noise, sd 0.05, blocks renormalised);
+        /// at most 2,000,000 (about 3.5 GB at the bundled model's 207-d).
+        #[arg(long, default_value_t = 100_000,
+              value_parser = clap::value_parser!(u32).range(..=2_000_000))]
+        synth: u32,
         /// Queries of each kind.
         #[arg(long, default_value_t = 200)]
         queries: usize,
@@ -167,7 +169,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             synth,
             queries,
             json,
-        } => concepts(&db, synth, queries, json),
+        } => concepts(&db, synth as usize, queries, json),
         BenchCommand::Ingest {
             images,
             n,

@@ -1,7 +1,6 @@
 //! `vitrine import`: bulk import of images into an image database, with a
 //! progress bar and a failure report.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -490,27 +489,70 @@ pub fn failure_line(f: &vitrine::ImportFailure) -> String {
     )
 }
 
+/// Where a failure report goes.
+enum ReportTarget {
+    Stdout,
+    Stderr,
+    /// A device, pipe or socket: written in place, appended to.
+    Stream(PathBuf),
+    /// A regular file (or none yet): replaced whole. Through a symlink
+    /// (`latest.tsv` naming a dated report), the file it names.
+    File(PathBuf),
+}
+
+fn report_target(path: &Path) -> ReportTarget {
+    // `/dev/stdout` under systemd is a socket that cannot be opened, and
+    // under `>> log` a regular file a rename must not replace.
+    if path == Path::new("/dev/stdout") {
+        return ReportTarget::Stdout;
+    }
+    if path == Path::new("/dev/stderr") {
+        return ReportTarget::Stderr;
+    }
+    if path.starts_with("/dev") || path.starts_with("/proc") {
+        return ReportTarget::Stream(path.to_path_buf());
+    }
+    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    match std::fs::metadata(&file) {
+        Ok(m) if !m.is_file() => ReportTarget::Stream(file),
+        _ => ReportTarget::File(file),
+    }
+}
+
+/// Removes a report that could not be written, so that an old one is not
+/// read as this run's; a stream is left alone.
+fn remove_report(path: &Path) {
+    if let ReportTarget::File(file) = report_target(path) {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
 /// Writes the failure report whole or not at all (a temporary file, then a
 /// rename), so a full disk cannot leave an empty report that reads as "no
 /// failures".
 fn write_report(path: &Path, lines: &[String]) -> anyhow::Result<()> {
-    if path.exists() && !path.is_file() {
-        // A device or pipe (`--report /dev/stderr`): written in place.
-        let mut out = std::fs::OpenOptions::new().write(true).open(path)?;
+    let write_all = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
         for line in lines {
             writeln!(out, "{line}")?;
         }
-        return Ok(());
-    }
-    let (tmp, file) = crate::info::create_temp_beside(path)?;
+        out.flush()
+    };
+    let path = match report_target(path) {
+        ReportTarget::Stdout => return Ok(write_all(&mut std::io::stdout().lock())?),
+        ReportTarget::Stderr => return Ok(write_all(&mut std::io::stderr().lock())?),
+        ReportTarget::Stream(p) => {
+            let mut out = std::fs::OpenOptions::new().append(true).open(p)?;
+            return Ok(write_all(&mut out)?);
+        }
+        ReportTarget::File(p) => p,
+    };
+    let (tmp, file) = crate::info::create_temp_beside(&path)?;
     let write = || -> std::io::Result<()> {
         let mut out = std::io::BufWriter::new(file);
-        for line in lines {
-            writeln!(out, "{line}")?;
-        }
+        write_all(&mut out)?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        crate::info::sync_parent(path)
+        std::fs::rename(&tmp, &path)?;
+        crate::info::sync_parent(&path)
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -702,7 +744,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                     tsv_field(&format!("{e:#}"))
                 ));
                 if write_report(&report, &lines).is_err() {
-                    let _ = std::fs::remove_file(&report);
+                    remove_report(&report);
                 }
             }
             return Err(e);
@@ -893,7 +935,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             for line in &lines {
                 esay!("failed: {line}");
             }
-            let _ = std::fs::remove_file(&report_path);
+            remove_report(&report_path);
         }
         e
     };

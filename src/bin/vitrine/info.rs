@@ -173,7 +173,9 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             }
             if unreadable.is_empty() {
                 println!(
-                    "{}: opens cleanly and every record reads, {products} products; nothing to repair",
+                    "{}: opens cleanly, every page reads and every product record decodes, \
+                     {products} products; nothing to repair (`vitrine info` checks the other \
+                     records)",
                     args.db.display()
                 );
                 if let Some(copy) = &copy {

@@ -38,9 +38,9 @@ pub struct ReplArgs {
 /// Arguments of `vitrine query`.
 #[derive(Args)]
 pub struct QueryArgs {
-    /// The database folder.
+    /// The database folder (also taken after the query).
     #[arg(long)]
-    pub db: PathBuf,
+    pub db: Option<PathBuf>,
     /// Print one JSON object per result.
     #[arg(long)]
     pub json: bool,
@@ -1193,12 +1193,28 @@ fn tag_json(t: &vitrine::UserTag) -> serde_json::Value {
 
 /// Runs `vitrine query`: one command, then exit (1 on error).
 pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
-    // The query swallows what follows it; `--json` after it still means JSON.
-    let json = args.json || args.query.last().is_some_and(|w| w == "--json");
-    if json && args.query.last().is_some_and(|w| w == "--json") {
-        args.query.pop();
+    // The query swallows what follows it; `--json` and `--db DB` after it
+    // still mean themselves.
+    loop {
+        match args.query.as_slice() {
+            [_, .., last] if last == "--json" => {
+                args.json = true;
+                args.query.pop();
+            }
+            [_, .., flag, db] if flag == "--db" && args.db.is_none() => {
+                args.db = Some(PathBuf::from(db));
+                args.query.truncate(args.query.len() - 2);
+            }
+            [_, .., last] if last.starts_with("--db=") && args.db.is_none() => {
+                args.db = Some(PathBuf::from(&last["--db=".len()..]));
+                args.query.pop();
+            }
+            _ => break,
+        }
     }
-    let mut session = Session::open(&args.db, json)?;
+    let json = args.json;
+    let db = crate::required_db(args.db.take(), "query");
+    let mut session = Session::open(&db, json)?;
     let line = args.query.join(" ");
     let mut words = line.split_whitespace();
     let (first, second) = (words.next(), words.next());
