@@ -445,13 +445,14 @@ impl Catalog {
         }
     }
 
-    /// The docs passing `f`, but `except`, sorted. The narrowest of the
+    /// The docs passing `f`, but those of `except` (sorted), sorted. The narrowest of the
     /// filter's stock, category and brand conditions gives the candidates:
     /// taken as they are when that condition is the whole filter, else
     /// checked against the filter one by one. A walk of the whole catalog
     /// does it when the filter names none of them, or when the candidates
     /// are many (a lookup each would cost more than the walk).
-    fn allowed(&self, f: &Filter, except: Option<u64>) -> Vec<u64> {
+    fn allowed(&self, f: &Filter, except: &[u64]) -> Vec<u64> {
+        let kept = |doc: u64| except.binary_search(&doc).is_err();
         let ix = f.indexed();
         let mut conditions: Vec<Vec<&BTreeSet<u64>>> = Vec::new();
         if let Some(s) = ix.in_stock {
@@ -472,14 +473,14 @@ impl Catalog {
             return self
                 .by_doc
                 .iter()
-                .filter(|(doc, e)| Some(**doc) != except && f.matches(&e.id, &e.attrs))
+                .filter(|(doc, e)| kept(**doc) && f.matches(&e.id, &e.attrs))
                 .map(|(doc, _)| *doc)
                 .collect();
         };
         let mut docs: Vec<u64> = lists
             .iter()
             .flat_map(|s| s.iter().copied())
-            .filter(|d| Some(*d) != except)
+            .filter(|d| kept(*d))
             .filter(|d| {
                 alone
                     || self
@@ -1427,7 +1428,7 @@ impl Db {
 
     /// How many products pass `filter` (from memory, no storage reads).
     pub fn count_matching(&self, filter: &Filter) -> usize {
-        read(&self.catalog).allowed(filter, None).len()
+        read(&self.catalog).allowed(filter, &[]).len()
     }
 
     /// Ids of the products that pass `filter`, sorted (from memory, no
@@ -1435,7 +1436,7 @@ impl Db {
     pub fn ids_matching(&self, filter: &Filter) -> Vec<String> {
         let cat = read(&self.catalog);
         let mut ids: Vec<String> = cat
-            .allowed(filter, None)
+            .allowed(filter, &[])
             .iter()
             .filter_map(|doc| cat.by_doc.get(doc).map(|e| e.id.clone()))
             .collect();
@@ -1480,10 +1481,31 @@ impl Db {
                 (v.to_vec(), Some(doc))
             }
         };
-        let filter = s.filter.filter(|f| !f.is_empty());
-        let allow = filter.map(|f| AllowSet::from_unsorted(cat.allowed(f, self_doc)));
-        // Without a filter, ask for one more and drop the query product itself.
-        let extra = usize::from(allow.is_none() && self_doc.is_some());
+        // The query product and the excluded ids are left out by their
+        // documents: a filter of nothing else needs no walk of the catalog
+        // ("more like this" excludes the product it starts from).
+        let mut except: Vec<u64> = self_doc.into_iter().collect();
+        let stripped;
+        let filter = match s.filter.filter(|f| !f.is_empty()) {
+            Some(f) if !f.excluded().is_empty() => {
+                except.extend(
+                    f.excluded()
+                        .iter()
+                        .filter_map(|id| cat.by_id.get(id.as_str()).copied()),
+                );
+                stripped = f.without_excluded();
+                Some(&stripped).filter(|f| !f.is_empty())
+            }
+            other => other,
+        };
+        except.sort_unstable();
+        except.dedup();
+        // Without a filter and with few left out, the search asks for that
+        // many more and drops them.
+        let allow = (filter.is_some() || except.len() > MAX_DROPPED_AFTER).then(|| {
+            AllowSet::from_unsorted(cat.allowed(filter.unwrap_or(&Filter::new()), &except))
+        });
+        let extra = if allow.is_none() { except.len() } else { 0 };
         let opts = SearchOptions {
             k: s.k.saturating_add(extra),
             ef: s.ef,
@@ -1493,7 +1515,7 @@ impl Db {
         let hits = out
             .hits
             .into_iter()
-            .filter(|h| Some(h.doc) != self_doc)
+            .filter(|h| except.binary_search(&h.doc).is_err())
             .filter_map(|h| {
                 cat.by_doc.get(&h.doc).map(|e| Hit {
                     id: e.id.clone(),
@@ -2300,6 +2322,10 @@ impl SpaceSnapshot {
         self.ids.len()
     }
 }
+
+/// The most products a search without other conditions leaves out by
+/// asking for that many more hits, rather than by a walk of the catalog.
+const MAX_DROPPED_AFTER: usize = 64;
 
 /// Every side keyspace, created when a database opens: opening a tree
 /// that does not exist is a write, so reading one that was never written

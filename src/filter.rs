@@ -153,6 +153,20 @@ impl Filter {
             && self.concepts.is_empty()
     }
 
+    /// The ids [`Filter::exclude`] leaves out.
+    pub(crate) fn excluded(&self) -> &BTreeSet<String> {
+        &self.exclude
+    }
+
+    /// This filter without its excluded ids (a search leaves those out by
+    /// their documents, not by a walk of the catalog).
+    pub(crate) fn without_excluded(&self) -> Filter {
+        Filter {
+            exclude: BTreeSet::new(),
+            ..self.clone()
+        }
+    }
+
     /// The conditions the catalog keeps posting lists for, and whether
     /// they are the whole filter.
     pub(crate) fn indexed(&self) -> Indexed<'_> {

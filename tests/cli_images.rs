@@ -551,7 +551,9 @@ fn eval_classify_prints_the_six_figures() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
     let obj = v.as_object().unwrap();
-    assert_eq!(obj.len(), 6, "{v}");
+    assert_eq!(obj.len(), 7, "{v}");
+    // Without --split, the output says the training images are in.
+    assert_eq!(obj["split"], "all", "{v}");
     for key in [
         "weighted_f1",
         "top1",

@@ -277,6 +277,48 @@ fn filters_follow_every_kind_of_write() {
     }
 }
 
+/// Excluded ids are left out by their documents (a filter of only those
+/// needs no walk of the catalog): exact searches against brute force, with
+/// few excluded, many (past what the search drops after), and with other
+/// conditions, from an id and from a vector.
+#[test]
+fn excluded_ids_are_left_out_as_brute_force_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    fill(&db, 300);
+    let few = (0..5).fold(Filter::new(), |f, i| f.exclude(format!("sku-{}", i * 3)));
+    let many = (0..150).fold(Filter::new(), |f, i| f.exclude(format!("sku-{}", i * 2)));
+    let stocked = few.clone().in_stock().exclude("no-such-sku");
+    for (fi, f) in [few, many, stocked].iter().enumerate() {
+        for j in 0..6 {
+            let seed = format!("sku-{}", j * 11 + 1);
+            let q = vector_for(&format!("exclude-query-{j}"), DIM);
+            for (to, own) in [
+                (SimilarTo::Id(&seed), Some(seed.as_str())),
+                (SimilarTo::Vector(&q), None),
+            ] {
+                let query = own.map_or(q.clone(), |id| vector_for(id, DIM));
+                let mut want: Vec<(f32, String)> = (0..300)
+                    .map(|i| format!("sku-{i}"))
+                    .filter(|id| Some(id.as_str()) != own)
+                    .filter(|id| f.matches(id, &db.get(id).unwrap().unwrap().attributes))
+                    .map(|id| (common::cosine(&query, &vector_for(&id, DIM)), id))
+                    .collect();
+                want.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let want: Vec<String> = want.into_iter().take(10).map(|(_, id)| id).collect();
+                let got: Vec<String> = db
+                    .search(&Search::new(to, 10).filter(f).plan(PlanHint::Exact))
+                    .unwrap()
+                    .hits
+                    .into_iter()
+                    .map(|h| h.id)
+                    .collect();
+                assert_eq!(got, want, "filter {fi}, query {j}");
+            }
+        }
+    }
+}
+
 #[test]
 fn similar_to_id_leaves_the_product_out() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,7 @@
 
 Reads `styles.csv` of the fpi set ("Fashion Product Images (Small)") and builds:
   * category  = articleType; types with fewer than RARE_MIN images (whole csv) are
-    merged into "<subCategory> (other)"; a merged bucket still below MERGED_MIN goes to
+    merged into "<subCategory> (other)" (a type's most common subCategory); a merged bucket still below MERGED_MIN goes to
     "<masterCategory> (other)", and below that to "Other".
   * tag groups (sigmoid heads, concatenated in this order):
       colour  (exclusive)  baseColour -> COLOUR_FAMILY (15 families)
@@ -105,8 +105,19 @@ def read_styles(data_dir: str):
 def category_map(rows):
     """articleType -> category name (see module doc)."""
     at = Counter(r["articleType"] for r in rows)
-    sub_of = {r["articleType"]: r["subCategory"] for r in rows}
-    master_of = {r["articleType"]: r["masterCategory"] for r in rows}
+
+    def most_common(column):
+        # A type filed under several (Messenger Bag: 4 Bags, 3 Accessories):
+        # the most common, the first seen on a tie; not the last row's.
+        counts = Counter((r["articleType"], r[column]) for r in rows)
+        best = {}
+        for (t, v), n in counts.items():
+            if t not in best or n > counts[(t, best[t])]:
+                best[t] = v
+        return best
+
+    sub_of = most_common("subCategory")
+    master_of = most_common("masterCategory")
     m = {}
     for t, n in at.items():
         m[t] = t if n >= RARE_MIN else f"{sub_of[t]} (other)"

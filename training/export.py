@@ -162,7 +162,7 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
         "taxonomy": tax.to_json(),
         "tag_names": tax.tag_names,
         "tag_thresholds": thresholds,
-        "threshold_rule": "per tag, F1-maximising probability threshold on the validation split (grid 0.05..0.95 step 0.05)",
+        "threshold_rule": "per tag, F1-maximising probability threshold on the validation split (grid 0.05..0.95 step 0.05); pattern tags on the images whose name carries a pattern keyword only",
         "concept_table": {"names": tax.concept_names(), "dim": M.CONCEPT_DIM, "normalised": True,
                           "vectors": [[float(v) for v in row] for row in table],
                           "margin": T.CONCEPT_MARGIN},

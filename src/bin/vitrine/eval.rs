@@ -39,7 +39,7 @@ pub struct ClassifyArgs {
     #[arg(long)]
     pub images: PathBuf,
     /// Print one JSON object with `weighted_f1, top1, top5, colour_top1,
-    /// precision_at_10, n`.
+    /// precision_at_10, n, split` (`split` is `all` without `--split`).
     #[arg(long)]
     pub json: bool,
     /// Evaluate only the first N usable rows (in file order, after `--split`).
@@ -151,10 +151,22 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         categories.len(),
         colour_group.range.clone(),
     );
+    // Without --split the training images count too, and the figures read
+    // far better than the model card's.
+    let split = args.split.as_deref().unwrap_or("all");
     if args.json {
-        println!("{}", serde_json::to_string(&figures)?);
+        let mut json = serde_json::to_value(&figures)?;
+        json["split"] = split.into();
+        println!("{json}");
     } else {
-        println!("images                        {}", figures.n);
+        match split {
+            "all" => println!(
+                "images                        {} (all rows, training images included: \
+                 --split val for the model card's figures)",
+                figures.n
+            ),
+            s => println!("images                        {} (split {s})", figures.n),
+        }
         println!("category weighted F1          {:.4}", figures.weighted_f1);
         println!("category top-1                {:.4}", figures.top1);
         println!("category top-5                {:.4}", figures.top5);
