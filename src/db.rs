@@ -389,12 +389,17 @@ struct Catalog {
 struct Postings {
     /// Docs sold out (`[0]`) and in stock (`[1]`).
     stock: [BTreeSet<u64>; 2],
+    /// `stock` as the allow sets a search takes, made by the first search
+    /// of a filter of stock alone (the one sent most) after a change: not
+    /// copied from the list on every search (most of the catalog).
+    stock_sets: [std::sync::OnceLock<Arc<AllowSet>>; 2],
     category: HashMap<String, BTreeSet<u64>>,
     brand: HashMap<String, BTreeSet<u64>>,
 }
 
 impl Postings {
     fn add(&mut self, doc: u64, a: &Attributes) {
+        self.stock_sets = Default::default();
         self.stock[usize::from(a.in_stock)].insert(doc);
         if let Some(c) = &a.category {
             self.category.entry(c.clone()).or_default().insert(doc);
@@ -405,6 +410,7 @@ impl Postings {
     }
 
     fn remove(&mut self, doc: u64, a: &Attributes) {
+        self.stock_sets = Default::default();
         self.stock[usize::from(a.in_stock)].remove(&doc);
         for (lists, value) in [
             (&mut self.category, &a.category),
@@ -442,6 +448,22 @@ impl Catalog {
             self.postings.remove(doc, &e.attrs);
             self.postings.add(doc, &attrs);
             e.attrs = Arc::new(attrs);
+        }
+    }
+
+    /// [`Catalog::allowed`] as an allow set; shared, for a filter of stock
+    /// alone.
+    fn allow_set(&self, f: &Filter) -> Arc<AllowSet> {
+        let ix = f.indexed();
+        match ix.in_stock {
+            Some(s) if ix.whole && ix.categories.is_none() && ix.brands.is_none() => {
+                let i = usize::from(s);
+                Arc::clone(self.postings.stock_sets[i].get_or_init(|| {
+                    let docs = self.postings.stock[i].iter().copied().collect();
+                    Arc::new(AllowSet::from_unsorted(docs))
+                }))
+            }
+            _ => Arc::new(AllowSet::from_unsorted(self.allowed(f, &[]))),
         }
     }
 
@@ -1500,18 +1522,23 @@ impl Db {
         };
         except.sort_unstable();
         except.dedup();
-        // Without a filter and with few left out, the search asks for that
-        // many more and drops them.
-        let allow = (filter.is_some() || except.len() > MAX_DROPPED_AFTER).then(|| {
-            AllowSet::from_unsorted(cat.allowed(filter.unwrap_or(&Filter::new()), &except))
-        });
-        let extra = if allow.is_none() { except.len() } else { 0 };
+        // With few left out, the search asks for that many more and drops
+        // them.
+        let drop_after = except.len() <= MAX_DROPPED_AFTER;
+        let allow = match filter {
+            Some(f) if drop_after => Some(cat.allow_set(f)),
+            None if drop_after => None,
+            f => Some(Arc::new(AllowSet::from_unsorted(
+                cat.allowed(f.unwrap_or(&Filter::new()), &except),
+            ))),
+        };
+        let extra = if drop_after { except.len() } else { 0 };
         let opts = SearchOptions {
             k: s.k.saturating_add(extra),
             ef: s.ef,
             plan: s.plan,
         };
-        let out = index.search(&query, &opts, allow.as_ref())?;
+        let out = index.search(&query, &opts, allow.as_deref())?;
         let hits = out
             .hits
             .into_iter()
@@ -2323,8 +2350,8 @@ impl SpaceSnapshot {
     }
 }
 
-/// The most products a search without other conditions leaves out by
-/// asking for that many more hits, rather than by a walk of the catalog.
+/// The most products (the query's own, excluded ids) a search leaves out
+/// by asking for that many more hits, rather than from its allow set.
 const MAX_DROPPED_AFTER: usize = 64;
 
 /// Every side keyspace, created when a database opens: opening a tree

@@ -286,23 +286,21 @@ fn excluded_ids_are_left_out_as_brute_force_says() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
     fill(&db, 300);
-    let few = (0..5).fold(Filter::new(), |f, i| f.exclude(format!("sku-{}", i * 3)));
-    let many = (0..150).fold(Filter::new(), |f, i| f.exclude(format!("sku-{}", i * 2)));
-    let stocked = few.clone().in_stock().exclude("no-such-sku");
-    for (fi, f) in [few, many, stocked].iter().enumerate() {
+    let check = |f: &Filter, what: &str| {
+        let ids = db.ids();
         for j in 0..6 {
-            let seed = format!("sku-{}", j * 11 + 1);
+            let seed = ids[j * 11 + 1].clone();
             let q = vector_for(&format!("exclude-query-{j}"), DIM);
             for (to, own) in [
                 (SimilarTo::Id(&seed), Some(seed.as_str())),
                 (SimilarTo::Vector(&q), None),
             ] {
                 let query = own.map_or(q.clone(), |id| vector_for(id, DIM));
-                let mut want: Vec<(f32, String)> = (0..300)
-                    .map(|i| format!("sku-{i}"))
+                let mut want: Vec<(f32, String)> = ids
+                    .iter()
                     .filter(|id| Some(id.as_str()) != own)
                     .filter(|id| f.matches(id, &db.get(id).unwrap().unwrap().attributes))
-                    .map(|id| (common::cosine(&query, &vector_for(&id, DIM)), id))
+                    .map(|id| (common::cosine(&query, &vector_for(id, DIM)), id.clone()))
                     .collect();
                 want.sort_by(|a, b| b.0.total_cmp(&a.0));
                 let want: Vec<String> = want.into_iter().take(10).map(|(_, id)| id).collect();
@@ -313,9 +311,35 @@ fn excluded_ids_are_left_out_as_brute_force_says() {
                     .into_iter()
                     .map(|h| h.id)
                     .collect();
-                assert_eq!(got, want, "filter {fi}, query {j}");
+                assert_eq!(got, want, "{what}, query {j}");
             }
         }
+    };
+    let few = (0..5).fold(Filter::new(), |f, i| f.exclude(format!("sku-{}", i * 3)));
+    let many = (0..150).fold(Filter::new(), |f, i| f.exclude(format!("sku-{}", i * 2)));
+    let stocked = few.clone().in_stock().exclude("no-such-sku");
+    check(&few, "few excluded");
+    check(&many, "many excluded");
+    check(&stocked, "in stock, few excluded");
+    // Stock alone (its allow set is kept between searches) follows every
+    // change of stock: flips, deletes and new products.
+    for (round, f) in [Filter::new().in_stock(), Filter::new().stock(false)]
+        .iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        check(f, &format!("stock alone, round {round}"));
+        for i in 0..40 {
+            let id = format!("sku-{}", (round * 37 + i * 7) % 300);
+            if db.get(&id).unwrap().is_some() {
+                db.set_in_stock(&id, i % 2 == 0).unwrap();
+            }
+        }
+        db.delete(&format!("sku-{}", round * 5 + 100)).unwrap();
+        let new = format!("new-{round}");
+        db.insert(&new, attrs(round), [(DEFAULT_SPACE, vector_for(&new, DIM))])
+            .unwrap();
     }
 }
 
