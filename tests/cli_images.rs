@@ -456,6 +456,33 @@ fn import_reads_a_csv_with_attributes() {
         let dated_text = std::fs::read_to_string(&dated).unwrap();
         assert!(dated_text.contains("bad price 'inf'"), "{dated_text}");
         assert!(!dated_text.contains("old"), "{dated_text}");
+        // A link to the CSV itself is the CSV: refused, the CSV kept.
+        let link = dir.path().join("current.csv");
+        std::os::unix::fs::symlink(&prices, &link).unwrap();
+        let out = import(&prices, &["--update", "--report", link.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("is the file being imported"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(std::fs::read_to_string(&prices).unwrap(), body);
+        // A regular file under /dev/shm is a file: replaced, not appended to.
+        let shm = std::path::Path::new("/dev/shm");
+        if shm.is_dir() {
+            let report = tempfile::NamedTempFile::new_in(shm).unwrap();
+            std::fs::write(report.path(), "last night\n").unwrap();
+            let out = import(
+                &prices,
+                &["--update", "--report", report.path().to_str().unwrap()],
+            );
+            assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+            let got = std::fs::read_to_string(report.path()).unwrap();
+            assert!(
+                !got.contains("last night") && got.contains("bad price"),
+                "{got}"
+            );
+        }
         let log = dir.path().join("nightly.log");
         std::fs::write(&log, "yesterday\n").unwrap();
         let status = Command::new(env!("CARGO_BIN_EXE_vitrine"))

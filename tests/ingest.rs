@@ -1466,12 +1466,27 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     // Its examples are never re-embedded: stale after the switch.
     db.define_tag("old", &ids[4..], &[], vitrine::TagMethod::Centroid)
         .unwrap();
+    // A tag whose record a newer build rewrote (below).
+    db.define_tag("newer", &ids[..1], &[], vitrine::TagMethod::Centroid)
+        .unwrap();
     // The first category concept, which the other model renames.
     let first = first_category(&db);
     let mut hand = vitrine::Profile::only("colour");
     hand.affinities.insert(first.clone(), 0.5);
     hand.affinities.insert("user.mine".into(), 0.5);
+    hand.affinities.insert("user.newer".into(), 0.5);
     db.set_profile("anna", &hand).unwrap();
+    drop(db);
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        let ks: vitrine_storage::Keyspace<common::Raw> =
+            store.keyspace("vitrine.user_tags").unwrap();
+        ks.put_raw(b"newer", b"\xc8a tag of a newer build").unwrap();
+        store.flush().unwrap();
+    }
+    let db = open_db(&model, dir.path());
     // A starting point whose only preference the other model drops.
     let mut only = vitrine::Profile::only("colour");
     only.weights.clear();
@@ -1483,6 +1498,11 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     let anna = db.profile("anna").unwrap().unwrap();
     assert!(!anna.affinities.contains_key(&first), "{anna:?}");
     assert!(anna.affinities.contains_key("user.mine"), "{anna:?}");
+    // Not readable here is not deleted: the affinity stays for the build
+    // that reads the tag.
+    assert!(anna.affinities.contains_key("user.newer"), "{anna:?}");
+    assert!(db.delete_tag("newer").unwrap());
+    let anna = db.profile("anna").unwrap().unwrap();
     db.similar_with_profile(SimilarTo::Id(ids[0]), 3, &vitrine::Filter::new(), &anna)
         .unwrap();
     // No example is of the new model yet: the tags are kept as they were,

@@ -102,6 +102,26 @@ fn new_graph(params: &HnswParams, capacity: usize) -> Graph<'static> {
     )
 }
 
+/// Where hnsw_rs keeps the level scale in its graph file: after the
+/// description's magic (u32), dump mode (u8) and max connections (u8).
+pub(crate) const LEVEL_SCALE_AT: u64 = 6;
+
+/// Writes 1.0 as the dump's level scale. hnsw_rs 0.3 saves a graph's level
+/// scale (1 / ln M) there but reads the field back as a factor on it, so a
+/// loaded graph drew its new points' levels with (1 / ln M)², and each
+/// save and load shrank it again: points inserted after a few reopens
+/// reached no layer but the lowest. Our graphs never change the scale.
+fn set_level_scale_factor(dir: &Path) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join(format!("{}.hnsw.graph", crate::format::GRAPH_BASENAME));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
+        f.seek(SeekFrom::Start(LEVEL_SCALE_AT))?;
+        f.write_all(&1.0f64.to_ne_bytes())
+    };
+    write().map_err(|e| Error::io(&path, e))
+}
+
 impl HnswIndex {
     /// Creates an empty graph.
     pub fn new(dim: usize, metric: Metric, params: HnswParams) -> Result<Self> {
@@ -337,7 +357,7 @@ impl HnswIndex {
                 crate::format::GRAPH_BASENAME
             )));
         }
-        Ok(())
+        set_level_scale_factor(dir)
     }
 
     /// Loads a dump whose files were already verified (length and checksum).

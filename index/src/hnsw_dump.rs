@@ -140,7 +140,13 @@ pub(crate) fn check(
         ));
     }
     if version == 4 {
-        g.bytes::<8>()?; // level scale
+        // A factor on the level scale (see graph.rs): 1.0 from this build,
+        // 1 / ln M or less from older ones (their graphs heal at the next
+        // save). A forged NaN or 0 would put every new point in layer 0.
+        let factor = f64::from_ne_bytes(g.bytes::<8>()?);
+        if !(factor.is_finite() && factor > 0.0 && factor <= 1.0) {
+            return Err(format!("graph file: level scale factor {factor}"));
+        }
     }
     // hnsw_rs writes (and draws levels for) all 16; a graph of fewer would
     // load, then panic on an insert drawn past them.

@@ -270,6 +270,38 @@ fn the_widest_graph_keeps_growing_after_a_reload() {
     );
 }
 
+/// hnsw_rs saves a graph's level scale (1 / ln M) but loads the field as a
+/// factor on it: each save and load shrank the levels of new points. Our
+/// saves write the factor 1.0, through any number of reloads.
+#[test]
+fn the_level_scale_survives_reloads() {
+    let (idx, _) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let scale = |dir: &Path| {
+        let graph = fs::read(dir.join("graph.hnsw.graph")).unwrap();
+        f64::from_ne_bytes(graph[6..14].try_into().unwrap())
+    };
+    let mut idx = idx;
+    for generation in 1..=3 {
+        let dir = tmp.path().join(format!("g{generation}"));
+        idx.save(&dir, generation).unwrap();
+        assert_eq!(scale(&dir), 1.0, "save {generation}");
+        idx = load(&dir, &idx, generation).unwrap();
+    }
+    // A forged factor (checksums recomputed) is refused, not loaded.
+    let good = tmp.path().join("g3");
+    for bad in [f64::NAN, 0.0, -1.0, 2.0] {
+        let mut graph = fs::read(good.join("graph.hnsw.graph")).unwrap();
+        graph[6..14].copy_from_slice(&bad.to_ne_bytes());
+        let dir = tmp.path().join(format!("bad-{}", bad.to_bits()));
+        forge(&good, &dir, &[("graph.hnsw.graph", graph)]);
+        assert!(
+            matches!(load(&dir, &idx, 3), Err(LoadError::Corrupt { .. })),
+            "factor {bad}"
+        );
+    }
+}
+
 const MAX_M: usize = 255;
 
 /// A neighbour distance that is NaN (a forged dump, checksums recomputed)

@@ -1227,6 +1227,12 @@ impl Db {
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
         let vocab = self.vocabulary()?;
         let groups = vocab.group_names();
+        // A tag whose record does not decode (damaged, or a newer build's)
+        // is left out of the vocabulary, not deleted: affinities to it stay.
+        let mut tags = BTreeSet::new();
+        for key in self.side_keyspace::<UserTag>(TAGS_KS)?.keys() {
+            tags.insert(String::from_utf8_lossy(&key?).into_owned());
+        }
         let prune = |weights: &mut BTreeMap<String, f32>,
                      affinities: &mut BTreeMap<String, f32>| {
             let before = weights.len() + affinities.len();
@@ -1234,6 +1240,7 @@ impl Db {
             affinities.retain(|c, _| {
                 let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
                 vocab.resolve(group, concept).is_some()
+                    || (group == USER_GROUP && tags.contains(concept))
             });
             weights.len() + affinities.len() != before
         };
@@ -1337,8 +1344,8 @@ impl Db {
         };
         let _guard = self.side_write_lock();
         // Checked under the lock: a tag deleted meanwhile is not set back.
-        self.check_profile(profile)?;
         let vocab = self.vocabulary()?;
+        Self::check_profile(&vocab, profile)?;
         let uniform = Profile::uniform(vocab.layout());
         let prior =
             (profile.weights != uniform.weights || !profile.affinities.is_empty()).then(|| {
@@ -1402,8 +1409,7 @@ impl Db {
         Ok(profiles.remove(user.as_bytes())?)
     }
 
-    fn check_profile(&self, p: &Profile) -> Result<(), ConceptError> {
-        let vocab = self.vocabulary()?;
+    fn check_profile(vocab: &Vocabulary, p: &Profile) -> Result<(), ConceptError> {
         let groups = vocab.group_names();
         for (g, w) in &p.weights {
             if !groups.contains(&g.as_str()) {
@@ -1503,7 +1509,7 @@ impl Db {
     ) -> Result<Vec<crate::Hit>, ConceptError> {
         let vocab = self.vocabulary()?;
         let profile = &profile.keyed();
-        self.check_profile(profile)?;
+        Self::check_profile(&vocab, profile)?;
         let (z, exclude) = match to {
             SimilarTo::Id(id) => (self.concept_vector(id)?, Some(id)),
             SimilarTo::Vector(v) => (v.to_vec(), None),

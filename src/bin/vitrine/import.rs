@@ -509,7 +509,11 @@ fn report_target(path: &Path) -> ReportTarget {
     if path == Path::new("/dev/stderr") {
         return ReportTarget::Stderr;
     }
-    if path.starts_with("/dev") || path.starts_with("/proc") {
+    // Another descriptor of this process (`/dev/fd/3`): resolved, it would
+    // name the file behind it, which a rename must not replace either.
+    let fd = path.starts_with("/dev/fd")
+        || (path.starts_with("/proc") && path.components().any(|c| c.as_os_str() == "fd"));
+    if fd {
         return ReportTarget::Stream(path.to_path_buf());
     }
     let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -594,10 +598,15 @@ fn check_report_path(report: &Path, source: &Path, db: &Path) -> anyhow::Result<
         };
         parent.canonicalize().ok().map(|d| d.join(name))
     };
-    let reports: Vec<PathBuf> = [resolved(report), lexical(report)]
-        .into_iter()
-        .flatten()
-        .collect();
+    // The file a link names too: the report is written through it.
+    let reports: Vec<PathBuf> = [
+        resolved(report),
+        lexical(report),
+        report.canonicalize().ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if let Ok(source) = source.canonicalize() {
         if reports.contains(&source) {
             bail!(
