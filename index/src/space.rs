@@ -380,7 +380,11 @@ impl SpaceIndex {
             fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
         } else {
             fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
-            sync_dir(dir.parent().unwrap_or(Path::new(".")))
+            // `Path::new("idx").parent()` is `""`, not `None`.
+            match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+                _ => sync_dir(Path::new(".")),
+            }
         }
     }
 

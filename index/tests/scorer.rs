@@ -349,6 +349,14 @@ fn per_query_masks_and_edge_cases() {
         Rows::new(2, &data2).unwrap().with_docs(&[7, 7]),
         Err(ScorerError::InvalidArgument { .. })
     ));
+    // ... also in an owned matrix.
+    let mut m = vitrine_index::RowMatrix::new(2).unwrap();
+    m.push(7, &[1.0, 0.0]).unwrap();
+    assert!(matches!(
+        m.push(7, &[0.0, 1.0]),
+        Err(ScorerError::InvalidArgument { .. })
+    ));
+    assert_eq!(m.len(), 1);
 }
 
 fn gpu_expected() -> bool {

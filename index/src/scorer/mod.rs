@@ -262,6 +262,8 @@ pub struct RowMatrix {
     dim: usize,
     data: Vec<f32>,
     docs: Vec<u64>,
+    /// Refuses a doc given twice, as [`Rows::with_docs`] does.
+    seen: std::collections::HashSet<u64>,
 }
 
 impl RowMatrix {
@@ -272,6 +274,7 @@ impl RowMatrix {
             dim,
             data: Vec::new(),
             docs: Vec::new(),
+            seen: Default::default(),
         })
     }
 
@@ -298,6 +301,12 @@ impl RowMatrix {
             return Err(ScorerError::invalid(
                 "row",
                 format!("doc {doc} has {} floats, dim is {}", v.len(), self.dim),
+            ));
+        }
+        if !self.seen.insert(doc) {
+            return Err(ScorerError::invalid(
+                "row",
+                format!("doc {doc} is given to two rows"),
             ));
         }
         self.data.extend_from_slice(v);
