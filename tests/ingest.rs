@@ -1501,6 +1501,10 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     // Not readable here is not deleted: the affinity stays for the build
     // that reads the tag.
     assert!(anna.affinities.contains_key("user.newer"), "{anna:?}");
+    // ... and the profile stays usable (the tag counts for nothing here).
+    db.similar_with_profile(SimilarTo::Id(ids[0]), 3, &vitrine::Filter::new(), &anna)
+        .unwrap();
+    db.set_profile("anna", &anna).unwrap();
     assert!(db.delete_tag("newer").unwrap());
     let anna = db.profile("anna").unwrap().unwrap();
     db.similar_with_profile(SimilarTo::Id(ids[0]), 3, &vitrine::Filter::new(), &anna)

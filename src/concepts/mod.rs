@@ -1218,8 +1218,10 @@ impl Db {
     /// group weights and affinities the vocabulary no longer names (a
     /// switch to a model that renamed or dropped a concept or a group), as
     /// deleting a tag does for its affinities: queries skipped them, but
-    /// `similar_with_profile` and `set_profile` refused the profile. A
-    /// profile left weighing nothing is learned again from its events.
+    /// `similar_with_profile` and `set_profile` refused the profile. An
+    /// affinity to a tag whose record does not decode (a newer build's) is
+    /// kept. A profile left weighing nothing is learned again from its
+    /// events.
     /// Returns how many records changed. The caller holds the side-write
     /// lock.
     pub(crate) fn prune_profiles_locked(&self) -> Result<usize, ConceptError> {
@@ -1345,7 +1347,7 @@ impl Db {
         let _guard = self.side_write_lock();
         // Checked under the lock: a tag deleted meanwhile is not set back.
         let vocab = self.vocabulary()?;
-        Self::check_profile(&vocab, profile)?;
+        self.check_profile(&vocab, profile)?;
         let uniform = Profile::uniform(vocab.layout());
         let prior =
             (profile.weights != uniform.weights || !profile.affinities.is_empty()).then(|| {
@@ -1409,7 +1411,7 @@ impl Db {
         Ok(profiles.remove(user.as_bytes())?)
     }
 
-    fn check_profile(vocab: &Vocabulary, p: &Profile) -> Result<(), ConceptError> {
+    fn check_profile(&self, vocab: &Vocabulary, p: &Profile) -> Result<(), ConceptError> {
         let groups = vocab.group_names();
         for (g, w) in &p.weights {
             if !groups.contains(&g.as_str()) {
@@ -1431,7 +1433,15 @@ impl Db {
         }
         for (c, w) in &p.affinities {
             let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
-            if vocab.resolve(group, concept).is_none() {
+            // A tag whose record does not decode is kept in profiles (a
+            // model switch keeps it too) and counts for nothing.
+            let unreadable_tag = || -> Result<bool, ConceptError> {
+                Ok(group == USER_GROUP
+                    && self
+                        .side_keyspace::<UserTag>(TAGS_KS)?
+                        .contains(concept.as_bytes())?)
+            };
+            if vocab.resolve(group, concept).is_none() && !unreadable_tag()? {
                 return Err(ConceptError::UnknownConcept {
                     name: c.clone(),
                     suggestion: vocab.suggest(c),
@@ -1509,7 +1519,7 @@ impl Db {
     ) -> Result<Vec<crate::Hit>, ConceptError> {
         let vocab = self.vocabulary()?;
         let profile = &profile.keyed();
-        Self::check_profile(&vocab, profile)?;
+        self.check_profile(&vocab, profile)?;
         let (z, exclude) = match to {
             SimilarTo::Id(id) => (self.concept_vector(id)?, Some(id)),
             SimilarTo::Vector(v) => (v.to_vec(), None),
