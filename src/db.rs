@@ -173,7 +173,10 @@ impl DbBuilder {
     }
 
     /// Threads used to build or rebuild indexes (default: the number of
-    /// CPUs).
+    /// CPUs). With more than one, hnsw_rs inserts in parallel, and two
+    /// builds of the same products differ: a graph search after a rebuild
+    /// or compaction can rank a few hits differently (exact plans do not
+    /// change). `1` takes thread timing out of it, more slowly.
     pub fn build_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self

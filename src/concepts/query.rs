@@ -259,7 +259,10 @@ impl ConceptQuery {
         self.min_score = Some(score);
         self
     }
-    /// MMR re-rank with trade-off `lambda` (0: relevance only, 1: diversity only).
+    /// MMR re-rank with trade-off `lambda` (0: relevance only, 1: diversity
+    /// only), over a pool of the `5 × limit` best (at least 50, at most
+    /// 2,000). A larger limit draws from a larger pool, so its first
+    /// results can differ from a smaller limit's: page with one limit.
     pub fn diverse(mut self, lambda: f32) -> Self {
         self.diverse = Some(lambda);
         self
