@@ -1658,3 +1658,47 @@ fn a_switch_killed_before_pruning_is_finished_at_the_next_open() {
     assert_eq!(db.concept_layout().unwrap(), old_layout);
     assert_eq!(db.model_fingerprint().as_deref(), Some(model.fingerprint()));
 }
+
+/// Products are written in source order, whatever order the threads finish
+/// in: copies of one photo (exact ties, which a search breaks by internal
+/// order) come back in the order of their files, with large photos that
+/// take longer to prepare between them.
+#[test]
+fn an_import_writes_products_in_source_order() {
+    let Some(model) = model() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let copy = synthetic_png(7);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    for i in 0..16 {
+        std::fs::write(src.path().join(format!("k{i:02}a.png")), &copy).unwrap();
+        if i % 2 == 0 {
+            let big = image::RgbImage::from_fn(1200, 1600, |_, _| {
+                image::Rgb([rng.gen(), rng.gen(), rng.gen()])
+            });
+            big.save(src.path().join(format!("k{i:02}b.png"))).unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let r = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(prep())
+                .workers(4)
+                .inference_threads(2)
+                .batch_size(1),
+        )
+        .unwrap();
+    assert_eq!(r.progress.stored, 24);
+    let hits: Vec<String> = db
+        .search(&Search::new(SimilarTo::Id("k00a"), 15).plan(vitrine::PlanHint::Exact))
+        .unwrap()
+        .hits
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    let want: Vec<String> = (1..16).map(|i| format!("k{i:02}a")).collect();
+    assert_eq!(hits, want);
+}

@@ -1,7 +1,7 @@
 //! The bulk import pipeline: N prepare workers → batched inference → one
 //! writer, on bounded crossbeam channels.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -312,6 +312,8 @@ impl<'a> ImportOptions<'a> {
 }
 
 struct Job {
+    /// Its place among the jobs: products are written in source order.
+    seq: usize,
     item: ImportItem,
     /// Whether it replaces a stored product's model outputs.
     replace: bool,
@@ -327,6 +329,14 @@ enum Prepared {
 enum Inferred {
     Ok(Job, Box<ModelOutput>),
     Failed(Job, IngestError),
+}
+
+impl Inferred {
+    fn seq(&self) -> usize {
+        match self {
+            Inferred::Ok(job, _) | Inferred::Failed(job, _) => job.seq,
+        }
+    }
 }
 
 impl Db {
@@ -502,6 +512,7 @@ impl Db {
             };
             match existing {
                 None => jobs.push(Job {
+                    seq: jobs.len(),
                     item,
                     replace: false,
                     colour: None,
@@ -513,6 +524,7 @@ impl Db {
                                 != Some(model.fingerprint()) =>
                 {
                     jobs.push(Job {
+                        seq: jobs.len(),
                         item,
                         replace: true,
                         colour: None,
@@ -588,7 +600,10 @@ impl Db {
             drop(prep_rx);
             drop(out_tx);
 
-            for inferred in out_rx {
+            // Written in source order, whatever order the threads finish
+            // in: two imports of one folder give the same products the
+            // same internal order (graph, ties, outfit snapshots).
+            let mut handle = |inferred: Inferred| -> bool {
                 let (job, result) = match inferred {
                     Inferred::Ok(job, out) => {
                         let r = self.store_output(model, &job, &out);
@@ -606,7 +621,7 @@ impl Db {
                     // stop too) instead of decoding the rest for nothing.
                     Err(error) if ends_import(&error, self.writes_failed()) => {
                         fatal = Some(error);
-                        break;
+                        return false;
                     }
                     Err(error) => {
                         debug!(id = %job.item.id, %error, "import item failed");
@@ -620,6 +635,23 @@ impl Db {
                 }
                 if let Some(f) = progress.as_mut() {
                     f(&report.progress);
+                }
+                true
+            };
+            let (mut waiting, mut next) = (BTreeMap::new(), 0);
+            for inferred in out_rx {
+                waiting.insert(inferred.seq(), inferred);
+                while let Some(inferred) = waiting.remove(&next) {
+                    next += 1;
+                    if !handle(inferred) {
+                        return None;
+                    }
+                }
+            }
+            // (Every job arrives; were one lost, those after it still count.)
+            for (_, inferred) in waiting {
+                if !handle(inferred) {
+                    break;
                 }
             }
             None
