@@ -25,9 +25,14 @@ fn build(dir: &std::path::Path) -> Db {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     for i in 0..N {
         // brand-0 is 1 % of the catalog.
+        // What the model tagged: one colour of 100 (1 %) and a pattern.
         let attrs = Attributes::new()
             .brand(format!("brand-{}", i % 100))
-            .in_stock(i % 2 == 0);
+            .in_stock(i % 2 == 0)
+            .set(
+                "vitrine.tags",
+                format!("colour.c{},pattern.p{},usage.casual", i % 100, i % 7),
+            );
         db.insert(
             &format!("sku-{i}"),
             attrs,
@@ -64,6 +69,12 @@ fn search(c: &mut Criterion) {
     bench("filter_50pct_graph", &half, PlanHint::Graph);
     bench("filter_1pct_exact", &one_pct, PlanHint::Exact);
     bench("filter_1pct_graph", &one_pct, PlanHint::Graph);
+    // A concept condition (`where colour.c0`), as a query's where clause.
+    bench(
+        "filter_tagged_1pct_exact",
+        &Filter::new().tagged("colour.c0"),
+        PlanHint::Exact,
+    );
     g.finish();
 }
 

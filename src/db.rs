@@ -398,11 +398,18 @@ struct Postings {
     stock_sets: [std::sync::OnceLock<Arc<AllowSet>>; 2],
     category: HashMap<String, BTreeSet<u64>>,
     brand: HashMap<String, BTreeSet<u64>>,
+    /// By concept key (`colour.red`, `category.shirts`): what the model
+    /// tagged, so that `where colour.red` need not parse every product's
+    /// tags.
+    concept: HashMap<String, BTreeSet<u64>>,
 }
 
 impl Postings {
     fn add(&mut self, doc: u64, a: &Attributes) {
         self.stock_sets = Default::default();
+        for key in crate::filter::concept_postings(a) {
+            self.concept.entry(key).or_default().insert(doc);
+        }
         self.stock[usize::from(a.in_stock)].insert(doc);
         if let Some(c) = &a.category {
             self.category.entry(c.clone()).or_default().insert(doc);
@@ -414,6 +421,14 @@ impl Postings {
 
     fn remove(&mut self, doc: u64, a: &Attributes) {
         self.stock_sets = Default::default();
+        for key in crate::filter::concept_postings(a) {
+            if let Some(list) = self.concept.get_mut(&key) {
+                list.remove(&doc);
+                if list.is_empty() {
+                    self.concept.remove(&key);
+                }
+            }
+        }
         self.stock[usize::from(a.in_stock)].remove(&doc);
         for (lists, value) in [
             (&mut self.category, &a.category),
@@ -490,6 +505,9 @@ impl Catalog {
             if let Some(values) = wanted {
                 conditions.push(values.iter().filter_map(|v| lists.get(v)).collect());
             }
+        }
+        for c in &ix.tagged {
+            conditions.push(self.postings.concept.get(*c).into_iter().collect());
         }
         let size = |c: &Vec<&BTreeSet<u64>>| c.iter().map(|s| s.len()).sum::<usize>();
         let narrowest = conditions.iter().min_by_key(|c| size(c));

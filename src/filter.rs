@@ -174,6 +174,12 @@ impl Filter {
             in_stock: self.in_stock,
             categories: self.categories.as_ref(),
             brands: self.brands.as_ref(),
+            tagged: self
+                .concepts
+                .iter()
+                .filter(|(_, wanted)| **wanted)
+                .map(|(c, _)| c.as_str())
+                .collect(),
             whole: !self.contradiction
                 && self.price.is_none()
                 && self.exclude.is_empty()
@@ -228,8 +234,27 @@ pub(crate) struct Indexed<'a> {
     pub in_stock: Option<bool>,
     pub categories: Option<&'a BTreeSet<String>>,
     pub brands: Option<&'a BTreeSet<String>>,
+    /// Concepts the model must have tagged (keys, as [`concept_postings`]
+    /// files products under).
+    pub tagged: Vec<&'a str>,
     /// Nothing else: the posting lists answer the filter alone.
     pub whole: bool,
+}
+
+/// The concept keys a product is filed under, one posting list each: those
+/// [`tagged`] is true of (its category's, and its tags').
+pub(crate) fn concept_postings(attrs: &Attributes) -> impl Iterator<Item = String> + '_ {
+    let category = attrs
+        .get(crate::ATTR_CATEGORY)
+        .map(|c| format!("category.{}", crate::concept_slug(c)));
+    let tags = attrs
+        .get(crate::ATTR_TAGS)
+        .into_iter()
+        .flat_map(|tags| tags.split(','))
+        .map(crate::concept_key)
+        // (A category concept is the category attribute's, never a tag's.)
+        .filter(|k| !k.starts_with("category."));
+    category.into_iter().chain(tags)
 }
 
 /// Whether the model tagged the product with `concept` (a concept key).

@@ -195,6 +195,26 @@ fn filters_follow_every_kind_of_write() {
         if rng.gen_bool(0.7) {
             a = a.brand(["A", "B", "C", "D", "E", "F", "G", "H"][rng.gen_range(0..8)]);
         }
+        // What the model tagged: keys, names as older builds stored them,
+        // and a category tag (which category concepts do not read).
+        if rng.gen_bool(0.7) {
+            let tags = [
+                "colour.red",
+                "Colour.Blue",
+                "pattern.Striped Bold",
+                "category.shirts",
+                "usage.casual",
+            ];
+            let n = rng.gen_range(1..4);
+            let picked: Vec<&str> = (0..n).map(|_| tags[rng.gen_range(0..tags.len())]).collect();
+            a = a.set("vitrine.tags", picked.join(","));
+        }
+        if rng.gen_bool(0.6) {
+            a = a.set(
+                "vitrine.category",
+                ["Shirts", "Sports Shoes", "Jeans"][rng.gen_range(0..3)],
+            );
+        }
         a
     };
     let filters = [
@@ -220,6 +240,15 @@ fn filters_follow_every_kind_of_write() {
             .category_in(["belts", "hats"])
             .brand_in(["F", "G", "H"]),
         Filter::new().category_in(Vec::<String>::new()),
+        Filter::new().tagged("colour.red"),
+        Filter::new().tagged("category.shirts"),
+        Filter::new().tagged("category.sports_shoes").in_stock(),
+        Filter::new().not_tagged("colour.red").in_stock(),
+        Filter::new()
+            .tagged("colour.blue")
+            .tagged("pattern.striped_bold"),
+        Filter::new().tagged("colour.red").category_in(["shirts"]),
+        Filter::new().tagged("colour.green"),
     ];
     for step in 0..500 {
         let id = format!("p{}", rng.gen_range(0..60));
