@@ -384,8 +384,9 @@ struct Catalog {
     postings: Postings,
 }
 
-/// Posting lists of the business fields most filters name, so that a
-/// filter on stock, category or brand reads its products instead of
+/// Posting lists of the business fields most filters name and of the
+/// model's tags, so that a filter on stock, category, brand or a tag the
+/// model must have given reads its products instead of
 /// walking the whole catalog (at 100k products the walk cost 6-9 ms, more
 /// than the search it fed).
 #[derive(Default)]
@@ -486,7 +487,7 @@ impl Catalog {
     }
 
     /// The docs passing `f`, but those of `except` (sorted), sorted. The narrowest of the
-    /// filter's stock, category and brand conditions gives the candidates:
+    /// filter's stock, category, brand and wanted-tag conditions gives the candidates:
     /// taken as they are when that condition is the whole filter, else
     /// checked against the filter one by one. A walk of the whole catalog
     /// does it when the filter names none of them, or when the candidates

@@ -1702,3 +1702,52 @@ fn an_import_writes_products_in_source_order() {
     let want: Vec<String> = (1..16).map(|i| format!("k{i:02}a")).collect();
     assert_eq!(hits, want);
 }
+
+/// An import that stops as a whole (here a model switch) while its feeder
+/// waits for the writer, far more items than it runs ahead: it returns.
+#[test]
+fn an_import_stopped_far_from_its_end_returns() {
+    let Some(model) = model() else { return };
+    let other = renamed_model();
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(4);
+    write_images(src.path(), &images);
+    let items: Vec<vitrine::ImportItem> = (0..400)
+        .map(|i| {
+            let (id, ext, _) = &images[i % images.len()];
+            vitrine::ImportItem {
+                id: format!("item-{i:03}"),
+                path: src.path().join(format!("{id}.{ext}")),
+                attributes: Attributes::new(),
+            }
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(open_db(&model, dir.path()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = Arc::clone(&db);
+    std::thread::spawn(move || {
+        let mut switched = false;
+        let r = worker.import(
+            ImportSource::Items(items),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(prep())
+                .workers(1)
+                .inference_threads(1)
+                .batch_size(1)
+                .progress(|p| {
+                    if !switched && p.stored > 0 {
+                        worker.adopt_model(&other).unwrap();
+                        switched = true;
+                    }
+                }),
+        );
+        let _ = tx.send(r.map(|r| r.progress.stored));
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the import returns");
+    assert!(matches!(r, Err(IngestError::ModelMismatch { .. })), "{r:?}");
+    assert!(db.len() < 400);
+}

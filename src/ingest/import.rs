@@ -342,7 +342,9 @@ impl Inferred {
 impl Db {
     /// Imports images in bulk: N prepare workers → batched inference (M
     /// threads) → one writer (the calling thread), connected by bounded channels, so memory
-    /// stays flat whatever the number of images. Items whose id is already
+    /// stays flat whatever the number of images. Products are stored in
+    /// source order (the feeder runs at most a few hundred items ahead of
+    /// the writer). Items whose id is already
     /// stored are skipped (so an interrupted import resumes where it stopped);
     /// a bad item is recorded in [`ImportReport::failures`] with its reason and
     /// the import goes on. Fails as a whole only when the model cannot be
@@ -551,15 +553,26 @@ impl Db {
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (prep_tx, prep_rx) = bounded::<Prepared>(batch * 2 * inference);
         let (out_tx, out_rx) = bounded::<Inferred>(batch * 2 * inference);
+        // The writer stores in source order: the feeder is at most `window`
+        // jobs ahead of it (one credit per job, given back as each is
+        // stored), so results waiting behind a slow item stay bounded.
+        let window = (4 * (workers + inference * batch)).max(64);
+        let (credit_tx, credit_rx) = bounded::<()>(window);
+        for _ in 0..window {
+            let _ = credit_tx.try_send(());
+        }
         // Threads the system refuses: fewer do the work; none of a kind
         // ends the import with an error (returning drops the channels, so
         // the threads already started stop).
         let mut fatal = None;
         let refused = std::thread::scope(|scope| {
+            // Owned here: returning early drops it, so a feeder waiting for
+            // a credit stops (the scope waits for it).
+            let credit_tx = credit_tx;
             let thread = |name: &str| std::thread::Builder::new().name(format!("vitrine-{name}"));
             let feeder = thread("import").spawn_scoped(scope, move || {
                 for job in jobs {
-                    if job_tx.send(job).is_err() {
+                    if credit_rx.recv().is_err() || job_tx.send(job).is_err() {
                         break;
                     }
                 }
@@ -646,6 +659,7 @@ impl Db {
                     if !handle(inferred) {
                         return None;
                     }
+                    let _ = credit_tx.try_send(());
                 }
             }
             // (Every job arrives; were one lost, those after it still count.)
