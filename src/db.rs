@@ -594,6 +594,15 @@ pub struct Db {
     warned: Mutex<std::collections::HashSet<String>>,
 }
 
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.dir)
+            .field("products", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(PoisonError::into_inner)
 }
@@ -978,6 +987,10 @@ impl Db {
                 }
             }
         }
+        // Unmapped before an open's checkpoint may replace the files (a
+        // mapped file cannot be replaced on some systems).
+        drop(arena_pos);
+        drop(arenas);
 
         let graph_params = store.keyspace::<GraphParams>(&format!("vitrine.{GRAPH_PARAMS_KS}"))?;
         let mut spaces = Vec::with_capacity(specs.len());
@@ -2107,8 +2120,8 @@ fn not_damage(e: &vitrine_storage::Error) -> bool {
         return false;
     };
     matches!(source.kind(), PermissionDenied | Interrupted | OutOfMemory)
-        // ENFILE, EMFILE
-        || matches!(source.raw_os_error(), Some(23 | 24))
+        // ENFILE, EMFILE (on Windows, 23 is a CRC error: damage)
+        || (cfg!(unix) && matches!(source.raw_os_error(), Some(23 | 24)))
 }
 
 /// Storage has lost writes that a checkpoint (at `evidence`) proves were made.
@@ -2506,15 +2519,23 @@ impl Db {
             .collect())
     }
 
-    /// The mean of every vector in `space` (zeros when it holds none),
-    /// summed in f64 under the space's read lock alone: no copy of the
-    /// catalog (a snapshot of 1M products is gigabytes).
+    /// The mean of the vectors in `space` of the database's model
+    /// ([`of_model`]: not those a re-embedding has not reached), zeros when
+    /// there are none; summed in f64 under the read locks, with no copy of
+    /// the catalog (a snapshot of 1M products is gigabytes).
     pub(crate) fn space_mean(&self, space: &str) -> Result<Vec<f32>> {
         let space = self.space(space)?;
+        // (The lock order of `snapshot`.)
+        let model = self.model_fingerprint();
+        let cat = read(&self.catalog);
         let index = read(&space.index);
         let mut sum = vec![0f64; space.spec.dim];
         let mut n = 0usize;
-        for (_, v) in index.flat().iter() {
+        for (doc, v) in index.flat().iter() {
+            let attrs = cat.by_doc.get(&doc).map(|e| &*e.attrs);
+            if !of_model(attrs, model.as_deref()) {
+                continue;
+            }
             for (a, b) in sum.iter_mut().zip(v) {
                 *a += f64::from(*b);
             }

@@ -1853,7 +1853,7 @@ fn repair_of_a_damaged_sled_log_keeps_or_restores_the_folder() {
         text(&info.stderr)
     );
     // Nothing opens it meanwhile (an open would make an empty sled/).
-    let e = vitrine::Db::open(&case).err().expect("refused");
+    let e = vitrine::Db::open(&case).expect_err("refused");
     assert!(
         e.to_string().contains("interrupted `vitrine repair`"),
         "{e}"

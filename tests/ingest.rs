@@ -796,7 +796,7 @@ fn another_model_is_refused_unless_reembedding() {
         .unwrap();
     assert!(matches!(
         small.check_model(&model),
-        Err(IngestError::Db(vitrine::Error::SchemaMismatch(_)))
+        Err(IngestError::ModelShape { .. })
     ));
 }
 
@@ -1390,8 +1390,7 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
     }
     let e = Db::builder()
         .open_with_model(plain.path(), &model)
-        .err()
-        .expect("a plain database opened as a model's");
+        .expect_err("a plain database opened as a model's");
     assert!(
         matches!(e, IngestError::Db(vitrine::Error::SchemaMismatch(_))),
         "{e}"
@@ -1401,8 +1400,7 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
     let e = Db::builder()
         .vector_space("aux", 5, vitrine::Metric::Cosine)
         .open_with_model(dir.path(), &model)
-        .err()
-        .expect("a space of another dimension opened");
+        .expect_err("a space of another dimension opened");
     assert!(
         matches!(e, IngestError::Db(vitrine::Error::SchemaMismatch(_))),
         "{e}"
@@ -1502,12 +1500,23 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     // that reads the tag.
     assert!(anna.affinities.contains_key("user.newer"), "{anna:?}");
     // ... and the profile stays usable (the tag counts for nothing here).
-    db.similar_with_profile(SimilarTo::Id(ids[0]), 3, &vitrine::Filter::new(), &anna)
+    // A product not re-embedded yet is in the old model's space: not a
+    // starting point, nor a `like` target.
+    assert!(matches!(
+        db.similar_with_profile(SimilarTo::Id(ids[0]), 3, &vitrine::Filter::new(), &anna),
+        Err(vitrine::ConceptError::ExampleOfAnotherModel { .. })
+    ));
+    assert!(matches!(
+        db.query(&format!("find like {} limit 3", ids[0])),
+        Err(vitrine::ConceptError::ExampleOfAnotherModel { .. })
+    ));
+    let z = vec![0.1; model.concept_space_dim()];
+    db.similar_with_profile(SimilarTo::Vector(&z), 3, &vitrine::Filter::new(), &anna)
         .unwrap();
     db.set_profile("anna", &anna).unwrap();
     assert!(db.delete_tag("newer").unwrap());
     let anna = db.profile("anna").unwrap().unwrap();
-    db.similar_with_profile(SimilarTo::Id(ids[0]), 3, &vitrine::Filter::new(), &anna)
+    db.similar_with_profile(SimilarTo::Vector(&z), 3, &vitrine::Filter::new(), &anna)
         .unwrap();
     // No example is of the new model yet: the tags are kept as they were,
     // stale.
@@ -1613,8 +1622,8 @@ fn a_switch_killed_before_pruning_is_finished_at_the_next_open() {
     let db = open_db(&other, dir.path());
     let anna = db.profile("anna").unwrap().unwrap();
     assert!(!anna.affinities.contains_key(&first), "{anna:?}");
-    let id = images[0].0.as_str();
-    db.similar_with_profile(SimilarTo::Id(id), 2, &vitrine::Filter::new(), &anna)
+    let z = vec![0.1; other.concept_space_dim()];
+    db.similar_with_profile(SimilarTo::Vector(&z), 2, &vitrine::Filter::new(), &anna)
         .unwrap();
     drop(db);
 
@@ -1750,4 +1759,40 @@ fn an_import_stopped_far_from_its_end_returns() {
         .expect("the import returns");
     assert!(matches!(r, Err(IngestError::ModelMismatch { .. })), "{r:?}");
     assert!(db.len() < 400);
+}
+
+/// A database whose vectors have other sizes than the model gives (made
+/// for a model of another taxonomy) says so, on open and on a switch, and
+/// is left as it was.
+#[test]
+fn a_model_of_other_output_sizes_is_refused_as_such() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let b = model
+        .vector_spaces()
+        .into_iter()
+        .fold(Db::builder(), |b, s| {
+            b.vector_space(s.name, s.dim + 3, s.metric)
+        });
+    let db = b.open(dir.path()).unwrap();
+    db.insert("kept", Attributes::new(), Vec::<(String, Vec<f32>)>::new())
+        .unwrap();
+    let shape = |e: &IngestError| match e {
+        IngestError::ModelShape { reason, .. } => {
+            assert!(reason.contains("dimensions"), "{reason}");
+            assert!(e.to_string().contains("new database"), "{e}");
+        }
+        other => panic!("expected ModelShape, got {other:?}"),
+    };
+    shape(&db.adopt_model(&model).unwrap_err());
+    assert_eq!(db.model_fingerprint(), None);
+    drop(db);
+    shape(
+        &Db::builder()
+            .open_with_model(dir.path(), &model)
+            .unwrap_err(),
+    );
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.model_fingerprint(), None);
+    assert!(db.get("kept").unwrap().is_some());
 }

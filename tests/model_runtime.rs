@@ -283,6 +283,73 @@ fn manifest_that_disagrees_with_the_graph_is_a_typed_error() {
     }
 }
 
+/// The bundled graph edited into what other exporters write (byte input
+/// with the normalisation inside, a fixed batch, another rank, weights in
+/// a separate file): each is refused with its reason, not as a "corrupt"
+/// file or, worse, run on inputs it does not expect.
+#[test]
+fn graphs_the_engine_cannot_feed_are_refused_with_the_reason() {
+    use prost::Message;
+    use tract_onnx::pb;
+    let Some(dir) = model_dir() else { return };
+    let onnx = std::fs::read(dir.join(BUNDLED_ONNX)).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    // The edited graphs are other files.
+    manifest.as_object_mut().unwrap().remove("onnx_sha256");
+    let manifest = manifest.to_string();
+    let edited = |edit: &dyn Fn(&mut pb::GraphProto)| {
+        let mut m = pb::ModelProto::decode(&onnx[..]).unwrap();
+        edit(m.graph.as_mut().unwrap());
+        Model::from_bytes(&m.encode_to_vec(), manifest.as_bytes())
+    };
+    fn input(g: &mut pb::GraphProto) -> &mut pb::type_proto::Tensor {
+        let i = g.input.iter_mut().find(|i| i.name == "input").unwrap();
+        let pb::type_proto::Value::TensorType(t) =
+            i.r#type.as_mut().unwrap().value.as_mut().unwrap();
+        t
+    }
+    // Decoded and encoded again unchanged, it loads: the edits below are
+    // what is refused.
+    edited(&|_| {}).unwrap();
+    let refused = |what: &str, edit: &dyn Fn(&mut pb::GraphProto), says: &str| match edited(edit) {
+        Err(ModelError::ManifestMismatch(reason)) => {
+            assert!(reason.contains(says), "{what}: {reason}")
+        }
+        other => panic!("{what}: expected ManifestMismatch, got {other:?}"),
+    };
+    let uint8 = pb::tensor_proto::DataType::Uint8 as i32;
+    refused("uint8 input", &|g| input(g).elem_type = uint8, "float32");
+    refused(
+        "a fixed batch",
+        &|g| {
+            let dims = &mut input(g).shape.as_mut().unwrap().dim;
+            dims[0].value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(8));
+        },
+        "fixed batch of 8",
+    );
+    refused(
+        "rank 3",
+        &|g| {
+            input(g).shape.as_mut().unwrap().dim.remove(0);
+        },
+        "rank 3",
+    );
+    refused(
+        "external weights",
+        &|g| {
+            let w = &mut g.initializer[0];
+            w.raw_data.clear();
+            w.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+            w.external_data = vec![pb::StringStringEntryProto {
+                key: "location".into(),
+                value: "weights.data".into(),
+            }];
+        },
+        "external data",
+    );
+}
+
 #[test]
 fn loads_with_the_contract_shapes() {
     let Some(model) = model() else { return };

@@ -506,4 +506,26 @@ mod tests {
         let mean = catalog_mean(&db, 4).unwrap();
         assert!((mean[1] - 53.0 / 103.0).abs() < 1e-6, "{mean:?}");
     }
+
+    /// Products a re-embedding has not reached are in the old model's
+    /// space: the contrast of the new model's profiles leaves them out, as
+    /// their likes and skips do.
+    #[test]
+    fn the_catalog_mean_is_over_the_database_model_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder()
+            .vector_space(CONCEPT_SPACE, 2, Metric::InnerProduct)
+            .open(dir.path())
+            .unwrap();
+        let put = |id: &str, model: &str, v: [f32; 2]| {
+            let mut a = Attributes::new();
+            a.extra.insert(crate::ATTR_MODEL.into(), model.into());
+            db.insert(id, a, [(CONCEPT_SPACE, v.to_vec())]).unwrap();
+        };
+        put("old", "m1", [0.0, 1.0]);
+        put("new-1", "m2", [1.0, 0.0]);
+        put("new-2", "m2", [1.0, 0.0]);
+        db.set_stored_model_fingerprint("m2").unwrap();
+        assert_eq!(catalog_mean(&db, 2).unwrap(), [1.0, 0.0]);
+    }
 }

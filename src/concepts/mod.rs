@@ -35,6 +35,26 @@ pub const USER_TAG_WEIGHT: f32 = 0.5;
 
 /// Prefix of user-defined tag concepts.
 pub const USER_GROUP: &str = "user";
+/// Words the query language reads as keywords: a tag group of a model's
+/// manifest may not be named one (`like.x` would read as a `like` clause).
+pub(crate) const QUERY_KEYWORDS: &[&str] = &[
+    "find",
+    "like",
+    "image",
+    "where",
+    "and",
+    "not",
+    "in",
+    "in_stock",
+    "price",
+    "brand",
+    "limit",
+    "min_score",
+    "diverse",
+    "profile",
+    "true",
+    "false",
+];
 /// The largest weight a query term, profile group, concept affinity (in
 /// absolute value) or user tag may have.
 pub const MAX_WEIGHT: f32 = 1000.0;
@@ -383,9 +403,10 @@ pub enum ConceptError {
         /// The closest known name.
         suggestion: Option<String>,
     },
-    /// A tag example still embedded by another model than the database's
-    /// (a re-embedding has not reached it).
-    #[error("product '{id}' is still embedded by the previous model: re-embed it (vitrine import --reembed) before using it as an example")]
+    /// A tag example, or the product of a `like` or a profile search,
+    /// still embedded by another model than the database's (a re-embedding
+    /// has not reached it).
+    #[error("product '{id}' is still embedded by the previous model: re-embed it (vitrine import --reembed) before using it as an example or a `like` target")]
     ExampleOfAnotherModel {
         /// The product.
         id: String,
@@ -1024,22 +1045,9 @@ impl Db {
         let model = self.model_fingerprint();
         let fetch = |ids: &[&str]| -> Result<Vec<Vec<f32>>, ConceptError> {
             ids.iter()
-                .map(|id| {
-                    // A product a re-embedding has not reached yet is in
-                    // the old model's space: a tag learned from it would
-                    // rank by that space, and be recorded as current.
-                    // (Read before the vector: a re-embedding replaces
-                    // both at once, so a vector read after attributes of
-                    // this model is of this model too.)
-                    let attrs = self.attributes(id);
-                    let z = self.concept_vector(id)?;
-                    if !crate::db::of_model(attrs.as_ref(), model.as_deref()) {
-                        return Err(ConceptError::ExampleOfAnotherModel {
-                            id: (*id).to_string(),
-                        });
-                    }
-                    Ok(z)
-                })
+                // A tag learned from an old-model example would rank by
+                // that space, and be recorded as current.
+                .map(|id| self.concept_vector_of_model(id, model.as_deref()))
                 .collect()
         };
         let pos = fetch(positives)?;
@@ -1521,7 +1529,10 @@ impl Db {
         let profile = &profile.keyed();
         self.check_profile(&vocab, profile)?;
         let (z, exclude) = match to {
-            SimilarTo::Id(id) => (self.concept_vector(id)?, Some(id)),
+            SimilarTo::Id(id) => (
+                self.concept_vector_of_model(id, self.model_fingerprint().as_deref())?,
+                Some(id),
+            ),
             SimilarTo::Vector(v) => (v.to_vec(), None),
         };
         let q = profile_query(&vocab, profile, &z)?;
@@ -1534,6 +1545,26 @@ impl Db {
 }
 
 impl Db {
+    /// The concept vector of `id`, refused
+    /// ([`ConceptError::ExampleOfAnotherModel`]) while a re-embedding has
+    /// not reached it: it is in the old model's space, whose blocks may
+    /// mean other concepts.
+    pub(crate) fn concept_vector_of_model(
+        &self,
+        id: &str,
+        model: Option<&str>,
+    ) -> Result<Vec<f32>, ConceptError> {
+        // (Read before the vector: a re-embedding replaces both at once,
+        // so a vector read after attributes of this model is of this model
+        // too.)
+        let attrs = self.attributes(id);
+        let z = self.concept_vector(id)?;
+        if !crate::db::of_model(attrs.as_ref(), model) {
+            return Err(ConceptError::ExampleOfAnotherModel { id: id.into() });
+        }
+        Ok(z)
+    }
+
     /// The concept vector of `id`: [`Error::NotFound`] for an unknown
     /// product, [`Error::MissingVector`] for one stored without it (by
     /// `insert`, with vectors only).

@@ -1162,7 +1162,11 @@ impl Db {
             let (z, label) = match target {
                 LikeTarget::Id(id) => {
                     filter = filter.exclude(id.clone());
-                    (self.concept_vector(id)?, format!("like {id}"))
+                    let fp = self.model_fingerprint();
+                    (
+                        self.concept_vector_of_model(id, fp.as_deref())?,
+                        format!("like {id}"),
+                    )
                 }
                 LikeTarget::Image(path) => {
                     let model = model.ok_or_else(|| {

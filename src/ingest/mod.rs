@@ -67,6 +67,20 @@ pub enum IngestError {
     /// The database refused the product.
     #[error(transparent)]
     Db(#[from] Error),
+    /// The model's outputs have other sizes (another taxonomy or embedding
+    /// size) than the vectors this database holds: a database holds one
+    /// set of sizes, so such a model needs a new database.
+    #[error(
+        "model '{model}' gives vectors of other sizes than this database holds ({reason}); \
+         a model with another taxonomy or embedding size needs a new database: import the \
+         catalog into one (profiles, user tags, feedback and outfits stay with this one)"
+    )]
+    ModelShape {
+        /// Fingerprint of the model offered.
+        model: String,
+        /// Which space differs, and how.
+        reason: String,
+    },
     /// The database holds vectors of another model.
     #[error(
         "the database was built with model '{stored}' but this is model '{model}'; \
@@ -124,9 +138,10 @@ impl IngestError {
         match self {
             IngestError::Db(e) => e.is_user_error(),
             IngestError::Io { source, .. } => crate::error::callers_file(source),
-            IngestError::Model(_) | IngestError::ModelMismatch { .. } | IngestError::Threads(_) => {
-                false
-            }
+            IngestError::Model(_)
+            | IngestError::ModelMismatch { .. }
+            | IngestError::ModelShape { .. }
+            | IngestError::Threads(_) => false,
             _ => true,
         }
     }
@@ -213,12 +228,24 @@ impl DbBuilder {
         // the model's, which then need not be declared; one without the
         // model's spaces (a plain library database) is still a mismatch,
         // found before the products are read.
+        let dir = dir.as_ref();
         let b = if self.declares_spaces() {
             self
         } else {
             self.extra_stored_spaces_ok()
         };
-        let db = b.model_spaces(model).open(dir)?;
+        let db = match b.clone().model_spaces(model).open(dir) {
+            Ok(db) => db,
+            Err(e @ Error::SchemaMismatch(_)) => {
+                // Said plainly when it is the model's sizes that differ
+                // (a retrained model), not as a list of spaces.
+                if let Ok(db) = b.open(dir) {
+                    db.check_model_spaces(model)?;
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         db.check_model(model)?;
         Ok(db)
     }
@@ -247,8 +274,10 @@ impl Db {
         Ok(self.store_concept_layout(model)?)
     }
 
-    /// Makes `model` the database's model, whatever model it had: the
-    /// caller takes on re-embedding the products (re-import them with
+    /// Makes `model` the database's model, whatever model it had, if its
+    /// outputs have the sizes this database holds (else
+    /// [`IngestError::ModelShape`]: another taxonomy or embedding size needs
+    /// a new database). The caller takes on re-embedding the products (re-import them with
     /// [`ImportOptions::reembed`], which ends by learning the user tags
     /// again; or product by product, then [`Db::relearn_tags`]). Products
     /// still from the old model carry its fingerprint in [`ATTR_MODEL`].
@@ -312,11 +341,13 @@ impl Db {
         for want in model.vector_spaces() {
             match spaces.iter().find(|s| s.name == want.name) {
                 Some(s) if s.dim != want.dim => {
-                    return Err(IngestError::Db(Error::SchemaMismatch(format!(
-                        "vector space '{}' has {} dimensions but the model gives {} \
-                         (open the database with DbBuilder::model_spaces)",
-                        s.name, s.dim, want.dim
-                    ))))
+                    return Err(IngestError::ModelShape {
+                        model: model.fingerprint().to_string(),
+                        reason: format!(
+                            "vector space '{}' holds {} dimensions, the model gives {}",
+                            s.name, s.dim, want.dim
+                        ),
+                    })
                 }
                 // Concept scores are sums of raw inner products (each
                 // block's contribution); cosine would rescale them. The

@@ -144,9 +144,12 @@ impl Manifest {
         for g in &groups {
             if crate::concept_slug(&g.name) != g.name
                 || ["visual", "category", crate::concepts::USER_GROUP].contains(&g.name.as_str())
+                || crate::concepts::QUERY_KEYWORDS.contains(&g.name.as_str())
+                || g.name.chars().all(|c| c.is_ascii_digit())
             {
                 return Err(format!(
-                    "tag group name '{}' is reserved or not a lower-case word (a-z, 0-9, _)",
+                    "tag group name '{}' is reserved, a query keyword, a number, or not a \
+                     lower-case word (a-z, 0-9, _)",
                     g.name
                 ));
             }
@@ -327,6 +330,10 @@ fn check_preparation(raw: &serde_json::Value) -> Result<(), String> {
     let stated = [
         ("normalisation.mean", &raw["normalisation"]["mean"], mean),
         ("normalisation.std", &raw["normalisation"]["std"], std),
+        ("normalization.mean", &raw["normalization"]["mean"], mean),
+        ("normalization.std", &raw["normalization"]["std"], std),
+        ("input.mean", &raw["input"]["mean"], mean),
+        ("input.std", &raw["input"]["std"], std),
         ("prep.mean", &raw["prep"]["mean"], mean),
         ("prep.std", &raw["prep"]["std"], std),
     ];

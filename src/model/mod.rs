@@ -312,7 +312,20 @@ impl Model {
             path: path.to_path_buf(),
             reason: "the ONNX reader panicked on it (a damaged file)".into(),
         })?;
-        let mut model = read.map_err(corrupt)?;
+        let mut model = read.map_err(|e| {
+            // tract names this only in its message; the file is fine, its
+            // weights are elsewhere.
+            if format!("{e:#}").contains("external data") {
+                ModelError::ManifestMismatch(format!(
+                    "the ONNX graph {} keeps its weights in a separate file (external \
+                     data); export it with the weights inline (torch.onnx.export(..., \
+                     external_data=False)), so that one file holds the whole model",
+                    path.display()
+                ))
+            } else {
+                corrupt(e)
+            }
+        })?;
         model.set_output_names(OUTPUTS).map_err(|e| {
             ModelError::ManifestMismatch(format!(
                 "the ONNX graph lacks one of the outputs {OUTPUTS:?}: {e:#}"
@@ -328,9 +341,27 @@ impl Model {
                 model.inputs.len()
             )));
         }
-        let declared: Vec<Option<i64>> = model
-            .input_fact(0)
-            .map_err(corrupt)?
+        let fact = model.input_fact(0).map_err(corrupt)?;
+        // The engine feeds float32: a graph that takes bytes (its
+        // normalisation baked in) would run on normalised floats, silently.
+        if let Some(dt) = tract_onnx::tract_hir::infer::Factoid::concretize(&fact.datum_type) {
+            if dt != f32::datum_type() {
+                return Err(ModelError::ManifestMismatch(format!(
+                    "the ONNX graph {} takes {dt:?} input; the engine feeds it float32 \
+                     images, prepared and normalised as the manifest states",
+                    path.display()
+                )));
+            }
+        }
+        if !fact.shape.is_open() && fact.shape.dims().count() != 4 {
+            return Err(ModelError::ManifestMismatch(format!(
+                "the ONNX graph {} takes a tensor of rank {}; the engine feeds it \
+                 (batch, channels, height, width)",
+                path.display(),
+                fact.shape.dims().count()
+            )));
+        }
+        let declared: Vec<Option<i64>> = fact
             .shape
             .dims()
             .map(|d| {
@@ -350,6 +381,18 @@ impl Model {
                 path.display(),
                 &declared[1..]
             )));
+        }
+        // The engine runs one image per call (and batches by calls): a graph
+        // whose batch axis is fixed at another size holds shapes that fail
+        // later, as a baffling "corrupt" graph.
+        if let Some(Some(n)) = declared.first().filter(|_| declared.len() == 4) {
+            if *n != 1 {
+                return Err(ModelError::ManifestMismatch(format!(
+                    "the ONNX graph {} has a fixed batch of {n}; export it with a dynamic \
+                     batch axis (or a batch of 1)",
+                    path.display()
+                )));
+            }
         }
         let batch = model.symbols.sym("batch");
         let shape: TVec<TDim> = tvec![
