@@ -240,9 +240,10 @@ fn periodic_child_process() {
         )
         .expect("child insert");
     }
-    // Past many intervals (60; a busy 2-core machine can hold sled's
-    // flusher back for a few): sled has written every one of them.
-    std::thread::sleep(Duration::from_secs(3));
+    // Past many intervals (200): sled's flusher writes, then fsyncs, and a
+    // slow fsync on a busy machine (another test's child fsyncs every
+    // write) holds the next write back for as long.
+    std::thread::sleep(Duration::from_secs(10));
     println!("wrote 200");
     std::thread::sleep(Duration::from_secs(60));
 }
