@@ -96,6 +96,10 @@ pub struct SimilarTable {
     pub backend: Backend,
     /// Wall time of the scoring, in seconds.
     pub seconds: f64,
+    /// Products listed with an empty list and in no other list: no usable
+    /// vector in the space, or (in the model's spaces) one of another model
+    /// than the database's, which a re-embedding has not reached.
+    pub unscored: usize,
 }
 
 impl SimilarTable {
@@ -150,7 +154,10 @@ fn prepare(metric: Metric, v: &[f32]) -> Option<Vec<f32>> {
 /// itself nor its variants (see [`PrecomputeOptions::variant_key`]).
 ///
 /// Every product is listed, in id order; one without a vector in the space
-/// gets an empty list. A `k` above the number of other products is lowered
+/// gets an empty list, as does one whose vectors in the model's spaces are
+/// of another model than the database's (a re-embedding has not reached
+/// it), and neither is in another's list ([`SimilarTable::unscored`]
+/// counts them). A `k` above the number of other products is lowered
 /// to it (the table's `k` field says which was used). Scores are those of the space's metric; exact ties
 /// are broken by id ascending.
 pub(crate) fn precompute_similar(
@@ -180,6 +187,14 @@ pub(crate) fn precompute_similar(
     })?
     .clone();
 
+    // A product a re-embedding has not reached has its model vectors in
+    // the old model's space: scored against the others, it would list
+    // products of an unrelated space, and be listed by them.
+    let model = [crate::EMBEDDING_SPACE, crate::CONCEPT_SPACE]
+        .contains(&space.name.as_str())
+        .then(|| db.model_fingerprint())
+        .flatten();
+    let mut other_model = 0usize;
     // Snapshot: ids sorted; row docs are positions in `ids`, so ties break by id.
     let mut ids = Vec::new();
     let mut data = Vec::new();
@@ -189,6 +204,11 @@ pub(crate) fn precompute_similar(
     for id in db.ids() {
         let Some(p) = db.get(&id)? else { continue };
         let pos = ids.len() as u64;
+        if !crate::db::of_model(Some(&p.attributes), model.as_deref()) {
+            other_model += 1;
+            ids.push(id);
+            continue;
+        }
         if let Some(v) = p.vectors.get(&space.name) {
             match prepare(space.metric, v) {
                 Some(v) if v.len() == space.dim => {
@@ -211,6 +231,13 @@ pub(crate) fn precompute_similar(
     if k == 0 {
         return Err(crate::Error::InvalidConfig("k must be at least 1".into()).into());
     }
+    if other_model > 0 {
+        tracing::warn!(
+            products = other_model,
+            "products still of the previous model (a re-embedding has not reached them) get empty lists"
+        );
+    }
+    let unscored = ids.len() - docs.len();
     // No list can be longer; the file reserves k slots per product.
     let k = k.min(docs.len().saturating_sub(1)).max(1);
 
@@ -277,5 +304,38 @@ pub(crate) fn precompute_similar(
         lists,
         backend,
         seconds,
+        unscored,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Attributes, Metric};
+
+    /// During a re-embedding, products still of the previous model are in
+    /// another space: they get no list and are in no list.
+    #[test]
+    fn products_of_the_previous_model_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder()
+            .vector_space(crate::EMBEDDING_SPACE, 2, Metric::Cosine)
+            .open(dir.path())
+            .unwrap();
+        let put = |id: &str, model: &str, v: [f32; 2]| {
+            let mut a = Attributes::new();
+            a.extra.insert(crate::ATTR_MODEL.into(), model.into());
+            db.insert(id, a, [(crate::EMBEDDING_SPACE, v.to_vec())])
+                .unwrap();
+        };
+        put("a-new", "m2", [1.0, 0.0]);
+        put("b-old", "m1", [1.0, 0.01]);
+        put("c-new", "m2", [0.0, 1.0]);
+        db.set_stored_model_fingerprint("m2").unwrap();
+        let t = precompute_similar(&db, 1, &Filter::new(), &PrecomputeOptions::default()).unwrap();
+        assert_eq!(t.unscored, 1);
+        assert_eq!(t.get("b-old").unwrap(), []);
+        assert_eq!(t.get("a-new").unwrap()[0].0, "c-new");
+        assert_eq!(t.get("c-new").unwrap()[0].0, "a-new");
+    }
 }

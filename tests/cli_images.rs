@@ -302,6 +302,16 @@ fn import_reads_a_csv_with_attributes() {
     // The products the CSV does not list are kept, and counted.
     let stdout = text(&out.stdout);
     assert!(stdout.contains("2 stored products are not in"), "{stdout}");
+    // ... and which they are can be found: every stored id, sorted.
+    let listed = vitrine(&["product", "--db", db_dir.to_str().unwrap(), "list"]);
+    assert!(listed.status.success(), "stderr: {}", text(&listed.stderr));
+    let listed = text(&listed.stdout);
+    let ids: Vec<&str> = listed.lines().collect();
+    assert_eq!(ids.len(), 3, "{listed}");
+    assert!(
+        ids.contains(&"sku-1") && ids.windows(2).all(|w| w[0] < w[1]),
+        "{listed}"
+    );
     let db = vitrine::Db::builder()
         .open_with_model(&db_dir, &model)
         .unwrap();
@@ -1633,12 +1643,19 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
         "sku-1,img/a.jpg,19.90,yes\nsku-2,img/b.jpg,29.90,no\n",
     )
     .unwrap();
+    // ... with no image paths (a nightly --update of prices and stock).
+    let headerless_update = dir.path().join("prices.csv");
+    std::fs::write(&headerless_update, "sku-1,,19.90,yes\nsku-2,,29.90,no\n").unwrap();
+    let nameless_path = dir.path().join("stock.csv");
+    std::fs::write(&nameless_path, "sku-1,,Red\nsku-2,,Blue\n").unwrap();
     let db = dir.path().join("db");
     for (source, says) in [
         (&empty, "no images in"),
         (&header_only, "has no product rows"),
         (&engine_column, "column 'vitrine.model' cannot be imported"),
         (&headerless, "the first line looks like a product row"),
+        (&headerless_update, "'19.90' is a value, not a column name"),
+        (&nameless_path, "its image path column has no name"),
     ] {
         let out = vitrine(&[
             "import",
@@ -2064,4 +2081,15 @@ fn outfit_show_tells_plain_products_from_deleted_ones() {
         shown.contains("2. gone\t-\tcolour ?\tno longer in the catalog"),
         "{shown:?}"
     );
+    // The JSON says as much.
+    let out = vitrine(&["outfit", "--db", d, "show", "look", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let slots = v["slots"].as_array().unwrap();
+    assert_eq!(slots[0]["product"], "plain");
+    assert_eq!(slots[0]["category"], serde_json::Value::Null);
+    assert_eq!(slots[0]["current_category"], "Knitwear");
+    assert_eq!(slots[0]["in_stock"], true);
+    assert_eq!(slots[1]["in_catalog"], false);
+    assert_eq!(slots[1]["in_stock"], serde_json::Value::Null);
 }

@@ -169,6 +169,12 @@ fn writing_replaces_only_an_earlier_similar_file() {
         (precious.clone(), "refusing to replace"),
         (dir.path().join("db"), "refusing to replace"),
         (dir.path().join("no-such/x.vsim"), "folder does not exist"),
+        // A name the file system takes, but not the temporary file's
+        // (longer): found before the scoring, not after.
+        (
+            dir.path().join(format!("{}.vsim", "n".repeat(245))),
+            "cannot be written to",
+        ),
     ] {
         let e = SimilarTable::check_destination(&target).unwrap_err();
         assert!(e.to_string().contains(says), "{e}");

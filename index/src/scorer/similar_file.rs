@@ -72,8 +72,8 @@ pub enum SimilarFileError {
 }
 
 /// Whether [`write_similar_file`] may write `path`: it names a file in an
-/// existing folder, and nothing is there but an earlier precomputed-similar
-/// file (or an empty file). A nightly job checks it before its hour of
+/// existing folder the caller can write to, and nothing is there but an
+/// earlier precomputed-similar file (or an empty file). A nightly job checks it before its hour of
 /// scoring, not after.
 pub fn check_similar_destination(path: &Path) -> Result<(), SimilarFileError> {
     let invalid = |reason: &str| SimilarFileError::InvalidInput {
@@ -104,7 +104,48 @@ pub fn check_similar_destination(path: &Path) -> Result<(), SimilarFileError> {
             ));
         }
     }
+    // The write goes through a temporary file in the same folder: one that
+    // cannot be made (a folder the job may not write, a name too long for
+    // the temporary one) fails now, not after the scoring.
+    let file_name = path.file_name().unwrap_or_default();
+    match create_temp(dir, file_name) {
+        Ok((tmp, file)) => {
+            drop(file);
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Err((_, e)) => return Err(invalid(&format!("its folder cannot be written to: {e}"))),
+    }
     Ok(())
+}
+
+/// Creates the temporary file a write of `dir/file_name` goes through,
+/// exclusively under a name unique to this call: two writers of one path
+/// never share a temporary file, and a leftover of a killed writer (the
+/// same pid, in another container) is stepped over.
+fn create_temp(
+    dir: &Path,
+    file_name: &std::ffi::OsStr,
+) -> Result<(std::path::PathBuf, File), (std::path::PathBuf, std::io::Error)> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(file_name);
+        tmp_name.push(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let tmp = dir.join(tmp_name);
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err((tmp, e)),
+        }
+    }
 }
 
 /// Writes the file atomically (temporary file, fsync, rename, directory fsync).
@@ -185,29 +226,7 @@ pub fn write_similar_file<S: AsRef<str>>(
         let p = p.to_path_buf();
         move |source| SimilarFileError::Io { path: p, source }
     };
-    // Created exclusively under a name unique to this call: two writers of
-    // one path never share a temporary file, and a leftover of a killed
-    // writer (the same pid, in another container) is stepped over.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let (tmp, file) = loop {
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(file_name);
-        tmp_name.push(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let tmp = dir.join(tmp_name);
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-        {
-            Ok(file) => break (tmp, file),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io(&tmp)(e)),
-        }
-    };
+    let (tmp, file) = create_temp(dir, file_name).map_err(|(tmp, e)| io(&tmp)(e))?;
 
     let result = (|| {
         let mut w = BufWriter::with_capacity(1 << 20, file);

@@ -18,7 +18,8 @@ pub struct ImportArgs {
     /// A folder of images (id = file stem), or a CSV file with a header row
     /// whose first two columns are the id and the image path (relative to the
     /// CSV's folder); further columns are attributes (`category`, `brand`,
-    /// `price`, `in_stock`, in any case, go to the built-in fields; others
+    /// `price`, `in_stock`, in any case and with or without separators
+    /// (`In Stock`), go to the built-in fields; others
     /// are free-form, named as written; empty cells are left out). UTF-8,
     /// comma-separated; a quoted cell may hold commas and line breaks.
     pub source: PathBuf,
@@ -210,6 +211,22 @@ pub const ENGINE_PREFIX: &str = "vitrine.";
 /// (named in any case).
 const BUILT_IN_COLUMNS: [&str; 4] = ["category", "brand", "price", "in_stock"];
 
+/// The built-in column a header names, in any case and with or without
+/// separators (`Price`, `In Stock`, `in-stock`): an export that renames
+/// `in_stock` so must not turn stock into a free attribute, and leave it
+/// as it was, unseen.
+pub(crate) fn built_in_column(key: &str) -> Option<&'static str> {
+    let squashed: String = key
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '_' | '-'))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    BUILT_IN_COLUMNS
+        .into_iter()
+        .find(|b| b.replace('_', "") == squashed)
+}
+
 /// The rows of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]), every
 /// cell checked. A bad header fails the whole file; a bad row is reported
 /// and the rest read on. An empty path is allowed with `update` (it is
@@ -233,6 +250,24 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     let looks_like_a_path = second
         .rsplit_once('.')
         .is_some_and(|(_, ext)| vitrine::IMAGE_EXTENSIONS.contains(&ext));
+    // With an empty path (an --update of prices and stock) the row gives
+    // itself away by a nameless path column, or by values as column
+    // names (`19.90`, `yes`).
+    let a_value = header.iter().skip(2).find(|k| {
+        let k = k.trim();
+        k.parse::<f64>().is_ok() || parse_in_stock(k).is_ok()
+    });
+    if header[1].trim().is_empty() || a_value.is_some() {
+        bail!(
+            "{}: the first line looks like a product row ({}): the CSV needs a header \
+             line, id,path[,attributes…]",
+            path.display(),
+            match a_value {
+                Some(v) => format!("'{}' is a value, not a column name", v.trim()),
+                None => "its image path column has no name".to_string(),
+            }
+        );
+    }
     if looks_like_a_path {
         bail!(
             "{}: the first line looks like a product row ('{}' names an image file): \
@@ -241,7 +276,7 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             header[1]
         );
     }
-    if BUILT_IN_COLUMNS.contains(&second.as_str()) {
+    if built_in_column(&second).is_some() {
         bail!(
             "{}: the second column is the image path, not '{}' (id,path[,attributes…])",
             path.display(),
@@ -274,12 +309,7 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     // A column named twice would overwrite its twin, cell by cell.
     let mut named = std::collections::HashSet::new();
     for key in header.iter().skip(2).filter(|k| !k.trim().is_empty()) {
-        let lower = key.to_ascii_lowercase();
-        let name = if BUILT_IN_COLUMNS.contains(&lower.as_str()) {
-            lower
-        } else {
-            key.clone()
-        };
+        let name = built_in_column(key).map_or_else(|| key.clone(), str::to_string);
         if !named.insert(name) {
             bail!("{}: column '{key}' appears twice", path.display());
         }
@@ -385,12 +415,13 @@ fn csv_cells(header: &[String], row: &[String]) -> Result<Vec<Cell>, String> {
         if key.trim().is_empty() {
             return Err(format!("'{value}' is under a column without a name"));
         }
-        // The four built-in columns in any case (`Price`); other keys as written.
-        cells.push(match key.to_ascii_lowercase().as_str() {
-            "category" => Cell::Category(value.to_string()),
-            "brand" => Cell::Brand(value.to_string()),
-            "price" => Cell::Price(parse_price(value)?),
-            "in_stock" => Cell::InStock(parse_in_stock(value)?),
+        // The four built-in columns however spelt (`Price`, `In Stock`);
+        // other keys as written.
+        cells.push(match built_in_column(key) {
+            Some("category") => Cell::Category(value.to_string()),
+            Some("brand") => Cell::Brand(value.to_string()),
+            Some("price") => Cell::Price(parse_price(value)?),
+            Some("in_stock") => Cell::InStock(parse_in_stock(value)?),
             _ => Cell::Extra(key.clone(), value.to_string()),
         });
     }
@@ -877,15 +908,27 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 ));
             }
             if let Some((id, was, now)) = moved.first() {
+                // Named (up to a screenful), so that a CSV of their rows
+                // can be made for --refresh.
+                const NAMED: usize = 20;
+                let mut ids: Vec<String> = moved
+                    .iter()
+                    .take(NAMED)
+                    .map(|(id, _, _)| crate::field(id).to_string())
+                    .collect();
+                if moved.len() > NAMED {
+                    ids.push(format!("and {} more", moved.len() - NAMED));
+                }
                 notes.push(format!(
                     "{} present products name another image than the one they were embedded \
                      from (first: {}, {} -> {}); their vectors are of the old one: \
                      `vitrine import CSV --db DB --refresh` re-embeds every product a CSV \
-                     lists, so give it a CSV of these rows when the photos changed",
+                     lists, so give it a CSV of these rows when the photos changed: {}",
                     moved.len(),
                     crate::field(id),
                     crate::field(was),
-                    crate::field(now)
+                    crate::field(now),
+                    ids.join(", ")
                 ));
             }
             if !no_image.is_empty() {
@@ -987,8 +1030,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
         if unlisted > 0 {
             unlisted_note = Some(format!(
-                "{unlisted} stored products are not in {} (kept; `vitrine product --db DB \
-                 delete ID` removes one)",
+                "{unlisted} stored products are not in {} (kept as they were, stock \
+                 included; `vitrine product --db DB list` lists the stored ids, \
+                 `vitrine product --db DB delete ID` removes one)",
                 args.source.display()
             ));
         }
@@ -1055,4 +1099,37 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An export that spells a built-in column otherwise still sets it.
+    #[test]
+    fn built_in_columns_however_spelt() {
+        for (key, want) in [
+            ("in_stock", Some("in_stock")),
+            ("In Stock", Some("in_stock")),
+            ("in-stock", Some("in_stock")),
+            ("InStock", Some("in_stock")),
+            (" Price ", Some("price")),
+            ("BRAND", Some("brand")),
+            ("stock", None),
+            ("price_eur", None),
+            ("colour", None),
+        ] {
+            assert_eq!(built_in_column(key), want, "{key}");
+        }
+        let header: Vec<String> = ["id", "path", "Price", "In Stock", "Fabric"]
+            .map(String::from)
+            .to_vec();
+        let row: Vec<String> = ["sku-1", "", "19.90", "no", "wool"]
+            .map(String::from)
+            .to_vec();
+        let cells = csv_cells(&header, &row).unwrap();
+        assert!(matches!(cells[0], Cell::Price(p) if p == 19.9));
+        assert!(matches!(cells[1], Cell::InStock(false)));
+        assert!(matches!(&cells[2], Cell::Extra(k, v) if k == "Fabric" && v == "wool"));
+    }
 }

@@ -185,6 +185,7 @@ pub fn run(path: &Path, args: OutfitArgs) -> anyhow::Result<()> {
         // its own): list, show, import and delete still work.
         Err(
             vitrine::IngestError::ModelMismatch { .. }
+            | vitrine::IngestError::ModelShape { .. }
             | vitrine::IngestError::Db(vitrine::Error::SchemaMismatch(_)),
         ) => Db::open(path)?,
         Err(e) => {
@@ -335,7 +336,23 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 crate::sheet::save(&img, path)?;
             }
             if json {
-                print_json(&o)?;
+                // The stored outfit, and per slot what the text shows: the
+                // product now (null fields when it left the catalog).
+                let mut v = serde_json::to_value(&o)?;
+                if let Some(slots) = v["slots"].as_array_mut() {
+                    for (slot, s) in slots.iter_mut().zip(&o.slots) {
+                        let now = db.attributes(&s.product);
+                        slot["in_catalog"] = now.is_some().into();
+                        slot["in_stock"] = now.as_ref().map(|a| a.in_stock).into();
+                        slot["current_category"] =
+                            now.as_ref().and_then(|a| a.category.clone()).into();
+                        slot["colour_family"] = eng
+                            .as_ref()
+                            .and_then(|e| e.colour_family(&s.product))
+                            .into();
+                    }
+                }
+                print_json(&v)?;
             } else {
                 say!("outfit {}", o.id);
                 for (i, s) in o.slots.iter().enumerate() {

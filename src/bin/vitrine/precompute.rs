@@ -68,11 +68,13 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
             // Before the scoring, which takes an hour at a million products.
             vitrine::SimilarTable::check_destination(&out)?;
             let db = Db::open(&db)?;
+            // The concept space when products have vectors there (a
+            // database filled by `insert` may have only embeddings).
             let space = space.or_else(|| {
                 let concept = vitrine::CONCEPT_SPACE;
-                db.spaces()
+                db.space_stats()
                     .iter()
-                    .any(|s| s.name == concept)
+                    .any(|s| s.name == concept && s.vectors > 0)
                     .then(|| concept.to_owned())
             });
             let space_shown = space.clone().unwrap_or_else(|| "default".to_owned());
@@ -98,6 +100,13 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
                 table.seconds,
                 out.display()
             );
+            if table.unscored > 0 {
+                eprintln!(
+                    "note: {} products have empty lists: no vector in the space, or one of the \
+                     previous model (finish `import --reembed`)",
+                    table.unscored
+                );
+            }
             Ok(())
         }
         PrecomputeCommand::Show { file, ids, json } => {

@@ -44,6 +44,9 @@ pub enum ProductCommand {
         #[arg(required = true)]
         pairs: Vec<String>,
     },
+    /// Lists the stored product ids, one per line, sorted (to compare with
+    /// an export: which stored products did tonight's CSV leave out).
+    List,
     /// Deletes products (unknown ids are an error; the known ones are
     /// deleted first).
     Delete {
@@ -84,6 +87,19 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     };
     match cmd {
+        ProductCommand::List => {
+            use std::io::Write;
+            // Buffered: a million lines, not a million writes.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for id in db.ids() {
+                if json {
+                    writeln!(out, "{}", serde_json::Value::from(id))?;
+                } else {
+                    writeln!(out, "{}", crate::field(&id))?;
+                }
+            }
+            out.flush()?;
+        }
         ProductCommand::Get { ids } => {
             let ids = unique(ids);
             let mut missing = Vec::new();
@@ -236,8 +252,8 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
 /// value removes it (where a CSV's empty cell leaves it as it is).
 fn apply(a: &mut Attributes, key: &str, value: &str) -> anyhow::Result<()> {
     let some = (!value.is_empty()).then(|| value.to_string());
-    // The built-in fields in any case, as in a product CSV's header.
-    match key.to_ascii_lowercase().as_str() {
+    // The built-in fields however spelt, as in a product CSV's header.
+    match crate::import::built_in_column(key).unwrap_or_default() {
         "category" => {
             // Given by hand: a later --refresh or --reembed keeps it; an
             // emptied category is the model's to fill again.

@@ -59,7 +59,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("tag", "tag define <name> <id>... [not <id>...] [logistic] | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
     ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
-    ("product", "product get <id>... | product set <id> key=value... | product delete <id>...   (product help)"),
+    ("product", "product get <id>... | product set <id> key=value... | product delete <id>... | product list   (product help)"),
     ("show", "show [file.png]            contact sheet of the last results"),
     ("info", "info                       what the database holds and whether it opened cleanly"),
     ("json", "json on|off                JSON lines instead of tables"),
