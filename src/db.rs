@@ -659,6 +659,15 @@ impl Db {
         DbBuilder::default()
     }
 
+    /// The vector spaces a database stores (`None` before it stores a
+    /// schema), read from its storage alone: no product is read and no
+    /// index loaded. For saying why an open was refused.
+    pub(crate) fn stored_spaces(dir: &Path) -> Result<Option<Vec<VectorSpace>>> {
+        let store = Store::open(dir, StoreOptions::default())?;
+        let meta = store.keyspace::<Meta>("meta")?.get(META_KEY)?;
+        Ok(meta.map(|m| m.spaces.iter().map(space_of).collect()))
+    }
+
     fn open_with(dir: &Path, mut b: DbBuilder) -> Result<Db> {
         // Everything the builder says is checked before a file is made.
         b.index.validate()?;

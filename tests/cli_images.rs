@@ -1654,7 +1654,7 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
         (&header_only, "has no product rows"),
         (&engine_column, "column 'vitrine.model' cannot be imported"),
         (&headerless, "the first line looks like a product row"),
-        (&headerless_update, "'19.90' is a value, not a column name"),
+        (&headerless_update, "its image path column has no name"),
         (&nameless_path, "its image path column has no name"),
     ] {
         let out = vitrine(&[
@@ -2092,4 +2092,33 @@ fn outfit_show_tells_plain_products_from_deleted_ones() {
     assert_eq!(slots[0]["in_stock"], true);
     assert_eq!(slots[1]["in_catalog"], false);
     assert_eq!(slots[1]["in_stock"], serde_json::Value::Null);
+}
+
+/// A database of another model opens once in the REPL: `info` there tells
+/// what that open did (an index rebuilt from storage), as `vitrine info`
+/// does.
+#[test]
+fn repl_info_on_another_models_database_reports_its_open() {
+    if !have_model("repl_info_on_another_models_database_reports_its_open") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let other = other_model_dir(dir.path());
+    let src = copy_samples(dir.path(), 3);
+    let db = dir.path().join("db");
+    let db_s = db.to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["import", src.to_str().unwrap(), "--db", db_s, "--fpi"])
+        .env("VITRINE_MODEL_DIR", &other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    std::fs::remove_dir_all(db.join("index")).unwrap();
+    let out = vitrine(&["query", "--db", db_s, "info"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("rebuilt from storage"), "{shown}");
+    // Outfit commands open it too.
+    let out = vitrine(&["outfit", "--db", db_s, "list"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
 }

@@ -320,14 +320,20 @@ fn graphs_the_engine_cannot_feed_are_refused_with_the_reason() {
     };
     let uint8 = pb::tensor_proto::DataType::Uint8 as i32;
     refused("uint8 input", &|g| input(g).elem_type = uint8, "float32");
-    refused(
-        "a fixed batch",
-        &|g| {
-            let dims = &mut input(g).shape.as_mut().unwrap().dim;
-            dims[0].value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(8));
-        },
-        "fixed batch of 8",
+    // A batch fixed at export (a dummy input of 8) runs one image per call
+    // when nothing in the graph holds the 8.
+    let fixed = edited(&|g| {
+        let dims = &mut input(g).shape.as_mut().unwrap().dim;
+        dims[0].value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(8));
+    })
+    .unwrap();
+    let bundled = model().unwrap();
+    let x = vec![0.25f32; INPUT.iter().product()];
+    let (a, b) = (
+        fixed.infer_tensor(&x, 1).unwrap(),
+        bundled.infer_tensor(&x, 1).unwrap(),
     );
+    assert_eq!(a[0].embedding, b[0].embedding);
     refused(
         "rank 3",
         &|g| {

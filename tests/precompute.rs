@@ -173,7 +173,7 @@ fn writing_replaces_only_an_earlier_similar_file() {
         // (longer): found before the scoring, not after.
         (
             dir.path().join(format!("{}.vsim", "n".repeat(245))),
-            "cannot be written to",
+            "name too long",
         ),
     ] {
         let e = SimilarTable::check_destination(&target).unwrap_err();

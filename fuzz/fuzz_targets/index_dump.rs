@@ -1,5 +1,6 @@
-//! Index dumps, two ways. Arbitrary bytes as the header: a header that
-//! parses encodes back to the same bytes (every byte is checked). Then a
+//! Index dumps, two ways. Arbitrary bytes as the header, and as a header's
+//! body under a valid magic, version and checksum: a header that parses
+//! encodes back to the same bytes (every byte is checked). Then a
 //! real saved graph whose two hnsw_rs files are damaged by the input (bytes
 //! XORed in at an offset, or the file cut short) under a header that vouches
 //! for them (lengths and checksums made to match), so that hnsw_rs's own
@@ -72,15 +73,22 @@ fn damage(bytes: &[u8], input: &[u8]) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // 1. The input as a header.
-    if let Ok(h) = parse_index_header(data) {
-        assert_eq!(encode_index_header(&h), data, "a parsed header re-encodes");
+    let (t, graph, dump) = template();
+    // 1. The input as a header: as it is, and as the body of one (the
+    // template's magic and version before it, its checksum after it), so
+    // that the fields behind the checksum are fuzzed too.
+    let mut whole = std::fs::read(t.join(HEADER)).expect("header")[..12].to_vec();
+    whole.extend_from_slice(data);
+    whole.extend_from_slice(&crc32(&whole).to_le_bytes());
+    for bytes in [data, &whole[..]] {
+        if let Ok(h) = parse_index_header(bytes) {
+            assert_eq!(encode_index_header(&h), bytes, "a parsed header re-encodes");
+        }
     }
     let d = dir().join("index");
     let flat = flat();
 
     // 2. A real dump, damaged, under a header that vouches for it.
-    let (t, graph, dump) = template();
     let (first, second) = data.split_at(data.len() / 2);
     let graph = damage(graph, first);
     let dump = damage(dump, second);

@@ -95,7 +95,7 @@ impl Walk {
         Ok(())
     }
 
-    fn text(&mut self, field: &str) -> Result<(), String> {
+    fn text(&mut self, field: &str) -> Result<String, String> {
         let n = self.u64()?;
         if n > 256 || n > self.left {
             return Err(format!("{}: {field} is {n} bytes long", self.what));
@@ -105,8 +105,7 @@ impl Walk {
             .read_exact(&mut b)
             .map_err(|e| format!("{}: {e}", self.what))?;
         self.left -= n;
-        String::from_utf8(b).map_err(|_| format!("{}: {field} is not UTF-8", self.what))?;
-        Ok(())
+        String::from_utf8(b).map_err(|_| format!("{}: {field} is not UTF-8", self.what))
     }
 }
 
@@ -164,14 +163,30 @@ pub(crate) fn check(
         ));
     }
     let nb_point = g.u64()?;
+    // hnsw_rs counts down from it as an i64, asserting it stays >= 0.
+    if nb_point > i64::MAX as u64 {
+        return Err(format!("graph file: {nb_point} points described"));
+    }
     let stored_dim = g.u64()?;
     if stored_dim != dim as u64 {
         return Err(format!(
             "graph file: dimension {stored_dim}, expected {dim}"
         ));
     }
-    g.text("distance name")?;
-    g.text("type name")?;
+    // hnsw_rs compares both with the loader's types: the distance by its
+    // last path segment (indexing an empty name's), the element type
+    // whole, with a panic.
+    let last = |name: &str| name.rsplit_terminator("::").next().map(str::to_owned);
+    let distance = g.text("distance name")?;
+    if last(&distance).is_none()
+        || last(&distance) != last(std::any::type_name::<crate::graph::VitrineL2>())
+    {
+        return Err(format!("graph file: distance '{distance}'"));
+    }
+    let element = g.text("type name")?;
+    if element != std::any::type_name::<f32>() {
+        return Err(format!("graph file: element type '{element}'"));
+    }
 
     // The data file's head.
     if d.u32()? != MAGIC_DATA {

@@ -415,6 +415,44 @@ fn damaged_dumps_with_matching_checksums_never_exit() {
     assert!(refused > 0);
 }
 
+/// A description naming another element type, or a point count hnsw_rs
+/// counts down from as a negative i64: refused by our check, before
+/// hnsw_rs's loader panics on them (a panic caught is still a panic
+/// message, and an abort under `panic = "abort"`).
+#[test]
+fn descriptions_hnsw_rs_would_panic_on_are_refused_first() {
+    if cfg!(target_endian = "big") {
+        return;
+    }
+    let (idx, _) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    idx.save(&good, 7).unwrap();
+    let bytes = fs::read(good.join("graph.hnsw.graph")).unwrap();
+    // magic 4, mode 1, M 1, level scale 8, layers 1, ef 8: the point count
+    // is bytes 23..31, the dimension 31..39, then the two names.
+    let mut points = bytes.clone();
+    points[30] ^= 0x80;
+    let dist_len = u64::from_ne_bytes(bytes[39..47].try_into().unwrap()) as usize;
+    let t = 47 + dist_len + 8;
+    assert_eq!(&bytes[t..t + 3], b"f32");
+    let mut element = bytes.clone();
+    element[t + 1..t + 3].copy_from_slice(b"64");
+    for (what, damaged, says) in [
+        ("points", points, "points described"),
+        ("element", element, "element type 'f64'"),
+    ] {
+        let dir = tmp.path().join(what);
+        forge(&good, &dir, &[("graph.hnsw.graph", damaged)]);
+        match load(&dir, &idx, 7) {
+            Err(LoadError::Corrupt { reason, .. }) => {
+                assert!(reason.contains(says), "{what}: {reason}")
+            }
+            other => panic!("{what}: {:?}", other.map(|_| "loaded")),
+        }
+    }
+}
+
 /// Rewrites `file` of the save in `good` into a copy at `dir`, with the
 /// header's length and checksum of it made to match (a forged dump).
 fn forge(good: &Path, dir: &Path, edits: &[(&str, Vec<u8>)]) {

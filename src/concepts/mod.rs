@@ -37,23 +37,17 @@ pub const USER_TAG_WEIGHT: f32 = 0.5;
 pub const USER_GROUP: &str = "user";
 /// Words the query language reads as keywords: a tag group of a model's
 /// manifest may not be named one (`like.x` would read as a `like` clause).
+/// (Only the clause words and `and`: inside a `where`, a word followed by
+/// a dot is read as a concept first, so `brand.nike` stays reachable.)
 pub(crate) const QUERY_KEYWORDS: &[&str] = &[
     "find",
     "like",
-    "image",
     "where",
     "and",
-    "not",
-    "in",
-    "in_stock",
-    "price",
-    "brand",
     "limit",
     "min_score",
     "diverse",
     "profile",
-    "true",
-    "false",
 ];
 /// The largest weight a query term, profile group, concept affinity (in
 /// absolute value) or user tag may have.

@@ -234,13 +234,16 @@ impl DbBuilder {
         } else {
             self.extra_stored_spaces_ok()
         };
-        let db = match b.clone().model_spaces(model).open(dir) {
+        let db = match b.model_spaces(model).open(dir) {
             Ok(db) => db,
             Err(e @ Error::SchemaMismatch(_)) => {
                 // Said plainly when it is the model's sizes that differ
-                // (a retrained model), not as a list of spaces.
-                if let Ok(db) = b.open(dir) {
-                    db.check_model_spaces(model)?;
+                // (a retrained model), not as a list of spaces; read from
+                // the stored schema alone, not a second open.
+                if let Ok(Some(stored)) = Db::stored_spaces(dir) {
+                    if let Some(e) = model_shape(model, &stored) {
+                        return Err(e);
+                    }
                 }
                 return Err(e.into());
             }
@@ -249,6 +252,23 @@ impl DbBuilder {
         db.check_model(model)?;
         Ok(db)
     }
+}
+
+/// [`IngestError::ModelShape`] when a stored space of the model's has
+/// another size than the model gives.
+fn model_shape(model: &Model, stored: &[crate::VectorSpace]) -> Option<IngestError> {
+    model.vector_spaces().into_iter().find_map(|want| {
+        let s = stored
+            .iter()
+            .find(|s| s.name == want.name && s.dim != want.dim)?;
+        Some(IngestError::ModelShape {
+            model: model.fingerprint().to_string(),
+            reason: format!(
+                "vector space '{}' holds {} dimensions, the model gives {}",
+                s.name, s.dim, want.dim
+            ),
+        })
+    })
 }
 
 /// Everything the writer needs to store one image product.
@@ -338,17 +358,11 @@ impl Db {
 
     fn check_model_spaces(&self, model: &Model) -> Result<(), IngestError> {
         let spaces = self.spaces();
+        if let Some(e) = model_shape(model, &spaces) {
+            return Err(e);
+        }
         for want in model.vector_spaces() {
             match spaces.iter().find(|s| s.name == want.name) {
-                Some(s) if s.dim != want.dim => {
-                    return Err(IngestError::ModelShape {
-                        model: model.fingerprint().to_string(),
-                        reason: format!(
-                            "vector space '{}' holds {} dimensions, the model gives {}",
-                            s.name, s.dim, want.dim
-                        ),
-                    })
-                }
                 // Concept scores are sums of raw inner products (each
                 // block's contribution); cosine would rescale them. The
                 // embedding is unit length: either metric ranks it alike.

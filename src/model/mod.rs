@@ -383,17 +383,22 @@ impl Model {
             )));
         }
         // The engine runs one image per call (and batches by calls): a graph
-        // whose batch axis is fixed at another size holds shapes that fail
-        // later, as a baffling "corrupt" graph.
-        if let Some(Some(n)) = declared.first().filter(|_| declared.len() == 4) {
-            if *n != 1 {
-                return Err(ModelError::ManifestMismatch(format!(
-                    "the ONNX graph {} has a fixed batch of {n}; export it with a dynamic \
-                     batch axis (or a batch of 1)",
-                    path.display()
-                )));
-            }
-        }
+        // exported with a fixed batch of another size runs as batch 1 when
+        // nothing in it holds that size; when something does, typing fails,
+        // and the message says why.
+        let fixed_batch = declared
+            .first()
+            .copied()
+            .flatten()
+            .filter(|&n| declared.len() == 4 && n != 1);
+        let corrupt = |e: TractError| match fixed_batch {
+            Some(n) => ModelError::ManifestMismatch(format!(
+                "the ONNX graph {} was exported with a fixed batch of {n}, and does not run \
+                 as one image per call ({e:#}); export it with a dynamic batch axis",
+                path.display()
+            )),
+            None => corrupt(e),
+        };
         let batch = model.symbols.sym("batch");
         let shape: TVec<TDim> = tvec![
             batch.to_dim(),

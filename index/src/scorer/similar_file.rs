@@ -113,7 +113,7 @@ pub fn check_similar_destination(path: &Path) -> Result<(), SimilarFileError> {
             drop(file);
             let _ = std::fs::remove_file(&tmp);
         }
-        Err((_, e)) => return Err(invalid(&format!("its folder cannot be written to: {e}"))),
+        Err((tmp, source)) => return Err(SimilarFileError::Io { path: tmp, source }),
     }
     Ok(())
 }

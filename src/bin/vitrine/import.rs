@@ -18,8 +18,8 @@ pub struct ImportArgs {
     /// A folder of images (id = file stem), or a CSV file with a header row
     /// whose first two columns are the id and the image path (relative to the
     /// CSV's folder); further columns are attributes (`category`, `brand`,
-    /// `price`, `in_stock`, in any case and with or without separators
-    /// (`In Stock`), go to the built-in fields; others
+    /// `price`, `in_stock`, in any case, go to the built-in fields (another
+    /// spelling, `In Stock`, is noted); others
     /// are free-form, named as written; empty cells are left out). UTF-8,
     /// comma-separated; a quoted cell may hold commas and line breaks.
     pub source: PathBuf,
@@ -211,11 +211,11 @@ pub const ENGINE_PREFIX: &str = "vitrine.";
 /// (named in any case).
 const BUILT_IN_COLUMNS: [&str; 4] = ["category", "brand", "price", "in_stock"];
 
-/// The built-in column a header names, in any case and with or without
-/// separators (`Price`, `In Stock`, `in-stock`): an export that renames
-/// `in_stock` so must not turn stock into a free attribute, and leave it
-/// as it was, unseen.
-pub(crate) fn built_in_column(key: &str) -> Option<&'static str> {
+/// The built-in column a header spells otherwise (`In Stock`, `in-stock`,
+/// `InStock`): it stays a free attribute (a file may hold both, and its
+/// values `Y`/`N` may not be the built-in's), but an export that renamed
+/// `in_stock` so would leave stock as it was, unseen; the import says so.
+fn near_built_in(key: &str) -> Option<&'static str> {
     let squashed: String = key
         .trim()
         .chars()
@@ -224,7 +224,7 @@ pub(crate) fn built_in_column(key: &str) -> Option<&'static str> {
         .collect();
     BUILT_IN_COLUMNS
         .into_iter()
-        .find(|b| b.replace('_', "") == squashed)
+        .find(|b| b.replace('_', "") == squashed && !b.eq_ignore_ascii_case(key))
 }
 
 /// The rows of a CSV file `id,path[,attrs…]` (see [`ImportArgs`]), every
@@ -251,21 +251,13 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
         .rsplit_once('.')
         .is_some_and(|(_, ext)| vitrine::IMAGE_EXTENSIONS.contains(&ext));
     // With an empty path (an --update of prices and stock) the row gives
-    // itself away by a nameless path column, or by values as column
-    // names (`19.90`, `yes`).
-    let a_value = header.iter().skip(2).find(|k| {
-        let k = k.trim();
-        k.parse::<f64>().is_ok() || parse_in_stock(k).is_ok()
-    });
-    if header[1].trim().is_empty() || a_value.is_some() {
+    // itself away by a nameless path column. (Not by numbers as names:
+    // sizes, `36,38,40`, are column names of stock exports.)
+    if header[1].trim().is_empty() {
         bail!(
-            "{}: the first line looks like a product row ({}): the CSV needs a header \
-             line, id,path[,attributes…]",
+            "{}: the first line looks like a product row (its image path column has no \
+             name): the CSV needs a header line, id,path[,attributes…]",
             path.display(),
-            match a_value {
-                Some(v) => format!("'{}' is a value, not a column name", v.trim()),
-                None => "its image path column has no name".to_string(),
-            }
         );
     }
     if looks_like_a_path {
@@ -276,7 +268,7 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             header[1]
         );
     }
-    if built_in_column(&second).is_some() {
+    if BUILT_IN_COLUMNS.contains(&second.as_str()) {
         bail!(
             "{}: the second column is the image path, not '{}' (id,path[,attributes…])",
             path.display(),
@@ -306,10 +298,25 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             key.escape_debug()
         );
     }
+    for key in header.iter().skip(2) {
+        if let Some(b) = near_built_in(key) {
+            esay!(
+                "note: column '{}' of {} is a free attribute, not the built-in {b} \
+                 (name it {b} to set that)",
+                key.trim(),
+                path.display()
+            );
+        }
+    }
     // A column named twice would overwrite its twin, cell by cell.
     let mut named = std::collections::HashSet::new();
     for key in header.iter().skip(2).filter(|k| !k.trim().is_empty()) {
-        let name = built_in_column(key).map_or_else(|| key.clone(), str::to_string);
+        let lower = key.to_ascii_lowercase();
+        let name = if BUILT_IN_COLUMNS.contains(&lower.as_str()) {
+            lower
+        } else {
+            key.clone()
+        };
         if !named.insert(name) {
             bail!("{}: column '{key}' appears twice", path.display());
         }
@@ -415,13 +422,12 @@ fn csv_cells(header: &[String], row: &[String]) -> Result<Vec<Cell>, String> {
         if key.trim().is_empty() {
             return Err(format!("'{value}' is under a column without a name"));
         }
-        // The four built-in columns however spelt (`Price`, `In Stock`);
-        // other keys as written.
-        cells.push(match built_in_column(key) {
-            Some("category") => Cell::Category(value.to_string()),
-            Some("brand") => Cell::Brand(value.to_string()),
-            Some("price") => Cell::Price(parse_price(value)?),
-            Some("in_stock") => Cell::InStock(parse_in_stock(value)?),
+        // The four built-in columns in any case (`Price`); other keys as written.
+        cells.push(match key.to_ascii_lowercase().as_str() {
+            "category" => Cell::Category(value.to_string()),
+            "brand" => Cell::Brand(value.to_string()),
+            "price" => Cell::Price(parse_price(value)?),
+            "in_stock" => Cell::InStock(parse_in_stock(value)?),
             _ => Cell::Extra(key.clone(), value.to_string()),
         });
     }
@@ -1105,31 +1111,29 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// An export that spells a built-in column otherwise still sets it.
+    /// A built-in column spelt otherwise is noted, and stays a free
+    /// attribute (the file may hold the built-in too).
     #[test]
-    fn built_in_columns_however_spelt() {
+    fn built_in_columns_spelt_otherwise() {
         for (key, want) in [
-            ("in_stock", Some("in_stock")),
+            ("in_stock", None),
+            ("IN_STOCK", None),
             ("In Stock", Some("in_stock")),
             ("in-stock", Some("in_stock")),
             ("InStock", Some("in_stock")),
-            (" Price ", Some("price")),
-            ("BRAND", Some("brand")),
+            ("Price", None),
             ("stock", None),
             ("price_eur", None),
-            ("colour", None),
         ] {
-            assert_eq!(built_in_column(key), want, "{key}");
+            assert_eq!(near_built_in(key), want, "{key}");
         }
-        let header: Vec<String> = ["id", "path", "Price", "In Stock", "Fabric"]
+        let header: Vec<String> = ["id", "path", "Price", "In Stock", "in_stock"]
             .map(String::from)
             .to_vec();
-        let row: Vec<String> = ["sku-1", "", "19.90", "no", "wool"]
-            .map(String::from)
-            .to_vec();
+        let row: Vec<String> = ["sku-1", "", "19.90", "Y", "no"].map(String::from).to_vec();
         let cells = csv_cells(&header, &row).unwrap();
         assert!(matches!(cells[0], Cell::Price(p) if p == 19.9));
-        assert!(matches!(cells[1], Cell::InStock(false)));
-        assert!(matches!(&cells[2], Cell::Extra(k, v) if k == "Fabric" && v == "wool"));
+        assert!(matches!(&cells[1], Cell::Extra(k, v) if k == "In Stock" && v == "Y"));
+        assert!(matches!(cells[2], Cell::InStock(false)));
     }
 }

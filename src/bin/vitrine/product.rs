@@ -252,8 +252,8 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
 /// value removes it (where a CSV's empty cell leaves it as it is).
 fn apply(a: &mut Attributes, key: &str, value: &str) -> anyhow::Result<()> {
     let some = (!value.is_empty()).then(|| value.to_string());
-    // The built-in fields however spelt, as in a product CSV's header.
-    match crate::import::built_in_column(key).unwrap_or_default() {
+    // The built-in fields in any case, as in a product CSV's header.
+    match key.to_ascii_lowercase().as_str() {
         "category" => {
             // Given by hand: a later --refresh or --reembed keeps it; an
             // emptied category is the model's to fill again.
