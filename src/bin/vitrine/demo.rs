@@ -109,9 +109,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let s = Search::new(SimilarTo::Id(&item.id), RESULTS).space(EMBEDDING_SPACE);
         let hits = db.search(&s)?.hits;
         let title = format!("more like {} ({})", item.id, describe(&item.attributes));
-        let file = args
-            .out
-            .join(format!("query{}-more-like-{}.png", n + 1, item.id));
+        let file = args.out.join(format!(
+            "query{}-more-like-{}.png",
+            n + 1,
+            crate::file_safe(&item.id)
+        ));
         show(&title, item, &hits, &files, &file)?;
         sheets.push(file);
     }
@@ -128,7 +130,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             item.id,
             describe(&item.attributes)
         );
-        let file = args.out.join(format!("query4-in-stock-{}.png", item.id));
+        let file = args.out.join(format!(
+            "query4-in-stock-{}.png",
+            crate::file_safe(&item.id)
+        ));
         show(&title, item, &hits, &files, &file)?;
         sheets.push(file);
     }
@@ -220,9 +225,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let hits =
             db.similar_with_profile(SimilarTo::Id(&reference.id), RESULTS, &seen, &profile)?;
         let title = format!("more like {} for that customer", reference.id);
-        let file = args
-            .out
-            .join(format!("query6-profile-{}.png", reference.id));
+        let file = args.out.join(format!(
+            "query6-profile-{}.png",
+            crate::file_safe(&reference.id)
+        ));
         show(&title, reference, &hits, &files, &file)?;
         sheets.push(file);
     }

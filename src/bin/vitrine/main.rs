@@ -80,7 +80,7 @@ enum Command {
     Backup(info::BackupArgs),
     /// Outfits: import, list, show, delete, substitute, expand, cover, complete, rules, settings.
     Outfit(outfit::OutfitArgs),
-    /// One product: get (attributes, model output, vectors), set attributes, delete.
+    /// One product: get (attributes, model output, vectors), set attributes, delete; list (every stored id).
     Product(product::ProductArgs),
     /// Builds a demo database from examples/catalog and runs example queries.
     Demo(demo::DemoArgs),
@@ -205,6 +205,57 @@ impl std::fmt::Display for Partial {
 }
 
 impl std::error::Error for Partial {}
+
+/// Opens an existing database once, and says whether `model` fits it: its
+/// spaces are there with the model's sizes, and [`vitrine::Db::check_model`]
+/// takes it (a database without a fingerprint adopts the model's, as with
+/// `open_with_model`). A database of another model, of other sizes or of
+/// none (the library's own vectors) opens all the same: the REPL and the
+/// outfit commands then work on the stored vectors alone. Opened once, so
+/// that `info` reports what this open did (indexes rebuilt), not a second
+/// open of the files the first one saved.
+pub(crate) fn open_for_model(
+    path: &std::path::Path,
+    model: Option<&vitrine::Model>,
+) -> anyhow::Result<(vitrine::Db, bool)> {
+    use anyhow::Context;
+    let db = vitrine::Db::open(path)
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    let Some(model) = model else {
+        return Ok((db, false));
+    };
+    let spaces = db.spaces();
+    if !model.vector_spaces().iter().all(|s| spaces.contains(s)) {
+        return Ok((db, false));
+    }
+    match db.check_model(model) {
+        Ok(()) => Ok((db, true)),
+        Err(
+            vitrine::IngestError::ModelMismatch { .. }
+            | vitrine::IngestError::ModelShape { .. }
+            | vitrine::IngestError::Db(vitrine::Error::SchemaMismatch(_)),
+        ) => Ok((db, false)),
+        Err(e) => {
+            Err(anyhow::Error::from(e)
+                .context(format!("cannot open the database {}", path.display())))
+        }
+    }
+}
+
+/// An id as part of a file name: letters, digits, `.`, `_` and `-` kept,
+/// anything else (a `/`, a control character) as `_`, at most 64 of them.
+pub(crate) fn file_safe(id: &str) -> String {
+    id.chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 
 /// Commands that read a database refuse a folder that holds none, instead
 /// of creating an empty one where a path was mistyped.

@@ -176,23 +176,10 @@ pub fn run(path: &Path, args: OutfitArgs) -> anyhow::Result<()> {
     // Outfits read the stored vectors only, which agree with each other
     // whichever model made them (as in the REPL): without the bundled
     // model, or with another one, the database opens as it is.
-    let Ok(model) = Model::bundled() else {
-        return execute(&Db::open(path)?, args.what, args.json);
-    };
-    let db = match Db::builder().open_with_model(path, &model) {
-        Ok(db) => db,
-        // Another model's, or none's (made by the library with vectors of
-        // its own): list, show, import and delete still work.
-        Err(
-            vitrine::IngestError::ModelMismatch { .. }
-            | vitrine::IngestError::ModelShape { .. }
-            | vitrine::IngestError::Db(vitrine::Error::SchemaMismatch(_)),
-        ) => Db::open(path)?,
-        Err(e) => {
-            return Err(anyhow::Error::from(e)
-                .context(format!("cannot open the database {}", path.display())))
-        }
-    };
+    // Another model's, or none's (made by the library with vectors of its
+    // own): list, show, import and delete still work.
+    let model = Model::bundled().ok();
+    let (db, _) = crate::open_for_model(path, model.as_deref())?;
     execute(&db, args.what, args.json)
 }
 
@@ -709,7 +696,9 @@ pub fn image_paths(csv: Option<&Path>) -> anyhow::Result<HashMap<String, PathBuf
     let base = csv.parent().unwrap_or(Path::new("."));
     Ok(rows
         .into_iter()
-        .filter(|r| r.len() > col)
+        // (An empty cell, as an --update CSV has, names no image: the
+        // stored source is used.)
+        .filter(|r| r.len() > col && !r[col].trim().is_empty())
         .map(|r| (r[0].trim().to_string(), base.join(r[col].trim())))
         .collect())
 }

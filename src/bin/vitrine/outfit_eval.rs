@@ -759,7 +759,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         };
         for (i, (o, ex)) in expansions.iter().take(5).enumerate() {
             let img = crate::outfit::outfit_sheet(&db, &sheet_args, o, &ex[..ex.len().min(4)])?;
-            let path = dir.join(format!("expand-{}-{}.png", i + 1, file_safe(&o.id)));
+            let path = dir.join(format!("expand-{}-{}.png", i + 1, crate::file_safe(&o.id)));
             crate::sheet::save(&img, &path)?;
             sheets.push(path.display().to_string());
         }
@@ -889,21 +889,6 @@ fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// An id as part of a file name: letters, digits, `.`, `_` and `-` kept,
-/// anything else (a `/`, a control character) as `_`, at most 64 of them.
-fn file_safe(id: &str) -> String {
-    id.chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::csv_field;
@@ -919,8 +904,8 @@ mod tests {
 
     #[test]
     fn ids_in_file_names_stay_one_plain_name() {
-        assert_eq!(super::file_safe("look-1.a"), "look-1.a");
-        assert_eq!(super::file_safe("summer/../x\u{1b}"), "summer_.._x_");
-        assert_eq!(super::file_safe(&"é".repeat(300)).len(), 64);
+        assert_eq!(crate::file_safe("look-1.a"), "look-1.a");
+        assert_eq!(crate::file_safe("summer/../x\u{1b}"), "summer_.._x_");
+        assert_eq!(crate::file_safe(&"é".repeat(300)).len(), 64);
     }
 }

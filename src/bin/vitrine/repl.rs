@@ -114,16 +114,7 @@ impl Session {
         // With the model: checks it and stores its concept layout. Without
         // (or with another model's database): plain open; concept commands
         // then say what is missing.
-        let (db, model_fits) = match model
-            .as_ref()
-            .map(|m| Db::builder().open_with_model(path, m))
-        {
-            Some(Ok(db)) => (db, true),
-            _ => (
-                Db::open(path).with_context(|| format!("cannot open {}", path.display()))?,
-                false,
-            ),
-        };
+        let (db, model_fits) = crate::open_for_model(path, model.as_deref())?;
         Ok(Session {
             db,
             model,
@@ -798,11 +789,19 @@ impl Session {
         };
         let mut tiles = Vec::new();
         let mut missing = 0;
+        // The imported file, else an `image` attribute (a product stored by
+        // the library), as outfit sheets find it.
         let source = |id: &str| -> anyhow::Result<Option<PathBuf>> {
             Ok(self
                 .db
                 .get(id)?
-                .and_then(|p| p.attributes.extra.get(ATTR_SOURCE).cloned())
+                .and_then(|p| {
+                    let extra = &p.attributes.extra;
+                    extra
+                        .get(ATTR_SOURCE)
+                        .or_else(|| extra.get("image"))
+                        .cloned()
+                })
                 .map(PathBuf::from)
                 .filter(|p| p.is_file()))
         };

@@ -26,21 +26,36 @@ const INK: Rgb<u8> = Rgb([30, 30, 30]);
 /// Writes `img` to `path` in the format its extension names: encoded in
 /// memory first, then written and synced to a temporary file beside it and renamed,
 /// so that a format this build cannot write, or a full disk, leaves a file
-/// already at `path` as it was.
+/// already at `path` as it was. A link at `path` is written through (the
+/// file it names is replaced, the link kept), and a file replaced keeps
+/// its permissions.
 pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
     let write = || -> anyhow::Result<()> {
         let format = ImageFormat::from_path(path)?;
         let mut bytes = std::io::Cursor::new(Vec::new());
         img.write_to(&mut bytes, format)?;
-        let (tmp, mut file) = crate::info::create_temp_beside(path)?;
+        let target = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)?,
+            _ => path.to_path_buf(),
+        };
+        let (tmp, mut file) = crate::info::create_temp_beside(&target)?;
+        let kept = std::fs::metadata(&target).map(|m| m.permissions());
         let written = std::io::Write::write_all(&mut file, &bytes.into_inner())
+            .and_then(|()| match kept {
+                Ok(p) => file.set_permissions(p),
+                Err(_) => Ok(()),
+            })
             .and_then(|()| file.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .and_then(|()| crate::info::sync_parent(path));
+            .and_then(|()| std::fs::rename(&tmp, &target));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        Ok(written?)
+        written?;
+        // In place: a folder that cannot be synced makes it no less written.
+        if let Err(e) = crate::info::sync_parent(&target) {
+            tracing::warn!(path = %target.display(), error = %e, "cannot sync the sheet's folder");
+        }
+        Ok(())
     };
     write().with_context(|| format!("cannot write {}", path.display()))
 }
@@ -63,6 +78,23 @@ fn clip(text: &str, max: usize) -> String {
     }
     let mut out: String = text.chars().take(max.saturating_sub(3)).collect();
     out.push_str("...");
+    out
+}
+
+/// `text` cut to `max` characters by its middle, `...` in place of it:
+/// ids that differ at their end (`SS24-DRESS-00012-BLK`, `-WHT`) stay
+/// apart on a tile.
+fn clip_middle(text: &str, max: usize) -> String {
+    let n = text.chars().count();
+    if n <= max {
+        return text.to_string();
+    }
+    let keep = max.saturating_sub(3);
+    let head = keep / 2;
+    let tail = keep - head;
+    let mut out: String = text.chars().take(head).collect();
+    out.push_str("...");
+    out.extend(text.chars().skip(n - tail));
     out
 }
 
@@ -127,7 +159,7 @@ pub fn render(title: &str, tiles: &[Tile]) -> anyhow::Result<RgbImage> {
         }
         let max_chars = (TILE_W / 6) as usize;
         for (l, label) in t.labels.iter().take(LABEL_LINES as usize).enumerate() {
-            let clipped: String = label.chars().take(max_chars).collect();
+            let clipped = clip_middle(label, max_chars);
             draw_text(
                 &mut sheet,
                 x,
@@ -301,6 +333,18 @@ mod tests {
         assert_eq!(sheet.height(), MAX_ROWS as u32 * one + TITLE_H + GAP);
         assert_eq!(clip("abcdefghijk", 10), "abcdefg...");
     }
+
+    /// Ids that differ at their end stay apart on a tile.
+    #[test]
+    fn tile_labels_keep_both_ends() {
+        let (a, b) = (
+            clip_middle("SS24-DRESS-00012-BLK", 16),
+            clip_middle("SS24-DRESS-00012-WHT", 16),
+        );
+        assert_ne!(a, b);
+        assert_eq!(a, "SS24-D...012-BLK");
+        assert_eq!(clip_middle("short", 16), "short");
+    }
 }
 
 #[cfg(test)]
@@ -323,5 +367,27 @@ mod save_tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    /// A link is written through: the link stays, the file it names is
+    /// the new sheet, with its permissions kept.
+    #[cfg(unix)]
+    #[test]
+    fn a_link_is_written_through() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let today = dir.path().join("today.png");
+        std::fs::write(&today, "old").unwrap();
+        std::fs::set_permissions(&today, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let latest = dir.path().join("latest.png");
+        std::os::unix::fs::symlink(&today, &latest).unwrap();
+        super::save(&image::RgbImage::new(4, 4), &latest).unwrap();
+        assert!(std::fs::symlink_metadata(&latest)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(image::open(&today).is_ok());
+        let mode = std::fs::metadata(&today).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
     }
 }
