@@ -1631,9 +1631,16 @@ impl Db {
     }
 
     /// Flushes, then writes the vector arenas and index dumps, so that the next
-    /// open loads them instead of rebuilding.
+    /// open loads them instead of rebuilding. Writes wait while it runs
+    /// (seconds at a million products: every vector is written); reads go
+    /// on. When nothing was written since the files on disk were, it only
+    /// flushes: a service may call it on a timer.
     pub fn checkpoint(&self) -> Result<()> {
         let mut w = lock(&self.writer);
+        if !w.dirty && !w.stale_dumps {
+            self.store.flush()?;
+            return Ok(());
+        }
         self.checkpoint_locked(&mut w)
     }
 
@@ -2534,8 +2541,9 @@ impl Db {
     /// the catalog (a snapshot of 1M products is gigabytes).
     pub(crate) fn space_mean(&self, space: &str) -> Result<Vec<f32>> {
         let space = self.space(space)?;
-        // (The lock order of `snapshot`.)
+        // (The lock order of `snapshot`, and its reason to hold the writer.)
         let model = self.model_fingerprint();
+        let _writer = lock(&self.writer);
         let cat = read(&self.catalog);
         let index = read(&space.index);
         let mut sum = vec![0f64; space.spec.dim];
@@ -2562,12 +2570,19 @@ impl Db {
         // (Read before the catalog lock: a model write takes them in the
         // other order.)
         let model = self.model_fingerprint();
+        // Writes wait for the copy (a second at a million products), not
+        // searches: a write waiting for the catalog lock would hold back
+        // every new reader until the copy is done.
+        let _writer = lock(&self.writer);
         let cat = read(&self.catalog);
         let index = read(&space.index);
         let mut s = SpaceSnapshot {
             dim: space.spec.dim,
             ..SpaceSnapshot::default()
         };
+        s.ids.reserve(cat.by_doc.len());
+        s.attrs.reserve(cat.by_doc.len());
+        s.data.reserve(cat.by_doc.len() * space.spec.dim);
         for (doc, e) in &cat.by_doc {
             if !of_model(Some(&e.attrs), model.as_deref()) {
                 continue;

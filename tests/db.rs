@@ -1683,3 +1683,38 @@ fn compact_reclaims_tombstones_when_automatic_compaction_is_off() {
     assert_eq!(run_queries(&db), before);
     assert_eq!(graph_and_exact(&db), compacted);
 }
+
+/// A checkpoint with nothing new to write rewrites no file (a service may
+/// call it on a timer); after a write it does.
+#[cfg(unix)]
+#[test]
+fn a_checkpoint_with_nothing_new_writes_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    for i in 0..50 {
+        let id = format!("sku-{i}");
+        db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
+            .unwrap();
+    }
+    db.checkpoint().unwrap();
+    let arena = dir
+        .path()
+        .join("arena")
+        .join(format!("{DEFAULT_SPACE}.arena"));
+    let inode = || std::fs::metadata(&arena).unwrap().ino();
+    let first = inode();
+    db.checkpoint().unwrap();
+    assert_eq!(inode(), first, "a clean checkpoint rewrote the arena");
+    db.set_in_stock("sku-1", false).unwrap();
+    db.checkpoint().unwrap();
+    assert_ne!(inode(), first, "a checkpoint after a write wrote nothing");
+    drop(db);
+    let db = open(dir.path());
+    assert!(
+        db.open_report().rebuilt.is_empty(),
+        "{:?}",
+        db.open_report()
+    );
+    assert!(!db.get("sku-1").unwrap().unwrap().attributes.in_stock);
+}

@@ -1490,6 +1490,9 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     only.weights.clear();
     only.affinities.insert(first.clone(), 0.5);
     db.set_profile("bob", &only).unwrap();
+    // A like keeps the liked product's vector, of this model.
+    db.feedback("dora", ids[1], vitrine::Feedback::Like)
+        .unwrap();
 
     db.adopt_model(&other).unwrap();
     assert!(db.profile_prior("bob").unwrap().is_none());
@@ -1565,6 +1568,15 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
         .feedback("carl", ids[0], vitrine::Feedback::Like)
         .unwrap();
     assert!(!fresh.affinities.is_empty(), "{fresh:?}");
+    // The switch removed the liked vectors of the old model (never read
+    // again); those of the new one are kept.
+    drop(db);
+    let store =
+        vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default()).unwrap();
+    let ks: vitrine_storage::Keyspace<common::Raw> =
+        store.keyspace("vitrine.profile_liked").unwrap();
+    let users: Vec<Vec<u8>> = ks.keys().map(Result::unwrap).collect();
+    assert_eq!(users, [b"carl".to_vec()]);
 }
 
 /// `adopt_model` killed after the switch and before the profiles were

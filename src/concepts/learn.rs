@@ -147,6 +147,13 @@ impl vitrine_storage::Record for LikedVectors {
     const VERSION: u8 = 1;
 }
 
+impl LikedVectors {
+    /// Whether these vectors were made by `model` (others are never read).
+    pub(crate) fn of_model(&self, model: Option<&str>) -> bool {
+        self.model.as_deref() == model
+    }
+}
+
 pub(crate) const LIKED_KS: &str = "profile_liked";
 
 /// Re-learns a profile from its events (see [`Db::feedback`]); `user` keys

@@ -1248,8 +1248,19 @@ impl Db {
             });
             weights.len() + affinities.len() != before
         };
+        // Liked vectors of another model are never read again: removed,
+        // not kept for a year of users who give no more feedback.
+        let model = self.model_fingerprint();
+        let liked = self.side_keyspace::<learn::LikedVectors>(learn::LIKED_KS)?;
+        let mut changed = rewrite_each(&liked, |_, l| {
+            Ok(if l.of_model(model.as_deref()) {
+                Rewrite::Keep
+            } else {
+                Rewrite::Remove
+            })
+        })?;
         let uniform = Profile::uniform(vocab.layout()).weights;
-        let mut changed = rewrite_each(&priors, |_, mut prior| {
+        changed += rewrite_each(&priors, |_, mut prior| {
             if !prune(&mut prior.weights, &mut prior.affinities) {
                 return Ok(Rewrite::Keep);
             }
@@ -1470,8 +1481,9 @@ impl Db {
     /// re-embedding could not read) is in another space. A liked product
     /// deleted since keeps counting as it was: the profile keeps the concept
     /// vectors of its liked products (4 bytes a dimension, 0.8 KB for the
-    /// bundled model), until their events leave the newest [`MAX_EVENTS`] or
-    /// the model changes. A skip of a product deleted since no longer
+    /// bundled model: up to 400 KB for a user of 500 likes), until their
+    /// events leave the newest [`MAX_EVENTS`] or the model changes (the
+    /// switch removes them). A skip of a product deleted since no longer
     /// counts. Returns the updated profile.
     pub fn feedback(
         &self,
