@@ -32,6 +32,12 @@ pub struct RepairArgs {
     /// changes sled's log: its failed opens clear it after the damage.
     #[arg(long)]
     pub no_copy: bool,
+    /// Also rewrite a database that reads cleanly: sled's files are made
+    /// again from the live records, which gives back the space sled keeps
+    /// (old versions of records, blob files it no longer uses). The indexes
+    /// are rebuilt at the end. Run it while no process has the database open.
+    #[arg(long)]
+    pub rewrite: bool,
 }
 
 /// Arguments of `vitrine backup`.
@@ -153,7 +159,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                         .context(format!("cannot read {}", args.db.display())));
                 }
             };
-            if unreadable.is_empty() && !undecodable.is_empty() {
+            if unreadable.is_empty() && !undecodable.is_empty() && !args.rewrite {
                 // sled reads every page; some records do not decode. Those
                 // are the caller's to delete or write again (a salvage
                 // would copy them as they are).
@@ -171,7 +177,14 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            if unreadable.is_empty() {
+            if unreadable.is_empty() && args.rewrite {
+                println!(
+                    "{}: opens cleanly, {products} products; rewriting its storage \
+                     ({} in sled's files)",
+                    args.db.display(),
+                    megabytes(tree_bytes(&db_dir.join("sled")))
+                );
+            } else if unreadable.is_empty() {
                 println!(
                     "{}: opens cleanly, every page reads and every product record decodes, \
                      {products} products; nothing to repair (`vitrine info` checks the other \
@@ -199,8 +212,9 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                     );
                 }
                 return Ok(());
+            } else {
+                println!("damaged: unreadable records in {}", unreadable.join(", "));
             }
-            println!("damaged: unreadable records in {}", unreadable.join(", "));
         }
         Err(vitrine::Error::Corruption { location, reason }) => {
             println!("damaged: {location}: {reason}");
@@ -223,7 +237,8 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(copy) = &copy {
-        println!("copied the damaged database first, to {}", copy.display());
+        let what = if args.rewrite { "" } else { "damaged " };
+        println!("copied the {what}database first, to {}", copy.display());
     }
     // No checkpoint on drop: the files are rewritten below, and the
     // checkpoint files are then made again from them.
@@ -384,8 +399,13 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     // Best effort: the repair is done, whatever these reads meet.
     let count = |n: Option<usize>| n.map_or("?".to_owned(), |n| n.to_string());
     println!(
-        "repaired: {} products kept, {} outfits, {} profiles, {} user tags; \
+        "{}: {} products kept, {} outfits, {} profiles, {} user tags; \
          {} damaged records skipped, {} index(es) rebuilt",
+        if args.rewrite {
+            "rewritten"
+        } else {
+            "repaired"
+        },
         db.len(),
         count(db.outfit_count().ok()),
         count(db.profile_users().ok().map(|p| p.len())),
@@ -396,10 +416,24 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     if let Some(n) = at_checkpoint {
         println!("the last checkpoint held {n} products");
     }
-    println!(
-        "sled keeps its last readable state: writes after a damaged entry (settings and \
-         newer versions of records too) are gone"
-    );
+    if args.rewrite {
+        println!(
+            "sled's files now take {}",
+            megabytes(tree_bytes(&db_dir.join("sled")))
+        );
+        if let Some(old) = &old_sled {
+            println!(
+                "remove {} to give its {} back",
+                old.display(),
+                megabytes(tree_bytes(old))
+            );
+        }
+    } else {
+        println!(
+            "sled keeps its last readable state: writes after a damaged entry (settings and \
+             newer versions of records too) are gone"
+        );
+    }
     if let Some(copy) = copy {
         println!(
             "compare with the copy in {} before deleting it",
@@ -674,6 +708,24 @@ fn salvage(
         println!("sled's old files: {}", old.display());
         Ok((salvaged, Some(old)))
     }
+}
+
+/// Bytes of the files under `dir` (0 for what cannot be read).
+fn tree_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// Syncs every file and folder under `dir`, and `dir`.
