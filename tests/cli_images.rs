@@ -2210,3 +2210,66 @@ fn repair_rewrite_keeps_everything_and_gives_space_back() {
     }
     assert_eq!(db.outfit("look").unwrap().unwrap().slots.len(), 2);
 }
+
+/// Ctrl-C during an import stops it between two products: what was stored
+/// stays, the command says so (exit 1, and the report's last line), and
+/// the same command resumes.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_an_import_cleanly_and_it_resumes() {
+    if !have_model("ctrl_c_stops_an_import_cleanly_and_it_resumes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("examples/catalog/images");
+    let db = dir.path().join("db");
+    let args = [
+        "import",
+        src.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--fpi",
+    ];
+    // Ctrl-C after the import has begun: a signal before it (during the
+    // open) ends the process as usual, and is tried again later.
+    let mut out = None;
+    for delay in [800, 1500, 2500, 4000] {
+        let _ = std::fs::remove_dir_all(&db);
+        let child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        // SAFETY: signals a child this test spawned and has not waited for.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let o = child.wait_with_output().unwrap();
+        if o.status.code().is_some() {
+            out = Some(o);
+            break;
+        }
+    }
+    let out = out.expect("Ctrl-C reached every run before its import began");
+    if out.status.success() {
+        eprintln!("SKIPPED: the import ended before Ctrl-C (a fast machine)");
+        return;
+    }
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped by Ctrl-C"), "{stderr}");
+    let report = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
+    assert!(report.contains("stopped by Ctrl-C"), "{report}");
+    let stored = vitrine::Db::open(&db).unwrap().len();
+    assert!(stored < 300, "{stored}");
+    let out = vitrine(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{} skipped (already present)", stored)),
+        "{stored}: {stdout}"
+    );
+    assert_eq!(vitrine::Db::open(&db).unwrap().len(), 300);
+}

@@ -1808,3 +1808,59 @@ fn a_model_of_other_output_sizes_is_refused_as_such() {
     assert_eq!(db.model_fingerprint(), None);
     assert!(db.get("kept").unwrap().is_some());
 }
+
+/// An import stopped by its flag keeps what it stored, says it stopped,
+/// and a second run resumes it.
+#[test]
+fn an_import_stopped_by_its_flag_keeps_its_products_and_resumes() {
+    let Some(model) = model() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(4);
+    write_images(src.path(), &images);
+    let items = || -> Vec<vitrine::ImportItem> {
+        (0..40)
+            .map(|i| {
+                let (id, ext, _) = &images[i % images.len()];
+                vitrine::ImportItem {
+                    id: format!("item-{i:02}"),
+                    path: src.path().join(format!("{id}.{ext}")),
+                    attributes: Attributes::new(),
+                }
+            })
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let r = db
+        .import(
+            ImportSource::Items(items()),
+            ImportOptions::new()
+                .model(model.clone())
+                .prep(prep())
+                .workers(2)
+                .stop_when(&stop)
+                .progress(|p| {
+                    if p.stored == 5 {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }),
+        )
+        .unwrap();
+    assert!(r.stopped);
+    assert_eq!(r.progress.stored, 5);
+    assert_eq!(db.len(), 5);
+    // In source order: the first five.
+    for i in 0..5 {
+        assert!(db.get(&format!("item-{i:02}")).unwrap().is_some());
+    }
+    let r = db
+        .import(
+            ImportSource::Items(items()),
+            ImportOptions::new().model(model.clone()).prep(prep()),
+        )
+        .unwrap();
+    assert!(!r.stopped);
+    assert_eq!((r.progress.stored, r.progress.skipped), (35, 5));
+    assert_eq!(db.len(), 40);
+}

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -168,6 +169,9 @@ pub struct ImportReport {
     pub failures: Vec<ImportFailure>,
     /// Wall-clock time.
     pub elapsed: Duration,
+    /// Stopped early by [`ImportOptions::stop_when`]: the items stored
+    /// stay, the rest were not read (run it again to resume).
+    pub stopped: bool,
 }
 
 type ProgressFn<'a> = Box<dyn FnMut(&ImportProgress) + 'a>;
@@ -205,6 +209,7 @@ pub struct ImportOptions<'a> {
     reembed: bool,
     refresh: bool,
     progress: Option<ProgressFn<'a>>,
+    stop: Option<&'a AtomicBool>,
 }
 
 impl Default for ImportOptions<'_> {
@@ -221,6 +226,7 @@ impl Default for ImportOptions<'_> {
             reembed: false,
             refresh: false,
             progress: None,
+            stop: None,
         }
     }
 }
@@ -236,6 +242,7 @@ impl std::fmt::Debug for ImportOptions<'_> {
             .field("reembed", &self.reembed)
             .field("refresh", &self.refresh)
             .field("progress", &self.progress.is_some())
+            .field("stop", &self.stop.is_some())
             .finish()
     }
 }
@@ -309,6 +316,26 @@ impl<'a> ImportOptions<'a> {
         self.progress = Some(Box::new(f));
         self
     }
+
+    /// Stops the import soon after `flag` is set (from another thread, a
+    /// signal handler, a service shutting down): the items stored stay,
+    /// those in flight are dropped, no other file is read, and the report
+    /// says [`ImportReport::stopped`]. Each product is one atomic write, so
+    /// the database is whole, and running the import again resumes it.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use vitrine::ImportOptions;
+    ///
+    /// static STOP: AtomicBool = AtomicBool::new(false);
+    /// let options = ImportOptions::new().stop_when(&STOP);
+    /// // ... elsewhere: STOP.store(true, Ordering::Relaxed);
+    /// # drop(options);
+    /// ```
+    pub fn stop_when(mut self, flag: &'a AtomicBool) -> Self {
+        self.stop = Some(flag);
+        self
+    }
 }
 
 struct Job {
@@ -369,6 +396,7 @@ impl Db {
             reembed,
             refresh,
             mut progress,
+            stop,
         } = options;
         let model = match model {
             Some(m) => m,
@@ -439,8 +467,11 @@ impl Db {
             inference,
             batch,
             &mut progress,
+            stop,
         )?;
-        if reembed || (refresh && report.progress.replaced > 0) {
+        // (Stopped: learned at the end of the run that finishes, as after a
+        // kill.)
+        if !report.stopped && (reembed || (refresh && report.progress.replaced > 0)) {
             // A mean taken while old and new vectors were mixed is stale,
             // and user tags are directions in the old model's space (or of
             // the old photos): both are learned again from the new vectors,
@@ -483,7 +514,9 @@ impl Db {
         inference: usize,
         batch: usize,
         progress: &mut Option<ProgressFn<'_>>,
+        stop: Option<&AtomicBool>,
     ) -> Result<ImportReport, IngestError> {
+        let stopping = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
         let mut report = ImportReport::default();
         report.progress.total = items.len();
 
@@ -550,6 +583,8 @@ impl Db {
             f(&report.progress);
         }
 
+        let todo = jobs.len();
+        let mut handled = 0usize;
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (prep_tx, prep_rx) = bounded::<Prepared>(batch * 2 * inference);
         let (out_tx, out_rx) = bounded::<Inferred>(batch * 2 * inference);
@@ -572,7 +607,7 @@ impl Db {
             let thread = |name: &str| std::thread::Builder::new().name(format!("vitrine-{name}"));
             let feeder = thread("import").spawn_scoped(scope, move || {
                 for job in jobs {
-                    if credit_rx.recv().is_err() || job_tx.send(job).is_err() {
+                    if stopping() || credit_rx.recv().is_err() || job_tx.send(job).is_err() {
                         break;
                     }
                 }
@@ -617,6 +652,7 @@ impl Db {
             // in: two imports of one folder give the same products the
             // same internal order (graph, ties, outfit snapshots).
             let mut handle = |inferred: Inferred| -> bool {
+                handled += 1;
                 let (job, result) = match inferred {
                     Inferred::Ok(job, out) => {
                         let r = self.store_output(model, &job, &out);
@@ -659,6 +695,10 @@ impl Db {
                     if !handle(inferred) {
                         return None;
                     }
+                    if stopping() {
+                        // Leaving drops the channels: every stage stops.
+                        return None;
+                    }
                     let _ = credit_tx.try_send(());
                 }
             }
@@ -676,6 +716,7 @@ impl Db {
         if let Some(e) = fatal {
             return Err(e);
         }
+        report.stopped = handled < todo && stopping();
         Ok(report)
     }
 

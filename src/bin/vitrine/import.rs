@@ -479,13 +479,67 @@ fn import_with_options(
         bar.set_position(p.done() as u64);
         bar.set_message(format!("skipped {} failed {}", p.skipped, p.failed));
     };
-    let mut options = options.model(model.clone()).progress(progress);
+    let mut options = options
+        .model(model.clone())
+        .progress(progress)
+        .stop_when(&INTERRUPTED);
     if let Some(prep) = prep {
         options = options.prep(prep);
     }
-    let report = db.import(source, options);
+    let report = {
+        let _ctrl_c = StopOnCtrlC::install();
+        db.import(source, options)
+    };
     bar.finish_and_clear();
-    Ok(report?)
+    let report = report?;
+    if report.stopped {
+        anyhow::bail!(
+            "stopped by Ctrl-C after {} of {} items (those are stored); run the same \
+             command again to resume",
+            report.progress.done(),
+            report.progress.total
+        );
+    }
+    Ok(report)
+}
+
+/// Set by Ctrl-C during an import, which then stops between two products.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// While it lives, a first Ctrl-C stops the import cleanly (its products
+/// stored, its report written, the indexes saved); a second one ends the
+/// process at once, as usual.
+struct StopOnCtrlC;
+
+#[cfg(unix)]
+extern "C" fn on_ctrl_c(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: signal() is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+}
+
+impl StopOnCtrlC {
+    fn install() -> StopOnCtrlC {
+        #[cfg(unix)]
+        // SAFETY: the handler only stores an atomic and resets itself, both
+        // async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGINT, on_ctrl_c as *const () as libc::sighandler_t);
+        }
+        StopOnCtrlC
+    }
+}
+
+impl Drop for StopOnCtrlC {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        // SAFETY: restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+        }
+    }
 }
 
 /// Fails when `dir` holds no file with an image name (what
