@@ -585,6 +585,11 @@ pub struct Db {
     report: OpenReport,
     /// Serialises read-modify-write of side records (profiles, tags).
     side_writes: Mutex<()>,
+    /// Set while the writer is held for long (a backup, a compaction, a
+    /// checkpoint's writing): no write can reach the catalog lock then, so
+    /// a copy of the catalog need not wait for the writer
+    /// (`Db::writer_for_copy`).
+    long_hold: std::sync::atomic::AtomicBool,
     /// `meta.model_fingerprint`, readable without the writer lock (which a
     /// backup or a compaction holds for long); changed under it, after the
     /// durable meta write.
@@ -611,6 +616,16 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 fn lock<T>(l: &Mutex<T>) -> MutexGuard<'_, T> {
     l.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Marks the writer as held for long while it lives; taken after the
+/// writer's guard, so dropped before it.
+struct LongHold<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for LongHold<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 fn to_stored(m: Metric) -> StoredMetric {
@@ -1115,6 +1130,7 @@ impl Db {
             concept_exact_max: b.concept_exact_max,
             report,
             side_writes: Mutex::new(()),
+            long_hold: std::sync::atomic::AtomicBool::new(false),
             warned: Mutex::new(Default::default()),
         };
         if !db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty() {
@@ -1345,6 +1361,7 @@ impl Db {
             if !read(&space.index).compaction_due() {
                 continue;
             }
+            let _long = self.long_hold();
             let built = read(&space.index).build_compacted();
             // The old graph is freed here, after the write lock.
             let swapped = built.and_then(|g| write(&space.index).replace_graph(g));
@@ -1362,6 +1379,7 @@ impl Db {
     /// Returns how many tombstones were dropped.
     pub fn compact(&self) -> Result<usize> {
         let mut w = lock(&self.writer);
+        let _long = self.long_hold();
         let mut dropped = 0;
         for space in &self.spaces {
             let tombstones = read(&space.index).tombstones();
@@ -1641,6 +1659,7 @@ impl Db {
             self.store.flush()?;
             return Ok(());
         }
+        let _long = self.long_hold();
         self.checkpoint_locked(&mut w)
     }
 
@@ -1765,6 +1784,7 @@ impl Db {
         // write takes them in.
         // After an I/O error, the flush below is refused (FailedEarlier).
         let mut w = lock(&self.writer);
+        let _long = self.long_hold();
         // The dumps on disk are current unless something was written since
         // the last checkpoint; the source is then only read.
         if w.dirty || w.stale_dumps {
@@ -2475,6 +2495,37 @@ impl Db {
 
     /// Held while a side record is read, changed and written back, so that
     /// concurrent updates (two feedback events for one user) are not lost.
+    /// Returns once no write, checkpoint, compaction or backup holds the
+    /// writer (taking nothing: one may start right after).
+    pub(crate) fn wait_for_writer(&self) {
+        drop(lock(&self.writer));
+    }
+
+    /// Marks the writer, which the caller holds, as held for long.
+    fn long_hold(&self) -> LongHold<'_> {
+        self.long_hold
+            .store(true, std::sync::atomic::Ordering::Release);
+        LongHold(&self.long_hold)
+    }
+
+    /// The writer, for a copy of the catalog under its read lock: held, so
+    /// that no write queues on the catalog lock meanwhile (new searches
+    /// would wait behind it); or `None` while a backup, compaction or
+    /// checkpoint holds it for long, when no write can reach that lock
+    /// anyway and the copy need not wait for them.
+    fn writer_for_copy(&self) -> Option<MutexGuard<'_, WriterState>> {
+        match self.writer.try_lock() {
+            Ok(w) => Some(w),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock)
+                if self.long_hold.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                None
+            }
+            Err(std::sync::TryLockError::WouldBlock) => Some(lock(&self.writer)),
+        }
+    }
+
     pub(crate) fn side_write_lock(&self) -> MutexGuard<'_, ()> {
         lock(&self.side_writes)
     }
@@ -2543,7 +2594,7 @@ impl Db {
         let space = self.space(space)?;
         // (The lock order of `snapshot`, and its reason to hold the writer.)
         let model = self.model_fingerprint();
-        let _writer = lock(&self.writer);
+        let _writer = self.writer_for_copy();
         let cat = read(&self.catalog);
         let index = read(&space.index);
         let mut sum = vec![0f64; space.spec.dim];
@@ -2573,7 +2624,7 @@ impl Db {
         // Writes wait for the copy (a second at a million products), not
         // searches: a write waiting for the catalog lock would hold back
         // every new reader until the copy is done.
-        let _writer = lock(&self.writer);
+        let _writer = self.writer_for_copy();
         let cat = read(&self.catalog);
         let index = read(&space.index);
         let mut s = SpaceSnapshot {
@@ -2624,6 +2675,53 @@ mod tests {
             switch.join().unwrap().unwrap();
         });
         assert_eq!(db.stored_model_fingerprint().as_deref(), Some("m2"));
+    }
+
+    /// A copy of the catalog waits for a write (so that no write queues on
+    /// the catalog lock during the copy), but not for a backup, compaction
+    /// or checkpoint, during which no write can reach that lock.
+    #[test]
+    fn a_catalog_copy_waits_for_a_write_not_for_a_long_hold() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder()
+            .vector_space(DEFAULT_SPACE, 4, Metric::Cosine)
+            .open(dir.path())
+            .unwrap();
+        db.insert(
+            "a",
+            Attributes::new(),
+            [(DEFAULT_SPACE, vec![1.0, 0.0, 0.0, 0.0])],
+        )
+        .unwrap();
+        let db = &db;
+        std::thread::scope(|s| {
+            let held = lock(&db.writer);
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = tx.send(db.snapshot(DEFAULT_SPACE).map(|s| s.len()));
+            });
+            assert!(
+                rx.recv_timeout(Duration::from_millis(300)).is_err(),
+                "it did not wait"
+            );
+            drop(held);
+            assert_eq!(
+                rx.recv_timeout(Duration::from_secs(60)).unwrap().unwrap(),
+                1
+            );
+
+            let held = lock(&db.writer);
+            let long = db.long_hold();
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = tx.send(db.snapshot(DEFAULT_SPACE).map(|s| s.len()));
+            });
+            let copied = rx.recv_timeout(Duration::from_secs(60));
+            drop(long);
+            drop(held);
+            assert_eq!(copied.unwrap().unwrap(), 1);
+        });
     }
 
     /// Side records that were never written read as empty while writes are

@@ -2273,3 +2273,32 @@ fn ctrl_c_stops_an_import_cleanly_and_it_resumes() {
     );
     assert_eq!(vitrine::Db::open(&db).unwrap().len(), 300);
 }
+
+/// `eval outfits --sheets` into a folder it cannot write fails at once,
+/// not after the evaluation whose figures it would lose.
+#[test]
+fn eval_outfits_checks_its_sheets_folder_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-folder");
+    std::fs::write(&file, "x").unwrap();
+    let missing = dir.path().join("missing.csv");
+    let m = missing.to_str().unwrap();
+    let out = vitrine(&[
+        "eval",
+        "outfits",
+        "--products",
+        m,
+        "--outfits",
+        m,
+        "--db",
+        dir.path().join("db").to_str().unwrap(),
+        "--sheets",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot write contact sheets into"),
+        "{stderr}"
+    );
+}

@@ -1136,7 +1136,10 @@ impl Db {
     /// Removes a user tag, and every profile's affinity to it (learned or
     /// set by hand); returns whether the tag existed. A profile left
     /// weighing nothing (its only preference was the tag) is learned again
-    /// from its events, as a new user's when it has none.
+    /// from its events, as a new user's when it has none. It reads every
+    /// stored profile under the lock that feedback and profile edits take
+    /// (so that none adds an affinity to the tag meanwhile): with a million
+    /// profiles, those wait for it, for seconds or more.
     pub fn delete_tag(&self, name: &str) -> Result<bool, ConceptError> {
         let tags = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;

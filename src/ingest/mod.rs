@@ -306,9 +306,16 @@ impl Db {
     /// none is removed, a profile left with none is learned again from its
     /// events; a failure there is logged, not returned, and the next open
     /// tries again). User tags are stale ([`Db::stale_tags`]: queries
-    /// naming them are refused) until they are learned again.
+    /// naming them are refused) until they are learned again. The profiles
+    /// are pruned under the lock feedback takes: with a million profiles,
+    /// feedback waits for the switch, for seconds or more.
     pub fn adopt_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
+        // The switch waits for the writer under the side-write lock (the
+        // order feedback takes them in too): waited for here first, so
+        // that a long compaction or backup does not hold feedback and tag
+        // edits back through that lock.
+        self.wait_for_writer();
         {
             // The switch and its layout together: a check_model of the old
             // model running meanwhile does not write its layout after it,

@@ -493,11 +493,14 @@ fn import_with_options(
     bar.finish_and_clear();
     let report = report?;
     if report.stopped {
+        let p = &report.progress;
         anyhow::bail!(
-            "stopped by Ctrl-C after {} of {} items (those are stored); run the same \
-             command again to resume",
-            report.progress.done(),
-            report.progress.total
+            "stopped by Ctrl-C: {} of {} items stored, {} skipped, {} failed before it; run \
+             the same command again to go on",
+            p.stored,
+            p.total,
+            p.skipped,
+            p.failed
         );
     }
     Ok(report)
@@ -508,8 +511,12 @@ static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 
 /// While it lives, a first Ctrl-C stops the import cleanly (its products
 /// stored, its report written, the indexes saved); a second one ends the
-/// process at once, as usual.
-struct StopOnCtrlC;
+/// process at once, as usual. A process started with Ctrl-C ignored (in
+/// the background of a script) keeps ignoring it.
+struct StopOnCtrlC {
+    #[cfg(unix)]
+    previous: libc::sighandler_t,
+}
 
 #[cfg(unix)]
 extern "C" fn on_ctrl_c(_: libc::c_int) {
@@ -524,20 +531,25 @@ impl StopOnCtrlC {
     fn install() -> StopOnCtrlC {
         #[cfg(unix)]
         // SAFETY: the handler only stores an atomic and resets itself, both
-        // async-signal-safe.
+        // async-signal-safe; an ignored signal is put back at once.
         unsafe {
-            libc::signal(libc::SIGINT, on_ctrl_c as *const () as libc::sighandler_t);
+            let previous = libc::signal(libc::SIGINT, on_ctrl_c as *const () as libc::sighandler_t);
+            if previous == libc::SIG_IGN {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+            }
+            StopOnCtrlC { previous }
         }
-        StopOnCtrlC
+        #[cfg(not(unix))]
+        StopOnCtrlC {}
     }
 }
 
 impl Drop for StopOnCtrlC {
     fn drop(&mut self) {
         #[cfg(unix)]
-        // SAFETY: restores the default disposition.
+        // SAFETY: puts back what was there (the default, or an ignore).
         unsafe {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGINT, self.previous);
         }
     }
 }

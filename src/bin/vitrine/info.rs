@@ -138,6 +138,9 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         Some(copy)
     };
     let at_checkpoint = checkpoint_products(&db_dir);
+    // A --rewrite of a database that reads cleanly (damage found is
+    // repaired, and said, as without the flag).
+    let mut clean_rewrite = false;
     // A probe: no checkpoint of its own (an open that rebuilds would
     // overwrite the one that tells what was lost).
     match Db::builder().checkpoint_on_drop(false).open(&args.db) {
@@ -178,10 +181,15 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             if unreadable.is_empty() && args.rewrite {
+                clean_rewrite = true;
                 println!(
-                    "{}: opens cleanly, {products} products; rewriting its storage \
-                     ({} in sled's files)",
+                    "{}: opens, {products} products{}; rewriting its storage ({} in sled's \
+                     files)",
                     args.db.display(),
+                    match undecodable.len() {
+                        0 => String::new(),
+                        n => format!(" ({n} records that do not decode are copied as they are)"),
+                    },
                     megabytes(tree_bytes(&db_dir.join("sled")))
                 );
             } else if unreadable.is_empty() {
@@ -237,7 +245,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(copy) = &copy {
-        let what = if args.rewrite { "" } else { "damaged " };
+        let what = if clean_rewrite { "" } else { "damaged " };
         println!("copied the {what}database first, to {}", copy.display());
     }
     // No checkpoint on drop: the files are rewritten below, and the
@@ -401,7 +409,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     println!(
         "{}: {} products kept, {} outfits, {} profiles, {} user tags; \
          {} damaged records skipped, {} index(es) rebuilt",
-        if args.rewrite {
+        if clean_rewrite {
             "rewritten"
         } else {
             "repaired"
@@ -416,7 +424,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     if let Some(n) = at_checkpoint {
         println!("the last checkpoint held {n} products");
     }
-    if args.rewrite {
+    if clean_rewrite {
         println!(
             "sled's files now take {}",
             megabytes(tree_bytes(&db_dir.join("sled")))

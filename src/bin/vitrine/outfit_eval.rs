@@ -508,6 +508,16 @@ pub fn fitb_split(args: FitbSplitArgs) -> anyhow::Result<()> {
 /// acceptance figures, measured with the catalog's ground-truth colour
 /// groups (`des_agrup_color_eng`).
 pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
+    // The sheets' folder, before minutes of work whose figures a folder
+    // that cannot be written would lose.
+    if let Some(dir) = &args.sheets {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| {
+                let (tmp, _) = crate::info::create_temp_beside(&dir.join("probe.png"))?;
+                std::fs::remove_file(tmp)
+            })
+            .with_context(|| format!("cannot write contact sheets into {}", dir.display()))?;
+    }
     let products = read_products(&args.products)?;
     // A blank group is no group: two blanks are not "the same colour".
     let gt: HashMap<String, String> = products

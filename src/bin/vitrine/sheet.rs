@@ -35,7 +35,12 @@ pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
         let mut bytes = std::io::Cursor::new(Vec::new());
         img.write_to(&mut bytes, format)?;
         let target = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)?,
+            // (A link whose file is not there yet names it all the same.)
+            Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).or_else(|_| {
+                let named = std::fs::read_link(path)?;
+                let parent = path.parent().unwrap_or(Path::new("."));
+                std::io::Result::Ok(parent.join(named))
+            })?,
             _ => path.to_path_buf(),
         };
         let (tmp, mut file) = crate::info::create_temp_beside(&target)?;
@@ -389,5 +394,14 @@ mod save_tests {
         assert!(image::open(&today).is_ok());
         let mode = std::fs::metadata(&today).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o640);
+        // A link to a file not made yet (relative to the link's folder).
+        let first = dir.path().join("first.png");
+        std::os::unix::fs::symlink("tomorrow.png", &first).unwrap();
+        super::save(&image::RgbImage::new(4, 4), &first).unwrap();
+        assert!(image::open(dir.path().join("tomorrow.png")).is_ok());
+        assert!(std::fs::symlink_metadata(&first)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }
