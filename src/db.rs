@@ -585,11 +585,6 @@ pub struct Db {
     report: OpenReport,
     /// Serialises read-modify-write of side records (profiles, tags).
     side_writes: Mutex<()>,
-    /// Set while the writer is held for long (a backup, a compaction, a
-    /// checkpoint's writing): no write can reach the catalog lock then, so
-    /// a copy of the catalog need not wait for the writer
-    /// (`Db::writer_for_copy`).
-    long_hold: std::sync::atomic::AtomicBool,
     /// `meta.model_fingerprint`, readable without the writer lock (which a
     /// backup or a compaction holds for long); changed under it, after the
     /// durable meta write.
@@ -616,16 +611,6 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 fn lock<T>(l: &Mutex<T>) -> MutexGuard<'_, T> {
     l.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Marks the writer as held for long while it lives; taken after the
-/// writer's guard, so dropped before it.
-struct LongHold<'a>(&'a std::sync::atomic::AtomicBool);
-
-impl Drop for LongHold<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, std::sync::atomic::Ordering::Release);
-    }
 }
 
 fn to_stored(m: Metric) -> StoredMetric {
@@ -1130,7 +1115,6 @@ impl Db {
             concept_exact_max: b.concept_exact_max,
             report,
             side_writes: Mutex::new(()),
-            long_hold: std::sync::atomic::AtomicBool::new(false),
             warned: Mutex::new(Default::default()),
         };
         if !db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty() {
@@ -1361,7 +1345,6 @@ impl Db {
             if !read(&space.index).compaction_due() {
                 continue;
             }
-            let _long = self.long_hold();
             let built = read(&space.index).build_compacted();
             // The old graph is freed here, after the write lock.
             let swapped = built.and_then(|g| write(&space.index).replace_graph(g));
@@ -1379,7 +1362,6 @@ impl Db {
     /// Returns how many tombstones were dropped.
     pub fn compact(&self) -> Result<usize> {
         let mut w = lock(&self.writer);
-        let _long = self.long_hold();
         let mut dropped = 0;
         for space in &self.spaces {
             let tombstones = read(&space.index).tombstones();
@@ -1659,7 +1641,6 @@ impl Db {
             self.store.flush()?;
             return Ok(());
         }
-        let _long = self.long_hold();
         self.checkpoint_locked(&mut w)
     }
 
@@ -1784,7 +1765,6 @@ impl Db {
         // write takes them in.
         // After an I/O error, the flush below is refused (FailedEarlier).
         let mut w = lock(&self.writer);
-        let _long = self.long_hold();
         // The dumps on disk are current unless something was written since
         // the last checkpoint; the source is then only read.
         if w.dirty || w.stale_dumps {
@@ -2493,39 +2473,14 @@ impl Db {
         Ok(self.store.keyspace(&format!("vitrine.{name}"))?)
     }
 
-    /// Held while a side record is read, changed and written back, so that
-    /// concurrent updates (two feedback events for one user) are not lost.
     /// Returns once no write, checkpoint, compaction or backup holds the
     /// writer (taking nothing: one may start right after).
     pub(crate) fn wait_for_writer(&self) {
         drop(lock(&self.writer));
     }
 
-    /// Marks the writer, which the caller holds, as held for long.
-    fn long_hold(&self) -> LongHold<'_> {
-        self.long_hold
-            .store(true, std::sync::atomic::Ordering::Release);
-        LongHold(&self.long_hold)
-    }
-
-    /// The writer, for a copy of the catalog under its read lock: held, so
-    /// that no write queues on the catalog lock meanwhile (new searches
-    /// would wait behind it); or `None` while a backup, compaction or
-    /// checkpoint holds it for long, when no write can reach that lock
-    /// anyway and the copy need not wait for them.
-    fn writer_for_copy(&self) -> Option<MutexGuard<'_, WriterState>> {
-        match self.writer.try_lock() {
-            Ok(w) => Some(w),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock)
-                if self.long_hold.load(std::sync::atomic::Ordering::Acquire) =>
-            {
-                None
-            }
-            Err(std::sync::TryLockError::WouldBlock) => Some(lock(&self.writer)),
-        }
-    }
-
+    /// Held while a side record is read, changed and written back, so that
+    /// concurrent updates (two feedback events for one user) are not lost.
     pub(crate) fn side_write_lock(&self) -> MutexGuard<'_, ()> {
         lock(&self.side_writes)
     }
@@ -2586,67 +2541,98 @@ impl Db {
             .collect())
     }
 
+    /// Calls `f` with every product that has a vector in `space`, in doc
+    /// order, [`COPY_CHUNK`] products at a time under the read locks,
+    /// released in between: a write waits for one chunk, not for the whole
+    /// pass, and searches (which a write waiting for the catalog lock
+    /// would hold back) never wait for more. A product written meanwhile
+    /// is seen as it was or as it is; one deleted and stored again (under
+    /// a new doc) may be seen twice.
+    fn for_each_vector(&self, space: &Space, mut f: impl FnMut(&Entry, &[f32])) {
+        let mut from = 0u64;
+        loop {
+            let cat = read(&self.catalog);
+            let index = read(&space.index);
+            let mut seen = 0;
+            let mut last = None;
+            for (doc, e) in cat.by_doc.range(from..).take(COPY_CHUNK) {
+                seen += 1;
+                last = Some(*doc);
+                if let Some(v) = index.get(*doc) {
+                    f(e, v);
+                }
+            }
+            match last.and_then(|d| d.checked_add(1)) {
+                Some(next) if seen == COPY_CHUNK => from = next,
+                _ => break,
+            }
+        }
+    }
+
     /// The mean of the vectors in `space` of the database's model
     /// ([`of_model`]: not those a re-embedding has not reached), zeros when
-    /// there are none; summed in f64 under the read locks, with no copy of
-    /// the catalog (a snapshot of 1M products is gigabytes).
+    /// there are none; summed in f64, with no copy of the catalog (a
+    /// snapshot of 1M products is gigabytes).
     pub(crate) fn space_mean(&self, space: &str) -> Result<Vec<f32>> {
         let space = self.space(space)?;
-        // (The lock order of `snapshot`, and its reason to hold the writer.)
+        // (Read before the catalog lock: a model write takes them in the
+        // other order.)
         let model = self.model_fingerprint();
-        let _writer = self.writer_for_copy();
-        let cat = read(&self.catalog);
-        let index = read(&space.index);
         let mut sum = vec![0f64; space.spec.dim];
         let mut n = 0usize;
-        for (doc, v) in index.flat().iter() {
-            let attrs = cat.by_doc.get(&doc).map(|e| &*e.attrs);
-            if !of_model(attrs, model.as_deref()) {
-                continue;
+        self.for_each_vector(space, |e, v| {
+            if of_model(Some(&e.attrs), model.as_deref()) {
+                for (a, b) in sum.iter_mut().zip(v) {
+                    *a += f64::from(*b);
+                }
+                n += 1;
             }
-            for (a, b) in sum.iter_mut().zip(v) {
-                *a += f64::from(*b);
-            }
-            n += 1;
-        }
+        });
         let n = n.max(1) as f64;
         Ok(sum.into_iter().map(|x| (x / n) as f32).collect())
     }
 
     /// Every product that has a vector in `space` and whose vectors are of
     /// the database's model ([`of_model`]): one a re-embedding has not
-    /// reached is in another model's space.
+    /// reached is in another model's space. Copied a chunk at a time
+    /// ([`Db::for_each_vector`]): each product as it was at one moment,
+    /// once.
     pub(crate) fn snapshot(&self, space: &str) -> Result<SpaceSnapshot> {
         let space = self.space(space)?;
-        // (Read before the catalog lock: a model write takes them in the
-        // other order.)
         let model = self.model_fingerprint();
-        // Writes wait for the copy (a second at a million products), not
-        // searches: a write waiting for the catalog lock would hold back
-        // every new reader until the copy is done.
-        let _writer = self.writer_for_copy();
-        let cat = read(&self.catalog);
-        let index = read(&space.index);
+        let dim = space.spec.dim;
         let mut s = SpaceSnapshot {
-            dim: space.spec.dim,
+            dim,
             ..SpaceSnapshot::default()
         };
-        s.ids.reserve(cat.by_doc.len());
-        s.attrs.reserve(cat.by_doc.len());
-        s.data.reserve(cat.by_doc.len() * space.spec.dim);
-        for (doc, e) in &cat.by_doc {
+        let mut rows: HashMap<String, usize> = HashMap::new();
+        self.for_each_vector(space, |e, v| {
             if !of_model(Some(&e.attrs), model.as_deref()) {
-                continue;
+                return;
             }
-            if let Some(v) = index.get(*doc) {
-                s.ids.push(e.id.clone());
-                s.attrs.push(e.attrs.clone());
-                s.data.extend_from_slice(v);
+            match rows.get(&e.id) {
+                // Stored again during the copy: the newer one.
+                Some(&r) => {
+                    s.attrs[r] = e.attrs.clone();
+                    s.data[r * dim..(r + 1) * dim].copy_from_slice(v);
+                }
+                None => {
+                    rows.insert(e.id.clone(), s.ids.len());
+                    s.ids.push(e.id.clone());
+                    s.attrs.push(e.attrs.clone());
+                    s.data.extend_from_slice(v);
+                }
             }
-        }
+        });
         Ok(s)
     }
 }
+
+/// Products a catalog walk reads under one hold of the read locks.
+#[cfg(not(test))]
+const COPY_CHUNK: usize = 16_384;
+#[cfg(test)]
+const COPY_CHUNK: usize = 7;
 
 #[cfg(test)]
 mod tests {
@@ -2677,51 +2663,37 @@ mod tests {
         assert_eq!(db.stored_model_fingerprint().as_deref(), Some("m2"));
     }
 
-    /// A copy of the catalog waits for a write (so that no write queues on
-    /// the catalog lock during the copy), but not for a backup, compaction
-    /// or checkpoint, during which no write can reach that lock.
+    /// A catalog walked a chunk at a time holds every product once, in
+    /// doc order, with its vector (chunks of 7 under test).
     #[test]
-    fn a_catalog_copy_waits_for_a_write_not_for_a_long_hold() {
-        use std::time::Duration;
+    fn a_catalog_copy_in_chunks_holds_every_product_once() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::builder()
-            .vector_space(DEFAULT_SPACE, 4, Metric::Cosine)
+            .vector_space(DEFAULT_SPACE, 2, Metric::Cosine)
             .open(dir.path())
             .unwrap();
-        db.insert(
-            "a",
-            Attributes::new(),
-            [(DEFAULT_SPACE, vec![1.0, 0.0, 0.0, 0.0])],
-        )
-        .unwrap();
-        let db = &db;
-        std::thread::scope(|s| {
-            let held = lock(&db.writer);
-            let (tx, rx) = std::sync::mpsc::channel();
-            s.spawn(move || {
-                let _ = tx.send(db.snapshot(DEFAULT_SPACE).map(|s| s.len()));
-            });
-            assert!(
-                rx.recv_timeout(Duration::from_millis(300)).is_err(),
-                "it did not wait"
-            );
-            drop(held);
-            assert_eq!(
-                rx.recv_timeout(Duration::from_secs(60)).unwrap().unwrap(),
-                1
-            );
-
-            let held = lock(&db.writer);
-            let long = db.long_hold();
-            let (tx, rx) = std::sync::mpsc::channel();
-            s.spawn(move || {
-                let _ = tx.send(db.snapshot(DEFAULT_SPACE).map(|s| s.len()));
-            });
-            let copied = rx.recv_timeout(Duration::from_secs(60));
-            drop(long);
-            drop(held);
-            assert_eq!(copied.unwrap().unwrap(), 1);
-        });
+        for i in 0..50 {
+            // Some without a vector, which the walk skips.
+            let vectors = (i % 10 != 3).then(|| (DEFAULT_SPACE, vec![1.0, i as f32]));
+            db.insert(&format!("p{i:02}"), Attributes::new(), vectors)
+                .unwrap();
+        }
+        let s = db.snapshot(DEFAULT_SPACE).unwrap();
+        let want: Vec<String> = (0..50)
+            .filter(|i| i % 10 != 3)
+            .map(|i| format!("p{i:02}"))
+            .collect();
+        assert_eq!(s.ids, want);
+        for (r, id) in s.ids.iter().enumerate() {
+            let i: f32 = id[1..].parse().unwrap();
+            let v = &s.data[r * 2..r * 2 + 2];
+            // Stored normalised (cosine).
+            assert!((v[1] / v[0] - i).abs() < 1e-3, "{id}: {v:?}");
+        }
+        let mean = db.space_mean(DEFAULT_SPACE).unwrap();
+        let n = want.len() as f32;
+        let want_mean: f32 = s.data.chunks(2).map(|v| v[0]).sum::<f32>() / n;
+        assert!((mean[0] - want_mean).abs() < 1e-5, "{mean:?}");
     }
 
     /// Side records that were never written read as empty while writes are

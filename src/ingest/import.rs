@@ -702,7 +702,9 @@ impl Db {
                     let _ = credit_tx.try_send(());
                 }
             }
-            // (Every job arrives; were one lost, those after it still count.)
+            // (Every job arrives, a panic in a worker as its failure; the
+            // loop above has handled them all, unless the channel closed
+            // early.)
             for (_, inferred) in waiting {
                 if !handle(inferred) {
                     break;
@@ -763,23 +765,36 @@ impl Db {
     }
 }
 
+/// `work`, with a panic in it (a bug) as this item's failure: every job
+/// must reach the in-order writer, or the jobs after it would wait for it
+/// for ever.
+fn caught<T>(work: impl FnOnce() -> Result<T, IngestError>) -> Result<T, IngestError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(IngestError::Internal { reason })
+    })
+}
+
 fn prepare_worker(rx: Receiver<Job>, tx: Sender<Prepared>, prep: &PrepConfig) {
     for job in rx {
-        let msg = match prep.get_limits().read_file(&job.item.path) {
-            Err(source) => {
-                let path = job.item.path.clone();
-                Prepared::Failed(job, IngestError::Io { path, source })
-            }
-            Ok(bytes) => match prepare_image(&bytes, prep) {
-                Ok(p) => Prepared::Ok(
-                    Job {
-                        colour: p.dominant_colour(),
-                        ..job
-                    },
-                    p,
-                ),
-                Err(e) => Prepared::Failed(job, e.into()),
-            },
+        let prepared = caught(|| {
+            let bytes = prep
+                .get_limits()
+                .read_file(&job.item.path)
+                .map_err(|source| IngestError::Io {
+                    path: job.item.path.clone(),
+                    source,
+                })?;
+            let p = prepare_image(&bytes, prep)?;
+            Ok((p.dominant_colour(), p))
+        });
+        let msg = match prepared {
+            Ok((colour, p)) => Prepared::Ok(Job { colour, ..job }, p),
+            Err(e) => Prepared::Failed(job, e),
         };
         if tx.send(msg).is_err() {
             return;
@@ -830,9 +845,9 @@ fn inference_worker(rx: Receiver<Prepared>, tx: Sender<Inferred>, model: &Model,
         }
         // Each image its own result: one that fails does not fail the batch.
         for (job, image) in jobs.drain(..).zip(images.drain(..)) {
-            let msg = match model.infer_one(&image) {
+            let msg = match caught(|| Ok(model.infer_one(&image)?)) {
                 Ok(out) => Inferred::Ok(job, Box::new(out)),
-                Err(e) => Inferred::Failed(job, e.into()),
+                Err(e) => Inferred::Failed(job, e),
             };
             if tx.send(msg).is_err() {
                 return;
@@ -855,6 +870,23 @@ fn ends_import(e: &IngestError, writes_failed: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panic in a worker's work is that item's failure, not a job lost
+    /// (the in-order writer would wait for it for ever).
+    #[test]
+    fn a_panic_in_a_worker_is_the_items_failure() {
+        let r: Result<(), _> = caught(|| panic!("boom {}", 7));
+        assert!(
+            matches!(r, Err(IngestError::Internal { ref reason }) if reason == "boom 7"),
+            "{r:?}"
+        );
+        let r: Result<(), _> = caught(|| panic!("plain"));
+        assert!(
+            matches!(r, Err(IngestError::Internal { ref reason }) if reason == "plain"),
+            "{r:?}"
+        );
+        assert_eq!(caught(|| Ok(3)).unwrap(), 3);
+    }
 
     #[test]
     fn a_folder_lists_image_files_by_name_and_skips_the_rest() {

@@ -127,6 +127,14 @@ pub enum IngestError {
     /// thread limit); nothing was imported.
     #[error("cannot start the import's threads: {0}")]
     Threads(std::io::Error),
+    /// A bug: preparing or running the model on this item panicked. The
+    /// panic was caught, the item counted as failed, and the import went
+    /// on; please report it with the image.
+    #[error("internal error on this item (a caught panic: {reason}); please report it")]
+    Internal {
+        /// The panic's message.
+        reason: String,
+    },
 }
 
 impl IngestError {
@@ -141,6 +149,7 @@ impl IngestError {
             IngestError::Model(_)
             | IngestError::ModelMismatch { .. }
             | IngestError::ModelShape { .. }
+            | IngestError::Internal { .. }
             | IngestError::Threads(_) => false,
             _ => true,
         }

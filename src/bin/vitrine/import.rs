@@ -455,7 +455,21 @@ pub fn import_with_progress(
     prep: vitrine::PrepConfig,
     source: ImportSource,
 ) -> anyhow::Result<ImportReport> {
-    import_with_options(db, model, Some(prep), source, ImportOptions::new())
+    let report = import_with_options(db, model, Some(prep), source, ImportOptions::new())?;
+    if report.stopped {
+        anyhow::bail!(stop_message(&report));
+    }
+    Ok(report)
+}
+
+/// What an import stopped by Ctrl-C says.
+fn stop_message(report: &ImportReport) -> String {
+    let p = &report.progress;
+    format!(
+        "stopped by Ctrl-C: {} of {} items stored, {} skipped, {} failed before it; run the \
+         same command again to go on",
+        p.stored, p.total, p.skipped, p.failed
+    )
 }
 
 /// With `prep` `None`, the database's preparation.
@@ -491,19 +505,7 @@ fn import_with_options(
         db.import(source, options)
     };
     bar.finish_and_clear();
-    let report = report?;
-    if report.stopped {
-        let p = &report.progress;
-        anyhow::bail!(
-            "stopped by Ctrl-C: {} of {} items stored, {} skipped, {} failed before it; run \
-             the same command again to go on",
-            p.stored,
-            p.total,
-            p.skipped,
-            p.failed
-        );
-    }
-    Ok(report)
+    Ok(report?)
 }
 
 /// Set by Ctrl-C during an import, which then stops between two products.
@@ -1078,6 +1080,12 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         ImportReport::default()
     } else {
         match import_with_options(&db, &model, prep, source, options) {
+            // Its failures so far are reported too, then why it stopped.
+            Ok(report) if report.stopped => {
+                let lines = report.failures.iter().map(failure_line);
+                let e = anyhow!(stop_message(&report));
+                return Err(stopped(lines.chain(update_failures).collect(), e));
+            }
             Ok(report) => report,
             Err(e) => return Err(stopped(update_failures, e)),
         }

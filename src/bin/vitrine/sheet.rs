@@ -36,11 +36,9 @@ pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
         img.write_to(&mut bytes, format)?;
         let target = match std::fs::symlink_metadata(path) {
             // (A link whose file is not there yet names it all the same.)
-            Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).or_else(|_| {
-                let named = std::fs::read_link(path)?;
-                let parent = path.parent().unwrap_or(Path::new("."));
-                std::io::Result::Ok(parent.join(named))
-            })?,
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::canonicalize(path).or_else(|_| last_link_target(path))?
+            }
             _ => path.to_path_buf(),
         };
         let (tmp, mut file) = crate::info::create_temp_beside(&target)?;
@@ -63,6 +61,25 @@ pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
         Ok(())
     };
     write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The file a chain of links ends at, though it does not exist yet (each
+/// relative link read from its own folder; at most 40 links).
+fn last_link_target(path: &Path) -> std::io::Result<PathBuf> {
+    let mut at = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let named = std::fs::read_link(&at)?;
+                at = at.parent().unwrap_or(Path::new(".")).join(named);
+            }
+            _ => return Ok(at),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{}: too many links",
+        path.display()
+    )))
 }
 
 /// One tile: an image file, its bar colour and fill (0..=1), and its labels.
@@ -394,14 +411,17 @@ mod save_tests {
         assert!(image::open(&today).is_ok());
         let mode = std::fs::metadata(&today).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o640);
-        // A link to a file not made yet (relative to the link's folder).
+        // A chain of links to a file not made yet (each relative to its
+        // link's folder).
         let first = dir.path().join("first.png");
-        std::os::unix::fs::symlink("tomorrow.png", &first).unwrap();
+        std::fs::create_dir(dir.path().join("dated")).unwrap();
+        std::os::unix::fs::symlink("current.png", &first).unwrap();
+        std::os::unix::fs::symlink("dated/tomorrow.png", dir.path().join("current.png")).unwrap();
         super::save(&image::RgbImage::new(4, 4), &first).unwrap();
-        assert!(image::open(dir.path().join("tomorrow.png")).is_ok());
-        assert!(std::fs::symlink_metadata(&first)
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        assert!(image::open(dir.path().join("dated/tomorrow.png")).is_ok());
+        for link in ["first.png", "current.png"] {
+            let m = std::fs::symlink_metadata(dir.path().join(link)).unwrap();
+            assert!(m.file_type().is_symlink(), "{link}");
+        }
     }
 }
