@@ -2381,8 +2381,9 @@ impl Db {
     }
 }
 
-/// Every product with its attributes and its vector in one space, as of one
-/// moment (rows in doc order).
+/// Every product with its attributes and its vector in one space, each as
+/// it was at one moment during the copy, once (rows in the order first
+/// seen, which is doc order unless a product was stored again meanwhile).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SpaceSnapshot {
     pub ids: Vec<String>,
@@ -2572,7 +2573,8 @@ impl Db {
     /// The mean of the vectors in `space` of the database's model
     /// ([`of_model`]: not those a re-embedding has not reached), zeros when
     /// there are none; summed in f64, with no copy of the catalog (a
-    /// snapshot of 1M products is gigabytes).
+    /// snapshot of 1M products is gigabytes). A product deleted and stored
+    /// again during the walk may count twice: negligible in a mean.
     pub(crate) fn space_mean(&self, space: &str) -> Result<Vec<f32>> {
         let space = self.space(space)?;
         // (Read before the catalog lock: a model write takes them in the
@@ -2605,7 +2607,13 @@ impl Db {
             dim,
             ..SpaceSnapshot::default()
         };
-        let mut rows: HashMap<String, usize> = HashMap::new();
+        // Reserved first: growing gigabytes under the read locks would hold
+        // a write back longer than a chunk.
+        let n = read(&self.catalog).by_doc.len();
+        s.ids.reserve(n);
+        s.attrs.reserve(n);
+        s.data.reserve(n * dim);
+        let mut rows: HashMap<String, usize> = HashMap::with_capacity(n);
         self.for_each_vector(space, |e, v| {
             if !of_model(Some(&e.attrs), model.as_deref()) {
                 return;

@@ -338,7 +338,8 @@ fn zscore(v: &mut [f32]) {
 }
 
 /// A snapshot of the catalog and the learned rules, for many outfit
-/// operations in a row (loading it reads every product once). Later
+/// operations in a row (loading it reads every product once, a chunk at
+/// a time, so a write made while it loads may or may not be seen). Later
 /// writes to products are not seen (a product stored since is
 /// [`OutfitError::NotInSnapshot`]); take a new engine to see them. Stored
 /// outfits are read when an operation names them.
