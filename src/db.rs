@@ -305,6 +305,7 @@ pub struct Search<'a> {
     filter: Option<&'a Filter>,
     ef: Option<usize>,
     plan: PlanHint,
+    offset: usize,
 }
 
 impl<'a> Search<'a> {
@@ -317,6 +318,7 @@ impl<'a> Search<'a> {
             filter: None,
             ef: None,
             plan: PlanHint::Auto,
+            offset: 0,
         }
     }
     /// Search this vector space instead of the default one
@@ -339,6 +341,15 @@ impl<'a> Search<'a> {
     /// Force a plan; [`PlanHint::Auto`] lets the planner choose.
     pub fn plan(mut self, plan: PlanHint) -> Self {
         self.plan = plan;
+        self
+    }
+    /// Skips the `offset` best: a page (`k` 20, offset 20 is the second
+    /// page of 20). The search asks for `offset + k` and drops the first
+    /// `offset`; with the graph, a larger request can rank its first
+    /// results differently, so pages follow on exactly with the exact plan
+    /// ([`PlanHint::Exact`]) or a filter the planner scans.
+    pub fn offset(mut self, offset: usize) -> Self {
+        self.offset = offset;
         self
     }
     /// The number of results asked for.
@@ -1578,7 +1589,7 @@ impl Db {
         };
         let extra = if drop_after { except.len() } else { 0 };
         let opts = SearchOptions {
-            k: s.k.saturating_add(extra),
+            k: s.k.saturating_add(s.offset).saturating_add(extra),
             ef: s.ef,
             plan: s.plan,
         };
@@ -1594,6 +1605,7 @@ impl Db {
                     attributes: Attributes::clone(&e.attrs),
                 })
             })
+            .skip(s.offset)
             .take(s.k)
             .collect();
         Ok(SearchResults {

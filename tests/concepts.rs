@@ -1669,3 +1669,61 @@ fn like_image_finds_the_photo_and_a_missing_file_is_a_user_error() {
         assert!(e.is_user_error(), "{path}: {e}");
     }
 }
+
+/// `offset` pages a query: the second page of 5 is the 6th to 10th of a
+/// limit of 10, the same with diversity; an offset past the cap, repeated
+/// or negative is a typed error.
+#[test]
+fn offset_pages_a_query() {
+    let Some(s) = shared() else { return };
+    let db = &s.db;
+    let ids = |q: &str| -> Vec<String> {
+        db.query(q)
+            .unwrap()
+            .hits
+            .into_iter()
+            .map(|h| h.id)
+            .collect()
+    };
+    let ten = ids("find +colour.blue limit 10");
+    assert_eq!(ten.len(), 10);
+    assert_eq!(ids("find +colour.blue limit 5 offset 5"), ten[5..]);
+    assert_eq!(ids("find +colour.blue offset 0 limit 5"), ten[..5]);
+    let ten = ids("find +colour.blue limit 10 diverse 0.3");
+    assert_eq!(
+        ids("find +colour.blue offset 5 limit 5 diverse 0.3"),
+        ten[5..]
+    );
+    let built = vitrine::ConceptQuery::new()
+        .term("colour.blue", 1.0)
+        .limit(5)
+        .offset(5);
+    let hits: Vec<String> = db
+        .run_query(&built, None)
+        .unwrap()
+        .hits
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(hits, ids("find +colour.blue limit 10")[5..]);
+    let vocab = db.vocabulary().unwrap();
+    for (q, kind) in [
+        (
+            "find +colour.blue offset 9999 limit 2",
+            QueryErrorKind::BadNumber,
+        ),
+        ("find +colour.blue offset -1", QueryErrorKind::BadNumber),
+        (
+            "find +colour.blue offset 2 offset 3",
+            QueryErrorKind::Duplicate,
+        ),
+        ("find +colour.blue offset 1.5", QueryErrorKind::BadNumber),
+        (
+            "find +colour.blue offset 999 limit 2 diverse 0.3",
+            QueryErrorKind::BadNumber,
+        ),
+    ] {
+        let e = vitrine::ConceptQuery::parse(q, &vocab).unwrap_err();
+        assert_eq!(e.kind, kind, "{q}: {e}");
+    }
+}

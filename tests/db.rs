@@ -1718,3 +1718,42 @@ fn a_checkpoint_with_nothing_new_writes_nothing() {
     );
     assert!(!db.get("sku-1").unwrap().unwrap().attributes.in_stock);
 }
+
+/// `Search::offset` pages a search: with the exact plan, the second page
+/// is the 11th to 20th of 20; excluded ids stay out of every page.
+#[test]
+fn offset_pages_a_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    for i in 0..100 {
+        let id = format!("sku-{i}");
+        db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
+            .unwrap();
+    }
+    let q = vector_for("query", DIM);
+    let ids = |s: Search<'_>| -> Vec<String> {
+        db.search(&s.plan(vitrine::PlanHint::Exact))
+            .unwrap()
+            .hits
+            .into_iter()
+            .map(|h| h.id)
+            .collect()
+    };
+    let twenty = ids(Search::new(SimilarTo::Vector(&q), 20));
+    assert_eq!(
+        ids(Search::new(SimilarTo::Vector(&q), 10).offset(10)),
+        twenty[10..]
+    );
+    // "More like this", page 2: the product itself on no page.
+    let like = ids(Search::new(SimilarTo::Id("sku-3"), 20));
+    assert!(!like.contains(&"sku-3".to_string()));
+    assert_eq!(
+        ids(Search::new(SimilarTo::Id("sku-3"), 10).offset(10)),
+        like[10..]
+    );
+    // Past the end: what is left.
+    assert_eq!(
+        ids(Search::new(SimilarTo::Vector(&q), 10).offset(95)).len(),
+        5
+    );
+}

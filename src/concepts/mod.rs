@@ -45,6 +45,7 @@ pub(crate) const QUERY_KEYWORDS: &[&str] = &[
     "where",
     "and",
     "limit",
+    "offset",
     "min_score",
     "diverse",
     "profile",

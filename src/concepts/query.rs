@@ -133,7 +133,7 @@ pub enum LikeTarget {
 ///
 /// ```text
 /// query     := ["find"] clause*
-/// clause    := term | like | where | limit | min_score | diverse | profile
+/// clause    := term | like | where | limit | offset | min_score | diverse | profile
 /// term      := ["+" | "-"] concept ["^" number]      (no sign: +; signed
 ///                                                     right after a where)
 /// concept   := group "." name                         (name: word or "quoted")
@@ -145,6 +145,7 @@ pub enum LikeTarget {
 ///            | field "=" value
 ///            | ("category" | "brand") "in" "(" value ("," value)* ")"
 /// limit     := "limit" integer                        (default 20, at most 10000)
+/// offset    := "offset" integer                       (skip that many: a page; offset + limit at most 10000)
 /// min_score := "min_score" number                     (only hits scoring at least this)
 /// diverse   := "diverse" number                       (MMR, 0..=1; limit at most 1,000)
 /// profile   := "profile" user                         (a stored profile: see below)
@@ -201,6 +202,7 @@ pub struct ConceptQuery {
     like: Option<(LikeTarget, f32)>,
     filter: Filter,
     limit: usize,
+    offset: usize,
     min_score: Option<f32>,
     diverse: Option<f32>,
     profile: Option<String>,
@@ -213,6 +215,7 @@ impl Default for ConceptQuery {
             like: None,
             filter: Filter::new(),
             limit: DEFAULT_LIMIT,
+            offset: 0,
             min_score: None,
             diverse: None,
             profile: None,
@@ -249,6 +252,14 @@ impl ConceptQuery {
     /// [`ConceptQuery::diverse`], one above 1,000 is refused).
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = limit;
+        self
+    }
+    /// Skips the first `offset` results: a page (`offset 20 limit 20` is
+    /// the second page of 20). The ranking is that of the first
+    /// `offset + limit` (at most 10,000; more is brought down to it when
+    /// the query runs), so pages of one query with one limit follow on.
+    pub fn offset(mut self, offset: usize) -> Self {
+        self.offset = offset;
         self
     }
     /// Only hits whose score is at least `score` (fewer than the limit when
@@ -493,7 +504,7 @@ fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
 // ----------------------------------------------------------------- parser
 
 const CLAUSES: &str =
-    "a concept (+group.concept), like, where, limit, min_score, diverse or profile";
+    "a concept (+group.concept), like, where, limit, offset, min_score, diverse or profile";
 
 struct Parser<'a> {
     toks: Vec<Token>,
@@ -611,6 +622,7 @@ impl<'a> Parser<'a> {
             self.next();
         }
         let (mut limit_col, mut seen_where, mut seen_diverse) = (None, false, false);
+        let mut offset_col = None;
         loop {
             let t = self.peek().clone();
             let dup = |what: &str| {
@@ -715,6 +727,22 @@ impl<'a> Parser<'a> {
                     }
                     q.limit = n as usize;
                 }
+                Tok::Word(w) if w.eq_ignore_ascii_case("offset") => {
+                    self.next();
+                    if offset_col.is_some() {
+                        return Err(dup("offset"));
+                    }
+                    let (n, col) = self.number("a number of results to skip")?;
+                    offset_col = Some(col);
+                    if n.fract() != 0.0 || !(0.0..MAX_LIMIT as f64).contains(&n) {
+                        return Err(QueryError::new(
+                            QueryErrorKind::BadNumber,
+                            col,
+                            format!("offset must be a whole number from 0 to {}", MAX_LIMIT - 1),
+                        ));
+                    }
+                    q.offset = n as usize;
+                }
                 Tok::Word(w) if w.eq_ignore_ascii_case("min_score") => {
                     self.next();
                     if q.min_score.is_some() {
@@ -765,12 +793,21 @@ impl<'a> Parser<'a> {
                 _ => return Err(self.unexpected(&t, CLAUSES)),
             }
         }
-        if let Some(col) = limit_col.filter(|_| q.diverse.is_some() && q.limit > MAX_DIVERSE_LIMIT)
+        if let Some(col) = offset_col.filter(|_| q.offset + q.limit > MAX_LIMIT) {
+            return Err(QueryError::new(
+                QueryErrorKind::BadNumber,
+                col,
+                format!("offset + limit is at most {MAX_LIMIT}"),
+            ));
+        }
+        if let Some(col) = limit_col
+            .or(offset_col)
+            .filter(|_| q.diverse.is_some() && q.offset + q.limit > MAX_DIVERSE_LIMIT)
         {
             return Err(QueryError::new(
                 QueryErrorKind::BadNumber,
                 col,
-                format!("with diverse, limit is at most {MAX_DIVERSE_LIMIT}"),
+                format!("with diverse, offset + limit is at most {MAX_DIVERSE_LIMIT}"),
             )
             .hint("diversity re-ranks every result against the others"));
         }
@@ -1087,13 +1124,14 @@ impl Db {
                 allowed: "diverse is from 0 to 1".into(),
             });
         }
-        if q.diverse.is_some() && q.limit > MAX_DIVERSE_LIMIT {
+        if q.diverse.is_some() && q.offset.saturating_add(q.limit) > MAX_DIVERSE_LIMIT {
             return Err(QueryError::new(
                 QueryErrorKind::BadNumber,
                 0,
                 format!(
-                    "limit {} with diverse: diversity re-ranks at most {MAX_DIVERSE_LIMIT} results",
-                    q.limit
+                    "offset {} + limit {} with diverse: diversity re-ranks at most \
+                     {MAX_DIVERSE_LIMIT} results",
+                    q.offset, q.limit
                 ),
             )
             .into());
@@ -1276,7 +1314,10 @@ impl Db {
             };
             return Err(e.into());
         }
+        // A page: the first offset + limit, then the first offset dropped.
         let limit = q.limit.clamp(1, MAX_LIMIT);
+        let offset = q.offset.min(MAX_LIMIT - limit);
+        let limit = limit + offset;
         // MMR costs picks × pool dot products: the pool stays bounded.
         let pool = match q.diverse {
             Some(_) => (limit * 5).clamp(50, 2_000).max(limit),
@@ -1328,6 +1369,7 @@ impl Db {
             out = mmr(out, &visual, lambda, limit);
         }
         out.truncate(limit);
+        out.drain(..offset.min(out.len()));
         Ok(QueryResults { hits: out })
     }
 }
