@@ -2302,3 +2302,40 @@ fn eval_outfits_checks_its_sheets_folder_first() {
         "{stderr}"
     );
 }
+
+/// A page of a query ranks from its offset: the third result is rank 3,
+/// in JSON as in the table.
+#[test]
+fn a_query_page_ranks_from_its_offset() {
+    if !have_model("a_query_page_ranks_from_its_offset") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = copy_samples(dir.path(), 6);
+    let db = dir.path().join("db");
+    let db_s = db.to_str().unwrap();
+    let out = vitrine(&["import", src.to_str().unwrap(), "--db", db_s, "--fpi"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = vitrine(&["query", "--db", db_s, "--json", "find +colour.blue limit 4"]);
+    let page = vitrine(&[
+        "query",
+        "--db",
+        db_s,
+        "--json",
+        "find +colour.blue offset 2 limit 2",
+    ]);
+    assert!(page.status.success(), "{}", text(&page.stderr));
+    let rows = |o: &std::process::Output| -> Vec<serde_json::Value> {
+        text(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (all, page) = (rows(&all), rows(&page));
+    assert_eq!(page.len(), 2);
+    for (p, a) in page.iter().zip(&all[2..]) {
+        assert_eq!(p["id"], a["id"]);
+        assert_eq!(p["rank"], a["rank"]);
+    }
+    assert_eq!(page[0]["rank"], 3);
+}

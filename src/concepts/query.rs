@@ -145,7 +145,7 @@ pub enum LikeTarget {
 ///            | field "=" value
 ///            | ("category" | "brand") "in" "(" value ("," value)* ")"
 /// limit     := "limit" integer                        (default 20, at most 10000)
-/// offset    := "offset" integer                       (skip that many: a page; offset + limit at most 10000)
+/// offset    := "offset" integer                       (skip that many: a page; offset + limit at most 10000; not with diverse)
 /// min_score := "min_score" number                     (only hits scoring at least this)
 /// diverse   := "diverse" number                       (MMR, 0..=1; limit at most 1,000)
 /// profile   := "profile" user                         (a stored profile: see below)
@@ -256,8 +256,14 @@ impl ConceptQuery {
     }
     /// Skips the first `offset` results: a page (`offset 20 limit 20` is
     /// the second page of 20). The ranking is that of the first
-    /// `offset + limit` (at most 10,000; more is brought down to it when
-    /// the query runs), so pages of one query with one limit follow on.
+    /// `offset + limit`, at most 10,000 (more is refused when the query
+    /// runs). Pages of one query follow on when its search is exact, as
+    /// concept queries are up to [`crate::DbBuilder::concept_exact_max`]
+    /// products; past that, a query led by a `like` searches the graph,
+    /// whose deeper request can rank differently: an item at a page's edge
+    /// may then be shown twice or not at all. Not with
+    /// [`ConceptQuery::diverse`] (its pool depends on how many are asked
+    /// for): ask for one larger page and split it.
     pub fn offset(mut self, offset: usize) -> Self {
         self.offset = offset;
         self
@@ -296,6 +302,11 @@ impl ConceptQuery {
     /// The `min_score`, if any.
     pub fn get_min_score(&self) -> Option<f32> {
         self.min_score
+    }
+
+    /// The results skipped ([`ConceptQuery::offset`]).
+    pub fn get_offset(&self) -> usize {
+        self.offset
     }
 
     /// Parses `text` against `vocab` (concept names are checked here, with
@@ -800,16 +811,22 @@ impl<'a> Parser<'a> {
                 format!("offset + limit is at most {MAX_LIMIT}"),
             ));
         }
-        if let Some(col) = limit_col
-            .or(offset_col)
-            .filter(|_| q.diverse.is_some() && q.offset + q.limit > MAX_DIVERSE_LIMIT)
+        if let Some(col) = limit_col.filter(|_| q.diverse.is_some() && q.limit > MAX_DIVERSE_LIMIT)
         {
             return Err(QueryError::new(
                 QueryErrorKind::BadNumber,
                 col,
-                format!("with diverse, offset + limit is at most {MAX_DIVERSE_LIMIT}"),
+                format!("with diverse, limit is at most {MAX_DIVERSE_LIMIT}"),
             )
             .hint("diversity re-ranks every result against the others"));
+        }
+        if let Some(col) = offset_col.filter(|_| q.diverse.is_some() && q.offset > 0) {
+            return Err(QueryError::new(
+                QueryErrorKind::BadNumber,
+                col,
+                "offset with diverse: pages of a diverse query would not follow on",
+            )
+            .hint("ask for one page of offset + limit, and split it"));
         }
         if q.terms.is_empty() && q.like.is_none() {
             let col = self.peek().col;
@@ -1124,15 +1141,23 @@ impl Db {
                 allowed: "diverse is from 0 to 1".into(),
             });
         }
-        if q.diverse.is_some() && q.offset.saturating_add(q.limit) > MAX_DIVERSE_LIMIT {
+        if q.diverse.is_some() && q.limit > MAX_DIVERSE_LIMIT {
             return Err(QueryError::new(
                 QueryErrorKind::BadNumber,
                 0,
                 format!(
-                    "offset {} + limit {} with diverse: diversity re-ranks at most \
-                     {MAX_DIVERSE_LIMIT} results",
-                    q.offset, q.limit
+                    "limit {} with diverse: diversity re-ranks at most {MAX_DIVERSE_LIMIT} results",
+                    q.limit
                 ),
+            )
+            .into());
+        }
+        if q.diverse.is_some() && q.offset > 0 {
+            return Err(QueryError::new(
+                QueryErrorKind::BadNumber,
+                0,
+                "offset with diverse: its pool depends on how many are asked for, so pages \
+                 would not follow on; ask for one page of offset + limit and split it",
             )
             .into());
         }
@@ -1316,7 +1341,15 @@ impl Db {
         }
         // A page: the first offset + limit, then the first offset dropped.
         let limit = q.limit.clamp(1, MAX_LIMIT);
-        let offset = q.offset.min(MAX_LIMIT - limit);
+        let offset = q.offset;
+        if offset.saturating_add(limit) > MAX_LIMIT {
+            return Err(QueryError::new(
+                QueryErrorKind::BadNumber,
+                0,
+                format!("offset {offset} + limit {limit}: at most {MAX_LIMIT}"),
+            )
+            .into());
+        }
         let limit = limit + offset;
         // MMR costs picks × pool dot products: the pool stays bounded.
         let pool = match q.diverse {

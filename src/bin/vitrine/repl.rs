@@ -79,6 +79,7 @@ const QUERY_WORDS: &[&str] = &[
     "like",
     "image",
     "limit",
+    "offset",
     "min_score",
     "diverse",
     "profile",
@@ -99,6 +100,9 @@ pub struct Session {
     last_title: String,
     /// The product the last results are like (`similar`), shown first.
     last_anchor: Option<String>,
+    /// Results skipped before the last ones (a query's `offset`): their
+    /// ranks start after it.
+    last_offset: usize,
     shows: usize,
 }
 
@@ -124,6 +128,7 @@ impl Session {
             last: Vec::new(),
             last_title: String::new(),
             last_anchor: None,
+            last_offset: 0,
             shows: 0,
         })
     }
@@ -301,6 +306,14 @@ impl Session {
         };
         self.last_title = text.clone();
         self.last_anchor = None;
+        // (Parsed again for it: a page's ranks follow its offset.)
+        self.last_offset = self
+            .db
+            .vocabulary()
+            .ok()
+            .and_then(|v| vitrine::ConceptQuery::parse(&text, &v).ok())
+            .map_or(0, |q| q.get_offset());
+        let first = self.last_offset;
         self.last.clear();
         for (rank, h) in res.hits.iter().enumerate() {
             let cat = h.attributes.category.clone().unwrap_or_default();
@@ -310,7 +323,7 @@ impl Session {
                     out,
                     "{}",
                     serde_json::json!({
-                        "rank": rank + 1, "id": h.id, "score": h.score,
+                        "rank": first + rank + 1, "id": h.id, "score": h.score,
                         "category": h.attributes.category,
                         "brand": h.attributes.brand, "price": h.attributes.price,
                         "in_stock": h.attributes.in_stock, "contributions": h.contributions,
@@ -335,7 +348,7 @@ impl Session {
                 writeln!(
                     out,
                     "{:>3}  {:<14} {:>7.3}  {:<22} {}",
-                    rank + 1,
+                    first + rank + 1,
                     clip(&h.id, 14),
                     h.score,
                     clip(h.attributes.category.as_deref().unwrap_or("-"), 22),
@@ -371,7 +384,7 @@ impl Session {
             let best = self
                 .db
                 .run_query(
-                    &q.clone().min_score(f32::MIN).limit(1),
+                    &q.clone().min_score(f32::MIN).limit(1).offset(0),
                     self.model.as_deref(),
                 )
                 .ok()
@@ -509,6 +522,7 @@ impl Session {
                 .similar_with_profile(SimilarTo::Id(id), k.unwrap_or(10), &filter, &profile)?;
         self.last_title = format!("similar {line}");
         self.last_anchor = Some(id.to_string());
+        self.last_offset = 0;
         if hits.is_empty() && !self.json {
             let why = if filter.is_empty() {
                 ""
@@ -835,7 +849,11 @@ impl Session {
                     path,
                     colour,
                     fill: score / top,
-                    labels: vec![format!("#{} {score:.3}", rank + 1), cat.clone(), id.clone()],
+                    labels: vec![
+                        format!("#{} {score:.3}", self.last_offset + rank + 1),
+                        cat.clone(),
+                        id.clone(),
+                    ],
                 }),
                 None => missing += 1,
             }
