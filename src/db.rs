@@ -1621,7 +1621,10 @@ impl Db {
     /// [`crate::PrecomputedSimilar`].
     ///
     /// Every product is listed, in id order; one without a vector in the
-    /// space gets an empty list. A `k` above the number of other products is
+    /// space gets an empty list, as does one whose vectors in the model's
+    /// spaces are of another model than the database's (a re-embedding has
+    /// not reached it), and neither is in another's list
+    /// ([`SimilarTable::unscored`] counts them). A `k` above the number of other products is
     /// lowered to it (the table's `k` field says which was used), and `k = 0`
     /// is refused. Scores are those of the space's metric; exact ties are
     /// broken by id ascending. Variants are products sharing the value of

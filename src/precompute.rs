@@ -83,6 +83,7 @@ pub const MAX_VARIANTS: usize = 1000;
 
 /// The computed lists, in memory; [`write`](Self::write) saves them.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct SimilarTable {
     /// Slots per product.
     pub k: usize,

@@ -503,11 +503,13 @@ pub enum ConceptError {
 impl ConceptError {
     /// Whether the caller can fix it (bad names, ids, weights, queries, or
     /// the image a `like image` query names); false for damaged data, the
-    /// machine, and the model.
+    /// machine, the model, and a re-embedding not finished (a product still
+    /// of the previous model).
     pub fn is_user_error(&self) -> bool {
         match self {
             ConceptError::Db(e) => e.is_user_error(),
             ConceptError::Ingest(e) => e.is_user_error(),
+            ConceptError::ExampleOfAnotherModel { .. } => false,
             _ => true,
         }
     }

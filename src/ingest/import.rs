@@ -162,6 +162,7 @@ pub struct ImportFailure {
 
 /// The outcome of [`Db::import`].
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct ImportReport {
     /// Counts at the end.
     pub progress: ImportProgress,

@@ -225,7 +225,9 @@ impl DbBuilder {
 
     /// Opens (or creates) an image database for `model`: declares the
     /// model's spaces, opens, and checks the model ([`Db::check_model`]). A
-    /// database built with another model is [`IngestError::ModelMismatch`];
+    /// database whose vectors have other sizes than the model's is
+    /// [`IngestError::ModelShape`] (it needs a new database); one built
+    /// with another model of the same sizes is [`IngestError::ModelMismatch`];
     /// to switch models, open with [`DbBuilder::model_spaces`] and re-embed
     /// ([`ImportOptions::reembed`]).
     pub fn open_with_model(

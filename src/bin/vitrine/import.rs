@@ -251,9 +251,14 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
         .rsplit_once('.')
         .is_some_and(|(_, ext)| vitrine::IMAGE_EXTENSIONS.contains(&ext));
     // With an empty path (an --update of prices and stock) the row gives
-    // itself away by a nameless path column. (Not by numbers as names:
-    // sizes, `36,38,40`, are column names of stock exports.)
-    if header[1].trim().is_empty() {
+    // itself away by a nameless path column among no built-in column name
+    // (`sku,,price,in_stock` is a header). (Not by numbers as names: sizes,
+    // `36,38,40`, are column names of stock exports.)
+    let names_a_built_in = header
+        .iter()
+        .skip(2)
+        .any(|k| BUILT_IN_COLUMNS.contains(&k.trim().to_ascii_lowercase().as_str()));
+    if header[1].trim().is_empty() && !names_a_built_in {
         bail!(
             "{}: the first line looks like a product row (its image path column has no \
              name): the CSV needs a header line, id,path[,attributes…]",
@@ -1184,6 +1189,21 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header whose path column has no name is still a header when it
+    /// names a built-in column (an --update of prices and stock); a data
+    /// row with an empty path is not one.
+    #[test]
+    fn a_nameless_path_column_is_a_header_only_beside_built_in_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("prices.csv");
+        std::fs::write(&csv, "sku,,price,in_stock\nsku-1,,19.90,yes\n").unwrap();
+        let read = csv_rows(&csv, true).unwrap();
+        assert_eq!(read.rows.len(), 1);
+        std::fs::write(&csv, "sku-1,,19.90,yes\nsku-2,,29.90,no\n").unwrap();
+        let e = csv_rows(&csv, true).err().unwrap();
+        assert!(e.to_string().contains("looks like a product row"), "{e}");
+    }
 
     /// A built-in column spelt otherwise is noted, and stays a free
     /// attribute (the file may hold the built-in too).
