@@ -281,11 +281,13 @@ impl Session {
         };
         // `like image` embeds the picture: only with the model that
         // embedded the database (another one's vectors do not compare).
-        let res = match &self.model {
-            Some(m) if self.model_fits => self.db.query_with_model(m, &text),
-            _ => self.db.query(&text),
-        };
-        let res = match res {
+        let model = self.model.as_deref().filter(|_| self.model_fits);
+        let res = self.db.vocabulary().and_then(|vocab| {
+            let q = vitrine::ConceptQuery::parse(&text, &vocab)?;
+            // A page's ranks follow its offset.
+            Ok((self.db.run_query(&q, model)?, q.get_offset()))
+        });
+        let (res, first) = match res {
             Ok(r) => r,
             Err(ConceptError::Query(e)) => bail!("{}", e.render(&text)),
             Err(ConceptError::Db(vitrine::Error::InvalidConfig(_))) if self.model.is_none() => {
@@ -306,14 +308,7 @@ impl Session {
         };
         self.last_title = text.clone();
         self.last_anchor = None;
-        // (Parsed again for it: a page's ranks follow its offset.)
-        self.last_offset = self
-            .db
-            .vocabulary()
-            .ok()
-            .and_then(|v| vitrine::ConceptQuery::parse(&text, &v).ok())
-            .map_or(0, |q| q.get_offset());
-        let first = self.last_offset;
+        self.last_offset = first;
         self.last.clear();
         for (rank, h) in res.hits.iter().enumerate() {
             let cat = h.attributes.category.clone().unwrap_or_default();
