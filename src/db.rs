@@ -414,11 +414,23 @@ struct Postings {
     /// tagged, so that `where colour.red` need not parse every product's
     /// tags.
     concept: HashMap<String, BTreeSet<u64>>,
+    /// By the model that wrote a product's vectors ([`crate::ATTR_MODEL`]):
+    /// during a re-embedding, the products it has not reached yet, which
+    /// searches of the model's spaces leave out.
+    model: HashMap<String, BTreeSet<u64>>,
+    /// The docs of the model given (all, or sold out / in stock), as the
+    /// allow sets a search of a model space takes while many products are
+    /// of another: made by the first such search after a change.
+    of_model_sets: Mutex<OfModelSets>,
 }
+
+/// By (model, stock wanted): see [`Postings::of_model_sets`].
+type OfModelSets = HashMap<(String, Option<bool>), Arc<AllowSet>>;
 
 impl Postings {
     fn add(&mut self, doc: u64, a: &Attributes) {
         self.stock_sets = Default::default();
+        self.of_model_sets = Default::default();
         for key in crate::filter::concept_postings(a) {
             self.concept.entry(key).or_default().insert(doc);
         }
@@ -429,10 +441,14 @@ impl Postings {
         if let Some(b) = &a.brand {
             self.brand.entry(b.clone()).or_default().insert(doc);
         }
+        if let Some(m) = a.get(crate::ATTR_MODEL) {
+            self.model.entry(m.to_string()).or_default().insert(doc);
+        }
     }
 
     fn remove(&mut self, doc: u64, a: &Attributes) {
         self.stock_sets = Default::default();
+        self.of_model_sets = Default::default();
         for key in crate::filter::concept_postings(a) {
             if let Some(list) = self.concept.get_mut(&key) {
                 list.remove(&doc);
@@ -442,9 +458,11 @@ impl Postings {
             }
         }
         self.stock[usize::from(a.in_stock)].remove(&doc);
+        let model = a.get(crate::ATTR_MODEL).map(str::to_string);
         for (lists, value) in [
             (&mut self.category, &a.category),
             (&mut self.brand, &a.brand),
+            (&mut self.model, &model),
         ] {
             if let Some(v) = value {
                 if let Some(list) = lists.get_mut(v) {
@@ -455,6 +473,20 @@ impl Postings {
                 }
             }
         }
+    }
+}
+
+impl Postings {
+    /// The docs whose vectors are of another model than `model`, sorted.
+    fn other_model_docs(&self, model: &str) -> Vec<u64> {
+        let mut docs: Vec<u64> = self
+            .model
+            .iter()
+            .filter(|(m, _)| m.as_str() != model)
+            .flat_map(|(_, d)| d.iter().copied())
+            .collect();
+        docs.sort_unstable();
+        docs
     }
 }
 
@@ -495,6 +527,26 @@ impl Catalog {
             }
             _ => Arc::new(AllowSet::from_unsorted(self.allowed(f, &[]))),
         }
+    }
+
+    /// The docs whose vectors are not of another model than `model`, all
+    /// or those with the stock given, as a shared allow set.
+    fn of_model_set(&self, model: &str, in_stock: Option<bool>) -> Arc<AllowSet> {
+        let mut sets = lock(&self.postings.of_model_sets);
+        let key = (model.to_string(), in_stock);
+        Arc::clone(sets.entry(key).or_insert_with(|| {
+            let others = self.postings.other_model_docs(model);
+            let kept = |doc: &u64| others.binary_search(doc).is_err();
+            let docs = match in_stock {
+                None => self.by_doc.keys().copied().filter(kept).collect(),
+                Some(s) => self.postings.stock[usize::from(s)]
+                    .iter()
+                    .copied()
+                    .filter(kept)
+                    .collect(),
+            };
+            Arc::new(AllowSet::from_unsorted(docs))
+        }))
     }
 
     /// The docs passing `f`, but those of `except` (sorted), sorted. The narrowest of the
@@ -1538,6 +1590,12 @@ impl Db {
     /// Runs a [`Search`].
     pub fn search(&self, s: &Search<'_>) -> Result<SearchResults> {
         let space = self.space(s.space.unwrap_or_else(|| self.default_space()))?;
+        // The model's spaces hold another model's vectors for the products a
+        // re-embedding has not reached: not comparable, so left out.
+        let model = [crate::EMBEDDING_SPACE, crate::CONCEPT_SPACE]
+            .contains(&space.spec.name.as_str())
+            .then(|| self.stored_model_fingerprint())
+            .flatten();
         let cat = read(&self.catalog);
         let index = read(&space.index);
         let (query, self_doc): (Vec<f32>, Option<u64>) = match s.to {
@@ -1555,6 +1613,14 @@ impl Db {
                     id: id.into(),
                     space: space.spec.name.clone(),
                 })?;
+                if let Some(model) = &model {
+                    if !of_model(cat.by_doc.get(&doc).map(|e| &*e.attrs), Some(model)) {
+                        return Err(Error::VectorOfAnotherModel {
+                            id: id.into(),
+                            space: space.spec.name.clone(),
+                        });
+                    }
+                }
                 (v.to_vec(), Some(doc))
             }
         };
@@ -1562,6 +1628,15 @@ impl Db {
         // documents: a filter of nothing else needs no walk of the catalog
         // ("more like this" excludes the product it starts from).
         let mut except: Vec<u64> = self_doc.into_iter().collect();
+        // Few of another model are dropped like excluded ids; many are left
+        // out of the allow set instead.
+        let mut other_model = model
+            .as_deref()
+            .map(|m| cat.postings.other_model_docs(m))
+            .unwrap_or_default();
+        if other_model.len() <= MAX_DROPPED_AFTER {
+            except.append(&mut other_model);
+        }
         let stripped;
         let filter = match s.filter.filter(|f| !f.is_empty()) {
             Some(f) if !f.excluded().is_empty() => {
@@ -1579,11 +1654,40 @@ impl Db {
         except.dedup();
         // With few left out, the search asks for that many more and drops
         // them.
-        let drop_after = except.len() <= MAX_DROPPED_AFTER;
-        let allow = match filter {
-            Some(f) if drop_after => Some(cat.allow_set(f)),
-            None if drop_after => None,
-            f => Some(Arc::new(AllowSet::from_unsorted(
+        let mut drop_after = except.len() <= MAX_DROPPED_AFTER;
+        let allow = match (filter, model.as_deref()) {
+            (f, Some(m)) if !other_model.is_empty() => {
+                let ix = f.map(Filter::indexed);
+                match ix {
+                    // No filter, or stock alone: a set kept until the
+                    // catalog changes (a re-embedding that failed on some
+                    // products leaves them of the old model for good).
+                    None if drop_after => Some(cat.of_model_set(m, None)),
+                    Some(ix)
+                        if drop_after
+                            && ix.whole
+                            && ix.in_stock.is_some()
+                            && ix.categories.is_none()
+                            && ix.brands.is_none() =>
+                    {
+                        Some(cat.of_model_set(m, ix.in_stock))
+                    }
+                    _ => {
+                        let mut left_out = std::mem::take(&mut except);
+                        left_out.append(&mut other_model);
+                        left_out.sort_unstable();
+                        left_out.dedup();
+                        except = left_out;
+                        drop_after = false;
+                        Some(Arc::new(AllowSet::from_unsorted(
+                            cat.allowed(f.unwrap_or(&Filter::new()), &except),
+                        )))
+                    }
+                }
+            }
+            (Some(f), _) if drop_after => Some(cat.allow_set(f)),
+            (None, _) if drop_after => None,
+            (f, _) => Some(Arc::new(AllowSet::from_unsorted(
                 cat.allowed(f.unwrap_or(&Filter::new()), &except),
             ))),
         };
@@ -2684,6 +2788,115 @@ mod tests {
             switch.join().unwrap().unwrap();
         });
         assert_eq!(db.stored_model_fingerprint().as_deref(), Some("m2"));
+    }
+
+    /// While a re-embedding has not reached some products, searches of the
+    /// model's spaces leave them out (their vectors are the old model's),
+    /// whether they are few (dropped after the search) or many (left out of
+    /// the allow set, kept until the catalog changes), and a "more like
+    /// this" from one is refused. Checked against brute force over the
+    /// products of the current model.
+    #[test]
+    fn searches_of_model_spaces_leave_out_products_of_another_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder()
+            .vector_space(crate::EMBEDDING_SPACE, 3, Metric::Cosine)
+            .vector_space("mine", 3, Metric::Cosine)
+            .open(dir.path())
+            .unwrap();
+        db.set_stored_model_fingerprint("m2").unwrap();
+        let v = |i: usize| {
+            let t = i as f32 * 0.37;
+            vec![t.cos(), t.sin(), 0.2 + (i % 7) as f32 * 0.1]
+        };
+        let put = |i: usize, model: &str| {
+            let a = Attributes::new()
+                .in_stock(i % 3 != 0)
+                .category(["a", "b"][i % 2])
+                .set(crate::ATTR_MODEL, model);
+            let id = format!("p{i:03}");
+            db.upsert(&id, a, [(crate::EMBEDDING_SPACE, v(i)), ("mine", v(i))])
+                .unwrap();
+        };
+        let check = |old: &dyn Fn(usize) -> bool, n: usize| {
+            let filters = [
+                Filter::new(),
+                Filter::new().in_stock(),
+                Filter::new().category_in(["a"]),
+                Filter::new().in_stock().exclude("p004"),
+            ];
+            for f in &filters {
+                let q = v(1000);
+                let got = db
+                    .search(
+                        &Search::new(SimilarTo::Vector(&q), 10)
+                            .space(crate::EMBEDDING_SPACE)
+                            .filter(f)
+                            .plan(crate::PlanHint::Exact),
+                    )
+                    .unwrap();
+                let mut want: Vec<(f32, String)> = (0..n)
+                    .filter(|i| !old(*i))
+                    .map(|i| (format!("p{i:03}"), i))
+                    .filter(|(id, _)| f.matches(id, &db.get(id).unwrap().unwrap().attributes))
+                    .map(|(id, i)| {
+                        let (a, b) = (v(i), &q);
+                        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+                        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+                        (-dot / (na * nb), id)
+                    })
+                    .collect();
+                want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                let want: Vec<String> = want.into_iter().take(10).map(|w| w.1).collect();
+                let got: Vec<String> = got.hits.into_iter().map(|h| h.id).collect();
+                assert_eq!(got, want, "{f:?}");
+                // A space of the caller's own keeps every product.
+                let all = db
+                    .search(
+                        &Search::new(SimilarTo::Vector(&q), n)
+                            .space("mine")
+                            .filter(f),
+                    )
+                    .unwrap();
+                assert!(
+                    all.hits.iter().any(|h| old(h.id[1..].parse().unwrap()))
+                        || (0..n).all(|i| !old(i))
+                );
+            }
+        };
+        // Few of the old model, then many.
+        for i in 0..40 {
+            put(i, if i % 4 == 0 { "m1" } else { "m2" });
+        }
+        check(&|i| i % 4 == 0, 40);
+        for i in 40..200 {
+            put(i, if i % 4 == 0 { "m2" } else { "m1" });
+        }
+        let old = |i: usize| if i < 40 { i % 4 == 0 } else { i % 4 != 0 };
+        check(&old, 200);
+        assert!(matches!(
+            db.similar(SimilarTo::Id("p041"), 3, &Filter::new()),
+            Err(Error::VectorOfAnotherModel { .. })
+        ));
+        // Re-embedded products come back (the kept set is rebuilt).
+        for i in 40..120 {
+            put(i, "m2");
+        }
+        let old = |i: usize| {
+            if i < 40 {
+                i % 4 == 0
+            } else {
+                i >= 120 && i % 4 != 0
+            }
+        };
+        check(&old, 200);
+        assert_eq!(
+            db.similar(SimilarTo::Id("p041"), 3, &Filter::new())
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     /// A catalog walked a chunk at a time holds every product once, in

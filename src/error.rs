@@ -123,6 +123,20 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A "more like this" from a product whose vectors in a model space are
+    /// still the database's previous model's: a re-embedding has not
+    /// reached it, so its vector cannot be compared with the others. Not
+    /// the caller's error: re-embedding the product fixes it.
+    #[error(
+        "product '{id}' still has the previous model's '{space}' vector (a re-embedding \
+         has not reached it): re-import its image with the database's model"
+    )]
+    VectorOfAnotherModel {
+        /// The product.
+        id: String,
+        /// The space.
+        space: String,
+    },
 }
 
 impl Error {

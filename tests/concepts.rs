@@ -1007,6 +1007,21 @@ fn hand_set_affinities_keep_their_key_and_scale() {
         )
         .unwrap();
     assert_eq!(hits.len(), 5);
+    // A zero vector under a profile without affinities ranks nothing:
+    // refused, not 5 arbitrary products scoring 0.
+    let dim = db.concept_layout().unwrap().dim;
+    let plain = vitrine::Profile::only("colour");
+    assert!(matches!(
+        db.similar_with_profile(
+            vitrine::SimilarTo::Vector(&vec![0.0; dim]),
+            5,
+            &vitrine::Filter::new(),
+            &plain,
+        ),
+        Err(vitrine::ConceptError::Db(
+            vitrine::Error::InvalidVector { .. }
+        ))
+    ));
     // ... in the builder and the vocabulary as well.
     let vocab = db.vocabulary().unwrap();
     assert!(vocab.resolve("Colour", "Red").is_some());

@@ -1516,6 +1516,21 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     let z = vec![0.1; model.concept_space_dim()];
     db.similar_with_profile(SimilarTo::Vector(&z), 3, &vitrine::Filter::new(), &anna)
         .unwrap();
+    // Nor a result: every product is still of the old model.
+    let look = db.get(ids[0]).unwrap().unwrap().vectors[vitrine::EMBEDDING_SPACE].clone();
+    let by_look = |k| {
+        db.search(&Search::new(SimilarTo::Vector(&look), k).space(vitrine::EMBEDDING_SPACE))
+            .unwrap()
+            .hits
+            .into_iter()
+            .map(|h| h.id)
+            .collect::<Vec<_>>()
+    };
+    assert!(by_look(6).is_empty());
+    assert!(matches!(
+        db.similar(SimilarTo::Id(ids[0]), 3, &vitrine::Filter::new()),
+        Err(vitrine::Error::VectorOfAnotherModel { .. })
+    ));
     db.set_profile("anna", &anna).unwrap();
     assert!(db.delete_tag("newer").unwrap());
     let anna = db.profile("anna").unwrap().unwrap();
@@ -1549,6 +1564,10 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     )
     .unwrap();
     assert_eq!(db.relearn_tags().unwrap(), 1);
+    // The re-embedded products are found again, and only they.
+    let mut found = by_look(6);
+    found.sort();
+    assert_eq!(found, ids[..3]);
     // The tag learned again is current; the other ranks nothing.
     assert_eq!(db.stale_tags().unwrap(), ["old"]);
     assert!(db.query("find +user.mine limit 3").is_ok());

@@ -1548,6 +1548,17 @@ impl Db {
             SimilarTo::Vector(v) => (v.to_vec(), None),
         };
         let q = profile_query(&vocab, profile, &z)?;
+        // Nothing to rank by would return arbitrary products, all scoring 0
+        // (as `Db::query` refuses).
+        if q.iter().all(|x| *x == 0.0) {
+            return Err(Error::InvalidVector {
+                space: CONCEPT_SPACE.into(),
+                reason: "the vector is zero wherever the profile weighs it, and the profile \
+                         sets no affinity: nothing to rank by"
+                    .into(),
+            }
+            .into());
+        }
         let mut f = filter.clone();
         if let Some(id) = exclude {
             f = f.exclude(id);

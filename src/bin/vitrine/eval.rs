@@ -70,16 +70,32 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The validation split rule of the manifest:
+/// The validation split of the manifest: the list `split.validation_ids`
+/// when the manifest has one (models split by sibling group, v3 on), else
+/// the per-id rule of older manifests,
 /// `validation iff sha256('<seed>:' + id) as u64 / 2^64 < <frac>`, with the
 /// u64 read big-endian from the first 8 bytes of the digest.
-struct SplitRule {
-    seed: String,
-    frac: f64,
+enum SplitRule {
+    Ids(std::collections::HashSet<String>),
+    Hash { seed: String, frac: f64 },
 }
 
 impl SplitRule {
     fn from_manifest(raw: &serde_json::Value) -> anyhow::Result<SplitRule> {
+        if let Some(ids) = raw["split"].get("validation_ids") {
+            let ids = ids
+                .as_array()
+                .context("the manifest's split.validation_ids is not a list")?;
+            return ids
+                .iter()
+                .map(|v| match v {
+                    serde_json::Value::Number(n) => Ok(n.to_string()),
+                    serde_json::Value::String(s) => Ok(s.clone()),
+                    other => anyhow::bail!("the manifest's split.validation_ids holds {other}"),
+                })
+                .collect::<anyhow::Result<_>>()
+                .map(SplitRule::Ids);
+        }
         let rule = raw["split"]["rule"]
             .as_str()
             .context("the manifest records no split rule; --split cannot be reproduced")?;
@@ -90,16 +106,21 @@ impl SplitRule {
                 return None;
             }
             let frac = rule.rsplit_once('<')?.1.trim().parse().ok()?;
-            Some(SplitRule { seed, frac })
+            Some(SplitRule::Hash { seed, frac })
         };
         parse().with_context(|| format!("cannot reproduce the manifest's split rule '{rule}'"))
     }
 
     fn is_val(&self, id: &str) -> bool {
-        let digest = Sha256::digest(format!("{}:{}", self.seed, id).as_bytes());
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&digest[..8]);
-        (u64::from_be_bytes(b) as f64) / 2f64.powi(64) < self.frac
+        match self {
+            SplitRule::Ids(ids) => ids.contains(id),
+            SplitRule::Hash { seed, frac } => {
+                let digest = Sha256::digest(format!("{seed}:{id}").as_bytes());
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&digest[..8]);
+                (u64::from_be_bytes(b) as f64) / 2f64.powi(64) < *frac
+            }
+        }
     }
 }
 

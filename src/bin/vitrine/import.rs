@@ -885,7 +885,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
         Err(e @ vitrine::IngestError::ModelMismatch { .. }) => {
             return Err(anyhow::Error::from(e).context(format!(
-                "cannot open the database {}; `vitrine import --reembed` switches it to the bundled model",
+                "cannot open the database {}; `vitrine import SOURCE --db {} --reembed`, with a SOURCE \
+                 that lists the whole catalog, switches it to the bundled model (products SOURCE \
+                 does not list keep the old model's vectors, and are left out of searches until \
+                 re-imported)",
+                args.db.display(),
                 args.db.display()
             )))
         }
