@@ -14,7 +14,8 @@ Reads `styles.csv` of the fpi set ("Fashion Product Images (Small)") and builds:
               keyword; absence of a keyword does not mean "solid", so products with
               no keyword have the pattern group masked out of the loss and metrics)
     A value of "NA"/empty leaves that group unlabelled (masked) for the product.
-  * a fixed-seed split by id: SPLIT_SEED, VAL_FRAC of ids go to validation.
+  * a fixed-seed split by sibling group (sibling_groups: products named alike once colour
+    words are dropped, and byte-identical photos): SPLIT_SEED, VAL_FRAC of groups go to validation.
   * correlated tags: co-occurrence lift over the training split.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 RARE_MIN = 20      # articleType with fewer images than this is merged into its subCategory
 MERGED_MIN = 10    # a merged bucket smaller than this goes one level up
 VAL_FRAC = 0.15
-SPLIT_SEED = "vitrine-fpi-split-v1"   # split key: sha256(SPLIT_SEED + ":" + id)
+SPLIT_SEED = "vitrine-fpi-split-v2"   # split key: sha256(SPLIT_SEED + ":" + group key), see sibling_groups
 
 COLOUR_FAMILY = {
     "Black": "black",
@@ -149,9 +150,52 @@ def build_items(rows):
     return items, cmap
 
 
-def is_val(item_id: int) -> bool:
-    h = hashlib.sha256(f"{SPLIT_SEED}:{item_id}".encode()).digest()
+def in_val(key: int) -> bool:
+    h = hashlib.sha256(f"{SPLIT_SEED}:{key}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2.0 ** 64 < VAL_FRAC
+
+
+# Words dropped from a display name before siblings are compared: fpi lists one
+# style in several colourways, named alike but for the colour.
+COLOUR_WORDS = {w.lower() for k in COLOUR_FAMILY for w in k.split()} | {
+    "navy", "melange", "multicolour", "multicoloured", "multi-coloured", "colour", "color",
+    "light", "dark"}
+
+
+def colourless_name(name: str) -> str:
+    words = re.findall(r"[a-z0-9]+", name.lower().replace("'s", ""))
+    return " ".join(w for w in words if w not in COLOUR_WORDS)
+
+
+def sibling_groups(items, data_dir: str):
+    """Group key (smallest id) per item id.  Two products are siblings when their names
+    match once colour words are dropped (colourways of one style, wherever their ids
+    are; generic names such as "W Women Printed Kurtas" make groups of up to 81), or
+    when their JPEG files are byte-identical; groups are the transitive closure.  The
+    split goes by group, so no validation product shares a colour-stripped name or a
+    photo with a training product."""
+    parent = {it.id: it.id for it in items}
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def union(a, b):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    first_named, first_with = {}, {}
+    for it in sorted(items, key=lambda it: it.id):
+        name = colourless_name(it.name)
+        if name:
+            union(first_named.setdefault(name, it.id), it.id)
+        with open(os.path.join(data_dir, "images", f"{it.id}.jpg"), "rb") as f:
+            digest = hashlib.sha256(f.read()).digest()
+        union(first_with.setdefault(digest, it.id), it.id)
+    return {it.id: find(it.id) for it in items}
 
 
 class Taxonomy:
@@ -243,9 +287,17 @@ def load(data_dir: str):
     rows = read_styles(data_dir)
     items, cmap = build_items(rows)
     tax = Taxonomy(items, cmap)
-    train = [it for it in items if not is_val(it.id)]
-    val = [it for it in items if is_val(it.id)]
+    group = sibling_groups(items, data_dir)
+    train = [it for it in items if not in_val(group[it.id])]
+    val = [it for it in items if in_val(group[it.id])]
     return tax, train, val
+
+
+def split_fingerprint(val) -> str:
+    """Identifies a validation split: checkpoints and manifests carry it, and export and
+    evaluation refuse a model trained on another split (its figures would be inflated)."""
+    ids = ",".join(str(i) for i in sorted(it.id for it in val))
+    return f"{SPLIT_SEED}:" + hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 
 PIXEL_ASPECT = 0.75  # fpi: squashed 3:4 originals (see PREP.md)

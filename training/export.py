@@ -3,8 +3,8 @@
     python training/export.py --ckpt /tmp/vitrine_run/last.pt --data ../shared/data/fpi --out models/
 
 Writes
-  models/vitrine-fashion-v2.onnx (--arch lite0) or vitrine-fashion-v1.onnx
-  (--arch vitrine; a v2 file already there is left in place, and the
+  models/vitrine-fashion-v3.onnx (--arch lite0) or vitrine-fashion-v1.onnx
+  (--arch vitrine; a v3 file already there is left in place, and the
   manifest names the file the engine loads)
   models/manifest.json          input/normalisation/prep constants, outputs and roles,
                                 taxonomy, groups (ranges, exclusivity), per-tag thresholds
@@ -34,8 +34,8 @@ import model as M  # noqa: E402
 import prep  # noqa: E402
 
 # The model's name follows its architecture: retraining v1's recipe must not
-# write a file that claims to be v2 (the engine loads what the manifest names).
-MODEL_NAMES = {"lite0": "vitrine-fashion-v2", "vitrine": "vitrine-fashion-v1"}
+# write a file that claims to be v3 (the engine loads what the manifest names).
+MODEL_NAMES = {"lite0": "vitrine-fashion-v3", "vitrine": "vitrine-fashion-v1"}
 OUTPUT_NAMES = ["embedding", "category_logits", "tag_logits", "concept"]
 FIXTURE_IDS_N = 3
 
@@ -74,6 +74,10 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
     ck = torch.load(ck_path, weights_only=False)
     args = types.SimpleNamespace(data=data_dir, cache=cache_dir)
     tax, train, val, X, tr_idx, va_idx = T.setup(args)
+    group = D.sibling_groups(train + val, data_dir)
+    if ck.get("split") != D.split_fingerprint(val):
+        sys.exit(f"{ck_path} was trained on split {ck.get('split')}, not on data.py's "
+                 f"{D.split_fingerprint(val)}: its thresholds and figures would use images it trained on")
     arch = ck["args"].get("arch", "vitrine")
     model_name = MODEL_NAMES[arch]
     onnx_name = model_name + ".onnx"
@@ -169,8 +173,13 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
         "correlated_tags": {"rule": "pairs from different groups (categories count as a group), training split, "
                                     "lift = P(a,b)/(P(a)P(b)) >= 1.5, joint support >= 15, top 200 by lift",
                             "pairs": D.correlated_tags(train, tax)},
-        "split": {"rule": f"validation iff sha256('{D.SPLIT_SEED}:' + id) as u64 / 2^64 < {D.VAL_FRAC}",
-                  "train": len(train), "validation": len(val)},
+        "split": {"rule": f"by sibling group (products named alike once colour words are dropped, and "
+                          f"byte-identical photos; data.sibling_groups): "
+                          f"validation iff sha256('{D.SPLIT_SEED}:' + smallest id of the group) as u64 / 2^64 < {D.VAL_FRAC}",
+                  "train": len(train), "validation": len(val),
+                  "fingerprint": D.split_fingerprint(val),
+                  "validation_ids": sorted(it.id for it in val),
+                  "validation_groups": [group[i] for i in sorted(it.id for it in val)]},
         "training": {"epochs_done": ck["epoch"] + 1, "args": ck["args"], "loss_weights": ck.get("loss_weights", T.LOSS_WEIGHTS),
                      "label_smoothing": T.LABEL_SMOOTHING, "supcon_temperature": T.SUPCON_T,
                      "augmentation": {**T.AUG, "erase": ck["args"].get("erase", T.AUG["erase"])}, "history_tail": ck["history"][-3:]},

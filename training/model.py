@@ -1,6 +1,6 @@
 """The networks of the bundled model, for 3x128x96 (NCHW) inputs.
 
-LiteNet (the shipped vitrine-fashion-v2): EfficientNet-Lite0 from ImageNet
+LiteNet (the shipped vitrine-fashion-v2, and the v3 candidate): EfficientNet-Lite0 from ImageNet
 weights with Vitrine's ELU neck and heads.  VitrineNet (v1): a small residual
 CNN with ELU trained from scratch; kept as `--arch vitrine`.
 

@@ -257,6 +257,9 @@ def main():
     start_epoch, history = 0, []
     if args.init_from:
         ck0 = torch.load(args.init_from, weights_only=False)
+        if ck0.get("split") != D.split_fingerprint(val):
+            sys.exit(f"{args.init_from} was trained on another split ({ck0.get('split')}): starting from "
+                     "its weights would carry its training images into this validation split")
         net.load_state_dict(ck0["model"])
         history = [dict(h, stage=0) for h in ck0["history"]]
         print(f"initialised from {args.init_from} ({len(history)} epochs of history)", flush=True)
@@ -265,6 +268,10 @@ def main():
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start_epoch, history = ck["epoch"] + 1, ck["history"]
+        if ck.get("split") != D.split_fingerprint(val):
+            sys.exit(f"{ck_path} was trained on another split ({ck.get('split')}); start a new run")
+        if "torch_rng" in ck:
+            torch.set_rng_state(ck["torch_rng"])  # dropout continues its sequence
         print(f"resumed at epoch {start_epoch}", flush=True)
 
     for epoch in range(start_epoch, args.epochs):
@@ -313,7 +320,8 @@ def main():
         print(json.dumps(rec), flush=True)
         torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "history": history,
                     "args": vars(args), "loss_weights": LOSS_WEIGHTS, "n_categories": len(tax.categories), "n_tags": tax.n_tags,
-                    "n_concepts": n_concepts}, ck_path + ".tmp")
+                    "n_concepts": n_concepts, "split": D.split_fingerprint(val),
+                    "torch_rng": torch.get_rng_state()}, ck_path + ".tmp")
         os.replace(ck_path + ".tmp", ck_path)
 
     wall = time.time() - t_start
