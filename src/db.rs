@@ -477,6 +477,15 @@ impl Postings {
 }
 
 impl Postings {
+    /// How many docs have vectors of another model than `model`.
+    fn other_model_count(&self, model: &str) -> usize {
+        self.model
+            .iter()
+            .filter(|(m, _)| m.as_str() != model)
+            .map(|(_, d)| d.len())
+            .sum()
+    }
+
     /// The docs whose vectors are of another model than `model`, sorted.
     fn other_model_docs(&self, model: &str) -> Vec<u64> {
         let mut docs: Vec<u64> = self
@@ -535,14 +544,19 @@ impl Catalog {
         let mut sets = lock(&self.postings.of_model_sets);
         let key = (model.to_string(), in_stock);
         Arc::clone(sets.entry(key).or_insert_with(|| {
+            // Both sorted: one merge.
             let others = self.postings.other_model_docs(model);
-            let kept = |doc: &u64| others.binary_search(doc).is_err();
+            let mut next = others.iter().copied().peekable();
+            let mut kept = |doc: &u64| {
+                while next.next_if(|o| o < doc).is_some() {}
+                next.peek() != Some(doc)
+            };
             let docs = match in_stock {
-                None => self.by_doc.keys().copied().filter(kept).collect(),
+                None => self.by_doc.keys().copied().filter(|d| kept(d)).collect(),
                 Some(s) => self.postings.stock[usize::from(s)]
                     .iter()
                     .copied()
-                    .filter(kept)
+                    .filter(|d| kept(d))
                     .collect(),
             };
             Arc::new(AllowSet::from_unsorted(docs))
@@ -1630,12 +1644,14 @@ impl Db {
         let mut except: Vec<u64> = self_doc.into_iter().collect();
         // Few of another model are dropped like excluded ids; many are left
         // out of the allow set instead.
-        let mut other_model = model
+        let other_model = model
             .as_deref()
-            .map(|m| cat.postings.other_model_docs(m))
-            .unwrap_or_default();
-        if other_model.len() <= MAX_DROPPED_AFTER {
-            except.append(&mut other_model);
+            .map_or(0, |m| cat.postings.other_model_count(m));
+        if let Some(m) = model
+            .as_deref()
+            .filter(|_| other_model <= MAX_DROPPED_AFTER)
+        {
+            except.extend(cat.postings.other_model_docs(m));
         }
         let stripped;
         let filter = match s.filter.filter(|f| !f.is_empty()) {
@@ -1656,7 +1672,7 @@ impl Db {
         // them.
         let mut drop_after = except.len() <= MAX_DROPPED_AFTER;
         let allow = match (filter, model.as_deref()) {
-            (f, Some(m)) if !other_model.is_empty() => {
+            (f, Some(m)) if other_model > MAX_DROPPED_AFTER => {
                 let ix = f.map(Filter::indexed);
                 match ix {
                     // No filter, or stock alone: a set kept until the
@@ -1674,7 +1690,7 @@ impl Db {
                     }
                     _ => {
                         let mut left_out = std::mem::take(&mut except);
-                        left_out.append(&mut other_model);
+                        left_out.extend(cat.postings.other_model_docs(m));
                         left_out.sort_unstable();
                         left_out.dedup();
                         except = left_out;
@@ -1729,8 +1745,8 @@ impl Db {
     /// spaces are of another model than the database's (a re-embedding has
     /// not reached it), and neither is in another's list
     /// ([`SimilarTable::unscored`] counts them). A `k` above the number of other products is
-    /// lowered to it (the table's `k` field says which was used), and `k = 0`
-    /// is refused. Scores are those of the space's metric; exact ties are
+    /// lowered to it (the table's `k` field says which was used), and `k = 0`,
+    /// or one still above [`MAX_SIMILAR_K`](crate::MAX_SIMILAR_K), is refused. Scores are those of the space's metric; exact ties are
     /// broken by id ascending. Variants are products sharing the value of
     /// [`PrecomputeOptions::variant_key`].
     pub fn precompute_similar(
@@ -2851,6 +2867,31 @@ mod tests {
                 let want: Vec<String> = want.into_iter().take(10).map(|w| w.1).collect();
                 let got: Vec<String> = got.hits.into_iter().map(|h| h.id).collect();
                 assert_eq!(got, want, "{f:?}");
+                // A page further on, and the graph's plan.
+                let page = db
+                    .search(
+                        &Search::new(SimilarTo::Vector(&q), 5)
+                            .offset(3)
+                            .space(crate::EMBEDDING_SPACE)
+                            .filter(f)
+                            .plan(crate::PlanHint::Exact),
+                    )
+                    .unwrap();
+                let page: Vec<String> = page.hits.into_iter().map(|h| h.id).collect();
+                assert_eq!(page, want[3..8.min(want.len())], "{f:?}");
+                let graph = db
+                    .search(
+                        &Search::new(SimilarTo::Vector(&q), 10)
+                            .space(crate::EMBEDDING_SPACE)
+                            .filter(f)
+                            .plan(crate::PlanHint::Graph),
+                    )
+                    .unwrap();
+                assert!(!graph.hits.is_empty());
+                assert!(
+                    graph.hits.iter().all(|h| !old(h.id[1..].parse().unwrap())),
+                    "{f:?}"
+                );
                 // A space of the caller's own keeps every product.
                 let all = db
                     .search(

@@ -56,7 +56,7 @@ pub use concepts::{
     concept_key, concept_slug, ConceptError, ConceptGroup, ConceptLayout, ConceptQuery, ConceptRef,
     Contribution, Feedback, LikeTarget, Profile, QueryError, QueryErrorKind, QueryHit,
     QueryResults, TagMethod, UserTag, Vocabulary, HAND_SET_PRIOR_LIKES, LOOK_TIE_BREAK, MAX_EVENTS,
-    MAX_WEIGHT, PROFILE_EXACT_MAX, SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
+    MAX_QUERY_BYTES, MAX_WEIGHT, PROFILE_EXACT_MAX, SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
 };
 pub use csv::{parse_csv, read_csv_file, CsvRecord, UnclosedQuote};
 pub use db::{
@@ -83,7 +83,7 @@ pub use outfits::{
 };
 pub use precompute::{
     Backend, PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, ScorerError,
-    SimilarFileError, SimilarTable, MAX_VARIANTS,
+    SimilarFileError, SimilarTable, MAX_SIMILAR_K, MAX_VARIANTS,
 };
 pub use vision::{
     decode_image, delta_e, prepare_image, prepare_rgb, srgb_to_lab, DecodeLimits, DecodedImage,

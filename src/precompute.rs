@@ -150,6 +150,11 @@ fn prepare(metric: Metric, v: &[f32]) -> Option<Vec<f32>> {
     }
 }
 
+/// The longest list [`precompute_similar`] makes, once `k` is lowered to
+/// the other products: every list is held in memory until the table is
+/// complete.
+pub const MAX_SIMILAR_K: usize = 1_000;
+
 /// For every product of `db`, its `k` most similar products that pass
 /// `filter` (pass `Filter::new().in_stock()` for the usual job), never
 /// itself nor its variants (see [`PrecomputeOptions::variant_key`]).
@@ -159,7 +164,8 @@ fn prepare(metric: Metric, v: &[f32]) -> Option<Vec<f32>> {
 /// of another model than the database's (a re-embedding has not reached
 /// it), and neither is in another's list ([`SimilarTable::unscored`]
 /// counts them). A `k` above the number of other products is lowered
-/// to it (the table's `k` field says which was used). Scores are those of the space's metric; exact ties
+/// to it (the table's `k` field says which was used); one still above
+/// [`MAX_SIMILAR_K`] is refused. Scores are those of the space's metric; exact ties
 /// are broken by id ascending.
 pub(crate) fn precompute_similar(
     db: &Db,
@@ -241,6 +247,13 @@ pub(crate) fn precompute_similar(
     let unscored = ids.len() - docs.len();
     // No list can be longer; the file reserves k slots per product.
     let k = k.min(docs.len().saturating_sub(1)).max(1);
+    // Every list is held until the end: 1M products × 20,000 would be 320 GB.
+    if k > MAX_SIMILAR_K {
+        return Err(crate::Error::InvalidConfig(format!(
+            "k must be at most {MAX_SIMILAR_K} (asked {k}, lowered to the other products)"
+        ))
+        .into());
+    }
 
     let mut groups: HashMap<&str, Vec<u64>> = HashMap::new();
     for (row, v) in variant.iter().enumerate() {

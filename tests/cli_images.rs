@@ -23,7 +23,7 @@ fn vitrine(args: &[&str]) -> Output {
 /// Whether the bundled model is there; the model-dependent tests skip
 /// (with a message) when it is not.
 fn have_model(test: &str) -> bool {
-    let onnx = root().join("models/vitrine-fashion-v2.onnx");
+    let onnx = root().join("models").join(vitrine::BUNDLED_ONNX);
     let ok = onnx.is_file();
     if !ok {
         eprintln!("SKIP {test}: {} is absent", onnx.display());
@@ -1199,8 +1199,8 @@ fn other_model_dir(dir: &Path) -> PathBuf {
     std::fs::create_dir(&other).unwrap();
     let models = root().join("models");
     std::fs::copy(
-        models.join("vitrine-fashion-v2.onnx"),
-        other.join("vitrine-fashion-v2.onnx"),
+        models.join(vitrine::BUNDLED_ONNX),
+        other.join(vitrine::BUNDLED_ONNX),
     )
     .unwrap();
     let mut m: serde_json::Value =

@@ -393,6 +393,10 @@ fn malformed_queries_are_typed_errors_with_positions() {
         })
         .collect();
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    // A text past the cap is refused before it is read.
+    let long = format!("find +colour.red{}", " ".repeat(vitrine::MAX_QUERY_BYTES));
+    let e = ConceptQuery::parse(&long, &vocab).expect_err("long");
+    assert_eq!((e.kind, e.column), (TooLong, 0));
     for (q, _, _) in cases {
         let e = ConceptQuery::parse(q, &vocab).expect_err(q);
         assert!(!e.to_string().is_empty());

@@ -3,7 +3,7 @@
 //! the model fingerprint check.
 //!
 //! Every test needs the model: it looks in `$VITRINE_MODEL_DIR`, else
-//! `models/`, and skips (with a message) when `vitrine-fashion-v2.onnx` is not
+//! `models/`, and skips (with a message) when the bundled ONNX file ([`BUNDLED_ONNX`]) is not
 //! there. Images come from `../shared/data/fpi` when present, else they are
 //! generated.
 

@@ -2,7 +2,7 @@
 //! PyTorch reference outputs, annotation and the concept-space vector.
 //!
 //! Tests that need the model look in `$VITRINE_MODEL_DIR`, else `models/`,
-//! and skip (with a message) when `vitrine-fashion-v2.onnx` is not there.
+//! and skip (with a message) when the bundled ONNX file is not there.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +23,18 @@ fn model_dir() -> Option<PathBuf> {
         );
         None
     }
+}
+
+/// The file the committed manifest loads is [`BUNDLED_ONNX`], the name the
+/// model tests look for before they run: a renamed model would otherwise
+/// have them all skip.
+#[test]
+fn the_committed_manifest_names_the_bundled_file() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let raw: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    assert_eq!(raw["onnx"], BUNDLED_ONNX);
+    assert!(dir.join(BUNDLED_ONNX).is_file());
 }
 
 fn model() -> Option<Arc<Model>> {

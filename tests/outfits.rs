@@ -1443,6 +1443,28 @@ fn cli_outfit_commands_and_eval_fitb() {
     let acc = v["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
     assert_eq!(v.as_object().unwrap().len(), 2);
+    // Questions about products P does not hold: no figure, an error (a
+    // 0 % would read as measured).
+    let unknown = dir.path().join("unknown.jsonl");
+    std::fs::write(
+        &unknown,
+        "{\"given\": [\"nope-1\"], \"candidates\": [\"nope-2\", \"nope-3\"], \"answer\": \"nope-2\"}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["eval", "fitb", "--products"])
+        .arg(&products)
+        .arg("--outfits")
+        .arg(&outfits)
+        .arg("--questions")
+        .arg(&unknown)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("none of the 1 questions"), "{said}");
+    assert!(out.stdout.is_empty());
 
     // A twin of the answer (the same photo, its path relative to the
     // products file) ties with it under every method: the tie is shared

@@ -149,6 +149,22 @@ fn writing_replaces_only_an_earlier_similar_file() {
         .unwrap();
     // 117 of the 120 products have a vector: at most 116 neighbours each.
     assert_eq!(huge.k, 116, "k is lowered to the other products");
+    // Lists are held until the end: a k that stays above the cap is refused.
+    let bigger = catalog(&dir.path().join("bigger"));
+    for i in 0..vitrine::MAX_SIMILAR_K + 1 {
+        let id = format!("x{i}");
+        bigger
+            .insert(
+                &id,
+                Attributes::new(),
+                [("embedding", common::vector_for(&id, DIM))],
+            )
+            .unwrap();
+    }
+    let e = bigger
+        .precompute_similar(1 << 40, &Filter::new(), &PrecomputeOptions::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("k must be at most 1000"), "{e}");
     let mut zero = huge;
     zero.k = 0;
     zero.lists.iter_mut().for_each(Vec::clear);

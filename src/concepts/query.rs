@@ -14,6 +14,9 @@ const SUGGEST_AMONG_PROFILES: usize = 5000;
 pub const DEFAULT_LIMIT: usize = 20;
 /// Most results a query may ask for.
 pub const MAX_LIMIT: usize = 10_000;
+/// The longest query text [`ConceptQuery::parse`] reads, in bytes (a query
+/// of every concept of a large vocabulary, spelled out, is far shorter).
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
 /// The largest `limit` with `diverse`: MMR costs picks × pool similarities,
 /// quadratic in the limit (10,000 would take seconds).
 pub const MAX_DIVERSE_LIMIT: usize = 1_000;
@@ -114,6 +117,8 @@ pub enum QueryErrorKind {
     Duplicate,
     /// Neither a concept nor a `like`.
     Empty,
+    /// A query text longer than [`MAX_QUERY_BYTES`].
+    TooLong,
 }
 
 /// What a `like` clause refers to.
@@ -535,6 +540,17 @@ fn describe(t: &Tok) -> String {
 
 impl<'a> Parser<'a> {
     fn new(text: &str, vocab: &'a Vocabulary) -> Result<Self, QueryError> {
+        // Checked before the lexer, which holds several copies of the text.
+        if text.len() > MAX_QUERY_BYTES {
+            return Err(QueryError::new(
+                QueryErrorKind::TooLong,
+                0,
+                format!(
+                    "the query is {} bytes long; at most {MAX_QUERY_BYTES} are read",
+                    text.len()
+                ),
+            ));
+        }
         Ok(Parser {
             toks: lex(text)?,
             at: 0,

@@ -276,6 +276,26 @@ impl PartialEq for OutfitRules {
 /// used in outfits). At 1,024 the category tables take 8 MiB.
 pub(crate) const MAX_RULE_CATEGORIES: usize = 1024;
 
+/// The most category pairs that keep a colour table of their own (the
+/// most supported; the others use the global colour table). Each is 8·n²
+/// bytes for n colours: at 47 (the model's 15 families and 32 catalog
+/// groups), 4,096 tables take 72 MiB; without a cap, 400 categories in
+/// 50,000 outfits made a record past the storage's size limit.
+pub(crate) const MAX_PAIR_TABLES: usize = 4096;
+
+/// The `max` tables with the most pairs counted (ties: by key).
+fn most_supported(
+    tables: HashMap<(u32, u32), PairTable>,
+    max: usize,
+) -> Vec<((u32, u32), PairTable)> {
+    let mut tables: Vec<((u32, u32), PairTable)> = tables.into_iter().collect();
+    if tables.len() > max {
+        tables.sort_by(|x, y| y.1.total().total_cmp(&x.1.total()).then(x.0.cmp(&y.0)));
+        tables.truncate(max);
+    }
+    tables
+}
+
 /// Which catalog categories (by their uses in outfits) get category rules:
 /// the used ones, at most `max`, the most used first (ties: catalog order).
 fn rule_categories(uses: &[usize], max: usize) -> Vec<bool> {
@@ -480,13 +500,14 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit], model: Option<String>) ->
     pattern.finish(None);
     category.finish(None);
     model_category.finish(None);
-    let mut colour_by_category: Vec<(u32, u32, PairTable)> = by_cat
-        .into_iter()
-        .map(|((a, b), mut t)| {
-            t.finish(Some(&colour));
-            (a, b, t)
-        })
-        .collect();
+    let mut colour_by_category: Vec<(u32, u32, PairTable)> =
+        most_supported(by_cat, MAX_PAIR_TABLES)
+            .into_iter()
+            .map(|((a, b), mut t)| {
+                t.finish(Some(&colour));
+                (a, b, t)
+            })
+            .collect();
     colour_by_category.sort_by_key(|(a, b, _)| (*a, *b));
     OutfitRules {
         outfits: members.iter().filter(|m| m.len() >= 2).count(),
@@ -778,6 +799,35 @@ impl OutfitRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Past the cap, the pair tables with the most pairs stay (ties by
+    /// key); under it, all do.
+    #[test]
+    fn pair_tables_keep_the_most_supported_up_to_the_cap() {
+        let table = |pairs: usize| {
+            let mut t = PairTable::new(3);
+            for _ in 0..pairs {
+                t.add(0, 1);
+            }
+            t
+        };
+        let tables: HashMap<(u32, u32), PairTable> =
+            [((0, 1), 5), ((1, 0), 9), ((2, 2), 5), ((3, 1), 1)]
+                .into_iter()
+                .map(|(k, n)| (k, table(n)))
+                .collect();
+        let mut all: Vec<(u32, u32)> = most_supported(tables.clone(), 4)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        all.sort();
+        assert_eq!(all, [(0, 1), (1, 0), (2, 2), (3, 1)]);
+        let kept: Vec<(u32, u32)> = most_supported(tables, 2)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(kept, [(1, 0), (0, 1)]);
+    }
 
     #[test]
     fn rule_categories_keep_the_most_used_up_to_the_cap() {

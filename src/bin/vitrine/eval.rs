@@ -76,25 +76,45 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
 /// `validation iff sha256('<seed>:' + id) as u64 / 2^64 < <frac>`, with the
 /// u64 read big-endian from the first 8 bytes of the digest.
 enum SplitRule {
-    Ids(std::collections::HashSet<String>),
-    Hash { seed: String, frac: f64 },
+    /// Validation id → its sibling group (`split.validation_groups`).
+    Ids(std::collections::HashMap<String, String>),
+    Hash {
+        seed: String,
+        frac: f64,
+    },
 }
 
 impl SplitRule {
     fn from_manifest(raw: &serde_json::Value) -> anyhow::Result<SplitRule> {
-        if let Some(ids) = raw["split"].get("validation_ids") {
-            let ids = ids
-                .as_array()
-                .context("the manifest's split.validation_ids is not a list")?;
-            return ids
-                .iter()
-                .map(|v| match v {
-                    serde_json::Value::Number(n) => Ok(n.to_string()),
-                    serde_json::Value::String(s) => Ok(s.clone()),
-                    other => anyhow::bail!("the manifest's split.validation_ids holds {other}"),
-                })
-                .collect::<anyhow::Result<_>>()
-                .map(SplitRule::Ids);
+        if raw["split"].get("validation_ids").is_some() {
+            let text = |v: &serde_json::Value| match v {
+                serde_json::Value::Number(n) => Ok(n.to_string()),
+                serde_json::Value::String(s) => Ok(s.clone()),
+                other => anyhow::bail!("the manifest's split lists {other} as an id"),
+            };
+            let list = |key: &str| -> anyhow::Result<Vec<String>> {
+                raw["split"][key]
+                    .as_array()
+                    .with_context(|| format!("the manifest's split.{key} is not a list"))?
+                    .iter()
+                    .map(text)
+                    .collect()
+            };
+            let ids = list("validation_ids")?;
+            let groups = list("validation_groups")?;
+            anyhow::ensure!(
+                ids.len() == groups.len(),
+                "the manifest's split lists {} validation ids but {} groups",
+                ids.len(),
+                groups.len()
+            );
+            return Ok(SplitRule::Ids(ids.into_iter().zip(groups).collect()));
+        }
+        if raw["split"]["rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("group"))
+        {
+            anyhow::bail!("the manifest's split goes by group but lists no validation ids");
         }
         let rule = raw["split"]["rule"]
             .as_str()
@@ -111,9 +131,17 @@ impl SplitRule {
         parse().with_context(|| format!("cannot reproduce the manifest's split rule '{rule}'"))
     }
 
+    /// The sibling group of a validation id, when the manifest names it.
+    fn group(&self, id: &str) -> Option<String> {
+        match self {
+            SplitRule::Ids(ids) => ids.get(id).cloned(),
+            SplitRule::Hash { .. } => None,
+        }
+    }
+
     fn is_val(&self, id: &str) -> bool {
         match self {
-            SplitRule::Ids(ids) => ids.contains(id),
+            SplitRule::Ids(ids) => ids.contains_key(id),
             SplitRule::Hash { seed, frac } => {
                 let digest = Sha256::digest(format!("{seed}:{id}").as_bytes());
                 let mut b = [0u8; 8];
@@ -134,6 +162,10 @@ pub(crate) struct Item {
     pub article_type: String,
     /// Index into the model's colour tags.
     pub colour: Option<usize>,
+    /// Its sibling group (the same style in other colours), when the
+    /// manifest's split names it: same-type precision@10 leaves the
+    /// query's own group out, as near-duplicates.
+    pub group: Option<String>,
 }
 
 /// The figures of `eval classify`.
@@ -276,6 +308,7 @@ pub(crate) fn labelled_items(
             category,
             article_type: field(c_type).to_string(),
             colour,
+            group: split.as_ref().and_then(|(_, rule)| rule.group(id)),
         });
         if limit.is_some_and(|l| items.len() >= l) {
             break;
@@ -406,15 +439,20 @@ fn score(
         / n as f64;
 
     // Same-articleType precision@10 (the raw type, not the merged
-    // category): exact cosine (embeddings are L2-normalised).
+    // category): exact cosine (embeddings are L2-normalised), leaving out
+    // the query's own sibling group when the split names it.
     let k = 10.min(n.saturating_sub(1));
     let mut precision_sum = 0.0;
+    // Queries with a neighbour to score (all of them but where a query's
+    // own group is the whole set).
+    let mut scored = 0usize;
     if k > 0 {
         let mut scores: Vec<(f32, usize)> = Vec::with_capacity(n);
         for (i, a) in outputs.iter().enumerate() {
             scores.clear();
+            let sibling = |j: usize| items[i].group.is_some() && items[j].group == items[i].group;
             for (j, b) in outputs.iter().enumerate() {
-                if i != j {
+                if i != j && !sibling(j) {
                     let dot: f32 = a
                         .embedding
                         .iter()
@@ -424,21 +462,66 @@ fn score(
                     scores.push((dot, j));
                 }
             }
+            let k = k.min(scores.len());
+            if k == 0 {
+                continue;
+            }
             scores.select_nth_unstable_by(k - 1, |x, y| y.0.total_cmp(&x.0));
             let same = scores[..k]
                 .iter()
                 .filter(|(_, j)| items[*j].article_type == items[i].article_type)
                 .count();
             precision_sum += same as f64 / k as f64;
+            scored += 1;
         }
     }
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let ratio_f = |a: f64, b: usize| if b == 0 { 0.0 } else { a / b as f64 };
     Figures {
         weighted_f1,
         top1: ratio(top1, n),
         top5: ratio(top5, n),
         colour_top1: ratio(colour_hits, colour_n),
-        precision_at_10: if k > 0 { precision_sum / n as f64 } else { 0.0 },
+        precision_at_10: ratio_f(precision_sum, scored),
         n,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest split by group lists its validation ids and their
+    /// groups; an older one gives the per-id rule; a group rule without
+    /// the list is refused rather than read as per-id.
+    #[test]
+    fn split_rules_of_both_manifest_forms() {
+        let listed = serde_json::json!({"split": {
+            "rule": "by sibling group (...): validation iff sha256('s:' + smallest id of the group) as u64 / 2^64 < 0.15",
+            "validation_ids": [3, 5, 8],
+            "validation_groups": [3, 3, 8],
+        }});
+        let rule = SplitRule::from_manifest(&listed).unwrap();
+        assert!(rule.is_val("5") && !rule.is_val("4"));
+        assert_eq!(rule.group("5").as_deref(), Some("3"));
+        assert_eq!(rule.group("4"), None);
+
+        let per_id = serde_json::json!({"split": {
+            "rule": "validation iff sha256('vitrine-fpi-split-v1:' + id) as u64 / 2^64 < 0.15"
+        }});
+        let rule = SplitRule::from_manifest(&per_id).unwrap();
+        let val = (1000..3000).filter(|i| rule.is_val(&i.to_string())).count();
+        assert!((200..400).contains(&val), "{val}");
+        assert_eq!(rule.group("1000"), None);
+
+        let mut unlisted = listed.clone();
+        unlisted["split"]
+            .as_object_mut()
+            .unwrap()
+            .remove("validation_ids");
+        assert!(SplitRule::from_manifest(&unlisted).is_err());
+        let mut uneven = listed;
+        uneven["split"]["validation_groups"] = serde_json::json!([3]);
+        assert!(SplitRule::from_manifest(&uneven).is_err());
     }
 }

@@ -374,7 +374,13 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
         if skipped > 0 {
             eprintln!("{name}: skipped {skipped} questions");
         }
-        let acc = if n == 0 { 0.0 } else { right / n as f64 };
+        // No question answered is no figure (a 0 % would read as measured).
+        anyhow::ensure!(
+            n > 0,
+            "{name}: none of the {skipped} questions could be answered (their products are \
+             not in the products file, or every candidate is among the given items)"
+        );
+        let acc = right / n as f64;
         results.push((name.to_string(), acc, n));
     }
     if args.json && !args.all_methods {
@@ -470,14 +476,22 @@ pub fn fitb_split(args: FitbSplitArgs) -> anyhow::Result<()> {
             })
             .unwrap_or_default()
         };
-        let mut pool = pick(pool_fresh.get(fam));
-        if pool.len() < 3 {
-            pool = pick(pool_all.get(fam));
+        // Distractors unseen in learning, like the answer, so that "never
+        // seen" does not give it away; topped up from seen products of the
+        // family only where it has too few.
+        let fresh = pick(pool_fresh.get(fam));
+        let mut candidates: Vec<String> = fresh.choose_multiple(&mut rng, 3).cloned().collect();
+        if candidates.len() < 3 {
+            let seen: Vec<String> = pick(pool_all.get(fam))
+                .into_iter()
+                .filter(|c| !fresh.contains(c))
+                .collect();
+            let more = 3 - candidates.len();
+            candidates.extend(seen.choose_multiple(&mut rng, more).cloned());
+            if candidates.len() < 3 {
+                continue;
+            }
         }
-        if pool.len() < 3 {
-            continue;
-        }
-        let mut candidates: Vec<String> = pool.choose_multiple(&mut rng, 3).cloned().collect();
         candidates.push(answer.clone());
         candidates.shuffle(&mut rng);
         let given: Vec<&String> = ps.iter().filter(|p| *p != answer).collect();
@@ -591,12 +605,14 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             lookalike_sum += f64::from(top.lookalike);
             same_cat += usize::from(category(&top.product) == s.category);
             // "Such a product is in stock": another product of the category
-            // with the original's ground-truth colour group (all are in stock).
+            // with the original's ground-truth colour group, in stock (a
+            // reused --db may hold sold-out products).
             let g = gt.get(&s.product).cloned();
             let others_same_colour = g.is_some()
                 && all_ids.iter().any(|id| {
                     id != &s.product
                         && !o.slots.iter().any(|x| &x.product == id)
+                        && eng.in_stock(id) == Some(true)
                         && gt.get(id) == g.as_ref()
                         && category(id) == s.category
                 });
@@ -612,6 +628,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
                 && all_ids.iter().any(|id| {
                     id != &s.product
                         && !o.slots.iter().any(|x| &x.product == id)
+                        && eng.in_stock(id) == Some(true)
                         && eng.colour_family(id) == family
                         && category(id) == s.category
                 });
