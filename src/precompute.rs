@@ -246,11 +246,13 @@ pub(crate) fn precompute_similar(
     }
     let unscored = ids.len() - docs.len();
     // No list can be longer; the file reserves k slots per product.
+    let asked = k;
     let k = k.min(docs.len().saturating_sub(1)).max(1);
     // Every list is held until the end: 1M products × 20,000 would be 320 GB.
     if k > MAX_SIMILAR_K {
         return Err(crate::Error::InvalidConfig(format!(
-            "k must be at most {MAX_SIMILAR_K} (asked {k}, lowered to the other products)"
+            "k must be at most {MAX_SIMILAR_K} (asked {asked}; {} other products)",
+            docs.len().saturating_sub(1)
         ))
         .into());
     }

@@ -412,6 +412,34 @@ impl SpaceIndex {
         flat: FlatIndex,
         cfg: IndexConfig,
     ) -> std::result::Result<Self, LoadError> {
+        Self::load_or_give_back(dir, generation, flat, cfg).map_err(|b| b.0)
+    }
+
+    /// [`SpaceIndex::load`], giving `flat` back when the load fails, so that
+    /// a caller rebuilding the graph from it need not have copied it first.
+    pub fn load_or_give_back(
+        dir: &Path,
+        generation: u64,
+        flat: FlatIndex,
+        cfg: IndexConfig,
+    ) -> std::result::Result<Self, Box<(LoadError, FlatIndex)>> {
+        match Self::load_graph(dir, generation, &flat, &cfg) {
+            Ok(graph) => Ok(SpaceIndex::of(flat, graph, cfg)),
+            Err(e) => Err(Box::new((e, flat))),
+        }
+    }
+
+    /// The vectors, giving up the graph.
+    pub fn into_flat(self) -> FlatIndex {
+        self.flat
+    }
+
+    fn load_graph(
+        dir: &Path,
+        generation: u64,
+        flat: &FlatIndex,
+        cfg: &IndexConfig,
+    ) -> std::result::Result<HnswIndex, LoadError> {
         cfg.validate().map_err(LoadError::Config)?;
         let hpath = dir.join(format::HEADER_FILE);
         let bytes = match fs::read(&hpath) {
@@ -511,7 +539,7 @@ impl SpaceIndex {
                     }
                 })?;
         tracing::debug!(dir = %dir.display(), generation, points = graph.points(), "loaded index");
-        Ok(SpaceIndex::of(flat, graph, cfg))
+        Ok(graph)
     }
 }
 

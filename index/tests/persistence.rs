@@ -147,6 +147,15 @@ fn stale_missing_and_mismatch() {
     let cfg = IndexConfig::default;
     let mut fewer = idx.flat().clone();
     fewer.remove(1000);
+    // A failed load gives the vectors back, for a rebuild without a copy.
+    let Err(failed) = SpaceIndex::load_or_give_back(&dir, 7, fewer.clone(), cfg()) else {
+        panic!("loaded against fewer vectors");
+    };
+    assert!(matches!(failed.0, LoadError::Mismatch { .. }));
+    assert_eq!(failed.1.len(), fewer.len());
+    assert!(!failed.1.contains(1000) && failed.1.contains(1001));
+    let loaded = SpaceIndex::load_or_give_back(&dir, 7, idx.flat().clone(), cfg()).unwrap();
+    assert_eq!(loaded.into_flat().len(), idx.flat().len());
     assert!(matches!(
         SpaceIndex::load(&dir, 7, fewer, cfg()),
         Err(LoadError::Mismatch { .. })

@@ -266,6 +266,11 @@ impl Catalog {
             cat.vis.extend(v.iter().map(|x| x / norm));
         }
         cat.concept = std::mem::take(&mut snap.data);
+        // The snapshot reserved a row for every product, also those it
+        // left out (no vector, or of another model).
+        if cat.concept.capacity() > cat.concept.len() + cat.concept.len() / 4 {
+            cat.concept.shrink_to_fit();
+        }
         Ok(cat)
     }
 

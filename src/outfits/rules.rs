@@ -283,15 +283,28 @@ pub(crate) const MAX_RULE_CATEGORIES: usize = 1024;
 /// 50,000 outfits made a record past the storage's size limit.
 pub(crate) const MAX_PAIR_TABLES: usize = 4096;
 
-/// The `max` tables with the most pairs counted (ties: by key).
+/// At most `max` tables, those with the most pairs counted; a pair's two
+/// directions (transposes, counted alike) stay or go together, so that a
+/// rule scores a jacket with trousers as it scores trousers with a jacket.
 fn most_supported(
     tables: HashMap<(u32, u32), PairTable>,
     max: usize,
 ) -> Vec<((u32, u32), PairTable)> {
     let mut tables: Vec<((u32, u32), PairTable)> = tables.into_iter().collect();
     if tables.len() > max {
-        tables.sort_by(|x, y| y.1.total().total_cmp(&x.1.total()).then(x.0.cmp(&y.0)));
-        tables.truncate(max);
+        let unordered = |(a, b): (u32, u32)| (a.min(b), a.max(b), a);
+        tables.sort_by(|x, y| {
+            y.1.total()
+                .total_cmp(&x.1.total())
+                .then(unordered(x.0).cmp(&unordered(y.0)))
+        });
+        let same_pair = |x: (u32, u32), y: (u32, u32)| x == (y.1, y.0);
+        let cut = if max > 0 && same_pair(tables[max - 1].0, tables[max].0) {
+            max - 1
+        } else {
+            max
+        };
+        tables.truncate(cut);
     }
     tables
 }
@@ -822,7 +835,16 @@ mod tests {
             .collect();
         all.sort();
         assert_eq!(all, [(0, 1), (1, 0), (2, 2), (3, 1)]);
-        let kept: Vec<(u32, u32)> = most_supported(tables, 2)
+        let kept: Vec<(u32, u32)> = most_supported(tables.clone(), 2)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(kept, [(1, 0), (0, 1)]);
+        // A pair's two directions are not split by the cap.
+        let mut both = tables;
+        both.insert((2, 0), table(5));
+        both.insert((0, 2), table(5));
+        let kept: Vec<(u32, u32)> = most_supported(both, 3)
             .into_iter()
             .map(|(k, _)| k)
             .collect();

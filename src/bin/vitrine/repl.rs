@@ -452,7 +452,11 @@ impl Session {
                         // The caret goes under the line as typed.
                         let typed = format!("similar {line}");
                         let clause_col = typed.chars().count() - clause.chars().count();
-                        e.column = e.column + clause_col - PREFIX.chars().count();
+                        // (An error of the whole text, such as its length, is
+                        // at column 0: the clause's start.)
+                        e.column = (e.column + clause_col)
+                            .saturating_sub(PREFIX.chars().count())
+                            .max(clause_col);
                         bail!("{}", e.render(&typed))
                     }
                 };
