@@ -150,7 +150,7 @@ fn prepare(metric: Metric, v: &[f32]) -> Option<Vec<f32>> {
     }
 }
 
-/// The longest list [`precompute_similar`] makes, once `k` is lowered to
+/// The longest list [`Db::precompute_similar`](crate::Db::precompute_similar) makes, once `k` is lowered to
 /// the other products: every list is held in memory until the table is
 /// complete.
 pub const MAX_SIMILAR_K: usize = 1_000;

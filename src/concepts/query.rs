@@ -1124,6 +1124,13 @@ impl Db {
     }
 
     /// [`Db::query`], embedding `like image` files with `model`.
+    ///
+    /// The file is read from this process's file system, with the
+    /// preparation's size limits: a service that passes its users' text
+    /// here lets them name any file the process may read (only its use as
+    /// an image, or the error saying why not, comes back). Such a service
+    /// calls [`Db::query`], or parses with [`ConceptQuery::parse`] and
+    /// refuses a [`LikeTarget::Image`] before [`Db::run_query`].
     pub fn query_with_model(
         &self,
         model: &Model,
