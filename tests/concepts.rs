@@ -542,6 +542,29 @@ fn malformed_queries_are_typed_errors_with_positions() {
         s.db.query("+colour.red profile nobody"),
         Err(ConceptError::UnknownProfile { ref user, .. }) if user == "nobody"
     ));
+    // Near another customer's id: no "did you mean" naming it (a query's
+    // text may come from someone else).
+    s.db.feedback("customer-10472", &s.samples[0].id, vitrine::Feedback::Like)
+        .unwrap();
+    let e = s.db.query("+colour.red profile customer-1047").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConceptError::UnknownProfile {
+                suggestion: None,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!e.to_string().contains("10472"), "{e}");
+    let q = ConceptQuery::parse(
+        "+colour.red profile customer-10472",
+        &s.db.vocabulary().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(q.get_profile(), Some("customer-10472"));
+    assert!(q.get_like().is_none());
 }
 
 /// Recall@10 of the engine's weighted search against an exact weighted scan

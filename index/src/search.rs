@@ -20,7 +20,8 @@ pub struct Hit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum PlanHint {
-    /// Let the planner decide from the filter's size (see [`PlannerConfig`](crate::PlannerConfig)).
+    /// Let the planner decide from the filter's size (see [`PlannerConfig`](crate::PlannerConfig));
+    /// a `k` of all the allowed vectors, or above 4,096 (the widest beam), is exact.
     #[default]
     Auto,
     /// Always scan the allowed vectors exactly.

@@ -614,8 +614,10 @@ impl VectorIndex for SpaceIndex {
             PlanHint::Exact => Plan::Exact,
             PlanHint::Graph => Plan::Graph,
             PlanHint::Auto => {
-                // Asking for (nearly) everything allowed is cheapest exactly.
-                if k >= self.allowed(allow) {
+                // Asking for (nearly) everything allowed is cheapest exactly;
+                // so is asking for more than the graph's widest beam (its
+                // walk would visit about k nodes, one at a time).
+                if k >= self.allowed(allow) || k > crate::config::MAX_EF {
                     Plan::Exact
                 } else {
                     self.plan_for(allow)

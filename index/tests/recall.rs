@@ -137,3 +137,21 @@ fn scores_are_identical_across_plans() {
     // Compared on most hits: the graph finds most of the exact top k.
     assert!(same >= 50 * K * 8 / 10, "{same} of {} hits shared", 50 * K);
 }
+
+/// The planner takes the exact scan for a k wider than the graph's widest
+/// beam (4,096), where it would otherwise walk the graph; a k within it
+/// stays on the graph.
+#[test]
+fn a_k_past_the_widest_beam_is_planned_exact() {
+    let f = fixture();
+    let q = &f.queries[0];
+    let narrow = f.index.search(q, &SearchOptions::new(K), None).unwrap();
+    assert_eq!(narrow.plan, Plan::Graph);
+    let wide = f.index.search(q, &SearchOptions::new(5_000), None).unwrap();
+    assert_eq!(wide.plan, Plan::Exact);
+    assert_eq!(wide.hits.len(), 5_000);
+    let got: Vec<u64> = wide.hits.iter().map(|h| h.doc).collect();
+    let exact = brute_force(Metric::Cosine, &f.data, q, 5_000, None);
+    // (f32 scores against f64: a tie at the boundary may swap.)
+    assert!(recall(&got, &exact) >= 0.999);
+}

@@ -419,7 +419,9 @@ pub enum ConceptError {
     UnknownProfile {
         /// The user given.
         user: String,
-        /// The closest user with a profile.
+        /// Always `None` since the database stopped suggesting user ids (a
+        /// query's text may come from another customer); kept so that code
+        /// matching it still builds.
         suggestion: Option<String>,
     },
     /// A product given both as an example and as a counter-example of a tag.

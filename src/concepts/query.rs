@@ -7,9 +7,6 @@ use serde::Serialize;
 use super::{concept_key, profile_query, ConceptError, Profile, Vocabulary};
 use crate::{infer_image, Attributes, Db, Error, Filter, Model, CONCEPT_SPACE};
 
-/// Stored profiles up to which an unknown profile name gets a "did you mean".
-const SUGGEST_AMONG_PROFILES: usize = 5000;
-
 /// Results per query by default.
 pub const DEFAULT_LIMIT: usize = 20;
 /// Most results a query may ask for.
@@ -312,6 +309,17 @@ impl ConceptQuery {
     /// The results skipped ([`ConceptQuery::offset`]).
     pub fn get_offset(&self) -> usize {
         self.offset
+    }
+
+    /// The user whose profile the query uses (`profile <user>`), if any: a
+    /// service running its users' text checks that it is the caller's own.
+    pub fn get_profile(&self) -> Option<&str> {
+        self.profile.as_deref()
+    }
+
+    /// The `like` clause and its weight, if any.
+    pub fn get_like(&self) -> Option<(&LikeTarget, f32)> {
+        self.like.as_ref().map(|(t, w)| (t, *w))
     }
 
     /// Parses `text` against `vocab` (concept names are checked here, with
@@ -1117,6 +1125,11 @@ impl Db {
     /// Parses and runs a concept query (see the grammar in
     /// [`ConceptQuery`]'s module docs). `like image "…"` needs the model:
     /// use [`Db::query_with_model`].
+    ///
+    /// The text may name any user's profile (`profile <user>`): a service
+    /// that runs its users' text parses it with [`ConceptQuery::parse`],
+    /// refuses a [`ConceptQuery::get_profile`] that is not the caller's,
+    /// and runs it with [`Db::run_query`].
     pub fn query(&self, text: &str) -> Result<QueryResults, ConceptError> {
         let vocab = self.vocabulary()?;
         let q = ConceptQuery::parse(text, &vocab)?;
@@ -1228,19 +1241,17 @@ impl Db {
             parts.push((label, v));
         }
         let profile = match &q.profile {
-            Some(user) => Some(self.profile(user)?.ok_or_else(|| {
-                ConceptError::UnknownProfile {
-                    user: user.clone(),
-                    // "Did you mean" among a few thousand users; past that
-                    // (a service whose new customers have no profile yet) it
-                    // would cost every such query a scan of them all.
-                    suggestion: self
-                        .profile_users_up_to(SUGGEST_AMONG_PROFILES)
-                        .ok()
-                        .flatten()
-                        .and_then(|u| super::suggest(user, u.iter().map(String::as_str))),
-                }
-            })?),
+            // No "did you mean": user ids are customers', and a query
+            // text may come from another customer.
+            Some(user) => {
+                Some(
+                    self.profile(user)?
+                        .ok_or_else(|| ConceptError::UnknownProfile {
+                            user: user.clone(),
+                            suggestion: None,
+                        })?,
+                )
+            }
             None => None,
         };
         let mut filter = q.filter.clone();
