@@ -2850,14 +2850,19 @@ mod tests {
             ];
             for f in &filters {
                 let q = v(1000);
-                let got = db
-                    .search(
-                        &Search::new(SimilarTo::Vector(&q), 10)
-                            .space(crate::EMBEDDING_SPACE)
-                            .filter(f)
-                            .plan(crate::PlanHint::Exact),
-                    )
-                    .unwrap();
+                let ids = |k: usize, offset: usize, plan: crate::PlanHint| -> Vec<String> {
+                    let s = Search::new(SimilarTo::Vector(&q), k)
+                        .offset(offset)
+                        .space(crate::EMBEDDING_SPACE)
+                        .filter(f)
+                        .plan(plan);
+                    db.search(&s)
+                        .unwrap()
+                        .hits
+                        .into_iter()
+                        .map(|h| h.id)
+                        .collect()
+                };
                 let mut want: Vec<(f32, String)> = (0..n)
                     .filter(|i| !old(*i))
                     .map(|i| (format!("p{i:03}"), i))
@@ -2872,31 +2877,14 @@ mod tests {
                     .collect();
                 want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 let want: Vec<String> = want.into_iter().take(10).map(|w| w.1).collect();
-                let got: Vec<String> = got.hits.into_iter().map(|h| h.id).collect();
-                assert_eq!(got, want, "{f:?}");
+                assert_eq!(ids(10, 0, crate::PlanHint::Exact), want, "{f:?}");
                 // A page further on, and the graph's plan.
-                let page = db
-                    .search(
-                        &Search::new(SimilarTo::Vector(&q), 5)
-                            .offset(3)
-                            .space(crate::EMBEDDING_SPACE)
-                            .filter(f)
-                            .plan(crate::PlanHint::Exact),
-                    )
-                    .unwrap();
-                let page: Vec<String> = page.hits.into_iter().map(|h| h.id).collect();
+                let page = ids(5, 3, crate::PlanHint::Exact);
                 assert_eq!(page, want[3..8.min(want.len())], "{f:?}");
-                let graph = db
-                    .search(
-                        &Search::new(SimilarTo::Vector(&q), 10)
-                            .space(crate::EMBEDDING_SPACE)
-                            .filter(f)
-                            .plan(crate::PlanHint::Graph),
-                    )
-                    .unwrap();
-                assert!(!graph.hits.is_empty());
+                let graph = ids(10, 0, crate::PlanHint::Graph);
+                assert!(!graph.is_empty());
                 assert!(
-                    graph.hits.iter().all(|h| !old(h.id[1..].parse().unwrap())),
+                    graph.iter().all(|id| !old(id[1..].parse().unwrap())),
                     "{f:?}"
                 );
                 // A space of the caller's own keeps every product.

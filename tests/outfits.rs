@@ -1420,16 +1420,19 @@ fn cli_outfit_commands_and_eval_fitb() {
         s += "\n";
     }
     std::fs::write(&q, s).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
-        .args(["eval", "fitb", "--products"])
-        .arg(&products)
-        .arg("--outfits")
-        .arg(&outfits)
-        .arg("--questions")
-        .arg(&q)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let fitb = |questions: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(["eval", "fitb", "--products"])
+            .arg(&products)
+            .arg("--outfits")
+            .arg(&outfits)
+            .arg("--questions")
+            .arg(questions)
+            .arg("--json")
+            .output()
+            .unwrap()
+    };
+    let out = fitb(&q);
     assert!(out.status.success());
     // These answers are in the learning outfits: said, the JSON unchanged.
     let warned = String::from_utf8_lossy(&out.stderr);
@@ -1451,16 +1454,7 @@ fn cli_outfit_commands_and_eval_fitb() {
         "{\"given\": [\"nope-1\"], \"candidates\": [\"nope-2\", \"nope-3\"], \"answer\": \"nope-2\"}\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
-        .args(["eval", "fitb", "--products"])
-        .arg(&products)
-        .arg("--outfits")
-        .arg(&outfits)
-        .arg("--questions")
-        .arg(&unknown)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let out = fitb(&unknown);
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("none of the 1 questions"), "{said}");
