@@ -243,6 +243,13 @@ fn query_text_filters_weights_and_contributions() {
         all.iter().filter(|h| h.score >= 0.5).count(),
         "the same hits as cutting the full list"
     );
+    // ... and before MMR picks from them.
+    let varied = db
+        .query("+category.watches limit 100 min_score 0.5 diverse 0.3")
+        .unwrap()
+        .hits;
+    assert_eq!(varied.len(), sure.len());
+    assert!(varied.iter().all(|h| h.score >= 0.5));
     // A weight doubles a contribution.
     let one = db.query("colour.red limit 1").unwrap().hits;
     let two = db.query("colour.red^2 limit 1").unwrap().hits;

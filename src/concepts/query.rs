@@ -1397,7 +1397,19 @@ impl Db {
             .layout()
             .group("visual")
             .map(|g| g.start..g.start + g.len);
+        if let Some(min) = q.min_score.filter(|m| !m.is_finite()) {
+            return Err(ConceptError::InvalidWeight {
+                what: "min_score".into(),
+                value: min,
+                allowed: "min_score is a finite number".into(),
+            });
+        }
         for h in hits {
+            // Below min_score: dropped before its contributions are worked
+            // out (the hits come best first, so this keeps a prefix).
+            if q.min_score.is_some_and(|min| h.score < min) {
+                continue;
+            }
             // Read after the search released the catalog: a product deleted
             // meanwhile is dropped, not shown with contributions of 0.
             let Some(z) = self.vector(CONCEPT_SPACE, &h.id)? else {
@@ -1410,27 +1422,15 @@ impl Db {
                     value: v.iter().zip(&z).map(|(a, b)| a * b).sum(),
                 })
                 .collect();
-            visual.push(vis.clone().and_then(|r| z.get(r).map(<[f32]>::to_vec)));
+            if q.diverse.is_some() {
+                visual.push(vis.clone().and_then(|r| z.get(r).map(<[f32]>::to_vec)));
+            }
             out.push(QueryHit {
                 id: h.id,
                 score: h.score,
                 contributions,
                 attributes: h.attributes,
             });
-        }
-        if let Some(min) = q.min_score {
-            if !min.is_finite() {
-                return Err(ConceptError::InvalidWeight {
-                    what: "min_score".into(),
-                    value: min,
-                    allowed: "min_score is a finite number".into(),
-                });
-            }
-            let keep: Vec<bool> = out.iter().map(|h| h.score >= min).collect();
-            let mut k = keep.iter();
-            out.retain(|_| *k.next().unwrap_or(&false));
-            let mut k = keep.iter();
-            visual.retain(|_| *k.next().unwrap_or(&false));
         }
         if let Some(lambda) = q.diverse {
             out = mmr(out, &visual, lambda, limit);
