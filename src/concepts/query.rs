@@ -623,6 +623,25 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A whole number from `lo` to `hi`, both included; `clause` names it in the error.
+    fn whole_number(
+        &mut self,
+        what: &str,
+        clause: &str,
+        lo: usize,
+        hi: usize,
+    ) -> Result<(usize, usize), QueryError> {
+        let (n, col) = self.number(what)?;
+        if n.fract() != 0.0 || !(lo as f64..=hi as f64).contains(&n) {
+            return Err(QueryError::new(
+                QueryErrorKind::BadNumber,
+                col,
+                format!("{clause} must be a whole number from {lo} to {hi}"),
+            ));
+        }
+        Ok((n as usize, col))
+    }
+
     fn weight(&mut self) -> Result<f32, QueryError> {
         if self.peek().tok != Tok::Sym("^") {
             return Ok(1.0);
@@ -751,32 +770,24 @@ impl<'a> Parser<'a> {
                     if limit_col.is_some() {
                         return Err(dup("limit"));
                     }
-                    let (n, col) = self.number("a number of results")?;
+                    let (n, col) =
+                        self.whole_number("a number of results", "limit", 1, MAX_LIMIT)?;
                     limit_col = Some(col);
-                    if n.fract() != 0.0 || !(1.0..=MAX_LIMIT as f64).contains(&n) {
-                        return Err(QueryError::new(
-                            QueryErrorKind::BadNumber,
-                            col,
-                            format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
-                        ));
-                    }
-                    q.limit = n as usize;
+                    q.limit = n;
                 }
                 Tok::Word(w) if w.eq_ignore_ascii_case("offset") => {
                     self.next();
                     if offset_col.is_some() {
                         return Err(dup("offset"));
                     }
-                    let (n, col) = self.number("a number of results to skip")?;
+                    let (n, col) = self.whole_number(
+                        "a number of results to skip",
+                        "offset",
+                        0,
+                        MAX_LIMIT - 1,
+                    )?;
                     offset_col = Some(col);
-                    if n.fract() != 0.0 || !(0.0..MAX_LIMIT as f64).contains(&n) {
-                        return Err(QueryError::new(
-                            QueryErrorKind::BadNumber,
-                            col,
-                            format!("offset must be a whole number from 0 to {}", MAX_LIMIT - 1),
-                        ));
-                    }
-                    q.offset = n as usize;
+                    q.offset = n;
                 }
                 Tok::Word(w) if w.eq_ignore_ascii_case("min_score") => {
                     self.next();
