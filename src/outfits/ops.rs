@@ -6,6 +6,7 @@
 //! (z-score), so a weight means "how many standard deviations of this term
 //! one standard deviation of that one is worth", independent of the units.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -978,6 +979,7 @@ impl OutfitEngine<'_> {
             reuse_template: options.reuse_template,
             palette: options.palette,
             feasible: Vec::new(),
+            slot_colours: Vec::new(),
         })
     }
 
@@ -1118,6 +1120,107 @@ struct Expander {
     /// Per anchor-pool position, its feasibility once computed: it scans
     /// other slots' categories, and stock does not change under an engine.
     feasible: Vec<Option<f32>>,
+    /// Per template slot, its category's in-stock colours (built when the
+    /// anchor's feasibility first asks about the slot).
+    slot_colours: Vec<Option<SlotColours>>,
+}
+
+/// The in-stock products of one slot's category counted by colour, so that
+/// an anchor candidate's feasibility is mostly a lookup: with a scan per
+/// candidate, a category of 80k products took seconds per call.
+struct SlotColours {
+    /// Products that may fill the slot (not the template's own, unless
+    /// reused), per colour.
+    fresh: HashMap<u16, u32>,
+    /// The template's own products, per colour: taken only when nothing
+    /// fresh is in stock.
+    reused: HashMap<u16, u32>,
+    fresh_total: u32,
+    /// Every product's colour is the catalog's: colours then match by
+    /// group alone, never by shade.
+    all_catalog: bool,
+}
+
+impl SlotColours {
+    fn new(cat: &Catalog, members: &[usize], tpl: &[usize], reuse_template: bool) -> Self {
+        let mut sc = SlotColours {
+            fresh: HashMap::new(),
+            reused: HashMap::new(),
+            fresh_total: 0,
+            all_catalog: true,
+        };
+        for &x in members.iter().filter(|&&x| cat.in_stock[x]) {
+            sc.all_catalog &= cat.catalog_colour[x];
+            let fresh = reuse_template || !tpl.contains(&x);
+            let by_colour = if fresh {
+                sc.fresh_total += 1;
+                &mut sc.fresh
+            } else {
+                &mut sc.reused
+            };
+            *by_colour.entry(cat.colour[x]).or_default() += 1;
+        }
+        sc
+    }
+}
+
+/// Whether a slot of category `members` can take a product of the same
+/// colour as anchor candidate `c` (never `c` itself): a fresh in-stock one,
+/// or one of the template's own when only those are in stock. As
+/// [`slot_takes_colour_scan`], mostly from the counts: the same colour index
+/// is always the same colour, and when every colour is the catalog's no
+/// other one is.
+fn slot_takes_colour(
+    cat: &Catalog,
+    members: &[usize],
+    sc: &SlotColours,
+    tpl: &[usize],
+    c: usize,
+    reuse_template: bool,
+) -> bool {
+    let c_counted = cat.in_stock[c]
+        && cat.category[c] != NO_CATEGORY
+        && members
+            .first()
+            .is_some_and(|&x| cat.category[x] == cat.category[c]);
+    let c_fresh = reuse_template || !tpl.contains(&c);
+    let own_fresh = u32::from(c_counted && c_fresh);
+    let own_reused = u32::from(c_counted && !c_fresh);
+    let col = cat.colour[c];
+    let count = |m: &HashMap<u16, u32>| m.get(&col).copied().unwrap_or(0);
+    if col != NO_COLOUR && count(&sc.fresh) > own_fresh {
+        return true;
+    }
+    if sc.all_catalog && cat.catalog_colour[c] {
+        return sc.fresh_total == own_fresh && count(&sc.reused) > own_reused;
+    }
+    slot_takes_colour_scan(cat, members, tpl, c, reuse_template)
+}
+
+/// [`slot_takes_colour`] by a scan of the category.
+fn slot_takes_colour_scan(
+    cat: &Catalog,
+    members: &[usize],
+    tpl: &[usize],
+    c: usize,
+    reuse_template: bool,
+) -> bool {
+    let (mut any_fresh, mut same_reused) = (false, false);
+    for &x in members {
+        if x == c || !cat.in_stock[x] {
+            continue;
+        }
+        let fresh = reuse_template || !tpl.contains(&x);
+        any_fresh |= fresh;
+        if cat.same_colour(x, c) {
+            if fresh {
+                return true;
+            }
+            same_reused = true;
+        }
+    }
+    // Only the template's own are in stock: the slot takes from them.
+    !any_fresh && same_reused
 }
 
 /// What a slot's earlier expansions chose, per product that can fill it:
@@ -1197,6 +1300,14 @@ impl Expander {
         // Among the products a slot will pick from: not the template's own
         // (unless reused, or nothing else is in stock), as below.
         let reuse_template = self.reuse_template;
+        self.slot_colours.resize_with(m, || None);
+        for &j in &same_with_anchor {
+            if self.slot_colours[j].is_none() {
+                let members = cat.same_category(tpl[j]);
+                self.slot_colours[j] = Some(SlotColours::new(cat, members, tpl, reuse_template));
+            }
+        }
+        let slot_colours = &self.slot_colours;
         let feasible = |c: usize| -> f32 {
             if same_with_anchor.is_empty() {
                 return 1.0;
@@ -1204,26 +1315,13 @@ impl Expander {
             let ok = same_with_anchor
                 .iter()
                 .filter(|&&j| {
-                    if cat.category[tpl[j]] == NO_CATEGORY {
-                        return true;
+                    // (A slot without a category keeps its product.)
+                    let members = cat.same_category(tpl[j]);
+                    match &slot_colours[j] {
+                        _ if cat.category[tpl[j]] == NO_CATEGORY => true,
+                        Some(sc) => slot_takes_colour(cat, members, sc, tpl, c, reuse_template),
+                        None => slot_takes_colour_scan(cat, members, tpl, c, reuse_template),
                     }
-                    let (mut any_fresh, mut same_reused) = (false, false);
-                    for &x in cat.same_category(tpl[j]) {
-                        if x == c || !cat.in_stock[x] {
-                            continue;
-                        }
-                        let fresh = reuse_template || !tpl.contains(&x);
-                        any_fresh |= fresh;
-                        if cat.same_colour(x, c) {
-                            if fresh {
-                                return true;
-                            }
-                            same_reused = true;
-                        }
-                    }
-                    // Only the template's own are in stock: the slot
-                    // takes from them.
-                    !any_fresh && same_reused
                 })
                 .count();
             ok as f32 / same_with_anchor.len() as f32
@@ -1443,5 +1541,108 @@ impl Expander {
             relations,
             explanation,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outfits::features::Layout;
+
+    /// A catalog of `n` products in `cats` categories with random stock and
+    /// colours: catalog groups, measured shades (close ones match across
+    /// families), or neither (matched by the colour head).
+    fn catalog(seed: u64, n: usize, cats: usize, catalog_share: f32, lab_share: f32) -> Catalog {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let mut rand = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32) / (1u64 << 31) as f32
+        };
+        let families = 4;
+        let layout = Layout {
+            vis: 0..0,
+            mcat: 0..0,
+            colour: 0..families,
+            pattern: 0..0,
+            model_categories: Vec::new(),
+            colours: (0..families).map(|f| format!("c{f}")).collect(),
+            patterns: Vec::new(),
+            dim: families,
+        };
+        let mut cat = Catalog {
+            layout,
+            ids: Vec::new(),
+            index: HashMap::new(),
+            in_stock: Vec::new(),
+            category: Vec::new(),
+            categories: (0..cats).map(|c| format!("k{c}")).collect(),
+            by_category: vec![Vec::new(); cats],
+            mcat: Vec::new(),
+            colour: Vec::new(),
+            colour_names: (0..families + 2).map(|f| format!("c{f}")).collect(),
+            colour_attribute: None,
+            catalog_colour: Vec::new(),
+            lab: Vec::new(),
+            pattern: Vec::new(),
+            concept: Vec::new(),
+            vis: Vec::new(),
+        };
+        for i in 0..n {
+            let k = (rand() * cats as f32) as usize % cats;
+            let catalog = rand() < catalog_share;
+            let lab = (rand() < lab_share).then(|| [rand() * 60.0, rand() * 40.0, rand() * 40.0]);
+            let colour = if catalog {
+                families as u16 + (rand() * 2.0) as u16 % 2
+            } else if rand() < 0.1 {
+                NO_COLOUR
+            } else {
+                (rand() * families as f32) as u16 % families as u16
+            };
+            let mut head = vec![0.0; families];
+            head[(rand() * families as f32) as usize % families] = 1.0;
+            cat.ids.push(format!("p{i}"));
+            cat.in_stock.push(rand() < 0.7);
+            cat.category.push(k as u32);
+            cat.by_category[k].push(i);
+            cat.colour.push(colour);
+            cat.catalog_colour.push(catalog);
+            cat.lab.push(lab);
+            cat.concept.extend(head);
+        }
+        cat
+    }
+
+    /// The counts answer as the scan does, for every candidate and slot,
+    /// with and without shades, catalog groups, template reuse, and with
+    /// the candidate in the slot's own category.
+    #[test]
+    fn slot_colour_counts_agree_with_the_scan() {
+        let mut answers = [0usize; 2];
+        for seed in 0..400 {
+            let (catalog_share, lab_share) =
+                [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (0.0, 0.0)][seed as usize % 4];
+            // Small categories too: the candidate may be a slot's only
+            // fresh product in stock.
+            let n = 4 + seed as usize % 60;
+            let cat = catalog(seed, n, 3, catalog_share, lab_share);
+            let tpl: Vec<usize> = (0..3)
+                .filter_map(|k| cat.by_category[k].first().copied())
+                .collect();
+            for reuse in [false, true] {
+                for &t in &tpl {
+                    let members = cat.same_category(t);
+                    let sc = SlotColours::new(&cat, members, &tpl, reuse);
+                    for c in 0..cat.len() {
+                        let fast = slot_takes_colour(&cat, members, &sc, &tpl, c, reuse);
+                        let scan = slot_takes_colour_scan(&cat, members, &tpl, c, reuse);
+                        assert_eq!(fast, scan, "seed {seed}, slot product {t}, candidate {c}");
+                        answers[usize::from(scan)] += 1;
+                    }
+                }
+            }
+        }
+        assert!(answers.iter().all(|&a| a > 100), "{answers:?}");
     }
 }
