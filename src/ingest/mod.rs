@@ -610,9 +610,9 @@ impl Db {
     }
 
     /// The recorded preparation: what [`Db::set_prep_config`] stored, or
-    /// the one of the first [`Db::import`] that stored products into the
-    /// empty database. `None` for a database filled otherwise (or before
-    /// preparations were recorded).
+    /// the one of the first image insert or [`Db::import`] made while none
+    /// was recorded. `None` when neither ever ran (or the images were
+    /// stored before preparations were recorded).
     pub fn recorded_prep_config(&self) -> Result<Option<PrepConfig>, Error> {
         Ok(self.stored_prep()?.map(|s| s.config()))
     }

@@ -188,7 +188,21 @@ impl PrepConfig {
         self
     }
 
-    /// Decode limits. Default [`DecodeLimits::default`].
+    /// Decode limits. Default [`DecodeLimits::default`]. Photos uploaded
+    /// by a service's users deserve tighter ones:
+    ///
+    /// ```
+    /// use vitrine::{DecodeLimits, PrepConfig};
+    ///
+    /// let mut upload = DecodeLimits::default();
+    /// upload.max_width = 4_000;
+    /// upload.max_height = 4_000;
+    /// upload.max_alloc = 64 * 1024 * 1024;
+    /// let prep = PrepConfig::catalog().limits(upload);
+    /// // Then `vitrine::annotate_with(&model, &prep, &bytes, 5)`, or
+    /// // `db.search_by_image(&model, &prep, &bytes, k, &filter)`.
+    /// # let _ = prep;
+    /// ```
     pub fn limits(mut self, limits: DecodeLimits) -> Self {
         self.limits = limits;
         self
