@@ -662,6 +662,10 @@ pub struct Db {
     report: OpenReport,
     /// Serialises read-modify-write of side records (profiles, tags).
     side_writes: Mutex<()>,
+    /// Serialises outfit rule learning: two runs read the outfits and
+    /// write the rules, and the one that read older outfits must not
+    /// write last. (Apart from `side_writes`: learning takes seconds.)
+    rule_learning: Mutex<()>,
     /// `meta.model_fingerprint`, readable without the writer lock (which a
     /// backup or a compaction holds for long); changed under it, after the
     /// durable meta write.
@@ -1199,6 +1203,7 @@ impl Db {
             concept_exact_max: b.concept_exact_max,
             report,
             side_writes: Mutex::new(()),
+            rule_learning: Mutex::new(()),
             warned: Mutex::new(Default::default()),
         };
         if !db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty() {
@@ -2626,6 +2631,12 @@ impl Db {
     /// concurrent updates (two feedback events for one user) are not lost.
     pub(crate) fn side_write_lock(&self) -> MutexGuard<'_, ()> {
         lock(&self.side_writes)
+    }
+
+    /// Held by [`Db::learn_outfit_rules`] from reading the outfits to
+    /// writing the rules.
+    pub(crate) fn rule_learning_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.rule_learning)
     }
 
     /// The vector of `id` in `space`, from the in-memory index.

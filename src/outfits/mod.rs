@@ -447,6 +447,8 @@ impl Db {
     /// Learns [`OutfitRules`] from every stored outfit, persists them
     /// (replacing earlier rules, atomically) and returns them.
     pub fn learn_outfit_rules(&self) -> OutfitResult<OutfitRules> {
+        // One run at a time: the rules of the newest outfits are written last.
+        let _learning = self.rule_learning_lock();
         // The model first: a switch after it leaves vectors of another
         // model in the snapshot, which the basis of the rules records.
         let model = self.model_fingerprint();
