@@ -802,6 +802,35 @@ impl Db {
         Ok(())
     }
 
+    /// The layout of the model whose vectors the database holds. A switch
+    /// writes the new model's layout (and a note keeping the old one)
+    /// before it changes the model; until it does (or when changing it
+    /// failed), the note's is the one. Read as the model, the layout, the
+    /// note and the model again, again when the model changed meanwhile
+    /// (a switch writes the note, the layout, the model, then drops the
+    /// note: with the model the same at both ends, the layout read is its
+    /// own unless a note names another model).
+    fn layout_of_stored_model(&self) -> Result<Option<ConceptLayout>> {
+        let layouts = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
+        let notes = self.side_keyspace::<PrunePending>(LAYOUT_KS)?;
+        let mut tries = 0;
+        loop {
+            let model = self.model_fingerprint();
+            let stored = layouts.get(LAYOUT_KEY)?;
+            let note = notes.get(PRUNE_PENDING)?;
+            tries += 1;
+            // (Switches back to back could keep changing it: after a few
+            // tries the last reading stands.)
+            if tries < 4 && self.model_fingerprint() != model {
+                continue;
+            }
+            return Ok(match note {
+                Some(n) if Some(n.model.as_str()) != model.as_deref() => n.previous,
+                _ => stored,
+            });
+        }
+    }
+
     /// Prunes the profiles for the database's model, then forgets that
     /// they were to be ([`Db::adopt_model`] calls it after the switch, and
     /// an open after a switch that was killed before).
@@ -857,8 +886,7 @@ impl Db {
     /// The concept layout of the database's model.
     pub fn concept_layout(&self) -> Result<ConceptLayout, ConceptError> {
         let layout = self
-            .side_keyspace::<ConceptLayout>(LAYOUT_KS)?
-            .get(LAYOUT_KEY)?
+            .layout_of_stored_model()?
             .ok_or(ConceptError::NoConceptSpace)?;
         // Queries slice vectors by these ranges: a damaged record must not
         // reach them. The concept space is what the ranges slice.
@@ -1769,5 +1797,57 @@ mod plan_tests {
             assert_eq!(concept_plan(&layout, q, 1_000_000, 1000), big, "{q:?}");
             assert_eq!(concept_plan(&layout, q, 1000, 1000), PlanHint::Exact);
         }
+    }
+}
+
+#[cfg(test)]
+mod switch_tests {
+    use super::*;
+
+    /// Between a switch's layout write and its model change (or when the
+    /// change fails), concept queries read the database's vectors through
+    /// the layout of the model that wrote them, not the next one's.
+    #[test]
+    fn a_switch_not_yet_made_keeps_the_old_layout() {
+        let Ok(model) = Model::bundled() else {
+            eprintln!("SKIP: the bundled model is absent");
+            return;
+        };
+        // The same weights with a category renamed: another layout.
+        let dir_m = Model::bundled_dir();
+        let onnx = std::fs::read(dir_m.join(crate::BUNDLED_ONNX)).unwrap();
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir_m.join(crate::MANIFEST_FILE)).unwrap())
+                .unwrap();
+        let c0 = m["taxonomy"]["categories"][0].as_str().unwrap().to_string();
+        m["taxonomy"]["categories"][0] = serde_json::Value::String(format!("{c0} (renamed)"));
+        let other = Model::from_bytes(&onnx, m.to_string().as_bytes()).unwrap();
+        let (old, new) = (
+            ConceptLayout::from_model(&model),
+            ConceptLayout::from_model(&other),
+        );
+        assert_ne!(old, new);
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder().model_spaces(&model).open(dir.path()).unwrap();
+        db.check_model(&model).unwrap();
+        assert_eq!(db.concept_layout().unwrap(), old);
+        {
+            let _guard = db.side_write_lock();
+            db.prepare_switch_locked(&other).unwrap();
+        }
+        assert_eq!(
+            db.concept_layout().unwrap(),
+            old,
+            "read before the model changed"
+        );
+        db.set_stored_model_fingerprint(other.fingerprint())
+            .unwrap();
+        assert_eq!(db.concept_layout().unwrap(), new);
+        db.finish_switch().unwrap();
+        assert_eq!(db.concept_layout().unwrap(), new);
+        // And a whole switch back.
+        db.adopt_model(&model).unwrap();
+        assert_eq!(db.concept_layout().unwrap(), old);
     }
 }
