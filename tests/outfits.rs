@@ -1502,4 +1502,55 @@ fn cli_outfit_commands_and_eval_fitb() {
         assert_eq!(v["n"], 1, "{method}");
         assert_eq!(v["accuracy"].as_f64(), Some(0.5), "{method}");
     }
+
+    // A product whose image is missing: its outfit is left out (said), and
+    // the run goes on with the others (it stopped, after the whole import,
+    // at the outfit naming it).
+    let (gone_outfit, gone) = subset
+        .outfits
+        .iter()
+        .rev()
+        .find_map(|(o, ps)| {
+            ps.iter()
+                .find(|p| subset.outfits.values().filter(|x| x.contains(p)).count() == 1)
+                .map(|p| (o.clone(), p.clone()))
+        })
+        .unwrap();
+    let gone_dir = dir.path().join("gone");
+    std::fs::create_dir(&gone_dir).unwrap();
+    let rows: String = std::fs::read_to_string(&products)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f = records(l).remove(0);
+            if f[0] == gone {
+                f[file] = "missing.jpg".into();
+            }
+            join(&f) + "\n"
+        })
+        .collect();
+    let gone_products = gone_dir.join("products.csv");
+    std::fs::write(&gone_products, rows).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["eval", "fitb", "--products"])
+        .arg(&gone_products)
+        .arg("--outfits")
+        .arg(&outfits)
+        .arg("--questions")
+        .arg(&q)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "left out 1 outfits naming products not in the database (first: outfit {gone_outfit} names {gone})"
+        )),
+        "{said}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    // The question naming the missing product is skipped.
+    assert_eq!(v["n"], 2, "{said}");
 }

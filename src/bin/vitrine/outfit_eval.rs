@@ -228,10 +228,49 @@ fn load_outfits(
         settings = settings.colour_attribute(a);
     }
     db.set_outfit_settings(&settings)?;
-    for o in db.outfits()? {
-        db.delete_outfit(&o.id)?;
+    // An outfit naming a product that is not stored (its image did not
+    // import) is left out, as the questions naming one are skipped: one bad
+    // image must not stop the run after the whole import.
+    let all = read_outfits(csv)?;
+    let stored = |p: &String| db.get(p).map(|r| r.is_some());
+    let mut missing = Vec::new();
+    for (id, products) in &all {
+        for p in products {
+            if !stored(p)? {
+                missing.push((id.clone(), p.clone()));
+                break;
+            }
+        }
     }
+    let left_out: HashSet<&String> = missing.iter().map(|(o, _)| o).collect();
+    let filtered;
+    let csv = if missing.is_empty() {
+        csv
+    } else {
+        eprintln!(
+            "warning: left out {} outfits naming products not in the database (first: outfit {} names {})",
+            missing.len(),
+            missing[0].0,
+            missing[0].1
+        );
+        let mut text = String::from("outfit_id,product_id\n");
+        for (id, products) in all.iter().filter(|(id, _)| !left_out.contains(id)) {
+            for p in products {
+                text += &format!("{},{}\n", csv_field(id), csv_field(p));
+            }
+        }
+        filtered = tempfile::NamedTempFile::new()?;
+        std::fs::write(filtered.path(), text)?;
+        filtered.path()
+    };
+    // The new outfits first (all or none), then the old ones they do not
+    // replace.
     db.import_outfits_csv(csv)?;
+    for o in db.outfits()? {
+        if !all.contains_key(&o.id) || left_out.contains(&o.id) {
+            db.delete_outfit(&o.id)?;
+        }
+    }
     Ok(db.learn_outfit_rules()?)
 }
 
