@@ -172,12 +172,23 @@ pub(crate) const LIKED_KS: &str = "profile_liked";
 /// [`MIN_LIFT`]; hand-set affinities are kept, scaled as the hand-set
 /// weights are (all scaled down together where one would pass the largest
 /// weight).
+/// The vector of the product a feedback event names, read before the
+/// side-write lock: a product deleted while the event waited for the lock
+/// counts as it was, as one deleted after it does.
+pub(crate) struct ReadBefore {
+    pub id: String,
+    pub z: Vec<f32>,
+    /// The database's model when `z` was read (of it).
+    pub model: Option<String>,
+}
+
 pub(crate) fn learn_profile(
     db: &Db,
     user: &[u8],
     vocab: &Vocabulary,
     events: Vec<(String, Feedback)>,
     hand_set: Option<&ProfilePrior>,
+    read_before: Option<&ReadBefore>,
 ) -> Result<Profile, ConceptError> {
     let layout = vocab.layout();
     let groups = layout.groups.len() as f32;
@@ -285,10 +296,16 @@ pub(crate) fn learn_profile(
     for (id, w) in &like_w {
         let z = match vector(id)? {
             Some(z) => Some(z),
-            // Deleted since: as it was, if the model that made it still is.
-            None if db.attributes(id).is_none() && old.model == model => {
-                old.vectors.get(*id).cloned()
-            }
+            // Deleted since: as it was, if the model that made it still is
+            // (kept with the user's likes, or read before the lock).
+            None if db.attributes(id).is_none() => (old.model == model)
+                .then(|| old.vectors.get(*id).cloned())
+                .flatten()
+                .or_else(|| {
+                    read_before
+                        .filter(|r| r.id == *id && r.model == model)
+                        .map(|r| r.z.clone())
+                }),
             None => None,
         };
         if let Some(z) = z {

@@ -1242,6 +1242,7 @@ impl Db {
                         vocab,
                         p.events,
                         prior.as_ref(),
+                        None,
                     )?)
                 }
                 _ if had => Rewrite::Put(p),
@@ -1319,7 +1320,7 @@ impl Db {
                 p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0);
             if empty {
                 let prior = priors.get(key)?;
-                p = learn::learn_profile(self, key, &vocab, p.events, prior.as_ref())?;
+                p = learn::learn_profile(self, key, &vocab, p.events, prior.as_ref(), None)?;
             }
             Ok(Rewrite::Put(p))
         })?;
@@ -1416,7 +1417,7 @@ impl Db {
         let stored = if events.is_empty() {
             profile.clone()
         } else {
-            learn::learn_profile(self, user.as_bytes(), &vocab, events, prior.as_ref())?
+            learn::learn_profile(self, user.as_bytes(), &vocab, events, prior.as_ref(), None)?
         };
         // The starting point first: a crash before the profile is written
         // leaves what the caller asked for to the next feedback.
@@ -1531,7 +1532,14 @@ impl Db {
         check_user(user)?;
         // NoConceptSpace, before the product's vector is asked for.
         self.concept_layout()?;
-        self.concept_vector(product)?;
+        let model = self.model_fingerprint();
+        let of_model = crate::db::of_model(self.attributes(product).as_ref(), model.as_deref());
+        let z = self.concept_vector(product)?;
+        let read_before = of_model.then(|| learn::ReadBefore {
+            id: product.to_string(),
+            z,
+            model,
+        });
         let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let _guard = self.side_write_lock();
         // Read under the lock: a tag deleted meanwhile is not learned back.
@@ -1547,7 +1555,14 @@ impl Db {
         let prior = self
             .side_keyspace::<ProfilePrior>(PRIORS_KS)?
             .get(user.as_bytes())?;
-        let profile = learn::learn_profile(self, user.as_bytes(), &vocab, events, prior.as_ref())?;
+        let profile = learn::learn_profile(
+            self,
+            user.as_bytes(),
+            &vocab,
+            events,
+            prior.as_ref(),
+            read_before.as_ref(),
+        )?;
         ks.put(user.as_bytes(), &profile)?;
         Ok(profile)
     }
@@ -1801,7 +1816,7 @@ mod plan_tests {
 }
 
 #[cfg(test)]
-mod switch_tests {
+mod interleavings {
     use super::*;
 
     /// Between a switch's layout write and its model change (or when the
@@ -1849,5 +1864,64 @@ mod switch_tests {
         // And a whole switch back.
         db.adopt_model(&model).unwrap();
         assert_eq!(db.concept_layout().unwrap(), old);
+    }
+
+    /// A like of a product deleted while the feedback waited for the
+    /// side-write lock (held for seconds by a tag deletion over many
+    /// profiles) counts as it was, as a like of a product deleted later
+    /// does; it used to count for nothing, now or later.
+    #[test]
+    fn a_like_waiting_for_the_lock_counts_a_product_deleted_meanwhile() {
+        let Ok(model) = Model::bundled() else {
+            eprintln!("SKIP: the bundled model is absent");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder().model_spaces(&model).open(dir.path()).unwrap();
+        db.check_model(&model).unwrap();
+        let dims: Vec<(String, usize)> = db.spaces().into_iter().map(|s| (s.name, s.dim)).collect();
+        let put = |id: &str, seed: usize| {
+            let vectors = dims.iter().map(|(name, dim)| {
+                let v: Vec<f32> = (0..*dim)
+                    .map(|i| ((i * 7 + seed * 13) % 11) as f32 / 11.0 + 0.05)
+                    .collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                (
+                    name.as_str(),
+                    v.into_iter().map(|x| x / n).collect::<Vec<_>>(),
+                )
+            });
+            let a = crate::Attributes::new().set(crate::ATTR_MODEL, model.fingerprint());
+            db.upsert(id, a, vectors).unwrap();
+        };
+        for i in 0..4 {
+            put(&format!("other{i}"), i + 10);
+        }
+        // The same like, with the product there throughout.
+        put("liked", 1);
+        let expected = db.feedback("reference", "liked", Feedback::Like).unwrap();
+        // A thread scheduled late reads no vector (the product is gone):
+        // tried again, not counted as a pass.
+        for attempt in 0.. {
+            assert!(attempt < 5, "the feedback never read the product first");
+            let id = format!("gone{attempt}");
+            put(&id, 1);
+            let held = db.side_write_lock();
+            let got = std::thread::scope(|s| {
+                let like = s.spawn(|| db.feedback("user", &id, Feedback::Like));
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                assert!(db.delete(&id).unwrap());
+                drop(held);
+                like.join().unwrap()
+            });
+            let Ok(profile) = got else { continue };
+            assert_eq!(profile.weights, expected.weights);
+            assert_eq!(profile.affinities, expected.affinities);
+            // And at the next event, from the kept copy.
+            let again = db.feedback("user", "other0", Feedback::Skip).unwrap();
+            let reference = db.feedback("reference", "other0", Feedback::Skip).unwrap();
+            assert_eq!(again.weights, reference.weights);
+            break;
+        }
     }
 }
