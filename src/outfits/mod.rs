@@ -138,12 +138,14 @@ pub enum OutfitError {
 
 impl OutfitError {
     /// Whether the caller can fix it (unknown ids, bad arguments or files,
-    /// rules to learn, a database without images); false for damaged data
-    /// and the machine.
+    /// rules to learn, a database without images); false for damaged data,
+    /// the machine, and a re-embedding not finished (a product still of the
+    /// previous model), as [`crate::Error::is_user_error`] says.
     pub fn is_user_error(&self) -> bool {
         match self {
             OutfitError::Db(e) => e.is_user_error(),
             OutfitError::Io { source, .. } => crate::error::callers_file(source),
+            OutfitError::OfAnotherModel(_) => false,
             _ => true,
         }
     }

@@ -228,50 +228,74 @@ fn load_outfits(
         settings = settings.colour_attribute(a);
     }
     db.set_outfit_settings(&settings)?;
-    // An outfit naming a product that is not stored (its image did not
-    // import) is left out, as the questions naming one are skipped: one bad
-    // image must not stop the run after the whole import.
-    let all = read_outfits(csv)?;
-    let stored = |p: &String| db.get(p).map(|r| r.is_some());
-    let mut missing = Vec::new();
-    for (id, products) in &all {
-        for p in products {
-            if !stored(p)? {
-                missing.push((id.clone(), p.clone()));
-                break;
-            }
+    // The file as it is first: the library checks it (header, fields) and
+    // imports all of it or nothing.
+    let left_out = match db.import_outfits_csv(csv) {
+        Ok(_) => HashSet::new(),
+        // An outfit naming a product that is not stored (its image did not
+        // import) is left out, as the questions naming one are skipped: one
+        // bad image must not stop the run after the whole import.
+        Err(vitrine::OutfitError::UnknownProduct { .. }) => {
+            let (filtered, left_out) = without_unknown_products(db, csv)?;
+            db.import_outfits_csv(filtered.path())?;
+            left_out
         }
-    }
-    let left_out: HashSet<&String> = missing.iter().map(|(o, _)| o).collect();
-    let filtered;
-    let csv = if missing.is_empty() {
-        csv
-    } else {
-        eprintln!(
-            "warning: left out {} outfits naming products not in the database (first: outfit {} names {})",
-            missing.len(),
-            missing[0].0,
-            missing[0].1
-        );
-        let mut text = String::from("outfit_id,product_id\n");
-        for (id, products) in all.iter().filter(|(id, _)| !left_out.contains(id)) {
-            for p in products {
-                text += &format!("{},{}\n", csv_field(id), csv_field(p));
-            }
-        }
-        filtered = tempfile::NamedTempFile::new()?;
-        std::fs::write(filtered.path(), text)?;
-        filtered.path()
+        Err(e) => return Err(e.into()),
     };
-    // The new outfits first (all or none), then the old ones they do not
-    // replace.
-    db.import_outfits_csv(csv)?;
+    // Then the old outfits the file does not replace go.
+    let new: HashSet<String> = read_outfits(csv)?
+        .into_keys()
+        .filter(|o| !left_out.contains(o))
+        .collect();
     for o in db.outfits()? {
-        if !all.contains_key(&o.id) || left_out.contains(&o.id) {
+        if !new.contains(&o.id) {
             db.delete_outfit(&o.id)?;
         }
     }
     Ok(db.learn_outfit_rules()?)
+}
+
+/// A copy of the outfits CSV `csv` without the outfits that name a
+/// product the database does not hold (every other line as it was, for the
+/// import's checks), and those outfits' ids.
+fn without_unknown_products(
+    db: &Db,
+    csv: &Path,
+) -> anyhow::Result<(tempfile::NamedTempFile, HashSet<String>)> {
+    let (header, rows) = read_csv(csv)?;
+    let mut left_out = HashSet::new();
+    let mut first = None;
+    for r in rows.iter().filter(|r| r.len() >= 2) {
+        let (o, p) = (r[0].trim(), r[1].trim());
+        if !p.is_empty() && db.get(p)?.is_none() {
+            first.get_or_insert_with(|| (o.to_string(), p.to_string()));
+            left_out.insert(o.to_string());
+        }
+    }
+    if let Some((o, p)) = first {
+        eprintln!(
+            "warning: left out {} outfits naming products not in the database (first: outfit {o} names {p})",
+            left_out.len()
+        );
+    }
+    let line = |fields: &[String]| {
+        fields
+            .iter()
+            .map(|f| csv_field(f))
+            .collect::<Vec<_>>()
+            .join(",")
+            + "\n"
+    };
+    let mut text = line(&header);
+    for r in rows
+        .iter()
+        .filter(|r| !r.first().is_some_and(|o| left_out.contains(o.trim())))
+    {
+        text += &line(r);
+    }
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), text)?;
+    Ok((file, left_out))
 }
 
 #[derive(serde::Deserialize)]
