@@ -304,6 +304,33 @@ fn the_first_import_stores_its_preparation_for_later_images() {
     assert_eq!(db.prep_config().unwrap(), PrepConfig::catalog());
 }
 
+/// A first image insert that is refused (a bad image) records no
+/// preparation: a later import given none would otherwise prepare the whole
+/// catalog with the refused call's.
+#[test]
+fn a_refused_first_image_insert_records_no_preparation() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let photo = PrepConfig::photo();
+    assert!(matches!(
+        db.insert_image_with(&model, &photo, "bad", b"junk", Attributes::new(), false),
+        Err(IngestError::Image(_))
+    ));
+    assert_eq!(db.recorded_prep_config().unwrap(), None);
+    let images = good_images(1);
+    db.insert_image_with(
+        &model,
+        &photo,
+        "good",
+        &images[0].2,
+        Attributes::new(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(db.recorded_prep_config().unwrap(), Some(photo));
+}
+
 #[test]
 fn insert_image_then_search_by_the_same_image_finds_it_first() {
     let Some(model) = model() else { return };
@@ -1571,9 +1598,10 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     // The tag learned again is current; the other ranks nothing.
     assert_eq!(db.stale_tags().unwrap(), ["old"]);
     assert!(db.query("find +user.mine limit 3").is_ok());
+    // Not the caller's error: the tag is to be learned again.
     assert!(matches!(
         db.query("find +user.old limit 3"),
-        Err(vitrine::ConceptError::StaleTag { ref name }) if name == "old"
+        Err(ref e @ vitrine::ConceptError::StaleTag { ref name }) if name == "old" && !e.is_user_error()
     ));
     // Feedback learns only from products of the new model: a like of one
     // still of the old model leaves the starting point as it was.

@@ -156,6 +156,16 @@ impl LikedVectors {
 
 pub(crate) const LIKED_KS: &str = "profile_liked";
 
+/// The vector of the product a feedback event names, read before the
+/// side-write lock: a product deleted while the event waited for the lock
+/// counts as it was, as one deleted after it does.
+pub(crate) struct ReadBefore {
+    pub id: String,
+    pub z: Vec<f32>,
+    /// The database's model when `z` was read (of it).
+    pub model: Option<String>,
+}
+
 /// Re-learns a profile from its events (see [`Db::feedback`]); `user` keys
 /// the vectors kept of her liked products ([`LikedVectors`]), which this
 /// updates.
@@ -172,16 +182,6 @@ pub(crate) const LIKED_KS: &str = "profile_liked";
 /// [`MIN_LIFT`]; hand-set affinities are kept, scaled as the hand-set
 /// weights are (all scaled down together where one would pass the largest
 /// weight).
-/// The vector of the product a feedback event names, read before the
-/// side-write lock: a product deleted while the event waited for the lock
-/// counts as it was, as one deleted after it does.
-pub(crate) struct ReadBefore {
-    pub id: String,
-    pub z: Vec<f32>,
-    /// The database's model when `z` was read (of it).
-    pub model: Option<String>,
-}
-
 pub(crate) fn learn_profile(
     db: &Db,
     user: &[u8],
@@ -297,14 +297,15 @@ pub(crate) fn learn_profile(
         let z = match vector(id)? {
             Some(z) => Some(z),
             // Deleted since: as it was, if the model that made it still is
-            // (kept with the user's likes, or read before the lock).
-            None if db.attributes(id).is_none() => (old.model == model)
-                .then(|| old.vectors.get(*id).cloned())
-                .flatten()
+            // (read before the lock by this event, else kept with the
+            // user's likes: the event's copy is the newer).
+            None if db.attributes(id).is_none() => read_before
+                .filter(|r| r.id == *id && r.model == model)
+                .map(|r| r.z.clone())
                 .or_else(|| {
-                    read_before
-                        .filter(|r| r.id == *id && r.model == model)
-                        .map(|r| r.z.clone())
+                    (old.model == model)
+                        .then(|| old.vectors.get(*id).cloned())
+                        .flatten()
                 }),
             None => None,
         };

@@ -507,12 +507,12 @@ impl ConceptError {
     /// Whether the caller can fix it (bad names, ids, weights, queries, or
     /// the image a `like image` query names); false for damaged data, the
     /// machine, the model, and a re-embedding not finished (a product still
-    /// of the previous model).
+    /// of the previous model, or a user tag not learned again since).
     pub fn is_user_error(&self) -> bool {
         match self {
             ConceptError::Db(e) => e.is_user_error(),
             ConceptError::Ingest(e) => e.is_user_error(),
-            ConceptError::ExampleOfAnotherModel { .. } => false,
+            ConceptError::ExampleOfAnotherModel { .. } | ConceptError::StaleTag { .. } => false,
             _ => true,
         }
     }
@@ -784,7 +784,7 @@ impl Db {
         let notes = self.side_keyspace::<PrunePending>(LAYOUT_KS)?;
         // A note of an earlier switch that did not happen keeps the layout
         // of the model the database still has.
-        let previous = match notes.get(PRUNE_PENDING)? {
+        let previous = match self.switch_note()? {
             Some(n) if Some(n.model.as_str()) != self.model_fingerprint().as_deref() => n.previous,
             _ => previous,
         };
@@ -812,12 +812,11 @@ impl Db {
     /// own unless a note names another model).
     fn layout_of_stored_model(&self) -> Result<Option<ConceptLayout>> {
         let layouts = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
-        let notes = self.side_keyspace::<PrunePending>(LAYOUT_KS)?;
         let mut tries = 0;
         loop {
             let model = self.model_fingerprint();
             let stored = layouts.get(LAYOUT_KEY)?;
-            let note = notes.get(PRUNE_PENDING)?;
+            let note = self.switch_note()?;
             tries += 1;
             // (Switches back to back could keep changing it: after a few
             // tries the last reading stands.)
@@ -831,21 +830,46 @@ impl Db {
         }
     }
 
+    /// The note of a switch under way, if any. One that does not decode
+    /// (damaged, or written by another build) is left out with a warning,
+    /// as a damaged profile is: it must not stop every concept query, nor
+    /// the next switch; [`Db::finish_switch`] removes it.
+    fn switch_note(&self) -> Result<Option<PrunePending>> {
+        match self
+            .side_keyspace::<PrunePending>(LAYOUT_KS)?
+            .get(PRUNE_PENDING)
+        {
+            Err(e) if undecodable(&e) => {
+                if self.first_warning(format!("switch note: {e}")) {
+                    tracing::warn!(error = %e, "model switch note left out; the next open removes it");
+                }
+                Ok(None)
+            }
+            r => Ok(r?),
+        }
+    }
+
     /// Prunes the profiles for the database's model, then forgets that
     /// they were to be ([`Db::adopt_model`] calls it after the switch, and
     /// an open after a switch that was killed before).
     pub(crate) fn finish_switch(&self) -> Result<(), ConceptError> {
         let ks = self.side_keyspace::<PrunePending>(LAYOUT_KS)?;
         // Quick and lock-free when there is nothing to finish (every open).
-        if ks.get(PRUNE_PENDING)?.is_none() {
+        if !ks.contains(PRUNE_PENDING)? {
             return Ok(());
         }
         // Read, prune and forget under one lock: a switch to another model
         // meanwhile writes its own note, which is not forgotten here.
         let _guard = self.side_write_lock();
-        let Some(pending) = ks.get(PRUNE_PENDING)? else {
+        if !ks.contains(PRUNE_PENDING)? {
             return Ok(());
-        };
+        }
+        // A note that does not decode names no model: the profiles are
+        // pruned for the database's (which is always safe), and it goes.
+        let pending = self.switch_note()?.unwrap_or_else(|| PrunePending {
+            model: self.model_fingerprint().unwrap_or_default(),
+            previous: None,
+        });
         if self.model_fingerprint().as_deref() == Some(pending.model.as_str()) {
             match self.prune_profiles_locked() {
                 // No concept space: no profile to prune.
@@ -1864,6 +1888,18 @@ mod interleavings {
         // And a whole switch back.
         db.adopt_model(&model).unwrap();
         assert_eq!(db.concept_layout().unwrap(), old);
+
+        // A note that does not decode stops neither queries nor the next
+        // switch, and the next finish removes it.
+        let notes = db.side_keyspace::<PrunePending>(LAYOUT_KS).unwrap();
+        notes.put_raw(PRUNE_PENDING, b"\x01not a note").unwrap();
+        assert_eq!(db.concept_layout().unwrap(), old);
+        db.finish_switch().unwrap();
+        assert!(!notes.contains(PRUNE_PENDING).unwrap());
+        notes.put_raw(PRUNE_PENDING, b"\x01not a note").unwrap();
+        db.adopt_model(&other).unwrap();
+        assert_eq!(db.concept_layout().unwrap(), new);
+        assert!(!notes.contains(PRUNE_PENDING).unwrap());
     }
 
     /// A like of a product deleted while the feedback waited for the
