@@ -907,7 +907,10 @@ impl Db {
             .iter()
             .map(|s| {
                 let hint = stored.min(RESERVE_FLOATS / s.dim.max(1));
+                // Room the machine cannot give now is not the caller's
+                // error: the index grows as the scan fills it.
                 FlatIndex::with_capacity(s.dim, s.metric, hint)
+                    .or_else(|_| FlatIndex::new(s.dim, s.metric))
             })
             .collect::<std::result::Result<_, _>>()?;
         let arenas: Vec<Option<Arena>> = specs

@@ -518,14 +518,6 @@ impl Db {
         replace: bool,
     ) -> Result<Annotation, IngestError> {
         self.check_model(model)?;
-        // The first image insert records its preparation, as a first import
-        // does, so that later inserts and queries by image prepare alike.
-        if self.stored_prep()?.is_none() {
-            let _guard = self.side_write_lock();
-            if self.stored_prep()?.is_none() {
-                self.set_prep_config(prep)?;
-            }
-        }
         let prepared = prepare_image(bytes, prep)?;
         let colour = prepared.dominant_colour();
         let out = model
@@ -545,6 +537,22 @@ impl Db {
                 self.insert(id, stored.attributes, stored.vectors)
             }
         })??;
+        // The first image insert records its preparation, as a first import
+        // does, so that later inserts and queries by image prepare alike;
+        // once stored (a refused image or id records nothing). The product
+        // is stored: a failure here is left to the next insert to repair.
+        let record = || -> Result<(), Error> {
+            if self.stored_prep()?.is_none() {
+                let _guard = self.side_write_lock();
+                if self.stored_prep()?.is_none() {
+                    self.set_prep_config(prep)?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = record() {
+            tracing::warn!(error = %e, "image preparation not recorded; the next image insert tries again");
+        }
         Ok(model.annotation(&out, ANNOTATE_TOP_K))
     }
 
@@ -611,8 +619,9 @@ impl Db {
 
     /// The recorded preparation: what [`Db::set_prep_config`] stored, or
     /// the one of the first image insert or [`Db::import`] made while none
-    /// was recorded. `None` when neither ever ran (or the images were
-    /// stored before preparations were recorded).
+    /// was recorded; an import into the empty database records its own
+    /// whatever was recorded. `None` when none of these ran (or the images
+    /// were stored before preparations were recorded).
     pub fn recorded_prep_config(&self) -> Result<Option<PrepConfig>, Error> {
         Ok(self.stored_prep()?.map(|s| s.config()))
     }
