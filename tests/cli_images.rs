@@ -2274,6 +2274,104 @@ fn ctrl_c_stops_an_import_cleanly_and_it_resumes() {
     assert_eq!(vitrine::Db::open(&db).unwrap().len(), 300);
 }
 
+/// Ctrl-C during an `--update`'s writes to present products (one durable
+/// write per row: minutes for a large nightly file) stops it between two
+/// rows, as an import stops between two products: exit 1, and this run's
+/// report (the process used to die by the signal, leaving the last run's
+/// report to stand for this one).
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_an_update_between_two_rows() {
+    if !have_model("ctrl_c_stops_an_update_between_two_rows") {
+        return;
+    }
+    let model = vitrine::Model::bundled().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    let n = 8_000;
+    {
+        let db = vitrine::Db::builder()
+            .model_spaces(&model)
+            .durability(vitrine::Durability::Periodic {
+                interval: std::time::Duration::from_millis(500),
+            })
+            .open(&db_dir)
+            .unwrap();
+        let spaces = db.spaces();
+        for i in 0..n {
+            let vectors = spaces.iter().map(|s| {
+                let mut v = vec![0.0f32; s.dim];
+                v[i % s.dim] = 1.0;
+                (s.name.as_str(), v)
+            });
+            db.insert(
+                &format!("p{i:05}"),
+                vitrine::Attributes::new().price(1.0),
+                vectors,
+            )
+            .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let csv = dir.path().join("prices.csv");
+    let mut rows = String::from("id,path,price\n");
+    for i in 0..n {
+        rows += &format!("p{i:05},,2.5\n");
+    }
+    std::fs::write(&csv, rows).unwrap();
+    // An old report, which this run's must replace.
+    std::fs::write(db_dir.join("import-failures.tsv"), "last night\n").unwrap();
+    let args = [
+        "import",
+        csv.to_str().unwrap(),
+        "--db",
+        db_dir.to_str().unwrap(),
+        "--update",
+    ];
+    let mut out = None;
+    for delay in [1500, 3000, 5000] {
+        let child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        // SAFETY: signals a child this test spawned and has not waited for.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let o = child.wait_with_output().unwrap();
+        if o.status.code().is_some() {
+            out = Some(o);
+            break;
+        }
+    }
+    let out = out.expect("Ctrl-C reached every run before its updates began");
+    if out.status.success() {
+        eprintln!("SKIPPED: the update ended before Ctrl-C (a fast machine)");
+        return;
+    }
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped by Ctrl-C after"), "{stderr}");
+    let report = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
+    assert!(report.contains("stopped by Ctrl-C after"), "{report}");
+    let db = vitrine::Db::open(&db_dir).unwrap();
+    let updated = (0..n)
+        .filter(|i| {
+            db.get(&format!("p{i:05}"))
+                .unwrap()
+                .unwrap()
+                .attributes
+                .price
+                == Some(2.5)
+        })
+        .count();
+    eprintln!("{updated} of {n} rows applied before Ctrl-C");
+    assert!(updated < n, "{updated}");
+}
+
 /// `eval outfits --sheets` into a folder it cannot write fails at once,
 /// not after the evaluation whose figures it would lose.
 #[test]

@@ -1197,6 +1197,66 @@ fn vitrine(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `eval fitb-split` writes its three files together: a run that fails
+/// leaves the set the folder held (it overwrote the outfit files, then
+/// failed on the questions, leaving questions of another split beside
+/// them).
+#[test]
+fn fitb_split_replaces_its_three_files_together() {
+    if !have_mango() {
+        return;
+    }
+    let subset = Subset::take(60);
+    let dir = tempfile::tempdir().unwrap();
+    let (products, outfits) = subset.write(dir.path());
+    let split = |seed: &str, out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(["eval", "fitb-split", "--products"])
+            .arg(&products)
+            .arg("--outfits")
+            .arg(&outfits)
+            .arg("--out-dir")
+            .arg(out)
+            .args(["--seed", seed])
+            .output()
+            .unwrap()
+    };
+    let names = ["learn-outfits.csv", "test-outfits.csv", "questions.jsonl"];
+    let read = |out: &Path| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| std::fs::read_to_string(out.join(n)).unwrap_or_default())
+            .collect()
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    assert!(split("1", &a).status.success());
+    assert!(split("2", &b).status.success());
+    let (one, two) = (read(&a), read(&b));
+    assert!(one.iter().all(|t| !t.is_empty()), "{one:?}");
+    assert_ne!(
+        one[0], two[0],
+        "the seeds split alike: nothing to tell apart"
+    );
+    // Seed 2 into seed 1's folder, whose questions file cannot be replaced.
+    std::fs::remove_file(a.join(names[2])).unwrap();
+    std::fs::create_dir(a.join(names[2])).unwrap();
+    std::fs::write(a.join(names[2]).join("x"), "x").unwrap();
+    let out = split("2", &a);
+    assert!(!out.status.success());
+    assert!(read(&a)[..2] == one[..2], "the outfit files were replaced");
+    // No temporary file is left.
+    let left: Vec<String> = std::fs::read_dir(&a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Then it replaces all three.
+    std::fs::remove_dir_all(a.join(names[2])).unwrap();
+    assert!(split("2", &a).status.success());
+    assert!(read(&a) == two, "not seed 2's files");
+}
+
 #[test]
 fn cli_outfit_commands_and_eval_fitb() {
     if !have_mango() {

@@ -87,6 +87,22 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
         }
     };
     let db = Db::builder().open_with_model(&dir, &model)?;
+    // Queries rank every stored product, but only this run's are labelled:
+    // a database reused from a run of another split or limit would count
+    // its other products as misses. Refused before the import, which would
+    // add this run's products to it.
+    let labelled: std::collections::HashSet<&str> = items.iter().map(|it| it.id.as_str()).collect();
+    let others = db
+        .ids()
+        .into_iter()
+        .filter(|id| !labelled.contains(id.as_str()))
+        .count();
+    anyhow::ensure!(
+        others == 0,
+        "{} holds {others} products this run does not label: reuse --db only with the same \
+         --split and --limit, or give a fresh folder",
+        dir.display(),
+    );
     let prep = PrepConfig::catalog().pixel_aspect(args.pixel_aspect);
     let t = Instant::now();
     let report = db.import(
@@ -105,17 +121,6 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
     if !report.failures.is_empty() {
         anyhow::bail!("{} images failed to import", report.failures.len());
     }
-    // Queries rank every stored product, but only this run's are labelled:
-    // a database reused from a run of another split or limit would count
-    // its other products as misses.
-    anyhow::ensure!(
-        db.len() == items.len(),
-        "{} holds {} products, but this run labels {}: reuse --db only with the same \
-         --split and --limit, or give a fresh folder",
-        dir.display(),
-        db.len(),
-        items.len()
-    );
     eprintln!(
         "{} products ({} imported in {:.1} s)",
         db.len(),

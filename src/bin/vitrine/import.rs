@@ -926,8 +926,14 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         None if args.reembed => Some(folder_ids(&args.source)?),
         None => None,
     };
+    // Set when Ctrl-C stops the updates of present products.
+    let mut updates_stopped = None;
     let source = match rows {
         Some(rows) if args.update => {
+            // One durable write per row: minutes for a large nightly file,
+            // stopped between two rows as the import stops between two
+            // products.
+            let _ctrl_c = StopOnCtrlC::install();
             let bad_before = update_failures.len();
             let mut new_items = Vec::new();
             let mut no_image = Vec::new();
@@ -936,7 +942,16 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             // Present products whose row names another image than the one
             // their vectors come from (which an update does not re-embed).
             let mut moved: Vec<(String, String, String)> = Vec::new();
-            for row in rows {
+            let total = rows.len();
+            for (done, row) in rows.into_iter().enumerate() {
+                if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+                    updates_stopped = Some(format!(
+                        "stopped by Ctrl-C after {done} of {total} rows (the updates of those \
+                         rows are applied, no new product is imported); run the same command \
+                         again to finish"
+                    ));
+                    break;
+                }
                 // As a plain import does: a second row of an id fails.
                 if !seen.insert(row.id.clone()) {
                     twice += 1;
@@ -1074,6 +1089,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
         e
     };
+    if let Some(why) = updates_stopped {
+        return Err(stopped(update_failures, anyhow!(why)));
+    }
     // The flags set the pixel aspect; the rest is the database's own
     // preparation (an older database's, without the area shrink, stays so).
     let prep = match prep.map(|p| {

@@ -255,6 +255,40 @@ fn load_outfits(
     Ok(db.learn_outfit_rules()?)
 }
 
+/// Writes each `(path, text)` beside its path, synced, then renames them
+/// all into place: a failure before the renames leaves every old file.
+fn write_all_or_none(files: &[(PathBuf, String)]) -> anyhow::Result<()> {
+    // (A folder in a file's place would fail its rename after the others'.)
+    if let Some((path, _)) = files.iter().find(|(p, _)| p.is_dir()) {
+        bail!("{} is a folder", path.display());
+    }
+    let mut temps = Vec::new();
+    let written = files
+        .iter()
+        .try_for_each(|(path, text)| -> anyhow::Result<()> {
+            let (tmp, mut f) = crate::info::create_temp_beside(path)
+                .with_context(|| format!("cannot write beside {}", path.display()))?;
+            temps.push(tmp);
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            Ok(())
+        });
+    if let Err(e) = written {
+        for tmp in &temps {
+            let _ = std::fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
+    for ((path, _), tmp) in files.iter().zip(&temps) {
+        std::fs::rename(tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    }
+    if let Some((path, _)) = files.first() {
+        crate::info::sync_parent(path)?;
+    }
+    Ok(())
+}
+
 /// A copy of the outfits CSV `csv` without the outfits that name a
 /// product the database does not hold (every other line as it was, for the
 /// import's checks), and those outfits' ids.
@@ -498,26 +532,23 @@ pub fn fitb_split(args: FitbSplitArgs) -> anyhow::Result<()> {
         }
     }
     std::fs::create_dir_all(&args.out_dir)?;
-    let write_outfits = |name: &str, keep: &dyn Fn(&String) -> bool| -> anyhow::Result<usize> {
-        let path = args.out_dir.join(name);
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
-        writeln!(w, "cod_outfit,cod_modelo_color")?;
+    let outfits_csv = |keep: &dyn Fn(&String) -> bool| -> (String, usize) {
+        let mut text = String::from("cod_outfit,cod_modelo_color\n");
         let mut n = 0;
         for (id, ps) in &outfits {
             if keep(id) {
                 n += 1;
                 for p in ps {
-                    writeln!(w, "{},{}", csv_field(id), csv_field(p))?;
+                    text += &format!("{},{}\n", csv_field(id), csv_field(p));
                 }
             }
         }
-        w.flush()?;
-        Ok(n)
+        (text, n)
     };
-    let n_learn = write_outfits("learn-outfits.csv", &|id| learn.contains(id))?;
-    write_outfits("test-outfits.csv", &|id| !learn.contains(id))?;
+    let (learn_csv, n_learn) = outfits_csv(&|id| learn.contains(id));
+    let (test_csv, _) = outfits_csv(&|id| !learn.contains(id));
     let qpath = args.out_dir.join("questions.jsonl");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&qpath)?);
+    let mut questions = String::new();
     let mut n_q = 0;
     for id in test {
         let ps = &outfits[id];
@@ -558,20 +589,25 @@ pub fn fitb_split(args: FitbSplitArgs) -> anyhow::Result<()> {
         candidates.push(answer.clone());
         candidates.shuffle(&mut rng);
         let given: Vec<&String> = ps.iter().filter(|p| *p != answer).collect();
-        writeln!(
-            w,
-            "{}",
-            serde_json::json!({
-                "outfit": id,
-                "given": given,
-                "candidates": candidates,
-                "answer": answer,
-                "family": fam,
-            })
-        )?;
+        questions += &serde_json::json!({
+            "outfit": id,
+            "given": given,
+            "candidates": candidates,
+            "answer": answer,
+            "family": fam,
+        })
+        .to_string();
+        questions.push('\n');
         n_q += 1;
     }
-    w.flush()?;
+    // The three files go together (questions of one split scored against
+    // the learning outfits of another would test memory): all of them or,
+    // on a failure, none replace what the folder held.
+    write_all_or_none(&[
+        (args.out_dir.join("learn-outfits.csv"), learn_csv),
+        (args.out_dir.join("test-outfits.csv"), test_csv),
+        (qpath.clone(), questions),
+    ])?;
     println!(
         "{} outfits: {n_learn} for learning, {} held out; {n_q} questions written to {}",
         outfits.len(),
