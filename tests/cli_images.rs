@@ -1030,23 +1030,30 @@ fn eval_concepts_json_has_the_documented_keys() {
         eprintln!("SKIP eval_concepts_json_has_the_documented_keys: ../shared/data/fpi is absent");
         return;
     }
-    let out = vitrine(&[
-        "eval",
-        "concepts",
-        "--styles",
-        fpi.join("styles.csv").to_str().unwrap(),
-        "--images",
-        fpi.join("images").to_str().unwrap(),
-        "--split",
-        "val",
-        "--limit",
-        "80",
-        "--profiles",
-        "3",
-        "--references",
-        "3",
-        "--json",
-    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let run = |split: &str, limit: &str| {
+        vitrine(&[
+            "eval",
+            "concepts",
+            "--styles",
+            fpi.join("styles.csv").to_str().unwrap(),
+            "--images",
+            fpi.join("images").to_str().unwrap(),
+            "--split",
+            split,
+            "--limit",
+            limit,
+            "--profiles",
+            "3",
+            "--references",
+            "3",
+            "--db",
+            db.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let out = run("val", "80");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in [
@@ -1059,6 +1066,16 @@ fn eval_concepts_json_has_the_documented_keys() {
         assert!((0.0..=1.0).contains(&x), "{key} = {x}");
     }
     assert_eq!(v["n"], 80);
+    // The folder holds another split's products: refused before anything
+    // is imported into it (it imported this run's, then refused).
+    let out = run("train", "5");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("80 products this run does not label"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(vitrine::Db::open(&db).unwrap().len(), 80);
 }
 
 #[test]
