@@ -92,8 +92,11 @@ pub struct SimilarTable {
     /// Per product (same order as `ids`): (index into `ids`, score), best first.
     pub lists: Vec<Vec<(u32, f32)>>,
     /// Back end that answered: [`Backend::Gpu`] only when the GPU answered
-    /// every batch (one it could not take falls back to the CPU, with a log
-    /// line).
+    /// every batch. One it could not take falls back to the CPU, with a log
+    /// line; under `Auto`, a last batch below the GPU's threshold
+    /// ([`vitrine_index::AUTO_GPU_MIN_WORK`] row-queries) goes to the CPU
+    /// too, logged only at debug level (`similar_all batch`), and makes
+    /// this `Cpu`.
     pub backend: Backend,
     /// Wall time of the scoring, in seconds.
     pub seconds: f64,
