@@ -29,8 +29,7 @@ pub struct IntegralImage {
     channels: usize,
     /// `(height + 1) × (width + 1) × channels`, row-major, interleaved.
     sums: Vec<u64>,
-    /// Same layout as `sums`, of squared samples; empty for crate-internal
-    /// tables that only need sums.
+    /// Same layout as `sums`, of squared samples.
     squares: Vec<u64>,
 }
 
@@ -42,27 +41,6 @@ impl IntegralImage {
     /// not within 1..=64, or `samples` does not hold exactly
     /// `width × height × channels` values.
     pub fn new(width: u32, height: u32, channels: usize, samples: &[u8]) -> Option<Self> {
-        Self::build(width, height, channels, samples, true)
-    }
-
-    /// Like [`IntegralImage::new`] without the squares (half the memory);
-    /// [`IntegralImage::variance`] then returns `None`.
-    pub(crate) fn sums_only(
-        width: u32,
-        height: u32,
-        channels: usize,
-        samples: &[u8],
-    ) -> Option<Self> {
-        Self::build(width, height, channels, samples, false)
-    }
-
-    fn build(
-        width: u32,
-        height: u32,
-        channels: usize,
-        samples: &[u8],
-        with_squares: bool,
-    ) -> Option<Self> {
         let (w, h) = (width as usize, height as usize);
         // An empty image must not size the tables by its other side alone.
         if w == 0
@@ -75,11 +53,7 @@ impl IntegralImage {
         let stride = (w + 1).checked_mul(channels)?;
         let len = stride.checked_mul(h + 1)?;
         let mut sums = vec![0u64; len];
-        let mut squares = if with_squares {
-            vec![0u64; len]
-        } else {
-            Vec::new()
-        };
+        let mut squares = vec![0u64; len];
         let mut row_sum = vec![0u64; channels];
         let mut row_sq = vec![0u64; channels];
         for y in 0..h {
@@ -94,10 +68,8 @@ impl IntegralImage {
                     row_sum[c] += v;
                     let i = (x + 1) * channels + c;
                     sums[here + i] = sums[above + i] + row_sum[c];
-                    if with_squares {
-                        row_sq[c] += v * v;
-                        squares[here + i] = squares[above + i] + row_sq[c];
-                    }
+                    row_sq[c] += v * v;
+                    squares[here + i] = squares[above + i] + row_sq[c];
                 }
             }
         }
@@ -185,9 +157,6 @@ impl IntegralImage {
     /// If `channel >= self.channels()`.
     pub fn variance(&self, channel: usize, x: Range<u32>, y: Range<u32>) -> Option<f64> {
         self.check_channel(channel);
-        if self.squares.is_empty() {
-            return None;
-        }
         let r = self.clamp(x, y)?;
         let n = ((r.2 - r.0) * (r.3 - r.1)) as u128;
         let s = u128::from(self.rect(&self.sums, channel, r));

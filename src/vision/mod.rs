@@ -10,7 +10,7 @@
 //! 2. estimate the background colour from a 4-pixel border band and test
 //!    whether it is plain;
 //! 3. on a plain background, find the product's box from a foreground mask
-//!    (itself summed in an [`IntegralImage`]) and add a 5 % margin;
+//!    (counted per row and column) and add a 5 % margin;
 //! 4. letterbox the crop into the 96 × 128 model input with the background
 //!    colour, keeping the physical aspect ratio ([`PrepConfig::pixel_aspect`]),
 //!    with a half-pixel-centre bilinear resize;

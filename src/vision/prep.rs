@@ -1,7 +1,7 @@
 //! The preparation contract of `training/PREP.md`, step by step.
 
 use super::decode::{decode_rgb, DecodeLimits};
-use super::{ImageError, IntegralImage};
+use super::ImageError;
 
 /// Model input width in pixels.
 const INPUT_W: usize = 96;
@@ -502,22 +502,25 @@ fn border(img: Rgb<'_>) -> Border {
 fn product_box(img: Rgb<'_>, bd: &Border) -> Option<[usize; 4]> {
     let (w, h) = (img.w, img.h);
     let threshold = FG_THRESHOLD * bd.n;
-    let mask: Vec<u8> = img
-        .px
-        .chunks_exact(3)
-        .map(|p| u8::from(bd.dev([p[0], p[1], p[2]]) > threshold))
-        .collect();
-    let sat = IntegralImage::sums_only(w as u32, h as u32, 1, &mask)?;
+    // Foreground pixels per row and per column: the box needs only whole
+    // lines' counts (a mask and its summed-area table cost 9 bytes a
+    // pixel, three times the image).
+    let (mut rows, mut cols) = (vec![0u64; h], vec![0u64; w]);
+    for (y, line) in img.px.chunks_exact(3 * w).enumerate() {
+        for (x, p) in line.chunks_exact(3).enumerate() {
+            if bd.dev([p[0], p[1], p[2]]) > threshold {
+                rows[y] += 1;
+                cols[x] += 1;
+            }
+        }
+    }
     let row_min = LINE_MIN.max((LINE_FRAC * w as f64).ceil() as u64);
     let col_min = LINE_MIN.max((LINE_FRAC * h as f64).ceil() as u64);
-    let (w32, h32) = (w as u32, h as u32);
-    let row = |r: u32| sat.sum(0, 0..w32, r..r + 1) >= row_min;
-    let col = |c: u32| sat.sum(0, c..c + 1, 0..h32) >= col_min;
-    let y0 = (0..h32).find(|&r| row(r))?;
-    let y1 = (0..h32).rev().find(|&r| row(r))? + 1;
-    let x0 = (0..w32).find(|&c| col(c))?;
-    let x1 = (0..w32).rev().find(|&c| col(c))? + 1;
-    Some([x0 as usize, y0 as usize, x1 as usize, y1 as usize])
+    let y0 = rows.iter().position(|&n| n >= row_min)?;
+    let y1 = rows.iter().rposition(|&n| n >= row_min)? + 1;
+    let x0 = cols.iter().position(|&n| n >= col_min)?;
+    let x1 = cols.iter().rposition(|&n| n >= col_min)? + 1;
+    Some([x0, y0, x1, y1])
 }
 
 /// PREP.md step 4, margin: `m = MARGIN_FRAC · max(bw · a, bh)`, `mx = ⌊m / a⌋`, `my = ⌊m⌋`.
