@@ -228,8 +228,10 @@ fn the_first_import_stores_its_preparation_for_later_images() {
         assert_eq!(report.progress.total, 0);
         assert_eq!(db.recorded_prep_config().unwrap(), None);
         // An import into an empty database records its preparation before
-        // it starts (so that an interrupted one resumes with it); while the
-        // database stays empty, the next import replaces it.
+        // it starts (so that an interrupted one resumes with it); one whose
+        // every item failed takes it back (a later import given none used
+        // it), and while the database stays empty, the next import
+        // replaces it.
         let bad = tempfile::tempdir().unwrap();
         std::fs::write(bad.path().join("broken.jpg"), b"not a jpeg").unwrap();
         let report = db
@@ -241,10 +243,7 @@ fn the_first_import_stores_its_preparation_for_later_images() {
             )
             .unwrap();
         assert_eq!(report.progress.failed, 1);
-        assert_eq!(
-            db.recorded_prep_config().unwrap(),
-            Some(PrepConfig::catalog().pixel_aspect(0.8))
-        );
+        assert_eq!(db.recorded_prep_config().unwrap(), None);
         db.import(
             ImportSource::Dir(src.path().to_path_buf()),
             ImportOptions::new()
@@ -329,6 +328,50 @@ fn a_refused_first_image_insert_records_no_preparation() {
     )
     .unwrap();
     assert_eq!(db.recorded_prep_config().unwrap(), Some(photo));
+}
+
+/// Attributes passed back from another database (the way into a new one
+/// after a model of another shape): a category the earlier model filled in
+/// follows this model's output, as with an image insert, and is not kept
+/// as the caller's.
+#[test]
+fn an_import_does_not_freeze_a_category_an_earlier_model_filled_in() {
+    let Some(model) = model() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(2);
+    write_images(src.path(), &images);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let item = |i: usize, attrs: Attributes| vitrine::ImportItem {
+        id: images[i].0.clone(),
+        path: src.path().join(format!("{}.{}", images[i].0, images[i].1)),
+        attributes: attrs,
+    };
+    let filled = Attributes::new()
+        .category("Earlier Model's")
+        .set(vitrine::ATTR_CATEGORY, "Earlier Model's");
+    let given = Attributes::new().category("Mine");
+    db.import(
+        ImportSource::Items(vec![item(0, filled), item(1, given)]),
+        ImportOptions::new().model(model.clone()).prep(prep()),
+    )
+    .unwrap();
+    let a = db.get(&images[0].0).unwrap().unwrap().attributes;
+    let top = model
+        .annotation(
+            &model
+                .infer(&[prepare_image(&images[0].2, &prep()).unwrap()])
+                .unwrap()[0],
+            1,
+        )
+        .category[0]
+        .label
+        .clone();
+    assert_eq!(a.category.as_deref(), Some(top.as_str()));
+    assert!(a.get(vitrine::ATTR_CATEGORY_GIVEN).is_none());
+    let b = db.get(&images[1].0).unwrap().unwrap().attributes;
+    assert_eq!(b.category.as_deref(), Some("Mine"));
+    assert!(b.get(vitrine::ATTR_CATEGORY_GIVEN).is_some());
 }
 
 #[test]

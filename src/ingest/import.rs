@@ -452,13 +452,16 @@ impl Db {
             }
             (Some(p), _) => p,
         };
+        // The record this import replaced, when it made its own.
+        let mut replaced_prep = None;
         if (empty || none_stored) && !items.is_empty() {
             let _guard = self.side_write_lock();
             if self.is_empty() || self.stored_prep()?.is_none() {
+                replaced_prep = Some(self.stored_prep()?);
                 self.set_prep_config(&prep)?;
             }
         }
-        let mut report = self.import_items(
+        let result = self.import_items(
             items,
             &model,
             &prep,
@@ -469,7 +472,27 @@ impl Db {
             batch,
             &mut progress,
             stop,
-        )?;
+        );
+        // An import that stored nothing (every item failed) leaves the
+        // record as it found it: it must not decide how later imports,
+        // given no preparation, prepare the catalog.
+        if let Some(previous) = &replaced_prep {
+            let nothing = match &result {
+                Ok(r) => r.progress.stored + r.progress.replaced == 0,
+                Err(_) => self.is_empty(),
+            };
+            if nothing {
+                let _guard = self.side_write_lock();
+                // (Unless another writer recorded its own since.)
+                let ours = self.stored_prep().ok().flatten() == Some(StoredPrep::of(&prep));
+                if ours {
+                    if let Err(e) = self.restore_prep(previous.as_ref()) {
+                        tracing::warn!(error = %e, "the preparation this import recorded stays");
+                    }
+                }
+            }
+        }
+        let mut report = result?;
         // (Stopped: learned at the end of the run that finishes, as after a
         // kill.)
         if !report.stopped && (reembed || (refresh && report.progress.replaced > 0)) {
@@ -752,12 +775,12 @@ impl Db {
                 }));
             }
         } else {
-            let stored = self.image_record(
-                model,
-                out,
-                with_source(job.item.attributes.clone()),
-                job.colour,
-            );
+            // As an image insert does: a category an earlier model filled
+            // in (the caller passing stored attributes back, into a new
+            // database) follows this model's output, not frozen as given.
+            let mut attrs = job.item.attributes.clone();
+            super::forget_model_category(&mut attrs);
+            let stored = self.image_record(model, out, with_source(attrs), job.colour);
             self.write_outputs_of(model, || {
                 self.insert(&job.item.id, stored.attributes, stored.vectors)
             })??;

@@ -618,10 +618,11 @@ impl Db {
     }
 
     /// The recorded preparation: what [`Db::set_prep_config`] stored, or
-    /// the one of the first image insert or [`Db::import`] made while none
-    /// was recorded; an import into the empty database records its own
-    /// whatever was recorded. `None` when none of these ran (or the images
-    /// were stored before preparations were recorded).
+    /// the one of the first image insert or [`Db::import`] that stored a
+    /// product while none was recorded; an import into the empty database
+    /// records its own whatever was recorded (an import that stores
+    /// nothing leaves the record as it was). `None` when none of these ran
+    /// (or the images were stored before preparations were recorded).
     pub fn recorded_prep_config(&self) -> Result<Option<PrepConfig>, Error> {
         Ok(self.stored_prep()?.map(|s| s.config()))
     }
@@ -633,6 +634,18 @@ impl Db {
     pub fn set_prep_config(&self, prep: &PrepConfig) -> Result<(), Error> {
         self.side_keyspace::<StoredPrep>(PREP)?
             .put(PREP_KEY, &StoredPrep::of(prep))?;
+        self.flush()
+    }
+
+    /// Puts the preparation record back as it was (`None`: no record).
+    pub(crate) fn restore_prep(&self, previous: Option<&StoredPrep>) -> Result<(), Error> {
+        let ks = self.side_keyspace::<StoredPrep>(PREP)?;
+        match previous {
+            Some(p) => ks.put(PREP_KEY, p)?,
+            None => {
+                ks.remove(PREP_KEY)?;
+            }
+        }
         self.flush()
     }
 
