@@ -382,6 +382,13 @@ fn import_reads_a_csv_with_attributes() {
         stdout.contains("1 present products name another image") && stdout.contains("--refresh"),
         "{stdout}"
     );
+    // Every such product is listed in a CSV that --refresh takes as it is.
+    let moved = db_dir.join("import-moved.csv");
+    assert_eq!(
+        std::fs::read_to_string(&moved).unwrap(),
+        format!("id,path\nsku-1,{}\n", files[2].display())
+    );
+    assert!(stdout.contains("import-moved.csv"), "{stdout}");
     // sku-2's bad row names it: only sku-0 is not in the file.
     assert!(stdout.contains("1 stored products are not in"), "{stdout}");
     let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
@@ -411,6 +418,8 @@ fn import_reads_a_csv_with_attributes() {
         "{}",
         text(&out.stdout)
     );
+    // The list of an earlier run is gone with its cause.
+    assert!(!moved.exists());
     // A price is finite and >= 0, refused in its row; -0 is 0. A --report
     // naming the CSV itself, or a file of the database's own, is refused
     // before anything runs.

@@ -641,6 +641,30 @@ fn remove_report(path: &Path) {
     }
 }
 
+/// Where `import --update` lists the present products whose row names
+/// another image than the one they were embedded from (`id,path`).
+const MOVED_CSV: &str = "import-moved.csv";
+
+/// Writes `path` whole or not at all through `write_all`: a temporary file
+/// beside it, synced, then a rename.
+fn write_whole(
+    path: &Path,
+    write_all: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let (tmp, file) = crate::info::create_temp_beside(path)?;
+    let write = || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(file);
+        write_all(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        crate::info::sync_parent(path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::from(e)
+    })
+}
+
 /// Writes the failure report whole or not at all (a temporary file, then a
 /// rename), so a full disk cannot leave an empty report that reads as "no
 /// failures".
@@ -651,27 +675,15 @@ fn write_report(path: &Path, lines: &[String]) -> anyhow::Result<()> {
         }
         out.flush()
     };
-    let path = match report_target(path) {
-        ReportTarget::Stdout => return Ok(write_all(&mut std::io::stdout().lock())?),
-        ReportTarget::Stderr => return Ok(write_all(&mut std::io::stderr().lock())?),
+    match report_target(path) {
+        ReportTarget::Stdout => Ok(write_all(&mut std::io::stdout().lock())?),
+        ReportTarget::Stderr => Ok(write_all(&mut std::io::stderr().lock())?),
         ReportTarget::Stream(p) => {
             let mut out = std::fs::OpenOptions::new().append(true).open(p)?;
-            return Ok(write_all(&mut out)?);
+            Ok(write_all(&mut out)?)
         }
-        ReportTarget::File(p) => p,
-    };
-    let (tmp, file) = crate::info::create_temp_beside(&path)?;
-    let write = || -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::new(file);
-        write_all(&mut out)?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        crate::info::sync_parent(&path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::Error::from(e)
-    })
+        ReportTarget::File(p) => write_whole(&p, write_all),
+    }
 }
 
 /// Prints the summary of an import.
@@ -1004,6 +1016,31 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 notes.push(format!(
                     "{twice} rows repeat an id of an earlier row (not applied)"
                 ));
+            }
+            // Every moved product, as a CSV that --refresh takes as it is
+            // (the note names a screenful); an older run's list goes.
+            let moved_csv = args.db.join(MOVED_CSV);
+            if moved.is_empty() {
+                let _ = std::fs::remove_file(&moved_csv);
+            } else {
+                let mut text = String::from("id,path\n");
+                for (id, _, now) in &moved {
+                    text += &format!(
+                        "{},{}\n",
+                        crate::outfit_eval::csv_field(id),
+                        crate::outfit_eval::csv_field(now)
+                    );
+                }
+                match write_whole(&moved_csv, |out| out.write_all(text.as_bytes())) {
+                    Ok(()) => notes.push(format!(
+                        "the rows of the products whose image changed are in {}: \
+                         `vitrine import {} --db {} --refresh` re-embeds them from their new images",
+                        moved_csv.display(),
+                        crate::field(&moved_csv.display().to_string()),
+                        crate::field(&args.db.display().to_string()),
+                    )),
+                    Err(e) => notes.push(format!("cannot write {}: {e:#}", moved_csv.display())),
+                }
             }
             if let Some((id, was, now)) = moved.first() {
                 // Named (up to a screenful), so that a CSV of their rows
