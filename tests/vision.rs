@@ -757,6 +757,50 @@ fn exif_orientation_turns_the_image_upright() {
     assert!(prepare_image(&plain, &PrepConfig::catalog().limits(portrait)).is_err());
 }
 
+/// `png` with an `eXIf` chunk, holding only the orientation, after the
+/// pixel data (where libpng writes one set in the end info).
+fn png_with_late_orientation(png: &[u8], orientation: u16) -> Vec<u8> {
+    let mut exif = b"II*\0".to_vec();
+    exif.extend(8u32.to_le_bytes());
+    exif.extend(1u16.to_le_bytes());
+    exif.extend(0x0112u16.to_le_bytes());
+    exif.extend(3u16.to_le_bytes());
+    exif.extend(1u32.to_le_bytes());
+    exif.extend(orientation.to_le_bytes());
+    exif.extend([0, 0]);
+    exif.extend(0u32.to_le_bytes());
+    let mut chunk = u32::try_from(exif.len()).unwrap().to_be_bytes().to_vec();
+    let mut body = b"eXIf".to_vec();
+    body.extend(&exif);
+    chunk.extend(&body);
+    chunk.extend(crc32fast::hash(&body).to_be_bytes());
+    // Before IEND (the last 12 bytes).
+    let (head, iend) = png.split_at(png.len() - 12);
+    assert_eq!(&iend[4..8], b"IEND");
+    [head, &chunk, iend].concat()
+}
+
+#[test]
+fn png_orientation_after_the_pixels_turns_the_image_upright() {
+    let photo = sample_photo(160, 120);
+    let plain = png(photo);
+    let late = png_with_late_orientation(&plain, 6);
+    assert_eq!(
+        prepare_image(&plain, &PrepConfig::catalog())
+            .unwrap()
+            .source_size(),
+        (160, 120)
+    );
+    assert_eq!(
+        prepare_image(&late, &PrepConfig::catalog())
+            .unwrap()
+            .source_size(),
+        (120, 160)
+    );
+    let d = vitrine::decode_image(&late, DecodeLimits::default()).unwrap();
+    assert_eq!((d.width, d.height), (120, 160));
+}
+
 #[test]
 fn tensor_is_finite_and_in_range() {
     let p = prepare_image(&png(sample_photo(300, 200)), &PrepConfig::photo()).unwrap();

@@ -243,9 +243,16 @@ fn decode_checked(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageE
         .map_err(|e| map_error(e, limits, (0, 0)))?;
     let (width, height) = decoder.dimensions();
     // An unreadable orientation tag is no reason to refuse the pixels.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    use image::metadata::Orientation;
+    let orientation = match decoder.orientation() {
+        // The PNG header reader stops at the pixel data: an eXIf chunk
+        // after it (where libpng writes one) is read here.
+        Ok(Orientation::NoTransforms) | Err(_) if format == Some(ImageFormat::Png) => {
+            png_late_orientation(bytes).unwrap_or(Orientation::NoTransforms)
+        }
+        Ok(o) => o,
+        Err(_) => Orientation::NoTransforms,
+    };
     // Checked as the pixels will be kept (upright, 3 bytes per pixel, as
     // prepare_rgb checks them) and as the decoder holds them: an image the
     // preparation would refuse is refused before it is decoded.
@@ -326,6 +333,22 @@ fn on_white(rgba: &image::RgbaImage) -> RgbImage {
         let blend = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
         image::Rgb([blend(p[0]), blend(p[1]), blend(p[2])])
     })
+}
+
+/// The orientation in a PNG's `eXIf` chunk, wherever it is (the chunk may
+/// follow the pixel data).
+fn png_late_orientation(bytes: &[u8]) -> Option<image::metadata::Orientation> {
+    let mut pos = 8; // after the signature
+    while let Some(head) = bytes.get(pos..pos + 8) {
+        let len = usize::try_from(u32::from_be_bytes([head[0], head[1], head[2], head[3]])).ok()?;
+        let data = bytes.get(pos + 8..(pos + 8).checked_add(len)?)?;
+        match &head[4..8] {
+            b"eXIf" => return image::metadata::Orientation::from_exif_chunk(data),
+            b"IEND" => return None,
+            _ => pos = pos.checked_add(len)?.checked_add(12)?,
+        }
+    }
+    None
 }
 
 /// Walks the JPEG marker segments (and the entropy-coded data of each scan)
