@@ -363,7 +363,10 @@ impl PreparedImage {
     /// pixels that differ from the background: the plain background, or on
     /// a busier one the median of the image's outer ring when at least half
     /// of that ring is near it (a backdrop the product runs off), else all
-    /// of them; `None` when too few pixels are left.
+    /// of them; `None` when too few pixels are left. A product that fills
+    /// the frame (a detail shot, a fabric swatch) makes its own main colour
+    /// that ring's: what is measured is then its second colour (the white
+    /// of a navy shirt's stripes), or nothing.
     pub fn dominant_colour(&self) -> Option<[f32; 3]> {
         self.colour
     }
