@@ -318,6 +318,37 @@ fn a_refused_first_image_insert_records_no_preparation() {
     ));
     assert_eq!(db.recorded_prep_config().unwrap(), None);
     let images = good_images(1);
+    // A refused id: the record made before the write is taken back.
+    let other = tempfile::tempdir().unwrap();
+    let plain = open_db(&model, other.path());
+    let vectors: Vec<(String, Vec<f32>)> = plain
+        .spaces()
+        .into_iter()
+        .map(|s| {
+            let mut v = vec![0.0; s.dim];
+            v[0] = 1.0;
+            (s.name, v)
+        })
+        .collect();
+    plain
+        .insert(
+            "taken",
+            Attributes::new(),
+            vectors.iter().map(|(n, v)| (n.as_str(), v.clone())),
+        )
+        .unwrap();
+    assert!(matches!(
+        plain.insert_image_with(
+            &model,
+            &photo,
+            "taken",
+            &images[0].2,
+            Attributes::new(),
+            false
+        ),
+        Err(IngestError::Db(vitrine::Error::AlreadyExists { .. }))
+    ));
+    assert_eq!(plain.recorded_prep_config().unwrap(), None);
     db.insert_image_with(
         &model,
         &photo,

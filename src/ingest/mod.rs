@@ -530,29 +530,37 @@ impl Db {
         attrs.extra.remove(ATTR_SOURCE);
         forget_model_category(&mut attrs);
         let stored = self.image_record(model, &out, attrs, colour);
-        self.write_outputs_of(model, || {
+        // The first image insert records its preparation, as a first import
+        // does, so that later inserts and queries by image prepare alike:
+        // before the product (a kill between them must not leave an image
+        // product without its preparation, which an open takes for an older
+        // build's), and taken back when the write is refused (a refused
+        // image, above, records nothing).
+        let mut recorded = false;
+        if self.stored_prep()?.is_none() {
+            let _guard = self.side_write_lock();
+            if self.stored_prep()?.is_none() {
+                self.set_prep_config(prep)?;
+                recorded = true;
+            }
+        }
+        let written = self.write_outputs_of(model, || {
             if replace {
                 self.upsert(id, stored.attributes, stored.vectors)
             } else {
                 self.insert(id, stored.attributes, stored.vectors)
             }
-        })??;
-        // The first image insert records its preparation, as a first import
-        // does, so that later inserts and queries by image prepare alike;
-        // once stored (a refused image or id records nothing). The product
-        // is stored: a failure here is left to the next insert to repair.
-        let record = || -> Result<(), Error> {
-            if self.stored_prep()?.is_none() {
-                let _guard = self.side_write_lock();
-                if self.stored_prep()?.is_none() {
-                    self.set_prep_config(prep)?;
+        });
+        if recorded && !matches!(written, Ok(Ok(()))) {
+            let _guard = self.side_write_lock();
+            // (Unless another writer recorded its own since.)
+            if self.stored_prep().ok().flatten() == Some(StoredPrep::of(prep)) {
+                if let Err(e) = self.restore_prep(None) {
+                    tracing::warn!(error = %e, "the preparation this insert recorded stays");
                 }
             }
-            Ok(())
-        };
-        if let Err(e) = record() {
-            tracing::warn!(error = %e, "image preparation not recorded; the next image insert tries again");
         }
+        written??;
         Ok(model.annotation(&out, ANNOTATE_TOP_K))
     }
 
