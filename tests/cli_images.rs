@@ -742,6 +742,8 @@ fn query_command_prints_results_and_positioned_errors() {
         ("where in_stock limit 20", "only conditions"),
         ("where in_stock LIMIT 3", "only conditions"),
         ("where in_stock diverse 0.5", "only conditions"),
+        // (A like in the clause was "given twice", under the one typed.)
+        ("where in_stock like 5", "only conditions"),
         ("where in_stock and price < x", "price < x"),
     ] {
         let out = vitrine(&["query", "--db", db, &format!("similar {seed} 4 {clause}")]);
@@ -749,6 +751,23 @@ fn query_command_prints_results_and_positioned_errors() {
         let err = text(&out.stderr);
         assert!(err.contains(says), "{clause}: {err}");
     }
+    // No id: the usage, not a profile named after the condition.
+    let out = vitrine(&["query", "--db", db, "similar where in_stock"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("usage: similar <id>"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A page past the last hit says so, not that no hit reaches min_score.
+    let out = vitrine(&[
+        "query",
+        "--db",
+        db,
+        "find +colour.red min_score -100 offset 9000",
+    ]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("offset 9000 is past the last"), "{said}");
     // A customer id of digits names the user once a profile has that name;
     // `user=` and `k=` say which outright.
     let out = vitrine(&["query", "--db", db, "profile set 4711 colour=1"]);

@@ -486,6 +486,17 @@ fn malformed_queries_are_typed_errors_with_positions() {
     let shown = e.render("find +colour.rd");
     assert!(shown.starts_with("unknown concept 'colour.rd'"), "{shown}");
     assert!(shown.ends_with("\n  find +colour.rd\n        ^"), "{shown}");
+    // Under the error as a terminal draws the line: wide characters take
+    // two cells, combining marks none.
+    for (brand, cells) in [("ユニクロ", 8), ("Zoe\u{301}", 3)] {
+        let text = format!("find where brand = \"{brand}\" and price < cheap");
+        let e = ConceptQuery::parse(&text, &vocab).unwrap_err();
+        assert_eq!(e.column, text.chars().count() - "cheap".len(), "{e}");
+        let shown = e.render(&text);
+        let spaces = shown.lines().nth(2).unwrap().len() - "  ^".len();
+        let before = "find where brand = \"".len() + cells + "\" and price < ".len();
+        assert_eq!(spaces, before, "{shown}");
+    }
     // A control character is escaped, not sent to the terminal, and a long
     // query is shown around the error with the caret under it.
     let long = format!("{} +colour.red\x1b]0;x\x07", "+colour.red ".repeat(5000));
@@ -1279,6 +1290,15 @@ fn user_tags_are_learned_queried_and_persisted() {
             }
         }
     }
+    // A tag of weight 0 alone leaves nothing to rank by: said when the
+    // query runs, without a column of its text.
+    db.set_tag_weight("ticktock", 0.0).unwrap();
+    let e = db.query("find +user.ticktock").unwrap_err();
+    assert!(
+        matches!(&e, ConceptError::NothingToRank(why) if why.contains("tag weight NAME 1")),
+        "{e:?}"
+    );
+    assert!(!e.to_string().contains("column"), "{e}");
     db.set_tag_weight("ticktock", 0.25).unwrap();
     assert!(matches!(
         db.set_tag_weight("ticktock", f32::NAN),

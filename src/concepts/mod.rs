@@ -492,6 +492,11 @@ pub enum ConceptError {
     /// product the same.
     #[error("the profile weighs nothing: give a group a weight above 0 (or an affinity)")]
     EmptyProfile,
+    /// A query whose terms add up to nothing to rank by (no term and no
+    /// like, or user tags of weight 0, or a profile that cancels them):
+    /// found when it runs, so it names no column of the text.
+    #[error("{0}")]
+    NothingToRank(String),
     /// A malformed query.
     #[error(transparent)]
     Query(#[from] QueryError),

@@ -70,7 +70,9 @@ impl QueryError {
     /// terminals. The message comes first so that a prefix such as
     /// `error: ` does not shift the query away from its caret.
     /// A long query is shown as the 80 characters around the error, and
-    /// control characters as `?`, so that the caret stays under its column.
+    /// control characters as `?`; the caret is placed by the width a
+    /// terminal gives what precedes it (wide CJK characters take two
+    /// cells, combining marks none), so that it stays under its column.
     pub fn render(&self, query: &str) -> String {
         const AROUND: usize = 40;
         let chars: Vec<char> = query
@@ -88,7 +90,12 @@ impl QueryError {
         if end < chars.len() {
             shown.push('…');
         }
-        format!("{self}\n  {shown}\n  {}^", " ".repeat(caret))
+        let cells: usize = shown
+            .chars()
+            .take(caret)
+            .map(|c| unicode_width::UnicodeWidthChar::width(c).unwrap_or(0))
+            .sum();
+        format!("{self}\n  {shown}\n  {}^", " ".repeat(cells))
     }
 }
 
@@ -1365,24 +1372,15 @@ impl Db {
         // Nothing to rank by would return arbitrary products, all scoring 0
         // (the text form refuses a query without terms or like as well).
         if qv.iter().all(|x| *x == 0.0) {
-            let e = if q.terms.is_empty() && q.like.is_none() {
-                QueryError::new(
-                    QueryErrorKind::Empty,
-                    0,
-                    "the query weighs no concept and no like",
-                )
-                .hint("for example: find +colour.red limit 10")
+            let why = if q.terms.is_empty() && q.like.is_none() {
+                "the query weighs no concept and no like (for example: find +colour.red limit 10)"
             } else {
                 // Terms that weigh nothing: user tags of weight 0, or a
                 // profile that cancels them.
-                QueryError::new(
-                    QueryErrorKind::Empty,
-                    0,
-                    "the query's terms weigh nothing together",
-                )
-                .hint("a user tag of weight 0 counts for nothing: `tag weight NAME 1` restores it")
+                "the query's terms weigh nothing together (a user tag of weight 0 counts for \
+                 nothing: `tag weight NAME 1` restores it)"
             };
-            return Err(e.into());
+            return Err(ConceptError::NothingToRank(why.into()));
         }
         // A page: the first offset + limit, then the first offset dropped.
         let limit = q.limit.clamp(1, MAX_LIMIT);

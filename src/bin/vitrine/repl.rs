@@ -384,8 +384,18 @@ impl Session {
                 )
                 .ok()
                 .and_then(|r| r.hits.first().map(|h| h.score));
-            if let Some(best) = best {
-                return format!(": no hit scores at least {min} (the best scores {best:.3})");
+            match best {
+                Some(best) if best < min => {
+                    return format!(": no hit scores at least {min} (the best scores {best:.3})")
+                }
+                // Hits pass min_score: the page starts past the last.
+                Some(_) if q.get_offset() > 0 => {
+                    return format!(
+                        ": offset {} is past the last of the hits scoring at least {min}",
+                        q.get_offset()
+                    )
+                }
+                _ => {}
             }
         }
         let filter = q.get_filter();
@@ -422,7 +432,8 @@ impl Session {
         };
         let split = split_args(head).map_err(anyhow::Error::msg)?;
         let args: Vec<&str> = split.iter().map(String::as_str).collect();
-        let Some(id) = args.first() else {
+        // (`similar where …`: the id is missing, not the word `where`.)
+        let Some(id) = args.first().filter(|a| !a.eq_ignore_ascii_case("where")) else {
             bail!("usage: similar <id> [user] [k] [where <filter>]");
         };
         // `where …` is the query language's filter, and only that.
@@ -437,15 +448,9 @@ impl Session {
                 let query = format!("{PREFIX}{clause}");
                 let parsed = match vitrine::ConceptQuery::parse(&query, &self.db.vocabulary()?) {
                     Ok(parsed) => parsed,
-                    Err(e)
-                        if e.kind == vitrine::QueryErrorKind::Duplicate
-                            && query
-                                .chars()
-                                .skip(e.column)
-                                .take(5)
-                                .collect::<String>()
-                                .eq_ignore_ascii_case("limit") =>
-                    {
+                    // The prefix gives `like` and `limit`: a second one is
+                    // the clause's.
+                    Err(e) if e.kind == vitrine::QueryErrorKind::Duplicate => {
                         bail!("{ONLY_CONDITIONS}")
                     }
                     Err(mut e) => {
