@@ -420,6 +420,40 @@ fn import_reads_a_csv_with_attributes() {
     );
     // The list of an earlier run is gone with its cause.
     assert!(!moved.exists());
+    // A CSV named relative to the working folder, with a relative image
+    // path: the list holds it absolute (it is read from the database's
+    // folder, where the relative one named nothing).
+    std::fs::copy(&files[2], dir.path().join("new.jpg")).unwrap();
+    std::fs::write(
+        dir.path().join("rel.csv"),
+        "id,path,price\nsku-1,new.jpg,7.5\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args([
+            "import",
+            "rel.csv",
+            "--db",
+            db_dir.to_str().unwrap(),
+            "--update",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = std::fs::read_to_string(&moved).unwrap();
+    let path = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .strip_prefix("sku-1,")
+        .unwrap();
+    assert!(Path::new(path).is_absolute(), "{listed}");
+    assert_eq!(
+        std::fs::canonicalize(path).unwrap(),
+        std::fs::canonicalize(dir.path().join("new.jpg")).unwrap()
+    );
+    std::fs::remove_file(&moved).unwrap();
     // A price is finite and >= 0, refused in its row; -0 is 0. A --report
     // naming the CSV itself, or a file of the database's own, is refused
     // before anything runs.

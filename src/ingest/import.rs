@@ -476,21 +476,16 @@ impl Db {
         // An import that stored nothing (every item failed) leaves the
         // record as it found it: it must not decide how later imports,
         // given no preparation, prepare the catalog.
-        if let Some(previous) = &replaced_prep {
-            let nothing = match &result {
-                Ok(r) => r.progress.stored + r.progress.replaced == 0,
-                Err(_) => self.is_empty(),
-            };
-            if nothing {
-                let _guard = self.side_write_lock();
-                // (Unless another writer recorded its own since.)
-                let ours = self.stored_prep().ok().flatten() == Some(StoredPrep::of(&prep));
-                if ours {
-                    if let Err(e) = self.restore_prep(previous.as_ref()) {
-                        tracing::warn!(error = %e, "the preparation this import recorded stays");
-                    }
-                }
-            }
+        let nothing = match &result {
+            Ok(r) => r.progress.stored + r.progress.replaced == 0,
+            Err(_) => self.is_empty(),
+        };
+        match &replaced_prep {
+            Some(previous) if nothing => self.take_back_prep(&prep, previous.as_ref()),
+            // Another writer's record may have been taken back since this
+            // import saw it.
+            None if !nothing => self.record_prep_if_none(&prep)?,
+            _ => {}
         }
         let mut report = result?;
         // (Stopped: learned at the end of the run that finishes, as after a

@@ -551,17 +551,42 @@ impl Db {
                 self.insert(id, stored.attributes, stored.vectors)
             }
         });
-        if recorded && !matches!(written, Ok(Ok(()))) {
-            let _guard = self.side_write_lock();
-            // (Unless another writer recorded its own since.)
-            if self.stored_prep().ok().flatten() == Some(StoredPrep::of(prep)) {
-                if let Err(e) = self.restore_prep(None) {
-                    tracing::warn!(error = %e, "the preparation this insert recorded stays");
-                }
-            }
+        match &written {
+            // Another writer's record may have been taken back since this
+            // one saw it (its own write refused).
+            Ok(Ok(())) if !recorded => self.record_prep_if_none(prep)?,
+            Ok(Ok(())) => {}
+            _ if recorded => self.take_back_prep(prep, None),
+            _ => {}
         }
         written??;
         Ok(model.annotation(&out, ANNOTATE_TOP_K))
+    }
+
+    /// Records `prep` when no preparation is (under the side-write lock).
+    pub(crate) fn record_prep_if_none(&self, prep: &PrepConfig) -> Result<(), Error> {
+        if self.stored_prep()?.is_none() {
+            let _guard = self.side_write_lock();
+            if self.stored_prep()?.is_none() {
+                self.set_prep_config(prep)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back `previous` in place of the record of `prep` that a write
+    /// which stored nothing made: unless another writer recorded its own
+    /// since, or an image product is stored (another writer's, prepared
+    /// by it; a writer that stores one after this records it again).
+    pub(crate) fn take_back_prep(&self, prep: &PrepConfig, previous: Option<&StoredPrep>) {
+        let _guard = self.side_write_lock();
+        if self.stored_prep().ok().flatten() == Some(StoredPrep::of(prep))
+            && !self.any_product_has(ATTR_MODEL)
+        {
+            if let Err(e) = self.restore_prep(previous) {
+                tracing::warn!(error = %e, "the preparation recorded by a write that stored nothing stays");
+            }
+        }
     }
 
     /// The `k` products whose visual embedding is closest to the image's,

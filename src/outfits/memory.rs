@@ -1,9 +1,12 @@
 //! Kernel compatibility: how densely the stored outfits pair items that
 //! look like `a` with items that look like `b`.
 //!
-//! `k(a, b) = Σ over co-worn pairs (a', b') of K(a, a') · K(b, b')`, with
-//! `K(x, y) = exp(β (cos(x, y) − 1))` on the visual embedding and `b'`
-//! restricted to `b`'s catalog category. It is a kernel density estimate
+//! `k(a, b) = Σ over co-worn pairs (a', b') of K(a, a') · K(b, b') / Σ_a'
+//! K(a, a')`, with `K(x, y) = exp(β (cos(x, y) − 1))` on the visual
+//! embedding, `b'` restricted to `b`'s catalog category and never `a`
+//! itself; over several given items, the mean of their `k`. Normalised by
+//! the neighbours' weight, each given item counts alike however far the
+//! stored items are from it. It is a kernel density estimate
 //! of the distribution of co-worn pairs; with a linear kernel it reduces to
 //! the bilinear cross-covariance form of `rules.rs`, which is too smooth
 //! to tell apart four items of one family (see the FITB table in

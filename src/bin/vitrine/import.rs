@@ -981,7 +981,12 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                             moved.push((
                                 row.id.clone(),
                                 source.clone(),
-                                named.display().to_string(),
+                                // Absolute: the list is read from the
+                                // database's folder, not from here.
+                                std::path::absolute(named)
+                                    .unwrap_or_else(|_| named.clone())
+                                    .display()
+                                    .to_string(),
                             ));
                         }
                     }
