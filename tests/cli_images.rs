@@ -2290,6 +2290,33 @@ fn repair_rewrite_keeps_everything_and_gives_space_back() {
     assert_eq!(db.outfit("look").unwrap().unwrap().slots.len(), 2);
 }
 
+/// `vitrine args` sent Ctrl-C after each delay in turn (after `reset`),
+/// until a run ends by exiting rather than by the signal: a signal that
+/// lands before the command installs its handler (during the open) ends it
+/// as usual, and is tried again later.
+#[cfg(unix)]
+fn interrupted(args: &[&str], delays: &[u64], reset: impl Fn()) -> Option<Output> {
+    for &delay in delays {
+        reset();
+        let child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        // SAFETY: signals a child this test spawned and has not waited for.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let o = child.wait_with_output().unwrap();
+        if o.status.code().is_some() {
+            return Some(o);
+        }
+    }
+    None
+}
+
 /// Ctrl-C during an import stops it between two products: what was stored
 /// stays, the command says so (exit 1, and the report's last line), and
 /// the same command resumes.
@@ -2309,29 +2336,10 @@ fn ctrl_c_stops_an_import_cleanly_and_it_resumes() {
         db.to_str().unwrap(),
         "--fpi",
     ];
-    // Ctrl-C after the import has begun: a signal before it (during the
-    // open) ends the process as usual, and is tried again later.
-    let mut out = None;
-    for delay in [800, 1500, 2500, 4000] {
+    let out = interrupted(&args, &[800, 1500, 2500, 4000], || {
         let _ = std::fs::remove_dir_all(&db);
-        let child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay));
-        // SAFETY: signals a child this test spawned and has not waited for.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-        }
-        let o = child.wait_with_output().unwrap();
-        if o.status.code().is_some() {
-            out = Some(o);
-            break;
-        }
-    }
-    let out = out.expect("Ctrl-C reached every run before its import began");
+    })
+    .expect("Ctrl-C reached every run before its import began");
     if out.status.success() {
         eprintln!("SKIPPED: the import ended before Ctrl-C (a fast machine)");
         return;
@@ -2407,26 +2415,8 @@ fn ctrl_c_stops_an_update_between_two_rows() {
         db_dir.to_str().unwrap(),
         "--update",
     ];
-    let mut out = None;
-    for delay in [1500, 3000, 5000] {
-        let child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay));
-        // SAFETY: signals a child this test spawned and has not waited for.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-        }
-        let o = child.wait_with_output().unwrap();
-        if o.status.code().is_some() {
-            out = Some(o);
-            break;
-        }
-    }
-    let out = out.expect("Ctrl-C reached every run before its updates began");
+    let out = interrupted(&args, &[1500, 3000, 5000], || {})
+        .expect("Ctrl-C reached every run before its updates began");
     if out.status.success() {
         eprintln!("SKIPPED: the update ended before Ctrl-C (a fast machine)");
         return;
