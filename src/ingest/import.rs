@@ -484,7 +484,7 @@ impl Db {
             Some(previous) if nothing => self.take_back_prep(&prep, previous.as_ref()),
             // Another writer's record may have been taken back since this
             // import saw it.
-            None if !nothing => self.record_prep_if_none(&prep)?,
+            None if !nothing => self.record_prep_if_none(&prep),
             _ => {}
         }
         let mut report = result?;

@@ -554,7 +554,7 @@ impl Db {
         match &written {
             // Another writer's record may have been taken back since this
             // one saw it (its own write refused).
-            Ok(Ok(())) if !recorded => self.record_prep_if_none(prep)?,
+            Ok(Ok(())) if !recorded => self.record_prep_if_none(prep),
             Ok(Ok(())) => {}
             _ if recorded => self.take_back_prep(prep, None),
             _ => {}
@@ -563,15 +563,23 @@ impl Db {
         Ok(model.annotation(&out, ANNOTATE_TOP_K))
     }
 
-    /// Records `prep` when no preparation is (under the side-write lock).
-    pub(crate) fn record_prep_if_none(&self, prep: &PrepConfig) -> Result<(), Error> {
-        if self.stored_prep()?.is_none() {
-            let _guard = self.side_write_lock();
+    /// Records `prep` when no preparation is (under the side-write lock),
+    /// after a write stored products with it: a failure is logged, not
+    /// returned (the products are stored; the next image write tries
+    /// again).
+    pub(crate) fn record_prep_if_none(&self, prep: &PrepConfig) {
+        let record = || -> Result<(), Error> {
             if self.stored_prep()?.is_none() {
-                self.set_prep_config(prep)?;
+                let _guard = self.side_write_lock();
+                if self.stored_prep()?.is_none() {
+                    self.set_prep_config(prep)?;
+                }
             }
+            Ok(())
+        };
+        if let Err(e) = record() {
+            tracing::warn!(error = %e, "image preparation not recorded; the next image write tries again");
         }
-        Ok(())
     }
 
     /// Puts back `previous` in place of the record of `prep` that a write
