@@ -645,26 +645,6 @@ fn remove_report(path: &Path) {
 /// another image than the one they were embedded from (`id,path`).
 const MOVED_CSV: &str = "import-moved.csv";
 
-/// Writes `path` whole or not at all through `write_all`: a temporary file
-/// beside it, synced, then a rename.
-fn write_whole(
-    path: &Path,
-    write_all: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
-) -> anyhow::Result<()> {
-    let (tmp, file) = crate::info::create_temp_beside(path)?;
-    let write = || -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::new(file);
-        write_all(&mut out)?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        crate::info::sync_parent(path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::Error::from(e)
-    })
-}
-
 /// Writes the failure report whole or not at all (a temporary file, then a
 /// rename), so a full disk cannot leave an empty report that reads as "no
 /// failures".
@@ -682,7 +662,10 @@ fn write_report(path: &Path, lines: &[String]) -> anyhow::Result<()> {
             let mut out = std::fs::OpenOptions::new().append(true).open(p)?;
             Ok(write_all(&mut out)?)
         }
-        ReportTarget::File(p) => write_whole(&p, write_all),
+        ReportTarget::File(p) => {
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            Ok(crate::info::write_whole(&p, text.as_bytes())?)
+        }
     }
 }
 
@@ -1036,7 +1019,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                         crate::outfit_eval::csv_field(now)
                     );
                 }
-                match write_whole(&moved_csv, |out| out.write_all(text.as_bytes())) {
+                match crate::info::write_whole(&moved_csv, text.as_bytes()) {
                     Ok(()) => notes.push(format!(
                         "the rows of the products whose image changed are in {}: \
                          `vitrine import {} --db {} --refresh` re-embeds them from their new images",
@@ -1044,7 +1027,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                         crate::field(&moved_csv.display().to_string()),
                         crate::field(&args.db.display().to_string()),
                     )),
-                    Err(e) => notes.push(format!("cannot write {}: {e:#}", moved_csv.display())),
+                    Err(e) => notes.push(format!("cannot write {}: {e}", moved_csv.display())),
                 }
             }
             if let Some((id, was, now)) = moved.first() {

@@ -798,6 +798,32 @@ pub(crate) fn create_temp_beside(
     }
 }
 
+/// `bytes` in a new file beside `path`, synced: the first half of writing
+/// `path` whole through a rename (removed again on a failure).
+pub(crate) fn synced_temp_beside(
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    let (tmp, mut file) = create_temp_beside(path)?;
+    if let Err(e) = file.write_all(bytes).and_then(|()| file.sync_all()) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Writes `path` whole or not at all: a synced file beside it, renamed over
+/// it, then its folder synced.
+pub(crate) fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = synced_temp_beside(path, bytes)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_parent(path)
+}
+
 /// Writes `bytes` to `path` and fsyncs it.
 pub(crate) fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;

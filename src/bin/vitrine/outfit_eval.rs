@@ -6,7 +6,6 @@
 //! engine never sees it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -263,21 +262,16 @@ fn write_all_or_none(files: &[(PathBuf, String)]) -> anyhow::Result<()> {
         bail!("{} is a folder", path.display());
     }
     let mut temps = Vec::new();
-    let written = files
-        .iter()
-        .try_for_each(|(path, text)| -> anyhow::Result<()> {
-            let (tmp, mut f) = crate::info::create_temp_beside(path)
-                .with_context(|| format!("cannot write beside {}", path.display()))?;
-            temps.push(tmp);
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            Ok(())
-        });
-    if let Err(e) = written {
-        for tmp in &temps {
-            let _ = std::fs::remove_file(tmp);
+    for (path, text) in files {
+        match crate::info::synced_temp_beside(path, text.as_bytes()) {
+            Ok(tmp) => temps.push(tmp),
+            Err(e) => {
+                for tmp in &temps {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                return Err(e).with_context(|| format!("cannot write beside {}", path.display()));
+            }
         }
-        return Err(e);
     }
     for ((path, _), tmp) in files.iter().zip(&temps) {
         std::fs::rename(tmp, path)
