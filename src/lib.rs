@@ -87,8 +87,7 @@ pub use precompute::{
 };
 pub use vision::{
     decode_image, delta_e, prepare_image, prepare_rgb, srgb_to_lab, DecodeLimits, DecodedImage,
-    Illumination, ImageError, IntegralImage, PrepConfig, PreparedImage, WhiteBalance,
-    AREA_SHRINK_MIN,
+    Illumination, ImageError, PrepConfig, PreparedImage, WhiteBalance, AREA_SHRINK_MIN,
 };
 pub use vitrine_index::{HnswParams, Metric, Plan, PlanHint, PlannerConfig};
 pub use vitrine_storage::{Attributes, Durability};

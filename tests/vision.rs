@@ -10,8 +10,8 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vitrine::{
-    prepare_image, prepare_rgb, DecodeLimits, Illumination, ImageError, IntegralImage, PrepConfig,
-    PreparedImage, WhiteBalance,
+    prepare_image, prepare_rgb, DecodeLimits, Illumination, ImageError, PrepConfig, PreparedImage,
+    WhiteBalance,
 };
 
 const W: usize = PreparedImage::WIDTH;
@@ -85,74 +85,6 @@ fn assert_box_near(found: [u32; 4], want: [u32; 4], tol: u32, what: &str) {
             "{what}: box {found:?}, expected {want:?} within {tol} px"
         );
     }
-}
-
-// ------------------------------------------------------------ integral image
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
-
-    #[test]
-    fn integral_image_matches_naive_sums(
-        w in 1u32..24,
-        h in 1u32..24,
-        channels in 1usize..5,
-        seed in any::<u64>(),
-        rects in prop::collection::vec((0u32..26, 0u32..26, 0u32..26, 0u32..26), 1..20),
-    ) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let samples: Vec<u8> = (0..w as usize * h as usize * channels).map(|_| rng.gen()).collect();
-        let ii = IntegralImage::new(w, h, channels, &samples).unwrap();
-        for (a, b, c, d) in rects {
-            let (x0, x1, y0, y1) = (a.min(b), a.max(b), c.min(d), c.max(d));
-            let (cx1, cy1) = (x1.min(w), y1.min(h));
-            let mut n = 0u64;
-            for ch in 0..channels {
-                let (mut s, mut q) = (0u64, 0u64);
-                n = 0;
-                for y in y0..cy1 {
-                    for x in x0..cx1 {
-                        let v = u64::from(samples[(y * w + x) as usize * channels + ch]);
-                        s += v;
-                        q += v * v;
-                        n += 1;
-                    }
-                }
-                prop_assert_eq!(ii.sum(ch, x0..x1, y0..y1), s);
-                if n == 0 {
-                    prop_assert_eq!(ii.mean(ch, x0..x1, y0..y1), None);
-                    prop_assert_eq!(ii.variance(ch, x0..x1, y0..y1), None);
-                } else {
-                    let mean = s as f64 / n as f64;
-                    let var = q as f64 / n as f64 - mean * mean;
-                    prop_assert!((ii.mean(ch, x0..x1, y0..y1).unwrap() - mean).abs() < 1e-9);
-                    prop_assert!((ii.variance(ch, x0..x1, y0..y1).unwrap() - var).abs() < 1e-6);
-                }
-            }
-            prop_assert_eq!(ii.area(x0..x1, y0..y1), n);
-        }
-    }
-}
-
-#[test]
-fn integral_image_rejects_wrong_lengths() {
-    assert!(IntegralImage::new(3, 3, 1, &[0; 8]).is_none());
-    assert!(IntegralImage::new(3, 3, 0, &[]).is_none());
-    assert!(IntegralImage::new(0, 5, 3, &[]).is_none(), "an empty image");
-    assert!(
-        IntegralImage::new(0, u32::MAX, 1, &[]).is_none(),
-        "sized by one side"
-    );
-    assert!(
-        IntegralImage::new(1, 1, 65, &[0; 65]).is_none(),
-        "65 channels"
-    );
-    // Reversed and out-of-range rectangles are empty or clamped.
-    let ii = IntegralImage::new(2, 2, 1, &[1, 2, 3, 4]).unwrap();
-    #[allow(clippy::reversed_empty_ranges)]
-    let reversed = ii.sum(0, 2..0, 0..2);
-    assert_eq!(reversed, 0);
-    assert_eq!(ii.sum(0, 0..100, 1..100), 7);
 }
 
 // --------------------------------------------------------------------- crop

@@ -41,13 +41,11 @@
 mod colour;
 mod decode;
 mod error;
-mod integral;
 mod prep;
 
 pub use colour::{delta_e, srgb_to_lab};
 pub use decode::{decode_image, DecodeLimits, DecodedImage};
 pub use error::ImageError;
-pub use integral::IntegralImage;
 pub(crate) use prep::{prep_constants, NORMALISATION};
 pub use prep::{
     prepare_image, prepare_rgb, Illumination, PrepConfig, PreparedImage, WhiteBalance,

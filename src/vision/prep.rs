@@ -375,10 +375,11 @@ impl PreparedImage {
 /// Decodes image `bytes` (JPEG, PNG, WebP, GIF, BMP, TIFF) and prepares them for the model.
 ///
 /// Never panics, whatever the bytes: bad input is an [`ImageError`]. Limits
-/// are checked on the header, before pixels are allocated; besides the
-/// decoded image, the preparation works in about 9 bytes per source pixel
-/// (the foreground mask and its summed-area table), so [`DecodeLimits`]
-/// also bound its memory.
+/// are checked on the header, before pixels are allocated, so
+/// [`DecodeLimits`] bound the memory: besides decoding (see
+/// [`DecodeLimits::max_alloc`]), the preparation needs a count per row and
+/// per column, the model's input canvas, and a white-balanced copy of the
+/// pixels (3 bytes each) when it corrects the illumination.
 ///
 /// ```
 /// use vitrine::{prepare_image, ImageError, PrepConfig};
