@@ -49,7 +49,8 @@ pub struct PrecomputeOptions {
     pub scorer: Option<ScorerChoice>,
     /// CPU threads (`0`: one per CPU).
     pub threads: usize,
-    /// Products per scorer batch (`0`: chosen for the back end).
+    /// Products per scorer batch (`0`: chosen for the back end; at most
+    /// 8,192, as memory grows with the batch times `k`).
     pub batch: usize,
 }
 

@@ -1141,6 +1141,30 @@ fn eval_concepts_json_has_the_documented_keys() {
 }
 
 #[test]
+fn eval_concepts_refuses_counts_that_measure_nothing() {
+    // With no reference products the recall was 0/0, and the report's
+    // minimum said 1.0.
+    for flag in ["--references", "--profiles"] {
+        let out = vitrine(&[
+            "eval",
+            "concepts",
+            "--styles",
+            "styles.csv",
+            "--images",
+            "images",
+            flag,
+            "0",
+        ]);
+        assert!(!out.status.success(), "{flag} 0 was accepted");
+        assert!(
+            text(&out.stderr).contains("must be at least 1"),
+            "{flag}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn import_refuses_another_models_database_unless_reembedding() {
     if !have_model("import_refuses_another_models_database_unless_reembedding") {
         return;

@@ -658,12 +658,17 @@ impl<'a> QueryBatch<'a> {
     }
 }
 
+/// The most queries [`LoadedRows::similar_all`] sends the scorer at once
+/// (the GPU's batch); a larger [`AllPairsOptions::batch`] is cut to it.
+pub const MAX_ALL_PAIRS_BATCH: usize = 8192;
+
 /// Options of [`LoadedRows::similar_all`].
 #[derive(Clone, Copy, Default)]
 pub struct AllPairsOptions<'a> {
     /// Hits per row.
     pub k: usize,
-    /// Queries per scorer call; `0` picks one for the back end.
+    /// Queries per scorer call; `0` picks one for the back end. At most
+    /// [`MAX_ALL_PAIRS_BATCH`].
     pub batch: usize,
     /// Only these rows are candidates (every row is still a query).
     pub allow: Option<&'a RowMask>,
@@ -1016,11 +1021,13 @@ impl<'a> LoadedRows<'a> {
         // the CPU's batches stay small.
         let gpu_k = options.k.saturating_add(1) <= GPU_MAX_K;
         let batch = match options.batch {
-            0 => match self.backend_for(n.min(8192)) {
-                Backend::Gpu if gpu_k => 8192,
+            0 => match self.backend_for(n.min(MAX_ALL_PAIRS_BATCH)) {
+                Backend::Gpu if gpu_k => MAX_ALL_PAIRS_BATCH,
                 _ => 256,
             },
-            b => b,
+            // Results are collected per query (and per CPU worker) before a
+            // batch ends: a caller's batch is capped at the GPU's own.
+            b => b.min(MAX_ALL_PAIRS_BATCH),
         };
         let mut out = Vec::with_capacity(n);
         let mut all_gpu = n > 0;

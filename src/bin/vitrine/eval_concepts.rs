@@ -39,16 +39,24 @@ pub struct ConceptsArgs {
     /// Width / height of one stored pixel, 0.01 to 100 (0.75 for Fashion Product Images).
     #[arg(long, default_value_t = PrepConfig::FPI_PIXEL_ASPECT, value_name = "RATIO", value_parser = crate::import::pixel_aspect_arg)]
     pub pixel_aspect: f64,
-    /// Random Dirichlet profiles to check.
-    #[arg(long, default_value_t = 100)]
+    /// Random Dirichlet profiles to check (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     pub profiles: usize,
-    /// Reference products per profile.
-    #[arg(long, default_value_t = 20)]
+    /// Reference products per profile (at least 1).
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     pub references: usize,
     /// Print one JSON object: `p20_category, p20_colour, p20_conjunction,
     /// profile_recall, n` (and details).
     #[arg(long)]
     pub json: bool,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1: nothing would be measured".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Queries need at least this many relevant products to be scored.
