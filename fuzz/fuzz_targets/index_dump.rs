@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use vitrine_index::{
-    encode_index_header, parse_index_header, FileSum, FlatIndex, IndexConfig, Metric,
-    PlanHint, SearchOptions, SpaceIndex, VectorIndex,
+    encode_index_header, parse_index_header, FileSum, FlatIndex, IndexConfig, Metric, PlanHint,
+    SearchOptions, SpaceIndex, VectorIndex,
 };
 
 const HEADER: &str = "index.vtx";
@@ -72,7 +72,12 @@ fn damage(bytes: &[u8], input: &[u8]) -> Vec<u8> {
     out
 }
 
-fuzz_target!(|data: &[u8]| {
+// libfuzzer-sys installs a panic hook that aborts before unwinding, which
+// would report the hnsw_rs loader's panics, caught by the library and returned as typed
+// errors, as crashes. The default hook lets them unwind to the library's
+// `catch_unwind`; a panic that escapes still aborts in libfuzzer-sys's
+// wrapper.
+fuzz_target!(init: { drop(std::panic::take_hook()); }, |data: &[u8]| {
     let (t, graph, dump) = template();
     // 1. The input as a header: as it is, and as the body of one (the
     // template's magic and version before it, its checksum after it), so

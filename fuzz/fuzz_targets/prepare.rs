@@ -7,7 +7,12 @@
 use libfuzzer_sys::fuzz_target;
 use vitrine::{prepare_image, DecodeLimits, Illumination, PrepConfig, WhiteBalance};
 
-fuzz_target!(|data: &[u8]| {
+// libfuzzer-sys installs a panic hook that aborts before unwinding, which
+// would report the decoders' panics, caught by the library and returned as typed
+// errors, as crashes. The default hook lets them unwind to the library's
+// `catch_unwind`; a panic that escapes still aborts in libfuzzer-sys's
+// wrapper.
+fuzz_target!(init: { drop(std::panic::take_hook()); }, |data: &[u8]| {
     // Tight limits keep each run small; the limit checks themselves are part
     // of what is fuzzed.
     let mut limits = DecodeLimits::default();
