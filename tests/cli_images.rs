@@ -388,7 +388,10 @@ fn import_reads_a_csv_with_attributes() {
         std::fs::read_to_string(&moved).unwrap(),
         format!("id,path\nsku-1,{}\n", files[2].display())
     );
-    assert!(stdout.contains("import-moved.csv"), "{stdout}");
+    assert!(
+        stdout.contains("import-moved.csv --db") && stdout.contains("--refresh --present-only"),
+        "{stdout}"
+    );
     // sku-2's bad row names it: only sku-0 is not in the file.
     assert!(stdout.contains("1 stored products are not in"), "{stdout}");
     let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
@@ -400,6 +403,19 @@ fn import_reads_a_csv_with_attributes() {
         "{failures}"
     );
     assert_eq!(prices_now(), (Some(7.5), Some(7.0)));
+    // A listed product deleted since is not brought back by that refresh
+    // (it came back in stock, without its price or brand).
+    let gone = dir.path().join("gone.csv");
+    std::fs::write(&gone, format!("id,path\nsku-gone,{}\n", files[2].display())).unwrap();
+    let out = import(&gone, &["--refresh", "--present-only"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
+    assert!(failures.contains("'sku-gone' is not stored"), "{failures}");
+    assert!(vitrine::Db::open(&db_dir)
+        .unwrap()
+        .get("sku-gone")
+        .unwrap()
+        .is_none());
     // The image it was embedded from, by another route: no notice.
     let folder = files[1].parent().unwrap();
     let detour = folder

@@ -200,7 +200,7 @@ const MAX_THREADS: usize = 256;
 /// Defaults: the bundled model, the database's preparation
 /// ([`Db::prep_config`]), one prepare worker per
 /// two CPUs, one inference thread per CPU, batches of 8, no re-embedding,
-/// no progress callback.
+/// no refresh, new products imported, no progress callback.
 pub struct ImportOptions<'a> {
     model: Option<Arc<Model>>,
     prep: Option<PrepConfig>,
@@ -209,6 +209,7 @@ pub struct ImportOptions<'a> {
     batch: usize,
     reembed: bool,
     refresh: bool,
+    present_only: bool,
     progress: Option<ProgressFn<'a>>,
     stop: Option<&'a AtomicBool>,
 }
@@ -226,6 +227,7 @@ impl Default for ImportOptions<'_> {
             batch: 8,
             reembed: false,
             refresh: false,
+            present_only: false,
             progress: None,
             stop: None,
         }
@@ -242,6 +244,7 @@ impl std::fmt::Debug for ImportOptions<'_> {
             .field("batch", &self.batch)
             .field("reembed", &self.reembed)
             .field("refresh", &self.refresh)
+            .field("present_only", &self.present_only)
             .field("progress", &self.progress.is_some())
             .field("stop", &self.stop.is_some())
             .finish()
@@ -309,6 +312,15 @@ impl<'a> ImportOptions<'a> {
     /// skipped, so an interrupted refresh redoes everything when run again.
     pub fn refresh(mut self, yes: bool) -> Self {
         self.refresh = yes;
+        self
+    }
+
+    /// Only products already stored: an id that is not stored is a failure
+    /// ([`IngestError::NotStored`]), never a new product. For a refresh of
+    /// a list of products whose photos changed, which must not bring back
+    /// one deleted since (in stock, without its catalog attributes).
+    pub fn present_only(mut self, yes: bool) -> Self {
+        self.present_only = yes;
         self
     }
 
@@ -396,6 +408,7 @@ impl Db {
             batch,
             reembed,
             refresh,
+            present_only,
             mut progress,
             stop,
         } = options;
@@ -467,6 +480,7 @@ impl Db {
             &prep,
             reembed,
             refresh,
+            present_only,
             workers,
             inference,
             batch,
@@ -529,6 +543,7 @@ impl Db {
         prep: &PrepConfig,
         reembed: bool,
         refresh: bool,
+        present_only: bool,
         workers: usize,
         inference: usize,
         batch: usize,
@@ -565,6 +580,13 @@ impl Db {
                 }
             };
             match existing {
+                None if present_only => report.failures.push(ImportFailure {
+                    error: IngestError::NotStored {
+                        id: item.id.clone(),
+                    },
+                    id: item.id,
+                    path: item.path,
+                }),
                 None => jobs.push(Job {
                     seq: jobs.len(),
                     item,

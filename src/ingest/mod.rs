@@ -98,6 +98,16 @@ pub enum IngestError {
         /// The id.
         id: String,
     },
+    /// An import of stored products only
+    /// ([`ImportOptions::present_only`](crate::ImportOptions::present_only))
+    /// met an id that is not stored.
+    #[error(
+        "product '{id}' is not stored (deleted since?); this import only changes stored products"
+    )]
+    NotStored {
+        /// The id.
+        id: String,
+    },
     /// A folder import met a file whose name is not UTF-8, so it cannot be
     /// a product id.
     #[error(

@@ -51,6 +51,11 @@ pub struct ImportArgs {
     /// for that).
     #[arg(long)]
     pub refresh: bool,
+    /// Only products already stored: an id that is not is reported as a
+    /// failure, never imported (a refresh of import-moved.csv must not bring
+    /// back a product deleted since).
+    #[arg(long)]
+    pub present_only: bool,
     #[command(flatten)]
     pub prep: PrepArgs,
 }
@@ -1022,7 +1027,8 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 match crate::info::write_whole(&moved_csv, text.as_bytes()) {
                     Ok(()) => notes.push(format!(
                         "the rows of the products whose image changed are in {}: \
-                         `vitrine import {} --db {} --refresh` re-embeds them from their new images",
+                         `vitrine import {} --db {} --refresh --present-only` re-embeds them \
+                         from their new images",
                         moved_csv.display(),
                         crate::field(&moved_csv.display().to_string()),
                         crate::field(&args.db.display().to_string()),
@@ -1088,7 +1094,8 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     };
     let options = ImportOptions::new()
         .reembed(args.reembed)
-        .refresh(args.refresh);
+        .refresh(args.refresh)
+        .present_only(args.present_only);
     let report_path = args
         .report
         .unwrap_or_else(|| args.db.join("import-failures.tsv"));
