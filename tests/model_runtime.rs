@@ -228,6 +228,8 @@ fn bad_manifests_are_typed_errors() {
             serde_json::json!(["Navy Blue", "navy-blue"]),
         ),
         ("/taxonomy/groups/0/name", serde_json::json!("category")),
+        // The query lexer reads 1e5 as a number: `1e5.x` could name nothing.
+        ("/taxonomy/groups/0/name", serde_json::json!("1e5")),
         ("/taxonomy/groups/0/tags", serde_json::json!(["red", "Red"])),
         (
             "/tag_thresholds/colour.red/threshold",
@@ -237,7 +239,9 @@ fn bad_manifests_are_typed_errors() {
         let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest(INPUT)).unwrap();
         *m.pointer_mut(field).unwrap() = value.clone();
         if field.ends_with("/name") {
-            m["tag_names"] = serde_json::json!(["category.red", "category.blue"]);
+            let g = value.as_str().unwrap();
+            m["tag_names"] = serde_json::json!([format!("{g}.red"), format!("{g}.blue")]);
+            m["tag_thresholds"] = serde_json::json!({});
         }
         if field.ends_with("/tags") {
             m["tag_names"] = serde_json::json!(["colour.red", "colour.Red"]);
@@ -253,6 +257,14 @@ fn bad_manifests_are_typed_errors() {
     m.as_object_mut().unwrap().remove("taxonomy");
     let e = Model::from_bytes(b"", m.to_string().as_bytes()).unwrap_err();
     assert!(e.to_string().contains("taxonomy"), "{e}");
+    // A threshold given twice (serde kept the last one).
+    let text = tiny_manifest(INPUT).replace(
+        r#""colour.red":{"threshold":0.4}"#,
+        r#""colour.red":{"threshold":0.4},"colour.red":{"threshold":0.9}"#,
+    );
+    assert!(text.contains("0.9"));
+    let e = Model::from_bytes(b"", text.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("'colour.red' is given twice"), "{e}");
     // A hand edit of the wrong type says where it is.
     let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest(INPUT)).unwrap();
     m["tag_thresholds"]["colour.red"] = serde_json::json!(0.4);

@@ -50,12 +50,52 @@ struct RawManifest {
     input: RawInput,
     taxonomy: RawTaxonomy,
     tag_names: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     tag_thresholds: BTreeMap<String, RawThreshold>,
     concept_table: RawConcepts,
     /// SHA-256 of the ONNX file, hex (checked on load when present).
     #[serde(default)]
     onnx_sha256: Option<String>,
+}
+
+/// A JSON object as a map, refusing a key given twice (serde keeps the
+/// last one silently, so a hand edit could hide behind an earlier entry).
+fn unique_keys<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Unique<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut map = BTreeMap::new();
+            while let Some((k, v)) = a.next_entry::<String, V>()? {
+                if map.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!("'{k}' is given twice")));
+                }
+                map.insert(k, v);
+            }
+            Ok(map)
+        }
+    }
+    d.deserialize_map(Unique(std::marker::PhantomData))
+}
+
+/// Whether the query lexer reads `name` as a number (`12`, `1e5`), so that
+/// `name.tag` could not name a group.
+fn reads_as_number(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match name.split_once('e') {
+        Some((mantissa, exponent)) => digits(mantissa) && digits(exponent),
+        None => digits(name),
+    }
 }
 
 #[derive(Deserialize)]
@@ -145,7 +185,7 @@ impl Manifest {
             if crate::concept_slug(&g.name) != g.name
                 || ["visual", "category", crate::concepts::USER_GROUP].contains(&g.name.as_str())
                 || crate::concepts::QUERY_KEYWORDS.contains(&g.name.as_str())
-                || g.name.chars().all(|c| c.is_ascii_digit())
+                || reads_as_number(&g.name)
             {
                 return Err(format!(
                     "tag group name '{}' is reserved, a query keyword, a number, or not a \
