@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConceptError, Feedback, Profile, ProfilePrior, Vocabulary, USER_GROUP};
+use super::{ConceptError, ConceptLayout, Feedback, Profile, ProfilePrior, Vocabulary, USER_GROUP};
 use crate::{Db, CONCEPT_SPACE};
 
 /// How a user tag is learned from its examples.
@@ -166,31 +166,20 @@ pub(crate) struct ReadBefore {
     pub model: Option<String>,
 }
 
-/// Re-learns a profile from its events (see [`Db::feedback`]); `user` keys
-/// the vectors kept of her liked products ([`LikedVectors`]), which this
-/// updates.
-///
-/// For each group `g`: `c_g` is the normalised weighted centroid of the liked
-/// products' `g` blocks; agreement `A_g` is their mean cosine to it; the
-/// contrast `B_g` is the same for the skipped products, blended with the
-/// catalog's mean (as [`PRIOR_LIKES`] pseudo-skips). The excess
-/// `E_g = max(0, A_g − B_g) / (1 − B_g)` says how much more the likes agree
-/// in `g` than chance would; weights are `E` normalised, shrunk towards
-/// the prior: equal weights worth [`PRIOR_LIKES`] likes, or the weights set
-/// by hand (normalised) worth [`HAND_SET_PRIOR_LIKES`]. Affinities are
-/// concepts whose mean over the likes exceeds the contrast's by
-/// [`MIN_LIFT`]; hand-set affinities are kept, scaled as the hand-set
-/// weights are (all scaled down together where one would pass the largest
-/// weight).
-pub(crate) fn learn_profile(
-    db: &Db,
-    user: &[u8],
-    vocab: &Vocabulary,
-    events: Vec<(String, Feedback)>,
-    hand_set: Option<&ProfilePrior>,
-    read_before: Option<&ReadBefore>,
-) -> Result<Profile, ConceptError> {
-    let layout = vocab.layout();
+/// Where learning starts (see [`learn_profile`]).
+pub(crate) struct Start {
+    /// Per group, summing to 1 (or all 0: concept preferences only).
+    pub weights: BTreeMap<String, f32>,
+    /// What the starting weights count for, in likes.
+    pub strength: f32,
+    /// The hand-set affinities, scaled as the hand-set weights are.
+    pub affinities: BTreeMap<String, f32>,
+}
+
+/// The starting point of learning: the weights set by hand, normalised to
+/// sum to 1, and their affinities scaled alike; equal weights when none
+/// were set.
+pub(crate) fn starting_point(layout: &ConceptLayout, hand_set: Option<&ProfilePrior>) -> Start {
     let groups = layout.groups.len() as f32;
     let hand_total: f32 = hand_set.map_or(0.0, |p| {
         layout
@@ -258,6 +247,44 @@ pub(crate) fn learn_profile(
                 .collect()
         })
         .unwrap_or_default();
+    Start {
+        weights: prior,
+        strength,
+        affinities: hand_affinities,
+    }
+}
+
+/// Re-learns a profile from its events (see [`Db::feedback`]); `user` keys
+/// the vectors kept of her liked products ([`LikedVectors`]), which this
+/// updates.
+///
+/// For each group `g`: `c_g` is the normalised weighted centroid of the liked
+/// products' `g` blocks; agreement `A_g` is their mean cosine to it; the
+/// contrast `B_g` is the same for the skipped products, blended with the
+/// catalog's mean (as [`PRIOR_LIKES`] pseudo-skips). The excess
+/// `E_g = max(0, A_g − B_g) / (1 − B_g)` says how much more the likes agree
+/// in `g` than chance would; weights are `E` normalised, shrunk towards
+/// the prior: equal weights worth [`PRIOR_LIKES`] likes, or the weights set
+/// by hand (normalised) worth [`HAND_SET_PRIOR_LIKES`]. Affinities are
+/// concepts whose mean over the likes exceeds the contrast's by
+/// [`MIN_LIFT`]; hand-set affinities are kept, scaled as the hand-set
+/// weights are (all scaled down together where one would pass the largest
+/// weight).
+pub(crate) fn learn_profile(
+    db: &Db,
+    user: &[u8],
+    vocab: &Vocabulary,
+    events: Vec<(String, Feedback)>,
+    hand_set: Option<&ProfilePrior>,
+    read_before: Option<&ReadBefore>,
+) -> Result<Profile, ConceptError> {
+    let layout = vocab.layout();
+    let Start {
+        weights: prior,
+        strength,
+        affinities: hand_affinities,
+    } = starting_point(layout, hand_set);
+    let groups = layout.groups.len() as f32;
     // A product counts once, as its strongest event: liking one product
     // again and again says nothing about which group matters (every group
     // agrees with itself), and would outweigh the prior. A skip counts only

@@ -245,7 +245,7 @@ pub enum Feedback {
     /// again adds nothing, buying it after a like counts the buy, and a
     /// skip of a product liked or bought is ignored. To withdraw a like,
     /// [`Db::set_profile`] the starting point with the events to keep
-    /// (stored as given), then once more without events: that learns the
+    /// (stored, not learned from), then once more without events: that learns the
     /// profile again from them. When no event is kept,
     /// [`Db::delete_profile`], then set the starting point.
     Buy,
@@ -271,7 +271,7 @@ impl std::str::FromStr for Feedback {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     /// Weight per group (`visual`, `category`, `colour`…); groups not listed
-    /// weigh 0. Learned weights sum to 1 (less when the profile was set by
+    /// weigh 0. Stored weights sum to 1 (less when the profile was set by
     /// hand with concept preferences only: those weights start at 0).
     pub weights: BTreeMap<String, f32>,
     /// Concept affinities (`colour.red` → 0.6, `user.superfunky` → 0.3).
@@ -1407,7 +1407,9 @@ impl Db {
     /// (of two spellings of one concept, the later in key order wins). When `profile` has no
     /// events and the user has feedback events, the profile is learned again
     /// from them, starting from the new weights (the events are kept);
-    /// otherwise `profile` is stored as given, but for its events: only the
+    /// otherwise `profile` is stored as that starting point (weights scaled
+    /// to sum to 1, every group listed, affinities scaled alike: as learning
+    /// from no likes stores it) with its events: only the
     /// newest [`MAX_EVENTS`] are kept, and each must name a valid product
     /// id ([`Error::EmptyId`], [`Error::IdTooLong`]). [`Profile::uniform`] without
     /// affinities removes the starting point; [`Db::delete_profile`] forgets
@@ -1444,7 +1446,14 @@ impl Db {
             false => Vec::new(),
         };
         let stored = if events.is_empty() {
-            profile.clone()
+            // As learning from no likes would store it: the next event,
+            // even a skip, must not change the scale concept queries see.
+            let start = learn::starting_point(vocab.layout(), prior.as_ref());
+            Profile {
+                weights: start.weights,
+                affinities: start.affinities,
+                events: profile.events.clone(),
+            }
         } else {
             learn::learn_profile(self, user.as_bytes(), &vocab, events, prior.as_ref(), None)?
         };
@@ -1577,7 +1586,25 @@ impl Db {
             .get(user.as_bytes())?
             .map(|p| p.events)
             .unwrap_or_default();
-        events.push((product.to_string(), what));
+        // One event per product, its strongest, at its latest place: an
+        // impression feed repeating one skip must not push the customer's
+        // other products out of the window (they count once anyway).
+        let strength = |f: Feedback| match f {
+            Feedback::Skip => 0,
+            Feedback::Like => 1,
+            Feedback::Buy => 2,
+        };
+        let mut strongest = what;
+        events.retain(|(id, f)| {
+            if id != product {
+                return true;
+            }
+            if strength(*f) > strength(strongest) {
+                strongest = *f;
+            }
+            false
+        });
+        events.push((product.to_string(), strongest));
         if events.len() > MAX_EVENTS {
             events.drain(..events.len() - MAX_EVENTS);
         }
