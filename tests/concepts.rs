@@ -1282,6 +1282,14 @@ fn user_tags_are_learned_queried_and_persisted() {
         db.define_tag("both", &examples[..1], &examples[..1], TagMethod::Centroid),
         Err(ConceptError::ConflictingExamples { .. })
     ));
+    // An example given again and again counts once: its three million copies
+    // (over 16 MiB) were stored, and refused as a record too large.
+    let many = vec![examples[0]; 3_000_000];
+    let t = db
+        .define_tag("again", &many, &examples[1..2], TagMethod::Centroid)
+        .unwrap();
+    assert_eq!(t.positives, [examples[0]]);
+    assert!(db.delete_tag("again").unwrap());
     // Two products that look exactly alike cannot define a direction (in a
     // database of their own: the shared one is read by other tests).
     {

@@ -453,6 +453,14 @@ pub enum ConceptError {
     /// A user tag name that is empty, too long or not a plain word.
     #[error("invalid tag name '{0}': use lowercase letters, digits and '_' (at most 64 bytes)")]
     InvalidTagName(String),
+    /// A tag's examples make a record too large to store.
+    #[error("tag '{name}' has too many examples to store ({reason}); give fewer")]
+    TagTooLarge {
+        /// The tag.
+        name: String,
+        /// What the store said.
+        reason: String,
+    },
     /// A tag needs examples.
     #[error("tag '{name}' needs at least {min} positive example(s), got {got}")]
     NotEnoughExamples {
@@ -1025,6 +1033,8 @@ impl Db {
     /// Defines (or redefines) the tag `user.<name>` from example products,
     /// learned with `method` over their concept vectors; stored with weight
     /// [`USER_TAG_WEIGHT`]. Without negatives, the catalog is the contrast.
+    /// An example given twice counts once; examples too many to store in
+    /// one record (16 MiB of ids) are [`ConceptError::TagTooLarge`].
     pub fn define_tag(
         &self,
         name: &str,
@@ -1046,12 +1056,26 @@ impl Db {
                 got: 0,
             });
         }
-        if let Some(id) = positives.iter().find(|p| negatives.contains(p)) {
+        // Each example once, in the order given.
+        let once = |ids: &[&str]| -> Vec<String> {
+            let mut seen = std::collections::HashSet::new();
+            ids.iter()
+                .filter(|id| seen.insert(**id))
+                .map(|id| id.to_string())
+                .collect()
+        };
+        let (positives, negatives) = (once(positives), once(negatives));
+        let negative: std::collections::HashSet<&str> =
+            negatives.iter().map(String::as_str).collect();
+        if let Some(id) = positives.iter().find(|p| negative.contains(p.as_str())) {
             return Err(ConceptError::ConflictingExamples {
                 name: name.into(),
-                id: (*id).to_string(),
+                id: id.clone(),
             });
         }
+        let positives: Vec<&str> = positives.iter().map(String::as_str).collect();
+        let negatives: Vec<&str> = negatives.iter().map(String::as_str).collect();
+        let (positives, negatives) = (&positives[..], &negatives[..]);
         // Learned and stored under the lock that set_tag_weight and
         // relearn_tags read and write a tag under: neither writes an older
         // version over this one, nor does a re-embedding's relearn_tags
@@ -1067,7 +1091,13 @@ impl Db {
             negatives: negatives.iter().map(|s| s.to_string()).collect(),
         };
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
-        ks.put(name.as_bytes(), &tag)?;
+        ks.put(name.as_bytes(), &tag).map_err(|e| match e {
+            e @ vitrine_storage::Error::RecordTooLarge { .. } => ConceptError::TagTooLarge {
+                name: name.into(),
+                reason: e.to_string(),
+            },
+            e => e.into(),
+        })?;
         self.record_tag_model_locked(name)?;
         Ok(tag)
     }
