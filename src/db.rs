@@ -714,6 +714,22 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+/// [`io_err`] on a path the caller named: a wrong path, one it may not
+/// write, or one that exists is [`Error::BadPath`], the caller's.
+fn callers_path_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| {
+        if crate::error::callers_file(&source) || source.kind() == std::io::ErrorKind::AlreadyExists
+        {
+            Error::BadPath {
+                path: path.to_path_buf(),
+                source,
+            }
+        } else {
+            io_err(path)(source)
+        }
+    }
+}
+
 impl Db {
     /// Opens the database in `dir` with default settings, creating it if needed.
     ///
@@ -766,6 +782,15 @@ impl Db {
                     s.name, s.dim
                 )));
             }
+        }
+        if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(Error::BadPath {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    "a file, not a database folder",
+                ),
+            });
         }
         // A new database's spaces, before any file is made (and again below
         // for a folder whose store holds no schema yet).
@@ -1874,7 +1899,7 @@ impl Db {
         // Nearest existing ancestor of `dest`, resolved: a copy inside the
         // database folder would copy itself without end. `..` is resolved
         // first (in words: `new/../db/copy` names no folder that exists).
-        let absolute = std::path::absolute(dest).map_err(io_err(dest))?;
+        let absolute = std::path::absolute(dest).map_err(callers_path_err(dest))?;
         let mut lexical = PathBuf::new();
         for c in absolute.components() {
             match c {
@@ -1894,7 +1919,9 @@ impl Db {
         } else {
             ancestor
         };
-        let resolved = ancestor.canonicalize().map_err(io_err(ancestor))?;
+        let resolved = ancestor
+            .canonicalize()
+            .map_err(callers_path_err(ancestor))?;
         let own = self.dir.canonicalize().map_err(io_err(&self.dir))?;
         if resolved.starts_with(&own) {
             return Err(Error::InvalidConfig(format!(
@@ -1940,10 +1967,10 @@ impl Db {
         // synced, then renamed: `dest` holds a whole backup or nothing.
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
         let parent = parent.unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        std::fs::create_dir_all(parent).map_err(callers_path_err(parent))?;
         // Checked again now that it exists: a path through a folder that
         // did not (`new/../db/copy`) resolves only now.
-        let resolved = parent.canonicalize().map_err(io_err(parent))?;
+        let resolved = parent.canonicalize().map_err(callers_path_err(parent))?;
         if resolved.starts_with(&own) {
             return Err(Error::InvalidConfig(format!(
                 "backup destination {} is inside the database folder {}",
@@ -1961,7 +1988,7 @@ impl Db {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         ));
-        std::fs::create_dir(&partial).map_err(io_err(&partial))?;
+        std::fs::create_dir(&partial).map_err(callers_path_err(&partial))?;
         // Not the old files a `repair --no-copy` kept: they are no part of
         // the database (and as large as its sled files).
         let done = copy_dir(&self.dir, &partial, salvage_leftovers)
@@ -2377,10 +2404,16 @@ fn copy_dir(from: &Path, to: &Path, skip: fn(&std::ffi::OsStr) -> bool) -> Resul
         } else if kind.is_file() {
             copy_file(&src, &dst)?;
         } else {
-            return Err(Error::InvalidConfig(format!(
-                "{} is neither a file nor a folder; a database folder holds only those",
-                src.display()
-            )));
+            // Not the caller's request: the database folder holds a link
+            // (a folder moved to another disk, say) or a special file.
+            return Err(Error::Io {
+                path: src,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "neither a file nor a folder (a link?); a backup copies only those: \
+                     close the database and copy its folder",
+                ),
+            });
         }
     }
     Ok(())

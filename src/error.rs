@@ -115,6 +115,16 @@ pub enum Error {
     /// argument is [`Error::InvalidConfig`] instead).
     #[error(transparent)]
     Index(vitrine_index::Error),
+    /// A path the caller named cannot be used: a backup's destination (or
+    /// its folder) that cannot be made, or a database folder that is a
+    /// file. The caller's to change.
+    #[error("cannot use {}: {source}", path.display())]
+    BadPath {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// An I/O error on a named file.
     #[error("I/O error on {}: {source}", path.display())]
     Io {
@@ -167,6 +177,7 @@ impl Error {
     pub fn io_error(&self) -> Option<&std::io::Error> {
         match self {
             Error::Io { source, .. }
+            | Error::BadPath { source, .. }
             | Error::Storage(vitrine_storage::Error::Io { source, .. })
             | Error::Index(vitrine_index::Error::Io { source, .. }) => Some(source),
             _ => None,
@@ -189,6 +200,7 @@ impl Error {
                 | Error::InvalidAttribute { .. }
                 | Error::SchemaMismatch(_)
                 | Error::InvalidConfig(_)
+                | Error::BadPath { .. }
                 | Error::Image(_)
         )
     }

@@ -1645,8 +1645,30 @@ fn operational_errors_can_be_matched() {
     let other = tempfile::tempdir().unwrap();
     let file = other.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
+    // A destination the caller named that cannot be made is the caller's
+    // to change (it was an I/O error like a failing disk's); so is a
+    // database "folder" that is a file.
     let e = db.backup(file.join("copy")).unwrap_err();
     assert!(e.io_error().is_some() && !e.is_locked(), "{e:?}");
+    assert!(e.is_user_error(), "{e:?}");
+    let e = db.backup("").unwrap_err();
+    assert!(e.is_user_error(), "{e:?}");
+    let e = Db::open(&file).unwrap_err();
+    assert!(
+        matches!(e, Error::BadPath { .. }) && e.is_user_error(),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("not a database folder"), "{e}");
+    // A link in the database folder (a folder moved to another disk) is
+    // no request of the caller's to change.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&file, dir.path().join("moved")).unwrap();
+        let e = db.backup(other.path().join("copy")).unwrap_err();
+        assert!(!e.is_user_error(), "{e:?}");
+        assert!(e.to_string().contains("moved"), "{e}");
+        assert!(!other.path().join("copy").exists());
+    }
 }
 
 /// With automatic compaction off, tombstones stay until `compact`, which
