@@ -397,6 +397,13 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
         OutfitCommand::Substitute { id, k, sold_out } => {
             let mut eng = db.outfit_engine()?;
             if let Some(p) = sold_out.iter().find(|p| eng.in_stock(p).is_none()) {
+                // The engine holds only image products of this model.
+                if db.get(p)?.is_some() {
+                    bail!(
+                        "--sold-out: product '{p}' has no model outputs of this database's \
+                         model (stored with plain vectors, or not yet re-embedded)"
+                    );
+                }
                 bail!("--sold-out: unknown product '{p}'");
             }
             eng.assume_sold_out(&sold_out);
