@@ -305,6 +305,14 @@ fn manifest_that_disagrees_with_the_graph_is_a_typed_error() {
         }
         other => panic!("expected ManifestMismatch, got {other:?}"),
     }
+    // From files (another model version's manifest beside it, say): the
+    // message names the ONNX file.
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx_path = tmp.path().join("model.onnx");
+    std::fs::write(&onnx_path, &onnx).unwrap();
+    std::fs::write(tmp.path().join("m.json"), m.to_string()).unwrap();
+    let e = Model::load(&onnx_path, tmp.path().join("m.json")).unwrap_err();
+    assert!(e.to_string().contains(onnx_path.to_str().unwrap()), "{e}");
 }
 
 /// The bundled graph edited into what other exporters write (byte input

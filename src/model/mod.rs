@@ -278,6 +278,17 @@ impl Model {
     }
 
     fn build(onnx: &[u8], path: &Path, manifest: Manifest) -> Result<Model, ModelError> {
+        // A disagreement names the ONNX file (the manifest is beside it,
+        // or named by the caller).
+        Model::build_unnamed(onnx, path, manifest).map_err(|e| match e {
+            ModelError::ManifestMismatch(reason) => {
+                ModelError::ManifestMismatch(format!("{}: {reason}", path.display()))
+            }
+            e => e,
+        })
+    }
+
+    fn build_unnamed(onnx: &[u8], path: &Path, manifest: Manifest) -> Result<Model, ModelError> {
         let expected = [
             PreparedImage::CHANNELS,
             PreparedImage::HEIGHT,
