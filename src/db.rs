@@ -428,9 +428,24 @@ struct Postings {
 type OfModelSets = HashMap<(String, Option<bool>), Arc<AllowSet>>;
 
 impl Postings {
+    /// Drops the shared allow sets, unless `old` and `new` (the doc's
+    /// attributes before and after; `None`: not stored) keep the doc in
+    /// the same ones: a price update must not make the next search
+    /// rebuild a catalog-wide set.
+    fn drop_sets_unless_same(&mut self, old: Option<&Attributes>, new: Option<&Attributes>) {
+        let same = match (old, new) {
+            (Some(o), Some(n)) => {
+                o.in_stock == n.in_stock && o.get(crate::ATTR_MODEL) == n.get(crate::ATTR_MODEL)
+            }
+            _ => false,
+        };
+        if !same {
+            self.stock_sets = Default::default();
+            self.of_model_sets = Default::default();
+        }
+    }
+
     fn add(&mut self, doc: u64, a: &Attributes) {
-        self.stock_sets = Default::default();
-        self.of_model_sets = Default::default();
         for key in crate::filter::concept_postings(a) {
             self.concept.entry(key).or_default().insert(doc);
         }
@@ -447,8 +462,6 @@ impl Postings {
     }
 
     fn remove(&mut self, doc: u64, a: &Attributes) {
-        self.stock_sets = Default::default();
-        self.of_model_sets = Default::default();
         for key in crate::filter::concept_postings(a) {
             if let Some(list) = self.concept.get_mut(&key) {
                 list.remove(&doc);
@@ -501,8 +514,11 @@ impl Postings {
 
 impl Catalog {
     fn put(&mut self, doc: u64, entry: Entry) {
-        if let Some(old) = self.by_doc.get(&doc) {
-            self.postings.remove(doc, &old.attrs);
+        let old = self.by_doc.get(&doc).map(|e| Arc::clone(&e.attrs));
+        self.postings
+            .drop_sets_unless_same(old.as_deref(), Some(&entry.attrs));
+        if let Some(old) = old {
+            self.postings.remove(doc, &old);
         }
         self.postings.add(doc, &entry.attrs);
         self.by_doc.insert(doc, entry);
@@ -510,12 +526,15 @@ impl Catalog {
 
     fn remove(&mut self, doc: u64) -> Option<Entry> {
         let e = self.by_doc.remove(&doc)?;
+        self.postings.drop_sets_unless_same(Some(&e.attrs), None);
         self.postings.remove(doc, &e.attrs);
         Some(e)
     }
 
     fn set_attrs(&mut self, doc: u64, attrs: Attributes) {
         if let Some(e) = self.by_doc.get_mut(&doc) {
+            self.postings
+                .drop_sets_unless_same(Some(&e.attrs), Some(&attrs));
             self.postings.remove(doc, &e.attrs);
             self.postings.add(doc, &attrs);
             e.attrs = Arc::new(attrs);
@@ -2211,7 +2230,7 @@ pub(crate) fn of_model(attrs: Option<&Attributes>, model: Option<&str>) -> bool 
 
 fn check_attributes(attrs: &Attributes) -> Result<()> {
     match attrs.price {
-        // A NaN price would match no price filter, not even an open one.
+        // A NaN price would match no bounded price filter (only an open one).
         Some(p) if !(p.is_finite() && p >= 0.0) => Err(Error::InvalidAttribute {
             key: "price".into(),
             reason: format!("{p} (a price is a finite number >= 0)"),
@@ -2834,6 +2853,40 @@ const COPY_CHUNK: usize = 7;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write that leaves every doc in the same stock and model sets (a
+    /// price update) keeps the shared allow sets; one that moves a doc
+    /// drops them, and the next search sees the change.
+    #[test]
+    fn allow_sets_outlive_writes_that_keep_them() {
+        let mut cat = Catalog::default();
+        let entry = |id: &str, a: Attributes| Entry {
+            id: id.into(),
+            attrs: Arc::new(a),
+        };
+        for doc in 0..4 {
+            cat.put(doc, entry(&format!("p{doc}"), Attributes::new()));
+        }
+        let in_stock = Filter::new().in_stock();
+        let set = cat.allow_set(&in_stock);
+        let model_set = cat.of_model_set("m", Some(true));
+        cat.set_attrs(1, Attributes::new().price(9.0));
+        cat.put(2, entry("p2", Attributes::new().brand("B")));
+        assert!(Arc::ptr_eq(&set, &cat.allow_set(&in_stock)));
+        assert!(Arc::ptr_eq(&model_set, &cat.of_model_set("m", Some(true))));
+        cat.set_attrs(1, Attributes::new().in_stock(false));
+        let now = cat.allow_set(&in_stock);
+        assert!(!Arc::ptr_eq(&set, &now));
+        assert_eq!(now.len(), 3);
+        assert_eq!(cat.of_model_set("m", Some(true)).len(), 3);
+        cat.remove(0);
+        assert_eq!(cat.allow_set(&in_stock).len(), 2);
+        cat.put(7, entry("p7", Attributes::new()));
+        assert_eq!(cat.allow_set(&in_stock).len(), 3);
+        let other = Attributes::new().set(crate::ATTR_MODEL, "old");
+        cat.put(7, entry("p7", other));
+        assert_eq!(cat.of_model_set("m", Some(true)).len(), 2);
+    }
 
     /// A model switch waiting for the writer (held for long by a backup or
     /// a compaction) does not hold the fingerprint meanwhile: every concept

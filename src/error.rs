@@ -94,6 +94,16 @@ pub enum Error {
     /// A builder setting or argument is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A path the caller named cannot be used: a backup's destination (or
+    /// its folder) that cannot be made, or a database folder that is a
+    /// file. The caller's to change.
+    #[error("cannot use {}: {source}", path.display())]
+    BadPath {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// An image could not be decoded or prepared (corrupt, too large, too small…).
     #[error(transparent)]
     Image(#[from] crate::ImageError),
@@ -115,16 +125,6 @@ pub enum Error {
     /// argument is [`Error::InvalidConfig`] instead).
     #[error(transparent)]
     Index(vitrine_index::Error),
-    /// A path the caller named cannot be used: a backup's destination (or
-    /// its folder) that cannot be made, or a database folder that is a
-    /// file. The caller's to change.
-    #[error("cannot use {}: {source}", path.display())]
-    BadPath {
-        /// The path.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
     /// An I/O error on a named file.
     #[error("I/O error on {}: {source}", path.display())]
     Io {
