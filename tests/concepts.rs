@@ -1027,6 +1027,13 @@ fn hand_set_affinities_keep_their_key_and_scale() {
     assert_eq!(skipped.weights, p.weights);
     assert_eq!(skipped.affinities, p.affinities);
     assert!(db.delete_profile(user).unwrap());
+    // Weights so small that 1 / their sum is infinite: a zero affinity
+    // stayed 0 × ∞ = NaN, and every query under the profile scored NaN.
+    let mut tiny = Profile::only("colour").weight("colour", 1e-39);
+    tiny.affinities.insert("colour.red".into(), 0.0);
+    let p = db.set_profile(user, &tiny).unwrap();
+    assert_eq!(p.affinities["colour.red"], 0.0, "{p:?}");
+    assert!(db.delete_profile(user).unwrap());
 
     // Concept preferences only: no group weighs anything, and a skip (no
     // likes) does not turn that into equal weights.
@@ -1487,6 +1494,16 @@ fn deleting_a_profiles_only_tag_leaves_a_usable_profile() {
         ..only_x.clone()
     };
     db.set_profile("bob", &with_events).unwrap();
+    // The tag's large affinity capped the scale of the others: without
+    // it, the profile is scaled as its starting point now is, as the next
+    // event, even a skip, would scale it (that skip doubled colour.red).
+    let mut capped = Profile::only("colour").weight("colour", 0.1);
+    capped.affinities.insert("colour.red".into(), 1.0);
+    capped
+        .affinities
+        .insert("user.x".into(), vitrine::MAX_WEIGHT / 5.0);
+    let set = db.set_profile("carol", &capped).unwrap();
+    assert!((set.affinities["colour.red"] - 5.0).abs() < 1e-4, "{set:?}");
     // More profiles than one write batch of the rewrite.
     let many: Vec<String> = (0..300).map(|i| format!("u{i:03}")).collect();
     for user in &many {
@@ -1509,6 +1526,14 @@ fn deleting_a_profiles_only_tag_leaves_a_usable_profile() {
         assert!(r.hits.iter().all(|h| h.contributions[0].value != 0.0));
     }
     assert_eq!(db.profile("bob").unwrap().unwrap().events.len(), 1);
+    let carol = db.profile("carol").unwrap().unwrap();
+    assert!(
+        (carol.affinities["colour.red"] - 10.0).abs() < 1e-4,
+        "{carol:?}"
+    );
+    let skipped = db.feedback("carol", &ids[4], Feedback::Skip).unwrap();
+    assert_eq!(skipped.weights, carol.weights);
+    assert_eq!(skipped.affinities, carol.affinities);
 }
 
 /// A damaged concept layout is damage, named, for outfits as for queries:

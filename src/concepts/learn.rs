@@ -228,8 +228,9 @@ pub(crate) fn starting_point(layout: &ConceptLayout, hand_set: Option<&ProfilePr
     let largest = hand_set.map_or(0.0, |p| {
         p.affinities.values().fold(0.0f32, |m, a| m.max(a.abs()))
     });
+    // Finite even for a total of subnormal weights (0 × ∞ is NaN).
     let mut hand_scale = if hand_total > 0.0 {
-        1.0 / hand_total
+        (1.0 / hand_total).min(f32::MAX)
     } else {
         1.0
     };

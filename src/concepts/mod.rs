@@ -1272,10 +1272,12 @@ impl Db {
                 Rewrite::Keep
             })
         })?;
-        // A profile left weighing nothing (set by hand with this tag as its
-        // only preference) could shape no query: it is learned again from
-        // its events and what is left of its starting point, as the next
-        // feedback would, without the tag.
+        // A profile that named the tag is learned again from its events and
+        // what is left of its starting point, as the next feedback would,
+        // without the tag: one left weighing nothing (the tag its only
+        // preference) could shape no query, and the others are scaled as
+        // the starting point now is (the next event, even a skip, would
+        // rescale them).
         let vocab = match layout {
             Some(layout) => {
                 let left = self
@@ -1290,10 +1292,8 @@ impl Db {
         };
         rewrite_each(&profiles, |key, mut p| {
             let had = p.affinities.remove(&concept).is_some();
-            let empty =
-                p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0);
             Ok(match &vocab {
-                Some(vocab) if empty => {
+                Some(vocab) if had => {
                     let prior = priors.get(key)?;
                     Rewrite::Put(learn::learn_profile(
                         self,
@@ -1319,8 +1319,8 @@ impl Db {
     /// deleting a tag does for its affinities: queries skipped them, but
     /// `similar_with_profile` and `set_profile` refused the profile. An
     /// affinity to a tag whose record does not decode (a newer build's) is
-    /// kept. A profile left weighing nothing is learned again from its
-    /// events.
+    /// kept. A profile that changed is learned again from its events and
+    /// what is left of its starting point.
     /// Returns how many records changed. The caller holds the side-write
     /// lock.
     pub(crate) fn prune_profiles_locked(&self) -> Result<usize, ConceptError> {
@@ -1375,12 +1375,11 @@ impl Db {
             if !prune(&mut p.weights, &mut p.affinities) {
                 return Ok(Rewrite::Keep);
             }
-            let empty =
-                p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0);
-            if empty {
-                let prior = priors.get(key)?;
-                p = learn::learn_profile(self, key, &vocab, p.events, prior.as_ref(), None)?;
-            }
+            // Learned again, as the next feedback would: from what is left
+            // of the starting point (one left weighing nothing could shape
+            // no query; the others are scaled as the starting point now is).
+            let prior = priors.get(key)?;
+            let p = learn::learn_profile(self, key, &vocab, p.events, prior.as_ref(), None)?;
             Ok(Rewrite::Put(p))
         })?;
         Ok(changed)
