@@ -75,6 +75,16 @@ fn search(c: &mut Criterion) {
         &Filter::new().tagged("colour.c0"),
         PlanHint::Exact,
     );
+    // Products already shown (an infinite-scroll feed): few are dropped
+    // from the hits, many are left out of an allow set made by a walk of
+    // the catalog (`MAX_DROPPED_AFTER` decides).
+    for shown in [60, 100, 1000] {
+        let mut f = Filter::new();
+        for i in 0..shown {
+            f = f.exclude(format!("sku-{}", i * 7));
+        }
+        bench(&format!("exclude_{shown}_graph"), &f, PlanHint::Graph);
+    }
     g.finish();
 }
 

@@ -942,21 +942,6 @@ impl Db {
         // Scan sled: the catalog and the exact vector stores come from here.
         let mut report = OpenReport::default();
         let mut catalog = Catalog::default();
-        // Only a capacity hint: a damaged page is met (and judged) by the scan.
-        let stored = products.len().unwrap_or(0);
-        // Capped per space: a wide space that few products use must not
-        // reserve room for all of them (growth covers the rest).
-        const RESERVE_FLOATS: usize = 64 << 20;
-        let mut flats: Vec<FlatIndex> = specs
-            .iter()
-            .map(|s| {
-                let hint = stored.min(RESERVE_FLOATS / s.dim.max(1));
-                // Room the machine cannot give now is not the caller's
-                // error: the index grows as the scan fills it.
-                FlatIndex::with_capacity(s.dim, s.metric, hint)
-                    .or_else(|_| FlatIndex::new(s.dim, s.metric))
-            })
-            .collect::<std::result::Result<_, _>>()?;
         let arenas: Vec<Option<Arena>> = specs
             .iter()
             .map(|s| match open_arena(&arena_path(dir, &s.name), s, generation) {
@@ -974,6 +959,22 @@ impl Db {
                 ArenaState::Ahead { .. } => Ok(None),
             })
             .collect::<Result<_>>()?;
+        // Only a capacity hint, from the arenas (counting sled's records
+        // would read every product twice); without one, the stores grow.
+        let stored = arenas.iter().flatten().map(Arena::len).max().unwrap_or(0);
+        // Capped per space: a wide space that few products use must not
+        // reserve room for all of them (growth covers the rest).
+        const RESERVE_FLOATS: usize = 64 << 20;
+        let mut flats: Vec<FlatIndex> = specs
+            .iter()
+            .map(|s| {
+                let hint = stored.min(RESERVE_FLOATS / s.dim.max(1));
+                // Room the machine cannot give now is not the caller's
+                // error: the index grows as the scan fills it.
+                FlatIndex::with_capacity(s.dim, s.metric, hint)
+                    .or_else(|_| FlatIndex::new(s.dim, s.metric))
+            })
+            .collect::<std::result::Result<_, _>>()?;
         // A current arena is trusted for speed, but checked against sled,
         // which is the truth: per arena position, whether a record has that
         // very vector; records whose vector the arena lacks or holds
@@ -1708,7 +1709,7 @@ impl Db {
             .map_or(0, |m| cat.postings.other_model_count(m));
         if let Some(m) = model
             .as_deref()
-            .filter(|_| other_model <= MAX_DROPPED_AFTER)
+            .filter(|_| other_model <= max_dropped_after(cat.by_doc.len()))
         {
             except.extend(cat.postings.other_model_docs(m));
         }
@@ -1729,9 +1730,9 @@ impl Db {
         except.dedup();
         // With few left out, the search asks for that many more and drops
         // them.
-        let mut drop_after = except.len() <= MAX_DROPPED_AFTER;
+        let mut drop_after = except.len() <= max_dropped_after(cat.by_doc.len());
         let allow = match (filter, model.as_deref()) {
-            (f, Some(m)) if other_model > MAX_DROPPED_AFTER => {
+            (f, Some(m)) if other_model > max_dropped_after(cat.by_doc.len()) => {
                 let ix = f.map(Filter::indexed);
                 match ix {
                     // No filter, or stock alone: a set kept until the
@@ -2604,9 +2605,17 @@ impl SpaceSnapshot {
     }
 }
 
-/// The most products (the query's own, excluded ids) a search leaves out
-/// by asking for that many more hits, rather than from its allow set.
-const MAX_DROPPED_AFTER: usize = 64;
+/// The most products (the query's own, excluded ids) a search of a
+/// catalog of `n` leaves out by asking for that many more hits, rather
+/// than from an allow set made by a walk of the catalog. A walk costs about
+/// 0.04 µs a product, a hit more of the graph about 5 µs (`cargo bench
+/// --bench engine -- exclude` at 10k: 100 left out, 1.39 ms by the walk,
+/// 1.54 ms by more hits; 1,000: 1.59 / 6.6 ms), so more hits cost less
+/// up to about n / 128 left out; capped at 1,024, where both cost about
+/// 5 ms (at 130k products).
+fn max_dropped_after(n: usize) -> usize {
+    (n / 128).clamp(64, 1024)
+}
 
 /// Every side keyspace, created when a database opens: opening a tree
 /// that does not exist is a write, so reading one that was never written
