@@ -312,6 +312,20 @@ impl CompleteMethod {
 
 /// Standardises `v` in place (mean 0, standard deviation 1; all zeros when
 /// constant).
+/// The `k` first of `items` in the order `cmp` (a total order), sorted:
+/// a selection, then a sort of those `k` only.
+fn top_first<T>(mut items: Vec<T>, k: usize, cmp: impl Fn(&T, &T) -> std::cmp::Ordering) -> Vec<T> {
+    if k < items.len() {
+        if k == 0 {
+            return Vec::new();
+        }
+        items.select_nth_unstable_by(k - 1, &cmp);
+        items.truncate(k);
+    }
+    items.sort_unstable_by(&cmp);
+    items
+}
+
 fn zscore(v: &mut [f32]) {
     if v.is_empty() {
         return;
@@ -772,7 +786,8 @@ impl OutfitEngine<'_> {
             let raw_look = look.clone();
             zscore(&mut look);
             zscore(&mut compat);
-            let mut subs: Vec<Substitute> = cands
+            let total = others.len();
+            let scored: Vec<(f32, usize, usize)> = cands
                 .iter()
                 .enumerate()
                 .map(|(n, &c)| {
@@ -781,7 +796,6 @@ impl OutfitEngine<'_> {
                         .iter()
                         .filter(|&&j| cat.same_colour(orig, j) == cat.same_colour(c, j))
                         .count();
-                    let total = others.len();
                     let kept_frac = if total == 0 {
                         1.0
                     } else {
@@ -796,6 +810,17 @@ impl OutfitEngine<'_> {
                         + SUBSTITUTE_COLOUR_WEIGHT * cat.colour_sim(orig, c)
                         + if same { 0.5 } else { 0.0 }
                         + 1.5 * kept_frac;
+                    (score, n, kept)
+                })
+                .collect();
+            // The best `wide`, best first, ties in candidate order; only
+            // they are described (a category can hold tens of thousands).
+            let best = top_first(scored, wide, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let subs: Vec<Substitute> = best
+                .into_iter()
+                .map(|(score, n, kept)| {
+                    let c = cands[n];
+                    let same = cat.same_colour(c, orig);
                     let explanation = format!(
                         "look-alike {:.2}; colour {} ({}); keeps {kept}/{total} colour relations{}",
                         raw_look[n],
@@ -824,8 +849,6 @@ impl OutfitEngine<'_> {
                     }
                 })
                 .collect();
-            subs.sort_by(|a, b| b.score.total_cmp(&a.score));
-            subs.truncate(wide);
             out.push(Substitution {
                 slot,
                 original: o.slots[slot].product.clone(),
@@ -1074,14 +1097,15 @@ impl OutfitEngine<'_> {
         let mut base = vec![false; cat.len()];
         for (ex, &count) in exps.iter().zip(&per_template) {
             for &p in &ex.template {
-                let mut near: Vec<(f32, usize)> = cat
+                let near: Vec<(f32, usize)> = cat
                     .same_category(p)
                     .iter()
                     .filter(|&&c| c != p && cat.in_stock[c])
                     .map(|&c| (cat.lookalike(p, c), c))
                     .collect();
-                near.sort_by(|a, b| b.0.total_cmp(&a.0));
-                for &(_, c) in near.iter().take(count) {
+                // Ties in catalog order, as the category lists them.
+                let near = top_first(near, count, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                for &(_, c) in &near {
                     base[c] = true;
                 }
             }
@@ -1548,6 +1572,31 @@ impl Expander {
 mod tests {
     use super::*;
     use crate::outfits::features::Layout;
+
+    /// The selection gives the first `k` of a stable sort by score, ties
+    /// in the order given, as the full sort it replaced did.
+    #[test]
+    fn top_first_is_the_head_of_a_stable_sort() {
+        let mut state = 7u64;
+        for round in 0..500 {
+            let len = round % 40;
+            let items: Vec<(f32, usize)> = (0..len)
+                .map(|i| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    // Few distinct scores: many ties.
+                    (((state >> 60) % 5) as f32, i)
+                })
+                .collect();
+            let mut full = items.clone();
+            full.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for k in [0, 1, 3, len / 2, len, len + 5] {
+                let top = top_first(items.clone(), k, |a, b| {
+                    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+                });
+                assert_eq!(top, full[..k.min(len)], "len {len}, k {k}");
+            }
+        }
+    }
 
     /// A catalog of `n` products in `cats` categories with random stock and
     /// colours: catalog groups, measured shades (close ones match across
