@@ -321,11 +321,13 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
         Err(OutfitError::UnknownOutfit(_))
     ));
 
-    // Quoted fields: an outfit id with a comma.
+    // Quoted fields: an outfit id with a comma. A spreadsheet's cleared
+    // row (`,`, from Excel with CRLF) is no row: it was refused as "empty
+    // outfit or product id".
     std::fs::write(
         &csv,
         format!(
-            "outfit,product\n\"look, 1\",{}\n\"look, 1\",\"{}\"\n",
+            "outfit,product\r\n\"look, 1\",{}\r\n , \r\n\"look, 1\",\"{}\"\r\n",
             ps[0], ps[1]
         ),
     )

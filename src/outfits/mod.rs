@@ -370,6 +370,10 @@ impl Db {
         }
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for record in records.iter().skip(1) {
+            // A spreadsheet writes a cleared row as `,`: no row.
+            if record.fields.iter().all(|f| f.trim().is_empty()) {
+                continue;
+            }
             let [o, p, rest @ ..] = &record.fields[..] else {
                 return Err(csv_err(record.line, "expected outfit_id,product_id".into()));
             };

@@ -183,10 +183,20 @@ fn read_outfits(path: &Path) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
     let (_, rows) = read_csv(path)?;
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in rows {
+        // A spreadsheet's cleared row (`,`) is no row; half of one is
+        // refused here, not by the import after every image is embedded.
+        if r.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
         if r.len() >= 2 {
-            out.entry(r[0].trim().to_string())
-                .or_default()
-                .push(r[1].trim().to_string());
+            let (o, p) = (r[0].trim(), r[1].trim());
+            if o.is_empty() || p.is_empty() {
+                anyhow::bail!(
+                    "{}: a row with an empty outfit or product id",
+                    path.display()
+                );
+            }
+            out.entry(o.to_string()).or_default().push(p.to_string());
         }
     }
     Ok(out)
