@@ -184,6 +184,27 @@ fn query(model: &Model, bytes: &[u8]) -> vitrine::ModelOutput {
     model.infer(&[p]).unwrap().pop().unwrap()
 }
 
+/// A file stem with spaces at its ends gives the id without them: no CSV
+/// (whose cells are read trimmed) could name it otherwise, so no update,
+/// outfit or re-embedding could reach the product.
+#[test]
+fn a_folder_import_trims_the_ids_of_spaced_file_names() {
+    let Some(model) = model() else { return };
+    let images = good_images(1);
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join(" shirt .jpg"), &images[0].2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let report = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new().model(model.clone()),
+        )
+        .unwrap();
+    assert_eq!(report.progress.stored, 1, "{report:?}");
+    assert_eq!(db.ids(), ["shirt"]);
+}
+
 #[test]
 fn the_first_import_stores_its_preparation_for_later_images() {
     let Some(model) = model() else { return };
@@ -244,6 +265,7 @@ fn the_first_import_stores_its_preparation_for_later_images() {
             .unwrap();
         assert_eq!(report.progress.failed, 1);
         assert_eq!(db.recorded_prep_config().unwrap(), None);
+
         db.import(
             ImportSource::Dir(src.path().to_path_buf()),
             ImportOptions::new()

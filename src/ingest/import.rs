@@ -36,7 +36,8 @@ pub struct ImportItem {
 pub enum ImportSource {
     /// Every `.jpg`, `.jpeg`, `.png`, `.webp`, `.gif`, `.bmp`, `.tif` and
     /// `.tiff` file directly in the folder (not in subfolders, not hidden),
-    /// in name order; the id is the file stem, the attributes are empty.
+    /// in name order; the id is the file stem without spaces at either end
+    /// (as a CSV's cells are read), the attributes are empty.
     /// An entry with such a name that is not a regular file, or whose name
     /// is not UTF-8, fails as an item, with its reason.
     Dir(PathBuf),
@@ -95,7 +96,12 @@ fn list_dir(dir: &Path) -> Result<(Vec<ImportItem>, Vec<PathBuf>), IngestError> 
             not_utf8.push(path);
             continue;
         }
-        let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+        // Without spaces at either end, as a CSV's cells are read: an id
+        // no CSV could name would be out of reach of every later update.
+        let Some(stem) = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().trim().to_string())
+        else {
             continue;
         };
         items.push(ImportItem {
