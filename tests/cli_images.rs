@@ -1156,6 +1156,42 @@ fn eval_concepts_json_has_the_documented_keys() {
     assert_eq!(vitrine::Db::open(&db).unwrap().len(), 80);
 }
 
+/// A catalog in a folder named in Latin-1 (an old share): its image paths
+/// are stored as text, lossily, and every nightly --update found every
+/// product's image moved, and listed paths that name no file.
+#[cfg(unix)]
+#[test]
+fn an_update_in_a_folder_not_named_in_utf8_finds_nothing_moved() {
+    use std::os::unix::ffi::OsStrExt;
+    if !have_model("an_update_in_a_folder_not_named_in_utf8_finds_nothing_moved") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(&sample_images(1)[0], folder.join("a.jpg")).unwrap();
+    let csv = folder.join("cat.csv");
+    std::fs::write(&csv, "id,path,price\na,a.jpg,5\n").unwrap();
+    let db = dir.path().join("db");
+    let import = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .arg("import")
+            .arg(&csv)
+            .arg("--db")
+            .arg(&db)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = import(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = import(&["--update"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("another image"), "{stdout}");
+    assert!(!db.join("import-moved.csv").exists());
+}
+
 #[test]
 fn eval_concepts_refuses_counts_that_measure_nothing() {
     // With no reference products the recall was 0/0, and the report's

@@ -66,7 +66,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // The sample comes from Fashion Product Images, stored squashed.
     let prep = PrepConfig::catalog().pixel_aspect(PrepConfig::FPI_PIXEL_ASPECT);
 
-    println!(
+    say!(
         "== importing {} sample images into {}",
         items.len(),
         db_dir.display()
@@ -79,7 +79,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     )?;
     print_summary(&report);
     for f in &report.failures {
-        eprintln!("  failed: {}", crate::import::failure_line(f));
+        esay!("  failed: {}", crate::import::failure_line(f));
     }
 
     let ids = db.ids();
@@ -90,7 +90,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         sold_out += usize::from(out);
     }
     db.flush()?;
-    println!(
+    say!(
         "{} products in the database; {sold_out} marked sold out (every {SOLD_OUT_EVERY}th id) for the in-stock filter",
         db.len()
     );
@@ -141,7 +141,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // A concept query: what the catalog holds in red, except what the
     // model calls T-shirts.
     let text = "find +colour.red where not category.tshirts and in_stock limit 8";
-    println!("\n== {text}");
+    say!("\n== {text}");
     let r = db.query(text)?;
     let mut tiles = Vec::new();
     for (rank, h) in r.hits.iter().enumerate() {
@@ -150,7 +150,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .iter()
             .map(|c| format!("{} {:+.2}", c.term, c.value))
             .collect();
-        println!(
+        say!(
             "  {}. {:<6} {:.3}  {}  [{}]",
             rank + 1,
             h.id,
@@ -213,7 +213,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .take(3)
             .map(|(g, x)| format!("{g} {x:.2}"))
             .collect();
-        println!(
+        say!(
             "\n== a customer liked {} (and skipped one product of each of their categories in another colour): her profile weighs {} (affinities {:?})",
             black[..4].join(", "),
             weights.join(", "),
@@ -234,19 +234,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     let first = &queries[0];
-    println!("\n== annotate {}", first.path.display());
+    say!("\n== annotate {}", first.path.display());
     let bytes = std::fs::read(&first.path)
         .with_context(|| format!("cannot read {}", first.path.display()))?;
     let ann = annotate_with(&model, &prep, &bytes, ANNOTATE_TOP_K)?;
     crate::annotate::print_text(&first.path.display().to_string(), &ann);
-    println!("  (catalog says: {})", describe(&first.attributes));
+    say!("  (catalog says: {})", describe(&first.attributes));
 
-    println!(
+    say!(
         "\ncontact sheets (bars: blue = query, green = same category, orange = other; bar length = similarity; \
          the concept query's sheet has no query tile, and its green bars are the scores):"
     );
     for s in &sheets {
-        println!("  {}", s.display());
+        say!("  {}", s.display());
     }
     Ok(())
 }
@@ -307,7 +307,7 @@ fn show(
     files: &BTreeMap<&str, &Path>,
     out: &Path,
 ) -> anyhow::Result<()> {
-    println!("\n== {title}");
+    say!("\n== {title}");
     for (rank, h) in hits.iter().enumerate() {
         let model_cat = h
             .attributes
@@ -315,7 +315,7 @@ fn show(
             .get(ATTR_CATEGORY)
             .map(String::as_str)
             .unwrap_or("?");
-        println!(
+        say!(
             "  {}. {:<6} {:.3}  {}  [model: {model_cat}]",
             rank + 1,
             h.id,
@@ -354,6 +354,6 @@ fn show(
         }
     }
     sheet::save(&sheet::render(title, &tiles)?, out)?;
-    println!("  -> {}", out.display());
+    say!("  -> {}", out.display());
     Ok(())
 }

@@ -775,7 +775,7 @@ fn folder_ids(dir: &Path) -> anyhow::Result<std::collections::HashSet<String>> {
         let name = path.file_name().and_then(|n| n.to_str());
         if let (true, Some(name), Some(stem)) = (image, name, path.file_stem()) {
             if !name.starts_with('.') {
-                ids.insert(stem.to_string_lossy().into_owned());
+                ids.insert(stem.to_string_lossy().trim().to_string());
             }
         }
     }
@@ -941,7 +941,8 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             let mut twice = 0usize;
             // Present products whose row names another image than the one
             // their vectors come from (which an update does not re-embed).
-            let mut moved: Vec<(String, String, String)> = Vec::new();
+            // (id, embedded from, named now, whether that is UTF-8 text)
+            let mut moved: Vec<(String, String, String, bool)> = Vec::new();
             let total = rows.len();
             for (done, row) in rows.into_iter().enumerate() {
                 if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
@@ -965,16 +966,19 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 }
                 match db.update_attributes(&row.id, |a| {
                     if let (Some(named), Some(source)) = (&row.path, a.extra.get(ATTR_SOURCE)) {
-                        if !same_file(named, Path::new(source)) {
+                        // The source is stored as text: a path that is
+                        // not UTF-8 is stored lossily, and is its own.
+                        let stored_as = std::path::absolute(named)
+                            .is_ok_and(|p| p.to_string_lossy() == source.as_str());
+                        if !stored_as && !same_file(named, Path::new(source)) {
+                            // Absolute: the list is read from the
+                            // database's folder, not from here.
+                            let now = std::path::absolute(named).unwrap_or_else(|_| named.clone());
                             moved.push((
                                 row.id.clone(),
                                 source.clone(),
-                                // Absolute: the list is read from the
-                                // database's folder, not from here.
-                                std::path::absolute(named)
-                                    .unwrap_or_else(|_| named.clone())
-                                    .display()
-                                    .to_string(),
+                                now.display().to_string(),
+                                now.to_str().is_some(),
                             ));
                         }
                     }
@@ -1017,7 +1021,16 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 let _ = std::fs::remove_file(&moved_csv);
             } else {
                 let mut text = String::from("id,path\n");
-                for (id, _, now) in &moved {
+                // A path that is not UTF-8 text cannot be written as it is:
+                // its row is left out (and said).
+                let unwritable = moved.iter().filter(|m| !m.3).count();
+                if unwritable > 0 {
+                    notes.push(format!(
+                        "{unwritable} of the products whose image changed name a path that is \
+                         not UTF-8 text: they are not in {MOVED_CSV}"
+                    ));
+                }
+                for (id, _, now, _) in moved.iter().filter(|m| m.3) {
                     text += &format!(
                         "{},{}\n",
                         crate::outfit_eval::csv_field(id),
@@ -1030,20 +1043,20 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                          `vitrine import {} --db {} --refresh --present-only` re-embeds them \
                          from their new images",
                         moved_csv.display(),
-                        crate::field(&moved_csv.display().to_string()),
-                        crate::field(&args.db.display().to_string()),
+                        crate::shell_word(&moved_csv.display().to_string()),
+                        crate::shell_word(&args.db.display().to_string()),
                     )),
                     Err(e) => notes.push(format!("cannot write {}: {e}", moved_csv.display())),
                 }
             }
-            if let Some((id, was, now)) = moved.first() {
+            if let Some((id, was, now, _)) = moved.first() {
                 // Named (up to a screenful), so that a CSV of their rows
                 // can be made for --refresh.
                 const NAMED: usize = 20;
                 let mut ids: Vec<String> = moved
                     .iter()
                     .take(NAMED)
-                    .map(|(id, _, _)| crate::field(id).to_string())
+                    .map(|(id, _, _, _)| crate::field(id).to_string())
                     .collect();
                 if moved.len() > NAMED {
                     ids.push(format!("and {} more", moved.len() - NAMED));

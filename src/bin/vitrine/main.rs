@@ -385,6 +385,19 @@ pub(crate) fn field(s: &str) -> String {
         .collect()
 }
 
+/// `s` as one word of a POSIX shell command a note prints to be pasted:
+/// as it is when plain, else in single quotes (control characters as `?`).
+pub(crate) fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:@".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", field(s).replace('\'', "'\\''"))
+    }
+}
+
 /// An error and its causes on one line, each cause said once: our typed
 /// errors already put their source in their own message.
 pub(crate) fn error_message(e: &anyhow::Error) -> String {

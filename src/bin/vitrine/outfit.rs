@@ -817,21 +817,11 @@ fn colour_attribute_hint(db: &Db) -> anyhow::Result<()> {
         .map(|(k, _)| k);
     if let Some(key) = best {
         // Quoted for a POSIX shell where a key or a path needs it (spaces).
-        let quote = |s: &str| {
-            let plain = !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-./:@".contains(c));
-            if plain {
-                s.to_string()
-            } else {
-                format!("'{}'", s.replace('\'', "'\\''"))
-            }
-        };
         esay!(
             "hint: colour relations use the colour measured on each photo; the products carry \
              '{key}': `vitrine outfit --db {} settings --colour-attribute {}` uses the catalog's colours",
-            quote(&db.path().display().to_string()),
-            quote(key)
+            crate::shell_word(&db.path().display().to_string()),
+            crate::shell_word(key)
         );
     }
     Ok(())
