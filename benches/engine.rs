@@ -77,7 +77,7 @@ fn search(c: &mut Criterion) {
     );
     // Products already shown (an infinite-scroll feed): few are dropped
     // from the hits, many are left out of an allow set made by a walk of
-    // the catalog (`MAX_DROPPED_AFTER` decides).
+    // the catalog (`max_dropped_after` in src/db.rs decides).
     for shown in [60, 100, 1000] {
         let mut f = Filter::new();
         for i in 0..shown {

@@ -424,7 +424,11 @@ impl Db {
         };
         // The source is listed first: a wrong path or an empty folder
         // changes nothing (not even the model a re-embed adopts).
-        let (items, not_utf8) = source.into_items()?;
+        let from_dir = matches!(source, ImportSource::Dir(_));
+        let (mut items, not_utf8) = source.into_items()?;
+        if from_dir {
+            self.keep_spaced_ids(&mut items)?;
+        }
         if items.is_empty() {
             // Nothing to store (a CSV whose every row was bad, say):
             // nothing changes, not even the model a re-embed adopts.
@@ -539,6 +543,21 @@ impl Db {
             "import finished"
         );
         Ok(report)
+    }
+
+    /// A folder's file whose stem has spaces at its ends was stored under
+    /// that stem by older builds: its product keeps that id (not a second
+    /// product under the trimmed one).
+    fn keep_spaced_ids(&self, items: &mut [ImportItem]) -> Result<(), IngestError> {
+        for item in items {
+            let Some(stem) = item.path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if stem != item.id && self.get(&item.id)?.is_none() && self.get(stem)?.is_some() {
+                item.id = stem.to_string();
+            }
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -310,8 +310,6 @@ impl CompleteMethod {
     }
 }
 
-/// Standardises `v` in place (mean 0, standard deviation 1; all zeros when
-/// constant).
 /// The `k` first of `items` in the order `cmp` (a total order), sorted:
 /// a selection, then a sort of those `k` only.
 fn top_first<T>(mut items: Vec<T>, k: usize, cmp: impl Fn(&T, &T) -> std::cmp::Ordering) -> Vec<T> {
@@ -326,6 +324,8 @@ fn top_first<T>(mut items: Vec<T>, k: usize, cmp: impl Fn(&T, &T) -> std::cmp::O
     items
 }
 
+/// Standardises `v` in place (mean 0, standard deviation 1; all zeros when
+/// constant).
 fn zscore(v: &mut [f32]) {
     if v.is_empty() {
         return;

@@ -15,7 +15,7 @@ use vitrine::{
 /// Arguments of `vitrine import`.
 #[derive(Args)]
 pub struct ImportArgs {
-    /// A folder of images (id = file stem), or a CSV file with a header row
+    /// A folder of images (id = file stem, without spaces at its ends), or a CSV file with a header row
     /// whose first two columns are the id and the image path (relative to the
     /// CSV's folder); further columns are attributes (`category`, `brand`,
     /// `price`, `in_stock`, in any case, go to the built-in fields (another
@@ -775,7 +775,10 @@ fn folder_ids(dir: &Path) -> anyhow::Result<std::collections::HashSet<String>> {
         let name = path.file_name().and_then(|n| n.to_str());
         if let (true, Some(name), Some(stem)) = (image, name, path.file_stem()) {
             if !name.starts_with('.') {
-                ids.insert(stem.to_string_lossy().trim().to_string());
+                // Both: older builds stored a spaced stem as it is.
+                let stem = stem.to_string_lossy();
+                ids.insert(stem.trim().to_string());
+                ids.insert(stem.into_owned());
             }
         }
     }
@@ -1017,19 +1020,19 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             // Every moved product, as a CSV that --refresh takes as it is
             // (the note names a screenful); an older run's list goes.
             let moved_csv = args.db.join(MOVED_CSV);
-            if moved.is_empty() {
+            // A path that is not UTF-8 text cannot be written as it is:
+            // its row is left out (and said); a list of none is no list.
+            let unwritable = moved.iter().filter(|m| !m.3).count();
+            if unwritable > 0 {
+                notes.push(format!(
+                    "{unwritable} of the products whose image changed name a path that is \
+                     not UTF-8 text: they are not in {MOVED_CSV}"
+                ));
+            }
+            if moved.len() == unwritable {
                 let _ = std::fs::remove_file(&moved_csv);
             } else {
                 let mut text = String::from("id,path\n");
-                // A path that is not UTF-8 text cannot be written as it is:
-                // its row is left out (and said).
-                let unwritable = moved.iter().filter(|m| !m.3).count();
-                if unwritable > 0 {
-                    notes.push(format!(
-                        "{unwritable} of the products whose image changed name a path that is \
-                         not UTF-8 text: they are not in {MOVED_CSV}"
-                    ));
-                }
                 for (id, _, now, _) in moved.iter().filter(|m| m.3) {
                     text += &format!(
                         "{},{}\n",
