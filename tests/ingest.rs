@@ -858,6 +858,27 @@ fn another_model_is_refused_unless_reembedding() {
         )
         .is_err());
     assert_eq!(db.model_fingerprint().as_deref(), Some(model.fingerprint()));
+    // Nor does one whose every image fails (the images moved, say): it
+    // switched the database to a model none of its products is of.
+    let moved: Vec<vitrine::ImportItem> = images
+        .iter()
+        .map(|(id, _, _)| vitrine::ImportItem {
+            id: id.clone(),
+            path: src.path().join("moved").join(id),
+            attributes: Attributes::new(),
+        })
+        .collect();
+    let r = db
+        .import(
+            ImportSource::Items(moved),
+            ImportOptions::new()
+                .model(other.clone())
+                .prep(prep())
+                .reembed(true),
+        )
+        .unwrap();
+    assert_eq!(r.progress.failed, 6, "{r:?}");
+    assert_eq!(db.model_fingerprint().as_deref(), Some(model.fingerprint()));
 
     // Re-embedding replaces every product, keeping its attributes.
     let r = db

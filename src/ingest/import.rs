@@ -302,10 +302,14 @@ impl<'a> ImportOptions<'a> {
     }
 
     /// Re-embed: switch the database to this model (even if it holds another
-    /// model's vectors) and replace every product whose stored
-    /// [`ATTR_MODEL`] is not this model's, keeping its stored attributes.
-    /// Products already from this model are skipped, so an interrupted
-    /// re-embedding resumes too.
+    /// model's vectors; [`Db::adopt_model`], at the first image the model
+    /// reads, so a run whose every image fails changes nothing) and replace
+    /// every product of the source whose stored [`ATTR_MODEL`] is not this
+    /// model's, keeping its stored attributes. Products already from this
+    /// model are skipped, so an interrupted re-embedding resumes too.
+    /// Stored products the source does not list stay of the old model, left
+    /// out of searches of the model spaces until a later run re-embeds them
+    /// (`vitrine import --reembed` reports them).
     pub fn reembed(mut self, yes: bool) -> Self {
         self.reembed = yes;
         self
@@ -442,8 +446,10 @@ impl Db {
             report.elapsed = started.elapsed();
             return Ok(report);
         }
+        // A re-embedding switches the database at its first good image
+        // (import_items): one whose every image fails changes nothing.
         if reembed {
-            self.adopt_model(&model)?;
+            self.check_model_spaces(&model)?;
         } else {
             self.check_model(&model)?;
         }
@@ -514,7 +520,10 @@ impl Db {
         let mut report = result?;
         // (Stopped: learned at the end of the run that finishes, as after a
         // kill.)
-        if !report.stopped && (reembed || (refresh && report.progress.replaced > 0)) {
+        // (A re-embedding that switched nothing, every image failing, has
+        // nothing to learn again.)
+        let switched = self.model_fingerprint().as_deref() == Some(model.fingerprint());
+        if !report.stopped && (reembed && switched || (refresh && report.progress.replaced > 0)) {
             // A mean taken while old and new vectors were mixed is stale,
             // and user tags are directions in the old model's space (or of
             // the old photos): both are learned again from the new vectors,
@@ -717,10 +726,18 @@ impl Db {
             // Written in source order, whatever order the threads finish
             // in: two imports of one folder give the same products the
             // same internal order (graph, ties, outfit snapshots).
+            let mut adopted = !reembed;
             let mut handle = |inferred: Inferred| -> bool {
                 handled += 1;
                 let (job, result) = match inferred {
                     Inferred::Ok(job, out) => {
+                        if !adopted {
+                            if let Err(e) = self.adopt_model(model) {
+                                fatal = Some(e);
+                                return false;
+                            }
+                            adopted = true;
+                        }
                         let r = self.store_output(model, &job, &out);
                         (job, r)
                     }
