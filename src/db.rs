@@ -2731,6 +2731,14 @@ impl Db {
             .count()
     }
 
+    /// How many products are of another model than the database's (a
+    /// re-embedding not done yet).
+    pub(crate) fn other_model_count(&self) -> usize {
+        let model = self.model_fingerprint();
+        let cat = read(&self.catalog);
+        model.map_or(0, |m| cat.postings.other_model_count(&m))
+    }
+
     /// The largest doc id (0 for an empty catalog).
     pub(crate) fn last_doc(&self) -> u64 {
         let cat = read(&self.catalog);

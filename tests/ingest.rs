@@ -792,6 +792,46 @@ fn refusing_another_model_does_not_wait_for_the_writer() {
     ));
 }
 
+/// Feedback during a re-embedding learns against the mean of the products
+/// re-embedded so far. That mean was kept for the rest of the run (the
+/// vector count and the newest doc do not move while products are
+/// rewritten in place), so every later profile learned against a mean of
+/// a few products.
+#[test]
+fn the_catalog_mean_follows_a_reembedding() {
+    let Some(model) = model() else { return };
+    let other = renamed_model();
+    let images = good_images(12);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let put = |m: &Model, i: usize, replace: bool| {
+        let (id, _, bytes) = &images[i];
+        db.insert_image_with(m, &prep(), id, bytes, Attributes::new(), replace)
+            .unwrap();
+    };
+    for i in 0..images.len() {
+        put(&model, i, false);
+    }
+    db.adopt_model(&other).unwrap();
+    put(&other, 0, true);
+    put(&other, 1, true);
+    db.feedback("u", &images[0].0, vitrine::Feedback::Like)
+        .unwrap();
+    for i in 2..images.len() {
+        put(&other, i, true);
+    }
+    let during = db
+        .feedback("u", &images[1].0, vitrine::Feedback::Like)
+        .unwrap();
+    // The same events against a mean taken now.
+    db.relearn_tags().unwrap();
+    let fresh = db
+        .feedback("u", &images[1].0, vitrine::Feedback::Like)
+        .unwrap();
+    assert_eq!(during.events, fresh.events);
+    assert_eq!(during.weights, fresh.weights);
+}
+
 #[test]
 fn another_model_is_refused_unless_reembedding() {
     let Some(model) = model() else { return };

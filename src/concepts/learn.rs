@@ -479,8 +479,9 @@ pub(crate) fn forget_catalog_mean_locked(db: &Db) -> Result<(), crate::Error> {
 }
 
 /// Cached mean concept vector of the catalog, recomputed when the catalog
-/// has changed size by more than 5 %, when more than 5 % of it is new since
-/// (a season's turnover keeps the size), or when its model changed.
+/// (its products of the database's model) has changed size by more than
+/// 5 %, when more than 5 % of it is new since (a season's turnover keeps
+/// the size), or when its model changed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct CatalogMean {
     count: u64,
@@ -497,12 +498,15 @@ impl vitrine_storage::Record for CatalogMean {
 
 fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
     let ks = db.side_keyspace::<CatalogMean>(CATALOG_STATS)?;
-    // The products the mean is over: those with a concept vector.
-    let len = db
+    // The products the mean is over: those with a concept vector, of the
+    // database's model (during a re-embedding, rewritten in place under
+    // their doc ids, only this count moves).
+    let vectors = db
         .space_stats()
         .iter()
         .find(|s| s.name == CONCEPT_SPACE)
-        .map_or(db.len(), |s| s.vectors) as u64;
+        .map_or(db.len(), |s| s.vectors);
+    let len = vectors.saturating_sub(db.other_model_count()) as u64;
     let cached = ks.get(CATALOG_MEAN)?;
     let last_doc = db.last_doc();
     if let Some(c) = cached {
