@@ -1346,7 +1346,10 @@ fn import_refuses_another_models_database_unless_reembedding() {
     let out = vitrine(&["import", src_s, "--db", db_s, "--fpi", "--reembed"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("3 items: 1 imported (1 of them re-embedded"),
+        text(&out.stdout).contains(
+            "3 items: 1 imported (1 of them re-embedded or refreshed), 2 skipped (already of \
+             this model)"
+        ),
         "{}",
         text(&out.stdout)
     );

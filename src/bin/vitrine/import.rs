@@ -674,8 +674,9 @@ fn write_report(path: &Path, lines: &[String]) -> anyhow::Result<()> {
     }
 }
 
-/// Prints the summary of an import.
-pub fn print_summary(report: &ImportReport) {
+/// Prints the summary of an import (of a re-embedding: its skipped items
+/// are those already of the model).
+pub fn print_summary(report: &ImportReport, reembed: bool) {
     let p = &report.progress;
     let secs = report.elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
@@ -687,8 +688,13 @@ pub fn print_summary(report: &ImportReport) {
         0 => String::new(),
         n => format!(" ({n} of them re-embedded or refreshed)"),
     };
+    let why = if reembed {
+        "already of this model"
+    } else {
+        "already present"
+    };
     println!(
-        "{} items: {} imported{replaced}, {} skipped (already present), {} failed, in {secs:.1} s ({rate:.1} images/s)",
+        "{} items: {} imported{replaced}, {} skipped ({why}), {} failed, in {secs:.1} s ({rate:.1} images/s)",
         p.total, p.stored, p.skipped, p.failed
     );
 }
@@ -1223,7 +1229,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     for note in &notes {
         println!("{note}");
     }
-    print_summary(&report);
+    print_summary(&report, args.reembed);
     if let Some(note) = &unlisted_note {
         println!("{note}");
     }
