@@ -405,8 +405,10 @@ struct Postings {
     /// Docs sold out (`[0]`) and in stock (`[1]`).
     stock: [BTreeSet<u64>; 2],
     /// `stock` as the allow sets a search takes, made by the first search
-    /// of a filter of stock alone (the one sent most) after a change: not
-    /// copied from the list on every search (most of the catalog).
+    /// of a filter of stock alone (the one sent most) after a change of the
+    /// stock or model sets (a product added, removed, or moved between
+    /// them; not a price update): not copied from the list on every search
+    /// (most of the catalog).
     stock_sets: [std::sync::OnceLock<Arc<AllowSet>>; 2],
     category: HashMap<String, BTreeSet<u64>>,
     brand: HashMap<String, BTreeSet<u64>>,
@@ -1735,9 +1737,10 @@ impl Db {
             (f, Some(m)) if other_model > max_dropped_after(cat.by_doc.len()) => {
                 let ix = f.map(Filter::indexed);
                 match ix {
-                    // No filter, or stock alone: a set kept until the
-                    // catalog changes (a re-embedding that failed on some
-                    // products leaves them of the old model for good).
+                    // No filter, or stock alone: a set kept until a product
+                    // is added, removed, or changes stock or model (a
+                    // re-embedding that failed on some products leaves them
+                    // of the old model for good).
                     None if drop_after => Some(cat.of_model_set(m, None)),
                     Some(ix)
                         if drop_after

@@ -1227,9 +1227,10 @@ impl Db {
     }
 
     /// Removes a user tag, and every profile's affinity to it (learned or
-    /// set by hand); returns whether the tag existed. A profile left
-    /// weighing nothing (its only preference was the tag) is learned again
-    /// from its events, as a new user's when it has none. It reads every
+    /// set by hand); returns whether the tag existed. A profile that named
+    /// the tag is learned again from its events and what is left of its
+    /// starting point, as the next feedback would (one whose only
+    /// preference was the tag, as a new user's when it has none). It reads every
     /// stored profile under the lock that feedback and profile edits take
     /// (so that none adds an affinity to the tag meanwhile): with a million
     /// profiles, those wait for it, for seconds or more.
@@ -1319,8 +1320,8 @@ impl Db {
     /// deleting a tag does for its affinities: queries skipped them, but
     /// `similar_with_profile` and `set_profile` refused the profile. An
     /// affinity to a tag whose record does not decode (a newer build's) is
-    /// kept. A profile that changed is learned again from its events and
-    /// what is left of its starting point.
+    /// kept. A profile left weighing nothing is learned again from its
+    /// events.
     /// Returns how many records changed. The caller holds the side-write
     /// lock.
     pub(crate) fn prune_profiles_locked(&self) -> Result<usize, ConceptError> {
@@ -1375,11 +1376,17 @@ impl Db {
             if !prune(&mut p.weights, &mut p.affinities) {
                 return Ok(Rewrite::Keep);
             }
-            // Learned again, as the next feedback would: from what is left
-            // of the starting point (one left weighing nothing could shape
-            // no query; the others are scaled as the starting point now is).
-            let prior = priors.get(key)?;
-            let p = learn::learn_profile(self, key, &vocab, p.events, prior.as_ref(), None)?;
+            // One left weighing nothing could shape no query: learned again
+            // from its events. Not the others: at a switch (a re-embedding's
+            // first image) their liked products are nearly all of the old
+            // model, which learning skips; relearning now would drop what
+            // was learned from them.
+            let empty =
+                p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0);
+            if empty {
+                let prior = priors.get(key)?;
+                p = learn::learn_profile(self, key, &vocab, p.events, prior.as_ref(), None)?;
+            }
             Ok(Rewrite::Put(p))
         })?;
         Ok(changed)

@@ -37,7 +37,8 @@ pub enum ImportSource {
     /// Every `.jpg`, `.jpeg`, `.png`, `.webp`, `.gif`, `.bmp`, `.tif` and
     /// `.tiff` file directly in the folder (not in subfolders, not hidden),
     /// in name order; the id is the file stem without spaces at either end
-    /// (as a CSV's cells are read), the attributes are empty.
+    /// (as a CSV's cells are read; a product an older build stored under
+    /// the spaced stem keeps that id), the attributes are empty.
     /// An entry with such a name that is not a regular file, or whose name
     /// is not UTF-8, fails as an item, with its reason.
     Dir(PathBuf),
@@ -431,7 +432,7 @@ impl Db {
         let from_dir = matches!(source, ImportSource::Dir(_));
         let (mut items, not_utf8) = source.into_items()?;
         if from_dir {
-            self.keep_spaced_ids(&mut items)?;
+            self.keep_spaced_ids(&mut items);
         }
         if items.is_empty() {
             // Nothing to store (a CSV whose every row was bad, say):
@@ -557,16 +558,20 @@ impl Db {
     /// A folder's file whose stem has spaces at its ends was stored under
     /// that stem by older builds: its product keeps that id (not a second
     /// product under the trimmed one).
-    fn keep_spaced_ids(&self, items: &mut [ImportItem]) -> Result<(), IngestError> {
+    fn keep_spaced_ids(&self, items: &mut [ImportItem]) {
         for item in items {
             let Some(stem) = item.path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
-            if stem != item.id && self.get(&item.id)?.is_none() && self.get(stem)?.is_some() {
+            // (An id the store refuses, empty once trimmed, fails as its
+            // item does, in import_items.)
+            if stem != item.id
+                && matches!(self.get(&item.id), Ok(None))
+                && matches!(self.get(stem), Ok(Some(_)))
+            {
                 item.id = stem.to_string();
             }
         }
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -645,6 +650,15 @@ impl Db {
         }
         drop(seen);
         report.progress.failed = report.failures.len();
+        // A re-embedding adopts the model at its first good image; when
+        // the source lists products already of it (a switch back, or a run
+        // after one killed mid-switch), now: no image may be inferred, and
+        // the database must not stay of a model its products are not of.
+        let mut adopted = !reembed;
+        if reembed && report.progress.skipped > 0 {
+            self.adopt_model(model)?;
+            adopted = true;
+        }
         info!(
             total = report.progress.total,
             todo = jobs.len(),
@@ -726,7 +740,6 @@ impl Db {
             // Written in source order, whatever order the threads finish
             // in: two imports of one folder give the same products the
             // same internal order (graph, ties, outfit snapshots).
-            let mut adopted = !reembed;
             let mut handle = |inferred: Inferred| -> bool {
                 handled += 1;
                 let (job, result) = match inferred {

@@ -15,7 +15,8 @@ use vitrine::{
 /// Arguments of `vitrine import`.
 #[derive(Args)]
 pub struct ImportArgs {
-    /// A folder of images (id = file stem, without spaces at its ends), or a CSV file with a header row
+    /// A folder of images (id = file stem, without spaces at its ends, but
+    /// for a product an older build stored with them), or a CSV file with a header row
     /// whose first two columns are the id and the image path (relative to the
     /// CSV's folder); further columns are attributes (`category`, `brand`,
     /// `price`, `in_stock`, in any case, go to the built-in fields (another
@@ -1073,8 +1074,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 notes.push(format!(
                     "{} present products name another image than the one they were embedded \
                      from (first: {}, {} -> {}); their vectors are of the old one: \
-                     `vitrine import CSV --db DB --refresh` re-embeds every product a CSV \
-                     lists, so give it a CSV of these rows when the photos changed: {}",
+                     `vitrine import CSV --db DB --refresh --present-only` re-embeds every \
+                     product a CSV lists, so give it a CSV of these rows when the photos \
+                     changed: {}",
                     moved.len(),
                     crate::field(id),
                     crate::field(was),

@@ -188,8 +188,8 @@ fn read_outfits(path: &Path) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
         if r.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
-        if r.len() >= 2 {
-            let (o, p) = (r[0].trim(), r[1].trim());
+        {
+            let (o, p) = (r[0].trim(), r.get(1).map_or("", |p| p.trim()));
             if o.is_empty() || p.is_empty() {
                 anyhow::bail!(
                     "{}: a row with an empty outfit or product id",
@@ -390,6 +390,8 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
         bail!("{}: no questions", args.questions.display());
     }
     let products = read_products(&args.products)?;
+    // Checked before every image is embedded.
+    read_outfits(&args.outfits)?;
     let tmp;
     let db_dir = match &args.db {
         Some(d) => d.clone(),
@@ -647,6 +649,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         })
         .filter(|(_, g)| !g.is_empty())
         .collect();
+    read_outfits(&args.outfits)?;
     let db = open_and_import(&args.db, &products)?;
     let t = Instant::now();
     let rules = load_outfits(&db, &args.outfits, args.colour_attribute.as_deref())?;
