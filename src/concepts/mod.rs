@@ -1378,7 +1378,7 @@ impl Db {
             }
             // One left weighing nothing could shape no query: learned again
             // from its events. Not the others: at a switch (a re-embedding's
-            // first image) their liked products are nearly all of the old
+            // start) their liked products are nearly all of the old
             // model, which learning skips; relearning now would drop what
             // was learned from them.
             let empty =

@@ -304,7 +304,8 @@ impl<'a> ImportOptions<'a> {
 
     /// Re-embed: switch the database to this model (even if it holds another
     /// model's vectors; [`Db::adopt_model`], at the first image the model
-    /// reads, so a run whose every image fails changes nothing) and replace
+    /// reads, so that a run whose every image fails changes nothing, or at
+    /// once when the source lists products already of this model) and replace
     /// every product of the source whose stored [`ATTR_MODEL`] is not this
     /// model's, keeping its stored attributes. Products already from this
     /// model are skipped, so an interrupted re-embedding resumes too.
@@ -447,8 +448,9 @@ impl Db {
             report.elapsed = started.elapsed();
             return Ok(report);
         }
-        // A re-embedding switches the database at its first good image
-        // (import_items): one whose every image fails changes nothing.
+        // A re-embedding switches the database at its first good image, or
+        // at once when the source lists products already of the model
+        // (import_items).
         if reembed {
             self.check_model_spaces(&model)?;
         } else {
@@ -566,7 +568,7 @@ impl Db {
             // (An id the store refuses, empty once trimmed, fails as its
             // item does, in import_items.)
             if stem != item.id
-                && matches!(self.get(&item.id), Ok(None))
+                && (item.id.is_empty() || matches!(self.get(&item.id), Ok(None)))
                 && matches!(self.get(stem), Ok(Some(_)))
             {
                 item.id = stem.to_string();

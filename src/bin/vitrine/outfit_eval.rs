@@ -188,6 +188,12 @@ fn read_outfits(path: &Path) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
         if r.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
+        if r.iter().skip(2).any(|f| !f.trim().is_empty()) {
+            anyhow::bail!(
+                "{}: a row with more than two fields (outfit_id,product_id)",
+                path.display()
+            );
+        }
         {
             let (o, p) = (r[0].trim(), r.get(1).map_or("", |p| p.trim()));
             if o.is_empty() || p.is_empty() {
