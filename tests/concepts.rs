@@ -699,6 +699,29 @@ fn repeated_feedback_counts_once_and_hand_set_ratios_hold() {
         p.events,
         [(y.clone(), Feedback::Like), (x.clone(), Feedback::Buy)]
     );
+    // A list an older build stored, every event kept: collapsed as a
+    // whole by the next event (only its product's were, and y's like fell
+    // out of the window).
+    let mut old = vec![(y.clone(), Feedback::Like)];
+    old.extend((0..vitrine::MAX_EVENTS - 1).map(|_| (x.clone(), Feedback::Skip)));
+    db.set_profile(
+        user,
+        &Profile {
+            events: old,
+            ..Profile::only("colour")
+        },
+    )
+    .unwrap();
+    let z = &s.samples[7].id;
+    let p = db.feedback(user, z, Feedback::Skip).unwrap();
+    assert_eq!(
+        p.events,
+        [
+            (y.clone(), Feedback::Like),
+            (x.clone(), Feedback::Skip),
+            (z.clone(), Feedback::Skip)
+        ]
+    );
     assert!(db.delete_profile(user).unwrap());
 
     let mut hand = Profile::only("colour").weight("colour", 0.1);

@@ -217,6 +217,11 @@ fn a_folder_import_trims_the_ids_of_spaced_file_names() {
     let db = open_db(&model, dir.path());
     db.insert_image(" shirt ", &images[0].2, Attributes::new())
         .unwrap();
+    // Also when the trimmed id is another file's product (`shirt.jpg`):
+    // both files took `shirt`, and one failed as a duplicate.
+    db.insert_image("shirt", &images[0].2, Attributes::new())
+        .unwrap();
+    std::fs::write(src.path().join("shirt.jpg"), &images[0].2).unwrap();
     // (Spaces only: the trimmed id is empty, which no lookup takes.)
     db.insert_image("  ", &images[0].2, Attributes::new())
         .unwrap();
@@ -228,10 +233,10 @@ fn a_folder_import_trims_the_ids_of_spaced_file_names() {
         .unwrap();
     assert_eq!(
         (report.progress.skipped, report.progress.failed),
-        (2, 0),
+        (3, 0),
         "{report:?}"
     );
-    assert_eq!(db.ids(), ["  ", " shirt "]);
+    assert_eq!(db.ids(), ["  ", " shirt ", "shirt"]);
 }
 
 #[test]

@@ -16,7 +16,7 @@
 mod learn;
 mod query;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -272,7 +272,9 @@ impl std::str::FromStr for Feedback {
 pub struct Profile {
     /// Weight per group (`visual`, `category`, `colour`…); groups not listed
     /// weigh 0. Stored weights sum to 1 (less when the profile was set by
-    /// hand with concept preferences only: those weights start at 0).
+    /// hand with concept preferences only: those weights start at 0; a
+    /// profile an older build stored as set by hand keeps its scale until
+    /// its next event).
     pub weights: BTreeMap<String, f32>,
     /// Concept affinities (`colour.red` → 0.6, `user.superfunky` → 0.3).
     pub affinities: BTreeMap<String, f32>,
@@ -1185,8 +1187,18 @@ impl Db {
                 .cloned()
                 .collect()
         };
+        // Each example once (an older build kept repeats, which counted).
+        let once = |ids: &[String]| -> Vec<String> {
+            let mut seen = std::collections::HashSet::new();
+            ids.iter()
+                .filter(|id| seen.insert(id.as_str()))
+                .cloned()
+                .collect()
+        };
         let mut sample = None;
         for mut tag in self.readable_user_tags()? {
+            tag.positives = once(&tag.positives);
+            tag.negatives = once(&tag.negatives);
             let (pos, neg) = (present(&tag.positives), present(&tag.negatives));
             if pos.is_empty() {
                 tracing::warn!(tag = %tag.name, "no positive example left; tag kept as it was");
@@ -1630,17 +1642,23 @@ impl Db {
             Feedback::Like => 1,
             Feedback::Buy => 2,
         };
-        let mut strongest = what;
-        events.retain(|(id, f)| {
-            if id != product {
-                return true;
+        events.push((product.to_string(), what));
+        // Over the whole list: an older build kept every event.
+        let mut strongest: HashMap<&str, (Feedback, usize)> = HashMap::new();
+        for (i, (id, f)) in events.iter().enumerate() {
+            let e = strongest.entry(id.as_str()).or_insert((*f, i));
+            if strength(*f) > strength(e.0) {
+                e.0 = *f;
             }
-            if strength(*f) > strength(strongest) {
-                strongest = *f;
-            }
-            false
-        });
-        events.push((product.to_string(), strongest));
+            e.1 = i;
+        }
+        let mut kept: Vec<(usize, String, Feedback)> = strongest
+            .into_iter()
+            .map(|(id, (f, last))| (last, id.to_string(), f))
+            .collect();
+        kept.sort_unstable_by_key(|k| k.0);
+        let mut events: Vec<(String, Feedback)> =
+            kept.into_iter().map(|(_, id, f)| (id, f)).collect();
         if events.len() > MAX_EVENTS {
             events.drain(..events.len() - MAX_EVENTS);
         }

@@ -565,12 +565,9 @@ impl Db {
             let Some(stem) = item.path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
-            // (An id the store refuses, empty once trimmed, fails as its
-            // item does, in import_items.)
-            if stem != item.id
-                && (item.id.is_empty() || matches!(self.get(&item.id), Ok(None)))
-                && matches!(self.get(stem), Ok(Some(_)))
-            {
+            // Whether or not the trimmed id is stored too (an older build
+            // stored `shirt.jpg` and `shirt .jpg` as two products).
+            if stem != item.id && matches!(self.get(stem), Ok(Some(_))) {
                 item.id = stem.to_string();
             }
         }
