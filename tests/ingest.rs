@@ -196,14 +196,16 @@ fn a_folder_import_trims_the_ids_of_spaced_file_names() {
     // A stem of spaces only is an empty id: that item fails, not the
     // import (the lookup for an older build's id failed it as a whole).
     std::fs::write(src.path().join("  .jpg"), &images[0].2).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = open_db(&model, dir.path());
-    let report = db
-        .import(
+    let import_folder = |db: &Db| {
+        db.import(
             ImportSource::Dir(src.path().to_path_buf()),
             ImportOptions::new().model(model.clone()),
         )
-        .unwrap();
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let report = import_folder(&db);
     assert_eq!(
         (report.progress.stored, report.progress.failed),
         (1, 1),
@@ -225,12 +227,7 @@ fn a_folder_import_trims_the_ids_of_spaced_file_names() {
     // (Spaces only: the trimmed id is empty, which no lookup takes.)
     db.insert_image("  ", &images[0].2, Attributes::new())
         .unwrap();
-    let report = db
-        .import(
-            ImportSource::Dir(src.path().to_path_buf()),
-            ImportOptions::new().model(model.clone()),
-        )
-        .unwrap();
+    let report = import_folder(&db);
     assert_eq!(
         (report.progress.skipped, report.progress.failed),
         (3, 0),

@@ -305,6 +305,16 @@ impl Profile {
     }
 }
 
+/// A tag's examples, each once, in the order given.
+fn each_once<S: AsRef<str>>(ids: &[S]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    ids.iter()
+        .map(AsRef::as_ref)
+        .filter(|id| seen.insert(*id))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Feedback events kept per profile (the oldest are dropped).
 pub const MAX_EVENTS: usize = 500;
 
@@ -1058,15 +1068,7 @@ impl Db {
                 got: 0,
             });
         }
-        // Each example once, in the order given.
-        let once = |ids: &[&str]| -> Vec<String> {
-            let mut seen = std::collections::HashSet::new();
-            ids.iter()
-                .filter(|id| seen.insert(**id))
-                .map(|id| id.to_string())
-                .collect()
-        };
-        let (positives, negatives) = (once(positives), once(negatives));
+        let (positives, negatives) = (each_once(positives), each_once(negatives));
         let negative: std::collections::HashSet<&str> =
             negatives.iter().map(String::as_str).collect();
         if let Some(id) = positives.iter().find(|p| negative.contains(p.as_str())) {
@@ -1187,18 +1189,11 @@ impl Db {
                 .cloned()
                 .collect()
         };
-        // Each example once (an older build kept repeats, which counted).
-        let once = |ids: &[String]| -> Vec<String> {
-            let mut seen = std::collections::HashSet::new();
-            ids.iter()
-                .filter(|id| seen.insert(id.as_str()))
-                .cloned()
-                .collect()
-        };
         let mut sample = None;
         for mut tag in self.readable_user_tags()? {
-            tag.positives = once(&tag.positives);
-            tag.negatives = once(&tag.negatives);
+            // (An older build kept repeats, which counted.)
+            tag.positives = each_once(&tag.positives);
+            tag.negatives = each_once(&tag.negatives);
             let (pos, neg) = (present(&tag.positives), present(&tag.negatives));
             if pos.is_empty() {
                 tracing::warn!(tag = %tag.name, "no positive example left; tag kept as it was");
