@@ -1385,12 +1385,11 @@ impl Db {
                     .to_string(),
             });
         }
-        self.mark_dirty(&mut w)?;
         let doc = match existing {
             Some(doc) => doc,
             None => self.store.generate_id()?,
         };
-        self.write_product(id, doc, attrs, vectors)
+        self.write_product(&mut w, id, doc, attrs, vectors)
     }
 
     /// Replaces a stored product with what `rebuild` makes of its current
@@ -1426,15 +1425,15 @@ impl Db {
         // A record's vectors are sorted by name (ProductRecord::vector
         // searches them).
         vectors.sort_by(|a, b| a.0.cmp(&b.0));
-        self.mark_dirty(&mut w)?;
-        self.write_product(id, record.doc, attrs, vectors)?;
+        self.write_product(&mut w, id, record.doc, attrs, vectors)?;
         Ok(true)
     }
 
     /// Writes a checked product under `doc`, then the catalog and indexes.
-    /// The caller holds the writer lock and has marked the store dirty.
+    /// The caller holds the writer lock (`w`).
     fn write_product(
         &self,
+        w: &mut WriterState,
         id: &str,
         doc: u64,
         attrs: Attributes,
@@ -1445,9 +1444,12 @@ impl Db {
             attrs: attrs.clone(),
             vectors,
         };
-        self.products
-            .put(id.as_bytes(), &record)
-            .map_err(product_too_large)?;
+        // Encoded first: a record too large to store changes nothing, not
+        // even the checkpoint's generation (which would make the next open
+        // after a kill rebuild every index).
+        let encoded = self.products.encode(&record).map_err(product_too_large)?;
+        self.mark_dirty(w)?;
+        self.products.put_encoded(id.as_bytes(), encoded)?;
 
         // The indexes change under the catalog's lock (readers take the
         // catalog, then an index): no reader sees the product in one and
@@ -1593,11 +1595,11 @@ impl Db {
         if !same_price(attrs.price, record.attrs.price) {
             check_attributes(&attrs)?;
         }
-        self.mark_dirty(&mut w)?;
         record.attrs = attrs;
-        self.products
-            .put(id.as_bytes(), &record)
-            .map_err(product_too_large)?;
+        // Encoded before the generation moves, as in write_product.
+        let encoded = self.products.encode(&record).map_err(product_too_large)?;
+        self.mark_dirty(&mut w)?;
+        self.products.put_encoded(id.as_bytes(), encoded)?;
         write(&self.catalog).set_attrs(record.doc, record.attrs);
         Ok(true)
     }

@@ -601,12 +601,25 @@ fn declaring_another_schema_on_an_existing_database_fails() {
 }
 
 /// A product too large to store is the caller's to fix, and nothing of it
-/// is stored.
+/// is stored: not even the checkpoint's generation moves, so a kill after
+/// it does not make the next open rebuild the index.
 #[test]
 fn a_product_too_large_to_store_is_a_user_error() {
     let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path());
-    let huge = Attributes::new().set("description", "a".repeat(17 << 20));
+    let db = Db::builder()
+        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+        .checkpoint_on_drop(false)
+        .open(dir.path())
+        .unwrap();
+    db.insert(
+        "small",
+        attrs(1),
+        [(DEFAULT_SPACE, vector_for("small", DIM))],
+    )
+    .unwrap();
+    db.checkpoint().unwrap();
+    let description = "a".repeat(17 << 20);
+    let huge = Attributes::new().set("description", description.clone());
     let e = db
         .insert("big", huge, [(DEFAULT_SPACE, vector_for("big", DIM))])
         .unwrap_err();
@@ -615,7 +628,22 @@ fn a_product_too_large_to_store_is_a_user_error() {
         "{e:?}"
     );
     assert!(db.get("big").unwrap().is_none());
-    assert_eq!(db.len(), 0);
+    assert_eq!(db.len(), 1);
+    let e = db
+        .update_attributes("small", |a| {
+            *a = a.clone().set("description", description);
+        })
+        .unwrap_err();
+    assert!(e.is_user_error(), "{e:?}");
+    assert_eq!(db.get("small").unwrap().unwrap().attributes, attrs(1));
+    drop(db);
+    let db = open(dir.path());
+    assert!(
+        db.open_report().rebuilt.is_empty(),
+        "{:?}",
+        db.open_report()
+    );
+    assert_eq!(db.len(), 1);
 }
 
 /// An upsert that changes only attributes keeps the graph as it is: no

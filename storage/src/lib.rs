@@ -63,6 +63,6 @@ pub use codec::{decode_record, Record, LARGE_RECORD_BYTES, MAX_RECORD_BYTES};
 pub use error::{Error, Result};
 pub use model::{Attributes, Meta, ProductRecord, SpaceSpec, StoredMetric};
 pub use store::{
-    interrupted_swap, Batch, Durability, Keyspace, Salvaged, Store, StoreOptions, WritesPaused,
-    FORMAT_VERSION, SWAP_MARKER,
+    interrupted_swap, Batch, Durability, Encoded, Keyspace, Salvaged, Store, StoreOptions,
+    WritesPaused, FORMAT_VERSION, SWAP_MARKER,
 };

@@ -880,7 +880,23 @@ impl<T: Record> Keyspace<T> {
 
     /// Stores `value` under `key`, atomically.
     pub fn put(&self, key: &[u8], value: &T) -> Result<()> {
-        let value = codec::encode(value)?;
+        self.put_encoded(key, self.encode(value)?)
+    }
+
+    /// Encodes `value` for [`Keyspace::put_encoded`]. Encoding first lets a
+    /// caller refuse a record too large to store
+    /// ([`Error::RecordTooLarge`]) before it writes anything else.
+    pub fn encode(&self, value: &T) -> Result<Encoded<T>> {
+        Ok(Encoded {
+            bytes: codec::encode(value)?,
+            _marker: PhantomData,
+        })
+    }
+
+    /// Stores a record encoded by [`Keyspace::encode`] under `key`,
+    /// atomically.
+    pub fn put_encoded(&self, key: &[u8], value: Encoded<T>) -> Result<()> {
+        let value = value.bytes;
         let _w = self.io.write_guard()?;
         failpoint!("storage::before_apply");
         self.write_one(key, self.tree.insert(key, value))?;
@@ -1072,6 +1088,20 @@ impl<T: Record> Keyspace<T> {
             self.io.flush_durably(|| self.tree.flush())?;
         }
         Ok(())
+    }
+}
+
+/// A record of type `T`, encoded by [`Keyspace::encode`].
+pub struct Encoded<T> {
+    bytes: Vec<u8>,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Encoded<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoded")
+            .field("bytes", &self.bytes.len())
+            .finish()
     }
 }
 
