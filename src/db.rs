@@ -694,6 +694,9 @@ pub struct Db {
     /// Warnings about a lasting state (rules of another model) given once
     /// per state, not at every call that meets it.
     warned: Mutex<std::collections::HashSet<String>>,
+    /// [`Db::vocabulary`] as last read, for queries: reading it decodes
+    /// every user tag's example lists.
+    vocabulary_cache: Mutex<crate::concepts::VocabularyCache>,
 }
 
 impl std::fmt::Debug for Db {
@@ -1255,6 +1258,7 @@ impl Db {
             side_writes: Mutex::new(()),
             rule_learning: Mutex::new(()),
             warned: Mutex::new(Default::default()),
+            vocabulary_cache: Mutex::new(Default::default()),
         };
         if !db.report.rebuilt.is_empty() || !db.report.damaged_arenas.is_empty() {
             // Save the rebuilt indexes and arenas so the next open is fast
@@ -2700,6 +2704,11 @@ impl Db {
     /// concurrent updates (two feedback events for one user) are not lost.
     pub(crate) fn side_write_lock(&self) -> MutexGuard<'_, ()> {
         lock(&self.side_writes)
+    }
+
+    /// The cache of [`Db::vocabulary`].
+    pub(crate) fn vocabulary_cache(&self) -> MutexGuard<'_, crate::concepts::VocabularyCache> {
+        lock(&self.vocabulary_cache)
     }
 
     /// Held by [`Db::learn_outfit_rules`] from reading the outfits to

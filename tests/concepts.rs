@@ -1400,6 +1400,9 @@ fn user_tags_are_learned_queried_and_persisted() {
     assert!(db.profile_prior("tick-hand").unwrap().is_none());
     assert!(db.delete_profile("tick-hand").unwrap());
     assert!(!db.delete_tag("ticktock").unwrap());
+    // Queries see the deletion (the vocabulary is cached between them).
+    let e = db.query("find +user.ticktock").unwrap_err();
+    assert!(e.to_string().contains("unknown concept"), "{e:?}");
     let p = db.profile("tick-fan").unwrap().unwrap();
     assert!(!p.affinities.contains_key("user.ticktock"), "{p:?}");
     db.similar_with_profile(SimilarTo::Id(examples[0]), 5, &Filter::new(), &p)

@@ -666,6 +666,26 @@ pub(crate) fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) 
     (d <= (name.chars().count() / 3).max(2)).then(|| best.to_string())
 }
 
+/// [`Db::vocabulary`] as last read, and the count of changes made to what
+/// it reads (so that a read overlapping a change is not kept).
+#[derive(Default)]
+pub(crate) struct VocabularyCache {
+    generation: u64,
+    /// Under the model fingerprint it was read with.
+    cached: Option<(Option<String>, Arc<Vocabulary>)>,
+}
+
+/// See [`Db::vocabulary_changes`].
+pub(crate) struct VocabularyChanges<'a>(&'a Db);
+
+impl Drop for VocabularyChanges<'_> {
+    fn drop(&mut self) {
+        let mut cache = self.0.vocabulary_cache();
+        cache.generation += 1;
+        cache.cached = None;
+    }
+}
+
 /// Everything a query can name: the model's concepts and the user tags.
 #[derive(Clone, Debug)]
 pub struct Vocabulary {
@@ -804,6 +824,7 @@ impl Db {
     /// open puts it back (the database's vectors are still the old
     /// model's) and drops the note.
     pub(crate) fn prepare_switch_locked(&self, model: &Model) -> Result<()> {
+        let _changes = self.vocabulary_changes();
         let ks = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
         let previous = ks.get(LAYOUT_KEY)?;
         let notes = self.side_keyspace::<PrunePending>(LAYOUT_KS)?;
@@ -886,6 +907,7 @@ impl Db {
         // Read, prune and forget under one lock: a switch to another model
         // meanwhile writes its own note, which is not forgotten here.
         let _guard = self.side_write_lock();
+        let _changes = self.vocabulary_changes();
         if !ks.contains(PRUNE_PENDING)? {
             return Ok(());
         }
@@ -921,6 +943,7 @@ impl Db {
             return Ok(());
         }
         let _guard = self.side_write_lock();
+        let _changes = self.vocabulary_changes();
         // Under the lock adopt_model switches models under: a model adopted
         // since the caller checked its own keeps its layout.
         if self.stored_model_fingerprint().as_deref() != Some(model.fingerprint()) {
@@ -971,11 +994,38 @@ impl Db {
         Ok(layout)
     }
 
-    /// The model's concepts plus the user tags defined so far.
-    pub fn vocabulary(&self) -> Result<Vocabulary, ConceptError> {
+    /// The model's concepts plus the user tags defined so far. Shared:
+    /// kept in memory until a tag, the layout or the model changes, because
+    /// reading it decodes every tag's example lists (40 tags of 2,000
+    /// examples took 19 ms, for a query of under 1 ms).
+    pub fn vocabulary(&self) -> Result<Arc<Vocabulary>, ConceptError> {
+        let model = self.model_fingerprint();
+        let generation = {
+            let cache = self.vocabulary_cache();
+            if let Some((m, v)) = &cache.cached {
+                if *m == model {
+                    return Ok(v.clone());
+                }
+            }
+            cache.generation
+        };
         let mut vocab = Vocabulary::new(self.concept_layout()?, self.readable_user_tags()?);
         vocab.stale = self.stale_tags()?.into_iter().collect();
+        let vocab = Arc::new(vocab);
+        // Kept only if nothing changed while it was read: a change bumps
+        // the generation after its write.
+        let mut cache = self.vocabulary_cache();
+        if cache.generation == generation {
+            cache.cached = Some((model, vocab.clone()));
+        }
         Ok(vocab)
+    }
+
+    /// Marks the vocabulary changed when dropped: after the writes of the
+    /// calling function, whether they succeeded or not. Take it before
+    /// the first write to the layout, the user tags or their models.
+    pub(crate) fn vocabulary_changes(&self) -> VocabularyChanges<'_> {
+        VocabularyChanges(self)
     }
 
     /// The user tags learned with another model than the database's. Every
@@ -1004,6 +1054,7 @@ impl Db {
     /// Records that tag `name` was learned with the database's model
     /// (under the side-write lock).
     fn record_tag_model_locked(&self, name: &str) -> Result<(), ConceptError> {
+        let _changes = self.vocabulary_changes();
         if let Some(model) = self.model_fingerprint() {
             self.side_keyspace::<TagModel>(TAG_MODELS_KS)?
                 .put(name.as_bytes(), &TagModel { model })?;
@@ -1085,6 +1136,7 @@ impl Db {
         // version over this one, nor does a re-embedding's relearn_tags
         // finish between the learning and the write.
         let _guard = self.side_write_lock();
+        let _changes = self.vocabulary_changes();
         let vector = self.tag_direction(name, positives, negatives, method, &mut None)?;
         let tag = UserTag {
             name: name.to_string(),
@@ -1110,6 +1162,7 @@ impl Db {
     /// model they were learned with (defined by an older build) were
     /// learned with `old` (under the side-write lock).
     pub(crate) fn attribute_tags_locked(&self, old: &str) -> Result<(), Error> {
+        let _changes = self.vocabulary_changes();
         let models = self.side_keyspace::<TagModel>(TAG_MODELS_KS)?;
         for key in self.side_keyspace::<UserTag>(TAGS_KS)?.keys() {
             let key = key?;
@@ -1177,6 +1230,7 @@ impl Db {
     pub fn relearn_tags(&self) -> Result<usize, ConceptError> {
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let _guard = self.side_write_lock();
+        let _changes = self.vocabulary_changes();
         learn::forget_catalog_mean_locked(self)?;
         let mut done = 0;
         // (An example deleted since would fail the whole tag; one still of
@@ -1225,6 +1279,7 @@ impl Db {
         }
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let _guard = self.side_write_lock();
+        let _changes = self.vocabulary_changes();
         let mut tag = ks
             .get(name.as_bytes())?
             .ok_or_else(|| self.unknown_tag(name))?;
@@ -1254,6 +1309,7 @@ impl Db {
         };
         let uniform = layout.as_ref().map(|l| Profile::uniform(l).weights);
         let _guard = self.side_write_lock();
+        let _changes = self.vocabulary_changes();
         // No such tag, nothing to clean: the tag goes last below (its
         // model record after it), so a delete cut short by a crash still
         // finds one of them.

@@ -1178,7 +1178,7 @@ impl Db {
         q: &ConceptQuery,
         model: Option<&Model>,
     ) -> Result<QueryResults, ConceptError> {
-        self.run_query_with(&self.vocabulary()?, q, model)
+        self.run_query_with(&*self.vocabulary()?, q, model)
     }
 
     fn run_query_with(

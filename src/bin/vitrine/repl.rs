@@ -446,7 +446,7 @@ impl Session {
                 const ONLY_CONDITIONS: &str = "similar takes only conditions after `where` \
                      (give k before it: similar <id> [user] [k] where …)";
                 let query = format!("{PREFIX}{clause}");
-                let parsed = match vitrine::ConceptQuery::parse(&query, &self.db.vocabulary()?) {
+                let parsed = match vitrine::ConceptQuery::parse(&query, &*self.db.vocabulary()?) {
                     Ok(parsed) => parsed,
                     // The prefix gives `like` and `limit`: a second one is
                     // the clause's.
