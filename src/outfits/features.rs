@@ -115,6 +115,81 @@ pub(crate) const NO_CATEGORY: u32 = u32::MAX;
 /// without a colour block).
 pub(crate) const NO_COLOUR: u16 = u16::MAX;
 
+/// A catalog of `n` products in `cats` categories with random stock and
+/// colours: catalog groups, measured shades (close ones match across
+/// families), or neither (matched by the colour head).
+#[cfg(test)]
+pub(crate) fn random_catalog(
+    seed: u64,
+    n: usize,
+    cats: usize,
+    catalog_share: f32,
+    lab_share: f32,
+) -> Catalog {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let mut rand = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as f32) / (1u64 << 31) as f32
+    };
+    let families = 4;
+    let layout = Layout {
+        vis: 0..0,
+        mcat: 0..0,
+        colour: 0..families,
+        pattern: 0..0,
+        model_categories: Vec::new(),
+        colours: (0..families).map(|f| format!("c{f}")).collect(),
+        patterns: Vec::new(),
+        dim: families,
+    };
+    let mut cat = Catalog {
+        layout,
+        ids: Vec::new(),
+        index: HashMap::new(),
+        in_stock: Vec::new(),
+        category: Vec::new(),
+        categories: (0..cats).map(|c| format!("k{c}")).collect(),
+        by_category: vec![Vec::new(); cats],
+        mcat: Vec::new(),
+        colour: Vec::new(),
+        colour_names: (0..families + 2).map(|f| format!("c{f}")).collect(),
+        colour_attribute: None,
+        catalog_colour: Vec::new(),
+        lab: Vec::new(),
+        pattern: Vec::new(),
+        concept: Vec::new(),
+        vis: Vec::new(),
+    };
+    for i in 0..n {
+        let k = (rand() * cats as f32) as usize % cats;
+        let catalog = rand() < catalog_share;
+        let lab = (rand() < lab_share).then(|| [rand() * 60.0, rand() * 40.0, rand() * 40.0]);
+        let colour = if catalog {
+            families as u16 + (rand() * 2.0) as u16 % 2
+        } else if rand() < 0.1 {
+            NO_COLOUR
+        } else {
+            (rand() * families as f32) as u16 % families as u16
+        };
+        let mut head = vec![0.0; families];
+        head[(rand() * families as f32) as usize % families] = 1.0;
+        cat.ids.push(format!("p{i}"));
+        cat.index.insert(format!("p{i}"), i);
+        cat.mcat.push(0);
+        cat.pattern.push(0);
+        cat.in_stock.push(rand() < 0.7);
+        cat.category.push(k as u32);
+        cat.by_category[k].push(i);
+        cat.colour.push(colour);
+        cat.catalog_colour.push(catalog);
+        cat.lab.push(lab);
+        cat.concept.extend(head);
+    }
+    cat
+}
+
 /// Colour similarity from which two products count as one colour family
 /// (with measured colours: ΔE76 below 20).
 pub(crate) const SAME_COLOUR: f32 = 0.8;

@@ -283,30 +283,70 @@ pub(crate) const MAX_RULE_CATEGORIES: usize = 1024;
 /// 50,000 outfits made a record past the storage's size limit.
 pub(crate) const MAX_PAIR_TABLES: usize = 4096;
 
-/// At most `max` tables, those with the most pairs counted; a pair's two
-/// directions (transposes, counted alike) stay or go together, so that a
-/// rule scores a jacket with trousers as it scores trousers with a jacket.
-fn most_supported(
-    tables: HashMap<(u32, u32), PairTable>,
-    max: usize,
-) -> Vec<((u32, u32), PairTable)> {
-    let mut tables: Vec<((u32, u32), PairTable)> = tables.into_iter().collect();
-    if tables.len() > max {
+/// A table [`OutfitRules::top`] reads rules from.
+struct RuleSource<'a> {
+    kind: RuleKind,
+    table: &'a PairTable,
+    names: &'a [String],
+    /// The two categories of a colour table of a category pair.
+    pair: Option<(u32, u32)>,
+    symmetric: bool,
+}
+
+/// A cell of a rule table, ordered from worst to best rule: lift, then
+/// support, then the earlier cell (`seq`) first.
+struct RankedCell {
+    lift: f32,
+    support: u32,
+    seq: u64,
+    source: usize,
+    x: usize,
+    y: usize,
+}
+
+impl Ord for RankedCell {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.lift
+            .total_cmp(&o.lift)
+            .then(self.support.cmp(&o.support))
+            .then(o.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for RankedCell {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl PartialEq for RankedCell {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+
+impl Eq for RankedCell {}
+
+/// The keys of at most `max` tables, those with the most pairs counted
+/// (`support`: a key's pairs, counted as its table counts them); a pair's
+/// two directions (transposes, counted alike) stay or go together, so
+/// that a rule scores a jacket with trousers as it scores trousers with a
+/// jacket. Chosen from counts, before any table is made: with a thousand
+/// categories, a table for every pair that occurs took gigabytes.
+fn most_supported(support: HashMap<(u32, u32), u64>, max: usize) -> Vec<(u32, u32)> {
+    let mut keys: Vec<((u32, u32), u64)> = support.into_iter().collect();
+    if keys.len() > max {
         let unordered = |(a, b): (u32, u32)| (a.min(b), a.max(b), a);
-        tables.sort_by(|x, y| {
-            y.1.total()
-                .total_cmp(&x.1.total())
-                .then(unordered(x.0).cmp(&unordered(y.0)))
-        });
+        keys.sort_by(|x, y| y.1.cmp(&x.1).then(unordered(x.0).cmp(&unordered(y.0))));
         let same_pair = |x: (u32, u32), y: (u32, u32)| x == (y.1, y.0);
-        let cut = if max > 0 && same_pair(tables[max - 1].0, tables[max].0) {
+        let cut = if max > 0 && same_pair(keys[max - 1].0, keys[max].0) {
             max - 1
         } else {
             max
         };
-        tables.truncate(cut);
+        keys.truncate(cut);
     }
-    tables
+    keys.into_iter().map(|(k, _)| k).collect()
 }
 
 /// Which catalog categories (by their uses in outfits) get category rules:
@@ -422,7 +462,9 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit], model: Option<String>) ->
     };
     let ncat = categories.len();
     let mut category = PairTable::new(ncat);
-    let mut by_cat: HashMap<(u32, u32), PairTable> = HashMap::new();
+    // Pairs counted per category pair, as its colour table would count
+    // them (both colours known).
+    let mut support: HashMap<(u32, u32), u64> = HashMap::new();
 
     // Means: global and per category, over the products used in outfits.
     let mut mean = vec![0f64; d];
@@ -482,10 +524,8 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit], model: Option<String>) ->
                 let (ca, cb) = (category_of(a), category_of(b));
                 if ca != NO_CATEGORY && cb != NO_CATEGORY {
                     category.add(ca as usize, cb as usize);
-                    by_cat
-                        .entry((ca, cb))
-                        .or_insert_with(|| PairTable::new(nc))
-                        .add(cat.colour[a] as usize, cat.colour[b] as usize);
+                    let known = (cat.colour[a] as usize) < nc && (cat.colour[b] as usize) < nc;
+                    *support.entry((ca, cb)).or_insert(0) += u64::from(known);
                 }
             }
         }
@@ -513,14 +553,30 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit], model: Option<String>) ->
     pattern.finish(None);
     category.finish(None);
     model_category.finish(None);
-    let mut colour_by_category: Vec<(u32, u32, PairTable)> =
-        most_supported(by_cat, MAX_PAIR_TABLES)
-            .into_iter()
-            .map(|((a, b), mut t)| {
-                t.finish(Some(&colour));
-                (a, b, t)
-            })
-            .collect();
+    // The colour tables of the kept category pairs: a second walk of the
+    // pairs.
+    let mut by_cat: HashMap<(u32, u32), PairTable> = most_supported(support, MAX_PAIR_TABLES)
+        .into_iter()
+        .map(|k| (k, PairTable::new(nc)))
+        .collect();
+    for m in &members {
+        for (a_pos, &a) in m.iter().enumerate() {
+            for (b_pos, &b) in m.iter().enumerate() {
+                if a_pos != b_pos {
+                    if let Some(t) = by_cat.get_mut(&(category_of(a), category_of(b))) {
+                        t.add(cat.colour[a] as usize, cat.colour[b] as usize);
+                    }
+                }
+            }
+        }
+    }
+    let mut colour_by_category: Vec<(u32, u32, PairTable)> = by_cat
+        .into_iter()
+        .map(|((a, b), mut t)| {
+            t.finish(Some(&colour));
+            (a, b, t)
+        })
+        .collect();
     colour_by_category.sort_by_key(|(a, b, _)| (*a, *b));
     OutfitRules {
         outfits: members.iter().filter(|m| m.len() >= 2).count(),
@@ -701,74 +757,99 @@ impl OutfitRules {
     /// The `n` strongest rules with at least `min_support` pairs, strongest
     /// (highest lift) first, across all kinds.
     pub fn top(&self, n: usize, min_support: u32) -> Vec<PairRule> {
-        let mut out = Vec::new();
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
         // A symmetric table reports each unordered pair once; the colour
         // table of two categories (x on the first, y on the second) is not
         // symmetric. Tables count ordered pairs, so in a symmetric one a
         // pair of one concept (black + black) is counted twice.
-        let mut push =
-            |kind, t: &PairTable, names: &[String], context: Option<String>, symmetric: bool| {
-                for x in 0..t.n {
-                    for y in 0..t.n {
-                        if symmetric && y < x {
-                            continue;
-                        }
-                        let support = if symmetric && x == y {
-                            t.count(x, y) / 2
-                        } else {
-                            t.count(x, y)
-                        };
-                        if support < min_support {
-                            continue;
-                        }
-                        out.push(PairRule {
-                            kind,
-                            left: names.get(x).cloned().unwrap_or_default(),
-                            right: names.get(y).cloned().unwrap_or_default(),
-                            context: context.clone(),
-                            lift: t.get(x, y).exp(),
-                            support,
-                        });
+        let source = |kind, table, names, pair, symmetric| RuleSource {
+            kind,
+            table,
+            names,
+            pair,
+            symmetric,
+        };
+        let mut sources = vec![
+            source(RuleKind::Colour, &self.colour, &self.colours, None, true),
+            source(RuleKind::Pattern, &self.pattern, &self.patterns, None, true),
+            source(
+                RuleKind::Category,
+                &self.category,
+                &self.categories,
+                None,
+                true,
+            ),
+            source(
+                RuleKind::ModelCategory,
+                &self.model_category,
+                &self.model_categories,
+                None,
+                true,
+            ),
+        ];
+        for (a, b, t) in &self.colour_by_category {
+            if a <= b {
+                sources.push(source(
+                    RuleKind::Colour,
+                    t,
+                    &self.colours,
+                    Some((*a, *b)),
+                    a == b,
+                ));
+            }
+        }
+        // The best n cells, by lift, then support, then the order above;
+        // names are made for those only (the tables hold millions of cells).
+        let mut best: BinaryHeap<Reverse<RankedCell>> = BinaryHeap::new();
+        let mut seq = 0u64;
+        for (source, s) in sources.iter().enumerate() {
+            let t = s.table;
+            for x in 0..t.n {
+                for y in 0..t.n {
+                    if s.symmetric && y < x {
+                        continue;
+                    }
+                    let support = if s.symmetric && x == y {
+                        t.count(x, y) / 2
+                    } else {
+                        t.count(x, y)
+                    };
+                    if support < min_support {
+                        continue;
+                    }
+                    seq += 1;
+                    best.push(Reverse(RankedCell {
+                        lift: t.get(x, y).exp(),
+                        support,
+                        seq,
+                        source,
+                        x,
+                        y,
+                    }));
+                    if best.len() > n {
+                        best.pop();
                     }
                 }
-            };
-        push(RuleKind::Colour, &self.colour, &self.colours, None, true);
-        push(RuleKind::Pattern, &self.pattern, &self.patterns, None, true);
-        push(
-            RuleKind::Category,
-            &self.category,
-            &self.categories,
-            None,
-            true,
-        );
-        push(
-            RuleKind::ModelCategory,
-            &self.model_category,
-            &self.model_categories,
-            None,
-            true,
-        );
-        for (a, b, t) in &self.colour_by_category {
-            if b < a {
-                continue;
             }
-            let name = |k: &u32| {
-                self.categories
-                    .get(*k as usize)
-                    .cloned()
-                    .unwrap_or_default()
-            };
-            push(
-                RuleKind::Colour,
-                t,
-                &self.colours,
-                Some(format!("{} + {}", name(a), name(b))),
-                a == b,
-            );
         }
-        out.sort_by(|a, b| b.lift.total_cmp(&a.lift).then(b.support.cmp(&a.support)));
-        out.truncate(n);
-        out
+        let name = |k: u32| self.categories.get(k as usize).cloned().unwrap_or_default();
+        let mut cells: Vec<RankedCell> = best.into_iter().map(|Reverse(c)| c).collect();
+        cells.sort_by(|a, b| b.cmp(a));
+        cells
+            .into_iter()
+            .map(|c| {
+                let s = &sources[c.source];
+                PairRule {
+                    kind: s.kind,
+                    left: s.names.get(c.x).cloned().unwrap_or_default(),
+                    right: s.names.get(c.y).cloned().unwrap_or_default(),
+                    context: s.pair.map(|(a, b)| format!("{} + {}", name(a), name(b))),
+                    lift: c.lift,
+                    support: c.support,
+                }
+            })
+            .collect()
     }
 
     /// Lift of two colour families (global table), by name.
@@ -817,38 +898,131 @@ mod tests {
     /// key); under it, all do.
     #[test]
     fn pair_tables_keep_the_most_supported_up_to_the_cap() {
-        let table = |pairs: usize| {
-            let mut t = PairTable::new(3);
-            for _ in 0..pairs {
-                t.add(0, 1);
-            }
-            t
-        };
-        let tables: HashMap<(u32, u32), PairTable> =
+        let support: HashMap<(u32, u32), u64> =
             [((0, 1), 5), ((1, 0), 9), ((2, 2), 5), ((3, 1), 1)]
                 .into_iter()
-                .map(|(k, n)| (k, table(n)))
                 .collect();
-        let mut all: Vec<(u32, u32)> = most_supported(tables.clone(), 4)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let mut all = most_supported(support.clone(), 4);
         all.sort();
         assert_eq!(all, [(0, 1), (1, 0), (2, 2), (3, 1)]);
-        let kept: Vec<(u32, u32)> = most_supported(tables.clone(), 2)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(kept, [(1, 0), (0, 1)]);
+        assert_eq!(most_supported(support.clone(), 2), [(1, 0), (0, 1)]);
         // A pair's two directions are not split by the cap.
-        let mut both = tables;
-        both.insert((2, 0), table(5));
-        both.insert((0, 2), table(5));
-        let kept: Vec<(u32, u32)> = most_supported(both, 3)
-            .into_iter()
-            .map(|(k, _)| k)
+        let mut both = support;
+        both.insert((2, 0), 5);
+        both.insert((0, 2), 5);
+        assert_eq!(most_supported(both, 3), [(1, 0), (0, 1)]);
+    }
+
+    /// `count` outfits of 10 random products of a random catalog of
+    /// 3,000 products in `cats` categories.
+    fn random_outfits(cats: usize, count: usize) -> (Catalog, Vec<Outfit>) {
+        use crate::outfits::features::random_catalog;
+        use crate::outfits::OutfitSlot;
+        let cat = random_catalog(3, 3_000, cats, 0.3, 0.0);
+        let mut state = 11u64;
+        let mut pick = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) as usize % cat.len()
+        };
+        let outfits: Vec<Outfit> = (0..count)
+            .map(|o| Outfit {
+                id: format!("o{o}"),
+                slots: (0..10)
+                    .map(|_| OutfitSlot {
+                        product: cat.ids[pick()].clone(),
+                        category: None,
+                    })
+                    .collect(),
+            })
             .collect();
-        assert_eq!(kept, [(1, 0), (0, 1)]);
+        (cat, outfits)
+    }
+
+    /// The top rules are the head of all rules in order, by lift then
+    /// support (ties in table order), each once, none under the support.
+    #[test]
+    fn top_rules_are_the_head_of_all_rules_in_order() {
+        let (cat, outfits) = random_outfits(12, 300);
+        let rules = learn(&cat, &outfits, None);
+        for min_support in [0, 1, 3] {
+            let all = rules.top(usize::MAX, min_support);
+            assert!(all.len() > 100, "{}", all.len());
+            assert!(all.iter().all(|r| r.support >= min_support));
+            assert!(all.windows(2).all(|w| w[0].lift > w[1].lift
+                || (w[0].lift == w[1].lift && w[0].support >= w[1].support)));
+            let keys: std::collections::HashSet<_> = all
+                .iter()
+                .map(|r| (format!("{:?}", r.kind), &r.left, &r.right, &r.context))
+                .collect();
+            assert_eq!(keys.len(), all.len());
+            for n in [0, 1, 7, 50, all.len() + 3] {
+                assert_eq!(rules.top(n, min_support), all[..n.min(all.len())], "{n}");
+            }
+        }
+    }
+
+    /// Learning keeps the colour tables of the most supported category
+    /// pairs, counted as one table per pair that occurs would count them
+    /// (the way it was learned before the tables were chosen from counts).
+    #[test]
+    fn learned_pair_tables_are_those_of_a_table_per_pair() {
+        // 100 categories: about 9,900 ordered pairs occur, past the cap.
+        let (cat, outfits) = random_outfits(100, 600);
+        let rules = learn(&cat, &outfits, None);
+        let nc = cat.colour_names.len();
+        let mut tables: HashMap<(String, String), Vec<u32>> = HashMap::new();
+        for o in &outfits {
+            let m: Vec<usize> = o
+                .slots
+                .iter()
+                .filter_map(|s| cat.lookup(&s.product))
+                .collect();
+            for (x, &a) in m.iter().enumerate() {
+                for (y, &b) in m.iter().enumerate() {
+                    if x == y {
+                        continue;
+                    }
+                    let name = |i: usize| cat.categories[cat.category[i] as usize].clone();
+                    let t = tables
+                        .entry((name(a), name(b)))
+                        .or_insert_with(|| vec![0; nc * nc]);
+                    let (ca, cb) = (cat.colour[a] as usize, cat.colour[b] as usize);
+                    if ca < nc && cb < nc {
+                        t[ca * nc + cb] += 1;
+                    }
+                }
+            }
+        }
+        let mut order: Vec<((String, String), u64)> = tables
+            .iter()
+            .map(|(k, t)| (k.clone(), t.iter().map(|&c| u64::from(c)).sum()))
+            .collect();
+        assert!(order.len() > MAX_PAIR_TABLES, "{}", order.len());
+        let index = |n: &str| rules.categories.iter().position(|c| c == n).unwrap() as u32;
+        let key = |(a, b): &(String, String)| (index(a), index(b));
+        order.sort_by(|x, y| {
+            let u = |k: (u32, u32)| (k.0.min(k.1), k.0.max(k.1), k.0);
+            y.1.cmp(&x.1).then(u(key(&x.0)).cmp(&u(key(&y.0))))
+        });
+        let mut cut = MAX_PAIR_TABLES;
+        if key(&order[cut - 1].0) == (key(&order[cut].0).1, key(&order[cut].0).0) {
+            cut -= 1;
+        }
+        let mut want: Vec<(u32, u32)> = order[..cut].iter().map(|(k, _)| key(k)).collect();
+        want.sort();
+        let got: Vec<(u32, u32)> = rules
+            .colour_by_category
+            .iter()
+            .map(|(a, b, _)| (*a, *b))
+            .collect();
+        assert_eq!(got, want);
+        for (a, b, t) in &rules.colour_by_category {
+            let names = (
+                rules.categories[*a as usize].clone(),
+                rules.categories[*b as usize].clone(),
+            );
+            assert_eq!(t.counts, tables[&names], "{names:?}");
+        }
     }
 
     #[test]
