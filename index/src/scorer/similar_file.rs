@@ -364,6 +364,11 @@ fn validate(b: &[u8]) -> Result<Header, String> {
         file_len: u64_at(b, 48),
         payload_crc: u32_at(b, 56),
     };
+    // As the writer refuses: k past the product count (a list size that
+    // overflows usize on 32 bits, with no lists to check it against).
+    if u64::from(h.k) > h.count.max(1) {
+        return Err(format!("k = {} but there are {} products", h.k, h.count));
+    }
     if h.file_len != b.len() as u64 {
         return Err(format!(
             "{} bytes but the header says {} (truncated or extended)",
@@ -609,6 +614,17 @@ mod tests {
             Err(SimilarFileError::Corrupt { .. })
         ));
         assert!(write_similar_file(&path, 1, &["b", "a"], &[vec![], vec![]]).is_err());
+        // An empty table of a huge k: nothing to size-check k against, and
+        // a list of 8k bytes overflows usize on 32-bit hosts.
+        write_similar_file(&path, 1, &[] as &[&str], &[]).unwrap();
+        assert_eq!(PrecomputedSimilar::open(&path).unwrap().len(), 0);
+        let mut huge = fs::read(&path).unwrap();
+        huge[24..28].copy_from_slice(&0x2000_0000u32.to_le_bytes());
+        let crc = crc32fast::hash(&huge[..60]);
+        huge[60..64].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&path, &huge).unwrap();
+        let e = PrecomputedSimilar::open(&path).unwrap_err();
+        assert!(e.to_string().contains("k = 536870912"), "{e}");
     }
 
     /// Temporary files of other writers (a killed one, or one with the same
