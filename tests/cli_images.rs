@@ -2384,23 +2384,36 @@ fn repair_rewrite_keeps_everything_and_gives_space_back() {
 /// `vitrine args` sent Ctrl-C after each delay in turn (after `reset`),
 /// until a run ends by exiting rather than by the signal: a signal that
 /// lands before the command installs its handler (during the open) ends it
-/// as usual, and is tried again later.
+/// as usual, and is tried again later. A run that was going when the
+/// signal came and then went on for a second to succeed ignored it (a
+/// stop took 60-90 ms here): that fails here (to the caller, a success
+/// reads as a run that ended before the signal, which a fast machine may
+/// give).
 #[cfg(unix)]
 fn interrupted(args: &[&str], delays: &[u64], reset: impl Fn()) -> Option<Output> {
     for &delay in delays {
         reset();
-        let child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay));
+        let running = child.try_wait().unwrap().is_none();
+        let signalled = std::time::Instant::now();
         // SAFETY: signals a child this test spawned and has not waited for.
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGINT);
         }
         let o = child.wait_with_output().unwrap();
+        let after = signalled.elapsed();
+        assert!(
+            !(running && o.status.success() && after > std::time::Duration::from_secs(1)),
+            "the command went on for {after:?} after Ctrl-C and succeeded: it ignored the \
+             signal\n{}",
+            text(&o.stderr)
+        );
         if o.status.code().is_some() {
             return Some(o);
         }
@@ -2466,7 +2479,9 @@ fn ctrl_c_stops_an_update_between_two_rows() {
     let model = vitrine::Model::bundled().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db_dir = dir.path().join("db");
-    let n = 8_000;
+    // Rows enough for the run to go on for seconds after a Ctrl-C it
+    // ignored.
+    let n = 16_000;
     {
         let db = vitrine::Db::builder()
             .model_spaces(&model)
