@@ -1002,6 +1002,15 @@ fn graph_parameters_are_kept_until_others_are_given() {
     let aside = index.join(format!(".vitrine-replaced-{DEFAULT_SPACE}"));
     std::fs::rename(index.join(DEFAULT_SPACE), &aside).unwrap();
     std::fs::create_dir(index.join(".vitrine-index-killed")).unwrap();
+    // As an older build left it: the parameters only in the dump's header
+    // (this build keeps them in sled too, and reads them there first).
+    {
+        let store = vitrine_storage::Store::open(dir.path(), Default::default()).unwrap();
+        let ks = store
+            .keyspace::<common::Raw>("vitrine.graph_params")
+            .unwrap();
+        assert!(ks.remove(DEFAULT_SPACE.as_bytes()).unwrap());
+    }
     let db = open(dir.path());
     assert_eq!(db.open_report().rebuilt.len(), 1);
     assert!(!aside.exists() && !index.join(".vitrine-index-killed").exists());
