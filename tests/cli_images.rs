@@ -1097,6 +1097,24 @@ fn query_command_prints_results_and_positioned_errors() {
     }
     let one = format!("similar {} 2", ids[0]);
     assert_eq!(json_lines(&[one.as_str()]).len(), 2);
+    // Products named like the commands' words are named in quotes.
+    {
+        let d = vitrine::Db::open(db).unwrap();
+        for (id, from) in [("logistic", &ids[2]), ("not", &ids[3]), ("where", &ids[4])] {
+            let p = d.get(from).unwrap().unwrap();
+            d.insert(id, p.attributes, p.vectors).unwrap();
+        }
+    }
+    let line = format!(
+        r#"tag define words "logistic" "not" not "where" {}"#,
+        ids[5]
+    );
+    let tag = json_lines(&[line.as_str()]);
+    assert_eq!(tag[0]["method"], "Centroid", "{tag:?}");
+    assert_eq!(tag[0]["positives"], serde_json::json!(["logistic", "not"]));
+    assert_eq!(tag[0]["negatives"], serde_json::json!(["where", ids[5]]));
+    let hits = json_lines(&[r#"similar "where" 2"#]);
+    assert_eq!(hits.len(), 2, "{hits:?}");
 }
 
 #[test]

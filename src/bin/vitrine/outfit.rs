@@ -68,9 +68,10 @@ pub enum OutfitCommand {
         #[arg(short, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         k: u32,
         /// Treat these products as sold out for this query (comma
-        /// separated; nothing is written).
-        #[arg(long, value_delimiter = ',')]
-        sold_out: Vec<String>,
+        /// separated, or the flag repeated; nothing is written). Read as a
+        /// CSV line: `'"12,3",x'` names the id `12,3`.
+        #[arg(long, value_parser = id_list)]
+        sold_out: Vec<IdList>,
     },
     /// Creates new outfits that keep the template's colour relations.
     Expand {
@@ -95,9 +96,10 @@ pub enum OutfitCommand {
     /// Plans outfits from templates covering as much of the in-stock
     /// inventory as possible.
     Cover {
-        /// Template ids (comma separated); default: all stored outfits.
-        #[arg(long, value_delimiter = ',')]
-        templates: Vec<String>,
+        /// Template ids (comma separated, as --sold-out); default: all
+        /// stored outfits.
+        #[arg(long, value_parser = id_list)]
+        templates: Vec<IdList>,
         /// At most this many outfits per template (at least 1).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
         per_template: u32,
@@ -107,17 +109,18 @@ pub enum OutfitCommand {
     },
     /// Ranks candidates for the open slot of a partial outfit.
     Complete {
-        /// The items of the partial outfit (comma separated).
-        #[arg(long, value_delimiter = ',', required = true)]
-        given: Vec<String>,
-        /// The candidates (comma separated).
+        /// The items of the partial outfit (comma separated, as
+        /// `substitute --sold-out`).
+        #[arg(long, value_parser = id_list, required = true)]
+        given: Vec<IdList>,
+        /// The candidates (comma separated, as `substitute --sold-out`).
         #[arg(
             long,
-            value_delimiter = ',',
+            value_parser = id_list,
             required_unless_present = "category",
             conflicts_with = "category"
         )]
-        candidates: Vec<String>,
+        candidates: Vec<IdList>,
         /// Instead of --candidates: every in-stock product of this category.
         #[arg(long)]
         category: Option<String>,
@@ -181,6 +184,30 @@ pub fn run(path: &Path, args: OutfitArgs) -> anyhow::Result<()> {
     let model = Model::bundled().ok();
     let (db, _) = crate::open_for_model(path, model.as_deref())?;
     execute(&db, args.what, args.json)
+}
+
+/// The ids of one argument.
+#[derive(Clone, Debug)]
+pub struct IdList(Vec<String>);
+
+/// The ids of every occurrence of a flag, in order.
+fn ids(lists: Vec<IdList>) -> Vec<String> {
+    lists.into_iter().flat_map(|l| l.0).collect()
+}
+
+/// Ids separated by commas, read as one CSV line (the dialect of the
+/// files the ids came from): a quoted cell may hold a comma. Cells are
+/// trimmed, as the CSV import trims ids.
+fn id_list(s: &str) -> Result<IdList, String> {
+    let records = vitrine::parse_csv(s).map_err(|e| e.to_string())?;
+    let [record] = records.as_slice() else {
+        return Err("a list of ids on one line (id,id,…)".into());
+    };
+    let ids: Vec<String> = record.fields.iter().map(|f| f.trim().to_string()).collect();
+    if ids.iter().any(String::is_empty) {
+        return Err(format!("an empty id in '{s}'"));
+    }
+    Ok(IdList(ids))
 }
 
 fn unit_interval(s: &str) -> Result<f32, String> {
@@ -395,6 +422,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             }
         }
         OutfitCommand::Substitute { id, k, sold_out } => {
+            let sold_out = ids(sold_out);
             let mut eng = db.outfit_engine()?;
             if let Some(p) = sold_out.iter().find(|p| eng.in_stock(p).is_none()) {
                 // The engine holds only image products of this model.
@@ -511,7 +539,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             let templates = if templates.is_empty() {
                 db.outfits()?.into_iter().map(|o| o.id).collect()
             } else {
-                templates
+                ids(templates)
             };
             let plan = db.cover(
                 &templates,
@@ -564,19 +592,20 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             let candidates = match category {
                 Some(c) => {
                     // Only products with model outputs can be ranked.
-                    let ids: Vec<String> = db
+                    let found: Vec<String> = db
                         .ids_matching(&vitrine::Filter::new().in_stock().category_in([&c]))
                         .into_iter()
                         .filter(|id| eng.in_stock(id).is_some())
                         .collect();
-                    if ids.is_empty() {
+                    if found.is_empty() {
                         bail!("no in-stock image product has category '{c}'");
                     }
-                    ids
+                    found
                 }
-                None => candidates,
+                None => ids(candidates),
             };
             let method = method_of(&method)?;
+            let given = ids(given);
             let mut ranked = eng.complete_with(&given, &candidates, method)?;
             let ranked_count = ranked.len();
             let hidden = ranked.len().saturating_sub(limit as usize);
@@ -834,5 +863,26 @@ fn engine_if_any(db: &Db) -> anyhow::Result<Option<vitrine::OutfitEngine<'_>>> {
         Ok(eng) => Ok(Some(eng)),
         Err(vitrine::OutfitError::NoConceptSpace(_)) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lists read as CSV lines: a quoted id keeps its comma, cells are
+    /// trimmed, and repeated flags add up in order.
+    #[test]
+    fn id_lists_are_csv_lines() {
+        let list = |s: &str| id_list(s).map(|l| l.0);
+        assert_eq!(list("a,b").unwrap(), ["a", "b"]);
+        assert_eq!(list("\"12,3\",x").unwrap(), ["12,3", "x"]);
+        assert_eq!(list(" a , b ").unwrap(), ["a", "b"]);
+        assert_eq!(list("12\" sleeve").unwrap(), ["12\" sleeve"]);
+        for bad in ["a,,b", "", "a\nb", "\"open"] {
+            assert!(list(bad).is_err(), "{bad:?}");
+        }
+        let lists = vec![id_list("a,b").unwrap(), id_list("\"c,d\"").unwrap()];
+        assert_eq!(ids(lists), ["a", "b", "c,d"]);
     }
 }

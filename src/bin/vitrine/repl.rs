@@ -56,7 +56,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
     ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
     ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>|<group.concept>=<a>... | profile reset <user>   (set edits what was set by hand, equal weights if nothing was: a new profile weighs only the groups set, and feedback learns from there; reset forgets the feedback and what was set, and gives equal weights)"),
-    ("tag", "tag define <name> <id>... [not <id>...] [logistic] | tag list | tag weight <name> <w> | tag delete <name>"),
+    ("tag", "tag define <name> <id>... [not <id>...] [logistic] (an id spelt like one of these words goes in quotes: \"not\") | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
     ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
     ("product", "product get <id>... | product set <id> key=value... | product delete <id>... | product list   (product help)"),
@@ -148,15 +148,21 @@ impl Session {
         let line = line.trim();
         let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let rest = rest.trim();
-        let owned = split_args(rest);
+        let owned = split_words(rest).map(|w| {
+            let quoted: Vec<bool> = w.iter().map(|w| w.quoted).collect();
+            (
+                w.into_iter().map(|w| w.text).collect::<Vec<String>>(),
+                quoted,
+            )
+        });
         // find, query, similar and annotate read the line as they need.
         let raw = ["find", "query", "similar", "annotate"]
             .iter()
             .any(|c| cmd.eq_ignore_ascii_case(c));
-        let args: Vec<&str> = match &owned {
-            Ok(owned) => owned.iter().map(String::as_str).collect(),
+        let (args, quoted): (Vec<&str>, &[bool]) = match &owned {
+            Ok((owned, quoted)) => (owned.iter().map(String::as_str).collect(), quoted),
             Err(e) if !raw => bail!("{e}"),
-            Err(_) => Vec::new(),
+            Err(_) => (Vec::new(), &[]),
         };
         match cmd.to_ascii_lowercase().as_str() {
             "" => {}
@@ -192,7 +198,7 @@ impl Session {
                 self.print_profile(user, &p, out)?;
             }
             "profile" => self.profile(&args, out)?,
-            "tag" => self.tag(&args, out)?,
+            "tag" => self.tag(&args, quoted, out)?,
             "concepts" => {
                 at_most(&args, 1, "concepts [group]")?;
                 let v = self.db.vocabulary()?;
@@ -430,10 +436,14 @@ impl Session {
             Some(at) => (&line[..at], Some(&line[at..])),
             None => (line, None),
         };
-        let split = split_args(head).map_err(anyhow::Error::msg)?;
-        let args: Vec<&str> = split.iter().map(String::as_str).collect();
-        // (`similar where …`: the id is missing, not the word `where`.)
-        let Some(id) = args.first().filter(|a| !a.eq_ignore_ascii_case("where")) else {
+        let split = split_words(head).map_err(anyhow::Error::msg)?;
+        let args: Vec<&str> = split.iter().map(|w| w.text.as_str()).collect();
+        // (`similar where …`: the id is missing, not the word `where`; a
+        // product `where` is written `similar "where"`.)
+        let Some(id) = args
+            .first()
+            .filter(|a| split[0].quoted || !a.eq_ignore_ascii_case("where"))
+        else {
             bail!("usage: similar <id> [user] [k] [where <filter>]");
         };
         // `where …` is the query language's filter, and only that.
@@ -688,7 +698,8 @@ impl Session {
         }
     }
 
-    fn tag(&mut self, args: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
+    /// `quoted[i]`: whether `args[i]` was quoted.
+    fn tag(&mut self, args: &[&str], quoted: &[bool], out: &mut dyn Write) -> anyhow::Result<()> {
         // A tag's name, also as `tag list` shows it and Tab completes it;
         // an existing tag in any case, as queries name it (`define` keeps
         // the name as typed: a name must be its own slug).
@@ -714,10 +725,14 @@ impl Session {
                 let mut neg = Vec::new();
                 let mut method = TagMethod::Centroid;
                 let mut negative = false;
-                for a in rest {
+                for (i, a) in rest.iter().enumerate() {
+                    // (A quoted word is an id: `"not"` is the product `not`.)
+                    let keyword = !quoted.get(i + 2).copied().unwrap_or(false);
                     match *a {
-                        "not" => negative = true,
-                        "logistic" | "centroid" => method = a.parse().map_err(anyhow::Error::msg)?,
+                        "not" if keyword => negative = true,
+                        "logistic" | "centroid" if keyword => {
+                            method = a.parse().map_err(anyhow::Error::msg)?
+                        }
                         id if negative => neg.push(id),
                         id => pos.push(id),
                     }
@@ -1291,15 +1306,23 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An argument of a command line, and whether any of it was in quotes: a
+/// quoted word is a value, never a keyword (`tag define t a "not"` names
+/// the product `not`).
+struct Word {
+    text: String,
+    quoted: bool,
+}
+
 /// Splits a command line's arguments at whitespace; double quotes keep an
 /// argument with spaces together (`outfit show "look 1"`), `\"` is a
 /// quote in a value (`size=32\"`) and `\\` a backslash (any other
 /// backslash is kept as it is). An unclosed quote is an error, not a value
 /// that runs on over the next arguments.
-fn split_args(line: &str) -> Result<Vec<String>, String> {
+fn split_words(line: &str) -> Result<Vec<Word>, String> {
     let mut args = Vec::new();
     let mut cur = String::new();
-    let (mut quoted, mut started) = (false, false);
+    let (mut quoted, mut started, mut any_quote) = (false, false, false);
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
@@ -1310,11 +1333,16 @@ fn split_args(line: &str) -> Result<Vec<String>, String> {
             '"' => {
                 quoted = !quoted;
                 started = true;
+                any_quote = true;
             }
             c if c.is_whitespace() && !quoted => {
                 if started {
-                    args.push(std::mem::take(&mut cur));
+                    args.push(Word {
+                        text: std::mem::take(&mut cur),
+                        quoted: any_quote,
+                    });
                     started = false;
+                    any_quote = false;
                 }
             }
             c => {
@@ -1329,13 +1357,23 @@ fn split_args(line: &str) -> Result<Vec<String>, String> {
         );
     }
     if started {
-        args.push(cur);
+        args.push(Word {
+            text: cur,
+            quoted: any_quote,
+        });
     }
     Ok(args)
 }
 
 #[cfg(test)]
 mod tests {
+    fn split_args(line: &str) -> Result<Vec<String>, String> {
+        Ok(super::split_words(line)?
+            .into_iter()
+            .map(|w| w.text)
+            .collect())
+    }
+
     #[test]
     fn completion_starts_after_a_wide_separator() {
         use rustyline::completion::Completer;
@@ -1367,16 +1405,16 @@ mod tests {
     #[test]
     fn arguments_split_at_spaces_outside_quotes() {
         assert_eq!(
-            super::split_args(r#"show "look 1"  x """#).unwrap(),
+            split_args(r#"show "look 1"  x """#).unwrap(),
             ["show", "look 1", "x", ""]
         );
-        assert_eq!(super::split_args("  a\tb ").unwrap(), ["a", "b"]);
+        assert_eq!(split_args("  a\tb ").unwrap(), ["a", "b"]);
         // A quote in a value, and one left open.
         assert_eq!(
-            super::split_args(r#"set p size=32\" "a \"b\" c" C:\x "D:\\""#).unwrap(),
+            split_args(r#"set p size=32\" "a \"b\" c" C:\x "D:\\""#).unwrap(),
             ["set", "p", "size=32\"", "a \"b\" c", "C:\\x", "D:\\"]
         );
-        assert!(super::split_args(r#"set p length=32" colour=blue"#).is_err());
+        assert!(split_args(r#"set p length=32" colour=blue"#).is_err());
     }
 }
 
