@@ -2420,9 +2420,12 @@ fn interrupted(args: &[&str], delays: &[u64], reset: impl Fn()) -> Option<Output
         std::thread::sleep(std::time::Duration::from_millis(delay));
         let running = child.try_wait().unwrap().is_none();
         let signalled = std::time::Instant::now();
-        // SAFETY: signals a child this test spawned and has not waited for.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        // (One that ended was reaped by try_wait: its pid may be another's.)
+        if running {
+            // SAFETY: signals a child this test spawned and has not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+            }
         }
         let o = child.wait_with_output().unwrap();
         let after = signalled.elapsed();

@@ -56,7 +56,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
     ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
     ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>|<group.concept>=<a>... | profile reset <user>   (set edits what was set by hand, equal weights if nothing was: a new profile weighs only the groups set, and feedback learns from there; reset forgets the feedback and what was set, and gives equal weights)"),
-    ("tag", "tag define <name> <id>... [not <id>...] [logistic] (an id spelt like one of these words goes in quotes: \"not\") | tag list | tag weight <name> <w> | tag delete <name>"),
+    ("tag", "tag define <name> <id>... [not <id>...] [logistic] (an id spelt like one of these words goes in quotes: \"not\"; from a shell, as one argument: vitrine query 'tag define t a \"not\"') | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
     ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
     ("product", "product get <id>... | product set <id> key=value... | product delete <id>... | product list   (product help)"),
