@@ -1,5 +1,5 @@
-//! Criterion benches for the Db: filtered search plans and vector updates (`vitrine
-//! bench open` measures opening).
+//! Criterion benches for the Db: filtered search plans, vector updates and
+//! checkpoints (`vitrine bench open` measures opening).
 //! `cargo bench --bench engine`; the `vitrine bench` harness covers larger runs.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -112,9 +112,42 @@ fn insert(c: &mut Criterion) {
     });
 }
 
+/// A service's timed checkpoint after one change from its stock feed
+/// (attributes only: the files stay current) and after one new vector
+/// (every vector and the graph are written), in one run.
+fn checkpoint(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = build(dir.path());
+    db.checkpoint().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let mut n = 0usize;
+    let mut g = c.benchmark_group("checkpoint_10k");
+    g.bench_function("after_a_stock_change", |b| {
+        b.iter(|| {
+            n += 1;
+            db.set_in_stock(&format!("sku-{}", n % N), n % 3 == 0)
+                .unwrap();
+            db.checkpoint().unwrap()
+        })
+    });
+    g.bench_function("after_a_new_vector", |b| {
+        b.iter(|| {
+            n += 1;
+            db.upsert(
+                &format!("sku-{}", n % N),
+                Attributes::new(),
+                [("embedding", vector(&mut rng))],
+            )
+            .unwrap();
+            db.checkpoint().unwrap()
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = search, insert
+    targets = search, insert, checkpoint
 }
 criterion_main!(benches);

@@ -1452,7 +1452,12 @@ impl Db {
         // even the checkpoint's generation (which would make the next open
         // after a kill rebuild every index).
         let encoded = self.products.encode(&record).map_err(product_too_large)?;
-        self.mark_dirty(w)?;
+        // The checkpoint's files hold vectors only: a write that leaves them
+        // as they are (a stock or price change through an upsert) keeps
+        // them current, and the next checkpoint need not rewrite them all.
+        if !self.holds_vectors(doc, &record.vectors) {
+            self.mark_dirty(w)?;
+        }
         self.products.put_encoded(id.as_bytes(), encoded)?;
 
         // The indexes change under the catalog's lock (readers take the
@@ -1584,7 +1589,7 @@ impl Db {
     /// ```
     pub fn update_attributes(&self, id: &str, edit: impl FnOnce(&mut Attributes)) -> Result<bool> {
         check_id(id)?;
-        let mut w = lock(&self.writer);
+        let _writer = lock(&self.writer);
         let mut record = self
             .products
             .get(id.as_bytes())?
@@ -1600,10 +1605,11 @@ impl Db {
             check_attributes(&attrs)?;
         }
         record.attrs = attrs;
-        // Encoded before the generation moves, as in write_product.
-        let encoded = self.products.encode(&record).map_err(product_too_large)?;
-        self.mark_dirty(&mut w)?;
-        self.products.put_encoded(id.as_bytes(), encoded)?;
+        // The vectors stay: the checkpoint's files stay current (see
+        // write_product).
+        self.products
+            .put(id.as_bytes(), &record)
+            .map_err(product_too_large)?;
         write(&self.catalog).set_attrs(record.doc, record.attrs);
         Ok(true)
     }
@@ -1837,8 +1843,9 @@ impl Db {
     /// Flushes, then writes the vector arenas and index dumps, so that the next
     /// open loads them instead of rebuilding. Writes wait while it runs
     /// (seconds at a million products: every vector is written); reads go
-    /// on. When nothing was written since the files on disk were, it only
-    /// flushes: a service may call it on a timer.
+    /// on. When no vector changed since the files on disk were written (a
+    /// write of attributes only leaves them current), it only flushes: a
+    /// service may call it on a timer.
     pub fn checkpoint(&self) -> Result<()> {
         let mut w = lock(&self.writer);
         if !w.dirty && !w.stale_dumps {
@@ -2093,6 +2100,18 @@ impl Db {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// Whether every space holds `vectors` for `doc` as they are, and no
+    /// other vector of it: writing them changes nothing in the indexes.
+    fn holds_vectors(&self, doc: u64, vectors: &[(String, Vec<f32>)]) -> bool {
+        self.spaces.iter().all(|space| {
+            let index = read(&space.index);
+            match vectors.iter().find(|(n, _)| *n == space.spec.name) {
+                Some((_, v)) => index.holds(doc, v),
+                None => index.get(doc).is_none(),
+            }
+        })
     }
 
     /// The first write after a checkpoint makes the dumps stale: record that

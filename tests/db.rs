@@ -646,6 +646,65 @@ fn a_product_too_large_to_store_is_a_user_error() {
     assert_eq!(db.len(), 1);
 }
 
+/// Writes of attributes only leave the checkpoint's files current: a stock
+/// feed between two timed checkpoints does not make the next one rewrite
+/// every vector, nor a kill make the next open rebuild the index.
+#[test]
+fn attribute_writes_leave_the_checkpoint_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_kept = || {
+        Db::builder()
+            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+            .checkpoint_on_drop(false)
+            .open(dir.path())
+            .unwrap()
+    };
+    let db = open_kept();
+    for i in 0..20 {
+        let id = format!("p{i}");
+        db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
+            .unwrap();
+    }
+    db.checkpoint().unwrap();
+    db.set_in_stock("p1", false).unwrap();
+    db.update_attributes("p2", |a| a.price = Some(99.0))
+        .unwrap();
+    db.upsert(
+        "p3",
+        attrs(3).brand("Other"),
+        [(DEFAULT_SPACE, vector_for("p3", DIM))],
+    )
+    .unwrap();
+    // A product without vectors is in no index.
+    db.insert("plain", attrs(4), Vec::<(&str, Vec<f32>)>::new())
+        .unwrap();
+    drop(db);
+    let db = open_kept();
+    assert!(
+        db.open_report().rebuilt.is_empty(),
+        "{:?}",
+        db.open_report()
+    );
+    assert!(!db.attributes("p1").unwrap().in_stock);
+    assert_eq!(db.attributes("p2").unwrap().price, Some(99.0));
+    assert_eq!(db.attributes("p3").unwrap().brand.as_deref(), Some("Other"));
+    assert_eq!(db.len(), 21);
+    // A vector that changes makes the files stale, and they are rebuilt.
+    db.upsert("p3", attrs(3), [(DEFAULT_SPACE, vector_for("moved", DIM))])
+        .unwrap();
+    drop(db);
+    let db = open_kept();
+    assert_eq!(db.open_report().rebuilt.len(), 1);
+    let hits = db
+        .similar(
+            SimilarTo::Vector(&vector_for("moved", DIM)),
+            1,
+            &Filter::new(),
+        )
+        .unwrap();
+    assert_eq!(hits[0].id, "p3");
+}
+
 /// An upsert that changes only attributes keeps the graph as it is: no
 /// tombstone, so no rebuild on every price or stock change.
 #[test]
@@ -1744,7 +1803,8 @@ fn compact_reclaims_tombstones_when_automatic_compaction_is_off() {
 }
 
 /// A checkpoint with nothing new to write rewrites no file (a service may
-/// call it on a timer); after a write it does.
+/// call it on a timer), nor after writes of attributes only (the files
+/// hold vectors); after a vector's write it does.
 #[cfg(unix)]
 #[test]
 fn a_checkpoint_with_nothing_new_writes_nothing() {
@@ -1766,6 +1826,14 @@ fn a_checkpoint_with_nothing_new_writes_nothing() {
     db.checkpoint().unwrap();
     assert_eq!(inode(), first, "a clean checkpoint rewrote the arena");
     db.set_in_stock("sku-1", false).unwrap();
+    db.checkpoint().unwrap();
+    assert_eq!(inode(), first, "a stock change rewrote the arena");
+    db.upsert(
+        "sku-1",
+        attrs(1).in_stock(false),
+        [(DEFAULT_SPACE, vector_for("sku-1 again", DIM))],
+    )
+    .unwrap();
     db.checkpoint().unwrap();
     assert_ne!(inode(), first, "a checkpoint after a write wrote nothing");
     drop(db);

@@ -114,6 +114,24 @@ impl SpaceIndex {
         self.flat.get(doc)
     }
 
+    /// Whether `doc` is stored with `v`, as [`SpaceIndex::upsert_deferred`]
+    /// would store it (bit for bit, once prepared for the metric): an upsert
+    /// of it would change nothing. False for a vector the index refuses.
+    pub fn holds(&self, doc: u64, v: &[f32]) -> bool {
+        self.flat
+            .metric()
+            .prepare(self.flat.dim(), v)
+            .is_ok_and(|v| self.holds_prepared(doc, &v))
+    }
+
+    fn holds_prepared(&self, doc: u64, v: &[f32]) -> bool {
+        self.flat.get(doc).is_some_and(|old| {
+            old.iter()
+                .map(|x| x.to_bits())
+                .eq(v.iter().map(|x| x.to_bits()))
+        })
+    }
+
     /// Number of tombstoned graph nodes.
     pub fn tombstones(&self) -> usize {
         self.graph.tombstones()
@@ -206,11 +224,7 @@ impl SpaceIndex {
         let v = self.flat.metric().prepare(self.flat.dim(), v)?;
         // An unchanged vector (an upsert that changed only attributes) keeps
         // its graph node: re-inserting it would leave a tombstone each time.
-        if self.flat.get(doc).is_some_and(|old| {
-            old.iter()
-                .map(|x| x.to_bits())
-                .eq(v.iter().map(|x| x.to_bits()))
-        }) {
+        if self.holds_prepared(doc, &v) {
             return Ok(());
         }
         self.flat.upsert_prepared(doc, &v);
