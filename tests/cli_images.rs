@@ -1886,6 +1886,25 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
         now.contains("--update takes attributes from a CSV file"),
         "{now:?}"
     );
+    // Nor when the database cannot be opened: another process holds it.
+    let held = vitrine::Db::open(&db).unwrap();
+    std::fs::write(&report, "last night\n").unwrap();
+    let prices = dir.path().join("prices-ok.csv");
+    std::fs::write(&prices, "id,path,price\nsku-1,,19.90\n").unwrap();
+    let out = vitrine(&[
+        "import",
+        prices.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--update",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let now = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        !now.contains("last night") && now.contains("the import stopped: cannot open the database"),
+        "{now:?}"
+    );
+    drop(held);
 }
 
 /// A byte flipped in sled's log, near its end (the entries its snapshot

@@ -857,56 +857,64 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
         Ok((Some(read.rows), read.bad, read.bad_ids))
     };
+    // A run stopped as a whole (tonight's file refused: no header, not
+    // UTF-8, a bad column; or the database not opened: held by another
+    // process, of another model): last night's report must not stand for
+    // this run. (No report is made in a folder that has none.)
+    let stopped_whole = |e: anyhow::Error, mut lines: Vec<String>| -> anyhow::Error {
+        let report = match &args.report {
+            Some(r) => Some(r.clone()),
+            None => Some(args.db.join("import-failures.tsv")).filter(|r| r.is_file()),
+        };
+        if let Some(report) = report {
+            lines.push(format!(
+                "\t\tthe import stopped: {}",
+                tsv_field(&format!("{e:#}"))
+            ));
+            if write_report(&report, &lines).is_err() {
+                remove_report(&report);
+            }
+        }
+        e
+    };
     let (rows, bad_rows, bad_ids) = match read_source() {
         Ok(read) => read,
-        // Tonight's file refused as a whole (no header, not UTF-8, a bad
-        // column): last night's report must not stand for this run. (No
-        // report is made in a folder that has none.)
-        Err((e, mut lines)) => {
-            let report = match &args.report {
-                Some(r) => Some(r.clone()),
-                None => Some(args.db.join("import-failures.tsv")).filter(|r| r.is_file()),
-            };
-            if let Some(report) = report {
-                lines.push(format!(
-                    "\t\tthe import stopped: {}",
-                    tsv_field(&format!("{e:#}"))
-                ));
-                if write_report(&report, &lines).is_err() {
-                    remove_report(&report);
-                }
-            }
-            return Err(e);
-        }
+        Err((e, lines)) => return Err(stopped_whole(e, lines)),
     };
-    crate::no_repair_leftovers(&args.db)?;
-    let model = Model::bundled().context("cannot load the bundled model")?;
     // Whether the database holds another model's vectors (an --update then
     // refreshes attributes, and refuses new products until a --reembed).
-    let mut other_model = false;
-    let db = match Db::builder().open_with_model(&args.db, &model) {
-        Ok(db) => db,
-        // Built with another model: re-embedding opens it as it is, and the
-        // import switches it; an update of attributes runs no model.
-        Err(vitrine::IngestError::ModelMismatch { .. }) if args.reembed || args.update => {
-            other_model = !args.reembed;
-            Db::open(&args.db)
-                .with_context(|| format!("cannot open the database {}", args.db.display()))?
-        }
-        Err(e @ vitrine::IngestError::ModelMismatch { .. }) => {
-            return Err(anyhow::Error::from(e).context(format!(
-                "cannot open the database {}; `vitrine import SOURCE --db {} --reembed`, with a SOURCE \
-                 that lists the whole catalog, switches it to the bundled model (products SOURCE \
-                 does not list keep the old model's vectors, and are left out of searches until \
-                 re-imported)",
-                args.db.display(),
-                args.db.display()
-            )))
-        }
-        Err(e) => {
-            return Err(anyhow::Error::from(e)
-                .context(format!("cannot open the database {}", args.db.display())))
-        }
+    let opened = (|| -> anyhow::Result<_> {
+        crate::no_repair_leftovers(&args.db)?;
+        let model = Model::bundled().context("cannot load the bundled model")?;
+        let db = match Db::builder().open_with_model(&args.db, &model) {
+            Ok(db) => (db, false),
+            // Built with another model: re-embedding opens it as it is, and
+            // the import switches it; an update of attributes runs no model.
+            Err(vitrine::IngestError::ModelMismatch { .. }) if args.reembed || args.update => (
+                Db::open(&args.db)
+                    .with_context(|| format!("cannot open the database {}", args.db.display()))?,
+                !args.reembed,
+            ),
+            Err(e @ vitrine::IngestError::ModelMismatch { .. }) => {
+                return Err(anyhow::Error::from(e).context(format!(
+                    "cannot open the database {}; `vitrine import SOURCE --db {} --reembed`, with a \
+                     SOURCE that lists the whole catalog, switches it to the bundled model \
+                     (products SOURCE does not list keep the old model's vectors, and are left \
+                     out of searches until re-imported)",
+                    args.db.display(),
+                    args.db.display()
+                )))
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e)
+                    .context(format!("cannot open the database {}", args.db.display())))
+            }
+        };
+        Ok((model, db))
+    })();
+    let (model, (db, other_model)) = match opened {
+        Ok(opened) => opened,
+        Err(e) => return Err(stopped_whole(e, bad_rows)),
     };
     // --update: present products take the row's cells in place; new ids
     // go on to the import.
