@@ -2786,18 +2786,20 @@ impl Db {
         // (Read before the catalog lock: a model write takes them in the
         // other order.)
         let model = self.model_fingerprint();
-        let cat = read(&self.catalog);
-        let index = read(&space.index);
-        let len = index.len();
+        let len = read(&space.index).len();
         let step = len.div_ceil(n.max(1)).max(1);
-        Ok(cat
-            .by_doc
-            .iter()
-            .filter(|(_, e)| of_model(Some(&e.attrs), model.as_deref()))
-            .filter_map(|(doc, e)| index.get(*doc).map(|v| (e, v)))
-            .step_by(step)
-            .map(|(e, v)| (e.id.clone(), v.to_vec()))
-            .collect())
+        // A chunk at a time under the locks (a walk of a million products
+        // under them held searches back behind a waiting write).
+        let (mut out, mut seen) = (Vec::new(), 0usize);
+        self.for_each_vector(space, |e, v| {
+            if of_model(Some(&e.attrs), model.as_deref()) {
+                if seen % step == 0 {
+                    out.push((e.id.clone(), v.to_vec()));
+                }
+                seen += 1;
+            }
+        });
+        Ok(out)
     }
 
     /// Calls `f` with every product that has a vector in `space`, in doc

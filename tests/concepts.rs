@@ -1320,6 +1320,16 @@ fn user_tags_are_learned_queried_and_persisted() {
         .unwrap();
     assert_eq!(t.positives, [examples[0]]);
     assert!(db.delete_tag("again").unwrap());
+    // Too many examples to store is said before any is looked up or
+    // learned from (that took minutes under the lock feedback needs).
+    let many: Vec<String> = (0..600_000)
+        .map(|i| format!("not-stored-{i:020}"))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let e = db
+        .define_tag("huge", &many, &[], TagMethod::Logistic)
+        .unwrap_err();
+    assert!(matches!(e, ConceptError::TagTooLarge { .. }), "{e:?}");
     // Two products that look exactly alike cannot define a direction (in a
     // database of their own: the shared one is read by other tests).
     {

@@ -1131,29 +1131,42 @@ impl Db {
         let positives: Vec<&str> = positives.iter().map(String::as_str).collect();
         let negatives: Vec<&str> = negatives.iter().map(String::as_str).collect();
         let (positives, negatives) = (&positives[..], &negatives[..]);
-        // Learned and stored under the lock that set_tag_weight and
-        // relearn_tags read and write a tag under: neither writes an older
-        // version over this one, nor does a re-embedding's relearn_tags
-        // finish between the learning and the write.
-        let _guard = self.side_write_lock();
-        let _changes = self.vocabulary_changes();
-        let vector = self.tag_direction(name, positives, negatives, method, &mut None)?;
-        let tag = UserTag {
+        let mut tag = UserTag {
             name: name.to_string(),
-            vector,
+            vector: Vec::new(),
             method,
             weight: USER_TAG_WEIGHT,
             positives: positives.iter().map(|s| s.to_string()).collect(),
             negatives: negatives.iter().map(|s| s.to_string()).collect(),
         };
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
-        ks.put(name.as_bytes(), &tag).map_err(|e| match e {
+        let too_large = |e| match e {
             e @ vitrine_storage::Error::RecordTooLarge { .. } => ConceptError::TagTooLarge {
                 name: name.into(),
                 reason: e.to_string(),
             },
             e => e.into(),
-        })?;
+        };
+        // Too many examples to store is said before the learning (minutes
+        // for hundreds of thousands of them), with the direction's size.
+        tag.vector = vec![0.0; self.concept_layout()?.dim];
+        ks.encode(&tag).map_err(too_large)?;
+        // Learned outside the lock that feedback and profiles take (a
+        // large tag learns for seconds), then stored under it, unless a
+        // model switch came in between: its relearn_tags may have finished,
+        // so the tag is learned again under the lock, from the new model's
+        // vectors. (set_tag_weight and relearn_tags write under the lock
+        // too: none writes an older version over this one.)
+        let model = self.model_fingerprint();
+        let learned = self.tag_direction(name, positives, negatives, method, &mut None);
+        let _guard = self.side_write_lock();
+        let _changes = self.vocabulary_changes();
+        tag.vector = if self.model_fingerprint() == model {
+            learned?
+        } else {
+            self.tag_direction(name, positives, negatives, method, &mut None)?
+        };
+        ks.put(name.as_bytes(), &tag).map_err(too_large)?;
         self.record_tag_model_locked(name)?;
         Ok(tag)
     }
@@ -1229,43 +1242,86 @@ impl Db {
     /// ([`Db::stale_tags`]). Returns how many were learned again.
     pub fn relearn_tags(&self) -> Result<usize, ConceptError> {
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
+        // Learned outside the lock that feedback and profiles take (forty
+        // large tags learn for seconds), then stored under it. A tag
+        // changed meanwhile, or every tag when the model changed, is
+        // learned again under the lock; one deleted meanwhile stays so,
+        // and one defined meanwhile was learned by its definition.
+        let model = self.model_fingerprint();
+        let mut sample = None;
+        let learned: Vec<(UserTag, Option<UserTag>)> = self
+            .readable_user_tags()?
+            .into_iter()
+            .map(|tag| {
+                let again = self.relearned(&tag, model.as_deref(), &mut sample);
+                (tag, again)
+            })
+            .collect();
         let _guard = self.side_write_lock();
         let _changes = self.vocabulary_changes();
         learn::forget_catalog_mean_locked(self)?;
-        let mut done = 0;
-        // (An example deleted since would fail the whole tag; one still of
-        // the previous model would mix two spaces.)
-        let model = self.model_fingerprint();
-        let present = |ids: &[String]| -> Vec<String> {
-            ids.iter()
-                .filter(|id| matches!(self.vector(CONCEPT_SPACE, id), Ok(Some(_))))
-                .filter(|id| crate::db::of_model(self.attributes(id).as_ref(), model.as_deref()))
-                .cloned()
-                .collect()
-        };
+        let now = self.model_fingerprint();
         let mut sample = None;
-        for mut tag in self.readable_user_tags()? {
-            // (An older build kept repeats, which counted.)
-            tag.positives = each_once(&tag.positives);
-            tag.negatives = each_once(&tag.negatives);
-            let (pos, neg) = (present(&tag.positives), present(&tag.negatives));
-            if pos.is_empty() {
-                tracing::warn!(tag = %tag.name, "no positive example left; tag kept as it was");
-                continue;
-            }
-            let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
-            let neg: Vec<&str> = neg.iter().map(String::as_str).collect();
-            match self.tag_direction(&tag.name, &pos, &neg, tag.method, &mut sample) {
-                Ok(vector) => {
-                    tag.vector = vector;
-                    ks.put(tag.name.as_bytes(), &tag)?;
-                    self.record_tag_model_locked(&tag.name)?;
-                    done += 1;
-                }
-                Err(e) => tracing::warn!(tag = %tag.name, error = %e, "tag kept as it was"),
+        let mut done = 0;
+        for (read, again) in learned {
+            let stored = match ks.get(read.name.as_bytes()) {
+                Ok(Some(stored)) => stored,
+                Ok(None) => continue,
+                Err(e) if undecodable(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let again = if now == model && stored == read {
+                again
+            } else {
+                self.relearned(&stored, now.as_deref(), &mut sample)
+            };
+            if let Some(tag) = again {
+                ks.put(tag.name.as_bytes(), &tag)?;
+                self.record_tag_model_locked(&tag.name)?;
+                done += 1;
             }
         }
         Ok(done)
+    }
+
+    /// `tag` learned again from its examples that are stored and of
+    /// `model` (an example deleted since would fail the whole tag; one
+    /// still of the previous model would mix two spaces); `None`, logged,
+    /// when it cannot be.
+    fn relearned(
+        &self,
+        tag: &UserTag,
+        model: Option<&str>,
+        sample: &mut Option<Vec<(String, Vec<f32>)>>,
+    ) -> Option<UserTag> {
+        let present = |ids: &[String]| -> Vec<String> {
+            ids.iter()
+                .filter(|id| matches!(self.vector(CONCEPT_SPACE, id), Ok(Some(_))))
+                .filter(|id| crate::db::of_model(self.attributes(id).as_ref(), model))
+                .cloned()
+                .collect()
+        };
+        let mut tag = tag.clone();
+        // (An older build kept repeats, which counted.)
+        tag.positives = each_once(&tag.positives);
+        tag.negatives = each_once(&tag.negatives);
+        let (pos, neg) = (present(&tag.positives), present(&tag.negatives));
+        if pos.is_empty() {
+            tracing::warn!(tag = %tag.name, "no positive example left; tag kept as it was");
+            return None;
+        }
+        let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
+        let neg: Vec<&str> = neg.iter().map(String::as_str).collect();
+        match self.tag_direction(&tag.name, &pos, &neg, tag.method, sample) {
+            Ok(vector) => {
+                tag.vector = vector;
+                Some(tag)
+            }
+            Err(e) => {
+                tracing::warn!(tag = %tag.name, error = %e, "tag kept as it was");
+                None
+            }
+        }
     }
 
     /// Sets a user tag's weight.
