@@ -525,6 +525,18 @@ fn import_reads_a_csv_with_attributes() {
         let dated_text = std::fs::read_to_string(&dated).unwrap();
         assert!(dated_text.contains("bad price 'inf'"), "{dated_text}");
         assert!(!dated_text.contains("old"), "{dated_text}");
+        // A link to tonight's report, not made yet, makes it.
+        let tuesday = dir.path().join("failures-tuesday.tsv");
+        std::fs::remove_file(&latest).unwrap();
+        std::os::unix::fs::symlink("failures-tuesday.tsv", &latest).unwrap();
+        let out = import(&prices, &["--update", "--report", latest.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        assert!(std::fs::symlink_metadata(&latest)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let tuesday_text = std::fs::read_to_string(&tuesday).unwrap();
+        assert!(tuesday_text.contains("bad price 'inf'"), "{tuesday_text}");
         // A link to the CSV itself is the CSV: refused, the CSV kept.
         let link = dir.path().join("current.csv");
         std::os::unix::fs::symlink(&prices, &link).unwrap();

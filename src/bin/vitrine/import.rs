@@ -632,7 +632,11 @@ fn report_target(path: &Path) -> ReportTarget {
     if fd {
         return ReportTarget::Stream(path.to_path_buf());
     }
-    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // A link to a file not made yet is written as that file, not over
+    // the link (nor removed with it).
+    let file = std::fs::canonicalize(path)
+        .or_else(|_| crate::sheet::last_link_target(path))
+        .unwrap_or_else(|_| path.to_path_buf());
     match std::fs::metadata(&file) {
         Ok(m) if !m.is_file() => ReportTarget::Stream(file),
         _ => ReportTarget::File(file),

@@ -65,7 +65,7 @@ pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
 
 /// The file a chain of links ends at, though it does not exist yet (each
 /// relative link read from its own folder; at most 40 links).
-fn last_link_target(path: &Path) -> std::io::Result<PathBuf> {
+pub(crate) fn last_link_target(path: &Path) -> std::io::Result<PathBuf> {
     let mut at = path.to_path_buf();
     for _ in 0..40 {
         match std::fs::symlink_metadata(&at) {
