@@ -271,8 +271,18 @@ fn load_outfits(
 }
 
 /// Writes each `(path, text)` beside its path, synced, then renames them
-/// all into place: a failure before the renames leaves every old file.
+/// all into place: a failure leaves every old file (one that fails among
+/// the renames puts back those done; a kill there may leave an old file
+/// aside, as `.NAME.replaced-PID`).
 fn write_all_or_none(files: &[(PathBuf, String)]) -> anyhow::Result<()> {
+    write_all_or_none_with(files, |from, to| std::fs::rename(from, to))
+}
+
+/// [`write_all_or_none`] with its renames made by `rename`.
+fn write_all_or_none_with(
+    files: &[(PathBuf, String)],
+    rename: impl Fn(&Path, &Path) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     // (A folder in a file's place would fail its rename after the others'.)
     if let Some((path, _)) = files.iter().find(|(p, _)| p.is_dir()) {
         bail!("{} is a folder", path.display());
@@ -289,9 +299,55 @@ fn write_all_or_none(files: &[(PathBuf, String)]) -> anyhow::Result<()> {
             }
         }
     }
-    for ((path, _), tmp) in files.iter().zip(&temps) {
-        std::fs::rename(tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    // Each old file aside, then the new one in; on a failure, undone.
+    let mut done: Vec<(&PathBuf, Option<PathBuf>)> = Vec::new();
+    let mut renamed = 0;
+    let mut replace = || -> anyhow::Result<()> {
+        for ((path, _), tmp) in files.iter().zip(&temps) {
+            let aside = if path.exists() {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                let aside = path.with_file_name(format!(".{name}.replaced-{}", std::process::id()));
+                rename(path, &aside).with_context(|| {
+                    format!("cannot move {} aside to replace it", path.display())
+                })?;
+                Some(aside)
+            } else {
+                None
+            };
+            done.push((path, aside));
+            rename(tmp, path).with_context(|| {
+                format!("cannot rename {} to {}", tmp.display(), path.display())
+            })?;
+            renamed += 1;
+        }
+        Ok(())
+    };
+    let replaced = replace();
+    for tmp in &temps[renamed..] {
+        let _ = std::fs::remove_file(tmp);
+    }
+    match replaced {
+        Ok(()) => {
+            for (_, aside) in &done {
+                if let Some(aside) = aside {
+                    let _ = std::fs::remove_file(aside);
+                }
+            }
+        }
+        Err(e) => {
+            // The new files in place go; the old ones come back.
+            for (i, (path, aside)) in done.iter().enumerate().rev() {
+                let back = match aside {
+                    Some(aside) => std::fs::rename(aside, path),
+                    None if i < renamed => std::fs::remove_file(path),
+                    None => Ok(()),
+                };
+                if let Err(b) = back {
+                    tracing::warn!(path = %path.display(), error = %b, "cannot put the old file back");
+                }
+            }
+            return Err(e);
+        }
     }
     if let Some((path, _)) = files.first() {
         crate::info::sync_parent(path)?;
@@ -1030,7 +1086,56 @@ pub(crate) fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::csv_field;
+    use super::{csv_field, write_all_or_none, write_all_or_none_with};
+
+    /// A rename that fails among them puts back every old file and leaves
+    /// no temporary file; without a failure, all are replaced.
+    #[test]
+    fn files_are_replaced_all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["learn.csv", "test.csv", "questions.jsonl", "new.txt"];
+        let paths: Vec<_> = names.iter().map(|n| dir.path().join(n)).collect();
+        for p in &paths[..3] {
+            std::fs::write(p, "old").unwrap();
+        }
+        let files: Vec<_> = paths
+            .iter()
+            .map(|p| (p.clone(), "new".to_string()))
+            .collect();
+        let listing = || {
+            let mut l: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            l.sort();
+            l
+        };
+        let before = listing();
+        // Seven renames: three old files aside, four new ones in.
+        for fail_at in 0..7 {
+            let calls = std::cell::Cell::new(0);
+            let r = write_all_or_none_with(&files, |from, to| {
+                calls.set(calls.get() + 1);
+                if calls.get() == fail_at + 1 {
+                    return Err(std::io::Error::other("planted"));
+                }
+                std::fs::rename(from, to)
+            });
+            assert!(r.is_err(), "{fail_at}");
+            assert_eq!(listing(), before, "{fail_at}");
+            for p in &paths[..3] {
+                assert_eq!(std::fs::read_to_string(p).unwrap(), "old", "{fail_at}");
+            }
+        }
+        write_all_or_none(&files).unwrap();
+        for p in &paths {
+            assert_eq!(std::fs::read_to_string(p).unwrap(), "new");
+        }
+        let mut after = before.clone();
+        after.push("new.txt".into());
+        after.sort();
+        assert_eq!(listing(), after);
+    }
 
     #[test]
     fn csv_fields_read_back() {
