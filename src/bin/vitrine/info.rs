@@ -669,25 +669,44 @@ fn salvage(
             )));
         }
     };
-    // sled syncs only its log: the new files reach the disk before the
-    // old ones move.
-    sync_tree(&staging).with_context(|| format!("cannot sync {}", staging.display()))?;
-    let old = free_name(&sled, "before-salvage")?;
-    // Names the folder the old files go to, until the new ones are in
-    // place: a repair killed in between moves exactly that one back.
     let marker = db_dir.join(crate::SWAP_MARKER);
-    write_synced(
-        &marker,
-        old.file_name().unwrap_or_default().as_encoded_bytes(),
-    )
-    .and_then(|()| sync_dir(db_dir))
-    .with_context(|| format!("cannot write {}", marker.display()))?;
-    std::fs::rename(&sled, &old)
-        .with_context(|| format!("cannot move {} aside", sled.display()))?;
+    // Until sled's files move, a failure leaves the folder as it was: the
+    // rewritten copy (as large as sled: often on a full disk) and the
+    // marker go.
+    let marker_written = std::cell::Cell::new(false);
+    let old = (|| {
+        // sled syncs only its log: the new files reach the disk before the
+        // old ones move.
+        sync_tree(&staging).with_context(|| format!("cannot sync {}", staging.display()))?;
+        let old = free_name(&sled, "before-salvage")?;
+        // Names the folder the old files go to, until the new ones are in
+        // place: a repair killed in between moves exactly that one back.
+        marker_written.set(true);
+        write_synced(
+            &marker,
+            old.file_name().unwrap_or_default().as_encoded_bytes(),
+        )
+        .and_then(|()| sync_dir(db_dir))
+        .with_context(|| format!("cannot write {}", marker.display()))?;
+        std::fs::rename(&sled, &old)
+            .with_context(|| format!("cannot move {} aside", sled.display()))?;
+        Ok(old)
+    })();
+    let old = match old {
+        Ok(old) => old,
+        Err(e) => {
+            if marker_written.get() {
+                let _ = std::fs::remove_file(&marker);
+            }
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
     if let Err(e) = std::fs::rename(staging.join("sled"), &sled) {
         let back = std::fs::rename(&old, &sled);
         if back.is_ok() {
             let _ = std::fs::remove_file(&marker);
+            let _ = std::fs::remove_dir_all(&staging);
         }
         return Err(anyhow::Error::from(e).context(match back {
             Ok(()) => format!(
