@@ -118,15 +118,37 @@ pub fn check_similar_destination(path: &Path) -> Result<(), SimilarFileError> {
     Ok(())
 }
 
+/// How old a temporary file of a write must be to count as a killed
+/// writer's: no write takes a day.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Creates the temporary file a write of `dir/file_name` goes through,
 /// exclusively under a name unique to this call: two writers of one path
 /// never share a temporary file, and a leftover of a killed writer (the
-/// same pid, in another container) is stepped over.
+/// same pid, in another container) is stepped over. Leftovers over a day
+/// old are removed (each killed run left a whole table behind).
 fn create_temp(
     dir: &Path,
     file_name: &std::ffi::OsStr,
 ) -> Result<(std::path::PathBuf, File), (std::path::PathBuf, std::io::Error)> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".tmp-");
+    let prefix = prefix.as_encoded_bytes();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let stale = entry.file_name().as_encoded_bytes().starts_with(prefix)
+            && entry.metadata().is_ok_and(|m| {
+                m.is_file()
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_TEMP)
+            });
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
     loop {
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(file_name);
@@ -628,7 +650,8 @@ mod tests {
     }
 
     /// Temporary files of other writers (a killed one, or one with the same
-    /// pid in another container) are neither reused nor removed.
+    /// pid in another container) are neither reused nor removed, unless a
+    /// day old.
     #[test]
     fn leftover_temporary_files_are_stepped_over() {
         let dir = tempfile::tempdir().unwrap();
@@ -640,10 +663,20 @@ mod tests {
         for l in &leftovers {
             fs::write(l, b"someone else's").unwrap();
         }
+        // A killed writer's, two days old.
+        let killed = dir.path().join(".s.sim.tmp-1-0");
+        fs::write(&killed, b"a killed writer's").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&killed)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - 2 * STALE_TEMP)
+            .unwrap();
         write_similar_file(&path, 1, &["a", "b"], &[vec![(1, 0.5)], vec![]]).unwrap();
         assert_eq!(PrecomputedSimilar::open(&path).unwrap().len(), 2);
         for l in &leftovers {
             assert_eq!(fs::read(l).unwrap(), b"someone else's");
         }
+        assert!(!killed.exists());
     }
 }

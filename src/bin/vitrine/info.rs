@@ -788,9 +788,14 @@ pub(crate) fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
+/// How old a temporary file beside a written file must be to count as a
+/// killed writer's.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// A new file beside `path`, for writing `path` whole through a rename: a
 /// name unique to this call, created exclusively (never a link someone left
-/// under a fixed name, nor another writer's file).
+/// under a fixed name, nor another writer's file). Leftovers of its writes
+/// over a day old are removed first.
 pub(crate) fn create_temp_beside(
     path: &std::path::Path,
 ) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
@@ -799,6 +804,26 @@ pub(crate) fn create_temp_beside(
     let name = path
         .file_name()
         .map_or("file".into(), |n| n.to_string_lossy().into_owned());
+    // Leftovers of killed writes, a day old (no write takes that long):
+    // in a database's folder, every backup would copy them.
+    let prefix = format!(".{name}.tmp-");
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(&prefix)
+            && entry.metadata().is_ok_and(|m| {
+                m.is_file()
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_TEMP)
+            });
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     loop {
         let tmp = path.with_file_name(format!(
             ".{name}.tmp-{}-{}",
@@ -1242,4 +1267,34 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{write_whole, STALE_TEMP};
+
+    /// A write removes its killed predecessors' temporary files (a day
+    /// old), not another writer's of now, nor another file's.
+    #[test]
+    fn writes_sweep_stale_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str, age: std::time::Duration| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, name).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(std::time::SystemTime::now() - age)
+                .unwrap();
+            p
+        };
+        let killed = at(".r.tsv.tmp-1-0", 2 * STALE_TEMP);
+        let running = at(".r.tsv.tmp-2-0", std::time::Duration::ZERO);
+        let other = at(".other.tsv.tmp-1-0", 2 * STALE_TEMP);
+        write_whole(&dir.path().join("r.tsv"), b"x").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("r.tsv")).unwrap(), b"x");
+        assert!(!killed.exists());
+        assert!(running.exists() && other.exists());
+    }
 }
