@@ -184,8 +184,8 @@ impl DbBuilder {
 
     /// Whether the handle writes checkpoints by itself (default true): on
     /// drop, and after an open that had to rebuild an index. With `false`,
-    /// only [`Db::checkpoint`], [`Db::close`] and [`Db::backup`] (when
-    /// something was written since the last one) write them.
+    /// only [`Db::checkpoint`], [`Db::close`] and [`Db::backup`] (when a
+    /// vector was written since the last one) write them.
     pub fn checkpoint_on_drop(mut self, yes: bool) -> Self {
         self.checkpoint_on_drop = yes;
         self
@@ -648,7 +648,8 @@ struct Entry {
 
 struct WriterState {
     meta: Meta,
-    /// Set by the first write after a checkpoint, once the bumped generation is durable.
+    /// Set by the first write after a checkpoint that changes a vector (or
+    /// deletes a product), once the bumped generation is durable.
     dirty: bool,
     /// The checkpoint files on disk do not match the indexes in memory (an
     /// open rebuilt them and did not save them): the next checkpoint
@@ -1369,7 +1370,13 @@ impl Db {
             // catalog knows it by (a new one would leave the old in memory).
             Err(e) if replace => {
                 warn!(id, error = %e, "overwriting a damaged record");
-                read(&self.catalog).by_id.get(id).copied()
+                let known = read(&self.catalog).by_id.get(id).copied();
+                // Under a new doc, the damaged one's leaves storage: a
+                // current arena that holds it would read as lost writes.
+                if known.is_none() {
+                    self.mark_dirty(&mut w)?;
+                }
+                known
             }
             // Insert refuses the id, and says why.
             Err(e) => return Err(e.into()),
@@ -1482,7 +1489,11 @@ impl Db {
             }
         }
         drop(cat);
-        self.compact_due_spaces();
+        // A graph compacted here is saved by the next checkpoint, though the
+        // write itself left the files current.
+        if self.compact_due_spaces() {
+            w.stale_dumps = true;
+        }
         Ok(())
     }
 
@@ -1490,7 +1501,9 @@ impl Db {
     /// caller holds the writer lock (so the vectors cannot change) and not
     /// the catalog's: the new graph is built under a read lock, so every
     /// search goes on, and swapped in under a short write lock.
-    fn compact_due_spaces(&self) {
+    /// Returns whether a graph was swapped.
+    fn compact_due_spaces(&self) -> bool {
+        let mut any = false;
         for space in &self.spaces {
             if !read(&space.index).compaction_due() {
                 continue;
@@ -1498,10 +1511,14 @@ impl Db {
             let built = read(&space.index).build_compacted();
             // The old graph is freed here, after the write lock.
             let swapped = built.and_then(|g| write(&space.index).replace_graph(g));
-            if let Err(e) = swapped {
-                warn!(space = %space.spec.name, error = %e, "automatic compaction failed");
+            match swapped {
+                Ok(_) => any = true,
+                Err(e) => {
+                    warn!(space = %space.spec.name, error = %e, "automatic compaction failed")
+                }
             }
         }
+        any
     }
 
     /// Rebuilds every graph that holds tombstones (left by deletes and
@@ -1858,7 +1875,7 @@ impl Db {
     fn checkpoint_locked(&self, w: &mut WriterState) -> Result<()> {
         let written = self.write_dumps(w.meta.index_generation);
         if written.is_err() {
-            // Some files may now carry this generation. The next write must
+            // Some files may now carry this generation. The next vector write must
             // move past it (else a later crash would find an arena that looks
             // current but misses that write), and drop tries again.
             w.dirty = false;
@@ -2114,7 +2131,8 @@ impl Db {
         })
     }
 
-    /// The first write after a checkpoint makes the dumps stale: record that
+    /// The first write after a checkpoint that changes a vector (or deletes
+    /// a product) makes the dumps stale: record that
     /// durably before the write itself, so a crash can never pair new data
     /// with an old dump.
     fn mark_dirty(&self, w: &mut WriterState) -> Result<()> {

@@ -705,6 +705,54 @@ fn attribute_writes_leave_the_checkpoint_current() {
     assert_eq!(hits[0].id, "p3");
 }
 
+/// A compaction that a write of attributes only ran (the ratio crossed at
+/// open, say) is saved by the next checkpoint, though the write left the
+/// vectors as they were: the next open does not compact again.
+#[test]
+fn a_compaction_run_by_an_attribute_write_is_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_ratio = |ratio: f64| {
+        Db::builder()
+            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+            .compaction_ratio(ratio)
+            .checkpoint_on_drop(false)
+            .open(dir.path())
+            .unwrap()
+    };
+    let db = with_ratio(1.0);
+    for i in 0..40 {
+        let id = format!("p{i}");
+        db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
+            .unwrap();
+    }
+    for i in 0..10 {
+        let id = format!("p{i}");
+        db.upsert(&id, attrs(i), [(DEFAULT_SPACE, vector_for("moved", DIM))])
+            .unwrap();
+    }
+    db.checkpoint().unwrap();
+    assert_eq!(db.space_stats()[0].tombstones, 10);
+    drop(db);
+    let db = with_ratio(0.1);
+    assert_eq!(db.space_stats()[0].tombstones, 10);
+    db.upsert(
+        "p20",
+        attrs(20).brand("Other"),
+        [(DEFAULT_SPACE, vector_for("p20", DIM))],
+    )
+    .unwrap();
+    assert_eq!(db.space_stats()[0].tombstones, 0);
+    db.checkpoint().unwrap();
+    drop(db);
+    let db = with_ratio(0.1);
+    assert!(
+        db.open_report().rebuilt.is_empty(),
+        "{:?}",
+        db.open_report()
+    );
+    assert_eq!(db.space_stats()[0].tombstones, 0);
+}
+
 /// An upsert that changes only attributes keeps the graph as it is: no
 /// tombstone, so no rebuild on every price or stock change.
 #[test]
@@ -880,6 +928,42 @@ fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
     )
     .unwrap();
     assert!(db.get("sku-7").unwrap().is_some());
+    drop(db);
+}
+
+/// A damaged record replaced by a product without vectors, and no
+/// checkpoint after: its old doc left storage, and the checkpoint's arena
+/// that still holds it does not read as lost writes at the next open.
+#[test]
+fn a_damaged_record_replaced_without_vectors_opens_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path());
+        fill(&db, 20);
+        db.close().unwrap();
+    }
+    {
+        let (store, products) = raw_products(dir.path());
+        products
+            .put_raw(b"sku-7", b"\x01\xff\xff\xff garbage")
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let open_kept = || {
+        Db::builder()
+            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+            .checkpoint_on_drop(false)
+            .open(dir.path())
+    };
+    let db = open_kept().unwrap();
+    assert_eq!(db.open_report().damaged.len(), 1);
+    db.upsert("sku-7", attrs(7), Vec::<(&str, Vec<f32>)>::new())
+        .unwrap();
+    drop(db);
+    let db = open_kept().unwrap();
+    assert!(db.open_report().damaged.is_empty());
+    assert_eq!(db.len(), 20);
+    assert!(db.get("sku-7").unwrap().unwrap().vectors.is_empty());
 }
 
 #[test]

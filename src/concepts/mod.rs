@@ -1021,6 +1021,12 @@ impl Db {
         Ok(vocab)
     }
 
+    /// How many changes the vocabulary has seen in this process (a change
+    /// to the layout, a tag, a tag's model or the model).
+    pub(crate) fn vocabulary_generation(&self) -> u64 {
+        self.vocabulary_cache().generation
+    }
+
     /// Marks the vocabulary changed when dropped: after the writes of the
     /// calling function, whether they succeeded or not. Take it before
     /// the first write to the layout, the user tags or their models.
@@ -1152,20 +1158,22 @@ impl Db {
         tag.vector = vec![0.0; self.concept_layout()?.dim];
         ks.encode(&tag).map_err(too_large)?;
         // Learned outside the lock that feedback and profiles take (a
-        // large tag learns for seconds), then stored under it, unless a
-        // model switch came in between: its relearn_tags may have finished,
-        // so the tag is learned again under the lock, from the new model's
-        // vectors. (set_tag_weight and relearn_tags write under the lock
-        // too: none writes an older version over this one.)
-        let model = self.model_fingerprint();
+        // large tag learns for seconds), then stored under it, unless the
+        // vocabulary changed in between: a model switch, or a refresh's
+        // relearn_tags (which learned the tags from the new photos, and
+        // would not learn this one again), may have come, so the tag is
+        // learned again under the lock, from the vectors as they are now.
+        // (set_tag_weight and relearn_tags write under the lock too: none
+        // writes an older version over this one.)
+        let before = self.vocabulary_generation();
         let learned = self.tag_direction(name, positives, negatives, method, &mut None);
         let _guard = self.side_write_lock();
-        let _changes = self.vocabulary_changes();
-        tag.vector = if self.model_fingerprint() == model {
+        tag.vector = if self.vocabulary_generation() == before {
             learned?
         } else {
             self.tag_direction(name, positives, negatives, method, &mut None)?
         };
+        let _changes = self.vocabulary_changes();
         ks.put(name.as_bytes(), &tag).map_err(too_large)?;
         self.record_tag_model_locked(name)?;
         Ok(tag)
@@ -1244,9 +1252,9 @@ impl Db {
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
         // Learned outside the lock that feedback and profiles take (forty
         // large tags learn for seconds), then stored under it. A tag
-        // changed meanwhile, or every tag when the model changed, is
-        // learned again under the lock; one deleted meanwhile stays so,
-        // and one defined meanwhile was learned by its definition.
+        // changed or defined meanwhile (perhaps from the photos this
+        // relearning replaces), or every tag when the model changed, is
+        // learned again under the lock; one deleted meanwhile stays so.
         let model = self.model_fingerprint();
         let mut sample = None;
         let learned: Vec<(UserTag, Option<UserTag>)> = self
@@ -1261,19 +1269,16 @@ impl Db {
         let _changes = self.vocabulary_changes();
         learn::forget_catalog_mean_locked(self)?;
         let now = self.model_fingerprint();
+        let mut learned: HashMap<String, (UserTag, Option<UserTag>)> = learned
+            .into_iter()
+            .map(|(read, again)| (read.name.clone(), (read, again)))
+            .collect();
         let mut sample = None;
         let mut done = 0;
-        for (read, again) in learned {
-            let stored = match ks.get(read.name.as_bytes()) {
-                Ok(Some(stored)) => stored,
-                Ok(None) => continue,
-                Err(e) if undecodable(&e) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let again = if now == model && stored == read {
-                again
-            } else {
-                self.relearned(&stored, now.as_deref(), &mut sample)
+        for stored in self.readable_user_tags()? {
+            let again = match learned.remove(&stored.name) {
+                Some((read, again)) if now == model && stored == read => again,
+                _ => self.relearned(&stored, now.as_deref(), &mut sample),
             };
             if let Some(tag) = again {
                 ks.put(tag.name.as_bytes(), &tag)?;

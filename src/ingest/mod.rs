@@ -342,6 +342,9 @@ impl Db {
             // model running meanwhile does not write its layout after it,
             // nor a feedback its catalog mean.
             let _guard = self.side_write_lock();
+            // Dropped after the switch: a tag learned meanwhile outside the
+            // lock (define_tag) sees it, and learns again.
+            let _changes = self.vocabulary_changes();
             let old = self.stored_model_fingerprint();
             if old.as_deref() != Some(model.fingerprint()) {
                 crate::concepts::forget_catalog_mean_locked(self)?;

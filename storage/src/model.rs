@@ -148,7 +148,8 @@ pub struct Meta {
     pub spaces: Vec<SpaceSpec>,
     /// Fingerprint of the embedding model that produced the vectors.
     pub model_fingerprint: Option<String>,
-    /// Bumped on the first write after a checkpoint; index dumps and arenas
+    /// Bumped on the first write after a checkpoint that changes a vector
+    /// (writes of attributes only leave the files current); index dumps and arenas
     /// carry the generation they match.
     pub index_generation: u64,
 }
