@@ -27,12 +27,18 @@ const BETA_GIVEN: f32 = 20.0;
 /// Sharpness of the kernel on the candidate side.
 const BETA_CAND: f32 = 20.0;
 
-/// The stored outfits, indexed over one catalog snapshot.
+/// The stored outfits, indexed over one catalog snapshot: per item, the
+/// outfits it is in (an item's partners are their other items), in space
+/// linear in the outfits' slots (a list of partners per item took the
+/// square of each outfit's size: gigabytes for 200,000 outfits of 64).
 pub(crate) struct Memory {
     /// Catalog indexes of the products of the stored outfits.
     items: Vec<usize>,
-    /// Per item (parallel to `items`): catalog indexes of its co-worn partners.
-    partners: Vec<Vec<usize>>,
+    /// Per item (parallel to `items`): the outfits it is in, in order, once
+    /// per time it is listed.
+    outfits_of: Vec<Vec<u32>>,
+    /// The outfits of two products or more, as catalog indexes.
+    outfits: Vec<Vec<usize>>,
     /// Visual vectors of `items`, row-major.
     vis: Vec<f32>,
 }
@@ -41,21 +47,23 @@ impl Memory {
     pub fn build<S: AsRef<str>>(cat: &Catalog, outfits: &[Vec<S>]) -> Memory {
         let mut pos = vec![usize::MAX; cat.len()];
         let mut items = Vec::new();
-        let mut partners: Vec<Vec<usize>> = Vec::new();
+        let mut outfits_of: Vec<Vec<u32>> = Vec::new();
+        let mut kept: Vec<Vec<usize>> = Vec::new();
         for o in outfits {
             let idx: Vec<usize> = o.iter().filter_map(|p| cat.lookup(p.as_ref())).collect();
             if idx.len() < 2 {
                 continue;
             }
+            let at = kept.len() as u32;
             for &i in &idx {
                 if pos[i] == usize::MAX {
                     pos[i] = items.len();
                     items.push(i);
-                    partners.push(Vec::new());
+                    outfits_of.push(Vec::new());
                 }
-                let list = &mut partners[pos[i]];
-                list.extend(idx.iter().copied().filter(|&j| j != i));
+                outfits_of[pos[i]].push(at);
             }
+            kept.push(idx);
         }
         let mut vis = Vec::with_capacity(items.len() * cat.layout.vis.len());
         for &i in &items {
@@ -63,9 +71,20 @@ impl Memory {
         }
         Memory {
             items,
-            partners,
+            outfits_of,
+            outfits: kept,
             vis,
         }
+    }
+
+    /// The co-worn partners of stored item `m` (an index into `items`): the
+    /// other items of its outfits, in outfit order.
+    fn partners(&self, m: usize) -> impl Iterator<Item = usize> + '_ {
+        let item = self.items[m];
+        self.outfits_of[m]
+            .iter()
+            .flat_map(move |&o| self.outfits[o as usize].iter().copied())
+            .filter(move |&j| j != item)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,7 +126,7 @@ impl Memory {
                 let cc = cat.category[c];
                 let mut acc = 0f32;
                 for &(m, w) in &nb {
-                    for &b in &self.partners[m] {
+                    for b in self.partners(m) {
                         if b == g {
                             continue;
                         }
@@ -123,5 +142,52 @@ impl Memory {
         let n = given.len() as f32;
         out.iter_mut().for_each(|x| *x /= n);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outfits::features::random_catalog;
+
+    /// Each stored item's partners are, in order, the other items of each
+    /// outfit it is listed in: what a list of partners per item held.
+    #[test]
+    fn partners_are_the_other_items_of_each_outfit() {
+        let cat = random_catalog(5, 200, 6, 0.0, 0.0);
+        let mut state = 3u64;
+        let mut pick = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) as usize % cat.len()
+        };
+        let mut outfits: Vec<Vec<String>> = (0..60)
+            .map(|o| (0..1 + o % 6).map(|_| cat.ids[pick()].clone()).collect())
+            .collect();
+        outfits.push(vec!["not in the catalog".into(), cat.ids[0].clone()]);
+        let memory = Memory::build(&cat, &outfits);
+        let mut expected: Vec<(usize, Vec<usize>)> = Vec::new();
+        for o in &outfits {
+            let idx: Vec<usize> = o.iter().filter_map(|p| cat.lookup(p)).collect();
+            if idx.len() < 2 {
+                continue;
+            }
+            for &i in &idx {
+                let at = match expected.iter().position(|(item, _)| *item == i) {
+                    Some(at) => at,
+                    None => {
+                        expected.push((i, Vec::new()));
+                        expected.len() - 1
+                    }
+                };
+                expected[at]
+                    .1
+                    .extend(idx.iter().copied().filter(|&j| j != i));
+            }
+        }
+        assert_eq!(memory.items.len(), expected.len());
+        for (m, (item, partners)) in expected.iter().enumerate() {
+            assert_eq!(memory.items[m], *item);
+            assert_eq!(memory.partners(m).collect::<Vec<_>>(), *partners, "{m}");
+        }
     }
 }

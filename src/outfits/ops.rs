@@ -400,7 +400,9 @@ pub struct OutfitEngine<'a> {
     /// Rules were stored but learned under another model (ignored).
     stale_rules: bool,
     maps: RuleMaps,
-    memory: Memory,
+    /// The kernel's index of the stored outfits, built by the first
+    /// `complete` that weighs the kernel (other operations never read it).
+    memory: std::sync::OnceLock<Memory>,
 }
 
 impl std::fmt::Debug for OutfitEngine<'_> {
@@ -452,17 +454,13 @@ impl Db {
             fits
         });
         let maps = rules.as_ref().map(|r| r.maps(&cat)).unwrap_or_default();
-        let memory = Memory::build(
-            &cat,
-            rules.as_ref().map_or(&[][..], |r| r.memory.as_slice()),
-        );
         Ok(OutfitEngine {
             db: self,
             cat,
             stale_rules: had_rules && rules.is_none(),
             rules,
             maps,
-            memory,
+            memory: std::sync::OnceLock::new(),
         })
     }
 
@@ -679,7 +677,13 @@ impl OutfitEngine<'_> {
             vec![0f32; cands.len()],
         ];
         if w[2] != 0.0 {
-            parts[2] = self.memory.scores(&self.cat, &given, &cands);
+            let memory = self.memory.get_or_init(|| {
+                Memory::build(
+                    &self.cat,
+                    self.rules.as_ref().map_or(&[][..], |r| r.memory.as_slice()),
+                )
+            });
+            parts[2] = memory.scores(&self.cat, &given, &cands);
         }
         for (k, &c) in cands.iter().enumerate() {
             if let Some(r) = rules {
