@@ -537,6 +537,20 @@ fn import_reads_a_csv_with_attributes() {
             .is_symlink());
         let tuesday_text = std::fs::read_to_string(&tuesday).unwrap();
         assert!(tuesday_text.contains("bad price 'inf'"), "{tuesday_text}");
+        // Such a link into the database's own files is refused.
+        let into_sled = dir.path().join("into-sled.tsv");
+        std::os::unix::fs::symlink(db_dir.join("sled").join("notes.tsv"), &into_sled).unwrap();
+        let out = import(
+            &prices,
+            &["--update", "--report", into_sled.to_str().unwrap()],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("own sled/ folder"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(!db_dir.join("sled").join("notes.tsv").exists());
         // A link to the CSV itself is the CSV: refused, the CSV kept.
         let link = dir.path().join("current.csv");
         std::os::unix::fs::symlink(&prices, &link).unwrap();

@@ -122,6 +122,14 @@ pub fn check_similar_destination(path: &Path) -> Result<(), SimilarFileError> {
 /// writer's: no write takes a day.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// Whether `rest` is `PID-N`, the end of a temporary file's name.
+fn pid_and_count(rest: &[u8]) -> bool {
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    rest.iter()
+        .position(|&b| b == b'-')
+        .is_some_and(|at| digits(&rest[..at]) && digits(&rest[at + 1..]))
+}
+
 /// Creates the temporary file a write of `dir/file_name` goes through,
 /// exclusively under a name unique to this call: two writers of one path
 /// never share a temporary file, and a leftover of a killed writer (the
@@ -137,7 +145,11 @@ fn create_temp(
     prefix.push(".tmp-");
     let prefix = prefix.as_encoded_bytes();
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let stale = entry.file_name().as_encoded_bytes().starts_with(prefix)
+        let name = entry.file_name();
+        let stale = name
+            .as_encoded_bytes()
+            .strip_prefix(prefix)
+            .is_some_and(pid_and_count)
             && entry.metadata().is_ok_and(|m| {
                 m.is_file()
                     && m.modified()

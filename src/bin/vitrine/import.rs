@@ -724,6 +724,10 @@ fn check_report_path(report: &Path, source: &Path, db: &Path) -> anyhow::Result<
         resolved(report),
         lexical(report),
         report.canonicalize().ok(),
+        // (A link to a file not made yet: the file it will be.)
+        crate::sheet::last_link_target(report)
+            .ok()
+            .and_then(|t| lexical(&t)),
     ]
     .into_iter()
     .flatten()

@@ -788,6 +788,14 @@ pub(crate) fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether `rest` is `PID-N`, the end of a temporary file's name.
+fn pid_and_count(rest: &[u8]) -> bool {
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    rest.iter()
+        .position(|&b| b == b'-')
+        .is_some_and(|at| digits(&rest[..at]) && digits(&rest[at + 1..]))
+}
+
 /// How old a temporary file beside a written file must be to count as a
 /// killed writer's.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -812,7 +820,11 @@ pub(crate) fn create_temp_beside(
         _ => std::path::Path::new("."),
     };
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let stale = entry.file_name().to_string_lossy().starts_with(&prefix)
+        let name = entry.file_name();
+        let stale = name
+            .to_string_lossy()
+            .strip_prefix(&prefix)
+            .is_some_and(|rest| pid_and_count(rest.as_bytes()))
             && entry.metadata().is_ok_and(|m| {
                 m.is_file()
                     && m.modified()
@@ -1292,9 +1304,10 @@ mod tests {
         let killed = at(".r.tsv.tmp-1-0", 2 * STALE_TEMP);
         let running = at(".r.tsv.tmp-2-0", std::time::Duration::ZERO);
         let other = at(".other.tsv.tmp-1-0", 2 * STALE_TEMP);
+        let named = at(".r.tsv.tmp-notes", 2 * STALE_TEMP);
         write_whole(&dir.path().join("r.tsv"), b"x").unwrap();
         assert_eq!(std::fs::read(dir.path().join("r.tsv")).unwrap(), b"x");
         assert!(!killed.exists());
-        assert!(running.exists() && other.exists());
+        assert!(running.exists() && other.exists() && named.exists());
     }
 }
