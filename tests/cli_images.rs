@@ -1897,37 +1897,34 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
         now.contains("the import stopped: ") && now.contains("product row"),
         "{now:?}"
     );
+    // An --update of `source` that fails as a whole: the report it leaves.
+    let failed_update = |source: &std::path::Path| {
+        std::fs::write(&report, "last night\n").unwrap();
+        let out = vitrine(&[
+            "import",
+            source.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--update",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+        let now = std::fs::read_to_string(&report).unwrap();
+        assert!(!now.contains("last night"), "{now:?}");
+        now
+    };
     // Nor when tonight's export is missing.
-    let missing = dir.path().join("missing.csv");
-    let out = vitrine(&[
-        "import",
-        missing.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-        "--update",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
-    let now = std::fs::read_to_string(&report).unwrap();
+    let now = failed_update(&dir.path().join("missing.csv"));
     assert!(
         now.contains("--update takes attributes from a CSV file"),
         "{now:?}"
     );
     // Nor when the database cannot be opened: another process holds it.
     let held = vitrine::Db::open(&db).unwrap();
-    std::fs::write(&report, "last night\n").unwrap();
     let prices = dir.path().join("prices-ok.csv");
     std::fs::write(&prices, "id,path,price\nsku-1,,19.90\n").unwrap();
-    let out = vitrine(&[
-        "import",
-        prices.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-        "--update",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
-    let now = std::fs::read_to_string(&report).unwrap();
+    let now = failed_update(&prices);
     assert!(
-        !now.contains("last night") && now.contains("the import stopped: cannot open the database"),
+        now.contains("the import stopped: cannot open the database"),
         "{now:?}"
     );
     drop(held);

@@ -20,6 +20,15 @@ fn open(dir: &std::path::Path) -> Db {
         .expect("open")
 }
 
+/// Opened without a checkpoint on drop: a drop then stands for a kill.
+fn open_kept(dir: &std::path::Path) -> Db {
+    Db::builder()
+        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+        .checkpoint_on_drop(false)
+        .open(dir)
+        .expect("open")
+}
+
 fn attrs(i: usize) -> Attributes {
     Attributes::new()
         .brand(["A", "B", "C", "D"][i % 4])
@@ -606,11 +615,7 @@ fn declaring_another_schema_on_an_existing_database_fails() {
 #[test]
 fn a_product_too_large_to_store_is_a_user_error() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::builder()
-        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
-        .checkpoint_on_drop(false)
-        .open(dir.path())
-        .unwrap();
+    let db = open_kept(dir.path());
     db.insert(
         "small",
         attrs(1),
@@ -652,48 +657,44 @@ fn a_product_too_large_to_store_is_a_user_error() {
 #[test]
 fn attribute_writes_leave_the_checkpoint_current() {
     let dir = tempfile::tempdir().unwrap();
-    let open_kept = || {
-        Db::builder()
-            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
-            .checkpoint_on_drop(false)
-            .open(dir.path())
-            .unwrap()
-    };
-    let db = open_kept();
-    for i in 0..20 {
-        let id = format!("p{i}");
-        db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
-            .unwrap();
-    }
+    let db = open_kept(dir.path());
+    fill(&db, 20);
     db.checkpoint().unwrap();
-    db.set_in_stock("p1", false).unwrap();
-    db.update_attributes("p2", |a| a.price = Some(99.0))
+    db.set_in_stock("sku-1", false).unwrap();
+    db.update_attributes("sku-2", |a| a.price = Some(99.0))
         .unwrap();
     db.upsert(
-        "p3",
+        "sku-3",
         attrs(3).brand("Other"),
-        [(DEFAULT_SPACE, vector_for("p3", DIM))],
+        [(DEFAULT_SPACE, vector_for("sku-3", DIM))],
     )
     .unwrap();
     // A product without vectors is in no index.
     db.insert("plain", attrs(4), Vec::<(&str, Vec<f32>)>::new())
         .unwrap();
     drop(db);
-    let db = open_kept();
+    let db = open_kept(dir.path());
     assert!(
         db.open_report().rebuilt.is_empty(),
         "{:?}",
         db.open_report()
     );
-    assert!(!db.attributes("p1").unwrap().in_stock);
-    assert_eq!(db.attributes("p2").unwrap().price, Some(99.0));
-    assert_eq!(db.attributes("p3").unwrap().brand.as_deref(), Some("Other"));
+    assert!(!db.attributes("sku-1").unwrap().in_stock);
+    assert_eq!(db.attributes("sku-2").unwrap().price, Some(99.0));
+    assert_eq!(
+        db.attributes("sku-3").unwrap().brand.as_deref(),
+        Some("Other")
+    );
     assert_eq!(db.len(), 21);
     // A vector that changes makes the files stale, and they are rebuilt.
-    db.upsert("p3", attrs(3), [(DEFAULT_SPACE, vector_for("moved", DIM))])
-        .unwrap();
+    db.upsert(
+        "sku-3",
+        attrs(3),
+        [(DEFAULT_SPACE, vector_for("moved", DIM))],
+    )
+    .unwrap();
     drop(db);
-    let db = open_kept();
+    let db = open_kept(dir.path());
     assert_eq!(db.open_report().rebuilt.len(), 1);
     let hits = db
         .similar(
@@ -702,7 +703,7 @@ fn attribute_writes_leave_the_checkpoint_current() {
             &Filter::new(),
         )
         .unwrap();
-    assert_eq!(hits[0].id, "p3");
+    assert_eq!(hits[0].id, "sku-3");
 }
 
 /// A compaction that a write of attributes only ran (the ratio crossed at
@@ -720,13 +721,9 @@ fn a_compaction_run_by_an_attribute_write_is_checkpointed() {
             .unwrap()
     };
     let db = with_ratio(1.0);
-    for i in 0..40 {
-        let id = format!("p{i}");
-        db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
-            .unwrap();
-    }
+    fill(&db, 40);
     for i in 0..10 {
-        let id = format!("p{i}");
+        let id = format!("sku-{i}");
         db.upsert(&id, attrs(i), [(DEFAULT_SPACE, vector_for("moved", DIM))])
             .unwrap();
     }
@@ -736,9 +733,9 @@ fn a_compaction_run_by_an_attribute_write_is_checkpointed() {
     let db = with_ratio(0.1);
     assert_eq!(db.space_stats()[0].tombstones, 10);
     db.upsert(
-        "p20",
+        "sku-20",
         attrs(20).brand("Other"),
-        [(DEFAULT_SPACE, vector_for("p20", DIM))],
+        [(DEFAULT_SPACE, vector_for("sku-20", DIM))],
     )
     .unwrap();
     assert_eq!(db.space_stats()[0].tombstones, 0);
@@ -873,22 +870,30 @@ fn a_legacy_nan_price_blocks_no_other_edit() {
     );
 }
 
+/// `n` products, checkpointed and closed, then `records` written raw over
+/// their keys (damage, or a newer build's records).
+fn filled_and_damaged(dir: &std::path::Path, n: usize, records: &[(&[u8], &[u8])]) {
+    let db = open(dir);
+    fill(&db, n);
+    db.close().unwrap();
+    let (store, products) = raw_products(dir);
+    for (key, bytes) in records {
+        products.put_raw(key, bytes).unwrap();
+    }
+    store.flush().unwrap();
+}
+
 #[test]
 fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let db = open(dir.path());
-        fill(&db, 100);
-        db.close().unwrap();
-    }
-    {
-        let (store, products) = raw_products(dir.path());
-        products
-            .put_raw(b"sku-7", b"\x01\xff\xff\xff garbage")
-            .unwrap();
-        products.put_raw(b"sku-8", b"\x63 from the future").unwrap();
-        store.flush().unwrap();
-    }
+    filled_and_damaged(
+        dir.path(),
+        100,
+        &[
+            (b"sku-7", b"\x01\xff\xff\xff garbage"),
+            (b"sku-8", b"\x63 from the future"),
+        ],
+    );
     let db = open(dir.path());
     let damaged = &db.open_report().damaged;
     assert_eq!(damaged.len(), 2, "{damaged:?}");
@@ -937,30 +942,13 @@ fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
 #[test]
 fn a_damaged_record_replaced_without_vectors_opens_after_a_kill() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let db = open(dir.path());
-        fill(&db, 20);
-        db.close().unwrap();
-    }
-    {
-        let (store, products) = raw_products(dir.path());
-        products
-            .put_raw(b"sku-7", b"\x01\xff\xff\xff garbage")
-            .unwrap();
-        store.flush().unwrap();
-    }
-    let open_kept = || {
-        Db::builder()
-            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
-            .checkpoint_on_drop(false)
-            .open(dir.path())
-    };
-    let db = open_kept().unwrap();
+    filled_and_damaged(dir.path(), 20, &[(b"sku-7", b"\x01\xff\xff\xff garbage")]);
+    let db = open_kept(dir.path());
     assert_eq!(db.open_report().damaged.len(), 1);
     db.upsert("sku-7", attrs(7), Vec::<(&str, Vec<f32>)>::new())
         .unwrap();
     drop(db);
-    let db = open_kept().unwrap();
+    let db = open_kept(dir.path());
     assert!(db.open_report().damaged.is_empty());
     assert_eq!(db.len(), 20);
     assert!(db.get("sku-7").unwrap().unwrap().vectors.is_empty());
@@ -1113,11 +1101,7 @@ fn graph_parameters_are_kept_until_others_are_given() {
 
     // A write left without a checkpoint: the stale dump is rebuilt, with
     // the parameters its header names.
-    let db = Db::builder()
-        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
-        .checkpoint_on_drop(false)
-        .open(dir.path())
-        .unwrap();
+    let db = open_kept(dir.path());
     fill(&db, 1);
     drop(db);
     let db = open(dir.path());
@@ -1129,11 +1113,7 @@ fn graph_parameters_are_kept_until_others_are_given() {
     // (where the save moves it first), the new one in a temporary folder.
     // The old one is put back; with a write since, it is stale and rebuilt
     // with its own parameters, not the defaults.
-    let db = Db::builder()
-        .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
-        .checkpoint_on_drop(false)
-        .open(dir.path())
-        .unwrap();
+    let db = open_kept(dir.path());
     db.upsert(
         "extra",
         attrs(1),

@@ -41,8 +41,8 @@ use crate::flat::{check_dim, FlatIndex};
 use crate::search::{AllowSet, Hit, VectorIndex};
 
 pub use similar_file::{
-    check_similar_destination, write_similar_file, PrecomputedSimilar, SimilarFileError,
-    SIMILAR_FORMAT_VERSION, SIMILAR_MAGIC,
+    check_similar_destination, create_temp_beside, write_similar_file, PrecomputedSimilar,
+    SimilarFileError, SIMILAR_FORMAT_VERSION, SIMILAR_MAGIC,
 };
 
 #[cfg(feature = "cuda")]

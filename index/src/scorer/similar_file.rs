@@ -130,6 +130,20 @@ fn pid_and_count(rest: &[u8]) -> bool {
         .is_some_and(|at| digits(&rest[..at]) && digits(&rest[at + 1..]))
 }
 
+/// A new file beside `path`, for writing `path` whole through a rename
+/// (the convention of every file Vitrine writes whole): named
+/// `.NAME.tmp-PID-N`, unique to this call and created exclusively (never
+/// a link someone left under a fixed name, nor another writer's file).
+/// Leftovers of killed writes of `path` over a day old are removed first.
+pub fn create_temp_beside(path: &Path) -> std::io::Result<(std::path::PathBuf, File)> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or(std::ffi::OsStr::new("file"));
+    create_temp(dir, name).map_err(|(_, e)| e)
+}
+
 /// Creates the temporary file a write of `dir/file_name` goes through,
 /// exclusively under a name unique to this call: two writers of one path
 /// never share a temporary file, and a leftover of a killed writer (the

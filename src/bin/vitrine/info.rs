@@ -788,72 +788,6 @@ pub(crate) fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
-/// Whether `rest` is `PID-N`, the end of a temporary file's name.
-fn pid_and_count(rest: &[u8]) -> bool {
-    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
-    rest.iter()
-        .position(|&b| b == b'-')
-        .is_some_and(|at| digits(&rest[..at]) && digits(&rest[at + 1..]))
-}
-
-/// How old a temporary file beside a written file must be to count as a
-/// killed writer's.
-const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-/// A new file beside `path`, for writing `path` whole through a rename: a
-/// name unique to this call, created exclusively (never a link someone left
-/// under a fixed name, nor another writer's file). Leftovers of its writes
-/// over a day old are removed first.
-pub(crate) fn create_temp_beside(
-    path: &std::path::Path,
-) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map_or("file".into(), |n| n.to_string_lossy().into_owned());
-    // Leftovers of killed writes, a day old (no write takes that long):
-    // in a database's folder, every backup would copy them.
-    let prefix = format!(".{name}.tmp-");
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let stale = name
-            .to_string_lossy()
-            .strip_prefix(&prefix)
-            .is_some_and(|rest| pid_and_count(rest.as_bytes()))
-            && entry.metadata().is_ok_and(|m| {
-                m.is_file()
-                    && m.modified()
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > STALE_TEMP)
-            });
-        if stale {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    loop {
-        let tmp = path.with_file_name(format!(
-            ".{name}.tmp-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-        {
-            Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// `bytes` in a new file beside `path`, synced: the first half of writing
 /// `path` whole through a rename (removed again on a failure).
 pub(crate) fn synced_temp_beside(
@@ -861,7 +795,7 @@ pub(crate) fn synced_temp_beside(
     bytes: &[u8],
 ) -> std::io::Result<std::path::PathBuf> {
     use std::io::Write;
-    let (tmp, mut file) = create_temp_beside(path)?;
+    let (tmp, mut file) = vitrine_index::create_temp_beside(path)?;
     if let Err(e) = file.write_all(bytes).and_then(|()| file.sync_all()) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -1283,7 +1217,9 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
 
 #[cfg(test)]
 mod tests {
-    use super::{write_whole, STALE_TEMP};
+    use super::write_whole;
+
+    const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
     /// A write removes its killed predecessors' temporary files (a day
     /// old), not another writer's of now, nor another file's.

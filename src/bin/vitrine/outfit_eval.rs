@@ -694,7 +694,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.sheets {
         std::fs::create_dir_all(dir)
             .and_then(|()| {
-                let (tmp, _) = crate::info::create_temp_beside(&dir.join("probe.png"))?;
+                let (tmp, _) = vitrine_index::create_temp_beside(&dir.join("probe.png"))?;
                 std::fs::remove_file(tmp)
             })
             .with_context(|| format!("cannot write contact sheets into {}", dir.display()))?;

@@ -41,7 +41,7 @@ pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
             }
             _ => path.to_path_buf(),
         };
-        let (tmp, mut file) = crate::info::create_temp_beside(&target)?;
+        let (tmp, mut file) = vitrine_index::create_temp_beside(&target)?;
         let kept = std::fs::metadata(&target).map(|m| m.permissions());
         let written = std::io::Write::write_all(&mut file, &bytes.into_inner())
             .and_then(|()| match kept {
