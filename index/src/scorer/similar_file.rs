@@ -131,7 +131,8 @@ fn pid_and_count(rest: &[u8]) -> bool {
 }
 
 /// A new file beside `path`, for writing `path` whole through a rename
-/// (the convention of every file Vitrine writes whole): named
+/// (the convention of the precomputed-similar files and of the command
+/// line's reports, sheets and CSVs; checkpoints have their own): named
 /// `.NAME.tmp-PID-N`, unique to this call and created exclusively (never
 /// a link someone left under a fixed name, nor another writer's file).
 /// Leftovers of killed writes of `path` over a day old are removed first.

@@ -30,8 +30,8 @@ pub struct ImportArgs {
     /// Where to write the failures, one line per failure:
     /// `id<TAB>path<TAB>reason` (default `<db>/import-failures.tsv`). The
     /// file is rewritten on every run that opens the database, and by a run
-    /// that refuses SOURCE as a whole (one line saying why); empty means no
-    /// failure.
+    /// stopped before it (SOURCE refused as a whole, or the database not
+    /// opened), with one line saying why; empty means no failure.
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Switch a database built with another model to the bundled one: every

@@ -69,7 +69,8 @@ pub enum OutfitCommand {
         k: u32,
         /// Treat these products as sold out for this query (comma
         /// separated, or the flag repeated; nothing is written). Read as a
-        /// CSV line: `'"12,3",x'` names the id `12,3`.
+        /// CSV line: `'"12,3",x'` names the id `12,3` (in the REPL:
+        /// `\"12,3\",x`).
         #[arg(long, value_parser = id_list)]
         sold_out: Vec<IdList>,
     },
