@@ -2767,10 +2767,20 @@ impl Db {
     /// Whether any product carries the attribute `key` (in memory: no
     /// storage read).
     pub(crate) fn any_product_has(&self, key: &str) -> bool {
-        read(&self.catalog)
-            .by_doc
-            .values()
-            .any(|e| e.attrs.get(key).is_some())
+        // A chunk at a time under the lock, as for_each_vector walks: a
+        // write waiting for it would hold every search back.
+        let mut from = 0u64;
+        loop {
+            let cat = read(&self.catalog);
+            let chunk: Vec<(&u64, &Entry)> = cat.by_doc.range(from..).take(COPY_CHUNK).collect();
+            if chunk.iter().any(|(_, e)| e.attrs.get(key).is_some()) {
+                return true;
+            }
+            match chunk.last().and_then(|(d, _)| d.checked_add(1)) {
+                Some(next) if chunk.len() == COPY_CHUNK => from = next,
+                _ => return false,
+            }
+        }
     }
 
     /// How many products have a doc id above `doc`: those stored since it
@@ -3136,6 +3146,18 @@ mod tests {
         let n = want.len() as f32;
         let want_mean: f32 = s.data.chunks(2).map(|v| v[0]).sum::<f32>() / n;
         assert!((mean[0] - want_mean).abs() < 1e-5, "{mean:?}");
+        // An attribute found past the first chunks, or on no product.
+        assert!(!db.any_product_has("colour_group"));
+        db.update_attributes("p47", |a| {
+            a.extra.insert("colour_group".into(), "RED".into());
+        })
+        .unwrap();
+        assert!(db.any_product_has("colour_group"));
+        // A sample takes evenly spaced products of every chunk.
+        let sample = db.sample_rows(DEFAULT_SPACE, 9).unwrap();
+        let ids: Vec<&str> = sample.iter().map(|(id, _)| id.as_str()).collect();
+        let every: Vec<&str> = want.iter().map(String::as_str).step_by(5).collect();
+        assert_eq!(ids, every);
     }
 
     /// Side records that were never written read as empty while writes are
