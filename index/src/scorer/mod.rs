@@ -141,8 +141,10 @@ pub struct ScorerOptions {
     pub auto_gpu_min_work: u64,
     /// CUDA device ordinal.
     pub gpu_device: usize,
-    /// Fraction of the device's free memory the scorer may take (rows, scores
-    /// and top-k buffers); rows are streamed in chunks when they do not fit.
+    /// Fraction of the device's free memory the scorer takes for rows and
+    /// scores; rows are streamed in chunks when they do not fit. The top-k
+    /// buffers come on top: up to about a sixth more of it at k near
+    /// [`GPU_MAX_K`], so keep it at 0.85 or below.
     pub gpu_memory_fraction: f64,
     /// GPU batches of up to this many queries are scored by Vitrine's own
     /// scan kernel (one pass over the rows per 4 queries); larger ones by
