@@ -937,15 +937,17 @@ fn another_model_is_refused_unless_reembedding() {
     assert_eq!(db.model_fingerprint().as_deref(), Some(model.fingerprint()));
 
     // Re-embedding replaces every product, keeping its attributes.
-    let r = db
-        .import(
+    let reembed_folder = || {
+        db.import(
             ImportSource::Dir(src.path().to_path_buf()),
             ImportOptions::new()
                 .model(other.clone())
                 .prep(prep())
                 .reembed(true),
         )
-        .unwrap();
+        .unwrap()
+    };
+    let r = reembed_folder();
     assert_eq!((r.progress.stored, r.progress.skipped), (6, 0));
     assert_eq!(db.model_fingerprint().as_deref(), Some(other.fingerprint()));
     for (id, _, _) in &images {
@@ -955,29 +957,13 @@ fn another_model_is_refused_unless_reembedding() {
     }
     assert_eq!(db.len(), 6);
     // And resumes: a second run has nothing left to do.
-    let r = db
-        .import(
-            ImportSource::Dir(src.path().to_path_buf()),
-            ImportOptions::new()
-                .model(other.clone())
-                .prep(prep())
-                .reembed(true),
-        )
-        .unwrap();
+    let r = reembed_folder();
     assert_eq!((r.progress.stored, r.progress.skipped), (0, 6));
     // A database switched away meanwhile (a kill mid-switch, a switch
     // abandoned) is switched back by the same run, though it has no image
     // to read: it stayed of a model none of its products was of.
     db.adopt_model(&model).unwrap();
-    let r = db
-        .import(
-            ImportSource::Dir(src.path().to_path_buf()),
-            ImportOptions::new()
-                .model(other.clone())
-                .prep(prep())
-                .reembed(true),
-        )
-        .unwrap();
+    let r = reembed_folder();
     assert_eq!((r.progress.stored, r.progress.skipped), (0, 6));
     assert_eq!(db.model_fingerprint().as_deref(), Some(other.fingerprint()));
     // User tags are directions in the model's space: a re-embedding learns
