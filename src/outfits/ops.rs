@@ -665,10 +665,7 @@ impl OutfitEngine<'_> {
         } else {
             None
         };
-        let gs: Vec<Given> = match rules {
-            Some(r) => given.iter().map(|&g| r.given(&self.cat, g)).collect(),
-            None => Vec::new(),
-        };
+        let gs: Option<Given> = rules.map(|r| r.given(&self.cat, &given));
         let n = given.len().max(1) as f32;
         let mut parts = [
             vec![0f32; cands.len()],
@@ -692,11 +689,9 @@ impl OutfitEngine<'_> {
                     .map(|&g| r.rule_score(&self.cat, &self.maps, g, c))
                     .sum::<f32>()
                     / n;
-                parts[1][k] = gs
-                    .iter()
-                    .map(|g| r.compat(&self.cat, &self.maps, g, c))
-                    .sum::<f32>()
-                    / n;
+                if let Some(g) = &gs {
+                    parts[1][k] = r.compat(&self.cat, &self.maps, g, c) / n;
+                }
             }
             parts[3][k] = given.iter().map(|&g| self.cat.lookalike(g, c)).sum::<f32>() / n;
         }
@@ -777,14 +772,11 @@ impl OutfitEngine<'_> {
             let mut look: Vec<f32> = cands.iter().map(|&c| cat.lookalike(orig, c)).collect();
             let mut compat: Vec<f32> = cands
                 .iter()
-                .map(|&c| match &self.rules {
-                    Some(r) => {
-                        gs.iter()
-                            .map(|g| r.compat(cat, &self.maps, g, c))
-                            .sum::<f32>()
-                            / gs.len().max(1) as f32
+                .map(|&c| match (&self.rules, &gs) {
+                    (Some(r), Some(g)) => {
+                        r.compat(cat, &self.maps, g, c) / others.len().max(1) as f32
                     }
-                    None => 0.0,
+                    _ => 0.0,
                 })
                 .collect();
             let raw_look = look.clone();
@@ -873,17 +865,14 @@ impl OutfitEngine<'_> {
 
     /// The outfit's items other than `slot` that are in the catalog, and
     /// what the rules need of them (none without rules).
-    fn others_of(&self, present: &[Option<usize>], slot: usize) -> (Vec<usize>, Vec<Given>) {
+    fn others_of(&self, present: &[Option<usize>], slot: usize) -> (Vec<usize>, Option<Given>) {
         let others: Vec<usize> = present
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != slot)
             .filter_map(|(_, p)| *p)
             .collect();
-        let gs = match &self.rules {
-            Some(r) => others.iter().map(|&g| r.given(&self.cat, g)).collect(),
-            None => Vec::new(),
-        };
+        let gs = self.rules.as_ref().map(|r| r.given(&self.cat, &others));
         (others, gs)
     }
 
@@ -909,12 +898,9 @@ impl OutfitEngine<'_> {
             .copied()
             .filter(|&c| cat.in_stock[c] && !others.contains(&c))
             .map(|c| {
-                let compat = match &self.rules {
-                    Some(r) if !gs.is_empty() => {
-                        gs.iter()
-                            .map(|g| r.compat(cat, &self.maps, g, c))
-                            .sum::<f32>()
-                            / gs.len() as f32
+                let compat = match (&self.rules, &gs) {
+                    (Some(r), Some(g)) if !others.is_empty() => {
+                        r.compat(cat, &self.maps, g, c) / others.len() as f32
                     }
                     _ => 0.0,
                 };
@@ -929,7 +915,7 @@ impl OutfitEngine<'_> {
                         "the original is no longer in the catalog and no rules are learned: \
                          unranked"
                             .to_string()
-                    } else if gs.is_empty() {
+                    } else if others.is_empty() {
                         "the original is no longer in the catalog, nor any other item of the \
                          outfit: unranked"
                             .to_string()
@@ -1380,10 +1366,7 @@ impl Expander {
         chosen[self.anchor] = anchor;
         chosen_pos[self.anchor] = anchor_pos;
         let rules = eng.rules.as_ref();
-        let mut givens: Vec<Given> = Vec::new();
-        if let Some(r) = rules {
-            givens.push(r.given(cat, anchor));
-        }
+        let mut givens: Option<Given> = rules.map(|r| r.given(cat, &[anchor]));
         for j in (0..m).filter(|&j| j != self.anchor) {
             let t = tpl[j];
             let in_outfit = |c: usize, chosen: &[usize]| chosen.contains(&c);
@@ -1443,12 +1426,9 @@ impl Expander {
                 .collect();
             let mut compat: Vec<f32> = cands
                 .iter()
-                .map(|&(_, c)| match rules {
-                    Some(r) => givens
-                        .iter()
-                        .map(|g| r.compat(cat, &eng.maps, g, c))
-                        .sum::<f32>(),
-                    None => 0.0,
+                .map(|&(_, c)| match (rules, &givens) {
+                    (Some(r), Some(g)) => r.compat(cat, &eng.maps, g, c),
+                    _ => 0.0,
                 })
                 .collect();
             let mut look: Vec<f32> = cands.iter().map(|&(_, c)| cat.lookalike(c, t)).collect();
@@ -1472,8 +1452,8 @@ impl Expander {
                 .1;
             chosen[j] = best;
             chosen_pos[j] = best_pos;
-            if let Some(r) = rules {
-                givens.push(r.given(cat, best));
+            if let (Some(r), Some(g)) = (rules, &mut givens) {
+                r.add_given(cat, g, best);
             }
         }
 

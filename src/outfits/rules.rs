@@ -663,9 +663,11 @@ fn by_name(rules: &[String], catalog: &[String]) -> Vec<u32> {
         .collect()
 }
 
-/// A given item prepared for scoring candidates against it.
+/// Given items prepared for scoring candidates against them: the
+/// compatibility is linear in `Wᵀ (a − μ)`, so the sum over the items is
+/// one dot product per candidate, whatever their number.
 pub(crate) struct Given {
-    /// `Wᵀ (a − μ)`.
+    /// `Σ Wᵀ (a − μ)` over the items added.
     proj: Vec<f32>,
 }
 
@@ -690,24 +692,35 @@ impl OutfitRules {
         }
     }
 
-    pub(crate) fn given(&self, cat: &Catalog, a: usize) -> Given {
+    /// The given items `items`, summed (none: every score is 0).
+    pub(crate) fn given(&self, cat: &Catalog, items: &[usize]) -> Given {
+        let mut g = Given {
+            proj: vec![0f32; self.dim],
+        };
+        for &a in items {
+            self.add_given(cat, &mut g, a);
+        }
+        g
+    }
+
+    /// Adds item `a` to `g`.
+    pub(crate) fn add_given(&self, cat: &Catalog, g: &mut Given, a: usize) {
         let d = self.dim;
-        let mut proj = vec![0f32; d];
-        if cat.dim() == d {
-            let x = cat.concept(a);
-            for (k, (xa, m)) in x.iter().zip(&self.mean).enumerate() {
-                let u = xa - m;
-                if u != 0.0 {
-                    for (p, wk) in proj.iter_mut().zip(&self.compat[k * d..(k + 1) * d]) {
-                        *p += u * wk;
-                    }
+        if cat.dim() != d {
+            return;
+        }
+        for (k, (xa, m)) in cat.concept(a).iter().zip(&self.mean).enumerate() {
+            let u = xa - m;
+            if u != 0.0 {
+                for (p, wk) in g.proj.iter_mut().zip(&self.compat[k * d..(k + 1) * d]) {
+                    *p += u * wk;
                 }
             }
         }
-        Given { proj }
     }
 
-    /// Learned embedding compatibility of candidate `b` with `g`.
+    /// Learned embedding compatibility of candidate `b` with the items of
+    /// `g`, summed.
     pub(crate) fn compat(&self, cat: &Catalog, maps: &RuleMaps, g: &Given, b: usize) -> f32 {
         if cat.dim() != self.dim {
             return 0.0;
