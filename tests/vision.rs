@@ -1027,3 +1027,100 @@ fn a_large_striped_photo_is_averaged_not_sampled() {
     .unwrap();
     assert_eq!(a.tensor(), b.tensor());
 }
+
+/// A GIF whose 8 × 8 logical screen holds a `w` × `h` first frame (its
+/// pixel data is not valid: the frame's size must refuse it first).
+fn gif_with_frame(w: u16, h: u16) -> Vec<u8> {
+    let mut g = b"GIF89a".to_vec();
+    g.extend_from_slice(&[8, 0, 8, 0, 0x80, 0, 0]); // screen, 2-colour table
+    g.extend_from_slice(&[0, 0, 0, 255, 255, 255]);
+    g.extend_from_slice(&[0x21, 0xF9, 4, 0, 0, 0, 0, 0]); // graphic control
+    g.push(0x2C);
+    for v in [0, 0, w, h] {
+        g.extend_from_slice(&v.to_le_bytes());
+    }
+    g.extend_from_slice(&[0, 2, 2, 0x4C, 0x01, 0, 0x3B]);
+    g
+}
+
+#[test]
+fn gif_limits_apply_to_the_first_frame_not_only_the_screen() {
+    let mut limits = DecodeLimits::default();
+    limits.max_width = 4_000;
+    let e = vitrine::decode_image(&gif_with_frame(8_000, 8_000), limits).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ImageError::ImageTooLarge {
+                width: 8_000,
+                height: 8_000,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // A frame within the limits goes on to the decoder (which finds the
+    // pixel data invalid), and an encoded GIF decodes.
+    let e = vitrine::decode_image(&gif_with_frame(8, 8), limits).unwrap_err();
+    assert!(matches!(e, ImageError::Decode { .. }), "{e:?}");
+    let rgb = DynamicImage::ImageRgb8(RgbImage::from_pixel(20, 30, Rgb([200, 100, 50])));
+    assert!(vitrine::decode_image(&encode(&rgb, ImageFormat::Gif), limits).is_ok());
+}
+
+/// An uncompressed little-endian 8 × 8 RGBA TIFF of one pixel value, its
+/// alpha marked by `extra_samples` (1 associated, 2 unassociated).
+fn rgba_tiff(pixel: [u8; 4], extra_samples: u16) -> Vec<u8> {
+    let (w, h) = (8u32, 8u32);
+    let entries: [(u16, u16, u32); 10] = [
+        (256, 3, w),
+        (257, 3, h),
+        (258, 3, 134), // 4 × 8 bits, after the directory
+        (259, 3, 1),
+        (262, 3, 2),
+        (273, 4, 142),
+        (277, 3, 4),
+        (278, 3, h),
+        (279, 4, w * h * 4),
+        (338, 3, u32::from(extra_samples)),
+    ];
+    let mut t = b"II*\0".to_vec();
+    t.extend_from_slice(&8u32.to_le_bytes());
+    t.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    for (tag, kind, value) in entries {
+        let count: u32 = if tag == 258 { 4 } else { 1 };
+        t.extend_from_slice(&tag.to_le_bytes());
+        t.extend_from_slice(&kind.to_le_bytes());
+        t.extend_from_slice(&count.to_le_bytes());
+        if kind == 3 && count == 1 {
+            t.extend_from_slice(&(value as u16).to_le_bytes());
+            t.extend_from_slice(&[0, 0]);
+        } else {
+            t.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    t.extend_from_slice(&0u32.to_le_bytes());
+    assert_eq!(t.len(), 134);
+    for _ in 0..4 {
+        t.extend_from_slice(&8u16.to_le_bytes());
+    }
+    for _ in 0..w * h {
+        t.extend_from_slice(&pixel);
+    }
+    t
+}
+
+#[test]
+fn tiff_alpha_is_composited_once_associated_or_not() {
+    // (200, 50, 50) at half opacity, on white: about (228, 153, 153).
+    for (stored, extra) in [([100, 25, 25, 128], 1), ([200, 50, 50, 128], 2)] {
+        let d = vitrine::decode_image(&rgba_tiff(stored, extra), DecodeLimits::default())
+            .unwrap_or_else(|e| panic!("ExtraSamples {extra}: {e}"));
+        for (got, want) in d.pixels[..3].iter().zip([227u8, 152, 152]) {
+            assert!(
+                got.abs_diff(want) <= 1,
+                "ExtraSamples {extra}: {:?}",
+                &d.pixels[..3]
+            );
+        }
+    }
+}

@@ -183,7 +183,9 @@ fn map_error(e: image::ImageError, limits: DecodeLimits, dims: (u32, u32)) -> Im
 /// bytes to RGB u8 (grey expanded, 16-bit scaled to 8-bit, transparency
 /// composited onto white, the catalog background), turned upright as the
 /// EXIF orientation says, so the model sees what a viewer shows. (No image
-/// of the training data has an alpha channel or an orientation.)
+/// of the training data has an alpha channel or an orientation.) TIFF
+/// covers grey, RGB, RGBA and CMYK at 8 or 16 bits; palette, YCbCr and
+/// CMYK-with-alpha TIFFs are refused as undecodable.
 pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageError> {
     // The decoders are third-party code fed the caller's bytes; some have
     // panicked on malformed files. Such a panic is this file's error.
@@ -263,6 +265,14 @@ fn decode_checked(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageE
         (width, height)
     };
     limits.check(upright_w, upright_h, bpp.max(3))?;
+    if format == Some(ImageFormat::Gif) {
+        // The decoder holds the first frame whole, at its own size, which
+        // may exceed the logical screen `dimensions` reports.
+        if let Some((w, h)) = gif_first_frame(bytes) {
+            limits.check(w, h, 4)?;
+        }
+    }
+    let premultiplied = format == Some(ImageFormat::Tiff) && tiff_associated_alpha(bytes);
     decoder
         .set_limits(limits.to_image_limits(rotates(orientation)))
         .map_err(|e| map_error(e, limits, (width, height)))?;
@@ -270,7 +280,7 @@ fn decode_checked(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageE
         DynamicImage::from_decoder(decoder).map_err(|e| map_error(e, limits, (width, height)))?;
     tracing::trace!(?format, width, height, color = ?image.color(), "decoded image");
     let mut rgb = DynamicImage::ImageRgb8(if image.color().has_alpha() {
-        on_white(&image.into_rgba8())
+        on_white(&image.into_rgba8(), premultiplied)
     } else {
         image.into_rgb8()
     });
@@ -325,13 +335,93 @@ pub fn decode_image(bytes: &[u8], limits: DecodeLimits) -> Result<DecodedImage, 
 
 /// Composites `rgba` onto white: a cut-out product on a transparent
 /// background looks as it would in the catalog, whatever colour the hidden
-/// pixels under the transparency have.
-fn on_white(rgba: &image::RgbaImage) -> RgbImage {
+/// pixels under the transparency have. `premultiplied`: the colours are
+/// already multiplied by their alpha (a TIFF's associated alpha).
+fn on_white(rgba: &image::RgbaImage, premultiplied: bool) -> RgbImage {
     RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
         let p = rgba.get_pixel(x, y).0;
         let a = u32::from(p[3]);
-        let blend = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        let blend = |c: u8| {
+            let c = u32::from(c);
+            let fg = if premultiplied { c * 255 } else { c * a };
+            ((fg + 255 * (255 - a) + 127) / 255).min(255) as u8
+        };
         image::Rgb([blend(p[0]), blend(p[1]), blend(p[2])])
+    })
+}
+
+/// The width and height of a GIF's first frame (its image descriptor).
+fn gif_first_frame(bytes: &[u8]) -> Option<(u32, u32)> {
+    let u16_at = |p: usize| {
+        bytes
+            .get(p..p + 2)
+            .map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    // Header (6), logical screen descriptor (7), global colour table.
+    let flags = *bytes.get(10)?;
+    let mut pos = 13
+        + if flags & 0x80 != 0 {
+            3 << ((flags & 7) + 1)
+        } else {
+            0
+        };
+    loop {
+        match *bytes.get(pos)? {
+            0x2C => return Some((u16_at(pos + 5)?, u16_at(pos + 7)?)),
+            0x21 => {
+                // Extension: label, then data sub-blocks up to an empty one.
+                pos += 2;
+                loop {
+                    let len = usize::from(*bytes.get(pos)?);
+                    pos += 1 + len;
+                    if len == 0 {
+                        break;
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Whether a TIFF's first image has associated (premultiplied) alpha:
+/// `ExtraSamples` = 1. The decoder passes such colours on as they are.
+fn tiff_associated_alpha(bytes: &[u8]) -> bool {
+    let le = match bytes.get(..4) {
+        Some(b"II*\0") => true,
+        Some(b"MM\0*") => false,
+        _ => return false, // BigTIFF has no alpha the decoder reads differently
+    };
+    let u16_at = |p: usize| {
+        let b: [u8; 2] = bytes.get(p..p.checked_add(2)?)?.try_into().ok()?;
+        Some(if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        })
+    };
+    let u32_at = |p: usize| {
+        let b: [u8; 4] = bytes.get(p..p.checked_add(4)?)?.try_into().ok()?;
+        let v = if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        };
+        usize::try_from(v).ok()
+    };
+    let Some(ifd) = u32_at(4) else {
+        return false;
+    };
+    let entries = u16_at(ifd).map_or(0, usize::from);
+    (0..entries).any(|i| {
+        let e = ifd + 2 + 12 * i;
+        // SHORT values; up to two sit in the entry, more at an offset.
+        let first = match (u16_at(e), u16_at(e + 2), u32_at(e + 4)) {
+            (Some(338), Some(3), Some(1..=2)) => u16_at(e + 8),
+            (Some(338), Some(3), Some(3..)) => u32_at(e + 8).and_then(u16_at),
+            _ => None,
+        };
+        first == Some(1)
     })
 }
 
