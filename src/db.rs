@@ -1465,7 +1465,13 @@ impl Db {
         if !self.holds_vectors(doc, &record.vectors) {
             self.mark_dirty(w)?;
         }
-        self.products.put_encoded(id.as_bytes(), encoded)?;
+        let put = self.products.put_encoded(id.as_bytes(), &encoded);
+        // The record can reach sled and its flush then fail: memory follows
+        // sled (as in delete), or reads of the record and searches disagree,
+        // and a retry finds the product there already.
+        if put.is_err() && !self.products.holds_encoded(id.as_bytes(), &encoded) {
+            return put.map_err(Into::into);
+        }
 
         // The indexes change under the catalog's lock (readers take the
         // catalog, then an index): no reader sees the product in one and
@@ -1494,7 +1500,7 @@ impl Db {
         if self.compact_due_spaces() {
             w.stale_dumps = true;
         }
-        Ok(())
+        put.map_err(Into::into)
     }
 
     /// Rebuilds the graphs whose tombstones passed the compaction ratio. The
@@ -1614,6 +1620,9 @@ impl Db {
         let mut attrs = record.attrs.clone();
         edit(&mut attrs);
         if same_attributes(&attrs, &record.attrs) {
+            // After a failed write sled may hold a change it may lose: a
+            // retry of it is refused, not reported done.
+            self.store.check_writable()?;
             return Ok(false);
         }
         // Only what the edit changed: a price stored before prices were
@@ -1624,11 +1633,15 @@ impl Db {
         record.attrs = attrs;
         // The vectors stay: the checkpoint's files stay current (see
         // write_product).
-        self.products
-            .put(id.as_bytes(), &record)
-            .map_err(product_too_large)?;
-        write(&self.catalog).set_attrs(record.doc, record.attrs);
-        Ok(true)
+        let encoded = self.products.encode(&record).map_err(product_too_large)?;
+        // As in write_product: memory follows sled.
+        match self.products.put_encoded(id.as_bytes(), &encoded) {
+            Err(e) if !self.products.holds_encoded(id.as_bytes(), &encoded) => Err(e.into()),
+            put => {
+                write(&self.catalog).set_attrs(record.doc, record.attrs);
+                put.map(|()| true).map_err(Into::into)
+            }
+        }
     }
 
     /// The attributes of `id` (`None` for an unknown id), from the catalog

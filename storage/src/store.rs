@@ -540,6 +540,13 @@ impl Store {
         self.io.failed.load(Ordering::SeqCst)
     }
 
+    /// [`Error::FailedEarlier`] once a write failed with an I/O error: for
+    /// a caller whose write turns out to change nothing, which would
+    /// otherwise report success.
+    pub fn check_writable(&self) -> Result<()> {
+        self.io.write_guard().map(drop)
+    }
+
     /// Opens (creating if missing) the keyspace `name`: a sled tree of `T`
     /// records. Names starting with `__sled__` are reserved.
     pub fn keyspace<T: Record>(&self, name: &str) -> Result<Keyspace<T>> {
@@ -880,7 +887,7 @@ impl<T: Record> Keyspace<T> {
 
     /// Stores `value` under `key`, atomically.
     pub fn put(&self, key: &[u8], value: &T) -> Result<()> {
-        self.put_encoded(key, self.encode(value)?)
+        self.put_encoded(key, &self.encode(value)?)
     }
 
     /// Encodes `value` for [`Keyspace::put_encoded`]. Encoding first lets a
@@ -895,13 +902,22 @@ impl<T: Record> Keyspace<T> {
 
     /// Stores a record encoded by [`Keyspace::encode`] under `key`,
     /// atomically.
-    pub fn put_encoded(&self, key: &[u8], value: Encoded<T>) -> Result<()> {
-        let value = value.bytes;
+    ///
+    /// An error can come after sled took the record, from the flush: sled
+    /// then serves it, though it may not survive the process.
+    /// [`Keyspace::holds_encoded`] tells which.
+    pub fn put_encoded(&self, key: &[u8], value: &Encoded<T>) -> Result<()> {
         let _w = self.io.write_guard()?;
         failpoint!("storage::before_apply");
-        self.write_one(key, self.tree.insert(key, value))?;
+        self.write_one(key, self.tree.insert(key, value.bytes.as_slice()))?;
         failpoint!("storage::before_flush");
         self.sync()
+    }
+
+    /// Whether sled serves `value` under `key`: after a failed
+    /// [`Keyspace::put_encoded`], whether the record reached it anyway.
+    pub fn holds_encoded(&self, key: &[u8], value: &Encoded<T>) -> bool {
+        matches!(self.tree.get(key), Ok(Some(b)) if *b == *value.bytes)
     }
 
     /// Removes the record under `key`; returns whether one existed.

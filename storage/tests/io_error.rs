@@ -3,16 +3,18 @@
 //! forever for its log), and every acknowledged write survives a reopen by
 //! the next process.
 //!
-//! The child runs in its own mount namespace on a small tmpfs, which needs
-//! the privilege to mount (root, as in CI); elsewhere the test skips with a
-//! message.
+//! The child runs on a small private tmpfs (`support/tmpfs.rs`), which
+//! needs the privilege to mount (root, as in CI); elsewhere the test skips
+//! with a message.
 #![cfg(target_os = "linux")]
 
-use std::ffi::CString;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
+
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use vitrine_storage::{Error, Store, StoreOptions};
 
@@ -46,7 +48,7 @@ fn child_fills_the_disk() {
     let store = Store::open(&db, StoreOptions::default()).unwrap();
     let ks = store.keyspace::<Blob>("blobs").unwrap();
     let filler = dir.join("filler");
-    let free = free_bytes(dir);
+    let free = tmpfs::free_bytes(dir);
     std::fs::write(&filler, vec![0u8; (free - (200 << 10)) as usize]).unwrap();
     let mut acked = 0u32;
     let error = loop {
@@ -117,20 +119,9 @@ fn child_reopens() {
     println!("VERIFIED");
 }
 
-fn free_bytes(dir: &Path) -> u64 {
-    let path = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: statvfs fills the struct it is given; the path is a C string.
-    unsafe {
-        let mut s: libc::statvfs = std::mem::zeroed();
-        assert_eq!(libc::statvfs(path.as_ptr(), &mut s), 0);
-        s.f_bavail as u64 * s.f_frsize as u64
-    }
-}
-
 #[test]
 fn a_full_disk_is_a_typed_error_the_process_ends_and_acknowledged_writes_survive() {
     let dir = tempfile::tempdir().unwrap();
-    let target = CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "child_fills_the_disk",
@@ -139,71 +130,14 @@ fn a_full_disk_is_a_typed_error_the_process_ends_and_acknowledged_writes_survive
         "--nocapture",
         "--test-threads=1",
     ])
-    .env(CHILD_DIR, dir.path())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fail = || Err(std::io::Error::last_os_error());
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return fail();
-            }
-            // Keep the mount to this namespace.
-            let root = c"/";
-            let flags = libc::MS_REC | libc::MS_PRIVATE;
-            if libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                flags,
-                std::ptr::null(),
-            ) != 0
-            {
-                return fail();
-            }
-            let (fs, opts) = (c"tmpfs", c"size=8m");
-            if libc::mount(
-                fs.as_ptr(),
-                target.as_ptr(),
-                fs.as_ptr(),
-                0,
-                opts.as_ptr().cast(),
-            ) != 0
-            {
-                return fail();
-            }
-            Ok(())
-        });
-    }
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot mount a private tmpfs here ({e}); needs root");
-            return;
-        }
+    .env(CHILD_DIR, dir.path());
+    let Some(child) = tmpfs::spawn_on_tmpfs(cmd, dir.path(), c"size=8m") else {
+        return;
     };
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the child hung after the disk filled:\n{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (status, stdout, stderr) = tmpfs::wait_bounded(child, Duration::from_secs(60));
     assert!(
         status.success() && stdout.contains("CLOSED") && stdout.contains("VERIFIED"),
-        "{status}\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{status}\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("No space left"), "{stdout}");
 }

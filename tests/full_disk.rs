@@ -1,0 +1,126 @@
+//! A full disk under a `Db`: a write whose flush fails may still be served
+//! by sled (it took the record, then could not make it durable). The
+//! catalog and indexes must then follow sled, so that a read of the product
+//! and a search agree, and a retry of the write is refused, not reported
+//! done, until the process restarts.
+#![cfg(target_os = "linux")]
+
+#[path = "../storage/tests/support/tmpfs.rs"]
+mod tmpfs;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use vitrine::{Attributes, Db, Filter, Metric};
+
+const CHILD_DIR: &str = "VITRINE_TEST_DB_FULL_DISK_DIR";
+const CHILD_MODE: &str = "VITRINE_TEST_DB_FULL_DISK_MODE";
+const DIM: usize = 16;
+
+fn vector(i: usize) -> Vec<f32> {
+    (0..DIM)
+        .map(|j| ((i * 7 + j * 3) % 11) as f32 + 1.0)
+        .collect()
+}
+
+/// 4 KiB of brand, different for each `i`: every write is a change.
+fn brand(i: usize) -> String {
+    format!("{i:04}").repeat(1024)
+}
+
+/// The child, on a fresh tmpfs at `$VITRINE_TEST_DB_FULL_DISK_DIR`: fills
+/// the disk but for 200 KiB, then inserts products (mode `insert`) or
+/// changes one product's attributes (mode `update`) until a write fails.
+#[test]
+#[ignore = "the child process of the full-disk test below, which runs it"]
+fn child_fills_the_disk_under_a_db() {
+    let Some(dir) = std::env::var_os(CHILD_DIR) else {
+        return; // only meaningful as the child of the test below
+    };
+    let dir = Path::new(&dir);
+    let update = std::env::var(CHILD_MODE).unwrap() == "update";
+    let db = Db::builder()
+        .vector_space("embedding", DIM, Metric::Cosine)
+        .checkpoint_on_drop(false)
+        .open(dir.join("db"))
+        .unwrap();
+    db.insert(
+        "first",
+        Attributes::new().in_stock(true),
+        [("embedding", vector(0))],
+    )
+    .unwrap();
+    let free = tmpfs::free_bytes(dir);
+    std::fs::write(dir.join("filler"), vec![0u8; (free - (200 << 10)) as usize]).unwrap();
+    let (i, id, error) = (1..10_000)
+        .find_map(|i| {
+            let id = if update {
+                "first".to_string()
+            } else {
+                format!("p{i}")
+            };
+            let written = if update {
+                db.update_attributes(&id, |a| a.brand = Some(brand(i)))
+                    .map(drop)
+            } else {
+                db.insert(
+                    &id,
+                    Attributes::new().brand(brand(i)),
+                    [("embedding", vector(i))],
+                )
+            };
+            match written {
+                Ok(()) => None,
+                Err(e) => Some((i, id, e)),
+            }
+        })
+        .expect("the disk never filled");
+    let full = error
+        .io_error()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull);
+    assert!(full, "{error:?}");
+    // What sled serves, the catalog in memory serves too (brands shown by
+    // their first 4 characters: which write they came from).
+    let short = |b: Option<String>| b.map(|b| b[..4].to_string());
+    let stored = db.get(&id).unwrap().map(|p| short(p.attributes.brand));
+    let in_memory = db.attributes(&id).map(|a| short(a.brand));
+    assert_eq!(in_memory, stored, "after {error}");
+    let listed = db.ids_matching(&Filter::new()).contains(&id);
+    assert_eq!(listed, stored.is_some());
+    // A retry of a write sled may have taken (or any write that would
+    // change nothing) is refused like every other.
+    let retry = db.set_in_stock("first", true).unwrap_err();
+    assert!(retry.needs_restart(), "{retry:?}");
+    let reached = stored == Some(short(Some(brand(i))));
+    println!("FAILED ON {id} ({error}); sled took it: {reached}");
+}
+
+#[test]
+fn a_write_whose_flush_fails_leaves_memory_as_sled_serves_it() {
+    for mode in ["insert", "update"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "child_fills_the_disk_under_a_db",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, dir.path())
+        .env(CHILD_MODE, mode);
+        let Some(child) = tmpfs::spawn_on_tmpfs(cmd, dir.path(), c"size=16m") else {
+            return;
+        };
+        let (status, stdout, stderr) = tmpfs::wait_bounded(child, Duration::from_secs(120));
+        assert!(
+            status.success() && stdout.contains("FAILED ON"),
+            "{mode}: {status}\n{stdout}\n{stderr}"
+        );
+        eprintln!(
+            "{mode}: {}",
+            stdout.lines().find(|l| l.contains("FAILED ON")).unwrap()
+        );
+    }
+}
