@@ -211,9 +211,15 @@ impl DbBuilder {
         self
     }
 
-    /// Whether spaces were declared ([`DbBuilder::vector_space`]).
-    pub(crate) fn declares_spaces(&self) -> bool {
-        !self.spaces.is_empty()
+    /// Whether spaces besides `these` were declared
+    /// ([`DbBuilder::vector_space`]).
+    pub(crate) fn declares_spaces_besides(&self, these: &[VectorSpace]) -> bool {
+        self.spaces.iter().any(|s| !these.contains(s))
+    }
+
+    /// Whether `space` is declared, with its size and metric.
+    pub(crate) fn declares(&self, space: &VectorSpace) -> bool {
+        self.spaces.contains(space)
     }
 
     /// Lets an existing database hold spaces besides the declared ones.

@@ -1595,6 +1595,26 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
         );
         assert_eq!(db.len(), 2);
     }
+    // The model's own spaces declared first (as `insert_image`'s example
+    // does) are declared once, in this database or a new one; the same
+    // name with another metric is refused.
+    let db = Db::builder()
+        .model_spaces(&model)
+        .open_with_model(dir.path(), &model)
+        .unwrap();
+    assert_eq!(db.len(), 2);
+    drop(db);
+    let fresh = tempfile::tempdir().unwrap();
+    Db::builder()
+        .model_spaces(&model)
+        .open_with_model(fresh.path(), &model)
+        .unwrap();
+    let embedding = &model.vector_spaces()[0];
+    let e = Db::builder()
+        .vector_space("embedding", embedding.dim, vitrine::Metric::InnerProduct)
+        .open_with_model(dir.path(), &model)
+        .expect_err("the model's space with another metric");
+    assert!(matches!(e, IngestError::Db(_)), "{e}");
     // A plain library database (the default 128-d space alone, the model's
     // embedding size) is still no model database: refused, and no model
     // is claimed in it.

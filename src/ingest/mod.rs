@@ -225,12 +225,17 @@ fn json_array(v: &[f32]) -> String {
 impl DbBuilder {
     /// Declares the vector spaces an image database needs for `model`
     /// ([`Model::vector_spaces`]): `embedding` (cosine) and `concept`
-    /// (inner product).
+    /// (inner product). Those already declared as the model needs them are
+    /// left as they are; one of the same name and another size or metric
+    /// makes the open fail.
     pub fn model_spaces(self, model: &Model) -> Self {
-        model
-            .vector_spaces()
-            .into_iter()
-            .fold(self, |b, s| b.vector_space(s.name, s.dim, s.metric))
+        model.vector_spaces().into_iter().fold(self, |b, s| {
+            if b.declares(&s) {
+                b
+            } else {
+                b.vector_space(s.name, s.dim, s.metric)
+            }
+        })
     }
 
     /// Opens (or creates) an image database for `model`: declares the
@@ -250,7 +255,7 @@ impl DbBuilder {
         // model's spaces (a plain library database) is still a mismatch,
         // found before the products are read.
         let dir = dir.as_ref();
-        let b = if self.declares_spaces() {
+        let b = if self.declares_spaces_besides(&model.vector_spaces()) {
             self
         } else {
             self.extra_stored_spaces_ok()
