@@ -118,11 +118,12 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
-    /// An error from the storage layer.
+    /// An error from the storage layer ([`StorageError`](crate::StorageError)).
     #[error(transparent)]
     Storage(vitrine_storage::Error),
-    /// An error from the index layer (an out-of-range setting or search
-    /// argument is [`Error::InvalidConfig`] instead).
+    /// An error from the index layer ([`IndexError`](crate::IndexError);
+    /// an out-of-range setting or search argument is
+    /// [`Error::InvalidConfig`] instead).
     #[error(transparent)]
     Index(vitrine_index::Error),
     /// An I/O error on a named file.

@@ -89,8 +89,11 @@ pub use vision::{
     decode_image, delta_e, prepare_image, prepare_rgb, srgb_to_lab, DecodeLimits, DecodedImage,
     Illumination, ImageError, PrepConfig, PreparedImage, WhiteBalance, AREA_SHRINK_MIN,
 };
-pub use vitrine_index::{HnswParams, Metric, Plan, PlanHint, PlannerConfig};
-pub use vitrine_storage::{Attributes, Durability};
+pub use vitrine_index::{
+    Error as IndexError, HnswParams, LoadError as IndexLoadError, Metric, Plan, PlanHint,
+    PlannerConfig, AUTO_GPU_MIN_WORK, GPU_MAX_K,
+};
+pub use vitrine_storage::{Attributes, Durability, Error as StorageError};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -95,7 +95,7 @@ pub struct SimilarTable {
     /// Back end that answered: [`Backend::Gpu`] only when the GPU answered
     /// every batch. One it could not take falls back to the CPU, with a log
     /// line; under `Auto`, a last batch below the GPU's threshold
-    /// ([`vitrine_index::AUTO_GPU_MIN_WORK`] row-queries) goes to the CPU
+    /// ([`AUTO_GPU_MIN_WORK`](crate::AUTO_GPU_MIN_WORK) row-queries) goes to the CPU
     /// too, logged only at debug level (`similar_all batch`), and makes
     /// this `Cpu`.
     pub backend: Backend,

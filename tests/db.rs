@@ -1948,3 +1948,26 @@ fn offset_pages_a_search() {
         5
     );
 }
+
+/// The layers' errors inside `vitrine::Error` can be named and matched
+/// from `vitrine` alone (the layer crates are not published).
+#[test]
+fn layer_errors_are_named_from_vitrine() {
+    let params = vitrine::HnswParams {
+        max_connections: 1_000,
+        ..Default::default()
+    };
+    let e: vitrine::IndexError = params.validate().unwrap_err();
+    assert!(e.to_string().contains("max_connections"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let _held = Db::open(dir.path()).unwrap();
+    let e = Db::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            vitrine::Error::Storage(vitrine::StorageError::Locked { .. })
+        ),
+        "{e:?}"
+    );
+    let _: (usize, u64) = (vitrine::GPU_MAX_K, vitrine::AUTO_GPU_MIN_WORK);
+}
