@@ -276,6 +276,7 @@ pub struct Product {
 
 /// What a similarity search is relative to.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum SimilarTo<'a> {
     /// "More like this": the stored vector of a product, which is itself left out.
     Id(&'a str),

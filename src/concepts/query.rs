@@ -348,6 +348,7 @@ pub struct Contribution {
 
 /// A query result.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct QueryHit {
     /// Product id.
     pub id: String,
@@ -362,6 +363,7 @@ pub struct QueryHit {
 
 /// Results of a concept query.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct QueryResults {
     /// Best first (in MMR order with `diverse`).
     pub hits: Vec<QueryHit>,

@@ -156,6 +156,7 @@ pub struct TagScore {
 
 /// Category and tags of an image.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Annotation {
     /// The most likely categories, best first.
     pub category: Vec<CategoryScore>,

@@ -52,6 +52,7 @@ const SUBSTITUTE_COLOUR_WEIGHT: f32 = 10.0;
 
 /// A new outfit created from a template by [`OutfitEngine::expand`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Expansion {
     /// The template's id.
     pub template: String,
@@ -193,6 +194,7 @@ impl CoverOptions {
 
 /// The result of [`OutfitEngine::cover`].
 #[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct CoverPlan {
     /// The planned outfits.
     pub outfits: Vec<Expansion>,
@@ -220,6 +222,7 @@ pub struct CoverPlan {
 
 /// One candidate of a substitution.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Substitute {
     /// The in-stock product.
     pub product: String,
@@ -242,6 +245,7 @@ pub struct Substitute {
 
 /// Substitutes for one out-of-stock item of an outfit.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Substitution {
     /// The slot (index into the outfit's slots).
     pub slot: usize,
@@ -256,6 +260,7 @@ pub struct Substitution {
 
 /// A candidate ranked by [`OutfitEngine::complete`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ScoredCandidate {
     /// The product.
     pub product: String,
