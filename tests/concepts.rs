@@ -1765,6 +1765,30 @@ mod parser_never_panics {
             prop_assert_eq!(vitrine::concept_key(&key), key);
         }
     }
+
+    /// `where` wanting two concepts of one exclusive group would find
+    /// nothing in any catalog (a product has one colour tag, one
+    /// category): refused, with the way to ask for either.
+    #[test]
+    fn where_refuses_two_concepts_of_an_exclusive_group() {
+        use vitrine::QueryErrorKind;
+        for q in [
+            "+colour.red where colour.red and colour.blue",
+            "+colour.red where category.shirts and in_stock and Category.Tops",
+        ] {
+            let e = ConceptQuery::parse(q, &vocab()).unwrap_err();
+            assert_eq!(e.kind, QueryErrorKind::Unexpected, "{q}: {e}");
+            assert!(e.message.contains("at most one"), "{q}: {e}");
+        }
+        for q in [
+            "+colour.red where colour.red and not colour.blue",
+            "+colour.red where colour.red and colour.red",
+            "+colour.red where category.shirts and colour.black",
+            "+colour.red +colour.blue",
+        ] {
+            assert!(ConceptQuery::parse(q, &vocab()).is_ok(), "{q}");
+        }
+    }
 }
 
 /// Import stores each product's measured colour (CIELAB); on the sample

@@ -176,7 +176,13 @@ pub enum LikeTarget {
 /// `where pattern.striped` keeps only those tagged striped. Products stored
 /// without model outputs carry no tags. So "striped shirts, but not red
 /// ones" is `+pattern.striped where category.shirts and not colour.red`:
-/// shirts only, none tagged red, the most striped first.
+/// shirts only, none tagged red, the most striped first. "Most striped"
+/// is the share of the product's pattern block that is striped (each
+/// group's block is L2-normalised), not the model's confidence: a product
+/// the model reads weakly in every pattern can still rank high. `and
+/// pattern.striped` keeps only those tagged striped. Two concepts of an
+/// exclusive group (colour, category) cannot both be wanted in `where`: a
+/// product has at most one.
 ///
 /// Inside quotes, `\` keeps the next character as it is (`"a \"b\""`,
 /// `"C:\\img"`).
@@ -278,9 +284,11 @@ impl ConceptQuery {
         self
     }
     /// Only hits whose score is at least `score` (fewer than the limit when
-    /// few are relevant: a single-concept score is the product's cosine with
-    /// the concept, so `+category.shirts min_score 0.5` keeps the products
-    /// that are mostly shirts).
+    /// few are relevant). A single-concept score is the product's cosine
+    /// with the concept: its share of the group's normalised block, not the
+    /// model's confidence (a product with p(shirts) = 0.1 and the rest
+    /// spread thin scores about 0.6 on `+category.shirts`). To keep the
+    /// confident ones, filter: `where category.shirts`.
     pub fn min_score(mut self, score: f32) -> Self {
         self.min_score = Some(score);
         self
@@ -543,6 +551,8 @@ struct Parser<'a> {
     toks: Vec<Token>,
     at: usize,
     vocab: &'a Vocabulary,
+    /// The concepts `where` wants, of exclusive groups.
+    exclusive_wanted: Vec<String>,
 }
 
 fn describe(t: &Tok) -> String {
@@ -572,6 +582,7 @@ impl<'a> Parser<'a> {
             toks: lex(text)?,
             at: 0,
             vocab,
+            exclusive_wanted: Vec::new(),
         })
     }
 
@@ -1010,6 +1021,33 @@ impl<'a> Parser<'a> {
                 format!("'{name}' cannot filter: the model tags no product with it"),
             )
             .hint(format!("rank by it instead: +{name} or -{name}")));
+        }
+        // A product is tagged with at most one concept of an exclusive
+        // group: wanting two finds nothing, whatever the catalog holds.
+        if wanted
+            && self
+                .vocab
+                .layout()
+                .group(group)
+                .is_some_and(|g| g.exclusive)
+        {
+            let prefix = format!("{group}.");
+            if let Some(other) = self
+                .exclusive_wanted
+                .iter()
+                .find(|c| c.starts_with(&prefix) && **c != name)
+            {
+                return Err(QueryError::new(
+                    QueryErrorKind::Unexpected,
+                    col,
+                    format!(
+                        "'{name}' and '{other}' cannot both hold: a product has at most one \
+                         {group}"
+                    ),
+                )
+                .hint("for 'either', run one query per concept"));
+            }
+            self.exclusive_wanted.push(name.clone());
         }
         Ok(if wanted {
             f.tagged(name)
