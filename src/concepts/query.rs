@@ -1329,16 +1329,10 @@ impl Db {
                             "'like image' needs the model: use Db::query_with_model".into(),
                         )
                     })?;
-                    // Its vector must compare with the stored ones.
-                    let stored = self.stored_model_fingerprint();
-                    if stored.as_deref() != Some(model.fingerprint()) {
-                        return Err(ConceptError::Ingest(Box::new(
-                            crate::IngestError::ModelMismatch {
-                                stored: stored.unwrap_or_else(|| "none".into()),
-                                model: model.fingerprint().to_string(),
-                            },
-                        )));
-                    }
+                    // Its vector must compare with the stored ones (and
+                    // still does after the search: checked again there).
+                    self.check_model_unchanged(model)
+                        .map_err(|e| ConceptError::Ingest(Box::new(e)))?;
                     let prep = self.prep_config()?;
                     let bytes = prep
                         .get_limits()
@@ -1440,6 +1434,10 @@ impl Db {
             None => limit,
         };
         let hits = self.concept_search(vocab, &qv, pool, &filter, None)?;
+        if let (Some((LikeTarget::Image(_), _)), Some(model)) = (&q.like, model) {
+            self.check_model_unchanged(model)
+                .map_err(|e| ConceptError::Ingest(Box::new(e)))?;
+        }
         let mut out = Vec::with_capacity(hits.len());
         let mut visual = Vec::with_capacity(hits.len());
         let vis = vocab

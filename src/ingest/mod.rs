@@ -632,7 +632,23 @@ impl Db {
         let s = Search::new(SimilarTo::Vector(&out.embedding), k)
             .space(EMBEDDING_SPACE)
             .filter(filter);
-        Ok(self.search(&s)?.hits)
+        let hits = self.search(&s)?.hits;
+        self.check_model_unchanged(model)?;
+        Ok(hits)
+    }
+
+    /// [`IngestError::ModelMismatch`] when the database's model is no
+    /// longer `model`: checked after a search by a vector `model` made,
+    /// which a switch since the check (a re-embedding's first image) would
+    /// have ranked among the other model's products, or found none.
+    pub(crate) fn check_model_unchanged(&self, model: &Model) -> Result<(), IngestError> {
+        match self.stored_model_fingerprint() {
+            Some(fp) if fp == model.fingerprint() => Ok(()),
+            stored => Err(IngestError::ModelMismatch {
+                stored: stored.unwrap_or_else(|| "none".into()),
+                model: model.fingerprint().to_string(),
+            }),
+        }
     }
 
     /// Category (top 5) and tags of an image, with the bundled model and
