@@ -1686,21 +1686,33 @@ impl Db {
     }
 
     /// Ids of the products that pass `filter`, sorted (from memory, no
-    /// storage reads).
+    /// storage reads). A product deleted while they are copied may be
+    /// left out.
     pub fn ids_matching(&self, filter: &Filter) -> Vec<String> {
-        let cat = read(&self.catalog);
-        let mut ids: Vec<String> = cat
-            .allowed(filter, &[])
-            .iter()
-            .filter_map(|doc| cat.by_doc.get(doc).map(|e| e.id.clone()))
-            .collect();
-        ids.sort_unstable();
-        ids
+        let docs = read(&self.catalog).allowed(filter, &[]);
+        self.sorted_ids_of(&docs)
     }
 
-    /// Ids of all products, sorted.
+    /// Ids of all products, sorted. A product deleted while they are
+    /// copied may be left out.
     pub fn ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = read(&self.catalog).by_id.keys().cloned().collect();
+        let docs: Vec<u64> = read(&self.catalog).by_doc.keys().copied().collect();
+        self.sorted_ids_of(&docs)
+    }
+
+    /// The ids of `docs` still stored, sorted. Copied [`COPY_CHUNK`] at a
+    /// time under the catalog's lock: a write waiting for it would hold
+    /// every search back for the whole copy of a large catalog.
+    fn sorted_ids_of(&self, docs: &[u64]) -> Vec<String> {
+        let mut ids = Vec::with_capacity(docs.len());
+        for chunk in docs.chunks(COPY_CHUNK) {
+            let cat = read(&self.catalog);
+            ids.extend(
+                chunk
+                    .iter()
+                    .filter_map(|d| cat.by_doc.get(d).map(|e| e.id.clone())),
+            );
+        }
         ids.sort_unstable();
         ids
     }
@@ -3178,6 +3190,20 @@ mod tests {
         let ids: Vec<&str> = sample.iter().map(|(id, _)| id.as_str()).collect();
         let every: Vec<&str> = want.iter().map(String::as_str).step_by(5).collect();
         assert_eq!(ids, every);
+        // Ids, all or filtered, copied in chunks: each once, sorted.
+        let all: Vec<String> = (0..50).map(|i| format!("p{i:02}")).collect();
+        assert_eq!(db.ids(), all);
+        db.delete("p20").unwrap();
+        let odd = |i: &usize| i % 2 == 1;
+        for i in (0..50).filter(odd) {
+            db.set_in_stock(&format!("p{i:02}"), false).unwrap();
+        }
+        let in_stock: Vec<String> = (0..50)
+            .filter(|i| !odd(i) && *i != 20)
+            .map(|i| format!("p{i:02}"))
+            .collect();
+        assert_eq!(db.ids_matching(&Filter::new().in_stock()), in_stock);
+        assert_eq!(db.ids().len(), 49);
     }
 
     /// Side records that were never written read as empty while writes are
