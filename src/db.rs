@@ -2052,6 +2052,13 @@ impl Db {
         // synced, then renamed: `dest` holds a whole backup or nothing.
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
         let parent = parent.unwrap_or(Path::new("."));
+        // The folders made here: each one's entry in its parent is synced
+        // with the backup, or a power loss can take the whole copy.
+        let created: Vec<PathBuf> = parent
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .map(Path::to_path_buf)
+            .collect();
         std::fs::create_dir_all(parent).map_err(callers_path_err(parent))?;
         // Checked again now that it exists: a path through a folder that
         // did not (`new/../db/copy`) resolves only now.
@@ -2079,7 +2086,13 @@ impl Db {
         let done = copy_dir(&self.dir, &partial, salvage_leftovers)
             .and_then(|()| sync_dir(&partial))
             .and_then(|()| std::fs::rename(&partial, dest).map_err(io_err(dest)))
-            .and_then(|()| sync_dir(parent));
+            .and_then(|()| sync_dir(parent))
+            .and_then(|()| {
+                created.iter().try_for_each(|made| {
+                    let above = made.parent().filter(|p| !p.as_os_str().is_empty());
+                    sync_dir(above.unwrap_or(Path::new(".")))
+                })
+            });
         if let Err(e) = done {
             // Half a copy is no backup (a full disk, say): remove it.
             let _ = std::fs::remove_dir_all(&partial);

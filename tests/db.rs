@@ -1971,3 +1971,55 @@ fn layer_errors_are_named_from_vitrine() {
     );
     let _: (usize, u64) = (vitrine::GPU_MAX_K, vitrine::AUTO_GPU_MIN_WORK);
 }
+
+/// A backup into folders that did not exist syncs each new folder's entry
+/// in its parent: otherwise a power loss after `backup` returned can take
+/// the new folders, and the whole copy with them. Watched with strace,
+/// where the machine has it (ptrace allowed).
+#[test]
+fn a_backup_syncs_the_folders_it_makes() {
+    const CHILD: &str = "VITRINE_TEST_BACKUP_SYNC_DIR";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        let dir = std::path::Path::new(&dir);
+        let db = open(&dir.join("db"));
+        db.insert("a", attrs(1), [(DEFAULT_SPACE, vector_for("a", DIM))])
+            .unwrap();
+        db.backup(dir.join("new").join("nested").join("copy"))
+            .unwrap();
+        return;
+    }
+    let strace_works = std::process::Command::new("strace")
+        .args(["-o", "/dev/null", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !strace_works {
+        eprintln!("skipped: strace is not installed or ptrace is not allowed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args(["a_backup_syncs_the_folders_it_makes", "--exact"])
+        .env(CHILD, dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    for folder in [dir.path().to_path_buf(), dir.path().join("new")] {
+        let synced = format!("<{}>", folder.canonicalize().unwrap().display());
+        assert!(
+            trace
+                .lines()
+                .any(|l| l.ends_with(&synced) || l.contains(&format!("{synced})"))),
+            "{} never synced:\n{trace}",
+            folder.display()
+        );
+    }
+}

@@ -564,6 +564,9 @@ fn undo_interrupted_swap(db: &std::path::Path) -> anyhow::Result<()> {
             std::fs::rename(&old, &sled).with_context(|| {
                 format!("cannot move {} back to {}", old.display(), sled.display())
             })?;
+            // On disk before the marker goes: a power loss must not keep
+            // the marker's removal and lose the move.
+            sync_dir(db).with_context(|| format!("cannot sync {}", db.display()))?;
             let _ = std::fs::remove_file(db.join(crate::SWAP_MARKER));
             println!(
                 "an earlier repair was interrupted: moved sled's files back from {}",
