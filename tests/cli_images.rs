@@ -1077,6 +1077,45 @@ fn query_command_prints_results_and_positioned_errors() {
             text(&out.stderr)
         );
     }
+    // Given twice, on either side of the subcommand, `--db` is refused:
+    // clap kept the last one, silently. So are values a flag would
+    // otherwise quietly move or drop.
+    let other = format!("--db={db}-other");
+    for cmd in [
+        &["outfit", "--db", db, "list", "--db", "other"][..],
+        &["product", "--db", db, "delete", "x", other.as_str()],
+        &["bench", "ingest", "--batch", "0,8"],
+        &["eval", "classify", "--batch", "128"],
+        &[
+            "eval",
+            "fitb",
+            "--products",
+            "p",
+            "--outfits",
+            "o",
+            "--questions",
+            "q",
+            "--all-methods",
+            "--method",
+            "visual",
+        ],
+        &[
+            "eval",
+            "outfits",
+            "--products",
+            "p",
+            "--outfits",
+            "o",
+            "--db",
+            "d",
+            "--palette",
+            "-1",
+        ],
+    ] {
+        let out = vitrine(cmd);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {}", text(&out.stderr));
+    }
+    assert!(vitrine(&["product", "--db", db, "get", "x"]).status.code() != Some(2));
     let out = vitrine(&["query", "--db", db, "profile", "list"]);
     assert!(
         !text(&out.stdout).contains("nobody"),

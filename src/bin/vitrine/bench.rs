@@ -69,8 +69,8 @@ pub enum BenchCommand {
         /// Use at most this many images.
         #[arg(long, default_value_t = 300)]
         n: usize,
-        /// Batch sizes.
-        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        /// Batch sizes, each 1 to 64.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32", value_parser = crate::import::batch_arg)]
         batch: Vec<usize>,
         /// Print one JSON object.
         #[arg(long)]
@@ -545,7 +545,6 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
 
     let mut rows = Vec::new();
     for &b in batches {
-        let b = b.clamp(1, 64);
         // Inference alone, one thread, batches of b.
         let t = Instant::now();
         for chunk in prepared.chunks(b) {

@@ -54,8 +54,8 @@ pub struct ClassifyArgs {
     /// for ordinary images.
     #[arg(long, default_value_t = PrepConfig::FPI_PIXEL_ASPECT, value_name = "RATIO", value_parser = crate::import::pixel_aspect_arg)]
     pub pixel_aspect: f64,
-    /// Images per inference batch.
-    #[arg(long, default_value_t = 32)]
+    /// Images per inference batch, 1 to 64.
+    #[arg(long, default_value_t = 32, value_parser = crate::import::batch_arg)]
     pub batch: usize,
 }
 
@@ -197,7 +197,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         .context("the model has no colour tag group")?;
 
     let prep = PrepConfig::catalog().pixel_aspect(args.pixel_aspect);
-    let outputs = infer_all(&model, &prep, &items, args.batch.clamp(1, 64))?;
+    let outputs = infer_all(&model, &prep, &items, args.batch)?;
     let figures = score(
         &items,
         &outputs,

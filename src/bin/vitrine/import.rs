@@ -85,6 +85,15 @@ pub fn pixel_aspect_arg(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Parses a batch size: the range [`vitrine::ImportOptions::batch_size`]
+/// takes (1..=64), refused outside it rather than quietly moved into it.
+pub fn batch_arg(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(b) if (1..=64).contains(&b) => Ok(b),
+        _ => Err(format!("must be a whole number within 1..=64, got {s}")),
+    }
+}
+
 impl PrepArgs {
     /// The preparation these flags ask for, `None` when none was given.
     pub fn given(&self) -> anyhow::Result<Option<vitrine::PrepConfig>> {

@@ -159,8 +159,14 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Repl(args) => repl::run(args),
         Command::Query(args) => repl::query(args),
-        Command::Outfit(args) => outfit::run(&required_db(args.db.clone(), "outfit"), args),
-        Command::Product(args) => product::run(&required_db(args.db.clone(), "product"), args),
+        Command::Outfit(args) => {
+            refuse_repeated_db("outfit");
+            outfit::run(&required_db(args.db.clone(), "outfit"), args)
+        }
+        Command::Product(args) => {
+            refuse_repeated_db("product");
+            product::run(&required_db(args.db.clone(), "product"), args)
+        }
     };
     if let Err(e) = result {
         if let Some(partial) = e.downcast_ref::<Partial>() {
@@ -169,6 +175,29 @@ fn main() {
         }
         eprintln!("error: {}", terminal_safe(&error_message(&e)));
         std::process::exit(1);
+    }
+}
+
+/// `--db` of `outfit` and `product` is global, and clap parses a global
+/// argument per level: given before and after the subcommand, the last
+/// one won, silently (`product --db prod delete x --db staging` deleted
+/// from staging). Refused here as clap refuses a flag given twice.
+fn refuse_repeated_db(subcommand: &str) {
+    let given = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .filter(|a| a == "--db" || a.as_encoded_bytes().starts_with(b"--db="))
+        .count();
+    if given > 1 {
+        let mut cli = Cli::command();
+        cli.build();
+        cli.find_subcommand_mut(subcommand)
+            .expect("a subcommand of the CLI")
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "the argument '--db <DB>' cannot be used multiple times",
+            )
+            .exit()
     }
 }
 

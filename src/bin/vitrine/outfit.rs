@@ -218,7 +218,7 @@ fn unit_interval(s: &str) -> Result<f32, String> {
     }
 }
 
-fn non_negative(s: &str) -> Result<f32, String> {
+pub(crate) fn non_negative(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
         _ => Err(format!("'{s}' is not a finite number >= 0")),

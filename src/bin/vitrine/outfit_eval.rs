@@ -47,8 +47,8 @@ pub struct FitbArgs {
     #[arg(long, default_value = "full")]
     pub method: String,
     /// Print the accuracy of every method (random, visual, rules, compat,
-    /// kernel, learned, full).
-    #[arg(long)]
+    /// kernel, learned, full); not with --method.
+    #[arg(long, conflicts_with = "method")]
     pub all_methods: bool,
     /// Use this product attribute as the retailer's colour group
     /// (`OutfitSettings::colour_attribute`, e.g. `des_agrup_color_eng`).
@@ -108,8 +108,9 @@ pub struct OutfitsEvalArgs {
     /// (comma-separated; each is one plan, reported with its baseline).
     #[arg(long, value_delimiter = ',', default_values_t = [10usize])]
     pub cover_per_template: Vec<usize>,
-    /// Palette weight of the expansions (`ExpandOptions::palette`).
-    #[arg(long, default_value_t = 2.0)]
+    /// Palette weight of the expansions (`ExpandOptions::palette`), a
+    /// finite number >= 0.
+    #[arg(long, default_value_t = 2.0, value_parser = crate::outfit::non_negative)]
     pub palette: f32,
 }
 
