@@ -1060,9 +1060,12 @@ fn gif_limits_apply_to_the_first_frame_not_only_the_screen() {
         "{e:?}"
     );
     // A frame within the limits goes on to the decoder (which finds the
-    // pixel data invalid), and an encoded GIF decodes.
-    let e = vitrine::decode_image(&gif_with_frame(8, 8), limits).unwrap_err();
-    assert!(matches!(e, ImageError::Decode { .. }), "{e:?}");
+    // pixel data invalid), a frame smaller than the screen too (the screen
+    // is the image), and an encoded GIF decodes.
+    for (w, h) in [(8, 8), (4, 4)] {
+        let e = vitrine::decode_image(&gif_with_frame(w, h), limits).unwrap_err();
+        assert!(matches!(e, ImageError::Decode { .. }), "{w}×{h}: {e:?}");
+    }
     let rgb = DynamicImage::ImageRgb8(RgbImage::from_pixel(20, 30, Rgb([200, 100, 50])));
     assert!(vitrine::decode_image(&encode(&rgb, ImageFormat::Gif), limits).is_ok());
 }

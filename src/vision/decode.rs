@@ -184,8 +184,9 @@ fn map_error(e: image::ImageError, limits: DecodeLimits, dims: (u32, u32)) -> Im
 /// composited onto white, the catalog background), turned upright as the
 /// EXIF orientation says, so the model sees what a viewer shows. (No image
 /// of the training data has an alpha channel or an orientation.) TIFF
-/// covers grey, RGB, RGBA and CMYK at 8 or 16 bits; palette, YCbCr and
-/// CMYK-with-alpha TIFFs are refused as undecodable.
+/// covers grey, RGB, RGBA and CMYK at 8 or 16 bits; palette, YCbCr,
+/// grey-with-alpha, CIELab and CMYK-with-alpha TIFFs are refused as
+/// undecodable.
 pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageError> {
     // The decoders are third-party code fed the caller's bytes; some have
     // panicked on malformed files. Such a panic is this file's error.
@@ -267,9 +268,10 @@ fn decode_checked(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageE
     limits.check(upright_w, upright_h, bpp.max(3))?;
     if format == Some(ImageFormat::Gif) {
         // The decoder holds the first frame whole, at its own size, which
-        // may exceed the logical screen `dimensions` reports.
+        // may exceed the logical screen `dimensions` reports (or cover
+        // only part of it: the screen, already checked, is then the size).
         if let Some((w, h)) = gif_first_frame(bytes) {
-            limits.check(w, h, 4)?;
+            limits.check(w.max(width), h.max(height), 4)?;
         }
     }
     let premultiplied = format == Some(ImageFormat::Tiff) && tiff_associated_alpha(bytes);

@@ -6,8 +6,8 @@
 //!
 //! 1. decode JPEG, PNG, WebP, GIF, BMP or TIFF to RGB u8 (upright) under explicit [`DecodeLimits`]
 //!    (grey and palette images are expanded, transparency is composited
-//!    onto white, 16-bit is scaled down; palette, YCbCr and
-//!    CMYK-with-alpha TIFFs are refused; [`decode_image`] alone);
+//!    onto white, 16-bit is scaled down; palette, YCbCr, grey-with-alpha,
+//!    CIELab and CMYK-with-alpha TIFFs are refused; [`decode_image`] alone);
 //! 2. estimate the background colour from a 4-pixel border band and test
 //!    whether it is plain;
 //! 3. on a plain background, find the product's box from a foreground mask
