@@ -788,11 +788,25 @@ fn open_catching_panics(config: &sled::Config) -> sled::Result<sled::Db> {
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "no message".to_owned());
-            Err(sled::Error::ReportableBug(format!(
-                "sled failed while recovering its log: {message}"
-            )))
+            Err(open_panic_error(&message))
         },
     )
+}
+
+/// The error of a panic in sled's open. One that unwrapped an OS error
+/// (its flusher thread refused: the process is at its thread limit) is
+/// that I/O error, not damage: a healthy store is not sent to `repair`.
+fn open_panic_error(message: &str) -> sled::Error {
+    let os_code = message
+        .split_once("Os { code: ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|code| code.parse::<i32>().ok());
+    match os_code {
+        Some(code) => sled::Error::Io(std::io::Error::from_raw_os_error(code)),
+        None => {
+            sled::Error::ReportableBug(format!("sled failed while recovering its log: {message}"))
+        }
+    }
 }
 
 fn check_format(db: &sled::Db, sled_dir: &Path) -> Result<()> {
@@ -1181,6 +1195,26 @@ mod tests {
         assert!(lock_busy(&sled_says(11))); // EWOULDBLOCK
         assert!(!lock_busy(&sled_says(37))); // ENOLCK: no lock manager
         assert!(!lock_busy(&std::io::Error::other("WouldBlock")));
+    }
+
+    /// A panic in sled's open that unwrapped an OS error (its flusher
+    /// thread refused, as std words it) is that I/O error; others are
+    /// damage, as before.
+    #[test]
+    fn an_open_panic_over_an_os_error_is_that_error() {
+        let refused = std::io::Error::from_raw_os_error(11);
+        let message = format!("called `Result::unwrap()` on an `Err` value: {refused:?}");
+        match open_panic_error(&message) {
+            sled::Error::Io(e) => assert_eq!(e.raw_os_error(), Some(11)),
+            other => panic!("{other:?}"),
+        }
+        let e = sled_open_error(Path::new("/db/sled"), open_panic_error(&message));
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        let damaged = open_panic_error("tried to serialize Uninitialized");
+        assert!(
+            matches!(damaged, sled::Error::ReportableBug(_)),
+            "{damaged:?}"
+        );
     }
 }
 
