@@ -14,12 +14,15 @@ const DIM: usize = 4;
 enum Op {
     Upsert(u64, [i8; DIM]),
     Remove(u64),
+    /// Save, then go on with the index loaded from the save.
+    Reload,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u64..24, prop::array::uniform4(-3i8..=3)).prop_map(|(d, v)| Op::Upsert(d, v)),
         2 => (0u64..24).prop_map(Op::Remove),
+        1 => Just(Op::Reload),
     ]
 }
 
@@ -60,8 +63,16 @@ proptest! {
     ) {
         let mut idx = SpaceIndex::new(DIM, Metric::InnerProduct, IndexConfig::default()).unwrap();
         let mut model: HashMap<u64, Vec<f32>> = HashMap::new();
-        for op in &ops {
+        let tmp = tempfile::tempdir().unwrap();
+        for (generation, op) in ops.iter().enumerate() {
             match op {
+                Op::Reload => {
+                    let dir = tmp.path().join("space");
+                    idx.save(&dir, generation as u64).unwrap();
+                    let flat = idx.flat().clone();
+                    idx = SpaceIndex::load(&dir, generation as u64, flat, IndexConfig::default())
+                        .unwrap();
+                }
                 Op::Upsert(d, v) => {
                     idx.upsert(*d, &vecf(v)).unwrap();
                     model.insert(*d, vecf(v));
@@ -84,12 +95,23 @@ proptest! {
             prop_assert_eq!(got.hits, model_search(&model, &q, k, a));
             // The graph may miss hits but never returns dead or disallowed docs.
             let g = idx.search(&q, &SearchOptions::new(k).with_plan(PlanHint::Graph), a).unwrap();
-            // As many as exist (a short graph answer falls back to a scan).
+            // As many as exist (a short graph answer falls back to a scan),
+            // each once, with its current vector's score, best first.
             prop_assert_eq!(g.hits.len(), model_search(&model, &q, k, a).len());
+            let all = model_search(&model, &q, usize::MAX, a);
             for h in &g.hits {
                 prop_assert!(model.contains_key(&h.doc));
                 prop_assert!(a.is_none_or(|a| a.contains(h.doc)));
+                let want = all.iter().find(|m| m.doc == h.doc).map(|m| m.score.to_bits());
+                prop_assert_eq!(Some(h.score.to_bits()), want, "doc {}", h.doc);
             }
+            let mut docs: Vec<u64> = g.hits.iter().map(|h| h.doc).collect();
+            docs.sort_unstable();
+            docs.dedup();
+            prop_assert_eq!(docs.len(), g.hits.len(), "a doc twice: {:?}", g.hits);
+            prop_assert!(g.hits.windows(2).all(|w| {
+                w[0].score.total_cmp(&w[1].score).then(w[1].doc.cmp(&w[0].doc)).is_gt()
+            }), "not best first: {:?}", g.hits);
         }
     }
 
