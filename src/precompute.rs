@@ -47,7 +47,8 @@ pub struct PrecomputeOptions {
     /// [`crate::DbBuilder::scorer`] choice (itself `Auto` by default: the GPU
     /// when built with `cuda`, present and worth it; every fallback is logged).
     pub scorer: Option<ScorerChoice>,
-    /// CPU threads (`0`: one per CPU).
+    /// CPU threads (`0`: one per CPU; at most 256, fewer when the process
+    /// cannot start as many).
     pub threads: usize,
     /// Products per scorer batch (`0`: chosen for the back end; at most
     /// 8,192, as memory grows with the batch times `k`).

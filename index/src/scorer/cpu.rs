@@ -11,7 +11,7 @@ use crate::search::Hit;
 
 /// Rows per work item: 256 rows of 128 floats are 128 KiB, cache-resident
 /// while every query of the batch passes over them.
-const BLOCK_ROWS: usize = 256;
+pub(crate) const BLOCK_ROWS: usize = 256;
 
 pub(crate) struct Job<'a> {
     pub rows: Rows<'a>,
@@ -57,10 +57,18 @@ fn scan_block(job: &Job<'_>, block: usize, acc: &mut [Collector]) {
     }
 }
 
-/// Exact top-k of every query. Call inside the scorer's thread pool.
-pub(crate) fn top_k(job: &Job<'_>) -> Vec<Vec<Hit>> {
+/// Exact top-k of every query: `parallel`, inside the scorer's thread
+/// pool; otherwise block after block in the caller's thread.
+pub(crate) fn top_k(job: &Job<'_>, parallel: bool) -> Vec<Vec<Hit>> {
     let blocks = job.rows.len().div_ceil(BLOCK_ROWS);
     let fresh = || -> Vec<Collector> { (0..job.count).map(|_| Collector::new(job.k)).collect() };
+    if !parallel {
+        let mut acc = fresh();
+        for block in 0..blocks {
+            scan_block(job, block, &mut acc);
+        }
+        return acc.into_iter().map(Collector::into_sorted).collect();
+    }
     let merged = (0..blocks)
         .into_par_iter()
         .fold(fresh, |mut acc, block| {

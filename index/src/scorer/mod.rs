@@ -65,6 +65,10 @@ pub const AUTO_GPU_MIN_WORK: u64 = 1 << 14;
 /// under [`ScorerChoice::Auto`], without an upload first.
 pub const GPU_MAX_K: usize = 2048;
 
+/// The most CPU threads a [`Scorer`] starts ([`ScorerOptions::threads`]
+/// above it is taken as this).
+pub const MAX_SCORER_THREADS: usize = 256;
+
 /// Which back end scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -135,7 +139,9 @@ type Result<T, E = ScorerError> = std::result::Result<T, E>;
 /// Settings of a [`Scorer`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScorerOptions {
-    /// CPU threads; `0` means one per available CPU.
+    /// CPU threads; `0` means one per available CPU. At most
+    /// [`MAX_SCORER_THREADS`], and fewer when the process cannot start as
+    /// many (none: one scan in the caller's thread).
     pub threads: usize,
     /// [`ScorerChoice::Auto`] uses the GPU from this many row-queries per call.
     pub auto_gpu_min_work: u64,
@@ -733,15 +739,26 @@ impl Scorer {
         } else {
             options.threads
         };
-        let pool = match rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("vitrine-scorer-{i}"))
-            .build()
-        {
-            Ok(p) => Some(Arc::new(p)),
-            Err(e) => {
-                tracing::warn!(error = %e, "scorer thread pool not created; using rayon's global pool");
-                None
+        // Fewer threads when the process cannot start as many (at its
+        // thread limit); none, and one scan in the caller's thread, when
+        // it cannot start one. Never rayon's global pool: started under the
+        // same shortage it panics, and stays broken for the whole process.
+        let mut want = threads.clamp(1, MAX_SCORER_THREADS);
+        let pool = loop {
+            match rayon::ThreadPoolBuilder::new()
+                .num_threads(want)
+                .thread_name(|i| format!("vitrine-scorer-{i}"))
+                .build()
+            {
+                Ok(p) => break Some(Arc::new(p)),
+                Err(e) if want > 1 => {
+                    tracing::warn!(error = %e, threads = want, "scorer thread pool not created; trying half as many");
+                    want /= 2;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "scorer thread pool not created; scoring in the caller's thread");
+                    break None;
+                }
             }
         };
         let scorer = Scorer {
@@ -855,6 +872,8 @@ impl Scorer {
         self.load(rows).top_k(batch)
     }
 
+    /// Runs `f` in the scorer's pool (in the caller's thread when there is
+    /// none: `f` must not use rayon then).
     fn run_cpu<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
             Some(p) => p.install(f),
@@ -961,7 +980,8 @@ impl<'a> LoadedRows<'a> {
         let queries = batch.prepared(self.rows.dim());
         let exclude = batch.sorted_exclusions();
         let job = self.job(batch, b, &queries, exclude.as_deref());
-        self.scorer.run_cpu(|| cpu::top_k(&job))
+        let parallel = self.scorer.pool.is_some();
+        self.scorer.run_cpu(|| cpu::top_k(&job, parallel))
     }
 
     #[cfg(not(feature = "cuda"))]
@@ -1084,5 +1104,26 @@ mod tests {
         m.set(128, true);
         assert!(m.get(128));
         assert_eq!(m.and(&RowMask::none(130)).count(), 0);
+    }
+
+    /// A scorer whose pool could not start scans in the caller's thread
+    /// (never rayon's global pool), block after block, to the same answer.
+    #[test]
+    fn a_scorer_without_a_pool_scans_in_the_callers_thread() {
+        let dim = 5;
+        let n = 3 * cpu::BLOCK_ROWS + 17;
+        let data: Vec<f32> = (0..n * dim)
+            .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5)
+            .collect();
+        let queries: Vec<f32> = data[..4 * dim].to_vec();
+        let rows = Rows::new(dim, &data).unwrap();
+        let batch = QueryBatch::new(&queries, 25);
+        let pooled = Scorer::cpu(3).top_k(rows, &batch).unwrap();
+        let mut alone = Scorer::cpu(3);
+        alone.pool = None;
+        let main = std::thread::current().id();
+        let got = alone.run_cpu(|| (std::thread::current().id(), ()));
+        assert_eq!(got.0, main);
+        assert_eq!(alone.top_k(rows, &batch).unwrap(), pooled);
     }
 }
