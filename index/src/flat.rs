@@ -140,13 +140,15 @@ impl FlatIndex {
         if k == 0 {
             return Vec::new();
         }
-        let threads = scan_threads(self.docs.len() * self.dim);
         // A filter keeping a good part of the rows (every product but the
         // query's own, say) is scanned in row order, in parallel: looking
         // its docs up one by one costs more than the rows it skips.
         let dense = allow.is_none_or(|a| a.len().saturating_mul(4) > self.docs.len());
-        if threads > 1 && dense {
-            return self.search_parallel(q, k, allow, threads);
+        if dense {
+            let helpers = ScanHelpers::reserve(scan_threads(self.docs.len() * self.dim) - 1);
+            if helpers.count > 0 {
+                return self.search_parallel(q, k, allow, helpers.count + 1);
+            }
         }
         match allow {
             // Small filter: visit only its rows.
@@ -306,11 +308,50 @@ fn scan_threads(work: usize) -> usize {
     if work < PARALLEL_SCAN_MIN_WORK {
         return 1;
     }
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+    cpus()
         .min(8)
         .min(work / (PARALLEL_SCAN_MIN_WORK / 4))
         .max(1)
+}
+
+/// Available CPUs, read once (std reads cgroup files for it on each call).
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Helper threads of parallel scans running now, in the whole process.
+static SCAN_HELPERS_BUSY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Helper threads a parallel scan holds: all scans of the process together
+/// hold at most one per CPU, so 32 concurrent searches of a large catalog
+/// do not start 224 threads on 16 cores (a scan that finds none free runs
+/// in its caller's thread alone). Released on drop.
+struct ScanHelpers {
+    count: usize,
+}
+
+impl ScanHelpers {
+    fn reserve(want: usize) -> ScanHelpers {
+        use std::sync::atomic::Ordering;
+        let cap = cpus();
+        let mut count = 0;
+        if want > 0 {
+            let _ = SCAN_HELPERS_BUSY.fetch_update(Ordering::AcqRel, Ordering::Acquire, |busy| {
+                count = want.min(cap.saturating_sub(busy));
+                (count > 0).then_some(busy + count)
+            });
+        }
+        ScanHelpers { count }
+    }
+}
+
+impl Drop for ScanHelpers {
+    fn drop(&mut self) {
+        if self.count > 0 {
+            SCAN_HELPERS_BUSY.fetch_sub(self.count, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -370,5 +411,21 @@ mod tests {
                 assert_eq!(par, top.into_sorted(), "k {k}");
             }
         }
+    }
+
+    /// Parallel scans of the whole process share one helper thread per
+    /// CPU: a scan that finds none free runs alone, and a finished scan
+    /// gives its helpers back. (No other test of this binary reserves any.)
+    #[test]
+    fn parallel_scans_share_one_helper_per_cpu() {
+        let cap = cpus();
+        let all = ScanHelpers::reserve(cap + 5);
+        assert_eq!(all.count, cap);
+        assert_eq!(ScanHelpers::reserve(3).count, 0);
+        assert_eq!(ScanHelpers::reserve(0).count, 0);
+        drop(all);
+        let some = ScanHelpers::reserve(2);
+        assert_eq!(some.count, cap.min(2));
+        assert_eq!(ScanHelpers::reserve(cap).count, cap - some.count);
     }
 }
