@@ -619,12 +619,39 @@ impl Store {
         // dropped: sled can hang in the flush of a dropped tree after an
         // I/O error (a full disk), and the caller removes the files anyway.
         let mut handles: Vec<sled::Tree> = Vec::new();
-        let copied = self.copy_readable(&out, &mut handles, &out_err);
-        if copied.is_err() {
-            std::mem::forget(handles);
-            std::mem::forget(out);
+        let report = match self.copy_readable(&out, &mut handles, &out_err) {
+            Ok(report) => report,
+            Err(e) => {
+                std::mem::forget(handles);
+                std::mem::forget(out);
+                return Err(e);
+            }
+        };
+        drop(handles);
+        drop(out);
+        // sled's generator only counts up, and a new store's starts at 0. A
+        // reopened store starts at its saved counter plus twice its persist
+        // interval: reopened once with an interval of about half the old
+        // store's next id, one id saves a counter past it, whatever the old
+        // store's history. (Counting up to it one id at a time took seconds
+        // per thousand opens of the old store, hours for a long-lived one.)
+        // The interval is a multiple of the default one, which later opens
+        // use: sled asserts that its saved counter is a multiple of theirs.
+        let next = self.generate_id()?;
+        let interval = next.div_ceil(2).div_ceil(SLED_IDGEN_INTERVAL).max(1) * SLED_IDGEN_INTERVAL;
+        let config = sled::Config::new()
+            .path(&dest_sled)
+            .idgen_persist_interval(interval);
+        let out = open_with_lock_retry(&config).map_err(|e| sled_open_error(&dest_sled, e))?;
+        let id = out.generate_id().map_err(out_err)?;
+        if id < next {
+            return Err(Error::StoreDamaged {
+                path: dest_sled.clone(),
+                reason: format!("the new store's id counter is {id}, behind {next}"),
+            });
         }
-        copied
+        out.flush().map_err(out_err)?;
+        Ok(report)
     }
 
     fn copy_readable(
@@ -692,9 +719,6 @@ impl Store {
                 }
             }
         }
-        // sled's generator only counts up: catch up with the old one.
-        let next = self.generate_id()?;
-        while out.generate_id().map_err(out_err)? < next {}
         out.flush().map_err(out_err)?;
         Ok(report)
     }
@@ -755,6 +779,10 @@ fn after(last: Option<&[u8]>) -> String {
         None => "(the first)".to_owned(),
     }
 }
+
+/// sled's default id persist interval, which every open but a salvage's
+/// uses.
+const SLED_IDGEN_INTERVAL: u64 = 1_000_000;
 
 /// How long `Store::open` waits for sled's file lock.
 const LOCK_WAIT: Duration = Duration::from_secs(2);

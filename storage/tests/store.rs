@@ -219,6 +219,47 @@ fn generate_id_is_monotonic_across_reopen() {
     assert!(store.generate_id().unwrap() > last);
 }
 
+/// A salvage carries the id counter over however far it has run: a store
+/// whose counter is near 2⁴⁰ (sled adds two million at each open, so a
+/// long-lived store gets there) is salvaged at once, and the copy's ids
+/// continue past the old ones, in the copy and after it is reopened.
+/// (Counting up one id at a time never ended.)
+#[test]
+fn a_salvage_carries_a_far_id_counter_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sled_dir = tmp.path().join("db").join("sled");
+    for _ in 0..2 {
+        // Reopened with a huge persist interval (a multiple of the default
+        // one, as sled needs), sled starts past twice it.
+        let db = sled::Config::new()
+            .path(&sled_dir)
+            .idgen_persist_interval(550_000_000_000)
+            .open()
+            .unwrap();
+        db.generate_id().unwrap();
+        db.flush().unwrap();
+    }
+    let (store, ks) = open(&tmp.path().join("db"));
+    ks.put(&key(1), &product(1)).unwrap();
+    let old = store.generate_id().unwrap();
+    assert!(old >= 1 << 40, "{old}");
+    let dest = tmp.path().join("salvaged");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let salvaged = store.salvage_into(&dest).map(|r| r.records);
+        let _ = tx.send((salvaged, store.generate_id().unwrap(), dest));
+    });
+    let (salvaged, old, dest) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the salvage did not end");
+    assert!(salvaged.unwrap() >= 1);
+    for _ in 0..2 {
+        let (fresh, copied) = open(&dest);
+        assert_eq!(copied.get(&key(1)).unwrap(), Some(product(1)));
+        assert!(fresh.generate_id().unwrap() > old);
+    }
+}
+
 #[test]
 fn immediate_writes_survive_abort_without_flush() {
     if let Some(dir) = std::env::var_os(CHILD_DIR) {
