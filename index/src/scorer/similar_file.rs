@@ -135,7 +135,8 @@ fn pid_and_count(rest: &[u8]) -> bool {
 /// line's reports, sheets and CSVs; checkpoints have their own): named
 /// `.NAME.tmp-PID-N`, unique to this call and created exclusively (never
 /// a link someone left under a fixed name, nor another writer's file).
-/// Leftovers of killed writes of `path` over a day old are removed first.
+/// Leftovers of killed writes of `path` over a day old are removed first
+/// (never a live writer's: the file is locked while it is open).
 pub fn create_temp_beside(path: &Path) -> std::io::Result<(std::path::PathBuf, File)> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -172,7 +173,10 @@ fn create_temp(
                         .and_then(|t| t.elapsed().ok())
                         .is_some_and(|age| age > STALE_TEMP)
             });
-        if stale {
+        // A writer holds its file locked until it renames it: a live write
+        // is never removed, whatever its age says (a clock stepped forward
+        // a day, a VM restored). A file system without locks sweeps by age.
+        if stale && !locked_by_a_writer(&entry.path()) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -190,11 +194,23 @@ fn create_temp(
             .create_new(true)
             .open(&tmp)
         {
-            Ok(file) => return Ok((tmp, file)),
+            Ok(file) => {
+                // Held while the file is open: see the sweep above.
+                let _ = fs2::FileExt::try_lock_exclusive(&file);
+                return Ok((tmp, file));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err((tmp, e)),
         }
     }
+}
+
+/// Whether a live writer holds the temporary file `path` (its lock).
+fn locked_by_a_writer(path: &Path) -> bool {
+    File::open(path).is_ok_and(|f| {
+        fs2::FileExt::try_lock_exclusive(&f)
+            .is_err_and(|e| e.kind() == fs2::lock_contended_error().kind())
+    })
 }
 
 /// Writes the file atomically (temporary file, fsync, rename, directory fsync).
@@ -705,5 +721,23 @@ mod tests {
             assert_eq!(fs::read(l).unwrap(), b"someone else's");
         }
         assert!(!killed.exists());
+    }
+
+    /// A live writer's temporary file is never swept, however old its
+    /// modification time says it is (a clock stepped forward a day): the
+    /// writer holds it locked until it lets go.
+    #[test]
+    fn a_live_writers_temporary_file_is_kept_whatever_its_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        let (live, file) = create_temp_beside(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - 2 * STALE_TEMP)
+            .unwrap();
+        let (other, _) = create_temp_beside(&path).unwrap();
+        assert!(live.exists(), "a live write was swept");
+        drop(file);
+        fs::remove_file(&other).unwrap();
+        let (_, _) = create_temp_beside(&path).unwrap();
+        assert!(!live.exists(), "a dead write was kept");
     }
 }
