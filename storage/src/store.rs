@@ -643,15 +643,19 @@ impl Store {
             .path(&dest_sled)
             .idgen_persist_interval(interval);
         let out = open_with_lock_retry(&config).map_err(|e| sled_open_error(&dest_sled, e))?;
-        let id = out.generate_id().map_err(out_err)?;
-        if id < next {
-            return Err(Error::StoreDamaged {
+        let counted = out.generate_id().and_then(|id| out.flush().map(|_| id));
+        match counted {
+            Ok(id) if id >= next => Ok(report),
+            Ok(id) => Err(Error::StoreDamaged {
                 path: dest_sled.clone(),
                 reason: format!("the new store's id counter is {id}, behind {next}"),
-            });
+            }),
+            Err(e) => {
+                // As after a failed copy: not dropped (see above).
+                std::mem::forget(out);
+                Err(out_err(e))
+            }
         }
-        out.flush().map_err(out_err)?;
-        Ok(report)
     }
 
     fn copy_readable(

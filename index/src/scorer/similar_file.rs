@@ -136,7 +136,8 @@ fn pid_and_count(rest: &[u8]) -> bool {
 /// `.NAME.tmp-PID-N`, unique to this call and created exclusively (never
 /// a link someone left under a fixed name, nor another writer's file).
 /// Leftovers of killed writes of `path` over a day old are removed first
-/// (never a live writer's: the file is locked while it is open).
+/// (never a live writer's: the file is locked while it is open; keep it
+/// open until the rename. On a file system without locks none is removed).
 pub fn create_temp_beside(path: &Path) -> std::io::Result<(std::path::PathBuf, File)> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -175,8 +176,8 @@ fn create_temp(
             });
         // A writer holds its file locked until it renames it: a live write
         // is never removed, whatever its age says (a clock stepped forward
-        // a day, a VM restored). A file system without locks sweeps by age.
-        if stale && !locked_by_a_writer(&entry.path()) {
+        // a day, a VM restored).
+        if stale && unlocked(&entry.path()) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -205,12 +206,17 @@ fn create_temp(
     }
 }
 
-/// Whether a live writer holds the temporary file `path` (its lock).
-fn locked_by_a_writer(path: &Path) -> bool {
-    File::open(path).is_ok_and(|f| {
-        fs2::FileExt::try_lock_exclusive(&f)
-            .is_err_and(|e| e.kind() == fs2::lock_contended_error().kind())
-    })
+/// Whether no writer holds the temporary file `path`: this process could
+/// lock it. Any doubt keeps the file (a file it cannot open, a file system
+/// without locks or one, like NFS, that locks only files open for writing):
+/// leftovers are then kept, never a live write removed.
+fn unlocked(path: &Path) -> bool {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .or_else(|_| File::open(path));
+    file.is_ok_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_ok())
 }
 
 /// Writes the file atomically (temporary file, fsync, rename, directory fsync).

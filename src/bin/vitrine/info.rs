@@ -792,24 +792,26 @@ pub(crate) fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// `bytes` in a new file beside `path`, synced: the first half of writing
-/// `path` whole through a rename (removed again on a failure).
+/// `path` whole through a rename (removed again on a failure). Keep the
+/// file open until the rename: it marks the write as live (see
+/// `vitrine_index::create_temp_beside`).
 pub(crate) fn synced_temp_beside(
     path: &std::path::Path,
     bytes: &[u8],
-) -> std::io::Result<std::path::PathBuf> {
+) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
     use std::io::Write;
     let (tmp, mut file) = vitrine_index::create_temp_beside(path)?;
     if let Err(e) = file.write_all(bytes).and_then(|()| file.sync_all()) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    Ok(tmp)
+    Ok((tmp, file))
 }
 
 /// Writes `path` whole or not at all: a synced file beside it, renamed over
 /// it, then its folder synced.
 pub(crate) fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = synced_temp_beside(path, bytes)?;
+    let (tmp, _live) = synced_temp_beside(path, bytes)?;
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);

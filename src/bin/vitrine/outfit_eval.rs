@@ -291,9 +291,10 @@ fn write_all_or_none_with(
     let mut temps = Vec::new();
     for (path, text) in files {
         match crate::info::synced_temp_beside(path, text.as_bytes()) {
-            Ok(tmp) => temps.push(tmp),
+            // Each file stays open until the renames are done.
+            Ok((tmp, live)) => temps.push((tmp, live)),
             Err(e) => {
-                for tmp in &temps {
+                for (tmp, _) in &temps {
                     let _ = std::fs::remove_file(tmp);
                 }
                 return Err(e).with_context(|| format!("cannot write beside {}", path.display()));
@@ -304,7 +305,7 @@ fn write_all_or_none_with(
     let mut done: Vec<(&PathBuf, Option<PathBuf>)> = Vec::new();
     let mut renamed = 0;
     let mut replace = || -> anyhow::Result<()> {
-        for ((path, _), tmp) in files.iter().zip(&temps) {
+        for ((path, _), (tmp, _)) in files.iter().zip(&temps) {
             let aside = if path.exists() {
                 let name = path.file_name().unwrap_or_default().to_string_lossy();
                 let aside = path.with_file_name(format!(".{name}.replaced-{}", std::process::id()));
@@ -324,7 +325,7 @@ fn write_all_or_none_with(
         Ok(())
     };
     let replaced = replace();
-    for tmp in &temps[renamed..] {
+    for (tmp, _) in &temps[renamed..] {
         let _ = std::fs::remove_file(tmp);
     }
     match replaced {
