@@ -2714,3 +2714,56 @@ fn a_query_page_ranks_from_its_offset() {
     }
     assert_eq!(page[0]["rank"], 3);
 }
+
+/// A `repair --rewrite --no-copy` that fails after its checkpoint began
+/// (here the index dumps cannot be saved: a file stands where their folder
+/// goes) puts sled's old files back and removes the checkpoint files it
+/// wrote: they were ahead of the old files, and every open refused the
+/// healthy database as one that had lost acknowledged writes.
+#[test]
+fn a_failed_rewrite_without_a_copy_leaves_the_database_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    let vector = |i: usize| -> Vec<f32> {
+        (0..16)
+            .map(|d| ((i * 31 + d * 7) % 97) as f32 + 1.0)
+            .collect()
+    };
+    {
+        let db = vitrine::Db::builder()
+            .vector_space("embedding", 16, vitrine::Metric::Cosine)
+            .open(&db_dir)
+            .unwrap();
+        for i in 0..50 {
+            db.insert(
+                &format!("p{i:02}"),
+                vitrine::Attributes::new(),
+                [("embedding", vector(i))],
+            )
+            .unwrap();
+        }
+    }
+    let index = db_dir.join("index");
+    std::fs::remove_dir_all(&index).unwrap();
+    std::fs::write(&index, b"not a folder").unwrap();
+    let out = vitrine(&[
+        "repair",
+        "--db",
+        db_dir.to_str().unwrap(),
+        "--rewrite",
+        "--no-copy",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("put sled's old files back"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::remove_file(&index).unwrap();
+    let db = vitrine::Db::open(&db_dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(db.len(), 50);
+    assert_eq!(
+        db.get("p07").unwrap().unwrap().vectors["embedding"],
+        vector(7)
+    );
+}

@@ -342,6 +342,9 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     // Any step that fails from here puts the folder back from the copy,
     // or without one, sled's old files back in place.
     let mut old_sled = None;
+    // The salvage moves storage past every checkpoint file: files the
+    // failed steps write are then ahead of sled's old files.
+    let checkpointed = checkpoint_generation(&db_dir);
     let rebuilt = (|| -> anyhow::Result<Db> {
         let (salvaged, old) = salvage(&db_dir, copy.is_some())?;
         old_sled = old;
@@ -389,6 +392,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                     )
                 })?;
                 let _ = std::fs::remove_file(&marker);
+                remove_checkpoints_after(&db_dir, checkpointed);
                 println!(
                     "put sled's old files back in place (the rewritten ones are in {})",
                     salvaged.display()
@@ -469,6 +473,33 @@ fn checkpoint_generation(db_dir: &std::path::Path) -> u64 {
         .filter_map(|b| vitrine_index::parse_index_header(&b).ok())
         .map(|h| h.generation);
     arenas.chain(dumps).max().unwrap_or(0)
+}
+
+/// Removes the checkpoint files (arenas, index dumps) of a generation past
+/// `generation`: written for storage that was then put back, they are
+/// ahead of it, and every open would refuse the database as one whose
+/// storage lost acknowledged writes. (They are a cache of storage: the
+/// next open rebuilds what they held.) Best effort.
+fn remove_checkpoints_after(db_dir: &std::path::Path, generation: u64) {
+    let entries = |dir: PathBuf| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    for arena in entries(db_dir.join("arena")) {
+        if vitrine_storage::Arena::open(&arena).is_ok_and(|a| a.generation() > generation) {
+            let _ = std::fs::remove_file(&arena);
+        }
+    }
+    for dump in entries(db_dir.join("index")) {
+        let ahead = std::fs::read(dump.join("index.vtx"))
+            .ok()
+            .and_then(|b| vitrine_index::parse_index_header(&b).ok())
+            .is_some_and(|h| h.generation > generation);
+        if ahead {
+            let _ = std::fs::remove_dir_all(&dump);
+        }
+    }
 }
 
 /// Products in the last checkpoint: the largest arena (one per space).
