@@ -231,11 +231,11 @@ fn a_salvage_carries_a_far_id_counter_over() {
     for _ in 0..2 {
         // Reopened with a huge persist interval (a multiple of the default
         // one, as sled needs), sled starts past twice it.
-        let db = sled::Config::new()
-            .path(&sled_dir)
-            .idgen_persist_interval(550_000_000_000)
-            .open()
-            .unwrap();
+        let db = raw_sled_with(
+            sled::Config::new()
+                .path(&sled_dir)
+                .idgen_persist_interval(550_000_000_000),
+        );
         db.generate_id().unwrap();
         db.flush().unwrap();
     }
@@ -437,9 +437,14 @@ fn iter_reports_damaged_records_and_continues() {
 /// sled opened directly, waiting (as `Store::open` does) while a child
 /// process another test forks still shares a dropped store's lock.
 fn raw_sled(dir: &std::path::Path) -> sled::Db {
+    raw_sled_with(sled::Config::new().path(dir))
+}
+
+/// [`raw_sled`] with a configuration of the caller's.
+fn raw_sled_with(config: sled::Config) -> sled::Db {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::open(dir) {
+        match config.open() {
             Ok(db) => return db,
             Err(e)
                 if e.to_string().contains("WouldBlock") && std::time::Instant::now() < deadline =>
@@ -825,7 +830,8 @@ fn immediate_writes_fsync_the_log_and_blob_files() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
+    // strace prints paths with their links resolved.
+    let db = dir.path().canonicalize().unwrap().join("db");
     let trace = dir.path().join("trace.txt");
     let out = Command::new("strace")
         .arg("-f")
