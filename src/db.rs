@@ -915,11 +915,7 @@ impl Db {
                             })
                     });
                     if let Some(evidence) = evidence {
-                        return Err(lost_writes(
-                            dir,
-                            &evidence,
-                            "storage holds no schema but checkpoint files exist".into(),
-                        ));
+                        return Err(storage_lost(dir, &evidence));
                     }
                 }
                 let spaces = if b.spaces.is_empty() {
@@ -2436,6 +2432,20 @@ fn lost_writes(dir: &Path, evidence: &Path, detail: String) -> Error {
             "{detail} ({}): the storage log is damaged and has lost acknowledged writes. \
              The checkpoint files were left as they are; restore the folder from a backup, \
              or open it with DbBuilder::accept_data_loss (`vitrine repair`) to keep what is left",
+            evidence.display()
+        ),
+    }
+}
+
+/// Storage that holds nothing, beside checkpoint files (at `evidence`):
+/// nothing is left to keep, so no repair.
+fn storage_lost(dir: &Path, evidence: &Path) -> Error {
+    Error::Corruption {
+        location: dir.join("sled").display().to_string(),
+        reason: format!(
+            "storage holds no schema but checkpoint files exist ({}): the storage log is \
+             lost. Nothing is left to repair; restore the folder from a backup, or move it \
+             away and import the catalog again",
             evidence.display()
         ),
     }
