@@ -2768,3 +2768,44 @@ fn a_failed_rewrite_without_a_copy_leaves_the_database_as_it_was() {
         vector(7)
     );
 }
+
+/// `repair --rewrite` of a healthy database that holds no product (every
+/// one deleted before a re-import) rewrites it, rather than refusing it as
+/// one whose storage lost everything.
+#[test]
+fn repair_rewrite_of_an_empty_healthy_database_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    {
+        let db = vitrine::Db::builder()
+            .vector_space("embedding", 4, vitrine::Metric::Cosine)
+            .open(&db_dir)
+            .unwrap();
+        db.insert(
+            "gone",
+            vitrine::Attributes::new(),
+            [("embedding", vec![1.0; 4])],
+        )
+        .unwrap();
+        db.delete("gone").unwrap();
+    }
+    let out = vitrine(&[
+        "repair",
+        "--db",
+        db_dir.to_str().unwrap(),
+        "--rewrite",
+        "--no-copy",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("rewritten: 0 products kept"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(vitrine::Db::open(&db_dir).unwrap().len(), 0);
+}

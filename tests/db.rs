@@ -1770,7 +1770,10 @@ fn an_emptied_storage_with_checkpoint_files_is_refused() {
                 assert!(!e.is_user_error());
                 // Not the repair a lost log gives nothing to.
                 let m = e.to_string();
-                assert!(m.contains("import the catalog again") && !m.contains("repair`"), "{m}");
+                assert!(
+                    m.contains("import the catalog again") && !m.contains("repair`"),
+                    "{m}"
+                );
             }
             Err(e) => panic!("expected Corruption, got {e}"),
             Ok(db) => panic!("opened with {} products", db.len()),

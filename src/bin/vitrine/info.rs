@@ -338,6 +338,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     };
     // Rewrite sled's files from what it can read: the damaged pages stay
     // behind, so later opens are clean.
+    let probed = db.len();
     drop(db);
     // Any step that fails from here puts the folder back from the copy,
     // or without one, sled's old files back in place.
@@ -355,7 +356,8 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             );
         }
         let db = open().context("cannot open it after the salvage")?;
-        if db.is_empty() {
+        // (A healthy database that holds no product rewrites as one.)
+        if db.is_empty() && (!clean_rewrite || probed > 0) {
             // Nothing readable was left (sled's log was emptied or lost): a
             // fresh, empty database in its place would only hide that.
             anyhow::bail!(
