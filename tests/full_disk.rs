@@ -96,6 +96,91 @@ fn child_fills_the_disk_under_a_db() {
     println!("FAILED ON {id} ({error}); sled took it: {reached}");
 }
 
+const CLI_CHILD_DIR: &str = "VITRINE_TEST_CLI_FULL_DISK_DIR";
+
+/// The child, on a fresh tmpfs: a model database of 600 products, the disk
+/// filled but for 1 MiB (the open takes some), then `vitrine import --update` of a CSV that
+/// gives each a 4 KiB brand. Prints the command's status and stderr.
+#[test]
+#[ignore = "the child process of the full-disk update test below, which runs it"]
+fn child_updates_on_a_full_disk() {
+    let Some(dir) = std::env::var_os(CLI_CHILD_DIR) else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let model = vitrine::Model::bundled().unwrap();
+    let db_dir = dir.join("db");
+    let n = 600;
+    {
+        let db = Db::builder().model_spaces(&model).open(&db_dir).unwrap();
+        let spaces = db.spaces();
+        for i in 0..n {
+            let vectors = spaces.iter().map(|s| {
+                let mut v = vec![0.0f32; s.dim];
+                v[i % s.dim] = 1.0;
+                (s.name.as_str(), v)
+            });
+            db.insert(&format!("p{i:03}"), Attributes::new(), vectors)
+                .unwrap();
+        }
+    }
+    let csv = dir.join("brands.csv");
+    let mut rows = String::from("id,path,brand\n");
+    for i in 0..n {
+        rows += &format!("p{i:03},,{}\n", brand(i));
+    }
+    std::fs::write(&csv, rows).unwrap();
+    let free = tmpfs::free_bytes(dir);
+    std::fs::write(dir.join("filler"), vec![0u8; (free - (1 << 20)) as usize]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args([
+            "import",
+            csv.to_str().unwrap(),
+            "--db",
+            db_dir.to_str().unwrap(),
+            "--update",
+        ])
+        .output()
+        .unwrap();
+    println!("STATUS {:?}", out.status.code());
+    println!("STDERR\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `import --update` on a disk that fills stops at the first row storage
+/// refuses, and says why once: it went on through every later row, each
+/// refused and reported as a failed row of its own.
+#[test]
+fn an_update_stops_when_the_disk_fills() {
+    if !Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(vitrine::BUNDLED_ONNX)
+        .is_file()
+    {
+        eprintln!("SKIPPED: the bundled model is absent");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_updates_on_a_full_disk",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CLI_CHILD_DIR, dir.path());
+    let Some(child) = tmpfs::spawn_on_tmpfs(cmd, dir.path(), c"size=32m") else {
+        return;
+    };
+    let (status, stdout, stderr) = tmpfs::wait_bounded(child, Duration::from_secs(300));
+    assert!(status.success(), "{status}\n{stdout}\n{stderr}");
+    assert!(stdout.contains("STATUS Some(1)"), "{stdout}");
+    assert!(stdout.contains("No space left"), "{stdout}");
+    assert!(stdout.contains("free space, then run"), "{stdout}");
+    let refused = stdout.matches("an I/O error earlier").count();
+    assert!(refused <= 1, "{refused} rows refused one by one:\n{stdout}");
+}
+
 #[test]
 fn a_write_whose_flush_fails_leaves_memory_as_sled_serves_it() {
     for mode in ["insert", "update"] {

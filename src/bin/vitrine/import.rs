@@ -1025,6 +1025,17 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                     },
                     Ok(true) => updated += 1,
                     Ok(false) => unchanged += 1,
+                    // Storage takes no more writes (a full disk): every
+                    // later row would fail the same way, as a row of its own.
+                    Err(e) if e.needs_restart() || e.io_error().is_some() => {
+                        updates_stopped = Some(format!(
+                            "{} (after {done} of {total} rows: the updates of those rows \
+                             are applied, no new product is imported; free space, then run \
+                             the same command again)",
+                            crate::error_message(&e.into())
+                        ));
+                        break;
+                    }
                     Err(e) => update_failures.push(format!(
                         "{}\t{}\tline {}: {}",
                         tsv_field(&row.id),
