@@ -410,7 +410,24 @@ fn sled_open_error(path: &Path, e: sled::Error) -> Error {
         sled::Error::Io(e) if lock_busy(&e) => Error::Locked {
             path: path.to_path_buf(),
         },
-        sled::Error::Io(source) => Error::io(path, source),
+        // Any other lock failure, said in words, not sled's `{:?}` of it.
+        sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => {
+            let os = os_code_in(&e.to_string()).map(std::io::Error::from_raw_os_error);
+            let why = os
+                .as_ref()
+                .map_or_else(|| e.to_string(), ToString::to_string);
+            Error::io(
+                path,
+                std::io::Error::new(
+                    os.map_or(e.kind(), |os| os.kind()),
+                    format!(
+                        "cannot lock sled's files: {why} (a file system without file locks, \
+                         such as NFS without a lock manager, cannot hold a database)"
+                    ),
+                ),
+            )
+        }
+        sled::Error::Io(source) => Error::io(path, readable(source)),
         other => Error::StoreDamaged {
             path: path.to_path_buf(),
             reason: damage_reason(&other),
@@ -825,15 +842,20 @@ fn open_catching_panics(config: &sled::Config) -> sled::Result<sled::Db> {
     )
 }
 
+/// The OS error code in a message that holds an `io::Error`'s `{:?}`
+/// (`… Os { code: 37, kind: …`).
+fn os_code_in(message: &str) -> Option<i32> {
+    message
+        .split_once("Os { code: ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|code| code.parse::<i32>().ok())
+}
+
 /// The error of a panic in sled's open. One that unwrapped an OS error
 /// (its flusher thread refused: the process is at its thread limit) is
 /// that I/O error, not damage: a healthy store is not sent to `repair`.
 fn open_panic_error(message: &str) -> sled::Error {
-    let os_code = message
-        .split_once("Os { code: ")
-        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|code| code.parse::<i32>().ok());
-    match os_code {
+    match os_code_in(message) {
         Some(code) => sled::Error::Io(std::io::Error::from_raw_os_error(code)),
         None => {
             sled::Error::ReportableBug(format!("sled failed while recovering its log: {message}"))
@@ -1227,6 +1249,12 @@ mod tests {
         assert!(lock_busy(&sled_says(11))); // EWOULDBLOCK
         assert!(!lock_busy(&sled_says(37))); // ENOLCK: no lock manager
         assert!(!lock_busy(&std::io::Error::other("WouldBlock")));
+        // A lock the file system cannot give is said in words.
+        let e = sled_open_error(Path::new("/db/sled"), sled::Error::Io(sled_says(37)));
+        let m = e.to_string();
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert!(m.contains("No locks available") && m.contains("NFS"), "{m}");
+        assert!(!m.contains("Os {"), "{m}");
     }
 
     /// A panic in sled's open that unwrapped an OS error (its flusher
