@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use vitrine::{Db, Filter, PrecomputeOptions, ScorerChoice};
 
@@ -66,7 +66,8 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
         } => {
             crate::existing_db(&db)?;
             // Before the scoring, which takes an hour at a million products.
-            vitrine::SimilarTable::check_destination(&out)?;
+            vitrine::SimilarTable::check_destination(&out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
             let db = Db::open(&db)?;
             // The concept space when products have vectors there (a
             // database filled by `insert` may have only embeddings).
@@ -90,7 +91,9 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
                 ..Default::default()
             };
             let table = db.precompute_similar(k, &Filter::new().in_stock(), &options)?;
-            table.write(&out)?;
+            table
+                .write(&out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!(
                 "{} products, k = {}, space {}, {:?} back end, {:.2} s -> {}",
                 table.ids.len(),
