@@ -2809,3 +2809,52 @@ fn repair_rewrite_of_an_empty_healthy_database_succeeds() {
     );
     assert_eq!(vitrine::Db::open(&db_dir).unwrap().len(), 0);
 }
+
+/// The same failure on a database an open refuses (its storage lost
+/// products the checkpoint holds) leaves it refused: the failed checkpoint
+/// replaced the old checkpoint files, and removing its own would leave no
+/// evidence, so the next open would serve what is left as if nothing were
+/// lost.
+#[test]
+fn a_failed_repair_without_a_copy_keeps_a_refused_database_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    let vector = |i: usize| -> Vec<f32> {
+        (0..16)
+            .map(|d| ((i * 31 + d * 7) % 97) as f32 + 1.0)
+            .collect()
+    };
+    let open = || {
+        vitrine::Db::builder()
+            .vector_space("embedding", 16, vitrine::Metric::Cosine)
+            .open(&db_dir)
+    };
+    let fill = |range: std::ops::Range<usize>| {
+        let db = open().unwrap();
+        for i in range {
+            db.insert(
+                &format!("p{i:02}"),
+                vitrine::Attributes::new(),
+                [("embedding", vector(i))],
+            )
+            .unwrap();
+        }
+        db.close().unwrap();
+    };
+    fill(0..60);
+    common::copy_tree(&db_dir.join("sled"), &dir.path().join("old-sled"));
+    fill(60..100);
+    std::fs::remove_dir_all(db_dir.join("sled")).unwrap();
+    common::copy_tree(&dir.path().join("old-sled"), &db_dir.join("sled"));
+    assert!(open().is_err(), "storage that lost 40 products opened");
+    let index = db_dir.join("index");
+    std::fs::remove_dir_all(&index).unwrap();
+    std::fs::write(&index, b"not a folder").unwrap();
+    let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap(), "--no-copy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    std::fs::remove_file(&index).unwrap();
+    match open() {
+        Err(e) => assert!(e.to_string().contains("lost acknowledged writes"), "{e}"),
+        Ok(db) => panic!("opened with {} products, the loss hidden", db.len()),
+    }
+}

@@ -141,10 +141,14 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     // A --rewrite of a database that reads cleanly (damage found is
     // repaired, and said, as without the flag).
     let mut clean_rewrite = false;
+    // Whether the probe opened: its checkpoint files then hold nothing an
+    // open needs (no evidence of lost writes), and a failed salvage's may go.
+    let mut probe_opened = false;
     // A probe: no checkpoint of its own (an open that rebuilds would
     // overwrite the one that tells what was lost).
     match Db::builder().checkpoint_on_drop(false).open(&args.db) {
         Ok(db) => {
+            probe_opened = true;
             // It opens; every record must read too (a page or a blob file
             // can be lost where the open does not look).
             let products = db.len();
@@ -374,6 +378,11 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
             if let Some(copy) = &copy {
                 restore_from_copy(&db_dir, copy);
             } else if let Some(old) = &old_sled {
+                // First, while the salvaged storage they match is in place
+                // (a kill from here on leaves files and storage that agree).
+                if probe_opened {
+                    remove_checkpoints_after(&db_dir, checkpointed);
+                }
                 let salvaged = free_name(&db_dir.join("sled"), "salvaged")?;
                 // The marker names the old files again while no `sled/` is
                 // there: a kill between the renames leaves them found (the
@@ -394,7 +403,6 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                     )
                 })?;
                 let _ = std::fs::remove_file(&marker);
-                remove_checkpoints_after(&db_dir, checkpointed);
                 println!(
                     "put sled's old files back in place (the rewritten ones are in {})",
                     salvaged.display()
@@ -478,10 +486,12 @@ fn checkpoint_generation(db_dir: &std::path::Path) -> u64 {
 }
 
 /// Removes the checkpoint files (arenas, index dumps) of a generation past
-/// `generation`: written for storage that was then put back, they are
+/// `generation`, before storage of an older one is put back: they would be
 /// ahead of it, and every open would refuse the database as one whose
-/// storage lost acknowledged writes. (They are a cache of storage: the
-/// next open rebuilds what they held.) Best effort.
+/// storage lost acknowledged writes. Only for a database that opened
+/// before: its checkpoint was a cache of storage, which the next open
+/// rebuilds (a failed checkpoint may have replaced the old files, so
+/// for one that did not open they stay, and it stays refused). Best effort.
 fn remove_checkpoints_after(db_dir: &std::path::Path, generation: u64) {
     let entries = |dir: PathBuf| -> Vec<PathBuf> {
         std::fs::read_dir(dir)
@@ -501,6 +511,9 @@ fn remove_checkpoints_after(db_dir: &std::path::Path, generation: u64) {
         if ahead {
             let _ = std::fs::remove_dir_all(&dump);
         }
+    }
+    for sub in ["arena", "index"] {
+        let _ = sync_dir(&db_dir.join(sub));
     }
 }
 
