@@ -1410,18 +1410,28 @@ impl Db {
     /// attributes, read under the writer lock, so that an edit made since
     /// the caller last read the product is kept. The vectors `rebuild`
     /// returns replace those of their spaces; the product's vectors in
-    /// other spaces are kept. Returns false when the product is gone
-    /// (deleted since).
+    /// other spaces are kept. [`Rewrite::Gone`] when the product is gone
+    /// (deleted since), or is another one than the document `doc` the
+    /// caller saw (deleted and stored again); [`Rewrite::Unwanted`] when
+    /// `wanted` says its current attributes need no rewrite.
     pub(crate) fn rewrite<N: Into<String>>(
         &self,
         id: &str,
+        doc: Option<u64>,
+        wanted: impl FnOnce(&Attributes) -> bool,
         rebuild: impl FnOnce(Attributes) -> (Attributes, Vec<(N, Vec<f32>)>),
-    ) -> Result<bool> {
+    ) -> Result<Rewrite> {
         check_id(id)?;
         let mut w = lock(&self.writer);
         let Some(record) = self.products.get(id.as_bytes())? else {
-            return Ok(false);
+            return Ok(Rewrite::Gone);
         };
+        if doc.is_some_and(|d| d != record.doc) {
+            return Ok(Rewrite::Gone);
+        }
+        if !wanted(&record.attrs) {
+            return Ok(Rewrite::Unwanted);
+        }
         let old_price = record.attrs.price;
         let (attrs, vectors) = rebuild(record.attrs);
         // As in update_attributes: a price stored before prices were
@@ -1440,7 +1450,12 @@ impl Db {
         // searches them).
         vectors.sort_by(|a, b| a.0.cmp(&b.0));
         self.write_product(&mut w, id, record.doc, attrs, vectors)?;
-        Ok(true)
+        Ok(Rewrite::Done)
+    }
+
+    /// The document of `id` in the catalog held in memory.
+    pub(crate) fn doc_of(&self, id: &str) -> Option<u64> {
+        read(&self.catalog).by_id.get(id).copied()
     }
 
     /// Writes a checked product under `doc`, then the catalog and indexes.
@@ -2977,6 +2992,16 @@ impl Db {
         });
         Ok(s)
     }
+}
+
+/// What [`Db::rewrite`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rewrite {
+    Done,
+    /// The product needed no rewrite.
+    Unwanted,
+    /// The product is gone, or another one stands under its id.
+    Gone,
 }
 
 /// Products a catalog walk reads under one hold of the read locks.

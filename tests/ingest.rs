@@ -2121,3 +2121,72 @@ fn an_import_stopped_by_its_flag_keeps_its_products_and_resumes() {
     assert_eq!((r.progress.stored, r.progress.skipped), (35, 5));
     assert_eq!(db.len(), 40);
 }
+
+/// Writes from other threads while a re-embedding runs (here from its
+/// progress callback, between two of its writes): a product stored again
+/// from a newer photo with the new model is left as it is (skipped), one
+/// deleted and stored again is another product and not overwritten, and an
+/// id the source lists as new but another writer stored meanwhile is
+/// skipped, not a failure.
+#[test]
+fn a_reembedding_leaves_what_other_writers_stored_meanwhile() {
+    let Some(model) = model() else { return };
+    let other = renamed_model();
+    let images = good_images(6);
+    let src = tempfile::tempdir().unwrap();
+    write_images(src.path(), &images[..5]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    let old = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new().model(model.clone()).prep(prep()),
+        )
+        .unwrap();
+    assert_eq!(old.progress.stored, 5);
+    // The source now lists a sixth image, new to the database.
+    write_images(src.path(), &images[5..]);
+    let id = |i: usize| images[i].0.clone();
+    let newer = &images[0].2;
+    let mut meanwhile = None;
+    let report = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(other.clone())
+                .prep(prep())
+                .reembed(true)
+                .progress(|p| {
+                    if meanwhile.is_some() || p.stored == 0 {
+                        return;
+                    }
+                    let store = |i: usize, replace: bool| {
+                        db.insert_image_with(
+                            &other,
+                            &prep(),
+                            &id(i),
+                            newer,
+                            Attributes::new(),
+                            replace,
+                        )
+                        .unwrap();
+                        db.get(&id(i)).unwrap().unwrap().vectors[vitrine::EMBEDDING_SPACE].clone()
+                    };
+                    let again = store(3, true);
+                    db.delete(&id(4)).unwrap();
+                    let recreated = store(4, false);
+                    let inserted = store(5, false);
+                    meanwhile = Some((again, recreated, inserted));
+                }),
+        )
+        .unwrap();
+    let (again, recreated, inserted) = meanwhile.expect("the callback ran");
+    let now = |i: usize| db.get(&id(i)).unwrap().unwrap().vectors[vitrine::EMBEDDING_SPACE].clone();
+    assert_eq!(now(3), again, "a newer photo's vectors were overwritten");
+    assert_eq!(now(4), recreated, "a product stored again was overwritten");
+    assert_eq!(now(5), inserted);
+    let failed: Vec<&str> = report.failures.iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(failed, [id(4).as_str()], "{:?}", report.failures);
+    assert_eq!(report.progress.skipped, 2, "{:?}", report.progress);
+    assert_eq!(report.progress.stored, 3, "{:?}", report.progress);
+}

@@ -369,8 +369,24 @@ struct Job {
     item: ImportItem,
     /// Whether it replaces a stored product's model outputs.
     replace: bool,
+    /// The stored product's document when the import listed it: another
+    /// product stored under the id since (deleted and stored again) is not
+    /// the one to replace.
+    doc: Option<u64>,
+    /// A re-embedding's replacement (not a refresh): not wanted once the
+    /// product is of the model (stored again meanwhile, from a newer photo).
+    only_of_another_model: bool,
     /// The product's measured colour (set by the prepare worker).
     colour: Option<[f32; 3]>,
+}
+
+/// What `store_output` did.
+enum Stored {
+    Written {
+        replaced: bool,
+    },
+    /// Stored meanwhile by another writer as the import would leave it.
+    Skipped,
 }
 
 enum Prepared {
@@ -511,7 +527,8 @@ impl Db {
         // given no preparation, prepare the catalog.
         let nothing = match &result {
             Ok(r) => r.progress.stored + r.progress.replaced == 0,
-            Err(_) => self.is_empty(),
+            // Taking it back keeps it while any image product is stored.
+            Err(_) => true,
         };
         match &replaced_prep {
             Some(previous) if nothing => self.take_back_prep(&prep, previous.as_ref()),
@@ -629,6 +646,8 @@ impl Db {
                     seq: jobs.len(),
                     item,
                     replace: false,
+                    doc: None,
+                    only_of_another_model: false,
                     colour: None,
                 }),
                 Some(p)
@@ -639,8 +658,10 @@ impl Db {
                 {
                     jobs.push(Job {
                         seq: jobs.len(),
+                        doc: self.doc_of(&item.id),
                         item,
                         replace: true,
+                        only_of_another_model: !refresh,
                         colour: None,
                     })
                 }
@@ -750,16 +771,17 @@ impl Db {
                             }
                             adopted = true;
                         }
-                        let r = self.store_output(model, &job, &out);
+                        let r = self.store_output(model, &job, &out, reembed);
                         (job, r)
                     }
                     Inferred::Failed(job, e) => (job, Err(e)),
                 };
                 match result {
-                    Ok(()) => {
+                    Ok(Stored::Written { replaced }) => {
                         report.progress.stored += 1;
-                        report.progress.replaced += usize::from(job.replace);
+                        report.progress.replaced += usize::from(replaced);
                     }
+                    Ok(Stored::Skipped) => report.progress.skipped += 1,
                     // Every later item would fail the same way: stop
                     // (leaving the loop drops the channel, so the workers
                     // stop too) instead of decoding the rest for nothing.
@@ -817,7 +839,13 @@ impl Db {
         Ok(report)
     }
 
-    fn store_output(&self, model: &Model, job: &Job, out: &ModelOutput) -> Result<(), IngestError> {
+    fn store_output(
+        &self,
+        model: &Model,
+        job: &Job,
+        out: &ModelOutput,
+        reembed: bool,
+    ) -> Result<Stored, IngestError> {
         // Where the image came from, for contact sheets and re-imports.
         let source = std::path::absolute(&job.item.path).unwrap_or_else(|_| job.item.path.clone());
         let with_source = |mut a: Attributes| {
@@ -827,36 +855,56 @@ impl Db {
             );
             a
         };
-        if job.replace {
-            // The attributes as they are now, not as the import listed
-            // them: an edit made during a long import is kept.
-            let found = self.write_outputs_of(model, || {
-                self.rewrite(&job.item.id, |mut attrs| {
-                    // A category the old image's model output filled in
-                    // follows the new output.
-                    super::forget_model_category(&mut attrs);
-                    let stored = self.image_record(model, out, with_source(attrs), job.colour);
-                    (stored.attributes, stored.vectors)
-                })
+        // The attributes as they are now, not as the import listed them:
+        // an edit made during a long import is kept.
+        let replace = |doc: Option<u64>, only_of_another_model: bool| {
+            let of_another_model = |a: &Attributes| {
+                a.extra.get(ATTR_MODEL).map(String::as_str) != Some(model.fingerprint())
+            };
+            let done = self.write_outputs_of(model, || {
+                self.rewrite(
+                    &job.item.id,
+                    doc,
+                    |a| !only_of_another_model || of_another_model(a),
+                    |mut attrs| {
+                        // A category the old image's model output filled
+                        // in follows the new output.
+                        super::forget_model_category(&mut attrs);
+                        let stored = self.image_record(model, out, with_source(attrs), job.colour);
+                        (stored.attributes, stored.vectors)
+                    },
+                )
             })??;
-            if !found {
+            match done {
+                crate::db::Rewrite::Done => Ok(Stored::Written { replaced: true }),
+                crate::db::Rewrite::Unwanted => Ok(Stored::Skipped),
                 // Deleted while the import ran: not brought back.
-                return Err(IngestError::Db(crate::Error::NotFound {
+                crate::db::Rewrite::Gone => Err(IngestError::Db(crate::Error::NotFound {
                     id: job.item.id.clone(),
-                }));
+                })),
             }
-        } else {
-            // As an image insert does: a category an earlier model filled
-            // in (the caller passing stored attributes back, into a new
-            // database) follows this model's output, not frozen as given.
-            let mut attrs = job.item.attributes.clone();
-            super::forget_model_category(&mut attrs);
-            let stored = self.image_record(model, out, with_source(attrs), job.colour);
-            self.write_outputs_of(model, || {
-                self.insert(&job.item.id, stored.attributes, stored.vectors)
-            })??;
+        };
+        if job.replace {
+            return replace(job.doc, job.only_of_another_model);
         }
-        Ok(())
+        // As an image insert does: a category an earlier model filled in
+        // (the caller passing stored attributes back, into a new database)
+        // follows this model's output, not frozen as given.
+        let mut attrs = job.item.attributes.clone();
+        super::forget_model_category(&mut attrs);
+        let stored = self.image_record(model, out, with_source(attrs), job.colour);
+        let inserted = self.write_outputs_of(model, || {
+            self.insert(&job.item.id, stored.attributes, stored.vectors)
+        })?;
+        match inserted {
+            Ok(()) => Ok(Stored::Written { replaced: false }),
+            // Stored by another writer since the import listed the id: as
+            // if it had been there then (skipped; a re-embedding replaces
+            // it if it is of another model).
+            Err(crate::Error::AlreadyExists { .. }) if reembed => replace(None, true),
+            Err(crate::Error::AlreadyExists { .. }) => Ok(Stored::Skipped),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
