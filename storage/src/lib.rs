@@ -5,8 +5,10 @@
 //! - The product data model ([`ProductRecord`], [`Attributes`]) and database
 //!   [`Meta`].
 //! - The vector arena ([`write_arena`], [`Arena`]): a checksummed,
-//!   memory-mapped snapshot of one vector space for exact scans and fast
-//!   index rebuilds. Sled stays the source of truth.
+//!   memory-mapped snapshot of one vector space, read once at open: the
+//!   witness that storage lost no acknowledged write, and a cross-check of
+//!   its vectors (searches use the index's memory). Sled stays the source
+//!   of truth.
 //!
 //! Damaged bytes never panic: they surface as [`Error::Corruption`],
 //! [`Error::UnknownRecordVersion`], [`Error::ArenaCorrupt`] or (sled's own

@@ -642,13 +642,6 @@ fn undo_interrupted_swap(db: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies what sled can read into fresh sled files, which replace the old
-/// ones (kept as `sled.before-salvage` when there is no copy of the folder);
-/// the index and arena files, made from the old ones, go. On an error the
-/// folder is as it was.
-/// After a failed first open: a store refused for its lock was not
-/// touched, and the copy goes; any other failure may come after sled
-/// recovered (and cut its log), so the folder is put back from the copy.
 /// Whether the database's storage opens but holds no schema record.
 fn storage_has_no_schema(db_dir: &std::path::Path) -> bool {
     let Ok(store) = vitrine_storage::Store::open(db_dir, vitrine_storage::StoreOptions::default())
@@ -661,6 +654,9 @@ fn storage_has_no_schema(db_dir: &std::path::Path) -> bool {
         .is_ok_and(|m| m.is_none())
 }
 
+/// After a failed first open: a store refused for its lock was not
+/// touched, and the copy goes; any other failure may come after sled
+/// recovered (and cut its log), so the folder is put back from the copy.
 fn drop_or_restore_copy(
     db_dir: &std::path::Path,
     copy: Option<&std::path::Path>,

@@ -1,5 +1,6 @@
 //! The vector arena: one file per vector space holding every vector
-//! contiguously, for exact scans and fast index rebuilds.
+//! contiguously, read once at open to check storage against (lost writes,
+//! vectors that differ) and to fill the index's memory.
 //!
 //! Sled is the source of truth; an arena is a snapshot tagged with the index
 //! generation it matches, and can always be rebuilt.
