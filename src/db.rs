@@ -1411,8 +1411,9 @@ impl Db {
     /// the caller last read the product is kept. The vectors `rebuild`
     /// returns replace those of their spaces; the product's vectors in
     /// other spaces are kept. [`Rewrite::Gone`] when the product is gone
-    /// (deleted since), or is another one than the document `doc` the
-    /// caller saw (deleted and stored again); [`Rewrite::Unwanted`] when
+    /// (deleted since), [`Rewrite::Another`] when another one than the
+    /// document `doc` the caller saw stands under the id (deleted and
+    /// stored again); [`Rewrite::Unwanted`] when
     /// `wanted` says its current attributes need no rewrite.
     pub(crate) fn rewrite<N: Into<String>>(
         &self,
@@ -1427,7 +1428,7 @@ impl Db {
             return Ok(Rewrite::Gone);
         };
         if doc.is_some_and(|d| d != record.doc) {
-            return Ok(Rewrite::Gone);
+            return Ok(Rewrite::Another);
         }
         if !wanted(&record.attrs) {
             return Ok(Rewrite::Unwanted);
@@ -1451,11 +1452,6 @@ impl Db {
         vectors.sort_by(|a, b| a.0.cmp(&b.0));
         self.write_product(&mut w, id, record.doc, attrs, vectors)?;
         Ok(Rewrite::Done)
-    }
-
-    /// The document of `id` in the catalog held in memory.
-    pub(crate) fn doc_of(&self, id: &str) -> Option<u64> {
-        read(&self.catalog).by_id.get(id).copied()
     }
 
     /// Writes a checked product under `doc`, then the catalog and indexes.
@@ -1683,11 +1679,19 @@ impl Db {
 
     /// Reads a product from storage.
     pub fn get(&self, id: &str) -> Result<Option<Product>> {
+        Ok(self.get_with_doc(id)?.map(|(p, _)| p))
+    }
+
+    /// [`Db::get`], with the product's document from the same read.
+    pub(crate) fn get_with_doc(&self, id: &str) -> Result<Option<(Product, u64)>> {
         check_id(id)?;
-        Ok(self.products.get(id.as_bytes())?.map(|r| Product {
-            id: id.to_string(),
-            attributes: r.attrs,
-            vectors: r.vectors.into_iter().collect(),
+        Ok(self.products.get(id.as_bytes())?.map(|r| {
+            let product = Product {
+                id: id.to_string(),
+                attributes: r.attrs,
+                vectors: r.vectors.into_iter().collect(),
+            };
+            (product, r.doc)
         }))
     }
 
@@ -3000,8 +3004,10 @@ pub(crate) enum Rewrite {
     Done,
     /// The product needed no rewrite.
     Unwanted,
-    /// The product is gone, or another one stands under its id.
+    /// The product is gone.
     Gone,
+    /// Another product stands under its id (deleted and stored again).
+    Another,
 }
 
 /// Products a catalog walk reads under one hold of the read locks.

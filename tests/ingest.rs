@@ -2132,7 +2132,7 @@ fn an_import_stopped_by_its_flag_keeps_its_products_and_resumes() {
 fn a_reembedding_leaves_what_other_writers_stored_meanwhile() {
     let Some(model) = model() else { return };
     let other = renamed_model();
-    let images = good_images(6);
+    let images = good_images(7);
     let src = tempfile::tempdir().unwrap();
     write_images(src.path(), &images[..5]);
     let dir = tempfile::tempdir().unwrap();
@@ -2145,7 +2145,7 @@ fn a_reembedding_leaves_what_other_writers_stored_meanwhile() {
         .unwrap();
     assert_eq!(old.progress.stored, 5);
     // The source now lists a sixth image, new to the database.
-    write_images(src.path(), &images[5..]);
+    write_images(src.path(), &images[5..6]);
     let id = |i: usize| images[i].0.clone();
     let newer = &images[0].2;
     let mut meanwhile = None;
@@ -2187,6 +2187,48 @@ fn a_reembedding_leaves_what_other_writers_stored_meanwhile() {
     assert_eq!(now(5), inserted);
     let failed: Vec<&str> = report.failures.iter().map(|f| f.id.as_str()).collect();
     assert_eq!(failed, [id(4).as_str()], "{:?}", report.failures);
+    assert!(
+        matches!(
+            report.failures[0].error,
+            IngestError::StoredMeanwhile { .. }
+        ),
+        "{}",
+        report.failures[0].error
+    );
     assert_eq!(report.progress.skipped, 2, "{:?}", report.progress);
     assert_eq!(report.progress.stored, 3, "{:?}", report.progress);
+    // A refresh, which skips nothing listed, replaces an id listed as new
+    // that another writer stored meanwhile.
+    write_images(src.path(), &images[6..]);
+    let mut stored_meanwhile = None;
+    let report = db
+        .import(
+            ImportSource::Dir(src.path().to_path_buf()),
+            ImportOptions::new()
+                .model(other.clone())
+                .prep(prep())
+                .refresh(true)
+                .progress(|p| {
+                    if stored_meanwhile.is_none() && p.stored > 0 {
+                        db.insert_image_with(
+                            &other,
+                            &prep(),
+                            &id(6),
+                            newer,
+                            Attributes::new(),
+                            false,
+                        )
+                        .unwrap();
+                        stored_meanwhile = Some(now(6));
+                    }
+                }),
+        )
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.progress.skipped, 0, "{:?}", report.progress);
+    assert_ne!(
+        Some(now(6)),
+        stored_meanwhile,
+        "the listed image was not stored"
+    );
 }

@@ -527,8 +527,8 @@ impl Db {
         // given no preparation, prepare the catalog.
         let nothing = match &result {
             Ok(r) => r.progress.stored + r.progress.replaced == 0,
-            // Taking it back keeps it while any image product is stored.
-            Err(_) => true,
+            // Some may have been stored before it failed.
+            Err(_) => !self.any_product_has(ATTR_MODEL),
         };
         match &replaced_prep {
             Some(previous) if nothing => self.take_back_prep(&prep, previous.as_ref()),
@@ -623,7 +623,7 @@ impl Db {
                 });
                 continue;
             }
-            let existing = match self.get(&item.id) {
+            let existing = match self.get_with_doc(&item.id) {
                 Ok(p) => p,
                 Err(e) => {
                     report.failures.push(ImportFailure {
@@ -650,7 +650,7 @@ impl Db {
                     only_of_another_model: false,
                     colour: None,
                 }),
-                Some(p)
+                Some((p, doc))
                     if refresh
                         || reembed
                             && p.attributes.extra.get(ATTR_MODEL).map(String::as_str)
@@ -658,7 +658,7 @@ impl Db {
                 {
                     jobs.push(Job {
                         seq: jobs.len(),
-                        doc: self.doc_of(&item.id),
+                        doc: Some(doc),
                         item,
                         replace: true,
                         only_of_another_model: !refresh,
@@ -771,7 +771,7 @@ impl Db {
                             }
                             adopted = true;
                         }
-                        let r = self.store_output(model, &job, &out, reembed);
+                        let r = self.store_output(model, &job, &out, reembed || refresh, refresh);
                         (job, r)
                     }
                     Inferred::Failed(job, e) => (job, Err(e)),
@@ -844,7 +844,8 @@ impl Db {
         model: &Model,
         job: &Job,
         out: &ModelOutput,
-        reembed: bool,
+        replacing: bool,
+        refresh: bool,
     ) -> Result<Stored, IngestError> {
         // Where the image came from, for contact sheets and re-imports.
         let source = std::path::absolute(&job.item.path).unwrap_or_else(|_| job.item.path.clone());
@@ -882,6 +883,9 @@ impl Db {
                 crate::db::Rewrite::Gone => Err(IngestError::Db(crate::Error::NotFound {
                     id: job.item.id.clone(),
                 })),
+                crate::db::Rewrite::Another => Err(IngestError::StoredMeanwhile {
+                    id: job.item.id.clone(),
+                }),
             }
         };
         if job.replace {
@@ -899,9 +903,9 @@ impl Db {
         match inserted {
             Ok(()) => Ok(Stored::Written { replaced: false }),
             // Stored by another writer since the import listed the id: as
-            // if it had been there then (skipped; a re-embedding replaces
-            // it if it is of another model).
-            Err(crate::Error::AlreadyExists { .. }) if reembed => replace(None, true),
+            // if it had been there then (skipped; a refresh replaces it, a
+            // re-embedding if it is of another model).
+            Err(crate::Error::AlreadyExists { .. }) if replacing => replace(None, !refresh),
             Err(crate::Error::AlreadyExists { .. }) => Ok(Stored::Skipped),
             Err(e) => Err(e.into()),
         }

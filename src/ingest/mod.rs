@@ -108,6 +108,17 @@ pub enum IngestError {
         /// The id.
         id: String,
     },
+    /// An import that replaces stored products found another product
+    /// under the id than the one it listed: deleted and stored again by
+    /// another writer while it ran. That one is left as it is.
+    #[error(
+        "product '{id}' was deleted and stored again by another writer during the import; \
+         not overwritten"
+    )]
+    StoredMeanwhile {
+        /// The id.
+        id: String,
+    },
     /// A folder import met a file whose name is not UTF-8, so it cannot be
     /// a product id.
     #[error(
@@ -160,6 +171,7 @@ impl IngestError {
             | IngestError::ModelMismatch { .. }
             | IngestError::ModelShape { .. }
             | IngestError::Internal { .. }
+            | IngestError::StoredMeanwhile { .. }
             | IngestError::Threads(_) => false,
             _ => true,
         }
