@@ -83,6 +83,8 @@ fn argmax(v: &[f32]) -> usize {
 
 /// Every product of the database with what the outfit engine uses.
 pub(crate) struct Catalog {
+    /// The database's model when the catalog was read.
+    pub model: Option<String>,
     pub layout: Layout,
     pub ids: Vec<String>,
     pub index: HashMap<String, usize>,
@@ -145,6 +147,7 @@ pub(crate) fn random_catalog(
         dim: families,
     };
     let mut cat = Catalog {
+        model: None,
         layout,
         ids: Vec::new(),
         index: HashMap::new(),
@@ -241,7 +244,24 @@ fn same_colour_threshold() -> f32 {
 }
 
 impl Catalog {
+    /// What outfits need of every product, and the model they are of. A
+    /// model switch while the catalog is read would pair one model's
+    /// layout with the other's vectors: read again (three tries; switches
+    /// are rare).
     pub fn load(db: &Db) -> OutfitResult<Catalog> {
+        let mut tries = 0;
+        loop {
+            let model = db.model_fingerprint();
+            let mut cat = Self::load_once(db)?;
+            tries += 1;
+            if tries == 3 || db.model_fingerprint() == model {
+                cat.model = model;
+                return Ok(cat);
+            }
+        }
+    }
+
+    fn load_once(db: &Db) -> OutfitResult<Catalog> {
         // No layout is no concept space; a damaged one is damage.
         let concepts = db.concept_layout().map_err(|e| match e {
             crate::ConceptError::Db(e) => OutfitError::Db(e),
@@ -258,6 +278,7 @@ impl Catalog {
         }
         let n = snap.len();
         let mut cat = Catalog {
+            model: None,
             ids: Vec::with_capacity(n),
             index: HashMap::with_capacity(n),
             in_stock: Vec::with_capacity(n),

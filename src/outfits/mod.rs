@@ -277,6 +277,13 @@ impl Db {
             // inserted with vectors only would pass for a deleted one. (A
             // database without a model stores outfits as plain lists.)
             if let Ok(None) = self.vector(crate::CONCEPT_SPACE, p) {
+                // Deleted since the read above: unknown, as before it.
+                if self.attributes(p).is_none() {
+                    return Err(OutfitError::UnknownProduct {
+                        outfit: id.to_string(),
+                        product: p.to_string(),
+                    });
+                }
                 return Err(OutfitError::NotAnImageProduct(p.to_string()));
             }
             slots.push(OutfitSlot {
@@ -455,12 +462,10 @@ impl Db {
     pub fn learn_outfit_rules(&self) -> OutfitResult<OutfitRules> {
         // One run at a time: the rules of the newest outfits are written last.
         let _learning = self.rule_learning_lock();
-        // The model first: a switch after it leaves vectors of another
-        // model in the snapshot, which the basis of the rules records.
-        let model = self.model_fingerprint();
         let outfits = self.outfits()?;
+        // The model its vectors are of, read with them.
         let cat = features::Catalog::load(self)?;
-        let rules = rules::learn(&cat, &outfits, model);
+        let rules = rules::learn(&cat, &outfits, cat.model.clone());
         self.side_keyspace::<OutfitRules>(RULES)?
             .put(RULES_KEY, &rules)?;
         Ok(rules)

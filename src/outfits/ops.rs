@@ -431,7 +431,8 @@ impl Db {
     /// ([`OutfitEngine::assume_sold_out`] updates stock in place).
     pub fn outfit_engine(&self) -> OutfitResult<OutfitEngine<'_>> {
         let cat = Catalog::load(self)?;
-        let model = self.model_fingerprint();
+        // The model the catalog's vectors are of (not the database's now).
+        let model = cat.model.clone();
         let stored = self.outfit_rules()?;
         let had_rules = stored.is_some();
         let rules = stored.filter(|r| {
@@ -493,15 +494,28 @@ impl Db {
                 && rules.colours == cat.colour_names
                 && rules.colour_attribute == cat.colour_attribute
                 && rules.dim() == cat.layout.dim
-                && rules.model == self.model_fingerprint()
+                && rules.model == cat.model
                 && rules.same_basis(&cat),
         ))
+    }
+
+    /// `call` on a fresh engine, and on another if a product was stored
+    /// after the first read the catalog (deleted and stored again while
+    /// it was read): that error is for an engine a caller keeps.
+    fn on_fresh_engine<T>(
+        &self,
+        call: impl Fn(&OutfitEngine<'_>) -> OutfitResult<T>,
+    ) -> OutfitResult<T> {
+        match call(&self.outfit_engine()?) {
+            Err(OutfitError::NotInSnapshot(_)) => call(&self.outfit_engine()?),
+            r => r,
+        }
     }
 
     /// [`OutfitEngine::substitute`] on a fresh engine (see
     /// [`Db::outfit_engine`] for many calls).
     pub fn substitute(&self, outfit: &str, k: usize) -> OutfitResult<Vec<Substitution>> {
-        self.outfit_engine()?.substitute(outfit, k)
+        self.on_fresh_engine(|e| e.substitute(outfit, k))
     }
 
     /// [`OutfitEngine::expand`] on a fresh engine (see
@@ -512,7 +526,7 @@ impl Db {
         n: usize,
         options: &ExpandOptions,
     ) -> OutfitResult<Vec<Expansion>> {
-        self.outfit_engine()?.expand(outfit, n, options)
+        self.on_fresh_engine(|e| e.expand(outfit, n, options))
     }
 
     /// [`OutfitEngine::cover`] on a fresh engine (see
@@ -522,7 +536,7 @@ impl Db {
         templates: &[S],
         options: &CoverOptions,
     ) -> OutfitResult<CoverPlan> {
-        self.outfit_engine()?.cover(templates, options)
+        self.on_fresh_engine(|e| e.cover(templates, options))
     }
 
     /// [`OutfitEngine::complete`] on a fresh engine (see
@@ -532,7 +546,7 @@ impl Db {
         given: &[S],
         candidates: &[T],
     ) -> OutfitResult<Vec<ScoredCandidate>> {
-        self.outfit_engine()?.complete(given, candidates)
+        self.on_fresh_engine(|e| e.complete(given, candidates))
     }
 }
 
