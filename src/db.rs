@@ -1427,11 +1427,12 @@ impl Db {
         let Some(record) = self.products.get(id.as_bytes())? else {
             return Ok(Rewrite::Gone);
         };
-        if doc.is_some_and(|d| d != record.doc) {
-            return Ok(Rewrite::Another);
-        }
+        // (Whichever product it is: one that needs nothing needs nothing.)
         if !wanted(&record.attrs) {
             return Ok(Rewrite::Unwanted);
+        }
+        if doc.is_some_and(|d| d != record.doc) {
+            return Ok(Rewrite::Another);
         }
         let old_price = record.attrs.price;
         let (attrs, vectors) = rebuild(record.attrs);

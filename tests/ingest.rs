@@ -2124,8 +2124,9 @@ fn an_import_stopped_by_its_flag_keeps_its_products_and_resumes() {
 
 /// Writes from other threads while a re-embedding runs (here from its
 /// progress callback, between two of its writes): a product stored again
-/// from a newer photo with the new model is left as it is (skipped), one
-/// deleted and stored again is another product and not overwritten, and an
+/// with the new model (from a newer photo, or deleted and stored again) is
+/// left as it is (skipped), one deleted and stored again without a model's
+/// outputs is another product, not overwritten (StoredMeanwhile), and an
 /// id the source lists as new but another writer stored meanwhile is
 /// skipped, not a failure.
 #[test]
@@ -2176,6 +2177,14 @@ fn a_reembedding_leaves_what_other_writers_stored_meanwhile() {
                     db.delete(&id(4)).unwrap();
                     let recreated = store(4, false);
                     let inserted = store(5, false);
+                    // Deleted and stored again with plain vectors (no
+                    // model's): another product, which the import leaves.
+                    db.delete(&id(2)).unwrap();
+                    let spaces = db.spaces();
+                    let plain = spaces
+                        .iter()
+                        .map(|s| (s.name.as_str(), vec![1.0f32; s.dim]));
+                    db.insert(&id(2), Attributes::new(), plain).unwrap();
                     meanwhile = Some((again, recreated, inserted));
                 }),
         )
@@ -2186,7 +2195,7 @@ fn a_reembedding_leaves_what_other_writers_stored_meanwhile() {
     assert_eq!(now(4), recreated, "a product stored again was overwritten");
     assert_eq!(now(5), inserted);
     let failed: Vec<&str> = report.failures.iter().map(|f| f.id.as_str()).collect();
-    assert_eq!(failed, [id(4).as_str()], "{:?}", report.failures);
+    assert_eq!(failed, [id(2).as_str()], "{:?}", report.failures);
     assert!(
         matches!(
             report.failures[0].error,
@@ -2195,8 +2204,9 @@ fn a_reembedding_leaves_what_other_writers_stored_meanwhile() {
         "{}",
         report.failures[0].error
     );
-    assert_eq!(report.progress.skipped, 2, "{:?}", report.progress);
-    assert_eq!(report.progress.stored, 3, "{:?}", report.progress);
+    assert!(report.failures[0].error.is_user_error());
+    assert_eq!(report.progress.skipped, 3, "{:?}", report.progress);
+    assert_eq!(report.progress.stored, 2, "{:?}", report.progress);
     // A refresh, which skips nothing listed, replaces an id listed as new
     // that another writer stored meanwhile.
     write_images(src.path(), &images[6..]);

@@ -658,7 +658,8 @@ impl Db {
                 {
                     jobs.push(Job {
                         seq: jobs.len(),
-                        doc: Some(doc),
+                        // A refresh replaces whatever stands under the id.
+                        doc: (!refresh).then_some(doc),
                         item,
                         replace: true,
                         only_of_another_model: !refresh,

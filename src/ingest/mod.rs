@@ -171,7 +171,6 @@ impl IngestError {
             | IngestError::ModelMismatch { .. }
             | IngestError::ModelShape { .. }
             | IngestError::Internal { .. }
-            | IngestError::StoredMeanwhile { .. }
             | IngestError::Threads(_) => false,
             _ => true,
         }
