@@ -2716,56 +2716,68 @@ fn a_query_page_ranks_from_its_offset() {
     assert_eq!(page[0]["rank"], 3);
 }
 
+/// Vector `i` of the small databases of the failed-repair tests.
+fn small_vector(i: usize) -> Vec<f32> {
+    (0..16)
+        .map(|d| ((i * 31 + d * 7) % 97) as f32 + 1.0)
+        .collect()
+}
+
+fn open_small(db_dir: &Path) -> vitrine::Result<vitrine::Db> {
+    vitrine::Db::builder()
+        .vector_space("embedding", 16, vitrine::Metric::Cosine)
+        .open(db_dir)
+}
+
+/// Stores products `p00`… of `range` and closes.
+fn fill_small(db_dir: &Path, range: std::ops::Range<usize>) {
+    let db = open_small(db_dir).unwrap();
+    for i in range {
+        db.insert(
+            &format!("p{i:02}"),
+            vitrine::Attributes::new(),
+            [("embedding", small_vector(i))],
+        )
+        .unwrap();
+    }
+    db.close().unwrap();
+}
+
+/// Runs `vitrine repair` with `args` while a file stands where the index
+/// dumps' folder goes (so its checkpoint fails after the first arena is
+/// written); expects it to fail, and takes the file away again.
+fn repair_failing_its_checkpoint(db_dir: &Path, args: &[&str]) -> Output {
+    let index = db_dir.join("index");
+    std::fs::remove_dir_all(&index).unwrap();
+    std::fs::write(&index, b"not a folder").unwrap();
+    let mut all = vec!["repair", "--db", db_dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = vitrine(&all);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    std::fs::remove_file(&index).unwrap();
+    out
+}
+
 /// A `repair --rewrite --no-copy` that fails after its checkpoint began
-/// (here the index dumps cannot be saved: a file stands where their folder
-/// goes) puts sled's old files back and removes the checkpoint files it
-/// wrote: they were ahead of the old files, and every open refused the
-/// healthy database as one that had lost acknowledged writes.
+/// puts sled's old files back and removes the checkpoint files it wrote:
+/// they were ahead of the old files, and every open refused the healthy
+/// database as one that had lost acknowledged writes.
 #[test]
 fn a_failed_rewrite_without_a_copy_leaves_the_database_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
     let db_dir = dir.path().join("db");
-    let vector = |i: usize| -> Vec<f32> {
-        (0..16)
-            .map(|d| ((i * 31 + d * 7) % 97) as f32 + 1.0)
-            .collect()
-    };
-    {
-        let db = vitrine::Db::builder()
-            .vector_space("embedding", 16, vitrine::Metric::Cosine)
-            .open(&db_dir)
-            .unwrap();
-        for i in 0..50 {
-            db.insert(
-                &format!("p{i:02}"),
-                vitrine::Attributes::new(),
-                [("embedding", vector(i))],
-            )
-            .unwrap();
-        }
-    }
-    let index = db_dir.join("index");
-    std::fs::remove_dir_all(&index).unwrap();
-    std::fs::write(&index, b"not a folder").unwrap();
-    let out = vitrine(&[
-        "repair",
-        "--db",
-        db_dir.to_str().unwrap(),
-        "--rewrite",
-        "--no-copy",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    fill_small(&db_dir, 0..50);
+    let out = repair_failing_its_checkpoint(&db_dir, &["--rewrite", "--no-copy"]);
     assert!(
         text(&out.stdout).contains("put sled's old files back"),
         "{}",
         text(&out.stdout)
     );
-    std::fs::remove_file(&index).unwrap();
-    let db = vitrine::Db::open(&db_dir).unwrap_or_else(|e| panic!("{e}"));
+    let db = open_small(&db_dir).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(db.len(), 50);
     assert_eq!(
         db.get("p07").unwrap().unwrap().vectors["embedding"],
-        vector(7)
+        small_vector(7)
     );
 }
 
@@ -2819,41 +2831,17 @@ fn repair_rewrite_of_an_empty_healthy_database_succeeds() {
 fn a_failed_repair_without_a_copy_keeps_a_refused_database_refused() {
     let dir = tempfile::tempdir().unwrap();
     let db_dir = dir.path().join("db");
-    let vector = |i: usize| -> Vec<f32> {
-        (0..16)
-            .map(|d| ((i * 31 + d * 7) % 97) as f32 + 1.0)
-            .collect()
-    };
-    let open = || {
-        vitrine::Db::builder()
-            .vector_space("embedding", 16, vitrine::Metric::Cosine)
-            .open(&db_dir)
-    };
-    let fill = |range: std::ops::Range<usize>| {
-        let db = open().unwrap();
-        for i in range {
-            db.insert(
-                &format!("p{i:02}"),
-                vitrine::Attributes::new(),
-                [("embedding", vector(i))],
-            )
-            .unwrap();
-        }
-        db.close().unwrap();
-    };
-    fill(0..60);
+    fill_small(&db_dir, 0..60);
     common::copy_tree(&db_dir.join("sled"), &dir.path().join("old-sled"));
-    fill(60..100);
+    fill_small(&db_dir, 60..100);
     std::fs::remove_dir_all(db_dir.join("sled")).unwrap();
     common::copy_tree(&dir.path().join("old-sled"), &db_dir.join("sled"));
-    assert!(open().is_err(), "storage that lost 40 products opened");
-    let index = db_dir.join("index");
-    std::fs::remove_dir_all(&index).unwrap();
-    std::fs::write(&index, b"not a folder").unwrap();
-    let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap(), "--no-copy"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    std::fs::remove_file(&index).unwrap();
-    match open() {
+    assert!(
+        open_small(&db_dir).is_err(),
+        "storage that lost 40 products opened"
+    );
+    repair_failing_its_checkpoint(&db_dir, &["--no-copy"]);
+    match open_small(&db_dir) {
         Err(e) => assert!(e.to_string().contains("lost acknowledged writes"), "{e}"),
         Ok(db) => panic!("opened with {} products, the loss hidden", db.len()),
     }

@@ -174,6 +174,15 @@ fn open_db(model: &Model, dir: &Path) -> Db {
     Db::builder().model_spaces(model).open(dir).unwrap()
 }
 
+/// Imports the folder `src` with `model` and the tests' preparation.
+fn import_folder(db: &Db, model: &Arc<Model>, src: &Path) -> vitrine::ImportReport {
+    db.import(
+        ImportSource::Dir(src.to_path_buf()),
+        ImportOptions::new().model(model.clone()).prep(prep()),
+    )
+    .unwrap()
+}
+
 fn infer(model: &Model, prep: &PrepConfig, bytes: &[u8]) -> Vec<f32> {
     let p = prepare_image(bytes, prep).unwrap();
     model.infer(&[p]).unwrap().pop().unwrap().embedding
@@ -1688,12 +1697,7 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     write_images(src.path(), &images);
     let dir = tempfile::tempdir().unwrap();
     let db = open_db(&model, dir.path());
-    let r = db
-        .import(
-            ImportSource::Dir(src.path().to_path_buf()),
-            ImportOptions::new().model(model.clone()).prep(prep()),
-        )
-        .unwrap();
+    let r = import_folder(&db, &model, src.path());
     assert_eq!(r.progress.stored, 6);
     let ids: Vec<&str> = images.iter().map(|(id, _, _)| id.as_str()).collect();
     db.define_tag("mine", &ids[..2], &ids[2..4], vitrine::TagMethod::Centroid)
@@ -2138,12 +2142,7 @@ fn a_reembedding_leaves_what_other_writers_stored_meanwhile() {
     write_images(src.path(), &images[..5]);
     let dir = tempfile::tempdir().unwrap();
     let db = open_db(&model, dir.path());
-    let old = db
-        .import(
-            ImportSource::Dir(src.path().to_path_buf()),
-            ImportOptions::new().model(model.clone()).prep(prep()),
-        )
-        .unwrap();
+    let old = import_folder(&db, &model, src.path());
     assert_eq!(old.progress.stored, 5);
     // The source now lists a sixth image, new to the database.
     write_images(src.path(), &images[5..6]);
