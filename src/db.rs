@@ -1385,6 +1385,9 @@ impl Db {
             Err(e) => return Err(e.into()),
         };
         if existing.is_some() && !replace {
+            // After a failed write sled may hold a product it may lose: a
+            // retry of its insert is refused, not told it is there.
+            self.store.check_writable()?;
             return Err(Error::AlreadyExists { id: id.into() });
         }
         // Only where ids are made: one an older build stored can still be
@@ -1580,6 +1583,9 @@ impl Db {
                     self.mark_dirty(&mut w)?;
                     return self.products.remove(id.as_bytes()).map_err(Into::into);
                 }
+                // A delete whose sync failed may be lost at the restart: its
+                // retry is refused, not told there was nothing to delete.
+                self.store.check_writable()?;
                 return Ok(false);
             }
         };

@@ -89,9 +89,23 @@ fn child_fills_the_disk_under_a_db() {
     let listed = db.ids_matching(&Filter::new()).contains(&id);
     assert_eq!(listed, stored.is_some());
     // A retry of a write sled may have taken (or any write that would
-    // change nothing) is refused like every other.
+    // change nothing) is refused like every other: a stock change, the
+    // insert that failed, a delete of what is gone.
     let retry = db.set_in_stock("first", true).unwrap_err();
     assert!(retry.needs_restart(), "{retry:?}");
+    if !update {
+        let again = db.insert(
+            &id,
+            Attributes::new().brand(brand(i)),
+            [("embedding", vector(i))],
+        );
+        assert!(
+            again.as_ref().is_err_and(|e| e.needs_restart()),
+            "{again:?}"
+        );
+    }
+    let gone = db.delete("never-stored");
+    assert!(gone.as_ref().is_err_and(|e| e.needs_restart()), "{gone:?}");
     let reached = stored == Some(short(Some(brand(i))));
     println!("FAILED ON {id} ({error}); sled took it: {reached}");
 }

@@ -36,7 +36,7 @@ pub struct ImportItem {
 pub enum ImportSource {
     /// Every `.jpg`, `.jpeg`, `.png`, `.webp`, `.gif`, `.bmp`, `.tif` and
     /// `.tiff` file directly in the folder (not in subfolders, not hidden),
-    /// in name order; the id is the file stem without spaces at either end
+    /// in name order; the id is the file stem without white space at either end
     /// (as a CSV's cells are read; a product an older build stored under
     /// the spaced stem keeps that id), the attributes are empty.
     /// An entry with such a name that is not a regular file, or whose name
