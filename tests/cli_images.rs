@@ -2492,12 +2492,21 @@ fn repair_rewrite_keeps_everything_and_gives_space_back() {
 fn interrupted(args: &[&str], delays: &[u64], reset: impl Fn()) -> Option<Output> {
     for &delay in delays {
         reset();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrine"));
+        cmd.args(args)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(std::process::Stdio::piped());
+        // Ctrl-C as a terminal gives it: a test run started in the
+        // background of a shell inherits SIGINT ignored, and the signal
+        // then went nowhere until the command's own handler was installed.
+        // SAFETY: only an async-signal-safe call between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay));
         let running = child.try_wait().unwrap().is_none();
         let signalled = std::time::Instant::now();
