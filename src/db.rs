@@ -1747,6 +1747,11 @@ impl Db {
     }
 
     /// Runs a [`Search`].
+    ///
+    /// A query vector of zeros is refused ([`Error::InvalidVector`]) in every
+    /// space: under cosine it has no direction, and under the inner product
+    /// it scores every product 0. So is "more like" a product whose vector
+    /// is zero.
     pub fn search(&self, s: &Search<'_>) -> Result<SearchResults> {
         let space = self.space(s.space.unwrap_or_else(|| self.default_space()))?;
         // The model's spaces hold another model's vectors for the products a
@@ -1783,6 +1788,20 @@ impl Db {
                 (v.to_vec(), Some(doc))
             }
         };
+        // Under the inner product a zero query scores every product 0: the
+        // hits would be arbitrary (cosine refuses zero vectors outright).
+        if space.spec.metric == Metric::InnerProduct && query.iter().all(|x| *x == 0.0) {
+            let whose = match s.to {
+                SimilarTo::Id(id) => format!("product '{id}' has a zero vector"),
+                SimilarTo::Vector(_) => "the query vector is zero".into(),
+            };
+            return Err(Error::InvalidVector {
+                space: space.spec.name.clone(),
+                reason: format!(
+                    "{whose}, which scores every product 0 under the inner product: nothing to rank by"
+                ),
+            });
+        }
         // The query product and the excluded ids are left out by their
         // documents: a filter of nothing else needs no walk of the catalog
         // ("more like this" excludes the product it starts from).

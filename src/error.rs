@@ -63,7 +63,8 @@ pub enum Error {
         /// The length given.
         found: usize,
     },
-    /// A vector had NaN or infinite components, or was zero under cosine.
+    /// A vector had NaN or infinite components, or was zero under cosine
+    /// (or, as a query, under the inner product).
     #[error("invalid vector for space '{space}': {reason}")]
     InvalidVector {
         /// The space.

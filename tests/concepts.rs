@@ -551,6 +551,15 @@ fn malformed_queries_are_typed_errors_with_positions() {
         s.db.run_query(&ConceptQuery::new().term("colour.rd", 1.0), None),
         Err(ConceptError::UnknownConcept { .. })
     ));
+    // Terms of weight 0 (a slider at zero) rank nothing; the error says so,
+    // not that a user tag has weight 0.
+    let zero = ConceptQuery::new()
+        .term("colour.red", 0.0)
+        .term("colour.blue", -0.0);
+    assert!(matches!(
+        s.db.run_query(&zero, None),
+        Err(ConceptError::NothingToRank(why)) if why.contains("every term of the query has weight 0")
+    ));
     // Unknown ids and profiles are typed errors at run time.
     assert!(matches!(
         s.db.query("like no-such-id"),

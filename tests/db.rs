@@ -401,6 +401,45 @@ fn similar_to_id_leaves_the_product_out() {
     assert_eq!(hits[0].id, "sku-3");
 }
 
+/// Under the inner product a zero vector may be stored (it scores 0
+/// against anything), but as a query it ranks nothing: refused, as cosine
+/// refuses it, instead of returning the first products stored.
+#[test]
+fn a_zero_query_under_the_inner_product_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .vector_space("dot", DIM, Metric::InnerProduct)
+        .open(dir.path())
+        .unwrap();
+    for i in 0..20 {
+        let id = format!("sku-{i}");
+        db.insert(&id, attrs(i), [("dot", vector_for(&id, DIM))])
+            .unwrap();
+    }
+    db.insert("zero", attrs(0), [("dot", vec![0.0; DIM])])
+        .unwrap();
+    let e = db
+        .similar(SimilarTo::Vector(&[0.0; DIM]), 5, &Filter::new())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidVector { ref space, .. } if space == "dot") && e.is_user_error(),
+        "{e}"
+    );
+    let e = db
+        .similar(SimilarTo::Id("zero"), 5, &Filter::new())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidVector { ref reason, .. } if reason.contains("'zero'")),
+        "{e}"
+    );
+    // Other queries still rank, the zero product among them (score 0).
+    let hits = db
+        .similar(SimilarTo::Id("sku-1"), 21, &Filter::new())
+        .unwrap();
+    assert_eq!(hits.len(), 20);
+    assert!(hits.iter().any(|h| h.id == "zero" && h.score == 0.0));
+}
+
 #[test]
 fn bad_input_is_a_typed_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -1408,6 +1408,8 @@ impl Db {
         if qv.iter().all(|x| *x == 0.0) {
             let why = if q.terms.is_empty() && q.like.is_none() {
                 "the query weighs no concept and no like (for example: find +colour.red limit 10)"
+            } else if q.like.is_none() && q.terms.iter().all(|(_, w)| *w == 0.0) {
+                "every term of the query has weight 0"
             } else {
                 // Terms that weigh nothing: user tags of weight 0, or a
                 // profile that cancels them.
