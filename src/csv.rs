@@ -40,6 +40,7 @@ impl fmt::Display for UnclosedQuote {
 impl std::error::Error for UnclosedQuote {}
 
 /// Parses a CSV text into records (see the module docs for the dialect).
+/// [`csv_records`] reads them one at a time.
 ///
 /// ```
 /// let text = "\u{feff}id,name\n1,\"Striped, slim\"\r\n\n2,\"two\nlines\"\n3,12\" sleeve\n";
@@ -53,79 +54,127 @@ impl std::error::Error for UnclosedQuote {}
 /// # Ok::<(), vitrine::UnclosedQuote>(())
 /// ```
 pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, UnclosedQuote> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut records = Vec::new();
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    // The line being read, where the current record started, and where the
-    // open quote (if any) started.
-    let (mut line, mut start) = (1, 1);
-    let mut quoted_since: Option<usize> = None;
-    // Whether the current field has had its quoted part, and whether it
-    // holds only spaces so far (kept, not rescanned: a long field with many
-    // quotes would take quadratic time).
-    let mut quoted_part = false;
-    let mut blank = true;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if quoted_since.is_some() {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    cur.push('"');
-                    chars.next();
-                }
-                '"' => quoted_since = None,
-                '\n' => {
-                    line += 1;
-                    cur.push(c);
-                }
-                _ => cur.push(c),
-            }
-            continue;
-        }
-        match c {
-            // A quote opens a field that holds nothing yet, or only the
-            // spaces of `a, "b,c"` (dropped).
-            '"' if !quoted_part && blank => {
-                cur.clear();
-                quoted_since = Some(line);
-                quoted_part = true;
-            }
-            ',' => {
-                fields.push(std::mem::take(&mut cur));
-                quoted_part = false;
-                blank = true;
-            }
-            '\r' if chars.peek() == Some(&'\n') => {}
-            '\n' => {
-                fields.push(std::mem::take(&mut cur));
-                end_record(&mut records, &mut fields, start);
-                line += 1;
-                start = line;
-                quoted_part = false;
-                blank = true;
-            }
-            _ => {
-                blank &= c == ' ';
-                cur.push(c);
-            }
-        }
-    }
-    if let Some(line) = quoted_since {
-        return Err(UnclosedQuote { line });
-    }
-    fields.push(cur);
-    end_record(&mut records, &mut fields, start);
-    Ok(records)
+    csv_records(text).collect()
 }
 
-/// Ends a record, skipping a blank line.
-fn end_record(records: &mut Vec<CsvRecord>, fields: &mut Vec<String>, line: usize) {
-    let fields = std::mem::take(fields);
-    if fields.len() == 1 && fields[0].trim().is_empty() {
-        return;
+/// The records of a CSV text, one at a time: a large file's rows can be
+/// checked and dropped as they are read, instead of all being held at once
+/// (a row of many empty cells takes many times its bytes as strings). An
+/// unclosed quote is the last item.
+///
+/// ```
+/// let mut records = vitrine::csv_records("id,name\n1,\"a\n2,b\n");
+/// assert_eq!(records.next().unwrap()?.fields, ["id", "name"]);
+/// assert_eq!(records.next().unwrap().unwrap_err().line, 2);
+/// assert!(records.next().is_none());
+/// # Ok::<(), vitrine::UnclosedQuote>(())
+/// ```
+pub fn csv_records(text: &str) -> CsvRecords<'_> {
+    CsvRecords {
+        chars: text
+            .strip_prefix('\u{feff}')
+            .unwrap_or(text)
+            .chars()
+            .peekable(),
+        line: 1,
+        width: 0,
+        done: false,
     }
-    records.push(CsvRecord { line, fields });
+}
+
+/// The iterator of [`csv_records`].
+#[derive(Debug, Clone)]
+pub struct CsvRecords<'a> {
+    chars: std::iter::Peekable<std::str::Chars<'a>>,
+    /// The line being read (1-based).
+    line: usize,
+    /// The previous record's field count: the next one's capacity, so that
+    /// rows of a file hold no spare slots.
+    width: usize,
+    done: bool,
+}
+
+impl Iterator for CsvRecords<'_> {
+    type Item = Result<CsvRecord, UnclosedQuote>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Each field is copied out at its exact length; this buffer is
+        // reused.
+        let mut cur = String::new();
+        while !self.done {
+            let start = self.line;
+            let mut fields = Vec::with_capacity(self.width);
+            cur.clear();
+            let mut quoted_since: Option<usize> = None;
+            // Whether the current field has had its quoted part, and whether
+            // it holds only spaces so far (kept, not rescanned: a long field
+            // with many quotes would take quadratic time).
+            let mut quoted_part = false;
+            let mut blank = true;
+            let mut ended = false;
+            while let Some(c) = self.chars.next() {
+                if quoted_since.is_some() {
+                    match c {
+                        '"' if self.chars.peek() == Some(&'"') => {
+                            cur.push('"');
+                            self.chars.next();
+                        }
+                        '"' => quoted_since = None,
+                        '\n' => {
+                            self.line += 1;
+                            cur.push(c);
+                        }
+                        _ => cur.push(c),
+                    }
+                    continue;
+                }
+                match c {
+                    // A quote opens a field that holds nothing yet, or only
+                    // the spaces of `a, "b,c"` (dropped).
+                    '"' if !quoted_part && blank => {
+                        cur.clear();
+                        quoted_since = Some(self.line);
+                        quoted_part = true;
+                    }
+                    ',' => {
+                        fields.push(cur.as_str().to_owned());
+                        cur.clear();
+                        quoted_part = false;
+                        blank = true;
+                    }
+                    '\r' if self.chars.peek() == Some(&'\n') => {}
+                    '\n' => {
+                        self.line += 1;
+                        ended = true;
+                        break;
+                    }
+                    _ => {
+                        blank &= c == ' ';
+                        cur.push(c);
+                    }
+                }
+            }
+            if !ended {
+                self.done = true;
+                if let Some(line) = quoted_since {
+                    return Some(Err(UnclosedQuote { line }));
+                }
+            }
+            fields.push(cur.as_str().to_owned());
+            // A blank line is no record.
+            if fields.len() == 1 && fields[0].trim().is_empty() {
+                continue;
+            }
+            // (A no-op but for the first record, or a wider one.)
+            fields.shrink_to_fit();
+            self.width = fields.len();
+            return Some(Ok(CsvRecord {
+                line: start,
+                fields,
+            }));
+        }
+        None
+    }
 }
 
 /// The bytes of a CSV file. A device (`/dev/zero`) would be read until
@@ -227,11 +276,33 @@ mod tests {
         assert_eq!(len.unwrap(), 2 * n + 1);
     }
 
+    /// A row holds its cells at their lengths: a catalog of mostly empty
+    /// cells took 30 times its size when every row kept the spare room of
+    /// a doubling vector and every cell that of a doubling string.
+    #[test]
+    fn records_hold_no_spare_room() {
+        let row = format!(
+            "sku,a long enough value,\"quoted, value\"{}\n",
+            ",".repeat(30)
+        );
+        for r in csv_records(&row.repeat(3)) {
+            let r = r.unwrap();
+            assert_eq!(r.fields.len(), 33);
+            assert_eq!(r.fields.capacity(), 33);
+            assert!(r.fields.iter().all(|f| f.capacity() == f.len()), "{r:?}");
+        }
+    }
+
     #[test]
     fn unclosed_quote_names_its_line() {
         assert_eq!(
             parse_csv("a,b\nc,\"d\ne,f\n"),
             Err(UnclosedQuote { line: 2 })
         );
+        // Read one at a time, the records before it come first.
+        let mut records = csv_records("a,b\nc,\"d\ne,f\n");
+        assert_eq!(records.next().unwrap().unwrap().fields, ["a", "b"]);
+        assert_eq!(records.next(), Some(Err(UnclosedQuote { line: 2 })));
+        assert_eq!(records.next(), None);
     }
 }

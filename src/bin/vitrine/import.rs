@@ -126,10 +126,21 @@ type NumberedRow = (usize, Vec<String>);
 
 /// [`read_csv`], each row with its line number in the file.
 pub fn read_csv_lines(path: &Path) -> anyhow::Result<(Vec<String>, Vec<NumberedRow>)> {
+    let text = read_csv_text(path)?;
+    let (header, rows) = csv_header(path, &text)?;
+    let rows = rows
+        .map(|r| r.map(|r| (r.line, r.fields)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok((header, rows))
+}
+
+/// The text of a CSV file, or why it is not UTF-8 text.
+fn read_csv_text(path: &Path) -> anyhow::Result<String> {
     let bytes =
         vitrine::read_csv_file(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = match String::from_utf8(bytes) {
-        Ok(text) => text,
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text),
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
             let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
@@ -138,14 +149,23 @@ pub fn read_csv_lines(path: &Path) -> anyhow::Result<(Vec<String>, Vec<NumberedR
                 path.display()
             )
         }
-    };
-    let records = vitrine::parse_csv(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let mut records = records.into_iter();
-    let header = match records.next() {
-        Some(h) => h.fields.iter().map(|s| s.trim().to_string()).collect(),
+    }
+}
+
+/// The header of a CSV text (trimmed) and its other records, still to read.
+fn csv_header<'a>(
+    path: &Path,
+    text: &'a str,
+) -> anyhow::Result<(Vec<String>, vitrine::CsvRecords<'a>)> {
+    let mut records = vitrine::csv_records(text);
+    match records.next() {
+        Some(Ok(h)) => Ok((
+            h.fields.iter().map(|s| s.trim().to_string()).collect(),
+            records,
+        )),
+        Some(Err(e)) => bail!("{}: {e}", path.display()),
         None => bail!("{} is empty", path.display()),
-    };
-    Ok((header, records.map(|r| (r.line, r.fields)).collect()))
+    }
 }
 
 /// One attribute cell of a product CSV (empty cells give none).
@@ -247,7 +267,10 @@ fn near_built_in(key: &str) -> Option<&'static str> {
 /// and the rest read on. An empty path is allowed with `update` (it is
 /// needed only for products not stored yet).
 pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
-    let (header, rows) = read_csv_lines(path)?;
+    // Row by row: a catalog of a million rows of mostly empty cells, all
+    // parsed before the first was checked, took gigabytes.
+    let text = read_csv_text(path)?;
+    let (header, rows) = csv_header(path, &text)?;
     if header.len() < 2 {
         let hint = if header.first().is_some_and(|h| h.contains(';')) {
             " (the file looks separated by ';'; Vitrine reads comma-separated CSV)"
@@ -343,14 +366,16 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = CsvRead {
-        rows: Vec::with_capacity(rows.len()),
+        rows: Vec::new(),
         bad: Vec::new(),
         bad_ids: Vec::new(),
     };
     // Ids of bad rows: a later row of one is its second, as for good rows
     // (it used to be imported, and the bad row blamed).
     let mut bad_ids = std::collections::HashSet::new();
-    for (line, row) in rows {
+    for record in rows {
+        let vitrine::CsvRecord { line, fields: row } =
+            record.map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let cell = |i: usize| row.get(i).map_or("", |c| c.trim());
         let shown = |i: usize| tsv_field(cell(i));
         // A spreadsheet writes cleared rows as `,,,`: no row at all.
