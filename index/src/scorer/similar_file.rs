@@ -138,6 +138,8 @@ fn pid_and_count(rest: &[u8]) -> bool {
 /// Leftovers of killed writes of `path` over a day old are removed first
 /// (never a live writer's: the file is locked while it is open; keep it
 /// open until the rename. On a file system without locks none is removed).
+/// The new file takes the permissions of the file at `path`, if any, and
+/// its group where the writer may set it.
 pub fn create_temp_beside(path: &Path) -> std::io::Result<(std::path::PathBuf, File)> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -145,6 +147,26 @@ pub fn create_temp_beside(path: &Path) -> std::io::Result<(std::path::PathBuf, F
     };
     let name = path.file_name().unwrap_or(std::ffi::OsStr::new("file"));
     create_temp(dir, name).map_err(|(_, e)| e)
+}
+
+/// Gives the new file `tmp` the permissions (and, where allowed, the group)
+/// of the file `target` it is to replace: an operator's `chmod 640` and
+/// `chgrp` of a nightly file must survive the next night's rename. Best
+/// effort: a group the writer is not in stays the writer's.
+fn keep_mode_and_group(tmp: &File, target: &Path) {
+    let Ok(old) = fs::metadata(target) else {
+        return;
+    };
+    if !old.is_file() {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::fchown(tmp, None, Some(old.gid()));
+    }
+    // After the group: a change of group may clear set-group-id.
+    let _ = tmp.set_permissions(old.permissions());
 }
 
 /// Creates the temporary file a write of `dir/file_name` goes through,
@@ -198,6 +220,7 @@ fn create_temp(
             Ok(file) => {
                 // Held while the file is open: see the sweep above.
                 let _ = fs2::FileExt::try_lock_exclusive(&file);
+                keep_mode_and_group(&file, &dir.join(file_name));
                 return Ok((tmp, file));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -727,6 +750,37 @@ mod tests {
             assert_eq!(fs::read(l).unwrap(), b"someone else's");
         }
         assert!(!killed.exists());
+    }
+
+    /// A file written again keeps the permissions and the group an
+    /// operator gave it (a service reading it in that group lost access
+    /// after the next nightly rewrite).
+    #[cfg(unix)]
+    #[test]
+    fn a_rewritten_file_keeps_its_mode_and_group() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nightly.vsim");
+        let write = || {
+            write_similar_file(&path, 1, &["a", "b"], &[vec![(1, 0.5)], vec![]]).unwrap();
+        };
+        write();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        // Another group where the test may set one (as root); else its own.
+        let gid = fs::metadata(&path).unwrap().gid();
+        let other = if std::os::unix::fs::chown(&path, None, Some(gid + 4242)).is_ok() {
+            gid + 4242
+        } else {
+            gid
+        };
+        write();
+        let m = fs::metadata(&path).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(m.gid(), other);
+        // A path with no file yet gets the writer's defaults.
+        let (tmp, file) = create_temp_beside(&dir.path().join("new.csv")).unwrap();
+        assert_eq!(file.metadata().unwrap().gid(), gid);
+        fs::remove_file(tmp).unwrap();
     }
 
     /// A live writer's temporary file is never swept, however old its

@@ -41,13 +41,9 @@ pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
             }
             _ => path.to_path_buf(),
         };
+        // (With the replaced file's permissions.)
         let (tmp, mut file) = vitrine_index::create_temp_beside(&target)?;
-        let kept = std::fs::metadata(&target).map(|m| m.permissions());
         let written = std::io::Write::write_all(&mut file, &bytes.into_inner())
-            .and_then(|()| match kept {
-                Ok(p) => file.set_permissions(p),
-                Err(_) => Ok(()),
-            })
             .and_then(|()| file.sync_all())
             .and_then(|()| std::fs::rename(&tmp, &target));
         if written.is_err() {
