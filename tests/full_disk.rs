@@ -195,6 +195,79 @@ fn an_update_stops_when_the_disk_fills() {
     assert!(refused <= 1, "{refused} rows refused one by one:\n{stdout}");
 }
 
+const REPAIR_CHILD_DIR: &str = "VITRINE_TEST_REPAIR_FULL_DISK_DIR";
+
+/// The child, on a fresh tmpfs: a small database, the disk filled but for
+/// 64 KiB, then `vitrine repair`, whose copy cannot be written. Prints the
+/// command's status and stderr.
+#[test]
+#[ignore = "the child process of the full-disk repair test below, which runs it"]
+fn child_repairs_on_a_full_disk() {
+    let Some(dir) = std::env::var_os(REPAIR_CHILD_DIR) else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let db_dir = dir.join("db");
+    {
+        let db = Db::builder()
+            .vector_space("v", DIM, Metric::Cosine)
+            .open(&db_dir)
+            .unwrap();
+        for i in 0..200 {
+            db.insert(&format!("p{i:03}"), Attributes::new(), [("v", vector(i))])
+                .unwrap();
+        }
+    }
+    let free = tmpfs::free_bytes(dir);
+    std::fs::write(dir.join("filler"), vec![0u8; (free - (64 << 10)) as usize]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["repair", "--db", db_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    println!("STATUS {:?}", out.status.code());
+    println!("STDERR\n{}", String::from_utf8_lossy(&out.stderr));
+    println!(
+        "LEFT {:?}",
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A repair whose copy fills the disk names the file it could not write,
+/// and does not send the operator to `--no-copy` (meant for a database
+/// that cannot be read): it named only the copy's folder, and no side.
+#[test]
+fn a_repair_whose_copy_fills_the_disk_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_repairs_on_a_full_disk",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(REPAIR_CHILD_DIR, dir.path());
+    let Some(child) = tmpfs::spawn_on_tmpfs(cmd, dir.path(), c"size=16m") else {
+        return;
+    };
+    let (status, stdout, stderr) = tmpfs::wait_bounded(child, Duration::from_secs(300));
+    assert!(status.success(), "{status}\n{stdout}\n{stderr}");
+    assert!(stdout.contains("STATUS Some(1)"), "{stdout}");
+    assert!(stdout.contains("nothing was changed"), "{stdout}");
+    assert!(stdout.contains("No space left"), "{stdout}");
+    assert!(
+        stdout.contains("cannot write ") && stdout.contains("db.before-repair.incomplete/"),
+        "the file is not named:\n{stdout}"
+    );
+    assert!(!stdout.contains("--no-copy"), "{stdout}");
+    // The partial copy is gone.
+    let left = stdout.lines().find(|l| l.starts_with("LEFT")).unwrap();
+    assert!(!left.contains("before-repair"), "{left}");
+}
+
 #[test]
 fn a_write_whose_flush_fails_leaves_memory_as_sled_serves_it() {
     for mode in ["insert", "update"] {

@@ -125,12 +125,14 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         remove_incomplete_copies(&db_dir);
         let copy = free_name(&db_dir, "before-repair")?;
         let partial = free_name(&copy, "incomplete")?;
-        let made = copy_tree(&db_dir, &partial)
-            .and_then(|()| std::fs::rename(&partial, &copy))
-            .and_then(|()| sync_dir(copy.parent().unwrap_or(std::path::Path::new("."))));
+        let made = copy_tree(&db_dir, &partial).and_then(|()| {
+            std::fs::rename(&partial, &copy)
+                .and_then(|()| sync_dir(copy.parent().unwrap_or(std::path::Path::new("."))))
+                .with_context(|| format!("cannot write {}", copy.display()))
+        });
         if let Err(e) = made {
             let _ = std::fs::remove_dir_all(&partial);
-            return Err(anyhow::Error::from(e).context(format!(
+            return Err(e.context(format!(
                 "cannot copy the database to {} (nothing was changed)",
                 copy.display()
             )));
@@ -947,25 +949,55 @@ fn free_name(path: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
 /// Copies a folder tree, following links (the copy holds their contents),
 /// every file and folder synced: the repair changes the original right
 /// after, so the copy must survive a power loss first.
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        let meta = std::fs::metadata(entry.path())?;
+///
+/// An error names the file, and says which side failed: a database that
+/// cannot be read (a failing sector, which is why one repairs) needs
+/// `--no-copy`, a full or read-only destination does not.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    let unreadable = |path: &std::path::Path| {
+        format!(
+            "cannot read {} (if the database's disk fails, `repair --no-copy` repairs in place)",
+            path.display()
+        )
+    };
+    let unwritable = |path: &std::path::Path| format!("cannot write {}", path.display());
+    std::fs::create_dir(to).with_context(|| unwritable(to))?;
+    for entry in std::fs::read_dir(from).with_context(|| unreadable(from))? {
+        let entry = entry.with_context(|| unreadable(from))?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let meta = std::fs::metadata(&source).with_context(|| unreadable(&source))?;
         if meta.is_dir() {
-            copy_tree(&entry.path(), &target)?;
+            copy_tree(&source, &target)?;
         } else if meta.is_file() {
-            std::fs::copy(entry.path(), &target)?;
-            std::fs::File::open(&target)?.sync_all()?;
+            copy_file_synced(&source, &target, unreadable, unwritable)?;
         } else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{} is not a file or a folder", entry.path().display()),
-            ));
+            anyhow::bail!("{} is not a file or a folder", source.display());
         }
     }
-    sync_dir(to)
+    sync_dir(to).with_context(|| unwritable(to))
+}
+
+fn copy_file_synced(
+    source: &std::path::Path,
+    target: &std::path::Path,
+    unreadable: impl Fn(&std::path::Path) -> String,
+    unwritable: impl Fn(&std::path::Path) -> String,
+) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut from = std::fs::File::open(source).with_context(|| unreadable(source))?;
+    let mut to = std::fs::File::create(target).with_context(|| unwritable(target))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| unreadable(source)),
+        };
+        to.write_all(&buf[..n])
+            .with_context(|| unwritable(target))?;
+    }
+    to.sync_all().with_context(|| unwritable(target))
 }
 
 /// sled's snapshot files (`snap.<lsn>`).
