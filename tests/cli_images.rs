@@ -476,13 +476,24 @@ fn import_reads_a_csv_with_attributes() {
     let body = "id,path,price\nsku-1,,inf\nsku-2,,-0\n";
     std::fs::write(&prices, body).unwrap();
     let sled_log = db_dir.join("sled").join("db");
+    // So is one that cannot be written (it failed the import at its end).
     for (report, says) in [
         (prices.clone(), "is the file being imported"),
         (sled_log.clone(), "own sled/ folder"),
+        (dir.path().to_path_buf(), "is a folder"),
+        (
+            dir.path().join("no-such-folder").join("r.tsv"),
+            "cannot write the failure report",
+        ),
     ] {
         let out = import(&prices, &["--update", "--report", report.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
         assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+        assert!(
+            !text(&out.stderr).contains("bad price"),
+            "it ran: {}",
+            text(&out.stderr)
+        );
     }
     assert_eq!(std::fs::read_to_string(&prices).unwrap(), body);
     // ... also for a database this import would create.

@@ -739,7 +739,8 @@ pub fn print_summary(report: &ImportReport, reembed: bool) {
 }
 
 /// Refuses a `--report` that would replace the CSV being imported or one of
-/// the database's own files (a mistyped flag must not destroy either).
+/// the database's own files (a mistyped flag must not destroy either), or
+/// that cannot be written.
 /// Paths are compared as they resolve (links followed, as far as they
 /// exist) and as written (made absolute, `.` and `..` folded), so a
 /// database the import is about to create is covered too.
@@ -788,6 +789,19 @@ fn check_report_path(report: &Path, source: &Path, db: &Path) -> anyhow::Result<
                 report.display()
             );
         }
+    }
+    // Now, not after the whole import: a folder, a missing folder or one
+    // the job may not write failed a finished import at its last step.
+    match report_target(report) {
+        ReportTarget::Stream(p) if p.is_dir() => {
+            bail!("--report {} is a folder; name a file", report.display())
+        }
+        ReportTarget::File(p) => {
+            let (probe, _) = vitrine_index::create_temp_beside(&p)
+                .with_context(|| format!("cannot write the failure report {}", report.display()))?;
+            let _ = std::fs::remove_file(probe);
+        }
+        _ => {}
     }
     Ok(())
 }
