@@ -129,20 +129,25 @@ fn precision(s: &Shared, q: ConceptQuery, relevant: impl Fn(&Sample) -> bool) ->
     good as f64 / k as f64
 }
 
+/// The colour family the bundled model is trained to give a catalog
+/// colour: the manifest's `taxonomy.colour_family_map` (a copy here drifted
+/// from it: Steel is metallic, not grey).
 fn colour_family(colour: &str) -> Option<&'static str> {
-    // The manifest's mapping, for the families these tests use.
-    Some(match colour {
-        "Red" | "Maroon" => "red",
-        "Blue" => "blue",
-        "Black" => "black",
-        "White" => "white",
-        "Green" | "Olive" => "green",
-        "Grey" | "Steel" => "grey",
-        "Brown" => "brown",
-        "Navy Blue" => "navy",
-        "Purple" => "purple",
-        _ => return None,
+    static MAP: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    MAP.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(vitrine::MANIFEST_FILE);
+        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        raw["taxonomy"]["colour_family_map"]
+            .as_object()
+            .expect("the manifest maps colours to families")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect()
     })
+    .get(colour)
+    .map(String::as_str)
 }
 
 #[test]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import os
 import re
@@ -332,3 +333,23 @@ if __name__ == "__main__":
         print(g["name"], dict(zip(g["tags"], tags[:, s].sum(0).astype(int))), "labelled", int(mask[:, g["start"]].sum()))
     for p in correlated_tags(train, tax)[:25]:
         print(p)
+
+
+def check_replaces(out_dir, onnx_name, replace):
+    """Refuses to write over a manifest in `out_dir` that names another
+    model (the shipped v2 in `models/`): the engine loads whatever the
+    manifest names, so an export would switch every user of this checkout
+    to an unshipped model. `--replace` says that is meant."""
+    path = os.path.join(out_dir, "manifest.json")
+    try:
+        with open(path) as f:
+            current = json.load(f).get("onnx")
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, AttributeError) as e:
+        raise SystemExit(f"{path} cannot be read ({e}); pass --replace to write over it")
+    if current != onnx_name and not replace:
+        raise SystemExit(
+            f"{path} names {current}, not {onnx_name}: exporting here would replace the bundled "
+            f"model. Export elsewhere (--out /tmp/vitrine_export/) or pass --replace to replace it."
+        )

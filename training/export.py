@@ -68,7 +68,7 @@ def calibrate_thresholds(tax, tag_logits, tags, mask):
     return out
 
 
-def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
+def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache", replace=False):
     import train as T
     torch.set_num_threads(2)
     ck = torch.load(ck_path, weights_only=False)
@@ -81,6 +81,7 @@ def export(ck_path, data_dir, out_dir, cache_dir="/tmp/vitrine_cache"):
     arch = ck["args"].get("arch", "vitrine")
     model_name = MODEL_NAMES[arch]
     onnx_name = model_name + ".onnx"
+    D.check_replaces(out_dir, onnx_name, replace)
     net = M.build(arch, ck["n_categories"], ck["n_tags"], ck["n_concepts"], pretrained=False)
     net.load_state_dict(ck["model"])
     net.eval()
@@ -199,5 +200,7 @@ if __name__ == "__main__":
     ap.add_argument("--data", default="../shared/data/fpi")
     ap.add_argument("--out", default="models/")
     ap.add_argument("--cache", default="/tmp/vitrine_cache")
+    ap.add_argument("--replace", action="store_true",
+                    help="write over a manifest in --out that names another model (the bundled one)")
     a = ap.parse_args()
-    export(a.ckpt, a.data, a.out, a.cache)
+    export(a.ckpt, a.data, a.out, a.cache, a.replace)

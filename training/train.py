@@ -214,6 +214,8 @@ def main():
     ap.add_argument("--erase", type=float, default=0.5, help="random-erasing probability (augmentation)")
     ap.add_argument("--max-batches", type=int, default=0, help="timing runs: stop each epoch after N batches")
     ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--replace", action="store_true",
+                    help="export over a manifest in --out that names another model (the bundled one)")
     ap.add_argument("--loss-weights", default="", help="override LOSS_WEIGHTS, e.g. supcon=1.0,excl=1.0")
     ap.add_argument("--arch", default="lite0", choices=sorted(ARCH_DEFAULTS),
                     help="vitrine: VitrineNet from scratch; lite0: EfficientNet-Lite0 from ImageNet weights")
@@ -227,6 +229,10 @@ def main():
         if getattr(args, k) is None:
             setattr(args, k, v)
 
+    if not args.no_export:
+        # Before an hour of training, not after it.
+        import export
+        D.check_replaces(args.out, export.MODEL_NAMES[args.arch] + ".onnx", args.replace)
     torch.set_num_threads(args.threads)
     AUG["erase"] = args.erase
     seed_all(args.seed)
@@ -330,7 +336,7 @@ def main():
         json.dump({"history": history, "wall_s_this_process": wall, "args": vars(args)}, f, indent=1)
     if not args.no_export:
         import export
-        export.export(ck_path, args.data, args.out, args.cache)
+        export.export(ck_path, args.data, args.out, args.cache, args.replace)
 
 
 if __name__ == "__main__":
