@@ -698,6 +698,23 @@ fn eval_classify_prints_the_six_figures() {
         assert!((0.0..=1.0).contains(&x), "{key} = {x}");
     }
     assert_eq!(obj["n"], 60);
+    // One image has no neighbours: its precision@10 was not measured, and
+    // says so (null), not 0.
+    let out = vitrine(&[
+        "eval",
+        "classify",
+        "--styles",
+        styles.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--limit",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
+    assert!(v["precision_at_10"].is_null(), "{v}");
+    assert_eq!(v["n"], 1, "{v}");
 }
 
 #[test]

@@ -39,7 +39,9 @@ pub struct ClassifyArgs {
     #[arg(long)]
     pub images: PathBuf,
     /// Print one JSON object with `weighted_f1, top1, top5, colour_top1,
-    /// precision_at_10, n, split` (`split` is `all` without `--split`).
+    /// precision_at_10, n, split` (`split` is `all` without `--split`). A
+    /// figure nothing measured (no image with a mapped colour; precision@10
+    /// of a single image) is null, not 0.
     #[arg(long)]
     pub json: bool,
     /// Evaluate only the first N usable rows (in file order, after `--split`).
@@ -475,8 +477,16 @@ fn score(
             scored += 1;
         }
     }
-    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    let ratio_f = |a: f64, b: usize| if b == 0 { 0.0 } else { a / b as f64 };
+    // Nothing to measure is NaN (JSON null, "NaN" in text): a 0 would read
+    // as measured.
+    let ratio = |a: usize, b: usize| {
+        if b == 0 {
+            f64::NAN
+        } else {
+            a as f64 / b as f64
+        }
+    };
+    let ratio_f = |a: f64, b: usize| if b == 0 { f64::NAN } else { a / b as f64 };
     Figures {
         weighted_f1,
         top1: ratio(top1, n),

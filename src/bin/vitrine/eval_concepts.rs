@@ -330,7 +330,8 @@ impl GroupFigures {
     fn new() -> Self {
         GroupFigures {
             queries: 0,
-            p20: 0.0,
+            // Until a query is scored: null in JSON, not a measured 0.
+            p20: f64::NAN,
             per_query: BTreeMap::new(),
             strict_queries: 0,
             strict_p20: f64::NAN,
@@ -433,7 +434,10 @@ fn profile_recall(db: &Db, n: usize, refs: usize) -> anyhow::Result<Recall> {
             let s = Search::new(SimilarTo::Vector(&q), 10)
                 .space(CONCEPT_SPACE)
                 .filter(&f)
-                .plan(PlanHint::Graph);
+                .plan(PlanHint::Graph)
+                // The beam the engine's own concept search gives k = 10
+                // (k x 16, at least 256), not the space's default.
+                .ef(256);
             let hits = db.search(&s)?.hits;
             let good = hits
                 .iter()

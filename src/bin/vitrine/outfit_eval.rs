@@ -34,7 +34,8 @@ pub struct FitbArgs {
     /// Questions, JSON Lines `{"given": [ids], "candidates": [ids], "answer": id}`.
     #[arg(long)]
     pub questions: PathBuf,
-    /// Print `{"accuracy": …, "n": …}`.
+    /// Print `{"accuracy": …, "n": …}` on one line (with `--all-methods`, one
+    /// line holding an array of `{"method": …, "accuracy": …, "n": …}`).
     #[arg(long)]
     pub json: bool,
     /// A scratch database to reuse (products already there are not
@@ -558,7 +559,7 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(m, a, n)| serde_json::json!({"method": m, "accuracy": a, "n": n}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string(&v)?);
     } else {
         for (m, a, n) in &results {
             println!("{m:<40} accuracy {:.1} % (n = {n})", a * 100.0);
@@ -985,7 +986,9 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         "colour_attribute": args.colour_attribute,
         "rules_learned_from": rules.outfits,
         "rules_learn_ms": rules.learn_ms,
-        "import_and_learn_s": import_learn_s,
+        // The outfits' import and the rules' learning (the products were
+        // imported and embedded before).
+        "outfit_import_and_learn_s": import_learn_s,
         "engine_load_ms": engine_ms,
         "substitute": {
             "cases": cases, "no_candidate": none,
