@@ -514,6 +514,25 @@ fn import_reads_a_csv_with_attributes() {
         text(&out.stderr)
     );
     assert!(!fresh.exists());
+    // A report in the folder of a database this import creates is fine
+    // (the folder is there by the time the report is written).
+    let one = dir.path().join("one.csv");
+    std::fs::write(&one, "id,path\nnew-1,new.jpg\n").unwrap();
+    let out = vitrine(&[
+        "import",
+        one.to_str().unwrap(),
+        "--db",
+        fresh.to_str().unwrap(),
+        "--report",
+        fresh.join("failures.tsv").to_str().unwrap(),
+    ]);
+    assert!(
+        !text(&out.stderr).contains("cannot write the failure report"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(fresh.join("failures.tsv").is_file());
     let out = import(&prices, &["--update"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();
@@ -1673,6 +1692,12 @@ fn info_reports_contents_and_a_rebuilt_index() {
     let at = bytes.len() / 2;
     bytes[at] ^= 0xFF;
     std::fs::write(&snap, bytes).unwrap();
+    // A database kept from other users (a service's umask 077).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let out = vitrine(&["info", "--db", db_s]);
     assert!(!out.status.success());
     assert!(
@@ -1691,6 +1716,13 @@ fn info_reports_contents_and_a_rebuilt_index() {
     // The damaged folder was copied first, snapshot and all.
     let copy = dir.path().join("db.before-repair");
     assert!(copy.join("sled").join(snap.file_name().unwrap()).is_file());
+    // ... keeping each file's permissions.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let copied = std::fs::metadata(copy.join("sled").join(snap.file_name().unwrap())).unwrap();
+        assert_eq!(copied.permissions().mode() & 0o777, 0o600);
+    }
 
     // A damaged sled config: sled writes it again.
     let conf = db.join("sled").join("conf");

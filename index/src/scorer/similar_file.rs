@@ -149,10 +149,12 @@ pub fn create_temp_beside(path: &Path) -> std::io::Result<(std::path::PathBuf, F
     create_temp(dir, name).map_err(|(_, e)| e)
 }
 
-/// Gives the new file `tmp` the permissions (and, where allowed, the group)
-/// of the file `target` it is to replace: an operator's `chmod 640` and
-/// `chgrp` of a nightly file must survive the next night's rename. Best
-/// effort: a group the writer is not in stays the writer's.
+/// Gives the new file `tmp` the owner, group and permissions of the file
+/// `target` it is to replace, as far as the writer may: an operator's
+/// `chmod 640` and `chgrp` of a nightly file must survive the next night's
+/// rename. The permissions are copied only when the owner is the same
+/// (root may give the file back to its owner): `0600` on a file now owned
+/// by another user would lock the old owner, a service, out of its file.
 fn keep_mode_and_group(tmp: &File, target: &Path) {
     let Ok(old) = fs::metadata(target) else {
         return;
@@ -162,10 +164,16 @@ fn keep_mode_and_group(tmp: &File, target: &Path) {
     }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::MetadataExt;
-        let _ = std::os::unix::fs::fchown(tmp, None, Some(old.gid()));
+        use std::os::unix::fs::{fchown, MetadataExt};
+        if fchown(tmp, Some(old.uid()), Some(old.gid())).is_err() {
+            // A group the writer is in, at least.
+            let _ = fchown(tmp, None, Some(old.gid()));
+        }
+        if !tmp.metadata().is_ok_and(|m| m.uid() == old.uid()) {
+            return;
+        }
     }
-    // After the group: a change of group may clear set-group-id.
+    // After the owner: a change of owner clears set-user-id.
     let _ = tmp.set_permissions(old.permissions());
 }
 
@@ -754,7 +762,8 @@ mod tests {
 
     /// A file written again keeps the permissions and the group an
     /// operator gave it (a service reading it in that group lost access
-    /// after the next nightly rewrite).
+    /// after the next nightly rewrite). As root, the owner too: a service's
+    /// `0600` file rewritten by `sudo vitrine` stays the service's.
     #[cfg(unix)]
     #[test]
     fn a_rewritten_file_keeps_its_mode_and_group() {
@@ -766,17 +775,26 @@ mod tests {
         };
         write();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        // Another group where the test may set one (as root); else its own.
-        let gid = fs::metadata(&path).unwrap().gid();
-        let other = if std::os::unix::fs::chown(&path, None, Some(gid + 4242)).is_ok() {
-            gid + 4242
-        } else {
-            gid
-        };
         write();
-        let m = fs::metadata(&path).unwrap();
-        assert_eq!(m.permissions().mode() & 0o7777, 0o640);
-        assert_eq!(m.gid(), other);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        // Another owner and group, where the test may set them (as root,
+        // as CI runs it); otherwise only the mode above is checked.
+        let (uid, gid) = {
+            let m = fs::metadata(&path).unwrap();
+            (m.uid(), m.gid())
+        };
+        if std::os::unix::fs::chown(&path, Some(uid + 4242), Some(gid + 4242)).is_ok() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+            write();
+            let m = fs::metadata(&path).unwrap();
+            assert_eq!((m.uid(), m.gid()), (uid + 4242, gid + 4242));
+            assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+        } else {
+            eprintln!("owner and group not checked: chown needs root");
+        }
         // A path with no file yet gets the writer's defaults.
         let (tmp, file) = create_temp_beside(&dir.path().join("new.csv")).unwrap();
         assert_eq!(file.metadata().unwrap().gid(), gid);

@@ -997,6 +997,14 @@ fn copy_file_synced(
         to.write_all(&buf[..n])
             .with_context(|| unwritable(target))?;
     }
+    // As `fs::copy` did: a `0600` database stays unreadable to others in
+    // its copy (which a failed repair puts back in its place).
+    let mode = from
+        .metadata()
+        .with_context(|| unreadable(source))?
+        .permissions();
+    to.set_permissions(mode)
+        .with_context(|| unwritable(target))?;
     to.sync_all().with_context(|| unwritable(target))
 }
 
