@@ -160,14 +160,16 @@ impl Error {
         matches!(self, Error::Storage(vitrine_storage::Error::Locked { .. }))
     }
 
-    /// True when a write failed with an I/O error earlier in this process
-    /// (a full disk): writes, and opening the database again, are refused
-    /// until the process restarts. Everything acknowledged before is kept.
+    /// True when a write failed with an I/O error in this process (a full
+    /// disk), this one or an earlier one: writes, and opening the database
+    /// again, are refused until the process restarts. Everything
+    /// acknowledged before is kept.
     pub fn needs_restart(&self) -> bool {
         matches!(
             self,
             Error::Storage(
-                vitrine_storage::Error::FailedEarlier { .. }
+                vitrine_storage::Error::WriteFailed { .. }
+                    | vitrine_storage::Error::FailedEarlier { .. }
                     | vitrine_storage::Error::HeldAfterIoError { .. }
             )
         )
@@ -180,7 +182,10 @@ impl Error {
         match self {
             Error::Io { source, .. }
             | Error::BadPath { source, .. }
-            | Error::Storage(vitrine_storage::Error::Io { source, .. })
+            | Error::Storage(
+                vitrine_storage::Error::Io { source, .. }
+                | vitrine_storage::Error::WriteFailed { source, .. },
+            )
             | Error::Index(vitrine_index::Error::Io { source, .. }) => Some(source),
             _ => None,
         }
@@ -286,6 +291,16 @@ mod tests {
         let e = Error::from(vitrine_storage::Error::HeldAfterIoError { path: path.clone() });
         assert!(e.needs_restart());
         let full = || std::io::Error::from(std::io::ErrorKind::StorageFull);
+        // The write that failed says so itself, not only the next one.
+        let e = Error::from(vitrine_storage::Error::WriteFailed {
+            path: path.clone(),
+            source: full(),
+        });
+        assert!(e.needs_restart() && !e.is_user_error());
+        assert_eq!(
+            e.io_error().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::StorageFull)
+        );
         for e in [
             Error::from(vitrine_storage::Error::Io {
                 path: path.clone(),

@@ -80,6 +80,8 @@ fn child_fills_the_disk_under_a_db() {
         .io_error()
         .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull);
     assert!(full, "{error:?}");
+    // The failed write itself tells the caller to restart.
+    assert!(error.needs_restart() && !error.is_user_error(), "{error:?}");
     // What sled serves, the catalog in memory serves too (brands shown by
     // their first 4 characters: which write they came from).
     let short = |b: Option<String>| b.map(|b| b[..4].to_string());

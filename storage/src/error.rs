@@ -85,6 +85,22 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A write or flush failed with an I/O error (disk full, read-only file
+    /// system): it may or may not be stored, and from now on writes are
+    /// refused ([`Error::FailedEarlier`]) until the process restarts.
+    #[error(
+        "a write to {} failed: {source}; writes are refused until the process restarts \
+         (every write acknowledged before is kept)",
+        path.display()
+    )]
+    WriteFailed {
+        /// The sled folder, or the file whose sync failed.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A write or flush failed with an I/O error earlier in this process
     /// (disk full, read-only file system): later ones are refused until the
     /// process restarts, because sled's state is then unknown.

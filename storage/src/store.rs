@@ -124,9 +124,12 @@ impl IoState {
     /// it had acknowledged. An fsync error marks the store like a failed
     /// write (the kernel may have dropped the unwritten pages).
     fn flush_durably(&self, flush: impl FnOnce() -> sled::Result<usize>) -> Result<()> {
-        let fail = |path: &Path, e| {
+        let fail = |path: &Path, source| {
             self.failed.store(true, Ordering::SeqCst);
-            Error::io(path, e)
+            Error::WriteFailed {
+                path: path.to_path_buf(),
+                source,
+            }
         };
         // Listed before the flush: a blob there then belongs to a write the
         // flush waits for, so it is whole when synced below (one listed
@@ -182,11 +185,15 @@ impl IoState {
     /// sled's result as ours: an I/O error names sled's folder and marks
     /// the store (see [`Store::io_failed`]).
     fn check<T>(&self, r: sled::Result<T>) -> Result<T> {
-        r.map_err(|e| {
-            if let sled::Error::Io(_) = &e {
+        r.map_err(|e| match e {
+            sled::Error::Io(source) => {
                 self.failed.store(true, Ordering::SeqCst);
+                Error::WriteFailed {
+                    path: self.sled_dir.clone(),
+                    source: readable(source),
+                }
             }
-            sled_error(&self.sled_dir, e)
+            e => sled_error(&self.sled_dir, e),
         })
     }
 }

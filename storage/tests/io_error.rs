@@ -60,7 +60,7 @@ fn child_fills_the_disk() {
     };
     assert!(store.io_failed());
     assert!(
-        matches!(&error, Error::Io { path, .. } if path.ends_with("sled")),
+        matches!(&error, Error::WriteFailed { path, .. } if path.ends_with("sled")),
         "{error:?}"
     );
     println!("ACKED {acked}: {error}");
