@@ -815,6 +815,17 @@ impl Db {
                 )));
             }
         }
+        // `create_dir_all("")` succeeds: the database would be made in the
+        // working folder, in pieces beside whatever is there.
+        if dir.as_os_str().is_empty() {
+            return Err(Error::BadPath {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "an empty path names no database folder",
+                ),
+            });
+        }
         if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
             return Err(Error::BadPath {
                 path: dir.to_path_buf(),
@@ -829,6 +840,9 @@ impl Db {
         if !dir.join("sled").exists() {
             check_new_spaces(&b.spaces)?;
         }
+        // Made here, so that a path the caller cannot use (under a file, in
+        // a folder it may not write) is its error, as for a backup's.
+        std::fs::create_dir_all(dir).map_err(callers_path_err(dir))?;
         let store = Store::open(
             dir,
             StoreOptions {

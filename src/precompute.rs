@@ -80,6 +80,28 @@ pub enum PrecomputeError {
     },
 }
 
+impl PrecomputeError {
+    /// Whether the caller can fix it by changing the request: an unknown
+    /// space, a bad `k` or variant key, the GPU asked for where there is
+    /// none, an output path that is refused or cannot be written for the
+    /// caller's reason (see [`crate::Error::is_user_error`]); false for
+    /// damaged data, a GPU failing mid-run and the machine.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            PrecomputeError::Db(e) => e.is_user_error(),
+            PrecomputeError::Scorer(e) => matches!(
+                e,
+                ScorerError::InvalidArgument { .. } | ScorerError::GpuUnavailable { .. }
+            ),
+            PrecomputeError::File(SimilarFileError::Io { source, .. }) => {
+                crate::error::callers_file(source)
+            }
+            PrecomputeError::File(e) => matches!(e, SimilarFileError::InvalidInput { .. }),
+            PrecomputeError::TooManyVariants { .. } => true,
+        }
+    }
+}
+
 /// The most products one [`PrecomputeOptions::variant_key`] value may group.
 pub const MAX_VARIANTS: usize = 1000;
 

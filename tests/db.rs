@@ -1866,6 +1866,16 @@ fn operational_errors_can_be_matched() {
         "{e:?}"
     );
     assert!(e.to_string().contains("not a database folder"), "{e}");
+    // ... or a folder under a file, or an empty path (which made the
+    // database in the working folder).
+    for bad in [file.join("db"), std::path::PathBuf::new()] {
+        let e = Db::open(&bad).unwrap_err();
+        assert!(
+            matches!(e, Error::BadPath { .. }) && e.is_user_error(),
+            "{bad:?}: {e:?}"
+        );
+    }
+    assert!(!std::path::Path::new("sled").exists());
     // A link in the database folder (a folder moved to another disk) is
     // no request of the caller's to change.
     #[cfg(unix)]

@@ -250,7 +250,7 @@ fn gpu_choice_without_a_gpu_is_a_typed_error_and_auto_works() {
         matches!(
             e,
             PrecomputeError::Scorer(vitrine_index::ScorerError::GpuUnavailable { .. })
-        ),
+        ) && e.is_user_error(),
         "{e}"
     );
     let auto = db
@@ -263,9 +263,9 @@ fn gpu_choice_without_a_gpu_is_a_typed_error_and_auto_works() {
     };
     assert!(matches!(
         db.precompute_similar(3, &Filter::new(), &unknown),
-        Err(vitrine::PrecomputeError::Db(
+        Err(ref e @ vitrine::PrecomputeError::Db(
             vitrine::Error::UnknownVector { .. }
-        ))
+        )) if e.is_user_error()
     ));
 }
 
@@ -291,8 +291,9 @@ fn a_variant_key_that_groups_a_whole_brand_is_refused() {
         ..Default::default()
     };
     match db.precompute_similar(5, &Filter::new(), &options) {
-        Err(PrecomputeError::TooManyVariants { count, .. }) => {
-            assert_eq!(count, vitrine::MAX_VARIANTS + 1)
+        Err(ref e @ PrecomputeError::TooManyVariants { count, .. }) => {
+            assert_eq!(count, vitrine::MAX_VARIANTS + 1);
+            assert!(e.is_user_error());
         }
         other => panic!("expected TooManyVariants, got {other:?}"),
     }

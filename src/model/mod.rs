@@ -92,7 +92,8 @@ pub enum ModelError {
     /// The manifest and the ONNX graph disagree (output missing, sizes differ).
     #[error("model and manifest disagree: {0}")]
     ManifestMismatch(String),
-    /// The input shape is not what the model (or the image preparation) expects.
+    /// A tensor given to inference is not of the input shape the model
+    /// expects.
     #[error("wrong model input shape: expected {expected:?}, got {found:?}")]
     InputShape {
         /// Expected shape (per image, or NCHW).
@@ -103,6 +104,20 @@ pub enum ModelError {
     /// tract failed while running the model.
     #[error("model inference failed: {0}")]
     Inference(String),
+}
+
+impl ModelError {
+    /// Whether the caller can fix it: model files it named that are
+    /// missing, unreadable for its reason, damaged or not a Vitrine model,
+    /// or a tensor of the wrong shape; false when inference itself fails
+    /// and for the machine's I/O errors.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            ModelError::Io { source, .. } => crate::error::callers_file(source),
+            ModelError::Inference(_) => false,
+            _ => true,
+        }
+    }
 }
 
 /// What the model says about one image.
@@ -295,11 +310,13 @@ impl Model {
             PreparedImage::HEIGHT,
             PreparedImage::WIDTH,
         ];
+        // The model file's fault, named as such (build() adds its path): not
+        // a wrong input passed to inference.
         if manifest.input_shape() != expected {
-            return Err(ModelError::InputShape {
-                expected: expected.to_vec(),
-                found: manifest.input_shape().to_vec(),
-            });
+            return Err(ModelError::ManifestMismatch(format!(
+                "the manifest's input shape is {:?}; this build prepares images as {expected:?}",
+                manifest.input_shape()
+            )));
         }
         let corrupt = |e: TractError| ModelError::Corrupt {
             path: path.to_path_buf(),

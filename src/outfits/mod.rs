@@ -137,15 +137,21 @@ pub enum OutfitError {
 }
 
 impl OutfitError {
-    /// Whether the caller can fix it (unknown ids, bad arguments or files,
-    /// rules to learn, a database without images); false for damaged data,
-    /// the machine, and a re-embedding not finished (a product still of the
-    /// previous model), as [`crate::Error::is_user_error`] says.
+    /// Whether the caller can fix it by changing the request (unknown ids,
+    /// bad arguments or files, a database without images); false for
+    /// damaged data, the machine, and what the service or its operator
+    /// must do first: a re-embedding not finished (a product still of the
+    /// previous model), rules to learn (none yet, or stale after a
+    /// re-embedding), an engine to take again (a product stored after it
+    /// was taken), as [`crate::Error::is_user_error`] says.
     pub fn is_user_error(&self) -> bool {
         match self {
             OutfitError::Db(e) => e.is_user_error(),
             OutfitError::Io { source, .. } => crate::error::callers_file(source),
-            OutfitError::OfAnotherModel(_) => false,
+            OutfitError::OfAnotherModel(_)
+            | OutfitError::StaleRules
+            | OutfitError::NoRules
+            | OutfitError::NotInSnapshot(_) => false,
             _ => true,
         }
     }
