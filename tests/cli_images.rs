@@ -786,6 +786,9 @@ fn query_command_prints_results_and_positioned_errors() {
     for f in sample_images(8) {
         std::fs::copy(&f, images.join(f.file_name().unwrap())).unwrap();
     }
+    // A retailer's SKU, longer than the table's narrowest id column.
+    let long = "SKU-2026-LONG-ID-0001";
+    std::fs::copy(&sample_images(9)[8], images.join(format!("{long}.jpg"))).unwrap();
     let out = vitrine(&[
         "import",
         images.to_str().unwrap(),
@@ -794,6 +797,18 @@ fn query_command_prints_results_and_positioned_errors() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let db = db.to_str().unwrap();
+    // Tables show ids whole: two SKUs differing at their ends were cut
+    // to the same 13 characters.
+    let out = vitrine(&["query", "--db", db, "+colour.black limit 9"]);
+    assert!(text(&out.stdout).contains(long), "{}", text(&out.stdout));
+    let first = sample_images(1)[0]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let out = vitrine(&["query", "--db", db, &format!("similar {first} 8")]);
+    assert!(text(&out.stdout).contains(long), "{}", text(&out.stdout));
     let out = vitrine(&[
         "query",
         "--db",
@@ -1027,6 +1042,37 @@ fn query_command_prints_results_and_positioned_errors() {
             "not JSON: {line}"
         );
     }
+    // `show` names its sheet after the first free name: a dangling link
+    // under that name is not free (it was written through).
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        let work = tempfile::tempdir().unwrap();
+        let victim = work.path().join("elsewhere.png");
+        std::os::unix::fs::symlink(&victim, work.path().join("vitrine-show-1.png")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(["repl", "--db", db])
+            .current_dir(work.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"find +colour.black limit 2\nshow\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(!victim.exists(), "written through the link");
+        assert!(
+            work.path().join("vitrine-show-2.png").is_file(),
+            "{}",
+            text(&out.stdout)
+        );
+    }
     let out = run_script(b"find +colour.rd\nconcepts pattern\n");
     assert_eq!(out.status.code(), Some(1));
     let shown = text(&out.stdout);
@@ -1049,7 +1095,7 @@ fn query_command_prints_results_and_positioned_errors() {
         "+colour.black where category = \"no such category\"",
     ]);
     assert!(
-        text(&out.stdout).contains("none of the 8 products passes the where conditions"),
+        text(&out.stdout).contains("none of the 9 products passes the where conditions"),
         "{}",
         text(&out.stdout)
     );
@@ -1842,6 +1888,8 @@ fn product_get_set_and_delete() {
         "vitrine.model=x",
         "Vitrine.model=x",
         "in_stock=maybe",
+        // (Single quotes would be stored, unlike the query language's.)
+        "category='Shirts'",
     ] {
         let out = vitrine(&["product", "--db", db_s, "set", &ids[0], "brand=B", bad]);
         assert_eq!(out.status.code(), Some(1), "{bad}");

@@ -73,7 +73,7 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::from)
             .and_then(|bytes| Ok(annotate_with(&model, &prep, &bytes, ANNOTATE_TOP_K)?));
         match result {
-            Ok(ann) if args.json => println!("{}", json_line(&name, &ann)),
+            Ok(ann) if args.json => println!("{}", crate::json_text(&json_line(&name, &ann))),
             Ok(ann) => print_text(&name, &ann),
             Err(e) => {
                 failed += 1;

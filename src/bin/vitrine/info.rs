@@ -1030,7 +1030,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if args.json {
         use std::io::Write;
-        writeln!(out, "{info}")?;
+        writeln!(out, "{}", crate::json_text(&info))?;
     } else {
         write_text(&mut out, &info)?;
     }

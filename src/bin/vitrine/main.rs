@@ -406,6 +406,37 @@ pub(crate) fn terminal_safe(s: &str) -> String {
         .collect()
 }
 
+/// `v` as one line of JSON, safe for a terminal: serde_json writes DEL and
+/// the C1 controls (U+0080 to U+009F, which terminals read as escape
+/// sequences) as they are; here they are `\u00XX` escapes, still the same
+/// JSON string.
+pub(crate) fn json_text(v: &impl serde::Serialize) -> String {
+    struct TerminalSafe;
+    impl serde_json::ser::Formatter for TerminalSafe {
+        fn write_string_fragment<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            fragment: &str,
+        ) -> std::io::Result<()> {
+            let mut rest = fragment;
+            while let Some(at) = rest.find(|c: char| ('\u{7f}'..='\u{9f}').contains(&c)) {
+                w.write_all(&rest.as_bytes()[..at])?;
+                let c = rest[at..].chars().next().unwrap_or_default();
+                write!(w, "\\u{:04x}", c as u32)?;
+                rest = &rest[at + c.len_utf8()..];
+            }
+            w.write_all(rest.as_bytes())
+        }
+    }
+    let mut bytes = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut bytes, TerminalSafe);
+    match v.serialize(&mut ser) {
+        // Only UTF-8 is written.
+        Ok(()) => String::from_utf8(bytes).unwrap_or_default(),
+        Err(e) => format!("{{\"error\": \"cannot write JSON: {e}\"}}"),
+    }
+}
+
 /// One value of a tab-separated line: every control character (tabs and
 /// line breaks too) as `?`, so that it stays one field.
 pub(crate) fn field(s: &str) -> String {
@@ -439,4 +470,23 @@ pub(crate) fn error_message(e: &anyhow::Error) -> String {
         }
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    /// A catalog value holding an 8-bit CSI (U+009B) or DEL reaches the
+    /// terminal escaped in JSON output, and reads back as the same value.
+    #[test]
+    fn json_text_escapes_what_terminals_act_on() {
+        let value = serde_json::json!({"category": "\u{9b}2J shirts \u{7f} é 👕 \u{a0}\u{1b}"});
+        let text = super::json_text(&value);
+        assert!(!text.contains(|c: char| c.is_control()), "{text:?}");
+        assert!(
+            text.contains("\\u009b2J") && text.contains("\\u007f"),
+            "{text}"
+        );
+        assert!(text.contains("é 👕 \u{a0}"), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, value);
+    }
 }

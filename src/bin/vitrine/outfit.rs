@@ -239,7 +239,7 @@ pub fn method_of(s: &str) -> anyhow::Result<CompleteMethod> {
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     // One line: the REPL's and `vitrine query`'s JSON mode is JSON lines.
-    println!("{}", serde_json::to_string(v)?);
+    println!("{}", crate::json_text(v));
     Ok(())
 }
 

@@ -131,7 +131,10 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
                         .iter()
                         .map(|(id, score)| serde_json::json!({"id": id, "score": score}))
                         .collect();
-                    println!("{}", serde_json::json!({"id": id, "similar": similar}));
+                    println!(
+                        "{}",
+                        crate::json_text(&serde_json::json!({"id": id, "similar": similar}))
+                    );
                 } else {
                     say!("{}", crate::field(id));
                     for (rank, (other, score)) in list.iter().enumerate() {

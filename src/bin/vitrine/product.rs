@@ -93,7 +93,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for id in db.ids() {
                 if json {
-                    writeln!(out, "{}", serde_json::Value::from(id))?;
+                    writeln!(out, "{}", crate::json_text(&serde_json::Value::from(id)))?;
                 } else {
                     writeln!(out, "{}", crate::field(&id))?;
                 }
@@ -120,12 +120,12 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({
+                        crate::json_text(&serde_json::json!({
                             "id": p.id, "category": p.attributes.category,
                             "brand": p.attributes.brand, "price": p.attributes.price,
                             "in_stock": p.attributes.in_stock, "attributes": p.attributes.extra,
                             "vector_dims": vectors,
-                        })
+                        }))
                     );
                     continue;
                 }
@@ -190,7 +190,10 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                 }
             })?;
             if json {
-                println!("{}", serde_json::json!({ "id": id, "changed": changed }));
+                println!(
+                    "{}",
+                    crate::json_text(&serde_json::json!({ "id": id, "changed": changed }))
+                );
             } else {
                 println!("{id}: {}", if changed { "updated" } else { "unchanged" });
             }
@@ -213,7 +216,9 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "deleted": deleted, "unknown": missing })
+                    crate::json_text(
+                        &serde_json::json!({ "deleted": deleted, "unknown": missing })
+                    )
                 );
             } else {
                 println!("deleted {deleted}");
@@ -251,6 +256,16 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
 /// Sets one attribute, with the product CSV's rules for values; an empty
 /// value removes it (where a CSV's empty cell leaves it as it is).
 fn apply(a: &mut Attributes, key: &str, value: &str) -> anyhow::Result<()> {
+    // Single quotes are characters of a value here (the query language
+    // reads them as quotes): `category='Shirts'` stored the quotes, and
+    // no `where category = 'Shirts'` found it again.
+    if value.len() >= 2 && value.starts_with('\'') && value.ends_with('\'') {
+        anyhow::bail!(
+            "{key}={value}: single quotes would be stored as part of the value; \
+             write {key}={} (or in double quotes)",
+            &value[1..value.len() - 1]
+        );
+    }
     let some = (!value.is_empty()).then(|| value.to_string());
     // The built-in fields in any case, as in a product CSV's header.
     match key.to_ascii_lowercase().as_str() {

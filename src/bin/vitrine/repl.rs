@@ -174,7 +174,11 @@ impl Session {
                 at_most(&args, 0, "help")?;
                 if self.json {
                     let lines: Vec<&str> = COMMANDS.iter().map(|(_, h)| *h).collect();
-                    writeln!(out, "{}", serde_json::json!({ "help": lines }))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        crate::json_text(&serde_json::json!({ "help": lines }))
+                    )?;
                 } else {
                     for (_, h) in COMMANDS {
                         writeln!(out, "  {h}")?;
@@ -219,7 +223,11 @@ impl Session {
                     );
                 }
                 if self.json {
-                    writeln!(out, "{}", serde_json::json!({ "concepts": shown }))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        crate::json_text(&serde_json::json!({ "concepts": shown }))
+                    )?;
                 } else {
                     for chunk in shown.chunks(4) {
                         let row: Vec<String> = chunk.iter().map(|n| format!("{n:<28}")).collect();
@@ -235,7 +243,7 @@ impl Session {
                 at_most(&args, 0, "info")?;
                 let info = crate::info::report(&self.db)?;
                 if self.json {
-                    writeln!(out, "{info}")?;
+                    writeln!(out, "{}", crate::json_text(&info))?;
                 } else {
                     crate::info::write_text(out, &info)?;
                 }
@@ -323,19 +331,20 @@ impl Session {
                 writeln!(
                     out,
                     "{}",
-                    serde_json::json!({
+                    crate::json_text(&serde_json::json!({
                         "rank": first + rank + 1, "id": h.id, "score": h.score,
                         "category": h.attributes.category,
                         "brand": h.attributes.brand, "price": h.attributes.price,
                         "in_stock": h.attributes.in_stock, "contributions": h.contributions,
-                    })
+                    }))
                 )?;
             }
         }
         if !self.json {
+            let w = id_width(res.hits.iter().map(|h| h.id.as_str()));
             writeln!(
                 out,
-                "{:>3}  {:<14} {:>7}  {:<22} why",
+                "{:>3}  {:<w$} {:>7}  {:<22} why",
                 "#", "id", "score", "category"
             )?;
             for (rank, h) in res.hits.iter().enumerate() {
@@ -348,9 +357,9 @@ impl Session {
                     .collect();
                 writeln!(
                     out,
-                    "{:>3}  {:<14} {:>7.3}  {:<22} {}",
+                    "{:>3}  {:<w$} {:>7.3}  {:<22} {}",
                     first + rank + 1,
-                    clip(&h.id, 14),
+                    clip(&h.id, w),
                     h.score,
                     clip(h.attributes.category.as_deref().unwrap_or("-"), 22),
                     why.join(", ")
@@ -555,20 +564,23 @@ impl Session {
                 )
             })
             .collect();
+        let w = id_width(hits.iter().map(|h| h.id.as_str()));
         for (rank, h) in hits.iter().enumerate() {
             if self.json {
                 writeln!(
                     out,
                     "{}",
-                    serde_json::json!({"rank": rank + 1, "id": h.id, "score": h.score,
+                    crate::json_text(
+                        &serde_json::json!({"rank": rank + 1, "id": h.id, "score": h.score,
                         "category": h.attributes.category})
+                    )
                 )?;
             } else {
                 writeln!(
                     out,
-                    "{:>3}  {:<14} {:>7.3}  {}",
+                    "{:>3}  {:<w$} {:>7.3}  {}",
                     rank + 1,
-                    clip(&h.id, 14),
+                    clip(&h.id, w),
                     h.score,
                     clip(h.attributes.category.as_deref().unwrap_or("-"), 40)
                 )?;
@@ -598,7 +610,11 @@ impl Session {
         let ann = annotate_with(model, &prep, &bytes, ANNOTATE_TOP_K)
             .with_context(|| format!("cannot annotate {file}"))?;
         if self.json {
-            writeln!(out, "{}", crate::annotate::json_line(file, &ann))?;
+            writeln!(
+                out,
+                "{}",
+                crate::json_text(&crate::annotate::json_line(file, &ann))
+            )?;
         } else {
             crate::annotate::write_text(out, file, &ann)?;
         }
@@ -610,8 +626,8 @@ impl Session {
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({"user": user, "weights": p.weights,
-                    "affinities": p.affinities, "events": p.events.len()})
+                crate::json_text(&serde_json::json!({"user": user, "weights": p.weights,
+                    "affinities": p.affinities, "events": p.events.len()}))
             )?;
             return Ok(());
         }
@@ -647,7 +663,7 @@ impl Session {
             ["list"] => {
                 for u in self.db.profile_users()? {
                     if self.json {
-                        writeln!(out, "{}", serde_json::json!({ "user": u }))?;
+                        writeln!(out, "{}", crate::json_text(&serde_json::json!({ "user": u })))?;
                     } else {
                         writeln!(out, "  {}", clip(&u, 200))?;
                     }
@@ -739,7 +755,7 @@ impl Session {
                 }
                 let t = self.db.define_tag(name, &pos, &neg, method)?;
                 if self.json {
-                    writeln!(out, "{}", tag_json(&t))?;
+                    writeln!(out, "{}", crate::json_text(&tag_json(&t)))?;
                 } else {
                     writeln!(
                         out,
@@ -760,7 +776,7 @@ impl Session {
                     if self.json {
                         let mut j = tag_json(&t);
                         j["stale"] = serde_json::json!(is_stale);
-                        writeln!(out, "{j}")?;
+                        writeln!(out, "{}", crate::json_text(&j))?;
                     } else {
                         writeln!(
                             out,
@@ -783,7 +799,7 @@ impl Session {
                 let w: f32 = w.parse().with_context(|| format!("'{w}' is not a number"))?;
                 let t = self.db.set_tag_weight(name, w)?;
                 if self.json {
-                    writeln!(out, "{}", tag_json(&t))?;
+                    writeln!(out, "{}", crate::json_text(&tag_json(&t)))?;
                 } else {
                     writeln!(out, "user.{name} weight {w}")?;
                 }
@@ -794,7 +810,7 @@ impl Session {
                     bail!("no tag '{name}'");
                 }
                 if self.json {
-                    writeln!(out, "{}", serde_json::json!({ "deleted": format!("user.{name}") }))?;
+                    writeln!(out, "{}", crate::json_text(&serde_json::json!({ "deleted": format!("user.{name}") })))?;
                 } else {
                     writeln!(out, "deleted user.{name}")?;
                 }
@@ -815,7 +831,9 @@ impl Session {
             None => loop {
                 self.shows += 1;
                 let p = PathBuf::from(format!("vitrine-show-{}.png", self.shows));
-                if !p.exists() {
+                // Nothing there, not even a link (a dangling one would be
+                // written through, to wherever it points).
+                if std::fs::symlink_metadata(&p).is_err() {
                     break p;
                 }
             },
@@ -888,7 +906,9 @@ impl Session {
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({"sheet": path, "tiles": drawn, "not_drawn": left_out, "missing": missing})
+                crate::json_text(
+                    &serde_json::json!({"sheet": path, "tiles": drawn, "not_drawn": left_out, "missing": missing})
+                )
             )?;
         } else {
             writeln!(
@@ -942,7 +962,7 @@ fn parse_line<C: clap::Subcommand>(
                 writeln!(
                     out,
                     "{}",
-                    serde_json::json!({ "help": e.render().to_string() })
+                    crate::json_text(&serde_json::json!({ "help": e.render().to_string() }))
                 )?;
             } else {
                 write!(out, "{e}")?;
@@ -997,6 +1017,16 @@ fn where_at(line: &str) -> Option<usize> {
 /// `s` in at most `n` characters, control characters shown as `?` (values
 /// are the user's: a line break or an escape would break the table or
 /// drive the terminal).
+/// The id column's width for these ids: whole up to 64 characters (SKUs
+/// that differ only at their ends must be told apart and copied), at
+/// least 14.
+fn id_width<'a>(ids: impl Iterator<Item = &'a str>) -> usize {
+    ids.map(|id| id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(14, 64)
+}
+
 fn clip(s: &str, n: usize) -> String {
     let shown = s.chars().map(|c| if c.is_control() { '?' } else { c });
     if s.chars().count() <= n {
@@ -1124,7 +1154,10 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     let report = |failed: &mut usize, e: &anyhow::Error, json: bool| {
         *failed += 1;
         if json {
-            println!("{}", serde_json::json!({"error": crate::error_message(e)}));
+            println!(
+                "{}",
+                crate::json_text(&serde_json::json!({"error": crate::error_message(e)}))
+            );
         } else {
             println!("error: {}", crate::terminal_safe(&crate::error_message(e)));
         }
