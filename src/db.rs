@@ -842,6 +842,7 @@ impl Db {
         }
         // Made here, so that a path the caller cannot use (under a file, in
         // a folder it may not write) is its error, as for a backup's.
+        let created = missing_folders(dir);
         std::fs::create_dir_all(dir).map_err(callers_path_err(dir))?;
         let store = Store::open(
             dir,
@@ -850,6 +851,9 @@ impl Db {
                 ..StoreOptions::default()
             },
         )?;
+        // The store syncs its own folder; the entries of the folders made
+        // above, or a power loss can take the new database whole.
+        sync_entries(&created)?;
         // sled's lock is ours: temporary files of a checkpoint that was
         // killed are debris (a later backup would copy them).
         remove_checkpoint_debris(dir);
@@ -2109,11 +2113,7 @@ impl Db {
         let parent = parent.unwrap_or(Path::new("."));
         // The folders made here: each one's entry in its parent is synced
         // with the backup, or a power loss can take the whole copy.
-        let created: Vec<PathBuf> = parent
-            .ancestors()
-            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-            .map(Path::to_path_buf)
-            .collect();
+        let created = missing_folders(parent);
         std::fs::create_dir_all(parent).map_err(callers_path_err(parent))?;
         // Checked again now that it exists: a path through a folder that
         // did not (`new/../db/copy`) resolves only now.
@@ -2142,12 +2142,7 @@ impl Db {
             .and_then(|()| sync_dir(&partial))
             .and_then(|()| std::fs::rename(&partial, dest).map_err(io_err(dest)))
             .and_then(|()| sync_dir(parent))
-            .and_then(|()| {
-                created.iter().try_for_each(|made| {
-                    let above = made.parent().filter(|p| !p.as_os_str().is_empty());
-                    sync_dir(above.unwrap_or(Path::new(".")))
-                })
-            });
+            .and_then(|()| sync_entries(&created));
         if let Err(e) = done {
             // Half a copy is no backup (a full disk, say): remove it.
             let _ = std::fs::remove_dir_all(&partial);
@@ -2597,6 +2592,22 @@ fn copy_dir(from: &Path, to: &Path, skip: fn(&std::ffi::OsStr) -> bool) -> Resul
         }
     }
     Ok(())
+}
+
+/// The folders `create_dir_all(dir)` would make, `dir` first.
+fn missing_folders(dir: &Path) -> Vec<PathBuf> {
+    dir.ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// Syncs each made folder's entry in its parent.
+fn sync_entries(made: &[PathBuf]) -> Result<()> {
+    made.iter().try_for_each(|made| {
+        let above = made.parent().filter(|p| !p.as_os_str().is_empty());
+        sync_dir(above.unwrap_or(Path::new(".")))
+    })
 }
 
 /// Makes a folder's entries durable (a no-op where folders cannot be

@@ -162,8 +162,9 @@ impl Error {
 
     /// True when a write failed with an I/O error in this process (a full
     /// disk), this one or an earlier one: writes, and opening the database
-    /// again, are refused until the process restarts. Everything
-    /// acknowledged before is kept.
+    /// again, are refused until the process restarts. Every write
+    /// acknowledged before is kept under `Durability::Immediate`; under
+    /// `Periodic`, those flushed.
     pub fn needs_restart(&self) -> bool {
         matches!(
             self,

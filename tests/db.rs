@@ -2029,16 +2029,16 @@ fn layer_errors_are_named_from_vitrine() {
     let _: (usize, u64) = (vitrine::GPU_MAX_K, vitrine::AUTO_GPU_MIN_WORK);
 }
 
-/// A backup into folders that did not exist syncs each new folder's entry
-/// in its parent: otherwise a power loss after `backup` returned can take
-/// the new folders, and the whole copy with them. Watched with strace,
-/// where the machine has it (ptrace allowed).
+/// A new database, and a backup, in folders that did not exist sync each
+/// new folder's entry in its parent: otherwise a power loss after `open`
+/// or `backup` returned can take the new folders, and everything in them.
+/// Watched with strace, where the machine has it (ptrace allowed).
 #[test]
-fn a_backup_syncs_the_folders_it_makes() {
+fn a_new_database_and_a_backup_sync_the_folders_they_make() {
     const CHILD: &str = "VITRINE_TEST_BACKUP_SYNC_DIR";
     if let Some(dir) = std::env::var_os(CHILD) {
         let dir = std::path::Path::new(&dir);
-        let db = open(&dir.join("db"));
+        let db = open(&dir.join("fresh").join("db"));
         db.insert("a", attrs(1), [(DEFAULT_SPACE, vector_for("a", DIM))])
             .unwrap();
         db.backup(dir.join("new").join("nested").join("copy"))
@@ -2059,7 +2059,10 @@ fn a_backup_syncs_the_folders_it_makes() {
         .args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"])
         .arg(&trace)
         .arg(std::env::current_exe().unwrap())
-        .args(["a_backup_syncs_the_folders_it_makes", "--exact"])
+        .args([
+            "a_new_database_and_a_backup_sync_the_folders_they_make",
+            "--exact",
+        ])
         .env(CHILD, dir.path())
         .output()
         .unwrap();
@@ -2069,7 +2072,8 @@ fn a_backup_syncs_the_folders_it_makes() {
         String::from_utf8_lossy(&out.stderr)
     );
     let trace = std::fs::read_to_string(&trace).unwrap();
-    for folder in [dir.path().to_path_buf(), dir.path().join("new")] {
+    // `fresh` holds the new database's entry; `new`, the backup's.
+    for folder in [dir.path().join("fresh"), dir.path().join("new")] {
         let synced = format!("<{}>", folder.canonicalize().unwrap().display());
         assert!(
             trace

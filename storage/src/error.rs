@@ -90,7 +90,8 @@ pub enum Error {
     /// refused ([`Error::FailedEarlier`]) until the process restarts.
     #[error(
         "a write to {} failed: {source}; writes are refused until the process restarts \
-         (every write acknowledged before is kept)",
+         (every write acknowledged before under Durability::Immediate is kept; under \
+         Periodic, those flushed)",
         path.display()
     )]
     WriteFailed {

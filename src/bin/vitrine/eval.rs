@@ -212,7 +212,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     if args.json {
         let mut json = serde_json::to_value(&figures)?;
         json["split"] = split.into();
-        println!("{json}");
+        println!("{}", crate::json_text(&json));
     } else {
         match split {
             "all" => println!(

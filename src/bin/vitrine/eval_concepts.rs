@@ -266,7 +266,7 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
         },
     });
     if args.json {
-        println!("{out}");
+        println!("{}", crate::json_text(&out));
     } else {
         println!("products                     {}", db.len());
         println!(

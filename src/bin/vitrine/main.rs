@@ -411,28 +411,28 @@ pub(crate) fn terminal_safe(s: &str) -> String {
 /// sequences) as they are; here they are `\u00XX` escapes, still the same
 /// JSON string.
 pub(crate) fn json_text(v: &impl serde::Serialize) -> String {
-    struct TerminalSafe;
-    impl serde_json::ser::Formatter for TerminalSafe {
-        fn write_string_fragment<W: ?Sized + std::io::Write>(
-            &mut self,
-            w: &mut W,
-            fragment: &str,
-        ) -> std::io::Result<()> {
-            let mut rest = fragment;
-            while let Some(at) = rest.find(|c: char| ('\u{7f}'..='\u{9f}').contains(&c)) {
-                w.write_all(&rest.as_bytes()[..at])?;
-                let c = rest[at..].chars().next().unwrap_or_default();
-                write!(w, "\\u{:04x}", c as u32)?;
-                rest = &rest[at + c.len_utf8()..];
+    json_escape_controls(serde_json::to_string(v))
+}
+
+/// [`json_text`], indented.
+pub(crate) fn json_pretty(v: &impl serde::Serialize) -> String {
+    json_escape_controls(serde_json::to_string_pretty(v))
+}
+
+fn json_escape_controls(json: serde_json::Result<String>) -> String {
+    match json {
+        // Outside strings JSON is ASCII: every such character is in one.
+        Ok(text) => {
+            let mut out = String::with_capacity(text.len());
+            for c in text.chars() {
+                if ('\u{7f}'..='\u{9f}').contains(&c) {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
+                } else {
+                    out.push(c);
+                }
             }
-            w.write_all(rest.as_bytes())
+            out
         }
-    }
-    let mut bytes = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut bytes, TerminalSafe);
-    match v.serialize(&mut ser) {
-        // Only UTF-8 is written.
-        Ok(()) => String::from_utf8(bytes).unwrap_or_default(),
         Err(e) => format!("{{\"error\": \"cannot write JSON: {e}\"}}"),
     }
 }

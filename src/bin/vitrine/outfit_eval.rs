@@ -553,13 +553,16 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
     }
     if args.json && !args.all_methods {
         let (_, acc, n) = &results[0];
-        println!("{}", serde_json::json!({ "accuracy": acc, "n": n }));
+        println!(
+            "{}",
+            crate::json_text(&serde_json::json!({ "accuracy": acc, "n": n }))
+        );
     } else if args.json {
         let v: Vec<_> = results
             .iter()
             .map(|(m, a, n)| serde_json::json!({"method": m, "accuracy": a, "n": n}))
             .collect();
-        println!("{}", serde_json::to_string(&v)?);
+        println!("{}", crate::json_text(&v));
     } else {
         for (m, a, n) in &results {
             println!("{m:<40} accuracy {:.1} % (n = {n})", a * 100.0);
@@ -1021,7 +1024,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         "colour_groups_vs_model_families": confusion,
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&fig)?);
+        println!("{}", crate::json_pretty(&fig));
     } else {
         let (s, e) = (&fig["substitute"], &fig["expand"]);
         let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
