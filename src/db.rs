@@ -1772,6 +1772,9 @@ impl Db {
     /// is zero.
     pub fn search(&self, s: &Search<'_>) -> Result<SearchResults> {
         let space = self.space(s.space.unwrap_or_else(|| self.default_space()))?;
+        if let Some(f) = s.filter {
+            self.check_filter_concepts(f)?;
+        }
         // The model's spaces hold another model's vectors for the products a
         // re-embedding has not reached: not comparable, so left out.
         let model = [crate::EMBEDDING_SPACE, crate::CONCEPT_SPACE]

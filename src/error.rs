@@ -105,6 +105,11 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A filter that can never mean what it says: a concept the database's
+    /// model does not know, a user tag (those rank; they tag nothing), or
+    /// two concepts of an exclusive group both wanted.
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
     /// An image could not be decoded or prepared (corrupt, too large, too small…).
     #[error(transparent)]
     Image(#[from] crate::ImageError),
@@ -209,6 +214,7 @@ impl Error {
                 | Error::SchemaMismatch(_)
                 | Error::InvalidConfig(_)
                 | Error::BadPath { .. }
+                | Error::InvalidFilter(_)
                 | Error::Image(_)
         )
     }

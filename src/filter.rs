@@ -119,6 +119,12 @@ impl Filter {
     /// (`category.tshirts`). Products stored without model outputs carry
     /// none. Names are compared as [`crate::concept_key`] writes them.
     ///
+    /// A search of a database made for a model checks the names against
+    /// its concepts: an unknown one, a user tag (those only rank), or two
+    /// concepts of an exclusive group both wanted is
+    /// [`Error::InvalidFilter`](crate::Error::InvalidFilter), not a filter
+    /// that quietly matches nothing (or, negated, everything).
+    ///
     /// ```
     /// use vitrine::{Attributes, Filter};
     /// let p = Attributes::new().set("vitrine.tags", "colour.red,pattern.striped");
@@ -151,6 +157,11 @@ impl Filter {
             && self.exclude.is_empty()
             && self.equals.is_empty()
             && self.concepts.is_empty()
+    }
+
+    /// The concept conditions, as keys: `true` for [`Filter::tagged`].
+    pub(crate) fn concepts(&self) -> impl Iterator<Item = (&str, bool)> + '_ {
+        self.concepts.iter().map(|(c, w)| (c.as_str(), *w))
     }
 
     /// The ids [`Filter::exclude`] leaves out.

@@ -1032,6 +1032,90 @@ fn concept_conditions_exclude_what_minus_terms_rank_down() {
     }
 }
 
+/// The library's filters are checked as the query language's are: a typo
+/// in `not_tagged` would return the red ones it was asked to drop, and one
+/// in `tagged` nothing at all.
+#[test]
+fn concept_filters_of_the_library_are_checked_against_the_model() {
+    let Some(s) = shared() else { return };
+    let db = &s.db;
+    let to = SimilarTo::Id(&s.samples[0].id);
+    let ok = Filter::new()
+        .tagged("Pattern.Striped")
+        .not_tagged("colour.red")
+        .not_tagged("colour.blue")
+        .tagged("category.tshirts");
+    db.similar(to, 5, &ok).unwrap();
+    for (f, says) in [
+        (
+            Filter::new().not_tagged("colour.rde"),
+            "did you mean colour.red",
+        ),
+        (
+            Filter::new().tagged("pattern.striped").tagged("shade.red"),
+            "no concept group 'shade'",
+        ),
+        (
+            Filter::new().tagged("visual.x"),
+            "no concept group 'visual'",
+        ),
+        (Filter::new().tagged("red"), "not a concept"),
+        (Filter::new().not_tagged("user.boho"), "user tag"),
+        (
+            Filter::new().tagged("colour.red").tagged("colour.blue"),
+            "cannot both hold",
+        ),
+        (
+            Filter::new()
+                .tagged("category.tshirts")
+                .tagged("category.shirts"),
+            "cannot both hold",
+        ),
+    ] {
+        match db.similar(to, 5, &f) {
+            Err(e @ vitrine::Error::InvalidFilter(_)) => {
+                assert!(e.is_user_error());
+                assert!(e.to_string().contains(says), "{f:?}: {e}");
+            }
+            other => panic!("{f:?}: {:?}", other.map(|hits| hits.len())),
+        }
+    }
+    // Concept queries and profile searches run the same check.
+    let q = ConceptQuery::new()
+        .term("colour.blue", 1.0)
+        .filter(Filter::new().tagged("colour.bleu"));
+    match db.run_query(&q, None) {
+        Err(ConceptError::Db(vitrine::Error::InvalidFilter(m))) => {
+            assert!(m.contains("colour.blue"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let profile = Profile::only("colour");
+    assert!(matches!(
+        db.similar_with_profile(to, 5, &Filter::new().tagged("colour.rde"), &profile),
+        Err(ConceptError::Db(vitrine::Error::InvalidFilter(_)))
+    ));
+    // A database without a model filters by the tags its caller stored.
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Db::open(dir.path()).unwrap();
+    let v = vec![1.0; vitrine::DEFAULT_DIM];
+    plain
+        .insert(
+            "p",
+            Attributes::new().set(vitrine::ATTR_TAGS, "shade.teal"),
+            [(vitrine::DEFAULT_SPACE, v.clone())],
+        )
+        .unwrap();
+    let hits = plain
+        .similar(
+            SimilarTo::Vector(&v),
+            5,
+            &Filter::new().tagged("shade.teal"),
+        )
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+}
+
 /// Hand-set affinities are stored under one spelling per concept, and keep
 /// their ratio to the hand-set weights once feedback comes in (even a skip,
 /// which says nothing about them).

@@ -400,8 +400,10 @@ impl vitrine_storage::Record for UserTag {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConceptError {
-    /// The database has no concept layout: it was not built from images with a model.
-    #[error("this database has no concept space (open it with DbBuilder::open_with_model and import images)")]
+    /// The database has no concept layout: it was not made for a model.
+    /// Vector spaces are fixed when a database is created, so the remedy is
+    /// a new database made for the model, with the products imported again.
+    #[error("this database has no concept space: its vector spaces were fixed when it was created without a model; make a new database for the model (DbBuilder::open_with_model, or `vitrine import` into a new folder) and import the images there")]
     NoConceptSpace,
     /// A concept name that is not in the vocabulary.
     #[error("unknown concept '{name}'{}", .suggestion.as_ref().map(|s| format!(" — did you mean {s}?")).unwrap_or_default())]
@@ -874,6 +876,62 @@ impl Db {
                 _ => stored,
             });
         }
+    }
+
+    /// [`Error::InvalidFilter`] for a concept condition that cannot mean
+    /// what it says (see [`Filter::tagged`]). A database without a model
+    /// has no concepts to check against: tags its caller stored match as
+    /// written.
+    pub(crate) fn check_filter_concepts(&self, filter: &Filter) -> Result<()> {
+        let mut conditions = filter.concepts().peekable();
+        if conditions.peek().is_none() {
+            return Ok(());
+        }
+        let Some(layout) = self.layout_of_stored_model()? else {
+            return Ok(());
+        };
+        let invalid = |m: String| Err(Error::InvalidFilter(m));
+        let mut wanted_in: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, wanted) in conditions {
+            let Some((group, concept)) = name.split_once('.') else {
+                return invalid(format!(
+                    "'{name}' is not a concept: write group.concept, as colour.red"
+                ));
+            };
+            if group == USER_GROUP {
+                return invalid(format!(
+                    "'{name}' is a user tag: the model tags no product with it, so it cannot \
+                     filter (rank by it instead, with a concept query)"
+                ));
+            }
+            let Some(g) = layout.group(group).filter(|g| !g.concepts.is_empty()) else {
+                let groups: Vec<&str> = layout
+                    .groups
+                    .iter()
+                    .filter(|g| !g.concepts.is_empty())
+                    .map(|g| g.name.as_str())
+                    .collect();
+                return invalid(format!(
+                    "'{name}': the model has no concept group '{group}' to filter by (groups: {})",
+                    groups.join(", ")
+                ));
+            };
+            if layout.concept_dim(group, concept).is_none() {
+                let hint = suggest(name, layout.concept_names().iter().map(String::as_str))
+                    .map(|s| format!(": did you mean {s}?"))
+                    .unwrap_or_default();
+                return invalid(format!("unknown concept '{name}'{hint}"));
+            }
+            if wanted && g.exclusive {
+                if let Some(other) = wanted_in.insert(group, name) {
+                    return invalid(format!(
+                        "'{other}' and '{name}' cannot both hold: a product has at most one \
+                         {group} (for either, search once per concept)"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The note of a switch under way, if any. One that does not decode

@@ -257,7 +257,9 @@ impl ConceptQuery {
         self.like = Some((target, weight));
         self
     }
-    /// Only products passing `filter`.
+    /// Only products passing `filter`. A second call replaces the first
+    /// filter: set every condition on one [`Filter`] (its conditions
+    /// combine with AND).
     pub fn filter(mut self, filter: Filter) -> Self {
         self.filter = filter;
         self
