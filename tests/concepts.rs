@@ -749,6 +749,42 @@ fn repeated_feedback_counts_once_and_hand_set_ratios_hold() {
     assert!(db.delete_profile(user).unwrap());
 }
 
+/// An impression feed of skips does not push a customer's likes out of the
+/// window: past it, skips go first while they fill more than half of it.
+#[test]
+fn skips_do_not_push_likes_out_of_the_window() {
+    let Some(s) = shared() else { return };
+    let _tags = tags_lock();
+    let db = &s.db;
+    let user = "iris";
+    let likes: Vec<(String, Feedback)> = s.samples[..10]
+        .iter()
+        .map(|x| (x.id.clone(), Feedback::Like))
+        .collect();
+    let mut events = likes.clone();
+    events.extend((0..vitrine::MAX_EVENTS - 10).map(|i| (format!("gone-{i}"), Feedback::Skip)));
+    db.set_profile(
+        user,
+        &Profile {
+            events,
+            ..Profile::only("colour")
+        },
+    )
+    .unwrap();
+    let mut p = None;
+    for x in &s.samples[10..20] {
+        p = Some(db.feedback(user, &x.id, Feedback::Skip).unwrap());
+    }
+    let p = p.unwrap();
+    assert_eq!(p.events.len(), vitrine::MAX_EVENTS);
+    assert_eq!(p.events[..10], likes[..]);
+    assert_eq!(p.events[10].0, "gone-10");
+    assert_eq!(p.events.last().unwrap().0, s.samples[19].id);
+    // Learned from the likes: not the starting point.
+    assert_ne!(p.weights, Profile::only("colour").weights);
+    assert!(db.delete_profile(user).unwrap());
+}
+
 /// A season's turnover deletes the products a customer liked: her next
 /// event learns from them as they were (the profile kept their vectors),
 /// also after a reopen, instead of resetting her to equal weights.

@@ -1840,6 +1840,45 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     assert_eq!(users, [b"carl".to_vec()]);
 }
 
+/// A switch to a model that renames a whole group (`pattern` → `motif`):
+/// the groups left share its weight, so a learned profile's weights still
+/// sum to 1 and keep their scale against its affinities.
+#[test]
+fn a_switch_that_drops_a_group_keeps_the_weights_sum() {
+    let Some(model) = model() else { return };
+    let mdir = Model::bundled_dir();
+    let onnx = std::fs::read(mdir.join(BUNDLED_ONNX)).unwrap();
+    let manifest = std::fs::read_to_string(mdir.join(MANIFEST_FILE)).unwrap();
+    assert!(manifest.contains("\"pattern\"") && manifest.contains("pattern.striped"));
+    let manifest = manifest
+        .replace("\"pattern\"", "\"motif\"")
+        .replace("pattern.", "motif.");
+    let other = Arc::new(Model::from_bytes(&onnx, manifest.as_bytes()).unwrap());
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(4);
+    write_images(src.path(), &images);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    import_folder(&db, &model, src.path());
+    let mut hand = vitrine::Profile::only("colour").weight("pattern", 1.0);
+    hand.affinities.insert("colour.red".into(), 0.5);
+    let before = db.set_profile("eve", &hand).unwrap();
+    let sum = |p: &vitrine::Profile| p.weights.values().sum::<f32>();
+    assert!((sum(&before) - 1.0).abs() < 1e-5, "{before:?}");
+    assert!(before.weights["pattern"] > 0.4, "{before:?}");
+
+    db.adopt_model(&other).unwrap();
+    let after = db.profile("eve").unwrap().unwrap();
+    assert!(!after.weights.contains_key("pattern"), "{after:?}");
+    assert!((sum(&after) - 1.0).abs() < 1e-5, "{after:?}");
+    assert_eq!(after.affinities, before.affinities);
+    assert!(db
+        .vocabulary()
+        .unwrap()
+        .resolve("motif", "striped")
+        .is_some());
+}
+
 /// `adopt_model` killed after the switch and before the profiles were
 /// pruned for the new model (forged here: the note it leaves, and a
 /// profile naming a concept the new model renamed): the next open prunes.

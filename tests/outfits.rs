@@ -1061,6 +1061,29 @@ fn a_deleted_product_leaves_the_other_templates_plannable() {
     assert_eq!(&gone_slot.original, gone);
     assert_eq!(gone_slot.category, slot_category);
     let eng = db.outfit_engine().unwrap();
+    // Too many outfits at once, or a partial outfit naming a product twice
+    // or too many, is the caller's error.
+    let big = vitrine::MAX_EXPANSIONS + 1;
+    assert!(matches!(
+        db.expand(ids[1], big, &ExpandOptions::new()),
+        Err(OutfitError::InvalidArgument(ref m)) if m.contains(&big.to_string())
+    ));
+    assert!(matches!(
+        db.cover(&ids[1..], &CoverOptions::new().outfits_per_template(big)),
+        Err(OutfitError::InvalidArgument(_))
+    ));
+    let (a, b) = (
+        subset.outfits[ids[1]][0].as_str(),
+        subset.outfits[ids[1]][1].as_str(),
+    );
+    assert!(matches!(
+        eng.complete(&[a, b, a], &[gone_slot.candidates[0].product.as_str()]),
+        Err(OutfitError::DuplicateProduct { ref product, .. }) if product == a
+    ));
+    assert!(matches!(
+        eng.complete(&vec![a; vitrine::MAX_OUTFIT_SLOTS], &[b]),
+        Err(OutfitError::TooManySlots { slots, .. }) if slots == vitrine::MAX_OUTFIT_SLOTS + 1
+    ));
     let in_category: Vec<String> = db
         .ids()
         .into_iter()

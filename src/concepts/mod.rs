@@ -315,8 +315,37 @@ fn each_once<S: AsRef<str>>(ids: &[S]) -> Vec<String> {
         .collect()
 }
 
-/// Feedback events kept per profile (the oldest are dropped).
+/// Feedback events kept per profile. Past it the oldest go, skips first
+/// while they fill more than half the window: an impression feed of skips
+/// must not push a customer's likes out (skips only contrast with them).
 pub const MAX_EVENTS: usize = 500;
+
+/// `events` (oldest first) cut to the [`MAX_EVENTS`] window, in order.
+fn keep_window(events: Vec<(String, Feedback)>) -> Vec<(String, Feedback)> {
+    let over = events.len().saturating_sub(MAX_EVENTS);
+    if over == 0 {
+        return events;
+    }
+    let skips = events.iter().filter(|(_, f)| *f == Feedback::Skip).count();
+    let likes = events.len() - skips;
+    let skips_out = over
+        .min(skips.saturating_sub(MAX_EVENTS / 2))
+        .max(over.saturating_sub(likes));
+    let (mut skips_out, mut likes_out) = (skips_out, over - skips_out);
+    events
+        .into_iter()
+        .filter(|(_, f)| {
+            let left = if *f == Feedback::Skip {
+                &mut skips_out
+            } else {
+                &mut likes_out
+            };
+            let drop = *left > 0;
+            *left = left.saturating_sub(1);
+            !drop
+        })
+        .collect()
+}
 
 /// What a profile was set to by hand: the starting point of learning from
 /// feedback (equal weights when there is none).
@@ -1555,8 +1584,17 @@ impl Db {
             })
         })?;
         changed += rewrite_each(&profiles, |key, mut p| {
+            let total = p.weights.values().sum::<f32>();
             if !prune(&mut p.weights, &mut p.affinities) {
                 return Ok(Rewrite::Keep);
+            }
+            // The groups left share what a dropped one weighed: the weights
+            // keep their sum (1, as learned), and their scale against the
+            // affinities.
+            let left = p.weights.values().sum::<f32>();
+            if left > 0.0 && left < total {
+                let scale = total / left;
+                p.weights.values_mut().for_each(|w| *w *= scale);
             }
             // One left weighing nothing could shape no query: learned again
             // from its events. Not the others: at a switch (a re-embedding's
@@ -1627,11 +1665,16 @@ impl Db {
     /// from them, starting from the new weights (the events are kept);
     /// otherwise `profile` is stored as that starting point (weights scaled
     /// to sum to 1, every group listed, affinities scaled alike: as learning
-    /// from no likes stores it) with its events: only the
-    /// newest [`MAX_EVENTS`] are kept, and each must name a valid product
+    /// from no likes stores it) with its events: those the window keeps
+    /// ([`MAX_EVENTS`]), and each must name a valid product
     /// id ([`Error::EmptyId`], [`Error::IdTooLong`]). [`Profile::uniform`] without
     /// affinities removes the starting point; [`Db::delete_profile`] forgets
     /// the user.
+    ///
+    /// Edit the starting point ([`Db::profile_prior`]), not the learned
+    /// profile ([`Db::profile`]): set back, what was learned from the
+    /// events would become the starting point and the events would count a
+    /// second time on top of it.
     pub fn set_profile(&self, user: &str, profile: &Profile) -> Result<Profile, ConceptError> {
         check_user(user)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
@@ -1639,9 +1682,8 @@ impl Db {
         for (id, _) in &profile.events {
             crate::db::check_id(id)?;
         }
-        let newest = profile.events.len().saturating_sub(MAX_EVENTS);
         let profile = &Profile {
-            events: profile.events[newest..].to_vec(),
+            events: keep_window(profile.events.clone()),
             ..profile.keyed()
         };
         let _guard = self.side_write_lock();
@@ -1776,7 +1818,7 @@ impl Db {
     /// deleted since keeps counting as it was: the profile keeps the concept
     /// vectors of its liked products (4 bytes a dimension, 0.8 KB for the
     /// bundled model: up to 400 KB for a user of 500 likes), until their
-    /// events leave the newest [`MAX_EVENTS`] or the model changes (the
+    /// events leave the window ([`MAX_EVENTS`]) or the model changes (the
     /// switch removes them). A skip of a product deleted since no longer
     /// counts. Returns the updated profile.
     pub fn feedback(
@@ -1827,11 +1869,7 @@ impl Db {
             .map(|(id, (f, last))| (last, id.to_string(), f))
             .collect();
         kept.sort_unstable_by_key(|k| k.0);
-        let mut events: Vec<(String, Feedback)> =
-            kept.into_iter().map(|(_, id, f)| (id, f)).collect();
-        if events.len() > MAX_EVENTS {
-            events.drain(..events.len() - MAX_EVENTS);
-        }
+        let events = keep_window(kept.into_iter().map(|(_, id, f)| (id, f)).collect());
         let prior = self
             .side_keyspace::<ProfilePrior>(PRIORS_KS)?
             .get(user.as_bytes())?;
@@ -2049,6 +2087,53 @@ impl Db {
             // 4096 is the index's largest ef; it searches max(k, ef) anyway.
             .ef(k.saturating_mul(16).clamp(256, 4096));
         Ok(self.search(&s)?.hits)
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn events(kinds: &[(Feedback, usize)]) -> Vec<(String, Feedback)> {
+        let mut n = 0;
+        kinds
+            .iter()
+            .flat_map(|&(f, count)| std::iter::repeat_n(f, count))
+            .map(|f| {
+                n += 1;
+                (format!("p{n}"), f)
+            })
+            .collect()
+    }
+
+    fn count(e: &[(String, Feedback)], f: Feedback) -> usize {
+        e.iter().filter(|(_, g)| *g == f).count()
+    }
+
+    #[test]
+    fn skips_go_first_while_they_fill_more_than_half() {
+        use Feedback::{Buy, Like, Skip};
+        let (half, max) = (MAX_EVENTS / 2, MAX_EVENTS);
+        // Under the window: as given.
+        let e = events(&[(Like, 10), (Skip, max - 10)]);
+        assert_eq!(keep_window(e.clone()), e);
+        // Ten likes, then many skips: the likes stay, the newest skips too.
+        let kept = keep_window(events(&[(Like, 10), (Skip, max + 90)]));
+        assert_eq!((kept.len(), count(&kept, Like)), (max, 10));
+        assert_eq!(kept[10].0, "p111");
+        // Likes and buys past half the window: their oldest go once the
+        // skips are down to half.
+        let kept = keep_window(events(&[(Skip, half + 50), (Like, 300), (Buy, 100)]));
+        assert_eq!(kept.len(), max);
+        assert_eq!(count(&kept, Skip), half);
+        assert_eq!(kept[0].0, "p51");
+        // (Of the 700, 50 skips and the 150 oldest likes went.)
+        assert_eq!(kept[half].0, "p451");
+        // Only skips, or only likes: the newest.
+        for f in [Skip, Like] {
+            let kept = keep_window(events(&[(f, max + 7)]));
+            assert_eq!((kept.len(), kept[0].0.as_str()), (max, "p8"));
+        }
     }
 }
 

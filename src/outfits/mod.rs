@@ -36,6 +36,13 @@ pub const MAX_OUTFIT_ID_LEN: usize = 1024;
 /// largest has 13); pair relations grow with the square of the size.
 pub const MAX_OUTFIT_SLOTS: usize = 64;
 
+/// Most outfits one expansion ([`OutfitEngine::expand`]) or one plan per
+/// template ([`CoverOptions::outfits_per_template`]) makes. Each new
+/// outfit is compared with every product of its slots' categories and
+/// with the outfits made before it: "all the stock can make" of a large
+/// category would run for hours.
+pub const MAX_EXPANSIONS: usize = 10_000;
+
 /// Why an outfit operation failed. Nothing is written when one is returned.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -14,7 +14,18 @@ use serde::Serialize;
 use super::features::{Catalog, NO_CATEGORY, NO_COLOUR};
 use super::memory::Memory;
 use super::rules::{Given, OutfitRules, RuleMaps};
-use super::{Outfit, OutfitError, OutfitResult};
+use super::{Outfit, OutfitError, OutfitResult, MAX_EXPANSIONS, MAX_OUTFIT_SLOTS};
+
+/// [`OutfitError::InvalidArgument`] for more outfits than
+/// [`MAX_EXPANSIONS`].
+fn check_expansions(n: usize, what: &str) -> OutfitResult<()> {
+    if n > MAX_EXPANSIONS {
+        return Err(OutfitError::InvalidArgument(format!(
+            "{what}: {n} outfits asked for; at most {MAX_EXPANSIONS} at once"
+        )));
+    }
+    Ok(())
+}
 use crate::Db;
 
 /// A relation between two slots of a template.
@@ -650,7 +661,10 @@ impl OutfitEngine<'_> {
 
     /// [`OutfitEngine::complete`] with a chosen set of signals. Candidates
     /// come back best first, each once; a candidate that is already one of
-    /// the `given` items is left out. Every method but
+    /// the `given` items is left out. The `given` items are checked as a
+    /// stored outfit's are: one named twice is
+    /// [`OutfitError::DuplicateProduct`], and with the open slot they may
+    /// be at most [`MAX_OUTFIT_SLOTS`] ([`OutfitError::TooManySlots`]). Every method but
     /// [`CompleteMethod::Visual`] needs learned rules
     /// ([`OutfitError::NoRules`]).
     pub fn complete_with<S: AsRef<str>, T: AsRef<str>>(
@@ -665,12 +679,29 @@ impl OutfitEngine<'_> {
                 "complete needs at least one given item".into(),
             ));
         }
-        let given = given
-            .iter()
-            .map(|g| self.idx("<partial outfit>", g.as_ref()))
-            .collect::<OutfitResult<Vec<_>>>()?;
+        // As a stored outfit is checked: a product twice would weigh twice
+        // in every mean below.
+        const PARTIAL: &str = "<partial outfit>";
+        if given.len() >= MAX_OUTFIT_SLOTS {
+            return Err(OutfitError::TooManySlots {
+                outfit: PARTIAL.into(),
+                slots: given.len() + 1,
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut given_idx = Vec::with_capacity(given.len());
+        for g in given {
+            let i = self.idx(PARTIAL, g.as_ref())?;
+            if !seen.insert(i) {
+                return Err(OutfitError::DuplicateProduct {
+                    outfit: PARTIAL.into(),
+                    product: g.as_ref().to_string(),
+                });
+            }
+            given_idx.push(i);
+        }
+        let given = given_idx;
         let mut cands = Vec::with_capacity(candidates.len());
-        let mut seen: std::collections::HashSet<usize> = given.iter().copied().collect();
         for c in candidates {
             let i = self.idx("<candidates>", c.as_ref())?;
             if seen.insert(i) {
@@ -970,13 +1001,15 @@ impl OutfitEngine<'_> {
     /// (MMR across the `n` outfits). Among the products that keep the most
     /// relations, those nearer the template item's colour rank higher
     /// ([`ExpandOptions::palette`]). No product repeats within an outfit.
-    /// Fewer than `n` come back when the stock runs out.
+    /// Fewer than `n` come back when the stock runs out; an `n` above
+    /// [`MAX_EXPANSIONS`] is [`OutfitError::InvalidArgument`].
     pub fn expand(
         &self,
         outfit: &str,
         n: usize,
         options: &ExpandOptions,
     ) -> OutfitResult<Vec<Expansion>> {
+        check_expansions(n, "expand")?;
         let mut ex = self.expander(outfit, options)?;
         let anchor = ex.template[ex.anchor];
         if self.cat.category[anchor] == NO_CATEGORY {
@@ -1029,12 +1062,15 @@ impl OutfitEngine<'_> {
     /// and listed in [`CoverPlan::skipped`]; an anchor slot
     /// ([`ExpandOptions::anchor_slot`]) past a template's last slot is the
     /// caller's error, [`OutfitError::InvalidArgument`] naming the template,
-    /// before anything is planned.
+    /// before anything is planned, as is an
+    /// [`outfits_per_template`](CoverOptions::outfits_per_template) above
+    /// [`MAX_EXPANSIONS`].
     pub fn cover<S: AsRef<str>>(
         &self,
         templates: &[S],
         options: &CoverOptions,
     ) -> OutfitResult<CoverPlan> {
+        check_expansions(options.outfits_per_template, "cover: outfits per template")?;
         let started = Instant::now();
         let cat = &self.cat;
         // A template named twice is planned once.
