@@ -394,6 +394,8 @@ fn malformed_queries_are_typed_errors_with_positions() {
         ("find colour red", Unexpected, 12),
         ("find +colour.red profile", UnexpectedEnd, 24),
         ("find (colour.red)", Unexpected, 5),
+        ("find +colour.red profile anna@example.com", Unexpected, 25),
+        ("find like SKU.1^2", Unexpected, 10),
     ];
     assert!(cases.len() >= 20);
     let mismatches: Vec<String> = cases
@@ -431,6 +433,18 @@ fn malformed_queries_are_typed_errors_with_positions() {
         Some("an attribute key with a dot is quoted: \"size.eu\" = …")
     );
     ConceptQuery::parse("find +colour.red where \"size.eu\" = 42", &vocab).unwrap();
+    // So is an id with a dot, which would be cut at it.
+    let email =
+        ConceptQuery::parse("find +colour.red profile anna@example.com", &vocab).unwrap_err();
+    assert_eq!(
+        email.hint.as_deref(),
+        Some("\"anna@example.com\""),
+        "{email}"
+    );
+    let q = ConceptQuery::parse("find +colour.red profile \"anna@example.com\"", &vocab).unwrap();
+    assert_eq!(q.get_profile(), Some("anna@example.com"));
+    let spaced = ConceptQuery::parse("find like SKU .5", &vocab).unwrap_err();
+    assert!(!spaced.to_string().contains("is quoted"), "{spaced}");
     // An unsigned concept right after a condition is a condition whose
     // `and` was forgotten, not silently a term; a signed one ranks.
     let forgot =

@@ -26,7 +26,8 @@ pub enum PlanHint {
     Auto,
     /// Always scan the allowed vectors exactly.
     Exact,
-    /// Always use the graph (falls back to exact only when the graph returns too few hits).
+    /// Use the graph: exact only when the graph returns too few hits, or
+    /// for a `k` above 4,096 (the widest beam).
     Graph,
 }
 
@@ -86,7 +87,10 @@ impl SearchOptions {
 /// Result of a search.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchOutput {
-    /// Hits sorted by score descending, ties by doc ascending.
+    /// Hits sorted by score descending, ties by doc ascending. (Under
+    /// [`Plan::Graph`], among the candidates the graph found: of many equal
+    /// scores at the k-th place, which make the cut can differ from an
+    /// exact scan's.)
     pub hits: Vec<Hit>,
     /// Plan that produced them.
     pub plan: Plan,

@@ -626,6 +626,9 @@ impl VectorIndex for SpaceIndex {
         }
         let plan = match opts.plan {
             PlanHint::Exact => Plan::Exact,
+            // A beam wider than the widest allowed would walk the whole
+            // graph one node at a time, with heaps of k entries.
+            PlanHint::Graph if k > crate::config::MAX_EF => Plan::Exact,
             PlanHint::Graph => Plan::Graph,
             PlanHint::Auto => {
                 // Asking for (nearly) everything allowed is cheapest exactly;

@@ -140,7 +140,7 @@ fn scores_are_identical_across_plans() {
 
 /// The planner takes the exact scan for a k wider than the graph's widest
 /// beam (4,096), where it would otherwise walk the graph; a k within it
-/// stays on the graph.
+/// stays on the graph. So does a search that asks for the graph.
 #[test]
 fn a_k_past_the_widest_beam_is_planned_exact() {
     let f = fixture();
@@ -154,4 +154,8 @@ fn a_k_past_the_widest_beam_is_planned_exact() {
     let exact = brute_force(Metric::Cosine, &f.data, q, 5_000, None);
     // (f32 scores against f64: a tie at the boundary may swap.)
     assert!(recall(&got, &exact) >= 0.999);
+    let asked = SearchOptions::new(5_000).with_plan(PlanHint::Graph);
+    let graph = f.index.search(q, &asked, None).unwrap();
+    assert_eq!(graph.plan, Plan::Exact);
+    assert_eq!(graph.hits, wide.hits);
 }

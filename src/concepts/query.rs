@@ -163,7 +163,9 @@ pub enum LikeTarget {
 /// `field` is `category`, `brand` or any attribute key (attribute keys are
 /// case-sensitive, as stored: `articleType`; one with a dot is quoted,
 /// `"size.eu" = 42`, or it reads as a concept); values are words,
-/// numbers (`60`, `-0.5`, `1.5e2`) or `"quoted strings"`. Keywords and concept names are
+/// numbers (`60`, `-0.5`, `1.5e2`) or `"quoted strings"`; so are the ids
+/// of `like` and `profile` (one with a dot, a space or a quote is quoted:
+/// `profile "anna@example.com"`). Keywords and concept names are
 /// case-insensitive; attribute values are compared exactly, as stored
 /// (`category = "Tshirts"`, not `"tshirts"`). Example:
 ///
@@ -692,6 +694,40 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A product or user id. Unquoted, one with a dot (`anna@example.com`)
+    /// lexes as words and dots: refused whole, with its quoted form, not
+    /// cut at the dot.
+    fn id(&mut self) -> Result<String, QueryError> {
+        let col = self.peek().col;
+        let quoted = matches!(self.peek().tok, Tok::Str(_));
+        let v = self.value()?;
+        if quoted {
+            return Ok(v);
+        }
+        let (mut joined, mut end) = (v.clone(), col + v.chars().count());
+        for t in &self.toks[self.at..] {
+            if t.col != end {
+                break;
+            }
+            let part = match &t.tok {
+                Tok::Sym(".") => ".",
+                Tok::Word(w) | Tok::Num(w) => w.as_str(),
+                _ => break,
+            };
+            end += part.chars().count();
+            joined.push_str(part);
+        }
+        if joined == v {
+            return Ok(v);
+        }
+        Err(QueryError::new(
+            QueryErrorKind::Unexpected,
+            col,
+            format!("'{joined}' would be read as '{v}': an id with a dot is quoted"),
+        )
+        .hint(format!("\"{joined}\"")))
+    }
+
     fn query(mut self) -> Result<ConceptQuery, QueryError> {
         let mut q = ConceptQuery::new();
         if self.keyword("find") {
@@ -734,9 +770,7 @@ impl<'a> Parser<'a> {
                     } else {
                         let v = self.peek().clone();
                         match v.tok {
-                            Tok::Word(_) | Tok::Str(_) | Tok::Num(_) => {
-                                LikeTarget::Id(self.value()?)
-                            }
+                            Tok::Word(_) | Tok::Str(_) | Tok::Num(_) => LikeTarget::Id(self.id()?),
                             _ => {
                                 return Err(self
                                     .unexpected(&v, "a product id or image \"path\"")
@@ -849,7 +883,7 @@ impl<'a> Parser<'a> {
                     if q.profile.is_some() {
                         return Err(dup("profile"));
                     }
-                    q.profile = Some(self.value()?);
+                    q.profile = Some(self.id()?);
                 }
                 Tok::Word(_) | Tok::Str(_) => {
                     let (name, w) = self.term()?;
