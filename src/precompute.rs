@@ -228,6 +228,9 @@ pub(crate) fn precompute_similar(
         .contains(&space.name.as_str())
         .then(|| db.model_fingerprint())
         .flatten();
+    // A typo in a concept condition would list nothing (or, negated,
+    // everything), as in a search.
+    db.check_filter_concepts(filter)?;
     let mut other_model = 0usize;
     // Snapshot: ids sorted; row docs are positions in `ids`, so ties break by id.
     let mut ids = Vec::new();

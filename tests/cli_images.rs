@@ -58,6 +58,44 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Annotations that could not be written (a full disk) fail the command:
+/// a batch job must not take an empty file for a success.
+#[test]
+fn annotate_fails_when_its_output_cannot_be_written() {
+    if !have_model("annotate_fails_when_its_output_cannot_be_written") {
+        return;
+    }
+    if !Path::new("/dev/full").exists() {
+        eprintln!("SKIP: no /dev/full");
+        return;
+    }
+    let files = sample_images(1);
+    let file = files[0].to_str().unwrap();
+    for json in [false, true] {
+        let mut args = vec!["annotate", "--fpi", file];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(&args)
+            .current_dir(root())
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "json {json}: {stderr}");
+        assert!(
+            stderr.contains("cannot write to standard output"),
+            "{stderr}"
+        );
+    }
+    // (A flag that would be ignored is refused: --images only with --sheet.)
+    let out = vitrine(&[
+        "outfit", "--db", "nowhere", "show", "x", "--images", "p.csv",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
 #[test]
 fn annotate_json_prints_one_object_per_file() {
     if !have_model("annotate_json_prints_one_object_per_file") {

@@ -1145,6 +1145,13 @@ fn concept_filters_of_the_library_are_checked_against_the_model() {
         db.similar_with_profile(to, 5, &Filter::new().tagged("colour.rde"), &profile),
         Err(ConceptError::Db(vitrine::Error::InvalidFilter(_)))
     ));
+    // So do precomputed tables.
+    assert!(matches!(
+        db.precompute_similar(1, &Filter::new().tagged("colour.rde"), &Default::default()),
+        Err(vitrine::PrecomputeError::Db(vitrine::Error::InvalidFilter(
+            _
+        )))
+    ));
     // A database without a model filters by the tags its caller stored.
     let dir = tempfile::tempdir().unwrap();
     let plain = Db::open(dir.path()).unwrap();

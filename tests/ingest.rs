@@ -1840,6 +1840,64 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     assert_eq!(users, [b"carl".to_vec()]);
 }
 
+/// A re-embedding stopped after the switch leaves products of the old
+/// model, out of every search: a plain import of the same source, once
+/// the database is of the new model, re-embeds them (they were counted as
+/// skipped, and stayed invisible).
+#[test]
+fn a_plain_import_finishes_a_stopped_re_embedding() {
+    let Some(model) = model() else { return };
+    let other = renamed_model();
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(5);
+    write_images(src.path(), &images);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    import_folder(&db, &model, src.path());
+    assert!(db
+        .update_attributes(&images[0].0, |a| a.brand = Some("kept".into()))
+        .unwrap());
+    // Where a re-embedding killed after its first image leaves the
+    // database: switched, its products still of the old model.
+    db.adopt_model(&other).unwrap();
+    let r = import_folder(&db, &other, src.path());
+    assert_eq!((r.progress.replaced, r.progress.skipped), (5, 0), "{r:?}");
+    for (id, _, _) in &images {
+        let p = db.get(id).unwrap().unwrap();
+        assert_eq!(p.attributes.extra[ATTR_MODEL], other.fingerprint(), "{id}");
+    }
+    // Attributes are kept, and the products are found again.
+    let first = db.get(&images[0].0).unwrap().unwrap();
+    assert_eq!(first.attributes.brand.as_deref(), Some("kept"));
+    let hits = db
+        .similar(SimilarTo::Id(&images[0].0), 10, &vitrine::Filter::new())
+        .unwrap();
+    assert_eq!(hits.len(), 4);
+    // A second run has nothing left to do.
+    let again = import_folder(&db, &other, src.path());
+    assert_eq!((again.progress.replaced, again.progress.skipped), (0, 5));
+}
+
+/// `annotate` runs the bundled model: on a database switched to another,
+/// its labels would contradict the stored ones, so it says so.
+#[test]
+fn annotate_refuses_a_database_of_another_model() {
+    let Some(model) = model() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let images = good_images(1);
+    write_images(src.path(), &images);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&model, dir.path());
+    import_folder(&db, &model, src.path());
+    let bytes = &images[0].2;
+    db.annotate(bytes).unwrap();
+    db.adopt_model(&renamed_model()).unwrap();
+    assert!(matches!(
+        db.annotate(bytes),
+        Err(vitrine::IngestError::ModelMismatch { .. })
+    ));
+}
+
 /// A switch to a model that renames a whole group (`pattern` → `motif`):
 /// the groups left share its weight, so a learned profile's weights still
 /// sum to 1 and keep their scale against its affinities.

@@ -413,7 +413,10 @@ impl Db {
     /// stays flat whatever the number of images. Products are stored in
     /// source order (the feeder runs at most a few hundred items ahead of
     /// the writer). Items whose id is already
-    /// stored are skipped (so an interrupted import resumes where it stopped);
+    /// stored are skipped (so an interrupted import resumes where it stopped),
+    /// but for products still of a previous model (a re-embedding stopped
+    /// before it reached them): those are re-embedded, keeping their
+    /// attributes, as [`ImportOptions::reembed`] would;
     /// a bad item is recorded in [`ImportReport::failures`] with its reason and
     /// the import goes on. Fails as a whole only when the model cannot be
     /// loaded, does not fit the database (see [`Db::check_model`]; also when
@@ -543,7 +546,9 @@ impl Db {
         // (A re-embedding that switched nothing, every image failing, has
         // nothing to learn again.)
         let switched = self.model_fingerprint().as_deref() == Some(model.fingerprint());
-        if !report.stopped && (reembed && switched || (refresh && report.progress.replaced > 0)) {
+        // (A plain import replaces products only of another model: it
+        // finished a stopped re-embedding's work.)
+        if !report.stopped && (reembed && switched || report.progress.replaced > 0) {
             // A mean taken while old and new vectors were mixed is stale,
             // and user tags are directions in the old model's space (or of
             // the old photos): both are learned again from the new vectors,
@@ -650,11 +655,16 @@ impl Db {
                     only_of_another_model: false,
                     colour: None,
                 }),
+                // Of another model: a re-embedding replaces it, and so does
+                // any import once the database is of this model (one a
+                // stopped re-embedding left behind would stay out of every
+                // search, counted as skipped).
                 Some((p, doc))
                     if refresh
-                        || reembed
-                            && p.attributes.extra.get(ATTR_MODEL).map(String::as_str)
-                                != Some(model.fingerprint()) =>
+                        || match p.attributes.extra.get(ATTR_MODEL) {
+                            Some(m) => m != model.fingerprint(),
+                            None => reembed,
+                        } =>
                 {
                     jobs.push(Job {
                         seq: jobs.len(),

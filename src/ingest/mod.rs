@@ -664,8 +664,20 @@ impl Db {
 
     /// Category (top 5) and tags of an image, with the bundled model and
     /// the database's preparation ([`Db::prep_config`]). Nothing is stored.
+    /// A database of another model is [`IngestError::ModelMismatch`]: its
+    /// stored categories and tags are that model's, which the bundled
+    /// model's would contradict.
     pub fn annotate(&self, bytes: &[u8]) -> Result<Annotation, IngestError> {
         let model = Model::bundled()?;
+        if let Some(stored) = self
+            .stored_model_fingerprint()
+            .filter(|fp| fp != model.fingerprint())
+        {
+            return Err(IngestError::ModelMismatch {
+                stored,
+                model: model.fingerprint().to_string(),
+            });
+        }
         annotate_with(&model, &self.prep_config()?, bytes, ANNOTATE_TOP_K)
     }
 

@@ -1,5 +1,6 @@
 //! `vitrine annotate`: category top-5 and tags of image files.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -72,9 +73,15 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
             .read_file(path)
             .map_err(anyhow::Error::from)
             .and_then(|bytes| Ok(annotate_with(&model, &prep, &bytes, ANNOTATE_TOP_K)?));
+        // Output that could not be written (a full disk) fails the command,
+        // not a file: every later one would fail the same way.
+        let mut out = std::io::stdout().lock();
         match result {
-            Ok(ann) if args.json => println!("{}", crate::json_text(&json_line(&name, &ann))),
-            Ok(ann) => print_text(&name, &ann),
+            Ok(ann) if args.json => writeln!(out, "{}", crate::json_text(&json_line(&name, &ann)))
+                .context("cannot write to standard output")?,
+            Ok(ann) => {
+                write_text(&mut out, &name, &ann).context("cannot write to standard output")?
+            }
             Err(e) => {
                 failed += 1;
                 esay!(

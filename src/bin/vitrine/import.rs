@@ -449,11 +449,13 @@ pub fn parse_in_stock(value: &str) -> Result<bool, String> {
 
 /// The attribute cells of one row, or why one is bad.
 fn csv_cells(header: &[String], row: &[String]) -> Result<Vec<Cell>, String> {
-    // Cells past the header would be dropped unseen (empty ones, from a
-    // trailing comma, are harmless).
-    if row.iter().skip(header.len()).any(|c| !c.trim().is_empty()) {
+    // Cells past the header would be dropped unseen. Empty ones too: an
+    // unquoted `1,299.00` before an empty last cell shifts the row by one
+    // and still ends in an empty cell (price 1, the next column 299.00).
+    if row.len() > header.len() {
         return Err(format!(
-            "{} cells, but the header has {} columns",
+            "{} cells, but the header has {} columns (an unquoted comma in a value, \
+             as in 1,299.00, splits it: quote the value)",
             row.len(),
             header.len()
         ));
@@ -1387,5 +1389,22 @@ mod tests {
         assert!(matches!(cells[0], Cell::Price(p) if p == 19.9));
         assert!(matches!(&cells[1], Cell::Extra(k, v) if k == "In Stock" && v == "Y"));
         assert!(matches!(cells[2], Cell::InStock(false)));
+    }
+
+    /// A price with a thousands separator, unquoted, before an empty last
+    /// cell: the row has one cell too many, all past the header empty.
+    #[test]
+    fn a_row_longer_than_the_header_is_refused_even_when_it_ends_empty() {
+        let header: Vec<String> = ["id", "path", "price", "brand"].map(String::from).to_vec();
+        let row: Vec<String> = ["sku-1", "a.jpg", "1", "299.00", ""]
+            .map(String::from)
+            .to_vec();
+        let e = csv_cells(&header, &row).err().unwrap();
+        assert!(
+            e.starts_with("5 cells, but the header has 4 columns"),
+            "{e}"
+        );
+        let row: Vec<String> = ["sku-1", "a.jpg", "1299.00", ""].map(String::from).to_vec();
+        assert!(matches!(csv_cells(&header, &row).unwrap()[..], [Cell::Price(p)] if p == 1299.0));
     }
 }

@@ -169,8 +169,9 @@ pub struct SheetArgs {
     /// and with a `des_filename`, `path` or `image` column, else the image
     /// path in the second column (paths relative to the CSV's folder).
     /// Without it, the file each product was imported from (its
-    /// `vitrine.source` attribute), else its `image` attribute.
-    #[arg(long)]
+    /// `vitrine.source` attribute), else its `image` attribute. Only with
+    /// `--sheet`.
+    #[arg(long, requires = "sheet")]
     pub images: Option<PathBuf>,
 }
 
