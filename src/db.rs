@@ -1720,17 +1720,21 @@ impl Db {
         }))
     }
 
-    /// How many products pass `filter` (from memory, no storage reads).
-    pub fn count_matching(&self, filter: &Filter) -> usize {
-        read(&self.catalog).allowed(filter, &[]).len()
+    /// How many products pass `filter`, from memory. Its concept
+    /// conditions are checked against the model as a search checks them
+    /// ([`Error::InvalidFilter`]), the only storage read.
+    pub fn count_matching(&self, filter: &Filter) -> Result<usize> {
+        self.check_filter_concepts(filter)?;
+        Ok(read(&self.catalog).allowed(filter, &[]).len())
     }
 
-    /// Ids of the products that pass `filter`, sorted (from memory, no
-    /// storage reads). A product deleted while they are copied may be
-    /// left out.
-    pub fn ids_matching(&self, filter: &Filter) -> Vec<String> {
+    /// Ids of the products that pass `filter`, sorted, from memory (checked
+    /// as by [`Db::count_matching`]). A product deleted while they are
+    /// copied may be left out.
+    pub fn ids_matching(&self, filter: &Filter) -> Result<Vec<String>> {
+        self.check_filter_concepts(filter)?;
         let docs = read(&self.catalog).allowed(filter, &[]);
-        self.sorted_ids_of(&docs)
+        Ok(self.sorted_ids_of(&docs))
     }
 
     /// Ids of all products, sorted. A product deleted while they are
@@ -3310,7 +3314,10 @@ mod tests {
             .filter(|i| !odd(i) && *i != 20)
             .map(|i| format!("p{i:02}"))
             .collect();
-        assert_eq!(db.ids_matching(&Filter::new().in_stock()), in_stock);
+        assert_eq!(
+            db.ids_matching(&Filter::new().in_stock()).unwrap(),
+            in_stock
+        );
         assert_eq!(db.ids().len(), 49);
     }
 

@@ -1145,13 +1145,23 @@ fn concept_filters_of_the_library_are_checked_against_the_model() {
         db.similar_with_profile(to, 5, &Filter::new().tagged("colour.rde"), &profile),
         Err(ConceptError::Db(vitrine::Error::InvalidFilter(_)))
     ));
-    // So do precomputed tables.
+    // So do precomputed tables, and counts and lists of matching ids
+    // (which would count none and list every product).
     assert!(matches!(
         db.precompute_similar(1, &Filter::new().tagged("colour.rde"), &Default::default()),
         Err(vitrine::PrecomputeError::Db(vitrine::Error::InvalidFilter(
             _
         )))
     ));
+    assert!(matches!(
+        db.count_matching(&Filter::new().tagged("colour.rde")),
+        Err(vitrine::Error::InvalidFilter(_))
+    ));
+    assert!(matches!(
+        db.ids_matching(&Filter::new().not_tagged("colour.rde")),
+        Err(vitrine::Error::InvalidFilter(_))
+    ));
+    assert!(db.count_matching(&ok).is_ok());
     // A database without a model filters by the tags its caller stored.
     let dir = tempfile::tempdir().unwrap();
     let plain = Db::open(dir.path()).unwrap();
@@ -1171,8 +1181,63 @@ fn concept_filters_of_the_library_are_checked_against_the_model() {
         )
         .unwrap();
     assert_eq!(hits.len(), 1);
+    let teal = Filter::new().tagged("shade.teal");
+    assert_eq!(plain.ids_matching(&teal).unwrap(), ["p"]);
 }
 
+/// The learning caches (the catalog's mean concept vector, a user's liked
+/// vectors) read as missing when damaged, and are written again: one
+/// damaged record must not fail every user's feedback, nor stop
+/// `delete_tag`'s walk over every profile.
+#[test]
+fn damaged_learning_caches_are_written_again() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+        import(&db, &model, &samples()[..6]);
+        let ids = db.ids();
+        db.define_tag("boho", &[&ids[0]], &[], TagMethod::Centroid)
+            .unwrap();
+        db.feedback("ann", &ids[1], Feedback::Like).unwrap();
+        ids
+    };
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        for (tree, key) in [
+            ("vitrine.concept_stats", &b"catalog_mean.2"[..]),
+            ("vitrine.profile_liked", b"ann"),
+        ] {
+            let ks: vitrine_storage::Keyspace<common::Raw> = store.keyspace(tree).unwrap();
+            assert!(ks.contains(key).unwrap(), "{tree}");
+            ks.put_raw(key, b"\x01\xff\xff damaged").unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let db = Db::open(dir.path()).unwrap();
+    db.feedback("bob", &ids[2], Feedback::Like).unwrap();
+    db.feedback("ann", &ids[3], Feedback::Like).unwrap();
+    assert!(db.delete_tag("boho").unwrap());
+    assert!(db.vocabulary().unwrap().tags().is_empty());
+}
+
+/// An id no product can have is the error `get` gives for it, on the
+/// learning paths too (not "product '' not found").
+#[test]
+fn learning_paths_check_product_ids() {
+    let Some(s) = shared() else { return };
+    assert!(matches!(
+        s.db.feedback("ann", "", Feedback::Like),
+        Err(ConceptError::Db(vitrine::Error::EmptyId))
+    ));
+    let long = "x".repeat(vitrine::MAX_ID_LEN + 1);
+    assert!(matches!(
+        s.db.define_tag("t", &[long.as_str()], &[], TagMethod::Centroid),
+        Err(ConceptError::Db(vitrine::Error::IdTooLong { .. }))
+    ));
+}
 /// Hand-set affinities are stored under one spelling per concept, and keep
 /// their ratio to the hand-set weights once feedback comes in (even a skip,
 /// which says nothing about them).

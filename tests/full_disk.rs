@@ -88,7 +88,7 @@ fn child_fills_the_disk_under_a_db() {
     let stored = db.get(&id).unwrap().map(|p| short(p.attributes.brand));
     let in_memory = db.attributes(&id).map(|a| short(a.brand));
     assert_eq!(in_memory, stored, "after {error}");
-    let listed = db.ids_matching(&Filter::new()).contains(&id);
+    let listed = db.ids_matching(&Filter::new()).unwrap().contains(&id);
     assert_eq!(listed, stored.is_some());
     // A retry of a write sled may have taken (or any write that would
     // change nothing) is refused like every other: a stock change, the

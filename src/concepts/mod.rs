@@ -1954,8 +1954,10 @@ impl Db {
 
     /// The concept vector of `id`: [`Error::NotFound`] for an unknown
     /// product, [`Error::MissingVector`] for one stored without it (by
-    /// `insert`, with vectors only).
+    /// `insert`, with vectors only); [`Error::EmptyId`] or
+    /// [`Error::IdTooLong`] for an id no product can have, as from `get`.
     pub(crate) fn concept_vector(&self, id: &str) -> Result<Vec<f32>, Error> {
+        crate::db::check_id(id)?;
         match self.vector(CONCEPT_SPACE, id)? {
             Some(z) => Ok(z),
             None if self.attributes(id).is_some() => Err(Error::MissingVector {

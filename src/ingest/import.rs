@@ -97,7 +97,7 @@ fn list_dir(dir: &Path) -> Result<(Vec<ImportItem>, Vec<PathBuf>), IngestError> 
             not_utf8.push(path);
             continue;
         }
-        // Without spaces at either end, as a CSV's cells are read: an id
+        // Without white space at either end, as a CSV's cells are read: an id
         // no CSV could name would be out of reach of every later update.
         let Some(stem) = path
             .file_stem()

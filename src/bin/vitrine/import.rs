@@ -15,7 +15,7 @@ use vitrine::{
 /// Arguments of `vitrine import`.
 #[derive(Args)]
 pub struct ImportArgs {
-    /// A folder of images (id = file stem, without spaces at its ends, but
+    /// A folder of images (id = file stem, without white space at its ends, but
     /// for a product an older build stored with them), or a CSV file with a header row
     /// whose first two columns are the id and the image path (relative to the
     /// CSV's folder); further columns are attributes (`category`, `brand`,
@@ -43,7 +43,8 @@ pub struct ImportArgs {
     /// stock, brand, category, other columns) in place; what the CSV does
     /// not give stays, and so do their vectors: the daily price-and-stock
     /// refresh. New ids are imported. Without it present products are
-    /// skipped (an interrupted import resumes).
+    /// skipped (an interrupted import resumes), but for those still of a
+    /// previous model, which are embedded again.
     #[arg(long, conflicts_with_all = ["reembed", "refresh"])]
     pub update: bool,
     /// Products of SOURCE already stored are run through the model again

@@ -595,7 +595,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 Some(c) => {
                     // Only products with model outputs can be ranked.
                     let found: Vec<String> = db
-                        .ids_matching(&vitrine::Filter::new().in_stock().category_in([&c]))
+                        .ids_matching(&vitrine::Filter::new().in_stock().category_in([&c]))?
                         .into_iter()
                         .filter(|id| eng.in_stock(id).is_some())
                         .collect();

@@ -417,7 +417,10 @@ impl Session {
         if filter.is_empty() {
             return String::new();
         }
-        let passing = self.db.count_matching(filter);
+        // (The query's filter was checked when it was parsed.)
+        let Ok(passing) = self.db.count_matching(filter) else {
+            return String::new();
+        };
         let all = self.db.len();
         if passing == 0 {
             format!(
