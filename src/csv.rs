@@ -20,24 +20,52 @@ pub struct CsvRecord {
     pub fields: Vec<String>,
 }
 
-/// A CSV text whose quoted field is never closed.
+/// Fields a record may have: far more than any catalog's columns, and a
+/// bound on the memory of one record (each field is a `String`, 24 bytes
+/// even when empty: a line of a hundred million commas would take
+/// gigabytes).
+pub const MAX_CSV_FIELDS: usize = 10_000;
+
+/// A CSV text that cannot be read; the records before it were.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnclosedQuote {
-    /// The line where the quoted field opens (1-based).
-    pub line: usize,
+#[non_exhaustive]
+pub enum CsvError {
+    /// A quoted field is never closed.
+    UnclosedQuote {
+        /// The line where the quoted field opens (1-based).
+        line: usize,
+    },
+    /// A record has more than [`MAX_CSV_FIELDS`] fields.
+    TooManyFields {
+        /// The line where the record starts (1-based).
+        line: usize,
+    },
 }
 
-impl fmt::Display for UnclosedQuote {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the quoted field opened on line {} is never closed",
-            self.line
-        )
+impl CsvError {
+    /// The line of the text where the error is (1-based).
+    pub fn line(&self) -> usize {
+        match *self {
+            CsvError::UnclosedQuote { line } | CsvError::TooManyFields { line } => line,
+        }
     }
 }
 
-impl std::error::Error for UnclosedQuote {}
+impl fmt::Display for CsvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CsvError::UnclosedQuote { line } => {
+                write!(f, "the quoted field opened on line {line} is never closed")
+            }
+            CsvError::TooManyFields { line } => write!(
+                f,
+                "the record on line {line} has more than {MAX_CSV_FIELDS} fields"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CsvError {}
 
 /// Parses a CSV text into records (see the module docs for the dialect).
 /// [`csv_records`] reads them one at a time.
@@ -51,23 +79,23 @@ impl std::error::Error for UnclosedQuote {}
 /// assert_eq!((records[2].line, records[2].fields[1].as_str()), (4, "two\nlines"));
 /// assert_eq!((records[3].line, records[3].fields[1].as_str()), (6, "12\" sleeve"));
 /// assert!(vitrine::parse_csv("a,\"open\nb,c\n").is_err());
-/// # Ok::<(), vitrine::UnclosedQuote>(())
+/// # Ok::<(), vitrine::CsvError>(())
 /// ```
-pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, UnclosedQuote> {
+pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, CsvError> {
     csv_records(text).collect()
 }
 
 /// The records of a CSV text, one at a time: a large file's rows can be
 /// checked and dropped as they are read, instead of all being held at once
 /// (a row of many empty cells takes many times its bytes as strings). An
-/// unclosed quote is the last item.
+/// error (an unclosed quote, a record of too many fields) is the last item.
 ///
 /// ```
 /// let mut records = vitrine::csv_records("id,name\n1,\"a\n2,b\n");
 /// assert_eq!(records.next().unwrap()?.fields, ["id", "name"]);
-/// assert_eq!(records.next().unwrap().unwrap_err().line, 2);
+/// assert_eq!(records.next().unwrap().unwrap_err().line(), 2);
 /// assert!(records.next().is_none());
-/// # Ok::<(), vitrine::UnclosedQuote>(())
+/// # Ok::<(), vitrine::CsvError>(())
 /// ```
 pub fn csv_records(text: &str) -> CsvRecords<'_> {
     CsvRecords {
@@ -95,7 +123,7 @@ pub struct CsvRecords<'a> {
 }
 
 impl Iterator for CsvRecords<'_> {
-    type Item = Result<CsvRecord, UnclosedQuote>;
+    type Item = Result<CsvRecord, CsvError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         // Each field is copied out at its exact length; this buffer is
@@ -136,6 +164,10 @@ impl Iterator for CsvRecords<'_> {
                         quoted_since = Some(self.line);
                         quoted_part = true;
                     }
+                    ',' if fields.len() + 1 == MAX_CSV_FIELDS => {
+                        self.done = true;
+                        return Some(Err(CsvError::TooManyFields { line: start }));
+                    }
                     ',' => {
                         fields.push(cur.as_str().to_owned());
                         cur.clear();
@@ -157,7 +189,7 @@ impl Iterator for CsvRecords<'_> {
             if !ended {
                 self.done = true;
                 if let Some(line) = quoted_since {
-                    return Some(Err(UnclosedQuote { line }));
+                    return Some(Err(CsvError::UnclosedQuote { line }));
                 }
             }
             fields.push(cur.as_str().to_owned());
@@ -297,12 +329,30 @@ mod tests {
     fn unclosed_quote_names_its_line() {
         assert_eq!(
             parse_csv("a,b\nc,\"d\ne,f\n"),
-            Err(UnclosedQuote { line: 2 })
+            Err(CsvError::UnclosedQuote { line: 2 })
         );
         // Read one at a time, the records before it come first.
         let mut records = csv_records("a,b\nc,\"d\ne,f\n");
         assert_eq!(records.next().unwrap().unwrap().fields, ["a", "b"]);
-        assert_eq!(records.next(), Some(Err(UnclosedQuote { line: 2 })));
+        assert_eq!(
+            records.next(),
+            Some(Err(CsvError::UnclosedQuote { line: 2 }))
+        );
+        assert_eq!(records.next(), None);
+    }
+
+    #[test]
+    fn a_record_of_too_many_fields_is_refused() {
+        let widest = ",".repeat(MAX_CSV_FIELDS - 1);
+        let r = parse_csv(&format!("h\n{widest}\n")).unwrap();
+        assert_eq!(r[1].fields.len(), MAX_CSV_FIELDS);
+        let text = format!("a,b\nc,d\n{widest},\ne,f\n");
+        let err = CsvError::TooManyFields { line: 3 };
+        assert_eq!(parse_csv(&text), Err(err.clone()));
+        assert!(err.to_string().contains("line 3"), "{err}");
+        let mut records = csv_records(&text);
+        assert_eq!(records.nth(1).unwrap().unwrap().fields, ["c", "d"]);
+        assert_eq!(records.next(), Some(Err(err)));
         assert_eq!(records.next(), None);
     }
 }

@@ -58,7 +58,9 @@ pub use concepts::{
     QueryResults, TagMethod, UserTag, Vocabulary, HAND_SET_PRIOR_LIKES, LOOK_TIE_BREAK, MAX_EVENTS,
     MAX_QUERY_BYTES, MAX_WEIGHT, PROFILE_EXACT_MAX, SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
 };
-pub use csv::{csv_records, parse_csv, read_csv_file, CsvRecord, CsvRecords, UnclosedQuote};
+pub use csv::{
+    csv_records, parse_csv, read_csv_file, CsvError, CsvRecord, CsvRecords, MAX_CSV_FIELDS,
+};
 pub use db::{
     Db, DbBuilder, Hit, OpenReport, Product, Search, SearchResults, SimilarTo, SpaceStats,
     VectorSpace, DEFAULT_DIM, DEFAULT_SPACE, MAX_ID_LEN,

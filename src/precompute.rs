@@ -231,6 +231,17 @@ pub(crate) fn precompute_similar(
     // A typo in a concept condition would list nothing (or, negated,
     // everything), as in a search.
     db.check_filter_concepts(filter)?;
+    // Before the catalog is read: what refuses the call refuses it at once.
+    if k == 0 {
+        return Err(crate::Error::InvalidConfig("k must be at least 1".into()).into());
+    }
+    let scorer = Scorer::new(
+        options.scorer.unwrap_or(db.scorer_choice()),
+        ScorerOptions {
+            threads: options.threads,
+            ..ScorerOptions::default()
+        },
+    )?;
     let mut other_model = 0usize;
     // Snapshot: ids sorted; row docs are positions in `ids`, so ties break by id.
     let mut ids = Vec::new();
@@ -265,9 +276,6 @@ pub(crate) fn precompute_similar(
         ids.push(id);
     }
 
-    if k == 0 {
-        return Err(crate::Error::InvalidConfig("k must be at least 1".into()).into());
-    }
     if other_model > 0 {
         tracing::warn!(
             products = other_model,
@@ -313,13 +321,6 @@ pub(crate) fn precompute_similar(
             .unwrap_or_default()
     };
 
-    let scorer = Scorer::new(
-        options.scorer.unwrap_or(db.scorer_choice()),
-        ScorerOptions {
-            threads: options.threads,
-            ..ScorerOptions::default()
-        },
-    )?;
     let rows = Rows::new(space.dim, &data)?.with_docs(&docs)?;
     let loaded = scorer.load(rows);
     let mask = RowMask::from_fn(allowed.len(), |i| allowed[i]);

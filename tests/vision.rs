@@ -517,7 +517,7 @@ fn errors_read_well() {
     let e = prepare_image(&png_header(30_000, 30_000), &PrepConfig::default()).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "image is 30000×30000 pixels, over the decode limits (at most 12000×12000 pixels and 256 MiB decoded)"
+        "image is 30000×30000 pixels, over the decode limits (at most 12000×12000 pixels and 256 MiB decoded, as RGB or wider)"
     );
     assert_eq!(ImageError::Empty.to_string(), "image is empty (zero bytes)");
 }

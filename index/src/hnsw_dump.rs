@@ -4,7 +4,8 @@
 //! (a wrong one aborts the process), a wrong magic or id is an `assert!`
 //! or a `process::exit`, a vector shorter than the dimension is read out
 //! of bounds, and a neighbour or entry point past its layer is an index
-//! panic. The checksums in our header catch damage; this catches a dump
+//! panic (and an entry point below the top layer leaks the layers above
+//! it when the graph is dropped). The checksums in our header catch damage; this catches a dump
 //! that is well checksummed but not what hnsw_rs can read (a bug, or a
 //! forged file). Integers are the host's byte order, as hnsw_rs writes them
 //! (the header refuses a dump from a host of the other order).
@@ -282,6 +283,14 @@ pub(crate) fn check(
     let entry = (g.u8()?, i32::from_ne_bytes(g.bytes()?));
     if !exists(entry) {
         return Err(format!("graph file: entry point {entry:?} is not a point"));
+    }
+    // hnsw_rs's drop unlinks the layers up to the entry point's: points
+    // above it, linked to each other, would never be freed.
+    let top = per_layer.iter().rposition(|&n| n > 0);
+    if top != Some(usize::from(entry.0)) {
+        return Err(format!(
+            "graph file: entry point {entry:?} is not on the top layer ({top:?})"
+        ));
     }
     Ok(())
 }

@@ -547,3 +547,30 @@ fn a_forged_dump_disagreeing_with_the_header_is_refused() {
     forge(&good, &dir, &[("graph.hnsw.graph", graph)]);
     load(&dir, &idx, 7).unwrap();
 }
+
+/// An entry point below the graph's top layer (a forged dump, checksums
+/// recomputed) is refused: hnsw_rs's drop frees the layers up to the entry
+/// point's only, and would leak the points above it.
+#[test]
+fn an_entry_point_below_the_top_layer_is_refused_at_load() {
+    let (idx, _) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    idx.save(&good, 7).unwrap();
+    let graph = fs::read(good.join("graph.hnsw.graph")).unwrap();
+    // The file ends with the entry point: id (8), layer (1), rank (4).
+    let layer = graph.len() - 5;
+    assert!(graph[layer] >= 1, "a sample of one layer");
+    let mut forged = graph.clone();
+    forged[layer] = 0;
+    forged[layer + 1..].copy_from_slice(&0i32.to_ne_bytes());
+    let dir = tmp.path().join("low-entry");
+    forge(&good, &dir, &[("graph.hnsw.graph", forged)]);
+    match load(&dir, &idx, 7) {
+        Err(LoadError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("top layer"), "{reason}")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    load(&good, &idx, 7).unwrap();
+}

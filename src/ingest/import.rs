@@ -739,8 +739,8 @@ impl Db {
                 let rx = job_rx.clone();
                 let tx = prep_tx.clone();
                 let prep = &prep;
-                if let Err(e) =
-                    thread("prepare").spawn_scoped(scope, move || prepare_worker(rx, tx, prep))
+                if let Err(e) = thread("prepare")
+                    .spawn_scoped(scope, move || prepare_worker(rx, tx, prep, stopping))
                 {
                     if started == 0 {
                         return Some(e);
@@ -832,7 +832,11 @@ impl Db {
             }
             // (Every job arrives, a panic in a worker as its failure; the
             // loop above has handled them all, unless the channel closed
-            // early.)
+            // early: a stop closes it from the prepare threads, and what
+            // waits is dropped.)
+            if stopping() {
+                return None;
+            }
             for (_, inferred) in waiting {
                 if !handle(inferred) {
                     break;
@@ -937,8 +941,17 @@ fn caught<T>(work: impl FnOnce() -> Result<T, IngestError>) -> Result<T, IngestE
     })
 }
 
-fn prepare_worker(rx: Receiver<Job>, tx: Sender<Prepared>, prep: &PrepConfig) {
+fn prepare_worker(
+    rx: Receiver<Job>,
+    tx: Sender<Prepared>,
+    prep: &PrepConfig,
+    stopping: impl Fn() -> bool,
+) {
     for job in rx {
+        // Queued jobs are dropped, not read: a stop reads no other file.
+        if stopping() {
+            return;
+        }
         let prepared = caught(|| {
             let bytes = prep
                 .get_limits()

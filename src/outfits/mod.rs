@@ -351,7 +351,7 @@ impl Db {
             let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
             csv_err(line, "not UTF-8 text".into())
         })?;
-        let records = crate::parse_csv(&text).map_err(|e| csv_err(e.line, e.to_string()))?;
+        let records = crate::parse_csv(&text).map_err(|e| csv_err(e.line(), e.to_string()))?;
         // Lines end at '\n' only: a file of bare-CR line ends (an old Mac
         // export) is one record, which would import nothing and say so
         // only by a count of 0.

@@ -37,12 +37,13 @@ pub struct DecodeLimits {
     pub max_width: u32,
     /// Largest accepted height in pixels. Default 12 000.
     pub max_height: u32,
-    /// Largest decoded buffer, in bytes, in the image's own pixel format
-    /// (e.g. 4 bytes per pixel for RGBA8, 6 for RGB16). Default 256 MiB.
+    /// Largest decoded buffer, in bytes, counted at the larger of the
+    /// image's own bytes per pixel (4 for RGBA8, 6 for RGB16) and 3 (the
+    /// RGB copy that is kept: a grey image counts as RGB). Default 256 MiB.
     /// Also passed to the decoders for their internal allocations. Peak
-    /// memory while decoding can reach about three times this: the RGB
-    /// copy (grey expands to 3 bytes per pixel), and a rotated copy for
-    /// EXIF orientations that turn the image by 90°.
+    /// memory while decoding can reach about three times this: the decoded
+    /// buffer, the RGB copy, and a rotated copy for EXIF orientations that
+    /// turn the image by 90°.
     pub max_alloc: u64,
     /// Largest image file [`DecodeLimits::read_file`] reads, in bytes.
     /// Default 64 MiB.
@@ -64,7 +65,7 @@ impl fmt::Display for DecodeLimits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "at most {}×{} pixels and {} MiB decoded",
+            "at most {}×{} pixels and {} MiB decoded, as RGB or wider",
             self.max_width,
             self.max_height,
             self.max_alloc / (1024 * 1024)
