@@ -49,17 +49,56 @@ struct LoadedGraph {
     hnsw: Graph<'this>,
 }
 
-enum GraphStore {
+enum GraphKind {
     Built(Box<Graph<'static>>),
     Loaded(LoadedGraph),
 }
 
+/// A graph, freed in a thread pool of its own: hnsw_rs's drop clears its
+/// layers with rayon, and would start rayon's global pool, never used
+/// here (its threads stay for the process's life; started at the thread
+/// limit, it panics, here inside a drop, and stays broken).
+struct GraphStore(std::mem::ManuallyDrop<GraphKind>);
+
 impl GraphStore {
+    fn built(graph: Graph<'static>) -> Self {
+        GraphStore(std::mem::ManuallyDrop::new(GraphKind::Built(Box::new(
+            graph,
+        ))))
+    }
+
+    fn loaded(graph: LoadedGraph) -> Self {
+        GraphStore(std::mem::ManuallyDrop::new(GraphKind::Loaded(graph)))
+    }
+
     fn with<R>(&self, f: impl FnOnce(&Graph<'_>) -> R) -> R {
-        match self {
-            GraphStore::Built(h) => f(h),
-            GraphStore::Loaded(l) => l.with_hnsw(f),
+        match &*self.0 {
+            GraphKind::Built(h) => f(h),
+            GraphKind::Loaded(l) => l.with_hnsw(f),
         }
+    }
+}
+
+impl Drop for GraphStore {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here, and never read after.
+        let graph = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        for want in [threads, 1] {
+            match rayon::ThreadPoolBuilder::new()
+                .num_threads(want)
+                .thread_name(|i| format!("vitrine-graph-free-{i}"))
+                .build()
+            {
+                Ok(pool) => return pool.install(move || drop(graph)),
+                Err(e) => {
+                    tracing::warn!(error = %e, threads = want, "no thread pool to free a graph in")
+                }
+            }
+        }
+        // Not one thread to start: kept, rather than a panic in a drop.
+        tracing::warn!("an index graph is left allocated: no thread could be started to free it");
+        std::mem::forget(graph);
     }
 }
 
@@ -127,7 +166,7 @@ impl HnswIndex {
     pub fn new(dim: usize, metric: Metric, params: HnswParams) -> Result<Self> {
         check_dim(dim)?;
         params.validate()?;
-        let graph = GraphStore::Built(Box::new(new_graph(&params, 0)));
+        let graph = GraphStore::built(new_graph(&params, 0));
         Ok(HnswIndex {
             dim,
             metric,
@@ -174,7 +213,7 @@ impl HnswIndex {
             dim: flat.dim(),
             metric: flat.metric(),
             params,
-            graph: GraphStore::Built(Box::new(hnsw)),
+            graph: GraphStore::built(hnsw),
             points,
             doc_point,
         })
@@ -369,7 +408,7 @@ impl HnswIndex {
         points: Vec<Option<u64>>,
     ) -> std::result::Result<Self, String> {
         let graph = if points.is_empty() {
-            GraphStore::Built(Box::new(new_graph(&params, 0)))
+            GraphStore::built(new_graph(&params, 0))
         } else {
             // The files passed their lengths and checksums; what hnsw_rs
             // would abort, exit or read out of bounds on is refused first,
@@ -393,7 +432,9 @@ impl HnswIndex {
                 .try_build()
             }))
             .map_err(|_| "hnsw_rs panicked while reading the dump".to_string())??;
-            let (nb, d) = loaded.with_hnsw(|h| {
+            // Wrapped before the checks: one that refuses it frees it too.
+            let loaded = GraphStore::loaded(loaded);
+            let (nb, d) = loaded.with(|h| {
                 (
                     h.get_nb_point(),
                     h.get_point_indexation().get_data_dimension(),
@@ -408,7 +449,7 @@ impl HnswIndex {
             if d != dim {
                 return Err(format!("graph dimension {d}, header says {dim}"));
             }
-            GraphStore::Loaded(loaded)
+            loaded
         };
         let doc_point = points
             .iter()
