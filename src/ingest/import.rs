@@ -706,7 +706,10 @@ impl Db {
         let todo = jobs.len();
         let mut handled = 0usize;
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
-        let (prep_tx, prep_rx) = bounded::<Prepared>(batch * 2 * inference);
+        // Prepared images (147 KB each) wait for inference, the slow stage:
+        // a batch's worth, and two per thread, keep every thread fed; more
+        // would only hold memory (gigabytes at 256 threads of 64).
+        let (prep_tx, prep_rx) = bounded::<Prepared>(batch + 2 * inference);
         let (out_tx, out_rx) = bounded::<Inferred>(batch * 2 * inference);
         // The writer stores in source order: the feeder is at most `window`
         // jobs ahead of it (one credit per job, given back as each is
