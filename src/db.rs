@@ -1125,6 +1125,15 @@ impl Db {
                         ),
                     ));
                 }
+                if missing > report.damaged.len() {
+                    warn!(
+                        space = %specs[i].name,
+                        missing,
+                        damaged = report.damaged.len(),
+                        at_checkpoint = arena.len(),
+                        "products of the last checkpoint are missing from storage: accepted as lost"
+                    );
+                }
                 for (p, (doc, v)) in arena.iter().enumerate() {
                     if in_sled[i][p] {
                         // As stored: preparing it again could change its bits.
@@ -1445,6 +1454,9 @@ impl Db {
     ) -> Result<Rewrite> {
         check_id(id)?;
         let mut w = lock(&self.writer);
+        // After a failed write, what sled shows may be lost at the restart:
+        // not "nothing to do" (as insert and delete refuse it too).
+        self.store.check_writable()?;
         let Some(record) = self.products.get(id.as_bytes())? else {
             return Ok(Rewrite::Gone);
         };
@@ -1463,10 +1475,24 @@ impl Db {
             check_attributes(&attrs)?;
         }
         let mut vectors = self.check_vectors(vectors)?;
+        // A kept vector the index refuses (stored by an older build: the
+        // open left it out of the index) is dropped, as the index already
+        // has it: kept, it would stop the write between sled and the
+        // indexes.
         let kept: Vec<(String, Vec<f32>)> = record
             .vectors
             .into_iter()
             .filter(|(space, _)| !vectors.iter().any(|(s, _)| s == space))
+            .filter(|(space, v)| match self.space(space) {
+                Ok(s) => match check_vector(&s.spec, v) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(id, space = %space, error = %e, "stored vector the index refuses dropped");
+                        false
+                    }
+                },
+                Err(_) => true,
+            })
             .collect();
         vectors.extend(kept);
         // A record's vectors are sorted by name (ProductRecord::vector
@@ -3338,5 +3364,46 @@ mod tests {
             drop(paused);
             assert_eq!(read, Ok((true, true)), "the read waited for the pause");
         });
+    }
+
+    /// A rewrite (a re-embedding) of a product whose record keeps a vector
+    /// the index refuses (a zero cosine vector an older build stored)
+    /// drops that vector, and writes sled and every index: it stopped
+    /// between them, with the catalog and the indexes disagreeing.
+    #[test]
+    fn a_rewrite_drops_a_kept_vector_the_index_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder()
+            .vector_space("a", 3, Metric::Cosine)
+            .vector_space("b", 3, Metric::Cosine)
+            .open(dir.path())
+            .unwrap();
+        db.insert(
+            "p",
+            Attributes::new(),
+            [("a", vec![1.0, 0.0, 0.0]), ("b", vec![0.0, 1.0, 0.0])],
+        )
+        .unwrap();
+        let mut record = db.products.get(b"p").unwrap().unwrap();
+        record.vectors[1].1 = vec![0.0; 3];
+        db.products.put(b"p", &record).unwrap();
+        let done = db
+            .rewrite(
+                "p",
+                None,
+                |_| true,
+                |a| (a.brand("new"), vec![("a", vec![0.0, 0.0, 1.0])]),
+            )
+            .unwrap();
+        assert!(matches!(done, Rewrite::Done));
+        let p = db.get("p").unwrap().unwrap();
+        assert_eq!(p.attributes.brand.as_deref(), Some("new"));
+        assert_eq!(p.vectors.keys().collect::<Vec<_>>(), ["a"]);
+        let hits = db
+            .search(&Search::new(SimilarTo::Vector(&[0.0, 0.0, 1.0]), 1).space("a"))
+            .unwrap()
+            .hits;
+        assert_eq!((hits[0].id.as_str(), hits[0].score > 0.99), ("p", true));
+        assert!(read(&db.spaces[1].index).get(record.doc).is_none());
     }
 }

@@ -6,8 +6,24 @@ use std::process::Command;
 use rand::{Rng, SeedableRng};
 
 fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) {
+    write_npy_of(
+        path,
+        "<f4",
+        rows,
+        cols,
+        data.iter().flat_map(|x| x.to_le_bytes()),
+    );
+}
+
+fn write_npy_of(
+    path: &Path,
+    descr: &str,
+    rows: usize,
+    cols: usize,
+    data: impl Iterator<Item = u8>,
+) {
     let mut dict =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     while (10 + dict.len() + 1) % 64 != 0 {
         dict.push(' ');
     }
@@ -15,7 +31,7 @@ fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) {
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
     out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
     out.extend_from_slice(dict.as_bytes());
-    out.extend(data.iter().flat_map(|x| x.to_le_bytes()));
+    out.extend(data);
     std::fs::write(path, out).unwrap();
 }
 
@@ -120,6 +136,75 @@ fn bench_ann_reports_recall_and_qps_per_ef() {
         "--json",
     ]);
     assert!((recall(&rows[0]) - 1.0).abs() < 1e-9, "{rows:?}");
+
+    // A ground-truth file: its answers in any order set the same bar as
+    // an exact scan; one made for another metric (Euclidean, on vectors
+    // not normalised) is refused, not trusted.
+    let top10 = |score: &dyn Fn(&[f32], &[f32]) -> f32| -> Vec<i64> {
+        (0..60)
+            .flat_map(|qi| {
+                let qv = &queries[qi * dim..(qi + 1) * dim];
+                let mut ids: Vec<usize> = (0..3000).collect();
+                ids.sort_by(|&x, &y| {
+                    let s = |i: usize| score(qv, &base[i * dim..(i + 1) * dim]);
+                    s(y).total_cmp(&s(x))
+                });
+                // Worst first: the order is not the file's to promise.
+                ids[..10]
+                    .iter()
+                    .rev()
+                    .map(|&i| i as i64)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let cosine = |x: &[f32], y: &[f32]| {
+        let dot: f32 = x.iter().zip(y).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        dot / (norm(x) * norm(y))
+    };
+    let euclid = |x: &[f32], y: &[f32]| -> f32 {
+        -x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
+    };
+    let gt_run = |gt: &[i64]| {
+        let g = dir.path().join("gt.npy");
+        write_npy_of(&g, "<i8", 60, 10, gt.iter().flat_map(|x| x.to_le_bytes()));
+        let args = [
+            "bench",
+            "ann",
+            "--base",
+            b,
+            "--queries",
+            q,
+            "--gt",
+            g.to_str().unwrap(),
+            "--ef",
+            "16,128",
+            "--plan",
+            "graph",
+            "--json",
+        ];
+        Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = gt_run(&top10(&cosine));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let with_gt: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(recall(&with_gt[1]) >= 0.95, "{with_gt:?}");
+    let out = gt_run(&top10(&euclid));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not match --metric"), "{err}");
 
     // Bad input is an error message, not a panic.
     let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))

@@ -741,9 +741,11 @@ fn eval_classify_prints_the_six_figures() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
     let obj = v.as_object().unwrap();
-    assert_eq!(obj.len(), 7, "{v}");
-    // Without --split, the output says the training images are in.
+    assert_eq!(obj.len(), 8, "{v}");
+    // Without --split, the output says the training images are in, and
+    // that no sibling groups were left out of the neighbours.
     assert_eq!(obj["split"], "all", "{v}");
+    assert_eq!(obj["siblings_excluded"], false, "{v}");
     for key in [
         "weighted_f1",
         "top1",

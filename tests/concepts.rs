@@ -1223,6 +1223,53 @@ fn damaged_learning_caches_are_written_again() {
     assert!(db.vocabulary().unwrap().tags().is_empty());
 }
 
+/// A tag's model record, or a user's hand-set starting point, that does
+/// not decode (damaged, or a newer build's) stops neither concept calls
+/// nor `delete_tag`: the tag counts as stale, the user's profile is
+/// learned without its starting point.
+#[test]
+fn a_damaged_tag_model_or_starting_point_stops_nothing() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+        import(&db, &model, &samples()[..6]);
+        let ids = db.ids();
+        for (tag, id) in [("boho", &ids[0]), ("chic", &ids[1])] {
+            db.define_tag(tag, &[id.as_str()], &[], TagMethod::Centroid)
+                .unwrap();
+        }
+        let mut hand = Profile::only("colour");
+        hand.affinities.insert("user.boho".into(), 1.0);
+        hand.affinities.insert("colour.red".into(), 1.0);
+        db.set_profile("ann", &hand).unwrap();
+        db.feedback("ann", &ids[2], Feedback::Like).unwrap();
+    }
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        for (tree, key) in [
+            ("vitrine.tag_models", &b"chic"[..]),
+            ("vitrine.profile_priors", b"ann"),
+        ] {
+            let ks: vitrine_storage::Keyspace<common::Raw> = store.keyspace(tree).unwrap();
+            assert!(ks.contains(key).unwrap(), "{tree}");
+            ks.put_raw(key, b"\x01\xff\xff damaged").unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.stale_tags().unwrap(), ["chic"]);
+    assert_eq!(db.query("find +user.boho limit 2").unwrap().hits.len(), 2);
+    assert!(db.delete_tag("boho").unwrap());
+    let ann = db.profile("ann").unwrap().unwrap();
+    assert!(!ann.affinities.contains_key("user.boho"), "{ann:?}");
+    assert!(db.delete_tag("chic").unwrap());
+    assert!(db.user_tags().unwrap().is_empty());
+    assert!(db.stale_tags().unwrap().is_empty());
+}
+
 /// An id no product can have is the error `get` gives for it, on the
 /// learning paths too (not "product '' not found").
 #[test]
@@ -1587,7 +1634,21 @@ fn user_tags_are_learned_queried_and_persisted() {
         "{e:?}"
     );
     assert!(!e.to_string().contains("column"), "{e}");
+    // So is a profile whose only preference is that tag: not a ranking by
+    // look alone (the tie-break of profiles that weigh no look).
+    let only_the_tag = Profile {
+        weights: Default::default(),
+        affinities: [("user.ticktock".to_string(), 1.0)].into(),
+        events: Vec::new(),
+    };
+    assert!(matches!(
+        db.similar_with_profile(SimilarTo::Id(examples[0]), 5, &Filter::new(), &only_the_tag),
+        Err(ConceptError::Db(vitrine::Error::InvalidVector { .. }))
+    ));
     db.set_tag_weight("ticktock", 0.25).unwrap();
+    assert!(db
+        .similar_with_profile(SimilarTo::Id(examples[0]), 5, &Filter::new(), &only_the_tag)
+        .is_ok());
     assert!(matches!(
         db.set_tag_weight("ticktock", f32::NAN),
         Err(ConceptError::InvalidWeight { .. })

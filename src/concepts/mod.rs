@@ -675,6 +675,22 @@ fn rewrite_each<T: vitrine_storage::Record>(
     Ok(changed)
 }
 
+/// A user's hand-set starting point; one that does not decode (damaged,
+/// or a newer build's) is none, with a warning, as in a walk over every
+/// profile ([`rewrite_each`]): it must not stop the walk.
+fn readable_prior(
+    priors: &vitrine_storage::Keyspace<ProfilePrior>,
+    user: &[u8],
+) -> Result<Option<ProfilePrior>, ConceptError> {
+    match priors.get(user) {
+        Err(e) if undecodable(&e) => {
+            tracing::warn!(error = %e, "starting point unreadable: learned without it");
+            Ok(None)
+        }
+        r => Ok(r?),
+    }
+}
+
 /// A record's own damage (or a newer build's record), not the store's.
 fn undecodable(e: &vitrine_storage::Error) -> bool {
     matches!(
@@ -1135,9 +1151,20 @@ impl Db {
         };
         let ks = self.side_keyspace::<TagModel>(TAG_MODELS_KS)?;
         let mut out = Vec::new();
-        for r in ks.iter() {
-            let (name, m) = r?;
-            if m.model != model {
+        for name in ks.keys() {
+            let name = name?;
+            // A record that does not decode (damaged, or a newer build's)
+            // names no model: stale, as a tag of an unknown model is, not
+            // an error of every concept call (delete_tag removes it).
+            let stale = match ks.get(&name) {
+                Ok(m) => m.is_some_and(|m| m.model != model),
+                Err(e) if undecodable(&e) => {
+                    tracing::warn!(error = %e, "tag model record unreadable: the tag counts as stale");
+                    true
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if stale {
                 out.push(String::from_utf8_lossy(&name).into_owned());
             }
         }
@@ -1274,7 +1301,14 @@ impl Db {
         let models = self.side_keyspace::<TagModel>(TAG_MODELS_KS)?;
         for key in self.side_keyspace::<UserTag>(TAGS_KS)?.keys() {
             let key = key?;
-            if models.get(&key)?.is_none() {
+            // (One unreadable is rewritten: the tag was learned with `old`
+            // or before it.)
+            let recorded = match models.get(&key) {
+                Ok(m) => m.is_some(),
+                Err(e) if undecodable(&e) => false,
+                Err(e) => return Err(e.into()),
+            };
+            if !recorded {
                 models.put(&key, &TagModel { model: old.into() })?;
             }
         }
@@ -1448,16 +1482,17 @@ impl Db {
         let tags = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
-        // Read before anything is written: without a concept space there
-        // are no hand-set weights to clean up.
+        let _guard = self.side_write_lock();
+        let _changes = self.vocabulary_changes();
+        // Read under the lock (a switch meanwhile would rename what the
+        // profiles are learned with), before anything is written: without
+        // a concept space there are no hand-set weights to clean up.
         let layout = match self.concept_layout() {
             Ok(layout) => Some(layout),
             Err(ConceptError::NoConceptSpace) => None,
             Err(e) => return Err(e),
         };
         let uniform = layout.as_ref().map(|l| Profile::uniform(l).weights);
-        let _guard = self.side_write_lock();
-        let _changes = self.vocabulary_changes();
         // No such tag, nothing to clean: the tag goes last below (its
         // model record after it), so a delete cut short by a crash still
         // finds one of them.
@@ -1469,27 +1504,18 @@ impl Db {
         // The tag goes last: a crash before leaves it defined, and the
         // delete to do again.
         let concept = format!("{USER_GROUP}.{name}");
-        // A hand-set starting point left with equal (or no) weights and no
-        // affinity is none: set_profile would not have stored it, and
-        // feedback would count it as 8 likes of nothing in particular.
-        rewrite_each(&priors, |_, mut prior| {
+        // A hand-set starting point without the tag: `None` when it is then
+        // none (equal or no weights, no affinity: set_profile would not
+        // have stored it, and feedback would count it as 8 likes of nothing
+        // in particular), else whether it changed.
+        let strip = |prior: &mut ProfilePrior| -> Option<bool> {
             let had = prior.affinities.remove(&concept).is_some();
             let no_weights = prior.weights.values().all(|w| *w == 0.0);
             let equal = uniform.as_ref() == Some(&prior.weights);
-            Ok(if prior.affinities.is_empty() && (equal || no_weights) {
-                Rewrite::Remove
-            } else if had {
-                Rewrite::Put(prior)
-            } else {
-                Rewrite::Keep
-            })
-        })?;
-        // A profile that named the tag is learned again from its events and
-        // what is left of its starting point, as the next feedback would,
-        // without the tag: one left weighing nothing (the tag its only
-        // preference) could shape no query, and the others are scaled as
-        // the starting point now is (the next event, even a skip, would
-        // rescale them).
+            (!(prior.affinities.is_empty() && (equal || no_weights))).then_some(had)
+        };
+        // Everything read first: a failure below changes nothing, or leaves
+        // a delete to do again (the tag goes last).
         let vocab = match layout {
             Some(layout) => {
                 let left = self
@@ -1502,11 +1528,18 @@ impl Db {
             }
             None => None,
         };
+        // A profile that named the tag is learned again from its events and
+        // what is left of its starting point (as the priors' rewrite below
+        // leaves it), as the next feedback would, without the tag: one left
+        // weighing nothing (the tag its only preference) could shape no
+        // query, and the others are scaled as the starting point now is
+        // (the next event, even a skip, would rescale them).
         rewrite_each(&profiles, |key, mut p| {
             let had = p.affinities.remove(&concept).is_some();
             Ok(match &vocab {
                 Some(vocab) if had => {
-                    let prior = priors.get(key)?;
+                    let prior = readable_prior(&priors, key)?
+                        .and_then(|mut prior| strip(&mut prior).map(|_| prior));
                     Rewrite::Put(learn::learn_profile(
                         self,
                         key,
@@ -1518,6 +1551,13 @@ impl Db {
                 }
                 _ if had => Rewrite::Put(p),
                 _ => Rewrite::Keep,
+            })
+        })?;
+        rewrite_each(&priors, |_, mut prior| {
+            Ok(match strip(&mut prior) {
+                None => Rewrite::Remove,
+                Some(true) => Rewrite::Put(prior),
+                Some(false) => Rewrite::Keep,
             })
         })?;
         let existed = tags.remove(name.as_bytes())?;
@@ -1604,7 +1644,7 @@ impl Db {
             let empty =
                 p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0);
             if empty {
-                let prior = priors.get(key)?;
+                let prior = readable_prior(&priors, key)?;
                 p = learn::learn_profile(self, key, &vocab, p.events, prior.as_ref(), None)?;
             }
             Ok(Rewrite::Put(p))
@@ -2007,10 +2047,19 @@ pub(crate) fn profile_query(
             q[d] = w * z[d];
         }
     }
+    for (c, a) in &profile.affinities {
+        let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
+        if let Some(r) = vocab.resolve(group, concept) {
+            vocab.add_to(&r, *a, &mut q);
+        }
+    }
     // A profile that gives the look no weight (colour only) scores many
     // products the same: those are ordered by look, at a scale below the
-    // profile's own.
-    if profile.weights.get(VISUAL_GROUP).copied().unwrap_or(0.0) == 0.0 {
+    // profile's own. Not one that ranks by nothing (its affinities name
+    // stale or zero-weight tags only): the look would be all its ranking,
+    // and the caller's "nothing to rank by" check would never see it.
+    let ranks = q.iter().any(|x| *x != 0.0);
+    if ranks && profile.weights.get(VISUAL_GROUP).copied().unwrap_or(0.0) == 0.0 {
         let scale = profile
             .weights
             .values()
@@ -2021,12 +2070,6 @@ pub(crate) fn profile_query(
             for d in g.start.min(end)..end {
                 q[d] += LOOK_TIE_BREAK * scale * z[d];
             }
-        }
-    }
-    for (c, a) in &profile.affinities {
-        let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
-        if let Some(r) = vocab.resolve(group, concept) {
-            vocab.add_to(&r, *a, &mut q);
         }
     }
     Ok(q)
