@@ -897,6 +897,15 @@ fn query_command_prints_results_and_positioned_errors() {
         &format!("similar {seed} where price <"),
     ]);
     assert_eq!(out.status.code(), Some(1));
+    // With --json, the error is a JSON object on stdout too, as a piped
+    // REPL prints it.
+    let out = vitrine(&["query", "--db", db, "--json", "find +colour.rd"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("colour.red"),
+        "{err}"
+    );
     // Without the bundled model, `like image` and `annotate` say why it
     // could not be loaded (they pointed at a library call).
     for line in [

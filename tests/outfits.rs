@@ -605,6 +605,41 @@ fn expansions_are_in_stock_without_repeats_and_keep_colour_relations() {
     assert!(kept as f64 >= 0.8 * rel as f64, "{kept}/{rel}");
 }
 
+/// A template with two slots of one category, whose category has two other
+/// products in stock: the second expansion would take them again, swapped
+/// between the slots. No expansion repeats another's products.
+#[test]
+fn expansions_never_repeat_a_product_set() {
+    let Some(f) = fixture() else { return };
+    let _g = lock();
+    let db = &f.db;
+    let mut by_category: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for id in db.ids() {
+        let a = db.attributes(&id).unwrap();
+        if let (true, Some(c)) = (a.in_stock, a.category) {
+            by_category.entry(c).or_default().push(id);
+        }
+    }
+    let members = by_category
+        .values()
+        .find(|m| m.len() >= 4)
+        .expect("a category of four products");
+    let sold = members[4..].to_vec();
+    for p in &sold {
+        db.set_in_stock(p, false).unwrap();
+    }
+    let _restock = Restock(db, sold);
+    let template = [members[0].clone(), members[1].clone()];
+    db.store_outfit("two-of-a-kind", &template).unwrap();
+    let made = db.expand("two-of-a-kind", 3, &ExpandOptions::new().anchor_slot(0));
+    db.delete_outfit("two-of-a-kind").unwrap();
+    let made = made.unwrap();
+    assert!(!made.is_empty());
+    let sets: HashSet<std::collections::BTreeSet<&String>> =
+        made.iter().map(|e| e.products.iter().collect()).collect();
+    assert_eq!(sets.len(), made.len(), "{made:?}");
+}
+
 /// Puts products back in stock when dropped.
 struct Restock<'a>(&'a Db, Vec<String>);
 
@@ -894,6 +929,62 @@ fn open_with_outfits(dir: &Path, model: &Model, subset: &Subset) -> Db {
         db.store_outfit(id, ps).unwrap();
     }
     db
+}
+
+/// Learned rules that do not decode (damaged, or a newer build's) are
+/// none, as rules never learned: they stop no outfit operation, and
+/// learning writes them again. An outfit that does not decode is left out
+/// of the list (and of what is learned from it), not an error of them all.
+#[test]
+fn unreadable_rules_or_outfits_stop_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((subset, model)) = small_db(dir.path()) else {
+        return;
+    };
+    let ids: Vec<String> = subset.outfits.keys().cloned().collect();
+    {
+        let db = open_with_outfits(dir.path(), &model, &subset);
+        db.learn_outfit_rules().unwrap();
+    }
+    {
+        let store =
+            vitrine_storage::Store::open(dir.path(), vitrine_storage::StoreOptions::default())
+                .unwrap();
+        // Of the current record versions (an older one is learned again
+        // as such), their payloads damaged.
+        for (tree, key, bytes) in [
+            (
+                "vitrine.outfit_rules",
+                &b"rules"[..],
+                &b"\x04\xff\xff damaged"[..],
+            ),
+            (
+                "vitrine.outfits",
+                ids[1].as_bytes(),
+                b"\x01\xff\xff damaged",
+            ),
+        ] {
+            let ks: vitrine_storage::Keyspace<Raw> = store.keyspace(tree).unwrap();
+            assert!(ks.contains(key).unwrap(), "{tree}");
+            ks.put_raw(key, bytes).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    assert_eq!(db.outfit_rules().unwrap(), None);
+    let listed: Vec<String> = db.outfits().unwrap().into_iter().map(|o| o.id).collect();
+    assert_eq!(listed, [ids[0].clone()]);
+    assert_eq!(db.outfit_count().unwrap(), 2);
+    db.substitute(&ids[0], 3).unwrap();
+    let rules = db.learn_outfit_rules().unwrap();
+    assert_eq!(db.outfit_rules().unwrap(), Some(rules));
+}
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Raw(Vec<u8>);
+
+impl vitrine_storage::Record for Raw {
+    const VERSION: u8 = 0;
 }
 
 #[test]

@@ -692,7 +692,7 @@ fn readable_prior(
 }
 
 /// A record's own damage (or a newer build's record), not the store's.
-fn undecodable(e: &vitrine_storage::Error) -> bool {
+pub(crate) fn undecodable(e: &vitrine_storage::Error) -> bool {
     matches!(
         e,
         vitrine_storage::Error::Corruption { .. }

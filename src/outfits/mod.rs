@@ -433,16 +433,22 @@ impl Db {
         Ok(outfits.len())
     }
 
-    /// Every stored outfit, in id order.
+    /// Every stored outfit, in id order. One whose record does not decode
+    /// (damaged, or a newer build's) is left out with a warning
+    /// ([`Db::outfit_count`] still counts it; [`Db::outfit`] names it).
     pub fn outfits(&self) -> OutfitResult<Vec<Outfit>> {
         self.outfit_keyspace()?
             .iter()
-            .map(|r| {
-                let (k, rec) = r?;
-                Ok(Outfit {
+            .filter_map(|r| match r {
+                Ok((k, rec)) => Some(Ok(Outfit {
                     id: String::from_utf8_lossy(&k).into_owned(),
                     slots: rec.slots,
-                })
+                })),
+                Err(e) if crate::concepts::undecodable(&e) => {
+                    tracing::warn!(error = %e, "unreadable outfit left out");
+                    None
+                }
+                Err(e) => Some(Err(e.into())),
             })
             .collect()
     }
@@ -527,36 +533,43 @@ impl Db {
             .unwrap_or_default())
     }
 
-    /// The persisted rules, if they were ever learned.
+    /// The persisted rules, if they were ever learned. Rules that cannot
+    /// be read (saved by an older or newer build, or damaged) are none,
+    /// with a warning: they are derived data, which
+    /// [`Db::learn_outfit_rules`] writes again, and must not stop the
+    /// outfit operations that rank without them.
     pub fn outfit_rules(&self) -> OutfitResult<Option<OutfitRules>> {
+        let unreadable = |why: String| {
+            let msg = "outfit rules unreadable; learn them again";
+            if self.first_warning(format!("outfit rules: {why}")) {
+                tracing::warn!(reason = %why, "{msg}");
+            } else {
+                tracing::debug!(reason = %why, "{msg}");
+            }
+        };
         let rules = match self.side_keyspace::<OutfitRules>(RULES)?.get(RULES_KEY) {
             Ok(rules) => rules,
-            // Derived data: rules an older build saved are learned again.
             Err(vitrine_storage::Error::UnknownRecordVersion { found, .. })
                 if found < <OutfitRules as Record>::VERSION =>
             {
-                let msg = "outfit rules were saved by an older build; learn them again";
-                if self.first_warning(format!("outfit rules of record version {found}")) {
-                    tracing::warn!(found, "{msg}");
-                } else {
-                    tracing::debug!(found, "{msg}");
-                }
+                unreadable(format!("saved by an older build (record version {found})"));
+                None
+            }
+            Err(e) if crate::concepts::undecodable(&e) => {
+                unreadable(e.to_string());
                 None
             }
             Err(e) => return Err(e.into()),
         };
-        if let Some(r) = &rules {
-            r.check().map_err(|reason| {
-                OutfitError::Db(Error::Corruption {
-                    location: format!(
-                        "vitrine.{RULES}/{} in {}",
-                        String::from_utf8_lossy(RULES_KEY),
-                        self.path().join("sled").display()
-                    ),
-                    reason,
-                })
-            })?;
+        match rules {
+            Some(r) => match r.check() {
+                Ok(()) => Ok(Some(r)),
+                Err(reason) => {
+                    unreadable(reason);
+                    Ok(None)
+                }
+            },
+            None => Ok(None),
         }
-        Ok(rules)
     }
 }

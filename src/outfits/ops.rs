@@ -6,7 +6,7 @@
 //! (z-score), so a weight means "how many standard deviations of this term
 //! one standard deviation of that one is worth", independent of the units.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -1045,6 +1045,7 @@ impl OutfitEngine<'_> {
             palette: options.palette,
             feasible: Vec::new(),
             slot_colours: Vec::new(),
+            made: HashSet::new(),
         })
     }
 
@@ -1114,10 +1115,17 @@ impl OutfitEngine<'_> {
         let mut covered = vec![false; cat.len()];
         let mut outfits = Vec::new();
         let mut per_template = vec![0usize; exps.len()];
+        // Two templates can make one outfit: planned once.
+        let mut planned: HashSet<Vec<String>> = HashSet::new();
         for _round in 0..options.outfits_per_template {
             let mut new_items = 0;
             for (t, ex) in exps.iter_mut().enumerate() {
                 if let Some(e) = ex.next(self, Some(&covered)) {
+                    let mut set = e.products.clone();
+                    set.sort_unstable();
+                    if !planned.insert(set) {
+                        continue;
+                    }
                     for p in &e.products {
                         if let Some(i) = cat.lookup(p) {
                             if cat.in_stock[i] && !covered[i] {
@@ -1192,6 +1200,9 @@ struct Expander {
     /// Per template slot, its category's in-stock colours (built when the
     /// anchor's feasibility first asks about the slot).
     slot_colours: Vec<Option<SlotColours>>,
+    /// The product sets made so far, sorted: two slots of one category
+    /// could otherwise swap the same products in a later expansion.
+    made: HashSet<Vec<usize>>,
 }
 
 /// The in-stock products of one slot's category counted by colour, so that
@@ -1348,9 +1359,26 @@ impl Expander {
         cat.same_colour(a, b)
     }
 
-    /// The next expansion; `covered` (for planning) favours products not
-    /// yet covered.
+    /// The next expansion, of products no earlier one holds all of;
+    /// `covered` (for planning) favours products not yet covered.
     fn next(&mut self, eng: &OutfitEngine<'_>, covered: Option<&[bool]>) -> Option<Expansion> {
+        // Each try takes a new anchor: as many tries as anchors at most.
+        loop {
+            let (e, mut set) = self.build(eng, covered)?;
+            set.sort_unstable();
+            if self.made.insert(set) {
+                return Some(e);
+            }
+        }
+    }
+
+    /// An expansion around a new anchor, and its products as catalog
+    /// positions; recorded in the slots' history.
+    fn build(
+        &mut self,
+        eng: &OutfitEngine<'_>,
+        covered: Option<&[bool]>,
+    ) -> Option<(Expansion, Vec<usize>)> {
         let cat = &eng.cat;
         let tpl = &self.template;
         let m = tpl.len();
@@ -1597,13 +1625,14 @@ impl Expander {
                 self.anchor + 1
             ),
         );
-        Some(Expansion {
+        let expansion = Expansion {
             template: self.id.clone(),
             products: chosen.iter().map(|&c| cat.ids[c].clone()).collect(),
             anchor_slot: self.anchor,
             relations,
             explanation,
-        })
+        };
+        Some((expansion, chosen))
     }
 }
 

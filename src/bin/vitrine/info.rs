@@ -1041,13 +1041,16 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
 pub fn report(db: &Db) -> anyhow::Result<Value> {
     let ids = db.ids();
     let (mut in_stock, mut categories, mut models) = (0usize, BTreeSet::new(), BTreeMap::new());
+    // From memory: storage was read whole by the open.
     for id in &ids {
-        let Some(p) = db.get(id)? else { continue };
-        in_stock += usize::from(p.attributes.in_stock);
-        if let Some(c) = &p.attributes.category {
+        let Some(attributes) = db.attributes(id) else {
+            continue;
+        };
+        in_stock += usize::from(attributes.in_stock);
+        if let Some(c) = &attributes.category {
             categories.insert(c.clone());
         }
-        let model = p.attributes.get(ATTR_MODEL).unwrap_or("(none)").to_string();
+        let model = attributes.get(ATTR_MODEL).unwrap_or("(none)").to_string();
         *models.entry(model).or_insert(0usize) += 1;
     }
     let fingerprint = db.model_fingerprint();
@@ -1074,6 +1077,15 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         .map(|o| o.len())
         .map_err(|e| readable("outfits", &e))
         .ok();
+    // (A record that does not decode is left out of the list.)
+    if let (Some(read), Ok(stored)) = (outfits, db.outfit_count()) {
+        if stored > read {
+            readable(
+                "outfits",
+                &format!("{} of the {stored} stored cannot be read", stored - read),
+            );
+        }
+    }
     // `None` (unknown) when it cannot be told, not "current".
     let current = match rules {
         Some(_) => db

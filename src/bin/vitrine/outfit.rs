@@ -260,11 +260,19 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
             | OutfitCommand::Expand { .. }
             | OutfitCommand::Cover { .. }
     );
-    match uses_rules
-        .then(|| db.outfit_rules_current())
-        .transpose()?
-        .flatten()
-    {
+    // A note, not the command's to fail: one that cannot tell says so.
+    let current = match uses_rules.then(|| db.outfit_rules_current()) {
+        Some(Ok(current)) => current,
+        Some(Err(e)) => {
+            esay!(
+                "warning: cannot tell whether the outfit rules are current: {}",
+                crate::error_message(&e.into())
+            );
+            Some(true)
+        }
+        None => None,
+    };
+    match current {
         Some(false) => esay!(
             "warning: the outfit rules are stale (outfits, their products or colour groups \
              changed since they were learned); `vitrine outfit rules --learn` relearns them"
@@ -282,7 +290,10 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
     );
     let result = execute_command(db, cmd, json);
     if learns && !json && result.is_ok() {
-        colour_attribute_hint(db)?;
+        // A hint: what was learned is stored whatever it meets.
+        if let Err(e) = colour_attribute_hint(db) {
+            tracing::warn!(error = %e, "no colour attribute hint");
+        }
     }
     result
 }
@@ -646,11 +657,15 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             colour_attribute,
             measured_colour,
         } => {
-            let mut settings = db.outfit_settings()?;
-            if measured_colour || colour_attribute.is_some() {
+            let settings = if measured_colour || colour_attribute.is_some() {
+                // Set whole: a record that cannot be read is replaced.
+                let mut settings = db.outfit_settings().unwrap_or_default();
                 settings.colour_attribute = colour_attribute;
                 db.set_outfit_settings(&settings)?;
-            }
+                settings
+            } else {
+                db.outfit_settings()?
+            };
             if json {
                 print_json(&serde_json::to_value(&settings)?)?;
             } else {

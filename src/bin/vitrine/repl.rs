@@ -1338,8 +1338,16 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     } else {
         format!("find {line}")
     };
-    session.execute(&line, &mut std::io::stdout())?;
-    Ok(())
+    let done = session.execute(&line, &mut std::io::stdout());
+    // As a piped REPL says it: a script reading JSON gets its error as
+    // JSON too (and the exit status, and stderr, say it failed).
+    if let (Err(e), true) = (&done, json) {
+        println!(
+            "{}",
+            crate::json_text(&serde_json::json!({"error": crate::error_message(e)}))
+        );
+    }
+    done.map(drop)
 }
 
 /// An argument of a command line, and whether any of it was in quotes: a
