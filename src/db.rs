@@ -2171,14 +2171,20 @@ impl Db {
         std::fs::create_dir(&partial).map_err(callers_path_err(&partial))?;
         // Not the old files a `repair --no-copy` kept: they are no part of
         // the database (and as large as its sled files).
+        let mut renamed = false;
         let done = copy_dir(&self.dir, &partial, salvage_leftovers)
             .and_then(|()| sync_dir(&partial))
             .and_then(|()| std::fs::rename(&partial, dest).map_err(io_err(dest)))
-            .and_then(|()| sync_dir(parent))
+            .and_then(|()| {
+                renamed = true;
+                sync_dir(parent)
+            })
             .and_then(|()| sync_entries(&created));
         if let Err(e) = done {
-            // Half a copy is no backup (a full disk, say): remove it.
-            let _ = std::fs::remove_dir_all(&partial);
+            // Half a copy is no backup (a full disk, say): remove it. So is
+            // one whose name may not outlive a crash: an error leaves no
+            // backup at `dest`, and a retry can make it.
+            let _ = std::fs::remove_dir_all(if renamed { dest } else { &partial });
             return Err(e);
         }
         debug!(to = %dest.display(), "backup written");
