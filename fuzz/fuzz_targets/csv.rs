@@ -1,5 +1,5 @@
-//! Arbitrary text through the CSV reader: records or an unclosed quote,
-//! never a panic; written back with every field quoted, the records read
+//! Arbitrary text through the CSV reader: records, an unclosed quote or a
+//! record of too many fields, never a panic; written back with every field quoted, the records read
 //! the same.
 #![no_main]
 

@@ -199,7 +199,15 @@ impl HnswIndex {
             }
         } else {
             match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
-                Ok(pool) => pool.install(|| hnsw.parallel_insert_slice(&items)),
+                // The first point alone: hnsw_rs's insert of point 1 returns
+                // without claiming the entry when another thread's point 2
+                // claimed it first, and a graph whose entry is below its top
+                // layer is refused at load (and leaks when freed).
+                Ok(pool) => {
+                    hnsw.insert_slice(items[0]);
+                    let rest = items[1..].to_vec();
+                    pool.install(|| hnsw.parallel_insert_slice(&rest))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not start a thread pool; inserting sequentially");
                     for &item in &items {

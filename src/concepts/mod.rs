@@ -390,7 +390,7 @@ impl Profile {
     /// profile relative to concept vector `z` (what
     /// [`Db::similar_with_profile`] searches with): `[w_g · z_g]` plus the
     /// affinities' directions, and the look at [`LOOK_TIE_BREAK`] when the
-    /// profile gives it no weight.
+    /// profile gives it no weight but ranks by something else.
     pub fn query_vector(&self, vocab: &Vocabulary, z: &[f32]) -> Result<Vec<f32>, ConceptError> {
         profile_query(vocab, self, z)
     }
@@ -1957,8 +1957,9 @@ impl Db {
         if q.iter().all(|x| *x == 0.0) {
             return Err(Error::InvalidVector {
                 space: CONCEPT_SPACE.into(),
-                reason: "the vector is zero wherever the profile weighs it, and the profile \
-                         sets no affinity: nothing to rank by"
+                reason: "the vector is zero wherever the profile weighs it, and its \
+                         affinities add nothing (none set, or only tags of weight 0 or stale): \
+                         nothing to rank by"
                     .into(),
             }
             .into());

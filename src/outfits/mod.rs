@@ -476,7 +476,8 @@ impl Db {
         Ok(self.outfit_keyspace()?.remove(id.as_bytes())?)
     }
 
-    /// Learns [`OutfitRules`] from every stored outfit, persists them
+    /// Learns [`OutfitRules`] from every readable stored outfit (see
+    /// [`Db::outfits`]), persists them
     /// (replacing earlier rules, atomically) and returns them.
     pub fn learn_outfit_rules(&self) -> OutfitResult<OutfitRules> {
         // One run at a time: the rules of the newest outfits are written last.
