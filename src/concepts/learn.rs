@@ -315,7 +315,7 @@ pub(crate) fn learn_profile(
         db.vector(CONCEPT_SPACE, id)
     };
     let kept_ks = db.side_keyspace::<LikedVectors>(LIKED_KS)?;
-    let old = unless_damaged(kept_ks.get(user))?.unwrap_or_default();
+    let old = super::unless_damaged(kept_ks.get(user))?.unwrap_or_default();
     let mut kept = LikedVectors {
         model: model.clone(),
         vectors: BTreeMap::new(),
@@ -496,22 +496,6 @@ impl vitrine_storage::Record for CatalogMean {
     const VERSION: u8 = 2;
 }
 
-/// A record that does not decode (damaged, or a newer build's) read as
-/// missing, with a warning: the callers write theirs again from what they
-/// know, and one must not stop every feedback (nor `delete_tag`'s walk over
-/// every profile).
-fn unless_damaged<T>(
-    read: vitrine_storage::Result<Option<T>>,
-) -> Result<Option<T>, vitrine_storage::Error> {
-    match read {
-        Err(e) if super::undecodable(&e) => {
-            tracing::warn!(error = %e, "damaged record read as missing; it is written again");
-            Ok(None)
-        }
-        other => other,
-    }
-}
-
 fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
     let ks = db.side_keyspace::<CatalogMean>(CATALOG_STATS)?;
     // The products the mean is over: those with a concept vector, of the
@@ -523,7 +507,7 @@ fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
         .find(|s| s.name == CONCEPT_SPACE)
         .map_or(db.len(), |s| s.vectors);
     let len = vectors.saturating_sub(db.other_model_count()) as u64;
-    let cached = unless_damaged(ks.get(CATALOG_MEAN))?;
+    let cached = super::unless_damaged(ks.get(CATALOG_MEAN))?;
     let last_doc = db.last_doc();
     if let Some(c) = cached {
         let drift = c.count.abs_diff(len) as f64 / c.count.max(1) as f64;

@@ -675,19 +675,19 @@ fn rewrite_each<T: vitrine_storage::Record>(
     Ok(changed)
 }
 
-/// A user's hand-set starting point; one that does not decode (damaged,
-/// or a newer build's) is none, with a warning, as in a walk over every
-/// profile ([`rewrite_each`]): it must not stop the walk.
-fn readable_prior(
-    priors: &vitrine_storage::Keyspace<ProfilePrior>,
-    user: &[u8],
-) -> Result<Option<ProfilePrior>, ConceptError> {
-    match priors.get(user) {
+/// A record that does not decode (damaged, or a newer build's) read as
+/// missing, with a warning: the callers write theirs again from what they
+/// know (or learn without it), and one must not stop every feedback, nor a
+/// walk over every profile ([`rewrite_each`]).
+fn unless_damaged<T>(
+    read: vitrine_storage::Result<Option<T>>,
+) -> std::result::Result<Option<T>, vitrine_storage::Error> {
+    match read {
         Err(e) if undecodable(&e) => {
-            tracing::warn!(error = %e, "starting point unreadable: learned without it");
+            tracing::warn!(error = %e, "damaged record read as missing");
             Ok(None)
         }
-        r => Ok(r?),
+        other => other,
     }
 }
 
@@ -1538,7 +1538,7 @@ impl Db {
             let had = p.affinities.remove(&concept).is_some();
             Ok(match &vocab {
                 Some(vocab) if had => {
-                    let prior = readable_prior(&priors, key)?
+                    let prior = unless_damaged(priors.get(key))?
                         .and_then(|mut prior| strip(&mut prior).map(|_| prior));
                     Rewrite::Put(learn::learn_profile(
                         self,
@@ -1644,7 +1644,7 @@ impl Db {
             let empty =
                 p.weights.values().all(|w| *w == 0.0) && p.affinities.values().all(|a| *a == 0.0);
             if empty {
-                let prior = readable_prior(&priors, key)?;
+                let prior = unless_damaged(priors.get(key))?;
                 p = learn::learn_profile(self, key, &vocab, p.events, prior.as_ref(), None)?;
             }
             Ok(Rewrite::Put(p))
