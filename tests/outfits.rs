@@ -1533,8 +1533,10 @@ fn cli_outfit_commands_and_eval_fitb() {
     assert!(ranked
         .windows(2)
         .all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64()));
-    let out = vitrine(&["outfit", "--db", d, "delete", id]);
-    assert!(out.contains("deleted"), "{out}");
+    // As `tag delete` does, JSON names what was deleted.
+    let out = vitrine(&["outfit", "--db", d, "--json", "delete", id]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["deleted"], *id, "{out}");
     // Deleting it again is an error; the rules are now stale, and the
     // commands that use them say so.
     let again = Command::new(env!("CARGO_BIN_EXE_vitrine"))

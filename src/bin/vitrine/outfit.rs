@@ -308,7 +308,14 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             }
             let n = db.import_outfits_csv(&csv)?;
             let rules = if learn {
-                Some(db.learn_outfit_rules()?)
+                // The outfits stay stored: say so, and how to learn again.
+                Some(db.learn_outfit_rules().with_context(|| {
+                    format!(
+                        "the {n} outfits were imported, but learning the rules failed \
+                         (`vitrine outfit --db {} rules --learn` tries again)",
+                        crate::shell_word(&db.path().display().to_string())
+                    )
+                })?)
             } else {
                 None
             };
@@ -359,7 +366,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             // The sheet first: a path that cannot be written fails before
             // anything is printed.
             if let Some(path) = &sheet.sheet {
-                let img = outfit_sheet(db, &sheet, &o, &[])?;
+                let img = outfit_sheet(db, eng.as_ref(), &sheet, &o, &[])?;
                 crate::sheet::save(&img, path)?;
             }
             if json {
@@ -429,7 +436,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 return Err(vitrine::OutfitError::UnknownOutfit(id).into());
             }
             if json {
-                print_json(&serde_json::json!({ "deleted": true }))?;
+                print_json(&serde_json::json!({ "deleted": id }))?;
             } else {
                 say!("deleted {id}");
             }
@@ -516,7 +523,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 let o = db
                     .outfit(&id)?
                     .ok_or_else(|| vitrine::OutfitError::UnknownOutfit(id.clone()))?;
-                let img = outfit_sheet(db, &sheet, &o, &out)?;
+                let img = outfit_sheet(db, Some(&eng), &sheet, &o, &out)?;
                 crate::sheet::save(&img, path)?;
             }
             if json {
@@ -758,15 +765,15 @@ pub fn image_paths(csv: Option<&Path>) -> anyhow::Result<HashMap<String, PathBuf
 
 /// A contact sheet: the template on the first row, one expansion per row
 /// below it. Each tile is labelled with the product id, category and
-/// colour family.
+/// colour family (from `eng`, the caller's: none without a concept space).
 pub fn outfit_sheet(
     db: &Db,
+    eng: Option<&vitrine::OutfitEngine<'_>>,
     args: &SheetArgs,
     template: &Outfit,
     expansions: &[Expansion],
 ) -> anyhow::Result<RgbImage> {
     let paths = image_paths(args.images.as_deref())?;
-    let eng = engine_if_any(db)?;
     let path_of = |id: &str| -> anyhow::Result<PathBuf> {
         if let Some(p) = paths.get(id) {
             return Ok(p.clone());
@@ -800,8 +807,7 @@ pub fn outfit_sheet(
                     labels: vec![
                         p.clone(),
                         cat,
-                        eng.as_ref()
-                            .and_then(|e| e.colour_family(p))
+                        eng.and_then(|e| e.colour_family(p))
                             .unwrap_or("?")
                             .to_string(),
                     ],

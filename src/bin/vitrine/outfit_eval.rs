@@ -959,7 +959,13 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             images: Some(args.products.clone()),
         };
         for (i, (o, ex)) in expansions.iter().take(5).enumerate() {
-            let img = crate::outfit::outfit_sheet(&db, &sheet_args, o, &ex[..ex.len().min(4)])?;
+            let img = crate::outfit::outfit_sheet(
+                &db,
+                Some(&eng),
+                &sheet_args,
+                o,
+                &ex[..ex.len().min(4)],
+            )?;
             let path = dir.join(format!("expand-{}-{}.png", i + 1, crate::file_safe(&o.id)));
             crate::sheet::save(&img, &path)?;
             sheets.push(path.display().to_string());
