@@ -932,6 +932,11 @@ fn query_command_prints_results_and_positioned_errors() {
         // (A like in the clause was "given twice", under the one typed.)
         ("where in_stock like 5", "only conditions"),
         ("where in_stock and price < x", "price < x"),
+        // A second `where` is the clause's own mistake, not a refused clause.
+        (
+            "where in_stock where brand = A",
+            "join conditions with 'and'",
+        ),
     ] {
         let out = vitrine(&["query", "--db", db, &format!("similar {seed} 4 {clause}")]);
         assert_eq!(out.status.code(), Some(1), "{clause}");

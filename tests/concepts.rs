@@ -338,6 +338,78 @@ fn query_text_filters_weights_and_contributions() {
     assert_eq!(wide.hits.len(), db.len().min(300));
 }
 
+/// Conditions written as in SQL or with an apostrophe are refused with a
+/// way to write them (they read as something else, or failed far from the
+/// mistake); a quoted "in_stock" is stock, as a quoted "price" is the price.
+/// Needs only the bundled model.
+#[test]
+fn conditions_are_refused_with_how_to_write_them() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    let vocab = db.vocabulary().unwrap();
+    use QueryErrorKind::*;
+    for (q, at, kind, hint) in [
+        (
+            "find where in_stock != false",
+            "!=",
+            Unexpected,
+            "in_stock = false",
+        ),
+        (
+            "find where colour.red = true",
+            "=",
+            Unexpected,
+            "takes no value",
+        ),
+        ("find where brand != \"A\"", "!=", Unexpected, "brand in ("),
+        ("find where size != 42", "!=", Unexpected, "size = value"),
+        ("find where brand = Levi's", "'", Unexpected, "\"Levi's\""),
+        (
+            "find where brand = O'Neill and in_stock",
+            "'",
+            Unexpected,
+            "double quotes",
+        ),
+        (
+            "find where in_stock where brand = A",
+            "where brand",
+            Duplicate,
+            "with 'and'",
+        ),
+    ] {
+        let e = ConceptQuery::parse(q, &vocab).expect_err(q);
+        let col = q.rfind(at).unwrap();
+        assert_eq!((e.kind, e.column), (kind, col), "{q}: {e}");
+        assert!(
+            e.hint.as_deref().is_some_and(|h| h.contains(hint)),
+            "{q}: {e}"
+        );
+    }
+    ConceptQuery::parse("find +colour.red where brand = \"Levi's\"", &vocab).unwrap();
+    ConceptQuery::parse("find +colour.red where brand = 'Levi'", &vocab).unwrap();
+    for (quoted, plain) in [
+        (
+            "find +colour.red where \"in_stock\"",
+            "find +colour.red where in_stock",
+        ),
+        (
+            "find +colour.red where \"in_stock\" = false",
+            "find +colour.red where in_stock = false",
+        ),
+        (
+            "find +colour.red where not \"in_stock\"",
+            "find +colour.red where not in_stock",
+        ),
+    ] {
+        assert_eq!(
+            ConceptQuery::parse(quoted, &vocab).unwrap(),
+            ConceptQuery::parse(plain, &vocab).unwrap(),
+            "{quoted}"
+        );
+    }
+}
+
 #[test]
 fn malformed_queries_are_typed_errors_with_positions() {
     let Some(s) = shared() else { return };

@@ -618,10 +618,11 @@ impl VectorIndex for SpaceIndex {
         opts.validate()?;
         let q = self.flat.metric().prepare(self.flat.dim(), q)?;
         let k = opts.k;
+        // Nothing to find: no graph is walked, whatever the hint.
         if k == 0 {
             return Ok(SearchOutput {
                 hits: Vec::new(),
-                plan: self.plan_for(allow),
+                plan: Plan::Exact,
             });
         }
         let plan = match opts.plan {
@@ -629,6 +630,9 @@ impl VectorIndex for SpaceIndex {
             // A beam wider than the widest allowed would walk the whole
             // graph one node at a time, with heaps of k entries.
             PlanHint::Graph if k > crate::config::MAX_EF => Plan::Exact,
+            // Nothing allowed: a filtered walk would visit every node
+            // looking for a point that passes.
+            PlanHint::Graph if allow.is_some_and(AllowSet::is_empty) => Plan::Exact,
             PlanHint::Graph => Plan::Graph,
             PlanHint::Auto => {
                 // Asking for (nearly) everything allowed is cheapest exactly;

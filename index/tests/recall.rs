@@ -159,3 +159,20 @@ fn a_k_past_the_widest_beam_is_planned_exact() {
     assert_eq!(graph.plan, Plan::Exact);
     assert_eq!(graph.hits, wide.hits);
 }
+
+/// A graph walk asked for under a filter that allows nothing would visit
+/// every node looking for a point that passes: answered at once, as is a
+/// search for no hits.
+#[test]
+fn nothing_to_find_is_answered_without_a_walk() {
+    let f = fixture();
+    let none = AllowSet::from_unsorted(Vec::new());
+    let asked = SearchOptions::new(K).with_plan(PlanHint::Graph);
+    let out = f.index.search(&f.queries[0], &asked, Some(&none)).unwrap();
+    assert_eq!(out.plan, Plan::Exact);
+    assert!(out.hits.is_empty()); // Nor is one walked to find nothing.
+    let zero = SearchOptions::new(0).with_plan(PlanHint::Graph);
+    let out = f.index.search(&f.queries[0], &zero, None).unwrap();
+    assert_eq!(out.plan, Plan::Exact);
+    assert!(out.hits.is_empty());
+}

@@ -167,7 +167,9 @@ pub enum LikeTarget {
 /// of `like` and `profile` (one with a dot, a space or a quote is quoted:
 /// `profile "anna@example.com"`). Keywords and concept names are
 /// case-insensitive; attribute values are compared exactly, as stored
-/// (`category = "Tshirts"`, not `"tshirts"`). Example:
+/// (`category = "Tshirts"`, not `"tshirts"`). There is no `!=`: `not`
+/// excludes a concept or stock, and `in (…)` keeps the values wanted. A
+/// value with an apostrophe is double-quoted (`brand = "Levi's"`). Example:
 ///
 /// `find +pattern.striped -colour.red colour.blue^2 where category.shirts and in_stock and price < 60 and brand in ("A","B") limit 20`
 ///
@@ -455,6 +457,16 @@ fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
             });
             i += 1;
             continue;
+        }
+        // `Levi's`: a quote ending a word would start a string that
+        // swallows what follows.
+        if c == '\'' && i > 0 && is_word_char(chars[i - 1]) {
+            return Err(QueryError::new(
+                QueryErrorKind::Unexpected,
+                col,
+                "an apostrophe inside a word",
+            )
+            .hint("quote a value that holds one with double quotes: brand = \"Levi's\""));
         }
         if c == '"' || c == '\'' {
             let quote = c;
@@ -784,11 +796,24 @@ impl<'a> Parser<'a> {
                 Tok::Word(w) if w.eq_ignore_ascii_case("where") => {
                     self.next();
                     if seen_where {
-                        return Err(dup("where"));
+                        return Err(dup("where").hint("join conditions with 'and'"));
                     }
                     seen_where = true;
                     loop {
                         q.filter = self.condition(q.filter)?;
+                        // `in_stock != false`, `colour.red = true`: the
+                        // condition was whole before the operator.
+                        if let Tok::Sym(op @ ("=" | "!=")) = self.peek().tok {
+                            return Err(QueryError::new(
+                                QueryErrorKind::Unexpected,
+                                self.peek().col,
+                                format!("'{op}' after a whole condition"),
+                            )
+                            .hint(
+                                "a concept condition takes no value (colour.red, not colour.red); \
+                                 stock is in_stock, not in_stock or in_stock = false",
+                            ));
+                        }
                         if self.keyword("and") {
                             self.next();
                         } else {
@@ -1097,7 +1122,8 @@ impl<'a> Parser<'a> {
         if self.at_concept() {
             return self.concept_condition(f, true);
         }
-        if self.keyword("in_stock") {
+        // Quoted, as "price" is the price: attributes never hold stock.
+        if self.keyword("in_stock") || matches!(&self.peek().tok, Tok::Str(s) if s == "in_stock") {
             self.next();
             if self.peek().tok != Tok::Sym("=") {
                 return Ok(f.stock(true));
@@ -1118,6 +1144,7 @@ impl<'a> Parser<'a> {
             let t = self.next();
             return match &t.tok {
                 Tok::Word(w) if w.eq_ignore_ascii_case("in_stock") => Ok(f.stock(false)),
+                Tok::Str(s) if s == "in_stock" => Ok(f.stock(false)),
                 _ => Err(self.unexpected(&t, "'in_stock' or a concept (colour.red) after 'not'")),
             };
         }
@@ -1201,6 +1228,16 @@ impl<'a> Parser<'a> {
                     .hint(format!("use {field} = value"))),
                 }
             }
+            Tok::Sym("!=") => Err(QueryError::new(
+                QueryErrorKind::Unexpected,
+                op.col,
+                format!("'!=' on '{field}': a condition keeps values, it cannot exclude one"),
+            )
+            .hint(if field == "category" || field == "brand" {
+                format!("list the values to keep: {field} in (\"A\", \"B\")")
+            } else {
+                format!("keep a value: {field} = value")
+            })),
             _ => Err(self
                 .unexpected(&op, "an operator (=, <, <=, >, >=, in)")
                 .hint(if field == "stock" || field == "instock" {

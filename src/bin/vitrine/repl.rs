@@ -471,8 +471,11 @@ impl Session {
                 let parsed = match vitrine::ConceptQuery::parse(&query, &*self.db.vocabulary()?) {
                     Ok(parsed) => parsed,
                     // The prefix gives `like` and `limit`: a second one is
-                    // the clause's.
-                    Err(e) if e.kind == vitrine::QueryErrorKind::Duplicate => {
+                    // the clause's (a second `where` is the clause's own).
+                    Err(e)
+                        if e.kind == vitrine::QueryErrorKind::Duplicate
+                            && !e.message.starts_with("'where'") =>
+                    {
                         bail!("{ONLY_CONDITIONS}")
                     }
                     Err(mut e) => {
