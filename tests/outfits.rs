@@ -1135,6 +1135,13 @@ fn a_deleted_product_leaves_the_other_templates_plannable() {
         .unwrap();
     assert!(alone.skipped.is_empty());
     assert_eq!(plan.outfits, alone.outfits);
+    // An anchor slot past the broken template's last is the caller's
+    // mistake, said as for any template, not hidden by the skip.
+    let far = CoverOptions::new().expand(ExpandOptions::new().anchor_slot(64));
+    match db.cover(&ids, &far) {
+        Err(OutfitError::InvalidArgument(m)) => assert!(m.contains(broken.as_str()), "{m}"),
+        other => panic!("{other:?}"),
+    }
     // Expanding the broken template says which product is missing...
     match db.expand(broken, 2, &ExpandOptions::new()) {
         Err(OutfitError::UnknownProduct { product, .. }) => assert_eq!(&product, gone),

@@ -592,19 +592,6 @@ impl OutfitEngine<'_> {
         })
     }
 
-    fn load_outfit(&self, id: &str) -> OutfitResult<(Outfit, Vec<usize>)> {
-        let o = self
-            .db
-            .outfit(id)?
-            .ok_or_else(|| OutfitError::UnknownOutfit(id.to_string()))?;
-        let idx = o
-            .slots
-            .iter()
-            .map(|s| self.idx(id, &s.product))
-            .collect::<OutfitResult<Vec<_>>>()?;
-        Ok((o, idx))
-    }
-
     /// Treats `ids` as sold out in this snapshot only (a what-if: nothing
     /// is written). Unknown ids are ignored.
     pub fn assume_sold_out<S: AsRef<str>>(&mut self, ids: &[S]) {
@@ -1024,14 +1011,24 @@ impl OutfitEngine<'_> {
     }
 
     fn expander(&self, outfit: &str, options: &ExpandOptions) -> OutfitResult<Expander> {
-        let (o, idx) = self.load_outfit(outfit)?;
+        let o = self
+            .db
+            .outfit(outfit)?
+            .ok_or_else(|| OutfitError::UnknownOutfit(outfit.to_string()))?;
+        // The caller's mistake first: a template that `cover` would skip
+        // (a product gone) must not hide it.
         let anchor = options.anchor_slot.unwrap_or(0);
-        if anchor >= idx.len() {
+        if anchor >= o.slots.len() {
             return Err(OutfitError::InvalidArgument(format!(
                 "anchor slot index {anchor} (from 0) but outfit '{outfit}' has {} slots",
-                idx.len()
+                o.slots.len()
             )));
         }
+        let idx = o
+            .slots
+            .iter()
+            .map(|s| self.idx(outfit, &s.product))
+            .collect::<OutfitResult<Vec<_>>>()?;
         Ok(Expander {
             id: o.id,
             template: idx.clone(),

@@ -286,9 +286,12 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     // A file that lost its header line: its first product would name the
     // columns (`19.90`, `yes`) and be imported as none.
     let second = header[1].to_ascii_lowercase();
+    let base = path.parent().unwrap_or(Path::new("."));
+    // (Images are read by their content: one may have no extension.)
     let looks_like_a_path = second
         .rsplit_once('.')
-        .is_some_and(|(_, ext)| vitrine::IMAGE_EXTENSIONS.contains(&ext));
+        .is_some_and(|(_, ext)| vitrine::IMAGE_EXTENSIONS.contains(&ext))
+        || !header[1].trim().is_empty() && base.join(header[1].trim()).is_file();
     // With an empty path (an --update of prices and stock) the row gives
     // itself away by a nameless path column among no built-in column name
     // (`sku,,price,in_stock` is a header). (Not by numbers as names: sizes,
@@ -365,7 +368,6 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
             bail!("{}: column '{key}' appears twice", path.display());
         }
     }
-    let base = path.parent().unwrap_or(Path::new("."));
     let mut out = CsvRead {
         rows: Vec::new(),
         bad: Vec::new(),
@@ -1275,9 +1277,17 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             }
         }
         if unlisted > 0 {
+            // Counted as failures by the exit status: said here, not only
+            // in the report.
+            let of_old_model = match old_model.len() {
+                0 => String::new(),
+                n => format!(
+                    "; {n} of them are still of the previous model, so failed (not re-embedded)"
+                ),
+            };
             unlisted_note = Some(format!(
                 "{unlisted} stored products are not in {} (kept as they were, stock \
-                 included; `vitrine product --db DB list` lists the stored ids, \
+                 included{of_old_model}; `vitrine product --db DB list` lists the stored ids, \
                  `vitrine product --db DB delete ID` removes one)",
                 args.source.display()
             ));
@@ -1364,6 +1374,27 @@ mod tests {
         std::fs::write(&csv, "sku-1,,19.90,yes\nsku-2,,29.90,no\n").unwrap();
         let e = csv_rows(&csv, true).err().unwrap();
         assert!(e.to_string().contains("looks like a product row"), "{e}");
+    }
+
+    /// A first row naming an image file without an extension (images are
+    /// read by their content) is a product row, not the header: its
+    /// product would be lost and its values name the columns.
+    #[test]
+    fn a_first_row_naming_a_file_is_not_a_header() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("img")).unwrap();
+        std::fs::write(dir.path().join("img/sku-1"), b"photo").unwrap();
+        let csv = dir.path().join("catalog.csv");
+        std::fs::write(
+            &csv,
+            "sku-1,img/sku-1,19.90,yes\nsku-2,img/sku-2,29.90,no\n",
+        )
+        .unwrap();
+        let e = csv_rows(&csv, false).err().unwrap();
+        assert!(e.to_string().contains("looks like a product row"), "{e}");
+        // A header whose path column shares no file's name is one.
+        std::fs::write(&csv, "sku,image,price\nsku-1,img/sku-1,19.90\n").unwrap();
+        assert_eq!(csv_rows(&csv, false).unwrap().rows.len(), 1);
     }
 
     /// A built-in column spelt otherwise is noted, and stays a free
