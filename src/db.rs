@@ -239,7 +239,10 @@ impl DbBuilder {
     /// checkpoint files are rewritten, so the loss is seen and the folder can
     /// be restored from a backup.
     /// `true` opens what storage still holds and rebuilds the indexes from
-    /// it, which makes the loss permanent (`vitrine repair`).
+    /// it, which makes the loss permanent (`vitrine repair`) at the first
+    /// checkpoint or vector write: an open that writes nothing (with
+    /// [`checkpoint_on_drop`](Self::checkpoint_on_drop) off) leaves the
+    /// evidence, and plain opens still refuse the folder.
     pub fn accept_data_loss(mut self, yes: bool) -> Self {
         self.accept_data_loss = yes;
         self
@@ -383,8 +386,11 @@ pub struct OpenReport {
     pub rebuilt: Vec<(String, String)>,
     /// One message per damaged product record, naming its key.
     pub damaged: Vec<String>,
-    /// `(space, reason)` for every damaged vector arena: its vectors were
-    /// read from storage instead, and the next checkpoint rewrites it.
+    /// `(space, reason)` for every damaged vector arena (or one written
+    /// after storage's last write, whose loss
+    /// [`accept_data_loss`](DbBuilder::accept_data_loss) accepted): its
+    /// vectors were read from storage instead, and the next checkpoint
+    /// rewrites it.
     pub damaged_arenas: Vec<(String, String)>,
 }
 
@@ -663,6 +669,12 @@ struct WriterState {
     /// writes, though nothing was written to storage. Unlike `dirty`, it
     /// does not stand for a generation bump.
     stale_dumps: bool,
+    /// The least generation the next bump may give: past checkpoint files
+    /// written after storage's last write (lost writes, whose loss an open
+    /// accepted), so that none of them can read as current after it.
+    /// Nothing is written before then: a failed repair leaves them as the
+    /// evidence that still refuses plain opens.
+    next_generation_floor: u64,
 }
 
 /// An open Vitrine database. `Send + Sync`: share it behind an `Arc`.
@@ -969,6 +981,7 @@ impl Db {
         // Scan sled: the catalog and the exact vector stores come from here.
         let mut report = OpenReport::default();
         let mut catalog = Catalog::default();
+        let mut ahead = None;
         let arenas: Vec<Option<Arena>> = specs
             .iter()
             .map(|s| match open_arena(&arena_path(dir, &s.name), s, generation) {
@@ -983,9 +996,21 @@ impl Db {
                         "storage is at index generation {generation} but this checkpoint is at {found}"
                     )))
                 }
-                ArenaState::Ahead { .. } => Ok(None),
+                ArenaState::Ahead { found, .. } => {
+                    ahead = ahead.max(Some(found));
+                    report.damaged_arenas.push((
+                        s.name.clone(),
+                        format!("at generation {found}, past storage's {generation}: writes lost, accepted"),
+                    ));
+                    Ok(None)
+                }
             })
             .collect::<Result<_>>()?;
+        // The loss accepted, the next generation bump moves past those
+        // files: else it could reach theirs, and after a kill before a
+        // checkpoint they would read as current (their products, lost,
+        // then refuse the open).
+        let next_generation_floor = ahead.map_or(0, |found| found + 1);
         // Only a capacity hint, from the arenas (counting sled's records
         // would read every product twice); without one, the stores grow.
         let stored = arenas.iter().flatten().map(Arena::len).max().unwrap_or(0);
@@ -1281,6 +1306,7 @@ impl Db {
                 meta,
                 dirty: false,
                 stale_dumps: false,
+                next_generation_floor,
             }),
             checkpoint_on_drop: b.checkpoint_on_drop,
             scorer: b.scorer,
@@ -2274,7 +2300,7 @@ impl Db {
             return Ok(());
         }
         let mut meta = w.meta.clone();
-        meta.index_generation += 1;
+        meta.index_generation = (meta.index_generation + 1).max(w.next_generation_floor);
         self.meta_ks.put(META_KEY, &meta)?;
         self.store.flush()?;
         w.meta = meta;
