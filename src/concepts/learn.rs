@@ -268,7 +268,8 @@ pub(crate) fn starting_point(layout: &ConceptLayout, hand_set: Option<&ProfilePr
 /// the prior: equal weights worth [`PRIOR_LIKES`] likes, or the weights set
 /// by hand (normalised) worth [`HAND_SET_PRIOR_LIKES`]. Affinities are
 /// concepts whose mean over the likes exceeds the contrast's by
-/// [`MIN_LIFT`]; hand-set affinities are kept, scaled as the hand-set
+/// [`MIN_LIFT`] (a user tag's excess counted at its weight, as a query
+/// weighs it); hand-set affinities are kept, scaled as the hand-set
 /// weights are (all scaled down together where one would pass the largest
 /// weight).
 pub(crate) fn learn_profile(

@@ -471,6 +471,11 @@ fn jpeg_reaches_end(bytes: &[u8]) -> Result<(), String> {
             Some(l) => usize::from(u16::from_be_bytes([l[0], l[1]])),
             None => return Err(truncated()),
         };
+        // The length counts its own two bytes: a shorter one would walk
+        // into the segment's payload (a thumbnail's end marker).
+        if len < 2 {
+            return Err(format!("malformed JPEG (a segment of length {len})"));
+        }
         pos += len;
         if marker == 0xDA {
             // Entropy-coded data runs to the next marker other than a
@@ -508,5 +513,12 @@ mod tests {
         assert!(jpeg_reaches_end(&[0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x40, 0x00]).is_err());
         assert!(jpeg_reaches_end(&[0xFF, 0xD8]).is_err());
         assert!(jpeg_reaches_end(&[0xFF, 0xD8, 0xFF, 0xFF, 0xD9]).is_ok());
+        // A length shorter than its own bytes does not step into the
+        // payload to find the thumbnail's end marker there.
+        for short in [0u8, 1] {
+            let mut j = j.clone();
+            j[5] = short;
+            assert!(jpeg_reaches_end(&j).is_err(), "length {short}");
+        }
     }
 }
