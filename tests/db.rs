@@ -1063,19 +1063,6 @@ fn storage_that_lost_products_is_refused_until_the_loss_is_accepted() {
     assert_eq!(open(dir.path()).len(), 30);
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
 /// Storage (and the index dump) back at an older checkpoint while the
 /// arena is at a newer one: lost writes, refused until accepted. Accepted,
 /// the first write moves the database past that arena's generation: a
@@ -1091,7 +1078,7 @@ fn an_accepted_loss_of_writes_stays_accepted_after_a_kill() {
         db.close().unwrap();
     }
     for sub in ["sled", "index"] {
-        copy_dir(&dir.path().join(sub), &old.path().join(sub));
+        copy_tree(&dir.path().join(sub), &old.path().join(sub));
     }
     {
         let db = open(dir.path());
@@ -1104,7 +1091,7 @@ fn an_accepted_loss_of_writes_stays_accepted_after_a_kill() {
     }
     for sub in ["sled", "index"] {
         std::fs::remove_dir_all(dir.path().join(sub)).unwrap();
-        copy_dir(&old.path().join(sub), &dir.path().join(sub));
+        copy_tree(&old.path().join(sub), &dir.path().join(sub));
     }
     let builder = || {
         Db::builder()
