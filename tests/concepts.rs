@@ -1297,8 +1297,8 @@ fn damaged_learning_caches_are_written_again() {
 
 /// A tag's model record, or a user's hand-set starting point, that does
 /// not decode (damaged, or a newer build's) stops neither concept calls
-/// nor `delete_tag`: the tag counts as stale, the user's profile is
-/// learned without its starting point.
+/// nor `delete_tag` nor feedback: the tag counts as stale, the user's
+/// profile is learned without its starting point.
 #[test]
 fn a_damaged_tag_model_or_starting_point_stops_nothing() {
     let Some(model) = model() else { return };
@@ -1332,6 +1332,9 @@ fn a_damaged_tag_model_or_starting_point_stops_nothing() {
         store.flush().unwrap();
     }
     let db = Db::open(dir.path()).unwrap();
+    // Her feedback is learned without it.
+    let ids = db.ids();
+    db.feedback("ann", &ids[3], Feedback::Like).unwrap();
     assert_eq!(db.stale_tags().unwrap(), ["chic"]);
     assert_eq!(db.query("find +user.boho limit 2").unwrap().hits.len(), 2);
     assert!(db.delete_tag("boho").unwrap());

@@ -1910,9 +1910,11 @@ impl Db {
             .collect();
         kept.sort_unstable_by_key(|k| k.0);
         let events = keep_window(kept.into_iter().map(|(_, id, f)| (id, f)).collect());
-        let prior = self
-            .side_keyspace::<ProfilePrior>(PRIORS_KS)?
-            .get(user.as_bytes())?;
+        // One that does not decode is learned without, and left as it is.
+        let prior = unless_damaged(
+            self.side_keyspace::<ProfilePrior>(PRIORS_KS)?
+                .get(user.as_bytes()),
+        )?;
         let profile = learn::learn_profile(
             self,
             user.as_bytes(),
