@@ -252,6 +252,41 @@ fn cpu_matches_reference_on_realistic_vectors() {
     }
 }
 
+/// A batch of more queries than one CPU pass holds (a GPU-sized batch,
+/// scanned in passes): each query keeps its own mask and exclusions.
+#[test]
+fn a_large_batch_is_scored_in_passes_query_by_query() {
+    let mut rng = common::rng(11);
+    let (n, dim, b) = (300usize, 8usize, 640usize);
+    // Multiples of 1/16: every sum is exact, so ids and ties must match.
+    let mut value = || f32::from(rng.gen_range(-16i8..=16)) / 16.0;
+    let data: Vec<f32> = (0..n * dim).map(|_| value()).collect();
+    let queries: Vec<f32> = (0..b * dim).map(|_| value()).collect();
+    let docs: Vec<u64> = (0..n as u64).map(|i| i * 3 + 1).collect();
+    let rows = Rows::new(dim, &data).unwrap().with_docs(&docs).unwrap();
+    let masks: Vec<RowMask> = (0..b)
+        .map(|q| RowMask::from_fn(n, |r| (r + q) % 5 != 0))
+        .collect();
+    let exclude: Vec<Vec<u64>> = (0..b).map(|q| vec![docs[q % n]]).collect();
+    for threads in [1, 3] {
+        let got = Scorer::cpu(threads)
+            .top_k(
+                rows,
+                &QueryBatch::new(&queries, 7)
+                    .allow_each(&masks)
+                    .exclude_each(&exclude),
+            )
+            .unwrap();
+        let want: Vec<Vec<Hit>> = (0..b)
+            .map(|q| {
+                let one = &queries[q * dim..(q + 1) * dim];
+                reference(&rows, one, 7, None, Some(&masks[q]), Some(&exclude[q..=q])).remove(0)
+            })
+            .collect();
+        assert_eq!(got, want, "{threads} threads");
+    }
+}
+
 #[test]
 fn scorer_agrees_with_flat_index() {
     let (data, queries) = common::clustered(3, 2000, 10, 32, 8);

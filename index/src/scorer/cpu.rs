@@ -25,7 +25,26 @@ pub(crate) struct Job<'a> {
     pub exclude: Option<&'a [Vec<u64>]>,
 }
 
-impl Job<'_> {
+/// Queries scored together: every worker holds a top-k collector per query
+/// of the pass (`k` hits each, up to 4,096), so a batch sized for the GPU
+/// (8,192 queries) is scanned in passes of this many.
+pub(crate) const MAX_PASS_QUERIES: usize = 256;
+
+impl<'a> Job<'a> {
+    /// Queries `start..end` of the job, as a job of their own.
+    fn part(&self, start: usize, end: usize) -> Job<'a> {
+        let d = self.rows.dim();
+        Job {
+            rows: self.rows,
+            queries: &self.queries[start * d..end * d],
+            count: end - start,
+            k: self.k,
+            allow: self.allow,
+            allow_each: self.allow_each.map(|m| &m[start..end]),
+            exclude: self.exclude.map(|e| &e[start..end]),
+        }
+    }
+
     #[inline]
     fn excluded(&self, q: usize, doc: u64) -> bool {
         self.exclude
@@ -60,6 +79,17 @@ fn scan_block(job: &Job<'_>, block: usize, acc: &mut [Collector]) {
 /// Exact top-k of every query: `parallel`, inside the scorer's thread
 /// pool; otherwise block after block in the caller's thread.
 pub(crate) fn top_k(job: &Job<'_>, parallel: bool) -> Vec<Vec<Hit>> {
+    if job.count > MAX_PASS_QUERIES {
+        return (0..job.count)
+            .step_by(MAX_PASS_QUERIES)
+            .flat_map(|s| {
+                top_k(
+                    &job.part(s, (s + MAX_PASS_QUERIES).min(job.count)),
+                    parallel,
+                )
+            })
+            .collect();
+    }
     let blocks = job.rows.len().div_ceil(BLOCK_ROWS);
     let fresh = || -> Vec<Collector> { (0..job.count).map(|_| Collector::new(job.k)).collect() };
     if !parallel {
