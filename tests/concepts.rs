@@ -364,6 +364,18 @@ fn conditions_are_refused_with_how_to_write_them() {
         ),
         ("find where brand != \"A\"", "!=", Unexpected, "brand in ("),
         ("find where size != 42", "!=", Unexpected, "size = value"),
+        (
+            "find where \"size.eu\" != 42",
+            "!=",
+            Unexpected,
+            "\"size.eu\" = value",
+        ),
+        (
+            "find where stock != 0",
+            "!=",
+            Unexpected,
+            "did you mean in_stock?",
+        ),
         ("find where brand = Levi's", "'", Unexpected, "\"Levi's\""),
         (
             "find where brand = O'Neill and in_stock",

@@ -810,8 +810,9 @@ impl<'a> Parser<'a> {
                                 format!("'{op}' after a whole condition"),
                             )
                             .hint(
-                                "a concept condition takes no value (colour.red, not colour.red); \
-                                 stock is in_stock, not in_stock or in_stock = false",
+                                "a concept condition takes no value: write `colour.red` or \
+                                 `not colour.red`; stock is `in_stock`, `not in_stock` or \
+                                 `in_stock = false`",
                             ));
                         }
                         if self.keyword("and") {
@@ -1233,8 +1234,12 @@ impl<'a> Parser<'a> {
                 op.col,
                 format!("'!=' on '{field}': a condition keeps values, it cannot exclude one"),
             )
-            .hint(if field == "category" || field == "brand" {
+            .hint(if field == "stock" || field == "instock" {
+                "did you mean in_stock? (`not in_stock`, `in_stock = false`)".to_string()
+            } else if field == "category" || field == "brand" {
                 format!("list the values to keep: {field} in (\"A\", \"B\")")
+            } else if field.contains(['.', ' ', '"']) {
+                format!("keep a value: {field:?} = value")
             } else {
                 format!("keep a value: {field} = value")
             })),

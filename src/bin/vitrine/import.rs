@@ -287,11 +287,20 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     // columns (`19.90`, `yes`) and be imported as none.
     let second = header[1].to_ascii_lowercase();
     let base = path.parent().unwrap_or(Path::new("."));
-    // (Images are read by their content: one may have no extension.)
+    // (Images are read by their content: one may have no extension. A
+    // file that is no image, a stray `image` beside the CSV, names none.)
+    let names_an_image = |cell: &str| {
+        let file = base.join(cell);
+        !cell.is_empty()
+            && file.is_file()
+            && image::ImageReader::open(&file)
+                .and_then(|r| r.with_guessed_format())
+                .is_ok_and(|r| r.format().is_some())
+    };
     let looks_like_a_path = second
         .rsplit_once('.')
         .is_some_and(|(_, ext)| vitrine::IMAGE_EXTENSIONS.contains(&ext))
-        || !header[1].trim().is_empty() && base.join(header[1].trim()).is_file();
+        || names_an_image(header[1].trim());
     // With an empty path (an --update of prices and stock) the row gives
     // itself away by a nameless path column among no built-in column name
     // (`sku,,price,in_stock` is a header). (Not by numbers as names: sizes,
@@ -1383,7 +1392,9 @@ mod tests {
     fn a_first_row_naming_a_file_is_not_a_header() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("img")).unwrap();
-        std::fs::write(dir.path().join("img/sku-1"), b"photo").unwrap();
+        image::RgbImage::new(2, 2)
+            .save_with_format(dir.path().join("img/sku-1"), image::ImageFormat::Png)
+            .unwrap();
         let csv = dir.path().join("catalog.csv");
         std::fs::write(
             &csv,
@@ -1392,8 +1403,12 @@ mod tests {
         .unwrap();
         let e = csv_rows(&csv, false).err().unwrap();
         assert!(e.to_string().contains("looks like a product row"), "{e}");
-        // A header whose path column shares no file's name is one.
+        // A header naming a file that is no image (a stray `image` beside
+        // the CSV), or naming none, is one.
+        std::fs::write(dir.path().join("image"), b"not a photo").unwrap();
         std::fs::write(&csv, "sku,image,price\nsku-1,img/sku-1,19.90\n").unwrap();
+        assert_eq!(csv_rows(&csv, false).unwrap().rows.len(), 1);
+        std::fs::write(&csv, "sku,photo,price\nsku-1,img/sku-1,19.90\n").unwrap();
         assert_eq!(csv_rows(&csv, false).unwrap().rows.len(), 1);
     }
 
