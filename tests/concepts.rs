@@ -2277,3 +2277,52 @@ fn offset_pages_a_query() {
         assert_eq!(e.kind, kind, "{q}: {e}");
     }
 }
+
+/// Hand-set affinities are kept besides the learned ones: a concept set
+/// by hand does not also take one of the learned places, so a hand-set
+/// concept the likes agree on leaves the learned ones as they were.
+#[test]
+fn hand_set_affinities_leave_the_learned_places_to_learning() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    import(&db, &model, &samples()[..12]);
+    let ids = db.ids();
+    // Enough concepts the likes agree on to fill every learned place.
+    for (i, id) in ids[..2].iter().enumerate() {
+        for (j, other) in ids[2..8].iter().enumerate() {
+            db.define_tag(
+                &format!("t{i}{j}"),
+                &[id.as_str(), other.as_str()],
+                &[],
+                TagMethod::Centroid,
+            )
+            .unwrap();
+        }
+    }
+    let learn = |user: &str, hand: &Profile| {
+        db.set_profile(user, hand).unwrap();
+        db.feedback(user, &ids[0], Feedback::Like).unwrap();
+        db.feedback(user, &ids[1], Feedback::Like).unwrap()
+    };
+    let plain = learn("ann", &Profile::only("colour"));
+    assert_eq!(plain.affinities.len(), 8, "{plain:?}");
+    let (top, _) = plain
+        .affinities
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap();
+    let mut hand = Profile::only("colour");
+    hand.affinities.insert(top.clone(), 0.01);
+    let with_hand = learn("bob", &hand);
+    assert_eq!(with_hand.affinities.len(), 9, "{with_hand:?}");
+    assert!(
+        (with_hand.affinities[top] - 0.01).abs() < 1e-6,
+        "{with_hand:?}"
+    );
+    for (c, a) in &plain.affinities {
+        if c != top {
+            assert_eq!(with_hand.affinities.get(c), Some(a), "{c}: {with_hand:?}");
+        }
+    }
+}

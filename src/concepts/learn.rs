@@ -269,9 +269,9 @@ pub(crate) fn starting_point(layout: &ConceptLayout, hand_set: Option<&ProfilePr
 /// by hand (normalised) worth [`HAND_SET_PRIOR_LIKES`]. Affinities are
 /// concepts whose mean over the likes exceeds the contrast's by
 /// [`MIN_LIFT`] (a user tag's excess counted at its weight, as a query
-/// weighs it); hand-set affinities are kept, scaled as the hand-set
-/// weights are (all scaled down together where one would pass the largest
-/// weight).
+/// weighs it), up to [`MAX_AFFINITIES`]; hand-set affinities are kept
+/// besides those, scaled as the hand-set weights are (all scaled down
+/// together where one would pass the largest weight).
 pub(crate) fn learn_profile(
     db: &Db,
     user: &[u8],
@@ -445,7 +445,9 @@ pub(crate) fn learn_profile(
             - blend(dot(&tag.vector, &skip_mean), dot(&tag.vector, &catalog));
         lifts.push((format!("{USER_GROUP}.{name}"), lift, lift * tag.weight));
     }
-    lifts.retain(|(_, _, effect)| *effect >= MIN_LIFT);
+    // A hand-set affinity is kept as set: its concept does not also take
+    // one of the learned places.
+    lifts.retain(|(c, _, effect)| *effect >= MIN_LIFT && !hand_affinities.contains_key(c));
     lifts.sort_by(|a, b| b.2.total_cmp(&a.2));
     lifts.truncate(MAX_AFFINITIES);
     profile.affinities = lifts
