@@ -1042,17 +1042,20 @@ impl<T: Record> Keyspace<T> {
     pub fn batch(&self) -> Batch<T> {
         Batch {
             inner: sled::Batch::default(),
-            empty: true,
+            keys: Vec::new(),
             _marker: PhantomData,
         }
     }
 
     /// Applies every operation of `batch` atomically.
+    ///
+    /// A key whose page cannot be read is [`Error::StoreDamaged`], as for
+    /// [`Keyspace::put`], and nothing of the batch is applied.
     pub fn apply(&self, batch: Batch<T>) -> Result<()> {
-        if batch.empty {
+        if batch.keys.is_empty() {
             return Ok(());
         }
-        self.commit(batch.inner)
+        self.commit(batch.inner, &batch.keys)
     }
 
     /// Iterates over all records in key order.
@@ -1125,7 +1128,7 @@ impl<T: Record> Keyspace<T> {
     pub fn put_raw(&self, key: &[u8], bytes: &[u8]) -> Result<()> {
         let mut batch = sled::Batch::default();
         batch.insert(key, bytes);
-        self.commit(batch)
+        self.commit(batch, &[])
     }
 
     /// sled's error reading this keyspace: one of a damaged page (a lost
@@ -1166,8 +1169,15 @@ impl<T: Record> Keyspace<T> {
         })
     }
 
-    fn commit(&self, batch: sled::Batch) -> Result<()> {
+    /// Applies `batch`, whose keys are `keys`. Each key is read first:
+    /// sled applies a batch key by key, and one whose page cannot be read
+    /// would fail it with the keys before it applied in memory (where a
+    /// later flush makes them durable), and mark the store failed.
+    fn commit(&self, batch: sled::Batch, keys: &[Vec<u8>]) -> Result<()> {
         let _w = self.io.write_guard()?;
+        for key in keys {
+            self.contains(key)?;
+        }
         failpoint!("storage::before_apply");
         self.io.check(self.tree.apply_batch(batch))?;
         failpoint!("storage::before_flush");
@@ -1200,14 +1210,14 @@ impl<T> fmt::Debug for Encoded<T> {
 /// [`Keyspace::apply`].
 pub struct Batch<T> {
     inner: sled::Batch,
-    empty: bool,
+    keys: Vec<Vec<u8>>,
     _marker: PhantomData<fn() -> T>,
 }
 
 impl<T> fmt::Debug for Batch<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batch")
-            .field("empty", &self.empty)
+            .field("keys", &self.keys.len())
             .finish_non_exhaustive()
     }
 }
@@ -1217,14 +1227,14 @@ impl<T: Record> Batch<T> {
     /// win.
     pub fn put(&mut self, key: &[u8], value: &T) -> Result<()> {
         self.inner.insert(key, codec::encode(value)?);
-        self.empty = false;
+        self.keys.push(key.to_vec());
         Ok(())
     }
 
     /// Adds a removal of `key`.
     pub fn remove(&mut self, key: &[u8]) {
         self.inner.remove(key);
-        self.empty = false;
+        self.keys.push(key.to_vec());
     }
 }
 

@@ -716,6 +716,52 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A batch that meets a page that cannot be read is refused whole: a key
+/// of it on a readable page is not applied, and other writes go on.
+#[test]
+fn a_batch_over_an_unreadable_page_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, ks) = open(dir.path());
+        // Enough records for several pages; the large one, last in key
+        // order, is on a page of its own with its neighbours.
+        let mut batch = ks.batch();
+        for i in 0..2000 {
+            batch.put(&key(i), &product(i)).unwrap();
+        }
+        ks.apply(batch).unwrap();
+        let mut p = product(99);
+        p.vectors[1].1 = vec![0.5; 200_000];
+        ks.put(b"~huge", &p).unwrap();
+        store.flush().unwrap();
+    }
+    for _ in 1..3 {
+        let (store, ks) = open(dir.path());
+        ks.put(&key(0), &product(5)).unwrap();
+        store.flush().unwrap();
+    }
+    for f in std::fs::read_dir(dir.path().join("sled").join("blobs")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let (store, ks) = open(dir.path());
+    assert!(ks.get(b"~huge").is_err());
+    assert_eq!(ks.get(&key(1)).unwrap(), Some(product(1)));
+    let mut batch = ks.batch();
+    batch.put(&key(1), &product(7)).unwrap();
+    batch.put(b"~huge", &product(8)).unwrap();
+    match ks.apply(batch) {
+        Err(Error::StoreDamaged { reason, .. }) => assert!(reason.contains("huge"), "{reason}"),
+        other => panic!("expected StoreDamaged, got {other:?}"),
+    }
+    assert_eq!(ks.get(&key(1)).unwrap(), Some(product(1)));
+    assert!(!store.io_failed());
+    ks.put(&key(2), &product(9)).unwrap();
+    drop((store, ks));
+    let (_store, ks) = open(dir.path());
+    assert_eq!(ks.get(&key(1)).unwrap(), Some(product(1)));
+    assert_eq!(ks.get(&key(2)).unwrap(), Some(product(9)));
+}
+
 /// A record whose blob file is gone: the store opens, a full read names its
 /// keyspace, and a salvage keeps every other record.
 #[test]
