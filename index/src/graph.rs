@@ -178,7 +178,8 @@ impl HnswIndex {
     }
 
     /// Builds a graph over all vectors of `flat`, inserting with `threads`
-    /// rayon threads (`0` = all cores, `1` = sequential and deterministic).
+    /// rayon threads (`0` = all cores, `1` = sequential and deterministic;
+    /// at most 4 per core).
     pub fn build(flat: &FlatIndex, params: HnswParams, threads: usize) -> Result<Self> {
         use crate::search::VectorIndex;
         params.validate()?;
@@ -198,6 +199,10 @@ impl HnswIndex {
                 hnsw.insert_slice(item);
             }
         } else {
+            // Past a few per core, threads only contend for the graph's
+            // locks; a count of thousands would first start them all.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let threads = threads.min(cores.saturating_mul(4));
             match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
                 // The first point alone: hnsw_rs's insert of point 1 returns
                 // without claiming the entry when another thread's point 2

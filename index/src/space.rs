@@ -630,9 +630,15 @@ impl VectorIndex for SpaceIndex {
             // A beam wider than the widest allowed would walk the whole
             // graph one node at a time, with heaps of k entries.
             PlanHint::Graph if k > crate::config::MAX_EF => Plan::Exact,
-            // Nothing allowed: a filtered walk would visit every node
-            // looking for a point that passes.
-            PlanHint::Graph if allow.is_some_and(AllowSet::is_empty) => Plan::Exact,
+            // Nothing allowed (or nothing allowed is indexed): a filtered
+            // walk would visit every node looking for a point that passes.
+            // The estimate is exact for small sets; a large one estimated
+            // at 0 is answered exactly, which is right whatever it holds.
+            PlanHint::Graph
+                if allow.is_some_and(|a| a.estimate_in(|d| self.flat.contains(d)) == 0) =>
+            {
+                Plan::Exact
+            }
             PlanHint::Graph => Plan::Graph,
             PlanHint::Auto => {
                 // Asking for (nearly) everything allowed is cheapest exactly;

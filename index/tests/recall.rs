@@ -170,6 +170,14 @@ fn nothing_to_find_is_answered_without_a_walk() {
     let asked = SearchOptions::new(K).with_plan(PlanHint::Graph);
     let out = f.index.search(&f.queries[0], &asked, Some(&none)).unwrap();
     assert_eq!(out.plan, Plan::Exact);
+    assert!(out.hits.is_empty());
+    // Nor under one that allows only documents the index does not hold.
+    let absent = AllowSet::from_unsorted(vec![u64::MAX - 1, u64::MAX]);
+    let out = f
+        .index
+        .search(&f.queries[0], &asked, Some(&absent))
+        .unwrap();
+    assert_eq!(out.plan, Plan::Exact);
     assert!(out.hits.is_empty()); // Nor is one walked to find nothing.
     let zero = SearchOptions::new(0).with_plan(PlanHint::Graph);
     let out = f.index.search(&f.queries[0], &zero, None).unwrap();
