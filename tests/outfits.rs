@@ -1758,3 +1758,31 @@ fn cli_outfit_commands_and_eval_fitb() {
     assert!(!out.status.success());
     assert!(said.contains("the first line must be a header"), "{said}");
 }
+
+/// Rules learned from the same products and outfits are the same whatever
+/// order the products were stored in (categories were numbered in that
+/// order, and ties among rules broken by it).
+#[test]
+fn rules_do_not_depend_on_the_order_products_were_stored_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((subset, model)) = small_db(dir.path()) else {
+        return;
+    };
+    let db = open_with_outfits(dir.path(), &model, &subset);
+    let learned = db.learn_outfit_rules().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Db::builder()
+        .open_with_model(other_dir.path(), &model)
+        .unwrap();
+    for id in db.ids().iter().rev() {
+        let p = db.get(id).unwrap().unwrap();
+        other.upsert(id, p.attributes, p.vectors).unwrap();
+    }
+    for (id, ps) in &subset.outfits {
+        other.store_outfit(id, ps).unwrap();
+    }
+    let relearned = other.learn_outfit_rules().unwrap();
+    assert_eq!(relearned.categories, learned.categories);
+    assert_eq!(relearned.top(100, 1), learned.top(100, 1));
+    assert_eq!(relearned, learned);
+}

@@ -311,18 +311,29 @@ impl Catalog {
             };
             colour_index.insert(g, k as u16);
         }
-        let mut cat_index: HashMap<String, u32> = HashMap::new();
+        // Categories in name order, not the order products were stored in:
+        // ties the rules break by category (which categories a cap keeps,
+        // the order of equal rules) come out the same for any import order.
+        cat.categories = snap
+            .attrs
+            .iter()
+            .filter_map(|a| a.category.clone())
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        cat.by_category = vec![Vec::new(); cat.categories.len()];
+        let cat_index: HashMap<&str, u32> = cat
+            .categories
+            .iter()
+            .enumerate()
+            .map(|(k, c)| (c.as_str(), k as u32))
+            .collect();
         for i in 0..n {
             let row = snap.row(i);
             let attrs = &snap.attrs[i];
             let c = match &attrs.category {
                 Some(c) => {
-                    let next = cat_index.len() as u32;
-                    let k = *cat_index.entry(c.clone()).or_insert(next);
-                    if k == next {
-                        cat.categories.push(c.clone());
-                        cat.by_category.push(Vec::new());
-                    }
+                    let k = cat_index[c.as_str()];
                     cat.by_category[k as usize].push(i);
                     k
                 }
@@ -414,9 +425,15 @@ impl Catalog {
         if let Some(d) = self.delta_e(a, b) {
             return (1.0 - d / COLOUR_SCALE).max(0.0);
         }
-        // The colour head's agreement (0 without one: nothing is known).
+        // The colour head's agreement (0 without one: nothing is known),
+        // kept in 0..=1 for blocks stored by hand that are not unit length.
         let r = self.layout.colour.clone();
-        dot(&self.concept(a)[r.clone()], &self.concept(b)[r])
+        let sim = dot(&self.concept(a)[r.clone()], &self.concept(b)[r]);
+        if sim.is_nan() {
+            0.0
+        } else {
+            sim.clamp(0.0, 1.0)
+        }
     }
 
     /// ΔE76 between the measured colours, when both have one.
@@ -480,4 +497,26 @@ fn catalog_colour_groups(attrs: &[Arc<crate::Attributes>], attribute: Option<&st
 
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Colour similarity stays in 0..=1 for colour blocks stored by hand
+    /// that are not unit length (one of 16 outweighed every other part of
+    /// a substitute's score).
+    #[test]
+    fn colour_similarity_stays_in_its_range() {
+        let mut cat = random_catalog(1, 3, 1, 0.0, 0.0);
+        cat.lab = vec![None; 3];
+        cat.concept = [
+            [4.0, 0.0, 0.0, 0.0],
+            [4.0, 0.0, 0.0, 0.0],
+            [-4.0, 0.0, 0.0, 0.0],
+        ]
+        .concat();
+        assert_eq!(cat.colour_sim(0, 1), 1.0);
+        assert_eq!(cat.colour_sim(0, 2), 0.0);
+    }
 }

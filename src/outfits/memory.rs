@@ -105,10 +105,19 @@ impl Memory {
         if k == 0 {
             return Vec::new();
         }
-        sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+        // Ties are kept by product id, not by where the item was first
+        // stored (which an unrelated outfit would change).
+        let id = |k: usize| cat.ids[self.items[k]].as_str();
+        sims.select_nth_unstable_by(k - 1, |a, b| {
+            b.0.total_cmp(&a.0).then_with(|| id(a.1).cmp(id(b.1)))
+        });
         sims.truncate(k);
+        // Relative to the nearest: the weights' ratios are those of
+        // exp(β(s − 1)), and the largest is 1, so their sum cannot
+        // underflow for an item far from every stored one.
+        let top = sims.iter().map(|x| x.0).fold(f32::NEG_INFINITY, f32::max);
         sims.into_iter()
-            .map(|(s, k)| (k, (BETA_GIVEN * (s - 1.0)).exp()))
+            .map(|(s, k)| (k, (BETA_GIVEN * (s - top)).exp()))
             .collect()
     }
 
@@ -121,7 +130,7 @@ impl Memory {
         }
         for &g in given {
             let nb = self.neighbours(cat, g);
-            let wsum: f32 = nb.iter().map(|(_, w)| w).sum::<f32>().max(1e-12);
+            let wsum: f32 = nb.iter().map(|(_, w)| w).sum();
             for (k, &c) in cands.iter().enumerate() {
                 let cc = cat.category[c];
                 let mut acc = 0f32;
@@ -189,5 +198,33 @@ mod tests {
             assert_eq!(memory.items[m], *item);
             assert_eq!(memory.partners(m).collect::<Vec<_>>(), *partners, "{m}");
         }
+    }
+
+    /// A given item far from every stored one counts as much as a near one
+    /// (its weights' sum underflowed, and its scores shrank ten-thousandfold),
+    /// and neighbours tied at the last place are kept by product id, not
+    /// by the order the outfits came in.
+    #[test]
+    fn far_given_items_and_tied_neighbours_score_alike() {
+        let mut cat = random_catalog(4, 40, 6, 0.0, 0.0);
+        cat.layout.vis = 0..2;
+        cat.vis = (0..40)
+            .flat_map(|i| [if i == 39 { -1.0 } else { 1.0 }, 0.0])
+            .collect();
+        // 36 stored items (more than the neighbours kept), all alike.
+        let outfits: Vec<Vec<String>> = (0..18)
+            .map(|o| vec![cat.ids[2 * o].clone(), cat.ids[2 * o + 1].clone()])
+            .collect();
+        let cands: Vec<usize> = (0..40).collect();
+        let memory = Memory::build(&cat, &outfits);
+        let near = memory.scores(&cat, &[38], &cands);
+        let far = memory.scores(&cat, &[39], &cands);
+        assert!(near.iter().any(|&x| x > 0.1), "{near:?}");
+        for (n, f) in near.iter().zip(&far) {
+            assert!((n - f).abs() <= 1e-6 * n.max(1.0), "{near:?}\n{far:?}");
+        }
+        let reversed: Vec<Vec<String>> = outfits.iter().rev().cloned().collect();
+        let memory = Memory::build(&cat, &reversed);
+        assert_eq!(memory.scores(&cat, &[38], &cands), near);
     }
 }

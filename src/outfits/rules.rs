@@ -167,7 +167,7 @@ pub struct OutfitRules {
     pub patterns: Vec<String>,
     /// The model's categories.
     pub model_categories: Vec<String>,
-    /// Catalog categories seen in the outfits.
+    /// Catalog categories seen in the outfits, in name order.
     pub categories: Vec<String>,
     colour: PairTable,
     /// Per catalog-category pair `(a, b)`: colour table, sparse.
@@ -210,13 +210,13 @@ impl Record for OutfitRules {
 }
 
 impl OutfitRules {
-    /// The tables have the shapes their names and dimension give; scoring
-    /// indexes them without further checks.
     /// The concept dimension the rules were learned in.
     pub(crate) fn dim(&self) -> usize {
         self.dim
     }
 
+    /// The tables have the shapes their names and dimension give; scoring
+    /// indexes them without further checks.
     pub(crate) fn check(&self) -> Result<(), String> {
         let table = |name: &str, t: &PairTable, n: usize| {
             let nn = n.checked_mul(n);
@@ -433,7 +433,7 @@ pub(crate) fn learn(cat: &Catalog, outfits: &[Outfit], model: Option<String>) ->
         })
         .collect();
 
-    // Catalog categories of the rules: those the outfits use, in catalog
+    // Catalog categories of the rules: those the outfits use, in name
     // order. Tables are n² in them, and a catalog may hold thousands that
     // no outfit uses; the rules map categories by name when applied. Past
     // MAX_RULE_CATEGORIES, the least used get no category rules, so that a
