@@ -906,6 +906,21 @@ fn query_command_prints_results_and_positioned_errors() {
         err["error"].as_str().unwrap().contains("colour.red"),
         "{err}"
     );
+    // So is a database that cannot be opened.
+    let missing = images.join("no-such-db");
+    let out = vitrine(&[
+        "query",
+        "--db",
+        missing.to_str().unwrap(),
+        "--json",
+        "find +colour.red",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("no-such-db"),
+        "{err}"
+    );
     // Without the bundled model, `like image` and `annotate` say why it
     // could not be loaded (they pointed at a library call).
     for line in [
@@ -1946,6 +1961,8 @@ fn product_get_set_and_delete() {
         "in_stock=maybe",
         // (Single quotes would be stored, unlike the query language's.)
         "category='Shirts'",
+        // (A key CSV import refuses: no CSV could name it.)
+        "col\tour=red",
     ] {
         let out = vitrine(&["product", "--db", db_s, "set", &ids[0], "brand=B", bad]);
         assert_eq!(out.status.code(), Some(1), "{bad}");
@@ -1966,6 +1983,9 @@ fn product_get_set_and_delete() {
     );
     let out = vitrine(&["product", "--db", db_s, "get", &ids[1]]);
     assert_eq!(out.status.code(), Some(1));
+    // Through `query`, an empty argument is one too (it was dropped).
+    let out = vitrine(&["query", "--db", db_s, "product", "get", "", &ids[2]]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let out = vitrine(&["info", "--db", db_s, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["products"], 2);

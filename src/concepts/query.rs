@@ -1234,7 +1234,7 @@ impl<'a> Parser<'a> {
                 op.col,
                 format!("'!=' on '{field}': a condition keeps values, it cannot exclude one"),
             )
-            .hint(if field == "stock" || field == "instock" {
+            .hint(if stock_typo(&field) {
                 "did you mean in_stock? (`not in_stock`, `in_stock = false`)".to_string()
             } else if field == "category" || field == "brand" {
                 format!("list the values to keep: {field} in (\"A\", \"B\")")
@@ -1245,7 +1245,7 @@ impl<'a> Parser<'a> {
             })),
             _ => Err(self
                 .unexpected(&op, "an operator (=, <, <=, >, >=, in)")
-                .hint(if field == "stock" || field == "instock" {
+                .hint(if stock_typo(&field) {
                     "did you mean in_stock?".to_string()
                 } else {
                     "for example: price < 60, brand = \"A\", category in (\"Shirts\", \"Tops\")"
@@ -1253,6 +1253,11 @@ impl<'a> Parser<'a> {
                 })),
         }
     }
+}
+
+/// A field that means `in_stock`, which is a condition of its own.
+fn stock_typo(field: &str) -> bool {
+    field == "stock" || field == "instock"
 }
 
 // --------------------------------------------------------------- execution

@@ -173,6 +173,14 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                     if k.is_empty() {
                         bail!("'{pair}': the key is empty");
                     }
+                    // As an imported CSV's column names: one could not be
+                    // shown, nor named by a CSV again.
+                    if k.chars().any(char::is_control) {
+                        bail!(
+                            "'{}': the key holds a control character, which attribute names cannot",
+                            k.escape_debug()
+                        );
+                    }
                     if k.to_ascii_lowercase().starts_with(ENGINE_PREFIX) {
                         bail!("'{k}' cannot be set (keys starting with '{ENGINE_PREFIX}' are the engine's)");
                     }

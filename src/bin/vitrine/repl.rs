@@ -1289,7 +1289,17 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     }
     let json = args.json;
     let db = crate::required_db(args.db.take(), "query");
-    let mut session = Session::open(&db, json)?;
+    // As a piped REPL says it: a script reading JSON gets its error as
+    // JSON too (and the exit status, and stderr, say it failed).
+    let as_json = |e: &anyhow::Error| {
+        if json {
+            println!(
+                "{}",
+                crate::json_text(&serde_json::json!({"error": crate::error_message(e)}))
+            );
+        }
+    };
+    let mut session = Session::open(&db, json).inspect_err(as_json)?;
     let line = args.query.join(" ");
     let mut words = line.split_whitespace();
     let (first, second) = (words.next(), words.next());
@@ -1324,12 +1334,16 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
             in_clause |= similar && (piece || a.eq_ignore_ascii_case("where"));
             words.push(if plain || (similar && !in_clause) {
                 let a = a.replace('\\', "\\\\").replace('"', "\\\"");
-                if a.chars().any(char::is_whitespace) {
+                // (An empty argument is one too: `product delete "" x`.)
+                if a.is_empty() || a.chars().any(char::is_whitespace) {
                     format!("\"{a}\"")
                 } else {
                     a
                 }
-            } else if a.chars().any(char::is_whitespace) && !a.contains('"') && !piece {
+            } else if (a.is_empty() || a.chars().any(char::is_whitespace))
+                && !a.contains('"')
+                && !piece
+            {
                 format!("\"{a}\"")
             } else {
                 a.clone()
@@ -1341,16 +1355,10 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     } else {
         format!("find {line}")
     };
-    let done = session.execute(&line, &mut std::io::stdout());
-    // As a piped REPL says it: a script reading JSON gets its error as
-    // JSON too (and the exit status, and stderr, say it failed).
-    if let (Err(e), true) = (&done, json) {
-        println!(
-            "{}",
-            crate::json_text(&serde_json::json!({"error": crate::error_message(e)}))
-        );
-    }
-    done.map(drop)
+    session
+        .execute(&line, &mut std::io::stdout())
+        .inspect_err(as_json)
+        .map(drop)
 }
 
 /// An argument of a command line, and whether any of it was in quotes: a
