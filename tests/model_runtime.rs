@@ -112,8 +112,19 @@ fn missing_model_files_are_named() {
         Err(ModelError::Missing { path }) => assert_eq!(path, dir.path().join("tiny.onnx")),
         other => panic!("expected Missing, got {other:?}"),
     }
-    let e = Model::from_dir(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("tiny.onnx"), "{e}");
+    let e = Model::from_dir(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("tiny.onnx"), "{e}");
+    // The caller's to fix, wherever it surfaces.
+    assert!(e.is_user_error());
+    assert!(vitrine::IngestError::from(e).is_user_error());
+    // A device named as the model file is refused, not read without end.
+    match Model::load("/dev/zero", dir.path().join(MANIFEST_FILE)) {
+        Err(ModelError::Io { path, source }) => {
+            assert_eq!(path, Path::new("/dev/zero"));
+            assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput);
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
 }
 
 #[test]
@@ -235,8 +246,18 @@ fn bad_manifests_are_typed_errors() {
             "/tag_thresholds/colour.red/threshold",
             serde_json::json!(1.5),
         ),
+        // A model file outside the manifest's folder (`/dev/zero` was
+        // read without end).
+        ("/onnx", serde_json::json!("/dev/zero")),
+        ("/onnx", serde_json::json!("../tiny.onnx")),
+        ("/onnx", serde_json::json!("")),
+        // A checksum the file could never match: the file was blamed.
+        ("/onnx_sha256", serde_json::json!("sha256:c853fb2b")),
     ] {
         let mut m: serde_json::Value = serde_json::from_str(&tiny_manifest(INPUT)).unwrap();
+        if field == "/onnx_sha256" {
+            m["onnx_sha256"] = value.clone();
+        }
         *m.pointer_mut(field).unwrap() = value.clone();
         if field.ends_with("/name") {
             let g = value.as_str().unwrap();

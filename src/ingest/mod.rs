@@ -160,15 +160,18 @@ pub enum IngestError {
 
 impl IngestError {
     /// Whether the caller can fix it (a missing or bad image, a duplicate
-    /// id, an empty folder, a database error that is the caller's); false
-    /// for the model, another model's database, damaged data and the
-    /// machine.
+    /// id, an empty folder, a database error that is the caller's, model
+    /// files that are missing or damaged, as [`ModelError::is_user_error`]
+    /// says); false when the model fails on an image, for another model's
+    /// database, damaged data and the machine.
     pub fn is_user_error(&self) -> bool {
         match self {
             IngestError::Db(e) => e.is_user_error(),
             IngestError::Io { source, .. } => crate::error::callers_file(source),
-            IngestError::Model(_)
-            | IngestError::ModelMismatch { .. }
+            // The engine shapes the tensors: a wrong one is not the caller's.
+            IngestError::Model(ModelError::InputShape { .. }) => false,
+            IngestError::Model(e) => e.is_user_error(),
+            IngestError::ModelMismatch { .. }
             | IngestError::ModelShape { .. }
             | IngestError::Internal { .. }
             | IngestError::Threads(_) => false,

@@ -260,6 +260,27 @@ impl Manifest {
         if m.taxonomy.categories.is_empty() {
             return Err("taxonomy.categories is empty".into());
         }
+        // A file beside the manifest (or below it): not one named anywhere
+        // on the machine by whoever wrote the manifest.
+        let onnx = std::path::Path::new(&m.onnx);
+        if m.onnx.is_empty()
+            || !onnx
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!(
+                "onnx '{}' must name a file in the manifest's folder (no absolute path, no '..')",
+                m.onnx.escape_debug()
+            ));
+        }
+        if let Some(h) = &m.onnx_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "onnx_sha256 '{}' is not a SHA-256 (64 hexadecimal digits)",
+                    h.escape_debug()
+                ));
+            }
+        }
         Ok(Manifest {
             name: m.name,
             onnx: m.onnx,
@@ -287,7 +308,8 @@ impl Manifest {
         &self.name
     }
 
-    /// File name of the ONNX model, relative to the manifest.
+    /// File name of the ONNX model, relative to the manifest's folder (and
+    /// inside it).
     pub fn onnx_file(&self) -> &str {
         &self.onnx
     }

@@ -44,11 +44,11 @@ pub const EMBEDDING_SPACE: &str = "embedding";
 /// Name of the concept-space vector space of an image database.
 pub const CONCEPT_SPACE: &str = "concept";
 
-/// The model's output names, in the order the runtime asks tract for them.
 /// A top category below this probability is reported as uncertain in its
 /// annotation (often an image unlike the training photos).
 const UNCERTAIN_BELOW: f32 = 0.5;
 
+/// The model's output names, in the order the runtime asks tract for them.
 const OUTPUTS: [&str; 4] = ["embedding", "category_logits", "tag_logits", "concept"];
 
 /// Why a model could not be loaded or run.
@@ -205,6 +205,16 @@ impl std::fmt::Debug for Model {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
+    // A device or a pipe named as a model file (`/dev/zero`) would be read
+    // without end.
+    if let Ok(m) = std::fs::metadata(path) {
+        if !m.is_file() && !m.is_dir() {
+            return Err(ModelError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            });
+        }
+    }
     std::fs::read(path).map_err(|source| {
         // A folder named where a file is (VITRINE_MODEL_DIR set to the
         // .onnx file) is a file not found, with the same hint.
