@@ -95,9 +95,12 @@ pub(crate) fn dominant_lab(
     // 2048 on a 2048² photo).
     let area = (x1 - x0) * (y1 - y0);
     let step = ((area as f64 / (SAMPLE * 4) as f64).sqrt().ceil() as usize).max(1);
+    // No wider than the crop: a strip narrower than half the stride had
+    // no column on the grid.
+    let (step_x, step_y) = (step.min(x1 - x0).max(1), step.min(y1 - y0).max(1));
     let mut rgb: Vec<[f32; 3]> = Vec::new();
-    for y in (y0 + step / 2..y1).step_by(step) {
-        for x in (x0 + step / 2..x1).step_by(step) {
+    for y in (y0 + step_y / 2..y1).step_by(step_y) {
+        for x in (x0 + step_x / 2..x1).step_by(step_x) {
             let i = (y * w + x) * 3;
             let p = [px[i], px[i + 1], px[i + 2]].map(f32::from);
             if let Some(bg) = background {
@@ -218,6 +221,19 @@ mod tests {
         }
         let lab = dominant_lab(&px, w, [0, 0, w, h], None).unwrap();
         let navy = srgb_to_lab([20.0, 30.0, 90.0]);
+        assert!(delta_e(lab, navy) < 1.0, "{lab:?} vs {navy:?}");
+    }
+
+    #[test]
+    fn a_tall_narrow_strip_is_sampled() {
+        // 16 × 1,000,000: a stride of 32 started past the last column.
+        let (w, h) = (16usize, 1_000_000usize);
+        let px: Vec<u8> = [20u8, 30, 90].repeat(w * h);
+        let lab = dominant_lab(&px, w, [0, 0, w, h], None).unwrap();
+        let navy = srgb_to_lab([20.0, 30.0, 90.0]);
+        assert!(delta_e(lab, navy) < 1.0, "{lab:?} vs {navy:?}");
+        let wide: Vec<u8> = [20u8, 30, 90].repeat(w * h);
+        let lab = dominant_lab(&wide, h, [0, 0, h, w], None).unwrap();
         assert!(delta_e(lab, navy) < 1.0, "{lab:?} vs {navy:?}");
     }
 }

@@ -99,7 +99,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .iter()
         .map(|it| (it.id.as_str(), it.path.as_path()))
         .collect();
-    let queries = pick_queries(&items, 4);
+    // Of the products stored: one whose image failed to import is no query.
+    let stored: std::collections::BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let imported: Vec<ImportItem> = items
+        .iter()
+        .filter(|it| stored.contains(it.id.as_str()))
+        .cloned()
+        .collect();
+    let queries = pick_queries(&imported, 4);
     if queries.is_empty() {
         bail!("the sample catalog has no category with three products");
     }

@@ -401,9 +401,9 @@ fn profile_recall(db: &Db, n: usize, refs: usize) -> anyhow::Result<Recall> {
         }
         profiles.push((format!("dirichlet {i}"), p));
     }
-    let references: Vec<usize> = (0..refs.min(ids.len()))
-        .map(|_| rng.gen_range(0..ids.len()))
-        .collect();
+    // Distinct products (drawn with replacement, 20 could be 13).
+    let references: Vec<usize> =
+        rand::seq::index::sample(&mut rng, ids.len(), refs.min(ids.len())).into_vec();
 
     let mut one_hot_engine = BTreeMap::new();
     let mut one_hot_graph = BTreeMap::new();
@@ -420,6 +420,8 @@ fn profile_recall(db: &Db, n: usize, refs: usize) -> anyhow::Result<Recall> {
                 .collect();
             exact.sort_by(|a, b| b.total_cmp(a));
             let kth = exact.get(9).copied().unwrap_or(f32::NEG_INFINITY);
+            // Out of what can be found: a catalog of 8 has 7 other products.
+            let answers = exact.len().clamp(1, 10) as f64;
             let score_of = |id: &str| {
                 let i = ids.binary_search_by(|x| x.as_str().cmp(id)).ok();
                 i.map(|i| zs[i].iter().zip(&q).map(|(a, b)| a * b).sum::<f32>())
@@ -429,7 +431,7 @@ fn profile_recall(db: &Db, n: usize, refs: usize) -> anyhow::Result<Recall> {
                 .iter()
                 .filter(|h| score_of(&h.id).is_some_and(|s| s >= kth - 1e-5))
                 .count();
-            re += good as f64 / 10.0;
+            re += good as f64 / answers;
             let f = Filter::new().exclude(ids[r].clone());
             let s = Search::new(SimilarTo::Vector(&q), 10)
                 .space(CONCEPT_SPACE)
@@ -443,7 +445,7 @@ fn profile_recall(db: &Db, n: usize, refs: usize) -> anyhow::Result<Recall> {
                 .iter()
                 .filter(|h| score_of(&h.id).is_some_and(|s| s >= kth - 1e-5))
                 .count();
-            rg += good as f64 / 10.0;
+            rg += good as f64 / answers;
         }
         let (re, rg) = (re / references.len() as f64, rg / references.len() as f64);
         if let Some(g) = name.strip_prefix("one-hot ") {
