@@ -2571,7 +2571,7 @@ fn storage_lost(dir: &Path, evidence: &Path) -> Error {
 }
 
 /// Removes what a killed checkpoint leaves: `index/.vitrine-index-*`
-/// folders and `arena/.<space>.arena.tmp-<pid>` files. Best effort.
+/// folders and `arena/.<space>.arena.tmp-<pid>-<n>` files. Best effort.
 fn remove_checkpoint_debris(dir: &Path) {
     for (sub, is_debris) in [
         (

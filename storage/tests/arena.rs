@@ -248,3 +248,41 @@ proptest! {
         let _ = validate(&bytes);
     }
 }
+
+/// Two threads writing one path publish one whole file: each call writes
+/// a temp file of its own (they shared one, and a rename published a mix).
+#[test]
+fn concurrent_writes_of_one_path_publish_a_whole_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("image.arena");
+    let (a, b) = (rows(20_000, 16), rows(30_000, 16));
+    for _ in 0..8 {
+        std::thread::scope(|s| {
+            for data in [&a, &b] {
+                s.spawn(|| {
+                    // The loser's rename may find the file replaced; only
+                    // what is published matters.
+                    let _ = write_arena(&path, 16, 1, data.iter().map(|(d, v)| (*d, v.as_slice())));
+                });
+            }
+        });
+        let arena = Arena::open(&path).unwrap();
+        assert!(arena.len() == a.len() || arena.len() == b.len());
+    }
+}
+
+/// A row past the end panics, whatever its size (a huge one wrapped into
+/// range in a release build and read row 0).
+#[test]
+fn a_row_past_the_end_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("a.arena");
+    write(&path, 4, 1, &rows(1, 4));
+    let arena = Arena::open(&path).unwrap();
+    for i in [1usize, 1 << 61, 1 << 62] {
+        let doc = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| arena.doc(i)));
+        assert!(doc.is_err(), "doc({i})");
+        let v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| arena.vector(i).len()));
+        assert!(v.is_err(), "vector({i})");
+    }
+}

@@ -64,7 +64,11 @@ pub fn write_arena<'a>(
     };
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    // Of this call alone: two threads writing one path each publish a
+    // whole file (one wins), not a mix of both written into one.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tmp_name.push(format!(".tmp-{}-{call}", std::process::id()));
     let tmp = dir.join(tmp_name);
 
     let result = write_tmp(&tmp, dim, generation, &rows).and_then(|()| {
@@ -187,6 +191,8 @@ impl<'a> ArenaView<'a> {
     /// # Panics
     /// If `i >= self.len()`.
     pub fn doc(&self, i: usize) -> u64 {
+        // Checked first: in a release build `i * 8` could wrap into range.
+        assert!(i < self.len(), "row {i} of an arena of {}", self.len());
         let mut b = [0u8; 8];
         b.copy_from_slice(&self.docs[i * 8..i * 8 + 8]);
         u64::from_le_bytes(b)
@@ -197,6 +203,7 @@ impl<'a> ArenaView<'a> {
     /// # Panics
     /// If `i >= self.len()`.
     pub fn vector(&self, i: usize) -> &'a [f32] {
+        assert!(i < self.len(), "row {i} of an arena of {}", self.len());
         let dim = self.header.dim as usize;
         &self.vectors[i * dim..(i + 1) * dim]
     }
