@@ -1689,6 +1689,41 @@ fn cli_outfit_commands_and_eval_fitb() {
         assert_eq!(v["n"], 1, "{method}");
         assert_eq!(v["accuracy"].as_f64(), Some(0.5), "{method}");
     }
+    // The random baseline draws from the candidates the methods rank:
+    // given items and repeats among them are no candidates (it drew one
+    // of 5 or more here, where the methods chose among 1).
+    let given_too = twin_dir.join("given_too.jsonl");
+    let mut cands: Vec<&String> = ps[1..].iter().chain(&ps[1..]).collect();
+    cands.push(&ps[0]);
+    let question = serde_json::json!({"given": ps[1..], "candidates": cands, "answer": ps[0]});
+    std::fs::write(&given_too, format!("{question}\n").repeat(4)).unwrap();
+    let out = vitrine(&[
+        "eval",
+        "fitb",
+        "--products",
+        twin_products.to_str().unwrap(),
+        "--outfits",
+        outfits.to_str().unwrap(),
+        "--questions",
+        given_too.to_str().unwrap(),
+        "--method",
+        "random",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["accuracy"].as_f64(), Some(1.0), "{v}");
+    // A cover budget out of range is refused before any work.
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["eval", "outfits", "--products"])
+        .arg(&products)
+        .arg("--outfits")
+        .arg(&outfits)
+        .args(["--cover-per-template", "10,0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("a count from 1 to 10000"), "{said}");
 
     // A product whose image is missing: its outfit is left out (said), and
     // the run goes on with the others (it stopped, after the whole import,

@@ -106,13 +106,26 @@ pub struct OutfitsEvalArgs {
     #[arg(long)]
     pub colour_attribute: Option<String>,
     /// Cover budgets to measure: the most outfits planned per template
-    /// (comma-separated; each is one plan, reported with its baseline).
-    #[arg(long, value_delimiter = ',', default_values_t = [10usize])]
+    /// (comma-separated; each is one plan, reported with its baseline),
+    /// each 1 to 10,000.
+    #[arg(long, value_delimiter = ',', default_values_t = [10usize], value_parser = per_template)]
     pub cover_per_template: Vec<usize>,
-    /// Palette weight of the expansions (`ExpandOptions::palette`), a
-    /// finite number >= 0.
+    /// Palette weight of the expand figures' expansions
+    /// (`ExpandOptions::palette`), a finite number >= 0; cover plans use
+    /// `CoverOptions`' own (0).
     #[arg(long, default_value_t = 2.0, value_parser = crate::outfit::non_negative)]
     pub palette: f32,
+}
+
+/// A cover budget, checked before the evaluation's minutes of work.
+fn per_template(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=vitrine::MAX_EXPANSIONS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}': a count from 1 to {}",
+            vitrine::MAX_EXPANSIONS
+        )),
+    }
 }
 
 /// One product row of a Mango-format CSV.
@@ -522,7 +535,15 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
             };
             n += 1;
             right += if name == "random" {
-                let pick = &q.candidates[rng.gen_range(0..q.candidates.len())];
+                // Among the candidates the methods rank: given items and
+                // repeats left out, as complete_with leaves them.
+                let mut pool: Vec<&String> = Vec::new();
+                for c in &q.candidates {
+                    if !q.given.contains(c) && !pool.contains(&c) {
+                        pool.push(c);
+                    }
+                }
+                let pick = pool[rng.gen_range(0..pool.len())];
                 f64::from(u8::from(*pick == q.answer))
             } else {
                 // A tie at the top is shared: the answer among t tied
@@ -822,9 +843,18 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     let (mut model_rel, mut model_kept) = (0, 0);
     let t = Instant::now();
     let mut expansions = Vec::new();
+    // A template whose anchor has no category cannot be expanded (cover
+    // skips it too): one must not end the whole evaluation.
+    let mut unexpandable = 0;
     for o in &templates {
-        let ex = eng.expand(&o.id, 10, &ExpandOptions::new().palette(args.palette))?;
-        expansions.push((o, ex));
+        match eng.expand(&o.id, 10, &ExpandOptions::new().palette(args.palette)) {
+            Ok(ex) => expansions.push((o, ex)),
+            Err(e) if e.is_user_error() => {
+                eprintln!("warning: template {} not expanded: {e}", o.id);
+                unexpandable += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let expand_ms = t.elapsed().as_secs_f64() * 1e3;
     for (o, ex) in &expansions {
@@ -880,7 +910,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     eng.assume_sold_out(&sold_out);
     let sold: HashSet<&str> = sold_out.iter().map(|s| s.as_str()).collect();
     let (mut n_sold_exp, mut sold_ok) = (0, 0);
-    for o in &templates {
+    for (o, _) in &expansions {
         for e in eng.expand(&o.id, 10, &ExpandOptions::new().palette(args.palette))? {
             n_sold_exp += 1;
             sold_ok += usize::from(
@@ -983,13 +1013,8 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
                 .or_default() += 1;
         }
     }
-    let pct = |a: usize, b: usize| {
-        if b == 0 {
-            0.0
-        } else {
-            100.0 * a as f64 / b as f64
-        }
-    };
+    // Of no case, no figure (null; "n/a"): a 0 % would read as measured.
+    let pct = |a: usize, b: usize| (b > 0).then(|| 100.0 * a as f64 / b as f64);
     let fig = serde_json::json!({
         "outfits": outfits.len(),
         "colour_attribute": args.colour_attribute,
@@ -1011,7 +1036,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             "ms_per_query": sub_ms,
         },
         "expand": {
-            "templates": templates.len(), "outfits": n_exp,
+            "templates": expansions.len(), "not_expandable": unexpandable, "outfits": n_exp,
             "all_in_stock_pct": pct(in_stock_ok, n_exp),
             // With 30 % of the other products sold out.
             "sold_out_products": sold_out.len(),
@@ -1034,30 +1059,31 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     } else {
         let (s, e) = (&fig["substitute"], &fig["expand"]);
         let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+        let p = |v: &serde_json::Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.1}"));
         println!(
-            "substitute ({} cases, {} with no candidate): same category {:.1} %, same colour \
-             group {:.1} % ({} cases), same engine colour family {:.1} %, {:.2} ms per query",
+            "substitute ({} cases, {} with no candidate): same category {} %, same colour \
+             group {} % ({} cases), same engine colour family {} %, {:.2} ms per query",
             s["cases"],
             s["no_candidate"],
-            f(&s["same_category_pct"]),
-            f(&s["same_colour_group_pct"]),
+            p(&s["same_category_pct"]),
+            p(&s["same_colour_group_pct"]),
             s["colour_cases"],
-            f(&s["same_model_family_pct"]),
+            p(&s["same_model_family_pct"]),
             f(&s["ms_per_query"])
         );
         println!(
-            "expand ({} outfits of {} templates): in stock {:.1} % (and {:.1} % of {} with {} \
-             other products sold out), no repeats {:.1} %, shared colour groups kept {:.1} %, \
-             contrasts kept {:.1} %, {:.2} ms per outfit",
+            "expand ({} outfits of {} templates): in stock {} % (and {} % of {} with {} \
+             other products sold out), no repeats {} %, shared colour groups kept {} %, \
+             contrasts kept {} %, {:.2} ms per outfit",
             e["outfits"],
             e["templates"],
-            f(&e["all_in_stock_pct"]),
-            f(&e["all_in_stock_with_sold_out_pct"]),
+            p(&e["all_in_stock_pct"]),
+            p(&e["all_in_stock_with_sold_out_pct"]),
             e["outfits_with_sold_out"],
             e["sold_out_products"],
-            f(&e["no_repeat_pct"]),
-            f(&e["gt_same_colour_preserved_pct"]),
-            f(&e["gt_contrast_preserved_pct"]),
+            p(&e["no_repeat_pct"]),
+            p(&e["gt_same_colour_preserved_pct"]),
+            p(&e["gt_contrast_preserved_pct"]),
             f(&e["ms_per_outfit"])
         );
         for c in fig["cover"].as_array().into_iter().flatten() {
