@@ -1341,6 +1341,11 @@ fn a_damaged_tag_model_or_starting_point_stops_nothing() {
             assert!(ks.contains(key).unwrap(), "{tree}");
             ks.put_raw(key, b"\x01\xff\xff damaged").unwrap();
         }
+        // The model record of a tag whose deletion was cut short: no tag
+        // to call stale.
+        let ks: vitrine_storage::Keyspace<common::Raw> =
+            store.keyspace("vitrine.tag_models").unwrap();
+        ks.put_raw(b"gone", b"\x01\xff\xff damaged").unwrap();
         store.flush().unwrap();
     }
     let db = Db::open(dir.path()).unwrap();
@@ -1972,6 +1977,12 @@ fn a_damaged_concept_layout_is_corruption() {
         Err(e) => panic!("expected Corruption, got {e:?}"),
         Ok(_) => panic!("an engine over a damaged layout"),
     }
+    drop(db);
+    // The layout is the model's: an open with it writes it again (it
+    // failed for good on the damaged record).
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    assert!(db.concept_layout().is_ok());
+    assert_eq!(db.query("find +colour.red limit 2").unwrap().hits.len(), 2);
 }
 
 /// One user-tag record that does not decode (damaged, or a newer build's)
@@ -2325,4 +2336,34 @@ fn hand_set_affinities_leave_the_learned_places_to_learning() {
             assert_eq!(with_hand.affinities.get(c), Some(a), "{c}: {with_hand:?}");
         }
     }
+}
+
+/// A tag whose negative examples are all gone keeps its direction when
+/// learned again: against the catalog instead, it would mean another thing
+/// while its record still named its negatives.
+#[test]
+fn a_tag_without_its_negatives_is_kept_as_it_was() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder().open_with_model(dir.path(), &model).unwrap();
+    import(&db, &model, &samples()[..8]);
+    let ids = db.ids();
+    let tag = db
+        .define_tag(
+            "formal",
+            &[ids[0].as_str(), ids[1].as_str()],
+            &[ids[2].as_str()],
+            TagMethod::Centroid,
+        )
+        .unwrap();
+    assert!(db.delete(&ids[2]).unwrap());
+    assert_eq!(db.relearn_tags().unwrap(), 0);
+    let kept = db
+        .user_tags()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "formal")
+        .unwrap();
+    assert_eq!(kept.vector, tag.vector);
+    assert_eq!(kept.negatives, [ids[2].clone()]);
 }

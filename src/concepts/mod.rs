@@ -700,6 +700,21 @@ pub(crate) fn undecodable(e: &vitrine_storage::Error) -> bool {
     )
 }
 
+/// The stored layout, for a writer about to replace it. One that does not
+/// decode is as none: the layout is the model's, and writing it again
+/// repairs it (a newer build's is still refused).
+fn stored_layout(
+    ks: &vitrine_storage::Keyspace<ConceptLayout>,
+) -> std::result::Result<Option<ConceptLayout>, vitrine_storage::Error> {
+    match ks.get(LAYOUT_KEY) {
+        Err(e @ vitrine_storage::Error::Corruption { .. }) => {
+            tracing::warn!(error = %e, "damaged concept layout written again from the model");
+            Ok(None)
+        }
+        r => r,
+    }
+}
+
 /// The closest of `known` to `name`, when it is close enough to be a typo.
 pub(crate) fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
     // No typo of a known name is this long; the distance is quadratic.
@@ -873,7 +888,7 @@ impl Db {
     pub(crate) fn prepare_switch_locked(&self, model: &Model) -> Result<()> {
         let _changes = self.vocabulary_changes();
         let ks = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
-        let previous = ks.get(LAYOUT_KEY)?;
+        let previous = stored_layout(&ks)?;
         let notes = self.side_keyspace::<PrunePending>(LAYOUT_KS)?;
         // A note of an earlier switch that did not happen keeps the layout
         // of the model the database still has.
@@ -889,7 +904,7 @@ impl Db {
             },
         )?;
         let layout = ConceptLayout::from_model(model);
-        if ks.get(LAYOUT_KEY)?.as_ref() != Some(&layout) {
+        if stored_layout(&ks)?.as_ref() != Some(&layout) {
             ks.put(LAYOUT_KEY, &layout)?;
         }
         Ok(())
@@ -1052,7 +1067,7 @@ impl Db {
         if self.stored_model_fingerprint().as_deref() != Some(model.fingerprint()) {
             return Ok(());
         }
-        if ks.get(LAYOUT_KEY)?.as_ref() != Some(&layout) {
+        if stored_layout(&ks)?.as_ref() != Some(&layout) {
             ks.put(LAYOUT_KEY, &layout)?;
         }
         Ok(())
@@ -1150,9 +1165,15 @@ impl Db {
             return Ok(Vec::new());
         };
         let ks = self.side_keyspace::<TagModel>(TAG_MODELS_KS)?;
+        let tags = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let mut out = Vec::new();
         for name in ks.keys() {
             let name = name?;
+            // The model record of a tag deleted by a process killed before
+            // it removed that record too: no tag to relearn.
+            if !tags.contains(&name)? {
+                continue;
+            }
             // A record that does not decode (damaged, or a newer build's)
             // names no model: stale, as a tag of an unknown model is, not
             // an error of every concept call (delete_tag removes it).
@@ -1367,7 +1388,8 @@ impl Db {
     /// calls it when done. It also forgets the catalog's mean concept
     /// vector (feedback's contrast), which may have been taken while old
     /// and new vectors were mixed. A tag none of whose positive examples is
-    /// left keeps its direction (logged): after a model switch it is stale
+    /// left, or none of its negative ones when it had some, keeps its
+    /// direction (logged): after a model switch it is stale
     /// ([`Db::stale_tags`]). Returns how many were learned again.
     pub fn relearn_tags(&self) -> Result<usize, ConceptError> {
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
@@ -1434,6 +1456,12 @@ impl Db {
         let (pos, neg) = (present(&tag.positives), present(&tag.negatives));
         if pos.is_empty() {
             tracing::warn!(tag = %tag.name, "no positive example left; tag kept as it was");
+            return None;
+        }
+        // Learned against the catalog instead, it would mean another thing
+        // while its record still named its negatives.
+        if neg.is_empty() && !tag.negatives.is_empty() {
+            tracing::warn!(tag = %tag.name, "no negative example left; tag kept as it was");
             return None;
         }
         let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
@@ -2113,7 +2141,7 @@ impl Db {
     /// The top `k` of `q · z` over the concept space among products passing
     /// `filter`. Exact up to [`DbBuilder::concept_exact_max`](crate::DbBuilder::concept_exact_max) products, and for skewed
     /// queries at any size; otherwise the graph with a beam of
-    /// `max(16k, 256)`. Measured (`vitrine bench concepts`, 100k products
+    /// `16k` kept within 256..=4096. Measured (`vitrine bench concepts`, 100k products
     /// synthesised from fpi): the graph's recall@20 is 0.78 for single
     /// concepts and 0.54 for one-hot profiles but 0.999 for balanced ones,
     /// while an exact scan takes 2.7 ms (two threads).
