@@ -1986,6 +1986,9 @@ fn product_get_set_and_delete() {
     // Through `query`, an empty argument is one too (it was dropped).
     let out = vitrine(&["query", "--db", db_s, "product", "get", "", &ids[2]]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    // Before the command word, one is nothing.
+    let out = vitrine(&["query", "--db", db_s, "", "product", "get", &ids[2]]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let out = vitrine(&["info", "--db", db_s, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["products"], 2);

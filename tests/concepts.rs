@@ -2357,6 +2357,8 @@ fn a_tag_without_its_negatives_is_kept_as_it_was() {
         )
         .unwrap();
     assert!(db.delete(&ids[2]).unwrap());
+    // (After a model switch, the catalog is the contrast left: a stale tag
+    // would refuse every query naming it.)
     assert_eq!(db.relearn_tags().unwrap(), 0);
     let kept = db
         .user_tags()

@@ -1705,6 +1705,10 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     // Its examples are never re-embedded: stale after the switch.
     db.define_tag("old", &ids[4..], &[], vitrine::TagMethod::Centroid)
         .unwrap();
+    // Its negative is never re-embedded: after the switch, the catalog is
+    // the contrast left.
+    db.define_tag("noneg", &ids[..2], &ids[4..5], vitrine::TagMethod::Centroid)
+        .unwrap();
     // A tag whose record a newer build rewrote (below).
     db.define_tag("newer", &ids[..1], &[], vitrine::TagMethod::Centroid)
         .unwrap();
@@ -1780,7 +1784,7 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
     // No example is of the new model yet: the tags are kept as they were,
     // stale.
     assert_eq!(db.relearn_tags().unwrap(), 0);
-    assert_eq!(db.stale_tags().unwrap(), ["mine", "old"]);
+    assert_eq!(db.stale_tags().unwrap(), ["mine", "noneg", "old"]);
     // Defining it again from the same, not re-embedded, examples is refused
     // (it would be an old-space direction recorded as current).
     assert!(matches!(
@@ -1804,13 +1808,16 @@ fn a_model_switch_prunes_profiles_and_relearns_tags_from_new_examples() {
             .reembed(true),
     )
     .unwrap();
+    // (The import learned both again; now noneg is of this model, and
+    // kept as it is.)
     assert_eq!(db.relearn_tags().unwrap(), 1);
     // The re-embedded products are found again, and only they.
     let mut found = by_look(6);
     found.sort();
     assert_eq!(found, ids[..3]);
-    // The tag learned again is current; the other ranks nothing.
+    // The tags learned again are current; the other ranks nothing.
     assert_eq!(db.stale_tags().unwrap(), ["old"]);
+    assert!(db.query("find +user.noneg limit 3").is_ok());
     assert!(db.query("find +user.mine limit 3").is_ok());
     // Not the caller's error: the tag is to be learned again.
     assert!(matches!(

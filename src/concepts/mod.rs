@@ -888,7 +888,8 @@ impl Db {
     pub(crate) fn prepare_switch_locked(&self, model: &Model) -> Result<()> {
         let _changes = self.vocabulary_changes();
         let ks = self.side_keyspace::<ConceptLayout>(LAYOUT_KS)?;
-        let previous = stored_layout(&ks)?;
+        // Strict: the note must keep the layout a killed switch puts back.
+        let previous = ks.get(LAYOUT_KEY)?;
         let notes = self.side_keyspace::<PrunePending>(LAYOUT_KS)?;
         // A note of an earlier switch that did not happen keeps the layout
         // of the model the database still has.
@@ -1192,6 +1193,12 @@ impl Db {
         Ok(out)
     }
 
+    /// The model tag `name` was last learned with, when its record says.
+    fn tag_model(&self, name: &str) -> Option<String> {
+        let ks = self.side_keyspace::<TagModel>(TAG_MODELS_KS).ok()?;
+        ks.get(name.as_bytes()).ok().flatten().map(|m| m.model)
+    }
+
     /// Records that tag `name` was learned with the database's model
     /// (under the side-write lock).
     fn record_tag_model_locked(&self, name: &str) -> Result<(), ConceptError> {
@@ -1388,9 +1395,11 @@ impl Db {
     /// calls it when done. It also forgets the catalog's mean concept
     /// vector (feedback's contrast), which may have been taken while old
     /// and new vectors were mixed. A tag none of whose positive examples is
-    /// left, or none of its negative ones when it had some, keeps its
-    /// direction (logged): after a model switch it is stale
-    /// ([`Db::stale_tags`]). Returns how many were learned again.
+    /// left keeps its direction (logged): after a model switch it is stale
+    /// ([`Db::stale_tags`]). One none of whose negative examples is left
+    /// keeps it too while it is of the database's model; after a switch it
+    /// is learned against the catalog (logged). Returns how many were
+    /// learned again.
     pub fn relearn_tags(&self) -> Result<usize, ConceptError> {
         let ks = self.side_keyspace::<UserTag>(TAGS_KS)?;
         // Learned outside the lock that feedback and profiles take (forty
@@ -1459,10 +1468,15 @@ impl Db {
             return None;
         }
         // Learned against the catalog instead, it would mean another thing
-        // while its record still named its negatives.
+        // while its record still named its negatives: kept while its
+        // direction is of this model; after a switch, the catalog is the
+        // contrast left (a stale tag refuses every query naming it).
         if neg.is_empty() && !tag.negatives.is_empty() {
-            tracing::warn!(tag = %tag.name, "no negative example left; tag kept as it was");
-            return None;
+            if self.tag_model(&tag.name).as_deref() == model {
+                tracing::warn!(tag = %tag.name, "no negative example left; tag kept as it was");
+                return None;
+            }
+            tracing::warn!(tag = %tag.name, "no negative example left; tag learned against the catalog");
         }
         let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
         let neg: Vec<&str> = neg.iter().map(String::as_str).collect();

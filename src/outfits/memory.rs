@@ -112,6 +112,9 @@ impl Memory {
             b.0.total_cmp(&a.0).then_with(|| id(a.1).cmp(id(b.1)))
         });
         sims.truncate(k);
+        // In a fixed order too: the sums below, added in the order the
+        // outfits were stored, could differ in their last bits.
+        sims.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| id(a.1).cmp(id(b.1))));
         // Relative to the nearest: the weights' ratios are those of
         // exp(β(s − 1)), and the largest is 1, so their sum cannot
         // underflow for an item far from every stored one.

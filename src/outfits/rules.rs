@@ -350,7 +350,8 @@ fn most_supported(support: HashMap<(u32, u32), u64>, max: usize) -> Vec<(u32, u3
 }
 
 /// Which catalog categories (by their uses in outfits) get category rules:
-/// the used ones, at most `max`, the most used first (ties: catalog order).
+/// the used ones, at most `max`, the most used first (ties: catalog order,
+/// which is name order).
 fn rule_categories(uses: &[usize], max: usize) -> Vec<bool> {
     let mut used: Vec<usize> = (0..uses.len()).filter(|&c| uses[c] > 0).collect();
     if used.len() > max {

@@ -90,7 +90,8 @@ pub(crate) fn dominant_lab(
     [x0, y0, x1, y1]: [usize; 4],
     background: Option<[f64; 3]>,
 ) -> Option<[f32; 3]> {
-    // A square grid of at most 4 × SAMPLE points: a stride in raster order
+    // A square grid of about 4 × SAMPLE points (more on a strip narrower
+    // than the stride; thinned below): a stride in raster order
     // would keep the same few columns whenever it divides the width (8 of
     // 2048 on a 2048² photo).
     let area = (x1 - x0) * (y1 - y0);

@@ -849,7 +849,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     for o in &templates {
         match eng.expand(&o.id, 10, &ExpandOptions::new().palette(args.palette)) {
             Ok(ex) => expansions.push((o, ex)),
-            Err(e) if e.is_user_error() => {
+            Err(e @ vitrine::OutfitError::InvalidArgument(_)) => {
                 eprintln!("warning: template {} not expanded: {e}", o.id);
                 unexpandable += 1;
             }

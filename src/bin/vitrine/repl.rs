@@ -1287,6 +1287,11 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
             _ => break,
         }
     }
+    // Before the command word, an empty argument is nothing (after it, an
+    // argument: `product get "" x`).
+    while args.query.first().is_some_and(|a| a.is_empty()) {
+        args.query.remove(0);
+    }
     let json = args.json;
     let db = crate::required_db(args.db.take(), "query");
     // As a piped REPL says it: a script reading JSON gets its error as
