@@ -1445,9 +1445,8 @@ fn a_backup_is_made_when_the_checkpoint_cannot_be_written() {
         db.insert(&id, attrs(i), [(DEFAULT_SPACE, vector_for(&id, DIM))])
             .unwrap();
     }
-    let blocker = live
-        .join("arena")
-        .join(format!(".{DEFAULT_SPACE}.arena.tmp-{}", std::process::id()));
+    // A folder where the arena is renamed to: its rename fails.
+    let blocker = live.join("arena").join(format!("{DEFAULT_SPACE}.arena"));
     std::fs::create_dir_all(blocker.join("x")).unwrap();
     assert!(db.checkpoint().is_err(), "the blocker does not block");
     let copy = dir.path().join("copy");
