@@ -1671,7 +1671,7 @@ fn cli_outfit_commands_and_eval_fitb() {
     let question =
         serde_json::json!({"given": ps[1..], "candidates": [ps[0], "twin"], "answer": ps[0]});
     std::fs::write(&tq, format!("{question}\n")).unwrap();
-    for method in ["full", "rules", "visual"] {
+    let fitb_with = |questions: &Path, method: &str| -> serde_json::Value {
         let out = vitrine(&[
             "eval",
             "fitb",
@@ -1680,12 +1680,15 @@ fn cli_outfit_commands_and_eval_fitb() {
             "--outfits",
             outfits.to_str().unwrap(),
             "--questions",
-            tq.to_str().unwrap(),
+            questions.to_str().unwrap(),
             "--method",
             method,
             "--json",
         ]);
-        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    for method in ["full", "rules", "visual"] {
+        let v = fitb_with(&tq, method);
         assert_eq!(v["n"], 1, "{method}");
         assert_eq!(v["accuracy"].as_f64(), Some(0.5), "{method}");
     }
@@ -1697,20 +1700,7 @@ fn cli_outfit_commands_and_eval_fitb() {
     cands.push(&ps[0]);
     let question = serde_json::json!({"given": ps[1..], "candidates": cands, "answer": ps[0]});
     std::fs::write(&given_too, format!("{question}\n").repeat(4)).unwrap();
-    let out = vitrine(&[
-        "eval",
-        "fitb",
-        "--products",
-        twin_products.to_str().unwrap(),
-        "--outfits",
-        outfits.to_str().unwrap(),
-        "--questions",
-        given_too.to_str().unwrap(),
-        "--method",
-        "random",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let v = fitb_with(&given_too, "random");
     assert_eq!(v["accuracy"].as_f64(), Some(1.0), "{v}");
     // A cover budget out of range is refused before any work.
     let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
