@@ -1417,7 +1417,7 @@ impl Db {
         N: Into<String>,
     {
         check_id(id)?;
-        check_attributes(&attrs)?;
+        check_attributes(&attrs, None)?;
         let vectors = self.check_vectors(vectors)?;
         let mut w = lock(&self.writer);
         let existing = match self.products.get(id.as_bytes()) {
@@ -1493,13 +1493,9 @@ impl Db {
         if doc.is_some_and(|d| d != record.doc) {
             return Ok(Rewrite::Another);
         }
-        let old_price = record.attrs.price;
+        let old = record.attrs.clone();
         let (attrs, vectors) = rebuild(record.attrs);
-        // As in update_attributes: a price stored before prices were
-        // checked must not block new vectors.
-        if !same_price(attrs.price, old_price) {
-            check_attributes(&attrs)?;
-        }
+        check_attributes(&attrs, Some(&old))?;
         let mut vectors = self.check_vectors(vectors)?;
         // A kept vector the index refuses (stored by an older build: the
         // open left it out of the index) is dropped, as the index already
@@ -1718,9 +1714,7 @@ impl Db {
         }
         // Only what the edit changed: a price stored before prices were
         // checked must not block a stock update.
-        if !same_price(attrs.price, record.attrs.price) {
-            check_attributes(&attrs)?;
-        }
+        check_attributes(&attrs, Some(&record.attrs))?;
         record.attrs = attrs;
         // The vectors stay: the checkpoint's files stay current (see
         // write_product).
@@ -2198,7 +2192,7 @@ impl Db {
         // Not the old files a `repair --no-copy` kept: they are no part of
         // the database (and as large as its sled files).
         let mut renamed = false;
-        let done = copy_dir(&self.dir, &partial, salvage_leftovers)
+        let done = copy_dir(&self.dir, &partial, not_the_databases)
             .and_then(|()| sync_dir(&partial))
             .and_then(|()| std::fs::rename(&partial, dest).map_err(io_err(dest)))
             .and_then(|()| {
@@ -2222,11 +2216,12 @@ impl Db {
         self.checkpoint()
     }
 
-    /// Bytes the database occupies on disk (sled, arenas and index dumps;
-    /// not the old files a `vitrine repair --no-copy` kept beside them,
-    /// which a backup does not copy either).
+    /// Bytes of the files in the database's folder: sled, arenas, index
+    /// dumps and import reports, not the old files a `vitrine repair
+    /// --no-copy` kept beside them nor a mount point's `lost+found`, which a
+    /// backup does not copy either.
     pub fn size_on_disk(&self) -> Result<u64> {
-        dir_size(&self.dir, salvage_leftovers)
+        dir_size(&self.dir, not_the_databases)
     }
 
     fn default_space(&self) -> &str {
@@ -2435,8 +2430,23 @@ pub(crate) fn of_model(attrs: Option<&Attributes>, model: Option<&str>) -> bool 
     model.is_none() || of.is_none() || of == model
 }
 
-fn check_attributes(attrs: &Attributes) -> Result<()> {
+/// Checks what a write changes against `old` (all of it for a new
+/// product): what an older build stored must not block other edits.
+fn check_attributes(attrs: &Attributes, old: Option<&Attributes>) -> Result<()> {
+    // `get` and every filter read these from their fields: a value under
+    // the same key in `extra` (filled from JSON, say) could never be read.
+    if let Some(key) = ["brand", "category"].into_iter().find(|k| {
+        attrs.extra.contains_key(*k) && old.is_none_or(|o| o.extra.get(*k) != attrs.extra.get(*k))
+    }) {
+        return Err(Error::InvalidAttribute {
+            key: key.into(),
+            reason: format!(
+                "given in `extra`; the {key} has its own field (Attributes::{key} or set)"
+            ),
+        });
+    }
     match attrs.price {
+        Some(_) if old.is_some_and(|o| same_price(o.price, attrs.price)) => Ok(()),
         // A NaN price would match no bounded price filter (only an open one).
         Some(p) if !(p.is_finite() && p >= 0.0) => Err(Error::InvalidAttribute {
             key: "price".into(),
@@ -2687,14 +2697,17 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What `vitrine repair` leaves beside `sled/`, no part of the database
-/// and as large as its sled files: sled's old files (`sled.before-salvage`,
-/// kept by `--no-copy`), a salvage's staging folder or its result when the
-/// reopen failed (`sled.salvage*`), and files set aside
-/// (`sled-<name>.damaged*`). Backups do not copy them.
-fn salvage_leftovers(name: &std::ffi::OsStr) -> bool {
+/// What lies in the database's folder but is no part of it. Backups do not
+/// copy it, nor does the size count it:
+/// - what `vitrine repair` leaves beside `sled/`, as large as its sled
+///   files: sled's old files (`sled.before-salvage`, kept by `--no-copy`), a
+///   salvage's staging folder or its result when the reopen failed
+///   (`sled.salvage*`), and files set aside (`sled-<name>.damaged*`);
+/// - `lost+found`, the file system's own when the folder is a mount point
+///   (only root may read it).
+fn not_the_databases(name: &std::ffi::OsStr) -> bool {
     let name = name.to_string_lossy();
-    name.starts_with("sled.") || name.starts_with("sled-")
+    name.starts_with("sled.") || name.starts_with("sled-") || name == "lost+found"
 }
 
 /// Bytes of the files under `path`, but for the entries `skip` names in

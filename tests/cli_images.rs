@@ -921,6 +921,15 @@ fn query_command_prints_results_and_positioned_errors() {
         err["error"].as_str().unwrap().contains("no-such-db"),
         "{err}"
     );
+    // And by a piped REPL (its stdin here is not a terminal).
+    let out = vitrine(&["repl", "--db", missing.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_str(text(&out.stdout).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+    assert!(
+        err["error"].as_str().unwrap().contains("no-such-db"),
+        "{err}"
+    );
     // Without the bundled model, `like image` and `annotate` say why it
     // could not be loaded (they pointed at a library call).
     for line in [
@@ -1307,6 +1316,9 @@ fn query_command_prints_results_and_positioned_errors() {
     json_lines(&["profile", "set", "anna", "colour=1"]);
     let users = json_lines(&["profile", "list"]);
     assert!(users.iter().any(|u| u["user"] == "anna"), "{users:?}");
+    // A verb in any case, as the command word.
+    let shown = json_lines(&["PROFILE", "Show", "anna"]);
+    assert_eq!(shown[0]["user"], "anna", "{shown:?}");
     let hits = json_lines(&["profile", "anna", "+colour.black", "limit", "2"]);
     assert!(
         !hits.is_empty() && hits.iter().all(|h| h["id"].is_string()),
@@ -1822,6 +1834,10 @@ fn info_reports_contents_and_a_rebuilt_index() {
         "{}",
         text(&out.stderr)
     );
+    // The database's folder is a mount point: the file system's
+    // `lost+found`, which only root may read, is not the database's.
+    std::fs::create_dir(db.join("lost+found")).unwrap();
+    std::fs::write(db.join("lost+found").join("#1234"), b"x").unwrap();
     let out = vitrine(&["repair", "--db", db_s]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -1833,6 +1849,8 @@ fn info_reports_contents_and_a_rebuilt_index() {
     // The damaged folder was copied first, snapshot and all.
     let copy = dir.path().join("db.before-repair");
     assert!(copy.join("sled").join(snap.file_name().unwrap()).is_file());
+    assert!(!copy.join("lost+found").exists());
+    assert!(db.join("lost+found").join("#1234").is_file());
     // ... keeping each file's permissions.
     #[cfg(unix)]
     {
@@ -2376,14 +2394,15 @@ fn repair_of_a_damaged_record_names_it_and_leaves_sleds_files() {
 }
 
 /// A product record that does not decode (sled reads every page): repair
-/// names it instead of saying there is nothing to repair.
+/// names it instead of saying there is nothing to repair, and exits 3 (it
+/// left them: `repair && ...` must not read that as done).
 #[test]
 fn repair_names_records_that_do_not_decode() {
     let dir = tempfile::tempdir().unwrap();
     let db_dir = db_with_a_raw_record(dir.path(), "products", b"sku-1", &[9]);
     let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(!stdout.contains("nothing to repair"), "{stdout}");
     assert!(
         stdout.contains("do not decode") && stdout.contains("sku-1"),

@@ -518,6 +518,26 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
             "{e}"
         );
     }
+    // A brand or category in `extra` (a service filling the struct from
+    // JSON): stored there, no filter could find it.
+    for key in ["brand", "category"] {
+        let mut attrs = Attributes::new();
+        attrs.extra.insert(key.into(), "Acme".into());
+        let e = db
+            .upsert("sku-2", attrs, [(DEFAULT_SPACE, v.clone())])
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidAttribute { key: ref k, .. } if k == key)
+                && e.is_user_error(),
+            "{e}"
+        );
+        let e = db
+            .update_attributes("sku-3", |a| {
+                a.extra.insert(key.into(), "Acme".into());
+            })
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidAttribute { .. }), "{e}");
+    }
     let mut nan = v.clone();
     nan[3] = f32::NAN;
     let e = db
@@ -1505,12 +1525,15 @@ fn a_killed_checkpoint_leaves_no_debris_and_a_backup_of_a_clean_database_only_re
     let before = snapshot(&live);
     // The old sled files a `repair --no-copy` kept are no part of the
     // database: neither copied nor counted in its size.
-    // Nor are a failed salvage's files, or files set aside.
+    // Nor are a failed salvage's files, or files set aside, or the file
+    // system's `lost+found` of a folder that is a mount point (which only
+    // root may read: the backup failed on it).
     let size = db.size_on_disk().unwrap();
     let names = [
         "sled.before-salvage-2",
         "sled.salvaged",
         "sled-conf.damaged",
+        "lost+found",
     ];
     for name in names {
         let leftovers = live.join(name);

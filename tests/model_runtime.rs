@@ -339,6 +339,33 @@ fn manifest_that_disagrees_with_the_graph_is_a_typed_error() {
     assert!(e.to_string().contains(onnx_path.to_str().unwrap()), "{e}");
 }
 
+/// What a hand edit may leave: a byte-order mark (Windows editors) and a
+/// `./` before the file name. Both name the same model.
+#[test]
+fn a_hand_edited_manifest_with_a_bom_and_a_dot_path_loads() {
+    let dir = Model::bundled_dir();
+    let manifest = std::fs::read(dir.join(MANIFEST_FILE)).unwrap();
+    let mut raw: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let name = raw["onnx"].as_str().unwrap().to_string();
+    let onnx = std::fs::read(dir.join(&name)).unwrap();
+    raw["onnx"] = serde_json::json!(format!("./{name}"));
+    let mut edited = b"\xEF\xBB\xBF".to_vec();
+    edited.extend(serde_json::to_vec_pretty(&raw).unwrap());
+    let model = Model::from_bytes(&onnx, &edited).unwrap();
+    let bundled = Model::from_dir(&dir).unwrap();
+    assert_eq!(model.fingerprint(), bundled.fingerprint());
+    // Still refused: a path of only `.`, or one that climbs out.
+    for onnx_path in [".", "./../x.onnx", "./"] {
+        raw["onnx"] = serde_json::json!(onnx_path);
+        let r = Model::from_bytes(&onnx, raw.to_string().as_bytes());
+        assert!(
+            matches!(&r, Err(ModelError::Manifest { .. })),
+            "{onnx_path}: {:?}",
+            r.map(|m| m.fingerprint().to_string())
+        );
+    }
+}
+
 /// The bundled graph edited into what other exporters write (byte input
 /// with the normalisation inside, a fixed batch, another rank, weights in
 /// a separate file): each is refused with its reason, not as a "corrupt"

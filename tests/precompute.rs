@@ -231,6 +231,25 @@ fn damaged_file_is_refused_with_its_name() {
         PrecomputedSimilar::open(dir.path().join("missing.vsim")),
         Err(SimilarFileError::Io { .. })
     ));
+    // A named pipe given as the file: refused, not waited on for ever.
+    #[cfg(unix)]
+    {
+        let fifo = dir.path().join("pipe.vsim");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let opening = fifo.clone();
+            std::thread::spawn(move || tx.send(PrecomputedSimilar::open(&opening).map(|_| ())));
+            let r = rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .expect("the open of a named pipe returns");
+            assert!(
+                matches!(&r, Err(SimilarFileError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::InvalidInput),
+                "{r:?}"
+            );
+        }
+    }
 }
 
 #[test]

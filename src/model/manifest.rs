@@ -134,6 +134,9 @@ struct RawConcepts {
 impl Manifest {
     /// Parses and checks a manifest. The error is a human-readable reason.
     pub(crate) fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        // Editors on Windows save JSON with a byte-order mark; serde does
+        // not skip it.
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         // From the bytes, not the value: an error keeps its line and column.
         let m: RawManifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
@@ -263,10 +266,9 @@ impl Manifest {
         // A file beside the manifest (or below it): not one named anywhere
         // on the machine by whoever wrote the manifest.
         let onnx = std::path::Path::new(&m.onnx);
-        if m.onnx.is_empty()
-            || !onnx
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        use std::path::Component::{CurDir, Normal};
+        if !onnx.components().any(|c| matches!(c, Normal(_)))
+            || !onnx.components().all(|c| matches!(c, Normal(_) | CurDir))
         {
             return Err(format!(
                 "onnx '{}' must name a file in the manifest's folder (no absolute path, no '..')",

@@ -42,7 +42,9 @@ pub struct Attributes {
     pub in_stock: bool,
     /// Category, e.g. `"dress"`.
     pub category: Option<String>,
-    /// Free-form key-value attributes (color, size, material, ...).
+    /// Free-form key-value attributes (color, size, material, ...). Not
+    /// `brand` or `category`: those have their fields, and the database
+    /// refuses a write that puts them here.
     pub extra: BTreeMap<String, String>,
 }
 

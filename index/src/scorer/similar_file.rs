@@ -561,6 +561,13 @@ impl PrecomputedSimilar {
             path: path.to_path_buf(),
             source,
         };
+        // Before the open, which waits for ever on a named pipe.
+        if !std::fs::metadata(path).map_err(io)?.is_file() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let corrupt = |reason: String| SimilarFileError::Corrupt {

@@ -125,7 +125,8 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         remove_incomplete_copies(&db_dir);
         let copy = free_name(&db_dir, "before-repair")?;
         let partial = free_name(&copy, "incomplete")?;
-        let made = copy_tree(&db_dir, &partial).and_then(|()| {
+        // Not a mount point's `lost+found`, which only root may read.
+        let made = copy_tree(&db_dir, &partial, |name| name == "lost+found").and_then(|()| {
             std::fs::rename(&partial, &copy)
                 .and_then(|()| sync_dir(copy.parent().unwrap_or(std::path::Path::new("."))))
                 .with_context(|| format!("cannot write {}", copy.display()))
@@ -184,7 +185,13 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 if let Some(copy) = &copy {
                     let _ = std::fs::remove_dir_all(copy);
                 }
-                return Ok(());
+                // Not repaired: a script (`repair && ...`) must not read it
+                // as done.
+                return Err(crate::Partial(format!(
+                    "{} record(s) left as they are",
+                    undecodable.len()
+                ))
+                .into());
             }
             if unreadable.is_empty() && args.rewrite {
                 clean_rewrite = true;
@@ -953,7 +960,12 @@ fn free_name(path: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
 /// An error names the file, and says which side failed: a database that
 /// cannot be read (a failing sector, which is why one repairs) needs
 /// `--no-copy`, a full or read-only destination does not.
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+/// Copies `from` to `to`, but for the entries `skip` names in `from` itself.
+fn copy_tree(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    skip: fn(&std::ffi::OsStr) -> bool,
+) -> anyhow::Result<()> {
     let unreadable = |path: &std::path::Path| {
         format!(
             "cannot read {} (if the database's disk fails, `repair --no-copy` repairs in place)",
@@ -964,10 +976,13 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()>
     std::fs::create_dir(to).with_context(|| unwritable(to))?;
     for entry in std::fs::read_dir(from).with_context(|| unreadable(from))? {
         let entry = entry.with_context(|| unreadable(from))?;
+        if skip(&entry.file_name()) {
+            continue;
+        }
         let (source, target) = (entry.path(), to.join(entry.file_name()));
         let meta = std::fs::metadata(&source).with_context(|| unreadable(&source))?;
         if meta.is_dir() {
-            copy_tree(&source, &target)?;
+            copy_tree(&source, &target, |_| false)?;
         } else if meta.is_file() {
             copy_file_synced(&source, &target, unreadable, unwritable)?;
         } else {
@@ -1113,6 +1128,10 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
         .recorded_prep_config()
         .map_err(|e| readable("image preparation", &e))
         .ok();
+    let bytes_on_disk = db
+        .size_on_disk()
+        .map_err(|e| readable("size on disk", &e))
+        .ok();
     // What image operations use: without a record, that depends on whether
     // an older build stored image products (area shrink off then).
     let prep = match &recorded {
@@ -1122,7 +1141,9 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
     };
     Ok(json!({
         "path": db.path().display().to_string(),
-        "bytes_on_disk": db.size_on_disk()?,
+        // Null when a file in the folder cannot be read (named in
+        // `unreadable`).
+        "bytes_on_disk": bytes_on_disk,
         "products": ids.len(),
         "in_stock": in_stock,
         "categories": categories.len(),
@@ -1168,8 +1189,10 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
 pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<()> {
     let n = |v: &Value| v.as_u64().map_or("-".to_string(), |x| x.to_string());
     writeln!(w, "database   {}", info["path"].as_str().unwrap_or(""))?;
-    let mb = info["bytes_on_disk"].as_f64().unwrap_or(0.0) / 1e6;
-    writeln!(w, "on disk    {mb:.1} MB")?;
+    match info["bytes_on_disk"].as_f64() {
+        Some(bytes) => writeln!(w, "on disk    {:.1} MB", bytes / 1e6)?,
+        None => writeln!(w, "on disk    unknown (see below)")?,
+    }
     writeln!(
         w,
         "products   {} ({} in stock, {} categories)",

@@ -159,11 +159,27 @@ impl Session {
         let raw = ["find", "query", "similar", "annotate"]
             .iter()
             .any(|c| cmd.eq_ignore_ascii_case(c));
-        let (args, quoted): (Vec<&str>, &[bool]) = match &owned {
+        let verb: String;
+        let (mut args, quoted): (Vec<&str>, &[bool]) = match &owned {
             Ok((owned, quoted)) => (owned.iter().map(String::as_str).collect(), quoted),
             Err(e) if !raw => bail!("{e}"),
             Err(_) => (Vec::new(), &[]),
         };
+        // A verb in any case, as the command word (`profile SHOW anna`);
+        // not a name in its place.
+        const VERBS: [&str; 9] = [
+            "on", "off", "show", "list", "reset", "set", "define", "weight", "delete",
+        ];
+        if ["json", "profile", "tag"]
+            .iter()
+            .any(|c| cmd.eq_ignore_ascii_case(c))
+            && quoted.first() == Some(&false)
+        {
+            verb = args[0].to_ascii_lowercase();
+            if VERBS.contains(&verb.as_str()) {
+                args[0] = &verb;
+            }
+        }
         match cmd.to_ascii_lowercase().as_str() {
             "" => {}
             "quit" | "exit" => {
@@ -1108,9 +1124,22 @@ fn history_file() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".vitrine_history"))
 }
 
+/// As a piped REPL says a command's error: a script reading JSON gets a
+/// failed open or command as JSON too (and the exit status, and stderr, say
+/// it failed).
+fn error_as_json(json: bool, e: &anyhow::Error) {
+    if json {
+        println!(
+            "{}",
+            crate::json_text(&serde_json::json!({"error": crate::error_message(e)}))
+        );
+    }
+}
+
 /// Runs `vitrine repl`.
 pub fn run(args: ReplArgs) -> anyhow::Result<()> {
-    let mut session = Session::open(&args.db, args.json)?;
+    let mut session =
+        Session::open(&args.db, args.json).inspect_err(|e| error_as_json(args.json, e))?;
     use std::io::IsTerminal;
     // A piped script is read line by line, not through the line editor
     // (which, under TERM=dumb, would echo its prompt onto stdout, and would
@@ -1294,17 +1323,7 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     }
     let json = args.json;
     let db = crate::required_db(args.db.take(), "query");
-    // As a piped REPL says it: a script reading JSON gets its error as
-    // JSON too (and the exit status, and stderr, say it failed).
-    let as_json = |e: &anyhow::Error| {
-        if json {
-            println!(
-                "{}",
-                crate::json_text(&serde_json::json!({"error": crate::error_message(e)}))
-            );
-        }
-    };
-    let mut session = Session::open(&db, json).inspect_err(as_json)?;
+    let mut session = Session::open(&db, json).inspect_err(|e| error_as_json(json, e))?;
     let line = args.query.join(" ");
     let mut words = line.split_whitespace();
     let (first, second) = (words.next(), words.next());
@@ -1362,7 +1381,7 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     };
     session
         .execute(&line, &mut std::io::stdout())
-        .inspect_err(as_json)
+        .inspect_err(|e| error_as_json(json, e))
         .map(drop)
 }
 
