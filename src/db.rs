@@ -1006,11 +1006,36 @@ impl Db {
                 }
             })
             .collect::<Result<_>>()?;
+        // An index dump ahead of storage proves the same loss where its
+        // arena is gone or damaged (removed after a disk error, say):
+        // checked before anything is built or written. A checkpoint killed
+        // while it swapped a dump in is put back first.
+        for s in &specs {
+            let idx_dir = index_dir(dir, &s.name);
+            if let Err(e) = SpaceIndex::recover_interrupted_save(&idx_dir) {
+                warn!(space = %s.name, error = %e, "cannot put back the index save a killed checkpoint moved aside");
+            }
+            let header = idx_dir.join("index.vtx");
+            let found = std::fs::read(&header)
+                .ok()
+                .and_then(|bytes| vitrine_index::parse_index_header(&bytes).ok())
+                .map(|h| h.generation)
+                .filter(|&found| found > generation);
+            match found {
+                Some(found) if !b.accept_data_loss => {
+                    return Err(lost_writes(dir, &header, format!(
+                        "storage is at index generation {generation} but this index dump is at {found}"
+                    )));
+                }
+                Some(found) => ahead = ahead.max(Some(found)),
+                None => {}
+            }
+        }
         // The loss accepted, the next generation bump moves past those
         // files: else it could reach theirs, and after a kill before a
         // checkpoint they would read as current (their products, lost,
         // then refuse the open).
-        let next_generation_floor = ahead.map_or(0, |found| found + 1);
+        let next_generation_floor = ahead.map_or(0, |found| found.saturating_add(1));
         // Only a capacity hint, from the arenas (counting sled's records
         // would read every product twice); without one, the stores grow.
         let stored = arenas.iter().flatten().map(Arena::len).max().unwrap_or(0);
@@ -1194,13 +1219,9 @@ impl Db {
         let graph_params = store.keyspace::<GraphParams>(&format!("vitrine.{GRAPH_PARAMS_KS}"))?;
         let mut spaces = Vec::with_capacity(specs.len());
         for ((spec, flat), lost) in specs.into_iter().zip(flats).zip(lost) {
+            // (A dump a killed checkpoint moved aside was put back above:
+            // its header keeps the graph parameters.)
             let idx_dir = index_dir(dir, &spec.name);
-            // A checkpoint killed while it swapped this space's dump in
-            // left the previous one aside: back in place, its header keeps
-            // the graph parameters.
-            if let Err(e) = SpaceIndex::recover_interrupted_save(&idx_dir) {
-                warn!(space = %spec.name, error = %e, "cannot put back the index save a killed checkpoint moved aside");
-            }
             // The vectors are handed over, not copied (0.8 GB for 1M products
             // of 207 dimensions), and come back for a rebuild.
             let loaded = SpaceIndex::load_or_give_back(&idx_dir, generation, flat, b.index.clone())
@@ -2295,7 +2316,10 @@ impl Db {
             return Ok(());
         }
         let mut meta = w.meta.clone();
-        meta.index_generation = (meta.index_generation + 1).max(w.next_generation_floor);
+        meta.index_generation = meta
+            .index_generation
+            .saturating_add(1)
+            .max(w.next_generation_floor);
         self.meta_ks.put(META_KEY, &meta)?;
         self.store.flush()?;
         w.meta = meta;

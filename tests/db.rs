@@ -1143,6 +1143,93 @@ fn an_accepted_loss_of_writes_stays_accepted_after_a_kill() {
     assert!(db.get("late").unwrap().is_some());
 }
 
+/// Storage back at an older checkpoint and the arena removed (as its docs
+/// advise after a disk error): the index dump, at the newer generation,
+/// still proves the loss. Refused until accepted, and accepted for good.
+#[test]
+fn an_index_dump_ahead_of_storage_proves_lost_writes_without_an_arena() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path());
+        fill(&db, 30);
+        db.close().unwrap();
+    }
+    copy_tree(&dir.path().join("sled"), &old.path().join("sled"));
+    {
+        let db = open(dir.path());
+        db.delete("sku-3").unwrap();
+        db.close().unwrap();
+    }
+    std::fs::remove_dir_all(dir.path().join("sled")).unwrap();
+    copy_tree(&old.path().join("sled"), &dir.path().join("sled"));
+    std::fs::remove_dir_all(dir.path().join("arena")).unwrap();
+    let builder = || {
+        Db::builder()
+            .vector_space(DEFAULT_SPACE, DIM, Metric::Cosine)
+            .checkpoint_on_drop(false)
+    };
+    let refused = || match builder().open(dir.path()) {
+        Err(Error::Corruption { reason, .. }) => {
+            assert!(reason.contains("index dump"), "{reason}")
+        }
+        Err(e) => panic!("expected lost writes, got {e}"),
+        Ok(db) => panic!(
+            "opened with {} products, the deleted one back: {}",
+            db.len(),
+            db.get("sku-3").unwrap().is_some()
+        ),
+    };
+    refused();
+    let db = builder().accept_data_loss(true).open(dir.path()).unwrap();
+    assert_eq!(db.len(), 30);
+    db.insert(
+        "late",
+        attrs(99),
+        [(DEFAULT_SPACE, vector_for("late", DIM))],
+    )
+    .unwrap();
+    drop(db); // a kill: no checkpoint
+    let db = builder().open(dir.path()).unwrap();
+    assert_eq!(db.len(), 31);
+}
+
+/// An arena (sealed, as a crafted file would be) at the last generation:
+/// refused as lost writes, and once accepted, no overflow past it.
+#[test]
+fn an_arena_at_the_last_generation_does_not_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path());
+        fill(&db, 10);
+        db.close().unwrap();
+    }
+    let arena = dir
+        .path()
+        .join("arena")
+        .join(format!("{DEFAULT_SPACE}.arena"));
+    let mut bytes = std::fs::read(&arena).unwrap();
+    bytes[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&arena, bytes).unwrap();
+    let builder = || Db::builder().vector_space(DEFAULT_SPACE, DIM, Metric::Cosine);
+    assert!(matches!(
+        builder().open(dir.path()),
+        Err(Error::Corruption { .. })
+    ));
+    let db = builder().accept_data_loss(true).open(dir.path()).unwrap();
+    db.insert(
+        "late",
+        attrs(99),
+        [(DEFAULT_SPACE, vector_for("late", DIM))],
+    )
+    .unwrap();
+    db.close().unwrap();
+    let db = builder().open(dir.path()).unwrap();
+    assert_eq!(db.len(), 11);
+}
+
 fn damage_dump(dir: &std::path::Path, how: &str) {
     let index = dir.join("index").join(DEFAULT_SPACE);
     let mut files: Vec<_> = std::fs::read_dir(&index)

@@ -1714,6 +1714,32 @@ fn cli_outfit_commands_and_eval_fitb() {
     assert_eq!(out.status.code(), Some(2));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("a count from 1 to 10000"), "{said}");
+    // One-item outfits: a plan of them keeps no relations, and says
+    // null ("n/a"), not a measured 0 %.
+    let single_dir = dir.path().join("single");
+    std::fs::create_dir(&single_dir).unwrap();
+    let singles = single_dir.join("outfits.csv");
+    let mut text = String::from("cod_outfit,cod_modelo_color\n");
+    for (id, ps) in &subset.outfits {
+        text += &format!("{id},{}\n", ps[0]);
+    }
+    std::fs::write(&singles, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["eval", "outfits", "--products"])
+        .arg(&products)
+        .arg("--outfits")
+        .arg(&singles)
+        .arg("--db")
+        .arg(single_dir.join("db"))
+        .args(["--cover-per-template", "1", "--json"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cover = &v["cover"][0];
+    assert!(cover["templates"].as_u64() > Some(0), "{v}");
+    assert!(cover["relations_kept_pct"].is_null(), "{v}");
 
     // A product whose image is missing: its outfit is left out (said), and
     // the run goes on with the others (it stopped, after the whole import,

@@ -707,7 +707,10 @@ fn salvage(
         if let Some(mut meta) = meta_ks.get(b"meta")? {
             // Past every checkpoint file, which may be ahead of what sled
             // kept.
-            meta.index_generation = meta.index_generation.max(newest_checkpoint) + 1;
+            meta.index_generation = meta
+                .index_generation
+                .max(newest_checkpoint)
+                .saturating_add(1);
             meta_ks.put(b"meta", &meta)?;
         }
         store.flush()?;
@@ -758,7 +761,8 @@ fn salvage(
     };
     if let Err(e) = std::fs::rename(staging.join("sled"), &sled) {
         let back = std::fs::rename(&old, &sled);
-        if back.is_ok() {
+        // The rename back reaches the disk before the marker goes.
+        if back.is_ok() && sync_dir(db_dir).is_ok() {
             let _ = std::fs::remove_file(&marker);
             let _ = std::fs::remove_dir_all(&staging);
         }

@@ -834,7 +834,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         }
     }
     let sub_ms = sub_time.as_secs_f64() * 1e3 / sub_calls.max(1) as f64;
-    let mean_lookalike = lookalike_sum / cases.max(1) as f64;
+    let mean_lookalike = (cases > 0).then(|| lookalike_sum / cases as f64);
 
     // Expand: 10 expansions of 20 templates.
     let templates: Vec<&vitrine::Outfit> = outfits.choose_multiple(&mut rng, 20).collect();
@@ -958,7 +958,8 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             .fold((0usize, 0usize), |(n, k), r| {
                 (n + 1, k + usize::from(r.kept))
             });
-        let relations_kept_pct = 100.0 * n_kept as f64 / n_rel.max(1) as f64;
+        // Of nothing measured, null ("n/a"), as the other figures.
+        let relations_kept_pct = (n_rel > 0).then(|| 100.0 * n_kept as f64 / n_rel as f64);
         cover.push(serde_json::json!({
             // Those planned: a template naming a product that cannot be
             // (no model outputs, deleted) is skipped, and said below.
@@ -970,11 +971,11 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             // Products the planned outfits hold, with repeats.
             "slots": plan.outfits.iter().map(|e| e.products.len()).sum::<usize>(),
             "ceiling_covered": ceiling,
-            "ceiling_ratio": if plan.baseline_covered > 0 { ceiling as f64 / plan.baseline_covered as f64 } else { 0.0 },
+            "ceiling_ratio": (plan.baseline_covered > 0).then(|| ceiling as f64 / plan.baseline_covered as f64),
             "fraction": plan.fraction,
             "baseline_covered": plan.baseline_covered,
             "baseline_fraction": plan.baseline_fraction,
-            "ratio": if plan.baseline_fraction > 0.0 { plan.fraction / plan.baseline_fraction } else { 0.0 },
+            "ratio": (plan.baseline_fraction > 0.0).then(|| plan.fraction / plan.baseline_fraction),
             "ms": plan.elapsed_ms,
             "relations_kept_pct": relations_kept_pct,
         }));
@@ -1060,6 +1061,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         let (s, e) = (&fig["substitute"], &fig["expand"]);
         let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
         let p = |v: &serde_json::Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.1}"));
+        let ratio = |v: &serde_json::Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));
         println!(
             "substitute ({} cases, {} with no candidate): same category {} %, same colour \
              group {} % ({} cases), same engine colour family {} %, {:.2} ms per query",
@@ -1089,14 +1091,14 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
         for c in fig["cover"].as_array().into_iter().flatten() {
             println!(
                 "cover ({} templates x {}): {:.1} % of in-stock products, naive NN {:.1} %, \
-                 ratio {:.2}x (ceiling {:.2}x), relations kept {:.1} %, {:.0} ms",
+                 ratio {}x (ceiling {}x), relations kept {} %, {:.0} ms",
                 c["templates"],
                 c["outfits_per_template"],
                 100.0 * f(&c["fraction"]),
                 100.0 * f(&c["baseline_fraction"]),
-                f(&c["ratio"]),
-                f(&c["ceiling_ratio"]),
-                f(&c["relations_kept_pct"]),
+                ratio(&c["ratio"]),
+                ratio(&c["ceiling_ratio"]),
+                p(&c["relations_kept_pct"]),
                 f(&c["ms"])
             );
             if c["skipped_templates"].as_u64().is_some_and(|n| n > 0) {
