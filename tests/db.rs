@@ -1029,10 +1029,7 @@ fn storage_that_lost_products_is_refused_until_the_loss_is_accepted() {
         fill(&db, 40);
         db.close().unwrap(); // the checkpoint's arena records all 40
     }
-    let arena = dir
-        .path()
-        .join("arena")
-        .join(format!("{DEFAULT_SPACE}.arena"));
+    let arena = default_arena(dir.path());
     let arena_bytes = std::fs::read(&arena).unwrap();
     {
         // What a damaged log does: records vanish behind the engine's back,
@@ -1204,10 +1201,7 @@ fn an_arena_at_the_last_generation_does_not_overflow() {
         fill(&db, 10);
         db.close().unwrap();
     }
-    let arena = dir
-        .path()
-        .join("arena")
-        .join(format!("{DEFAULT_SPACE}.arena"));
+    let arena = default_arena(dir.path());
     let mut bytes = std::fs::read(&arena).unwrap();
     bytes[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
     let crc = crc32fast::hash(&bytes[..60]);
@@ -1228,6 +1222,11 @@ fn an_arena_at_the_last_generation_does_not_overflow() {
     db.close().unwrap();
     let db = builder().open(dir.path()).unwrap();
     assert_eq!(db.len(), 11);
+}
+
+/// The checkpoint's file of the default space's vectors.
+fn default_arena(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("arena").join(format!("{DEFAULT_SPACE}.arena"))
 }
 
 fn damage_dump(dir: &std::path::Path, how: &str) {
@@ -1553,7 +1552,7 @@ fn a_backup_is_made_when_the_checkpoint_cannot_be_written() {
             .unwrap();
     }
     // A folder where the arena is renamed to: its rename fails.
-    let blocker = live.join("arena").join(format!("{DEFAULT_SPACE}.arena"));
+    let blocker = default_arena(&live);
     std::fs::create_dir_all(blocker.join("x")).unwrap();
     assert!(db.checkpoint().is_err(), "the blocker does not block");
     let copy = dir.path().join("copy");
@@ -2115,10 +2114,7 @@ fn a_checkpoint_with_nothing_new_writes_nothing() {
             .unwrap();
     }
     db.checkpoint().unwrap();
-    let arena = dir
-        .path()
-        .join("arena")
-        .join(format!("{DEFAULT_SPACE}.arena"));
+    let arena = default_arena(dir.path());
     let inode = || std::fs::metadata(&arena).unwrap().ino();
     let first = inode();
     db.checkpoint().unwrap();
