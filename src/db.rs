@@ -2107,16 +2107,8 @@ impl Db {
     /// ```
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<()> {
         let dest = dest.as_ref();
-        // A dangling symlink exists too.
-        if dest.symlink_metadata().is_ok() {
-            return Err(Error::InvalidConfig(format!(
-                "backup destination {} already exists",
-                dest.display()
-            )));
-        }
-        // Nearest existing ancestor of `dest`, resolved: a copy inside the
-        // database folder would copy itself without end. `..` is resolved
-        // first (in words: `new/../db/copy` names no folder that exists).
+        // `..` is resolved in words too: `new/../kept` names `kept` once
+        // the backup has made `new`.
         let absolute = std::path::absolute(dest).map_err(callers_path_err(dest))?;
         let mut lexical = PathBuf::new();
         for c in absolute.components() {
@@ -2128,6 +2120,15 @@ impl Db {
                 c => lexical.push(c),
             }
         }
+        // A dangling symlink exists too.
+        if dest.symlink_metadata().is_ok() || lexical.symlink_metadata().is_ok() {
+            return Err(Error::InvalidConfig(format!(
+                "backup destination {} already exists",
+                dest.display()
+            )));
+        }
+        // Nearest existing ancestor of `dest`, resolved: a copy inside the
+        // database folder would copy itself without end.
         let mut ancestor = lexical.parent().unwrap_or(Path::new("."));
         while !ancestor.as_os_str().is_empty() && !ancestor.exists() {
             ancestor = ancestor.parent().unwrap_or(Path::new("."));
@@ -2233,7 +2234,9 @@ impl Db {
     }
 
     /// Checkpoints and closes, reporting any error that drop would only log.
-    pub fn close(self) -> Result<()> {
+    pub fn close(mut self) -> Result<()> {
+        // Once, not again in drop: its error is returned here.
+        self.checkpoint_on_drop = false;
         self.checkpoint()
     }
 

@@ -190,7 +190,10 @@ pub const MAX_SIMILAR_K: usize = 1_000;
 /// gets an empty list, as does one whose vectors in the model's spaces are
 /// of another model than the database's (a re-embedding has not reached
 /// it), and neither is in another's list ([`SimilarTable::unscored`]
-/// counts them). A `k` above the number of other products is lowered
+/// counts them). A product whose vector is zero under the inner product,
+/// which [`Db::similar`](crate::Db::similar) refuses as a query (every
+/// score would tie at 0), gets an empty list too, but is in the others'
+/// lists (score 0), as in a search. A `k` above the number of other products is lowered
 /// to it (the table's `k` field says which was used); one still above
 /// [`MAX_SIMILAR_K`] is refused. Scores are those of the space's metric; exact ties
 /// are broken by id ascending.
@@ -249,6 +252,9 @@ pub(crate) fn precompute_similar(
     let mut docs = Vec::new();
     let mut allowed = Vec::new();
     let mut variant: Vec<Option<String>> = Vec::new();
+    // Rows that rank nothing (a zero vector under the inner product, which
+    // `similar` refuses as a query): candidates, with no list of their own.
+    let mut no_query = Vec::new();
     for id in db.ids() {
         let Some(p) = db.get(&id)? else { continue };
         let pos = ids.len() as u64;
@@ -260,6 +266,7 @@ pub(crate) fn precompute_similar(
         if let Some(v) = p.vectors.get(&space.name) {
             match prepare(space.metric, v) {
                 Some(v) if v.len() == space.dim => {
+                    no_query.push(v.iter().all(|&x| x == 0.0));
                     data.extend_from_slice(&v);
                     docs.push(pos);
                     allowed.push(filter.matches(&id, &p.attributes));
@@ -343,7 +350,17 @@ pub(crate) fn precompute_similar(
 
     let mut lists = vec![Vec::new(); ids.len()];
     for (row, hits) in hits.into_iter().enumerate() {
-        lists[docs[row] as usize] = hits.iter().map(|h| (h.doc as u32, h.score)).collect();
+        if !no_query[row] {
+            lists[docs[row] as usize] = hits.iter().map(|h| (h.doc as u32, h.score)).collect();
+        }
+    }
+    let zero = no_query.iter().filter(|&&z| z).count();
+    if zero > 0 {
+        tracing::warn!(
+            products = zero,
+            space = space.name,
+            "products whose vector is zero rank nothing: they get empty lists"
+        );
     }
     Ok(SimilarTable {
         k,

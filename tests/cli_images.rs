@@ -571,6 +571,26 @@ fn import_reads_a_csv_with_attributes() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(fresh.join("failures.tsv").is_file());
+    // A folder below it that does not exist is not made: refused before
+    // the import, not after it (which read as a failed import).
+    let two = dir.path().join("two.csv");
+    std::fs::write(&two, "id,path\nnew-2,new.jpg\n").unwrap();
+    let out = vitrine(&[
+        "import",
+        two.to_str().unwrap(),
+        "--db",
+        fresh.to_str().unwrap(),
+        "--report",
+        fresh.join("reports").join("f.tsv").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot write the failure report"),
+        "{}",
+        text(&out.stderr)
+    );
+    let got = vitrine(&["product", "--db", fresh.to_str().unwrap(), "get", "new-2"]);
+    assert!(!got.status.success(), "imported before the refusal");
     let out = import(&prices, &["--update"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let failures = std::fs::read_to_string(db_dir.join("import-failures.tsv")).unwrap();

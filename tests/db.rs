@@ -1497,6 +1497,18 @@ fn a_backup_is_consistent_while_writes_go_on() {
     assert!(matches!(db.backup(&around), Err(Error::InvalidConfig(_))));
     assert!(!dir.path().join("live/sub").exists());
     assert!(!dir.path().join("nope").exists());
+    // A folder that exists, named through one that does not: refused, not
+    // replaced by the copy.
+    std::fs::create_dir(dir.path().join("kept")).unwrap();
+    for around in ["nope/../kept", "nope/.."] {
+        let e = db.backup(dir.path().join(around)).unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig(_)), "{around}: {e}");
+        assert!(!dir.path().join("nope").exists(), "{around}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("kept")).unwrap().count(),
+        0
+    );
     drop(db);
 
     let backup = open(&copy);

@@ -317,3 +317,49 @@ fn a_variant_key_that_groups_a_whole_brand_is_refused() {
         other => panic!("expected TooManyVariants, got {other:?}"),
     }
 }
+
+/// A zero vector under the inner product ranks nothing: `similar` refuses
+/// it as a query, so its list is empty, not the first k ids at score 0.
+/// Others still list it (score 0), as a search does.
+#[test]
+fn a_zero_vector_under_the_inner_product_gets_no_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .vector_space("dot", DIM, Metric::InnerProduct)
+        .checkpoint_on_drop(false)
+        .open(dir.path())
+        .unwrap();
+    for i in 0..20 {
+        let id = format!("sku-{i:02}");
+        db.insert(
+            &id,
+            Attributes::new(),
+            [("dot", common::vector_for(&id, DIM))],
+        )
+        .unwrap();
+    }
+    db.insert("zero", Attributes::new(), [("dot", vec![0.0; DIM])])
+        .unwrap();
+    assert!(db
+        .similar(SimilarTo::Id("zero"), 5, &Filter::new())
+        .is_err());
+    let t = db
+        .precompute_similar(20, &Filter::new(), &PrecomputeOptions::default())
+        .unwrap();
+    assert_eq!(t.get("zero"), Some(Vec::new()));
+    let online: Vec<String> = db
+        .similar(SimilarTo::Id("sku-01"), 20, &Filter::new())
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    let listed = t.get("sku-01").unwrap();
+    assert!(
+        listed.iter().any(|(id, s)| id == "zero" && *s == 0.0),
+        "{listed:?}"
+    );
+    assert_eq!(
+        listed.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        online
+    );
+}

@@ -810,11 +810,14 @@ fn check_report_path(report: &Path, source: &Path, db: &Path) -> anyhow::Result<
         ReportTarget::Stream(p) if p.is_dir() => {
             bail!("--report {} is a folder; name a file", report.display())
         }
-        // In the database's folder, which the import is about to create:
-        // written once it is there.
+        // Right in the database's folder, which the import is about to
+        // create: written once it is there (a folder below it is not made).
         ReportTarget::File(p)
             if !p.parent().is_some_and(Path::is_dir)
-                && lexical(&p).is_some_and(|r| dbs.iter().any(|d| r.starts_with(d))) => {}
+                && lexical(&p)
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .is_some_and(|folder| dbs.iter().any(|d| folder == d.as_path())) => {}
         ReportTarget::File(p) => {
             let (probe, _) = vitrine_index::create_temp_beside(&p)
                 .with_context(|| format!("cannot write the failure report {}", report.display()))?;
