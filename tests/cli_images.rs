@@ -2006,6 +2006,15 @@ fn product_get_set_and_delete() {
         assert_eq!(out.status.code(), Some(1), "{bad}");
     }
     assert_eq!(get(&ids[0])["brand"], serde_json::Value::Null);
+    // A near-spelling of a built-in is a free attribute, and said so.
+    let out = vitrine(&["product", "--db", db_s, "set", &ids[0], "In Stock=no"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not the built-in in_stock"),
+        "{}",
+        text(&out.stderr)
+    );
+    vitrine(&["product", "--db", db_s, "set", &ids[0], "In Stock="]);
     // `key=` removes.
     vitrine(&["product", "--db", db_s, "set", &ids[0], "season="]);
     assert!(get(&ids[0])["attributes"].get("season").is_none());

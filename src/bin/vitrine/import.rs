@@ -31,7 +31,8 @@ pub struct ImportArgs {
     /// `id<TAB>path<TAB>reason` (default `<db>/import-failures.tsv`). The
     /// file is rewritten on every run that opens the database, and by a run
     /// stopped before it (SOURCE refused as a whole, or the database not
-    /// opened), with one line saying why; empty means no failure.
+    /// opened), with one line saying why (the default file only if it
+    /// exists); empty means no failure.
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Switch a database built with another model to the bundled one: every
@@ -251,7 +252,7 @@ const BUILT_IN_COLUMNS: [&str; 4] = ["category", "brand", "price", "in_stock"];
 /// `InStock`): it stays a free attribute (a file may hold both, and its
 /// values `Y`/`N` may not be the built-in's), but an export that renamed
 /// `in_stock` so would leave stock as it was, unseen; the import says so.
-fn near_built_in(key: &str) -> Option<&'static str> {
+pub(crate) fn near_built_in(key: &str) -> Option<&'static str> {
     let squashed: String = key
         .trim()
         .chars()

@@ -192,6 +192,13 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             for (k, v) in &edits {
                 apply(&mut probe, k, v)?;
             }
+            // As the import says of such a column: `In Stock=no` left the
+            // stock as it was.
+            for (k, _) in &edits {
+                if let Some(b) = crate::import::near_built_in(k) {
+                    esay!("note: '{k}' is a free attribute, not the built-in {b} (name it {b} to set that)");
+                }
+            }
             let changed = db.update_attributes(&id, |a| {
                 for (k, v) in &edits {
                     apply(a, k, v).expect("checked above");
