@@ -1010,6 +1010,7 @@ impl Db {
         // arena is gone or damaged (removed after a disk error, say):
         // checked before anything is built or written. A checkpoint killed
         // while it swapped a dump in is put back first.
+        let mut dumps_ahead = HashMap::new();
         for s in &specs {
             let idx_dir = index_dir(dir, &s.name);
             if let Err(e) = SpaceIndex::recover_interrupted_save(&idx_dir) {
@@ -1027,7 +1028,10 @@ impl Db {
                         "storage is at index generation {generation} but this index dump is at {found}"
                     )));
                 }
-                Some(found) => ahead = ahead.max(Some(found)),
+                Some(found) => {
+                    ahead = ahead.max(Some(found));
+                    dumps_ahead.insert(s.name.clone(), found);
+                }
                 None => {}
             }
         }
@@ -1289,6 +1293,14 @@ impl Db {
                             );
                             (reason, index.into_flat())
                         }
+                    };
+                    // Said as the arenas say it: the open accepted lost writes.
+                    let reason = match dumps_ahead.get(&spec.name) {
+                        Some(found) => format!(
+                            "the index dump is at generation {found}, past storage's \
+                             {generation}: writes lost, accepted"
+                        ),
+                        None => reason,
                     };
                     warn!(space = %spec.name, %reason, "rebuilding index from storage");
                     report.rebuilt.push((spec.name.clone(), reason));
@@ -2107,21 +2119,25 @@ impl Db {
     /// ```
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<()> {
         let dest = dest.as_ref();
-        // `..` is resolved in words too: `new/../kept` names `kept` once
-        // the backup has made `new`.
         let absolute = std::path::absolute(dest).map_err(callers_path_err(dest))?;
-        let mut lexical = PathBuf::new();
+        // Where the copy will land: `..` after a folder that exists is the
+        // system's (through a link, its target's parent), after one the
+        // backup makes it is in words (`new/../kept` names `kept`).
+        let mut landing = PathBuf::new();
         for c in absolute.components() {
             match c {
                 std::path::Component::ParentDir => {
-                    lexical.pop();
+                    if let Ok(real) = landing.canonicalize() {
+                        landing = real;
+                    }
+                    landing.pop();
                 }
                 std::path::Component::CurDir => {}
-                c => lexical.push(c),
+                c => landing.push(c),
             }
         }
         // A dangling symlink exists too.
-        if dest.symlink_metadata().is_ok() || lexical.symlink_metadata().is_ok() {
+        if dest.symlink_metadata().is_ok() || landing.symlink_metadata().is_ok() {
             return Err(Error::InvalidConfig(format!(
                 "backup destination {} already exists",
                 dest.display()
@@ -2129,7 +2145,7 @@ impl Db {
         }
         // Nearest existing ancestor of `dest`, resolved: a copy inside the
         // database folder would copy itself without end.
-        let mut ancestor = lexical.parent().unwrap_or(Path::new("."));
+        let mut ancestor = landing.parent().unwrap_or(Path::new("."));
         while !ancestor.as_os_str().is_empty() && !ancestor.exists() {
             ancestor = ancestor.parent().unwrap_or(Path::new("."));
         }
@@ -2460,16 +2476,19 @@ pub(crate) fn of_model(attrs: Option<&Attributes>, model: Option<&str>) -> bool 
 /// Checks what a write changes against `old` (all of it for a new
 /// product): what an older build stored must not block other edits.
 fn check_attributes(attrs: &Attributes, old: Option<&Attributes>) -> Result<()> {
-    // `get` and every filter read these from their fields: a value under
-    // the same key in `extra` (filled from JSON, say) could never be read.
-    if let Some(key) = ["brand", "category"].into_iter().find(|k| {
-        attrs.extra.contains_key(*k) && old.is_none_or(|o| o.extra.get(*k) != attrs.extra.get(*k))
-    }) {
+    // `get`, queries and every filter read these from their fields: a
+    // value under the same key in `extra` (filled from JSON, or by
+    // `set("price", ..)`) could never be read.
+    if let Some(key) = ["brand", "category", "price", "in_stock"]
+        .into_iter()
+        .find(|k| {
+            attrs.extra.contains_key(*k)
+                && old.is_none_or(|o| o.extra.get(*k) != attrs.extra.get(*k))
+        })
+    {
         return Err(Error::InvalidAttribute {
             key: key.into(),
-            reason: format!(
-                "given in `extra`; the {key} has its own field (Attributes::{key} or set)"
-            ),
+            reason: format!("given in `extra`; it has its own field, Attributes::{key}"),
         });
     }
     match attrs.price {

@@ -520,7 +520,7 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
     }
     // A brand or category in `extra` (a service filling the struct from
     // JSON): stored there, no filter could find it.
-    for key in ["brand", "category"] {
+    for key in ["brand", "category", "price", "in_stock"] {
         let mut attrs = Attributes::new();
         attrs.extra.insert(key.into(), "Acme".into());
         let e = db
@@ -1180,6 +1180,11 @@ fn an_index_dump_ahead_of_storage_proves_lost_writes_without_an_arena() {
     refused();
     let db = builder().accept_data_loss(true).open(dir.path()).unwrap();
     assert_eq!(db.len(), 30);
+    let rebuilt = &db.open_report().rebuilt;
+    assert!(
+        rebuilt.iter().any(|(_, why)| why.contains("writes lost")),
+        "{rebuilt:?}"
+    );
     db.insert(
         "late",
         attrs(99),
@@ -1509,6 +1514,20 @@ fn a_backup_is_consistent_while_writes_go_on() {
         std::fs::read_dir(dir.path().join("kept")).unwrap().count(),
         0
     );
+    // Through a link, `..` is its target's parent, as the system reads it:
+    // `link/../kept` lands in `elsewhere/kept`, which does not exist.
+    #[cfg(unix)]
+    {
+        std::fs::create_dir_all(dir.path().join("elsewhere/sub")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere/sub"), dir.path().join("link"))
+            .unwrap();
+        db.backup(dir.path().join("link/../kept")).unwrap();
+        assert!(dir.path().join("elsewhere/kept/sled").is_dir());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("kept")).unwrap().count(),
+            0
+        );
+    }
     drop(db);
 
     let backup = open(&copy);

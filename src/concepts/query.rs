@@ -403,9 +403,9 @@ struct Token {
 fn is_word_char(c: char) -> bool {
     c.is_alphanumeric()
         || matches!(c, '_' | '-' | '/' | ':' | '#' | '@')
-        // Combining marks: `e` + U+0301 is the `é` macOS keyboards type.
-        || matches!(c, '\u{300}'..='\u{36F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}'
-            | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}')
+        // Combining marks: `e` + U+0301 is the `é` macOS keyboards type;
+        // Thai and Devanagari words hold them in any form.
+        || unicode_normalization::char::is_combining_mark(c)
 }
 
 fn lex(text: &str) -> Result<Vec<Token>, QueryError> {

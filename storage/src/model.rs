@@ -43,8 +43,8 @@ pub struct Attributes {
     /// Category, e.g. `"dress"`.
     pub category: Option<String>,
     /// Free-form key-value attributes (color, size, material, ...). Not
-    /// `brand` or `category`: those have their fields, and the database
-    /// refuses a write that puts them here.
+    /// `brand`, `category`, `price` or `in_stock`: those have their fields,
+    /// and the database refuses a write that puts them here.
     pub extra: BTreeMap<String, String>,
 }
 
@@ -92,7 +92,9 @@ impl Attributes {
 
     /// Sets a string attribute. `"brand"` and `"category"` set the
     /// dedicated fields (so [`get`](Self::get) stays consistent); any other
-    /// key goes to [`extra`](Self::extra).
+    /// key goes to [`extra`](Self::extra), where the database refuses
+    /// `"price"` and `"in_stock"` (set those with [`price`](Self::price)
+    /// and [`in_stock`](Self::in_stock)).
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         let key = key.into();
         match key.as_str() {
