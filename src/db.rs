@@ -1016,15 +1016,10 @@ impl Db {
             if let Err(e) = SpaceIndex::recover_interrupted_save(&idx_dir) {
                 warn!(space = %s.name, error = %e, "cannot put back the index save a killed checkpoint moved aside");
             }
-            let header = idx_dir.join("index.vtx");
-            let found = std::fs::read(&header)
-                .ok()
-                .and_then(|bytes| vitrine_index::parse_index_header(&bytes).ok())
-                .map(|h| h.generation)
-                .filter(|&found| found > generation);
+            let found = SpaceIndex::saved_generation(&idx_dir).filter(|&found| found > generation);
             match found {
                 Some(found) if !b.accept_data_loss => {
-                    return Err(lost_writes(dir, &header, format!(
+                    return Err(lost_writes(dir, &idx_dir, format!(
                         "storage is at index generation {generation} but this index dump is at {found}"
                     )));
                 }

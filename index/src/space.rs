@@ -406,9 +406,15 @@ impl SpaceIndex {
     /// its header (whatever its generation); `None` when there is no
     /// readable header, or its parameters are not valid.
     pub fn saved_params(dir: &Path) -> Option<HnswParams> {
-        let bytes = fs::read(dir.join(format::HEADER_FILE)).ok()?;
-        let params = format::parse_index_header(&bytes).ok()?.params;
+        let params = saved_header(dir)?.params;
         params.validate().is_ok().then_some(params)
+    }
+
+    /// The generation of the index saved in `dir`, read from its header
+    /// (without loading the graph); `None` when there is no readable
+    /// header. A database compares it with storage's to find lost writes.
+    pub fn saved_generation(dir: &Path) -> Option<u64> {
+        Some(saved_header(dir)?.generation)
     }
 
     /// Loads an index saved by [`SpaceIndex::save`] for the vectors in `flat`.
@@ -662,4 +668,10 @@ impl VectorIndex for SpaceIndex {
             }
         })
     }
+}
+
+/// The header of the index saved in `dir`, when it reads and checks out.
+fn saved_header(dir: &Path) -> Option<format::IndexHeader> {
+    let bytes = fs::read(dir.join(format::HEADER_FILE)).ok()?;
+    format::parse_index_header(&bytes).ok()
 }

@@ -488,9 +488,7 @@ fn checkpoint_generation(db_dir: &std::path::Path) -> u64 {
         .map(|a| a.generation());
     let dumps = files(db_dir.join("index"))
         .into_iter()
-        .filter_map(|d| std::fs::read(d.join("index.vtx")).ok())
-        .filter_map(|b| vitrine_index::parse_index_header(&b).ok())
-        .map(|h| h.generation);
+        .filter_map(|d| vitrine_index::SpaceIndex::saved_generation(&d));
     arenas.chain(dumps).max().unwrap_or(0)
 }
 
