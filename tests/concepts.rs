@@ -1745,6 +1745,22 @@ fn user_tags_are_learned_queried_and_persisted() {
         db.similar_with_profile(SimilarTo::Id(examples[0]), 5, &Filter::new(), &only_the_tag),
         Err(ConceptError::Db(vitrine::Error::InvalidVector { .. }))
     ));
+    // `like X` under it is a plain `like X`, as under a profile that weighs
+    // nothing: not a ranking by look alone.
+    db.set_profile("tag-only", &only_the_tag).unwrap();
+    let x = examples[0];
+    let ranked = |q: String| {
+        let r = db.query(&q).unwrap();
+        r.hits
+            .into_iter()
+            .map(|h| (h.id, h.score))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ranked(format!("like {x} profile tag-only limit 5")),
+        ranked(format!("like {x} limit 5"))
+    );
+    assert!(db.delete_profile("tag-only").unwrap());
     db.set_tag_weight("ticktock", 0.25).unwrap();
     assert!(db
         .similar_with_profile(SimilarTo::Id(examples[0]), 5, &Filter::new(), &only_the_tag)

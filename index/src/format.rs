@@ -26,7 +26,7 @@
 //! them, because hnsw_rs panics or exits on damaged input.
 
 use std::collections::HashSet;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
@@ -296,9 +296,64 @@ pub fn encode_index_header(h: &IndexHeader) -> Vec<u8> {
     out
 }
 
-/// Streams a file through CRC-32.
-pub(crate) fn checksum_file(path: &Path) -> io::Result<FileSum> {
-    let mut f = File::open(path)?;
+/// Length of the fields before the per-point list.
+const FIXED_LEN: usize = 60;
+/// Length of the fields after it: two file sums and the checksum.
+const TRAILER_LEN: u64 = 2 * 12 + 4;
+
+/// Opens `path` when it is a regular file, with its length. A named pipe
+/// would block the open, and a device would never end.
+fn open_regular(path: &Path) -> io::Result<(File, u64)> {
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok((File::open(path)?, meta.len()))
+}
+
+/// Reads `index.vtx`, refusing before it reads the rest a file that is not
+/// a regular file, does not start with our magic, or is longer than the
+/// header its point count describes. Those refusals are `InvalidData`.
+pub(crate) fn read_index_header(path: &Path) -> io::Result<Vec<u8>> {
+    let (mut f, len) = open_regular(path)?;
+    let mut fixed = Vec::with_capacity(FIXED_LEN);
+    (&mut f).take(FIXED_LEN as u64).read_to_end(&mut fixed)?;
+    let invalid = |reason: String| io::Error::new(io::ErrorKind::InvalidData, reason);
+    if !fixed.starts_with(MAGIC) && fixed.len() >= MAGIC.len() {
+        return Err(invalid(HeaderError::BadMagic.to_string()));
+    }
+    if fixed.len() == FIXED_LEN {
+        let count = u64::from_le_bytes(fixed[FIXED_LEN - 8..].try_into().expect("8 bytes"));
+        let longest = (FIXED_LEN as u64)
+            .saturating_add(count.saturating_mul(9))
+            .saturating_add(TRAILER_LEN);
+        if len > longest {
+            return Err(invalid(format!(
+                "{len} bytes, longer than a header of {count} points"
+            )));
+        }
+    }
+    // Anything short is left to the parser, which names what is missing.
+    let mut bytes = fixed;
+    bytes.reserve(usize::try_from(len).unwrap_or(0).saturating_sub(FIXED_LEN));
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Streams a file through CRC-32. A file that is not regular, or whose
+/// length is not `expected_len` when one is given, is refused
+/// (`InvalidData`) before it is read.
+pub(crate) fn checksum_file(path: &Path, expected_len: Option<u64>) -> io::Result<FileSum> {
+    let (mut f, len) = open_regular(path)?;
+    if let Some(expected_len) = expected_len.filter(|&e| e != len) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("length {len} bytes, expected {expected_len}"),
+        ));
+    }
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut len = 0u64;

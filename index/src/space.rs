@@ -326,7 +326,7 @@ impl SpaceIndex {
             let sum = |name: &str| -> Result<FileSum> {
                 let p = tmp.path().join(name);
                 sync_file(&p)?;
-                format::checksum_file(&p).map_err(|e| Error::io(&p, e))
+                format::checksum_file(&p, None).map_err(|e| Error::io(&p, e))
             };
             (sum(format::GRAPH_FILE)?, sum(format::DATA_FILE)?)
         };
@@ -462,8 +462,14 @@ impl SpaceIndex {
     ) -> std::result::Result<HnswIndex, LoadError> {
         cfg.validate().map_err(LoadError::Config)?;
         let hpath = dir.join(format::HEADER_FILE);
-        let bytes = match fs::read(&hpath) {
+        let bytes = match format::read_index_header(&hpath) {
             Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(LoadError::Corrupt {
+                    path: hpath,
+                    reason: e.to_string(),
+                })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let path = if dir.exists() {
                     hpath
@@ -526,11 +532,19 @@ impl SpaceIndex {
                 (format::DATA_FILE, header.data),
             ] {
                 let p = dir.join(name);
-                let got = format::checksum_file(&p).map_err(|e| LoadError::Corrupt {
-                    path: p.clone(),
-                    reason: format!("cannot read: {e}"),
+                let got = format::checksum_file(&p, Some(want.len)).map_err(|e| {
+                    let reason = if e.kind() == io::ErrorKind::InvalidData {
+                        e.to_string()
+                    } else {
+                        format!("cannot read: {e}")
+                    };
+                    LoadError::Corrupt {
+                        path: p.clone(),
+                        reason,
+                    }
                 })?;
                 if got.len != want.len {
+                    // Changed while it was read.
                     return Err(LoadError::Corrupt {
                         path: p,
                         reason: format!("length {} bytes, expected {}", got.len, want.len),
@@ -672,6 +686,6 @@ impl VectorIndex for SpaceIndex {
 
 /// The header of the index saved in `dir`, when it reads and checks out.
 fn saved_header(dir: &Path) -> Option<format::IndexHeader> {
-    let bytes = fs::read(dir.join(format::HEADER_FILE)).ok()?;
+    let bytes = format::read_index_header(&dir.join(format::HEADER_FILE)).ok()?;
     format::parse_index_header(&bytes).ok()
 }

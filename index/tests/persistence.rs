@@ -244,6 +244,81 @@ fn damaged_files_are_refused() {
     load(&good, &idx, 7).unwrap();
 }
 
+/// Loads in a thread, so that a load blocked on a named pipe fails the test
+/// instead of hanging it.
+#[cfg(unix)]
+fn load_within(dir: &Path, idx: &SpaceIndex, secs: u64) -> Result<SpaceIndex, LoadError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (dir, flat) = (dir.to_path_buf(), idx.flat().clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(SpaceIndex::load(&dir, 7, flat, IndexConfig::default()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .expect("the load returns instead of blocking")
+}
+
+#[cfg(unix)]
+#[test]
+fn files_that_are_not_regular_or_too_long_are_refused_before_they_are_read() {
+    let (idx, _) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    idx.save(&good, 7).unwrap();
+    for (n, file) in ["index.vtx", "graph.hnsw.data"].into_iter().enumerate() {
+        let dir = tmp.path().join(format!("fifo{n}"));
+        copy_dir(&good, &dir);
+        let p = dir.join(file);
+        fs::remove_file(&p).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        match load_within(&dir, &idx, 20) {
+            Err(LoadError::Corrupt { path, reason }) => {
+                assert_eq!(path, p);
+                assert!(reason.contains("not a regular file"), "{reason}");
+            }
+            other => panic!("{file} as a pipe: {other:?}"),
+        }
+    }
+    // A header whose file goes on for a terabyte past its points (sparse,
+    // so it costs no disk): refused from its first bytes, not read whole.
+    let dir = tmp.path().join("long");
+    copy_dir(&good, &dir);
+    let p = dir.join("index.vtx");
+    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(1 << 40).unwrap();
+    match load_within(&dir, &idx, 20) {
+        Err(LoadError::Corrupt { path, reason }) => {
+            assert_eq!(path, p);
+            assert!(
+                reason.contains("longer than a header of 1520 points"),
+                "{reason}"
+            );
+        }
+        other => panic!("a terabyte header: {other:?}"),
+    }
+    // So is a data dump of the wrong length, whatever its size.
+    let dir = tmp.path().join("longdata");
+    copy_dir(&good, &dir);
+    let p = dir.join("graph.hnsw.data");
+    let len = fs::metadata(&p).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    match load_within(&dir, &idx, 20) {
+        Err(LoadError::Corrupt { path, reason }) => {
+            assert_eq!(path, p);
+            assert!(reason.contains(&format!("expected {len}")), "{reason}");
+        }
+        other => panic!("a terabyte data dump: {other:?}"),
+    }
+}
+
 #[test]
 fn the_widest_graph_keeps_growing_after_a_reload() {
     // hnsw_rs saves M in one byte: the widest graph accepted must still

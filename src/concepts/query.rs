@@ -1399,6 +1399,19 @@ impl Db {
             }
             None => None,
         };
+        // The profile's affinities, as directions in the concept space: none
+        // when they name only stale tags or tags of weight 0.
+        let affinities = profile.as_ref().and_then(|p| {
+            let mut v = vec![0.0f32; dim];
+            for (c, a) in &p.affinities {
+                if let Some((g, n)) = c.split_once('.') {
+                    if let Some(r) = vocab.resolve(g, n) {
+                        vocab.add_to(&r, *a, &mut v);
+                    }
+                }
+            }
+            v.iter().any(|x| *x != 0.0).then_some(v)
+        });
         let mut filter = q.filter.clone();
         if let Some((target, w)) = &q.like {
             let (z, label) = match target {
@@ -1447,10 +1460,14 @@ impl Db {
                     // The profile's weights shape the like; its affinities
                     // are their own part below. A profile of affinities only
                     // still orders by look, at the tie-break scale `similar`
-                    // gives it.
+                    // gives it; one whose affinities add nothing (as
+                    // `similar` sees it) weighs nothing.
                     let mut weights = p.weights.clone();
                     if weights.values().all(|w| *w == 0.0) {
-                        let scale = p.affinities.values().fold(0.0f32, |m, a| m.max(a.abs()));
+                        let scale = match affinities {
+                            Some(_) => p.affinities.values().fold(0.0f32, |m, a| m.max(a.abs())),
+                            None => 0.0,
+                        };
                         if scale > 0.0 {
                             weights
                                 .insert(super::VISUAL_GROUP.into(), super::LOOK_TIE_BREAK * scale);
@@ -1471,18 +1488,8 @@ impl Db {
             v.iter_mut().for_each(|x| *x *= w);
             parts.push((label, v));
         }
-        if let Some(p) = &profile {
-            if !p.affinities.is_empty() {
-                let mut v = vec![0.0f32; dim];
-                for (c, a) in &p.affinities {
-                    if let Some((g, n)) = c.split_once('.') {
-                        if let Some(r) = vocab.resolve(g, n) {
-                            vocab.add_to(&r, *a, &mut v);
-                        }
-                    }
-                }
-                parts.push(("profile affinities".into(), v));
-            }
+        if let Some(v) = affinities {
+            parts.push(("profile affinities".into(), v));
         }
         let mut qv = vec![0.0f32; dim];
         for (_, v) in &parts {
