@@ -711,6 +711,11 @@ pub struct Db {
     /// backup or a compaction holds for long); changed under it, after the
     /// durable meta write.
     model_fingerprint: RwLock<Option<String>>,
+    /// Held by a model switch while it waits for `model_fingerprint`, and
+    /// taken briefly by every write of model outputs before it reads it:
+    /// new writes queue behind a waiting switch, so that the writes holding
+    /// the fingerprint drain and a steady stream of them cannot starve it.
+    model_switch: Mutex<()>,
     /// Warnings about a lasting state (rules of another model) given once
     /// per state, not at every call that meets it.
     warned: Mutex<std::collections::HashSet<String>>,
@@ -1330,6 +1335,7 @@ impl Db {
             spaces,
             catalog: RwLock::new(catalog),
             model_fingerprint: RwLock::new(meta.model_fingerprint.clone()),
+            model_switch: Mutex::new(()),
             writer: Mutex::new(WriterState {
                 meta,
                 dirty: false,
@@ -2831,7 +2837,8 @@ impl Db {
         // it for reading may itself wait for the writer, which a backup or
         // a compaction holds for long. So the writer is taken first, and
         // the fingerprint only tried; when readers hold it, both are let go
-        // and taken again.
+        // and taken again; new writes wait at `model_switch` meanwhile.
+        let _switch = lock(&self.model_switch);
         let (mut current, mut w) = loop {
             let w = lock(&self.writer);
             match self.model_fingerprint.try_write() {
@@ -2866,7 +2873,10 @@ impl Db {
         fingerprint: &str,
         write: impl FnOnce() -> T,
     ) -> std::result::Result<T, Option<String>> {
-        let current = read(&self.model_fingerprint);
+        let current = {
+            let _switch = lock(&self.model_switch);
+            read(&self.model_fingerprint)
+        };
         if current.as_deref() != Some(fingerprint) {
             return Err(current.clone());
         }
@@ -3247,6 +3257,55 @@ mod tests {
             switch.join().unwrap().unwrap();
         });
         assert_eq!(db.stored_model_fingerprint().as_deref(), Some("m2"));
+    }
+
+    /// A model switch completes under a steady stream of overlapping
+    /// writes of the old model's outputs: it does not wait for a moment
+    /// when none holds the fingerprint, which never comes.
+    #[test]
+    fn a_model_switch_is_not_starved_by_writes_of_model_outputs() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        db.set_stored_model_fingerprint("m1").unwrap();
+        let (db, stop) = (&db, &AtomicBool::new(false));
+        let writes = std::sync::atomic::AtomicUsize::new(0);
+        let writes = &writes;
+        let switched = std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        // Each holds the fingerprint while it waits for
+                        // and holds the writer, as an image write does.
+                        let _ = db.write_model_output("m1", || {
+                            let _w = lock(&db.writer);
+                            writes.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(3));
+                        });
+                    }
+                });
+            }
+            while writes.load(Ordering::Relaxed) < 10 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let start = Instant::now();
+            db.set_stored_model_fingerprint("m2").unwrap();
+            let took = start.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            took
+        });
+        assert!(
+            switched < Duration::from_secs(10),
+            "the switch took {switched:?}"
+        );
+        assert_eq!(db.stored_model_fingerprint().as_deref(), Some("m2"));
+        // Writes of the old model's outputs are refused from then on.
+        assert_eq!(
+            db.write_model_output("m1", || ()),
+            Err(Some("m2".to_string()))
+        );
     }
 
     /// While a re-embedding has not reached some products, searches of the
