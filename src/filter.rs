@@ -107,7 +107,10 @@ impl Filter {
     }
 
     /// Only products whose attribute `key` equals `value`. `key` may be one of
-    /// `brand`, `category` or a free key-value.
+    /// `brand`, `category` or a free key-value; `price` and `in_stock` have
+    /// their own conditions ([`Filter::price_range`], [`Filter::stock`]),
+    /// and a search given them here is
+    /// [`Error::InvalidFilter`](crate::Error::InvalidFilter).
     pub fn attr_eq(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.equals.insert((key.into(), value.into()));
         self
@@ -157,6 +160,24 @@ impl Filter {
             && self.exclude.is_empty()
             && self.equals.is_empty()
             && self.concepts.is_empty()
+    }
+
+    /// [`Error::InvalidFilter`](crate::Error::InvalidFilter) for an
+    /// [`Filter::attr_eq`] on a field that has its own condition (`price`,
+    /// `in_stock`): no product holds those keys among its free attributes,
+    /// so it would match nothing.
+    pub(crate) fn check_fields(&self) -> crate::Result<()> {
+        let own = |key: &str| match key {
+            "price" => Some("Filter::price_range"),
+            "in_stock" => Some("Filter::stock"),
+            _ => None,
+        };
+        match self.equals.iter().find_map(|(k, _)| Some((k, own(k)?))) {
+            Some((key, instead)) => Err(crate::Error::InvalidFilter(format!(
+                "'{key}' is not a free attribute and would match nothing: use {instead}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The concept conditions, as keys: `true` for [`Filter::tagged`].

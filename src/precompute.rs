@@ -234,6 +234,17 @@ pub(crate) fn precompute_similar(
     // A typo in a concept condition would list nothing (or, negated,
     // everything), as in a search.
     db.check_filter_concepts(filter)?;
+    // Those are read from their own fields: as a key they group nothing.
+    if let Some(key) = options
+        .variant_key
+        .as_deref()
+        .filter(|k| ["price", "in_stock"].contains(k))
+    {
+        return Err(crate::Error::InvalidConfig(format!(
+            "variant_key '{key}' is not a free attribute: variants share a key such as model_id"
+        ))
+        .into());
+    }
     // Before the catalog is read: what refuses the call refuses it at once.
     if k == 0 {
         return Err(crate::Error::InvalidConfig("k must be at least 1".into()).into());

@@ -2288,3 +2288,47 @@ fn a_new_database_and_a_backup_sync_the_folders_they_make() {
         );
     }
 }
+
+/// `attr_eq` on a field with its own condition would match nothing (the
+/// database keeps no `price` or `in_stock` among the free attributes): a
+/// search, a count and a precompute refuse it, saying what to use.
+#[test]
+fn attr_eq_on_price_or_stock_is_refused_not_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    fill(&db, 20);
+    for (key, instead) in [("price", "price_range"), ("in_stock", "Filter::stock")] {
+        let f = Filter::new().attr_eq(key, "1");
+        let said = |r: Result<usize, Error>| match r {
+            Err(Error::InvalidFilter(m)) => assert!(m.contains(instead), "{m}"),
+            other => panic!("attr_eq({key}): {other:?}"),
+        };
+        said(db.count_matching(&f));
+        said(db.ids_matching(&f).map(|v| v.len()));
+        said(db.similar(SimilarTo::Id("sku-1"), 5, &f).map(|h| h.len()));
+        let opts = vitrine::PrecomputeOptions::default();
+        assert!(matches!(
+            db.precompute_similar(5, &f, &opts),
+            Err(vitrine::PrecomputeError::Db(Error::InvalidFilter(_)))
+        ));
+        let opts = vitrine::PrecomputeOptions {
+            variant_key: Some(key.into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            db.precompute_similar(5, &Filter::new(), &opts),
+            Err(vitrine::PrecomputeError::Db(Error::InvalidConfig(_)))
+        ));
+    }
+    // Brand and category read their fields through `attr_eq` as written.
+    assert_eq!(
+        db.count_matching(&Filter::new().attr_eq("brand", "A"))
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        db.count_matching(&Filter::new().attr_eq("colour", "red"))
+            .unwrap(),
+        10
+    );
+}

@@ -940,10 +940,12 @@ impl Db {
     }
 
     /// [`Error::InvalidFilter`] for a concept condition that cannot mean
-    /// what it says (see [`Filter::tagged`]). A database without a model
-    /// has no concepts to check against: tags its caller stored match as
-    /// written.
+    /// what it says (see [`Filter::tagged`]), or an attribute condition on
+    /// a field with its own ([`Filter::attr_eq`]). A database without a
+    /// model has no concepts to check against: tags its caller stored
+    /// match as written.
     pub(crate) fn check_filter_concepts(&self, filter: &Filter) -> Result<()> {
+        filter.check_fields()?;
         let mut conditions = filter.concepts().peekable();
         if conditions.peek().is_none() {
             return Ok(());
