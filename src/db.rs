@@ -1454,12 +1454,14 @@ impl Db {
         check_attributes(&attrs, None)?;
         let vectors = self.check_vectors(vectors)?;
         let mut w = lock(&self.writer);
+        let mut damaged = false;
         let existing = match self.products.get(id.as_bytes()) {
             Ok(r) => r.map(|r| r.doc),
             // A damaged record is replaced by an upsert, under the doc the
             // catalog knows it by (a new one would leave the old in memory).
             Err(e) if replace => {
                 warn!(id, error = %e, "overwriting a damaged record");
+                damaged = true;
                 let known = read(&self.catalog).by_id.get(id).copied();
                 // Under a new doc, the damaged one's leaves storage: a
                 // current arena that holds it would read as lost writes.
@@ -1478,8 +1480,8 @@ impl Db {
             return Err(Error::AlreadyExists { id: id.into() });
         }
         // Only where ids are made: one an older build stored can still be
-        // read, replaced, changed in place and deleted.
-        if existing.is_none() && id.chars().any(char::is_control) {
+        // read, replaced (damaged too), changed in place and deleted.
+        if existing.is_none() && !damaged && id.chars().any(char::is_control) {
             return Err(Error::IdWithControlCharacter {
                 id: id
                     .chars()

@@ -1003,6 +1003,29 @@ fn a_damaged_record_names_its_key_and_the_rest_stay_readable() {
     drop(db);
 }
 
+/// A damaged record under an id no build makes now (an older build's, with
+/// a control character) is replaced by an upsert too, as it would be were
+/// it whole.
+#[test]
+fn a_damaged_record_of_an_older_builds_id_is_replaced_by_an_upsert() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_and_damaged(dir.path(), 10, &[(b"old\tid", b"\x01\xff\xff garbage")]);
+    let db = open(dir.path());
+    assert!(matches!(db.get("old\tid"), Err(Error::Corruption { .. })));
+    db.upsert("old\tid", attrs(1), [(DEFAULT_SPACE, vector_for("x", DIM))])
+        .unwrap();
+    assert_eq!(db.get("old\tid").unwrap().unwrap().attributes, attrs(1));
+    // A new id with one is still refused.
+    assert!(matches!(
+        db.upsert("new\tid", attrs(1), [(DEFAULT_SPACE, vector_for("x", DIM))]),
+        Err(Error::IdWithControlCharacter { .. })
+    ));
+    drop(db);
+    let db = open(dir.path());
+    assert!(db.open_report().damaged.is_empty());
+    assert_eq!(db.len(), 11);
+}
+
 /// A damaged record replaced by a product without vectors, and no
 /// checkpoint after: its old doc left storage, and the checkpoint's arena
 /// that still holds it does not read as lost writes at the next open.

@@ -57,8 +57,8 @@ const OUTPUTS: [&str; 4] = ["embedding", "category_logits", "tag_logits", "conce
 pub enum ModelError {
     /// A model file does not exist.
     #[error(
-        "model file {} not found (the bundled model is read from $VITRINE_MODEL_DIR \
-         when set: the folder holding manifest.json and the .onnx file)",
+        "model file {} not found (a model folder holds manifest.json and the .onnx file \
+         it names; the bundled model's folder is $VITRINE_MODEL_DIR when set)",
         path.display()
     )]
     Missing {
