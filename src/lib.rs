@@ -79,9 +79,9 @@ pub use model::{
 };
 pub use outfits::{
     CompleteMethod, CoverOptions, CoverPlan, ExpandOptions, Expansion, Outfit, OutfitEngine,
-    OutfitError, OutfitResult, OutfitRules, OutfitSettings, OutfitSlot, PairRule, Relation,
-    RelationKind, RuleKind, ScoredCandidate, Substitute, Substitution, MAX_CATALOG_COLOURS,
-    MAX_EXPANSIONS, MAX_OUTFIT_ID_LEN, MAX_OUTFIT_SLOTS,
+    OutfitError, OutfitImport, OutfitResult, OutfitRules, OutfitSettings, OutfitSlot, PairRule,
+    Relation, RelationKind, RuleKind, ScoredCandidate, Substitute, Substitution,
+    MAX_CATALOG_COLOURS, MAX_EXPANSIONS, MAX_OUTFIT_ID_LEN, MAX_OUTFIT_SLOTS,
 };
 pub use precompute::{
     Backend, PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, ScorerError,

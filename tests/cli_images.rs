@@ -2507,6 +2507,58 @@ fn repair_of_an_emptied_storage_refuses_and_keeps_the_evidence() {
     ));
 }
 
+/// `outfit import` fails whole on an outfit naming a product the database
+/// does not hold, saying how to import the others; `--skip-unknown` does,
+/// naming what it left out.
+#[test]
+fn outfit_import_can_leave_out_outfits_of_unknown_products() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    {
+        let db = vitrine::Db::open(&db_dir).unwrap();
+        for p in ["p1", "p2"] {
+            let v = vec![1.0; vitrine::DEFAULT_DIM];
+            db.insert(p, vitrine::Attributes::new(), [(vitrine::DEFAULT_SPACE, v)])
+                .unwrap();
+        }
+    }
+    let csv = dir.path().join("looks.csv");
+    std::fs::write(&csv, "outfit,product\na,p1\na,p2\nb,p1\nb,gone\n").unwrap();
+    let (d, c) = (db_dir.to_str().unwrap(), csv.to_str().unwrap());
+    let out = vitrine(&["outfit", "--db", d, "import", c]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("'gone'") && err.contains("--skip-unknown"),
+        "{err}"
+    );
+    assert_eq!(
+        vitrine::Db::open(&db_dir).unwrap().outfit_count().unwrap(),
+        0
+    );
+    let out = vitrine(&["outfit", "--db", d, "import", c, "--skip-unknown"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("imported 1 outfits"),
+        "{}",
+        text(&out.stdout)
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("left out 1 outfits") && err.contains("outfit b names gone"),
+        "{err}"
+    );
+    let out = vitrine(&["outfit", "--db", d, "--json", "import", c, "--skip-unknown"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["imported"], 1);
+    assert_eq!(v["left_out"][0]["outfit"], "b");
+    assert_eq!(v["left_out"][0]["unknown_product"], "gone");
+    let db = vitrine::Db::open(&db_dir).unwrap();
+    assert_eq!(db.outfit("a").unwrap().unwrap().products(), ["p1", "p2"]);
+    assert!(db.outfit("b").unwrap().is_none());
+}
+
 /// Catalog values reach the terminal without their control characters: an
 /// outfit id or a category holding an escape sequence cannot drive it, nor
 /// a tab split a field. (Product ids cannot hold one since session 17.)

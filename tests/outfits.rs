@@ -252,6 +252,42 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
     ));
     assert!(db.outfit("x1").unwrap().is_none());
     assert_eq!(db.outfit_count().unwrap(), n);
+    // Imported leaving out the outfits that name unknown products: the
+    // others are stored, and each left out is named with its first unknown
+    // product. Other errors still fail it whole.
+    std::fs::write(
+        &csv,
+        format!(
+            "outfit,product\nx1,{}\nx1,{}\nx2,{}\nx2,missing\nx3,gone\nx3,missing\n",
+            ps[0], ps[1], ps[0]
+        ),
+    )
+    .unwrap();
+    let done = db.import_outfits_csv_known(&csv).unwrap();
+    assert_eq!(done.imported, 1);
+    assert_eq!(
+        done.left_out,
+        [
+            ("x2".to_string(), "missing".to_string()),
+            ("x3".to_string(), "gone".to_string())
+        ]
+    );
+    assert_eq!(
+        db.outfit("x1").unwrap().unwrap().products(),
+        [&ps[0], &ps[1]]
+    );
+    assert!(db.outfit("x2").unwrap().is_none());
+    assert!(db.delete_outfit("x1").unwrap());
+    std::fs::write(
+        &csv,
+        format!("outfit,product\nx1,{}\nx1,{}\nx2,missing\n", ps[0], ps[0]),
+    )
+    .unwrap();
+    assert!(matches!(
+        db.import_outfits_csv_known(&csv),
+        Err(OutfitError::DuplicateProduct { .. })
+    ));
+    assert_eq!(db.outfit_count().unwrap(), n);
     // Other bad input.
     assert!(matches!(
         db.store_outfit::<&str>("empty", &[]),

@@ -43,6 +43,17 @@ pub const MAX_OUTFIT_SLOTS: usize = 64;
 /// category would run for hours.
 pub const MAX_EXPANSIONS: usize = 10_000;
 
+/// What [`Db::import_outfits_csv_known`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutfitImport {
+    /// Outfits stored.
+    pub imported: usize,
+    /// Outfits left out, each with the first product it names that the
+    /// database does not hold, in outfit id order.
+    pub left_out: Vec<(String, String)>,
+}
+
 /// Why an outfit operation failed. Nothing is written when one is returned.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -334,9 +345,24 @@ impl Db {
     /// `outfit_id,product_id` (any header names; rows of one outfit need
     /// not be adjacent). Every row is checked first; then all outfits are
     /// written in one atomic batch, an outfit id already stored being
-    /// replaced by the file's. Returns the number of outfits.
+    /// replaced by the file's. Returns the number of outfits. An outfit
+    /// naming a product the database does not hold fails the import
+    /// ([`OutfitError::UnknownProduct`]); [`Db::import_outfits_csv_known`]
+    /// leaves such outfits out instead.
     pub fn import_outfits_csv(&self, path: impl AsRef<Path>) -> OutfitResult<usize> {
-        let path = path.as_ref();
+        Ok(self.import_outfits(path.as_ref(), false)?.imported)
+    }
+
+    /// As [`Db::import_outfits_csv`], but an outfit naming a product the
+    /// database does not hold (a stylist's archive names products since
+    /// removed, or never imported) is left out rather than failing the
+    /// import; every other error still fails it. The result lists each
+    /// outfit left out with the first unknown product it names.
+    pub fn import_outfits_csv_known(&self, path: impl AsRef<Path>) -> OutfitResult<OutfitImport> {
+        self.import_outfits(path.as_ref(), true)
+    }
+
+    fn import_outfits(&self, path: &Path, skip_unknown: bool) -> OutfitResult<OutfitImport> {
         let csv_err = |line: usize, reason: String| OutfitError::Csv {
             path: path.display().to_string(),
             line,
@@ -414,10 +440,17 @@ impl Db {
             }
             groups.entry(o.to_string()).or_default().push(p.to_string());
         }
-        let outfits = groups
-            .iter()
-            .map(|(id, products)| self.validate_outfit(id, products))
-            .collect::<OutfitResult<Vec<_>>>()?;
+        let mut outfits = Vec::with_capacity(groups.len());
+        let mut left_out = Vec::new();
+        for (id, products) in &groups {
+            match self.validate_outfit(id, products) {
+                Ok(o) => outfits.push(o),
+                Err(OutfitError::UnknownProduct { outfit, product }) if skip_unknown => {
+                    left_out.push((outfit, product));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let ks = self.outfit_keyspace()?;
         let mut batch = ks.batch();
         for o in &outfits {
@@ -429,8 +462,15 @@ impl Db {
             )?;
         }
         ks.apply(batch)?;
-        tracing::info!(outfits = outfits.len(), "imported outfits");
-        Ok(outfits.len())
+        tracing::info!(
+            outfits = outfits.len(),
+            left_out = left_out.len(),
+            "imported outfits"
+        );
+        Ok(OutfitImport {
+            imported: outfits.len(),
+            left_out,
+        })
     }
 
     /// Every stored outfit, in id order. One whose record does not decode

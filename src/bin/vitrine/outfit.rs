@@ -40,6 +40,11 @@ pub enum OutfitCommand {
         /// Learn the rules afterwards.
         #[arg(long)]
         learn: bool,
+        /// Leave out the outfits that name a product the database does not
+        /// hold, and import the others (by default one such outfit fails
+        /// the import, and nothing is stored).
+        #[arg(long)]
+        skip_unknown: bool,
     },
     /// Lists the stored outfits.
     List {
@@ -300,13 +305,40 @@ pub fn execute(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
 
 fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
-        OutfitCommand::Import { csv, learn } => {
+        OutfitCommand::Import {
+            csv,
+            learn,
+            skip_unknown,
+        } => {
             // What learning needs, checked before anything is written: the
             // outfits are not stored by a command that then fails.
             if learn {
                 db.concept_layout()?;
             }
-            let n = db.import_outfits_csv(&csv)?;
+            let (n, left_out) = if skip_unknown {
+                let done = db.import_outfits_csv_known(&csv)?;
+                (done.imported, done.left_out)
+            } else {
+                match db.import_outfits_csv(&csv) {
+                    Ok(n) => (n, Vec::new()),
+                    Err(e @ vitrine::OutfitError::UnknownProduct { .. }) => {
+                        return Err(anyhow::Error::new(e).context(
+                            "nothing was imported; --skip-unknown imports the outfits whose \
+                             products are all stored",
+                        ))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if let Some((outfit, product)) = left_out.first() {
+                if !json {
+                    eprintln!(
+                        "left out {} outfits naming products the database does not hold \
+                         (first: outfit {outfit} names {product})",
+                        left_out.len()
+                    );
+                }
+            }
             let rules = if learn {
                 // The outfits stay stored: say so, and how to learn again.
                 Some(db.learn_outfit_rules().with_context(|| {
@@ -322,6 +354,10 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             if json {
                 print_json(&serde_json::json!({
                     "imported": n,
+                    "left_out": left_out
+                        .iter()
+                        .map(|(o, p)| serde_json::json!({"outfit": o, "unknown_product": p}))
+                        .collect::<Vec<_>>(),
                     "stored": db.outfit_count()?,
                     "learned_from": rules.as_ref().map(|r| r.outfits),
                 }))?;

@@ -258,20 +258,17 @@ fn load_outfits(
         settings = settings.colour_attribute(a);
     }
     db.set_outfit_settings(&settings)?;
-    // The file as it is first: the library checks it (header, fields) and
-    // imports all of it or nothing.
-    let left_out = match db.import_outfits_csv(csv) {
-        Ok(_) => HashSet::new(),
-        // An outfit naming a product that is not stored (its image did not
-        // import) is left out, as the questions naming one are skipped: one
-        // bad image must not stop the run after the whole import.
-        Err(vitrine::OutfitError::UnknownProduct { .. }) => {
-            let (filtered, left_out) = without_unknown_products(db, csv)?;
-            db.import_outfits_csv(filtered.path())?;
-            left_out
-        }
-        Err(e) => return Err(e.into()),
-    };
+    // An outfit naming a product that is not stored (its image did not
+    // import) is left out, as the questions naming one are skipped: one
+    // bad image must not stop the run after the whole import.
+    let done = db.import_outfits_csv_known(csv)?;
+    if let Some((o, p)) = done.left_out.first() {
+        eprintln!(
+            "warning: left out {} outfits naming products not in the database (first: outfit {o} names {p})",
+            done.left_out.len()
+        );
+    }
+    let left_out: HashSet<String> = done.left_out.into_iter().map(|(o, _)| o).collect();
     // Then the old outfits the file does not replace go.
     let new: HashSet<String> = read_outfits(csv)?
         .into_keys()
@@ -369,49 +366,6 @@ fn write_all_or_none_with(
         crate::info::sync_parent(path)?;
     }
     Ok(())
-}
-
-/// A copy of the outfits CSV `csv` without the outfits that name a
-/// product the database does not hold (every other line as it was, for the
-/// import's checks), and those outfits' ids.
-fn without_unknown_products(
-    db: &Db,
-    csv: &Path,
-) -> anyhow::Result<(tempfile::NamedTempFile, HashSet<String>)> {
-    let (header, rows) = read_csv(csv)?;
-    let mut left_out = HashSet::new();
-    let mut first = None;
-    for r in rows.iter().filter(|r| r.len() >= 2) {
-        let (o, p) = (r[0].trim(), r[1].trim());
-        if !p.is_empty() && db.get(p)?.is_none() {
-            first.get_or_insert_with(|| (o.to_string(), p.to_string()));
-            left_out.insert(o.to_string());
-        }
-    }
-    if let Some((o, p)) = first {
-        eprintln!(
-            "warning: left out {} outfits naming products not in the database (first: outfit {o} names {p})",
-            left_out.len()
-        );
-    }
-    let line = |fields: &[String]| {
-        fields
-            .iter()
-            .map(|f| csv_field(f))
-            .collect::<Vec<_>>()
-            .join(",")
-            + "\n"
-    };
-    let mut text = line(&header);
-    for r in rows
-        .iter()
-        .filter(|r| !r.first().is_some_and(|o| left_out.contains(o.trim())))
-    {
-        text += &line(r);
-    }
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), text)?;
-    Ok((file, left_out))
 }
 
 #[derive(serde::Deserialize)]
