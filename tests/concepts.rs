@@ -503,6 +503,15 @@ fn malformed_queries_are_typed_errors_with_positions() {
     let long = format!("find +colour.red{}", " ".repeat(vitrine::MAX_QUERY_BYTES));
     let e = ConceptQuery::parse(&long, &vocab).expect_err("long");
     assert_eq!((e.kind, e.column), (TooLong, 0));
+    // So is a query of more terms than MAX_TERMS (each hit carries one
+    // contribution per term), here built in code.
+    let many = (0..=vitrine::MAX_TERMS).fold(ConceptQuery::new(), |q, i| {
+        q.term(format!("user.t{i}"), 1.0)
+    });
+    match s.db.run_query(&many, None) {
+        Err(ConceptError::Query(e)) => assert_eq!(e.kind, TooLong, "{e}"),
+        other => panic!("{} terms: {other:?}", vitrine::MAX_TERMS + 1),
+    }
     for (q, _, _) in cases {
         let e = ConceptQuery::parse(q, &vocab).expect_err(q);
         assert!(!e.to_string().is_empty());

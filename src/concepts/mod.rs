@@ -27,7 +27,7 @@ pub(crate) use learn::forget_catalog_mean_locked;
 pub use learn::{TagMethod, HAND_SET_PRIOR_LIKES};
 pub use query::{
     ConceptQuery, Contribution, LikeTarget, QueryError, QueryErrorKind, QueryHit, QueryResults,
-    MAX_QUERY_BYTES,
+    MAX_QUERY_BYTES, MAX_TERMS,
 };
 
 /// Default weight of a user-defined tag in queries and profiles: lower than a

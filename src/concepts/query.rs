@@ -14,6 +14,10 @@ pub const MAX_LIMIT: usize = 10_000;
 /// The longest query text [`ConceptQuery::parse`] reads, in bytes (a query
 /// of every concept of a large vocabulary, spelled out, is far shorter).
 pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+/// The most concept terms one query may weigh: every hit carries one
+/// contribution per term, so terms × hits bounds a query's memory (a
+/// catalog's every concept and user tag, spelled out, can be thousands).
+pub const MAX_TERMS: usize = 256;
 /// The largest `limit` with `diverse`: MMR costs picks × pool similarities,
 /// quadratic in the limit (10,000 would take seconds).
 pub const MAX_DIVERSE_LIMIT: usize = 1_000;
@@ -121,7 +125,8 @@ pub enum QueryErrorKind {
     Duplicate,
     /// Neither a concept nor a `like`.
     Empty,
-    /// A query text longer than [`MAX_QUERY_BYTES`].
+    /// A query text longer than [`MAX_QUERY_BYTES`], or of more than
+    /// [`MAX_TERMS`] terms.
     TooLong,
 }
 
@@ -751,6 +756,22 @@ impl<'a> Parser<'a> {
         }
         let (mut limit_col, mut seen_where, mut seen_diverse) = (None, false, false);
         let mut offset_col = None;
+        // Terms by key: a repeat is found without a scan of those before.
+        let mut keys = std::collections::HashSet::new();
+        let mut add_term = |q: &mut ConceptQuery, name: String, w: f32, col: usize| {
+            if !keys.insert(concept_key(&name)) {
+                return Err(QueryError::new(
+                    QueryErrorKind::Duplicate,
+                    col,
+                    format!("'{name}' is given twice"),
+                ));
+            }
+            if q.terms.len() == MAX_TERMS {
+                return Err(too_many_terms(col));
+            }
+            q.terms.push((name, w));
+            Ok(())
+        };
         loop {
             let t = self.peek().clone();
             let dup = |what: &str| {
@@ -766,10 +787,7 @@ impl<'a> Parser<'a> {
                     self.next();
                     let sign = if t.tok == Tok::Sym("-") { -1.0 } else { 1.0 };
                     let (name, w) = self.term()?;
-                    if repeated(&q, &name) {
-                        return Err(dup(&name));
-                    }
-                    q.terms.push((name, sign * w));
+                    add_term(&mut q, name, sign * w, t.col)?;
                 }
                 Tok::Word(w) if w.eq_ignore_ascii_case("like") => {
                     self.next();
@@ -917,10 +935,7 @@ impl<'a> Parser<'a> {
                 }
                 Tok::Word(_) | Tok::Str(_) => {
                     let (name, w) = self.term()?;
-                    if repeated(&q, &name) {
-                        return Err(dup(&name));
-                    }
-                    q.terms.push((name, w));
+                    add_term(&mut q, name, w, t.col)?;
                 }
                 _ => return Err(self.unexpected(&t, CLAUSES)),
             }
@@ -1315,6 +1330,10 @@ impl Db {
         model: Option<&Model>,
     ) -> Result<QueryResults, ConceptError> {
         let dim = vocab.layout().dim;
+        // (A query built with `term` is not parsed.)
+        if q.terms.len() > MAX_TERMS {
+            return Err(too_many_terms(0).into());
+        }
         if let Some(l) = q.diverse.filter(|l| !(0.0..=1.0).contains(l)) {
             return Err(ConceptError::InvalidWeight {
                 what: "diverse".into(),
@@ -1668,8 +1687,11 @@ pub(crate) fn mmr(
 /// [`concept_key`] writes them). One term per concept: a repeated one would
 /// only add work (each term is a vector and a contribution per hit), and
 /// with opposite signs it contradicts itself.
-fn repeated(q: &ConceptQuery, concept: &str) -> bool {
-    q.terms
-        .iter()
-        .any(|(n, _)| concept_key(n) == concept_key(concept))
+fn too_many_terms(col: usize) -> QueryError {
+    QueryError::new(
+        QueryErrorKind::TooLong,
+        col,
+        format!("more than {MAX_TERMS} concept terms"),
+    )
+    .hint("weigh fewer concepts, or keep weights in a profile")
 }
