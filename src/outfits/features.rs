@@ -98,6 +98,10 @@ pub(crate) struct Catalog {
     pub colour: Vec<u16>,
     /// The model's colour families, then the catalog's colour groups.
     pub colour_names: Vec<String>,
+    /// Per entry of `colour_names`, the model's family it names (itself
+    /// for the model's families; for a catalog group, the family its name
+    /// spells in another case, `WHITE` for `white`), else [`NO_COLOUR`].
+    pub model_family_of: Vec<u16>,
     /// The catalog attribute colour groups come from, when one is set.
     pub colour_attribute: Option<String>,
     /// Whether the colour is the catalog's (else measured or predicted).
@@ -158,6 +162,7 @@ pub(crate) fn random_catalog(
         mcat: Vec::new(),
         colour: Vec::new(),
         colour_names: (0..families + 2).map(|f| format!("c{f}")).collect(),
+        model_family_of: (0..families as u16).chain([NO_COLOUR; 2]).collect(),
         colour_attribute: None,
         catalog_colour: Vec::new(),
         lab: Vec::new(),
@@ -288,6 +293,7 @@ impl Catalog {
             mcat: Vec::with_capacity(n),
             colour: Vec::with_capacity(n),
             colour_names: layout.colours.clone(),
+            model_family_of: (0..layout.colours.len() as u16).collect(),
             colour_attribute: settings.colour_attribute.clone(),
             catalog_colour: Vec::with_capacity(n),
             lab: Vec::with_capacity(n),
@@ -301,11 +307,20 @@ impl Catalog {
         let groups = catalog_colour_groups(&snap.attrs, settings.colour_attribute.as_deref());
         let mut colour_index: HashMap<String, u16> = HashMap::new();
         for g in groups {
-            // A group named like one of the model's families is that family.
+            // A group named like one of the model's families is that family;
+            // one spelled so in another case (`WHITE`) keeps its name, and
+            // is that family against products of a measured colour.
             let k = match cat.colour_names.iter().position(|c| *c == g) {
                 Some(k) => k,
                 None => {
+                    let family = cat
+                        .layout
+                        .colours
+                        .iter()
+                        .position(|c| c.eq_ignore_ascii_case(&g));
                     cat.colour_names.push(g.clone());
+                    cat.model_family_of
+                        .push(family.map_or(NO_COLOUR, |f| f as u16));
                     cat.colour_names.len() - 1
                 }
             };
@@ -441,14 +456,37 @@ impl Catalog {
         Some(delta_e(self.lab[a]?, self.lab[b]?))
     }
 
+    /// The model's colour family of product `i`: its measured or predicted
+    /// family, or the one its catalog group names ([`NO_COLOUR`] if none).
+    fn model_family(&self, i: usize) -> u16 {
+        self.model_family_of
+            .get(usize::from(self.colour[i]))
+            .copied()
+            .unwrap_or(NO_COLOUR)
+    }
+
+    /// Whether two products are of one named family: one catalog group or
+    /// model family, or a group and the model's family it names.
+    pub fn same_family(&self, a: usize, b: usize) -> bool {
+        (self.colour[a] != NO_COLOUR && self.colour[a] == self.colour[b])
+            || (self.catalog_colour[a] != self.catalog_colour[b]
+                && self.model_family(a) != NO_COLOUR
+                && self.model_family(a) == self.model_family(b))
+    }
+
     /// Whether two products share a colour family: the same catalog colour
-    /// group when both have one (the retailer's taxonomy decides); else the
+    /// group when both have one (the retailer's taxonomy decides); the same
+    /// family when one has a group that names one of the model's families
+    /// (its label decides for it, whatever its pixels measure); else the
     /// same family, or colours at least [`SAME_COLOUR`] alike (one family can
     /// straddle two neighbouring prototypes or tags, e.g. black and
     /// charcoal).
     pub fn same_colour(&self, a: usize, b: usize) -> bool {
-        if self.catalog_colour[a] && self.catalog_colour[b] {
-            return self.colour[a] == self.colour[b];
+        match (self.catalog_colour[a], self.catalog_colour[b]) {
+            (true, true) => return self.colour[a] == self.colour[b],
+            (true, false) if self.model_family(a) != NO_COLOUR => return self.same_family(a, b),
+            (false, true) if self.model_family(b) != NO_COLOUR => return self.same_family(a, b),
+            _ => {}
         }
         (self.colour[a] != NO_COLOUR && self.colour[a] == self.colour[b])
             || self.shade_sim(a, b) >= same_colour_threshold()
@@ -502,6 +540,39 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A product whose catalog group is one of the model's families is of
+    /// that family against a product whose family was measured: its own
+    /// pixels do not make a `Black` product a close shade of a white one.
+    #[test]
+    fn a_labelled_product_against_a_measured_one_compares_families() {
+        let mut cat = random_catalog(1, 4, 1, 0.0, 0.0);
+        let (black, white) = (0u16, 1u16);
+        let whitish = Some([95.0, 0.0, 2.0]);
+        // 0: labelled black, measured whitish; 1: measured white.
+        cat.catalog_colour = vec![true, false, true, false];
+        cat.colour = vec![black, white, white, black];
+        assert!(cat.same_family(2, 1) && !cat.same_family(0, 1));
+        cat.lab = vec![
+            whitish,
+            whitish,
+            Some([20.0, 0.0, 0.0]),
+            Some([20.0, 0.0, 0.0]),
+        ];
+        assert!(!cat.same_colour(0, 1) && !cat.same_colour(1, 0));
+        // 2: labelled white, measured dark; 1: measured white.
+        assert!(cat.same_colour(2, 1) && cat.same_colour(1, 2));
+        assert!(!cat.same_colour(2, 3));
+        // A group naming a family in another case (`BLACK`) is that family.
+        let upper = cat.colour_names.len() as u16;
+        cat.colour_names.push("C0".into());
+        cat.model_family_of.push(black);
+        cat.colour[0] = upper;
+        assert!(!cat.same_colour(0, 1) && cat.same_colour(0, 3) && cat.same_family(3, 0));
+        // A group the model has no family for is compared by shade.
+        cat.colour[0] = cat.layout.colours.len() as u16;
+        assert!(cat.same_colour(0, 1) && !cat.same_family(0, 1));
+    }
 
     /// Colour similarity stays in 0..=1 for colour blocks stored by hand
     /// that are not unit length (one of 16 outweighed every other part of

@@ -858,7 +858,7 @@ impl OutfitEngine<'_> {
                         "look-alike {:.2}; colour {} ({}); keeps {kept}/{total} colour relations{}",
                         raw_look[n],
                         cat.colour_name(c),
-                        if cat.colour[c] == cat.colour[orig] && cat.colour[c] != NO_COLOUR {
+                        if cat.same_family(c, orig) {
                             "same family as the original".to_owned()
                         } else if same {
                             format!("a close shade of the original's {}", cat.colour_name(orig))
