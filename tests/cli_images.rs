@@ -2507,6 +2507,45 @@ fn repair_of_an_emptied_storage_refuses_and_keeps_the_evidence() {
     ));
 }
 
+/// The hint after `outfit import --learn` names the colour attribute the
+/// outfits' products carry, not that of the products whose ids sort first.
+#[test]
+fn the_colour_attribute_hint_reads_the_outfits_products() {
+    if !have_model("the_colour_attribute_hint_reads_the_outfits_products") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = sample_images(6);
+    let mut csv = String::from("id,path,colour,colour_group\n");
+    for (i, f) in files.iter().enumerate() {
+        let (source, colour, group) = if i < 3 {
+            ("a", ["red", "blue", "red"][i], "")
+        } else {
+            ("b", "", ["RED", "BLUE", "GREEN"][i - 3])
+        };
+        csv += &format!("{source}{i},{},{colour},{group}\n", f.display());
+    }
+    let products = dir.path().join("products.csv");
+    std::fs::write(&products, csv).unwrap();
+    let db = dir.path().join("db");
+    let db_s = db.to_str().unwrap();
+    let out = vitrine(&["import", products.to_str().unwrap(), "--db", db_s]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let looks = dir.path().join("looks.csv");
+    std::fs::write(&looks, "outfit,product\no1,b3\no1,b4\no2,b4\no2,b5\n").unwrap();
+    let out = vitrine(&[
+        "outfit",
+        "--db",
+        db_s,
+        "import",
+        looks.to_str().unwrap(),
+        "--learn",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("--colour-attribute colour_group"), "{err}");
+}
+
 /// `outfit import` fails whole on an outfit naming a product the database
 /// does not hold, saying how to import the others; `--skip-unknown` does,
 /// naming what it left out.

@@ -882,10 +882,27 @@ fn colour_attribute_hint(db: &Db) -> anyhow::Result<()> {
     if db.outfit_settings()?.colour_attribute.is_some() {
         return Ok(());
     }
-    // Colour-named attributes, and their values over a sample of products.
+    // Colour-named attributes, and their values over a sample of the
+    // outfits' products (what the rules learn from: in a catalog of two
+    // sources, the first ids may all be of the one without outfits).
     let mut keys: std::collections::BTreeMap<String, std::collections::HashSet<String>> =
         Default::default();
-    for id in db.ids().iter().take(200) {
+    let mut sample: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for o in db.outfits()? {
+        for p in o.products() {
+            if sample.len() < 200 && seen.insert(p.to_string()) {
+                sample.push(p.to_string());
+            }
+        }
+        if sample.len() >= 200 {
+            break;
+        }
+    }
+    if sample.is_empty() {
+        sample = db.ids().into_iter().take(200).collect();
+    }
+    for id in &sample {
         if let Some(p) = db.get(id)? {
             for (k, v) in &p.attributes.extra {
                 let lower = k.to_ascii_lowercase();
