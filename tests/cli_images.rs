@@ -441,6 +441,14 @@ fn import_reads_a_csv_with_attributes() {
         "{failures}"
     );
     assert_eq!(prices_now(), (Some(7.5), Some(7.0)));
+    // The refresh it suggests keeps the pixel aspect the run was given
+    // (the database's default may be another source's).
+    let out = import(&prices, &["--update", "--pixel-aspect", "0.75"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("--refresh --present-only --pixel-aspect 0.75`"),
+        "{stdout}"
+    );
     // A listed product deleted since is not brought back by that refresh
     // (it came back in stock, without its price or brand).
     let gone = dir.path().join("gone.csv");

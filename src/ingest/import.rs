@@ -486,6 +486,24 @@ impl Db {
         let prep = match (prep, stored) {
             (None, Some(stored)) => stored.config(),
             (None, None) => self.prep_config()?,
+            // Only the pixel aspect: that is how sources whose photos were
+            // squashed differently are made comparable, not a mistake.
+            (Some(p), Some(stored))
+                if !empty
+                    && StoredPrep::of(&p) != stored
+                    && StoredPrep::of(
+                        &p.clone().pixel_aspect(stored.config().get_pixel_aspect()),
+                    ) == stored =>
+            {
+                tracing::info!(
+                    "these images are prepared with pixel aspect {}, the database's default is \
+                     {}: a later refresh or re-embedding of these products needs the same \
+                     pixel aspect",
+                    p.get_pixel_aspect(),
+                    stored.config().get_pixel_aspect()
+                );
+                p
+            }
             (Some(p), Some(stored)) if !empty && StoredPrep::of(&p) != stored => {
                 let stored = stored.config();
                 tracing::warn!(

@@ -1145,11 +1145,18 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                         crate::outfit_eval::csv_field(now)
                     );
                 }
+                // The source's pixel aspect, as this run was given it: the
+                // database's default may be another source's.
+                let aspect = match (args.prep.fpi, args.prep.pixel_aspect) {
+                    (true, _) => " --fpi".to_string(),
+                    (false, Some(a)) => format!(" --pixel-aspect {a}"),
+                    (false, None) => String::new(),
+                };
                 match crate::info::write_whole(&moved_csv, text.as_bytes()) {
                     Ok(()) => notes.push(format!(
                         "the rows of the products whose image changed are in {}: \
-                         `vitrine import {} --db {} --refresh --present-only` re-embeds them \
-                         from their new images",
+                         `vitrine import {} --db {} --refresh --present-only{aspect}` re-embeds \
+                         them from their new images",
                         moved_csv.display(),
                         crate::shell_word(&moved_csv.display().to_string()),
                         crate::shell_word(&args.db.display().to_string()),
