@@ -1041,6 +1041,26 @@ fn query_command_prints_results_and_positioned_errors() {
     }
     let out = vitrine(&["query", "--db", db, "--json", &format!("similar {seed} 3")]);
     assert_eq!(text(&out.stdout).lines().count(), 3);
+    // A new profile setting only a concept weighs every group equally (a
+    // preference for red does not stop "more like this" looking alike);
+    // one naming a group weighs only that.
+    let out = vitrine(&["query", "--db", db, "profile set redfan colour.red=1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    {
+        let db = vitrine::Db::open(db).unwrap();
+        let p = db.profile("redfan").unwrap().unwrap();
+        assert_eq!(p.affinities.get("colour.red"), Some(&1.0), "{p:?}");
+        let w: Vec<f32> = p.weights.values().copied().collect();
+        assert!(
+            w.len() > 1 && w.iter().all(|x| (x - w[0]).abs() < 1e-6 && *x > 0.0),
+            "{p:?}"
+        );
+        let p = db.profile("4711").unwrap().unwrap();
+        assert!(
+            p.weights.iter().all(|(g, w)| (*w > 0.0) == (g == "colour")),
+            "{p:?}"
+        );
+    }
     // A quote is a character of a user id, given as its own argument, also
     // before a where clause.
     let out = vitrine(&["query", "--db", db, "feedback", "an\"na", seed, "like"]);

@@ -55,7 +55,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("similar", "similar <id> [user] [k] [where <filter>]   more like this (filter as in queries), weighted by the user's profile when given; a number is k unless a profile has that name (user=NAME, k=N say which)"),
     ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
     ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
-    ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>|<group.concept>=<a>... | profile reset <user>   (set edits what was set by hand, equal weights if nothing was: a new profile weighs only the groups set, and feedback learns from there; reset forgets the feedback and what was set, and gives equal weights)"),
+    ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>|<group.concept>=<a>... | profile reset <user>   (set edits what was set by hand, equal weights if nothing was: a new profile weighs only the groups set, or every group equally when only concepts are, and feedback learns from there; reset forgets the feedback and what was set, and gives equal weights)"),
     ("tag", "tag define <name> <id>... [not <id>...] [logistic] (an id spelt like one of these words goes in quotes: \"not\"; from a shell, as one argument: vitrine query 'tag define t a \"not\"') | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
     ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
@@ -705,11 +705,17 @@ impl Session {
             }
             ["set", user, pairs @ ..] if !pairs.is_empty() => {
                 // Edits what was set by hand: equal weights when nothing was
-                // (a new profile weighs only the groups named); the feedback
+                // (a new profile weighs only the groups named, or every group
+                // equally when only concepts are: a preference for red does
+                // not stop "more like this" looking like this); the feedback
                 // is then learned again from it.
+                let names_a_group = pairs.iter().any(|p| {
+                    p.split_once('=')
+                        .is_some_and(|(g, _)| !g.contains('.'))
+                });
                 let mut p = match self.db.profile_prior(user)? {
                     Some(p) => p,
-                    None if self.db.profile(user)?.is_some() => {
+                    None if !names_a_group || self.db.profile(user)?.is_some() => {
                         Profile::uniform(&self.db.concept_layout()?)
                     }
                     None => Profile {
