@@ -316,6 +316,8 @@ pub struct Search<'a> {
     ef: Option<usize>,
     plan: PlanHint,
     offset: usize,
+    /// Copy each hit's vector, read with it ([`SearchResults::vectors`]).
+    with_vectors: bool,
 }
 
 impl<'a> Search<'a> {
@@ -329,7 +331,14 @@ impl<'a> Search<'a> {
             ef: None,
             plan: PlanHint::Auto,
             offset: 0,
+            with_vectors: false,
         }
+    }
+    /// Each hit's vector too, as the search scored it (what is read after
+    /// the search could be a newer one).
+    pub(crate) fn with_vectors(mut self) -> Self {
+        self.with_vectors = true;
+        self
     }
     /// Search this vector space instead of the default one
     /// ([`DEFAULT_SPACE`], or the first declared space when there is none
@@ -376,6 +385,8 @@ pub struct SearchResults {
     pub hits: Vec<Hit>,
     /// The plan the index used.
     pub plan: Plan,
+    /// Per hit, its vector, for a search made [`Search::with_vectors`].
+    pub(crate) vectors: Vec<Vec<f32>>,
 }
 
 /// What happened while opening: indexes rebuilt and records found damaged.
@@ -1986,23 +1997,30 @@ impl Db {
             plan: s.plan,
         };
         let out = index.search(&query, &opts, allow.as_deref())?;
-        let hits = out
+        let (hits, vectors) = out
             .hits
             .into_iter()
             .filter(|h| except.binary_search(&h.doc).is_err())
             .filter_map(|h| {
-                cat.by_doc.get(&h.doc).map(|e| Hit {
+                let e = cat.by_doc.get(&h.doc)?;
+                let hit = Hit {
                     id: e.id.clone(),
                     score: h.score,
                     attributes: Attributes::clone(&e.attrs),
-                })
+                };
+                let v = match s.with_vectors {
+                    true => index.get(h.doc).map(<[f32]>::to_vec).unwrap_or_default(),
+                    false => Vec::new(),
+                };
+                Some((hit, v))
             })
             .skip(s.offset)
             .take(s.k)
-            .collect();
+            .unzip::<_, _, Vec<Hit>, Vec<Vec<f32>>>();
         Ok(SearchResults {
             hits,
             plan: out.plan,
+            vectors: if s.with_vectors { vectors } else { Vec::new() },
         })
     }
 

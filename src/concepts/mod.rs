@@ -2014,7 +2014,7 @@ impl Db {
         if let Some(id) = exclude {
             f = f.exclude(id);
         }
-        Ok(self.concept_search(&vocab, &q, k, &f, None)?)
+        Ok(self.concept_search(&vocab, &q, k, &f, None)?.hits)
     }
 }
 
@@ -2168,7 +2168,7 @@ impl Db {
         k: usize,
         filter: &Filter,
         plan: Option<crate::PlanHint>,
-    ) -> Result<Vec<crate::Hit>> {
+    ) -> Result<crate::SearchResults> {
         use crate::Search;
         let plan = plan
             .unwrap_or_else(|| concept_plan(vocab.layout(), q, self.len(), self.concept_exact_max));
@@ -2177,8 +2177,9 @@ impl Db {
             .filter(filter)
             .plan(plan)
             // 4096 is the index's largest ef; it searches max(k, ef) anyway.
-            .ef(k.saturating_mul(16).clamp(256, 4096));
-        Ok(self.search(&s)?.hits)
+            .ef(k.saturating_mul(16).clamp(256, 4096))
+            .with_vectors();
+        self.search(&s)
     }
 }
 
@@ -2333,6 +2334,75 @@ mod interleavings {
         db.adopt_model(&other).unwrap();
         assert_eq!(db.concept_layout().unwrap(), new);
         assert!(!notes.contains(PRUNE_PENDING).unwrap());
+    }
+
+    /// A concept query's contributions are those of the vector its search
+    /// scored, not of one stored meanwhile: they add up to each hit's
+    /// score while the products are written over in another thread.
+    #[test]
+    fn contributions_add_up_while_products_are_written_over() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let Ok(model) = Model::bundled() else {
+            eprintln!("SKIP: the bundled model is absent");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder()
+            .model_spaces(&model)
+            .durability(crate::Durability::Periodic {
+                interval: std::time::Duration::from_millis(100),
+            })
+            .open(dir.path())
+            .unwrap();
+        db.check_model(&model).unwrap();
+        let dims: Vec<(String, usize)> = db.spaces().into_iter().map(|s| (s.name, s.dim)).collect();
+        let put = |id: &str, seed: usize| {
+            let vectors = dims.iter().map(|(name, dim)| {
+                let v: Vec<f32> = (0..*dim)
+                    .map(|i| ((i * 7 + seed * 13) % 11) as f32 / 11.0 + 0.05)
+                    .collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                (
+                    name.as_str(),
+                    v.into_iter().map(|x| x / n).collect::<Vec<_>>(),
+                )
+            });
+            let a = crate::Attributes::new().set(crate::ATTR_MODEL, model.fingerprint());
+            db.upsert(id, a, vectors).unwrap();
+        };
+        for i in 0..30 {
+            put(&format!("p{i}"), i);
+        }
+        let stop = AtomicBool::new(false);
+        let (mut checked, mut off) = (0, Vec::new());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    put(&format!("p{}", 1 + n % 29), n * 5 + 1);
+                    n += 1;
+                }
+            });
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(3) {
+                let r = db.query("find like p0 limit 29").unwrap();
+                for h in &r.hits {
+                    let sum: f32 = h.contributions.iter().map(|c| c.value).sum();
+                    checked += 1;
+                    if (sum - h.score).abs() > 1e-4 {
+                        off.push((h.id.clone(), sum, h.score));
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(checked > 1_000, "{checked}");
+        assert!(
+            off.is_empty(),
+            "{} of {checked}: {:?}",
+            off.len(),
+            &off[..off.len().min(5)]
+        );
     }
 
     /// A like of a product deleted while the feedback waited for the

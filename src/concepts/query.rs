@@ -5,7 +5,7 @@ use std::ops::Bound;
 use serde::Serialize;
 
 use super::{concept_key, profile_query, ConceptError, Profile, Vocabulary};
-use crate::{infer_image, Attributes, Db, Error, Filter, Model, CONCEPT_SPACE};
+use crate::{infer_image, Attributes, Db, Error, Filter, Model};
 
 /// Results per query by default.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -1548,13 +1548,15 @@ impl Db {
             Some(_) => (limit * 5).clamp(50, 2_000).max(limit),
             None => limit,
         };
-        let hits = self.concept_search(vocab, &qv, pool, &filter, None)?;
+        // Each hit's vector as the search scored it: one read after, of
+        // a product stored again meanwhile, would not add up to its score.
+        let found = self.concept_search(vocab, &qv, pool, &filter, None)?;
         if let (Some((LikeTarget::Image(_), _)), Some(model)) = (&q.like, model) {
             self.check_model_unchanged(model)
                 .map_err(|e| ConceptError::Ingest(Box::new(e)))?;
         }
-        let mut out = Vec::with_capacity(hits.len());
-        let mut visual = Vec::with_capacity(hits.len());
+        let mut out = Vec::with_capacity(found.hits.len());
+        let mut visual = Vec::with_capacity(found.hits.len());
         let vis = vocab
             .layout()
             .group("visual")
@@ -1566,17 +1568,12 @@ impl Db {
                 allowed: "min_score is a finite number".into(),
             });
         }
-        for h in hits {
+        for (h, z) in found.hits.into_iter().zip(found.vectors) {
             // Below min_score: dropped before its contributions are worked
             // out (the hits come best first, so this keeps a prefix).
             if q.min_score.is_some_and(|min| h.score < min) {
                 continue;
             }
-            // Read after the search released the catalog: a product deleted
-            // meanwhile is dropped, not shown with contributions of 0.
-            let Some(z) = self.vector(CONCEPT_SPACE, &h.id)? else {
-                continue;
-            };
             let contributions = parts
                 .iter()
                 .map(|(term, v)| Contribution {
