@@ -2262,6 +2262,16 @@ fn like_image_finds_the_photo_and_a_missing_file_is_a_user_error() {
                 .unwrap_err();
         assert!(e.is_user_error(), "{path}: {e}");
     }
+    // A file that does not decode is named in the error.
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.jpg");
+    let bytes = std::fs::read(&x.path).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e =
+        s.db.query_with_model(&model, &format!("like image \"{}\"", cut.display()))
+            .unwrap_err();
+    assert!(e.is_user_error(), "{e}");
+    assert!(e.to_string().contains(&*cut.to_string_lossy()), "{e}");
 }
 
 /// `offset` pages a query: the second page of 5 is the 6th to 10th of a

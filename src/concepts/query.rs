@@ -1463,8 +1463,17 @@ impl Db {
                                 source,
                             }))
                         })?;
-                    let out = infer_image(model, &prep, &bytes)
-                        .map_err(|e| ConceptError::Ingest(Box::new(e)))?;
+                    let out = infer_image(model, &prep, &bytes).map_err(|e| {
+                        // A log of many queries says which file.
+                        let e = match e {
+                            crate::IngestError::Image(source) => crate::IngestError::ImageFile {
+                                path: path.into(),
+                                source,
+                            },
+                            e => e,
+                        };
+                        ConceptError::Ingest(Box::new(e))
+                    })?;
                     (model.concept_vector(&out), format!("like image {path}"))
                 }
             };

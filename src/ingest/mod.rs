@@ -61,6 +61,16 @@ pub enum IngestError {
     /// The image could not be decoded or prepared.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The image file could not be decoded or prepared (where the error
+    /// would not otherwise say which file: a query's `like image`).
+    #[error("{}: {source}", path.display())]
+    ImageFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ImageError,
+    },
     /// The model could not be loaded or run.
     #[error(transparent)]
     Model(#[from] ModelError),
