@@ -909,21 +909,6 @@ fn query_command_prints_results_and_positioned_errors() {
         similar.iter().all(|h| h["category"] == category),
         "{similar:?}"
     );
-    // A query given as several words, a value the shell took the quotes
-    // off among them, means what it means in one argument.
-    for value in [category, "Two Words"] {
-        let whole = format!("+colour.black where category = \"{value}\" limit 4");
-        let out = vitrine(&["query", "--db", db, "--json", &whole]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let mut words = vec!["query", "--db", db, "--json", "+colour.black", "where"];
-        words.extend(["category", "=", value, "limit", "4"]);
-        let split = vitrine(&words);
-        assert!(split.status.success(), "{value}: {}", text(&split.stderr));
-        assert_eq!(text(&split.stdout), text(&out.stdout), "{value}");
-        words.insert(4, "find");
-        let split = vitrine(&words);
-        assert_eq!(text(&split.stdout), text(&out.stdout), "{value}");
-    }
     // Flags after the query still mean themselves.
     for db_flag in [vec!["--db", db], vec![&*format!("--db={db}")]] {
         let mut args = vec!["query", &line];

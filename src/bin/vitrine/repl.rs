@@ -1346,7 +1346,7 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
         .query
         .first()
         .is_some_and(|a| !a.contains(char::is_whitespace));
-    let line = if args.query.len() > 1 && command_word {
+    let line = if known && args.query.len() > 1 && command_word {
         // A command's arguments the shell kept whole (`product get "look
         // 1"`) stay whole. (A query is text of its own, quoted as written,
         // and so is a command passed as one argument.)
@@ -1354,11 +1354,8 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
         // is a character of its value (`size=32"`, a product id `12"`);
         // so do similar's, up to its where clause (query text, where `"`
         // delimits strings).
-        // A query given as several words is rejoined the same way: a value
-        // the shell unquoted (`where category = "Casual Shoes"`) is quoted
-        // again.
-        let plain = known && is(first, &["product", "outfit", "feedback", "tag", "profile"]);
-        let similar = known && is(first, &["similar"]);
+        let plain = is(first, &["product", "outfit", "feedback", "tag", "profile"]);
+        let similar = is(first, &["similar"]);
         let mut in_clause = false;
         let mut words = Vec::with_capacity(args.query.len());
         for a in &args.query {
@@ -1383,10 +1380,7 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
             });
         }
         words.join(" ")
-    } else {
-        line.clone()
-    };
-    let line = if known || is(first, &["find"]) {
+    } else if known || is(first, &["find"]) {
         line
     } else {
         format!("find {line}")
