@@ -2336,6 +2336,24 @@ mod interleavings {
         assert!(!notes.contains(PRUNE_PENDING).unwrap());
     }
 
+    /// Stores `id` as a product of `model` with unit vectors in every space
+    /// (made from `seed`).
+    fn put_product(db: &Db, model: &Model, id: &str, seed: usize) {
+        let spaces = db.spaces();
+        let vectors = spaces.iter().map(|s| {
+            let v: Vec<f32> = (0..s.dim)
+                .map(|i| ((i * 7 + seed * 13) % 11) as f32 / 11.0 + 0.05)
+                .collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            (
+                s.name.as_str(),
+                v.into_iter().map(|x| x / n).collect::<Vec<_>>(),
+            )
+        });
+        let a = crate::Attributes::new().set(crate::ATTR_MODEL, model.fingerprint());
+        db.upsert(id, a, vectors).unwrap();
+    }
+
     /// A concept query's contributions are those of the vector its search
     /// scored, not of one stored meanwhile: they add up to each hit's
     /// score while the products are written over in another thread.
@@ -2355,21 +2373,7 @@ mod interleavings {
             .open(dir.path())
             .unwrap();
         db.check_model(&model).unwrap();
-        let dims: Vec<(String, usize)> = db.spaces().into_iter().map(|s| (s.name, s.dim)).collect();
-        let put = |id: &str, seed: usize| {
-            let vectors = dims.iter().map(|(name, dim)| {
-                let v: Vec<f32> = (0..*dim)
-                    .map(|i| ((i * 7 + seed * 13) % 11) as f32 / 11.0 + 0.05)
-                    .collect();
-                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                (
-                    name.as_str(),
-                    v.into_iter().map(|x| x / n).collect::<Vec<_>>(),
-                )
-            });
-            let a = crate::Attributes::new().set(crate::ATTR_MODEL, model.fingerprint());
-            db.upsert(id, a, vectors).unwrap();
-        };
+        let put = |id: &str, seed: usize| put_product(&db, &model, id, seed);
         for i in 0..30 {
             put(&format!("p{i}"), i);
         }
@@ -2418,21 +2422,7 @@ mod interleavings {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::builder().model_spaces(&model).open(dir.path()).unwrap();
         db.check_model(&model).unwrap();
-        let dims: Vec<(String, usize)> = db.spaces().into_iter().map(|s| (s.name, s.dim)).collect();
-        let put = |id: &str, seed: usize| {
-            let vectors = dims.iter().map(|(name, dim)| {
-                let v: Vec<f32> = (0..*dim)
-                    .map(|i| ((i * 7 + seed * 13) % 11) as f32 / 11.0 + 0.05)
-                    .collect();
-                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                (
-                    name.as_str(),
-                    v.into_iter().map(|x| x / n).collect::<Vec<_>>(),
-                )
-            });
-            let a = crate::Attributes::new().set(crate::ATTR_MODEL, model.fingerprint());
-            db.upsert(id, a, vectors).unwrap();
-        };
+        let put = |id: &str, seed: usize| put_product(&db, &model, id, seed);
         for i in 0..4 {
             put(&format!("other{i}"), i + 10);
         }
