@@ -81,7 +81,7 @@ pub use model::{
 pub use outfits::{
     CompleteMethod, CoverOptions, CoverPlan, ExpandOptions, Expansion, Outfit, OutfitEngine,
     OutfitError, OutfitImport, OutfitResult, OutfitRules, OutfitSettings, OutfitSlot, PairRule,
-    Relation, RelationKind, RuleKind, ScoredCandidate, Substitute, Substitution,
+    Relation, RelationKind, RuleKind, ScoredCandidate, SkippedTemplate, Substitute, Substitution,
     MAX_CATALOG_COLOURS, MAX_EXPANSIONS, MAX_OUTFIT_ID_LEN, MAX_OUTFIT_SLOTS,
 };
 pub use precompute::{

@@ -2606,9 +2606,28 @@ fn outfit_import_can_leave_out_outfits_of_unknown_products() {
     assert_eq!(v["imported"], 1);
     assert_eq!(v["left_out"][0]["outfit"], "b");
     assert_eq!(v["left_out"][0]["unknown_product"], "gone");
+    {
+        let db = vitrine::Db::open(&db_dir).unwrap();
+        assert_eq!(db.outfit("a").unwrap().unwrap().products(), ["p1", "p2"]);
+        assert!(db.outfit("b").unwrap().is_none());
+        // An outfit left out that was stored before keeps that version:
+        // said, with how to remove it.
+        db.store_outfit("b", &["p2"]).unwrap();
+    }
+    let out = vitrine(&["outfit", "--db", d, "import", c, "--skip-unknown"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("1 of them were stored before and keep their earlier version")
+            && err.contains("outfit b")
+            && err.contains("outfit delete"),
+        "{err}"
+    );
+    let out = vitrine(&["outfit", "--db", d, "--json", "import", c, "--skip-unknown"]);
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["kept_earlier"][0], "b");
     let db = vitrine::Db::open(&db_dir).unwrap();
-    assert_eq!(db.outfit("a").unwrap().unwrap().products(), ["p1", "p2"]);
-    assert!(db.outfit("b").unwrap().is_none());
+    assert_eq!(db.outfit("b").unwrap().unwrap().products(), ["p2"]);
 }
 
 /// Catalog values reach the terminal without their control characters: an

@@ -254,7 +254,9 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
     assert_eq!(db.outfit_count().unwrap(), n);
     // Imported leaving out the outfits that name unknown products: the
     // others are stored, and each left out is named with its first unknown
-    // product. Other errors still fail it whole.
+    // product. Other errors still fail it whole. One stored before keeps
+    // its earlier version, and is named as such.
+    db.store_outfit("x3", &[&ps[1]]).unwrap();
     std::fs::write(
         &csv,
         format!(
@@ -276,8 +278,11 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
         db.outfit("x1").unwrap().unwrap().products(),
         [&ps[0], &ps[1]]
     );
+    assert_eq!(done.kept_earlier, ["x3"]);
     assert!(db.outfit("x2").unwrap().is_none());
+    assert_eq!(db.outfit("x3").unwrap().unwrap().products(), [&ps[1]]);
     assert!(db.delete_outfit("x1").unwrap());
+    assert!(db.delete_outfit("x3").unwrap());
     std::fs::write(
         &csv,
         format!("outfit,product\nx1,{}\nx1,{}\nx2,missing\n", ps[0], ps[0]),
@@ -946,6 +951,14 @@ fn cover_and_complete() {
     ));
 }
 
+/// The templates a cover plan skipped, with the product that stopped each.
+fn skipped(plan: &vitrine::CoverPlan) -> Vec<(String, String)> {
+    plan.skipped
+        .iter()
+        .map(|s| (s.outfit.clone(), s.product.clone()))
+        .collect()
+}
+
 /// A small separate database (12 products) for the reopen and kill tests.
 fn small_db(dir: &Path) -> Option<(Subset, std::sync::Arc<Model>)> {
     if !have_mango() {
@@ -1161,15 +1174,24 @@ fn a_deleted_product_leaves_the_other_templates_plannable() {
     let (broken, gone) = (ids[0], &subset.outfits[ids[0]][0]);
     assert!(!subset.outfits[ids[1]].contains(gone));
     assert!(db.delete(gone).unwrap());
-    let plan = db
-        .cover(&ids, &CoverOptions::new().outfits_per_template(2))
-        .unwrap();
-    assert_eq!(plan.skipped, vec![(broken.clone(), gone.clone())]);
+    // An anchor slot of the other template that other products can take
+    // (in 12 products, its first slot's category holds only its own).
+    let options = (0..subset.outfits[ids[0]]
+        .len()
+        .min(subset.outfits[ids[1]].len()))
+        .map(|a| {
+            CoverOptions::new()
+                .outfits_per_template(2)
+                .expand(ExpandOptions::new().anchor_slot(a))
+        })
+        .find(|o| !db.cover(&ids[1..], o).unwrap().outfits.is_empty())
+        .expect("an anchor slot of the other template that can be replaced");
+    let plan = db.cover(&ids, &options).unwrap();
+    assert_eq!(skipped(&plan), vec![(broken.clone(), gone.clone())]);
     // The same plan as the other template's alone.
-    let alone = db
-        .cover(&ids[1..], &CoverOptions::new().outfits_per_template(2))
-        .unwrap();
+    let alone = db.cover(&ids[1..], &options).unwrap();
     assert!(alone.skipped.is_empty());
+    assert!(!plan.outfits.is_empty());
     assert_eq!(plan.outfits, alone.outfits);
     // An anchor slot past the broken template's last is the caller's
     // mistake, said as for any template, not hidden by the skip.
@@ -1266,10 +1288,24 @@ fn a_deleted_product_leaves_the_other_templates_plannable() {
         )
         .unwrap();
     assert_eq!(
-        plan.skipped,
+        skipped(&plan),
         vec![("no-category".to_string(), "late".to_string())]
     );
     assert!(plan.outfits.is_empty());
+    match db.expand("no-category", 2, &ExpandOptions::new()) {
+        Err(
+            e @ OutfitError::UnfillableSlot {
+                slot: 0,
+                anchor: true,
+                category: None,
+                ..
+            },
+        ) => {
+            assert_eq!(plan.skipped[0].reason, e.to_string());
+            assert!(e.to_string().contains("has no category"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(db.delete_outfit("no-category").unwrap());
     assert!(db.delete("late").unwrap());
 
@@ -1284,7 +1320,7 @@ fn a_deleted_product_leaves_the_other_templates_plannable() {
         .cover(&ids[..2], &CoverOptions::new().outfits_per_template(2))
         .unwrap();
     assert_eq!(plan.skipped.len(), 2, "{:?}", plan.skipped);
-    assert!(plan.skipped.contains(&(other.clone(), plain.clone())));
+    assert!(skipped(&plan).contains(&(other.clone(), plain.clone())));
     assert!(matches!(
         db.substitute(other, 3),
         Err(OutfitError::NotAnImageProduct(p)) if &p == plain
@@ -1872,4 +1908,142 @@ fn rules_do_not_depend_on_the_order_products_were_stored_in() {
     assert_eq!(relearned.categories, learned.categories);
     assert_eq!(relearned.top(100, 1), learned.top(100, 1));
     assert_eq!(relearned, learned);
+}
+
+/// Products with byte-identical images (35 groups in Mango) score the same
+/// everywhere. Which comes first is decided by product id, so two
+/// databases that stored the same products in other orders substitute,
+/// expand and cover alike.
+#[test]
+fn ties_are_broken_by_product_id_not_by_storage_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((subset, model)) = small_db(dir.path()) else {
+        return;
+    };
+    let source = open_with_outfits(dir.path(), &model, &subset);
+    let template = subset.outfits.keys().next().unwrap();
+    let items = &subset.outfits[template];
+    let twins: Vec<String> = ["b", "a", "c"]
+        .iter()
+        .flat_map(|t| [format!("twin-{t}-0"), format!("twin-{t}-1")])
+        .collect();
+    let plan = |twins: Vec<&String>| {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::builder().open_with_model(d.path(), &model).unwrap();
+        let mut order = source.ids();
+        order.extend(twins.iter().map(|t| t.to_string()));
+        for id in order {
+            // A twin is a copy of the template's first or second item.
+            let of = id
+                .strip_prefix("twin-")
+                .map_or(id.as_str(), |t| &items[usize::from(t.ends_with('1'))]);
+            let p = source.get(of).unwrap().unwrap();
+            db.upsert(&id, p.attributes, p.vectors).unwrap();
+        }
+        for (id, ps) in &subset.outfits {
+            db.store_outfit(id, ps).unwrap();
+        }
+        db.set_in_stock(&items[0], false).unwrap();
+        let subs = db.substitute(template, 4).unwrap();
+        let expanded = db.expand(template, 3, &ExpandOptions::new()).unwrap();
+        let ids: Vec<&String> = subset.outfits.keys().collect();
+        let covered = db
+            .cover(&ids, &CoverOptions::new().outfits_per_template(3))
+            .unwrap();
+        (subs, expanded, covered.outfits)
+    };
+    let forward = plan(twins.iter().collect());
+    let backward = plan(twins.iter().rev().collect());
+    // The sold-out item's twins look exactly like it: the first comes
+    // first, by id.
+    let first = forward.0.iter().find(|s| s.slot == 0).unwrap();
+    assert_eq!(first.candidates[0].product, "twin-a-0", "{first:?}");
+    assert_eq!(first.candidates[1].product, "twin-b-0", "{first:?}");
+    assert_eq!(forward.0, backward.0);
+    assert_eq!(forward.1, backward.1);
+    assert_eq!(forward.2, backward.2);
+}
+
+/// A sold-out product whose category was cleared since is replaced from
+/// the category its slot stored, as a deleted product is: before, it had
+/// no candidates, which read as nothing of its kind being in stock.
+#[test]
+fn a_product_whose_category_was_cleared_is_replaced_from_its_slots_category() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((subset, model)) = small_db(dir.path()) else {
+        return;
+    };
+    let db = open_with_outfits(dir.path(), &model, &subset);
+    let template = subset.outfits.keys().next().unwrap();
+    let item = &subset.outfits[template][0];
+    let stored = db.outfit(template).unwrap().unwrap().slots[0]
+        .category
+        .clone();
+    assert!(stored.is_some());
+    let p = db.get(item).unwrap().unwrap();
+    let mut attributes = p.attributes;
+    attributes.category = None;
+    attributes.in_stock = false;
+    db.upsert(item, attributes, p.vectors).unwrap();
+    let subs = db.substitute(template, 5).unwrap();
+    let s = subs.iter().find(|s| s.slot == 0).unwrap();
+    assert_eq!(s.category, stored);
+    assert!(!s.candidates.is_empty(), "{s:?}");
+    for c in &s.candidates {
+        let a = db.get(&c.product).unwrap().unwrap().attributes;
+        assert_eq!(a.category, stored, "{}", c.product);
+        assert!(a.in_stock);
+    }
+}
+
+/// A template one of whose categories is sold out makes no outfit: expand
+/// says which slot and category, and cover lists the template as skipped
+/// with that reason. Before, both made no outfit and said nothing.
+#[test]
+fn a_sold_out_category_names_the_slot_it_leaves_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((subset, model)) = small_db(dir.path()) else {
+        return;
+    };
+    let db = open_with_outfits(dir.path(), &model, &subset);
+    let ids: Vec<&String> = subset.outfits.keys().collect();
+    let template = ids[0];
+    let o = db.outfit(template).unwrap().unwrap();
+    let category = o.slots[1].category.clone().unwrap();
+    let mut sold = 0;
+    for id in db.ids() {
+        if db.get(&id).unwrap().unwrap().attributes.category.as_deref() == Some(&category) {
+            db.set_in_stock(&id, false).unwrap();
+            sold += 1;
+        }
+    }
+    assert!(sold > 0);
+    let e = db.expand(template, 3, &ExpandOptions::new()).unwrap_err();
+    match &e {
+        OutfitError::UnfillableSlot {
+            outfit,
+            slot,
+            product,
+            category: c,
+            anchor: false,
+        } => {
+            assert_eq!((outfit, *slot), (template, 1));
+            assert_eq!(product, &o.slots[1].product);
+            assert_eq!(c.as_deref(), Some(category.as_str()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.is_user_error());
+    assert!(e.to_string().contains(&category), "{e}");
+    let plan = db
+        .cover(&ids, &CoverOptions::new().outfits_per_template(2))
+        .unwrap();
+    let left_out: Vec<_> = plan
+        .skipped
+        .iter()
+        .filter(|s| &s.outfit == template)
+        .collect();
+    assert_eq!(left_out.len(), 1, "{:?}", plan.skipped);
+    assert_eq!(left_out[0].reason, e.to_string());
+    assert!(plan.outfits.iter().all(|x| &x.template != template));
 }

@@ -127,6 +127,12 @@ pub const HAND_SET_PRIOR_LIKES: f32 = 8.0;
 const MIN_LIFT: f32 = 0.25;
 /// Affinities kept per profile.
 const MAX_AFFINITIES: usize = 8;
+/// The least room `1 − B` a group's excess is measured in. A group on
+/// which nearly the whole catalog agrees (gender, in a catalog of one)
+/// has little room, and a few likes that all missed its rare outliers
+/// fill it by chance: divided by the room itself, that chance read as
+/// the strongest preference there is.
+const MIN_ROOM: f32 = 0.25;
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -263,8 +269,8 @@ pub(crate) fn starting_point(layout: &ConceptLayout, hand_set: Option<&ProfilePr
 /// products' `g` blocks; agreement `A_g` is their mean cosine to it; the
 /// contrast `B_g` is the same for the skipped products, blended with the
 /// catalog's mean (as [`PRIOR_LIKES`] pseudo-skips). The excess
-/// `E_g = max(0, A_g − B_g) / (1 − B_g)` says how much more the likes agree
-/// in `g` than chance would; weights are `E` normalised, shrunk towards
+/// `E_g = max(0, A_g − B_g) / max(1 − B_g, MIN_ROOM)` says how much more
+/// the likes agree in `g` than chance would (see [`MIN_ROOM`]); weights are `E` normalised, shrunk towards
 /// the prior: equal weights worth [`PRIOR_LIKES`] likes, or the weights set
 /// by hand (normalised) worth [`HAND_SET_PRIOR_LIKES`]. Affinities are
 /// concepts whose mean over the likes exceeds the contrast's by
@@ -390,13 +396,14 @@ pub(crate) fn learn_profile(
         } else {
             skips.iter().map(|z| dot(&z[r.clone()], &c)).sum::<f32>() / ns
         };
-        // A group where every product agrees (one tag, or a catalog of one
-        // gender) has a contrast of 1 and tells products apart not at all:
-        // its excess is 0, not the most a group can have.
+        // A group where (nearly) every product agrees (one tag, or a
+        // catalog of one gender) has a contrast near 1 and tells products
+        // apart hardly at all: its excess is small, not the most a group
+        // can have.
         let contrast = blend(skip_mean, dot(&catalog[r.clone()], &c)).max(-1.0);
         excess.insert(
             g.name.clone(),
-            (agree - contrast).max(0.0) / (1.0 - contrast).max(1e-3),
+            (agree - contrast).max(0.0) / (1.0 - contrast).max(MIN_ROOM),
         );
     }
     let total: f32 = excess.values().sum();
@@ -536,6 +543,90 @@ fn catalog_mean(db: &Db, dim: usize) -> Result<Vec<f32>, ConceptError> {
 mod tests {
     use super::*;
     use crate::{Attributes, Metric};
+
+    /// A catalog of one gender (3 % of it read as another), and customers
+    /// who like 8 products at random: `gender` tells them apart from
+    /// nothing, so it must not come out as what they care about. (Its
+    /// contrast is near 1: the likes' agreement, 1 where no outlier was
+    /// drawn, over `1 − B` ≈ 0.03 made its excess the largest possible.) A
+    /// customer who likes one colour still learns colour.
+    #[test]
+    fn random_likes_in_a_catalog_of_one_gender_do_not_make_gender_matter() {
+        use rand::{Rng, SeedableRng};
+        let Ok(model) = crate::Model::bundled() else {
+            eprintln!("SKIP: the bundled model is absent");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder().model_spaces(&model).open(dir.path()).unwrap();
+        db.check_model(&model).unwrap();
+        let layout = crate::ConceptLayout::from_model(&model);
+        let group = |name: &str| layout.groups.iter().find(|g| g.name == name).unwrap();
+        let (gender, colour) = (group("gender"), group("colour"));
+        let men = gender.concepts.iter().position(|c| c == "men").unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut colours = Vec::new();
+        for i in 0..600 {
+            let mut z = vec![0.0f32; layout.dim];
+            let mut picked = 0;
+            for g in &layout.groups {
+                let block = &mut z[g.start..g.start + g.len];
+                block.iter_mut().for_each(|x| *x = rng.gen_range(0.0..0.1));
+                let k = if g.name == "gender" {
+                    if rng.gen_bool(0.03) {
+                        (men + 1) % g.len
+                    } else {
+                        men
+                    }
+                } else {
+                    rng.gen_range(0..g.len)
+                };
+                if g.name == "colour" {
+                    picked = k;
+                }
+                block[k] += rng.gen_range(0.6..1.0);
+                let n = block.iter().map(|x| x * x).sum::<f32>().sqrt();
+                block.iter_mut().for_each(|x| *x /= n);
+            }
+            colours.push(picked);
+            let a = crate::Attributes::new().set(crate::ATTR_MODEL, model.fingerprint());
+            db.upsert(&format!("p{i}"), a, [(CONCEPT_SPACE, z)])
+                .unwrap();
+        }
+        let uniform = 1.0 / layout.groups.len() as f32;
+        let (mut sum, mut top) = (0.0, 0);
+        for user in 0..20 {
+            let mut p = None;
+            for _ in 0..8 {
+                let id = format!("p{}", rng.gen_range(0..600));
+                p = Some(
+                    db.feedback(&format!("u{user}"), &id, Feedback::Like)
+                        .unwrap(),
+                );
+            }
+            let p = p.unwrap();
+            sum += p.weights["gender"];
+            top += usize::from(p.top_group().unwrap().0 == "gender");
+        }
+        let mean = sum / 20.0;
+        eprintln!("gender: mean weight {mean:.3} (uniform {uniform:.3}), top for {top} of 20");
+        assert!(
+            mean <= uniform && top <= 2,
+            "gender: mean weight {mean:.3} (uniform {uniform:.3}), top for {top} of 20"
+        );
+        let red = colours[0];
+        for (i, _) in colours
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c == red)
+            .take(8)
+        {
+            db.feedback("red", &format!("p{i}"), Feedback::Like)
+                .unwrap();
+        }
+        let p = db.profile("red").unwrap().unwrap();
+        assert_eq!(p.top_group().unwrap().0, colour.name, "{:?}", p.weights);
+    }
 
     /// A season's turnover keeps the catalog's size: the cached mean is
     /// taken again all the same (it was kept while the size held).

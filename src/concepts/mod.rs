@@ -485,6 +485,16 @@ pub enum ConceptError {
         /// The tag.
         name: String,
     },
+    /// A tag without counter-examples whose examples are every product the
+    /// catalog is sampled from: nothing is left to tell them from.
+    #[error(
+        "the examples of tag '{name}' are the whole catalog, and it has no counter-examples: \
+         give counter-examples, or define it once the catalog holds other products"
+    )]
+    NothingToContrast {
+        /// The tag.
+        name: String,
+    },
     /// A group name that is not in the layout.
     #[error("unknown concept group '{name}' (groups: {known})")]
     UnknownGroup {
@@ -1245,7 +1255,8 @@ impl Db {
 
     /// Defines (or redefines) the tag `user.<name>` from example products,
     /// learned with `method` over their concept vectors; stored with weight
-    /// [`USER_TAG_WEIGHT`]. Without negatives, the catalog is the contrast.
+    /// [`USER_TAG_WEIGHT`]. Without negatives, the catalog is the contrast
+    /// ([`ConceptError::NothingToContrast`] when the examples are all of it).
     /// An example given twice counts once; examples too many to store in
     /// one record (16 MiB of ids) are [`ConceptError::TagTooLarge`].
     pub fn define_tag(
@@ -1378,10 +1389,15 @@ impl Db {
                 .iter()
                 .filter(|(id, _)| !skip.contains(id.as_str()))
                 .map(|(_, v)| v.clone())
-                .collect()
+                .collect::<Vec<_>>()
         } else {
             neg
         };
+        // The examples' own mean would do as a direction, but it would say
+        // "a product", not what sets them apart.
+        if contrast.is_empty() {
+            return Err(ConceptError::NothingToContrast { name: name.into() });
+        }
         learn::learn_tag(&pos, &contrast, method, layout.dim)
             .ok_or_else(|| ConceptError::IndistinctExamples { name: name.into() })
     }
@@ -2352,6 +2368,37 @@ mod interleavings {
         });
         let a = crate::Attributes::new().set(crate::ATTR_MODEL, model.fingerprint());
         db.upsert(id, a, vectors).unwrap();
+    }
+
+    /// A tag whose examples are the whole catalog has nothing to be told
+    /// apart from: refused, not learned as the examples' mean (which would
+    /// rank "any product"). With one product besides them it is learned.
+    #[test]
+    fn a_tag_whose_examples_are_the_whole_catalog_is_refused() {
+        let Ok(model) = Model::bundled() else {
+            eprintln!("SKIP: the bundled model is absent");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder().model_spaces(&model).open(dir.path()).unwrap();
+        db.check_model(&model).unwrap();
+        for i in 0..3 {
+            put_product(&db, &model, &format!("p{i}"), i);
+        }
+        for method in [TagMethod::Centroid, TagMethod::Logistic] {
+            let e = db
+                .define_tag("all", &["p0", "p1", "p2"], &[], method)
+                .unwrap_err();
+            assert!(
+                matches!(e, ConceptError::NothingToContrast { ref name } if name == "all"),
+                "{e}"
+            );
+        }
+        assert!(db.user_tags().unwrap().is_empty());
+        db.define_tag("two", &["p0", "p1"], &[], TagMethod::Centroid)
+            .unwrap();
+        db.define_tag("all", &["p0", "p1"], &["p2"], TagMethod::Centroid)
+            .unwrap();
     }
 
     /// A concept query's contributions are those of the vector its search

@@ -506,6 +506,14 @@ impl Catalog {
         }
     }
 
+    /// The products of the category named `category` (none for `None`, or
+    /// a category no product has now).
+    pub fn members(&self, category: Option<&str>) -> &[usize] {
+        category
+            .and_then(|c| self.categories.binary_search_by(|x| x.as_str().cmp(c)).ok())
+            .map_or(&[], |c| &self.by_category[c])
+    }
+
     pub fn lookup(&self, id: &str) -> Option<usize> {
         self.index.get(id).copied()
     }

@@ -17,7 +17,7 @@ use crate::{Db, Error};
 pub use features::MAX_CATALOG_COLOURS;
 pub use ops::{
     CompleteMethod, CoverOptions, CoverPlan, ExpandOptions, Expansion, OutfitEngine, Relation,
-    RelationKind, ScoredCandidate, Substitute, Substitution,
+    RelationKind, ScoredCandidate, SkippedTemplate, Substitute, Substitution,
 };
 pub use rules::{OutfitRules, PairRule, RuleKind};
 
@@ -52,6 +52,11 @@ pub struct OutfitImport {
     /// Outfits left out, each with the first product it names that the
     /// database does not hold, in outfit id order.
     pub left_out: Vec<(String, String)>,
+    /// Those of the outfits left out that were stored before: their
+    /// earlier version stays as it was (the file's is not written), in
+    /// outfit id order. Delete them ([`Db::delete_outfit`]) where the
+    /// file's version was meant to replace them.
+    pub kept_earlier: Vec<String>,
 }
 
 /// Why an outfit operation failed. Nothing is written when one is returned.
@@ -127,6 +132,24 @@ pub enum OutfitError {
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A slot of a template that nothing can fill, so that no outfit can
+    /// be made from it ([`crate::OutfitEngine::expand`],
+    /// [`crate::OutfitEngine::cover`]): every product of its category is
+    /// out of stock (but for the template's own, for the anchor slot), or
+    /// it is the anchor and has no category.
+    #[error("slot {slot} of outfit '{outfit}' (product '{product}') cannot be filled: {}", unfillable_why(.category.as_deref(), *.anchor))]
+    UnfillableSlot {
+        /// The template.
+        outfit: String,
+        /// The slot, from 0.
+        slot: usize,
+        /// The template's product in that slot.
+        product: String,
+        /// That product's category.
+        category: Option<String>,
+        /// Whether it is the anchor slot.
+        anchor: bool,
+    },
     /// A CSV file is malformed.
     #[error("{path}:{line}: {reason}")]
     Csv {
@@ -152,6 +175,22 @@ pub enum OutfitError {
     /// An error from the database.
     #[error(transparent)]
     Db(#[from] Error),
+}
+
+fn unfillable_why(category: Option<&str>, anchor: bool) -> String {
+    match (category, anchor) {
+        (None, true) => "as the anchor it is replaced by another product of its category, and it \
+                         has no category (set its category, or choose another anchor slot)"
+            .into(),
+        (Some(c), true) => format!(
+            "as the anchor it is replaced by an in-stock product of category '{c}' not in the \
+             outfit, and there is none"
+        ),
+        (None, false) => {
+            "it has no category, so only it can fill the slot, and it is out of stock".into()
+        }
+        (Some(c), false) => format!("every product of category '{c}' is out of stock"),
+    }
 }
 
 impl OutfitError {
@@ -357,7 +396,8 @@ impl Db {
     /// database does not hold (a stylist's archive names products since
     /// removed, or never imported) is left out rather than failing the
     /// import; every other error still fails it. The result lists each
-    /// outfit left out with the first unknown product it names.
+    /// outfit left out with the first unknown product it names, and those
+    /// of them whose earlier stored version stays.
     pub fn import_outfits_csv_known(&self, path: impl AsRef<Path>) -> OutfitResult<OutfitImport> {
         self.import_outfits(path.as_ref(), true)
     }
@@ -440,18 +480,22 @@ impl Db {
             }
             groups.entry(o.to_string()).or_default().push(p.to_string());
         }
+        let ks = self.outfit_keyspace()?;
         let mut outfits = Vec::with_capacity(groups.len());
         let mut left_out = Vec::new();
+        let mut kept_earlier = Vec::new();
         for (id, products) in &groups {
             match self.validate_outfit(id, products) {
                 Ok(o) => outfits.push(o),
                 Err(OutfitError::UnknownProduct { outfit, product }) if skip_unknown => {
+                    if ks.contains(outfit.as_bytes())? {
+                        kept_earlier.push(outfit.clone());
+                    }
                     left_out.push((outfit, product));
                 }
                 Err(e) => return Err(e),
             }
         }
-        let ks = self.outfit_keyspace()?;
         let mut batch = ks.batch();
         for o in &outfits {
             batch.put(
@@ -470,6 +514,7 @@ impl Db {
         Ok(OutfitImport {
             imported: outfits.len(),
             left_out,
+            kept_earlier,
         })
     }
 

@@ -224,11 +224,24 @@ pub struct CoverPlan {
     pub baseline_fraction: f64,
     /// Milliseconds the planning took (without the baseline).
     pub elapsed_ms: u64,
-    /// Templates left out because a product they name is no longer in the
+    /// Templates left out: a product they name is no longer in the
     /// catalog (deleted since), has no model outputs (stored since without
     /// an image) or has the previous model's (a re-embedding has not
-    /// reached it), or their anchor has no category, with that product.
-    pub skipped: Vec<(String, String)>,
+    /// reached it), their anchor has no category, or nothing in stock can
+    /// fill one of their slots.
+    pub skipped: Vec<SkippedTemplate>,
+}
+
+/// A template that [`OutfitEngine::cover`] left out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SkippedTemplate {
+    /// The template's outfit id.
+    pub outfit: String,
+    /// The product that stopped it.
+    pub product: String,
+    /// Why: the error that expanding the template alone returns.
+    pub reason: String,
 }
 
 /// One candidate of a substitution.
@@ -750,7 +763,13 @@ impl OutfitEngine<'_> {
                 lookalike: raw[3][k],
             })
             .collect();
-        out.sort_by(|a, b| b.score.total_cmp(&a.score));
+        // Ties (byte-identical images) by product id: the same answer
+        // whatever order the products were stored or given in.
+        out.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.product.cmp(&b.product))
+        });
         Ok(out)
     }
 
@@ -761,7 +780,9 @@ impl OutfitEngine<'_> {
     /// were learned). An item deleted from the catalog since is substituted
     /// too, from the category its slot stored, ranked by the learned
     /// compatibility with the other items only (there is nothing left to
-    /// look alike).
+    /// look alike). One whose category was cleared since is substituted
+    /// from the category its slot stored. Exact ties (byte-identical
+    /// images) are broken by product id.
     ///
     /// A product is the first candidate of one slot at most (slots in
     /// order: a later slot's list leaves out the products ranked first for
@@ -800,8 +821,14 @@ impl OutfitEngine<'_> {
                 continue;
             }
             let (others, gs) = self.others_of(&present, slot);
+            // A product whose category was cleared since is replaced from
+            // the category the slot stored, as a deleted one is.
+            let category = match cat.category[orig] {
+                NO_CATEGORY => o.slots[slot].category.clone(),
+                c => cat.categories.get(c as usize).cloned(),
+            };
             let cands: Vec<usize> = cat
-                .same_category(orig)
+                .members(category.as_deref())
                 .iter()
                 .copied()
                 .filter(|&c| cat.in_stock[c] && !idx.contains(&c))
@@ -846,9 +873,12 @@ impl OutfitEngine<'_> {
                     (score, n, kept)
                 })
                 .collect();
-            // The best `wide`, best first, ties in candidate order; only
-            // they are described (a category can hold tens of thousands).
-            let best = top_first(scored, wide, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            // The best `wide`, best first, ties by product id; only they
+            // are described (a category can hold tens of thousands).
+            let best = top_first(scored, wide, |a, b| {
+                b.0.total_cmp(&a.0)
+                    .then_with(|| cat.ids[cands[a.1]].cmp(&cat.ids[cands[b.1]]))
+            });
             let subs: Vec<Substitute> = best
                 .into_iter()
                 .map(|(score, n, kept)| {
@@ -887,7 +917,7 @@ impl OutfitEngine<'_> {
                 original: o.slots[slot].product.clone(),
                 // The candidates' category, which may have changed since
                 // the outfit was stored.
-                category: cat.categories.get(cat.category[orig] as usize).cloned(),
+                category,
                 candidates: subs,
             });
         }
@@ -925,10 +955,7 @@ impl OutfitEngine<'_> {
     ) -> Substitution {
         let cat = &self.cat;
         let category = o.slots[slot].category.clone();
-        let members = category
-            .as_deref()
-            .and_then(|c| cat.categories.iter().position(|x| x == c))
-            .map_or(&[][..], |c| &cat.by_category[c]);
+        let members = cat.members(category.as_deref());
         let (others, gs) = self.others_of(present, slot);
         let mut subs: Vec<Substitute> = members
             .iter()
@@ -966,7 +993,11 @@ impl OutfitEngine<'_> {
                 }
             })
             .collect();
-        subs.sort_by(|a, b| b.score.total_cmp(&a.score));
+        subs.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.product.cmp(&b.product))
+        });
         subs.truncate(k);
         Substitution {
             slot,
@@ -988,8 +1019,11 @@ impl OutfitEngine<'_> {
     /// (MMR across the `n` outfits). Among the products that keep the most
     /// relations, those nearer the template item's colour rank higher
     /// ([`ExpandOptions::palette`]). No product repeats within an outfit.
-    /// Fewer than `n` come back when the stock runs out; an `n` above
-    /// [`MAX_EXPANSIONS`] is [`OutfitError::InvalidArgument`].
+    /// Fewer than `n` come back when the stock runs out; none, with
+    /// [`OutfitError::UnfillableSlot`] naming the slot, when nothing can
+    /// fill one of the template's slots at all. An `n` above
+    /// [`MAX_EXPANSIONS`] is [`OutfitError::InvalidArgument`]. Exact ties
+    /// (byte-identical images) are broken by product id.
     pub fn expand(
         &self,
         outfit: &str,
@@ -998,14 +1032,7 @@ impl OutfitEngine<'_> {
     ) -> OutfitResult<Vec<Expansion>> {
         check_expansions(n, "expand")?;
         let mut ex = self.expander(outfit, options)?;
-        let anchor = ex.template[ex.anchor];
-        if self.cat.category[anchor] == NO_CATEGORY {
-            return Err(OutfitError::InvalidArgument(format!(
-                "the anchor product '{}' of outfit '{outfit}' has no category, so nothing can \
-                 replace it (set its category, or choose another anchor slot)",
-                self.cat.ids[anchor]
-            )));
-        }
+        ex.check_fillable(&self.cat)?;
         // No capacity from `n`: the stock, not the caller, bounds the result.
         Ok((0..n).map_while(|_| ex.next(self, None)).collect())
     }
@@ -1055,8 +1082,8 @@ impl OutfitEngine<'_> {
     /// baseline's with the same number of outfits.
     ///
     /// A template that names a product no longer in the catalog (or one
-    /// without model outputs or with the previous model's, or an anchor
-    /// without a category) is skipped
+    /// without model outputs or with the previous model's), or one with a
+    /// slot nothing can fill ([`OutfitError::UnfillableSlot`]), is skipped
     /// and listed in [`CoverPlan::skipped`]; an anchor slot
     /// ([`ExpandOptions::anchor_slot`]) past a template's last slot is the
     /// caller's error, [`OutfitError::InvalidArgument`] naming the template,
@@ -1089,31 +1116,35 @@ impl OutfitEngine<'_> {
             .map(AsRef::as_ref)
             .filter(|t| seen.insert(*t))
         {
-            match self.expander(t, &options.expand) {
-                // An anchor without a category has nothing to replace it.
-                Ok(ex) if cat.category[ex.template[ex.anchor]] == NO_CATEGORY => {
-                    let product = cat.ids[ex.template[ex.anchor]].clone();
-                    tracing::info!(outfit = t, %product, "template skipped: its anchor has no category");
-                    skipped.push((t.to_string(), product));
-                }
-                Ok(ex) => exps.push(ex),
-                Err(OutfitError::UnknownProduct { outfit, product }) => {
-                    // Reported in the plan (`skipped`), for the caller to show.
-                    tracing::info!(%outfit, %product, "template skipped: it names a product no longer in the catalog");
-                    skipped.push((outfit, product));
-                }
+            let ex = self
+                .expander(t, &options.expand)
+                .and_then(|ex| ex.check_fillable(cat).map(|()| ex));
+            // Reported in the plan (`skipped`), for the caller to show; the
+            // other templates are still planned.
+            let product = match &ex {
+                Ok(_) => None,
+                // Deleted since.
+                Err(OutfitError::UnknownProduct { product, .. })
                 // Stored since without model outputs: nothing to match.
-                Err(OutfitError::NotAnImageProduct(product)) => {
-                    tracing::info!(outfit = t, %product, "template skipped: a product has no model outputs");
-                    skipped.push((t.to_string(), product));
-                }
+                | Err(OutfitError::NotAnImageProduct(product))
                 // Until a re-embedding reaches it (or for good, when its
-                // image failed): the other templates are still planned.
-                Err(OutfitError::OfAnotherModel(product)) => {
-                    tracing::info!(outfit = t, %product, "template skipped: a product is still embedded by the previous model");
-                    skipped.push((t.to_string(), product));
+                // image failed).
+                | Err(OutfitError::OfAnotherModel(product))
+                | Err(OutfitError::UnfillableSlot { product, .. }) => Some(product.clone()),
+                Err(_) => None,
+            };
+            match (ex, product) {
+                (Ok(ex), _) => exps.push(ex),
+                (Err(e), Some(product)) => {
+                    let reason = e.to_string();
+                    tracing::info!(outfit = t, %product, %reason, "template skipped");
+                    skipped.push(SkippedTemplate {
+                        outfit: t.to_string(),
+                        product,
+                        reason,
+                    });
                 }
-                Err(e) => return Err(e),
+                (Err(e), None) => return Err(e),
             }
         }
         let mut covered = vec![false; cat.len()];
@@ -1160,8 +1191,11 @@ impl OutfitEngine<'_> {
                     .filter(|&&c| c != p && cat.in_stock[c])
                     .map(|&c| (cat.lookalike(p, c), c))
                     .collect();
-                // Ties in catalog order, as the category lists them.
-                let near = top_first(near, count, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                // Ties by product id.
+                let near = top_first(near, count, |a, b| {
+                    b.0.total_cmp(&a.0)
+                        .then_with(|| cat.ids[a.1].cmp(&cat.ids[b.1]))
+                });
                 for &(_, c) in &near {
                     base[c] = true;
                 }
@@ -1365,6 +1399,30 @@ impl Expander {
 
     /// The next expansion, of products no earlier one holds all of;
     /// `covered` (for planning) favours products not yet covered.
+    /// [`OutfitError::UnfillableSlot`] for the first slot that nothing can
+    /// fill: the anchor needs an in-stock product of its category that is
+    /// not in the template, another slot any in-stock product of its pool.
+    fn check_fillable(&self, cat: &Catalog) -> OutfitResult<()> {
+        for (slot, h) in self.history.iter().enumerate() {
+            let anchor = slot == self.anchor;
+            let fillable = h
+                .pool(cat)
+                .iter()
+                .any(|&c| cat.in_stock[c] && !(anchor && self.template.contains(&c)));
+            if !fillable {
+                let product = self.template[slot];
+                return Err(OutfitError::UnfillableSlot {
+                    outfit: self.id.clone(),
+                    slot,
+                    product: cat.ids[product].clone(),
+                    category: cat.categories.get(cat.category[product] as usize).cloned(),
+                    anchor,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn next(&mut self, eng: &OutfitEngine<'_>, covered: Option<&[bool]>) -> Option<Expansion> {
         // Each try takes a new anchor: as many tries as anchors at most.
         loop {
@@ -1445,7 +1503,10 @@ impl Expander {
                     + cover_bonus(c);
                 (s, (k, c))
             })
-            .max_by(|a, b| a.0.total_cmp(&b.0))?
+            .max_by(|a, b| {
+                a.0.total_cmp(&b.0)
+                    .then_with(|| cat.ids[b.1 .1].cmp(&cat.ids[a.1 .1]))
+            })?
             .1;
 
         let mut chosen = vec![usize::MAX; m];
@@ -1535,7 +1596,10 @@ impl Expander {
                         + cover_bonus(c);
                     (s, (pos, c))
                 })
-                .max_by(|a, b| a.0.total_cmp(&b.0))?
+                .max_by(|a, b| {
+                    a.0.total_cmp(&b.0)
+                        .then_with(|| cat.ids[b.1 .1].cmp(&cat.ids[a.1 .1]))
+                })?
                 .1;
             chosen[j] = best;
             chosen_pos[j] = best_pos;

@@ -315,12 +315,12 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             if learn {
                 db.concept_layout()?;
             }
-            let (n, left_out) = if skip_unknown {
+            let (n, left_out, kept_earlier) = if skip_unknown {
                 let done = db.import_outfits_csv_known(&csv)?;
-                (done.imported, done.left_out)
+                (done.imported, done.left_out, done.kept_earlier)
             } else {
                 match db.import_outfits_csv(&csv) {
-                    Ok(n) => (n, Vec::new()),
+                    Ok(n) => (n, Vec::new(), Vec::new()),
                     Err(e @ vitrine::OutfitError::UnknownProduct { .. }) => {
                         return Err(anyhow::Error::new(e).context(
                             "nothing was imported; --skip-unknown imports the outfits whose \
@@ -337,6 +337,13 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                          (first: outfit {outfit} names {product})",
                         left_out.len()
                     );
+                    if let Some(first) = kept_earlier.first() {
+                        eprintln!(
+                            "{} of them were stored before and keep their earlier version \
+                             (first: outfit {first}); `vitrine outfit delete ID` removes one",
+                            kept_earlier.len()
+                        );
+                    }
                 }
             }
             let rules = if learn {
@@ -358,6 +365,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                         .iter()
                         .map(|(o, p)| serde_json::json!({"outfit": o, "unknown_product": p}))
                         .collect::<Vec<_>>(),
+                    "kept_earlier": kept_earlier,
                     "stored": db.outfit_count()?,
                     "learned_from": rules.as_ref().map(|r| r.outfits),
                 }))?;
@@ -629,10 +637,11 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     plan.baseline_covered,
                     plan.baseline_fraction * 100.0
                 );
-                for (outfit, product) in &plan.skipped {
+                for s in &plan.skipped {
                     say!(
-                        "skipped template {outfit}: product {product} is no longer in the catalog, \
-                         has no model outputs or the previous model's, or (as its anchor) has no category"
+                        "skipped template {}: {}",
+                        crate::field(&s.outfit),
+                        crate::field(&s.reason)
                     );
                 }
             }

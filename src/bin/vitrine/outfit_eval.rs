@@ -797,13 +797,14 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     let (mut model_rel, mut model_kept) = (0, 0);
     let t = Instant::now();
     let mut expansions = Vec::new();
-    // A template whose anchor has no category cannot be expanded (cover
-    // skips it too): one must not end the whole evaluation.
+    // A template with a slot nothing can fill (an anchor without a
+    // category, a category sold out) cannot be expanded (cover skips it
+    // too): one must not end the whole evaluation.
     let mut unexpandable = 0;
     for o in &templates {
         match eng.expand(&o.id, 10, &ExpandOptions::new().palette(args.palette)) {
             Ok(ex) => expansions.push((o, ex)),
-            Err(e @ vitrine::OutfitError::InvalidArgument(_)) => {
+            Err(e @ vitrine::OutfitError::UnfillableSlot { .. }) => {
                 eprintln!("warning: template {} not expanded: {e}", o.id);
                 unexpandable += 1;
             }
@@ -865,7 +866,12 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
     let sold: HashSet<&str> = sold_out.iter().map(|s| s.as_str()).collect();
     let (mut n_sold_exp, mut sold_ok) = (0, 0);
     for (o, _) in &expansions {
-        for e in eng.expand(&o.id, 10, &ExpandOptions::new().palette(args.palette))? {
+        // A slot the sell-out left empty makes no expansion: none to check.
+        let made = match eng.expand(&o.id, 10, &ExpandOptions::new().palette(args.palette)) {
+            Err(vitrine::OutfitError::UnfillableSlot { .. }) => Vec::new(),
+            made => made?,
+        };
+        for e in made {
             n_sold_exp += 1;
             sold_ok += usize::from(
                 e.products
@@ -1058,7 +1064,7 @@ pub fn outfits_eval(args: OutfitsEvalArgs) -> anyhow::Result<()> {
             if c["skipped_templates"].as_u64().is_some_and(|n| n > 0) {
                 println!(
                     "  ({} templates skipped: a product of theirs is gone, has no model outputs or \
-                     the previous model's, or (as its anchor) has no category)",
+                     the previous model's, or nothing can fill one of their slots)",
                     c["skipped_templates"]
                 );
             }
