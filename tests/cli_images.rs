@@ -909,6 +909,43 @@ fn query_command_prints_results_and_positioned_errors() {
         similar.iter().all(|h| h["category"] == category),
         "{similar:?}"
     );
+    // A query given as several words, a value the shell took the quotes
+    // off among them, means what it means in one argument; so do words
+    // that parse as given (`find "+colour.black limit 4"`).
+    for value in [category, "Two Words"] {
+        let whole = format!("+colour.black where category = \"{value}\" limit 4");
+        let out = vitrine(&["query", "--db", db, "--json", &whole]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mut words = vec!["query", "--db", db, "--json", "+colour.black", "where"];
+        words.extend(["category", "=", value, "limit", "4"]);
+        let split = vitrine(&words);
+        assert!(split.status.success(), "{value}: {}", text(&split.stderr));
+        assert_eq!(text(&split.stdout), text(&out.stdout), "{value}");
+        words.insert(4, "find");
+        let split = vitrine(&words);
+        assert_eq!(text(&split.stdout), text(&out.stdout), "{value}");
+        let list = format!("+colour.black where category in (\"{value}\", \"Two Words\") limit 4");
+        let out = vitrine(&["query", "--db", db, "--json", &list]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let open = format!("({value},");
+        let mut words = vec!["query", "--db", db, "--json", "+colour.black", "where"];
+        words.extend(["category", "in", &open, "Two Words)", "limit", "4"]);
+        let split = vitrine(&words);
+        assert!(split.status.success(), "{value}: {}", text(&split.stderr));
+        assert_eq!(text(&split.stdout), text(&out.stdout), "{value}");
+    }
+    let whole = vitrine(&["query", "--db", db, "--json", "+colour.black limit 4"]);
+    for words in [
+        &["find", "+colour.black limit 4"][..],
+        &["+colour.black", "limit 4"],
+        &["find +colour.black", "limit", "4"],
+    ] {
+        let mut args = vec!["query", "--db", db, "--json"];
+        args.extend(words);
+        let out = vitrine(&args);
+        assert!(out.status.success(), "{words:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), text(&whole.stdout), "{words:?}");
+    }
     // Flags after the query still mean themselves.
     for db_flag in [vec!["--db", db], vec![&*format!("--db={db}")]] {
         let mut args = vec!["query", &line];

@@ -1380,15 +1380,59 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
             });
         }
         words.join(" ")
-    } else if known || is(first, &["find"]) {
-        line
     } else {
-        format!("find {line}")
+        let find = if known || is(first, &["find"]) {
+            ""
+        } else {
+            "find "
+        };
+        let plain = format!("{find}{line}");
+        // A query given as several words, among them a value the shell
+        // took the quotes off (`where category = "Casual Shoes"`), is
+        // quoted again; only where the words as given do not parse and the
+        // quoted ones do, so that a line that parses keeps its meaning.
+        let parses = |text: &str| {
+            session
+                .db
+                .vocabulary()
+                .is_ok_and(|v| vitrine::ConceptQuery::parse(text, &v).is_ok())
+        };
+        let quoted = format!("{find}{}", requote_values(&args.query));
+        if !known && args.query.len() > 1 && quoted != plain && !parses(&plain) && parses(&quoted) {
+            quoted
+        } else {
+            plain
+        }
     };
     session
         .execute(&line, &mut std::io::stdout())
         .inspect_err(|e| error_as_json(json, e))
         .map(drop)
+}
+
+/// Query words joined with spaces, those a value was unquoted from quoted
+/// again: a word with a space (and no quote) that follows a word ending in
+/// `=`, `<`, `>`, `(` or `,`, or that opens with `(` or closes with `,` or
+/// `)` (a list's value, `("Casual Shoes",`), the brackets and commas left
+/// outside the quotes.
+fn requote_values(words: &[String]) -> String {
+    let mut out: Vec<String> = Vec::with_capacity(words.len());
+    for (i, w) in words.iter().enumerate() {
+        let core = w
+            .trim_start_matches('(')
+            .trim_end_matches([',', ')'])
+            .trim();
+        let after_operator = i > 0 && words[i - 1].trim_end().ends_with(['=', '<', '>', '(', ',']);
+        let in_list = core.len() != w.trim().len();
+        if core.contains(char::is_whitespace) && !w.contains('"') && (after_operator || in_list) {
+            let start = w.find(core).unwrap_or(0);
+            let end = start + core.len();
+            out.push(format!("{}\"{core}\"{}", &w[..start], &w[end..]));
+        } else {
+            out.push(w.clone());
+        }
+    }
+    out.join(" ")
 }
 
 /// An argument of a command line, and whether any of it was in quotes: a
