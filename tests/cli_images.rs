@@ -934,6 +934,24 @@ fn query_command_prints_results_and_positioned_errors() {
         assert!(split.status.success(), "{value}: {}", text(&split.stderr));
         assert_eq!(text(&split.stdout), text(&out.stdout), "{value}");
     }
+    // A quote closed too late is still the error it was, not a value
+    // that matches nothing.
+    for words in [
+        &[
+            "+colour.black",
+            "where",
+            "category",
+            "=",
+            "Casual Shoes limit 4",
+        ][..],
+        &["+colour.black where category =", "Casual Shoes limit 1"],
+    ] {
+        let mut args = vec!["query", "--db", db];
+        args.extend(words);
+        let out = vitrine(&args);
+        assert_eq!(out.status.code(), Some(1), "{words:?}");
+        assert!(text(&out.stderr).contains("error"), "{words:?}");
+    }
     let whole = vitrine(&["query", "--db", db, "--json", "+colour.black limit 4"]);
     for words in [
         &["find", "+colour.black limit 4"][..],
@@ -1101,6 +1119,30 @@ fn query_command_prints_results_and_positioned_errors() {
     let out = vitrine(&["query", "--db", db, "+colour.red or +colour.blue"]);
     assert!(
         text(&out.stderr).contains("'or' does not join concepts"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A mistyped command word is said as the REPL says it, not read as
+    // a concept.
+    for (typo, meant) in [("simlar", "similar"), ("prodct", "product")] {
+        let out = vitrine(&["query", "--db", db, typo, seed]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr)
+                .contains(&format!("unknown command '{typo}' — did you mean {meant}?")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // Either of two values of a field is `in (…)`: the hint says so.
+    let out = vitrine(&[
+        "query",
+        "--db",
+        db,
+        "+colour.red where brand = \"Acme\" or brand = \"Zeta\"",
+    ]);
+    assert!(
+        text(&out.stderr).contains("in (\"A\", \"B\")"),
         "{}",
         text(&out.stderr)
     );
@@ -1398,6 +1440,16 @@ fn query_command_prints_results_and_positioned_errors() {
     assert_eq!(tag[0]["tag"], "user.mine");
     let tag = json_lines(&["tag", "weight", "mine", "0.75"]);
     assert_eq!(tag[0]["weight"], 0.75);
+    // Defined again, it says what the definition replaced.
+    let out = vitrine(&["query", "--db", db, "tag", "define", "mine", &ids[0]]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "replaces the earlier definition: 2 example(s), 0 counter-example(s), weight 0.75"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
     json_lines(&["profile", "set", "anna", "colour=1"]);
     let users = json_lines(&["profile", "list"]);
     assert!(users.iter().any(|u| u["user"] == "anna"), "{users:?}");

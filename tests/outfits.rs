@@ -1567,6 +1567,12 @@ fn cli_outfit_commands_and_eval_fitb() {
     assert_eq!(out.trim_end().lines().count(), 1, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(!v.as_array().unwrap().is_empty());
+    // No outfits asked for is a usage error, as for substitute and cover.
+    let zero = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["outfit", "--db", d, "expand", id, "-n", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(zero.status.code(), Some(2));
     let out = vitrine(&["outfit", "--db", d, "cover", "--per-template", "2"]);
     assert!(out.contains("in-stock products"), "{out}");
     let given = ps[1..].join(",");
@@ -1612,6 +1618,28 @@ fn cli_outfit_commands_and_eval_fitb() {
     assert!(ranked
         .windows(2)
         .all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64()));
+    // A category in another case is not one, but the error names it.
+    let lower = category.to_lowercase();
+    assert_ne!(lower, category);
+    let miss = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args([
+            "outfit",
+            "--db",
+            d,
+            "complete",
+            "--given",
+            &given,
+            "--category",
+            &lower,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(miss.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&miss.stderr);
+    assert!(
+        said.contains(&format!("did you mean '{category}'")),
+        "{said}"
+    );
     // As `tag delete` does, JSON names what was deleted.
     let out = vitrine(&["outfit", "--db", d, "--json", "delete", id]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -2026,6 +2054,8 @@ fn a_sold_out_category_names_the_slot_it_leaves_empty() {
             product,
             category: c,
             anchor: false,
+            in_stock: 0,
+            ..
         } => {
             assert_eq!((outfit, *slot), (template, 1));
             assert_eq!(product, &o.slots[1].product);
@@ -2046,4 +2076,23 @@ fn a_sold_out_category_names_the_slot_it_leaves_empty() {
     assert_eq!(left_out.len(), 1, "{:?}", plan.skipped);
     assert_eq!(left_out[0].reason, e.to_string());
     assert!(plan.outfits.iter().all(|x| &x.template != template));
+
+    // Two slots of one category with one product of it in stock: the
+    // second has nothing left (an outfit repeats no product).
+    let source = db.get(&o.slots[1].product).unwrap().unwrap();
+    db.upsert("twin", source.attributes, source.vectors)
+        .unwrap();
+    db.set_in_stock("twin", true).unwrap();
+    let pair = [o.slots[0].product.as_str(), &o.slots[1].product, "twin"];
+    db.store_outfit("pair", &pair).unwrap();
+    match db.expand("pair", 2, &ExpandOptions::new()) {
+        Err(OutfitError::UnfillableSlot {
+            slot: 2,
+            in_stock: 1,
+            slots: 2,
+            anchor: false,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
 }

@@ -488,8 +488,9 @@ pub enum ConceptError {
     /// A tag without counter-examples whose examples are every product the
     /// catalog is sampled from: nothing is left to tell them from.
     #[error(
-        "the examples of tag '{name}' are the whole catalog, and it has no counter-examples: \
-         give counter-examples, or define it once the catalog holds other products"
+        "the examples of tag '{name}' are the whole catalog it is learned against (every \
+         product of the database's model), and it has no counter-examples: give \
+         counter-examples, or define it once the catalog holds other products"
     )]
     NothingToContrast {
         /// The tag.
@@ -1321,12 +1322,12 @@ impl Db {
         // (set_tag_weight and relearn_tags write under the lock too: none
         // writes an older version over this one.)
         let before = self.vocabulary_generation();
-        let learned = self.tag_direction(name, positives, negatives, method, &mut None);
+        let learned = self.tag_direction(name, positives, negatives, method, &mut None, false);
         let _guard = self.side_write_lock();
         tag.vector = if self.vocabulary_generation() == before {
             learned?
         } else {
-            self.tag_direction(name, positives, negatives, method, &mut None)?
+            self.tag_direction(name, positives, negatives, method, &mut None, false)?
         };
         let _changes = self.vocabulary_changes();
         ks.put(name.as_bytes(), &tag).map_err(too_large)?;
@@ -1359,7 +1360,11 @@ impl Db {
     /// The unit direction of a tag learned from its examples. Without
     /// negatives the contrast is a sample of the catalog, taken into
     /// `sample` when it is empty: one walk of the catalog serves every tag
-    /// that `relearn_tags` learns.
+    /// that `relearn_tags` learns. Examples that are the whole sample are
+    /// [`ConceptError::NothingToContrast`] for a tag being defined; one
+    /// being learned again (after a refresh or a model switch, in a
+    /// catalog that has shrunk to its examples since) takes their mean
+    /// rather than stay in the old photos' (or model's) space for good.
     fn tag_direction(
         &self,
         name: &str,
@@ -1367,6 +1372,7 @@ impl Db {
         negatives: &[&str],
         method: TagMethod,
         sample: &mut Option<Vec<(String, Vec<f32>)>>,
+        relearning: bool,
     ) -> Result<Vec<f32>, ConceptError> {
         let layout = self.concept_layout()?;
         let model = self.model_fingerprint();
@@ -1395,7 +1401,7 @@ impl Db {
         };
         // The examples' own mean would do as a direction, but it would say
         // "a product", not what sets them apart.
-        if contrast.is_empty() {
+        if contrast.is_empty() && !relearning {
             return Err(ConceptError::NothingToContrast { name: name.into() });
         }
         learn::learn_tag(&pos, &contrast, method, layout.dim)
@@ -1498,7 +1504,7 @@ impl Db {
         }
         let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
         let neg: Vec<&str> = neg.iter().map(String::as_str).collect();
-        match self.tag_direction(&tag.name, &pos, &neg, tag.method, sample) {
+        match self.tag_direction(&tag.name, &pos, &neg, tag.method, sample, true) {
             Ok(vector) => {
                 tag.vector = vector;
                 Some(tag)
@@ -1996,6 +2002,11 @@ impl Db {
     /// gives the look less than [`SKEWED_VISUAL_SHARE`] of the query (colour
     /// only, say, but also equal weights over the bundled model's seven
     /// groups, whose look share is 1/7); else the graph with a wide beam.
+    ///
+    /// The products the customer liked or bought (the profile's events)
+    /// are left out, as `to` is: her affinities were learned from them, so
+    /// they would outrank every look-alike she has not seen. (A concept
+    /// query under a profile keeps them: a search may well want them.)
     pub fn similar_with_profile(
         &self,
         to: SimilarTo<'_>,
@@ -2004,6 +2015,15 @@ impl Db {
         profile: &Profile,
     ) -> Result<Vec<crate::Hit>, ConceptError> {
         let vocab = self.vocabulary()?;
+        let seen = profile
+            .events
+            .iter()
+            .filter(|(_, f)| *f != Feedback::Skip)
+            .map(|(id, _)| id.clone());
+        let mut f = filter.clone();
+        for id in seen {
+            f = f.exclude(id);
+        }
         let profile = &profile.keyed();
         self.check_profile(&vocab, profile)?;
         let (z, exclude) = match to {
@@ -2026,7 +2046,6 @@ impl Db {
             }
             .into());
         }
-        let mut f = filter.clone();
         if let Some(id) = exclude {
             f = f.exclude(id);
         }
@@ -2399,6 +2418,38 @@ mod interleavings {
             .unwrap();
         db.define_tag("all", &["p0", "p1"], &["p2"], TagMethod::Centroid)
             .unwrap();
+        // Once the catalog has shrunk to its examples, a tag is still
+        // learned again (from their mean): refused, it would be left in
+        // the old photos' space, or stale for good after a model switch.
+        // ("all", whose counter-example is gone, is kept as it was.)
+        assert!(db.delete("p2").unwrap());
+        assert_eq!(db.relearn_tags().unwrap(), 1);
+    }
+
+    /// "More like this, for her" leaves out what she liked or bought (her
+    /// affinities were learned from them: they ranked first), not what she
+    /// skipped.
+    #[test]
+    fn similar_with_a_profile_leaves_out_the_products_she_liked_or_bought() {
+        let Ok(model) = Model::bundled() else {
+            eprintln!("SKIP: the bundled model is absent");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder().model_spaces(&model).open(dir.path()).unwrap();
+        db.check_model(&model).unwrap();
+        for i in 0..10 {
+            put_product(&db, &model, &format!("p{i}"), i);
+        }
+        db.feedback("ann", "p1", Feedback::Like).unwrap();
+        db.feedback("ann", "p2", Feedback::Buy).unwrap();
+        let p = db.feedback("ann", "p3", Feedback::Skip).unwrap();
+        let hits = db
+            .similar_with_profile(SimilarTo::Id("p0"), 10, &Filter::new(), &p)
+            .unwrap();
+        let mut ids: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["p3", "p4", "p5", "p6", "p7", "p8", "p9"]);
     }
 
     /// A concept query's contributions are those of the vector its search

@@ -1021,7 +1021,8 @@ impl<'a> Parser<'a> {
                 )
                 .hint(
                     "every term counts at once (+ pulls, - pushes away); for 'either', run one \
-                     query per concept; 'and' and 'not' join `where` conditions",
+                     query per concept; 'and' and 'not' join `where` conditions, and \
+                     `where category in (\"A\", \"B\")` keeps either value of a field",
                 )
             } else if let Some(s) = super::suggest(&group, groups.iter().map(String::as_str)) {
                 QueryError::new(

@@ -522,6 +522,14 @@ impl Db {
     /// normalised per group); as compact JSON (4 decimals, about 0.8 kB per
     /// product) they are read back with [`StoredOutputs::from_attributes`].
     ///
+    /// An image that shows nothing (an "image coming soon" frame of one
+    /// colour) is stored like any other, with what the model reads in it:
+    /// preparation cannot tell it from a white product on white (13 of the
+    /// Mango set's 7,629 photos, all white or off-white clothes, hold no
+    /// pixel that stands out from their background), so refusing or
+    /// untagging it would refuse or untag those. Keep placeholders out of
+    /// the import, or mark them (`in_stock = false`).
+    ///
     /// The database remembers the fingerprint of the model that produced its
     /// vectors. Using a different model is [`IngestError::ModelMismatch`] unless
     /// the caller asks for re-embedding ([`ImportOptions::reembed`] or

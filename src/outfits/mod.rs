@@ -134,10 +134,14 @@ pub enum OutfitError {
     InvalidArgument(String),
     /// A slot of a template that nothing can fill, so that no outfit can
     /// be made from it ([`crate::OutfitEngine::expand`],
-    /// [`crate::OutfitEngine::cover`]): every product of its category is
-    /// out of stock (but for the template's own, for the anchor slot), or
-    /// it is the anchor and has no category.
-    #[error("slot {slot} of outfit '{outfit}' (product '{product}') cannot be filled: {}", unfillable_why(.category.as_deref(), *.anchor))]
+    /// [`crate::OutfitEngine::cover`]): its category has fewer products in
+    /// stock than the template has slots of it (none, often), or it is the
+    /// anchor and no in-stock product of its category is outside the
+    /// template, or has no category.
+    #[error(
+        "nothing can fill the place of product '{product}' in outfit '{outfit}' (slot {slot}, from 0): {}",
+        unfillable_why(.category.as_deref(), *.anchor, *.in_stock, *.slots)
+    )]
     UnfillableSlot {
         /// The template.
         outfit: String,
@@ -149,6 +153,11 @@ pub enum OutfitError {
         category: Option<String>,
         /// Whether it is the anchor slot.
         anchor: bool,
+        /// In-stock products that can fill the slot (of its category; or
+        /// the product itself, without one).
+        in_stock: usize,
+        /// The template's slots that share those products.
+        slots: usize,
     },
     /// A CSV file is malformed.
     #[error("{path}:{line}: {reason}")]
@@ -177,7 +186,7 @@ pub enum OutfitError {
     Db(#[from] Error),
 }
 
-fn unfillable_why(category: Option<&str>, anchor: bool) -> String {
+fn unfillable_why(category: Option<&str>, anchor: bool, in_stock: usize, slots: usize) -> String {
     match (category, anchor) {
         (None, true) => "as the anchor it is replaced by another product of its category, and it \
                          has no category (set its category, or choose another anchor slot)"
@@ -187,9 +196,15 @@ fn unfillable_why(category: Option<&str>, anchor: bool) -> String {
              outfit, and there is none"
         ),
         (None, false) => {
-            "it has no category, so only it can fill the slot, and it is out of stock".into()
+            "it has no category, so only it can fill its place, and it is out of stock".into()
         }
-        (Some(c), false) => format!("every product of category '{c}' is out of stock"),
+        (Some(c), false) if in_stock == 0 => {
+            format!("every product of category '{c}' is out of stock")
+        }
+        (Some(c), false) => format!(
+            "the outfit has {slots} products of category '{c}', and only {in_stock} of that \
+             category are in stock"
+        ),
     }
 }
 

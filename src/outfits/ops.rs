@@ -1397,18 +1397,35 @@ impl Expander {
         cat.same_colour(a, b)
     }
 
-    /// The next expansion, of products no earlier one holds all of;
-    /// `covered` (for planning) favours products not yet covered.
     /// [`OutfitError::UnfillableSlot`] for the first slot that nothing can
-    /// fill: the anchor needs an in-stock product of its category that is
-    /// not in the template, another slot any in-stock product of its pool.
+    /// fill, as [`Expander::build`] fills them: the anchor first, with an
+    /// in-stock product of its category that is not in the template, then
+    /// every other slot with an in-stock product of its pool that no slot
+    /// before it took (the template's own when nothing else is left). Slots
+    /// of one category share its products: two trousers need two.
     fn check_fillable(&self, cat: &Catalog) -> OutfitResult<()> {
-        for (slot, h) in self.history.iter().enumerate() {
+        // A slot without a category has its product alone for a pool.
+        let key = |h: &SlotHistory| {
+            (
+                h.category,
+                (h.category == NO_CATEGORY).then_some(h.template_product),
+            )
+        };
+        let mut taken: HashMap<(u32, Option<usize>), usize> = HashMap::new();
+        let order = std::iter::once(self.anchor)
+            .chain((0..self.template.len()).filter(|&j| j != self.anchor));
+        for slot in order {
+            let h = &self.history[slot];
             let anchor = slot == self.anchor;
-            let fillable = h
-                .pool(cat)
-                .iter()
-                .any(|&c| cat.in_stock[c] && !(anchor && self.template.contains(&c)));
+            let pool = h.pool(cat);
+            let in_stock = pool.iter().filter(|&&c| cat.in_stock[c]).count();
+            let used = taken.entry(key(h)).or_default();
+            let fillable = if anchor {
+                pool.iter()
+                    .any(|&c| cat.in_stock[c] && !self.template.contains(&c))
+            } else {
+                *used < in_stock
+            };
             if !fillable {
                 let product = self.template[slot];
                 return Err(OutfitError::UnfillableSlot {
@@ -1417,12 +1434,17 @@ impl Expander {
                     product: cat.ids[product].clone(),
                     category: cat.categories.get(cat.category[product] as usize).cloned(),
                     anchor,
+                    in_stock,
+                    slots: self.history.iter().filter(|x| key(x) == key(h)).count(),
                 });
             }
+            *used += 1;
         }
         Ok(())
     }
 
+    /// The next expansion, of products no earlier one holds all of;
+    /// `covered` (for planning) favours products not yet covered.
     fn next(&mut self, eng: &OutfitEngine<'_>, covered: Option<&[bool]>) -> Option<Expansion> {
         // Each try takes a new anchor: as many tries as anchors at most.
         loop {

@@ -33,7 +33,7 @@ pub struct OutfitArgs {
 #[derive(Subcommand, Clone, Debug)]
 pub enum OutfitCommand {
     /// Imports outfits from a CSV `outfit_id,product_id` (with a header).
-    /// All or nothing: an unknown product fails the whole import.
+    /// An unknown product fails the whole import, unless --skip-unknown.
     Import {
         /// The CSV file.
         csv: PathBuf,
@@ -84,7 +84,7 @@ pub enum OutfitCommand {
         /// The template outfit id.
         id: String,
         /// How many outfits.
-        #[arg(short, default_value_t = 5)]
+        #[arg(short, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         n: usize,
         /// The slot (1-based) that gets a new anchor.
         #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -663,7 +663,38 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                         .filter(|id| eng.in_stock(id).is_some())
                         .collect();
                     if found.is_empty() {
-                        bail!("no in-stock image product has category '{c}'");
+                        // Categories are compared exactly, as stored: name
+                        // the one meant in another case, else a few.
+                        let known: std::collections::BTreeSet<String> = db
+                            .ids()
+                            .iter()
+                            .filter_map(|id| db.attributes(id).and_then(|a| a.category))
+                            .collect();
+                        let hint = match known.iter().find(|k| k.eq_ignore_ascii_case(&c)) {
+                            Some(k) if *k != c => {
+                                format!(" (categories are exact: did you mean '{k}'?)")
+                            }
+                            Some(_) => String::new(),
+                            None if known.is_empty() => " (no product has a category)".into(),
+                            None => {
+                                let some: Vec<&str> =
+                                    known.iter().take(12).map(String::as_str).collect();
+                                format!(
+                                    " (categories: {}{})",
+                                    some.join(", "),
+                                    if known.len() > some.len() {
+                                        ", …"
+                                    } else {
+                                        ""
+                                    }
+                                )
+                            }
+                        };
+                        bail!(
+                            "no in-stock image product has category '{}'{}",
+                            crate::field(&c),
+                            crate::field(&hint)
+                        );
                     }
                     found
                 }

@@ -281,12 +281,21 @@ impl Session {
                 }
             }
             other => {
+                // The nearest command a letter or two away, else one of the
+                // same first two letters.
                 let prefix: String = other.chars().take(2).collect();
-                match COMMANDS
+                let lower = other.to_lowercase();
+                let near = COMMANDS
                     .iter()
-                    .map(|(c, _)| *c)
-                    .find(|c| c.starts_with(&prefix))
-                {
+                    .map(|(c, _)| (edit_distance(&lower, c), *c))
+                    .filter(|(d, _)| *d <= 2)
+                    .min();
+                match near.map(|(_, c)| c).or_else(|| {
+                    COMMANDS
+                        .iter()
+                        .map(|(c, _)| *c)
+                        .find(|c| c.starts_with(&prefix))
+                }) {
                     Some(s) => {
                         bail!("unknown command '{other}' — did you mean {s}? (help lists them)")
                     }
@@ -781,6 +790,13 @@ impl Session {
                         id => pos.push(id),
                     }
                 }
+                // A definition replaces the tag's examples and weight: say
+                // what it had.
+                let before = self
+                    .db
+                    .user_tags()
+                    .ok()
+                    .and_then(|tags| tags.into_iter().find(|t| t.name == *name));
                 let t = self.db.define_tag(name, &pos, &neg, method)?;
                 if self.json {
                     writeln!(out, "{}", crate::json_text(&tag_json(&t)))?;
@@ -794,6 +810,16 @@ impl Session {
                         t.method,
                         t.weight
                     )?;
+                    if let Some(b) = before {
+                        writeln!(
+                            out,
+                            "  (it replaces the earlier definition: {} example(s), {} counter-example(s), weight {}; `tag weight {} W` sets the weight again)",
+                            b.positives.len(),
+                            b.negatives.len(),
+                            b.weight,
+                            t.name
+                        )?;
+                    }
                 }
                 Ok(())
             }
@@ -1398,8 +1424,20 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
                 .is_ok_and(|v| vitrine::ConceptQuery::parse(text, &v).is_ok())
         };
         let quoted = format!("{find}{}", requote_values(&args.query));
+        // A first word that is no command, clause nor concept (`simlar`)
+        // is most likely a command mistyped: said as the REPL says it.
+        // (Only a word a letter or two from a command.)
+        let mistyped = first.is_some_and(|w| {
+            w.chars().all(|c| c.is_alphanumeric() || c == '_')
+                && !QUERY_CLAUSES.iter().any(|k| w.eq_ignore_ascii_case(k))
+                && commands
+                    .iter()
+                    .any(|c| edit_distance(&w.to_lowercase(), c) <= 2)
+        });
         if !known && args.query.len() > 1 && quoted != plain && !parses(&plain) && parses(&quoted) {
             quoted
+        } else if !find.is_empty() && mistyped && !parses(&plain) {
+            line
         } else {
             plain
         }
@@ -1424,7 +1462,11 @@ fn requote_values(words: &[String]) -> String {
             .trim();
         let after_operator = i > 0 && words[i - 1].trim_end().ends_with(['=', '<', '>', '(', ',']);
         let in_list = core.len() != w.trim().len();
-        if core.contains(char::is_whitespace) && !w.contains('"') && (after_operator || in_list) {
+        if core.contains(char::is_whitespace)
+            && !w.contains('"')
+            && (after_operator || in_list)
+            && !holds_query_text(core)
+        {
             let start = w.find(core).unwrap_or(0);
             let end = start + core.len();
             out.push(format!("{}\"{core}\"{}", &w[..start], &w[end..]));
@@ -1433,6 +1475,53 @@ fn requote_values(words: &[String]) -> String {
         }
     }
     out.join(" ")
+}
+
+/// Levenshtein distance, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diag + usize::from(ca != cb));
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The words that open a query's clauses.
+const QUERY_CLAUSES: &[&str] = &[
+    "find",
+    "like",
+    "where",
+    "limit",
+    "offset",
+    "min_score",
+    "diverse",
+    "profile",
+];
+
+/// Whether a value the shell unquoted holds query text after all (`Casual
+/// Shoes limit 4`, a quote closed too late): quoted again, it would be a
+/// value that matches nothing, where the error shows the misplaced quote.
+fn holds_query_text(value: &str) -> bool {
+    value.contains(['=', '<', '>', '(', ')', '^'])
+        || value.split_whitespace().any(|t| {
+            QUERY_CLAUSES
+                .iter()
+                .chain(&["in_stock", "not"])
+                .any(|k| t.eq_ignore_ascii_case(k))
+                || t.starts_with(['+', '-'])
+                || t.split_once('.').is_some_and(|(g, c)| {
+                    g.chars().any(char::is_alphabetic) && c.chars().any(char::is_alphabetic)
+                })
+        })
 }
 
 /// An argument of a command line, and whether any of it was in quotes: a
