@@ -2389,21 +2389,30 @@ mod interleavings {
         db.upsert(id, a, vectors).unwrap();
     }
 
+    /// A database of the bundled model holding `n` products `p0`, `p1`…
+    /// ([`put_product`]); `None` (said) without the model.
+    fn db_of_products(n: usize) -> Option<(tempfile::TempDir, Db)> {
+        let Ok(model) = Model::bundled() else {
+            eprintln!("SKIP: the bundled model is absent");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder().model_spaces(&model).open(dir.path()).unwrap();
+        db.check_model(&model).unwrap();
+        for i in 0..n {
+            put_product(&db, &model, &format!("p{i}"), i);
+        }
+        Some((dir, db))
+    }
+
     /// A tag whose examples are the whole catalog has nothing to be told
     /// apart from: refused, not learned as the examples' mean (which would
     /// rank "any product"). With one product besides them it is learned.
     #[test]
     fn a_tag_whose_examples_are_the_whole_catalog_is_refused() {
-        let Ok(model) = Model::bundled() else {
-            eprintln!("SKIP: the bundled model is absent");
+        let Some((_dir, db)) = db_of_products(3) else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::builder().model_spaces(&model).open(dir.path()).unwrap();
-        db.check_model(&model).unwrap();
-        for i in 0..3 {
-            put_product(&db, &model, &format!("p{i}"), i);
-        }
         for method in [TagMethod::Centroid, TagMethod::Logistic] {
             let e = db
                 .define_tag("all", &["p0", "p1", "p2"], &[], method)
@@ -2431,16 +2440,9 @@ mod interleavings {
     /// skipped.
     #[test]
     fn similar_with_a_profile_leaves_out_the_products_she_liked_or_bought() {
-        let Ok(model) = Model::bundled() else {
-            eprintln!("SKIP: the bundled model is absent");
+        let Some((_dir, db)) = db_of_products(10) else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::builder().model_spaces(&model).open(dir.path()).unwrap();
-        db.check_model(&model).unwrap();
-        for i in 0..10 {
-            put_product(&db, &model, &format!("p{i}"), i);
-        }
         db.feedback("ann", "p1", Feedback::Like).unwrap();
         db.feedback("ann", "p2", Feedback::Buy).unwrap();
         let p = db.feedback("ann", "p3", Feedback::Skip).unwrap();
