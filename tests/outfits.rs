@@ -2022,6 +2022,22 @@ fn a_product_whose_category_was_cleared_is_replaced_from_its_slots_category() {
         assert_eq!(a.category, stored, "{}", c.product);
         assert!(a.in_stock);
     }
+    // Stored again (a routine re-import), the slot keeps its category.
+    db.store_outfit(template, &subset.outfits[template])
+        .unwrap();
+    let again = db.outfit(template).unwrap().unwrap();
+    assert_eq!(again.slots[0].category, stored);
+    assert_eq!(
+        db.substitute(template, 5).unwrap()[0].candidates,
+        s.candidates
+    );
+    // Expansions replace it (the anchor) from that category too.
+    let made = db.expand(template, 2, &ExpandOptions::new()).unwrap();
+    assert!(!made.is_empty());
+    for e in &made {
+        let a = db.get(&e.products[0]).unwrap().unwrap().attributes;
+        assert_eq!(a.category, stored, "{e:?}");
+    }
 }
 
 /// A template one of whose categories is sold out makes no outfit: expand

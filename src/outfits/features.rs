@@ -499,6 +499,7 @@ impl Catalog {
     }
 
     /// Products of the same catalog category as `i` (empty when it has none).
+    #[cfg(test)]
     pub fn same_category(&self, i: usize) -> &[usize] {
         match self.category[i] {
             NO_CATEGORY => &[],
@@ -510,8 +511,16 @@ impl Catalog {
     /// a category no product has now).
     pub fn members(&self, category: Option<&str>) -> &[usize] {
         category
-            .and_then(|c| self.categories.binary_search_by(|x| x.as_str().cmp(c)).ok())
-            .map_or(&[], |c| &self.by_category[c])
+            .and_then(|c| self.category_id(c))
+            .map_or(&[], |c| &self.by_category[c as usize])
+    }
+
+    /// The index of the category named `name`, if a product has it now.
+    pub fn category_id(&self, name: &str) -> Option<u32> {
+        self.categories
+            .binary_search_by(|x| x.as_str().cmp(name))
+            .ok()
+            .map(|c| c as u32)
     }
 
     pub fn lookup(&self, id: &str) -> Option<usize> {

@@ -139,7 +139,7 @@ pub enum OutfitError {
     /// anchor and no in-stock product of its category is outside the
     /// template, or has no category.
     #[error(
-        "nothing can fill the place of product '{product}' in outfit '{outfit}' (slot {slot}, from 0): {}",
+        "nothing can fill the place of product '{product}' in outfit '{outfit}': {}",
         unfillable_why(.category.as_deref(), *.anchor, *.in_stock, *.slots)
     )]
     UnfillableSlot {
@@ -189,14 +189,17 @@ pub enum OutfitError {
 fn unfillable_why(category: Option<&str>, anchor: bool, in_stock: usize, slots: usize) -> String {
     match (category, anchor) {
         (None, true) => "as the anchor it is replaced by another product of its category, and it \
-                         has no category (set its category, or choose another anchor slot)"
+                         has no category, nor had when the outfit was stored (set its category, \
+                         or choose another anchor slot)"
             .into(),
         (Some(c), true) => format!(
             "as the anchor it is replaced by an in-stock product of category '{c}' not in the \
              outfit, and there is none"
         ),
         (None, false) => {
-            "it has no category, so only it can fill its place, and it is out of stock".into()
+            "it has no category (nor had when the outfit was stored), so only it can fill \
+             its place, and it is out of stock (set its category)"
+                .into()
         }
         (Some(c), false) if in_stock == 0 => {
             format!("every product of category '{c}' is out of stock")
@@ -337,6 +340,13 @@ impl Db {
         }
         let mut seen = HashSet::new();
         let mut slots = Vec::with_capacity(products.len());
+        // A product whose category was cleared since keeps the one its
+        // slot stored (what substitute and expand fall back to): storing
+        // the outfit again, as a routine re-import does, must not lose it.
+        let earlier: Vec<OutfitSlot> = match self.outfit(id) {
+            Ok(Some(o)) => o.slots,
+            _ => Vec::new(),
+        };
         for p in products {
             let p = p.as_ref();
             if !seen.insert(p) {
@@ -364,9 +374,15 @@ impl Db {
                 }
                 return Err(OutfitError::NotAnImageProduct(p.to_string()));
             }
+            let category = attrs.category.clone().or_else(|| {
+                earlier
+                    .iter()
+                    .find(|s| s.product == p)
+                    .and_then(|s| s.category.clone())
+            });
             slots.push(OutfitSlot {
                 product: p.to_string(),
-                category: attrs.category.clone(),
+                category,
             });
         }
         Ok(Outfit {

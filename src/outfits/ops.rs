@@ -1062,7 +1062,8 @@ impl OutfitEngine<'_> {
             anchor,
             history: idx
                 .iter()
-                .map(|&t| SlotHistory::new(&self.cat, t))
+                .zip(&o.slots)
+                .map(|(&t, slot)| SlotHistory::new(&self.cat, t, slot.category.as_deref()))
                 .collect(),
             diversity: options.diversity,
             reuse_template: options.reuse_template,
@@ -1184,9 +1185,9 @@ impl OutfitEngine<'_> {
         // in-stock product of its category.
         let mut base = vec![false; cat.len()];
         for (ex, &count) in exps.iter().zip(&per_template) {
-            for &p in &ex.template {
-                let near: Vec<(f32, usize)> = cat
-                    .same_category(p)
+            for (&p, h) in ex.template.iter().zip(&ex.history) {
+                let near: Vec<(f32, usize)> = h
+                    .pool(cat)
                     .iter()
                     .filter(|&&c| c != p && cat.in_stock[c])
                     .map(|&c| (cat.lookalike(p, c), c))
@@ -1345,8 +1346,9 @@ fn slot_takes_colour_scan(
 /// kept as running maxima and counts, so that a series of n expansions
 /// costs O(n × pool) rather than O(n² × pool).
 struct SlotHistory {
-    /// The template product's category ([`NO_CATEGORY`]: the product
-    /// alone can fill the slot).
+    /// The template product's category, or the one its slot stored when
+    /// it has none now ([`NO_CATEGORY`] when neither: the product alone
+    /// can fill the slot).
     category: u32,
     template_product: usize,
     /// The highest look-alike similarity to any earlier choice (0 before any).
@@ -1356,9 +1358,15 @@ struct SlotHistory {
 }
 
 impl SlotHistory {
-    fn new(cat: &Catalog, template_product: usize) -> Self {
+    fn new(cat: &Catalog, template_product: usize, stored: Option<&str>) -> Self {
+        let category = match cat.category[template_product] {
+            NO_CATEGORY => stored
+                .and_then(|c| cat.category_id(c))
+                .unwrap_or(NO_CATEGORY),
+            c => c,
+        };
         let mut h = SlotHistory {
-            category: cat.category[template_product],
+            category,
             template_product,
             div: Vec::new(),
             uses: Vec::new(),
@@ -1369,8 +1377,8 @@ impl SlotHistory {
         h
     }
 
-    /// The products that can fill the slot: the template product's
-    /// category, or that product alone when it has none.
+    /// The products that can fill the slot: those of its category, or the
+    /// template product alone without one.
     fn pool<'a>(&'a self, cat: &'a Catalog) -> &'a [usize] {
         slot_pool(cat, self.category, &self.template_product)
     }
@@ -1432,7 +1440,7 @@ impl Expander {
                     outfit: self.id.clone(),
                     slot,
                     product: cat.ids[product].clone(),
-                    category: cat.categories.get(cat.category[product] as usize).cloned(),
+                    category: cat.categories.get(h.category as usize).cloned(),
                     anchor,
                     in_stock,
                     slots: self.history.iter().filter(|x| key(x) == key(h)).count(),
@@ -1484,11 +1492,12 @@ impl Expander {
         self.slot_colours.resize_with(m, || None);
         for &j in &same_with_anchor {
             if self.slot_colours[j].is_none() {
-                let members = cat.same_category(tpl[j]);
+                let members = self.history[j].pool(cat);
                 self.slot_colours[j] = Some(SlotColours::new(cat, members, tpl, reuse_template));
             }
         }
         let slot_colours = &self.slot_colours;
+        let history = &self.history;
         let feasible = |c: usize| -> f32 {
             if same_with_anchor.is_empty() {
                 return 1.0;
@@ -1497,9 +1506,9 @@ impl Expander {
                 .iter()
                 .filter(|&&j| {
                     // (A slot without a category keeps its product.)
-                    let members = cat.same_category(tpl[j]);
+                    let members = history[j].pool(cat);
                     match &slot_colours[j] {
-                        _ if cat.category[tpl[j]] == NO_CATEGORY => true,
+                        _ if history[j].category == NO_CATEGORY => true,
                         Some(sc) => slot_takes_colour(cat, members, sc, tpl, c, reuse_template),
                         None => slot_takes_colour_scan(cat, members, tpl, c, reuse_template),
                     }
