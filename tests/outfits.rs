@@ -1640,6 +1640,31 @@ fn cli_outfit_commands_and_eval_fitb() {
         said.contains(&format!("did you mean '{category}'")),
         "{said}"
     );
+    // Nothing left to rank, or a product of another outfit said sold out,
+    // is an error, not an empty answer.
+    let other = &subset.outfits.values().nth(1).unwrap()[0];
+    for (args, says) in [
+        (
+            vec!["complete", "--given", &given, "--candidates", &ps[1]],
+            "nothing to rank",
+        ),
+        (
+            vec!["substitute", id, "--sold-out", other],
+            "is not in outfit",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(["outfit", "--db", d])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(says), "{args:?}: {said}");
+    }
+    let rules: serde_json::Value =
+        serde_json::from_str(&vitrine(&["outfit", "--db", d, "--json", "rules"])).unwrap();
+    assert_eq!(rules["stale"], false, "{rules}");
     // As `tag delete` does, JSON names what was deleted.
     let out = vitrine(&["outfit", "--db", d, "--json", "delete", id]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -498,6 +498,22 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 }
                 bail!("--sold-out: unknown product '{p}'");
             }
+            // A product of another outfit (a typo) would change nothing.
+            if !sold_out.is_empty() {
+                let o = db
+                    .outfit(&id)?
+                    .ok_or_else(|| vitrine::OutfitError::UnknownOutfit(id.clone()))?;
+                if let Some(p) = sold_out
+                    .iter()
+                    .find(|p| !o.products().contains(&p.as_str()))
+                {
+                    bail!(
+                        "--sold-out: product '{}' is not in outfit {}",
+                        crate::field(p),
+                        crate::field(&id)
+                    );
+                }
+            }
             eng.assume_sold_out(&sold_out);
             let subs = eng.substitute(&id, k as usize)?;
             if json {
@@ -534,7 +550,12 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                              outfit was stored)",
                             crate::field(c)
                         ),
-                        _ => say!("  (none: no other product of this category is in stock)"),
+                        Some(_) => say!("  (none: no other product of this category is in stock)"),
+                        None => say!(
+                            "  (none: the product has no category, nor had when the outfit was \
+                             stored; set its category: `vitrine product --db DB set ID \
+                             category=…`)"
+                        ),
                     }
                 }
             }
@@ -654,6 +675,7 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             method,
         } => {
             let eng = db.outfit_engine()?;
+            let by_category = category.is_some();
             let candidates = match category {
                 Some(c) => {
                     // Only products with model outputs can be ranked.
@@ -703,6 +725,17 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             let method = method_of(&method)?;
             let given = ids(given);
             let mut ranked = eng.complete_with(&given, &candidates, method)?;
+            // (A candidate that is one of the given items is left out.)
+            if ranked.is_empty() {
+                bail!(
+                    "nothing to rank: every candidate is one of the given items{}",
+                    if by_category {
+                        " (the category holds no other in-stock product)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             let ranked_count = ranked.len();
             let hidden = ranked.len().saturating_sub(limit as usize);
             ranked.truncate(limit as usize);
@@ -720,8 +753,14 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     None => "-".to_string(),
                 };
                 for (r, c) in ranked.iter().enumerate() {
+                    // Candidates named by hand may be sold out: marked.
+                    let sold = if eng.in_stock(&c.product) == Some(false) {
+                        " (sold out)"
+                    } else {
+                        ""
+                    };
                     say!(
-                        "{}. {}\tscore {:+.2}\t(rules {}, compatibility {}, kernel {}, look-alike {:.3})",
+                        "{}. {}{sold}\tscore {:+.2}\t(rules {}, compatibility {}, kernel {}, look-alike {:.3})",
                         r + 1,
                         crate::field(&c.product),
                         c.score,
@@ -770,9 +809,12 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
             };
             let list = rules.top(top, min_support);
             if json {
+                // As `info --json` says it (null when it cannot be told).
+                let stale = db.outfit_rules_current().ok().flatten().map(|c| !c);
                 print_json(&serde_json::json!({
                     "outfits": rules.outfits,
                     "pairs": rules.pairs,
+                    "stale": stale,
                     "learn_ms": rules.learn_ms,
                     "patterned_with_solid_lift": rules.patterned_with_solid_lift(),
                     "rules": list,
@@ -802,7 +844,9 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                         r.support
                     );
                 }
-                if list.is_empty() && top > 0 {
+                if rules.outfits == 0 {
+                    say!("(no outfits are stored: `vitrine outfit import FILE --learn` imports them and learns)");
+                } else if list.is_empty() && top > 0 {
                     say!("(no rule has {min_support} or more pairs: lower --min-support)");
                 }
             }
