@@ -769,7 +769,8 @@ fn eval_classify_prints_the_six_figures() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
     let obj = v.as_object().unwrap();
-    assert_eq!(obj.len(), 8, "{v}");
+    assert_eq!(obj.len(), 9, "{v}");
+    assert_eq!(obj["neighbours_searched_among"], 60, "{v}");
     // Without --split, the output says the training images are in, and
     // that no sibling groups were left out of the neighbours.
     assert_eq!(obj["split"], "all", "{v}");
@@ -785,23 +786,25 @@ fn eval_classify_prints_the_six_figures() {
         assert!((0.0..=1.0).contains(&x), "{key} = {x}");
     }
     assert_eq!(obj["n"], 60);
-    // One image has no neighbours: its precision@10 was not measured, and
-    // says so (null), not 0.
-    let out = vitrine(&[
-        "eval",
-        "classify",
-        "--styles",
-        styles.to_str().unwrap(),
-        "--images",
-        images.to_str().unwrap(),
-        "--limit",
-        "1",
-        "--json",
-    ]);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
-    assert!(v["precision_at_10"].is_null(), "{v}");
-    assert_eq!(v["n"], 1, "{v}");
+    // Under 11 images there are not 10 neighbours: precision@10 was not
+    // measured, and says so (null), not 0 nor a precision at fewer.
+    for n in [1, 5] {
+        let out = vitrine(&[
+            "eval",
+            "classify",
+            "--styles",
+            styles.to_str().unwrap(),
+            "--images",
+            images.to_str().unwrap(),
+            "--limit",
+            &n.to_string(),
+            "--json",
+        ]);
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
+        assert!(v["precision_at_10"].is_null(), "{v}");
+        assert_eq!(v["n"], n, "{v}");
+    }
 }
 
 #[test]
@@ -1504,14 +1507,15 @@ fn eval_concepts_json_has_the_documented_keys() {
     }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
-    let run = |split: &str, limit: &str| {
-        vitrine(&[
+    let (styles, images) = (fpi.join("styles.csv"), fpi.join("images"));
+    let run = |split: &str, limit: &str, extra: &[&str]| {
+        let mut args = vec![
             "eval",
             "concepts",
             "--styles",
-            fpi.join("styles.csv").to_str().unwrap(),
+            styles.to_str().unwrap(),
             "--images",
-            fpi.join("images").to_str().unwrap(),
+            images.to_str().unwrap(),
             "--split",
             split,
             "--limit",
@@ -1523,9 +1527,11 @@ fn eval_concepts_json_has_the_documented_keys() {
             "--db",
             db.to_str().unwrap(),
             "--json",
-        ])
+        ];
+        args.extend(extra);
+        vitrine(&args)
     };
-    let out = run("val", "80");
+    let out = run("val", "80", &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in [
@@ -1538,9 +1544,18 @@ fn eval_concepts_json_has_the_documented_keys() {
         assert!((0.0..=1.0).contains(&x), "{key} = {x}");
     }
     assert_eq!(v["n"], 80);
+    assert_eq!(v["split"], "val");
+    // Reused with another preparation: refused, not mixed in.
+    let out = run("val", "80", &["--pixel-aspect", "1.0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("pixel aspect"),
+        "{}",
+        text(&out.stderr)
+    );
     // The folder holds another split's products: refused before anything
     // is imported into it (it imported this run's, then refused).
-    let out = run("train", "5");
+    let out = run("train", "5", &[]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("80 products this run does not label"),

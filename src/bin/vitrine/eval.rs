@@ -217,6 +217,8 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         let mut json = serde_json::to_value(&figures)?;
         json["split"] = split.into();
         json["siblings_excluded"] = siblings_excluded.into();
+        // Neighbours are searched among the images evaluated only.
+        json["neighbours_searched_among"] = figures.n.into();
         println!("{}", crate::json_text(&json));
     } else {
         match split {
@@ -240,6 +242,13 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
                 " (sibling colourways count: the split names no groups)"
             }
         );
+        if args.limit.is_some() {
+            println!(
+                "  (neighbours searched among these {} images only: with --limit, fewer \
+                 same-type neighbours exist, and the figure reads lower than on the whole split)",
+                figures.n
+            );
+        }
     }
     Ok(())
 }
@@ -453,7 +462,9 @@ fn score(
     // Same-articleType precision@10 (the raw type, not the merged
     // category): exact cosine (embeddings are L2-normalised), leaving out
     // the query's own sibling group when the split names it.
-    let k = 10.min(n.saturating_sub(1));
+    // Under 11 images there are not 10 neighbours: no figure, rather than
+    // a precision at fewer labelled @10.
+    let k = if n > 10 { 10 } else { 0 };
     let mut precision_sum = 0.0;
     // Queries with a neighbour to score (all of them but where a query's
     // own group is the whole set).

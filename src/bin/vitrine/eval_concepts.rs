@@ -33,7 +33,8 @@ pub struct ConceptsArgs {
     pub limit: Option<usize>,
     /// Database folder (default: a fresh temporary one). Images already in it
     /// are not imported again; one holding products this run does not label
-    /// (another --split or --limit) is refused.
+    /// (another --split or --limit), or prepared with another
+    /// --pixel-aspect, is refused.
     #[arg(long)]
     pub db: Option<PathBuf>,
     /// Width / height of one stored pixel, 0.01 to 100 (0.75 for Fashion Product Images).
@@ -45,8 +46,11 @@ pub struct ConceptsArgs {
     /// Reference products per profile (at least 1).
     #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     pub references: usize,
-    /// Print one JSON object: `p20_category, p20_colour, p20_conjunction,
-    /// profile_recall, n` (and details).
+    /// Print one JSON object: `split, p20_category, p20_colour,
+    /// p20_conjunction, profile_recall, n` (and details). A `p20` is the
+    /// precision among the first min(20, R) hits for R relevant products
+    /// (R-precision where R < 20); `strict_p20` counts only the queries
+    /// with R >= 20.
     #[arg(long)]
     pub json: bool,
 }
@@ -112,6 +116,18 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
         dir.display(),
     );
     let prep = PrepConfig::catalog().pixel_aspect(args.pixel_aspect);
+    // Products prepared otherwise (another --pixel-aspect) would be mixed
+    // in, their figures taken for this run's.
+    if !db.is_empty() {
+        let stored = db.prep_config()?.get_pixel_aspect();
+        anyhow::ensure!(
+            stored == args.pixel_aspect,
+            "{} holds products prepared with pixel aspect {stored}, this run asks {}: reuse \
+             --db only with the same --pixel-aspect, or give a fresh folder",
+            dir.display(),
+            args.pixel_aspect
+        );
+    }
     let t = Instant::now();
     let report = db.import(
         ImportSource::Items(
@@ -237,7 +253,11 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
     let tag_p20 = |m: &str| tag_fig.get(m).map_or(f64::NAN, |g| g.p20);
 
     let recall = profile_recall(&db, args.profiles, args.references)?;
+    // Without --split the training images count too, and the figures read
+    // far better than the model card's.
+    let split = args.split.as_deref().unwrap_or("all");
     let out = serde_json::json!({
+        "split": split,
         "p20_category": category.p20,
         "p20_colour": colour.p20,
         "p20_conjunction": conjunction.p20,
@@ -268,17 +288,28 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", crate::json_text(&out));
     } else {
-        println!("products                     {}", db.len());
+        match split {
+            "all" => println!(
+                "products                     {} (all rows, training images included: \
+                 --split val for the model card's figures)",
+                db.len()
+            ),
+            s => println!("products                     {} (split {s})", db.len()),
+        }
         println!(
-            "precision@20, category       {:.3}  ({} queries)",
+            "(precision@20*: among the first min(20, R) hits for R relevant products, \
+             R-precision where R < 20; strict P@20 counts only queries with R >= 20)"
+        );
+        println!(
+            "precision@20*, category      {:.3}  ({} queries)",
             category.p20, category.queries
         );
         println!(
-            "precision@20, colour         {:.3}  ({} queries)",
+            "precision@20*, colour        {:.3}  ({} queries)",
             colour.p20, colour.queries
         );
         println!(
-            "precision@20, cat. + colour  {:.3}  ({} queries)",
+            "precision@20*, cat. + colour {:.3}  ({} queries)",
             conjunction.p20, conjunction.queries
         );
         println!(
@@ -291,7 +322,7 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
             conjunction.strict_queries
         );
         println!(
-            "precision@20, user tag       centroid {:.3}, logistic {:.3}  ({} categories, {TAG_EXAMPLES} examples each)",
+            "precision@20*, user tag      centroid {:.3}, logistic {:.3}  ({} categories, {TAG_EXAMPLES} examples each)",
             tag_p20("centroid"),
             tag_p20("logistic"),
             tag_fig.get("centroid").map_or(0, |g| g.queries)
