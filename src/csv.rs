@@ -5,7 +5,9 @@
 //! breaks and `""` for a quote. A
 //! quote inside an unquoted field is an ordinary character (`12" sleeve`),
 //! so one stray quote cannot swallow the rest of the file. Lines end in
-//! `\n` or `\r\n`; a leading byte-order mark (Excel's "CSV UTF-8") is
+//! `\n` or `\r\n`; a carriage return alone outside quotes (an old Mac's
+//! line end, or a mix of endings) is an error, not a character of a value
+//! that would join two rows; a leading byte-order mark (Excel's "CSV UTF-8") is
 //! skipped; blank lines are skipped. Fields are returned as written (not
 //! trimmed).
 
@@ -40,13 +42,20 @@ pub enum CsvError {
         /// The line where the record starts (1-based).
         line: usize,
     },
+    /// A carriage return not followed by a line feed, outside quotes.
+    BareCarriageReturn {
+        /// The line where it is (1-based).
+        line: usize,
+    },
 }
 
 impl CsvError {
     /// The line of the text where the error is (1-based).
     pub fn line(&self) -> usize {
         match *self {
-            CsvError::UnclosedQuote { line } | CsvError::TooManyFields { line } => line,
+            CsvError::UnclosedQuote { line }
+            | CsvError::TooManyFields { line }
+            | CsvError::BareCarriageReturn { line } => line,
         }
     }
 }
@@ -60,6 +69,11 @@ impl fmt::Display for CsvError {
             CsvError::TooManyFields { line } => write!(
                 f,
                 "the record on line {line} has more than {MAX_CSV_FIELDS} fields"
+            ),
+            CsvError::BareCarriageReturn { line } => write!(
+                f,
+                "line {line} holds a carriage return without a line feed: lines must end \
+                 with LF or CRLF (an old Mac export? save the file again as CSV UTF-8)"
             ),
         }
     }
@@ -175,6 +189,10 @@ impl Iterator for CsvRecords<'_> {
                         blank = true;
                     }
                     '\r' if self.chars.peek() == Some(&'\n') => {}
+                    '\r' => {
+                        self.done = true;
+                        return Some(Err(CsvError::BareCarriageReturn { line: self.line }));
+                    }
                     '\n' => {
                         self.line += 1;
                         ended = true;
@@ -254,8 +272,13 @@ mod tests {
         // Spaces before a quoted field, as some writers put after commas.
         assert_eq!(fields("id, \"a, b\" ,c"), [["id", "a, b ", "c"]]);
         assert_eq!(fields("\"a\" \"b\""), [["a \"b\""]]);
-        // A carriage return alone is data.
-        assert_eq!(fields("a\rb,c"), [["a\rb", "c"]]);
+        // A carriage return alone is data in quotes, an error outside
+        // them: it would join two rows of a file of mixed line ends.
+        assert_eq!(fields("\"a\rb\",c"), [["a\rb", "c"]]);
+        assert_eq!(
+            parse_csv("h\nm1,A\rm2,B\n"),
+            Err(CsvError::BareCarriageReturn { line: 2 })
+        );
         assert!(fields("").is_empty());
         assert!(fields("\n \n\r\n").is_empty());
         let r = parse_csv("h\n\n\"a\nb\",c\nd\n").unwrap();

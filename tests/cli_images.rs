@@ -1108,6 +1108,22 @@ fn query_command_prints_results_and_positioned_errors() {
     // before a where clause.
     let out = vitrine(&["query", "--db", db, "feedback", "an\"na", seed, "like"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // A user id holding an escape does not reach the terminal as one.
+    let out = vitrine(&[
+        "query",
+        "--db",
+        db,
+        "feedback",
+        "a\u{1b}[31mb",
+        seed,
+        "like",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains('\u{1b}'),
+        "{:?}",
+        text(&out.stdout)
+    );
     let out = vitrine(&[
         "query", "--db", db, "--json", "similar", seed, "an\"na", "2", "where", "in_stock",
     ]);
@@ -1209,6 +1225,22 @@ fn query_command_prints_results_and_positioned_errors() {
         child.stdin.take().unwrap().write_all(script).unwrap();
         child.wait_with_output().unwrap()
     };
+    // A carriage return inside a line is refused, not read as words of
+    // the first command (`product delete A\rproduct get B` deleted B too);
+    // so is a line of megabytes (split into words, it took gigabytes).
+    let long = format!("product get {}\n", "a ".repeat(600_000));
+    for (script, says) in [
+        (
+            format!("product get {seed}\rproduct get {seed}\n"),
+            "carriage return",
+        ),
+        (long, "bytes long"),
+    ] {
+        let out = run_script(script.as_bytes());
+        assert!(!out.status.success());
+        let said = text(&out.stdout);
+        assert!(said.contains(says), "{}", &said[..said.len().min(500)]);
+    }
     let out = run_script(b"concepts Pattern\noutfit list --json\n");
     assert!(out.status.success(), "{}", text(&out.stdout));
     let shown = text(&out.stdout);
@@ -2151,10 +2183,11 @@ fn product_get_set_and_delete() {
     vitrine(&["product", "--db", db_s, "set", &ids[0], "season="]);
     assert!(get(&ids[0])["attributes"].get("season").is_none());
 
-    // Delete: the known ids go, an unknown one is an error.
+    // Delete: the known ids go, an unknown one is said, and the batch
+    // that left some is exit 3 (1 when none went).
     // (An id no product can have is unknown too: the ones after it go.)
     let out = vitrine(&["product", "--db", db_s, "delete", "", &ids[1], "no-such-id"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         text(&out.stderr).contains("no-such-id"),
         "{}",
@@ -2162,9 +2195,12 @@ fn product_get_set_and_delete() {
     );
     let out = vitrine(&["product", "--db", db_s, "get", &ids[1]]);
     assert_eq!(out.status.code(), Some(1));
-    // Through `query`, an empty argument is one too (it was dropped).
+    let out = vitrine(&["product", "--db", db_s, "delete", &ids[1]]);
+    assert_eq!(out.status.code(), Some(1));
+    // Through `query`, an empty argument is one too (it was dropped); a
+    // get that shows some is exit 3.
     let out = vitrine(&["query", "--db", db_s, "product", "get", "", &ids[2]]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
     // Before the command word, one is nothing.
     let out = vitrine(&["query", "--db", db_s, "", "product", "get", &ids[2]]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -2747,7 +2783,12 @@ fn catalog_values_are_printed_without_control_characters() {
         let v = vec![1.0; vitrine::DEFAULT_DIM];
         let attrs = vitrine::Attributes::new().category("c\u{1b}]0;pwned\u{7}");
         db.insert(p, attrs, [(vitrine::DEFAULT_SPACE, v)]).unwrap();
-        db.store_outfit(o, &[p]).unwrap();
+        // An outfit id cannot hold one (it could not be typed back).
+        assert!(matches!(
+            db.store_outfit(o, &[p]),
+            Err(vitrine::OutfitError::InvalidId(_))
+        ));
+        db.store_outfit("look 1", &[p]).unwrap();
     }
     let d = db_dir.to_str().unwrap();
     let out = vitrine(&["outfit", "--db", d, "list"]);
@@ -2757,9 +2798,9 @@ fn catalog_values_are_printed_without_control_characters() {
         !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
         "{shown:?}"
     );
-    assert!(shown.contains("look?[2J?1\tp"), "{shown:?}");
+    assert!(shown.contains("look 1\tp"), "{shown:?}");
     // Shown, too, on a database made without a model: no colour family.
-    let out = vitrine(&["outfit", "--db", d, "show", o]);
+    let out = vitrine(&["outfit", "--db", d, "show", "look 1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
     assert!(!shown.contains('\u{1b}'), "{shown:?}");
@@ -2966,7 +3007,12 @@ fn repair_rewrite_keeps_everything_and_gives_space_back() {
 /// reads as a run that ended before the signal, which a fast machine may
 /// give).
 #[cfg(unix)]
-fn interrupted(args: &[&str], delays: &[u64], reset: impl Fn()) -> Option<Output> {
+fn interrupted(
+    args: &[&str],
+    delays: &[u64],
+    signal: libc::c_int,
+    reset: impl Fn(),
+) -> Option<Output> {
     for &delay in delays {
         reset();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrine"));
@@ -2980,6 +3026,7 @@ fn interrupted(args: &[&str], delays: &[u64], reset: impl Fn()) -> Option<Output
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
                 libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
                 Ok(())
             });
         }
@@ -2991,7 +3038,7 @@ fn interrupted(args: &[&str], delays: &[u64], reset: impl Fn()) -> Option<Output
         if running {
             // SAFETY: signals a child this test spawned and has not reaped.
             unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+                libc::kill(child.id() as libc::pid_t, signal);
             }
         }
         let o = child.wait_with_output().unwrap();
@@ -3009,7 +3056,7 @@ fn interrupted(args: &[&str], delays: &[u64], reset: impl Fn()) -> Option<Output
     None
 }
 
-/// Ctrl-C during an import stops it between two products: what was stored
+/// Ctrl-C (or SIGTERM) during an import stops it between two products: what was stored
 /// stays, the command says so (exit 1, and the report's last line), and
 /// the same command resumes.
 #[cfg(unix)]
@@ -3028,30 +3075,34 @@ fn ctrl_c_stops_an_import_cleanly_and_it_resumes() {
         db.to_str().unwrap(),
         "--fpi",
     ];
-    // Longer waits only on a machine slow to load the model.
-    let out = interrupted(&args, &[800, 1500, 2500, 4000, 8000, 16000], || {
-        let _ = std::fs::remove_dir_all(&db);
-    })
-    .expect("Ctrl-C reached every run before its import began");
-    if out.status.success() {
-        eprintln!("SKIPPED: the import ended before Ctrl-C (a fast machine)");
-        return;
+    // SIGTERM (what `timeout` and service managers send) stops it as
+    // Ctrl-C does.
+    for (signal, name) in [(libc::SIGINT, "Ctrl-C"), (libc::SIGTERM, "SIGTERM")] {
+        // Longer waits only on a machine slow to load the model.
+        let out = interrupted(&args, &[800, 1500, 2500, 4000, 8000, 16000], signal, || {
+            let _ = std::fs::remove_dir_all(&db);
+        })
+        .expect("Ctrl-C reached every run before its import began");
+        if out.status.success() {
+            eprintln!("SKIPPED: the import ended before {name} (a fast machine)");
+            continue;
+        }
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("stopped by {name}")), "{stderr}");
+        let report = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
+        assert!(report.contains(&format!("stopped by {name}")), "{report}");
+        let stored = vitrine::Db::open(&db).unwrap().len();
+        assert!(stored < 300, "{stored}");
+        let out = vitrine(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains(&format!("{} skipped (already present)", stored)),
+            "{stored}: {stdout}"
+        );
+        assert_eq!(vitrine::Db::open(&db).unwrap().len(), 300);
     }
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("stopped by Ctrl-C"), "{stderr}");
-    let report = std::fs::read_to_string(db.join("import-failures.tsv")).unwrap();
-    assert!(report.contains("stopped by Ctrl-C"), "{report}");
-    let stored = vitrine::Db::open(&db).unwrap().len();
-    assert!(stored < 300, "{stored}");
-    let out = vitrine(&args);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains(&format!("{} skipped (already present)", stored)),
-        "{stored}: {stdout}"
-    );
-    assert_eq!(vitrine::Db::open(&db).unwrap().len(), 300);
 }
 
 /// Ctrl-C during an `--update`'s writes to present products (one durable
@@ -3110,8 +3161,13 @@ fn ctrl_c_stops_an_update_between_two_rows() {
         db_dir.to_str().unwrap(),
         "--update",
     ];
-    let out = interrupted(&args, &[1500, 3000, 5000, 10000, 20000], || {})
-        .expect("Ctrl-C reached every run before its updates began");
+    let out = interrupted(
+        &args,
+        &[1500, 3000, 5000, 10000, 20000],
+        libc::SIGINT,
+        || {},
+    )
+    .expect("Ctrl-C reached every run before its updates began");
     if out.status.success() {
         eprintln!("SKIPPED: the update ended before Ctrl-C (a fast machine)");
         return;
@@ -3331,4 +3387,55 @@ fn a_failed_repair_without_a_copy_keeps_a_refused_database_refused() {
         Err(e) => assert!(e.to_string().contains("lost acknowledged writes"), "{e}"),
         Ok(db) => panic!("opened with {} products, the loss hidden", db.len()),
     }
+}
+
+/// A carriage return alone in a catalog CSV (mixed line ends) would join
+/// two rows, the second one's fields landing in the first's columns: the
+/// import is refused, naming the line, and makes no database.
+#[test]
+fn a_bare_carriage_return_in_a_catalog_csv_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("catalog.csv");
+    std::fs::write(&csv, "id,path,brand\nm1,a.jpg,A\rm2,b.jpg,B\n").unwrap();
+    let db = dir.path().join("db");
+    let out = vitrine(&[
+        "import",
+        csv.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("carriage return"),
+        "{err}"
+    );
+    assert!(!db.exists());
+}
+
+/// A database open in another process is exit 4, whatever the command: a
+/// nightly job retries later, where exit 1 means something is broken.
+#[test]
+fn a_locked_database_is_exit_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    let held = vitrine::Db::open(&db_dir).unwrap();
+    let d = db_dir.to_str().unwrap();
+    for args in [
+        vec!["info", "--db", d],
+        vec!["product", "--db", d, "list"],
+        vec!["outfit", "--db", d, "list"],
+        vec!["query", "--db", d, "+colour.red"],
+    ] {
+        let out = vitrine(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains("open elsewhere"), "{args:?}");
+    }
+    drop(held);
+    assert_eq!(vitrine(&["info", "--db", d]).status.code(), Some(0));
 }

@@ -298,3 +298,38 @@ fn a_write_whose_flush_fails_leaves_memory_as_sled_serves_it() {
         );
     }
 }
+
+/// An import whose products fit on the disk but whose index files do not
+/// fails (exit 1, saying the products are stored). It said "300 imported"
+/// and exited 0, the full disk only in a log line, and every later open
+/// rebuilt the indexes.
+#[test]
+fn an_import_whose_indexes_cannot_be_saved_fails() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !root.join("models").join(vitrine::BUNDLED_ONNX).is_file() {
+        eprintln!("SKIPPED: the bundled model is absent");
+        return;
+    }
+    let csv = root.join("examples/catalog/catalog.csv");
+    // Sizes around where the 300 sample products fit and their indexes do
+    // not (3 MiB here); which one lands there depends on the file system.
+    for size in [c"size=2560k", c"size=3m", c"size=3584k"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrine"));
+        cmd.arg("import")
+            .arg(&csv)
+            .arg("--db")
+            .arg(dir.path().join("db"));
+        let Some(child) = tmpfs::spawn_on_tmpfs(cmd, dir.path(), size) else {
+            return;
+        };
+        let (status, stdout, stderr) = tmpfs::wait_bounded(child, Duration::from_secs(300));
+        assert!(
+            !(status.success() && stderr.contains("No space left")),
+            "{size:?}: a full disk, and exit 0\n{stdout}\n{stderr}"
+        );
+        if stdout.contains("300 imported") && !status.success() {
+            assert!(stderr.contains("saving the indexes failed"), "{stderr}");
+        }
+    }
+}

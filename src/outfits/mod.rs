@@ -81,7 +81,10 @@ pub enum OutfitError {
     #[error("outfit '{0}' has no products")]
     EmptyOutfit(String),
     /// An outfit id that is empty or too long.
-    #[error("invalid outfit id '{0}' (must be 1 to 1024 bytes)")]
+    #[error(
+        "invalid outfit id '{}' (must be 1 to 1024 bytes, without control characters)",
+        .0.escape_debug()
+    )]
     InvalidId(String),
     /// An outfit with more than [`MAX_OUTFIT_SLOTS`] products.
     #[error("outfit '{outfit}' has {slots} products; at most {MAX_OUTFIT_SLOTS} are accepted")]
@@ -329,6 +332,12 @@ impl Db {
     /// Checks an outfit against the catalog and builds its slots.
     fn validate_outfit<S: AsRef<str>>(&self, id: &str, products: &[S]) -> OutfitResult<Outfit> {
         check_outfit_id(id)?;
+        // A line break or an escape in an id would print as another id, or
+        // drive the terminal, and could not be typed back. (Ids stored by
+        // an older build stay readable and deletable.)
+        if id.chars().any(char::is_control) {
+            return Err(OutfitError::InvalidId(id.chars().take(64).collect()));
+        }
         if products.is_empty() {
             return Err(OutfitError::EmptyOutfit(id.to_string()));
         }

@@ -522,13 +522,26 @@ pub fn import_with_progress(
     Ok(report)
 }
 
-/// What an import stopped by Ctrl-C says.
+/// What stopped an import: `Ctrl-C`, or `SIGTERM`.
+fn stopped_by() -> &'static str {
+    #[cfg(unix)]
+    if STOP_SIGNAL.load(std::sync::atomic::Ordering::Relaxed) == libc::SIGTERM {
+        return "SIGTERM";
+    }
+    "Ctrl-C"
+}
+
+/// What an import stopped by Ctrl-C (or SIGTERM) says.
 fn stop_message(report: &ImportReport) -> String {
     let p = &report.progress;
     format!(
-        "stopped by Ctrl-C: {} of {} items stored, {} skipped, {} failed before it; run the \
+        "stopped by {}: {} of {} items stored, {} skipped, {} failed before it; run the \
          same command again to go on",
-        p.stored, p.total, p.skipped, p.failed
+        stopped_by(),
+        p.stored,
+        p.total,
+        p.skipped,
+        p.failed
     )
 }
 
@@ -570,22 +583,26 @@ fn import_with_options(
 
 /// Set by Ctrl-C during an import, which then stops between two products.
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The signal that set [`INTERRUPTED`].
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// While it lives, a first Ctrl-C stops the import cleanly (its products
-/// stored, its report written, the indexes saved); a second one ends the
-/// process at once, as usual. A process started with Ctrl-C ignored (in
-/// the background of a script) keeps ignoring it.
+/// While it lives, a first Ctrl-C or SIGTERM (what `timeout`, systemd and
+/// container runtimes send) stops the import cleanly (its products stored,
+/// its report written, the indexes saved); a second one ends the process at
+/// once, as usual. A process started with the signal ignored (in the
+/// background of a script) keeps ignoring it.
 struct StopOnCtrlC {
     #[cfg(unix)]
-    previous: libc::sighandler_t,
+    previous: [(libc::c_int, libc::sighandler_t); 2],
 }
 
 #[cfg(unix)]
-extern "C" fn on_ctrl_c(_: libc::c_int) {
+extern "C" fn on_ctrl_c(sig: libc::c_int) {
+    STOP_SIGNAL.store(sig, std::sync::atomic::Ordering::Relaxed);
     INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: signal() is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(sig, libc::SIG_DFL);
     }
 }
 
@@ -595,10 +612,13 @@ impl StopOnCtrlC {
         // SAFETY: the handler only stores an atomic and resets itself, both
         // async-signal-safe; an ignored signal is put back at once.
         unsafe {
-            let previous = libc::signal(libc::SIGINT, on_ctrl_c as *const () as libc::sighandler_t);
-            if previous == libc::SIG_IGN {
-                libc::signal(libc::SIGINT, libc::SIG_IGN);
-            }
+            let previous = [libc::SIGINT, libc::SIGTERM].map(|sig| {
+                let previous = libc::signal(sig, on_ctrl_c as *const () as libc::sighandler_t);
+                if previous == libc::SIG_IGN {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                (sig, previous)
+            });
             StopOnCtrlC { previous }
         }
         #[cfg(not(unix))]
@@ -611,7 +631,9 @@ impl Drop for StopOnCtrlC {
         #[cfg(unix)]
         // SAFETY: puts back what was there (the default, or an ignore).
         unsafe {
-            libc::signal(libc::SIGINT, self.previous);
+            for (sig, previous) in self.previous {
+                libc::signal(sig, previous);
+            }
         }
     }
 }
@@ -1044,9 +1066,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             for (done, row) in rows.into_iter().enumerate() {
                 if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
                     updates_stopped = Some(format!(
-                        "stopped by Ctrl-C after {done} of {total} rows (the updates of those \
+                        "stopped by {} after {done} of {total} rows (the updates of those \
                          rows are applied, no new product is imported); run the same command \
-                         again to finish"
+                         again to finish",
+                        stopped_by()
                     ));
                     break;
                 }
@@ -1351,6 +1374,12 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     if !report.failures.is_empty() || !update_failures.is_empty() {
         println!("failures written to {}", report_path.display());
     }
+    // The indexes are saved here, not when the database is dropped: a
+    // full disk then shows in the exit status, not in a log line only.
+    db.close().context(
+        "the products are stored, but saving the indexes failed (the next open rebuilds them \
+         from storage)",
+    )?;
     // All failed: the input itself is wrong (exit 1). Some failed: a
     // large catalog often has a few bad images, but a nightly job must see
     // it (exit 3).

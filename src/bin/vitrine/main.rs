@@ -174,8 +174,36 @@ fn main() {
             std::process::exit(PARTIAL_EXIT);
         }
         eprintln!("error: {}", terminal_safe(&error_message(&e)));
-        std::process::exit(1);
+        std::process::exit(if locked(&e) { LOCKED_EXIT } else { 1 });
     }
+}
+
+/// Exit status of a command refused because the database is open in
+/// another process: a job can retry later, where exit 1 means broken.
+const LOCKED_EXIT: i32 = 4;
+
+/// Whether `e` says the database is open elsewhere, whatever API error
+/// carries it.
+fn locked(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let db = c
+            .downcast_ref::<vitrine::Error>()
+            .or_else(|| match c.downcast_ref::<vitrine::IngestError>() {
+                Some(vitrine::IngestError::Db(e)) => Some(e),
+                _ => None,
+            })
+            .or_else(|| match c.downcast_ref::<vitrine::ConceptError>() {
+                Some(vitrine::ConceptError::Db(e)) => Some(e),
+                _ => None,
+            })
+            .or_else(|| match c.downcast_ref::<vitrine::OutfitError>() {
+                Some(vitrine::OutfitError::Db(e)) => Some(e),
+                _ => None,
+            });
+        db.is_some_and(vitrine::Error::is_locked)
+            || c.downcast_ref::<vitrine_storage::Error>()
+                .is_some_and(|e| matches!(e, vitrine_storage::Error::Locked { .. }))
+    })
 }
 
 /// `--db` of `outfit` and `product` is global, and clap parses a global

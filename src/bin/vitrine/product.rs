@@ -158,7 +158,14 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                     .collect();
                 println!("  vectors    {}", dims.join(", "));
             }
+            // Some shown, some unknown: exit 3, as a batch that left some
+            // items is; none shown: 1.
             if !missing.is_empty() {
+                if missing.len() < ids.len() {
+                    return Err(
+                        crate::Partial(format!("no product {}", shown_ids(&missing))).into(),
+                    );
+                }
                 bail!("no product {}", shown_ids(&missing));
             }
         }
@@ -261,6 +268,11 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                 }
             }
             if !missing.is_empty() {
+                if deleted > 0 {
+                    return Err(
+                        crate::Partial(format!("no product {}", shown_ids(&missing))).into(),
+                    );
+                }
                 bail!("no product {}", shown_ids(&missing));
             }
         }

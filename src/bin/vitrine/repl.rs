@@ -662,7 +662,12 @@ impl Session {
             )?;
             return Ok(());
         }
-        writeln!(out, "profile {user} ({} events)", p.events.len())?;
+        writeln!(
+            out,
+            "profile {} ({} events)",
+            crate::field(user),
+            p.events.len()
+        )?;
         let mut w: Vec<(&String, &f32)> = p.weights.iter().collect();
         w.sort_by(|a, b| b.1.total_cmp(a.1));
         // Bars of at most 40: weights are usually shares of 1.
@@ -1285,9 +1290,26 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
         let mut quit = false;
         let lines: Vec<&str> = line.split('\n').collect();
         for (i, line) in lines.iter().enumerate() {
-            interrupts::running(true);
-            let done = session.execute(line.trim_end_matches('\r'), &mut stdout);
-            interrupts::running(false);
+            let line = line.trim_end_matches('\r');
+            // A carriage return inside a line (a script of old Mac line
+            // ends) would run the lines after it as words of the first
+            // (`product delete A\rproduct get B` deleted B); a line of
+            // megabytes is split into words before any command reads it.
+            let done = if line.contains('\r') {
+                Err(anyhow::anyhow!(
+                    "the line holds a carriage return inside it: lines end with LF or CRLF; skipped"
+                ))
+            } else if line.len() > MAX_LINE_BYTES {
+                Err(anyhow::anyhow!(
+                    "the line is {} bytes long, more than {MAX_LINE_BYTES}; skipped",
+                    line.len()
+                ))
+            } else {
+                interrupts::running(true);
+                let done = session.execute(line, &mut stdout);
+                interrupts::running(false);
+                done
+            };
             match done {
                 Ok(true) => {}
                 Ok(false) => {
@@ -1494,6 +1516,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     row[b.len()]
 }
+
+/// The longest command line the REPL reads (a query is at most 64 KiB).
+const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// The words that open a query's clauses.
 const QUERY_CLAUSES: &[&str] = &[
