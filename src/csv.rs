@@ -5,9 +5,11 @@
 //! breaks and `""` for a quote. A
 //! quote inside an unquoted field is an ordinary character (`12" sleeve`),
 //! so one stray quote cannot swallow the rest of the file. Lines end in
-//! `\n` or `\r\n`; a carriage return alone outside quotes (an old Mac's
-//! line end, or a mix of endings) is an error, not a character of a value
-//! that would join two rows; a leading byte-order mark (Excel's "CSV UTF-8") is
+//! `\n` or `\r\n` (carriage returns before a line end, or at the end of
+//! the text, are dropped); a carriage return followed by other text
+//! outside quotes (an old Mac's line end, or a mix of endings) is an
+//! error, not a character of a value that would join two rows; a leading
+//! byte-order mark (Excel's "CSV UTF-8") is
 //! skipped; blank lines are skipped. Fields are returned as written (not
 //! trimmed).
 
@@ -188,7 +190,11 @@ impl Iterator for CsvRecords<'_> {
                         quoted_part = false;
                         blank = true;
                     }
-                    '\r' if self.chars.peek() == Some(&'\n') => {}
+                    // Carriage returns before a line end, or at the end of
+                    // the text, are part of it: `\r\r\n` is what Python's
+                    // csv module writes on Windows to a file not opened with
+                    // newline=''.
+                    '\r' if matches!(self.chars.peek(), None | Some('\r' | '\n')) => {}
                     '\r' => {
                         self.done = true;
                         return Some(Err(CsvError::BareCarriageReturn { line: self.line }));
@@ -279,6 +285,9 @@ mod tests {
             parse_csv("h\nm1,A\rm2,B\n"),
             Err(CsvError::BareCarriageReturn { line: 2 })
         );
+        // Carriage returns before a line end, or ending the text, end it.
+        assert_eq!(fields("id,p\r\r\na,b\r\r\n"), [["id", "p"], ["a", "b"]]);
+        assert_eq!(fields("h,x\na,b\r"), [["h", "x"], ["a", "b"]]);
         assert!(fields("").is_empty());
         assert!(fields("\n \n\r\n").is_empty());
         let r = parse_csv("h\n\n\"a\nb\",c\nd\n").unwrap();

@@ -1143,6 +1143,15 @@ fn query_command_prints_results_and_positioned_errors() {
     );
     // A mistyped command word is said as the REPL says it, not read as
     // a concept.
+    for word in ["shoes", "suit", "top"] {
+        let out = vitrine(&["query", "--db", db, word, "limit", "3"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            !text(&out.stderr).contains("unknown command"),
+            "{word}: {}",
+            text(&out.stderr)
+        );
+    }
     for (typo, meant) in [("simlar", "similar"), ("prodct", "product")] {
         let out = vitrine(&["query", "--db", db, typo, seed]);
         assert_eq!(out.status.code(), Some(1));
@@ -2339,7 +2348,7 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
         "{now:?}"
     );
     // An --update of `source` that fails as a whole: the report it leaves.
-    let failed_update = |source: &std::path::Path| {
+    let failed_update = |source: &std::path::Path, code: i32| {
         std::fs::write(&report, "last night\n").unwrap();
         let out = vitrine(&[
             "import",
@@ -2348,22 +2357,28 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
             db.to_str().unwrap(),
             "--update",
         ]);
-        assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "stderr: {}",
+            text(&out.stderr)
+        );
         let now = std::fs::read_to_string(&report).unwrap();
         assert!(!now.contains("last night"), "{now:?}");
         now
     };
     // Nor when tonight's export is missing.
-    let now = failed_update(&dir.path().join("missing.csv"));
+    let now = failed_update(&dir.path().join("missing.csv"), 1);
     assert!(
         now.contains("--update takes attributes from a CSV file"),
         "{now:?}"
     );
-    // Nor when the database cannot be opened: another process holds it.
+    // Nor when the database cannot be opened: another process holds it
+    // (exit 4: retry later).
     let held = vitrine::Db::open(&db).unwrap();
     let prices = dir.path().join("prices-ok.csv");
     std::fs::write(&prices, "id,path,price\nsku-1,,19.90\n").unwrap();
-    let now = failed_update(&prices);
+    let now = failed_update(&prices, 4);
     assert!(
         now.contains("the import stopped: cannot open the database"),
         "{now:?}"

@@ -1640,28 +1640,15 @@ fn cli_outfit_commands_and_eval_fitb() {
         said.contains(&format!("did you mean '{category}'")),
         "{said}"
     );
-    // Nothing left to rank, or a product of another outfit said sold out,
-    // is an error, not an empty answer.
-    let other = &subset.outfits.values().nth(1).unwrap()[0];
-    for (args, says) in [
-        (
-            vec!["complete", "--given", &given, "--candidates", &ps[1]],
-            "nothing to rank",
-        ),
-        (
-            vec!["substitute", id, "--sold-out", other],
-            "is not in outfit",
-        ),
-    ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
-            .args(["outfit", "--db", d])
-            .args(&args)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert!(said.contains(says), "{args:?}: {said}");
-    }
+    // Nothing left to rank is an error, not an empty answer.
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["outfit", "--db", d, "complete", "--given", &given])
+        .args(["--candidates", &ps[1]])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("nothing to rank"), "{said}");
     let rules: serde_json::Value =
         serde_json::from_str(&vitrine(&["outfit", "--db", d, "--json", "rules"])).unwrap();
     assert_eq!(rules["stale"], false, "{rules}");
@@ -2063,6 +2050,25 @@ fn a_product_whose_category_was_cleared_is_replaced_from_its_slots_category() {
         let a = db.get(&e.products[0]).unwrap().unwrap().attributes;
         assert_eq!(a.category, stored, "{e:?}");
     }
+    // A product in stock whose category was cleared can still fill its own
+    // slot when nothing else of the stored category is in stock.
+    let second = &subset.outfits[template][1];
+    let its = db.outfit(template).unwrap().unwrap().slots[1]
+        .category
+        .clone();
+    for id in db.ids() {
+        let a = db.get(&id).unwrap().unwrap().attributes;
+        if a.category == its && &id != second {
+            db.set_in_stock(&id, false).unwrap();
+        }
+    }
+    let p = db.get(second).unwrap().unwrap();
+    let mut attributes = p.attributes;
+    attributes.category = None;
+    db.upsert(second, attributes, p.vectors).unwrap();
+    let made = db.expand(template, 2, &ExpandOptions::new()).unwrap();
+    assert!(!made.is_empty());
+    assert!(made.iter().all(|e| &e.products[1] == second), "{made:?}");
 }
 
 /// A template one of whose categories is sold out makes no outfit: expand

@@ -205,7 +205,7 @@ fn unfillable_why(category: Option<&str>, anchor: bool, in_stock: usize, slots: 
                 .into()
         }
         (Some(c), false) if in_stock == 0 => {
-            format!("every product of category '{c}' is out of stock")
+            format!("no product of category '{c}' is in stock")
         }
         (Some(c), false) => format!(
             "the outfit has {slots} products of category '{c}', and only {in_stock} of that \

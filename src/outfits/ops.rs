@@ -1351,6 +1351,11 @@ struct SlotHistory {
     /// can fill the slot).
     category: u32,
     template_product: usize,
+    /// For a product whose category was cleared since: the stored
+    /// category's products and itself (it can still fill its own slot).
+    own_pool: Option<Vec<usize>>,
+    /// The category the outfit stored for the slot.
+    stored: Option<String>,
     /// The highest look-alike similarity to any earlier choice (0 before any).
     div: Vec<f32>,
     /// How often each product was chosen.
@@ -1359,15 +1364,22 @@ struct SlotHistory {
 
 impl SlotHistory {
     fn new(cat: &Catalog, template_product: usize, stored: Option<&str>) -> Self {
-        let category = match cat.category[template_product] {
-            NO_CATEGORY => stored
-                .and_then(|c| cat.category_id(c))
-                .unwrap_or(NO_CATEGORY),
-            c => c,
+        let (category, own_pool) = match cat.category[template_product] {
+            NO_CATEGORY => match stored.and_then(|c| cat.category_id(c)) {
+                Some(c) => {
+                    let mut pool = cat.by_category[c as usize].clone();
+                    pool.push(template_product);
+                    (c, Some(pool))
+                }
+                None => (NO_CATEGORY, None),
+            },
+            c => (c, None),
         };
         let mut h = SlotHistory {
             category,
             template_product,
+            own_pool,
+            stored: stored.map(str::to_owned),
             div: Vec::new(),
             uses: Vec::new(),
         };
@@ -1380,20 +1392,28 @@ impl SlotHistory {
     /// The products that can fill the slot: those of its category, or the
     /// template product alone without one.
     fn pool<'a>(&'a self, cat: &'a Catalog) -> &'a [usize] {
-        slot_pool(cat, self.category, &self.template_product)
+        slot_pool(cat, self.category, &self.template_product, &self.own_pool)
     }
 
     /// Records `chosen`, at `pos` in the pool.
     fn record(&mut self, cat: &Catalog, pos: usize, chosen: usize) {
         self.uses[pos] += 1;
-        let pool = slot_pool(cat, self.category, &self.template_product);
+        let pool = slot_pool(cat, self.category, &self.template_product, &self.own_pool);
         for (d, &c) in self.div.iter_mut().zip(pool) {
             *d = d.max(cat.lookalike(c, chosen));
         }
     }
 }
 
-fn slot_pool<'a>(cat: &'a Catalog, category: u32, template_product: &'a usize) -> &'a [usize] {
+fn slot_pool<'a>(
+    cat: &'a Catalog,
+    category: u32,
+    template_product: &'a usize,
+    own_pool: &'a Option<Vec<usize>>,
+) -> &'a [usize] {
+    if let Some(pool) = own_pool {
+        return pool;
+    }
     match category {
         NO_CATEGORY => std::slice::from_ref(template_product),
         c => &cat.by_category[c as usize],
@@ -1416,7 +1436,7 @@ impl Expander {
         let key = |h: &SlotHistory| {
             (
                 h.category,
-                (h.category == NO_CATEGORY).then_some(h.template_product),
+                (h.category == NO_CATEGORY || h.own_pool.is_some()).then_some(h.template_product),
             )
         };
         let mut taken: HashMap<(u32, Option<usize>), usize> = HashMap::new();
@@ -1440,7 +1460,12 @@ impl Expander {
                     outfit: self.id.clone(),
                     slot,
                     product: cat.ids[product].clone(),
-                    category: cat.categories.get(h.category as usize).cloned(),
+                    // (The stored one, when no product has it now.)
+                    category: cat
+                        .categories
+                        .get(h.category as usize)
+                        .cloned()
+                        .or_else(|| h.stored.clone()),
                     anchor,
                     in_stock,
                     slots: self.history.iter().filter(|x| key(x) == key(h)).count(),

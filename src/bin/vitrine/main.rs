@@ -69,8 +69,9 @@ enum Command {
     ///
     /// Bad images and bad CSV rows are written to the failure report and the
     /// rest is imported. Exit status: 0 when every item was stored (or was
-    /// already there), 3 when some failed, 1 on an error or when all failed
-    /// (2 is a usage error).
+    /// already there), 3 when some failed, 1 on an error or when all failed,
+    /// 4 when the database is open in another process (2 is a usage error).
+    /// Ctrl-C or SIGTERM stops it between two products.
     Import(import::ImportArgs),
     /// What a database holds (products, spaces, model, outfits) and whether it opened cleanly.
     Info(info::InfoArgs),

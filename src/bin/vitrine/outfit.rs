@@ -498,22 +498,6 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                 }
                 bail!("--sold-out: unknown product '{p}'");
             }
-            // A product of another outfit (a typo) would change nothing.
-            if !sold_out.is_empty() {
-                let o = db
-                    .outfit(&id)?
-                    .ok_or_else(|| vitrine::OutfitError::UnknownOutfit(id.clone()))?;
-                if let Some(p) = sold_out
-                    .iter()
-                    .find(|p| !o.products().contains(&p.as_str()))
-                {
-                    bail!(
-                        "--sold-out: product '{}' is not in outfit {}",
-                        crate::field(p),
-                        crate::field(&id)
-                    );
-                }
-            }
             eng.assume_sold_out(&sold_out);
             let subs = eng.substitute(&id, k as usize)?;
             if json {

@@ -47,8 +47,8 @@ pub enum ProductCommand {
     /// Lists the stored product ids, one per line, sorted (to compare with
     /// an export: which stored products did tonight's CSV leave out).
     List,
-    /// Deletes products (unknown ids are an error; the known ones are
-    /// deleted first).
+    /// Deletes products. Unknown ids are said; exit 3 when some ids were
+    /// deleted and some unknown, 1 when none was known.
     Delete {
         /// Product ids.
         #[arg(required = true)]

@@ -1448,13 +1448,16 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
         let quoted = format!("{find}{}", requote_values(&args.query));
         // A first word that is no command, clause nor concept (`simlar`)
         // is most likely a command mistyped: said as the REPL says it.
-        // (Only a word a letter or two from a command.)
+        // (Only a word of 5 letters or more, a letter or two from a
+        // command as long: `shoes` or `top` is a product word, not `show`
+        // or `tag` mistyped.)
         let mistyped = first.is_some_and(|w| {
             w.chars().all(|c| c.is_alphanumeric() || c == '_')
+                && w.chars().count() >= 5
                 && !QUERY_CLAUSES.iter().any(|k| w.eq_ignore_ascii_case(k))
                 && commands
                     .iter()
-                    .any(|c| edit_distance(&w.to_lowercase(), c) <= 2)
+                    .any(|c| c.len() >= 5 && edit_distance(&w.to_lowercase(), c) <= 2)
         });
         if !known && args.query.len() > 1 && quoted != plain && !parses(&plain) && parses(&quoted) {
             quoted
