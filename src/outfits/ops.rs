@@ -1117,36 +1117,36 @@ impl OutfitEngine<'_> {
             .map(AsRef::as_ref)
             .filter(|t| seen.insert(*t))
         {
-            let ex = self
+            let e = match self
                 .expander(t, &options.expand)
-                .and_then(|ex| ex.check_fillable(cat).map(|()| ex));
+                .and_then(|ex| ex.check_fillable(cat).map(|()| ex))
+            {
+                Ok(ex) => {
+                    exps.push(ex);
+                    continue;
+                }
+                Err(e) => e,
+            };
             // Reported in the plan (`skipped`), for the caller to show; the
             // other templates are still planned.
-            let product = match &ex {
-                Ok(_) => None,
+            let product = match &e {
                 // Deleted since.
-                Err(OutfitError::UnknownProduct { product, .. })
+                OutfitError::UnknownProduct { product, .. }
                 // Stored since without model outputs: nothing to match.
-                | Err(OutfitError::NotAnImageProduct(product))
+                | OutfitError::NotAnImageProduct(product)
                 // Until a re-embedding reaches it (or for good, when its
                 // image failed).
-                | Err(OutfitError::OfAnotherModel(product))
-                | Err(OutfitError::UnfillableSlot { product, .. }) => Some(product.clone()),
-                Err(_) => None,
+                | OutfitError::OfAnotherModel(product)
+                | OutfitError::UnfillableSlot { product, .. } => product.clone(),
+                _ => return Err(e),
             };
-            match (ex, product) {
-                (Ok(ex), _) => exps.push(ex),
-                (Err(e), Some(product)) => {
-                    let reason = e.to_string();
-                    tracing::info!(outfit = t, %product, %reason, "template skipped");
-                    skipped.push(SkippedTemplate {
-                        outfit: t.to_string(),
-                        product,
-                        reason,
-                    });
-                }
-                (Err(e), None) => return Err(e),
-            }
+            let reason = e.to_string();
+            tracing::info!(outfit = t, %product, %reason, "template skipped");
+            skipped.push(SkippedTemplate {
+                outfit: t.to_string(),
+                product,
+                reason,
+            });
         }
         let mut covered = vec![false; cat.len()];
         let mut outfits = Vec::new();
