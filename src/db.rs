@@ -1492,8 +1492,8 @@ impl Db {
         }
         // Only where ids are made: one an older build stored can still be
         // read, replaced (damaged too), changed in place and deleted.
-        if existing.is_none() && !damaged && id.chars().any(char::is_control) {
-            return Err(Error::IdWithControlCharacter {
+        if existing.is_none() && !damaged && id.chars().any(is_hidden_character) {
+            return Err(Error::IdWithHiddenCharacter {
                 id: id
                     .chars()
                     .take(80)
@@ -2435,6 +2435,33 @@ fn path_safe(name: &str) -> bool {
         && name != ".."
         && !name.contains(['/', '\\', '\0'])
         && !std::path::Path::new(name).is_absolute()
+}
+
+/// Whether a character does not show where it is printed: control
+/// characters (line breaks, tabs, escapes) and the invisible format
+/// characters (zero-width spaces and joiners, direction marks, a byte-order
+/// mark, a soft hyphen). New product and outfit ids, and CSV column names,
+/// refuse them: `A\u{200b}` would be a second product that looks like `A`.
+///
+/// ```
+/// assert!(vitrine::is_hidden_character('\u{feff}'));
+/// assert!(vitrine::is_hidden_character('\n'));
+/// assert!(!vitrine::is_hidden_character('é'));
+/// ```
+pub fn is_hidden_character(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00ad}'
+                | '\u{034f}'
+                | '\u{061c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+        )
 }
 
 pub(crate) fn check_id(id: &str) -> Result<()> {

@@ -26,10 +26,15 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
-    /// A product id stored anew holds a control character (a line break,
-    /// a tab): no command line, CSV row or report line could name it.
-    #[error("product id '{id}' holds a control character (a line break or a tab, say)")]
-    IdWithControlCharacter {
+    /// A product id stored anew holds a character that does not show
+    /// ([`is_hidden_character`](crate::is_hidden_character): a line break,
+    /// a tab, a zero-width space, a byte-order mark): no command line, CSV
+    /// row or report line could name it, and it would read as another id.
+    #[error(
+        "product id '{id}' holds a character that does not show (a line break, a tab, a \
+         zero-width space or a byte-order mark, say)"
+    )]
+    IdWithHiddenCharacter {
         /// The id, escaped (and cut at 80 characters).
         id: String,
     },
@@ -203,7 +208,7 @@ impl Error {
             self,
             Error::EmptyId
                 | Error::IdTooLong { .. }
-                | Error::IdWithControlCharacter { .. }
+                | Error::IdWithHiddenCharacter { .. }
                 | Error::AlreadyExists { .. }
                 | Error::NotFound { .. }
                 | Error::UnknownVector { .. }

@@ -2254,6 +2254,125 @@ fn product_get_set_and_delete() {
     assert_eq!(get(a)["category"], get(b)["category"]);
 }
 
+/// The summary counts every failure the exit status does, bad CSV rows
+/// too, in text and in `--json`.
+#[test]
+fn the_import_summary_counts_bad_rows_as_failures() {
+    if !have_model("the_import_summary_counts_bad_rows_as_failures") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = copy_samples(dir.path(), 2);
+    let names: Vec<String> = sample_images(2)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    std::fs::write(src.join("junk.jpg"), "not an image").unwrap();
+    let csv = src.join("products.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "id,path,price\nsku-1,{},10\nsku-2,{},abc\nsku-3,junk.jpg,5\n",
+            names[0], names[1]
+        ),
+    )
+    .unwrap();
+    let import = |db: &str, json: bool| {
+        let db = dir.path().join(db);
+        let mut args = vec![
+            "import",
+            csv.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ];
+        if json {
+            args.push("--json");
+        }
+        vitrine(&args)
+    };
+    let out = import("text", false);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("3 items: 1 imported, 0 skipped (already present), 2 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = import("json", true);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (key, n) in [
+        ("items", 3),
+        ("imported", 1),
+        ("failed", 2),
+        ("bad_rows", 1),
+    ] {
+        assert_eq!(summary[key], n, "{key}: {summary}");
+    }
+    assert!(
+        summary["report"]
+            .as_str()
+            .unwrap()
+            .ends_with("import-failures.tsv"),
+        "{summary}"
+    );
+    assert!(
+        summary["notes"][0].as_str().unwrap().contains("1 bad rows"),
+        "{summary}"
+    );
+}
+
+/// An import where every item fails leaves no database behind: it would
+/// hold nothing but the report, which goes to stderr (or `--report`).
+#[test]
+fn an_import_where_every_image_fails_makes_no_database() {
+    if !have_model("an_import_where_every_image_fails_makes_no_database") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("images");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a.jpg"), "not an image").unwrap();
+    std::fs::write(src.join("b.png"), [0x89, b'P', b'N', b'G', 0, 0]).unwrap();
+    let db = dir.path().join("db");
+    let report = dir.path().join("failures.tsv");
+    for with_report in [false, true] {
+        let mut args = vec![
+            "import",
+            src.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ];
+        if with_report {
+            args.extend(["--report", report.to_str().unwrap()]);
+        }
+        let out = vitrine(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("every one of the 2 items failed")
+                && stderr.contains("no database was made"),
+            "{stderr}"
+        );
+        assert!(!db.exists(), "a database of nothing was left behind");
+        if with_report {
+            let lines = std::fs::read_to_string(&report).unwrap();
+            assert_eq!(lines.lines().count(), 2, "{lines}");
+        } else {
+            assert!(stderr.contains("failed: a\t"), "{stderr}");
+        }
+    }
+    // Into a database that exists, it stays, with its report.
+    std::fs::create_dir(&db).unwrap();
+    let out = vitrine(&[
+        "import",
+        src.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(db.join("import-failures.tsv").is_file());
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn a_file_name_that_is_not_utf8_fails_as_an_item() {
@@ -2299,6 +2418,10 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
     std::fs::write(&header_only, "id,path,brand\n").unwrap();
     let engine_column = dir.path().join("engine.csv");
     std::fs::write(&engine_column, "id,path,vitrine.model\nsku-1,,bogus\n").unwrap();
+    // A byte-order mark inside the header: a column that looks like the
+    // built-in in_stock, and would be a free attribute.
+    let hidden_column = dir.path().join("hidden.csv");
+    std::fs::write(&hidden_column, "id,path,\u{feff}in_stock\nsku-1,,0\n").unwrap();
     // An export that lost its header line: its first row would name the
     // columns, and be imported as none.
     let headerless = dir.path().join("headerless.csv");
@@ -2317,6 +2440,10 @@ fn a_source_without_products_or_with_engine_columns_fails_and_creates_no_databas
         (&empty, "no images in"),
         (&header_only, "has no product rows"),
         (&engine_column, "column 'vitrine.model' cannot be imported"),
+        (
+            &hidden_column,
+            "column '\\u{feff}in_stock' holds a character that does not show",
+        ),
         (&headerless, "the first line looks like a product row"),
         (&headerless_update, "its image path column has no name"),
         (&nameless_path, "its image path column has no name"),

@@ -494,8 +494,17 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
             [(DEFAULT_SPACE, v.clone())],
         )
         .unwrap_err();
-    assert!(matches!(e, Error::IdWithControlCharacter { .. }), "{e}");
+    assert!(matches!(e, Error::IdWithHiddenCharacter { .. }), "{e}");
     assert!(e.is_user_error());
+    // Nor tell apart a second product that looks like the first.
+    for id in ["sku-1\u{200b}", "\u{feff}sku-1", "sku\u{200e}-1"] {
+        let e = db
+            .insert(id, Attributes::new(), [(DEFAULT_SPACE, v.clone())])
+            .unwrap_err();
+        assert!(matches!(e, Error::IdWithHiddenCharacter { .. }), "{e}");
+        assert!(e.to_string().contains("\\u{"), "escaped: {e}");
+    }
+    assert_eq!(db.len(), before.len());
     let e = db
         .insert(
             &"x".repeat(5000),
@@ -1018,7 +1027,7 @@ fn a_damaged_record_of_an_older_builds_id_is_replaced_by_an_upsert() {
     // A new id with one is still refused.
     assert!(matches!(
         db.upsert("new\tid", attrs(1), [(DEFAULT_SPACE, vector_for("x", DIM))]),
-        Err(Error::IdWithControlCharacter { .. })
+        Err(Error::IdWithHiddenCharacter { .. })
     ));
     drop(db);
     let db = open(dir.path());

@@ -306,6 +306,13 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
         db.store_outfit("", &[ps[0].as_str()]),
         Err(OutfitError::InvalidId(_))
     ));
+    // An id that looks like another's.
+    for id in ["look\u{200b}", "\u{feff}look"] {
+        assert!(matches!(
+            db.store_outfit(id, &[ps[0].as_str()]),
+            Err(OutfitError::InvalidId(_))
+        ));
+    }
     // A product inserted with vectors only has no model outputs.
     let mut v = vec![0.0f32; Model::bundled().unwrap().embedding_dim()];
     v[0] = 1.0;

@@ -80,9 +80,10 @@ pub enum OutfitError {
     /// An outfit without slots.
     #[error("outfit '{0}' has no products")]
     EmptyOutfit(String),
-    /// An outfit id that is empty or too long.
+    /// An outfit id that is empty, too long, or holds a character that does
+    /// not show ([`is_hidden_character`](crate::is_hidden_character)).
     #[error(
-        "invalid outfit id '{}' (must be 1 to 1024 bytes, without control characters)",
+        "invalid outfit id '{}' (must be 1 to 1024 bytes, without characters that do not show)",
         .0.escape_debug()
     )]
     InvalidId(String),
@@ -333,9 +334,10 @@ impl Db {
     fn validate_outfit<S: AsRef<str>>(&self, id: &str, products: &[S]) -> OutfitResult<Outfit> {
         check_outfit_id(id)?;
         // A line break or an escape in an id would print as another id, or
-        // drive the terminal, and could not be typed back. (Ids stored by
-        // an older build stay readable and deletable.)
-        if id.chars().any(char::is_control) {
+        // drive the terminal, and could not be typed back; a zero-width
+        // space would make a second outfit that looks like the first. (Ids
+        // stored by an older build stay readable and deletable.)
+        if id.chars().any(crate::is_hidden_character) {
             return Err(OutfitError::InvalidId(id.chars().take(64).collect()));
         }
         if products.is_empty() {

@@ -59,6 +59,12 @@ pub struct ImportArgs {
     /// back a product deleted since).
     #[arg(long)]
     pub present_only: bool,
+    /// Print the summary as one JSON object on stdout (`items`, `imported`,
+    /// `reembedded`, `skipped`, `failed`, `bad_rows`, `updated`,
+    /// `unchanged`, `not_listed`, `report`, `seconds`, `notes`); the exit
+    /// status is the same.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub prep: PrepArgs,
 }
@@ -347,10 +353,18 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     if let Some(key) = header
         .iter()
         .skip(2)
-        .find(|k| k.contains('=') || k.chars().any(char::is_control))
+        .find(|k| k.contains('=') || k.chars().any(vitrine::is_hidden_character))
     {
+        // (An invisible one would make `\u{feff}in_stock` a free
+        // attribute that looks like the built-in.)
+        let what = if key.contains('=') {
+            "'='"
+        } else {
+            "a character that does not show (a control character, a zero-width space, a \
+             byte-order mark)"
+        };
         bail!(
-            "{}: column '{}' holds '=' or a control character, which attribute names cannot",
+            "{}: column '{}' holds {what}, which attribute names cannot",
             path.display(),
             key.escape_debug()
         );
@@ -751,8 +765,10 @@ fn write_report(path: &Path, lines: &[String]) -> anyhow::Result<()> {
 }
 
 /// Prints the summary of an import (of a re-embedding: its skipped items
-/// are those already of the model).
-pub fn print_summary(report: &ImportReport, reembed: bool) {
+/// are those already of the model). `failed_before` counts the items that
+/// failed before the import ran (bad CSV rows, updates refused): the
+/// summary counts every failure the exit status does.
+pub fn print_summary(report: &ImportReport, reembed: bool, failed_before: usize) {
     let p = &report.progress;
     let secs = report.elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
@@ -771,8 +787,29 @@ pub fn print_summary(report: &ImportReport, reembed: bool) {
     };
     println!(
         "{} items: {} imported{replaced}, {} skipped ({why}), {} failed, in {secs:.1} s ({rate:.1} images/s)",
-        p.total, p.stored, p.skipped, p.failed
+        p.total + failed_before,
+        p.stored,
+        p.skipped,
+        p.failed + failed_before
     );
+}
+
+/// The summary `vitrine import --json` prints.
+#[derive(serde::Serialize)]
+struct JsonSummary<'a> {
+    items: usize,
+    imported: usize,
+    reembedded: usize,
+    skipped: usize,
+    failed: usize,
+    bad_rows: usize,
+    updated: usize,
+    unchanged: usize,
+    not_listed: usize,
+    /// The failure report, when there are failures.
+    report: Option<String>,
+    seconds: f64,
+    notes: &'a [String],
 }
 
 /// Refuses a `--report` that would replace the CSV being imported or one of
@@ -982,6 +1019,8 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         Ok(read) => read,
         Err((e, lines)) => return Err(stopped_whole(e, lines)),
     };
+    // A run that stores nothing in a database it made removes it again.
+    let db_is_new = !args.db.exists();
     // Whether the database holds another model's vectors (an --update then
     // refreshes attributes, and refuses new products until a --reembed).
     let opened = (|| -> anyhow::Result<_> {
@@ -1250,6 +1289,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         .present_only(args.present_only);
     let report_path = args
         .report
+        .clone()
         .unwrap_or_else(|| args.db.join("import-failures.tsv"));
     // A run that stops as a whole must not leave last night's report to
     // stand for it: the report gets this run's failures and why it stopped.
@@ -1305,7 +1345,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         let lines = report.failures.iter().map(failure_line);
         return Err(stopped(lines.chain(update_failures).collect(), e.into()));
     }
-    let mut unlisted_note = None;
+    let (mut unlisted_note, mut not_listed) = (None, 0usize);
     // Products the CSV no longer lists are kept; after a re-embedding,
     // those still of another model are failures (their vectors do not
     // compare with the others').
@@ -1319,6 +1359,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 old_model.push(id);
             }
         }
+        not_listed = unlisted;
         if unlisted > 0 {
             // Counted as failures by the exit status: said here, not only
             // in the report.
@@ -1350,6 +1391,32 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         .map(failure_line)
         .chain(update_failures.iter().cloned())
         .collect();
+    // Every item failed, and the database is this run's: none is left
+    // behind, holding nothing but the report of why (a mistyped folder, a
+    // CSV of the wrong images). The failures go to stderr, or to --report.
+    if db_is_new && db.is_empty() && !lines.is_empty() {
+        drop(db);
+        std::fs::remove_dir_all(&args.db)
+            .with_context(|| format!("cannot remove {}", args.db.display()))?;
+        let written = args.report.is_some() && write_report(&report_path, &lines).is_ok();
+        if !written {
+            for line in &lines {
+                esay!("failed: {line}");
+            }
+        }
+        for note in &notes {
+            esay!("{note}");
+        }
+        let whereabouts = if written {
+            format!(" (see {})", report_path.display())
+        } else {
+            String::new()
+        };
+        bail!(
+            "every one of the {} items failed{whereabouts}; no database was made",
+            lines.len()
+        );
+    }
     if let Err(e) = write_report(&report_path, &lines) {
         // The old report stays whole; the failures still reach the user,
         // with what was done.
@@ -1364,15 +1431,39 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             report_path.display()
         )));
     }
-    for note in &notes {
-        println!("{note}");
-    }
-    print_summary(&report, args.reembed);
-    if let Some(note) = &unlisted_note {
-        println!("{note}");
-    }
-    if !report.failures.is_empty() || !update_failures.is_empty() {
-        println!("failures written to {}", report_path.display());
+    let p = &report.progress;
+    let failed = p.failed + update_failures.len();
+    if args.json {
+        // Notes on stderr would be a second channel to parse: they are in
+        // the object.
+        notes.extend(unlisted_note);
+        let secs = report.elapsed.as_secs_f64();
+        let summary = JsonSummary {
+            items: p.total + update_failures.len(),
+            imported: p.stored,
+            reembedded: p.replaced,
+            skipped: p.skipped,
+            failed,
+            bad_rows: bad_row_count,
+            updated,
+            unchanged,
+            not_listed,
+            report: (failed > 0).then(|| report_path.display().to_string()),
+            seconds: (secs * 1000.0).round() / 1000.0,
+            notes: &notes,
+        };
+        println!("{}", crate::json_text(&summary));
+    } else {
+        for note in &notes {
+            println!("{note}");
+        }
+        print_summary(&report, args.reembed, update_failures.len());
+        if let Some(note) = &unlisted_note {
+            println!("{note}");
+        }
+        if failed > 0 {
+            println!("failures written to {}", report_path.display());
+        }
     }
     // The indexes are saved here, not when the database is dropped: a
     // full disk then shows in the exit status, not in a log line only.
@@ -1383,8 +1474,6 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     // All failed: the input itself is wrong (exit 1). Some failed: a
     // large catalog often has a few bad images, but a nightly job must see
     // it (exit 3).
-    let p = &report.progress;
-    let failed = p.failed + update_failures.len();
     if failed > 0 && p.stored + p.skipped + updated + unchanged == 0 {
         bail!(
             "every one of the {failed} items failed (see {})",

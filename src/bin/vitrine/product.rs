@@ -182,9 +182,11 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                     }
                     // As an imported CSV's column names: one could not be
                     // shown, nor named by a CSV again.
-                    if k.chars().any(char::is_control) {
+                    if k.chars().any(vitrine::is_hidden_character) {
                         bail!(
-                            "'{}': the key holds a control character, which attribute names cannot",
+                            "'{}': the key holds a character that does not show (a control \
+                             character, a zero-width space, a byte-order mark), which attribute \
+                             names cannot",
                             k.escape_debug()
                         );
                     }
