@@ -3108,20 +3108,26 @@ impl Db {
     }
 
     /// About `n` rows of `space` with their ids, evenly spaced in doc
-    /// order: a sample without copying the catalog.
-    pub(crate) fn sample_rows(&self, space: &str, n: usize) -> Result<Vec<(String, Vec<f32>)>> {
+    /// order, none of those `left_out` names: a sample without copying the
+    /// catalog.
+    pub(crate) fn sample_rows(
+        &self,
+        space: &str,
+        n: usize,
+        left_out: &std::collections::HashSet<&str>,
+    ) -> Result<Vec<(String, Vec<f32>)>> {
         let space = self.space(space)?;
         // Not rows a re-embedding has not reached: another model's space.
         // (Read before the catalog lock: a model write takes them in the
         // other order.)
         let model = self.model_fingerprint();
-        let len = read(&space.index).len();
+        let len = read(&space.index).len().saturating_sub(left_out.len());
         let step = len.div_ceil(n.max(1)).max(1);
         // A chunk at a time under the locks (a walk of a million products
         // under them held searches back behind a waiting write).
         let (mut out, mut seen) = (Vec::new(), 0usize);
         self.for_each_vector(space, |e, v| {
-            if of_model(Some(&e.attrs), model.as_deref()) {
+            if of_model(Some(&e.attrs), model.as_deref()) && !left_out.contains(e.id.as_str()) {
                 if seen % step == 0 {
                     out.push((e.id.clone(), v.to_vec()));
                 }
@@ -3516,7 +3522,9 @@ mod tests {
         .unwrap();
         assert!(db.any_product_has("colour_group"));
         // A sample takes evenly spaced products of every chunk.
-        let sample = db.sample_rows(DEFAULT_SPACE, 9).unwrap();
+        let sample = db
+            .sample_rows(DEFAULT_SPACE, 9, &Default::default())
+            .unwrap();
         let ids: Vec<&str> = sample.iter().map(|(id, _)| id.as_str()).collect();
         let every: Vec<&str> = want.iter().map(String::as_str).step_by(5).collect();
         assert_eq!(ids, every);

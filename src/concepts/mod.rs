@@ -598,6 +598,9 @@ const PROFILES_KS: &str = "profiles";
 /// profile that feedback re-learns, so that learning starts from them.
 const PRIORS_KS: &str = "profile_priors";
 const TAGS_KS: &str = "user_tags";
+/// Products a tag without counter-examples is told apart from, sampled
+/// evenly from the catalog.
+const CONTRAST_SAMPLE: usize = 2000;
 /// The model each user tag was learned with ([`TagModel`]).
 const TAG_MODELS_KS: &str = "tag_models";
 /// The side keyspaces of this module (see [`crate::db::SIDE_KEYSPACES`]).
@@ -1388,14 +1391,29 @@ impl Db {
         let contrast = if neg.is_empty() {
             let sample = match sample {
                 Some(rows) => rows,
-                None => sample.insert(self.sample_rows(CONCEPT_SPACE, 2000)?),
+                None => sample.insert(self.sample_rows(
+                    CONCEPT_SPACE,
+                    CONTRAST_SAMPLE,
+                    &Default::default(),
+                )?),
             };
             let skip: std::collections::HashSet<&str> = positives.iter().copied().collect();
-            sample
+            let contrast: Vec<Vec<f32>> = sample
                 .iter()
                 .filter(|(id, _)| !skip.contains(id.as_str()))
                 .map(|(_, v)| v.clone())
-                .collect::<Vec<_>>()
+                .collect();
+            if contrast.is_empty() {
+                // The shared sample may have hit only examples (every
+                // second product of a large catalog, say): the rest of the
+                // catalog is sampled on its own before it is called empty.
+                self.sample_rows(CONCEPT_SPACE, CONTRAST_SAMPLE, &skip)?
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect()
+            } else {
+                contrast
+            }
         } else {
             neg
         };
@@ -2425,6 +2443,20 @@ mod interleavings {
         assert!(db.user_tags().unwrap().is_empty());
         db.define_tag("two", &["p0", "p1"], &[], TagMethod::Centroid)
             .unwrap();
+        // In a catalog larger than the sample, examples that are every
+        // product the sample takes are not the whole catalog.
+        let Some((_big_dir, big)) = db_of_products(CONTRAST_SAMPLE + 10) else {
+            return;
+        };
+        let probe = big
+            .sample_rows(CONCEPT_SPACE, CONTRAST_SAMPLE, &Default::default())
+            .unwrap();
+        assert!(probe.len() < big.len(), "the sample leaves products out");
+        let sampled: Vec<&str> = probe.iter().map(|(id, _)| id.as_str()).collect();
+        let tag = big
+            .define_tag("sampled", &sampled, &[], TagMethod::Centroid)
+            .unwrap();
+        assert_eq!(tag.name, "sampled");
         db.define_tag("all", &["p0", "p1"], &["p2"], TagMethod::Centroid)
             .unwrap();
         // Once the catalog has shrunk to its examples, a tag is still
