@@ -2438,29 +2438,42 @@ fn path_safe(name: &str) -> bool {
 }
 
 /// Whether a character does not show where it is printed: control
-/// characters (line breaks, tabs, escapes) and the invisible format
-/// characters (zero-width spaces and joiners, direction marks, a byte-order
-/// mark, a soft hyphen). New product and outfit ids, and CSV column names,
-/// refuse them: `A\u{200b}` would be a second product that looks like `A`.
+/// characters (line breaks, tabs, escapes), the line and paragraph
+/// separators, and Unicode's default-ignorable code points (zero-width
+/// spaces and joiners, direction marks, a byte-order mark, a soft hyphen,
+/// variation selectors, fillers, tag characters). New product, outfit and
+/// user ids, and CSV column names, refuse them: `A\u{200b}` would be a
+/// second product that looks like `A`.
 ///
 /// ```
 /// assert!(vitrine::is_hidden_character('\u{feff}'));
 /// assert!(vitrine::is_hidden_character('\n'));
+/// assert!(vitrine::is_hidden_character('\u{fe0f}'));
 /// assert!(!vitrine::is_hidden_character('é'));
 /// ```
 pub fn is_hidden_character(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
+            // Default_Ignorable_Code_Point (Unicode 15), with U+FFF9..FFFB
+            // (interlinear annotation) and the separators U+2028, U+2029.
             '\u{00ad}'
                 | '\u{034f}'
                 | '\u{061c}'
-                | '\u{180e}'
+                | '\u{115f}'..='\u{1160}'
+                | '\u{17b4}'..='\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
                 | '\u{200b}'..='\u{200f}'
-                | '\u{202a}'..='\u{202e}'
+                | '\u{2028}'..='\u{202e}'
                 | '\u{2060}'..='\u{206f}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
                 | '\u{feff}'
-                | '\u{fff9}'..='\u{fffb}'
+                | '\u{ffa0}'
+                | '\u{fff0}'..='\u{fffb}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0000}'..='\u{e0fff}'
         )
 }
 

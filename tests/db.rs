@@ -497,7 +497,14 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
     assert!(matches!(e, Error::IdWithHiddenCharacter { .. }), "{e}");
     assert!(e.is_user_error());
     // Nor tell apart a second product that looks like the first.
-    for id in ["sku-1\u{200b}", "\u{feff}sku-1", "sku\u{200e}-1"] {
+    for id in [
+        "sku-1\u{200b}",
+        "\u{feff}sku-1",
+        "sku\u{200e}-1",
+        "sku-1\u{fe0f}",
+        "sku-1\u{e0041}",
+        "sku-1\u{2028}",
+    ] {
         let e = db
             .insert(id, Attributes::new(), [(DEFAULT_SPACE, v.clone())])
             .unwrap_err();

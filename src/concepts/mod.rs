@@ -550,6 +550,17 @@ pub enum ConceptError {
         /// The limit.
         max: usize,
     },
+    /// A user id given a profile anew holds a character that does not show
+    /// ([`crate::is_hidden_character`]): it would be a second customer that
+    /// looks like the first.
+    #[error(
+        "user id '{user}' holds a character that does not show (a line break, a zero-width \
+         space or a byte-order mark, say)"
+    )]
+    UserWithHiddenCharacter {
+        /// The id, escaped (and cut at 80 characters).
+        user: String,
+    },
     /// A profile whose weights and affinities are all 0: it would rank every
     /// product the same.
     #[error("the profile weighs nothing: give a group a weight above 0 (or an affinity)")]
@@ -873,6 +884,22 @@ fn check_user(user: &str) -> Result<(), ConceptError> {
     } else {
         Ok(())
     }
+}
+
+/// Refuses a user id with a character that does not show, for a user
+/// with no profile yet (one an older build stored stays usable).
+fn check_new_user(user: &str, known: bool) -> Result<(), ConceptError> {
+    if known || !user.chars().any(crate::is_hidden_character) {
+        return Ok(());
+    }
+    Err(ConceptError::UserWithHiddenCharacter {
+        user: user
+            .chars()
+            .take(80)
+            .collect::<String>()
+            .escape_debug()
+            .to_string(),
+    })
 }
 
 /// Under [`LAYOUT_KS`]: a switch to this model whose profiles are not
@@ -1811,6 +1838,10 @@ impl Db {
             ..profile.keyed()
         };
         let _guard = self.side_write_lock();
+        check_new_user(
+            user,
+            profiles.contains(user.as_bytes())? || priors.contains(user.as_bytes())?,
+        )?;
         // Checked under the lock: a tag deleted meanwhile is not set back.
         let vocab = self.vocabulary()?;
         self.check_profile(&vocab, profile)?;
@@ -1964,12 +1995,17 @@ impl Db {
         });
         let ks = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let _guard = self.side_write_lock();
+        let stored = ks.get(user.as_bytes())?;
+        check_new_user(
+            user,
+            stored.is_some()
+                || self
+                    .side_keyspace::<ProfilePrior>(PRIORS_KS)?
+                    .contains(user.as_bytes())?,
+        )?;
         // Read under the lock: a tag deleted meanwhile is not learned back.
         let vocab = self.vocabulary()?;
-        let mut events = ks
-            .get(user.as_bytes())?
-            .map(|p| p.events)
-            .unwrap_or_default();
+        let mut events = stored.map(|p| p.events).unwrap_or_default();
         // One event per product, its strongest, at its latest place: an
         // impression feed repeating one skip must not push the customer's
         // other products out of the window (they count once anyway).
@@ -2484,6 +2520,41 @@ mod interleavings {
         let mut ids: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
         ids.sort_unstable();
         assert_eq!(ids, ["p3", "p4", "p5", "p6", "p7", "p8", "p9"]);
+    }
+
+    /// A new customer whose id holds a character that does not show would
+    /// look like another: refused, and nothing stored. One an older build
+    /// stored keeps learning.
+    #[test]
+    fn a_new_user_id_with_a_hidden_character_is_refused() {
+        let Some((_dir, db)) = db_of_products(3) else {
+            return;
+        };
+        db.feedback("ann", "p1", Feedback::Like).unwrap();
+        for user in ["ann\u{200b}", "\u{feff}ann", "ann\u{fe0f}"] {
+            let e = db.feedback(user, "p1", Feedback::Like).unwrap_err();
+            assert!(
+                matches!(e, ConceptError::UserWithHiddenCharacter { .. }),
+                "{e}"
+            );
+            assert!(e.is_user_error());
+            let e = db
+                .set_profile(user, &db.profile("ann").unwrap().unwrap())
+                .unwrap_err();
+            assert!(
+                matches!(e, ConceptError::UserWithHiddenCharacter { .. }),
+                "{e}"
+            );
+            assert!(db.profile(user).unwrap().is_none());
+        }
+        let old = "old\u{200b}";
+        let p = db.feedback("ann", "p2", Feedback::Like).unwrap();
+        db.side_keyspace::<Profile>(PROFILES_KS)
+            .unwrap()
+            .put(old.as_bytes(), &p)
+            .unwrap();
+        db.feedback(old, "p0", Feedback::Buy).unwrap();
+        assert!(db.delete_profile(old).unwrap());
     }
 
     /// A concept query's contributions are those of the vector its search
