@@ -1494,12 +1494,7 @@ impl Db {
         // read, replaced (damaged too), changed in place and deleted.
         if existing.is_none() && !damaged && id.chars().any(is_hidden_character) {
             return Err(Error::IdWithHiddenCharacter {
-                id: id
-                    .chars()
-                    .take(80)
-                    .collect::<String>()
-                    .escape_debug()
-                    .to_string(),
+                id: escape_hidden(id),
             });
         }
         let doc = match existing {
@@ -2475,6 +2470,19 @@ pub fn is_hidden_character(c: char) -> bool {
                 | '\u{1d173}'..='\u{1d17a}'
                 | '\u{e0000}'..='\u{e0fff}'
         )
+}
+
+/// An id for an error message: cut at 80 characters, those that do not
+/// show escaped (`\n`, `\u{200b}`).
+pub(crate) fn escape_hidden(id: &str) -> String {
+    id.chars()
+        .take(80)
+        .map(|c| match c {
+            c if c.is_control() => c.escape_debug().to_string(),
+            c if is_hidden_character(c) => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 pub(crate) fn check_id(id: &str) -> Result<()> {

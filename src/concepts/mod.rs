@@ -893,12 +893,7 @@ fn check_new_user(user: &str, known: bool) -> Result<(), ConceptError> {
         return Ok(());
     }
     Err(ConceptError::UserWithHiddenCharacter {
-        user: user
-            .chars()
-            .take(80)
-            .collect::<String>()
-            .escape_debug()
-            .to_string(),
+        user: crate::db::escape_hidden(user),
     })
 }
 

@@ -84,7 +84,7 @@ pub enum OutfitError {
     /// not show ([`is_hidden_character`](crate::is_hidden_character)).
     #[error(
         "invalid outfit id '{}' (must be 1 to 1024 bytes, without characters that do not show)",
-        .0.escape_debug()
+        crate::db::escape_hidden(.0)
     )]
     InvalidId(String),
     /// An outfit with more than [`MAX_OUTFIT_SLOTS`] products.
