@@ -876,6 +876,7 @@ impl Db {
             dir,
             StoreOptions {
                 durability: b.durability,
+                accept_damaged_segments: b.accept_data_loss,
                 ..StoreOptions::default()
             },
         )?;

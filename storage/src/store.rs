@@ -46,6 +46,10 @@ pub struct StoreOptions {
     pub durability: Durability,
     /// Size of sled's page cache in bytes. Default: 64 MiB.
     pub cache_capacity_bytes: u64,
+    /// Open a log with a segment whose header fails its checksum, which
+    /// sled skips, losing what it holds: for a repair, which keeps what is
+    /// left. Default: `false` (refused as [`Error::StoreDamaged`]).
+    pub accept_damaged_segments: bool,
 }
 
 impl Default for StoreOptions {
@@ -53,6 +57,7 @@ impl Default for StoreOptions {
         StoreOptions {
             durability: Durability::Immediate,
             cache_capacity_bytes: 64 << 20,
+            accept_damaged_segments: false,
         }
     }
 }
@@ -412,6 +417,82 @@ fn lock_busy(e: &std::io::Error) -> bool {
     m.contains("could not acquire lock") && (m.contains("WouldBlock") || cfg!(windows))
 }
 
+/// sled's default segment size, which its `conf` file records.
+const SLED_SEGMENT: u64 = 512 * 1024;
+/// The length of a segment header in sled's log: a CRC, then two LSNs.
+const SLED_SEGMENT_HEADER: usize = 20;
+
+/// Checks sled's files before sled opens them. sled's recovery writes to
+/// its log as it reads it, and trusts what it cannot read to be garbage:
+/// - a file it may not read (a blob of another owner) reads as damage,
+///   and the log after it is zeroed;
+/// - a segment whose header fails its checksum is skipped as free, and
+///   later written over: what it holds is lost, and writes acknowledged
+///   after the open with it.
+///
+/// Both are refused here, naming the file. The checks run under the lock
+/// sled takes, so that another process's writes are never read half
+/// done; when that process holds it, they are left to it (sled says the
+/// store is locked).
+fn check_sled_files(sled_dir: &Path, accept_damaged_segments: bool) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let log_path = sled_dir.join("db");
+    let mut log = match std::fs::File::open(&log_path) {
+        Ok(f) => f,
+        // A new store; or one sled will refuse in its own words.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(&log_path, e)),
+    };
+    if log.try_lock().is_err() {
+        return Ok(());
+    }
+    let mut files = vec![sled_dir.to_path_buf()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(&path).map_err(|e| Error::io(&path, e))?;
+            for entry in entries {
+                files.push(entry.map_err(|e| Error::io(&path, e))?.path());
+            }
+        } else {
+            std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    let segment = std::fs::read_to_string(sled_dir.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix("segment_size: "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .filter(|&n| n >= SLED_SEGMENT_HEADER as u64)
+        .unwrap_or(SLED_SEGMENT);
+    let len = log.metadata().map_err(|e| Error::io(&log_path, e))?.len();
+    let mut header = [0u8; SLED_SEGMENT_HEADER];
+    let mut offset = 0u64;
+    while offset + SLED_SEGMENT_HEADER as u64 <= len {
+        log.seek(SeekFrom::Start(offset))
+            .and_then(|_| log.read_exact(&mut header))
+            .map_err(|e| Error::io(&log_path, e))?;
+        // Zeroed: never written, or a torn segment sled cleared itself.
+        let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        if header != [0; SLED_SEGMENT_HEADER]
+            && crc32fast::hash(&header[4..]) != stored ^ 0xFFFF_FFFF
+            && !accept_damaged_segments
+        {
+            return Err(Error::StoreDamaged {
+                path: log_path,
+                reason: format!(
+                    "the header of the log segment at offset {offset} fails its checksum: sled \
+                     would skip the segment, losing what it holds, and write over it (`vitrine \
+                     repair` copies the folder, then keeps what sled's log holds)"
+                ),
+            });
+        }
+        offset += segment;
+    }
+    Ok(())
+}
+
 fn sled_open_error(path: &Path, e: sled::Error) -> Error {
     match e {
         sled::Error::Io(e) if lock_busy(&e) => Error::Locked {
@@ -435,11 +516,42 @@ fn sled_open_error(path: &Path, e: sled::Error) -> Error {
             )
         }
         sled::Error::Io(source) => Error::io(path, readable(source)),
+        // sled names no file when the snapshot it builds from a damaged
+        // blob fails: the blob that fails its checksum is named here.
+        sled::Error::Corruption { at: None, .. } => match damaged_blob(path) {
+            Some(blob) => Error::StoreDamaged {
+                path: blob,
+                reason: "a blob file of sled's fails its checksum (`vitrine repair` copies the \
+                         folder, then keeps what sled's log holds)"
+                    .to_owned(),
+            },
+            None => Error::StoreDamaged {
+                path: path.to_path_buf(),
+                reason: damage_reason(&e),
+            },
+        },
         other => Error::StoreDamaged {
             path: path.to_path_buf(),
             reason: damage_reason(&other),
         },
     }
+}
+
+/// The first blob file in `sled_dir/blobs` whose checksum fails (sled's
+/// format: a CRC32 of the rest, then a kind byte and the data).
+fn damaged_blob(sled_dir: &Path) -> Option<PathBuf> {
+    let mut blobs: Vec<PathBuf> = std::fs::read_dir(sled_dir.join("blobs"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    blobs.sort();
+    blobs.into_iter().find(|blob| {
+        std::fs::read(blob).is_ok_and(|bytes| {
+            bytes.len() < 5
+                || crc32fast::hash(&bytes[4..])
+                    != u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+        })
+    })
 }
 
 impl Store {
@@ -486,6 +598,7 @@ impl Store {
         if held(&sled_dir) {
             return Err(Error::HeldAfterIoError { path: sled_dir });
         }
+        check_sled_files(&sled_dir, opts.accept_damaged_segments)?;
         let db = match open_with_lock_retry(&config) {
             Ok(db) => db,
             // sled read an unfinished snapshot as corruption: set those

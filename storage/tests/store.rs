@@ -613,6 +613,90 @@ fn a_second_open_says_the_store_is_in_use_and_a_damaged_conf_names_the_folder() 
     }
 }
 
+/// A segment header that fails its checksum: sled would skip the segment
+/// as free and write over it, so that writes acknowledged after the open
+/// are lost at the next one. The open is refused, naming the log, and the
+/// log is left as it was; a repair's open takes it.
+#[test]
+fn a_damaged_segment_header_is_refused_before_sled_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ks) = open(dir.path());
+    for i in 0..20 {
+        ks.put(&key(i), &product(i)).unwrap();
+    }
+    store.flush().unwrap();
+    drop((ks, store));
+    let log = dir.path().join("sled").join("db");
+    for at in [0usize, 8, 16] {
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes[at] ^= 0x01;
+        std::fs::write(&log, &bytes).unwrap();
+        match Store::open(dir.path(), StoreOptions::default()) {
+            Err(e @ Error::StoreDamaged { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("sled/db") && text.contains("offset 0"),
+                    "{text}"
+                )
+            }
+            Err(e) => panic!("expected StoreDamaged, got {e}"),
+            Ok(_) => panic!("a log with a damaged segment header opened"),
+        }
+        assert_eq!(
+            std::fs::read(&log).unwrap(),
+            bytes,
+            "the refused open wrote"
+        );
+        bytes[at] ^= 0x01;
+        std::fs::write(&log, &bytes).unwrap();
+    }
+    let (store, ks) = open(dir.path());
+    assert_eq!(ks.len().unwrap(), 20);
+    drop((ks, store));
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[4] ^= 0x01;
+    std::fs::write(&log, &bytes).unwrap();
+    let options = StoreOptions {
+        accept_damaged_segments: true,
+        ..StoreOptions::default()
+    };
+    Store::open(dir.path(), options).expect("a repair opens it");
+}
+
+/// A damaged blob file (a large record's) is named when sled's open fails.
+#[test]
+fn a_damaged_blob_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        let (store, ks) = open(dir.path());
+        let mut big = product(1);
+        big.vectors[1].1 = vec![round as f32; 100_000];
+        ks.put(&key(1), &big).unwrap();
+        ks.put(&key(2), &product(2)).unwrap();
+        store.flush().unwrap();
+    }
+    let blobs: Vec<_> = std::fs::read_dir(dir.path().join("sled").join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!blobs.is_empty(), "no blob written");
+    for blob in &blobs {
+        let mut bytes = std::fs::read(blob).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x01;
+        std::fs::write(blob, &bytes).unwrap();
+    }
+    let outcome = match Store::open(dir.path(), StoreOptions::default()) {
+        Ok(store) => {
+            let ks: Keyspace<ProductRecord> = store.keyspace("products").unwrap();
+            ks.get(&key(1)).map(|_| ())
+        }
+        Err(e) => Err(e),
+    };
+    let e = outcome.expect_err("a damaged blob read");
+    assert!(e.to_string().contains("blobs/"), "{e}");
+}
+
 /// One flipped byte in sled's log: opening, scanning and counting end, with
 /// the data or a typed error. sled 0.34's own `Tree::len` and iterator
 /// yield the error of a damaged page forever, and its recovery can panic.

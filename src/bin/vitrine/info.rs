@@ -691,7 +691,12 @@ fn salvage(
 ) -> anyhow::Result<(vitrine_storage::Salvaged, Option<PathBuf>)> {
     let sled = db_dir.join("sled");
     let staging = free_name(&sled, "salvage")?;
-    let salvaged = vitrine_storage::Store::open(db_dir, vitrine_storage::StoreOptions::default())
+    // A segment sled skips is what the salvage loses; the rest is kept.
+    let options = vitrine_storage::StoreOptions {
+        accept_damaged_segments: true,
+        ..Default::default()
+    };
+    let salvaged = vitrine_storage::Store::open(db_dir, options)
         .and_then(|store| store.salvage_into(&staging));
     // The old checkpoint files stay until the new sled files are in place
     // (they tell how many products there were); the new files start a
