@@ -403,6 +403,10 @@ pub struct OpenReport {
     /// vectors were read from storage instead, and the next checkpoint
     /// rewrites it.
     pub damaged_arenas: Vec<(String, String)>,
+    /// Why the indexes and arenas rebuilt at open could not be saved (a
+    /// full disk, a file that is a folder): the database is whole, and the
+    /// next open rebuilds them again.
+    pub unsaved: Option<String>,
 }
 
 struct Space {
@@ -1339,7 +1343,7 @@ impl Db {
             "database open"
         );
 
-        let db = Db {
+        let mut db = Db {
             dir: dir.to_path_buf(),
             store,
             products,
@@ -1373,6 +1377,7 @@ impl Db {
             if db.checkpoint_on_drop {
                 if let Err(e) = db.checkpoint() {
                     warn!(error = %e, "cannot save the rebuilt indexes; the next open rebuilds them again");
+                    db.report.unsaved = Some(e.to_string());
                 }
             }
         }

@@ -2373,6 +2373,42 @@ fn an_import_where_every_image_fails_makes_no_database() {
     assert!(db.join("import-failures.tsv").is_file());
 }
 
+/// A failure report that cannot be written is found before the import,
+/// not after it stored every product (it then failed with no summary).
+#[test]
+fn an_unwritable_default_report_stops_the_import_before_it_starts() {
+    if !have_model("an_unwritable_default_report_stops_the_import_before_it_starts") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = copy_samples(dir.path(), 1);
+    let db = dir.path().join("db");
+    let import = || {
+        vitrine(&[
+            "import",
+            src.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ])
+    };
+    assert_eq!(import().status.code(), Some(0));
+    let more = sample_images(2).remove(1);
+    std::fs::copy(&more, src.join(more.file_name().unwrap())).unwrap();
+    let report = db.join("import-failures.tsv");
+    let _ = std::fs::remove_file(&report);
+    std::fs::create_dir(&report).unwrap();
+    let out = import();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is a folder, where the failure report goes"),
+        "{}",
+        text(&out.stderr)
+    );
+    let model = vitrine::Model::bundled().unwrap();
+    let opened = vitrine::Db::builder().open_with_model(&db, &model).unwrap();
+    assert_eq!(opened.len(), 1, "nothing was imported");
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn a_file_name_that_is_not_utf8_fails_as_an_item() {

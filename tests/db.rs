@@ -1179,6 +1179,37 @@ fn an_accepted_loss_of_writes_stays_accepted_after_a_kill() {
     assert!(db.get("late").unwrap().is_some());
 }
 
+/// An arena that cannot be rewritten at open (a folder in its place): the
+/// open report says the rebuilt files were not saved, not that they were.
+#[test]
+fn an_open_report_says_when_the_rebuilt_files_could_not_be_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path());
+        fill(&db, 10);
+        db.close().unwrap();
+    }
+    let arena = dir
+        .path()
+        .join("arena")
+        .join(format!("{DEFAULT_SPACE}.arena"));
+    std::fs::remove_file(&arena).unwrap();
+    std::fs::create_dir(&arena).unwrap();
+    let db = open(dir.path());
+    assert_eq!(db.len(), 10);
+    let report = db.open_report();
+    assert_eq!(report.damaged_arenas.len(), 1);
+    let unsaved = report
+        .unsaved
+        .as_deref()
+        .expect("the failed save is reported");
+    assert!(unsaved.contains(".arena"), "{unsaved}");
+    drop(db);
+    std::fs::remove_dir(&arena).unwrap();
+    let db = open(dir.path());
+    assert!(db.open_report().unsaved.is_none());
+}
+
 /// Storage back at an older checkpoint and the arena removed (as its docs
 /// advise after a disk error): the index dump, at the newer generation,
 /// still proves the loss. Refused until accepted, and accepted for good.

@@ -951,6 +951,26 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let prep = args.prep.given()?;
     if let Some(report) = &args.report {
         check_report_path(report, &args.source, &args.db)?;
+    } else if args.db.is_dir() {
+        // The default report, in a database made before: checked now, not
+        // after the whole import (a folder of that name, a database folder
+        // the job may not write), which then failed with every product
+        // stored and no summary.
+        let report = args.db.join("import-failures.tsv");
+        if report.is_dir() {
+            bail!(
+                "{} is a folder, where the failure report goes; remove it, or name \
+                 another file with --report",
+                report.display()
+            );
+        }
+        let (probe, _) = vitrine_index::create_temp_beside(&report).with_context(|| {
+            format!(
+                "cannot write the failure report {} (name another file with --report)",
+                report.display()
+            )
+        })?;
+        let _ = std::fs::remove_file(probe);
     }
     // A CSV's bad rows go to the failure report, like bad images.
     // Refused as a whole: why, with the report lines of its bad rows.

@@ -1177,6 +1177,7 @@ pub fn report(db: &Db) -> anyhow::Result<Value> {
             "damaged_records": report.damaged.len(),
             "damaged_examples": report.damaged.iter().take(5).collect::<Vec<_>>(),
             "damaged_arenas": report.damaged_arenas.iter().map(|(space, why)| json!({"space": space, "reason": why})).collect::<Vec<_>>(),
+            "unsaved": report.unsaved,
             "unreadable": unreadable,
         },
         "outfits": outfits,
@@ -1276,12 +1277,16 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
     }
     let opened = &info["opened"];
     // What the open repaired, one line each: (field, what, what was done).
+    let unsaved = opened["unsaved"].as_str();
     let repairs = [
         ("rebuilt_indexes", "index of", "rebuilt from storage"),
         (
             "damaged_arenas",
             "vector arena of",
-            "damaged, read from storage and rewritten",
+            match unsaved {
+                None => "damaged, read from storage and rewritten",
+                Some(_) => "damaged, read from storage",
+            },
         ),
     ];
     let damaged = opened["damaged_records"].as_u64().unwrap_or(0);
@@ -1296,6 +1301,13 @@ pub fn write_text(w: &mut dyn std::io::Write, info: &Value) -> std::io::Result<(
                 r["reason"].as_str().unwrap_or("")
             )?;
         }
+    }
+    if let Some(why) = unsaved {
+        writeln!(
+            w,
+            "open       what was rebuilt could not be saved, so the next open rebuilds it \
+             again: {why}"
+        )?;
     }
     for u in opened["unreadable"].as_array().into_iter().flatten() {
         clean = false;
