@@ -460,6 +460,18 @@ fn malformed_queries_are_typed_errors_with_positions() {
         ("find +colour.red min_score 1000000", BadNumber, 27),
         ("find +colour.red min_score 1 min_score 2", Duplicate, 29),
         ("find +colour.red where", UnexpectedEnd, 22),
+        // A clause where a condition belongs, at the clause's word.
+        ("find +colour.red where limit 3", Unexpected, 23),
+        (
+            "find +colour.red where in_stock and limit 3",
+            Unexpected,
+            36,
+        ),
+        // Not a free attribute that no product has: found nothing.
+        ("find +colour.red where stock = true", Unexpected, 23),
+        // A path or value with a dot, unquoted: refused whole.
+        ("find like image /a/b.jpg", Unexpected, 16),
+        ("find +colour.red where size = 42.5cm", Unexpected, 30),
         ("find +colour.red where price", UnexpectedEnd, 28),
         ("find +colour.red where price < cheap", Unexpected, 31),
         ("find +colour.red where price = nan", BadNumber, 31),
@@ -499,6 +511,15 @@ fn malformed_queries_are_typed_errors_with_positions() {
         })
         .collect();
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    // Quoted, they are what they say.
+    for q in [
+        "find +colour.red where \"stock\" = true",
+        "find +colour.red where \"limit\" = 3",
+        "find like image \"/a/b.jpg\"",
+        "find +colour.red where size = \"42.5cm\"",
+    ] {
+        ConceptQuery::parse(q, &vocab).expect(q);
+    }
     // A text past the cap is refused before it is read.
     let long = format!("find +colour.red{}", " ".repeat(vitrine::MAX_QUERY_BYTES));
     let e = ConceptQuery::parse(&long, &vocab).expect_err("long");

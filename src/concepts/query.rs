@@ -4,7 +4,7 @@ use std::ops::Bound;
 
 use serde::Serialize;
 
-use super::{concept_key, profile_query, ConceptError, Profile, Vocabulary};
+use super::{concept_key, profile_query, ConceptError, Profile, Vocabulary, QUERY_KEYWORDS};
 use crate::{infer_image, Attributes, Db, Error, Filter, Model};
 
 /// Results per query by default.
@@ -719,6 +719,13 @@ impl<'a> Parser<'a> {
     /// lexes as words and dots: refused whole, with its quoted form, not
     /// cut at the dot.
     fn id(&mut self) -> Result<String, QueryError> {
+        self.whole("an id")
+    }
+
+    /// A value (an id, a path, an attribute's value) that may be quoted:
+    /// unquoted, one with a dot (`shirt.jpg`, `42.5cm`) is refused whole,
+    /// with its quoted form.
+    fn whole(&mut self, what: &str) -> Result<String, QueryError> {
         let col = self.peek().col;
         let quoted = matches!(self.peek().tok, Tok::Str(_));
         let v = self.value()?;
@@ -744,7 +751,7 @@ impl<'a> Parser<'a> {
         Err(QueryError::new(
             QueryErrorKind::Unexpected,
             col,
-            format!("'{joined}' would be read as '{v}': an id with a dot is quoted"),
+            format!("'{joined}' would be read as '{v}': {what} with a dot is quoted"),
         )
         .hint(format!("\"{joined}\"")))
     }
@@ -796,10 +803,13 @@ impl<'a> Parser<'a> {
                     }
                     let target = if self.keyword("image") {
                         self.next();
-                        let p = self.next();
+                        let p = self.peek().clone();
                         match p.tok {
-                            Tok::Str(s) | Tok::Word(s) => LikeTarget::Image(s),
-                            _ => return Err(self.unexpected(&p, "an image path in quotes")),
+                            Tok::Str(_) | Tok::Word(_) => LikeTarget::Image(self.whole("a path")?),
+                            _ => {
+                                self.next();
+                                return Err(self.unexpected(&p, "an image path in quotes"));
+                            }
                         }
                     } else {
                         let v = self.peek().clone();
@@ -1170,6 +1180,15 @@ impl<'a> Parser<'a> {
             };
         }
         let t = self.next();
+        if let Tok::Word(w) = &t.tok {
+            // `where limit 3`, `in_stock and limit 3`: a clause where a
+            // condition belongs, not an attribute named `limit`.
+            if QUERY_KEYWORDS.iter().any(|k| w.eq_ignore_ascii_case(k)) {
+                return Err(self
+                    .unexpected(&t, "a condition (in_stock, price < 60, brand = \"A\"…)")
+                    .hint(format!("an attribute named {w} is quoted: \"{w}\" = value")));
+            }
+        }
         let field = match &t.tok {
             // Keywords are case-insensitive; other attribute names are
             // compared as stored (`articleType`).
@@ -1207,9 +1226,22 @@ impl<'a> Parser<'a> {
                     _ => (Bound::Included(x), Bound::Unbounded),
                 }))
             }
+            // `stock = true` would ask for an attribute no catalog has, and
+            // find nothing; one named so is quoted (`"stock" = 3`).
+            Tok::Sym("=") if matches!(&t.tok, Tok::Word(_)) && stock_typo(&field) => {
+                Err(QueryError::new(
+                    QueryErrorKind::Unexpected,
+                    t.col,
+                    format!("'{field}' is not the stock condition"),
+                )
+                .hint(format!(
+                    "did you mean in_stock? (`in_stock`, `not in_stock`; an attribute named \
+                     {field} is quoted: \"{field}\" = value)"
+                )))
+            }
             Tok::Sym("=") => {
                 let value_col = self.peek().col;
-                let v = self.value()?;
+                let v = self.whole("a value")?;
                 Ok(match field.as_str() {
                     "category" => f.category_in([v]),
                     "brand" => f.brand_in([v]),
@@ -1229,11 +1261,11 @@ impl<'a> Parser<'a> {
             }
             Tok::Word(ref w) if w.eq_ignore_ascii_case("in") => {
                 self.expect_sym("(")?;
-                let mut vals = vec![self.value()?];
+                let mut vals = vec![self.whole("a value")?];
                 loop {
                     let t = self.next();
                     match t.tok {
-                        Tok::Sym(",") => vals.push(self.value()?),
+                        Tok::Sym(",") => vals.push(self.whole("a value")?),
                         Tok::Sym(")") => break,
                         _ => return Err(self.unexpected(&t, "',' or ')'")),
                     }
@@ -1277,7 +1309,7 @@ impl<'a> Parser<'a> {
 
 /// A field that means `in_stock`, which is a condition of its own.
 fn stock_typo(field: &str) -> bool {
-    field == "stock" || field == "instock"
+    field.eq_ignore_ascii_case("stock") || field.eq_ignore_ascii_case("instock")
 }
 
 // --------------------------------------------------------------- execution
