@@ -912,6 +912,14 @@ fn query_command_prints_results_and_positioned_errors() {
         similar.iter().all(|h| h["category"] == category),
         "{similar:?}"
     );
+    // Its rows have the keys of `find`'s, but for the terms' contributions.
+    let keys = |row: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = row.as_object().unwrap().keys().cloned().collect();
+        keys.retain(|k| k != "contributions");
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&similar[0]), keys(&lines[0]));
     // A query given as several words, a value the shell took the quotes
     // off among them, means what it means in one argument; so do words
     // that parse as given (`find "+colour.black limit 4"`).
@@ -992,6 +1000,16 @@ fn query_command_prints_results_and_positioned_errors() {
         err["error"].as_str().unwrap().contains("colour.red"),
         "{err}"
     );
+    // With where it is (0-based), and what kind of mistake: a client points
+    // at it without reading the text. A `similar` line's too.
+    assert_eq!(err["kind"], "UnknownConcept", "{err}");
+    assert_eq!(err["column"], 6, "{err}");
+    assert_eq!(err["hint"], "did you mean colour.red?", "{err}");
+    let line = format!("similar {seed} where price <");
+    let out = vitrine(&["query", "--db", db, "--json", &line]);
+    let err: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(err["kind"], "UnexpectedEnd", "{err}");
+    assert_eq!(err["column"], line.chars().count(), "{err}");
     // So is a database that cannot be opened.
     let missing = images.join("no-such-db");
     let out = vitrine(&[
@@ -1089,6 +1107,18 @@ fn query_command_prints_results_and_positioned_errors() {
     // one naming a group weighs only that.
     let out = vitrine(&["query", "--db", db, "profile set redfan colour.red=1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // A weight given twice is refused (one would be dropped unseen), and
+    // changes nothing.
+    for twice in ["colour=1 Colour=0", "colour.red=2 colour.RED=0"] {
+        let line = format!("profile set redfan {twice}");
+        let out = vitrine(&["query", "--db", db, &line]);
+        assert_eq!(out.status.code(), Some(1), "{line}");
+        assert!(
+            text(&out.stderr).contains("is given twice"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
     {
         let db = vitrine::Db::open(db).unwrap();
         let p = db.profile("redfan").unwrap().unwrap();
@@ -1108,7 +1138,8 @@ fn query_command_prints_results_and_positioned_errors() {
     // before a where clause.
     let out = vitrine(&["query", "--db", db, "feedback", "an\"na", seed, "like"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    // A user id holding an escape does not reach the terminal as one.
+    // A new user id holding an escape is refused, and does not reach the
+    // terminal as one.
     let out = vitrine(&[
         "query",
         "--db",
@@ -1118,11 +1149,11 @@ fn query_command_prints_results_and_positioned_errors() {
         seed,
         "like",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
-        !text(&out.stdout).contains('\u{1b}'),
+        text(&out.stderr).contains("does not show") && !text(&out.stderr).contains('\u{1b}'),
         "{:?}",
-        text(&out.stdout)
+        text(&out.stderr)
     );
     let out = vitrine(&[
         "query", "--db", db, "--json", "similar", seed, "an\"na", "2", "where", "in_stock",

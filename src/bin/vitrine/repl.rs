@@ -328,7 +328,7 @@ impl Session {
         });
         let (res, first) = match res {
             Ok(r) => r,
-            Err(ConceptError::Query(e)) => bail!("{}", e.render(&text)),
+            Err(ConceptError::Query(e)) => return Err(Positioned::new(e, &text).into()),
             Err(ConceptError::Db(vitrine::Error::InvalidConfig(_))) if self.model.is_none() => {
                 bail!(
                     "`like image` needs the bundled model, which could not be loaded: {}",
@@ -512,7 +512,7 @@ impl Session {
                         e.column = (e.column + clause_col)
                             .saturating_sub(PREFIX.chars().count())
                             .max(clause_col);
-                        bail!("{}", e.render(&typed))
+                        return Err(Positioned::new(e, &typed).into());
                     }
                 };
                 let filter = parsed.get_filter().clone();
@@ -601,10 +601,14 @@ impl Session {
                 writeln!(
                     out,
                     "{}",
-                    crate::json_text(
-                        &serde_json::json!({"rank": rank + 1, "id": h.id, "score": h.score,
-                        "category": h.attributes.category})
-                    )
+                    // The rows of `find`, but for contributions (a
+                    // similarity has no terms).
+                    crate::json_text(&serde_json::json!({
+                        "rank": rank + 1, "id": h.id, "score": h.score,
+                        "category": h.attributes.category,
+                        "brand": h.attributes.brand, "price": h.attributes.price,
+                        "in_stock": h.attributes.in_stock,
+                    }))
                 )?;
             } else {
                 writeln!(
@@ -738,15 +742,26 @@ impl Session {
                         events: Vec::new(),
                     },
                 };
+                // As a query refuses a term given twice: one of the two
+                // would be dropped unseen.
+                let mut given = std::collections::HashSet::new();
                 for pair in pairs {
                     let (g, w) = pair
                         .split_once('=')
                         .with_context(|| format!("'{pair}': use <group>=<weight>"))?;
                     let w: f32 = w.parse().with_context(|| format!("'{w}' is not a number"))?;
-                    if g.contains('.') {
-                        p.affinities.insert(vitrine::concept_key(g), w);
+                    let key = if g.contains('.') {
+                        vitrine::concept_key(g)
                     } else {
-                        p.weights.insert(g.to_lowercase(), w);
+                        g.to_lowercase()
+                    };
+                    if !given.insert(key.clone()) {
+                        bail!("'{g}' is given twice");
+                    }
+                    if g.contains('.') {
+                        p.affinities.insert(key, w);
+                    } else {
+                        p.weights.insert(key, w);
                     }
                 }
                 let p = self.db.set_profile(user, &p)?;
@@ -1166,11 +1181,53 @@ fn history_file() -> Option<PathBuf> {
 /// it failed).
 fn error_as_json(json: bool, e: &anyhow::Error) {
     if json {
-        println!(
-            "{}",
-            crate::json_text(&serde_json::json!({"error": crate::error_message(e)}))
-        );
+        println!("{}", json_error(e));
     }
+}
+
+/// A query's error as the REPL prints it (the line, a caret under the
+/// column), keeping the error for `--json`.
+#[derive(Debug)]
+struct Positioned {
+    rendered: String,
+    error: vitrine::QueryError,
+}
+
+impl Positioned {
+    fn new(error: vitrine::QueryError, line: &str) -> Positioned {
+        Positioned {
+            rendered: error.render(line),
+            error,
+        }
+    }
+}
+
+impl std::fmt::Display for Positioned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.rendered)
+    }
+}
+
+impl std::error::Error for Positioned {}
+
+/// An error as a JSON line: `{"error": text}`, and for a query's error its
+/// `kind`, `column` (0-based, in characters), `message` and `hint`, so a
+/// client can point at the mistake without reading the text.
+fn json_error(e: &anyhow::Error) -> String {
+    let mut v = serde_json::json!({"error": crate::error_message(e)});
+    let query = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<ConceptError>() {
+            Some(ConceptError::Query(q)) => Some(q),
+            _ => c.downcast_ref::<Positioned>().map(|p| &p.error),
+        });
+    if let Some(q) = query {
+        v["kind"] = serde_json::json!(q.kind);
+        v["column"] = serde_json::json!(q.column);
+        v["message"] = serde_json::json!(q.message);
+        v["hint"] = serde_json::json!(q.hint);
+    }
+    crate::json_text(&v)
 }
 
 /// Runs `vitrine repl`.
@@ -1226,10 +1283,7 @@ pub fn run(args: ReplArgs) -> anyhow::Result<()> {
     let report = |failed: &mut usize, e: &anyhow::Error, json: bool| {
         *failed += 1;
         if json {
-            println!(
-                "{}",
-                crate::json_text(&serde_json::json!({"error": crate::error_message(e)}))
-            );
+            println!("{}", json_error(e));
         } else {
             println!("error: {}", crate::terminal_safe(&crate::error_message(e)));
         }
