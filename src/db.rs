@@ -110,9 +110,7 @@ impl Default for DbBuilder {
             spaces: Vec::new(),
             index: IndexConfig::default(),
             hnsw_given: false,
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            threads: cpus(),
             checkpoint_on_drop: true,
             scorer: ScorerChoice::Auto,
             accept_data_loss: false,
@@ -176,9 +174,13 @@ impl DbBuilder {
     /// CPUs). With more than one, hnsw_rs inserts in parallel, and two
     /// builds of the same products differ: a graph search after a rebuild
     /// or compaction can rank a few hits differently (exact plans do not
-    /// change). `1` takes thread timing out of it, more slowly.
+    /// change). `1` takes thread timing out of it, more slowly; `0` is the
+    /// number of CPUs, as in the crate's other thread counts.
     pub fn build_threads(mut self, threads: usize) -> Self {
-        self.threads = threads.max(1);
+        self.threads = match threads {
+            0 => cpus(),
+            n => n,
+        };
         self
     }
 
@@ -2478,6 +2480,11 @@ pub fn is_hidden_character(c: char) -> bool {
         )
 }
 
+/// The number of CPUs this process may use (1 when unknown).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// An id for an error message: cut at 80 characters, those that do not
 /// show escaped (`\n`, `\u{200b}`).
 pub(crate) fn escape_hidden(id: &str) -> String {
@@ -3279,6 +3286,14 @@ const COPY_CHUNK: usize = 7;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `build_threads(0)` is every CPU, as the crate's other thread counts'
+    /// 0 is, not one thread.
+    #[test]
+    fn zero_build_threads_is_every_cpu() {
+        assert_eq!(Db::builder().build_threads(0).threads, cpus());
+        assert_eq!(Db::builder().build_threads(3).threads, 3);
+    }
 
     /// A write that leaves every doc in the same stock and model sets (a
     /// price update) keeps the shared allow sets; one that moves a doc

@@ -1235,6 +1235,13 @@ fn a_deleted_product_leaves_the_other_templates_plannable() {
         db.cover(&ids[1..], &CoverOptions::new().outfits_per_template(big)),
         Err(OutfitError::InvalidArgument(_))
     ));
+    // So is a diversity outside 0..=1, as a query's `diverse` is.
+    for d in [f32::NAN, 1.5, -0.1] {
+        assert!(matches!(
+            db.expand(ids[1], 2, &ExpandOptions::new().diversity(d)),
+            Err(OutfitError::InvalidArgument(ref m)) if m.contains("diversity")
+        ));
+    }
     let (a, b) = (
         subset.outfits[ids[1]][0].as_str(),
         subset.outfits[ids[1]][1].as_str(),

@@ -125,13 +125,11 @@ impl ExpandOptions {
         self.anchor_slot = Some(slot);
         self
     }
-    /// MMR trade-off in `[0, 1]`: 0 = most relevant only, 1 = most diverse.
+    /// MMR trade-off in `[0, 1]`: 0 = most relevant only, 1 = most
+    /// diverse. Another value (or NaN) makes `expand` and `cover` fail with
+    /// [`OutfitError::InvalidArgument`], as a query's `diverse` does.
     pub fn diversity(mut self, d: f32) -> Self {
-        self.diversity = if d.is_finite() {
-            d.clamp(0.0, 1.0)
-        } else {
-            0.3
-        };
+        self.diversity = d;
         self
     }
     /// Whether the template's own products may fill non-anchor slots
@@ -1044,6 +1042,12 @@ impl OutfitEngine<'_> {
             .ok_or_else(|| OutfitError::UnknownOutfit(outfit.to_string()))?;
         // The caller's mistake first: a template that `cover` would skip
         // (a product gone) must not hide it.
+        if !(0.0..=1.0).contains(&options.diversity) {
+            return Err(OutfitError::InvalidArgument(format!(
+                "diversity {} is outside 0..=1",
+                options.diversity
+            )));
+        }
         let anchor = options.anchor_slot.unwrap_or(0);
         if anchor >= o.slots.len() {
             return Err(OutfitError::InvalidArgument(format!(
