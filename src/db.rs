@@ -2883,6 +2883,19 @@ impl Db {
         read(&self.model_fingerprint).clone()
     }
 
+    /// How many products a database without a recorded model holds when
+    /// none of them is of `fingerprint` (stored with [`Db::insert`]: their
+    /// vectors come from elsewhere); 0 when one is (an older database
+    /// whose model went unrecorded) or when there is none.
+    pub(crate) fn products_of_no_model(&self, fingerprint: &str) -> usize {
+        let cat = read(&self.catalog);
+        if cat.postings.model.contains_key(fingerprint) {
+            0
+        } else {
+            cat.by_doc.len()
+        }
+    }
+
     /// Whether `what` is warned about for the first time by this `Db`
     /// (later meetings log at debug: a service would log it per request).
     pub(crate) fn first_warning(&self, what: String) -> bool {

@@ -392,6 +392,9 @@ fn a_refused_first_image_insert_records_no_preparation() {
             (s.name, v)
         })
         .collect();
+    // (The model recorded first: a database of other vectors is refused
+    // before the id is looked at.)
+    plain.check_model(&model).unwrap();
     plain
         .insert(
             "taken",
@@ -1641,6 +1644,25 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
         "{e}"
     );
     assert_eq!(Db::open(plain.path()).unwrap().model_fingerprint(), None);
+    // Nor does an image search or insert make the model its own: the
+    // vectors it holds are not the model's, and would be ranked against
+    // its embedding as if they were.
+    {
+        let db = Db::open(plain.path()).unwrap();
+        let e = db
+            .search_by_image(&model, &prep(), &a_jpeg(), 2, &vitrine::Filter::new())
+            .expect_err("an image search in a database of other vectors");
+        assert!(
+            matches!(e, IngestError::VectorsOfNoModel { products: 1, .. }),
+            "{e}"
+        );
+        let e = db
+            .insert_image("img", &a_jpeg(), Attributes::new())
+            .expect_err("an image insert in a database of other vectors");
+        assert!(matches!(e, IngestError::VectorsOfNoModel { .. }), "{e}");
+        assert_eq!(db.model_fingerprint(), None);
+        assert_eq!(db.len(), 1);
+    }
     // Another space's dimension is still a mismatch.
     let e = Db::builder()
         .vector_space("aux", 5, vitrine::Metric::Cosine)

@@ -91,6 +91,21 @@ pub enum IngestError {
         /// Which space differs, and how.
         reason: String,
     },
+    /// The database records no model, and holds products none of which
+    /// is of this model ([`Db::insert`]ed vectors): the model's vectors
+    /// would not compare with theirs. [`Db::adopt_model`] makes it the
+    /// database's model when the vectors are its.
+    #[error(
+        "the database holds {products} products whose vectors no model recorded, and this \
+         is model '{model}'; if they are its vectors, Db::adopt_model makes it the \
+         database's model, else keep images in a database of their own"
+    )]
+    VectorsOfNoModel {
+        /// How many products it holds.
+        products: usize,
+        /// Fingerprint of the model offered.
+        model: String,
+    },
     /// The database holds vectors of another model.
     #[error(
         "the database was built with model '{stored}' but this is model '{model}'; \
@@ -182,6 +197,7 @@ impl IngestError {
             IngestError::Model(ModelError::InputShape { .. }) => false,
             IngestError::Model(e) => e.is_user_error(),
             IngestError::ModelMismatch { .. }
+            | IngestError::VectorsOfNoModel { .. }
             | IngestError::ModelShape { .. }
             | IngestError::Internal { .. }
             | IngestError::Threads(_) => false,
@@ -332,9 +348,20 @@ impl Db {
     /// space exists with the model's dimension (and the concept space, when
     /// declared, too), and the stored model fingerprint is the model's. A
     /// database without a fingerprint adopts the model's: that is a durable
-    /// write, even from a search.
+    /// write, even from a search. One that holds products none of which is
+    /// of the model ([`Db::insert`]ed vectors) is
+    /// [`IngestError::VectorsOfNoModel`].
     pub fn check_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
+        if self.stored_model_fingerprint().is_none() {
+            let products = self.products_of_no_model(model.fingerprint());
+            if products > 0 {
+                return Err(IngestError::VectorsOfNoModel {
+                    products,
+                    model: model.fingerprint().to_string(),
+                });
+            }
+        }
         if let Some(stored) = self.claim_model_fingerprint(model.fingerprint())? {
             return Err(IngestError::ModelMismatch {
                 stored,
