@@ -692,13 +692,18 @@ impl<'a> Parser<'a> {
             return Ok(1.0);
         }
         self.next();
+        // Said as typed: 1e-50 printed as a number is fifty digits long.
+        let typed = match &self.peek().tok {
+            Tok::Num(n) => n.clone(),
+            _ => String::new(),
+        };
         let (w, col) = self.number("a weight after '^'")?;
         // (Checked as the f32 it becomes: 1e-50 is positive, its f32 is 0.)
         if !((w as f32) > 0.0 && w <= f64::from(super::MAX_WEIGHT)) {
             return Err(QueryError::new(
                 QueryErrorKind::BadNumber,
                 col,
-                format!("weight {w} is out of range"),
+                format!("weight {typed} is out of range"),
             )
             .hint("weights are > 0 and <= 1000; use '-' to push a concept away"));
         }

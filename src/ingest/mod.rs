@@ -91,8 +91,9 @@ pub enum IngestError {
         /// Which space differs, and how.
         reason: String,
     },
-    /// The database records no model, and holds products none of which
-    /// is of this model ([`Db::insert`]ed vectors): the model's vectors
+    /// The database records no model, was not made with its spaces, and
+    /// holds products none of which is of this model ([`Db::insert`]ed
+    /// vectors into a plain [`Db::open`] database): the model's vectors
     /// would not compare with theirs. [`Db::adopt_model`] makes it the
     /// database's model when the vectors are its.
     #[error(
@@ -348,12 +349,15 @@ impl Db {
     /// space exists with the model's dimension (and the concept space, when
     /// declared, too), and the stored model fingerprint is the model's. A
     /// database without a fingerprint adopts the model's: that is a durable
-    /// write, even from a search. One that holds products none of which is
-    /// of the model ([`Db::insert`]ed vectors) is
-    /// [`IngestError::VectorsOfNoModel`].
+    /// write, even from a search. One without the model's concept space
+    /// (a plain [`Db::open`]) that holds products none of which is of the
+    /// model ([`Db::insert`]ed vectors) is [`IngestError::VectorsOfNoModel`].
     pub fn check_model(&self, model: &Model) -> Result<(), IngestError> {
         self.check_model_spaces(model)?;
-        if self.stored_model_fingerprint().is_none() {
+        // (A database made with the model's spaces, concepts included, was
+        // made for its outputs: it is claimed as before.)
+        let made_for_a_model = self.spaces().iter().any(|s| s.name == CONCEPT_SPACE);
+        if self.stored_model_fingerprint().is_none() && !made_for_a_model {
             let products = self.products_of_no_model(model.fingerprint());
             if products > 0 {
                 return Err(IngestError::VectorsOfNoModel {
