@@ -1818,6 +1818,35 @@ fn cli_outfit_commands_and_eval_fitb() {
         assert_eq!(v["n"], 1, "{method}");
         assert_eq!(v["accuracy"].as_f64(), Some(0.5), "{method}");
     }
+    // --all-methods names each row by the --method value that gives it.
+    let out = vitrine(&[
+        "eval",
+        "fitb",
+        "--products",
+        twin_products.to_str().unwrap(),
+        "--outfits",
+        outfits.to_str().unwrap(),
+        "--questions",
+        tq.to_str().unwrap(),
+        "--all-methods",
+        "--json",
+    ]);
+    let rows: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let methods: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        ["random", "visual", "rules", "compat", "kernel", "learned", "full"]
+    );
+    for row in rows.as_array().unwrap() {
+        if ["full", "rules", "visual"].contains(&row["method"].as_str().unwrap()) {
+            assert_eq!(row["accuracy"].as_f64(), Some(0.5), "{row}");
+        }
+    }
     // The random baseline draws from the candidates the methods rank:
     // given items and repeats among them are no candidates (it drew one
     // of 5 or more here, where the methods chose among 1).

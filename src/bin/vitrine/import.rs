@@ -948,6 +948,15 @@ type SourceRows = (Option<Vec<CsvRow>>, Vec<String>, Vec<String>);
 
 /// Runs `vitrine import`.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
+    if args.update && args.source.is_dir() {
+        crate::usage_error(
+            "import",
+            format!(
+                "--update takes attributes from a CSV file; {} is a folder",
+                args.source.display()
+            ),
+        );
+    }
     let prep = args.prep.given()?;
     if let Some(report) = &args.report {
         check_report_path(report, &args.source, &args.db)?;

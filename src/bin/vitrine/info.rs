@@ -465,13 +465,24 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
              newer versions of records too) are gone"
         );
     }
-    if let Some(copy) = copy {
+    if let Some(copy) = &copy {
         println!(
             "compare with the copy in {} before deleting it",
             copy.display()
         );
     }
-    Ok(())
+    // Fewer products than the checkpoint held: most likely lost with the
+    // log after the damage (or deleted since that checkpoint). A script
+    // (`repair && ...`) must not read that as a whole repair.
+    match at_checkpoint {
+        Some(n) if !clean_rewrite && db.len() < n => Err(crate::Partial(format!(
+            "{} of the {n} products the last checkpoint held were not kept (lost with the \
+             damaged log, or deleted since that checkpoint)",
+            n - db.len()
+        ))
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// The newest generation any readable checkpoint file (arena or index

@@ -230,6 +230,18 @@ fn refuse_repeated_db(subcommand: &str) {
     }
 }
 
+/// Ends the process with a usage error of `subcommand` (status 2), as clap
+/// reports one: for a combination clap cannot see, such as a flag that
+/// takes a file given a folder.
+pub(crate) fn usage_error(subcommand: &str, message: String) -> ! {
+    let mut cli = Cli::command();
+    cli.build();
+    cli.find_subcommand_mut(subcommand)
+        .expect("a subcommand of the CLI")
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
+}
+
 /// `--db` of `outfit` and `product` is global, so that it may also follow
 /// the subcommand, and clap cannot require a global argument: a missing one
 /// is reported here, as clap reports a usage error (status 2).

@@ -35,7 +35,8 @@ pub struct FitbArgs {
     #[arg(long)]
     pub questions: PathBuf,
     /// Print `{"accuracy": …, "n": …}` on one line (with `--all-methods`, one
-    /// line holding an array of `{"method": …, "accuracy": …, "n": …}`).
+    /// line holding an array of `{"method": …, "label": …, "accuracy": …,
+    /// "n": …}`, `method` being the `--method` value that gives the row).
     #[arg(long)]
     pub json: bool,
     /// A scratch database to reuse (products already there are not
@@ -378,23 +379,38 @@ struct Question {
 /// Runs `vitrine eval fitb`.
 pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
     // Arguments and questions first: a mistake fails before the import.
-    let methods: Vec<(&str, Option<CompleteMethod>)> = if args.all_methods {
+    // (--method value, label, method)
+    let methods: Vec<(&str, &str, Option<CompleteMethod>)> = if args.all_methods {
         vec![
-            ("random", None),
-            ("visual similarity only", Some(CompleteMethod::Visual)),
-            ("rule lifts only", Some(CompleteMethod::Rules)),
-            ("bilinear compatibility only", Some(CompleteMethod::Compat)),
-            ("kernel compatibility only", Some(CompleteMethod::Kernel)),
+            ("random", "random", None),
             (
+                "visual",
+                "visual similarity only",
+                Some(CompleteMethod::Visual),
+            ),
+            ("rules", "rule lifts only", Some(CompleteMethod::Rules)),
+            (
+                "compat",
+                "bilinear compatibility only",
+                Some(CompleteMethod::Compat),
+            ),
+            (
+                "kernel",
+                "kernel compatibility only",
+                Some(CompleteMethod::Kernel),
+            ),
+            (
+                "learned",
                 "learned rules (lifts + compatibility)",
                 Some(CompleteMethod::Learned),
             ),
-            ("full", Some(CompleteMethod::Full)),
+            ("full", "full", Some(CompleteMethod::Full)),
         ]
     } else if args.method == "random" {
-        vec![("random", None)]
+        vec![("random", "random", None)]
     } else {
         vec![(
+            args.method.as_str(),
             args.method.as_str(),
             Some(crate::outfit::method_of(&args.method)?),
         )]
@@ -460,7 +476,7 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
     }
     let eng = db.outfit_engine()?;
     let mut results = Vec::new();
-    for (name, method) in methods {
+    for (key, name, method) in methods {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let (mut right, mut n, mut skipped) = (0f64, 0usize, 0usize);
         for q in &questions {
@@ -524,10 +540,10 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
              not in the products file, or every candidate is among the given items)"
         );
         let acc = right / n as f64;
-        results.push((name.to_string(), acc, n));
+        results.push((key, name, acc, n));
     }
     if args.json && !args.all_methods {
-        let (_, acc, n) = &results[0];
+        let (_, _, acc, n) = &results[0];
         println!(
             "{}",
             crate::json_text(&serde_json::json!({ "accuracy": acc, "n": n }))
@@ -535,12 +551,14 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
     } else if args.json {
         let v: Vec<_> = results
             .iter()
-            .map(|(m, a, n)| serde_json::json!({"method": m, "accuracy": a, "n": n}))
+            .map(|(m, label, a, n)| {
+                serde_json::json!({"method": m, "label": label, "accuracy": a, "n": n})
+            })
             .collect();
         println!("{}", crate::json_text(&v));
     } else {
-        for (m, a, n) in &results {
-            println!("{m:<40} accuracy {:.1} % (n = {n})", a * 100.0);
+        for (_, label, a, n) in &results {
+            println!("{label:<40} accuracy {:.1} % (n = {n})", a * 100.0);
         }
     }
     Ok(())
