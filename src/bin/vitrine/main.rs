@@ -76,6 +76,10 @@ enum Command {
     /// What a database holds (products, spaces, model, outfits) and whether it opened cleanly.
     Info(info::InfoArgs),
     /// Opens a damaged database, keeping what is left (the folder is copied first; stop every process using it).
+    ///
+    /// Exit status: 0 when repaired (or nothing needed it), 3 when records
+    /// were left as they are or fewer products were kept than the last
+    /// checkpoint held, 1 on an error (the folder is put back as it was).
     Repair(info::RepairArgs),
     /// Copies a database to a new folder and checks the copy opens (a process serving the database calls `Db::backup` instead).
     Backup(info::BackupArgs),
