@@ -461,7 +461,27 @@ pub fn tsv_field(s: &str) -> String {
 pub fn parse_price(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(p) if p.is_finite() && p >= 0.0 => Ok(p + 0.0),
-        _ => Err(format!("bad price '{value}' (a finite number >= 0)")),
+        _ => {
+            // The spellings of a European export, said as such.
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            let hint = match value.split_once(',') {
+                Some((units, cents)) if digits(units) && digits(cents) && cents.len() <= 2 => {
+                    format!("; a decimal comma? write {units}.{cents}")
+                }
+                _ if value
+                    .chars()
+                    .any(|c| c.is_alphabetic() || matches!(c, '€' | '$' | '£' | '¥'))
+                    && value
+                        .trim_matches(|c: char| !c.is_ascii_digit())
+                        .parse::<f64>()
+                        .is_ok() =>
+                {
+                    "; without the currency".to_string()
+                }
+                _ => String::new(),
+            };
+            Err(format!("bad price '{value}' (a finite number >= 0{hint})"))
+        }
     }
 }
 
@@ -1527,6 +1547,23 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A European price is refused with how to write it.
+    #[test]
+    fn a_price_with_a_decimal_comma_or_a_currency_says_how_to_write_it() {
+        assert!(parse_price("19,90").unwrap_err().contains("write 19.90"));
+        assert!(parse_price("€19.90")
+            .unwrap_err()
+            .contains("without the currency"));
+        assert!(parse_price("19.90 EUR")
+            .unwrap_err()
+            .contains("without the currency"));
+        for plain in ["-5", "abc", "1,299.00", "inf"] {
+            let e = parse_price(plain).unwrap_err();
+            assert!(!e.contains("; "), "{plain}: {e}");
+        }
+        assert_eq!(parse_price("19.90"), Ok(19.9));
+    }
 
     /// A header whose path column has no name is still a header when it
     /// names a built-in column (an --update of prices and stock); a data
