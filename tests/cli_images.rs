@@ -1566,6 +1566,35 @@ fn query_command_prints_results_and_positioned_errors() {
     assert_eq!(tag[0]["negatives"], serde_json::json!(["where", ids[5]]));
     let hits = json_lines(&[r#"similar "where" 2"#]);
     assert_eq!(hits.len(), 2, "{hits:?}");
+    // Ids from a file, one per line (a list past a line's cap), for
+    // examples and counter-examples alike.
+    let lists = tempfile::tempdir().unwrap();
+    let (pos, neg) = (lists.path().join("pos.txt"), lists.path().join("neg.txt"));
+    std::fs::write(&pos, format!("{}\n\n {} \n", ids[0], ids[1])).unwrap();
+    std::fs::write(&neg, format!("{}\n", ids[5])).unwrap();
+    let line = format!(
+        "tag define listed @{} {} not @{}",
+        pos.display(),
+        ids[2],
+        neg.display()
+    );
+    let tag = json_lines(&[line.as_str()]);
+    assert_eq!(
+        tag[0]["positives"],
+        serde_json::json!([ids[0], ids[1], ids[2]])
+    );
+    assert_eq!(tag[0]["negatives"], serde_json::json!([ids[5]]));
+    let missing = format!(
+        "tag define listed @{}",
+        lists.path().join("no.txt").display()
+    );
+    let out = vitrine(&["query", "--db", db, &missing]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("goes in quotes"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -56,7 +56,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
     ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
     ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>|<group.concept>=<a>... | profile reset <user>   (set edits what was set by hand, equal weights if nothing was: a new profile weighs only the groups set, or every group equally when only concepts are, and feedback learns from there; reset forgets the feedback and what was set, and gives equal weights)"),
-    ("tag", "tag define <name> <id>... [not <id>...] [logistic] (an id spelt like one of these words goes in quotes: \"not\"; from a shell, as one argument: vitrine query 'tag define t a \"not\"') | tag list | tag weight <name> <w> | tag delete <name>"),
+    ("tag", "tag define <name> <id>... [not <id>...] [logistic] (@FILE stands for the ids a file lists, one per line; an id spelt like one of these words, or starting with @, goes in quotes: \"not\"; from a shell, as one argument: vitrine query 'tag define t a \"not\"') | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
     ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
     ("product", "product get <id>... | product set <id> key=value... | product delete <id>... | product list   (product help)"),
@@ -794,22 +794,29 @@ impl Session {
         }
         match args.as_slice() {
             ["define", name, rest @ ..] => {
-                let mut pos = Vec::new();
-                let mut neg = Vec::new();
+                let mut pos: Vec<String> = Vec::new();
+                let mut neg: Vec<String> = Vec::new();
                 let mut method = TagMethod::Centroid;
                 let mut negative = false;
                 for (i, a) in rest.iter().enumerate() {
                     // (A quoted word is an id: `"not"` is the product `not`.)
                     let keyword = !quoted.get(i + 2).copied().unwrap_or(false);
+                    let into = if negative { &mut neg } else { &mut pos };
                     match *a {
                         "not" if keyword => negative = true,
                         "logistic" | "centroid" if keyword => {
                             method = a.parse().map_err(anyhow::Error::msg)?
                         }
-                        id if negative => neg.push(id),
-                        id => pos.push(id),
+                        // `@FILE`: ids one per line (a list of thousands
+                        // exported from a spreadsheet, past a line's cap).
+                        file if keyword && file.len() > 1 && file.starts_with('@') => {
+                            into.extend(ids_in_file(Path::new(&file[1..]))?)
+                        }
+                        id => into.push(id.to_string()),
                     }
                 }
+                let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
+                let neg: Vec<&str> = neg.iter().map(String::as_str).collect();
                 // A definition replaces the tag's examples and weight: say
                 // what it had.
                 let before = self
@@ -1174,6 +1181,40 @@ fn history_file() -> Option<PathBuf> {
     std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(|h| PathBuf::from(h).join(".vitrine_history"))
+}
+
+/// The ids a `tag define … @FILE` names: one per line, white space at
+/// either end trimmed, blank lines skipped.
+fn ids_in_file(path: &Path) -> anyhow::Result<Vec<String>> {
+    // The API takes 16 MiB of ids: a file much larger is a mistake.
+    const MAX_BYTES: u64 = 64 << 20;
+    let len = std::fs::metadata(path)
+        .with_context(|| {
+            format!(
+                "cannot read {} (an id starting with @ goes in quotes)",
+                path.display()
+            )
+        })?
+        .len();
+    if len > MAX_BYTES {
+        bail!(
+            "{} is {len} bytes; a list of ids may be 64 MiB at most",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let ids: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.is_empty() {
+        bail!("{} lists no ids", path.display());
+    }
+    Ok(ids)
 }
 
 /// As a piped REPL says a command's error: a script reading JSON gets a
