@@ -3437,7 +3437,7 @@ mod tests {
         };
         let put = |i: usize, model: &str| {
             let a = Attributes::new()
-                .in_stock(i % 3 != 0)
+                .in_stock(!i.is_multiple_of(3))
                 .category(["a", "b"][i % 2])
                 .set(crate::ATTR_MODEL, model);
             let id = format!("p{i:03}");
@@ -3512,7 +3512,13 @@ mod tests {
         for i in 40..200 {
             put(i, if i % 4 == 0 { "m2" } else { "m1" });
         }
-        let old = |i: usize| if i < 40 { i % 4 == 0 } else { i % 4 != 0 };
+        let old = |i: usize| {
+            if i < 40 {
+                i.is_multiple_of(4)
+            } else {
+                !i.is_multiple_of(4)
+            }
+        };
         check(&old, 200);
         assert!(matches!(
             db.similar(SimilarTo::Id("p041"), 3, &Filter::new()),
@@ -3524,9 +3530,9 @@ mod tests {
         }
         let old = |i: usize| {
             if i < 40 {
-                i % 4 == 0
+                i.is_multiple_of(4)
             } else {
-                i >= 120 && i % 4 != 0
+                i >= 120 && !i.is_multiple_of(4)
             }
         };
         check(&old, 200);

@@ -34,7 +34,7 @@ fn attrs(i: usize) -> Attributes {
         .brand(["A", "B", "C", "D"][i % 4])
         .category(["shirts", "jeans", "shoes"][i % 3])
         .price((i % 100) as f64)
-        .in_stock(i % 5 != 0)
+        .in_stock(!i.is_multiple_of(5))
         .set("colour", ["red", "blue"][i % 2])
 }
 

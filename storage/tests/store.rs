@@ -19,7 +19,7 @@ fn product(i: u64) -> ProductRecord {
         attrs: Attributes::new()
             .brand(format!("brand-{}", i % 3))
             .price(i as f64 * 1.5)
-            .in_stock(i % 2 == 0)
+            .in_stock(i.is_multiple_of(2))
             .set("color", ["red", "blue"][i as usize % 2]),
         vectors: vec![
             ("image".into(), vec![i as f32, -0.5, f32::MIN_POSITIVE]),
