@@ -515,6 +515,11 @@ fn malformed_queries_are_typed_errors_with_positions() {
     for q in [
         "find +colour.red where \"stock\" = true",
         "find +colour.red where \"limit\" = 3",
+        // Attributes named so, followed by their operator.
+        "find +colour.red where stock = 3",
+        "find +colour.red where profile = slim",
+        "find +colour.red where Limit = 3 limit 2",
+        "find +colour.red where brand = A and stock = B",
         "find like image \"/a/b.jpg\"",
         "find +colour.red where size = \"42.5cm\"",
     ] {

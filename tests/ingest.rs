@@ -1663,6 +1663,20 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
         assert_eq!(db.model_fingerprint(), None);
         assert_eq!(db.len(), 1);
     }
+    // Products of attributes only hold no vectors to compare: the model
+    // is claimed as on an empty database.
+    let attrs_only = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(attrs_only.path()).unwrap();
+        db.insert(
+            "a",
+            Attributes::new().category("Tops"),
+            std::iter::empty::<(&str, Vec<f32>)>(),
+        )
+        .unwrap();
+        db.check_model(&model).unwrap();
+        assert_eq!(db.model_fingerprint(), Some(model.fingerprint().to_string()));
+    }
     // Another space's dimension is still a mismatch.
     let e = Db::builder()
         .vector_space("aux", 5, vitrine::Metric::Cosine)

@@ -1187,8 +1187,14 @@ impl<'a> Parser<'a> {
         let t = self.next();
         if let Tok::Word(w) = &t.tok {
             // `where limit 3`, `in_stock and limit 3`: a clause where a
-            // condition belongs, not an attribute named `limit`.
-            if QUERY_KEYWORDS.iter().any(|k| w.eq_ignore_ascii_case(k)) {
+            // condition belongs. (An attribute named `limit` or `profile`
+            // is followed by its operator: `profile = slim`.)
+            let operator = match &self.peek().tok {
+                Tok::Sym(s) => ["=", "!=", "<", "<=", ">", ">="].contains(s),
+                Tok::Word(w) => w.eq_ignore_ascii_case("in"),
+                _ => false,
+            };
+            if !operator && QUERY_KEYWORDS.iter().any(|k| w.eq_ignore_ascii_case(k)) {
                 return Err(self
                     .unexpected(&t, "a condition (in_stock, price < 60, brand = \"A\"…)")
                     .hint(format!("an attribute named {w} is quoted: \"{w}\" = value")));
@@ -1231,9 +1237,15 @@ impl<'a> Parser<'a> {
                     _ => (Bound::Included(x), Bound::Unbounded),
                 }))
             }
-            // `stock = true` would ask for an attribute no catalog has, and
-            // find nothing; one named so is quoted (`"stock" = 3`).
-            Tok::Sym("=") if matches!(&t.tok, Tok::Word(_)) && stock_typo(&field) => {
+            // `stock = true` would ask for an attribute few catalogs have,
+            // and find nothing; one named so is quoted (`"stock" = true`),
+            // or compared with another value (`stock = 3`).
+            Tok::Sym("=")
+                if matches!(&t.tok, Tok::Word(_))
+                    && stock_typo(&field)
+                    && matches!(&self.peek().tok, Tok::Word(v)
+                        if ["true", "false", "yes", "no"].iter().any(|b| v.eq_ignore_ascii_case(b))) =>
+            {
                 Err(QueryError::new(
                     QueryErrorKind::Unexpected,
                     t.col,

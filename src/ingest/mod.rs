@@ -358,7 +358,7 @@ impl Db {
         // made for its outputs: it is claimed as before.)
         let made_for_a_model = self.spaces().iter().any(|s| s.name == CONCEPT_SPACE);
         if self.stored_model_fingerprint().is_none() && !made_for_a_model {
-            let products = self.products_of_no_model(model.fingerprint());
+            let products = self.vectors_of_no_model(EMBEDDING_SPACE, model.fingerprint());
             if products > 0 {
                 return Err(IngestError::VectorsOfNoModel {
                     products,

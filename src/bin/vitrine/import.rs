@@ -1079,7 +1079,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             Ok(db) => (db, false),
             // Built with another model: re-embedding opens it as it is, and
             // the import switches it; an update of attributes runs no model.
-            Err(vitrine::IngestError::ModelMismatch { .. }) if args.reembed || args.update => (
+            Err(
+                vitrine::IngestError::ModelMismatch { .. }
+                | vitrine::IngestError::VectorsOfNoModel { .. },
+            ) if args.reembed || args.update => (
                 Db::open(&args.db)
                     .with_context(|| format!("cannot open the database {}", args.db.display()))?,
                 !args.reembed,

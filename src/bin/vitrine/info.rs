@@ -359,9 +359,11 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     // The salvage moves storage past every checkpoint file: files the
     // failed steps write are then ahead of sled's old files.
     let checkpointed = checkpoint_generation(&db_dir);
+    let mut skipped_in = Vec::new();
     let rebuilt = (|| -> anyhow::Result<Db> {
         let (salvaged, old) = salvage(&db_dir, copy.is_some())?;
         old_sled = old;
+        skipped_in.clone_from(&salvaged.damaged_keyspaces);
         if !salvaged.damaged_keyspaces.is_empty() {
             println!(
                 "unreadable pages skipped in: {}",
@@ -472,16 +474,26 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
         );
     }
     // Fewer products than the checkpoint held: most likely lost with the
-    // log after the damage (or deleted since that checkpoint). A script
-    // (`repair && ...`) must not read that as a whole repair.
-    match at_checkpoint {
-        Some(n) if !clean_rewrite && db.len() < n => Err(crate::Partial(format!(
+    // log after the damage (or deleted since that checkpoint); or records
+    // on unreadable pages left behind (outfits, rules, profiles, tags). A
+    // script (`repair && ...`) must not read either as a whole repair.
+    let mut lost = Vec::new();
+    if let Some(n) = at_checkpoint.filter(|&n| !clean_rewrite && db.len() < n) {
+        lost.push(format!(
             "{} of the {n} products the last checkpoint held were not kept (lost with the \
              damaged log, or deleted since that checkpoint)",
             n - db.len()
-        ))
-        .into()),
-        _ => Ok(()),
+        ));
+    }
+    if !skipped_in.is_empty() {
+        lost.push(format!(
+            "records on unreadable pages of {} were left behind",
+            skipped_in.join(", ")
+        ));
+    }
+    match lost.is_empty() {
+        true => Ok(()),
+        false => Err(crate::Partial(lost.join("; ")).into()),
     }
 }
 
