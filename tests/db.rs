@@ -513,7 +513,12 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
     assert_eq!(db.len(), before.len());
     // Text written with joiners and variation selectors is no hidden
     // character: Persian, Sinhala, emoji.
-    for id in ["ماده\u{200c}ای", "ශ්\u{200d}රී", "sun\u{2600}\u{fe0f}", "\u{1f469}\u{200d}\u{1f4bb}"] {
+    for id in [
+        "ماده\u{200c}ای",
+        "ශ්\u{200d}රී",
+        "sun\u{2600}\u{fe0f}",
+        "\u{1f469}\u{200d}\u{1f4bb}",
+    ] {
         db.insert(id, Attributes::new(), [(DEFAULT_SPACE, v.clone())])
             .unwrap();
         assert!(db.delete(id).unwrap(), "{id}");

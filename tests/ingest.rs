@@ -1675,7 +1675,10 @@ fn a_refresh_keeps_vectors_in_other_spaces() {
         )
         .unwrap();
         db.check_model(&model).unwrap();
-        assert_eq!(db.model_fingerprint(), Some(model.fingerprint().to_string()));
+        assert_eq!(
+            db.model_fingerprint(),
+            Some(model.fingerprint().to_string())
+        );
     }
     // Another space's dimension is still a mismatch.
     let e = Db::builder()

@@ -432,19 +432,22 @@ const SLED_SEGMENT_HEADER: usize = 20;
 ///
 /// Both are refused here, naming the file. The checks run under the lock
 /// sled takes, so that another process's writes are never read half
-/// done; when that process holds it, they are left to it (sled says the
-/// store is locked).
-fn check_sled_files(sled_dir: &Path, accept_damaged_segments: bool) -> Result<()> {
+/// done: `Ok(false)` when another handle holds it (the caller waits, as
+/// for sled's own lock).
+fn check_sled_files(sled_dir: &Path, accept_damaged_segments: bool) -> Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
     let log_path = sled_dir.join("db");
     let mut log = match std::fs::File::open(&log_path) {
         Ok(f) => f,
         // A new store; or one sled will refuse in its own words.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
         Err(e) => return Err(Error::io(&log_path, e)),
     };
-    if log.try_lock().is_err() {
-        return Ok(());
+    match log.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+        // No file locks here (NFS without a lock manager): sled says so.
+        Err(std::fs::TryLockError::Error(_)) => return Ok(true),
     }
     let mut files = vec![sled_dir.to_path_buf()];
     while let Some(path) = files.pop() {
@@ -457,10 +460,12 @@ fn check_sled_files(sled_dir: &Path, accept_damaged_segments: bool) -> Result<()
             std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
         }
     }
-    let segment = std::fs::read_to_string(sled_dir.join("conf"))
+    // (Text, then a CRC of it in its last 4 bytes.)
+    let segment = std::fs::read(sled_dir.join("conf"))
         .ok()
         .and_then(|conf| {
-            conf.lines()
+            String::from_utf8_lossy(&conf)
+                .lines()
                 .find_map(|l| l.strip_prefix("segment_size: "))
                 .and_then(|n| n.trim().parse::<u64>().ok())
         })
@@ -490,7 +495,7 @@ fn check_sled_files(sled_dir: &Path, accept_damaged_segments: bool) -> Result<()
         }
         offset += segment;
     }
-    Ok(())
+    Ok(true)
 }
 
 fn sled_open_error(path: &Path, e: sled::Error) -> Error {
@@ -598,7 +603,16 @@ impl Store {
         if held(&sled_dir) {
             return Err(Error::HeldAfterIoError { path: sled_dir });
         }
-        check_sled_files(&sled_dir, opts.accept_damaged_segments)?;
+        // Another handle may hold the lock for a moment (a process handing
+        // the store over): waited for, as sled's own lock is, so that the
+        // files are checked before this handle's open.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        while !check_sled_files(&sled_dir, opts.accept_damaged_segments)? {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Locked { path: sled_dir });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let db = match open_with_lock_retry(&config) {
             Ok(db) => db,
             // sled read an unfinished snapshot as corruption: set those

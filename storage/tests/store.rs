@@ -661,6 +661,25 @@ fn a_damaged_segment_header_is_refused_before_sled_writes() {
         ..StoreOptions::default()
     };
     Store::open(dir.path(), options).expect("a repair opens it");
+    // An open that waits for another handle to let go checks the files
+    // once it has, not never.
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[4] ^= 0x01;
+    std::fs::write(&log, &bytes).unwrap();
+    let (store, ks) = open(dir.path());
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[4] ^= 0x01;
+    std::fs::write(&log, &bytes).unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop((ks, store));
+    });
+    match Store::open(dir.path(), StoreOptions::default()) {
+        Err(Error::StoreDamaged { .. }) => {}
+        Err(e) => panic!("expected StoreDamaged, got {e}"),
+        Ok(_) => panic!("the damaged header went unchecked while the lock was held"),
+    }
+    holder.join().unwrap();
 }
 
 /// A damaged blob file (a large record's) is named when sled's open fails.
