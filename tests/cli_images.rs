@@ -2379,6 +2379,55 @@ fn the_import_summary_counts_bad_rows_as_failures() {
         summary["notes"][0].as_str().unwrap().contains("1 bad rows"),
         "{summary}"
     );
+    assert!(
+        summary["stopped"].is_null() && summary["error"].is_null(),
+        "{summary}"
+    );
+    // An update counts the present products' rows too.
+    let out = vitrine(&[
+        "import",
+        csv.to_str().unwrap(),
+        "--db",
+        dir.path().join("json").to_str().unwrap(),
+        "--update",
+        "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["unchanged"], 1, "{summary}");
+    assert_eq!(
+        summary["items"], 3,
+        "1 unchanged, 1 bad row, 1 bad image: {summary}"
+    );
+    // A run where every item fails into a new database prints its summary
+    // too, and leaves neither the database nor the folders made for it.
+    let all_bad = src.join("all-bad.csv");
+    std::fs::write(&all_bad, "id,path\nx,junk.jpg\n").unwrap();
+    let deep = dir.path().join("a").join("b").join("db");
+    let out = vitrine(&[
+        "import",
+        all_bad.to_str().unwrap(),
+        "--db",
+        deep.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (summary["items"].clone(), summary["failed"].clone()),
+        (1.into(), 1.into())
+    );
+    assert!(!dir.path().join("a").exists());
+    // The report cannot share stdout with the summary.
+    let out = vitrine(&[
+        "import",
+        csv.to_str().unwrap(),
+        "--db",
+        dir.path().join("json").to_str().unwrap(),
+        "--json",
+        "--report",
+        "/dev/stdout",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
 /// An import where every item fails leaves no database behind: it would
@@ -3425,6 +3474,7 @@ fn ctrl_c_stops_an_update_between_two_rows() {
         "--db",
         db_dir.to_str().unwrap(),
         "--update",
+        "--json",
     ];
     let out = interrupted(
         &args,
@@ -3455,6 +3505,16 @@ fn ctrl_c_stops_an_update_between_two_rows() {
         .count();
     eprintln!("{updated} of {n} rows applied before Ctrl-C");
     assert!(updated < n, "{updated}");
+    // With --json, a monitor reads why it stopped and what it did.
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        summary["stopped"]
+            .as_str()
+            .unwrap()
+            .contains("stopped by Ctrl-C"),
+        "{summary}"
+    );
+    assert_eq!(summary["updated"], updated, "{summary}");
 }
 
 /// `eval outfits --sheets` into a folder it cannot write fails at once,

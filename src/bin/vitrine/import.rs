@@ -61,8 +61,9 @@ pub struct ImportArgs {
     pub present_only: bool,
     /// Print the summary as one JSON object on stdout (`items`, `imported`,
     /// `reembedded`, `skipped`, `failed`, `bad_rows`, `updated`,
-    /// `unchanged`, `not_listed`, `report`, `seconds`, `notes`); the exit
-    /// status is the same.
+    /// `unchanged`, `not_listed`, `report`, `seconds`, `notes`, and
+    /// `stopped` or `error` when the run stopped or failed after storing
+    /// products), also when it stops; the exit status is the same.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -830,6 +831,32 @@ struct JsonSummary<'a> {
     report: Option<String>,
     seconds: f64,
     notes: &'a [String],
+    /// Why the run stopped before its end (the counts are what it did).
+    stopped: Option<String>,
+    /// What failed after the products were stored (saving the indexes).
+    error: Option<String>,
+}
+
+impl JsonSummary<'_> {
+    /// A run stopped before anything was counted.
+    fn stopped(why: &anyhow::Error, report: Option<&Path>, seconds: f64) -> String {
+        crate::json_text(&JsonSummary {
+            items: 0,
+            imported: 0,
+            reembedded: 0,
+            skipped: 0,
+            failed: 0,
+            bad_rows: 0,
+            updated: 0,
+            unchanged: 0,
+            not_listed: 0,
+            report: report.map(|r| r.display().to_string()),
+            seconds,
+            notes: &[],
+            stopped: Some(format!("{why:#}")),
+            error: None,
+        })
+    }
 }
 
 /// Refuses a `--report` that would replace the CSV being imported or one of
@@ -968,6 +995,20 @@ type SourceRows = (Option<Vec<CsvRow>>, Vec<String>, Vec<String>);
 
 /// Runs `vitrine import`.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    // Seconds since the run started, for the JSON summary.
+    let seconds = || (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    if args.json
+        && args
+            .report
+            .as_deref()
+            .is_some_and(|r| matches!(report_target(r), ReportTarget::Stdout))
+    {
+        crate::usage_error(
+            "import",
+            "--report to stdout with --json: stdout holds the summary; name a file".into(),
+        );
+    }
     if args.update && args.source.is_dir() {
         crate::usage_error(
             "import",
@@ -1053,6 +1094,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             Some(r) => Some(r.clone()),
             None => Some(args.db.join("import-failures.tsv")).filter(|r| r.is_file()),
         };
+        if args.json {
+            println!("{}", JsonSummary::stopped(&e, report.as_deref(), seconds()));
+        }
         if let Some(report) = report {
             lines.push(format!(
                 "\t\tthe import stopped: {}",
@@ -1068,8 +1112,15 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         Ok(read) => read,
         Err((e, lines)) => return Err(stopped_whole(e, lines)),
     };
-    // A run that stores nothing in a database it made removes it again.
+    // A run that stores nothing in a database it made removes it again,
+    // with the folders made for it.
     let db_is_new = !args.db.exists();
+    let made: Vec<PathBuf> = args
+        .db
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(Path::to_path_buf)
+        .collect();
     // Whether the database holds another model's vectors (an --update then
     // refreshes attributes, and refuses new products until a --reembed).
     let opened = (|| -> anyhow::Result<_> {
@@ -1345,7 +1396,38 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.db.join("import-failures.tsv"));
     // A run that stops as a whole must not leave last night's report to
     // stand for it: the report gets this run's failures and why it stopped.
-    let stopped = |mut lines: Vec<String>, e: anyhow::Error| -> anyhow::Error {
+    // `done`: the import's progress when it stopped (none before it ran).
+    let stopped = |mut lines: Vec<String>,
+                   e: anyhow::Error,
+                   done: Option<&vitrine::ImportProgress>|
+     -> anyhow::Error {
+        if args.json {
+            // What was done before it stopped, for a monitor: the counts,
+            // and why.
+            let zero = vitrine::ImportProgress::default();
+            let p = done.unwrap_or(&zero);
+            // (`lines`: the import's failures and the rows failed before it.)
+            let failed = lines.len();
+            println!(
+                "{}",
+                crate::json_text(&JsonSummary {
+                    items: p.total + updated + unchanged + failed - p.failed.min(failed),
+                    imported: p.stored,
+                    reembedded: p.replaced,
+                    skipped: p.skipped,
+                    failed,
+                    bad_rows: bad_row_count,
+                    updated,
+                    unchanged,
+                    not_listed: 0,
+                    report: Some(report_path.display().to_string()),
+                    seconds: seconds(),
+                    notes: &notes,
+                    stopped: Some(format!("{e:#}")),
+                    error: None,
+                })
+            );
+        }
         // What was done before it stopped (updates applied, advice), on
         // stderr with the error.
         for note in &notes {
@@ -1366,7 +1448,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         e
     };
     if let Some(why) = updates_stopped {
-        return Err(stopped(update_failures, anyhow!(why)));
+        return Err(stopped(update_failures, anyhow!(why), None));
     }
     // The flags set the pixel aspect; the rest is the database's own
     // preparation (an older database's, without the area shrink, stays so).
@@ -1376,7 +1458,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     }) {
         None => None,
         Some(Ok(p)) => Some(p),
-        Some(Err(e)) => return Err(stopped(update_failures, e.into())),
+        Some(Err(e)) => return Err(stopped(update_failures, e.into(), None)),
     };
     let report = if other_model {
         // Only attributes changed: nothing for the model to do.
@@ -1387,15 +1469,23 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             Ok(report) if report.stopped => {
                 let lines = report.failures.iter().map(failure_line);
                 let e = anyhow!(stop_message(&report));
-                return Err(stopped(lines.chain(update_failures).collect(), e));
+                return Err(stopped(
+                    lines.chain(update_failures).collect(),
+                    e,
+                    Some(&report.progress),
+                ));
             }
             Ok(report) => report,
-            Err(e) => return Err(stopped(update_failures, e)),
+            Err(e) => return Err(stopped(update_failures, e, None)),
         }
     };
     if let Err(e) = db.flush() {
         let lines = report.failures.iter().map(failure_line);
-        return Err(stopped(lines.chain(update_failures).collect(), e.into()));
+        return Err(stopped(
+            lines.chain(update_failures).collect(),
+            e.into(),
+            Some(&report.progress),
+        ));
     }
     let (mut unlisted_note, mut not_listed) = (None, 0usize);
     // Products the CSV no longer lists are kept; after a re-embedding,
@@ -1446,18 +1536,50 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     // Every item failed, and the database is this run's: none is left
     // behind, holding nothing but the report of why (a mistyped folder, a
     // CSV of the wrong images). The failures go to stderr, or to --report.
+    let p = report.progress;
+    let failed = p.failed + update_failures.len();
+    // The summary a --json run prints, whatever its end.
+    let summary = |report: Option<&Path>, notes: &[String], error: Option<String>| {
+        crate::json_text(&JsonSummary {
+            items: p.total + updated + unchanged + update_failures.len(),
+            imported: p.stored,
+            reembedded: p.replaced,
+            skipped: p.skipped,
+            failed,
+            bad_rows: bad_row_count,
+            updated,
+            unchanged,
+            not_listed,
+            report: report.map(|r| r.display().to_string()),
+            seconds: seconds(),
+            notes,
+            stopped: None,
+            error,
+        })
+    };
+    // Every item failed, and the database is this run's: none is left
+    // behind, holding nothing but the report of why (a mistyped folder, a
+    // CSV of the wrong images), nor the folders made for it. The failures
+    // go to stderr, or to --report.
     if db_is_new && db.is_empty() && !lines.is_empty() {
         drop(db);
         std::fs::remove_dir_all(&args.db)
             .with_context(|| format!("cannot remove {}", args.db.display()))?;
+        for folder in made.iter().skip(1) {
+            let _ = std::fs::remove_dir(folder);
+        }
         let written = args.report.is_some() && write_report(&report_path, &lines).is_ok();
         if !written {
             for line in &lines {
                 esay!("failed: {line}");
             }
         }
-        for note in &notes {
-            esay!("{note}");
+        if args.json {
+            println!("{}", summary(written.then_some(&report_path), &notes, None));
+        } else {
+            for note in &notes {
+                esay!("{note}");
+            }
         }
         let whereabouts = if written {
             format!(" (see {})", report_path.display())
@@ -1483,28 +1605,20 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             report_path.display()
         )));
     }
-    let p = &report.progress;
-    let failed = p.failed + update_failures.len();
+    // The indexes are saved here, not when the database is dropped: a
+    // full disk then shows in the exit status, not in a log line only;
+    // and before the summary, which says so.
+    let closed = db.close().context(
+        "the products are stored, but saving the indexes failed (the next open rebuilds them \
+         from storage)",
+    );
+    let report_named = (failed > 0).then_some(report_path.as_path());
     if args.json {
         // Notes on stderr would be a second channel to parse: they are in
         // the object.
         notes.extend(unlisted_note);
-        let secs = report.elapsed.as_secs_f64();
-        let summary = JsonSummary {
-            items: p.total + update_failures.len(),
-            imported: p.stored,
-            reembedded: p.replaced,
-            skipped: p.skipped,
-            failed,
-            bad_rows: bad_row_count,
-            updated,
-            unchanged,
-            not_listed,
-            report: (failed > 0).then(|| report_path.display().to_string()),
-            seconds: (secs * 1000.0).round() / 1000.0,
-            notes: &notes,
-        };
-        println!("{}", crate::json_text(&summary));
+        let error = closed.as_ref().err().map(|e| format!("{e:#}"));
+        println!("{}", summary(report_named, &notes, error));
     } else {
         for note in &notes {
             println!("{note}");
@@ -1517,12 +1631,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             println!("failures written to {}", report_path.display());
         }
     }
-    // The indexes are saved here, not when the database is dropped: a
-    // full disk then shows in the exit status, not in a log line only.
-    db.close().context(
-        "the products are stored, but saving the indexes failed (the next open rebuilds them \
-         from storage)",
-    )?;
+    closed?;
     // All failed: the input itself is wrong (exit 1). Some failed: a
     // large catalog often has a few bad images, but a nightly job must see
     // it (exit 3).
