@@ -401,7 +401,11 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     // Ids of bad rows: a later row of one is its second, as for good rows
     // (it used to be imported, and the bad row blamed).
     let mut bad_ids = std::collections::HashSet::new();
-    for record in rows {
+    // A file that stops without a line end may have been cut (a copy or a
+    // download that did not finish).
+    let cut = !text.ends_with(['\n', '\r']);
+    let mut rows = rows.peekable();
+    while let Some(record) = rows.next() {
         let vitrine::CsvRecord { line, fields: row } =
             record.map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let cell = |i: usize| row.get(i).map_or("", |c| c.trim());
@@ -410,7 +414,17 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
         if row.iter().all(|c| c.trim().is_empty()) {
             continue;
         }
-        let cells = csv_cells(&header, &row);
+        // Its last row then short of cells reads as cut too: its last
+        // cell may be part of a value (a price of 6 for 64.18).
+        let cells = if cut && rows.peek().is_none() && row.len() < header.len() {
+            Err(format!(
+                "the file ends inside this row ({} of {} cells, no line end): a cut file?",
+                row.len(),
+                header.len()
+            ))
+        } else {
+            csv_cells(&header, &row)
+        };
         if cells.is_err() || cell(0).is_empty() || (!update && cell(1).is_empty()) {
             if bad_ids.insert(cell(0).to_string()) && !cell(0).is_empty() {
                 out.bad_ids.push(cell(0).to_string());
@@ -1659,6 +1673,36 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file that ends inside a row (no line end, cells missing) was cut:
+    /// its last row is refused, not read with a part of a price. A whole
+    /// last row without a line end, or a short row before the end, is
+    /// read.
+    #[test]
+    fn a_last_row_cut_short_is_a_bad_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("prices.csv");
+        let read = |text: &str| {
+            std::fs::write(&csv, text).unwrap();
+            csv_rows(&csv, true).unwrap()
+        };
+        let r = read("id,path,price,brand\nsku-1,,19.90,X\nsku-2,,6");
+        assert_eq!(r.rows.len(), 1);
+        assert!(r.bad[0].contains("a cut file?"), "{:?}", r.bad);
+        assert_eq!(r.bad_ids, ["sku-2"]);
+        for whole in [
+            "id,path,price,brand\nsku-1,,19.90,X\nsku-2,,64.18,Y",
+            "id,path,price,brand\nsku-1,,19.90\nsku-2,,64.18\n",
+        ] {
+            let r = read(whole);
+            assert_eq!(
+                (r.rows.len(), r.bad.len()),
+                (2, 0),
+                "{whole:?}: {:?}",
+                r.bad
+            );
+        }
+    }
 
     /// A European price is refused with how to write it.
     #[test]
