@@ -170,6 +170,13 @@ impl Error {
         matches!(self, Error::Storage(vitrine_storage::Error::Locked { .. }))
     }
 
+    /// True when the database's files are damaged (or writes it
+    /// acknowledged are missing): `DbBuilder::accept_data_loss` (`vitrine
+    /// repair`) opens what is left, or a backup is restored.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, Error::Corruption { .. })
+    }
+
     /// True when a write failed with an I/O error in this process (a full
     /// disk), this one or an earlier one: writes, and opening the database
     /// again, are refused until the process restarts. Every write

@@ -2482,6 +2482,53 @@ fn an_import_where_every_image_fails_makes_no_database() {
     assert!(db.join("import-failures.tsv").is_file());
 }
 
+/// A damaged segment header is refused before sled writes, and `info
+/// --json` says it is damage (for a monitor).
+#[test]
+fn a_damaged_segment_header_is_reported_as_damage() {
+    if !have_model("a_damaged_segment_header_is_reported_as_damage") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = copy_samples(dir.path(), 2);
+    let db = dir.path().join("db");
+    let d = db.to_str().unwrap();
+    assert_eq!(
+        vitrine(&["import", src.to_str().unwrap(), "--db", d])
+            .status
+            .code(),
+        Some(0)
+    );
+    let log = db.join("sled").join("db");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[8] ^= 0x01;
+    std::fs::write(&log, &bytes).unwrap();
+    let out = vitrine(&["info", "--db", d, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["damaged"].clone(), v["locked"].clone()),
+        (true.into(), false.into()),
+        "{v}"
+    );
+    assert!(v["error"].as_str().unwrap().contains("sled/db"), "{v}");
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        bytes,
+        "the refused open wrote"
+    );
+    // Its only segment skipped, nothing is left: the repair says so and
+    // puts the folder back as it was.
+    let out = vitrine(&["repair", "--db", d]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no product is readable"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), bytes);
+}
+
 /// `--update` given a folder is a usage error (exit 2), as other wrong
 /// combinations of flags are, and makes no database.
 #[test]

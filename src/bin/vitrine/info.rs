@@ -1069,8 +1069,27 @@ fn sled_snapshots(sled: &std::path::Path) -> Vec<PathBuf> {
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    crate::existing_db(&args.db)?;
-    let db = Db::open(&args.db).with_context(|| format!("cannot open {}", args.db.display()))?;
+    let opened = crate::existing_db(&args.db).and_then(|()| {
+        Db::open(&args.db).with_context(|| format!("cannot open {}", args.db.display()))
+    });
+    let db = match opened {
+        Ok(db) => db,
+        Err(e) => {
+            // A monitor reads why in the object, not in stderr's text:
+            // damaged (repair, or restore a backup), held by another
+            // process (retry), or neither (a wrong path, say).
+            if args.json {
+                let db_error = e.chain().find_map(|c| c.downcast_ref::<vitrine::Error>());
+                let v = serde_json::json!({
+                    "error": crate::error_message(&e),
+                    "damaged": db_error.is_some_and(vitrine::Error::is_damage),
+                    "locked": db_error.is_some_and(vitrine::Error::is_locked),
+                });
+                println!("{}", crate::json_text(&v));
+            }
+            return Err(e);
+        }
+    };
     let info = report(&db)?;
     let mut out = std::io::stdout().lock();
     if args.json {
