@@ -830,7 +830,7 @@ pub fn print_summary(report: &ImportReport, reembed: bool, failed_before: usize)
 }
 
 /// The summary `vitrine import --json` prints.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, Default)]
 struct JsonSummary<'a> {
     items: usize,
     imported: usize,
@@ -851,24 +851,36 @@ struct JsonSummary<'a> {
     error: Option<String>,
 }
 
-impl JsonSummary<'_> {
+impl<'a> JsonSummary<'a> {
+    /// The counts of an import `p` and of `rows`, the present products'
+    /// rows an update applied, and `failed_before`, the rows that failed
+    /// before the import (bad rows, updates refused).
+    fn counts(
+        p: &vitrine::ImportProgress,
+        (updated, unchanged): (usize, usize),
+        failed_before: usize,
+        notes: &'a [String],
+    ) -> Self {
+        JsonSummary {
+            items: p.total + updated + unchanged + failed_before,
+            imported: p.stored,
+            reembedded: p.replaced,
+            skipped: p.skipped,
+            failed: p.failed + failed_before,
+            updated,
+            unchanged,
+            notes,
+            ..Default::default()
+        }
+    }
+
     /// A run stopped before anything was counted.
     fn stopped(why: &anyhow::Error, report: Option<&Path>, seconds: f64) -> String {
         crate::json_text(&JsonSummary {
-            items: 0,
-            imported: 0,
-            reembedded: 0,
-            skipped: 0,
-            failed: 0,
-            bad_rows: 0,
-            updated: 0,
-            unchanged: 0,
-            not_listed: 0,
             report: report.map(|r| r.display().to_string()),
             seconds,
-            notes: &[],
             stopped: Some(format!("{why:#}")),
-            error: None,
+            ..Default::default()
         })
     }
 }
@@ -1421,24 +1433,15 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             let zero = vitrine::ImportProgress::default();
             let p = done.unwrap_or(&zero);
             // (`lines`: the import's failures and the rows failed before it.)
-            let failed = lines.len();
+            let before = lines.len().saturating_sub(p.failed);
             println!(
                 "{}",
                 crate::json_text(&JsonSummary {
-                    items: p.total + updated + unchanged + failed - p.failed.min(failed),
-                    imported: p.stored,
-                    reembedded: p.replaced,
-                    skipped: p.skipped,
-                    failed,
                     bad_rows: bad_row_count,
-                    updated,
-                    unchanged,
-                    not_listed: 0,
                     report: Some(report_path.display().to_string()),
                     seconds: seconds(),
-                    notes: &notes,
                     stopped: Some(format!("{e:#}")),
-                    error: None,
+                    ..JsonSummary::counts(p, (updated, unchanged), before, &notes)
                 })
             );
         }
@@ -1555,20 +1558,12 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     // The summary a --json run prints, whatever its end.
     let summary = |report: Option<&Path>, notes: &[String], error: Option<String>| {
         crate::json_text(&JsonSummary {
-            items: p.total + updated + unchanged + update_failures.len(),
-            imported: p.stored,
-            reembedded: p.replaced,
-            skipped: p.skipped,
-            failed,
             bad_rows: bad_row_count,
-            updated,
-            unchanged,
             not_listed,
             report: report.map(|r| r.display().to_string()),
             seconds: seconds(),
-            notes,
-            stopped: None,
             error,
+            ..JsonSummary::counts(&p, (updated, unchanged), update_failures.len(), notes)
         })
     };
     // Every item failed, and the database is this run's: none is left
