@@ -1500,7 +1500,7 @@ impl Db {
         }
         // Only where ids are made: one an older build stored can still be
         // read, replaced (damaged too), changed in place and deleted.
-        if existing.is_none() && !damaged && id.chars().any(is_hidden_character) {
+        if existing.is_none() && !damaged && has_hidden_character(id) {
             return Err(Error::IdWithHiddenCharacter {
                 id: escape_hidden(id),
             });
@@ -2440,29 +2440,70 @@ fn path_safe(name: &str) -> bool {
         && !std::path::Path::new(name).is_absolute()
 }
 
-/// Whether a character does not show where it is printed and is no part
-/// of writing: control characters (line breaks, tabs, escapes), the line
-/// and paragraph separators, and Unicode's default-ignorable code points
-/// that stand alone (zero-width spaces, direction marks and isolates, a
-/// byte-order mark, a soft hyphen, fillers). New product, outfit and user
-/// ids, and CSV column names, refuse them: `A\u{200b}` would be a second
-/// product that looks like `A`. The joiners, variation selectors and tag
-/// characters that Persian, Sinhala, Mongolian and emoji (`❤️`, `👩‍💻`, a
-/// flag) are written with are not among them.
+/// Whether `text` holds a character that does not show where it is
+/// printed and is no part of writing:
+/// - control characters (line breaks, tabs, escapes), the line and
+///   paragraph separators, and Unicode's default-ignorable code points that
+///   stand alone (zero-width spaces, direction marks and isolates, a
+///   byte-order mark, a soft hyphen, fillers);
+/// - the joiners, variation selectors and tag characters that Persian,
+///   Sinhala, Mongolian and emoji are written with (`❤️`, `👩‍💻`, a
+///   flag), where they join or select nothing: after an ASCII letter, at
+///   an end, outside a flag.
+///
+/// New product, outfit and user ids, and CSV column names, refuse them:
+/// `A\u{200b}` or `A\u{fe0f}` would be a second product that looks like
+/// `A`.
 ///
 /// ```
-/// assert!(vitrine::is_hidden_character('\u{feff}'));
-/// assert!(vitrine::is_hidden_character('\n'));
-/// assert!(!vitrine::is_hidden_character('\u{fe0f}'));
-/// assert!(!vitrine::is_hidden_character('é'));
+/// use vitrine::has_hidden_character;
+/// assert!(has_hidden_character("sku-1\u{feff}"));
+/// assert!(has_hidden_character("sku-1\n"));
+/// assert!(has_hidden_character("sku-1\u{fe0f}"));
+/// assert!(!has_hidden_character("\u{2764}\u{fe0f}"));
+/// assert!(!has_hidden_character("\u{1f469}\u{200d}\u{1f4bb}"));
+/// assert!(!has_hidden_character("Zoé"));
 /// ```
-pub fn is_hidden_character(c: char) -> bool {
+pub fn has_hidden_character(text: &str) -> bool {
+    let chars: Vec<char> = text.chars().collect();
+    // What a joiner joins or a selector selects: a character of a script
+    // or an emoji, not ASCII, not white space, not itself hidden.
+    let base = |c: Option<&char>| {
+        c.is_some_and(|&c| !c.is_ascii() && !c.is_whitespace() && !always_hidden(c))
+    };
+    let is_tag = |c: &char| ('\u{e0020}'..='\u{e007f}').contains(c);
+    chars.iter().enumerate().any(|(i, &c)| {
+        let (before, after) = (i.checked_sub(1).and_then(|j| chars.get(j)), chars.get(i + 1));
+        match c {
+            c if always_hidden(c) => true,
+            '\u{200c}' | '\u{200d}' => !(base(before) && base(after)),
+            '\u{fe00}'..='\u{fe0f}' | '\u{e0100}'..='\u{e01ef}' => {
+                !(base(before) || after == Some(&'\u{20e3}'))
+            }
+            '\u{180b}'..='\u{180d}' | '\u{180f}' => {
+                !before.is_some_and(|b| ('\u{1820}'..='\u{18af}').contains(b))
+            }
+            // A flag: U+1F3F4, tag characters, the cancel tag U+E007F.
+            c if is_tag(&c) => {
+                let start = chars[..i].iter().rposition(|c| !is_tag(c));
+                let end = chars[i..].iter().position(|c| !is_tag(c)).map_or(chars.len(), |n| i + n);
+                !(start.is_some_and(|s| chars[s] == '\u{1f3f4}') && chars[end - 1] == '\u{e007f}')
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Characters that never show and are no part of writing, wherever they
+/// are (see [`has_hidden_character`]).
+fn always_hidden(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
             '\u{00ad}'
                 | '\u{034f}'
                 | '\u{061c}'
+                | '\u{115f}'..='\u{1160}'
                 | '\u{17b4}'..='\u{17b5}'
                 | '\u{180e}'
                 | '\u{200b}'
@@ -2475,7 +2516,9 @@ pub fn is_hidden_character(c: char) -> bool {
                 | '\u{fff0}'..='\u{fffb}'
                 | '\u{1bca0}'..='\u{1bca3}'
                 | '\u{1d173}'..='\u{1d17a}'
-                | '\u{e0001}'
+                | '\u{e0000}'..='\u{e001f}'
+                | '\u{e0080}'..='\u{e00ff}'
+                | '\u{e01f0}'..='\u{e0fff}'
         )
 }
 
@@ -2491,7 +2534,12 @@ pub(crate) fn escape_hidden(id: &str) -> String {
         .take(80)
         .map(|c| match c {
             c if c.is_control() => c.escape_debug().to_string(),
-            c if is_hidden_character(c) => c.escape_unicode().to_string(),
+            c if always_hidden(c)
+                || matches!(c, '\u{200c}' | '\u{200d}' | '\u{fe00}'..='\u{fe0f}')
+                || ('\u{e0000}'..='\u{e0fff}').contains(&c) =>
+            {
+                c.escape_unicode().to_string()
+            }
             c => c.to_string(),
         })
         .collect()

@@ -27,7 +27,7 @@ pub enum Error {
         max: usize,
     },
     /// A product id stored anew holds a character that does not show
-    /// ([`is_hidden_character`](crate::is_hidden_character): a line break,
+    /// ([`has_hidden_character`](crate::has_hidden_character): a line break,
     /// a tab, a zero-width space, a byte-order mark): no command line, CSV
     /// row or report line could name it, and it would read as another id.
     #[error(

@@ -503,6 +503,10 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         "sku\u{200e}-1",
         "sku-1\u{2060}",
         "sku-1\u{2028}",
+        "sku-1\u{200d}",
+        "sku-1\u{fe0f}",
+        "sku-1\u{e0041}",
+        "sku-1\u{115f}",
     ] {
         let e = db
             .insert(id, Attributes::new(), [(DEFAULT_SPACE, v.clone())])
@@ -512,12 +516,15 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
     }
     assert_eq!(db.len(), before.len());
     // Text written with joiners and variation selectors is no hidden
-    // character: Persian, Sinhala, emoji.
+    // character: Persian, Sinhala, emoji, a keycap, a flag.
     for id in [
         "ماده\u{200c}ای",
         "ශ්\u{200d}රී",
         "sun\u{2600}\u{fe0f}",
         "\u{1f469}\u{200d}\u{1f4bb}",
+        "\u{1f441}\u{fe0f}\u{200d}\u{1f5e8}\u{fe0f}",
+        "size-1\u{fe0f}\u{20e3}",
+        "\u{1f3f4}\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f}",
     ] {
         db.insert(id, Attributes::new(), [(DEFAULT_SPACE, v.clone())])
             .unwrap();

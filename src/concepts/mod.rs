@@ -551,7 +551,7 @@ pub enum ConceptError {
         max: usize,
     },
     /// A user id given a profile anew holds a character that does not show
-    /// ([`crate::is_hidden_character`]): it would be a second customer that
+    /// ([`crate::has_hidden_character`]): it would be a second customer that
     /// looks like the first.
     #[error(
         "user id '{user}' holds a character that does not show (a line break, a zero-width \
@@ -889,7 +889,7 @@ fn check_user(user: &str) -> Result<(), ConceptError> {
 /// Refuses a user id with a character that does not show, for a user
 /// with no profile yet (one an older build stored stays usable).
 fn check_new_user(user: &str, known: bool) -> Result<(), ConceptError> {
-    if known || !user.chars().any(crate::is_hidden_character) {
+    if known || !crate::has_hidden_character(user) {
         return Ok(());
     }
     Err(ConceptError::UserWithHiddenCharacter {

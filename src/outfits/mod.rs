@@ -81,7 +81,7 @@ pub enum OutfitError {
     #[error("outfit '{0}' has no products")]
     EmptyOutfit(String),
     /// An outfit id that is empty, too long, or holds a character that does
-    /// not show ([`is_hidden_character`](crate::is_hidden_character)).
+    /// not show ([`has_hidden_character`](crate::has_hidden_character)).
     #[error(
         "invalid outfit id '{}' (must be 1 to 1024 bytes, without characters that do not show)",
         crate::db::escape_hidden(.0)
@@ -337,7 +337,7 @@ impl Db {
         // drive the terminal, and could not be typed back; a zero-width
         // space would make a second outfit that looks like the first. (Ids
         // stored by an older build stay readable and deletable.)
-        if id.chars().any(crate::is_hidden_character) {
+        if crate::has_hidden_character(id) {
             return Err(OutfitError::InvalidId(id.chars().take(64).collect()));
         }
         if products.is_empty() {

@@ -354,7 +354,7 @@ pub fn csv_rows(path: &Path, update: bool) -> anyhow::Result<CsvRead> {
     if let Some(key) = header
         .iter()
         .skip(2)
-        .find(|k| k.contains('=') || k.chars().any(vitrine::is_hidden_character))
+        .find(|k| k.contains('=') || vitrine::has_hidden_character(k))
     {
         // (An invisible one would make `\u{feff}in_stock` a free
         // attribute that looks like the built-in.)

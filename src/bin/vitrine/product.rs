@@ -182,7 +182,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                     }
                     // As an imported CSV's column names: one could not be
                     // shown, nor named by a CSV again.
-                    if k.chars().any(vitrine::is_hidden_character) {
+                    if vitrine::has_hidden_character(k) {
                         bail!(
                             "'{}': the key holds a character that does not show (a control \
                              character, a zero-width space, a byte-order mark), which attribute \
