@@ -2473,7 +2473,10 @@ pub fn has_hidden_character(text: &str) -> bool {
     };
     let is_tag = |c: &char| ('\u{e0020}'..='\u{e007f}').contains(c);
     chars.iter().enumerate().any(|(i, &c)| {
-        let (before, after) = (i.checked_sub(1).and_then(|j| chars.get(j)), chars.get(i + 1));
+        let (before, after) = (
+            i.checked_sub(1).and_then(|j| chars.get(j)),
+            chars.get(i + 1),
+        );
         match c {
             c if always_hidden(c) => true,
             '\u{200c}' | '\u{200d}' => !(base(before) && base(after)),
@@ -2486,7 +2489,10 @@ pub fn has_hidden_character(text: &str) -> bool {
             // A flag: U+1F3F4, tag characters, the cancel tag U+E007F.
             c if is_tag(&c) => {
                 let start = chars[..i].iter().rposition(|c| !is_tag(c));
-                let end = chars[i..].iter().position(|c| !is_tag(c)).map_or(chars.len(), |n| i + n);
+                let end = chars[i..]
+                    .iter()
+                    .position(|c| !is_tag(c))
+                    .map_or(chars.len(), |n| i + n);
                 !(start.is_some_and(|s| chars[s] == '\u{1f3f4}') && chars[end - 1] == '\u{e007f}')
             }
             _ => false,

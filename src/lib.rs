@@ -63,8 +63,8 @@ pub use csv::{
     csv_records, parse_csv, read_csv_file, CsvError, CsvRecord, CsvRecords, MAX_CSV_FIELDS,
 };
 pub use db::{
-    has_hidden_character, Db, DbBuilder, Hit, OpenReport, Product, Search, SearchResults, SimilarTo,
-    SpaceStats, VectorSpace, DEFAULT_DIM, DEFAULT_SPACE, MAX_ID_LEN,
+    has_hidden_character, Db, DbBuilder, Hit, OpenReport, Product, Search, SearchResults,
+    SimilarTo, SpaceStats, VectorSpace, DEFAULT_DIM, DEFAULT_SPACE, MAX_ID_LEN,
 };
 pub use error::{Error, Result};
 pub use filter::Filter;

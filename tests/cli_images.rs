@@ -2417,7 +2417,26 @@ fn the_import_summary_counts_bad_rows_as_failures() {
         (1.into(), 1.into())
     );
     assert!(!dir.path().join("a").exists());
-    // The report cannot share stdout with the summary.
+    // The report cannot share stdout with the summary, by any name.
+    for stdout in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"] {
+        let out = vitrine(&[
+            "import",
+            csv.to_str().unwrap(),
+            "--db",
+            dir.path().join("json").to_str().unwrap(),
+            "--json",
+            "--report",
+            stdout,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{stdout}: {}",
+            text(&out.stderr)
+        );
+    }
+    // A run refused before it began prints its object too.
+    let nowhere = dir.path().join("no-such-folder").join("r.tsv");
     let out = vitrine(&[
         "import",
         csv.to_str().unwrap(),
@@ -2425,9 +2444,17 @@ fn the_import_summary_counts_bad_rows_as_failures() {
         dir.path().join("json").to_str().unwrap(),
         "--json",
         "--report",
-        "/dev/stdout",
+        nowhere.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        summary["stopped"]
+            .as_str()
+            .unwrap()
+            .contains("failure report"),
+        "{summary}"
+    );
 }
 
 /// An import where every item fails leaves no database behind: it would
@@ -2527,6 +2554,11 @@ fn a_damaged_segment_header_is_reported_as_damage() {
         text(&out.stderr)
     );
     assert_eq!(std::fs::read(&log).unwrap(), bytes);
+    // Storage gone beside its index files is damage too.
+    std::fs::remove_dir_all(db.join("sled")).unwrap();
+    let out = vitrine(&["info", "--db", d, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["damaged"], true, "{v}");
 }
 
 /// `--update` given a folder is a usage error (exit 2), as other wrong

@@ -874,15 +874,76 @@ impl<'a> JsonSummary<'a> {
         }
     }
 
-    /// A run stopped before anything was counted.
-    fn stopped(why: &anyhow::Error, report: Option<&Path>, seconds: f64) -> String {
+    /// A run stopped before it imported: `bad_rows` of its source failed.
+    fn stopped(
+        why: &anyhow::Error,
+        report: Option<&Path>,
+        bad_rows: usize,
+        seconds: f64,
+    ) -> String {
         crate::json_text(&JsonSummary {
+            items: bad_rows,
+            failed: bad_rows,
+            bad_rows,
             report: report.map(|r| r.display().to_string()),
             seconds,
             stopped: Some(format!("{why:#}")),
             ..Default::default()
         })
     }
+}
+
+/// The failure report can be written where it goes: `--report`'s path
+/// (see [`check_report_path`]), or the default one in a database made
+/// before, checked now, not after the whole import (a folder of that name,
+/// a database folder the job may not write), which then failed with every
+/// product stored and no summary.
+fn check_report(args: &ImportArgs) -> anyhow::Result<()> {
+    if let Some(report) = &args.report {
+        return check_report_path(report, &args.source, &args.db);
+    }
+    if !args.db.is_dir() {
+        return Ok(());
+    }
+    let report = args.db.join("import-failures.tsv");
+    if report.is_dir() {
+        bail!(
+            "{} is a folder, where the failure report goes; remove it, or name another file \
+             with --report",
+            report.display()
+        );
+    }
+    let (probe, _) = vitrine_index::create_temp_beside(&report).with_context(|| {
+        format!(
+            "cannot write the failure report {} (name another file with --report)",
+            report.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Whether `path` is this process's stdout: `/dev/stdout`, or a path to
+/// the same file (`/dev/fd/1`, `/proc/self/fd/1`, the file stdout was sent
+/// to).
+fn is_stdout(path: &Path) -> bool {
+    if matches!(report_target(path), ReportTarget::Stdout) {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let out = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::fs::File::from)
+            .and_then(|f| f.metadata());
+        if let (Ok(out), Ok(file)) = (out, std::fs::metadata(path)) {
+            return (out.dev(), out.ino()) == (file.dev(), file.ino());
+        }
+    }
+    false
 }
 
 /// Refuses a `--report` that would replace the CSV being imported or one of
@@ -1024,12 +1085,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     // Seconds since the run started, for the JSON summary.
     let seconds = || (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
-    if args.json
-        && args
-            .report
-            .as_deref()
-            .is_some_and(|r| matches!(report_target(r), ReportTarget::Stdout))
-    {
+    if args.json && args.report.as_deref().is_some_and(is_stdout) {
         crate::usage_error(
             "import",
             "--report to stdout with --json: stdout holds the summary; name a file".into(),
@@ -1045,29 +1101,14 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         );
     }
     let prep = args.prep.given()?;
-    if let Some(report) = &args.report {
-        check_report_path(report, &args.source, &args.db)?;
-    } else if args.db.is_dir() {
-        // The default report, in a database made before: checked now, not
-        // after the whole import (a folder of that name, a database folder
-        // the job may not write), which then failed with every product
-        // stored and no summary.
-        let report = args.db.join("import-failures.tsv");
-        if report.is_dir() {
-            bail!(
-                "{} is a folder, where the failure report goes; remove it, or name \
-                 another file with --report",
-                report.display()
-            );
+    // A run refused before it began still prints its object with --json.
+    let refused = |e: anyhow::Error| -> anyhow::Error {
+        if args.json {
+            println!("{}", JsonSummary::stopped(&e, None, 0, seconds()));
         }
-        let (probe, _) = vitrine_index::create_temp_beside(&report).with_context(|| {
-            format!(
-                "cannot write the failure report {} (name another file with --report)",
-                report.display()
-            )
-        })?;
-        let _ = std::fs::remove_file(probe);
-    }
+        e
+    };
+    check_report(&args).map_err(refused)?;
     // A CSV's bad rows go to the failure report, like bad images.
     // Refused as a whole: why, with the report lines of its bad rows.
     let read_source = || -> Result<SourceRows, (anyhow::Error, Vec<String>)> {
@@ -1121,7 +1162,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             None => Some(args.db.join("import-failures.tsv")).filter(|r| r.is_file()),
         };
         if args.json {
-            println!("{}", JsonSummary::stopped(&e, report.as_deref(), seconds()));
+            // (`lines`: the source's bad rows, when it was refused for them.)
+            let summary = JsonSummary::stopped(&e, report.as_deref(), lines.len(), seconds());
+            println!("{summary}");
         }
         if let Some(report) = report {
             lines.push(format!(
