@@ -1080,10 +1080,20 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             // process (retry), or neither (a wrong path, say).
             if args.json {
                 let db_error = e.chain().find_map(|c| c.downcast_ref::<vitrine::Error>());
+                // (Refused before an open: storage gone beside its index
+                // files, or sled's files left aside by a repair, running or
+                // stopped.)
+                let dir = &args.db;
+                let no_storage = !dir.join("sled").is_dir()
+                    && (dir.join("index").is_dir() || dir.join("arena").is_dir());
+                let repair_left = crate::interrupted_repair(dir).is_some();
+                let repairing = repair_left && repair_running(dir);
                 let v = serde_json::json!({
                     "error": crate::error_message(&e),
-                    "damaged": db_error.is_some_and(vitrine::Error::is_damage),
-                    "locked": db_error.is_some_and(vitrine::Error::is_locked),
+                    "damaged": db_error.is_some_and(vitrine::Error::is_damage)
+                        || no_storage
+                        || (repair_left && !repairing),
+                    "locked": db_error.is_some_and(vitrine::Error::is_locked) || repairing,
                 });
                 println!("{}", crate::json_text(&v));
             }
