@@ -2500,6 +2500,20 @@ pub fn has_hidden_character(text: &str) -> bool {
     })
 }
 
+/// The joiners, variation selectors and tag characters: hidden unless
+/// they join or select (see [`has_hidden_character`]).
+fn joins_or_selects(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200c}'..='\u{200d}'
+            | '\u{180b}'..='\u{180d}'
+            | '\u{180f}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{e0020}'..='\u{e007f}'
+            | '\u{e0100}'..='\u{e01ef}'
+    )
+}
+
 /// Characters that never show and are no part of writing, wherever they
 /// are (see [`has_hidden_character`]).
 fn always_hidden(c: char) -> bool {
@@ -2540,12 +2554,7 @@ pub(crate) fn escape_hidden(id: &str) -> String {
         .take(80)
         .map(|c| match c {
             c if c.is_control() => c.escape_debug().to_string(),
-            c if always_hidden(c)
-                || matches!(c, '\u{200c}' | '\u{200d}' | '\u{fe00}'..='\u{fe0f}')
-                || ('\u{e0000}'..='\u{e0fff}').contains(&c) =>
-            {
-                c.escape_unicode().to_string()
-            }
+            c if always_hidden(c) || joins_or_selects(c) => c.escape_unicode().to_string(),
             c => c.to_string(),
         })
         .collect()

@@ -1797,8 +1797,9 @@ fn cli_outfit_commands_and_eval_fitb() {
     let question =
         serde_json::json!({"given": ps[1..], "candidates": [ps[0], "twin"], "answer": ps[0]});
     std::fs::write(&tq, format!("{question}\n")).unwrap();
-    let fitb_with = |questions: &Path, method: &str| -> serde_json::Value {
-        let out = vitrine(&[
+    // `how`: `--method M`, or `--all-methods`.
+    let fitb_with = |questions: &Path, how: &[&str]| -> serde_json::Value {
+        let mut args = vec![
             "eval",
             "fitb",
             "--products",
@@ -1807,31 +1808,18 @@ fn cli_outfit_commands_and_eval_fitb() {
             outfits.to_str().unwrap(),
             "--questions",
             questions.to_str().unwrap(),
-            "--method",
-            method,
             "--json",
-        ]);
-        serde_json::from_str(out.trim()).unwrap()
+        ];
+        args.extend_from_slice(how);
+        serde_json::from_str(vitrine(&args).trim()).unwrap()
     };
     for method in ["full", "rules", "visual"] {
-        let v = fitb_with(&tq, method);
+        let v = fitb_with(&tq, &["--method", method]);
         assert_eq!(v["n"], 1, "{method}");
         assert_eq!(v["accuracy"].as_f64(), Some(0.5), "{method}");
     }
     // --all-methods names each row by the --method value that gives it.
-    let out = vitrine(&[
-        "eval",
-        "fitb",
-        "--products",
-        twin_products.to_str().unwrap(),
-        "--outfits",
-        outfits.to_str().unwrap(),
-        "--questions",
-        tq.to_str().unwrap(),
-        "--all-methods",
-        "--json",
-    ]);
-    let rows: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let rows = fitb_with(&tq, &["--all-methods"]);
     let methods: Vec<&str> = rows
         .as_array()
         .unwrap()
@@ -1855,7 +1843,7 @@ fn cli_outfit_commands_and_eval_fitb() {
     cands.push(&ps[0]);
     let question = serde_json::json!({"given": ps[1..], "candidates": cands, "answer": ps[0]});
     std::fs::write(&given_too, format!("{question}\n").repeat(4)).unwrap();
-    let v = fitb_with(&given_too, "random");
+    let v = fitb_with(&given_too, &["--method", "random"]);
     assert_eq!(v["accuracy"].as_f64(), Some(1.0), "{v}");
     // A cover budget out of range is refused before any work.
     let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
