@@ -1824,6 +1824,39 @@ impl Db {
         Ok(read(&self.catalog).allowed(filter, &[]).len())
     }
 
+    /// Why `filter` may match nothing: each of its conditions that no
+    /// product passes on its own, as a sentence naming the nearest
+    /// attribute or value the catalog holds (another case, a typo, a
+    /// built-in field written as a free attribute). Empty when every
+    /// condition alone matches some product. Checked as by
+    /// [`Db::count_matching`]; walks the catalog in memory.
+    ///
+    /// ```
+    /// use vitrine::{Attributes, Db, Filter, Metric};
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Db::builder().vector_space("image", 2, Metric::Cosine).open(dir.path())?;
+    /// db.insert("sku-1", Attributes::new().set("colour", "Red"), [("image", vec![1.0, 0.0])])?;
+    /// let why = db.unmatched_conditions(&Filter::new().attr_eq("colour", "red"))?;
+    /// assert_eq!(why, ["no product has colour = 'red': did you mean 'Red'?"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unmatched_conditions(&self, filter: &Filter) -> Result<Vec<String>> {
+        self.check_filter_concepts(filter)?;
+        let mut attrs: Vec<Arc<Attributes>> = Vec::with_capacity(self.len());
+        let mut from = 0u64;
+        loop {
+            let cat = read(&self.catalog);
+            let chunk: Vec<(&u64, &Entry)> = cat.by_doc.range(from..).take(COPY_CHUNK).collect();
+            attrs.extend(chunk.iter().map(|(_, e)| Arc::clone(&e.attrs)));
+            match chunk.last().and_then(|(d, _)| d.checked_add(1)) {
+                Some(next) if chunk.len() == COPY_CHUNK => from = next,
+                _ => break,
+            }
+        }
+        let products: Vec<&Attributes> = attrs.iter().map(|a| a.as_ref()).collect();
+        Ok(filter.unmatched(&products))
+    }
+
     /// Ids of the products that pass `filter`, sorted, from memory (checked
     /// as by [`Db::count_matching`]). A product deleted while they are
     /// copied may be left out.

@@ -261,6 +261,176 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// Each condition no product of `products` passes on its own, as a
+    /// sentence naming the nearest name or value they hold ([`crate::Db::unmatched_conditions`]).
+    pub(crate) fn unmatched<'a>(&self, products: &[&'a Attributes]) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.contradiction {
+            out.push(
+                "the conditions contradict each other (in stock and not, or a concept both \
+                 wanted and not)"
+                    .to_string(),
+            );
+        }
+        if let Some(want) = self.in_stock {
+            if !products.iter().any(|a| a.in_stock == want) {
+                out.push(format!(
+                    "no product is {}",
+                    if want { "in stock" } else { "out of stock" }
+                ));
+            }
+        }
+        for (field, wanted, held) in [
+            (
+                "category",
+                &self.categories,
+                products
+                    .iter()
+                    .filter_map(|a| a.category.as_deref())
+                    .collect::<BTreeSet<_>>(),
+            ),
+            (
+                "brand",
+                &self.brands,
+                products.iter().filter_map(|a| a.brand.as_deref()).collect(),
+            ),
+        ] {
+            let Some(wanted) = wanted else { continue };
+            if wanted.iter().any(|v| held.contains(v.as_str())) {
+                continue;
+            }
+            out.push(match wanted.iter().next() {
+                None => format!("no {field} is allowed: the {field} conditions share no value"),
+                Some(_) if held.is_empty() => format!("no product has a {field}"),
+                Some(v) => format!(
+                    "no product has {field} = '{}'{}",
+                    wanted
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join("' or '"),
+                    nearest_value(v, &held)
+                ),
+            });
+        }
+        if let Some(range) = &self.price {
+            let prices: Vec<f64> = products.iter().filter_map(|a| a.price).collect();
+            if !prices.iter().any(|p| range.contains(p)) {
+                let (lo, hi) = prices
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                        (lo.min(*p), hi.max(*p))
+                    });
+                out.push(if prices.is_empty() {
+                    "no product has a price".to_string()
+                } else {
+                    format!(
+                        "no product's price is in the range asked (prices run from {lo} to {hi})"
+                    )
+                });
+            }
+        }
+        for (key, value) in &self.equals {
+            let values: BTreeSet<&str> = products.iter().filter_map(|a| a.get(key)).collect();
+            if values.contains(value.as_str()) {
+                continue;
+            }
+            if !values.is_empty() {
+                out.push(format!(
+                    "no product has {key} = '{value}'{}",
+                    nearest_value(value, &values)
+                ));
+                continue;
+            }
+            let keys: BTreeSet<&str> = products
+                .iter()
+                .flat_map(|a| a.extra.keys().map(String::as_str))
+                .filter(|k| !k.starts_with("vitrine.") || key.starts_with("vitrine."))
+                .collect();
+            out.push(format!(
+                "no product has an attribute '{key}'{}",
+                nearest_key(key, &keys)
+            ));
+        }
+        for (concept, wanted) in &self.concepts {
+            let some = products.iter().any(|a| tagged(a, concept) == *wanted);
+            if !some {
+                out.push(if *wanted {
+                    format!("the model tagged no product {concept}")
+                } else {
+                    format!("the model tagged every product {concept}")
+                });
+            }
+        }
+        out
+    }
+}
+
+/// ": did you mean 'Red'?" for the held value nearest `value` (another
+/// case, or a typo), or the values when they are few.
+fn nearest_value(value: &str, held: &BTreeSet<&str>) -> String {
+    if let Some(near) = nearest(value, held) {
+        return format!(": did you mean '{near}'?");
+    }
+    if held.len() <= 8 {
+        let list: Vec<String> = held.iter().map(|v| format!("'{v}'")).collect();
+        return format!(" (the catalog holds {})", list.join(", "));
+    }
+    String::new()
+}
+
+/// The hint for an attribute key no product holds: a built-in field or a
+/// query clause written as a condition, or the nearest key held.
+fn nearest_key(key: &str, held: &BTreeSet<&str>) -> String {
+    let folded: String = key
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect();
+    match folded.as_str() {
+        "stock" | "instock" | "available" | "availability" => {
+            return ": did you mean the built-in in_stock (`where in_stock`, `where not in_stock`)?"
+                .to_string()
+        }
+        "limit" | "offset" | "minscore" | "diverse" | "profile" => {
+            return format!(
+                ": `{}` is a clause of the query, written after the conditions without '=' \
+                 (`{} 5`)",
+                key.to_lowercase(),
+                key.to_lowercase()
+            )
+        }
+        _ => {}
+    }
+    match nearest(key, held) {
+        Some(near) => format!(": did you mean '{near}'?"),
+        None => String::new(),
+    }
+}
+
+/// The held name equal to `name` but for case, or else within a small
+/// edit distance of it.
+fn nearest<'a>(name: &str, held: &BTreeSet<&'a str>) -> Option<&'a str> {
+    if let Some(same) = held
+        .iter()
+        .find(|h| h.to_lowercase() == name.to_lowercase())
+    {
+        return Some(same);
+    }
+    let most = (name.chars().count() / 4).clamp(1, 2);
+    held.iter()
+        .map(|h| {
+            (
+                crate::concepts::levenshtein(&h.to_lowercase(), &name.to_lowercase()),
+                *h,
+            )
+        })
+        .filter(|(d, _)| *d <= most)
+        .min()
+        .map(|(_, h)| h)
+}
+
 /// A filter's stock, category and brand conditions ([`Filter::indexed`]).
 pub(crate) struct Indexed<'a> {
     pub in_stock: Option<bool>,
@@ -365,6 +535,76 @@ fn tighter(a: Bound<f64>, b: Bound<f64>, lower: bool) -> Bound<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each condition no product passes alone is named, with the nearest
+    /// name or value held; conditions that pass alone are not.
+    #[test]
+    fn unmatched_conditions_name_the_nearest_held() {
+        let a = Attributes::new()
+            .category("Tshirts")
+            .brand("Nike")
+            .set("colour", "Red")
+            .set("vitrine.tags", "colour.red");
+        let b = Attributes::new()
+            .category("Jeans")
+            .price(20.0)
+            .set("fabric", "denim");
+        let products = [&a, &b];
+        let why = |f: Filter| f.unmatched(&products);
+        assert!(why(Filter::new()
+            .attr_eq("colour", "Red")
+            .category_in(["Jeans"]))
+        .is_empty());
+        assert_eq!(
+            why(Filter::new().attr_eq("colour", "red")),
+            ["no product has colour = 'red': did you mean 'Red'?"]
+        );
+        assert_eq!(
+            why(Filter::new().attr_eq("color", "Red")),
+            ["no product has an attribute 'color': did you mean 'colour'?"]
+        );
+        assert_eq!(
+            why(Filter::new().category_in(["tshirt"])),
+            ["no product has category = 'tshirt': did you mean 'Tshirts'?"]
+        );
+        assert_eq!(
+            why(Filter::new().brand_in(["Zara"])),
+            ["no product has brand = 'Zara' (the catalog holds 'Nike')"]
+        );
+        assert_eq!(
+            why(Filter::new().price_range(30.0..)),
+            ["no product's price is in the range asked (prices run from 20 to 20)"]
+        );
+        assert_eq!(
+            why(Filter::new().stock(false)),
+            ["no product is out of stock"]
+        );
+        assert_eq!(
+            why(Filter::new().tagged("colour.blue")),
+            ["the model tagged no product colour.blue"]
+        );
+        assert_eq!(
+            why(Filter::new()
+                .not_tagged("colour.red")
+                .tagged("colour.red")
+                .stock(true))
+            .len(),
+            1,
+            "the contradiction alone"
+        );
+        assert!(why(Filter::new().attr_eq("Stock", "1"))[0].contains("built-in in_stock"));
+        assert!(why(Filter::new().attr_eq("min_score", "1"))[0].contains("`min_score 5`"));
+        // Engine keys are not offered for a user's typo.
+        assert_eq!(
+            why(Filter::new().attr_eq("vitrine.tag", "x")),
+            ["no product has an attribute 'vitrine.tag': did you mean 'vitrine.tags'?"]
+        );
+        assert_eq!(
+            why(Filter::new().attr_eq("tags", "x")),
+            ["no product has an attribute 'tags'"]
+        );
+        assert!(Filter::new().attr_eq("colour", "Red").unmatched(&[]).len() == 1);
+    }
 
     /// A condition given twice is one condition; a concept both wanted and
     /// unwanted allows nothing, as two stock values do.

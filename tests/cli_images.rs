@@ -1375,10 +1375,32 @@ fn query_command_prints_results_and_positioned_errors() {
         "+colour.black where category = \"no such category\"",
     ]);
     assert!(
-        text(&out.stdout).contains("none of the 9 products passes the where conditions"),
+        text(&out.stdout).contains(
+            "none of the 9 products passes the where conditions: \
+             no product has category = 'no such category'"
+        ),
         "{}",
         text(&out.stdout)
     );
+    // Typos a search engineer makes are named: a built-in written as a
+    // free attribute, a clause written as a condition.
+    for (query, said) in [
+        (
+            "+colour.black where stock = 1",
+            "did you mean the built-in in_stock",
+        ),
+        (
+            "+colour.black where in_stock and limit = 5",
+            "`limit` is a clause of the query",
+        ),
+    ] {
+        let out = vitrine(&["query", "--db", db, query]);
+        assert!(
+            text(&out.stdout).contains(said),
+            "{query}: {}",
+            text(&out.stdout)
+        );
+    }
     // A line that is not UTF-8 fails alone; the script goes on.
     let out = run_script(b"find +colour.r\xe9d\nconcepts pattern\n");
     assert_eq!(out.status.code(), Some(1));

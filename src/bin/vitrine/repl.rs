@@ -448,11 +448,17 @@ impl Session {
         };
         let all = self.db.len();
         if passing == 0 {
-            format!(
-                ": none of the {all} products passes the where conditions \
-                 (attribute names and values are compared exactly, case included; \
-                 a concept condition reads the tags the model gave at import)"
-            )
+            match self.db.unmatched_conditions(filter) {
+                Ok(why) if !why.is_empty() => format!(
+                    ": none of the {all} products passes the where conditions: {}",
+                    why.join("; ")
+                ),
+                _ => format!(
+                    ": none of the {all} products passes the where conditions together \
+                     (attribute names and values are compared exactly, case included; \
+                     a concept condition reads the tags the model gave at import)"
+                ),
+            }
         } else {
             format!(": {passing} of {all} products pass the where conditions")
         }
@@ -579,9 +585,12 @@ impl Session {
         self.last_offset = 0;
         if hits.is_empty() && !self.json {
             let why = if filter.is_empty() {
-                ""
+                String::new()
             } else {
-                ": no other product passes the filter"
+                match self.db.unmatched_conditions(&filter) {
+                    Ok(why) if !why.is_empty() => format!(": {}", why.join("; ")),
+                    _ => ": no other product passes the filter".to_string(),
+                }
             };
             writeln!(out, "(no results{why})")?;
         }
