@@ -264,7 +264,7 @@ impl Filter {
 impl Filter {
     /// Each condition no product of `products` passes on its own, as a
     /// sentence naming the nearest name or value they hold ([`crate::Db::unmatched_conditions`]).
-    pub(crate) fn unmatched<'a>(&self, products: &[&'a Attributes]) -> Vec<String> {
+    pub(crate) fn unmatched(&self, products: &[&Attributes]) -> Vec<String> {
         let mut out = Vec::new();
         if self.contradiction {
             out.push(
