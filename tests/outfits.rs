@@ -2158,7 +2158,7 @@ fn a_sold_out_category_names_the_slot_it_leaves_empty() {
     // Two slots of one category with one product of it in stock: the
     // second has nothing left (an outfit repeats no product).
     let source = db.get(&o.slots[1].product).unwrap().unwrap();
-    db.upsert("twin", source.attributes, source.vectors)
+    db.upsert("twin", source.attributes.clone(), source.vectors.clone())
         .unwrap();
     db.set_in_stock("twin", true).unwrap();
     let pair = [o.slots[0].product.as_str(), &o.slots[1].product, "twin"];
@@ -2173,4 +2173,31 @@ fn a_sold_out_category_names_the_slot_it_leaves_empty() {
         }) => {}
         other => panic!("{other:?}"),
     }
+    // The same with both items sold out: the second slot's list is empty,
+    // and says the product in stock was ranked first for the first.
+    db.upsert("twin2", source.attributes, source.vectors)
+        .unwrap();
+    db.set_in_stock("twin2", false).unwrap();
+    let pair = [o.slots[0].product.as_str(), &o.slots[1].product, "twin2"];
+    db.store_outfit("pair2", &pair).unwrap();
+    let subs = db.substitute("pair2", 3).unwrap();
+    let slots: Vec<(usize, bool, Vec<&str>, Vec<&str>)> = subs
+        .iter()
+        .map(|s| {
+            let c = s.candidates.iter().map(|c| c.product.as_str()).collect();
+            (
+                s.slot,
+                s.deleted,
+                c,
+                s.taken.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        slots,
+        [
+            (1, false, vec!["twin"], vec![]),
+            (2, false, vec![], vec!["twin"])
+        ]
+    );
 }

@@ -273,11 +273,17 @@ pub struct Substitution {
     pub slot: usize,
     /// The out-of-stock product (or one deleted from the catalog since).
     pub original: String,
+    /// Whether `original` is gone from the catalog, not only sold out.
+    pub deleted: bool,
     /// The category the candidates share: the product's current one, or
     /// the one the slot stored when the product has been deleted since.
     pub category: Option<String>,
     /// In-stock products of the same category, best first.
     pub candidates: Vec<Substitute>,
+    /// In-stock products of the category left out of `candidates` because
+    /// an earlier slot ranks them first (an outfit holds a product once):
+    /// why a list can be short, or empty, with products in stock.
+    pub taken: Vec<String>,
 }
 
 /// A candidate ranked by [`OutfitEngine::complete`].
@@ -913,14 +919,20 @@ impl OutfitEngine<'_> {
             out.push(Substitution {
                 slot,
                 original: o.slots[slot].product.clone(),
+                deleted: false,
                 // The candidates' category, which may have changed since
                 // the outfit was stored.
                 category,
                 candidates: subs,
+                taken: Vec::new(),
             });
         }
         let mut firsts: Vec<String> = Vec::new();
         for s in &mut out {
+            s.taken = (s.candidates.iter())
+                .filter(|c| firsts.contains(&c.product))
+                .map(|c| c.product.clone())
+                .collect();
             s.candidates.retain(|c| !firsts.contains(&c.product));
             s.candidates.truncate(k);
             firsts.extend(s.candidates.first().map(|c| c.product.clone()));
@@ -1000,8 +1012,10 @@ impl OutfitEngine<'_> {
         Substitution {
             slot,
             original: o.slots[slot].product.clone(),
+            deleted: true,
             category,
             candidates: subs,
+            taken: Vec::new(),
         }
     }
 

@@ -511,10 +511,10 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                         s.slot + 1,
                         crate::field(&s.original),
                         crate::field(s.category.as_deref().unwrap_or("-")),
-                        if eng.in_stock(&s.original).is_some() {
-                            "sold out"
-                        } else {
+                        if s.deleted {
                             "no longer in the catalog"
+                        } else {
+                            "sold out"
                         }
                     );
                     for (r, c) in s.candidates.iter().enumerate() {
@@ -528,6 +528,15 @@ fn execute_command(db: &Db, cmd: OutfitCommand, json: bool) -> anyhow::Result<()
                     }
                     match s.category.as_deref() {
                         _ if !s.candidates.is_empty() => {}
+                        _ if !s.taken.is_empty() => say!(
+                            "  (none left: {} in stock, ranked first for an earlier slot; an \
+                             outfit holds a product once)",
+                            s.taken
+                                .iter()
+                                .map(|p| crate::field(p))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
                         Some(c) if eng.category_size(c) == 0 => say!(
                             "  (none: no product of category {} is left in the catalog; a \
                              deleted product's slot keeps the category it had when the \
