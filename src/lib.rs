@@ -55,9 +55,9 @@ mod vision;
 pub use concepts::{
     concept_key, concept_slug, ConceptError, ConceptGroup, ConceptLayout, ConceptQuery, ConceptRef,
     Contribution, Feedback, LikeTarget, Profile, QueryError, QueryErrorKind, QueryHit,
-    QueryResults, TagMethod, UserTag, Vocabulary, HAND_SET_PRIOR_LIKES, LOOK_TIE_BREAK, MAX_EVENTS,
-    MAX_QUERY_BYTES, MAX_TERMS, MAX_WEIGHT, PROFILE_EXACT_MAX, SKEWED_VISUAL_SHARE,
-    USER_TAG_WEIGHT,
+    QueryResults, TagMethod, UserTag, Vocabulary, AFFINITY_SHARE, HAND_SET_PRIOR_LIKES,
+    LOOK_TIE_BREAK, MAX_EVENTS, MAX_QUERY_BYTES, MAX_TERMS, MAX_WEIGHT, PROFILE_EXACT_MAX,
+    SKEWED_VISUAL_SHARE, USER_TAG_WEIGHT,
 };
 pub use csv::{
     csv_records, parse_csv, read_csv_file, CsvError, CsvRecord, CsvRecords, MAX_CSV_FIELDS,

@@ -266,8 +266,11 @@ impl std::str::FromStr for Feedback {
 /// A customer's preferences: how much each concept group counts when
 /// comparing products, and concepts she keeps choosing.
 ///
-/// `similar` with a profile scores `Σ_g w_g · cos_g(query, x) + Σ_c a_c ·
-/// affinity_c(x)` ([`Db::similar_with_profile`]).
+/// `similar` with a profile scores `Σ_g w_g · cos_g(query, x) + s · Σ_c a_c ·
+/// affinity_c(x)` ([`Db::similar_with_profile`]), where `s` scales the
+/// affinities down together when they could move a score by more than
+/// [`AFFINITY_SHARE`] of the weights' sum: they re-rank lookalikes rather
+/// than replace them. A profile without weights ranks by its affinities.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     /// Weight per group (`visual`, `category`, `colour`…); groups not listed
@@ -389,7 +392,8 @@ impl Profile {
     /// The query vector over the concept space that scores products by this
     /// profile relative to concept vector `z` (what
     /// [`Db::similar_with_profile`] searches with): `[w_g · z_g]` plus the
-    /// affinities' directions, and the look at [`LOOK_TIE_BREAK`] when the
+    /// affinities' directions (within [`AFFINITY_SHARE`] of the weights'
+    /// sum), and the look at [`LOOK_TIE_BREAK`] when the
     /// profile gives it no weight but ranks by something else.
     pub fn query_vector(&self, vocab: &Vocabulary, z: &[f32]) -> Result<Vec<f32>, ConceptError> {
         profile_query(vocab, self, z)
@@ -2149,6 +2153,14 @@ const VISUAL_GROUP: &str = "visual";
 /// past a difference of more than `2 × 0.01 × w`.
 pub const LOOK_TIE_BREAK: f32 = 0.01;
 
+/// The most a profile's affinities move a score in
+/// [`Db::similar_with_profile`], as a share of the sum of its group
+/// weights: they re-rank the products the weighted look finds (a customer
+/// who liked one red T-shirt still gets trousers for "more like this" of
+/// trousers, red ones first). Affinities past it are scaled down together,
+/// keeping their ratios.
+pub const AFFINITY_SHARE: f32 = 0.25;
+
 /// Products up to which profile and concept queries scan exactly, by
 /// default ([`DbBuilder::concept_exact_max`](crate::DbBuilder::concept_exact_max)).
 pub const PROFILE_EXACT_MAX: usize = 262_144;
@@ -2178,11 +2190,46 @@ pub(crate) fn profile_query(
             q[d] = w * z[d];
         }
     }
-    for (c, a) in &profile.affinities {
-        let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
-        if let Some(r) = vocab.resolve(group, concept) {
-            vocab.add_to(&r, *a, &mut q);
-        }
+    let affinities: Vec<(ConceptRef, f32)> = (profile.affinities.iter())
+        .filter_map(|(c, a)| {
+            let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
+            Some((vocab.resolve(group, concept)?, *a))
+        })
+        .collect();
+    // Affinities re-rank what the weighted look finds; they do not replace
+    // it: together they move a score by at most AFFINITY_SHARE of the
+    // weights' sum (one like of a red T-shirt put T-shirts first in "more
+    // like this" of black trousers). A profile of affinities alone is
+    // ranked by them.
+    let weighs: f32 = layout
+        .groups
+        .iter()
+        .map(|g| {
+            profile
+                .weights
+                .get(&g.name)
+                .copied()
+                .unwrap_or(0.0)
+                .max(0.0)
+        })
+        .sum();
+    let pull: f32 = affinities
+        .iter()
+        .map(|(r, a)| {
+            a.abs()
+                * match r {
+                    ConceptRef::Dim(_) => 1.0,
+                    ConceptRef::Tag(t) => vocab.tags.get(t).map_or(0.0, |t| t.weight.abs()),
+                }
+        })
+        .sum();
+    let damp = if weighs > 0.0 && pull > AFFINITY_SHARE * weighs {
+        AFFINITY_SHARE * weighs / pull
+    } else {
+        1.0
+    };
+    for (r, a) in &affinities {
+        vocab.add_to(r, a * damp, &mut q);
     }
     // A profile that gives the look no weight (colour only) scores many
     // products the same: those are ordered by look, at a scale below the
