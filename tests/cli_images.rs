@@ -1439,6 +1439,7 @@ fn query_command_prints_results_and_positioned_errors() {
         &["concepts", "pattern", "colour"],
         &["json", "on", "off"],
         &["profile", "reset", "nobody"],
+        &["profile", "delete", "nobody"],
     ] {
         let mut args = vec!["query", "--db", db];
         args.extend_from_slice(line);
@@ -1450,6 +1451,23 @@ fn query_command_prints_results_and_positioned_errors() {
             text(&out.stdout)
         );
     }
+    // `profile delete` forgets a user: no longer listed, nor shown.
+    let script =
+        format!("feedback gone-soon {first} like\nprofile delete gone-soon\nprofile list\n");
+    let out = run_script(script.as_bytes());
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}\n{}", text(&out.stderr));
+    assert!(shown.contains("deleted profile gone-soon"), "{shown}");
+    assert!(!shown.contains("  gone-soon"), "{shown}");
+    let out = vitrine(&["query", "--db", db, "profile", "show", "gone-soon"]);
+    assert_eq!(out.status.code(), Some(1));
+    // An option where `similar` takes a user says so.
+    let out = run_script(format!("similar {first} 3 --json\n").as_bytes());
+    assert!(
+        text(&out.stdout).contains("similar takes no option '--json' (`json on`"),
+        "{}",
+        text(&out.stdout)
+    );
     // A bare `outfit` or `product` shows its help, not an error.
     for cmd in ["outfit", "product"] {
         let out = vitrine(&["query", "--db", db, cmd]);

@@ -55,7 +55,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("similar", "similar <id> [user] [k] [where <filter>]   more like this (filter as in queries), weighted by the user's profile when given; a number is k unless a profile has that name (user=NAME, k=N say which)"),
     ("annotate", "annotate <image file>      category top-5 and tags, with the group behind each"),
     ("feedback", "feedback <user> <id> like|skip|buy   record it and re-learn the user's profile"),
-    ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>|<group.concept>=<a>... | profile reset <user>   (set edits what was set by hand, equal weights if nothing was: a new profile weighs only the groups set, or every group equally when only concepts are, and feedback learns from there; reset forgets the feedback and what was set, and gives equal weights)"),
+    ("profile", "profile show <user> | profile list | profile set <user> <group>=<w>|<group.concept>=<a>... | profile reset <user> | profile delete <user>   (set edits what was set by hand, equal weights if nothing was: a new profile weighs only the groups set, or every group equally when only concepts are, and feedback learns from there; reset forgets the feedback and what was set, and gives equal weights; delete forgets the user)"),
     ("tag", "tag define <name> <id>... [not <id>...] [logistic] (@FILE stands for the ids a file lists, one per line; an id spelt like one of these words, or starting with @, goes in quotes: \"not\"; from a shell, as one argument: vitrine query 'tag define t a \"not\"') | tag list | tag weight <name> <w> | tag delete <name>"),
     ("concepts", "concepts [group]           the concept names queries may use"),
     ("outfit", "outfit import|list|show|delete|substitute|expand|cover|complete|rules|settings ...   (outfit help)"),
@@ -564,6 +564,9 @@ impl Session {
                 }
                 Ok(n) if (1..=1000).contains(&n) => k = Some(n as usize),
                 Ok(_) => bail!("k must be from 1 to 1000"),
+                Err(_) if a.starts_with("--") => {
+                    bail!("similar takes no option '{a}' (`json on` switches to JSON lines)")
+                }
                 Err(_) if user.is_some() => {
                     bail!("usage: similar <id> [user] [k] [where …] ('{a}' after the user; k is a number, `limit` is not used here)")
                 }
@@ -730,6 +733,18 @@ impl Session {
                 let p = self.db.set_profile(user, &uniform)?;
                 self.print_profile(user, &p, out)
             }
+            ["delete", user] => {
+                // "Forget this customer": her feedback, weights and name.
+                if !self.db.delete_profile(user)? {
+                    bail!("no profile for '{user}' (profile list shows them)");
+                }
+                if self.json {
+                    writeln!(out, "{}", crate::json_text(&serde_json::json!({ "deleted": user })))?;
+                } else {
+                    writeln!(out, "deleted profile {user}")?;
+                }
+                Ok(())
+            }
             ["set", user, pairs @ ..] if !pairs.is_empty() => {
                 // Edits what was set by hand: equal weights when nothing was
                 // (a new profile weighs only the groups named, or every group
@@ -776,7 +791,7 @@ impl Session {
                 let p = self.db.set_profile(user, &p)?;
                 self.print_profile(user, &p, out)
             }
-            _ => bail!("usage: profile show <user> | profile list | profile set <user> <group>=<w>... | profile reset <user>"),
+            _ => bail!("usage: profile show <user> | profile list | profile set <user> <group>=<w>... | profile reset <user> | profile delete <user>"),
         }
     }
 
