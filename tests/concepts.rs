@@ -885,6 +885,32 @@ fn one_like_re_ranks_more_like_this_without_replacing_it() {
     );
 }
 
+/// `find profile anna` alone ranks the catalog by her affinities; a
+/// profile without any has nothing to rank by, and says so. Both were
+/// refused as "names no concept and no like".
+#[test]
+fn a_profile_alone_ranks_by_its_affinities() {
+    let Some(s) = shared() else { return };
+    let _tags = tags_lock();
+    let db = &s.db;
+    let ids = by_id(s);
+    let is_red = |id: &str| colour_family(&ids[id].colour) == Some("red");
+    let mut taste = Profile::uniform(db.vocabulary().unwrap().layout());
+    taste.affinities.insert("colour.red".into(), 1.0);
+    db.set_profile("red-taste", &taste).unwrap();
+    let hits = db.query("profile red-taste limit 10").unwrap().hits;
+    let red = hits.iter().filter(|h| is_red(&h.id)).count();
+    assert!(red >= 7, "{red} of 10 red: {hits:?}");
+    db.set_profile("no-taste", &Profile::only("colour"))
+        .unwrap();
+    match db.query("profile no-taste") {
+        Err(ConceptError::NothingToRank(why)) => {
+            assert!(why.contains("profile no-taste has no affinities"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A product counts once, as its strongest event: liking one product again
 /// and again changes nothing, a buy outweighs a like of it, and a skip of a
 /// liked product is ignored. Hand-set affinities keep their ratio to each

@@ -200,7 +200,8 @@ pub enum LikeTarget {
 /// `like` adds the liked product's concept vector, weighted per group by the
 /// profile (equal weights without one). A `profile` adds its affinities to
 /// the query and weighs the `like`; it does not reweigh the terms, so with
-/// neither affinities nor a `like` it changes nothing. The score of a product is the inner
+/// neither affinities nor a `like` it changes nothing. Alone (`find profile
+/// anna`) it ranks the catalog by her affinities. The score of a product is the inner
 /// product with its concept vector, so each term's contribution is reported
 /// with each hit.
 ///
@@ -979,7 +980,8 @@ impl<'a> Parser<'a> {
             )
             .hint("ask for one page of offset + limit, and split it"));
         }
-        if q.terms.is_empty() && q.like.is_none() {
+        // (A profile alone ranks by its affinities.)
+        if q.terms.is_empty() && q.like.is_none() && q.profile.is_none() {
             let col = self.peek().col;
             return Err(QueryError::new(
                 QueryErrorKind::Empty,
@@ -1578,17 +1580,24 @@ impl Db {
         // Nothing to rank by would return arbitrary products, all scoring 0
         // (the text form refuses a query without terms or like as well).
         if qv.iter().all(|x| *x == 0.0) {
-            let why = if q.terms.is_empty() && q.like.is_none() {
+            let why = if let (true, None, Some(user)) = (q.terms.is_empty(), &q.like, &q.profile) {
+                format!(
+                    "profile {user} has no affinities to rank by (feedback teaches them; \
+                     `profile set {user} colour.red=1` sets one): add a concept or a like"
+                )
+            } else if q.terms.is_empty() && q.like.is_none() {
                 "the query weighs no concept and no like (for example: find +colour.red limit 10)"
+                    .into()
             } else if q.like.is_none() && q.terms.iter().all(|(_, w)| *w == 0.0) {
-                "every term of the query has weight 0"
+                "every term of the query has weight 0".into()
             } else {
                 // Terms that weigh nothing: user tags of weight 0, or a
                 // profile that cancels them.
                 "the query's terms weigh nothing together (a user tag of weight 0 counts for \
                  nothing: `tag weight NAME 1` restores it)"
+                    .into()
             };
-            return Err(ConceptError::NothingToRank(why.into()));
+            return Err(ConceptError::NothingToRank(why));
         }
         // A page: the first offset + limit, then the first offset dropped.
         let limit = q.limit.clamp(1, MAX_LIMIT);
