@@ -2319,8 +2319,25 @@ mod parser_never_panics {
             "+colour.red where colour.red and colour.red",
             "+colour.red where category.shirts and colour.black",
             "+colour.red +colour.blue",
+            "+colour.red where in_stock and in_stock = true",
+            "+colour.red where not category.shirts and not Category.Shirts",
         ] {
-            assert!(ConceptQuery::parse(q, &vocab()).is_ok(), "{q}");
+            if let Err(e) = ConceptQuery::parse(q, &vocab()) {
+                panic!("{q}: {e}");
+            }
+        }
+        // A condition and its negation: refused the same way, at the
+        // second (they were taken, and found nothing).
+        for (q, col) in [
+            ("+colour.red where category.tops and not category.tops", 40),
+            ("+colour.red where not Colour.Blue and colour.blue", 38),
+            ("+colour.red where in_stock and not in_stock", 31),
+            ("+colour.red where in_stock = false and in_stock", 39),
+        ] {
+            let e = ConceptQuery::parse(q, &vocab()).unwrap_err();
+            assert_eq!(e.kind, QueryErrorKind::Unexpected, "{q}: {e}");
+            assert_eq!(e.column, col, "{q}: {e}");
+            assert!(e.message.contains("no product passes"), "{q}: {e}");
         }
     }
 }

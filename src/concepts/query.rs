@@ -191,7 +191,7 @@ pub enum LikeTarget {
 /// the model reads weakly in every pattern can still rank high. `and
 /// pattern.striped` keeps only those tagged striped. Two concepts of an
 /// exclusive group (colour, category) cannot both be wanted in `where`: a
-/// product has at most one.
+/// product has at most one. Nor can a condition and its negation.
 ///
 /// Inside quotes, `\` keeps the next character as it is (`"a \"b\""`,
 /// `"C:\\img"`).
@@ -1148,6 +1148,15 @@ impl<'a> Parser<'a> {
             }
             self.exclusive_wanted.push(name.clone());
         }
+        let key = crate::concept_key(&name);
+        if f.concepts().any(|(c, w)| c == key && w != wanted) {
+            return Err(QueryError::new(
+                QueryErrorKind::Unexpected,
+                col,
+                format!("'{name}' is both wanted and excluded: no product passes"),
+            )
+            .hint("leave one of the two out"));
+        }
         Ok(if wanted {
             f.tagged(name)
         } else {
@@ -1157,6 +1166,7 @@ impl<'a> Parser<'a> {
 
     /// One `where` condition, narrowing `f` (price bounds combine too).
     fn condition(&mut self, f: Filter) -> Result<Filter, QueryError> {
+        let col = self.peek().col;
         if self.at_concept() {
             return self.concept_condition(f, true);
         }
@@ -1164,13 +1174,13 @@ impl<'a> Parser<'a> {
         if self.keyword("in_stock") || matches!(&self.peek().tok, Tok::Str(s) if s == "in_stock") {
             self.next();
             if self.peek().tok != Tok::Sym("=") {
-                return Ok(f.stock(true));
+                return stock(f, true, col);
             }
             self.next();
             let t = self.next();
             return match &t.tok {
-                Tok::Word(w) if w.eq_ignore_ascii_case("true") => Ok(f.stock(true)),
-                Tok::Word(w) if w.eq_ignore_ascii_case("false") => Ok(f.stock(false)),
+                Tok::Word(w) if w.eq_ignore_ascii_case("true") => stock(f, true, col),
+                Tok::Word(w) if w.eq_ignore_ascii_case("false") => stock(f, false, col),
                 _ => Err(self.unexpected(&t, "true or false after 'in_stock ='")),
             };
         }
@@ -1181,8 +1191,8 @@ impl<'a> Parser<'a> {
             }
             let t = self.next();
             return match &t.tok {
-                Tok::Word(w) if w.eq_ignore_ascii_case("in_stock") => Ok(f.stock(false)),
-                Tok::Str(s) if s == "in_stock" => Ok(f.stock(false)),
+                Tok::Word(w) if w.eq_ignore_ascii_case("in_stock") => stock(f, false, col),
+                Tok::Str(s) if s == "in_stock" => stock(f, false, col),
                 _ => Err(self.unexpected(&t, "'in_stock' or a concept (colour.red) after 'not'")),
             };
         }
@@ -1324,6 +1334,20 @@ impl<'a> Parser<'a> {
                 })),
         }
     }
+}
+
+/// `f` with a stock condition; one that contradicts an earlier one
+/// (`in_stock and not in_stock`) is refused, as two colours wanted are.
+fn stock(f: Filter, want: bool, col: usize) -> Result<Filter, QueryError> {
+    if f.indexed().in_stock == Some(!want) {
+        return Err(QueryError::new(
+            QueryErrorKind::Unexpected,
+            col,
+            "in stock and not in stock cannot both hold: no product passes",
+        )
+        .hint("leave one of the two out"));
+    }
+    Ok(f.stock(want))
 }
 
 /// A field that means `in_stock`, which is a condition of its own.
