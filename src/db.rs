@@ -2194,12 +2194,16 @@ impl Db {
             }
         }
         // A dangling symlink exists too.
-        if dest.symlink_metadata().is_ok() || landing.symlink_metadata().is_ok() {
-            return Err(Error::InvalidConfig(format!(
-                "backup destination {} already exists",
-                dest.display()
-            )));
-        }
+        let exists = || {
+            if dest.symlink_metadata().is_ok() || landing.symlink_metadata().is_ok() {
+                return Err(Error::InvalidConfig(format!(
+                    "backup destination {} already exists",
+                    dest.display()
+                )));
+            }
+            Ok(())
+        };
+        exists()?;
         // Nearest existing ancestor of `dest`, resolved: a copy inside the
         // database folder would copy itself without end.
         let mut ancestor = landing.parent().unwrap_or(Path::new("."));
@@ -2234,6 +2238,9 @@ impl Db {
         // write takes them in.
         // After an I/O error, the flush below is refused (FailedEarlier).
         let mut w = lock(&self.writer);
+        // Again: a backup to the same place may have finished while this
+        // one waited (it would copy everything, then fail to rename).
+        exists()?;
         // The dumps on disk are current unless something was written since
         // the last checkpoint; the source is then only read.
         if w.dirty || w.stale_dumps {

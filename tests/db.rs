@@ -1656,6 +1656,41 @@ fn a_backup_is_consistent_while_writes_go_on() {
         .unwrap();
 }
 
+/// Two backups to one place at once: one is made, the other refused as
+/// "already exists" (it copied the whole database, then failed to rename,
+/// with an untyped I/O error).
+#[test]
+fn two_backups_to_one_place_make_one_and_refuse_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir.path().join("live"));
+    fill(&db, 300);
+    let copy = dir.path().join("copy");
+    for round in 0..3 {
+        let start = std::sync::Barrier::new(2);
+        let results: Vec<vitrine::Result<()>> = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        db.backup(&copy)
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let made = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(made, 1, "round {round}: {results:?}");
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(r, vitrine::Error::InvalidConfig(m) if m.contains("already exists")),
+                "round {round}: {r}"
+            );
+        }
+        assert_eq!(vitrine::Db::open(&copy).unwrap().len(), 300);
+        std::fs::remove_dir_all(&copy).unwrap();
+    }
+}
+
 /// The index dumps are a cache: a backup whose checkpoint cannot be
 /// written (a full disk under the database, here a folder standing where
 /// the arena's temporary file goes) is made without them, and the copy
