@@ -357,3 +357,54 @@ fn bench_open_measures_a_folder_of_its_own_only() {
     assert!(used.join("index").join("keep.txt").is_file());
     assert_eq!(std::fs::read_dir(&used).unwrap().count(), 1);
 }
+
+/// A benchmark stopped by Ctrl-C or SIGTERM removes its temporary database
+/// (a stopped `bench open` left it behind: hundreds of MB at the default
+/// size).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stopped_bench_removes_its_temporary_database() {
+    use std::time::{Duration, Instant};
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrine"));
+        cmd.args(["bench", "open", "--n", "100000", "--dim", "16"])
+            .env("TMPDIR", tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        // As a terminal gives them: a test run in the background of a
+        // shell inherits SIGINT ignored.
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::read_dir(tmp.path()).unwrap().next().is_none() {
+            assert!(Instant::now() < deadline, "no temporary database made");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it ended before the signal"
+        );
+        // SAFETY: signals a child this test spawned and has not reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(128 + signal), "{stderr}");
+        assert!(
+            stderr.contains("temporary database was removed"),
+            "{stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

@@ -407,7 +407,7 @@ fn open(n: usize, dim: usize, dir: Option<PathBuf>, json: bool) -> Result<()> {
             d
         }
         None => {
-            tmp = tempfile::tempdir()?;
+            tmp = crate::scratch::scratch()?;
             tmp.path().to_path_buf()
         }
     };
@@ -575,7 +575,7 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
     let mut rows = Vec::new();
     for &b in batches {
         // The whole pipeline into a fresh database.
-        let tmp = tempfile::tempdir()?;
+        let tmp = crate::scratch::scratch()?;
         let db = Db::builder().open_with_model(tmp.path(), &model)?;
         let items: Vec<vitrine::ImportItem> = files
             .iter()

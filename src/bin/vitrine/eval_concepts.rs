@@ -94,7 +94,7 @@ pub fn run(args: ConceptsArgs) -> anyhow::Result<()> {
     let dir = match &args.db {
         Some(d) => d.clone(),
         None => {
-            tmp = tempfile::tempdir()?;
+            tmp = crate::scratch::scratch()?;
             tmp.path().to_path_buf()
         }
     };

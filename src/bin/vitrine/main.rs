@@ -27,6 +27,7 @@ mod outfit_eval;
 mod precompute;
 mod product;
 mod repl;
+mod scratch;
 mod sheet;
 
 use clap::{CommandFactory, Parser, Subcommand};

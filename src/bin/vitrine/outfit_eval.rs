@@ -444,7 +444,7 @@ pub fn fitb(args: FitbArgs) -> anyhow::Result<()> {
     let db_dir = match &args.db {
         Some(d) => d.clone(),
         None => {
-            tmp = tempfile::tempdir()?;
+            tmp = crate::scratch::scratch()?;
             tmp.path().join("db")
         }
     };
