@@ -103,6 +103,53 @@ fn bench_ann_reports_recall_and_qps_per_ef() {
     assert!(recall(&rows[1]) >= 0.95, "{rows:?}");
     assert!(recall(&rows[1]) >= recall(&rows[0]) - 1e-9);
 
+    // One build thread: the same graph, so the same recall, on every run.
+    let single = |_| {
+        run(&[
+            "bench",
+            "ann",
+            "--base",
+            b,
+            "--queries",
+            q,
+            "--ef",
+            "4,16",
+            "--plan",
+            "graph",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .iter()
+        .map(|r| {
+            (
+                r["ef_used"].as_u64().unwrap(),
+                r["recall"].as_f64().unwrap(),
+            )
+        })
+        .collect::<Vec<_>>()
+    };
+    let runs: Vec<_> = (0..2).map(single).collect();
+    assert_eq!(runs[0], runs[1]);
+    assert_eq!(runs[0][0].0, 10, "an ef below k searches with k");
+    // An ef a search refuses is a usage error, before the files are read.
+    for ef in ["0", "16,5000"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args([
+                "bench",
+                "ann",
+                "--base",
+                "missing.npy",
+                "--queries",
+                q,
+                "--ef",
+                ef,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{ef}");
+    }
+
     // 1 % filter: the planner answers exactly.
     let rows = run(&[
         "bench",

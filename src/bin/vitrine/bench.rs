@@ -15,6 +15,14 @@ use vitrine_index::{
 use crate::npy;
 
 const K: usize = 10;
+
+/// An `--ef` value: what a search accepts.
+fn ef_arg(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(ef) if (1..=4096).contains(&ef) => Ok(ef),
+        _ => Err(format!("must be a whole number within 1..=4096, got {s}")),
+    }
+}
 /// Queries whose `--gt` answers are checked against an exact scan.
 const GT_CHECKED_QUERIES: usize = 50;
 
@@ -22,7 +30,8 @@ const GT_CHECKED_QUERIES: usize = 50;
 pub enum BenchCommand {
     /// ANN recall and throughput on .npy vectors (k = 10).
     ///
-    /// Builds with two threads, then searches one query per call on one thread
+    /// Builds with `--threads` threads (2; only 1 builds the same graph on
+    /// every run), then searches one query per call on one thread
     /// (an unfiltered exact plan over 4M floats or more, rows × dim, splits its
     /// scan over up to 8 threads, as the engine does; a filtered one too when
     /// it keeps more than a quarter of the rows). Recall is tie-aware: a returned id counts when its exact score is
@@ -38,8 +47,9 @@ pub enum BenchCommand {
         /// and whenever a filter is set, the k-th best comes from an exact scan.
         #[arg(long)]
         gt: Option<PathBuf>,
-        /// ef values to sweep.
-        #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+        /// ef values to sweep, each 1 to 4096 (one below k = 10 searches
+        /// with 10, as `ef_used` says).
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256", value_parser = ef_arg)]
         ef: Vec<usize>,
         /// Only ids with id % M == 0 may be returned.
         #[arg(long)]
@@ -56,7 +66,11 @@ pub enum BenchCommand {
         /// HNSW ef_construction.
         #[arg(long, default_value_t = 200)]
         ef_construction: usize,
-        /// One JSON object per line: {"ef","qps","recall","filter","plan"}
+        /// Threads that build the graph; 1 builds the same graph on every
+        /// run (recall then repeats exactly).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: u16,
+        /// One JSON object per line: {"ef","ef_used","qps","recall","filter","plan"}
         /// (and the build figures on stderr).
         #[arg(long)]
         json: bool,
@@ -93,9 +107,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000,
               value_parser = clap::value_parser!(u32).range(..=2_000_000))]
         synth: u32,
-        /// Queries of each kind.
-        #[arg(long, default_value_t = 200)]
-        queries: usize,
+        /// Queries of each kind, 1 to 100,000.
+        #[arg(long, default_value_t = 200,
+              value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        queries: u32,
         /// Print one JSON object per line.
         #[arg(long)]
         json: bool,
@@ -147,6 +162,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             plan,
             m,
             ef_construction,
+            threads,
             json,
         } => ann(AnnArgs {
             base,
@@ -165,6 +181,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             },
             m,
             ef_construction,
+            threads: threads.into(),
             json,
         }),
         BenchCommand::Open { n, dim, dir, json } => open(n, dim, dir, json),
@@ -173,7 +190,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             synth,
             queries,
             json,
-        } => concepts(&db, synth as usize, queries, json),
+        } => concepts(&db, synth as usize, queries as usize, json),
         BenchCommand::Ingest {
             images,
             n,
@@ -193,6 +210,7 @@ struct AnnArgs {
     plan: PlanHint,
     m: usize,
     ef_construction: usize,
+    threads: usize,
     json: bool,
 }
 
@@ -243,7 +261,7 @@ fn ann(a: AnnArgs) -> Result<()> {
         ..IndexConfig::default()
     };
     let t = Instant::now();
-    let index = SpaceIndex::build(flat, cfg, 2)?;
+    let index = SpaceIndex::build(flat, cfg, a.threads)?;
     let build_s = t.elapsed().as_secs_f64();
 
     let allow = a.filter_mod.map(|m| {
@@ -304,14 +322,15 @@ fn ann(a: AnnArgs) -> Result<()> {
     if a.json {
         eprintln!(
             "{}",
-            serde_json::json!({"build_s": build_s, "n": base.rows, "dim": dim, "threads": 2})
+            serde_json::json!({"build_s": build_s, "n": base.rows, "dim": dim, "threads": a.threads})
         );
     } else {
         println!(
-            "built {} x {} in {:.2} s (2 threads); {} queries, k = {K}{}",
+            "built {} x {} in {:.2} s ({} thread(s)); {} queries, k = {K}{}",
             base.rows,
             dim,
             build_s,
+            a.threads,
             queries.rows,
             a.filter_mod
                 .map(|m| format!(", filter id % {m} == 0"))
@@ -368,11 +387,16 @@ fn ann(a: AnnArgs) -> Result<()> {
         if a.json {
             println!(
                 "{}",
-                serde_json::json!({"ef": ef, "qps": qps, "recall": recall, "filter": filter_label,
-                    "plan": plan, "exact_queries": exact_queries})
+                serde_json::json!({"ef": ef, "ef_used": ef.max(K), "qps": qps, "recall": recall,
+                    "filter": filter_label, "plan": plan, "exact_queries": exact_queries})
             );
         } else {
-            println!("{ef:>6} {qps:>10.0} {recall:>8.4} {plan:>6}");
+            let used = if ef < K {
+                format!("  (ef {K}: at least k)")
+            } else {
+                String::new()
+            };
+            println!("{ef:>6} {qps:>10.0} {recall:>8.4} {plan:>6}{used}");
         }
     }
     Ok(())
@@ -529,6 +553,7 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
             p.is_file() && ext.is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str()))
         })
         .collect();
+    anyhow::ensure!(n > 0, "--n must be at least 1");
     files.sort();
     files.truncate(n);
     if files.is_empty() {
@@ -698,6 +723,12 @@ fn concepts(db_dir: &std::path::Path, synth: usize, nq: usize, json: bool) -> Re
     kinds.push(("profile dirichlet", dirichlet));
 
     let mut sizes = vec![("real", real.clone())];
+    if synth > 0 && synth <= real.len() {
+        eprintln!(
+            "note: --synth {synth} is not more than the database's {} products: no synthetic catalog",
+            real.len()
+        );
+    }
     if synth > real.len() {
         let noise = rand_distr_normal(&mut rng, synth * dim);
         let mut rows = Vec::with_capacity(synth);
