@@ -356,6 +356,22 @@ fn outfits_are_stored_listed_shown_and_deleted_and_bad_input_writes_nothing() {
         db.import_outfits_csv(&csv),
         Err(OutfitError::Csv { ref reason, .. }) if reason.contains("carriage return")
     ));
+    // An empty file, or a header alone (a cut export), is refused as the
+    // product import refuses one: it read as "imported 0 outfits".
+    for (text, says) in [
+        ("", "empty"),
+        ("outfit,product\r\n , \r\n", "only a header"),
+    ] {
+        std::fs::write(&csv, text).unwrap();
+        assert!(
+            matches!(
+                db.import_outfits_csv(&csv),
+                Err(OutfitError::Csv { ref reason, .. }) if reason.contains(says)
+            ),
+            "{text:?}"
+        );
+    }
+    assert_eq!(db.outfit_count().unwrap(), n);
     // Too many products: checked before the products themselves.
     let huge: Vec<String> = (0..=vitrine::MAX_OUTFIT_SLOTS)
         .map(|i| format!("p{i}"))

@@ -522,6 +522,17 @@ impl Db {
             }
             groups.entry(o.to_string()).or_default().push(p.to_string());
         }
+        // As the product import refuses one: a cut or empty export would
+        // read as "imported 0 outfits", exit 0 (and `--learn` relearn
+        // the rules for nothing).
+        if groups.is_empty() {
+            let what = if records.is_empty() {
+                "the file is empty"
+            } else {
+                "the file has no outfit rows, only a header"
+            };
+            return Err(csv_err(records.first().map_or(1, |r| r.line), what.into()));
+        }
         let ks = self.outfit_keyspace()?;
         let mut outfits = Vec::with_capacity(groups.len());
         let mut left_out = Vec::new();
