@@ -82,7 +82,7 @@ pub use outfits::{
     CompleteMethod, CoverOptions, CoverPlan, ExpandOptions, Expansion, Outfit, OutfitEngine,
     OutfitError, OutfitImport, OutfitResult, OutfitRules, OutfitSettings, OutfitSlot, PairRule,
     Relation, RelationKind, RuleKind, ScoredCandidate, SkippedTemplate, Substitute, Substitution,
-    MAX_CATALOG_COLOURS, MAX_EXPANSIONS, MAX_OUTFIT_ID_LEN, MAX_OUTFIT_SLOTS,
+    MAX_CATALOG_COLOURS, MAX_EXPANSIONS, MAX_OUTFIT_ID_LEN, MAX_OUTFIT_SLOTS, MAX_PALETTE,
 };
 pub use precompute::{
     Backend, PrecomputeError, PrecomputeOptions, PrecomputedSimilar, ScorerChoice, ScorerError,

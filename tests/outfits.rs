@@ -768,6 +768,12 @@ fn palette_keeps_expansions_near_the_template_colours() {
     assert!(rel0 > 100);
     assert!(de2 < 0.8 * de0, "{de2} vs {de0}");
     assert!(kept2 >= kept0, "{kept2} vs {kept0}");
+    // A huge weight is the largest one: 3e38 overflowed the scores, and
+    // the outfits came out in product-id order.
+    let huge = measure(&ExpandOptions::new().palette(3e38));
+    let most = measure(&ExpandOptions::new().palette(vitrine::MAX_PALETTE));
+    assert_eq!(huge, most);
+    assert!(most.0 <= de2, "{most:?}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::{Db, Error};
 pub use features::MAX_CATALOG_COLOURS;
 pub use ops::{
     CompleteMethod, CoverOptions, CoverPlan, ExpandOptions, Expansion, OutfitEngine, Relation,
-    RelationKind, ScoredCandidate, SkippedTemplate, Substitute, Substitution,
+    RelationKind, ScoredCandidate, SkippedTemplate, Substitute, Substitution, MAX_PALETTE,
 };
 pub use rules::{OutfitRules, PairRule, RuleKind};
 

@@ -87,6 +87,10 @@ impl Expansion {
     }
 }
 
+/// The largest [`ExpandOptions::palette`] weight: past it the template's
+/// colours already decide alone.
+pub const MAX_PALETTE: f32 = 1000.0;
+
 /// Options of [`OutfitEngine::expand`].
 #[derive(Clone, Debug)]
 pub struct ExpandOptions {
@@ -116,6 +120,7 @@ impl ExpandOptions {
     /// let o = ExpandOptions::new().diversity(0.5).palette(0.0);
     /// assert_eq!(o.palette_weight(), 0.0);
     /// assert_eq!(ExpandOptions::new().palette_weight(), 2.0);
+    /// assert_eq!(ExpandOptions::new().palette(3e38).palette_weight(), vitrine::MAX_PALETTE);
     /// ```
     pub fn new() -> Self {
         Self::default()
@@ -148,10 +153,12 @@ impl ExpandOptions {
     /// template anchor's) keeps such pairs together whatever the
     /// taxonomy (with catalog colour groups configured, the group counts
     /// first, see [`crate::OutfitSettings::colour_attribute`]). Negative or
-    /// non-finite values are 0.
+    /// non-finite values are 0, and values above [`MAX_PALETTE`] are
+    /// [`MAX_PALETTE`] (a weight of 3e38 overflowed the scores, and the
+    /// outfits came out in product-id order).
     pub fn palette(mut self, weight: f32) -> Self {
         self.palette = if weight.is_finite() {
-            weight.max(0.0)
+            weight.clamp(0.0, MAX_PALETTE)
         } else {
             0.0
         };

@@ -93,7 +93,8 @@ pub enum OutfitCommand {
         #[arg(long, default_value_t = 0.3, value_parser = unit_interval)]
         diversity: f32,
         /// How closely new outfits follow the template's own colours, on
-        /// top of its colour relations (0 = relations only).
+        /// top of its colour relations (0 = relations only; above 1000
+        /// counts as 1000).
         #[arg(long, default_value_t = 2.0, value_parser = non_negative)]
         palette: f32,
         #[command(flatten)]
