@@ -1481,6 +1481,21 @@ fn query_command_prints_results_and_positioned_errors() {
     // `--db` may also follow the subcommand; without it, a usage error.
     let out = vitrine(&["outfit", "list", "--db", db]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // With --json, an error is a JSON line on stdout too.
+    for cmd in [
+        &["outfit", "--db", db, "--json", "show", "no-such-outfit"][..],
+        &["product", "--db", db, "--json", "get", "no-such-product"],
+    ] {
+        let out = vitrine(cmd);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}");
+        let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim())
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}: {}", text(&out.stdout)));
+        assert!(
+            line["error"].as_str().unwrap().contains("no-such"),
+            "{line}"
+        );
+        assert_eq!(line["locked"], false);
+    }
     for cmd in [&["outfit", "list"][..], &["product", "get", "x"]] {
         let out = vitrine(cmd);
         assert_eq!(out.status.code(), Some(2), "{cmd:?}");

@@ -153,6 +153,13 @@ fn main() {
         }
     }));
     let cli = Cli::parse();
+    // Their output is the library's structures: a script reading it gets
+    // the error there too. (`import`, `info` and `query` print their own.)
+    let json_errors = match &cli.command {
+        Command::Outfit(a) => a.json,
+        Command::Product(a) => a.json,
+        _ => false,
+    };
     let result = match cli.command {
         Command::Bench { what } => bench::run(what),
         Command::Precompute { what } => precompute::run(what),
@@ -179,7 +186,14 @@ fn main() {
             eprintln!("warning: {}", partial.0);
             std::process::exit(PARTIAL_EXIT);
         }
-        eprintln!("error: {}", terminal_safe(&error_message(&e)));
+        let message = error_message(&e);
+        if json_errors {
+            println!(
+                "{}",
+                json_text(&serde_json::json!({ "error": message, "locked": locked(&e) }))
+            );
+        }
+        eprintln!("error: {}", terminal_safe(&message));
         std::process::exit(if locked(&e) { LOCKED_EXIT } else { 1 });
     }
 }
