@@ -63,7 +63,7 @@ pub struct SpaceStats {
 /// - HNSW: 16 connections, `ef_construction` 200, `ef_search` 64 (an
 ///   existing database keeps the connections and `ef_construction` its
 ///   graph was built with unless [`DbBuilder::hnsw`] sets others);
-/// - compaction when a quarter of a space's graph is deleted points;
+/// - compaction when more than a quarter of a space's graph is deleted points;
 /// - index build threads: the number of CPUs;
 /// - a checkpoint (index dump) is written when the handle is dropped;
 /// - exact batch scoring: [`ScorerChoice::Auto`];
@@ -128,7 +128,9 @@ impl DbBuilder {
     }
 
     /// Declares a vector space. Call once per space. The name (1 to 64 of
-    /// `A-Z a-z 0-9 _ -`) also names its files; others fail on open.
+    /// `A-Z a-z 0-9 _ -`) also names its files; others fail on open, as do
+    /// a dimension of 0 or above 65,536 and two names that differ only in
+    /// case ([`Error::InvalidConfig`]).
     pub fn vector_space(mut self, name: impl Into<String>, dim: usize, metric: Metric) -> Self {
         self.spaces.push(VectorSpace {
             name: name.into(),
@@ -1724,7 +1726,8 @@ impl Db {
         removed.map(|_| true).map_err(Into::into)
     }
 
-    /// Marks a product in or out of stock.
+    /// Marks a product in or out of stock; [`Error::NotFound`] for an
+    /// unknown id.
     pub fn set_in_stock(&self, id: &str, in_stock: bool) -> Result<()> {
         self.update_attributes(id, |a| a.in_stock = in_stock)
             .map(|_| ())
@@ -1732,7 +1735,9 @@ impl Db {
 
     /// Changes a product's attributes in place, keeping its vectors: `edit`
     /// gets the stored attributes, and what it leaves is validated and
-    /// written in one atomic write. Returns whether anything changed.
+    /// written in one atomic write. Returns whether anything changed;
+    /// [`Error::NotFound`] for an unknown id (unlike [`Db::delete`], which
+    /// returns `false`: an edit of nothing is a caller's mistake).
     ///
     /// `edit` runs while other writes wait for it: it must not call this
     /// `Db` at all. A write would wait for ever, and so can a read, when a
@@ -2162,6 +2167,11 @@ impl Db {
     /// of that name, which this one cannot tell from a dead one (another
     /// PID namespace, `/proc` hidden). Needs the default
     /// [`Durability::Immediate`].
+    ///
+    /// [`Error::InvalidConfig`] when `dest` exists (also when another
+    /// backup made it meanwhile), is inside the database folder, or the
+    /// database is not [`Durability::Immediate`]; [`Error::BadPath`] when
+    /// `dest` or its folder cannot be made.
     ///
     /// ```
     /// use vitrine::{Attributes, Db, DEFAULT_DIM, DEFAULT_SPACE};

@@ -50,7 +50,9 @@ pub enum Error {
         /// The id.
         id: String,
     },
-    /// A vector was given for a space the database does not have.
+    /// A space the database does not have: named by a vector given, a
+    /// search ([`crate::Search::space`]) or a precompute
+    /// ([`crate::PrecomputeOptions::space`]).
     #[error("unknown vector space '{name}' (known: {known})")]
     UnknownVector {
         /// The name given.
@@ -111,8 +113,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A filter that can never mean what it says: a concept the database's
-    /// model does not know, a user tag (those rank; they tag nothing), or
-    /// two concepts of an exclusive group both wanted.
+    /// model does not know, a user tag (those rank; they tag nothing), two
+    /// concepts of an exclusive group both wanted, or
+    /// [`crate::Filter::attr_eq`] on `price` or `in_stock` (they have their
+    /// own conditions).
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
     /// An image could not be decoded or prepared (corrupt, too large, too small…).

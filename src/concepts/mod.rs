@@ -532,7 +532,7 @@ pub enum ConceptError {
     /// A weight out of range: group and tag weights are from 0 to
     /// [`MAX_WEIGHT`], concept affinities and query terms from
     /// -[`MAX_WEIGHT`] to [`MAX_WEIGHT`], `diverse` from 0 to 1, a `like`
-    /// weight above 0; `allowed` says which.
+    /// weight above 0 and at most [`MAX_WEIGHT`]; `allowed` says which.
     #[error("invalid weight {value} for '{what}': {allowed}")]
     InvalidWeight {
         /// What it was for.

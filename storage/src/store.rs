@@ -28,7 +28,7 @@ pub enum Durability {
     #[default]
     Immediate,
     /// Writes are buffered; sled writes them to its log every `interval`
-    /// (rounded to whole milliseconds, at least 1 ms, plus the time its
+    /// (in whole milliseconds, rounded down, at least 1 ms, plus the time its
     /// flusher spends syncing; a flusher stopped by an error, which sled
     /// logs, leaves them until its buffer fills), which a crash of the
     /// process does not undo, and [`Store::flush`] fsyncs them, which a
