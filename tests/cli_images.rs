@@ -3898,3 +3898,38 @@ fn a_locked_database_is_exit_4() {
     drop(held);
     assert_eq!(vitrine(&["info", "--db", d]).status.code(), Some(0));
 }
+
+/// A folder's `.jfif` and `.jpe` files are JPEGs and are imported; the
+/// entries an import does not read are named in its notes (they were only
+/// logged: a catalog lost its `.jfif` products with exit 0).
+#[test]
+fn a_folder_import_reads_jfif_and_names_what_it_does_not_read() {
+    if !have_model("a_folder_import_reads_jfif_and_names_what_it_does_not_read") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    let files = sample_images(3);
+    for (f, name) in files.iter().zip(["a.jpg", "b.jfif", "c.JPE"]) {
+        std::fs::copy(f, images.join(name)).unwrap();
+    }
+    std::fs::write(images.join("notes.txt"), "x").unwrap();
+    std::fs::write(images.join(".hidden"), "x").unwrap();
+    let db = dir.path().join("db");
+    let out = vitrine(&[
+        "import",
+        images.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(summary["imported"], 3, "{summary}");
+    let notes = summary["notes"].to_string();
+    assert!(
+        notes.contains("2 entries of") && notes.contains("notes.txt, sub"),
+        "{notes}"
+    );
+}

@@ -17,7 +17,11 @@ use crate::{prepare_image, Attributes, Db, PrepConfig, PreparedImage};
 
 /// The file name extensions a folder import reads as images (compared
 /// without case).
-pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+/// (`jfif`, `jpe` and `jif` are JPEG's other names: browsers save
+/// downloads as `.jfif`.)
+pub const IMAGE_EXTENSIONS: [&str; 11] = [
+    "jpg", "jpeg", "jfif", "jpe", "jif", "png", "webp", "gif", "bmp", "tif", "tiff",
+];
 
 /// One image to import.
 #[derive(Clone, Debug, PartialEq)]

@@ -715,6 +715,37 @@ fn check_has_images(dir: &Path) -> anyhow::Result<()> {
     .into())
 }
 
+/// A note naming the entries of folder `dir` an import does not read (not
+/// named as images, or folders; hidden ones are not counted), or `None`.
+fn ignored_entries(dir: &Path) -> Option<String> {
+    let mut ignored: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(name, path)| {
+            let ext = path
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase());
+            let image = ext.is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str()));
+            !name.starts_with('.') && !(image && !path.is_dir())
+        })
+        .map(|(name, _)| name)
+        .collect();
+    if ignored.is_empty() {
+        return None;
+    }
+    ignored.sort();
+    let first: Vec<String> = ignored.iter().take(3).map(|n| crate::field(n)).collect();
+    Some(format!(
+        "{} entries of {} were not read: not named .{} (or folders, which are not read): {}{}",
+        ignored.len(),
+        dir.display(),
+        vitrine::IMAGE_EXTENSIONS.join("/"),
+        first.join(", "),
+        if ignored.len() > 3 { ", …" } else { "" }
+    ))
+}
+
 /// One line of the failure report: `id<TAB>path<TAB>reason`.
 pub fn failure_line(f: &vitrine::ImportFailure) -> String {
     format!(
@@ -1240,6 +1271,13 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             bad_rows.len(),
             args.source.display()
         ));
+    }
+    // A folder's entries the import does not read were only logged: a
+    // catalog could lose products to an unusual extension, exit 0.
+    if rows.is_none() {
+        if let Some(note) = ignored_entries(&args.source) {
+            notes.push(note);
+        }
     }
     let bad_row_count = bad_rows.len();
     let (mut updated, mut unchanged, mut update_failures) = (0usize, 0usize, bad_rows);
