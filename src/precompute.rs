@@ -234,20 +234,37 @@ pub(crate) fn precompute_similar(
     // A typo in a concept condition would list nothing (or, negated,
     // everything), as in a search.
     db.check_filter_concepts(filter)?;
-    // Those are read from their own fields: as a key they group nothing.
-    if let Some(key) = options
-        .variant_key
-        .as_deref()
-        .filter(|k| ["price", "in_stock"].contains(k))
-    {
-        return Err(crate::Error::InvalidConfig(format!(
-            "variant_key '{key}' is not a free attribute: variants share a key such as model_id"
-        ))
-        .into());
+    if let Some(key) = options.variant_key.as_deref() {
+        // Those are read from their own fields: as a key they group nothing;
+        // the engine's own attributes are no variant groups (the model's
+        // name, shared by every product, emptied every list).
+        let why = if ["price", "in_stock"].contains(&key) {
+            Some("is not a free attribute")
+        } else if key.starts_with("vitrine.") {
+            Some("is the engine's own attribute")
+        } else if !db.any_product_has(key) {
+            // A typo (`modelid`) would group nothing, silently.
+            Some("is an attribute no product has")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(crate::Error::InvalidConfig(format!(
+                "variant_key '{key}' {why}: variants share a key such as model_id"
+            ))
+            .into());
+        }
     }
     // Before the catalog is read: what refuses the call refuses it at once.
     if k == 0 {
         return Err(crate::Error::InvalidConfig("k must be at least 1".into()).into());
+    }
+    if k > MAX_SIMILAR_K && db.len().saturating_sub(1) > MAX_SIMILAR_K {
+        return Err(crate::Error::InvalidConfig(format!(
+            "k must be at most {MAX_SIMILAR_K} (asked {k}; {} products)",
+            db.len()
+        ))
+        .into());
     }
     let scorer = Scorer::new(
         options.scorer.unwrap_or(db.scorer_choice()),

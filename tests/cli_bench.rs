@@ -331,7 +331,62 @@ fn precompute_similar_command_writes_a_servable_file() {
     let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(v["similar"][0]["id"], "b");
     assert_eq!(v["similar"][1]["id"], "d");
-    assert_eq!(show(&["a", "zz"]).status.code(), Some(1));
+    // A product newer than the file: exit 3 (some shown), one JSON line
+    // per id asked; none found: exit 1.
+    let partial = show(&["a", "zz"]);
+    assert_eq!(partial.status.code(), Some(3));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&partial.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (&lines[1]["id"], &lines[1]["error"]),
+        (&"zz".into(), &"not in the file".into())
+    );
+    assert_eq!(show(&["zz"]).status.code(), Some(1));
+    // A link where the file goes is named as one.
+    #[cfg(unix)]
+    {
+        let link = dir.path().join("link.vsim");
+        std::os::unix::fs::symlink(&out, &link).unwrap();
+        let refused = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(["precompute", "similar", "--db"])
+            .arg(&db_dir)
+            .arg("--out")
+            .arg(&link)
+            .output()
+            .unwrap();
+        let says = String::from_utf8_lossy(&refused.stderr);
+        assert!(says.contains("is a symbolic link"), "{says}");
+        assert_eq!(says.matches("cannot write").count(), 1, "{says}");
+    }
+    // Every product sold out (a feed glitch): nothing to list, and last
+    // night's file stays (it was replaced by one of empty lists, exit 0).
+    let served_before = std::fs::read(&out).unwrap();
+    {
+        let db = vitrine::Db::open(&db_dir).unwrap();
+        for id in ["a", "b", "d"] {
+            db.set_in_stock(id, false).unwrap();
+        }
+    }
+    let refused = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["precompute", "similar", "--scorer", "cpu", "--db"])
+        .arg(&db_dir)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let says = String::from_utf8_lossy(&refused.stderr);
+    assert!(says.contains("every list is empty"), "{says}");
+    assert_eq!(std::fs::read(&out).unwrap(), served_before);
+    {
+        let db = vitrine::Db::open(&db_dir).unwrap();
+        for id in ["a", "b", "d"] {
+            db.set_in_stock(id, true).unwrap();
+        }
+    }
 
     // backup: a checked copy; an existing destination is refused.
     let copy = dir.path().join("copy");

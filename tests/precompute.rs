@@ -220,6 +220,16 @@ fn damaged_file_is_refused_with_its_name() {
         );
         assert!(e.to_string().contains("nightly.vsim"), "{e}");
     }
+    // A flipped bit of the version field reads as damage too, not only as
+    // a newer build's file.
+    let mut bad = bytes.clone();
+    bad[9] ^= 0x01;
+    std::fs::write(&out, &bad).unwrap();
+    let e = PrecomputedSimilar::open(&out).unwrap_err().to_string();
+    assert!(
+        e.contains("format version 257") && e.contains("damaged, or written by a newer build"),
+        "{e}"
+    );
     for len in [0, 10, 64, bytes.len() - 8] {
         std::fs::write(&out, &bytes[..len]).unwrap();
         assert!(matches!(
@@ -315,6 +325,24 @@ fn a_variant_key_that_groups_a_whole_brand_is_refused() {
             assert!(e.is_user_error());
         }
         other => panic!("expected TooManyVariants, got {other:?}"),
+    }
+    // A key no product has (a typo) groups nothing; the engine's own
+    // attributes group no variants (the model's name emptied every list).
+    for (key, says) in [
+        ("brnad", "no product has"),
+        ("vitrine.model", "the engine's own"),
+        ("price", "not a free attribute"),
+    ] {
+        let options = PrecomputeOptions {
+            variant_key: Some(key.into()),
+            ..Default::default()
+        };
+        match db.precompute_similar(5, &Filter::new(), &options) {
+            Err(PrecomputeError::Db(vitrine::Error::InvalidConfig(m))) => {
+                assert!(m.contains(says), "{key}: {m}")
+            }
+            other => panic!("{key}: {other:?}"),
+        }
     }
 }
 

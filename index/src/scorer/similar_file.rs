@@ -98,6 +98,11 @@ pub fn check_similar_destination(path: &Path) -> Result<(), SimilarFileError> {
                     .and_then(|mut f| f.read_exact(&mut magic))
                     .is_ok_and(|_| magic == SIMILAR_MAGIC)
             });
+        if meta.file_type().is_symlink() {
+            return Err(invalid(
+                "it is a symbolic link; refusing to replace it (name the file it points to)",
+            ));
+        }
         if !ours {
             return Err(invalid(
                 "it exists and is not a precomputed-similar file; refusing to replace it",
@@ -440,8 +445,18 @@ fn validate(b: &[u8]) -> Result<Header, String> {
     // checksum) its header differently.
     let version = u32_at(b, 8);
     if version != SIMILAR_FORMAT_VERSION {
+        // A newer build's header may checksum differently: when this
+        // layout's checksum fails too, the field is as likely damaged.
+        let damaged = version > SIMILAR_FORMAT_VERSION
+            && u32_at(b, 60) != crc32fast::hash(&b[..60])
+            && !cfg!(fuzzing);
         return Err(format!(
-            "format version {version}, this build reads {SIMILAR_FORMAT_VERSION}"
+            "format version {version}, this build reads {SIMILAR_FORMAT_VERSION}{}",
+            if damaged {
+                " (the header's checksum fails too: damaged, or written by a newer build)"
+            } else {
+                ""
+            }
         ));
     }
     // Fuzzing builds skip the checksums, so that inputs reach the layout

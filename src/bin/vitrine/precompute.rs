@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
 use vitrine::{Db, Filter, PrecomputeOptions, ScorerChoice};
 
@@ -66,8 +66,8 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
         } => {
             crate::existing_db(&db)?;
             // Before the scoring, which takes an hour at a million products.
-            vitrine::SimilarTable::check_destination(&out)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            // (Its errors name the file.)
+            vitrine::SimilarTable::check_destination(&out)?;
             let db = Db::open(&db)?;
             // The concept space when products have vectors there (a
             // database filled by `insert` may have only embeddings).
@@ -91,9 +91,19 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
                 ..Default::default()
             };
             let table = db.precompute_similar(k, &Filter::new().in_stock(), &options)?;
-            table
-                .write(&out)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            // Lists emptied by the stock filter or the variant groups: a feed
+            // that marked everything sold out wrote a file of empty lists
+            // over last night's, exit 0.
+            let empty = table.lists.iter().filter(|l| l.is_empty()).count();
+            let scored = table.ids.len() - table.unscored;
+            if scored >= 2 && empty == table.ids.len() {
+                anyhow::bail!(
+                    "every list is empty: no product is in stock, or every one is a variant of \
+                     every other (--variant-key); {} was not written",
+                    out.display()
+                );
+            }
+            table.write(&out)?;
             eprintln!(
                 "{} products, k = {}, space {}, {:?} back end, {:.2} s -> {}",
                 table.ids.len(),
@@ -110,6 +120,20 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
                     table.unscored
                 );
             }
+            let short = table.lists.iter().filter(|l| l.len() < table.k).count();
+            if empty > table.unscored {
+                eprintln!(
+                    "note: {} more lists are empty: no other product in stock, or only variants",
+                    empty - table.unscored
+                );
+            }
+            if short > empty {
+                eprintln!(
+                    "note: {} lists are shorter than k = {}",
+                    short - empty,
+                    table.k
+                );
+            }
             Ok(())
         }
         PrecomputeCommand::Show { file, ids, json } => {
@@ -124,6 +148,14 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
             for id in &ids {
                 let Some(list) = served.get(id) else {
                     missing.push(id.as_str());
+                    if json {
+                        println!(
+                            "{}",
+                            crate::json_text(
+                                &serde_json::json!({"id": id, "error": "not in the file"})
+                            )
+                        );
+                    }
                     continue;
                 };
                 if json {
@@ -142,13 +174,20 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
                     }
                 }
             }
+            // Some shown, some not (a product newer than the file): exit 3,
+            // as `product get` does; none shown: 1.
             if !missing.is_empty() {
-                anyhow::bail!(
+                let shown: Vec<String> = missing.iter().map(|id| crate::field(id)).collect();
+                let message = format!(
                     "not in {} ({} products): {}",
                     file.display(),
                     served.len(),
-                    missing.join(", ")
+                    shown.join(", ")
                 );
+                if missing.len() < ids.len() {
+                    return Err(crate::Partial(message).into());
+                }
+                anyhow::bail!(message);
             }
             Ok(())
         }
