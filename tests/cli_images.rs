@@ -1010,6 +1010,19 @@ fn query_command_prints_results_and_positioned_errors() {
     let err: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(err["kind"], "UnexpectedEnd", "{err}");
     assert_eq!(err["column"], line.chars().count(), "{err}");
+    // Errors past the parse name their kind as the library does.
+    for (line, kind) in [
+        (
+            "find +colour.red profile nobody".to_string(),
+            "UnknownProfile",
+        ),
+        ("feedback anna no-such-product like".to_string(), "NotFound"),
+        ("tag define lonely".to_string(), "NotEnoughExamples"),
+    ] {
+        let out = vitrine(&["query", "--db", db, "--json", &line]);
+        let err: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        assert_eq!(err["kind"], kind, "{line}: {err}");
+    }
     // So is a database that cannot be opened.
     let missing = images.join("no-such-db");
     let out = vitrine(&[

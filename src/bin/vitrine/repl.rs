@@ -1291,8 +1291,43 @@ fn json_error(e: &anyhow::Error) -> String {
         v["column"] = serde_json::json!(q.column);
         v["message"] = serde_json::json!(q.message);
         v["hint"] = serde_json::json!(q.hint);
+    } else if let Some(kind) = error_kind(e) {
+        v["kind"] = serde_json::json!(kind);
     }
     crate::json_text(&v)
+}
+
+/// The library's name for an error that is not a query's (`UnknownProfile`,
+/// `NotFound`, `Locked`…), for a client to branch on: the variant of the
+/// innermost typed error, through the wrappers that carry one (`Db`…).
+fn error_kind(e: &anyhow::Error) -> Option<String> {
+    let debug = e.chain().find_map(|c| {
+        None.or_else(|| c.downcast_ref::<ConceptError>().map(|x| format!("{x:?}")))
+            .or_else(|| c.downcast_ref::<vitrine::Error>().map(|x| format!("{x:?}")))
+            .or_else(|| {
+                c.downcast_ref::<vitrine::OutfitError>()
+                    .map(|x| format!("{x:?}"))
+            })
+            .or_else(|| {
+                c.downcast_ref::<vitrine::IngestError>()
+                    .map(|x| format!("{x:?}"))
+            })
+    })?;
+    let mut rest = debug.as_str();
+    loop {
+        let name: &str = &rest[..rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len())];
+        let inner = rest[name.len()..].strip_prefix('(');
+        match inner {
+            Some(inner)
+                if ["Db", "Ingest", "Storage", "Index", "Image", "Model"].contains(&name) =>
+            {
+                rest = inner
+            }
+            _ => return (!name.is_empty()).then(|| name.to_string()),
+        }
+    }
 }
 
 /// Runs `vitrine repl`.
