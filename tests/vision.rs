@@ -403,6 +403,13 @@ fn text_renamed_to_jpg_is_unsupported() {
         matches!(e, ImageError::UnsupportedFormat { ref format } if format == "Pnm"),
         "{e:?}"
     );
+    // An iPhone photo (HEIF) is named for what it is; it read "unknown".
+    let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic\0\0\0\x08meta";
+    let e = prepare_image(heic, &PrepConfig::default()).unwrap_err();
+    assert!(
+        matches!(e, ImageError::UnsupportedFormat { ref format } if format.starts_with("HEIC")),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub(crate) const MIN_SIDE: u32 = 8;
 /// assert_eq!(limits.max_width, 12_000);
 /// assert_eq!(limits.max_height, 12_000);
 /// assert_eq!(limits.max_alloc, 256 * 1024 * 1024);
-/// assert_eq!(limits.max_file_bytes, 64 * 1024 * 1024);
+/// assert_eq!(limits.max_file_bytes, 256 * 1024 * 1024);
 ///
 /// // Tighter limits for an upload endpoint.
 /// let mut upload = DecodeLimits::default();
@@ -46,7 +46,8 @@ pub struct DecodeLimits {
     /// turn the image by 90°.
     pub max_alloc: u64,
     /// Largest image file [`DecodeLimits::read_file`] reads, in bytes.
-    /// Default 64 MiB.
+    /// Default 256 MiB, the default decoded size: an uncompressed file the
+    /// decoder would take is read (a 22-megapixel studio TIFF is 67 MB).
     pub max_file_bytes: u64,
 }
 
@@ -56,7 +57,7 @@ impl Default for DecodeLimits {
             max_width: 12_000,
             max_height: 12_000,
             max_alloc: 256 * 1024 * 1024,
-            max_file_bytes: 64 * 1024 * 1024,
+            max_file_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -223,6 +224,19 @@ fn decode_checked(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageE
         Some(other) => {
             return Err(ImageError::UnsupportedFormat {
                 format: format!("{other:?}"),
+            })
+        }
+        // An iPhone's photos (HEIF), often renamed .jpg: named, as AVIF is.
+        None if bytes.get(4..8) == Some(b"ftyp")
+            && bytes.get(8..12).is_some_and(|brand| {
+                [
+                    b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1",
+                ]
+                .contains(&brand.try_into().unwrap_or(&[0u8; 4]))
+            }) =>
+        {
+            return Err(ImageError::UnsupportedFormat {
+                format: "HEIC/HEIF (an iPhone photo: export it as JPEG)".to_owned(),
             })
         }
         None => {
