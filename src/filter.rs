@@ -394,12 +394,17 @@ fn nearest_key(key: &str, held: &BTreeSet<&str>) -> String {
                 .to_string()
         }
         "limit" | "offset" | "minscore" | "diverse" | "profile" => {
+            let clause = key.to_lowercase();
+            let example = match folded.as_str() {
+                "minscore" => "0.5",
+                "diverse" => "0.3",
+                "profile" => "anna",
+                _ => "5",
+            };
             return format!(
-                ": `{}` is a clause of the query, written after the conditions without '=' \
-                 (`{} 5`)",
-                key.to_lowercase(),
-                key.to_lowercase()
-            )
+                ": `{clause}` is a clause of the query, written after the conditions without \
+                 '=' (`{clause} {example}`)"
+            );
         }
         _ => {}
     }
@@ -593,7 +598,7 @@ mod tests {
             "the contradiction alone"
         );
         assert!(why(Filter::new().attr_eq("Stock", "1"))[0].contains("built-in in_stock"));
-        assert!(why(Filter::new().attr_eq("min_score", "1"))[0].contains("`min_score 5`"));
+        assert!(why(Filter::new().attr_eq("min_score", "1"))[0].contains("`min_score 0.5`"));
         // Engine keys are not offered for a user's typo.
         assert_eq!(
             why(Filter::new().attr_eq("vitrine.tag", "x")),

@@ -449,9 +449,10 @@ impl Session {
         let all = self.db.len();
         if passing == 0 {
             match self.db.unmatched_conditions(filter) {
+                // (Names and values as stored: control characters shown as `?`.)
                 Ok(why) if !why.is_empty() => format!(
                     ": none of the {all} products passes the where conditions: {}",
-                    why.join("; ")
+                    crate::terminal_safe(&why.join("; "))
                 ),
                 _ => format!(
                     ": none of the {all} products passes the where conditions together \
@@ -591,7 +592,9 @@ impl Session {
                 String::new()
             } else {
                 match self.db.unmatched_conditions(&filter) {
-                    Ok(why) if !why.is_empty() => format!(": {}", why.join("; ")),
+                    Ok(why) if !why.is_empty() => {
+                        format!(": {}", crate::terminal_safe(&why.join("; ")))
+                    }
                     _ => ": no other product passes the filter".to_string(),
                 }
             };
