@@ -2238,10 +2238,9 @@ pub(crate) fn profile_query(
     // and the caller's "nothing to rank by" check would never see it.
     let ranks = q.iter().any(|x| *x != 0.0);
     if ranks && profile.weights.get(VISUAL_GROUP).copied().unwrap_or(0.0) == 0.0 {
-        let scale = profile
-            .weights
-            .values()
-            .chain(profile.affinities.values())
+        // (The affinities as they rank: damped.)
+        let scale = (profile.weights.values().copied())
+            .chain(profile.affinities.values().map(|a| a * damp))
             .fold(0.0f32, |m, w| m.max(w.abs()));
         if let Some(g) = layout.group(VISUAL_GROUP) {
             let end = g.start.saturating_add(g.len).min(q.len()).min(z.len());
