@@ -2673,16 +2673,26 @@ fn check_attributes(attrs: &Attributes, old: Option<&Attributes>) -> Result<()> 
     // `get`, queries and every filter read these from their fields: a
     // value under the same key in `extra` (filled from JSON, or by
     // `set("price", ..)`) could never be read.
-    if let Some(key) = ["brand", "category", "price", "in_stock"]
-        .into_iter()
-        .find(|k| {
-            attrs.extra.contains_key(*k)
-                && old.is_none_or(|o| o.extra.get(*k) != attrs.extra.get(*k))
-        })
-    {
+    // Nor in another case (`Price`): the CLI's files and queries read the
+    // built-ins' names in any case, so it would be a field no query reaches.
+    // (A key stored so by an older build may stay as it is.)
+    const BUILT_IN: [&str; 4] = ["brand", "category", "price", "in_stock"];
+    if let Some((key, field)) = attrs.extra.keys().find_map(|k| {
+        let field = BUILT_IN.into_iter().find(|b| k.eq_ignore_ascii_case(b))?;
+        let changed = old.is_none_or(|o| o.extra.get(k) != attrs.extra.get(k));
+        changed.then_some((k, field))
+    }) {
+        let reason = if key == field {
+            format!("given in `extra`; it has its own field, Attributes::{field}")
+        } else {
+            format!(
+                "another case of the built-in `{field}`, which queries and files read in any \
+                 case; set Attributes::{field}"
+            )
+        };
         return Err(Error::InvalidAttribute {
-            key: key.into(),
-            reason: format!("given in `extra`; it has its own field, Attributes::{key}"),
+            key: key.clone(),
+            reason,
         });
     }
     match attrs.price {

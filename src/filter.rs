@@ -109,8 +109,8 @@ impl Filter {
     /// Only products whose attribute `key` equals `value`. `key` may be one of
     /// `brand`, `category` or a free key-value; `price` and `in_stock` have
     /// their own conditions ([`Filter::price_range`], [`Filter::stock`]),
-    /// and a search given them here is
-    /// [`Error::InvalidFilter`](crate::Error::InvalidFilter).
+    /// and a search given them here (or a built-in's name in another case,
+    /// `Category`) is [`Error::InvalidFilter`](crate::Error::InvalidFilter).
     pub fn attr_eq(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.equals.insert((key.into(), value.into()));
         self
@@ -164,12 +164,17 @@ impl Filter {
 
     /// [`Error::InvalidFilter`](crate::Error::InvalidFilter) for an
     /// [`Filter::attr_eq`] on a field that has its own condition (`price`,
-    /// `in_stock`): no product holds those keys among its free attributes,
-    /// so it would match nothing.
+    /// `in_stock`, or a built-in's name in another case, `Category`): no
+    /// product holds those keys among its free attributes, so it would
+    /// match nothing.
     pub(crate) fn check_fields(&self) -> crate::Result<()> {
-        let own = |key: &str| match key {
+        // (Another case of a built-in's name, `Category`, cannot be stored
+        // among the free attributes either.)
+        let own = |key: &str| match key.to_ascii_lowercase().as_str() {
             "price" => Some("Filter::price_range"),
             "in_stock" => Some("Filter::stock"),
+            "category" if key != "category" => Some("Filter::category_in"),
+            "brand" if key != "brand" => Some("Filter::brand_in"),
             _ => None,
         };
         match self.equals.iter().find_map(|(k, _)| Some((k, own(k)?))) {

@@ -553,8 +553,11 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         );
     }
     // A brand or category in `extra` (a service filling the struct from
-    // JSON): stored there, no filter could find it.
-    for key in ["brand", "category", "price", "in_stock"] {
+    // JSON): stored there, no filter could find it. Nor in another case
+    // (`Price`), which the CLI's files and queries read as the built-in.
+    for key in [
+        "brand", "category", "price", "in_stock", "Price", "IN_STOCK", "Category",
+    ] {
         let mut attrs = Attributes::new();
         attrs.extra.insert(key.into(), "Acme".into());
         let e = db
@@ -2420,7 +2423,14 @@ fn attr_eq_on_price_or_stock_is_refused_not_empty() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
     fill(&db, 20);
-    for (key, instead) in [("price", "price_range"), ("in_stock", "Filter::stock")] {
+    // Nor another case of a built-in's name, which no product can hold.
+    for (key, instead) in [
+        ("price", "price_range"),
+        ("in_stock", "Filter::stock"),
+        ("Price", "price_range"),
+        ("Category", "category_in"),
+        ("BRAND", "brand_in"),
+    ] {
         let f = Filter::new().attr_eq(key, "1");
         let said = |r: Result<usize, Error>| match r {
             Err(Error::InvalidFilter(m)) => assert!(m.contains(instead), "{m}"),
