@@ -439,6 +439,26 @@ fn bench_open_measures_a_folder_of_its_own_only() {
             "{rows:?}"
         );
     }
+    // The REPL's `similar` answers on a database of the library's own
+    // vectors (no concepts), as `Db::similar` does; it refused it.
+    let query = |line: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(["query", "--db", fresh.to_str().unwrap(), line])
+            .output()
+            .unwrap()
+    };
+    let out = query("similar sku-00000000 3 where in_stock");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(shown.lines().count(), 3, "{shown}");
+    let out = query("similar sku-00000000 3 where colour.red");
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("the database has no concepts"), "{said}");
     // A folder that holds anything is refused and left as it was.
     let used = dir.path().join("used");
     std::fs::create_dir_all(used.join("index")).unwrap();

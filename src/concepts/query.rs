@@ -1090,7 +1090,13 @@ impl<'a> Parser<'a> {
                     .iter()
                     .map(|g| g.name.as_str())
                     .collect();
-                e = e.hint(format!("groups: {}, user", groups.join(", ")));
+                e = e.hint(if groups.is_empty() {
+                    "the database has no concepts (no model's outputs): its conditions are on \
+                     attributes"
+                        .to_string()
+                } else {
+                    format!("groups: {}, user", groups.join(", "))
+                });
             }
             return Err(e);
         }

@@ -500,7 +500,21 @@ impl Session {
                 const ONLY_CONDITIONS: &str = "similar takes only conditions after `where` \
                      (give k before it: similar <id> [user] [k] where …)";
                 let query = format!("{PREFIX}{clause}");
-                let parsed = match vitrine::ConceptQuery::parse(&query, &*self.db.vocabulary()?) {
+                // A database of the library's own vectors has no concepts:
+                // its conditions are on attributes only.
+                let vocab = match self.db.vocabulary() {
+                    Err(ConceptError::NoConceptSpace) => {
+                        std::sync::Arc::new(vitrine::Vocabulary::new(
+                            vitrine::ConceptLayout {
+                                dim: 0,
+                                groups: Vec::new(),
+                            },
+                            [],
+                        ))
+                    }
+                    vocab => vocab?,
+                };
+                let parsed = match vitrine::ConceptQuery::parse(&query, &vocab) {
                     Ok(parsed) => parsed,
                     // The prefix gives `like` and `limit`: a second one is
                     // the clause's (a second `where` is the clause's own).
@@ -574,16 +588,24 @@ impl Session {
                 Err(_) => user = Some(a),
             }
         }
-        let profile = match user {
-            Some(u) => self
-                .db
-                .profile(u)?
-                .with_context(|| format!("no profile for '{u}' (feedback creates one)"))?,
-            None => Profile::uniform(&self.db.concept_layout()?),
+        let k = k.unwrap_or(10);
+        let hits = match (user, self.db.concept_layout()) {
+            // The library's own vectors, without concepts: "more like this"
+            // in the default space, as `Db::similar` answers it.
+            (None, Err(ConceptError::NoConceptSpace)) => {
+                self.db.similar(SimilarTo::Id(id), k, &filter)?
+            }
+            (user, layout) => {
+                let profile = match user {
+                    Some(u) => self
+                        .db
+                        .profile(u)?
+                        .with_context(|| format!("no profile for '{u}' (feedback creates one)"))?,
+                    None => Profile::uniform(&layout?),
+                };
+                (self.db).similar_with_profile(SimilarTo::Id(id), k, &filter, &profile)?
+            }
         };
-        let hits =
-            self.db
-                .similar_with_profile(SimilarTo::Id(id), k.unwrap_or(10), &filter, &profile)?;
         self.last_title = format!("similar {line}");
         self.last_anchor = Some(id.to_string());
         self.last_offset = 0;
