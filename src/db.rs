@@ -2079,7 +2079,15 @@ impl Db {
     /// lowered to it (the table's `k` field says which was used), and `k = 0`,
     /// or one still above [`MAX_SIMILAR_K`](crate::MAX_SIMILAR_K), is refused. Scores are those of the space's metric; exact ties are
     /// broken by id ascending. Variants are products sharing the value of
-    /// [`PrecomputeOptions::variant_key`].
+    /// [`PrecomputeOptions::variant_key`] (an attribute some product has,
+    /// not the engine's own `vitrine.*`, or [`Error::InvalidConfig`]).
+    ///
+    /// A table whose every list is empty (a filter no product passes:
+    /// everything sold out after a feed glitch) is still returned: check
+    /// `table.lists` before it replaces a served file, as `vitrine
+    /// precompute similar` does. `PrecomputeOptions::space` defaults to the
+    /// default space here; the CLI defaults to `concept` when the database
+    /// has one.
     pub fn precompute_similar(
         &self,
         k: usize,

@@ -3929,6 +3929,8 @@ fn a_folder_import_reads_jfif_and_names_what_it_does_not_read() {
     }
     std::fs::write(images.join("notes.txt"), "x").unwrap();
     std::fs::write(images.join(".hidden"), "x").unwrap();
+    // A folder named as an image is an item that fails, not an entry left.
+    std::fs::create_dir(images.join("d.jpg")).unwrap();
     let db = dir.path().join("db");
     let out = vitrine(&[
         "import",
@@ -3937,12 +3939,18 @@ fn a_folder_import_reads_jfif_and_names_what_it_does_not_read() {
         db.to_str().unwrap(),
         "--json",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let summary: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
-    assert_eq!(summary["imported"], 3, "{summary}");
+    assert_eq!(
+        (&summary["imported"], &summary["failed"]),
+        (&3.into(), &1.into()),
+        "{summary}"
+    );
     let notes = summary["notes"].to_string();
     assert!(
-        notes.contains("2 entries of") && notes.contains("notes.txt, sub"),
+        notes.contains("2 entries of")
+            && notes.contains("notes.txt, sub")
+            && !notes.contains("d.jpg"),
         "{notes}"
     );
 }

@@ -722,12 +722,13 @@ fn ignored_entries(dir: &Path) -> Option<String> {
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        // (A folder named as an image is an item, which fails as one.)
         .filter(|(name, path)| {
             let ext = path
                 .extension()
                 .map(|e| e.to_string_lossy().to_ascii_lowercase());
             let image = ext.is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str()));
-            !name.starts_with('.') && !(image && !path.is_dir())
+            !name.starts_with('.') && !image
         })
         .map(|(name, _)| name)
         .collect();

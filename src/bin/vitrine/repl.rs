@@ -689,6 +689,15 @@ impl Session {
             )?;
         } else {
             crate::annotate::write_text(out, file, &ann)?;
+            if !self.model_fits {
+                // (`Db::annotate` refuses: its stored tags are another
+                // model's.)
+                writeln!(
+                    out,
+                    "  (the bundled model's reading: this database's products are of another \
+                     model, so their tags may differ)"
+                )?;
+            }
         }
         Ok(())
     }
