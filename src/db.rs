@@ -101,6 +101,7 @@ pub struct DbBuilder {
     /// An existing database may hold spaces besides the declared ones
     /// (`open_with_model`: a model database with spaces of the caller's).
     extra_stored_spaces_ok: bool,
+    create: bool,
 }
 
 impl Default for DbBuilder {
@@ -116,6 +117,7 @@ impl Default for DbBuilder {
             accept_data_loss: false,
             concept_exact_max: crate::PROFILE_EXACT_MAX,
             extra_stored_spaces_ok: false,
+            create: true,
         }
     }
 }
@@ -249,6 +251,26 @@ impl DbBuilder {
     /// evidence, and plain opens still refuse the folder.
     pub fn accept_data_loss(mut self, yes: bool) -> Self {
         self.accept_data_loss = yes;
+        self
+    }
+
+    /// Whether [`open`](Self::open) may make a new database (default
+    /// `true`). With `false` a folder that holds none is
+    /// [`Error::NoDatabase`], and nothing is written to it: also one whose
+    /// first import stopped before it wrote the schema (a read command
+    /// there wrote the default schema, which the import then refused).
+    ///
+    /// ```
+    /// use vitrine::{Db, Error};
+    /// let dir = tempfile::tempdir()?;
+    /// let missing = Db::builder().create(false).open(dir.path().join("db"));
+    /// assert!(matches!(missing, Err(Error::NoDatabase { .. })));
+    /// Db::open(dir.path().join("db"))?;
+    /// Db::builder().create(false).open(dir.path().join("db"))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create(mut self, yes: bool) -> Self {
+        self.create = yes;
         self
     }
 
@@ -874,6 +896,12 @@ impl Db {
         // A new database's spaces, before any file is made (and again below
         // for a folder whose store holds no schema yet).
         if !dir.join("sled").exists() {
+            if !b.create {
+                return Err(Error::NoDatabase {
+                    path: dir.to_path_buf(),
+                    reason: "no database there".into(),
+                });
+            }
             check_new_spaces(&b.spaces)?;
         }
         // Made here, so that a path the caller cannot use (under a file, in
@@ -972,6 +1000,14 @@ impl Db {
                     if let Some(evidence) = evidence {
                         return Err(storage_lost(dir, &evidence));
                     }
+                }
+                if !b.create {
+                    return Err(Error::NoDatabase {
+                        path: dir.to_path_buf(),
+                        reason: "its storage holds no schema: a first import stopped before \
+                                 writing one (run the import again, or remove the folder)"
+                            .into(),
+                    });
                 }
                 let spaces = if b.spaces.is_empty() {
                     vec![VectorSpace {

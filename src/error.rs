@@ -99,6 +99,16 @@ pub enum Error {
     /// The schema given to the builder disagrees with the stored one.
     #[error("schema mismatch: {0}")]
     SchemaMismatch(String),
+    /// [`DbBuilder::create`](crate::DbBuilder::create) was off and the
+    /// folder holds no database, or one whose first import stopped before
+    /// it wrote the schema.
+    #[error("{}: {reason}", path.display())]
+    NoDatabase {
+        /// The folder.
+        path: PathBuf,
+        /// Why it holds none.
+        reason: String,
+    },
     /// A builder setting or argument is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -228,6 +238,7 @@ impl Error {
                 | Error::MissingVector { .. }
                 | Error::InvalidAttribute { .. }
                 | Error::SchemaMismatch(_)
+                | Error::NoDatabase { .. }
                 | Error::InvalidConfig(_)
                 | Error::BadPath { .. }
                 | Error::InvalidFilter(_)

@@ -3954,3 +3954,40 @@ fn a_folder_import_reads_jfif_and_names_what_it_does_not_read() {
         "{notes}"
     );
 }
+
+/// A first import killed before it wrote the schema leaves a `sled` folder
+/// without one. Read commands refuse it and write nothing, so the import
+/// run again makes the database; they wrote the default schema, which
+/// every later import refused as a schema mismatch.
+#[test]
+fn reads_of_a_first_import_stopped_early_leave_it_importable() {
+    if !have_model("reads_of_a_first_import_stopped_early_leave_it_importable") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(db.join("sled")).unwrap();
+    let d = db.to_str().unwrap();
+    for cmd in [
+        &["info", "--db", d][..],
+        &["product", "--db", d, "list"],
+        &["outfit", "--db", d, "list"],
+        &["query", "--db", d, "info"],
+    ] {
+        let out = vitrine(cmd);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}");
+        assert!(
+            text(&out.stderr).contains("a first import stopped"),
+            "{cmd:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for f in sample_images(2) {
+        std::fs::copy(&f, images.join(f.file_name().unwrap())).unwrap();
+    }
+    let out = vitrine(&["import", images.to_str().unwrap(), "--db", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(vitrine::Db::open(&db).unwrap().len(), 2);
+}

@@ -667,7 +667,8 @@ fn concepts(db_dir: &std::path::Path, synth: usize, nq: usize, json: bool) -> Re
     use rand::rngs::StdRng;
     use vitrine::{Profile, CONCEPT_SPACE};
     crate::existing_db(db_dir)?;
-    let db = Db::open(db_dir).with_context(|| format!("cannot open {}", db_dir.display()))?;
+    let db = crate::open_existing(db_dir)
+        .with_context(|| format!("cannot open {}", db_dir.display()))?;
     let vocab = db.vocabulary()?;
     let layout = vocab.layout().clone();
     let dim = layout.dim;

@@ -54,7 +54,7 @@ pub struct BackupArgs {
 /// Copies a database (see `Db::backup`), then opens the copy to check it.
 pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     crate::existing_db(&args.db)?;
-    let db = Db::open(&args.db)
+    let db = crate::open_existing(&args.db)
         .with_context(|| format!("cannot open the database {}", args.db.display()))?;
     let started = std::time::Instant::now();
     db.backup(&args.out)
@@ -1070,7 +1070,7 @@ fn sled_snapshots(sled: &std::path::Path) -> Vec<PathBuf> {
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let opened = crate::existing_db(&args.db).and_then(|()| {
-        Db::open(&args.db).with_context(|| format!("cannot open {}", args.db.display()))
+        crate::open_existing(&args.db).with_context(|| format!("cannot open {}", args.db.display()))
     });
     let db = match opened {
         Ok(db) => db,

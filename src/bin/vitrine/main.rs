@@ -308,7 +308,7 @@ pub(crate) fn open_for_model(
     model: Option<&vitrine::Model>,
 ) -> anyhow::Result<(vitrine::Db, bool)> {
     use anyhow::Context;
-    let db = vitrine::Db::open(path)
+    let db = open_existing(path)
         .with_context(|| format!("cannot open the database {}", path.display()))?;
     let Some(model) = model else {
         return Ok((db, false));
@@ -344,6 +344,13 @@ pub(crate) fn file_safe(id: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Opens the database in `path`, never making one: a folder a first
+/// import left before it wrote the schema stays as it is (a read command
+/// there wrote the default schema, which every later import refused).
+pub(crate) fn open_existing(path: &std::path::Path) -> vitrine::Result<vitrine::Db> {
+    vitrine::Db::builder().create(false).open(path)
 }
 
 /// Commands that read a database refuse a folder that holds none, instead

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
-use vitrine::{Db, Filter, PrecomputeOptions, ScorerChoice};
+use vitrine::{Filter, PrecomputeOptions, ScorerChoice};
 
 #[derive(Subcommand)]
 pub enum PrecomputeCommand {
@@ -68,7 +68,7 @@ pub fn run(cmd: PrecomputeCommand) -> Result<()> {
             // Before the scoring, which takes an hour at a million products.
             // (Its errors name the file.)
             vitrine::SimilarTable::check_destination(&out)?;
-            let db = Db::open(&db)?;
+            let db = crate::open_existing(&db)?;
             // The concept space when products have vectors there (a
             // database filled by `insert` may have only embeddings).
             let space = space.or_else(|| {

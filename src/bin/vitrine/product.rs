@@ -59,8 +59,8 @@ pub enum ProductCommand {
 /// Runs `vitrine product …`.
 pub fn run(path: &Path, args: ProductArgs) -> anyhow::Result<()> {
     crate::existing_db(path)?;
-    let db =
-        Db::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
+    let db = crate::open_existing(path)
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
     // Dropping the database saves its indexes; a failure to (a full disk)
     // is logged, and the change made is stored either way.
     execute(&db, args.what, args.json)
