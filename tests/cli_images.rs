@@ -3991,3 +3991,35 @@ fn reads_of_a_first_import_stopped_early_leave_it_importable() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(vitrine::Db::open(&db).unwrap().len(), 2);
 }
+
+/// A repair killed while it removed sled's old files (a copy of the
+/// database was kept) left them half-removed, which the next repair listed
+/// as "sled's old files from an earlier repair". They are removed under a
+/// hidden name now, and the next repair clears what a kill left of that.
+#[test]
+fn a_repair_clears_old_files_a_killed_one_left_half_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    {
+        let db = vitrine::Db::open(&db_dir).unwrap();
+        let v = vec![0.5; vitrine::DEFAULT_DIM];
+        db.insert(
+            "sku-1",
+            vitrine::Attributes::new(),
+            [(vitrine::DEFAULT_SPACE, v)],
+        )
+        .unwrap();
+    }
+    let half = db_dir.join(".sled.before-salvage.removing-4242");
+    std::fs::create_dir_all(half.join("blobs")).unwrap();
+    std::fs::write(half.join("conf"), "x").unwrap();
+    let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap(), "--no-copy"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!half.exists());
+    assert!(
+        !text(&out.stdout).contains("old files"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(vitrine::Db::open(&db_dir).unwrap().len(), 1);
+}

@@ -116,6 +116,7 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     crate::existing_db(&args.db)?;
     let db_dir = std::fs::canonicalize(&args.db)
         .with_context(|| format!("cannot resolve {}", args.db.display()))?;
+    remove_half_removed(&db_dir);
     let copy = if args.no_copy {
         None
     } else {
@@ -813,11 +814,38 @@ fn salvage(
     // then they are the evidence of what the log lost, which a repair that
     // fails and puts sled's old files back must find again.
     if have_copy {
-        let _ = std::fs::remove_dir_all(&old);
+        remove_whole(&old);
         Ok((salvaged, None))
     } else {
         println!("sled's old files: {}", old.display());
         Ok((salvaged, Some(old)))
+    }
+}
+
+/// Removes folder `dir` by a hidden name first: a repair killed during the
+/// removal left a half-deleted `sled.before-salvage`, which the next one
+/// listed as sled's old files. Leftovers of that name go at the next
+/// repair ([`remove_half_removed`]).
+fn remove_whole(dir: &std::path::Path) {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let doomed = dir.with_file_name(format!(".{name}.removing-{}", std::process::id()));
+    match std::fs::rename(dir, &doomed) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&doomed);
+        }
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Removes what [`remove_whole`] left half-removed in `db_dir`.
+fn remove_half_removed(db_dir: &std::path::Path) {
+    for e in std::fs::read_dir(db_dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".sled.before-salvage") && name.contains(".removing-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
