@@ -5,6 +5,8 @@ use std::process::Command;
 
 use rand::{Rng, SeedableRng};
 
+mod common;
+
 fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) {
     write_npy_of(
         path,
@@ -494,16 +496,7 @@ fn a_stopped_bench_removes_its_temporary_database() {
             .env("TMPDIR", tmp.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        // As a terminal gives them: a test run in the background of a
-        // shell inherits SIGINT ignored.
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                libc::signal(libc::SIGTERM, libc::SIG_DFL);
-                Ok(())
-            });
-        }
+        common::default_stop_signals(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::fs::read_dir(tmp.path()).unwrap().next().is_none() {

@@ -3480,17 +3480,7 @@ fn interrupted(
         cmd.args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        // Ctrl-C as a terminal gives it: a test run started in the
-        // background of a shell inherits SIGINT ignored, and the signal
-        // then went nowhere until the command's own handler was installed.
-        // SAFETY: only an async-signal-safe call between fork and exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                libc::signal(libc::SIGTERM, libc::SIG_DFL);
-                Ok(())
-            });
-        }
+        common::default_stop_signals(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay));
         let running = child.try_wait().unwrap().is_none();

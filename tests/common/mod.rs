@@ -43,3 +43,19 @@ pub struct Raw(pub Vec<u8>);
 impl vitrine_storage::Record for Raw {
     const VERSION: u8 = 0;
 }
+
+/// Gives `cmd`'s child the default SIGINT and SIGTERM actions, as a
+/// terminal does: a test run in the background of a shell inherits SIGINT
+/// ignored, and a signal sent to the child then went nowhere.
+/// (Linux: `libc` is a test dependency there only.)
+#[cfg(target_os = "linux")]
+pub fn default_stop_signals(cmd: &mut std::process::Command) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+}
