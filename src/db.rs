@@ -256,9 +256,10 @@ impl DbBuilder {
 
     /// Whether [`open`](Self::open) may make a new database (default
     /// `true`). With `false` a folder that holds none is
-    /// [`Error::NoDatabase`], and nothing is written to it: also one whose
-    /// first import stopped before it wrote the schema (a read command
-    /// there wrote the default schema, which the import then refused).
+    /// [`Error::NoDatabase`], and no schema is written to it: also one
+    /// whose first import stopped before it wrote the schema (a read
+    /// command there wrote the default schema, which the import then
+    /// refused). (sled may still make its own files in a `sled` folder.)
     ///
     /// ```
     /// use vitrine::{Db, Error};
@@ -2996,12 +2997,16 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// - what `vitrine repair` leaves beside `sled/`, as large as its sled
 ///   files: sled's old files (`sled.before-salvage`, kept by `--no-copy`), a
 ///   salvage's staging folder or its result when the reopen failed
-///   (`sled.salvage*`), and files set aside (`sled-<name>.damaged*`);
+///   (`sled.salvage*`), files set aside (`sled-<name>.damaged*`), and old
+///   files a killed repair left half-removed (`.sled.before-salvage…`);
 /// - `lost+found`, the file system's own when the folder is a mount point
 ///   (only root may read it).
 fn not_the_databases(name: &std::ffi::OsStr) -> bool {
     let name = name.to_string_lossy();
-    name.starts_with("sled.") || name.starts_with("sled-") || name == "lost+found"
+    name.starts_with("sled.")
+        || name.starts_with("sled-")
+        || name.starts_with(".sled.")
+        || name == "lost+found"
 }
 
 /// Bytes of the files under `path`, but for the entries `skip` names in

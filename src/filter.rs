@@ -107,10 +107,10 @@ impl Filter {
     }
 
     /// Only products whose attribute `key` equals `value`. `key` may be one of
-    /// `brand`, `category` or a free key-value; `price` and `in_stock` have
-    /// their own conditions ([`Filter::price_range`], [`Filter::stock`]),
-    /// and a search given them here (or a built-in's name in another case,
-    /// `Category`) is [`Error::InvalidFilter`](crate::Error::InvalidFilter).
+    /// `brand`, `category` (in any case) or a free key-value; `price` and
+    /// `in_stock` have their own conditions ([`Filter::price_range`],
+    /// [`Filter::stock`]), and a search given them here (in any case) is
+    /// [`Error::InvalidFilter`](crate::Error::InvalidFilter).
     pub fn attr_eq(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.equals.insert((key.into(), value.into()));
         self
@@ -164,17 +164,14 @@ impl Filter {
 
     /// [`Error::InvalidFilter`](crate::Error::InvalidFilter) for an
     /// [`Filter::attr_eq`] on a field that has its own condition (`price`,
-    /// `in_stock`, or a built-in's name in another case, `Category`): no
-    /// product holds those keys among its free attributes, so it would
-    /// match nothing.
+    /// `in_stock`, in any case): no product holds those keys among its free
+    /// attributes, so it would match nothing.
     pub(crate) fn check_fields(&self) -> crate::Result<()> {
-        // (Another case of a built-in's name, `Category`, cannot be stored
-        // among the free attributes either.)
+        // (In any case: another case of their names cannot be stored among
+        // the free attributes either. `Brand` reads the built-in brand.)
         let own = |key: &str| match key.to_ascii_lowercase().as_str() {
             "price" => Some("Filter::price_range"),
             "in_stock" => Some("Filter::stock"),
-            "category" if key != "category" => Some("Filter::category_in"),
-            "brand" if key != "brand" => Some("Filter::brand_in"),
             _ => None,
         };
         match self.equals.iter().find_map(|(k, _)| Some((k, own(k)?))) {
@@ -372,6 +369,9 @@ impl Filter {
     }
 }
 
+/// Past this many distinct values, [`nearest`] looks for another case only.
+const MAX_TYPO_CANDIDATES: usize = 5_000;
+
 /// ": did you mean 'Red'?" for the held value nearest `value` (another
 /// case, or a typo), or the values when they are few.
 fn nearest_value(value: &str, held: &BTreeSet<&str>) -> String {
@@ -422,20 +422,18 @@ fn nearest_key(key: &str, held: &BTreeSet<&str>) -> String {
 /// The held name equal to `name` but for case, or else within a small
 /// edit distance of it.
 fn nearest<'a>(name: &str, held: &BTreeSet<&'a str>) -> Option<&'a str> {
-    if let Some(same) = held
-        .iter()
-        .find(|h| h.to_lowercase() == name.to_lowercase())
-    {
+    let lower = name.to_lowercase();
+    if let Some(same) = held.iter().find(|h| h.to_lowercase() == lower) {
         return Some(same);
+    }
+    // Typos are looked for among names and short lists of values, not
+    // among a million titles or codes (seconds for one empty answer).
+    if held.len() > MAX_TYPO_CANDIDATES {
+        return None;
     }
     let most = (name.chars().count() / 4).clamp(1, 2);
     held.iter()
-        .map(|h| {
-            (
-                crate::concepts::levenshtein(&h.to_lowercase(), &name.to_lowercase()),
-                *h,
-            )
-        })
+        .map(|h| (crate::concepts::levenshtein(&h.to_lowercase(), &lower), *h))
         .filter(|(d, _)| *d <= most)
         .min()
         .map(|(_, h)| h)

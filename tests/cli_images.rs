@@ -1474,6 +1474,13 @@ fn query_command_prints_results_and_positioned_errors() {
     assert!(!shown.contains("  gone-soon"), "{shown}");
     let out = vitrine(&["query", "--db", db, "profile", "show", "gone-soon"]);
     assert_eq!(out.status.code(), Some(1));
+    // As a one-shot command too (it read as a query's profile clause).
+    let out = run_script(format!("feedback gone-too {first} like\n").as_bytes());
+    assert!(out.status.success());
+    let out = vitrine(&["query", "--db", db, "profile", "delete", "gone-too"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let out = vitrine(&["query", "--db", db, "profile", "show", "gone-too"]);
+    assert_eq!(out.status.code(), Some(1));
     // An option where `similar` takes a user says so.
     let out = run_script(format!("similar {first} 3 --json\n").as_bytes());
     assert!(
@@ -1509,6 +1516,20 @@ fn query_command_prints_results_and_positioned_errors() {
         );
         assert_eq!(line["locked"], false);
     }
+    // Not after a result of its own: stdout stays one JSON object.
+    let out = vitrine(&[
+        "product",
+        "--db",
+        db,
+        "--json",
+        "delete",
+        "no-such-1",
+        "no-such-2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<&str> = text(&out.stdout).lines().collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("\"unknown\""), "{lines:?}");
     for cmd in [&["outfit", "list"][..], &["product", "get", "x"]] {
         let out = vitrine(cmd);
         assert_eq!(out.status.code(), Some(2), "{cmd:?}");
@@ -3963,6 +3984,8 @@ fn reads_of_a_first_import_stopped_early_leave_it_importable() {
         &["product", "--db", d, "list"],
         &["outfit", "--db", d, "list"],
         &["query", "--db", d, "info"],
+        &["repair", "--db", d, "--no-copy"],
+        &["backup", "--db", d, "--out", "/nonexistent/never"],
     ] {
         let out = vitrine(cmd);
         assert_eq!(out.status.code(), Some(1), "{cmd:?}");
@@ -4003,6 +4026,17 @@ fn a_repair_clears_old_files_a_killed_one_left_half_removed() {
     let half = db_dir.join(".sled.before-salvage.removing-4242");
     std::fs::create_dir_all(half.join("blobs")).unwrap();
     std::fs::write(half.join("conf"), "x").unwrap();
+    // Until then a backup leaves them out, as it leaves sled's old files.
+    let copy = dir.path().join("copy");
+    let out = vitrine(&[
+        "backup",
+        "--db",
+        db_dir.to_str().unwrap(),
+        "--out",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!copy.join(".sled.before-salvage.removing-4242").exists());
     let out = vitrine(&["repair", "--db", db_dir.to_str().unwrap(), "--no-copy"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!half.exists());

@@ -832,7 +832,7 @@ fn one_like_re_ranks_more_like_this_without_replacing_it() {
         hits.iter().filter(|h| keep(ids[h.id.as_str()])).count() as f64 / hits.len() as f64
     };
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let (mut base, mut kept) = (0.0, 0.0);
+    let (mut base, mut kept, mut queried) = (0.0, 0.0, 0.0);
     for n in 0..20 {
         let liked = &s.samples[rng.gen_range(0..s.samples.len())];
         let reference = loop {
@@ -855,10 +855,16 @@ fn one_like_re_ranks_more_like_this_without_replacing_it() {
             &db.similar_with_profile(to, k, &Filter::new(), &p).unwrap(),
             &same,
         );
+        // The query language's "more like this" the same way.
+        let text = format!("like {} profile {user} limit {k}", reference.id);
+        let hits = db.query(&text).unwrap().hits;
+        let same_count = hits.iter().filter(|h| same(ids[h.id.as_str()])).count();
+        queried += same_count as f64 / hits.len() as f64;
     }
     assert!(
-        kept >= 0.85 * base,
-        "same category: {kept} of 20 with one like, {base} without"
+        kept >= 0.85 * base && queried >= 0.85 * base,
+        "same category: {kept} (similar) and {queried} (query) of 20 with one like, {base} \
+         without"
     );
     let mut red = uniform.clone();
     red.affinities.insert("colour.red".into(), 1.0);

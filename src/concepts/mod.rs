@@ -2165,6 +2165,41 @@ pub const AFFINITY_SHARE: f32 = 0.25;
 /// default ([`DbBuilder::concept_exact_max`](crate::DbBuilder::concept_exact_max)).
 pub const PROFILE_EXACT_MAX: usize = 262_144;
 
+/// What `profile`'s affinities are scaled by beside a look of weight
+/// `look` (1 in `similar`; a `like`'s weight in a query). Affinities
+/// re-rank what the weighted look finds; they do not replace it: together
+/// they move a score by at most [`AFFINITY_SHARE`] of `look` times the
+/// weights' sum (one like of a red T-shirt put T-shirts first in "more like
+/// this" of black trousers). A profile without weights is ranked by its
+/// affinities alone: 1.
+pub(crate) fn affinity_damp(vocab: &Vocabulary, profile: &Profile, look: f32) -> f32 {
+    let weighs: f32 = (vocab.layout().groups.iter())
+        .map(|g| {
+            profile
+                .weights
+                .get(&g.name)
+                .copied()
+                .unwrap_or(0.0)
+                .max(0.0)
+        })
+        .sum::<f32>()
+        * look.max(0.0);
+    let pull: f32 = (profile.affinities.iter())
+        .filter_map(|(c, a)| {
+            let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
+            Some(match vocab.resolve(group, concept)? {
+                ConceptRef::Dim(_) => a.abs(),
+                ConceptRef::Tag(t) => a.abs() * vocab.tags.get(&t).map_or(0.0, |t| t.weight.abs()),
+            })
+        })
+        .sum();
+    if weighs > 0.0 && pull > AFFINITY_SHARE * weighs {
+        AFFINITY_SHARE * weighs / pull
+    } else {
+        1.0
+    }
+}
+
 /// The query vector of `profile` relative to concept vector `z`.
 pub(crate) fn profile_query(
     vocab: &Vocabulary,
@@ -2190,46 +2225,12 @@ pub(crate) fn profile_query(
             q[d] = w * z[d];
         }
     }
-    let affinities: Vec<(ConceptRef, f32)> = (profile.affinities.iter())
-        .filter_map(|(c, a)| {
-            let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
-            Some((vocab.resolve(group, concept)?, *a))
-        })
-        .collect();
-    // Affinities re-rank what the weighted look finds; they do not replace
-    // it: together they move a score by at most AFFINITY_SHARE of the
-    // weights' sum (one like of a red T-shirt put T-shirts first in "more
-    // like this" of black trousers). A profile of affinities alone is
-    // ranked by them.
-    let weighs: f32 = layout
-        .groups
-        .iter()
-        .map(|g| {
-            profile
-                .weights
-                .get(&g.name)
-                .copied()
-                .unwrap_or(0.0)
-                .max(0.0)
-        })
-        .sum();
-    let pull: f32 = affinities
-        .iter()
-        .map(|(r, a)| {
-            a.abs()
-                * match r {
-                    ConceptRef::Dim(_) => 1.0,
-                    ConceptRef::Tag(t) => vocab.tags.get(t).map_or(0.0, |t| t.weight.abs()),
-                }
-        })
-        .sum();
-    let damp = if weighs > 0.0 && pull > AFFINITY_SHARE * weighs {
-        AFFINITY_SHARE * weighs / pull
-    } else {
-        1.0
-    };
-    for (r, a) in &affinities {
-        vocab.add_to(r, a * damp, &mut q);
+    let damp = affinity_damp(vocab, profile, 1.0);
+    for (c, a) in &profile.affinities {
+        let (group, concept) = c.split_once('.').unwrap_or((c.as_str(), ""));
+        if let Some(r) = vocab.resolve(group, concept) {
+            vocab.add_to(&r, a * damp, &mut q);
+        }
     }
     // A profile that gives the look no weight (colour only) scores many
     // products the same: those are ordered by look, at a scale below the

@@ -200,8 +200,10 @@ pub enum LikeTarget {
 /// `like` adds the liked product's concept vector, weighted per group by the
 /// profile (equal weights without one). A `profile` adds its affinities to
 /// the query and weighs the `like`; it does not reweigh the terms, so with
-/// neither affinities nor a `like` it changes nothing. Alone (`find profile
-/// anna`) it ranks the catalog by her affinities. The score of a product is the inner
+/// neither affinities nor a `like` it changes nothing. Beside a `like` its
+/// affinities are bounded as in [`Db::similar_with_profile`]
+/// ([`crate::AFFINITY_SHARE`]); alone (`find profile anna`) it ranks the
+/// catalog by her affinities. The score of a product is the inner
 /// product with its concept vector, so each term's contribution is reported
 /// with each hit.
 ///
@@ -1598,7 +1600,12 @@ impl Db {
             v.iter_mut().for_each(|x| *x *= w);
             parts.push((label, v));
         }
-        if let Some(v) = affinities {
+        if let Some(mut v) = affinities {
+            // Beside a like, as in `similar`: they re-rank its lookalikes.
+            if let (Some((_, w)), Some(p)) = (&q.like, &profile) {
+                let damp = super::affinity_damp(vocab, p, *w);
+                v.iter_mut().for_each(|x| *x *= damp);
+            }
             parts.push(("profile affinities".into(), v));
         }
         let mut qv = vec![0.0f32; dim];

@@ -31,6 +31,9 @@ use crate::codec::Record;
 /// assert_eq!(a.get("category"), Some("dress"));
 /// assert_eq!(a.get("color"), Some("red"));
 /// assert_eq!(a.get("size"), None);
+/// // The built-ins' names in any case, as files and queries read them.
+/// assert_eq!(Attributes::new().set("Brand", "Acme").brand.as_deref(), Some("Acme"));
+/// assert_eq!(a.get("CATEGORY"), Some("dress"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attributes {
@@ -90,30 +93,34 @@ impl Attributes {
         self
     }
 
-    /// Sets a string attribute. `"brand"` and `"category"` set the
-    /// dedicated fields (so [`get`](Self::get) stays consistent); any other
-    /// key goes to [`extra`](Self::extra), where the database refuses
-    /// `"price"` and `"in_stock"` (set those with [`price`](Self::price)
-    /// and [`in_stock`](Self::in_stock)).
+    /// Sets a string attribute. `"brand"` and `"category"`, in any case,
+    /// set the dedicated fields (so [`get`](Self::get) stays consistent, and
+    /// a CSV's `Brand` column means the same); any other key goes to
+    /// [`extra`](Self::extra), where the database refuses `"price"` and
+    /// `"in_stock"`, in any case (set those with [`price`](Self::price) and
+    /// [`in_stock`](Self::in_stock)).
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         let key = key.into();
-        match key.as_str() {
-            "brand" => self.brand = Some(value.into()),
-            "category" => self.category = Some(value.into()),
-            _ => {
-                self.extra.insert(key, value.into());
-            }
+        if key.eq_ignore_ascii_case("brand") {
+            self.brand = Some(value.into());
+        } else if key.eq_ignore_ascii_case("category") {
+            self.category = Some(value.into());
+        } else {
+            self.extra.insert(key, value.into());
         }
         self
     }
 
-    /// Looks up a string attribute: `"brand"` and `"category"` answer from
-    /// their fields, anything else from [`extra`](Self::extra).
+    /// Looks up a string attribute: `"brand"` and `"category"`, in any
+    /// case, answer from their fields, anything else from
+    /// [`extra`](Self::extra).
     pub fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            "brand" => self.brand.as_deref(),
-            "category" => self.category.as_deref(),
-            _ => self.extra.get(key).map(String::as_str),
+        if key.eq_ignore_ascii_case("brand") {
+            self.brand.as_deref()
+        } else if key.eq_ignore_ascii_case("category") {
+            self.category.as_deref()
+        } else {
+            self.extra.get(key).map(String::as_str)
         }
     }
 }

@@ -150,7 +150,13 @@ pub fn repair(args: RepairArgs) -> anyhow::Result<()> {
     let mut probe_opened = false;
     // A probe: no checkpoint of its own (an open that rebuilds would
     // overwrite the one that tells what was lost).
-    match Db::builder().checkpoint_on_drop(false).open(&args.db) {
+    // (Never a new database: a folder a first import left before its
+    // schema is refused, as by every read command.)
+    match Db::builder()
+        .checkpoint_on_drop(false)
+        .create(false)
+        .open(&args.db)
+    {
         Ok(db) => {
             probe_opened = true;
             // It opens; every record must read too (a page or a blob file

@@ -154,7 +154,8 @@ fn main() {
     }));
     let cli = Cli::parse();
     // Their output is the library's structures: a script reading it gets
-    // the error there too. (`import`, `info` and `query` print their own.)
+    // the error there too, unless the command printed its own result
+    // first. (`import`, `info` and `query` print their own.)
     let json_errors = match &cli.command {
         Command::Outfit(a) => a.json,
         Command::Product(a) => a.json,
@@ -187,7 +188,7 @@ fn main() {
             std::process::exit(PARTIAL_EXIT);
         }
         let message = error_message(&e);
-        if json_errors {
+        if json_errors && !JSON_RESULT.load(std::sync::atomic::Ordering::Relaxed) {
             println!(
                 "{}",
                 json_text(&serde_json::json!({ "error": message, "locked": locked(&e) }))
@@ -479,6 +480,16 @@ pub(crate) fn terminal_safe(s: &str) -> String {
 /// JSON string.
 pub(crate) fn json_text(v: &impl serde::Serialize) -> String {
     json_escape_controls(serde_json::to_string(v))
+}
+
+/// Set once a command of `--json` printed its result: an error after it
+/// (`product delete` of unknown ids) is not printed as a second object.
+static JSON_RESULT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// [`json_text`] of a command's result (see [`JSON_RESULT`]).
+pub(crate) fn json_result(v: &impl serde::Serialize) -> String {
+    JSON_RESULT.store(true, std::sync::atomic::Ordering::Relaxed);
+    json_text(v)
 }
 
 /// [`json_text`], indented.

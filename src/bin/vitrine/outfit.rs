@@ -246,7 +246,7 @@ pub fn method_of(s: &str) -> anyhow::Result<CompleteMethod> {
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     // One line: the REPL's and `vitrine query`'s JSON mode is JSON lines.
-    println!("{}", crate::json_text(v));
+    println!("{}", crate::json_result(v));
     Ok(())
 }
 

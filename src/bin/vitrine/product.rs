@@ -93,7 +93,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for id in db.ids() {
                 if json {
-                    writeln!(out, "{}", crate::json_text(&serde_json::Value::from(id)))?;
+                    writeln!(out, "{}", crate::json_result(&serde_json::Value::from(id)))?;
                 } else {
                     writeln!(out, "{}", crate::field(&id))?;
                 }
@@ -120,7 +120,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
                 if json {
                     println!(
                         "{}",
-                        crate::json_text(&serde_json::json!({
+                        crate::json_result(&serde_json::json!({
                             "id": p.id, "category": p.attributes.category,
                             "brand": p.attributes.brand, "price": p.attributes.price,
                             "in_stock": p.attributes.in_stock, "attributes": p.attributes.extra,
@@ -216,7 +216,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 println!(
                     "{}",
-                    crate::json_text(&serde_json::json!({ "id": id, "changed": changed }))
+                    crate::json_result(&serde_json::json!({ "id": id, "changed": changed }))
                 );
             } else {
                 println!("{id}: {}", if changed { "updated" } else { "unchanged" });
@@ -240,7 +240,7 @@ pub fn execute(db: &Db, cmd: ProductCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 println!(
                     "{}",
-                    crate::json_text(
+                    crate::json_result(
                         &serde_json::json!({ "deleted": deleted, "unknown": missing })
                     )
                 );

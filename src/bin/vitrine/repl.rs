@@ -597,10 +597,7 @@ impl Session {
             }
             (user, layout) => {
                 let profile = match user {
-                    Some(u) => self
-                        .db
-                        .profile(u)?
-                        .with_context(|| format!("no profile for '{u}' (feedback creates one)"))?,
+                    Some(u) => self.db.profile(u)?.ok_or_else(|| unknown_profile(u))?,
                     None => Profile::uniform(&layout?),
                 };
                 (self.db).similar_with_profile(SimilarTo::Id(id), k, &filter, &profile)?
@@ -743,7 +740,7 @@ impl Session {
                 let p = self
                     .db
                     .profile(user)?
-                    .with_context(|| format!("no profile for '{user}'"))?;
+                    .ok_or_else(|| unknown_profile(user))?;
                 self.print_profile(user, &p, out)
             }
             ["list"] => {
@@ -762,7 +759,7 @@ impl Session {
                 // The layout first: a failure leaves the user as she was.
                 let uniform = Profile::uniform(&self.db.concept_layout()?);
                 if !self.db.delete_profile(user)? {
-                    bail!("no profile for '{user}' (profile list shows them)");
+                    return Err(unknown_profile(user).into());
                 }
                 let p = self.db.set_profile(user, &uniform)?;
                 self.print_profile(user, &p, out)
@@ -770,7 +767,7 @@ impl Session {
             ["delete", user] => {
                 // "Forget this customer": her feedback, weights and name.
                 if !self.db.delete_profile(user)? {
-                    bail!("no profile for '{user}' (profile list shows them)");
+                    return Err(unknown_profile(user).into());
                 }
                 if self.json {
                     writeln!(out, "{}", crate::json_text(&serde_json::json!({ "deleted": user })))?;
@@ -1331,6 +1328,15 @@ fn json_error(e: &anyhow::Error) -> String {
     crate::json_text(&v)
 }
 
+/// A user without a profile, typed as a query's `profile` clause reports
+/// one (JSON `kind` `UnknownProfile`).
+fn unknown_profile(user: &str) -> ConceptError {
+    ConceptError::UnknownProfile {
+        user: user.to_string(),
+        suggestion: None,
+    }
+}
+
 /// The library's name for an error that is not a query's (`UnknownProfile`,
 /// `NotFound`, `Locked`…), for a client to branch on: the variant of the
 /// innermost typed error, through the wrappers that carry one (`Db`…).
@@ -1576,7 +1582,7 @@ pub fn query(mut args: QueryArgs) -> anyhow::Result<()> {
     // A query may open with its profile clause (`profile anna +colour.red`).
     let profile_query = is(first, &["profile"])
         && second.is_some()
-        && !is(second, &["show", "list", "set", "reset"]);
+        && !is(second, &["show", "list", "set", "reset", "delete"]);
     let known = is(first, &commands) && !profile_query && !is(first, &["find"]);
     let command_word = args
         .query
