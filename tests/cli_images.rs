@@ -1527,7 +1527,8 @@ fn query_command_prints_results_and_positioned_errors() {
         "no-such-2",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let lines: Vec<&str> = text(&out.stdout).lines().collect();
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("\"unknown\""), "{lines:?}");
     for cmd in [&["outfit", "list"][..], &["product", "get", "x"]] {
