@@ -29,6 +29,7 @@ pub(crate) const MIN_SIDE: u32 = 8;
 /// upload.max_width = 4_000;
 /// upload.max_height = 4_000;
 /// upload.max_alloc = 64 * 1024 * 1024;
+/// upload.max_file_bytes = 16 * 1024 * 1024;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
