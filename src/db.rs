@@ -1885,16 +1885,10 @@ impl Db {
     pub fn unmatched_conditions(&self, filter: &Filter) -> Result<Vec<String>> {
         self.check_filter_concepts(filter)?;
         let mut attrs: Vec<Arc<Attributes>> = Vec::with_capacity(self.len());
-        let mut from = 0u64;
-        loop {
-            let cat = read(&self.catalog);
-            let chunk: Vec<(&u64, &Entry)> = cat.by_doc.range(from..).take(COPY_CHUNK).collect();
-            attrs.extend(chunk.iter().map(|(_, e)| Arc::clone(&e.attrs)));
-            match chunk.last().and_then(|(d, _)| d.checked_add(1)) {
-                Some(next) if chunk.len() == COPY_CHUNK => from = next,
-                _ => break,
-            }
-        }
+        self.for_each_entry(|e| {
+            attrs.push(Arc::clone(&e.attrs));
+            std::ops::ControlFlow::Continue(())
+        });
         let products: Vec<&Attributes> = attrs.iter().map(|a| a.as_ref()).collect();
         Ok(filter.unmatched(&products))
     }
@@ -3289,18 +3283,37 @@ impl Db {
     /// Whether any product carries the attribute `key` (in memory: no
     /// storage read).
     pub(crate) fn any_product_has(&self, key: &str) -> bool {
-        // A chunk at a time under the lock, as for_each_vector walks: a
-        // write waiting for it would hold every search back.
+        let mut found = false;
+        self.for_each_entry(|e| {
+            found = e.attrs.get(key).is_some();
+            if found {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        });
+        found
+    }
+
+    /// Calls `f` with every product in doc order until it breaks: a chunk
+    /// at a time under the catalog's lock, as [`Db::for_each_vector`]
+    /// walks (a write waiting for the lock would hold every search back).
+    fn for_each_entry(&self, mut f: impl FnMut(&Entry) -> std::ops::ControlFlow<()>) {
         let mut from = 0u64;
         loop {
             let cat = read(&self.catalog);
-            let chunk: Vec<(&u64, &Entry)> = cat.by_doc.range(from..).take(COPY_CHUNK).collect();
-            if chunk.iter().any(|(_, e)| e.attrs.get(key).is_some()) {
-                return true;
+            let mut seen = 0;
+            let mut last = None;
+            for (doc, e) in cat.by_doc.range(from..).take(COPY_CHUNK) {
+                if f(e).is_break() {
+                    return;
+                }
+                seen += 1;
+                last = Some(*doc);
             }
-            match chunk.last().and_then(|(d, _)| d.checked_add(1)) {
-                Some(next) if chunk.len() == COPY_CHUNK => from = next,
-                _ => return false,
+            match last.and_then(|d| d.checked_add(1)) {
+                Some(next) if seen == COPY_CHUNK => from = next,
+                _ => return,
             }
         }
     }

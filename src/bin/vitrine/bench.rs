@@ -547,10 +547,7 @@ fn ingest(images: Option<PathBuf>, n: usize, batches: &[usize], json: bool) -> R
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             // The import's rule: files named as images.
-            let ext = p
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase());
-            p.is_file() && ext.is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str()))
+            p.is_file() && crate::import::named_as_image(p)
         })
         .collect();
     anyhow::ensure!(n > 0, "--n must be at least 1");

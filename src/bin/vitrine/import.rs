@@ -700,10 +700,7 @@ fn check_has_images(dir: &Path) -> anyhow::Result<()> {
         if name.to_string_lossy().starts_with('.') {
             continue;
         }
-        let ext = Path::new(&name)
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        if ext.is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str())) {
+        if named_as_image(Path::new(&name)) {
             return Ok(());
         }
         ignored += 1;
@@ -715,6 +712,14 @@ fn check_has_images(dir: &Path) -> anyhow::Result<()> {
     .into())
 }
 
+/// Whether a folder import reads `path` as an image: by its extension
+/// ([`vitrine::IMAGE_EXTENSIONS`], in any case).
+pub(crate) fn named_as_image(path: &Path) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str()))
+}
+
 /// A note naming the entries of folder `dir` an import does not read (not
 /// named as images, or folders; hidden ones are not counted), or `None`.
 fn ignored_entries(dir: &Path) -> Option<String> {
@@ -723,13 +728,7 @@ fn ignored_entries(dir: &Path) -> Option<String> {
         .filter_map(|e| e.ok())
         .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
         // (A folder named as an image is an item, which fails as one.)
-        .filter(|(name, path)| {
-            let ext = path
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase());
-            let image = ext.is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.as_str()));
-            !name.starts_with('.') && !image
-        })
+        .filter(|(name, path)| !name.starts_with('.') && !named_as_image(path))
         .map(|(name, _)| name)
         .collect();
     if ignored.is_empty() {
@@ -1079,10 +1078,7 @@ fn folder_ids(dir: &Path) -> anyhow::Result<std::collections::HashSet<String>> {
         let path = entry
             .with_context(|| format!("cannot list {}", dir.display()))?
             .path();
-        let image = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| vitrine::IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+        let image = named_as_image(&path);
         let name = path.file_name().and_then(|n| n.to_str());
         if let (true, Some(name), Some(stem)) = (image, name, path.file_stem()) {
             if !name.starts_with('.') {
