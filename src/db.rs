@@ -2589,6 +2589,12 @@ pub fn has_hidden_character(text: &str) -> bool {
     })
 }
 
+/// Whether `c` shows, wherever it stands: neither always hidden nor a
+/// joiner or selector.
+pub(crate) fn shows(c: char) -> bool {
+    !always_hidden(c) && !joins_or_selects(c)
+}
+
 /// The joiners, variation selectors and tag characters: hidden unless
 /// they join or select (see [`has_hidden_character`]).
 fn joins_or_selects(c: char) -> bool {

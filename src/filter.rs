@@ -1,8 +1,11 @@
 //! Business filters on product attributes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::{Bound, RangeBounds};
 
+use unicode_normalization::UnicodeNormalization;
+
+use crate::db::{escape_hidden, shows};
 use crate::Attributes;
 
 /// Restricts a search to products whose attributes match every condition set.
@@ -309,7 +312,7 @@ impl Filter {
                     "no product has {field} = '{}'{}",
                     wanted
                         .iter()
-                        .map(String::as_str)
+                        .map(|v| escape_hidden(v))
                         .collect::<Vec<_>>()
                         .join("' or '"),
                     nearest_value(v, &held)
@@ -333,25 +336,53 @@ impl Filter {
                 });
             }
         }
+        // Each key's values and the keys held are read once: a query may
+        // repeat one key in thousands of conditions.
+        let held_keys: BTreeSet<&str> = if self.equals.is_empty() {
+            BTreeSet::new()
+        } else {
+            products
+                .iter()
+                .flat_map(|a| a.extra.keys().map(String::as_str))
+                .collect()
+        };
+        let mut values_of: HashMap<&str, BTreeSet<&str>> = HashMap::new();
         for (key, value) in &self.equals {
-            let values: BTreeSet<&str> = products.iter().filter_map(|a| a.get(key)).collect();
+            let built_in =
+                key.eq_ignore_ascii_case("brand") || key.eq_ignore_ascii_case("category");
+            let values = values_of.entry(key.as_str()).or_insert_with(|| {
+                if built_in || held_keys.contains(key.as_str()) {
+                    products.iter().filter_map(|a| a.get(key)).collect()
+                } else {
+                    BTreeSet::new()
+                }
+            });
             if values.contains(value.as_str()) {
+                continue;
+            }
+            // Past a few sentences, only counted: a hint costs a look
+            // through the values held.
+            if out.len() >= MAX_NAMED {
+                out.push(String::new());
                 continue;
             }
             if !values.is_empty() {
                 out.push(format!(
-                    "no product has {key} = '{value}'{}",
-                    nearest_value(value, &values)
+                    "no product has {} = '{}'{}",
+                    escape_hidden(key),
+                    escape_hidden(value),
+                    nearest_value(value, values)
                 ));
                 continue;
             }
-            let keys: BTreeSet<&str> = products
+            let keys: BTreeSet<&str> = held_keys
                 .iter()
-                .flat_map(|a| a.extra.keys().map(String::as_str))
+                .copied()
                 .filter(|k| !k.starts_with("vitrine.") || key.starts_with("vitrine."))
                 .collect();
             out.push(format!(
-                "no product has an attribute '{key}'{}",
+                "no product has an attribute '{}'{}",
+                escape_hidden(key),
                 nearest_key(key, &keys)
             ));
         }
@@ -365,6 +396,13 @@ impl Filter {
                 });
             }
         }
+        if out.len() > MAX_NAMED {
+            let more = out.len() - MAX_NAMED;
+            out.truncate(MAX_NAMED);
+            out.push(format!(
+                "and {more} more condition(s) that no product passes"
+            ));
+        }
         out
     }
 }
@@ -372,14 +410,24 @@ impl Filter {
 /// Past this many distinct values, [`nearest`] looks for another case only.
 const MAX_TYPO_CANDIDATES: usize = 5_000;
 
+/// Past this many bytes, a name gets no typo hint: the edit distance costs
+/// its length times the values held.
+const MAX_TYPO_LEN: usize = 256;
+
+/// The sentences of [`Filter::unmatched`] past which the rest are counted.
+const MAX_NAMED: usize = 10;
+
 /// ": did you mean 'Red'?" for the held value nearest `value` (another
 /// case, or a typo), or the values when they are few.
 fn nearest_value(value: &str, held: &BTreeSet<&str>) -> String {
     if let Some(near) = nearest(value, held) {
-        return format!(": did you mean '{near}'?");
+        return did_you_mean(value, near);
     }
     if held.len() <= 8 {
-        let list: Vec<String> = held.iter().map(|v| format!("'{v}'")).collect();
+        let list: Vec<String> = held
+            .iter()
+            .map(|v| format!("'{}'", escape_hidden(v)))
+            .collect();
         return format!(" (the catalog holds {})", list.join(", "));
     }
     String::new()
@@ -414,26 +462,59 @@ fn nearest_key(key: &str, held: &BTreeSet<&str>) -> String {
         _ => {}
     }
     match nearest(key, held) {
-        Some(near) => format!(": did you mean '{near}'?"),
+        Some(near) => did_you_mean(key, near),
         None => String::new(),
     }
 }
 
-/// The held name equal to `name` but for case, or else within a small
-/// edit distance of it.
+/// ": did you mean 'Zara'?", saying why when the two read alike: a
+/// hint that looks like what was typed would be no help.
+fn did_you_mean(asked: &str, near: &str) -> String {
+    let shown = escape_hidden(near);
+    let why = if near.nfc().eq(asked.nfc()) {
+        " (the same text in another Unicode form: accents written apart from their letters, \
+         or not)"
+    } else if shown != near {
+        " (it holds characters that do not show, escaped here)"
+    } else {
+        ""
+    };
+    format!(": did you mean '{shown}'?{why}")
+}
+
+/// `text` as people read it, to compare names: composed, in lower case,
+/// without the characters that do not show.
+fn read_as(text: &str) -> String {
+    text.nfc()
+        .filter(|c| shows(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The held name equal to `name` but for case, Unicode form and hidden
+/// characters, or else within a small edit distance of it.
 fn nearest<'a>(name: &str, held: &BTreeSet<&'a str>) -> Option<&'a str> {
-    let lower = name.to_lowercase();
-    if let Some(same) = held.iter().find(|h| h.to_lowercase() == lower) {
+    if name.len() > MAX_TYPO_LEN {
+        return None;
+    }
+    // Values much longer than the name are not read: one of 16 MiB would
+    // cost as much as the whole answer.
+    let held = || held.iter().copied().filter(|h| h.len() <= 4 * MAX_TYPO_LEN);
+    let lower = read_as(name);
+    if let Some(same) = held().find(|h| read_as(h) == lower) {
         return Some(same);
     }
     // Typos are looked for among names and short lists of values, not
     // among a million titles or codes (seconds for one empty answer).
-    if held.len() > MAX_TYPO_CANDIDATES {
+    if held().count() > MAX_TYPO_CANDIDATES {
         return None;
     }
-    let most = (name.chars().count() / 4).clamp(1, 2);
-    held.iter()
-        .map(|h| (crate::concepts::levenshtein(&h.to_lowercase(), &lower), *h))
+    let chars = lower.chars().count();
+    let most = (chars / 4).clamp(1, 2);
+    held()
+        .map(|h| (read_as(h), h))
+        .filter(|(r, _)| r.chars().count().abs_diff(chars) <= most)
+        .map(|(r, h)| (crate::concepts::levenshtein(&r, &lower), h))
         .filter(|(d, _)| *d <= most)
         .min()
         .map(|(_, h)| h)
@@ -612,6 +693,57 @@ mod tests {
             ["no product has an attribute 'tags'"]
         );
         assert!(Filter::new().attr_eq("colour", "Red").unmatched(&[]).len() == 1);
+    }
+
+    /// Many conditions that no product passes are named up to a bound and
+    /// counted past it; long text gets no typo hint (its edit distance to
+    /// every value held would cost seconds).
+    #[test]
+    fn unmatched_conditions_are_bounded() {
+        let long = "x".repeat(MAX_TYPO_LEN + 1);
+        let a = Attributes::new().set("k", &long[1..]).set("desc", "x");
+        let why = |f: Filter| f.unmatched(&[&a]);
+        let many = (0..30).fold(Filter::new(), |f, i| f.attr_eq(format!("k{i}"), "1"));
+        let said = why(many);
+        assert_eq!(said.len(), MAX_NAMED + 1);
+        assert_eq!(
+            said[MAX_NAMED],
+            "and 20 more condition(s) that no product passes"
+        );
+        assert!(said[..MAX_NAMED]
+            .iter()
+            .all(|s| s.starts_with("no product has")));
+        let [hint] = &why(Filter::new().attr_eq("k", long.as_str()))[..] else {
+            panic!()
+        };
+        assert!(!hint.contains("did you mean"), "{hint}");
+        assert!(why(Filter::new().attr_eq("k", &long[2..]))[0].contains("did you mean"));
+    }
+
+    /// A value that reads as the one asked for, but for its Unicode form
+    /// or a character that does not show, is named, escaped, with why.
+    #[test]
+    fn unmatched_conditions_say_why_look_alikes_differ() {
+        let a = Attributes::new()
+            .brand("Zara\u{200b}")
+            .set("maker", "E\u{301}mile");
+        let why = |f: Filter| f.unmatched(&[&a]);
+        assert_eq!(
+            why(Filter::new().brand_in(["Zara"])),
+            [
+                "no product has brand = 'Zara': did you mean 'Zara\\u{200b}'? (it holds \
+              characters that do not show, escaped here)"
+            ]
+        );
+        let [hint] = &why(Filter::new().attr_eq("maker", "\u{c9}mile"))[..] else {
+            panic!()
+        };
+        assert!(hint.contains("another Unicode form"), "{hint}");
+        // And its hidden characters, when the question holds them.
+        assert_eq!(
+            why(Filter::new().brand_in(["\u{feff}Nike"])),
+            ["no product has brand = '\\u{feff}Nike' (the catalog holds 'Zara\\u{200b}')"]
+        );
     }
 
     /// A condition given twice is one condition; a concept both wanted and

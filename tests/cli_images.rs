@@ -322,7 +322,8 @@ fn import_reads_a_csv_with_attributes() {
     let out = import(&csv_path, &["--update"]);
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("3 present: 1 updated, 2 unchanged, 0 failed"),
+        stdout.contains("3 present: 1 updated, 2 unchanged, 0 failed")
+            && stdout.contains("3 items: 0 imported"),
         "{stdout}"
     );
     assert!(!stdout.contains("not in"), "{stdout}");
@@ -1394,6 +1395,20 @@ fn query_command_prints_results_and_positioned_errors() {
         ),
         "{}",
         text(&out.stdout)
+    );
+    // And in JSON, on stderr: the lines of stdout are the hits.
+    let out = vitrine(&[
+        "query",
+        "--db",
+        db,
+        "--json",
+        "+colour.black where category = \"no such category\"",
+    ]);
+    assert!(out.status.success() && out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).contains("no product has category = 'no such category'"),
+        "{}",
+        text(&out.stderr)
     );
     // Typos a search engineer makes are named: a built-in written as a
     // free attribute, a clause written as a condition.

@@ -397,6 +397,19 @@ fn conditions_are_refused_with_how_to_write_them() {
             Duplicate,
             "with 'and'",
         ),
+        ("find where price < 12,5", "12,5", BadNumber, "12.5"),
+        (
+            "find where brand = \u{201c}A\u{201d}",
+            "\u{201c}",
+            BadCharacter,
+            "quote with",
+        ),
+        (
+            "find +colour.red\u{200b}",
+            "\u{200b}",
+            BadCharacter,
+            "does not show",
+        ),
     ] {
         let e = ConceptQuery::parse(q, &vocab).expect_err(q);
         let col = q.rfind(at).unwrap();

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::{Db, Error, Filter, Model, Result, SimilarTo, CONCEPT_SPACE};
 
@@ -144,15 +145,23 @@ pub fn concept_key(name: &str) -> String {
 /// use vitrine::concept_slug;
 /// assert_eq!(concept_slug("Sports Shoes"), "sports_shoes");
 /// assert_eq!(concept_slug("İstanbul Blue"), "istanbul_blue");
-/// for label in ["Sports Shoes", "İstanbul Blue", "  Ünïcödé -- Ørange!"] {
+/// // Accents typed apart from their letter are the same name.
+/// assert_eq!(concept_slug("E\u{301}te\u{301}"), "été");
+/// for label in ["Sports Shoes", "İstanbul Blue", "  Ünïcödé -- Ørange!", "q\u{307}\u{323}"] {
 ///     assert_eq!(concept_slug(&concept_slug(label)), concept_slug(label));
 /// }
 /// ```
 pub fn concept_slug(label: &str) -> String {
+    use unicode_normalization::char::is_combining_mark;
     let mut s = String::with_capacity(label.len());
-    for c in label.chars() {
+    // Composed first: `é` typed as `e` and an accent (macOS keyboards,
+    // decomposed file names) is the same name.
+    for c in label.nfc() {
         if c.is_alphanumeric() {
             s.extend(c.to_lowercase().filter(|l| l.is_alphanumeric()));
+        } else if is_combining_mark(c) && s.chars().last().is_some_and(char::is_alphanumeric) {
+            // One that composes with nothing still marks its letter.
+            s.push(c);
         } else if !s.ends_with('_') && !s.is_empty() {
             s.push('_');
         }
@@ -645,14 +654,15 @@ impl vitrine_storage::Record for TagModel {
 pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
     for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
+        cur[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             cur[j + 1] = (prev[j] + usize::from(ca != *cb))
                 .min(prev[j + 1] + 1)
                 .min(cur[j] + 1);
         }
-        prev = cur;
+        std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()]
 }
@@ -1297,12 +1307,14 @@ impl Db {
         method: TagMethod,
     ) -> Result<UserTag, ConceptError> {
         let slug = concept_slug(name);
-        if slug.is_empty() || slug.len() > 64 || slug != name {
+        // A name in decomposed form is its composed slug.
+        if slug.is_empty() || slug.len() > 64 || slug.nfc().ne(name.nfc()) {
             // The name is the caller's text: clipped, not echoed whole.
             return Err(ConceptError::InvalidTagName(
                 name.chars().take(80).collect(),
             ));
         }
+        let name = slug.as_str();
         if positives.is_empty() {
             return Err(ConceptError::NotEnoughExamples {
                 name: name.into(),
@@ -1562,6 +1574,8 @@ impl Db {
 
     /// Sets a user tag's weight.
     pub fn set_tag_weight(&self, name: &str, weight: f32) -> Result<UserTag, ConceptError> {
+        // As `define_tag` stores it: composed.
+        let name: &str = &name.nfc().collect::<String>();
         if !(0.0..=MAX_WEIGHT).contains(&weight) {
             return Err(ConceptError::InvalidWeight {
                 what: format!("{USER_GROUP}.{name}"),
@@ -1589,6 +1603,7 @@ impl Db {
     /// (so that none adds an affinity to the tag meanwhile): with a million
     /// profiles, those wait for it, for seconds or more.
     pub fn delete_tag(&self, name: &str) -> Result<bool, ConceptError> {
+        let name: &str = &name.nfc().collect::<String>();
         let tags = self.side_keyspace::<UserTag>(TAGS_KS)?;
         let profiles = self.side_keyspace::<Profile>(PROFILES_KS)?;
         let priors = self.side_keyspace::<ProfilePrior>(PRIORS_KS)?;
@@ -2499,6 +2514,25 @@ mod interleavings {
             put_product(&db, &model, &format!("p{i}"), i);
         }
         Some((dir, db))
+    }
+
+    /// A tag named with its accents apart from their letters is the tag
+    /// of the composed name, wherever it is named.
+    #[test]
+    fn tag_names_in_decomposed_form_are_the_composed_tag() {
+        let Some((_dir, db)) = db_of_products(3) else {
+            return;
+        };
+        let (composed, decomposed) = ("\u{e9}t\u{e9}", "e\u{301}te\u{301}");
+        let tag = db
+            .define_tag(decomposed, &["p0"], &[], TagMethod::Centroid)
+            .unwrap();
+        assert_eq!(tag.name, composed);
+        let vocab = db.vocabulary().unwrap();
+        assert!(vocab.resolve(USER_GROUP, decomposed).is_some());
+        assert_eq!(db.set_tag_weight(decomposed, 0.5).unwrap().weight, 0.5);
+        assert!(db.delete_tag(decomposed).unwrap());
+        assert!(db.user_tags().unwrap().is_empty());
     }
 
     /// A tag whose examples are the whole catalog has nothing to be told

@@ -557,11 +557,22 @@ fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
             i = j;
             continue;
         }
-        return Err(QueryError::new(
+        let e = QueryError::new(
             QueryErrorKind::BadCharacter,
             col,
-            format!("unexpected character '{c}'"),
-        ));
+            format!(
+                "unexpected character '{}'",
+                crate::db::escape_hidden(&c.to_string())
+            ),
+        );
+        return Err(match c {
+            '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{2018}' | '\u{2019}' | '\u{201a}'
+            | '\u{ab}' | '\u{bb}' | '\u{2039}' | '\u{203a}' => {
+                e.hint("quote with ' or \" (a keyboard may have curled them)")
+            }
+            c if !crate::db::shows(c) => e.hint("it does not show: pasted text?"),
+            _ => e,
+        });
     }
     out.push(Token {
         tok: Tok::End,
@@ -654,6 +665,19 @@ impl<'a> Parser<'a> {
 
     fn number(&mut self, what: &str) -> Result<(f64, usize), QueryError> {
         let t = self.next();
+        // `12,50`: a decimal comma, as a European keyboard writes it.
+        if let (Tok::Num(n), Tok::Sym(","), Some(Tok::Num(d))) = (
+            &t.tok,
+            &self.peek().tok,
+            self.toks.get(self.at + 1).map(|t| &t.tok),
+        ) {
+            return Err(QueryError::new(
+                QueryErrorKind::BadNumber,
+                t.col,
+                format!("bad number '{n},{d}'"),
+            )
+            .hint(format!("decimals take a point: {n}.{d}")));
+        }
         match &t.tok {
             Tok::Num(n) => n
                 .parse::<f64>()

@@ -77,7 +77,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         prep.clone(),
         ImportSource::Items(items.clone()),
     )?;
-    print_summary(&report, false, 0);
+    print_summary(&report, false, 0, 0);
     for f in &report.failures {
         esay!("  failed: {}", crate::import::failure_line(f));
     }

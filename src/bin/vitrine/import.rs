@@ -831,10 +831,11 @@ fn write_report(path: &Path, lines: &[String]) -> anyhow::Result<()> {
 }
 
 /// Prints the summary of an import (of a re-embedding: its skipped items
-/// are those already of the model). `failed_before` counts the items that
+/// are those already of the model). `updated` counts the present products
+/// an update changed or left as they were, `failed_before` the items that
 /// failed before the import ran (bad CSV rows, updates refused): the
-/// summary counts every failure the exit status does.
-pub fn print_summary(report: &ImportReport, reembed: bool, failed_before: usize) {
+/// summary counts every item and failure, as `--json` does.
+pub fn print_summary(report: &ImportReport, reembed: bool, updated: usize, failed_before: usize) {
     let p = &report.progress;
     let secs = report.elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
@@ -853,7 +854,7 @@ pub fn print_summary(report: &ImportReport, reembed: bool, failed_before: usize)
     };
     println!(
         "{} items: {} imported{replaced}, {} skipped ({why}), {} failed, in {secs:.1} s ({rate:.1} images/s)",
-        p.total + failed_before,
+        p.total + updated + failed_before,
         p.stored,
         p.skipped,
         p.failed + failed_before
@@ -1710,7 +1711,12 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         for note in &notes {
             println!("{note}");
         }
-        print_summary(&report, args.reembed, update_failures.len());
+        print_summary(
+            &report,
+            args.reembed,
+            updated + unchanged,
+            update_failures.len(),
+        );
         if let Some(note) = &unlisted_note {
             println!("{note}");
         }

@@ -365,6 +365,11 @@ impl Session {
                 )?;
             }
         }
+        if self.json && res.hits.is_empty() {
+            // The lines of JSON are the hits: why there are none is told
+            // on stderr, as in text.
+            eprintln!("(no results){}", self.why_empty(&text));
+        }
         if !self.json {
             let w = id_width(res.hits.iter().map(|h| h.id.as_str()));
             writeln!(
